@@ -1,0 +1,72 @@
+//! Events: the durable record of everything that happened to a database, and why.
+
+use serde::{Deserialize, Serialize};
+
+/// What happened. Stored and served as the snake_case string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Created,
+    Started,
+    Stopped,
+    Adopted,
+    Crashed,
+    Restarted,
+    StartFailed,
+    Scaled,
+    Parked,
+    Resumed,
+    Deleted,
+    UserCreated,
+    UserDeleted,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Started => "started",
+            EventKind::Stopped => "stopped",
+            EventKind::Adopted => "adopted",
+            EventKind::Crashed => "crashed",
+            EventKind::Restarted => "restarted",
+            EventKind::StartFailed => "start_failed",
+            EventKind::Scaled => "scaled",
+            EventKind::Parked => "parked",
+            EventKind::Resumed => "resumed",
+            EventKind::Deleted => "deleted",
+            EventKind::UserCreated => "user_created",
+            EventKind::UserDeleted => "user_deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// One recorded event. `data` carries the inputs of the decision (sizes, exit status, timings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    pub db: String,
+    pub kind: EventKind,
+    pub message: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventKind;
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for k in [EventKind::Created, EventKind::StartFailed, EventKind::UserCreated] {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::parse("nonsense"), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! Validated names for services and users.
+//!
+//! A service name is used as a DNS label (TLS server name `<service>.<domain>`, Kubernetes object
+//! names, [RFC 1123](https://www.rfc-editor.org/rfc/rfc1123#page-13)), as the MariaDB schema
+//! created for it, and as the prefix of routed user names `<service>.<user>`; so it is the
+//! intersection of those grammars. A user name never contains `.`, so `<service>.<user>` splits
+//! unambiguously at the first dot.
+
+use std::fmt;
+
+/// Longest service name: leaves room in a 63-byte DNS label / Kubernetes name for suffixes.
+pub const SERVICE_NAME_MAX: usize = 40;
+/// Longest user name: MariaDB allows 128 characters, but routed names carry the service prefix.
+pub const USER_NAME_MAX: usize = 32;
+
+/// User names Stratus keeps for itself or MariaDB reserves.
+const RESERVED_USERS: &[&str] = &["root", "stratus_admin", "mariadb.sys", "mysql", "public", "none"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("invalid {what} name {name:?}: {reason}")]
+    Invalid { what: &'static str, name: String, reason: &'static str },
+    #[error("user name {0:?} is reserved")]
+    Reserved(String),
+}
+
+/// A database service name: 1–40 of `a-z 0-9 -`, starting with a letter, not ending with `-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        let invalid = |reason| NameError::Invalid { what: "database", name: name.to_owned(), reason };
+        if name.is_empty() || name.len() > SERVICE_NAME_MAX {
+            return Err(invalid("must be 1 to 40 characters"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(invalid("use only lowercase letters, digits and '-'"));
+        }
+        if !name.as_bytes()[0].is_ascii_lowercase() {
+            return Err(invalid("must start with a lowercase letter"));
+        }
+        if name.ends_with('-') {
+            return Err(invalid("must not end with '-'"));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A database user name: 1–32 of `A-Z a-z 0-9 _`, not starting with a digit, not reserved.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserName(String);
+
+impl UserName {
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        let invalid = |reason| NameError::Invalid { what: "user", name: name.to_owned(), reason };
+        if name.is_empty() || name.len() > USER_NAME_MAX {
+            return Err(invalid("must be 1 to 32 characters"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(invalid("use only letters, digits and '_'"));
+        }
+        if name.as_bytes()[0].is_ascii_digit() {
+            return Err(invalid("must not start with a digit"));
+        }
+        if RESERVED_USERS.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            return Err(NameError::Reserved(name.to_owned()));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! name_impls {
+    ($t:ty) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+name_impls!(ServiceName);
+name_impls!(UserName);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn service_names() {
+        for ok in ["shop", "a", "shop-2", "a1b2"] {
+            assert!(ServiceName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Shop", "2shop", "shop-", "sh_op", "sh.op", "shöp", &"a".repeat(41)] {
+            assert!(ServiceName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_names() {
+        for ok in ["admin", "app_user", "A1", "_x"] {
+            assert!(UserName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1app", "a.b", "a-b", "root", "ROOT", "stratus_admin", &"u".repeat(33)] {
+            assert!(UserName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn service_name_is_a_dns_label_and_never_panics(s in "\\PC{0,50}") {
+            if let Ok(n) = ServiceName::parse(&s) {
+                prop_assert!(n.as_str().len() <= 63);
+                prop_assert!(!n.as_str().contains('.'));
+            }
+        }
+
+        #[test]
+        fn user_name_never_contains_a_dot(s in "\\PC{0,40}") {
+            if let Ok(n) = UserName::parse(&s) {
+                prop_assert!(!n.as_str().contains('.'));
+            }
+        }
+    }
+}

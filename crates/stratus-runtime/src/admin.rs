@@ -1,0 +1,83 @@
+//! Stratus's own administrative connection to a database, as the `stratus_admin` account.
+
+use crate::{Result, RuntimeError};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use std::time::Duration;
+
+/// The account Stratus manages each server with. Never routed to by the proxy.
+pub const ADMIN_USER: &str = "stratus_admin";
+
+/// A connection as [`ADMIN_USER`] over loopback TCP.
+pub struct AdminConn {
+    name: String,
+    conn: Conn,
+}
+
+impl AdminConn {
+    /// Connects, giving up after `timeout`.
+    pub async fn connect(name: &str, host: &str, port: u16, password: &str, timeout: Duration) -> Result<Self> {
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(host.to_owned())
+            .tcp_port(port)
+            .user(Some(ADMIN_USER))
+            .pass(Some(password.to_owned()))
+            .prefer_socket(false);
+        let conn = tokio::time::timeout(timeout, Conn::new(opts))
+            .await
+            .map_err(|_| RuntimeError::Other(format!("database {name}: no login within {timeout:?}")))?
+            .map_err(|source| RuntimeError::Sql { name: name.to_owned(), source })?;
+        Ok(Self { name: name.to_owned(), conn })
+    }
+
+    pub async fn exec(&mut self, sql: &str) -> Result<()> {
+        self.conn.query_drop(sql).await.map_err(|source| RuntimeError::Sql { name: self.name.clone(), source })
+    }
+
+    /// First column of the first row, if any.
+    pub async fn query_value<T: mysql_async::prelude::FromValue + Send + 'static>(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<T>> {
+        self.conn
+            .query_first::<T, _>(sql)
+            .await
+            .map_err(|source| RuntimeError::Sql { name: self.name.clone(), source })
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.disconnect().await;
+    }
+}
+
+/// `'text'` with MariaDB string-literal escaping (backslash and quote).
+pub fn quote_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `` `ident` `` with embedded backticks doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_str("it's \\ ok"), "'it''s \\\\ ok'");
+        assert_eq!(quote_ident("my-db`x"), "`my-db``x`");
+    }
+}

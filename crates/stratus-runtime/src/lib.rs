@@ -1,0 +1,150 @@
+//! Where databases run.
+//!
+//! The control plane drives databases through [`Runtime`]: create storage and start a server,
+//! stop it, set its CPU and memory limits, observe it, destroy it, and hear when it exits on its
+//! own. [`LocalRuntime`] runs `mariadbd` processes in cgroups on this machine; a Kubernetes
+//! runtime (pods, in-place resize, PVCs) implements the same trait.
+//!
+//! SQL-level work that is the same everywhere (buffer pool, accounts) belongs to the control
+//! plane, over [`admin::AdminConn`]; a runtime only logs in to know a server is ready.
+
+pub mod admin;
+pub mod binaries;
+pub mod local;
+
+pub use local::{LocalConfig, LocalRuntime};
+
+use std::future::Future;
+use std::time::Duration;
+use stratus_core::{Resources, ServiceName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{binary} not found ({hint})")]
+    MissingBinary { binary: &'static str, hint: String },
+    #[error("database {name}: mariadbd did not start: {reason}{}", log_tail_suffix(.log_tail))]
+    StartFailed { name: String, reason: String, log_tail: Vec<String> },
+    #[error("database {0} has no storage here")]
+    NoStorage(String),
+    #[error("database {0} already has storage here")]
+    StorageExists(String),
+    #[error("database {0} is not running")]
+    NotRunning(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("resource control: {0}")]
+    Cgroup(#[from] stratus_cgroup::Error),
+    #[error("database {name}: {source}")]
+    Sql { name: String, source: mysql_async::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn log_tail_suffix(tail: &[String]) -> String {
+    if tail.is_empty() { String::new() } else { format!("; last lines of its error log:\n  {}", tail.join("\n  ")) }
+}
+
+impl RuntimeError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// Everything a runtime needs to start one database.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub name: ServiceName,
+    /// Preferred TCP port; the runtime may pick another if it is taken.
+    pub port: u16,
+    /// Password of the `stratus_admin` account, which the runtime logs in with.
+    pub admin_password: String,
+    /// The size to start at.
+    pub resources: Resources,
+    /// The largest size this database may reach: the buffer pool's address space is reserved
+    /// for it at start (`innodb_buffer_pool_size_max`), so later grows need no restart.
+    pub max_resources: Resources,
+}
+
+/// A started (or adopted) server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub pid: u32,
+    pub host: String,
+    pub port: u16,
+    /// True when an already running server was taken over instead of started.
+    pub adopted: bool,
+    /// From spawn to the first successful login.
+    pub startup: Duration,
+}
+
+/// What a runtime sees of a database right now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub pid: Option<u32>,
+    /// `host:port` of the server itself.
+    pub backend: Option<String>,
+    /// CPU quota in millicores as enforced, `None` when not limited or not enforceable.
+    pub cpu_limit_millis: Option<u32>,
+    /// Memory limit in bytes as enforced.
+    pub memory_limit_bytes: Option<u64>,
+    pub cpu_usage_ns: Option<u64>,
+    pub memory_usage_bytes: Option<u64>,
+    pub frozen: bool,
+    /// Where its data lives (a directory, a volume).
+    pub storage: Option<String>,
+}
+
+/// A server exited without being asked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitNotice {
+    pub name: ServiceName,
+    pub pid: u32,
+    /// `exit code 1`, `signal 9 (SIGKILL)`, or `unknown` for an adopted process.
+    pub status: String,
+}
+
+/// Facts about the runtime for `stratus status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    pub kind: &'static str,
+    /// `cgroup v2`, `cgroup v1 (hybrid)`, or `none`.
+    pub resource_control: String,
+    /// Why resource control is off, when it is.
+    pub resource_control_note: Option<String>,
+    pub mariadb_version: String,
+}
+
+/// Where databases run. Methods are cancel-safe only where they say so; the control plane
+/// serialises calls per database.
+pub trait Runtime: Send + Sync + 'static {
+    fn info(&self) -> RuntimeInfo;
+
+    /// Creates storage for a new database and starts it; returns once it accepts logins with
+    /// `spec.admin_password`. On failure nothing is left behind.
+    fn provision(&self, spec: &InstanceSpec) -> impl Future<Output = Result<Instance>> + Send;
+
+    /// Starts a database on its existing storage, or adopts its server if one is already
+    /// running (after a restart of Stratus). Returns once it accepts logins.
+    fn start(&self, spec: &InstanceSpec) -> impl Future<Output = Result<Instance>> + Send;
+
+    /// Stops the server gracefully, killing it after `grace`. Returns whether it stopped in time.
+    fn stop(&self, name: &ServiceName, grace: Duration) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Sets the enforced CPU quota and memory limit. A no-op without resource control.
+    fn set_limits(
+        &self,
+        name: &ServiceName,
+        cpu_millis: u32,
+        memory_bytes: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    fn observe(&self, name: &ServiceName) -> impl Future<Output = Observed> + Send;
+
+    /// Stops the server if it runs and deletes its storage and resource group.
+    fn destroy(&self, name: &ServiceName) -> impl Future<Output = Result<()>> + Send;
+
+    /// Exits that nobody asked for (crashes, kills, OOM).
+    fn exits(&self) -> tokio::sync::broadcast::Receiver<ExitNotice>;
+}

@@ -1,0 +1,441 @@
+//! The local runtime: one `mariadbd` process per database on this machine, each in its own
+//! cgroup, all under one data directory:
+//!
+//! ```text
+//! <root>/template/            data directory every database is copied from (template.rs)
+//! <root>/databases/<name>/    data/, my.cnf, mariadbd.pid, mariadbd.sock, error.log
+//! ```
+//!
+//! Processes outlive a `kill -9` of Stratus (they run in their own process group); the next
+//! runtime over the same root adopts them through their pid file, checked by pidfd.
+
+mod config;
+mod notify;
+mod process;
+mod template;
+
+use crate::admin::{ADMIN_USER, AdminConn, quote_str};
+use crate::binaries::MariaDb;
+use crate::{ExitNotice, Instance, InstanceSpec, Observed, Result, Runtime, RuntimeError, RuntimeInfo};
+use process::Pidfd;
+use rustix::process::Signal;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use stratus_cgroup::{Layout, Manager};
+use stratus_core::ServiceName;
+use tokio::sync::{broadcast, watch};
+
+/// How long a fresh server gets for its first login after `READY=1`.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Holds `template/` and `databases/`.
+    pub root: PathBuf,
+    /// Where `mariadbd` and `mariadb-install-db` are; `PATH` when unset.
+    pub bin_dir: Option<PathBuf>,
+    /// The cgroup every database's group is created under.
+    pub cgroup_parent: String,
+    /// Set false to run without cgroups even where they are available.
+    pub resource_control: bool,
+    /// Upper bound on a start, crash recovery included.
+    pub start_timeout: Duration,
+}
+
+impl LocalConfig {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            bin_dir: None,
+            cgroup_parent: "stratus".into(),
+            resource_control: true,
+            start_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+pub struct LocalRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: LocalConfig,
+    mariadb: MariaDb,
+    template: template::Template,
+    cgroups: Option<Manager>,
+    resource_note: Option<String>,
+    run_as_root: bool,
+    procs: Mutex<HashMap<ServiceName, Arc<Proc>>>,
+    exits: broadcast::Sender<ExitNotice>,
+}
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const STOPPING: u8 = 2;
+
+/// A server this runtime watches.
+struct Proc {
+    pidfd: Pidfd,
+    port: u16,
+    /// Only exits of a `READY` server are reported as crashes.
+    phase: AtomicU8,
+    exited: watch::Receiver<bool>,
+}
+
+impl Proc {
+    async fn wait_exit(&self) {
+        let mut rx = self.exited.clone();
+        let _ = rx.wait_for(|gone| *gone).await;
+    }
+}
+
+/// The files of one database.
+struct DbPaths {
+    dir: PathBuf,
+    data: PathBuf,
+    cnf: PathBuf,
+    pid: PathBuf,
+    log: PathBuf,
+    socket: PathBuf,
+}
+
+impl LocalRuntime {
+    /// Finds MariaDB, sets up resource control (or says why not) and builds the template if
+    /// this root has none yet.
+    pub async fn new(cfg: LocalConfig) -> Result<Self> {
+        if cfg.root.to_string_lossy().contains(['\n', '"']) {
+            return Err(RuntimeError::Other(format!("data directory {:?} contains a newline or quote", cfg.root)));
+        }
+        let mariadb = MariaDb::locate(cfg.bin_dir.as_deref())?;
+        let (cgroups, resource_note) = if !cfg.resource_control {
+            (None, Some("disabled in the configuration".to_owned()))
+        } else {
+            match Manager::new(Layout::detect(), &cfg.cgroup_parent) {
+                Ok(m) => (Some(m), None),
+                Err(e) => {
+                    tracing::warn!("running without resource control (no CPU or memory limits): {e}");
+                    (None, Some(e.to_string()))
+                }
+            }
+        };
+        let databases = cfg.root.join("databases");
+        std::fs::create_dir_all(&databases)
+            .map_err(|e| RuntimeError::io(format!("cannot create {}", databases.display()), e))?;
+        let run_as_root = rustix::process::geteuid().is_root();
+        let template = template::ensure(&cfg.root.join("template"), &mariadb, run_as_root).await?;
+        let (exits, _) = broadcast::channel(256);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                mariadb,
+                template,
+                cgroups,
+                resource_note,
+                run_as_root,
+                procs: Mutex::new(HashMap::new()),
+                exits,
+            }),
+        })
+    }
+
+    pub fn mariadb(&self) -> &MariaDb {
+        &self.inner.mariadb
+    }
+}
+
+impl Inner {
+    fn paths(&self, name: &ServiceName) -> DbPaths {
+        let dir = self.cfg.root.join("databases").join(name.as_str());
+        let mut socket = dir.join("mariadbd.sock");
+        // sun_path holds 108 bytes; deep data directories put the socket in the temp dir.
+        if socket.as_os_str().len() > 100 {
+            socket = std::env::temp_dir().join(format!("stratus-{:08x}.sock", config::server_id(&dir.to_string_lossy())));
+        }
+        DbPaths {
+            data: dir.join("data"),
+            cnf: dir.join("my.cnf"),
+            pid: dir.join("mariadbd.pid"),
+            log: dir.join("error.log"),
+            socket,
+            dir,
+        }
+    }
+
+    fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceName, Arc<Proc>>> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running(&self, name: &ServiceName) -> Option<Arc<Proc>> {
+        self.procs().get(name).filter(|p| !*p.exited.borrow()).cloned()
+    }
+
+    /// Starts watching a process: when it exits, it is forgotten, and if it was serving, the
+    /// exit is broadcast as a crash.
+    fn watch(self: &Arc<Self>, name: &ServiceName, pidfd: Pidfd, port: u16, phase: u8) -> Arc<Proc> {
+        let (tx, rx) = watch::channel(false);
+        let proc = Arc::new(Proc { pidfd, port, phase: AtomicU8::new(phase), exited: rx });
+        self.procs().insert(name.clone(), proc.clone());
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        let (name, watched) = (name.clone(), proc.clone());
+        tokio::spawn(async move {
+            let status = watched.pidfd.exited().await;
+            let _ = tx.send(true);
+            let Some(inner) = weak.upgrade() else { return };
+            {
+                let mut procs = inner.procs();
+                if procs.get(&name).is_some_and(|p| Arc::ptr_eq(p, &watched)) {
+                    procs.remove(&name);
+                }
+            }
+            if watched.phase.load(Ordering::SeqCst) == READY {
+                tracing::warn!(db = %name, pid = watched.pidfd.pid, %status, "mariadbd exited unexpectedly");
+                let _ = inner.exits.send(ExitNotice { name, pid: watched.pidfd.pid, status });
+            }
+        });
+        proc
+    }
+
+    fn write_cnf(&self, spec: &InstanceSpec, paths: &DbPaths, port: u16) -> Result<()> {
+        let opts = config::ServerOptions {
+            datadir: paths.data.clone(),
+            port: Some(port),
+            socket: paths.socket.clone(),
+            pid_file: paths.pid.clone(),
+            error_log: paths.log.clone(),
+            run_as_root: self.run_as_root,
+            server_id: config::server_id(spec.name.as_str()),
+            buffer_pool_bytes: spec.resources.buffer_pool_bytes,
+            buffer_pool_max_bytes: self
+                .mariadb
+                .has_buffer_pool_size_max
+                .then_some(spec.max_resources.buffer_pool_bytes),
+        };
+        template::write_private(&paths.cnf, &config::render(&opts))
+    }
+
+    fn apply_limits(&self, name: &ServiceName, cpu_millis: u32, memory_bytes: u64) -> Result<Vec<PathBuf>> {
+        let Some(manager) = &self.cgroups else { return Ok(Vec::new()) };
+        let cg = manager.create(name.as_str())?;
+        cg.set_cpu_limit(Some(cpu_millis))?;
+        cg.set_memory_limit(Some(memory_bytes))?;
+        Ok(cg.procs_files())
+    }
+
+    /// Starts (or adopts) the server and logs in with `login_password`.
+    async fn start_server(self: &Arc<Self>, spec: &InstanceSpec, login_password: &str) -> Result<Instance> {
+        let name = &spec.name;
+        let paths = self.paths(name);
+        if !paths.data.is_dir() {
+            return Err(RuntimeError::NoStorage(name.to_string()));
+        }
+        let begin = Instant::now();
+        if let Some(proc) = self.running(name) {
+            return Ok(self.instance(proc.pidfd.pid, proc.port, false, begin));
+        }
+        if let Some(pidfd) = process::adopt(&paths.pid, &paths.cnf) {
+            let port = cnf_port(&paths.cnf).unwrap_or(spec.port);
+            let pid = pidfd.pid;
+            let proc = self.watch(name, pidfd, port, STARTING);
+            self.login(name, port, login_password).await?;
+            proc.phase.store(READY, Ordering::SeqCst);
+            tracing::info!(db = %name, pid, port, "adopted running mariadbd");
+            return Ok(self.instance(pid, port, true, begin));
+        }
+        let procs_files = self.apply_limits(name, spec.resources.cpu_millis, spec.resources.memory_bytes)?;
+        let mut port = if spec.port == 0 { free_port()? } else { spec.port };
+        for attempt in 1..=3 {
+            self.write_cnf(spec, &paths, port)?;
+            let notify = notify::NotifySocket::bind().map_err(|e| RuntimeError::io("notify socket", e))?;
+            let pidfd = process::spawn(&self.mariadb.mariadbd, &paths.cnf, &paths.log, &procs_files, &notify.env)?;
+            let proc = self.watch(name, pidfd, port, STARTING);
+            let failure = tokio::select! {
+                ready = notify.ready() => match ready {
+                    Ok(_) => None,
+                    Err(e) => Some(format!("readiness socket failed: {e}")),
+                },
+                () = proc.wait_exit() => Some("it exited during start-up".to_owned()),
+                () = tokio::time::sleep(self.cfg.start_timeout) => {
+                    Some(format!("not ready within {:?}", self.cfg.start_timeout))
+                }
+            };
+            if let Some(reason) = failure {
+                self.kill(&proc).await;
+                let log_tail = process::log_tail(&paths.log, 12);
+                if attempt < 3 && log_tail.iter().any(|l| l.contains("Address already in use")) {
+                    tracing::info!(db = %name, port, "port taken, trying another");
+                    port = free_port()?;
+                    continue;
+                }
+                return Err(RuntimeError::StartFailed { name: name.to_string(), reason, log_tail });
+            }
+            if let Err(e) = self.login(name, port, login_password).await {
+                self.kill(&proc).await;
+                return Err(e);
+            }
+            proc.phase.store(READY, Ordering::SeqCst);
+            tracing::info!(db = %name, pid = proc.pidfd.pid, port, ms = begin.elapsed().as_millis() as u64, "mariadbd ready");
+            return Ok(self.instance(proc.pidfd.pid, port, false, begin));
+        }
+        unreachable!("the last attempt always returns")
+    }
+
+    fn instance(&self, pid: u32, port: u16, adopted: bool, begin: Instant) -> Instance {
+        Instance { pid, host: "127.0.0.1".into(), port, adopted, startup: begin.elapsed() }
+    }
+
+    async fn login(&self, name: &ServiceName, port: u16, password: &str) -> Result<()> {
+        let mut conn = AdminConn::connect(name.as_str(), "127.0.0.1", port, password, LOGIN_TIMEOUT).await?;
+        conn.exec("DO 1").await?;
+        conn.close().await;
+        Ok(())
+    }
+
+    async fn kill(&self, proc: &Proc) {
+        proc.phase.store(STOPPING, Ordering::SeqCst);
+        let _ = proc.pidfd.signal(Signal::KILL);
+        proc.wait_exit().await;
+    }
+
+    /// The running server, adopting it first if an earlier runtime started it.
+    fn find(self: &Arc<Self>, name: &ServiceName) -> Option<Arc<Proc>> {
+        if let Some(p) = self.running(name) {
+            return Some(p);
+        }
+        let paths = self.paths(name);
+        let pidfd = process::adopt(&paths.pid, &paths.cnf)?;
+        let port = cnf_port(&paths.cnf).unwrap_or(0);
+        Some(self.watch(name, pidfd, port, READY))
+    }
+
+    async fn stop(self: &Arc<Self>, name: &ServiceName, grace: Duration) -> Result<bool> {
+        let Some(proc) = self.find(name) else { return Ok(true) };
+        proc.phase.store(STOPPING, Ordering::SeqCst);
+        proc.pidfd.signal(Signal::TERM).map_err(|e| RuntimeError::io("SIGTERM to mariadbd", e))?;
+        if tokio::time::timeout(grace, proc.wait_exit()).await.is_ok() {
+            return Ok(true);
+        }
+        tracing::warn!(db = %name, pid = proc.pidfd.pid, "mariadbd did not stop within {grace:?}; killing it");
+        self.kill(&proc).await;
+        Ok(false)
+    }
+}
+
+impl Runtime for LocalRuntime {
+    fn info(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            kind: "local",
+            resource_control: self.inner.cgroups.as_ref().map_or_else(|| "none".to_owned(), |m| m.kind().to_string()),
+            resource_control_note: self.inner.resource_note.clone(),
+            mariadb_version: self.inner.mariadb.version.clone(),
+        }
+    }
+
+    async fn provision(&self, spec: &InstanceSpec) -> Result<Instance> {
+        let inner = &self.inner;
+        let paths = inner.paths(&spec.name);
+        if paths.dir.exists() {
+            return Err(RuntimeError::StorageExists(spec.name.to_string()));
+        }
+        let result = async {
+            std::fs::create_dir(&paths.dir)
+                .map_err(|e| RuntimeError::io(format!("cannot create {}", paths.dir.display()), e))?;
+            template::copy_tree(&inner.template.data, &paths.data)
+                .map_err(|e| RuntimeError::io(format!("cannot copy the template to {}", paths.data.display()), e))?;
+            let instance = inner.start_server(spec, &inner.template.admin_password).await?;
+            // Every copy starts with the template's password; give this one its own.
+            let mut conn = AdminConn::connect(
+                spec.name.as_str(),
+                &instance.host,
+                instance.port,
+                &inner.template.admin_password,
+                LOGIN_TIMEOUT,
+            )
+            .await?;
+            conn.exec(&format!(
+                "ALTER USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD({})",
+                quote_str(&spec.admin_password)
+            ))
+            .await?;
+            conn.close().await;
+            Ok(instance)
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.destroy(&spec.name).await;
+        }
+        result
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
+        self.inner.start_server(spec, &spec.admin_password).await
+    }
+
+    async fn stop(&self, name: &ServiceName, grace: Duration) -> Result<bool> {
+        self.inner.stop(name, grace).await
+    }
+
+    async fn set_limits(&self, name: &ServiceName, cpu_millis: u32, memory_bytes: u64) -> Result<()> {
+        self.inner.apply_limits(name, cpu_millis, memory_bytes).map(drop)
+    }
+
+    async fn observe(&self, name: &ServiceName) -> Observed {
+        let inner = &self.inner;
+        let paths = inner.paths(name);
+        let proc = inner.find(name);
+        let mut seen = Observed {
+            pid: proc.as_ref().map(|p| p.pidfd.pid),
+            backend: proc.as_ref().map(|p| format!("127.0.0.1:{}", p.port)),
+            storage: paths.data.is_dir().then(|| paths.data.display().to_string()),
+            ..Observed::default()
+        };
+        if let Some(cg) = inner.cgroups.as_ref().and_then(|m| m.open(name.as_str()).ok()) {
+            seen.cpu_limit_millis = cg.cpu_limit().ok().flatten();
+            seen.memory_limit_bytes = cg.memory_limit().ok().flatten();
+            seen.frozen = cg.is_frozen().unwrap_or(false);
+            if let Ok(u) = cg.usage() {
+                seen.cpu_usage_ns = Some(u.cpu_ns);
+                seen.memory_usage_bytes = Some(u.memory_bytes);
+            }
+        } else if let Some(u) = seen.pid.and_then(|pid| stratus_cgroup::proc_usage(pid).ok()) {
+            seen.cpu_usage_ns = Some(u.cpu_ns);
+            seen.memory_usage_bytes = Some(u.memory_bytes);
+        }
+        seen
+    }
+
+    async fn destroy(&self, name: &ServiceName) -> Result<()> {
+        let inner = &self.inner;
+        inner.stop(name, Duration::from_secs(30)).await?;
+        if let Some(cg) = inner.cgroups.as_ref().and_then(|m| m.open(name.as_str()).ok()) {
+            cg.remove()?;
+        }
+        let paths = inner.paths(name);
+        let _ = std::fs::remove_file(&paths.socket);
+        match std::fs::remove_dir_all(&paths.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io(format!("cannot remove {}", paths.dir.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn exits(&self) -> broadcast::Receiver<ExitNotice> {
+        self.inner.exits.subscribe()
+    }
+}
+
+/// A port the kernel just said is free on loopback. Another process may take it before
+/// mariadbd binds it; the start then retries with a new one.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| RuntimeError::io("cannot find a free port", e))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| RuntimeError::io("cannot find a free port", e))
+}
+
+/// The port an existing option file gives, for an adopted server.
+fn cnf_port(cnf: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(cnf).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("port = ")?.trim().parse().ok())
+}

@@ -1,0 +1,82 @@
+//! Where Stratus objects live.
+//!
+//! The control plane is written against [`Store`]; [`SqliteStore`] is the embedded catalog of
+//! `stratus up`, and a Kubernetes implementation (custom resources) can stand in its place.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use std::future::Future;
+use stratus_core::{
+    BackupSchedule, DatabaseService, Event, EventKind, ScalingPolicy, ServiceName, User, UserName,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("catalog holds an unreadable {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("catalog at {path} was written by a newer Stratus (schema version {found}, this build knows {known})")]
+    TooNew { path: String, found: i64, known: i64 },
+    #[error("catalog error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Which events to read.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub db: Option<String>,
+    /// Only events with a larger id (for following).
+    pub after_id: Option<i64>,
+    /// The newest `limit` events, in id order.
+    pub limit: Option<usize>,
+}
+
+/// The catalog of services, their users and policies, and the event log.
+pub trait Store: Send + Sync + 'static {
+    /// Adds a service together with its owner, its default policies and a `created` event, in
+    /// one transaction: either all of it is recorded or none.
+    fn create_service(
+        &self,
+        service: &DatabaseService,
+        owner: &User,
+        message: &str,
+    ) -> impl Future<Output = Result<Event>> + Send;
+    fn service(&self, name: &ServiceName) -> impl Future<Output = Result<Option<DatabaseService>>> + Send;
+    fn services(&self) -> impl Future<Output = Result<Vec<DatabaseService>>> + Send;
+    fn update_service(&self, service: &DatabaseService) -> impl Future<Output = Result<()>> + Send;
+    /// Removes the service with its users and policies; its events stay.
+    fn delete_service(&self, name: &ServiceName) -> impl Future<Output = Result<()>> + Send;
+
+    fn create_user(&self, user: &User) -> impl Future<Output = Result<()>> + Send;
+    fn users(&self, service: &ServiceName) -> impl Future<Output = Result<Vec<User>>> + Send;
+    fn delete_user(&self, service: &ServiceName, user: &UserName) -> impl Future<Output = Result<()>> + Send;
+
+    fn scaling_policy(&self, service: &ServiceName) -> impl Future<Output = Result<ScalingPolicy>> + Send;
+    fn set_scaling_policy(
+        &self,
+        service: &ServiceName,
+        policy: &ScalingPolicy,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn backup_schedule(&self, service: &ServiceName) -> impl Future<Output = Result<BackupSchedule>> + Send;
+    fn set_backup_schedule(
+        &self,
+        service: &ServiceName,
+        schedule: &BackupSchedule,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    fn record_event(
+        &self,
+        db: &str,
+        kind: EventKind,
+        message: &str,
+        data: serde_json::Value,
+    ) -> impl Future<Output = Result<Event>> + Send;
+    fn events(&self, filter: &EventFilter) -> impl Future<Output = Result<Vec<Event>>> + Send;
+}

@@ -1,0 +1,461 @@
+//! The embedded catalog: one SQLite file in WAL mode under the data directory.
+//!
+//! Statements are tiny and local, so they run inline under a mutex rather than on a blocking
+//! pool. WAL makes every committed transaction survive a `kill -9` of `stratus up`
+//! (<https://www.sqlite.org/wal.html>). The schema version lives in `PRAGMA user_version`;
+//! [`MIGRATIONS`] only ever grows.
+
+use crate::{EventFilter, Result, Store, StoreError};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use stratus_core::time::now_ms;
+use stratus_core::{
+    BackupSchedule, DatabaseService, DbState, Event, EventKind, NativeHash, ScalingPolicy, ServiceName,
+    ServiceSpec, Tier, User, UserName,
+};
+
+/// Schema migrations, in order; entry `i` takes the catalog from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE services (
+    name              TEXT PRIMARY KEY,
+    tier              TEXT    NOT NULL,
+    min_scu           INTEGER NOT NULL,
+    max_scu           INTEGER NOT NULL,
+    storage_gb        INTEGER NOT NULL,
+    state             TEXT    NOT NULL,
+    scu               INTEGER NOT NULL,
+    buffer_pool_bytes INTEGER NOT NULL,
+    port              INTEGER NOT NULL,
+    admin_password    TEXT    NOT NULL,
+    created_at_ms     INTEGER NOT NULL,
+    updated_at_ms     INTEGER NOT NULL
+);
+CREATE TABLE users (
+    service       TEXT    NOT NULL REFERENCES services(name) ON DELETE CASCADE,
+    name          TEXT    NOT NULL,
+    hash          TEXT    NOT NULL,
+    owner         INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (service, name)
+);
+CREATE TABLE scaling_policies (
+    service TEXT PRIMARY KEY REFERENCES services(name) ON DELETE CASCADE,
+    policy  TEXT NOT NULL
+);
+CREATE TABLE backup_schedules (
+    service  TEXT PRIMARY KEY REFERENCES services(name) ON DELETE CASCADE,
+    schedule TEXT NOT NULL
+);
+CREATE TABLE events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    db      TEXT    NOT NULL,
+    kind    TEXT    NOT NULL,
+    message TEXT    NOT NULL,
+    data    TEXT    NOT NULL
+);
+CREATE INDEX events_by_db ON events (db, id);
+"#];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the catalog at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn, &path.display().to_string())
+    }
+
+    /// A private in-memory catalog, for tests of code built on [`Store`].
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?, ":memory:")
+    }
+
+    fn init(mut conn: Connection, path: &str) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew { path: path.to_owned(), found: version, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self.lock().pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back on drop), so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+const SERVICE_COLUMNS: &str = "name, tier, min_scu, max_scu, storage_gb, state, scu, buffer_pool_bytes, \
+     port, admin_password, created_at_ms, updated_at_ms";
+
+fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt { what, detail: detail.to_string() }
+}
+
+fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> {
+    let name: String = row.get(0)?;
+    let tier: String = row.get(1)?;
+    let state: String = row.get(5)?;
+    let port: i64 = row.get(8)?;
+    let (min_scu, max_scu, storage_gb, scu): (u32, u32, u32, u32) =
+        (row.get(2)?, row.get(3)?, row.get(4)?, row.get(6)?);
+    let (buffer_pool_bytes, admin_password, created_at_ms, updated_at_ms): (i64, String, i64, i64) =
+        (row.get(7)?, row.get(9)?, row.get(10)?, row.get(11)?);
+    Ok((|| {
+        let name = ServiceName::parse(&name).map_err(|e| corrupt("service name", e))?;
+        let tier: Tier = tier.parse().map_err(|e| corrupt("tier", e))?;
+        let state = DbState::parse(&state).ok_or_else(|| corrupt("state", &state))?;
+        let port = u16::try_from(port).map_err(|e| corrupt("port", e))?;
+        Ok(DatabaseService {
+            spec: ServiceSpec { name, tier, min_scu, max_scu, storage_gb },
+            state,
+            scu,
+            buffer_pool_bytes: buffer_pool_bytes.max(0) as u64,
+            port,
+            admin_password,
+            created_at_ms,
+            updated_at_ms,
+        })
+    })())
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<User>> {
+    let (service, name, hash, owner, created_at_ms): (String, String, String, bool, i64) =
+        (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+    Ok((|| {
+        Ok(User {
+            service: ServiceName::parse(&service).map_err(|e| corrupt("user's service", e))?,
+            name: UserName::parse(&name).map_err(|e| corrupt("user name", e))?,
+            hash: NativeHash::parse(&hash).ok_or_else(|| corrupt("password hash", "not *<40 hex>"))?,
+            owner,
+            created_at_ms,
+        })
+    })())
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event>> {
+    let (id, time_ms, db, kind, message, data): (i64, i64, String, String, String, String) =
+        (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?);
+    Ok((|| {
+        Ok(Event {
+            id,
+            time_ms,
+            db,
+            kind: EventKind::parse(&kind).ok_or_else(|| corrupt("event kind", &kind))?,
+            message,
+            data: serde_json::from_str(&data).map_err(|e| corrupt("event data", e))?,
+        })
+    })())
+}
+
+fn insert_event(conn: &Connection, db: &str, kind: EventKind, message: &str, data: serde_json::Value) -> Result<Event> {
+    let time_ms = now_ms();
+    conn.execute(
+        "INSERT INTO events (time_ms, db, kind, message, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![time_ms, db, kind.as_str(), message, data.to_string()],
+    )?;
+    Ok(Event { id: conn.last_insert_rowid(), time_ms, db: db.to_owned(), kind, message: message.to_owned(), data })
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl Store for SqliteStore {
+    async fn create_service(&self, svc: &DatabaseService, owner: &User, message: &str) -> Result<Event> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let spec = &svc.spec;
+        tx.execute(
+            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            params![
+                spec.name.as_str(),
+                spec.tier.as_str(),
+                spec.min_scu,
+                spec.max_scu,
+                spec.storage_gb,
+                svc.state.as_str(),
+                svc.scu,
+                svc.buffer_pool_bytes as i64,
+                svc.port,
+                svc.admin_password,
+                svc.created_at_ms,
+                svc.updated_at_ms
+            ],
+        )
+        .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists(format!("database {}", spec.name)) } else { e.into() })?;
+        insert_user(&tx, owner)?;
+        let policy = serde_json::to_string(&ScalingPolicy::default()).map_err(|e| corrupt("policy", e))?;
+        tx.execute("INSERT INTO scaling_policies (service, policy) VALUES (?1, ?2)", params![spec.name.as_str(), policy])?;
+        let schedule = serde_json::to_string(&BackupSchedule::default()).map_err(|e| corrupt("schedule", e))?;
+        tx.execute(
+            "INSERT INTO backup_schedules (service, schedule) VALUES (?1, ?2)",
+            params![spec.name.as_str(), schedule],
+        )?;
+        let data = serde_json::json!({
+            "tier": spec.tier, "min_scu": spec.min_scu, "max_scu": spec.max_scu, "scu": svc.scu,
+            "owner": owner.name,
+        });
+        let event = insert_event(&tx, spec.name.as_str(), EventKind::Created, message, data)?;
+        tx.commit()?;
+        Ok(event)
+    }
+
+    async fn service(&self, name: &ServiceName) -> Result<Option<DatabaseService>> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE name = ?1"),
+                params![name.as_str()],
+                service_from_row,
+            )
+            .optional()?;
+        row.transpose()
+    }
+
+    async fn services(&self) -> Result<Vec<DatabaseService>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("SELECT {SERVICE_COLUMNS} FROM services ORDER BY name"))?;
+        let rows = stmt.query_map([], service_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    async fn update_service(&self, svc: &DatabaseService) -> Result<()> {
+        let conn = self.lock();
+        let spec = &svc.spec;
+        let n = conn.execute(
+            "UPDATE services SET tier = ?2, min_scu = ?3, max_scu = ?4, storage_gb = ?5, state = ?6, scu = ?7, \
+             buffer_pool_bytes = ?8, port = ?9, admin_password = ?10, updated_at_ms = ?11 WHERE name = ?1",
+            params![
+                spec.name.as_str(),
+                spec.tier.as_str(),
+                spec.min_scu,
+                spec.max_scu,
+                spec.storage_gb,
+                svc.state.as_str(),
+                svc.scu,
+                svc.buffer_pool_bytes as i64,
+                svc.port,
+                svc.admin_password,
+                now_ms()
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("database {}", spec.name)));
+        }
+        Ok(())
+    }
+
+    async fn delete_service(&self, name: &ServiceName) -> Result<()> {
+        let conn = self.lock();
+        if conn.execute("DELETE FROM services WHERE name = ?1", params![name.as_str()])? == 0 {
+            return Err(StoreError::NotFound(format!("database {name}")));
+        }
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &User) -> Result<()> {
+        insert_user(&self.lock(), user)
+    }
+
+    async fn users(&self, service: &ServiceName) -> Result<Vec<User>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT service, name, hash, owner, created_at_ms FROM users WHERE service = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map(params![service.as_str()], user_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    async fn delete_user(&self, service: &ServiceName, user: &UserName) -> Result<()> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "DELETE FROM users WHERE service = ?1 AND name = ?2",
+            params![service.as_str(), user.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("user {user} of database {service}")));
+        }
+        Ok(())
+    }
+
+    async fn scaling_policy(&self, service: &ServiceName) -> Result<ScalingPolicy> {
+        let json: Option<String> = self
+            .lock()
+            .query_row("SELECT policy FROM scaling_policies WHERE service = ?1", params![service.as_str()], |r| r.get(0))
+            .optional()?;
+        let json = json.ok_or_else(|| StoreError::NotFound(format!("scaling policy of {service}")))?;
+        serde_json::from_str(&json).map_err(|e| corrupt("scaling policy", e))
+    }
+
+    async fn set_scaling_policy(&self, service: &ServiceName, policy: &ScalingPolicy) -> Result<()> {
+        let json = serde_json::to_string(policy).map_err(|e| corrupt("scaling policy", e))?;
+        let n = self.lock().execute(
+            "UPDATE scaling_policies SET policy = ?2 WHERE service = ?1",
+            params![service.as_str(), json],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("database {service}")));
+        }
+        Ok(())
+    }
+
+    async fn backup_schedule(&self, service: &ServiceName) -> Result<BackupSchedule> {
+        let json: Option<String> = self
+            .lock()
+            .query_row("SELECT schedule FROM backup_schedules WHERE service = ?1", params![service.as_str()], |r| r.get(0))
+            .optional()?;
+        let json = json.ok_or_else(|| StoreError::NotFound(format!("backup schedule of {service}")))?;
+        serde_json::from_str(&json).map_err(|e| corrupt("backup schedule", e))
+    }
+
+    async fn set_backup_schedule(&self, service: &ServiceName, schedule: &BackupSchedule) -> Result<()> {
+        let json = serde_json::to_string(schedule).map_err(|e| corrupt("backup schedule", e))?;
+        let n = self.lock().execute(
+            "UPDATE backup_schedules SET schedule = ?2 WHERE service = ?1",
+            params![service.as_str(), json],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("database {service}")));
+        }
+        Ok(())
+    }
+
+    async fn record_event(&self, db: &str, kind: EventKind, message: &str, data: serde_json::Value) -> Result<Event> {
+        insert_event(&self.lock(), db, kind, message, data)
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        let conn = self.lock();
+        let limit = filter.limit.map_or(-1, |l| l as i64);
+        // The newest `limit` matching events, returned oldest first.
+        let mut stmt = conn.prepare(
+            "SELECT id, time_ms, db, kind, message, data FROM (
+                 SELECT * FROM events WHERE (?1 IS NULL OR db = ?1) AND id > ?2 ORDER BY id DESC LIMIT ?3
+             ) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![filter.db, filter.after_id.unwrap_or(0), limit], event_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+}
+
+fn insert_user(conn: &Connection, user: &User) -> Result<()> {
+    conn.execute(
+        "INSERT INTO users (service, name, hash, owner, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![user.service.as_str(), user.name.as_str(), user.hash.to_string(), user.owner, user.created_at_ms],
+    )
+    .map_err(|e| {
+        if is_constraint(&e) {
+            StoreError::AlreadyExists(format!("user {} of database {}", user.name, user.service))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str) -> DatabaseService {
+        let spec = ServiceSpec::new(ServiceName::parse(name).unwrap(), Tier::Free, None, None, None).unwrap();
+        DatabaseService {
+            spec,
+            state: DbState::Provisioning,
+            scu: 1,
+            buffer_pool_bytes: 1 << 30,
+            port: 40001,
+            admin_password: "pw".into(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    fn owner(svc: &str, name: &str) -> User {
+        User {
+            service: ServiceName::parse(svc).unwrap(),
+            name: UserName::parse(name).unwrap(),
+            hash: NativeHash::of_password("secret"),
+            owner: true,
+            created_at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn services_users_and_events_round_trip() {
+        let store = SqliteStore::in_memory().unwrap();
+        let shop = service("shop");
+        store.create_service(&shop, &owner("shop", "admin"), "created").await.unwrap();
+        assert!(matches!(
+            store.create_service(&shop, &owner("shop", "admin"), "again").await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        let mut got = store.service(shop.name()).await.unwrap().unwrap();
+        assert_eq!(got, shop);
+        got.state = DbState::Active;
+        got.scu = 2;
+        store.update_service(&got).await.unwrap();
+        assert_eq!(store.service(shop.name()).await.unwrap().unwrap().scu, 2);
+
+        let app = User { owner: false, ..owner("shop", "app") };
+        store.create_user(&app).await.unwrap();
+        assert!(matches!(store.create_user(&app).await, Err(StoreError::AlreadyExists(_))));
+        assert_eq!(store.users(shop.name()).await.unwrap().len(), 2);
+        assert_eq!(store.scaling_policy(shop.name()).await.unwrap(), ScalingPolicy::default());
+
+        store.record_event("shop", EventKind::Parked, "parked", serde_json::json!({"x": 1})).await.unwrap();
+        let events = store.events(&EventFilter { db: Some("shop".into()), ..Default::default() }).await.unwrap();
+        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Created, EventKind::Parked]);
+        let last = store.events(&EventFilter { limit: Some(1), ..Default::default() }).await.unwrap();
+        assert_eq!(last[0].kind, EventKind::Parked);
+
+        store.delete_service(shop.name()).await.unwrap();
+        assert!(store.service(shop.name()).await.unwrap().is_none());
+        assert!(store.users(shop.name()).await.unwrap().is_empty(), "users cascade");
+        assert_eq!(store.events(&EventFilter::default()).await.unwrap().len(), 2, "events stay");
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.create_service(&service("shop"), &owner("shop", "admin"), "c").await.unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(store.services().await.unwrap().len(), 1);
+        drop(store);
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+    }
+
+    #[tokio::test]
+    async fn corrupt_rows_are_errors_not_panics() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.create_service(&service("shop"), &owner("shop", "admin"), "c").await.unwrap();
+        store.lock().execute("UPDATE services SET state = 'bogus'", []).unwrap();
+        assert!(matches!(store.services().await, Err(StoreError::Corrupt { what: "state", .. })));
+    }
+}
