@@ -1,1 +1,11 @@
-//! placeholder
+//! The Stratus HTTP API (`/v1/…`, JSON) and the client the CLI calls it with.
+//!
+//! Every error is a JSON body `{"error": {"code": "...", "message": "..."}}` with a fitting
+//! HTTP status; see [`server`] for the routes.
+
+pub mod client;
+pub mod server;
+pub mod types;
+
+pub use client::{ApiClient, ClientError};
+pub use server::{ServerInfo, router};

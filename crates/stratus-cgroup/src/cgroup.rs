@@ -131,6 +131,19 @@ impl Manager {
         })
     }
 
+    /// Removes the (last level of the) parent group in every hierarchy, for
+    /// tidy shutdown of test installations. Fails with [`Error::Busy`] while
+    /// any database group remains under it.
+    pub fn remove_parent(&self) -> Result<()> {
+        let mut first_err = None;
+        for dir in self.parent.distinct() {
+            if let Err(e) = files::rmdir(dir) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// Opens an existing group; fails with [`Error::NotFound`] if it is
     /// missing in any hierarchy.
     pub fn open(&self, name: &str) -> Result<Cgroup> {

@@ -1,1 +1,121 @@
-//! placeholder
+//! The Stratus control plane: the controllers of the brief, each a loop or an operation over
+//! desired state (the [`Store`]) and observed state (the [`Runtime`]).
+//!
+//! * [`lifecycle`]: create, park, resume, delete, and recovery after Stratus itself restarts.
+//! * [`sizing`]: applying a size in the safe order (cgroup before buffer pool when growing,
+//!   buffer pool before cgroup when shrinking) and recording what the server really did.
+//! * [`accounts`]: the SQL that creates a service's schema and users.
+//! * [`supervisor`]: restarting servers that exit on their own.
+//!
+//! Operations on one database are serialised by a per-database lock, so a park never races a
+//! scale or a crash restart.
+
+pub mod accounts;
+mod error;
+pub mod lifecycle;
+pub mod sizing;
+pub mod supervisor;
+pub mod view;
+
+pub use error::{ControlError, Result};
+pub use view::{CreatedDatabase, CreatedUser, DatabaseView, UserView};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use stratus_core::{DatabaseService, EventKind, Resources, ScuSize, ServiceName};
+use stratus_runtime::{InstanceSpec, Runtime};
+use stratus_store::Store;
+
+/// Installation-wide settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub scu: ScuSize,
+    /// How long a server gets to shut down cleanly before it is killed.
+    pub stop_grace: Duration,
+    /// Where clients connect (the proxy). `None`: straight to each database's server.
+    pub endpoint: Option<(String, u16)>,
+    /// Longest wait between restarts of a server that keeps crashing.
+    pub restart_backoff_max: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            scu: ScuSize::default(),
+            stop_grace: Duration::from_secs(60),
+            endpoint: None,
+            restart_backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct ControlPlane<S: Store, R: Runtime> {
+    store: S,
+    runtime: R,
+    cfg: ControlConfig,
+    locks: Mutex<HashMap<ServiceName, Arc<tokio::sync::Mutex<()>>>>,
+    started: Instant,
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    pub fn new(store: S, runtime: R, cfg: ControlConfig) -> Arc<Self> {
+        Arc::new(Self { store, runtime, cfg, locks: Mutex::new(HashMap::new()), started: Instant::now() })
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.cfg
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The lock that serialises every operation on one database.
+    async fn lock(&self, name: &ServiceName) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(name.clone()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    async fn load(&self, name: &ServiceName) -> Result<DatabaseService> {
+        self.store.service(name).await?.ok_or_else(|| ControlError::NotFound(format!("database {name}")))
+    }
+
+    fn resources(&self, scu: u32) -> Resources {
+        self.cfg.scu.resources(scu)
+    }
+
+    fn instance_spec(&self, svc: &DatabaseService) -> InstanceSpec {
+        InstanceSpec {
+            name: svc.spec.name.clone(),
+            port: svc.port,
+            admin_password: svc.admin_password.clone(),
+            resources: self.resources(svc.scu),
+            max_resources: self.resources(svc.spec.max_scu),
+        }
+    }
+
+    /// Where clients of `svc` connect.
+    fn endpoint(&self, svc: &DatabaseService) -> (String, u16) {
+        self.cfg.endpoint.clone().unwrap_or_else(|| ("127.0.0.1".to_owned(), svc.port))
+    }
+
+    /// Records an event; a failure to record is logged, never fatal to the operation itself.
+    async fn event(&self, db: &ServiceName, kind: EventKind, message: &str, data: serde_json::Value) {
+        tracing::info!(db = %db, kind = kind.as_str(), "{message}");
+        if let Err(e) = self.store.record_event(db.as_str(), kind, message, data).await {
+            tracing::error!(db = %db, "cannot record event: {e}");
+        }
+    }
+}

@@ -34,6 +34,21 @@ impl AdminConn {
         self.conn.query_drop(sql).await.map_err(|source| RuntimeError::Sql { name: self.name.clone(), source })
     }
 
+    /// Runs a statement and returns the server's warnings about it (`SHOW WARNINGS`), which is
+    /// how MariaDB says it adjusted or refused part of a `SET GLOBAL`.
+    pub async fn exec_with_warnings(&mut self, sql: &str) -> Result<Vec<String>> {
+        self.exec(sql).await?;
+        if self.conn.get_warnings() == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, u32, String)> = self
+            .conn
+            .query("SHOW WARNINGS")
+            .await
+            .map_err(|source| RuntimeError::Sql { name: self.name.clone(), source })?;
+        Ok(rows.into_iter().map(|(level, code, msg)| format!("{level} {code}: {msg}")).collect())
+    }
+
     /// First column of the first row, if any.
     pub async fn query_value<T: mysql_async::prelude::FromValue + Send + 'static>(
         &mut self,

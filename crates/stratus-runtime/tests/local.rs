@@ -90,6 +90,7 @@ async fn provision_limit_stop_start_crash_and_destroy() {
     assert!(matches!(rt.start(&s).await, Err(RuntimeError::NoStorage(_))));
     // A requested stop is not a crash.
     assert!(exits.try_recv().is_err());
+    rt.remove_cgroup_parent().unwrap();
 }
 
 #[tokio::test]
@@ -109,6 +110,7 @@ async fn a_new_runtime_adopts_running_servers() {
     assert!(rt.stop(&s.name, Duration::from_secs(30)).await.unwrap());
     assert!(exits.try_recv().is_err(), "a requested stop of an adopted server is no crash");
     rt.destroy(&s.name).await.unwrap();
+    rt.remove_cgroup_parent().unwrap();
 }
 
 #[tokio::test]
@@ -136,6 +138,7 @@ async fn a_taken_port_is_replaced_and_a_broken_server_explains_itself() {
     std::fs::create_dir_all(dir.path().join("databases/exists/keep")).unwrap();
     assert!(matches!(rt.provision(&s2).await, Err(RuntimeError::StorageExists(_))));
     assert!(dir.path().join("databases/exists/keep").exists());
+    rt.remove_cgroup_parent().unwrap();
 }
 
 #[tokio::test]
@@ -155,4 +158,5 @@ async fn mysql_async_sees_a_normal_server() {
     assert!(v.unwrap().contains("MariaDB"));
     conn.disconnect().await.unwrap();
     rt.destroy(&s.name).await.unwrap();
+    rt.remove_cgroup_parent().unwrap();
 }

@@ -144,6 +144,14 @@ impl LocalRuntime {
     pub fn mariadb(&self) -> &MariaDb {
         &self.inner.mariadb
     }
+
+    /// Removes the parent cgroup once no database group is left under it.
+    pub fn remove_cgroup_parent(&self) -> Result<()> {
+        match &self.inner.cgroups {
+            Some(m) => Ok(m.remove_parent()?),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Inner {

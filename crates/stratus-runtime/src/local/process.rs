@@ -60,8 +60,8 @@ impl Pidfd {
                     "unknown".into()
                 }
             }
-            // ECHILD: adopted from an earlier Stratus, so its status goes to its new parent.
-            _ => "unknown".into(),
+            // ECHILD: adopted from an earlier Stratus, so its status went to its new parent.
+            _ => "exit status unknown: adopted from an earlier Stratus".into(),
         }
     }
 

@@ -1,0 +1,208 @@
+//! Routes of the HTTP API:
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | GET | `/v1/status` | → [`StatusView`] |
+//! | GET | `/v1/databases` | → `[DatabaseView]` |
+//! | POST | `/v1/databases` | [`CreateRequest`] → `CreatedDatabase` (201) |
+//! | GET / DELETE | `/v1/databases/{name}` | → `DatabaseView` / 204 |
+//! | POST | `/v1/databases/{name}/scale` | [`ScaleRequest`] → `DatabaseView` |
+//! | POST | `/v1/databases/{name}/park`, `/resume` | → `DatabaseView` |
+//! | GET / POST | `/v1/databases/{name}/users` | [`CreateUserRequest`] → `CreatedUser` (201) |
+//! | DELETE | `/v1/databases/{name}/users/{user}` | → 204 |
+//! | GET | `/v1/events?db=&after=&limit=` | → `[EventView]` |
+
+use crate::types::*;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use stratus_control::{ControlError, ControlPlane};
+use stratus_runtime::Runtime;
+use stratus_store::{EventFilter, Store};
+
+/// Facts about this installation that the control plane does not know.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub version: String,
+    pub data_dir: String,
+    pub api: String,
+    pub sql_listen: String,
+}
+
+struct AppState<S: Store, R: Runtime> {
+    cp: Arc<ControlPlane<S, R>>,
+    info: ServerInfo,
+}
+
+type Shared<S, R> = State<Arc<AppState<S, R>>>;
+
+/// An error as the API reports it.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let status = match e {
+            ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::AlreadyExists(_) | ControlError::WrongState(_) => StatusCode::CONFLICT,
+            ControlError::Runtime(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", format!("bad request body: {}", e.body_text()))
+    }
+}
+
+impl From<stratus_store::StoreError> for ApiError {
+    fn from(e: stratus_store::StoreError) -> Self {
+        ControlError::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router<S: Store, R: Runtime>(cp: Arc<ControlPlane<S, R>>, info: ServerInfo) -> Router {
+    let state = Arc::new(AppState { cp, info });
+    Router::new()
+        .route("/v1/status", get(status::<S, R>))
+        .route("/v1/databases", get(list::<S, R>).post(create::<S, R>))
+        .route("/v1/databases/{name}", get(show::<S, R>).delete(delete::<S, R>))
+        .route("/v1/databases/{name}/scale", post(scale::<S, R>))
+        .route("/v1/databases/{name}/park", post(park::<S, R>))
+        .route("/v1/databases/{name}/resume", post(resume::<S, R>))
+        .route("/v1/databases/{name}/users", get(users::<S, R>).post(create_user::<S, R>))
+        .route("/v1/databases/{name}/users/{user}", axum::routing::delete(delete_user::<S, R>))
+        .route("/v1/events", get(events::<S, R>))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .with_state(state)
+}
+
+async fn status<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResult<Json<StatusView>> {
+    let services = st.cp.store().services().await?;
+    let mut by_state = BTreeMap::new();
+    for svc in &services {
+        *by_state.entry(svc.state.to_string()).or_insert(0) += 1;
+    }
+    let rt = st.cp.runtime().info();
+    Ok(Json(StatusView {
+        version: st.info.version.clone(),
+        uptime_seconds: st.cp.uptime().as_secs(),
+        data_dir: st.info.data_dir.clone(),
+        api: st.info.api.clone(),
+        sql_listen: st.info.sql_listen.clone(),
+        runtime: rt.kind.to_owned(),
+        mariadb_version: rt.mariadb_version,
+        resource_control: rt.resource_control,
+        resource_control_note: rt.resource_control_note,
+        databases: services.len(),
+        databases_by_state: by_state,
+    }))
+}
+
+async fn list<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResult<Json<Vec<DatabaseView>>> {
+    Ok(Json(st.cp.list().await?))
+}
+
+async fn create<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    body: Result<Json<CreateRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedDatabase>)> {
+    let Json(req) = body?;
+    Ok((StatusCode::CREATED, Json(st.cp.create(req).await?)))
+}
+
+async fn show<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<Json<DatabaseView>> {
+    Ok(Json(st.cp.show(&name).await?))
+}
+
+async fn delete<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    st.cp.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn scale<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Path(name): Path<String>,
+    body: Result<Json<ScaleRequest>, JsonRejection>,
+) -> ApiResult<Json<DatabaseView>> {
+    let Json(req) = body?;
+    Ok(Json(st.cp.scale(&name, req.scu).await?))
+}
+
+async fn park<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<Json<DatabaseView>> {
+    Ok(Json(st.cp.park(&name).await?))
+}
+
+async fn resume<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<Json<DatabaseView>> {
+    Ok(Json(st.cp.resume(&name).await?))
+}
+
+async fn users<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<Json<Vec<UserView>>> {
+    Ok(Json(st.cp.users(&name).await?))
+}
+
+async fn create_user<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Path(name): Path<String>,
+    body: Result<Json<CreateUserRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
+    let Json(req) = body?;
+    Ok((StatusCode::CREATED, Json(st.cp.create_user(&name, &req.name, req.password).await?)))
+}
+
+async fn delete_user<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Path((name, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    st.cp.delete_user(&name, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    db: Option<String>,
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+async fn events<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<EventView>>> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", format!("bad query: {}", e.body_text())))?;
+    let filter = EventFilter { db: q.db, after_id: q.after, limit: Some(q.limit.unwrap_or(100).min(10_000)) };
+    let events = st.cp.store().events(&filter).await?;
+    Ok(Json(events.into_iter().map(EventView::from).collect()))
+}

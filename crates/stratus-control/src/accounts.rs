@@ -1,0 +1,148 @@
+//! A service's schema and accounts inside its server.
+//!
+//! Accounts are created from the stored `mysql_native_password` hash (`IDENTIFIED VIA
+//! mysql_native_password USING '*…'`, <https://mariadb.com/kb/en/create-user/>), so a password
+//! never appears in a statement the server could log. Privileges
+//! (<https://mariadb.com/kb/en/grant/>):
+//! * the **owner**, made with the service, gets every privilege on every schema with GRANT
+//!   OPTION, except those that manage the server itself, which is Stratus's job: shutdown,
+//!   files, the binary log and replication, other sessions, read-only mode, `SUPER`;
+//! * **other users** get every privilege on the service's schema.
+
+use crate::view::{CreatedUser, UserView, connection_string};
+use crate::{ControlError, ControlPlane, Result};
+use stratus_core::time::{now_ms, rfc3339};
+use stratus_core::{EventKind, NativeHash, ServiceName, User, UserName, random_password};
+use stratus_runtime::admin::{AdminConn, quote_ident, quote_str};
+use stratus_runtime::Runtime;
+use stratus_store::Store;
+
+/// Privileges the owner does not get.
+const SERVER_PRIVILEGES: &str = "SHUTDOWN, FILE, SUPER, BINLOG ADMIN, BINLOG REPLAY, CONNECTION ADMIN, \
+     READ_ONLY ADMIN, REPLICATION MASTER ADMIN, REPLICATION SLAVE ADMIN, FEDERATED ADMIN";
+
+fn account(user: &UserName) -> String {
+    format!("{}@'%'", quote_str(user.as_str()))
+}
+
+/// Statements that create the service's schema.
+pub fn schema_sql(db: &ServiceName) -> String {
+    format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4", quote_ident(db.as_str()))
+}
+
+/// Statements that create `user` with the privileges its role gets.
+pub fn user_sql(db: &ServiceName, user: &UserName, hash: &NativeHash, owner: bool) -> Vec<String> {
+    let acct = account(user);
+    let mut sql = vec![format!(
+        "CREATE USER {acct} IDENTIFIED VIA mysql_native_password USING {}",
+        quote_str(&hash.to_string())
+    )];
+    if owner {
+        sql.push(format!("GRANT ALL PRIVILEGES ON *.* TO {acct} WITH GRANT OPTION"));
+        sql.push(format!("REVOKE {SERVER_PRIVILEGES} ON *.* FROM {acct}"));
+    } else {
+        sql.push(format!("GRANT ALL PRIVILEGES ON {}.* TO {acct}", quote_ident(db.as_str())));
+    }
+    sql
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    pub(crate) async fn admin(&self, name: &ServiceName, port: u16, password: &str) -> Result<AdminConn> {
+        Ok(AdminConn::connect(name.as_str(), "127.0.0.1", port, password, std::time::Duration::from_secs(10)).await?)
+    }
+
+    /// Adds a user to a database, in its server and in the catalog. A parked database is
+    /// resumed for it, as any statement would.
+    pub async fn create_user(&self, db: &str, user: &str, password: Option<String>) -> Result<CreatedUser> {
+        let name = ServiceName::parse(db)?;
+        let user_name = UserName::parse(user)?;
+        if password.as_deref().is_some_and(str::is_empty) {
+            return Err(ControlError::Invalid("password must not be empty".into()));
+        }
+        let _guard = self.lock(&name).await;
+        let svc = self.ensure_running(&name, "user create").await?;
+        if self.store.users(&name).await?.iter().any(|u| u.name == user_name) {
+            return Err(ControlError::AlreadyExists(format!("user {user_name} of database {name}")));
+        }
+        let password = password.unwrap_or_else(random_password);
+        let user = User {
+            service: name.clone(),
+            name: user_name.clone(),
+            hash: NativeHash::of_password(&password),
+            owner: false,
+            created_at_ms: now_ms(),
+        };
+        let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        for sql in user_sql(&name, &user.name, &user.hash, false) {
+            conn.exec(&sql).await?;
+        }
+        conn.close().await;
+        self.store.create_user(&user).await?;
+        self.event(&name, EventKind::UserCreated, &format!("user {user_name} created"), serde_json::json!({"user": user_name})).await;
+        let (host, port) = self.endpoint(&svc);
+        Ok(CreatedUser {
+            database: name.to_string(),
+            user: user_name.to_string(),
+            connection_string: connection_string(user_name.as_str(), &password, &host, port, name.as_str()),
+            password,
+            host,
+            port,
+        })
+    }
+
+    pub async fn users(&self, db: &str) -> Result<Vec<UserView>> {
+        let name = ServiceName::parse(db)?;
+        self.load(&name).await?;
+        Ok(self
+            .store
+            .users(&name)
+            .await?
+            .into_iter()
+            .map(|u| UserView {
+                database: u.service.to_string(),
+                name: u.name.to_string(),
+                owner: u.owner,
+                created_at: rfc3339(u.created_at_ms),
+            })
+            .collect())
+    }
+
+    /// Removes a user. The owner stays: it is how the service is administered.
+    pub async fn delete_user(&self, db: &str, user: &str) -> Result<()> {
+        let name = ServiceName::parse(db)?;
+        let user_name = UserName::parse(user)?;
+        let _guard = self.lock(&name).await;
+        let existing = self.store.users(&name).await?;
+        let Some(found) = existing.iter().find(|u| u.name == user_name) else {
+            return Err(ControlError::NotFound(format!("user {user_name} of database {name}")));
+        };
+        if found.owner {
+            return Err(ControlError::WrongState(format!("user {user_name} owns database {name} and cannot be deleted")));
+        }
+        let svc = self.ensure_running(&name, "user delete").await?;
+        let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        conn.exec(&format!("DROP USER IF EXISTS {}", account(&user_name))).await?;
+        conn.close().await;
+        self.store.delete_user(&name, &user_name).await?;
+        self.event(&name, EventKind::UserDeleted, &format!("user {user_name} deleted"), serde_json::json!({"user": user_name})).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_and_user_privileges() {
+        let db = ServiceName::parse("my-shop").unwrap();
+        let hash = NativeHash::of_password("x");
+        let owner = user_sql(&db, &UserName::parse("admin").unwrap(), &hash, true);
+        assert!(owner[0].starts_with("CREATE USER 'admin'@'%' IDENTIFIED VIA mysql_native_password USING '*"));
+        assert!(owner[1].contains("ON *.*") && owner[1].contains("WITH GRANT OPTION"));
+        assert!(owner[2].starts_with("REVOKE SHUTDOWN, FILE, SUPER"));
+        let app = user_sql(&db, &UserName::parse("app").unwrap(), &hash, false);
+        assert_eq!(app[1], "GRANT ALL PRIVILEGES ON `my-shop`.* TO 'app'@'%'");
+        assert_eq!(schema_sql(&db), "CREATE DATABASE IF NOT EXISTS `my-shop` CHARACTER SET utf8mb4");
+    }
+}

@@ -1,0 +1,350 @@
+//! The lifecycle controller: `provisioning → active ⇄ suspended → parked → active`, and
+//! `deleted`. Every transition is recorded as an event with its inputs and timings.
+
+use crate::accounts::{schema_sql, user_sql};
+use crate::view::{CreatedDatabase, DatabaseView, connection_string};
+use crate::{ControlError, ControlPlane, Result};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+use stratus_core::time::{now_ms, rfc3339};
+use stratus_core::{
+    DatabaseService, DbState, EventKind, NativeHash, ServiceName, ServiceSpec, Tier, User, UserName, random_password,
+};
+use stratus_runtime::Runtime;
+use stratus_store::Store;
+
+/// A request to create a database, as the API receives it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub name: String,
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub min_scu: Option<u32>,
+    #[serde(default)]
+    pub max_scu: Option<u32>,
+    #[serde(default)]
+    pub storage_gb: Option<u32>,
+    /// The owner account's name; `admin` when unset.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The owner's password; generated when unset.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// The owner account every database gets unless the request names another.
+pub const DEFAULT_OWNER: &str = "admin";
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Creates a database and returns once it accepts logins. On failure nothing remains but
+    /// the events that say why.
+    pub async fn create(&self, req: CreateRequest) -> Result<CreatedDatabase> {
+        let begin = Instant::now();
+        let name = ServiceName::parse(&req.name)?;
+        let tier: Tier = req.tier.as_deref().unwrap_or("free").parse().map_err(ControlError::Invalid)?;
+        let spec = ServiceSpec::new(name.clone(), tier, req.min_scu, req.max_scu, req.storage_gb)?;
+        let owner_name = UserName::parse(req.user.as_deref().unwrap_or(DEFAULT_OWNER))?;
+        if req.password.as_deref().is_some_and(str::is_empty) {
+            return Err(ControlError::Invalid("password must not be empty".into()));
+        }
+        let password = req.password.unwrap_or_else(random_password);
+        let _guard = self.lock(&name).await;
+
+        let now = now_ms();
+        let resources = self.resources(spec.min_scu);
+        let mut svc = DatabaseService {
+            scu: spec.min_scu,
+            buffer_pool_bytes: resources.buffer_pool_bytes,
+            spec,
+            state: DbState::Provisioning,
+            port: 0,
+            admin_password: random_password(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let owner = User {
+            service: name.clone(),
+            name: owner_name.clone(),
+            hash: NativeHash::of_password(&password),
+            owner: true,
+            created_at_ms: now,
+        };
+        let summary = format!(
+            "database {name} requested: {} tier, {}–{} SCU, owner {owner_name}",
+            svc.spec.tier, svc.spec.min_scu, svc.spec.max_scu
+        );
+        self.store.create_service(&svc, &owner, &summary).await?;
+
+        match self.provision(&mut svc, &owner).await {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = self.runtime.destroy(&name).await;
+                let _ = self.store.delete_service(&name).await;
+                self.event(&name, EventKind::StartFailed, &format!("creation failed, nothing kept: {e}"), json!({})).await;
+                return Err(e);
+            }
+        }
+        let ready_ms = begin.elapsed().as_millis() as u64;
+        self.event(
+            &name,
+            EventKind::Started,
+            &format!("database {name} ready in {ready_ms} ms"),
+            json!({"ready_ms": ready_ms, "port": svc.port, "scu": svc.scu}),
+        )
+        .await;
+        let (host, port) = self.endpoint(&svc);
+        Ok(CreatedDatabase {
+            name: name.to_string(),
+            state: svc.state.to_string(),
+            connection_string: connection_string(owner_name.as_str(), &password, &host, port, name.as_str()),
+            host,
+            port,
+            user: owner_name.to_string(),
+            password,
+            database: name.to_string(),
+            ready_ms,
+        })
+    }
+
+    async fn provision(&self, svc: &mut DatabaseService, owner: &User) -> Result<()> {
+        let instance = self.runtime.provision(&self.instance_spec(svc)).await?;
+        svc.port = instance.port;
+        let name = svc.name().clone();
+        let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        conn.exec(&schema_sql(&name)).await?;
+        for sql in user_sql(&name, &owner.name, &owner.hash, true) {
+            conn.exec(&sql).await?;
+        }
+        let bp: Option<u64> = conn.query_value("SELECT @@GLOBAL.innodb_buffer_pool_size").await?;
+        conn.close().await;
+        svc.buffer_pool_bytes = bp.unwrap_or(svc.buffer_pool_bytes);
+        svc.state = DbState::Active;
+        self.store.update_service(svc).await?;
+        Ok(())
+    }
+
+    pub async fn show(&self, db: &str) -> Result<DatabaseView> {
+        let name = ServiceName::parse(db)?;
+        let svc = self.load(&name).await?;
+        Ok(self.view(&svc).await)
+    }
+
+    pub async fn list(&self) -> Result<Vec<DatabaseView>> {
+        let mut out = Vec::new();
+        for svc in self.store.services().await? {
+            out.push(self.view(&svc).await);
+        }
+        Ok(out)
+    }
+
+    async fn view(&self, svc: &DatabaseService) -> DatabaseView {
+        let seen = self.runtime.observe(svc.name()).await;
+        let configured = self.resources(svc.scu);
+        let enforced = seen.cpu_limit_millis.is_some() && seen.memory_limit_bytes.is_some();
+        let (host, port) = self.endpoint(svc);
+        DatabaseView {
+            name: svc.name().to_string(),
+            state: svc.state.to_string(),
+            tier: svc.spec.tier.to_string(),
+            scu: svc.scu,
+            min_scu: svc.spec.min_scu,
+            max_scu: svc.spec.max_scu,
+            storage_gb: svc.spec.storage_gb,
+            host,
+            port,
+            database: svc.name().to_string(),
+            cpu_limit: f64::from(seen.cpu_limit_millis.unwrap_or(configured.cpu_millis)) / 1000.0,
+            memory_limit: seen.memory_limit_bytes.unwrap_or(configured.memory_bytes),
+            limits_enforced: enforced,
+            buffer_pool_size: svc.buffer_pool_bytes,
+            data_dir: seen.storage,
+            pid: seen.pid,
+            backend: seen.backend,
+            cpu_usage_seconds: seen.cpu_usage_ns.map(|ns| ns as f64 / 1e9),
+            memory_usage: seen.memory_usage_bytes,
+            created_at: rfc3339(svc.created_at_ms),
+            updated_at: rfc3339(svc.updated_at_ms),
+        }
+    }
+
+    /// Sets a database's size by hand. A parked database keeps the size for its next start.
+    pub async fn scale(&self, db: &str, scu: u32) -> Result<DatabaseView> {
+        let name = ServiceName::parse(db)?;
+        let _guard = self.lock(&name).await;
+        let mut svc = self.load(&name).await?;
+        svc.spec.check_scu(scu)?;
+        let from = self.resources(svc.scu);
+        let to = self.resources(scu);
+        let running = self.runtime.observe(&name).await.pid.is_some();
+        let applied = if running {
+            let applied = self.apply_size(&svc, from, to).await?;
+            svc.buffer_pool_bytes = applied.buffer_pool_actual;
+            Some(applied)
+        } else {
+            svc.buffer_pool_bytes = to.buffer_pool_bytes;
+            None
+        };
+        let old = svc.scu;
+        svc.scu = scu;
+        self.store.update_service(&svc).await?;
+        let message = match &applied {
+            Some(a) if a.buffer_pool_actual != a.buffer_pool_requested => format!(
+                "scaled {old} → {scu} SCU by request; buffer pool {} bytes instead of the {} asked for",
+                a.buffer_pool_actual, a.buffer_pool_requested
+            ),
+            Some(_) => format!("scaled {old} → {scu} SCU by request"),
+            None => format!("size set to {scu} SCU by request; applies when the database next starts"),
+        };
+        self.event(
+            &name,
+            EventKind::Scaled,
+            &message,
+            json!({"from_scu": old, "to_scu": scu, "cpu_millis": to.cpu_millis, "memory_bytes": to.memory_bytes,
+                   "applied": applied, "reason": "manual"}),
+        )
+        .await;
+        Ok(self.view(&svc).await)
+    }
+
+    /// Stops the server and keeps its storage.
+    pub async fn park(&self, db: &str) -> Result<DatabaseView> {
+        let name = ServiceName::parse(db)?;
+        let _guard = self.lock(&name).await;
+        let mut svc = self.load(&name).await?;
+        if svc.state == DbState::Parked {
+            return Ok(self.view(&svc).await);
+        }
+        if !svc.state.can_become(DbState::Parked) {
+            return Err(ControlError::WrongState(format!("database {name} is {} and cannot be parked", svc.state)));
+        }
+        let begin = Instant::now();
+        let graceful = self.runtime.stop(&name, self.cfg.stop_grace).await?;
+        svc.state = DbState::Parked;
+        self.store.update_service(&svc).await?;
+        let ms = begin.elapsed().as_millis() as u64;
+        let how = if graceful { "stopped cleanly" } else { "killed after the grace period" };
+        self.event(&name, EventKind::Parked, &format!("parked by request: mariadbd {how} in {ms} ms, storage kept"),
+            json!({"graceful": graceful, "stop_ms": ms, "reason": "manual"})).await;
+        Ok(self.view(&svc).await)
+    }
+
+    /// Starts a parked (or suspended) database again.
+    pub async fn resume(&self, db: &str) -> Result<DatabaseView> {
+        let name = ServiceName::parse(db)?;
+        let _guard = self.lock(&name).await;
+        let svc = self.ensure_running(&name, "manual").await?;
+        Ok(self.view(&svc).await)
+    }
+
+    /// Makes sure the server runs, resuming a parked database. Caller holds the lock.
+    pub(crate) async fn ensure_running(&self, name: &ServiceName, reason: &str) -> Result<DatabaseService> {
+        let mut svc = self.load(name).await?;
+        match svc.state {
+            DbState::Active | DbState::Migrating if self.runtime.observe(name).await.pid.is_some() => return Ok(svc),
+            DbState::Provisioning => {
+                return Err(ControlError::WrongState(format!("database {name} is still being created")));
+            }
+            _ => {}
+        }
+        let begin = Instant::now();
+        let from = svc.state;
+        let instance = self.runtime.start(&self.instance_spec(&svc)).await?;
+        svc.port = instance.port;
+        svc.state = DbState::Active;
+        self.store.update_service(&svc).await?;
+        let ms = begin.elapsed().as_millis() as u64;
+        self.event(name, EventKind::Resumed, &format!("resumed from {from} in {ms} ms ({reason})"),
+            json!({"from": from, "resume_ms": ms, "pid": instance.pid, "reason": reason})).await;
+        Ok(svc)
+    }
+
+    /// Deletes a database with its data.
+    pub async fn delete(&self, db: &str) -> Result<()> {
+        let name = ServiceName::parse(db)?;
+        let _guard = self.lock(&name).await;
+        self.load(&name).await?;
+        self.runtime.destroy(&name).await?;
+        self.store.delete_service(&name).await?;
+        self.event(&name, EventKind::Deleted, &format!("database {name} deleted with its data"), json!({})).await;
+        Ok(())
+    }
+
+    /// After Stratus starts: adopt or start every database that should run, finish or undo
+    /// what a crash of Stratus interrupted. Databases are recovered concurrently.
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for svc in self.store.services().await? {
+            let me = self.clone();
+            tasks.spawn(async move { me.recover_one(svc).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn recover_one(&self, svc: DatabaseService) {
+        let name = svc.name().clone();
+        let _guard = self.lock(&name).await;
+        match svc.state {
+            DbState::Provisioning => {
+                let _ = self.runtime.destroy(&name).await;
+                let _ = self.store.delete_service(&name).await;
+                self.event(&name, EventKind::StartFailed, "creation was interrupted by a restart of Stratus; removed", json!({})).await;
+            }
+            DbState::Parked => {
+                // A park interrupted between stop and record leaves a server behind.
+                if self.runtime.observe(&name).await.pid.is_some() {
+                    let _ = self.runtime.stop(&name, self.cfg.stop_grace).await;
+                }
+            }
+            DbState::Deleted => {}
+            DbState::Active | DbState::Suspended | DbState::Migrating => {
+                let begin = Instant::now();
+                match self.runtime.start(&self.instance_spec(&svc)).await {
+                    Ok(instance) => {
+                        let mut svc = svc;
+                        if svc.port != instance.port {
+                            svc.port = instance.port;
+                            let _ = self.store.update_service(&svc).await;
+                        }
+                        let ms = begin.elapsed().as_millis() as u64;
+                        let (kind, msg) = if instance.adopted {
+                            (EventKind::Adopted, format!("running mariadbd (pid {}) adopted after a restart of Stratus", instance.pid))
+                        } else {
+                            (EventKind::Started, format!("started after a restart of Stratus in {ms} ms"))
+                        };
+                        self.event(&name, kind, &msg, json!({"pid": instance.pid, "start_ms": ms})).await;
+                    }
+                    Err(e) => {
+                        self.event(&name, EventKind::StartFailed, &format!("could not start after a restart of Stratus: {e}"), json!({})).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every running server cleanly (Stratus is shutting down). Desired states stay as
+    /// they are, so the next start brings the same databases back.
+    pub async fn shutdown(self: &Arc<Self>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let services = self.store.services().await.unwrap_or_default();
+        for svc in services {
+            let me = self.clone();
+            tasks.spawn(async move {
+                let name = svc.name().clone();
+                let _guard = me.lock(&name).await;
+                if me.runtime.observe(&name).await.pid.is_none() {
+                    return;
+                }
+                let begin = Instant::now();
+                let graceful = me.runtime.stop(&name, me.cfg.stop_grace).await.unwrap_or(false);
+                let ms = begin.elapsed().as_millis() as u64;
+                me.event(&name, EventKind::Stopped, &format!("stopped for Stratus shutdown in {ms} ms (graceful: {graceful})"),
+                    json!({"graceful": graceful, "stop_ms": ms})).await;
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}

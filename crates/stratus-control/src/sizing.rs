@@ -1,0 +1,45 @@
+//! Applying a size to a running server.
+//!
+//! Growing: the cgroup first, so the larger buffer pool never meets the old memory limit.
+//! Shrinking: the buffer pool first, so the smaller limit never meets the old pool.
+//! `SET GLOBAL innodb_buffer_pool_size` may be adjusted or refused by the server (rounding,
+//! `innodb_buffer_pool_size_max`; <https://mariadb.com/kb/en/innodb-buffer-pool/>), so its
+//! warnings and the resulting size are read back and recorded, never assumed.
+
+use crate::{ControlPlane, Result};
+use stratus_core::{DatabaseService, Resources};
+use stratus_runtime::Runtime;
+use stratus_store::Store;
+
+/// What a resize really did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    pub buffer_pool_requested: u64,
+    pub buffer_pool_actual: u64,
+    pub warnings: Vec<String>,
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Moves a running server from `from` to `to`.
+    pub(crate) async fn apply_size(&self, svc: &DatabaseService, from: Resources, to: Resources) -> Result<Applied> {
+        let name = svc.name();
+        let grow = to.memory_bytes >= from.memory_bytes;
+        if grow {
+            self.runtime.set_limits(name, to.cpu_millis, to.memory_bytes).await?;
+        }
+        let mut conn = self.admin(name, svc.port, &svc.admin_password).await?;
+        let warnings = conn
+            .exec_with_warnings(&format!("SET GLOBAL innodb_buffer_pool_size = {}", to.buffer_pool_bytes))
+            .await?;
+        let actual: Option<u64> = conn.query_value("SELECT @@GLOBAL.innodb_buffer_pool_size").await?;
+        conn.close().await;
+        if !grow {
+            self.runtime.set_limits(name, to.cpu_millis, to.memory_bytes).await?;
+        }
+        Ok(Applied {
+            buffer_pool_requested: to.buffer_pool_bytes,
+            buffer_pool_actual: actual.unwrap_or(0),
+            warnings,
+        })
+    }
+}

@@ -1,0 +1,124 @@
+//! Restarting servers that exit on their own (crash, `kill -9`, OOM kill).
+//!
+//! The runtime reports such exits the moment they happen; the supervisor records them and
+//! starts the server again (InnoDB crash recovery runs on start). A server that keeps dying is
+//! restarted with exponential back-off, so a broken one does not spin.
+
+use crate::ControlPlane;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stratus_core::{EventKind, ServiceName};
+use stratus_runtime::{ExitNotice, Runtime};
+use stratus_store::Store;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Crashes further apart than this start the back-off afresh.
+const CALM: Duration = Duration::from_secs(60);
+/// Failed starts in a row before the supervisor stops trying and leaves it to a person.
+const MAX_FAILED_STARTS: u32 = 20;
+
+/// The wait before restart number `n` (0-based) of a crash streak: 0, 1 s, 2 s, 4 s, … capped.
+pub fn backoff(n: u32, max: Duration) -> Duration {
+    if n == 0 { Duration::ZERO } else { Duration::from_secs(1u64 << (n - 1).min(16)).min(max) }
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Runs until the runtime goes away.
+    pub async fn supervise(self: Arc<Self>) {
+        let mut exits = self.runtime.exits();
+        let mut streaks: HashMap<ServiceName, (u32, Instant)> = HashMap::new();
+        loop {
+            let notice = match exits.recv().await {
+                Ok(n) => n,
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!("missed {missed} exit notices; re-checking every database");
+                    let _ = self.recover().await;
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let streak = streaks.entry(notice.name.clone()).or_insert((0, Instant::now()));
+            if streak.1.elapsed() > CALM {
+                streak.0 = 0;
+            }
+            let attempt = streak.0;
+            *streak = (attempt + 1, Instant::now());
+            let me = self.clone();
+            tokio::spawn(async move { me.restart_after_crash(notice, attempt).await });
+        }
+    }
+
+    async fn restart_after_crash(&self, notice: ExitNotice, mut attempt: u32) {
+        let name = notice.name.clone();
+        let first = backoff(attempt, self.cfg.restart_backoff_max);
+        let when = if first.is_zero() { "now".to_owned() } else { format!("in {} s", first.as_secs()) };
+        self.event(
+            &name,
+            EventKind::Crashed,
+            &format!("mariadbd (pid {}) exited unexpectedly ({}); restarting {when}", notice.pid, notice.status),
+            json!({"pid": notice.pid, "status": notice.status, "attempt": attempt + 1, "backoff_ms": first.as_millis() as u64}),
+        )
+        .await;
+        for _ in 0..MAX_FAILED_STARTS {
+            // Back-off between restarts of a crashing server, not a readiness wait; the lock is
+            // not held meanwhile, so the database can still be parked or deleted.
+            tokio::time::sleep(backoff(attempt, self.cfg.restart_backoff_max)).await;
+            let _guard = self.lock(&name).await;
+            let Ok(svc) = self.load(&name).await else { return };
+            if !svc.state.wants_process() || self.runtime.observe(&name).await.pid.is_some() {
+                return;
+            }
+            let begin = Instant::now();
+            match self.runtime.start(&self.instance_spec(&svc)).await {
+                Ok(instance) => {
+                    if instance.port != svc.port {
+                        let mut svc = svc;
+                        svc.port = instance.port;
+                        let _ = self.store.update_service(&svc).await;
+                    }
+                    let ms = begin.elapsed().as_millis() as u64;
+                    self.event(
+                        &name,
+                        EventKind::Restarted,
+                        &format!("restarted after crash in {ms} ms (crash recovery included)"),
+                        json!({"pid": instance.pid, "start_ms": ms, "attempt": attempt + 1}),
+                    )
+                    .await;
+                    return;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.event(
+                        &name,
+                        EventKind::StartFailed,
+                        &format!("restart after crash failed: {e}"),
+                        json!({"attempt": attempt}),
+                    )
+                    .await;
+                }
+            }
+        }
+        self.event(
+            &name,
+            EventKind::StartFailed,
+            &format!("gave up restarting after {MAX_FAILED_STARTS} failed starts; `stratus db resume {name}` tries again"),
+            json!({}),
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let max = Duration::from_secs(30);
+        let steps: Vec<u64> = (0..8).map(|n| backoff(n, max).as_secs()).collect();
+        assert_eq!(steps, [0, 1, 2, 4, 8, 16, 30, 30]);
+    }
+}

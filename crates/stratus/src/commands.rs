@@ -1,0 +1,200 @@
+//! The CLI verbs: each one API call, printed as text or (with `--json`) as the API's JSON.
+
+use crate::cli::{Command, DbCommand, EventsArgs, Global, UserCommand};
+use crate::config::api_url;
+use crate::output::{bytes, table, with_spinner};
+use anyhow::bail;
+use serde::Serialize;
+use std::io::IsTerminal;
+use stratus_api::ApiClient;
+use stratus_api::types::{CreateRequest, CreateUserRequest, DatabaseView, EventView};
+
+pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
+    let api = ApiClient::new(&api_url(global.api.as_deref()));
+    let json = global.json;
+    match command {
+        Command::Up(_) => unreachable!("handled by main"),
+        Command::Db(cmd) => db(&api, json, cmd).await,
+        Command::User(cmd) => user(&api, json, cmd).await,
+        Command::Events(args) => events(&api, json, args).await,
+        Command::Status => {
+            let s = api.status().await?;
+            if json {
+                return print_json(&s);
+            }
+            println!("Stratus {} up {}s, API {}", s.version, s.uptime_seconds, s.api);
+            println!("data directory:   {}", s.data_dir);
+            println!("runtime:          {} (MariaDB {})", s.runtime, s.mariadb_version);
+            match &s.resource_control_note {
+                None => println!("resource control: {}", s.resource_control),
+                Some(why) => println!("resource control: none: {why}"),
+            }
+            let states: Vec<String> = s.databases_by_state.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            println!("databases:        {}{}", s.databases, if states.is_empty() { String::new() } else { format!(" ({})", states.join(", ")) });
+            Ok(())
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Create { name, tier, min_scu, max_scu, storage_gb, user, password } => {
+            let req = CreateRequest { name: name.clone(), tier, min_scu, max_scu, storage_gb, user, password };
+            let c = with_spinner(format!("creating {name}"), api.create(&req)).await?;
+            if json {
+                return print_json(&c);
+            }
+            println!("Created {} in {} ms.", c.name, c.ready_ms);
+            println!("  {}", c.connection_string);
+            println!("  mariadb -h {} -P {} -u {} -p{} {}", c.host, c.port, c.user, shell_quote(&c.password), c.database);
+            println!("The password is shown only now; Stratus keeps only its hash.");
+            Ok(())
+        }
+        DbCommand::List => {
+            let all = api.list().await?;
+            if json {
+                return print_json(&all);
+            }
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.name.clone(),
+                        d.state.clone(),
+                        d.tier.clone(),
+                        format!("{} ({}–{})", d.scu, d.min_scu, d.max_scu),
+                        format!("{} vCPU", d.cpu_limit),
+                        bytes(d.memory_limit),
+                        format!("{}:{}", d.host, d.port),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "STATE", "TIER", "SCU", "CPU", "MEMORY", "ENDPOINT"], &rows);
+            Ok(())
+        }
+        DbCommand::Show { name } => show(&api.show(&name).await?, json),
+        DbCommand::Delete { name, yes } => {
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!("deleting {name} destroys its data; pass --yes to confirm");
+                }
+                eprint!("Delete database {name} and all its data? Type its name to confirm: ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if answer.trim() != name {
+                    bail!("not confirmed; nothing deleted");
+                }
+            }
+            with_spinner(format!("deleting {name}"), api.delete(&name)).await?;
+            if json {
+                return print_json(&serde_json::json!({"name": name, "state": "deleted"}));
+            }
+            println!("Deleted {name}.");
+            Ok(())
+        }
+        DbCommand::Scale { name, scu } => {
+            let d = with_spinner(format!("scaling {name} to {scu} SCU"), api.scale(&name, scu)).await?;
+            show(&d, json)
+        }
+        DbCommand::Park { name } => {
+            let d = with_spinner(format!("parking {name}"), api.park(&name)).await?;
+            show(&d, json)
+        }
+        DbCommand::Resume { name } => {
+            let d = with_spinner(format!("resuming {name}"), api.resume(&name)).await?;
+            show(&d, json)
+        }
+    }
+}
+
+fn show(d: &DatabaseView, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(d);
+    }
+    let enforced = if d.limits_enforced { "" } else { " (not enforced: no resource control)" };
+    println!("name:         {}", d.name);
+    println!("state:        {}", d.state);
+    println!("tier:         {} ({}–{} SCU, {} GB storage)", d.tier, d.min_scu, d.max_scu, d.storage_gb);
+    println!("size:         {} SCU: {} vCPU, {} memory{enforced}", d.scu, d.cpu_limit, bytes(d.memory_limit));
+    println!("buffer pool:  {}", bytes(d.buffer_pool_size));
+    println!("endpoint:     {}:{} (schema {})", d.host, d.port, d.database);
+    match (d.pid, &d.backend) {
+        (Some(pid), Some(backend)) => println!("server:       mariadbd pid {pid} on {backend}"),
+        _ => println!("server:       not running"),
+    }
+    if let Some(dir) = &d.data_dir {
+        println!("data:         {dir}");
+    }
+    println!("created:      {}", d.created_at);
+    Ok(())
+}
+
+async fn user(api: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Create { db, user, password } => {
+            let c = api.create_user(&db, &CreateUserRequest { name: user, password }).await?;
+            if json {
+                return print_json(&c);
+            }
+            println!("Created user {} on {}.", c.user, c.database);
+            println!("  {}", c.connection_string);
+            Ok(())
+        }
+        UserCommand::List { db } => {
+            let users = api.users(&db).await?;
+            if json {
+                return print_json(&users);
+            }
+            let rows: Vec<Vec<String>> = users
+                .iter()
+                .map(|u| vec![u.name.clone(), if u.owner { "owner".into() } else { "user".into() }, u.created_at.clone()])
+                .collect();
+            table(&["USER", "ROLE", "CREATED"], &rows);
+            Ok(())
+        }
+        UserCommand::Delete { db, user } => {
+            api.delete_user(&db, &user).await?;
+            if json {
+                return print_json(&serde_json::json!({"database": db, "user": user, "deleted": true}));
+            }
+            println!("Deleted user {user} of {db}.");
+            Ok(())
+        }
+    }
+}
+
+async fn events(api: &ApiClient, json: bool, args: EventsArgs) -> anyhow::Result<()> {
+    let mut batch = api.events(args.db.as_deref(), None, Some(args.limit)).await?;
+    let mut after = 0;
+    loop {
+        for e in &batch {
+            print_event(e, json)?;
+            after = e.id;
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        // Following polls the API once a second, as `kubectl get -w` falls back to.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        batch = api.events(args.db.as_deref(), Some(after), None).await?;
+    }
+}
+
+fn print_event(e: &EventView, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(e)?);
+    } else {
+        println!("{}  {:<12} {:<13} {}", e.time, e.db, e.kind, e.message);
+    }
+    Ok(())
+}
+
+/// Quotes a password for the shell line printed after `db create`.
+fn shell_quote(s: &str) -> String {
+    if s.bytes().all(|b| b.is_ascii_alphanumeric()) { s.to_owned() } else { format!("'{}'", s.replace('\'', "'\\''")) }
+}

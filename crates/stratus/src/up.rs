@@ -1,0 +1,158 @@
+//! `stratus up`: everything on one machine. Takes the data directory, opens the catalog,
+//! starts the local runtime, recovers the databases it finds, serves the API, and on SIGINT or
+//! SIGTERM stops every server cleanly before exiting.
+
+use crate::cli::UpArgs;
+use crate::config::Settings;
+use anyhow::{Context, bail};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use stratus_api::ServerInfo;
+use stratus_control::{ControlConfig, ControlPlane};
+use stratus_runtime::{LocalConfig, LocalRuntime, Runtime};
+use stratus_store::SqliteStore;
+use tokio::net::TcpListener;
+
+const CATALOG: &str = "catalog.db";
+
+pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
+    init_logging();
+    let settings = Settings::resolve(args.config.as_deref(), args.data_dir, args.listen, api.map(str::to_owned))?;
+    let data_dir = claim_data_dir(&settings.data_dir)?;
+    let _lock = lock_data_dir(&data_dir)?;
+
+    // Bind both addresses before the slow work, so a taken port fails at once.
+    let api_listener = TcpListener::bind(settings.api)
+        .await
+        .with_context(|| format!("cannot listen on {} for the API", settings.api))?;
+    let sql_listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for SQL clients", settings.listen))?;
+
+    let store = SqliteStore::open(&data_dir.join(CATALOG))?;
+    let mut local = LocalConfig::new(&data_dir);
+    local.bin_dir = settings.bin_dir.clone();
+    local.cgroup_parent = settings.cgroup_parent.clone();
+    local.resource_control = settings.cgroups;
+    local.start_timeout = settings.start_timeout;
+    if !data_dir.join("template/READY").exists() {
+        eprintln!("Preparing the MariaDB template data directory (first start only)…");
+    }
+    let runtime = LocalRuntime::new(local).await?;
+    let info = runtime.info();
+    let cp = ControlPlane::new(
+        store,
+        runtime,
+        ControlConfig { scu: settings.scu, stop_grace: settings.stop_grace, ..ControlConfig::default() },
+    );
+    cp.recover().await?;
+    tokio::spawn(cp.clone().supervise());
+    tokio::spawn(placeholder_sql_endpoint(sql_listener));
+
+    let router = stratus_api::router(
+        cp.clone(),
+        ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            data_dir: data_dir.display().to_string(),
+            api: format!("http://{}", settings.api),
+            sql_listen: settings.listen.to_string(),
+        },
+    );
+    println!("Stratus {} is up", env!("CARGO_PKG_VERSION"));
+    println!("  API:              http://{}", settings.api);
+    println!("  data:             {}", data_dir.display());
+    println!("  MariaDB:          {}", info.mariadb_version);
+    match &info.resource_control_note {
+        None => println!("  resource control: {}", info.resource_control),
+        Some(why) => println!("  resource control: none ({why})"),
+    }
+    axum::serve(api_listener, router).with_graceful_shutdown(shutdown_signal()).await.context("API server failed")?;
+    eprintln!("Stopping databases…");
+    cp.shutdown().await;
+    eprintln!("Stratus stopped.");
+    Ok(())
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,mysql_async=warn,hyper=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        // Without signal handlers there is no clean way to be told to stop; run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// The data directory as an absolute path, created if missing. An existing directory must be
+/// empty or already hold a Stratus catalog: Stratus never writes into somebody else's files.
+fn claim_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    } else if !dir.is_dir() {
+        bail!("data directory {} is not a directory", dir.display());
+    } else if !dir.join(CATALOG).exists()
+        && std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?.next().is_some()
+    {
+        bail!(
+            "{} is not a Stratus data directory: it is not empty and holds no {CATALOG}; choose an empty or new directory",
+            dir.display()
+        );
+    }
+    dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))
+}
+
+/// An exclusive lock on the data directory for as long as this process lives, holding its pid.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("stratus.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        bail!("another `stratus up` (pid {}) is using {}", pid.trim(), dir.display());
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+/// Until the SQL proxy is in, clients on `--listen` get a MariaDB error packet saying where to
+/// connect instead of a silent socket.
+async fn placeholder_sql_endpoint(listener: TcpListener) {
+    use tokio::io::AsyncWriteExt;
+    const MSG: &[u8] = b"Stratus: the SQL proxy is not in this build yet; connect to the database's own \
+        host and port (`stratus db show NAME`)";
+    // ERR packet (https://mariadb.com/kb/en/err_packet/): 0xff, ER_NOT_SUPPORTED_YET (1235),
+    // no SQL state marker before the handshake, the message.
+    let mut packet = Vec::with_capacity(MSG.len() + 7);
+    let len = MSG.len() + 3;
+    packet.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8, 0, 0xff]);
+    packet.extend_from_slice(&1235u16.to_le_bytes());
+    packet.extend_from_slice(MSG);
+    while let Ok((mut sock, _)) = listener.accept().await {
+        let packet = packet.clone();
+        tokio::spawn(async move {
+            let _ = sock.write_all(&packet).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
