@@ -9,8 +9,14 @@ use serde::de::DeserializeOwned;
 pub enum ClientError {
     /// The API answered with an error.
     #[error("{message}")]
-    Api { status: u16, code: String, message: String },
-    #[error("cannot reach the Stratus API at {url}: {reason} (is `stratus up` running? --api or STRATUS_API select another)")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error(
+        "cannot reach the Stratus API at {url}: {reason} (is `stratus up` running? --api or STRATUS_API select another)"
+    )]
     Unreachable { url: String, reason: String },
     #[error("unexpected answer from the Stratus API at {url}: {reason}")]
     Protocol { url: String, reason: String },
@@ -23,26 +29,54 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(base: &str) -> Self {
-        Self { base: base.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => ClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message },
-                Err(_) => ClientError::Protocol { url, reason: format!("HTTP {status}") },
+                Ok(b) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: b.error.code,
+                    message: b.error.message,
+                },
+                Err(_) => ClientError::Protocol {
+                    url,
+                    reason: format!("HTTP {status}"),
+                },
             });
         }
-        let bytes = if status == StatusCode::NO_CONTENT { &b"null"[..] } else { &bytes[..] };
-        serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol { url, reason: e.to_string() })
+        let bytes = if status == StatusCode::NO_CONTENT {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol {
+            url,
+            reason: e.to_string(),
+        })
     }
 
     pub async fn status(&self) -> Result<StatusView, ClientError> {
@@ -58,38 +92,83 @@ impl ApiClient {
     }
 
     pub async fn show(&self, name: &str) -> Result<DatabaseView, ClientError> {
-        self.call::<(), _>(Method::GET, &format!("/v1/databases/{}", seg(name)), None).await
+        self.call::<(), _>(Method::GET, &format!("/v1/databases/{}", seg(name)), None)
+            .await
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
-        self.call::<(), ()>(Method::DELETE, &format!("/v1/databases/{}", seg(name)), None).await
+        self.call::<(), ()>(
+            Method::DELETE,
+            &format!("/v1/databases/{}", seg(name)),
+            None,
+        )
+        .await
     }
 
     pub async fn scale(&self, name: &str, scu: u32) -> Result<DatabaseView, ClientError> {
-        self.call(Method::POST, &format!("/v1/databases/{}/scale", seg(name)), Some(&ScaleRequest { scu })).await
+        self.call(
+            Method::POST,
+            &format!("/v1/databases/{}/scale", seg(name)),
+            Some(&ScaleRequest { scu }),
+        )
+        .await
     }
 
     pub async fn park(&self, name: &str) -> Result<DatabaseView, ClientError> {
-        self.call::<(), _>(Method::POST, &format!("/v1/databases/{}/park", seg(name)), None).await
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/databases/{}/park", seg(name)),
+            None,
+        )
+        .await
     }
 
     pub async fn resume(&self, name: &str) -> Result<DatabaseView, ClientError> {
-        self.call::<(), _>(Method::POST, &format!("/v1/databases/{}/resume", seg(name)), None).await
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/databases/{}/resume", seg(name)),
+            None,
+        )
+        .await
     }
 
     pub async fn users(&self, db: &str) -> Result<Vec<UserView>, ClientError> {
-        self.call::<(), _>(Method::GET, &format!("/v1/databases/{}/users", seg(db)), None).await
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/databases/{}/users", seg(db)),
+            None,
+        )
+        .await
     }
 
-    pub async fn create_user(&self, db: &str, req: &CreateUserRequest) -> Result<CreatedUser, ClientError> {
-        self.call(Method::POST, &format!("/v1/databases/{}/users", seg(db)), Some(req)).await
+    pub async fn create_user(
+        &self,
+        db: &str,
+        req: &CreateUserRequest,
+    ) -> Result<CreatedUser, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/databases/{}/users", seg(db)),
+            Some(req),
+        )
+        .await
     }
 
     pub async fn delete_user(&self, db: &str, user: &str) -> Result<(), ClientError> {
-        self.call::<(), ()>(Method::DELETE, &format!("/v1/databases/{}/users/{}", seg(db), seg(user)), None).await
+        self.call::<(), ()>(
+            Method::DELETE,
+            &format!("/v1/databases/{}/users/{}", seg(db), seg(user)),
+            None,
+        )
+        .await
     }
 
-    pub async fn events(&self, db: Option<&str>, after: Option<i64>, limit: Option<usize>) -> Result<Vec<EventView>, ClientError> {
+    pub async fn events(
+        &self,
+        db: Option<&str>,
+        after: Option<i64>,
+        limit: Option<usize>,
+    ) -> Result<Vec<EventView>, ClientError> {
         let mut q = Vec::new();
         if let Some(db) = db {
             q.push(format!("db={}", seg(db)));
@@ -100,7 +179,11 @@ impl ApiClient {
         if let Some(l) = limit {
             q.push(format!("limit={l}"));
         }
-        let path = if q.is_empty() { "/v1/events".to_owned() } else { format!("/v1/events?{}", q.join("&")) };
+        let path = if q.is_empty() {
+            "/v1/events".to_owned()
+        } else {
+            format!("/v1/events?{}", q.join("&"))
+        };
         self.call::<(), _>(Method::GET, &path, None).await
     }
 }
@@ -110,7 +193,9 @@ impl ApiClient {
 fn seg(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -51,7 +51,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -70,7 +74,11 @@ impl From<ControlError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", format!("bad request body: {}", e.body_text()))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("bad request body: {}", e.body_text()),
+        )
     }
 }
 
@@ -82,7 +90,12 @@ impl From<stratus_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -94,16 +107,31 @@ pub fn router<S: Store, R: Runtime>(cp: Arc<ControlPlane<S, R>>, info: ServerInf
     Router::new()
         .route("/v1/status", get(status::<S, R>))
         .route("/v1/databases", get(list::<S, R>).post(create::<S, R>))
-        .route("/v1/databases/{name}", get(show::<S, R>).delete(delete::<S, R>))
+        .route(
+            "/v1/databases/{name}",
+            get(show::<S, R>).delete(delete::<S, R>),
+        )
         .route("/v1/databases/{name}/scale", post(scale::<S, R>))
         .route("/v1/databases/{name}/park", post(park::<S, R>))
         .route("/v1/databases/{name}/resume", post(resume::<S, R>))
-        .route("/v1/databases/{name}/users", get(users::<S, R>).post(create_user::<S, R>))
-        .route("/v1/databases/{name}/users/{user}", axum::routing::delete(delete_user::<S, R>))
+        .route(
+            "/v1/databases/{name}/users",
+            get(users::<S, R>).post(create_user::<S, R>),
+        )
+        .route(
+            "/v1/databases/{name}/users/{user}",
+            axum::routing::delete(delete_user::<S, R>),
+        )
         .route("/v1/events", get(events::<S, R>))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+        })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .with_state(state)
 }
@@ -142,11 +170,17 @@ async fn create<S: Store, R: Runtime>(
     Ok((StatusCode::CREATED, Json(st.cp.create(req).await?)))
 }
 
-async fn show<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<Json<DatabaseView>> {
+async fn show<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DatabaseView>> {
     Ok(Json(st.cp.show(&name).await?))
 }
 
-async fn delete<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     st.cp.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -160,15 +194,24 @@ async fn scale<S: Store, R: Runtime>(
     Ok(Json(st.cp.scale(&name, req.scu).await?))
 }
 
-async fn park<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<Json<DatabaseView>> {
+async fn park<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DatabaseView>> {
     Ok(Json(st.cp.park(&name).await?))
 }
 
-async fn resume<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<Json<DatabaseView>> {
+async fn resume<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DatabaseView>> {
     Ok(Json(st.cp.resume(&name).await?))
 }
 
-async fn users<S: Store, R: Runtime>(State(st): Shared<S, R>, Path(name): Path<String>) -> ApiResult<Json<Vec<UserView>>> {
+async fn users<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<UserView>>> {
     Ok(Json(st.cp.users(&name).await?))
 }
 
@@ -178,7 +221,10 @@ async fn create_user<S: Store, R: Runtime>(
     body: Result<Json<CreateUserRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
     let Json(req) = body?;
-    Ok((StatusCode::CREATED, Json(st.cp.create_user(&name, &req.name, req.password).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(st.cp.create_user(&name, &req.name, req.password).await?),
+    ))
 }
 
 async fn delete_user<S: Store, R: Runtime>(
@@ -200,9 +246,18 @@ async fn events<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<EventView>>> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", format!("bad query: {}", e.body_text())))?;
-    let filter = EventFilter { db: q.db, after_id: q.after, limit: Some(q.limit.unwrap_or(100).min(10_000)) };
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("bad query: {}", e.body_text()),
+        )
+    })?;
+    let filter = EventFilter {
+        db: q.db,
+        after_id: q.after,
+        limit: Some(q.limit.unwrap_or(100).min(10_000)),
+    };
     let events = st.cp.store().events(&filter).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))
 }

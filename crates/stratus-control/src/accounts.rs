@@ -13,8 +13,8 @@ use crate::view::{CreatedUser, UserView, connection_string};
 use crate::{ControlError, ControlPlane, Result};
 use stratus_core::time::{now_ms, rfc3339};
 use stratus_core::{EventKind, NativeHash, ServiceName, User, UserName, random_password};
-use stratus_runtime::admin::{AdminConn, quote_ident, quote_str};
 use stratus_runtime::Runtime;
+use stratus_runtime::admin::{AdminConn, quote_ident, quote_str};
 use stratus_store::Store;
 
 /// Privileges the owner does not get.
@@ -27,7 +27,10 @@ fn account(user: &UserName) -> String {
 
 /// Statements that create the service's schema.
 pub fn schema_sql(db: &ServiceName) -> String {
-    format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4", quote_ident(db.as_str()))
+    format!(
+        "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4",
+        quote_ident(db.as_str())
+    )
 }
 
 /// Statements that create `user` with the privileges its role gets.
@@ -38,22 +41,44 @@ pub fn user_sql(db: &ServiceName, user: &UserName, hash: &NativeHash, owner: boo
         quote_str(&hash.to_string())
     )];
     if owner {
-        sql.push(format!("GRANT ALL PRIVILEGES ON *.* TO {acct} WITH GRANT OPTION"));
+        sql.push(format!(
+            "GRANT ALL PRIVILEGES ON *.* TO {acct} WITH GRANT OPTION"
+        ));
         sql.push(format!("REVOKE {SERVER_PRIVILEGES} ON *.* FROM {acct}"));
     } else {
-        sql.push(format!("GRANT ALL PRIVILEGES ON {}.* TO {acct}", quote_ident(db.as_str())));
+        sql.push(format!(
+            "GRANT ALL PRIVILEGES ON {}.* TO {acct}",
+            quote_ident(db.as_str())
+        ));
     }
     sql
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
-    pub(crate) async fn admin(&self, name: &ServiceName, port: u16, password: &str) -> Result<AdminConn> {
-        Ok(AdminConn::connect(name.as_str(), "127.0.0.1", port, password, std::time::Duration::from_secs(10)).await?)
+    pub(crate) async fn admin(
+        &self,
+        name: &ServiceName,
+        port: u16,
+        password: &str,
+    ) -> Result<AdminConn> {
+        Ok(AdminConn::connect(
+            name.as_str(),
+            "127.0.0.1",
+            port,
+            password,
+            std::time::Duration::from_secs(10),
+        )
+        .await?)
     }
 
     /// Adds a user to a database, in its server and in the catalog. A parked database is
     /// resumed for it, as any statement would.
-    pub async fn create_user(&self, db: &str, user: &str, password: Option<String>) -> Result<CreatedUser> {
+    pub async fn create_user(
+        &self,
+        db: &str,
+        user: &str,
+        password: Option<String>,
+    ) -> Result<CreatedUser> {
         let name = ServiceName::parse(db)?;
         let user_name = UserName::parse(user)?;
         if password.as_deref().is_some_and(str::is_empty) {
@@ -61,8 +86,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         let _guard = self.lock(&name).await;
         let svc = self.ensure_running(&name, "user create").await?;
-        if self.store.users(&name).await?.iter().any(|u| u.name == user_name) {
-            return Err(ControlError::AlreadyExists(format!("user {user_name} of database {name}")));
+        if self
+            .store
+            .users(&name)
+            .await?
+            .iter()
+            .any(|u| u.name == user_name)
+        {
+            return Err(ControlError::AlreadyExists(format!(
+                "user {user_name} of database {name}"
+            )));
         }
         let password = password.unwrap_or_else(random_password);
         let user = User {
@@ -78,12 +111,24 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         conn.close().await;
         self.store.create_user(&user).await?;
-        self.event(&name, EventKind::UserCreated, &format!("user {user_name} created"), serde_json::json!({"user": user_name})).await;
+        self.event(
+            &name,
+            EventKind::UserCreated,
+            &format!("user {user_name} created"),
+            serde_json::json!({"user": user_name}),
+        )
+        .await;
         let (host, port) = self.endpoint(&svc);
         Ok(CreatedUser {
             database: name.to_string(),
             user: user_name.to_string(),
-            connection_string: connection_string(user_name.as_str(), &password, &host, port, name.as_str()),
+            connection_string: connection_string(
+                user_name.as_str(),
+                &password,
+                &host,
+                port,
+                name.as_str(),
+            ),
             password,
             host,
             port,
@@ -114,17 +159,28 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let _guard = self.lock(&name).await;
         let existing = self.store.users(&name).await?;
         let Some(found) = existing.iter().find(|u| u.name == user_name) else {
-            return Err(ControlError::NotFound(format!("user {user_name} of database {name}")));
+            return Err(ControlError::NotFound(format!(
+                "user {user_name} of database {name}"
+            )));
         };
         if found.owner {
-            return Err(ControlError::WrongState(format!("user {user_name} owns database {name} and cannot be deleted")));
+            return Err(ControlError::WrongState(format!(
+                "user {user_name} owns database {name} and cannot be deleted"
+            )));
         }
         let svc = self.ensure_running(&name, "user delete").await?;
         let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
-        conn.exec(&format!("DROP USER IF EXISTS {}", account(&user_name))).await?;
+        conn.exec(&format!("DROP USER IF EXISTS {}", account(&user_name)))
+            .await?;
         conn.close().await;
         self.store.delete_user(&name, &user_name).await?;
-        self.event(&name, EventKind::UserDeleted, &format!("user {user_name} deleted"), serde_json::json!({"user": user_name})).await;
+        self.event(
+            &name,
+            EventKind::UserDeleted,
+            &format!("user {user_name} deleted"),
+            serde_json::json!({"user": user_name}),
+        )
+        .await;
         Ok(())
     }
 }
@@ -138,11 +194,18 @@ mod tests {
         let db = ServiceName::parse("my-shop").unwrap();
         let hash = NativeHash::of_password("x");
         let owner = user_sql(&db, &UserName::parse("admin").unwrap(), &hash, true);
-        assert!(owner[0].starts_with("CREATE USER 'admin'@'%' IDENTIFIED VIA mysql_native_password USING '*"));
+        assert!(
+            owner[0].starts_with(
+                "CREATE USER 'admin'@'%' IDENTIFIED VIA mysql_native_password USING '*"
+            )
+        );
         assert!(owner[1].contains("ON *.*") && owner[1].contains("WITH GRANT OPTION"));
         assert!(owner[2].starts_with("REVOKE SHUTDOWN, FILE, SUPER"));
         let app = user_sql(&db, &UserName::parse("app").unwrap(), &hash, false);
         assert_eq!(app[1], "GRANT ALL PRIVILEGES ON `my-shop`.* TO 'app'@'%'");
-        assert_eq!(schema_sql(&db), "CREATE DATABASE IF NOT EXISTS `my-shop` CHARACTER SET utf8mb4");
+        assert_eq!(
+            schema_sql(&db),
+            "CREATE DATABASE IF NOT EXISTS `my-shop` CHARACTER SET utf8mb4"
+        );
     }
 }

@@ -60,7 +60,13 @@ pub struct ControlPlane<S: Store, R: Runtime> {
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub fn new(store: S, runtime: R, cfg: ControlConfig) -> Arc<Self> {
-        Arc::new(Self { store, runtime, cfg, locks: Mutex::new(HashMap::new()), started: Instant::now() })
+        Arc::new(Self {
+            store,
+            runtime,
+            cfg,
+            locks: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        })
     }
 
     pub fn store(&self) -> &S {
@@ -89,7 +95,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     async fn load(&self, name: &ServiceName) -> Result<DatabaseService> {
-        self.store.service(name).await?.ok_or_else(|| ControlError::NotFound(format!("database {name}")))
+        self.store
+            .service(name)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("database {name}")))
     }
 
     fn resources(&self, scu: u32) -> Resources {
@@ -108,13 +117,26 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// Where clients of `svc` connect.
     fn endpoint(&self, svc: &DatabaseService) -> (String, u16) {
-        self.cfg.endpoint.clone().unwrap_or_else(|| ("127.0.0.1".to_owned(), svc.port))
+        self.cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| ("127.0.0.1".to_owned(), svc.port))
     }
 
     /// Records an event; a failure to record is logged, never fatal to the operation itself.
-    async fn event(&self, db: &ServiceName, kind: EventKind, message: &str, data: serde_json::Value) {
+    async fn event(
+        &self,
+        db: &ServiceName,
+        kind: EventKind,
+        message: &str,
+        data: serde_json::Value,
+    ) {
         tracing::info!(db = %db, kind = kind.as_str(), "{message}");
-        if let Err(e) = self.store.record_event(db.as_str(), kind, message, data).await {
+        if let Err(e) = self
+            .store
+            .record_event(db.as_str(), kind, message, data)
+            .await
+        {
             tracing::error!(db = %db, "cannot record event: {e}");
         }
     }

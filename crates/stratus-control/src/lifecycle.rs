@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use stratus_core::time::{now_ms, rfc3339};
 use stratus_core::{
-    DatabaseService, DbState, EventKind, NativeHash, ServiceName, ServiceSpec, Tier, User, UserName, random_password,
+    DatabaseService, DbState, EventKind, NativeHash, ServiceName, ServiceSpec, Tier, User,
+    UserName, random_password,
 };
 use stratus_runtime::Runtime;
 use stratus_store::Store;
@@ -44,7 +45,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub async fn create(&self, req: CreateRequest) -> Result<CreatedDatabase> {
         let begin = Instant::now();
         let name = ServiceName::parse(&req.name)?;
-        let tier: Tier = req.tier.as_deref().unwrap_or("free").parse().map_err(ControlError::Invalid)?;
+        let tier: Tier = req
+            .tier
+            .as_deref()
+            .unwrap_or("free")
+            .parse()
+            .map_err(ControlError::Invalid)?;
         let spec = ServiceSpec::new(name.clone(), tier, req.min_scu, req.max_scu, req.storage_gb)?;
         let owner_name = UserName::parse(req.user.as_deref().unwrap_or(DEFAULT_OWNER))?;
         if req.password.as_deref().is_some_and(str::is_empty) {
@@ -83,7 +89,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             Err(e) => {
                 let _ = self.runtime.destroy(&name).await;
                 let _ = self.store.delete_service(&name).await;
-                self.event(&name, EventKind::StartFailed, &format!("creation failed, nothing kept: {e}"), json!({})).await;
+                self.event(
+                    &name,
+                    EventKind::StartFailed,
+                    &format!("creation failed, nothing kept: {e}"),
+                    json!({}),
+                )
+                .await;
                 return Err(e);
             }
         }
@@ -99,7 +111,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         Ok(CreatedDatabase {
             name: name.to_string(),
             state: svc.state.to_string(),
-            connection_string: connection_string(owner_name.as_str(), &password, &host, port, name.as_str()),
+            connection_string: connection_string(
+                owner_name.as_str(),
+                &password,
+                &host,
+                port,
+                name.as_str(),
+            ),
             host,
             port,
             user: owner_name.to_string(),
@@ -118,7 +136,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         for sql in user_sql(&name, &owner.name, &owner.hash, true) {
             conn.exec(&sql).await?;
         }
-        let bp: Option<u64> = conn.query_value("SELECT @@GLOBAL.innodb_buffer_pool_size").await?;
+        let bp: Option<u64> = conn
+            .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
+            .await?;
         conn.close().await;
         svc.buffer_pool_bytes = bp.unwrap_or(svc.buffer_pool_bytes);
         svc.state = DbState::Active;
@@ -196,7 +216,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 a.buffer_pool_actual, a.buffer_pool_requested
             ),
             Some(_) => format!("scaled {old} → {scu} SCU by request"),
-            None => format!("size set to {scu} SCU by request; applies when the database next starts"),
+            None => {
+                format!("size set to {scu} SCU by request; applies when the database next starts")
+            }
         };
         self.event(
             &name,
@@ -218,16 +240,28 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             return Ok(self.view(&svc).await);
         }
         if !svc.state.can_become(DbState::Parked) {
-            return Err(ControlError::WrongState(format!("database {name} is {} and cannot be parked", svc.state)));
+            return Err(ControlError::WrongState(format!(
+                "database {name} is {} and cannot be parked",
+                svc.state
+            )));
         }
         let begin = Instant::now();
         let graceful = self.runtime.stop(&name, self.cfg.stop_grace).await?;
         svc.state = DbState::Parked;
         self.store.update_service(&svc).await?;
         let ms = begin.elapsed().as_millis() as u64;
-        let how = if graceful { "stopped cleanly" } else { "killed after the grace period" };
-        self.event(&name, EventKind::Parked, &format!("parked by request: mariadbd {how} in {ms} ms, storage kept"),
-            json!({"graceful": graceful, "stop_ms": ms, "reason": "manual"})).await;
+        let how = if graceful {
+            "stopped cleanly"
+        } else {
+            "killed after the grace period"
+        };
+        self.event(
+            &name,
+            EventKind::Parked,
+            &format!("parked by request: mariadbd {how} in {ms} ms, storage kept"),
+            json!({"graceful": graceful, "stop_ms": ms, "reason": "manual"}),
+        )
+        .await;
         Ok(self.view(&svc).await)
     }
 
@@ -240,12 +274,22 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     /// Makes sure the server runs, resuming a parked database. Caller holds the lock.
-    pub(crate) async fn ensure_running(&self, name: &ServiceName, reason: &str) -> Result<DatabaseService> {
+    pub(crate) async fn ensure_running(
+        &self,
+        name: &ServiceName,
+        reason: &str,
+    ) -> Result<DatabaseService> {
         let mut svc = self.load(name).await?;
         match svc.state {
-            DbState::Active | DbState::Migrating if self.runtime.observe(name).await.pid.is_some() => return Ok(svc),
+            DbState::Active | DbState::Migrating
+                if self.runtime.observe(name).await.pid.is_some() =>
+            {
+                return Ok(svc);
+            }
             DbState::Provisioning => {
-                return Err(ControlError::WrongState(format!("database {name} is still being created")));
+                return Err(ControlError::WrongState(format!(
+                    "database {name} is still being created"
+                )));
             }
             _ => {}
         }
@@ -256,8 +300,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         svc.state = DbState::Active;
         self.store.update_service(&svc).await?;
         let ms = begin.elapsed().as_millis() as u64;
-        self.event(name, EventKind::Resumed, &format!("resumed from {from} in {ms} ms ({reason})"),
-            json!({"from": from, "resume_ms": ms, "pid": instance.pid, "reason": reason})).await;
+        self.event(
+            name,
+            EventKind::Resumed,
+            &format!("resumed from {from} in {ms} ms ({reason})"),
+            json!({"from": from, "resume_ms": ms, "pid": instance.pid, "reason": reason}),
+        )
+        .await;
         Ok(svc)
     }
 
@@ -268,7 +317,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.load(&name).await?;
         self.runtime.destroy(&name).await?;
         self.store.delete_service(&name).await?;
-        self.event(&name, EventKind::Deleted, &format!("database {name} deleted with its data"), json!({})).await;
+        self.event(
+            &name,
+            EventKind::Deleted,
+            &format!("database {name} deleted with its data"),
+            json!({}),
+        )
+        .await;
         Ok(())
     }
 
@@ -291,7 +346,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             DbState::Provisioning => {
                 let _ = self.runtime.destroy(&name).await;
                 let _ = self.store.delete_service(&name).await;
-                self.event(&name, EventKind::StartFailed, "creation was interrupted by a restart of Stratus; removed", json!({})).await;
+                self.event(
+                    &name,
+                    EventKind::StartFailed,
+                    "creation was interrupted by a restart of Stratus; removed",
+                    json!({}),
+                )
+                .await;
             }
             DbState::Parked => {
                 // A park interrupted between stop and record leaves a server behind.
@@ -311,14 +372,35 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         }
                         let ms = begin.elapsed().as_millis() as u64;
                         let (kind, msg) = if instance.adopted {
-                            (EventKind::Adopted, format!("running mariadbd (pid {}) adopted after a restart of Stratus", instance.pid))
+                            (
+                                EventKind::Adopted,
+                                format!(
+                                    "running mariadbd (pid {}) adopted after a restart of Stratus",
+                                    instance.pid
+                                ),
+                            )
                         } else {
-                            (EventKind::Started, format!("started after a restart of Stratus in {ms} ms"))
+                            (
+                                EventKind::Started,
+                                format!("started after a restart of Stratus in {ms} ms"),
+                            )
                         };
-                        self.event(&name, kind, &msg, json!({"pid": instance.pid, "start_ms": ms})).await;
+                        self.event(
+                            &name,
+                            kind,
+                            &msg,
+                            json!({"pid": instance.pid, "start_ms": ms}),
+                        )
+                        .await;
                     }
                     Err(e) => {
-                        self.event(&name, EventKind::StartFailed, &format!("could not start after a restart of Stratus: {e}"), json!({})).await;
+                        self.event(
+                            &name,
+                            EventKind::StartFailed,
+                            &format!("could not start after a restart of Stratus: {e}"),
+                            json!({}),
+                        )
+                        .await;
                     }
                 }
             }
@@ -339,10 +421,19 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     return;
                 }
                 let begin = Instant::now();
-                let graceful = me.runtime.stop(&name, me.cfg.stop_grace).await.unwrap_or(false);
+                let graceful = me
+                    .runtime
+                    .stop(&name, me.cfg.stop_grace)
+                    .await
+                    .unwrap_or(false);
                 let ms = begin.elapsed().as_millis() as u64;
-                me.event(&name, EventKind::Stopped, &format!("stopped for Stratus shutdown in {ms} ms (graceful: {graceful})"),
-                    json!({"graceful": graceful, "stop_ms": ms})).await;
+                me.event(
+                    &name,
+                    EventKind::Stopped,
+                    &format!("stopped for Stratus shutdown in {ms} ms (graceful: {graceful})"),
+                    json!({"graceful": graceful, "stop_ms": ms}),
+                )
+                .await;
             });
         }
         while tasks.join_next().await.is_some() {}

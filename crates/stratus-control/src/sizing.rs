@@ -21,20 +21,34 @@ pub struct Applied {
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Moves a running server from `from` to `to`.
-    pub(crate) async fn apply_size(&self, svc: &DatabaseService, from: Resources, to: Resources) -> Result<Applied> {
+    pub(crate) async fn apply_size(
+        &self,
+        svc: &DatabaseService,
+        from: Resources,
+        to: Resources,
+    ) -> Result<Applied> {
         let name = svc.name();
         let grow = to.memory_bytes >= from.memory_bytes;
         if grow {
-            self.runtime.set_limits(name, to.cpu_millis, to.memory_bytes).await?;
+            self.runtime
+                .set_limits(name, to.cpu_millis, to.memory_bytes)
+                .await?;
         }
         let mut conn = self.admin(name, svc.port, &svc.admin_password).await?;
         let warnings = conn
-            .exec_with_warnings(&format!("SET GLOBAL innodb_buffer_pool_size = {}", to.buffer_pool_bytes))
+            .exec_with_warnings(&format!(
+                "SET GLOBAL innodb_buffer_pool_size = {}",
+                to.buffer_pool_bytes
+            ))
             .await?;
-        let actual: Option<u64> = conn.query_value("SELECT @@GLOBAL.innodb_buffer_pool_size").await?;
+        let actual: Option<u64> = conn
+            .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
+            .await?;
         conn.close().await;
         if !grow {
-            self.runtime.set_limits(name, to.cpu_millis, to.memory_bytes).await?;
+            self.runtime
+                .set_limits(name, to.cpu_millis, to.memory_bytes)
+                .await?;
         }
         Ok(Applied {
             buffer_pool_requested: to.buffer_pool_bytes,

@@ -21,7 +21,11 @@ const MAX_FAILED_STARTS: u32 = 20;
 
 /// The wait before restart number `n` (0-based) of a crash streak: 0, 1 s, 2 s, 4 s, … capped.
 pub fn backoff(n: u32, max: Duration) -> Duration {
-    if n == 0 { Duration::ZERO } else { Duration::from_secs(1u64 << (n - 1).min(16)).min(max) }
+    if n == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(1u64 << (n - 1).min(16)).min(max)
+    }
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
@@ -39,7 +43,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
                 Err(RecvError::Closed) => return,
             };
-            let streak = streaks.entry(notice.name.clone()).or_insert((0, Instant::now()));
+            let streak = streaks
+                .entry(notice.name.clone())
+                .or_insert((0, Instant::now()));
             if streak.1.elapsed() > CALM {
                 streak.0 = 0;
             }
@@ -53,7 +59,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     async fn restart_after_crash(&self, notice: ExitNotice, mut attempt: u32) {
         let name = notice.name.clone();
         let first = backoff(attempt, self.cfg.restart_backoff_max);
-        let when = if first.is_zero() { "now".to_owned() } else { format!("in {} s", first.as_secs()) };
+        let when = if first.is_zero() {
+            "now".to_owned()
+        } else {
+            format!("in {} s", first.as_secs())
+        };
         self.event(
             &name,
             EventKind::Crashed,
@@ -66,7 +76,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             // not held meanwhile, so the database can still be parked or deleted.
             tokio::time::sleep(backoff(attempt, self.cfg.restart_backoff_max)).await;
             let _guard = self.lock(&name).await;
-            let Ok(svc) = self.load(&name).await else { return };
+            let Ok(svc) = self.load(&name).await else {
+                return;
+            };
             if !svc.state.wants_process() || self.runtime.observe(&name).await.pid.is_some() {
                 return;
             }

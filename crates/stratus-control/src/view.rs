@@ -73,16 +73,28 @@ pub struct CreatedUser {
 
 /// A `mysql://` URL; user and password are percent-encoded (RFC 3986 userinfo), since a
 /// chosen password may hold `@`, `:` or `/`.
-pub fn connection_string(user: &str, password: &str, host: &str, port: u16, database: &str) -> String {
+pub fn connection_string(
+    user: &str,
+    password: &str,
+    host: &str,
+    port: u16,
+    database: &str,
+) -> String {
     fn enc(s: &str) -> String {
         s.bytes()
             .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
                 _ => format!("%{b:02X}"),
             })
             .collect()
     }
-    format!("mysql://{}:{}@{host}:{port}/{database}", enc(user), enc(password))
+    format!(
+        "mysql://{}:{}@{host}:{port}/{database}",
+        enc(user),
+        enc(password)
+    )
 }
 
 #[cfg(test)]

@@ -64,7 +64,11 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_their_names() {
-        for k in [EventKind::Created, EventKind::StartFailed, EventKind::UserCreated] {
+        for k in [
+            EventKind::Created,
+            EventKind::StartFailed,
+            EventKind::UserCreated,
+        ] {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(EventKind::parse("nonsense"), None);

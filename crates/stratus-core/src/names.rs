@@ -14,12 +14,23 @@ pub const SERVICE_NAME_MAX: usize = 40;
 pub const USER_NAME_MAX: usize = 32;
 
 /// User names Stratus keeps for itself or MariaDB reserves.
-const RESERVED_USERS: &[&str] = &["root", "stratus_admin", "mariadb.sys", "mysql", "public", "none"];
+const RESERVED_USERS: &[&str] = &[
+    "root",
+    "stratus_admin",
+    "mariadb.sys",
+    "mysql",
+    "public",
+    "none",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("invalid {what} name {name:?}: {reason}")]
-    Invalid { what: &'static str, name: String, reason: &'static str },
+    Invalid {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
     #[error("user name {0:?} is reserved")]
     Reserved(String),
 }
@@ -30,11 +41,18 @@ pub struct ServiceName(String);
 
 impl ServiceName {
     pub fn parse(name: &str) -> Result<Self, NameError> {
-        let invalid = |reason| NameError::Invalid { what: "database", name: name.to_owned(), reason };
+        let invalid = |reason| NameError::Invalid {
+            what: "database",
+            name: name.to_owned(),
+            reason,
+        };
         if name.is_empty() || name.len() > SERVICE_NAME_MAX {
             return Err(invalid("must be 1 to 40 characters"));
         }
-        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(invalid("use only lowercase letters, digits and '-'"));
         }
         if !name.as_bytes()[0].is_ascii_lowercase() {
@@ -57,7 +75,11 @@ pub struct UserName(String);
 
 impl UserName {
     pub fn parse(name: &str) -> Result<Self, NameError> {
-        let invalid = |reason| NameError::Invalid { what: "user", name: name.to_owned(), reason };
+        let invalid = |reason| NameError::Invalid {
+            what: "user",
+            name: name.to_owned(),
+            reason,
+        };
         if name.is_empty() || name.len() > USER_NAME_MAX {
             return Err(invalid("must be 1 to 32 characters"));
         }
@@ -116,7 +138,16 @@ mod tests {
         for ok in ["shop", "a", "shop-2", "a1b2"] {
             assert!(ServiceName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Shop", "2shop", "shop-", "sh_op", "sh.op", "shöp", &"a".repeat(41)] {
+        for bad in [
+            "",
+            "Shop",
+            "2shop",
+            "shop-",
+            "sh_op",
+            "sh.op",
+            "shöp",
+            &"a".repeat(41),
+        ] {
             assert!(ServiceName::parse(bad).is_err(), "{bad}");
         }
     }
@@ -126,7 +157,16 @@ mod tests {
         for ok in ["admin", "app_user", "A1", "_x"] {
             assert!(UserName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1app", "a.b", "a-b", "root", "ROOT", "stratus_admin", &"u".repeat(33)] {
+        for bad in [
+            "",
+            "1app",
+            "a.b",
+            "a-b",
+            "root",
+            "ROOT",
+            "stratus_admin",
+            &"u".repeat(33),
+        ] {
             assert!(UserName::parse(bad).is_err(), "{bad}");
         }
     }

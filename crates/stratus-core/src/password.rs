@@ -54,7 +54,11 @@ pub fn random_password() -> String {
     while out.len() < 24 {
         getrandom::fill(&mut buf).expect("the OS random number generator is unavailable");
         // Rejection sampling keeps the distribution uniform: 248 = 4 * 62.
-        out.extend(buf.iter().filter(|&&b| b < 248).map(|&b| ALPHABET[(b % 62) as usize] as char));
+        out.extend(
+            buf.iter()
+                .filter(|&&b| b < 248)
+                .map(|&b| ALPHABET[(b % 62) as usize] as char),
+        );
     }
     out.truncate(24);
     out
@@ -74,7 +78,13 @@ mod tests {
 
     #[test]
     fn parse_rejects_garbage() {
-        for bad in ["", "*", "14E65567ABDB5135D0CFD9A70B3032C179A49EE7", "*zz", "*€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€"] {
+        for bad in [
+            "",
+            "*",
+            "14E65567ABDB5135D0CFD9A70B3032C179A49EE7",
+            "*zz",
+            "*€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€",
+        ] {
             assert_eq!(NativeHash::parse(bad), None, "{bad}");
         }
     }

@@ -42,6 +42,10 @@ pub struct BackupSchedule {
 
 impl Default for BackupSchedule {
     fn default() -> Self {
-        Self { cron: "0 3 * * *".into(), retention_days: 7, target: "backups".into() }
+        Self {
+            cron: "0 3 * * *".into(),
+            retention_days: 7,
+            target: "backups".into(),
+        }
     }
 }

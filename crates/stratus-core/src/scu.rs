@@ -27,7 +27,11 @@ pub struct ScuSize {
 
 impl Default for ScuSize {
     fn default() -> Self {
-        Self { cpu_millis: 500, memory_bytes: 2 * GIB, buffer_pool_fraction: 0.5 }
+        Self {
+            cpu_millis: 500,
+            memory_bytes: 2 * GIB,
+            buffer_pool_fraction: 0.5,
+        }
     }
 }
 
@@ -43,10 +47,16 @@ pub struct Resources {
 impl ScuSize {
     pub fn validate(&self) -> Result<(), String> {
         if self.cpu_millis < 10 {
-            return Err(format!("scu.cpu_millis must be at least 10, not {}", self.cpu_millis));
+            return Err(format!(
+                "scu.cpu_millis must be at least 10, not {}",
+                self.cpu_millis
+            ));
         }
         if self.memory_bytes < 256 * MIB {
-            return Err(format!("scu.memory_bytes must be at least 256 MiB, not {}", self.memory_bytes));
+            return Err(format!(
+                "scu.memory_bytes must be at least 256 MiB, not {}",
+                self.memory_bytes
+            ));
         }
         if !(0.05..=0.9).contains(&self.buffer_pool_fraction) {
             return Err(format!(
@@ -116,7 +126,9 @@ impl FromStr for Tier {
         match s {
             "free" => Ok(Tier::Free),
             "standard" => Ok(Tier::Standard),
-            other => Err(format!("unknown tier {other:?} (expected free or standard)")),
+            other => Err(format!(
+                "unknown tier {other:?} (expected free or standard)"
+            )),
         }
     }
 }
@@ -135,15 +147,32 @@ mod tests {
 
     #[test]
     fn buffer_pool_is_whole_mib_with_a_floor() {
-        let s = ScuSize { buffer_pool_fraction: 0.3, ..ScuSize::default() };
+        let s = ScuSize {
+            buffer_pool_fraction: 0.3,
+            ..ScuSize::default()
+        };
         assert_eq!(s.buffer_pool_bytes(1000 * MIB + 12345) % MIB, 0);
         assert_eq!(s.buffer_pool_bytes(1), 8 * MIB);
     }
 
     #[test]
     fn invalid_sizes_are_refused() {
-        assert!(ScuSize { cpu_millis: 0, ..ScuSize::default() }.validate().is_err());
-        assert!(ScuSize { buffer_pool_fraction: 1.5, ..ScuSize::default() }.validate().is_err());
+        assert!(
+            ScuSize {
+                cpu_millis: 0,
+                ..ScuSize::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            ScuSize {
+                buffer_pool_fraction: 1.5,
+                ..ScuSize::default()
+            }
+            .validate()
+            .is_err()
+        );
         assert!(ScuSize::default().validate().is_ok());
     }
 }

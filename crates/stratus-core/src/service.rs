@@ -63,7 +63,10 @@ impl DbState {
 
     /// Whether a `mariadbd` process should exist in this state.
     pub fn wants_process(self) -> bool {
-        matches!(self, DbState::Provisioning | DbState::Active | DbState::Suspended | DbState::Migrating)
+        matches!(
+            self,
+            DbState::Provisioning | DbState::Active | DbState::Suspended | DbState::Migrating
+        )
     }
 }
 
@@ -108,7 +111,13 @@ impl ServiceSpec {
     ) -> Result<Self, SpecError> {
         let min_scu = min_scu.unwrap_or(1);
         let max_scu = max_scu.unwrap_or_else(|| tier.max_scu().max(min_scu));
-        let spec = Self { name, tier, min_scu, max_scu, storage_gb: storage_gb.unwrap_or(10) };
+        let spec = Self {
+            name,
+            tier,
+            min_scu,
+            max_scu,
+            storage_gb: storage_gb.unwrap_or(10),
+        };
         spec.validate()?;
         Ok(spec)
     }
@@ -118,11 +127,18 @@ impl ServiceSpec {
             return Err(SpecError::MinTooSmall);
         }
         if self.min_scu > self.max_scu {
-            return Err(SpecError::MinAboveMax { min: self.min_scu, max: self.max_scu });
+            return Err(SpecError::MinAboveMax {
+                min: self.min_scu,
+                max: self.max_scu,
+            });
         }
         let cap = self.tier.max_scu();
         if self.max_scu > cap {
-            return Err(SpecError::AboveTierCap { max: self.max_scu, tier: self.tier, cap });
+            return Err(SpecError::AboveTierCap {
+                max: self.max_scu,
+                tier: self.tier,
+                cap,
+            });
         }
         if !(1..=65_536).contains(&self.storage_gb) {
             return Err(SpecError::Storage(self.storage_gb));
@@ -133,7 +149,11 @@ impl ServiceSpec {
     /// Checks a requested size against this service's range (which already respects the tier).
     pub fn check_scu(&self, scu: u32) -> Result<(), SpecError> {
         if scu < self.min_scu || scu > self.max_scu {
-            return Err(SpecError::OutOfRange { scu, min: self.min_scu, max: self.max_scu });
+            return Err(SpecError::OutOfRange {
+                scu,
+                min: self.min_scu,
+                max: self.max_scu,
+            });
         }
         Ok(())
     }
@@ -193,9 +213,16 @@ mod tests {
     fn limits_are_enforced() {
         assert_eq!(
             ServiceSpec::new(name(), Tier::Free, None, Some(4), None),
-            Err(SpecError::AboveTierCap { max: 4, tier: Tier::Free, cap: 2 })
+            Err(SpecError::AboveTierCap {
+                max: 4,
+                tier: Tier::Free,
+                cap: 2
+            })
         );
-        assert_eq!(ServiceSpec::new(name(), Tier::Free, Some(0), None, None), Err(SpecError::MinTooSmall));
+        assert_eq!(
+            ServiceSpec::new(name(), Tier::Free, Some(0), None, None),
+            Err(SpecError::MinTooSmall)
+        );
         assert!(matches!(
             ServiceSpec::new(name(), Tier::Standard, Some(3), Some(2), None),
             Err(SpecError::MinAboveMax { .. })

@@ -16,7 +16,13 @@ pub struct AdminConn {
 
 impl AdminConn {
     /// Connects, giving up after `timeout`.
-    pub async fn connect(name: &str, host: &str, port: u16, password: &str, timeout: Duration) -> Result<Self> {
+    pub async fn connect(
+        name: &str,
+        host: &str,
+        port: u16,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
         let opts = OptsBuilder::default()
             .ip_or_hostname(host.to_owned())
             .tcp_port(port)
@@ -25,13 +31,27 @@ impl AdminConn {
             .prefer_socket(false);
         let conn = tokio::time::timeout(timeout, Conn::new(opts))
             .await
-            .map_err(|_| RuntimeError::Other(format!("database {name}: no login within {timeout:?}")))?
-            .map_err(|source| RuntimeError::Sql { name: name.to_owned(), source })?;
-        Ok(Self { name: name.to_owned(), conn })
+            .map_err(|_| {
+                RuntimeError::Other(format!("database {name}: no login within {timeout:?}"))
+            })?
+            .map_err(|source| RuntimeError::Sql {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            name: name.to_owned(),
+            conn,
+        })
     }
 
     pub async fn exec(&mut self, sql: &str) -> Result<()> {
-        self.conn.query_drop(sql).await.map_err(|source| RuntimeError::Sql { name: self.name.clone(), source })
+        self.conn
+            .query_drop(sql)
+            .await
+            .map_err(|source| RuntimeError::Sql {
+                name: self.name.clone(),
+                source,
+            })
     }
 
     /// Runs a statement and returns the server's warnings about it (`SHOW WARNINGS`), which is
@@ -41,12 +61,18 @@ impl AdminConn {
         if self.conn.get_warnings() == 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, u32, String)> = self
-            .conn
-            .query("SHOW WARNINGS")
-            .await
-            .map_err(|source| RuntimeError::Sql { name: self.name.clone(), source })?;
-        Ok(rows.into_iter().map(|(level, code, msg)| format!("{level} {code}: {msg}")).collect())
+        let rows: Vec<(String, u32, String)> =
+            self.conn
+                .query("SHOW WARNINGS")
+                .await
+                .map_err(|source| RuntimeError::Sql {
+                    name: self.name.clone(),
+                    source,
+                })?;
+        Ok(rows
+            .into_iter()
+            .map(|(level, code, msg)| format!("{level} {code}: {msg}"))
+            .collect())
     }
 
     /// First column of the first row, if any.
@@ -57,7 +83,10 @@ impl AdminConn {
         self.conn
             .query_first::<T, _>(sql)
             .await
-            .map_err(|source| RuntimeError::Sql { name: self.name.clone(), source })
+            .map_err(|source| RuntimeError::Sql {
+                name: self.name.clone(),
+                source,
+            })
     }
 
     pub async fn close(self) {

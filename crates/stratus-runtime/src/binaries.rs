@@ -33,8 +33,13 @@ impl MariaDb {
             .arg("--version")
             .output()
             .map_err(|e| RuntimeError::io(format!("cannot run {}", mariadbd.display()), e))?;
-        let version = parse_version(&String::from_utf8_lossy(&version.stdout))
-            .ok_or_else(|| RuntimeError::Other(format!("{} --version printed no version", mariadbd.display())))?;
+        let version =
+            parse_version(&String::from_utf8_lossy(&version.stdout)).ok_or_else(|| {
+                RuntimeError::Other(format!(
+                    "{} --version printed no version",
+                    mariadbd.display()
+                ))
+            })?;
         Ok(Self {
             has_buffer_pool_size_max: help.contains("--innodb-buffer-pool-size-max"),
             mariadbd,
@@ -54,13 +59,16 @@ fn find(binary: &'static str, bin_dir: Option<&Path>) -> Result<PathBuf> {
             .chain(["/usr/sbin".into(), "/usr/bin".into()])
             .collect(),
     };
-    dirs.iter().map(|d| d.join(binary)).find(|p| p.is_file()).ok_or_else(|| RuntimeError::MissingBinary {
-        binary,
-        hint: match bin_dir {
-            Some(d) => format!("not in {}; {HINT}", d.display()),
-            None => HINT.to_owned(),
-        },
-    })
+    dirs.iter()
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+        .ok_or_else(|| RuntimeError::MissingBinary {
+            binary,
+            hint: match bin_dir {
+                Some(d) => format!("not in {}; {HINT}", d.display()),
+                None => HINT.to_owned(),
+            },
+        })
 }
 
 /// `mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu on x86_64` → `10.11.19-MariaDB-0+deb12u1`.
@@ -77,7 +85,9 @@ mod tests {
     #[test]
     fn version_line() {
         assert_eq!(
-            parse_version("mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu on x86_64 (Debian 12)\n"),
+            parse_version(
+                "mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu on x86_64 (Debian 12)\n"
+            ),
             Some("10.11.19-MariaDB-0+deb12u1".into())
         );
         assert_eq!(parse_version("garbage"), None);
@@ -87,6 +97,9 @@ mod tests {
     fn missing_binary_names_the_package() {
         let dir = tempfile::tempdir().unwrap();
         let err = MariaDb::locate(Some(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("mariadbd not found") && err.contains("mariadb-server"), "{err}");
+        assert!(
+            err.contains("mariadbd not found") && err.contains("mariadb-server"),
+            "{err}"
+        );
     }
 }

@@ -23,7 +23,11 @@ pub enum RuntimeError {
     #[error("{binary} not found ({hint})")]
     MissingBinary { binary: &'static str, hint: String },
     #[error("database {name}: mariadbd did not start: {reason}{}", log_tail_suffix(.log_tail))]
-    StartFailed { name: String, reason: String, log_tail: Vec<String> },
+    StartFailed {
+        name: String,
+        reason: String,
+        log_tail: Vec<String>,
+    },
     #[error("database {0} has no storage here")]
     NoStorage(String),
     #[error("database {0} already has storage here")]
@@ -31,22 +35,35 @@ pub enum RuntimeError {
     #[error("database {0} is not running")]
     NotRunning(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("resource control: {0}")]
     Cgroup(#[from] stratus_cgroup::Error),
     #[error("database {name}: {source}")]
-    Sql { name: String, source: mysql_async::Error },
+    Sql {
+        name: String,
+        source: mysql_async::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
 
 fn log_tail_suffix(tail: &[String]) -> String {
-    if tail.is_empty() { String::new() } else { format!("; last lines of its error log:\n  {}", tail.join("\n  ")) }
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; last lines of its error log:\n  {}", tail.join("\n  "))
+    }
 }
 
 impl RuntimeError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -130,7 +147,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn start(&self, spec: &InstanceSpec) -> impl Future<Output = Result<Instance>> + Send;
 
     /// Stops the server gracefully, killing it after `grace`. Returns whether it stopped in time.
-    fn stop(&self, name: &ServiceName, grace: Duration) -> impl Future<Output = Result<bool>> + Send;
+    fn stop(
+        &self,
+        name: &ServiceName,
+        grace: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Sets the enforced CPU quota and memory limit. A no-op without resource control.
     fn set_limits(

@@ -25,9 +25,15 @@ fn config(dir: &tempfile::TempDir, tag: &str) -> LocalConfig {
 }
 
 async fn admin(spec: &InstanceSpec, port: u16) -> AdminConn {
-    AdminConn::connect(spec.name.as_str(), "127.0.0.1", port, &spec.admin_password, Duration::from_secs(5))
-        .await
-        .unwrap()
+    AdminConn::connect(
+        spec.name.as_str(),
+        "127.0.0.1",
+        port,
+        &spec.admin_password,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -42,9 +48,16 @@ async fn provision_limit_stop_start_crash_and_destroy() {
     // The admin password was rotated away from the template's.
     let mut conn = admin(&s, inst.port).await;
     conn.exec("CREATE DATABASE shop").await.unwrap();
-    conn.exec("CREATE TABLE shop.t (id INT PRIMARY KEY) ENGINE=InnoDB").await.unwrap();
-    conn.exec("INSERT INTO shop.t VALUES (1), (2)").await.unwrap();
-    let bp: Option<u64> = conn.query_value("SELECT @@innodb_buffer_pool_size").await.unwrap();
+    conn.exec("CREATE TABLE shop.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    conn.exec("INSERT INTO shop.t VALUES (1), (2)")
+        .await
+        .unwrap();
+    let bp: Option<u64> = conn
+        .query_value("SELECT @@innodb_buffer_pool_size")
+        .await
+        .unwrap();
     assert_eq!(bp, Some(s.resources.buffer_pool_bytes));
     let binlog: Option<u8> = conn.query_value("SELECT @@log_bin").await.unwrap();
     assert_eq!(binlog, Some(1), "binary log on for later replication");
@@ -56,38 +69,65 @@ async fn provision_limit_stop_start_crash_and_destroy() {
     if rt.info().resource_control != "none" {
         assert_eq!(seen.cpu_limit_millis, Some(500));
         assert_eq!(seen.memory_limit_bytes, Some(2 << 30));
-        assert!(seen.cpu_usage_ns.unwrap() > 0, "the server is accounted in its cgroup");
+        assert!(
+            seen.cpu_usage_ns.unwrap() > 0,
+            "the server is accounted in its cgroup"
+        );
         rt.set_limits(&s.name, 1000, 4 << 30).await.unwrap();
         let seen = rt.observe(&s.name).await;
-        assert_eq!((seen.cpu_limit_millis, seen.memory_limit_bytes), (Some(1000), Some(4 << 30)));
+        assert_eq!(
+            (seen.cpu_limit_millis, seen.memory_limit_bytes),
+            (Some(1000), Some(4 << 30))
+        );
     } else {
-        eprintln!("no resource control here: {:?}", rt.info().resource_control_note);
+        eprintln!(
+            "no resource control here: {:?}",
+            rt.info().resource_control_note
+        );
     }
 
-    assert!(rt.stop(&s.name, Duration::from_secs(30)).await.unwrap(), "graceful stop");
+    assert!(
+        rt.stop(&s.name, Duration::from_secs(30)).await.unwrap(),
+        "graceful stop"
+    );
     assert_eq!(rt.observe(&s.name).await.pid, None);
     let again = rt.start(&s).await.unwrap();
     let mut conn = admin(&s, again.port).await;
-    let n: Option<u64> = conn.query_value("SELECT COUNT(*) FROM shop.t").await.unwrap();
+    let n: Option<u64> = conn
+        .query_value("SELECT COUNT(*) FROM shop.t")
+        .await
+        .unwrap();
     assert_eq!(n, Some(2), "data survives a stop");
     conn.close().await;
 
     // A crash is reported with how the process ended.
-    rustix::process::kill_process(rustix::process::Pid::from_raw(again.pid as i32).unwrap(), rustix::process::Signal::KILL)
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(again.pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(10), exits.recv())
+        .await
+        .unwrap()
         .unwrap();
-    let notice = tokio::time::timeout(Duration::from_secs(10), exits.recv()).await.unwrap().unwrap();
     assert_eq!(notice.name, s.name);
     assert!(notice.status.starts_with("signal 9"), "{}", notice.status);
     // InnoDB recovers it on the next start.
     let third = rt.start(&s).await.unwrap();
     let mut conn = admin(&s, third.port).await;
-    let n: Option<u64> = conn.query_value("SELECT COUNT(*) FROM shop.t").await.unwrap();
+    let n: Option<u64> = conn
+        .query_value("SELECT COUNT(*) FROM shop.t")
+        .await
+        .unwrap();
     assert_eq!(n, Some(2));
     conn.close().await;
 
     rt.destroy(&s.name).await.unwrap();
     assert!(!dir.path().join("databases/shop").exists());
-    assert!(matches!(rt.start(&s).await, Err(RuntimeError::NoStorage(_))));
+    assert!(matches!(
+        rt.start(&s).await,
+        Err(RuntimeError::NoStorage(_))
+    ));
     // A requested stop is not a crash.
     assert!(exits.try_recv().is_err());
     rt.remove_cgroup_parent().unwrap();
@@ -108,7 +148,10 @@ async fn a_new_runtime_adopts_running_servers() {
     assert_eq!((inst.pid, inst.port), (first.pid, first.port));
     let mut exits = rt.exits();
     assert!(rt.stop(&s.name, Duration::from_secs(30)).await.unwrap());
-    assert!(exits.try_recv().is_err(), "a requested stop of an adopted server is no crash");
+    assert!(
+        exits.try_recv().is_err(),
+        "a requested stop of an adopted server is no crash"
+    );
     rt.destroy(&s.name).await.unwrap();
     rt.remove_cgroup_parent().unwrap();
 }
@@ -136,7 +179,10 @@ async fn a_taken_port_is_replaced_and_a_broken_server_explains_itself() {
     // Provisioning over existing storage is refused and leaves it alone.
     let s2 = spec("exists", 1);
     std::fs::create_dir_all(dir.path().join("databases/exists/keep")).unwrap();
-    assert!(matches!(rt.provision(&s2).await, Err(RuntimeError::StorageExists(_))));
+    assert!(matches!(
+        rt.provision(&s2).await,
+        Err(RuntimeError::StorageExists(_))
+    ));
     assert!(dir.path().join("databases/exists/keep").exists());
     rt.remove_cgroup_parent().unwrap();
 }

@@ -20,8 +20,14 @@ pub enum StoreError {
     NotFound(String),
     #[error("catalog holds an unreadable {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
-    #[error("catalog at {path} was written by a newer Stratus (schema version {found}, this build knows {known})")]
-    TooNew { path: String, found: i64, known: i64 },
+    #[error(
+        "catalog at {path} was written by a newer Stratus (schema version {found}, this build knows {known})"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
     #[error("catalog error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -48,7 +54,10 @@ pub trait Store: Send + Sync + 'static {
         owner: &User,
         message: &str,
     ) -> impl Future<Output = Result<Event>> + Send;
-    fn service(&self, name: &ServiceName) -> impl Future<Output = Result<Option<DatabaseService>>> + Send;
+    fn service(
+        &self,
+        name: &ServiceName,
+    ) -> impl Future<Output = Result<Option<DatabaseService>>> + Send;
     fn services(&self) -> impl Future<Output = Result<Vec<DatabaseService>>> + Send;
     fn update_service(&self, service: &DatabaseService) -> impl Future<Output = Result<()>> + Send;
     /// Removes the service with its users and policies; its events stay.
@@ -56,15 +65,25 @@ pub trait Store: Send + Sync + 'static {
 
     fn create_user(&self, user: &User) -> impl Future<Output = Result<()>> + Send;
     fn users(&self, service: &ServiceName) -> impl Future<Output = Result<Vec<User>>> + Send;
-    fn delete_user(&self, service: &ServiceName, user: &UserName) -> impl Future<Output = Result<()>> + Send;
+    fn delete_user(
+        &self,
+        service: &ServiceName,
+        user: &UserName,
+    ) -> impl Future<Output = Result<()>> + Send;
 
-    fn scaling_policy(&self, service: &ServiceName) -> impl Future<Output = Result<ScalingPolicy>> + Send;
+    fn scaling_policy(
+        &self,
+        service: &ServiceName,
+    ) -> impl Future<Output = Result<ScalingPolicy>> + Send;
     fn set_scaling_policy(
         &self,
         service: &ServiceName,
         policy: &ScalingPolicy,
     ) -> impl Future<Output = Result<()>> + Send;
-    fn backup_schedule(&self, service: &ServiceName) -> impl Future<Output = Result<BackupSchedule>> + Send;
+    fn backup_schedule(
+        &self,
+        service: &ServiceName,
+    ) -> impl Future<Output = Result<BackupSchedule>> + Send;
     fn set_backup_schedule(
         &self,
         service: &ServiceName,

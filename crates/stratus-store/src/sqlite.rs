@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use stratus_core::time::now_ms;
 use stratus_core::{
-    BackupSchedule, DatabaseService, DbState, Event, EventKind, NativeHash, ScalingPolicy, ServiceName,
-    ServiceSpec, Tier, User, UserName,
+    BackupSchedule, DatabaseService, DbState, Event, EventKind, NativeHash, ScalingPolicy,
+    ServiceName, ServiceSpec, Tier, User, UserName,
 };
 
 /// Schema migrations, in order; entry `i` takes the catalog from version `i` to `i + 1`.
@@ -82,7 +82,11 @@ impl SqliteStore {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
-            return Err(StoreError::TooNew { path: path.to_owned(), found: version, known });
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found: version,
+                known,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction()?;
@@ -90,11 +94,15 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self.lock().pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -108,7 +116,10 @@ const SERVICE_COLUMNS: &str = "name, tier, min_scu, max_scu, storage_gb, state, 
      port, admin_password, created_at_ms, updated_at_ms";
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
-    StoreError::Corrupt { what, detail: detail.to_string() }
+    StoreError::Corrupt {
+        what,
+        detail: detail.to_string(),
+    }
 }
 
 fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> {
@@ -126,7 +137,13 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
         let state = DbState::parse(&state).ok_or_else(|| corrupt("state", &state))?;
         let port = u16::try_from(port).map_err(|e| corrupt("port", e))?;
         Ok(DatabaseService {
-            spec: ServiceSpec { name, tier, min_scu, max_scu, storage_gb },
+            spec: ServiceSpec {
+                name,
+                tier,
+                min_scu,
+                max_scu,
+                storage_gb,
+            },
             state,
             scu,
             buffer_pool_bytes: buffer_pool_bytes.max(0) as u64,
@@ -139,13 +156,19 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
 }
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<User>> {
-    let (service, name, hash, owner, created_at_ms): (String, String, String, bool, i64) =
-        (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+    let (service, name, hash, owner, created_at_ms): (String, String, String, bool, i64) = (
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    );
     Ok((|| {
         Ok(User {
             service: ServiceName::parse(&service).map_err(|e| corrupt("user's service", e))?,
             name: UserName::parse(&name).map_err(|e| corrupt("user name", e))?,
-            hash: NativeHash::parse(&hash).ok_or_else(|| corrupt("password hash", "not *<40 hex>"))?,
+            hash: NativeHash::parse(&hash)
+                .ok_or_else(|| corrupt("password hash", "not *<40 hex>"))?,
             owner,
             created_at_ms,
         })
@@ -153,8 +176,14 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<User>> {
 }
 
 fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event>> {
-    let (id, time_ms, db, kind, message, data): (i64, i64, String, String, String, String) =
-        (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?);
+    let (id, time_ms, db, kind, message, data): (i64, i64, String, String, String, String) = (
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    );
     Ok((|| {
         Ok(Event {
             id,
@@ -167,13 +196,26 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event>> {
     })())
 }
 
-fn insert_event(conn: &Connection, db: &str, kind: EventKind, message: &str, data: serde_json::Value) -> Result<Event> {
+fn insert_event(
+    conn: &Connection,
+    db: &str,
+    kind: EventKind,
+    message: &str,
+    data: serde_json::Value,
+) -> Result<Event> {
     let time_ms = now_ms();
     conn.execute(
         "INSERT INTO events (time_ms, db, kind, message, data) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![time_ms, db, kind.as_str(), message, data.to_string()],
     )?;
-    Ok(Event { id: conn.last_insert_rowid(), time_ms, db: db.to_owned(), kind, message: message.to_owned(), data })
+    Ok(Event {
+        id: conn.last_insert_rowid(),
+        time_ms,
+        db: db.to_owned(),
+        kind,
+        message: message.to_owned(),
+        data,
+    })
 }
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
@@ -181,7 +223,12 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 }
 
 impl Store for SqliteStore {
-    async fn create_service(&self, svc: &DatabaseService, owner: &User, message: &str) -> Result<Event> {
+    async fn create_service(
+        &self,
+        svc: &DatabaseService,
+        owner: &User,
+        message: &str,
+    ) -> Result<Event> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let spec = &svc.spec;
@@ -204,9 +251,14 @@ impl Store for SqliteStore {
         )
         .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists(format!("database {}", spec.name)) } else { e.into() })?;
         insert_user(&tx, owner)?;
-        let policy = serde_json::to_string(&ScalingPolicy::default()).map_err(|e| corrupt("policy", e))?;
-        tx.execute("INSERT INTO scaling_policies (service, policy) VALUES (?1, ?2)", params![spec.name.as_str(), policy])?;
-        let schedule = serde_json::to_string(&BackupSchedule::default()).map_err(|e| corrupt("schedule", e))?;
+        let policy =
+            serde_json::to_string(&ScalingPolicy::default()).map_err(|e| corrupt("policy", e))?;
+        tx.execute(
+            "INSERT INTO scaling_policies (service, policy) VALUES (?1, ?2)",
+            params![spec.name.as_str(), policy],
+        )?;
+        let schedule = serde_json::to_string(&BackupSchedule::default())
+            .map_err(|e| corrupt("schedule", e))?;
         tx.execute(
             "INSERT INTO backup_schedules (service, schedule) VALUES (?1, ?2)",
             params![spec.name.as_str(), schedule],
@@ -234,7 +286,9 @@ impl Store for SqliteStore {
 
     async fn services(&self) -> Result<Vec<DatabaseService>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("SELECT {SERVICE_COLUMNS} FROM services ORDER BY name"))?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SERVICE_COLUMNS} FROM services ORDER BY name"
+        ))?;
         let rows = stmt.query_map([], service_from_row)?;
         rows.map(|r| r?).collect()
     }
@@ -267,7 +321,11 @@ impl Store for SqliteStore {
 
     async fn delete_service(&self, name: &ServiceName) -> Result<()> {
         let conn = self.lock();
-        if conn.execute("DELETE FROM services WHERE name = ?1", params![name.as_str()])? == 0 {
+        if conn.execute(
+            "DELETE FROM services WHERE name = ?1",
+            params![name.as_str()],
+        )? == 0
+        {
             return Err(StoreError::NotFound(format!("database {name}")));
         }
         Ok(())
@@ -293,7 +351,9 @@ impl Store for SqliteStore {
             params![service.as_str(), user.as_str()],
         )?;
         if n == 0 {
-            return Err(StoreError::NotFound(format!("user {user} of database {service}")));
+            return Err(StoreError::NotFound(format!(
+                "user {user} of database {service}"
+            )));
         }
         Ok(())
     }
@@ -301,13 +361,22 @@ impl Store for SqliteStore {
     async fn scaling_policy(&self, service: &ServiceName) -> Result<ScalingPolicy> {
         let json: Option<String> = self
             .lock()
-            .query_row("SELECT policy FROM scaling_policies WHERE service = ?1", params![service.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT policy FROM scaling_policies WHERE service = ?1",
+                params![service.as_str()],
+                |r| r.get(0),
+            )
             .optional()?;
-        let json = json.ok_or_else(|| StoreError::NotFound(format!("scaling policy of {service}")))?;
+        let json =
+            json.ok_or_else(|| StoreError::NotFound(format!("scaling policy of {service}")))?;
         serde_json::from_str(&json).map_err(|e| corrupt("scaling policy", e))
     }
 
-    async fn set_scaling_policy(&self, service: &ServiceName, policy: &ScalingPolicy) -> Result<()> {
+    async fn set_scaling_policy(
+        &self,
+        service: &ServiceName,
+        policy: &ScalingPolicy,
+    ) -> Result<()> {
         let json = serde_json::to_string(policy).map_err(|e| corrupt("scaling policy", e))?;
         let n = self.lock().execute(
             "UPDATE scaling_policies SET policy = ?2 WHERE service = ?1",
@@ -322,13 +391,22 @@ impl Store for SqliteStore {
     async fn backup_schedule(&self, service: &ServiceName) -> Result<BackupSchedule> {
         let json: Option<String> = self
             .lock()
-            .query_row("SELECT schedule FROM backup_schedules WHERE service = ?1", params![service.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT schedule FROM backup_schedules WHERE service = ?1",
+                params![service.as_str()],
+                |r| r.get(0),
+            )
             .optional()?;
-        let json = json.ok_or_else(|| StoreError::NotFound(format!("backup schedule of {service}")))?;
+        let json =
+            json.ok_or_else(|| StoreError::NotFound(format!("backup schedule of {service}")))?;
         serde_json::from_str(&json).map_err(|e| corrupt("backup schedule", e))
     }
 
-    async fn set_backup_schedule(&self, service: &ServiceName, schedule: &BackupSchedule) -> Result<()> {
+    async fn set_backup_schedule(
+        &self,
+        service: &ServiceName,
+        schedule: &BackupSchedule,
+    ) -> Result<()> {
         let json = serde_json::to_string(schedule).map_err(|e| corrupt("backup schedule", e))?;
         let n = self.lock().execute(
             "UPDATE backup_schedules SET schedule = ?2 WHERE service = ?1",
@@ -340,7 +418,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_event(&self, db: &str, kind: EventKind, message: &str, data: serde_json::Value) -> Result<Event> {
+    async fn record_event(
+        &self,
+        db: &str,
+        kind: EventKind,
+        message: &str,
+        data: serde_json::Value,
+    ) -> Result<Event> {
         insert_event(&self.lock(), db, kind, message, data)
     }
 
@@ -353,7 +437,10 @@ impl Store for SqliteStore {
                  SELECT * FROM events WHERE (?1 IS NULL OR db = ?1) AND id > ?2 ORDER BY id DESC LIMIT ?3
              ) ORDER BY id",
         )?;
-        let rows = stmt.query_map(params![filter.db, filter.after_id.unwrap_or(0), limit], event_from_row)?;
+        let rows = stmt.query_map(
+            params![filter.db, filter.after_id.unwrap_or(0), limit],
+            event_from_row,
+        )?;
         rows.map(|r| r?).collect()
     }
 }
@@ -361,7 +448,13 @@ impl Store for SqliteStore {
 fn insert_user(conn: &Connection, user: &User) -> Result<()> {
     conn.execute(
         "INSERT INTO users (service, name, hash, owner, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![user.service.as_str(), user.name.as_str(), user.hash.to_string(), user.owner, user.created_at_ms],
+        params![
+            user.service.as_str(),
+            user.name.as_str(),
+            user.hash.to_string(),
+            user.owner,
+            user.created_at_ms
+        ],
     )
     .map_err(|e| {
         if is_constraint(&e) {
@@ -378,7 +471,14 @@ mod tests {
     use super::*;
 
     fn service(name: &str) -> DatabaseService {
-        let spec = ServiceSpec::new(ServiceName::parse(name).unwrap(), Tier::Free, None, None, None).unwrap();
+        let spec = ServiceSpec::new(
+            ServiceName::parse(name).unwrap(),
+            Tier::Free,
+            None,
+            None,
+            None,
+        )
+        .unwrap();
         DatabaseService {
             spec,
             state: DbState::Provisioning,
@@ -405,9 +505,14 @@ mod tests {
     async fn services_users_and_events_round_trip() {
         let store = SqliteStore::in_memory().unwrap();
         let shop = service("shop");
-        store.create_service(&shop, &owner("shop", "admin"), "created").await.unwrap();
+        store
+            .create_service(&shop, &owner("shop", "admin"), "created")
+            .await
+            .unwrap();
         assert!(matches!(
-            store.create_service(&shop, &owner("shop", "admin"), "again").await,
+            store
+                .create_service(&shop, &owner("shop", "admin"), "again")
+                .await,
             Err(StoreError::AlreadyExists(_))
         ));
         let mut got = store.service(shop.name()).await.unwrap().unwrap();
@@ -417,22 +522,61 @@ mod tests {
         store.update_service(&got).await.unwrap();
         assert_eq!(store.service(shop.name()).await.unwrap().unwrap().scu, 2);
 
-        let app = User { owner: false, ..owner("shop", "app") };
+        let app = User {
+            owner: false,
+            ..owner("shop", "app")
+        };
         store.create_user(&app).await.unwrap();
-        assert!(matches!(store.create_user(&app).await, Err(StoreError::AlreadyExists(_))));
+        assert!(matches!(
+            store.create_user(&app).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
         assert_eq!(store.users(shop.name()).await.unwrap().len(), 2);
-        assert_eq!(store.scaling_policy(shop.name()).await.unwrap(), ScalingPolicy::default());
+        assert_eq!(
+            store.scaling_policy(shop.name()).await.unwrap(),
+            ScalingPolicy::default()
+        );
 
-        store.record_event("shop", EventKind::Parked, "parked", serde_json::json!({"x": 1})).await.unwrap();
-        let events = store.events(&EventFilter { db: Some("shop".into()), ..Default::default() }).await.unwrap();
-        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Created, EventKind::Parked]);
-        let last = store.events(&EventFilter { limit: Some(1), ..Default::default() }).await.unwrap();
+        store
+            .record_event(
+                "shop",
+                EventKind::Parked,
+                "parked",
+                serde_json::json!({"x": 1}),
+            )
+            .await
+            .unwrap();
+        let events = store
+            .events(&EventFilter {
+                db: Some("shop".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [EventKind::Created, EventKind::Parked]
+        );
+        let last = store
+            .events(&EventFilter {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(last[0].kind, EventKind::Parked);
 
         store.delete_service(shop.name()).await.unwrap();
         assert!(store.service(shop.name()).await.unwrap().is_none());
-        assert!(store.users(shop.name()).await.unwrap().is_empty(), "users cascade");
-        assert_eq!(store.events(&EventFilter::default()).await.unwrap().len(), 2, "events stay");
+        assert!(
+            store.users(shop.name()).await.unwrap().is_empty(),
+            "users cascade"
+        );
+        assert_eq!(
+            store.events(&EventFilter::default()).await.unwrap().len(),
+            2,
+            "events stay"
+        );
     }
 
     #[tokio::test]
@@ -441,21 +585,39 @@ mod tests {
         let path = dir.path().join("catalog.db");
         {
             let store = SqliteStore::open(&path).unwrap();
-            store.create_service(&service("shop"), &owner("shop", "admin"), "c").await.unwrap();
+            store
+                .create_service(&service("shop"), &owner("shop", "admin"), "c")
+                .await
+                .unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(store.services().await.unwrap().len(), 1);
         drop(store);
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(SqliteStore::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
     }
 
     #[tokio::test]
     async fn corrupt_rows_are_errors_not_panics() {
         let store = SqliteStore::in_memory().unwrap();
-        store.create_service(&service("shop"), &owner("shop", "admin"), "c").await.unwrap();
-        store.lock().execute("UPDATE services SET state = 'bogus'", []).unwrap();
-        assert!(matches!(store.services().await, Err(StoreError::Corrupt { what: "state", .. })));
+        store
+            .create_service(&service("shop"), &owner("shop", "admin"), "c")
+            .await
+            .unwrap();
+        store
+            .lock()
+            .execute("UPDATE services SET state = 'bogus'", [])
+            .unwrap();
+        assert!(matches!(
+            store.services().await,
+            Err(StoreError::Corrupt { what: "state", .. })
+        ));
     }
 }

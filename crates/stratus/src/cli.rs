@@ -4,7 +4,12 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "stratus", version, about = "Serverless MariaDB", propagate_version = true)]
+#[command(
+    name = "stratus",
+    version,
+    about = "Serverless MariaDB",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -22,15 +22,33 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
             if json {
                 return print_json(&s);
             }
-            println!("Stratus {} up {}s, API {}", s.version, s.uptime_seconds, s.api);
+            println!(
+                "Stratus {} up {}s, API {}",
+                s.version, s.uptime_seconds, s.api
+            );
             println!("data directory:   {}", s.data_dir);
-            println!("runtime:          {} (MariaDB {})", s.runtime, s.mariadb_version);
+            println!(
+                "runtime:          {} (MariaDB {})",
+                s.runtime, s.mariadb_version
+            );
             match &s.resource_control_note {
                 None => println!("resource control: {}", s.resource_control),
                 Some(why) => println!("resource control: none: {why}"),
             }
-            let states: Vec<String> = s.databases_by_state.iter().map(|(k, v)| format!("{v} {k}")).collect();
-            println!("databases:        {}{}", s.databases, if states.is_empty() { String::new() } else { format!(" ({})", states.join(", ")) });
+            let states: Vec<String> = s
+                .databases_by_state
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect();
+            println!(
+                "databases:        {}{}",
+                s.databases,
+                if states.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", states.join(", "))
+                }
+            );
             Ok(())
         }
     }
@@ -43,15 +61,38 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
     match cmd {
-        DbCommand::Create { name, tier, min_scu, max_scu, storage_gb, user, password } => {
-            let req = CreateRequest { name: name.clone(), tier, min_scu, max_scu, storage_gb, user, password };
+        DbCommand::Create {
+            name,
+            tier,
+            min_scu,
+            max_scu,
+            storage_gb,
+            user,
+            password,
+        } => {
+            let req = CreateRequest {
+                name: name.clone(),
+                tier,
+                min_scu,
+                max_scu,
+                storage_gb,
+                user,
+                password,
+            };
             let c = with_spinner(format!("creating {name}"), api.create(&req)).await?;
             if json {
                 return print_json(&c);
             }
             println!("Created {} in {} ms.", c.name, c.ready_ms);
             println!("  {}", c.connection_string);
-            println!("  mariadb -h {} -P {} -u {} -p{} {}", c.host, c.port, c.user, shell_quote(&c.password), c.database);
+            println!(
+                "  mariadb -h {} -P {} -u {} -p{} {}",
+                c.host,
+                c.port,
+                c.user,
+                shell_quote(&c.password),
+                c.database
+            );
             println!("The password is shown only now; Stratus keeps only its hash.");
             Ok(())
         }
@@ -74,7 +115,10 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            table(&["NAME", "STATE", "TIER", "SCU", "CPU", "MEMORY", "ENDPOINT"], &rows);
+            table(
+                &["NAME", "STATE", "TIER", "SCU", "CPU", "MEMORY", "ENDPOINT"],
+                &rows,
+            );
             Ok(())
         }
         DbCommand::Show { name } => show(&api.show(&name).await?, json),
@@ -98,7 +142,11 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DbCommand::Scale { name, scu } => {
-            let d = with_spinner(format!("scaling {name} to {scu} SCU"), api.scale(&name, scu)).await?;
+            let d = with_spinner(
+                format!("scaling {name} to {scu} SCU"),
+                api.scale(&name, scu),
+            )
+            .await?;
             show(&d, json)
         }
         DbCommand::Park { name } => {
@@ -116,13 +164,28 @@ fn show(d: &DatabaseView, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(d);
     }
-    let enforced = if d.limits_enforced { "" } else { " (not enforced: no resource control)" };
+    let enforced = if d.limits_enforced {
+        ""
+    } else {
+        " (not enforced: no resource control)"
+    };
     println!("name:         {}", d.name);
     println!("state:        {}", d.state);
-    println!("tier:         {} ({}–{} SCU, {} GB storage)", d.tier, d.min_scu, d.max_scu, d.storage_gb);
-    println!("size:         {} SCU: {} vCPU, {} memory{enforced}", d.scu, d.cpu_limit, bytes(d.memory_limit));
+    println!(
+        "tier:         {} ({}–{} SCU, {} GB storage)",
+        d.tier, d.min_scu, d.max_scu, d.storage_gb
+    );
+    println!(
+        "size:         {} SCU: {} vCPU, {} memory{enforced}",
+        d.scu,
+        d.cpu_limit,
+        bytes(d.memory_limit)
+    );
     println!("buffer pool:  {}", bytes(d.buffer_pool_size));
-    println!("endpoint:     {}:{} (schema {})", d.host, d.port, d.database);
+    println!(
+        "endpoint:     {}:{} (schema {})",
+        d.host, d.port, d.database
+    );
     match (d.pid, &d.backend) {
         (Some(pid), Some(backend)) => println!("server:       mariadbd pid {pid} on {backend}"),
         _ => println!("server:       not running"),
@@ -137,7 +200,15 @@ fn show(d: &DatabaseView, json: bool) -> anyhow::Result<()> {
 async fn user(api: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Create { db, user, password } => {
-            let c = api.create_user(&db, &CreateUserRequest { name: user, password }).await?;
+            let c = api
+                .create_user(
+                    &db,
+                    &CreateUserRequest {
+                        name: user,
+                        password,
+                    },
+                )
+                .await?;
             if json {
                 return print_json(&c);
             }
@@ -152,7 +223,17 @@ async fn user(api: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<(
             }
             let rows: Vec<Vec<String>> = users
                 .iter()
-                .map(|u| vec![u.name.clone(), if u.owner { "owner".into() } else { "user".into() }, u.created_at.clone()])
+                .map(|u| {
+                    vec![
+                        u.name.clone(),
+                        if u.owner {
+                            "owner".into()
+                        } else {
+                            "user".into()
+                        },
+                        u.created_at.clone(),
+                    ]
+                })
                 .collect();
             table(&["USER", "ROLE", "CREATED"], &rows);
             Ok(())
@@ -160,7 +241,9 @@ async fn user(api: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<(
         UserCommand::Delete { db, user } => {
             api.delete_user(&db, &user).await?;
             if json {
-                return print_json(&serde_json::json!({"database": db, "user": user, "deleted": true}));
+                return print_json(
+                    &serde_json::json!({"database": db, "user": user, "deleted": true}),
+                );
             }
             println!("Deleted user {user} of {db}.");
             Ok(())
@@ -169,7 +252,12 @@ async fn user(api: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<(
 }
 
 async fn events(api: &ApiClient, json: bool, args: EventsArgs) -> anyhow::Result<()> {
-    let mut batch = api.events(args.db.as_deref(), None, Some(args.limit)).await?;
+    let mut batch = api
+        .events(args.db.as_deref(), None, Some(args.limit))
+        .await?;
+    if json && !args.follow {
+        return print_json(&batch);
+    }
     let mut after = 0;
     loop {
         for e in &batch {
@@ -185,6 +273,7 @@ async fn events(api: &ApiClient, json: bool, args: EventsArgs) -> anyhow::Result
     }
 }
 
+/// One line per event; with `--json` (when following) one JSON object per line.
 fn print_event(e: &EventView, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(e)?);
@@ -196,5 +285,9 @@ fn print_event(e: &EventView, json: bool) -> anyhow::Result<()> {
 
 /// Quotes a password for the shell line printed after `db create`.
 fn shell_quote(s: &str) -> String {
-    if s.bytes().all(|b| b.is_ascii_alphanumeric()) { s.to_owned() } else { format!("'{}'", s.replace('\'', "'\\''")) }
+    if s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

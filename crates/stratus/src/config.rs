@@ -66,8 +66,10 @@ impl Settings {
     ) -> anyhow::Result<Self> {
         let fc: FileConfig = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
             }
             None => FileConfig::default(),
         };
@@ -75,10 +77,14 @@ impl Settings {
         if let Err(e) = scu.validate() {
             bail!("invalid SCU size: {e}");
         }
-        let listen = listen.or(fc.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen
+            .or(fc.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let api = api.or(fc.api).unwrap_or_else(|| DEFAULT_API.to_owned());
         let settings = Self {
-            data_dir: data_dir.or(fc.data_dir).unwrap_or_else(|| PathBuf::from("stratus-data")),
+            data_dir: data_dir
+                .or(fc.data_dir)
+                .unwrap_or_else(|| PathBuf::from("stratus-data")),
             listen: parse_addr("--listen", &listen)?,
             api: parse_addr("--api", &api)?,
             scu,
@@ -86,10 +92,16 @@ impl Settings {
             start_timeout: Duration::from_secs(fc.mariadb.start_timeout_secs.unwrap_or(120)),
             stop_grace: Duration::from_secs(fc.mariadb.stop_grace_secs.unwrap_or(60)),
             cgroups: fc.resources.cgroups.unwrap_or(true),
-            cgroup_parent: fc.resources.cgroup_parent.unwrap_or_else(|| "stratus".to_owned()),
+            cgroup_parent: fc
+                .resources
+                .cgroup_parent
+                .unwrap_or_else(|| "stratus".to_owned()),
         };
         if settings.listen == settings.api {
-            bail!("--listen and --api are both {}; they need different ports", settings.api);
+            bail!(
+                "--listen and --api are both {}; they need different ports",
+                settings.api
+            );
         }
         Ok(settings)
     }
@@ -98,15 +110,23 @@ impl Settings {
 /// `127.0.0.1:8033` or `http://127.0.0.1:8033/`; the API's address reads the same for the server
 /// and for the CLI.
 pub fn parse_addr(what: &str, text: &str) -> anyhow::Result<SocketAddr> {
-    let bare = text.strip_prefix("http://").unwrap_or(text).trim_end_matches('/');
+    let bare = text
+        .strip_prefix("http://")
+        .unwrap_or(text)
+        .trim_end_matches('/');
     let bare = bare.replace("localhost:", "127.0.0.1:");
-    bare.parse().map_err(|_| anyhow::anyhow!("{what} {text:?} is not an address like 127.0.0.1:8033"))
+    bare.parse()
+        .map_err(|_| anyhow::anyhow!("{what} {text:?} is not an address like 127.0.0.1:8033"))
 }
 
 /// The URL the CLI calls.
 pub fn api_url(global: Option<&str>) -> String {
     let text = global.unwrap_or(DEFAULT_API);
-    if text.starts_with("http://") || text.starts_with("https://") { text.to_owned() } else { format!("http://{text}") }
+    if text.starts_with("http://") || text.starts_with("https://") {
+        text.to_owned()
+    } else {
+        format!("http://{text}")
+    }
 }
 
 #[cfg(test)]
@@ -117,7 +137,11 @@ mod tests {
     fn flags_override_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("s.toml");
-        std::fs::write(&f, "api = \"127.0.0.1:9000\"\nlisten = \"127.0.0.1:9001\"\n[scu]\ncpu_millis = 1000\n").unwrap();
+        std::fs::write(
+            &f,
+            "api = \"127.0.0.1:9000\"\nlisten = \"127.0.0.1:9001\"\n[scu]\ncpu_millis = 1000\n",
+        )
+        .unwrap();
         let s = Settings::resolve(Some(&f), None, Some("127.0.0.1:7000".into()), None).unwrap();
         assert_eq!(s.api.port(), 9000);
         assert_eq!(s.listen.port(), 7000);
@@ -130,16 +154,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("s.toml");
         std::fs::write(&f, "dta_dir = \"x\"\n").unwrap();
-        assert!(Settings::resolve(Some(&f), None, None, None).unwrap_err().to_string().contains("dta_dir"));
+        assert!(
+            Settings::resolve(Some(&f), None, None, None)
+                .unwrap_err()
+                .to_string()
+                .contains("dta_dir")
+        );
         std::fs::write(&f, "[scu]\nbuffer_pool_fraction = 2.0\n").unwrap();
         assert!(Settings::resolve(Some(&f), None, None, None).is_err());
         assert!(Settings::resolve(None, None, Some("nonsense".into()), None).is_err());
-        assert!(Settings::resolve(None, None, Some("127.0.0.1:1".into()), Some("http://127.0.0.1:1/".into())).is_err());
+        assert!(
+            Settings::resolve(
+                None,
+                None,
+                Some("127.0.0.1:1".into()),
+                Some("http://127.0.0.1:1/".into())
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn api_addresses_read_both_ways() {
-        assert_eq!(parse_addr("--api", "http://localhost:8033/").unwrap().port(), 8033);
+        assert_eq!(
+            parse_addr("--api", "http://localhost:8033/")
+                .unwrap()
+                .port(),
+            8033
+        );
         assert_eq!(api_url(Some("127.0.0.1:9")), "http://127.0.0.1:9");
         assert_eq!(api_url(None), "http://127.0.0.1:8033");
     }

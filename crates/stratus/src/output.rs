@@ -11,7 +11,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", text.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -25,7 +29,11 @@ pub fn bytes(n: u64) -> String {
     const GIB: f64 = (1u64 << 30) as f64;
     const MIB: f64 = (1u64 << 20) as f64;
     let f = n as f64;
-    if f >= GIB { format!("{:.1} GiB", f / GIB) } else { format!("{:.0} MiB", f / MIB) }
+    if f >= GIB {
+        format!("{:.1} GiB", f / GIB)
+    } else {
+        format!("{:.0} MiB", f / MIB)
+    }
 }
 
 /// A spinner on stderr while `fut` runs; invisible when stderr is not a terminal.

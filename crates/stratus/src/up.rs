@@ -18,7 +18,12 @@ const CATALOG: &str = "catalog.db";
 
 pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
     init_logging();
-    let settings = Settings::resolve(args.config.as_deref(), args.data_dir, args.listen, api.map(str::to_owned))?;
+    let settings = Settings::resolve(
+        args.config.as_deref(),
+        args.data_dir,
+        args.listen,
+        api.map(str::to_owned),
+    )?;
     let data_dir = claim_data_dir(&settings.data_dir)?;
     let _lock = lock_data_dir(&data_dir)?;
 
@@ -44,7 +49,11 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
     let cp = ControlPlane::new(
         store,
         runtime,
-        ControlConfig { scu: settings.scu, stop_grace: settings.stop_grace, ..ControlConfig::default() },
+        ControlConfig {
+            scu: settings.scu,
+            stop_grace: settings.stop_grace,
+            ..ControlConfig::default()
+        },
     );
     cp.recover().await?;
     tokio::spawn(cp.clone().supervise());
@@ -67,7 +76,10 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
         None => println!("  resource control: {}", info.resource_control),
         Some(why) => println!("  resource control: none ({why})"),
     }
-    axum::serve(api_listener, router).with_graceful_shutdown(shutdown_signal()).await.context("API server failed")?;
+    axum::serve(api_listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("API server failed")?;
     eprintln!("Stopping databases…");
     cp.shutdown().await;
     eprintln!("Stratus stopped.");
@@ -76,7 +88,8 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,mysql_async=warn,hyper=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,mysql_async=warn,hyper=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -86,7 +99,10 @@ fn init_logging() {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         // Without signal handlers there is no clean way to be told to stop; run until killed.
         return std::future::pending().await;
     };
@@ -100,18 +116,23 @@ async fn shutdown_signal() {
 /// empty or already hold a Stratus catalog: Stratus never writes into somebody else's files.
 fn claim_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     if !dir.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     } else if !dir.is_dir() {
         bail!("data directory {} is not a directory", dir.display());
     } else if !dir.join(CATALOG).exists()
-        && std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?.next().is_some()
+        && std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .next()
+            .is_some()
     {
         bail!(
             "{} is not a Stratus data directory: it is not empty and holds no {CATALOG}; choose an empty or new directory",
             dir.display()
         );
     }
-    dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))
+    dir.canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))
 }
 
 /// An exclusive lock on the data directory for as long as this process lives, holding its pid.
@@ -127,7 +148,11 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         let mut pid = String::new();
         let _ = f.read_to_string(&mut pid);
-        bail!("another `stratus up` (pid {}) is using {}", pid.trim(), dir.display());
+        bail!(
+            "another `stratus up` (pid {}) is using {}",
+            pid.trim(),
+            dir.display()
+        );
     }
     f.set_len(0)?;
     f.rewind()?;
@@ -139,7 +164,8 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
 /// connect instead of a silent socket.
 async fn placeholder_sql_endpoint(listener: TcpListener) {
     use tokio::io::AsyncWriteExt;
-    const MSG: &[u8] = b"Stratus: the SQL proxy is not in this build yet; connect to the database's own \
+    const MSG: &[u8] =
+        b"Stratus: the SQL proxy is not in this build yet; connect to the database's own \
         host and port (`stratus db show NAME`)";
     // ERR packet (https://mariadb.com/kb/en/err_packet/): 0xff, ER_NOT_SUPPORTED_YET (1235),
     // no SQL state marker before the handshake, the message.

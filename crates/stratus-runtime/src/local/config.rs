@@ -37,7 +37,9 @@ fn quoted(path: &Path) -> String {
 }
 
 pub fn render(o: &ServerOptions) -> String {
-    let mut f = String::from("# Written by Stratus before every start; edits are overwritten.\n[mariadbd]\n");
+    let mut f = String::from(
+        "# Written by Stratus before every start; edits are overwritten.\n[mariadbd]\n",
+    );
     let mut line = |k: &str, v: &dyn std::fmt::Display| {
         let _ = writeln!(f, "{k} = {v}");
     };
@@ -78,7 +80,9 @@ pub fn render(o: &ServerOptions) -> String {
 /// A stable, non-zero server id from the database name (FNV-1a), so replicas made from it later
 /// are told apart.
 pub fn server_id(name: &str) -> u32 {
-    let h = name.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let h = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     h.max(1) & 0x7fff_ffff | 1
 }
 

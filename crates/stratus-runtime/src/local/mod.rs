@@ -16,7 +16,9 @@ mod template;
 
 use crate::admin::{ADMIN_USER, AdminConn, quote_str};
 use crate::binaries::MariaDb;
-use crate::{ExitNotice, Instance, InstanceSpec, Observed, Result, Runtime, RuntimeError, RuntimeInfo};
+use crate::{
+    ExitNotice, Instance, InstanceSpec, Observed, Result, Runtime, RuntimeError, RuntimeInfo,
+};
 use process::Pidfd;
 use rustix::process::Signal;
 use std::collections::HashMap;
@@ -107,7 +109,10 @@ impl LocalRuntime {
     /// this root has none yet.
     pub async fn new(cfg: LocalConfig) -> Result<Self> {
         if cfg.root.to_string_lossy().contains(['\n', '"']) {
-            return Err(RuntimeError::Other(format!("data directory {:?} contains a newline or quote", cfg.root)));
+            return Err(RuntimeError::Other(format!(
+                "data directory {:?} contains a newline or quote",
+                cfg.root
+            )));
         }
         let mariadb = MariaDb::locate(cfg.bin_dir.as_deref())?;
         let (cgroups, resource_note) = if !cfg.resource_control {
@@ -116,7 +121,9 @@ impl LocalRuntime {
             match Manager::new(Layout::detect(), &cfg.cgroup_parent) {
                 Ok(m) => (Some(m), None),
                 Err(e) => {
-                    tracing::warn!("running without resource control (no CPU or memory limits): {e}");
+                    tracing::warn!(
+                        "running without resource control (no CPU or memory limits): {e}"
+                    );
                     (None, Some(e.to_string()))
                 }
             }
@@ -160,7 +167,10 @@ impl Inner {
         let mut socket = dir.join("mariadbd.sock");
         // sun_path holds 108 bytes; deep data directories put the socket in the temp dir.
         if socket.as_os_str().len() > 100 {
-            socket = std::env::temp_dir().join(format!("stratus-{:08x}.sock", config::server_id(&dir.to_string_lossy())));
+            socket = std::env::temp_dir().join(format!(
+                "stratus-{:08x}.sock",
+                config::server_id(&dir.to_string_lossy())
+            ));
         }
         DbPaths {
             data: dir.join("data"),
@@ -177,14 +187,28 @@ impl Inner {
     }
 
     fn running(&self, name: &ServiceName) -> Option<Arc<Proc>> {
-        self.procs().get(name).filter(|p| !*p.exited.borrow()).cloned()
+        self.procs()
+            .get(name)
+            .filter(|p| !*p.exited.borrow())
+            .cloned()
     }
 
     /// Starts watching a process: when it exits, it is forgotten, and if it was serving, the
     /// exit is broadcast as a crash.
-    fn watch(self: &Arc<Self>, name: &ServiceName, pidfd: Pidfd, port: u16, phase: u8) -> Arc<Proc> {
+    fn watch(
+        self: &Arc<Self>,
+        name: &ServiceName,
+        pidfd: Pidfd,
+        port: u16,
+        phase: u8,
+    ) -> Arc<Proc> {
         let (tx, rx) = watch::channel(false);
-        let proc = Arc::new(Proc { pidfd, port, phase: AtomicU8::new(phase), exited: rx });
+        let proc = Arc::new(Proc {
+            pidfd,
+            port,
+            phase: AtomicU8::new(phase),
+            exited: rx,
+        });
         self.procs().insert(name.clone(), proc.clone());
         let weak: Weak<Inner> = Arc::downgrade(self);
         let (name, watched) = (name.clone(), proc.clone());
@@ -200,7 +224,11 @@ impl Inner {
             }
             if watched.phase.load(Ordering::SeqCst) == READY {
                 tracing::warn!(db = %name, pid = watched.pidfd.pid, %status, "mariadbd exited unexpectedly");
-                let _ = inner.exits.send(ExitNotice { name, pid: watched.pidfd.pid, status });
+                let _ = inner.exits.send(ExitNotice {
+                    name,
+                    pid: watched.pidfd.pid,
+                    status,
+                });
             }
         });
         proc
@@ -224,8 +252,15 @@ impl Inner {
         template::write_private(&paths.cnf, &config::render(&opts))
     }
 
-    fn apply_limits(&self, name: &ServiceName, cpu_millis: u32, memory_bytes: u64) -> Result<Vec<PathBuf>> {
-        let Some(manager) = &self.cgroups else { return Ok(Vec::new()) };
+    fn apply_limits(
+        &self,
+        name: &ServiceName,
+        cpu_millis: u32,
+        memory_bytes: u64,
+    ) -> Result<Vec<PathBuf>> {
+        let Some(manager) = &self.cgroups else {
+            return Ok(Vec::new());
+        };
         let cg = manager.create(name.as_str())?;
         cg.set_cpu_limit(Some(cpu_millis))?;
         cg.set_memory_limit(Some(memory_bytes))?;
@@ -233,7 +268,11 @@ impl Inner {
     }
 
     /// Starts (or adopts) the server and logs in with `login_password`.
-    async fn start_server(self: &Arc<Self>, spec: &InstanceSpec, login_password: &str) -> Result<Instance> {
+    async fn start_server(
+        self: &Arc<Self>,
+        spec: &InstanceSpec,
+        login_password: &str,
+    ) -> Result<Instance> {
         let name = &spec.name;
         let paths = self.paths(name);
         if !paths.data.is_dir() {
@@ -252,12 +291,24 @@ impl Inner {
             tracing::info!(db = %name, pid, port, "adopted running mariadbd");
             return Ok(self.instance(pid, port, true, begin));
         }
-        let procs_files = self.apply_limits(name, spec.resources.cpu_millis, spec.resources.memory_bytes)?;
-        let mut port = if spec.port == 0 { free_port()? } else { spec.port };
+        let procs_files =
+            self.apply_limits(name, spec.resources.cpu_millis, spec.resources.memory_bytes)?;
+        let mut port = if spec.port == 0 {
+            free_port()?
+        } else {
+            spec.port
+        };
         for attempt in 1..=3 {
             self.write_cnf(spec, &paths, port)?;
-            let notify = notify::NotifySocket::bind().map_err(|e| RuntimeError::io("notify socket", e))?;
-            let pidfd = process::spawn(&self.mariadb.mariadbd, &paths.cnf, &paths.log, &procs_files, &notify.env)?;
+            let notify =
+                notify::NotifySocket::bind().map_err(|e| RuntimeError::io("notify socket", e))?;
+            let pidfd = process::spawn(
+                &self.mariadb.mariadbd,
+                &paths.cnf,
+                &paths.log,
+                &procs_files,
+                &notify.env,
+            )?;
             let proc = self.watch(name, pidfd, port, STARTING);
             let failure = tokio::select! {
                 ready = notify.ready() => match ready {
@@ -272,12 +323,20 @@ impl Inner {
             if let Some(reason) = failure {
                 self.kill(&proc).await;
                 let log_tail = process::log_tail(&paths.log, 12);
-                if attempt < 3 && log_tail.iter().any(|l| l.contains("Address already in use")) {
+                if attempt < 3
+                    && log_tail
+                        .iter()
+                        .any(|l| l.contains("Address already in use"))
+                {
                     tracing::info!(db = %name, port, "port taken, trying another");
                     port = free_port()?;
                     continue;
                 }
-                return Err(RuntimeError::StartFailed { name: name.to_string(), reason, log_tail });
+                return Err(RuntimeError::StartFailed {
+                    name: name.to_string(),
+                    reason,
+                    log_tail,
+                });
             }
             if let Err(e) = self.login(name, port, login_password).await {
                 self.kill(&proc).await;
@@ -291,11 +350,18 @@ impl Inner {
     }
 
     fn instance(&self, pid: u32, port: u16, adopted: bool, begin: Instant) -> Instance {
-        Instance { pid, host: "127.0.0.1".into(), port, adopted, startup: begin.elapsed() }
+        Instance {
+            pid,
+            host: "127.0.0.1".into(),
+            port,
+            adopted,
+            startup: begin.elapsed(),
+        }
     }
 
     async fn login(&self, name: &ServiceName, port: u16, password: &str) -> Result<()> {
-        let mut conn = AdminConn::connect(name.as_str(), "127.0.0.1", port, password, LOGIN_TIMEOUT).await?;
+        let mut conn =
+            AdminConn::connect(name.as_str(), "127.0.0.1", port, password, LOGIN_TIMEOUT).await?;
         conn.exec("DO 1").await?;
         conn.close().await;
         Ok(())
@@ -319,9 +385,13 @@ impl Inner {
     }
 
     async fn stop(self: &Arc<Self>, name: &ServiceName, grace: Duration) -> Result<bool> {
-        let Some(proc) = self.find(name) else { return Ok(true) };
+        let Some(proc) = self.find(name) else {
+            return Ok(true);
+        };
         proc.phase.store(STOPPING, Ordering::SeqCst);
-        proc.pidfd.signal(Signal::TERM).map_err(|e| RuntimeError::io("SIGTERM to mariadbd", e))?;
+        proc.pidfd
+            .signal(Signal::TERM)
+            .map_err(|e| RuntimeError::io("SIGTERM to mariadbd", e))?;
         if tokio::time::timeout(grace, proc.wait_exit()).await.is_ok() {
             return Ok(true);
         }
@@ -335,7 +405,11 @@ impl Runtime for LocalRuntime {
     fn info(&self) -> RuntimeInfo {
         RuntimeInfo {
             kind: "local",
-            resource_control: self.inner.cgroups.as_ref().map_or_else(|| "none".to_owned(), |m| m.kind().to_string()),
+            resource_control: self
+                .inner
+                .cgroups
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |m| m.kind().to_string()),
             resource_control_note: self.inner.resource_note.clone(),
             mariadb_version: self.inner.mariadb.version.clone(),
         }
@@ -385,8 +459,15 @@ impl Runtime for LocalRuntime {
         self.inner.stop(name, grace).await
     }
 
-    async fn set_limits(&self, name: &ServiceName, cpu_millis: u32, memory_bytes: u64) -> Result<()> {
-        self.inner.apply_limits(name, cpu_millis, memory_bytes).map(drop)
+    async fn set_limits(
+        &self,
+        name: &ServiceName,
+        cpu_millis: u32,
+        memory_bytes: u64,
+    ) -> Result<()> {
+        self.inner
+            .apply_limits(name, cpu_millis, memory_bytes)
+            .map(drop)
     }
 
     async fn observe(&self, name: &ServiceName) -> Observed {
@@ -396,10 +477,17 @@ impl Runtime for LocalRuntime {
         let mut seen = Observed {
             pid: proc.as_ref().map(|p| p.pidfd.pid),
             backend: proc.as_ref().map(|p| format!("127.0.0.1:{}", p.port)),
-            storage: paths.data.is_dir().then(|| paths.data.display().to_string()),
+            storage: paths
+                .data
+                .is_dir()
+                .then(|| paths.data.display().to_string()),
             ..Observed::default()
         };
-        if let Some(cg) = inner.cgroups.as_ref().and_then(|m| m.open(name.as_str()).ok()) {
+        if let Some(cg) = inner
+            .cgroups
+            .as_ref()
+            .and_then(|m| m.open(name.as_str()).ok())
+        {
             seen.cpu_limit_millis = cg.cpu_limit().ok().flatten();
             seen.memory_limit_bytes = cg.memory_limit().ok().flatten();
             seen.frozen = cg.is_frozen().unwrap_or(false);
@@ -407,7 +495,10 @@ impl Runtime for LocalRuntime {
                 seen.cpu_usage_ns = Some(u.cpu_ns);
                 seen.memory_usage_bytes = Some(u.memory_bytes);
             }
-        } else if let Some(u) = seen.pid.and_then(|pid| stratus_cgroup::proc_usage(pid).ok()) {
+        } else if let Some(u) = seen
+            .pid
+            .and_then(|pid| stratus_cgroup::proc_usage(pid).ok())
+        {
             seen.cpu_usage_ns = Some(u.cpu_ns);
             seen.memory_usage_bytes = Some(u.memory_bytes);
         }
@@ -417,15 +508,20 @@ impl Runtime for LocalRuntime {
     async fn destroy(&self, name: &ServiceName) -> Result<()> {
         let inner = &self.inner;
         inner.stop(name, Duration::from_secs(30)).await?;
-        if let Some(cg) = inner.cgroups.as_ref().and_then(|m| m.open(name.as_str()).ok()) {
+        if let Some(cg) = inner
+            .cgroups
+            .as_ref()
+            .and_then(|m| m.open(name.as_str()).ok())
+        {
             cg.remove()?;
         }
         let paths = inner.paths(name);
         let _ = std::fs::remove_file(&paths.socket);
         match std::fs::remove_dir_all(&paths.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(RuntimeError::io(format!("cannot remove {}", paths.dir.display()), e))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io(
+                format!("cannot remove {}", paths.dir.display()),
+                e,
+            )),
             _ => Ok(()),
         }
     }
@@ -438,12 +534,16 @@ impl Runtime for LocalRuntime {
 /// A port the kernel just said is free on loopback. Another process may take it before
 /// mariadbd binds it; the start then retries with a new one.
 fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| RuntimeError::io("cannot find a free port", e))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| RuntimeError::io("cannot find a free port", e))
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| RuntimeError::io("cannot find a free port", e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| RuntimeError::io("cannot find a free port", e))
 }
 
 /// The port an existing option file gives, for an adopted server.
 fn cnf_port(cnf: &Path) -> Option<u16> {
     let text = std::fs::read_to_string(cnf).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("port = ")?.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix("port = ")?.trim().parse().ok())
 }

@@ -20,12 +20,21 @@ impl NotifySocket {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         // Unique per process and call; the clock keeps a restarted Stratus with a recycled pid
         // from meeting a socket a lingering server still writes to.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let name = format!("stratus-notify-{}-{}-{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!(
+            "stratus-notify-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
         let std_sock = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
         std_sock.set_nonblocking(true)?;
-        Ok(Self { env: format!("@{name}"), sock: UnixDatagram::from_std(std_sock)? })
+        Ok(Self {
+            env: format!("@{name}"),
+            sock: UnixDatagram::from_std(std_sock)?,
+        })
     }
 
     /// Waits for `READY=1`; returns the last `STATUS=` seen before it.
@@ -57,10 +66,17 @@ mod tests {
     #[tokio::test]
     async fn ready_after_status_lines() {
         let n = NotifySocket::bind().unwrap();
-        let addr = SocketAddr::from_abstract_name(n.env[1..].as_bytes()).unwrap();
+        let addr = SocketAddr::from_abstract_name(&n.env.as_bytes()[1..]).unwrap();
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
-        client.send_to_addr(b"STATUS=InnoDB: recovering\n", &addr).unwrap();
-        client.send_to_addr(b"READY=1\nSTATUS=Taking your SQL requests now...\n", &addr).unwrap();
-        assert_eq!(n.ready().await.unwrap().as_deref(), Some("Taking your SQL requests now..."));
+        client
+            .send_to_addr(b"STATUS=InnoDB: recovering\n", &addr)
+            .unwrap();
+        client
+            .send_to_addr(b"READY=1\nSTATUS=Taking your SQL requests now...\n", &addr)
+            .unwrap();
+        assert_eq!(
+            n.ready().await.unwrap().as_deref(),
+            Some("Taking your SQL requests now...")
+        );
     }
 }

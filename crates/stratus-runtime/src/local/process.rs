@@ -25,7 +25,10 @@ pub struct Pidfd {
 
 impl Pidfd {
     pub fn open(pid: u32) -> std::io::Result<Self> {
-        let raw = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or(std::io::ErrorKind::InvalidInput)?;
+        let raw = i32::try_from(pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
         let fd = rustix::process::pidfd_open(raw, PidfdFlags::NONBLOCK)?;
         #[allow(unsafe_code)]
         // SAFETY: `OwnedFd` keeps the descriptor open and unchanged for as long as the
@@ -49,7 +52,10 @@ impl Pidfd {
         if let Ok(mut guard) = self.fd.readable().await {
             guard.retain_ready();
         }
-        let status = rustix::process::waitid(WaitId::PidFd(self.fd.get_ref().as_fd()), WaitIdOptions::EXITED);
+        let status = rustix::process::waitid(
+            WaitId::PidFd(self.fd.get_ref().as_fd()),
+            WaitIdOptions::EXITED,
+        );
         match status {
             Ok(Some(st)) => {
                 if let Some(code) = st.exit_status() {
@@ -66,7 +72,10 @@ impl Pidfd {
     }
 
     pub fn has_exited(&self) -> bool {
-        let mut fds = [rustix::event::PollFd::new(self.fd.get_ref(), rustix::event::PollFlags::IN)];
+        let mut fds = [rustix::event::PollFd::new(
+            self.fd.get_ref(),
+            rustix::event::PollFlags::IN,
+        )];
         matches!(rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())), Ok(n) if n > 0)
     }
 }
@@ -107,7 +116,9 @@ pub fn spawn(
         .append(true)
         .open(log)
         .map_err(|e| RuntimeError::io(format!("cannot open {}", log.display()), e))?;
-    let err = out.try_clone().map_err(|e| RuntimeError::io("dup of the error log", e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| RuntimeError::io("dup of the error log", e))?;
     let mut cmd = Command::new(mariadbd);
     cmd.arg(format!("--defaults-file={}", cnf.display()))
         .env("NOTIFY_SOCKET", notify_socket)
@@ -126,7 +137,9 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| RuntimeError::io(format!("cannot start {}", mariadbd.display()), e))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| RuntimeError::io(format!("cannot start {}", mariadbd.display()), e))?;
     // Our child cannot be reaped (so its pid cannot be reused) before we open the pidfd.
     Pidfd::open(child.id()).map_err(|e| RuntimeError::io("pidfd_open on the new mariadbd", e))
 }
@@ -134,7 +147,11 @@ pub fn spawn(
 /// The pid in `pid_file` if that process is a `mariadbd` started with exactly `cnf`, opened as a
 /// pidfd. The identity is checked after the pidfd is opened, so it cannot change under us.
 pub fn adopt(pid_file: &Path, cnf: &Path) -> Option<Pidfd> {
-    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let pidfd = Pidfd::open(pid).ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let want = format!("--defaults-file={}", cnf.display());
@@ -144,17 +161,24 @@ pub fn adopt(pid_file: &Path, cnf: &Path) -> Option<Pidfd> {
 
 /// The last `n` lines of a log file, for error messages; empty if unreadable.
 pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
-    let Ok(mut f) = File::open(path) else { return Vec::new() };
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 #[cfg(test)]
+// Children here are reaped through their pidfd (`exited`), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 mod tests {
     use super::*;
 

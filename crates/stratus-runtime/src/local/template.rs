@@ -29,12 +29,17 @@ pub async fn ensure(dir: &Path, mariadb: &MariaDb, run_as_root: bool) -> Result<
             .map_err(|e| RuntimeError::io(format!("cannot read {}", password_file.display()), e))?
             .trim()
             .to_owned();
-        return Ok(Template { data: dir.join("data"), admin_password });
+        return Ok(Template {
+            data: dir.join("data"),
+            admin_password,
+        });
     }
     if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| RuntimeError::io(format!("cannot clear {}", dir.display()), e))?;
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| RuntimeError::io(format!("cannot clear {}", dir.display()), e))?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
     let cnf = dir.join("my.cnf");
     let log = dir.join("install.log");
     let opts = ServerOptions {
@@ -52,7 +57,11 @@ pub async fn ensure(dir: &Path, mariadb: &MariaDb, run_as_root: bool) -> Result<
     let defaults = format!("--defaults-file={}", cnf.display());
 
     let out = Command::new(&mariadb.install_db)
-        .args([defaults.as_str(), "--auth-root-authentication-method=socket", "--skip-test-db"])
+        .args([
+            defaults.as_str(),
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
+        ])
         .stdin(Stdio::null())
         .output()
         .await
@@ -77,21 +86,44 @@ pub async fn ensure(dir: &Path, mariadb: &MariaDb, run_as_root: bool) -> Result<
         .spawn()
         .map_err(|e| RuntimeError::io(format!("cannot run {}", mariadb.mariadbd.display()), e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(sql.as_bytes()).await.map_err(|e| RuntimeError::io("bootstrap stdin", e))?;
+        stdin
+            .write_all(sql.as_bytes())
+            .await
+            .map_err(|e| RuntimeError::io("bootstrap stdin", e))?;
     }
-    let out = child.wait_with_output().await.map_err(|e| RuntimeError::io("mariadbd --bootstrap", e))?;
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| RuntimeError::io("mariadbd --bootstrap", e))?;
     if !out.status.success() {
         return Err(failed("mariadbd --bootstrap", &out, &log));
     }
     write_private(&dir.join("admin-password"), &admin_password)?;
-    std::fs::write(&ready, b"").map_err(|e| RuntimeError::io(format!("cannot write {}", ready.display()), e))?;
-    Ok(Template { data: dir.join("data"), admin_password })
+    std::fs::write(&ready, b"")
+        .map_err(|e| RuntimeError::io(format!("cannot write {}", ready.display()), e))?;
+    Ok(Template {
+        data: dir.join("data"),
+        admin_password,
+    })
 }
 
 fn failed(what: &str, out: &std::process::Output, log: &Path) -> RuntimeError {
     let mut tail = super::process::log_tail(log, 8);
-    tail.extend(String::from_utf8_lossy(&out.stderr).lines().rev().take(8).map(str::to_owned).collect::<Vec<_>>().into_iter().rev());
-    RuntimeError::StartFailed { name: "template".into(), reason: format!("{what} failed ({})", out.status), log_tail: tail }
+    tail.extend(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .take(8)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev(),
+    );
+    RuntimeError::StartFailed {
+        name: "template".into(),
+        reason: format!("{what} failed ({})", out.status),
+        log_tail: tail,
+    }
 }
 
 /// Writes a file only its owner can read: option files and passwords.
@@ -105,7 +137,8 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .map_err(|e| RuntimeError::io(format!("cannot write {}", path.display()), e))?;
-    f.write_all(contents.as_bytes()).map_err(|e| RuntimeError::io(format!("cannot write {}", path.display()), e))
+    f.write_all(contents.as_bytes())
+        .map_err(|e| RuntimeError::io(format!("cannot write {}", path.display()), e))
 }
 
 /// Copies a directory tree (files, directories and symlinks), as `cp -a` would, minus ownership.

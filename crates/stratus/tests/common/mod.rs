@@ -1,0 +1,225 @@
+//! A `stratus up` of its own for each test: a temp data directory, free ports, its own cgroup
+//! parent, and the CLI pointed at it.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stratus");
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Stratus {
+    pub dir: tempfile::TempDir,
+    pub api: String,
+    pub listen: String,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub cgroup_parent: String,
+}
+
+impl Stratus {
+    /// A configured but not yet started installation.
+    pub fn new(tag: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cgroup_parent = format!("stratus-e2e-{}-{tag}", std::process::id());
+        let config = dir.path().join("stratus.toml");
+        std::fs::write(
+            &config,
+            format!("[resources]\ncgroup_parent = \"{cgroup_parent}\"\n[mariadb]\nstop_grace_secs = 30\n"),
+        )
+        .unwrap();
+        Self {
+            api: format!("127.0.0.1:{}", free_port()),
+            listen: format!("127.0.0.1:{}", free_port()),
+            config,
+            child: None,
+            cgroup_parent,
+            dir,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn up_command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["up", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--api", &self.api, "--listen", &self.listen, "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Starts `stratus up` and returns once it says it is up (its own readiness line).
+    pub fn start(&mut self) {
+        let mut child = self
+            .up_command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains(" is up") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("stratus up exited before it was up: {:?}", child.wait()),
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    /// `stratus --api … ARGS`, returning the raw output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--api")
+            .arg(&self.api)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a verb with `--json` and parses its answer; panics with stderr on failure.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "stratus {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("stratus {args:?}: bad JSON ({e})"))
+    }
+
+    /// Runs a verb expected to fail; returns its one-line error.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "stratus {args:?} should have failed");
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        assert!(err.starts_with("error: "), "{err}");
+        err
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
+                rustix::process::Signal::TERM,
+            )
+            .unwrap();
+            let status = c.wait().unwrap();
+            assert!(status.success(), "stratus up exited with {status}");
+        }
+    }
+
+    /// Polls the event log until an event of `kind` for `db` appears (bounded).
+    pub fn wait_for_event(&self, db: &str, kind: &str, timeout: Duration) -> Value {
+        let begin = Instant::now();
+        loop {
+            let events = self.json(&["events", "--db", db, "--limit", "200"]);
+            if let Some(e) = events
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["kind"] == kind)
+            {
+                return e.clone();
+            }
+            assert!(
+                begin.elapsed() < timeout,
+                "no {kind} event for {db} within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Pids of `mariadbd` processes under this installation's data directory.
+    pub fn mariadbd_pids(&self) -> Vec<u32> {
+        let needle = self.data_dir().join("databases");
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(needle.to_str().unwrap()))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Stratus {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // Leave nothing running after a failed test.
+            let _ = Command::new(BIN)
+                .arg("--api")
+                .arg(&self.api)
+                .args(["db", "list"])
+                .output();
+            self.kill9();
+        }
+        for pid in self.mariadbd_pids() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        remove_cgroups(&self.cgroup_parent);
+    }
+}
+
+/// Removes this test's cgroups (children first) in every hierarchy, once their processes are gone.
+pub fn remove_cgroups(parent: &str) {
+    let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for root in roots.flatten() {
+        let dir = root.path().join(parent);
+        if !dir.is_dir() {
+            continue;
+        }
+        for _ in 0..100 {
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for c in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+            if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                break;
+            }
+            // The kernel frees a group only after its last process is reaped.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

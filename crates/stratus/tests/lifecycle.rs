@@ -1,0 +1,204 @@
+//! `stratus up` end to end, through the CLI, against real `mariadbd` processes: the "Done
+//! when" of the foundation issue.
+
+mod common;
+
+use common::Stratus;
+use mysql_async::prelude::Queryable;
+use std::process::Command;
+use std::time::Duration;
+
+async fn connect(host: &str, port: u16, user: &str, password: &str, db: &str) -> mysql_async::Conn {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host.to_owned())
+        .tcp_port(port)
+        .user(Some(user.to_owned()))
+        .pass(Some(password.to_owned()))
+        .db_name(Some(db.to_owned()));
+    mysql_async::Conn::new(opts).await.unwrap()
+}
+
+/// The stock `mariadb` client, as a user would run it.
+fn mariadb(port: u16, user: &str, password: &str, db: &str, sql: &str) -> String {
+    let out = Command::new("mariadb")
+        .args([
+            "--protocol=tcp",
+            "-h127.0.0.1",
+            &format!("-P{port}"),
+            &format!("-u{user}"),
+            &format!("-p{password}"),
+        ])
+        .args(["-N", "-B", db, "-e", sql])
+        .output()
+        .expect("the mariadb client is installed");
+    assert!(
+        out.status.success(),
+        "mariadb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_scale_park_resume_and_survive_kill9() {
+    let mut s = Stratus::new("life");
+    s.start();
+    let created = s.json(&["db", "create", "shop"]);
+    assert_eq!(created["state"], "active");
+    let (port, user, pw) = (
+        created["port"].as_u64().unwrap() as u16,
+        created["user"].as_str().unwrap().to_owned(),
+        created["password"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(created["host"], "127.0.0.1");
+    let out = mariadb(
+        port,
+        &user,
+        &pw,
+        "shop",
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO t VALUES (1,'one'),(2,'two'); SELECT v FROM t ORDER BY id",
+    );
+    assert_eq!(out, "one\ntwo\n");
+
+    // Scale to 2 SCU: 1 vCPU, 4 GiB, buffer pool in proportion.
+    let shown = s.json(&["db", "scale", "shop", "--scu", "2"]);
+    assert_eq!(shown["scu"], 2);
+    assert_eq!(shown["cpu_limit"], 1.0);
+    assert_eq!(shown["memory_limit"], 4u64 << 30);
+    assert_eq!(shown["buffer_pool_size"], 2u64 << 30);
+    let mut conn = connect("127.0.0.1", port, &user, &pw, "shop").await;
+    let bp: Option<u64> = conn
+        .query_first("SELECT @@innodb_buffer_pool_size")
+        .await
+        .unwrap();
+    assert_eq!(bp, Some(2 << 30), "the server itself reports the new pool");
+    conn.disconnect().await.unwrap();
+    if shown["limits_enforced"] == true {
+        let cg = s.cgroup_parent.clone();
+        let quota =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/{cg}/shop/cpu.cfs_quota_us"))
+                .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/{cg}/shop/cpu.max")))
+                .unwrap();
+        assert!(quota.starts_with("100000"), "1 vCPU of quota, got {quota}");
+    }
+    let pid = shown["pid"].as_u64().unwrap() as u32;
+    assert!(std::path::Path::new(shown["data_dir"].as_str().unwrap()).is_dir());
+    assert_eq!(shown["backend"], format!("127.0.0.1:{port}"));
+
+    // Park stops the process; resume brings it back with the data.
+    let parked = s.json(&["db", "park", "shop"]);
+    assert_eq!(parked["state"], "parked");
+    assert!(parked["pid"].is_null());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "mariadbd is gone"
+    );
+    let resumed = s.json(&["db", "resume", "shop"]);
+    assert_eq!(resumed["state"], "active");
+    let port = resumed["port"].as_u64().unwrap() as u16;
+    assert_eq!(
+        mariadb(port, &user, &pw, "shop", "SELECT COUNT(*) FROM t"),
+        "2\n"
+    );
+    assert_eq!(resumed["scu"], 2, "size kept across park");
+    let events = s.json(&["events", "--db", "shop"]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in ["created", "started", "scaled", "parked", "resumed"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+
+    // kill -9 of Stratus itself: the database is found again, data intact.
+    s.kill9();
+    s.start();
+    let list = s.json(&["db", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "shop");
+    assert_eq!(list[0]["state"], "active");
+    let port = list[0]["port"].as_u64().unwrap() as u16;
+    assert_eq!(
+        mariadb(port, &user, &pw, "shop", "SELECT v FROM t WHERE id = 2"),
+        "two\n"
+    );
+
+    // A clean stop stops every server.
+    s.stop();
+    assert!(
+        s.mariadbd_pids().is_empty(),
+        "servers left running: {:?}",
+        s.mariadbd_pids()
+    );
+    // And the next start brings it back.
+    s.start();
+    let shown = s.json(&["db", "show", "shop"]);
+    assert!(shown["pid"].is_number());
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_server_is_restarted_and_users_can_be_added() {
+    let mut s = Stratus::new("crash");
+    s.start();
+    let created = s.json(&[
+        "db",
+        "create",
+        "app",
+        "--user",
+        "owner",
+        "--password",
+        "s3cret!'\"pw",
+    ]);
+    assert_eq!(created["user"], "owner");
+    let pid = s.json(&["db", "show", "app"])["pid"].as_u64().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let crashed = s.wait_for_event("app", "crashed", Duration::from_secs(30));
+    assert!(
+        crashed["message"].as_str().unwrap().contains("signal 9"),
+        "{crashed}"
+    );
+    s.wait_for_event("app", "restarted", Duration::from_secs(60));
+    let shown = s.json(&["db", "show", "app"]);
+    assert_ne!(shown["pid"].as_u64().unwrap(), pid);
+    let port = shown["port"].as_u64().unwrap() as u16;
+    assert_eq!(
+        mariadb(port, "owner", "s3cret!'\"pw", "app", "SELECT 1"),
+        "1\n"
+    );
+
+    // A second user, limited to the database's schema.
+    let u = s.json(&["user", "create", "app", "reader", "--password", "r"]);
+    assert_eq!(u["user"], "reader");
+    assert_eq!(
+        mariadb(
+            port,
+            "reader",
+            "r",
+            "app",
+            "CREATE TABLE x (a INT); SELECT COUNT(*) FROM x"
+        ),
+        "0\n"
+    );
+    let users = s.json(&["user", "list", "app"]);
+    assert_eq!(users.as_array().unwrap().len(), 2);
+    assert!(
+        s.fails(&["user", "create", "app", "reader"])
+            .contains("already exists")
+    );
+    assert!(
+        s.fails(&["user", "delete", "app", "owner"])
+            .contains("owns database")
+    );
+    s.json(&["user", "delete", "app", "reader"]);
+    s.json(&["db", "delete", "app", "--yes"]);
+    assert!(s.json(&["db", "list"]).as_array().unwrap().is_empty());
+    assert!(!s.data_dir().join("databases/app").exists());
+    s.stop();
+}
