@@ -85,7 +85,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             return Err(ControlError::Invalid("password must not be empty".into()));
         }
         let _guard = self.lock(&name).await;
-        let svc = self.ensure_running(&name, "user create").await?;
+        let svc = self
+            .ensure_running(&name, EventKind::Resumed, "for user create")
+            .await?;
         if self
             .store
             .users(&name)
@@ -119,16 +121,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         )
         .await;
         let (host, port) = self.endpoint(&svc);
+        let user = self.client_user(&name, &user_name);
         Ok(CreatedUser {
             database: name.to_string(),
-            user: user_name.to_string(),
-            connection_string: connection_string(
-                user_name.as_str(),
-                &password,
-                &host,
-                port,
-                name.as_str(),
-            ),
+            connection_string: connection_string(&user, &password, &host, port, name.as_str()),
+            user,
             password,
             host,
             port,
@@ -168,7 +165,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 "user {user_name} owns database {name} and cannot be deleted"
             )));
         }
-        let svc = self.ensure_running(&name, "user delete").await?;
+        let svc = self
+            .ensure_running(&name, EventKind::Resumed, "for user delete")
+            .await?;
         let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
         conn.exec(&format!("DROP USER IF EXISTS {}", account(&user_name)))
             .await?;

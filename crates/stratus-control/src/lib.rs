@@ -12,6 +12,7 @@
 
 pub mod accounts;
 mod error;
+pub mod gateway;
 pub mod lifecycle;
 pub mod sizing;
 pub mod supervisor;
@@ -121,6 +122,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .endpoint
             .clone()
             .unwrap_or_else(|| ("127.0.0.1".to_owned(), svc.port))
+    }
+
+    /// The user name a client logs in with: `<service>.<user>` through the proxy, which routes
+    /// on it; the plain name when clients connect to the server directly.
+    fn client_user(&self, service: &ServiceName, user: &stratus_core::UserName) -> String {
+        if self.cfg.endpoint.is_some() {
+            format!("{service}.{user}")
+        } else {
+            user.to_string()
+        }
     }
 
     /// Records an event; a failure to record is logged, never fatal to the operation itself.

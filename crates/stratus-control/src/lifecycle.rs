@@ -108,19 +108,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         )
         .await;
         let (host, port) = self.endpoint(&svc);
+        let user = self.client_user(&name, &owner_name);
         Ok(CreatedDatabase {
             name: name.to_string(),
             state: svc.state.to_string(),
-            connection_string: connection_string(
-                owner_name.as_str(),
-                &password,
-                &host,
-                port,
-                name.as_str(),
-            ),
+            connection_string: connection_string(&user, &password, &host, port, name.as_str()),
             host,
             port,
-            user: owner_name.to_string(),
+            user,
             password,
             database: name.to_string(),
             ready_ms,
@@ -269,7 +264,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub async fn resume(&self, db: &str) -> Result<DatabaseView> {
         let name = ServiceName::parse(db)?;
         let _guard = self.lock(&name).await;
-        let svc = self.ensure_running(&name, "manual").await?;
+        let svc = self
+            .ensure_running(&name, EventKind::Resumed, "by request")
+            .await?;
         Ok(self.view(&svc).await)
     }
 
@@ -277,13 +274,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub(crate) async fn ensure_running(
         &self,
         name: &ServiceName,
+        kind: EventKind,
         reason: &str,
     ) -> Result<DatabaseService> {
         let mut svc = self.load(name).await?;
         match svc.state {
-            DbState::Active | DbState::Migrating
-                if self.runtime.observe(name).await.pid.is_some() =>
-            {
+            DbState::Active | DbState::Migrating if self.runtime.endpoint(name).is_some() => {
                 return Ok(svc);
             }
             DbState::Provisioning => {
@@ -300,10 +296,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         svc.state = DbState::Active;
         self.store.update_service(&svc).await?;
         let ms = begin.elapsed().as_millis() as u64;
+        let verb = if kind == EventKind::Woken {
+            "woken"
+        } else {
+            "resumed"
+        };
         self.event(
             name,
-            EventKind::Resumed,
-            &format!("resumed from {from} in {ms} ms ({reason})"),
+            kind,
+            &format!("{verb} from {from} in {ms} ms ({reason})"),
             json!({"from": from, "resume_ms": ms, "pid": instance.pid, "reason": reason}),
         )
         .await;

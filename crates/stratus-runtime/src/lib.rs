@@ -163,6 +163,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     fn observe(&self, name: &ServiceName) -> impl Future<Output = Observed> + Send;
 
+    /// Where the running server listens, or `None` if it is not running. Cheap: the proxy asks
+    /// on every new client connection.
+    fn endpoint(&self, name: &ServiceName) -> Option<std::net::SocketAddr>;
+
     /// Stops the server if it runs and deletes its storage and resource group.
     fn destroy(&self, name: &ServiceName) -> impl Future<Output = Result<()>> + Send;
 

@@ -4,12 +4,14 @@
 
 use crate::cli::UpArgs;
 use crate::config::Settings;
+use crate::directory::ControlDirectory;
 use anyhow::{Context, bail};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use stratus_api::ServerInfo;
 use stratus_control::{ControlConfig, ControlPlane};
+use stratus_proxy::{Proxy, ProxyConfig};
 use stratus_runtime::{LocalConfig, LocalRuntime, Runtime};
 use stratus_store::SqliteStore;
 use tokio::net::TcpListener;
@@ -52,12 +54,20 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
         ControlConfig {
             scu: settings.scu,
             stop_grace: settings.stop_grace,
+            endpoint: Some((settings.listen.ip().to_string(), settings.listen.port())),
             ..ControlConfig::default()
         },
     );
     cp.recover().await?;
     tokio::spawn(cp.clone().supervise());
-    tokio::spawn(placeholder_sql_endpoint(sql_listener));
+    let proxy = Proxy::new(
+        ProxyConfig {
+            server_version: greeting_version(&info.mariadb_version),
+            ..ProxyConfig::default()
+        },
+        ControlDirectory(cp.clone()),
+    );
+    tokio::spawn(proxy.clone().serve(sql_listener));
 
     let router = stratus_api::router(
         cp.clone(),
@@ -69,6 +79,10 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
         },
     );
     println!("Stratus {} is up", env!("CARGO_PKG_VERSION"));
+    println!(
+        "  SQL:              {} (user <database>.<user>)",
+        settings.listen
+    );
     println!("  API:              http://{}", settings.api);
     println!("  data:             {}", data_dir.display());
     println!("  MariaDB:          {}", info.mariadb_version);
@@ -160,25 +174,12 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     Ok(f)
 }
 
-/// Until the SQL proxy is in, clients on `--listen` get a MariaDB error packet saying where to
-/// connect instead of a silent socket.
-async fn placeholder_sql_endpoint(listener: TcpListener) {
-    use tokio::io::AsyncWriteExt;
-    const MSG: &[u8] =
-        b"Stratus: the SQL proxy is not in this build yet; connect to the database's own \
-        host and port (`stratus db show NAME`)";
-    // ERR packet (https://mariadb.com/kb/en/err_packet/): 0xff, ER_NOT_SUPPORTED_YET (1235),
-    // no SQL state marker before the handshake, the message.
-    let mut packet = Vec::with_capacity(MSG.len() + 7);
-    let len = MSG.len() + 3;
-    packet.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8, 0, 0xff]);
-    packet.extend_from_slice(&1235u16.to_le_bytes());
-    packet.extend_from_slice(MSG);
-    while let Ok((mut sock, _)) = listener.accept().await {
-        let packet = packet.clone();
-        tokio::spawn(async move {
-            let _ = sock.write_all(&packet).await;
-            let _ = sock.shutdown().await;
-        });
+/// The version string a MariaDB 10.x server greets with: `5.5.5-` first, which old clients
+/// need to tell it from MySQL 5.5. MariaDB 11 dropped the prefix.
+fn greeting_version(version: &str) -> String {
+    if version.starts_with("10.") {
+        format!("5.5.5-{version}")
+    } else {
+        version.to_owned()
     }
 }

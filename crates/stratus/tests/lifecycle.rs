@@ -83,7 +83,13 @@ async fn create_scale_park_resume_and_survive_kill9() {
     }
     let pid = shown["pid"].as_u64().unwrap() as u32;
     assert!(std::path::Path::new(shown["data_dir"].as_str().unwrap()).is_dir());
-    assert_eq!(shown["backend"], format!("127.0.0.1:{port}"));
+    let backend = shown["backend"].as_str().unwrap();
+    assert_ne!(
+        backend,
+        format!("127.0.0.1:{port}"),
+        "clients get the proxy, not the server"
+    );
+    assert!(backend.starts_with("127.0.0.1:"));
 
     // Park stops the process; resume brings it back with the data.
     let parked = s.json(&["db", "park", "shop"]);
@@ -152,7 +158,7 @@ async fn a_crashed_server_is_restarted_and_users_can_be_added() {
         "--password",
         "s3cret!'\"pw",
     ]);
-    assert_eq!(created["user"], "owner");
+    assert_eq!(created["user"], "app.owner");
     let pid = s.json(&["db", "show", "app"])["pid"].as_u64().unwrap();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),
@@ -169,17 +175,17 @@ async fn a_crashed_server_is_restarted_and_users_can_be_added() {
     assert_ne!(shown["pid"].as_u64().unwrap(), pid);
     let port = shown["port"].as_u64().unwrap() as u16;
     assert_eq!(
-        mariadb(port, "owner", "s3cret!'\"pw", "app", "SELECT 1"),
+        mariadb(port, "app.owner", "s3cret!'\"pw", "app", "SELECT 1"),
         "1\n"
     );
 
     // A second user, limited to the database's schema.
     let u = s.json(&["user", "create", "app", "reader", "--password", "r"]);
-    assert_eq!(u["user"], "reader");
+    assert_eq!(u["user"], "app.reader");
     assert_eq!(
         mariadb(
             port,
-            "reader",
+            "app.reader",
             "r",
             "app",
             "CREATE TABLE x (a INT); SELECT COUNT(*) FROM x"

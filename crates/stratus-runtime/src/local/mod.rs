@@ -505,6 +505,12 @@ impl Runtime for LocalRuntime {
         seen
     }
 
+    fn endpoint(&self, name: &ServiceName) -> Option<std::net::SocketAddr> {
+        let proc = self.inner.running(name)?;
+        (proc.phase.load(Ordering::SeqCst) == READY)
+            .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], proc.port)))
+    }
+
     async fn destroy(&self, name: &ServiceName) -> Result<()> {
         let inner = &self.inner;
         inner.stop(name, Duration::from_secs(30)).await?;

@@ -1,0 +1,47 @@
+//! The narrow interface the proxy uses (DESIGN.md: wake, activity, redirect): account lookup and
+//! the address of a database's server, waking it when asked.
+
+use crate::{ControlPlane, Result};
+use std::net::SocketAddr;
+use stratus_core::{DbState, EventKind, ServiceName, UserName};
+use stratus_runtime::Runtime;
+use stratus_store::Store;
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// The stored `SHA1(SHA1(password))` of a routed user.
+    pub async fn account_hash(&self, service: &str, user: &str) -> Option<[u8; 20]> {
+        let service = ServiceName::parse(service).ok()?;
+        let user = UserName::parse(user).ok()?;
+        let users = self.store.users(&service).await.ok()?;
+        users.into_iter().find(|u| u.name == user).map(|u| u.hash.0)
+    }
+
+    /// The server's address if it runs; with `wake`, starts it first (one start however many
+    /// clients ask at once: they queue on the database's lock and find it running).
+    pub async fn backend_for_client(
+        &self,
+        service: &str,
+        wake: bool,
+    ) -> Result<Option<SocketAddr>> {
+        let name = ServiceName::parse(service)?;
+        if let Some(addr) = self.runtime.endpoint(&name) {
+            return Ok(Some(addr));
+        }
+        if !wake {
+            return Ok(None);
+        }
+        let _guard = self.lock(&name).await;
+        if let Some(addr) = self.runtime.endpoint(&name) {
+            return Ok(Some(addr));
+        }
+        let svc = self.load(&name).await?;
+        if svc.state == DbState::Provisioning {
+            return Err(crate::ControlError::WrongState(format!(
+                "database {name} is still being created"
+            )));
+        }
+        self.ensure_running(&name, EventKind::Woken, "for a waiting client")
+            .await?;
+        Ok(self.runtime.endpoint(&name))
+    }
+}

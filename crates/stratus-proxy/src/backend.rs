@@ -1,0 +1,248 @@
+//! A connection to a database's own server, logged in as the client's user with the
+//! `SHA1(password)` learnt when the client authenticated at the proxy.
+
+use crate::error::SqlError;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::time::Duration;
+use stratus_wire::auth::{NATIVE_PLUGIN, Stage1, scramble_reply};
+use stratus_wire::caps;
+use stratus_wire::handshake::{Greeting, HandshakeResponse, decode_auth_switch};
+use stratus_wire::lenenc::Reader;
+use stratus_wire::packet;
+use stratus_wire::response::ErrPacket;
+use stratus_wire::tracker::{Expect, Step, Tracker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Capabilities the proxy always asks of a backend, whatever the client negotiated: session
+/// tracking is how it learns the session's state.
+const ALWAYS: u64 = caps::PROTOCOL_41
+    | caps::SECURE_CONNECTION
+    | caps::PLUGIN_AUTH
+    | caps::PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | caps::SESSION_TRACK
+    | caps::TRANSACTIONS;
+
+#[derive(Debug)]
+pub enum BackendError {
+    /// Could not reach it, or it went away: the database may be stopped.
+    Io(std::io::Error),
+    /// It answered with an error (bad schema, access denied…): passed on to the client.
+    Server(SqlError),
+    Protocol(&'static str),
+}
+
+impl From<std::io::Error> for BackendError {
+    fn from(e: std::io::Error) -> Self {
+        BackendError::Io(e)
+    }
+}
+
+impl BackendError {
+    pub fn server(payload: &[u8]) -> Self {
+        match ErrPacket::decode(payload) {
+            Ok(e) => BackendError::Server(SqlError {
+                code: e.code,
+                state: state_str(e.sql_state),
+                message: String::from_utf8_lossy(e.message).into_owned(),
+            }),
+            Err(_) => BackendError::Protocol("malformed error packet"),
+        }
+    }
+}
+
+/// SQL states are interned: the few a server sends for login errors, else the generic one.
+fn state_str(state: Option<&[u8]>) -> &'static str {
+    match state {
+        Some(b"28000") => "28000",
+        Some(b"42000") => "42000",
+        Some(b"08004") => "08004",
+        Some(b"08S01") => "08S01",
+        Some(b"HY000") | None => "HY000",
+        Some(_) => "HY000",
+    }
+}
+
+/// What the client asked for at login, reused for every backend connection of its session.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: Vec<u8>,
+    pub stage1: Stage1,
+    pub charset: u8,
+    pub client_caps: u64,
+    pub attributes: Option<Vec<u8>>,
+}
+
+pub struct Backend {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    /// Capabilities in force on this connection.
+    pub caps: u64,
+    pub addr: SocketAddr,
+    pub connection_id: u32,
+}
+
+/// Rows of a result the proxy reads for itself: text values, `None` for NULL.
+pub type Rows = Vec<Vec<Option<Vec<u8>>>>;
+
+impl Backend {
+    pub async fn connect(
+        addr: SocketAddr,
+        login: &Login,
+        schema: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, BackendError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| BackendError::Io(std::io::ErrorKind::TimedOut.into()))??;
+        stream.set_nodelay(true)?;
+        let mut b = Backend {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            caps: 0,
+            addr,
+            connection_id: 0,
+        };
+        let greeting = b.read_packet().await?;
+        if greeting.first() == Some(&0xff) {
+            return Err(BackendError::server(&greeting));
+        }
+        let g = Greeting::decode(&greeting)
+            .map_err(|_| BackendError::Protocol("malformed greeting"))?;
+        b.connection_id = g.connection_id;
+        let mut caps =
+            (login.client_caps & caps::PROXY_OFFERS & g.capabilities) | (ALWAYS & g.capabilities);
+        caps &= !(caps::SSL | caps::COMPRESS | caps::CONNECT_WITH_DB | caps::CLIENT_MYSQL);
+        if schema.is_some() {
+            caps |= caps::CONNECT_WITH_DB;
+        }
+        if login.attributes.is_none() {
+            caps &= !caps::CONNECT_ATTRS;
+        }
+        b.caps = caps;
+        let response = HandshakeResponse {
+            capabilities: caps,
+            max_packet: 1 << 30,
+            charset: login.charset,
+            user: login.user.clone(),
+            auth_response: scramble_reply(&login.stage1, &g.scramble).to_vec(),
+            database: schema.map(|s| s.as_bytes().to_vec()),
+            auth_plugin: Some(NATIVE_PLUGIN.as_bytes().to_vec()),
+            attributes: login.attributes.clone(),
+        };
+        let mut out = Vec::new();
+        packet::write(&mut out, &mut 1, &response.encode());
+        b.stream.write_all(&out).await?;
+        let mut seq = 3u8;
+        loop {
+            let reply = b.read_packet().await?;
+            match reply.first() {
+                Some(0x00) => return Ok(b),
+                Some(0xff) => return Err(BackendError::server(&reply)),
+                Some(0xfe) => {
+                    // The server wants the native plugin with a fresh scramble.
+                    let (plugin, data) = decode_auth_switch(&reply)
+                        .map_err(|_| BackendError::Protocol("bad auth switch"))?;
+                    if plugin != NATIVE_PLUGIN.as_bytes() {
+                        return Err(BackendError::Protocol(
+                            "backend asked for an unsupported auth plugin",
+                        ));
+                    }
+                    let mut out = Vec::new();
+                    packet::write(&mut out, &mut seq, &scramble_reply(&login.stage1, &data));
+                    seq = seq.wrapping_add(1);
+                    b.stream.write_all(&out).await?;
+                }
+                _ => return Err(BackendError::Protocol("unexpected packet during login")),
+            }
+        }
+    }
+
+    /// Reads more bytes; an end of stream is an error (the server went away).
+    pub async fn fill(&mut self) -> Result<(), BackendError> {
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
+    }
+
+    /// One whole logical packet's payload, removed from the buffer.
+    pub async fn read_packet(&mut self) -> Result<Vec<u8>, BackendError> {
+        loop {
+            if let Ok(Some(lp)) = packet::logical(&self.buf, usize::MAX) {
+                let payload = packet::payload(&self.buf, &lp).into_owned();
+                let _ = self.buf.split_to(lp.consumed);
+                return Ok(payload);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Sends a command of the proxy's own (sequence 0).
+    pub async fn send(&mut self, command: u8, body: &[u8]) -> Result<(), BackendError> {
+        let mut payload = Vec::with_capacity(1 + body.len());
+        payload.push(command);
+        payload.extend_from_slice(body);
+        let mut out = Vec::with_capacity(payload.len() + 8);
+        packet::write(&mut out, &mut 0, &payload);
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Runs a statement of the proxy's own and reads its whole response: rows of its first
+    /// result set (if any), or the server's error.
+    pub async fn query(&mut self, sql: &str) -> Result<Rows, BackendError> {
+        self.send(stratus_wire::command::COM_QUERY, sql.as_bytes())
+            .await?;
+        let mut tracker = Tracker::new(
+            Expect::ResultSets { binary: false },
+            self.caps & caps::DEPRECATE_EOF != 0,
+        );
+        let mut rows = Vec::new();
+        let mut columns: Option<u64> = None;
+        let mut defs_left = 0u64;
+        let mut error = None;
+        loop {
+            let p = self.read_packet().await?;
+            let step = tracker.feed(&p);
+            if p.first() == Some(&0xff) && tracker.is_done() && error.is_none() {
+                error = Some(BackendError::server(&p));
+            } else if tracker.result_sets == 1 && !tracker.is_done() {
+                match columns {
+                    None => {
+                        let n = Reader::new(&p, "column count").lenenc().unwrap_or(0);
+                        columns = Some(n);
+                        defs_left = n;
+                    }
+                    Some(_) if defs_left > 0 => defs_left -= 1,
+                    Some(n) if !stratus_wire::response::is_eof(&p) => rows.push(text_row(&p, n)),
+                    Some(_) => {}
+                }
+            }
+            if step == Step::Done {
+                return match error {
+                    Some(e) => Err(e),
+                    None => Ok(rows),
+                };
+            }
+            if step == Step::LocalInfile {
+                return Err(BackendError::Protocol("LOCAL INFILE in a proxy statement"));
+            }
+        }
+    }
+}
+
+fn text_row(payload: &[u8], columns: u64) -> Vec<Option<Vec<u8>>> {
+    let mut r = Reader::new(payload, "row");
+    (0..columns)
+        .map(|_| {
+            if payload.get(r.pos()) == Some(&0xfb) {
+                let _ = r.u8();
+                None
+            } else {
+                r.lenenc_bytes().ok().map(<[u8]>::to_vec)
+            }
+        })
+        .collect()
+}

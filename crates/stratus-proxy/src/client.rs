@@ -1,0 +1,1291 @@
+//! One client session: greeting, authentication at the proxy, then commands relayed to the
+//! database's server, waking it when needed and recreating the session on every new backend
+//! connection. Protocol: <https://mariadb.com/kb/en/connection/>,
+//! <https://mariadb.com/kb/en/2-text-protocol/>, <https://mariadb.com/kb/en/3-binary-protocol-prepared-statements/>.
+
+use crate::activity::ServiceActivity;
+use crate::backend::{Backend, BackendError, Login};
+use crate::error::SqlError;
+use crate::prepared::Statements;
+use crate::session::{BACKEND_TRACKING, SessionState, UserVar, user_var_literal};
+use crate::{Directory, Proxy};
+use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use stratus_wire::auth::{self, NATIVE_PLUGIN, Stage1};
+use stratus_wire::caps;
+use stratus_wire::classify::{self, Kind, Statement};
+use stratus_wire::command::*;
+use stratus_wire::handshake::{Greeting, HandshakeResponse, auth_switch_request, is_ssl_request};
+use stratus_wire::packet::{self, HEADER_LEN};
+use stratus_wire::response::{self, Change, OkPacket};
+use stratus_wire::tracker::{Expect, Step, Tracker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Flush a large response to the client once this much is buffered, rather than holding it.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// Why a session ends.
+#[derive(Debug)]
+enum End {
+    /// The client left (EOF or `COM_QUIT`) or its socket failed.
+    Client,
+    /// The client broke the protocol; it has been told.
+    Protocol,
+}
+
+/// The client side: its socket and what it has sent that is not consumed yet.
+struct ClientIo {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl ClientIo {
+    /// Waits for one whole logical packet; `Ok(None)` at a clean end of stream.
+    async fn read(&mut self, limit: usize) -> Result<Option<packet::Logical>, ReadError> {
+        loop {
+            match packet::logical(&self.buf, limit) {
+                Ok(Some(lp)) => return Ok(Some(lp)),
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::TooLarge(e.limit)),
+            }
+            if self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|_| ReadError::Io)?
+                == 0
+            {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Io)
+                };
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
+        self.stream.write_all(bytes).await.map_err(|_| End::Client)
+    }
+
+    /// Sends one payload as the packet(s) with sequence id `seq`.
+    async fn send(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        let mut out = Vec::with_capacity(payload.len() + HEADER_LEN);
+        packet::write(&mut out, &mut { seq }, payload);
+        self.write(&out).await
+    }
+}
+
+#[derive(Debug)]
+enum ReadError {
+    Io,
+    TooLarge(usize),
+}
+
+/// Decrements a counter when dropped, so every path out of a session releases its slots.
+struct Slot<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A session's place in its database's connection count, released when dropped.
+struct ServiceSlot(Arc<ServiceActivity>);
+
+impl ServiceSlot {
+    fn take(activity: Arc<ServiceActivity>) -> (Self, u64) {
+        let n = activity.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        (Self(activity), n)
+    }
+}
+
+impl Drop for ServiceSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for ServiceSlot {
+    type Target = ServiceActivity;
+    fn deref(&self) -> &ServiceActivity {
+        &self.0
+    }
+}
+
+pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let total = proxy.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let _slot = Slot(&proxy.connections);
+    let mut client = ClientIo {
+        stream,
+        buf: BytesMut::with_capacity(8 * 1024),
+    };
+    if total > proxy.cfg.max_connections {
+        let _ = client
+            .send(
+                0,
+                &SqlError::too_many_connections("Stratus proxy limit reached").packet(),
+            )
+            .await;
+        return;
+    }
+    let login = match tokio::time::timeout(
+        proxy.cfg.handshake_timeout,
+        login(&proxy, &mut client, peer),
+    )
+    .await
+    {
+        Ok(Ok(l)) => l,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            let _ = client
+                .send(
+                    0,
+                    &SqlError::handshake("login not completed in time").packet(),
+                )
+                .await;
+            return;
+        }
+    };
+    let (activity, per_service) = ServiceSlot::take(proxy.activity.service(&login.service));
+    if per_service > proxy.cfg.max_connections_per_service {
+        let msg = format!(
+            "database {} has {} connections, its limit",
+            login.service, proxy.cfg.max_connections_per_service
+        );
+        let _ = client
+            .send(
+                login.next_seq,
+                &SqlError::too_many_connections(&msg).packet(),
+            )
+            .await;
+        return;
+    }
+    let mut session = Session {
+        proxy: proxy.clone(),
+        client,
+        activity,
+        service: login.service,
+        login: login.backend_login,
+        scramble: login.scramble,
+        backend: None,
+        state: SessionState {
+            schema: login.schema,
+            ..SessionState::default()
+        },
+        stmts: Statements::default(),
+        pinned_reported: false,
+        in_trans_reported: false,
+    };
+    // Connect at once if the database runs (so a bad schema fails the login, as on a server);
+    // a sleeping database is woken by the first statement, not by the connection.
+    if let Ok(Some(addr)) = session.proxy.dir.backend(&session.service, false).await {
+        match session.connect(addr).await {
+            Ok(()) => {}
+            Err(BackendError::Server(e)) => {
+                let _ = session.client.send(login.next_seq, &e.packet()).await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(db = %session.service, "backend not reachable at login: {e:?}")
+            }
+        }
+    }
+    let ok = response::ok(caps::STATUS_AUTOCOMMIT, 0, session.login.client_caps);
+    if session.client.send(login.next_seq, &ok).await.is_err() {
+        return;
+    }
+    let end = session.serve().await;
+    session.release_pins();
+    tracing::debug!(db = %session.service, ?end, "session ended");
+}
+
+/// A successful login.
+struct LoggedIn {
+    service: String,
+    backend_login: Login,
+    schema: Option<String>,
+    scramble: [u8; 20],
+    /// Sequence id for the proxy's answer to the login.
+    next_seq: u8,
+}
+
+fn scramble() -> [u8; 20] {
+    let mut s = [0u8; 20];
+    getrandom::fill(&mut s).expect("the OS random number generator is unavailable");
+    // Printable, NUL-free: the second part travels NUL-terminated.
+    s.iter_mut().for_each(|b| *b = 0x21 + *b % 94);
+    s
+}
+
+async fn login<D: Directory>(
+    proxy: &Proxy<D>,
+    client: &mut ClientIo,
+    peer: SocketAddr,
+) -> Result<LoggedIn, End> {
+    let scramble = scramble();
+    let greeting = Greeting {
+        server_version: proxy.cfg.server_version.as_bytes().to_vec(),
+        connection_id: proxy.connection_id(),
+        scramble,
+        capabilities: caps::PROXY_OFFERS,
+        charset: 45,
+        status: caps::STATUS_AUTOCOMMIT,
+        auth_plugin: NATIVE_PLUGIN.as_bytes().to_vec(),
+    };
+    client.send(0, &greeting.encode()).await?;
+    let lp = match client.read(64 * 1024).await {
+        Ok(Some(lp)) => lp,
+        _ => return Err(End::Client),
+    };
+    let raw = client.buf.split_to(lp.consumed);
+    let payload = packet::payload(&raw, &lp);
+    let mut seq = lp.last_seq.wrapping_add(1);
+    if is_ssl_request(&payload) {
+        client
+            .send(
+                seq,
+                &SqlError::handshake("TLS is not enabled on this Stratus endpoint").packet(),
+            )
+            .await?;
+        return Err(End::Protocol);
+    }
+    let resp = match HandshakeResponse::decode(&payload) {
+        Ok(r) => r,
+        Err(e) => {
+            client
+                .send(seq, &SqlError::handshake(&e.to_string()).packet())
+                .await?;
+            return Err(End::Protocol);
+        }
+    };
+    let host = peer.ip().to_string();
+    let deny = |password: bool| SqlError::access_denied(&resp.user, &host, password);
+    // Route `<service>.<user>`.
+    let routed = std::str::from_utf8(&resp.user)
+        .ok()
+        .and_then(|u| u.split_once('.'));
+    let mut reply = resp.auth_response.clone();
+    let plugin = resp
+        .auth_plugin
+        .as_deref()
+        .unwrap_or(NATIVE_PLUGIN.as_bytes());
+    if plugin != NATIVE_PLUGIN.as_bytes() {
+        if resp.capabilities & caps::PLUGIN_AUTH == 0 {
+            client
+                .send(seq, &SqlError::unsupported_plugin(plugin).packet())
+                .await?;
+            return Err(End::Protocol);
+        }
+        // caching_sha2_password (MySQL 8 drivers) and others: switch to the native plugin.
+        client
+            .send(seq, &auth_switch_request(NATIVE_PLUGIN, &scramble))
+            .await?;
+        let lp = match client.read(64 * 1024).await {
+            Ok(Some(lp)) => lp,
+            _ => return Err(End::Client),
+        };
+        let raw = client.buf.split_to(lp.consumed);
+        reply = packet::payload(&raw, &lp).into_owned();
+        seq = lp.last_seq.wrapping_add(1);
+    }
+    let Some((service, user)) = routed else {
+        client.send(seq, &deny(!reply.is_empty()).packet()).await?;
+        return Err(End::Protocol);
+    };
+    let stored = proxy.dir.account(service, user).await;
+    let stage1: Option<Stage1> = stored.and_then(|s2| auth::verify(&s2, &scramble, &reply));
+    let Some(stage1) = stage1 else {
+        client.send(seq, &deny(!reply.is_empty()).packet()).await?;
+        return Err(End::Protocol);
+    };
+    let schema = resp
+        .database
+        .as_deref()
+        .filter(|d| !d.is_empty() && resp.capabilities & caps::CONNECT_WITH_DB != 0)
+        .map(|d| String::from_utf8_lossy(d).into_owned());
+    Ok(LoggedIn {
+        service: service.to_owned(),
+        backend_login: Login {
+            user: user.as_bytes().to_vec(),
+            stage1,
+            charset: resp.charset,
+            client_caps: resp.capabilities & caps::PROXY_OFFERS,
+            attributes: resp.attributes,
+        },
+        schema,
+        scramble,
+        next_seq: seq,
+    })
+}
+
+struct Session<D: Directory> {
+    proxy: Arc<Proxy<D>>,
+    client: ClientIo,
+    activity: ServiceSlot,
+    service: String,
+    login: Login,
+    /// The greeting's scramble, against which `COM_CHANGE_USER` answers are checked.
+    scramble: [u8; 20],
+    backend: Option<Backend>,
+    state: SessionState,
+    stmts: Statements,
+    pinned_reported: bool,
+    in_trans_reported: bool,
+}
+
+/// How relaying one response went.
+#[derive(Debug, Default)]
+struct Relayed {
+    status: u16,
+    error: Option<u16>,
+    state_changed: bool,
+}
+
+#[derive(Debug)]
+enum RelayError {
+    /// The backend went away before anything of its answer reached the client.
+    LostBeforeAnswer,
+    /// It went away midway: the client cannot be answered consistently any more.
+    LostMidway,
+    Client,
+}
+
+impl<D: Directory> Session<D> {
+    fn client_caps(&self) -> u64 {
+        self.login.client_caps
+    }
+
+    async fn serve(&mut self) -> End {
+        loop {
+            let lp = tokio::select! {
+                biased;
+                r = self.client.read(self.proxy.cfg.max_packet) => r,
+                () = idle_backend_closed(self.backend.as_mut()) => {
+                    // The server closed an idle connection (it was parked or crashed): the next
+                    // statement gets a new one.
+                    self.drop_backend();
+                    continue;
+                }
+            };
+            let lp = match lp {
+                Ok(Some(lp)) => lp,
+                Ok(None) | Err(ReadError::Io) => return End::Client,
+                Err(ReadError::TooLarge(limit)) => {
+                    let seq =
+                        packet::header(&self.client.buf).map_or(0, |(_, s)| s.wrapping_add(1));
+                    let _ = self
+                        .client
+                        .send(seq, &SqlError::packet_too_large(limit).packet())
+                        .await;
+                    return End::Protocol;
+                }
+            };
+            let raw = self.client.buf.split_to(lp.consumed);
+            let seq = lp.last_seq.wrapping_add(1);
+            let result = self.command(raw, &lp, seq).await;
+            self.report_state();
+            match result {
+                Ok(true) => {}
+                Ok(false) => return End::Client,
+                Err(end) => return end,
+            }
+        }
+    }
+
+    /// Handles one command; `Ok(false)` when the client quit.
+    async fn command(
+        &mut self,
+        mut raw: BytesMut,
+        lp: &packet::Logical,
+        seq: u8,
+    ) -> Result<bool, End> {
+        let Some(&cmd) = raw.get(HEADER_LEN) else {
+            self.client
+                .send(seq, &SqlError::handshake("empty command packet").packet())
+                .await?;
+            return Ok(true);
+        };
+        match cmd {
+            COM_QUIT => return Ok(false),
+            COM_PING => {
+                let ok = response::ok(self.status(), 0, self.client_caps());
+                self.client.send(seq, &ok).await?;
+            }
+            COM_QUERY => self.query(&raw, lp, seq).await?,
+            COM_STMT_PREPARE => self.prepare(&raw, lp, seq).await?,
+            COM_STMT_EXECUTE
+            | COM_STMT_SEND_LONG_DATA
+            | COM_STMT_CLOSE
+            | COM_STMT_RESET
+            | COM_STMT_FETCH => self.statement_command(&mut raw, lp, seq, cmd).await?,
+            COM_RESET_CONNECTION => {
+                if self.backend.is_some() {
+                    let r = self.forward(&raw, seq, Expect::One).await?;
+                    if r.error.is_none() {
+                        self.after_reset().await;
+                    }
+                } else {
+                    self.state.reset();
+                    self.stmts.clear();
+                    self.client
+                        .send(
+                            seq,
+                            &response::ok(caps::STATUS_AUTOCOMMIT, 0, self.client_caps()),
+                        )
+                        .await?;
+                }
+            }
+            COM_CHANGE_USER => self.change_user(&raw, lp, seq).await?,
+            COM_INIT_DB | COM_FIELD_LIST | COM_SET_OPTION | COM_STATISTICS | COM_PROCESS_INFO
+            | COM_PROCESS_KILL | COM_DEBUG | COM_REFRESH => {
+                let expect = expect(cmd).unwrap_or(Expect::One);
+                self.forward(&raw, seq, expect).await?;
+            }
+            COM_SHUTDOWN => {
+                self.client
+                    .send(
+                        seq,
+                        &SqlError::not_allowed("shutting the server down").packet(),
+                    )
+                    .await?
+            }
+            other => {
+                self.client
+                    .send(seq, &SqlError::unknown_command(other).packet())
+                    .await?
+            }
+        }
+        Ok(true)
+    }
+
+    /// Current status flags as the proxy knows them.
+    fn status(&self) -> u16 {
+        let mut s = caps::STATUS_AUTOCOMMIT;
+        if self.state.in_transaction {
+            s |= caps::STATUS_IN_TRANS;
+        }
+        s
+    }
+
+    async fn query(&mut self, raw: &BytesMut, lp: &packet::Logical, seq: u8) -> Result<(), End> {
+        let payload = packet::payload(raw, lp);
+        let sql = &payload[1..];
+        let multi = self.client_caps() & caps::MULTI_STATEMENTS != 0;
+        let stmts: Vec<Statement> = if multi {
+            classify::classify_all(sql)
+        } else {
+            vec![classify::classify(sql)]
+        };
+        let retry_safe = stmts.iter().all(|s| s.read_only) && self.state.pinned().is_none();
+        let relayed = self
+            .forward_retrying(raw, seq, Expect::ResultSets { binary: false }, retry_safe)
+            .await?;
+        if relayed.error.is_none() {
+            self.after_statements(sql, &stmts).await;
+        }
+        Ok(())
+    }
+
+    /// Learns what successful statements did to the session.
+    async fn after_statements(&mut self, sql: &[u8], stmts: &[Statement]) {
+        let mut read_user_vars = false;
+        for s in stmts {
+            if let Some(p) = s.pin {
+                self.state.pin(p);
+            }
+            if let Some(p) = s.unpin {
+                self.state.unpin(p);
+            }
+            read_user_vars |= s.sets_user_vars;
+            match (s.kind, &s.prepared_name) {
+                (Kind::Prepare, Some(name)) => {
+                    let text = String::from_utf8_lossy(sql.get(s.span.clone()).unwrap_or_default())
+                        .into_owned();
+                    self.state
+                        .text_prepared
+                        .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                    self.state.text_prepared.push((name.to_string(), text));
+                }
+                (Kind::Deallocate, Some(name)) => self
+                    .state
+                    .text_prepared
+                    .retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+                _ => {}
+            }
+        }
+        if read_user_vars {
+            self.read_user_vars().await;
+        }
+    }
+
+    /// Snapshots every user variable with its type, to recreate them on a new backend.
+    async fn read_user_vars(&mut self) {
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        let sql = "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE, CHARACTER_SET_NAME FROM information_schema.USER_VARIABLES";
+        match b.query(sql).await {
+            Ok(rows) => {
+                self.state.user_vars = rows
+                    .into_iter()
+                    .filter_map(|r| {
+                        let mut it = r.into_iter();
+                        let name = String::from_utf8(it.next()??).ok()?;
+                        let value = it.next()?;
+                        let ty = it
+                            .next()
+                            .flatten()
+                            .map(|t| String::from_utf8_lossy(&t).into_owned())
+                            .unwrap_or_default();
+                        let cs = it
+                            .next()
+                            .flatten()
+                            .map(|c| String::from_utf8_lossy(&c).into_owned());
+                        Some(UserVar {
+                            literal: user_var_literal(value.as_deref(), &ty, cs.as_deref()),
+                            name,
+                        })
+                    })
+                    .collect();
+            }
+            Err(e) => tracing::warn!(db = %self.service, "cannot read user variables back: {e:?}"),
+        }
+    }
+
+    async fn prepare(&mut self, raw: &BytesMut, lp: &packet::Logical, seq: u8) -> Result<(), End> {
+        let sql = packet::payload(raw, lp)[1..].to_vec();
+        if let Err(e) = self.ensure_backend().await {
+            return self.client.send(seq, &e.packet()).await;
+        }
+        self.send_to_backend(raw).await;
+        match self.relay(Expect::Prepare, Some(sql)).await {
+            Ok(_) => Ok(()),
+            Err(e) => self.relay_failed(e, seq).await,
+        }
+    }
+
+    /// Commands that name a prepared statement: its virtual id is mapped to the backend's,
+    /// preparing it there first if this backend has not seen it.
+    async fn statement_command(
+        &mut self,
+        raw: &mut BytesMut,
+        lp: &packet::Logical,
+        seq: u8,
+        cmd: u8,
+    ) -> Result<(), End> {
+        let payload = packet::payload(raw, lp).into_owned();
+        let Some(id) = statement_id(&payload) else {
+            return self
+                .client
+                .send(
+                    seq,
+                    &SqlError::handshake("statement command without an id").packet(),
+                )
+                .await;
+        };
+        if self.stmts.get_mut(id).is_none() {
+            if cmd == COM_STMT_CLOSE || cmd == COM_STMT_SEND_LONG_DATA {
+                return Ok(()); // no answer is expected
+            }
+            return self
+                .client
+                .send(seq, &SqlError::unknown_statement(id).packet())
+                .await;
+        }
+        if cmd == COM_STMT_CLOSE {
+            let stmt = self.stmts.remove(id);
+            if let (Some(b), Some(bid)) = (self.backend.as_mut(), stmt.and_then(|s| s.backend_id)) {
+                let mut body = bid.to_le_bytes().to_vec();
+                body.truncate(4);
+                let _ = b.send(COM_STMT_CLOSE, &body).await;
+            }
+            return Ok(());
+        }
+        if let Err(e) = self.ensure_backend().await {
+            if cmd == COM_STMT_SEND_LONG_DATA {
+                return Ok(());
+            }
+            return self.client.send(seq, &e.packet()).await;
+        }
+        let backend_id = match self.ensure_prepared(id).await {
+            Ok(bid) => bid,
+            Err(e) => {
+                if cmd == COM_STMT_SEND_LONG_DATA {
+                    return Ok(());
+                }
+                return self.client.send(seq, &e.packet()).await;
+            }
+        };
+        let Some(stmt) = self.stmts.get_mut(id) else {
+            return Ok(());
+        };
+        let mut out: Option<Vec<u8>> = None;
+        if cmd == COM_STMT_EXECUTE {
+            if let Some(layout) = execute_layout(&payload, stmt.params) {
+                if let Some(types) = layout.types.clone() {
+                    stmt.types = payload.get(types).map(<[u8]>::to_vec);
+                    stmt.types_sent = true;
+                } else if !stmt.types_sent {
+                    if let Some(types) = &stmt.types {
+                        let mut p = bind_types(&payload, &layout, types);
+                        set_statement_id(&mut p, backend_id);
+                        stmt.types_sent = true;
+                        let mut framed = Vec::with_capacity(p.len() + HEADER_LEN);
+                        packet::write(&mut framed, &mut lp.seq.clone(), &p);
+                        out = Some(framed);
+                    }
+                }
+            }
+        }
+        let bytes: &[u8] = match &out {
+            Some(v) => v,
+            None => {
+                // The id sits in the first physical packet, right after the command byte.
+                if let Some(b) = raw.get_mut(HEADER_LEN + 1..HEADER_LEN + 5) {
+                    b.copy_from_slice(&backend_id.to_le_bytes());
+                }
+                raw
+            }
+        };
+        let Some(expect) = expect(cmd) else {
+            self.send_to_backend(bytes).await;
+            return Ok(());
+        };
+        let bytes = bytes.to_vec();
+        self.send_to_backend(&bytes).await;
+        match self.relay(expect, None).await {
+            Ok(r) => {
+                if cmd == COM_STMT_EXECUTE && r.status & caps::STATUS_CURSOR_EXISTS != 0 {
+                    self.state.cursors += 1;
+                } else if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)
+                    || cmd == COM_STMT_RESET
+                {
+                    self.state.cursors = self.state.cursors.saturating_sub(1);
+                }
+                Ok(())
+            }
+            Err(e) => self.relay_failed(e, seq).await,
+        }
+    }
+
+    /// The statement's id on the current backend, preparing it there if needed.
+    async fn ensure_prepared(&mut self, id: u32) -> Result<u32, SqlError> {
+        let Some(stmt) = self.stmts.get_mut(id) else {
+            return Err(SqlError::unknown_statement(id));
+        };
+        if let Some(bid) = stmt.backend_id {
+            return Ok(bid);
+        }
+        let sql = stmt.sql.clone();
+        let Some(b) = self.backend.as_mut() else {
+            return Err(SqlError::unavailable(&self.service, "no backend"));
+        };
+        let lost = |_| {
+            SqlError::unavailable(
+                &self.service,
+                "lost the backend while preparing a statement again",
+            )
+        };
+        b.send(COM_STMT_PREPARE, &sql).await.map_err(lost)?;
+        let mut t = Tracker::new(Expect::Prepare, b.caps & caps::DEPRECATE_EOF != 0);
+        loop {
+            let p = b.read_packet().await.map_err(lost)?;
+            if t.feed(&p) == Step::Done {
+                if p.first() == Some(&0xff) && t.prepare_ok.is_none() {
+                    return Err(match BackendError::server(&p) {
+                        BackendError::Server(e) => e,
+                        _ => SqlError::unavailable(
+                            &self.service,
+                            "statement cannot be prepared again",
+                        ),
+                    });
+                }
+                break;
+            }
+        }
+        let bid = t
+            .prepare_ok
+            .map(|p| p.statement_id)
+            .ok_or_else(|| SqlError::unavailable(&self.service, "bad prepare answer"))?;
+        if let Some(stmt) = self.stmts.get_mut(id) {
+            stmt.backend_id = Some(bid);
+        }
+        Ok(bid)
+    }
+
+    async fn change_user(
+        &mut self,
+        raw: &BytesMut,
+        lp: &packet::Logical,
+        seq: u8,
+    ) -> Result<(), End> {
+        let payload = packet::payload(raw, lp).into_owned();
+        let caps = self.client_caps();
+        let parsed = (|| {
+            let mut r = stratus_wire::lenenc::Reader::new(&payload[1..], "change user");
+            let user = r.nul_bytes()?.to_vec();
+            let auth = if caps & caps::SECURE_CONNECTION != 0 {
+                let n = r.u8()?;
+                r.bytes(usize::from(n))?.to_vec()
+            } else {
+                r.nul_bytes()?.to_vec()
+            };
+            let schema = if r.is_empty() {
+                Vec::new()
+            } else {
+                r.nul_bytes()?.to_vec()
+            };
+            let charset = if r.remaining() >= 2 {
+                Some(r.u16()? as u8)
+            } else {
+                None
+            };
+            let plugin = if caps & caps::PLUGIN_AUTH != 0 && !r.is_empty() {
+                Some(r.nul_bytes().map(<[u8]>::to_vec).unwrap_or_default())
+            } else {
+                None
+            };
+            Ok::<_, stratus_wire::Malformed>((user, auth, schema, charset, plugin))
+        })();
+        let Ok((user, mut reply, schema, charset, plugin)) = parsed else {
+            self.client
+                .send(
+                    seq,
+                    &SqlError::handshake("malformed COM_CHANGE_USER").packet(),
+                )
+                .await?;
+            return Err(End::Protocol);
+        };
+        let mut next = seq;
+        if plugin
+            .as_deref()
+            .is_some_and(|p| p != NATIVE_PLUGIN.as_bytes())
+        {
+            self.client
+                .send(next, &auth_switch_request(NATIVE_PLUGIN, &self.scramble))
+                .await?;
+            let lp = match self.client.read(64 * 1024).await {
+                Ok(Some(lp)) => lp,
+                _ => return Err(End::Client),
+            };
+            let raw = self.client.buf.split_to(lp.consumed);
+            reply = packet::payload(&raw, &lp).into_owned();
+            next = lp.last_seq.wrapping_add(1);
+        }
+        let host = self
+            .client
+            .stream
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let routed = std::str::from_utf8(&user)
+            .ok()
+            .and_then(|u| u.split_once('.'))
+            .map(|(s, u)| (s.to_owned(), u.to_owned()));
+        let verified = match &routed {
+            Some((svc, u)) => self
+                .proxy
+                .dir
+                .account(svc, u)
+                .await
+                .and_then(|s2| auth::verify(&s2, &self.scramble, &reply)),
+            None => None,
+        };
+        let (Some((service, user_name)), Some(stage1)) = (routed, verified) else {
+            self.client
+                .send(
+                    next,
+                    &SqlError::access_denied(&user, &host, !reply.is_empty()).packet(),
+                )
+                .await?;
+            return Err(End::Protocol);
+        };
+        // A new identity: a fresh session, on a backend connection made when first needed.
+        self.drop_backend();
+        self.release_pins();
+        self.state = SessionState::default();
+        self.state.schema =
+            (!schema.is_empty()).then(|| String::from_utf8_lossy(&schema).into_owned());
+        self.stmts.clear();
+        if service != self.service {
+            self.activity = ServiceSlot::take(self.proxy.activity.service(&service)).0;
+            self.service = service;
+        }
+        self.login.user = user_name.into_bytes();
+        self.login.stage1 = stage1;
+        if let Some(cs) = charset {
+            self.login.charset = cs;
+        }
+        self.client
+            .send(
+                next,
+                &response::ok(caps::STATUS_AUTOCOMMIT, 0, self.client_caps()),
+            )
+            .await
+    }
+
+    /// After `COM_RESET_CONNECTION` succeeded on the backend: the server forgot the session,
+    /// including the tracking Stratus asked for.
+    async fn after_reset(&mut self) {
+        self.release_pins();
+        self.state.reset();
+        self.stmts.clear();
+        if let Some(b) = self.backend.as_mut() {
+            if let Err(e) = b.query(BACKEND_TRACKING).await {
+                tracing::warn!(db = %self.service, "tracking setup after reset failed: {e:?}");
+                self.drop_backend();
+            }
+        }
+    }
+
+    /// Makes sure there is a backend connection, waking the database if it is not running, and
+    /// recreates the session on it.
+    async fn ensure_backend(&mut self) -> Result<(), SqlError> {
+        if self.backend.is_some() {
+            return Ok(());
+        }
+        let proxy = self.proxy.clone();
+        let dir = &proxy.dir;
+        let svc = self.service.clone();
+        let begin = Instant::now();
+        let deadline = self.proxy.cfg.wake_timeout;
+        let attempt = async {
+            let mut woke = false;
+            let mut addr = dir
+                .backend(&svc, false)
+                .await
+                .map_err(|m| SqlError::unavailable(&svc, &m))?;
+            for _ in 0..3 {
+                let a = match addr {
+                    Some(a) => a,
+                    None => {
+                        woke = true;
+                        dir.backend(&svc, true)
+                            .await
+                            .map_err(|m| SqlError::unavailable(&svc, &m))?
+                            .ok_or_else(|| SqlError::unavailable(&svc, "it did not start"))?
+                    }
+                };
+                match self.connect(a).await {
+                    Ok(()) => return Ok(woke),
+                    Err(BackendError::Server(e)) => return Err(e),
+                    // Stopped between lookup and connect: wake it.
+                    Err(_) => addr = None,
+                }
+            }
+            Err(SqlError::unavailable(&svc, "cannot connect to its server"))
+        };
+        let woke = match tokio::time::timeout(deadline, attempt).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(SqlError::unavailable(
+                    &svc,
+                    &format!("it did not wake within {deadline:?}"),
+                ));
+            }
+        };
+        if woke {
+            self.activity.wakes.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(db = %self.service, ms = begin.elapsed().as_millis() as u64, "woke database for a held client");
+        }
+        Ok(())
+    }
+
+    /// Opens a backend connection as the client's user and replays the session on it.
+    async fn connect(&mut self, addr: SocketAddr) -> Result<(), BackendError> {
+        let timeout = self.proxy.cfg.wake_timeout;
+        let mut b = match Backend::connect(addr, &self.login, self.state.schema.as_deref(), timeout)
+            .await
+        {
+            // The schema is gone (dropped meanwhile): continue without one, as the server would.
+            Err(BackendError::Server(e)) if e.code == 1049 && self.state.schema.is_some() => {
+                self.state.schema = None;
+                Backend::connect(addr, &self.login, None, timeout).await?
+            }
+            other => other?,
+        };
+        b.query(BACKEND_TRACKING).await?;
+        for (i, sql) in self.state.replay().into_iter().enumerate() {
+            if let Err(e) = b.query(&sql).await {
+                tracing::warn!(db = %self.service, "could not recreate session state ({sql}): {e:?}");
+                if i == 0 && !self.state.variables.is_empty() {
+                    // One bad variable must not cost the others.
+                    for one in self.state.replay_variables_one_by_one() {
+                        if let Err(e) = b.query(&one).await {
+                            tracing::warn!(db = %self.service, "could not recreate ({one}): {e:?}");
+                        }
+                    }
+                }
+            }
+        }
+        self.stmts.backend_changed();
+        self.backend = Some(b);
+        Ok(())
+    }
+
+    fn drop_backend(&mut self) {
+        self.backend = None;
+        // Whatever was pinned to that connection is gone with it.
+        self.state.in_transaction = false;
+        self.state.temp_tables = 0;
+        self.state.named_locks = 0;
+        self.state.table_locks = false;
+        self.state.handlers = 0;
+        self.state.xa = false;
+        self.state.cursors = 0;
+    }
+
+    async fn send_to_backend(&mut self, bytes: &[u8]) {
+        if let Some(b) = self.backend.as_mut() {
+            if b.stream.write_all(bytes).await.is_err() {
+                // Noticed when reading the answer.
+            }
+        }
+    }
+
+    /// Forwards a command and relays its answer; a lost backend is reported to the client.
+    async fn forward(&mut self, raw: &[u8], seq: u8, expect: Expect) -> Result<Relayed, End> {
+        self.forward_retrying(raw, seq, expect, false).await
+    }
+
+    /// Like `forward`; a statement that is safe to repeat is sent once more on a new backend
+    /// when the first one vanished before answering.
+    async fn forward_retrying(
+        &mut self,
+        raw: &[u8],
+        seq: u8,
+        expect: Expect,
+        retry_safe: bool,
+    ) -> Result<Relayed, End> {
+        for attempt in 0..2 {
+            if let Err(e) = self.ensure_backend().await {
+                self.client.send(seq, &e.packet()).await?;
+                return Ok(Relayed {
+                    error: Some(e.code),
+                    ..Relayed::default()
+                });
+            }
+            self.activity.running.fetch_add(1, Ordering::Relaxed);
+            self.send_to_backend(raw).await;
+            let result = self.relay(expect, None).await;
+            self.activity.running.fetch_sub(1, Ordering::Relaxed);
+            self.activity.statements.fetch_add(1, Ordering::Relaxed);
+            self.activity
+                .last_statement_ms
+                .store(now_ms(), Ordering::Relaxed);
+            match result {
+                Ok(r) => {
+                    if r.error.is_some() {
+                        self.activity.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(r);
+                }
+                Err(RelayError::LostBeforeAnswer) if attempt == 0 && retry_safe => {
+                    tracing::info!(db = %self.service, "backend lost before answering; retrying the statement");
+                    continue;
+                }
+                Err(e) => {
+                    self.relay_failed(e, seq).await?;
+                    return Ok(Relayed {
+                        error: Some(1927),
+                        ..Relayed::default()
+                    });
+                }
+            }
+        }
+        Ok(Relayed::default())
+    }
+
+    async fn relay_failed(&mut self, e: RelayError, seq: u8) -> Result<(), End> {
+        self.drop_backend();
+        match e {
+            RelayError::Client => Err(End::Client),
+            RelayError::LostMidway => Err(End::Protocol),
+            RelayError::LostBeforeAnswer => {
+                let err = SqlError {
+                    code: 1927,
+                    state: "70100",
+                    message: format!(
+                        "Connection to database {} was lost during the statement; it was not repeated",
+                        self.service
+                    ),
+                };
+                self.activity.errors.fetch_add(1, Ordering::Relaxed);
+                self.client.send(seq, &err.packet()).await
+            }
+        }
+    }
+
+    /// Relays the backend's answer to the client packet by packet as it arrives, learning
+    /// session state from OK packets and rewriting the few packets whose client view differs.
+    async fn relay(
+        &mut self,
+        expect: Expect,
+        prepared_sql: Option<Vec<u8>>,
+    ) -> Result<Relayed, RelayError> {
+        let client_caps = self.login.client_caps;
+        let Some(b) = self.backend.as_mut() else {
+            return Err(RelayError::LostBeforeAnswer);
+        };
+        let backend_caps = b.caps;
+        let mut t = Tracker::new(expect, backend_caps & caps::DEPRECATE_EOF != 0);
+        let mut pos = 0usize;
+        let mut forwarded = false;
+        let mut relayed = Relayed::default();
+        let mut prepared_sql = prepared_sql;
+        let rewrite_info = client_caps & caps::SESSION_TRACK == 0;
+        let mut tracking_touched = false;
+        loop {
+            while let Some(total) = packet::complete(&b.buf[pos..]) {
+                let start = pos;
+                pos += total;
+                let step = t.feed(&b.buf[start + HEADER_LEN..pos]);
+                if let (Some(ok), Some(sql)) = (t.prepare_ok, prepared_sql.take()) {
+                    let vid = self.stmts.add(sql, ok);
+                    b.buf[start + HEADER_LEN + 1..start + HEADER_LEN + 5]
+                        .copy_from_slice(&vid.to_le_bytes());
+                }
+                if t.last_was_ok && (t.state_changed || rewrite_info) {
+                    relayed.state_changed |= t.state_changed;
+                    let (replacement, touched) = learn_ok(
+                        &mut self.state,
+                        client_caps,
+                        backend_caps,
+                        &b.buf[start..pos],
+                    );
+                    tracking_touched |= touched;
+                    if let Some(new) = replacement {
+                        // Forward what came before, then the rewritten packet.
+                        self.client
+                            .stream
+                            .write_all(&b.buf[..start])
+                            .await
+                            .map_err(|_| RelayError::Client)?;
+                        self.client
+                            .stream
+                            .write_all(&new)
+                            .await
+                            .map_err(|_| RelayError::Client)?;
+                        b.buf.advance(pos);
+                        pos = 0;
+                        forwarded = true;
+                    }
+                }
+                match step {
+                    Step::More => {}
+                    Step::Done | Step::LocalInfile => {
+                        self.client
+                            .stream
+                            .write_all(&b.buf[..pos])
+                            .await
+                            .map_err(|_| RelayError::Client)?;
+                        b.buf.advance(pos);
+                        pos = 0;
+                        if step == Step::Done {
+                            relayed.status = t.status;
+                            relayed.error = t.error;
+                            self.state.in_transaction = t.status & caps::STATUS_IN_TRANS != 0;
+                            if tracking_touched {
+                                // The client changed session tracking; Stratus still needs all of it.
+                                if let Err(e) = b.query(BACKEND_TRACKING).await {
+                                    tracing::warn!("tracking setup failed: {e:?}");
+                                }
+                            }
+                            return Ok(relayed);
+                        }
+                        // LOCAL INFILE: the client sends the file, ending with an empty packet.
+                        forwarded = true;
+                        forward_infile(&mut self.client, b, self.proxy.cfg.max_packet).await?;
+                        t.infile_sent();
+                    }
+                }
+            }
+            if pos >= STREAM_CHUNK {
+                self.client
+                    .stream
+                    .write_all(&b.buf[..pos])
+                    .await
+                    .map_err(|_| RelayError::Client)?;
+                b.buf.advance(pos);
+                pos = 0;
+                forwarded = true;
+            }
+            if b.fill().await.is_err() {
+                return Err(if forwarded || pos > 0 {
+                    RelayError::LostMidway
+                } else {
+                    RelayError::LostBeforeAnswer
+                });
+            }
+        }
+    }
+
+    /// Tells the activity counters when this session's transaction or pin state changed.
+    fn report_state(&mut self) {
+        let in_trans = self.state.in_transaction;
+        if in_trans != self.in_trans_reported {
+            let c = &self.activity.in_transaction;
+            if in_trans {
+                c.fetch_add(1, Ordering::Relaxed)
+            } else {
+                c.fetch_sub(1, Ordering::Relaxed)
+            };
+            self.in_trans_reported = in_trans;
+        }
+        let pinned = self.state.pinned().is_some();
+        if pinned != self.pinned_reported {
+            let c = &self.activity.pinned;
+            if pinned {
+                c.fetch_add(1, Ordering::Relaxed)
+            } else {
+                c.fetch_sub(1, Ordering::Relaxed)
+            };
+            self.pinned_reported = pinned;
+        }
+    }
+
+    fn release_pins(&mut self) {
+        self.state.in_transaction = false;
+        let keep = (
+            self.state.temp_tables,
+            self.state.named_locks,
+            self.state.table_locks,
+            self.state.handlers,
+            self.state.xa,
+            self.state.cursors,
+        );
+        self.state.temp_tables = 0;
+        self.state.named_locks = 0;
+        self.state.table_locks = false;
+        self.state.handlers = 0;
+        self.state.xa = false;
+        self.state.cursors = 0;
+        self.report_state();
+        (
+            self.state.temp_tables,
+            self.state.named_locks,
+            self.state.table_locks,
+            self.state.handlers,
+            self.state.xa,
+            self.state.cursors,
+        ) = keep;
+    }
+}
+
+/// Learns the session changes of an OK packet (header included) and, when the client's view
+/// of it differs (it tracks less, or not at all), returns the packet to send instead. Also
+/// says whether the client touched its own tracking settings.
+fn learn_ok(
+    state: &mut SessionState,
+    client_caps: u64,
+    backend_caps: u64,
+    packet: &[u8],
+) -> (Option<Vec<u8>>, bool) {
+    let Some(&seq) = packet.get(3) else {
+        return (None, false);
+    };
+    let Ok(ok) = OkPacket::decode(&packet[HEADER_LEN..], backend_caps) else {
+        return (None, false);
+    };
+    let mut keep: Vec<Change<'_>> = Vec::new();
+    let mut dropped = false;
+    let mut touched = false;
+    if let Ok(changes) = response::changes(ok.session_state) {
+        for c in changes {
+            let wanted = match c.kind {
+                response::TRACK_SYSTEM_VARIABLES => match c.system_variable() {
+                    Some((n, v)) => {
+                        let name = String::from_utf8_lossy(n);
+                        touched |= name.to_ascii_lowercase().starts_with("session_track_");
+                        state.variable_changed(&name, &String::from_utf8_lossy(v))
+                    }
+                    None => false,
+                },
+                response::TRACK_SCHEMA => {
+                    if let Some(s) = c.text() {
+                        state.schema =
+                            (!s.is_empty()).then(|| String::from_utf8_lossy(s).into_owned());
+                    }
+                    state.tracking.schema
+                }
+                response::TRACK_STATE_CHANGE => state.tracking.state_change,
+                response::TRACK_TRANSACTION_CHARACTERISTICS | response::TRACK_TRANSACTION_STATE => {
+                    state.tracking.transaction_info
+                }
+                _ => false,
+            };
+            if wanted {
+                keep.push(c);
+            } else {
+                dropped = true;
+            }
+        }
+    }
+    let same_format = client_caps & caps::SESSION_TRACK != 0;
+    if same_format && !dropped {
+        return (None, touched);
+    }
+    let block = response::encode_changes(&keep);
+    let new = OkPacket {
+        session_state: &block,
+        ..ok.clone()
+    }
+    .encode(client_caps);
+    let mut out = Vec::with_capacity(new.len() + HEADER_LEN);
+    packet::write(&mut out, &mut { seq }, &new);
+    (Some(out), touched)
+}
+
+/// Relays a local file from the client to the backend, up to and including its empty packet.
+async fn forward_infile(
+    client: &mut ClientIo,
+    b: &mut Backend,
+    limit: usize,
+) -> Result<(), RelayError> {
+    loop {
+        let lp = match client.read(limit).await {
+            Ok(Some(lp)) => lp,
+            _ => return Err(RelayError::Client),
+        };
+        let chunk = client.buf.split_to(lp.consumed);
+        b.stream
+            .write_all(&chunk)
+            .await
+            .map_err(|_| RelayError::LostMidway)?;
+        if lp.consumed == HEADER_LEN {
+            return Ok(());
+        }
+    }
+}
+
+/// Resolves when an idle backend connection is closed by its server (or sends anything, which
+/// an idle server does only to say it is going away). Never resolves without a backend.
+async fn idle_backend_closed(backend: Option<&mut Backend>) {
+    let Some(b) = backend else {
+        return std::future::pending().await;
+    };
+    let mut probe = [0u8; 1];
+    loop {
+        if b.stream.readable().await.is_err() {
+            return;
+        }
+        match b.stream.try_read(&mut probe) {
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,109 @@
+//! Errors as clients see them: MariaDB error codes, SQL states and messages
+//! (<https://mariadb.com/kb/en/mariadb-error-code-reference/>). A client of the proxy never sees
+//! a Rust error string.
+
+use stratus_wire::response;
+
+/// An error the proxy itself answers a client with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlError {
+    pub code: u16,
+    pub state: &'static str,
+    pub message: String,
+}
+
+impl SqlError {
+    pub fn packet(&self) -> Vec<u8> {
+        response::err(self.code, self.state, &self.message)
+    }
+
+    pub fn access_denied(user: &[u8], host: &str, password: bool) -> Self {
+        Self {
+            code: 1045,
+            state: "28000",
+            message: format!(
+                "Access denied for user '{}'@'{host}' (using password: {})",
+                String::from_utf8_lossy(user),
+                if password { "YES" } else { "NO" }
+            ),
+        }
+    }
+
+    pub fn too_many_connections(scope: &str) -> Self {
+        Self {
+            code: 1040,
+            state: "08004",
+            message: format!("Too many connections ({scope})"),
+        }
+    }
+
+    pub fn packet_too_large(limit: usize) -> Self {
+        Self {
+            code: 1153,
+            state: "08S01",
+            message: format!("Got a packet bigger than 'max_allowed_packet' bytes ({limit})"),
+        }
+    }
+
+    pub fn unknown_command(cmd: u8) -> Self {
+        Self {
+            code: 1047,
+            state: "08S01",
+            message: format!("Unknown command 0x{cmd:02x}"),
+        }
+    }
+
+    pub fn not_allowed(what: &str) -> Self {
+        Self {
+            code: 1227,
+            state: "42000",
+            message: format!(
+                "Access denied; {what} is managed by Stratus and not available to clients"
+            ),
+        }
+    }
+
+    pub fn unsupported_plugin(plugin: &[u8]) -> Self {
+        Self {
+            code: 1251,
+            state: "08004",
+            message: format!(
+                "Client does not support authentication protocol requested by server; Stratus supports mysql_native_password, not {}",
+                String::from_utf8_lossy(plugin)
+            ),
+        }
+    }
+
+    pub fn unknown_statement(id: u32) -> Self {
+        Self {
+            code: 1243,
+            state: "HY000",
+            message: format!(
+                "Unknown prepared statement handler ({id}) given to mysqld_stmt_execute"
+            ),
+        }
+    }
+
+    /// The database could not be woken or reached.
+    pub fn unavailable(db: &str, why: &str) -> Self {
+        Self {
+            code: 1105,
+            state: "HY000",
+            message: format!("Stratus: database {db} is unavailable: {why}"),
+        }
+    }
+
+    pub fn handshake(why: &str) -> Self {
+        Self {
+            code: 1043,
+            state: "08S01",
+            message: format!("Bad handshake: {why}"),
+        }
+    }
+}
+
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ERROR {} ({}): {}", self.code, self.state, self.message)
+    }
+}

@@ -1,0 +1,117 @@
+//! The Stratus SQL proxy: every client talks only to it.
+//!
+//! It authenticates clients itself against the catalog (so it can answer while a database
+//! sleeps), routes `<service>.<user>` to that database, wakes a database that is not running when
+//! a statement arrives for it and holds the client meanwhile, and keeps each session's state so
+//! any new backend connection (after a wake, a crash, a move) continues it.
+//!
+//! * [`client`]: one client session, from greeting to `COM_QUIT`.
+//! * [`backend`]: connections to the databases' own servers.
+//! * [`session`]: the state that is replayed on a new backend connection.
+//! * [`activity`]: what the control plane is told about each database.
+
+pub mod activity;
+pub mod backend;
+pub mod client;
+pub mod error;
+mod prepared;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub use activity::{Activity, ActivitySnapshot};
+
+/// Where the proxy learns accounts and backend addresses: the control plane, in-process for
+/// `stratus up`.
+pub trait Directory: Send + Sync + 'static {
+    /// The stored `SHA1(SHA1(password))` of `user` on `service`, if that account exists.
+    fn account(&self, service: &str, user: &str) -> impl Future<Output = Option<[u8; 20]>> + Send;
+
+    /// The address of the service's server. With `wake`, starts it first if it is not running
+    /// (and many callers waking one database cause one start); without, `Ok(None)` when it is
+    /// not running. `Err` carries a message for the client.
+    fn backend(
+        &self,
+        service: &str,
+        wake: bool,
+    ) -> impl Future<Output = Result<Option<SocketAddr>, String>> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The version string clients are greeted with (the backends' own).
+    pub server_version: String,
+    pub max_connections: u64,
+    pub max_connections_per_service: u64,
+    /// A client must finish logging in within this.
+    pub handshake_timeout: Duration,
+    /// A statement waits at most this long for its database to wake.
+    pub wake_timeout: Duration,
+    /// Largest packet accepted from a client.
+    pub max_packet: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            server_version: "5.5.5-10.11.0-MariaDB".into(),
+            max_connections: 10_000,
+            max_connections_per_service: 2_000,
+            handshake_timeout: Duration::from_secs(10),
+            wake_timeout: Duration::from_secs(60),
+            max_packet: 1 << 30,
+        }
+    }
+}
+
+pub struct Proxy<D: Directory> {
+    pub(crate) cfg: ProxyConfig,
+    pub(crate) dir: D,
+    pub activity: Activity,
+    pub(crate) connections: AtomicU64,
+    next_id: AtomicU32,
+}
+
+impl<D: Directory> Proxy<D> {
+    pub fn new(cfg: ProxyConfig, dir: D) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            dir,
+            activity: Activity::default(),
+            connections: AtomicU64::new(0),
+            next_id: AtomicU32::new(1),
+        })
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn connection_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Accepts clients until the listener fails; each session runs in its own task, and one
+    /// client's failure never touches another's.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { client::run(me, stream, peer).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving the
+                    // sessions already open.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! What a client's session holds beyond its backend connection, so it can be recreated on any
+//! new backend connection (after a wake, a crash, a move): current schema, session system
+//! variables, user variables, text prepared statements; and what pins it to its backend.
+//!
+//! System variables and the schema are learnt from the backend's session tracking
+//! (<https://mariadb.com/kb/en/session-tracking/>), which sees changes the lexer cannot (inside
+//! procedures, `init_connect`); user variables are read back from
+//! `information_schema.USER_VARIABLES` after a statement that assigns them.
+
+use stratus_wire::classify::Pin;
+
+/// The tracking Stratus asks of every backend connection.
+pub const BACKEND_TRACKING: &str = "SET session_track_system_variables='*', session_track_schema=ON, \
+     session_track_state_change=ON, session_track_transaction_info='CHARACTERISTICS'";
+
+/// Variables that describe one statement or transaction, or that the server maintains itself
+/// (read-only): tracked, never replayed.
+const NOT_REPLAYED: &[&str] = &[
+    "insert_id",
+    "last_insert_id",
+    "rand_seed1",
+    "rand_seed2",
+    "gtid_seq_no",
+    "pseudo_thread_id",
+    "last_gtid",
+];
+
+/// The client's own view of session tracking: what it would get from a server it talked to
+/// directly. Entries beyond it, which exist because Stratus tracks everything, are filtered out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTracking {
+    /// `None`: `*`.
+    pub variables: Option<Vec<String>>,
+    pub schema: bool,
+    pub state_change: bool,
+    pub transaction_info: bool,
+}
+
+impl Default for ClientTracking {
+    /// MariaDB 10.11's defaults.
+    fn default() -> Self {
+        Self {
+            variables: Some(
+                [
+                    "autocommit",
+                    "character_set_client",
+                    "character_set_connection",
+                    "character_set_results",
+                    "time_zone",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            schema: true,
+            state_change: false,
+            transaction_info: false,
+        }
+    }
+}
+
+impl ClientTracking {
+    pub fn wants_variable(&self, name: &str) -> bool {
+        match &self.variables {
+            None => true,
+            Some(list) => list.iter().any(|v| v.eq_ignore_ascii_case(name)),
+        }
+    }
+
+    /// Learns a change of the client's own tracking settings.
+    fn learn(&mut self, name: &str, value: &str) {
+        let on = |v: &str| v.eq_ignore_ascii_case("ON") || v == "1";
+        match name {
+            "session_track_system_variables" => {
+                self.variables = if value.trim() == "*" {
+                    None
+                } else {
+                    Some(
+                        value
+                            .split(',')
+                            .map(|s| s.trim().to_ascii_lowercase())
+                            .filter(|s| !s.is_empty())
+                            .collect(),
+                    )
+                };
+            }
+            "session_track_schema" => self.schema = on(value),
+            "session_track_state_change" => self.state_change = on(value),
+            "session_track_transaction_info" => {
+                self.transaction_info = !value.eq_ignore_ascii_case("OFF")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A user variable with its value as an SQL literal that recreates it with the same type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserVar {
+    pub name: String,
+    pub literal: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionState {
+    pub schema: Option<String>,
+    /// Session system variables changed by the client, in the order last changed.
+    pub variables: Vec<(String, String)>,
+    pub user_vars: Vec<UserVar>,
+    /// Text prepared statements: name and the `PREPARE` statement that made it.
+    pub text_prepared: Vec<(String, String)>,
+    pub tracking: ClientTracking,
+    pub in_transaction: bool,
+    pub temp_tables: u32,
+    pub named_locks: u32,
+    pub table_locks: bool,
+    pub handlers: u32,
+    pub xa: bool,
+    pub cursors: u32,
+}
+
+impl SessionState {
+    /// Why the session cannot move to another backend connection right now, if it cannot.
+    pub fn pinned(&self) -> Option<&'static str> {
+        if self.in_transaction {
+            Some("open transaction")
+        } else if self.temp_tables > 0 {
+            Some("temporary tables")
+        } else if self.named_locks > 0 {
+            Some("named locks (GET_LOCK)")
+        } else if self.table_locks {
+            Some("LOCK TABLES")
+        } else if self.handlers > 0 {
+            Some("open HANDLER")
+        } else if self.xa {
+            Some("XA transaction")
+        } else if self.cursors > 0 {
+            Some("open cursor")
+        } else {
+            None
+        }
+    }
+
+    pub fn pin(&mut self, p: Pin) {
+        match p {
+            Pin::TempTable => self.temp_tables += 1,
+            Pin::NamedLock => self.named_locks += 1,
+            Pin::TableLock => self.table_locks = true,
+            Pin::Handler => self.handlers += 1,
+            Pin::Xa => self.xa = true,
+        }
+    }
+
+    pub fn unpin(&mut self, p: Pin) {
+        match p {
+            Pin::TempTable => self.temp_tables = self.temp_tables.saturating_sub(1),
+            Pin::NamedLock => self.named_locks = self.named_locks.saturating_sub(1),
+            Pin::TableLock => self.table_locks = false,
+            Pin::Handler => self.handlers = self.handlers.saturating_sub(1),
+            Pin::Xa => self.xa = false,
+        }
+    }
+
+    /// Records a tracked system variable change; returns whether the client's own view of
+    /// tracking includes it.
+    pub fn variable_changed(&mut self, name: &str, value: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        if name.starts_with("session_track_") {
+            self.tracking.learn(&name, value);
+            return true;
+        }
+        let wanted = self.tracking.wants_variable(&name);
+        if NOT_REPLAYED.contains(&name.as_str()) {
+            return wanted;
+        }
+        self.variables.retain(|(n, _)| *n != name);
+        self.variables.push((name, value.to_owned()));
+        wanted
+    }
+
+    /// Everything reset (`COM_RESET_CONNECTION`, `COM_CHANGE_USER`), the schema kept.
+    pub fn reset(&mut self) {
+        *self = Self {
+            schema: self.schema.take(),
+            ..Self::default()
+        };
+    }
+
+    /// Statements that recreate this state on a fresh backend connection (after tracking is set
+    /// up and the schema selected at login).
+    /// Each system variable alone, for when the combined statement of [`replay`](Self::replay)
+    /// fails and the variables that can still be set should be.
+    pub fn replay_variables_one_by_one(&self) -> Vec<String> {
+        self.variables
+            .iter()
+            .map(|(n, v)| format!("SET SESSION `{n}` = {}", variable_literal(n, v)))
+            .collect()
+    }
+
+    pub fn replay(&self) -> Vec<String> {
+        // The client's own tracking settings are not replayed: the backend always tracks
+        // everything, and `tracking` filters what the client is shown.
+        let mut out = Vec::new();
+        if !self.variables.is_empty() {
+            let vars: Vec<String> = self
+                .variables
+                .iter()
+                .map(|(n, v)| format!("SESSION `{n}` = {}", variable_literal(n, v)))
+                .collect();
+            out.push(format!("SET {}", vars.join(", ")));
+        }
+        if !self.user_vars.is_empty() {
+            let sets: Vec<String> = self
+                .user_vars
+                .iter()
+                .map(|u| format!("@`{}` = {}", u.name.replace('`', "``"), u.literal))
+                .collect();
+            out.push(format!("SET {}", sets.join(", ")));
+        }
+        out.extend(self.text_prepared.iter().map(|(_, sql)| sql.clone()));
+        out
+    }
+}
+
+/// A tracked value as an SQL literal: numbers bare, `NULL` for the character-set variables a
+/// client set to NULL (tracked as empty), everything else a quoted string.
+fn variable_literal(name: &str, value: &str) -> String {
+    if value.is_empty() && name.starts_with("character_set_") {
+        return "NULL".into();
+    }
+    let numeric = !value.is_empty()
+        && value
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_digit() || b == b'.' || (i == 0 && b == b'-'))
+        && value.bytes().filter(|&b| b == b'.').count() <= 1
+        && value != "-";
+    if numeric {
+        value.to_owned()
+    } else {
+        quote(value)
+    }
+}
+
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The literal that recreates a user variable from a row of `information_schema.USER_VARIABLES`.
+pub fn user_var_literal(value: Option<&[u8]>, ty: &str, charset: Option<&str>) -> String {
+    let Some(value) = value else {
+        return "NULL".into();
+    };
+    let text = String::from_utf8_lossy(value);
+    match ty {
+        "INT" if text.parse::<i128>().is_ok() => text.into_owned(),
+        "DECIMAL"
+            if text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') =>
+        {
+            text.into_owned()
+        }
+        "DOUBLE" if text.parse::<f64>().is_ok() => format!("CAST({} AS DOUBLE)", quote(&text)),
+        _ => {
+            let hex: String = value.iter().map(|b| format!("{b:02X}")).collect();
+            match charset {
+                Some(cs)
+                    if cs != "binary"
+                        && cs.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                {
+                    format!("_{cs} X'{hex}'")
+                }
+                _ => format!("X'{hex}'"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_recreates_variables_in_order() {
+        let mut s = SessionState::default();
+        s.variable_changed("sql_mode", "ANSI_QUOTES");
+        s.variable_changed("sort_buffer_size", "262144");
+        s.variable_changed("SQL_MODE", "STRICT_ALL_TABLES");
+        s.variable_changed("character_set_results", "");
+        s.variable_changed("insert_id", "5");
+        s.user_vars.push(UserVar {
+            name: "a".into(),
+            literal: "1".into(),
+        });
+        s.text_prepared
+            .push(("s1".into(), "PREPARE s1 FROM 'SELECT 1'".into()));
+        assert_eq!(
+            s.replay(),
+            [
+                "SET SESSION `sort_buffer_size` = 262144, SESSION `sql_mode` = 'STRICT_ALL_TABLES', SESSION `character_set_results` = NULL",
+                "SET @`a` = 1",
+                "PREPARE s1 FROM 'SELECT 1'",
+            ]
+        );
+    }
+
+    #[test]
+    fn client_tracking_view() {
+        let mut s = SessionState::default();
+        assert!(s.variable_changed("autocommit", "OFF"));
+        assert!(!s.variable_changed("sort_buffer_size", "1"));
+        s.variable_changed("session_track_system_variables", "*");
+        assert!(s.variable_changed("sort_buffer_size", "2"));
+        assert!(
+            s.variables
+                .iter()
+                .all(|(n, _)| !n.starts_with("session_track"))
+        );
+    }
+
+    #[test]
+    fn pins() {
+        let mut s = SessionState::default();
+        assert_eq!(s.pinned(), None);
+        s.pin(Pin::TempTable);
+        assert_eq!(s.pinned(), Some("temporary tables"));
+        s.unpin(Pin::TempTable);
+        s.in_transaction = true;
+        assert_eq!(s.pinned(), Some("open transaction"));
+    }
+
+    #[test]
+    fn user_var_literals() {
+        assert_eq!(user_var_literal(Some(b"1"), "INT", Some("latin1")), "1");
+        assert_eq!(user_var_literal(Some(b"1.5"), "DECIMAL", None), "1.5");
+        assert_eq!(
+            user_var_literal(Some(b"2000"), "DOUBLE", None),
+            "CAST('2000' AS DOUBLE)"
+        );
+        assert_eq!(
+            user_var_literal(Some(b"x'"), "VARCHAR", Some("utf8mb4")),
+            "_utf8mb4 X'7827'"
+        );
+        assert_eq!(user_var_literal(None, "VARCHAR", Some("binary")), "NULL");
+        assert_eq!(
+            user_var_literal(Some(b"\x00"), "VARCHAR", Some("binary")),
+            "X'00'"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Command bytes (<https://mariadb.com/kb/en/2-text-protocol/>) and the prepared-statement
+//! packets whose statement ids the proxy rewrites
+//! (<https://mariadb.com/kb/en/com_stmt_execute/>).
+
+use crate::tracker::Expect;
+
+pub const COM_SLEEP: u8 = 0x00;
+pub const COM_QUIT: u8 = 0x01;
+pub const COM_INIT_DB: u8 = 0x02;
+pub const COM_QUERY: u8 = 0x03;
+pub const COM_FIELD_LIST: u8 = 0x04;
+pub const COM_CREATE_DB: u8 = 0x05;
+pub const COM_DROP_DB: u8 = 0x06;
+pub const COM_REFRESH: u8 = 0x07;
+pub const COM_SHUTDOWN: u8 = 0x08;
+pub const COM_STATISTICS: u8 = 0x09;
+pub const COM_PROCESS_INFO: u8 = 0x0a;
+pub const COM_CONNECT: u8 = 0x0b;
+pub const COM_PROCESS_KILL: u8 = 0x0c;
+pub const COM_DEBUG: u8 = 0x0d;
+pub const COM_PING: u8 = 0x0e;
+pub const COM_TIME: u8 = 0x0f;
+pub const COM_DELAYED_INSERT: u8 = 0x10;
+pub const COM_CHANGE_USER: u8 = 0x11;
+pub const COM_BINLOG_DUMP: u8 = 0x12;
+pub const COM_TABLE_DUMP: u8 = 0x13;
+pub const COM_CONNECT_OUT: u8 = 0x14;
+pub const COM_REGISTER_SLAVE: u8 = 0x15;
+pub const COM_STMT_PREPARE: u8 = 0x16;
+pub const COM_STMT_EXECUTE: u8 = 0x17;
+pub const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+pub const COM_STMT_CLOSE: u8 = 0x19;
+pub const COM_STMT_RESET: u8 = 0x1a;
+pub const COM_SET_OPTION: u8 = 0x1b;
+pub const COM_STMT_FETCH: u8 = 0x1c;
+pub const COM_DAEMON: u8 = 0x1d;
+pub const COM_BINLOG_DUMP_GTID: u8 = 0x1e;
+pub const COM_RESET_CONNECTION: u8 = 0x1f;
+
+/// How a relayed command is answered; `None` for commands with no answer.
+pub fn expect(command: u8) -> Option<Expect> {
+    match command {
+        COM_QUERY => Some(Expect::ResultSets { binary: false }),
+        COM_STMT_EXECUTE => Some(Expect::ResultSets { binary: true }),
+        COM_STMT_PREPARE => Some(Expect::Prepare),
+        COM_STMT_FETCH => Some(Expect::Fetch),
+        COM_FIELD_LIST => Some(Expect::FieldList),
+        COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA | COM_QUIT => None,
+        COM_PROCESS_INFO => Some(Expect::ResultSets { binary: false }),
+        _ => Some(Expect::One),
+    }
+}
+
+/// The statement id of `COM_STMT_EXECUTE/SEND_LONG_DATA/CLOSE/RESET/FETCH` (bytes 1..5).
+pub fn statement_id(payload: &[u8]) -> Option<u32> {
+    payload
+        .get(1..5)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Replaces the statement id in place.
+pub fn set_statement_id(payload: &mut [u8], id: u32) {
+    if let Some(b) = payload.get_mut(1..5) {
+        b.copy_from_slice(&id.to_le_bytes());
+    }
+}
+
+/// `COM_STMT_EXECUTE`: where the parameter block sits, for parameter type bookkeeping.
+/// Layout: command, id (4), flags (1), iteration count (4), then for `params > 0`: NULL bitmap
+/// of `(params + 7) / 8` bytes, `new_params_bound` (1), types (2 per param) if bound, values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecuteLayout {
+    pub null_bitmap: std::ops::Range<usize>,
+    /// Offset of the `new_params_bound` byte.
+    pub bound_flag: usize,
+    pub new_params_bound: bool,
+    /// Parameter types, when bound.
+    pub types: Option<std::ops::Range<usize>>,
+}
+
+pub fn execute_layout(payload: &[u8], params: u16) -> Option<ExecuteLayout> {
+    if params == 0 {
+        return None;
+    }
+    let bitmap_len = usize::from(params).div_ceil(8);
+    let null_bitmap = 10..10 + bitmap_len;
+    let bound_flag = null_bitmap.end;
+    let bound = *payload.get(bound_flag)? == 1;
+    let types = if bound {
+        let r = bound_flag + 1..bound_flag + 1 + 2 * usize::from(params);
+        if payload.len() < r.end {
+            return None;
+        }
+        Some(r)
+    } else {
+        None
+    };
+    Some(ExecuteLayout {
+        null_bitmap,
+        bound_flag,
+        new_params_bound: bound,
+        types,
+    })
+}
+
+/// Rewrites an execute that relies on types bound by an earlier execute (on another backend
+/// connection) so that it carries them: sets `new_params_bound` and inserts `types`.
+pub fn bind_types(payload: &[u8], layout: &ExecuteLayout, types: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + types.len());
+    out.extend_from_slice(&payload[..layout.bound_flag]);
+    out.push(1);
+    out.extend_from_slice(types);
+    out.extend_from_slice(&payload[layout.bound_flag + 1..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execute_layout_and_binding() {
+        // id 5, flags 0, iterations 1, 2 params: bitmap 1 byte, bound, types, values.
+        let mut p = vec![
+            COM_STMT_EXECUTE,
+            5,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0b00,
+            1,
+            3,
+            0,
+            253,
+            0,
+        ];
+        p.extend_from_slice(&[7, 0, 0, 0, 1, b'x']);
+        let l = execute_layout(&p, 2).unwrap();
+        assert!(l.new_params_bound);
+        assert_eq!(&p[l.types.clone().unwrap()], &[3, 0, 253, 0]);
+        assert_eq!(statement_id(&p), Some(5));
+        set_statement_id(&mut p, 9);
+        assert_eq!(statement_id(&p), Some(9));
+
+        // The same execute without types, then re-bound.
+        let unbound = [&p[..11], &[0u8], &p[16..]].concat();
+        let l2 = execute_layout(&unbound, 2).unwrap();
+        assert!(!l2.new_params_bound);
+        assert_eq!(bind_types(&unbound, &l2, &[3, 0, 253, 0]), p);
+        assert!(execute_layout(&[COM_STMT_EXECUTE], 3).is_none());
+    }
+}

@@ -1,0 +1,215 @@
+//! Clients through the proxy: routing, authentication at the proxy, and sessions that survive
+//! their database being parked under them.
+
+mod common;
+
+use common::Stratus;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use std::process::Command;
+
+fn opts(s: &Stratus, user: &str, password: &str, db: Option<&str>) -> OptsBuilder {
+    let (host, port) = s.listen.split_once(':').unwrap();
+    OptsBuilder::default()
+        .ip_or_hostname(host.to_owned())
+        .tcp_port(port.parse().unwrap())
+        .user(Some(user.to_owned()))
+        .pass(Some(password.to_owned()))
+        .db_name(db.map(str::to_owned))
+        .prefer_socket(false)
+}
+
+fn created(s: &Stratus, name: &str) -> (String, String) {
+    let c = s.json(&["db", "create", name]);
+    assert_eq!(
+        c["port"].as_u64().unwrap().to_string(),
+        s.listen.split_once(':').unwrap().1,
+        "create hands out the proxy"
+    );
+    (
+        c["user"].as_str().unwrap().to_owned(),
+        c["password"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// sql_mode, sort_buffer_size, three user variables, the current schema.
+type SessionRow = (String, u64, String, u64, String, Option<String>, String);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_state_survives_park_and_wake() {
+    let mut s = Stratus::new("held");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    assert_eq!(user, "shop.admin");
+    let mut conn = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    conn.query_drop("CREATE DATABASE other").await.unwrap();
+    conn.query_drop("CREATE TABLE other.t (id INT PRIMARY KEY, v VARCHAR(10))")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO other.t VALUES (1, 'a'), (2, 'b')")
+        .await
+        .unwrap();
+    conn.query_drop("USE other").await.unwrap();
+    conn.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES', SESSION sort_buffer_size = 1048576")
+        .await
+        .unwrap();
+    conn.query_drop("SET @greeting = 'hello', @answer = 42, @ratio = 1.5, @nothing = NULL")
+        .await
+        .unwrap();
+    conn.query_drop("PREPARE text_stmt FROM 'SELECT v FROM t WHERE id = ?'")
+        .await
+        .unwrap();
+    let stmt = conn.prep("SELECT v FROM t WHERE id = ?").await.unwrap();
+    let v: Option<String> = conn.exec_first(&stmt, (1,)).await.unwrap();
+    assert_eq!(v.as_deref(), Some("a"));
+    let pid_before = s.json(&["db", "show", "shop"])["pid"].as_u64().unwrap();
+
+    let parked = s.json(&["db", "park", "shop"]);
+    assert_eq!(parked["state"], "parked");
+    assert!(parked["pid"].is_null());
+
+    // Same connection, no reconnect: the statement wakes the database and finds its session.
+    let row: Option<SessionRow> = conn
+        .query_first("SELECT @@sql_mode, @@sort_buffer_size, @greeting, @answer, CAST(@ratio AS CHAR), @nothing, DATABASE()")
+        .await
+        .unwrap();
+    assert_eq!(
+        row.unwrap(),
+        (
+            "ANSI_QUOTES".into(),
+            1_048_576,
+            "hello".into(),
+            42,
+            "1.5".into(),
+            None,
+            "other".into()
+        )
+    );
+    let v: Option<String> = conn.exec_first(&stmt, (2,)).await.unwrap();
+    assert_eq!(
+        v.as_deref(),
+        Some("b"),
+        "the prepared statement works on the new server"
+    );
+    conn.query_drop("SET @id = 1").await.unwrap();
+    let v: Option<String> = conn
+        .query_first("EXECUTE text_stmt USING @id")
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("a"), "text PREPARE survived too");
+    let shown = s.json(&["db", "show", "shop"]);
+    assert_eq!(shown["state"], "active");
+    assert_ne!(shown["pid"].as_u64().unwrap(), pid_before, "a new mariadbd");
+    s.wait_for_event("shop", "woken", std::time::Duration::from_secs(5));
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_connection_wakes_a_parked_database() {
+    let mut s = Stratus::new("wake");
+    s.start();
+    let (user, pw) = created(&s, "app");
+    s.json(&["db", "park", "app"]);
+    // Logging in needs no running server; the first statement wakes it.
+    let mut conn = Conn::new(opts(&s, &user, &pw, Some("app"))).await.unwrap();
+    let one: Option<u32> = conn.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    let woken = s.wait_for_event("app", "woken", std::time::Duration::from_secs(5));
+    assert!(woken["data"]["resume_ms"].is_number());
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_get_the_servers_own_denial() {
+    let mut s = Stratus::new("deny");
+    s.start();
+    let (user, pw) = created(&s, "vault");
+    for (u, p) in [
+        (user.as_str(), "wrong"),
+        ("nosuch.admin", pw.as_str()),
+        ("vault.nobody", pw.as_str()),
+        ("admin", pw.as_str()),
+    ] {
+        let err = Conn::new(opts(&s, u, p, None)).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("1045") && msg.contains(&format!("Access denied for user '{u}'")),
+            "{u}: {msg}"
+        );
+    }
+    // The stratus_admin account is not reachable through the proxy.
+    let err = Conn::new(opts(&s, "vault.stratus_admin", "x", None))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1045"));
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distribution_clients_work_unchanged() {
+    let mut s = Stratus::new("clients");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let (host, port) = s.listen.split_once(':').unwrap();
+    let base = [
+        "--protocol=tcp".to_owned(),
+        format!("-h{host}"),
+        format!("-P{port}"),
+        format!("-u{user}"),
+        format!("-p{pw}"),
+    ];
+    let run = |prog: &str, extra: &[&str]| {
+        let out = Command::new(prog).args(&base).args(extra).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{prog} {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(
+        "mariadb",
+        &[
+            "shop",
+            "-e",
+            "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1,'x'),(2,'y');\n\
+             DELIMITER $$\nCREATE PROCEDURE p() BEGIN SELECT 1; SELECT 2; END$$",
+        ],
+    );
+    assert_eq!(
+        run("mariadb", &["-N", "-B", "shop", "-e", "CALL p()"]),
+        "1\n2\n",
+        "multi-result sets"
+    );
+    let dump = run(
+        "mariadb-dump",
+        &["--single-transaction", "--routines", "shop"],
+    );
+    assert!(
+        dump.contains("INSERT INTO `t` VALUES") && dump.contains("CREATE DEFINER"),
+        "{dump}"
+    );
+    // And the dump loads back through the proxy.
+    run("mariadb", &["-e", "CREATE DATABASE copy"]);
+    let out = Command::new("mariadb")
+        .args(&base)
+        .arg("copy")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(dump.as_bytes())?;
+            c.wait_with_output()
+        });
+    assert!(out.unwrap().status.success());
+    assert_eq!(
+        run(
+            "mariadb",
+            &["-N", "-B", "copy", "-e", "SELECT COUNT(*) FROM t"]
+        ),
+        "2\n"
+    );
+    s.stop();
+}
