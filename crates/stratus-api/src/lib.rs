@@ -8,4 +8,4 @@ pub mod server;
 pub mod types;
 
 pub use client::{ApiClient, ClientError};
-pub use server::{ServerInfo, router};
+pub use server::{MetricsSource, ServerInfo, router};

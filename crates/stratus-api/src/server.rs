@@ -11,6 +11,7 @@
 //! | GET / POST | `/v1/databases/{name}/users` | [`CreateUserRequest`] → `CreatedUser` (201) |
 //! | DELETE | `/v1/databases/{name}/users/{user}` | → 204 |
 //! | GET | `/v1/events?db=&after=&limit=` | → `[EventView]` |
+//! | GET | `/metrics` | Prometheus text: per database size and state, proxy figures |
 
 use crate::types::*;
 use axum::extract::rejection::JsonRejection;
@@ -35,9 +36,13 @@ pub struct ServerInfo {
     pub sql_listen: String,
 }
 
+/// Renders the data plane's metrics (the proxy's) in Prometheus text format.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
 struct AppState<S: Store, R: Runtime> {
     cp: Arc<ControlPlane<S, R>>,
     info: ServerInfo,
+    metrics: MetricsSource,
 }
 
 type Shared<S, R> = State<Arc<AppState<S, R>>>;
@@ -102,9 +107,14 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub fn router<S: Store, R: Runtime>(cp: Arc<ControlPlane<S, R>>, info: ServerInfo) -> Router {
-    let state = Arc::new(AppState { cp, info });
+pub fn router<S: Store, R: Runtime>(
+    cp: Arc<ControlPlane<S, R>>,
+    info: ServerInfo,
+    metrics: MetricsSource,
+) -> Router {
+    let state = Arc::new(AppState { cp, info, metrics });
     Router::new()
+        .route("/metrics", get(metrics_text::<S, R>))
         .route("/v1/status", get(status::<S, R>))
         .route("/v1/databases", get(list::<S, R>).post(create::<S, R>))
         .route(
@@ -156,6 +166,45 @@ async fn status<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResult<Json
         databases: services.len(),
         databases_by_state: by_state,
     }))
+}
+
+async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResult<Response> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let services = st.cp.store().services().await?;
+    let _ = writeln!(
+        out,
+        "# HELP stratus_database_scu Current size in SCU.\n# TYPE stratus_database_scu gauge"
+    );
+    for svc in &services {
+        let _ = writeln!(
+            out,
+            "stratus_database_scu{{db=\"{}\"}} {}",
+            svc.name(),
+            svc.scu
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP stratus_database_state 1 for the state each database is in.\n# TYPE stratus_database_state gauge"
+    );
+    for svc in &services {
+        let _ = writeln!(
+            out,
+            "stratus_database_state{{db=\"{}\",state=\"{}\"}} 1",
+            svc.name(),
+            svc.state
+        );
+    }
+    out.push_str(&(st.metrics)());
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response())
 }
 
 async fn list<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResult<Json<Vec<DatabaseView>>> {

@@ -8,12 +8,16 @@ use stratus_runtime::Runtime;
 use stratus_store::Store;
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
-    /// The stored `SHA1(SHA1(password))` of a routed user.
-    pub async fn account_hash(&self, service: &str, user: &str) -> Option<[u8; 20]> {
+    /// The stored `SHA1(SHA1(password))` of a routed user, and whether its database requires TLS.
+    pub async fn account_hash(&self, service: &str, user: &str) -> Option<([u8; 20], bool)> {
         let service = ServiceName::parse(service).ok()?;
         let user = UserName::parse(user).ok()?;
+        let svc = self.store.service(&service).await.ok()??;
         let users = self.store.users(&service).await.ok()?;
-        users.into_iter().find(|u| u.name == user).map(|u| u.hash.0)
+        users
+            .into_iter()
+            .find(|u| u.name == user)
+            .map(|u| (u.hash.0, svc.require_tls))
     }
 
     /// The server's address if it runs; with `wake`, starts it first (one start however many

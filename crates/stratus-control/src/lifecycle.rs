@@ -34,6 +34,9 @@ pub struct CreateRequest {
     /// The owner's password; generated when unset.
     #[serde(default)]
     pub password: Option<String>,
+    /// Refuse clients that do not use TLS.
+    #[serde(default)]
+    pub require_tls: Option<bool>,
 }
 
 /// The owner account every database gets unless the request names another.
@@ -68,6 +71,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             state: DbState::Provisioning,
             port: 0,
             admin_password: random_password(),
+            require_tls: req.require_tls.unwrap_or(false),
             created_at_ms: now,
             updated_at_ms: now,
         };
@@ -168,6 +172,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             min_scu: svc.spec.min_scu,
             max_scu: svc.spec.max_scu,
             storage_gb: svc.spec.storage_gb,
+            require_tls: svc.require_tls,
             host,
             port,
             database: svc.name().to_string(),

@@ -12,6 +12,9 @@ pub struct DatabaseView {
     pub min_scu: u32,
     pub max_scu: u32,
     pub storage_gb: u32,
+    /// Clients must use TLS.
+    #[serde(default)]
+    pub require_tls: bool,
     /// Where clients connect.
     pub host: String,
     pub port: u16,

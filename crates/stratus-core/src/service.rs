@@ -172,6 +172,8 @@ pub struct DatabaseService {
     pub port: u16,
     /// Password of Stratus's own `stratus_admin` account on this database.
     pub admin_password: String,
+    /// Clients must connect with TLS (`require_secure_transport` for this database).
+    pub require_tls: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }

@@ -17,6 +17,51 @@ pub struct ServiceActivity {
     pub statements: AtomicU64,
     pub errors: AtomicU64,
     pub wakes: AtomicU64,
+    /// Statement latency as the client sees it, wake time included.
+    pub latency: Histogram,
+    /// Time a held client waited for its database to wake.
+    pub wake_latency: Histogram,
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+pub const BUCKETS_US: [u64; 15] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A fixed-bucket histogram of atomics: observing takes no lock, which matters on the
+/// per-statement path (a mutex-based one would serialise every session of a database).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        if let Some(i) = BUCKETS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket (as Prometheus wants them), total count, and sum in µs.
+    pub fn cumulative(&self) -> ([u64; BUCKETS_US.len()], u64, u64) {
+        let mut out = [0u64; BUCKETS_US.len()];
+        let mut acc = 0;
+        for (o, b) in out.iter_mut().zip(&self.buckets) {
+            acc += b.load(Ordering::Relaxed);
+            *o = acc;
+        }
+        (
+            out,
+            self.count.load(Ordering::Relaxed),
+            self.sum_us.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// A point-in-time copy, for the API and the lifecycle controller.
@@ -64,10 +109,123 @@ impl Activity {
         map.get(name).map(|a| a.snapshot()).unwrap_or_default()
     }
 
-    pub fn all(&self) -> Vec<(String, ActivitySnapshot)> {
+    /// Every database the proxy has seen, sorted by name.
+    pub fn all(&self) -> Vec<(String, Arc<ServiceActivity>)> {
         let map = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = map.iter().map(|(k, a)| (k.clone(), a.snapshot())).collect();
+        let mut v: Vec<_> = map.iter().map(|(k, a)| (k.clone(), a.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The Prometheus text exposition of every database's figures
+    /// (<https://prometheus.io/docs/instrumenting/exposition_formats/>).
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let all = self.all();
+        let mut out = String::new();
+        let mut family =
+            |name: &str, kind: &str, help: &str, value: &dyn Fn(&ServiceActivity) -> u64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (db, a) in &all {
+                    let _ = writeln!(out, "{name}{{db=\"{db}\"}} {}", value(a));
+                }
+            };
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        family(
+            "stratus_proxy_connections",
+            "gauge",
+            "Client connections open.",
+            &|a| l(&a.connections),
+        );
+        family(
+            "stratus_proxy_statements_running",
+            "gauge",
+            "Statements in flight.",
+            &|a| l(&a.running),
+        );
+        family(
+            "stratus_proxy_pinned_sessions",
+            "gauge",
+            "Sessions that cannot move to another backend connection.",
+            &|a| l(&a.pinned),
+        );
+        family(
+            "stratus_proxy_open_transactions",
+            "gauge",
+            "Sessions inside a transaction.",
+            &|a| l(&a.in_transaction),
+        );
+        family(
+            "stratus_proxy_statements_total",
+            "counter",
+            "Statements relayed.",
+            &|a| l(&a.statements),
+        );
+        family(
+            "stratus_proxy_errors_total",
+            "counter",
+            "Statements answered with an error.",
+            &|a| l(&a.errors),
+        );
+        family(
+            "stratus_proxy_wakes_total",
+            "counter",
+            "Databases woken for a waiting client.",
+            &|a| l(&a.wakes),
+        );
+        let mut histogram = |name: &str, help: &str, h: &dyn Fn(&ServiceActivity) -> &Histogram| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (db, a) in &all {
+                let (buckets, count, sum_us) = h(a).cumulative();
+                for (le, n) in BUCKETS_US.iter().zip(buckets) {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{db=\"{db}\",le=\"{}\"}} {n}",
+                        *le as f64 / 1e6
+                    );
+                }
+                let _ = writeln!(out, "{name}_bucket{{db=\"{db}\",le=\"+Inf\"}} {count}");
+                let _ = writeln!(out, "{name}_sum{{db=\"{db}\"}} {}", sum_us as f64 / 1e6);
+                let _ = writeln!(out, "{name}_count{{db=\"{db}\"}} {count}");
+            }
+        };
+        histogram(
+            "stratus_proxy_statement_seconds",
+            "Statement latency seen by clients.",
+            &|a| &a.latency,
+        );
+        histogram(
+            "stratus_proxy_wake_seconds",
+            "Time held clients waited for their database to wake.",
+            &|a| &a.wake_latency,
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_is_cumulative_and_renders() {
+        let a = Activity::default();
+        let s = a.service("shop");
+        s.latency.observe(Duration::from_micros(100));
+        s.latency.observe(Duration::from_millis(3));
+        s.statements.fetch_add(2, Ordering::Relaxed);
+        let (b, count, sum) = s.latency.cumulative();
+        assert_eq!((b[0], b[4], b[14], count, sum), (1, 2, 2, 2, 3100));
+        let text = a.render();
+        assert!(
+            text.contains("stratus_proxy_statements_total{db=\"shop\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stratus_proxy_statement_seconds_bucket{db=\"shop\",le=\"0.00025\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("stratus_proxy_statement_seconds_count{db=\"shop\"} 2"));
     }
 }

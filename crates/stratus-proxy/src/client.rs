@@ -8,6 +8,8 @@ use crate::backend::{Backend, BackendError, Login};
 use crate::error::SqlError;
 use crate::prepared::Statements;
 use crate::session::{BACKEND_TRACKING, SessionState, UserVar, user_var_literal};
+use crate::stream::{ClientStream, Prefixed};
+use crate::tls::service_from_server_name;
 use crate::{Directory, Proxy};
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
@@ -39,7 +41,7 @@ enum End {
 
 /// The client side: its socket and what it has sent that is not consumed yet.
 struct ClientIo {
-    stream: TcpStream,
+    stream: ClientStream,
     buf: BytesMut,
 }
 
@@ -123,7 +125,7 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
     let total = proxy.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let _slot = Slot(&proxy.connections);
     let mut client = ClientIo {
-        stream,
+        stream: ClientStream::Plain(stream),
         buf: BytesMut::with_capacity(8 * 1024),
     };
     if total > proxy.cfg.max_connections {
@@ -174,6 +176,7 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
         service: login.service,
         login: login.backend_login,
         scramble: login.scramble,
+        peer,
         backend: None,
         state: SessionState {
             schema: login.schema,
@@ -182,6 +185,7 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
         stmts: Statements::default(),
         pinned_reported: false,
         in_trans_reported: false,
+        user_vars_pending: false,
     };
     // Connect at once if the database runs (so a bad schema fails the login, as on a server);
     // a sleeping database is woken by the first statement, not by the connection.
@@ -230,11 +234,12 @@ async fn login<D: Directory>(
     peer: SocketAddr,
 ) -> Result<LoggedIn, End> {
     let scramble = scramble();
+    let tls = proxy.cfg.tls.as_ref();
     let greeting = Greeting {
         server_version: proxy.cfg.server_version.as_bytes().to_vec(),
         connection_id: proxy.connection_id(),
         scramble,
-        capabilities: caps::PROXY_OFFERS,
+        capabilities: caps::PROXY_OFFERS | if tls.is_some() { caps::SSL } else { 0 },
         charset: 45,
         status: caps::STATUS_AUTOCOMMIT,
         auth_plugin: NATIVE_PLUGIN.as_bytes().to_vec(),
@@ -244,18 +249,34 @@ async fn login<D: Directory>(
         Ok(Some(lp)) => lp,
         _ => return Err(End::Client),
     };
-    let raw = client.buf.split_to(lp.consumed);
+    let mut raw = client.buf.split_to(lp.consumed);
+    let mut lp = lp;
+    if is_ssl_request(&packet::payload(&raw, &lp)) {
+        let Some(tls) = tls else {
+            let err = SqlError::handshake("TLS is not enabled on this Stratus endpoint");
+            client.send(lp.seq.wrapping_add(1), &err.packet()).await?;
+            return Err(End::Protocol);
+        };
+        let ClientStream::Plain(tcp) = std::mem::replace(&mut client.stream, ClientStream::Gone)
+        else {
+            return Err(End::Protocol);
+        };
+        // Bytes after the SSL request are the start of the TLS handshake.
+        let prefix = client.buf.split();
+        let accepted = tls
+            .acceptor
+            .accept(Prefixed { prefix, inner: tcp })
+            .await
+            .map_err(|_| End::Client)?;
+        client.stream = ClientStream::Tls(Box::new(accepted));
+        lp = match client.read(64 * 1024).await {
+            Ok(Some(lp)) => lp,
+            _ => return Err(End::Client),
+        };
+        raw = client.buf.split_to(lp.consumed);
+    }
     let payload = packet::payload(&raw, &lp);
     let mut seq = lp.last_seq.wrapping_add(1);
-    if is_ssl_request(&payload) {
-        client
-            .send(
-                seq,
-                &SqlError::handshake("TLS is not enabled on this Stratus endpoint").packet(),
-            )
-            .await?;
-        return Err(End::Protocol);
-    }
     let resp = match HandshakeResponse::decode(&payload) {
         Ok(r) => r,
         Err(e) => {
@@ -267,10 +288,22 @@ async fn login<D: Directory>(
     };
     let host = peer.ip().to_string();
     let deny = |password: bool| SqlError::access_denied(&resp.user, &host, password);
-    // Route `<service>.<user>`.
-    let routed = std::str::from_utf8(&resp.user)
-        .ok()
-        .and_then(|u| u.split_once('.'));
+    // Route `<service>.<user>`, or by the TLS server name `<service>.<domain>`.
+    let sni_service = match (
+        client.stream.server_name(),
+        tls.and_then(|t| t.domain.as_deref()),
+    ) {
+        (Some(name), Some(domain)) => service_from_server_name(name, domain).map(str::to_owned),
+        _ => None,
+    };
+    let routed = std::str::from_utf8(&resp.user).ok().and_then(|u| {
+        match (u.split_once('.'), &sni_service) {
+            (Some((s, _)), Some(sni)) if s != sni => None,
+            (Some(pair), _) => Some(pair),
+            (None, Some(sni)) => Some((sni.as_str(), u)),
+            (None, None) => None,
+        }
+    });
     let mut reply = resp.auth_response.clone();
     let plugin = resp
         .auth_plugin
@@ -299,12 +332,18 @@ async fn login<D: Directory>(
         client.send(seq, &deny(!reply.is_empty()).packet()).await?;
         return Err(End::Protocol);
     };
-    let stored = proxy.dir.account(service, user).await;
-    let stage1: Option<Stage1> = stored.and_then(|s2| auth::verify(&s2, &scramble, &reply));
-    let Some(stage1) = stage1 else {
+    let account = proxy.dir.account(service, user).await;
+    let stage1: Option<Stage1> = account.and_then(|a| auth::verify(&a.stage2, &scramble, &reply));
+    let (Some(stage1), Some(account)) = (stage1, account) else {
         client.send(seq, &deny(!reply.is_empty()).packet()).await?;
         return Err(End::Protocol);
     };
+    if account.require_tls && !client.stream.is_tls() {
+        client
+            .send(seq, &SqlError::secure_transport_required().packet())
+            .await?;
+        return Err(End::Protocol);
+    }
     let schema = resp
         .database
         .as_deref()
@@ -332,18 +371,23 @@ struct Session<D: Directory> {
     service: String,
     login: Login,
     /// The greeting's scramble, against which `COM_CHANGE_USER` answers are checked.
+    peer: SocketAddr,
     scramble: [u8; 20],
     backend: Option<Backend>,
     state: SessionState,
     stmts: Statements,
     pinned_reported: bool,
     in_trans_reported: bool,
+    /// User variables changed by a statement that left warnings: reading them back then would
+    /// clear the warnings before the client asks for them, so it waits for the next statement.
+    user_vars_pending: bool,
 }
 
 /// How relaying one response went.
 #[derive(Debug, Default)]
 struct Relayed {
     status: u16,
+    warnings: u16,
     error: Option<u16>,
     state_changed: bool,
 }
@@ -483,18 +527,21 @@ impl<D: Directory> Session<D> {
         } else {
             vec![classify::classify(sql)]
         };
+        if self.user_vars_pending && !is_diagnostics(sql) {
+            self.read_user_vars().await;
+        }
         let retry_safe = stmts.iter().all(|s| s.read_only) && self.state.pinned().is_none();
         let relayed = self
             .forward_retrying(raw, seq, Expect::ResultSets { binary: false }, retry_safe)
             .await?;
         if relayed.error.is_none() {
-            self.after_statements(sql, &stmts).await;
+            self.after_statements(sql, &stmts, relayed.warnings).await;
         }
         Ok(())
     }
 
     /// Learns what successful statements did to the session.
-    async fn after_statements(&mut self, sql: &[u8], stmts: &[Statement]) {
+    async fn after_statements(&mut self, sql: &[u8], stmts: &[Statement], warnings: u16) {
         let mut read_user_vars = false;
         for s in stmts {
             if let Some(p) = s.pin {
@@ -521,12 +568,17 @@ impl<D: Directory> Session<D> {
             }
         }
         if read_user_vars {
-            self.read_user_vars().await;
+            if warnings == 0 {
+                self.read_user_vars().await;
+            } else {
+                self.user_vars_pending = true;
+            }
         }
     }
 
     /// Snapshots every user variable with its type, to recreate them on a new backend.
     async fn read_user_vars(&mut self) {
+        self.user_vars_pending = false;
         let Some(b) = self.backend.as_mut() else {
             return;
         };
@@ -779,12 +831,7 @@ impl<D: Directory> Session<D> {
             reply = packet::payload(&raw, &lp).into_owned();
             next = lp.last_seq.wrapping_add(1);
         }
-        let host = self
-            .client
-            .stream
-            .peer_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
+        let host = self.peer.ip().to_string();
         let routed = std::str::from_utf8(&user)
             .ok()
             .and_then(|u| u.split_once('.'))
@@ -795,7 +842,8 @@ impl<D: Directory> Session<D> {
                 .dir
                 .account(svc, u)
                 .await
-                .and_then(|s2| auth::verify(&s2, &self.scramble, &reply)),
+                .filter(|a| !a.require_tls || self.client.stream.is_tls())
+                .and_then(|a| auth::verify(&a.stage2, &self.scramble, &reply)),
             None => None,
         };
         let (Some((service, user_name)), Some(stage1)) = (routed, verified) else {
@@ -893,6 +941,7 @@ impl<D: Directory> Session<D> {
         };
         if woke {
             self.activity.wakes.fetch_add(1, Ordering::Relaxed);
+            self.activity.wake_latency.observe(begin.elapsed());
             tracing::info!(db = %self.service, ms = begin.elapsed().as_millis() as u64, "woke database for a held client");
         }
         Ok(())
@@ -1090,6 +1139,7 @@ impl<D: Directory> Session<D> {
                         pos = 0;
                         if step == Step::Done {
                             relayed.status = t.status;
+                            relayed.warnings = t.warnings;
                             relayed.error = t.error;
                             self.state.in_transaction = t.status & caps::STATUS_IN_TRANS != 0;
                             if tracking_touched {
@@ -1282,6 +1332,19 @@ async fn idle_backend_closed(backend: Option<&mut Backend>) {
             Err(_) => return,
         }
     }
+}
+
+/// Statements that read the previous statement's diagnostics, before which the proxy must not
+/// run statements of its own.
+fn is_diagnostics(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&sql[..sql.len().min(256)]).to_ascii_uppercase();
+    let t = text.trim_start();
+    t.starts_with("SHOW WARNINGS")
+        || t.starts_with("SHOW ERRORS")
+        || t.starts_with("SHOW COUNT")
+        || t.starts_with("GET ")
+        || text.contains("@@WARNING_COUNT")
+        || text.contains("@@ERROR_COUNT")
 }
 
 fn now_ms() -> i64 {

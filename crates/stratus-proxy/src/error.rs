@@ -93,6 +93,14 @@ impl SqlError {
         }
     }
 
+    pub fn secure_transport_required() -> Self {
+        Self {
+            code: 3159,
+            state: "08004",
+            message: "Connections using insecure transport are prohibited for this database; connect with TLS".into(),
+        }
+    }
+
     pub fn handshake(why: &str) -> Self {
         Self {
             code: 1043,

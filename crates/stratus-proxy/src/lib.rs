@@ -16,6 +16,8 @@ pub mod client;
 pub mod error;
 mod prepared;
 pub mod session;
+mod stream;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,8 +31,8 @@ pub use activity::{Activity, ActivitySnapshot};
 /// Where the proxy learns accounts and backend addresses: the control plane, in-process for
 /// `stratus up`.
 pub trait Directory: Send + Sync + 'static {
-    /// The stored `SHA1(SHA1(password))` of `user` on `service`, if that account exists.
-    fn account(&self, service: &str, user: &str) -> impl Future<Output = Option<[u8; 20]>> + Send;
+    /// `user` on `service`, if that account exists.
+    fn account(&self, service: &str, user: &str) -> impl Future<Output = Option<Account>> + Send;
 
     /// The address of the service's server. With `wake`, starts it first if it is not running
     /// (and many callers waking one database cause one start); without, `Ok(None)` when it is
@@ -40,6 +42,15 @@ pub trait Directory: Send + Sync + 'static {
         service: &str,
         wake: bool,
     ) -> impl Future<Output = Result<Option<SocketAddr>, String>> + Send;
+}
+
+/// What the proxy needs to know of an account to let it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    /// The stored `SHA1(SHA1(password))`.
+    pub stage2: [u8; 20],
+    /// The service accepts only TLS connections (`require_secure_transport`).
+    pub require_tls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +65,8 @@ pub struct ProxyConfig {
     pub wake_timeout: Duration,
     /// Largest packet accepted from a client.
     pub max_packet: usize,
+    /// TLS for clients; `None`: plain TCP only.
+    pub tls: Option<tls::Tls>,
 }
 
 impl Default for ProxyConfig {
@@ -65,6 +78,7 @@ impl Default for ProxyConfig {
             handshake_timeout: Duration::from_secs(10),
             wake_timeout: Duration::from_secs(60),
             max_packet: 1 << 30,
+            tls: None,
         }
     }
 }

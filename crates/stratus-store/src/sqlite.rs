@@ -16,7 +16,8 @@ use stratus_core::{
 };
 
 /// Schema migrations, in order; entry `i` takes the catalog from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE services (
     name              TEXT PRIMARY KEY,
     tier              TEXT    NOT NULL,
@@ -56,7 +57,11 @@ CREATE TABLE events (
     data    TEXT    NOT NULL
 );
 CREATE INDEX events_by_db ON events (db, id);
-"#];
+"#,
+    r#"
+ALTER TABLE services ADD COLUMN require_tls INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -113,7 +118,7 @@ impl SqliteStore {
 }
 
 const SERVICE_COLUMNS: &str = "name, tier, min_scu, max_scu, storage_gb, state, scu, buffer_pool_bytes, \
-     port, admin_password, created_at_ms, updated_at_ms";
+     port, admin_password, created_at_ms, updated_at_ms, require_tls";
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -131,6 +136,7 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
         (row.get(2)?, row.get(3)?, row.get(4)?, row.get(6)?);
     let (buffer_pool_bytes, admin_password, created_at_ms, updated_at_ms): (i64, String, i64, i64) =
         (row.get(7)?, row.get(9)?, row.get(10)?, row.get(11)?);
+    let require_tls: bool = row.get(12)?;
     Ok((|| {
         let name = ServiceName::parse(&name).map_err(|e| corrupt("service name", e))?;
         let tier: Tier = tier.parse().map_err(|e| corrupt("tier", e))?;
@@ -149,6 +155,7 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
             buffer_pool_bytes: buffer_pool_bytes.max(0) as u64,
             port,
             admin_password,
+            require_tls,
             created_at_ms,
             updated_at_ms,
         })
@@ -233,7 +240,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         let spec = &svc.spec;
         tx.execute(
-            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
             params![
                 spec.name.as_str(),
                 spec.tier.as_str(),
@@ -246,7 +253,8 @@ impl Store for SqliteStore {
                 svc.port,
                 svc.admin_password,
                 svc.created_at_ms,
-                svc.updated_at_ms
+                svc.updated_at_ms,
+                svc.require_tls
             ],
         )
         .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists(format!("database {}", spec.name)) } else { e.into() })?;
@@ -298,7 +306,8 @@ impl Store for SqliteStore {
         let spec = &svc.spec;
         let n = conn.execute(
             "UPDATE services SET tier = ?2, min_scu = ?3, max_scu = ?4, storage_gb = ?5, state = ?6, scu = ?7, \
-             buffer_pool_bytes = ?8, port = ?9, admin_password = ?10, updated_at_ms = ?11 WHERE name = ?1",
+             buffer_pool_bytes = ?8, port = ?9, admin_password = ?10, updated_at_ms = ?11, require_tls = ?12 \
+             WHERE name = ?1",
             params![
                 spec.name.as_str(),
                 spec.tier.as_str(),
@@ -310,7 +319,8 @@ impl Store for SqliteStore {
                 svc.buffer_pool_bytes as i64,
                 svc.port,
                 svc.admin_password,
-                now_ms()
+                now_ms(),
+                svc.require_tls
             ],
         )?;
         if n == 0 {
@@ -486,6 +496,7 @@ mod tests {
             buffer_pool_bytes: 1 << 30,
             port: 40001,
             admin_password: "pw".into(),
+            require_tls: false,
             created_at_ms: 1,
             updated_at_ms: 1,
         }

@@ -75,6 +75,8 @@ pub struct Tracker {
     continuing: bool,
     /// Status flags of the last OK/EOF seen.
     pub status: u16,
+    /// Warning count of the last OK/EOF seen.
+    pub warnings: u16,
     /// Error code, if the response ended in ERR.
     pub error: Option<u16>,
     pub prepare_ok: Option<PrepareOk>,
@@ -94,6 +96,7 @@ impl Tracker {
             state: State::Start,
             continuing: false,
             status: 0,
+            warnings: 0,
             error: None,
             prepare_ok: None,
             state_changed: false,
@@ -246,17 +249,21 @@ impl Tracker {
     fn ok(&mut self, payload: &[u8]) {
         if crate::response::is_eof(payload) && !self.deprecate_eof {
             self.status = crate::response::eof_status(payload);
+            self.warnings = payload
+                .get(1..3)
+                .map_or(0, |w| u16::from_le_bytes([w[0], w[1]]));
             return;
         }
         let mut r = Reader::new(payload, "OK");
-        let status = (|| {
+        let fields = (|| {
             r.u8()?;
             r.lenenc()?;
             r.lenenc()?;
-            r.u16()
+            Ok::<_, crate::Malformed>((r.u16()?, r.u16()?))
         })();
-        if let Ok(status) = status {
+        if let Ok((status, warnings)) = fields {
             self.status = status;
+            self.warnings = warnings;
             self.last_was_ok = true;
             self.state_changed = status & STATUS_SESSION_STATE_CHANGED != 0;
         }

@@ -77,6 +77,9 @@ pub enum DbCommand {
         /// Owner password [default: generated].
         #[arg(long)]
         password: Option<String>,
+        /// Refuse clients that do not connect with TLS.
+        #[arg(long)]
+        require_tls: bool,
     },
     /// List databases.
     List,

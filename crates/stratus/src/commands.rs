@@ -69,6 +69,7 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
             storage_gb,
             user,
             password,
+            require_tls,
         } => {
             let req = CreateRequest {
                 name: name.clone(),
@@ -78,6 +79,7 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
                 storage_gb,
                 user,
                 password,
+                require_tls: require_tls.then_some(true),
             };
             let c = with_spinner(format!("creating {name}"), api.create(&req)).await?;
             if json {

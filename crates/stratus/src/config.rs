@@ -23,6 +23,21 @@ pub struct FileConfig {
     pub mariadb: MariaDbSection,
     #[serde(default)]
     pub resources: ResourcesSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// false: plain TCP only.
+    pub enabled: Option<bool>,
+    /// PEM certificate chain; with `key`. Without both, a self-signed pair is made once under
+    /// the data directory.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Server names `<database>.<domain>` route to `<database>`.
+    pub domain: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +70,14 @@ pub struct Settings {
     pub stop_grace: Duration,
     pub cgroups: bool,
     pub cgroup_parent: String,
+    pub tls: Option<TlsSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub domain: Option<String>,
 }
 
 impl Settings {
@@ -96,6 +119,11 @@ impl Settings {
                 .resources
                 .cgroup_parent
                 .unwrap_or_else(|| "stratus".to_owned()),
+            tls: fc.tls.enabled.unwrap_or(true).then_some(TlsSettings {
+                cert: fc.tls.cert,
+                key: fc.tls.key,
+                domain: fc.tls.domain,
+            }),
         };
         if settings.listen == settings.api {
             bail!(

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use stratus_api::ServerInfo;
 use stratus_control::{ControlConfig, ControlPlane};
 use stratus_proxy::{Proxy, ProxyConfig};
@@ -60,9 +61,22 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
     );
     cp.recover().await?;
     tokio::spawn(cp.clone().supervise());
+    let tls = match &settings.tls {
+        Some(t) => Some(
+            stratus_proxy::tls::load_or_create(
+                &data_dir.join("tls"),
+                t.cert.as_deref(),
+                t.key.as_deref(),
+                t.domain.as_deref(),
+            )
+            .context("TLS for SQL clients")?,
+        ),
+        None => None,
+    };
     let proxy = Proxy::new(
         ProxyConfig {
             server_version: greeting_version(&info.mariadb_version),
+            tls,
             ..ProxyConfig::default()
         },
         ControlDirectory(cp.clone()),
@@ -76,6 +90,10 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
             data_dir: data_dir.display().to_string(),
             api: format!("http://{}", settings.api),
             sql_listen: settings.listen.to_string(),
+        },
+        {
+            let proxy = proxy.clone();
+            Arc::new(move || proxy.activity.render())
         },
     );
     println!("Stratus {} is up", env!("CARGO_PKG_VERSION"));

@@ -21,6 +21,9 @@ pub struct ServerOptions {
     pub socket: PathBuf,
     pub pid_file: PathBuf,
     pub error_log: PathBuf,
+    /// Its own temporary directory: servers sharing `/tmp` collide on temporary table names
+    /// while bootstrapping, and temporary files belong with the database's storage.
+    pub tmpdir: PathBuf,
     /// mariadbd refuses to run as root unless told to.
     pub run_as_root: bool,
     pub server_id: u32,
@@ -47,6 +50,7 @@ pub fn render(o: &ServerOptions) -> String {
     line("socket", &quoted(&o.socket));
     line("pid-file", &quoted(&o.pid_file));
     line("log-error", &quoted(&o.error_log));
+    line("tmpdir", &quoted(&o.tmpdir));
     match o.port {
         Some(port) => {
             line("port", &port);
@@ -58,8 +62,6 @@ pub fn render(o: &ServerOptions) -> String {
         line("user", &"root");
     }
     line("skip-name-resolve", &"ON");
-    line("character-set-server", &"utf8mb4");
-    line("collation-server", &"utf8mb4_general_ci");
     line("performance_schema", &"OFF");
     line("innodb_log_file_size", &REDO_LOG_BYTES);
     line("innodb_buffer_pool_size", &o.buffer_pool_bytes);
@@ -74,6 +76,9 @@ pub fn render(o: &ServerOptions) -> String {
     line("gtid_strict_mode", &"ON");
     line("log_slave_updates", &"ON");
     line("binlog_expire_logs_seconds", &(3 * 86_400));
+    // Owners have no SUPER; with the binary log on, MariaDB would otherwise refuse them
+    // stored functions and triggers.
+    line("log_bin_trust_function_creators", &"ON");
     f
 }
 
@@ -97,6 +102,7 @@ mod tests {
             socket: "/d/s.sock".into(),
             pid_file: "/d/p.pid".into(),
             error_log: "/d/e.log".into(),
+            tmpdir: "/d/tmp".into(),
             run_as_root: true,
             server_id: 7,
             buffer_pool_bytes: 1 << 30,

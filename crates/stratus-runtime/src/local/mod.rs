@@ -235,12 +235,16 @@ impl Inner {
     }
 
     fn write_cnf(&self, spec: &InstanceSpec, paths: &DbPaths, port: u16) -> Result<()> {
+        let tmp = paths.dir.join("tmp");
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| RuntimeError::io(format!("cannot create {}", tmp.display()), e))?;
         let opts = config::ServerOptions {
             datadir: paths.data.clone(),
             port: Some(port),
             socket: paths.socket.clone(),
             pid_file: paths.pid.clone(),
             error_log: paths.log.clone(),
+            tmpdir: paths.dir.join("tmp"),
             run_as_root: self.run_as_root,
             server_id: config::server_id(spec.name.as_str()),
             buffer_pool_bytes: spec.resources.buffer_pool_bytes,

@@ -41,6 +41,8 @@ pub async fn ensure(dir: &Path, mariadb: &MariaDb, run_as_root: bool) -> Result<
     std::fs::create_dir_all(dir)
         .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
     let cnf = dir.join("my.cnf");
+    std::fs::create_dir_all(dir.join("tmp"))
+        .map_err(|e| RuntimeError::io(format!("cannot create {}/tmp", dir.display()), e))?;
     let log = dir.join("install.log");
     let opts = ServerOptions {
         datadir: dir.join("data"),
@@ -48,6 +50,7 @@ pub async fn ensure(dir: &Path, mariadb: &MariaDb, run_as_root: bool) -> Result<
         socket: dir.join("bootstrap.sock"),
         pid_file: dir.join("bootstrap.pid"),
         error_log: log.clone(),
+        tmpdir: dir.join("tmp"),
         run_as_root,
         server_id: 1,
         buffer_pool_bytes: 16 << 20,
