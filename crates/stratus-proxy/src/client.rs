@@ -70,8 +70,13 @@ impl ClientIo {
         }
     }
 
+    /// Writes and flushes: TLS buffers records until flushed, and the client is waiting.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
-        self.stream.write_all(bytes).await.map_err(|_| End::Client)
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|_| End::Client)?;
+        self.stream.flush().await.map_err(|_| End::Client)
     }
 
     /// Sends one payload as the packet(s) with sequence id `seq`.
@@ -522,10 +527,14 @@ impl<D: Directory> Session<D> {
         let payload = packet::payload(raw, lp);
         let sql = &payload[1..];
         let multi = self.client_caps() & caps::MULTI_STATEMENTS != 0;
-        let stmts: Vec<Statement> = if multi {
-            classify::classify_all(sql)
+        let one;
+        let many;
+        let stmts: &[Statement] = if multi {
+            many = classify::classify_all(sql);
+            &many
         } else {
-            vec![classify::classify(sql)]
+            one = classify::classify(sql);
+            std::slice::from_ref(&one)
         };
         if self.user_vars_pending && !is_diagnostics(sql) {
             self.read_user_vars().await;
@@ -535,7 +544,7 @@ impl<D: Directory> Session<D> {
             .forward_retrying(raw, seq, Expect::ResultSets { binary: false }, retry_safe)
             .await?;
         if relayed.error.is_none() {
-            self.after_statements(sql, &stmts, relayed.warnings).await;
+            self.after_statements(sql, stmts, relayed.warnings).await;
         }
         Ok(())
     }
@@ -632,8 +641,7 @@ impl<D: Directory> Session<D> {
         seq: u8,
         cmd: u8,
     ) -> Result<(), End> {
-        let payload = packet::payload(raw, lp).into_owned();
-        let Some(id) = statement_id(&payload) else {
+        let Some(id) = statement_id(&raw[HEADER_LEN..]) else {
             return self
                 .client
                 .send(
@@ -654,9 +662,7 @@ impl<D: Directory> Session<D> {
         if cmd == COM_STMT_CLOSE {
             let stmt = self.stmts.remove(id);
             if let (Some(b), Some(bid)) = (self.backend.as_mut(), stmt.and_then(|s| s.backend_id)) {
-                let mut body = bid.to_le_bytes().to_vec();
-                body.truncate(4);
-                let _ = b.send(COM_STMT_CLOSE, &body).await;
+                let _ = b.send(COM_STMT_CLOSE, &bid.to_le_bytes()).await;
             }
             return Ok(());
         }
@@ -678,41 +684,36 @@ impl<D: Directory> Session<D> {
         let Some(stmt) = self.stmts.get_mut(id) else {
             return Ok(());
         };
-        let mut out: Option<Vec<u8>> = None;
+        // Parameter types: remembered when bound, supplied to a backend that has not seen them.
+        let mut rebound: Option<Vec<u8>> = None;
         if cmd == COM_STMT_EXECUTE {
+            let payload = packet::payload(raw, lp);
             if let Some(layout) = execute_layout(&payload, stmt.params) {
                 if let Some(types) = layout.types.clone() {
                     stmt.types = payload.get(types).map(<[u8]>::to_vec);
                     stmt.types_sent = true;
-                } else if !stmt.types_sent {
-                    if let Some(types) = &stmt.types {
-                        let mut p = bind_types(&payload, &layout, types);
-                        set_statement_id(&mut p, backend_id);
-                        stmt.types_sent = true;
-                        let mut framed = Vec::with_capacity(p.len() + HEADER_LEN);
-                        packet::write(&mut framed, &mut lp.seq.clone(), &p);
-                        out = Some(framed);
-                    }
+                } else if let (false, Some(types)) = (stmt.types_sent, &stmt.types) {
+                    let mut p = bind_types(&payload, &layout, types);
+                    set_statement_id(&mut p, backend_id);
+                    stmt.types_sent = true;
+                    let mut framed = Vec::with_capacity(p.len() + HEADER_LEN);
+                    packet::write(&mut framed, &mut { lp.seq }, &p);
+                    rebound = Some(framed);
                 }
             }
         }
-        let bytes: &[u8] = match &out {
-            Some(v) => v,
-            None => {
-                // The id sits in the first physical packet, right after the command byte.
-                if let Some(b) = raw.get_mut(HEADER_LEN + 1..HEADER_LEN + 5) {
-                    b.copy_from_slice(&backend_id.to_le_bytes());
-                }
-                raw
+        if rebound.is_none() {
+            // The id sits in the first physical packet, right after the command byte.
+            if let Some(b) = raw.get_mut(HEADER_LEN + 1..HEADER_LEN + 5) {
+                b.copy_from_slice(&backend_id.to_le_bytes());
             }
-        };
+        }
+        let bytes: &[u8] = rebound.as_deref().unwrap_or(raw);
         let Some(expect) = expect(cmd) else {
             self.send_to_backend(bytes).await;
             return Ok(());
         };
-        let bytes = bytes.to_vec();
-        self.send_to_backend(&bytes).await;
-        match self.relay(expect, None).await {
+        match self.exchange(bytes, expect).await {
             Ok(r) => {
                 if cmd == COM_STMT_EXECUTE && r.status & caps::STATUS_CURSOR_EXISTS != 0 {
                     self.state.cursors += 1;
@@ -1021,21 +1022,8 @@ impl<D: Directory> Session<D> {
                     ..Relayed::default()
                 });
             }
-            self.activity.running.fetch_add(1, Ordering::Relaxed);
-            self.send_to_backend(raw).await;
-            let result = self.relay(expect, None).await;
-            self.activity.running.fetch_sub(1, Ordering::Relaxed);
-            self.activity.statements.fetch_add(1, Ordering::Relaxed);
-            self.activity
-                .last_statement_ms
-                .store(now_ms(), Ordering::Relaxed);
-            match result {
-                Ok(r) => {
-                    if r.error.is_some() {
-                        self.activity.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Ok(r);
-                }
+            match self.exchange(raw, expect).await {
+                Ok(r) => return Ok(r),
                 Err(RelayError::LostBeforeAnswer) if attempt == 0 && retry_safe => {
                     tracing::info!(db = %self.service, "backend lost before answering; retrying the statement");
                     continue;
@@ -1050,6 +1038,25 @@ impl<D: Directory> Session<D> {
             }
         }
         Ok(Relayed::default())
+    }
+
+    /// Sends a statement's packets to the backend and relays the answer, keeping the
+    /// database's activity figures.
+    async fn exchange(&mut self, bytes: &[u8], expect: Expect) -> Result<Relayed, RelayError> {
+        let begin = Instant::now();
+        self.activity.running.fetch_add(1, Ordering::Relaxed);
+        self.send_to_backend(bytes).await;
+        let result = self.relay(expect, None).await;
+        self.activity.running.fetch_sub(1, Ordering::Relaxed);
+        self.activity.latency.observe(begin.elapsed());
+        self.activity.statements.fetch_add(1, Ordering::Relaxed);
+        self.activity
+            .last_statement_ms
+            .store(now_ms(), Ordering::Relaxed);
+        if matches!(result, Ok(Relayed { error: Some(_), .. })) {
+            self.activity.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     async fn relay_failed(&mut self, e: RelayError, seq: u8) -> Result<(), End> {
@@ -1072,8 +1079,10 @@ impl<D: Directory> Session<D> {
         }
     }
 
-    /// Relays the backend's answer to the client packet by packet as it arrives, learning
-    /// session state from OK packets and rewriting the few packets whose client view differs.
+    /// Relays the backend's answer to the client as it arrives, learning session state from
+    /// OK packets and rewriting the few packets whose client view differs. Unchanged packets
+    /// go out straight from the read buffer; one write per response, or per chunk of a large
+    /// one.
     async fn relay(
         &mut self,
         expect: Expect,
@@ -1086,6 +1095,7 @@ impl<D: Directory> Session<D> {
         let backend_caps = b.caps;
         let mut t = Tracker::new(expect, backend_caps & caps::DEPRECATE_EOF != 0);
         let mut pos = 0usize;
+        let mut out = Pending::default();
         let mut forwarded = false;
         let mut relayed = Relayed::default();
         let mut prepared_sql = prepared_sql;
@@ -1111,31 +1121,14 @@ impl<D: Directory> Session<D> {
                     );
                     tracking_touched |= touched;
                     if let Some(new) = replacement {
-                        // Forward what came before, then the rewritten packet.
-                        self.client
-                            .stream
-                            .write_all(&b.buf[..start])
-                            .await
-                            .map_err(|_| RelayError::Client)?;
-                        self.client
-                            .stream
-                            .write_all(&new)
-                            .await
-                            .map_err(|_| RelayError::Client)?;
-                        b.buf.advance(pos);
-                        pos = 0;
-                        forwarded = true;
+                        out.replace(&b.buf, start, pos, &new);
                     }
                 }
                 match step {
                     Step::More => {}
                     Step::Done | Step::LocalInfile => {
-                        self.client
-                            .stream
-                            .write_all(&b.buf[..pos])
-                            .await
-                            .map_err(|_| RelayError::Client)?;
-                        b.buf.advance(pos);
+                        out.send(&mut self.client.stream, &mut b.buf, pos, true)
+                            .await?;
                         pos = 0;
                         if step == Step::Done {
                             relayed.status = t.status;
@@ -1143,7 +1136,7 @@ impl<D: Directory> Session<D> {
                             relayed.error = t.error;
                             self.state.in_transaction = t.status & caps::STATUS_IN_TRANS != 0;
                             if tracking_touched {
-                                // The client changed session tracking; Stratus still needs all of it.
+                                // The client changed its session tracking; Stratus still needs all.
                                 if let Err(e) = b.query(BACKEND_TRACKING).await {
                                     tracing::warn!("tracking setup failed: {e:?}");
                                 }
@@ -1158,12 +1151,8 @@ impl<D: Directory> Session<D> {
                 }
             }
             if pos >= STREAM_CHUNK {
-                self.client
-                    .stream
-                    .write_all(&b.buf[..pos])
-                    .await
-                    .map_err(|_| RelayError::Client)?;
-                b.buf.advance(pos);
+                out.send(&mut self.client.stream, &mut b.buf, pos, false)
+                    .await?;
                 pos = 0;
                 forwarded = true;
             }
@@ -1226,6 +1215,52 @@ impl<D: Directory> Session<D> {
             self.state.xa,
             self.state.cursors,
         ) = keep;
+    }
+}
+
+/// The part of a response that has been rewritten, for the rare responses with a packet the
+/// client must see differently; otherwise empty, and packets go out from the read buffer.
+#[derive(Default)]
+struct Pending {
+    out: Vec<u8>,
+    /// `buf[..copied]` is already in `out`.
+    copied: usize,
+}
+
+impl Pending {
+    /// Puts `new` in place of `buf[start..end]`.
+    fn replace(&mut self, buf: &[u8], start: usize, end: usize, new: &[u8]) {
+        self.out.extend_from_slice(&buf[self.copied..start]);
+        self.out.extend_from_slice(new);
+        self.copied = end;
+    }
+
+    /// Sends `buf[..end]` (with replacements) to the client and drops it from the buffer.
+    async fn send(
+        &mut self,
+        client: &mut ClientStream,
+        buf: &mut BytesMut,
+        end: usize,
+        flush: bool,
+    ) -> Result<(), RelayError> {
+        let bytes: &[u8] = if self.out.is_empty() {
+            &buf[..end]
+        } else {
+            self.out.extend_from_slice(&buf[self.copied..end]);
+            &self.out
+        };
+        client
+            .write_all(bytes)
+            .await
+            .map_err(|_| RelayError::Client)?;
+        if flush {
+            // The client waits for this: TLS holds records until flushed.
+            client.flush().await.map_err(|_| RelayError::Client)?;
+        }
+        buf.advance(end);
+        self.out.clear();
+        self.copied = 0;
+        Ok(())
     }
 }
 
@@ -1321,15 +1356,18 @@ async fn idle_backend_closed(backend: Option<&mut Backend>) {
     let Some(b) = backend else {
         return std::future::pending().await;
     };
-    let mut probe = [0u8; 1];
     loop {
-        if b.stream.readable().await.is_err() {
-            return;
-        }
-        match b.stream.try_read(&mut probe) {
-            Ok(_) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+        match b.stream.ready(tokio::io::Interest::READABLE).await {
             Err(_) => return,
+            Ok(r) if r.is_read_closed() || r.is_error() => return,
+            Ok(_) => {
+                // Plain readability here is nearly always left over from reading the last
+                // response to its end: clear it without a syscall and wait for the next event.
+                // A server that goes away signals it with the peer's close (EPOLLRDHUP).
+                let _ = b.stream.try_io(tokio::io::Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+            }
         }
     }
 }

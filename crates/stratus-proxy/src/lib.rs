@@ -67,6 +67,10 @@ pub struct ProxyConfig {
     pub max_packet: usize,
     /// TLS for clients; `None`: plain TCP only.
     pub tls: Option<tls::Tls>,
+    /// Threads that run client sessions, each a single-threaded event loop (as HAProxy's
+    /// threads are): sessions never migrate between cores, so relaying a statement takes no
+    /// cross-thread wake-ups. 0: run sessions on the caller's runtime.
+    pub threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +83,7 @@ impl Default for ProxyConfig {
             wake_timeout: Duration::from_secs(60),
             max_packet: 1 << 30,
             tls: None,
+            threads: 1,
         }
     }
 }
@@ -91,7 +96,38 @@ pub struct Proxy<D: Directory> {
     next_id: AtomicU32,
 }
 
+type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
+
 impl<D: Directory> Proxy<D> {
+    /// Starts the session threads; each owns a current-thread runtime fed with accepted sockets.
+    fn start_workers(self: &Arc<Self>) -> std::io::Result<Vec<Handoff>> {
+        let mut senders = Vec::new();
+        for i in 0..self.cfg.threads {
+            let (tx, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let me = self.clone();
+            std::thread::Builder::new()
+                .name(format!("stratus-proxy-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        while let Some((std_stream, peer)) = rx.recv().await {
+                            match tokio::net::TcpStream::from_std(std_stream) {
+                                Ok(stream) => {
+                                    tokio::spawn(client::run(me.clone(), stream, peer));
+                                }
+                                Err(e) => tracing::warn!("cannot adopt a client socket: {e}"),
+                            }
+                        }
+                    });
+                })?;
+            senders.push(tx);
+        }
+        Ok(senders)
+    }
+
     pub fn new(cfg: ProxyConfig, dir: D) -> Arc<Self> {
         Arc::new(Self {
             cfg,
@@ -111,13 +147,32 @@ impl<D: Directory> Proxy<D> {
     }
 
     /// Accepts clients until the listener fails; each session runs in its own task, and one
-    /// client's failure never touches another's.
+    /// client's failure never touches another's. Sessions are dealt round-robin to the
+    /// configured session threads.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let workers = match self.start_workers() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!("cannot start proxy threads, serving on the main runtime: {e}");
+                Vec::new()
+            }
+        };
+        let mut next = 0usize;
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
-                    let me = self.clone();
-                    tokio::spawn(async move { client::run(me, stream, peer).await });
+                    if workers.is_empty() {
+                        let me = self.clone();
+                        tokio::spawn(async move { client::run(me, stream, peer).await });
+                        continue;
+                    }
+                    next = (next + 1) % workers.len();
+                    match stream.into_std() {
+                        Ok(std_stream) => {
+                            let _ = workers[next].send((std_stream, peer));
+                        }
+                        Err(e) => tracing::warn!("cannot hand a connection to a proxy thread: {e}"),
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly, keep serving the

@@ -7,21 +7,46 @@ use stratus_proxy::{Account, Directory};
 use stratus_runtime::LocalRuntime;
 use stratus_store::SqliteStore;
 
-pub struct ControlDirectory(pub Arc<ControlPlane<SqliteStore, LocalRuntime>>);
+/// Calls run on the control plane's runtime, whichever proxy thread asks: a wake starts
+/// processes and tasks that belong there, not on a session thread.
+pub struct ControlDirectory {
+    cp: Arc<ControlPlane<SqliteStore, LocalRuntime>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ControlDirectory {
+    /// Must be called on the control plane's runtime.
+    pub fn new(cp: Arc<ControlPlane<SqliteStore, LocalRuntime>>) -> Self {
+        Self {
+            cp,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+}
 
 impl Directory for ControlDirectory {
     async fn account(&self, service: &str, user: &str) -> Option<Account> {
-        let (stage2, require_tls) = self.0.account_hash(service, user).await?;
+        let (cp, service, user) = (self.cp.clone(), service.to_owned(), user.to_owned());
+        let found = self
+            .runtime
+            .spawn(async move { cp.account_hash(&service, &user).await })
+            .await
+            .ok()??;
         Some(Account {
-            stage2,
-            require_tls,
+            stage2: found.0,
+            require_tls: found.1,
         })
     }
 
     async fn backend(&self, service: &str, wake: bool) -> Result<Option<SocketAddr>, String> {
-        self.0
-            .backend_for_client(service, wake)
+        let (cp, service) = (self.cp.clone(), service.to_owned());
+        self.runtime
+            .spawn(async move {
+                cp.backend_for_client(&service, wake)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("control plane task failed: {e}"))?
     }
 }

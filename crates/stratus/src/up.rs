@@ -79,7 +79,7 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
             tls,
             ..ProxyConfig::default()
         },
-        ControlDirectory(cp.clone()),
+        ControlDirectory::new(cp.clone()),
     );
     tokio::spawn(proxy.clone().serve(sql_listener));
 
