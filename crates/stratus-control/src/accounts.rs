@@ -55,6 +55,89 @@ pub fn user_sql(db: &ServiceName, user: &UserName, hash: &NativeHash, owner: boo
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Brings the catalog's users in line with the server's `'%'` accounts after a client
+    /// managed accounts in SQL (`CREATE USER`, `ALTER USER`, `DROP USER`, `SET PASSWORD`,
+    /// `RENAME USER`), so the proxy lets in exactly who the server would.
+    pub async fn sync_accounts(&self, db: &str) -> Result<()> {
+        let name = ServiceName::parse(db)?;
+        let _guard = self.lock(&name).await;
+        let svc = self.load(&name).await?;
+        if self.runtime.endpoint(&name).is_none() {
+            return Ok(());
+        }
+        let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        let rows: Vec<(String, Option<String>, Option<String>)> = conn
+            .query_rows(
+                "SELECT User, JSON_VALUE(Priv, '$.plugin'), JSON_VALUE(Priv, '$.authentication_string') \
+                 FROM mysql.global_priv WHERE Host = '%'",
+            )
+            .await?;
+        conn.close().await;
+        let known = self.store.users(&name).await?;
+        let mut seen = Vec::new();
+        for (user, plugin, auth) in rows {
+            let Ok(user) = UserName::parse(&user) else {
+                continue;
+            };
+            seen.push(user.clone());
+            let hash = match (
+                plugin.as_deref(),
+                auth.as_deref().and_then(NativeHash::parse),
+            ) {
+                (Some("mysql_native_password"), Some(h)) => h,
+                _ => {
+                    if !known.iter().any(|u| u.name == user) {
+                        self.event(&name, EventKind::UserCreated,
+                            &format!("user {user} was created in SQL with a plugin other than mysql_native_password; the proxy cannot log it in"),
+                            serde_json::json!({"user": user, "plugin": plugin})).await;
+                    }
+                    continue;
+                }
+            };
+            match known.iter().find(|u| u.name == user) {
+                None => {
+                    let u = User {
+                        service: name.clone(),
+                        name: user.clone(),
+                        hash,
+                        owner: false,
+                        created_at_ms: now_ms(),
+                    };
+                    self.store.create_user(&u).await?;
+                    self.event(
+                        &name,
+                        EventKind::UserCreated,
+                        &format!("user {user} created in SQL"),
+                        serde_json::json!({"user": user, "via": "sql"}),
+                    )
+                    .await;
+                }
+                Some(k) if k.hash != hash => {
+                    self.store.set_user_hash(&name, &user, &hash).await?;
+                    self.event(
+                        &name,
+                        EventKind::UserCreated,
+                        &format!("password of user {user} changed in SQL"),
+                        serde_json::json!({"user": user, "via": "sql", "changed": "password"}),
+                    )
+                    .await;
+                }
+                Some(_) => {}
+            }
+        }
+        for gone in known.iter().filter(|u| !seen.contains(&u.name)) {
+            self.store.delete_user(&name, &gone.name).await?;
+            self.event(
+                &name,
+                EventKind::UserDeleted,
+                &format!("user {} dropped in SQL", gone.name),
+                serde_json::json!({"user": gone.name, "via": "sql", "owner": gone.owner}),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn admin(
         &self,
         name: &ServiceName,

@@ -552,7 +552,9 @@ impl<D: Directory> Session<D> {
     /// Learns what successful statements did to the session.
     async fn after_statements(&mut self, sql: &[u8], stmts: &[Statement], warnings: u16) {
         let mut read_user_vars = false;
+        let mut accounts = false;
         for s in stmts {
+            accounts |= s.kind == Kind::AccountManagement;
             if let Some(p) = s.pin {
                 self.state.pin(p);
             }
@@ -575,6 +577,9 @@ impl<D: Directory> Session<D> {
                     .retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
                 _ => {}
             }
+        }
+        if accounts {
+            self.proxy.dir.accounts_changed(&self.service).await;
         }
         if read_user_vars {
             if warnings == 0 {

@@ -42,6 +42,10 @@ pub trait Directory: Send + Sync + 'static {
         service: &str,
         wake: bool,
     ) -> impl Future<Output = Result<Option<SocketAddr>, String>> + Send;
+
+    /// A client changed accounts in SQL (`CREATE USER`, `SET PASSWORD`…) on `service`: the
+    /// directory re-reads them, so the next login sees the change.
+    fn accounts_changed(&self, service: &str) -> impl Future<Output = ()> + Send;
 }
 
 /// What the proxy needs to know of an account to let it in.

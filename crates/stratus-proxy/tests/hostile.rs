@@ -28,6 +28,8 @@ impl Directory for Accounts {
             Ok(None)
         }
     }
+
+    async fn accounts_changed(&self, _service: &str) {}
 }
 
 fn stage2(password: &str) -> [u8; 20] {

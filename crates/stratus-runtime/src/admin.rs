@@ -75,6 +75,20 @@ impl AdminConn {
             .collect())
     }
 
+    /// All rows of a result.
+    pub async fn query_rows<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<T>> {
+        self.conn
+            .query(sql)
+            .await
+            .map_err(|source| RuntimeError::Sql {
+                name: self.name.clone(),
+                source,
+            })
+    }
+
     /// First column of the first row, if any.
     pub async fn query_value<T: mysql_async::prelude::FromValue + Send + 'static>(
         &mut self,

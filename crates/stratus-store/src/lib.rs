@@ -65,6 +65,13 @@ pub trait Store: Send + Sync + 'static {
 
     fn create_user(&self, user: &User) -> impl Future<Output = Result<()>> + Send;
     fn users(&self, service: &ServiceName) -> impl Future<Output = Result<Vec<User>>> + Send;
+    /// Replaces a user's stored hash (its password changed).
+    fn set_user_hash(
+        &self,
+        service: &ServiceName,
+        user: &UserName,
+        hash: &stratus_core::NativeHash,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn delete_user(
         &self,
         service: &ServiceName,

@@ -354,6 +354,24 @@ impl Store for SqliteStore {
         rows.map(|r| r?).collect()
     }
 
+    async fn set_user_hash(
+        &self,
+        service: &ServiceName,
+        user: &UserName,
+        hash: &NativeHash,
+    ) -> Result<()> {
+        let n = self.lock().execute(
+            "UPDATE users SET hash = ?3 WHERE service = ?1 AND name = ?2",
+            params![service.as_str(), user.as_str(), hash.to_string()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!(
+                "user {user} of database {service}"
+            )));
+        }
+        Ok(())
+    }
+
     async fn delete_user(&self, service: &ServiceName, user: &UserName) -> Result<()> {
         let conn = self.lock();
         let n = conn.execute(

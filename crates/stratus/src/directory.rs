@@ -49,4 +49,15 @@ impl Directory for ControlDirectory {
             .await
             .map_err(|e| format!("control plane task failed: {e}"))?
     }
+
+    async fn accounts_changed(&self, service: &str) {
+        let (cp, service) = (self.cp.clone(), service.to_owned());
+        let done = self
+            .runtime
+            .spawn(async move { cp.sync_accounts(&service).await })
+            .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!("cannot re-read accounts: {e}");
+        }
+    }
 }

@@ -213,3 +213,61 @@ async fn distribution_clients_work_unchanged() {
     );
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
+    let mut s = Stratus::new("accounts");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut owner = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    owner
+        .query_drop("CREATE USER 'app'@'%' IDENTIFIED BY 'first'")
+        .await
+        .unwrap();
+    owner
+        .query_drop("GRANT SELECT ON shop.* TO 'app'@'%'")
+        .await
+        .unwrap();
+    let mut app = Conn::new(opts(&s, "shop.app", "first", Some("shop")))
+        .await
+        .unwrap();
+    let one: Option<u8> = app.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    app.disconnect().await.unwrap();
+    let users = s.json(&["user", "list", "shop"]);
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "app" && u["owner"] == false),
+        "{users}"
+    );
+
+    owner
+        .query_drop("ALTER USER 'app'@'%' IDENTIFIED BY 'second'")
+        .await
+        .unwrap();
+    assert!(
+        Conn::new(opts(&s, "shop.app", "first", None))
+            .await
+            .is_err(),
+        "old password refused"
+    );
+    Conn::new(opts(&s, "shop.app", "second", None))
+        .await
+        .unwrap()
+        .disconnect()
+        .await
+        .unwrap();
+
+    owner.query_drop("DROP USER 'app'@'%'").await.unwrap();
+    let err = Conn::new(opts(&s, "shop.app", "second", None))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1045"), "{err}");
+    let users = s.json(&["user", "list", "shop"]);
+    assert_eq!(users.as_array().unwrap().len(), 1, "{users}");
+    owner.disconnect().await.unwrap();
+    s.stop();
+}
