@@ -17,6 +17,8 @@ pub struct ServiceActivity {
     pub statements: AtomicU64,
     pub errors: AtomicU64,
     pub wakes: AtomicU64,
+    /// Backend connections kept for reuse.
+    pub pooled: AtomicU64,
     /// Statement latency as the client sees it, wake time included.
     pub latency: Histogram,
     /// Time a held client waited for its database to wake.
@@ -172,6 +174,12 @@ impl Activity {
             "counter",
             "Databases woken for a waiting client.",
             &|a| l(&a.wakes),
+        );
+        family(
+            "stratus_proxy_pooled_connections",
+            "gauge",
+            "Backend connections kept for reuse.",
+            &|a| l(&a.pooled),
         );
         let mut histogram = |name: &str, help: &str, h: &dyn Fn(&ServiceActivity) -> &Histogram| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");

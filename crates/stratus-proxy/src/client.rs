@@ -6,6 +6,7 @@
 use crate::activity::ServiceActivity;
 use crate::backend::{Backend, BackendError, Login};
 use crate::error::SqlError;
+use crate::pool;
 use crate::prepared::Statements;
 use crate::session::{BACKEND_TRACKING, SessionState, UserVar, user_var_literal};
 use crate::stream::{ClientStream, Prefixed};
@@ -191,6 +192,7 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
         pinned_reported: false,
         in_trans_reported: false,
         user_vars_pending: false,
+        hold_answer: false,
     };
     // Connect at once if the database runs (so a bad schema fails the login, as on a server);
     // a sleeping database is woken by the first statement, not by the connection.
@@ -212,6 +214,9 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
     }
     let end = session.serve().await;
     session.release_pins();
+    if matches!(end, End::Client) {
+        session.release_backend().await;
+    }
     tracing::debug!(db = %session.service, ?end, "session ended");
 }
 
@@ -386,11 +391,16 @@ struct Session<D: Directory> {
     /// User variables changed by a statement that left warnings: reading them back then would
     /// clear the warnings before the client asks for them, so it waits for the next statement.
     user_vars_pending: bool,
+    /// Keep the next answer from the client until the proxy has acted on it (accounts changed
+    /// in SQL must be in the catalog before the client can try them).
+    hold_answer: bool,
 }
 
 /// How relaying one response went.
 #[derive(Debug, Default)]
 struct Relayed {
+    /// The answer, when the session asked to hold it back (`hold_answer`).
+    held: Option<Vec<u8>>,
     status: u16,
     warnings: u16,
     error: Option<u16>,
@@ -540,11 +550,17 @@ impl<D: Directory> Session<D> {
             self.read_user_vars().await;
         }
         let retry_safe = stmts.iter().all(|s| s.read_only) && self.state.pinned().is_none();
+        self.hold_answer = stmts.iter().any(|s| s.kind == Kind::AccountManagement);
         let relayed = self
             .forward_retrying(raw, seq, Expect::ResultSets { binary: false }, retry_safe)
-            .await?;
+            .await;
+        self.hold_answer = false;
+        let relayed = relayed?;
         if relayed.error.is_none() {
             self.after_statements(sql, stmts, relayed.warnings).await;
+        }
+        if let Some(answer) = relayed.held {
+            self.client.write(&answer).await?;
         }
         Ok(())
     }
@@ -956,17 +972,37 @@ impl<D: Directory> Session<D> {
     /// Opens a backend connection as the client's user and replays the session on it.
     async fn connect(&mut self, addr: SocketAddr) -> Result<(), BackendError> {
         let timeout = self.proxy.cfg.wake_timeout;
-        let mut b = match Backend::connect(addr, &self.login, self.state.schema.as_deref(), timeout)
-            .await
-        {
-            // The schema is gone (dropped meanwhile): continue without one, as the server would.
-            Err(BackendError::Server(e)) if e.code == 1049 && self.state.schema.is_some() => {
-                self.state.schema = None;
-                Backend::connect(addr, &self.login, None, timeout).await?
+        let kept = pool::take(
+            &self.pool_key(addr),
+            self.proxy.cfg.pool_idle_timeout,
+            &self.proxy.activity,
+        );
+        let mut b = match kept {
+            Some(b) => b,
+            None => {
+                let b = match Backend::connect(
+                    addr,
+                    &self.login,
+                    self.state.schema.as_deref(),
+                    timeout,
+                )
+                .await
+                {
+                    // The schema is gone (dropped meanwhile): continue without one, as the
+                    // server would.
+                    Err(BackendError::Server(e))
+                        if e.code == 1049 && self.state.schema.is_some() =>
+                    {
+                        self.state.schema = None;
+                        Backend::connect(addr, &self.login, None, timeout).await?
+                    }
+                    other => other?,
+                };
+                let mut b = b;
+                b.query(BACKEND_TRACKING).await?;
+                b
             }
-            other => other?,
         };
-        b.query(BACKEND_TRACKING).await?;
         for (i, sql) in self.state.replay().into_iter().enumerate() {
             if let Err(e) = b.query(&sql).await {
                 tracing::warn!(db = %self.service, "could not recreate session state ({sql}): {e:?}");
@@ -983,6 +1019,33 @@ impl<D: Directory> Session<D> {
         self.stmts.backend_changed();
         self.backend = Some(b);
         Ok(())
+    }
+
+    fn pool_key(&self, addr: SocketAddr) -> pool::Key {
+        pool::Key {
+            service: self.service.clone(),
+            addr,
+            user: self.login.user.clone(),
+            stage1: self.login.stage1.0,
+            caps: self.login.client_caps,
+            charset: self.login.charset,
+            schema: self.state.schema.clone(),
+        }
+    }
+
+    /// After the client left: keep a healthy backend connection for the next client.
+    async fn release_backend(&mut self) {
+        let Some(b) = self.backend.take() else { return };
+        let key = self.pool_key(b.addr);
+        let cfg = &self.proxy.cfg;
+        pool::give_back(
+            key,
+            b,
+            cfg.pool_idle_timeout,
+            cfg.pool_max_idle,
+            &self.proxy.activity,
+        )
+        .await;
     }
 
     fn drop_backend(&mut self) {
@@ -1131,6 +1194,14 @@ impl<D: Directory> Session<D> {
                 }
                 match step {
                     Step::More => {}
+                    Step::Done if self.hold_answer => {
+                        relayed.held = Some(out.take(&mut b.buf, pos));
+                        relayed.status = t.status;
+                        relayed.warnings = t.warnings;
+                        relayed.error = t.error;
+                        self.state.in_transaction = t.status & caps::STATUS_IN_TRANS != 0;
+                        return Ok(relayed);
+                    }
                     Step::Done | Step::LocalInfile => {
                         out.send(&mut self.client.stream, &mut b.buf, pos, true)
                             .await?;
@@ -1238,6 +1309,14 @@ impl Pending {
         self.out.extend_from_slice(&buf[self.copied..start]);
         self.out.extend_from_slice(new);
         self.copied = end;
+    }
+
+    /// Takes `buf[..end]` (with replacements) out of the buffer.
+    fn take(&mut self, buf: &mut BytesMut, end: usize) -> Vec<u8> {
+        self.out.extend_from_slice(&buf[self.copied..end]);
+        buf.advance(end);
+        self.copied = 0;
+        std::mem::take(&mut self.out)
     }
 
     /// Sends `buf[..end]` (with replacements) to the client and drops it from the buffer.

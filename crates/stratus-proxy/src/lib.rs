@@ -14,6 +14,7 @@ pub mod activity;
 pub mod backend;
 pub mod client;
 pub mod error;
+pub mod pool;
 mod prepared;
 pub mod session;
 mod stream;
@@ -71,6 +72,10 @@ pub struct ProxyConfig {
     pub max_packet: usize,
     /// TLS for clients; `None`: plain TCP only.
     pub tls: Option<tls::Tls>,
+    /// Backend connections kept per database (per session thread) after their clients left.
+    pub pool_max_idle: usize,
+    /// How long a kept backend connection may wait for a new client.
+    pub pool_idle_timeout: Duration,
     /// Threads that run client sessions, each a single-threaded event loop (as HAProxy's
     /// threads are): sessions never migrate between cores, so relaying a statement takes no
     /// cross-thread wake-ups. 0: run sessions on the caller's runtime.
@@ -87,6 +92,8 @@ impl Default for ProxyConfig {
             wake_timeout: Duration::from_secs(60),
             max_packet: 1 << 30,
             tls: None,
+            pool_max_idle: 16,
+            pool_idle_timeout: Duration::from_secs(60),
             threads: 1,
         }
     }

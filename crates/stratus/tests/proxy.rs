@@ -271,3 +271,44 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
     owner.disconnect().await.unwrap();
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_connections_are_reused_clean() {
+    let mut s = Stratus::new("pool");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut first = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    first
+        .query_drop("SET @secret = 'from the first client', SESSION sql_mode = 'ANSI'")
+        .await
+        .unwrap();
+    first
+        .query_drop("CREATE TEMPORARY TABLE scratch (a INT)")
+        .await
+        .unwrap();
+    let id1: Option<u64> = first.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    first.disconnect().await.unwrap();
+    // The connection is reset and kept once the client has gone.
+    s.wait_for_metric(
+        "stratus_proxy_pooled_connections{db=\"shop\"}",
+        1.0,
+        std::time::Duration::from_secs(10),
+    );
+
+    let mut second = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    let id2: Option<u64> = second.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    assert_eq!(id1, id2, "the backend connection was kept and reused");
+    let row: Option<(Option<String>, String)> = second
+        .query_first("SELECT @secret, @@sql_mode")
+        .await
+        .unwrap();
+    let (secret, mode) = row.unwrap();
+    assert_eq!(secret, None, "nothing of the first session leaks");
+    assert_ne!(mode, "ANSI");
+    assert!(
+        second.query_drop("SELECT * FROM scratch").await.is_err(),
+        "its temporary table is gone"
+    );
+    second.disconnect().await.unwrap();
+    s.stop();
+}

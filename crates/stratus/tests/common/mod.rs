@@ -159,6 +159,35 @@ impl Stratus {
         }
     }
 
+    /// A sample from `/metrics`, e.g. `stratus_proxy_pooled_connections{db="shop"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(&self.api).ok()?;
+        write!(
+            sock,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.api
+        )
+        .ok()?;
+        let mut text = String::new();
+        sock.read_to_string(&mut text).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// Polls a metric until it reaches `want` (bounded).
+    pub fn wait_for_metric(&self, series: &str, want: f64, timeout: Duration) {
+        let begin = Instant::now();
+        while self.metric(series) != Some(want) {
+            assert!(
+                begin.elapsed() < timeout,
+                "{series} did not reach {want}: {:?}",
+                self.metric(series)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Pids of `mariadbd` processes under this installation's data directory.
     pub fn mariadbd_pids(&self) -> Vec<u32> {
         let needle = self.data_dir().join("databases");

@@ -1,0 +1,116 @@
+//! Backend connections kept after their client left, for the next client of the same database,
+//! user and connection settings: reusing one costs a reset instead of a TCP connect, a login and
+//! the tracking set-up.
+//!
+//! Each session thread keeps its own pool (a socket belongs to the event loop that registered
+//! it). A connection is reset (`COM_RESET_CONNECTION`,
+//! <https://mariadb.com/kb/en/com_reset_connection/>) before it is kept, checked alive before it
+//! is reused, dropped after `idle` unused, and at most `cap` wait per database. A database that is
+//! parked or suspended closes its connections; they are found dead and dropped on the next look.
+
+use crate::activity::Activity;
+use crate::backend::Backend;
+use crate::session::BACKEND_TRACKING;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use stratus_wire::command::COM_RESET_CONNECTION;
+
+/// What must match for a kept connection to serve a new session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub service: String,
+    pub addr: SocketAddr,
+    pub user: Vec<u8>,
+    /// `SHA1(password)`: a connection made with an old password is not handed to a new one.
+    pub stage1: [u8; 20],
+    pub caps: u64,
+    pub charset: u8,
+    /// The schema stays selected across a reset.
+    pub schema: Option<String>,
+}
+
+struct Idle {
+    backend: Backend,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<Key, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// A live kept connection for `key`, if there is one.
+pub fn take(key: &Key, idle: Duration, activity: &Activity) -> Option<Backend> {
+    IDLE.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let list = pool.get_mut(key)?;
+        let pooled = &activity.service(&key.service).pooled;
+        while let Some(entry) = list.pop() {
+            pooled.fetch_sub(1, Ordering::Relaxed);
+            if entry.since.elapsed() <= idle && alive(&entry.backend) {
+                return Some(entry.backend);
+            }
+        }
+        None
+    })
+}
+
+/// Resets `backend` and keeps it for the next session with `key`.
+pub async fn give_back(
+    key: Key,
+    mut backend: Backend,
+    idle: Duration,
+    cap: usize,
+    activity: &Activity,
+) {
+    if !backend.buf.is_empty() || reset(&mut backend).await.is_err() {
+        return;
+    }
+    IDLE.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        for (k, list) in pool.iter_mut() {
+            let before = list.len();
+            list.retain(|e| e.since.elapsed() <= idle);
+            activity
+                .service(&k.service)
+                .pooled
+                .fetch_sub((before - list.len()) as u64, Ordering::Relaxed);
+        }
+        pool.retain(|_, list| !list.is_empty());
+        let kept: usize = pool
+            .iter()
+            .filter(|(k, _)| k.service == key.service)
+            .map(|(_, l)| l.len())
+            .sum();
+        if kept < cap {
+            activity
+                .service(&key.service)
+                .pooled
+                .fetch_add(1, Ordering::Relaxed);
+            pool.entry(key).or_default().push(Idle {
+                backend,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+async fn reset(b: &mut Backend) -> Result<(), crate::backend::BackendError> {
+    b.send(COM_RESET_CONNECTION, &[]).await?;
+    let answer = b.read_packet().await?;
+    if answer.first() != Some(&0x00) {
+        return Err(crate::backend::BackendError::Protocol("reset refused"));
+    }
+    // A reset forgets the session's tracking settings too.
+    b.query(BACKEND_TRACKING).await?;
+    Ok(())
+}
+
+/// An idle connection has nothing to read: anything there (or an end of stream) means its
+/// server is going or gone.
+fn alive(b: &Backend) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(b.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
