@@ -114,11 +114,11 @@ impl ApiClient {
         .await
     }
 
-    pub async fn park(&self, name: &str) -> Result<DatabaseView, ClientError> {
-        self.call::<(), _>(
+    pub async fn park(&self, name: &str, force: bool) -> Result<DatabaseView, ClientError> {
+        self.call(
             Method::POST,
             &format!("/v1/databases/{}/park", seg(name)),
-            None,
+            Some(&ParkRequest { force }),
         )
         .await
     }

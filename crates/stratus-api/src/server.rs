@@ -246,8 +246,20 @@ async fn scale<S: Store, R: Runtime>(
 async fn park<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<DatabaseView>> {
-    Ok(Json(st.cp.park(&name).await?))
+    let req: ParkRequest = if body.is_empty() {
+        ParkRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("bad request body: {e}"),
+            )
+        })?
+    };
+    Ok(Json(st.cp.park(&name, req.force).await?))
 }
 
 async fn resume<S: Store, R: Runtime>(

@@ -13,6 +13,15 @@ pub struct ScaleRequest {
     pub scu: u32,
 }
 
+/// `POST /v1/databases/{name}/park`; the body is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParkRequest {
+    /// Park even if clients hold transactions, temporary tables or locks (they lose them).
+    #[serde(default)]
+    pub force: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {

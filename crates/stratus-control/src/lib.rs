@@ -51,7 +51,11 @@ impl Default for ControlConfig {
     }
 }
 
+/// Reports a database's client activity (the proxy's figures).
+pub type ActivitySource = Arc<dyn Fn(&str) -> stratus_core::ActivityView + Send + Sync>;
+
 pub struct ControlPlane<S: Store, R: Runtime> {
+    activity: std::sync::OnceLock<ActivitySource>,
     store: S,
     runtime: R,
     cfg: ControlConfig,
@@ -62,12 +66,25 @@ pub struct ControlPlane<S: Store, R: Runtime> {
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub fn new(store: S, runtime: R, cfg: ControlConfig) -> Arc<Self> {
         Arc::new(Self {
+            activity: std::sync::OnceLock::new(),
             store,
             runtime,
             cfg,
             locks: Mutex::new(HashMap::new()),
             started: Instant::now(),
         })
+    }
+
+    /// Connects the data plane's activity figures (set once, after the proxy starts).
+    pub fn set_activity_source(&self, source: ActivitySource) {
+        let _ = self.activity.set(source);
+    }
+
+    pub fn activity(&self, name: &ServiceName) -> stratus_core::ActivityView {
+        self.activity
+            .get()
+            .map(|f| f(name.as_str()))
+            .unwrap_or_default()
     }
 
     pub fn store(&self) -> &S {

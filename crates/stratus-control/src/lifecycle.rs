@@ -184,6 +184,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             pid: seen.pid,
             backend: seen.backend,
             cpu_usage_seconds: seen.cpu_usage_ns.map(|ns| ns as f64 / 1e9),
+            activity: self.activity(svc.name()),
             memory_usage: seen.memory_usage_bytes,
             created_at: rfc3339(svc.created_at_ms),
             updated_at: rfc3339(svc.updated_at_ms),
@@ -232,12 +233,21 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     /// Stops the server and keeps its storage.
-    pub async fn park(&self, db: &str) -> Result<DatabaseView> {
+    pub async fn park(&self, db: &str, force: bool) -> Result<DatabaseView> {
         let name = ServiceName::parse(db)?;
         let _guard = self.lock(&name).await;
         let mut svc = self.load(&name).await?;
         if svc.state == DbState::Parked {
             return Ok(self.view(&svc).await);
+        }
+        let activity = self.activity(&name);
+        if activity.holds_state() && !force {
+            return Err(ControlError::WrongState(format!(
+                "database {name} has {} running statement(s), {} open transaction(s) and {} pinned session(s) \
+                 (temporary tables, locks, cursors); parking now would lose them. Retry when they finish, \
+                 or force it",
+                activity.statements_running, activity.open_transactions, activity.pinned_sessions
+            )));
         }
         if !svc.state.can_become(DbState::Parked) {
             return Err(ControlError::WrongState(format!(

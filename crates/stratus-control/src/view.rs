@@ -34,6 +34,9 @@ pub struct DatabaseView {
     /// That server's own `host:port`, for benchmarks and debugging.
     pub backend: Option<String>,
     pub cpu_usage_seconds: Option<f64>,
+    /// Client activity seen by the proxy.
+    #[serde(default)]
+    pub activity: stratus_core::ActivityView,
     pub memory_usage: Option<u64>,
     pub created_at: String,
     pub updated_at: String,

@@ -5,6 +5,7 @@
 //! objects (`ScalingPolicy`, `BackupSchedule`) with the defaults of `DESIGN.md`, events, and the
 //! `mysql_native_password` hash the proxy authenticates against.
 
+pub mod activity;
 pub mod event;
 pub mod names;
 pub mod password;
@@ -13,6 +14,7 @@ pub mod scu;
 pub mod service;
 pub mod time;
 
+pub use activity::ActivityView;
 pub use event::{Event, EventKind};
 pub use names::{NameError, ServiceName, UserName};
 pub use password::{NativeHash, random_password};

@@ -99,7 +99,12 @@ pub enum DbCommand {
         scu: u32,
     },
     /// Stop a database's server, keeping its storage.
-    Park { name: String },
+    Park {
+        name: String,
+        /// Park even while clients hold transactions, temporary tables or locks (they lose them).
+        #[arg(long)]
+        force: bool,
+    },
     /// Start a parked database again.
     Resume { name: String },
 }

@@ -151,8 +151,8 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
             .await?;
             show(&d, json)
         }
-        DbCommand::Park { name } => {
-            let d = with_spinner(format!("parking {name}"), api.park(&name)).await?;
+        DbCommand::Park { name, force } => {
+            let d = with_spinner(format!("parking {name}"), api.park(&name, force)).await?;
             show(&d, json)
         }
         DbCommand::Resume { name } => {
@@ -192,6 +192,11 @@ fn show(d: &DatabaseView, json: bool) -> anyhow::Result<()> {
         (Some(pid), Some(backend)) => println!("server:       mariadbd pid {pid} on {backend}"),
         _ => println!("server:       not running"),
     }
+    let a = &d.activity;
+    println!(
+        "clients:      {} connected, {} running, {} in a transaction, {} pinned",
+        a.connections, a.statements_running, a.open_transactions, a.pinned_sessions
+    );
     if let Some(dir) = &d.data_dir {
         println!("data:         {dir}");
     }

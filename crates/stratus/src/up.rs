@@ -81,6 +81,19 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
         },
         ControlDirectory::new(cp.clone()),
     );
+    cp.set_activity_source({
+        let proxy = proxy.clone();
+        Arc::new(move |db: &str| {
+            let a = proxy.activity.snapshot(db);
+            stratus_core::ActivityView {
+                connections: a.connections,
+                statements_running: a.running,
+                open_transactions: a.in_transaction,
+                pinned_sessions: a.pinned,
+                last_statement_ms: a.last_statement_ms,
+            }
+        })
+    });
     tokio::spawn(proxy.clone().serve(sql_listener));
 
     let router = stratus_api::router(

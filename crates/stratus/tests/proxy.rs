@@ -312,3 +312,53 @@ async fn backend_connections_are_reused_clean() {
     second.disconnect().await.unwrap();
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_sessions_are_reported_and_not_parked_under_their_clients() {
+    let mut s = Stratus::new("pinned");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    conn.query_drop("BEGIN").await.unwrap();
+    conn.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    let shown = s.json(&["db", "show", "shop"]);
+    assert_eq!(shown["activity"]["open_transactions"], 1, "{shown}");
+    assert_eq!(shown["activity"]["connections"], 1);
+    let err = s.fails(&["db", "park", "shop"]);
+    assert!(
+        err.contains("1 open transaction") && err.contains("force"),
+        "{err}"
+    );
+    conn.query_drop("COMMIT").await.unwrap();
+
+    conn.query_drop("CREATE TEMPORARY TABLE scratch (a INT)")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.json(&["db", "show", "shop"])["activity"]["pinned_sessions"],
+        1
+    );
+    assert!(
+        s.fails(&["db", "park", "shop"])
+            .contains("1 pinned session")
+    );
+    conn.query_drop("DROP TEMPORARY TABLE scratch")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.json(&["db", "show", "shop"])["activity"]["pinned_sessions"],
+        0
+    );
+    assert_eq!(
+        s.json(&["db", "park", "shop"])["state"],
+        "parked",
+        "idle connections do not hold it"
+    );
+    let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(n, Some(1), "the committed row, after a wake");
+    conn.disconnect().await.unwrap();
+    s.stop();
+}

@@ -1,0 +1,23 @@
+//! What the data plane reports about a database's use, for the lifecycle controller and the API.
+
+use serde::{Deserialize, Serialize};
+
+/// A point-in-time view of a database's client activity. Idle connections are not activity;
+/// running statements, open transactions and pinned sessions are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityView {
+    pub connections: u64,
+    pub statements_running: u64,
+    pub open_transactions: u64,
+    /// Sessions holding state that cannot move to another backend connection.
+    pub pinned_sessions: u64,
+    /// Milliseconds since the Unix epoch of the last statement's end; 0 if none.
+    pub last_statement_ms: i64,
+}
+
+impl ActivityView {
+    /// Whether stopping the server now would lose something a client holds.
+    pub fn holds_state(&self) -> bool {
+        self.statements_running > 0 || self.open_transactions > 0 || self.pinned_sessions > 0
+    }
+}
