@@ -25,6 +25,24 @@ pub struct FileConfig {
     pub resources: ResourcesSection,
     #[serde(default)]
     pub tls: TlsSection,
+    #[serde(default)]
+    pub proxy: ProxySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// Session threads (single-threaded event loops).
+    pub threads: Option<usize>,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_database: Option<u64>,
+    /// How long a statement waits for its database to wake.
+    pub wake_timeout_secs: Option<u64>,
+    /// How long a client has to log in.
+    pub handshake_timeout_secs: Option<u64>,
+    /// Backend connections kept per database (per thread) for reuse, and for how long.
+    pub pool_max_idle: Option<usize>,
+    pub pool_idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +89,7 @@ pub struct Settings {
     pub cgroups: bool,
     pub cgroup_parent: String,
     pub tls: Option<TlsSettings>,
+    pub proxy: stratus_proxy::ProxyConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +138,23 @@ impl Settings {
                 .resources
                 .cgroup_parent
                 .unwrap_or_else(|| "stratus".to_owned()),
+            proxy: {
+                let d = stratus_proxy::ProxyConfig::default();
+                let p = &fc.proxy;
+                let secs = Duration::from_secs;
+                stratus_proxy::ProxyConfig {
+                    threads: p.threads.unwrap_or(d.threads),
+                    max_connections: p.max_connections.unwrap_or(d.max_connections),
+                    max_connections_per_service: p
+                        .max_connections_per_database
+                        .unwrap_or(d.max_connections_per_service),
+                    wake_timeout: p.wake_timeout_secs.map_or(d.wake_timeout, secs),
+                    handshake_timeout: p.handshake_timeout_secs.map_or(d.handshake_timeout, secs),
+                    pool_max_idle: p.pool_max_idle.unwrap_or(d.pool_max_idle),
+                    pool_idle_timeout: p.pool_idle_timeout_secs.map_or(d.pool_idle_timeout, secs),
+                    ..d
+                }
+            },
             tls: fc.tls.enabled.unwrap_or(true).then_some(TlsSettings {
                 cert: fc.tls.cert,
                 key: fc.tls.key,

@@ -77,7 +77,7 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
         ProxyConfig {
             server_version: greeting_version(&info.mariadb_version),
             tls,
-            ..ProxyConfig::default()
+            ..settings.proxy.clone()
         },
         ControlDirectory::new(cp.clone()),
     );
