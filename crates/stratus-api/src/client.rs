@@ -4,6 +4,7 @@ use crate::types::*;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use stratus_core::names::percent_encode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -92,14 +93,18 @@ impl ApiClient {
     }
 
     pub async fn show(&self, name: &str) -> Result<DatabaseView, ClientError> {
-        self.call::<(), _>(Method::GET, &format!("/v1/databases/{}", seg(name)), None)
-            .await
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/databases/{}", percent_encode(name)),
+            None,
+        )
+        .await
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
         self.call::<(), ()>(
             Method::DELETE,
-            &format!("/v1/databases/{}", seg(name)),
+            &format!("/v1/databases/{}", percent_encode(name)),
             None,
         )
         .await
@@ -108,7 +113,7 @@ impl ApiClient {
     pub async fn scale(&self, name: &str, scu: u32) -> Result<DatabaseView, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/databases/{}/scale", seg(name)),
+            &format!("/v1/databases/{}/scale", percent_encode(name)),
             Some(&ScaleRequest { scu }),
         )
         .await
@@ -117,7 +122,7 @@ impl ApiClient {
     pub async fn park(&self, name: &str, force: bool) -> Result<DatabaseView, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/databases/{}/park", seg(name)),
+            &format!("/v1/databases/{}/park", percent_encode(name)),
             Some(&ParkRequest { force }),
         )
         .await
@@ -126,7 +131,7 @@ impl ApiClient {
     pub async fn resume(&self, name: &str) -> Result<DatabaseView, ClientError> {
         self.call::<(), _>(
             Method::POST,
-            &format!("/v1/databases/{}/resume", seg(name)),
+            &format!("/v1/databases/{}/resume", percent_encode(name)),
             None,
         )
         .await
@@ -135,7 +140,7 @@ impl ApiClient {
     pub async fn users(&self, db: &str) -> Result<Vec<UserView>, ClientError> {
         self.call::<(), _>(
             Method::GET,
-            &format!("/v1/databases/{}/users", seg(db)),
+            &format!("/v1/databases/{}/users", percent_encode(db)),
             None,
         )
         .await
@@ -148,7 +153,7 @@ impl ApiClient {
     ) -> Result<CreatedUser, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/databases/{}/users", seg(db)),
+            &format!("/v1/databases/{}/users", percent_encode(db)),
             Some(req),
         )
         .await
@@ -157,7 +162,11 @@ impl ApiClient {
     pub async fn delete_user(&self, db: &str, user: &str) -> Result<(), ClientError> {
         self.call::<(), ()>(
             Method::DELETE,
-            &format!("/v1/databases/{}/users/{}", seg(db), seg(user)),
+            &format!(
+                "/v1/databases/{}/users/{}",
+                percent_encode(db),
+                percent_encode(user)
+            ),
             None,
         )
         .await
@@ -171,7 +180,7 @@ impl ApiClient {
     ) -> Result<Vec<EventView>, ClientError> {
         let mut q = Vec::new();
         if let Some(db) = db {
-            q.push(format!("db={}", seg(db)));
+            q.push(format!("db={}", percent_encode(db)));
         }
         if let Some(a) = after {
             q.push(format!("after={a}"));
@@ -186,19 +195,6 @@ impl ApiClient {
         };
         self.call::<(), _>(Method::GET, &path, None).await
     }
-}
-
-/// Percent-encodes a path segment or query value, so any name reaches the server as typed
-/// (and is rejected there with a clear message if invalid).
-fn seg(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The innermost cause: "connection refused" rather than "error sending request".

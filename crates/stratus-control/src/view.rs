@@ -86,20 +86,11 @@ pub fn connection_string(
     port: u16,
     database: &str,
 ) -> String {
-    fn enc(s: &str) -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    }
+    use stratus_core::names::percent_encode;
     format!(
         "mysql://{}:{}@{host}:{port}/{database}",
-        enc(user),
-        enc(password)
+        percent_encode(user),
+        percent_encode(password)
     )
 }
 

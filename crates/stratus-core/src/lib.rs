@@ -7,6 +7,7 @@
 
 pub mod activity;
 pub mod event;
+pub mod fs;
 pub mod names;
 pub mod password;
 pub mod policy;

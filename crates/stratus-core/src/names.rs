@@ -100,6 +100,24 @@ impl UserName {
     }
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters: for names in URL paths and
+/// for the user and password of `mysql://` connection strings.
+pub fn percent_encode(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
 macro_rules! name_impls {
     ($t:ty) => {
         impl fmt::Display for $t {
@@ -132,6 +150,12 @@ name_impls!(UserName);
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved() {
+        assert_eq!(percent_encode("shop.admin"), "shop.admin");
+        assert_eq!(percent_encode("p@ss:w/rd é"), "p%40ss%3Aw%2Frd%20%C3%A9");
+    }
 
     #[test]
     fn service_names() {

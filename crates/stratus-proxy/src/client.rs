@@ -1244,53 +1244,35 @@ impl<D: Directory> Session<D> {
 
     /// Tells the activity counters when this session's transaction or pin state changed.
     fn report_state(&mut self) {
-        let in_trans = self.state.in_transaction;
-        if in_trans != self.in_trans_reported {
-            let c = &self.activity.in_transaction;
-            if in_trans {
-                c.fetch_add(1, Ordering::Relaxed)
-            } else {
-                c.fetch_sub(1, Ordering::Relaxed)
-            };
-            self.in_trans_reported = in_trans;
-        }
         let pinned = self.state.pinned().is_some();
-        if pinned != self.pinned_reported {
-            let c = &self.activity.pinned;
-            if pinned {
-                c.fetch_add(1, Ordering::Relaxed)
-            } else {
-                c.fetch_sub(1, Ordering::Relaxed)
-            };
-            self.pinned_reported = pinned;
-        }
+        track(
+            &self.activity.in_transaction,
+            &mut self.in_trans_reported,
+            self.state.in_transaction,
+        );
+        track(&self.activity.pinned, &mut self.pinned_reported, pinned);
     }
 
+    /// Withdraws this session's transaction and pin from the counters (it ends or starts over).
     fn release_pins(&mut self) {
-        self.state.in_transaction = false;
-        let keep = (
-            self.state.temp_tables,
-            self.state.named_locks,
-            self.state.table_locks,
-            self.state.handlers,
-            self.state.xa,
-            self.state.cursors,
+        track(
+            &self.activity.in_transaction,
+            &mut self.in_trans_reported,
+            false,
         );
-        self.state.temp_tables = 0;
-        self.state.named_locks = 0;
-        self.state.table_locks = false;
-        self.state.handlers = 0;
-        self.state.xa = false;
-        self.state.cursors = 0;
-        self.report_state();
-        (
-            self.state.temp_tables,
-            self.state.named_locks,
-            self.state.table_locks,
-            self.state.handlers,
-            self.state.xa,
-            self.state.cursors,
-        ) = keep;
+        track(&self.activity.pinned, &mut self.pinned_reported, false);
+    }
+}
+
+/// Moves one session's contribution to a shared gauge when its own flag changes.
+fn track(gauge: &std::sync::atomic::AtomicU64, reported: &mut bool, now: bool) {
+    if now != *reported {
+        if now {
+            gauge.fetch_add(1, Ordering::Relaxed);
+        } else {
+            gauge.fetch_sub(1, Ordering::Relaxed);
+        }
+        *reported = now;
     }
 }
 

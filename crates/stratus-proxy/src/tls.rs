@@ -105,28 +105,14 @@ fn self_signed(dir: &Path, cert: &Path, key: &Path, domain: Option<&str>) -> Res
         path: dir.to_owned(),
         source,
     })?;
-    write_private(key, made.signing_key.serialize_pem().as_bytes())?;
+    stratus_core::fs::write_private(key, made.signing_key.serialize_pem().as_bytes()).map_err(
+        |source| TlsError::Write {
+            path: key.to_owned(),
+            source,
+        },
+    )?;
     std::fs::write(cert, made.cert.pem()).map_err(|source| TlsError::Write {
         path: cert.to_owned(),
-        source,
-    })
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| TlsError::Write {
-            path: path.to_owned(),
-            source,
-        })?;
-    f.write_all(bytes).map_err(|source| TlsError::Write {
-        path: path.to_owned(),
         source,
     })
 }

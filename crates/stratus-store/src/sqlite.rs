@@ -117,6 +117,68 @@ impl SqliteStore {
     }
 }
 
+/// A per-service object kept as a JSON document: its table, column and name in messages. JSON
+/// lets a policy gain fields without a migration (missing ones take their defaults).
+struct Document {
+    table: &'static str,
+    column: &'static str,
+    what: &'static str,
+}
+
+const POLICY: Document = Document {
+    table: "scaling_policies",
+    column: "policy",
+    what: "scaling policy",
+};
+const SCHEDULE: Document = Document {
+    table: "backup_schedules",
+    column: "schedule",
+    what: "backup schedule",
+};
+
+impl SqliteStore {
+    fn get_document<T: serde::de::DeserializeOwned>(
+        &self,
+        doc: Document,
+        service: &ServiceName,
+    ) -> Result<T> {
+        let json: Option<String> = self
+            .lock()
+            .query_row(
+                &format!(
+                    "SELECT {} FROM {} WHERE service = ?1",
+                    doc.column, doc.table
+                ),
+                params![service.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let json =
+            json.ok_or_else(|| StoreError::NotFound(format!("{} of {service}", doc.what)))?;
+        serde_json::from_str(&json).map_err(|e| corrupt(doc.what, e))
+    }
+
+    fn set_document<T: serde::Serialize>(
+        &self,
+        doc: Document,
+        service: &ServiceName,
+        value: &T,
+    ) -> Result<()> {
+        let json = serde_json::to_string(value).map_err(|e| corrupt(doc.what, e))?;
+        let n = self.lock().execute(
+            &format!(
+                "UPDATE {} SET {} = ?2 WHERE service = ?1",
+                doc.table, doc.column
+            ),
+            params![service.as_str(), json],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("database {service}")));
+        }
+        Ok(())
+    }
+}
+
 const SERVICE_COLUMNS: &str = "name, tier, min_scu, max_scu, storage_gb, state, scu, buffer_pool_bytes, \
      port, admin_password, created_at_ms, updated_at_ms, require_tls";
 
@@ -387,17 +449,7 @@ impl Store for SqliteStore {
     }
 
     async fn scaling_policy(&self, service: &ServiceName) -> Result<ScalingPolicy> {
-        let json: Option<String> = self
-            .lock()
-            .query_row(
-                "SELECT policy FROM scaling_policies WHERE service = ?1",
-                params![service.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let json =
-            json.ok_or_else(|| StoreError::NotFound(format!("scaling policy of {service}")))?;
-        serde_json::from_str(&json).map_err(|e| corrupt("scaling policy", e))
+        self.get_document(POLICY, service)
     }
 
     async fn set_scaling_policy(
@@ -405,29 +457,11 @@ impl Store for SqliteStore {
         service: &ServiceName,
         policy: &ScalingPolicy,
     ) -> Result<()> {
-        let json = serde_json::to_string(policy).map_err(|e| corrupt("scaling policy", e))?;
-        let n = self.lock().execute(
-            "UPDATE scaling_policies SET policy = ?2 WHERE service = ?1",
-            params![service.as_str(), json],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("database {service}")));
-        }
-        Ok(())
+        self.set_document(POLICY, service, policy)
     }
 
     async fn backup_schedule(&self, service: &ServiceName) -> Result<BackupSchedule> {
-        let json: Option<String> = self
-            .lock()
-            .query_row(
-                "SELECT schedule FROM backup_schedules WHERE service = ?1",
-                params![service.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let json =
-            json.ok_or_else(|| StoreError::NotFound(format!("backup schedule of {service}")))?;
-        serde_json::from_str(&json).map_err(|e| corrupt("backup schedule", e))
+        self.get_document(SCHEDULE, service)
     }
 
     async fn set_backup_schedule(
@@ -435,15 +469,7 @@ impl Store for SqliteStore {
         service: &ServiceName,
         schedule: &BackupSchedule,
     ) -> Result<()> {
-        let json = serde_json::to_string(schedule).map_err(|e| corrupt("backup schedule", e))?;
-        let n = self.lock().execute(
-            "UPDATE backup_schedules SET schedule = ?2 WHERE service = ?1",
-            params![service.as_str(), json],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("database {service}")));
-        }
-        Ok(())
+        self.set_document(SCHEDULE, service, schedule)
     }
 
     async fn record_event(

@@ -183,6 +183,22 @@ async fn distribution_clients_work_unchanged() {
         "1\n2\n",
         "multi-result sets"
     );
+    // LOAD DATA LOCAL INFILE: the server asks the client for the file, through the proxy.
+    let csv = s.dir.path().join("rows.csv");
+    std::fs::write(&csv, "10,ten\n11,eleven\n").unwrap();
+    let load = format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE t FIELDS TERMINATED BY ','",
+        csv.display()
+    );
+    run("mariadb", &["--local-infile=1", "shop", "-e", &load]);
+    assert_eq!(
+        run(
+            "mariadb",
+            &["-N", "-B", "shop", "-e", "SELECT v FROM t WHERE id = 11"]
+        ),
+        "eleven\n"
+    );
+    run("mariadb", &["shop", "-e", "DELETE FROM t WHERE id >= 10"]);
     let dump = run(
         "mariadb-dump",
         &["--single-transaction", "--routines", "shop"],
@@ -360,5 +376,35 @@ async fn pinned_sessions_are_reported_and_not_parked_under_their_clients() {
     let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM t").await.unwrap();
     assert_eq!(n, Some(1), "the committed row, after a wake");
     conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_clients_waking_one_database_cause_one_wake() {
+    let mut s = Stratus::new("herd");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    s.json(&["db", "park", "shop"]);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let o = opts(&s, &user, &pw, Some("shop"));
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(o).await.unwrap();
+            let one: Option<u32> = c.query_first("SELECT 1").await.unwrap();
+            c.disconnect().await.unwrap();
+            one
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Some(1));
+    }
+    let events = s.json(&["events", "--db", "shop"]);
+    let wakes = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "woken")
+        .count();
+    assert_eq!(wakes, 1, "{events}");
     s.stop();
 }

@@ -131,16 +131,7 @@ fn failed(what: &str, out: &std::process::Output, log: &Path) -> RuntimeError {
 
 /// Writes a file only its owner can read: option files and passwords.
 pub fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| RuntimeError::io(format!("cannot write {}", path.display()), e))?;
-    f.write_all(contents.as_bytes())
+    stratus_core::fs::write_private(path, contents.as_bytes())
         .map_err(|e| RuntimeError::io(format!("cannot write {}", path.display()), e))
 }
 
