@@ -128,6 +128,15 @@ impl ApiClient {
         .await
     }
 
+    pub async fn suspend(&self, name: &str, force: bool) -> Result<DatabaseView, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/databases/{}/suspend", percent_encode(name)),
+            Some(&ParkRequest { force }),
+        )
+        .await
+    }
+
     pub async fn resume(&self, name: &str) -> Result<DatabaseView, ClientError> {
         self.call::<(), _>(
             Method::POST,

@@ -7,7 +7,8 @@
 //! | POST | `/v1/databases` | [`CreateRequest`] → `CreatedDatabase` (201) |
 //! | GET / DELETE | `/v1/databases/{name}` | → `DatabaseView` / 204 |
 //! | POST | `/v1/databases/{name}/scale` | [`ScaleRequest`] → `DatabaseView` |
-//! | POST | `/v1/databases/{name}/park`, `/resume` | → `DatabaseView` |
+//! | POST | `/v1/databases/{name}/park`, `/suspend` | optional `{"force": true}` → `DatabaseView` |
+//! | POST | `/v1/databases/{name}/resume` | → `DatabaseView` |
 //! | GET / POST | `/v1/databases/{name}/users` | [`CreateUserRequest`] → `CreatedUser` (201) |
 //! | DELETE | `/v1/databases/{name}/users/{user}` | → 204 |
 //! | GET | `/v1/events?db=&after=&limit=` | → `[EventView]` |
@@ -123,6 +124,7 @@ pub fn router<S: Store, R: Runtime>(
         )
         .route("/v1/databases/{name}/scale", post(scale::<S, R>))
         .route("/v1/databases/{name}/park", post(park::<S, R>))
+        .route("/v1/databases/{name}/suspend", post(suspend::<S, R>))
         .route("/v1/databases/{name}/resume", post(resume::<S, R>))
         .route(
             "/v1/databases/{name}/users",
@@ -243,22 +245,35 @@ async fn scale<S: Store, R: Runtime>(
     Ok(Json(st.cp.scale(&name, req.scu).await?))
 }
 
+async fn suspend<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<DatabaseView>> {
+    let req = force_body(&body)?;
+    Ok(Json(st.cp.suspend(&name, req.force, "by request").await?))
+}
+
+/// The optional `{"force": bool}` body of park and suspend.
+fn force_body(body: &[u8]) -> ApiResult<ParkRequest> {
+    if body.is_empty() {
+        return Ok(ParkRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("bad request body: {e}"),
+        )
+    })
+}
+
 async fn park<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<DatabaseView>> {
-    let req: ParkRequest = if body.is_empty() {
-        ParkRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_argument",
-                format!("bad request body: {e}"),
-            )
-        })?
-    };
+    let req = force_body(&body)?;
     Ok(Json(st.cp.park(&name, req.force).await?))
 }
 

@@ -62,7 +62,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let name = ServiceName::parse(db)?;
         let _guard = self.lock(&name).await;
         let svc = self.load(&name).await?;
-        if self.runtime.endpoint(&name).is_none() {
+        if self.runtime.endpoint(&name).is_none() || self.is_suspended(&name) {
             return Ok(());
         }
         let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;

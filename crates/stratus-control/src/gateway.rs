@@ -28,14 +28,22 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         wake: bool,
     ) -> Result<Option<SocketAddr>> {
         let name = ServiceName::parse(service)?;
-        if let Some(addr) = self.runtime.endpoint(&name) {
+        if let Some(addr) = self
+            .runtime
+            .endpoint(&name)
+            .filter(|_| !self.is_suspended(&name))
+        {
             return Ok(Some(addr));
         }
         if !wake {
             return Ok(None);
         }
         let _guard = self.lock(&name).await;
-        if let Some(addr) = self.runtime.endpoint(&name) {
+        if let Some(addr) = self
+            .runtime
+            .endpoint(&name)
+            .filter(|_| !self.is_suspended(&name))
+        {
             return Ok(Some(addr));
         }
         let svc = self.load(&name).await?;

@@ -14,8 +14,11 @@ pub mod accounts;
 mod error;
 pub mod gateway;
 pub mod lifecycle;
+pub mod monitor;
+pub mod scaler;
 pub mod sizing;
 pub mod supervisor;
+pub mod suspend;
 pub mod view;
 
 pub use error::{ControlError, Result};
@@ -38,6 +41,8 @@ pub struct ControlConfig {
     pub endpoint: Option<(String, u16)>,
     /// Longest wait between restarts of a server that keeps crashing.
     pub restart_backoff_max: Duration,
+    /// The scaling policy new databases get.
+    pub default_policy: stratus_core::ScalingPolicy,
 }
 
 impl Default for ControlConfig {
@@ -47,6 +52,7 @@ impl Default for ControlConfig {
             stop_grace: Duration::from_secs(60),
             endpoint: None,
             restart_backoff_max: Duration::from_secs(30),
+            default_policy: stratus_core::ScalingPolicy::default(),
         }
     }
 }
@@ -56,6 +62,9 @@ pub type ActivitySource = Arc<dyn Fn(&str) -> stratus_core::ActivityView + Send 
 
 pub struct ControlPlane<S: Store, R: Runtime> {
     activity: std::sync::OnceLock<ActivitySource>,
+    /// Databases suspended right now: their servers run but must not be handed to clients
+    /// until woken. Kept in memory because the proxy asks on every new connection.
+    suspended: Mutex<std::collections::HashSet<ServiceName>>,
     store: S,
     runtime: R,
     cfg: ControlConfig,
@@ -67,6 +76,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub fn new(store: S, runtime: R, cfg: ControlConfig) -> Arc<Self> {
         Arc::new(Self {
             activity: std::sync::OnceLock::new(),
+            suspended: Mutex::new(std::collections::HashSet::new()),
             store,
             runtime,
             cfg,

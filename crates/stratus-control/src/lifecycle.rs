@@ -87,6 +87,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             svc.spec.tier, svc.spec.min_scu, svc.spec.max_scu
         );
         self.store.create_service(&svc, &owner, &summary).await?;
+        if self.cfg.default_policy != stratus_core::ScalingPolicy::default() {
+            self.store
+                .set_scaling_policy(&name, &self.cfg.default_policy)
+                .await?;
+        }
 
         match self.provision(&mut svc, &owner).await {
             Ok(()) => {}
@@ -159,7 +164,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         Ok(out)
     }
 
-    async fn view(&self, svc: &DatabaseService) -> DatabaseView {
+    pub(crate) async fn view(&self, svc: &DatabaseService) -> DatabaseView {
         let seen = self.runtime.observe(svc.name()).await;
         let configured = self.resources(svc.scu);
         let enforced = seen.cpu_limit_millis.is_some() && seen.memory_limit_bytes.is_some();
@@ -199,7 +204,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         svc.spec.check_scu(scu)?;
         let from = self.resources(svc.scu);
         let to = self.resources(scu);
-        let running = self.runtime.observe(&name).await.pid.is_some();
+        // A suspended server is frozen: its new size applies when it wakes.
+        let running = self.runtime.endpoint(&name).is_some() && !self.is_suspended(&name);
         let applied = if running {
             let applied = self.apply_size(&svc, from, to).await?;
             svc.buffer_pool_bytes = applied.buffer_pool_actual;
@@ -234,6 +240,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// Stops the server and keeps its storage.
     pub async fn park(&self, db: &str, force: bool) -> Result<DatabaseView> {
+        self.park_because(db, force, "by request").await
+    }
+
+    /// Parks, recording `reason` in the event.
+    pub(crate) async fn park_because(
+        &self,
+        db: &str,
+        force: bool,
+        reason: &str,
+    ) -> Result<DatabaseView> {
         let name = ServiceName::parse(db)?;
         let _guard = self.lock(&name).await;
         let mut svc = self.load(&name).await?;
@@ -258,6 +274,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let begin = Instant::now();
         let graceful = self.runtime.stop(&name, self.cfg.stop_grace).await?;
         svc.state = DbState::Parked;
+        self.set_suspended(&name, false);
         self.store.update_service(&svc).await?;
         let ms = begin.elapsed().as_millis() as u64;
         let how = if graceful {
@@ -268,8 +285,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.event(
             &name,
             EventKind::Parked,
-            &format!("parked by request: mariadbd {how} in {ms} ms, storage kept"),
-            json!({"graceful": graceful, "stop_ms": ms, "reason": "manual"}),
+            &format!("parked {reason}: mariadbd {how} in {ms} ms, storage kept"),
+            json!({"graceful": graceful, "stop_ms": ms, "reason": reason}),
         )
         .await;
         Ok(self.view(&svc).await)
@@ -306,10 +323,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         let begin = Instant::now();
         let from = svc.state;
-        let instance = self.runtime.start(&self.instance_spec(&svc)).await?;
-        svc.port = instance.port;
+        let pid = if from == DbState::Suspended && self.runtime.endpoint(name).is_some() {
+            // Still running, only frozen and shrunk: thaw and give it its size back.
+            self.unsuspend(&svc).await?;
+            self.runtime.observe(name).await.pid.unwrap_or(0)
+        } else {
+            let instance = self.runtime.start(&self.instance_spec(&svc)).await?;
+            svc.port = instance.port;
+            instance.pid
+        };
         svc.state = DbState::Active;
         self.store.update_service(&svc).await?;
+        self.set_suspended(name, false);
         let ms = begin.elapsed().as_millis() as u64;
         let verb = if kind == EventKind::Woken {
             "woken"
@@ -320,7 +345,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             name,
             kind,
             &format!("{verb} from {from} in {ms} ms ({reason})"),
-            json!({"from": from, "resume_ms": ms, "pid": instance.pid, "reason": reason}),
+            json!({"from": from, "resume_ms": ms, "pid": pid, "reason": reason}),
         )
         .await;
         Ok(svc)
@@ -333,6 +358,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.load(&name).await?;
         self.runtime.destroy(&name).await?;
         self.store.delete_service(&name).await?;
+        self.set_suspended(&name, false);
         self.event(
             &name,
             EventKind::Deleted,
@@ -379,8 +405,17 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             DbState::Deleted => {}
             DbState::Active | DbState::Suspended | DbState::Migrating => {
                 let begin = Instant::now();
+                let suspended = svc.state == DbState::Suspended;
+                if suspended {
+                    // A frozen server cannot answer the adoption login: thaw it, freeze again after.
+                    let _ = self.runtime.thaw(&name).await;
+                }
                 match self.runtime.start(&self.instance_spec(&svc)).await {
                     Ok(instance) => {
+                        if suspended {
+                            let _ = self.runtime.freeze(&name).await;
+                            self.set_suspended(&name, true);
+                        }
                         let mut svc = svc;
                         if svc.port != instance.port {
                             svc.port = instance.port;

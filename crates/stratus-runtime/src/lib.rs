@@ -163,6 +163,15 @@ pub trait Runtime: Send + Sync + 'static {
 
     fn observe(&self, name: &ServiceName) -> impl Future<Output = Observed> + Send;
 
+    /// Cumulative CPU time in nanoseconds, cheaply: the resource monitor asks every 200 ms.
+    fn cpu_usage_ns(&self, name: &ServiceName) -> Option<u64>;
+
+    /// Stops the server's processes from being scheduled at all (suspend). Returns false where
+    /// the host cannot freeze. A frozen server is thawed before it is stopped.
+    fn freeze(&self, name: &ServiceName) -> impl Future<Output = Result<bool>> + Send;
+
+    fn thaw(&self, name: &ServiceName) -> impl Future<Output = Result<()>> + Send;
+
     /// Where the running server listens, or `None` if it is not running. Cheap: the proxy asks
     /// on every new client connection.
     fn endpoint(&self, name: &ServiceName) -> Option<std::net::SocketAddr>;

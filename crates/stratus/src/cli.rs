@@ -105,7 +105,15 @@ pub enum DbCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Start a parked database again.
+    /// Suspend a database: sessions closed (clients stay connected), memory and CPU at their
+    /// floor, frozen where the host allows. The next statement wakes it in milliseconds.
+    Suspend {
+        name: String,
+        /// Suspend even while clients hold transactions, temporary tables or locks.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start a parked or suspended database again.
     Resume { name: String },
 }
 

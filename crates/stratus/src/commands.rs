@@ -155,6 +155,10 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
             let d = with_spinner(format!("parking {name}"), api.park(&name, force)).await?;
             show(&d, json)
         }
+        DbCommand::Suspend { name, force } => {
+            let d = with_spinner(format!("suspending {name}"), api.suspend(&name, force)).await?;
+            show(&d, json)
+        }
         DbCommand::Resume { name } => {
             let d = with_spinner(format!("resuming {name}"), api.resume(&name)).await?;
             show(&d, json)

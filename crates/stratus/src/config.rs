@@ -27,6 +27,9 @@ pub struct FileConfig {
     pub tls: TlsSection,
     #[serde(default)]
     pub proxy: ProxySection,
+    /// The scaling policy new databases get (`ScalingPolicy`'s fields, in milliseconds).
+    #[serde(default)]
+    pub policy: Option<stratus_core::ScalingPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +93,7 @@ pub struct Settings {
     pub cgroup_parent: String,
     pub tls: Option<TlsSettings>,
     pub proxy: stratus_proxy::ProxyConfig,
+    pub policy: stratus_core::ScalingPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +142,7 @@ impl Settings {
                 .resources
                 .cgroup_parent
                 .unwrap_or_else(|| "stratus".to_owned()),
+            policy: fc.policy.clone().unwrap_or_default(),
             proxy: {
                 let d = stratus_proxy::ProxyConfig::default();
                 let p = &fc.proxy;

@@ -56,11 +56,13 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
             scu: settings.scu,
             stop_grace: settings.stop_grace,
             endpoint: Some((settings.listen.ip().to_string(), settings.listen.port())),
+            default_policy: settings.policy.clone(),
             ..ControlConfig::default()
         },
     );
     cp.recover().await?;
     tokio::spawn(cp.clone().supervise());
+    tokio::spawn(cp.clone().monitor());
     let tls = match &settings.tls {
         Some(t) => Some(
             stratus_proxy::tls::load_or_create(

@@ -70,6 +70,8 @@ pub fn render(o: &ServerOptions) -> String {
     }
     line("innodb_buffer_pool_dump_at_shutdown", &"ON");
     line("innodb_buffer_pool_load_at_startup", &"ON");
+    // Suspend dumps the whole hot-page list, so resume can reload all of it.
+    line("innodb_buffer_pool_dump_pct", &100);
     line("server_id", &o.server_id);
     line("log_bin", &"mariadb-bin");
     line("binlog_format", &"ROW");

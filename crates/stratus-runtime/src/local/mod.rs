@@ -30,6 +30,9 @@ use stratus_cgroup::{Layout, Manager};
 use stratus_core::ServiceName;
 use tokio::sync::{broadcast, watch};
 
+/// How long the kernel gets to freeze or thaw a cgroup.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a fresh server gets for its first login after `READY=1`.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -388,10 +391,25 @@ impl Inner {
         Some(self.watch(name, pidfd, port, READY))
     }
 
+    /// Thaws the database's cgroup if it is frozen (a frozen process cannot even die).
+    fn thaw(&self, name: &ServiceName) -> Result<()> {
+        if let Some(cg) = self
+            .cgroups
+            .as_ref()
+            .and_then(|m| m.open(name.as_str()).ok())
+        {
+            if cg.can_freeze() && cg.is_frozen().unwrap_or(false) {
+                cg.thaw(FREEZE_TIMEOUT)?;
+            }
+        }
+        Ok(())
+    }
+
     async fn stop(self: &Arc<Self>, name: &ServiceName, grace: Duration) -> Result<bool> {
         let Some(proc) = self.find(name) else {
             return Ok(true);
         };
+        self.thaw(name)?;
         proc.phase.store(STOPPING, Ordering::SeqCst);
         proc.pidfd
             .signal(Signal::TERM)
@@ -507,6 +525,35 @@ impl Runtime for LocalRuntime {
             seen.memory_usage_bytes = Some(u.memory_bytes);
         }
         seen
+    }
+
+    fn cpu_usage_ns(&self, name: &ServiceName) -> Option<u64> {
+        match &self.inner.cgroups {
+            Some(m) => m.open(name.as_str()).ok()?.usage().ok().map(|u| u.cpu_ns),
+            None => stratus_cgroup::proc_usage(self.inner.running(name)?.pidfd.pid)
+                .ok()
+                .map(|u| u.cpu_ns),
+        }
+    }
+
+    async fn freeze(&self, name: &ServiceName) -> Result<bool> {
+        let Some(cg) = self
+            .inner
+            .cgroups
+            .as_ref()
+            .and_then(|m| m.open(name.as_str()).ok())
+        else {
+            return Ok(false);
+        };
+        if !cg.can_freeze() {
+            return Ok(false);
+        }
+        cg.freeze(FREEZE_TIMEOUT)?;
+        Ok(true)
+    }
+
+    async fn thaw(&self, name: &ServiceName) -> Result<()> {
+        self.inner.thaw(name)
     }
 
     fn endpoint(&self, name: &ServiceName) -> Option<std::net::SocketAddr> {

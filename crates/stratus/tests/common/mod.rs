@@ -29,14 +29,22 @@ pub struct Stratus {
 }
 
 impl Stratus {
-    /// A configured but not yet started installation.
+    /// A configured but not yet started installation; databases never suspend on their own
+    /// (tests of that use [`Stratus::with_policy`]).
     pub fn new(tag: &str) -> Self {
+        Self::with_policy(tag, "idle_to_suspend_ms = 3600000")
+    }
+
+    /// Like `new`, with `[policy]` lines for the databases it creates.
+    pub fn with_policy(tag: &str, policy: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cgroup_parent = format!("stratus-e2e-{}-{tag}", std::process::id());
         let config = dir.path().join("stratus.toml");
         std::fs::write(
             &config,
-            format!("[resources]\ncgroup_parent = \"{cgroup_parent}\"\n[mariadb]\nstop_grace_secs = 30\n"),
+            format!(
+                "[resources]\ncgroup_parent = \"{cgroup_parent}\"\n[mariadb]\nstop_grace_secs = 30\n[policy]\n{policy}\n"
+            ),
         )
         .unwrap();
         Self {

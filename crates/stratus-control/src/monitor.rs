@@ -1,0 +1,224 @@
+//! The resource monitor and the controllers it feeds: every 200 ms it samples each running
+//! database's CPU time from cgroup accounting into its sliding window; the scaler
+//! ([`crate::scaler`]) decides sizes from it; the lifecycle suspends a database idle for its
+//! window (no statement running, no open transaction, no pinned session: idle connections do not
+//! count) and parks one suspended for its park window. Every change is an event that states the
+//! measurements behind it.
+
+use crate::ControlPlane;
+use crate::scaler::{self, Bounds, Decision, Sample, Window};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stratus_core::time::now_ms;
+use stratus_core::{DatabaseService, DbState, EventKind, ScalingPolicy, ServiceName};
+use stratus_runtime::Runtime;
+use stratus_store::Store;
+
+/// The monitor's tick; `ScalingPolicy::sample_interval_ms` by default.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How often services and policies are re-read from the catalog.
+const REFRESH_TICKS: u32 = 25;
+
+/// What the monitor keeps per database between ticks.
+#[derive(Default)]
+struct Tracked {
+    window: Window,
+    last_change_ms: Option<i64>,
+    /// When it last became active (idle time counts from here if no statement ran since).
+    active_since_ms: i64,
+    suspended_since_ms: Option<i64>,
+    policy: ScalingPolicy,
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Runs the monitor until the process ends.
+    pub async fn monitor(self: Arc<Self>) {
+        let mut tracked: HashMap<ServiceName, Tracked> = HashMap::new();
+        let busy: Arc<Mutex<HashSet<ServiceName>>> = Arc::default();
+        let mut services: Vec<DatabaseService> = Vec::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut n = 0u32;
+        loop {
+            tick.tick().await;
+            if n % REFRESH_TICKS == 0 {
+                if let Ok(all) = self.store.services().await {
+                    services = all;
+                }
+                tracked.retain(|k, _| services.iter().any(|s| s.name() == k));
+                for svc in &services {
+                    let policy = self
+                        .store
+                        .scaling_policy(svc.name())
+                        .await
+                        .unwrap_or_default();
+                    tracked
+                        .entry(svc.name().clone())
+                        .or_insert_with(|| Tracked {
+                            active_since_ms: now_ms(),
+                            ..Tracked::default()
+                        })
+                        .policy = policy;
+                }
+            }
+            n = n.wrapping_add(1);
+            let now = now_ms();
+            for svc in &services {
+                let name = svc.name();
+                let Some(t) = tracked.get_mut(name) else {
+                    continue;
+                };
+                if busy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(name)
+                {
+                    continue;
+                }
+                let action = self.observe_one(svc, t, now);
+                if let Some(action) = action {
+                    busy.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name.clone());
+                    if matches!(action, Action::Resize { .. }) {
+                        t.last_change_ms = Some(now);
+                        t.window.clear();
+                    }
+                    let (me, busy, name) = (self.clone(), busy.clone(), name.clone());
+                    tokio::spawn(async move {
+                        me.act(&name, action).await;
+                        busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                    });
+                }
+            }
+        }
+    }
+
+    /// One database's tick: sample, then decide.
+    fn observe_one(&self, svc: &DatabaseService, t: &mut Tracked, now: i64) -> Option<Action> {
+        let name = svc.name();
+        // The state the monitor acts on is the live one (the catalog copy is refreshed slowly).
+        let suspended = self.is_suspended(name);
+        if suspended {
+            let since = *t.suspended_since_ms.get_or_insert(now);
+            t.window.clear();
+            return (now - since >= t.policy.suspend_to_park_ms as i64).then_some(Action::Park {
+                suspended_ms: now - since,
+            });
+        }
+        if t.suspended_since_ms.take().is_some() {
+            t.active_since_ms = now;
+        }
+        if self.runtime.endpoint(name).is_none()
+            || !matches!(svc.state, DbState::Active | DbState::Suspended)
+        {
+            t.window.clear();
+            t.active_since_ms = now;
+            return None;
+        }
+        if let Some(cpu_ns) = self.runtime.cpu_usage_ns(name) {
+            t.window.push(
+                Sample { at_ms: now, cpu_ns },
+                t.policy.scale_down_window_ms as i64,
+            );
+        }
+        let activity = self.activity(name);
+        let idle_from = activity.last_statement_ms.max(t.active_since_ms);
+        if !activity.holds_state() && now - idle_from >= t.policy.idle_to_suspend_ms as i64 {
+            return Some(Action::Suspend {
+                idle_ms: now - idle_from,
+            });
+        }
+        let bounds = Bounds {
+            min_scu: svc.spec.min_scu,
+            max_scu: svc.spec.max_scu,
+            cpu_millis_per_scu: self.cfg.scu.cpu_millis,
+        };
+        match scaler::decide(&t.window, now, svc.scu, bounds, &t.policy, t.last_change_ms) {
+            Decision::Hold => None,
+            Decision::Resize {
+                to,
+                usage_pct,
+                window_ms,
+            } => Some(Action::Resize {
+                to,
+                usage_pct,
+                window_ms,
+            }),
+        }
+    }
+
+    async fn act(&self, name: &ServiceName, action: Action) {
+        let result = match action {
+            Action::Resize {
+                to,
+                usage_pct,
+                window_ms,
+            } => self.autoscale(name, to, usage_pct, window_ms).await,
+            Action::Suspend { idle_ms } => {
+                let why = format!("idle for {} s", idle_ms / 1000);
+                self.suspend(name.as_str(), false, &why).await.map(drop)
+            }
+            Action::Park { suspended_ms } => {
+                let why = format!("after {} min suspended", suspended_ms / 60_000);
+                self.park_because(name.as_str(), false, &why)
+                    .await
+                    .map(drop)
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(db = %name, "monitor action not taken: {e}");
+        }
+    }
+
+    /// Applies an autoscaler decision, recording the measurement behind it.
+    async fn autoscale(
+        &self,
+        name: &ServiceName,
+        to: u32,
+        usage_pct: f64,
+        window_ms: i64,
+    ) -> crate::Result<()> {
+        let _guard = self.lock(name).await;
+        let mut svc = self.load(name).await?;
+        if svc.state != DbState::Active || self.is_suspended(name) || svc.scu == to {
+            return Ok(());
+        }
+        let (from_scu, from, target) = (svc.scu, self.resources(svc.scu), self.resources(to));
+        let applied = self.apply_size(&svc, from, target).await?;
+        svc.scu = to;
+        svc.buffer_pool_bytes = applied.buffer_pool_actual;
+        self.store.update_service(&svc).await?;
+        let direction = if to > from_scu { "up" } else { "down" };
+        self.event(
+            name,
+            EventKind::Scaled,
+            &format!(
+                "autoscaled {direction} {from_scu} → {to} SCU: CPU at {usage_pct:.0} % of {} millicores over the last {:.1} s",
+                from.cpu_millis,
+                window_ms as f64 / 1000.0
+            ),
+            json!({"from_scu": from_scu, "to_scu": to, "usage_pct": usage_pct, "window_ms": window_ms,
+                   "allocated_millis": from.cpu_millis, "applied": applied, "reason": "autoscaler"}),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Resize {
+        to: u32,
+        usage_pct: f64,
+        window_ms: i64,
+    },
+    Suspend {
+        idle_ms: i64,
+    },
+    Park {
+        suspended_ms: i64,
+    },
+}

@@ -1,0 +1,144 @@
+//! The serverless lifecycle end to end: suspend by hand and by idleness, with clients that stay
+//! connected and keep their sessions; autoscaling under a CPU-bound load.
+
+mod common;
+
+use common::Stratus;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use std::time::Duration;
+
+fn opts(s: &Stratus, user: &str, password: &str) -> OptsBuilder {
+    let (host, port) = s.listen.split_once(':').unwrap();
+    OptsBuilder::default()
+        .ip_or_hostname(host.to_owned())
+        .tcp_port(port.parse().unwrap())
+        .user(Some(user.to_owned()))
+        .pass(Some(password.to_owned()))
+        .db_name(Some("shop"))
+        .prefer_socket(false)
+}
+
+fn create(s: &Stratus, args: &[&str]) -> (String, String) {
+    let mut all = vec!["db", "create", "shop"];
+    all.extend_from_slice(args);
+    let c = s.json(&all);
+    (
+        c["user"].as_str().unwrap().to_owned(),
+        c["password"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The freezer state of the database's cgroup, where the host has a v1 freezer.
+fn freezer_state(s: &Stratus) -> Option<String> {
+    std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/freezer/{}/shop/freezer.state",
+        s.cgroup_parent
+    ))
+    .ok()
+    .map(|t| t.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suspended_database_keeps_its_clients_and_their_sessions() {
+    let mut s = Stratus::new("suspend");
+    s.start();
+    let (user, pw) = create(&s, &[]);
+    let mut conn = Conn::new(opts(&s, &user, &pw)).await.unwrap();
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO t VALUES (1), (2), (3)")
+        .await
+        .unwrap();
+    conn.query_drop("SET @kept = 'yes', SESSION sql_mode = 'ANSI_QUOTES'")
+        .await
+        .unwrap();
+    let stmt = conn
+        .prep("SELECT COUNT(*) FROM t WHERE id >= ?")
+        .await
+        .unwrap();
+
+    let suspended = s.json(&["db", "suspend", "shop"]);
+    assert_eq!(suspended["state"], "suspended");
+    assert!(suspended["pid"].is_number(), "the server keeps running");
+    if let Some(state) = freezer_state(&s) {
+        assert_eq!(state, "FROZEN");
+    }
+    let event = s.wait_for_event("shop", "suspended", Duration::from_secs(5));
+    assert!(
+        event["data"]["buffer_pool_after"].as_u64().unwrap()
+            < event["data"]["buffer_pool_before"].as_u64().unwrap()
+    );
+
+    // The same connection: the statement wakes it, the session is as it was.
+    let row: Option<(String, String)> = conn.query_first("SELECT @kept, @@sql_mode").await.unwrap();
+    assert_eq!(row, Some(("yes".into(), "ANSI_QUOTES".into())));
+    let n: Option<u64> = conn.exec_first(&stmt, (2,)).await.unwrap();
+    assert_eq!(n, Some(2));
+    let woken = s.wait_for_event("shop", "woken", Duration::from_secs(5));
+    assert_eq!(woken["data"]["from"], "suspended");
+    assert_eq!(s.json(&["db", "show", "shop"])["state"], "active");
+    if let Some(state) = freezer_state(&s) {
+        assert_eq!(state, "THAWED");
+    }
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_database_suspends_itself_and_open_connections_do_not_count() {
+    let mut s = Stratus::with_policy("idle", "idle_to_suspend_ms = 1500");
+    s.start();
+    let (user, pw) = create(&s, &[]);
+    let mut conn = Conn::new(opts(&s, &user, &pw)).await.unwrap();
+    let one: Option<u8> = conn.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    // The connection stays open and idle; the database goes to sleep anyway.
+    let event = s.wait_for_event("shop", "suspended", Duration::from_secs(30));
+    assert!(
+        event["message"].as_str().unwrap().contains("idle for"),
+        "{event}"
+    );
+    let two: Option<u8> = conn.query_first("SELECT 2").await.unwrap();
+    assert_eq!(two, Some(2), "and wakes for the next statement");
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cpu_bound_load_scales_the_database_up() {
+    let mut s = Stratus::new("scale");
+    s.start();
+    let (user, pw) = create(&s, &["--tier", "standard", "--max-scu", "4"]);
+    assert_eq!(s.json(&["db", "show", "shop"])["scu"], 1);
+    // Two sessions spinning the CPU: far above 90 % of half a vCPU.
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let o = opts(&s, &user, &pw);
+        load.push(tokio::spawn(async move {
+            let mut c = Conn::new(o).await.unwrap();
+            let _: Option<u64> = c
+                .query_first("SELECT BENCHMARK(30000000, SHA2('stratus', 256))")
+                .await
+                .ok()
+                .flatten();
+            let _ = c.disconnect().await;
+        }));
+    }
+    let scaled = s.wait_for_event("shop", "scaled", Duration::from_secs(20));
+    let message = scaled["message"].as_str().unwrap();
+    assert!(
+        message.contains("autoscaled up") && message.contains("% of 500 millicores"),
+        "{message}"
+    );
+    assert!(
+        scaled["data"]["usage_pct"].as_f64().unwrap() >= 90.0,
+        "{scaled}"
+    );
+    assert!(scaled["data"]["to_scu"].as_u64().unwrap() >= 2);
+    for l in load {
+        l.abort();
+    }
+    s.stop();
+}
