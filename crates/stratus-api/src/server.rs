@@ -167,6 +167,7 @@ async fn status<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResult<Json
         resource_control_note: rt.resource_control_note,
         databases: services.len(),
         databases_by_state: by_state,
+        warm_pool: st.cp.pool_status(),
     }))
 }
 
@@ -198,6 +199,13 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
             svc.state
         );
     }
+    let pool = st.cp.pool_status();
+    let _ = writeln!(
+        out,
+        "# HELP stratus_warm_pool_ready Spare servers ready for new databases.\n# TYPE stratus_warm_pool_ready gauge\nstratus_warm_pool_ready {}\n\
+         # HELP stratus_warm_pool_target Spare servers the pool aims for.\n# TYPE stratus_warm_pool_target gauge\nstratus_warm_pool_target {}",
+        pool.ready, pool.target
+    );
     out.push_str(&(st.metrics)());
     Ok((
         [(

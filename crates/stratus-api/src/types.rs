@@ -68,6 +68,9 @@ pub struct StatusView {
     pub resource_control_note: Option<String>,
     pub databases: usize,
     pub databases_by_state: BTreeMap<String, usize>,
+    /// Spare servers ready for new databases.
+    #[serde(default)]
+    pub warm_pool: stratus_control::pool::PoolStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

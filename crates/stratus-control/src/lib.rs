@@ -15,6 +15,7 @@ mod error;
 pub mod gateway;
 pub mod lifecycle;
 pub mod monitor;
+pub mod pool;
 pub mod scaler;
 pub mod sizing;
 pub mod supervisor;
@@ -43,6 +44,8 @@ pub struct ControlConfig {
     pub restart_backoff_max: Duration,
     /// The scaling policy new databases get.
     pub default_policy: stratus_core::ScalingPolicy,
+    /// The warm pool of spare servers.
+    pub pool: pool::PoolConfig,
 }
 
 impl Default for ControlConfig {
@@ -53,6 +56,7 @@ impl Default for ControlConfig {
             endpoint: None,
             restart_backoff_max: Duration::from_secs(30),
             default_policy: stratus_core::ScalingPolicy::default(),
+            pool: pool::PoolConfig::default(),
         }
     }
 }
@@ -65,6 +69,9 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// Databases suspended right now: their servers run but must not be handed to clients
     /// until woken. Kept in memory because the proxy asks on every new connection.
     suspended: Mutex<std::collections::HashSet<ServiceName>>,
+    pool: Mutex<pool::PoolState>,
+    /// Wakes the pool's refiller when a spare is taken.
+    pool_wake: tokio::sync::Notify,
     store: S,
     runtime: R,
     cfg: ControlConfig,
@@ -77,6 +84,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         Arc::new(Self {
             activity: std::sync::OnceLock::new(),
             suspended: Mutex::new(std::collections::HashSet::new()),
+            pool: Mutex::new(pool::PoolState::default()),
+            pool_wake: tokio::sync::Notify::new(),
             store,
             runtime,
             cfg,

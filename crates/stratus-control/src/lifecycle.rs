@@ -93,8 +93,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .await?;
         }
 
-        match self.provision(&mut svc, &owner).await {
-            Ok(()) => {}
+        let from_pool = match self.provision(&mut svc, &owner).await {
+            Ok(from_pool) => from_pool,
             Err(e) => {
                 let _ = self.runtime.destroy(&name).await;
                 let _ = self.store.delete_service(&name).await;
@@ -107,13 +107,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .await;
                 return Err(e);
             }
-        }
+        };
         let ready_ms = begin.elapsed().as_millis() as u64;
+        let source = if from_pool {
+            "a spare from the warm pool"
+        } else {
+            "a new server"
+        };
         self.event(
             &name,
             EventKind::Started,
-            &format!("database {name} ready in {ready_ms} ms"),
-            json!({"ready_ms": ready_ms, "port": svc.port, "scu": svc.scu}),
+            &format!("database {name} ready in {ready_ms} ms on {source}"),
+            json!({"ready_ms": ready_ms, "port": svc.port, "scu": svc.scu, "warm_pool": from_pool}),
         )
         .await;
         let (host, port) = self.endpoint(&svc);
@@ -131,11 +136,36 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         })
     }
 
-    async fn provision(&self, svc: &mut DatabaseService, owner: &User) -> Result<()> {
-        let instance = self.runtime.provision(&self.instance_spec(svc)).await?;
+    /// A server for a new database: a spare from the warm pool if one is ready, else a fresh
+    /// copy of the template.
+    async fn provision(&self, svc: &mut DatabaseService, owner: &User) -> Result<bool> {
+        let spec = self.instance_spec(svc);
+        let mut from_pool = false;
+        let instance = match self.take_spare() {
+            Some(spare) => match self.runtime.claim_spare(&spare, &spec).await {
+                Ok(instance) => {
+                    from_pool = true;
+                    instance
+                }
+                Err(e) => {
+                    tracing::warn!(db = %svc.name(), "could not claim spare {}: {e}; starting a new server", spare.key);
+                    let _ = self.runtime.destroy_spare(&spare.key).await;
+                    self.runtime.provision(&spec).await?
+                }
+            },
+            None => self.runtime.provision(&spec).await?,
+        };
         svc.port = instance.port;
         let name = svc.name().clone();
         let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        if from_pool {
+            // A spare idles on a small pool; give it the database's.
+            conn.exec(&format!(
+                "SET GLOBAL innodb_buffer_pool_size = {}",
+                spec.resources.buffer_pool_bytes
+            ))
+            .await?;
+        }
         conn.exec(&schema_sql(&name)).await?;
         for sql in user_sql(&name, &owner.name, &owner.hash, true) {
             conn.exec(&sql).await?;
@@ -147,7 +177,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         svc.buffer_pool_bytes = bp.unwrap_or(svc.buffer_pool_bytes);
         svc.state = DbState::Active;
         self.store.update_service(svc).await?;
-        Ok(())
+        Ok(from_pool)
     }
 
     pub async fn show(&self, db: &str) -> Result<DatabaseView> {

@@ -181,4 +181,32 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Exits that nobody asked for (crashes, kills, OOM).
     fn exits(&self) -> tokio::sync::broadcast::Receiver<ExitNotice>;
+
+    /// Starts a spare server owned by nobody, for the warm pool: minimal, but with room to grow
+    /// to `max_resources` without a restart.
+    fn provision_spare(
+        &self,
+        max_resources: Resources,
+    ) -> impl Future<Output = Result<Spare>> + Send;
+
+    /// Makes a spare the server of `spec.name`, at its size and with its admin password, without
+    /// restarting it.
+    fn claim_spare(
+        &self,
+        spare: &Spare,
+        spec: &InstanceSpec,
+    ) -> impl Future<Output = Result<Instance>> + Send;
+
+    fn destroy_spare(&self, key: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Spares left on this runtime's storage by an earlier run and never claimed.
+    fn unclaimed_spares(&self) -> Vec<String>;
+}
+
+/// A running spare server.
+#[derive(Debug, Clone)]
+pub struct Spare {
+    pub key: String,
+    pub admin_password: String,
+    pub port: u16,
 }

@@ -206,3 +206,52 @@ async fn mysql_async_sees_a_normal_server() {
     rt.destroy(&s.name).await.unwrap();
     rt.remove_cgroup_parent().unwrap();
 }
+
+#[tokio::test]
+async fn a_spare_becomes_a_database_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(config(&dir, "spare")).await.unwrap();
+    let s = spec("claimed", 2);
+    let spare = rt.provision_spare(s.max_resources).await.unwrap();
+    assert_eq!(
+        rt.unclaimed_spares(),
+        std::slice::from_ref(&spare.key),
+        "listed while unclaimed"
+    );
+    let other = rt.provision_spare(s.max_resources).await.unwrap();
+
+    let inst = rt.claim_spare(&spare, &s).await.unwrap();
+    assert_eq!(inst.port, spare.port);
+    assert_eq!(rt.unclaimed_spares(), std::slice::from_ref(&other.key));
+    let mut conn = admin(&s, inst.port).await;
+    conn.exec("CREATE DATABASE claimed").await.unwrap();
+    conn.close().await;
+    let seen = rt.observe(&s.name).await;
+    assert_eq!(
+        seen.pid,
+        Some(inst.pid),
+        "the same process, now the database's"
+    );
+    if rt.info().resource_control != "none" {
+        assert_eq!(
+            (seen.cpu_limit_millis, seen.memory_limit_bytes),
+            (Some(1000), Some(4 << 30))
+        );
+    }
+
+    // It behaves as any database: stop, start under its own name, adoption by a new runtime.
+    assert!(rt.stop(&s.name, Duration::from_secs(30)).await.unwrap());
+    rt.start(&s).await.unwrap();
+    drop(rt);
+    let rt = LocalRuntime::new(config(&dir, "spare")).await.unwrap();
+    assert!(rt.start(&s).await.unwrap().adopted);
+    rt.destroy(&s.name).await.unwrap();
+    assert!(!dir.path().join("databases/claimed").exists());
+    assert!(
+        !dir.path().join("databases").join(&spare.key).exists(),
+        "its storage went with it"
+    );
+    rt.destroy_spare(&other.key).await.unwrap();
+    assert!(rt.unclaimed_spares().is_empty());
+    rt.remove_cgroup_parent().unwrap();
+}

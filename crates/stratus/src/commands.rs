@@ -40,6 +40,11 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| format!("{v} {k}"))
                 .collect();
+            let p = &s.warm_pool;
+            println!(
+                "warm pool:        {} ready, {} starting (target {}, {}–{})",
+                p.ready, p.starting, p.target, p.min, p.max
+            );
             println!(
                 "databases:        {}{}",
                 s.databases,

@@ -30,6 +30,9 @@ pub struct FileConfig {
     /// The scaling policy new databases get (`ScalingPolicy`'s fields, in milliseconds).
     #[serde(default)]
     pub policy: Option<stratus_core::ScalingPolicy>,
+    /// The warm pool of spare servers: `min`, `max`.
+    #[serde(default)]
+    pub pool: Option<stratus_control::pool::PoolConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +97,7 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub proxy: stratus_proxy::ProxyConfig,
     pub policy: stratus_core::ScalingPolicy,
+    pub pool: stratus_control::pool::PoolConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +147,7 @@ impl Settings {
                 .cgroup_parent
                 .unwrap_or_else(|| "stratus".to_owned()),
             policy: fc.policy.clone().unwrap_or_default(),
+            pool: fc.pool.unwrap_or_default(),
             proxy: {
                 let d = stratus_proxy::ProxyConfig::default();
                 let p = &fc.proxy;

@@ -57,12 +57,14 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
             stop_grace: settings.stop_grace,
             endpoint: Some((settings.listen.ip().to_string(), settings.listen.port())),
             default_policy: settings.policy.clone(),
+            pool: settings.pool,
             ..ControlConfig::default()
         },
     );
     cp.recover().await?;
     tokio::spawn(cp.clone().supervise());
     tokio::spawn(cp.clone().monitor());
+    tokio::spawn(cp.clone().run_pool());
     let tls = match &settings.tls {
         Some(t) => Some(
             stratus_proxy::tls::load_or_create(
@@ -128,6 +130,7 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
         .await
         .context("API server failed")?;
     eprintln!("Stopping databases…");
+    cp.drain_pool().await;
     cp.shutdown().await;
     eprintln!("Stratus stopped.");
     Ok(())

@@ -142,3 +142,37 @@ async fn a_cpu_bound_load_scales_the_database_up() {
     }
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn databases_come_from_the_warm_pool_and_it_refills() {
+    let mut s = Stratus::with_pool("pool", 2);
+    s.start();
+    s.wait_for_metric("stratus_warm_pool_ready", 2.0, Duration::from_secs(60));
+    let (user, pw) = create(&s, &[]);
+    let started = s.wait_for_event("shop", "started", Duration::from_secs(5));
+    assert_eq!(started["data"]["warm_pool"], true, "{started}");
+    let shown = s.json(&["db", "show", "shop"]);
+    if shown["limits_enforced"] == true {
+        assert_eq!(
+            (shown["cpu_limit"].as_f64(), shown["memory_limit"].as_u64()),
+            (Some(0.5), Some(2 << 30))
+        );
+    }
+    assert_eq!(
+        shown["buffer_pool_size"],
+        1u64 << 30,
+        "sized as a 1 SCU database, not a spare"
+    );
+    let mut conn = Conn::new(opts(&s, &user, &pw)).await.unwrap();
+    conn.query_drop("CREATE TABLE t (a INT)").await.unwrap();
+    let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(n, Some(0));
+    conn.disconnect().await.unwrap();
+    // A creation raises the target; the pool refills past its minimum.
+    s.wait_for_metric("stratus_warm_pool_target", 3.0, Duration::from_secs(5));
+    s.wait_for_metric("stratus_warm_pool_ready", 3.0, Duration::from_secs(60));
+    let status = s.json(&["status"]);
+    assert_eq!(status["warm_pool"]["ready"], 3, "{status}");
+    s.stop();
+    assert!(s.mariadbd_pids().is_empty(), "spares stop with Stratus");
+}

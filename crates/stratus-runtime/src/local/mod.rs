@@ -17,7 +17,7 @@ mod template;
 use crate::admin::{ADMIN_USER, AdminConn, quote_str};
 use crate::binaries::MariaDb;
 use crate::{
-    ExitNotice, Instance, InstanceSpec, Observed, Result, Runtime, RuntimeError, RuntimeInfo,
+    ExitNotice, Instance, InstanceSpec, Observed, Result, Runtime, RuntimeError, RuntimeInfo, Spare,
 };
 use process::Pidfd;
 use rustix::process::Signal;
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use stratus_cgroup::{Layout, Manager};
-use stratus_core::ServiceName;
+use stratus_core::{Resources, ServiceName};
 use tokio::sync::{broadcast, watch};
 
 /// How long the kernel gets to freeze or thaw a cgroup.
@@ -73,8 +73,9 @@ struct Inner {
     cgroups: Option<Manager>,
     resource_note: Option<String>,
     run_as_root: bool,
-    procs: Mutex<HashMap<ServiceName, Arc<Proc>>>,
+    procs: Mutex<HashMap<String, Arc<Proc>>>,
     exits: broadcast::Sender<ExitNotice>,
+    next_spare: std::sync::atomic::AtomicU32,
 }
 
 const STARTING: u8 = 0;
@@ -83,6 +84,8 @@ const STOPPING: u8 = 2;
 
 /// A server this runtime watches.
 struct Proc {
+    /// Its key in `procs` (a database's name, or a spare's): changes when a spare is claimed.
+    key: Mutex<String>,
     pidfd: Pidfd,
     port: u16,
     /// Only exits of a `READY` server are reported as crashes.
@@ -147,6 +150,7 @@ impl LocalRuntime {
                 run_as_root,
                 procs: Mutex::new(HashMap::new()),
                 exits,
+                next_spare: std::sync::atomic::AtomicU32::new(1),
             }),
         })
     }
@@ -165,8 +169,8 @@ impl LocalRuntime {
 }
 
 impl Inner {
-    fn paths(&self, name: &ServiceName) -> DbPaths {
-        let dir = self.cfg.root.join("databases").join(name.as_str());
+    fn paths(&self, key: &str) -> DbPaths {
+        let dir = self.cfg.root.join("databases").join(key);
         let mut socket = dir.join("mariadbd.sock");
         // sun_path holds 108 bytes; deep data directories put the socket in the temp dir.
         if socket.as_os_str().len() > 100 {
@@ -185,46 +189,50 @@ impl Inner {
         }
     }
 
-    fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceName, Arc<Proc>>> {
+    fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Proc>>> {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn running(&self, name: &ServiceName) -> Option<Arc<Proc>> {
+    fn running(&self, key: &str) -> Option<Arc<Proc>> {
         self.procs()
-            .get(name)
+            .get(key)
             .filter(|p| !*p.exited.borrow())
             .cloned()
     }
 
     /// Starts watching a process: when it exits, it is forgotten, and if it was serving, the
     /// exit is broadcast as a crash.
-    fn watch(
-        self: &Arc<Self>,
-        name: &ServiceName,
-        pidfd: Pidfd,
-        port: u16,
-        phase: u8,
-    ) -> Arc<Proc> {
+    fn watch(self: &Arc<Self>, key: &str, pidfd: Pidfd, port: u16, phase: u8) -> Arc<Proc> {
         let (tx, rx) = watch::channel(false);
         let proc = Arc::new(Proc {
+            key: Mutex::new(key.to_owned()),
             pidfd,
             port,
             phase: AtomicU8::new(phase),
             exited: rx,
         });
-        self.procs().insert(name.clone(), proc.clone());
+        self.procs().insert(key.to_owned(), proc.clone());
         let weak: Weak<Inner> = Arc::downgrade(self);
-        let (name, watched) = (name.clone(), proc.clone());
+        let watched = proc.clone();
         tokio::spawn(async move {
             let status = watched.pidfd.exited().await;
             let _ = tx.send(true);
             let Some(inner) = weak.upgrade() else { return };
+            let key = watched
+                .key
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             {
                 let mut procs = inner.procs();
-                if procs.get(&name).is_some_and(|p| Arc::ptr_eq(p, &watched)) {
-                    procs.remove(&name);
+                if procs.get(&key).is_some_and(|p| Arc::ptr_eq(p, &watched)) {
+                    procs.remove(&key);
                 }
             }
+            // Spares belong to nobody: their exits are not crashes of a database.
+            let Ok(name) = ServiceName::parse(&key) else {
+                return;
+            };
             if watched.phase.load(Ordering::SeqCst) == READY {
                 tracing::warn!(db = %name, pid = watched.pidfd.pid, %status, "mariadbd exited unexpectedly");
                 let _ = inner.exits.send(ExitNotice {
@@ -237,7 +245,7 @@ impl Inner {
         proc
     }
 
-    fn write_cnf(&self, spec: &InstanceSpec, paths: &DbPaths, port: u16) -> Result<()> {
+    fn write_cnf(&self, spec: &Launch, paths: &DbPaths, port: u16) -> Result<()> {
         let tmp = paths.dir.join("tmp");
         std::fs::create_dir_all(&tmp)
             .map_err(|e| RuntimeError::io(format!("cannot create {}", tmp.display()), e))?;
@@ -249,7 +257,7 @@ impl Inner {
             error_log: paths.log.clone(),
             tmpdir: paths.dir.join("tmp"),
             run_as_root: self.run_as_root,
-            server_id: config::server_id(spec.name.as_str()),
+            server_id: config::server_id(&spec.key),
             buffer_pool_bytes: spec.resources.buffer_pool_bytes,
             buffer_pool_max_bytes: self
                 .mariadb
@@ -259,16 +267,11 @@ impl Inner {
         template::write_private(&paths.cnf, &config::render(&opts))
     }
 
-    fn apply_limits(
-        &self,
-        name: &ServiceName,
-        cpu_millis: u32,
-        memory_bytes: u64,
-    ) -> Result<Vec<PathBuf>> {
+    fn apply_limits(&self, key: &str, cpu_millis: u32, memory_bytes: u64) -> Result<Vec<PathBuf>> {
         let Some(manager) = &self.cgroups else {
             return Ok(Vec::new());
         };
-        let cg = manager.create(name.as_str())?;
+        let cg = manager.create(key)?;
         cg.set_cpu_limit(Some(cpu_millis))?;
         cg.set_memory_limit(Some(memory_bytes))?;
         Ok(cg.procs_files())
@@ -277,10 +280,10 @@ impl Inner {
     /// Starts (or adopts) the server and logs in with `login_password`.
     async fn start_server(
         self: &Arc<Self>,
-        spec: &InstanceSpec,
+        spec: &Launch,
         login_password: &str,
     ) -> Result<Instance> {
-        let name = &spec.name;
+        let name = spec.key.as_str();
         let paths = self.paths(name);
         if !paths.data.is_dir() {
             return Err(RuntimeError::NoStorage(name.to_string()));
@@ -366,9 +369,8 @@ impl Inner {
         }
     }
 
-    async fn login(&self, name: &ServiceName, port: u16, password: &str) -> Result<()> {
-        let mut conn =
-            AdminConn::connect(name.as_str(), "127.0.0.1", port, password, LOGIN_TIMEOUT).await?;
+    async fn login(&self, name: &str, port: u16, password: &str) -> Result<()> {
+        let mut conn = AdminConn::connect(name, "127.0.0.1", port, password, LOGIN_TIMEOUT).await?;
         conn.exec("DO 1").await?;
         conn.close().await;
         Ok(())
@@ -381,7 +383,7 @@ impl Inner {
     }
 
     /// The running server, adopting it first if an earlier runtime started it.
-    fn find(self: &Arc<Self>, name: &ServiceName) -> Option<Arc<Proc>> {
+    fn find(self: &Arc<Self>, name: &str) -> Option<Arc<Proc>> {
         if let Some(p) = self.running(name) {
             return Some(p);
         }
@@ -392,12 +394,8 @@ impl Inner {
     }
 
     /// Thaws the database's cgroup if it is frozen (a frozen process cannot even die).
-    fn thaw(&self, name: &ServiceName) -> Result<()> {
-        if let Some(cg) = self
-            .cgroups
-            .as_ref()
-            .and_then(|m| m.open(name.as_str()).ok())
-        {
+    fn thaw(&self, name: &str) -> Result<()> {
+        if let Some(cg) = self.cgroups.as_ref().and_then(|m| m.open(name).ok()) {
             if cg.can_freeze() && cg.is_frozen().unwrap_or(false) {
                 cg.thaw(FREEZE_TIMEOUT)?;
             }
@@ -405,7 +403,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn stop(self: &Arc<Self>, name: &ServiceName, grace: Duration) -> Result<bool> {
+    async fn stop(self: &Arc<Self>, name: &str, grace: Duration) -> Result<bool> {
         let Some(proc) = self.find(name) else {
             return Ok(true);
         };
@@ -438,35 +436,15 @@ impl Runtime for LocalRuntime {
     }
 
     async fn provision(&self, spec: &InstanceSpec) -> Result<Instance> {
-        let inner = &self.inner;
-        let paths = inner.paths(&spec.name);
-        if paths.dir.exists() {
+        // Existing storage is refused and left alone; only what this call made is undone.
+        if std::fs::symlink_metadata(self.inner.paths(spec.name.as_str()).dir).is_ok() {
             return Err(RuntimeError::StorageExists(spec.name.to_string()));
         }
-        let result = async {
-            std::fs::create_dir(&paths.dir)
-                .map_err(|e| RuntimeError::io(format!("cannot create {}", paths.dir.display()), e))?;
-            template::copy_tree(&inner.template.data, &paths.data)
-                .map_err(|e| RuntimeError::io(format!("cannot copy the template to {}", paths.data.display()), e))?;
-            let instance = inner.start_server(spec, &inner.template.admin_password).await?;
-            // Every copy starts with the template's password; give this one its own.
-            let mut conn = AdminConn::connect(
-                spec.name.as_str(),
-                &instance.host,
-                instance.port,
-                &inner.template.admin_password,
-                LOGIN_TIMEOUT,
-            )
-            .await?;
-            conn.exec(&format!(
-                "ALTER USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD({})",
-                quote_str(&spec.admin_password)
-            ))
-            .await?;
-            conn.close().await;
-            Ok(instance)
-        }
-        .await;
+        let launch = Launch::from(spec);
+        let result = self
+            .inner
+            .provision_copy(&launch, &spec.admin_password)
+            .await;
         if result.is_err() {
             let _ = self.destroy(&spec.name).await;
         }
@@ -474,11 +452,13 @@ impl Runtime for LocalRuntime {
     }
 
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
-        self.inner.start_server(spec, &spec.admin_password).await
+        self.inner
+            .start_server(&Launch::from(spec), &spec.admin_password)
+            .await
     }
 
     async fn stop(&self, name: &ServiceName, grace: Duration) -> Result<bool> {
-        self.inner.stop(name, grace).await
+        self.inner.stop(name.as_str(), grace).await
     }
 
     async fn set_limits(
@@ -488,21 +468,22 @@ impl Runtime for LocalRuntime {
         memory_bytes: u64,
     ) -> Result<()> {
         self.inner
-            .apply_limits(name, cpu_millis, memory_bytes)
+            .apply_limits(name.as_str(), cpu_millis, memory_bytes)
             .map(drop)
     }
 
     async fn observe(&self, name: &ServiceName) -> Observed {
         let inner = &self.inner;
-        let paths = inner.paths(name);
-        let proc = inner.find(name);
+        let paths = inner.paths(name.as_str());
+        let proc = inner.find(name.as_str());
         let mut seen = Observed {
             pid: proc.as_ref().map(|p| p.pidfd.pid),
             backend: proc.as_ref().map(|p| format!("127.0.0.1:{}", p.port)),
             storage: paths
                 .data
-                .is_dir()
-                .then(|| paths.data.display().to_string()),
+                .canonicalize()
+                .ok()
+                .map(|d| d.display().to_string()),
             ..Observed::default()
         };
         if let Some(cg) = inner
@@ -530,7 +511,7 @@ impl Runtime for LocalRuntime {
     fn cpu_usage_ns(&self, name: &ServiceName) -> Option<u64> {
         match &self.inner.cgroups {
             Some(m) => m.open(name.as_str()).ok()?.usage().ok().map(|u| u.cpu_ns),
-            None => stratus_cgroup::proc_usage(self.inner.running(name)?.pidfd.pid)
+            None => stratus_cgroup::proc_usage(self.inner.running(name.as_str())?.pidfd.pid)
                 .ok()
                 .map(|u| u.cpu_ns),
         }
@@ -553,38 +534,233 @@ impl Runtime for LocalRuntime {
     }
 
     async fn thaw(&self, name: &ServiceName) -> Result<()> {
-        self.inner.thaw(name)
+        self.inner.thaw(name.as_str())
     }
 
     fn endpoint(&self, name: &ServiceName) -> Option<std::net::SocketAddr> {
-        let proc = self.inner.running(name)?;
+        let proc = self.inner.running(name.as_str())?;
         (proc.phase.load(Ordering::SeqCst) == READY)
             .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], proc.port)))
     }
 
     async fn destroy(&self, name: &ServiceName) -> Result<()> {
-        let inner = &self.inner;
-        inner.stop(name, Duration::from_secs(30)).await?;
-        if let Some(cg) = inner
-            .cgroups
-            .as_ref()
-            .and_then(|m| m.open(name.as_str()).ok())
-        {
-            cg.remove()?;
-        }
-        let paths = inner.paths(name);
-        let _ = std::fs::remove_file(&paths.socket);
-        match std::fs::remove_dir_all(&paths.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io(
-                format!("cannot remove {}", paths.dir.display()),
-                e,
-            )),
-            _ => Ok(()),
-        }
+        self.inner.destroy(name.as_str()).await
     }
 
     fn exits(&self) -> broadcast::Receiver<ExitNotice> {
         self.inner.exits.subscribe()
+    }
+
+    async fn provision_spare(&self, max_resources: Resources) -> Result<Spare> {
+        let inner = &self.inner;
+        let key = loop {
+            let n = inner.next_spare.fetch_add(1, Ordering::Relaxed);
+            let key = format!("{SPARE_PREFIX}{n}");
+            if !inner.paths(&key).dir.exists() {
+                break key;
+            }
+        };
+        let floor = Resources {
+            scu: 0,
+            cpu_millis: SPARE_CPU_MILLIS,
+            memory_bytes: max_resources.memory_bytes,
+            buffer_pool_bytes: SPARE_BUFFER_POOL,
+        };
+        let launch = Launch {
+            key: key.clone(),
+            port: 0,
+            resources: floor,
+            max_resources,
+        };
+        let admin_password = stratus_core::random_password();
+        match inner.provision_copy(&launch, &admin_password).await {
+            Ok(instance) => Ok(Spare {
+                key,
+                admin_password,
+                port: instance.port,
+            }),
+            Err(e) => {
+                let _ = inner.destroy(&key).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn claim_spare(&self, spare: &Spare, spec: &InstanceSpec) -> Result<Instance> {
+        self.inner.claim(spare, spec).await
+    }
+
+    async fn destroy_spare(&self, key: &str) -> Result<()> {
+        if !key.starts_with(SPARE_PREFIX) {
+            return Err(RuntimeError::Other(format!("{key} is not a spare")));
+        }
+        self.inner.destroy(key).await
+    }
+
+    fn unclaimed_spares(&self) -> Vec<String> {
+        let databases = self.inner.cfg.root.join("databases");
+        let Ok(entries) = std::fs::read_dir(&databases) else {
+            return Vec::new();
+        };
+        let mut spares = Vec::new();
+        let mut claimed = std::collections::HashSet::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Ok(target) = std::fs::read_link(e.path()) {
+                claimed.insert(target.to_string_lossy().into_owned());
+            } else if name.starts_with(SPARE_PREFIX) {
+                spares.push(name);
+            }
+        }
+        spares.retain(|s| !claimed.contains(s));
+        spares
+    }
+}
+
+/// Spares live beside databases under a name no database can have (names start with a letter).
+const SPARE_PREFIX: &str = "_spare-";
+/// A spare idles on a small buffer pool and a small CPU quota until it is claimed.
+const SPARE_BUFFER_POOL: u64 = 16 << 20;
+const SPARE_CPU_MILLIS: u32 = 100;
+
+/// What starting a server needs, for a database or a spare.
+struct Launch {
+    /// Directory, cgroup and process-map key.
+    key: String,
+    port: u16,
+    resources: Resources,
+    max_resources: Resources,
+}
+
+impl From<&InstanceSpec> for Launch {
+    fn from(spec: &InstanceSpec) -> Self {
+        Self {
+            key: spec.name.to_string(),
+            port: spec.port,
+            resources: spec.resources,
+            max_resources: spec.max_resources,
+        }
+    }
+}
+
+impl Inner {
+    /// New storage from the template, started, with `admin_password` instead of the template's.
+    async fn provision_copy(
+        self: &Arc<Self>,
+        launch: &Launch,
+        admin_password: &str,
+    ) -> Result<Instance> {
+        let paths = self.paths(&launch.key);
+        if std::fs::symlink_metadata(&paths.dir).is_ok() {
+            return Err(RuntimeError::StorageExists(launch.key.clone()));
+        }
+        std::fs::create_dir(&paths.dir)
+            .map_err(|e| RuntimeError::io(format!("cannot create {}", paths.dir.display()), e))?;
+        template::copy_tree(&self.template.data, &paths.data).map_err(|e| {
+            RuntimeError::io(
+                format!("cannot copy the template to {}", paths.data.display()),
+                e,
+            )
+        })?;
+        let instance = self
+            .start_server(launch, &self.template.admin_password)
+            .await?;
+        // Every copy starts with the template's password; give this one its own.
+        self.rotate_admin(
+            &launch.key,
+            instance.port,
+            &self.template.admin_password,
+            admin_password,
+        )
+        .await?;
+        Ok(instance)
+    }
+
+    async fn rotate_admin(&self, key: &str, port: u16, from: &str, to: &str) -> Result<()> {
+        let mut conn = AdminConn::connect(key, "127.0.0.1", port, from, LOGIN_TIMEOUT).await?;
+        conn.exec(&format!(
+            "ALTER USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD({})",
+            quote_str(to)
+        ))
+        .await?;
+        conn.close().await;
+        Ok(())
+    }
+
+    /// Makes a running spare the server of `spec.name`: its directory is linked under the
+    /// database's name (the running process keeps its paths), its processes move to the
+    /// database's cgroup at the database's size, and it gets the database's admin password.
+    async fn claim(self: &Arc<Self>, spare: &Spare, spec: &InstanceSpec) -> Result<Instance> {
+        let begin = Instant::now();
+        let name = spec.name.as_str();
+        let link = self.paths(name).dir;
+        let proc = self
+            .running(&spare.key)
+            .ok_or_else(|| RuntimeError::NotRunning(spare.key.clone()))?;
+        std::os::unix::fs::symlink(&spare.key, &link)
+            .map_err(|e| RuntimeError::io(format!("cannot link {}", link.display()), e))?;
+        let moved = async {
+            if let Some(manager) = &self.cgroups {
+                let to = manager.create(name)?;
+                to.set_cpu_limit(Some(spec.resources.cpu_millis))?;
+                to.set_memory_limit(Some(spec.resources.memory_bytes))?;
+                if let Ok(from) = manager.open(&spare.key) {
+                    for pid in from.pids()? {
+                        to.add_pid(pid)?;
+                    }
+                    let _ = from.remove();
+                }
+            }
+            self.rotate_admin(
+                name,
+                spare.port,
+                &spare.admin_password,
+                &spec.admin_password,
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = moved {
+            let _ = std::fs::remove_file(&link);
+            return Err(e);
+        }
+        {
+            let mut procs = self.procs();
+            procs.remove(&spare.key);
+            procs.insert(name.to_owned(), proc.clone());
+        }
+        *proc.key.lock().unwrap_or_else(|p| p.into_inner()) = name.to_owned();
+        Ok(self.instance(proc.pidfd.pid, spare.port, false, begin))
+    }
+
+    /// Stops the server and removes its storage and cgroup (a claimed spare's directory too).
+    async fn destroy(self: &Arc<Self>, key: &str) -> Result<()> {
+        self.stop(key, Duration::from_secs(30)).await?;
+        if let Some(cg) = self.cgroups.as_ref().and_then(|m| m.open(key).ok()) {
+            cg.remove()?;
+        }
+        let paths = self.paths(key);
+        let _ = std::fs::remove_file(&paths.socket);
+        let remove = |dir: &Path| match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io(
+                format!("cannot remove {}", dir.display()),
+                e,
+            )),
+            _ => Ok(()),
+        };
+        if let Ok(target) = std::fs::read_link(&paths.dir) {
+            // A claimed spare: the link, then what it points to.
+            let real = paths
+                .dir
+                .parent()
+                .map(|p| p.join(&target))
+                .unwrap_or(target);
+            std::fs::remove_file(&paths.dir).map_err(|e| {
+                RuntimeError::io(format!("cannot remove {}", paths.dir.display()), e)
+            })?;
+            return remove(&real);
+        }
+        remove(&paths.dir)
     }
 }
 

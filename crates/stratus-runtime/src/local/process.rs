@@ -11,6 +11,7 @@ use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -154,8 +155,14 @@ pub fn adopt(pid_file: &Path, cnf: &Path) -> Option<Pidfd> {
         .ok()?;
     let pidfd = Pidfd::open(pid).ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let want = format!("--defaults-file={}", cnf.display());
-    let ours = cmdline.split(|&b| b == 0).any(|arg| arg == want.as_bytes());
+    // Compared resolved, since a claimed spare runs from its own directory, linked under the
+    // database's name.
+    let want = std::fs::canonicalize(cnf).ok()?;
+    let ours = cmdline.split(|&b| b == 0).any(|arg| {
+        arg.strip_prefix(b"--defaults-file=")
+            .and_then(|p| std::fs::canonicalize(std::ffi::OsStr::from_bytes(p)).ok())
+            .is_some_and(|p| p == want)
+    });
     (ours && !pidfd.has_exited()).then_some(pidfd)
 }
 

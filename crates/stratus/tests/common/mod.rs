@@ -35,6 +35,20 @@ impl Stratus {
         Self::with_policy(tag, "idle_to_suspend_ms = 3600000")
     }
 
+    /// Like `new`, with a warm pool of `min` spares.
+    pub fn with_pool(tag: &str, min: usize) -> Self {
+        let s = Self::new(tag);
+        let cfg = std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace("[pool]\nmin = 0\nmax = 0\n", "");
+        std::fs::write(
+            &s.config,
+            format!("{cfg}[pool]\nmin = {min}\nmax = {}\n", min * 2),
+        )
+        .unwrap();
+        s
+    }
+
     /// Like `new`, with `[policy]` lines for the databases it creates.
     pub fn with_policy(tag: &str, policy: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -43,7 +57,7 @@ impl Stratus {
         std::fs::write(
             &config,
             format!(
-                "[resources]\ncgroup_parent = \"{cgroup_parent}\"\n[mariadb]\nstop_grace_secs = 30\n[policy]\n{policy}\n"
+                "[resources]\ncgroup_parent = \"{cgroup_parent}\"\n[mariadb]\nstop_grace_secs = 30\n[policy]\n{policy}\n[pool]\nmin = 0\nmax = 0\n"
             ),
         )
         .unwrap();

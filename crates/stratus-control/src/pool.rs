@@ -1,0 +1,181 @@
+//! The warm pool (the brief's "Pre-Fabricated Database Pools"): spare servers already running,
+//! owned by nobody. Creating a database claims one (checked out, secured with fresh admin
+//! credentials and the user's account, sized, routed) instead of starting a server, which
+//! takes a create from a few hundred milliseconds to a few dozen. The pool refills in the
+//! background; its target follows the recent creation rate between a minimum and a maximum.
+
+use crate::ControlPlane;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use stratus_core::Tier;
+use stratus_core::time::now_ms;
+use stratus_runtime::{Runtime, Spare};
+use stratus_store::Store;
+
+/// Pool sizing; an installation setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolConfig {
+    /// Spares kept ready at least (0 turns the pool off).
+    pub min: usize,
+    /// Spares kept ready at most, however fast databases are being created.
+    pub max: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self { min: 2, max: 8 }
+    }
+}
+
+/// How far back creations count towards the target.
+const DEMAND_WINDOW_MS: i64 = 5 * 60_000;
+/// Re-evaluation of the target when nothing else wakes the refiller.
+const REVIEW: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+pub(crate) struct PoolState {
+    ready: Vec<Spare>,
+    starting: usize,
+    /// When databases were created recently.
+    creates: VecDeque<i64>,
+}
+
+/// What `stratus status` shows of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct PoolStatus {
+    pub ready: usize,
+    pub starting: usize,
+    pub target: usize,
+    pub min: usize,
+    pub max: usize,
+}
+
+/// The pool's target: the minimum plus one spare per creation in the demand window, capped.
+pub fn target(cfg: PoolConfig, recent_creates: usize) -> usize {
+    if cfg.min == 0 && cfg.max == 0 {
+        return 0;
+    }
+    (cfg.min + recent_creates).clamp(cfg.min, cfg.max.max(cfg.min))
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    fn pool_state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn pool_status(&self) -> PoolStatus {
+        let now = now_ms();
+        let st = self.pool_state();
+        let recent = st
+            .creates
+            .iter()
+            .filter(|t| now - **t <= DEMAND_WINDOW_MS)
+            .count();
+        PoolStatus {
+            ready: st.ready.len(),
+            starting: st.starting,
+            target: target(self.cfg.pool, recent),
+            min: self.cfg.pool.min,
+            max: self.cfg.pool.max,
+        }
+    }
+
+    /// A spare to claim, if one is ready; counts the creation towards demand either way.
+    pub(crate) fn take_spare(&self) -> Option<Spare> {
+        let spare = {
+            let mut st = self.pool_state();
+            st.creates.push_back(now_ms());
+            st.ready.pop()
+        };
+        self.pool_wake.notify_one();
+        spare
+    }
+
+    /// Keeps the pool at its target until the process ends. Spares an earlier run left behind
+    /// are removed first: their passwords died with it.
+    pub async fn run_pool(self: Arc<Self>) {
+        for key in self.runtime.unclaimed_spares() {
+            if let Err(e) = self.runtime.destroy_spare(&key).await {
+                tracing::warn!("cannot remove leftover spare {key}: {e}");
+            }
+        }
+        let max_resources = self.resources(Tier::STANDARD_MAX_SCU);
+        loop {
+            let (have, want, surplus) = {
+                let mut st = self.pool_state();
+                let now = now_ms();
+                while st
+                    .creates
+                    .front()
+                    .is_some_and(|t| now - *t > DEMAND_WINDOW_MS)
+                {
+                    st.creates.pop_front();
+                }
+                let want = target(self.cfg.pool, st.creates.len());
+                let have = st.ready.len() + st.starting;
+                let surplus = if st.ready.len() > want {
+                    st.ready.pop()
+                } else {
+                    None
+                };
+                if have < want {
+                    st.starting += 1;
+                }
+                (have, want, surplus)
+            };
+            if let Some(spare) = surplus {
+                let _ = self.runtime.destroy_spare(&spare.key).await;
+                continue;
+            }
+            if have < want {
+                let made = self.runtime.provision_spare(max_resources).await;
+                let failed = {
+                    let mut st = self.pool_state();
+                    st.starting -= 1;
+                    match made {
+                        Ok(spare) => {
+                            st.ready.push(spare);
+                            None
+                        }
+                        Err(e) => Some(e),
+                    }
+                };
+                if let Some(e) = failed {
+                    tracing::warn!("cannot start a spare for the warm pool: {e}");
+                    // Back off before trying again, not a readiness wait.
+                    tokio::time::sleep(REVIEW).await;
+                }
+                continue;
+            }
+            let _ = tokio::time::timeout(REVIEW, self.pool_wake.notified()).await;
+        }
+    }
+
+    /// Stops every spare (Stratus is shutting down).
+    pub async fn drain_pool(&self) {
+        let spares = std::mem::take(&mut self.pool_state().ready);
+        for spare in spares {
+            let _ = self.runtime.destroy_spare(&spare.key).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_follows_demand_within_bounds() {
+        let cfg = PoolConfig { min: 2, max: 5 };
+        assert_eq!(target(cfg, 0), 2);
+        assert_eq!(target(cfg, 2), 4);
+        assert_eq!(target(cfg, 50), 5);
+        assert_eq!(target(PoolConfig { min: 0, max: 0 }, 10), 0, "off");
+        assert_eq!(
+            target(PoolConfig { min: 3, max: 1 }, 0),
+            3,
+            "a max below the min is the min"
+        );
+    }
+}
