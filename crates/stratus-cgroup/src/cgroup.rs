@@ -144,6 +144,22 @@ impl Manager {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Removes every group under the parent that has no processes left, then
+    /// the parent if it is empty: a tidy host after a clean shutdown. Groups
+    /// still in use stay; nothing fails for them.
+    pub fn remove_unused(&self) {
+        for dir in self.parent.distinct() {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = files::rmdir(&e.path());
+                    }
+                }
+            }
+            let _ = files::rmdir(dir);
+        }
+    }
+
     /// Opens an existing group; fails with [`Error::NotFound`] if it is
     /// missing in any hierarchy.
     pub fn open(&self, name: &str) -> Result<Cgroup> {

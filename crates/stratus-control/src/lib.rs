@@ -46,6 +46,8 @@ pub struct ControlConfig {
     pub default_policy: stratus_core::ScalingPolicy,
     /// The warm pool of spare servers.
     pub pool: pool::PoolConfig,
+    /// Reload the hot pages after a suspend (off only to measure what it is worth).
+    pub hydrate: bool,
 }
 
 impl Default for ControlConfig {
@@ -57,6 +59,7 @@ impl Default for ControlConfig {
             restart_backoff_max: Duration::from_secs(30),
             default_policy: stratus_core::ScalingPolicy::default(),
             pool: pool::PoolConfig::default(),
+            hydrate: true,
         }
     }
 }

@@ -18,7 +18,7 @@ use stratus_store::Store;
 
 /// The monitor's tick; `ScalingPolicy::sample_interval_ms` by default.
 pub const TICK: Duration = Duration::from_millis(200);
-/// How often services and policies are re-read from the catalog.
+/// How often policies are re-read from the catalog, in ticks.
 const REFRESH_TICKS: u32 = 25;
 
 /// What the monitor keeps per database between ticks.
@@ -43,12 +43,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let mut n = 0u32;
         loop {
             tick.tick().await;
-            if n % REFRESH_TICKS == 0 {
-                if let Ok(all) = self.store.services().await {
-                    services = all;
-                }
-                tracked.retain(|k, _| services.iter().any(|s| s.name() == k));
-                for svc in &services {
+            // Sizes and states every tick (one small catalog read), so a new database is watched
+            // from its first 200 ms; policies, which change rarely, every few seconds.
+            if let Ok(all) = self.store.services().await {
+                services = all;
+            }
+            tracked.retain(|k, _| services.iter().any(|s| s.name() == k));
+            for svc in &services {
+                let fresh = !tracked.contains_key(svc.name());
+                if fresh || n % REFRESH_TICKS == 0 {
                     let policy = self
                         .store
                         .scaling_policy(svc.name())
@@ -146,6 +149,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 to,
                 usage_pct,
                 window_ms,
+                decided_ms: now,
             }),
         }
     }
@@ -156,7 +160,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 to,
                 usage_pct,
                 window_ms,
-            } => self.autoscale(name, to, usage_pct, window_ms).await,
+                decided_ms,
+            } => {
+                self.autoscale(name, to, usage_pct, window_ms, decided_ms)
+                    .await
+            }
             Action::Suspend { idle_ms } => {
                 let why = format!("idle for {} s", idle_ms / 1000);
                 self.suspend(name.as_str(), false, &why).await.map(drop)
@@ -174,12 +182,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     /// Applies an autoscaler decision, recording the measurement behind it.
+    /// Applies an autoscaler decision, recording the measurement behind it. Growing, the
+    /// quota is what the load waits for: it is raised and recorded first, and the buffer pool
+    /// follows (a shrink goes the other way round, pool first).
     async fn autoscale(
         &self,
         name: &ServiceName,
         to: u32,
         usage_pct: f64,
         window_ms: i64,
+        decided_ms: i64,
     ) -> crate::Result<()> {
         let _guard = self.lock(name).await;
         let mut svc = self.load(name).await?;
@@ -187,11 +199,22 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             return Ok(());
         }
         let (from_scu, from, target) = (svc.scu, self.resources(svc.scu), self.resources(to));
-        let applied = self.apply_size(&svc, from, target).await?;
+        let grow = to > from_scu;
+        let applied = if grow {
+            self.runtime
+                .set_limits(name, target.cpu_millis, target.memory_bytes)
+                .await?;
+            None
+        } else {
+            Some(self.apply_size(&svc, from, target).await?)
+        };
         svc.scu = to;
-        svc.buffer_pool_bytes = applied.buffer_pool_actual;
+        svc.buffer_pool_bytes = applied
+            .as_ref()
+            .map_or(target.buffer_pool_bytes, |a| a.buffer_pool_actual);
         self.store.update_service(&svc).await?;
-        let direction = if to > from_scu { "up" } else { "down" };
+        let direction = if grow { "up" } else { "down" };
+        let applied_ms = now_ms() - decided_ms;
         self.event(
             name,
             EventKind::Scaled,
@@ -201,9 +224,35 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 window_ms as f64 / 1000.0
             ),
             json!({"from_scu": from_scu, "to_scu": to, "usage_pct": usage_pct, "window_ms": window_ms,
-                   "allocated_millis": from.cpu_millis, "applied": applied, "reason": "autoscaler"}),
+                   "allocated_millis": from.cpu_millis, "cpu_millis": target.cpu_millis, "memory_bytes": target.memory_bytes,
+                   "applied": applied, "applied_ms": applied_ms, "reason": "autoscaler"}),
         )
         .await;
+        if grow {
+            let mut conn = self.admin(name, svc.port, &svc.admin_password).await?;
+            let warnings = conn
+                .exec_with_warnings(&format!(
+                    "SET GLOBAL innodb_buffer_pool_size = {}",
+                    target.buffer_pool_bytes
+                ))
+                .await?;
+            let actual: Option<u64> = conn
+                .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
+                .await?;
+            conn.close().await;
+            let actual = actual.unwrap_or(0);
+            svc.buffer_pool_bytes = actual;
+            self.store.update_service(&svc).await?;
+            if actual != target.buffer_pool_bytes || !warnings.is_empty() {
+                self.event(
+                    name,
+                    EventKind::Scaled,
+                    &format!("buffer pool at {actual} bytes instead of the {} asked for", target.buffer_pool_bytes),
+                    json!({"buffer_pool_requested": target.buffer_pool_bytes, "buffer_pool_actual": actual, "warnings": warnings}),
+                )
+                .await;
+            }
+        }
         Ok(())
     }
 }
@@ -214,6 +263,7 @@ enum Action {
         to: u32,
         usage_pct: f64,
         window_ms: i64,
+        decided_ms: i64,
     },
     Suspend {
         idle_ms: i64,

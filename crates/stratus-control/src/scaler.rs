@@ -269,6 +269,32 @@ mod tests {
         assert_eq!(w.len(), 1);
     }
 
+    /// A load in bursts (1 s flat out every 3 s) for two minutes, sampled and applied as the
+    /// monitor does: sizes change at most once per cooldown.
+    #[test]
+    fn a_flapping_load_changes_size_at_most_once_per_cooldown() {
+        let p = ScalingPolicy::default();
+        let (mut scu, mut last_change, mut changes) = (1u32, None::<i64>, Vec::new());
+        let (mut w, mut cpu_ns) = (Window::default(), 0u64);
+        for t in (0..120_000i64).step_by(200) {
+            let busy = t % 3_000 < 1_000;
+            let allocated = f64::from(scu * B.cpu_millis_per_scu);
+            let used = if busy { allocated } else { allocated * 0.05 };
+            cpu_ns += (used * 200.0 * 1_000.0) as u64;
+            w.push(Sample { at_ms: t, cpu_ns }, p.scale_down_window_ms as i64);
+            if let Decision::Resize { to, .. } = decide(&w, t, scu, B, &p, last_change) {
+                changes.push(t);
+                scu = to;
+                last_change = Some(t);
+                w.clear();
+            }
+        }
+        assert!(!changes.is_empty(), "the bursts do call for more");
+        for pair in changes.windows(2) {
+            assert!(pair[1] - pair[0] >= COOLDOWN_MS, "changes at {changes:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn decisions_stay_in_bounds_and_respect_cooldown(

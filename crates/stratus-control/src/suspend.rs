@@ -74,6 +74,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .set_limits(&name, CPU_FLOOR_MILLIS, memory)
             .await?;
         let frozen = self.runtime.freeze(&name).await?;
+        // It wakes at its minimum; the autoscaler grows it again if the load asks.
+        let size_before = svc.scu;
+        svc.scu = svc.spec.min_scu;
+        svc.buffer_pool_bytes = self.resources(svc.scu).buffer_pool_bytes;
         svc.state = DbState::Suspended;
         self.store.update_service(&svc).await?;
         self.set_suspended(&name, true);
@@ -89,6 +93,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             ),
             json!({"reason": reason, "suspend_ms": ms, "sessions_closed": closed, "hot_pages_dumped": dumped,
                    "buffer_pool_before": before, "buffer_pool_after": after, "frozen": frozen,
+                   "scu_before": size_before, "wakes_at_scu": svc.scu,
                    "last_statement_ms": activity.last_statement_ms}),
         )
         .await;
@@ -110,9 +115,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             r.buffer_pool_bytes
         ))
         .await?;
-        // Asynchronous in the server: queries run while the pages come back.
-        conn.exec("SET GLOBAL innodb_buffer_pool_load_now = ON")
-            .await?;
+        if self.cfg.hydrate {
+            // Asynchronous in the server: queries run while the pages come back.
+            conn.exec("SET GLOBAL innodb_buffer_pool_load_now = ON")
+                .await?;
+        }
         conn.close().await;
         Ok(())
     }

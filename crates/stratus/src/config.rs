@@ -33,6 +33,8 @@ pub struct FileConfig {
     /// The warm pool of spare servers: `min`, `max`.
     #[serde(default)]
     pub pool: Option<stratus_control::pool::PoolConfig>,
+    /// Reload hot pages after a suspend (`false` only to measure what hydration is worth).
+    pub hydrate: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,7 +80,8 @@ pub struct MariaDbSection {
 pub struct ResourcesSection {
     /// false: run without cgroups even where they exist.
     pub cgroups: Option<bool>,
-    /// Parent cgroup of every database's group.
+    /// Parent cgroup of every database's group [default: `stratus/<id of the data directory>`,
+    /// so two installations on one host never share a group].
     pub cgroup_parent: Option<String>,
 }
 
@@ -93,11 +96,13 @@ pub struct Settings {
     pub start_timeout: Duration,
     pub stop_grace: Duration,
     pub cgroups: bool,
+    /// Empty: derived from the data directory once it is resolved.
     pub cgroup_parent: String,
     pub tls: Option<TlsSettings>,
     pub proxy: stratus_proxy::ProxyConfig,
     pub policy: stratus_core::ScalingPolicy,
     pub pool: stratus_control::pool::PoolConfig,
+    pub hydrate: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -142,12 +147,10 @@ impl Settings {
             start_timeout: Duration::from_secs(fc.mariadb.start_timeout_secs.unwrap_or(120)),
             stop_grace: Duration::from_secs(fc.mariadb.stop_grace_secs.unwrap_or(60)),
             cgroups: fc.resources.cgroups.unwrap_or(true),
-            cgroup_parent: fc
-                .resources
-                .cgroup_parent
-                .unwrap_or_else(|| "stratus".to_owned()),
+            cgroup_parent: fc.resources.cgroup_parent.unwrap_or_default(),
             policy: fc.policy.clone().unwrap_or_default(),
             pool: fc.pool.unwrap_or_default(),
+            hydrate: fc.hydrate.unwrap_or(true),
             proxy: {
                 let d = stratus_proxy::ProxyConfig::default();
                 let p = &fc.proxy;

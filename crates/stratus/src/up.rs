@@ -41,7 +41,11 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
     let store = SqliteStore::open(&data_dir.join(CATALOG))?;
     let mut local = LocalConfig::new(&data_dir);
     local.bin_dir = settings.bin_dir.clone();
-    local.cgroup_parent = settings.cgroup_parent.clone();
+    local.cgroup_parent = if settings.cgroup_parent.is_empty() {
+        default_cgroup_parent(&data_dir)
+    } else {
+        settings.cgroup_parent.clone()
+    };
     local.resource_control = settings.cgroups;
     local.start_timeout = settings.start_timeout;
     if !data_dir.join("template/READY").exists() {
@@ -58,6 +62,7 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
             endpoint: Some((settings.listen.ip().to_string(), settings.listen.port())),
             default_policy: settings.policy.clone(),
             pool: settings.pool,
+            hydrate: settings.hydrate,
             ..ControlConfig::default()
         },
     );
@@ -132,6 +137,7 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
     eprintln!("Stopping databases…");
     cp.drain_pool().await;
     cp.shutdown().await;
+    cp.runtime().remove_unused_cgroups();
     eprintln!("Stratus stopped.");
     Ok(())
 }
@@ -208,6 +214,19 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     f.rewind()?;
     write!(f, "{}", std::process::id())?;
     Ok(f)
+}
+
+/// `stratus/<8 hex digits>` from the data directory's path: stable across restarts of one
+/// installation, distinct between installations (FNV-1a).
+fn default_cgroup_parent(data_dir: &Path) -> String {
+    let h = data_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        });
+    format!("stratus/{h:08x}")
 }
 
 /// The version string a MariaDB 10.x server greets with: `5.5.5-` first, which old clients

@@ -159,6 +159,14 @@ impl LocalRuntime {
         &self.inner.mariadb
     }
 
+    /// Removes the cgroups of servers no longer running, and the parent if nothing is left
+    /// (after a clean shutdown; the next start makes them again).
+    pub fn remove_unused_cgroups(&self) {
+        if let Some(m) = &self.inner.cgroups {
+            m.remove_unused();
+        }
+    }
+
     /// Removes the parent cgroup once no database group is left under it.
     pub fn remove_cgroup_parent(&self) -> Result<()> {
         match &self.inner.cgroups {

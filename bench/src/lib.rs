@@ -1,0 +1,146 @@
+//! Shared pieces of the benchmarks: a `stratus up` of their own, and small statistics.
+
+use anyhow::{Context, bail};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A `stratus up` in a temporary directory on free ports, stopped on drop.
+pub struct Stratus {
+    pub dir: std::path::PathBuf,
+    pub api: String,
+    pub sql_port: u16,
+    child: Child,
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Stratus {
+    /// Starts `bin up` with `config` (TOML) and returns once it says it is up.
+    pub fn start(bin: &str, config: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "stratus-bench-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let cfg = dir.join("stratus.toml");
+        std::fs::write(&cfg, config)?;
+        let api = format!("127.0.0.1:{}", free_port()?);
+        let sql_port = free_port()?;
+        let mut child = Command::new(bin)
+            .args(["up", "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--api",
+                &api,
+                "--listen",
+                &format!("127.0.0.1:{sql_port}"),
+                "--config",
+            ])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {bin}"))?;
+        let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains(" is up") => break,
+                Some(Ok(_)) => {}
+                _ => bail!("stratus up exited before it was up"),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self {
+            dir,
+            api,
+            sql_port,
+            child,
+        })
+    }
+
+    pub fn client(&self) -> stratus_api::ApiClient {
+        stratus_api::ApiClient::new(&format!("http://{}", self.api))
+    }
+
+    pub fn opts(&self, user: &str, password: &str, db: &str) -> mysql_async::OptsBuilder {
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(self.sql_port)
+            .user(Some(user.to_owned()))
+            .pass(Some(password.to_owned()))
+            .db_name(Some(db.to_owned()))
+            .prefer_socket(false)
+    }
+
+    /// A metric sample from `/metrics`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(&self.api).ok()?;
+        write!(
+            sock,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.api
+        )
+        .ok()?;
+        let mut text = String::new();
+        sock.read_to_string(&mut text).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// Polls a metric until it reaches at least `want` (bounded).
+    pub fn wait_metric(&self, series: &str, want: f64, timeout: Duration) -> anyhow::Result<()> {
+        let begin = std::time::Instant::now();
+        while self.metric(series).unwrap_or(0.0) < want {
+            if begin.elapsed() > timeout {
+                bail!("{series} did not reach {want}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Stratus {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `q`-quantile (0..=1) of a sample, nearest rank.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// CPU time (user + system) of a process, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Duration::from_secs_f64((t(11) + t(12)) / ticks)
+}
