@@ -550,7 +550,12 @@ impl<D: Directory> Session<D> {
             self.read_user_vars().await;
         }
         let retry_safe = stmts.iter().all(|s| s.read_only) && self.state.pinned().is_none();
-        self.hold_answer = stmts.iter().any(|s| s.kind == Kind::AccountManagement);
+        let accounts = stmts.iter().any(|s| s.kind == Kind::AccountManagement);
+        if accounts && names_admin_account(sql) {
+            let err = SqlError::not_allowed("the stratus_admin account");
+            return self.client.send(seq, &err.packet()).await;
+        }
+        self.hold_answer = accounts;
         let relayed = self
             .forward_retrying(raw, seq, Expect::ResultSets { binary: false }, retry_safe)
             .await;
@@ -1437,6 +1442,14 @@ async fn idle_backend_closed(backend: Option<&mut Backend>) {
         }
     }
 }
+
+/// Whether an account statement names Stratus's own account, which clients may not touch.
+fn names_admin_account(sql: &[u8]) -> bool {
+    sql.windows(ADMIN_ACCOUNT.len())
+        .any(|w| w.eq_ignore_ascii_case(ADMIN_ACCOUNT))
+}
+
+const ADMIN_ACCOUNT: &[u8] = b"stratus_admin";
 
 /// Statements that read the previous statement's diagnostics, before which the proxy must not
 /// run statements of its own.
