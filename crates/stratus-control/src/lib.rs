@@ -75,6 +75,8 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     pool: Mutex<pool::PoolState>,
     /// Wakes the pool's refiller when a spare is taken.
     pool_wake: tokio::sync::Notify,
+    /// Signals that a spare finished starting (kept, or removed while shutting down).
+    pool_settled: tokio::sync::Notify,
     store: S,
     runtime: R,
     cfg: ControlConfig,
@@ -89,6 +91,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             suspended: Mutex::new(std::collections::HashSet::new()),
             pool: Mutex::new(pool::PoolState::default()),
             pool_wake: tokio::sync::Notify::new(),
+            pool_settled: tokio::sync::Notify::new(),
             store,
             runtime,
             cfg,

@@ -35,6 +35,8 @@ const REVIEW: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 pub(crate) struct PoolState {
+    /// Shutting down: make no more spares, and remove any that finishes starting.
+    closed: bool,
     ready: Vec<Spare>,
     starting: usize,
     /// When databases were created recently.
@@ -104,6 +106,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         loop {
             let (have, want, surplus) = {
                 let mut st = self.pool_state();
+                if st.closed {
+                    return;
+                }
                 let now = now_ms();
                 while st
                     .creates
@@ -130,17 +135,22 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
             if have < want {
                 let made = self.runtime.provision_spare(max_resources).await;
-                let failed = {
+                let (failed, orphan) = {
                     let mut st = self.pool_state();
                     st.starting -= 1;
                     match made {
+                        Ok(spare) if st.closed => (None, Some(spare)),
                         Ok(spare) => {
                             st.ready.push(spare);
-                            None
+                            (None, None)
                         }
-                        Err(e) => Some(e),
+                        Err(e) => (Some(e), None),
                     }
                 };
+                if let Some(spare) = orphan {
+                    let _ = self.runtime.destroy_spare(&spare.key).await;
+                }
+                self.pool_settled.notify_waiters();
                 if let Some(e) = failed {
                     tracing::warn!("cannot start a spare for the warm pool: {e}");
                     // Back off before trying again, not a readiness wait.
@@ -154,9 +164,22 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// Stops every spare (Stratus is shutting down).
     pub async fn drain_pool(&self) {
-        let spares = std::mem::take(&mut self.pool_state().ready);
+        let spares = {
+            let mut st = self.pool_state();
+            st.closed = true;
+            std::mem::take(&mut st.ready)
+        };
         for spare in spares {
             let _ = self.runtime.destroy_spare(&spare.key).await;
+        }
+        // A spare still starting is removed by the refiller when it is up: wait for that, or
+        // its server would outlive Stratus.
+        loop {
+            let settled = self.pool_settled.notified();
+            if self.pool_state().starting == 0 {
+                return;
+            }
+            settled.await;
         }
     }
 }
