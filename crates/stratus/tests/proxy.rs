@@ -4,20 +4,9 @@
 mod common;
 
 use common::Stratus;
+use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder};
 use std::process::Command;
-
-fn opts(s: &Stratus, user: &str, password: &str, db: Option<&str>) -> OptsBuilder {
-    let (host, port) = s.listen.split_once(':').unwrap();
-    OptsBuilder::default()
-        .ip_or_hostname(host.to_owned())
-        .tcp_port(port.parse().unwrap())
-        .user(Some(user.to_owned()))
-        .pass(Some(password.to_owned()))
-        .db_name(db.map(str::to_owned))
-        .prefer_socket(false)
-}
 
 fn created(s: &Stratus, name: &str) -> (String, String) {
     let c = s.json(&["db", "create", name]);
@@ -41,7 +30,9 @@ async fn session_state_survives_park_and_wake() {
     s.start();
     let (user, pw) = created(&s, "shop");
     assert_eq!(user, "shop.admin");
-    let mut conn = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
     conn.query_drop("CREATE DATABASE other").await.unwrap();
     conn.query_drop("CREATE TABLE other.t (id INT PRIMARY KEY, v VARCHAR(10))")
         .await
@@ -112,7 +103,9 @@ async fn a_new_connection_wakes_a_parked_database() {
     let (user, pw) = created(&s, "app");
     s.json(&["db", "park", "app"]);
     // Logging in needs no running server; the first statement wakes it.
-    let mut conn = Conn::new(opts(&s, &user, &pw, Some("app"))).await.unwrap();
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("app")))
+        .await
+        .unwrap();
     let one: Option<u32> = conn.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));
     let woken = s.wait_for_event("app", "woken", std::time::Duration::from_secs(5));
@@ -132,7 +125,7 @@ async fn wrong_credentials_get_the_servers_own_denial() {
         ("vault.nobody", pw.as_str()),
         ("admin", pw.as_str()),
     ] {
-        let err = Conn::new(opts(&s, u, p, None)).await.unwrap_err();
+        let err = Conn::new(s.sql_opts(u, p, None)).await.unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("1045") && msg.contains(&format!("Access denied for user '{u}'")),
@@ -140,7 +133,7 @@ async fn wrong_credentials_get_the_servers_own_denial() {
         );
     }
     // The stratus_admin account is not reachable through the proxy.
-    let err = Conn::new(opts(&s, "vault.stratus_admin", "x", None))
+    let err = Conn::new(s.sql_opts("vault.stratus_admin", "x", None))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("1045"));
@@ -235,7 +228,9 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
     let mut s = Stratus::new("accounts");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut owner = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    let mut owner = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
     owner
         .query_drop("CREATE USER 'app'@'%' IDENTIFIED BY 'first'")
         .await
@@ -244,7 +239,7 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
         .query_drop("GRANT SELECT ON shop.* TO 'app'@'%'")
         .await
         .unwrap();
-    let mut app = Conn::new(opts(&s, "shop.app", "first", Some("shop")))
+    let mut app = Conn::new(s.sql_opts("shop.app", "first", Some("shop")))
         .await
         .unwrap();
     let one: Option<u8> = app.query_first("SELECT 1").await.unwrap();
@@ -265,12 +260,12 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
         .await
         .unwrap();
     assert!(
-        Conn::new(opts(&s, "shop.app", "first", None))
+        Conn::new(s.sql_opts("shop.app", "first", None))
             .await
             .is_err(),
         "old password refused"
     );
-    Conn::new(opts(&s, "shop.app", "second", None))
+    Conn::new(s.sql_opts("shop.app", "second", None))
         .await
         .unwrap()
         .disconnect()
@@ -286,7 +281,7 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
         "{err}"
     );
     owner.query_drop("DROP USER 'app'@'%'").await.unwrap();
-    let err = Conn::new(opts(&s, "shop.app", "second", None))
+    let err = Conn::new(s.sql_opts("shop.app", "second", None))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("1045"), "{err}");
@@ -301,7 +296,9 @@ async fn backend_connections_are_reused_clean() {
     let mut s = Stratus::new("pool");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut first = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    let mut first = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
     first
         .query_drop("SET @secret = 'from the first client', SESSION sql_mode = 'ANSI'")
         .await
@@ -319,7 +316,9 @@ async fn backend_connections_are_reused_clean() {
         std::time::Duration::from_secs(10),
     );
 
-    let mut second = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    let mut second = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
     let id2: Option<u64> = second.query_first("SELECT CONNECTION_ID()").await.unwrap();
     assert_eq!(id1, id2, "the backend connection was kept and reused");
     let row: Option<(Option<String>, String)> = second
@@ -342,7 +341,9 @@ async fn pinned_sessions_are_reported_and_not_parked_under_their_clients() {
     let mut s = Stratus::new("pinned");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut conn = Conn::new(opts(&s, &user, &pw, Some("shop"))).await.unwrap();
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
     conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
         .await
         .unwrap();
@@ -395,7 +396,7 @@ async fn many_clients_waking_one_database_cause_one_wake() {
     s.json(&["db", "park", "shop"]);
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let o = opts(&s, &user, &pw, Some("shop"));
+        let o = s.sql_opts(&user, &pw, Some("shop"));
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::new(o).await.unwrap();
             let one: Option<u32> = c.query_first("SELECT 1").await.unwrap();

@@ -9,14 +9,7 @@ use mysql_async::{Conn, OptsBuilder};
 use std::time::Duration;
 
 fn opts(s: &Stratus, user: &str, password: &str) -> OptsBuilder {
-    let (host, port) = s.listen.split_once(':').unwrap();
-    OptsBuilder::default()
-        .ip_or_hostname(host.to_owned())
-        .tcp_port(port.parse().unwrap())
-        .user(Some(user.to_owned()))
-        .pass(Some(password.to_owned()))
-        .db_name(Some("shop"))
-        .prefer_socket(false)
+    s.sql_opts(user, password, Some("shop"))
 }
 
 fn create(s: &Stratus, args: &[&str]) -> (String, String) {

@@ -181,6 +181,23 @@ impl Stratus {
         }
     }
 
+    /// mysql_async options for a client of the SQL endpoint.
+    pub fn sql_opts(
+        &self,
+        user: &str,
+        password: &str,
+        db: Option<&str>,
+    ) -> mysql_async::OptsBuilder {
+        let (host, port) = self.listen.split_once(':').unwrap();
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(host.to_owned())
+            .tcp_port(port.parse().unwrap())
+            .user(Some(user.to_owned()))
+            .pass(Some(password.to_owned()))
+            .db_name(db.map(str::to_owned))
+            .prefer_socket(false)
+    }
+
     /// A sample from `/metrics`, e.g. `stratus_proxy_pooled_connections{db="shop"}`.
     pub fn metric(&self, series: &str) -> Option<f64> {
         use std::io::{Read, Write};
