@@ -199,6 +199,45 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
             svc.state
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP stratus_database_cpu_millicores CPU use over the last second.\n# TYPE stratus_database_cpu_millicores gauge"
+    );
+    let measured: Vec<_> = services
+        .iter()
+        .filter_map(|s| Some((s.name(), st.cp.measured(s.name())?)))
+        .collect();
+    for (name, m) in &measured {
+        if let Some(cpu) = m.cpu_millis {
+            let _ = writeln!(
+                out,
+                "stratus_database_cpu_millicores{{db=\"{name}\"}} {cpu:.1}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP stratus_database_memory_bytes Memory in use.\n# TYPE stratus_database_memory_bytes gauge"
+    );
+    for (name, m) in &measured {
+        let _ = writeln!(
+            out,
+            "stratus_database_memory_bytes{{db=\"{name}\"}} {}",
+            m.memory_bytes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP stratus_database_buffer_pool_hit_ratio InnoDB buffer-pool hit ratio between the last two samples.\n# TYPE stratus_database_buffer_pool_hit_ratio gauge"
+    );
+    for (name, m) in &measured {
+        if let Some(r) = m.buffer_pool_hit_ratio {
+            let _ = writeln!(
+                out,
+                "stratus_database_buffer_pool_hit_ratio{{db=\"{name}\"}} {r:.4}"
+            );
+        }
+    }
     let pool = st.cp.pool_status();
     let _ = writeln!(
         out,

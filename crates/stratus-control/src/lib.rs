@@ -73,6 +73,8 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// until woken. Kept in memory because the proxy asks on every new connection.
     suspended: Mutex<std::collections::HashSet<ServiceName>>,
     pool: Mutex<pool::PoolState>,
+    /// The monitor's latest figures per database.
+    measured: Mutex<HashMap<ServiceName, monitor::Measured>>,
     /// Wakes the pool's refiller when a spare is taken.
     pool_wake: tokio::sync::Notify,
     /// Signals that a spare finished starting (kept, or removed while shutting down).
@@ -90,6 +92,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             activity: std::sync::OnceLock::new(),
             suspended: Mutex::new(std::collections::HashSet::new()),
             pool: Mutex::new(pool::PoolState::default()),
+            measured: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
             pool_settled: tokio::sync::Notify::new(),
             store,

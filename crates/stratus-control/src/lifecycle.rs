@@ -220,6 +220,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             backend: seen.backend,
             cpu_usage_seconds: seen.cpu_usage_ns.map(|ns| ns as f64 / 1e9),
             activity: self.activity(svc.name()),
+            measured: self.measured(svc.name()),
             memory_usage: seen.memory_usage_bytes,
             created_at: rfc3339(svc.created_at_ms),
             updated_at: rfc3339(svc.updated_at_ms),

@@ -18,6 +18,9 @@ use stratus_store::Store;
 
 /// The monitor's tick; `ScalingPolicy::sample_interval_ms` by default.
 pub const TICK: Duration = Duration::from_millis(200);
+/// How often each active database's buffer-pool hit ratio is read from its server, in ticks
+/// (a login and one query, so far less often than CPU).
+const HIT_RATIO_TICKS: u32 = 25;
 /// How often policies are re-read from the catalog, in ticks.
 const REFRESH_TICKS: u32 = 25;
 
@@ -64,6 +67,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                             ..Tracked::default()
                         })
                         .policy = policy;
+                }
+            }
+            if n % HIT_RATIO_TICKS == 0 {
+                for svc in services
+                    .iter()
+                    .filter(|s| s.state == DbState::Active && !self.is_suspended(s.name()))
+                {
+                    let (me, svc) = (self.clone(), svc.clone());
+                    tokio::spawn(async move { me.sample_hit_ratio(&svc).await });
                 }
             }
             n = n.wrapping_add(1);
@@ -121,11 +133,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             t.active_since_ms = now;
             return None;
         }
-        if let Some(cpu_ns) = self.runtime.cpu_usage_ns(name) {
+        if let Some(u) = self.runtime.usage(name) {
             t.window.push(
-                Sample { at_ms: now, cpu_ns },
+                Sample {
+                    at_ms: now,
+                    cpu_ns: u.cpu_ns,
+                },
                 t.policy.scale_down_window_ms as i64,
             );
+            self.record_measurement(name, t.window.usage_millis(1_000), u.memory_bytes);
         }
         let activity = self.activity(name);
         let idle_from = activity.last_statement_ms.max(t.active_since_ms);
@@ -254,6 +270,68 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
         }
         Ok(())
+    }
+}
+
+/// The monitor's latest figures for one database, shown by the API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Measured {
+    /// CPU use over the last second, in millicores.
+    pub cpu_millis: Option<f64>,
+    pub memory_bytes: u64,
+    /// Buffer-pool hit ratio between the last two samples (0..=1).
+    pub buffer_pool_hit_ratio: Option<f64>,
+    /// `Innodb_buffer_pool_read_requests` and `Innodb_buffer_pool_reads` at the last sample.
+    #[serde(skip)]
+    counters: Option<(u64, u64)>,
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    fn record_measurement(&self, name: &ServiceName, cpu_millis: Option<f64>, memory_bytes: u64) {
+        let mut all = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        let m = all.entry(name.clone()).or_default();
+        m.cpu_millis = cpu_millis;
+        m.memory_bytes = memory_bytes;
+    }
+
+    pub fn measured(&self, name: &ServiceName) -> Option<Measured> {
+        self.measured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    /// Reads the buffer pool's request and miss counters and updates the hit ratio.
+    async fn sample_hit_ratio(&self, svc: &DatabaseService) {
+        let name = svc.name();
+        let Ok(mut conn) = self.admin(name, svc.port, &svc.admin_password).await else {
+            return;
+        };
+        let rows: crate::Result<Vec<(String, u64)>> = conn
+            .query_rows(
+                "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                 WHERE VARIABLE_NAME IN ('INNODB_BUFFER_POOL_READ_REQUESTS', 'INNODB_BUFFER_POOL_READS')",
+            )
+            .await
+            .map_err(Into::into);
+        conn.close().await;
+        let Ok(rows) = rows else { return };
+        let get = |n: &str| rows.iter().find(|(k, _)| k == n).map_or(0, |(_, v)| *v);
+        let now = (
+            get("INNODB_BUFFER_POOL_READ_REQUESTS"),
+            get("INNODB_BUFFER_POOL_READS"),
+        );
+        let mut all = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        let m = all.entry(name.clone()).or_default();
+        if let Some((requests, reads)) = m.counters {
+            let asked = now.0.saturating_sub(requests);
+            if asked > 0 {
+                m.buffer_pool_hit_ratio =
+                    Some(1.0 - now.1.saturating_sub(reads) as f64 / asked as f64);
+            }
+        }
+        m.counters = Some(now);
     }
 }
 

@@ -34,6 +34,9 @@ pub struct DatabaseView {
     /// That server's own `host:port`, for benchmarks and debugging.
     pub backend: Option<String>,
     pub cpu_usage_seconds: Option<f64>,
+    /// The resource monitor's latest figures: CPU over the last second, memory, hit ratio.
+    #[serde(default)]
+    pub measured: Option<crate::monitor::Measured>,
     /// Client activity seen by the proxy.
     #[serde(default)]
     pub activity: stratus_core::ActivityView,

@@ -13,6 +13,7 @@ pub mod binaries;
 pub mod local;
 
 pub use local::{LocalConfig, LocalRuntime};
+pub use stratus_cgroup::Usage;
 
 use std::future::Future;
 use std::time::Duration;
@@ -163,8 +164,9 @@ pub trait Runtime: Send + Sync + 'static {
 
     fn observe(&self, name: &ServiceName) -> impl Future<Output = Observed> + Send;
 
-    /// Cumulative CPU time in nanoseconds, cheaply: the resource monitor asks every 200 ms.
-    fn cpu_usage_ns(&self, name: &ServiceName) -> Option<u64>;
+    /// Cumulative CPU time and current memory use, cheaply: the resource monitor asks every
+    /// 200 ms.
+    fn usage(&self, name: &ServiceName) -> Option<Usage>;
 
     /// Stops the server's processes from being scheduled at all (suspend). Returns false where
     /// the host cannot freeze. A frozen server is thawed before it is stopped.

@@ -201,6 +201,18 @@ fn show(d: &DatabaseView, json: bool) -> anyhow::Result<()> {
         (Some(pid), Some(backend)) => println!("server:       mariadbd pid {pid} on {backend}"),
         _ => println!("server:       not running"),
     }
+    if let Some(m) = &d.measured {
+        let cpu = m
+            .cpu_millis
+            .map_or("–".to_owned(), |c| format!("{c:.0} millicores"));
+        let hit = m
+            .buffer_pool_hit_ratio
+            .map_or("–".to_owned(), |h| format!("{:.2} %", h * 100.0));
+        println!(
+            "load:         CPU {cpu}, memory {}, buffer pool hit ratio {hit}",
+            bytes(m.memory_bytes)
+        );
+    }
     let a = &d.activity;
     println!(
         "clients:      {} connected, {} running, {} in a transaction, {} pinned",

@@ -130,6 +130,9 @@ async fn a_cpu_bound_load_scales_the_database_up() {
         "{scaled}"
     );
     assert!(scaled["data"]["to_scu"].as_u64().unwrap() >= 2);
+    let measured = &s.json(&["db", "show", "shop"])["measured"];
+    assert!(measured["memory_bytes"].as_u64().unwrap() > 0, "{measured}");
+    assert!(measured["cpu_millis"].as_f64().unwrap() > 0.0, "{measured}");
     for l in load {
         l.abort();
     }

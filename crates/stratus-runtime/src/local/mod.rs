@@ -516,12 +516,10 @@ impl Runtime for LocalRuntime {
         seen
     }
 
-    fn cpu_usage_ns(&self, name: &ServiceName) -> Option<u64> {
+    fn usage(&self, name: &ServiceName) -> Option<crate::Usage> {
         match &self.inner.cgroups {
-            Some(m) => m.open(name.as_str()).ok()?.usage().ok().map(|u| u.cpu_ns),
-            None => stratus_cgroup::proc_usage(self.inner.running(name.as_str())?.pidfd.pid)
-                .ok()
-                .map(|u| u.cpu_ns),
+            Some(m) => m.open(name.as_str()).ok()?.usage().ok(),
+            None => stratus_cgroup::proc_usage(self.inner.running(name.as_str())?.pidfd.pid).ok(),
         }
     }
 
