@@ -6,93 +6,30 @@
 use crate::activity::ServiceActivity;
 use crate::backend::{Backend, BackendError, Login};
 use crate::error::SqlError;
+use crate::login::login;
 use crate::pool;
 use crate::prepared::Statements;
+use crate::relay::{
+    Pending, RelayError, STREAM_CHUNK, forward_infile, idle_backend_closed, learn_ok,
+};
 use crate::session::{BACKEND_TRACKING, SessionState, UserVar, user_var_literal};
-use crate::stream::{ClientStream, Prefixed};
-use crate::tls::service_from_server_name;
+use crate::stream::{ClientIo, ClientStream, End, ReadError};
 use crate::{Directory, Proxy};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use stratus_wire::auth::{self, NATIVE_PLUGIN, Stage1};
+use stratus_wire::auth::{self, NATIVE_PLUGIN};
 use stratus_wire::caps;
 use stratus_wire::classify::{self, Kind, Statement};
 use stratus_wire::command::*;
-use stratus_wire::handshake::{Greeting, HandshakeResponse, auth_switch_request, is_ssl_request};
+use stratus_wire::handshake::auth_switch_request;
 use stratus_wire::packet::{self, HEADER_LEN};
-use stratus_wire::response::{self, Change, OkPacket};
+use stratus_wire::response;
 use stratus_wire::tracker::{Expect, Step, Tracker};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// Flush a large response to the client once this much is buffered, rather than holding it.
-const STREAM_CHUNK: usize = 64 * 1024;
-
-/// Why a session ends.
-#[derive(Debug)]
-enum End {
-    /// The client left (EOF or `COM_QUIT`) or its socket failed.
-    Client,
-    /// The client broke the protocol; it has been told.
-    Protocol,
-}
-
-/// The client side: its socket and what it has sent that is not consumed yet.
-struct ClientIo {
-    stream: ClientStream,
-    buf: BytesMut,
-}
-
-impl ClientIo {
-    /// Waits for one whole logical packet; `Ok(None)` at a clean end of stream.
-    async fn read(&mut self, limit: usize) -> Result<Option<packet::Logical>, ReadError> {
-        loop {
-            match packet::logical(&self.buf, limit) {
-                Ok(Some(lp)) => return Ok(Some(lp)),
-                Ok(None) => {}
-                Err(e) => return Err(ReadError::TooLarge(e.limit)),
-            }
-            if self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|_| ReadError::Io)?
-                == 0
-            {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(ReadError::Io)
-                };
-            }
-        }
-    }
-
-    /// Writes and flushes: TLS buffers records until flushed, and the client is waiting.
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(|_| End::Client)?;
-        self.stream.flush().await.map_err(|_| End::Client)
-    }
-
-    /// Sends one payload as the packet(s) with sequence id `seq`.
-    async fn send(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
-        let mut out = Vec::with_capacity(payload.len() + HEADER_LEN);
-        packet::write(&mut out, &mut { seq }, payload);
-        self.write(&out).await
-    }
-}
-
-#[derive(Debug)]
-enum ReadError {
-    Io,
-    TooLarge(usize),
-}
 
 /// Decrements a counter when dropped, so every path out of a session releases its slots.
 struct Slot<'a>(&'a std::sync::atomic::AtomicU64);
@@ -220,160 +157,6 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
     tracing::debug!(db = %session.service, ?end, "session ended");
 }
 
-/// A successful login.
-struct LoggedIn {
-    service: String,
-    backend_login: Login,
-    schema: Option<String>,
-    scramble: [u8; 20],
-    /// Sequence id for the proxy's answer to the login.
-    next_seq: u8,
-}
-
-fn scramble() -> [u8; 20] {
-    let mut s = [0u8; 20];
-    getrandom::fill(&mut s).expect("the OS random number generator is unavailable");
-    // Printable, NUL-free: the second part travels NUL-terminated.
-    s.iter_mut().for_each(|b| *b = 0x21 + *b % 94);
-    s
-}
-
-async fn login<D: Directory>(
-    proxy: &Proxy<D>,
-    client: &mut ClientIo,
-    peer: SocketAddr,
-) -> Result<LoggedIn, End> {
-    let scramble = scramble();
-    let tls = proxy.cfg.tls.as_ref();
-    let greeting = Greeting {
-        server_version: proxy.cfg.server_version.as_bytes().to_vec(),
-        connection_id: proxy.connection_id(),
-        scramble,
-        capabilities: caps::PROXY_OFFERS | if tls.is_some() { caps::SSL } else { 0 },
-        charset: 45,
-        status: caps::STATUS_AUTOCOMMIT,
-        auth_plugin: NATIVE_PLUGIN.as_bytes().to_vec(),
-    };
-    client.send(0, &greeting.encode()).await?;
-    let lp = match client.read(64 * 1024).await {
-        Ok(Some(lp)) => lp,
-        _ => return Err(End::Client),
-    };
-    let mut raw = client.buf.split_to(lp.consumed);
-    let mut lp = lp;
-    if is_ssl_request(&packet::payload(&raw, &lp)) {
-        let Some(tls) = tls else {
-            let err = SqlError::handshake("TLS is not enabled on this Stratus endpoint");
-            client.send(lp.seq.wrapping_add(1), &err.packet()).await?;
-            return Err(End::Protocol);
-        };
-        let ClientStream::Plain(tcp) = std::mem::replace(&mut client.stream, ClientStream::Gone)
-        else {
-            return Err(End::Protocol);
-        };
-        // Bytes after the SSL request are the start of the TLS handshake.
-        let prefix = client.buf.split();
-        let accepted = tls
-            .acceptor
-            .accept(Prefixed { prefix, inner: tcp })
-            .await
-            .map_err(|_| End::Client)?;
-        client.stream = ClientStream::Tls(Box::new(accepted));
-        lp = match client.read(64 * 1024).await {
-            Ok(Some(lp)) => lp,
-            _ => return Err(End::Client),
-        };
-        raw = client.buf.split_to(lp.consumed);
-    }
-    let payload = packet::payload(&raw, &lp);
-    let mut seq = lp.last_seq.wrapping_add(1);
-    let resp = match HandshakeResponse::decode(&payload) {
-        Ok(r) => r,
-        Err(e) => {
-            client
-                .send(seq, &SqlError::handshake(&e.to_string()).packet())
-                .await?;
-            return Err(End::Protocol);
-        }
-    };
-    let host = peer.ip().to_string();
-    let deny = |password: bool| SqlError::access_denied(&resp.user, &host, password);
-    // Route `<service>.<user>`, or by the TLS server name `<service>.<domain>`.
-    let sni_service = match (
-        client.stream.server_name(),
-        tls.and_then(|t| t.domain.as_deref()),
-    ) {
-        (Some(name), Some(domain)) => service_from_server_name(name, domain).map(str::to_owned),
-        _ => None,
-    };
-    let routed = std::str::from_utf8(&resp.user).ok().and_then(|u| {
-        match (u.split_once('.'), &sni_service) {
-            (Some((s, _)), Some(sni)) if s != sni => None,
-            (Some(pair), _) => Some(pair),
-            (None, Some(sni)) => Some((sni.as_str(), u)),
-            (None, None) => None,
-        }
-    });
-    let mut reply = resp.auth_response.clone();
-    let plugin = resp
-        .auth_plugin
-        .as_deref()
-        .unwrap_or(NATIVE_PLUGIN.as_bytes());
-    if plugin != NATIVE_PLUGIN.as_bytes() {
-        if resp.capabilities & caps::PLUGIN_AUTH == 0 {
-            client
-                .send(seq, &SqlError::unsupported_plugin(plugin).packet())
-                .await?;
-            return Err(End::Protocol);
-        }
-        // caching_sha2_password (MySQL 8 drivers) and others: switch to the native plugin.
-        client
-            .send(seq, &auth_switch_request(NATIVE_PLUGIN, &scramble))
-            .await?;
-        let lp = match client.read(64 * 1024).await {
-            Ok(Some(lp)) => lp,
-            _ => return Err(End::Client),
-        };
-        let raw = client.buf.split_to(lp.consumed);
-        reply = packet::payload(&raw, &lp).into_owned();
-        seq = lp.last_seq.wrapping_add(1);
-    }
-    let Some((service, user)) = routed else {
-        client.send(seq, &deny(!reply.is_empty()).packet()).await?;
-        return Err(End::Protocol);
-    };
-    let account = proxy.dir.account(service, user).await;
-    let stage1: Option<Stage1> = account.and_then(|a| auth::verify(&a.stage2, &scramble, &reply));
-    let (Some(stage1), Some(account)) = (stage1, account) else {
-        client.send(seq, &deny(!reply.is_empty()).packet()).await?;
-        return Err(End::Protocol);
-    };
-    if account.require_tls && !client.stream.is_tls() {
-        client
-            .send(seq, &SqlError::secure_transport_required().packet())
-            .await?;
-        return Err(End::Protocol);
-    }
-    let schema = resp
-        .database
-        .as_deref()
-        .filter(|d| !d.is_empty() && resp.capabilities & caps::CONNECT_WITH_DB != 0)
-        .map(|d| String::from_utf8_lossy(d).into_owned());
-    Ok(LoggedIn {
-        service: service.to_owned(),
-        backend_login: Login {
-            user: user.as_bytes().to_vec(),
-            stage1,
-            charset: resp.charset,
-            client_caps: resp.capabilities & caps::PROXY_OFFERS,
-            attributes: resp.attributes,
-        },
-        schema,
-        scramble,
-        next_seq: seq,
-    })
-}
-
 struct Session<D: Directory> {
     proxy: Arc<Proxy<D>>,
     client: ClientIo,
@@ -405,15 +188,6 @@ struct Relayed {
     warnings: u16,
     error: Option<u16>,
     state_changed: bool,
-}
-
-#[derive(Debug)]
-enum RelayError {
-    /// The backend went away before anything of its answer reached the client.
-    LostBeforeAnswer,
-    /// It went away midway: the client cannot be answered consistently any more.
-    LostMidway,
-    Client,
 }
 
 impl<D: Directory> Session<D> {
@@ -1278,168 +1052,6 @@ fn track(gauge: &std::sync::atomic::AtomicU64, reported: &mut bool, now: bool) {
             gauge.fetch_sub(1, Ordering::Relaxed);
         }
         *reported = now;
-    }
-}
-
-/// The part of a response that has been rewritten, for the rare responses with a packet the
-/// client must see differently; otherwise empty, and packets go out from the read buffer.
-#[derive(Default)]
-struct Pending {
-    out: Vec<u8>,
-    /// `buf[..copied]` is already in `out`.
-    copied: usize,
-}
-
-impl Pending {
-    /// Puts `new` in place of `buf[start..end]`.
-    fn replace(&mut self, buf: &[u8], start: usize, end: usize, new: &[u8]) {
-        self.out.extend_from_slice(&buf[self.copied..start]);
-        self.out.extend_from_slice(new);
-        self.copied = end;
-    }
-
-    /// Takes `buf[..end]` (with replacements) out of the buffer.
-    fn take(&mut self, buf: &mut BytesMut, end: usize) -> Vec<u8> {
-        self.out.extend_from_slice(&buf[self.copied..end]);
-        buf.advance(end);
-        self.copied = 0;
-        std::mem::take(&mut self.out)
-    }
-
-    /// Sends `buf[..end]` (with replacements) to the client and drops it from the buffer.
-    async fn send(
-        &mut self,
-        client: &mut ClientStream,
-        buf: &mut BytesMut,
-        end: usize,
-        flush: bool,
-    ) -> Result<(), RelayError> {
-        let bytes: &[u8] = if self.out.is_empty() {
-            &buf[..end]
-        } else {
-            self.out.extend_from_slice(&buf[self.copied..end]);
-            &self.out
-        };
-        client
-            .write_all(bytes)
-            .await
-            .map_err(|_| RelayError::Client)?;
-        if flush {
-            // The client waits for this: TLS holds records until flushed.
-            client.flush().await.map_err(|_| RelayError::Client)?;
-        }
-        buf.advance(end);
-        self.out.clear();
-        self.copied = 0;
-        Ok(())
-    }
-}
-
-/// Learns the session changes of an OK packet (header included) and, when the client's view
-/// of it differs (it tracks less, or not at all), returns the packet to send instead. Also
-/// says whether the client touched its own tracking settings.
-fn learn_ok(
-    state: &mut SessionState,
-    client_caps: u64,
-    backend_caps: u64,
-    packet: &[u8],
-) -> (Option<Vec<u8>>, bool) {
-    let Some(&seq) = packet.get(3) else {
-        return (None, false);
-    };
-    let Ok(ok) = OkPacket::decode(&packet[HEADER_LEN..], backend_caps) else {
-        return (None, false);
-    };
-    let mut keep: Vec<Change<'_>> = Vec::new();
-    let mut dropped = false;
-    let mut touched = false;
-    if let Ok(changes) = response::changes(ok.session_state) {
-        for c in changes {
-            let wanted = match c.kind {
-                response::TRACK_SYSTEM_VARIABLES => match c.system_variable() {
-                    Some((n, v)) => {
-                        let name = String::from_utf8_lossy(n);
-                        touched |= name.to_ascii_lowercase().starts_with("session_track_");
-                        state.variable_changed(&name, &String::from_utf8_lossy(v))
-                    }
-                    None => false,
-                },
-                response::TRACK_SCHEMA => {
-                    if let Some(s) = c.text() {
-                        state.schema =
-                            (!s.is_empty()).then(|| String::from_utf8_lossy(s).into_owned());
-                    }
-                    state.tracking.schema
-                }
-                response::TRACK_STATE_CHANGE => state.tracking.state_change,
-                response::TRACK_TRANSACTION_CHARACTERISTICS | response::TRACK_TRANSACTION_STATE => {
-                    state.tracking.transaction_info
-                }
-                _ => false,
-            };
-            if wanted {
-                keep.push(c);
-            } else {
-                dropped = true;
-            }
-        }
-    }
-    let same_format = client_caps & caps::SESSION_TRACK != 0;
-    if same_format && !dropped {
-        return (None, touched);
-    }
-    let block = response::encode_changes(&keep);
-    let new = OkPacket {
-        session_state: &block,
-        ..ok.clone()
-    }
-    .encode(client_caps);
-    let mut out = Vec::with_capacity(new.len() + HEADER_LEN);
-    packet::write(&mut out, &mut { seq }, &new);
-    (Some(out), touched)
-}
-
-/// Relays a local file from the client to the backend, up to and including its empty packet.
-async fn forward_infile(
-    client: &mut ClientIo,
-    b: &mut Backend,
-    limit: usize,
-) -> Result<(), RelayError> {
-    loop {
-        let lp = match client.read(limit).await {
-            Ok(Some(lp)) => lp,
-            _ => return Err(RelayError::Client),
-        };
-        let chunk = client.buf.split_to(lp.consumed);
-        b.stream
-            .write_all(&chunk)
-            .await
-            .map_err(|_| RelayError::LostMidway)?;
-        if lp.consumed == HEADER_LEN {
-            return Ok(());
-        }
-    }
-}
-
-/// Resolves when an idle backend connection is closed by its server (or sends anything, which
-/// an idle server does only to say it is going away). Never resolves without a backend.
-async fn idle_backend_closed(backend: Option<&mut Backend>) {
-    let Some(b) = backend else {
-        return std::future::pending().await;
-    };
-    loop {
-        match b.stream.ready(tokio::io::Interest::READABLE).await {
-            Err(_) => return,
-            Ok(r) if r.is_read_closed() || r.is_error() => return,
-            Ok(_) => {
-                // Plain readability here is nearly always left over from reading the last
-                // response to its end: clear it without a syscall and wait for the next event.
-                // A server that goes away signals it with the peer's close (EPOLLRDHUP).
-                let _ = b.stream.try_io(tokio::io::Interest::READABLE, || {
-                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                });
-            }
-        }
     }
 }
 

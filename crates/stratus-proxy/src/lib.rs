@@ -5,7 +5,8 @@
 //! a statement arrives for it and holds the client meanwhile, and keeps each session's state so
 //! any new backend connection (after a wake, a crash, a move) continues it.
 //!
-//! * [`client`]: one client session, from greeting to `COM_QUIT`.
+//! * [`client`]: one client session, from greeting to `COM_QUIT`; its login is in `login`, the
+//!   relaying of answers in `relay`, its socket in `stream`.
 //! * [`backend`]: connections to the databases' own servers.
 //! * [`session`]: the state that is replayed on a new backend connection.
 //! * [`activity`]: what the control plane is told about each database.
@@ -14,8 +15,10 @@ pub mod activity;
 pub mod backend;
 pub mod client;
 pub mod error;
+mod login;
 pub mod pool;
 mod prepared;
+mod relay;
 pub mod session;
 mod stream;
 pub mod tls;

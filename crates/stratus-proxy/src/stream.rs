@@ -1,10 +1,13 @@
-//! A client's byte stream: plain TCP, or TLS after the `CLIENT_SSL` upgrade.
+//! A client's side of a session: its byte stream (plain TCP, or TLS after the `CLIENT_SSL`
+//! upgrade) and the buffered reading and writing of whole packets on it.
 
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use stratus_wire::packet::{self, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub enum ClientStream {
@@ -114,4 +117,70 @@ impl AsyncWrite for ClientStream {
             ClientStream::Gone => Poll::Ready(Err(gone())),
         }
     }
+}
+
+/// Why a session ends.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The client left (EOF or `COM_QUIT`) or its socket failed.
+    Client,
+    /// The client broke the protocol; it has been told.
+    Protocol,
+}
+
+/// The client side: its socket and what it has sent that is not consumed yet.
+pub(crate) struct ClientIo {
+    pub(crate) stream: ClientStream,
+    pub(crate) buf: BytesMut,
+}
+
+impl ClientIo {
+    /// Waits for one whole logical packet; `Ok(None)` at a clean end of stream.
+    pub(crate) async fn read(
+        &mut self,
+        limit: usize,
+    ) -> Result<Option<packet::Logical>, ReadError> {
+        loop {
+            match packet::logical(&self.buf, limit) {
+                Ok(Some(lp)) => return Ok(Some(lp)),
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::TooLarge(e.limit)),
+            }
+            if self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|_| ReadError::Io)?
+                == 0
+            {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Io)
+                };
+            }
+        }
+    }
+
+    /// Writes and flushes: TLS buffers records until flushed, and the client is waiting.
+    pub(crate) async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|_| End::Client)?;
+        self.stream.flush().await.map_err(|_| End::Client)
+    }
+
+    /// Sends one payload as the packet(s) with sequence id `seq`.
+    pub(crate) async fn send(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        let mut out = Vec::with_capacity(payload.len() + HEADER_LEN);
+        packet::write(&mut out, &mut { seq }, payload);
+        self.write(&out).await
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    Io,
+    TooLarge(usize),
 }

@@ -1,0 +1,168 @@
+//! The connection phase at the proxy (<https://mariadb.com/kb/en/connection/>): greeting, the
+//! optional TLS upgrade, routing by user name or TLS server name, and authentication against the
+//! catalog's `mysql_native_password` hash, switching other plugins to it.
+
+use crate::backend::Login;
+use crate::error::SqlError;
+use crate::stream::{ClientIo, ClientStream, End, Prefixed};
+use crate::tls::service_from_server_name;
+use crate::{Directory, Proxy};
+use std::net::SocketAddr;
+use stratus_wire::auth::{self, NATIVE_PLUGIN, Stage1};
+use stratus_wire::caps;
+use stratus_wire::handshake::{Greeting, HandshakeResponse, auth_switch_request, is_ssl_request};
+use stratus_wire::packet;
+
+/// A successful login.
+pub(crate) struct LoggedIn {
+    pub(crate) service: String,
+    pub(crate) backend_login: Login,
+    pub(crate) schema: Option<String>,
+    pub(crate) scramble: [u8; 20],
+    /// Sequence id for the proxy's answer to the login.
+    pub(crate) next_seq: u8,
+}
+
+pub(crate) fn scramble() -> [u8; 20] {
+    let mut s = [0u8; 20];
+    getrandom::fill(&mut s).expect("the OS random number generator is unavailable");
+    // Printable, NUL-free: the second part travels NUL-terminated.
+    s.iter_mut().for_each(|b| *b = 0x21 + *b % 94);
+    s
+}
+
+pub(crate) async fn login<D: Directory>(
+    proxy: &Proxy<D>,
+    client: &mut ClientIo,
+    peer: SocketAddr,
+) -> Result<LoggedIn, End> {
+    let scramble = scramble();
+    let tls = proxy.cfg.tls.as_ref();
+    let greeting = Greeting {
+        server_version: proxy.cfg.server_version.as_bytes().to_vec(),
+        connection_id: proxy.connection_id(),
+        scramble,
+        capabilities: caps::PROXY_OFFERS | if tls.is_some() { caps::SSL } else { 0 },
+        charset: 45,
+        status: caps::STATUS_AUTOCOMMIT,
+        auth_plugin: NATIVE_PLUGIN.as_bytes().to_vec(),
+    };
+    client.send(0, &greeting.encode()).await?;
+    let lp = match client.read(64 * 1024).await {
+        Ok(Some(lp)) => lp,
+        _ => return Err(End::Client),
+    };
+    let mut raw = client.buf.split_to(lp.consumed);
+    let mut lp = lp;
+    if is_ssl_request(&packet::payload(&raw, &lp)) {
+        let Some(tls) = tls else {
+            let err = SqlError::handshake("TLS is not enabled on this Stratus endpoint");
+            client.send(lp.seq.wrapping_add(1), &err.packet()).await?;
+            return Err(End::Protocol);
+        };
+        let ClientStream::Plain(tcp) = std::mem::replace(&mut client.stream, ClientStream::Gone)
+        else {
+            return Err(End::Protocol);
+        };
+        // Bytes after the SSL request are the start of the TLS handshake.
+        let prefix = client.buf.split();
+        let accepted = tls
+            .acceptor
+            .accept(Prefixed { prefix, inner: tcp })
+            .await
+            .map_err(|_| End::Client)?;
+        client.stream = ClientStream::Tls(Box::new(accepted));
+        lp = match client.read(64 * 1024).await {
+            Ok(Some(lp)) => lp,
+            _ => return Err(End::Client),
+        };
+        raw = client.buf.split_to(lp.consumed);
+    }
+    let payload = packet::payload(&raw, &lp);
+    let mut seq = lp.last_seq.wrapping_add(1);
+    let resp = match HandshakeResponse::decode(&payload) {
+        Ok(r) => r,
+        Err(e) => {
+            client
+                .send(seq, &SqlError::handshake(&e.to_string()).packet())
+                .await?;
+            return Err(End::Protocol);
+        }
+    };
+    let host = peer.ip().to_string();
+    let deny = |password: bool| SqlError::access_denied(&resp.user, &host, password);
+    // Route `<service>.<user>`, or by the TLS server name `<service>.<domain>`.
+    let sni_service = match (
+        client.stream.server_name(),
+        tls.and_then(|t| t.domain.as_deref()),
+    ) {
+        (Some(name), Some(domain)) => service_from_server_name(name, domain).map(str::to_owned),
+        _ => None,
+    };
+    let routed = std::str::from_utf8(&resp.user).ok().and_then(|u| {
+        match (u.split_once('.'), &sni_service) {
+            (Some((s, _)), Some(sni)) if s != sni => None,
+            (Some(pair), _) => Some(pair),
+            (None, Some(sni)) => Some((sni.as_str(), u)),
+            (None, None) => None,
+        }
+    });
+    let mut reply = resp.auth_response.clone();
+    let plugin = resp
+        .auth_plugin
+        .as_deref()
+        .unwrap_or(NATIVE_PLUGIN.as_bytes());
+    if plugin != NATIVE_PLUGIN.as_bytes() {
+        if resp.capabilities & caps::PLUGIN_AUTH == 0 {
+            client
+                .send(seq, &SqlError::unsupported_plugin(plugin).packet())
+                .await?;
+            return Err(End::Protocol);
+        }
+        // caching_sha2_password (MySQL 8 drivers) and others: switch to the native plugin.
+        client
+            .send(seq, &auth_switch_request(NATIVE_PLUGIN, &scramble))
+            .await?;
+        let lp = match client.read(64 * 1024).await {
+            Ok(Some(lp)) => lp,
+            _ => return Err(End::Client),
+        };
+        let raw = client.buf.split_to(lp.consumed);
+        reply = packet::payload(&raw, &lp).into_owned();
+        seq = lp.last_seq.wrapping_add(1);
+    }
+    let Some((service, user)) = routed else {
+        client.send(seq, &deny(!reply.is_empty()).packet()).await?;
+        return Err(End::Protocol);
+    };
+    let account = proxy.dir.account(service, user).await;
+    let stage1: Option<Stage1> = account.and_then(|a| auth::verify(&a.stage2, &scramble, &reply));
+    let (Some(stage1), Some(account)) = (stage1, account) else {
+        client.send(seq, &deny(!reply.is_empty()).packet()).await?;
+        return Err(End::Protocol);
+    };
+    if account.require_tls && !client.stream.is_tls() {
+        client
+            .send(seq, &SqlError::secure_transport_required().packet())
+            .await?;
+        return Err(End::Protocol);
+    }
+    let schema = resp
+        .database
+        .as_deref()
+        .filter(|d| !d.is_empty() && resp.capabilities & caps::CONNECT_WITH_DB != 0)
+        .map(|d| String::from_utf8_lossy(d).into_owned());
+    Ok(LoggedIn {
+        service: service.to_owned(),
+        backend_login: Login {
+            user: user.as_bytes().to_vec(),
+            stage1,
+            charset: resp.charset,
+            client_caps: resp.capabilities & caps::PROXY_OFFERS,
+            attributes: resp.attributes,
+        },
+        schema,
+        scramble,
+        next_seq: seq,
+    })
+}
