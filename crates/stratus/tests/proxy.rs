@@ -417,3 +417,35 @@ async fn many_clients_waking_one_database_cause_one_wake() {
     assert_eq!(wakes, 1, "{events}");
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn change_user_switches_identity_and_starts_a_fresh_session() {
+    let mut s = Stratus::new("chuser");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    s.json(&["user", "create", "shop", "app", "--password", "apppw"]);
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    conn.query_drop("SET @left_behind = 1").await.unwrap();
+    let opts = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("shop.app".into()))
+        .with_pass(Some("apppw".into()))
+        .with_db_name(Some("shop".into()));
+    conn.change_user(opts).await.unwrap();
+    let row: Option<(String, Option<u8>)> = conn
+        .query_first("SELECT CURRENT_USER(), @left_behind")
+        .await
+        .unwrap();
+    assert_eq!(
+        row,
+        Some(("app@%".into(), None)),
+        "the new user, none of the old session"
+    );
+    let bad = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("shop.app".into()))
+        .with_pass(Some("wrong".into()));
+    let err = conn.change_user(bad).await.unwrap_err();
+    assert!(err.to_string().contains("1045"), "{err}");
+    s.stop();
+}
