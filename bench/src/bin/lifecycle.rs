@@ -15,6 +15,7 @@ use mysql_async::{Conn, Pool};
 use std::time::{Duration, Instant};
 use stratus_api::types::CreateRequest;
 use stratus_bench::{Stratus, cpu_time, quantile};
+use stratus_core::time::now_ms;
 
 const ROWS: u32 = 100_000;
 const TABLES: u32 = 8;
@@ -270,7 +271,7 @@ async fn wait_event(
             if e.kind == kind && matching(&e.message) {
                 return Ok(SeenEvent {
                     id: e.id,
-                    time_ms: parse_ms(&e.time),
+                    time_ms: e.time_ms,
                     message: e.message,
                 });
             }
@@ -280,27 +281,6 @@ async fn wait_event(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// `2026-11-29T03:04:05.678Z` → milliseconds since the epoch.
-fn parse_ms(t: &str) -> i64 {
-    let num = |a: usize, b: usize| t.get(a..b).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-    let (y, m, d) = (num(0, 4), num(5, 7), num(8, 10));
-    let (hh, mm, ss, ms) = (num(11, 13), num(14, 16), num(17, 19), num(20, 23));
-    // Days from civil (Howard Hinnant).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms
 }
 
 async fn status(pool: &Pool) -> anyhow::Result<(f64, f64)> {

@@ -34,6 +34,9 @@ pub struct CreateUserRequest {
 pub struct EventView {
     pub id: i64,
     pub time: String,
+    /// The same instant in milliseconds since the Unix epoch, for programs.
+    #[serde(default)]
+    pub time_ms: i64,
     pub db: String,
     pub kind: String,
     pub message: String,
@@ -45,6 +48,7 @@ impl From<Event> for EventView {
         Self {
             id: e.id,
             time: stratus_core::time::rfc3339(e.time_ms),
+            time_ms: e.time_ms,
             db: e.db,
             kind: e.kind.as_str().to_owned(),
             message: e.message,

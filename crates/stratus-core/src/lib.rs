@@ -13,6 +13,7 @@ pub mod password;
 pub mod policy;
 pub mod scu;
 pub mod service;
+pub mod sql;
 pub mod time;
 
 pub use activity::ActivityView;

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+use stratus_core::time::now_ms;
 use stratus_wire::auth::{self, NATIVE_PLUGIN};
 use stratus_wire::caps;
 use stratus_wire::classify::{self, Kind, Statement};
@@ -953,7 +954,10 @@ impl<D: Directory> Session<D> {
                 let start = pos;
                 pos += total;
                 let step = t.feed(&b.buf[start + HEADER_LEN..pos]);
-                if let (Some(ok), Some(sql)) = (t.prepare_ok, prepared_sql.take()) {
+                // Only the prepare-OK packet: the statement text is taken once, then gone.
+                if let Some(ok) = t.prepare_ok
+                    && let Some(sql) = prepared_sql.take()
+                {
                     let vid = self.stmts.add(sql, ok);
                     b.buf[start + HEADER_LEN + 1..start + HEADER_LEN + 5]
                         .copy_from_slice(&vid.to_le_bytes());
@@ -1074,10 +1078,4 @@ fn is_diagnostics(sql: &[u8]) -> bool {
         || t.starts_with("GET ")
         || text.contains("@@WARNING_COUNT")
         || text.contains("@@ERROR_COUNT")
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

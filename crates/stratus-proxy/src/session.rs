@@ -7,6 +7,7 @@
 //! procedures, `init_connect`); user variables are read back from
 //! `information_schema.USER_VARIABLES` after a statement that assigns them.
 
+use stratus_core::sql::quote_str;
 use stratus_wire::classify::Pin;
 
 /// The tracking Stratus asks of every backend connection.
@@ -237,12 +238,8 @@ fn variable_literal(name: &str, value: &str) -> String {
     if numeric {
         value.to_owned()
     } else {
-        quote(value)
+        quote_str(value)
     }
-}
-
-pub fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// The literal that recreates a user variable from a row of `information_schema.USER_VARIABLES`.
@@ -260,7 +257,7 @@ pub fn user_var_literal(value: Option<&[u8]>, ty: &str, charset: Option<&str>) -
         {
             text.into_owned()
         }
-        "DOUBLE" if text.parse::<f64>().is_ok() => format!("CAST({} AS DOUBLE)", quote(&text)),
+        "DOUBLE" if text.parse::<f64>().is_ok() => format!("CAST({} AS DOUBLE)", quote_str(&text)),
         _ => {
             let hex: String = value.iter().map(|b| format!("{b:02X}")).collect();
             match charset {

@@ -108,34 +108,4 @@ impl AdminConn {
     }
 }
 
-/// `'text'` with MariaDB string-literal escaping (backslash and quote).
-pub fn quote_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            '\0' => out.push_str("\\0"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// `` `ident` `` with embedded backticks doubled.
-pub fn quote_ident(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_str("it's \\ ok"), "'it''s \\\\ ok'");
-        assert_eq!(quote_ident("my-db`x"), "`my-db``x`");
-    }
-}
+pub use stratus_core::sql::{quote_ident, quote_str};
