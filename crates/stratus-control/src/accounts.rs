@@ -7,10 +7,13 @@
 //! * the **owner**, made with the service, gets every privilege on every schema with GRANT
 //!   OPTION, except those that manage the server itself, which is Stratus's job: shutdown,
 //!   files, the binary log and replication, other sessions, read-only mode, `SUPER`;
-//! * **other users** get every privilege on the service's schema.
+//! * **other users** get every privilege on the service's schema;
+//! * every account may use the commit marker table ([`commit_marker`]), through which the proxy
+//!   answers a `COMMIT` cut off by a crash truthfully.
 
 use crate::view::{CreatedUser, UserView, connection_string};
 use crate::{ControlError, ControlPlane, Result};
+use stratus_core::commit_marker;
 use stratus_core::time::{now_ms, rfc3339};
 use stratus_core::{EventKind, NativeHash, ServiceName, User, UserName, random_password};
 use stratus_runtime::Runtime;
@@ -50,6 +53,7 @@ pub fn user_sql(db: &ServiceName, user: &UserName, hash: &NativeHash, owner: boo
             "GRANT ALL PRIVILEGES ON {}.* TO {acct}",
             quote_ident(db.as_str())
         ));
+        sql.push(commit_marker::grant(&acct));
     }
     sql
 }
@@ -75,6 +79,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         conn.close().await;
         let known = self.store.users(&name).await?;
         let mut seen = Vec::new();
+        let mut new_users = Vec::new();
         for (user, plugin, auth) in rows {
             let Ok(user) = UserName::parse(&user) else {
                 continue;
@@ -104,6 +109,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         created_at_ms: now_ms(),
                     };
                     self.store.create_user(&u).await?;
+                    new_users.push(user.clone());
                     self.event(
                         &name,
                         EventKind::UserCreated,
@@ -124,6 +130,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
                 Some(_) => {}
             }
+        }
+        if !new_users.is_empty() {
+            let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+            for user in &new_users {
+                if let Err(e) = conn.exec(&commit_marker::grant(&account(user))).await {
+                    tracing::warn!(db = %name, %user, "cannot grant the commit marker table: {e}");
+                }
+            }
+            conn.close().await;
         }
         for gone in known.iter().filter(|u| !seen.contains(&u.name)) {
             self.store.delete_user(&name, &gone.name).await?;
@@ -285,6 +300,10 @@ mod tests {
         assert!(owner[2].starts_with("REVOKE SHUTDOWN, FILE, SUPER"));
         let app = user_sql(&db, &UserName::parse("app").unwrap(), &hash, false);
         assert_eq!(app[1], "GRANT ALL PRIVILEGES ON `my-shop`.* TO 'app'@'%'");
+        assert_eq!(
+            app[2],
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON stratus_meta.commits TO 'app'@'%'"
+        );
         assert_eq!(
             schema_sql(&db),
             "CREATE DATABASE IF NOT EXISTS `my-shop` CHARACTER SET utf8mb4"

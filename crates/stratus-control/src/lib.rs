@@ -179,6 +179,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
+    /// Records what the proxy did for a client session whose server was lost.
+    pub async fn failover_event(&self, db: &str, message: &str, data: serde_json::Value) {
+        if let Ok(name) = ServiceName::parse(db) {
+            self.event(&name, EventKind::Failover, message, data).await;
+        }
+    }
+
     /// Records an event; a failure to record is logged, never fatal to the operation itself.
     async fn event(
         &self,

@@ -7,6 +7,7 @@ use crate::{ControlError, ControlPlane, Result};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
+use stratus_core::commit_marker;
 use stratus_core::time::{now_ms, rfc3339};
 use stratus_core::{
     DatabaseService, DbState, EventKind, NativeHash, ServiceName, ServiceSpec, Tier, User,
@@ -167,6 +168,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .await?;
         }
         conn.exec(&schema_sql(&name)).await?;
+        for sql in commit_marker::DDL {
+            conn.exec(sql).await?;
+        }
         for sql in user_sql(&name, &owner.name, &owner.hash, true) {
             conn.exec(&sql).await?;
         }
@@ -402,6 +406,24 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// After Stratus starts: adopt or start every database that should run, finish or undo
     /// what a crash of Stratus interrupted. Databases are recovered concurrently.
+    /// Creates the commit marker table where an older server lacks it, and prunes rows left by
+    /// proxies that were killed. Best effort: without the table, commits are just not marked.
+    async fn tend_commit_markers(&self, svc: &DatabaseService, port: u16) {
+        let result = async {
+            let mut conn = self.admin(svc.name(), port, &svc.admin_password).await?;
+            for sql in commit_marker::DDL {
+                conn.exec(sql).await?;
+            }
+            conn.exec(commit_marker::PRUNE).await?;
+            conn.close().await;
+            Ok::<_, ControlError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(db = %svc.name(), "cannot tend the commit marker table: {e}");
+        }
+    }
+
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         for svc in self.store.services().await? {
@@ -443,6 +465,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
                 match self.runtime.start(&self.instance_spec(&svc)).await {
                     Ok(instance) => {
+                        self.tend_commit_markers(&svc, instance.port).await;
                         if suspended {
                             let _ = self.runtime.freeze(&name).await;
                             self.set_suspended(&name, true);

@@ -14,8 +14,10 @@ use stratus_runtime::{ExitNotice, Runtime};
 use stratus_store::Store;
 use tokio::sync::broadcast::error::RecvError;
 
-/// Crashes further apart than this start the back-off afresh.
-const CALM: Duration = Duration::from_secs(60);
+/// Crashes further apart than this start the back-off afresh: a server that ran this long was
+/// not crash-looping, and its clients are waiting, so it restarts at once (as after a `kill -9`
+/// or an OOM kill). Only a server dying again within seconds of its start backs off.
+const CALM: Duration = Duration::from_secs(5);
 /// Failed starts in a row before the supervisor stops trying and leaves it to a person.
 const MAX_FAILED_STARTS: u32 = 20;
 

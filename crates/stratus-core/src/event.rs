@@ -21,6 +21,9 @@ pub enum EventKind {
     Deleted,
     UserCreated,
     UserDeleted,
+    /// A client session lived through the loss of its server (statement retried, transaction
+    /// replayed, or the client told why not).
+    Failover,
 }
 
 impl EventKind {
@@ -41,6 +44,7 @@ impl EventKind {
             EventKind::Deleted => "deleted",
             EventKind::UserCreated => "user_created",
             EventKind::UserDeleted => "user_deleted",
+            EventKind::Failover => "failover",
         }
     }
 

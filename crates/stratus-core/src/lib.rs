@@ -6,6 +6,7 @@
 //! `mysql_native_password` hash the proxy authenticates against.
 
 pub mod activity;
+pub mod commit_marker;
 pub mod event;
 pub mod fs;
 pub mod names;

@@ -2,6 +2,7 @@
 //! An open but idle connection is not activity (so a client's idle pool never keeps a database
 //! awake); a running statement, an open transaction or a pinned session is.
 
+use crate::replay::Outcome;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,10 @@ pub struct ServiceActivity {
     pub latency: Histogram,
     /// Time a held client waited for its database to wake.
     pub wake_latency: Histogram,
+    /// Statements cut off by a lost backend, by how they ended ([`Outcome::ALL`] order).
+    pub failovers: [AtomicU64; Outcome::ALL.len()],
+    /// From noticing a lost backend to answering the cut-off statement.
+    pub failover_latency: Histogram,
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
@@ -181,6 +186,17 @@ impl Activity {
             "Backend connections kept for reuse.",
             &|a| l(&a.pooled),
         );
+        let name = "stratus_proxy_failovers_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Statements cut off by a lost backend, by outcome.\n# TYPE {name} counter"
+        );
+        for (db, a) in &all {
+            for o in Outcome::ALL {
+                let n = l(&a.failovers[o.index()]);
+                let _ = writeln!(out, "{name}{{db=\"{db}\",outcome=\"{}\"}} {n}", o.as_str());
+            }
+        }
         let mut histogram = |name: &str, help: &str, h: &dyn Fn(&ServiceActivity) -> &Histogram| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             for (db, a) in &all {
@@ -197,6 +213,11 @@ impl Activity {
                 let _ = writeln!(out, "{name}_count{{db=\"{db}\"}} {count}");
             }
         };
+        histogram(
+            "stratus_proxy_failover_seconds",
+            "From a lost backend to the answer of the statement it cut off.",
+            &|a| &a.failover_latency,
+        );
         histogram(
             "stratus_proxy_statement_seconds",
             "Statement latency seen by clients.",

@@ -12,6 +12,7 @@ use crate::prepared::Statements;
 use crate::relay::{
     Pending, RelayError, STREAM_CHUNK, forward_infile, idle_backend_closed, learn_ok,
 };
+use crate::replay::{self, Checksum, Entry, Failover, Marker, OnLoss, Outcome, TxLog};
 use crate::session::{BACKEND_TRACKING, SessionState, UserVar, user_var_literal};
 use crate::stream::{ClientIo, ClientStream, End, ReadError};
 use crate::{Directory, Proxy};
@@ -131,6 +132,10 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
         in_trans_reported: false,
         user_vars_pending: false,
         hold_answer: false,
+        txlog: TxLog::default(),
+        autocommit: true,
+        hashing: false,
+        marker: Marker::default(),
     };
     // Connect at once if the database runs (so a bad schema fails the login, as on a server);
     // a sleeping database is woken by the first statement, not by the connection.
@@ -178,6 +183,67 @@ struct Session<D: Directory> {
     /// Keep the next answer from the client until the proxy has acted on it (accounts changed
     /// in SQL must be in the catalog before the client can try them).
     hold_answer: bool,
+    /// The open transaction, kept to be replayed after a failover.
+    txlog: TxLog,
+    /// Autocommit is on, as the last answer's status said.
+    autocommit: bool,
+    /// Checksum the next answer: the session is in a transaction, or may be starting one.
+    hashing: bool,
+    /// This session's row in the commit marker table.
+    marker: Marker,
+}
+
+/// What the transaction log needs to know of a command.
+struct Recording {
+    /// It may change data (its transaction's `COMMIT` then needs a marker).
+    writes: bool,
+    /// One statement (a multi-statement query cannot be told apart when replayed).
+    single: bool,
+    kind: Option<Kind>,
+}
+
+/// A command on its way to the backend, in the form the failover loop needs to send it again:
+/// a statement command's id is mapped afresh for every backend connection.
+enum Outgoing<'a> {
+    Raw(&'a [u8]),
+    Prepare {
+        raw: &'a [u8],
+        sql: &'a [u8],
+    },
+    Statement {
+        raw: &'a mut BytesMut,
+        lp: &'a packet::Logical,
+        id: u32,
+        cmd: u8,
+    },
+}
+
+/// Where the failover loop goes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Send,
+    /// Replay the transaction, then send.
+    Replay,
+    /// Find out whether the interrupted `COMMIT` committed.
+    Resolve,
+}
+
+/// Why a transaction could not be carried over to a new backend.
+#[derive(Debug)]
+enum ReplayError {
+    /// The new backend went away too: try again, within the limits.
+    Lost,
+    /// A statement's answer differed from the one the client saw (its index).
+    Mismatch(usize),
+    NotReplayable(&'static str),
+    /// No backend to replay on.
+    Unavailable(SqlError),
+}
+
+/// An answer read from the backend and not passed on.
+struct Drained {
+    error: Option<u16>,
+    checksum: u64,
 }
 
 /// How relaying one response went.
@@ -189,6 +255,10 @@ struct Relayed {
     warnings: u16,
     error: Option<u16>,
     state_changed: bool,
+    /// Checksum of the answer, when the session was hashing.
+    checksum: Option<u64>,
+    /// The client sent a local file during the statement.
+    infile: bool,
 }
 
 impl<D: Directory> Session<D> {
@@ -267,6 +337,7 @@ impl<D: Directory> Session<D> {
                     }
                 } else {
                     self.state.reset();
+                    self.txlog.clear();
                     self.stmts.clear();
                     self.client
                         .send(
@@ -301,7 +372,11 @@ impl<D: Directory> Session<D> {
 
     /// Current status flags as the proxy knows them.
     fn status(&self) -> u16 {
-        let mut s = caps::STATUS_AUTOCOMMIT;
+        let mut s = if self.autocommit {
+            caps::STATUS_AUTOCOMMIT
+        } else {
+            0
+        };
         if self.state.in_transaction {
             s |= caps::STATUS_IN_TRANS;
         }
@@ -324,25 +399,85 @@ impl<D: Directory> Session<D> {
         if self.user_vars_pending && !is_diagnostics(sql) {
             self.read_user_vars().await;
         }
-        let retry_safe = stmts.iter().all(|s| s.read_only) && self.state.pinned().is_none();
+        let in_trans = self.state.in_transaction;
+        let on_loss = replay::on_loss(
+            stmts,
+            sql,
+            in_trans,
+            self.autocommit,
+            self.state.pinned_besides_transaction(),
+        );
+        let kind = stmts.first().map(|s| s.kind);
+        self.hashing = in_trans || !self.autocommit || kind == Some(Kind::Begin);
+        let before = (!in_trans && self.hashing).then(|| self.state.clone());
         let accounts = stmts.iter().any(|s| s.kind == Kind::AccountManagement);
         if accounts && names_admin_account(sql) {
             let err = SqlError::not_allowed("the stratus_admin account");
             return self.client.send(seq, &err.packet()).await;
         }
         self.hold_answer = accounts;
+        let expect = Expect::ResultSets { binary: false };
         let relayed = self
-            .forward_retrying(raw, seq, Expect::ResultSets { binary: false }, retry_safe)
+            .forward_retrying(Outgoing::Raw(raw), seq, expect, on_loss)
             .await;
         self.hold_answer = false;
         let relayed = relayed?;
         if relayed.error.is_none() {
             self.after_statements(sql, stmts, relayed.warnings).await;
         }
+        let class = Recording {
+            writes: !stmts.iter().all(|s| s.read_only),
+            single: stmts.len() == 1,
+            kind,
+        };
+        self.record(before, &relayed, &payload, Some(expect), class);
         if let Some(answer) = relayed.held {
             self.client.write(&answer).await?;
         }
         Ok(())
+    }
+
+    /// Keeps the transaction log in step with the session after a command was answered.
+    /// `before` is the session as it was before the command, when the command may have begun a
+    /// transaction.
+    fn record(
+        &mut self,
+        before: Option<SessionState>,
+        r: &Relayed,
+        payload: &[u8],
+        expect: Option<Expect>,
+        class: Recording,
+    ) {
+        if !self.state.in_transaction {
+            self.txlog.clear();
+            return;
+        }
+        let restarts = matches!(
+            class.kind,
+            Some(Kind::Begin | Kind::Commit | Kind::Rollback)
+        );
+        if !self.txlog.active || restarts {
+            self.txlog
+                .begin(before.unwrap_or_else(|| self.state.clone()));
+            if !class.single {
+                self.txlog.forbid("it began inside a multi-statement query");
+            } else if class.kind != Some(Kind::Begin) && restarts {
+                self.txlog.forbid("it began with AND CHAIN");
+            }
+        }
+        match (r.checksum, r.infile) {
+            (Some(checksum), false) => {
+                let entry = Entry {
+                    payload: payload.to_vec(),
+                    expect,
+                    checksum,
+                };
+                let limit = self.proxy.cfg.replay.max_bytes;
+                self.txlog.push(entry, class.writes, limit);
+            }
+            (None, _) => self.txlog.forbid("its first statement was not recorded"),
+            (_, true) => self.txlog.forbid("it loaded a local file"),
+        }
     }
 
     /// Learns what successful statements did to the session.
@@ -423,14 +558,12 @@ impl<D: Directory> Session<D> {
 
     async fn prepare(&mut self, raw: &BytesMut, lp: &packet::Logical, seq: u8) -> Result<(), End> {
         let sql = packet::payload(raw, lp)[1..].to_vec();
-        if let Err(e) = self.ensure_backend().await {
-            return self.client.send(seq, &e.packet()).await;
-        }
-        self.send_to_backend(raw).await;
-        match self.relay(Expect::Prepare, Some(sql)).await {
-            Ok(_) => Ok(()),
-            Err(e) => self.relay_failed(e, seq).await,
-        }
+        self.hashing = false;
+        // Preparing changes nothing on the server: always safe to send again.
+        let out = Outgoing::Prepare { raw, sql: &sql };
+        self.forward_retrying(out, seq, Expect::Prepare, OnLoss::Retry)
+            .await
+            .map(|_| ())
     }
 
     /// Commands that name a prepared statement: its virtual id is mapped to the backend's,
@@ -451,7 +584,10 @@ impl<D: Directory> Session<D> {
                 )
                 .await;
         };
-        if self.stmts.get_mut(id).is_none() {
+        let in_trans = self.state.in_transaction;
+        let pinned = self.state.pinned_besides_transaction();
+        let autocommit = self.autocommit;
+        let Some(stmt) = self.stmts.get_mut(id) else {
             if cmd == COM_STMT_CLOSE || cmd == COM_STMT_SEND_LONG_DATA {
                 return Ok(()); // no answer is expected
             }
@@ -459,7 +595,7 @@ impl<D: Directory> Session<D> {
                 .client
                 .send(seq, &SqlError::unknown_statement(id).packet())
                 .await;
-        }
+        };
         if cmd == COM_STMT_CLOSE {
             let stmt = self.stmts.remove(id);
             if let (Some(b), Some(bid)) = (self.backend.as_mut(), stmt.and_then(|s| s.backend_id)) {
@@ -467,25 +603,88 @@ impl<D: Directory> Session<D> {
             }
             return Ok(());
         }
-        if let Err(e) = self.ensure_backend().await {
-            if cmd == COM_STMT_SEND_LONG_DATA {
-                return Ok(());
-            }
-            return self.client.send(seq, &e.packet()).await;
-        }
-        let backend_id = match self.ensure_prepared(id).await {
-            Ok(bid) => bid,
-            Err(e) => {
-                if cmd == COM_STMT_SEND_LONG_DATA {
-                    return Ok(());
-                }
-                return self.client.send(seq, &e.packet()).await;
-            }
+        let class = Recording {
+            writes: !stmt.class.read_only,
+            single: true,
+            kind: Some(stmt.class.kind),
         };
-        let Some(stmt) = self.stmts.get_mut(id) else {
+        let on_loss = match cmd {
+            COM_STMT_EXECUTE => replay::on_loss(
+                std::slice::from_ref(&stmt.class),
+                &stmt.sql,
+                in_trans,
+                autocommit,
+                pinned,
+            ),
+            COM_STMT_RESET => OnLoss::Retry,
+            _ => OnLoss::Report, // COM_STMT_FETCH: its cursor was on the lost connection
+        };
+        self.hashing = in_trans || !autocommit;
+        // What the transaction log keeps: the command with its parameter types, so that it
+        // means the same whatever the client binds later.
+        let recorded = self.hashing.then(|| {
+            let payload = packet::payload(raw, lp);
+            match execute_layout(&payload, stmt.params) {
+                Some(layout) if cmd == COM_STMT_EXECUTE && layout.types.is_none() => {
+                    match &stmt.types {
+                        Some(types) => bind_types(&payload, &layout, types),
+                        None => payload.into_owned(),
+                    }
+                }
+                _ => payload.into_owned(),
+            }
+        });
+        let before = (!in_trans && self.hashing).then(|| self.state.clone());
+        let Some(expect) = expect(cmd) else {
+            // COM_STMT_SEND_LONG_DATA: no answer, so a lost backend shows at the next command.
+            if self.ensure_backend().await.is_ok() {
+                if let Ok(rebound) = self.statement_bytes(raw, lp, id, cmd).await {
+                    self.send_to_backend(rebound.as_deref().unwrap_or(raw))
+                        .await;
+                }
+            }
+            if let (true, Some(payload)) = (self.txlog.active, recorded) {
+                let entry = Entry {
+                    payload,
+                    expect: None,
+                    checksum: 0,
+                };
+                self.txlog
+                    .push(entry, false, self.proxy.cfg.replay.max_bytes);
+            }
             return Ok(());
         };
-        // Parameter types: remembered when bound, supplied to a backend that has not seen them.
+        let out = Outgoing::Statement { raw, lp, id, cmd };
+        let r = self.forward_retrying(out, seq, expect, on_loss).await?;
+        if cmd == COM_STMT_EXECUTE && r.status & caps::STATUS_CURSOR_EXISTS != 0 {
+            self.state.cursors += 1;
+        } else if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)
+            || cmd == COM_STMT_RESET
+        {
+            self.state.cursors = self.state.cursors.saturating_sub(1);
+        }
+        match recorded {
+            Some(payload) => self.record(before, &r, &payload, Some(expect), class),
+            None => self.record(before, &r, &[], Some(expect), class),
+        }
+        Ok(())
+    }
+
+    /// A statement command as the current backend must get it: the statement prepared there
+    /// (if it was not), its id put in place of the virtual one in `raw`, and the parameter types
+    /// supplied if this backend has not seen them, in which case the command is rebuilt and
+    /// returned.
+    async fn statement_bytes(
+        &mut self,
+        raw: &mut BytesMut,
+        lp: &packet::Logical,
+        id: u32,
+        cmd: u8,
+    ) -> Result<Option<Vec<u8>>, SqlError> {
+        let backend_id = self.ensure_prepared(id).await?;
+        let Some(stmt) = self.stmts.get_mut(id) else {
+            return Err(SqlError::unknown_statement(id));
+        };
         let mut rebound: Option<Vec<u8>> = None;
         if cmd == COM_STMT_EXECUTE {
             let payload = packet::payload(raw, lp);
@@ -509,24 +708,7 @@ impl<D: Directory> Session<D> {
                 b.copy_from_slice(&backend_id.to_le_bytes());
             }
         }
-        let bytes: &[u8] = rebound.as_deref().unwrap_or(raw);
-        let Some(expect) = expect(cmd) else {
-            self.send_to_backend(bytes).await;
-            return Ok(());
-        };
-        match self.exchange(bytes, expect).await {
-            Ok(r) => {
-                if cmd == COM_STMT_EXECUTE && r.status & caps::STATUS_CURSOR_EXISTS != 0 {
-                    self.state.cursors += 1;
-                } else if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)
-                    || cmd == COM_STMT_RESET
-                {
-                    self.state.cursors = self.state.cursors.saturating_sub(1);
-                }
-                Ok(())
-            }
-            Err(e) => self.relay_failed(e, seq).await,
-        }
+        Ok(rebound)
     }
 
     /// The statement's id on the current backend, preparing it there if needed.
@@ -661,6 +843,7 @@ impl<D: Directory> Session<D> {
         self.drop_backend();
         self.release_pins();
         self.state = SessionState::default();
+        self.txlog.clear();
         self.state.schema =
             (!schema.is_empty()).then(|| String::from_utf8_lossy(&schema).into_owned());
         self.stmts.clear();
@@ -686,6 +869,7 @@ impl<D: Directory> Session<D> {
     async fn after_reset(&mut self) {
         self.release_pins();
         self.state.reset();
+        self.txlog.clear();
         self.stmts.clear();
         if let Some(b) = self.backend.as_mut() {
             if let Err(e) = b.query(BACKEND_TRACKING).await {
@@ -815,7 +999,22 @@ impl<D: Directory> Session<D> {
 
     /// After the client left: keep a healthy backend connection for the next client.
     async fn release_backend(&mut self) {
-        let Some(b) = self.backend.take() else { return };
+        let Some(mut b) = self.backend.take() else {
+            return;
+        };
+        if self.marker.txn > 0 && !self.state.in_transaction {
+            // The session's commit marker is of no more use. (Inside a transaction the client
+            // left open, the pool's reset rolls that back; the row is pruned later.)
+            let sql = replay::marker_delete_sql(self.marker.session);
+            let deleted = match b.query(&sql).await {
+                Ok(_) if !self.autocommit => b.query("COMMIT").await.is_ok(),
+                Ok(_) => true,
+                Err(_) => false,
+            };
+            if !deleted {
+                return;
+            }
+        }
         let key = self.pool_key(b.addr);
         let cfg = &self.proxy.cfg;
         pool::give_back(
@@ -830,8 +1029,9 @@ impl<D: Directory> Session<D> {
 
     fn drop_backend(&mut self) {
         self.backend = None;
-        // Whatever was pinned to that connection is gone with it.
-        self.state.in_transaction = false;
+        // Whatever was pinned to that connection is gone with it; a recorded transaction lives
+        // on in its log, and the next command replays it.
+        self.state.in_transaction = self.txlog.active;
         self.state.temp_tables = 0;
         self.state.named_locks = 0;
         self.state.table_locks = false;
@@ -848,54 +1048,165 @@ impl<D: Directory> Session<D> {
         }
     }
 
-    /// Forwards a command and relays its answer; a lost backend is reported to the client.
+    /// Forwards a command that is safe to repeat and relays its answer.
     async fn forward(&mut self, raw: &[u8], seq: u8, expect: Expect) -> Result<Relayed, End> {
-        self.forward_retrying(raw, seq, expect, false).await
+        self.hashing = false;
+        self.forward_retrying(Outgoing::Raw(raw), seq, expect, OnLoss::Retry)
+            .await
     }
 
-    /// Like `forward`; a statement that is safe to repeat is sent once more on a new backend
-    /// when the first one vanished before answering.
+    /// Sends a command and relays its answer. When the backend is lost before the client saw
+    /// any of the answer, `on_loss` says what the command may get on a new one (see
+    /// [`replay`]); a transaction the session had open is replayed first.
     async fn forward_retrying(
         &mut self,
-        raw: &[u8],
+        mut out: Outgoing<'_>,
         seq: u8,
         expect: Expect,
-        retry_safe: bool,
+        on_loss: OnLoss,
     ) -> Result<Relayed, End> {
-        for attempt in 0..2 {
-            if let Err(e) = self.ensure_backend().await {
-                self.client.send(seq, &e.packet()).await?;
-                return Ok(Relayed {
-                    error: Some(e.code),
-                    ..Relayed::default()
-                });
-            }
-            match self.exchange(raw, expect).await {
-                Ok(r) => return Ok(r),
-                Err(RelayError::LostBeforeAnswer) if attempt == 0 && retry_safe => {
-                    tracing::info!(db = %self.service, "backend lost before answering; retrying the statement");
+        let limits = self.proxy.cfg.replay;
+        // A backend lost while the session sat in its transaction: the transaction goes first.
+        let mut next = if self.backend.is_none() && self.txlog.active {
+            Next::Replay
+        } else {
+            Next::Send
+        };
+        let mut failover: Option<(Instant, u32)> =
+            (next == Next::Replay).then(|| (Instant::now(), 0));
+        let marked = on_loss == OnLoss::Commit && self.txlog.wrote && self.marker.enabled;
+        if marked {
+            self.marker.txn += 1;
+        }
+        self.marker.written = false;
+        // Counted as running throughout, so the lifecycle never suspends or parks the database
+        // under a failover.
+        self.activity.running.fetch_add(1, Ordering::Relaxed);
+        let result = loop {
+            let ready = match next {
+                Next::Send => self
+                    .ensure_backend()
+                    .await
+                    .map_err(ReplayError::Unavailable),
+                Next::Replay => self.replay_transaction().await,
+                Next::Resolve => match self.commit_resolved().await {
+                    Ok(true) => {
+                        break self.ended(seq, failover, Outcome::CommitConfirmed).await;
+                    }
+                    Ok(false) => {
+                        next = Next::Replay;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match ready {
+                Ok(()) => {}
+                Err(ReplayError::Lost) => {
+                    let f = failover.get_or_insert_with(|| (Instant::now(), 0));
+                    f.1 += 1;
+                    if f.1 >= limits.attempts || f.0.elapsed() > limits.timeout {
+                        break self.give_up(seq, *f, on_loss).await;
+                    }
                     continue;
                 }
+                Err(e) => break self.replay_failed(seq, failover, e).await,
+            }
+            let sent = match &mut out {
+                Outgoing::Raw(raw) => self.exchange(raw, expect, None, marked).await,
+                Outgoing::Prepare { raw, sql } => {
+                    self.exchange(raw, expect, Some(sql.to_vec()), false).await
+                }
+                Outgoing::Statement { raw, lp, id, cmd } => {
+                    match self.statement_bytes(raw, lp, *id, *cmd).await {
+                        Ok(None) => self.exchange(raw, expect, None, false).await,
+                        Ok(Some(bytes)) => self.exchange(&bytes, expect, None, false).await,
+                        Err(e) => break self.answer_error(seq, e).await,
+                    }
+                }
+            };
+            match sent {
+                Ok(r) => {
+                    if let Some(f) = failover {
+                        let outcome = if next == Next::Replay || self.txlog.active && f.1 > 0 {
+                            Outcome::Replayed
+                        } else {
+                            Outcome::Retried
+                        };
+                        self.report_failover(f, outcome, String::new());
+                    }
+                    break Ok(r);
+                }
+                Err(RelayError::LostBeforeAnswer) => {
+                    self.drop_backend();
+                    let f = failover.get_or_insert_with(|| (Instant::now(), 0));
+                    f.1 += 1;
+                    if f.1 >= limits.attempts || f.0.elapsed() > limits.timeout {
+                        break self.give_up(seq, *f, on_loss).await;
+                    }
+                    tracing::info!(db = %self.service, ?on_loss, "backend lost before answering");
+                    next = match on_loss {
+                        OnLoss::Retry | OnLoss::Replay if self.txlog.active => Next::Replay,
+                        OnLoss::Retry => Next::Send,
+                        OnLoss::Commit if self.marker.written => Next::Resolve,
+                        // Nothing to commit, or the crash ended it: either way it is over.
+                        OnLoss::Commit if !self.txlog.wrote => {
+                            break self.ended(seq, failover, Outcome::Ended).await;
+                        }
+                        OnLoss::Rollback => {
+                            break self.ended(seq, failover, Outcome::Ended).await;
+                        }
+                        OnLoss::Replay | OnLoss::Commit | OnLoss::Report => {
+                            break self.unknown_outcome(seq, *f, on_loss).await;
+                        }
+                    };
+                }
                 Err(e) => {
-                    self.relay_failed(e, seq).await?;
-                    return Ok(Relayed {
-                        error: Some(1927),
-                        ..Relayed::default()
+                    self.drop_backend();
+                    self.txlog.clear();
+                    break Err(match e {
+                        RelayError::LostMidway => End::Protocol,
+                        _ => End::Client,
                     });
                 }
             }
-        }
-        Ok(Relayed::default())
+        };
+        self.activity.running.fetch_sub(1, Ordering::Relaxed);
+        result
     }
 
-    /// Sends a statement's packets to the backend and relays the answer, keeping the
-    /// database's activity figures.
-    async fn exchange(&mut self, bytes: &[u8], expect: Expect) -> Result<Relayed, RelayError> {
+    /// Sends a command's packets to the backend and relays the answer, keeping the database's
+    /// activity figures. With `marked`, the commit marker goes first, in the same write.
+    async fn exchange(
+        &mut self,
+        bytes: &[u8],
+        expect: Expect,
+        prepared_sql: Option<Vec<u8>>,
+        marked: bool,
+    ) -> Result<Relayed, RelayError> {
         let begin = Instant::now();
-        self.activity.running.fetch_add(1, Ordering::Relaxed);
-        self.send_to_backend(bytes).await;
-        let result = self.relay(expect, None).await;
-        self.activity.running.fetch_sub(1, Ordering::Relaxed);
+        let result = async {
+            if marked {
+                let mut both = Vec::with_capacity(bytes.len() + 160);
+                let sql = replay::marker_sql(self.marker.session, self.marker.txn);
+                let mut payload = vec![COM_QUERY];
+                payload.extend_from_slice(sql.as_bytes());
+                packet::write(&mut both, &mut 0, &payload);
+                both.extend_from_slice(bytes);
+                self.send_to_backend(&both).await;
+                let d = self.drain(Expect::ResultSets { binary: false }).await?;
+                self.marker.written = d.error.is_none();
+                if let Some(code) = d.error {
+                    // No table or no privilege: this session commits without markers.
+                    self.marker.enabled = false;
+                    tracing::warn!(db = %self.service, code, "cannot write commit markers; an interrupted COMMIT will be reported as of unknown outcome");
+                }
+            } else {
+                self.send_to_backend(bytes).await;
+            }
+            self.relay(expect, prepared_sql).await
+        }
+        .await;
         self.activity.latency.observe(begin.elapsed());
         self.activity.statements.fetch_add(1, Ordering::Relaxed);
         self.activity
@@ -907,24 +1218,294 @@ impl<D: Directory> Session<D> {
         result
     }
 
-    async fn relay_failed(&mut self, e: RelayError, seq: u8) -> Result<(), End> {
-        self.drop_backend();
-        match e {
-            RelayError::Client => Err(End::Client),
-            RelayError::LostMidway => Err(End::Protocol),
-            RelayError::LostBeforeAnswer => {
-                let err = SqlError {
-                    code: 1927,
-                    state: "70100",
-                    message: format!(
-                        "Connection to database {} was lost during the statement; it was not repeated",
-                        self.service
-                    ),
-                };
-                self.activity.errors.fetch_add(1, Ordering::Relaxed);
-                self.client.send(seq, &err.packet()).await
+    /// Reads one answer from the backend without passing it on (the marker's, and those of a
+    /// replayed transaction), with its checksum.
+    async fn drain(&mut self, expect: Expect) -> Result<Drained, RelayError> {
+        let Some(b) = self.backend.as_mut() else {
+            return Err(RelayError::LostBeforeAnswer);
+        };
+        let mut t = Tracker::new(expect, b.caps & caps::DEPRECATE_EOF != 0);
+        let mut sum = Checksum::default();
+        loop {
+            let Ok(p) = b.read_packet().await else {
+                return Err(RelayError::LostBeforeAnswer);
+            };
+            let step = t.feed(&p);
+            sum.add(&t, &p, b.caps);
+            match step {
+                Step::More => {}
+                Step::Done => {
+                    return Ok(Drained {
+                        error: t.error,
+                        checksum: sum.finish(),
+                    });
+                }
+                // Never recorded, so never replayed; a server asking now is not the same.
+                Step::LocalInfile => return Err(RelayError::LostMidway),
             }
         }
+    }
+
+    /// Carries the session's open transaction over to a new backend: the session as it was when
+    /// the transaction began, then each recorded command, its answer compared with the one the
+    /// client saw.
+    async fn replay_transaction(&mut self) -> Result<(), ReplayError> {
+        if let Some(why) = self.txlog.unreplayable {
+            return Err(ReplayError::NotReplayable(why));
+        }
+        let Some(start) = self.txlog.start.clone() else {
+            return Err(ReplayError::NotReplayable("its start was not recorded"));
+        };
+        self.drop_backend();
+        let current = std::mem::replace(&mut self.state, start);
+        let connected = self.ensure_backend().await;
+        let schema = self.state.schema.clone();
+        self.state = current;
+        if schema.is_none() {
+            self.state.schema = None; // dropped meanwhile
+        }
+        connected.map_err(ReplayError::Unavailable)?;
+        let entries = std::mem::take(&mut self.txlog.entries);
+        let result = self.replay_entries(&entries).await;
+        self.txlog.entries = entries;
+        if matches!(result, Err(ReplayError::Lost)) {
+            self.drop_backend();
+        }
+        result?;
+        self.state.in_transaction = true;
+        tracing::info!(db = %self.service, statements = self.txlog.entries.len(), "transaction replayed");
+        Ok(())
+    }
+
+    async fn replay_entries(&mut self, entries: &[Entry]) -> Result<(), ReplayError> {
+        for (i, e) in entries.iter().enumerate() {
+            let mut payload = e.payload.clone();
+            let cmd = payload.first().copied().unwrap_or(COM_QUERY);
+            if cmd != COM_QUERY {
+                let Some(vid) = statement_id(&payload) else {
+                    return Err(ReplayError::Mismatch(i));
+                };
+                // A statement that cannot be prepared again (its table gone, say) is a
+                // difference like any other; a lost backend is tried again.
+                let bid = match self.ensure_prepared(vid).await {
+                    Ok(bid) => bid,
+                    Err(e) if e.code == ER_UNAVAILABLE => return Err(ReplayError::Lost),
+                    Err(_) => return Err(ReplayError::Mismatch(i)),
+                };
+                if cmd == COM_STMT_EXECUTE {
+                    if let Some(stmt) = self.stmts.get_mut(vid) {
+                        if let Some(types) = execute_layout(&payload, stmt.params)
+                            .and_then(|l| l.types)
+                            .and_then(|t| payload.get(t))
+                        {
+                            stmt.types = Some(types.to_vec());
+                            stmt.types_sent = true;
+                        }
+                    }
+                }
+                set_statement_id(&mut payload, bid);
+            }
+            let mut framed = Vec::with_capacity(payload.len() + HEADER_LEN);
+            packet::write(&mut framed, &mut 0, &payload);
+            self.send_to_backend(&framed).await;
+            let Some(expect) = e.expect else { continue };
+            let d = self.drain(expect).await.map_err(|_| ReplayError::Lost)?;
+            if d.checksum != e.checksum {
+                return Err(ReplayError::Mismatch(i));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the interrupted `COMMIT` committed, by its marker on a new backend.
+    async fn commit_resolved(&mut self) -> Result<bool, ReplayError> {
+        self.ensure_backend()
+            .await
+            .map_err(ReplayError::Unavailable)?;
+        let Some(b) = self.backend.as_mut() else {
+            return Err(ReplayError::Lost);
+        };
+        let rows = b
+            .query(&replay::marker_check_sql(self.marker.session))
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(BackendError::Server(e)) => return Err(ReplayError::Unavailable(e)),
+            Err(_) => {
+                self.drop_backend();
+                return Err(ReplayError::Lost);
+            }
+        };
+        if !self.autocommit {
+            // The locking read opened a transaction of the proxy's own.
+            let _ = b.query("ROLLBACK").await;
+        }
+        let found = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        Ok(found == Some(self.marker.txn))
+    }
+
+    /// The interrupted transaction is over (committed, rolled back, or had nothing to commit):
+    /// the client gets the OK its `COMMIT` or `ROLLBACK` would have got.
+    async fn ended(
+        &mut self,
+        seq: u8,
+        failover: Option<(Instant, u32)>,
+        outcome: Outcome,
+    ) -> Result<Relayed, End> {
+        self.txlog.clear();
+        self.state.in_transaction = false;
+        let status = self.status();
+        self.client
+            .send(seq, &response::ok(status, 0, self.client_caps()))
+            .await?;
+        self.report_failover(
+            failover.unwrap_or((Instant::now(), 1)),
+            outcome,
+            String::new(),
+        );
+        Ok(Relayed {
+            status,
+            ..Relayed::default()
+        })
+    }
+
+    /// The transaction could not be carried over: roll back what was replayed and tell the
+    /// client, in the terms of a deadlock, whose remedy (run the transaction again) is the same.
+    async fn replay_failed(
+        &mut self,
+        seq: u8,
+        failover: Option<(Instant, u32)>,
+        e: ReplayError,
+    ) -> Result<Relayed, End> {
+        let f = failover.unwrap_or((Instant::now(), 1));
+        let total = self.txlog.entries.len();
+        let (outcome, err) = match e {
+            ReplayError::Mismatch(i) => (
+                Outcome::Mismatch,
+                self.rolled_back(&format!(
+                    "replaying it gave a different result at statement {} of {total}",
+                    i + 1
+                )),
+            ),
+            ReplayError::NotReplayable(why) => (
+                Outcome::NotReplayable,
+                self.rolled_back(&format!("it cannot be replayed: {why}")),
+            ),
+            ReplayError::Unavailable(e) => (Outcome::GaveUp, e),
+            ReplayError::Lost => (Outcome::GaveUp, self.rolled_back("no new server took it")),
+        };
+        if let Some(b) = self.backend.as_mut() {
+            if b.query("ROLLBACK").await.is_err() {
+                self.drop_backend();
+            }
+        }
+        self.txlog.clear();
+        self.state.in_transaction = false;
+        self.report_failover(f, outcome, err.message.clone());
+        self.answer_error(seq, err).await
+    }
+
+    fn rolled_back(&self, why: &str) -> SqlError {
+        SqlError {
+            code: ER_LOCK_DEADLOCK,
+            state: "40001",
+            message: format!(
+                "Transaction rolled back by failover: the server of database {} was lost and {why}; try restarting transaction",
+                self.service
+            ),
+        }
+    }
+
+    /// Out of attempts or time.
+    async fn give_up(
+        &mut self,
+        seq: u8,
+        f: (Instant, u32),
+        on_loss: OnLoss,
+    ) -> Result<Relayed, End> {
+        let in_trans = self.txlog.active;
+        self.drop_backend();
+        self.txlog.clear();
+        self.state.in_transaction = false;
+        let err = if in_trans {
+            self.rolled_back(&format!("it was not carried over within {} attempts", f.1))
+        } else {
+            SqlError {
+                code: 1927,
+                state: "70100",
+                message: format!(
+                    "Connection to database {} was lost during the statement ({on_loss:?}) and no new connection answered it in {} attempts",
+                    self.service, f.1
+                ),
+            }
+        };
+        self.report_failover(f, Outcome::GaveUp, err.message.clone());
+        self.answer_error(seq, err).await
+    }
+
+    /// A statement whose effect cannot be known was cut off: say so.
+    async fn unknown_outcome(
+        &mut self,
+        seq: u8,
+        f: (Instant, u32),
+        on_loss: OnLoss,
+    ) -> Result<Relayed, End> {
+        let was_in = self.txlog.active;
+        self.txlog.clear();
+        self.state.in_transaction = false;
+        let what = match on_loss {
+            OnLoss::Commit => {
+                "whether the transaction committed is unknown (commit markers are off for this session)"
+            }
+            _ if was_in => "the transaction was rolled back, unless the statement had committed it",
+            _ => "it may or may not have taken effect",
+        };
+        let err = SqlError {
+            code: 1927,
+            state: "70100",
+            message: format!(
+                "Connection to database {} was lost during the statement; it was not repeated: {what}",
+                self.service
+            ),
+        };
+        self.report_failover(f, Outcome::Unknown, err.message.clone());
+        self.answer_error(seq, err).await
+    }
+
+    /// Answers the command with an error; the session goes on.
+    async fn answer_error(&mut self, seq: u8, err: SqlError) -> Result<Relayed, End> {
+        self.activity.errors.fetch_add(1, Ordering::Relaxed);
+        self.client.send(seq, &err.packet()).await?;
+        Ok(Relayed {
+            error: Some(err.code),
+            ..Relayed::default()
+        })
+    }
+
+    /// Counts a failover and tells the control plane.
+    fn report_failover(&self, f: (Instant, u32), outcome: Outcome, detail: String) {
+        let duration = f.0.elapsed();
+        self.activity.failovers[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        self.activity.failover_latency.observe(duration);
+        let replayed = if matches!(outcome, Outcome::Replayed) {
+            self.txlog.entries.len()
+        } else {
+            0
+        };
+        self.proxy.dir.failover(
+            &self.service,
+            Failover {
+                outcome,
+                attempts: f.1,
+                replayed,
+                duration,
+                detail,
+            },
+        );
     }
 
     /// Relays the backend's answer to the client as it arrives, learning session state from
@@ -946,6 +1527,7 @@ impl<D: Directory> Session<D> {
         let mut out = Pending::default();
         let mut forwarded = false;
         let mut relayed = Relayed::default();
+        let mut sum = self.hashing.then(Checksum::default);
         let mut prepared_sql = prepared_sql;
         let rewrite_info = client_caps & caps::SESSION_TRACK == 0;
         let mut tracking_touched = false;
@@ -954,6 +1536,9 @@ impl<D: Directory> Session<D> {
                 let start = pos;
                 pos += total;
                 let step = t.feed(&b.buf[start + HEADER_LEN..pos]);
+                if let Some(sum) = sum.as_mut() {
+                    sum.add(&t, &b.buf[start + HEADER_LEN..pos], backend_caps);
+                }
                 // Only the prepare-OK packet: the statement text is taken once, then gone.
                 if let Some(ok) = t.prepare_ok
                     && let Some(sql) = prepared_sql.take()
@@ -982,7 +1567,8 @@ impl<D: Directory> Session<D> {
                         relayed.status = t.status;
                         relayed.warnings = t.warnings;
                         relayed.error = t.error;
-                        self.state.in_transaction = t.status & caps::STATUS_IN_TRANS != 0;
+                        relayed.checksum = sum.map(|s| s.finish());
+                        settle(&mut self.state, &mut self.autocommit, &t, expect);
                         return Ok(relayed);
                     }
                     Step::Done | Step::LocalInfile => {
@@ -993,7 +1579,8 @@ impl<D: Directory> Session<D> {
                             relayed.status = t.status;
                             relayed.warnings = t.warnings;
                             relayed.error = t.error;
-                            self.state.in_transaction = t.status & caps::STATUS_IN_TRANS != 0;
+                            relayed.checksum = sum.map(|s| s.finish());
+                            settle(&mut self.state, &mut self.autocommit, &t, expect);
                             if tracking_touched {
                                 // The client changed its session tracking; Stratus still needs all.
                                 if let Err(e) = b.query(BACKEND_TRACKING).await {
@@ -1004,6 +1591,7 @@ impl<D: Directory> Session<D> {
                         }
                         // LOCAL INFILE: the client sends the file, ending with an empty packet.
                         forwarded = true;
+                        relayed.infile = true;
                         forward_infile(&mut self.client, b, self.proxy.cfg.max_packet).await?;
                         t.infile_sent();
                     }
@@ -1016,7 +1604,9 @@ impl<D: Directory> Session<D> {
                 forwarded = true;
             }
             if b.fill().await.is_err() {
-                return Err(if forwarded || pos > 0 {
+                // Packets read but not yet passed on never reached the client: for it, the
+                // statement got no answer.
+                return Err(if forwarded {
                     RelayError::LostMidway
                 } else {
                     RelayError::LostBeforeAnswer
@@ -1046,6 +1636,29 @@ impl<D: Directory> Session<D> {
         track(&self.activity.pinned, &mut self.pinned_reported, false);
     }
 }
+
+/// Learns the transaction and autocommit state from the end of an answer. An error leaves the
+/// transaction open, except a deadlock, which rolls it back
+/// (<https://mariadb.com/kb/en/innodb-lock-modes/#deadlocks>); a prepare answer carries no
+/// status.
+fn settle(state: &mut SessionState, autocommit: &mut bool, t: &Tracker, expect: Expect) {
+    if t.error == Some(ER_LOCK_DEADLOCK) {
+        state.in_transaction = false;
+    } else if t.error.is_none()
+        && expect != Expect::Prepare
+        && (expect != Expect::One || t.last_was_ok)
+    {
+        state.in_transaction = t.status & caps::STATUS_IN_TRANS != 0;
+        *autocommit = t.status & caps::STATUS_AUTOCOMMIT != 0;
+    }
+}
+
+/// `ER_LOCK_DEADLOCK`: the transaction was rolled back; also what a client gets when its
+/// transaction could not be carried over a failover, since the remedy is the same.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+
+/// The code of [`SqlError::unavailable`].
+const ER_UNAVAILABLE: u16 = 1105;
 
 /// Moves one session's contribution to a shared gauge when its own flag changes.
 fn track(gauge: &std::sync::atomic::AtomicU64, reported: &mut bool, now: bool) {

@@ -9,6 +9,7 @@
 //!   relaying of answers in `relay`, its socket in `stream`.
 //! * [`backend`]: connections to the databases' own servers.
 //! * [`session`]: the state that is replayed on a new backend connection.
+//! * [`replay`]: failover: statements retried and transactions replayed on a new backend.
 //! * [`activity`]: what the control plane is told about each database.
 
 pub mod activity;
@@ -19,6 +20,7 @@ mod login;
 pub mod pool;
 mod prepared;
 mod relay;
+pub mod replay;
 pub mod session;
 mod stream;
 pub mod tls;
@@ -50,6 +52,10 @@ pub trait Directory: Send + Sync + 'static {
     /// A client changed accounts in SQL (`CREATE USER`, `SET PASSWORD`…) on `service`: the
     /// directory re-reads them, so the next login sees the change.
     fn accounts_changed(&self, service: &str) -> impl Future<Output = ()> + Send;
+
+    /// A client session lived through the loss of its backend (how is in `report`). Recorded
+    /// as an event; must not block the session.
+    fn failover(&self, service: &str, report: replay::Failover);
 }
 
 /// What the proxy needs to know of an account to let it in.
@@ -83,6 +89,8 @@ pub struct ProxyConfig {
     /// threads are): sessions never migrate between cores, so relaying a statement takes no
     /// cross-thread wake-ups. 0: run sessions on the caller's runtime.
     pub threads: usize,
+    /// Limits of statement retry and transaction replay after a lost backend.
+    pub replay: replay::ReplayLimits,
 }
 
 impl Default for ProxyConfig {
@@ -98,6 +106,7 @@ impl Default for ProxyConfig {
             pool_max_idle: 16,
             pool_idle_timeout: Duration::from_secs(60),
             threads: 1,
+            replay: replay::ReplayLimits::default(),
         }
     }
 }

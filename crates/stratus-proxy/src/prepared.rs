@@ -10,6 +10,8 @@ use stratus_wire::tracker::PrepareOk;
 #[derive(Debug, Clone)]
 pub struct Statement {
     pub sql: Vec<u8>,
+    /// What the statement does, for failover decisions when it is executed.
+    pub class: stratus_wire::classify::Statement,
     pub params: u16,
     /// The parameter types the client last bound (2 bytes each).
     pub types: Option<Vec<u8>>,
@@ -33,6 +35,7 @@ impl Statements {
             self.next = self.next.wrapping_add(1).max(1);
         }
         let stmt = Statement {
+            class: stratus_wire::classify::classify(&sql),
             sql,
             params: ok.params,
             types: None,

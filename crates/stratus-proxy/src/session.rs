@@ -141,6 +141,16 @@ impl SessionState {
         }
     }
 
+    /// State other than a transaction that only its backend connection has: lost with it.
+    pub fn pinned_besides_transaction(&self) -> bool {
+        self.temp_tables > 0
+            || self.named_locks > 0
+            || self.table_locks
+            || self.handlers > 0
+            || self.xa
+            || self.cursors > 0
+    }
+
     pub fn pin(&mut self, p: Pin) {
         match p {
             Pin::TempTable => self.temp_tables += 1,

@@ -30,6 +30,8 @@ impl Directory for Accounts {
     }
 
     async fn accounts_changed(&self, _service: &str) {}
+
+    fn failover(&self, _service: &str, _report: stratus_proxy::replay::Failover) {}
 }
 
 fn stage2(password: &str) -> [u8; 20] {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use stratus_control::ControlPlane;
+use stratus_proxy::replay::{Failover, Outcome};
 use stratus_proxy::{Account, Directory};
 use stratus_runtime::LocalRuntime;
 use stratus_store::SqliteStore;
@@ -59,5 +60,33 @@ impl Directory for ControlDirectory {
         if let Ok(Err(e)) = done {
             tracing::warn!("cannot re-read accounts: {e}");
         }
+    }
+
+    fn failover(&self, service: &str, report: Failover) {
+        let (cp, service) = (self.cp.clone(), service.to_owned());
+        let ms = report.duration.as_millis() as u64;
+        let what = match report.outcome {
+            Outcome::Retried => "statement sent again".to_owned(),
+            Outcome::Replayed => format!(
+                "transaction of {} statement(s) replayed with matching results",
+                report.replayed
+            ),
+            Outcome::CommitConfirmed => "interrupted COMMIT found committed".to_owned(),
+            Outcome::Ended => "transaction ended by the crash, as the client asked".to_owned(),
+            _ => format!("client told: {}", report.detail),
+        };
+        let message = format!(
+            "client session carried over a lost server: {what} ({ms} ms, {} attempt(s))",
+            report.attempts
+        );
+        let data = serde_json::json!({
+            "outcome": report.outcome.as_str(),
+            "error": report.outcome.failed(),
+            "attempts": report.attempts,
+            "replayed_statements": report.replayed,
+            "failover_ms": ms,
+        });
+        self.runtime
+            .spawn(async move { cp.failover_event(&service, &message, data).await });
     }
 }

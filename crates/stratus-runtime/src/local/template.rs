@@ -10,6 +10,7 @@ use crate::binaries::MariaDb;
 use crate::{Result, RuntimeError};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use stratus_core::commit_marker;
 use stratus_core::random_password;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -79,7 +80,10 @@ pub async fn ensure(dir: &Path, mariadb: &MariaDb, run_as_root: bool) -> Result<
         "FLUSH PRIVILEGES;\n\
          DELETE FROM mysql.global_priv WHERE User = '';\n\
          CREATE USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD({pw});\n\
-         GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'127.0.0.1' WITH GRANT OPTION;\n"
+         GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'127.0.0.1' WITH GRANT OPTION;\n\
+         {};\n{};\n",
+        commit_marker::DDL[0],
+        commit_marker::DDL[1]
     );
     let mut child = Command::new(&mariadb.mariadbd)
         .args([defaults.as_str(), "--bootstrap"])
