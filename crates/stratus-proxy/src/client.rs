@@ -426,7 +426,7 @@ impl<D: Directory> Session<D> {
             self.after_statements(sql, stmts, relayed.warnings).await;
         }
         let class = Recording {
-            writes: !stmts.iter().all(|s| s.read_only),
+            writes: stmts.iter().any(replay::may_write),
             single: stmts.len() == 1,
             kind,
         };
@@ -604,7 +604,7 @@ impl<D: Directory> Session<D> {
             return Ok(());
         }
         let class = Recording {
-            writes: !stmt.class.read_only,
+            writes: replay::may_write(&stmt.class),
             single: true,
             kind: Some(stmt.class.kind),
         };
@@ -896,7 +896,10 @@ impl<D: Directory> Session<D> {
                 .backend(&svc, false)
                 .await
                 .map_err(|m| SqlError::unavailable(&svc, &m))?;
-            for _ in 0..3 {
+            // A server that is exiting refuses connections for a moment before the runtime
+            // sees it gone; then the lookup waits for the restart.
+            let mut last = None;
+            for _ in 0..10 {
                 let a = match addr {
                     Some(a) => a,
                     None => {
@@ -911,10 +914,18 @@ impl<D: Directory> Session<D> {
                     Ok(()) => return Ok(woke),
                     Err(BackendError::Server(e)) => return Err(e),
                     // Stopped between lookup and connect: wake it.
-                    Err(_) => addr = None,
+                    Err(e) => {
+                        last = Some(format!("{a}: {e:?}"));
+                        addr = None;
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
-            Err(SqlError::unavailable(&svc, "cannot connect to its server"))
+            let why = format!(
+                "cannot connect to its server ({})",
+                last.unwrap_or_default()
+            );
+            Err(SqlError::unavailable(&svc, &why))
         };
         let woke = match tokio::time::timeout(deadline, attempt).await {
             Ok(r) => r?,
@@ -1194,12 +1205,16 @@ impl<D: Directory> Session<D> {
                 packet::write(&mut both, &mut 0, &payload);
                 both.extend_from_slice(bytes);
                 self.send_to_backend(&both).await;
+                // From here the marker may have been written, even if its answer never comes.
+                self.marker.written = true;
                 let d = self.drain(Expect::ResultSets { binary: false }).await?;
-                self.marker.written = d.error.is_none();
                 if let Some(code) = d.error {
-                    // No table or no privilege: this session commits without markers.
-                    self.marker.enabled = false;
-                    tracing::warn!(db = %self.service, code, "cannot write commit markers; an interrupted COMMIT will be reported as of unknown outcome");
+                    self.marker.written = false;
+                    if replay::marker_unusable(code) {
+                        // No table or no privilege: this session commits without markers.
+                        self.marker.enabled = false;
+                        tracing::warn!(db = %self.service, code, "cannot write commit markers; an interrupted COMMIT will be reported as of unknown outcome");
+                    }
                 }
             } else {
                 self.send_to_backend(bytes).await;

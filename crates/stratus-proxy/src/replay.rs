@@ -196,6 +196,29 @@ pub fn on_loss(
     }
 }
 
+/// Whether a statement may change data, so that its transaction's `COMMIT` needs a marker.
+/// Transaction control and session statements do not.
+pub fn may_write(s: &Statement) -> bool {
+    !s.read_only
+        && !matches!(
+            s.kind,
+            Kind::Begin
+                | Kind::Commit
+                | Kind::Rollback
+                | Kind::Savepoint
+                | Kind::Set
+                | Kind::Use
+                | Kind::Show
+                | Kind::Describe
+        )
+}
+
+/// The marker cannot be written in this server at all (no table, no privilege), as opposed to
+/// not in this transaction (a read-only one, say).
+pub fn marker_unusable(code: u16) -> bool {
+    matches!(code, 1044 | 1049 | 1142 | 1146)
+}
+
 /// Statements that run inside a transaction without ending it, so the transaction can be run
 /// again with them: data reads and changes, savepoints and session variables (not
 /// `autocommit`, whose change commits).
@@ -238,7 +261,7 @@ pub struct Marker {
     /// Off once the marker could not be written (no table, no privilege): commits then go
     /// unmarked, and one cut off by a crash is reported as of unknown outcome.
     pub enabled: bool,
-    /// The `COMMIT` in flight was preceded by its marker.
+    /// The `COMMIT` in flight was preceded by its marker (sent, and not refused).
     pub written: bool,
 }
 

@@ -201,10 +201,13 @@ impl Inner {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The live server under `key`. One that has exited counts as gone at once, even before its
+    /// watcher has been scheduled: the proxy asks right after its connections broke, and must
+    /// not be handed the dead address.
     fn running(&self, key: &str) -> Option<Arc<Proc>> {
         self.procs()
             .get(key)
-            .filter(|p| !*p.exited.borrow())
+            .filter(|p| !*p.exited.borrow() && !p.pidfd.has_exited())
             .cloned()
     }
 

@@ -1,0 +1,616 @@
+//! Failover under chaos: clients keep working through the proxy while the database's server is
+//! killed again and again, and while Stratus itself is killed and restarted. What must hold:
+//! no client error or disconnect (except the documented, counted replay mismatch), a ledger
+//! whose balances always add up, and every committed transfer there exactly once.
+
+mod common;
+
+use common::Stratus;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Error, OptsBuilder, Statement};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ACCOUNTS: i64 = 50;
+const OPENING: i64 = 1_000;
+
+fn opts(s: &Stratus, user: &str, password: &str) -> OptsBuilder {
+    s.sql_opts(user, password, Some("bank"))
+}
+
+fn signal(pid: u64, sig: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), sig)
+        .unwrap();
+}
+
+fn server_pid(s: &Stratus) -> u64 {
+    s.json(&["db", "show", "bank"])["pid"].as_u64().unwrap()
+}
+
+/// Creates the bank: accounts with an opening balance and an empty ledger of transfers.
+async fn open_bank(s: &Stratus) -> OptsBuilder {
+    let c = s.json(&["db", "create", "bank"]);
+    let o = opts(
+        s,
+        c["user"].as_str().unwrap(),
+        c["password"].as_str().unwrap(),
+    );
+    let mut conn = Conn::new(o.clone()).await.unwrap();
+    conn.query_drop(
+        "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL);
+         CREATE TABLE transfers (id BIGINT PRIMARY KEY, src INT NOT NULL, dst INT NOT NULL, amount INT NOT NULL)",
+    )
+    .await
+    .unwrap();
+    let values: Vec<String> = (1..=ACCOUNTS)
+        .map(|i| format!("({i}, {OPENING})"))
+        .collect();
+    conn.query_drop(format!("INSERT INTO accounts VALUES {}", values.join(",")))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    o
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Tally {
+    /// Transfers whose COMMIT was answered OK.
+    committed: BTreeSet<i64>,
+    /// Transfers whose outcome the client cannot know (its connection went away mid-way).
+    uncertain: BTreeSet<i64>,
+    /// Transactions rolled back by failover because their replay differed (error 1213).
+    mismatches: u64,
+    /// Every other error, with what was running.
+    errors: Vec<String>,
+    reads: u64,
+    /// Which client had a statement succeed when, to find the first after each kill.
+    successes: Vec<(i64, Instant)>,
+}
+
+type Shared = Arc<Mutex<Tally>>;
+
+fn ok(t: &Shared, client: i64) {
+    t.lock().unwrap().successes.push((client, Instant::now()));
+}
+
+fn rolled_back_by_failover(e: &Error) -> bool {
+    matches!(e, Error::Server(s) if s.code == 1213 && s.message.contains("rolled back by failover"))
+}
+
+/// A client that moves money between two accounts in a transaction, in lock order (so InnoDB
+/// never picks a deadlock victim), through prepared or text statements.
+async fn writer(
+    o: OptsBuilder,
+    id: i64,
+    prepared: bool,
+    stop: Arc<AtomicBool>,
+    tally: Shared,
+    reconnect: bool,
+) {
+    let mut conn = Conn::new(o.clone()).await.unwrap();
+    let mut stmts: Option<(Statement, Statement)> = None;
+    let mut seed = id as u64 * 7919 + 17;
+    let mut n = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let tid = id * 1_000_000 + n;
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let a = (seed >> 33) as i64 % ACCOUNTS + 1;
+        let b = (a - 1 + 1 + (seed >> 40) as i64 % (ACCOUNTS - 1)) % ACCOUNTS + 1; // never a
+        let (lo, hi) = (a.min(b), a.max(b));
+        let amount = (seed >> 50) as i64 % 100 + 1;
+        if prepared && stmts.is_none() {
+            let update = conn.prep("UPDATE accounts SET balance = balance + ? WHERE id = ?");
+            let update = update.await;
+            let insert = conn.prep("INSERT INTO transfers VALUES (?, ?, ?, ?)").await;
+            match (update, insert) {
+                (Ok(u), Ok(i)) => stmts = Some((u, i)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tally.lock().unwrap().errors.push(format!("prepare: {e}"));
+                    return;
+                }
+            }
+        }
+        // Money leaves `a` and reaches `b`; the lower id is locked first.
+        let delta = |acct: i64| if acct == a { -amount } else { amount };
+        let result: Result<(), Error> = async {
+            conn.query_drop("BEGIN").await?;
+            ok(&tally, id);
+            for acct in [lo, hi] {
+                match &stmts {
+                    Some((update, _)) => conn.exec_drop(update, (delta(acct), acct)).await?,
+                    None => {
+                        conn.query_drop(format!(
+                            "UPDATE accounts SET balance = balance + {} WHERE id = {acct}",
+                            delta(acct)
+                        ))
+                        .await?
+                    }
+                }
+                ok(&tally, id);
+            }
+            match &stmts {
+                Some((_, insert)) => conn.exec_drop(insert, (tid, a, b, amount)).await?,
+                None => {
+                    conn.query_drop(format!(
+                        "INSERT INTO transfers VALUES ({tid}, {a}, {b}, {amount})"
+                    ))
+                    .await?
+                }
+            }
+            ok(&tally, id);
+            conn.query_drop("COMMIT").await?;
+            ok(&tally, id);
+            Ok(())
+        }
+        .await;
+        let disconnected = matches!(result, Err(Error::Io(_) | Error::Driver(_)));
+        {
+            let mut t = tally.lock().unwrap();
+            match result {
+                Ok(()) => {
+                    t.committed.insert(tid);
+                }
+                Err(e) if rolled_back_by_failover(&e) => t.mismatches += 1,
+                // Stratus itself went away: the outcome of this transfer is unknown.
+                Err(_) if disconnected && reconnect => {
+                    t.uncertain.insert(tid);
+                }
+                Err(e) => t.errors.push(format!("writer {id} transfer {tid}: {e}")),
+            }
+        }
+        if disconnected {
+            if !reconnect {
+                return; // counted as an error; nothing more to do on this connection
+            }
+            conn = reconnect_until(&o, &stop).await;
+            stmts = None;
+        }
+    }
+    let _ = conn.disconnect().await;
+}
+
+/// A client that reads: the total (always the opening total), one balance, and a read-only
+/// transaction over both tables.
+async fn reader(o: OptsBuilder, id: i64, stop: Arc<AtomicBool>, tally: Shared, reconnect: bool) {
+    let mut conn = Conn::new(o.clone()).await.unwrap();
+    let mut i = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let result: Result<(), Error> = async {
+            let total: Option<i64> = match i % 3 {
+                0 => {
+                    conn.query_first("SELECT CAST(SUM(balance) AS SIGNED) FROM accounts")
+                        .await?
+                }
+                1 => {
+                    let acct = (i + id) % ACCOUNTS + 1;
+                    conn.exec_first::<i64, _, _>(
+                        "SELECT balance FROM accounts WHERE id = ?",
+                        (acct,),
+                    )
+                    .await?;
+                    None
+                }
+                _ => {
+                    conn.query_drop("START TRANSACTION READ ONLY").await?;
+                    let total = conn
+                        .query_first("SELECT CAST(SUM(balance) AS SIGNED) FROM accounts")
+                        .await?;
+                    conn.query_first::<i64, _>("SELECT COUNT(*) FROM transfers")
+                        .await?;
+                    conn.query_drop("COMMIT").await?;
+                    total
+                }
+            };
+            if let Some(total) = total {
+                if total != ACCOUNTS * OPENING {
+                    return Err(Error::Other(
+                        format!("total {total} (query {})", i % 3).into(),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let disconnected = matches!(result, Err(Error::Io(_) | Error::Driver(_)));
+        {
+            let mut t = tally.lock().unwrap();
+            match result {
+                Ok(()) => {
+                    t.reads += 1;
+                    t.successes.push((100 + id, Instant::now()));
+                }
+                Err(e) if rolled_back_by_failover(&e) => t.mismatches += 1,
+                Err(_) if disconnected && reconnect => {}
+                Err(e) => t.errors.push(format!("reader {id}: {e}")),
+            }
+        }
+        if disconnected {
+            if !reconnect {
+                return;
+            }
+            conn = reconnect_until(&o, &stop).await;
+        }
+    }
+    let _ = conn.disconnect().await;
+}
+
+/// After Stratus itself was killed: connect again once it is back (bounded).
+async fn reconnect_until(o: &OptsBuilder, stop: &AtomicBool) -> Conn {
+    let begin = Instant::now();
+    loop {
+        match Conn::new(o.clone()).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(
+                    begin.elapsed() < Duration::from_secs(120) && !stop.load(Ordering::Relaxed),
+                    "could not reconnect: {e}"
+                );
+                // Waiting for a restarted process we do not control; nothing to wait on but time.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The ledger after the run: balances add up, each account's balance is its opening balance
+/// plus what the ledger says moved, every committed transfer is there (once: it is the primary
+/// key), and nothing is there that the clients did not commit or could not know about.
+async fn audit(o: &OptsBuilder, tally: &Tally) -> usize {
+    let mut conn = Conn::new(o.clone()).await.unwrap();
+    let total: i64 = conn
+        .query_first("SELECT CAST(SUM(balance) AS SIGNED) FROM accounts")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(total, ACCOUNTS * OPENING, "money was created or destroyed");
+    let ledger: Vec<(i64, i64, i64, i64)> = conn
+        .query("SELECT id, src, dst, amount FROM transfers")
+        .await
+        .unwrap();
+    let mut expected: BTreeMap<i64, i64> = (1..=ACCOUNTS).map(|i| (i, OPENING)).collect();
+    let mut present = BTreeSet::new();
+    for (id, src, dst, amount) in &ledger {
+        *expected.get_mut(src).unwrap() -= amount;
+        *expected.get_mut(dst).unwrap() += amount;
+        present.insert(*id);
+    }
+    let balances: Vec<(i64, i64)> = conn
+        .query("SELECT id, balance FROM accounts ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        balances,
+        expected.into_iter().collect::<Vec<_>>(),
+        "a transfer was applied partly, or twice"
+    );
+    let lost: Vec<_> = tally.committed.difference(&present).collect();
+    assert!(lost.is_empty(), "committed transfers lost: {lost:?}");
+    let unexplained: Vec<_> = present
+        .iter()
+        .filter(|id| !tally.committed.contains(id) && !tally.uncertain.contains(id))
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "transfers in the ledger that no client committed: {unexplained:?}"
+    );
+    conn.disconnect().await.unwrap();
+    ledger.len()
+}
+
+/// For each kill, how long until every client had a statement succeed again: the stall the
+/// slowest client saw, from the kill to its next successful statement.
+fn failover_latencies(kills: &[Instant], successes: &[(i64, Instant)]) -> Vec<u128> {
+    let clients: BTreeSet<i64> = successes.iter().map(|(c, _)| *c).collect();
+    kills
+        .iter()
+        .filter_map(|k| {
+            clients
+                .iter()
+                .map(|c| {
+                    successes
+                        .iter()
+                        .filter(|(who, at)| who == c && at > k)
+                        .map(|(_, at)| at.duration_since(*k).as_millis())
+                        .min()
+                })
+                .collect::<Option<Vec<u128>>>()?
+                .into_iter()
+                .max()
+        })
+        .collect()
+}
+
+fn outcomes(s: &Stratus) -> String {
+    [
+        "retried",
+        "replayed",
+        "commit_confirmed",
+        "ended",
+        "mismatch",
+        "not_replayable",
+        "unknown",
+        "gave_up",
+    ]
+    .iter()
+    .map(|o| {
+        let n = s
+            .metric(&format!(
+                "stratus_proxy_failovers_total{{db=\"bank\",outcome=\"{o}\"}}"
+            ))
+            .unwrap_or(0.0);
+        format!("{o} {n}")
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_carry_on_while_the_server_is_killed_every_10_s() {
+    let mut s = Stratus::new("chaos");
+    s.start();
+    let o = open_bank(&s).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally: Shared = Arc::default();
+    let mut clients = tokio::task::JoinSet::new();
+    for id in 1..=4 {
+        clients.spawn(writer(
+            o.clone(),
+            id,
+            id % 2 == 0,
+            stop.clone(),
+            tally.clone(),
+            false,
+        ));
+    }
+    for id in 1..=2 {
+        clients.spawn(reader(o.clone(), id, stop.clone(), tally.clone(), false));
+    }
+    let begin = Instant::now();
+    let mut kills = Vec::new();
+    for k in 1..=5u32 {
+        // The chaos schedule: a kill every 10 s of wall time.
+        tokio::time::sleep_until((begin + Duration::from_secs(10) * k).into()).await;
+        let pid = server_pid(&s);
+        signal(pid, rustix::process::Signal::KILL);
+        kills.push(Instant::now());
+    }
+    tokio::time::sleep_until((begin + Duration::from_secs(56)).into()).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = clients.join_next().await {
+        r.unwrap();
+    }
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    let ledger = audit(&o, &tally).await;
+    let latencies = failover_latencies(&kills, &tally.successes);
+    let events = s.json(&["events", "--db", "bank", "--limit", "1000"]);
+    let crashed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "crashed")
+        .count();
+    let failovers = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "failover")
+        .count();
+    println!(
+        "chaos: {} kills of mariadbd in {:.0} s; {} transfers committed ({} in the ledger), {} reads; \
+         {} rolled back by failover (replay mismatch); {} other errors",
+        kills.len(),
+        begin.elapsed().as_secs_f64(),
+        tally.committed.len(),
+        ledger,
+        tally.reads,
+        tally.mismatches,
+        tally.errors.len()
+    );
+    let proxy_mean_ms = s
+        .metric("stratus_proxy_failover_seconds_sum{db=\"bank\"}")
+        .zip(s.metric("stratus_proxy_failover_seconds_count{db=\"bank\"}"))
+        .map_or(0.0, |(sum, n)| sum * 1000.0 / n.max(1.0));
+    println!(
+        "chaos: failover latency, kill -> next successful statement of every client (ms): {latencies:?}; \
+         the proxy's own (lost backend -> answer), mean over all cut-off statements: {proxy_mean_ms:.1} ms"
+    );
+    println!("chaos: proxy failovers by outcome: {}", outcomes(&s));
+    println!("chaos: events: {crashed} crashed, {failovers} failover");
+    assert!(
+        tally.errors.is_empty(),
+        "client errors: {:#?}",
+        tally.errors
+    );
+    assert_eq!(crashed, kills.len(), "every kill was noticed");
+    assert_eq!(
+        latencies.len(),
+        kills.len(),
+        "clients carried on after every kill"
+    );
+    let replayed = s
+        .metric("stratus_proxy_failovers_total{db=\"bank\",outcome=\"replayed\"}")
+        .unwrap_or(0.0);
+    assert!(
+        replayed > 0.0,
+        "transactions were replayed: {}",
+        outcomes(&s)
+    );
+    assert!(failovers > 0, "failovers are recorded as events");
+    assert!(tally.committed.len() > 100, "the writers made progress");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_stratus_loses_connections_not_commits() {
+    let mut s = Stratus::new("chaos-up");
+    s.start();
+    let o = open_bank(&s).await;
+    let before = s.json(&["db", "show", "bank"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally: Shared = Arc::default();
+    let mut clients = tokio::task::JoinSet::new();
+    for id in 1..=3 {
+        clients.spawn(writer(
+            o.clone(),
+            id,
+            id % 2 == 0,
+            stop.clone(),
+            tally.clone(),
+            true,
+        ));
+    }
+    clients.spawn(reader(o.clone(), 1, stop.clone(), tally.clone(), true));
+    let committed_before = |t: &Shared| t.lock().unwrap().committed.len();
+    for round in 0..2 {
+        // Let the clients commit, then take Stratus away under them.
+        let start = committed_before(&tally);
+        let begin = Instant::now();
+        while committed_before(&tally) < start + 50 {
+            assert!(
+                begin.elapsed() < Duration::from_secs(60),
+                "no progress in round {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s.kill9();
+        s.start();
+    }
+    let resumed = committed_before(&tally);
+    let begin = Instant::now();
+    while committed_before(&tally) < resumed + 50 {
+        assert!(
+            begin.elapsed() < Duration::from_secs(60),
+            "no progress after the restarts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = clients.join_next().await {
+        r.unwrap();
+    }
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    let ledger = audit(&o, &tally).await;
+    println!(
+        "stratus restarted twice: {} transfers committed, {} of unknown outcome, {} in the ledger; {} other errors",
+        tally.committed.len(),
+        tally.uncertain.len(),
+        ledger,
+        tally.errors.len()
+    );
+    assert!(
+        tally.errors.is_empty(),
+        "client errors: {:#?}",
+        tally.errors
+    );
+    // The catalog is intact: the same database, its server adopted, its accounts working.
+    let after = s.json(&["db", "show", "bank"]);
+    for field in ["name", "state", "scu", "port", "pid", "user"] {
+        assert_eq!(before[field], after[field], "{field} changed");
+    }
+    let users = s.json(&["user", "list", "bank"]);
+    assert_eq!(users.as_array().unwrap().len(), 1, "{users}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_match_or_roll_back_and_commits_are_answered_truthfully() {
+    let mut s = Stratus::new("replay");
+    s.start();
+    let o = open_bank(&s).await;
+    let mut conn = Conn::new(o.clone()).await.unwrap();
+    let count = |c: &'static str| format!("SELECT COUNT(*) FROM transfers WHERE src = {c}");
+
+    // A transaction whose replay gives the same answers carries on.
+    conn.query_drop("BEGIN").await.unwrap();
+    conn.query_drop("INSERT INTO transfers VALUES (1, 1, 2, 10)")
+        .await
+        .unwrap();
+    let seen: Option<i64> = conn.query_first(count("1")).await.unwrap();
+    signal(server_pid(&s), rustix::process::Signal::KILL);
+    conn.query_drop("INSERT INTO transfers VALUES (2, 1, 3, 10)")
+        .await
+        .unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    let after: Option<i64> = conn.query_first(count("1")).await.unwrap();
+    assert_eq!((seen, after), (Some(1), Some(2)));
+
+    // One whose replay differs is rolled back, with an error that says so; the session goes on.
+    conn.query_drop("BEGIN").await.unwrap();
+    conn.query_drop("INSERT INTO transfers VALUES (3, 2, 1, 10)")
+        .await
+        .unwrap();
+    let _: Option<f64> = conn.query_first("SELECT RAND()").await.unwrap();
+    signal(server_pid(&s), rustix::process::Signal::KILL);
+    let err = conn
+        .query_drop("INSERT INTO transfers VALUES (4, 2, 1, 10)")
+        .await
+        .unwrap_err();
+    assert!(rolled_back_by_failover(&err), "{err}");
+    let rolled_back: Option<i64> = conn.query_first(count("2")).await.unwrap();
+    assert_eq!(
+        rolled_back,
+        Some(0),
+        "nothing of the mismatched transaction stays"
+    );
+
+    // A COMMIT that the server never answered: the marker says it did not commit, so the
+    // transaction is replayed and committed, once.
+    conn.query_drop("BEGIN").await.unwrap();
+    conn.query_drop("INSERT INTO transfers VALUES (5, 3, 1, 10)")
+        .await
+        .unwrap();
+    let pid = server_pid(&s);
+    signal(pid, rustix::process::Signal::STOP);
+    let commit = tokio::spawn(async move { conn.query_drop("COMMIT").await.map(|()| conn) });
+    s.wait_for_metric(
+        "stratus_proxy_statements_running{db=\"bank\"}",
+        1.0,
+        Duration::from_secs(10),
+    );
+    signal(pid, rustix::process::Signal::KILL);
+    let mut conn = commit.await.unwrap().expect("the COMMIT is answered OK");
+    let committed: Option<i64> = conn.query_first(count("3")).await.unwrap();
+    assert_eq!(committed, Some(1));
+
+    // A write outside a transaction cut off the same way: its effect is unknown, and the client
+    // is told so rather than the statement being repeated.
+    let pid = server_pid(&s);
+    signal(pid, rustix::process::Signal::STOP);
+    let write = tokio::spawn(async move {
+        let r = conn
+            .query_drop("INSERT INTO transfers VALUES (6, 4, 1, 10)")
+            .await;
+        (r, conn)
+    });
+    s.wait_for_metric(
+        "stratus_proxy_statements_running{db=\"bank\"}",
+        1.0,
+        Duration::from_secs(10),
+    );
+    signal(pid, rustix::process::Signal::KILL);
+    let (r, mut conn) = write.await.unwrap();
+    let err = r.unwrap_err();
+    assert!(
+        matches!(&err, Error::Server(e) if e.code == 1927 && e.message.contains("may or may not")),
+        "{err}"
+    );
+    let n: Option<i64> = conn.query_first(count("4")).await.unwrap();
+    assert_eq!(n, Some(0), "the server never saw it");
+
+    println!("replay: proxy failovers by outcome: {}", outcomes(&s));
+    let m = |o: &str| {
+        s.metric(&format!(
+            "stratus_proxy_failovers_total{{db=\"bank\",outcome=\"{o}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (m("replayed"), m("mismatch"), m("unknown")),
+        (2.0, 1.0, 1.0)
+    );
+}
