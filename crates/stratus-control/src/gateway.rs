@@ -7,6 +7,10 @@ use stratus_core::{DbState, EventKind, ServiceName, UserName};
 use stratus_runtime::Runtime;
 use stratus_store::Store;
 
+/// How long a refused connection waits for the server's exit to be observed; a server that is
+/// still alive after this is handed out again.
+const UNREACHABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// The stored `SHA1(SHA1(password))` of a routed user, and whether its database requires TLS.
     pub async fn account_hash(&self, service: &str, user: &str) -> Option<([u8; 20], bool)> {
@@ -18,6 +22,19 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .into_iter()
             .find(|u| u.name == user)
             .map(|u| (u.hash.0, svc.require_tls))
+    }
+
+    /// A client could not connect to `addr`: if that is the server's address, wait (briefly) for
+    /// the runtime to see it gone, so the next lookup starts a new one rather than handing out
+    /// the dying one again.
+    pub async fn server_unreachable(&self, service: &str, addr: SocketAddr) {
+        let Ok(name) = ServiceName::parse(service) else {
+            return;
+        };
+        if self.runtime.endpoint(&name) == Some(addr) {
+            let gone = self.runtime.wait_gone(&name, UNREACHABLE_WAIT).await;
+            tracing::info!(db = %name, %addr, gone, "server refused a connection");
+        }
     }
 
     /// The server's address if it runs; with `wake`, starts it first (one start however many

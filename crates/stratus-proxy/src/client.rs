@@ -896,10 +896,8 @@ impl<D: Directory> Session<D> {
                 .backend(&svc, false)
                 .await
                 .map_err(|m| SqlError::unavailable(&svc, &m))?;
-            // A server that is exiting refuses connections for a moment before the runtime
-            // sees it gone; then the lookup waits for the restart.
             let mut last = None;
-            for _ in 0..10 {
+            for _ in 0..3 {
                 let a = match addr {
                     Some(a) => a,
                     None => {
@@ -913,11 +911,12 @@ impl<D: Directory> Session<D> {
                 match self.connect(a).await {
                     Ok(()) => return Ok(woke),
                     Err(BackendError::Server(e)) => return Err(e),
-                    // Stopped between lookup and connect: wake it.
+                    // Stopped or crashed between lookup and connect: once the directory has seen
+                    // it gone, the lookup wakes or waits for the restart.
                     Err(e) => {
                         last = Some(format!("{a}: {e:?}"));
+                        dir.unreachable(&svc, a).await;
                         addr = None;
-                        tokio::task::yield_now().await;
                     }
                 }
             }

@@ -49,6 +49,10 @@ pub trait Directory: Send + Sync + 'static {
         wake: bool,
     ) -> impl Future<Output = Result<Option<SocketAddr>, String>> + Send;
 
+    /// A connection to `addr`, which `backend` gave, was refused: returns once the directory
+    /// knows whether that server is gone (then the next `backend` call starts another).
+    fn unreachable(&self, service: &str, addr: SocketAddr) -> impl Future<Output = ()> + Send;
+
     /// A client changed accounts in SQL (`CREATE USER`, `SET PASSWORD`…) on `service`: the
     /// directory re-reads them, so the next login sees the change.
     fn accounts_changed(&self, service: &str) -> impl Future<Output = ()> + Send;

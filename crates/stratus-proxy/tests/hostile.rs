@@ -29,6 +29,8 @@ impl Directory for Accounts {
         }
     }
 
+    async fn unreachable(&self, _service: &str, _addr: SocketAddr) {}
+
     async fn accounts_changed(&self, _service: &str) {}
 
     fn failover(&self, _service: &str, _report: stratus_proxy::replay::Failover) {}

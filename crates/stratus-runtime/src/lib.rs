@@ -178,6 +178,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// on every new client connection.
     fn endpoint(&self, name: &ServiceName) -> Option<std::net::SocketAddr>;
 
+    /// Waits, at most `limit`, for the server to be seen gone: a client found it refusing
+    /// connections, which a dying server does a moment before its exit can be observed. True if
+    /// it is gone.
+    fn wait_gone(&self, name: &ServiceName, limit: Duration) -> impl Future<Output = bool> + Send;
+
     /// Stops the server if it runs and deletes its storage and resource group.
     fn destroy(&self, name: &ServiceName) -> impl Future<Output = Result<()>> + Send;
 

@@ -51,6 +51,14 @@ impl Directory for ControlDirectory {
             .map_err(|e| format!("control plane task failed: {e}"))?
     }
 
+    async fn unreachable(&self, service: &str, addr: SocketAddr) {
+        let (cp, service) = (self.cp.clone(), service.to_owned());
+        let _ = self
+            .runtime
+            .spawn(async move { cp.server_unreachable(&service, addr).await })
+            .await;
+    }
+
     async fn accounts_changed(&self, service: &str) {
         let (cp, service) = (self.cp.clone(), service.to_owned());
         let done = self

@@ -552,6 +552,14 @@ impl Runtime for LocalRuntime {
             .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], proc.port)))
     }
 
+    async fn wait_gone(&self, name: &ServiceName, limit: Duration) -> bool {
+        let proc = self.inner.procs().get(name.as_str()).cloned();
+        match proc {
+            Some(p) => tokio::time::timeout(limit, p.wait_exit()).await.is_ok(),
+            None => true,
+        }
+    }
+
     async fn destroy(&self, name: &ServiceName) -> Result<()> {
         self.inner.destroy(name.as_str()).await
     }
