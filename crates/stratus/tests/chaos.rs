@@ -611,6 +611,8 @@ async fn replays_match_or_roll_back_and_commits_are_answered_truthfully() {
     };
     assert_eq!(
         (m("replayed"), m("mismatch"), m("unknown")),
-        (2.0, 1.0, 1.0)
+        (2.0, 1.0, 1.0),
+        "{}",
+        outcomes(&s)
     );
 }
