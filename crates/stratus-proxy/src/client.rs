@@ -348,7 +348,22 @@ impl<D: Directory> Session<D> {
                 }
             }
             COM_CHANGE_USER => self.change_user(&raw, lp, seq).await?,
-            COM_INIT_DB | COM_FIELD_LIST | COM_SET_OPTION | COM_STATISTICS | COM_PROCESS_INFO
+            COM_INIT_DB => {
+                // Inside a transaction it is part of it: a replay must change schema there too.
+                self.hashing = self.state.in_transaction;
+                let out = Outgoing::Raw(&raw);
+                let r = self
+                    .forward_retrying(out, seq, Expect::One, OnLoss::Retry)
+                    .await?;
+                let class = Recording {
+                    writes: false,
+                    single: true,
+                    kind: Some(Kind::Use),
+                };
+                let payload = packet::payload(&raw, lp).into_owned();
+                self.record(None, &r, &payload, Some(Expect::One), class);
+            }
+            COM_FIELD_LIST | COM_SET_OPTION | COM_STATISTICS | COM_PROCESS_INFO
             | COM_PROCESS_KILL | COM_DEBUG | COM_REFRESH => {
                 let expect = expect(cmd).unwrap_or(Expect::One);
                 self.forward(&raw, seq, expect).await?;
@@ -1131,6 +1146,8 @@ impl<D: Directory> Session<D> {
                     match self.statement_bytes(raw, lp, *id, *cmd).await {
                         Ok(None) => self.exchange(raw, expect, None, false).await,
                         Ok(Some(bytes)) => self.exchange(&bytes, expect, None, false).await,
+                        // Preparing it again found the backend gone: a lost backend like any.
+                        Err(e) if e.code == ER_UNAVAILABLE => Err(RelayError::LostBeforeAnswer),
                         Err(e) => break self.answer_error(seq, e).await,
                     }
                 }
@@ -1207,6 +1224,29 @@ impl<D: Directory> Session<D> {
                 // From here the marker may have been written, even if its answer never comes.
                 self.marker.written = true;
                 let d = self.drain(Expect::ResultSets { binary: false }).await?;
+                if d.error == Some(ER_LOCK_DEADLOCK) {
+                    // The marker's row lock made this transaction a deadlock victim: the server
+                    // rolled it back, so the COMMIT behind commits nothing, and the client must
+                    // hear of the deadlock, not get that COMMIT's OK.
+                    self.marker.written = false;
+                    self.drain(expect).await?;
+                    self.state.in_transaction = false;
+                    let err = SqlError {
+                        code: ER_LOCK_DEADLOCK,
+                        state: "40001",
+                        message: "Deadlock found when trying to get lock; try restarting transaction"
+                            .into(),
+                    };
+                    // COMMIT is one packet (sequence 0): its answer is number 1.
+                    self.client
+                        .send(1, &err.packet())
+                        .await
+                        .map_err(|_| RelayError::Client)?;
+                    return Ok(Relayed {
+                        error: Some(ER_LOCK_DEADLOCK),
+                        ..Relayed::default()
+                    });
+                }
                 if let Some(code) = d.error {
                     self.marker.written = false;
                     if replay::marker_unusable(code) {
