@@ -1410,8 +1410,7 @@ impl<D: Directory> Session<D> {
         failover: Option<(Instant, u32)>,
         outcome: Outcome,
     ) -> Result<Relayed, End> {
-        self.txlog.clear();
-        self.state.in_transaction = false;
+        self.forget_transaction();
         let status = self.status();
         self.client
             .send(seq, &response::ok(status, 0, self.client_caps()))
@@ -1457,8 +1456,7 @@ impl<D: Directory> Session<D> {
                 self.drop_backend();
             }
         }
-        self.txlog.clear();
-        self.state.in_transaction = false;
+        self.forget_transaction();
         self.report_failover(f, outcome, err.message.clone());
         self.answer_error(seq, err).await
     }
@@ -1483,19 +1481,14 @@ impl<D: Directory> Session<D> {
     ) -> Result<Relayed, End> {
         let in_trans = self.txlog.active;
         self.drop_backend();
-        self.txlog.clear();
-        self.state.in_transaction = false;
+        self.forget_transaction();
         let err = if in_trans {
             self.rolled_back(&format!("it was not carried over within {} attempts", f.1))
         } else {
-            SqlError {
-                code: 1927,
-                state: "70100",
-                message: format!(
-                    "Connection to database {} was lost during the statement ({on_loss:?}) and no new connection answered it in {} attempts",
-                    self.service, f.1
-                ),
-            }
+            self.lost_during_statement(&format!(
+                "no new connection answered it ({on_loss:?}) in {} attempts",
+                f.1
+            ))
         };
         self.report_failover(f, Outcome::GaveUp, err.message.clone());
         self.answer_error(seq, err).await
@@ -1509,8 +1502,7 @@ impl<D: Directory> Session<D> {
         on_loss: OnLoss,
     ) -> Result<Relayed, End> {
         let was_in = self.txlog.active;
-        self.txlog.clear();
-        self.state.in_transaction = false;
+        self.forget_transaction();
         let what = match on_loss {
             OnLoss::Commit => {
                 "whether the transaction committed is unknown (commit markers are off for this session)"
@@ -1518,16 +1510,27 @@ impl<D: Directory> Session<D> {
             _ if was_in => "the transaction was rolled back, unless the statement had committed it",
             _ => "it may or may not have taken effect",
         };
-        let err = SqlError {
+        let err = self.lost_during_statement(&format!("it was not repeated: {what}"));
+        self.report_failover(f, Outcome::Unknown, err.message.clone());
+        self.answer_error(seq, err).await
+    }
+
+    /// Error 1927 (`ER_CONNECTION_KILLED`), for a statement its server never answered.
+    fn lost_during_statement(&self, why: &str) -> SqlError {
+        SqlError {
             code: 1927,
             state: "70100",
             message: format!(
-                "Connection to database {} was lost during the statement; it was not repeated: {what}",
+                "Connection to database {} was lost during the statement; {why}",
                 self.service
             ),
-        };
-        self.report_failover(f, Outcome::Unknown, err.message.clone());
-        self.answer_error(seq, err).await
+        }
+    }
+
+    /// The client's transaction is over, whatever ended it.
+    fn forget_transaction(&mut self) {
+        self.txlog.clear();
+        self.state.in_transaction = false;
     }
 
     /// Answers the command with an error; the session goes on.

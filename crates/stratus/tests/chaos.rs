@@ -241,6 +241,40 @@ async fn reader(o: OptsBuilder, id: i64, stop: Arc<AtomicBool>, tally: Shared, r
     let _ = conn.disconnect().await;
 }
 
+/// The writers (half of them with prepared statements) and readers of a run.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    tally: Shared,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Clients {
+    /// `reconnect`: a lost connection is expected (Stratus itself is killed), not an error.
+    fn start(o: &OptsBuilder, writers: i64, readers: i64, reconnect: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally: Shared = Arc::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in 1..=writers {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            tasks.spawn(writer(o.clone(), id, id % 2 == 0, stop, tally, reconnect));
+        }
+        for id in 1..=readers {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            tasks.spawn(reader(o.clone(), id, stop, tally, reconnect));
+        }
+        Self { stop, tally, tasks }
+    }
+
+    /// Stops them and returns what they saw.
+    async fn stop(mut self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        while let Some(r) = self.tasks.join_next().await {
+            r.unwrap();
+        }
+        std::mem::take(&mut *self.tally.lock().unwrap())
+    }
+}
+
 /// After Stratus itself was killed: connect again once it is back (bounded).
 async fn reconnect_until(o: &OptsBuilder, stop: &AtomicBool) -> Conn {
     let begin = Instant::now();
@@ -356,22 +390,7 @@ async fn clients_carry_on_while_the_server_is_killed_every_10_s() {
     let mut s = Stratus::new("chaos");
     s.start();
     let o = open_bank(&s).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally: Shared = Arc::default();
-    let mut clients = tokio::task::JoinSet::new();
-    for id in 1..=4 {
-        clients.spawn(writer(
-            o.clone(),
-            id,
-            id % 2 == 0,
-            stop.clone(),
-            tally.clone(),
-            false,
-        ));
-    }
-    for id in 1..=2 {
-        clients.spawn(reader(o.clone(), id, stop.clone(), tally.clone(), false));
-    }
+    let clients = Clients::start(&o, 4, 2, false);
     let begin = Instant::now();
     let mut kills = Vec::new();
     for k in 1..=5u32 {
@@ -382,11 +401,7 @@ async fn clients_carry_on_while_the_server_is_killed_every_10_s() {
         kills.push(Instant::now());
     }
     tokio::time::sleep_until((begin + Duration::from_secs(56)).into()).await;
-    stop.store(true, Ordering::Relaxed);
-    while let Some(r) = clients.join_next().await {
-        r.unwrap();
-    }
-    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    let tally = clients.stop().await;
     let ledger = audit(&o, &tally).await;
     let latencies = failover_latencies(&kills, &tally.successes);
     let events = s.json(&["events", "--db", "bank", "--limit", "1000"]);
@@ -452,20 +467,8 @@ async fn killing_stratus_loses_connections_not_commits() {
     s.start();
     let o = open_bank(&s).await;
     let before = s.json(&["db", "show", "bank"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally: Shared = Arc::default();
-    let mut clients = tokio::task::JoinSet::new();
-    for id in 1..=3 {
-        clients.spawn(writer(
-            o.clone(),
-            id,
-            id % 2 == 0,
-            stop.clone(),
-            tally.clone(),
-            true,
-        ));
-    }
-    clients.spawn(reader(o.clone(), 1, stop.clone(), tally.clone(), true));
+    let clients = Clients::start(&o, 3, 1, true);
+    let tally = clients.tally.clone();
     let committed_before = |t: &Shared| t.lock().unwrap().committed.len();
     for round in 0..2 {
         // Let the clients commit, then take Stratus away under them.
@@ -490,11 +493,7 @@ async fn killing_stratus_loses_connections_not_commits() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    while let Some(r) = clients.join_next().await {
-        r.unwrap();
-    }
-    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    let tally = clients.stop().await;
     let ledger = audit(&o, &tally).await;
     println!(
         "stratus restarted twice: {} transfers committed, {} of unknown outcome, {} in the ledger; {} other errors",
