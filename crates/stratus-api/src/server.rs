@@ -25,6 +25,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use stratus_control::{ControlError, ControlPlane};
+use stratus_core::metrics;
 use stratus_runtime::Runtime;
 use stratus_store::{EventFilter, Store};
 
@@ -175,9 +176,11 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
     use std::fmt::Write;
     let mut out = String::new();
     let services = st.cp.store().services().await?;
-    let _ = writeln!(
-        out,
-        "# HELP stratus_database_scu Current size in SCU.\n# TYPE stratus_database_scu gauge"
+    metrics::header(
+        &mut out,
+        "stratus_database_scu",
+        "gauge",
+        "Current size in SCU.",
     );
     for svc in &services {
         let _ = writeln!(
@@ -187,9 +190,11 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
             svc.scu
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP stratus_database_state 1 for the state each database is in.\n# TYPE stratus_database_state gauge"
+    metrics::header(
+        &mut out,
+        "stratus_database_state",
+        "gauge",
+        "1 for the state each database is in.",
     );
     for svc in &services {
         let _ = writeln!(
@@ -199,9 +204,11 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
             svc.state
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP stratus_database_cpu_millicores CPU use over the last second.\n# TYPE stratus_database_cpu_millicores gauge"
+    metrics::header(
+        &mut out,
+        "stratus_database_cpu_millicores",
+        "gauge",
+        "CPU use over the last second.",
     );
     let measured: Vec<_> = services
         .iter()
@@ -215,9 +222,11 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP stratus_database_memory_bytes Memory in use.\n# TYPE stratus_database_memory_bytes gauge"
+    metrics::header(
+        &mut out,
+        "stratus_database_memory_bytes",
+        "gauge",
+        "Memory in use.",
     );
     for (name, m) in &measured {
         let _ = writeln!(
@@ -226,9 +235,11 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
             m.memory_bytes
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP stratus_database_buffer_pool_hit_ratio InnoDB buffer-pool hit ratio between the last two samples.\n# TYPE stratus_database_buffer_pool_hit_ratio gauge"
+    metrics::header(
+        &mut out,
+        "stratus_database_buffer_pool_hit_ratio",
+        "gauge",
+        "InnoDB buffer-pool hit ratio between the last two samples.",
     );
     for (name, m) in &measured {
         if let Some(r) = m.buffer_pool_hit_ratio {
@@ -239,12 +250,20 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
         }
     }
     let pool = st.cp.pool_status();
-    let _ = writeln!(
-        out,
-        "# HELP stratus_warm_pool_ready Spare servers ready for new databases.\n# TYPE stratus_warm_pool_ready gauge\nstratus_warm_pool_ready {}\n\
-         # HELP stratus_warm_pool_target Spare servers the pool aims for.\n# TYPE stratus_warm_pool_target gauge\nstratus_warm_pool_target {}",
-        pool.ready, pool.target
+    metrics::header(
+        &mut out,
+        "stratus_warm_pool_ready",
+        "gauge",
+        "Spare servers ready for new databases.",
     );
+    let _ = writeln!(out, "stratus_warm_pool_ready {}", pool.ready);
+    metrics::header(
+        &mut out,
+        "stratus_warm_pool_target",
+        "gauge",
+        "Spare servers the pool aims for.",
+    );
+    let _ = writeln!(out, "stratus_warm_pool_target {}", pool.target);
     out.push_str(&(st.metrics)());
     Ok((
         [(

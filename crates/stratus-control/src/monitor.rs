@@ -197,7 +197,6 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    /// Applies an autoscaler decision, recording the measurement behind it.
     /// Applies an autoscaler decision, recording the measurement behind it. Growing, the
     /// quota is what the load waits for: it is raised and recorded first, and the buffer pool
     /// follows (a shrink goes the other way round, pool first).
@@ -245,18 +244,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         )
         .await;
         if grow {
-            let mut conn = self.admin(name, svc.port, &svc.admin_password).await?;
-            let warnings = conn
-                .exec_with_warnings(&format!(
-                    "SET GLOBAL innodb_buffer_pool_size = {}",
-                    target.buffer_pool_bytes
-                ))
-                .await?;
-            let actual: Option<u64> = conn
-                .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
-                .await?;
-            conn.close().await;
-            let actual = actual.unwrap_or(0);
+            let (actual, warnings) = self.set_buffer_pool(&svc, target.buffer_pool_bytes).await?;
             svc.buffer_pool_bytes = actual;
             self.store.update_service(&svc).await?;
             if actual != target.buffer_pool_bytes || !warnings.is_empty() {

@@ -34,17 +34,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .set_limits(name, to.cpu_millis, to.memory_bytes)
                 .await?;
         }
-        let mut conn = self.admin(name, svc.port, &svc.admin_password).await?;
-        let warnings = conn
-            .exec_with_warnings(&format!(
-                "SET GLOBAL innodb_buffer_pool_size = {}",
-                to.buffer_pool_bytes
-            ))
-            .await?;
-        let actual: Option<u64> = conn
-            .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
-            .await?;
-        conn.close().await;
+        let (actual, warnings) = self.set_buffer_pool(svc, to.buffer_pool_bytes).await?;
         if !grow {
             self.runtime
                 .set_limits(name, to.cpu_millis, to.memory_bytes)
@@ -52,8 +42,28 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         Ok(Applied {
             buffer_pool_requested: to.buffer_pool_bytes,
-            buffer_pool_actual: actual.unwrap_or(0),
+            buffer_pool_actual: actual,
             warnings,
         })
+    }
+
+    /// Asks the server for a buffer pool of `bytes`; returns the size it really took and its
+    /// warnings.
+    pub(crate) async fn set_buffer_pool(
+        &self,
+        svc: &DatabaseService,
+        bytes: u64,
+    ) -> Result<(u64, Vec<String>)> {
+        let mut conn = self
+            .admin(svc.name(), svc.port, &svc.admin_password)
+            .await?;
+        let warnings = conn
+            .exec_with_warnings(&format!("SET GLOBAL innodb_buffer_pool_size = {bytes}"))
+            .await?;
+        let actual: Option<u64> = conn
+            .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
+            .await?;
+        conn.close().await;
+        Ok((actual.unwrap_or(0), warnings))
     }
 }

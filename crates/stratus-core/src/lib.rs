@@ -9,6 +9,7 @@ pub mod activity;
 pub mod commit_marker;
 pub mod event;
 pub mod fs;
+pub mod metrics;
 pub mod names;
 pub mod password;
 pub mod policy;

@@ -6,6 +6,7 @@ use crate::replay::Outcome;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use stratus_core::metrics;
 
 #[derive(Debug, Default)]
 pub struct ServiceActivity {
@@ -132,7 +133,7 @@ impl Activity {
         let mut out = String::new();
         let mut family =
             |name: &str, kind: &str, help: &str, value: &dyn Fn(&ServiceActivity) -> u64| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                metrics::header(&mut out, name, kind, help);
                 for (db, a) in &all {
                     let _ = writeln!(out, "{name}{{db=\"{db}\"}} {}", value(a));
                 }
@@ -187,9 +188,11 @@ impl Activity {
             &|a| l(&a.pooled),
         );
         let name = "stratus_proxy_failovers_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Statements cut off by a lost backend, by outcome.\n# TYPE {name} counter"
+        metrics::header(
+            &mut out,
+            name,
+            "counter",
+            "Statements cut off by a lost backend, by outcome.",
         );
         for (db, a) in &all {
             for o in Outcome::ALL {
@@ -198,7 +201,7 @@ impl Activity {
             }
         }
         let mut histogram = |name: &str, help: &str, h: &dyn Fn(&ServiceActivity) -> &Histogram| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            metrics::header(&mut out, name, "histogram", help);
             for (db, a) in &all {
                 let (buckets, count, sum_us) = h(a).cumulative();
                 for (le, n) in BUCKETS_US.iter().zip(buckets) {

@@ -5,7 +5,7 @@
 
 use crate::activity::ServiceActivity;
 use crate::backend::{Backend, BackendError, Login};
-use crate::error::SqlError;
+use crate::error::{ER_LOCK_DEADLOCK, ER_UNAVAILABLE, SqlError};
 use crate::login::login;
 use crate::pool;
 use crate::prepared::Statements;
@@ -1231,12 +1231,7 @@ impl<D: Directory> Session<D> {
                     self.marker.written = false;
                     self.drain(expect).await?;
                     self.state.in_transaction = false;
-                    let err = SqlError {
-                        code: ER_LOCK_DEADLOCK,
-                        state: "40001",
-                        message: "Deadlock found when trying to get lock; try restarting transaction"
-                            .into(),
-                    };
+                    let err = SqlError::deadlock();
                     // COMMIT is one packet (sequence 0): its answer is number 1.
                     self.client
                         .send(1, &err.packet())
@@ -1462,14 +1457,7 @@ impl<D: Directory> Session<D> {
     }
 
     fn rolled_back(&self, why: &str) -> SqlError {
-        SqlError {
-            code: ER_LOCK_DEADLOCK,
-            state: "40001",
-            message: format!(
-                "Transaction rolled back by failover: the server of database {} was lost and {why}; try restarting transaction",
-                self.service
-            ),
-        }
+        SqlError::rolled_back_by_failover(&self.service, why)
     }
 
     /// Out of attempts or time.
@@ -1515,16 +1503,8 @@ impl<D: Directory> Session<D> {
         self.answer_error(seq, err).await
     }
 
-    /// Error 1927 (`ER_CONNECTION_KILLED`), for a statement its server never answered.
     fn lost_during_statement(&self, why: &str) -> SqlError {
-        SqlError {
-            code: 1927,
-            state: "70100",
-            message: format!(
-                "Connection to database {} was lost during the statement; {why}",
-                self.service
-            ),
-        }
+        SqlError::connection_lost(&self.service, why)
     }
 
     /// The client's transaction is over, whatever ended it.
@@ -1709,13 +1689,6 @@ fn settle(state: &mut SessionState, autocommit: &mut bool, t: &Tracker, expect: 
         *autocommit = t.status & caps::STATUS_AUTOCOMMIT != 0;
     }
 }
-
-/// `ER_LOCK_DEADLOCK`: the transaction was rolled back; also what a client gets when its
-/// transaction could not be carried over a failover, since the remedy is the same.
-const ER_LOCK_DEADLOCK: u16 = 1213;
-
-/// The code of [`SqlError::unavailable`].
-const ER_UNAVAILABLE: u16 = 1105;
 
 /// Moves one session's contribution to a shared gauge when its own flag changes.
 fn track(gauge: &std::sync::atomic::AtomicU64, reported: &mut bool, now: bool) {

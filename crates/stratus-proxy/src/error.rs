@@ -12,6 +12,12 @@ pub struct SqlError {
     pub message: String,
 }
 
+/// `ER_LOCK_DEADLOCK`: the server rolled the whole transaction back.
+pub const ER_LOCK_DEADLOCK: u16 = 1213;
+
+/// The code of [`SqlError::unavailable`].
+pub const ER_UNAVAILABLE: u16 = 1105;
+
 impl SqlError {
     pub fn packet(&self) -> Vec<u8> {
         response::err(self.code, self.state, &self.message)
@@ -87,9 +93,38 @@ impl SqlError {
     /// The database could not be woken or reached.
     pub fn unavailable(db: &str, why: &str) -> Self {
         Self {
-            code: 1105,
+            code: ER_UNAVAILABLE,
             state: "HY000",
             message: format!("Stratus: database {db} is unavailable: {why}"),
+        }
+    }
+
+    /// The server's own deadlock error: its transaction was rolled back.
+    pub fn deadlock() -> Self {
+        Self {
+            code: ER_LOCK_DEADLOCK,
+            state: "40001",
+            message: "Deadlock found when trying to get lock; try restarting transaction".into(),
+        }
+    }
+
+    /// A transaction that could not be carried over a failover: rolled back, in the terms of a
+    /// deadlock, whose remedy (run it again) is the same.
+    pub fn rolled_back_by_failover(db: &str, why: &str) -> Self {
+        Self {
+            message: format!(
+                "Transaction rolled back by failover: the server of database {db} was lost and {why}; try restarting transaction"
+            ),
+            ..Self::deadlock()
+        }
+    }
+
+    /// `ER_CONNECTION_KILLED`, for a statement its server never answered.
+    pub fn connection_lost(db: &str, why: &str) -> Self {
+        Self {
+            code: 1927,
+            state: "70100",
+            message: format!("Connection to database {db} was lost during the statement; {why}"),
         }
     }
 

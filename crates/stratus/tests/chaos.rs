@@ -272,6 +272,21 @@ impl Clients {
     }
 }
 
+/// Waits (bounded) until the writers have committed 50 more transfers.
+async fn fifty_more_commits(tally: &Shared, when: &str) {
+    let committed = || tally.lock().unwrap().committed.len();
+    let start = committed();
+    let begin = Instant::now();
+    while committed() < start + 50 {
+        assert!(
+            begin.elapsed() < Duration::from_secs(60),
+            "no progress {when}"
+        );
+        // Polling the clients' own tally: there is nothing else to wait on.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// After Stratus itself was killed: connect again once it is back (bounded).
 async fn reconnect_until(o: &OptsBuilder, stop: &AtomicBool) -> Conn {
     let begin = Instant::now();
@@ -470,30 +485,13 @@ async fn killing_stratus_loses_connections_not_commits() {
     let before = s.json(&["db", "show", "bank"]);
     let clients = Clients::start(&o, 3, 1, true);
     let tally = clients.tally.clone();
-    let committed_before = |t: &Shared| t.lock().unwrap().committed.len();
     for round in 0..2 {
         // Let the clients commit, then take Stratus away under them.
-        let start = committed_before(&tally);
-        let begin = Instant::now();
-        while committed_before(&tally) < start + 50 {
-            assert!(
-                begin.elapsed() < Duration::from_secs(60),
-                "no progress in round {round}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        fifty_more_commits(&tally, &format!("round {round}")).await;
         s.kill9();
         s.start();
     }
-    let resumed = committed_before(&tally);
-    let begin = Instant::now();
-    while committed_before(&tally) < resumed + 50 {
-        assert!(
-            begin.elapsed() < Duration::from_secs(60),
-            "no progress after the restarts"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fifty_more_commits(&tally, "after the restarts").await;
     let tally = clients.stop().await;
     let ledger = audit(&o, &tally).await;
     println!(
