@@ -399,6 +399,7 @@ async fn events<S: Store, R: Runtime>(
         db: q.db,
         after_id: q.after,
         limit: Some(q.limit.unwrap_or(100).min(10_000)),
+        scope: None,
     };
     let events = st.cp.store().events(&filter).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))

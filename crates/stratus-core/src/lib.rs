@@ -17,6 +17,7 @@ pub mod scu;
 pub mod service;
 pub mod sql;
 pub mod time;
+pub mod token;
 
 pub use activity::ActivityView;
 pub use event::{Event, EventKind};
@@ -25,3 +26,4 @@ pub use password::{NativeHash, random_password};
 pub use policy::{BackupSchedule, ScalingPolicy};
 pub use scu::{Resources, ScuSize, Tier};
 pub use service::{DatabaseService, DbState, ServiceSpec, SpecError, User};
+pub use token::{Action, ApiToken, Role, Scope};

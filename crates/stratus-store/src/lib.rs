@@ -9,7 +9,8 @@ pub use sqlite::SqliteStore;
 
 use std::future::Future;
 use stratus_core::{
-    BackupSchedule, DatabaseService, Event, EventKind, ScalingPolicy, ServiceName, User, UserName,
+    ApiToken, BackupSchedule, DatabaseService, Event, EventKind, ScalingPolicy, ServiceName, User,
+    UserName,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,8 @@ pub struct EventFilter {
     pub after_id: Option<i64>,
     /// The newest `limit` events, in id order.
     pub limit: Option<usize>,
+    /// Only events of databases these scope entries cover (names, `prefix*`, `*`); `None`: all.
+    pub scope: Option<Vec<String>>,
 }
 
 /// The catalog of services, their users and policies, and the event log.
@@ -105,4 +108,11 @@ pub trait Store: Send + Sync + 'static {
         data: serde_json::Value,
     ) -> impl Future<Output = Result<Event>> + Send;
     fn events(&self, filter: &EventFilter) -> impl Future<Output = Result<Vec<Event>>> + Send;
+
+    /// Adds an API token (its hash; the secret is never stored).
+    fn create_token(&self, token: &ApiToken) -> impl Future<Output = Result<()>> + Send;
+    fn token(&self, id: &str) -> impl Future<Output = Result<Option<ApiToken>>> + Send;
+    /// Every token, oldest first.
+    fn tokens(&self) -> impl Future<Output = Result<Vec<ApiToken>>> + Send;
+    fn delete_token(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
 }

@@ -10,9 +10,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use stratus_core::time::now_ms;
+use stratus_core::token::{Role, Scope, TokenHash};
 use stratus_core::{
-    BackupSchedule, DatabaseService, DbState, Event, EventKind, NativeHash, ScalingPolicy,
-    ServiceName, ServiceSpec, Tier, User, UserName,
+    ApiToken, BackupSchedule, DatabaseService, DbState, Event, EventKind, NativeHash,
+    ScalingPolicy, ServiceName, ServiceSpec, Tier, User, UserName,
 };
 
 /// Schema migrations, in order; entry `i` takes the catalog from version `i` to `i + 1`.
@@ -60,6 +61,16 @@ CREATE INDEX events_by_db ON events (db, id);
 "#,
     r#"
 ALTER TABLE services ADD COLUMN require_tls INTEGER NOT NULL DEFAULT 0;
+"#,
+    r#"
+CREATE TABLE api_tokens (
+    id            TEXT    PRIMARY KEY,
+    name          TEXT    NOT NULL,
+    role          TEXT    NOT NULL,
+    scope         TEXT    NOT NULL,
+    hash          TEXT    NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -485,18 +496,125 @@ impl Store for SqliteStore {
     async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         let conn = self.lock();
         let limit = filter.limit.map_or(-1, |l| l as i64);
+        // Scope entries are database names with at most a trailing `*`: GLOB patterns as
+        // they are. An empty scope matches nothing.
+        let scope_sql = match &filter.scope {
+            None => String::new(),
+            Some(entries) => {
+                let ors: Vec<String> = (0..entries.len())
+                    .map(|i| format!("db GLOB ?{}", i + 4))
+                    .collect();
+                if ors.is_empty() {
+                    " AND 0".to_owned()
+                } else {
+                    format!(" AND ({})", ors.join(" OR "))
+                }
+            }
+        };
         // The newest `limit` matching events, returned oldest first.
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT id, time_ms, db, kind, message, data FROM (
-                 SELECT * FROM events WHERE (?1 IS NULL OR db = ?1) AND id > ?2 ORDER BY id DESC LIMIT ?3
-             ) ORDER BY id",
-        )?;
-        let rows = stmt.query_map(
-            params![filter.db, filter.after_id.unwrap_or(0), limit],
-            event_from_row,
-        )?;
+                 SELECT * FROM events WHERE (?1 IS NULL OR db = ?1) AND id > ?2{scope_sql} ORDER BY id DESC LIMIT ?3
+             ) ORDER BY id"
+        ))?;
+        let mut values: Vec<rusqlite::types::Value> = vec![
+            filter.db.clone().into(),
+            filter.after_id.unwrap_or(0).into(),
+            limit.into(),
+        ];
+        values.extend(filter.scope.iter().flatten().map(|e| e.clone().into()));
+        let rows = stmt.query_map(rusqlite::params_from_iter(values), event_from_row)?;
         rows.map(|r| r?).collect()
     }
+
+    async fn create_token(&self, token: &ApiToken) -> Result<()> {
+        let scope = serde_json::to_string(&token.scope).map_err(|e| corrupt("token scope", e))?;
+        self.lock()
+            .execute(
+                "INSERT INTO api_tokens (id, name, role, scope, hash, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    token.id,
+                    token.name,
+                    token.role.as_str(),
+                    scope,
+                    token.hash.to_hex(),
+                    token.created_at_ms
+                ],
+            )
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    StoreError::AlreadyExists(format!("token {}", token.id))
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<ApiToken>> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1"),
+                params![id],
+                token_from_row,
+            )
+            .optional()?;
+        row.transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<ApiToken>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at_ms, id"
+        ))?;
+        let rows = stmt.query_map([], token_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<()> {
+        if self
+            .lock()
+            .execute("DELETE FROM api_tokens WHERE id = ?1", params![id])?
+            == 0
+        {
+            return Err(StoreError::NotFound(format!("token {id}")));
+        }
+        Ok(())
+    }
+}
+
+const TOKEN_COLUMNS: &str = "id, name, role, scope, hash, created_at_ms";
+
+fn token_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiToken>> {
+    let (id, name, role, scope, hash, created_at_ms): (
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+    ) = (
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    );
+    Ok((|| {
+        let entries: Vec<String> =
+            serde_json::from_str(&scope).map_err(|e| corrupt("token scope", e))?;
+        Ok(ApiToken {
+            role: Role::parse(&role).ok_or_else(|| corrupt("token role", &role))?,
+            scope: Scope::parse(&entries).map_err(|e| corrupt("token scope", e))?,
+            hash: TokenHash::parse_hex(&hash)
+                .ok_or_else(|| corrupt("token hash", "not 64 hex digits"))?,
+            id,
+            name,
+            created_at_ms,
+        })
+    })())
 }
 
 fn insert_user(conn: &Connection, user: &User) -> Result<()> {
@@ -657,6 +775,56 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn tokens_round_trip_and_events_filter_by_scope() {
+        use stratus_core::token;
+        let store = SqliteStore::in_memory().unwrap();
+        let scope = Scope::parse(&["shop".into(), "blog-*".into()]).unwrap();
+        let t = token::generate("ci", Role::Developer, scope.clone(), 5);
+        store.create_token(&t.record).await.unwrap();
+        assert!(matches!(
+            store.create_token(&t.record).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        let got = store.token(&t.record.id).await.unwrap().unwrap();
+        assert_eq!(got, t.record);
+        assert_eq!(store.tokens().await.unwrap(), vec![t.record.clone()]);
+        store.delete_token(&t.record.id).await.unwrap();
+        assert!(store.token(&t.record.id).await.unwrap().is_none());
+        assert!(matches!(
+            store.delete_token(&t.record.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        for db in ["shop", "shop2", "blog-a", ""] {
+            store
+                .record_event(db, EventKind::Parked, "p", serde_json::json!({}))
+                .await
+                .unwrap();
+        }
+        let dbs = |scope: Option<Vec<String>>| {
+            let store = &store;
+            async move {
+                store
+                    .events(&EventFilter {
+                        scope,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.db)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            dbs(Some(scope.entries().to_vec())).await,
+            ["shop", "blog-a"]
+        );
+        assert_eq!(dbs(Some(vec![])).await, Vec::<String>::new());
+        assert_eq!(dbs(None).await.len(), 4);
     }
 
     #[tokio::test]
