@@ -48,7 +48,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// the events that say why.
     pub async fn create(&self, req: CreateRequest) -> Result<CreatedDatabase> {
         let begin = Instant::now();
-        let name = ServiceName::parse(&req.name)?;
+        let name = ServiceName::parse_new(&req.name)?;
         let tier: Tier = req
             .tier
             .as_deref()

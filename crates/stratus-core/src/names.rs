@@ -23,6 +23,25 @@ const RESERVED_USERS: &[&str] = &[
     "none",
 ];
 
+/// Database names a new database may not take, with why: each database's name is also a schema
+/// on its own server and a directory under the data directory. Most of MariaDB's and Stratus's
+/// own names (`information_schema`, `stratus_meta`, `_spare-N`) fail the grammar anyway; they are
+/// listed so the error says "reserved" rather than "use only…". `test` is allowed: the template
+/// is made with `--skip-test-db` and without anonymous accounts, and each database has a server
+/// of its own, so a database called `test` is an ordinary schema.
+const RESERVED_DATABASES: &[(&str, &str)] = &[
+    ("mysql", "MariaDB's system schema"),
+    ("information_schema", "MariaDB's system schema"),
+    ("performance_schema", "MariaDB's system schema"),
+    ("sys", "MariaDB's system schema"),
+    ("mariadb_schema", "MariaDB's system schema"),
+    ("stratus_meta", "Stratus's schema inside every database"),
+    ("stratus", "used by Stratus itself"),
+    ("template", "Stratus's template data directory"),
+    ("tls", "Stratus's certificate directory"),
+    ("databases", "Stratus's directory of databases"),
+];
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("invalid {what} name {name:?}: {reason}")]
@@ -33,6 +52,8 @@ pub enum NameError {
     },
     #[error("user name {0:?} is reserved")]
     Reserved(String),
+    #[error("database name {name:?} is reserved ({why}); choose another name")]
+    ReservedDatabase { name: String, why: &'static str },
 }
 
 /// A database service name: 1–40 of `a-z 0-9 -`, starting with a letter, not ending with `-`.
@@ -62,6 +83,27 @@ impl ServiceName {
             return Err(invalid("must not end with '-'"));
         }
         Ok(Self(name.to_owned()))
+    }
+
+    /// [`parse`](Self::parse) for a name a new database is to take: also refuses reserved
+    /// names (and names starting `_spare`, the warm pool's directories). Only creation checks
+    /// this, so a catalog written before a name was reserved still loads.
+    pub fn parse_new(name: &str) -> Result<Self, NameError> {
+        let reserved = RESERVED_DATABASES
+            .iter()
+            .find(|(r, _)| r.eq_ignore_ascii_case(name))
+            .map(|(_, why)| *why)
+            .or_else(|| {
+                name.starts_with("_spare")
+                    .then_some("the warm pool's directories")
+            });
+        if let Some(why) = reserved {
+            return Err(NameError::ReservedDatabase {
+                name: name.to_owned(),
+                why,
+            });
+        }
+        Self::parse(name)
     }
 
     pub fn as_str(&self) -> &str {
@@ -174,6 +216,34 @@ mod tests {
         ] {
             assert!(ServiceName::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reserved_database_names_are_refused_at_creation_only() {
+        for r in [
+            "mysql",
+            "MySQL",
+            "information_schema",
+            "performance_schema",
+            "sys",
+            "template",
+            "stratus_meta",
+            "tls",
+            "_spare-1",
+        ] {
+            let err = ServiceName::parse_new(r).unwrap_err();
+            assert!(
+                matches!(err, NameError::ReservedDatabase { .. }),
+                "{r}: {err}"
+            );
+            assert!(err.to_string().contains("is reserved"), "{err}");
+        }
+        // Existing catalogs keep loading.
+        assert!(ServiceName::parse("mysql").is_ok());
+        for ok in ["test", "shop", "mysql2", "system"] {
+            assert!(ServiceName::parse_new(ok).is_ok(), "{ok}");
+        }
+        assert!(ServiceName::parse_new("Shop").is_err());
     }
 
     #[test]
