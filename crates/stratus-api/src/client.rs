@@ -21,19 +21,57 @@ pub enum ClientError {
     Unreachable { url: String, reason: String },
     #[error("unexpected answer from the Stratus API at {url}: {reason}")]
     Protocol { url: String, reason: String },
+    #[error("API client: {0}")]
+    Config(String),
 }
 
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer …`.
+    token: Option<String>,
 }
 
 impl ApiClient {
+    /// A client for a plain-HTTP API (or one whose certificate is trusted some other way).
     pub fn new(base: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
+            token: None,
         }
+    }
+
+    /// A client that sends `token` and, for `https://`, trusts the PEM certificates in `ca`
+    /// (the API's own self-signed certificate, or the CA that signed it). No public roots are
+    /// built in: the CLI talks to one known server.
+    pub fn with_auth(
+        base: &str,
+        token: Option<String>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                ClientError::Config(format!("the CA file holds no usable PEM certificate: {e}"))
+            })?;
+            if certs.is_empty() {
+                return Err(ClientError::Config(
+                    "the CA file holds no PEM certificate".into(),
+                ));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Config(root_cause(&e)))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            token,
+        })
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -44,6 +82,9 @@ impl ApiClient {
     ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -176,6 +217,26 @@ impl ApiClient {
                 percent_encode(db),
                 percent_encode(user)
             ),
+            None,
+        )
+        .await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/tokens", None).await
+    }
+
+    pub async fn create_token(
+        &self,
+        req: &CreateTokenRequest,
+    ) -> Result<CreatedToken, ClientError> {
+        self.call(Method::POST, "/v1/tokens", Some(req)).await
+    }
+
+    pub async fn delete_token(&self, id: &str) -> Result<(), ClientError> {
+        self.call::<(), ()>(
+            Method::DELETE,
+            &format!("/v1/tokens/{}", percent_encode(id)),
             None,
         )
         .await

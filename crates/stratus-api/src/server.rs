@@ -12,12 +12,22 @@
 //! | GET / POST | `/v1/databases/{name}/users` | [`CreateUserRequest`] → `CreatedUser` (201) |
 //! | DELETE | `/v1/databases/{name}/users/{user}` | → 204 |
 //! | GET | `/v1/events?db=&after=&limit=` | → `[EventView]` |
+//! | GET / POST | `/v1/tokens` | [`CreateTokenRequest`] → `CreatedToken` (201); admin only |
+//! | DELETE | `/v1/tokens/{id}` | → 204; admin only |
 //! | GET | `/metrics` | Prometheus text: per database size and state, proxy figures |
+//!
+//! Every request must name the API by one of its own names in `Host` (else 421), and every
+//! route but `/metrics` (unless [`Access::metrics_auth`]) needs `Authorization: Bearer <token>`
+//! (else 401); a token whose role or scope does not cover the request gets 403. Lists and events
+//! show only the databases a token's scope covers.
 
+use crate::auth::{Access, Caller, bearer, host_allowed};
 use crate::types::*;
+use axum::Extension;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,6 +36,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use stratus_control::{ControlError, ControlPlane};
 use stratus_core::metrics;
+use stratus_core::time::now_ms;
+use stratus_core::token::{self, Action, Role, Scope, TokenHash};
 use stratus_runtime::Runtime;
 use stratus_store::{EventFilter, Store};
 
@@ -45,6 +57,7 @@ struct AppState<S: Store, R: Runtime> {
     cp: Arc<ControlPlane<S, R>>,
     info: ServerInfo,
     metrics: MetricsSource,
+    access: Access,
 }
 
 type Shared<S, R> = State<Arc<AppState<S, R>>>;
@@ -63,6 +76,12 @@ impl ApiError {
             code,
             message: message.into(),
         }
+    }
+}
+
+impl From<crate::auth::Refusal> for ApiError {
+    fn from((status, code, message): crate::auth::Refusal) -> Self {
+        Self::new(status, code, message)
     }
 }
 
@@ -113,8 +132,14 @@ pub fn router<S: Store, R: Runtime>(
     cp: Arc<ControlPlane<S, R>>,
     info: ServerInfo,
     metrics: MetricsSource,
+    access: Access,
 ) -> Router {
-    let state = Arc::new(AppState { cp, info, metrics });
+    let state = Arc::new(AppState {
+        cp,
+        info,
+        metrics,
+        access,
+    });
     Router::new()
         .route("/metrics", get(metrics_text::<S, R>))
         .route("/v1/status", get(status::<S, R>))
@@ -136,6 +161,11 @@ pub fn router<S: Store, R: Runtime>(
             axum::routing::delete(delete_user::<S, R>),
         )
         .route("/v1/events", get(events::<S, R>))
+        .route("/v1/tokens", get(tokens::<S, R>).post(create_token::<S, R>))
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(delete_token::<S, R>),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
         })
@@ -146,11 +176,101 @@ pub fn router<S: Store, R: Runtime>(
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::<S, R>,
+        ))
         .with_state(state)
 }
 
-async fn status<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResult<Json<StatusView>> {
-    let services = st.cp.store().services().await?;
+/// Checks `Host`, then the bearer token, before any route runs; the route checks role and scope
+/// with the [`Caller`] this leaves in the request.
+async fn guard<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !host.is_some_and(|h| host_allowed(&st.access.hosts, h)) {
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "wrong_host",
+            format!(
+                "this API does not answer to the host name {:?}; add it to http.hosts if it names this server",
+                host.unwrap_or("")
+            ),
+        )
+        .into_response();
+    }
+    let metrics = req.uri().path() == "/metrics";
+    if metrics && !st.access.metrics_auth {
+        return next.run(req).await;
+    }
+    let caller = match authenticate(&st, req.headers()).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if metrics && !caller.scope.is_all() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "/metrics covers every database; this token's scope does not",
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// The token of a request, checked against its stored hash.
+async fn authenticate<S: Store, R: Runtime>(
+    st: &AppState<S, R>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Caller, Response> {
+    let unauthorized = |message: &str| {
+        let mut resp =
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        resp
+    };
+    let Some(presented) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(bearer)
+    else {
+        return Err(unauthorized(
+            "this API needs a token: send Authorization: Bearer <token> (the CLI reads --token, STRATUS_TOKEN or <data dir>/admin.token)",
+        ));
+    };
+    let invalid = "the token is not valid (unknown, deleted, or mistyped)";
+    let Some(id) = token::token_id(presented) else {
+        return Err(unauthorized(invalid));
+    };
+    let stored = match st.cp.store().token(id).await {
+        Ok(t) => t,
+        Err(e) => return Err(ApiError::from(e).into_response()),
+    };
+    match stored {
+        Some(t) if TokenHash::of(presented).matches(&t.hash) => Ok(Caller {
+            token_id: t.id,
+            role: t.role,
+            scope: t.scope,
+        }),
+        _ => Err(unauthorized(invalid)),
+    }
+}
+
+async fn status<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<StatusView>> {
+    caller.check(Action::Read, None)?;
+    let mut services = st.cp.store().services().await?;
+    services.retain(|s| caller.sees(s.name().as_str()));
     let mut by_state = BTreeMap::new();
     for svc in &services {
         *by_state.entry(svc.state.to_string()).or_insert(0) += 1;
@@ -275,47 +395,63 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
         .into_response())
 }
 
-async fn list<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResult<Json<Vec<DatabaseView>>> {
-    Ok(Json(st.cp.list().await?))
+async fn list<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<DatabaseView>>> {
+    caller.check(Action::Read, None)?;
+    let mut all = st.cp.list().await?;
+    all.retain(|d| caller.sees(&d.name));
+    Ok(Json(all))
 }
 
 async fn create<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<CreateRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CreatedDatabase>)> {
     let Json(req) = body?;
+    caller.check(Action::Write, Some(&req.name))?;
     Ok((StatusCode::CREATED, Json(st.cp.create(req).await?)))
 }
 
 async fn show<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<DatabaseView>> {
+    caller.check(Action::Read, Some(&name))?;
     Ok(Json(st.cp.show(&name).await?))
 }
 
 async fn delete<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    caller.check(Action::Write, Some(&name))?;
     st.cp.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn scale<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Json<ScaleRequest>, JsonRejection>,
 ) -> ApiResult<Json<DatabaseView>> {
+    caller.check(Action::Write, Some(&name))?;
     let Json(req) = body?;
     Ok(Json(st.cp.scale(&name, req.scu).await?))
 }
 
 async fn suspend<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<DatabaseView>> {
+    caller.check(Action::Write, Some(&name))?;
     let req = force_body(&body)?;
     Ok(Json(st.cp.suspend(&name, req.force, "by request").await?))
 }
@@ -336,32 +472,40 @@ fn force_body(body: &[u8]) -> ApiResult<ParkRequest> {
 
 async fn park<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<DatabaseView>> {
+    caller.check(Action::Write, Some(&name))?;
     let req = force_body(&body)?;
     Ok(Json(st.cp.park(&name, req.force).await?))
 }
 
 async fn resume<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<DatabaseView>> {
+    caller.check(Action::Write, Some(&name))?;
     Ok(Json(st.cp.resume(&name).await?))
 }
 
 async fn users<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<UserView>>> {
+    caller.check(Action::Read, Some(&name))?;
     Ok(Json(st.cp.users(&name).await?))
 }
 
 async fn create_user<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Json<CreateUserRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
+    caller.check(Action::Write, Some(&name))?;
     let Json(req) = body?;
     Ok((
         StatusCode::CREATED,
@@ -371,8 +515,10 @@ async fn create_user<S: Store, R: Runtime>(
 
 async fn delete_user<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     Path((name, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    caller.check(Action::Write, Some(&name))?;
     st.cp.delete_user(&name, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -386,6 +532,7 @@ struct EventsQuery {
 
 async fn events<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<EventView>>> {
     let Query(q) = query.map_err(|e| {
@@ -395,12 +542,87 @@ async fn events<S: Store, R: Runtime>(
             format!("bad query: {}", e.body_text()),
         )
     })?;
+    caller.check(Action::Read, q.db.as_deref())?;
     let filter = EventFilter {
         db: q.db,
         after_id: q.after,
         limit: Some(q.limit.unwrap_or(100).min(10_000)),
-        scope: None,
+        scope: (!caller.scope.is_all()).then(|| caller.scope.entries().to_vec()),
     };
     let events = st.cp.store().events(&filter).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))
+}
+
+async fn tokens<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<TokenView>>> {
+    caller.check(Action::ManageTokens, None)?;
+    let all = st.cp.store().tokens().await?;
+    Ok(Json(all.iter().map(TokenView::from).collect()))
+}
+
+async fn create_token<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<CreateTokenRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    caller.check(Action::ManageTokens, None)?;
+    let Json(req) = body?;
+    let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", m);
+    let role = Role::parse(&req.role).ok_or_else(|| {
+        invalid(format!(
+            "unknown role {:?}: use admin, developer or viewer",
+            req.role
+        ))
+    })?;
+    if role == Role::Admin && !req.databases.is_empty() {
+        return Err(invalid(
+            "admin tokens cover every database; leave out the databases".into(),
+        ));
+    }
+    let scope = Scope::parse(&req.databases).map_err(|e| invalid(e.to_string()))?;
+    let name = req.name.unwrap_or_default();
+    if name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "a token's name is at most 100 printable characters".into(),
+        ));
+    }
+    let made = token::generate(&name, role, scope, now_ms());
+    st.cp.store().create_token(&made.record).await?;
+    tracing::info!(id = %made.record.id, role = %role, by = %caller.token_id, "API token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token: TokenView::from(&made.record),
+            secret: made.secret,
+        }),
+    ))
+}
+
+async fn delete_token<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.check(Action::ManageTokens, None)?;
+    let all = st.cp.store().tokens().await?;
+    let Some(target) = all.iter().find(|t| t.id == id) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("token {id} not found"),
+        ));
+    };
+    // Without an admin token nobody could manage tokens again short of a restart.
+    if target.role == Role::Admin && all.iter().filter(|t| t.role == Role::Admin).count() == 1 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "failed_precondition",
+            "this is the last admin token; create another admin token first",
+        ));
+    }
+    st.cp.store().delete_token(&id).await?;
+    tracing::info!(id = %id, by = %caller.token_id, "API token deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -87,3 +87,49 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// `admin`, `developer` or `viewer`.
+    pub role: String,
+    /// Database names or `prefix*` patterns the token reaches; empty: every database.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// A label for people.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    /// Names and `prefix*` patterns; `["*"]` for every database.
+    pub databases: Vec<String>,
+    pub created_at: String,
+}
+
+impl From<&stratus_core::ApiToken> for TokenView {
+    fn from(t: &stratus_core::ApiToken) -> Self {
+        Self {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            role: t.role.as_str().to_owned(),
+            databases: t.scope.entries().to_vec(),
+            created_at: stratus_core::time::rfc3339(t.created_at_ms),
+        }
+    }
+}
+
+/// The answer to `POST /v1/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub token: TokenView,
+    /// `stratus_…`: send it as `Authorization: Bearer <secret>`.
+    pub secret: String,
+}

@@ -26,6 +26,18 @@ pub struct Global {
     /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Where the catalog and every database's files live; the verbs read `admin.token` there
+    /// when no token is given [default: ./stratus-data].
+    #[arg(long, global = true, env = "STRATUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// API token sent as `Authorization: Bearer` (prefer the environment variable: command
+    /// lines are visible to other users) [default: <data dir>/admin.token].
+    #[arg(long, global = true, env = "STRATUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the certificate (or its CA) to trust for an https:// API
+    /// [default: <data dir>/tls/cert.pem].
+    #[arg(long, global = true, env = "STRATUS_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,13 +54,35 @@ pub enum Command {
     Events(EventsArgs),
     /// Show the installation: versions, resource control, databases by state.
     Status,
+    /// Manage API tokens (admin only).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints its secret, which is shown only now.
+    Create {
+        /// admin (everything), developer (its databases: create, change, users, delete) or
+        /// viewer (read only).
+        #[arg(long)]
+        role: String,
+        /// A database the token reaches, or a prefix pattern like `shop-*`; repeat for more
+        /// [default: every database]. Not for admin tokens.
+        #[arg(long = "db")]
+        databases: Vec<String>,
+        /// A label to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Delete a token; requests with it fail from now on.
+    Delete { id: String },
 }
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Where the catalog and every database's files live [default: ./stratus-data].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
     /// SQL endpoint for clients [default: 127.0.0.1:6033].
     #[arg(long)]
     pub listen: Option<String>,

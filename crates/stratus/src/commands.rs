@@ -1,22 +1,27 @@
 //! The CLI verbs: each one API call, printed as text or (with `--json`) as the API's JSON.
 
-use crate::cli::{Command, DbCommand, EventsArgs, Global, UserCommand};
+use crate::cli::{Command, DbCommand, EventsArgs, Global, TokenCommand, UserCommand};
 use crate::config::api_url;
 use crate::output::{bytes, table, with_spinner};
-use anyhow::bail;
+use crate::up::ADMIN_TOKEN_FILE;
+use anyhow::{Context, bail};
 use serde::Serialize;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use stratus_api::ApiClient;
-use stratus_api::types::{CreateRequest, CreateUserRequest, DatabaseView, EventView};
+use stratus_api::types::{
+    CreateRequest, CreateTokenRequest, CreateUserRequest, DatabaseView, EventView,
+};
 
 pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
-    let api = ApiClient::new(&api_url(global.api.as_deref()));
+    let api = client(global)?;
     let json = global.json;
     match command {
         Command::Up(_) => unreachable!("handled by main"),
         Command::Db(cmd) => db(&api, json, cmd).await,
         Command::User(cmd) => user(&api, json, cmd).await,
         Command::Events(args) => events(&api, json, args).await,
+        Command::Token(cmd) => tokens(&api, json, cmd).await,
         Command::Status => {
             let s = api.status().await?;
             if json {
@@ -54,6 +59,102 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                     format!(" ({})", states.join(", "))
                 }
             );
+            Ok(())
+        }
+    }
+}
+
+/// The API client: the URL from `--api`, the token from `--token` / `STRATUS_TOKEN` or else
+/// `admin.token` in the data directory, and for `https://` the certificate from `--ca` or else
+/// the data directory's `tls/cert.pem`.
+fn client(global: &Global) -> anyhow::Result<ApiClient> {
+    let url = api_url(global.api.as_deref());
+    let data_dir = global
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("stratus-data"));
+    let token = match global.token.as_deref().map(str::trim) {
+        Some(t) if !t.is_empty() => t.to_owned(),
+        _ => read_token_file(&data_dir.join(ADMIN_TOKEN_FILE))?,
+    };
+    let ca = match &global.ca {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        None if url.starts_with("https://") => std::fs::read(data_dir.join("tls/cert.pem")).ok(),
+        None => None,
+    };
+    Ok(ApiClient::with_auth(&url, Some(token), ca.as_deref())?)
+}
+
+fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) => bail!(
+            "{} is empty; pass --token or set STRATUS_TOKEN",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no API token: pass --token or set STRATUS_TOKEN (also looked for {}; --data-dir or STRATUS_DATA_DIR name `stratus up`'s data directory)",
+            path.display()
+        ),
+        Err(e) => bail!("cannot read the API token in {}: {e}", path.display()),
+    }
+}
+
+async fn tokens(api: &ApiClient, json: bool, cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            role,
+            databases,
+            name,
+        } => {
+            let t = api
+                .create_token(&CreateTokenRequest {
+                    role,
+                    databases,
+                    name,
+                })
+                .await?;
+            if json {
+                return print_json(&t);
+            }
+            println!(
+                "Created {} token {} for {}.",
+                t.token.role,
+                t.token.id,
+                t.token.databases.join(", ")
+            );
+            println!("  {}", t.secret);
+            println!("The token is shown only now; Stratus keeps only its hash.");
+            Ok(())
+        }
+        TokenCommand::List => {
+            let all = api.tokens().await?;
+            if json {
+                return print_json(&all);
+            }
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.role.clone(),
+                        t.databases.join(","),
+                        t.name.clone(),
+                        t.created_at.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "ROLE", "DATABASES", "NAME", "CREATED"], &rows);
+            Ok(())
+        }
+        TokenCommand::Delete { id } => {
+            api.delete_token(&id).await?;
+            if json {
+                return print_json(&serde_json::json!({"id": id, "deleted": true}));
+            }
+            println!("Deleted token {id}.");
             Ok(())
         }
     }

@@ -26,6 +26,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub tls: TlsSection,
     #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
     pub proxy: ProxySection,
     /// The scaling policy new databases get (`ScalingPolicy`'s fields, in milliseconds).
     #[serde(default)]
@@ -71,6 +73,19 @@ pub struct TlsSection {
     pub domain: Option<String>,
 }
 
+/// The API's front door.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// More names (or addresses) clients reach the API by, accepted in the `Host` header.
+    pub hosts: Option<Vec<String>>,
+    /// HTTPS for the API [default: on exactly when `api` is not a loopback address]; `false`
+    /// with a non-loopback `api` is refused. Uses `tls.cert`/`tls.key` or the self-signed pair.
+    pub tls: Option<bool>,
+    /// `/metrics` needs a token [default: only when `api` is not a loopback address].
+    pub metrics_auth: Option<bool>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MariaDbSection {
@@ -104,6 +119,12 @@ pub struct Settings {
     /// Empty: derived from the data directory once it is resolved.
     pub cgroup_parent: String,
     pub tls: Option<TlsSettings>,
+    /// Extra `Host` names of the API.
+    pub api_hosts: Vec<String>,
+    /// Serve the API over HTTPS.
+    pub api_tls: bool,
+    /// `/metrics` needs a token.
+    pub metrics_auth: bool,
     pub proxy: stratus_proxy::ProxyConfig,
     pub policy: stratus_core::ScalingPolicy,
     pub pool: stratus_control::pool::PoolConfig,
@@ -141,12 +162,22 @@ impl Settings {
             .or(fc.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let api = api.or(fc.api).unwrap_or_else(|| DEFAULT_API.to_owned());
+        let api_addr = parse_addr("--api", &api)?;
+        let loopback = api_addr.ip().is_loopback();
+        if !loopback && fc.http.tls == Some(false) {
+            bail!(
+                "the API would listen on {api_addr}, which is not a loopback address, without TLS: tokens would cross the network in clear; remove http.tls = false (HTTPS is the default there) or bind the API to 127.0.0.1"
+            );
+        }
         let settings = Self {
             data_dir: data_dir
                 .or(fc.data_dir)
                 .unwrap_or_else(|| PathBuf::from("stratus-data")),
             listen: parse_addr("--listen", &listen)?,
-            api: parse_addr("--api", &api)?,
+            api: api_addr,
+            api_hosts: fc.http.hosts.unwrap_or_default(),
+            api_tls: fc.http.tls.unwrap_or(!loopback),
+            metrics_auth: fc.http.metrics_auth.unwrap_or(!loopback),
             scu,
             bin_dir: fc.mariadb.bin_dir,
             start_timeout: Duration::from_secs(fc.mariadb.start_timeout_secs.unwrap_or(120)),
@@ -199,6 +230,7 @@ impl Settings {
 pub fn parse_addr(what: &str, text: &str) -> anyhow::Result<SocketAddr> {
     let bare = text
         .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
         .unwrap_or(text)
         .trim_end_matches('/');
     let bare = bare.replace("localhost:", "127.0.0.1:");
@@ -206,13 +238,23 @@ pub fn parse_addr(what: &str, text: &str) -> anyhow::Result<SocketAddr> {
         .map_err(|_| anyhow::anyhow!("{what} {text:?} is not an address like 127.0.0.1:8033"))
 }
 
-/// The URL the CLI calls.
+/// The URL the CLI calls: as given with a scheme; without one, `http://` for a loopback address
+/// or `localhost` and `https://` otherwise, as `stratus up` serves it.
 pub fn api_url(global: Option<&str>) -> String {
     let text = global.unwrap_or(DEFAULT_API);
     if text.starts_with("http://") || text.starts_with("https://") {
-        text.to_owned()
-    } else {
+        return text.to_owned();
+    }
+    let host = text.rsplit_once(':').map_or(text, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local {
         format!("http://{text}")
+    } else {
+        format!("https://{text}")
     }
 }
 
@@ -271,5 +313,24 @@ mod tests {
         );
         assert_eq!(api_url(Some("127.0.0.1:9")), "http://127.0.0.1:9");
         assert_eq!(api_url(None), "http://127.0.0.1:8033");
+        assert_eq!(api_url(Some("localhost:9")), "http://localhost:9");
+        assert_eq!(api_url(Some("[::1]:9")), "http://[::1]:9");
+        assert_eq!(api_url(Some("10.0.0.5:9")), "https://10.0.0.5:9");
+        assert_eq!(api_url(Some("https://x:9")), "https://x:9");
+    }
+
+    #[test]
+    fn a_non_loopback_api_needs_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.toml");
+        std::fs::write(&f, "[http]\ntls = false\n").unwrap();
+        let err = Settings::resolve(Some(&f), None, None, Some("0.0.0.0:8033".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        let local = Settings::resolve(Some(&f), None, None, None).unwrap();
+        assert!(!local.api_tls && !local.metrics_auth);
+        let open = Settings::resolve(None, None, None, Some("0.0.0.0:8033".into())).unwrap();
+        assert!(open.api_tls && open.metrics_auth);
     }
 }

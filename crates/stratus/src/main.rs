@@ -1,5 +1,6 @@
 //! `stratus`: the server (`stratus up`) and the CLI that talks to its API.
 
+mod api_tls;
 mod cli;
 mod commands;
 mod config;
@@ -23,7 +24,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async move {
         match args.command {
-            cli::Command::Up(up) => up::run(up, args.global.api.as_deref()).await,
+            cli::Command::Up(up) => up::run(up, &args.global).await,
             other => commands::run(&args.global, other).await,
         }
     });

@@ -2,8 +2,8 @@
 //! starts the local runtime, recovers the databases it finds, serves the API, and on SIGINT or
 //! SIGTERM stops every server cleanly before exiting.
 
-use crate::cli::UpArgs;
-use crate::config::Settings;
+use crate::cli::{Global, UpArgs};
+use crate::config::{Settings, TlsSettings};
 use crate::directory::ControlDirectory;
 use anyhow::{Context, bail};
 use std::fs::File;
@@ -12,20 +12,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use stratus_api::ServerInfo;
 use stratus_control::{ControlConfig, ControlPlane};
+use stratus_core::token::{self, Role, Scope};
 use stratus_proxy::{Proxy, ProxyConfig};
 use stratus_runtime::{LocalConfig, LocalRuntime, Runtime};
-use stratus_store::SqliteStore;
+use stratus_store::{SqliteStore, Store};
 use tokio::net::TcpListener;
 
 const CATALOG: &str = "catalog.db";
+/// The first admin token, for the CLI on this host (see [`first_admin_token`]).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
-pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     init_logging();
     let settings = Settings::resolve(
         args.config.as_deref(),
-        args.data_dir,
+        global.data_dir.clone(),
         args.listen,
-        api.map(str::to_owned),
+        global.api.clone(),
     )?;
     let data_dir = claim_data_dir(&settings.data_dir)?;
     let _lock = lock_data_dir(&data_dir)?;
@@ -39,6 +42,7 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} for SQL clients", settings.listen))?;
 
     let store = SqliteStore::open(&data_dir.join(CATALOG))?;
+    let new_token = first_admin_token(&store, &data_dir).await?;
     let mut local = LocalConfig::new(&data_dir);
     local.bin_dir = settings.bin_dir.clone();
     local.cgroup_parent = if settings.cgroup_parent.is_empty() {
@@ -105,41 +109,128 @@ pub async fn run(args: UpArgs, api: Option<&str>) -> anyhow::Result<()> {
     });
     tokio::spawn(proxy.clone().serve(sql_listener));
 
+    let api_tls = if settings.api_tls {
+        let (cert, key, domain) = match &settings.tls {
+            Some(t) => (t.cert.as_deref(), t.key.as_deref(), t.domain.as_deref()),
+            None => (None, None, None),
+        };
+        Some(
+            stratus_proxy::tls::load_or_create(&data_dir.join("tls"), cert, key, domain)
+                .context("TLS for the API")?,
+        )
+    } else {
+        None
+    };
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let access = stratus_api::Access {
+        hosts: stratus_api::auth::allowed_hosts(
+            settings.api,
+            &settings.api_hosts,
+            hostname.as_deref().map(str::trim),
+        ),
+        metrics_auth: settings.metrics_auth,
+    };
     let router = stratus_api::router(
         cp.clone(),
         ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             data_dir: data_dir.display().to_string(),
-            api: format!("http://{}", settings.api),
+            api: format!("{scheme}://{}", settings.api),
             sql_listen: settings.listen.to_string(),
         },
         {
             let proxy = proxy.clone();
             Arc::new(move || proxy.activity.render())
         },
+        access,
     );
     println!("Stratus {} is up", env!("CARGO_PKG_VERSION"));
     println!(
         "  SQL:              {} (user <database>.<user>)",
         settings.listen
     );
-    println!("  API:              http://{}", settings.api);
+    match (&api_tls, &settings.tls) {
+        (None, _) => println!("  API:              http://{}", settings.api),
+        (Some(_), Some(TlsSettings { cert: Some(c), .. })) => println!(
+            "  API:              https://{} (TLS with {})",
+            settings.api,
+            c.display()
+        ),
+        (Some(_), _) => println!(
+            "  API:              https://{} (TLS, self-signed: clients trust {})",
+            settings.api,
+            data_dir.join("tls/cert.pem").display()
+        ),
+    }
+    match &new_token {
+        Some(path) => println!(
+            "  API token:        {} (admin; made now, the catalog had none)",
+            path.display()
+        ),
+        None if data_dir.join(ADMIN_TOKEN_FILE).exists() => println!(
+            "  API token:        {} (admin)",
+            data_dir.join(ADMIN_TOKEN_FILE).display()
+        ),
+        None => println!("  API token:        required (from `stratus token create`)"),
+    }
     println!("  data:             {}", data_dir.display());
     println!("  MariaDB:          {}", info.mariadb_version);
     match &info.resource_control_note {
         None => println!("  resource control: {}", info.resource_control),
         Some(why) => println!("  resource control: none ({why})"),
     }
-    axum::serve(api_listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("API server failed")?;
+    match api_tls {
+        Some(tls) => {
+            let listener = crate::api_tls::TlsListener::new(api_listener, tls.acceptor)
+                .context("API listener")?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+        None => {
+            axum::serve(api_listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+    }
+    .context("API server failed")?;
     eprintln!("Stopping databases…");
     cp.drain_pool().await;
     cp.shutdown().await;
     cp.runtime().remove_unused_cgroups();
     eprintln!("Stratus stopped.");
     Ok(())
+}
+
+/// Makes the first admin token when the catalog holds none (first start, or every token was
+/// deleted by hand) and writes it alone on one line to `admin.token`, mode 0600, where the CLI
+/// on this host finds it. The file is written before the catalog so a failure never leaves a
+/// token nobody has.
+async fn first_admin_token(
+    store: &SqliteStore,
+    data_dir: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    if !store.tokens().await?.is_empty() {
+        return Ok(None);
+    }
+    let made = token::generate(
+        "admin (first start)",
+        Role::Admin,
+        Scope::all(),
+        stratus_core::time::now_ms(),
+    );
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    // An old file may carry other permissions; write_private sets 0600 only when it creates.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot replace {}", path.display())),
+    }
+    stratus_core::fs::write_private(&path, format!("{}\n", made.secret).as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    store.create_token(&made.record).await?;
+    Ok(Some(path))
 }
 
 fn init_logging() {

@@ -176,6 +176,7 @@ fn up_refuses_foreign_dirs_taken_ports_and_missing_mariadb() {
 fn the_cli_says_when_the_api_is_unreachable() {
     let out = std::process::Command::new(common::BIN)
         .args(["--api", &format!("127.0.0.1:{}", free_port()), "db", "list"])
+        .env("STRATUS_TOKEN", "stratus_000000000000_unused")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

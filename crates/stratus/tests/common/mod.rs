@@ -107,12 +107,35 @@ impl Stratus {
         self.child = Some(child);
     }
 
-    /// `stratus --api … ARGS`, returning the raw output.
+    /// The admin token `stratus up` wrote on its first start.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .expect("stratus up writes admin.token")
+            .trim()
+            .to_owned()
+    }
+
+    /// `stratus --api … --data-dir … ARGS`, returning the raw output: the CLI finds the admin
+    /// token in the data directory, as on the host of a `stratus up`.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .arg("--api")
             .arg(&self.api)
+            .arg("--data-dir")
+            .arg(self.data_dir())
             .args(args)
+            .env_remove("STRATUS_TOKEN")
+            .output()
+            .unwrap()
+    }
+
+    /// `stratus --api … ARGS` with `token` (in `STRATUS_TOKEN`, as scripts would pass it).
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--api")
+            .arg(&self.api)
+            .args(args)
+            .env("STRATUS_TOKEN", token)
             .output()
             .unwrap()
     }
@@ -202,9 +225,13 @@ impl Stratus {
     pub fn metric(&self, series: &str) -> Option<f64> {
         use std::io::{Read, Write};
         let mut sock = std::net::TcpStream::connect(&self.api).ok()?;
+        // Open on loopback by default; the token makes it work with `metrics_auth` too.
+        let auth = std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+            .unwrap_or_default();
         write!(
             sock,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
             self.api
         )
         .ok()?;
@@ -249,7 +276,10 @@ impl Drop for Stratus {
             let _ = Command::new(BIN)
                 .arg("--api")
                 .arg(&self.api)
+                .arg("--data-dir")
+                .arg(self.data_dir())
                 .args(["db", "list"])
+                .env_remove("STRATUS_TOKEN")
                 .output();
             self.kill9();
         }
