@@ -35,7 +35,7 @@ pub struct Global {
     #[arg(long, global = true, env = "STRATUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM file of the certificate (or its CA) to trust for an https:// API
-    /// [default: <data dir>/tls/cert.pem].
+    /// [default: <data dir>/tls/ca.pem, else <data dir>/tls/cert.pem].
     #[arg(long, global = true, env = "STRATUS_CA")]
     pub ca: Option<PathBuf>,
 }

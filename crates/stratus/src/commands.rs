@@ -81,7 +81,13 @@ fn client(global: &Global) -> anyhow::Result<ApiClient> {
         Some(path) => {
             Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
         }
-        None if url.starts_with("https://") => std::fs::read(data_dir.join("tls/cert.pem")).ok(),
+        // The CA of the pair `stratus up` makes, or (a pair of the user's) its chain.
+        None if url.starts_with("https://") => {
+            let tls = data_dir.join("tls");
+            std::fs::read(tls.join(stratus_proxy::tls::CA_FILE))
+                .or_else(|_| std::fs::read(tls.join("cert.pem")))
+                .ok()
+        }
         None => None,
     };
     Ok(ApiClient::with_auth(&url, Some(token), ca.as_deref())?)

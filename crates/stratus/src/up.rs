@@ -160,7 +160,10 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
         (Some(_), _) => println!(
             "  API:              https://{} (TLS, self-signed: clients trust {})",
             settings.api,
-            data_dir.join("tls/cert.pem").display()
+            data_dir
+                .join("tls")
+                .join(stratus_proxy::tls::CA_FILE)
+                .display()
         ),
     }
     match &new_token {
