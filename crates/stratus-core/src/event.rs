@@ -24,6 +24,12 @@ pub enum EventKind {
     /// A client session lived through the loss of its server (statement retried, transaction
     /// replayed, or the client told why not).
     Failover,
+    /// Stratus found its own account inside a server removed, locked or changed, and restored it
+    /// by restarting the server.
+    AccessRestored,
+    /// Repeated failed logins from one client source or for one account: their answers are
+    /// delayed from now on.
+    LoginThrottled,
 }
 
 impl EventKind {
@@ -45,6 +51,8 @@ impl EventKind {
             EventKind::UserCreated => "user_created",
             EventKind::UserDeleted => "user_deleted",
             EventKind::Failover => "failover",
+            EventKind::AccessRestored => "access_restored",
+            EventKind::LoginThrottled => "login_throttled",
         }
     }
 

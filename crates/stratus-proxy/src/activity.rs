@@ -29,6 +29,8 @@ pub struct ServiceActivity {
     pub failovers: [AtomicU64; Outcome::ALL.len()],
     /// From noticing a lost backend to answering the cut-off statement.
     pub failover_latency: Histogram,
+    /// Wrong passwords for an existing account of this database.
+    pub login_failures: AtomicU64,
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
@@ -104,6 +106,8 @@ impl ServiceActivity {
 #[derive(Debug, Default)]
 pub struct Activity {
     services: Mutex<HashMap<String, Arc<ServiceActivity>>>,
+    /// Failed logins and the delays they earn.
+    pub logins: crate::throttle::Logins,
 }
 
 impl Activity {
@@ -200,6 +204,28 @@ impl Activity {
                 let _ = writeln!(out, "{name}{{db=\"{db}\",outcome=\"{}\"}} {n}", o.as_str());
             }
         }
+        let name = "stratus_proxy_login_failures_total";
+        metrics::header(
+            &mut out,
+            name,
+            "counter",
+            "Failed logins: wrong passwords per database; db=\"_unknown\" for names of no existing account.",
+        );
+        for (db, a) in &all {
+            let _ = writeln!(out, "{name}{{db=\"{db}\"}} {}", l(&a.login_failures));
+        }
+        let unknown = l(&self.logins.unknown_account_failures);
+        let _ = writeln!(out, "{name}{{db=\"_unknown\"}} {unknown}");
+        let name = "stratus_proxy_login_throttled";
+        metrics::header(
+            &mut out,
+            name,
+            "gauge",
+            "Client sources and accounts whose logins are being delayed after repeated failures.",
+        );
+        let (sources, accounts) = self.logins.throttled();
+        let _ = writeln!(out, "{name}{{kind=\"source\"}} {sources}");
+        let _ = writeln!(out, "{name}{{kind=\"account\"}} {accounts}");
         let mut histogram = |name: &str, help: &str, h: &dyn Fn(&ServiceActivity) -> &Histogram| {
             metrics::header(&mut out, name, "histogram", help);
             for (db, a) in &all {

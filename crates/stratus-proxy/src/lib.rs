@@ -11,6 +11,7 @@
 //! * [`session`]: the state that is replayed on a new backend connection.
 //! * [`replay`]: failover: statements retried and transactions replayed on a new backend.
 //! * [`activity`]: what the control plane is told about each database.
+//! * [`throttle`]: failed logins counted, and the delay they earn.
 
 pub mod activity;
 pub mod backend;
@@ -23,6 +24,7 @@ mod relay;
 pub mod replay;
 pub mod session;
 mod stream;
+pub mod throttle;
 pub mod tls;
 
 use std::future::Future;
@@ -60,6 +62,13 @@ pub trait Directory: Send + Sync + 'static {
     /// A client session lived through the loss of its backend (how is in `report`). Recorded
     /// as an event; must not block the session.
     fn failover(&self, service: &str, report: replay::Failover);
+
+    /// Failed logins from one source or for one account started being delayed (once per
+    /// episode, not per failure). `service` is the database the triggering attempt named, when
+    /// the account exists. Recorded as an event; must not block the login.
+    fn login_throttled(&self, service: Option<&str>, report: throttle::Throttled) {
+        let _ = (service, report);
+    }
 }
 
 /// What the proxy needs to know of an account to let it in.

@@ -1,13 +1,17 @@
 //! The connection phase at the proxy (<https://mariadb.com/kb/en/connection/>): greeting, the
 //! optional TLS upgrade, routing by user name or TLS server name, and authentication against the
-//! catalog's `mysql_native_password` hash, switching other plugins to it.
+//! catalog's `mysql_native_password` hash, switching other plugins to it. Repeated failures
+//! are counted and slowed down by [`crate::throttle`].
 
 use crate::backend::Login;
 use crate::error::SqlError;
 use crate::stream::{ClientIo, ClientStream, End, Prefixed};
+use crate::throttle::Key;
 use crate::tls::service_from_server_name;
 use crate::{Directory, Proxy};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 use stratus_wire::auth::{self, NATIVE_PLUGIN, Stage1};
 use stratus_wire::caps;
 use stratus_wire::handshake::{Greeting, HandshakeResponse, auth_switch_request, is_ssl_request};
@@ -36,6 +40,7 @@ pub(crate) async fn login<D: Directory>(
     client: &mut ClientIo,
     peer: SocketAddr,
 ) -> Result<LoggedIn, End> {
+    let begin = Instant::now();
     let scramble = scramble();
     let tls = proxy.cfg.tls.as_ref();
     let greeting = Greeting {
@@ -131,16 +136,48 @@ pub(crate) async fn login<D: Directory>(
         reply = packet::payload(&raw, &lp).into_owned();
         seq = lp.last_seq.wrapping_add(1);
     }
-    let Some((service, user)) = routed else {
-        client.send(seq, &deny(!reply.is_empty()).packet()).await?;
-        return Err(End::Protocol);
+    // Failures count against the source and the account it named; a throttled attempt waits
+    // before its answer, whatever the answer is, so the delay tells nothing.
+    let keys = [
+        Key::source(peer.ip()),
+        match routed {
+            Some((service, user)) => Key::account(&format!("{service}.{user}")),
+            None => Key::account(&String::from_utf8_lossy(&resp.user)),
+        },
+    ];
+    let logins = &proxy.activity.logins;
+    let delay = logins.delay(&keys);
+    let account = match routed {
+        Some((service, user)) => proxy.dir.account(service, user).await,
+        None => None,
     };
-    let account = proxy.dir.account(service, user).await;
     let stage1: Option<Stage1> = account.and_then(|a| auth::verify(&a.stage2, &scramble, &reply));
-    let (Some(stage1), Some(account)) = (stage1, account) else {
+    let (Some(stage1), Some(account), Some((service, user))) = (stage1, account, routed) else {
+        let service = routed.map(|(s, _)| s).filter(|_| account.is_some());
+        if let Some(s) = service {
+            proxy
+                .activity
+                .service(s)
+                .login_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        for started in logins.failed(&keys, service.is_some()) {
+            // Names of no account would let anyone fill the event log; their source is reported.
+            if matches!(started.key, Key::Source(_)) || service.is_some() {
+                tracing::info!(
+                    "failed logins: {} {} delayed from now on",
+                    started.key.kind(),
+                    started.key
+                );
+                proxy.dir.login_throttled(service, started);
+            }
+        }
+        throttle_wait(proxy, delay, begin).await;
         client.send(seq, &deny(!reply.is_empty()).packet()).await?;
         return Err(End::Protocol);
     };
+    throttle_wait(proxy, delay, begin).await;
+    logins.succeeded(&keys);
     if account.require_tls && !client.stream.is_tls() {
         client
             .send(seq, &SqlError::secure_transport_required().packet())
@@ -165,4 +202,18 @@ pub(crate) async fn login<D: Directory>(
         scramble,
         next_seq: seq,
     })
+}
+
+/// Waits out a throttled login's delay, ending early enough that the answer still beats the
+/// handshake timeout (which would otherwise answer in its place).
+async fn throttle_wait<D: Directory>(proxy: &Proxy<D>, delay: Duration, begin: Instant) {
+    const MARGIN: Duration = Duration::from_millis(500);
+    let left = proxy
+        .cfg
+        .handshake_timeout
+        .saturating_sub(begin.elapsed() + MARGIN);
+    let delay = delay.min(left);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 }

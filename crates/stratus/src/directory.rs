@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use stratus_control::ControlPlane;
+use stratus_core::EventKind;
 use stratus_proxy::replay::{Failover, Outcome};
+use stratus_proxy::throttle::Throttled;
 use stratus_proxy::{Account, Directory};
 use stratus_runtime::LocalRuntime;
 use stratus_store::SqliteStore;
@@ -96,5 +98,37 @@ impl Directory for ControlDirectory {
         });
         self.runtime
             .spawn(async move { cp.failover_event(&service, &message, data).await });
+    }
+
+    fn login_throttled(&self, service: Option<&str>, report: Throttled) {
+        use stratus_store::Store;
+        let cp = self.cp.clone();
+        // A source's event goes under the database it was trying, when that account exists;
+        // otherwise under no database (`stratus events` without `--db` shows it).
+        let db = service.unwrap_or_default().to_owned();
+        let message = format!(
+            "{} failed logins in a row for {} {}: each further attempt waits {} ms, doubling per failure, until a success or {} s without failures",
+            report.failures,
+            report.key.kind(),
+            report.key,
+            report.delay.as_millis(),
+            report.window.as_secs()
+        );
+        let data = serde_json::json!({
+            "kind": report.key.kind(),
+            "key": report.key.to_string(),
+            "failures": report.failures,
+            "delay_ms": report.delay.as_millis() as u64,
+            "window_secs": report.window.as_secs(),
+        });
+        self.runtime.spawn(async move {
+            if let Err(e) = cp
+                .store()
+                .record_event(&db, EventKind::LoginThrottled, &message, data)
+                .await
+            {
+                tracing::warn!("cannot record a login_throttled event: {e}");
+            }
+        });
     }
 }

@@ -4,6 +4,9 @@
 mod common;
 
 use common::Stratus;
+use mysql_async::Conn;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 #[test]
 fn reserved_database_names_are_refused() {
@@ -31,5 +34,120 @@ fn reserved_database_names_are_refused() {
     );
     // `test` is an ordinary name: each database has a server of its own.
     s.json(&["db", "create", "test"]);
+    s.stop();
+}
+
+/// The answer to a login, and how long it took.
+async fn timed_login(s: &Stratus, user: &str, pw: &str) -> (Result<(), u16>, Duration) {
+    let begin = Instant::now();
+    let result = match Conn::new(s.sql_opts(user, pw, None)).await {
+        Ok(conn) => {
+            let _ = conn.disconnect().await;
+            Ok(())
+        }
+        Err(mysql_async::Error::Server(e)) => Err(e.code),
+        Err(e) => panic!("login of {user} failed without a server error: {e}"),
+    };
+    (result, begin.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_wrong_passwords_are_counted_delayed_and_reported() {
+    let mut s = Stratus::new("throttle");
+    s.start();
+    let c = s.json(&["db", "create", "shop"]);
+    let (user, pw) = (c["user"].as_str().unwrap(), c["password"].as_str().unwrap());
+
+    let mut took = Vec::new();
+    for _ in 0..8 {
+        let (result, t) = timed_login(&s, user, "wrong").await;
+        assert_eq!(result, Err(1045), "still Access denied");
+        took.push(t);
+    }
+    // Three failures answer at once, then 250 ms doubling: the 8th waited 4 s.
+    assert!(took[7] >= Duration::from_millis(200), "{took:?}");
+    s.wait_for_metric(
+        "stratus_proxy_login_failures_total{db=\"shop\"}",
+        8.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        s.metric("stratus_proxy_login_throttled{kind=\"source\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        s.metric("stratus_proxy_login_throttled{kind=\"account\"}"),
+        Some(1.0)
+    );
+
+    // One event per throttled key (the source and the account), not one per failure.
+    s.wait_for_event("shop", "login_throttled", Duration::from_secs(10));
+    let events = s.json(&["events", "--db", "shop"]);
+    let throttled: Vec<_> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "login_throttled")
+        .map(|e| e["data"]["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(throttled.len(), 2, "{events:#}");
+    assert!(throttled.contains(&"source".to_owned()) && throttled.contains(&"account".to_owned()));
+
+    // The right password still gets in, after the same wait; the success resets the count.
+    let (result, t) = timed_login(&s, user, pw).await;
+    assert_eq!(result, Ok(()));
+    assert!(t >= Duration::from_millis(200), "{t:?}");
+    assert_eq!(
+        s.metric("stratus_proxy_login_throttled{kind=\"source\"}"),
+        Some(0.0)
+    );
+
+    // A name of no account counts apart, without a label per name.
+    let (result, _) = timed_login(&s, "nope.admin", "wrong").await;
+    assert_eq!(result, Err(1045));
+    assert_eq!(
+        s.metric("stratus_proxy_login_failures_total{db=\"_unknown\"}"),
+        Some(1.0)
+    );
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_distribution_client_verifies_the_certificate_against_the_ca_file() {
+    let mut s = Stratus::new("certnames");
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("{cfg}[tls]\ndomain = \"db.test\"\n")).unwrap();
+    s.start();
+    let c = s.json(&["db", "create", "shop"]);
+    let (user, pw) = (c["user"].as_str().unwrap(), c["password"].as_str().unwrap());
+    let ca = s.data_dir().join("tls").join("ca.pem");
+    let port = s.listen.split_once(':').unwrap().1.to_owned();
+    let mariadb = |host: &str, ca: &std::path::Path| {
+        Command::new("mariadb")
+            .args(["--protocol=tcp", "-h", host, "-P", &port])
+            .arg(format!("-u{user}"))
+            .arg(format!("-p{pw}"))
+            .arg("--ssl-verify-server-cert")
+            .arg(format!("--ssl-ca={}", ca.display()))
+            .args(["-e", "status"])
+            .output()
+            .unwrap()
+    };
+    for host in ["127.0.0.1", "localhost"] {
+        let out = mariadb(host, &ca);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("Cipher in use"), "over TLS: {stdout}");
+    }
+    // The check is real: a client trusting only the public CAs refuses the certificate.
+    let public = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if public.exists() {
+        let out = mariadb("127.0.0.1", public);
+        assert!(!out.status.success(), "verified against the wrong CA");
+    }
     s.stop();
 }
