@@ -64,8 +64,14 @@ impl Stratus {
         })
     }
 
+    /// The API client, with the admin token `stratus up` wrote on its first start (without it
+    /// the API answers 401, which says so).
     pub fn client(&self) -> stratus_api::ApiClient {
-        stratus_api::ApiClient::new(&format!("http://{}", self.api))
+        let client = stratus_api::ApiClient::new(&format!("http://{}", self.api));
+        match std::fs::read_to_string(self.dir.join("data/admin.token")) {
+            Ok(token) => client.bearer(token.trim().to_owned()),
+            Err(_) => client,
+        }
     }
 
     pub fn opts(&self, user: &str, password: &str, db: &str) -> mysql_async::OptsBuilder {

@@ -42,6 +42,12 @@ impl ApiClient {
         }
     }
 
+    /// This client, sending `token` as `Authorization: Bearer …`.
+    pub fn bearer(mut self, token: String) -> Self {
+        self.token = Some(token);
+        self
+    }
+
     /// A client that sends `token` and, for `https://`, trusts the PEM certificates in `ca`
     /// (the API's own self-signed certificate, or the CA that signed it). No public roots are
     /// built in: the CLI talks to one known server.
