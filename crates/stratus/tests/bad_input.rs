@@ -92,6 +92,7 @@ fn invalid_requests_are_refused_with_reasons() {
     ] {
         let answer = raw_http(
             &s.api,
+            &s.admin_token(),
             &format!("{request}Connection: close\r\n\r\n{{\"scu\": \"x"),
         );
         assert!(
@@ -111,12 +112,15 @@ fn invalid_requests_are_refused_with_reasons() {
     s.stop();
 }
 
-fn raw_http(addr: &str, request: &str) -> String {
+fn raw_http(addr: &str, token: &str, request: &str) -> String {
     use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(addr).unwrap();
     sock.write_all(
         request
-            .replace("HTTP/1.1\r\n", &format!("HTTP/1.1\r\nHost: {addr}\r\n"))
+            .replace(
+                "HTTP/1.1\r\n",
+                &format!("HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n"),
+            )
             .as_bytes(),
     )
     .unwrap();
