@@ -258,10 +258,16 @@ fn tokens_roles_scopes_and_host_names() {
     }
     s.stop();
 
-    // A restart keeps the tokens and does not make a new admin token.
+    // A restart keeps the tokens and does not make a new admin token; with metrics_auth,
+    // /metrics needs a token that covers every database.
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("{cfg}[http]\nmetrics_auth = true\n")).unwrap();
     s.start();
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), admin);
     assert!(s.cli_as(&dev, &["db", "show", "shop"]).status.success());
+    assert_eq!(http(&s.api, "GET", "/metrics", &s.api, None).0, 401);
+    assert_eq!(http(&s.api, "GET", "/metrics", &s.api, Some(&dev)).0, 403);
+    assert_eq!(http(&s.api, "GET", "/metrics", &s.api, Some(&admin)).0, 200);
     s.stop();
 }
 
@@ -281,8 +287,8 @@ fn a_non_loopback_api_needs_tls_and_gets_it() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
-    // By default such a bind serves HTTPS with the self-signed pair, which the CLI trusts from
-    // the data directory; /metrics then needs a token.
+    // By default such a bind serves HTTPS with the pair Stratus makes, whose CA the CLI trusts
+    // from the data directory.
     std::fs::write(&s.config, cfg).unwrap();
     s.start();
     let https = format!("https://localhost:{port}");
