@@ -5,8 +5,14 @@
 //! never appears in a statement the server could log. Privileges
 //! (<https://mariadb.com/kb/en/grant/>):
 //! * the **owner**, made with the service, gets every privilege on every schema with GRANT
-//!   OPTION, except those that manage the server itself, which is Stratus's job: shutdown,
-//!   files, the binary log and replication, other sessions, read-only mode, `SUPER`;
+//!   OPTION, as a database-level grant on the pattern `%`, plus the global privileges an RDS
+//!   master user has that do not manage the server (`PROCESS`, `SHOW DATABASES`, `CREATE USER`,
+//!   replication monitoring). Two exact-name grants take precedence over the pattern, because
+//!   MariaDB uses the most specific matching database-level grant, not the union
+//!   (<https://mariadb.com/kb/en/grant/#database-privileges>): `mysql` is read-only, so the
+//!   tables that define accounts cannot be written (a `GRANT` re-reads its row, so a written row
+//!   would take effect at once), and `stratus_meta` can be used but not dropped. No `FILE`,
+//!   `SUPER`, `SET USER`, `RELOAD`, `SHUTDOWN`, binary-log or replica administration;
 //! * **other users** get every privilege on the service's schema;
 //! * every account may use the commit marker table ([`commit_marker`]), through which the proxy
 //!   answers a `COMMIT` cut off by a crash truthfully.
@@ -20,9 +26,13 @@ use stratus_runtime::Runtime;
 use stratus_runtime::admin::{AdminConn, quote_ident, quote_str};
 use stratus_store::Store;
 
-/// Privileges the owner does not get.
-const SERVER_PRIVILEGES: &str = "SHUTDOWN, FILE, SUPER, BINLOG ADMIN, BINLOG REPLAY, CONNECTION ADMIN, \
-     READ_ONLY ADMIN, REPLICATION MASTER ADMIN, REPLICATION SLAVE ADMIN, FEDERATED ADMIN";
+/// How long Stratus waits for its own login to a running server.
+const ADMIN_LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The owner's global privileges: those of an RDS master user that neither manage the server
+/// nor act as another account.
+const OWNER_GLOBAL: &str =
+    "PROCESS, SHOW DATABASES, CREATE USER, REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR";
 
 fn account(user: &UserName) -> String {
     format!("{}@'%'", quote_str(user.as_str()))
@@ -45,9 +55,16 @@ pub fn user_sql(db: &ServiceName, user: &UserName, hash: &NativeHash, owner: boo
     )];
     if owner {
         sql.push(format!(
-            "GRANT ALL PRIVILEGES ON *.* TO {acct} WITH GRANT OPTION"
+            "GRANT {OWNER_GLOBAL} ON *.* TO {acct} WITH GRANT OPTION"
         ));
-        sql.push(format!("REVOKE {SERVER_PRIVILEGES} ON *.* FROM {acct}"));
+        sql.push(format!(
+            "GRANT ALL PRIVILEGES ON `%`.* TO {acct} WITH GRANT OPTION"
+        ));
+        sql.push(format!("GRANT SELECT ON mysql.* TO {acct}"));
+        sql.push(format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {}.* TO {acct}",
+            commit_marker::SCHEMA
+        ));
     } else {
         sql.push(format!(
             "GRANT ALL PRIVILEGES ON {}.* TO {acct}",
@@ -65,11 +82,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub async fn sync_accounts(&self, db: &str) -> Result<()> {
         let name = ServiceName::parse(db)?;
         let _guard = self.lock(&name).await;
-        let svc = self.load(&name).await?;
+        self.load(&name).await?;
         if self.runtime.endpoint(&name).is_none() || self.is_suspended(&name) {
             return Ok(());
         }
-        let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        let mut conn = self.admin(&name).await?;
         let rows: Vec<(String, Option<String>, Option<String>)> = conn
             .query_rows(
                 "SELECT User, JSON_VALUE(Priv, '$.plugin'), JSON_VALUE(Priv, '$.authentication_string') \
@@ -132,7 +149,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
         }
         if !new_users.is_empty() {
-            let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+            let mut conn = self.admin(&name).await?;
             for user in &new_users {
                 if let Err(e) = conn.exec(&commit_marker::grant(&account(user))).await {
                     tracing::warn!(db = %name, %user, "cannot grant the commit marker table: {e}");
@@ -153,20 +170,70 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         Ok(())
     }
 
-    pub(crate) async fn admin(
+    /// Stratus's own connection to a running server. If the server refuses Stratus's account
+    /// (a tenant dropped, locked or changed it, which its `CREATE USER` privilege allows),
+    /// the server is restarted, which restores the account before any client can connect
+    /// (its `init_file`), and the login is tried once more. Callers hold the database's lock,
+    /// so nothing else acts on the server meanwhile.
+    pub(crate) async fn admin(&self, name: &ServiceName) -> Result<AdminConn> {
+        match self.admin_login(name).await {
+            Err(e) if AdminConn::is_access_denied(&e) => {
+                self.restore_access(name, &e).await?;
+                Ok(self.admin_login(name).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn admin_login(&self, name: &ServiceName) -> stratus_runtime::Result<AdminConn> {
+        let endpoint = self
+            .runtime
+            .endpoint(name)
+            .ok_or_else(|| stratus_runtime::RuntimeError::NotRunning(name.to_string()))?;
+        AdminConn::connect(
+            name.as_str(),
+            &endpoint,
+            &self.runtime.admin_login(),
+            ADMIN_LOGIN_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Restarts a server that refuses Stratus: its start restores Stratus's account.
+    async fn restore_access(
         &self,
         name: &ServiceName,
-        port: u16,
-        password: &str,
-    ) -> Result<AdminConn> {
-        Ok(AdminConn::connect(
-            name.as_str(),
-            "127.0.0.1",
-            port,
-            password,
-            std::time::Duration::from_secs(10),
+        cause: &stratus_runtime::RuntimeError,
+    ) -> Result<()> {
+        let begin = std::time::Instant::now();
+        tracing::warn!(db = %name, "the server refuses Stratus's account ({cause}); restarting it to restore the account");
+        let svc = self.load(name).await?;
+        self.runtime.stop(name, self.cfg.stop_grace).await?;
+        let restored = self.runtime.start(&self.instance_spec(&svc)).await;
+        let ms = begin.elapsed().as_millis() as u64;
+        let (message, ok) = match &restored {
+            Ok(_) => (
+                format!(
+                    "Stratus's account in the server had been removed, locked or changed ({cause}); the server was restarted and the account restored in {ms} ms"
+                ),
+                true,
+            ),
+            Err(e) => (
+                format!(
+                    "Stratus's account in the server had been removed, locked or changed ({cause}); restarting the server to restore it failed: {e}"
+                ),
+                false,
+            ),
+        };
+        self.event(
+            name,
+            EventKind::AccessRestored,
+            &message,
+            serde_json::json!({"cause": cause.to_string(), "restored": ok, "ms": ms}),
         )
-        .await?)
+        .await;
+        restored?;
+        Ok(())
     }
 
     /// Adds a user to a database, in its server and in the catalog. A parked database is
@@ -183,8 +250,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             return Err(ControlError::Invalid("password must not be empty".into()));
         }
         let _guard = self.lock(&name).await;
-        let svc = self
-            .ensure_running(&name, EventKind::Resumed, "for user create")
+        self.ensure_running(&name, EventKind::Resumed, "for user create")
             .await?;
         if self
             .store
@@ -205,7 +271,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             owner: false,
             created_at_ms: now_ms(),
         };
-        let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        let mut conn = self.admin(&name).await?;
         for sql in user_sql(&name, &user.name, &user.hash, false) {
             conn.exec(&sql).await?;
         }
@@ -218,7 +284,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             serde_json::json!({"user": user_name}),
         )
         .await;
-        let (host, port) = self.endpoint(&svc);
+        let (host, port) = self.endpoint();
         let user = self.client_user(&name, &user_name);
         Ok(CreatedUser {
             database: name.to_string(),
@@ -263,10 +329,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 "user {user_name} owns database {name} and cannot be deleted"
             )));
         }
-        let svc = self
-            .ensure_running(&name, EventKind::Resumed, "for user delete")
+        self.ensure_running(&name, EventKind::Resumed, "for user delete")
             .await?;
-        let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        let mut conn = self.admin(&name).await?;
         conn.exec(&format!("DROP USER IF EXISTS {}", account(&user_name)))
             .await?;
         conn.close().await;
@@ -296,8 +361,23 @@ mod tests {
                 "CREATE USER 'admin'@'%' IDENTIFIED VIA mysql_native_password USING '*"
             )
         );
-        assert!(owner[1].contains("ON *.*") && owner[1].contains("WITH GRANT OPTION"));
-        assert!(owner[2].starts_with("REVOKE SHUTDOWN, FILE, SUPER"));
+        assert!(owner[1].starts_with("GRANT PROCESS, SHOW DATABASES, CREATE USER,"));
+        for global in ["FILE", "SUPER", "SET USER", "RELOAD", "SHUTDOWN", "ALL"] {
+            assert!(
+                !owner[1].contains(global),
+                "owner gets {global} in {}",
+                owner[1]
+            );
+        }
+        assert_eq!(
+            owner[2],
+            "GRANT ALL PRIVILEGES ON `%`.* TO 'admin'@'%' WITH GRANT OPTION"
+        );
+        assert_eq!(owner[3], "GRANT SELECT ON mysql.* TO 'admin'@'%'");
+        assert_eq!(
+            owner[4],
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON stratus_meta.* TO 'admin'@'%'"
+        );
         let app = user_sql(&db, &UserName::parse("app").unwrap(), &hash, false);
         assert_eq!(app[1], "GRANT ALL PRIVILEGES ON `my-shop`.* TO 'app'@'%'");
         assert_eq!(

@@ -2,7 +2,7 @@
 //! the address of a database's server, waking it when asked.
 
 use crate::{ControlPlane, Result};
-use std::net::SocketAddr;
+use stratus_core::Endpoint;
 use stratus_core::{DbState, EventKind, ServiceName, UserName};
 use stratus_runtime::Runtime;
 use stratus_store::Store;
@@ -27,11 +27,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// A client could not connect to `addr`: if that is the server's address, wait (briefly) for
     /// the runtime to see it gone, so the next lookup starts a new one rather than handing out
     /// the dying one again.
-    pub async fn server_unreachable(&self, service: &str, addr: SocketAddr) {
+    pub async fn server_unreachable(&self, service: &str, addr: &Endpoint) {
         let Ok(name) = ServiceName::parse(service) else {
             return;
         };
-        if self.runtime.endpoint(&name) == Some(addr) {
+        if self.runtime.endpoint(&name).as_ref() == Some(addr) {
             let gone = self.runtime.wait_gone(&name, UNREACHABLE_WAIT).await;
             tracing::info!(db = %name, %addr, gone, "server refused a connection");
         }
@@ -39,11 +39,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// The server's address if it runs; with `wake`, starts it first (one start however many
     /// clients ask at once: they queue on the database's lock and find it running).
-    pub async fn backend_for_client(
-        &self,
-        service: &str,
-        wake: bool,
-    ) -> Result<Option<SocketAddr>> {
+    pub async fn backend_for_client(&self, service: &str, wake: bool) -> Result<Option<Endpoint>> {
         let name = ServiceName::parse(service)?;
         if let Some(addr) = self
             .runtime

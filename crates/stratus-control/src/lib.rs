@@ -38,8 +38,8 @@ pub struct ControlConfig {
     pub scu: ScuSize,
     /// How long a server gets to shut down cleanly before it is killed.
     pub stop_grace: Duration,
-    /// Where clients connect (the proxy). `None`: straight to each database's server.
-    pub endpoint: Option<(String, u16)>,
+    /// Where clients connect: the proxy. Servers themselves accept nobody but Stratus.
+    pub endpoint: (String, u16),
     /// Longest wait between restarts of a server that keeps crashing.
     pub restart_backoff_max: Duration,
     /// The scaling policy new databases get.
@@ -55,7 +55,7 @@ impl Default for ControlConfig {
         Self {
             scu: ScuSize::default(),
             stop_grace: Duration::from_secs(60),
-            endpoint: None,
+            endpoint: ("127.0.0.1".to_owned(), 6033),
             restart_backoff_max: Duration::from_secs(30),
             default_policy: stratus_core::ScalingPolicy::default(),
             pool: pool::PoolConfig::default(),
@@ -154,29 +154,19 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     fn instance_spec(&self, svc: &DatabaseService) -> InstanceSpec {
         InstanceSpec {
             name: svc.spec.name.clone(),
-            port: svc.port,
-            admin_password: svc.admin_password.clone(),
             resources: self.resources(svc.scu),
             max_resources: self.resources(svc.spec.max_scu),
         }
     }
 
-    /// Where clients of `svc` connect.
-    fn endpoint(&self, svc: &DatabaseService) -> (String, u16) {
-        self.cfg
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| ("127.0.0.1".to_owned(), svc.port))
+    /// Where clients connect.
+    fn endpoint(&self) -> (String, u16) {
+        self.cfg.endpoint.clone()
     }
 
-    /// The user name a client logs in with: `<service>.<user>` through the proxy, which routes
-    /// on it; the plain name when clients connect to the server directly.
+    /// The user name a client logs in with: `<service>.<user>`, which the proxy routes on.
     fn client_user(&self, service: &ServiceName, user: &stratus_core::UserName) -> String {
-        if self.cfg.endpoint.is_some() {
-            format!("{service}.{user}")
-        } else {
-            user.to_string()
-        }
+        format!("{service}.{user}")
     }
 
     /// Records what the proxy did for a client session whose server was lost.

@@ -70,8 +70,6 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             buffer_pool_bytes: resources.buffer_pool_bytes,
             spec,
             state: DbState::Provisioning,
-            port: 0,
-            admin_password: random_password(),
             require_tls: req.require_tls.unwrap_or(false),
             created_at_ms: now,
             updated_at_ms: now,
@@ -119,10 +117,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             &name,
             EventKind::Started,
             &format!("database {name} ready in {ready_ms} ms on {source}"),
-            json!({"ready_ms": ready_ms, "port": svc.port, "scu": svc.scu, "warm_pool": from_pool}),
+            json!({"ready_ms": ready_ms, "scu": svc.scu, "warm_pool": from_pool}),
         )
         .await;
-        let (host, port) = self.endpoint(&svc);
+        let (host, port) = self.endpoint();
         let user = self.client_user(&name, &owner_name);
         Ok(CreatedDatabase {
             name: name.to_string(),
@@ -156,9 +154,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             },
             None => self.runtime.provision(&spec).await?,
         };
-        svc.port = instance.port;
+        let _ = instance;
         let name = svc.name().clone();
-        let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        let mut conn = self.admin(&name).await?;
         if from_pool {
             // A spare idles on a small pool; give it the database's.
             conn.exec(&format!(
@@ -202,7 +200,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let seen = self.runtime.observe(svc.name()).await;
         let configured = self.resources(svc.scu);
         let enforced = seen.cpu_limit_millis.is_some() && seen.memory_limit_bytes.is_some();
-        let (host, port) = self.endpoint(svc);
+        let (host, port) = self.endpoint();
         DatabaseView {
             name: svc.name().to_string(),
             state: svc.state.to_string(),
@@ -363,9 +361,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             self.unsuspend(&svc).await?;
             self.runtime.observe(name).await.pid.unwrap_or(0)
         } else {
-            let instance = self.runtime.start(&self.instance_spec(&svc)).await?;
-            svc.port = instance.port;
-            instance.pid
+            self.runtime.start(&self.instance_spec(&svc)).await?.pid
         };
         svc.state = DbState::Active;
         self.store.update_service(&svc).await?;
@@ -408,9 +404,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// what a crash of Stratus interrupted. Databases are recovered concurrently.
     /// Creates the commit marker table where an older server lacks it, and prunes rows left by
     /// proxies that were killed. Best effort: without the table, commits are just not marked.
-    async fn tend_commit_markers(&self, svc: &DatabaseService, port: u16) {
+    async fn tend_commit_markers(&self, svc: &DatabaseService) {
         let result = async {
-            let mut conn = self.admin(svc.name(), port, &svc.admin_password).await?;
+            let mut conn = self.admin(svc.name()).await?;
             for sql in commit_marker::DDL {
                 conn.exec(sql).await?;
             }
@@ -465,15 +461,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
                 match self.runtime.start(&self.instance_spec(&svc)).await {
                     Ok(instance) => {
-                        self.tend_commit_markers(&svc, instance.port).await;
+                        self.tend_commit_markers(&svc).await;
                         if suspended {
                             let _ = self.runtime.freeze(&name).await;
                             self.set_suspended(&name, true);
-                        }
-                        let mut svc = svc;
-                        if svc.port != instance.port {
-                            svc.port = instance.port;
-                            let _ = self.store.update_service(&svc).await;
                         }
                         let ms = begin.elapsed().as_millis() as u64;
                         let (kind, msg) = if instance.adopted {

@@ -54,9 +54,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         svc: &DatabaseService,
         bytes: u64,
     ) -> Result<(u64, Vec<String>)> {
-        let mut conn = self
-            .admin(svc.name(), svc.port, &svc.admin_password)
-            .await?;
+        let mut conn = self.admin(svc.name()).await?;
         let warnings = conn
             .exec_with_warnings(&format!("SET GLOBAL innodb_buffer_pool_size = {bytes}"))
             .await?;

@@ -87,11 +87,6 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             let begin = Instant::now();
             match self.runtime.start(&self.instance_spec(&svc)).await {
                 Ok(instance) => {
-                    if instance.port != svc.port {
-                        let mut svc = svc;
-                        svc.port = instance.port;
-                        let _ = self.store.update_service(&svc).await;
-                    }
                     let ms = begin.elapsed().as_millis() as u64;
                     self.event(
                         &name,

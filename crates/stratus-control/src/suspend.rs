@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use stratus_core::scu::MIB;
 use stratus_core::{DatabaseService, DbState, EventKind, ServiceName};
 use stratus_runtime::Runtime;
-use stratus_runtime::admin::{ADMIN_USER, AdminConn, quote_str};
+use stratus_runtime::admin::{AdminConn, quote_str};
 use stratus_store::Store;
 
 /// The buffer pool a suspended server keeps.
@@ -55,9 +55,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             )));
         }
         let begin = Instant::now();
-        let mut conn = self.admin(&name, svc.port, &svc.admin_password).await?;
+        let mut conn = self.admin(&name).await?;
         let dumped = dump_buffer_pool(&mut conn).await?;
-        let closed = close_sessions(&mut conn).await?;
+        let closed = close_sessions(&mut conn, &self.runtime.admin_login().user).await?;
         let before: Option<u64> = conn
             .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
             .await?;
@@ -109,7 +109,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.runtime
             .set_limits(name, r.cpu_millis, r.memory_bytes)
             .await?;
-        let mut conn = self.admin(name, svc.port, &svc.admin_password).await?;
+        let mut conn = self.admin(name).await?;
         conn.exec(&format!(
             "SET GLOBAL innodb_buffer_pool_size = {}",
             r.buffer_pool_bytes
@@ -160,11 +160,11 @@ async fn dump_buffer_pool(conn: &mut AdminConn) -> Result<String> {
 }
 
 /// Closes every client session on the server; the proxy notices and keeps its clients.
-async fn close_sessions(conn: &mut AdminConn) -> Result<u64> {
+async fn close_sessions(conn: &mut AdminConn, admin_user: &str) -> Result<u64> {
     let ids: Vec<u64> = conn
         .query_rows(&format!(
             "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND USER NOT IN ({}, 'system user', 'event_scheduler')",
-            quote_str(ADMIN_USER)
+            quote_str(admin_user)
         ))
         .await?;
     let mut closed = 0;

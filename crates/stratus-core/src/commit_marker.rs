@@ -4,6 +4,9 @@
 //! tells whether that `COMMIT` happened (see `stratus-proxy`'s `replay` module). The control
 //! plane creates the table, grants each account its use, and prunes rows of sessions long gone.
 
+/// The schema that holds it; tenants may use it but not drop it.
+pub const SCHEMA: &str = "stratus_meta";
+
 /// The table, qualified.
 pub const TABLE: &str = "stratus_meta.commits";
 

@@ -1,11 +1,11 @@
 //! The one file-system helper several crates need.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Writes a file only its owner can read (mode 0600 from creation, never briefly readable):
-/// option files with passwords, private keys.
+/// Writes a file only its owner can read (mode 0600 from creation, never briefly readable, and
+/// tightened first if the file already existed with a looser mode): tokens, private keys.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -13,6 +13,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(contents)
 }
 

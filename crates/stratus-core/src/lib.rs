@@ -7,6 +7,7 @@
 
 pub mod activity;
 pub mod commit_marker;
+pub mod endpoint;
 pub mod event;
 pub mod fs;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod time;
 pub mod token;
 
 pub use activity::ActivityView;
+pub use endpoint::Endpoint;
 pub use event::{Event, EventKind};
 pub use names::{NameError, ServiceName, UserName};
 pub use password::{NativeHash, random_password};

@@ -168,10 +168,6 @@ pub struct DatabaseService {
     pub scu: u32,
     /// Buffer pool size the server last reported, in bytes.
     pub buffer_pool_bytes: u64,
-    /// The loopback TCP port of its `mariadbd`; kept across restarts while free.
-    pub port: u16,
-    /// Password of Stratus's own `stratus_admin` account on this database.
-    pub admin_password: String,
     /// Clients must connect with TLS (`require_secure_transport` for this database).
     pub require_tls: bool,
     pub created_at_ms: i64,

@@ -3,8 +3,11 @@
 
 use crate::error::SqlError;
 use bytes::BytesMut;
-use std::net::SocketAddr;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use stratus_core::Endpoint;
 use stratus_wire::auth::{NATIVE_PLUGIN, Stage1, scramble_reply};
 use stratus_wire::caps;
 use stratus_wire::handshake::{Greeting, HandshakeResponse, decode_auth_switch};
@@ -12,8 +15,8 @@ use stratus_wire::lenenc::Reader;
 use stratus_wire::packet;
 use stratus_wire::response::ErrPacket;
 use stratus_wire::tracker::{Expect, Step, Tracker};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf, Ready};
+use tokio::net::{TcpStream, UnixStream};
 
 /// Capabilities the proxy always asks of a backend, whatever the client negotiated: session
 /// tracking is how it learns the session's state.
@@ -75,12 +78,96 @@ pub struct Login {
 }
 
 pub struct Backend {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     pub buf: BytesMut,
     /// Capabilities in force on this connection.
     pub caps: u64,
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     pub connection_id: u32,
+}
+
+/// The byte stream to a server: its private unix socket on this host, or TCP to a pod.
+pub enum BackendStream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl BackendStream {
+    async fn connect(addr: &Endpoint) -> io::Result<Self> {
+        Ok(match addr {
+            Endpoint::Unix(path) => BackendStream::Unix(UnixStream::connect(path).await?),
+            Endpoint::Tcp(addr) => {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                BackendStream::Tcp(s)
+            }
+        })
+    }
+
+    pub async fn ready(&self, interest: Interest) -> io::Result<Ready> {
+        match self {
+            BackendStream::Unix(s) => s.ready(interest).await,
+            BackendStream::Tcp(s) => s.ready(interest).await,
+        }
+    }
+
+    pub fn try_io<R>(
+        &self,
+        interest: Interest,
+        f: impl FnOnce() -> io::Result<R>,
+    ) -> io::Result<R> {
+        match self {
+            BackendStream::Unix(s) => s.try_io(interest, f),
+            BackendStream::Tcp(s) => s.try_io(interest, f),
+        }
+    }
+
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BackendStream::Unix(s) => s.try_read(buf),
+            BackendStream::Tcp(s) => s.try_read(buf),
+        }
+    }
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Rows of a result the proxy reads for itself: text values, `None` for NULL.
@@ -88,15 +175,14 @@ pub type Rows = Vec<Vec<Option<Vec<u8>>>>;
 
 impl Backend {
     pub async fn connect(
-        addr: SocketAddr,
+        addr: Endpoint,
         login: &Login,
         schema: Option<&str>,
         timeout: Duration,
     ) -> Result<Self, BackendError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(timeout, BackendStream::connect(&addr))
             .await
             .map_err(|_| BackendError::Io(std::io::ErrorKind::TimedOut.into()))??;
-        stream.set_nodelay(true)?;
         let mut b = Backend {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),

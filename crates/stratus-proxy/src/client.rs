@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+use stratus_core::Endpoint;
 use stratus_core::time::now_ms;
 use stratus_wire::auth::{self, NATIVE_PLUGIN};
 use stratus_wire::caps;
@@ -923,14 +924,14 @@ impl<D: Directory> Session<D> {
                             .ok_or_else(|| SqlError::unavailable(&svc, "it did not start"))?
                     }
                 };
-                match self.connect(a).await {
+                match self.connect(a.clone()).await {
                     Ok(()) => return Ok(woke),
                     Err(BackendError::Server(e)) => return Err(e),
                     // Stopped or crashed between lookup and connect: once the directory has seen
                     // it gone, the lookup wakes or waits for the restart.
                     Err(e) => {
                         last = Some(format!("{a}: {e:?}"));
-                        dir.unreachable(&svc, a).await;
+                        dir.unreachable(&svc, &a).await;
                         addr = None;
                     }
                 }
@@ -959,10 +960,10 @@ impl<D: Directory> Session<D> {
     }
 
     /// Opens a backend connection as the client's user and replays the session on it.
-    async fn connect(&mut self, addr: SocketAddr) -> Result<(), BackendError> {
+    async fn connect(&mut self, addr: Endpoint) -> Result<(), BackendError> {
         let timeout = self.proxy.cfg.wake_timeout;
         let kept = pool::take(
-            &self.pool_key(addr),
+            &self.pool_key(addr.clone()),
             self.proxy.cfg.pool_idle_timeout,
             &self.proxy.activity,
         );
@@ -970,7 +971,7 @@ impl<D: Directory> Session<D> {
             Some(b) => b,
             None => {
                 let b = match Backend::connect(
-                    addr,
+                    addr.clone(),
                     &self.login,
                     self.state.schema.as_deref(),
                     timeout,
@@ -1010,7 +1011,7 @@ impl<D: Directory> Session<D> {
         Ok(())
     }
 
-    fn pool_key(&self, addr: SocketAddr) -> pool::Key {
+    fn pool_key(&self, addr: Endpoint) -> pool::Key {
         pool::Key {
             service: self.service.clone(),
             addr,
@@ -1040,7 +1041,7 @@ impl<D: Directory> Session<D> {
                 return;
             }
         }
-        let key = self.pool_key(b.addr);
+        let key = self.pool_key(b.addr.clone());
         let cfg = &self.proxy.cfg;
         pool::give_back(
             key,

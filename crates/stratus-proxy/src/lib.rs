@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
+pub use stratus_core::Endpoint;
 use tokio::net::TcpListener;
 
 pub use activity::{Activity, ActivitySnapshot};
@@ -49,11 +50,11 @@ pub trait Directory: Send + Sync + 'static {
         &self,
         service: &str,
         wake: bool,
-    ) -> impl Future<Output = Result<Option<SocketAddr>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<Endpoint>, String>> + Send;
 
     /// A connection to `addr`, which `backend` gave, was refused: returns once the directory
     /// knows whether that server is gone (then the next `backend` call starts another).
-    fn unreachable(&self, service: &str, addr: SocketAddr) -> impl Future<Output = ()> + Send;
+    fn unreachable(&self, service: &str, addr: &Endpoint) -> impl Future<Output = ()> + Send;
 
     /// A client changed accounts in SQL (`CREATE USER`, `SET PASSWORD`…) on `service`: the
     /// directory re-reads them, so the next login sees the change.

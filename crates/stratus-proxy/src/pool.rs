@@ -13,16 +13,16 @@ use crate::backend::Backend;
 use crate::session::BACKEND_TRACKING;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use stratus_core::Endpoint;
 use stratus_wire::command::COM_RESET_CONNECTION;
 
 /// What must match for a kept connection to serve a new session.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub service: String,
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     pub user: Vec<u8>,
     /// `SHA1(password)`: a connection made with an old password is not handed to a new one.
     pub stage1: [u8; 20],

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use stratus_proxy::{Account, Directory, Proxy, ProxyConfig};
+use stratus_proxy::{Account, Directory, Endpoint, Proxy, ProxyConfig};
 use stratus_wire::auth::{scramble_reply, stage1_of};
 use stratus_wire::caps;
 use stratus_wire::handshake::{Greeting, HandshakeResponse};
@@ -21,7 +21,7 @@ impl Directory for Accounts {
         self.0.get(&(service.to_owned(), user.to_owned())).copied()
     }
 
-    async fn backend(&self, _service: &str, wake: bool) -> Result<Option<SocketAddr>, String> {
+    async fn backend(&self, _service: &str, wake: bool) -> Result<Option<Endpoint>, String> {
         if wake {
             Err("no databases in this test".into())
         } else {
@@ -29,7 +29,7 @@ impl Directory for Accounts {
         }
     }
 
-    async fn unreachable(&self, _service: &str, _addr: SocketAddr) {}
+    async fn unreachable(&self, _service: &str, _addr: &Endpoint) {}
 
     async fn accounts_changed(&self, _service: &str) {}
 

@@ -1,14 +1,23 @@
-//! Stratus's own administrative connection to a database, as the `stratus_admin` account.
+//! Stratus's own administrative connection to a database.
+//!
+//! Locally it is the account named after Stratus's OS user, authenticated by the kernel over the
+//! server's private unix socket (see `local::server_user`): no password exists to be stored.
 
 use crate::{Result, RuntimeError};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use std::time::Duration;
+use stratus_core::Endpoint;
 
-/// The account Stratus manages each server with. Never routed to by the proxy.
-pub const ADMIN_USER: &str = "stratus_admin";
+/// How a runtime's servers are logged into by Stratus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminLogin {
+    pub user: String,
+    /// `None` for socket authentication.
+    pub password: Option<String>,
+}
 
-/// A connection as [`ADMIN_USER`] over loopback TCP.
+/// A connection as Stratus's own account.
 pub struct AdminConn {
     name: String,
     conn: Conn,
@@ -18,17 +27,20 @@ impl AdminConn {
     /// Connects, giving up after `timeout`.
     pub async fn connect(
         name: &str,
-        host: &str,
-        port: u16,
-        password: &str,
+        endpoint: &Endpoint,
+        login: &AdminLogin,
         timeout: Duration,
     ) -> Result<Self> {
         let opts = OptsBuilder::default()
-            .ip_or_hostname(host.to_owned())
-            .tcp_port(port)
-            .user(Some(ADMIN_USER))
-            .pass(Some(password.to_owned()))
-            .prefer_socket(false);
+            .user(Some(login.user.clone()))
+            .pass(login.password.clone());
+        let opts = match endpoint {
+            Endpoint::Unix(path) => opts.socket(Some(path.to_string_lossy().into_owned())),
+            Endpoint::Tcp(addr) => opts
+                .ip_or_hostname(addr.ip().to_string())
+                .tcp_port(addr.port())
+                .prefer_socket(false),
+        };
         let conn = tokio::time::timeout(timeout, Conn::new(opts))
             .await
             .map_err(|_| {
@@ -101,6 +113,15 @@ impl AdminConn {
                 name: self.name.clone(),
                 source,
             })
+    }
+
+    /// The server refused the login itself (as opposed to being unreachable): someone removed,
+    /// locked or changed Stratus's account.
+    pub fn is_access_denied(e: &RuntimeError) -> bool {
+        // 1045 access denied, 1698 socket user mismatch, 4151 account locked, 1862 expired,
+        // 1226 a resource limit on the account.
+        matches!(e, RuntimeError::Sql { source: mysql_async::Error::Server(s), .. }
+            if matches!(s.code, 1045 | 1698 | 4151 | 1862 | 1820 | 1226 | 1044))
     }
 
     pub async fn close(self) {

@@ -17,7 +17,7 @@ pub use stratus_cgroup::Usage;
 
 use std::future::Future;
 use std::time::Duration;
-use stratus_core::{Resources, ServiceName};
+use stratus_core::{Endpoint, Resources, ServiceName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -74,10 +74,6 @@ pub type Result<T> = std::result::Result<T, RuntimeError>;
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {
     pub name: ServiceName,
-    /// Preferred TCP port; the runtime may pick another if it is taken.
-    pub port: u16,
-    /// Password of the `stratus_admin` account, which the runtime logs in with.
-    pub admin_password: String,
     /// The size to start at.
     pub resources: Resources,
     /// The largest size this database may reach: the buffer pool's address space is reserved
@@ -89,8 +85,7 @@ pub struct InstanceSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub pid: u32,
-    pub host: String,
-    pub port: u16,
+    pub endpoint: Endpoint,
     /// True when an already running server was taken over instead of started.
     pub adopted: bool,
     /// From spawn to the first successful login.
@@ -101,7 +96,7 @@ pub struct Instance {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
     pub pid: Option<u32>,
-    /// `host:port` of the server itself.
+    /// Where the server itself is reached (for `db show`; only Stratus can connect there).
     pub backend: Option<String>,
     /// CPU quota in millicores as enforced, `None` when not limited or not enforceable.
     pub cpu_limit_millis: Option<u32>,
@@ -139,12 +134,16 @@ pub struct RuntimeInfo {
 pub trait Runtime: Send + Sync + 'static {
     fn info(&self) -> RuntimeInfo;
 
-    /// Creates storage for a new database and starts it; returns once it accepts logins with
-    /// `spec.admin_password`. On failure nothing is left behind.
+    /// How Stratus logs into this runtime's servers.
+    fn admin_login(&self) -> admin::AdminLogin;
+
+    /// Creates storage for a new database and starts it; returns once Stratus can log in. On
+    /// failure nothing is left behind.
     fn provision(&self, spec: &InstanceSpec) -> impl Future<Output = Result<Instance>> + Send;
 
     /// Starts a database on its existing storage, or adopts its server if one is already
-    /// running (after a restart of Stratus). Returns once it accepts logins.
+    /// running (after a restart of Stratus). Returns once Stratus can log in: a start also
+    /// restores Stratus's own account, whatever a tenant did to it.
     fn start(&self, spec: &InstanceSpec) -> impl Future<Output = Result<Instance>> + Send;
 
     /// Stops the server gracefully, killing it after `grace`. Returns whether it stopped in time.
@@ -176,7 +175,7 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Where the running server listens, or `None` if it is not running. Cheap: the proxy asks
     /// on every new client connection.
-    fn endpoint(&self, name: &ServiceName) -> Option<std::net::SocketAddr>;
+    fn endpoint(&self, name: &ServiceName) -> Option<Endpoint>;
 
     /// Waits, at most `limit`, for the server to be seen gone: a client found it refusing
     /// connections, which a dying server does a moment before its exit can be observed. True if
@@ -196,8 +195,7 @@ pub trait Runtime: Send + Sync + 'static {
         max_resources: Resources,
     ) -> impl Future<Output = Result<Spare>> + Send;
 
-    /// Makes a spare the server of `spec.name`, at its size and with its admin password, without
-    /// restarting it.
+    /// Makes a spare the server of `spec.name`, at its size, without restarting it.
     fn claim_spare(
         &self,
         spare: &Spare,
@@ -214,6 +212,5 @@ pub trait Runtime: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct Spare {
     pub key: String,
-    pub admin_password: String,
-    pub port: u16,
+    pub endpoint: Endpoint,
 }

@@ -1,8 +1,8 @@
 //! The local runtime against real `mariadbd` processes and this host's cgroups.
 
-use mysql_async::prelude::Queryable;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
-use stratus_core::{ScuSize, ServiceName};
+use stratus_core::{Endpoint, ScuSize, ServiceName};
 use stratus_runtime::admin::AdminConn;
 use stratus_runtime::{InstanceSpec, LocalConfig, LocalRuntime, Runtime, RuntimeError};
 
@@ -10,11 +10,16 @@ fn spec(name: &str, scu: u32) -> InstanceSpec {
     let size = ScuSize::default();
     InstanceSpec {
         name: ServiceName::parse(name).unwrap(),
-        port: 0,
-        admin_password: stratus_core::random_password(),
         resources: size.resources(scu),
         max_resources: size.resources(2),
     }
+}
+
+/// A temporary root the servers' unprivileged user may traverse (tempdirs are 0700).
+fn root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
 }
 
 /// Each test gets its own root and its own cgroup parent, so tests run in parallel.
@@ -24,12 +29,11 @@ fn config(dir: &tempfile::TempDir, tag: &str) -> LocalConfig {
     cfg
 }
 
-async fn admin(spec: &InstanceSpec, port: u16) -> AdminConn {
+async fn admin(rt: &LocalRuntime, spec: &InstanceSpec, endpoint: &Endpoint) -> AdminConn {
     AdminConn::connect(
         spec.name.as_str(),
-        "127.0.0.1",
-        port,
-        &spec.admin_password,
+        endpoint,
+        &rt.admin_login(),
         Duration::from_secs(5),
     )
     .await
@@ -38,15 +42,14 @@ async fn admin(spec: &InstanceSpec, port: u16) -> AdminConn {
 
 #[tokio::test]
 async fn provision_limit_stop_start_crash_and_destroy() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = root();
     let rt = LocalRuntime::new(config(&dir, "life")).await.unwrap();
     let mut exits = rt.exits();
     let s = spec("shop", 1);
     let inst = rt.provision(&s).await.unwrap();
     assert!(!inst.adopted);
 
-    // The admin password was rotated away from the template's.
-    let mut conn = admin(&s, inst.port).await;
+    let mut conn = admin(&rt, &s, &inst.endpoint).await;
     conn.exec("CREATE DATABASE shop").await.unwrap();
     conn.exec("CREATE TABLE shop.t (id INT PRIMARY KEY) ENGINE=InnoDB")
         .await
@@ -65,7 +68,7 @@ async fn provision_limit_stop_start_crash_and_destroy() {
 
     let seen = rt.observe(&s.name).await;
     assert_eq!(seen.pid, Some(inst.pid));
-    assert_eq!(seen.backend, Some(format!("127.0.0.1:{}", inst.port)));
+    assert_eq!(seen.backend, Some(inst.endpoint.to_string()));
     if rt.info().resource_control != "none" {
         assert_eq!(seen.cpu_limit_millis, Some(500));
         assert_eq!(seen.memory_limit_bytes, Some(2 << 30));
@@ -92,7 +95,7 @@ async fn provision_limit_stop_start_crash_and_destroy() {
     );
     assert_eq!(rt.observe(&s.name).await.pid, None);
     let again = rt.start(&s).await.unwrap();
-    let mut conn = admin(&s, again.port).await;
+    let mut conn = admin(&rt, &s, &again.endpoint).await;
     let n: Option<u64> = conn
         .query_value("SELECT COUNT(*) FROM shop.t")
         .await
@@ -114,7 +117,7 @@ async fn provision_limit_stop_start_crash_and_destroy() {
     assert!(notice.status.starts_with("signal 9"), "{}", notice.status);
     // InnoDB recovers it on the next start.
     let third = rt.start(&s).await.unwrap();
-    let mut conn = admin(&s, third.port).await;
+    let mut conn = admin(&rt, &s, &third.endpoint).await;
     let n: Option<u64> = conn
         .query_value("SELECT COUNT(*) FROM shop.t")
         .await
@@ -135,7 +138,7 @@ async fn provision_limit_stop_start_crash_and_destroy() {
 
 #[tokio::test]
 async fn a_new_runtime_adopts_running_servers() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = root();
     let s = spec("adopt", 1);
     let first = {
         let rt = LocalRuntime::new(config(&dir, "adopt")).await.unwrap();
@@ -145,7 +148,7 @@ async fn a_new_runtime_adopts_running_servers() {
     let rt = LocalRuntime::new(config(&dir, "adopt")).await.unwrap();
     let inst = rt.start(&s).await.unwrap();
     assert!(inst.adopted);
-    assert_eq!((inst.pid, inst.port), (first.pid, first.port));
+    assert_eq!((inst.pid, &inst.endpoint), (first.pid, &first.endpoint));
     let mut exits = rt.exits();
     assert!(rt.stop(&s.name, Duration::from_secs(30)).await.unwrap());
     assert!(
@@ -157,19 +160,15 @@ async fn a_new_runtime_adopts_running_servers() {
 }
 
 #[tokio::test]
-async fn a_taken_port_is_replaced_and_a_broken_server_explains_itself() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_broken_server_explains_itself() {
+    let dir = root();
     let rt = LocalRuntime::new(config(&dir, "fail")).await.unwrap();
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut s = spec("ports", 1);
-    s.port = squatter.local_addr().unwrap().port();
-    let inst = rt.provision(&s).await.unwrap();
-    assert_ne!(inst.port, s.port, "moved off the taken port");
+    let s = spec("broken", 1);
+    rt.provision(&s).await.unwrap();
     rt.stop(&s.name, Duration::from_secs(30)).await.unwrap();
 
     // Without its system tables the server cannot start; the error shows its log.
-    std::fs::remove_dir_all(dir.path().join("databases/ports/data/mysql")).unwrap();
-    s.port = inst.port;
+    std::fs::remove_dir_all(dir.path().join("databases/broken/data/mysql")).unwrap();
     let err = rt.start(&s).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, RuntimeError::StartFailed { .. }), "{msg}");
@@ -187,29 +186,112 @@ async fn a_taken_port_is_replaced_and_a_broken_server_explains_itself() {
     rt.remove_cgroup_parent().unwrap();
 }
 
+/// The uid a process runs as, from `/proc/<pid>/status`.
+fn process_uid(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
-async fn mysql_async_sees_a_normal_server() {
-    // The server speaks plain MySQL protocol to other clients too, e.g. the user's own.
-    let dir = tempfile::tempdir().unwrap();
-    let rt = LocalRuntime::new(config(&dir, "plain")).await.unwrap();
-    let s = spec("plain", 1);
+async fn a_server_is_confined_and_gives_stratus_its_account_back() {
+    let dir = root();
+    let rt = LocalRuntime::new(config(&dir, "confined")).await.unwrap();
+    let s = spec("confined", 1);
     let inst = rt.provision(&s).await.unwrap();
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(inst.port)
-        .user(Some("stratus_admin"))
-        .pass(Some(s.admin_password.clone()));
-    let mut conn = mysql_async::Conn::new(opts).await.unwrap();
-    let v: Option<String> = conn.query_first("SELECT VERSION()").await.unwrap();
-    assert!(v.unwrap().contains("MariaDB"));
-    conn.disconnect().await.unwrap();
+    let db_dir = dir.path().join("databases/confined");
+    let Endpoint::Unix(socket) = &inst.endpoint else {
+        panic!(
+            "a local server is reached over its socket, not {}",
+            inst.endpoint
+        )
+    };
+    assert!(socket.starts_with(&db_dir), "{}", socket.display());
+
+    let mut conn = admin(&rt, &s, &inst.endpoint).await;
+    let (networking, file_dir, plugin_dir, symlinks): (u8, String, String, String) = conn
+        .query_rows("SELECT @@skip_networking, @@secure_file_priv, @@plugin_dir, @@have_symlink")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        networking, 1,
+        "no TCP listener: nothing can bypass the proxy"
+    );
+    assert!(
+        file_dir.starts_with(&db_dir.join("files").display().to_string()),
+        "{file_dir}"
+    );
+    assert!(
+        plugin_dir.starts_with(&dir.path().join("plugins").display().to_string()),
+        "{plugin_dir}"
+    );
+    assert_eq!(symlinks, "DISABLED");
+    let mut accounts: Vec<(String, String)> = conn
+        .query_rows("SELECT User, Host FROM mysql.global_priv")
+        .await
+        .unwrap();
+    accounts.sort();
+    let admin_user = rt.admin_login().user;
+    let mut want = vec![
+        (admin_user.clone(), "localhost".to_owned()),
+        ("mariadb.sys".to_owned(), "localhost".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(
+        accounts, want,
+        "only Stratus's socket-authenticated account and MariaDB's own"
+    );
+
+    let meta = std::fs::metadata(&db_dir).unwrap();
+    assert_eq!(
+        meta.mode() & 0o077,
+        0,
+        "the database's directory is closed to others"
+    );
+    if rustix::process::geteuid().is_root() {
+        let uid = process_uid(inst.pid);
+        assert_ne!(uid, 0, "mariadbd must not run as root");
+        assert_eq!(
+            meta.uid(),
+            uid,
+            "its directory belongs to the server's user"
+        );
+    }
+
+    // A tenant with CREATE USER can drop Stratus's account; the next start restores it.
+    conn.exec(&format!("DROP USER '{admin_user}'@'localhost'"))
+        .await
+        .unwrap();
+    conn.close().await;
+    let refused = AdminConn::connect(
+        s.name.as_str(),
+        &inst.endpoint,
+        &rt.admin_login(),
+        Duration::from_secs(5),
+    )
+    .await
+    .err()
+    .expect("the dropped account cannot log in");
+    assert!(AdminConn::is_access_denied(&refused), "{refused}");
+    assert!(rt.stop(&s.name, Duration::from_secs(30)).await.unwrap());
+    let again = rt.start(&s).await.unwrap();
+    let mut conn = admin(&rt, &s, &again.endpoint).await;
+    conn.exec("DO 1").await.unwrap();
+    conn.close().await;
     rt.destroy(&s.name).await.unwrap();
     rt.remove_cgroup_parent().unwrap();
 }
 
 #[tokio::test]
 async fn a_spare_becomes_a_database_without_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = root();
     let rt = LocalRuntime::new(config(&dir, "spare")).await.unwrap();
     let s = spec("claimed", 2);
     let spare = rt.provision_spare(s.max_resources).await.unwrap();
@@ -221,9 +303,9 @@ async fn a_spare_becomes_a_database_without_a_restart() {
     let other = rt.provision_spare(s.max_resources).await.unwrap();
 
     let inst = rt.claim_spare(&spare, &s).await.unwrap();
-    assert_eq!(inst.port, spare.port);
+    assert_eq!(inst.endpoint, spare.endpoint);
     assert_eq!(rt.unclaimed_spares(), std::slice::from_ref(&other.key));
-    let mut conn = admin(&s, inst.port).await;
+    let mut conn = admin(&rt, &s, &inst.endpoint).await;
     conn.exec("CREATE DATABASE claimed").await.unwrap();
     conn.close().await;
     let seen = rt.observe(&s.name).await;

@@ -72,6 +72,14 @@ CREATE TABLE api_tokens (
     created_at_ms INTEGER NOT NULL
 );
 "#,
+    // Servers are now reached over a private socket as Stratus's own OS user: no port to keep
+    // and no password to store. Old passwords are overwritten before their column goes
+    // (`secure_delete` zeroes the freed pages).
+    r#"
+UPDATE services SET admin_password = '';
+ALTER TABLE services DROP COLUMN admin_password;
+ALTER TABLE services DROP COLUMN port;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -95,6 +103,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows (token hashes, old secrets) are zeroed on disk, not merely unlinked.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -109,6 +119,10 @@ impl SqliteStore {
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
+        }
+        if version < known && path != ":memory:" {
+            // Old page images of migrated rows must not linger in the write-ahead log.
+            conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
         }
         Ok(Self {
             conn: Mutex::new(conn),
@@ -191,7 +205,7 @@ impl SqliteStore {
 }
 
 const SERVICE_COLUMNS: &str = "name, tier, min_scu, max_scu, storage_gb, state, scu, buffer_pool_bytes, \
-     port, admin_password, created_at_ms, updated_at_ms, require_tls";
+     created_at_ms, updated_at_ms, require_tls";
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -204,17 +218,15 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
     let name: String = row.get(0)?;
     let tier: String = row.get(1)?;
     let state: String = row.get(5)?;
-    let port: i64 = row.get(8)?;
     let (min_scu, max_scu, storage_gb, scu): (u32, u32, u32, u32) =
         (row.get(2)?, row.get(3)?, row.get(4)?, row.get(6)?);
-    let (buffer_pool_bytes, admin_password, created_at_ms, updated_at_ms): (i64, String, i64, i64) =
-        (row.get(7)?, row.get(9)?, row.get(10)?, row.get(11)?);
-    let require_tls: bool = row.get(12)?;
+    let (buffer_pool_bytes, created_at_ms, updated_at_ms): (i64, i64, i64) =
+        (row.get(7)?, row.get(8)?, row.get(9)?);
+    let require_tls: bool = row.get(10)?;
     Ok((|| {
         let name = ServiceName::parse(&name).map_err(|e| corrupt("service name", e))?;
         let tier: Tier = tier.parse().map_err(|e| corrupt("tier", e))?;
         let state = DbState::parse(&state).ok_or_else(|| corrupt("state", &state))?;
-        let port = u16::try_from(port).map_err(|e| corrupt("port", e))?;
         Ok(DatabaseService {
             spec: ServiceSpec {
                 name,
@@ -226,8 +238,6 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
             state,
             scu,
             buffer_pool_bytes: buffer_pool_bytes.max(0) as u64,
-            port,
-            admin_password,
             require_tls,
             created_at_ms,
             updated_at_ms,
@@ -313,7 +323,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         let spec = &svc.spec;
         tx.execute(
-            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
             params![
                 spec.name.as_str(),
                 spec.tier.as_str(),
@@ -323,8 +333,6 @@ impl Store for SqliteStore {
                 svc.state.as_str(),
                 svc.scu,
                 svc.buffer_pool_bytes as i64,
-                svc.port,
-                svc.admin_password,
                 svc.created_at_ms,
                 svc.updated_at_ms,
                 svc.require_tls
@@ -379,7 +387,7 @@ impl Store for SqliteStore {
         let spec = &svc.spec;
         let n = conn.execute(
             "UPDATE services SET tier = ?2, min_scu = ?3, max_scu = ?4, storage_gb = ?5, state = ?6, scu = ?7, \
-             buffer_pool_bytes = ?8, port = ?9, admin_password = ?10, updated_at_ms = ?11, require_tls = ?12 \
+             buffer_pool_bytes = ?8, updated_at_ms = ?9, require_tls = ?10 \
              WHERE name = ?1",
             params![
                 spec.name.as_str(),
@@ -390,8 +398,6 @@ impl Store for SqliteStore {
                 svc.state.as_str(),
                 svc.scu,
                 svc.buffer_pool_bytes as i64,
-                svc.port,
-                svc.admin_password,
                 now_ms(),
                 svc.require_tls
             ],
@@ -656,8 +662,6 @@ mod tests {
             state: DbState::Provisioning,
             scu: 1,
             buffer_pool_bytes: 1 << 30,
-            port: 40001,
-            admin_password: "pw".into(),
             require_tls: false,
             created_at_ms: 1,
             updated_at_ms: 1,

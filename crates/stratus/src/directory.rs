@@ -1,8 +1,8 @@
 //! The proxy's view of the control plane, in-process for `stratus up`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use stratus_control::ControlPlane;
+use stratus_core::Endpoint;
 use stratus_core::EventKind;
 use stratus_proxy::replay::{Failover, Outcome};
 use stratus_proxy::throttle::Throttled;
@@ -41,7 +41,7 @@ impl Directory for ControlDirectory {
         })
     }
 
-    async fn backend(&self, service: &str, wake: bool) -> Result<Option<SocketAddr>, String> {
+    async fn backend(&self, service: &str, wake: bool) -> Result<Option<Endpoint>, String> {
         let (cp, service) = (self.cp.clone(), service.to_owned());
         self.runtime
             .spawn(async move {
@@ -53,11 +53,11 @@ impl Directory for ControlDirectory {
             .map_err(|e| format!("control plane task failed: {e}"))?
     }
 
-    async fn unreachable(&self, service: &str, addr: SocketAddr) {
-        let (cp, service) = (self.cp.clone(), service.to_owned());
+    async fn unreachable(&self, service: &str, addr: &Endpoint) {
+        let (cp, service, addr) = (self.cp.clone(), service.to_owned(), addr.clone());
         let _ = self
             .runtime
-            .spawn(async move { cp.server_unreachable(&service, addr).await })
+            .spawn(async move { cp.server_unreachable(&service, &addr).await })
             .await;
     }
 

@@ -63,7 +63,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
         ControlConfig {
             scu: settings.scu,
             stop_grace: settings.stop_grace,
-            endpoint: Some((settings.listen.ip().to_string(), settings.listen.port())),
+            endpoint: (settings.listen.ip().to_string(), settings.listen.port()),
             default_policy: settings.policy.clone(),
             pool: settings.pool,
             hydrate: settings.hydrate,

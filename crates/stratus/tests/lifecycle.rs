@@ -89,7 +89,10 @@ async fn create_scale_park_resume_and_survive_kill9() {
         format!("127.0.0.1:{port}"),
         "clients get the proxy, not the server"
     );
-    assert!(backend.starts_with("127.0.0.1:"));
+    assert!(
+        backend.starts_with("unix:"),
+        "servers listen on a private socket only, not {backend}"
+    );
 
     // Park stops the process; resume brings it back with the data.
     let parked = s.json(&["db", "park", "shop"]);

@@ -16,16 +16,24 @@ pub const REDO_LOG_BYTES: u64 = 32 << 20;
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub datadir: PathBuf,
-    /// `None` for the template bootstrap, which must not listen.
-    pub port: Option<u16>,
+    /// The only way in: a socket in a directory only Stratus and the server's user may enter.
+    /// The server never listens on TCP, so nothing can bypass the proxy.
     pub socket: PathBuf,
     pub pid_file: PathBuf,
     pub error_log: PathBuf,
     /// Its own temporary directory: servers sharing `/tmp` collide on temporary table names
     /// while bootstrapping, and temporary files belong with the database's storage.
     pub tmpdir: PathBuf,
-    /// mariadbd refuses to run as root unless told to.
-    pub run_as_root: bool,
+    /// The OS user mariadbd switches to (`None`: it stays the user that started it).
+    pub user: Option<String>,
+    /// The only directory `LOAD DATA INFILE` / `SELECT … INTO OUTFILE` may touch, for any account
+    /// that ever gets `FILE`.
+    pub secure_file_priv: PathBuf,
+    /// Where `INSTALL SONAME` looks: a directory holding only the plugins Stratus allows.
+    pub plugin_dir: PathBuf,
+    /// SQL run at every start with full privileges: restores Stratus's own account, whatever a
+    /// tenant did to it. `None` for the template bootstrap.
+    pub init_file: Option<PathBuf>,
     pub server_id: u32,
     pub buffer_pool_bytes: u64,
     /// Reserve address space for growth (only where the server knows the option).
@@ -51,16 +59,18 @@ pub fn render(o: &ServerOptions) -> String {
     line("pid-file", &quoted(&o.pid_file));
     line("log-error", &quoted(&o.error_log));
     line("tmpdir", &quoted(&o.tmpdir));
-    match o.port {
-        Some(port) => {
-            line("port", &port);
-            line("bind-address", &"127.0.0.1");
-        }
-        None => line("skip-networking", &"ON"),
+    line("skip-networking", &"ON");
+    if let Some(user) = &o.user {
+        line("user", user);
     }
-    if o.run_as_root {
-        line("user", &"root");
+    line("secure_file_priv", &quoted(&o.secure_file_priv));
+    line("plugin_dir", &quoted(&o.plugin_dir));
+    if let Some(init) = &o.init_file {
+        line("init_file", &quoted(init));
     }
+    // `DATA DIRECTORY` / `INDEX DIRECTORY` would let a table's files land anywhere the server's
+    // user may write; without symbolic links the server ignores them.
+    line("symbolic-links", &0);
     line("skip-name-resolve", &"ON");
     line("performance_schema", &"OFF");
     line("innodb_log_file_size", &REDO_LOG_BYTES);
@@ -100,12 +110,14 @@ mod tests {
     fn opts() -> ServerOptions {
         ServerOptions {
             datadir: "/d/my \"data\"".into(),
-            port: Some(40000),
             socket: "/d/s.sock".into(),
             pid_file: "/d/p.pid".into(),
             error_log: "/d/e.log".into(),
             tmpdir: "/d/tmp".into(),
-            run_as_root: true,
+            user: Some("stratus-db".into()),
+            secure_file_priv: "/d/files".into(),
+            plugin_dir: "/d/plugins".into(),
+            init_file: Some("/d/init.sql".into()),
             server_id: 7,
             buffer_pool_bytes: 1 << 30,
             buffer_pool_max_bytes: Some(1 << 31),
@@ -116,9 +128,12 @@ mod tests {
     fn renders_the_settings_that_matter() {
         let cnf = render(&opts());
         for want in [
-            "port = 40000",
-            "bind-address = 127.0.0.1",
-            "user = root",
+            "skip-networking = ON",
+            "user = stratus-db",
+            r#"secure_file_priv = "/d/files""#,
+            r#"plugin_dir = "/d/plugins""#,
+            r#"init_file = "/d/init.sql""#,
+            "symbolic-links = 0",
             "innodb_buffer_pool_size = 1073741824",
             "innodb_buffer_pool_size_max = 2147483648",
             "log_bin = mariadb-bin",
@@ -130,15 +145,15 @@ mod tests {
     }
 
     #[test]
-    fn template_does_not_listen_and_max_never_below_size() {
+    fn never_listens_on_tcp_and_max_never_below_size() {
         let cnf = render(&ServerOptions {
-            port: None,
-            run_as_root: false,
+            user: None,
+            init_file: None,
             buffer_pool_max_bytes: Some(1),
             ..opts()
         });
-        assert!(cnf.contains("skip-networking = ON") && !cnf.contains("port ="));
-        assert!(!cnf.contains("user = root"));
+        assert!(!cnf.contains("port") && !cnf.contains("bind-address"));
+        assert!(!cnf.contains("user =") && !cnf.contains("init_file"));
         assert!(cnf.contains("innodb_buffer_pool_size_max = 1073741824"));
     }
 

@@ -3,8 +3,14 @@
 //!
 //! ```text
 //! <root>/template/            data directory every database is copied from (template.rs)
-//! <root>/databases/<name>/    data/, my.cnf, mariadbd.pid, mariadbd.sock, error.log
+//! <root>/databases/<name>/    data/, my.cnf, init.sql, mariadbd.pid, mariadbd.sock, error.log,
+//!                             tmp/, files/ — owned by the servers' OS user, mode 0700
+//! <root>/plugins/             the only plugin directory servers see: nothing loadable
 //! ```
+//!
+//! Servers listen on their unix socket only, run as an unprivileged OS user
+//! ([`server_user`]), and restore Stratus's own account at every start (`init_file`), so a
+//! tenant can neither bypass the proxy nor lock Stratus out for good.
 //!
 //! Processes outlive a `kill -9` of Stratus (they run in their own process group); the next
 //! runtime over the same root adopts them through their pid file, checked by pidfd.
@@ -12,9 +18,12 @@
 mod config;
 mod notify;
 mod process;
+pub mod server_user;
 mod template;
 
-use crate::admin::{ADMIN_USER, AdminConn, quote_str};
+pub use server_user::{DEFAULT_SERVER_USER, ServerUser};
+
+use crate::admin::{AdminConn, AdminLogin};
 use crate::binaries::MariaDb;
 use crate::{
     ExitNotice, Instance, InstanceSpec, Observed, Result, Runtime, RuntimeError, RuntimeInfo, Spare,
@@ -22,12 +31,13 @@ use crate::{
 use process::Pidfd;
 use rustix::process::Signal;
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use stratus_cgroup::{Layout, Manager};
-use stratus_core::{Resources, ServiceName};
+use stratus_core::{Endpoint, Resources, ServiceName};
 use tokio::sync::{broadcast, watch};
 
 /// How long the kernel gets to freeze or thaw a cgroup.
@@ -48,6 +58,8 @@ pub struct LocalConfig {
     pub resource_control: bool,
     /// Upper bound on a start, crash recovery included.
     pub start_timeout: Duration,
+    /// The OS user servers run as when Stratus runs as root.
+    pub server_user: String,
 }
 
 impl LocalConfig {
@@ -58,6 +70,7 @@ impl LocalConfig {
             cgroup_parent: "stratus".into(),
             resource_control: true,
             start_timeout: Duration::from_secs(120),
+            server_user: DEFAULT_SERVER_USER.into(),
         }
     }
 }
@@ -72,7 +85,9 @@ struct Inner {
     template: template::Template,
     cgroups: Option<Manager>,
     resource_note: Option<String>,
-    run_as_root: bool,
+    user: ServerUser,
+    admin: AdminLogin,
+    plugin_dir: PathBuf,
     procs: Mutex<HashMap<String, Arc<Proc>>>,
     exits: broadcast::Sender<ExitNotice>,
     next_spare: std::sync::atomic::AtomicU32,
@@ -87,7 +102,7 @@ struct Proc {
     /// Its key in `procs` (a database's name, or a spare's): changes when a spare is claimed.
     key: Mutex<String>,
     pidfd: Pidfd,
-    port: u16,
+    endpoint: Endpoint,
     /// Only exits of a `READY` server are reported as crashes.
     phase: AtomicU8,
     exited: watch::Receiver<bool>,
@@ -108,6 +123,10 @@ struct DbPaths {
     pid: PathBuf,
     log: PathBuf,
     socket: PathBuf,
+    /// The server's `secure_file_priv`.
+    files: PathBuf,
+    tmp: PathBuf,
+    init: PathBuf,
 }
 
 impl LocalRuntime {
@@ -134,11 +153,21 @@ impl LocalRuntime {
                 }
             }
         };
+        let user = ServerUser::resolve(&cfg.server_user)?;
+        user.check_reachable(&cfg.root)?;
         let databases = cfg.root.join("databases");
-        std::fs::create_dir_all(&databases)
-            .map_err(|e| RuntimeError::io(format!("cannot create {}", databases.display()), e))?;
-        let run_as_root = rustix::process::geteuid().is_root();
-        let template = template::ensure(&cfg.root.join("template"), &mariadb, run_as_root).await?;
+        let plugin_dir = cfg.root.join("plugins");
+        for dir in [&cfg.root, &databases, &plugin_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
+            user.share_dir(dir)?;
+        }
+        let template =
+            template::ensure(&cfg.root.join("template"), &mariadb, &user, &plugin_dir).await?;
+        let admin = AdminLogin {
+            user: user.admin_account.clone(),
+            password: None,
+        };
         let (exits, _) = broadcast::channel(256);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -147,7 +176,9 @@ impl LocalRuntime {
                 template,
                 cgroups,
                 resource_note,
-                run_as_root,
+                user,
+                admin,
+                plugin_dir,
                 procs: Mutex::new(HashMap::new()),
                 exits,
                 next_spare: std::sync::atomic::AtomicU32::new(1),
@@ -180,18 +211,19 @@ impl Inner {
     fn paths(&self, key: &str) -> DbPaths {
         let dir = self.cfg.root.join("databases").join(key);
         let mut socket = dir.join("mariadbd.sock");
-        // sun_path holds 108 bytes; deep data directories put the socket in the temp dir.
+        // sun_path holds 108 bytes; deep data directories put the socket in a private directory
+        // of its own under the temp dir (made by `private_socket_dir`).
         if socket.as_os_str().len() > 100 {
-            socket = std::env::temp_dir().join(format!(
-                "stratus-{:08x}.sock",
-                config::server_id(&dir.to_string_lossy())
-            ));
+            socket = short_socket_dir(&dir).join("mariadbd.sock");
         }
         DbPaths {
             data: dir.join("data"),
             cnf: dir.join("my.cnf"),
             pid: dir.join("mariadbd.pid"),
             log: dir.join("error.log"),
+            files: dir.join("files"),
+            tmp: dir.join("tmp"),
+            init: dir.join("init.sql"),
             socket,
             dir,
         }
@@ -213,12 +245,18 @@ impl Inner {
 
     /// Starts watching a process: when it exits, it is forgotten, and if it was serving, the
     /// exit is broadcast as a crash.
-    fn watch(self: &Arc<Self>, key: &str, pidfd: Pidfd, port: u16, phase: u8) -> Arc<Proc> {
+    fn watch(
+        self: &Arc<Self>,
+        key: &str,
+        pidfd: Pidfd,
+        endpoint: Endpoint,
+        phase: u8,
+    ) -> Arc<Proc> {
         let (tx, rx) = watch::channel(false);
         let proc = Arc::new(Proc {
             key: Mutex::new(key.to_owned()),
             pidfd,
-            port,
+            endpoint,
             phase: AtomicU8::new(phase),
             exited: rx,
         });
@@ -256,18 +294,34 @@ impl Inner {
         proc
     }
 
-    fn write_cnf(&self, spec: &Launch, paths: &DbPaths, port: u16) -> Result<()> {
-        let tmp = paths.dir.join("tmp");
-        std::fs::create_dir_all(&tmp)
-            .map_err(|e| RuntimeError::io(format!("cannot create {}", tmp.display()), e))?;
+    /// Writes the option file and the init file, and makes the directories the server writes
+    /// in, owned by its user.
+    fn write_cnf(&self, spec: &Launch, paths: &DbPaths) -> Result<()> {
+        for dir in [&paths.tmp, &paths.files] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
+            self.user.give(dir)?;
+        }
+        if let Some(dir) = paths.socket.parent().filter(|d| *d != paths.dir) {
+            private_socket_dir(dir, &self.user)?;
+        }
+        // Opened by Stratus for the server's output, reopened by the server as its own user.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&paths.log)
+            .map_err(|e| RuntimeError::io(format!("cannot open {}", paths.log.display()), e))?;
+        self.user.give(&paths.log)?;
         let opts = config::ServerOptions {
             datadir: paths.data.clone(),
-            port: Some(port),
             socket: paths.socket.clone(),
             pid_file: paths.pid.clone(),
             error_log: paths.log.clone(),
-            tmpdir: paths.dir.join("tmp"),
-            run_as_root: self.run_as_root,
+            tmpdir: paths.tmp.clone(),
+            user: self.user.os_user.as_ref().map(|a| a.name.clone()),
+            secure_file_priv: paths.files.clone(),
+            plugin_dir: self.plugin_dir.clone(),
+            init_file: Some(paths.init.clone()),
             server_id: config::server_id(&spec.key),
             buffer_pool_bytes: spec.resources.buffer_pool_bytes,
             buffer_pool_max_bytes: self
@@ -275,7 +329,10 @@ impl Inner {
                 .has_buffer_pool_size_max
                 .then_some(spec.max_resources.buffer_pool_bytes),
         };
-        template::write_private(&paths.cnf, &config::render(&opts))
+        template::write_private(&paths.cnf, &config::render(&opts))?;
+        // The server reads its init file after it has become its own user.
+        template::write_private(&paths.init, &template::access_sql(&self.admin.user))?;
+        self.user.give(&paths.init)
     }
 
     fn apply_limits(&self, key: &str, cpu_millis: u32, memory_bytes: u64) -> Result<Vec<PathBuf>> {
@@ -288,12 +345,8 @@ impl Inner {
         Ok(cg.procs_files())
     }
 
-    /// Starts (or adopts) the server and logs in with `login_password`.
-    async fn start_server(
-        self: &Arc<Self>,
-        spec: &Launch,
-        login_password: &str,
-    ) -> Result<Instance> {
+    /// Starts (or adopts) the server and logs in as Stratus.
+    async fn start_server(self: &Arc<Self>, spec: &Launch) -> Result<Instance> {
         let name = spec.key.as_str();
         let paths = self.paths(name);
         if !paths.data.is_dir() {
@@ -301,87 +354,68 @@ impl Inner {
         }
         let begin = Instant::now();
         if let Some(proc) = self.running(name) {
-            return Ok(self.instance(proc.pidfd.pid, proc.port, false, begin));
+            return Ok(self.instance(proc.pidfd.pid, &proc.endpoint, false, begin));
         }
+        let endpoint = Endpoint::Unix(paths.socket.as_path().into());
         if let Some(pidfd) = process::adopt(&paths.pid, &paths.cnf) {
-            let port = cnf_port(&paths.cnf).unwrap_or(spec.port);
             let pid = pidfd.pid;
-            let proc = self.watch(name, pidfd, port, STARTING);
-            self.login(name, port, login_password).await?;
+            let proc = self.watch(name, pidfd, endpoint.clone(), STARTING);
+            self.login(name, &endpoint).await?;
             proc.phase.store(READY, Ordering::SeqCst);
-            tracing::info!(db = %name, pid, port, "adopted running mariadbd");
-            return Ok(self.instance(pid, port, true, begin));
+            tracing::info!(db = %name, pid, "adopted running mariadbd");
+            return Ok(self.instance(pid, &endpoint, true, begin));
         }
         let procs_files =
             self.apply_limits(name, spec.resources.cpu_millis, spec.resources.memory_bytes)?;
-        let mut port = if spec.port == 0 {
-            free_port()?
-        } else {
-            spec.port
+        self.write_cnf(spec, &paths)?;
+        let notify =
+            notify::NotifySocket::bind().map_err(|e| RuntimeError::io("notify socket", e))?;
+        let pidfd = process::spawn(
+            &self.mariadb.mariadbd,
+            &paths.cnf,
+            &paths.log,
+            &procs_files,
+            &notify.env,
+        )?;
+        let proc = self.watch(name, pidfd, endpoint.clone(), STARTING);
+        let failure = tokio::select! {
+            ready = notify.ready() => match ready {
+                Ok(_) => None,
+                Err(e) => Some(format!("readiness socket failed: {e}")),
+            },
+            () = proc.wait_exit() => Some("it exited during start-up".to_owned()),
+            () = tokio::time::sleep(self.cfg.start_timeout) => {
+                Some(format!("not ready within {:?}", self.cfg.start_timeout))
+            }
         };
-        for attempt in 1..=3 {
-            self.write_cnf(spec, &paths, port)?;
-            let notify =
-                notify::NotifySocket::bind().map_err(|e| RuntimeError::io("notify socket", e))?;
-            let pidfd = process::spawn(
-                &self.mariadb.mariadbd,
-                &paths.cnf,
-                &paths.log,
-                &procs_files,
-                &notify.env,
-            )?;
-            let proc = self.watch(name, pidfd, port, STARTING);
-            let failure = tokio::select! {
-                ready = notify.ready() => match ready {
-                    Ok(_) => None,
-                    Err(e) => Some(format!("readiness socket failed: {e}")),
-                },
-                () = proc.wait_exit() => Some("it exited during start-up".to_owned()),
-                () = tokio::time::sleep(self.cfg.start_timeout) => {
-                    Some(format!("not ready within {:?}", self.cfg.start_timeout))
-                }
-            };
-            if let Some(reason) = failure {
-                self.kill(&proc).await;
-                let log_tail = process::log_tail(&paths.log, 12);
-                if attempt < 3
-                    && log_tail
-                        .iter()
-                        .any(|l| l.contains("Address already in use"))
-                {
-                    tracing::info!(db = %name, port, "port taken, trying another");
-                    port = free_port()?;
-                    continue;
-                }
-                return Err(RuntimeError::StartFailed {
-                    name: name.to_string(),
-                    reason,
-                    log_tail,
-                });
-            }
-            if let Err(e) = self.login(name, port, login_password).await {
-                self.kill(&proc).await;
-                return Err(e);
-            }
-            proc.phase.store(READY, Ordering::SeqCst);
-            tracing::info!(db = %name, pid = proc.pidfd.pid, port, ms = begin.elapsed().as_millis() as u64, "mariadbd ready");
-            return Ok(self.instance(proc.pidfd.pid, port, false, begin));
+        if let Some(reason) = failure {
+            self.kill(&proc).await;
+            return Err(RuntimeError::StartFailed {
+                name: name.to_string(),
+                reason,
+                log_tail: process::log_tail(&paths.log, 12),
+            });
         }
-        unreachable!("the last attempt always returns")
+        if let Err(e) = self.login(name, &endpoint).await {
+            self.kill(&proc).await;
+            return Err(e);
+        }
+        proc.phase.store(READY, Ordering::SeqCst);
+        tracing::info!(db = %name, pid = proc.pidfd.pid, ms = begin.elapsed().as_millis() as u64, "mariadbd ready");
+        Ok(self.instance(proc.pidfd.pid, &endpoint, false, begin))
     }
 
-    fn instance(&self, pid: u32, port: u16, adopted: bool, begin: Instant) -> Instance {
+    fn instance(&self, pid: u32, endpoint: &Endpoint, adopted: bool, begin: Instant) -> Instance {
         Instance {
             pid,
-            host: "127.0.0.1".into(),
-            port,
+            endpoint: endpoint.clone(),
             adopted,
             startup: begin.elapsed(),
         }
     }
 
-    async fn login(&self, name: &str, port: u16, password: &str) -> Result<()> {
-        let mut conn = AdminConn::connect(name, "127.0.0.1", port, password, LOGIN_TIMEOUT).await?;
+    async fn login(&self, name: &str, endpoint: &Endpoint) -> Result<()> {
+        let mut conn = AdminConn::connect(name, endpoint, &self.admin, LOGIN_TIMEOUT).await?;
         conn.exec("DO 1").await?;
         conn.close().await;
         Ok(())
@@ -400,8 +434,8 @@ impl Inner {
         }
         let paths = self.paths(name);
         let pidfd = process::adopt(&paths.pid, &paths.cnf)?;
-        let port = cnf_port(&paths.cnf).unwrap_or(0);
-        Some(self.watch(name, pidfd, port, READY))
+        let endpoint = Endpoint::Unix(paths.socket.as_path().into());
+        Some(self.watch(name, pidfd, endpoint, READY))
     }
 
     /// Thaws the database's cgroup if it is frozen (a frozen process cannot even die).
@@ -446,16 +480,17 @@ impl Runtime for LocalRuntime {
         }
     }
 
+    fn admin_login(&self) -> AdminLogin {
+        self.inner.admin.clone()
+    }
+
     async fn provision(&self, spec: &InstanceSpec) -> Result<Instance> {
         // Existing storage is refused and left alone; only what this call made is undone.
         if std::fs::symlink_metadata(self.inner.paths(spec.name.as_str()).dir).is_ok() {
             return Err(RuntimeError::StorageExists(spec.name.to_string()));
         }
         let launch = Launch::from(spec);
-        let result = self
-            .inner
-            .provision_copy(&launch, &spec.admin_password)
-            .await;
+        let result = self.inner.provision_copy(&launch).await;
         if result.is_err() {
             let _ = self.destroy(&spec.name).await;
         }
@@ -463,9 +498,7 @@ impl Runtime for LocalRuntime {
     }
 
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
-        self.inner
-            .start_server(&Launch::from(spec), &spec.admin_password)
-            .await
+        self.inner.start_server(&Launch::from(spec)).await
     }
 
     async fn stop(&self, name: &ServiceName, grace: Duration) -> Result<bool> {
@@ -489,7 +522,7 @@ impl Runtime for LocalRuntime {
         let proc = inner.find(name.as_str());
         let mut seen = Observed {
             pid: proc.as_ref().map(|p| p.pidfd.pid),
-            backend: proc.as_ref().map(|p| format!("127.0.0.1:{}", p.port)),
+            backend: proc.as_ref().map(|p| p.endpoint.to_string()),
             storage: paths
                 .data
                 .canonicalize()
@@ -546,10 +579,9 @@ impl Runtime for LocalRuntime {
         self.inner.thaw(name.as_str())
     }
 
-    fn endpoint(&self, name: &ServiceName) -> Option<std::net::SocketAddr> {
+    fn endpoint(&self, name: &ServiceName) -> Option<Endpoint> {
         let proc = self.inner.running(name.as_str())?;
-        (proc.phase.load(Ordering::SeqCst) == READY)
-            .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], proc.port)))
+        (proc.phase.load(Ordering::SeqCst) == READY).then(|| proc.endpoint.clone())
     }
 
     async fn wait_gone(&self, name: &ServiceName, limit: Duration) -> bool {
@@ -585,16 +617,13 @@ impl Runtime for LocalRuntime {
         };
         let launch = Launch {
             key: key.clone(),
-            port: 0,
             resources: floor,
             max_resources,
         };
-        let admin_password = stratus_core::random_password();
-        match inner.provision_copy(&launch, &admin_password).await {
+        match inner.provision_copy(&launch).await {
             Ok(instance) => Ok(Spare {
                 key,
-                admin_password,
-                port: instance.port,
+                endpoint: instance.endpoint,
             }),
             Err(e) => {
                 let _ = inner.destroy(&key).await;
@@ -644,7 +673,6 @@ const SPARE_CPU_MILLIS: u32 = 100;
 struct Launch {
     /// Directory, cgroup and process-map key.
     key: String,
-    port: u16,
     resources: Resources,
     max_resources: Resources,
 }
@@ -653,7 +681,6 @@ impl From<&InstanceSpec> for Launch {
     fn from(spec: &InstanceSpec) -> Self {
         Self {
             key: spec.name.to_string(),
-            port: spec.port,
             resources: spec.resources,
             max_resources: spec.max_resources,
         }
@@ -661,52 +688,30 @@ impl From<&InstanceSpec> for Launch {
 }
 
 impl Inner {
-    /// New storage from the template, started, with `admin_password` instead of the template's.
-    async fn provision_copy(
-        self: &Arc<Self>,
-        launch: &Launch,
-        admin_password: &str,
-    ) -> Result<Instance> {
+    /// New storage from the template, given to the servers' user, and started.
+    async fn provision_copy(self: &Arc<Self>, launch: &Launch) -> Result<Instance> {
         let paths = self.paths(&launch.key);
         if std::fs::symlink_metadata(&paths.dir).is_ok() {
             return Err(RuntimeError::StorageExists(launch.key.clone()));
         }
         std::fs::create_dir(&paths.dir)
             .map_err(|e| RuntimeError::io(format!("cannot create {}", paths.dir.display()), e))?;
+        std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |e| RuntimeError::io(format!("cannot set the mode of {}", paths.dir.display()), e),
+        )?;
         template::copy_tree(&self.template.data, &paths.data).map_err(|e| {
             RuntimeError::io(
                 format!("cannot copy the template to {}", paths.data.display()),
                 e,
             )
         })?;
-        let instance = self
-            .start_server(launch, &self.template.admin_password)
-            .await?;
-        // Every copy starts with the template's password; give this one its own.
-        self.rotate_admin(
-            &launch.key,
-            instance.port,
-            &self.template.admin_password,
-            admin_password,
-        )
-        .await?;
-        Ok(instance)
-    }
-
-    async fn rotate_admin(&self, key: &str, port: u16, from: &str, to: &str) -> Result<()> {
-        let mut conn = AdminConn::connect(key, "127.0.0.1", port, from, LOGIN_TIMEOUT).await?;
-        conn.exec(&format!(
-            "ALTER USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD({})",
-            quote_str(to)
-        ))
-        .await?;
-        conn.close().await;
-        Ok(())
+        self.user.give(&paths.dir)?;
+        self.start_server(launch).await
     }
 
     /// Makes a running spare the server of `spec.name`: its directory is linked under the
-    /// database's name (the running process keeps its paths), its processes move to the
-    /// database's cgroup at the database's size, and it gets the database's admin password.
+    /// database's name (the running process keeps its paths), and its processes move to the
+    /// database's cgroup at the database's size.
     async fn claim(self: &Arc<Self>, spare: &Spare, spec: &InstanceSpec) -> Result<Instance> {
         let begin = Instant::now();
         let name = spec.name.as_str();
@@ -728,13 +733,7 @@ impl Inner {
                     let _ = from.remove();
                 }
             }
-            self.rotate_admin(
-                name,
-                spare.port,
-                &spare.admin_password,
-                &spec.admin_password,
-            )
-            .await
+            Ok::<_, RuntimeError>(())
         }
         .await;
         if let Err(e) = moved {
@@ -747,7 +746,7 @@ impl Inner {
             procs.insert(name.to_owned(), proc.clone());
         }
         *proc.key.lock().unwrap_or_else(|p| p.into_inner()) = name.to_owned();
-        Ok(self.instance(proc.pidfd.pid, spare.port, false, begin))
+        Ok(self.instance(proc.pidfd.pid, &proc.endpoint, false, begin))
     }
 
     /// Stops the server and removes its storage and cgroup (a claimed spare's directory too).
@@ -758,6 +757,9 @@ impl Inner {
         }
         let paths = self.paths(key);
         let _ = std::fs::remove_file(&paths.socket);
+        if let Some(dir) = paths.socket.parent().filter(|d| *d != paths.dir) {
+            let _ = std::fs::remove_dir(dir);
+        }
         let remove = |dir: &Path| match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io(
                 format!("cannot remove {}", dir.display()),
@@ -781,19 +783,40 @@ impl Inner {
     }
 }
 
-/// A port the kernel just said is free on loopback. Another process may take it before
-/// mariadbd binds it; the start then retries with a new one.
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| RuntimeError::io("cannot find a free port", e))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| RuntimeError::io("cannot find a free port", e))
+/// Where a database's socket goes when its own directory's path is too long for one: a
+/// directory named after it under the temp dir.
+fn short_socket_dir(db_dir: &Path) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "stratus-{:08x}",
+        config::server_id(&db_dir.to_string_lossy())
+    ))
 }
 
-/// The port an existing option file gives, for an adopted server.
-fn cnf_port(cnf: &Path) -> Option<u16> {
-    let text = std::fs::read_to_string(cnf).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("port = ")?.trim().parse().ok())
+/// Makes (or checks) a socket directory under the shared temp dir: it must be ours, owned by the
+/// servers' user and closed to everyone else, or another local user could have prepared it to
+/// intercept the socket.
+fn private_socket_dir(dir: &Path, user: &ServerUser) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => user.give(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(RuntimeError::io(
+                format!("cannot create {}", dir.display()),
+                e,
+            ));
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| RuntimeError::io(format!("cannot inspect {}", dir.display()), e))?;
+    let owner = user
+        .uid()
+        .map_or_else(|| rustix::process::geteuid().as_raw(), |u| u.as_raw());
+    if !meta.is_dir() || meta.uid() != owner || meta.mode() & 0o077 != 0 {
+        return Err(RuntimeError::Other(format!(
+            "{} is not a private directory of the servers' user; remove it",
+            dir.display()
+        )));
+    }
+    Ok(())
 }

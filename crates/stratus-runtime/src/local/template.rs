@@ -1,63 +1,72 @@
 //! The template data directory every local database is copied from.
 //!
-//! `mariadb-install-db` runs once per data directory; Stratus's own account is then added in
+//! `mariadb-install-db` runs once per data directory; Stratus's own account is then set up in
 //! `--bootstrap` mode (SQL on stdin, no networking, <https://mariadb.com/kb/en/mariadbd-options/#-bootstrap>).
 //! A new database is a file copy of the result (about 30 MB), far cheaper than the installer.
 
 use super::config::{self, ServerOptions};
-use crate::admin::{ADMIN_USER, quote_str};
+use super::server_user::ServerUser;
+use crate::admin::quote_str;
 use crate::binaries::MariaDb;
 use crate::{Result, RuntimeError};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use stratus_core::commit_marker;
-use stratus_core::random_password;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 pub struct Template {
     pub data: PathBuf,
-    /// The admin password every fresh copy starts with; rotated right after the first start.
-    pub admin_password: String,
 }
 
-/// Returns the template under `dir`, building it first if it is missing or half-built.
-pub async fn ensure(dir: &Path, mariadb: &MariaDb, run_as_root: bool) -> Result<Template> {
+/// Written to `READY` once the template is whole; a template of another format is rebuilt.
+const FORMAT: &str = "2: unix_socket admin account, no TCP\n";
+
+/// Returns the template under `dir`, building it first if it is missing, half-built or of an
+/// older format.
+pub async fn ensure(
+    dir: &Path,
+    mariadb: &MariaDb,
+    user: &ServerUser,
+    plugin_dir: &Path,
+) -> Result<Template> {
     let ready = dir.join("READY");
-    let password_file = dir.join("admin-password");
-    if ready.exists() {
-        let admin_password = std::fs::read_to_string(&password_file)
-            .map_err(|e| RuntimeError::io(format!("cannot read {}", password_file.display()), e))?
-            .trim()
-            .to_owned();
+    if std::fs::read_to_string(&ready).is_ok_and(|f| f == FORMAT) {
         return Ok(Template {
             data: dir.join("data"),
-            admin_password,
         });
     }
     if dir.exists() {
         std::fs::remove_dir_all(dir)
             .map_err(|e| RuntimeError::io(format!("cannot clear {}", dir.display()), e))?;
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
+    for d in [dir.to_path_buf(), dir.join("tmp"), dir.join("files")] {
+        std::fs::create_dir_all(&d)
+            .map_err(|e| RuntimeError::io(format!("cannot create {}", d.display()), e))?;
+    }
+    user.share_dir(dir)?;
+    user.give(&dir.join("tmp"))?;
+    user.give(&dir.join("files"))?;
     let cnf = dir.join("my.cnf");
-    std::fs::create_dir_all(dir.join("tmp"))
-        .map_err(|e| RuntimeError::io(format!("cannot create {}/tmp", dir.display()), e))?;
     let log = dir.join("install.log");
     let opts = ServerOptions {
         datadir: dir.join("data"),
-        port: None,
-        socket: dir.join("bootstrap.sock"),
-        pid_file: dir.join("bootstrap.pid"),
+        socket: dir.join("tmp/bootstrap.sock"),
+        pid_file: dir.join("tmp/bootstrap.pid"),
         error_log: log.clone(),
         tmpdir: dir.join("tmp"),
-        run_as_root,
+        user: user.os_user.as_ref().map(|a| a.name.clone()),
+        secure_file_priv: dir.join("files"),
+        plugin_dir: plugin_dir.to_path_buf(),
+        init_file: None,
         server_id: 1,
         buffer_pool_bytes: 16 << 20,
         buffer_pool_max_bytes: None,
     };
     write_private(&cnf, &config::render(&opts))?;
+    // The installer writes its log as the server's user.
+    std::fs::write(&log, b"").map_err(|e| RuntimeError::io("install.log", e))?;
+    user.give(&log)?;
     let defaults = format!("--defaults-file={}", cnf.display());
 
     let out = Command::new(&mariadb.install_db)
@@ -74,14 +83,15 @@ pub async fn ensure(dir: &Path, mariadb: &MariaDb, run_as_root: bool) -> Result<
         return Err(failed("mariadb-install-db", &out, &log));
     }
 
-    let admin_password = random_password();
-    let pw = quote_str(&admin_password);
+    // Only two accounts survive: MariaDB's own `mariadb.sys`, and Stratus's. The installer's
+    // account for the server's OS user would let any process of that user in with every right.
     let sql = format!(
         "FLUSH PRIVILEGES;\n\
-         DELETE FROM mysql.global_priv WHERE User = '';\n\
-         CREATE USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD({pw});\n\
-         GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'127.0.0.1' WITH GRANT OPTION;\n\
-         {};\n{};\n",
+         DELETE FROM mysql.global_priv WHERE User <> 'mariadb.sys';\n\
+         DELETE FROM mysql.proxies_priv;\n\
+         FLUSH PRIVILEGES;\n\
+         {}\n{};\n{};\n",
+        access_sql(&user.admin_account),
         commit_marker::DDL[0],
         commit_marker::DDL[1]
     );
@@ -105,13 +115,28 @@ pub async fn ensure(dir: &Path, mariadb: &MariaDb, run_as_root: bool) -> Result<
     if !out.status.success() {
         return Err(failed("mariadbd --bootstrap", &out, &log));
     }
-    write_private(&dir.join("admin-password"), &admin_password)?;
-    std::fs::write(&ready, b"")
+    std::fs::write(&ready, FORMAT)
         .map_err(|e| RuntimeError::io(format!("cannot write {}", ready.display()), e))?;
     Ok(Template {
         data: dir.join("data"),
-        admin_password,
     })
+}
+
+/// The statements that give Stratus its account back, whatever was done to it: run at every
+/// start as the server's `init_file`, with every privilege, before any client can connect. One
+/// statement per line, as `init_file` wants. The account of earlier versions, which logged in
+/// with a password over TCP, is removed.
+pub fn access_sql(admin: &str) -> String {
+    let a = format!("{}@'localhost'", quote_str(admin));
+    format!(
+        "SET sql_log_bin = 0;\n\
+         CREATE USER IF NOT EXISTS {a} IDENTIFIED VIA unix_socket;\n\
+         ALTER USER {a} IDENTIFIED VIA unix_socket WITH MAX_QUERIES_PER_HOUR 0 MAX_UPDATES_PER_HOUR 0 \
+         MAX_CONNECTIONS_PER_HOUR 0 MAX_USER_CONNECTIONS 0 MAX_STATEMENT_TIME 0 PASSWORD EXPIRE NEVER ACCOUNT UNLOCK;\n\
+         GRANT ALL PRIVILEGES ON *.* TO {a} WITH GRANT OPTION;\n\
+         DROP USER IF EXISTS 'stratus_admin'@'127.0.0.1';\n\
+         SET sql_log_bin = 1;\n"
+    )
 }
 
 fn failed(what: &str, out: &std::process::Output, log: &Path) -> RuntimeError {
@@ -133,7 +158,7 @@ fn failed(what: &str, out: &std::process::Output, log: &Path) -> RuntimeError {
     }
 }
 
-/// Writes a file only its owner can read: option files and passwords.
+/// Writes a file only its owner can read: option files.
 pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     stratus_core::fs::write_private(path, contents.as_bytes())
         .map_err(|e| RuntimeError::io(format!("cannot write {}", path.display()), e))

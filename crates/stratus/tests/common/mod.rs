@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -52,6 +53,8 @@ impl Stratus {
     /// Like `new`, with `[policy]` lines for the databases it creates.
     pub fn with_policy(tag: &str, policy: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // Servers run as an unprivileged user, which must traverse it (tempdirs are 0700).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let cgroup_parent = format!("stratus-e2e-{}-{tag}", std::process::id());
         let config = dir.path().join("stratus.toml");
         std::fs::write(
