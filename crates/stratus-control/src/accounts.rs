@@ -185,6 +185,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
+    /// [`Self::admin`] for callers that do not hold the database's lock (the monitor): a
+    /// refused login takes the lock before the server is restarted.
+    pub(crate) async fn admin_unlocked(&self, name: &ServiceName) -> Result<AdminConn> {
+        match self.admin_login(name).await {
+            Err(e) if AdminConn::is_access_denied(&e) => {
+                let _guard = self.lock(name).await;
+                self.admin(name).await
+            }
+            other => Ok(other?),
+        }
+    }
+
     async fn admin_login(&self, name: &ServiceName) -> stratus_runtime::Result<AdminConn> {
         let endpoint = self
             .runtime
@@ -197,6 +209,26 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             ADMIN_LOGIN_TIMEOUT,
         )
         .await
+    }
+
+    /// Starts (or adopts) a database's server; if the start had to restore Stratus's account,
+    /// which a tenant changed while Stratus was not looking (before a park, a crash), says so
+    /// in an event.
+    pub(crate) async fn start_server(
+        &self,
+        svc: &stratus_core::DatabaseService,
+    ) -> Result<stratus_runtime::Instance> {
+        let instance = self.runtime.start(&self.instance_spec(svc)).await?;
+        if let Some(was) = &instance.access_restored {
+            self.event(
+                svc.name(),
+                EventKind::AccessRestored,
+                &format!("Stratus's account in the server had been removed, locked or changed ({was}); restored as the server started"),
+                serde_json::json!({"cause": was, "restored": true, "at": "start"}),
+            )
+            .await;
+        }
+        Ok(instance)
     }
 
     /// Restarts a server that refuses Stratus: its start restores Stratus's account.

@@ -361,7 +361,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             self.unsuspend(&svc).await?;
             self.runtime.observe(name).await.pid.unwrap_or(0)
         } else {
-            self.runtime.start(&self.instance_spec(&svc)).await?.pid
+            self.start_server(&svc).await?.pid
         };
         svc.state = DbState::Active;
         self.store.update_service(&svc).await?;
@@ -459,7 +459,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     // A frozen server cannot answer the adoption login: thaw it, freeze again after.
                     let _ = self.runtime.thaw(&name).await;
                 }
-                match self.runtime.start(&self.instance_spec(&svc)).await {
+                match self.start_server(&svc).await {
                     Ok(instance) => {
                         self.tend_commit_markers(&svc).await;
                         if suspended {

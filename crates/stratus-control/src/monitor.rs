@@ -293,7 +293,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Reads the buffer pool's request and miss counters and updates the hit ratio.
     async fn sample_hit_ratio(&self, svc: &DatabaseService) {
         let name = svc.name();
-        let Ok(mut conn) = self.admin(name).await else {
+        let Ok(mut conn) = self.admin_unlocked(name).await else {
             return;
         };
         let rows: crate::Result<Vec<(String, u64)>> = conn

@@ -9,6 +9,7 @@
 use crate::{ControlPlane, Result};
 use stratus_core::{DatabaseService, Resources};
 use stratus_runtime::Runtime;
+use stratus_runtime::admin::AdminConn;
 use stratus_store::Store;
 
 /// What a resize really did.
@@ -20,7 +21,9 @@ pub struct Applied {
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
-    /// Moves a running server from `from` to `to`.
+    /// Moves a running server from `from` to `to`, whole or not at all: Stratus logs in before
+    /// anything changes (a server that refuses it is restarted at `from` to restore its
+    /// account), and a grown cgroup is put back if the server then refuses the new pool.
     pub(crate) async fn apply_size(
         &self,
         svc: &DatabaseService,
@@ -28,13 +31,27 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         to: Resources,
     ) -> Result<Applied> {
         let name = svc.name();
+        let mut conn = self.admin(name).await?;
         let grow = to.memory_bytes >= from.memory_bytes;
         if grow {
             self.runtime
                 .set_limits(name, to.cpu_millis, to.memory_bytes)
                 .await?;
         }
-        let (actual, warnings) = self.set_buffer_pool(svc, to.buffer_pool_bytes).await?;
+        let resized = resize_buffer_pool(&mut conn, to.buffer_pool_bytes).await;
+        conn.close().await;
+        let (actual, warnings) = match resized {
+            Ok(r) => r,
+            Err(e) => {
+                if grow {
+                    let _ = self
+                        .runtime
+                        .set_limits(name, from.cpu_millis, from.memory_bytes)
+                        .await;
+                }
+                return Err(e);
+            }
+        };
         if !grow {
             self.runtime
                 .set_limits(name, to.cpu_millis, to.memory_bytes)
@@ -55,13 +72,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         bytes: u64,
     ) -> Result<(u64, Vec<String>)> {
         let mut conn = self.admin(svc.name()).await?;
-        let warnings = conn
-            .exec_with_warnings(&format!("SET GLOBAL innodb_buffer_pool_size = {bytes}"))
-            .await?;
-        let actual: Option<u64> = conn
-            .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
-            .await?;
+        let resized = resize_buffer_pool(&mut conn, bytes).await;
         conn.close().await;
-        Ok((actual.unwrap_or(0), warnings))
+        resized
     }
+}
+
+async fn resize_buffer_pool(conn: &mut AdminConn, bytes: u64) -> Result<(u64, Vec<String>)> {
+    let warnings = conn
+        .exec_with_warnings(&format!("SET GLOBAL innodb_buffer_pool_size = {bytes}"))
+        .await?;
+    let actual: Option<u64> = conn
+        .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
+        .await?;
+    Ok((actual.unwrap_or(0), warnings))
 }

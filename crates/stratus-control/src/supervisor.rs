@@ -85,7 +85,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 return;
             }
             let begin = Instant::now();
-            match self.runtime.start(&self.instance_spec(&svc)).await {
+            match self.start_server(&svc).await {
                 Ok(instance) => {
                     let ms = begin.elapsed().as_millis() as u64;
                     self.event(

@@ -84,6 +84,8 @@ pub struct Backend {
     pub caps: u64,
     pub addr: Endpoint,
     pub connection_id: u32,
+    /// The greeting's scramble, for `COM_CHANGE_USER`.
+    scramble: [u8; 20],
 }
 
 /// The byte stream to a server: its private unix socket on this host, or TCP to a pod.
@@ -189,6 +191,7 @@ impl Backend {
             caps: 0,
             addr,
             connection_id: 0,
+            scramble: [0; 20],
         };
         let greeting = b.read_packet().await?;
         if greeting.first() == Some(&0xff) {
@@ -197,6 +200,7 @@ impl Backend {
         let g = Greeting::decode(&greeting)
             .map_err(|_| BackendError::Protocol("malformed greeting"))?;
         b.connection_id = g.connection_id;
+        b.scramble = g.scramble;
         let mut caps =
             (login.client_caps & caps::PROXY_OFFERS & g.capabilities) | (ALWAYS & g.capabilities);
         caps &= !(caps::SSL | caps::COMPRESS | caps::CONNECT_WITH_DB | caps::CLIENT_MYSQL);
@@ -220,11 +224,51 @@ impl Backend {
         let mut out = Vec::new();
         packet::write(&mut out, &mut 1, &response.encode());
         b.stream.write_all(&out).await?;
-        let mut seq = 3u8;
+        b.finish_auth(login, 3).await?;
+        Ok(b)
+    }
+
+    /// Logs in again on this connection as `login` (`COM_CHANGE_USER`,
+    /// <https://mariadb.com/kb/en/com_change_user/>): the server checks the account afresh, so
+    /// a kept connection never serves an account that was locked, dropped, given a new
+    /// password or had privileges revoked since it was made. The session is reset as by
+    /// `COM_RESET_CONNECTION`.
+    pub async fn change_user(
+        &mut self,
+        login: &Login,
+        schema: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let mut body = Vec::with_capacity(96);
+        body.push(stratus_wire::command::COM_CHANGE_USER);
+        body.extend_from_slice(&login.user);
+        body.push(0);
+        let auth = scramble_reply(&login.stage1, &self.scramble);
+        body.push(auth.len() as u8);
+        body.extend_from_slice(&auth);
+        body.extend_from_slice(schema.unwrap_or_default().as_bytes());
+        body.push(0);
+        body.extend_from_slice(&u16::from(login.charset).to_le_bytes());
+        body.extend_from_slice(NATIVE_PLUGIN.as_bytes());
+        body.push(0);
+        if self.caps & caps::CONNECT_ATTRS != 0 {
+            stratus_wire::lenenc::put_lenenc_bytes(
+                &mut body,
+                login.attributes.as_deref().unwrap_or_default(),
+            );
+        }
+        let mut out = Vec::with_capacity(body.len() + 4);
+        packet::write(&mut out, &mut 0, &body);
+        self.stream.write_all(&out).await?;
+        self.finish_auth(login, 2).await
+    }
+
+    /// Reads the server's answers to a login until OK or ERR, answering a request to switch to
+    /// a fresh scramble; `seq` is the sequence number of such an answer.
+    async fn finish_auth(&mut self, login: &Login, mut seq: u8) -> Result<(), BackendError> {
         loop {
-            let reply = b.read_packet().await?;
+            let reply = self.read_packet().await?;
             match reply.first() {
-                Some(0x00) => return Ok(b),
+                Some(0x00) => return Ok(()),
                 Some(0xff) => return Err(BackendError::server(&reply)),
                 Some(0xfe) => {
                     // The server wants the native plugin with a fresh scramble.
@@ -238,7 +282,7 @@ impl Backend {
                     let mut out = Vec::new();
                     packet::write(&mut out, &mut seq, &scramble_reply(&login.stage1, &data));
                     seq = seq.wrapping_add(1);
-                    b.stream.write_all(&out).await?;
+                    self.stream.write_all(&out).await?;
                 }
                 _ => return Err(BackendError::Protocol("unexpected packet during login")),
             }

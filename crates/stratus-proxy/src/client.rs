@@ -426,11 +426,10 @@ impl<D: Directory> Session<D> {
         let kind = stmts.first().map(|s| s.kind);
         self.hashing = in_trans || !self.autocommit || kind == Some(Kind::Begin);
         let before = (!in_trans && self.hashing).then(|| self.state.clone());
+        // Stratus's own account is protected inside the server, not here: a text match is
+        // bypassed by `EXECUTE IMMEDIATE` or a procedure, and the server restores the account
+        // whenever Stratus finds it refused (`stratus-control`'s `accounts`).
         let accounts = stmts.iter().any(|s| s.kind == Kind::AccountManagement);
-        if accounts && names_admin_account(sql) {
-            let err = SqlError::not_allowed("the stratus_admin account");
-            return self.client.send(seq, &err.packet()).await;
-        }
         self.hold_answer = accounts;
         let expect = Expect::ResultSets { binary: false };
         let relayed = self
@@ -967,6 +966,27 @@ impl<D: Directory> Session<D> {
             self.proxy.cfg.pool_idle_timeout,
             &self.proxy.activity,
         );
+        // A kept connection logs in again first: the account may have been locked, dropped or
+        // stripped of privileges since it was made, and the server must say so now.
+        let kept = match kept {
+            Some(mut b) => match b
+                .change_user(&self.login, self.state.schema.as_deref())
+                .await
+            {
+                Ok(()) => match b.query(BACKEND_TRACKING).await {
+                    Ok(_) => Some(b),
+                    Err(BackendError::Server(e)) => return Err(BackendError::Server(e)),
+                    Err(_) => None,
+                },
+                // Unknown schema: a new connection handles that as a server would.
+                Err(BackendError::Server(e)) if e.code != 1049 => {
+                    return Err(BackendError::Server(e));
+                }
+                // Gone meanwhile: a new connection instead.
+                Err(_) => None,
+            },
+            None => None,
+        };
         let mut b = match kept {
             Some(b) => b,
             None => {
@@ -1702,14 +1722,6 @@ fn track(gauge: &std::sync::atomic::AtomicU64, reported: &mut bool, now: bool) {
         *reported = now;
     }
 }
-
-/// Whether an account statement names Stratus's own account, which clients may not touch.
-fn names_admin_account(sql: &[u8]) -> bool {
-    sql.windows(ADMIN_ACCOUNT.len())
-        .any(|w| w.eq_ignore_ascii_case(ADMIN_ACCOUNT))
-}
-
-const ADMIN_ACCOUNT: &[u8] = b"stratus_admin";
 
 /// Statements that read the previous statement's diagnostics, before which the proxy must not
 /// run statements of its own.

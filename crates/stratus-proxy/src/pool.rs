@@ -1,11 +1,14 @@
 //! Backend connections kept after their client left, for the next client of the same database,
-//! user and connection settings: reusing one costs a reset instead of a TCP connect, a login and
-//! the tracking set-up.
+//! user and connection settings: reusing one costs a login on an open connection instead of a
+//! connect, a greeting and a login.
 //!
 //! Each session thread keeps its own pool (a socket belongs to the event loop that registered
 //! it). A connection is reset (`COM_RESET_CONNECTION`,
-//! <https://mariadb.com/kb/en/com_reset_connection/>) before it is kept, checked alive before it
-//! is reused, dropped after `idle` unused, and at most `cap` wait per database. A database that is
+//! <https://mariadb.com/kb/en/com_reset_connection/>) before it is kept, so nothing it held
+//! (locks, temporary tables) outlives its client; checked alive before it is reused, and logged
+//! in again then (`COM_CHANGE_USER`, in `client.rs`), so an account locked, dropped or stripped
+//! of privileges meanwhile is refused as on a new connection; dropped after `idle` unused, and at
+//! most `cap` wait per database. A database that is
 //! parked or suspended closes its connections; they are found dead and dropped on the next look.
 
 use crate::activity::Activity;

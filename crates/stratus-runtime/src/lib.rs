@@ -88,6 +88,9 @@ pub struct Instance {
     pub endpoint: Endpoint,
     /// True when an already running server was taken over instead of started.
     pub adopted: bool,
+    /// The start found Stratus's own account removed, locked or changed inside the server
+    /// (by a tenant) and restored it; `Some` says how it was found.
+    pub access_restored: Option<String>,
     /// From spawn to the first successful login.
     pub startup: Duration,
 }

@@ -204,6 +204,10 @@ async fn a_server_is_confined_and_gives_stratus_its_account_back() {
     let rt = LocalRuntime::new(config(&dir, "confined")).await.unwrap();
     let s = spec("confined", 1);
     let inst = rt.provision(&s).await.unwrap();
+    assert_eq!(
+        inst.access_restored, None,
+        "a new server is not a restored one"
+    );
     let db_dir = dir.path().join("databases/confined");
     let Endpoint::Unix(socket) = &inst.endpoint else {
         panic!(
@@ -282,8 +286,14 @@ async fn a_server_is_confined_and_gives_stratus_its_account_back() {
     assert!(AdminConn::is_access_denied(&refused), "{refused}");
     assert!(rt.stop(&s.name, Duration::from_secs(30)).await.unwrap());
     let again = rt.start(&s).await.unwrap();
+    assert_eq!(again.access_restored.as_deref(), Some("missing"));
     let mut conn = admin(&rt, &s, &again.endpoint).await;
     conn.exec("DO 1").await.unwrap();
+    conn.close().await;
+    // An intact account is not reported as restored.
+    assert!(rt.stop(&s.name, Duration::from_secs(30)).await.unwrap());
+    assert_eq!(rt.start(&s).await.unwrap().access_restored, None);
+    let mut conn = admin(&rt, &s, &again.endpoint).await;
     conn.close().await;
     rt.destroy(&s.name).await.unwrap();
     rt.remove_cgroup_parent().unwrap();

@@ -31,6 +31,9 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
         global.api.clone(),
     )?;
     let data_dir = claim_data_dir(&settings.data_dir)?;
+    // Everything Stratus writes from here on is its own alone (the catalog, tokens, keys),
+    // unless it hands it to the servers' user on purpose.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let _lock = lock_data_dir(&data_dir)?;
 
     // Bind both addresses before the slow work, so a taken port fails at once.
@@ -86,6 +89,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    check_private_files(&data_dir);
     let proxy = Proxy::new(
         ProxyConfig {
             server_version: greeting_version(&info.mariadb_version),
@@ -283,6 +287,43 @@ fn claim_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     }
     dir.canonicalize()
         .with_context(|| format!("cannot resolve {}", dir.display()))
+}
+
+/// Files under the data directory that hold secrets, or lead to them.
+const PRIVATE_FILES: &[&str] = &[
+    "catalog.db",
+    "catalog.db-wal",
+    "catalog.db-shm",
+    ADMIN_TOKEN_FILE,
+    "tls/key.pem",
+    "tls",
+];
+
+/// Checks at every start that no secret is open to other users (a data directory made by an
+/// older Stratus, or changed by hand): each is tightened to its owner alone, with a warning.
+fn check_private_files(data_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for name in PRIVATE_FILES {
+        let path = data_dir.join(name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        let private = if meta.is_dir() { 0o700 } else { 0o600 };
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(private)) {
+            Ok(()) => tracing::warn!(
+                "{} was mode {mode:o}, readable by other users; now {private:o}",
+                path.display()
+            ),
+            Err(e) => tracing::error!(
+                "{} is mode {mode:o}, readable by other users, and cannot be tightened: {e}",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// An exclusive lock on the data directory for as long as this process lives, holding its pid.

@@ -272,14 +272,6 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
         .await
         .unwrap();
 
-    let err = owner
-        .query_drop("DROP USER 'stratus_admin'@'127.0.0.1'")
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("1227") && err.to_string().contains("stratus_admin"),
-        "{err}"
-    );
     owner.query_drop("DROP USER 'app'@'%'").await.unwrap();
     let err = Conn::new(s.sql_opts("shop.app", "second", None))
         .await

@@ -360,10 +360,13 @@ impl Inner {
         if let Some(pidfd) = process::adopt(&paths.pid, &paths.cnf) {
             let pid = pidfd.pid;
             let proc = self.watch(name, pidfd, endpoint.clone(), STARTING);
-            self.login(name, &endpoint).await?;
+            let restored = self.login(name, &endpoint).await?;
             proc.phase.store(READY, Ordering::SeqCst);
             tracing::info!(db = %name, pid, "adopted running mariadbd");
-            return Ok(self.instance(pid, &endpoint, true, begin));
+            return Ok(Instance {
+                access_restored: restored,
+                ..self.instance(pid, &endpoint, true, begin)
+            });
         }
         let procs_files =
             self.apply_limits(name, spec.resources.cpu_millis, spec.resources.memory_bytes)?;
@@ -396,13 +399,19 @@ impl Inner {
                 log_tail: process::log_tail(&paths.log, 12),
             });
         }
-        if let Err(e) = self.login(name, &endpoint).await {
-            self.kill(&proc).await;
-            return Err(e);
-        }
+        let restored = match self.login(name, &endpoint).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.kill(&proc).await;
+                return Err(e);
+            }
+        };
         proc.phase.store(READY, Ordering::SeqCst);
         tracing::info!(db = %name, pid = proc.pidfd.pid, ms = begin.elapsed().as_millis() as u64, "mariadbd ready");
-        Ok(self.instance(proc.pidfd.pid, &endpoint, false, begin))
+        Ok(Instance {
+            access_restored: restored,
+            ..self.instance(proc.pidfd.pid, &endpoint, false, begin)
+        })
     }
 
     fn instance(&self, pid: u32, endpoint: &Endpoint, adopted: bool, begin: Instant) -> Instance {
@@ -411,14 +420,27 @@ impl Inner {
             endpoint: endpoint.clone(),
             adopted,
             startup: begin.elapsed(),
+            access_restored: None,
         }
     }
 
-    async fn login(&self, name: &str, endpoint: &Endpoint) -> Result<()> {
+    /// Logs in as Stratus, and collects what the init file noted if it had to restore
+    /// Stratus's account at this start (the row is removed once read).
+    async fn login(&self, name: &str, endpoint: &Endpoint) -> Result<Option<String>> {
         let mut conn = AdminConn::connect(name, endpoint, &self.admin, LOGIN_TIMEOUT).await?;
-        conn.exec("DO 1").await?;
+        let noted: Vec<String> = conn
+            .query_rows(&format!("SELECT was FROM {}", template::RESTORED_TABLE))
+            .await
+            .unwrap_or_default();
+        if !noted.is_empty() {
+            conn.exec(&format!(
+                "SET sql_log_bin = 0; DELETE FROM {}; SET sql_log_bin = 1",
+                template::RESTORED_TABLE
+            ))
+            .await?;
+        }
         conn.close().await;
-        Ok(())
+        Ok(noted.into_iter().last())
     }
 
     async fn kill(&self, proc: &Proc) {

@@ -90,8 +90,10 @@ pub async fn ensure(
          DELETE FROM mysql.global_priv WHERE User <> 'mariadb.sys';\n\
          DELETE FROM mysql.proxies_priv;\n\
          FLUSH PRIVILEGES;\n\
-         {}\n{};\n{};\n",
+         {}{}\n{};\n{};\n",
         access_sql(&user.admin_account),
+        // Made here, not restored.
+        format_args!("DELETE FROM {RESTORED_TABLE};"),
         commit_marker::DDL[0],
         commit_marker::DDL[1]
     );
@@ -124,20 +126,33 @@ pub async fn ensure(
 
 /// The statements that give Stratus its account back, whatever was done to it: run at every
 /// start as the server's `init_file`, with every privilege, before any client can connect. One
-/// statement per line, as `init_file` wants. The account of earlier versions, which logged in
-/// with a password over TCP, is removed.
+/// statement per line, as `init_file` wants. When the account was not as Stratus left it
+/// (missing, locked, another plugin, privileges taken), a row in [`RESTORED_TABLE`] (in the
+/// `mysql` schema, which tenants can read but not write) says so, for Stratus to report. The
+/// account of earlier versions, which logged in with a password over TCP, is removed.
 pub fn access_sql(admin: &str) -> String {
-    let a = format!("{}@'localhost'", quote_str(admin));
+    let user = quote_str(admin);
+    let a = format!("{user}@'localhost'");
+    let state = format!(
+        "(SELECT CONCAT_WS(' ', JSON_VALUE(Priv, '$.plugin'), IFNULL(JSON_VALUE(Priv, '$.account_locked'), 'false'), \
+         JSON_VALUE(Priv, '$.access')) FROM mysql.global_priv WHERE User = {user} AND Host = 'localhost')"
+    );
     format!(
         "SET sql_log_bin = 0;\n\
+         CREATE TABLE IF NOT EXISTS {RESTORED_TABLE} (restored_at DATETIME NOT NULL, was TEXT NOT NULL) ENGINE=InnoDB;\n\
+         SET @stratus_was = IFNULL({state}, 'missing');\n\
          CREATE USER IF NOT EXISTS {a} IDENTIFIED VIA unix_socket;\n\
          ALTER USER {a} IDENTIFIED VIA unix_socket WITH MAX_QUERIES_PER_HOUR 0 MAX_UPDATES_PER_HOUR 0 \
          MAX_CONNECTIONS_PER_HOUR 0 MAX_USER_CONNECTIONS 0 MAX_STATEMENT_TIME 0 PASSWORD EXPIRE NEVER ACCOUNT UNLOCK;\n\
          GRANT ALL PRIVILEGES ON *.* TO {a} WITH GRANT OPTION;\n\
+         INSERT INTO {RESTORED_TABLE} SELECT NOW(), @stratus_was FROM DUAL WHERE @stratus_was <> IFNULL({state}, '');\n\
          DROP USER IF EXISTS 'stratus_admin'@'127.0.0.1';\n\
          SET sql_log_bin = 1;\n"
     )
 }
+
+/// Where the init file notes that it had to restore Stratus's account.
+pub const RESTORED_TABLE: &str = "mysql.stratus_access_restored";
 
 fn failed(what: &str, out: &std::process::Output, log: &Path) -> RuntimeError {
     let mut tail = super::process::log_tail(log, 8);
