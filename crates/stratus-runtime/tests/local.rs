@@ -293,7 +293,7 @@ async fn a_server_is_confined_and_gives_stratus_its_account_back() {
     // An intact account is not reported as restored.
     assert!(rt.stop(&s.name, Duration::from_secs(30)).await.unwrap());
     assert_eq!(rt.start(&s).await.unwrap().access_restored, None);
-    let mut conn = admin(&rt, &s, &again.endpoint).await;
+    let conn = admin(&rt, &s, &again.endpoint).await;
     conn.close().await;
     rt.destroy(&s.name).await.unwrap();
     rt.remove_cgroup_parent().unwrap();
