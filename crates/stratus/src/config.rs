@@ -93,6 +93,8 @@ pub struct MariaDbSection {
     pub bin_dir: Option<PathBuf>,
     pub start_timeout_secs: Option<u64>,
     pub stop_grace_secs: Option<u64>,
+    /// The OS user servers run as when Stratus runs as root [default: `stratus-db`].
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +117,7 @@ pub struct Settings {
     pub bin_dir: Option<PathBuf>,
     pub start_timeout: Duration,
     pub stop_grace: Duration,
+    pub server_user: String,
     pub cgroups: bool,
     /// Empty: derived from the data directory once it is resolved.
     pub cgroup_parent: String,
@@ -182,6 +185,10 @@ impl Settings {
             bin_dir: fc.mariadb.bin_dir,
             start_timeout: Duration::from_secs(fc.mariadb.start_timeout_secs.unwrap_or(120)),
             stop_grace: Duration::from_secs(fc.mariadb.stop_grace_secs.unwrap_or(60)),
+            server_user: fc
+                .mariadb
+                .user
+                .unwrap_or_else(|| stratus_runtime::local::DEFAULT_SERVER_USER.to_owned()),
             cgroups: fc.resources.cgroups.unwrap_or(true),
             cgroup_parent: fc.resources.cgroup_parent.unwrap_or_default(),
             policy: fc.policy.clone().unwrap_or_default(),

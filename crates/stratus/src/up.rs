@@ -55,6 +55,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     };
     local.resource_control = settings.cgroups;
     local.start_timeout = settings.start_timeout;
+    local.server_user = settings.server_user.clone();
     if !data_dir.join("template/READY").exists() {
         eprintln!("Preparing the MariaDB template data directory (first start only)…");
     }
