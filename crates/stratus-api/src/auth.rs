@@ -108,6 +108,7 @@ impl Caller {
                 Action::Read => "read",
                 Action::Write => "change databases",
                 Action::ManageTokens => "manage tokens",
+                Action::ManageKeys => "rotate encryption keys",
             };
             return Err((
                 StatusCode::FORBIDDEN,

@@ -228,6 +228,11 @@ impl ApiClient {
         .await
     }
 
+    pub async fn rotate_keys(&self) -> Result<KeyRotation, ClientError> {
+        self.call::<(), _>(Method::POST, "/v1/keys/rotate", None)
+            .await
+    }
+
     pub async fn tokens(&self) -> Result<Vec<TokenView>, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/tokens", None).await
     }

@@ -162,6 +162,7 @@ pub fn router<S: Store, R: Runtime>(
         )
         .route("/v1/events", get(events::<S, R>))
         .route("/v1/tokens", get(tokens::<S, R>).post(create_token::<S, R>))
+        .route("/v1/keys/rotate", post(rotate_keys::<S, R>))
         .route(
             "/v1/tokens/{id}",
             axum::routing::delete(delete_token::<S, R>),
@@ -289,6 +290,7 @@ async fn status<S: Store, R: Runtime>(
         databases: services.len(),
         databases_by_state: by_state,
         warm_pool: st.cp.pool_status(),
+        encryption: rt.encryption,
     }))
 }
 
@@ -551,6 +553,18 @@ async fn events<S: Store, R: Runtime>(
     };
     let events = st.cp.store().events(&filter).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))
+}
+
+async fn rotate_keys<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<KeyRotation>> {
+    caller.check(Action::ManageKeys, None)?;
+    let wrapped = st.cp.rotate_master_key().await?;
+    Ok(Json(KeyRotation {
+        wrapped,
+        encryption: st.cp.runtime().info().encryption,
+    }))
 }
 
 async fn tokens<S: Store, R: Runtime>(

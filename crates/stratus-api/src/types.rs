@@ -75,6 +75,18 @@ pub struct StatusView {
     /// Spare servers ready for new databases.
     #[serde(default)]
     pub warm_pool: stratus_control::pool::PoolStatus,
+    /// How data is encrypted at rest; `None`: it is not.
+    #[serde(default)]
+    pub encryption: Option<String>,
+}
+
+/// The answer to a master key rotation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRotation {
+    /// Database keys wrapped under the new master key.
+    pub wrapped: usize,
+    /// What encrypts data at rest now (names the new master key).
+    pub encryption: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -169,6 +169,24 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         format!("{service}.{user}")
     }
 
+    /// Replaces the master key of encryption at rest (every database's key wrapped anew) and
+    /// records it. Returns how many database keys were wrapped.
+    pub async fn rotate_master_key(&self) -> Result<usize> {
+        let n = self.runtime.rotate_master_key().await?;
+        let message =
+            format!("master key of encryption at rest replaced; {n} database key(s) wrapped again");
+        tracing::info!("{message}");
+        self.store
+            .record_event(
+                "",
+                EventKind::KeyRotated,
+                &message,
+                serde_json::json!({"wrapped": n}),
+            )
+            .await?;
+        Ok(n)
+    }
+
     /// Records what the proxy did for a client session whose server was lost.
     pub async fn failover_event(&self, db: &str, message: &str, data: serde_json::Value) {
         if let Ok(name) = ServiceName::parse(db) {

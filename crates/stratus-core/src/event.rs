@@ -27,6 +27,8 @@ pub enum EventKind {
     /// Stratus found its own account inside a server removed, locked or changed, and restored it
     /// by restarting the server.
     AccessRestored,
+    /// The master key of encryption at rest was replaced.
+    KeyRotated,
     /// Repeated failed logins from one client source or for one account: their answers are
     /// delayed from now on.
     LoginThrottled,
@@ -53,6 +55,7 @@ impl EventKind {
             EventKind::Failover => "failover",
             EventKind::AccessRestored => "access_restored",
             EventKind::LoginThrottled => "login_throttled",
+            EventKind::KeyRotated => "key_rotated",
         }
     }
 

@@ -47,7 +47,7 @@ impl Role {
     pub fn allows(self, action: Action) -> bool {
         match self {
             Role::Admin => true,
-            Role::Developer => action != Action::ManageTokens,
+            Role::Developer => !matches!(action, Action::ManageTokens | Action::ManageKeys),
             Role::Viewer => action == Action::Read,
         }
     }
@@ -68,6 +68,8 @@ pub enum Action {
     Write,
     /// Creating, listing and deleting tokens.
     ManageTokens,
+    /// Rotating the master key of encryption at rest.
+    ManageKeys,
 }
 
 /// The databases a token reaches: names, `prefix*` patterns, or `*` for all.
@@ -263,6 +265,7 @@ mod tests {
         use Action::*;
         assert!(Role::Admin.allows(ManageTokens));
         assert!(Role::Developer.allows(Write) && !Role::Developer.allows(ManageTokens));
+        assert!(Role::Admin.allows(ManageKeys) && !Role::Developer.allows(ManageKeys));
         assert!(Role::Viewer.allows(Read) && !Role::Viewer.allows(Write));
         for r in [Role::Admin, Role::Developer, Role::Viewer] {
             assert_eq!(Role::parse(r.as_str()), Some(r));

@@ -14,6 +14,8 @@ pub struct MariaDb {
     /// The server knows `innodb_buffer_pool_size_max` (10.11.12+, 11.4.6+, 11.8.2+), which
     /// reserves address space for growing the pool without a restart.
     pub has_buffer_pool_size_max: bool,
+    /// The distribution's plugin directory (where `file_key_management.so` is).
+    pub plugin_dir: Option<PathBuf>,
 }
 
 const HINT: &str = "install the distribution's mariadb-server package (apt-get install mariadb-server), \
@@ -42,6 +44,7 @@ impl MariaDb {
             })?;
         Ok(Self {
             has_buffer_pool_size_max: help.contains("--innodb-buffer-pool-size-max"),
+            plugin_dir: help_value(&help, "plugin-dir").map(PathBuf::from),
             mariadbd,
             install_db,
             version,
@@ -71,6 +74,14 @@ fn find(binary: &'static str, bin_dir: Option<&Path>) -> Result<PathBuf> {
         })
 }
 
+/// The value of one option in `mariadbd --verbose --help`'s closing table (`name   value`).
+fn help_value<'a>(help: &'a str, name: &str) -> Option<&'a str> {
+    help.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some(name)).then(|| w.next()).flatten()
+    })
+}
+
 /// `mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu on x86_64` → `10.11.19-MariaDB-0+deb12u1`.
 fn parse_version(text: &str) -> Option<String> {
     let mut words = text.split_whitespace();
@@ -81,6 +92,16 @@ fn parse_version(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_values() {
+        let help = "Variables (--variable-name=value)\nplugin-dir                     /usr/lib/mysql/plugin/\nport 3306\n";
+        assert_eq!(
+            help_value(help, "plugin-dir"),
+            Some("/usr/lib/mysql/plugin/")
+        );
+        assert_eq!(help_value(help, "plugin"), None);
+    }
 
     #[test]
     fn version_line() {

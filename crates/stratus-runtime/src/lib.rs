@@ -130,6 +130,8 @@ pub struct RuntimeInfo {
     /// Why resource control is off, when it is.
     pub resource_control_note: Option<String>,
     pub mariadb_version: String,
+    /// How data is encrypted at rest, `None` when it is not.
+    pub encryption: Option<String>,
 }
 
 /// Where databases run. Methods are cancel-safe only where they say so; the control plane
@@ -209,6 +211,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Spares left on this runtime's storage by an earlier run and never claimed.
     fn unclaimed_spares(&self) -> Vec<String>;
+
+    /// Replaces the master key of encryption at rest: every database's data key is wrapped
+    /// again under a new one. Returns how many were. Running servers are not disturbed (their
+    /// key is in memory); the next start opens the key with the new master key.
+    fn rotate_master_key(&self) -> impl Future<Output = Result<usize>> + Send;
 }
 
 /// A running spare server.

@@ -57,6 +57,16 @@ pub enum Command {
     /// Manage API tokens (admin only).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Encryption at rest (admin only).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Replace the master key: every database's key is wrapped again under a new one, and the
+    /// old one is destroyed. Data stays readable; running servers are not disturbed.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

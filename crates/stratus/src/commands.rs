@@ -1,6 +1,6 @@
 //! The CLI verbs: each one API call, printed as text or (with `--json`) as the API's JSON.
 
-use crate::cli::{Command, DbCommand, EventsArgs, Global, TokenCommand, UserCommand};
+use crate::cli::{Command, DbCommand, EventsArgs, Global, KeyCommand, TokenCommand, UserCommand};
 use crate::config::api_url;
 use crate::output::{bytes, table, with_spinner};
 use crate::up::ADMIN_TOKEN_FILE;
@@ -22,6 +22,20 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::User(cmd) => user(&api, json, cmd).await,
         Command::Events(args) => events(&api, json, args).await,
         Command::Token(cmd) => tokens(&api, json, cmd).await,
+        Command::Key(KeyCommand::Rotate) => {
+            let r = api.rotate_keys().await?;
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "Master key replaced; {} database key(s) wrapped again.",
+                r.wrapped
+            );
+            if let Some(e) = r.encryption {
+                println!("  {e}");
+            }
+            Ok(())
+        }
         Command::Status => {
             let s = api.status().await?;
             if json {
@@ -40,6 +54,12 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                 None => println!("resource control: {}", s.resource_control),
                 Some(why) => println!("resource control: none: {why}"),
             }
+            println!(
+                "encryption:       {}",
+                s.encryption
+                    .as_deref()
+                    .unwrap_or("off: data is not encrypted at rest")
+            );
             let states: Vec<String> = s
                 .databases_by_state
                 .iter()

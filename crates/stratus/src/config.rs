@@ -28,6 +28,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub http: HttpSection,
     #[serde(default)]
+    pub encryption: EncryptionSection,
+    #[serde(default)]
     pub proxy: ProxySection,
     /// The scaling policy new databases get (`ScalingPolicy`'s fields, in milliseconds).
     #[serde(default)]
@@ -37,6 +39,28 @@ pub struct FileConfig {
     pub pool: Option<stratus_control::pool::PoolConfig>,
     /// Reload hot pages after a suspend (`false` only to measure what hydration is worth).
     pub hydrate: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// Encrypt every database's data at rest [default: true].
+    pub enabled: Option<bool>,
+    /// The master key ring, outside the data directory [default: /etc/stratus/master.key as
+    /// root, else ~/.config/stratus/master.key].
+    pub master_key_file: Option<PathBuf>,
+}
+
+/// Where the master key lives unless configured: a system path for a system service, the
+/// user's configuration directory otherwise.
+fn default_master_key() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/etc/stratus/master.key");
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".config/stratus/master.key")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +142,8 @@ pub struct Settings {
     pub start_timeout: Duration,
     pub stop_grace: Duration,
     pub server_user: String,
+    /// The master key ring, when data is encrypted at rest.
+    pub master_key: Option<PathBuf>,
     pub cgroups: bool,
     /// Empty: derived from the data directory once it is resolved.
     pub cgroup_parent: String,
@@ -189,6 +215,12 @@ impl Settings {
                 .mariadb
                 .user
                 .unwrap_or_else(|| stratus_runtime::local::DEFAULT_SERVER_USER.to_owned()),
+            master_key: fc.encryption.enabled.unwrap_or(true).then(|| {
+                fc.encryption
+                    .master_key_file
+                    .clone()
+                    .unwrap_or_else(default_master_key)
+            }),
             cgroups: fc.resources.cgroups.unwrap_or(true),
             cgroup_parent: fc.resources.cgroup_parent.unwrap_or_default(),
             policy: fc.policy.clone().unwrap_or_default(),

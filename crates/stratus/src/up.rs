@@ -56,6 +56,20 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     local.resource_control = settings.cgroups;
     local.start_timeout = settings.start_timeout;
     local.server_user = settings.server_user.clone();
+    local.master_key = settings
+        .master_key
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()
+        .context("master key path")?;
+    if let Some(key) = &local.master_key
+        && key.starts_with(&data_dir)
+    {
+        anyhow::bail!(
+            "the master key {} must live outside the data directory, or a copy of the directory holds the key to its data",
+            key.display()
+        );
+    }
     if !data_dir.join("template/READY").exists() {
         eprintln!("Preparing the MariaDB template data directory (first start only)…");
     }

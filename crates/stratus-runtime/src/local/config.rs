@@ -34,6 +34,9 @@ pub struct ServerOptions {
     /// SQL run at every start with full privileges: restores Stratus's own account, whatever a
     /// tenant did to it. `None` for the template bootstrap.
     pub init_file: Option<PathBuf>,
+    /// Encryption at rest with the key `file_key_management` reads from this file at start
+    /// (`keys.rs`); `None`: off (the template, which holds no tenant data).
+    pub key_file: Option<PathBuf>,
     pub server_id: u32,
     pub buffer_pool_bytes: u64,
     /// Reserve address space for growth (only where the server knows the option).
@@ -67,6 +70,22 @@ pub fn render(o: &ServerOptions) -> String {
     line("plugin_dir", &quoted(&o.plugin_dir));
     if let Some(init) = &o.init_file {
         line("init_file", &quoted(init));
+    }
+    if let Some(keys) = &o.key_file {
+        // Everything a tenant's data passes through: tables, redo and undo, temporary files
+        // and tables, the binary log (<https://mariadb.com/kb/en/data-at-rest-encryption-overview/>).
+        // `FORCE`: no table can be made with `ENCRYPTED=NO`.
+        line("plugin_load_add", &"file_key_management");
+        line("file_key_management_filename", &quoted(keys));
+        line("file_key_management_encryption_algorithm", &"AES_CTR");
+        line("innodb_encrypt_tables", &"FORCE");
+        line("innodb_encrypt_log", &"ON");
+        line("innodb_encrypt_temporary_tables", &"ON");
+        line("innodb_encryption_threads", &1);
+        line("encrypt_tmp_files", &"ON");
+        line("encrypt_tmp_disk_tables", &"ON");
+        line("encrypt_binlog", &"ON");
+        line("aria_encrypt_tables", &"ON");
     }
     // `DATA DIRECTORY` / `INDEX DIRECTORY` would let a table's files land anywhere the server's
     // user may write; without symbolic links the server ignores them.
@@ -118,6 +137,7 @@ mod tests {
             secure_file_priv: "/d/files".into(),
             plugin_dir: "/d/plugins".into(),
             init_file: Some("/d/init.sql".into()),
+            key_file: Some("/s/shop.key".into()),
             server_id: 7,
             buffer_pool_bytes: 1 << 30,
             buffer_pool_max_bytes: Some(1 << 31),
@@ -134,6 +154,9 @@ mod tests {
             r#"plugin_dir = "/d/plugins""#,
             r#"init_file = "/d/init.sql""#,
             "symbolic-links = 0",
+            r#"file_key_management_filename = "/s/shop.key""#,
+            "innodb_encrypt_tables = FORCE",
+            "encrypt_binlog = ON",
             "innodb_buffer_pool_size = 1073741824",
             "innodb_buffer_pool_size_max = 2147483648",
             "log_bin = mariadb-bin",
@@ -149,11 +172,13 @@ mod tests {
         let cnf = render(&ServerOptions {
             user: None,
             init_file: None,
+            key_file: None,
             buffer_pool_max_bytes: Some(1),
             ..opts()
         });
         assert!(!cnf.contains("port") && !cnf.contains("bind-address"));
         assert!(!cnf.contains("user =") && !cnf.contains("init_file"));
+        assert!(!cnf.contains("encrypt"), "no encryption without a key");
         assert!(cnf.contains("innodb_buffer_pool_size_max = 1073741824"));
     }
 

@@ -16,6 +16,7 @@
 //! runtime over the same root adopts them through their pid file, checked by pidfd.
 
 mod config;
+pub mod keys;
 mod notify;
 mod process;
 pub mod server_user;
@@ -60,6 +61,9 @@ pub struct LocalConfig {
     pub start_timeout: Duration,
     /// The OS user servers run as when Stratus runs as root.
     pub server_user: String,
+    /// The master key ring for encryption at rest (outside the data directory); `None` runs
+    /// servers unencrypted.
+    pub master_key: Option<PathBuf>,
 }
 
 impl LocalConfig {
@@ -71,6 +75,7 @@ impl LocalConfig {
             resource_control: true,
             start_timeout: Duration::from_secs(120),
             server_user: DEFAULT_SERVER_USER.into(),
+            master_key: None,
         }
     }
 }
@@ -88,6 +93,10 @@ struct Inner {
     user: ServerUser,
     admin: AdminLogin,
     plugin_dir: PathBuf,
+    /// Master keys, when data is encrypted at rest.
+    keys: Option<Mutex<keys::MasterKeys>>,
+    /// Where a server's plain data key waits for its start: a private directory in memory.
+    key_dir: PathBuf,
     procs: Mutex<HashMap<String, Arc<Proc>>>,
     exits: broadcast::Sender<ExitNotice>,
     next_spare: std::sync::atomic::AtomicU32,
@@ -162,6 +171,21 @@ impl LocalRuntime {
                 .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
             user.share_dir(dir)?;
         }
+        let keys = match &cfg.master_key {
+            Some(path) => {
+                allow_plugin(&mariadb, &plugin_dir, KEY_PLUGIN)?;
+                Some(Mutex::new(keys::MasterKeys::open_or_create(path)?))
+            }
+            None => None,
+        };
+        let key_dir = if Path::new("/dev/shm").is_dir() {
+            Path::new("/dev/shm").join(format!(
+                "stratus-{:08x}-keys",
+                config::server_id(&cfg.root.to_string_lossy())
+            ))
+        } else {
+            cfg.root.join("keys")
+        };
         let template =
             template::ensure(&cfg.root.join("template"), &mariadb, &user, &plugin_dir).await?;
         let admin = AdminLogin {
@@ -179,6 +203,8 @@ impl LocalRuntime {
                 user,
                 admin,
                 plugin_dir,
+                keys,
+                key_dir,
                 procs: Mutex::new(HashMap::new()),
                 exits,
                 next_spare: std::sync::atomic::AtomicU32::new(1),
@@ -312,7 +338,22 @@ impl Inner {
             .open(&paths.log)
             .map_err(|e| RuntimeError::io(format!("cannot open {}", paths.log.display()), e))?;
         self.user.give(&paths.log)?;
+        let key_file = match &self.keys {
+            Some(ring) => {
+                let key = ring
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .data_key(&paths.dir)?;
+                private_socket_dir(&self.key_dir, &self.user)?;
+                let file = self.key_file(&spec.key);
+                template::write_private(&file, &keys::plugin_key_file(&key))?;
+                self.user.give(&file)?;
+                Some(file)
+            }
+            None => None,
+        };
         let opts = config::ServerOptions {
+            key_file,
             datadir: paths.data.clone(),
             socket: paths.socket.clone(),
             pid_file: paths.pid.clone(),
@@ -391,6 +432,8 @@ impl Inner {
                 Some(format!("not ready within {:?}", self.cfg.start_timeout))
             }
         };
+        // The key plugin has read its key: the plain key leaves memory-backed storage too.
+        let _ = std::fs::remove_file(self.key_file(name));
         if let Some(reason) = failure {
             self.kill(&proc).await;
             return Err(RuntimeError::StartFailed {
@@ -412,6 +455,11 @@ impl Inner {
             access_restored: restored,
             ..self.instance(proc.pidfd.pid, &endpoint, false, begin)
         })
+    }
+
+    /// Where a server's plain data key is put for its start.
+    fn key_file(&self, key: &str) -> PathBuf {
+        self.key_dir.join(format!("{key}.key"))
     }
 
     fn instance(&self, pid: u32, endpoint: &Endpoint, adopted: bool, begin: Instant) -> Instance {
@@ -499,7 +547,32 @@ impl Runtime for LocalRuntime {
                 .map_or_else(|| "none".to_owned(), |m| m.kind().to_string()),
             resource_control_note: self.inner.resource_note.clone(),
             mariadb_version: self.inner.mariadb.version.clone(),
+            encryption: self.inner.keys.as_ref().map(|k| {
+                let k = k.lock().unwrap_or_else(|p| p.into_inner());
+                format!(
+                    "file_key_management (AES-CTR), a key per database wrapped by master key {} in {}",
+                    k.current_id(),
+                    k.path().display()
+                )
+            }),
         }
+    }
+
+    async fn rotate_master_key(&self) -> Result<usize> {
+        let Some(keys) = &self.inner.keys else {
+            return Err(RuntimeError::Other(
+                "encryption at rest is off ([encryption] enabled = false)".into(),
+            ));
+        };
+        let databases = self.inner.cfg.root.join("databases");
+        let dirs: Vec<PathBuf> = std::fs::read_dir(&databases)
+            .map_err(|e| RuntimeError::io(format!("cannot read {}", databases.display()), e))?
+            .flatten()
+            // Links are claimed spares, whose directory is listed under its own name too.
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        keys.lock().unwrap_or_else(|p| p.into_inner()).rotate(&dirs)
     }
 
     fn admin_login(&self) -> AdminLogin {
@@ -803,6 +876,36 @@ impl Inner {
         }
         remove(&paths.dir)
     }
+}
+
+/// The key-management plugin encryption at rest uses.
+const KEY_PLUGIN: &str = "file_key_management.so";
+
+/// Makes one of the distribution's plugins loadable by the servers: a link to it in their
+/// otherwise empty plugin directory.
+fn allow_plugin(mariadb: &MariaDb, plugin_dir: &Path, file: &str) -> Result<()> {
+    let source = mariadb
+        .plugin_dir
+        .as_ref()
+        .map(|d| d.join(file))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            RuntimeError::Other(format!(
+                "encryption at rest needs MariaDB's {file}, not found in the server's plugin \
+                 directory ({}); install it or set [encryption] enabled = false",
+                mariadb
+                    .plugin_dir
+                    .as_ref()
+                    .map_or_else(|| "unknown".to_owned(), |d| d.display().to_string())
+            ))
+        })?;
+    let link = plugin_dir.join(file);
+    if std::fs::read_link(&link).is_ok_and(|t| t == source) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&source, &link)
+        .map_err(|e| RuntimeError::io(format!("cannot link {}", link.display()), e))
 }
 
 /// Where a database's socket goes when its own directory's path is too long for one: a

@@ -59,6 +59,7 @@ pub async fn ensure(
         secure_file_priv: dir.join("files"),
         plugin_dir: plugin_dir.to_path_buf(),
         init_file: None,
+        key_file: None,
         server_id: 1,
         buffer_pool_bytes: 16 << 20,
         buffer_pool_max_bytes: None,

@@ -60,7 +60,8 @@ impl Stratus {
         std::fs::write(
             &config,
             format!(
-                "[resources]\ncgroup_parent = \"{cgroup_parent}\"\n[mariadb]\nstop_grace_secs = 30\n[policy]\n{policy}\n[pool]\nmin = 0\nmax = 0\n"
+                "[resources]\ncgroup_parent = \"{cgroup_parent}\"\n[mariadb]\nstop_grace_secs = 30\n[encryption]\nmaster_key_file = \"{}\"\n[policy]\n{policy}\n[pool]\nmin = 0\nmax = 0\n",
+                dir.path().join("master.key").display()
             ),
         )
         .unwrap();
