@@ -29,7 +29,7 @@ pub struct ServerOptions {
     /// The only directory `LOAD DATA INFILE` / `SELECT … INTO OUTFILE` may touch, for any account
     /// that ever gets `FILE`.
     pub secure_file_priv: PathBuf,
-    /// Where `INSTALL SONAME` looks: a directory holding only the plugins Stratus allows.
+    /// Where plugins are loaded from: a directory holding only the ones Stratus allows.
     pub plugin_dir: PathBuf,
     /// SQL run at every start with full privileges: restores Stratus's own account, whatever a
     /// tenant did to it. `None` for the template bootstrap.

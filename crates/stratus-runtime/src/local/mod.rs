@@ -5,7 +5,7 @@
 //! <root>/template/            data directory every database is copied from (template.rs)
 //! <root>/databases/<name>/    data/, my.cnf, init.sql, mariadbd.pid, mariadbd.sock, error.log,
 //!                             tmp/, files/ — owned by the servers' OS user, mode 0700
-//! <root>/plugins/             the only plugin directory servers see: nothing loadable
+//! <root>/plugins/             the only plugin directory servers see: the key plugin alone
 //! ```
 //!
 //! Servers listen on their unix socket only, run as an unprivileged OS user
