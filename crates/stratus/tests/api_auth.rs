@@ -314,7 +314,8 @@ fn a_non_loopback_api_needs_tls_and_gets_it() {
     let mut sock = std::net::TcpStream::connect(&plain).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
-    write!(sock, "GET /v1/status HTTP/1.1\r\nHost: {plain}\r\n\r\n").unwrap();
+    // The TLS server may close on the first bytes, before the whole request is written.
+    let _ = write!(sock, "GET /v1/status HTTP/1.1\r\nHost: {plain}\r\n\r\n");
     let mut buf = Vec::new();
     let _ = sock.read_to_end(&mut buf);
     assert!(!String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
