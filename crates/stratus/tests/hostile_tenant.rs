@@ -21,6 +21,18 @@ fn created(s: &Stratus, name: &str) -> (String, String) {
     )
 }
 
+/// A started installation with a database `vault`, its owner's name and password, and the
+/// owner connected through the proxy.
+async fn vault(tag: &str) -> (Stratus, String, String, Conn) {
+    let mut s = Stratus::new(tag);
+    s.start();
+    let (user, pw) = created(&s, "vault");
+    let owner = Conn::new(s.sql_opts(&user, &pw, Some("vault")))
+        .await
+        .unwrap();
+    (s, user, pw, owner)
+}
+
 /// The MariaDB account Stratus manages its servers with: its own OS user's name.
 fn stratus_account() -> String {
     let out = Command::new("id").arg("-un").output().unwrap();
@@ -45,9 +57,7 @@ fn backend_socket(s: &Stratus, db: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_owner_cannot_become_stratus_or_reach_files_plugins_accounts_or_other_tenants() {
-    let mut s = Stratus::new("hostile");
-    s.start();
-    let (user, pw) = created(&s, "vault");
+    let (mut s, user, _, mut owner) = vault("hostile").await;
     let (other_user, other_pw) = created(&s, "other");
     let mut other = Conn::new(s.sql_opts(&other_user, &other_pw, Some("other")))
         .await
@@ -60,9 +70,6 @@ async fn the_owner_cannot_become_stratus_or_reach_files_plugins_accounts_or_othe
         .unwrap();
     other.disconnect().await.unwrap();
 
-    let mut owner = Conn::new(s.sql_opts(&user, &pw, Some("vault")))
-        .await
-        .unwrap();
     owner
         .query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
         .await
@@ -186,12 +193,7 @@ async fn the_owner_cannot_become_stratus_or_reach_files_plugins_accounts_or_othe
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unprivileged_os_user_finds_no_secret_and_no_backend() {
-    let mut s = Stratus::new("osuser");
-    s.start();
-    let (user, pw) = created(&s, "vault");
-    let mut owner = Conn::new(s.sql_opts(&user, &pw, Some("vault")))
-        .await
-        .unwrap();
+    let (mut s, user, pw, mut owner) = vault("osuser").await;
     let port: Option<(u8, u16)> = owner
         .query_first("SELECT @@skip_networking, @@port")
         .await
@@ -281,13 +283,8 @@ fn restored(s: &Stratus, db: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_locked_out_stratus_restores_its_access_and_operations_still_work() {
-    let mut s = Stratus::new("lockout");
-    s.start();
-    let (user, pw) = created(&s, "vault");
+    let (mut s, _, _, mut owner) = vault("lockout").await;
     let me = format!("'{}'@'localhost'", stratus_account());
-    let mut owner = Conn::new(s.sql_opts(&user, &pw, Some("vault")))
-        .await
-        .unwrap();
     owner
         .query_drop("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)")
         .await
@@ -369,12 +366,7 @@ async fn a_locked_out_stratus_restores_its_access_and_operations_still_work() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn privilege_changes_reach_pooled_backend_connections() {
-    let mut s = Stratus::new("pooledprivs");
-    s.start();
-    let (user, pw) = created(&s, "vault");
-    let mut owner = Conn::new(s.sql_opts(&user, &pw, Some("vault")))
-        .await
-        .unwrap();
+    let (mut s, _, _, mut owner) = vault("pooledprivs").await;
     owner
         .query_drop("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)")
         .await
