@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use stratus_core::Endpoint;
 use stratus_core::time::now_ms;
 use stratus_wire::auth::{self, NATIVE_PLUGIN};
@@ -158,7 +158,7 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
     }
     let end = session.serve().await;
     session.release_pins();
-    if matches!(end, End::Client) {
+    if matches!(end, End::Client | End::Idle) {
         session.release_backend().await;
     }
     tracing::debug!(db = %session.service, ?end, "session ended");
@@ -267,8 +267,35 @@ impl<D: Directory> Session<D> {
         self.login.client_caps
     }
 
+    /// How long the client may send nothing before it is disconnected: its session's
+    /// `interactive_timeout` if it logged in as interactive, else its `wait_timeout`
+    /// (<https://mariadb.com/kb/en/server-system-variables/#wait_timeout>), as the server
+    /// would apply them. Held connections do not count as the client's activity, so a database
+    /// that sleeps does not shorten it.
+    fn idle_timeout(&self) -> Duration {
+        let name = if self.client_caps() & caps::INTERACTIVE != 0 {
+            "interactive_timeout"
+        } else {
+            "wait_timeout"
+        };
+        let secs = self
+            .state
+            .variables
+            .iter()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+        // The server's own range: 1 s to a year.
+        Duration::from_secs(secs.clamp(1, 31_536_000))
+    }
+
     async fn serve(&mut self) -> End {
+        let mut idle_since = tokio::time::Instant::now();
         loop {
+            // Measured from the last command, not from whatever woke this loop: a backend that
+            // went away (park, crash) is no activity of the client's.
+            let idle_deadline = idle_since + self.idle_timeout();
             let lp = tokio::select! {
                 biased;
                 r = self.client.read(self.proxy.cfg.max_packet) => r,
@@ -277,6 +304,10 @@ impl<D: Directory> Session<D> {
                     // statement gets a new one.
                     self.drop_backend();
                     continue;
+                }
+                () = tokio::time::sleep_until(idle_deadline) => {
+                    // MariaDB closes such a connection without a word; so does the proxy.
+                    return End::Idle;
                 }
             };
             let lp = match lp {
@@ -295,6 +326,7 @@ impl<D: Directory> Session<D> {
             let raw = self.client.buf.split_to(lp.consumed);
             let seq = lp.last_seq.wrapping_add(1);
             let result = self.command(raw, &lp, seq).await;
+            idle_since = tokio::time::Instant::now();
             self.report_state();
             match result {
                 Ok(true) => {}
@@ -1722,6 +1754,10 @@ fn track(gauge: &std::sync::atomic::AtomicU64, reported: &mut bool, now: bool) {
         *reported = now;
     }
 }
+
+/// MariaDB's default `wait_timeout` and `interactive_timeout` (8 hours); Stratus's servers
+/// keep the defaults, and tenants cannot change globals.
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 28_800;
 
 /// Statements that read the previous statement's diagnostics, before which the proxy must not
 /// run statements of its own.

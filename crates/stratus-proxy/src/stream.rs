@@ -126,6 +126,9 @@ pub(crate) enum End {
     Client,
     /// The client broke the protocol; it has been told.
     Protocol,
+    /// The client sent nothing for its session's `wait_timeout` (`interactive_timeout`), and
+    /// was disconnected as the server would.
+    Idle,
 }
 
 /// The client side: its socket and what it has sent that is not consumed yet.

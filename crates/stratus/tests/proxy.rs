@@ -441,3 +441,34 @@ async fn change_user_switches_identity_and_starts_a_fresh_session() {
     assert!(err.to_string().contains("1045"), "{err}");
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_client_is_disconnected_after_its_wait_timeout() {
+    let mut s = Stratus::new("waittimeout");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut short = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    let mut default = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    short
+        .query_drop("SET SESSION wait_timeout = 1")
+        .await
+        .unwrap();
+    // Idleness is what is tested: the client sends nothing for longer than its timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let err = short.query_drop("SELECT 1").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
+        ),
+        "closed as the server closes an idle connection, got {err}"
+    );
+    let one: Option<u8> = default.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the default timeout is the server's 8 hours");
+    default.disconnect().await.unwrap();
+    s.stop();
+}
