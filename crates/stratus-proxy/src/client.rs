@@ -5,7 +5,7 @@
 
 use crate::activity::ServiceActivity;
 use crate::backend::{Backend, BackendError, Login};
-use crate::error::{ER_LOCK_DEADLOCK, ER_UNAVAILABLE, SqlError};
+use crate::error::{ER_LOCK_DEADLOCK, SqlError};
 use crate::login::login;
 use crate::pool;
 use crate::prepared::Statements;
@@ -727,10 +727,10 @@ impl<D: Directory> Session<D> {
         lp: &packet::Logical,
         id: u32,
         cmd: u8,
-    ) -> Result<Option<Vec<u8>>, SqlError> {
+    ) -> Result<Option<Vec<u8>>, Reprepare> {
         let backend_id = self.ensure_prepared(id).await?;
         let Some(stmt) = self.stmts.get_mut(id) else {
-            return Err(SqlError::unknown_statement(id));
+            return Err(Reprepare::Refused(SqlError::unknown_statement(id)));
         };
         let mut rebound: Option<Vec<u8>> = None;
         if cmd == COM_STMT_EXECUTE {
@@ -759,44 +759,39 @@ impl<D: Directory> Session<D> {
     }
 
     /// The statement's id on the current backend, preparing it there if needed.
-    async fn ensure_prepared(&mut self, id: u32) -> Result<u32, SqlError> {
+    async fn ensure_prepared(&mut self, id: u32) -> Result<u32, Reprepare> {
         let Some(stmt) = self.stmts.get_mut(id) else {
-            return Err(SqlError::unknown_statement(id));
+            return Err(Reprepare::Refused(SqlError::unknown_statement(id)));
         };
         if let Some(bid) = stmt.backend_id {
             return Ok(bid);
         }
         let sql = stmt.sql.clone();
         let Some(b) = self.backend.as_mut() else {
-            return Err(SqlError::unavailable(&self.service, "no backend"));
+            return Err(Reprepare::Lost);
         };
-        let lost = |_| {
-            SqlError::unavailable(
-                &self.service,
-                "lost the backend while preparing a statement again",
-            )
-        };
-        b.send(COM_STMT_PREPARE, &sql).await.map_err(lost)?;
+        b.send(COM_STMT_PREPARE, &sql)
+            .await
+            .map_err(|_| Reprepare::Lost)?;
         let mut t = Tracker::new(Expect::Prepare, b.caps & caps::DEPRECATE_EOF != 0);
         loop {
-            let p = b.read_packet().await.map_err(lost)?;
+            let p = b.read_packet().await.map_err(|_| Reprepare::Lost)?;
             if t.feed(&p) == Step::Done {
                 if p.first() == Some(&0xff) && t.prepare_ok.is_none() {
+                    // The server's own answer, whatever its code (1105 included).
                     return Err(match BackendError::server(&p) {
-                        BackendError::Server(e) => e,
-                        _ => SqlError::unavailable(
-                            &self.service,
-                            "statement cannot be prepared again",
-                        ),
+                        BackendError::Server(e) => Reprepare::Refused(e),
+                        _ => Reprepare::Lost,
                     });
                 }
                 break;
             }
         }
+        // An answer that ends without a statement: the connection's state is unknown.
         let bid = t
             .prepare_ok
             .map(|p| p.statement_id)
-            .ok_or_else(|| SqlError::unavailable(&self.service, "bad prepare answer"))?;
+            .ok_or(Reprepare::Lost)?;
         if let Some(stmt) = self.stmts.get_mut(id) {
             stmt.backend_id = Some(bid);
         }
@@ -1200,8 +1195,8 @@ impl<D: Directory> Session<D> {
                         Ok(None) => self.exchange(raw, expect, None, false).await,
                         Ok(Some(bytes)) => self.exchange(&bytes, expect, None, false).await,
                         // Preparing it again found the backend gone: a lost backend like any.
-                        Err(e) if e.code == ER_UNAVAILABLE => Err(RelayError::LostBeforeAnswer),
-                        Err(e) => break self.answer_error(seq, e).await,
+                        Err(Reprepare::Lost) => Err(RelayError::LostBeforeAnswer),
+                        Err(Reprepare::Refused(e)) => break self.answer_error(seq, e).await,
                     }
                 }
             };
@@ -1391,8 +1386,8 @@ impl<D: Directory> Session<D> {
                 // difference like any other; a lost backend is tried again.
                 let bid = match self.ensure_prepared(vid).await {
                     Ok(bid) => bid,
-                    Err(e) if e.code == ER_UNAVAILABLE => return Err(ReplayError::Lost),
-                    Err(_) => return Err(ReplayError::Mismatch(i)),
+                    Err(Reprepare::Lost) => return Err(ReplayError::Lost),
+                    Err(Reprepare::Refused(_)) => return Err(ReplayError::Mismatch(i)),
                 };
                 if cmd == COM_STMT_EXECUTE {
                     if let Some(stmt) = self.stmts.get_mut(vid) {
@@ -1753,6 +1748,14 @@ fn track(gauge: &std::sync::atomic::AtomicU64, reported: &mut bool, now: bool) {
         }
         *reported = now;
     }
+}
+
+/// Why a statement could not be prepared again on a new backend: a condition of the proxy's
+/// own (the backend went away), or the server's answer, passed on as it is — never told apart by
+/// error code, since a server may itself answer 1105.
+enum Reprepare {
+    Lost,
+    Refused(SqlError),
 }
 
 /// MariaDB's default `wait_timeout` and `interactive_timeout` (8 hours); Stratus's servers
