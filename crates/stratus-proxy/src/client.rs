@@ -158,7 +158,7 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
     }
     let end = session.serve().await;
     session.release_pins();
-    if matches!(end, End::Client | End::Idle) {
+    if matches!(end, End::Client | End::Idle | End::Shutdown) {
         session.release_backend().await;
     }
     tracing::debug!(db = %session.service, ?end, "session ended");
@@ -292,7 +292,17 @@ impl<D: Directory> Session<D> {
 
     async fn serve(&mut self) -> End {
         let mut idle_since = tokio::time::Instant::now();
+        let mut draining = self.proxy.draining.subscribe();
         loop {
+            // Shutting down: a session holding no transaction is closed as the server closes
+            // its connections; one in a transaction may still finish it.
+            if *draining.borrow_and_update() && !self.state.in_transaction {
+                let _ = self
+                    .client
+                    .send(0, &SqlError::shutting_down().packet())
+                    .await;
+                return End::Shutdown;
+            }
             // Measured from the last command, not from whatever woke this loop: a backend that
             // went away (park, crash) is no activity of the client's.
             let idle_deadline = idle_since + self.idle_timeout();
@@ -309,6 +319,7 @@ impl<D: Directory> Session<D> {
                     // MariaDB closes such a connection without a word; so does the proxy.
                     return End::Idle;
                 }
+                _ = draining.changed() => continue,
             };
             let lp = match lp {
                 Ok(Some(lp)) => lp,

@@ -90,6 +90,16 @@ impl SqlError {
         }
     }
 
+    /// Sent to a session the proxy closes because it is shutting down, as the server does
+    /// (`ER_SERVER_SHUTDOWN`).
+    pub fn shutting_down() -> Self {
+        Self {
+            code: 1053,
+            state: "08S01",
+            message: "Server shutdown in progress".to_owned(),
+        }
+    }
+
     /// The database could not be woken or reached.
     pub fn unavailable(db: &str, why: &str) -> Self {
         Self {

@@ -105,6 +105,8 @@ pub struct ProxyConfig {
     pub threads: usize,
     /// Limits of statement retry and transaction replay after a lost backend.
     pub replay: replay::ReplayLimits,
+    /// On shutdown, how long running statements and open transactions get to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -121,6 +123,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(60),
             threads: 1,
             replay: replay::ReplayLimits::default(),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -131,6 +134,9 @@ pub struct Proxy<D: Directory> {
     pub activity: Activity,
     pub(crate) connections: AtomicU64,
     next_id: AtomicU32,
+    /// Set once on shutdown: no new clients, and each session closes once it holds no
+    /// transaction and runs no statement.
+    pub(crate) draining: tokio::sync::watch::Sender<bool>,
 }
 
 type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
@@ -172,7 +178,32 @@ impl<D: Directory> Proxy<D> {
             activity: Activity::default(),
             connections: AtomicU64::new(0),
             next_id: AtomicU32::new(1),
+            draining: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Graceful shutdown: stops accepting clients, lets running statements and open
+    /// transactions finish, closing each session with `ER_SERVER_SHUTDOWN` once it is idle,
+    /// and returns when none is busy or `grace` has passed. Returns how many sessions were
+    /// still busy (running a statement or in a transaction) at the end.
+    pub async fn drain(&self, grace: Duration) -> u64 {
+        self.draining.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let busy: u64 = self
+                .activity
+                .all()
+                .iter()
+                .map(|(_, a)| {
+                    a.running.load(Ordering::Relaxed) + a.in_transaction.load(Ordering::Relaxed)
+                })
+                .sum();
+            if busy == 0 || tokio::time::Instant::now() >= deadline {
+                return busy;
+            }
+            // The counters have no waker; a short poll bounds the delay past the last commit.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -195,8 +226,21 @@ impl<D: Directory> Proxy<D> {
             }
         };
         let mut next = 0usize;
+        let mut draining = self.draining.subscribe();
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => Some(a),
+                _ = draining.wait_for(|d| *d) => None,
+            };
+            let Some(accepted) = accepted else {
+                tracing::info!("proxy: no longer accepting clients (shutting down)");
+                drop(listener);
+                // The session threads run for as long as their senders live: keep them, so
+                // the sessions still open can finish their transactions.
+                let _workers = workers;
+                return std::future::pending().await;
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     if workers.is_empty() {
                         let me = self.clone();

@@ -129,6 +129,8 @@ pub(crate) enum End {
     /// The client sent nothing for its session's `wait_timeout` (`interactive_timeout`), and
     /// was disconnected as the server would.
     Idle,
+    /// The proxy is shutting down; the client was told so.
+    Shutdown,
 }
 
 /// The client side: its socket and what it has sent that is not consumed yet.

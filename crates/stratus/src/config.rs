@@ -82,6 +82,8 @@ pub struct ProxySection {
     pub replay_max_bytes: Option<usize>,
     pub replay_attempts: Option<u32>,
     pub replay_timeout_secs: Option<u64>,
+    /// On SIGTERM, how long running statements and open transactions get to finish.
+    pub shutdown_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +247,7 @@ impl Settings {
                         attempts: p.replay_attempts.unwrap_or(d.replay.attempts).max(1),
                         timeout: p.replay_timeout_secs.map_or(d.replay.timeout, secs),
                     },
+                    shutdown_grace: p.shutdown_grace_secs.map_or(d.shutdown_grace, secs),
                     ..d
                 }
             },

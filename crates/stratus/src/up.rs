@@ -217,6 +217,14 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
         }
     }
     .context("API server failed")?;
+    eprintln!("Letting running statements and transactions finish…");
+    let busy = proxy.drain(proxy.config().shutdown_grace).await;
+    if busy > 0 {
+        tracing::warn!(
+            "{busy} session(s) still running a statement or holding a transaction after {:?}; closing them",
+            proxy.config().shutdown_grace
+        );
+    }
     eprintln!("Stopping databases…");
     cp.drain_pool().await;
     cp.shutdown().await;

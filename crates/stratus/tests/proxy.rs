@@ -472,3 +472,61 @@ async fn an_idle_client_is_disconnected_after_its_wait_timeout() {
     default.disconnect().await.unwrap();
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_an_open_transaction_commit_then_closes_sessions() {
+    let mut s = Stratus::new("sigterm");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut busy = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    busy.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    busy.query_drop("BEGIN").await.unwrap();
+    busy.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    let mut idle = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+
+    let pid = s.child.as_ref().unwrap().id();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    // Shutting down is seen from outside as the endpoint refusing new clients (bounded).
+    let begin = std::time::Instant::now();
+    while Conn::new(s.sql_opts(&user, &pw, None)).await.is_ok() {
+        assert!(
+            begin.elapsed() < std::time::Duration::from_secs(10),
+            "still accepting clients 10 s after SIGTERM"
+        );
+    }
+    let err = idle.query_drop("SELECT 1").await.unwrap_err();
+    assert!(
+        !matches!(err, mysql_async::Error::Server(ref e) if e.code != 1053),
+        "an idle session is closed with ER_SERVER_SHUTDOWN or at once: {err}"
+    );
+    busy.query_drop("COMMIT").await.unwrap();
+    assert!(
+        busy.query_drop("SELECT 1").await.is_err(),
+        "closed once its transaction ended"
+    );
+    let status = s.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "stratus up exited with {status}");
+
+    s.start();
+    let mut again = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    let n: Option<u32> = again.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(
+        n,
+        Some(1),
+        "the transaction committed before the server stopped"
+    );
+    again.disconnect().await.unwrap();
+    s.stop();
+}
