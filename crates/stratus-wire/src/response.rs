@@ -33,15 +33,17 @@ impl<'a> OkPacket<'a> {
         let status = r.u16()?;
         let warnings = r.u16()?;
         let (mut info, mut session_state): (&[u8], &[u8]) = (&[], &[]);
-        if caps & caps::SESSION_TRACK != 0 {
-            if !r.is_empty() {
-                info = r.lenenc_bytes()?;
-            }
-            if status & STATUS_SESSION_STATE_CHANGED != 0 && !r.is_empty() {
-                session_state = r.lenenc_bytes()?;
-            }
-        } else {
-            info = r.rest();
+        // `info` is length-encoded whether or not the client tracks sessions: the protocol
+        // documents "string<EOF>" without tracking, but MariaDB's `net_send_ok` (and MySQL's)
+        // store it length-encoded, and clients (libmariadb, mysql_common) read it so.
+        if !r.is_empty() {
+            info = r.lenenc_bytes()?;
+        }
+        if caps & caps::SESSION_TRACK != 0
+            && status & STATUS_SESSION_STATE_CHANGED != 0
+            && !r.is_empty()
+        {
+            session_state = r.lenenc_bytes()?;
         }
         Ok(Self {
             header,
@@ -54,8 +56,9 @@ impl<'a> OkPacket<'a> {
         })
     }
 
-    /// Encodes for a client with capabilities `caps`; the session block is kept only if that
-    /// client tracks sessions and there is one.
+    /// Encodes for a client with capabilities `caps`, as the server would: the session block is
+    /// kept only if that client tracks sessions and there is one; `info` is length-encoded
+    /// either way (see [`OkPacket::decode`]).
     pub fn encode(&self, caps: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.info.len() + self.session_state.len());
         out.push(self.header);
@@ -70,15 +73,11 @@ impl<'a> OkPacket<'a> {
         };
         out.extend_from_slice(&status.to_le_bytes());
         out.extend_from_slice(&self.warnings.to_le_bytes());
-        if tracked {
-            if with_state || !self.info.is_empty() {
-                put_lenenc_bytes(&mut out, self.info);
-            }
-            if with_state {
-                put_lenenc_bytes(&mut out, self.session_state);
-            }
-        } else {
-            out.extend_from_slice(self.info);
+        if with_state || !self.info.is_empty() {
+            put_lenenc_bytes(&mut out, self.info);
+        }
+        if with_state {
+            put_lenenc_bytes(&mut out, self.session_state);
         }
         out
     }
@@ -257,11 +256,20 @@ mod tests {
         );
         assert_eq!(entries[1].text(), Some(&b"shop"[..]));
 
-        // For a client without session tracking: info as plain text, no state, flag cleared.
+        // For a client without session tracking: no state, flag cleared, info still
+        // length-encoded, exactly as MariaDB sends it (captured from a 10.11 server).
         let plain = ok.encode(PROTOCOL_41);
         let back = OkPacket::decode(&plain, PROTOCOL_41).unwrap();
         assert_eq!(back.info, b"Rows matched: 3");
         assert_eq!(back.status & STATUS_SESSION_STATE_CHANGED, 0);
+        let server = b"\x00\x02\x00\x02\x00\x00\x00\x26Records: 2  Duplicates: 0  Warnings: 0";
+        let insert = OkPacket::decode(server, PROTOCOL_41).unwrap();
+        assert_eq!(insert.affected_rows, 2);
+        assert_eq!(
+            insert.encode(PROTOCOL_41),
+            server.to_vec(),
+            "relayed byte for byte"
+        );
     }
 
     #[test]
@@ -278,6 +286,45 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the proxy rewrites in an OK (the session block, for what the client
+        /// tracks), every other field reaches the client as the server sent it.
+        #[test]
+        fn a_rewritten_ok_keeps_every_other_field(
+            affected in any::<u64>(),
+            insert_id in any::<u64>(),
+            status in any::<u16>(),
+            warnings in any::<u16>(),
+            info in proptest::collection::vec(any::<u8>(), 0..80),
+            var in proptest::collection::vec(any::<u8>(), 0..20),
+            client_tracks in any::<bool>(),
+        ) {
+            let mut entry = Vec::new();
+            put_lenenc_bytes(&mut entry, b"sql_mode");
+            put_lenenc_bytes(&mut entry, &var);
+            let block = encode_changes(&[Change { kind: TRACK_SYSTEM_VARIABLES, data: &entry }]);
+            let server_caps = SESSION_TRACK | PROTOCOL_41;
+            let from_server = OkPacket {
+                header: 0,
+                affected_rows: affected,
+                last_insert_id: insert_id,
+                status: status | STATUS_SESSION_STATE_CHANGED,
+                warnings,
+                info: &info,
+                session_state: &block,
+            }
+            .encode(server_caps);
+            let seen = OkPacket::decode(&from_server, server_caps).unwrap();
+            let client_caps = if client_tracks { server_caps } else { PROTOCOL_41 };
+            let dropped = OkPacket { session_state: &[], ..seen.clone() }.encode(client_caps);
+            let back = OkPacket::decode(&dropped, client_caps).unwrap();
+            prop_assert_eq!(back.affected_rows, affected);
+            prop_assert_eq!(back.last_insert_id, insert_id);
+            prop_assert_eq!(back.warnings, warnings);
+            prop_assert_eq!(back.info, &info[..]);
+            prop_assert_eq!(back.status, status & !STATUS_SESSION_STATE_CHANGED);
+            prop_assert!(back.session_state.is_empty());
+        }
+
         #[test]
         fn decoders_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..64), caps in any::<u64>()) {
             let _ = OkPacket::decode(&buf, caps);

@@ -530,3 +530,97 @@ async fn sigterm_lets_an_open_transaction_commit_then_closes_sessions() {
     again.disconnect().await.unwrap();
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn affected_rows_reach_the_client_whole() {
+    let mut s = Stratus::new("affected");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))")
+        .await
+        .unwrap();
+    conn.query_drop("CREATE TEMPORARY TABLE scratch (id INT)")
+        .await
+        .unwrap();
+    let mut tx = conn
+        .start_transaction(mysql_async::TxOpts::default())
+        .await
+        .unwrap();
+    tx.query_drop("INSERT INTO t VALUES (1, 'foo'), (2, 'bar')")
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.affected_rows(),
+        2,
+        "affected rows of a multi-row INSERT in a transaction"
+    );
+    tx.commit().await.unwrap();
+    conn.disconnect().await.unwrap();
+
+    // Each LOAD DATA LOCAL of a multi-statement query reports its own rows.
+    let file = s.dir.path().join("three.csv");
+    std::fs::write(&file, "10,a\n11,b\n12,c\n").unwrap();
+    let opts = s
+        .sql_opts(&user, &pw, Some("shop"))
+        .local_infile_handler(Some(mysql_async::WhiteListFsHandler::new([file.clone()])));
+    let mut conn = Conn::new(opts).await.unwrap();
+    let load = |table: &str| {
+        format!(
+            "LOAD DATA LOCAL INFILE '{}' INTO TABLE {table} FIELDS TERMINATED BY ','",
+            file.display()
+        )
+    };
+    conn.query_drop("CREATE TABLE u LIKE t").await.unwrap();
+    let result = conn
+        .query_iter(format!("{}; {}", load("t"), load("u")))
+        .await
+        .unwrap();
+    let affected = affected_per_result(result).await;
+    assert_eq!(affected.first(), Some(&3), "LOAD DATA reports its rows");
+    let n: Option<u32> = conn.query_first("SELECT COUNT(*) FROM u").await.unwrap();
+    assert_eq!(n, Some(3), "the second LOAD DATA ran too");
+    // The same client code against the server itself (its socket, as root) sees the same.
+    let socket = s.json(&["db", "show", "shop"])["backend"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("unix:")
+        .to_owned();
+    let mut direct = Conn::new(
+        mysql_async::OptsBuilder::default()
+            .socket(Some(socket))
+            .user(Some("root"))
+            .db_name(Some("shop"))
+            .local_infile_handler(Some(mysql_async::WhiteListFsHandler::new([file.clone()]))),
+    )
+    .await
+    .unwrap();
+    direct
+        .query_drop("CREATE TABLE v LIKE t; CREATE TABLE w LIKE t")
+        .await
+        .unwrap();
+    let result = direct
+        .query_iter(format!("{}; {}", load("v"), load("w")))
+        .await
+        .unwrap();
+    assert_eq!(affected_per_result(result).await, affected);
+    direct.disconnect().await.unwrap();
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+/// The affected-row counts a client reads while walking a multi-result answer.
+async fn affected_per_result(
+    mut result: mysql_async::QueryResult<'_, '_, mysql_async::TextProtocol>,
+) -> Vec<u64> {
+    let mut affected = Vec::new();
+    loop {
+        affected.push(result.affected_rows());
+        result.collect::<mysql_async::Row>().await.unwrap();
+        if result.is_empty() {
+            return affected;
+        }
+    }
+}
