@@ -6,6 +6,7 @@
 use crate::activity::ServiceActivity;
 use crate::backend::{Backend, BackendError, Login};
 use crate::error::{ER_LOCK_DEADLOCK, SqlError};
+use crate::kill;
 use crate::login::login;
 use crate::pool;
 use crate::prepared::Statements;
@@ -115,8 +116,19 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
             .await;
         return;
     }
+    let link = Arc::new(crate::SessionLink {
+        service: login.service.clone(),
+        user: login.backend_login.user.clone(),
+        backend_thread: std::sync::atomic::AtomicU32::new(0),
+        killed: std::sync::atomic::AtomicBool::new(false),
+        wake: tokio::sync::Notify::new(),
+    });
+    let id = login.connection_id;
+    proxy.sessions_lock().insert(id, link.clone());
+    let _registered = Registered(&proxy, id);
     let mut session = Session {
         proxy: proxy.clone(),
+        link,
         client,
         activity,
         service: login.service,
@@ -164,8 +176,19 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
     tracing::debug!(db = %session.service, ?end, "session ended");
 }
 
+/// Removes a session from the proxy's registry when it ends, however it ends.
+struct Registered<'a, D: Directory>(&'a Proxy<D>, u32);
+
+impl<D: Directory> Drop for Registered<'_, D> {
+    fn drop(&mut self) {
+        self.0.sessions_lock().remove(&self.1);
+    }
+}
+
 struct Session<D: Directory> {
     proxy: Arc<Proxy<D>>,
+    /// What other sessions see of this one (its greeting id is its key).
+    link: Arc<crate::SessionLink>,
     client: ClientIo,
     activity: ServiceSlot,
     service: String,
@@ -296,6 +319,13 @@ impl<D: Directory> Session<D> {
         loop {
             // Shutting down: a session holding no transaction is closed as the server closes
             // its connections; one in a transaction may still finish it.
+            if self.link.killed.load(Ordering::Relaxed) {
+                let _ = self
+                    .client
+                    .send(0, &SqlError::connection_killed().packet())
+                    .await;
+                return End::Killed;
+            }
             if *draining.borrow_and_update() && !self.state.in_transaction {
                 let _ = self
                     .client
@@ -320,6 +350,7 @@ impl<D: Directory> Session<D> {
                     return End::Idle;
                 }
                 _ = draining.changed() => continue,
+                () = self.link.wake.notified() => continue,
             };
             let lp = match lp {
                 Ok(Some(lp)) => lp,
@@ -445,6 +476,9 @@ impl<D: Directory> Session<D> {
     async fn query(&mut self, raw: &BytesMut, lp: &packet::Logical, seq: u8) -> Result<(), End> {
         let payload = packet::payload(raw, lp);
         let sql = &payload[1..];
+        if let Some(k) = kill::parse(sql) {
+            return self.kill(k, seq).await;
+        }
         let multi = self.client_caps() & caps::MULTI_STATEMENTS != 0;
         let one;
         let many;
@@ -577,6 +611,89 @@ impl<D: Directory> Session<D> {
                 self.user_vars_pending = true;
             }
         }
+    }
+
+    /// `KILL` of a connection id: the id is the one the proxy greeted a client with, so it is
+    /// found among the proxy's sessions, of this database only, and the statement the server
+    /// gets names that session's current backend thread. The server judges the privilege for
+    /// `KILL QUERY`; for `KILL CONNECTION` the killed session must also end its client
+    /// connection rather than fail over, so the proxy allows it as the server allows a user
+    /// without `CONNECTION ADMIN` (its own account's sessions) and marks the session first.
+    async fn kill(&mut self, k: kill::Kill, seq: u8) -> Result<(), End> {
+        let target = u32::try_from(k.id)
+            .ok()
+            .and_then(|id| self.proxy.sessions_lock().get(&id).cloned())
+            .filter(|t| t.service == self.service);
+        let Some(target) = target else {
+            return self
+                .client
+                .send(seq, &SqlError::no_such_thread(k.id).packet())
+                .await;
+        };
+        let own = Arc::ptr_eq(&target, &self.link);
+        if k.scope == kill::Scope::Connection {
+            if own {
+                self.link.killed.store(true, Ordering::Relaxed);
+                let _ = self
+                    .client
+                    .send(seq, &SqlError::connection_killed().packet())
+                    .await;
+                return Err(End::Killed);
+            }
+            if target.user != self.login.user {
+                return self
+                    .client
+                    .send(seq, &SqlError::not_owner_of_thread(k.id).packet())
+                    .await;
+            }
+            target.killed.store(true, Ordering::Relaxed);
+            target.wake.notify_one();
+        }
+        let thread = target.backend_thread.load(Ordering::Relaxed);
+        if thread == 0 {
+            // Nothing runs there: the server would have nothing to do either.
+            let ok = response::ok(self.status(), 0, self.client_caps());
+            return self.client.send(seq, &ok).await;
+        }
+        let sql = k.for_thread(thread);
+        if k.scope == kill::Scope::Connection {
+            // The killed session ends its client and closes its backend by itself once woken;
+            // the server's KILL interrupts a statement it may be running. Either may come
+            // first, so a thread already gone is no error.
+            if let Err(e) = self.ensure_backend().await {
+                return self.client.send(seq, &e.packet()).await;
+            }
+            let answer = match self.backend.as_mut() {
+                Some(b) => match b.query(&sql).await {
+                    Ok(_) => None,
+                    Err(BackendError::Server(e)) if e.code == 1094 => None,
+                    Err(BackendError::Server(e)) => Some(e),
+                    Err(_) => {
+                        self.drop_backend();
+                        None
+                    }
+                },
+                None => None,
+            };
+            let packet = match answer {
+                Some(e) => e.packet(),
+                None => response::ok(self.status(), 0, self.client_caps()),
+            };
+            return self.client.send(seq, &packet).await;
+        }
+        let mut payload = vec![COM_QUERY];
+        payload.extend_from_slice(sql.as_bytes());
+        let mut out = Vec::with_capacity(payload.len() + HEADER_LEN);
+        packet::write(&mut out, &mut 0, &payload);
+        let framed = BytesMut::from(&out[..]);
+        let expect = Expect::ResultSets { binary: false };
+        let relayed = self
+            .forward_retrying(Outgoing::Raw(&framed), seq, expect, OnLoss::Report)
+            .await?;
+        if let Some(answer) = relayed.held {
+            self.client.write(&answer).await?;
+        }
+        Ok(())
     }
 
     /// Snapshots every user variable with its type, to recreate them on a new backend.
@@ -1065,6 +1182,9 @@ impl<D: Directory> Session<D> {
             }
         }
         self.stmts.backend_changed();
+        self.link
+            .backend_thread
+            .store(b.connection_id, Ordering::Relaxed);
         self.backend = Some(b);
         Ok(())
     }
@@ -1113,6 +1233,7 @@ impl<D: Directory> Session<D> {
 
     fn drop_backend(&mut self) {
         self.backend = None;
+        self.link.backend_thread.store(0, Ordering::Relaxed);
         // Whatever was pinned to that connection is gone with it; a recorded transaction lives
         // on in its log, and the next command replays it.
         self.state.in_transaction = self.txlog.active;
@@ -1222,6 +1343,16 @@ impl<D: Directory> Session<D> {
                         self.report_failover(f, outcome, String::new());
                     }
                     break Ok(r);
+                }
+                Err(RelayError::LostBeforeAnswer) if self.link.killed.load(Ordering::Relaxed) => {
+                    // Killed on purpose, not lost: no failover; the client hears why.
+                    self.drop_backend();
+                    self.txlog.clear();
+                    let _ = self
+                        .client
+                        .send(seq, &SqlError::connection_killed().packet())
+                        .await;
+                    break Err(End::Killed);
                 }
                 Err(RelayError::LostBeforeAnswer) => {
                     self.drop_backend();

@@ -90,6 +90,33 @@ impl SqlError {
         }
     }
 
+    /// A `KILL CONNECTION` ended this session (`ER_CONNECTION_KILLED`).
+    pub fn connection_killed() -> Self {
+        Self {
+            code: 1927,
+            state: "70100",
+            message: "Connection was killed".to_owned(),
+        }
+    }
+
+    /// `KILL` of an id that is no session of this database (`ER_NO_SUCH_THREAD`).
+    pub fn no_such_thread(id: u64) -> Self {
+        Self {
+            code: 1094,
+            state: "HY000",
+            message: format!("Unknown thread id: {id}"),
+        }
+    }
+
+    /// `KILL CONNECTION` of another account's session (`ER_KILL_DENIED_ERROR`).
+    pub fn not_owner_of_thread(id: u64) -> Self {
+        Self {
+            code: 1095,
+            state: "HY000",
+            message: format!("You are not owner of thread {id}"),
+        }
+    }
+
     /// Sent to a session the proxy closes because it is shutting down, as the server does
     /// (`ER_SERVER_SHUTDOWN`).
     pub fn shutting_down() -> Self {

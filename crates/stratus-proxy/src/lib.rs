@@ -17,6 +17,7 @@ pub mod activity;
 pub mod backend;
 pub mod client;
 pub mod error;
+pub mod kill;
 mod login;
 pub mod pool;
 mod prepared;
@@ -137,6 +138,22 @@ pub struct Proxy<D: Directory> {
     /// Set once on shutdown: no new clients, and each session closes once it holds no
     /// transaction and runs no statement.
     pub(crate) draining: tokio::sync::watch::Sender<bool>,
+    /// Every open session by the connection id it was greeted with, for `KILL`.
+    pub(crate) sessions: std::sync::Mutex<std::collections::HashMap<u32, Arc<SessionLink>>>,
+}
+
+/// What other sessions may know of a session: enough to find and kill its current statement
+/// or connection.
+pub(crate) struct SessionLink {
+    pub(crate) service: String,
+    pub(crate) user: Vec<u8>,
+    /// The thread id of its current backend connection; 0 while it has none.
+    pub(crate) backend_thread: AtomicU32,
+    /// A `KILL CONNECTION` named it: its client connection ends, and a lost backend is not
+    /// failed over.
+    pub(crate) killed: std::sync::atomic::AtomicBool,
+    /// Wakes it when it is killed while it waits for its client.
+    pub(crate) wake: tokio::sync::Notify,
 }
 
 type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
@@ -179,6 +196,7 @@ impl<D: Directory> Proxy<D> {
             connections: AtomicU64::new(0),
             next_id: AtomicU32::new(1),
             draining: tokio::sync::watch::Sender::new(false),
+            sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -208,6 +226,12 @@ impl<D: Directory> Proxy<D> {
 
     pub fn config(&self) -> &ProxyConfig {
         &self.cfg
+    }
+
+    pub(crate) fn sessions_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, Arc<SessionLink>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn connection_id(&self) -> u32 {

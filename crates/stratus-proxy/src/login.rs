@@ -23,6 +23,8 @@ pub(crate) struct LoggedIn {
     pub(crate) backend_login: Login,
     pub(crate) schema: Option<String>,
     pub(crate) scramble: [u8; 20],
+    /// The connection id the client was greeted with: its session's id for `KILL`.
+    pub(crate) connection_id: u32,
     /// Sequence id for the proxy's answer to the login.
     pub(crate) next_seq: u8,
 }
@@ -43,9 +45,10 @@ pub(crate) async fn login<D: Directory>(
     let begin = Instant::now();
     let scramble = scramble();
     let tls = proxy.cfg.tls.as_ref();
+    let connection_id = proxy.connection_id();
     let greeting = Greeting {
         server_version: proxy.cfg.server_version.as_bytes().to_vec(),
-        connection_id: proxy.connection_id(),
+        connection_id,
         scramble,
         capabilities: caps::PROXY_OFFERS | if tls.is_some() { caps::SSL } else { 0 },
         charset: 45,
@@ -200,6 +203,7 @@ pub(crate) async fn login<D: Directory>(
         },
         schema,
         scramble,
+        connection_id,
         next_seq: seq,
     })
 }

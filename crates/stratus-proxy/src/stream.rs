@@ -131,6 +131,8 @@ pub(crate) enum End {
     Idle,
     /// The proxy is shutting down; the client was told so.
     Shutdown,
+    /// A `KILL CONNECTION` named this session; the client was told so.
+    Killed,
 }
 
 /// The client side: its socket and what it has sent that is not consumed yet.

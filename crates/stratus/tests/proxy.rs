@@ -624,3 +624,71 @@ async fn affected_per_result(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_acts_on_the_ids_clients_were_greeted_with() {
+    let mut s = Stratus::new("kill");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let (other_user, other_pw) = created(&s, "other");
+    let connect = |u: String, p: String| {
+        let opts = s.sql_opts(&u, &p, None);
+        async move { Conn::new(opts).await.unwrap() }
+    };
+
+    // KILL QUERY with the id from the greeting cancels that client's running statement.
+    let mut sleeper = connect(user.clone(), pw.clone()).await;
+    let sleeper_id = sleeper.id();
+    let sleeping = tokio::spawn(async move {
+        let r: Result<Option<u8>, _> = sleeper.query_first("SELECT SLEEP(20)").await;
+        (r, sleeper)
+    });
+    let mut killer = connect(user.clone(), pw.clone()).await;
+    // Wait (bounded) until the sleeper's statement is running on its server.
+    let begin = std::time::Instant::now();
+    loop {
+        let n: Option<u64> = killer
+            .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(20)%'")
+            .await
+            .unwrap();
+        if n == Some(1) {
+            break;
+        }
+        assert!(begin.elapsed() < std::time::Duration::from_secs(10));
+    }
+    killer
+        .query_drop(format!("KILL QUERY {sleeper_id}"))
+        .await
+        .unwrap();
+    let (r, mut sleeper) = sleeping.await.unwrap();
+    match r {
+        Ok(v) => assert_eq!(v, Some(1), "SLEEP interrupted returns 1"),
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1317, "{e}"),
+        Err(e) => panic!("{e}"),
+    }
+    let one: Option<u8> = sleeper.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the connection survives KILL QUERY");
+
+    // KILL CONNECTION of another session of the same account ends it, with no failover.
+    killer
+        .query_drop(format!("KILL CONNECTION {sleeper_id}"))
+        .await
+        .unwrap();
+    assert!(sleeper.query_drop("SELECT 1").await.is_err(), "killed");
+
+    // Ids of another database's sessions are unknown here.
+    let stranger = connect(other_user, other_pw).await;
+    let err = killer
+        .query_drop(format!("KILL QUERY {}", stranger.id()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1094"), "{err}");
+
+    // KILL of one's own id ends one's own connection.
+    let own = killer.id();
+    let err = killer.query_drop(format!("KILL {own}")).await.unwrap_err();
+    assert!(err.to_string().contains("1927"), "{err}");
+    assert!(killer.query_drop("SELECT 1").await.is_err());
+    stranger.disconnect().await.unwrap();
+    s.stop();
+}
