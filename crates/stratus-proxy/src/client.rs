@@ -316,6 +316,10 @@ impl<D: Directory> Session<D> {
     async fn serve(&mut self) -> End {
         let mut idle_since = tokio::time::Instant::now();
         let mut draining = self.proxy.draining.subscribe();
+        // One timer for the session, re-armed only when it fires early or the timeout shrinks:
+        // arming one per statement would cost every statement a timer-wheel insert.
+        let idle = tokio::time::sleep_until(idle_since + self.idle_timeout());
+        tokio::pin!(idle);
         loop {
             // Shutting down: a session holding no transaction is closed as the server closes
             // its connections; one in a transaction may still finish it.
@@ -336,6 +340,9 @@ impl<D: Directory> Session<D> {
             // Measured from the last command, not from whatever woke this loop: a backend that
             // went away (park, crash) is no activity of the client's.
             let idle_deadline = idle_since + self.idle_timeout();
+            if idle_deadline < idle.deadline() {
+                idle.as_mut().reset(idle_deadline);
+            }
             let lp = tokio::select! {
                 biased;
                 r = self.client.read(self.proxy.cfg.max_packet) => r,
@@ -345,9 +352,13 @@ impl<D: Directory> Session<D> {
                     self.drop_backend();
                     continue;
                 }
-                () = tokio::time::sleep_until(idle_deadline) => {
-                    // MariaDB closes such a connection without a word; so does the proxy.
-                    return End::Idle;
+                () = &mut idle => {
+                    if tokio::time::Instant::now() >= idle_deadline {
+                        // MariaDB closes such a connection without a word; so does the proxy.
+                        return End::Idle;
+                    }
+                    idle.as_mut().reset(idle_deadline);
+                    continue;
                 }
                 _ = draining.changed() => continue,
                 () = self.link.wake.notified() => continue,
