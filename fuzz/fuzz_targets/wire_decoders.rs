@@ -10,6 +10,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = handshake::Greeting::decode(data);
     let _ = handshake::HandshakeResponse::decode(data);
     let _ = handshake::decode_auth_switch(data);
+    for caps in [0, u64::MAX] {
+        let _ = handshake::ChangeUser::decode(data, caps);
+    }
     let _ = handshake::is_ssl_request(data);
     for caps in [0, u64::MAX] {
         if let Ok(ok) = response::OkPacket::decode(data, caps) {

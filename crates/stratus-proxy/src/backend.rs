@@ -10,7 +10,7 @@ use std::time::Duration;
 use stratus_core::Endpoint;
 use stratus_wire::auth::{NATIVE_PLUGIN, Stage1, scramble_reply};
 use stratus_wire::caps;
-use stratus_wire::handshake::{Greeting, HandshakeResponse, decode_auth_switch};
+use stratus_wire::handshake::{ChangeUser, Greeting, HandshakeResponse, decode_auth_switch};
 use stratus_wire::lenenc::Reader;
 use stratus_wire::packet;
 use stratus_wire::response::ErrPacket;
@@ -238,24 +238,15 @@ impl Backend {
         login: &Login,
         schema: Option<&str>,
     ) -> Result<(), BackendError> {
-        let mut body = Vec::with_capacity(96);
-        body.push(stratus_wire::command::COM_CHANGE_USER);
-        body.extend_from_slice(&login.user);
-        body.push(0);
-        let auth = scramble_reply(&login.stage1, &self.scramble);
-        body.push(auth.len() as u8);
-        body.extend_from_slice(&auth);
-        body.extend_from_slice(schema.unwrap_or_default().as_bytes());
-        body.push(0);
-        body.extend_from_slice(&u16::from(login.charset).to_le_bytes());
-        body.extend_from_slice(NATIVE_PLUGIN.as_bytes());
-        body.push(0);
-        if self.caps & caps::CONNECT_ATTRS != 0 {
-            stratus_wire::lenenc::put_lenenc_bytes(
-                &mut body,
-                login.attributes.as_deref().unwrap_or_default(),
-            );
+        let body = ChangeUser {
+            user: login.user.clone(),
+            auth_response: scramble_reply(&login.stage1, &self.scramble).to_vec(),
+            schema: schema.unwrap_or_default().as_bytes().to_vec(),
+            charset: Some(u16::from(login.charset)),
+            auth_plugin: Some(NATIVE_PLUGIN.as_bytes().to_vec()),
+            attributes: login.attributes.clone(),
         }
+        .encode(self.caps | caps::PLUGIN_AUTH);
         let mut out = Vec::with_capacity(body.len() + 4);
         packet::write(&mut out, &mut 0, &body);
         self.stream.write_all(&out).await?;

@@ -28,7 +28,7 @@ use stratus_wire::auth::{self, NATIVE_PLUGIN};
 use stratus_wire::caps;
 use stratus_wire::classify::{self, Kind, Statement};
 use stratus_wire::command::*;
-use stratus_wire::handshake::auth_switch_request;
+use stratus_wire::handshake::{ChangeUser, auth_switch_request};
 use stratus_wire::packet::{self, HEADER_LEN};
 use stratus_wire::response;
 use stratus_wire::tracker::{Expect, Step, Tracker};
@@ -944,34 +944,16 @@ impl<D: Directory> Session<D> {
         seq: u8,
     ) -> Result<(), End> {
         let payload = packet::payload(raw, lp).into_owned();
-        let caps = self.client_caps();
-        let parsed = (|| {
-            let mut r = stratus_wire::lenenc::Reader::new(&payload[1..], "change user");
-            let user = r.nul_bytes()?.to_vec();
-            let auth = if caps & caps::SECURE_CONNECTION != 0 {
-                let n = r.u8()?;
-                r.bytes(usize::from(n))?.to_vec()
-            } else {
-                r.nul_bytes()?.to_vec()
-            };
-            let schema = if r.is_empty() {
-                Vec::new()
-            } else {
-                r.nul_bytes()?.to_vec()
-            };
-            let charset = if r.remaining() >= 2 {
-                Some(r.u16()? as u8)
-            } else {
-                None
-            };
-            let plugin = if caps & caps::PLUGIN_AUTH != 0 && !r.is_empty() {
-                Some(r.nul_bytes().map(<[u8]>::to_vec).unwrap_or_default())
-            } else {
-                None
-            };
-            Ok::<_, stratus_wire::Malformed>((user, auth, schema, charset, plugin))
-        })();
-        let Ok((user, mut reply, schema, charset, plugin)) = parsed else {
+        let parsed = ChangeUser::decode(&payload[1..], self.client_caps());
+        let Ok(ChangeUser {
+            user,
+            auth_response: mut reply,
+            schema,
+            charset,
+            auth_plugin: plugin,
+            ..
+        }) = parsed
+        else {
             self.client
                 .send(
                     seq,
@@ -1035,7 +1017,7 @@ impl<D: Directory> Session<D> {
         self.login.user = user_name.into_bytes();
         self.login.stage1 = stage1;
         if let Some(cs) = charset {
-            self.login.charset = cs;
+            self.login.charset = cs as u8;
         }
         self.client
             .send(

@@ -203,6 +203,85 @@ impl HandshakeResponse {
     }
 }
 
+/// `COM_CHANGE_USER` (<https://mariadb.com/kb/en/com_change_user/>), after its command byte:
+/// a login on an open connection. The proxy decodes it from clients and sends it to backends.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeUser {
+    pub user: Vec<u8>,
+    pub auth_response: Vec<u8>,
+    pub schema: Vec<u8>,
+    /// Absent in the oldest clients.
+    pub charset: Option<u16>,
+    pub auth_plugin: Option<Vec<u8>>,
+    /// Connection attributes, as the raw length-encoded block's content.
+    pub attributes: Option<Vec<u8>>,
+}
+
+impl ChangeUser {
+    /// Decodes the body (without the command byte) as sent by a client with capabilities
+    /// `caps`.
+    pub fn decode(body: &[u8], caps: u64) -> Result<Self, Malformed> {
+        let mut r = Reader::new(body, "change user");
+        let user = r.nul_bytes()?.to_vec();
+        let auth_response = if caps & caps::SECURE_CONNECTION != 0 {
+            let n = r.u8()?;
+            r.bytes(usize::from(n))?.to_vec()
+        } else {
+            r.nul_bytes()?.to_vec()
+        };
+        let schema = if r.is_empty() {
+            Vec::new()
+        } else {
+            r.nul_bytes()?.to_vec()
+        };
+        let charset = if r.remaining() >= 2 {
+            Some(r.u16()?)
+        } else {
+            None
+        };
+        let auth_plugin = if caps & caps::PLUGIN_AUTH != 0 && !r.is_empty() {
+            Some(r.nul_bytes().map(<[u8]>::to_vec).unwrap_or_default())
+        } else {
+            None
+        };
+        let attributes = if caps & caps::CONNECT_ATTRS != 0 && !r.is_empty() {
+            r.lenenc_bytes().ok().map(<[u8]>::to_vec)
+        } else {
+            None
+        };
+        Ok(Self {
+            user,
+            auth_response,
+            schema,
+            charset,
+            auth_plugin,
+            attributes,
+        })
+    }
+
+    /// The whole command payload (command byte included) for a server that agreed to `caps`
+    /// (`SECURE_CONNECTION` assumed, as every 4.1+ server has it).
+    pub fn encode(&self, caps: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.user.len() + self.schema.len());
+        out.push(crate::command::COM_CHANGE_USER);
+        out.extend_from_slice(&self.user);
+        out.push(0);
+        out.push(self.auth_response.len() as u8);
+        out.extend_from_slice(&self.auth_response);
+        out.extend_from_slice(&self.schema);
+        out.push(0);
+        out.extend_from_slice(&self.charset.unwrap_or(0).to_le_bytes());
+        if caps & caps::PLUGIN_AUTH != 0 {
+            out.extend_from_slice(self.auth_plugin.as_deref().unwrap_or_default());
+            out.push(0);
+        }
+        if caps & caps::CONNECT_ATTRS != 0 {
+            put_lenenc_bytes(&mut out, self.attributes.as_deref().unwrap_or_default());
+        }
+        out
+    }
+}
+
 /// `0xfe plugin\0 data`: asks the client to authenticate again with another plugin.
 pub fn auth_switch_request(plugin: &str, scramble: &[u8; 20]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + plugin.len() + 21);
@@ -293,8 +372,35 @@ mod tests {
     }
 
     proptest! {
+        /// What the proxy sends a backend, the backend (and the proxy, from a client) reads back.
         #[test]
-        fn decoders_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn change_user_round_trips(
+            user in proptest::collection::vec(1u8..=255, 0..40),
+            auth in proptest::collection::vec(any::<u8>(), 0..21),
+            schema in proptest::collection::vec(1u8..=255, 0..30),
+            charset in any::<u16>(),
+            attributes in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+        ) {
+            let attributes = attributes.filter(|a| !a.is_empty());
+            let caps = caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH
+                | if attributes.is_some() { caps::CONNECT_ATTRS } else { 0 };
+            let c = ChangeUser {
+                user,
+                auth_response: auth,
+                schema,
+                charset: Some(charset),
+                auth_plugin: Some(b"mysql_native_password".to_vec()),
+                attributes,
+            };
+            let bytes = c.encode(caps);
+            prop_assert_eq!(bytes[0], crate::command::COM_CHANGE_USER);
+            let back = ChangeUser::decode(&bytes[1..], caps).unwrap();
+            prop_assert_eq!(back, c);
+        }
+
+        #[test]
+        fn decoders_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..200), caps in any::<u64>()) {
+            let _ = ChangeUser::decode(&buf, caps);
             let _ = Greeting::decode(&buf);
             let _ = HandshakeResponse::decode(&buf);
             let _ = decode_auth_switch(&buf);
