@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
     for expect in [
         tracker::Expect::ResultSets { binary: false },
         tracker::Expect::ResultSets { binary: true },
+        tracker::Expect::Cursor,
         tracker::Expect::Prepare,
         tracker::Expect::Fetch,
         tracker::Expect::FieldList,

@@ -821,7 +821,7 @@ impl<D: Directory> Session<D> {
             }
         });
         let before = (!in_trans && self.hashing).then(|| self.state.clone());
-        let Some(expect) = expect(cmd) else {
+        let Some(expect) = expect_payload(&packet::payload(raw, lp)) else {
             // COM_STMT_SEND_LONG_DATA: no answer, so a lost backend shows at the next command.
             if self.ensure_backend().await.is_ok() {
                 if let Ok(rebound) = self.statement_bytes(raw, lp, id, cmd).await {
@@ -842,7 +842,7 @@ impl<D: Directory> Session<D> {
         };
         let out = Outgoing::Statement { raw, lp, id, cmd };
         let r = self.forward_retrying(out, seq, expect, on_loss).await?;
-        if cmd == COM_STMT_EXECUTE && r.status & caps::STATUS_CURSOR_EXISTS != 0 {
+        if expect == Expect::Cursor && r.status & caps::STATUS_CURSOR_EXISTS != 0 {
             self.state.cursors += 1;
         } else if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)
             || cmd == COM_STMT_RESET

@@ -51,6 +51,21 @@ pub fn expect(command: u8) -> Option<Expect> {
     }
 }
 
+/// How a relayed command is answered, from its whole payload: a `COM_STMT_EXECUTE` that asks
+/// for a cursor (<https://mariadb.com/kb/en/com_stmt_execute/>, flags byte) is answered
+/// differently from one that does not.
+pub fn expect_payload(payload: &[u8]) -> Option<Expect> {
+    /// `CURSOR_TYPE_READ_ONLY | CURSOR_TYPE_FOR_UPDATE | CURSOR_TYPE_SCROLLABLE`.
+    const CURSOR_TYPES: u8 = 0x07;
+    match payload.first() {
+        Some(&COM_STMT_EXECUTE) if payload.get(5).is_some_and(|f| f & CURSOR_TYPES != 0) => {
+            Some(Expect::Cursor)
+        }
+        Some(&cmd) => expect(cmd),
+        None => None,
+    }
+}
+
 /// The statement id of `COM_STMT_EXECUTE/SEND_LONG_DATA/CLOSE/RESET/FETCH` (bytes 1..5).
 pub fn statement_id(payload: &[u8]) -> Option<u32> {
     payload

@@ -15,8 +15,13 @@ use crate::packet::MAX_PAYLOAD;
 /// What kind of response a command gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
-    /// `COM_QUERY` (text rows) or `COM_STMT_EXECUTE` (binary rows, possibly a cursor).
+    /// `COM_QUERY` (text rows) or `COM_STMT_EXECUTE` (binary rows).
     ResultSets { binary: bool },
+    /// `COM_STMT_EXECUTE` that asked for a cursor: binary result sets, except that a result
+    /// whose column definitions end with `SERVER_STATUS_CURSOR_EXISTS` ends the response (rows
+    /// come by `COM_STMT_FETCH`). Without the request, that flag proves nothing: results of a
+    /// stored procedure that loops over a cursor carry it, rows and all.
+    Cursor,
     /// `COM_STMT_PREPARE`: prepare-OK with parameter and column definitions, or ERR.
     Prepare,
     /// `COM_STMT_FETCH`: rows and a terminator, or ERR.
@@ -144,9 +149,11 @@ impl Tracker {
                     self.state = State::FieldDefs;
                     self.feed_again(payload)
                 }
-                (Expect::ResultSets { .. }, Some(0x00)) => self.ok_maybe_more(payload),
-                (Expect::ResultSets { .. }, Some(0xfb)) => Step::LocalInfile,
-                (Expect::ResultSets { .. }, _) => {
+                (Expect::ResultSets { .. } | Expect::Cursor, Some(0x00)) => {
+                    self.ok_maybe_more(payload)
+                }
+                (Expect::ResultSets { .. } | Expect::Cursor, Some(0xfb)) => Step::LocalInfile,
+                (Expect::ResultSets { .. } | Expect::Cursor, _) => {
                     match Reader::new(payload, "column count").lenenc() {
                         Ok(n) if n > 0 => {
                             self.result_sets += 1;
@@ -168,9 +175,7 @@ impl Tracker {
             }
             State::ColumnsEof => {
                 self.status = crate::response::eof_status(payload);
-                if matches!(self.expect, Expect::ResultSets { binary: true })
-                    && self.status & STATUS_CURSOR_EXISTS != 0
-                {
+                if self.expect == Expect::Cursor && self.status & STATUS_CURSOR_EXISTS != 0 {
                     return self.finish();
                 }
                 self.state = State::Rows;
@@ -400,7 +405,32 @@ mod tests {
 
     #[test]
     fn cursor_ends_after_definitions() {
+        // Without a cursor asked for, the flag (left over from a procedure's own cursor)
+        // does not end the result: its rows follow.
         let mut t = Tracker::new(Expect::ResultSets { binary: true }, false);
+        let steps = run(
+            &mut t,
+            &[
+                vec![1u8],
+                COL.to_vec(),
+                crate::response::eof(STATUS_CURSOR_EXISTS | STATUS_MORE_RESULTS),
+                vec![0, 0, 1],
+                crate::response::eof(STATUS_CURSOR_EXISTS | STATUS_MORE_RESULTS),
+                crate::response::ok(0, 0, 0),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                Step::More,
+                Step::More,
+                Step::More,
+                Step::More,
+                Step::More,
+                Step::Done
+            ]
+        );
+        let mut t = Tracker::new(Expect::Cursor, false);
         let steps = run(
             &mut t,
             &[
@@ -491,10 +521,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn never_panics(packets in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12), 0..12), kind in 0..6u8, dep in any::<bool>()) {
+        fn never_panics(packets in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12), 0..12), kind in 0..7u8, dep in any::<bool>()) {
             let expect = match kind {
                 0 => Expect::ResultSets { binary: false },
                 1 => Expect::ResultSets { binary: true },
+                5 => Expect::Cursor,
                 2 => Expect::Prepare,
                 3 => Expect::Fetch,
                 4 => Expect::FieldList,

@@ -692,3 +692,60 @@ async fn kill_acts_on_the_ids_clients_were_greeted_with() {
     stranger.disconnect().await.unwrap();
     s.stop();
 }
+
+/// Runs `mariadb-test` (the MariaDB test suite's client) on `file` through the proxy in `mode`;
+/// a run that does not end within a minute is killed and reported as a hang.
+fn mariadb_test(s: &Stratus, user: &str, pw: &str, mode: &str, file: &std::path::Path) -> String {
+    let (host, port) = s.listen.split_once(':').unwrap();
+    let mut child = Command::new("mariadb-test")
+        .args([
+            mode,
+            "-h",
+            host,
+            "-P",
+            port,
+            "-u",
+            user,
+            &format!("-p{pw}"),
+            "-D",
+            "shop",
+        ])
+        .stdin(std::fs::File::open(file).unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mariadb-test (Debian package mariadb-test; ./dev test installs it)");
+    let begin = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if begin.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("mariadb-test {mode} hung through the proxy");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "mariadb-test {mode}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_procedure_looping_over_a_cursor_answers_in_every_protocol() {
+    let mut s = Stratus::new("callps");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let file =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keywords_call.test");
+    for mode in ["--ps-protocol", "--cursor-protocol", "--sp-protocol"] {
+        let out = mariadb_test(&s, &user, &pw, mode, &file);
+        assert!(
+            out.contains("SELECT @@lpad; -- Unknown system variable 'lpad'"),
+            "{mode}: {out}"
+        );
+    }
+    s.stop();
+}
