@@ -504,7 +504,18 @@ async fn sigterm_lets_an_open_transaction_commit_then_closes_sessions() {
             "still accepting clients 10 s after SIGTERM"
         );
     }
-    let err = idle.query_drop("SELECT 1").await.unwrap_err();
+    // A statement that raced the signal may still be answered; the session closes before the
+    // next (bounded).
+    let begin = std::time::Instant::now();
+    let err = loop {
+        match idle.query_drop("SELECT 1").await {
+            Ok(()) => assert!(
+                begin.elapsed() < std::time::Duration::from_secs(10),
+                "an idle session still served 10 s after SIGTERM"
+            ),
+            Err(e) => break e,
+        }
+    };
     assert!(
         !matches!(err, mysql_async::Error::Server(ref e) if e.code != 1053),
         "an idle session is closed with ER_SERVER_SHUTDOWN or at once: {err}"
