@@ -164,6 +164,10 @@ impl Tracker {
                     }
                 }
             },
+            // An error can cut a result short right after its column count (a cursor that
+            // fails to open, say); a column definition never starts with 0xff (it would be an
+            // invalid length prefix of its catalog name).
+            State::Columns { .. } | State::ColumnsEof if first == Some(0xff) => self.error(payload),
             State::Columns { left } => {
                 let left = left - 1;
                 self.state = match (left, self.deprecate_eof) {
@@ -401,6 +405,22 @@ mod tests {
         );
         assert_eq!(t.error, Some(1146));
         assert_eq!(t.result_sets, 1);
+    }
+
+    #[test]
+    fn an_error_after_the_column_count_ends_the_response() {
+        for expect in [Expect::Cursor, Expect::ResultSets { binary: true }] {
+            let mut t = Tracker::new(expect, false);
+            let steps = run(
+                &mut t,
+                &[
+                    vec![1u8],
+                    crate::response::err(1422, "HY000", "commit not allowed"),
+                ],
+            );
+            assert_eq!(steps, [Step::More, Step::Done]);
+            assert_eq!(t.error, Some(1422));
+        }
     }
 
     #[test]
