@@ -1199,6 +1199,16 @@ impl<D: Directory> Session<D> {
         let Some(mut b) = self.backend.take() else {
             return;
         };
+        // A connection that ever profiled keeps its `SHOW PROFILES` history through a reset and
+        // a change of user: the next client would see this one's statements. Not kept.
+        if self
+            .state
+            .variables
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("profiling"))
+        {
+            return;
+        }
         if self.marker.txn > 0 && !self.state.in_transaction {
             // The session's commit marker is of no more use. (Inside a transaction the client
             // left open, the pool's reset rolls that back; the row is pruned later.)

@@ -760,3 +760,29 @@ async fn a_procedure_looping_over_a_cursor_answers_in_every_protocol() {
     }
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_never_sees_the_previous_clients_profile() {
+    let mut s = Stratus::new("profiles");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    for (n, statement) in ["SELECT 'first client'", "SELECT 'second client'"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+            .await
+            .unwrap();
+        conn.query_drop("SET profiling = 1").await.unwrap();
+        conn.query_drop(statement).await.unwrap();
+        let profiles: Vec<(u32, f64, String)> = conn.query("SHOW PROFILES").await.unwrap();
+        let queries: Vec<&str> = profiles.iter().map(|p| p.2.as_str()).collect();
+        assert_eq!(
+            queries,
+            vec![statement],
+            "client {n} sees only its own statements"
+        );
+        conn.disconnect().await.unwrap();
+    }
+    s.stop();
+}
