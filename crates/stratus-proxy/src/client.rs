@@ -315,7 +315,11 @@ impl<D: Directory> Session<D> {
 
     async fn serve(&mut self) -> End {
         let mut idle_since = tokio::time::Instant::now();
-        let mut draining = self.proxy.draining.subscribe();
+        // Armed once and again only after it fires, like the idle timer below: a fresh wait
+        // per statement would lock the notifier's waiter list every time.
+        let link = self.link.clone();
+        let woken = link.wake.notified();
+        tokio::pin!(woken);
         // One timer for the session, re-armed only when it fires early or the timeout shrinks:
         // arming one per statement would cost every statement a timer-wheel insert.
         let idle = tokio::time::sleep_until(idle_since + self.idle_timeout());
@@ -330,7 +334,7 @@ impl<D: Directory> Session<D> {
                     .await;
                 return End::Killed;
             }
-            if *draining.borrow_and_update() && !self.state.in_transaction {
+            if self.proxy.shutting_down.load(Ordering::Relaxed) && !self.state.in_transaction {
                 let _ = self
                     .client
                     .send(0, &SqlError::shutting_down().packet())
@@ -360,8 +364,10 @@ impl<D: Directory> Session<D> {
                     idle.as_mut().reset(idle_deadline);
                     continue;
                 }
-                _ = draining.changed() => continue,
-                () = self.link.wake.notified() => continue,
+                () = &mut woken => {
+                    woken.set(link.wake.notified());
+                    continue;
+                }
             };
             let lp = match lp {
                 Ok(Some(lp)) => lp,

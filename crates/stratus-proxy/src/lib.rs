@@ -136,8 +136,10 @@ pub struct Proxy<D: Directory> {
     pub(crate) connections: AtomicU64,
     next_id: AtomicU32,
     /// Set once on shutdown: no new clients, and each session closes once it holds no
-    /// transaction and runs no statement.
+    /// transaction and runs no statement (sessions read `shutting_down`, woken through their
+    /// link, so waiting for a client's next command registers nothing new per statement).
     pub(crate) draining: tokio::sync::watch::Sender<bool>,
+    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
     /// Every open session by the connection id it was greeted with, for `KILL`.
     pub(crate) sessions: std::sync::Mutex<std::collections::HashMap<u32, Arc<SessionLink>>>,
 }
@@ -152,7 +154,7 @@ pub(crate) struct SessionLink {
     /// A `KILL CONNECTION` named it: its client connection ends, and a lost backend is not
     /// failed over.
     pub(crate) killed: std::sync::atomic::AtomicBool,
-    /// Wakes it when it is killed while it waits for its client.
+    /// Wakes it when it is killed, or the proxy shuts down, while it waits for its client.
     pub(crate) wake: tokio::sync::Notify,
 }
 
@@ -196,6 +198,7 @@ impl<D: Directory> Proxy<D> {
             connections: AtomicU64::new(0),
             next_id: AtomicU32::new(1),
             draining: tokio::sync::watch::Sender::new(false),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
@@ -205,7 +208,11 @@ impl<D: Directory> Proxy<D> {
     /// and returns when none is busy or `grace` has passed. Returns how many sessions were
     /// still busy (running a statement or in a transaction) at the end.
     pub async fn drain(&self, grace: Duration) -> u64 {
+        self.shutting_down.store(true, Ordering::SeqCst);
         self.draining.send_replace(true);
+        for link in self.sessions_lock().values() {
+            link.wake.notify_one();
+        }
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let busy: u64 = self
