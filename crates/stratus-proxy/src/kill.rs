@@ -34,6 +34,11 @@ impl Kill {
 /// Parses a lone `KILL` of a connection id; anything else (comments, other forms, trailing
 /// statements) is `None`, and is passed to the server as it is.
 pub fn parse(sql: &[u8]) -> Option<Kill> {
+    // Every statement comes through here: decide on its first bytes before looking further.
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    if !sql[start..].get(..4)?.eq_ignore_ascii_case(b"KILL") {
+        return None;
+    }
     let text = std::str::from_utf8(sql).ok()?;
     let text = text.trim().trim_end_matches(';').trim_end();
     let mut words = text.split_ascii_whitespace().peekable();

@@ -238,7 +238,7 @@ impl Inner {
         let dir = self.cfg.root.join("databases").join(key);
         let mut socket = dir.join("mariadbd.sock");
         // sun_path holds 108 bytes; deep data directories put the socket in a private directory
-        // of its own under the temp dir (made by `private_socket_dir`).
+        // of its own under the temp dir (made by `private_dir`).
         if socket.as_os_str().len() > 100 {
             socket = short_socket_dir(&dir).join("mariadbd.sock");
         }
@@ -329,7 +329,7 @@ impl Inner {
             self.user.give(dir)?;
         }
         if let Some(dir) = paths.socket.parent().filter(|d| *d != paths.dir) {
-            private_socket_dir(dir, &self.user)?;
+            private_dir(dir, &self.user)?;
         }
         // Opened by Stratus for the server's output, reopened by the server as its own user.
         std::fs::OpenOptions::new()
@@ -344,7 +344,7 @@ impl Inner {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .data_key(&paths.dir)?;
-                private_socket_dir(&self.key_dir, &self.user)?;
+                private_dir(&self.key_dir, &self.user)?;
                 let file = self.key_file(&spec.key);
                 template::write_private(&file, &keys::plugin_key_file(&key))?;
                 self.user.give(&file)?;
@@ -917,10 +917,10 @@ fn short_socket_dir(db_dir: &Path) -> PathBuf {
     ))
 }
 
-/// Makes (or checks) a socket directory under the shared temp dir: it must be ours, owned by the
-/// servers' user and closed to everyone else, or another local user could have prepared it to
-/// intercept the socket.
-fn private_socket_dir(dir: &Path, user: &ServerUser) -> Result<()> {
+/// Makes (or checks) a directory in a shared place (the temp dir for long socket paths,
+/// `/dev/shm` for keys at start): it must be ours, owned by the servers' user and closed to
+/// everyone else, or another local user could have prepared it to intercept what goes there.
+fn private_dir(dir: &Path, user: &ServerUser) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => user.give(dir)?,

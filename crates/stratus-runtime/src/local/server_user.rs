@@ -53,11 +53,11 @@ impl ServerUser {
                     .into(),
             ));
         }
-        let account = match lookup_name(wanted)? {
+        let account = match getent(wanted)? {
             Some(a) => a,
             None => {
                 create_system_user(wanted)?;
-                lookup_name(wanted)?.ok_or_else(|| {
+                getent(wanted)?.ok_or_else(|| {
                     RuntimeError::Other(format!("user {wanted} still missing after useradd"))
                 })?
             }
@@ -172,10 +172,6 @@ fn getent(key: &str) -> Result<Option<OsAccount>> {
     Ok(parse_passwd_line(&String::from_utf8_lossy(&out.stdout)))
 }
 
-fn lookup_name(name: &str) -> Result<Option<OsAccount>> {
-    getent(name)
-}
-
 fn lookup_uid(uid: u32) -> Result<OsAccount> {
     getent(&uid.to_string())?
         .ok_or_else(|| RuntimeError::Other(format!("uid {uid} has no user name")))
@@ -207,7 +203,7 @@ fn create_system_user(name: &str) -> Result<()> {
         ])
         .output()
         .map_err(|e| RuntimeError::io("cannot run useradd", e))?;
-    if !out.status.success() && lookup_name(name)?.is_none() {
+    if !out.status.success() && getent(name)?.is_none() {
         return Err(RuntimeError::Other(format!(
             "cannot create the system user {name}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
