@@ -139,6 +139,20 @@ async fn data_redo_undo_and_binlog_are_unreadable_on_disk_and_survive_key_rotati
     assert_eq!(v.as_deref(), Some(format!("{SECRET}-row").as_str()));
     let master = s.dir.path().join("master.key");
     let before = std::fs::read_to_string(&master).unwrap();
+    // Only an admin token may rotate: a developer of this very database may not.
+    let dev = s.json(&["token", "create", "--role", "developer", "--db", "vault"]);
+    let refused = s.cli_as(dev["secret"].as_str().unwrap(), &["key", "rotate"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("rotate encryption keys"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&master).unwrap(),
+        before,
+        "unchanged"
+    );
     let rotated = s.json(&["key", "rotate"]);
     assert_eq!(rotated["wrapped"], 1, "{rotated}");
     let after = std::fs::read_to_string(&master).unwrap();
