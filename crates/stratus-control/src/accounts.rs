@@ -218,7 +218,31 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         &self,
         svc: &stratus_core::DatabaseService,
     ) -> Result<stratus_runtime::Instance> {
-        let instance = self.runtime.start(&self.instance_spec(svc)).await?;
+        let name = svc.name();
+        self.set_settling(name, true);
+        let started = self.runtime.start(&self.instance_spec(svc)).await;
+        let settled = match &started {
+            Ok(_) => match self.admin_login(name).await {
+                Ok(mut conn) => {
+                    let waited = self.await_recovered_rollback(name, &mut conn).await;
+                    conn.close().await;
+                    waited
+                }
+                Err(e) => Err(e.into()),
+            },
+            Err(_) => Ok(None),
+        };
+        self.set_settling(name, false);
+        let instance = started?;
+        match settled {
+            Ok(Some(waited)) if waited >= std::time::Duration::from_millis(1) => {
+                tracing::info!(db = %name, ms = waited.as_millis() as u64, "recovered transactions rolled back before clients were let in");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(db = %name, "cannot tell whether recovered transactions were rolled back: {e}")
+            }
+        }
         if let Some(was) = &instance.access_restored {
             self.event(
                 svc.name(),

@@ -40,23 +40,33 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// The server's address if it runs; with `wake`, starts it first (one start however many
     /// clients ask at once: they queue on the database's lock and find it running).
     pub async fn backend_for_client(&self, service: &str, wake: bool) -> Result<Option<Endpoint>> {
+        let wake = if wake { Wake::Always } else { Wake::Never };
+        self.backend_waking(service, wake).await
+    }
+
+    /// The server's address for a session carrying over a transaction on its own, before its
+    /// client asks anything: started again if it crashed, but a database put to sleep on purpose
+    /// (suspended, parked, being moved) stays asleep, `Ok(None)`, until a client's statement.
+    pub async fn backend_after_loss(&self, service: &str) -> Result<Option<Endpoint>> {
+        self.backend_waking(service, Wake::UnlessAsleep).await
+    }
+
+    async fn backend_waking(&self, service: &str, wake: Wake) -> Result<Option<Endpoint>> {
         let name = ServiceName::parse(service)?;
-        if let Some(addr) = self
-            .runtime
-            .endpoint(&name)
-            .filter(|_| !self.is_suspended(&name))
-        {
+        let ready = |cp: &Self| {
+            cp.runtime
+                .endpoint(&name)
+                .filter(|_| !cp.is_suspended(&name) && !cp.is_settling(&name))
+        };
+        if let Some(addr) = ready(self) {
             return Ok(Some(addr));
         }
-        if !wake {
+        if wake == Wake::Never {
             return Ok(None);
         }
+        // A start holds the lock until the server is settled.
         let _guard = self.lock(&name).await;
-        if let Some(addr) = self
-            .runtime
-            .endpoint(&name)
-            .filter(|_| !self.is_suspended(&name))
-        {
+        if let Some(addr) = ready(self) {
             return Ok(Some(addr));
         }
         let svc = self.load(&name).await?;
@@ -65,8 +75,21 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 "database {name} is still being created"
             )));
         }
+        // Suspend and park change the state under the lock this waited for.
+        if wake == Wake::UnlessAsleep && (svc.state != DbState::Active || self.is_suspended(&name))
+        {
+            return Ok(None);
+        }
         self.ensure_running(&name, EventKind::Woken, "for a waiting client")
             .await?;
         Ok(self.runtime.endpoint(&name))
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Never,
+    Always,
+    /// Only a server that stopped by itself (a crash), not one put to sleep.
+    UnlessAsleep,
 }

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod lifecycle;
 pub mod monitor;
 pub mod pool;
+mod recovered;
 pub mod scaler;
 pub mod sizing;
 pub mod supervisor;
@@ -72,6 +73,9 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// Databases suspended right now: their servers run but must not be handed to clients
     /// until woken. Kept in memory because the proxy asks on every new connection.
     suspended: Mutex<std::collections::HashSet<ServiceName>>,
+    /// Databases whose server is starting or still rolling back the transactions it recovered:
+    /// not handed to clients yet (`recovered`).
+    settling: Mutex<std::collections::HashSet<ServiceName>>,
     pool: Mutex<pool::PoolState>,
     /// The monitor's latest figures per database.
     measured: Mutex<HashMap<ServiceName, monitor::Measured>>,
@@ -91,6 +95,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         Arc::new(Self {
             activity: std::sync::OnceLock::new(),
             suspended: Mutex::new(std::collections::HashSet::new()),
+            settling: Mutex::new(std::collections::HashSet::new()),
             pool: Mutex::new(pool::PoolState::default()),
             measured: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),

@@ -10,6 +10,7 @@ use crate::kill;
 use crate::login::login;
 use crate::pool;
 use crate::prepared::Statements;
+use crate::recovery::{Recovery, Ticket};
 use crate::relay::{
     Pending, RelayError, STREAM_CHUNK, forward_infile, idle_backend_closed, learn_ok,
 };
@@ -127,6 +128,12 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
     proxy.sessions_lock().insert(id, link.clone());
     let _registered = Registered(&proxy, id);
     let mut session = Session {
+        recovery: proxy.recoveries.of(&login.service),
+        ticket: None,
+        doomed: None,
+        unattended: false,
+        last_sent: Instant::now(),
+        id,
         proxy: proxy.clone(),
         link,
         client,
@@ -215,6 +222,22 @@ struct Session<D: Directory> {
     hashing: bool,
     /// This session's row in the commit marker table.
     marker: Marker,
+    /// Its greeting id, its name in its database's recovery.
+    id: u32,
+    /// Its database's recovery: the order in which sessions carry on after a lost server.
+    recovery: Arc<Recovery>,
+    /// Its place in the current recovery, from noticing its backend lost until its cut-off
+    /// statement is sent again (or it gives up).
+    ticket: Option<Ticket>,
+    /// Its transaction was lost while the session sat idle and could not be carried over: what
+    /// the client's next command hears, with the failover's start and attempts.
+    doomed: Option<(ReplayError, (Instant, u32))>,
+    /// Carrying over a transaction without the client asking: a database asleep on purpose is
+    /// not woken for that.
+    unattended: bool,
+    /// When the last command was sent to a backend: a cut-off statement's place in the order of
+    /// a recovery.
+    last_sent: Instant,
 }
 
 /// What the transaction log needs to know of a command.
@@ -352,8 +375,13 @@ impl<D: Directory> Session<D> {
                 r = self.client.read(self.proxy.cfg.max_packet) => r,
                 () = idle_backend_closed(self.backend.as_mut()) => {
                     // The server closed an idle connection (it was parked or crashed): the next
-                    // statement gets a new one.
+                    // statement gets a new one. A transaction holding locks is carried over at
+                    // once, before statements that were waiting for those locks run again.
                     self.drop_backend();
+                    if self.holds_locks() && !self.link.killed.load(Ordering::Relaxed) {
+                        self.recover_idle().await;
+                        self.report_state();
+                    }
                     continue;
                 }
                 () = &mut idle => {
@@ -1069,6 +1097,11 @@ impl<D: Directory> Session<D> {
             for _ in 0..3 {
                 let a = match addr {
                     Some(a) => a,
+                    None if self.unattended => dir
+                        .backend_after_loss(&svc)
+                        .await
+                        .map_err(|m| SqlError::unavailable(&svc, &m))?
+                        .ok_or_else(|| SqlError::unavailable(&svc, "it is asleep"))?,
                     None => {
                         woke = true;
                         dir.backend(&svc, true)
@@ -1185,6 +1218,12 @@ impl<D: Directory> Session<D> {
             .backend_thread
             .store(b.connection_id, Ordering::Relaxed);
         self.backend = Some(b);
+        // A new connection runs nothing before the transactions cut off with the last server
+        // are carried over and their cut-off statements sent again. A session that is part of
+        // that recovery waits for its turn before sending instead.
+        if self.ticket.is_none() {
+            self.recovery.settled(self.proxy.cfg.replay.timeout).await;
+        }
         Ok(())
     }
 
@@ -1280,8 +1319,31 @@ impl<D: Directory> Session<D> {
         on_loss: OnLoss,
     ) -> Result<Relayed, End> {
         let limits = self.proxy.cfg.replay;
+        if let Some((e, f)) = self.doomed.take() {
+            // The transaction was lost while the session sat idle and could not be carried
+            // over: a ROLLBACK gets what it asked for, anything else hears why.
+            return if on_loss == OnLoss::Rollback {
+                self.ended(seq, Some(f), Outcome::Ended).await
+            } else {
+                self.replay_failed(seq, Some(f), e).await
+            };
+        }
+        let lost_in_transaction = self.backend.is_none() && self.txlog.active;
+        if lost_in_transaction
+            && (on_loss == OnLoss::Rollback || on_loss == OnLoss::Commit && !self.txlog.wrote)
+        {
+            // The crash ended a transaction that has nothing to commit: replaying its reads
+            // only to end it could differ for nothing.
+            return self
+                .ended(seq, Some((Instant::now(), 0)), Outcome::Ended)
+                .await;
+        }
         // A backend lost while the session sat in its transaction: the transaction goes first.
-        let mut next = if self.backend.is_none() && self.txlog.active {
+        let mut next = if lost_in_transaction {
+            if self.holds_locks() {
+                let ticket = self.ticket.take();
+                self.ticket = Some(self.recovery.lost(ticket, self.id, true, None));
+            }
             Next::Replay
         } else {
             Next::Send
@@ -1326,6 +1388,12 @@ impl<D: Directory> Session<D> {
                 }
                 Err(e) => break self.replay_failed(seq, failover, e).await,
             }
+            if let Some(ticket) = self.ticket.take() {
+                // Carried over: wait for the others' transactions and for statements cut off
+                // before this one, then go (the ticket dropped lets the next one go).
+                ticket.replayed();
+                ticket.turn(limits.timeout).await;
+            }
             let sent = match &mut out {
                 Outgoing::Raw(raw) => self.exchange(raw, expect, None, marked).await,
                 Outgoing::Prepare { raw, sql } => {
@@ -1365,6 +1433,14 @@ impl<D: Directory> Session<D> {
                 }
                 Err(RelayError::LostBeforeAnswer) => {
                     self.drop_backend();
+                    let resent = matches!(on_loss, OnLoss::Retry | OnLoss::Replay | OnLoss::Commit);
+                    let ticket = self.ticket.take();
+                    self.ticket = Some(self.recovery.lost(
+                        ticket,
+                        self.id,
+                        self.holds_locks(),
+                        resent.then_some(self.last_sent),
+                    ));
                     let f = failover.get_or_insert_with(|| (Instant::now(), 0));
                     f.1 += 1;
                     if f.1 >= limits.attempts || f.0.elapsed() > limits.timeout {
@@ -1397,8 +1473,53 @@ impl<D: Directory> Session<D> {
                 }
             }
         };
+        self.ticket = None;
         self.activity.running.fetch_sub(1, Ordering::Relaxed);
         result
+    }
+
+    /// The open transaction took locks (it wrote, or read with a locking clause) and can be
+    /// replayed: after a crash it goes before anything that may have waited for those locks.
+    fn holds_locks(&self) -> bool {
+        self.txlog.active && self.txlog.wrote && self.txlog.unreplayable.is_none()
+    }
+
+    /// Carries the open transaction over to a new server as soon as the session notices its
+    /// backend gone, while its client is idle: statements of other sessions that were waiting
+    /// for its locks must not get them first. If it cannot be carried over the client hears
+    /// why at its next command; if there is no server to carry it to (the database was put to
+    /// sleep), the next command tries again.
+    async fn recover_idle(&mut self) {
+        let limits = self.proxy.cfg.replay;
+        let ticket = self.ticket.take();
+        self.ticket = Some(self.recovery.lost(ticket, self.id, true, None));
+        self.activity.running.fetch_add(1, Ordering::Relaxed);
+        self.unattended = true;
+        let mut f = (Instant::now(), 0);
+        let result = loop {
+            f.1 += 1;
+            match self.replay_transaction().await {
+                Err(ReplayError::Lost)
+                    if f.1 < limits.attempts && f.0.elapsed() < limits.timeout => {}
+                other => break other,
+            }
+        };
+        self.unattended = false;
+        match result {
+            Ok(()) => self.report_failover(f, Outcome::Replayed, String::new()),
+            Err(e @ (ReplayError::Mismatch(_) | ReplayError::NotReplayable(_))) => {
+                // Its locks must not wait for the client: rolled back now.
+                if let Some(b) = self.backend.as_mut() {
+                    if b.query("ROLLBACK").await.is_err() {
+                        self.drop_backend();
+                    }
+                }
+                self.doomed = Some((e, f));
+            }
+            Err(ReplayError::Lost | ReplayError::Unavailable(_)) => self.drop_backend(),
+        }
+        self.ticket = None;
+        self.activity.running.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Sends a command's packets to the backend and relays the answer, keeping the database's
@@ -1411,6 +1532,7 @@ impl<D: Directory> Session<D> {
         marked: bool,
     ) -> Result<Relayed, RelayError> {
         let begin = Instant::now();
+        self.last_sent = begin;
         let result = async {
             if marked {
                 let mut both = Vec::with_capacity(bytes.len() + 160);

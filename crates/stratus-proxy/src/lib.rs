@@ -10,6 +10,7 @@
 //! * [`backend`]: connections to the databases' own servers.
 //! * [`session`]: the state that is replayed on a new backend connection.
 //! * [`replay`]: failover: statements retried and transactions replayed on a new backend.
+//! * `recovery`: the order in which a database's sessions replay after its server was lost.
 //! * [`activity`]: what the control plane is told about each database.
 //! * [`throttle`]: failed logins counted, and the delay they earn.
 
@@ -21,6 +22,7 @@ pub mod kill;
 mod login;
 pub mod pool;
 mod prepared;
+mod recovery;
 mod relay;
 pub mod replay;
 pub mod session;
@@ -52,6 +54,17 @@ pub trait Directory: Send + Sync + 'static {
         service: &str,
         wake: bool,
     ) -> impl Future<Output = Result<Option<Endpoint>, String>> + Send;
+
+    /// The address of the service's server for a session that lost its backend and carries
+    /// over a transaction before its client asks anything: the server is started again if it
+    /// crashed, but not woken if it was put to sleep on purpose (suspended, parked), which
+    /// gives `Ok(None)`; the client's next statement wakes it then.
+    fn backend_after_loss(
+        &self,
+        service: &str,
+    ) -> impl Future<Output = Result<Option<Endpoint>, String>> + Send {
+        self.backend(service, true)
+    }
 
     /// A connection to `addr`, which `backend` gave, was refused: returns once the directory
     /// knows whether that server is gone (then the next `backend` call starts another).
@@ -140,6 +153,8 @@ pub struct Proxy<D: Directory> {
     /// link, so waiting for a client's next command registers nothing new per statement).
     pub(crate) draining: tokio::sync::watch::Sender<bool>,
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+    /// The order in which sessions carry on after a database's server was lost.
+    pub(crate) recoveries: recovery::Recoveries,
     /// Every open session by the connection id it was greeted with, for `KILL`.
     pub(crate) sessions: std::sync::Mutex<std::collections::HashMap<u32, Arc<SessionLink>>>,
 }
@@ -199,6 +214,7 @@ impl<D: Directory> Proxy<D> {
             next_id: AtomicU32::new(1),
             draining: tokio::sync::watch::Sender::new(false),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            recoveries: recovery::Recoveries::default(),
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }

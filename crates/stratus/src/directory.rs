@@ -53,6 +53,18 @@ impl Directory for ControlDirectory {
             .map_err(|e| format!("control plane task failed: {e}"))?
     }
 
+    async fn backend_after_loss(&self, service: &str) -> Result<Option<Endpoint>, String> {
+        let (cp, service) = (self.cp.clone(), service.to_owned());
+        self.runtime
+            .spawn(async move {
+                cp.backend_after_loss(&service)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| format!("control plane task failed: {e}"))?
+    }
+
     async fn unreachable(&self, service: &str, addr: &Endpoint) {
         let (cp, service, addr) = (self.cp.clone(), service.to_owned(), addr.clone());
         let _ = self
