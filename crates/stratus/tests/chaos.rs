@@ -652,3 +652,50 @@ async fn replays_match_or_roll_back_and_commits_are_answered_truthfully() {
         outcomes(&s)
     );
 }
+
+/// Two sessions, one holding a row lock and idle, the other waiting for that lock when the
+/// server is killed: after the restart the holder's transaction is carried over first, so the
+/// waiting statement still waits for it, and then sees what the holder committed. (Replayed
+/// each on its own, the waiting one took the lock first and the holder's replay differed.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_waiting_for_a_lock_at_the_crash_still_waits_for_its_holder() {
+    let mut s = Stratus::new("order");
+    s.start();
+    let o = open_bank(&s).await;
+    let mut holder = Conn::new(o.clone()).await.unwrap();
+    let mut waiter = Conn::new(o.clone()).await.unwrap();
+    holder.query_drop("BEGIN").await.unwrap();
+    let before: Option<i64> = holder
+        .query_first("SELECT balance FROM accounts WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    waiter.query_drop("BEGIN").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let seen: Result<Option<i64>, Error> = waiter
+            .query_first("SELECT balance FROM accounts WHERE id = 1 FOR UPDATE")
+            .await;
+        (seen, waiter)
+    });
+    // The waiter's statement is in the server, waiting for the lock.
+    s.wait_for_metric(
+        "stratus_proxy_statements_running{db=\"bank\"}",
+        1.0,
+        Duration::from_secs(10),
+    );
+    signal(server_pid(&s), rustix::process::Signal::KILL);
+    // The holder carries on as if nothing happened: its replayed read matches.
+    holder
+        .query_drop("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+        .await
+        .expect("the holder's transaction was carried over first");
+    assert!(!waiting.is_finished(), "the waiter still waits for the lock");
+    holder.query_drop("COMMIT").await.unwrap();
+    let (seen, mut waiter) = waiting.await.unwrap();
+    assert_eq!(
+        seen.expect("the waiter's statement was sent again"),
+        before.map(|b| b - 10),
+        "the waiter saw what the holder committed"
+    );
+    waiter.query_drop("COMMIT").await.unwrap();
+    println!("order: proxy failovers by outcome: {}", outcomes(&s));
+}
