@@ -786,3 +786,150 @@ async fn a_client_never_sees_the_previous_clients_profile() {
     }
     s.stop();
 }
+
+/// A connection straight to the database's server (its socket, as root), to compare with.
+async fn direct(s: &Stratus, db: &str) -> Conn {
+    let socket = s.json(&["db", "show", db])["backend"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("unix:")
+        .to_owned();
+    Conn::new(
+        mysql_async::OptsBuilder::default()
+            .socket(Some(socket))
+            .user(Some("root"))
+            .db_name(Some(db)),
+    )
+    .await
+    .unwrap()
+}
+
+/// Every statement's rows (values as SQL literals), or its error code.
+async fn answers(conn: &mut Conn, statements: &[&str]) -> Vec<Result<Vec<Vec<String>>, u16>> {
+    let mut out = Vec::new();
+    for sql in statements {
+        let r: Result<Vec<mysql_async::Row>, _> = conn.query(*sql).await;
+        out.push(match r {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .map(|r| r.unwrap().iter().map(|v| v.as_sql(false)).collect())
+                .collect()),
+            Err(mysql_async::Error::Server(e)) => Err(e.code),
+            Err(e) => panic!("{sql}: {e}"),
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diagnostics_after_a_user_variable_assignment_are_the_servers() {
+    let mut s = Stratus::new("diag");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO t VALUES (1), (2), (3), (4), (5)")
+        .await
+        .unwrap();
+    let statements = [
+        "SET @a = 1",
+        "SELECT ROW_COUNT()",
+        "SELECT SQL_CALC_FOUND_ROWS @b := id FROM t ORDER BY id LIMIT 1",
+        "SELECT FOUND_ROWS()",
+        "SELECT found_rows()",
+        // An assignment that warns: its warnings are the client's to read, as often as it likes.
+        "SET @c = 'abc' + 1",
+        "SHOW WARNINGS",
+        "SELECT @@warning_count",
+        "SHOW COUNT(*) WARNINGS",
+        "SELECT @a, @b, @c",
+        "SELECT @d := 7, ROW_COUNT()",
+        "SELECT ROW_COUNT()",
+        "SELECT @d",
+    ];
+    let proxied = answers(&mut conn, &statements).await;
+    let mut server = direct(&s, "shop").await;
+    let direct = answers(&mut server, &statements).await;
+    for ((sql, p), d) in statements.iter().zip(&proxied).zip(&direct) {
+        assert_eq!(p, d, "{sql}: through the proxy, then directly");
+    }
+    assert_eq!(
+        direct[1],
+        Ok(vec![vec!["'0'".to_owned()]]),
+        "MariaDB's answer"
+    );
+    assert_eq!(
+        direct[3],
+        Ok(vec![vec!["'5'".to_owned()]]),
+        "MariaDB's answer"
+    );
+    server.disconnect().await.unwrap();
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_variables_of_an_idle_client_survive_suspend_and_park() {
+    let mut s = Stratus::with_policy("idlevars", "idle_to_suspend_ms = 300");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    // The statement woke the database if it had gone to sleep already.
+    conn.query_drop("SET @kept = 'yes', @n = 42").await.unwrap();
+    // The client says nothing more; the database goes to sleep under it, then is parked.
+    let begin = std::time::Instant::now();
+    while s.json(&["db", "show", "shop"])["state"] != "suspended" {
+        assert!(
+            begin.elapsed() < std::time::Duration::from_secs(60),
+            "never suspended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(s.json(&["db", "park", "shop"])["state"], "parked");
+    let row: Option<(String, u32)> = conn.query_first("SELECT @kept, @n").await.unwrap();
+    assert_eq!(row, Some(("yes".into(), 42)));
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_before_user_variables_were_read_back_is_reported() {
+    let mut s = Stratus::new("crashvars");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    let kill = |s: &Stratus| {
+        let pid = s.json(&["db", "show", "shop"])["pid"].as_u64().unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    };
+    // Read back (before the next statement), then the server dies: carried over.
+    conn.query_drop("SET @a = 1").await.unwrap();
+    conn.query_drop("DO 0").await.unwrap();
+    kill(&s);
+    let a: Option<u32> = conn.query_first("SELECT @a").await.unwrap();
+    assert_eq!(a, Some(1));
+    // The server dies while the proxy has not read them back yet: the client is told.
+    conn.query_drop("SET @a = 2, @b = 3").await.unwrap();
+    kill(&s);
+    let err = conn.query_drop("SELECT @a, @b").await.unwrap_err();
+    assert!(
+        matches!(&err, mysql_async::Error::Server(e) if e.code == 1927 && e.message.contains("user variables")),
+        "{err}"
+    );
+    let row: Option<(Option<u32>, Option<u32>)> = conn.query_first("SELECT @a, @b").await.unwrap();
+    assert_eq!(row, Some((Some(1), None)), "the values last read back");
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
