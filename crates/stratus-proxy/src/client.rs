@@ -36,6 +36,7 @@ use stratus_wire::tracker::{Expect, Step, Tracker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+mod credentials;
 mod user_vars;
 
 /// Decrements a counter when dropped, so every path out of a session releases its slots.
@@ -152,6 +153,7 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
         stmts: Statements::default(),
         pinned_reported: false,
         in_trans_reported: false,
+        password_unknown: false,
         hold_answer: false,
         txlog: TxLog::default(),
         autocommit: true,
@@ -209,6 +211,8 @@ struct Session<D: Directory> {
     stmts: Statements,
     pinned_reported: bool,
     in_trans_reported: bool,
+    /// The client changed its own password to one the proxy could not learn (`credentials`).
+    password_unknown: bool,
     /// Keep the next answer from the client until the proxy has acted on it (accounts changed
     /// in SQL must be in the catalog before the client can try them).
     hold_answer: bool,
@@ -657,6 +661,7 @@ impl<D: Directory> Session<D> {
         }
         if accounts {
             self.proxy.dir.accounts_changed(&self.service).await;
+            self.learn_own_password(sql, stmts).await;
         }
         // Read back before the client's next command, not now: `user_vars`.
         self.state.user_vars_unread |= read_user_vars;
@@ -1023,6 +1028,7 @@ impl<D: Directory> Session<D> {
         }
         self.login.user = user_name.into_bytes();
         self.login.stage1 = stage1;
+        self.password_unknown = false;
         if let Some(cs) = charset {
             self.login.charset = cs as u8;
         }
@@ -1102,7 +1108,8 @@ impl<D: Directory> Session<D> {
             Err(SqlError::unavailable(&svc, &why))
         };
         let woke = match tokio::time::timeout(deadline, attempt).await {
-            Ok(r) => r?,
+            Ok(Ok(woke)) => woke,
+            Ok(Err(e)) => return Err(self.login_refused(e).await),
             Err(_) => {
                 return Err(SqlError::unavailable(
                     &svc,

@@ -933,3 +933,86 @@ async fn a_crash_before_user_variables_were_read_back_is_reported() {
     conn.disconnect().await.unwrap();
     s.stop();
 }
+
+/// The server error code of a failed statement or login.
+fn code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_changes_its_own_password_keeps_working_after_a_reconnect() {
+    let mut s = Stratus::new("passwd");
+    s.start();
+    // The owner: `ALTER USER` needs the CREATE USER privilege, even for one's own account.
+    let (user, first) = created(&s, "shop");
+    let login = |pw: &str| Conn::new(s.sql_opts(&user, pw, Some("shop")));
+    let mut conn = login(&first).await.unwrap();
+    let mut server = direct(&s, "shop").await;
+    let mut old = first.clone();
+    for (change, new, honoured) in [
+        ("SET PASSWORD = PASSWORD('pw1')", "pw1", true),
+        (
+            "SET PASSWORD FOR CURRENT_USER() = PASSWORD('pw2')",
+            "pw2",
+            true,
+        ),
+        ("ALTER USER 'admin'@'%' IDENTIFIED BY 'p''w3'", "p'w3", true),
+        // MariaDB 10.11 answers this one OK and keeps the password; the session must too.
+        (
+            "ALTER USER CURRENT_USER() IDENTIFIED BY 'pw4'",
+            "pw4",
+            false,
+        ),
+    ] {
+        conn.query_drop(change).await.unwrap();
+        let changed: Option<bool> = server
+            .exec_first(
+                "SELECT JSON_VALUE(Priv, '$.authentication_string') = PASSWORD(?) \
+                 FROM mysql.global_priv WHERE User = 'admin' AND Host = '%'",
+                (new,),
+            )
+            .await
+            .unwrap();
+        let changed = changed.unwrap();
+        if honoured {
+            assert!(changed, "{change} changed the password on the server");
+        }
+        let (now, other) = if changed {
+            (new.to_owned(), old.clone())
+        } else {
+            (old.clone(), new.to_owned())
+        };
+        // Its server's sessions are closed: the next statement logs in to the server again.
+        assert_eq!(s.json(&["db", "suspend", "shop"])["state"], "suspended");
+        let me: Option<String> = conn
+            .query_first("SELECT CURRENT_USER()")
+            .await
+            .unwrap_or_else(|e| panic!("after {change}: {e}"));
+        assert_eq!(me.as_deref(), Some("admin@%"));
+        login(&now).await.unwrap().disconnect().await.unwrap();
+        let refused = login(&other).await.unwrap_err();
+        assert_eq!(code(&refused), Some(1045), "{change}: {refused}");
+        old = now;
+    }
+    // A new password the statement does not say (its hash): the next login to the server
+    // cannot be made, and the client is told why.
+    let hash: Option<String> = conn.query_first("SELECT PASSWORD('pw5')").await.unwrap();
+    conn.query_drop(format!(
+        "ALTER USER 'admin'@'%' IDENTIFIED BY PASSWORD '{}'",
+        hash.unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.json(&["db", "suspend", "shop"])["state"], "suspended");
+    let err = conn.query_drop("SELECT 1").await.unwrap_err();
+    assert!(
+        matches!(&err, mysql_async::Error::Server(e) if e.code == 1045 && e.message.contains("password was changed")),
+        "{err}"
+    );
+    login("pw5").await.unwrap().disconnect().await.unwrap();
+    server.disconnect().await.unwrap();
+    s.stop();
+}
