@@ -1016,3 +1016,34 @@ async fn a_client_that_changes_its_own_password_keeps_working_after_a_reconnect(
     server.disconnect().await.unwrap();
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn current_user_is_the_servers_account_without_the_database_prefix() {
+    let mut s = Stratus::new("curuser");
+    s.start();
+    created(&s, "shop");
+    s.json(&["user", "create", "shop", "app", "--password", "apppw"]);
+    let mut conn = Conn::new(s.sql_opts("shop.app", "apppw", Some("shop")))
+        .await
+        .unwrap();
+    let (current, user): (String, String) = conn
+        .query_first("SELECT CURRENT_USER(), USER()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current, "app@%", "the account, as SHOW GRANTS names it");
+    assert_eq!(
+        user, "app@localhost",
+        "the server sees the proxy's local login"
+    );
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap();
+    assert!(grants[0].starts_with("GRANT"), "{grants:?}");
+    assert!(grants[0].contains("TO `app`@`%`"), "{grants:?}");
+    let mine: Vec<String> = conn.query("SHOW GRANTS FOR CURRENT_USER()").await.unwrap();
+    assert_eq!(
+        mine, grants,
+        "CURRENT_USER() names the account SHOW GRANTS shows"
+    );
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
