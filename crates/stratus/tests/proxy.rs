@@ -1047,3 +1047,83 @@ async fn current_user_is_the_servers_account_without_the_database_prefix() {
     conn.disconnect().await.unwrap();
     s.stop();
 }
+
+/// A global status counter of the database's server, read on a direct connection.
+async fn server_counter(s: &Stratus, name: &str) -> u64 {
+    let mut server = direct(s, "shop").await;
+    let row: Option<(String, u64)> = server
+        .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+        .await
+        .unwrap();
+    server.disconnect().await.unwrap();
+    row.unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_line_client_completes_table_and_column_names() {
+    let mut s = Stratus::new("rehash");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    conn.query_drop("CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(40), total DECIMAL(10,2)); CREATE TABLE customers (name VARCHAR(40)); CREATE DATABASE other; CREATE TABLE other.t (a INT)")
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    let before = server_counter(&s, "Com_show_fields").await;
+    // Interactive, as a person runs it: the client reads every table's columns with
+    // COM_FIELD_LIST when it connects and on `USE`. (In batch mode it does not; `script` gives
+    // it a terminal.)
+    let (host, port) = s.listen.split_once(':').unwrap();
+    let client =
+        format!("mariadb --auto-rehash --protocol=tcp -h{host} -P{port} -u{user} -p{pw} shop");
+    let input = s.dir.path().join("typed.sql");
+    std::fs::write(
+        &input,
+        "USE other;\nSELECT CONCAT('still ', 'here') AS m, COUNT(*) FROM t;\nquit\n",
+    )
+    .unwrap();
+    let out = Command::new("script")
+        .args(["-qec", &client, "/dev/null"])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("still here") && !text.contains("ERROR"),
+        "the session answers after the field lists: {text}"
+    );
+    let listed = server_counter(&s, "Com_show_fields").await - before;
+    assert_eq!(listed, 3, "two tables at connect, one at USE");
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_are_fetched_from_a_server_side_cursor() {
+    let mut s = Stratus::new("fetch");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let file = s.dir.path().join("cursor.test");
+    std::fs::write(
+        &file,
+        "CREATE TABLE c (id INT PRIMARY KEY, v VARCHAR(10));\n\
+         INSERT INTO c VALUES (1, 'one'), (2, 'two'), (3, 'three');\n\
+         SELECT id, v FROM c ORDER BY id;\n\
+         SELECT v FROM c WHERE id > 1 ORDER BY id DESC;\n\
+         UPDATE c SET v = 'deux' WHERE id = 2;\n\
+         SELECT GROUP_CONCAT(v ORDER BY id) AS after_update FROM c;\n",
+    )
+    .unwrap();
+    let before = server_counter(&s, "Com_stmt_fetch").await;
+    // Every result set is read through a read-only cursor (COM_STMT_EXECUTE with
+    // CURSOR_TYPE_READ_ONLY, then COM_STMT_FETCH), on one connection.
+    let out = mariadb_test(&s, &user, &pw, "--cursor-protocol", &file);
+    for row in ["1\tone", "3\tthree", "three\ntwo", "one,deux,three"] {
+        assert!(out.contains(row), "{row:?} in {out}");
+    }
+    let fetched = server_counter(&s, "Com_stmt_fetch").await - before;
+    assert!(fetched >= 3, "{fetched} COM_STMT_FETCH reached the server");
+    s.stop();
+}
