@@ -15,7 +15,7 @@ use crate::relay::{
     Pending, RelayError, STREAM_CHUNK, forward_infile, idle_backend_closed, learn_ok,
 };
 use crate::replay::{self, Checksum, Entry, Failover, Marker, OnLoss, Outcome, TxLog};
-use crate::session::{BACKEND_TRACKING, SessionState, UserVar, user_var_literal};
+use crate::session::{BACKEND_TRACKING, SessionState};
 use crate::stream::{ClientIo, ClientStream, End, ReadError};
 use crate::{Directory, Proxy};
 use bytes::BytesMut;
@@ -35,6 +35,9 @@ use stratus_wire::response;
 use stratus_wire::tracker::{Expect, Step, Tracker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+mod credentials;
+mod user_vars;
 
 /// Decrements a counter when dropped, so every path out of a session releases its slots.
 struct Slot<'a>(&'a std::sync::atomic::AtomicU64);
@@ -150,7 +153,7 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
         stmts: Statements::default(),
         pinned_reported: false,
         in_trans_reported: false,
-        user_vars_pending: false,
+        password_unknown: false,
         hold_answer: false,
         txlog: TxLog::default(),
         autocommit: true,
@@ -208,9 +211,8 @@ struct Session<D: Directory> {
     stmts: Statements,
     pinned_reported: bool,
     in_trans_reported: bool,
-    /// User variables changed by a statement that left warnings: reading them back then would
-    /// clear the warnings before the client asks for them, so it waits for the next statement.
-    user_vars_pending: bool,
+    /// The client changed its own password to one the proxy could not learn (`credentials`).
+    password_unknown: bool,
     /// Keep the next answer from the client until the proxy has acted on it (accounts changed
     /// in SQL must be in the catalog before the client can try them).
     hold_answer: bool,
@@ -370,6 +372,8 @@ impl<D: Directory> Session<D> {
             if idle_deadline < idle.deadline() {
                 idle.as_mut().reset(idle_deadline);
             }
+            let read_vars = (self.state.user_vars_unread && self.backend.is_some())
+                .then(|| idle_since + user_vars::READ_DELAY);
             let lp = tokio::select! {
                 biased;
                 r = self.client.read(self.proxy.cfg.max_packet) => r,
@@ -394,6 +398,11 @@ impl<D: Directory> Session<D> {
                 }
                 () = &mut woken => {
                     woken.set(link.wake.notified());
+                    continue;
+                }
+                () = user_vars::due(read_vars) => {
+                    self.user_vars_idle().await;
+                    self.report_state();
                     continue;
                 }
             };
@@ -436,6 +445,12 @@ impl<D: Directory> Session<D> {
                 .await?;
             return Ok(true);
         };
+        if self.state.user_vars_unread
+            && let Some(err) = self.user_vars_before(cmd, &packet::payload(&raw, lp)).await
+        {
+            self.client.send(seq, &err.packet()).await?;
+            return Ok(true);
+        }
         match cmd {
             COM_QUIT => return Ok(false),
             COM_PING => {
@@ -534,9 +549,6 @@ impl<D: Directory> Session<D> {
             one = classify::classify(sql);
             std::slice::from_ref(&one)
         };
-        if self.user_vars_pending && !is_diagnostics(sql) {
-            self.read_user_vars().await;
-        }
         let in_trans = self.state.in_transaction;
         let on_loss = replay::on_loss(
             stmts,
@@ -560,7 +572,7 @@ impl<D: Directory> Session<D> {
         self.hold_answer = false;
         let relayed = relayed?;
         if relayed.error.is_none() {
-            self.after_statements(sql, stmts, relayed.warnings).await;
+            self.after_statements(sql, stmts).await;
         }
         let class = Recording {
             writes: stmts.iter().any(replay::may_write),
@@ -618,7 +630,7 @@ impl<D: Directory> Session<D> {
     }
 
     /// Learns what successful statements did to the session.
-    async fn after_statements(&mut self, sql: &[u8], stmts: &[Statement], warnings: u16) {
+    async fn after_statements(&mut self, sql: &[u8], stmts: &[Statement]) {
         let mut read_user_vars = false;
         let mut accounts = false;
         for s in stmts {
@@ -629,7 +641,8 @@ impl<D: Directory> Session<D> {
             if let Some(p) = s.unpin {
                 self.state.unpin(p);
             }
-            read_user_vars |= s.sets_user_vars;
+            // A procedure or a text-prepared statement may assign them too.
+            read_user_vars |= s.sets_user_vars || matches!(s.kind, Kind::Call | Kind::Execute);
             match (s.kind, &s.prepared_name) {
                 (Kind::Prepare, Some(name)) => {
                     let text = String::from_utf8_lossy(sql.get(s.span.clone()).unwrap_or_default())
@@ -648,14 +661,10 @@ impl<D: Directory> Session<D> {
         }
         if accounts {
             self.proxy.dir.accounts_changed(&self.service).await;
+            self.learn_own_password(sql, stmts).await;
         }
-        if read_user_vars {
-            if warnings == 0 {
-                self.read_user_vars().await;
-            } else {
-                self.user_vars_pending = true;
-            }
-        }
+        // Read back before the client's next command, not now: `user_vars`.
+        self.state.user_vars_unread |= read_user_vars;
     }
 
     /// `KILL` of a connection id: the id is the one the proxy greeted a client with, so it is
@@ -741,41 +750,6 @@ impl<D: Directory> Session<D> {
         Ok(())
     }
 
-    /// Snapshots every user variable with its type, to recreate them on a new backend.
-    async fn read_user_vars(&mut self) {
-        self.user_vars_pending = false;
-        let Some(b) = self.backend.as_mut() else {
-            return;
-        };
-        let sql = "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE, CHARACTER_SET_NAME FROM information_schema.USER_VARIABLES";
-        match b.query(sql).await {
-            Ok(rows) => {
-                self.state.user_vars = rows
-                    .into_iter()
-                    .filter_map(|r| {
-                        let mut it = r.into_iter();
-                        let name = String::from_utf8(it.next()??).ok()?;
-                        let value = it.next()?;
-                        let ty = it
-                            .next()
-                            .flatten()
-                            .map(|t| String::from_utf8_lossy(&t).into_owned())
-                            .unwrap_or_default();
-                        let cs = it
-                            .next()
-                            .flatten()
-                            .map(|c| String::from_utf8_lossy(&c).into_owned());
-                        Some(UserVar {
-                            literal: user_var_literal(value.as_deref(), &ty, cs.as_deref()),
-                            name,
-                        })
-                    })
-                    .collect();
-            }
-            Err(e) => tracing::warn!(db = %self.service, "cannot read user variables back: {e:?}"),
-        }
-    }
-
     async fn prepare(&mut self, raw: &BytesMut, lp: &packet::Logical, seq: u8) -> Result<(), End> {
         let sql = packet::payload(raw, lp)[1..].to_vec();
         self.hashing = false;
@@ -828,6 +802,7 @@ impl<D: Directory> Session<D> {
             single: true,
             kind: Some(stmt.class.kind),
         };
+        let assigns = stmt.class.sets_user_vars || matches!(stmt.class.kind, Kind::Call);
         let on_loss = match cmd {
             COM_STMT_EXECUTE => replay::on_loss(
                 std::slice::from_ref(&stmt.class),
@@ -876,6 +851,9 @@ impl<D: Directory> Session<D> {
         };
         let out = Outgoing::Statement { raw, lp, id, cmd };
         let r = self.forward_retrying(out, seq, expect, on_loss).await?;
+        if cmd == COM_STMT_EXECUTE && assigns && r.error.is_none() {
+            self.state.user_vars_unread = true;
+        }
         if expect == Expect::Cursor && r.status & caps::STATUS_CURSOR_EXISTS != 0 {
             self.state.cursors += 1;
         } else if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)
@@ -1050,6 +1028,7 @@ impl<D: Directory> Session<D> {
         }
         self.login.user = user_name.into_bytes();
         self.login.stage1 = stage1;
+        self.password_unknown = false;
         if let Some(cs) = charset {
             self.login.charset = cs as u8;
         }
@@ -1129,7 +1108,8 @@ impl<D: Directory> Session<D> {
             Err(SqlError::unavailable(&svc, &why))
         };
         let woke = match tokio::time::timeout(deadline, attempt).await {
-            Ok(r) => r?,
+            Ok(Ok(woke)) => woke,
+            Ok(Err(e)) => return Err(self.login_refused(e).await),
             Err(_) => {
                 return Err(SqlError::unavailable(
                     &svc,
@@ -2034,16 +2014,3 @@ enum Reprepare {
 /// MariaDB's default `wait_timeout` and `interactive_timeout` (8 hours); Stratus's servers
 /// keep the defaults, and tenants cannot change globals.
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 28_800;
-
-/// Statements that read the previous statement's diagnostics, before which the proxy must not
-/// run statements of its own.
-fn is_diagnostics(sql: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(&sql[..sql.len().min(256)]).to_ascii_uppercase();
-    let t = text.trim_start();
-    t.starts_with("SHOW WARNINGS")
-        || t.starts_with("SHOW ERRORS")
-        || t.starts_with("SHOW COUNT")
-        || t.starts_with("GET ")
-        || text.contains("@@WARNING_COUNT")
-        || text.contains("@@ERROR_COUNT")
-}

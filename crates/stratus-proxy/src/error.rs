@@ -165,6 +165,19 @@ impl SqlError {
         }
     }
 
+    /// `ER_CONNECTION_KILLED`, for the command after a backend connection was lost while the
+    /// user variables its last statement assigned had not been read back.
+    pub fn user_vars_lost(db: &str) -> Self {
+        Self {
+            code: 1927,
+            state: "70100",
+            message: format!(
+                "Connection to database {db} was lost; the user variables assigned by the last statement \
+                 were not carried over to the new connection and keep their earlier values"
+            ),
+        }
+    }
+
     pub fn secure_transport_required() -> Self {
         Self {
             code: 3159,

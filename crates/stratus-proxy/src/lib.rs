@@ -9,6 +9,8 @@
 //!   relaying of answers in `relay`, its socket in `stream`.
 //! * [`backend`]: connections to the databases' own servers.
 //! * [`session`]: the state that is replayed on a new backend connection.
+//! * [`password`]: new passwords read from the statements that set them, so a session that
+//!   changes its own password logs in with it after a reconnect.
 //! * [`replay`]: failover: statements retried and transactions replayed on a new backend.
 //! * `recovery`: the order in which a database's sessions replay after its server was lost.
 //! * [`activity`]: what the control plane is told about each database.
@@ -20,6 +22,7 @@ pub mod client;
 pub mod error;
 pub mod kill;
 mod login;
+pub mod password;
 pub mod pool;
 mod prepared;
 mod recovery;

@@ -117,6 +117,11 @@ pub struct SessionState {
     pub handlers: u32,
     pub xa: bool,
     pub cursors: u32,
+    /// A statement assigned user variables that the proxy has not read back yet (it waits, so
+    /// as not to disturb the diagnostics the client may ask for next: `client::user_vars`).
+    /// Until then they exist only on the backend connection. Inside a transaction the
+    /// transaction's replay assigns them again, so only outside one does this pin the session.
+    pub user_vars_unread: bool,
 }
 
 impl SessionState {
@@ -136,6 +141,8 @@ impl SessionState {
             Some("XA transaction")
         } else if self.cursors > 0 {
             Some("open cursor")
+        } else if self.user_vars_unread {
+            Some("user variables not read back yet")
         } else {
             None
         }
@@ -149,6 +156,7 @@ impl SessionState {
             || self.handlers > 0
             || self.xa
             || self.cursors > 0
+            || (self.user_vars_unread && !self.in_transaction)
     }
 
     pub fn pin(&mut self, p: Pin) {
@@ -334,6 +342,14 @@ mod tests {
         s.unpin(Pin::TempTable);
         s.in_transaction = true;
         assert_eq!(s.pinned(), Some("open transaction"));
+        s.user_vars_unread = true;
+        assert!(
+            !s.pinned_besides_transaction(),
+            "the transaction's replay assigns them"
+        );
+        s.in_transaction = false;
+        assert_eq!(s.pinned(), Some("user variables not read back yet"));
+        assert!(s.pinned_besides_transaction());
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub fn stage1_of(password: &[u8]) -> Stage1 {
     Stage1(sha1(&[password]))
 }
 
+/// `SHA1(SHA1(password))`: what the server and the catalog keep.
+pub fn stage2_of(stage1: &Stage1) -> [u8; 20] {
+    sha1(&[&stage1.0])
+}
+
 /// Checks a client's reply against the stored `SHA1(SHA1(pw))`; on success returns `SHA1(pw)`.
 /// Constant-time in the comparison, so timing says nothing about how close a guess was.
 pub fn verify(stored_stage2: &[u8; 20], scramble: &[u8], reply: &[u8]) -> Option<Stage1> {

@@ -786,3 +786,344 @@ async fn a_client_never_sees_the_previous_clients_profile() {
     }
     s.stop();
 }
+
+/// A connection straight to the database's server (its socket, as root), to compare with.
+async fn direct(s: &Stratus, db: &str) -> Conn {
+    let socket = s.json(&["db", "show", db])["backend"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("unix:")
+        .to_owned();
+    Conn::new(
+        mysql_async::OptsBuilder::default()
+            .socket(Some(socket))
+            .user(Some("root"))
+            .db_name(Some(db)),
+    )
+    .await
+    .unwrap()
+}
+
+/// Every statement's rows (values as SQL literals), or its error code.
+async fn answers(conn: &mut Conn, statements: &[&str]) -> Vec<Result<Vec<Vec<String>>, u16>> {
+    let mut out = Vec::new();
+    for sql in statements {
+        let r: Result<Vec<mysql_async::Row>, _> = conn.query(*sql).await;
+        out.push(match r {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .map(|r| r.unwrap().iter().map(|v| v.as_sql(false)).collect())
+                .collect()),
+            Err(mysql_async::Error::Server(e)) => Err(e.code),
+            Err(e) => panic!("{sql}: {e}"),
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diagnostics_after_a_user_variable_assignment_are_the_servers() {
+    let mut s = Stratus::new("diag");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO t VALUES (1), (2), (3), (4), (5)")
+        .await
+        .unwrap();
+    let statements = [
+        "SET @a = 1",
+        "SELECT ROW_COUNT()",
+        "SELECT SQL_CALC_FOUND_ROWS @b := id FROM t ORDER BY id LIMIT 1",
+        "SELECT FOUND_ROWS()",
+        "SELECT found_rows()",
+        // An assignment that warns: its warnings are the client's to read, as often as it likes.
+        "SET @c = 'abc' + 1",
+        "SHOW WARNINGS",
+        "SELECT @@warning_count",
+        "SHOW COUNT(*) WARNINGS",
+        "SELECT @a, @b, @c",
+        "SELECT @d := 7, ROW_COUNT()",
+        "SELECT ROW_COUNT()",
+        "SELECT @d",
+    ];
+    let proxied = answers(&mut conn, &statements).await;
+    let mut server = direct(&s, "shop").await;
+    let direct = answers(&mut server, &statements).await;
+    for ((sql, p), d) in statements.iter().zip(&proxied).zip(&direct) {
+        assert_eq!(p, d, "{sql}: through the proxy, then directly");
+    }
+    assert_eq!(
+        direct[1],
+        Ok(vec![vec!["'0'".to_owned()]]),
+        "MariaDB's answer"
+    );
+    assert_eq!(
+        direct[3],
+        Ok(vec![vec!["'5'".to_owned()]]),
+        "MariaDB's answer"
+    );
+    server.disconnect().await.unwrap();
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_variables_of_an_idle_client_survive_suspend_and_park() {
+    let mut s = Stratus::with_policy("idlevars", "idle_to_suspend_ms = 300");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    // The statement woke the database if it had gone to sleep already.
+    conn.query_drop("SET @kept = 'yes', @n = 42").await.unwrap();
+    // The client says nothing more; the database goes to sleep under it, then is parked.
+    let begin = std::time::Instant::now();
+    while s.json(&["db", "show", "shop"])["state"] != "suspended" {
+        assert!(
+            begin.elapsed() < std::time::Duration::from_secs(60),
+            "never suspended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(s.json(&["db", "park", "shop"])["state"], "parked");
+    let row: Option<(String, u32)> = conn.query_first("SELECT @kept, @n").await.unwrap();
+    assert_eq!(row, Some(("yes".into(), 42)));
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_before_user_variables_were_read_back_is_reported() {
+    let mut s = Stratus::new("crashvars");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    let kill = |s: &Stratus| {
+        let pid = s.json(&["db", "show", "shop"])["pid"].as_u64().unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    };
+    // Read back (before the next statement), then the server dies: carried over.
+    conn.query_drop("SET @a = 1").await.unwrap();
+    conn.query_drop("DO 0").await.unwrap();
+    kill(&s);
+    let a: Option<u32> = conn.query_first("SELECT @a").await.unwrap();
+    assert_eq!(a, Some(1));
+    // The server dies while the proxy has not read them back yet: the client is told.
+    conn.query_drop("SET @a = 2, @b = 3").await.unwrap();
+    kill(&s);
+    let err = conn.query_drop("SELECT @a, @b").await.unwrap_err();
+    assert!(
+        matches!(&err, mysql_async::Error::Server(e) if e.code == 1927 && e.message.contains("user variables")),
+        "{err}"
+    );
+    let row: Option<(Option<u32>, Option<u32>)> = conn.query_first("SELECT @a, @b").await.unwrap();
+    assert_eq!(row, Some((Some(1), None)), "the values last read back");
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+/// The server error code of a failed statement or login.
+fn code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_changes_its_own_password_keeps_working_after_a_reconnect() {
+    let mut s = Stratus::new("passwd");
+    s.start();
+    // The owner: `ALTER USER` needs the CREATE USER privilege, even for one's own account.
+    let (user, first) = created(&s, "shop");
+    let login = |pw: &str| Conn::new(s.sql_opts(&user, pw, Some("shop")));
+    let mut conn = login(&first).await.unwrap();
+    let mut server = direct(&s, "shop").await;
+    let mut old = first.clone();
+    for (change, new, honoured) in [
+        ("SET PASSWORD = PASSWORD('pw1')", "pw1", true),
+        (
+            "SET PASSWORD FOR CURRENT_USER() = PASSWORD('pw2')",
+            "pw2",
+            true,
+        ),
+        ("ALTER USER 'admin'@'%' IDENTIFIED BY 'p''w3'", "p'w3", true),
+        // MariaDB 10.11 answers this one OK and keeps the password; the session must too.
+        (
+            "ALTER USER CURRENT_USER() IDENTIFIED BY 'pw4'",
+            "pw4",
+            false,
+        ),
+    ] {
+        conn.query_drop(change).await.unwrap();
+        let changed: Option<bool> = server
+            .exec_first(
+                "SELECT JSON_VALUE(Priv, '$.authentication_string') = PASSWORD(?) \
+                 FROM mysql.global_priv WHERE User = 'admin' AND Host = '%'",
+                (new,),
+            )
+            .await
+            .unwrap();
+        let changed = changed.unwrap();
+        if honoured {
+            assert!(changed, "{change} changed the password on the server");
+        }
+        let (now, other) = if changed {
+            (new.to_owned(), old.clone())
+        } else {
+            (old.clone(), new.to_owned())
+        };
+        // Its server's sessions are closed: the next statement logs in to the server again.
+        assert_eq!(s.json(&["db", "suspend", "shop"])["state"], "suspended");
+        let me: Option<String> = conn
+            .query_first("SELECT CURRENT_USER()")
+            .await
+            .unwrap_or_else(|e| panic!("after {change}: {e}"));
+        assert_eq!(me.as_deref(), Some("admin@%"));
+        login(&now).await.unwrap().disconnect().await.unwrap();
+        let refused = login(&other).await.unwrap_err();
+        assert_eq!(code(&refused), Some(1045), "{change}: {refused}");
+        old = now;
+    }
+    // A new password the statement does not say (its hash): the next login to the server
+    // cannot be made, and the client is told why.
+    let hash: Option<String> = conn.query_first("SELECT PASSWORD('pw5')").await.unwrap();
+    conn.query_drop(format!(
+        "ALTER USER 'admin'@'%' IDENTIFIED BY PASSWORD '{}'",
+        hash.unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.json(&["db", "suspend", "shop"])["state"], "suspended");
+    let err = conn.query_drop("SELECT 1").await.unwrap_err();
+    assert!(
+        matches!(&err, mysql_async::Error::Server(e) if e.code == 1045 && e.message.contains("password was changed")),
+        "{err}"
+    );
+    login("pw5").await.unwrap().disconnect().await.unwrap();
+    server.disconnect().await.unwrap();
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn current_user_is_the_servers_account_without_the_database_prefix() {
+    let mut s = Stratus::new("curuser");
+    s.start();
+    created(&s, "shop");
+    s.json(&["user", "create", "shop", "app", "--password", "apppw"]);
+    let mut conn = Conn::new(s.sql_opts("shop.app", "apppw", Some("shop")))
+        .await
+        .unwrap();
+    let (current, user): (String, String) = conn
+        .query_first("SELECT CURRENT_USER(), USER()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current, "app@%", "the account, as SHOW GRANTS names it");
+    assert_eq!(
+        user, "app@localhost",
+        "the server sees the proxy's local login"
+    );
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap();
+    assert!(grants[0].starts_with("GRANT"), "{grants:?}");
+    assert!(grants[0].contains("TO `app`@`%`"), "{grants:?}");
+    let mine: Vec<String> = conn.query("SHOW GRANTS FOR CURRENT_USER()").await.unwrap();
+    assert_eq!(
+        mine, grants,
+        "CURRENT_USER() names the account SHOW GRANTS shows"
+    );
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
+/// A global status counter of the database's server, read on a direct connection.
+async fn server_counter(s: &Stratus, name: &str) -> u64 {
+    let mut server = direct(s, "shop").await;
+    let row: Option<(String, u64)> = server
+        .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+        .await
+        .unwrap();
+    server.disconnect().await.unwrap();
+    row.unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_line_client_completes_table_and_column_names() {
+    let mut s = Stratus::new("rehash");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
+        .await
+        .unwrap();
+    conn.query_drop("CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(40), total DECIMAL(10,2)); CREATE TABLE customers (name VARCHAR(40)); CREATE DATABASE other; CREATE TABLE other.t (a INT)")
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    let before = server_counter(&s, "Com_show_fields").await;
+    // Interactive, as a person runs it: the client reads every table's columns with
+    // COM_FIELD_LIST when it connects and on `USE`. (In batch mode it does not; `script` gives
+    // it a terminal.)
+    let (host, port) = s.listen.split_once(':').unwrap();
+    let client =
+        format!("mariadb --auto-rehash --protocol=tcp -h{host} -P{port} -u{user} -p{pw} shop");
+    let input = s.dir.path().join("typed.sql");
+    std::fs::write(
+        &input,
+        "USE other;\nSELECT CONCAT('still ', 'here') AS m, COUNT(*) FROM t;\nquit\n",
+    )
+    .unwrap();
+    let out = Command::new("script")
+        .args(["-qec", &client, "/dev/null"])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("still here") && !text.contains("ERROR"),
+        "the session answers after the field lists: {text}"
+    );
+    let listed = server_counter(&s, "Com_show_fields").await - before;
+    assert_eq!(listed, 3, "two tables at connect, one at USE");
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_are_fetched_from_a_server_side_cursor() {
+    let mut s = Stratus::new("fetch");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let file = s.dir.path().join("cursor.test");
+    std::fs::write(
+        &file,
+        "CREATE TABLE c (id INT PRIMARY KEY, v VARCHAR(10));\n\
+         INSERT INTO c VALUES (1, 'one'), (2, 'two'), (3, 'three');\n\
+         SELECT id, v FROM c ORDER BY id;\n\
+         SELECT v FROM c WHERE id > 1 ORDER BY id DESC;\n\
+         UPDATE c SET v = 'deux' WHERE id = 2;\n\
+         SELECT GROUP_CONCAT(v ORDER BY id) AS after_update FROM c;\n",
+    )
+    .unwrap();
+    let before = server_counter(&s, "Com_stmt_fetch").await;
+    // Every result set is read through a read-only cursor (COM_STMT_EXECUTE with
+    // CURSOR_TYPE_READ_ONLY, then COM_STMT_FETCH), on one connection.
+    let out = mariadb_test(&s, &user, &pw, "--cursor-protocol", &file);
+    for row in ["1\tone", "3\tthree", "three\ntwo", "one,deux,three"] {
+        assert!(out.contains(row), "{row:?} in {out}");
+    }
+    let fetched = server_counter(&s, "Com_stmt_fetch").await - before;
+    assert!(fetched >= 3, "{fetched} COM_STMT_FETCH reached the server");
+    s.stop();
+}

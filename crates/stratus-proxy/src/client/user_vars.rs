@@ -1,0 +1,188 @@
+//! User variables, read back from the server after a statement assigns them, so that a new
+//! backend connection can be given them again.
+//!
+//! The read is a `SELECT` of the proxy's own on the client's connection, and any statement
+//! changes what `FOUND_ROWS()`, `ROW_COUNT()`, `SHOW WARNINGS` and the warning counts say about
+//! the statement before it. So it never runs right after the assignment: it runs just before the
+//! client's next command, or, while the client's commands read those diagnostics, after them;
+//! and once the client has been idle for [`READ_DELAY`].
+//!
+//! Until then the values exist only on the backend connection: the session counts as pinned
+//! ([`SessionState::user_vars_unread`](crate::session::SessionState::user_vars_unread)), so the
+//! lifecycle does not suspend or park the database under it, and a backend lost meanwhile is
+//! reported to the client (error 1927) rather than the session going on silently with the
+//! values read before.
+
+use super::Session;
+use crate::Directory;
+use crate::backend::BackendError;
+use crate::error::SqlError;
+use crate::session::{UserVar, user_var_literal};
+use std::time::Duration;
+use stratus_wire::command::*;
+
+/// How long a client may sit idle before the user variables it assigned are read back anyway.
+/// A timer alone cannot beat the monitor: it suspends a database idle for its policy's
+/// `idle_to_suspend_ms` (10 s by default, less if a policy says so), and suspending closes the
+/// server's sessions. The pin keeps that (and an unforced suspend or park) away until the read
+/// has run; this delay only bounds how long the pin lasts, and leaves a person at a prompt time
+/// to type `SELECT FOUND_ROWS()`.
+pub(super) const READ_DELAY: Duration = Duration::from_secs(10);
+
+const READ_SQL: &str = "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE, CHARACTER_SET_NAME FROM information_schema.USER_VARIABLES";
+
+/// The backend went away before the read could run.
+pub(super) struct Lost;
+
+impl<D: Directory> Session<D> {
+    /// Before a command, with user variables not read back yet: reads them, unless the command
+    /// reads the previous statement's diagnostics. The error, when the backend holding them was
+    /// lost, answers the command instead (outside a transaction: inside one, its replay assigns
+    /// them again).
+    pub(super) async fn user_vars_before(&mut self, cmd: u8, payload: &[u8]) -> Option<SqlError> {
+        if !self.state.user_vars_unread {
+            return None;
+        }
+        let diagnostics = match cmd {
+            // Answered by the proxy, answered by nobody, or the end of the session's state.
+            COM_QUIT
+            | COM_PING
+            | COM_STMT_CLOSE
+            | COM_STMT_SEND_LONG_DATA
+            | COM_RESET_CONNECTION
+            | COM_CHANGE_USER => return None,
+            COM_QUERY | COM_STMT_PREPARE => is_diagnostics(payload.get(1..).unwrap_or_default()),
+            COM_STMT_EXECUTE => statement_id(payload)
+                .and_then(|id| self.stmts.get_mut(id))
+                .is_some_and(|s| is_diagnostics(&s.sql)),
+            _ => false,
+        };
+        if diagnostics {
+            return None;
+        }
+        match self.read_user_vars().await {
+            Ok(()) => None,
+            Err(Lost) if self.state.in_transaction => None,
+            Err(Lost) => {
+                // Told once; the session goes on with the values read before.
+                self.state.user_vars_unread = false;
+                Some(SqlError::user_vars_lost(&self.service))
+            }
+        }
+    }
+
+    /// The client has been idle for [`READ_DELAY`] with user variables not read back.
+    pub(super) async fn user_vars_idle(&mut self) {
+        // A lost backend is reported at the next command.
+        let _ = self.read_user_vars().await;
+    }
+
+    /// Snapshots every user variable with its type, to recreate them on a new backend. A
+    /// backend that is gone is dropped, its variables left unread.
+    pub(super) async fn read_user_vars(&mut self) -> Result<(), Lost> {
+        let Some(b) = self.backend.as_mut() else {
+            return Err(Lost);
+        };
+        match b.query(READ_SQL).await {
+            Ok(rows) => {
+                self.state.user_vars = rows
+                    .into_iter()
+                    .filter_map(|r| {
+                        let mut it = r.into_iter();
+                        let name = String::from_utf8(it.next()??).ok()?;
+                        let value = it.next()?;
+                        let ty = it
+                            .next()
+                            .flatten()
+                            .map(|t| String::from_utf8_lossy(&t).into_owned())
+                            .unwrap_or_default();
+                        let cs = it
+                            .next()
+                            .flatten()
+                            .map(|c| String::from_utf8_lossy(&c).into_owned());
+                        Some(UserVar {
+                            literal: user_var_literal(value.as_deref(), &ty, cs.as_deref()),
+                            name,
+                        })
+                    })
+                    .collect();
+            }
+            Err(BackendError::Server(e)) => {
+                tracing::warn!(db = %self.service, code = e.code, "cannot read user variables back: {}", e.message);
+            }
+            Err(e) => {
+                tracing::info!(db = %self.service, "backend lost before user variables were read back: {e:?}");
+                self.drop_backend();
+                return Err(Lost);
+            }
+        }
+        self.state.user_vars_unread = false;
+        Ok(())
+    }
+}
+
+/// Fires at `at`; never without it.
+pub(super) async fn due(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a statement reads the previous statement's diagnostics (`FOUND_ROWS()`,
+/// `ROW_COUNT()`, `SHOW WARNINGS|ERRORS`, `SHOW COUNT(*) …`, `GET DIAGNOSTICS`,
+/// `@@warning_count`, `@@error_count`), so that no statement of the proxy's may run before it.
+/// Words are matched anywhere, case-insensitively: a match in a string or a comment only makes
+/// the read wait for a later command.
+pub(super) fn is_diagnostics(sql: &[u8]) -> bool {
+    let mut words = sql
+        .split(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
+        .filter(|w| !w.is_empty());
+    let mut after_show = false;
+    words.any(|w| {
+        let is = |k: &str| w.eq_ignore_ascii_case(k.as_bytes());
+        let hit = is("FOUND_ROWS")
+            || is("ROW_COUNT")
+            || is("WARNING_COUNT")
+            || is("ERROR_COUNT")
+            || is("DIAGNOSTICS")
+            || (after_show && (is("WARNINGS") || is("ERRORS") || is("COUNT")));
+        after_show = is("SHOW");
+        hit
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_diagnostics;
+
+    #[test]
+    fn diagnostics_statements() {
+        for sql in [
+            "SELECT FOUND_ROWS()",
+            "select found_rows()",
+            "SELECT ROW_COUNT()",
+            "/* c */ SHOW WARNINGS",
+            "show errors limit 1",
+            "SHOW COUNT(*) WARNINGS",
+            "GET DIAGNOSTICS @n = NUMBER",
+            "GET CURRENT DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT",
+            "SELECT @@warning_count",
+            "SELECT @@session.error_count, 1",
+            "SELECT 1, row_count()",
+        ] {
+            assert!(is_diagnostics(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "SELECT my_found_rows FROM t",
+            "SELECT row_counter FROM t",
+            "SHOW TABLES",
+            "SELECT warnings FROM t",
+            "INSERT INTO t VALUES (1)",
+            "",
+        ] {
+            assert!(!is_diagnostics(sql.as_bytes()), "{sql}");
+        }
+    }
+}
