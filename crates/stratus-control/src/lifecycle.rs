@@ -293,7 +293,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         if activity.holds_state() && !force {
             return Err(ControlError::WrongState(format!(
                 "database {name} has {} running statement(s), {} open transaction(s) and {} pinned session(s) \
-                 (temporary tables, locks, cursors, user variables not yet read back); parking now would lose them. Retry when they finish, \
+                 (temporary tables, locks, cursors); parking now would lose them. Retry when they finish, \
                  or force it",
                 activity.statements_running, activity.open_transactions, activity.pinned_sessions
             )));

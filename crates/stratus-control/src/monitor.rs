@@ -145,7 +145,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         let activity = self.activity(name);
         let idle_from = activity.last_statement_ms.max(t.active_since_ms);
-        if !activity.holds_state() && now - idle_from >= t.policy.idle_to_suspend_ms as i64 {
+        if !activity.holds_state()
+            && activity.unread_user_variables == 0
+            && now - idle_from >= t.policy.idle_to_suspend_ms as i64
+        {
             return Some(Action::Suspend {
                 idle_ms: now - idle_from,
             });

@@ -11,6 +11,12 @@ pub struct ActivityView {
     pub open_transactions: u64,
     /// Sessions holding state that cannot move to another backend connection.
     pub pinned_sessions: u64,
+    /// Sessions whose user variables the proxy has not read back yet (it waits for the client's
+    /// next command, at most 10 s): the idle monitor waits for them, so a database that sleeps
+    /// by itself never loses them; an operator's suspend or park does not (the session's next
+    /// command then hears that they were lost).
+    #[serde(default)]
+    pub unread_user_variables: u64,
     /// Milliseconds since the Unix epoch of the last statement's end; 0 if none.
     pub last_statement_ms: i64,
 }

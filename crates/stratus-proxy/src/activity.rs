@@ -14,6 +14,8 @@ pub struct ServiceActivity {
     pub running: AtomicU64,
     pub in_transaction: AtomicU64,
     pub pinned: AtomicU64,
+    /// Sessions whose user variables are not read back yet (`client::user_vars`).
+    pub unread_vars: AtomicU64,
     /// Milliseconds since the Unix epoch of the last statement's end (0: none yet).
     pub last_statement_ms: AtomicI64,
     pub statements: AtomicU64,
@@ -81,6 +83,7 @@ pub struct ActivitySnapshot {
     pub running: u64,
     pub in_transaction: u64,
     pub pinned: u64,
+    pub unread_vars: u64,
     pub last_statement_ms: i64,
     pub statements: u64,
     pub errors: u64,
@@ -95,6 +98,7 @@ impl ServiceActivity {
             running: l(&self.running),
             in_transaction: l(&self.in_transaction),
             pinned: l(&self.pinned),
+            unread_vars: l(&self.unread_vars),
             last_statement_ms: self.last_statement_ms.load(Ordering::Relaxed),
             statements: l(&self.statements),
             errors: l(&self.errors),

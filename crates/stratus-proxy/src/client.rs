@@ -152,6 +152,7 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
         },
         stmts: Statements::default(),
         pinned_reported: false,
+        unread_reported: false,
         in_trans_reported: false,
         password_unknown: false,
         hold_answer: false,
@@ -210,6 +211,7 @@ struct Session<D: Directory> {
     state: SessionState,
     stmts: Statements,
     pinned_reported: bool,
+    unread_reported: bool,
     in_trans_reported: bool,
     /// The client changed its own password to one the proxy could not learn (`credentials`).
     password_unknown: bool,
@@ -641,8 +643,11 @@ impl<D: Directory> Session<D> {
             if let Some(p) = s.unpin {
                 self.state.unpin(p);
             }
-            // A procedure or a text-prepared statement may assign them too.
-            read_user_vars |= s.sets_user_vars || matches!(s.kind, Kind::Call | Kind::Execute);
+            // A procedure given user variables assigns them when they are OUT parameters (as
+            // connectors pass those). One given none is not read back after: the session would
+            // count as holding values it has not read for nothing.
+            let text = sql.get(s.span.clone()).unwrap_or_default();
+            read_user_vars |= s.sets_user_vars || s.kind == Kind::Call && text.contains(&b'@');
             match (s.kind, &s.prepared_name) {
                 (Kind::Prepare, Some(name)) => {
                     let text = String::from_utf8_lossy(sql.get(s.span.clone()).unwrap_or_default())
@@ -802,7 +807,8 @@ impl<D: Directory> Session<D> {
             single: true,
             kind: Some(stmt.class.kind),
         };
-        let assigns = stmt.class.sets_user_vars || matches!(stmt.class.kind, Kind::Call);
+        let assigns =
+            stmt.class.sets_user_vars || stmt.class.kind == Kind::Call && stmt.sql.contains(&b'@');
         let on_loss = match cmd {
             COM_STMT_EXECUTE => replay::on_loss(
                 std::slice::from_ref(&stmt.class),
@@ -1962,6 +1968,12 @@ impl<D: Directory> Session<D> {
             self.state.in_transaction,
         );
         track(&self.activity.pinned, &mut self.pinned_reported, pinned);
+        let unread = self.state.user_vars_unread;
+        track(
+            &self.activity.unread_vars,
+            &mut self.unread_reported,
+            unread,
+        );
     }
 
     /// Withdraws this session's transaction and pin from the counters (it ends or starts over).
@@ -1972,6 +1984,7 @@ impl<D: Directory> Session<D> {
             false,
         );
         track(&self.activity.pinned, &mut self.pinned_reported, false);
+        track(&self.activity.unread_vars, &mut self.unread_reported, false);
     }
 }
 

@@ -119,8 +119,9 @@ pub struct SessionState {
     pub cursors: u32,
     /// A statement assigned user variables that the proxy has not read back yet (it waits, so
     /// as not to disturb the diagnostics the client may ask for next: `client::user_vars`).
-    /// Until then they exist only on the backend connection. Inside a transaction the
-    /// transaction's replay assigns them again, so only outside one does this pin the session.
+    /// Until then they exist only on the backend connection: a lost backend cannot take them
+    /// along (inside a transaction its replay assigns them again). Not a pin for the lifecycle:
+    /// the idle monitor waits for the read, an operator's suspend or park does not.
     pub user_vars_unread: bool,
 }
 
@@ -141,8 +142,6 @@ impl SessionState {
             Some("XA transaction")
         } else if self.cursors > 0 {
             Some("open cursor")
-        } else if self.user_vars_unread {
-            Some("user variables not read back yet")
         } else {
             None
         }
@@ -348,7 +347,11 @@ mod tests {
             "the transaction's replay assigns them"
         );
         s.in_transaction = false;
-        assert_eq!(s.pinned(), Some("user variables not read back yet"));
+        assert_eq!(
+            s.pinned(),
+            None,
+            "an operator's suspend does not wait for them"
+        );
         assert!(s.pinned_besides_transaction());
     }
 

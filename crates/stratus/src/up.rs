@@ -122,6 +122,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
                 statements_running: a.running,
                 open_transactions: a.in_transaction,
                 pinned_sessions: a.pinned,
+                unread_user_variables: a.unread_vars,
                 last_statement_ms: a.last_statement_ms,
             }
         })

@@ -7,9 +7,10 @@
 //! client's next command, or, while the client's commands read those diagnostics, after them;
 //! and once the client has been idle for [`READ_DELAY`].
 //!
-//! Until then the values exist only on the backend connection: the session counts as pinned
-//! ([`SessionState::user_vars_unread`](crate::session::SessionState::user_vars_unread)), so the
-//! lifecycle does not suspend or park the database under it, and a backend lost meanwhile is
+//! Until then the values exist only on the backend connection
+//! ([`SessionState::user_vars_unread`](crate::session::SessionState::user_vars_unread)): the idle
+//! monitor does not suspend the database under it (an operator's suspend or park does not wait
+//! for it), and a backend lost meanwhile is
 //! reported to the client (error 1927) rather than the session going on silently with the
 //! values read before.
 
@@ -24,8 +25,8 @@ use stratus_wire::command::*;
 /// How long a client may sit idle before the user variables it assigned are read back anyway.
 /// A timer alone cannot beat the monitor: it suspends a database idle for its policy's
 /// `idle_to_suspend_ms` (10 s by default, less if a policy says so), and suspending closes the
-/// server's sessions. The pin keeps that (and an unforced suspend or park) away until the read
-/// has run; this delay only bounds how long the pin lasts, and leaves a person at a prompt time
+/// server's sessions. The monitor waits for the read (`unread_user_variables` in its activity
+/// view); this delay only bounds how long it waits, and leaves a person at a prompt time
 /// to type `SELECT FOUND_ROWS()`.
 pub(super) const READ_DELAY: Duration = Duration::from_secs(10);
 
