@@ -70,9 +70,16 @@ struct Tally {
     reads: u64,
     /// Totals a reader saw that were not the opening total: a read that saw part of a
     /// transfer.
-    inconsistent: Vec<i64>,
+    inconsistent: Vec<BadRead>,
     /// Which client had a statement succeed when, to find the first after each kill.
     successes: Vec<(i64, Instant)>,
+}
+
+/// A read that saw a total other than the opening total: what, when, and which kind of read.
+struct BadRead {
+    total: i64,
+    at: Instant,
+    read: &'static str,
 }
 
 type Shared = Arc<Mutex<Tally>>;
@@ -202,7 +209,7 @@ async fn reader(o: OptsBuilder, id: i64, stop: Arc<AtomicBool>, tally: Shared, r
     let mut i = 0i64;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        let result: Result<Option<i64>, Error> = async {
+        let result: Result<Option<BadRead>, Error> = async {
             let total: Option<i64> = match i % 3 {
                 0 => {
                     conn.query_first("SELECT CAST(SUM(balance) AS SIGNED) FROM accounts")
@@ -228,7 +235,18 @@ async fn reader(o: OptsBuilder, id: i64, stop: Arc<AtomicBool>, tally: Shared, r
                     total
                 }
             };
-            Ok(total.filter(|t| *t != ACCOUNTS * OPENING))
+            let read = if i % 3 == 0 {
+                "autocommit"
+            } else {
+                "read-only transaction"
+            };
+            Ok(total
+                .filter(|t| *t != ACCOUNTS * OPENING)
+                .map(|total| BadRead {
+                    total,
+                    at: Instant::now(),
+                    read,
+                }))
         }
         .await;
         let disconnected = matches!(result, Err(Error::Io(_) | Error::Driver(_)));
@@ -400,6 +418,28 @@ fn failover_latencies(kills: &[Instant], successes: &[(i64, Instant)]) -> Vec<u1
         .collect()
 }
 
+/// Each bad read with the time since the kill before it, to tell reads near a restart from
+/// others.
+fn bad_reads(bad: &[BadRead], kills: &[Instant]) -> Vec<String> {
+    bad.iter()
+        .map(|b| {
+            let after = kills
+                .iter()
+                .enumerate()
+                .rfind(|(_, k)| **k <= b.at)
+                .map(|(i, k)| {
+                    format!(
+                        "{} ms after kill {}",
+                        b.at.duration_since(*k).as_millis(),
+                        i + 1
+                    )
+                })
+                .unwrap_or_else(|| "before the first kill".into());
+            format!("{} ({}, {after})", b.total, b.read)
+        })
+        .collect()
+}
+
 fn outcomes(s: &Stratus) -> String {
     [
         "retried",
@@ -469,7 +509,7 @@ async fn clients_carry_on_while_the_server_is_killed_every_9_s() {
         tally.errors.len(),
         tally.inconsistent.len(),
         ACCOUNTS * OPENING,
-        tally.inconsistent
+        bad_reads(&tally.inconsistent, &kills)
     );
     let proxy_mean_ms = s
         .metric("stratus_proxy_failover_seconds_sum{db=\"bank\"}")
@@ -490,7 +530,7 @@ async fn clients_carry_on_while_the_server_is_killed_every_9_s() {
     assert!(
         tally.inconsistent.is_empty(),
         "reads that saw part of a transfer: {:?}",
-        tally.inconsistent
+        bad_reads(&tally.inconsistent, &kills)
     );
     assert_eq!(crashed, kills.len(), "every kill was noticed");
     assert_eq!(
@@ -537,7 +577,7 @@ async fn killing_stratus_loses_connections_not_commits() {
     assert!(
         tally.inconsistent.is_empty(),
         "totals other than the opening total: {:?}",
-        tally.inconsistent
+        bad_reads(&tally.inconsistent, &[])
     );
     assert!(
         tally.errors.is_empty(),
@@ -688,7 +728,10 @@ async fn a_statement_waiting_for_a_lock_at_the_crash_still_waits_for_its_holder(
         .query_drop("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
         .await
         .expect("the holder's transaction was carried over first");
-    assert!(!waiting.is_finished(), "the waiter still waits for the lock");
+    assert!(
+        !waiting.is_finished(),
+        "the waiter still waits for the lock"
+    );
     holder.query_drop("COMMIT").await.unwrap();
     let (seen, mut waiter) = waiting.await.unwrap();
     assert_eq!(
