@@ -5,8 +5,11 @@
 //! a statement arrives for it and holds the client meanwhile, and keeps each session's state so
 //! any new backend connection (after a wake, a crash, a move) continues it.
 //!
-//! * [`client`]: one client session, from greeting to `COM_QUIT`; its login is in `login`, the
-//!   relaying of answers in `relay`, its socket in `stream`.
+//! * [`client`]: one client session, from greeting to `COM_QUIT`: reading and dispatching the
+//!   client's commands; its link to the backend (`client/backend_link.rs`: the connection, the
+//!   exchange of a command and the relay of its answer, prepared statements' backend ids), its
+//!   failover engine (`client/failover.rs`), its user variables and credentials. Its login is in
+//!   `login`, the relaying rules in `relay`, its socket in `stream`.
 //! * [`backend`]: connections to the databases' own servers.
 //! * [`session`]: the state that is replayed on a new backend connection.
 //! * [`password`]: new passwords read from the statements that set them, so a session that

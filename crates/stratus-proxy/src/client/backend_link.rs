@@ -1,0 +1,534 @@
+//! The session's link to its database's server: the backend connection (woken, pooled,
+//! recreated with the session's state), the exchange of one command and the relay of its answer
+//! to the client, and the backend's ids of the client's prepared statements.
+
+use super::{Drained, Relayed, Reprepare, Session, settle};
+use crate::Directory;
+use crate::backend::{Backend, BackendError};
+use crate::error::{ER_LOCK_DEADLOCK, SqlError};
+use crate::pool;
+use crate::relay::{Pending, RelayError, STREAM_CHUNK, forward_infile, learn_ok};
+use crate::replay::{self, Checksum};
+use crate::session::BACKEND_TRACKING;
+use bytes::BytesMut;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use stratus_core::Endpoint;
+use stratus_core::time::now_ms;
+use stratus_wire::caps;
+use stratus_wire::command::{
+    COM_QUERY, COM_STMT_EXECUTE, COM_STMT_PREPARE, bind_types, execute_layout, set_statement_id,
+};
+use stratus_wire::packet::{self, HEADER_LEN};
+use stratus_wire::tracker::{Expect, Step, Tracker};
+use tokio::io::AsyncWriteExt;
+
+impl<D: Directory> Session<D> {
+    /// A statement command as the current backend must get it: the statement prepared there
+    /// (if it was not), its id put in place of the virtual one in `raw`, and the parameter types
+    /// supplied if this backend has not seen them, in which case the command is rebuilt and
+    /// returned.
+    pub(super) async fn statement_bytes(
+        &mut self,
+        raw: &mut BytesMut,
+        lp: &packet::Logical,
+        id: u32,
+        cmd: u8,
+    ) -> Result<Option<Vec<u8>>, Reprepare> {
+        let backend_id = self.ensure_prepared(id).await?;
+        let Some(stmt) = self.stmts.get_mut(id) else {
+            return Err(Reprepare::Refused(SqlError::unknown_statement(id)));
+        };
+        let mut rebound: Option<Vec<u8>> = None;
+        if cmd == COM_STMT_EXECUTE {
+            let payload = packet::payload(raw, lp);
+            if let Some(layout) = execute_layout(&payload, stmt.params) {
+                if let Some(types) = layout.types.clone() {
+                    stmt.types = payload.get(types).map(<[u8]>::to_vec);
+                    stmt.types_sent = true;
+                } else if let (false, Some(types)) = (stmt.types_sent, &stmt.types) {
+                    let mut p = bind_types(&payload, &layout, types);
+                    set_statement_id(&mut p, backend_id);
+                    stmt.types_sent = true;
+                    let mut framed = Vec::with_capacity(p.len() + HEADER_LEN);
+                    packet::write(&mut framed, &mut { lp.seq }, &p);
+                    rebound = Some(framed);
+                }
+            }
+        }
+        if rebound.is_none() {
+            // The id sits in the first physical packet, right after the command byte.
+            if let Some(b) = raw.get_mut(HEADER_LEN + 1..HEADER_LEN + 5) {
+                b.copy_from_slice(&backend_id.to_le_bytes());
+            }
+        }
+        Ok(rebound)
+    }
+
+    /// The statement's id on the current backend, preparing it there if needed.
+    pub(super) async fn ensure_prepared(&mut self, id: u32) -> Result<u32, Reprepare> {
+        let Some(stmt) = self.stmts.get_mut(id) else {
+            return Err(Reprepare::Refused(SqlError::unknown_statement(id)));
+        };
+        if let Some(bid) = stmt.backend_id {
+            return Ok(bid);
+        }
+        let sql = stmt.sql.clone();
+        let Some(b) = self.backend.as_mut() else {
+            return Err(Reprepare::Lost);
+        };
+        b.send(COM_STMT_PREPARE, &sql)
+            .await
+            .map_err(|_| Reprepare::Lost)?;
+        let mut t = Tracker::new(Expect::Prepare, b.caps & caps::DEPRECATE_EOF != 0);
+        loop {
+            let p = b.read_packet().await.map_err(|_| Reprepare::Lost)?;
+            if t.feed(&p) == Step::Done {
+                if p.first() == Some(&0xff) && t.prepare_ok.is_none() {
+                    // The server's own answer, whatever its code (1105 included).
+                    return Err(match BackendError::server(&p) {
+                        BackendError::Server(e) => Reprepare::Refused(e),
+                        _ => Reprepare::Lost,
+                    });
+                }
+                break;
+            }
+        }
+        // An answer that ends without a statement: the connection's state is unknown.
+        let bid = t
+            .prepare_ok
+            .map(|p| p.statement_id)
+            .ok_or(Reprepare::Lost)?;
+        if let Some(stmt) = self.stmts.get_mut(id) {
+            stmt.backend_id = Some(bid);
+        }
+        Ok(bid)
+    }
+
+    /// Makes sure there is a backend connection, waking the database if it is not running, and
+    /// recreates the session on it.
+    pub(super) async fn ensure_backend(&mut self) -> Result<(), SqlError> {
+        if self.backend.is_some() {
+            return Ok(());
+        }
+        let proxy = self.proxy.clone();
+        let dir = &proxy.dir;
+        let svc = self.service.clone();
+        let begin = Instant::now();
+        let deadline = self.proxy.cfg.wake_timeout;
+        let attempt = async {
+            let mut woke = false;
+            let mut addr = dir
+                .backend(&svc, false)
+                .await
+                .map_err(|m| SqlError::unavailable(&svc, &m))?;
+            let mut last = None;
+            for _ in 0..3 {
+                let a = match addr {
+                    Some(a) => a,
+                    None if self.unattended => dir
+                        .backend_after_loss(&svc)
+                        .await
+                        .map_err(|m| SqlError::unavailable(&svc, &m))?
+                        .ok_or_else(|| SqlError::unavailable(&svc, "it is asleep"))?,
+                    None => {
+                        woke = true;
+                        dir.backend(&svc, true)
+                            .await
+                            .map_err(|m| SqlError::unavailable(&svc, &m))?
+                            .ok_or_else(|| SqlError::unavailable(&svc, "it did not start"))?
+                    }
+                };
+                match self.connect(a.clone()).await {
+                    Ok(()) => return Ok(woke),
+                    Err(BackendError::Server(e)) => return Err(e),
+                    // Stopped or crashed between lookup and connect: once the directory has seen
+                    // it gone, the lookup wakes or waits for the restart.
+                    Err(e) => {
+                        last = Some(format!("{a}: {e:?}"));
+                        dir.unreachable(&svc, &a).await;
+                        addr = None;
+                    }
+                }
+            }
+            let why = format!(
+                "cannot connect to its server ({})",
+                last.unwrap_or_default()
+            );
+            Err(SqlError::unavailable(&svc, &why))
+        };
+        let woke = match tokio::time::timeout(deadline, attempt).await {
+            Ok(Ok(woke)) => woke,
+            Ok(Err(e)) => return Err(self.login_refused(e).await),
+            Err(_) => {
+                return Err(SqlError::unavailable(
+                    &svc,
+                    &format!("it did not wake within {deadline:?}"),
+                ));
+            }
+        };
+        if woke {
+            self.activity.wakes.fetch_add(1, Ordering::Relaxed);
+            self.activity.wake_latency.observe(begin.elapsed());
+            tracing::info!(db = %self.service, ms = begin.elapsed().as_millis() as u64, "woke database for a held client");
+        }
+        Ok(())
+    }
+
+    /// Opens a backend connection as the client's user and replays the session on it.
+    pub(super) async fn connect(&mut self, addr: Endpoint) -> Result<(), BackendError> {
+        let timeout = self.proxy.cfg.wake_timeout;
+        let kept = pool::take(
+            &self.pool_key(addr.clone()),
+            self.proxy.cfg.pool_idle_timeout,
+            &self.proxy.activity,
+        );
+        // A kept connection logs in again first: the account may have been locked, dropped or
+        // stripped of privileges since it was made, and the server must say so now.
+        let kept = match kept {
+            Some(mut b) => match b
+                .change_user(&self.login, self.state.schema.as_deref())
+                .await
+            {
+                Ok(()) => match b.query(BACKEND_TRACKING).await {
+                    Ok(_) => Some(b),
+                    Err(BackendError::Server(e)) => return Err(BackendError::Server(e)),
+                    Err(_) => None,
+                },
+                // Unknown schema: a new connection handles that as a server would.
+                Err(BackendError::Server(e)) if e.code != 1049 => {
+                    return Err(BackendError::Server(e));
+                }
+                // Gone meanwhile: a new connection instead.
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let mut b = match kept {
+            Some(b) => b,
+            None => {
+                let b = match Backend::connect(
+                    addr.clone(),
+                    &self.login,
+                    self.state.schema.as_deref(),
+                    timeout,
+                )
+                .await
+                {
+                    // The schema is gone (dropped meanwhile): continue without one, as the
+                    // server would.
+                    Err(BackendError::Server(e))
+                        if e.code == 1049 && self.state.schema.is_some() =>
+                    {
+                        self.state.schema = None;
+                        Backend::connect(addr, &self.login, None, timeout).await?
+                    }
+                    other => other?,
+                };
+                let mut b = b;
+                b.query(BACKEND_TRACKING).await?;
+                b
+            }
+        };
+        for (i, sql) in self.state.replay().into_iter().enumerate() {
+            if let Err(e) = b.query(&sql).await {
+                tracing::warn!(db = %self.service, "could not recreate session state ({sql}): {e:?}");
+                if i == 0 && !self.state.variables.is_empty() {
+                    // One bad variable must not cost the others.
+                    for one in self.state.replay_variables_one_by_one() {
+                        if let Err(e) = b.query(&one).await {
+                            tracing::warn!(db = %self.service, "could not recreate ({one}): {e:?}");
+                        }
+                    }
+                }
+            }
+        }
+        self.stmts.backend_changed();
+        self.link
+            .backend_thread
+            .store(b.connection_id, Ordering::Relaxed);
+        self.backend = Some(b);
+        // A new connection runs nothing before the transactions cut off with the last server
+        // are carried over and their cut-off statements sent again. A session that is part of
+        // that recovery waits for its turn before sending instead.
+        if self.ticket.is_none() {
+            self.recovery.settled(self.proxy.cfg.replay.timeout).await;
+        }
+        Ok(())
+    }
+
+    pub(super) fn pool_key(&self, addr: Endpoint) -> pool::Key {
+        pool::Key {
+            service: self.service.clone(),
+            addr,
+            user: self.login.user.clone(),
+            stage1: self.login.stage1.0,
+            caps: self.login.client_caps,
+            charset: self.login.charset,
+            schema: self.state.schema.clone(),
+        }
+    }
+
+    /// After the client left: keep a healthy backend connection for the next client.
+    pub(super) async fn release_backend(&mut self) {
+        let Some(mut b) = self.backend.take() else {
+            return;
+        };
+        // A connection that ever profiled keeps its `SHOW PROFILES` history through a reset and
+        // a change of user: the next client would see this one's statements. Not kept.
+        if self
+            .state
+            .variables
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("profiling"))
+        {
+            return;
+        }
+        if self.marker.txn > 0 && !self.state.in_transaction {
+            // The session's commit marker is of no more use. (Inside a transaction the client
+            // left open, the pool's reset rolls that back; the row is pruned later.)
+            let sql = replay::marker_delete_sql(self.marker.session);
+            let deleted = match b.query(&sql).await {
+                Ok(_) if !self.autocommit => b.query("COMMIT").await.is_ok(),
+                Ok(_) => true,
+                Err(_) => false,
+            };
+            if !deleted {
+                return;
+            }
+        }
+        let key = self.pool_key(b.addr.clone());
+        let cfg = &self.proxy.cfg;
+        pool::give_back(
+            key,
+            b,
+            cfg.pool_idle_timeout,
+            cfg.pool_max_idle,
+            &self.proxy.activity,
+        )
+        .await;
+    }
+
+    pub(super) fn drop_backend(&mut self) {
+        self.backend = None;
+        self.link.backend_thread.store(0, Ordering::Relaxed);
+        // Whatever was pinned to that connection is gone with it; a recorded transaction lives
+        // on in its log, and the next command replays it.
+        self.state.in_transaction = self.txlog.active;
+        self.state.temp_tables = 0;
+        self.state.named_locks = 0;
+        self.state.table_locks = false;
+        self.state.handlers = 0;
+        self.state.xa = false;
+        self.state.cursors = 0;
+    }
+
+    pub(super) async fn send_to_backend(&mut self, bytes: &[u8]) {
+        if let Some(b) = self.backend.as_mut() {
+            if b.stream.write_all(bytes).await.is_err() {
+                // Noticed when reading the answer.
+            }
+        }
+    }
+
+    /// Sends a command's packets to the backend and relays the answer, keeping the database's
+    /// activity figures. With `marked`, the commit marker goes first, in the same write.
+    pub(super) async fn exchange(
+        &mut self,
+        bytes: &[u8],
+        expect: Expect,
+        prepared_sql: Option<Vec<u8>>,
+        marked: bool,
+    ) -> Result<Relayed, RelayError> {
+        let begin = Instant::now();
+        self.last_sent = begin;
+        let result = async {
+            if marked {
+                let mut both = Vec::with_capacity(bytes.len() + 160);
+                let sql = replay::marker_sql(self.marker.session, self.marker.txn);
+                let mut payload = vec![COM_QUERY];
+                payload.extend_from_slice(sql.as_bytes());
+                packet::write(&mut both, &mut 0, &payload);
+                both.extend_from_slice(bytes);
+                self.send_to_backend(&both).await;
+                // From here the marker may have been written, even if its answer never comes.
+                self.marker.written = true;
+                let d = self.drain(Expect::ResultSets { binary: false }).await?;
+                if d.error == Some(ER_LOCK_DEADLOCK) {
+                    // The marker's row lock made this transaction a deadlock victim: the server
+                    // rolled it back, so the COMMIT behind commits nothing, and the client must
+                    // hear of the deadlock, not get that COMMIT's OK.
+                    self.marker.written = false;
+                    self.drain(expect).await?;
+                    self.state.in_transaction = false;
+                    let err = SqlError::deadlock();
+                    // COMMIT is one packet (sequence 0): its answer is number 1.
+                    self.client
+                        .send(1, &err.packet())
+                        .await
+                        .map_err(|_| RelayError::Client)?;
+                    return Ok(Relayed {
+                        error: Some(ER_LOCK_DEADLOCK),
+                        ..Relayed::default()
+                    });
+                }
+                if let Some(code) = d.error {
+                    self.marker.written = false;
+                    if replay::marker_unusable(code) {
+                        // No table or no privilege: this session commits without markers.
+                        self.marker.enabled = false;
+                        tracing::warn!(db = %self.service, code, "cannot write commit markers; an interrupted COMMIT will be reported as of unknown outcome");
+                    }
+                }
+            } else {
+                self.send_to_backend(bytes).await;
+            }
+            self.relay(expect, prepared_sql).await
+        }
+        .await;
+        self.activity.latency.observe(begin.elapsed());
+        self.activity.statements.fetch_add(1, Ordering::Relaxed);
+        self.activity
+            .last_statement_ms
+            .store(now_ms(), Ordering::Relaxed);
+        if matches!(result, Ok(Relayed { error: Some(_), .. })) {
+            self.activity.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Reads one answer from the backend without passing it on (the marker's, and those of a
+    /// replayed transaction), with its checksum.
+    pub(super) async fn drain(&mut self, expect: Expect) -> Result<Drained, RelayError> {
+        let Some(b) = self.backend.as_mut() else {
+            return Err(RelayError::LostBeforeAnswer);
+        };
+        let mut t = Tracker::new(expect, b.caps & caps::DEPRECATE_EOF != 0);
+        let mut sum = Checksum::default();
+        loop {
+            let Ok(p) = b.read_packet().await else {
+                return Err(RelayError::LostBeforeAnswer);
+            };
+            let step = t.feed(&p);
+            sum.add(&t, &p, b.caps);
+            match step {
+                Step::More => {}
+                Step::Done => {
+                    return Ok(Drained {
+                        error: t.error,
+                        checksum: sum.finish(),
+                    });
+                }
+                // Never recorded, so never replayed; a server asking now is not the same.
+                Step::LocalInfile => return Err(RelayError::LostMidway),
+            }
+        }
+    }
+
+    /// Relays the backend's answer to the client as it arrives, learning session state from
+    /// OK packets and rewriting the few packets whose client view differs. Unchanged packets
+    /// go out straight from the read buffer; one write per response, or per chunk of a large
+    /// one.
+    pub(super) async fn relay(
+        &mut self,
+        expect: Expect,
+        prepared_sql: Option<Vec<u8>>,
+    ) -> Result<Relayed, RelayError> {
+        let client_caps = self.login.client_caps;
+        let Some(b) = self.backend.as_mut() else {
+            return Err(RelayError::LostBeforeAnswer);
+        };
+        let backend_caps = b.caps;
+        let mut t = Tracker::new(expect, backend_caps & caps::DEPRECATE_EOF != 0);
+        let mut pos = 0usize;
+        let mut out = Pending::default();
+        let mut forwarded = false;
+        let mut relayed = Relayed::default();
+        let mut sum = self.hashing.then(Checksum::default);
+        let mut prepared_sql = prepared_sql;
+        let rewrite_info = client_caps & caps::SESSION_TRACK == 0;
+        let mut tracking_touched = false;
+        loop {
+            while let Some(total) = packet::complete(&b.buf[pos..]) {
+                let start = pos;
+                pos += total;
+                let step = t.feed(&b.buf[start + HEADER_LEN..pos]);
+                if let Some(sum) = sum.as_mut() {
+                    sum.add(&t, &b.buf[start + HEADER_LEN..pos], backend_caps);
+                }
+                // Only the prepare-OK packet: the statement text is taken once, then gone.
+                if let Some(ok) = t.prepare_ok
+                    && let Some(sql) = prepared_sql.take()
+                {
+                    let vid = self.stmts.add(sql, ok);
+                    b.buf[start + HEADER_LEN + 1..start + HEADER_LEN + 5]
+                        .copy_from_slice(&vid.to_le_bytes());
+                }
+                if t.last_was_ok && (t.state_changed || rewrite_info) {
+                    relayed.state_changed |= t.state_changed;
+                    let (replacement, touched) = learn_ok(
+                        &mut self.state,
+                        client_caps,
+                        backend_caps,
+                        &b.buf[start..pos],
+                    );
+                    tracking_touched |= touched;
+                    if let Some(new) = replacement {
+                        out.replace(&b.buf, start, pos, &new);
+                    }
+                }
+                match step {
+                    Step::More => {}
+                    Step::Done if self.hold_answer => {
+                        relayed.held = Some(out.take(&mut b.buf, pos));
+                        relayed.status = t.status;
+                        relayed.warnings = t.warnings;
+                        relayed.error = t.error;
+                        relayed.checksum = sum.map(|s| s.finish());
+                        settle(&mut self.state, &mut self.autocommit, &t, expect);
+                        return Ok(relayed);
+                    }
+                    Step::Done | Step::LocalInfile => {
+                        out.send(&mut self.client.stream, &mut b.buf, pos, true)
+                            .await?;
+                        pos = 0;
+                        if step == Step::Done {
+                            relayed.status = t.status;
+                            relayed.warnings = t.warnings;
+                            relayed.error = t.error;
+                            relayed.checksum = sum.map(|s| s.finish());
+                            settle(&mut self.state, &mut self.autocommit, &t, expect);
+                            if tracking_touched {
+                                // The client changed its session tracking; Stratus still needs all.
+                                if let Err(e) = b.query(BACKEND_TRACKING).await {
+                                    tracing::warn!("tracking setup failed: {e:?}");
+                                }
+                            }
+                            return Ok(relayed);
+                        }
+                        // LOCAL INFILE: the client sends the file, ending with an empty packet.
+                        forwarded = true;
+                        relayed.infile = true;
+                        forward_infile(&mut self.client, b, self.proxy.cfg.max_packet).await?;
+                        t.infile_sent();
+                    }
+                }
+            }
+            if pos >= STREAM_CHUNK {
+                out.send(&mut self.client.stream, &mut b.buf, pos, false)
+                    .await?;
+                pos = 0;
+                forwarded = true;
+            }
+            if b.fill().await.is_err() {
+                // Packets read but not yet passed on never reached the client: for it, the
+                // statement got no answer.
+                return Err(if forwarded {
+                    RelayError::LostMidway
+                } else {
+                    RelayError::LostBeforeAnswer
+                });
+            }
+        }
+    }
+}
