@@ -8,6 +8,11 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use std::process::Command;
 
+/// A connection to database `shop` through the proxy, as `user`.
+async fn shop_conn(s: &Stratus, user: &str, pw: &str) -> Conn {
+    Conn::new(s.sql_opts(user, pw, Some("shop"))).await.unwrap()
+}
+
 fn created(s: &Stratus, name: &str) -> (String, String) {
     let c = s.json(&["db", "create", name]);
     assert_eq!(
@@ -30,9 +35,7 @@ async fn session_state_survives_park_and_wake() {
     s.start();
     let (user, pw) = created(&s, "shop");
     assert_eq!(user, "shop.admin");
-    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut conn = shop_conn(&s, &user, &pw).await;
     conn.query_drop("CREATE DATABASE other").await.unwrap();
     conn.query_drop("CREATE TABLE other.t (id INT PRIMARY KEY, v VARCHAR(10))")
         .await
@@ -228,9 +231,7 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
     let mut s = Stratus::new("accounts");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut owner = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut owner = shop_conn(&s, &user, &pw).await;
     owner
         .query_drop("CREATE USER 'app'@'%' IDENTIFIED BY 'first'")
         .await
@@ -288,9 +289,7 @@ async fn backend_connections_are_reused_clean() {
     let mut s = Stratus::new("pool");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut first = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut first = shop_conn(&s, &user, &pw).await;
     first
         .query_drop("SET @secret = 'from the first client', SESSION sql_mode = 'ANSI'")
         .await
@@ -308,9 +307,7 @@ async fn backend_connections_are_reused_clean() {
         std::time::Duration::from_secs(10),
     );
 
-    let mut second = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut second = shop_conn(&s, &user, &pw).await;
     let id2: Option<u64> = second.query_first("SELECT CONNECTION_ID()").await.unwrap();
     assert_eq!(id1, id2, "the backend connection was kept and reused");
     let row: Option<(Option<String>, String)> = second
@@ -333,9 +330,7 @@ async fn pinned_sessions_are_reported_and_not_parked_under_their_clients() {
     let mut s = Stratus::new("pinned");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut conn = shop_conn(&s, &user, &pw).await;
     conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
         .await
         .unwrap();
@@ -416,9 +411,7 @@ async fn change_user_switches_identity_and_starts_a_fresh_session() {
     s.start();
     let (user, pw) = created(&s, "shop");
     s.json(&["user", "create", "shop", "app", "--password", "apppw"]);
-    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut conn = shop_conn(&s, &user, &pw).await;
     conn.query_drop("SET @left_behind = 1").await.unwrap();
     let opts = mysql_async::ChangeUserOpts::default()
         .with_user(Some("shop.app".into()))
@@ -447,12 +440,8 @@ async fn an_idle_client_is_disconnected_after_its_wait_timeout() {
     let mut s = Stratus::new("waittimeout");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut short = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
-    let mut default = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut short = shop_conn(&s, &user, &pw).await;
+    let mut default = shop_conn(&s, &user, &pw).await;
     short
         .query_drop("SET SESSION wait_timeout = 1")
         .await
@@ -478,17 +467,13 @@ async fn sigterm_lets_an_open_transaction_commit_then_closes_sessions() {
     let mut s = Stratus::new("sigterm");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut busy = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut busy = shop_conn(&s, &user, &pw).await;
     busy.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
         .await
         .unwrap();
     busy.query_drop("BEGIN").await.unwrap();
     busy.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
-    let mut idle = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut idle = shop_conn(&s, &user, &pw).await;
 
     let pid = s.child.as_ref().unwrap().id();
     rustix::process::kill_process(
@@ -529,9 +514,7 @@ async fn sigterm_lets_an_open_transaction_commit_then_closes_sessions() {
     assert!(status.success(), "stratus up exited with {status}");
 
     s.start();
-    let mut again = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut again = shop_conn(&s, &user, &pw).await;
     let n: Option<u32> = again.query_first("SELECT COUNT(*) FROM t").await.unwrap();
     assert_eq!(
         n,
@@ -547,9 +530,7 @@ async fn affected_rows_reach_the_client_whole() {
     let mut s = Stratus::new("affected");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut conn = shop_conn(&s, &user, &pw).await;
     conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))")
         .await
         .unwrap();
@@ -770,9 +751,7 @@ async fn a_client_never_sees_the_previous_clients_profile() {
         .into_iter()
         .enumerate()
     {
-        let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-            .await
-            .unwrap();
+        let mut conn = shop_conn(&s, &user, &pw).await;
         conn.query_drop("SET profiling = 1").await.unwrap();
         conn.query_drop(statement).await.unwrap();
         let profiles: Vec<(u32, f64, String)> = conn.query("SHOW PROFILES").await.unwrap();
@@ -826,9 +805,7 @@ async fn diagnostics_after_a_user_variable_assignment_are_the_servers() {
     let mut s = Stratus::new("diag");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut conn = shop_conn(&s, &user, &pw).await;
     conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
         .await
         .unwrap();
@@ -877,9 +854,7 @@ async fn user_variables_of_an_idle_client_survive_suspend_and_park() {
     let mut s = Stratus::with_policy("idlevars", "idle_to_suspend_ms = 300");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut conn = shop_conn(&s, &user, &pw).await;
     // The statement woke the database if it had gone to sleep already.
     conn.query_drop("SET @kept = 'yes', @n = 42").await.unwrap();
     // The client says nothing more; the database goes to sleep under it, then is parked.
@@ -903,9 +878,7 @@ async fn a_crash_before_user_variables_were_read_back_is_reported() {
     let mut s = Stratus::new("crashvars");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut conn = shop_conn(&s, &user, &pw).await;
     let kill = |s: &Stratus| {
         let pid = s.json(&["db", "show", "shop"])["pid"].as_u64().unwrap();
         rustix::process::kill_process(
@@ -1064,9 +1037,7 @@ async fn the_command_line_client_completes_table_and_column_names() {
     let mut s = Stratus::new("rehash");
     s.start();
     let (user, pw) = created(&s, "shop");
-    let mut conn = Conn::new(s.sql_opts(&user, &pw, Some("shop")))
-        .await
-        .unwrap();
+    let mut conn = shop_conn(&s, &user, &pw).await;
     conn.query_drop("CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(40), total DECIMAL(10,2)); CREATE TABLE customers (name VARCHAR(40)); CREATE DATABASE other; CREATE TABLE other.t (a INT)")
         .await
         .unwrap();

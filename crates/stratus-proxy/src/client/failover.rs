@@ -65,8 +65,7 @@ impl<D: Directory> Session<D> {
         // A backend lost while the session sat in its transaction: the transaction goes first.
         let mut next = if lost_in_transaction {
             if self.holds_locks() {
-                let ticket = self.ticket.take();
-                self.ticket = Some(self.recovery.lost(ticket, self.id, true, None));
+                self.join_recovery(true, None);
             }
             Next::Replay
         } else {
@@ -158,13 +157,7 @@ impl<D: Directory> Session<D> {
                 Err(RelayError::LostBeforeAnswer) => {
                     self.drop_backend();
                     let resent = matches!(on_loss, OnLoss::Retry | OnLoss::Replay | OnLoss::Commit);
-                    let ticket = self.ticket.take();
-                    self.ticket = Some(self.recovery.lost(
-                        ticket,
-                        self.id,
-                        self.holds_locks(),
-                        resent.then_some(self.last_sent),
-                    ));
+                    self.join_recovery(self.holds_locks(), resent.then_some(self.last_sent));
                     let f = failover.get_or_insert_with(|| (Instant::now(), 0));
                     f.1 += 1;
                     if f.1 >= limits.attempts || f.0.elapsed() > limits.timeout {
@@ -202,6 +195,12 @@ impl<D: Directory> Session<D> {
         result
     }
 
+    /// Takes (or keeps) this session's place in its database's recovery: see `recovery`.
+    fn join_recovery(&mut self, holds_locks: bool, cut_off: Option<Instant>) {
+        let ticket = self.ticket.take();
+        self.ticket = Some(self.recovery.lost(ticket, self.id, holds_locks, cut_off));
+    }
+
     /// The open transaction took locks (it wrote, or read with a locking clause) and can be
     /// replayed: after a crash it goes before anything that may have waited for those locks.
     pub(super) fn holds_locks(&self) -> bool {
@@ -215,8 +214,7 @@ impl<D: Directory> Session<D> {
     /// sleep), the next command tries again.
     pub(super) async fn recover_idle(&mut self) {
         let limits = self.proxy.cfg.replay;
-        let ticket = self.ticket.take();
-        self.ticket = Some(self.recovery.lost(ticket, self.id, true, None));
+        self.join_recovery(true, None);
         self.activity.running.fetch_add(1, Ordering::Relaxed);
         self.unattended = true;
         let mut f = (Instant::now(), 0);
