@@ -1098,3 +1098,45 @@ async fn rows_are_fetched_from_a_server_side_cursor() {
     assert!(fetched >= 3, "{fetched} COM_STMT_FETCH reached the server");
     s.stop();
 }
+
+/// Hostile to the password learning above: a session that changes *another* account's password
+/// (or names its own user on another host) must keep logging in with its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_another_accounts_password_leaves_the_sessions_own_login_alone() {
+    let mut s = Stratus::new("passwd-other");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    s.json(&["user", "create", "shop", "app", "--password", "apppw"]);
+    let mut conn = shop_conn(&s, &user, &pw).await;
+    conn.query_drop("ALTER USER 'app'@'%' IDENTIFIED BY 'taken1'")
+        .await
+        .unwrap();
+    conn.query_drop("ALTER USER app IDENTIFIED BY 'taken2'")
+        .await
+        .unwrap();
+    // Writing another account's password row directly is not the owner's to do (`mysql` is
+    // read-only to it), and what the server refused is learnt by nobody.
+    let err = conn
+        .query_drop("SET PASSWORD FOR app = PASSWORD('taken4')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(1044), "{err}");
+    // The owner's name on a host that has no such account: refused by the server, learnt by
+    // nobody.
+    let err = conn
+        .query_drop("ALTER USER 'admin'@'localhost' IDENTIFIED BY 'taken3'")
+        .await
+        .unwrap_err();
+    assert!(code(&err).is_some(), "{err}");
+    // The next statement logs in to the server again, with the owner's own password.
+    assert_eq!(s.json(&["db", "suspend", "shop"])["state"], "suspended");
+    let me: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(me.as_deref(), Some("admin@%"));
+    shop_conn(&s, &user, &pw).await.disconnect().await.unwrap();
+    shop_conn(&s, "shop.app", "taken2")
+        .await
+        .disconnect()
+        .await
+        .unwrap();
+    s.stop();
+}
