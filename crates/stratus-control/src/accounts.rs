@@ -23,7 +23,7 @@ use stratus_core::commit_marker;
 use stratus_core::time::{now_ms, rfc3339};
 use stratus_core::{EventKind, NativeHash, ServiceName, User, UserName, random_password};
 use stratus_runtime::Runtime;
-use stratus_runtime::admin::{AdminConn, quote_ident, quote_str};
+use stratus_runtime::admin::{ServerAdmin, quote_ident, quote_str};
 use stratus_store::Store;
 
 /// How long Stratus waits for its own login to a running server.
@@ -87,17 +87,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             return Ok(());
         }
         let mut conn = self.admin(&name).await?;
-        let rows: Vec<(String, Option<String>, Option<String>)> = conn
-            .query_rows(
-                "SELECT User, JSON_VALUE(Priv, '$.plugin'), JSON_VALUE(Priv, '$.authentication_string') \
-                 FROM mysql.global_priv WHERE Host = '%'",
-            )
-            .await?;
+        let rows = conn.accounts().await?;
         conn.close().await;
         let known = self.store.users(&name).await?;
         let mut seen = Vec::new();
         let mut new_users = Vec::new();
-        for (user, plugin, auth) in rows {
+        for stratus_runtime::admin::Account { user, plugin, auth } in rows {
             let Ok(user) = UserName::parse(&user) else {
                 continue;
             };
@@ -175,9 +170,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// the server is restarted, which restores the account before any client can connect
     /// (its `init_file`), and the login is tried once more. Callers hold the database's lock,
     /// so nothing else acts on the server meanwhile.
-    pub(crate) async fn admin(&self, name: &ServiceName) -> Result<AdminConn> {
+    pub(crate) async fn admin(&self, name: &ServiceName) -> Result<R::Admin> {
         match self.admin_login(name).await {
-            Err(e) if AdminConn::is_access_denied(&e) => {
+            Err(e) if e.is_access_denied() => {
                 self.restore_access(name, &e).await?;
                 Ok(self.admin_login(name).await?)
             }
@@ -187,9 +182,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// [`Self::admin`] for callers that do not hold the database's lock (the monitor): a
     /// refused login takes the lock before the server is restarted.
-    pub(crate) async fn admin_unlocked(&self, name: &ServiceName) -> Result<AdminConn> {
+    pub(crate) async fn admin_unlocked(&self, name: &ServiceName) -> Result<R::Admin> {
         match self.admin_login(name).await {
-            Err(e) if AdminConn::is_access_denied(&e) => {
+            Err(e) if e.is_access_denied() => {
                 let _guard = self.lock(name).await;
                 self.admin(name).await
             }
@@ -197,18 +192,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    async fn admin_login(&self, name: &ServiceName) -> stratus_runtime::Result<AdminConn> {
-        let endpoint = self
-            .runtime
-            .endpoint(name)
-            .ok_or_else(|| stratus_runtime::RuntimeError::NotRunning(name.to_string()))?;
-        AdminConn::connect(
-            name.as_str(),
-            &endpoint,
-            &self.runtime.admin_login(),
-            ADMIN_LOGIN_TIMEOUT,
-        )
-        .await
+    async fn admin_login(&self, name: &ServiceName) -> stratus_runtime::Result<R::Admin> {
+        self.runtime.admin(name, ADMIN_LOGIN_TIMEOUT).await
     }
 
     /// Starts (or adopts) a database's server; if the start had to restore Stratus's account,

@@ -5,7 +5,9 @@
 //! * [`sizing`]: applying a size in the safe order (cgroup before buffer pool when growing,
 //!   buffer pool before cgroup when shrinking) and recording what the server really did.
 //! * [`accounts`]: the SQL that creates a service's schema and users.
-//! * [`supervisor`]: restarting servers that exit on their own.
+//! * [`reconcile`]: the level-triggered reconciler that brings each database's server to what
+//!   the catalog says (after a restart of Stratus, a crash, a missed notice), with back-off.
+//! * [`supervisor`]: hears servers that exit on their own and hands them to the reconciler.
 //!
 //! Operations on one database are serialised by a per-database lock, so a park never races a
 //! scale or a crash restart.
@@ -16,6 +18,7 @@ pub mod gateway;
 pub mod lifecycle;
 pub mod monitor;
 pub mod pool;
+pub mod reconcile;
 mod recovered;
 pub mod scaler;
 pub mod sizing;

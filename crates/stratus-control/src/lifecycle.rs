@@ -2,6 +2,7 @@
 //! `deleted`. Every transition is recorded as an event with its inputs and timings.
 
 use crate::accounts::{schema_sql, user_sql};
+use crate::reconcile::Trigger;
 use crate::view::{CreatedDatabase, DatabaseView, connection_string};
 use crate::{ControlError, ControlPlane, Result};
 use serde_json::json;
@@ -14,6 +15,7 @@ use stratus_core::{
     UserName, random_password,
 };
 use stratus_runtime::Runtime;
+use stratus_runtime::admin::ServerAdmin;
 use stratus_store::Store;
 
 /// A request to create a database, as the API receives it.
@@ -159,11 +161,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let mut conn = self.admin(&name).await?;
         if from_pool {
             // A spare idles on a small pool; give it the database's.
-            conn.exec(&format!(
-                "SET GLOBAL innodb_buffer_pool_size = {}",
-                spec.resources.buffer_pool_bytes
-            ))
-            .await?;
+            conn.resize_buffer_pool(spec.resources.buffer_pool_bytes)
+                .await?;
         }
         conn.exec(&schema_sql(&name)).await?;
         for sql in commit_marker::DDL {
@@ -172,11 +171,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         for sql in user_sql(&name, &owner.name, &owner.hash, true) {
             conn.exec(&sql).await?;
         }
-        let bp: Option<u64> = conn
-            .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
-            .await?;
+        let bp = conn.buffer_pool_size().await?;
         conn.close().await;
-        svc.buffer_pool_bytes = bp.unwrap_or(svc.buffer_pool_bytes);
+        svc.buffer_pool_bytes = bp;
         svc.state = DbState::Active;
         self.store.update_service(svc).await?;
         Ok(from_pool)
@@ -240,7 +237,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         // A suspended server is frozen: its new size applies when it wakes.
         let running = self.runtime.endpoint(&name).is_some() && !self.is_suspended(&name);
         let applied = if running {
-            let applied = self.apply_size(&svc, from, to).await?;
+            let applied = self.apply_size(&name, from, to).await?;
             svc.buffer_pool_bytes = applied.buffer_pool_actual;
             Some(applied)
         } else {
@@ -305,10 +302,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             )));
         }
         let begin = Instant::now();
-        let graceful = self.runtime.stop(&name, self.cfg.stop_grace).await?;
-        svc.state = DbState::Parked;
-        self.set_suspended(&name, false);
-        self.store.update_service(&svc).await?;
+        let done = self.transition(&mut svc, DbState::Parked).await?;
+        let graceful = done.stopped_gracefully.unwrap_or(true);
         let ms = begin.elapsed().as_millis() as u64;
         let how = if graceful {
             "stopped cleanly"
@@ -356,16 +351,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         let begin = Instant::now();
         let from = svc.state;
-        let pid = if from == DbState::Suspended && self.runtime.endpoint(name).is_some() {
-            // Still running, only frozen and shrunk: thaw and give it its size back.
-            self.unsuspend(&svc).await?;
-            self.runtime.observe(name).await.pid.unwrap_or(0)
-        } else {
-            self.start_server(&svc).await?.pid
+        let done = self.transition(&mut svc, DbState::Active).await?;
+        let pid = match done.started_pid {
+            Some(pid) => pid,
+            None => self.runtime.observe(name).await.pid.unwrap_or(0),
         };
-        svc.state = DbState::Active;
-        self.store.update_service(&svc).await?;
-        self.set_suspended(name, false);
         let ms = begin.elapsed().as_millis() as u64;
         let verb = if kind == EventKind::Woken {
             "woken"
@@ -400,11 +390,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         Ok(())
     }
 
-    /// After Stratus starts: adopt or start every database that should run, finish or undo
-    /// what a crash of Stratus interrupted. Databases are recovered concurrently.
     /// Creates the commit marker table where an older server lacks it, and prunes rows left by
     /// proxies that were killed. Best effort: without the table, commits are just not marked.
-    async fn tend_commit_markers(&self, svc: &DatabaseService) {
+    pub(crate) async fn tend_commit_markers(&self, svc: &DatabaseService) {
         let result = async {
             let mut conn = self.admin(svc.name()).await?;
             for sql in commit_marker::DDL {
@@ -420,87 +408,25 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
+    /// After Stratus starts: adopt or start every database that should run, finish or undo
+    /// what a crash of Stratus interrupted ([`crate::reconcile`]). Databases are recovered
+    /// concurrently; one that fails is tried again in the background, with back-off.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         for svc in self.store.services().await? {
             let me = self.clone();
-            tasks.spawn(async move { me.recover_one(svc).await });
+            tasks.spawn(async move {
+                let name = svc.name().clone();
+                if me.reconcile(&name, Trigger::Recovery).await.is_err() {
+                    tokio::spawn(async move {
+                        me.reconcile_until_settled(&name, Trigger::Recovery, 1)
+                            .await
+                    });
+                }
+            });
         }
         while tasks.join_next().await.is_some() {}
         Ok(())
-    }
-
-    async fn recover_one(&self, svc: DatabaseService) {
-        let name = svc.name().clone();
-        let _guard = self.lock(&name).await;
-        match svc.state {
-            DbState::Provisioning => {
-                let _ = self.runtime.destroy(&name).await;
-                let _ = self.store.delete_service(&name).await;
-                self.event(
-                    &name,
-                    EventKind::StartFailed,
-                    "creation was interrupted by a restart of Stratus; removed",
-                    json!({}),
-                )
-                .await;
-            }
-            DbState::Parked => {
-                // A park interrupted between stop and record leaves a server behind.
-                if self.runtime.observe(&name).await.pid.is_some() {
-                    let _ = self.runtime.stop(&name, self.cfg.stop_grace).await;
-                }
-            }
-            DbState::Deleted => {}
-            DbState::Active | DbState::Suspended | DbState::Migrating => {
-                let begin = Instant::now();
-                let suspended = svc.state == DbState::Suspended;
-                if suspended {
-                    // A frozen server cannot answer the adoption login: thaw it, freeze again after.
-                    let _ = self.runtime.thaw(&name).await;
-                }
-                match self.start_server(&svc).await {
-                    Ok(instance) => {
-                        self.tend_commit_markers(&svc).await;
-                        if suspended {
-                            let _ = self.runtime.freeze(&name).await;
-                            self.set_suspended(&name, true);
-                        }
-                        let ms = begin.elapsed().as_millis() as u64;
-                        let (kind, msg) = if instance.adopted {
-                            (
-                                EventKind::Adopted,
-                                format!(
-                                    "running mariadbd (pid {}) adopted after a restart of Stratus",
-                                    instance.pid
-                                ),
-                            )
-                        } else {
-                            (
-                                EventKind::Started,
-                                format!("started after a restart of Stratus in {ms} ms"),
-                            )
-                        };
-                        self.event(
-                            &name,
-                            kind,
-                            &msg,
-                            json!({"pid": instance.pid, "start_ms": ms}),
-                        )
-                        .await;
-                    }
-                    Err(e) => {
-                        self.event(
-                            &name,
-                            EventKind::StartFailed,
-                            &format!("could not start after a restart of Stratus: {e}"),
-                            json!({}),
-                        )
-                        .await;
-                    }
-                }
-            }
-        }
     }
 
     /// Stops every running server cleanly (Stratus is shutting down). Desired states stay as

@@ -14,6 +14,7 @@ use std::time::Duration;
 use stratus_core::time::now_ms;
 use stratus_core::{DatabaseService, DbState, EventKind, ScalingPolicy, ServiceName};
 use stratus_runtime::Runtime;
+use stratus_runtime::admin::ServerAdmin;
 use stratus_store::Store;
 
 /// The monitor's tick; `ScalingPolicy::sample_interval_ms` by default.
@@ -200,9 +201,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    /// Applies an autoscaler decision, recording the measurement behind it. Growing, the
-    /// quota is what the load waits for: it is raised and recorded first, and the buffer pool
-    /// follows (a shrink goes the other way round, pool first).
+    /// Applies an autoscaler decision as any resize is applied ([`crate::sizing`]: growing, the
+    /// quota the load waits for comes first), recording the measurement behind it and what the
+    /// server made of the new buffer pool.
     async fn autoscale(
         &self,
         name: &ServiceName,
@@ -218,18 +219,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         let (from_scu, from, target) = (svc.scu, self.resources(svc.scu), self.resources(to));
         let grow = to > from_scu;
-        let applied = if grow {
-            self.runtime
-                .set_limits(name, target.cpu_millis, target.memory_bytes)
-                .await?;
-            None
-        } else {
-            Some(self.apply_size(&svc, from, target).await?)
-        };
+        let applied = self.apply_size(name, from, target).await?;
         svc.scu = to;
-        svc.buffer_pool_bytes = applied
-            .as_ref()
-            .map_or(target.buffer_pool_bytes, |a| a.buffer_pool_actual);
+        svc.buffer_pool_bytes = applied.buffer_pool_actual;
         self.store.update_service(&svc).await?;
         let direction = if grow { "up" } else { "down" };
         let applied_ms = now_ms() - decided_ms;
@@ -237,29 +229,23 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             name,
             EventKind::Scaled,
             &format!(
-                "autoscaled {direction} {from_scu} → {to} SCU: CPU at {usage_pct:.0} % of {} millicores over the last {:.1} s",
+                "autoscaled {direction} {from_scu} → {to} SCU: CPU at {usage_pct:.0} % of {} millicores over the last {:.1} s{}",
                 from.cpu_millis,
-                window_ms as f64 / 1000.0
+                window_ms as f64 / 1000.0,
+                if applied.buffer_pool_actual == applied.buffer_pool_requested {
+                    String::new()
+                } else {
+                    format!(
+                        "; buffer pool {} bytes instead of the {} asked for",
+                        applied.buffer_pool_actual, applied.buffer_pool_requested
+                    )
+                }
             ),
             json!({"from_scu": from_scu, "to_scu": to, "usage_pct": usage_pct, "window_ms": window_ms,
                    "allocated_millis": from.cpu_millis, "cpu_millis": target.cpu_millis, "memory_bytes": target.memory_bytes,
                    "applied": applied, "applied_ms": applied_ms, "reason": "autoscaler"}),
         )
         .await;
-        if grow {
-            let (actual, warnings) = self.set_buffer_pool(&svc, target.buffer_pool_bytes).await?;
-            svc.buffer_pool_bytes = actual;
-            self.store.update_service(&svc).await?;
-            if actual != target.buffer_pool_bytes || !warnings.is_empty() {
-                self.event(
-                    name,
-                    EventKind::Scaled,
-                    &format!("buffer pool at {actual} bytes instead of the {} asked for", target.buffer_pool_bytes),
-                    json!({"buffer_pool_requested": target.buffer_pool_bytes, "buffer_pool_actual": actual, "warnings": warnings}),
-                )
-                .await;
-            }
-        }
         Ok(())
     }
 }
@@ -299,20 +285,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let Ok(mut conn) = self.admin_unlocked(name).await else {
             return;
         };
-        let rows: crate::Result<Vec<(String, u64)>> = conn
-            .query_rows(
-                "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
-                 WHERE VARIABLE_NAME IN ('INNODB_BUFFER_POOL_READ_REQUESTS', 'INNODB_BUFFER_POOL_READS')",
-            )
-            .await
-            .map_err(Into::into);
+        let counters = conn.buffer_pool_counters().await;
         conn.close().await;
-        let Ok(rows) = rows else { return };
-        let get = |n: &str| rows.iter().find(|(k, _)| k == n).map_or(0, |(_, v)| *v);
-        let now = (
-            get("INNODB_BUFFER_POOL_READ_REQUESTS"),
-            get("INNODB_BUFFER_POOL_READS"),
-        );
+        let Ok(now) = counters else { return };
         let mut all = self.measured.lock().unwrap_or_else(|p| p.into_inner());
         let m = all.entry(name.clone()).or_default();
         if let Some((requests, reads)) = m.counters {

@@ -61,6 +61,29 @@ pub fn target(cfg: PoolConfig, recent_creates: usize) -> usize {
     (cfg.min + recent_creates).clamp(cfg.min, cfg.max.max(cfg.min))
 }
 
+/// What the refiller does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolStep {
+    /// Start a spare.
+    Start,
+    /// Remove a ready spare beyond the target.
+    Remove,
+    /// Nothing until demand changes or a spare is taken.
+    Wait,
+}
+
+/// The pool's next step, from the spares ready and starting and its target. Spares starting
+/// count as made, so a slow start is not doubled; only ready ones can be removed.
+pub fn next_step(ready: usize, starting: usize, target: usize) -> PoolStep {
+    if ready > target {
+        PoolStep::Remove
+    } else if ready + starting < target {
+        PoolStep::Start
+    } else {
+        PoolStep::Wait
+    }
+}
+
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     fn pool_state(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
@@ -104,7 +127,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         let max_resources = self.resources(Tier::STANDARD_MAX_SCU);
         loop {
-            let (have, want, surplus) = {
+            let (step, surplus) = {
                 let mut st = self.pool_state();
                 if st.closed {
                     return;
@@ -118,22 +141,22 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     st.creates.pop_front();
                 }
                 let want = target(self.cfg.pool, st.creates.len());
-                let have = st.ready.len() + st.starting;
-                let surplus = if st.ready.len() > want {
-                    st.ready.pop()
-                } else {
-                    None
+                let step = next_step(st.ready.len(), st.starting, want);
+                let surplus = match step {
+                    PoolStep::Remove => st.ready.pop(),
+                    PoolStep::Start => {
+                        st.starting += 1;
+                        None
+                    }
+                    PoolStep::Wait => None,
                 };
-                if have < want {
-                    st.starting += 1;
-                }
-                (have, want, surplus)
+                (step, surplus)
             };
             if let Some(spare) = surplus {
                 let _ = self.runtime.destroy_spare(&spare.key).await;
                 continue;
             }
-            if have < want {
+            if step == PoolStep::Start {
                 let made = self.runtime.provision_spare(max_resources).await;
                 let (failed, orphan) = {
                     let mut st = self.pool_state();
@@ -187,6 +210,19 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spares_starting_count_and_only_ready_ones_are_removed() {
+        assert_eq!(next_step(0, 0, 2), PoolStep::Start);
+        assert_eq!(next_step(1, 1, 2), PoolStep::Wait, "one on its way");
+        assert_eq!(next_step(3, 0, 2), PoolStep::Remove);
+        assert_eq!(
+            next_step(2, 3, 2),
+            PoolStep::Wait,
+            "starting ones are not removed"
+        );
+        assert_eq!(next_step(0, 0, 0), PoolStep::Wait, "off");
+    }
 
     #[test]
     fn target_follows_demand_within_bounds() {

@@ -9,12 +9,8 @@ use crate::{ControlPlane, Result};
 use std::time::{Duration, Instant};
 use stratus_core::ServiceName;
 use stratus_runtime::Runtime;
-use stratus_runtime::admin::AdminConn;
+use stratus_runtime::admin::ServerAdmin;
 use stratus_store::Store;
-
-/// The query whose answer is the number of recovered transactions not yet rolled back.
-pub const RECOVERED_TRANSACTIONS: &str =
-    "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = 0";
 
 /// Longest wait; a server still rolling back after this is handed out anyway (the row locks
 /// still protect writers) and the wait is reported.
@@ -29,12 +25,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub(crate) async fn await_recovered_rollback(
         &self,
         name: &ServiceName,
-        conn: &mut AdminConn,
+        conn: &mut R::Admin,
     ) -> Result<Option<Duration>> {
         let begin = Instant::now();
         loop {
-            let left: Option<u64> = conn.query_value(RECOVERED_TRANSACTIONS).await?;
-            if left.unwrap_or(0) == 0 {
+            let left = conn.recovered_transactions().await?;
+            if left == 0 {
                 return Ok(Some(begin.elapsed()));
             }
             if begin.elapsed() > LIMIT {

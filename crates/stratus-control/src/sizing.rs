@@ -1,15 +1,16 @@
-//! Applying a size to a running server.
+//! Applying a size to a running server: the one place that does it, for a manual scale, the
+//! autoscaler and a wake alike.
 //!
 //! Growing: the cgroup first, so the larger buffer pool never meets the old memory limit.
-//! Shrinking: the buffer pool first, so the smaller limit never meets the old pool.
+//! Shrinking: the buffer pool first, so the smaller limit never meets the old pool ([`steps`]).
 //! `SET GLOBAL innodb_buffer_pool_size` may be adjusted or refused by the server (rounding,
 //! `innodb_buffer_pool_size_max`; <https://mariadb.com/kb/en/innodb-buffer-pool/>), so its
 //! warnings and the resulting size are read back and recorded, never assumed.
 
 use crate::{ControlPlane, Result};
-use stratus_core::{DatabaseService, Resources};
+use stratus_core::{Resources, ServiceName};
 use stratus_runtime::Runtime;
-use stratus_runtime::admin::AdminConn;
+use stratus_runtime::admin::ServerAdmin;
 use stratus_store::Store;
 
 /// What a resize really did.
@@ -20,70 +21,121 @@ pub struct Applied {
     pub warnings: Vec<String>,
 }
 
-impl<S: Store, R: Runtime> ControlPlane<S, R> {
-    /// Moves a running server from `from` to `to`, whole or not at all: Stratus logs in before
-    /// anything changes (a server that refuses it is restarted at `from` to restore its
-    /// account), and a grown cgroup is put back if the server then refuses the new pool.
-    pub(crate) async fn apply_size(
-        &self,
-        svc: &DatabaseService,
-        from: Resources,
-        to: Resources,
-    ) -> Result<Applied> {
-        let name = svc.name();
-        let mut conn = self.admin(name).await?;
-        let grow = to.memory_bytes >= from.memory_bytes;
-        if grow {
-            self.runtime
-                .set_limits(name, to.cpu_millis, to.memory_bytes)
-                .await?;
-        }
-        let resized = resize_buffer_pool(&mut conn, to.buffer_pool_bytes).await;
-        conn.close().await;
-        let (actual, warnings) = match resized {
-            Ok(r) => r,
-            Err(e) => {
-                if grow {
-                    let _ = self
-                        .runtime
-                        .set_limits(name, from.cpu_millis, from.memory_bytes)
-                        .await;
-                }
-                return Err(e);
-            }
-        };
-        if !grow {
-            self.runtime
-                .set_limits(name, to.cpu_millis, to.memory_bytes)
-                .await?;
-        }
-        Ok(Applied {
-            buffer_pool_requested: to.buffer_pool_bytes,
-            buffer_pool_actual: actual,
-            warnings,
-        })
-    }
+/// One part of a resize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The CPU quota and memory limit.
+    Limits,
+    BufferPool,
+}
 
-    /// Asks the server for a buffer pool of `bytes`; returns the size it really took and its
-    /// warnings.
-    pub(crate) async fn set_buffer_pool(
-        &self,
-        svc: &DatabaseService,
-        bytes: u64,
-    ) -> Result<(u64, Vec<String>)> {
-        let mut conn = self.admin(svc.name()).await?;
-        let resized = resize_buffer_pool(&mut conn, bytes).await;
-        conn.close().await;
-        resized
+/// The order of a resize from `from` to `to`: the buffer pool never meets a memory limit too
+/// small for it.
+pub fn steps(from: Resources, to: Resources) -> [Step; 2] {
+    if to.memory_bytes >= from.memory_bytes {
+        [Step::Limits, Step::BufferPool]
+    } else {
+        [Step::BufferPool, Step::Limits]
     }
 }
 
-async fn resize_buffer_pool(conn: &mut AdminConn, bytes: u64) -> Result<(u64, Vec<String>)> {
-    let warnings = conn
-        .exec_with_warnings(&format!("SET GLOBAL innodb_buffer_pool_size = {bytes}"))
-        .await?;
-    let actual: Option<u64> = conn
-        .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
-        .await?;
-    Ok((actual.unwrap_or(0), warnings))
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Moves a running server from `from` to `to`, whole or not at all.
+    pub(crate) async fn apply_size(
+        &self,
+        name: &ServiceName,
+        from: Resources,
+        to: Resources,
+    ) -> Result<Applied> {
+        let (applied, conn) = self.resize(name, from, to).await?;
+        conn.close().await;
+        Ok(applied)
+    }
+
+    /// [`Self::apply_size`], handing back the connection it logged in with. A grow raises the
+    /// limits before logging in: the load waiting for CPU gets it at once, even from a server
+    /// too starved to answer a login quickly. Limits already moved are put back if the login
+    /// or the pool fails (a server that refuses Stratus is restarted at `from`, the size the
+    /// catalog still holds, to restore its account).
+    pub(crate) async fn resize(
+        &self,
+        name: &ServiceName,
+        from: Resources,
+        to: Resources,
+    ) -> Result<(Applied, R::Admin)> {
+        let mut limits_moved = false;
+        let mut done = None;
+        for step in steps(from, to) {
+            match step {
+                Step::Limits => {
+                    self.runtime
+                        .set_limits(name, to.cpu_millis, to.memory_bytes)
+                        .await?;
+                    limits_moved = true;
+                }
+                Step::BufferPool => {
+                    let pool = async {
+                        let mut conn = self.admin(name).await?;
+                        if limits_moved {
+                            // The login may have restarted the server to restore Stratus's
+                            // account, at the catalog's (old) size: the limits again, first.
+                            self.runtime
+                                .set_limits(name, to.cpu_millis, to.memory_bytes)
+                                .await?;
+                        }
+                        let pool = conn.resize_buffer_pool(to.buffer_pool_bytes).await?;
+                        Ok::<_, crate::ControlError>((pool, conn))
+                    }
+                    .await;
+                    match pool {
+                        Ok(p) => done = Some(p),
+                        Err(e) => {
+                            if limits_moved {
+                                let _ = self
+                                    .runtime
+                                    .set_limits(name, from.cpu_millis, from.memory_bytes)
+                                    .await;
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        let Some(((actual, warnings), conn)) = done else {
+            return Err(crate::ControlError::Internal(
+                "a resize without a buffer pool step".into(),
+            ));
+        };
+        Ok((
+            Applied {
+                buffer_pool_requested: to.buffer_pool_bytes,
+                buffer_pool_actual: actual,
+                warnings,
+            },
+            conn,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(memory_bytes: u64) -> Resources {
+        Resources {
+            scu: 0,
+            cpu_millis: 0,
+            memory_bytes,
+            buffer_pool_bytes: memory_bytes / 2,
+        }
+    }
+
+    #[test]
+    fn limits_lead_a_grow_and_follow_a_shrink() {
+        assert_eq!(steps(size(1), size(2)), [Step::Limits, Step::BufferPool]);
+        assert_eq!(steps(size(2), size(1)), [Step::BufferPool, Step::Limits]);
+        // Same memory (a CPU-only change): limits first, the pool is unchanged anyway.
+        assert_eq!(steps(size(2), size(2)), [Step::Limits, Step::BufferPool]);
+    }
 }

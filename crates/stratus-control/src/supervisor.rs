@@ -1,10 +1,12 @@
 //! Restarting servers that exit on their own (crash, `kill -9`, OOM kill).
 //!
-//! The runtime reports such exits the moment they happen; the supervisor records them and
-//! starts the server again (InnoDB crash recovery runs on start). A server that keeps dying is
-//! restarted with exponential back-off, so a broken one does not spin.
+//! The runtime reports such exits the moment they happen; the supervisor records them and hands
+//! the database to the reconciler ([`crate::reconcile`]), which starts the server again (InnoDB
+//! crash recovery runs on start). A server that keeps dying is restarted with exponential
+//! back-off, so a broken one does not spin.
 
 use crate::ControlPlane;
+use crate::reconcile::Trigger;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,10 +20,8 @@ use tokio::sync::broadcast::error::RecvError;
 /// not crash-looping, and its clients are waiting, so it restarts at once (as after a `kill -9`
 /// or an OOM kill). Only a server dying again within seconds of its start backs off.
 const CALM: Duration = Duration::from_secs(5);
-/// Failed starts in a row before the supervisor stops trying and leaves it to a person.
-const MAX_FAILED_STARTS: u32 = 20;
 
-/// The wait before restart number `n` (0-based) of a crash streak: 0, 1 s, 2 s, 4 s, … capped.
+/// The wait before attempt number `n` (0-based) of a streak: 0, 1 s, 2 s, 4 s, … capped.
 pub fn backoff(n: u32, max: Duration) -> Duration {
     if n == 0 {
         Duration::ZERO
@@ -58,8 +58,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    async fn restart_after_crash(&self, notice: ExitNotice, mut attempt: u32) {
-        let name = notice.name.clone();
+    async fn restart_after_crash(&self, notice: ExitNotice, attempt: u32) {
         let first = backoff(attempt, self.cfg.restart_backoff_max);
         let when = if first.is_zero() {
             "now".to_owned()
@@ -67,55 +66,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             format!("in {} s", first.as_secs())
         };
         self.event(
-            &name,
+            &notice.name,
             EventKind::Crashed,
             &format!("mariadbd (pid {}) exited unexpectedly ({}); restarting {when}", notice.pid, notice.status),
             json!({"pid": notice.pid, "status": notice.status, "attempt": attempt + 1, "backoff_ms": first.as_millis() as u64}),
         )
         .await;
-        for _ in 0..MAX_FAILED_STARTS {
-            // Back-off between restarts of a crashing server, not a readiness wait; the lock is
-            // not held meanwhile, so the database can still be parked or deleted.
-            tokio::time::sleep(backoff(attempt, self.cfg.restart_backoff_max)).await;
-            let _guard = self.lock(&name).await;
-            let Ok(svc) = self.load(&name).await else {
-                return;
-            };
-            if !svc.state.wants_process() || self.runtime.observe(&name).await.pid.is_some() {
-                return;
-            }
-            let begin = Instant::now();
-            match self.start_server(&svc).await {
-                Ok(instance) => {
-                    let ms = begin.elapsed().as_millis() as u64;
-                    self.event(
-                        &name,
-                        EventKind::Restarted,
-                        &format!("restarted after crash in {ms} ms (crash recovery included)"),
-                        json!({"pid": instance.pid, "start_ms": ms, "attempt": attempt + 1}),
-                    )
-                    .await;
-                    return;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    self.event(
-                        &name,
-                        EventKind::StartFailed,
-                        &format!("restart after crash failed: {e}"),
-                        json!({"attempt": attempt}),
-                    )
-                    .await;
-                }
-            }
-        }
-        self.event(
-            &name,
-            EventKind::StartFailed,
-            &format!("gave up restarting after {MAX_FAILED_STARTS} failed starts; `stratus db resume {name}` tries again"),
-            json!({}),
-        )
-        .await;
+        self.reconcile_until_settled(&notice.name, Trigger::Crash, attempt)
+            .await;
     }
 }
 

@@ -6,7 +6,8 @@
 use crate::{Result, RuntimeError};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 use stratus_core::Endpoint;
 
 /// How a runtime's servers are logged into by Stratus.
@@ -20,6 +21,8 @@ pub struct AdminLogin {
 /// A connection as Stratus's own account.
 pub struct AdminConn {
     name: String,
+    /// The account it logged in as (its own sessions are not clients').
+    user: String,
     conn: Conn,
 }
 
@@ -52,6 +55,7 @@ impl AdminConn {
             })?;
         Ok(Self {
             name: name.to_owned(),
+            user: login.user.clone(),
             conn,
         })
     }
@@ -118,10 +122,7 @@ impl AdminConn {
     /// The server refused the login itself (as opposed to being unreachable): someone removed,
     /// locked or changed Stratus's account.
     pub fn is_access_denied(e: &RuntimeError) -> bool {
-        // 1045 access denied, 1698 socket user mismatch, 4151 account locked, 1862 expired,
-        // 1226 a resource limit on the account.
-        matches!(e, RuntimeError::Sql { source: mysql_async::Error::Server(s), .. }
-            if matches!(s.code, 1045 | 1698 | 4151 | 1862 | 1820 | 1226 | 1044))
+        e.is_access_denied()
     }
 
     pub async fn close(self) {
@@ -130,3 +131,160 @@ impl AdminConn {
 }
 
 pub use stratus_core::sql::{quote_ident, quote_str};
+
+/// What the control plane does inside a running server, the same on every runtime: the buffer
+/// pool (<https://mariadb.com/kb/en/innodb-buffer-pool/>), sessions, recovered transactions,
+/// and the schema and account statements it writes itself (`exec`). A runtime hands these out
+/// ([`crate::Runtime::admin`]); [`AdminConn`] is the one real implementation, and
+/// `fake::FakeAdmin` the in-memory one controllers are tested against.
+pub trait ServerAdmin: Send + Sized {
+    /// Runs a statement that answers no rows (schema, accounts, grants).
+    fn exec(&mut self, sql: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// The buffer pool's current size in bytes.
+    fn buffer_pool_size(&mut self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Asks for a buffer pool of `bytes`; returns the size the server really took and its
+    /// warnings (it rounds, and refuses sizes beyond `innodb_buffer_pool_size_max`).
+    fn resize_buffer_pool(
+        &mut self,
+        bytes: u64,
+    ) -> impl Future<Output = Result<(u64, Vec<String>)>> + Send;
+
+    /// Writes the list of hot pages and waits, at most `limit`, for the server to finish;
+    /// returns its status line.
+    fn dump_buffer_pool(&mut self, limit: Duration) -> impl Future<Output = Result<String>> + Send;
+
+    /// Starts reloading the dumped hot pages in the background.
+    fn load_buffer_pool(&mut self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Closes every client session (not Stratus's, not the server's own threads); returns how
+    /// many were closed.
+    fn close_sessions(&mut self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Transactions recovered at start-up and still being rolled back.
+    fn recovered_transactions(&mut self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// `Innodb_buffer_pool_read_requests` and `Innodb_buffer_pool_reads`.
+    fn buffer_pool_counters(&mut self) -> impl Future<Output = Result<(u64, u64)>> + Send;
+
+    /// The server's `'%'` accounts: name, authentication plugin, authentication string.
+    fn accounts(&mut self) -> impl Future<Output = Result<Vec<Account>>> + Send;
+
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// An account as the server holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub user: String,
+    pub plugin: Option<String>,
+    pub auth: Option<String>,
+}
+
+impl ServerAdmin for AdminConn {
+    async fn exec(&mut self, sql: &str) -> Result<()> {
+        AdminConn::exec(self, sql).await
+    }
+
+    async fn buffer_pool_size(&mut self) -> Result<u64> {
+        let v: Option<u64> = self
+            .query_value("SELECT @@GLOBAL.innodb_buffer_pool_size")
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn resize_buffer_pool(&mut self, bytes: u64) -> Result<(u64, Vec<String>)> {
+        let warnings = self
+            .exec_with_warnings(&format!("SET GLOBAL innodb_buffer_pool_size = {bytes}"))
+            .await?;
+        Ok((self.buffer_pool_size().await?, warnings))
+    }
+
+    async fn dump_buffer_pool(&mut self, limit: Duration) -> Result<String> {
+        AdminConn::exec(self, "SET GLOBAL innodb_buffer_pool_dump_now = ON").await?;
+        let begin = Instant::now();
+        loop {
+            let status: Option<String> = self
+                .query_value(
+                    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                     WHERE VARIABLE_NAME = 'INNODB_BUFFER_POOL_DUMP_STATUS'",
+                )
+                .await?;
+            let status = status.unwrap_or_default();
+            if status.contains("completed") || begin.elapsed() > limit {
+                return Ok(status);
+            }
+            // Polling the server's own progress report: the dump has no completion signal.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn load_buffer_pool(&mut self) -> Result<()> {
+        // Asynchronous in the server: queries run while the pages come back.
+        AdminConn::exec(self, "SET GLOBAL innodb_buffer_pool_load_now = ON").await
+    }
+
+    async fn close_sessions(&mut self) -> Result<u64> {
+        let ids: Vec<u64> = self
+            .query_rows(&format!(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
+                 AND USER NOT IN ({}, 'system user', 'event_scheduler')",
+                quote_str(&self.user)
+            ))
+            .await?;
+        let mut closed = 0;
+        for id in ids {
+            // Gone already is fine.
+            if AdminConn::exec(self, &format!("KILL CONNECTION {id}"))
+                .await
+                .is_ok()
+            {
+                closed += 1;
+            }
+        }
+        Ok(closed)
+    }
+
+    async fn recovered_transactions(&mut self) -> Result<u64> {
+        let v: Option<u64> = self.query_value(RECOVERED_TRANSACTIONS).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn buffer_pool_counters(&mut self) -> Result<(u64, u64)> {
+        let rows: Vec<(String, u64)> = self
+            .query_rows(
+                "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                 WHERE VARIABLE_NAME IN ('INNODB_BUFFER_POOL_READ_REQUESTS', 'INNODB_BUFFER_POOL_READS')",
+            )
+            .await?;
+        let get = |n: &str| rows.iter().find(|(k, _)| k == n).map_or(0, |(_, v)| *v);
+        Ok((
+            get("INNODB_BUFFER_POOL_READ_REQUESTS"),
+            get("INNODB_BUFFER_POOL_READS"),
+        ))
+    }
+
+    async fn accounts(&mut self) -> Result<Vec<Account>> {
+        let rows: Vec<(String, Option<String>, Option<String>)> = self
+            .query_rows(
+                "SELECT User, JSON_VALUE(Priv, '$.plugin'), JSON_VALUE(Priv, '$.authentication_string') \
+                 FROM mysql.global_priv WHERE Host = '%'",
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, plugin, auth)| Account { user, plugin, auth })
+            .collect())
+    }
+
+    async fn close(self) {
+        AdminConn::close(self).await
+    }
+}
+
+/// The number of transactions a server recovered at start-up and has not finished rolling back:
+/// the rows of `INNODB_TRX` no client thread owns
+/// (<https://mariadb.com/kb/en/information-schema-innodb_trx-table/>).
+pub const RECOVERED_TRANSACTIONS: &str =
+    "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = 0";

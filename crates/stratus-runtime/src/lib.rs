@@ -5,11 +5,14 @@
 //! own. [`LocalRuntime`] runs `mariadbd` processes in cgroups on this machine; a Kubernetes
 //! runtime (pods, in-place resize, PVCs) implements the same trait.
 //!
-//! SQL-level work that is the same everywhere (buffer pool, accounts) belongs to the control
-//! plane, over [`admin::AdminConn`]; a runtime only logs in to know a server is ready.
+//! SQL-level work that is the same everywhere (buffer pool, sessions, accounts) is
+//! [`admin::ServerAdmin`], which a runtime hands out logged in as Stratus and the control plane
+//! drives. [`fake::FakeRuntime`] is the in-memory runtime the controllers are tested against.
 
 pub mod admin;
 pub mod binaries;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod local;
 
 pub use local::{LocalConfig, LocalRuntime};
@@ -47,6 +50,9 @@ pub enum RuntimeError {
         name: String,
         source: mysql_async::Error,
     },
+    /// The server refused Stratus's own login (someone removed, locked or changed its account).
+    #[error("database {name}: Stratus's login refused: {reason}")]
+    AccessDenied { name: String, reason: String },
     #[error("{0}")]
     Other(String),
 }
@@ -60,6 +66,20 @@ fn log_tail_suffix(tail: &[String]) -> String {
 }
 
 impl RuntimeError {
+    /// The server refused the login itself (as opposed to being unreachable).
+    pub fn is_access_denied(&self) -> bool {
+        // 1045 access denied, 1698 socket user mismatch, 4151 account locked, 1862 expired,
+        // 1226 a resource limit on the account.
+        match self {
+            RuntimeError::AccessDenied { .. } => true,
+            RuntimeError::Sql {
+                source: mysql_async::Error::Server(s),
+                ..
+            } => matches!(s.code, 1045 | 1698 | 4151 | 1862 | 1820 | 1226 | 1044),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
@@ -137,10 +157,18 @@ pub struct RuntimeInfo {
 /// Where databases run. Methods are cancel-safe only where they say so; the control plane
 /// serialises calls per database.
 pub trait Runtime: Send + Sync + 'static {
+    /// Stratus's own connection to one of this runtime's servers.
+    type Admin: admin::ServerAdmin;
+
     fn info(&self) -> RuntimeInfo;
 
-    /// How Stratus logs into this runtime's servers.
-    fn admin_login(&self) -> admin::AdminLogin;
+    /// Logs in to the running server of `name` as Stratus, giving up after `timeout`. A refused
+    /// login is an error for which [`RuntimeError::is_access_denied`] holds.
+    fn admin(
+        &self,
+        name: &ServiceName,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Self::Admin>> + Send;
 
     /// Creates storage for a new database and starts it; returns once Stratus can log in. On
     /// failure nothing is left behind.

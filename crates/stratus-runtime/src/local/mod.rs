@@ -212,6 +212,11 @@ impl LocalRuntime {
         })
     }
 
+    /// How Stratus logs into this runtime's servers.
+    pub fn admin_login(&self) -> AdminLogin {
+        self.inner.admin.clone()
+    }
+
     pub fn mariadb(&self) -> &MariaDb {
         &self.inner.mariadb
     }
@@ -537,6 +542,8 @@ impl Inner {
 }
 
 impl Runtime for LocalRuntime {
+    type Admin = AdminConn;
+
     fn info(&self) -> RuntimeInfo {
         RuntimeInfo {
             kind: "local",
@@ -575,8 +582,11 @@ impl Runtime for LocalRuntime {
         keys.lock().unwrap_or_else(|p| p.into_inner()).rotate(&dirs)
     }
 
-    fn admin_login(&self) -> AdminLogin {
-        self.inner.admin.clone()
+    async fn admin(&self, name: &ServiceName, timeout: Duration) -> Result<AdminConn> {
+        let endpoint = self
+            .endpoint(name)
+            .ok_or_else(|| RuntimeError::NotRunning(name.to_string()))?;
+        AdminConn::connect(name.as_str(), &endpoint, &self.inner.admin, timeout).await
     }
 
     async fn provision(&self, spec: &InstanceSpec) -> Result<Instance> {

@@ -1,0 +1,431 @@
+//! The lifecycle reconciler, shaped like kube-rs's `controller-rs`
+//! (<https://kube.rs/controllers/reconciler/>): for one database, a pure, level-triggered
+//! [`plan`] from what the catalog wants and what the runtime shows to the actions that close the
+//! gap; an executor ([`ControlPlane::reconcile`]) that applies them through the [`Runtime`]; and
+//! an error policy ([`ControlPlane::reconcile_until_settled`]) that tries again with back-off.
+//!
+//! It is what suspends, wakes and parks a database (an operation records the new desired state
+//! and converges to it, [`ControlPlane::transition`]), and what brings databases back after
+//! Stratus restarts, after a server crashes, and after a missed notice: whatever happened, it
+//! looks at the state now, not at the event, so running it twice does nothing the second time.
+//! Everything that acts on a database holds its lock, so the reconciler never sees one half done.
+
+use crate::supervisor::backoff;
+use crate::{ControlPlane, Result};
+use serde_json::json;
+use std::time::Instant;
+use stratus_core::{DatabaseService, DbState, EventKind, ServiceName};
+use stratus_runtime::Runtime;
+use stratus_store::Store;
+
+/// What is seen of one database now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// This runtime serves its server (it started or adopted it).
+    pub serving: bool,
+    /// A server process exists, served or not. Looked for only where it changes the plan (a
+    /// parked database): looking adopts an unserved server without the login a start makes.
+    pub process: bool,
+    /// Its processes are frozen (meaningful when serving).
+    pub frozen: bool,
+    /// The control plane holds it back from clients as suspended (set before it is emptied,
+    /// cleared after it is filled again).
+    pub held: bool,
+}
+
+/// One step towards the desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Its creation was interrupted (Stratus stopped during it): remove what exists of it.
+    Abandon,
+    Stop,
+    /// Unfreeze, so the server can be adopted, answer, or die. A no-op when not frozen.
+    Thaw,
+    /// Start the server, or adopt one that runs.
+    Start,
+    /// Make a held server hold nothing: hot page list dumped, sessions closed, buffer pool and
+    /// CPU at their floors (`suspend`).
+    Empty,
+    /// Give an emptied server its size back and reload its hot pages.
+    Fill,
+    Freeze,
+    /// Hold it back from clients until a client wakes it.
+    Hold,
+    /// Stop holding it back.
+    Release,
+}
+
+/// The actions that take a database in `state` from what is `seen` to what the state wants.
+/// Pure; an empty plan means there is nothing to do.
+pub fn plan(state: DbState, seen: Seen) -> Vec<Action> {
+    use Action::*;
+    let mut out = Vec::new();
+    match state {
+        // Creation holds the database's lock throughout: seen here, it was cut short.
+        DbState::Provisioning => out.push(Abandon),
+        // Deleting removes the entry, so `deleted` is never stored; were it, nothing should run.
+        DbState::Parked | DbState::Deleted => {
+            if seen.serving || seen.process {
+                out.push(Stop);
+            }
+            if seen.held {
+                out.push(Release);
+            }
+        }
+        DbState::Active | DbState::Migrating => {
+            if !seen.serving {
+                // A new server starts at its size: nothing to fill.
+                out.extend([Thaw, Start]);
+                if seen.held {
+                    out.push(Release);
+                }
+            } else if seen.held {
+                out.extend([Thaw, Fill, Release]);
+            } else if seen.frozen {
+                out.push(Thaw);
+            }
+        }
+        // Held first, so no client is handed the server while it is emptied.
+        DbState::Suspended => {
+            if !seen.serving {
+                out.extend([Hold, Thaw, Start, Empty, Freeze]);
+            } else if !seen.held {
+                out.extend([Hold, Empty, Freeze]);
+            }
+        }
+    }
+    out
+}
+
+/// What made the reconciler look, for the events it records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Stratus started and found the catalog.
+    Recovery,
+    /// The server exited without being asked.
+    Crash,
+    /// An operation changed the desired state (it records its own event).
+    Request,
+}
+
+/// Failed attempts in a row before the error policy stops trying and leaves it to a person.
+pub const MAX_ATTEMPTS: u32 = 20;
+
+/// What the applied actions did, for the event of the operation that asked for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Done {
+    pub started_pid: Option<u32>,
+    pub stopped_gracefully: Option<bool>,
+    pub emptied: Option<crate::suspend::Emptied>,
+    /// Whether the freeze took (false where the host cannot freeze).
+    pub frozen: Option<bool>,
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// What the runtime shows of a database, looked at without side effects where possible.
+    async fn seen(&self, svc: &DatabaseService) -> Seen {
+        let name = svc.name();
+        let serving = self.runtime.endpoint(name).is_some();
+        let held = self.is_suspended(name);
+        if serving {
+            let o = self.runtime.observe(name).await;
+            return Seen {
+                serving,
+                process: true,
+                frozen: o.frozen,
+                held,
+            };
+        }
+        let process = matches!(svc.state, DbState::Parked | DbState::Deleted)
+            && self.runtime.observe(name).await.pid.is_some();
+        Seen {
+            serving,
+            process,
+            frozen: false,
+            held,
+        }
+    }
+
+    /// Brings one database to what the catalog says, once: observe, plan, apply. Returns the
+    /// actions taken. An error leaves the rest of the plan for the next attempt.
+    pub async fn reconcile(&self, name: &ServiceName, why: Trigger) -> Result<Vec<Action>> {
+        let _guard = self.lock(name).await;
+        let Some(svc) = self.store.service(name).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(self.converge(&svc, why).await?.0)
+    }
+
+    /// Plans and applies for `svc` as given. Caller holds the lock.
+    async fn converge(&self, svc: &DatabaseService, why: Trigger) -> Result<(Vec<Action>, Done)> {
+        let actions = plan(svc.state, self.seen(svc).await);
+        let mut done = Done::default();
+        for &action in &actions {
+            self.apply(svc, action, why, &mut done).await?;
+        }
+        Ok((actions, done))
+    }
+
+    /// Makes `to` the desired state of `svc` and converges to it. If that fails, the previous
+    /// desired state is put back (and converged to, as far as it goes), so the catalog never
+    /// claims a state the server was not brought to. Caller holds the lock.
+    pub(crate) async fn transition(&self, svc: &mut DatabaseService, to: DbState) -> Result<Done> {
+        let before = svc.clone();
+        svc.state = to;
+        self.store.update_service(svc).await?;
+        match self.converge(svc, Trigger::Request).await {
+            Ok((_, done)) => Ok(done),
+            Err(e) => {
+                *svc = before;
+                self.store.update_service(svc).await?;
+                if let Err(back) = self.converge(svc, Trigger::Request).await {
+                    tracing::warn!(db = %svc.name(), "after a failed change to {to}, returning to {} failed too: {back}", svc.state);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The error policy: reconciles until it succeeds, waiting [`backoff`] between attempts
+    /// (`attempt` counts those already failed), and gives up after [`MAX_ATTEMPTS`] with an
+    /// event that says how to try again.
+    pub async fn reconcile_until_settled(
+        &self,
+        name: &ServiceName,
+        why: Trigger,
+        mut attempt: u32,
+    ) {
+        for _ in 0..MAX_ATTEMPTS {
+            // Back-off between attempts on a failing server, not a readiness wait; the lock is
+            // not held meanwhile, so the database can still be parked or deleted.
+            tokio::time::sleep(backoff(attempt, self.cfg.restart_backoff_max)).await;
+            match self.reconcile(name, why).await {
+                Ok(_) => return,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::debug!(db = %name, attempt, "reconcile failed: {e}");
+                }
+            }
+        }
+        self.event(
+            name,
+            EventKind::StartFailed,
+            &format!(
+                "gave up after {MAX_ATTEMPTS} failed attempts; `stratus db resume {name}` tries again"
+            ),
+            json!({}),
+        )
+        .await;
+    }
+
+    /// The executor: one action.
+    async fn apply(
+        &self,
+        svc: &DatabaseService,
+        action: Action,
+        why: Trigger,
+        done: &mut Done,
+    ) -> Result<()> {
+        let name = svc.name();
+        match action {
+            Action::Abandon => {
+                let _ = self.runtime.destroy(name).await;
+                let _ = self.store.delete_service(name).await;
+                self.event(
+                    name,
+                    EventKind::StartFailed,
+                    "creation was interrupted by a restart of Stratus; removed",
+                    json!({}),
+                )
+                .await;
+            }
+            Action::Stop => {
+                done.stopped_gracefully = Some(self.runtime.stop(name, self.cfg.stop_grace).await?);
+            }
+            Action::Thaw => self.runtime.thaw(name).await?,
+            Action::Start => done.started_pid = Some(self.start_recorded(svc, why).await?),
+            Action::Empty => done.emptied = Some(self.empty(svc).await?),
+            Action::Fill => self.fill(svc).await?,
+            Action::Freeze => done.frozen = Some(self.runtime.freeze(name).await?),
+            Action::Hold => self.set_suspended(name, true),
+            Action::Release => self.set_suspended(name, false),
+        }
+        Ok(())
+    }
+
+    /// Starts (or adopts) the server and, unless an operation asked for it (it records its
+    /// own), records how, in the terms of what made it necessary. Returns its pid.
+    async fn start_recorded(&self, svc: &DatabaseService, why: Trigger) -> Result<u32> {
+        let name = svc.name();
+        let begin = Instant::now();
+        let started = self.start_server(svc).await;
+        let ms = begin.elapsed().as_millis() as u64;
+        let instance = match started {
+            Ok(instance) => instance,
+            Err(e) => {
+                let message = match why {
+                    Trigger::Recovery => {
+                        format!("could not start after a restart of Stratus: {e}")
+                    }
+                    Trigger::Crash => format!("restart after crash failed: {e}"),
+                    Trigger::Request => return Err(e),
+                };
+                self.event(name, EventKind::StartFailed, &message, json!({}))
+                    .await;
+                return Err(e);
+            }
+        };
+        let (kind, message) = match why {
+            Trigger::Request => return Ok(instance.pid),
+            Trigger::Recovery => {
+                self.tend_commit_markers(svc).await;
+                if instance.adopted {
+                    (
+                        EventKind::Adopted,
+                        format!(
+                            "running mariadbd (pid {}) adopted after a restart of Stratus",
+                            instance.pid
+                        ),
+                    )
+                } else {
+                    (
+                        EventKind::Started,
+                        format!("started after a restart of Stratus in {ms} ms"),
+                    )
+                }
+            }
+            Trigger::Crash => (
+                EventKind::Restarted,
+                format!("restarted after crash in {ms} ms (crash recovery included)"),
+            ),
+        };
+        self.event(
+            name,
+            kind,
+            &message,
+            json!({"pid": instance.pid, "start_ms": ms}),
+        )
+        .await;
+        Ok(instance.pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Action::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    const ALL: [DbState; 6] = [
+        DbState::Provisioning,
+        DbState::Active,
+        DbState::Suspended,
+        DbState::Parked,
+        DbState::Migrating,
+        DbState::Deleted,
+    ];
+
+    fn seen(serving: bool, frozen: bool, held: bool) -> Seen {
+        Seen {
+            serving,
+            process: serving,
+            frozen,
+            held,
+        }
+    }
+
+    #[test]
+    fn a_database_that_should_run_is_started_and_a_parked_one_stopped() {
+        assert_eq!(plan(DbState::Active, Seen::default()), [Thaw, Start]);
+        assert_eq!(
+            plan(DbState::Suspended, Seen::default()),
+            [Hold, Thaw, Start, Empty, Freeze]
+        );
+        let orphan = Seen {
+            process: true,
+            ..Seen::default()
+        };
+        assert_eq!(plan(DbState::Parked, orphan), [Stop]);
+        assert_eq!(plan(DbState::Parked, Seen::default()), []);
+        assert_eq!(
+            plan(DbState::Provisioning, seen(true, false, false)),
+            [Abandon]
+        );
+    }
+
+    #[test]
+    fn what_is_already_so_is_left_alone() {
+        assert_eq!(plan(DbState::Active, seen(true, false, false)), []);
+        assert_eq!(plan(DbState::Suspended, seen(true, true, true)), []);
+        // A host without a freezer: held, never frozen, and that is enough.
+        assert_eq!(plan(DbState::Suspended, seen(true, false, true)), []);
+        assert_eq!(plan(DbState::Deleted, seen(false, false, false)), []);
+    }
+
+    #[test]
+    fn half_done_transitions_are_finished() {
+        // A wake: thawed, given its size, then handed out.
+        assert_eq!(
+            plan(DbState::Active, seen(true, true, true)),
+            [Thaw, Fill, Release]
+        );
+        // Stratus stopped during a wake, after the thaw: frozen no more, still held.
+        assert_eq!(
+            plan(DbState::Active, seen(true, false, true)),
+            [Thaw, Fill, Release]
+        );
+        // A suspend: held back first, then emptied and frozen.
+        assert_eq!(
+            plan(DbState::Suspended, seen(true, false, false)),
+            [Hold, Empty, Freeze]
+        );
+        assert_eq!(
+            plan(DbState::Parked, seen(true, true, true)),
+            [Stop, Release]
+        );
+    }
+
+    /// A model of what each action does to what is seen.
+    fn step(s: &mut Seen, a: Action, can_freeze: bool) -> bool {
+        match a {
+            Abandon => return false,
+            Stop => {
+                s.serving = false;
+                s.process = false;
+                s.frozen = false;
+            }
+            Thaw => s.frozen = false,
+            Start => {
+                s.serving = true;
+                s.process = true;
+            }
+            Empty | Fill => {}
+            Freeze => s.frozen = can_freeze,
+            Hold => s.held = true,
+            Release => s.held = false,
+        }
+        true
+    }
+
+    proptest! {
+        /// Level-triggered: applying a plan leaves nothing to do, from any starting point, with
+        /// or without a freezer.
+        #[test]
+        fn a_plan_applied_converges(
+            i in 0usize..6,
+            serving: bool, process: bool, frozen: bool, held: bool, can_freeze: bool,
+        ) {
+            let state = ALL[i];
+            let mut s = Seen { serving, process: process || serving, frozen: frozen && serving, held };
+            let mut alive = true;
+            for a in plan(state, s) {
+                alive &= step(&mut s, a, can_freeze);
+            }
+            if alive {
+                prop_assert_eq!(plan(state, s), Vec::<Action>::new(), "{:?} then {:?}", state, s);
+                prop_assert_eq!(s.serving, state.wants_process() && state != DbState::Provisioning);
+                prop_assert_eq!(s.held, state == DbState::Suspended);
+            }
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! The controllers over the in-memory runtime (`stratus_runtime::fake`) and an in-memory
+//! catalog: what each does, in which order, and what it records, without a server. Those that
+//! wait for back-off run on tokio's paused clock, which moves straight to the next timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+use stratus_control::lifecycle::CreateRequest;
+use stratus_control::pool::PoolConfig;
+use stratus_control::reconcile::{Action, MAX_ATTEMPTS, Trigger};
+use stratus_control::suspend::{BUFFER_POOL_FLOOR, CPU_FLOOR_MILLIS};
+use stratus_control::{ControlConfig, ControlPlane};
+use stratus_core::{DbState, EventKind, ServiceName};
+use stratus_runtime::fake::{FakeRuntime, Op};
+use stratus_store::{EventFilter, SqliteStore, Store};
+
+type Cp = Arc<ControlPlane<SqliteStore, FakeRuntime>>;
+
+fn control(pool: PoolConfig) -> (Cp, FakeRuntime) {
+    let rt = FakeRuntime::default();
+    let cfg = ControlConfig {
+        pool,
+        restart_backoff_max: Duration::from_secs(30),
+        ..ControlConfig::default()
+    };
+    let cp = ControlPlane::new(SqliteStore::in_memory().unwrap(), rt.clone(), cfg);
+    (cp, rt)
+}
+
+fn no_pool() -> PoolConfig {
+    PoolConfig { min: 0, max: 0 }
+}
+
+async fn create(cp: &Cp, name: &str) {
+    cp.create(CreateRequest {
+        name: name.into(),
+        tier: Some("standard".into()),
+        min_scu: Some(1),
+        max_scu: Some(4),
+        ..CreateRequest::default()
+    })
+    .await
+    .unwrap();
+}
+
+fn db(name: &str) -> ServiceName {
+    ServiceName::parse(name).unwrap()
+}
+
+async fn events(cp: &Cp, name: &str) -> Vec<(EventKind, String)> {
+    let filter = EventFilter {
+        db: Some(name.into()),
+        ..EventFilter::default()
+    };
+    let all = cp.store().events(&filter).await.unwrap();
+    all.into_iter().map(|e| (e.kind, e.message)).collect()
+}
+
+/// Waits for a condition the controllers bring about in the background. On the paused clock
+/// each poll lets every timer due run.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    for _ in 0..20_000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+async fn set_state(cp: &Cp, name: &str, state: DbState) {
+    let mut svc = cp.store().service(&db(name)).await.unwrap().unwrap();
+    svc.state = state;
+    cp.store().update_service(&svc).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_created_database_gets_its_schema_owner_and_size() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let s = rt.server("shop").expect("running");
+    let r = cp.config().scu.resources(1);
+    assert_eq!(
+        (s.cpu_millis, s.memory_bytes),
+        (r.cpu_millis, r.memory_bytes)
+    );
+    assert!(
+        s.executed[0].starts_with("CREATE DATABASE IF NOT EXISTS `shop`"),
+        "{:?}",
+        s.executed
+    );
+    assert!(
+        s.executed
+            .iter()
+            .any(|q| q.starts_with("CREATE USER 'admin'@'%'"))
+    );
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!(svc.state, DbState::Active);
+}
+
+#[tokio::test]
+async fn a_failed_create_leaves_nothing_behind() {
+    let (cp, rt) = control(no_pool());
+    rt.fail(Op::Admin, 1);
+    let err = cp
+        .create(CreateRequest {
+            name: "shop".into(),
+            ..CreateRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert!(rt.server("shop").is_none() && !rt.has_storage("shop"));
+    assert!(cp.store().service(&db("shop")).await.unwrap().is_none());
+    let ev = events(&cp, "shop").await;
+    assert_eq!(ev.last().unwrap().0, EventKind::StartFailed, "{ev:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_server_is_restarted_and_the_restart_recorded() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    tokio::spawn(cp.clone().supervise());
+    tokio::task::yield_now().await;
+    let pid = rt.server("shop").unwrap().pid;
+    rt.crash("shop");
+    until("restarted", || async { rt.server("shop").is_some() }).await;
+    assert_ne!(rt.server("shop").unwrap().pid, pid);
+    until("recorded", || async {
+        events(&cp, "shop")
+            .await
+            .iter()
+            .any(|e| e.0 == EventKind::Restarted)
+    })
+    .await;
+    let kinds: Vec<EventKind> = events(&cp, "shop").await.into_iter().map(|e| e.0).collect();
+    let crashed = kinds.iter().position(|k| *k == EventKind::Crashed).unwrap();
+    assert_eq!(kinds[crashed + 1], EventKind::Restarted, "{kinds:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_will_not_start_is_retried_with_back_off_then_left_to_a_person() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    rt.vanish("shop");
+    rt.fail(Op::Start, 1_000);
+    rt.take_calls();
+    let begin = tokio::time::Instant::now();
+    cp.reconcile_until_settled(&db("shop"), Trigger::Recovery, 0)
+        .await;
+    // Nothing ran, so the clock moved only by the waits between attempts.
+    let waited = begin.elapsed();
+    let starts = rt.calls().iter().filter(|c| *c == "start shop").count();
+    assert_eq!(starts, MAX_ATTEMPTS as usize);
+    let expected: u64 = (0..MAX_ATTEMPTS)
+        .map(|n| stratus_control::supervisor::backoff(n, Duration::from_secs(30)).as_secs())
+        .sum();
+    assert_eq!(
+        waited.as_secs(),
+        expected,
+        "0, 1, 2, 4, 8, 16, then 30 s each"
+    );
+    let ev = events(&cp, "shop").await;
+    assert!(
+        ev.last()
+            .unwrap()
+            .1
+            .contains("gave up after 20 failed attempts"),
+        "{ev:?}"
+    );
+    assert_eq!(
+        ev.iter().filter(|e| e.0 == EventKind::StartFailed).count(),
+        MAX_ATTEMPTS as usize + 1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_fails_twice_then_works_ends_the_streak() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    rt.vanish("shop");
+    rt.fail(Op::Start, 2);
+    cp.reconcile_until_settled(&db("shop"), Trigger::Crash, 0)
+        .await;
+    assert!(rt.server("shop").is_some());
+    let ev = events(&cp, "shop").await;
+    assert_eq!(ev.last().unwrap().0, EventKind::Restarted, "{ev:?}");
+}
+
+/// Stratus stopped in the middle of things: each database is brought to what the catalog says.
+#[tokio::test]
+async fn recovery_finishes_or_undoes_what_a_restart_of_stratus_interrupted() {
+    let (cp, rt) = control(no_pool());
+    for name in ["creating", "parked", "sleeping", "running"] {
+        create(&cp, name).await;
+    }
+    // A creation cut short, a park that stopped short of stopping, a suspended and an active
+    // database whose servers are gone.
+    set_state(&cp, "creating", DbState::Provisioning).await;
+    set_state(&cp, "parked", DbState::Parked).await;
+    set_state(&cp, "sleeping", DbState::Suspended).await;
+    rt.vanish("sleeping");
+    rt.vanish("running");
+    cp.recover().await.unwrap();
+
+    assert!(cp.store().service(&db("creating")).await.unwrap().is_none());
+    assert!(!rt.has_storage("creating"));
+    assert!(rt.server("parked").is_none() && rt.has_storage("parked"));
+    let sleeping = rt.server("sleeping").expect("started");
+    assert!(sleeping.frozen, "suspended again");
+    assert_eq!(
+        cp.backend_for_client("sleeping", false).await.unwrap(),
+        None
+    );
+    assert!(rt.server("running").is_some());
+    assert!(
+        cp.backend_for_client("running", false)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let ev = events(&cp, "running").await;
+    assert!(
+        ev.last()
+            .unwrap()
+            .1
+            .starts_with("started after a restart of Stratus"),
+        "{ev:?}"
+    );
+
+    // Level-triggered: a second look has nothing to do.
+    for name in ["parked", "sleeping", "running"] {
+        let done = cp.reconcile(&db(name), Trigger::Recovery).await.unwrap();
+        assert_eq!(done, Vec::<Action>::new(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn suspend_empties_and_freezes_the_server_and_a_client_wakes_it_at_its_size() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    cp.scale("shop", 2).await.unwrap();
+    rt.with_server("shop", |s| s.sessions = 3);
+    cp.suspend("shop", false, "test").await.unwrap();
+    let s = rt.server("shop").unwrap();
+    assert!(s.frozen && s.hot_pages_dumped);
+    assert_eq!(s.sessions, 0);
+    assert_eq!(
+        (s.buffer_pool_bytes, s.cpu_millis),
+        (BUFFER_POOL_FLOOR, CPU_FLOOR_MILLIS)
+    );
+    assert_eq!(cp.backend_for_client("shop", false).await.unwrap(), None);
+
+    assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
+    let s = rt.server("shop").unwrap();
+    let r = cp.config().scu.resources(1);
+    assert!(!s.frozen && s.hot_pages_loading);
+    assert_eq!(
+        (s.cpu_millis, s.memory_bytes, s.buffer_pool_bytes),
+        (r.cpu_millis, r.memory_bytes, r.buffer_pool_bytes),
+        "woken at its minimum"
+    );
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!((svc.state, svc.scu), (DbState::Active, 1));
+}
+
+#[tokio::test]
+async fn a_host_without_a_freezer_keeps_a_suspended_server_at_its_cpu_floor() {
+    let (cp, rt) = control(no_pool());
+    rt.set_cannot_freeze();
+    create(&cp, "shop").await;
+    cp.suspend("shop", false, "test").await.unwrap();
+    let s = rt.server("shop").unwrap();
+    assert!(!s.frozen);
+    assert_eq!(s.cpu_millis, CPU_FLOOR_MILLIS);
+    let ev = events(&cp, "shop").await;
+    assert!(
+        ev.last().unwrap().1.contains("this host cannot freeze"),
+        "{ev:?}"
+    );
+}
+
+/// Growing, the limits go up before the buffer pool; shrinking, the buffer pool goes down
+/// before the limits: the pool never meets a limit too small for it.
+#[tokio::test]
+async fn resizes_apply_limits_and_buffer_pool_in_the_safe_order() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let order = |calls: Vec<String>| -> Vec<String> {
+        calls
+            .into_iter()
+            .filter(|c| c.starts_with("set_limits") || c.starts_with("resize_buffer_pool"))
+            .map(|c| c.split(' ').next().unwrap().to_owned())
+            .collect()
+    };
+    rt.take_calls();
+    cp.scale("shop", 4).await.unwrap();
+    assert_eq!(
+        order(rt.take_calls()),
+        ["set_limits", "set_limits", "resize_buffer_pool"],
+        "the limits again after the login, which may have restarted the server"
+    );
+    cp.scale("shop", 1).await.unwrap();
+    assert_eq!(order(rt.take_calls()), ["resize_buffer_pool", "set_limits"]);
+
+    // The server refuses the larger pool: the grown limits are put back, the size unchanged.
+    rt.fail(Op::ResizeBufferPool, 1);
+    assert!(cp.scale("shop", 3).await.is_err());
+    assert_eq!(
+        order(rt.take_calls()),
+        [
+            "set_limits",
+            "set_limits",
+            "resize_buffer_pool",
+            "set_limits"
+        ]
+    );
+    let r = cp.config().scu.resources(1);
+    assert_eq!(rt.server("shop").unwrap().cpu_millis, r.cpu_millis);
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!(svc.scu, 1);
+}
+
+/// A tenant with `CREATE USER` dropped or locked Stratus's account: the next operation restarts
+/// the server, which restores the account, and goes on; an event says so.
+#[tokio::test]
+async fn an_operation_on_a_server_that_refuses_stratus_restores_access_and_goes_on() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let pid = rt.server("shop").unwrap().pid;
+    rt.with_server("shop", |s| s.account_refused = true);
+    cp.scale("shop", 2).await.unwrap();
+    let s = rt.server("shop").unwrap();
+    assert_ne!(s.pid, pid, "restarted");
+    let r = cp.config().scu.resources(2);
+    assert_eq!(
+        (s.cpu_millis, s.memory_bytes, s.buffer_pool_bytes),
+        (r.cpu_millis, r.memory_bytes, r.buffer_pool_bytes),
+        "the restart did not lose the new limits"
+    );
+    let ev = events(&cp, "shop").await;
+    assert!(
+        ev.iter().any(|e| e.0 == EventKind::AccessRestored),
+        "{ev:?}"
+    );
+    assert_eq!(ev.last().unwrap().0, EventKind::Scaled);
+}
+
+#[tokio::test]
+async fn a_parked_database_stays_down_when_an_old_crash_is_reconciled() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    cp.park("shop", false).await.unwrap();
+    assert!(rt.server("shop").is_none());
+    let done = cp.reconcile(&db("shop"), Trigger::Crash).await.unwrap();
+    assert!(done.is_empty() && rt.server("shop").is_none());
+    cp.resume("shop").await.unwrap();
+    assert!(rt.server("shop").is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_warm_pool_fills_serves_a_create_refills_and_drains() {
+    let (cp, rt) = control(PoolConfig { min: 2, max: 4 });
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("filled", || async { rt.spares() == 2 }).await;
+    let created = cp
+        .create(CreateRequest {
+            name: "shop".into(),
+            ..CreateRequest::default()
+        })
+        .await
+        .unwrap();
+    assert!(rt.calls().iter().any(|c| c.starts_with("claim_spare")));
+    let ev = events(&cp, "shop").await;
+    assert!(
+        ev.last().unwrap().1.contains("warm pool"),
+        "{ev:?} {created:?}"
+    );
+    // One creation raises the target by one.
+    until("refilled", || async { rt.spares() == 3 }).await;
+    cp.drain_pool().await;
+    assert_eq!(rt.spares(), 0);
+    pool.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spare_that_cannot_be_claimed_gives_way_to_a_new_server() {
+    let (cp, rt) = control(PoolConfig { min: 1, max: 1 });
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("filled", || async { rt.spares() == 1 }).await;
+    rt.fail(Op::ClaimSpare, 1);
+    create(&cp, "shop").await;
+    let calls = rt.calls();
+    assert!(
+        calls.iter().any(|c| c.starts_with("destroy_spare")),
+        "{calls:?}"
+    );
+    assert!(calls.iter().any(|c| c == "provision shop"), "{calls:?}");
+    assert!(rt.server("shop").is_some());
+    cp.drain_pool().await;
+    pool.abort();
+}
+
+/// The monitor on the real clock (its windows are wall-clock time): a server using its whole
+/// CPU quota is grown, the order of the resize is the safe one, and the measurement is recorded.
+#[tokio::test]
+async fn the_autoscaler_grows_a_database_pinned_at_its_quota() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let quota = u64::from(cp.config().scu.resources(1).cpu_millis);
+    let load = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let begin = std::time::Instant::now();
+            loop {
+                // CPU time at exactly the quota: `quota` millicores for every elapsed second.
+                let ns = begin.elapsed().as_nanos() as u64 * quota / 1000;
+                rt.with_server("shop", |s| s.cpu_ns = ns);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    rt.take_calls();
+    let monitor = tokio::spawn(cp.clone().monitor());
+    until("grown", || async {
+        cp.store().service(&db("shop")).await.unwrap().unwrap().scu > 1
+    })
+    .await;
+    load.abort();
+    monitor.abort();
+    let scu = cp.store().service(&db("shop")).await.unwrap().unwrap().scu;
+    assert_eq!(scu, 2, "pinned at the quota: doubled");
+    let r = cp.config().scu.resources(2);
+    let s = rt.server("shop").unwrap();
+    assert_eq!(
+        (s.cpu_millis, s.buffer_pool_bytes),
+        (r.cpu_millis, r.buffer_pool_bytes)
+    );
+    let calls: Vec<String> = rt
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("set_limits") || c.starts_with("resize_buffer_pool"))
+        .collect();
+    assert!(calls[0].starts_with("set_limits"), "{calls:?}");
+    let ev = events(&cp, "shop").await;
+    assert!(
+        ev.last().unwrap().1.starts_with("autoscaled up 1 → 2 SCU"),
+        "{ev:?}"
+    );
+}
+
+/// An idle database is suspended after its policy's idle time, and parked after its time
+/// suspended; each is an event that says why.
+#[tokio::test]
+async fn an_idle_database_is_suspended_then_parked() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let policy = stratus_core::ScalingPolicy {
+        idle_to_suspend_ms: 300,
+        suspend_to_park_ms: 300,
+        ..stratus_core::ScalingPolicy::default()
+    };
+    cp.store()
+        .set_scaling_policy(&db("shop"), &policy)
+        .await
+        .unwrap();
+    let monitor = tokio::spawn(cp.clone().monitor());
+    until("suspended", || async {
+        rt.server("shop").is_some_and(|s| s.frozen)
+    })
+    .await;
+    until("parked", || async { rt.server("shop").is_none() }).await;
+    monitor.abort();
+    let kinds: Vec<EventKind> = events(&cp, "shop").await.into_iter().map(|e| e.0).collect();
+    assert!(
+        kinds.ends_with(&[EventKind::Suspended, EventKind::Parked]),
+        "{kinds:?}"
+    );
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!(svc.state, DbState::Parked);
+}
+
+/// A change that fails halfway is undone: the catalog never claims a state the server is not in,
+/// and clients are not left waiting on a server held back for nothing.
+#[tokio::test]
+async fn a_suspend_that_fails_halfway_leaves_the_database_active_at_its_size() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    cp.scale("shop", 2).await.unwrap();
+    rt.fail(Op::Freeze, 1);
+    let err = cp.suspend("shop", false, "test").await.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!((svc.state, svc.scu), (DbState::Active, 2));
+    assert!(
+        cp.backend_for_client("shop", false)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let s = rt.server("shop").unwrap();
+    let r = cp.config().scu.resources(2);
+    assert!(!s.frozen);
+    assert_eq!(
+        (s.cpu_millis, s.buffer_pool_bytes),
+        (r.cpu_millis, r.buffer_pool_bytes)
+    );
+    let ev = events(&cp, "shop").await;
+    assert_ne!(ev.last().unwrap().0, EventKind::Suspended, "{ev:?}");
+}
+
+#[tokio::test]
+async fn a_park_whose_stop_fails_leaves_the_database_active() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    rt.fail(Op::Stop, 1);
+    assert!(cp.park("shop", false).await.is_err());
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!(svc.state, DbState::Active);
+    assert!(
+        cp.backend_for_client("shop", false)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    cp.park("shop", false).await.unwrap();
+    assert!(rt.server("shop").is_none());
+}
+
+/// A suspended database whose server crashes comes back suspended: restarted, emptied, frozen
+/// and held until a client wakes it.
+#[tokio::test(start_paused = true)]
+async fn a_suspended_database_that_crashes_comes_back_suspended() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    tokio::spawn(cp.clone().supervise());
+    cp.suspend("shop", false, "test").await.unwrap();
+    tokio::task::yield_now().await;
+    rt.crash("shop");
+    until("restarted", || async {
+        rt.server("shop").is_some_and(|s| s.frozen)
+    })
+    .await;
+    let s = rt.server("shop").unwrap();
+    assert_eq!(
+        (s.buffer_pool_bytes, s.cpu_millis),
+        (BUFFER_POOL_FLOOR, CPU_FLOOR_MILLIS)
+    );
+    assert_eq!(cp.backend_for_client("shop", false).await.unwrap(), None);
+    assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
+    assert!(!rt.server("shop").unwrap().frozen);
+}

@@ -1,0 +1,520 @@
+//! An in-memory [`Runtime`] the controllers are tested against, as kube-rs controllers are
+//! tested against a mocked API server: servers are records, starts and stops take no time, and
+//! a test injects what real hosts do to servers (a crash, a failed start, a tenant locking
+//! Stratus out). Every call is logged in order, so a test can assert the order a controller
+//! acted in (a grow raises the limits before the buffer pool, a shrink the other way round).
+
+use crate::admin::{Account, ServerAdmin};
+use crate::{
+    ExitNotice, Instance, InstanceSpec, Observed, Result, Runtime, RuntimeError, RuntimeInfo,
+    Spare, Usage,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use stratus_core::{Endpoint, Resources, ServiceName};
+use tokio::sync::broadcast;
+
+/// Operations a test can make fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Provision,
+    Start,
+    Stop,
+    SetLimits,
+    Freeze,
+    Admin,
+    ResizeBufferPool,
+    ProvisionSpare,
+    ClaimSpare,
+}
+
+/// One fake server, as a test inspects it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FakeServer {
+    pub pid: u32,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub frozen: bool,
+    pub buffer_pool_bytes: u64,
+    /// `innodb_buffer_pool_size_max`: larger requests are cut to it, with a warning.
+    pub buffer_pool_max: u64,
+    /// Client sessions open on it.
+    pub sessions: u64,
+    /// Transactions recovered at start and still rolling back; each look at them finds one
+    /// fewer, as a rollback in progress would.
+    pub recovered_transactions: u64,
+    /// Stratus's own account was dropped or locked by a tenant: logins are refused until the
+    /// next start restores it.
+    pub account_refused: bool,
+    pub hot_pages_dumped: bool,
+    pub hot_pages_loading: bool,
+    /// Statements run through [`ServerAdmin::exec`], in order.
+    pub executed: Vec<String>,
+    pub cpu_ns: u64,
+}
+
+#[derive(Debug, Default)]
+struct World {
+    storage: BTreeSet<String>,
+    servers: BTreeMap<String, FakeServer>,
+    spares: BTreeMap<String, FakeServer>,
+    next_pid: u32,
+    failures: Vec<(Op, u32)>,
+    cannot_freeze: bool,
+    calls: Vec<String>,
+}
+
+impl World {
+    /// Takes one injected failure of `op`, if any is left.
+    fn failing(&mut self, op: Op) -> bool {
+        match self.failures.iter_mut().find(|(o, n)| *o == op && *n > 0) {
+            Some((_, n)) => {
+                *n -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn server(&mut self, name: &str) -> Result<&mut FakeServer> {
+        self.servers
+            .get_mut(name)
+            .ok_or_else(|| RuntimeError::NotRunning(name.to_owned()))
+    }
+
+    fn new_server(&mut self, r: Resources, max: Resources) -> FakeServer {
+        self.next_pid += 1;
+        FakeServer {
+            pid: 1000 + self.next_pid,
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+            buffer_pool_bytes: r.buffer_pool_bytes,
+            buffer_pool_max: max.buffer_pool_bytes.max(r.buffer_pool_bytes),
+            ..FakeServer::default()
+        }
+    }
+}
+
+/// The in-memory runtime. Clones share one world.
+#[derive(Clone)]
+pub struct FakeRuntime {
+    world: Arc<Mutex<World>>,
+    exits: broadcast::Sender<ExitNotice>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        Self {
+            world: Arc::default(),
+            exits: broadcast::channel(64).0,
+        }
+    }
+}
+
+fn injected(op: Op, name: &str) -> RuntimeError {
+    RuntimeError::Other(format!("database {name}: injected failure of {op:?}"))
+}
+
+fn endpoint_of(name: &str) -> Endpoint {
+    Endpoint::Unix(Path::new(&format!("/fake/{name}.sock")).into())
+}
+
+impl FakeRuntime {
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn log(&self, call: String) {
+        self.world().calls.push(call);
+    }
+
+    /// Makes the next `times` calls of `op` fail.
+    pub fn fail(&self, op: Op, times: u32) {
+        self.world().failures.push((op, times));
+    }
+
+    /// The host has no freezer: `freeze` answers false, as on hosts without one.
+    pub fn set_cannot_freeze(&self) {
+        self.world().cannot_freeze = true;
+    }
+
+    /// The server dies on its own: gone, and its exit reported.
+    pub fn crash(&self, name: &str) {
+        let gone = self.world().servers.remove(name);
+        if let Some(s) = gone {
+            self.log(format!("crash {name}"));
+            let _ = self.exits.send(ExitNotice {
+                name: ServiceName::parse(name).expect("a fake server has a valid name"),
+                pid: s.pid,
+                status: "signal 9 (SIGKILL)".to_owned(),
+            });
+        }
+    }
+
+    /// The server is gone without a word, as one that died while Stratus was not running.
+    pub fn vanish(&self, name: &str) {
+        self.world().servers.remove(name);
+    }
+
+    /// The running server of `name`, as it is now.
+    pub fn server(&self, name: &str) -> Option<FakeServer> {
+        self.world().servers.get(name).cloned()
+    }
+
+    /// Changes a running server (open sessions, a tenant's doing, CPU used).
+    pub fn with_server(&self, name: &str, f: impl FnOnce(&mut FakeServer)) {
+        if let Some(s) = self.world().servers.get_mut(name) {
+            f(s);
+        }
+    }
+
+    pub fn has_storage(&self, name: &str) -> bool {
+        self.world().storage.contains(name)
+    }
+
+    pub fn spares(&self) -> usize {
+        self.world().spares.len()
+    }
+
+    /// Every call so far, oldest first, as `"<op> <name> <arguments>"`.
+    pub fn calls(&self) -> Vec<String> {
+        self.world().calls.clone()
+    }
+
+    /// The calls so far, forgotten.
+    pub fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut self.world().calls)
+    }
+}
+
+impl Runtime for FakeRuntime {
+    type Admin = FakeAdmin;
+
+    fn info(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            kind: "fake",
+            resource_control: "fake".to_owned(),
+            resource_control_note: None,
+            mariadb_version: "fake".to_owned(),
+            encryption: None,
+        }
+    }
+
+    async fn admin(&self, name: &ServiceName, _timeout: Duration) -> Result<FakeAdmin> {
+        let mut w = self.world();
+        if w.failing(Op::Admin) {
+            return Err(injected(Op::Admin, name.as_str()));
+        }
+        if w.server(name.as_str())?.account_refused {
+            return Err(RuntimeError::AccessDenied {
+                name: name.to_string(),
+                reason: "account locked".to_owned(),
+            });
+        }
+        Ok(FakeAdmin {
+            world: self.world.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    async fn provision(&self, spec: &InstanceSpec) -> Result<Instance> {
+        let name = spec.name.as_str();
+        let mut w = self.world();
+        w.calls.push(format!("provision {name}"));
+        if w.storage.contains(name) {
+            return Err(RuntimeError::StorageExists(name.to_owned()));
+        }
+        if w.failing(Op::Provision) {
+            return Err(injected(Op::Provision, name));
+        }
+        let s = w.new_server(spec.resources, spec.max_resources);
+        let pid = s.pid;
+        w.storage.insert(name.to_owned());
+        w.servers.insert(name.to_owned(), s);
+        Ok(instance(pid, name, false))
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
+        let name = spec.name.as_str();
+        let mut w = self.world();
+        w.calls.push(format!("start {name}"));
+        if !w.storage.contains(name) {
+            return Err(RuntimeError::NoStorage(name.to_owned()));
+        }
+        if w.failing(Op::Start) {
+            return Err(injected(Op::Start, name));
+        }
+        if let Some(s) = w.servers.get(name) {
+            return Ok(instance(s.pid, name, true));
+        }
+        let s = w.new_server(spec.resources, spec.max_resources);
+        let pid = s.pid;
+        w.servers.insert(name.to_owned(), s);
+        Ok(instance(pid, name, false))
+    }
+
+    async fn stop(&self, name: &ServiceName, _grace: Duration) -> Result<bool> {
+        let mut w = self.world();
+        w.calls.push(format!("stop {name}"));
+        if w.failing(Op::Stop) {
+            return Err(injected(Op::Stop, name.as_str()));
+        }
+        w.servers.remove(name.as_str());
+        Ok(true)
+    }
+
+    async fn set_limits(
+        &self,
+        name: &ServiceName,
+        cpu_millis: u32,
+        memory_bytes: u64,
+    ) -> Result<()> {
+        let mut w = self.world();
+        w.calls
+            .push(format!("set_limits {name} {cpu_millis} {memory_bytes}"));
+        if w.failing(Op::SetLimits) {
+            return Err(injected(Op::SetLimits, name.as_str()));
+        }
+        if let Some(s) = w.servers.get_mut(name.as_str()) {
+            s.cpu_millis = cpu_millis;
+            s.memory_bytes = memory_bytes;
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, name: &ServiceName) -> Observed {
+        let w = self.world();
+        let s = w.servers.get(name.as_str());
+        Observed {
+            pid: s.map(|s| s.pid),
+            backend: s.map(|_| endpoint_of(name.as_str()).to_string()),
+            cpu_limit_millis: s.map(|s| s.cpu_millis),
+            memory_limit_bytes: s.map(|s| s.memory_bytes),
+            cpu_usage_ns: s.map(|s| s.cpu_ns),
+            memory_usage_bytes: s.map(|s| s.buffer_pool_bytes),
+            frozen: s.is_some_and(|s| s.frozen),
+            storage: w
+                .storage
+                .contains(name.as_str())
+                .then(|| format!("/fake/{name}")),
+        }
+    }
+
+    fn usage(&self, name: &ServiceName) -> Option<Usage> {
+        let w = self.world();
+        let s = w.servers.get(name.as_str())?;
+        Some(Usage {
+            cpu_ns: s.cpu_ns,
+            memory_bytes: s.buffer_pool_bytes,
+        })
+    }
+
+    async fn freeze(&self, name: &ServiceName) -> Result<bool> {
+        let mut w = self.world();
+        w.calls.push(format!("freeze {name}"));
+        if w.failing(Op::Freeze) {
+            return Err(injected(Op::Freeze, name.as_str()));
+        }
+        if w.cannot_freeze {
+            return Ok(false);
+        }
+        w.server(name.as_str())?.frozen = true;
+        Ok(true)
+    }
+
+    async fn thaw(&self, name: &ServiceName) -> Result<()> {
+        let mut w = self.world();
+        w.calls.push(format!("thaw {name}"));
+        if let Some(s) = w.servers.get_mut(name.as_str()) {
+            s.frozen = false;
+        }
+        Ok(())
+    }
+
+    fn endpoint(&self, name: &ServiceName) -> Option<Endpoint> {
+        self.world()
+            .servers
+            .contains_key(name.as_str())
+            .then(|| endpoint_of(name.as_str()))
+    }
+
+    async fn wait_gone(&self, name: &ServiceName, _limit: Duration) -> bool {
+        !self.world().servers.contains_key(name.as_str())
+    }
+
+    async fn destroy(&self, name: &ServiceName) -> Result<()> {
+        let mut w = self.world();
+        w.calls.push(format!("destroy {name}"));
+        w.servers.remove(name.as_str());
+        w.storage.remove(name.as_str());
+        Ok(())
+    }
+
+    fn exits(&self) -> broadcast::Receiver<ExitNotice> {
+        self.exits.subscribe()
+    }
+
+    async fn provision_spare(&self, max_resources: Resources) -> Result<Spare> {
+        let mut w = self.world();
+        if w.failing(Op::ProvisionSpare) {
+            return Err(injected(Op::ProvisionSpare, "spare"));
+        }
+        let floor = Resources {
+            scu: 0,
+            cpu_millis: 0,
+            memory_bytes: 0,
+            buffer_pool_bytes: 0,
+        };
+        let s = w.new_server(floor, max_resources);
+        let key = format!("spare-{}", s.pid);
+        w.calls.push(format!("provision_spare {key}"));
+        w.spares.insert(key.clone(), s);
+        Ok(Spare {
+            endpoint: endpoint_of(&key),
+            key,
+        })
+    }
+
+    async fn claim_spare(&self, spare: &Spare, spec: &InstanceSpec) -> Result<Instance> {
+        let name = spec.name.as_str();
+        let mut w = self.world();
+        w.calls.push(format!("claim_spare {} {name}", spare.key));
+        if w.failing(Op::ClaimSpare) {
+            return Err(injected(Op::ClaimSpare, name));
+        }
+        let Some(mut s) = w.spares.remove(&spare.key) else {
+            return Err(RuntimeError::Other(format!("no spare {}", spare.key)));
+        };
+        s.cpu_millis = spec.resources.cpu_millis;
+        s.memory_bytes = spec.resources.memory_bytes;
+        let pid = s.pid;
+        w.storage.insert(name.to_owned());
+        w.servers.insert(name.to_owned(), s);
+        Ok(instance(pid, name, false))
+    }
+
+    async fn destroy_spare(&self, key: &str) -> Result<()> {
+        let mut w = self.world();
+        w.calls.push(format!("destroy_spare {key}"));
+        w.spares.remove(key);
+        Ok(())
+    }
+
+    fn unclaimed_spares(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn rotate_master_key(&self) -> Result<usize> {
+        Ok(self.world().storage.len())
+    }
+}
+
+fn instance(pid: u32, name: &str, adopted: bool) -> Instance {
+    Instance {
+        pid,
+        endpoint: endpoint_of(name),
+        adopted,
+        access_restored: None,
+        startup: Duration::ZERO,
+    }
+}
+
+/// Stratus's connection to a fake server: each call acts on the server's record, and fails as
+/// a lost connection would once the server is gone.
+pub struct FakeAdmin {
+    world: Arc<Mutex<World>>,
+    name: String,
+}
+
+impl FakeAdmin {
+    fn act<T>(&self, call: String, f: impl FnOnce(&mut World, &str) -> Result<T>) -> Result<T> {
+        let mut w = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        w.calls.push(call);
+        f(&mut w, &self.name)
+    }
+}
+
+impl ServerAdmin for FakeAdmin {
+    async fn exec(&mut self, sql: &str) -> Result<()> {
+        self.act(format!("exec {}", self.name), |w, name| {
+            w.server(name)?.executed.push(sql.to_owned());
+            Ok(())
+        })
+    }
+
+    async fn buffer_pool_size(&mut self) -> Result<u64> {
+        self.act(format!("buffer_pool_size {}", self.name), |w, name| {
+            Ok(w.server(name)?.buffer_pool_bytes)
+        })
+    }
+
+    async fn resize_buffer_pool(&mut self, bytes: u64) -> Result<(u64, Vec<String>)> {
+        self.act(
+            format!("resize_buffer_pool {} {bytes}", self.name),
+            |w, name| {
+                if w.failing(Op::ResizeBufferPool) {
+                    return Err(injected(Op::ResizeBufferPool, name));
+                }
+                let s = w.server(name)?;
+                let mut warnings = Vec::new();
+                s.buffer_pool_bytes = if bytes > s.buffer_pool_max {
+                    warnings.push(format!(
+                        "Warning 1292: Truncated incorrect innodb_buffer_pool_size value: '{bytes}'"
+                    ));
+                    s.buffer_pool_max
+                } else {
+                    bytes
+                };
+                Ok((s.buffer_pool_bytes, warnings))
+            },
+        )
+    }
+
+    async fn dump_buffer_pool(&mut self, _limit: Duration) -> Result<String> {
+        self.act(format!("dump_buffer_pool {}", self.name), |w, name| {
+            w.server(name)?.hot_pages_dumped = true;
+            Ok("Buffer pool(s) dump completed".to_owned())
+        })
+    }
+
+    async fn load_buffer_pool(&mut self) -> Result<()> {
+        self.act(format!("load_buffer_pool {}", self.name), |w, name| {
+            w.server(name)?.hot_pages_loading = true;
+            Ok(())
+        })
+    }
+
+    async fn close_sessions(&mut self) -> Result<u64> {
+        self.act(format!("close_sessions {}", self.name), |w, name| {
+            Ok(std::mem::take(&mut w.server(name)?.sessions))
+        })
+    }
+
+    async fn recovered_transactions(&mut self) -> Result<u64> {
+        self.act(
+            format!("recovered_transactions {}", self.name),
+            |w, name| {
+                let s = w.server(name)?;
+                let left = s.recovered_transactions;
+                s.recovered_transactions = left.saturating_sub(1);
+                Ok(left)
+            },
+        )
+    }
+
+    async fn buffer_pool_counters(&mut self) -> Result<(u64, u64)> {
+        self.act(format!("buffer_pool_counters {}", self.name), |w, name| {
+            w.server(name).map(|_| (0, 0))
+        })
+    }
+
+    async fn accounts(&mut self) -> Result<Vec<Account>> {
+        self.act(format!("accounts {}", self.name), |w, name| {
+            w.server(name).map(|_| Vec::new())
+        })
+    }
+
+    async fn close(self) {}
+}
