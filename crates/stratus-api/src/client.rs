@@ -193,6 +193,77 @@ impl ApiClient {
         .await
     }
 
+    pub async fn backups(&self, db: &str) -> Result<Vec<BackupView>, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/databases/{}/backups", percent_encode(db)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn create_backup(&self, db: &str) -> Result<BackupView, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/databases/{}/backups", percent_encode(db)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn backup_schedule(&self, db: &str) -> Result<BackupSchedule, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/databases/{}/backup-schedule", percent_encode(db)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn set_backup_schedule(
+        &self,
+        db: &str,
+        schedule: &BackupSchedule,
+    ) -> Result<BackupSchedule, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/databases/{}/backup-schedule", percent_encode(db)),
+            Some(schedule),
+        )
+        .await
+    }
+
+    pub async fn verify_backup(&self, id: &str) -> Result<BackupView, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/backups/{}/verify", percent_encode(id)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn delete_backup(&self, id: &str) -> Result<(), ClientError> {
+        self.call::<(), ()>(
+            Method::DELETE,
+            &format!("/v1/backups/{}", percent_encode(id)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn restore(
+        &self,
+        source: &str,
+        req: &RestoreRequest,
+    ) -> Result<DatabaseView, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/databases/{}/restore", percent_encode(source)),
+            Some(req),
+        )
+        .await
+    }
+
     pub async fn users(&self, db: &str) -> Result<Vec<UserView>, ClientError> {
         self.call::<(), _>(
             Method::GET,

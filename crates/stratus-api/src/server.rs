@@ -153,6 +153,20 @@ pub fn router<S: Store, R: Runtime>(
         .route("/v1/databases/{name}/suspend", post(suspend::<S, R>))
         .route("/v1/databases/{name}/resume", post(resume::<S, R>))
         .route(
+            "/v1/databases/{name}/backups",
+            get(backups::<S, R>).post(create_backup::<S, R>),
+        )
+        .route("/v1/databases/{name}/restore", post(restore::<S, R>))
+        .route(
+            "/v1/databases/{name}/backup-schedule",
+            get(backup_schedule::<S, R>).put(set_backup_schedule::<S, R>),
+        )
+        .route(
+            "/v1/backups/{id}",
+            axum::routing::delete(delete_backup::<S, R>),
+        )
+        .route("/v1/backups/{id}/verify", post(verify_backup::<S, R>))
+        .route(
             "/v1/databases/{name}/users",
             get(users::<S, R>).post(create_user::<S, R>),
         )
@@ -490,6 +504,83 @@ async fn resume<S: Store, R: Runtime>(
 ) -> ApiResult<Json<DatabaseView>> {
     caller.check(Action::Write, Some(&name))?;
     Ok(Json(st.cp.resume(&name).await?))
+}
+
+async fn backups<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<BackupView>>> {
+    caller.check(Action::Read, Some(&name))?;
+    Ok(Json(st.cp.backups(Some(&name))?))
+}
+
+async fn create_backup<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<BackupView>)> {
+    caller.check(Action::Write, Some(&name))?;
+    Ok((StatusCode::CREATED, Json(st.cp.create_backup(&name).await?)))
+}
+
+async fn backup_schedule<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<BackupSchedule>> {
+    caller.check(Action::Read, Some(&name))?;
+    Ok(Json(st.cp.backup_schedule(&name).await?))
+}
+
+async fn set_backup_schedule<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<BackupSchedule>, JsonRejection>,
+) -> ApiResult<Json<BackupSchedule>> {
+    caller.check(Action::Write, Some(&name))?;
+    let Json(schedule) = body?;
+    Ok(Json(st.cp.set_backup_schedule(&name, schedule).await?))
+}
+
+/// Restoring reads the source's data into the new database: the token must be able to change
+/// both.
+async fn restore<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<RestoreRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<DatabaseView>)> {
+    let Json(req) = body?;
+    caller.check(Action::Write, Some(&name))?;
+    caller.check(Action::Write, Some(&req.to))?;
+    Ok((StatusCode::CREATED, Json(st.cp.restore(&name, req).await?)))
+}
+
+async fn verify_backup<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BackupView>> {
+    let db = ControlPlane::<S, R>::backup_database(&id).ok_or_else(|| {
+        ApiError::from(ControlError::Invalid(format!("{id:?} is not a backup id")))
+    })?;
+    caller.check(Action::Read, Some(db.as_str()))?;
+    Ok(Json(st.cp.verify_backup(&id).await?))
+}
+
+async fn delete_backup<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let db = ControlPlane::<S, R>::backup_database(&id).ok_or_else(|| {
+        ApiError::from(ControlError::Invalid(format!("{id:?} is not a backup id")))
+    })?;
+    caller.check(Action::Write, Some(db.as_str()))?;
+    st.cp.delete_backup(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn users<S: Store, R: Runtime>(

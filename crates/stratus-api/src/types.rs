@@ -3,9 +3,10 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use stratus_control::backup::{BackupView, RestoreRequest};
 pub use stratus_control::lifecycle::CreateRequest;
 pub use stratus_control::{CreatedDatabase, CreatedUser, DatabaseView, UserView};
-pub use stratus_core::Event;
+pub use stratus_core::{BackupSchedule, Event};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -291,7 +291,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             return Err(ControlError::Invalid("password must not be empty".into()));
         }
         let _guard = self.lock(&name).await;
-        self.ensure_running(&name, EventKind::Resumed, "for user create")
+        let svc = self
+            .ensure_running(&name, EventKind::Resumed, "for user create")
             .await?;
         if self
             .store
@@ -329,7 +330,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let user = self.client_user(&name, &user_name);
         Ok(CreatedUser {
             database: name.to_string(),
-            connection_string: connection_string(&user, &password, &host, port, name.as_str()),
+            connection_string: connection_string(&user, &password, &host, port, svc.schema()),
             user,
             password,
             host,

@@ -5,6 +5,8 @@
 //! * [`sizing`]: applying a size in the safe order (cgroup before buffer pool when growing,
 //!   buffer pool before cgroup when shrinking) and recording what the server really did.
 //! * [`accounts`]: the SQL that creates a service's schema and users.
+//! * [`backup`]: backups, verified and kept beside their record, and restores from them.
+//! * [`schedule`]: the backup controller, which runs each database's schedule and retention.
 //! * [`reconcile`]: the level-triggered reconciler that brings each database's server to what
 //!   the catalog says (after a restart of Stratus, a crash, a missed notice), with back-off.
 //! * [`supervisor`]: hears servers that exit on their own and hands them to the reconciler.
@@ -13,6 +15,7 @@
 //! scale or a crash restart.
 
 pub mod accounts;
+pub mod backup;
 mod error;
 pub mod gateway;
 pub mod lifecycle;
@@ -21,6 +24,7 @@ pub mod pool;
 pub mod reconcile;
 mod recovered;
 pub mod scaler;
+pub mod schedule;
 pub mod sizing;
 pub mod supervisor;
 pub mod suspend;
@@ -52,6 +56,8 @@ pub struct ControlConfig {
     pub pool: pool::PoolConfig,
     /// Reload the hot pages after a suspend (off only to measure what it is worth).
     pub hydrate: bool,
+    /// Where backups are kept (`backup`).
+    pub backup_dir: std::path::PathBuf,
 }
 
 impl Default for ControlConfig {
@@ -64,6 +70,7 @@ impl Default for ControlConfig {
             default_policy: stratus_core::ScalingPolicy::default(),
             pool: pool::PoolConfig::default(),
             hydrate: true,
+            backup_dir: "backups".into(),
         }
     }
 }

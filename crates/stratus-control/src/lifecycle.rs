@@ -73,6 +73,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             spec,
             state: DbState::Provisioning,
             require_tls: req.require_tls.unwrap_or(false),
+            default_schema: None,
             created_at_ms: now,
             updated_at_ms: now,
         };
@@ -209,7 +210,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             require_tls: svc.require_tls,
             host,
             port,
-            database: svc.name().to_string(),
+            database: svc.schema().to_owned(),
             cpu_limit: f64::from(seen.cpu_limit_millis.unwrap_or(configured.cpu_millis)) / 1000.0,
             memory_limit: seen.memory_limit_bytes.unwrap_or(configured.memory_bytes),
             limits_enforced: enforced,

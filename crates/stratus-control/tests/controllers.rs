@@ -549,3 +549,80 @@ async fn a_suspended_database_that_crashes_comes_back_suspended() {
     assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
     assert!(!rt.server("shop").unwrap().frozen);
 }
+
+fn with_backups(pool: PoolConfig) -> (Cp, FakeRuntime, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::default();
+    let cfg = ControlConfig {
+        pool,
+        backup_dir: dir.path().join("backups"),
+        ..ControlConfig::default()
+    };
+    let cp = ControlPlane::new(SqliteStore::in_memory().unwrap(), rt.clone(), cfg);
+    (cp, rt, dir)
+}
+
+/// A backup that fails leaves nothing that looks like a backup, and says so; a good one is
+/// restored into a new database with the source's accounts and data, never over an existing one.
+#[tokio::test]
+async fn backups_are_whole_or_absent_and_restores_make_new_databases() {
+    use stratus_control::backup::RestoreRequest;
+    let (cp, rt, dir) = with_backups(no_pool());
+    create(&cp, "shop").await;
+    rt.fail(Op::Backup, 1);
+    assert!(cp.create_backup("shop").await.is_err());
+    assert!(cp.backups(Some("shop")).unwrap().is_empty());
+    let leftovers = std::fs::read_dir(dir.path().join("backups/shop"))
+        .unwrap()
+        .count();
+    assert_eq!(leftovers, 0, "no partial backup left");
+    let ev = events(&cp, "shop").await;
+    assert_eq!(ev.last().unwrap().0, EventKind::BackupFailed, "{ev:?}");
+
+    let b = cp.create_backup("shop").await.unwrap();
+    assert!(b.verified, "{b:?}");
+    let err = cp
+        .restore(
+            "shop",
+            RestoreRequest {
+                to: "shop".into(),
+                backup: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(
+        rt.calls()
+            .iter()
+            .filter(|c| c.starts_with("restore"))
+            .count(),
+        0
+    );
+
+    let copy = cp
+        .restore(
+            "shop",
+            RestoreRequest {
+                to: "copy".into(),
+                backup: Some(b.id.clone()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (copy.state.as_str(), copy.database.as_str()),
+        ("active", "shop")
+    );
+    let source = rt.server("shop").unwrap().executed;
+    assert_eq!(
+        rt.server("copy").unwrap().executed,
+        source,
+        "the source's data"
+    );
+    let users = cp.users("copy").await.unwrap();
+    assert!(
+        users.iter().any(|u| u.owner && u.name == "admin"),
+        "{users:?}"
+    );
+}

@@ -32,6 +32,13 @@ pub enum EventKind {
     /// Repeated failed logins from one client source or for one account: their answers are
     /// delayed from now on.
     LoginThrottled,
+    /// A backup was taken and verified.
+    BackupTaken,
+    /// A backup could not be taken, or failed its verification.
+    BackupFailed,
+    BackupDeleted,
+    /// A database was made from a backup.
+    Restored,
 }
 
 impl EventKind {
@@ -56,6 +63,10 @@ impl EventKind {
             EventKind::AccessRestored => "access_restored",
             EventKind::LoginThrottled => "login_throttled",
             EventKind::KeyRotated => "key_rotated",
+            EventKind::BackupTaken => "backup_taken",
+            EventKind::BackupFailed => "backup_failed",
+            EventKind::BackupDeleted => "backup_deleted",
+            EventKind::Restored => "restored",
         }
     }
 
@@ -87,6 +98,8 @@ mod tests {
             EventKind::Created,
             EventKind::StartFailed,
             EventKind::UserCreated,
+            EventKind::BackupTaken,
+            EventKind::Restored,
         ] {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }

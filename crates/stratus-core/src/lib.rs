@@ -7,6 +7,7 @@
 
 pub mod activity;
 pub mod commit_marker;
+pub mod cron;
 pub mod endpoint;
 pub mod event;
 pub mod fs;

@@ -29,14 +29,19 @@ impl Default for ScalingPolicy {
     }
 }
 
-/// When and where a service is backed up, and for how long backups are kept.
+/// When a service is backed up, and for how long backups are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupSchedule {
-    /// Five-field cron expression, UTC.
+    /// Cron expression in UTC (`crate::cron`: five fields, or six with seconds); empty turns
+    /// scheduled backups off.
     pub cron: String,
+    /// Backups older than this are deleted, except the newest verified one.
     pub retention_days: u32,
-    /// Where backups go: a directory for the local runtime.
+    /// At most this many backups are kept, the newest (0: no limit but their age).
+    #[serde(default)]
+    pub keep_last: u32,
+    /// Where backups go; only the installation's backup directory so far.
     pub target: String,
 }
 
@@ -45,7 +50,26 @@ impl Default for BackupSchedule {
         Self {
             cron: "0 3 * * *".into(),
             retention_days: 7,
+            keep_last: 0,
             target: "backups".into(),
         }
+    }
+}
+
+impl BackupSchedule {
+    /// The schedule's expression, `None` when scheduled backups are off.
+    pub fn cron(&self) -> Result<Option<crate::cron::Cron>, crate::cron::CronError> {
+        if self.cron.trim().is_empty() {
+            return Ok(None);
+        }
+        crate::cron::Cron::parse(&self.cron).map(Some)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.cron().map_err(|e| e.to_string())?;
+        if self.retention_days == 0 {
+            return Err("retention_days must be at least 1".into());
+        }
+        Ok(())
     }
 }

@@ -170,6 +170,9 @@ pub struct DatabaseService {
     pub buffer_pool_bytes: u64,
     /// Clients must connect with TLS (`require_secure_transport` for this database).
     pub require_tls: bool,
+    /// The schema its connection string names, when not its own name: a restored database
+    /// keeps the source's schemas under their names, so its clients find their tables as before.
+    pub default_schema: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -177,6 +180,13 @@ pub struct DatabaseService {
 impl DatabaseService {
     pub fn name(&self) -> &ServiceName {
         &self.spec.name
+    }
+
+    /// The schema clients use by default.
+    pub fn schema(&self) -> &str {
+        self.default_schema
+            .as_deref()
+            .unwrap_or(self.spec.name.as_str())
     }
 }
 

@@ -16,6 +16,8 @@ pub struct MariaDb {
     pub has_buffer_pool_size_max: bool,
     /// The distribution's plugin directory (where `file_key_management.so` is).
     pub plugin_dir: Option<PathBuf>,
+    /// `mariadb-backup` (package `mariadb-backup`), for backups; `None` when not installed.
+    pub backup: Option<PathBuf>,
 }
 
 const HINT: &str = "install the distribution's mariadb-server package (apt-get install mariadb-server), \
@@ -45,6 +47,7 @@ impl MariaDb {
         Ok(Self {
             has_buffer_pool_size_max: help.contains("--innodb-buffer-pool-size-max"),
             plugin_dir: help_value(&help, "plugin-dir").map(PathBuf::from),
+            backup: find("mariadb-backup", bin_dir).ok(),
             mariadbd,
             install_db,
             version,

@@ -28,6 +28,7 @@ pub enum Op {
     ResizeBufferPool,
     ProvisionSpare,
     ClaimSpare,
+    Backup,
 }
 
 /// One fake server, as a test inspects it.
@@ -408,6 +409,46 @@ impl Runtime for FakeRuntime {
 
     async fn rotate_master_key(&self) -> Result<usize> {
         Ok(self.world().storage.len())
+    }
+
+    /// A fake backup is a directory with the statements the server ran, one per line in
+    /// `data/statements`; its restore runs them on the new server.
+    async fn backup(&self, name: &ServiceName, dest: &Path) -> Result<crate::BackupTaken> {
+        let statements = {
+            let mut w = self.world();
+            w.calls.push(format!("backup {name}"));
+            if w.failing(Op::Backup) {
+                return Err(injected(Op::Backup, name.as_str()));
+            }
+            w.server(name.as_str())?.executed.join("\n")
+        };
+        let data = dest.join("data");
+        std::fs::create_dir_all(&data)
+            .and_then(|()| std::fs::write(data.join("statements"), statements))
+            .map_err(|e| RuntimeError::io(format!("cannot write {}", data.display()), e))?;
+        Ok(crate::BackupTaken {
+            gtid: Some("0-1-1".to_owned()),
+            log_tail: Vec::new(),
+        })
+    }
+
+    async fn restore(&self, spec: &InstanceSpec, from: &Path) -> Result<Instance> {
+        let name = spec.name.as_str();
+        let statements =
+            std::fs::read_to_string(from.join("data").join("statements")).map_err(|e| {
+                RuntimeError::io(format!("cannot read the backup {}", from.display()), e)
+            })?;
+        let mut w = self.world();
+        w.calls.push(format!("restore {name}"));
+        if w.storage.contains(name) {
+            return Err(RuntimeError::StorageExists(name.to_owned()));
+        }
+        let mut s = w.new_server(spec.resources, spec.max_resources);
+        s.executed = statements.lines().map(str::to_owned).collect();
+        let pid = s.pid;
+        w.storage.insert(name.to_owned());
+        w.servers.insert(name.to_owned(), s);
+        Ok(instance(pid, name, false))
     }
 }
 

@@ -244,6 +244,33 @@ pub trait Runtime: Send + Sync + 'static {
     /// again under a new one. Returns how many were. Running servers are not disturbed (their
     /// key is in memory); the next start opens the key with the new master key.
     fn rotate_master_key(&self) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Takes a full physical backup of the running server into the new directory `dest`,
+    /// without blocking its writes, and prepares it (crash recovery applied), so that it can be
+    /// started as it is. The files: `data/` (the prepared data directory) and, where data is
+    /// encrypted at rest, the database's data key still wrapped by the master key.
+    fn backup(
+        &self,
+        name: &ServiceName,
+        dest: &std::path::Path,
+    ) -> impl Future<Output = Result<BackupTaken>> + Send;
+
+    /// Creates the storage of a new database from a backup [`Runtime::backup`] took (`from`),
+    /// and starts it. On failure nothing is left behind.
+    fn restore(
+        &self,
+        spec: &InstanceSpec,
+        from: &std::path::Path,
+    ) -> impl Future<Output = Result<Instance>> + Send;
+}
+
+/// What a backup found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackupTaken {
+    /// The server's GTID position at the backup's consistent point (`mariadb_backup_binlog_info`).
+    pub gtid: Option<String>,
+    /// `mariadb-backup`'s last lines, for the record.
+    pub log_tail: Vec<String>,
 }
 
 /// A running spare server.

@@ -80,6 +80,9 @@ UPDATE services SET admin_password = '';
 ALTER TABLE services DROP COLUMN admin_password;
 ALTER TABLE services DROP COLUMN port;
 "#,
+    r#"
+ALTER TABLE services ADD COLUMN default_schema TEXT;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -205,7 +208,7 @@ impl SqliteStore {
 }
 
 const SERVICE_COLUMNS: &str = "name, tier, min_scu, max_scu, storage_gb, state, scu, buffer_pool_bytes, \
-     created_at_ms, updated_at_ms, require_tls";
+     created_at_ms, updated_at_ms, require_tls, default_schema";
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -223,6 +226,7 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
     let (buffer_pool_bytes, created_at_ms, updated_at_ms): (i64, i64, i64) =
         (row.get(7)?, row.get(8)?, row.get(9)?);
     let require_tls: bool = row.get(10)?;
+    let default_schema: Option<String> = row.get(11)?;
     Ok((|| {
         let name = ServiceName::parse(&name).map_err(|e| corrupt("service name", e))?;
         let tier: Tier = tier.parse().map_err(|e| corrupt("tier", e))?;
@@ -239,6 +243,7 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
             scu,
             buffer_pool_bytes: buffer_pool_bytes.max(0) as u64,
             require_tls,
+            default_schema,
             created_at_ms,
             updated_at_ms,
         })
@@ -323,7 +328,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         let spec = &svc.spec;
         tx.execute(
-            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
             params![
                 spec.name.as_str(),
                 spec.tier.as_str(),
@@ -335,7 +340,8 @@ impl Store for SqliteStore {
                 svc.buffer_pool_bytes as i64,
                 svc.created_at_ms,
                 svc.updated_at_ms,
-                svc.require_tls
+                svc.require_tls,
+                svc.default_schema
             ],
         )
         .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists(format!("database {}", spec.name)) } else { e.into() })?;
@@ -387,7 +393,7 @@ impl Store for SqliteStore {
         let spec = &svc.spec;
         let n = conn.execute(
             "UPDATE services SET tier = ?2, min_scu = ?3, max_scu = ?4, storage_gb = ?5, state = ?6, scu = ?7, \
-             buffer_pool_bytes = ?8, updated_at_ms = ?9, require_tls = ?10 \
+             buffer_pool_bytes = ?8, updated_at_ms = ?9, require_tls = ?10, default_schema = ?11 \
              WHERE name = ?1",
             params![
                 spec.name.as_str(),
@@ -399,7 +405,8 @@ impl Store for SqliteStore {
                 svc.scu,
                 svc.buffer_pool_bytes as i64,
                 now_ms(),
-                svc.require_tls
+                svc.require_tls,
+                svc.default_schema
             ],
         )?;
         if n == 0 {
@@ -663,6 +670,7 @@ mod tests {
             scu: 1,
             buffer_pool_bytes: 1 << 30,
             require_tls: false,
+            default_schema: None,
             created_at_ms: 1,
             updated_at_ms: 1,
         }

@@ -50,6 +50,9 @@ pub enum Command {
     /// Manage a database's users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Back up databases, list and delete backups (`db restore` restores one).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Show what happened to databases, and why.
     Events(EventsArgs),
     /// Show the installation: versions, resource control, databases by state.
@@ -159,6 +162,43 @@ pub enum DbCommand {
     },
     /// Start a parked or suspended database again.
     Resume { name: String },
+    /// Make a new database from a backup of SOURCE (which may have been deleted since): its
+    /// data, settings and users as they were then.
+    Restore {
+        source: String,
+        /// The new database's name.
+        #[arg(long)]
+        to: String,
+        /// The backup to use (`stratus backup list SOURCE`) [default: the newest verified one].
+        #[arg(long)]
+        backup: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a full backup of a database now, from its running server, and verify it.
+    Create { db: String },
+    /// List a database's backups (also of a deleted database), oldest first.
+    List { db: String },
+    /// Check a backup's files against their checksums again; a damaged one is marked failed.
+    Verify { id: String },
+    /// Delete a backup.
+    Delete { id: String },
+    /// Show a database's backup schedule, or change it with the options given.
+    Schedule {
+        db: String,
+        /// Cron expression in UTC: five fields (minute hour day month weekday), or six with
+        /// seconds first; "" turns scheduled backups off. Default "0 3 * * *".
+        #[arg(long)]
+        cron: Option<String>,
+        /// Delete backups older than this many days (the newest verified one always stays).
+        #[arg(long)]
+        retention_days: Option<u32>,
+        /// Keep at most this many backups, the newest (0: no limit but their age).
+        #[arg(long)]
+        keep_last: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,8 @@
 //! The CLI verbs: each one API call, printed as text or (with `--json`) as the API's JSON.
 
-use crate::cli::{Command, DbCommand, EventsArgs, Global, KeyCommand, TokenCommand, UserCommand};
+use crate::cli::{
+    BackupCommand, Command, DbCommand, EventsArgs, Global, KeyCommand, TokenCommand, UserCommand,
+};
 use crate::config::api_url;
 use crate::output::{bytes, table, with_spinner};
 use crate::up::ADMIN_TOKEN_FILE;
@@ -10,7 +12,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use stratus_api::ApiClient;
 use stratus_api::types::{
-    CreateRequest, CreateTokenRequest, CreateUserRequest, DatabaseView, EventView,
+    CreateRequest, CreateTokenRequest, CreateUserRequest, DatabaseView, EventView, RestoreRequest,
 };
 
 pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -20,6 +22,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Up(_) => unreachable!("handled by main"),
         Command::Db(cmd) => db(&api, json, cmd).await,
         Command::User(cmd) => user(&api, json, cmd).await,
+        Command::Backup(cmd) => backup(&api, json, cmd).await,
         Command::Events(args) => events(&api, json, args).await,
         Command::Token(cmd) => tokens(&api, json, cmd).await,
         Command::Key(KeyCommand::Rotate) => {
@@ -294,6 +297,117 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
         DbCommand::Resume { name } => {
             let d = with_spinner(format!("resuming {name}"), api.resume(&name)).await?;
             show(&d, json)
+        }
+        DbCommand::Restore { source, to, backup } => {
+            let req = RestoreRequest {
+                to: to.clone(),
+                backup,
+            };
+            let d = with_spinner(
+                format!("restoring {source} into {to}"),
+                api.restore(&source, &req),
+            )
+            .await?;
+            show(&d, json)
+        }
+    }
+}
+
+async fn backup(api: &ApiClient, json: bool, cmd: BackupCommand) -> anyhow::Result<()> {
+    match cmd {
+        BackupCommand::Create { db } => {
+            let b = with_spinner(format!("backing up {db}"), api.create_backup(&db)).await?;
+            if json {
+                return print_json(&b);
+            }
+            if !b.verified {
+                bail!(
+                    "backup {} was taken but failed verification: {}",
+                    b.id,
+                    b.verification
+                );
+            }
+            println!(
+                "Backup {} of {} taken and verified ({}).",
+                b.id,
+                b.database,
+                bytes(b.bytes)
+            );
+            Ok(())
+        }
+        BackupCommand::List { db } => {
+            let all = api.backups(&db).await?;
+            if json {
+                return print_json(&all);
+            }
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.id.clone(),
+                        b.kind.clone(),
+                        b.finished_at.clone(),
+                        bytes(b.bytes),
+                        if b.verified {
+                            "verified".into()
+                        } else {
+                            format!("FAILED: {}", b.verification)
+                        },
+                    ]
+                })
+                .collect();
+            table(&["ID", "KIND", "TAKEN", "SIZE", "VERIFICATION"], &rows);
+            Ok(())
+        }
+        BackupCommand::Schedule {
+            db,
+            cron,
+            retention_days,
+            keep_last,
+        } => {
+            let mut schedule = api.backup_schedule(&db).await?;
+            if cron.is_some() || retention_days.is_some() || keep_last.is_some() {
+                schedule.cron = cron.unwrap_or(schedule.cron);
+                schedule.retention_days = retention_days.unwrap_or(schedule.retention_days);
+                schedule.keep_last = keep_last.unwrap_or(schedule.keep_last);
+                schedule = api.set_backup_schedule(&db, &schedule).await?;
+            }
+            if json {
+                return print_json(&schedule);
+            }
+            match schedule.cron.as_str() {
+                "" => println!("{db}: scheduled backups off"),
+                c => println!("{db}: backups at \"{c}\" (UTC)"),
+            }
+            println!(
+                "  kept {} days{}; the newest verified backup always stays",
+                schedule.retention_days,
+                if schedule.keep_last > 0 {
+                    format!(", at most {}", schedule.keep_last)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
+        }
+        BackupCommand::Verify { id } => {
+            let b = api.verify_backup(&id).await?;
+            if json {
+                return print_json(&b);
+            }
+            if !b.verified {
+                bail!("backup {id} failed verification: {}", b.verification);
+            }
+            println!("Backup {id} verified: {}.", b.verification);
+            Ok(())
+        }
+        BackupCommand::Delete { id } => {
+            api.delete_backup(&id).await?;
+            if json {
+                return print_json(&serde_json::json!({"id": id, "deleted": true}));
+            }
+            println!("Deleted backup {id}.");
+            Ok(())
         }
     }
 }

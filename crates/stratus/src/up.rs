@@ -85,6 +85,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
             default_policy: settings.policy.clone(),
             pool: settings.pool,
             hydrate: settings.hydrate,
+            backup_dir: settings.data_dir.join("backups"),
             ..ControlConfig::default()
         },
     );
@@ -92,6 +93,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     tokio::spawn(cp.clone().supervise());
     tokio::spawn(cp.clone().monitor());
     tokio::spawn(cp.clone().run_pool());
+    tokio::spawn(cp.clone().run_backups());
     let tls = match &settings.tls {
         Some(t) => Some(
             stratus_proxy::tls::load_or_create(

@@ -45,7 +45,7 @@ pub struct ServerOptions {
 
 /// Option values are double-quoted; inside, backslash and quote are escaped. Paths with a
 /// newline are refused earlier (they cannot be written at all).
-fn quoted(path: &Path) -> String {
+pub(super) fn quoted(path: &Path) -> String {
     let s = path.to_string_lossy();
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }

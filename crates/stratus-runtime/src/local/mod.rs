@@ -15,6 +15,7 @@
 //! Processes outlive a `kill -9` of Stratus (they run in their own process group); the next
 //! runtime over the same root adopts them through their pid file, checked by pidfd.
 
+mod backup;
 mod config;
 pub mod keys;
 mod notify;
@@ -746,6 +747,19 @@ impl Runtime for LocalRuntime {
             return Err(RuntimeError::Other(format!("{key} is not a spare")));
         }
         self.inner.destroy(key).await
+    }
+
+    async fn backup(&self, name: &ServiceName, dest: &Path) -> Result<crate::BackupTaken> {
+        self.inner.backup(name.as_str(), dest).await
+    }
+
+    async fn restore(&self, spec: &InstanceSpec, from: &Path) -> Result<Instance> {
+        self.inner.restore_storage(spec.name.as_str(), from)?;
+        let started = self.inner.start_server(&Launch::from(spec)).await;
+        if started.is_err() {
+            let _ = self.destroy(&spec.name).await;
+        }
+        started
     }
 
     fn unclaimed_spares(&self) -> Vec<String> {

@@ -1,0 +1,639 @@
+//! Backups and restore: full physical backups taken from the running server by the runtime
+//! ([`Runtime::backup`]: `mariadb-backup` locally), checksummed and recorded beside their files,
+//! and new databases made from them.
+//!
+//! The backup target is the record: `<backup_dir>/<database>/<id>/` holds `backup.json` (what,
+//! when, the source's settings and accounts, the verification), `SHA256SUMS`, the prepared
+//! `data/` and the wrapped data key. It outlives the database and the catalog, so a deleted
+//! database can be restored while its backups are kept, and the layout is one of keys and
+//! whole files, as an object store would hold it. A backup is written under a hidden name and
+//! renamed into place once complete: a crash midway leaves no backup that looks whole.
+//!
+//! Every backup is verified as it is taken (prepared by the runtime, its files checksummed and
+//! checked back) and again before a restore uses it: a damaged one is refused, never restored.
+
+use crate::{ControlError, ControlPlane, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use stratus_core::time::{now_ms, rfc3339};
+use stratus_core::{
+    DatabaseService, DbState, EventKind, NativeHash, ServiceName, ServiceSpec, Tier, User, UserName,
+};
+use stratus_runtime::Runtime;
+use stratus_store::Store;
+
+const RECORD: &str = "backup.json";
+const SUMS: &str = "SHA256SUMS";
+
+/// A backup as recorded beside its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub id: String,
+    pub database: String,
+    /// `full` (the only kind so far).
+    pub kind: String,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    /// Bytes of its files.
+    pub bytes: u64,
+    /// The source's GTID position at the backup's consistent point.
+    pub gtid: Option<String>,
+    pub verified: bool,
+    /// What the verification found.
+    pub verification: String,
+    /// The source's settings, so that a restore needs nothing from the catalog.
+    pub tier: String,
+    pub min_scu: u32,
+    pub max_scu: u32,
+    pub storage_gb: u32,
+    pub require_tls: bool,
+    pub schema: String,
+    /// The source's accounts (name, `SHA1(SHA1(password))`, owner): those of its server too.
+    pub users: Vec<(String, String, bool)>,
+}
+
+/// What the API shows of a backup (no password hashes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupView {
+    pub id: String,
+    pub database: String,
+    pub kind: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub bytes: u64,
+    pub gtid: Option<String>,
+    pub verified: bool,
+    pub verification: String,
+}
+
+impl From<&BackupRecord> for BackupView {
+    fn from(r: &BackupRecord) -> Self {
+        Self {
+            id: r.id.clone(),
+            database: r.database.clone(),
+            kind: r.kind.clone(),
+            started_at: rfc3339(r.started_at_ms),
+            finished_at: rfc3339(r.finished_at_ms),
+            bytes: r.bytes,
+            gtid: r.gtid.clone(),
+            verified: r.verified,
+            verification: r.verification.clone(),
+        }
+    }
+}
+
+/// A request to make a database from a backup.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The new database's name.
+    pub to: String,
+    /// The backup to use; the newest verified one of the source when unset.
+    #[serde(default)]
+    pub backup: Option<String>,
+}
+
+/// A backup id: `<database>-<UTC time to the millisecond>`, e.g. `shop-20261130T194512123Z`.
+pub fn backup_id(db: &ServiceName, at_ms: i64) -> String {
+    let t = rfc3339(at_ms); // 2026-11-30T19:45:12.123Z
+    let digits: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
+    let (date, time) = digits.split_at(8.min(digits.len()));
+    format!("{db}-{date}T{time}Z")
+}
+
+/// The database of a backup id, if the id is well formed; anything else (a path, a pattern)
+/// is not an id.
+pub fn parse_backup_id(id: &str) -> Option<ServiceName> {
+    let (db, stamp) = id.rsplit_once('-')?;
+    let (date, rest) = stamp.split_once('T')?;
+    let time = rest.strip_suffix('Z')?;
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(date, 8) && digits(time, 9))
+        .then(|| ServiceName::parse(db).ok())
+        .flatten()
+}
+
+/// SHA-256 of every file under `dir` but the record and the list itself, as `sha256sum` writes
+/// it (`<hex>  <relative path>`), sorted by path.
+pub fn checksums(dir: &Path) -> std::io::Result<String> {
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files)?;
+    files.sort();
+    let mut out = String::new();
+    for rel in files {
+        if rel == RECORD || rel == SUMS {
+            continue;
+        }
+        let mut f = std::fs::File::open(dir.join(&rel))?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        let hex: String = ctx
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        out.push_str(&format!("{hex}  {rel}\n"));
+    }
+    Ok(out)
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            collect(root, &entry.path(), out)?;
+        } else if ty.is_file() {
+            let rel = entry.path();
+            let rel = rel.strip_prefix(root).unwrap_or(&rel);
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a backup's files against its list: `Ok` or the first difference.
+pub fn verify_files(dir: &Path) -> std::result::Result<(), String> {
+    let listed = std::fs::read_to_string(dir.join(SUMS))
+        .map_err(|e| format!("its checksum list cannot be read: {e}"))?;
+    let now = checksums(dir).map_err(|e| format!("its files cannot be read: {e}"))?;
+    if listed == now {
+        return Ok(());
+    }
+    let parse = |t: &str| -> Vec<(String, String)> {
+        t.lines()
+            .filter_map(|l| l.split_once("  "))
+            .map(|(h, p)| (p.to_owned(), h.to_owned()))
+            .collect()
+    };
+    let (was, is) = (parse(&listed), parse(&now));
+    for (path, hash) in &was {
+        match is.iter().find(|(p, _)| p == path) {
+            None => return Err(format!("{path} is missing")),
+            Some((_, h)) if h != hash => return Err(format!("{path} differs from its checksum")),
+            _ => {}
+        }
+    }
+    match is.iter().find(|(p, _)| !was.iter().any(|(q, _)| q == p)) {
+        Some((path, _)) => Err(format!("{path} was not part of it")),
+        None => Err("its checksum list is malformed".to_owned()),
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut files = Vec::new();
+    if collect(dir, dir, &mut files).is_err() {
+        return 0;
+    }
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn read_record(dir: &Path) -> Option<BackupRecord> {
+    let text = std::fs::read_to_string(dir.join(RECORD)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_record(dir: &Path, r: &BackupRecord) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(r).map_err(std::io::Error::other)?;
+    stratus_core::fs::write_private(&dir.join(RECORD), text.as_bytes())
+}
+
+fn internal(context: &str) -> impl FnOnce(std::io::Error) -> ControlError + '_ {
+    move |e| ControlError::Internal(format!("{context}: {e}"))
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    fn backups_of(&self, db: &str) -> PathBuf {
+        self.cfg.backup_dir.join(db)
+    }
+
+    /// Takes a full backup of a database now (waking it if it sleeps), verifies it and records
+    /// it. The database's lock is held throughout, so it is not suspended or parked under the
+    /// backup (nor scaled meanwhile).
+    pub async fn create_backup(&self, db: &str) -> Result<BackupView> {
+        let name = ServiceName::parse(db)?;
+        let _guard = self.lock(&name).await;
+        let svc = self
+            .ensure_running(&name, EventKind::Resumed, "for a backup")
+            .await?;
+        let users = self.store.users(&name).await?;
+        let started = now_ms();
+        let begin = Instant::now();
+        let id = backup_id(&name, started);
+        let parent = self.backups_of(name.as_str());
+        std::fs::create_dir_all(&parent).map_err(internal("cannot create the backup directory"))?;
+        // Backups hold every tenant's data: Stratus's alone.
+        std::fs::set_permissions(
+            &self.cfg.backup_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(internal("cannot restrict the backup directory"))?;
+        let partial = parent.join(format!(".{id}.partial"));
+        let _ = std::fs::remove_dir_all(&partial);
+        let taken = self.runtime.backup(&name, &partial).await;
+        let taken = match taken {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&partial);
+                self.event(
+                    &name,
+                    EventKind::BackupFailed,
+                    &format!("backup {id} failed: {e}"),
+                    json!({"id": id}),
+                )
+                .await;
+                return Err(e.into());
+            }
+        };
+        let files = partial.clone();
+        let sums = tokio::task::spawn_blocking(move || {
+            let sums = checksums(&files)?;
+            stratus_core::fs::write_private(&files.join(SUMS), sums.as_bytes())?;
+            Ok::<_, std::io::Error>(verify_files(&files))
+        })
+        .await
+        .map_err(|e| ControlError::Internal(format!("checksum task: {e}")))?
+        .map_err(internal("cannot checksum the backup"));
+        let (verified, verification) = match sums {
+            Ok(Ok(())) => (
+                true,
+                "prepared by mariadb-backup; every file checksummed and read back".to_owned(),
+            ),
+            Ok(Err(why)) => (false, format!("read back wrong: {why}")),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&partial);
+                return Err(e);
+            }
+        };
+        let record = BackupRecord {
+            id: id.clone(),
+            database: name.to_string(),
+            kind: "full".to_owned(),
+            started_at_ms: started,
+            finished_at_ms: now_ms(),
+            bytes: dir_bytes(&partial),
+            gtid: taken.gtid,
+            verified,
+            verification,
+            tier: svc.spec.tier.to_string(),
+            min_scu: svc.spec.min_scu,
+            max_scu: svc.spec.max_scu,
+            storage_gb: svc.spec.storage_gb,
+            require_tls: svc.require_tls,
+            schema: svc.schema().to_owned(),
+            users: users
+                .iter()
+                .map(|u| (u.name.to_string(), u.hash.to_string(), u.owner))
+                .collect(),
+        };
+        write_record(&partial, &record).map_err(internal("cannot record the backup"))?;
+        std::fs::rename(&partial, parent.join(&id))
+            .map_err(internal("cannot finish the backup"))?;
+        let ms = begin.elapsed().as_millis() as u64;
+        let (kind, message) = if record.verified {
+            (
+                EventKind::BackupTaken,
+                format!(
+                    "backup {id} taken and verified in {ms} ms ({} bytes)",
+                    record.bytes
+                ),
+            )
+        } else {
+            (
+                EventKind::BackupFailed,
+                format!("backup {id} failed verification: {}", record.verification),
+            )
+        };
+        self.event(
+            &name,
+            kind,
+            &message,
+            json!({"id": id, "bytes": record.bytes, "ms": ms, "gtid": record.gtid, "verified": record.verified}),
+        )
+        .await;
+        Ok(BackupView::from(&record))
+    }
+
+    /// The backups of one database (deleted or not), or of every database, oldest first.
+    pub fn backups(&self, db: Option<&str>) -> Result<Vec<BackupView>> {
+        Ok(self.records(db)?.iter().map(BackupView::from).collect())
+    }
+
+    pub(crate) fn records(&self, db: Option<&str>) -> Result<Vec<BackupRecord>> {
+        let dbs: Vec<String> = match db {
+            Some(d) => vec![ServiceName::parse(d)?.to_string()],
+            None => match std::fs::read_dir(&self.cfg.backup_dir) {
+                Ok(rd) => rd
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| ServiceName::parse(n).is_ok())
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
+        };
+        let mut out = Vec::new();
+        for d in dbs {
+            let Ok(rd) = std::fs::read_dir(self.backups_of(&d)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let Some(id) = e.file_name().into_string().ok() else {
+                    continue;
+                };
+                if parse_backup_id(&id).is_some_and(|n| n.as_str() == d) {
+                    if let Some(r) = read_record(&e.path()) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
+        Ok(out)
+    }
+
+    fn backup_dir(&self, id: &str) -> Result<(ServiceName, PathBuf)> {
+        let db = parse_backup_id(id)
+            .ok_or_else(|| ControlError::Invalid(format!("{id:?} is not a backup id")))?;
+        let dir = self.backups_of(db.as_str()).join(id);
+        if !dir.join(RECORD).is_file() {
+            return Err(ControlError::NotFound(format!("backup {id}")));
+        }
+        Ok((db, dir))
+    }
+
+    /// A database's backup schedule.
+    pub async fn backup_schedule(&self, db: &str) -> Result<stratus_core::BackupSchedule> {
+        let name = ServiceName::parse(db)?;
+        self.load(&name).await?;
+        Ok(self.store.backup_schedule(&name).await?)
+    }
+
+    /// Replaces a database's backup schedule; its retention applies at once.
+    pub async fn set_backup_schedule(
+        &self,
+        db: &str,
+        schedule: stratus_core::BackupSchedule,
+    ) -> Result<stratus_core::BackupSchedule> {
+        let name = ServiceName::parse(db)?;
+        schedule.validate().map_err(ControlError::Invalid)?;
+        self.load(&name).await?;
+        self.store.set_backup_schedule(&name, &schedule).await?;
+        self.apply_retention(&name, &schedule).await;
+        Ok(schedule)
+    }
+
+    /// The database a backup id belongs to (for the API's access check), if the id is valid.
+    pub fn backup_database(id: &str) -> Option<ServiceName> {
+        parse_backup_id(id)
+    }
+
+    /// Checks a backup's files against their checksums again and records the result: a
+    /// damaged backup is marked failed, and never used for a restore.
+    pub async fn verify_backup(&self, id: &str) -> Result<BackupView> {
+        let (db, dir) = self.backup_dir(id)?;
+        let mut record = read_record(&dir)
+            .ok_or_else(|| ControlError::Internal(format!("backup {id} is unreadable")))?;
+        let check = dir.clone();
+        let found = tokio::task::spawn_blocking(move || verify_files(&check))
+            .await
+            .map_err(|e| ControlError::Internal(format!("verification task: {e}")))?;
+        let was = record.verified;
+        match found {
+            Ok(()) if was => return Ok(BackupView::from(&record)),
+            Ok(()) => {}
+            Err(why) => {
+                record.verified = false;
+                record.verification = format!("checked again at {}: {why}", rfc3339(now_ms()));
+                write_record(&dir, &record).map_err(internal("cannot record the verification"))?;
+                self.event(
+                    &db,
+                    EventKind::BackupFailed,
+                    &format!("backup {id} failed verification: {why}"),
+                    json!({"id": id}),
+                )
+                .await;
+            }
+        }
+        Ok(BackupView::from(&record))
+    }
+
+    pub async fn delete_backup(&self, id: &str) -> Result<()> {
+        let (db, dir) = self.backup_dir(id)?;
+        std::fs::remove_dir_all(&dir).map_err(internal("cannot delete the backup"))?;
+        self.event(
+            &db,
+            EventKind::BackupDeleted,
+            &format!("backup {id} deleted"),
+            json!({"id": id}),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Makes a new database from a backup of `source` (which may have been deleted since):
+    /// its data, settings and accounts as they were at the backup. The backup is verified
+    /// again first; a damaged one is refused.
+    pub async fn restore(&self, source: &str, req: RestoreRequest) -> Result<crate::DatabaseView> {
+        let source = ServiceName::parse(source)?;
+        let to = ServiceName::parse_new(&req.to)?;
+        let record = match &req.backup {
+            Some(id) => {
+                // Whose it is before whether it exists: nothing is said about another's backups.
+                match parse_backup_id(id) {
+                    Some(db) if db != source => {
+                        return Err(ControlError::Invalid(format!(
+                            "backup {id} is a backup of {db}, not of {source}"
+                        )));
+                    }
+                    _ => {}
+                }
+                let (_, dir) = self.backup_dir(id)?;
+                read_record(&dir)
+                    .ok_or_else(|| ControlError::Internal(format!("backup {id} is unreadable")))?
+            }
+            None => self
+                .records(Some(source.as_str()))?
+                .into_iter()
+                .rev()
+                .find(|r| r.verified)
+                .ok_or_else(|| ControlError::NotFound(format!("a verified backup of {source}")))?,
+        };
+        let dir = self.backups_of(source.as_str()).join(&record.id);
+        if !record.verified {
+            return Err(ControlError::WrongState(format!(
+                "backup {} failed verification when it was taken ({}); it is not used for a restore",
+                record.id, record.verification
+            )));
+        }
+        let check = dir.clone();
+        tokio::task::spawn_blocking(move || verify_files(&check))
+            .await
+            .map_err(|e| ControlError::Internal(format!("verification task: {e}")))?
+            .map_err(|why| {
+                ControlError::WrongState(format!(
+                    "backup {} failed verification: {why}; it is not used for a restore",
+                    record.id
+                ))
+            })?;
+
+        let _guard = self.lock(&to).await;
+        let tier: Tier = record.tier.parse().map_err(ControlError::Internal)?;
+        let spec = ServiceSpec::new(
+            to.clone(),
+            tier,
+            Some(record.min_scu),
+            Some(record.max_scu),
+            Some(record.storage_gb),
+        )?;
+        let now = now_ms();
+        let mut users = Vec::new();
+        for (n, h, owner) in &record.users {
+            let hash = NativeHash::parse(h).ok_or_else(|| {
+                ControlError::Internal(format!("backup {}: a bad hash", record.id))
+            })?;
+            users.push(User {
+                service: to.clone(),
+                name: UserName::parse(n)?,
+                hash,
+                owner: *owner,
+                created_at_ms: now,
+            });
+        }
+        let Some(owner) = users.iter().find(|u| u.owner).cloned() else {
+            return Err(ControlError::Internal(format!(
+                "backup {} records no owner",
+                record.id
+            )));
+        };
+        let resources = self.resources(spec.min_scu);
+        let mut svc = DatabaseService {
+            scu: spec.min_scu,
+            buffer_pool_bytes: resources.buffer_pool_bytes,
+            spec,
+            state: DbState::Provisioning,
+            require_tls: record.require_tls,
+            default_schema: (record.schema != to.as_str()).then(|| record.schema.clone()),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let begin = Instant::now();
+        self.store
+            .create_service(
+                &svc,
+                &owner,
+                &format!(
+                    "database {to} requested as a restore of {source} from backup {}",
+                    record.id
+                ),
+            )
+            .await?;
+        let made = async {
+            for u in users.iter().filter(|u| !u.owner) {
+                self.store.create_user(u).await?;
+            }
+            let instance = self
+                .runtime
+                .restore(&self.instance_spec(&svc), &dir)
+                .await?;
+            svc.state = DbState::Active;
+            self.store.update_service(&svc).await?;
+            Ok::<_, ControlError>(instance)
+        }
+        .await;
+        let instance = match made {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = self.runtime.destroy(&to).await;
+                let _ = self.store.delete_service(&to).await;
+                self.event(
+                    &to,
+                    EventKind::StartFailed,
+                    &format!(
+                        "restore from backup {} failed, nothing kept: {e}",
+                        record.id
+                    ),
+                    json!({"backup": record.id}),
+                )
+                .await;
+                return Err(e);
+            }
+        };
+        let ms = begin.elapsed().as_millis() as u64;
+        self.event(
+            &to,
+            EventKind::Restored,
+            &format!(
+                "restored from backup {} of {source} (taken {}) in {ms} ms",
+                record.id,
+                rfc3339(record.started_at_ms)
+            ),
+            json!({"source": source, "backup": record.id, "gtid": record.gtid, "ms": ms, "pid": instance.pid}),
+        )
+        .await;
+        Ok(self.view(&svc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_database_and_nothing_else_is_an_id() {
+        let shop = ServiceName::parse("shop-eu").unwrap();
+        let id = backup_id(&shop, 1_796_068_712_123);
+        assert_eq!(id, "shop-eu-20261130T195832123Z");
+        assert_eq!(parse_backup_id(&id), Some(shop));
+        for bad in [
+            "../etc-20261130T194512123Z",
+            "shop-20261130T194512123",
+            "shop-2026113T194512123Z",
+            "shop",
+            "shop-*",
+            "-20261130T194512123Z",
+            "shop/x-20261130T194512123Z",
+        ] {
+            assert_eq!(parse_backup_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_changed_missing_or_added_file_fails_verification() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("data")).unwrap();
+        std::fs::write(d.path().join("data/ibdata1"), b"pages").unwrap();
+        std::fs::write(d.path().join("key"), b"wrapped").unwrap();
+        let sums = checksums(d.path()).unwrap();
+        std::fs::write(d.path().join(SUMS), &sums).unwrap();
+        assert_eq!(verify_files(d.path()), Ok(()));
+        std::fs::write(d.path().join("data/ibdata1"), b"pageS").unwrap();
+        assert_eq!(
+            verify_files(d.path()),
+            Err("data/ibdata1 differs from its checksum".into())
+        );
+        std::fs::write(d.path().join("data/ibdata1"), b"pages").unwrap();
+        std::fs::write(d.path().join("data/extra"), b"").unwrap();
+        assert_eq!(
+            verify_files(d.path()),
+            Err("data/extra was not part of it".into())
+        );
+        std::fs::remove_file(d.path().join("data/extra")).unwrap();
+        std::fs::remove_file(d.path().join("key")).unwrap();
+        assert_eq!(verify_files(d.path()), Err("key is missing".into()));
+    }
+}

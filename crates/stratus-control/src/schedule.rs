@@ -1,0 +1,190 @@
+//! The backup controller: takes each database's scheduled backups (its `BackupSchedule`, a cron
+//! expression in UTC) and applies its retention. The decisions are pure ([`due`], [`expired`]);
+//! the loop only feeds them what the catalog and the backup directory hold, so a backup missed
+//! while Stratus was down is taken once when it is back, not once per missed time.
+//!
+//! Backups of one installation are taken one at a time. A parked database that has a verified
+//! backup is skipped: nothing has changed since it was parked, and waking it to copy the same
+//! data again would cost a start for nothing. A failed backup is tried again with back-off.
+
+use crate::ControlPlane;
+use crate::supervisor::backoff;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use stratus_core::cron::Cron;
+use stratus_core::time::now_ms;
+use stratus_core::{BackupSchedule, DbState, ServiceName};
+use stratus_runtime::Runtime;
+use stratus_store::Store;
+
+/// How often schedules are looked at.
+const TICK: Duration = Duration::from_secs(1);
+/// Longest wait before a failed scheduled backup is tried again.
+const RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// Whether a scheduled backup is due at `now_ms`: a time of `cron` has come since `last_ms` (the
+/// last backup's start, or the database's creation).
+pub fn due(cron: &Cron, last_ms: i64, now_ms: i64) -> bool {
+    cron.next_after(last_ms).is_some_and(|t| t <= now_ms)
+}
+
+/// A backup as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub id: String,
+    pub started_at_ms: i64,
+    pub verified: bool,
+}
+
+/// The backups retention deletes: those older than `retention_days`, and beyond the newest
+/// `keep_last` — but never the newest verified backup, whatever its age, so a database always
+/// keeps one it can be restored from.
+pub fn expired(backups: &[Kept], schedule: &BackupSchedule, now_ms: i64) -> Vec<String> {
+    let mut newest_first: Vec<&Kept> = backups.iter().collect();
+    newest_first.sort_by(|a, b| (b.started_at_ms, &b.id).cmp(&(a.started_at_ms, &a.id)));
+    let keep_safe = newest_first
+        .iter()
+        .find(|b| b.verified)
+        .map(|b| b.id.clone());
+    let max_age = i64::from(schedule.retention_days) * 86_400_000;
+    newest_first
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| {
+            let too_old = now_ms - b.started_at_ms > max_age;
+            let too_many = schedule.keep_last > 0 && *i >= schedule.keep_last as usize;
+            (too_old || too_many) && Some(&b.id) != keep_safe.as_ref()
+        })
+        .map(|(_, b)| b.id.clone())
+        .collect()
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Runs the schedules until the process ends.
+    pub async fn run_backups(self: Arc<Self>) {
+        let mut failed: HashMap<ServiceName, (u32, i64)> = HashMap::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(services) = self.store.services().await else {
+                continue;
+            };
+            for svc in services {
+                let name = svc.name().clone();
+                if !matches!(
+                    svc.state,
+                    DbState::Active | DbState::Suspended | DbState::Parked
+                ) {
+                    continue;
+                }
+                let Ok(schedule) = self.store.backup_schedule(&name).await else {
+                    continue;
+                };
+                let Ok(Some(cron)) = schedule.cron() else {
+                    continue;
+                };
+                let now = now_ms();
+                if failed.get(&name).is_some_and(|(_, retry)| *retry > now) {
+                    continue;
+                }
+                let Ok(records) = self.records(Some(name.as_str())) else {
+                    continue;
+                };
+                let last = records
+                    .last()
+                    .map_or(svc.created_at_ms, |r| r.started_at_ms);
+                if svc.state == DbState::Parked && records.iter().any(|r| r.verified) {
+                    continue;
+                }
+                if !due(&cron, last, now) {
+                    continue;
+                }
+                match self.create_backup(name.as_str()).await {
+                    Ok(b) if b.verified => {
+                        failed.remove(&name);
+                        self.apply_retention(&name, &schedule).await;
+                    }
+                    result => {
+                        let n = failed.get(&name).map_or(1, |(n, _)| n + 1);
+                        let wait = backoff(n, RETRY_MAX);
+                        tracing::warn!(db = %name, "scheduled backup failed ({}); trying again in {wait:?}",
+                            result.err().map_or("its verification failed".to_owned(), |e| e.to_string()));
+                        failed.insert(name, (n, now_ms() + wait.as_millis() as i64));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes what the schedule's retention no longer keeps.
+    pub async fn apply_retention(&self, name: &ServiceName, schedule: &BackupSchedule) {
+        let Ok(records) = self.records(Some(name.as_str())) else {
+            return;
+        };
+        let kept: Vec<Kept> = records
+            .iter()
+            .map(|r| Kept {
+                id: r.id.clone(),
+                started_at_ms: r.started_at_ms,
+                verified: r.verified,
+            })
+            .collect();
+        for id in expired(&kept, schedule, now_ms()) {
+            if let Err(e) = self.delete_backup(&id).await {
+                tracing::warn!(db = %name, "retention cannot delete backup {id}: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    fn b(id: &str, day: i64, verified: bool) -> Kept {
+        Kept {
+            id: id.into(),
+            started_at_ms: day * DAY,
+            verified,
+        }
+    }
+
+    #[test]
+    fn a_backup_is_due_once_a_time_of_the_schedule_has_passed() {
+        let nightly = Cron::parse("0 3 * * *").unwrap();
+        let last = 10 * DAY + 3 * 3_600_000; // day 10, 03:00
+        assert!(!due(&nightly, last, last + 23 * 3_600_000));
+        assert!(due(&nightly, last, last + DAY));
+        // Down for a week: due, once (the next backup resets `last`).
+        assert!(due(&nightly, last, last + 7 * DAY));
+        let off = BackupSchedule {
+            cron: String::new(),
+            ..BackupSchedule::default()
+        };
+        assert!(off.cron().unwrap().is_none());
+    }
+
+    #[test]
+    fn retention_drops_the_old_and_the_surplus_but_keeps_one_good_backup() {
+        let week = BackupSchedule::default();
+        let all = [
+            b("a", 1, true),
+            b("b", 5, true),
+            b("c", 9, true),
+            b("d", 10, false),
+        ];
+        assert_eq!(expired(&all, &week, 10 * DAY), ["a"]);
+        let three = BackupSchedule {
+            keep_last: 2,
+            ..week.clone()
+        };
+        assert_eq!(expired(&all, &three, 10 * DAY), ["b", "a"]);
+        // Everything is old, and the newest backups failed verification: the newest good one stays.
+        let stale = [b("a", 1, true), b("b", 2, false)];
+        assert_eq!(expired(&stale, &week, 100 * DAY), ["b"]);
+    }
+}

@@ -1,0 +1,190 @@
+//! Backups of a local server with `mariadb-backup`
+//! (<https://mariadb.com/kb/en/full-backup-and-restore-with-mariadb-backup/>): copied from the
+//! running server without blocking its writes (`BACKUP STAGE`), then prepared (its redo log
+//! applied) so that a restore is a copy and a start. Data encrypted at rest stays encrypted in
+//! the backup; `mariadb-backup` reads the redo log, so it gets the database's plain key the way
+//! a server start does, in the private in-memory directory, for the length of the run only.
+
+use super::{DbPaths, Inner, config, keys, template};
+use crate::admin::AdminConn;
+use crate::{BackupTaken, Result, RuntimeError};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// The files a run of `mariadb-backup` needs beside its arguments, removed when it ends.
+struct RunFiles {
+    defaults: PathBuf,
+    key: Option<PathBuf>,
+}
+
+impl Drop for RunFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.defaults);
+        if let Some(k) = &self.key {
+            let _ = std::fs::remove_file(k);
+        }
+    }
+}
+
+impl Inner {
+    /// The defaults file of one `mariadb-backup` run for the database whose key is in `dir`,
+    /// and its plain key at `key_file`: where the running server read it at its start, since
+    /// `mariadb-backup` takes the key plugin's settings from the server (and writes them into
+    /// the backup for its `--prepare`).
+    fn backup_files(
+        &self,
+        run: &str,
+        dir: &Path,
+        datadir: &Path,
+        key_file: Option<PathBuf>,
+    ) -> Result<RunFiles> {
+        super::private_dir(&self.key_dir, &self.user)?;
+        let defaults = self.key_dir.join(format!("{run}.backup.cnf"));
+        let mut text = format!(
+            "[mariadbd]\ndatadir = {}\nplugin_dir = {}\n",
+            config::quoted(datadir),
+            config::quoted(&self.plugin_dir)
+        );
+        let mut key = None;
+        if let Some(ring) = &self.keys {
+            let data_key = ring
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .data_key(dir)?;
+            let file = key_file
+                .filter(|f| f.parent() == Some(self.key_dir.as_path()))
+                .ok_or_else(|| {
+                    RuntimeError::Other(format!(
+                        "the server of {run} does not read its key from {}",
+                        self.key_dir.display()
+                    ))
+                })?;
+            template::write_private(&file, &keys::plugin_key_file(&data_key))?;
+            text.push_str(&format!(
+                "plugin_load_add = file_key_management\nfile_key_management_filename = {}\n\
+                 file_key_management_encryption_algorithm = AES_CTR\n",
+                config::quoted(&file)
+            ));
+            key = Some(file);
+        }
+        let files = RunFiles { defaults, key };
+        template::write_private(&files.defaults, &text)?;
+        Ok(files)
+    }
+
+    async fn run_backup_tool(&self, what: &str, args: Vec<String>) -> Result<Vec<String>> {
+        let tool = self.mariadb.backup.as_ref().ok_or_else(|| RuntimeError::MissingBinary {
+            binary: "mariadb-backup",
+            hint: "install the distribution's mariadb-backup package (apt-get install mariadb-backup)".into(),
+        })?;
+        let out = tokio::process::Command::new(tool)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| RuntimeError::io(format!("cannot run {}", tool.display()), e))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<String> = log
+            .lines()
+            .rev()
+            .take(8)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if !out.status.success() {
+            return Err(RuntimeError::Other(format!(
+                "mariadb-backup {what} failed ({}):\n  {}",
+                out.status,
+                tail.join("\n  ")
+            )));
+        }
+        Ok(tail)
+    }
+
+    pub(super) async fn backup(&self, key: &str, dest: &Path) -> Result<BackupTaken> {
+        let proc = self
+            .running(key)
+            .ok_or_else(|| RuntimeError::NotRunning(key.to_owned()))?;
+        let super::Endpoint::Unix(socket) = &proc.endpoint else {
+            return Err(RuntimeError::Other(format!(
+                "database {key}: a local server listens on a unix socket"
+            )));
+        };
+        let paths: DbPaths = self.paths(key);
+        std::fs::create_dir_all(dest)
+            .map_err(|e| RuntimeError::io(format!("cannot create {}", dest.display()), e))?;
+        let target = dest.join("data");
+        let key_file = if self.keys.is_some() {
+            let mut conn =
+                AdminConn::connect(key, &proc.endpoint, &self.admin, super::LOGIN_TIMEOUT).await?;
+            let file: Option<String> = conn
+                .query_value("SELECT @@GLOBAL.file_key_management_filename")
+                .await
+                .ok()
+                .flatten();
+            conn.close().await;
+            file.map(PathBuf::from)
+        } else {
+            None
+        };
+        let files = self.backup_files(key, &paths.dir, &paths.data, key_file)?;
+        let defaults = format!("--defaults-file={}", files.defaults.display());
+        let target_arg = format!("--target-dir={}", target.display());
+        self.run_backup_tool(
+            "--backup",
+            vec![
+                defaults.clone(),
+                "--backup".into(),
+                target_arg.clone(),
+                format!("--socket={}", socket.display()),
+                format!("--user={}", self.admin.user),
+            ],
+        )
+        .await?;
+        let log_tail = self
+            .run_backup_tool("--prepare", vec![defaults, "--prepare".into(), target_arg])
+            .await?;
+        drop(files);
+        if self.keys.is_some() {
+            let wrapped = paths.dir.join(keys::WRAPPED_KEY_FILE);
+            std::fs::copy(&wrapped, dest.join(keys::WRAPPED_KEY_FILE))
+                .map_err(|e| RuntimeError::io(format!("cannot copy {}", wrapped.display()), e))?;
+        }
+        // `binlog-file  position  gtid` at the consistent point.
+        let gtid = std::fs::read_to_string(target.join("mariadb_backup_binlog_info"))
+            .ok()
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned));
+        Ok(BackupTaken { gtid, log_tail })
+    }
+
+    /// Makes the storage of `key` from a prepared backup: its data directory and its data key
+    /// (the source's: the pages are encrypted with it).
+    pub(super) fn restore_storage(&self, key: &str, from: &Path) -> Result<()> {
+        let paths = self.paths(key);
+        if std::fs::symlink_metadata(&paths.dir).is_ok() {
+            return Err(RuntimeError::StorageExists(key.to_owned()));
+        }
+        let made = (|| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir(&paths.dir)?;
+            std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))?;
+            template::copy_tree(&from.join("data"), &paths.data)?;
+            let wrapped = from.join(keys::WRAPPED_KEY_FILE);
+            if wrapped.exists() {
+                std::fs::copy(&wrapped, paths.dir.join(keys::WRAPPED_KEY_FILE))?;
+            }
+            Ok::<_, std::io::Error>(())
+        })()
+        .map_err(|e| RuntimeError::io(format!("cannot restore into {}", paths.dir.display()), e));
+        if let Err(e) = made.and_then(|()| self.user.give(&paths.dir)) {
+            let _ = std::fs::remove_dir_all(&paths.dir);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
