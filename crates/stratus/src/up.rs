@@ -231,7 +231,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     eprintln!("Stopping databases…");
     cp.drain_pool().await;
     cp.shutdown().await;
-    cp.runtime().remove_unused_cgroups();
+    cp.runtime().release_after_shutdown();
     eprintln!("Stratus stopped.");
     Ok(())
 }

@@ -222,12 +222,15 @@ impl LocalRuntime {
         &self.inner.mariadb
     }
 
-    /// Removes the cgroups of servers no longer running, and the parent if nothing is left
-    /// (after a clean shutdown; the next start makes them again).
-    pub fn remove_unused_cgroups(&self) {
+    /// After a clean shutdown, removes what the host holds for servers no longer running: their
+    /// cgroups (the parent too if nothing is left) and the in-memory key directory if empty (one
+    /// per data directory on `/dev/shm`, which would otherwise outlive every run). The next
+    /// start makes them again.
+    pub fn release_after_shutdown(&self) {
         if let Some(m) = &self.inner.cgroups {
             m.remove_unused();
         }
+        let _ = std::fs::remove_dir(&self.inner.key_dir);
     }
 
     /// Removes the parent cgroup once no database group is left under it.
