@@ -305,6 +305,8 @@ async fn status<S: Store, R: Runtime>(
         databases_by_state: by_state,
         warm_pool: st.cp.pool_status(),
         encryption: rt.encryption,
+        storage: rt.storage,
+        storage_note: rt.storage_note,
     }))
 }
 
@@ -384,6 +386,36 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
                 "stratus_database_buffer_pool_hit_ratio{{db=\"{name}\"}} {r:.4}"
             );
         }
+    }
+    let storage: Vec<_> = services
+        .iter()
+        .filter_map(|s| Some((s.name(), st.cp.runtime().storage(s.name())?)))
+        .collect();
+    metrics::header(
+        &mut out,
+        "stratus_database_storage_used_bytes",
+        "gauge",
+        "Bytes in use on the database's volume.",
+    );
+    for (name, u) in &storage {
+        let _ = writeln!(
+            out,
+            "stratus_database_storage_used_bytes{{db=\"{name}\"}} {}",
+            u.used_bytes
+        );
+    }
+    metrics::header(
+        &mut out,
+        "stratus_database_storage_limit_bytes",
+        "gauge",
+        "Size of the database's volume (it grows up to its storage_gb).",
+    );
+    for (name, u) in &storage {
+        let _ = writeln!(
+            out,
+            "stratus_database_storage_limit_bytes{{db=\"{name}\"}} {}",
+            u.limit_bytes
+        );
     }
     let pool = st.cp.pool_status();
     metrics::header(

@@ -79,6 +79,12 @@ pub struct StatusView {
     /// How data is encrypted at rest; `None`: it is not.
     #[serde(default)]
     pub encryption: Option<String>,
+    /// Where databases' data lives, and why not on volumes of their own when it is not (their
+    /// size limits are then not enforced).
+    #[serde(default)]
+    pub storage: String,
+    #[serde(default)]
+    pub storage_note: Option<String>,
 }
 
 /// The answer to a master key rotation.

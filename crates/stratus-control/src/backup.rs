@@ -546,10 +546,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             for u in users.iter().filter(|u| !u.owner) {
                 self.store.create_user(u).await?;
             }
-            let instance = self
-                .runtime
-                .restore(&self.instance_spec(&svc), &dir)
-                .await?;
+            let mut spec = self.instance_spec(&svc);
+            // Room for the data and as much again, within the maximum.
+            spec.storage_bytes = spec
+                .storage_bytes
+                .max(record.bytes.saturating_mul(2))
+                .min(crate::storage::max_bytes(svc.spec.storage_gb));
+            let instance = self.runtime.restore(&spec, &dir).await?;
             svc.state = DbState::Active;
             self.store.update_service(&svc).await?;
             Ok::<_, ControlError>(instance)

@@ -26,6 +26,7 @@ mod recovered;
 pub mod scaler;
 pub mod schedule;
 pub mod sizing;
+pub mod storage;
 pub mod supervisor;
 pub mod suspend;
 pub mod view;
@@ -171,6 +172,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             name: svc.spec.name.clone(),
             resources: self.resources(svc.scu),
             max_resources: self.resources(svc.spec.max_scu),
+            storage_bytes: storage::first_size(svc.spec.storage_gb),
         }
     }
 

@@ -196,6 +196,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     pub(crate) async fn view(&self, svc: &DatabaseService) -> DatabaseView {
         let seen = self.runtime.observe(svc.name()).await;
+        let storage = self.runtime.storage(svc.name());
         let configured = self.resources(svc.scu);
         let enforced = seen.cpu_limit_millis.is_some() && seen.memory_limit_bytes.is_some();
         let (host, port) = self.endpoint();
@@ -222,6 +223,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             activity: self.activity(svc.name()),
             measured: self.measured(svc.name()),
             memory_usage: seen.memory_usage_bytes,
+            storage_used_bytes: storage.map(|u| u.used_bytes),
+            storage_limit_bytes: storage.map(|u| u.limit_bytes),
             created_at: rfc3339(svc.created_at_ms),
             updated_at: rfc3339(svc.updated_at_ms),
         }

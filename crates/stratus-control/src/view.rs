@@ -41,6 +41,11 @@ pub struct DatabaseView {
     #[serde(default)]
     pub activity: stratus_core::ActivityView,
     pub memory_usage: Option<u64>,
+    /// Bytes in use on its volume, and the volume's size (`None` without volumes).
+    #[serde(default)]
+    pub storage_used_bytes: Option<u64>,
+    #[serde(default)]
+    pub storage_limit_bytes: Option<u64>,
     pub created_at: String,
     pub updated_at: String,
 }

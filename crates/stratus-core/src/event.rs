@@ -39,6 +39,10 @@ pub enum EventKind {
     BackupDeleted,
     /// A database was made from a backup.
     Restored,
+    /// A database's volume was grown.
+    StorageGrown,
+    /// A database's volume is full at its maximum.
+    StorageFull,
 }
 
 impl EventKind {
@@ -67,6 +71,8 @@ impl EventKind {
             EventKind::BackupFailed => "backup_failed",
             EventKind::BackupDeleted => "backup_deleted",
             EventKind::Restored => "restored",
+            EventKind::StorageGrown => "storage_grown",
+            EventKind::StorageFull => "storage_full",
         }
     }
 

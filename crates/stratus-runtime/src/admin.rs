@@ -171,6 +171,10 @@ pub trait ServerAdmin: Send + Sized {
     /// The server's `'%'` accounts: name, authentication plugin, authentication string.
     fn accounts(&mut self) -> impl Future<Output = Result<Vec<Account>>> + Send;
 
+    /// Starts a new binary log and deletes the older ones, to make room on a full volume
+    /// (<https://mariadb.com/kb/en/purge-binary-logs/>). Returns how many were deleted.
+    fn purge_binary_logs(&mut self) -> impl Future<Output = Result<u64>> + Send;
+
     fn close(self) -> impl Future<Output = ()> + Send;
 }
 
@@ -276,6 +280,22 @@ impl ServerAdmin for AdminConn {
             .into_iter()
             .map(|(user, plugin, auth)| Account { user, plugin, auth })
             .collect())
+    }
+
+    async fn purge_binary_logs(&mut self) -> Result<u64> {
+        // Rows as rows: the column count of these statements varies between versions.
+        let before: Vec<mysql_async::Row> = self.query_rows("SHOW BINARY LOGS").await?;
+        AdminConn::exec(self, "FLUSH BINARY LOGS").await?;
+        let status: Vec<mysql_async::Row> = self.query_rows("SHOW MASTER STATUS").await?;
+        let Some(current) = status.first().and_then(|r| r.get_opt::<String, _>(0)?.ok()) else {
+            return Ok(0);
+        };
+        AdminConn::exec(
+            self,
+            &format!("PURGE BINARY LOGS TO {}", quote_str(&current)),
+        )
+        .await?;
+        Ok(before.len() as u64)
     }
 
     async fn close(self) {

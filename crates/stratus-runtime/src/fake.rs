@@ -29,6 +29,7 @@ pub enum Op {
     ProvisionSpare,
     ClaimSpare,
     Backup,
+    GrowStorage,
 }
 
 /// One fake server, as a test inspects it.
@@ -54,6 +55,9 @@ pub struct FakeServer {
     /// Statements run through [`ServerAdmin::exec`], in order.
     pub executed: Vec<String>,
     pub cpu_ns: u64,
+    /// Its volume: bytes used and its size.
+    pub storage_used: u64,
+    pub storage_limit: u64,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +97,7 @@ impl World {
             memory_bytes: r.memory_bytes,
             buffer_pool_bytes: r.buffer_pool_bytes,
             buffer_pool_max: max.buffer_pool_bytes.max(r.buffer_pool_bytes),
+            storage_limit: 1 << 30,
             ..FakeServer::default()
         }
     }
@@ -200,6 +205,8 @@ impl Runtime for FakeRuntime {
             resource_control_note: None,
             mariadb_version: "fake".to_owned(),
             encryption: None,
+            storage: "fake volumes".to_owned(),
+            storage_note: None,
         }
     }
 
@@ -411,6 +418,27 @@ impl Runtime for FakeRuntime {
         Ok(self.world().storage.len())
     }
 
+    fn storage(&self, name: &ServiceName) -> Option<crate::StorageUse> {
+        let w = self.world();
+        let s = w.servers.get(name.as_str())?;
+        Some(crate::StorageUse {
+            used_bytes: s.storage_used,
+            limit_bytes: s.storage_limit,
+            volume_bytes: s.storage_limit,
+        })
+    }
+
+    async fn grow_storage(&self, name: &ServiceName, bytes: u64) -> Result<u64> {
+        let mut w = self.world();
+        w.calls.push(format!("grow_storage {name} {bytes}"));
+        if w.failing(Op::GrowStorage) {
+            return Err(injected(Op::GrowStorage, name.as_str()));
+        }
+        let s = w.server(name.as_str())?;
+        s.storage_limit = s.storage_limit.max(bytes);
+        Ok(s.storage_limit)
+    }
+
     /// A fake backup is a directory with the statements the server ran, one per line in
     /// `data/statements`; its restore runs them on the new server.
     async fn backup(&self, name: &ServiceName, dest: &Path) -> Result<crate::BackupTaken> {
@@ -554,6 +582,12 @@ impl ServerAdmin for FakeAdmin {
     async fn accounts(&mut self) -> Result<Vec<Account>> {
         self.act(format!("accounts {}", self.name), |w, name| {
             w.server(name).map(|_| Vec::new())
+        })
+    }
+
+    async fn purge_binary_logs(&mut self) -> Result<u64> {
+        self.act(format!("purge_binary_logs {}", self.name), |w, name| {
+            w.server(name).map(|_| 1)
         })
     }
 

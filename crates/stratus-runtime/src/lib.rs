@@ -99,6 +99,20 @@ pub struct InstanceSpec {
     /// The largest size this database may reach: the buffer pool's address space is reserved
     /// for it at start (`innodb_buffer_pool_size_max`), so later grows need no restart.
     pub max_resources: Resources,
+    /// The size of the volume a new database's data gets (where the runtime has volumes); it
+    /// grows from there ([`Runtime::grow_storage`]).
+    pub storage_bytes: u64,
+}
+
+/// A database's storage as the runtime measures it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageUse {
+    pub used_bytes: u64,
+    /// What its file system holds at most: a hard limit.
+    pub limit_bytes: u64,
+    /// The size of its volume, the file system's own structures included (what
+    /// [`Runtime::grow_storage`] sets).
+    pub volume_bytes: u64,
 }
 
 /// A started (or adopted) server.
@@ -152,6 +166,10 @@ pub struct RuntimeInfo {
     pub mariadb_version: String,
     /// How data is encrypted at rest, `None` when it is not.
     pub encryption: Option<String>,
+    /// Where databases' data lives: `XFS volumes (loop devices)`, or `plain directories`.
+    pub storage: String,
+    /// Why there are no volumes, when there are none: their size limits are then not enforced.
+    pub storage_note: Option<String>,
 }
 
 /// Where databases run. Methods are cancel-safe only where they say so; the control plane
@@ -244,6 +262,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// again under a new one. Returns how many were. Running servers are not disturbed (their
     /// key is in memory); the next start opens the key with the new master key.
     fn rotate_master_key(&self) -> impl Future<Output = Result<usize>> + Send;
+
+    /// The storage of a database: used and limit, where the runtime can measure it. Cheap.
+    fn storage(&self, name: &ServiceName) -> Option<StorageUse>;
+
+    /// Grows the volume of a database to `bytes`, online. Returns the new limit.
+    fn grow_storage(
+        &self,
+        name: &ServiceName,
+        bytes: u64,
+    ) -> impl Future<Output = Result<u64>> + Send;
 
     /// Takes a full physical backup of the running server into the new directory `dest`,
     /// without blocking its writes, and prepares it (crash recovery applied), so that it can be

@@ -12,6 +12,7 @@ fn spec(name: &str, scu: u32) -> InstanceSpec {
         name: ServiceName::parse(name).unwrap(),
         resources: size.resources(scu),
         max_resources: size.resources(2),
+        storage_bytes: 1 << 30,
     }
 }
 
@@ -26,6 +27,8 @@ fn root() -> tempfile::TempDir {
 fn config(dir: &tempfile::TempDir, tag: &str) -> LocalConfig {
     let mut cfg = LocalConfig::new(dir.path());
     cfg.cgroup_parent = format!("stratus-test-{}-{tag}", std::process::id());
+    // Volumes are tested through `stratus up` (`tests/storage.rs`), whose harness unmounts them.
+    cfg.volumes = false;
     cfg
 }
 

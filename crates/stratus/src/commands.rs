@@ -57,6 +57,13 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                 None => println!("resource control: {}", s.resource_control),
                 Some(why) => println!("resource control: none: {why}"),
             }
+            match &s.storage_note {
+                None => println!("storage:          {}", s.storage),
+                Some(why) => println!(
+                    "storage:          {}: size limits not enforced ({why})",
+                    s.storage
+                ),
+            }
             println!(
                 "encryption:       {}",
                 s.encryption

@@ -128,6 +128,8 @@ pub struct MariaDbSection {
 pub struct ResourcesSection {
     /// false: run without cgroups even where they exist.
     pub cgroups: Option<bool>,
+    /// false: plain data directories even where volumes can be mounted.
+    pub volumes: Option<bool>,
     /// Parent cgroup of every database's group [default: `stratus/<id of the data directory>`,
     /// so two installations on one host never share a group].
     pub cgroup_parent: Option<String>,
@@ -147,6 +149,7 @@ pub struct Settings {
     /// The master key ring, when data is encrypted at rest.
     pub master_key: Option<PathBuf>,
     pub cgroups: bool,
+    pub volumes: bool,
     /// Empty: derived from the data directory once it is resolved.
     pub cgroup_parent: String,
     pub tls: Option<TlsSettings>,
@@ -224,6 +227,7 @@ impl Settings {
                     .unwrap_or_else(default_master_key)
             }),
             cgroups: fc.resources.cgroups.unwrap_or(true),
+            volumes: fc.resources.volumes.unwrap_or(true),
             cgroup_parent: fc.resources.cgroup_parent.unwrap_or_default(),
             policy: fc.policy.clone().unwrap_or_default(),
             pool: fc.pool.unwrap_or_default(),

@@ -54,6 +54,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
         settings.cgroup_parent.clone()
     };
     local.resource_control = settings.cgroups;
+    local.volumes = settings.volumes;
     local.start_timeout = settings.start_timeout;
     local.server_user = settings.server_user.clone();
     local.master_key = settings
@@ -94,6 +95,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     tokio::spawn(cp.clone().monitor());
     tokio::spawn(cp.clone().run_pool());
     tokio::spawn(cp.clone().run_backups());
+    tokio::spawn(cp.clone().run_storage());
     let tls = match &settings.tls {
         Some(t) => Some(
             stratus_proxy::tls::load_or_create(
@@ -204,6 +206,10 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     match &info.resource_control_note {
         None => println!("  resource control: {}", info.resource_control),
         Some(why) => println!("  resource control: none ({why})"),
+    }
+    match &info.storage_note {
+        None => println!("  storage:          {}", info.storage),
+        Some(why) => println!("  storage:          {} ({why})", info.storage),
     }
     match api_tls {
         Some(tls) => {

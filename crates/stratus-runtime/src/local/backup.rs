@@ -164,7 +164,7 @@ impl Inner {
 
     /// Makes the storage of `key` from a prepared backup: its data directory and its data key
     /// (the source's: the pages are encrypted with it).
-    pub(super) fn restore_storage(&self, key: &str, from: &Path) -> Result<()> {
+    pub(super) fn restore_storage(&self, key: &str, from: &Path, bytes: u64) -> Result<()> {
         let paths = self.paths(key);
         if std::fs::symlink_metadata(&paths.dir).is_ok() {
             return Err(RuntimeError::StorageExists(key.to_owned()));
@@ -173,7 +173,9 @@ impl Inner {
             use std::os::unix::fs::PermissionsExt;
             std::fs::create_dir(&paths.dir)?;
             std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))?;
-            template::copy_tree(&from.join("data"), &paths.data)?;
+            self.make_data_dir(key, bytes, &paths)
+                .map_err(std::io::Error::other)?;
+            template::copy_into(&from.join("data"), &paths.data)?;
             let wrapped = from.join(keys::WRAPPED_KEY_FILE);
             if wrapped.exists() {
                 std::fs::copy(&wrapped, paths.dir.join(keys::WRAPPED_KEY_FILE))?;
@@ -182,6 +184,9 @@ impl Inner {
         })()
         .map_err(|e| RuntimeError::io(format!("cannot restore into {}", paths.dir.display()), e));
         if let Err(e) = made.and_then(|()| self.user.give(&paths.dir)) {
+            if let Ok(v) = &self.volumes {
+                let _ = v.remove(key, &paths.data);
+            }
             let _ = std::fs::remove_dir_all(&paths.dir);
             return Err(e);
         }

@@ -22,6 +22,7 @@ mod notify;
 mod process;
 pub mod server_user;
 mod template;
+pub mod volume;
 
 pub use server_user::{DEFAULT_SERVER_USER, ServerUser};
 
@@ -65,6 +66,8 @@ pub struct LocalConfig {
     /// The master key ring for encryption at rest (outside the data directory); `None` runs
     /// servers unencrypted.
     pub master_key: Option<PathBuf>,
+    /// Give each database a volume of its own where the host allows (`volume`).
+    pub volumes: bool,
 }
 
 impl LocalConfig {
@@ -77,6 +80,7 @@ impl LocalConfig {
             start_timeout: Duration::from_secs(120),
             server_user: DEFAULT_SERVER_USER.into(),
             master_key: None,
+            volumes: true,
         }
     }
 }
@@ -98,6 +102,8 @@ struct Inner {
     keys: Option<Mutex<keys::MasterKeys>>,
     /// Where a server's plain data key waits for its start: a private directory in memory.
     key_dir: PathBuf,
+    /// Volumes, or why there are none.
+    volumes: std::result::Result<volume::Volumes, String>,
     procs: Mutex<HashMap<String, Arc<Proc>>>,
     exits: broadcast::Sender<ExitNotice>,
     next_spare: std::sync::atomic::AtomicU32,
@@ -193,6 +199,17 @@ impl LocalRuntime {
             user: user.admin_account.clone(),
             password: None,
         };
+        let volumes = if cfg.volumes {
+            let probed = volume::Volumes::probe(&cfg.root.join("volumes"));
+            if let Err(why) = &probed {
+                tracing::warn!(
+                    "databases get plain directories, their size limits not enforced: {why}"
+                );
+            }
+            probed
+        } else {
+            Err("volumes are turned off in the configuration".to_owned())
+        };
         let (exits, _) = broadcast::channel(256);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -206,6 +223,7 @@ impl LocalRuntime {
                 plugin_dir,
                 keys,
                 key_dir,
+                volumes,
                 procs: Mutex::new(HashMap::new()),
                 exits,
                 next_spare: std::sync::atomic::AtomicU32::new(1),
@@ -223,14 +241,27 @@ impl LocalRuntime {
     }
 
     /// After a clean shutdown, removes what the host holds for servers no longer running: their
-    /// cgroups (the parent too if nothing is left) and the in-memory key directory if empty (one
-    /// per data directory on `/dev/shm`, which would otherwise outlive every run). The next
-    /// start makes them again.
+    /// cgroups (the parent too if nothing is left), their volumes' mounts, and the in-memory key
+    /// directory if empty (one per data directory on `/dev/shm`, which would otherwise outlive
+    /// every run). The next start makes them again.
     pub fn release_after_shutdown(&self) {
         if let Some(m) = &self.inner.cgroups {
             m.remove_unused();
         }
         let _ = std::fs::remove_dir(&self.inner.key_dir);
+        if let Ok(v) = &self.inner.volumes {
+            let dbs = self.inner.cfg.root.join("databases");
+            for e in std::fs::read_dir(&dbs).into_iter().flatten().flatten() {
+                let data = e.path().join("data");
+                let served = e
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|k| self.inner.running(k).is_some());
+                if !served && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    v.unmount(&data);
+                }
+            }
+        }
     }
 
     /// Removes the parent cgroup once no database group is left under it.
@@ -261,6 +292,31 @@ impl Inner {
             init: dir.join("init.sql"),
             socket,
             dir,
+        }
+    }
+
+    /// The key of the volume under `key`'s data: a claimed spare's directory is a link to the
+    /// spare's, whose volume keeps the spare's name.
+    fn volume_key(&self, key: &str) -> String {
+        std::fs::read_link(self.paths(key).dir)
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| key.to_owned())
+    }
+
+    /// Makes the (empty) data directory of a new database: a volume of `bytes` mounted there,
+    /// or a plain directory where there are no volumes.
+    fn make_data_dir(&self, key: &str, bytes: u64, paths: &DbPaths) -> Result<()> {
+        match &self.volumes {
+            Ok(v) => {
+                std::fs::create_dir(&paths.data).map_err(|e| {
+                    RuntimeError::io(format!("cannot create {}", paths.data.display()), e)
+                })?;
+                v.create(key, bytes, &paths.data)
+            }
+            Err(_) => std::fs::create_dir(&paths.data).map_err(|e| {
+                RuntimeError::io(format!("cannot create {}", paths.data.display()), e)
+            }),
         }
     }
 
@@ -399,6 +455,12 @@ impl Inner {
     async fn start_server(self: &Arc<Self>, spec: &Launch) -> Result<Instance> {
         let name = spec.key.as_str();
         let paths = self.paths(name);
+        if let Ok(v) = &self.volumes {
+            let key = self.volume_key(name);
+            if v.exists(&key) {
+                v.mount(&key, &paths.data)?;
+            }
+        }
         if !paths.data.is_dir() {
             return Err(RuntimeError::NoStorage(name.to_string()));
         }
@@ -566,6 +628,11 @@ impl Runtime for LocalRuntime {
                     k.path().display()
                 )
             }),
+            storage: match &self.inner.volumes {
+                Ok(_) => "a volume per database (XFS with reflink on a loop device)".to_owned(),
+                Err(_) => "plain directories".to_owned(),
+            },
+            storage_note: self.inner.volumes.as_ref().err().cloned(),
         }
     }
 
@@ -728,6 +795,7 @@ impl Runtime for LocalRuntime {
             key: key.clone(),
             resources: floor,
             max_resources,
+            storage_bytes: SPARE_STORAGE_BYTES,
         };
         match inner.provision_copy(&launch).await {
             Ok(instance) => Ok(Spare {
@@ -752,12 +820,43 @@ impl Runtime for LocalRuntime {
         self.inner.destroy(key).await
     }
 
+    fn storage(&self, name: &ServiceName) -> Option<crate::StorageUse> {
+        self.inner.volumes.as_ref().ok()?;
+        let data = self.inner.paths(name.as_str()).data;
+        if !volume::is_mounted(&data) {
+            return None;
+        }
+        let (used_bytes, limit_bytes) = volume::usage(&data)?;
+        let volume_bytes = self
+            .inner
+            .volumes
+            .as_ref()
+            .ok()?
+            .size(&self.inner.volume_key(name.as_str()))?;
+        Some(crate::StorageUse {
+            used_bytes,
+            limit_bytes,
+            volume_bytes,
+        })
+    }
+
+    async fn grow_storage(&self, name: &ServiceName, bytes: u64) -> Result<u64> {
+        let v = self.inner.volumes.as_ref().map_err(|why| {
+            RuntimeError::Other(format!("database {name} has no volume to grow: {why}"))
+        })?;
+        let data = self.inner.paths(name.as_str()).data;
+        let key = self.inner.volume_key(name.as_str());
+        v.grow(&key, bytes, &data)?;
+        Ok(v.size(&key).unwrap_or(bytes))
+    }
+
     async fn backup(&self, name: &ServiceName, dest: &Path) -> Result<crate::BackupTaken> {
         self.inner.backup(name.as_str(), dest).await
     }
 
     async fn restore(&self, spec: &InstanceSpec, from: &Path) -> Result<Instance> {
-        self.inner.restore_storage(spec.name.as_str(), from)?;
+        self.inner
+            .restore_storage(spec.name.as_str(), from, spec.storage_bytes)?;
         let started = self.inner.start_server(&Launch::from(spec)).await;
         if started.is_err() {
             let _ = self.destroy(&spec.name).await;
@@ -790,6 +889,8 @@ const SPARE_PREFIX: &str = "_spare-";
 /// A spare idles on a small buffer pool and a small CPU quota until it is claimed.
 const SPARE_BUFFER_POOL: u64 = 16 << 20;
 const SPARE_CPU_MILLIS: u32 = 100;
+/// A spare's volume: a new database's first size; the storage controller grows it.
+const SPARE_STORAGE_BYTES: u64 = 1 << 30;
 
 /// What starting a server needs, for a database or a spare.
 struct Launch {
@@ -797,6 +898,7 @@ struct Launch {
     key: String,
     resources: Resources,
     max_resources: Resources,
+    storage_bytes: u64,
 }
 
 impl From<&InstanceSpec> for Launch {
@@ -805,6 +907,7 @@ impl From<&InstanceSpec> for Launch {
             key: spec.name.to_string(),
             resources: spec.resources,
             max_resources: spec.max_resources,
+            storage_bytes: spec.storage_bytes,
         }
     }
 }
@@ -821,7 +924,8 @@ impl Inner {
         std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700)).map_err(
             |e| RuntimeError::io(format!("cannot set the mode of {}", paths.dir.display()), e),
         )?;
-        template::copy_tree(&self.template.data, &paths.data).map_err(|e| {
+        self.make_data_dir(&launch.key, launch.storage_bytes, &paths)?;
+        template::copy_into(&self.template.data, &paths.data).map_err(|e| {
             RuntimeError::io(
                 format!("cannot copy the template to {}", paths.data.display()),
                 e,
@@ -878,6 +982,9 @@ impl Inner {
             cg.remove()?;
         }
         let paths = self.paths(key);
+        if let Ok(v) = &self.volumes {
+            v.remove(&self.volume_key(key), &paths.data)?;
+        }
         let _ = std::fs::remove_file(&paths.socket);
         if let Some(dir) = paths.socket.parent().filter(|d| *d != paths.dir) {
             let _ = std::fs::remove_dir(dir);

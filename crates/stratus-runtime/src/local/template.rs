@@ -183,6 +183,11 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
 /// Copies a directory tree (files, directories and symlinks), as `cp -a` would, minus ownership.
 pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir(to)?;
+    copy_into(from, to)
+}
+
+/// [`copy_tree`] into a directory that exists (a mounted volume).
+pub fn copy_into(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

@@ -294,6 +294,24 @@ impl Drop for Stratus {
             );
         }
         remove_cgroups(&self.cgroup_parent);
+        unmount_under(&self.data_dir());
+    }
+}
+
+/// Unmounts the volumes left mounted under `dir` (by a killed `stratus up`), so the test's
+/// directory can be removed and no loop device outlives it.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    for line in info.lines() {
+        // `id parent major:minor root mount-point ...`
+        if let Some(at) = line.split(' ').nth(4) {
+            if at.starts_with(&prefix) {
+                let _ = Command::new("umount").args(["-l", at]).output();
+            }
+        }
     }
 }
 

@@ -1,0 +1,220 @@
+//! The storage controller (the brief's auto-scaling storage): every database's data lives on a
+//! volume whose size is a hard limit (`stratus-runtime`'s `local::volume`, a PVC on Kubernetes).
+//! It starts small and is grown online, before it fills, up to the database's `storage_gb`:
+//! when its use passes the brief's threshold for its size (60 % under 100 GiB, 80 % up to
+//! 500 GiB, 95 % above), it grows by a step (doubling under 100 GiB, +50 % up to 500 GiB, +25 %
+//! above; at least enough to bring the use back under the threshold). At `storage_gb` it grows
+//! no more, and a write that does not fit fails in the server ("The table is full"). Full at its
+//! maximum, the binary logs but the current one are deleted, so that deleting data makes room
+//! again (the binary log archive of point-in-time restore, when it exists, must have them
+//! first). Each growth, and each time the maximum is met, is an event.
+
+use crate::ControlPlane;
+use crate::supervisor::backoff;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use stratus_core::time::now_ms;
+use stratus_core::{DbState, EventKind, ServiceName};
+use stratus_runtime::Runtime;
+use stratus_runtime::admin::ServerAdmin;
+use stratus_store::Store;
+
+const GIB: u64 = 1 << 30;
+/// How often volumes are measured.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The largest volume a database may have.
+pub fn max_bytes(storage_gb: u32) -> u64 {
+    u64::from(storage_gb) * GIB
+}
+
+/// A new database's first volume: 1 GiB (or its maximum, if smaller).
+pub fn first_size(storage_gb: u32) -> u64 {
+    GIB.min(max_bytes(storage_gb))
+}
+
+/// The share of a volume, in percent, past which it is grown.
+pub fn threshold_pct(limit: u64) -> u64 {
+    match limit {
+        l if l < 100 * GIB => 60,
+        l if l <= 500 * GIB => 80,
+        _ => 95,
+    }
+}
+
+/// The size a volume of `volume` bytes, whose file system holds `limit` bytes with `used` in
+/// use, should grow to, if it is time, within `max`.
+pub fn next_size(used: u64, limit: u64, volume: u64, max: u64) -> Option<u64> {
+    if volume >= max || used.saturating_mul(100) < limit.saturating_mul(threshold_pct(volume)) {
+        return None;
+    }
+    let step = match volume {
+        v if v < 100 * GIB => v,
+        v if v <= 500 * GIB => v / 2,
+        v => v / 4,
+    };
+    // Enough that the use is back under the threshold of the new size, too (the file system's
+    // own structures are the difference between the volume and what it holds).
+    let overhead = volume.saturating_sub(limit);
+    let enough = used.saturating_mul(100) / threshold_pct(volume) + overhead + 1;
+    Some((volume + step).max(enough).min(max))
+}
+
+/// Whether a volume is at its maximum and (nearly) full.
+pub fn full_at_max(used: u64, limit: u64, volume: u64, max: u64) -> bool {
+    volume >= max && used.saturating_mul(100) >= limit.saturating_mul(FULL_PCT)
+}
+
+/// Use, in percent, at which a volume at its maximum counts as full.
+const FULL_PCT: u64 = 95;
+/// Least time between two reclaims of one volume.
+const RECLAIM_EVERY_MS: i64 = 30_000;
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// A volume full at its maximum: the binary logs before the current one are deleted (every
+    /// write also goes to them, so after a `DELETE` the rows' freed pages alone would not let
+    /// new writes in), and an event says the database is full.
+    async fn reclaim(&self, name: &ServiceName, storage_gb: u32, u: stratus_runtime::StorageUse) {
+        let purged = async {
+            let mut conn = self.admin_unlocked(name).await?;
+            let n = conn.purge_binary_logs().await;
+            conn.close().await;
+            Ok::<_, crate::ControlError>(n?)
+        }
+        .await;
+        let after = self.runtime.storage(name).unwrap_or(u);
+        let how = match &purged {
+            Ok(n) => format!(
+                "{n} binary log(s) deleted to make room, {} → {} MiB used",
+                u.used_bytes >> 20,
+                after.used_bytes >> 20
+            ),
+            Err(e) => format!("binary logs could not be deleted: {e}"),
+        };
+        self.event(
+            name,
+            EventKind::StorageFull,
+            &format!(
+                "storage full at its maximum of {storage_gb} GiB: writes that do not fit fail with \"The table is full\" until data is deleted; {how}"
+            ),
+            json!({"used_bytes": u.used_bytes, "limit_bytes": u.limit_bytes, "used_after_bytes": after.used_bytes,
+                   "binary_logs_deleted": purged.as_ref().ok()}),
+        )
+        .await;
+    }
+
+    /// Measures and grows volumes until the process ends.
+    pub async fn run_storage(self: Arc<Self>) {
+        let mut failed: HashMap<ServiceName, (u32, i64)> = HashMap::new();
+        let mut reclaimed: HashMap<ServiceName, i64> = HashMap::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(services) = self.store.services().await else {
+                continue;
+            };
+            for svc in services {
+                let name = svc.name().clone();
+                if !matches!(svc.state, DbState::Active | DbState::Suspended) {
+                    continue;
+                }
+                if failed.get(&name).is_some_and(|(_, at)| *at > now_ms()) {
+                    continue;
+                }
+                let Some(u) = self.runtime.storage(&name) else {
+                    continue;
+                };
+                let max = max_bytes(svc.spec.storage_gb);
+                let Some(to) = next_size(u.used_bytes, u.limit_bytes, u.volume_bytes, max) else {
+                    if full_at_max(u.used_bytes, u.limit_bytes, u.volume_bytes, max)
+                        && reclaimed
+                            .get(&name)
+                            .is_none_or(|at| now_ms() - at > RECLAIM_EVERY_MS)
+                    {
+                        reclaimed.insert(name.clone(), now_ms());
+                        self.reclaim(&name, svc.spec.storage_gb, u).await;
+                    }
+                    continue;
+                };
+                match self.runtime.grow_storage(&name, to).await {
+                    Ok(now) => {
+                        failed.remove(&name);
+                        let pct = u.used_bytes as f64 * 100.0 / u.limit_bytes.max(1) as f64;
+                        self.event(
+                            &name,
+                            EventKind::StorageGrown,
+                            &format!(
+                                "storage grown {} → {} MiB at {pct:.0} % used (maximum {} GiB)",
+                                u.volume_bytes >> 20,
+                                now >> 20,
+                                svc.spec.storage_gb
+                            ),
+                            json!({"from_bytes": u.volume_bytes, "to_bytes": now, "used_bytes": u.used_bytes,
+                                   "threshold_pct": threshold_pct(u.volume_bytes), "max_bytes": max}),
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        let n = failed.get(&name).map_or(1, |(n, _)| n + 1);
+                        let wait = backoff(n, Duration::from_secs(60));
+                        tracing::warn!(db = %name, "cannot grow storage: {e}; trying again in {wait:?}");
+                        failed.insert(name, (n, now_ms() + wait.as_millis() as i64));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn volumes_grow_past_their_threshold_by_a_step_up_to_the_maximum() {
+        let max = 10 * GIB;
+        let n = |used, volume| next_size(used, volume, volume, max);
+        assert_eq!(n(600 * MIB, GIB), None, "under 60 %");
+        assert_eq!(n(615 * MIB, GIB), Some(2 * GIB), "doubled");
+        // A burst far past the threshold: enough to bring it back under.
+        assert_eq!(n(2 * GIB, 2 * GIB), Some(4 * GIB));
+        assert_eq!(n(3 * GIB, 3 * GIB), Some(6 * GIB));
+        assert_eq!(n(7 * GIB, 8 * GIB), Some(max), "capped");
+        assert_eq!(n(10 * GIB, max), None, "at the maximum");
+        // The file system holds less than the volume: the cap is on the volume.
+        assert_eq!(next_size(1984 * MIB, 1984 * MIB, 2 * GIB, 2 * GIB), None);
+        assert_eq!(threshold_pct(200 * GIB), 80);
+        assert_eq!(
+            next_size(170 * GIB, 200 * GIB, 200 * GIB, 1000 * GIB),
+            Some(300 * GIB)
+        );
+        assert_eq!(threshold_pct(600 * GIB), 95);
+        assert_eq!(
+            next_size(580 * GIB, 600 * GIB, 600 * GIB, 1000 * GIB),
+            Some(750 * GIB)
+        );
+        assert_eq!(first_size(1), GIB);
+    }
+
+    #[test]
+    fn growth_never_passes_the_maximum_nor_leaves_use_past_the_threshold() {
+        for limit in [GIB, 3 * GIB, 150 * GIB, 700 * GIB] {
+            for pct in [0u64, 59, 60, 61, 80, 95, 99, 100] {
+                let used = limit / 100 * pct;
+                let max = 800 * GIB;
+                if let Some(to) = next_size(used, limit, limit, max) {
+                    assert!(to > limit && to <= max, "{limit} {pct}: {to}");
+                    assert!(
+                        to == max || used * 100 < to * threshold_pct(limit),
+                        "{limit} {pct}: {to}"
+                    );
+                }
+            }
+        }
+    }
+}

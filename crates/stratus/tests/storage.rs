@@ -1,0 +1,125 @@
+//! Storage end to end: each database's data on a volume of its own that grows by itself before it
+//! fills, up to the database's `storage_gb`, where writes fail with the server's own error and
+//! deleting data makes room again. Needs root and loop devices, as `stratus up` does for
+//! volumes; where the host has none it says so in `stratus status`, which this test checks
+//! instead.
+
+mod common;
+
+use common::Stratus;
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use std::time::Duration;
+
+/// 10 MiB in one statement.
+const LOAD: &str = "INSERT INTO big (v) SELECT RANDOM_BYTES(1024) FROM seq_1_to_10240";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_load_grows_the_volume_then_meets_its_maximum_and_a_delete_makes_room() {
+    let mut s = Stratus::new("storage");
+    s.start();
+    let status = s.json(&["status"]);
+    if status["storage_note"].is_string() {
+        // No volumes on this host: the limit is not enforced, and status says why.
+        eprintln!("no volumes here: {}", status["storage_note"]);
+        assert_eq!(status["storage"], "plain directories");
+        s.stop();
+        return;
+    }
+    s.json(&[
+        "db",
+        "create",
+        "shop",
+        "--tier",
+        "standard",
+        "--storage-gb",
+        "2",
+        "--password",
+        "pw",
+    ]);
+    let shown = s.json(&["db", "show", "shop"]);
+    let first = shown["storage_limit_bytes"].as_u64().unwrap();
+    assert!(first < 1 << 30, "starts at 1 GiB: {shown}");
+    assert!(shown["storage_used_bytes"].as_u64().unwrap() > 0, "{shown}");
+
+    let mut c = Conn::new(s.sql_opts("shop.admin", "pw", Some("shop")))
+        .await
+        .unwrap();
+    c.query_drop("CREATE TABLE big (id INT AUTO_INCREMENT PRIMARY KEY, v LONGBLOB)")
+        .await
+        .unwrap();
+    let mut loaded = 0u32;
+    let full = loop {
+        match c.query_drop(LOAD).await {
+            Ok(()) => loaded += 1,
+            Err(mysql_async::Error::Server(e)) => break e,
+            Err(e) => panic!("after {loaded} loads: {e}"),
+        }
+        assert!(loaded < 400, "4 GiB written and never full");
+    };
+    // Well past what the first volume holds (each load writes its rows and as much again to
+    // the binary log), with no error on the way: it grew in time.
+    let written = u64::from(loaded) * (20 << 20);
+    assert!(
+        written > first,
+        "only {loaded} loads of 10 MiB before: {full:?}"
+    );
+    assert_eq!(full.code, 1114, "{full:?}");
+    assert!(full.message.contains("is full"), "{full:?}");
+    let grown = s.wait_for_event("shop", "storage_grown", Duration::from_secs(5));
+    assert!(
+        grown["data"]["to_bytes"].as_u64().unwrap() > first,
+        "{grown}"
+    );
+    let shown = s.json(&["db", "show", "shop"]);
+    let limit = shown["storage_limit_bytes"].as_u64().unwrap();
+    assert!(
+        limit <= 2 << 30 && limit > 3 << 29,
+        "at its maximum: {shown}"
+    );
+    assert!(
+        s.metric("stratus_database_storage_limit_bytes{db=\"shop\"}")
+            .is_some_and(|m| m as u64 == limit)
+    );
+    assert!(
+        s.metric("stratus_database_storage_used_bytes{db=\"shop\"}")
+            .is_some()
+    );
+
+    // Full at its maximum: said in an event. Deleting data makes room (the freed pages take new
+    // rows, and Stratus deletes old binary logs, which every write also fills).
+    let full_event = s.wait_for_event("shop", "storage_full", Duration::from_secs(10));
+    assert!(
+        full_event["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum of 2 GiB"),
+        "{full_event}"
+    );
+    let before: Option<u64> = c.query_first("SELECT COUNT(*) FROM big").await.unwrap();
+    assert_eq!(before, Some(u64::from(loaded) * 10240), "the failed load left nothing");
+    c.query_drop("DELETE FROM big ORDER BY id LIMIT 20480")
+        .await
+        .unwrap();
+    assert_eq!(c.affected_rows(), 20480);
+    let begin = std::time::Instant::now();
+    loop {
+        // The first tries may meet the reclaim still under way: bounded.
+        match c.query_drop(LOAD).await {
+            Ok(()) => break,
+            Err(e) if begin.elapsed() < Duration::from_secs(30) => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("no room after a DELETE: {e}"),
+        }
+    }
+    let n: Option<u64> = c.query_first("SELECT COUNT(*) FROM big").await.unwrap();
+    assert_eq!(
+        n,
+        Some(u64::from(loaded - 1) * 10240),
+        "two loads deleted, one more made"
+    );
+    c.disconnect().await.unwrap();
+    s.stop();
+}
