@@ -122,10 +122,11 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
         backend_thread: std::sync::atomic::AtomicU32::new(0),
         killed: std::sync::atomic::AtomicBool::new(false),
         wake: tokio::sync::Notify::new(),
+        idle: crate::idle::IdleClock::new(Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS)),
     });
     let id = login.connection_id;
     proxy.sessions_lock().insert(id, link.clone());
-    let _registered = Registered(&proxy, id);
+    let _registered = Registered(&proxy, id, proxy.watch_idle(link.clone()));
     let mut session = Session {
         recovery: proxy.recoveries.of(&login.service),
         ticket: None,
@@ -183,11 +184,13 @@ pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: So
     tracing::debug!(db = %session.service, ?end, "session ended");
 }
 
-/// Removes a session from the proxy's registry when it ends, however it ends.
-struct Registered<'a, D: Directory>(&'a Proxy<D>, u32);
+/// Removes a session from the proxy's registry and stops its idle watcher when it ends, however
+/// it ends.
+struct Registered<'a, D: Directory>(&'a Proxy<D>, u32, tokio::task::JoinHandle<()>);
 
 impl<D: Directory> Drop for Registered<'_, D> {
     fn drop(&mut self) {
+        self.2.abort();
         self.0.sessions_lock().remove(&self.1);
     }
 }
@@ -338,15 +341,13 @@ impl<D: Directory> Session<D> {
 
     async fn serve(&mut self) -> End {
         let mut idle_since = tokio::time::Instant::now();
-        // Armed once and again only after it fires, like the idle timer below: a fresh wait
-        // per statement would lock the notifier's waiter list every time.
+        // Armed once and again only after it fires: a fresh wait per statement would lock the
+        // notifier's waiter list every time. Kill, shutdown and the idle deadline all come
+        // through it; the idle timer itself runs elsewhere (see `crate::idle`).
         let link = self.link.clone();
+        link.idle.touch(idle_since);
         let woken = link.wake.notified();
         tokio::pin!(woken);
-        // One timer for the session, re-armed only when it fires early or the timeout shrinks:
-        // arming one per statement would cost every statement a timer-wheel insert.
-        let idle = tokio::time::sleep_until(idle_since + self.idle_timeout());
-        tokio::pin!(idle);
         loop {
             // Shutting down: a session holding no transaction is closed as the server closes
             // its connections; one in a transaction may still finish it.
@@ -364,12 +365,10 @@ impl<D: Directory> Session<D> {
                     .await;
                 return End::Shutdown;
             }
-            // Measured from the last command, not from whatever woke this loop: a backend that
-            // went away (park, crash) is no activity of the client's.
-            let idle_deadline = idle_since + self.idle_timeout();
-            if idle_deadline < idle.deadline() {
-                idle.as_mut().reset(idle_deadline);
-            }
+            // The last command may have changed the timeout. It counts from the end of that
+            // command, not from whatever woke this loop: a backend that went away (park, crash)
+            // is no activity of the client's.
+            link.idle.set_timeout(self.idle_timeout());
             let read_vars = (self.state.user_vars_unread && self.backend.is_some())
                 .then(|| idle_since + user_vars::READ_DELAY);
             let lp = tokio::select! {
@@ -386,16 +385,12 @@ impl<D: Directory> Session<D> {
                     }
                     continue;
                 }
-                () = &mut idle => {
-                    if tokio::time::Instant::now() >= idle_deadline {
+                () = &mut woken => {
+                    woken.set(link.wake.notified());
+                    if link.idle.expired() {
                         // MariaDB closes such a connection without a word; so does the proxy.
                         return End::Idle;
                     }
-                    idle.as_mut().reset(idle_deadline);
-                    continue;
-                }
-                () = &mut woken => {
-                    woken.set(link.wake.notified());
                     continue;
                 }
                 () = user_vars::due(read_vars) => {
@@ -421,6 +416,7 @@ impl<D: Directory> Session<D> {
             let seq = lp.last_seq.wrapping_add(1);
             let result = self.command(raw, &lp, seq).await;
             idle_since = tokio::time::Instant::now();
+            link.idle.touch(idle_since);
             self.report_state();
             match result {
                 Ok(true) => {}

@@ -23,6 +23,7 @@ pub mod activity;
 pub mod backend;
 pub mod client;
 pub mod error;
+mod idle;
 pub mod kill;
 mod login;
 pub mod password;
@@ -163,6 +164,8 @@ pub struct Proxy<D: Directory> {
     pub(crate) recoveries: recovery::Recoveries,
     /// Every open session by the connection id it was greeted with, for `KILL`.
     pub(crate) sessions: std::sync::Mutex<std::collections::HashMap<u32, Arc<SessionLink>>>,
+    /// The runtime `serve` runs on, where sessions' idle timers run (see [`idle`]).
+    timers: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// What other sessions may know of a session: enough to find and kill its current statement
@@ -175,8 +178,11 @@ pub(crate) struct SessionLink {
     /// A `KILL CONNECTION` named it: its client connection ends, and a lost backend is not
     /// failed over.
     pub(crate) killed: std::sync::atomic::AtomicBool,
-    /// Wakes it when it is killed, or the proxy shuts down, while it waits for its client.
+    /// Wakes it when it is killed, or the proxy shuts down, or its idle deadline passes, while
+    /// it waits for its client.
     pub(crate) wake: tokio::sync::Notify,
+    /// Its client's idleness, watched on the main runtime (see [`idle`]).
+    pub(crate) idle: idle::IdleClock,
 }
 
 type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
@@ -222,6 +228,7 @@ impl<D: Directory> Proxy<D> {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             recoveries: recovery::Recoveries::default(),
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            timers: std::sync::OnceLock::new(),
         })
     }
 
@@ -263,6 +270,17 @@ impl<D: Directory> Proxy<D> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Starts watching a session's idle deadline, on the runtime that accepts clients rather
+    /// than the session's own thread (see [`idle`]).
+    pub(crate) fn watch_idle(&self, link: Arc<SessionLink>) -> tokio::task::JoinHandle<()> {
+        let rt = self
+            .timers
+            .get()
+            .cloned()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        rt.spawn(idle::watch(link))
+    }
+
     pub(crate) fn connection_id(&self) -> u32 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -271,6 +289,7 @@ impl<D: Directory> Proxy<D> {
     /// client's failure never touches another's. Sessions are dealt round-robin to the
     /// configured session threads.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let _ = self.timers.set(tokio::runtime::Handle::current());
         let workers = match self.start_workers() {
             Ok(w) => w,
             Err(e) => {
