@@ -264,6 +264,19 @@ impl ApiClient {
         .await
     }
 
+    pub async fn branch(
+        &self,
+        source: &str,
+        req: &BranchRequest,
+    ) -> Result<DatabaseView, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/databases/{}/branch", percent_encode(source)),
+            Some(req),
+        )
+        .await
+    }
+
     pub async fn users(&self, db: &str) -> Result<Vec<UserView>, ClientError> {
         self.call::<(), _>(
             Method::GET,

@@ -157,6 +157,7 @@ pub fn router<S: Store, R: Runtime>(
             get(backups::<S, R>).post(create_backup::<S, R>),
         )
         .route("/v1/databases/{name}/restore", post(restore::<S, R>))
+        .route("/v1/databases/{name}/branch", post(branch::<S, R>))
         .route(
             "/v1/databases/{name}/backup-schedule",
             get(backup_schedule::<S, R>).put(set_backup_schedule::<S, R>),
@@ -600,6 +601,19 @@ async fn verify_backup<S: Store, R: Runtime>(
     })?;
     caller.check(Action::Read, Some(db.as_str()))?;
     Ok(Json(st.cp.verify_backup(&id).await?))
+}
+
+/// A branch holds the source's data: the token must be able to change both.
+async fn branch<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<BranchRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<DatabaseView>)> {
+    let Json(req) = body?;
+    caller.check(Action::Write, Some(&name))?;
+    caller.check(Action::Write, Some(&req.to))?;
+    Ok((StatusCode::CREATED, Json(st.cp.branch(&name, req).await?)))
 }
 
 async fn delete_backup<S: Store, R: Runtime>(

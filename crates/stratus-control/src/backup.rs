@@ -19,9 +19,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use stratus_core::time::{now_ms, rfc3339};
-use stratus_core::{
-    DatabaseService, DbState, EventKind, NativeHash, ServiceName, ServiceSpec, Tier, User, UserName,
-};
+use stratus_core::{EventKind, ServiceName};
 use stratus_runtime::Runtime;
 use stratus_store::Store;
 
@@ -492,90 +490,32 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             })?;
 
         let _guard = self.lock(&to).await;
-        let tier: Tier = record.tier.parse().map_err(ControlError::Internal)?;
-        let spec = ServiceSpec::new(
-            to.clone(),
-            tier,
-            Some(record.min_scu),
-            Some(record.max_scu),
-            Some(record.storage_gb),
-        )?;
-        let now = now_ms();
-        let mut users = Vec::new();
-        for (n, h, owner) in &record.users {
-            let hash = NativeHash::parse(h).ok_or_else(|| {
-                ControlError::Internal(format!("backup {}: a bad hash", record.id))
-            })?;
-            users.push(User {
-                service: to.clone(),
-                name: UserName::parse(n)?,
-                hash,
-                owner: *owner,
-                created_at_ms: now,
-            });
-        }
-        let Some(owner) = users.iter().find(|u| u.owner).cloned() else {
-            return Err(ControlError::Internal(format!(
-                "backup {} records no owner",
-                record.id
-            )));
-        };
-        let resources = self.resources(spec.min_scu);
-        let mut svc = DatabaseService {
-            scu: spec.min_scu,
-            buffer_pool_bytes: resources.buffer_pool_bytes,
-            spec,
-            state: DbState::Provisioning,
+        let source_settings = crate::copy::Source {
+            tier: record.tier.parse().map_err(ControlError::Internal)?,
+            min_scu: record.min_scu,
+            max_scu: record.max_scu,
+            storage_gb: record.storage_gb,
             require_tls: record.require_tls,
-            default_schema: (record.schema != to.as_str()).then(|| record.schema.clone()),
-            created_at_ms: now,
-            updated_at_ms: now,
+            schema: record.schema.clone(),
+            users: record.users.clone(),
         };
         let begin = Instant::now();
-        self.store
-            .create_service(
-                &svc,
-                &owner,
-                &format!(
-                    "database {to} requested as a restore of {source} from backup {}",
-                    record.id
-                ),
-            )
+        let message = format!(
+            "database {to} requested as a restore of {source} from backup {}",
+            record.id
+        );
+        let (svc, instance) = self
+            .make_copy(&to, &source_settings, &message, |mut spec| {
+                // Room for the data and as much again, within the maximum.
+                spec.storage_bytes = spec
+                    .storage_bytes
+                    .max(record.bytes.saturating_mul(2))
+                    .min(crate::storage::max_bytes(record.storage_gb));
+                let runtime = &self.runtime;
+                let dir = dir.clone();
+                async move { runtime.restore(&spec, &dir).await }
+            })
             .await?;
-        let made = async {
-            for u in users.iter().filter(|u| !u.owner) {
-                self.store.create_user(u).await?;
-            }
-            let mut spec = self.instance_spec(&svc);
-            // Room for the data and as much again, within the maximum.
-            spec.storage_bytes = spec
-                .storage_bytes
-                .max(record.bytes.saturating_mul(2))
-                .min(crate::storage::max_bytes(svc.spec.storage_gb));
-            let instance = self.runtime.restore(&spec, &dir).await?;
-            svc.state = DbState::Active;
-            self.store.update_service(&svc).await?;
-            Ok::<_, ControlError>(instance)
-        }
-        .await;
-        let instance = match made {
-            Ok(i) => i,
-            Err(e) => {
-                let _ = self.runtime.destroy(&to).await;
-                let _ = self.store.delete_service(&to).await;
-                self.event(
-                    &to,
-                    EventKind::StartFailed,
-                    &format!(
-                        "restore from backup {} failed, nothing kept: {e}",
-                        record.id
-                    ),
-                    json!({"backup": record.id}),
-                )
-                .await;
-                return Err(e);
-            }
-        };
         let ms = begin.elapsed().as_millis() as u64;
         self.event(
             &to,

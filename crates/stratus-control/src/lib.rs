@@ -16,6 +16,8 @@
 
 pub mod accounts;
 pub mod backup;
+pub mod branch;
+mod copy;
 mod error;
 pub mod gateway;
 pub mod lifecycle;

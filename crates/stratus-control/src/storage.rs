@@ -4,15 +4,18 @@
 //! when its use passes the brief's threshold for its size (60 % under 100 GiB, 80 % up to
 //! 500 GiB, 95 % above), it grows by a step (doubling under 100 GiB, +50 % up to 500 GiB, +25 %
 //! above; at least enough to bring the use back under the threshold). At `storage_gb` it grows
-//! no more, and a write that does not fit fails in the server ("The table is full"). Full at its
-//! maximum, the binary logs but the current one are deleted, so that deleting data makes room
-//! again (the binary log archive of point-in-time restore, when it exists, must have them
-//! first). Each growth, and each time the maximum is met, is an event.
+//! no more, and a write that does not fit fails in the server ("The table is full"), while
+//! deleting data makes room again. Each growth, and the maximum met, is an event.
+//!
+//! The binary log is kept outside the volume (a binary log write that meets a full disk makes the
+//! server wait for space, every client with it); the controller bounds it instead: past as many
+//! bytes as the database's maximum, the logs before the current one are deleted (the binary log
+//! archive of point-in-time restore, when it exists, must have them first).
 
 use crate::ControlPlane;
 use crate::supervisor::backoff;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use stratus_core::time::now_ms;
@@ -69,38 +72,50 @@ pub fn full_at_max(used: u64, limit: u64, volume: u64, max: u64) -> bool {
 
 /// Use, in percent, at which a volume at its maximum counts as full.
 const FULL_PCT: u64 = 95;
-/// Least time between two reclaims of one volume.
-const RECLAIM_EVERY_MS: i64 = 30_000;
+
+/// Longest wait for the server to purge its binary logs: a server waiting for disk space holds
+/// the log's lock, and the controller must not wait with it.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
-    /// A volume full at its maximum: the binary logs before the current one are deleted (every
-    /// write also goes to them, so after a `DELETE` the rows' freed pages alone would not let
-    /// new writes in), and an event says the database is full.
-    async fn reclaim(&self, name: &ServiceName, storage_gb: u32, u: stratus_runtime::StorageUse) {
-        let purged = async {
+    /// The binary log outgrew its budget (as much as the database's maximum): the logs before
+    /// the current one are deleted. It is kept outside the volume, so it is bounded here.
+    async fn trim_logs(&self, name: &ServiceName, log_bytes: u64, budget: u64) {
+        let purged = tokio::time::timeout(PURGE_TIMEOUT, async {
             let mut conn = self.admin_unlocked(name).await?;
             let n = conn.purge_binary_logs().await;
             conn.close().await;
             Ok::<_, crate::ControlError>(n?)
-        }
+        })
         .await;
-        let after = self.runtime.storage(name).unwrap_or(u);
-        let how = match &purged {
-            Ok(n) => format!(
-                "{n} binary log(s) deleted to make room, {} → {} MiB used",
-                u.used_bytes >> 20,
-                after.used_bytes >> 20
-            ),
-            Err(e) => format!("binary logs could not be deleted: {e}"),
-        };
+        match purged {
+            Ok(Ok(n)) => {
+                tracing::info!(db = %name, log_bytes, budget, "binary log over its budget: {n} old file(s) deleted")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(db = %name, "binary log over its budget, and not purged: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(db = %name, "binary log over its budget, and the purge did not answer within {PURGE_TIMEOUT:?}")
+            }
+        }
+    }
+
+    /// A volume met its maximum: the database's writes that do not fit fail from now on.
+    async fn report_full(
+        &self,
+        name: &ServiceName,
+        storage_gb: u32,
+        u: stratus_runtime::StorageUse,
+    ) {
         self.event(
             name,
             EventKind::StorageFull,
             &format!(
-                "storage full at its maximum of {storage_gb} GiB: writes that do not fit fail with \"The table is full\" until data is deleted; {how}"
+                "storage full at its maximum of {storage_gb} GiB ({} MiB used): writes that do not fit fail with \"The table is full\" until data is deleted or storage_gb raised",
+                u.used_bytes >> 20
             ),
-            json!({"used_bytes": u.used_bytes, "limit_bytes": u.limit_bytes, "used_after_bytes": after.used_bytes,
-                   "binary_logs_deleted": purged.as_ref().ok()}),
+            json!({"used_bytes": u.used_bytes, "limit_bytes": u.limit_bytes, "max_bytes": max_bytes(storage_gb)}),
         )
         .await;
     }
@@ -108,7 +123,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Measures and grows volumes until the process ends.
     pub async fn run_storage(self: Arc<Self>) {
         let mut failed: HashMap<ServiceName, (u32, i64)> = HashMap::new();
-        let mut reclaimed: HashMap<ServiceName, i64> = HashMap::new();
+        // Databases whose full volume was reported (once, until it is not full any more).
+        let mut reported: HashSet<ServiceName> = HashSet::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -128,14 +144,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     continue;
                 };
                 let max = max_bytes(svc.spec.storage_gb);
+                if u.log_bytes > max {
+                    self.trim_logs(&name, u.log_bytes, max).await;
+                }
                 let Some(to) = next_size(u.used_bytes, u.limit_bytes, u.volume_bytes, max) else {
-                    if full_at_max(u.used_bytes, u.limit_bytes, u.volume_bytes, max)
-                        && reclaimed
-                            .get(&name)
-                            .is_none_or(|at| now_ms() - at > RECLAIM_EVERY_MS)
-                    {
-                        reclaimed.insert(name.clone(), now_ms());
-                        self.reclaim(&name, svc.spec.storage_gb, u).await;
+                    if !full_at_max(u.used_bytes, u.limit_bytes, u.volume_bytes, max) {
+                        reported.remove(&name);
+                    } else if reported.insert(name.clone()) {
+                        self.report_full(&name, svc.spec.storage_gb, u).await;
                     }
                     continue;
                 };

@@ -626,3 +626,39 @@ async fn backups_are_whole_or_absent_and_restores_make_new_databases() {
         "{users:?}"
     );
 }
+
+/// A branch shares the source's blocks where the runtime can, and goes through a backup where
+/// it cannot; either way it is a new database with the source's data and accounts.
+#[tokio::test]
+async fn a_branch_copies_at_once_or_through_a_backup() {
+    use stratus_control::branch::BranchRequest;
+    let (cp, rt, _dir) = with_backups(no_pool());
+    create(&cp, "shop").await;
+    let req = |to: &str| BranchRequest {
+        to: to.into(),
+        time: None,
+    };
+    cp.branch("shop", req("dev")).await.unwrap();
+    assert!(rt.calls().contains(&"branch shop dev".to_owned()));
+    assert_eq!(
+        rt.server("dev").unwrap().executed,
+        rt.server("shop").unwrap().executed
+    );
+    let ev = events(&cp, "dev").await;
+    assert!(ev.last().unwrap().1.contains("blocks shared"), "{ev:?}");
+
+    rt.set_cannot_share();
+    cp.branch("shop", req("qa")).await.unwrap();
+    let calls = rt.calls();
+    assert!(!calls.iter().any(|c| c == "branch shop qa"), "{calls:?}");
+    assert!(calls.iter().any(|c| c == "restore qa"), "{calls:?}");
+    assert_eq!(
+        rt.server("qa").unwrap().executed,
+        rt.server("shop").unwrap().executed
+    );
+    let ev = events(&cp, "qa").await;
+    assert!(ev.last().unwrap().1.contains("through backup"), "{ev:?}");
+    assert!(cp.users("qa").await.unwrap().iter().any(|u| u.owner));
+    let err = cp.branch("shop", req("dev")).await.unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+}

@@ -43,6 +43,8 @@ pub enum EventKind {
     StorageGrown,
     /// A database's volume is full at its maximum.
     StorageFull,
+    /// A database was made as a branch of another.
+    Branched,
 }
 
 impl EventKind {
@@ -73,6 +75,7 @@ impl EventKind {
             EventKind::Restored => "restored",
             EventKind::StorageGrown => "storage_grown",
             EventKind::StorageFull => "storage_full",
+            EventKind::Branched => "branched",
         }
     }
 

@@ -68,6 +68,7 @@ struct World {
     next_pid: u32,
     failures: Vec<(Op, u32)>,
     cannot_freeze: bool,
+    cannot_share: bool,
     calls: Vec<String>,
 }
 
@@ -139,6 +140,11 @@ impl FakeRuntime {
     /// Makes the next `times` calls of `op` fail.
     pub fn fail(&self, op: Op, times: u32) {
         self.world().failures.push((op, times));
+    }
+
+    /// The host's storage cannot share blocks: branches go through a backup.
+    pub fn set_cannot_share(&self) {
+        self.world().cannot_share = true;
     }
 
     /// The host has no freezer: `freeze` answers false, as on hosts without one.
@@ -425,6 +431,7 @@ impl Runtime for FakeRuntime {
             used_bytes: s.storage_used,
             limit_bytes: s.storage_limit,
             volume_bytes: s.storage_limit,
+            log_bytes: 0,
         })
     }
 
@@ -437,6 +444,27 @@ impl Runtime for FakeRuntime {
         let s = w.server(name.as_str())?;
         s.storage_limit = s.storage_limit.max(bytes);
         Ok(s.storage_limit)
+    }
+
+    fn shares_blocks(&self) -> bool {
+        !self.world().cannot_share
+    }
+
+    /// A fake branch copies the source's record, statements and all.
+    async fn branch(&self, source: &ServiceName, spec: &InstanceSpec) -> Result<Option<Instance>> {
+        let name = spec.name.as_str();
+        let mut w = self.world();
+        w.calls.push(format!("branch {source} {name}"));
+        if w.storage.contains(name) {
+            return Err(RuntimeError::StorageExists(name.to_owned()));
+        }
+        let copy = w.server(source.as_str())?.executed.clone();
+        let mut s = w.new_server(spec.resources, spec.max_resources);
+        s.executed = copy;
+        let pid = s.pid;
+        w.storage.insert(name.to_owned());
+        w.servers.insert(name.to_owned(), s);
+        Ok(Some(instance(pid, name, false)))
     }
 
     /// A fake backup is a directory with the statements the server ran, one per line in

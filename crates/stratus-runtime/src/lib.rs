@@ -113,6 +113,8 @@ pub struct StorageUse {
     /// The size of its volume, the file system's own structures included (what
     /// [`Runtime::grow_storage`] sets).
     pub volume_bytes: u64,
+    /// Bytes of its binary log, which is kept outside the volume.
+    pub log_bytes: u64,
 }
 
 /// A started (or adopted) server.
@@ -272,6 +274,19 @@ pub trait Runtime: Send + Sync + 'static {
         name: &ServiceName,
         bytes: u64,
     ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Whether [`Runtime::branch`] can share blocks here.
+    fn shares_blocks(&self) -> bool;
+
+    /// Makes the storage of a new database a copy of a running one's, sharing its blocks, and
+    /// starts it: a writable, independent copy of the source as it was at one consistent point,
+    /// in about a second whatever its size. `Ok(None)` where this runtime cannot share blocks
+    /// (the caller copies through a backup instead).
+    fn branch(
+        &self,
+        source: &ServiceName,
+        spec: &InstanceSpec,
+    ) -> impl Future<Output = Result<Option<Instance>>> + Send;
 
     /// Takes a full physical backup of the running server into the new directory `dest`,
     /// without blocking its writes, and prepares it (crash recovery applied), so that it can be

@@ -173,6 +173,16 @@ pub enum DbCommand {
         #[arg(long)]
         backup: Option<String>,
     },
+    /// Make NEW a writable copy of SOURCE as it is now: in about a second whatever its size
+    /// where volumes share blocks, through a backup where they cannot. Its own size, lifecycle
+    /// and users (SOURCE's); deleting either leaves the other.
+    Branch {
+        source: String,
+        new: String,
+        /// A past time (RFC 3339): needs point-in-time restore, not built yet.
+        #[arg(long)]
+        time: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

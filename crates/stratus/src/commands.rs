@@ -12,7 +12,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use stratus_api::ApiClient;
 use stratus_api::types::{
-    CreateRequest, CreateTokenRequest, CreateUserRequest, DatabaseView, EventView, RestoreRequest,
+    BranchRequest, CreateRequest, CreateTokenRequest, CreateUserRequest, DatabaseView, EventView,
+    RestoreRequest,
 };
 
 pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -303,6 +304,18 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
         }
         DbCommand::Resume { name } => {
             let d = with_spinner(format!("resuming {name}"), api.resume(&name)).await?;
+            show(&d, json)
+        }
+        DbCommand::Branch { source, new, time } => {
+            let req = BranchRequest {
+                to: new.clone(),
+                time,
+            };
+            let d = with_spinner(
+                format!("branching {source} into {new}"),
+                api.branch(&source, &req),
+            )
+            .await?;
             show(&d, json)
         }
         DbCommand::Restore { source, to, backup } => {

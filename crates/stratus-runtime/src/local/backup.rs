@@ -192,4 +192,61 @@ impl Inner {
         }
         Ok(())
     }
+
+    /// Makes the storage of `key` a block-sharing copy of the running `source`'s: commits are
+    /// held (`BACKUP STAGE BLOCK_COMMIT`, <https://mariadb.com/kb/en/backup-stage/>) and the
+    /// source's file system frozen while its volume is copied by reflink, so the copy holds
+    /// every committed transaction and no half of one; starting it is InnoDB's crash recovery.
+    /// `Ok(false)`: no volumes here.
+    pub(super) async fn branch_storage(&self, source: &str, key: &str) -> Result<bool> {
+        let Ok(v) = &self.volumes else {
+            return Ok(false);
+        };
+        let proc = self
+            .running(source)
+            .ok_or_else(|| RuntimeError::NotRunning(source.to_owned()))?;
+        let (from, to) = (self.paths(source), self.paths(key));
+        if std::fs::symlink_metadata(&to.dir).is_ok() {
+            return Err(RuntimeError::StorageExists(key.to_owned()));
+        }
+        let mut conn =
+            AdminConn::connect(source, &proc.endpoint, &self.admin, super::LOGIN_TIMEOUT).await?;
+        conn.exec("BACKUP STAGE START").await?;
+        // With commits held, InnoDB's log is made durable: a transaction the binary log has
+        // committed may have its commit only in InnoDB's log buffer (the binary log is what
+        // recovery trusts), and the copy has no binary log to recover it from.
+        let held = match conn.exec("BACKUP STAGE BLOCK_COMMIT").await {
+            Ok(()) => conn.exec("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS").await,
+            Err(e) => Err(e),
+        };
+        let copied = match held {
+            Ok(()) => v.snapshot(&self.volume_key(source), &from.data, key),
+            Err(e) => Err(e),
+        };
+        let _ = conn.exec("BACKUP STAGE END").await;
+        conn.close().await;
+        copied?;
+        let made = (|| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir(&to.dir)
+                .map_err(|e| RuntimeError::io("cannot create the branch", e))?;
+            std::fs::set_permissions(&to.dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| RuntimeError::io("cannot create the branch", e))?;
+            std::fs::create_dir(&to.data)
+                .map_err(|e| RuntimeError::io("cannot create the branch", e))?;
+            v.mount(key, &to.data)?;
+            let wrapped = from.dir.join(keys::WRAPPED_KEY_FILE);
+            if wrapped.exists() {
+                std::fs::copy(&wrapped, to.dir.join(keys::WRAPPED_KEY_FILE))
+                    .map_err(|e| RuntimeError::io("cannot copy the data key", e))?;
+            }
+            self.user.give(&to.dir)
+        })();
+        if let Err(e) = made {
+            let _ = v.remove(key, &to.data);
+            let _ = std::fs::remove_dir_all(&to.dir);
+            return Err(e);
+        }
+        Ok(true)
+    }
 }

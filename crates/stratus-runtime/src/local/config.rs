@@ -24,6 +24,10 @@ pub struct ServerOptions {
     /// Its own temporary directory: servers sharing `/tmp` collide on temporary table names
     /// while bootstrapping, and temporary files belong with the database's storage.
     pub tmpdir: PathBuf,
+    /// Where the binary log goes (`<dir>/mariadb-bin.*`): outside a database's volume, because
+    /// a binary log write that meets a full disk makes the server wait for space, every client
+    /// with it, where a full tablespace fails only the statement. `None`: the data directory.
+    pub binlog_dir: Option<PathBuf>,
     /// The OS user mariadbd switches to (`None`: it stays the user that started it).
     pub user: Option<String>,
     /// The only directory `LOAD DATA INFILE` / `SELECT … INTO OUTFILE` may touch, for any account
@@ -102,7 +106,10 @@ pub fn render(o: &ServerOptions) -> String {
     // Suspend dumps the whole hot-page list, so resume can reload all of it.
     line("innodb_buffer_pool_dump_pct", &100);
     line("server_id", &o.server_id);
-    line("log_bin", &"mariadb-bin");
+    match &o.binlog_dir {
+        Some(dir) => line("log_bin", &quoted(&dir.join("mariadb-bin"))),
+        None => line("log_bin", &"mariadb-bin"),
+    }
     line("binlog_format", &"ROW");
     line("gtid_strict_mode", &"ON");
     line("log_slave_updates", &"ON");
@@ -133,6 +140,7 @@ mod tests {
             pid_file: "/d/p.pid".into(),
             error_log: "/d/e.log".into(),
             tmpdir: "/d/tmp".into(),
+            binlog_dir: Some("/d/binlog".into()),
             user: Some("stratus-db".into()),
             secure_file_priv: "/d/files".into(),
             plugin_dir: "/d/plugins".into(),
@@ -159,7 +167,7 @@ mod tests {
             "encrypt_binlog = ON",
             "innodb_buffer_pool_size = 1073741824",
             "innodb_buffer_pool_size_max = 2147483648",
-            "log_bin = mariadb-bin",
+            r#"log_bin = "/d/binlog/mariadb-bin""#,
             "performance_schema = OFF",
             r#"datadir = "/d/my \"data\"""#,
         ] {

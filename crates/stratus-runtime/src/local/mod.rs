@@ -142,6 +142,8 @@ struct DbPaths {
     /// The server's `secure_file_priv`.
     files: PathBuf,
     tmp: PathBuf,
+    /// The binary log, outside the volume (`config::ServerOptions::binlog_dir`).
+    binlog: PathBuf,
     init: PathBuf,
 }
 
@@ -261,6 +263,9 @@ impl LocalRuntime {
                     v.unmount(&data);
                 }
             }
+            if self.inner.procs().is_empty() {
+                v.unmount_pool();
+            }
         }
     }
 
@@ -289,6 +294,7 @@ impl Inner {
             log: dir.join("error.log"),
             files: dir.join("files"),
             tmp: dir.join("tmp"),
+            binlog: dir.join("binlog"),
             init: dir.join("init.sql"),
             socket,
             dir,
@@ -388,7 +394,7 @@ impl Inner {
     /// Writes the option file and the init file, and makes the directories the server writes
     /// in, owned by its user.
     fn write_cnf(&self, spec: &Launch, paths: &DbPaths) -> Result<()> {
-        for dir in [&paths.tmp, &paths.files] {
+        for dir in [&paths.tmp, &paths.files, &paths.binlog] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
             self.user.give(dir)?;
@@ -424,6 +430,7 @@ impl Inner {
             pid_file: paths.pid.clone(),
             error_log: paths.log.clone(),
             tmpdir: paths.tmp.clone(),
+            binlog_dir: Some(paths.binlog.clone()),
             user: self.user.os_user.as_ref().map(|a| a.name.clone()),
             secure_file_priv: paths.files.clone(),
             plugin_dir: self.plugin_dir.clone(),
@@ -833,10 +840,18 @@ impl Runtime for LocalRuntime {
             .as_ref()
             .ok()?
             .size(&self.inner.volume_key(name.as_str()))?;
+        let log_bytes = std::fs::read_dir(self.inner.paths(name.as_str()).binlog)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
         Some(crate::StorageUse {
             used_bytes,
             limit_bytes,
             volume_bytes,
+            log_bytes,
         })
     }
 
@@ -848,6 +863,25 @@ impl Runtime for LocalRuntime {
         let key = self.inner.volume_key(name.as_str());
         v.grow(&key, bytes, &data)?;
         Ok(v.size(&key).unwrap_or(bytes))
+    }
+
+    fn shares_blocks(&self) -> bool {
+        self.inner.volumes.is_ok()
+    }
+
+    async fn branch(&self, source: &ServiceName, spec: &InstanceSpec) -> Result<Option<Instance>> {
+        if !self
+            .inner
+            .branch_storage(source.as_str(), spec.name.as_str())
+            .await?
+        {
+            return Ok(None);
+        }
+        let started = self.inner.start_server(&Launch::from(spec)).await;
+        if started.is_err() {
+            let _ = self.destroy(&spec.name).await;
+        }
+        started.map(Some)
     }
 
     async fn backup(&self, name: &ServiceName, dest: &Path) -> Result<crate::BackupTaken> {

@@ -55,6 +55,7 @@ pub async fn ensure(
         pid_file: dir.join("tmp/bootstrap.pid"),
         error_log: log.clone(),
         tmpdir: dir.join("tmp"),
+        binlog_dir: None,
         user: user.os_user.as_ref().map(|a| a.name.clone()),
         secure_file_priv: dir.join("files"),
         plugin_dir: plugin_dir.to_path_buf(),

@@ -1,0 +1,104 @@
+//! A new database that is a copy of another (a restore from a backup, a branch): its catalog
+//! entry made from the source's settings and accounts, its storage made by the runtime, and on
+//! failure nothing kept but the event that says why.
+
+use crate::{ControlError, ControlPlane, Result};
+use serde_json::json;
+use std::future::Future;
+use stratus_core::time::now_ms;
+use stratus_core::{
+    DatabaseService, DbState, EventKind, NativeHash, ServiceName, ServiceSpec, Tier, User, UserName,
+};
+use stratus_runtime::{Instance, InstanceSpec, Runtime};
+use stratus_store::Store;
+
+/// What a copy takes from its source.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub tier: Tier,
+    pub min_scu: u32,
+    pub max_scu: u32,
+    pub storage_gb: u32,
+    pub require_tls: bool,
+    /// The schema the source's clients use: the copy's clients find their tables under it.
+    pub schema: String,
+    /// Name, `SHA1(SHA1(password))` as the catalog writes it, owner.
+    pub users: Vec<(String, String, bool)>,
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Records `to` as a copy of `source` and has `make` (given the copy's instance spec) make
+    /// its storage and start it. Caller holds `to`'s lock.
+    pub(crate) async fn make_copy<F, Fut>(
+        &self,
+        to: &ServiceName,
+        source: &Source,
+        message: &str,
+        make: F,
+    ) -> Result<(DatabaseService, Instance)>
+    where
+        F: FnOnce(InstanceSpec) -> Fut,
+        Fut: Future<Output = stratus_runtime::Result<Instance>>,
+    {
+        let spec = ServiceSpec::new(
+            to.clone(),
+            source.tier,
+            Some(source.min_scu),
+            Some(source.max_scu),
+            Some(source.storage_gb),
+        )?;
+        let now = now_ms();
+        let mut users = Vec::new();
+        for (n, h, owner) in &source.users {
+            let hash = NativeHash::parse(h)
+                .ok_or_else(|| ControlError::Internal(format!("a bad hash for user {n}")))?;
+            users.push(User {
+                service: to.clone(),
+                name: UserName::parse(n)?,
+                hash,
+                owner: *owner,
+                created_at_ms: now,
+            });
+        }
+        let Some(owner) = users.iter().find(|u| u.owner).cloned() else {
+            return Err(ControlError::Internal("the source has no owner".into()));
+        };
+        let resources = self.resources(spec.min_scu);
+        let mut svc = DatabaseService {
+            scu: spec.min_scu,
+            buffer_pool_bytes: resources.buffer_pool_bytes,
+            spec,
+            state: DbState::Provisioning,
+            require_tls: source.require_tls,
+            default_schema: (source.schema != to.as_str()).then(|| source.schema.clone()),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        self.store.create_service(&svc, &owner, message).await?;
+        let made = async {
+            for u in users.iter().filter(|u| !u.owner) {
+                self.store.create_user(u).await?;
+            }
+            let instance = make(self.instance_spec(&svc)).await?;
+            svc.state = DbState::Active;
+            self.store.update_service(&svc).await?;
+            Ok::<_, ControlError>(instance)
+        }
+        .await;
+        match made {
+            Ok(instance) => Ok((svc, instance)),
+            Err(e) => {
+                let _ = self.runtime.destroy(to).await;
+                let _ = self.store.delete_service(to).await;
+                self.event(
+                    to,
+                    EventKind::StartFailed,
+                    &format!("{message}: failed, nothing kept: {e}"),
+                    json!({}),
+                )
+                .await;
+                Err(e)
+            }
+        }
+    }
+}
