@@ -42,15 +42,10 @@ pub struct BackupRecord {
     pub verified: bool,
     /// What the verification found.
     pub verification: String,
-    /// The source's settings, so that a restore needs nothing from the catalog.
-    pub tier: String,
-    pub min_scu: u32,
-    pub max_scu: u32,
-    pub storage_gb: u32,
-    pub require_tls: bool,
-    pub schema: String,
-    /// The source's accounts (name, `SHA1(SHA1(password))`, owner): those of its server too.
-    pub users: Vec<(String, String, bool)>,
+    /// The source's settings and accounts (name, `SHA1(SHA1(password))`, owner: those of its
+    /// server too), so that a restore needs nothing from the catalog.
+    #[serde(flatten)]
+    pub source: crate::copy::Source,
 }
 
 /// What the API shows of a backup (no password hashes).
@@ -288,16 +283,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             gtid: taken.gtid,
             verified,
             verification,
-            tier: svc.spec.tier.to_string(),
-            min_scu: svc.spec.min_scu,
-            max_scu: svc.spec.max_scu,
-            storage_gb: svc.spec.storage_gb,
-            require_tls: svc.require_tls,
-            schema: svc.schema().to_owned(),
-            users: users
-                .iter()
-                .map(|u| (u.name.to_string(), u.hash.to_string(), u.owner))
-                .collect(),
+            source: crate::copy::Source::of(&svc, &users),
         };
         write_record(&partial, &record).map_err(internal("cannot record the backup"))?;
         std::fs::rename(&partial, parent.join(&id))
@@ -490,27 +476,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             })?;
 
         let _guard = self.lock(&to).await;
-        let source_settings = crate::copy::Source {
-            tier: record.tier.parse().map_err(ControlError::Internal)?,
-            min_scu: record.min_scu,
-            max_scu: record.max_scu,
-            storage_gb: record.storage_gb,
-            require_tls: record.require_tls,
-            schema: record.schema.clone(),
-            users: record.users.clone(),
-        };
         let begin = Instant::now();
         let message = format!(
             "database {to} requested as a restore of {source} from backup {}",
             record.id
         );
         let (svc, instance) = self
-            .make_copy(&to, &source_settings, &message, |mut spec| {
+            .make_copy(&to, &record.source, &message, |mut spec| {
                 // Room for the data and as much again, within the maximum.
                 spec.storage_bytes = spec
                     .storage_bytes
                     .max(record.bytes.saturating_mul(2))
-                    .min(crate::storage::max_bytes(record.storage_gb));
+                    .min(crate::storage::max_bytes(record.source.storage_gb));
                 let runtime = &self.runtime;
                 let dir = dir.clone();
                 async move { runtime.restore(&spec, &dir).await }

@@ -61,18 +61,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .ensure_running(&source, EventKind::Resumed, "for a branch")
             .await?;
         let users = self.store.users(&source).await?;
-        let like = crate::copy::Source {
-            tier: svc.spec.tier,
-            min_scu: svc.spec.min_scu,
-            max_scu: svc.spec.max_scu,
-            storage_gb: svc.spec.storage_gb,
-            require_tls: svc.require_tls,
-            schema: svc.schema().to_owned(),
-            users: users
-                .iter()
-                .map(|u| (u.name.to_string(), u.hash.to_string(), u.owner))
-                .collect(),
-        };
+        let like = crate::copy::Source::of(&svc, &users);
         let _to_lock = self.lock(&to).await;
         let message = format!("database {to} requested as a branch of {source}");
         let (svc, instance) = self

@@ -12,8 +12,8 @@ use stratus_core::{
 use stratus_runtime::{Instance, InstanceSpec, Runtime};
 use stratus_store::Store;
 
-/// What a copy takes from its source.
-#[derive(Debug, Clone)]
+/// What a copy takes from its source (and what a backup records of it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     pub tier: Tier,
     pub min_scu: u32,
@@ -24,6 +24,24 @@ pub struct Source {
     pub schema: String,
     /// Name, `SHA1(SHA1(password))` as the catalog writes it, owner.
     pub users: Vec<(String, String, bool)>,
+}
+
+impl Source {
+    /// The settings and accounts of `svc`.
+    pub fn of(svc: &DatabaseService, users: &[User]) -> Self {
+        Self {
+            tier: svc.spec.tier,
+            min_scu: svc.spec.min_scu,
+            max_scu: svc.spec.max_scu,
+            storage_gb: svc.spec.storage_gb,
+            require_tls: svc.require_tls,
+            schema: svc.schema().to_owned(),
+            users: users
+                .iter()
+                .map(|u| (u.name.to_string(), u.hash.to_string(), u.owner))
+                .collect(),
+        }
+    }
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {

@@ -17,7 +17,7 @@
 pub mod accounts;
 pub mod backup;
 pub mod branch;
-mod copy;
+pub mod copy;
 mod error;
 pub mod gateway;
 pub mod lifecycle;

@@ -34,31 +34,6 @@ fn error_code(body: &str) -> String {
     v["error"]["code"].as_str().unwrap().to_owned()
 }
 
-fn token(s: &Stratus, args: &[&str]) -> (String, String) {
-    let mut all = vec!["token", "create"];
-    all.extend_from_slice(args);
-    let t = s.json(&all);
-    (
-        t["id"].as_str().unwrap().to_owned(),
-        t["secret"].as_str().unwrap().to_owned(),
-    )
-}
-
-/// Runs a verb with `token`, expecting a refusal; returns its one-line error.
-fn refused(s: &Stratus, token: &str, args: &[&str]) -> String {
-    let out = s.cli_as(token, args);
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    assert!(
-        !out.status.success(),
-        "stratus {args:?} should have been refused"
-    );
-    assert!(
-        err.starts_with("error: ") && err.lines().count() == 1,
-        "{err}"
-    );
-    err
-}
-
 fn names(list: &serde_json::Value) -> Vec<String> {
     let mut v: Vec<String> = list
         .as_array()
@@ -145,7 +120,7 @@ fn tokens_roles_scopes_and_host_names() {
     s.json(&["db", "create", "blog"]);
 
     // A viewer reads, and changes nothing.
-    let (viewer_id, viewer) = token(&s, &["--role", "viewer", "--name", "dashboards"]);
+    let (viewer_id, viewer) = s.token(&["--role", "viewer", "--name", "dashboards"]);
     assert_eq!(
         names(
             &serde_json::from_slice(&s.cli_as(&viewer, &["db", "list", "--json"]).stdout).unwrap()
@@ -160,15 +135,12 @@ fn tokens_roles_scopes_and_host_names() {
         &["user", "create", "shop", "app"],
         &["token", "list"],
     ] {
-        let err = refused(&s, &viewer, args);
+        let err = s.refused(&viewer, args);
         assert!(err.contains("viewer token may not"), "{args:?}: {err}");
     }
 
     // A developer works on its own databases only.
-    let (_, dev) = token(
-        &s,
-        &["--role", "developer", "--db", "shop", "--db", "dev-*"],
-    );
+    let (_, dev) = s.token(&["--role", "developer", "--db", "shop", "--db", "dev-*"]);
     let list: serde_json::Value =
         serde_json::from_slice(&s.cli_as(&dev, &["db", "list", "--json"]).stdout).unwrap();
     assert_eq!(names(&list), ["shop"]);
@@ -181,13 +153,13 @@ fn tokens_roles_scopes_and_host_names() {
         &["events", "--db", "blog"],
         &["db", "create", "other"],
     ] {
-        let err = refused(&s, &dev, args);
+        let err = s.refused(&dev, args);
         assert!(
             err.contains("outside this token's scope"),
             "{args:?}: {err}"
         );
     }
-    let err = refused(&s, &dev, &["token", "create", "--role", "admin"]);
+    let err = s.refused(&dev, &["token", "create", "--role", "admin"]);
     assert!(err.contains("may not manage tokens"), "{err}");
     assert!(
         s.cli_as(&dev, &["db", "scale", "shop", "--scu", "2"])
@@ -227,7 +199,7 @@ fn tokens_roles_scopes_and_host_names() {
     let err = s.fails(&["token", "create", "--role", "viewer", "--db", "a*b"]);
     assert!(err.contains("invalid database scope"), "{err}");
     s.json(&["token", "delete", &viewer_id]);
-    let err = refused(&s, &viewer, &["db", "list"]);
+    let err = s.refused(&viewer, &["db", "list"]);
     assert!(err.contains("not valid"), "{err}");
     let list = s.json(&["token", "list"]);
     let admin_id = list

@@ -16,27 +16,6 @@ async fn rows(s: &Stratus, user: &str, pw: &str, schema: &str) -> Vec<(u32, Stri
     r
 }
 
-fn token(s: &Stratus, args: &[&str]) -> String {
-    let mut all = vec!["token", "create"];
-    all.extend_from_slice(args);
-    s.json(&all)["secret"].as_str().unwrap().to_owned()
-}
-
-/// The one-line error of a verb run with `token` that must be refused.
-fn refused(s: &Stratus, token: &str, args: &[&str]) -> String {
-    let out = s.cli_as(token, args);
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    assert!(
-        !out.status.success(),
-        "stratus {args:?} should have been refused"
-    );
-    assert!(
-        err.starts_with("error: ") && err.lines().count() == 1,
-        "{err}"
-    );
-    err
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_brings_back_the_data_at_the_backup_and_leaves_the_source_alone() {
     let mut s = Stratus::new("backup");
@@ -155,7 +134,7 @@ async fn a_token_reaches_only_the_backups_of_its_own_databases() {
         .as_str()
         .unwrap()
         .to_owned();
-    let dev = token(&s, &["--role", "developer", "--db", "blog-*"]);
+    let (_, dev) = s.token(&["--role", "developer", "--db", "blog-*"]);
     for args in [
         vec!["backup", "create", "shop"],
         vec!["backup", "list", "shop"],
@@ -171,7 +150,7 @@ async fn a_token_reaches_only_the_backups_of_its_own_databases() {
             id.as_str(),
         ],
     ] {
-        let err = refused(&s, &dev, &args);
+        let err = s.refused(&dev, &args);
         assert!(
             err.contains("outside this token's scope"),
             "{args:?}: {err}"
@@ -179,8 +158,7 @@ async fn a_token_reaches_only_the_backups_of_its_own_databases() {
     }
     // Its own database's backups are its own, and naming another's backup for it is refused.
     s.cli_as(&dev, &["db", "create", "blog-a"]);
-    let err = refused(
-        &s,
+    let err = s.refused(
         &dev,
         &[
             "db",

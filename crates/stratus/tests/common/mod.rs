@@ -167,6 +167,32 @@ impl Stratus {
         err
     }
 
+    /// Creates an API token (`token create ARGS`); returns its id and secret.
+    pub fn token(&self, args: &[&str]) -> (String, String) {
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        let t = self.json(&all);
+        (
+            t["id"].as_str().unwrap().to_owned(),
+            t["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Runs a verb with `token`, expecting a refusal; returns its one-line error.
+    pub fn refused(&self, token: &str, args: &[&str]) -> String {
+        let out = self.cli_as(token, args);
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        assert!(
+            !out.status.success(),
+            "stratus {args:?} should have been refused"
+        );
+        assert!(
+            err.starts_with("error: ") && err.lines().count() == 1,
+            "{err}"
+        );
+        err
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
