@@ -211,8 +211,17 @@ fn internal(context: &str) -> impl FnOnce(std::io::Error) -> ControlError + '_ {
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
-    fn backups_of(&self, db: &str) -> PathBuf {
+    pub(crate) fn backups_of(&self, db: &str) -> PathBuf {
         self.cfg.backup_dir.join(db)
+    }
+
+    /// The backup directory, made if missing: Stratus's alone, since it holds every tenant's
+    /// data.
+    pub(crate) fn backup_root(&self) -> Result<()> {
+        let dir = &self.cfg.backup_dir;
+        std::fs::create_dir_all(dir).map_err(internal("cannot create the backup directory"))?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(internal("cannot restrict the backup directory"))
     }
 
     /// Takes a full backup of a database now (waking it if it sleeps), verifies it and records
@@ -228,14 +237,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let started = now_ms();
         let begin = Instant::now();
         let id = backup_id(&name, started);
+        self.backup_root()?;
         let parent = self.backups_of(name.as_str());
         std::fs::create_dir_all(&parent).map_err(internal("cannot create the backup directory"))?;
-        // Backups hold every tenant's data: Stratus's alone.
-        std::fs::set_permissions(
-            &self.cfg.backup_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .map_err(internal("cannot restrict the backup directory"))?;
         let partial = parent.join(format!(".{id}.partial"));
         let _ = std::fs::remove_dir_all(&partial);
         let taken = self.runtime.backup(&name, &partial).await;

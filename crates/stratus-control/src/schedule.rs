@@ -18,6 +18,8 @@ use stratus_core::{BackupSchedule, DbState, ServiceName};
 use stratus_runtime::Runtime;
 use stratus_store::Store;
 
+/// The binary log archive's directory, beside a database's backups.
+pub const ARCHIVE: &str = "binlog";
 /// How often schedules are looked at.
 const TICK: Duration = Duration::from_secs(1);
 /// Longest wait before a failed scheduled backup is tried again.
@@ -82,16 +84,20 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 let Ok(schedule) = self.store.backup_schedule(&name).await else {
                     continue;
                 };
-                let Ok(Some(cron)) = schedule.cron() else {
+                let Ok(records) = self.records(Some(name.as_str())) else {
+                    continue;
+                };
+                let cron = schedule.cron().ok().flatten();
+                if cron.is_some() || !records.is_empty() {
+                    self.archive_logs(&name).await;
+                }
+                let Some(cron) = cron else {
                     continue;
                 };
                 let now = now_ms();
                 if failed.get(&name).is_some_and(|(_, retry)| *retry > now) {
                     continue;
                 }
-                let Ok(records) = self.records(Some(name.as_str())) else {
-                    continue;
-                };
                 let last = records
                     .last()
                     .map_or(svc.created_at_ms, |r| r.started_at_ms);
@@ -118,6 +124,20 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
+    /// Copies what is new in a database's binary log to its archive, beside its backups, so that
+    /// every committed transaction is kept from a backup on (the base of point-in-time
+    /// restore). Databases that neither have backups nor take them archive nothing.
+    pub(crate) async fn archive_logs(&self, name: &ServiceName) {
+        if let Err(e) = self.backup_root() {
+            tracing::warn!("{e}");
+            return;
+        }
+        let dest = self.backups_of(name.as_str()).join(ARCHIVE);
+        if let Err(e) = self.runtime.archive_logs(name, &dest).await {
+            tracing::warn!(db = %name, "cannot archive the binary log: {e}");
+        }
+    }
+
     /// Deletes what the schedule's retention no longer keeps.
     pub async fn apply_retention(&self, name: &ServiceName, schedule: &BackupSchedule) {
         let Ok(records) = self.records(Some(name.as_str())) else {
@@ -131,9 +151,32 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 verified: r.verified,
             })
             .collect();
-        for id in expired(&kept, schedule, now_ms()) {
-            if let Err(e) = self.delete_backup(&id).await {
+        let gone = expired(&kept, schedule, now_ms());
+        for id in &gone {
+            if let Err(e) = self.delete_backup(id).await {
                 tracing::warn!(db = %name, "retention cannot delete backup {id}: {e}");
+            }
+        }
+        // Archived binary log written to last before the oldest backup kept began holds nothing
+        // a restore from a kept backup needs.
+        let Some(oldest) = kept
+            .iter()
+            .filter(|k| !gone.contains(&k.id))
+            .map(|k| k.started_at_ms)
+            .min()
+        else {
+            return;
+        };
+        let archive = self.backups_of(name.as_str()).join(ARCHIVE);
+        for e in std::fs::read_dir(&archive).into_iter().flatten().flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|t| (t.as_millis() as i64) < oldest);
+            if old && !e.file_name().to_string_lossy().ends_with(".index") {
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }

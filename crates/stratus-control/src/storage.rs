@@ -81,6 +81,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// The binary log outgrew its budget (as much as the database's maximum): the logs before
     /// the current one are deleted. It is kept outside the volume, so it is bounded here.
     async fn trim_logs(&self, name: &ServiceName, log_bytes: u64, budget: u64) {
+        // What the archive has not copied yet goes there first.
+        self.archive_logs(name).await;
         let purged = tokio::time::timeout(PURGE_TIMEOUT, async {
             let mut conn = self.admin_unlocked(name).await?;
             let n = conn.purge_binary_logs().await;

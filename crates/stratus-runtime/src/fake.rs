@@ -446,6 +446,11 @@ impl Runtime for FakeRuntime {
         Ok(s.storage_limit)
     }
 
+    async fn archive_logs(&self, name: &ServiceName, _dest: &Path) -> Result<u64> {
+        self.log(format!("archive_logs {name}"));
+        Ok(0)
+    }
+
     fn shares_blocks(&self) -> bool {
         !self.world().cannot_share
     }

@@ -275,6 +275,16 @@ pub trait Runtime: Send + Sync + 'static {
         bytes: u64,
     ) -> impl Future<Output = Result<u64>> + Send;
 
+    /// Copies what is new in a database's binary log files into `dest` (created if missing), so
+    /// that every committed transaction reaches the archive: files are only ever appended to,
+    /// so a copy by offset resumes where the last one stopped, across crashes and restarts. The
+    /// files stay as the server wrote them (encrypted at rest). Returns the bytes copied.
+    fn archive_logs(
+        &self,
+        name: &ServiceName,
+        dest: &std::path::Path,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
     /// Whether [`Runtime::branch`] can share blocks here.
     fn shares_blocks(&self) -> bool;
 

@@ -15,6 +15,7 @@
 //! Processes outlive a `kill -9` of Stratus (they run in their own process group); the next
 //! runtime over the same root adopts them through their pid file, checked by pidfd.
 
+mod archive;
 mod backup;
 mod config;
 pub mod keys;
@@ -867,6 +868,14 @@ impl Runtime for LocalRuntime {
 
     fn shares_blocks(&self) -> bool {
         self.inner.volumes.is_ok()
+    }
+
+    async fn archive_logs(&self, name: &ServiceName, dest: &Path) -> Result<u64> {
+        let from = self.inner.paths(name.as_str()).binlog;
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || archive::copy_new(&from, &dest))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("archive task: {e}")))?
     }
 
     async fn branch(&self, source: &ServiceName, spec: &InstanceSpec) -> Result<Option<Instance>> {
