@@ -67,8 +67,12 @@ async fn main() -> anyhow::Result<()> {
         let ready = begin.elapsed();
         // Counting reads the whole table from disk: not part of the branch's time.
         let n: Option<u64> = b.query_first("SELECT COUNT(*) FROM big").await?;
-        anyhow::ensure!(n == rows, "branch {name} has {n:?} rows, the source {rows:?}");
-        b.query_drop("DELETE FROM big ORDER BY id LIMIT 10240").await?;
+        anyhow::ensure!(
+            n == rows,
+            "branch {name} has {n:?} rows, the source {rows:?}"
+        );
+        b.query_drop("DELETE FROM big ORDER BY id LIMIT 10240")
+            .await?;
         b.disconnect().await?;
         println!(
             "  branch {i}: API answered in {:>6.0} ms, first query on it in {:>6.0} ms ({} rows, then 10240 deleted on the branch only)",
@@ -79,7 +83,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut c = Conn::new(s.opts(&created.user, "pw", "big")).await?;
     let after: Option<u64> = c.query_first("SELECT COUNT(*) FROM big").await?;
-    anyhow::ensure!(after == rows, "the source changed: {after:?} rows, was {rows:?}");
+    anyhow::ensure!(
+        after == rows,
+        "the source changed: {after:?} rows, was {rows:?}"
+    );
     println!("  source unchanged: {} rows", after.unwrap_or(0));
     Ok(())
 }

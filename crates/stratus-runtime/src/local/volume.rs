@@ -103,8 +103,10 @@ impl Volumes {
                 f.set_len(POOL_BYTES)
                     .map_err(|e| format!("cannot size {}: {e}", pool.display()))?;
                 drop(f);
+                // A small log: mkfs writes the whole log, which for a file system this size
+                // would be 2 GiB of zeroes on the host's disk for a pool of a few volumes.
                 if let Err(e) = run(Command::new("mkfs.xfs")
-                    .args(["-q", "-m", "reflink=1"])
+                    .args(["-q", "-m", "reflink=1", "-l", "size=64m"])
                     .arg(&pool))
                 {
                     let _ = std::fs::remove_file(&pool);
