@@ -81,17 +81,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let Some(owner) = users.iter().find(|u| u.owner).cloned() else {
             return Err(ControlError::Internal("the source has no owner".into()));
         };
-        let resources = self.resources(spec.min_scu);
-        let mut svc = DatabaseService {
-            scu: spec.min_scu,
-            buffer_pool_bytes: resources.buffer_pool_bytes,
+        let mut svc = self.new_service(
             spec,
-            state: DbState::Provisioning,
-            require_tls: source.require_tls,
-            default_schema: (source.schema != to.as_str()).then(|| source.schema.clone()),
-            created_at_ms: now,
-            updated_at_ms: now,
-        };
+            source.require_tls,
+            (source.schema != to.as_str()).then(|| source.schema.clone()),
+        );
         self.store.create_service(&svc, &owner, message).await?;
         let made = async {
             for u in users.iter().filter(|u| !u.owner) {

@@ -149,6 +149,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.started.elapsed()
     }
 
+    /// A controller's tick: a missed one is not made up in a burst.
+    fn ticker(period: Duration) -> tokio::time::Interval {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    }
+
     /// The lock that serialises every operation on one database.
     async fn lock(&self, name: &ServiceName) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
@@ -167,6 +174,26 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     fn resources(&self, scu: u32) -> Resources {
         self.cfg.scu.resources(scu)
+    }
+
+    /// A database about to be made: `provisioning`, at its minimum size.
+    fn new_service(
+        &self,
+        spec: stratus_core::ServiceSpec,
+        require_tls: bool,
+        default_schema: Option<String>,
+    ) -> DatabaseService {
+        let now = stratus_core::time::now_ms();
+        DatabaseService {
+            scu: spec.min_scu,
+            buffer_pool_bytes: self.resources(spec.min_scu).buffer_pool_bytes,
+            spec,
+            state: stratus_core::DbState::Provisioning,
+            require_tls,
+            default_schema,
+            created_at_ms: now,
+            updated_at_ms: now,
+        }
     }
 
     fn instance_spec(&self, svc: &DatabaseService) -> InstanceSpec {

@@ -9,7 +9,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 use stratus_core::commit_marker;
-use stratus_core::time::{now_ms, rfc3339};
+use stratus_core::time::rfc3339;
 use stratus_core::{
     DatabaseService, DbState, EventKind, NativeHash, ServiceName, ServiceSpec, Tier, User,
     UserName, random_password,
@@ -65,18 +65,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let password = req.password.unwrap_or_else(random_password);
         let _guard = self.lock(&name).await;
 
-        let now = now_ms();
-        let resources = self.resources(spec.min_scu);
-        let mut svc = DatabaseService {
-            scu: spec.min_scu,
-            buffer_pool_bytes: resources.buffer_pool_bytes,
-            spec,
-            state: DbState::Provisioning,
-            require_tls: req.require_tls.unwrap_or(false),
-            default_schema: None,
-            created_at_ms: now,
-            updated_at_ms: now,
-        };
+        let mut svc = self.new_service(spec, req.require_tls.unwrap_or(false), None);
+        let now = svc.created_at_ms;
         let owner = User {
             service: name.clone(),
             name: owner_name.clone(),

@@ -66,8 +66,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Runs the schedules until the process ends.
     pub async fn run_backups(self: Arc<Self>) {
         let mut failed: HashMap<ServiceName, (u32, i64)> = HashMap::new();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = Self::ticker(TICK);
         loop {
             tick.tick().await;
             let Ok(services) = self.store.services().await else {

@@ -127,8 +127,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let mut failed: HashMap<ServiceName, (u32, i64)> = HashMap::new();
         // Databases whose full volume was reported (once, until it is not full any more).
         let mut reported: HashSet<ServiceName> = HashSet::new();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = Self::ticker(TICK);
         loop {
             tick.tick().await;
             let Ok(services) = self.store.services().await else {
