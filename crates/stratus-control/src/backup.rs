@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use stratus_core::time::{now_ms, rfc3339};
 use stratus_core::{EventKind, ServiceName};
-use stratus_runtime::Runtime;
+use stratus_runtime::commit_times::{self, BinlogPos};
+use stratus_runtime::{LogReplay, Runtime};
 use stratus_store::Store;
 
 const RECORD: &str = "backup.json";
@@ -39,6 +40,12 @@ pub struct BackupRecord {
     pub bytes: u64,
     /// The source's GTID position at the backup's consistent point.
     pub gtid: Option<String>,
+    /// The source's binary log file and position there: where a point-in-time restore
+    /// starts replaying the archived log.
+    #[serde(default)]
+    pub binlog_file: Option<String>,
+    #[serde(default)]
+    pub binlog_pos: Option<u64>,
     pub verified: bool,
     /// What the verification found.
     pub verification: String,
@@ -87,6 +94,29 @@ pub struct RestoreRequest {
     /// The backup to use; the newest verified one of the source when unset.
     #[serde(default)]
     pub backup: Option<String>,
+    /// A past time (RFC 3339): the new database holds every transaction the source committed
+    /// at or before it and none after, from the newest backup before it and the archived
+    /// binary log. Unset: the backup as it is.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+impl BackupRecord {
+    /// Its consistent point in the source's binary log, when known.
+    pub fn binlog(&self) -> Option<BinlogPos> {
+        Some(BinlogPos {
+            file: self.binlog_file.clone()?,
+            pos: self.binlog_pos?,
+        })
+    }
+}
+
+/// What a point-in-time restore replays, found from the archive's commit times.
+struct PointInTime {
+    record: BackupRecord,
+    replay: Option<LogReplay>,
+    /// The last transaction it holds, if any was replayed.
+    last: Option<commit_times::Commit>,
 }
 
 /// A backup id: `<database>-<UTC time to the millisecond>`, e.g. `shop-20261130T194512123Z`.
@@ -285,6 +315,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             finished_at_ms: now_ms(),
             bytes: dir_bytes(&partial),
             gtid: taken.gtid,
+            binlog_file: taken.binlog.as_ref().map(|b| b.file.clone()),
+            binlog_pos: taken.binlog.as_ref().map(|b| b.pos),
             verified,
             verification,
             source: crate::copy::Source::of(&svc, &users),
@@ -439,27 +471,40 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub async fn restore(&self, source: &str, req: RestoreRequest) -> Result<crate::DatabaseView> {
         let source = ServiceName::parse(source)?;
         let to = ServiceName::parse_new(&req.to)?;
-        let record = match &req.backup {
-            Some(id) => {
-                // Whose it is before whether it exists: nothing is said about another's backups.
-                match parse_backup_id(id) {
-                    Some(db) if db != source => {
-                        return Err(ControlError::Invalid(format!(
-                            "backup {id} is a backup of {db}, not of {source}"
-                        )));
+        let at = match &req.time {
+            Some(t) => Some(
+                self.point_in_time(&source, t, req.backup.as_deref())
+                    .await?,
+            ),
+            None => None,
+        };
+        let record = match (&at, &req.backup) {
+            (Some(p), _) => p.record.clone(),
+            (None, backup) => match backup {
+                Some(id) => {
+                    // Whose it is before whether it exists: nothing is said about another's backups.
+                    match parse_backup_id(id) {
+                        Some(db) if db != source => {
+                            return Err(ControlError::Invalid(format!(
+                                "backup {id} is a backup of {db}, not of {source}"
+                            )));
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                    let (_, dir) = self.backup_dir(id)?;
+                    read_record(&dir).ok_or_else(|| {
+                        ControlError::Internal(format!("backup {id} is unreadable"))
+                    })?
                 }
-                let (_, dir) = self.backup_dir(id)?;
-                read_record(&dir)
-                    .ok_or_else(|| ControlError::Internal(format!("backup {id} is unreadable")))?
-            }
-            None => self
-                .records(Some(source.as_str()))?
-                .into_iter()
-                .rev()
-                .find(|r| r.verified)
-                .ok_or_else(|| ControlError::NotFound(format!("a verified backup of {source}")))?,
+                None => self
+                    .records(Some(source.as_str()))?
+                    .into_iter()
+                    .rev()
+                    .find(|r| r.verified)
+                    .ok_or_else(|| {
+                        ControlError::NotFound(format!("a verified backup of {source}"))
+                    })?,
+            },
         };
         let dir = self.backups_of(source.as_str()).join(&record.id);
         if !record.verified {
@@ -494,22 +539,108 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     .min(crate::storage::max_bytes(record.source.storage_gb));
                 let runtime = &self.runtime;
                 let dir = dir.clone();
-                async move { runtime.restore(&spec, &dir).await }
+                let replay = at.as_ref().and_then(|p| p.replay.clone());
+                async move { runtime.restore(&spec, &dir, replay.as_ref()).await }
             })
             .await?;
         let ms = begin.elapsed().as_millis() as u64;
+        let (upto, gtid) = match at.as_ref().and_then(|p| p.last.as_ref()) {
+            Some(c) => (
+                format!(
+                    " and its binary log up to {} (committed {})",
+                    c.gtid,
+                    rfc3339(c.at_us.div_euclid(1000))
+                ),
+                Some(c.gtid.clone()),
+            ),
+            None => (String::new(), record.gtid.clone()),
+        };
+        let wanted = req
+            .time
+            .as_deref()
+            .map(|t| format!(" as of {t}"))
+            .unwrap_or_default();
         self.event(
             &to,
             EventKind::Restored,
             &format!(
-                "restored from backup {} of {source} (taken {}) in {ms} ms",
+                "restored{wanted} from backup {} of {source} (taken {}){upto} in {ms} ms",
                 record.id,
                 rfc3339(record.started_at_ms)
             ),
-            json!({"source": source, "backup": record.id, "gtid": record.gtid, "ms": ms, "pid": instance.pid}),
+            json!({"source": source, "backup": record.id, "time": req.time, "gtid": gtid, "ms": ms, "pid": instance.pid}),
         )
         .await;
         Ok(self.view(&svc).await)
+    }
+}
+
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// The backup and the stretch of archived binary log that make `source` as it was at
+    /// `time`: the newest verified backup whose consistent point is at or before it, and every
+    /// transaction after that point committed at or before it (`commit_times::cut`).
+    async fn point_in_time(
+        &self,
+        source: &ServiceName,
+        time: &str,
+        backup: Option<&str>,
+    ) -> Result<PointInTime> {
+        let t_us = stratus_core::time::parse_rfc3339_us(time).map_err(ControlError::Invalid)?;
+        if t_us > now_ms() * 1000 {
+            return Err(ControlError::Invalid(format!("{time} is in the future")));
+        }
+        // What the running source committed by now reaches the archive first.
+        if self.store.service(source).await.ok().flatten().is_some() {
+            self.archive_logs(source).await;
+        }
+        let archive = self
+            .backups_of(source.as_str())
+            .join(crate::schedule::ARCHIVE);
+        let records = self.records(Some(source.as_str()))?;
+        let candidates = records
+            .into_iter()
+            .rev()
+            .filter(|r| r.verified && backup.is_none_or(|id| r.id == id));
+        for record in candidates {
+            let Some(base) = record.binlog() else {
+                continue;
+            };
+            // The backup holds everything up to its consistent point: usable only if the last
+            // transaction there committed at or before `time`.
+            let before = commit_times::last_at_or_before(&archive, &base)
+                .map_err(internal("cannot read the archive's commit times"))?;
+            let usable = match &before {
+                Some(c) => c.at_or_before(t_us),
+                None => record.started_at_ms * 1000 <= t_us,
+            };
+            if !usable {
+                continue;
+            }
+            let cut = commit_times::cut(&archive, &base, t_us)
+                .map_err(internal("cannot read the archive's commit times"))?;
+            return Ok(match cut {
+                Some((to, last)) => PointInTime {
+                    replay: Some(LogReplay {
+                        archive: archive.clone(),
+                        from: base,
+                        to,
+                    }),
+                    last: Some(last),
+                    record,
+                },
+                None => PointInTime {
+                    replay: None,
+                    last: before,
+                    record,
+                },
+            });
+        }
+        Err(ControlError::NotFound(match backup {
+            Some(id) => format!(
+                "backup {id} of {source} usable for {time} (it must be verified and taken before it)"
+            ),
+            None => format!("a verified backup of {source} taken before {time}"),
+        }))
     }
 }
 

@@ -5,7 +5,7 @@
 //! them), deleted without touching the source.
 
 use crate::backup::RestoreRequest;
-use crate::{ControlError, ControlPlane, Result};
+use crate::{ControlPlane, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::time::Instant;
@@ -19,7 +19,7 @@ use stratus_store::Store;
 pub struct BranchRequest {
     /// The branch's name.
     pub to: String,
-    /// A past time (RFC 3339) instead of now: needs point-in-time restore, not built yet.
+    /// A past time (RFC 3339) instead of now: the branch is then a point-in-time restore.
     #[serde(default)]
     pub time: Option<String>,
 }
@@ -28,12 +28,29 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub async fn branch(&self, source: &str, req: BranchRequest) -> Result<crate::DatabaseView> {
         let source = ServiceName::parse(source)?;
         let to = ServiceName::parse_new(&req.to)?;
-        if req.time.is_some() {
-            return Err(ControlError::Invalid(
-                "a branch at a past time needs point-in-time restore, which Stratus does not have yet; branch without --time for now".into(),
-            ));
-        }
         let begin = Instant::now();
+        if let Some(time) = &req.time {
+            // The past is only in backups and the archived log: a point-in-time restore.
+            let view = self
+                .restore(
+                    source.as_str(),
+                    RestoreRequest {
+                        to: to.to_string(),
+                        backup: None,
+                        time: Some(time.clone()),
+                    },
+                )
+                .await?;
+            let ms = begin.elapsed().as_millis() as u64;
+            self.event(
+                &to,
+                EventKind::Branched,
+                &format!("branched from {source} as of {time} in {ms} ms, through a point-in-time restore"),
+                json!({"source": source, "ms": ms, "shared_blocks": false, "time": time}),
+            )
+            .await;
+            return Ok(view);
+        }
         if !self.runtime.shares_blocks() {
             // Without volumes that share blocks: a backup now, restored.
             let b = self.create_backup(source.as_str()).await?;
@@ -43,6 +60,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     RestoreRequest {
                         to: to.to_string(),
                         backup: Some(b.id.clone()),
+                        time: None,
                     },
                 )
                 .await?;

@@ -156,25 +156,40 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 tracing::warn!(db = %name, "retention cannot delete backup {id}: {e}");
             }
         }
-        // Archived binary log written to last before the oldest backup kept began holds nothing
-        // a restore from a kept backup needs.
-        let Some(oldest) = kept
+        // The archived binary log before the oldest kept backup's consistent point holds
+        // nothing a restore from a kept backup needs: files numbered below its file go (with
+        // their commit times). A backup that does not know its position keeps the files
+        // written to since it began.
+        let Some(oldest) = records
             .iter()
-            .filter(|k| !gone.contains(&k.id))
-            .map(|k| k.started_at_ms)
-            .min()
+            .filter(|r| !gone.contains(&r.id))
+            .min_by_key(|r| r.started_at_ms)
         else {
             return;
         };
+        let first_needed = oldest.binlog().and_then(|b| b.file_number());
         let archive = self.backups_of(name.as_str()).join(ARCHIVE);
         for e in std::fs::read_dir(&archive).into_iter().flatten().flatten() {
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .is_some_and(|t| (t.as_millis() as i64) < oldest);
-            if old && !e.file_name().to_string_lossy().ends_with(".index") {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if file.ends_with(".index") {
+                continue;
+            }
+            let log = file
+                .strip_suffix(stratus_runtime::commit_times::SUFFIX)
+                .unwrap_or(&file);
+            let old = match (
+                first_needed,
+                stratus_runtime::commit_times::file_number(log),
+            ) {
+                (Some(first), Some(n)) => n < first,
+                _ => e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .is_some_and(|t| (t.as_millis() as i64) < oldest.started_at_ms),
+            };
+            if old {
                 let _ = std::fs::remove_file(e.path());
             }
         }

@@ -586,7 +586,7 @@ async fn backups_are_whole_or_absent_and_restores_make_new_databases() {
             "shop",
             RestoreRequest {
                 to: "shop".into(),
-                backup: None,
+                ..Default::default()
             },
         )
         .await
@@ -606,6 +606,7 @@ async fn backups_are_whole_or_absent_and_restores_make_new_databases() {
             RestoreRequest {
                 to: "copy".into(),
                 backup: Some(b.id.clone()),
+                time: None,
             },
         )
         .await

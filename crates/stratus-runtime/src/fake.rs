@@ -487,14 +487,26 @@ impl Runtime for FakeRuntime {
         std::fs::create_dir_all(&data)
             .and_then(|()| std::fs::write(data.join("statements"), statements))
             .map_err(|e| RuntimeError::io(format!("cannot write {}", data.display()), e))?;
+        // No binary log here: its backups are not a base for point-in-time restore.
         Ok(crate::BackupTaken {
             gtid: Some("0-1-1".to_owned()),
+            binlog: None,
             log_tail: Vec::new(),
         })
     }
 
-    async fn restore(&self, spec: &InstanceSpec, from: &Path) -> Result<Instance> {
+    async fn restore(
+        &self,
+        spec: &InstanceSpec,
+        from: &Path,
+        replay: Option<&crate::LogReplay>,
+    ) -> Result<Instance> {
         let name = spec.name.as_str();
+        if let Some(r) = replay {
+            self.world()
+                .calls
+                .push(format!("replay {name} {}:{}", r.to.file, r.to.pos));
+        }
         let statements =
             std::fs::read_to_string(from.join("data").join("statements")).map_err(|e| {
                 RuntimeError::io(format!("cannot read the backup {}", from.display()), e)

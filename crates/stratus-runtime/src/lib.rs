@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod binaries;
+pub mod commit_times;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod local;
@@ -309,19 +310,33 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<BackupTaken>> + Send;
 
     /// Creates the storage of a new database from a backup [`Runtime::backup`] took (`from`),
-    /// and starts it. On failure nothing is left behind.
+    /// and starts it; with `replay`, the archived binary logs are applied on top of it first,
+    /// up to an exact position. On failure nothing is left behind.
     fn restore(
         &self,
         spec: &InstanceSpec,
         from: &std::path::Path,
+        replay: Option<&LogReplay>,
     ) -> impl Future<Output = Result<Instance>> + Send;
+}
+
+/// Archived binary logs ([`Runtime::archive_logs`]) to apply on top of a restored backup:
+/// every transaction after `from` (the backup's consistent point) up to and including the one
+/// ending at `to`, both positions in the source's binary log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogReplay {
+    pub archive: std::path::PathBuf,
+    pub from: commit_times::BinlogPos,
+    pub to: commit_times::BinlogPos,
 }
 
 /// What a backup found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BackupTaken {
-    /// The server's GTID position at the backup's consistent point (`mariadb_backup_binlog_info`).
+    /// The server's GTID position at the backup's consistent point (`xtrabackup_binlog_info`).
     pub gtid: Option<String>,
+    /// Its binary log position there: where a point-in-time replay starts.
+    pub binlog: Option<commit_times::BinlogPos>,
     /// `mariadb-backup`'s last lines, for the record.
     pub log_tail: Vec<String>,
 }

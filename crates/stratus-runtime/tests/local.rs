@@ -350,3 +350,145 @@ async fn a_spare_becomes_a_database_without_a_restart() {
     assert!(rt.unclaimed_spares().is_empty());
     rt.remove_cgroup_parent().unwrap();
 }
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// Inserts `n` rows one transaction each; for each, its GTID and the times around its commit.
+async fn timed_commits(conn: &mut AdminConn, n: u32) -> Vec<(String, i64, i64)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let before = now_us();
+        conn.exec(&format!("INSERT INTO l.t (v) VALUES ({i})"))
+            .await
+            .unwrap();
+        let after = now_us();
+        let gtid: Option<String> = conn.query_value("SELECT @@last_gtid").await.unwrap();
+        out.push((gtid.unwrap(), before, after));
+    }
+    out
+}
+
+fn assert_timed(binlog: &std::path::Path, commits: &[(String, i64, i64)]) {
+    use stratus_runtime::commit_times;
+    for (log, _) in commit_times::files(binlog) {
+        assert!(binlog.join(&log).is_file(), "times beside {log}, not a log");
+    }
+    let recorded: Vec<commit_times::Commit> = commit_times::files(binlog)
+        .iter()
+        .flat_map(|(_, p)| commit_times::read(p).unwrap())
+        .collect();
+    for (gtid, before, after) in commits {
+        let c = recorded
+            .iter()
+            .find(|c| &c.gtid == gtid)
+            .unwrap_or_else(|| panic!("{gtid} not recorded in {recorded:?}"));
+        assert!(c.exact, "{c:?}");
+        assert!(
+            *before <= c.at_us && c.at_us <= *after,
+            "{gtid} timed {} outside its commit {before}..{after}",
+            c.at_us
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_commit_is_timed_within_its_commit_across_a_crash() {
+    let dir = root();
+    let rt = LocalRuntime::new(config(&dir, "clock")).await.unwrap();
+    let mut exits = rt.exits();
+    let s = spec("clock", 1);
+    let inst = rt.provision(&s).await.unwrap();
+    let binlog = dir.path().join("databases/clock/binlog");
+    let mut conn = admin(&rt, &s, &inst.endpoint).await;
+    conn.exec("CREATE DATABASE l").await.unwrap();
+    conn.exec("CREATE TABLE l.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    let clients: Vec<(String, String)> = conn
+        .query_rows("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
+        .await
+        .unwrap();
+    assert_eq!(clients[0].1, "1", "Stratus follows the server");
+    let first = timed_commits(&mut conn, 20).await;
+    assert_timed(&binlog, &first);
+    conn.close().await;
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(inst.pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), exits.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = rt.start(&s).await.unwrap();
+    let mut conn = admin(&rt, &s, &again.endpoint).await;
+    let second = timed_commits(&mut conn, 5).await;
+    assert_timed(&binlog, &second);
+    conn.close().await;
+    rt.destroy(&s.name).await.unwrap();
+    rt.remove_cgroup_parent().unwrap();
+}
+
+#[tokio::test]
+async fn a_restore_replays_the_archived_log_to_an_exact_commit() {
+    use stratus_runtime::{LogReplay, commit_times};
+    let dir = root();
+    let rt = LocalRuntime::new(config(&dir, "pitr")).await.unwrap();
+    let s = spec("pitr", 1);
+    let inst = rt.provision(&s).await.unwrap();
+    let mut conn = admin(&rt, &s, &inst.endpoint).await;
+    conn.exec("CREATE DATABASE l").await.unwrap();
+    conn.exec("CREATE TABLE l.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    timed_commits(&mut conn, 3).await;
+    let backup = dir.path().join("backup");
+    let taken = rt.backup(&s.name, &backup).await.unwrap();
+    let base = taken.binlog.expect("the backup's binary log position");
+    // Past the backup: a rotation, then more.
+    let mut after = timed_commits(&mut conn, 5).await;
+    conn.exec("FLUSH BINARY LOGS").await.unwrap();
+    after.extend(timed_commits(&mut conn, 5).await);
+    conn.close().await;
+    let archive = dir.path().join("archive");
+    rt.archive_logs(&s.name, &archive).await.unwrap();
+
+    // The time right after the 7th commit past the backup: 3 + 7 rows.
+    let t = after[6].2;
+    let (to, last) = commit_times::cut(&archive, &base, t).unwrap().unwrap();
+    assert_eq!(last.gtid, after[6].0);
+    let r = spec("pitr-copy", 1);
+    let replay = LogReplay {
+        archive: archive.clone(),
+        from: base,
+        to,
+    };
+    let copy = rt.restore(&r, &backup, Some(&replay)).await.unwrap();
+    let mut conn = admin(&rt, &r, &copy.endpoint).await;
+    let (n, last): (Option<u64>, Option<i64>) = (
+        conn.query_value("SELECT COUNT(*) FROM l.t").await.unwrap(),
+        conn.query_value("SELECT v FROM l.t ORDER BY id DESC LIMIT 1")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (n, last),
+        (Some(10), Some(1)),
+        "3 + 7 rows, the last the second of the batch after the rotation"
+    );
+    let slaves: Vec<mysql_async::Row> = conn.query_rows("SHOW ALL SLAVES STATUS").await.unwrap();
+    assert!(slaves.is_empty(), "nothing left replicating");
+    conn.exec("INSERT INTO l.t (v) VALUES (100)").await.unwrap();
+    conn.close().await;
+    for db in [&s.name, &r.name] {
+        rt.destroy(db).await.unwrap();
+    }
+    rt.remove_cgroup_parent().unwrap();
+}

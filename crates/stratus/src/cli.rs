@@ -163,15 +163,20 @@ pub enum DbCommand {
     /// Start a parked or suspended database again.
     Resume { name: String },
     /// Make a new database from a backup of SOURCE (which may have been deleted since): its
-    /// data, settings and users as they were then.
+    /// data, settings and users as they were then, or, with --time, as they were at that time.
     Restore {
         source: String,
         /// The new database's name.
         #[arg(long)]
         to: String,
-        /// The backup to use (`stratus backup list SOURCE`) [default: the newest verified one].
+        /// The backup to use (`stratus backup list SOURCE`) [default: the newest verified one
+        /// (before --time)].
         #[arg(long)]
         backup: Option<String>,
+        /// A past time (RFC 3339, e.g. 2026-11-30T22:41:05.123Z): every transaction SOURCE
+        /// committed at or before it and none after, from a backup and the archived binary log.
+        #[arg(long)]
+        time: Option<String>,
     },
     /// Make NEW a writable copy of SOURCE as it is now: in about a second whatever its size
     /// where volumes share blocks, through a backup where they cannot. Its own size, lifecycle
@@ -179,7 +184,7 @@ pub enum DbCommand {
     Branch {
         source: String,
         new: String,
-        /// A past time (RFC 3339): needs point-in-time restore, not built yet.
+        /// A past time (RFC 3339) instead of now: a point-in-time restore (`db restore --time`).
         #[arg(long)]
         time: Option<String>,
     },

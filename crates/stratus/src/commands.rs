@@ -318,10 +318,16 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
             .await?;
             show(&d, json)
         }
-        DbCommand::Restore { source, to, backup } => {
+        DbCommand::Restore {
+            source,
+            to,
+            backup,
+            time,
+        } => {
             let req = RestoreRequest {
                 to: to.clone(),
                 backup,
+                time,
             };
             let d = with_spinner(
                 format!("restoring {source} into {to}"),

@@ -7,8 +7,13 @@ use crate::{Result, RuntimeError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-/// Whether `name` is one of the server's binary log files (`mariadb-bin.000001`) or its index.
+/// Whether `name` is one of the server's binary log files (`mariadb-bin.000001`), its index,
+/// or the commit times beside a log file (`mariadb-bin.000001.commits`, also only appended to).
 fn is_log(name: &str) -> bool {
+    let name = name
+        .strip_suffix(crate::commit_times::SUFFIX)
+        .filter(|n| !n.ends_with(".index"))
+        .unwrap_or(name);
     match name.strip_prefix("mariadb-bin.") {
         Some("index") => true,
         Some(n) => n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()),
@@ -26,8 +31,16 @@ pub fn copy_new(from: &Path, to: &Path) -> Result<u64> {
         return Ok(0); // no binary log yet
     };
     std::fs::create_dir_all(to).map_err(io("cannot create", to))?;
+    // Commit times first: each names a transaction already written to its log, so the logs
+    // copied after them hold every transaction the archived times name.
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| {
+        !e.file_name()
+            .to_string_lossy()
+            .ends_with(crate::commit_times::SUFFIX)
+    });
     let mut copied = 0;
-    for e in entries.flatten() {
+    for e in entries {
         let name = e.file_name();
         let Some(name) = name.to_str().filter(|n| is_log(n)) else {
             continue;
@@ -87,5 +100,6 @@ mod tests {
         assert!(to.join("mariadb-bin.index").exists());
         assert!(!to.join("mariadb-bin.state").exists());
         assert!(!is_log("mariadb-bin.1") && is_log("mariadb-bin.000123"));
+        assert!(is_log("mariadb-bin.000123.commits") && !is_log("mariadb-bin.1.commits"));
     }
 }

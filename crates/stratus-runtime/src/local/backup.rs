@@ -7,7 +7,8 @@
 
 use super::{DbPaths, Inner, config, keys, template};
 use crate::admin::AdminConn;
-use crate::{BackupTaken, Result, RuntimeError};
+use crate::commit_times::BinlogPos;
+use crate::{BackupTaken, LogReplay, Result, RuntimeError};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -155,16 +156,37 @@ impl Inner {
             std::fs::copy(&wrapped, dest.join(keys::WRAPPED_KEY_FILE))
                 .map_err(|e| RuntimeError::io(format!("cannot copy {}", wrapped.display()), e))?;
         }
-        // `binlog-file  position  gtid` at the consistent point.
-        let gtid = std::fs::read_to_string(target.join("mariadb_backup_binlog_info"))
-            .ok()
-            .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned));
-        Ok(BackupTaken { gtid, log_tail })
+        // `binlog-file  position  gtid` at the consistent point (the file keeps its
+        // XtraBackup name in MariaDB 10.11; later versions renamed it).
+        let info = ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(target.join(f)).ok())
+            .unwrap_or_default();
+        let mut fields = info.split_whitespace();
+        let (file, pos, gtid) = (fields.next(), fields.next(), fields.next());
+        Ok(BackupTaken {
+            gtid: gtid.map(str::to_owned),
+            binlog: match (file, pos.and_then(|p| p.parse().ok())) {
+                (Some(file), Some(pos)) => Some(BinlogPos {
+                    file: file.to_owned(),
+                    pos,
+                }),
+                _ => None,
+            },
+            log_tail,
+        })
     }
 
     /// Makes the storage of `key` from a prepared backup: its data directory and its data key
-    /// (the source's: the pages are encrypted with it).
-    pub(super) fn restore_storage(&self, key: &str, from: &Path, bytes: u64) -> Result<()> {
+    /// (the source's: the pages are encrypted with it), and the archived logs of a replay as
+    /// the new server's relay logs.
+    pub(super) fn restore_storage(
+        &self,
+        key: &str,
+        from: &Path,
+        bytes: u64,
+        replay: Option<&LogReplay>,
+    ) -> Result<()> {
         let paths = self.paths(key);
         if std::fs::symlink_metadata(&paths.dir).is_ok() {
             return Err(RuntimeError::StorageExists(key.to_owned()));
@@ -179,6 +201,9 @@ impl Inner {
             let wrapped = from.join(keys::WRAPPED_KEY_FILE);
             if wrapped.exists() {
                 std::fs::copy(&wrapped, paths.dir.join(keys::WRAPPED_KEY_FILE))?;
+            }
+            if let Some(r) = replay {
+                relay_logs(r, &paths.binlog)?;
             }
             Ok::<_, std::io::Error>(())
         })()
@@ -250,3 +275,140 @@ impl Inner {
         Ok(true)
     }
 }
+
+/// Puts the archived binary log files a replay reads in `binlog_dir` as relay logs, with their
+/// index: the server's own replication applier reads them as it would a primary's, decrypting
+/// them with the data key it shares with the source
+/// (<https://mariadb.com/kb/en/relay-log/>).
+fn relay_logs(r: &LogReplay, binlog_dir: &Path) -> std::io::Result<()> {
+    use crate::commit_times::file_number;
+    let (Some(first), Some(last)) = (r.from.file_number(), r.to.file_number()) else {
+        return Err(std::io::Error::other(
+            "a replay's positions name no binary log file",
+        ));
+    };
+    std::fs::create_dir_all(binlog_dir)?;
+    let mut index = String::new();
+    for n in first..=last {
+        let name = format!("mariadb-bin.{n:06}");
+        let from = r.archive.join(&name);
+        if file_number(&name) != Some(n) || !from.is_file() {
+            return Err(std::io::Error::other(format!(
+                "the archive lacks {name}: the binary log between the backup and the time is incomplete"
+            )));
+        }
+        let to = binlog_dir.join(relay_name(n));
+        std::fs::copy(&from, &to)?;
+        index.push_str(&format!("{}\n", to.display()));
+    }
+    std::fs::write(
+        binlog_dir.join(format!("{}.index", config::RELAY_LOG)),
+        index,
+    )
+}
+
+/// The relay log file that holds the source's binary log file number `n`.
+fn relay_name(n: u64) -> String {
+    format!("{}.{n:06}", config::RELAY_LOG)
+}
+
+impl Inner {
+    /// Applies the relay logs `relay_logs` placed to the started server `key`, from the
+    /// backup's position to exactly `r.to` (`START SLAVE SQL_THREAD UNTIL`,
+    /// <https://mariadb.com/kb/en/start-replica/>), then forgets the replication settings.
+    /// The server applies under a server id no database has, since it skips events that carry
+    /// its own.
+    pub(super) async fn replay(
+        &self,
+        key: &str,
+        endpoint: &super::Endpoint,
+        r: &LogReplay,
+    ) -> Result<()> {
+        let (Some(first), Some(last)) = (r.from.file_number(), r.to.file_number()) else {
+            return Err(RuntimeError::Other(
+                "a replay's positions name no binary log file".into(),
+            ));
+        };
+        let mut conn = AdminConn::connect(key, endpoint, &self.admin, super::LOGIN_TIMEOUT).await?;
+        let own: Option<u32> = conn.query_value("SELECT @@GLOBAL.server_id").await?;
+        conn.exec(&format!("SET GLOBAL server_id = {REPLAY_SERVER_ID}"))
+            .await?;
+        conn.exec(&format!(
+            "CHANGE MASTER TO MASTER_HOST = 'stratus-archive', MASTER_USE_GTID = NO, \
+             RELAY_LOG_FILE = '{}', RELAY_LOG_POS = {}",
+            relay_name(first),
+            r.from.pos
+        ))
+        .await?;
+        conn.exec(&format!(
+            "START SLAVE SQL_THREAD UNTIL RELAY_LOG_FILE = '{}', RELAY_LOG_POS = {}",
+            relay_name(last),
+            r.to.pos
+        ))
+        .await?;
+        let mut seen = (String::new(), 0u64);
+        let mut still = std::time::Instant::now();
+        let outcome = loop {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let rows: Vec<mysql_async::Row> = conn.query_rows("SHOW SLAVE STATUS").await?;
+            let Some(row) = rows.first() else {
+                break Err("the replay's replication settings vanished".to_owned());
+            };
+            let text = |c: &str| {
+                row.get_opt::<String, _>(c)
+                    .and_then(|v| v.ok())
+                    .unwrap_or_default()
+            };
+            let (file, pos) = (
+                text("Relay_Log_File"),
+                text("Relay_Log_Pos").parse().unwrap_or(0),
+            );
+            if text("Last_SQL_Errno") != "0" {
+                break Err(format!(
+                    "applying the binary log failed: {}",
+                    text("Last_SQL_Error")
+                ));
+            }
+            if text("Slave_SQL_Running_State").contains("read all relay log") {
+                break Err(format!(
+                    "the archived binary log ends at {file}:{pos}, short of {}:{}",
+                    relay_name(last),
+                    r.to.pos
+                ));
+            }
+            if text("Slave_SQL_Running") == "No" {
+                break if (file.as_str(), pos) == (relay_name(last).as_str(), r.to.pos) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the replay stopped at {file}:{pos}, short of {}:{}",
+                        relay_name(last),
+                        r.to.pos
+                    ))
+                };
+            }
+            if (file.clone(), pos) != seen {
+                seen = (file, pos);
+                still = std::time::Instant::now();
+            } else if still.elapsed() > REPLAY_STALL {
+                break Err(format!(
+                    "the replay made no progress for {REPLAY_STALL:?} at {}:{}",
+                    seen.0, seen.1
+                ));
+            }
+        };
+        let _ = conn.exec("STOP SLAVE").await;
+        conn.exec("RESET SLAVE ALL").await?;
+        if let Some(id) = own {
+            conn.exec(&format!("SET GLOBAL server_id = {id}")).await?;
+        }
+        conn.close().await;
+        outcome.map_err(|why| RuntimeError::Other(format!("database {key}: {why}")))
+    }
+}
+
+/// The server id a restored server applies its source's log under: even, so no database's
+/// (always odd) and not the commit clock's.
+const REPLAY_SERVER_ID: u32 = 0x7fff_fffe;
+/// A replay that stops moving for this long has failed.
+const REPLAY_STALL: std::time::Duration = std::time::Duration::from_secs(120);

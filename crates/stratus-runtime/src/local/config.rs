@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 /// small log makes crash recovery fast.
 pub const REDO_LOG_BYTES: u64 = 32 << 20;
 
+/// The base name of relay log files (`<binlog dir>/relay-bin.000001`).
+pub const RELAY_LOG: &str = "relay-bin";
+
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub datadir: PathBuf,
@@ -114,6 +117,22 @@ pub fn render(o: &ServerOptions) -> String {
     line("gtid_strict_mode", &"ON");
     line("log_slave_updates", &"ON");
     line("binlog_expire_logs_seconds", &(3 * 86_400));
+    // Stratus follows every server as a semi-synchronous replica to time each commit to the
+    // microsecond (`commit_clock`): the server waits for its acknowledgement after writing a
+    // transaction to the binary log and before committing it in the engine. Without a
+    // replica attached it does not wait; a replica slower than a second is dropped to
+    // asynchronous until it catches up.
+    line("rpl_semi_sync_master_enabled", &"ON");
+    line("rpl_semi_sync_master_wait_point", &"AFTER_SYNC");
+    line("rpl_semi_sync_master_wait_no_slave", &"OFF");
+    line("rpl_semi_sync_master_timeout", &1000);
+    // A point-in-time restore replays archived binary logs as relay logs; nothing else ever
+    // replicates into a database, and nothing starts replicating by itself.
+    match &o.binlog_dir {
+        Some(dir) => line("relay_log", &quoted(&dir.join(RELAY_LOG))),
+        None => line("relay_log", &RELAY_LOG),
+    }
+    line("skip_slave_start", &"ON");
     // Owners have no SUPER; with the binary log on, MariaDB would otherwise refuse them
     // stored functions and triggers.
     line("log_bin_trust_function_creators", &"ON");

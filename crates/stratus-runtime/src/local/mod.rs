@@ -17,6 +17,7 @@
 
 mod archive;
 mod backup;
+mod commit_clock;
 mod config;
 pub mod keys;
 mod notify;
@@ -49,6 +50,8 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a fresh server gets for its first login after `READY=1`.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a start waits for the commit clock to attach before it serves without it.
+const COMMIT_CLOCK_ATTACH: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -481,6 +484,7 @@ impl Inner {
             let pid = pidfd.pid;
             let proc = self.watch(name, pidfd, endpoint.clone(), STARTING);
             let restored = self.login(name, &endpoint).await?;
+            self.follow_commits(name, &proc, &paths).await;
             proc.phase.store(READY, Ordering::SeqCst);
             tracing::info!(db = %name, pid, "adopted running mariadbd");
             return Ok(Instance {
@@ -528,12 +532,35 @@ impl Inner {
                 return Err(e);
             }
         };
+        self.follow_commits(name, &proc, &paths).await;
         proc.phase.store(READY, Ordering::SeqCst);
         tracing::info!(db = %name, pid = proc.pidfd.pid, ms = begin.elapsed().as_millis() as u64, "mariadbd ready");
         Ok(Instance {
             access_restored: restored,
             ..self.instance(proc.pidfd.pid, &endpoint, false, begin)
         })
+    }
+
+    /// Starts recording the commit times of a server ([`commit_clock`]) for as long as it
+    /// runs, and waits (briefly) until the server streams to it, so that the first commit a
+    /// client makes is timed exactly too.
+    async fn follow_commits(&self, name: &str, proc: &Arc<Proc>, paths: &DbPaths) {
+        let Endpoint::Unix(socket) = &proc.endpoint else {
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let watched = proc.clone();
+        tokio::spawn(commit_clock::follow(
+            name.to_owned(),
+            socket.to_path_buf(),
+            self.admin.user.clone(),
+            paths.binlog.clone(),
+            tx,
+            async move { watched.wait_exit().await },
+        ));
+        if tokio::time::timeout(COMMIT_CLOCK_ATTACH, rx).await.is_err() {
+            tracing::warn!(db = %name, "commit clock not attached within {COMMIT_CLOCK_ATTACH:?}; commit times are to the second until it is");
+        }
     }
 
     /// Where a server's plain data key is put for its start.
@@ -897,10 +924,21 @@ impl Runtime for LocalRuntime {
         self.inner.backup(name.as_str(), dest).await
     }
 
-    async fn restore(&self, spec: &InstanceSpec, from: &Path) -> Result<Instance> {
+    async fn restore(
+        &self,
+        spec: &InstanceSpec,
+        from: &Path,
+        replay: Option<&crate::LogReplay>,
+    ) -> Result<Instance> {
+        let key = spec.name.as_str();
         self.inner
-            .restore_storage(spec.name.as_str(), from, spec.storage_bytes)?;
-        let started = self.inner.start_server(&Launch::from(spec)).await;
+            .restore_storage(key, from, spec.storage_bytes, replay)?;
+        let mut started = self.inner.start_server(&Launch::from(spec)).await;
+        if let (Ok(instance), Some(r)) = (&started, replay) {
+            if let Err(e) = self.inner.replay(key, &instance.endpoint, r).await {
+                started = Err(e);
+            }
+        }
         if started.is_err() {
             let _ = self.destroy(&spec.name).await;
         }
