@@ -1,7 +1,7 @@
 //! Point-in-time restore end to end: a ledger written without pause, a time T taken between two
 //! of its transactions, and `db restore --time T` must bring back exactly what was committed at
 //! T, no transaction more and none less; also after `mariadbd` was killed between T and the
-//! restore, and after the source was deleted.
+//! restore, as a branch (`db branch --time`), and after the source was deleted.
 
 mod common;
 
@@ -171,7 +171,8 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     let (rows, total) = restored_ledger(&s, "bank-t2").await;
     assert_eq!(rows, at_t2, "the ledger at {t2}, after a crash");
     assert_eq!(total, sum(&at_t2));
-    s.json(&["db", "restore", "bank", "--to", "bank-t3", "--time", &t3]);
+    // A branch at a past time is the same restore.
+    s.json(&["db", "branch", "bank", "bank-t3", "--time", &t3]);
     assert_eq!(
         restored_ledger(&s, "bank-t3").await.0,
         at_t3,
