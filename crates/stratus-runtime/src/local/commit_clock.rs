@@ -311,16 +311,24 @@ async fn session(
                 exact: need_ack,
             };
             standalone = false;
+            if need_ack {
+                // Timed already: the server may go on while the line is written.
+                ack(&mut c, end, &times.log).await?;
+            }
             times.append(&commit)?;
-        }
-        if need_ack {
-            let mut ack = Vec::with_capacity(9 + times.log.len());
-            ack.push(SEMI_SYNC_MAGIC);
-            ack.extend_from_slice(&u64::from(end).to_le_bytes());
-            ack.extend_from_slice(times.log.as_bytes());
-            c.write(0, &ack).await?;
+        } else if need_ack {
+            ack(&mut c, end, &times.log).await?;
         }
     }
+}
+
+/// The semi-synchronous acknowledgement of the event ending at `end` of `log`.
+async fn ack(c: &mut Conn, end: u32, log: &str) -> Result<(), ClockError> {
+    let mut ack = Vec::with_capacity(9 + log.len());
+    ack.push(SEMI_SYNC_MAGIC);
+    ack.extend_from_slice(&u64::from(end).to_le_bytes());
+    ack.extend_from_slice(log.as_bytes());
+    c.write(0, &ack).await
 }
 
 fn now_us() -> i64 {
