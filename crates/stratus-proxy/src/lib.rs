@@ -34,6 +34,8 @@ mod relay;
 pub mod replay;
 pub mod session;
 mod stream;
+#[cfg(test)]
+mod testkit;
 pub mod throttle;
 pub mod tls;
 
