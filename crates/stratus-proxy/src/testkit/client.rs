@@ -5,7 +5,7 @@
 use super::scripted_backend::{read, send};
 use stratus_wire::auth::{NATIVE_PLUGIN, scramble_reply, stage1_of};
 use stratus_wire::caps;
-use stratus_wire::command::COM_QUERY;
+use stratus_wire::command::{COM_QUERY, COM_QUIT};
 use stratus_wire::handshake::{Greeting, HandshakeResponse};
 use stratus_wire::tracker::{Expect, Step, Tracker};
 use tokio::io::DuplexStream;
@@ -69,6 +69,18 @@ impl TestClient {
                 return answer;
             }
         }
+    }
+
+    /// Says goodbye (`COM_QUIT`) and waits for the proxy to close the connection.
+    pub(crate) async fn quit(mut self) {
+        send(&mut self.stream, 0, &[vec![COM_QUIT]])
+            .await
+            .expect("the proxy reads COM_QUIT");
+        assert_eq!(
+            within(read(&mut self.stream)).await,
+            None,
+            "no answer to COM_QUIT"
+        );
     }
 
     /// Sends a statement and reads until the proxy closes the connection: what came before.
