@@ -92,10 +92,19 @@ pub struct Backend {
 pub enum BackendStream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    /// A scripted server in the same process, for tests of whole sessions
+    /// (`crate::testkit`). Absent from other builds, so the relay's matches compile as they
+    /// would without it.
+    #[cfg(test)]
+    Memory(crate::testkit::net::MemoryStream),
 }
 
 impl BackendStream {
     async fn connect(addr: &Endpoint) -> io::Result<Self> {
+        #[cfg(test)]
+        if let Some(memory) = crate::testkit::net::dial(addr) {
+            return memory.map(BackendStream::Memory);
+        }
         Ok(match addr {
             Endpoint::Unix(path) => BackendStream::Unix(UnixStream::connect(path).await?),
             Endpoint::Tcp(addr) => {
@@ -110,6 +119,8 @@ impl BackendStream {
         match self {
             BackendStream::Unix(s) => s.ready(interest).await,
             BackendStream::Tcp(s) => s.ready(interest).await,
+            #[cfg(test)]
+            BackendStream::Memory(s) => s.ready(interest).await,
         }
     }
 
@@ -121,6 +132,8 @@ impl BackendStream {
         match self {
             BackendStream::Unix(s) => s.try_io(interest, f),
             BackendStream::Tcp(s) => s.try_io(interest, f),
+            #[cfg(test)]
+            BackendStream::Memory(_) => f(),
         }
     }
 
@@ -128,6 +141,8 @@ impl BackendStream {
         match self {
             BackendStream::Unix(s) => s.try_read(buf),
             BackendStream::Tcp(s) => s.try_read(buf),
+            #[cfg(test)]
+            BackendStream::Memory(s) => s.try_read(buf),
         }
     }
 }
@@ -141,6 +156,8 @@ impl AsyncRead for BackendStream {
         match self.get_mut() {
             BackendStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(test)]
+            BackendStream::Memory(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -154,6 +171,8 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(test)]
+            BackendStream::Memory(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -161,6 +180,8 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Unix(s) => Pin::new(s).poll_flush(cx),
             BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(test)]
+            BackendStream::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -168,6 +189,8 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             BackendStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(test)]
+            BackendStream::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

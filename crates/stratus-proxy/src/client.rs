@@ -69,10 +69,20 @@ impl std::ops::Deref for ServiceSlot {
 
 pub async fn run<D: Directory>(proxy: Arc<Proxy<D>>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    session(proxy, ClientStream::Plain(stream), peer).await
+}
+
+/// A session over a client's byte stream, whatever carries it: a TCP socket from `run`, or an
+/// in-memory pipe in tests.
+pub(crate) async fn session<D: Directory>(
+    proxy: Arc<Proxy<D>>,
+    stream: ClientStream,
+    peer: SocketAddr,
+) {
     let total = proxy.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let _slot = Slot(&proxy.connections);
     let mut client = ClientIo {
-        stream: ClientStream::Plain(stream),
+        stream,
         buf: BytesMut::with_capacity(8 * 1024),
     };
     if total > proxy.cfg.max_connections {

@@ -18,6 +18,8 @@
 //! * `recovery`: the order in which a database's sessions replay after its server was lost.
 //! * [`activity`]: what the control plane is told about each database.
 //! * [`throttle`]: failed logins counted, and the delay they earn.
+//! * `testkit` (test builds only): whole sessions in-process, an in-memory client and a scripted
+//!   server on an in-memory network, for the failover tests beside `client/failover.rs`.
 
 pub mod activity;
 pub mod backend;
@@ -34,6 +36,8 @@ mod relay;
 pub mod replay;
 pub mod session;
 mod stream;
+#[cfg(test)]
+mod testkit;
 pub mod throttle;
 pub mod tls;
 

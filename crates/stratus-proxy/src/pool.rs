@@ -117,3 +117,6 @@ fn alive(b: &Backend) -> bool {
     let mut probe = [0u8; 1];
     matches!(b.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,6 +15,10 @@ pub enum ClientStream {
     Tls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
     /// Only while the stream is being upgraded.
     Gone,
+    /// A client in the same process, for tests of whole sessions (`crate::testkit`). Absent
+    /// from other builds, so the relay's matches compile as they would without it.
+    #[cfg(test)]
+    Memory(tokio::io::DuplexStream),
 }
 
 impl ClientStream {
@@ -87,6 +91,8 @@ impl AsyncRead for ClientStream {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             ClientStream::Gone => Poll::Ready(Err(gone())),
+            #[cfg(test)]
+            ClientStream::Memory(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -101,6 +107,8 @@ impl AsyncWrite for ClientStream {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             ClientStream::Gone => Poll::Ready(Err(gone())),
+            #[cfg(test)]
+            ClientStream::Memory(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -108,6 +116,8 @@ impl AsyncWrite for ClientStream {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             ClientStream::Gone => Poll::Ready(Err(gone())),
+            #[cfg(test)]
+            ClientStream::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -115,6 +125,8 @@ impl AsyncWrite for ClientStream {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             ClientStream::Gone => Poll::Ready(Err(gone())),
+            #[cfg(test)]
+            ClientStream::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -494,3 +494,6 @@ impl<D: Directory> Session<D> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,62 @@
+//! Kept connections against a scripted server (`crate::testkit`): reset when kept, logged in
+//! again when reused, and replaced when their server went away meanwhile.
+
+use crate::session::BACKEND_TRACKING;
+use crate::testkit::client::CAPS;
+use crate::testkit::scripted_backend::{Event, Query, Reply};
+use crate::testkit::{Harness, SERVICE};
+use std::sync::atomic::Ordering;
+use stratus_wire::caps::STATUS_AUTOCOMMIT;
+
+const READ: &str = "SELECT v FROM t";
+
+fn tables(_: &Query<'_>) -> Reply {
+    Reply::rows(&["v"], &[&["1"]])
+}
+
+async fn kept(h: &Harness, n: u64) {
+    let pooled = &h.proxy.activity.service(SERVICE).pooled;
+    h.until("the connection is kept", || {
+        pooled.load(Ordering::Relaxed) == n
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_connection_is_logged_in_again_and_a_dead_one_replaced() {
+    let h = Harness::new(tables);
+    let answer = Reply::rows(&["v"], &[&["1"]]).packets(CAPS, STATUS_AUTOCOMMIT);
+    let mut c = h.client().await;
+    assert_eq!(c.query(READ).await, answer);
+    c.quit().await;
+    kept(&h, 1).await;
+    assert!(h.backend.log().contains(&Event::Reset(1)));
+
+    // The next client gets it, after the server checked the account again.
+    let mut c = h.client().await;
+    assert_eq!(c.query(READ).await, answer);
+    assert_eq!(h.backend.connections(), 1);
+    let log = h.backend.log();
+    let reset = log.iter().position(|e| *e == Event::Reset(1));
+    let change = log.iter().position(|e| *e == Event::ChangeUser(1));
+    assert!(reset < change, "{log:?}");
+    assert_eq!(
+        h.backend.queries(1),
+        [
+            BACKEND_TRACKING,
+            READ,
+            BACKEND_TRACKING,
+            BACKEND_TRACKING,
+            READ
+        ]
+    );
+    c.quit().await;
+    kept(&h, 1).await;
+
+    // Its server goes away while it is kept: the next client gets a new connection.
+    h.backend.drop_connections();
+    h.backend.seen(Event::Closed(1)).await;
+    let mut c = h.client().await;
+    assert_eq!(c.query(READ).await, answer);
+    assert_eq!(h.backend.queries(2), [BACKEND_TRACKING, READ]);
+}
