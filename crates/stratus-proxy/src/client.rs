@@ -317,6 +317,8 @@ struct Relayed {
     state_changed: bool,
     /// Checksum of the answer, when the session was hashing.
     checksum: Option<u64>,
+    /// The auto-increment value the answer reports, when the session was hashing.
+    insert_id: Option<u64>,
     /// The client sent a local file during the statement.
     infile: bool,
 }
@@ -624,6 +626,7 @@ impl<D: Directory> Session<D> {
                     payload: payload.to_vec(),
                     expect,
                     checksum,
+                    insert_id: r.insert_id,
                 };
                 let limit = self.proxy.cfg.replay.max_bytes;
                 self.txlog.push(entry, class.writes, limit);
@@ -851,6 +854,7 @@ impl<D: Directory> Session<D> {
                     payload,
                     expect: None,
                     checksum: 0,
+                    insert_id: None,
                 };
                 self.txlog
                     .push(entry, false, self.proxy.cfg.replay.max_bytes);

@@ -52,9 +52,16 @@ impl Default for ReplayLimits {
 /// OK the affected rows and insert id, of each ERR its code. Status flags, warnings counts and
 /// info texts are left out: they may differ on a new server without the result differing.
 #[derive(Default)]
-pub struct Checksum(DefaultHasher);
+pub struct Checksum(DefaultHasher, Option<u64>);
 
 impl Checksum {
+    /// The auto-increment value the answer reports as generated (its first OK's nonzero
+    /// insert id): a replay asks the new server for the same one (`SET insert_id`), since
+    /// InnoDB does not hand out again a value a crash rolled back.
+    pub fn insert_id(&self) -> Option<u64> {
+        self.1
+    }
+
     /// Adds one physical packet, after `tracker` was fed it.
     pub fn add(&mut self, tracker: &Tracker, payload: &[u8], backend_caps: u64) {
         if payload.first() == Some(&0xfe) && payload.len() < 9 {
@@ -64,6 +71,9 @@ impl Checksum {
             if let Ok(ok) = OkPacket::decode(payload, backend_caps) {
                 self.0.write_u64(ok.affected_rows);
                 self.0.write_u64(ok.last_insert_id);
+                if ok.last_insert_id != 0 && self.1.is_none() {
+                    self.1 = Some(ok.last_insert_id);
+                }
             }
         } else if tracker.error.is_some() && payload.first() == Some(&0xff) {
             self.0.write(payload.get(1..3).unwrap_or_default());
@@ -85,6 +95,8 @@ pub struct Entry {
     /// `None`: the command gets no answer (`COM_STMT_SEND_LONG_DATA`).
     pub expect: Option<Expect>,
     pub checksum: u64,
+    /// The auto-increment value it generated ([`Checksum::insert_id`]).
+    pub insert_id: Option<u64>,
 }
 
 /// The open transaction of a session, kept so it can be run again.

@@ -484,6 +484,7 @@ impl<D: Directory> Session<D> {
                         relayed.status = t.status;
                         relayed.warnings = t.warnings;
                         relayed.error = t.error;
+                        relayed.insert_id = sum.as_ref().and_then(Checksum::insert_id);
                         relayed.checksum = sum.map(|s| s.finish());
                         settle(&mut self.state, &mut self.autocommit, &t, expect);
                         return Ok(relayed);
@@ -496,6 +497,7 @@ impl<D: Directory> Session<D> {
                             relayed.status = t.status;
                             relayed.warnings = t.warnings;
                             relayed.error = t.error;
+                            relayed.insert_id = sum.as_ref().and_then(Checksum::insert_id);
                             relayed.checksum = sum.map(|s| s.finish());
                             settle(&mut self.state, &mut self.autocommit, &t, expect);
                             if tracking_touched {

@@ -303,6 +303,20 @@ impl<D: Directory> Session<D> {
                 }
                 set_statement_id(&mut payload, bid);
             }
+            if let Some(id) = e.insert_id {
+                // The value the client was told, not the next one the new server would give.
+                let mut set = Vec::new();
+                let sql = format!("SET insert_id = {id}");
+                packet::write(&mut set, &mut 0, &[&[COM_QUERY], sql.as_bytes()].concat());
+                self.send_to_backend(&set).await;
+                let d = self
+                    .drain(Expect::ResultSets { binary: false })
+                    .await
+                    .map_err(|_| ReplayError::Lost)?;
+                if d.error.is_some() {
+                    return Err(ReplayError::Mismatch(i));
+                }
+            }
             let mut framed = Vec::with_capacity(payload.len() + HEADER_LEN);
             packet::write(&mut framed, &mut 0, &payload);
             self.send_to_backend(&framed).await;
