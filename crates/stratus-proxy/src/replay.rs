@@ -458,6 +458,7 @@ mod tests {
             payload: vec![3; n],
             expect: Some(Expect::ResultSets { binary: false }),
             checksum: 1,
+            insert_id: None,
         };
         log.push(entry(60), false, 100);
         assert_eq!(
@@ -499,5 +500,24 @@ mod tests {
         };
         assert_eq!(sum(&rows(b'1', 2), rs), sum(&rows(b'1', 3), rs));
         assert_ne!(sum(&rows(b'1', 2), rs), sum(&rows(b'2', 2), rs));
+    }
+
+    #[test]
+    fn the_first_generated_insert_id_is_kept_for_the_replay() {
+        let caps = stratus_wire::caps::PROTOCOL_41 | stratus_wire::caps::MULTI_RESULTS;
+        let id_of = |packets: &[Vec<u8>]| {
+            let mut t = Tracker::new(Expect::ResultSets { binary: false }, false);
+            let mut c = Checksum::default();
+            for p in packets {
+                t.feed(p);
+                c.add(&t, p, caps);
+            }
+            c.insert_id()
+        };
+        // OK: affected rows, insert id, status (8 = more results), warnings.
+        let ok = |id: u8, more: bool| vec![0, 1, id, if more { 8 } else { 2 }, 0, 0, 0];
+        assert_eq!(id_of(&[ok(7, false)]), Some(7));
+        assert_eq!(id_of(&[ok(0, false)]), None, "nothing generated");
+        assert_eq!(id_of(&[ok(0, true), ok(9, true), ok(11, false)]), Some(9));
     }
 }
