@@ -46,6 +46,10 @@ pub struct BackupRecord {
     pub binlog_file: Option<String>,
     #[serde(default)]
     pub binlog_pos: Option<u64>,
+    /// The directory of the binary log archive of the source's incarnation
+    /// (`schedule::archive_name`); unset for backups from before incarnations.
+    #[serde(default)]
+    pub archive: Option<String>,
     pub verified: bool,
     /// What the verification found.
     pub verification: String,
@@ -102,6 +106,11 @@ pub struct RestoreRequest {
 }
 
 impl BackupRecord {
+    /// The directory name of its source's binary log archive.
+    pub fn archive(&self) -> &str {
+        self.archive.as_deref().unwrap_or(crate::schedule::ARCHIVE)
+    }
+
     /// Its consistent point in the source's binary log, when known.
     pub fn binlog(&self) -> Option<BinlogPos> {
         Some(BinlogPos {
@@ -317,6 +326,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             gtid: taken.gtid,
             binlog_file: taken.binlog.as_ref().map(|b| b.file.clone()),
             binlog_pos: taken.binlog.as_ref().map(|b| b.pos),
+            archive: Some(crate::schedule::archive_name(svc.created_at_ms)),
             verified,
             verification,
             source: crate::copy::Source::of(&svc, &users),
@@ -593,9 +603,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         if self.store.service(source).await.ok().flatten().is_some() {
             self.archive_logs(source).await;
         }
-        let archive = self
-            .backups_of(source.as_str())
-            .join(crate::schedule::ARCHIVE);
+
         let records = self.records(Some(source.as_str()))?;
         let candidates = records
             .into_iter()
@@ -605,6 +613,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             let Some(base) = record.binlog() else {
                 continue;
             };
+            let archive = self.backups_of(source.as_str()).join(record.archive());
             // The backup holds everything up to its consistent point: usable only if the last
             // transaction there committed at or before `time`.
             let before = commit_times::last_at_or_before(&archive, &base)

@@ -18,8 +18,15 @@ use stratus_core::{BackupSchedule, DbState, ServiceName};
 use stratus_runtime::Runtime;
 use stratus_store::Store;
 
-/// The binary log archive's directory, beside a database's backups.
+/// The binary log archive's directory, beside a database's backups: `binlog-<creation time in
+/// ms>`, one per incarnation of the name, since a database made later under a deleted one's name
+/// starts its binary log again from file 1 (`binlog`: archives from before incarnations).
 pub const ARCHIVE: &str = "binlog";
+
+/// The archive directory's name of the database created at `created_at_ms`.
+pub fn archive_name(created_at_ms: i64) -> String {
+    format!("{ARCHIVE}-{created_at_ms}")
+}
 /// How often schedules are looked at.
 const TICK: Duration = Duration::from_secs(1);
 /// Longest wait before a failed scheduled backup is tried again.
@@ -131,7 +138,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             tracing::warn!("{e}");
             return;
         }
-        let dest = self.backups_of(name.as_str()).join(ARCHIVE);
+        let Ok(Some(svc)) = self.store.service(name).await else {
+            return;
+        };
+        let dest = self
+            .backups_of(name.as_str())
+            .join(archive_name(svc.created_at_ms));
         if let Err(e) = self.runtime.archive_logs(name, &dest).await {
             tracing::warn!(db = %name, "cannot archive the binary log: {e}");
         }
@@ -156,42 +168,66 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 tracing::warn!(db = %name, "retention cannot delete backup {id}: {e}");
             }
         }
-        // The archived binary log before the oldest kept backup's consistent point holds
-        // nothing a restore from a kept backup needs: files numbered below its file go (with
-        // their commit times). A backup that does not know its position keeps the files
-        // written to since it began.
-        let Some(oldest) = records
-            .iter()
-            .filter(|r| !gone.contains(&r.id))
-            .min_by_key(|r| r.started_at_ms)
-        else {
-            return;
+        // In each archive, the binary log before the oldest kept backup's consistent point
+        // holds nothing a restore from a kept backup needs: files numbered below its file go
+        // (with their commit times). An archive no kept backup uses goes whole, unless it is
+        // the live database's.
+        let live = match self.store.service(name).await {
+            Ok(Some(svc)) => Some(archive_name(svc.created_at_ms)),
+            _ => None,
         };
-        let first_needed = oldest.binlog().and_then(|b| b.file_number());
-        let archive = self.backups_of(name.as_str()).join(ARCHIVE);
-        for e in std::fs::read_dir(&archive).into_iter().flatten().flatten() {
-            let file = e.file_name().to_string_lossy().into_owned();
-            if file.ends_with(".index") {
+        let kept: Vec<&crate::backup::BackupRecord> =
+            records.iter().filter(|r| !gone.contains(&r.id)).collect();
+        let dirs = std::fs::read_dir(self.backups_of(name.as_str()))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n == ARCHIVE || n.starts_with(&format!("{ARCHIVE}-")));
+        for dir in dirs {
+            let path = self.backups_of(name.as_str()).join(&dir);
+            let oldest = kept
+                .iter()
+                .filter(|r| r.archive() == dir)
+                .min_by_key(|r| r.started_at_ms);
+            let Some(oldest) = oldest else {
+                if live.as_deref() != Some(dir.as_str()) {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
                 continue;
-            }
-            let log = file
-                .strip_suffix(stratus_runtime::commit_times::SUFFIX)
-                .unwrap_or(&file);
-            let old = match (
-                first_needed,
-                stratus_runtime::commit_times::file_number(log),
-            ) {
-                (Some(first), Some(n)) => n < first,
-                _ => e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .is_some_and(|t| (t.as_millis() as i64) < oldest.started_at_ms),
             };
-            if old {
-                let _ = std::fs::remove_file(e.path());
-            }
+            prune_archive(&path, oldest);
+        }
+    }
+}
+
+/// Deletes the files of an archive a restore from `oldest` (its oldest kept backup) and later
+/// ones cannot need: those numbered below the file of its consistent point or, for a backup that
+/// does not know its position, those last written before it began.
+fn prune_archive(archive: &std::path::Path, oldest: &crate::backup::BackupRecord) {
+    let first_needed = oldest.binlog().and_then(|b| b.file_number());
+    for e in std::fs::read_dir(archive).into_iter().flatten().flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        if file.ends_with(".index") {
+            continue;
+        }
+        let log = file
+            .strip_suffix(stratus_runtime::commit_times::SUFFIX)
+            .unwrap_or(&file);
+        let old = match (
+            first_needed,
+            stratus_runtime::commit_times::file_number(log),
+        ) {
+            (Some(first), Some(n)) => n < first,
+            _ => e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|t| (t.as_millis() as i64) < oldest.started_at_ms),
+        };
+        if old {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

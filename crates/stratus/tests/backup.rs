@@ -241,15 +241,32 @@ async fn log_position(c: &mut Conn) -> (String, u64) {
 /// wrote it.
 fn archived(s: &Stratus, (file, pos): &(String, u64)) {
     let src = s.data_dir().join("databases/shop/binlog").join(file);
-    let dst = s.data_dir().join("backups/shop/binlog").join(file);
+    // The archive of this incarnation of `shop`: `binlog-<its creation time>`.
+    let dst = || {
+        std::fs::read_dir(s.data_dir().join("backups/shop"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("binlog-")
+            })
+            .map(|a| a.join(file))
+    };
     let begin = std::time::Instant::now();
-    while std::fs::metadata(&dst).map_or(0, |m| m.len()) < *pos {
+    let dst = loop {
+        if let Some(d) = dst().filter(|d| std::fs::metadata(d).map_or(0, |m| m.len()) >= *pos) {
+            break d;
+        }
         assert!(
             begin.elapsed() < std::time::Duration::from_secs(10),
             "{file} not archived up to {pos} within 10 s"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    };
     let (a, b) = (std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
     let n = *pos as usize;
     assert_eq!(a[..n], b[..n], "{file} archived as written");

@@ -1,7 +1,8 @@
 //! Point-in-time restore end to end: a ledger written without pause, a time T taken between two
 //! of its transactions, and `db restore --time T` must bring back exactly what was committed at
 //! T, no transaction more and none less; also after `mariadbd` was killed between T and the
-//! restore, as a branch (`db branch --time`), and after the source was deleted.
+//! restore, as a branch (`db branch --time`), and after the source was deleted (and another
+//! database made under its name).
 
 mod common;
 
@@ -174,10 +175,37 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     assert_eq!(ledger(&mut c).await, source);
     c.disconnect().await.unwrap();
 
-    // A deleted database is restored to a time while its backups are kept.
+    // A deleted database is restored to a time while its backups are kept, under its own
+    // name: the new `bank` has a binary log of its own (from file 1 again), archived apart.
     s.json(&["db", "delete", "bank", "--yes"]);
-    s.json(&["db", "restore", "bank", "--to", "bank-again", "--time", &t2]);
-    assert_eq!(restored_ledger(&s, "bank-again").await.0, at_t2);
+    s.json(&["db", "restore", "bank", "--to", "bank", "--time", &t2]);
+    assert_eq!(restored_ledger(&s, "bank").await.0, at_t2);
+    let mut c = Conn::new(s.sql_opts("bank.admin", "pw-bank", Some("bank")))
+        .await
+        .unwrap();
+    let b = s.json(&["backup", "create", "bank"]);
+    assert_eq!(b["verified"], true, "{b}");
+    c.query_drop("INSERT INTO ledger (amount) VALUES (100)")
+        .await
+        .unwrap();
+    let t4 = now_rfc3339();
+    let at_t4 = ledger(&mut c).await;
+    c.query_drop("INSERT INTO ledger (amount) VALUES (200)")
+        .await
+        .unwrap();
+    c.disconnect().await.unwrap();
+    s.json(&["db", "restore", "bank", "--to", "bank-t4", "--time", &t4]);
+    assert_eq!(
+        restored_ledger(&s, "bank-t4").await.0,
+        at_t4,
+        "the new bank at {t4}"
+    );
+    s.json(&["db", "restore", "bank", "--to", "bank-old", "--time", &t2]);
+    assert_eq!(
+        restored_ledger(&s, "bank-old").await.0,
+        at_t2,
+        "the deleted bank at {t2}, still"
+    );
 
     // A time in the future, or before any backup, is refused with a reason.
     let err = s.fails(&[
