@@ -89,6 +89,9 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// Databases whose server is starting or still rolling back the transactions it recovered:
     /// not handed to clients yet (`recovered`).
     settling: Mutex<std::collections::HashSet<ServiceName>>,
+    /// Databases at their storage limit where no volume enforces it, with the limit: the proxy
+    /// refuses their statements that add data (`storage`).
+    storage_full: Mutex<HashMap<ServiceName, u64>>,
     pool: Mutex<pool::PoolState>,
     /// The monitor's latest figures per database.
     measured: Mutex<HashMap<ServiceName, monitor::Measured>>,
@@ -109,6 +112,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             activity: std::sync::OnceLock::new(),
             suspended: Mutex::new(std::collections::HashSet::new()),
             settling: Mutex::new(std::collections::HashSet::new()),
+            storage_full: Mutex::new(HashMap::new()),
             pool: Mutex::new(pool::PoolState::default()),
             measured: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),

@@ -214,7 +214,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             measured: self.measured(svc.name()),
             memory_usage: seen.memory_usage_bytes,
             storage_used_bytes: storage.map(|u| u.used_bytes),
-            storage_limit_bytes: storage.map(|u| u.limit_bytes),
+            // Without a volume the limit is the one Stratus keeps by measuring.
+            storage_limit_bytes: storage.map(|u| {
+                if u.measured {
+                    crate::storage::max_bytes(svc.spec.storage_gb)
+                } else {
+                    u.limit_bytes
+                }
+            }),
             created_at: rfc3339(svc.created_at_ms),
             updated_at: rfc3339(svc.updated_at_ms),
         }

@@ -103,6 +103,39 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
+    /// Room inside a database's table files (0 when it cannot be asked: then it is full).
+    async fn free_in_tables(&self, name: &ServiceName) -> u64 {
+        let free = tokio::time::timeout(PURGE_TIMEOUT, async {
+            let mut conn = self.admin_unlocked(name).await?;
+            let n = conn.free_in_tables().await;
+            conn.close().await;
+            Ok::<_, crate::ControlError>(n?)
+        })
+        .await;
+        match free {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        }
+    }
+
+    /// The storage limit a database has reached where no volume enforces it, if it has.
+    pub fn storage_full(&self, name: &str) -> Option<u64> {
+        let name = ServiceName::parse(name).ok()?;
+        self.storage_full
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+            .copied()
+    }
+
+    fn set_storage_full(&self, name: &ServiceName, limit: Option<u64>) {
+        let mut full = self.storage_full.lock().unwrap_or_else(|p| p.into_inner());
+        match limit {
+            Some(l) => full.insert(name.clone(), l),
+            None => full.remove(name),
+        };
+    }
+
     /// A volume met its maximum: the database's writes that do not fit fail from now on.
     async fn report_full(
         &self,
@@ -114,8 +147,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             name,
             EventKind::StorageFull,
             &format!(
-                "storage full at its maximum of {storage_gb} GiB ({} MiB used): writes that do not fit fail with \"The table is full\" until data is deleted or storage_gb raised",
-                u.used_bytes >> 20
+                "storage full at its maximum of {storage_gb} GiB ({} MiB used): {} until data is deleted or storage_gb raised",
+                u.used_bytes >> 20,
+                if u.measured {
+                    "statements that add data are refused with \"The table is full\""
+                } else {
+                    "writes that do not fit fail with \"The table is full\""
+                }
             ),
             json!({"used_bytes": u.used_bytes, "limit_bytes": u.limit_bytes, "max_bytes": max_bytes(storage_gb)}),
         )
@@ -147,6 +185,25 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 let max = max_bytes(svc.spec.storage_gb);
                 if u.log_bytes > max {
                     self.trim_logs(&name, u.log_bytes, max).await;
+                }
+                if u.measured && svc.state == DbState::Active {
+                    // No volume: the limit is Stratus's to keep (the proxy refuses what adds
+                    // data while it is reached). Files do not shrink when rows are deleted:
+                    // the room a `DELETE` made inside them counts as free.
+                    let full = u.used_bytes >= max
+                        && u.used_bytes
+                            .saturating_sub(self.free_in_tables(&name).await)
+                            >= max;
+                    self.set_storage_full(&name, full.then_some(max));
+                    if !full {
+                        reported.remove(&name);
+                    } else if reported.insert(name.clone()) {
+                        self.report_full(&name, svc.spec.storage_gb, u).await;
+                    }
+                    continue;
+                }
+                if u.measured {
+                    continue; // suspended: it writes nothing, and its state stays as it was
                 }
                 let Some(to) = next_size(u.used_bytes, u.limit_bytes, u.volume_bytes, max) else {
                     if !full_at_max(u.used_bytes, u.limit_bytes, u.volume_bytes, max) {

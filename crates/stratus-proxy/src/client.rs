@@ -13,6 +13,7 @@ use crate::recovery::{Recovery, Ticket};
 use crate::relay::idle_backend_closed;
 use crate::replay::{self, Entry, Marker, OnLoss, TxLog};
 use crate::session::{BACKEND_TRACKING, SessionState};
+use crate::storage_limit;
 use crate::stream::{ClientIo, ClientStream, End, ReadError};
 use crate::{Directory, Proxy};
 use bytes::BytesMut;
@@ -555,6 +556,18 @@ impl<D: Directory> Session<D> {
             one = classify::classify(sql);
             std::slice::from_ref(&one)
         };
+        // A later statement of a multi-statement query is judged without its own text: its DDL
+        // counts as adding data.
+        let adds = stmts
+            .iter()
+            .enumerate()
+            .any(|(i, s)| storage_limit::adds_data(s, if i == 0 { sql } else { b"CREATE" }));
+        if adds {
+            if let Some(limit) = self.proxy.dir.storage_full(&self.service) {
+                let refused = storage_limit::refused(&self.service, limit);
+                return self.client.send(seq, &refused.packet()).await;
+            }
+        }
         let in_trans = self.state.in_transaction;
         let on_loss = replay::on_loss(
             stmts,
@@ -806,6 +819,12 @@ impl<D: Directory> Session<D> {
                 let _ = b.send(COM_STMT_CLOSE, &bid.to_le_bytes()).await;
             }
             return Ok(());
+        }
+        if cmd == COM_STMT_EXECUTE && storage_limit::adds_data(&stmt.class, &stmt.sql) {
+            if let Some(limit) = self.proxy.dir.storage_full(&self.service) {
+                let refused = storage_limit::refused(&self.service, limit);
+                return self.client.send(seq, &refused.packet()).await;
+            }
         }
         let class = Recording {
             writes: replay::may_write(&stmt.class),

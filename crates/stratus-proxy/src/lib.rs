@@ -18,6 +18,8 @@
 //! * `recovery`: the order in which a database's sessions replay after its server was lost.
 //! * [`activity`]: what the control plane is told about each database.
 //! * [`throttle`]: failed logins counted, and the delay they earn.
+//! * [`storage_limit`]: what a database at its storage limit may still run, where no volume
+//!   enforces the limit.
 //! * `testkit` (test builds only): whole sessions in-process, an in-memory client and a scripted
 //!   server on an in-memory network, for the failover tests beside `client/failover.rs`.
 
@@ -35,6 +37,7 @@ mod recovery;
 mod relay;
 pub mod replay;
 pub mod session;
+pub mod storage_limit;
 mod stream;
 #[cfg(test)]
 mod testkit;
@@ -88,6 +91,14 @@ pub trait Directory: Send + Sync + 'static {
     /// A client session lived through the loss of its backend (how is in `report`). Recorded
     /// as an event; must not block the session.
     fn failover(&self, service: &str, report: replay::Failover);
+
+    /// The storage limit `service` has reached where nothing below the server enforces it (no
+    /// volume), if it has: its statements that add data are then refused
+    /// ([`storage_limit`]). Called for such statements only; must be cheap.
+    fn storage_full(&self, service: &str) -> Option<u64> {
+        let _ = service;
+        None
+    }
 
     /// Failed logins from one source or for one account started being delayed (once per
     /// episode, not per failure). `service` is the database the triggering attempt named, when

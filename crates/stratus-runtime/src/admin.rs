@@ -175,6 +175,11 @@ pub trait ServerAdmin: Send + Sized {
     /// (<https://mariadb.com/kb/en/purge-binary-logs/>). Returns how many were deleted.
     fn purge_binary_logs(&mut self) -> impl Future<Output = Result<u64>> + Send;
 
+    /// Bytes inside the tables' files that are free for new rows (`DATA_FREE`,
+    /// <https://mariadb.com/kb/en/information-schema-tables-table/>): what a `DELETE` gave back
+    /// without shrinking a file.
+    fn free_in_tables(&mut self) -> impl Future<Output = Result<u64>> + Send;
+
     fn close(self) -> impl Future<Output = ()> + Send;
 }
 
@@ -280,6 +285,13 @@ impl ServerAdmin for AdminConn {
             .into_iter()
             .map(|(user, plugin, auth)| Account { user, plugin, auth })
             .collect())
+    }
+
+    async fn free_in_tables(&mut self) -> Result<u64> {
+        let free: Option<u64> = self
+            .query_value("SELECT CAST(COALESCE(SUM(DATA_FREE), 0) AS UNSIGNED) FROM information_schema.TABLES")
+            .await?;
+        Ok(free.unwrap_or(0))
     }
 
     async fn purge_binary_logs(&mut self) -> Result<u64> {

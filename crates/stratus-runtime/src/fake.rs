@@ -432,6 +432,7 @@ impl Runtime for FakeRuntime {
             limit_bytes: s.storage_limit,
             volume_bytes: s.storage_limit,
             log_bytes: 0,
+            measured: false,
         })
     }
 
@@ -627,6 +628,12 @@ impl ServerAdmin for FakeAdmin {
     async fn accounts(&mut self) -> Result<Vec<Account>> {
         self.act(format!("accounts {}", self.name), |w, name| {
             w.server(name).map(|_| Vec::new())
+        })
+    }
+
+    async fn free_in_tables(&mut self) -> Result<u64> {
+        self.act(format!("free_in_tables {}", self.name), |w, name| {
+            w.server(name).map(|_| 0)
         })
     }
 

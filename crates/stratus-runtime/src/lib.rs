@@ -116,6 +116,9 @@ pub struct StorageUse {
     pub volume_bytes: u64,
     /// Bytes of its binary log, which is kept outside the volume.
     pub log_bytes: u64,
+    /// No volume holds it: `used_bytes` is measured (the files' blocks), `limit_bytes` and
+    /// `volume_bytes` are 0, and only Stratus can keep it within its limit.
+    pub measured: bool,
 }
 
 /// A started (or adopted) server.
@@ -171,7 +174,7 @@ pub struct RuntimeInfo {
     pub encryption: Option<String>,
     /// Where databases' data lives: `XFS volumes (loop devices)`, or `plain directories`.
     pub storage: String,
-    /// Why there are no volumes, when there are none: their size limits are then not enforced.
+    /// Why there are no volumes, when there are none: size limits are then kept by measuring.
     pub storage_note: Option<String>,
 }
 

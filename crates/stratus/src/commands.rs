@@ -61,7 +61,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
             match &s.storage_note {
                 None => println!("storage:          {}", s.storage),
                 Some(why) => println!(
-                    "storage:          {}: size limits not enforced ({why})",
+                    "storage:          {}: size limits kept by measuring ({why})",
                     s.storage
                 ),
             }

@@ -84,6 +84,10 @@ impl Directory for ControlDirectory {
         }
     }
 
+    fn storage_full(&self, service: &str) -> Option<u64> {
+        self.cp.storage_full(service)
+    }
+
     fn failover(&self, service: &str, report: Failover) {
         let (cp, service) = (self.cp.clone(), service.to_owned());
         let ms = report.duration.as_millis() as u64;

@@ -209,7 +209,7 @@ impl LocalRuntime {
             let probed = volume::Volumes::probe(&cfg.root.join("volumes"));
             if let Err(why) = &probed {
                 tracing::warn!(
-                    "databases get plain directories, their size limits not enforced: {why}"
+                    "databases get plain directories, their size limits kept by measuring: {why}"
                 );
             }
             probed
@@ -856,8 +856,20 @@ impl Runtime for LocalRuntime {
     }
 
     fn storage(&self, name: &ServiceName) -> Option<crate::StorageUse> {
-        self.inner.volumes.as_ref().ok()?;
         let data = self.inner.paths(name.as_str()).data;
+        if self.inner.volumes.is_err() {
+            // Plain directories: measured, for the limit Stratus enforces itself.
+            if !data.is_dir() {
+                return None;
+            }
+            return Some(crate::StorageUse {
+                used_bytes: volume::disk_use(&data),
+                limit_bytes: 0,
+                volume_bytes: 0,
+                log_bytes: volume::disk_use(&self.inner.paths(name.as_str()).binlog),
+                measured: true,
+            });
+        }
         if !volume::is_mounted(&data) {
             return None;
         }
@@ -880,6 +892,7 @@ impl Runtime for LocalRuntime {
             limit_bytes,
             volume_bytes,
             log_bytes,
+            measured: false,
         })
     }
 

@@ -252,3 +252,21 @@ impl Volumes {
         thawed.map(drop).map_err(err(&context))
     }
 }
+
+/// The disk space the files under `dir` take (their allocated blocks, so sparse files count
+/// for what they hold), for directories no volume limits.
+pub fn disk_use(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
