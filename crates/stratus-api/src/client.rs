@@ -202,11 +202,15 @@ impl ApiClient {
         .await
     }
 
-    pub async fn create_backup(&self, db: &str) -> Result<BackupView, ClientError> {
-        self.call::<(), _>(
+    pub async fn create_backup(
+        &self,
+        db: &str,
+        req: &BackupRequest,
+    ) -> Result<BackupView, ClientError> {
+        self.call(
             Method::POST,
             &format!("/v1/databases/{}/backups", percent_encode(db)),
-            None,
+            Some(req),
         )
         .await
     }

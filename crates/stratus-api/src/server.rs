@@ -552,9 +552,21 @@ async fn create_backup<S: Store, R: Runtime>(
     State(st): Shared<S, R>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<BackupView>)> {
     caller.check(Action::Write, Some(&name))?;
-    Ok((StatusCode::CREATED, Json(st.cp.create_backup(&name).await?)))
+    // No body is a full backup, as before there were incremental ones.
+    let req: BackupRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        BackupRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::from(ControlError::Invalid(format!("bad backup request: {e}")))
+        })?
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(st.cp.take_backup(&name, req).await?),
+    ))
 }
 
 async fn backup_schedule<S: Store, R: Runtime>(

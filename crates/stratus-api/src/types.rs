@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use stratus_control::backup::{BackupView, RestoreRequest};
+pub use stratus_control::backup::{BackupRequest, BackupView, RestoreRequest};
 pub use stratus_control::branch::BranchRequest;
 pub use stratus_control::lifecycle::CreateRequest;
 pub use stratus_control::{CreatedDatabase, CreatedUser, DatabaseView, UserView};

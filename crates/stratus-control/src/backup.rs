@@ -21,7 +21,7 @@ use std::time::Instant;
 use stratus_core::time::{now_ms, rfc3339};
 use stratus_core::{EventKind, ServiceName};
 use stratus_runtime::commit_times::{self, BinlogPos};
-use stratus_runtime::{LogReplay, Runtime};
+use stratus_runtime::{LogReplay, RestoreFrom, Runtime};
 use stratus_store::Store;
 
 const RECORD: &str = "backup.json";
@@ -32,8 +32,11 @@ const SUMS: &str = "SHA256SUMS";
 pub struct BackupRecord {
     pub id: String,
     pub database: String,
-    /// `full` (the only kind so far).
+    /// `full`, or `incremental` (the pages changed since `base`).
     pub kind: String,
+    /// The backup an incremental one was taken on top of.
+    #[serde(default)]
+    pub base: Option<String>,
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
     /// Bytes of its files.
@@ -65,6 +68,8 @@ pub struct BackupView {
     pub id: String,
     pub database: String,
     pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     pub started_at: String,
     pub finished_at: String,
     pub bytes: u64,
@@ -79,6 +84,7 @@ impl From<&BackupRecord> for BackupView {
             id: r.id.clone(),
             database: r.database.clone(),
             kind: r.kind.clone(),
+            base: r.base.clone(),
             started_at: rfc3339(r.started_at_ms),
             finished_at: rfc3339(r.finished_at_ms),
             bytes: r.bytes,
@@ -87,6 +93,15 @@ impl From<&BackupRecord> for BackupView {
             verification: r.verification.clone(),
         }
     }
+}
+
+/// A request to take a backup.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// Only what changed since the newest verified backup of this database (which must exist).
+    #[serde(default)]
+    pub incremental: bool,
 }
 
 /// A request to make a database from a backup.
@@ -267,8 +282,31 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// it. The database's lock is held throughout, so it is not suspended or parked under the
     /// backup (nor scaled meanwhile).
     pub async fn create_backup(&self, db: &str) -> Result<BackupView> {
+        self.take_backup(db, BackupRequest::default()).await
+    }
+
+    /// Takes a backup now: full, or incremental on top of the newest verified backup of the
+    /// same database (the same incarnation of its name: another's pages are not its base).
+    pub async fn take_backup(&self, db: &str, req: BackupRequest) -> Result<BackupView> {
         let name = ServiceName::parse(db)?;
         let _guard = self.lock(&name).await;
+        let base = if req.incremental {
+            let svc = self.load(&name).await?;
+            let archive = crate::schedule::archive_name(svc.created_at_ms);
+            let base = self
+                .records(Some(name.as_str()))?
+                .into_iter()
+                .rev()
+                .find(|r| r.verified && r.archive() == archive)
+                .ok_or_else(|| {
+                    ControlError::WrongState(format!(
+                        "{name} has no verified backup to take an incremental one on top of; take a full one first"
+                    ))
+                })?;
+            Some(base)
+        } else {
+            None
+        };
         let svc = self
             .ensure_running(&name, EventKind::Resumed, "for a backup")
             .await?;
@@ -281,7 +319,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         std::fs::create_dir_all(&parent).map_err(internal("cannot create the backup directory"))?;
         let partial = parent.join(format!(".{id}.partial"));
         let _ = std::fs::remove_dir_all(&partial);
-        let taken = self.runtime.backup(&name, &partial).await;
+        let base_dir = base.as_ref().map(|b| parent.join(&b.id));
+        let taken = self
+            .runtime
+            .backup(&name, &partial, base_dir.as_deref())
+            .await;
         let taken = match taken {
             Ok(t) => t,
             Err(e) => {
@@ -306,6 +348,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         .map_err(|e| ControlError::Internal(format!("checksum task: {e}")))?
         .map_err(internal("cannot checksum the backup"));
         let (verified, verification) = match sums {
+            Ok(Ok(())) if base.is_some() => (
+                true,
+                "taken by mariadb-backup on top of its base (prepared with it at a restore); every file checksummed and read back".to_owned(),
+            ),
             Ok(Ok(())) => (
                 true,
                 "prepared by mariadb-backup; every file checksummed and read back".to_owned(),
@@ -319,7 +365,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let record = BackupRecord {
             id: id.clone(),
             database: name.to_string(),
-            kind: "full".to_owned(),
+            kind: if base.is_some() {
+                "incremental"
+            } else {
+                "full"
+            }
+            .to_owned(),
+            base: base.as_ref().map(|b| b.id.clone()),
             started_at_ms: started,
             finished_at_ms: now_ms(),
             bytes: dir_bytes(&partial),
@@ -464,6 +516,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     pub async fn delete_backup(&self, id: &str) -> Result<()> {
         let (db, dir) = self.backup_dir(id)?;
+        if let Some(on_top) = self
+            .records(Some(db.as_str()))?
+            .iter()
+            .find(|r| r.base.as_deref() == Some(id))
+        {
+            return Err(ControlError::WrongState(format!(
+                "backup {id} is the base of incremental backup {}; delete that one first",
+                on_top.id
+            )));
+        }
         std::fs::remove_dir_all(&dir).map_err(internal("cannot delete the backup"))?;
         self.event(
             &db,
@@ -516,23 +578,32 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     })?,
             },
         };
-        let dir = self.backups_of(source.as_str()).join(&record.id);
-        if !record.verified {
-            return Err(ControlError::WrongState(format!(
-                "backup {} failed verification when it was taken ({}); it is not used for a restore",
-                record.id, record.verification
-            )));
+        // The backup and, for an incremental one, every backup under it down to a full one:
+        // each verified again.
+        let chain = self.chain(&source, &record)?;
+        for r in &chain {
+            if !r.verified {
+                return Err(ControlError::WrongState(format!(
+                    "backup {} failed verification when it was taken ({}); it is not used for a restore",
+                    r.id, r.verification
+                )));
+            }
+            let check = self.backups_of(source.as_str()).join(&r.id);
+            tokio::task::spawn_blocking(move || verify_files(&check))
+                .await
+                .map_err(|e| ControlError::Internal(format!("verification task: {e}")))?
+                .map_err(|why| {
+                    ControlError::WrongState(format!(
+                        "backup {} failed verification: {why}; it is not used for a restore",
+                        r.id
+                    ))
+                })?;
         }
-        let check = dir.clone();
-        tokio::task::spawn_blocking(move || verify_files(&check))
-            .await
-            .map_err(|e| ControlError::Internal(format!("verification task: {e}")))?
-            .map_err(|why| {
-                ControlError::WrongState(format!(
-                    "backup {} failed verification: {why}; it is not used for a restore",
-                    record.id
-                ))
-            })?;
+        let dirs: Vec<PathBuf> = chain
+            .iter()
+            .map(|r| self.backups_of(source.as_str()).join(&r.id))
+            .collect();
+        let bytes: u64 = chain.iter().map(|r| r.bytes).sum();
 
         let _guard = self.lock(&to).await;
         let begin = Instant::now();
@@ -545,12 +616,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 // Room for the data and as much again, within the maximum.
                 spec.storage_bytes = spec
                     .storage_bytes
-                    .max(record.bytes.saturating_mul(2))
+                    .max(bytes.saturating_mul(2))
                     .min(crate::storage::max_bytes(record.source.storage_gb));
                 let runtime = &self.runtime;
-                let dir = dir.clone();
-                let replay = at.as_ref().and_then(|p| p.replay.clone());
-                async move { runtime.restore(&spec, &dir, replay.as_ref()).await }
+                let from = RestoreFrom {
+                    full: dirs[0].clone(),
+                    incrementals: dirs[1..].to_vec(),
+                    replay: at.as_ref().and_then(|p| p.replay.clone()),
+                };
+                async move { runtime.restore(&spec, &from).await }
             })
             .await?;
         let ms = begin.elapsed().as_millis() as u64;
@@ -586,6 +660,29 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// `record` and the backups it was taken on top of, full one first.
+    fn chain(&self, source: &ServiceName, record: &BackupRecord) -> Result<Vec<BackupRecord>> {
+        let all = self.records(Some(source.as_str()))?;
+        let mut chain = vec![record.clone()];
+        while let Some(base) = chain.last().and_then(|r| r.base.clone()) {
+            let found = all.iter().find(|r| r.id == base).ok_or_else(|| {
+                ControlError::WrongState(format!(
+                    "backup {} is incremental on top of {base}, which is gone",
+                    record.id
+                ))
+            })?;
+            if chain.len() > all.len() {
+                return Err(ControlError::Internal(format!(
+                    "backup {} has a cycle of bases",
+                    record.id
+                )));
+            }
+            chain.push(found.clone());
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
     /// The backup and the stretch of archived binary log that make `source` as it was at
     /// `time`: the newest verified backup whose consistent point is at or before it, and every
     /// transaction after that point committed at or before it (`commit_times::cut`).

@@ -162,7 +162,25 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 verified: r.verified,
             })
             .collect();
-        let gone = expired(&kept, schedule, now_ms());
+        let mut gone = expired(&kept, schedule, now_ms());
+        // A kept incremental backup keeps every backup under it.
+        let mut needed: Vec<String> = records
+            .iter()
+            .filter(|r| !gone.contains(&r.id))
+            .filter_map(|r| r.base.clone())
+            .collect();
+        while let Some(id) = needed.pop() {
+            if let Some(i) = gone.iter().position(|g| *g == id) {
+                gone.remove(i);
+                if let Some(r) = records.iter().find(|r| r.id == id) {
+                    needed.extend(r.base.clone());
+                }
+            }
+        }
+        // Incrementals first, so no base is deleted under one.
+        gone.sort_by_key(|id| {
+            std::cmp::Reverse(records.iter().position(|r| &r.id == id).unwrap_or(0))
+        });
         for id in &gone {
             if let Err(e) = self.delete_backup(id).await {
                 tracing::warn!(db = %name, "retention cannot delete backup {id}: {e}");

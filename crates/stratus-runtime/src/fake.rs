@@ -475,7 +475,13 @@ impl Runtime for FakeRuntime {
 
     /// A fake backup is a directory with the statements the server ran, one per line in
     /// `data/statements`; its restore runs them on the new server.
-    async fn backup(&self, name: &ServiceName, dest: &Path) -> Result<crate::BackupTaken> {
+    async fn backup(
+        &self,
+        name: &ServiceName,
+        dest: &Path,
+        base: Option<&Path>,
+    ) -> Result<crate::BackupTaken> {
+        let _ = base; // a fake backup holds everything: an incremental one too
         let statements = {
             let mut w = self.world();
             w.calls.push(format!("backup {name}"));
@@ -496,18 +502,15 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn restore(
-        &self,
-        spec: &InstanceSpec,
-        from: &Path,
-        replay: Option<&crate::LogReplay>,
-    ) -> Result<Instance> {
+    async fn restore(&self, spec: &InstanceSpec, from: &crate::RestoreFrom) -> Result<Instance> {
         let name = spec.name.as_str();
-        if let Some(r) = replay {
+        if let Some(r) = &from.replay {
             self.world()
                 .calls
                 .push(format!("replay {name} {}:{}", r.to.file, r.to.pos));
         }
+        // The newest backup of the chain holds the fake's whole state.
+        let from = from.incrementals.last().unwrap_or(&from.full);
         let statements =
             std::fs::read_to_string(from.join("data").join("statements")).map_err(|e| {
                 RuntimeError::io(format!("cannot read the backup {}", from.display()), e)

@@ -306,21 +306,36 @@ pub trait Runtime: Send + Sync + 'static {
     /// without blocking its writes, and prepares it (crash recovery applied), so that it can be
     /// started as it is. The files: `data/` (the prepared data directory) and, where data is
     /// encrypted at rest, the database's data key still wrapped by the master key.
+    /// With `base` (an earlier backup of the same server, full or incremental), the backup is
+    /// incremental: only the pages changed since `base`, not prepared (it is applied on top of
+    /// its base at a restore).
     fn backup(
         &self,
         name: &ServiceName,
         dest: &std::path::Path,
+        base: Option<&std::path::Path>,
     ) -> impl Future<Output = Result<BackupTaken>> + Send;
 
-    /// Creates the storage of a new database from a backup [`Runtime::backup`] took (`from`),
-    /// and starts it; with `replay`, the archived binary logs are applied on top of it first,
-    /// up to an exact position. On failure nothing is left behind.
+    /// Creates the storage of a new database from backups [`Runtime::backup`] took (a full one,
+    /// then the incrementals on top of it, in order), and starts it; with a replay, the archived
+    /// binary logs are applied on top, up to an exact position. On failure nothing is left
+    /// behind.
     fn restore(
         &self,
         spec: &InstanceSpec,
-        from: &std::path::Path,
-        replay: Option<&LogReplay>,
+        from: &RestoreFrom,
     ) -> impl Future<Output = Result<Instance>> + Send;
+}
+
+/// What a restore is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreFrom {
+    /// A full backup's directory.
+    pub full: std::path::PathBuf,
+    /// Incremental backups' directories, each taken on top of the one before (the first on
+    /// `full`).
+    pub incrementals: Vec<std::path::PathBuf>,
+    pub replay: Option<LogReplay>,
 }
 
 /// Archived binary logs ([`Runtime::archive_logs`]) to apply on top of a restored backup:

@@ -437,8 +437,8 @@ async fn every_commit_is_timed_within_its_commit_across_a_crash() {
 }
 
 #[tokio::test]
-async fn a_restore_replays_the_archived_log_to_an_exact_commit() {
-    use stratus_runtime::{LogReplay, commit_times};
+async fn a_restore_applies_an_incremental_backup_then_replays_the_log_to_an_exact_commit() {
+    use stratus_runtime::{LogReplay, RestoreFrom, commit_times};
     let dir = root();
     let rt = LocalRuntime::new(config(&dir, "pitr")).await.unwrap();
     let s = spec("pitr", 1);
@@ -449,28 +449,55 @@ async fn a_restore_replays_the_archived_log_to_an_exact_commit() {
         .await
         .unwrap();
     timed_commits(&mut conn, 3).await;
-    let backup = dir.path().join("backup");
-    let taken = rt.backup(&s.name, &backup).await.unwrap();
+    let full = dir.path().join("full");
+    rt.backup(&s.name, &full, None).await.unwrap();
+    timed_commits(&mut conn, 2).await;
+    let inc = dir.path().join("inc");
+    let taken = rt.backup(&s.name, &inc, Some(&full)).await.unwrap();
+    let checkpoints = std::fs::read_to_string(inc.join("data/xtrabackup_checkpoints")).unwrap();
+    assert!(
+        checkpoints.contains("backup_type = incremental"),
+        "{checkpoints}"
+    );
     let base = taken.binlog.expect("the backup's binary log position");
     // Past the backup: a rotation, then more.
-    let mut after = timed_commits(&mut conn, 5).await;
+    let mut after = timed_commits(&mut conn, 3).await;
     conn.exec("FLUSH BINARY LOGS").await.unwrap();
     after.extend(timed_commits(&mut conn, 5).await);
     conn.close().await;
     let archive = dir.path().join("archive");
     rt.archive_logs(&s.name, &archive).await.unwrap();
 
-    // The time right after the 7th commit past the backup: 3 + 7 rows.
-    let t = after[6].2;
+    // The time right after the 6th commit past the incremental backup: 3 + 2 + 6 rows.
+    let t = after[5].2;
     let (to, last) = commit_times::cut(&archive, &base, t).unwrap().unwrap();
-    assert_eq!(last.gtid, after[6].0);
+    assert_eq!(last.gtid, after[5].0);
     let r = spec("pitr-copy", 1);
-    let replay = LogReplay {
-        archive: archive.clone(),
-        from: base,
-        to,
+    let listing = |d: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d.join("data/l"))
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name(), e.metadata().unwrap().len()))
+            .collect();
+        v.sort();
+        v
     };
-    let copy = rt.restore(&r, &backup, Some(&replay)).await.unwrap();
+    let inc_files = listing(&inc);
+    let from = RestoreFrom {
+        full,
+        incrementals: vec![inc.clone()],
+        replay: Some(LogReplay {
+            archive: archive.clone(),
+            from: base,
+            to,
+        }),
+    };
+    let copy = rt.restore(&r, &from).await.unwrap();
+    assert_eq!(
+        listing(&inc),
+        inc_files,
+        "the incremental backup is left as it was"
+    );
     let mut conn = admin(&rt, &r, &copy.endpoint).await;
     let (n, last): (Option<u64>, Option<i64>) = (
         conn.query_value("SELECT COUNT(*) FROM l.t").await.unwrap(),
@@ -480,8 +507,8 @@ async fn a_restore_replays_the_archived_log_to_an_exact_commit() {
     );
     assert_eq!(
         (n, last),
-        (Some(10), Some(1)),
-        "3 + 7 rows, the last the second of the batch after the rotation"
+        (Some(11), Some(2)),
+        "3 + 2 + 6 rows, the last the third of the batch after the rotation"
     );
     let slaves: Vec<mysql_async::Row> = conn.query_rows("SHOW ALL SLAVES STATUS").await.unwrap();
     assert!(slaves.is_empty(), "nothing left replicating");

@@ -192,8 +192,14 @@ pub enum DbCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// Take a full backup of a database now, from its running server, and verify it.
-    Create { db: String },
+    /// Take a backup of a database now, from its running server, and verify it.
+    Create {
+        db: String,
+        /// Only what changed since its newest verified backup (restored with the backups
+        /// under it).
+        #[arg(long)]
+        incremental: bool,
+    },
     /// List a database's backups (also of a deleted database), oldest first.
     List { db: String },
     /// Check a backup's files against their checksums again; a damaged one is marked failed.

@@ -12,8 +12,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use stratus_api::ApiClient;
 use stratus_api::types::{
-    BranchRequest, CreateRequest, CreateTokenRequest, CreateUserRequest, DatabaseView, EventView,
-    RestoreRequest,
+    BackupRequest, BranchRequest, CreateRequest, CreateTokenRequest, CreateUserRequest,
+    DatabaseView, EventView, RestoreRequest,
 };
 
 pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -341,8 +341,9 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
 
 async fn backup(api: &ApiClient, json: bool, cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
-        BackupCommand::Create { db } => {
-            let b = with_spinner(format!("backing up {db}"), api.create_backup(&db)).await?;
+        BackupCommand::Create { db, incremental } => {
+            let req = BackupRequest { incremental };
+            let b = with_spinner(format!("backing up {db}"), api.create_backup(&db, &req)).await?;
             if json {
                 return print_json(&b);
             }
@@ -354,10 +355,14 @@ async fn backup(api: &ApiClient, json: bool, cmd: BackupCommand) -> anyhow::Resu
                 );
             }
             println!(
-                "Backup {} of {} taken and verified ({}).",
+                "Backup {} of {} taken and verified ({}{}).",
                 b.id,
                 b.database,
-                bytes(b.bytes)
+                bytes(b.bytes),
+                b.base
+                    .as_deref()
+                    .map(|base| format!(", incremental on top of {base}"))
+                    .unwrap_or_default()
             );
             Ok(())
         }

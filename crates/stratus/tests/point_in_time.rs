@@ -1,7 +1,8 @@
 //! Point-in-time restore end to end: a ledger written without pause, a time T taken between two
 //! of its transactions, and `db restore --time T` must bring back exactly what was committed at
 //! T, no transaction more and none less; also after `mariadbd` was killed between T and the
-//! restore, as a branch (`db branch --time`), and after the source was deleted (and another
+//! restore (from an incremental backup), as a branch (`db branch --time`), and after the source
+//! was deleted (and another
 //! database made under its name).
 
 mod common;
@@ -126,6 +127,16 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     assert_eq!(rows, at_t1, "the ledger at {t1}, exactly");
     assert_eq!(total, sum(&at_t1), "the balance agrees with the ledger");
 
+    // An incremental backup on top of the full one: the base of the restores to later times.
+    let inc = s.json(&["backup", "create", "bank", "--incremental"]);
+    assert_eq!(
+        (&inc["kind"], &inc["base"], &inc["verified"]),
+        (&"incremental".into(), &b["id"], &true.into()),
+        "{inc}"
+    );
+    let err = s.fails(&["backup", "delete", b["id"].as_str().unwrap()]);
+    assert!(err.contains("base of incremental"), "{err}");
+
     // `mariadbd` killed between T and the restore: the writer carries on through the proxy.
     let (t2, at_t2) = mark(&marks).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -156,7 +167,13 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
         written,
         "every acknowledged commit is in the source"
     );
-    s.json(&["db", "restore", "bank", "--to", "bank-t2", "--time", &t2]);
+    let restored = s.json(&["db", "restore", "bank", "--to", "bank-t2", "--time", &t2]);
+    let events = s.json(&["events", "--db", "bank-t2", "--limit", "20"]);
+    assert!(
+        events.to_string().contains(inc["id"].as_str().unwrap()),
+        "restored from the incremental backup: {events}"
+    );
+    assert_eq!(restored["state"], "active");
     let (rows, total) = restored_ledger(&s, "bank-t2").await;
     assert_eq!(rows, at_t2, "the ledger at {t2}, after a crash");
     assert_eq!(total, sum(&at_t2));

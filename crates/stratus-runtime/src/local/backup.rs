@@ -107,7 +107,12 @@ impl Inner {
         Ok(tail)
     }
 
-    pub(super) async fn backup(&self, key: &str, dest: &Path) -> Result<BackupTaken> {
+    pub(super) async fn backup(
+        &self,
+        key: &str,
+        dest: &Path,
+        base: Option<&Path>,
+    ) -> Result<BackupTaken> {
         let proc = self
             .running(key)
             .ok_or_else(|| RuntimeError::NotRunning(key.to_owned()))?;
@@ -136,20 +141,28 @@ impl Inner {
         let files = self.backup_files(key, &paths.dir, &paths.data, key_file)?;
         let defaults = format!("--defaults-file={}", files.defaults.display());
         let target_arg = format!("--target-dir={}", target.display());
-        self.run_backup_tool(
-            "--backup",
-            vec![
-                defaults.clone(),
-                "--backup".into(),
-                target_arg.clone(),
-                format!("--socket={}", socket.display()),
-                format!("--user={}", self.admin.user),
-            ],
-        )
-        .await?;
-        let log_tail = self
-            .run_backup_tool("--prepare", vec![defaults, "--prepare".into(), target_arg])
-            .await?;
+        let mut args = vec![
+            defaults.clone(),
+            "--backup".into(),
+            target_arg.clone(),
+            format!("--socket={}", socket.display()),
+            format!("--user={}", self.admin.user),
+        ];
+        if let Some(base) = base {
+            args.push(format!(
+                "--incremental-basedir={}",
+                base.join("data").display()
+            ));
+        }
+        let backed_up = self.run_backup_tool("--backup", args).await?;
+        // An incremental backup is prepared only on top of its base, at a restore.
+        let log_tail = match base {
+            Some(_) => backed_up,
+            None => {
+                self.run_backup_tool("--prepare", vec![defaults, "--prepare".into(), target_arg])
+                    .await?
+            }
+        };
         drop(files);
         if self.keys.is_some() {
             let wrapped = paths.dir.join(keys::WRAPPED_KEY_FILE);
@@ -404,6 +417,53 @@ impl Inner {
         }
         conn.close().await;
         outcome.map_err(|why| RuntimeError::Other(format!("database {key}: {why}")))
+    }
+}
+
+impl Inner {
+    /// Applies incremental backups, in order, to the data directory `restore_storage` made of
+    /// their full backup (<https://mariadb.com/kb/en/incremental-backup-and-restore-with-mariadb-backup/>),
+    /// with the database's key (the source's) in the private key directory for the run only.
+    pub(super) async fn apply_incrementals(
+        &self,
+        key: &str,
+        incrementals: &[PathBuf],
+    ) -> Result<()> {
+        if incrementals.is_empty() {
+            return Ok(());
+        }
+        let paths = self.paths(key);
+        let key_file = self
+            .keys
+            .is_some()
+            .then(|| self.key_dir.join(format!("{key}.key")));
+        let files = self.backup_files(key, &paths.dir, &paths.data, key_file)?;
+        let defaults = format!("--defaults-file={}", files.defaults.display());
+        // The tool moves the incremental's files into the target: it gets a copy, on the
+        // target's own file system (a rename cannot cross into a volume), never the backup.
+        let scratch = paths.data.join(".stratus-incremental");
+        for inc in incrementals {
+            let _ = std::fs::remove_dir_all(&scratch);
+            std::fs::create_dir(&scratch)
+                .and_then(|()| template::copy_into(&inc.join("data"), &scratch))
+                .map_err(|e| RuntimeError::io(format!("cannot copy {}", inc.display()), e))?;
+            let applied = self
+                .run_backup_tool(
+                    "--prepare --incremental-dir",
+                    vec![
+                        defaults.clone(),
+                        "--prepare".into(),
+                        format!("--target-dir={}", paths.data.display()),
+                        format!("--incremental-dir={}", scratch.display()),
+                    ],
+                )
+                .await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            applied?;
+        }
+        drop(files);
+        // The tool wrote as Stratus: the server's user must own what it reads.
+        self.user.give(&paths.data)
     }
 }
 

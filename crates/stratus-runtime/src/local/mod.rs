@@ -933,19 +933,24 @@ impl Runtime for LocalRuntime {
         started.map(Some)
     }
 
-    async fn backup(&self, name: &ServiceName, dest: &Path) -> Result<crate::BackupTaken> {
-        self.inner.backup(name.as_str(), dest).await
+    async fn backup(
+        &self,
+        name: &ServiceName,
+        dest: &Path,
+        base: Option<&Path>,
+    ) -> Result<crate::BackupTaken> {
+        self.inner.backup(name.as_str(), dest, base).await
     }
 
-    async fn restore(
-        &self,
-        spec: &InstanceSpec,
-        from: &Path,
-        replay: Option<&crate::LogReplay>,
-    ) -> Result<Instance> {
+    async fn restore(&self, spec: &InstanceSpec, from: &crate::RestoreFrom) -> Result<Instance> {
         let key = spec.name.as_str();
+        let replay = from.replay.as_ref();
         self.inner
-            .restore_storage(key, from, spec.storage_bytes, replay)?;
+            .restore_storage(key, &from.full, spec.storage_bytes, replay)?;
+        if let Err(e) = self.inner.apply_incrementals(key, &from.incrementals).await {
+            let _ = self.destroy(&spec.name).await;
+            return Err(e);
+        }
         let mut started = self.inner.start_server(&Launch::from(spec)).await;
         if let (Ok(instance), Some(r)) = (&started, replay) {
             if let Err(e) = self.inner.replay(key, &instance.endpoint, r).await {
