@@ -94,12 +94,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     continue;
                 };
                 let cron = schedule.cron().ok().flatten();
-                if cron.is_some() || !records.is_empty() {
+                let incremental = schedule.incremental_cron().ok().flatten();
+                if cron.is_some() || incremental.is_some() || !records.is_empty() {
                     self.archive_logs(&name).await;
                 }
-                let Some(cron) = cron else {
-                    continue;
-                };
                 let now = now_ms();
                 if failed.get(&name).is_some_and(|(_, retry)| *retry > now) {
                     continue;
@@ -110,10 +108,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 if svc.state == DbState::Parked && records.iter().any(|r| r.verified) {
                     continue;
                 }
-                if !due(&cron, last, now) {
+                // A full backup when one is due, else an incremental one when that is due and
+                // there is a verified backup of this incarnation to build on.
+                let archive = archive_name(svc.created_at_ms);
+                let has_base = records.iter().any(|r| r.verified && r.archive() == archive);
+                let req = if cron.as_ref().is_some_and(|c| due(c, last, now)) {
+                    crate::backup::BackupRequest::default()
+                } else if has_base && incremental.as_ref().is_some_and(|c| due(c, last, now)) {
+                    crate::backup::BackupRequest { incremental: true }
+                } else {
                     continue;
-                }
-                match self.create_backup(name.as_str()).await {
+                };
+                match self.take_backup(name.as_str(), req).await {
                     Ok(b) if b.verified => {
                         failed.remove(&name);
                         self.apply_retention(&name, &schedule).await;

@@ -43,6 +43,10 @@ pub struct BackupSchedule {
     pub keep_last: u32,
     /// Where backups go; only the installation's backup directory so far.
     pub target: String,
+    /// Cron expression in UTC for incremental backups between the full ones (on top of the
+    /// newest verified backup); empty: none.
+    #[serde(default)]
+    pub incremental_cron: String,
 }
 
 impl Default for BackupSchedule {
@@ -52,6 +56,7 @@ impl Default for BackupSchedule {
             retention_days: 7,
             keep_last: 0,
             target: "backups".into(),
+            incremental_cron: String::new(),
         }
     }
 }
@@ -65,8 +70,18 @@ impl BackupSchedule {
         crate::cron::Cron::parse(&self.cron).map(Some)
     }
 
+    /// The incremental backups' expression, `None` when there are none.
+    pub fn incremental_cron(&self) -> Result<Option<crate::cron::Cron>, crate::cron::CronError> {
+        if self.incremental_cron.trim().is_empty() {
+            return Ok(None);
+        }
+        crate::cron::Cron::parse(&self.incremental_cron).map(Some)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.cron().map_err(|e| e.to_string())?;
+        self.incremental_cron()
+            .map_err(|e| format!("incremental_cron: {e}"))?;
         if self.retention_days == 0 {
             return Err("retention_days must be at least 1".into());
         }

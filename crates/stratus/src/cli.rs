@@ -219,6 +219,10 @@ pub enum BackupCommand {
         /// Keep at most this many backups, the newest (0: no limit but their age).
         #[arg(long)]
         keep_last: Option<u32>,
+        /// Cron expression in UTC for incremental backups between the full ones ("" for none,
+        /// the default).
+        #[arg(long)]
+        incremental_cron: Option<String>,
     },
 }
 

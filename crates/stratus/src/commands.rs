@@ -395,10 +395,16 @@ async fn backup(api: &ApiClient, json: bool, cmd: BackupCommand) -> anyhow::Resu
             cron,
             retention_days,
             keep_last,
+            incremental_cron,
         } => {
             let mut schedule = api.backup_schedule(&db).await?;
-            if cron.is_some() || retention_days.is_some() || keep_last.is_some() {
+            if cron.is_some()
+                || retention_days.is_some()
+                || keep_last.is_some()
+                || incremental_cron.is_some()
+            {
                 schedule.cron = cron.unwrap_or(schedule.cron);
+                schedule.incremental_cron = incremental_cron.unwrap_or(schedule.incremental_cron);
                 schedule.retention_days = retention_days.unwrap_or(schedule.retention_days);
                 schedule.keep_last = keep_last.unwrap_or(schedule.keep_last);
                 schedule = api.set_backup_schedule(&db, &schedule).await?;
@@ -409,6 +415,12 @@ async fn backup(api: &ApiClient, json: bool, cmd: BackupCommand) -> anyhow::Resu
             match schedule.cron.as_str() {
                 "" => println!("{db}: scheduled backups off"),
                 c => println!("{db}: backups at \"{c}\" (UTC)"),
+            }
+            if !schedule.incremental_cron.is_empty() {
+                println!(
+                    "  incremental backups at \"{}\" (UTC)",
+                    schedule.incremental_cron
+                );
             }
             println!(
                 "  kept {} days{}; the newest verified backup always stays",

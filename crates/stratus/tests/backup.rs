@@ -231,6 +231,81 @@ async fn a_schedule_takes_backups_by_itself_and_retention_keeps_the_newest() {
     s.stop();
 }
 
+/// Incremental backups on a schedule of their own, on top of the newest verified backup, and a
+/// restore from one (its full backup, then it).
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_incremental_backups_build_on_the_last_one_and_restore_whole() {
+    let mut s = Stratus::new("backup-inc");
+    s.start();
+    s.json(&["db", "create", "shop", "--password", "pw-shop"]);
+    let mut c = Conn::new(s.sql_opts("shop.admin", "pw-shop", Some("shop")))
+        .await
+        .unwrap();
+    c.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(40))")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO t VALUES (1,'in the full backup')")
+        .await
+        .unwrap();
+    let err = s.fails(&["backup", "create", "shop", "--incremental"]);
+    assert!(err.contains("take a full one first"), "{err}");
+    let full = s.json(&["backup", "create", "shop"]);
+    c.query_drop("INSERT INTO t VALUES (2,'in an incremental one')")
+        .await
+        .unwrap();
+    s.json(&[
+        "backup",
+        "schedule",
+        "shop",
+        "--cron",
+        "",
+        "--incremental-cron",
+        "*/2 * * * * *",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let inc = loop {
+        let list = s.json(&["backup", "list", "shop"]);
+        if let Some(b) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["kind"] == "incremental")
+        {
+            break b.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no incremental backup: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    s.json(&["backup", "schedule", "shop", "--incremental-cron", ""]);
+    assert_eq!(inc["base"], full["id"], "{inc}");
+    assert_eq!(inc["verified"], true, "{inc}");
+    assert!(
+        inc["bytes"].as_u64() < full["bytes"].as_u64(),
+        "only what changed: {inc} vs {full}"
+    );
+    c.disconnect().await.unwrap();
+    s.json(&[
+        "db",
+        "restore",
+        "shop",
+        "--to",
+        "shop-inc",
+        "--backup",
+        inc["id"].as_str().unwrap(),
+    ]);
+    assert_eq!(
+        rows(&s, "shop-inc.admin", "pw-shop", "shop").await,
+        vec![
+            (1, "in the full backup".to_owned()),
+            (2, "in an incremental one".to_owned())
+        ]
+    );
+    s.stop();
+}
+
 /// Where the server's binary log is at (`SHOW MASTER STATUS`).
 async fn log_position(c: &mut Conn) -> (String, u64) {
     let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
