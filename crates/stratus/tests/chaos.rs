@@ -65,6 +65,8 @@ struct Tally {
     uncertain: BTreeSet<i64>,
     /// Transactions rolled back by failover because their replay differed (error 1213).
     mismatches: u64,
+    /// What each rolled-back client was told, and when.
+    mismatch_detail: Vec<String>,
     /// Every other error, with what was running.
     errors: Vec<String>,
     reads: u64,
@@ -183,7 +185,11 @@ async fn writer(
                 Ok(()) => {
                     t.committed.insert(tid);
                 }
-                Err(e) if rolled_back_by_failover(&e) => t.mismatches += 1,
+                Err(e) if rolled_back_by_failover(&e) => {
+                    t.mismatches += 1;
+                    t.mismatch_detail
+                        .push(format!("{:?}: {e}", std::time::SystemTime::now()));
+                }
                 // Stratus itself went away: the outcome of this transfer is unknown.
                 Err(_) if disconnected && reconnect => {
                     t.uncertain.insert(tid);
@@ -258,7 +264,11 @@ async fn reader(o: OptsBuilder, id: i64, stop: Arc<AtomicBool>, tally: Shared, r
                     t.successes.push((100 + id, Instant::now()));
                     t.inconsistent.extend(wrong);
                 }
-                Err(e) if rolled_back_by_failover(&e) => t.mismatches += 1,
+                Err(e) if rolled_back_by_failover(&e) => {
+                    t.mismatches += 1;
+                    t.mismatch_detail
+                        .push(format!("{:?}: {e}", std::time::SystemTime::now()));
+                }
                 Err(_) if disconnected && reconnect => {}
                 Err(e) => t.errors.push(format!("reader {id}: {e}")),
             }
@@ -526,7 +536,11 @@ async fn clients_carry_on_while_the_server_is_killed_every_9_s() {
         "client errors: {:#?}",
         tally.errors
     );
-    assert_eq!(tally.mismatches, 0, "replays that differed");
+    assert_eq!(
+        tally.mismatches, 0,
+        "replays that differed: {:#?} (kills at {kills:?})",
+        tally.mismatch_detail
+    );
     assert!(
         tally.inconsistent.is_empty(),
         "reads that saw part of a transfer: {:?}",
