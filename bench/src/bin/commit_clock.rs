@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     // as idle in the middle of a run.
     let s = Stratus::start(
         &bin,
-        "[policy]\nidle_to_suspend_ms = 86400000\n[pool]\nmin = 0\nmax = 0\n",
+        "[mariadb]\nexact_commit_times = true\n[policy]\nidle_to_suspend_ms = 86400000\n[pool]\nmin = 0\nmax = 0\n",
     )?;
     let api = s.client();
     api.create(&CreateRequest {

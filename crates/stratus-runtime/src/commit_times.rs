@@ -13,10 +13,12 @@
 //! <end position> <unix time in µs> <GTID> <e|s>
 //! ```
 //!
-//! `e` (exact) marks a transaction the server waited for; `s` (second) one received without
-//! such a wait (while semi-synchronous replication was off, or caught up after a reconnect),
-//! whose time is the binary log's own second. Lines are appended in binary log order, so the
-//! transactions at or before a time are a prefix, and the files are archived with the logs.
+//! `e` (exact) marks a transaction the server waited for (`[mariadb] exact_commit_times`). `a`
+//! (arrival) one received without such a wait: its time is when it reached Stratus, or the end
+//! of the binary log's second for it if that is earlier (one caught up after a reconnect), so it
+//! is never before the commit but may be after it by the clock's lag. Lines are appended in
+//! binary log order, so the transactions at or before a time are a prefix, and the files are
+//! archived with the logs.
 
 use std::path::{Path, PathBuf};
 
@@ -57,13 +59,14 @@ pub struct Commit {
     /// Microseconds since the Unix epoch.
     pub at_us: i64,
     pub gtid: String,
-    /// Whether `at_us` is the acknowledged arrival (`true`) or the binary log's second.
+    /// Whether `at_us` is the acknowledged arrival (`true`) or an arrival the server did not
+    /// wait for (a bound above the commit, by the clock's lag).
     pub exact: bool,
 }
 
 impl Commit {
     pub fn line(&self) -> String {
-        let kind = if self.exact { 'e' } else { 's' };
+        let kind = if self.exact { 'e' } else { 'a' };
         format!("{} {} {} {kind}\n", self.end, self.at_us, self.gtid)
     }
 
@@ -75,7 +78,7 @@ impl Commit {
         let gtid = it.next()?.to_owned();
         let exact = match it.next()? {
             "e" => true,
-            "s" => false,
+            "a" => false,
             _ => return None,
         };
         it.next().is_none().then_some(Self {
@@ -86,14 +89,11 @@ impl Commit {
         })
     }
 
-    /// Whether it committed at or before `t_us`. A transaction known only to the second counts
-    /// as committed at the end of its second: never placed before `t` when it may be after.
+    /// Whether it committed at or before `t_us`. Both kinds of time are at or after the commit,
+    /// so a transaction is never placed before `t` when it was after; one the server did not
+    /// wait for may be placed after `t` when it committed within the clock's lag before it.
     pub fn at_or_before(&self, t_us: i64) -> bool {
-        if self.exact {
-            self.at_us <= t_us
-        } else {
-            self.at_us < t_us.div_euclid(1_000_000) * 1_000_000 || self.at_us + 999_999 <= t_us
-        }
+        self.at_us <= t_us
     }
 }
 
@@ -204,7 +204,7 @@ mod tests {
         for bad in [
             "",
             "1 2 3",
-            "1 2 0-1-1 x",
+            "1 2 0-1-1 s",
             "a 2 0-1-1 e",
             "1 2 0-1-1 e extra",
         ] {
@@ -213,17 +213,14 @@ mod tests {
     }
 
     #[test]
-    fn a_time_known_to_the_second_is_before_t_only_if_its_whole_second_is() {
+    fn a_commit_is_at_or_before_t_by_its_time_whatever_its_kind() {
         let t = 10_500_000; // 10.5 s
-        assert!(c(1, 10_499_999, true).at_or_before(t));
-        assert!(c(1, 10_500_000, true).at_or_before(t));
-        assert!(!c(1, 10_500_001, true).at_or_before(t));
-        assert!(c(1, 9_000_000, false).at_or_before(t));
-        assert!(
-            !c(1, 10_000_000, false).at_or_before(t),
-            "same second: unknown"
-        );
-        assert!(c(1, 10_000_000, false).at_or_before(10_999_999));
+        for exact in [true, false] {
+            assert!(c(1, 10_499_999, exact).at_or_before(t));
+            assert!(c(1, 10_500_000, exact).at_or_before(t));
+            assert!(!c(1, 10_500_001, exact).at_or_before(t));
+        }
+        assert_eq!(Commit::parse("5 6 0-1-5 a").map(|c| c.exact), Some(false));
     }
 
     #[test]

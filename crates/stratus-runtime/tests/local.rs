@@ -399,7 +399,9 @@ fn assert_timed(binlog: &std::path::Path, commits: &[(String, i64, i64)]) {
 #[tokio::test]
 async fn every_commit_is_timed_within_its_commit_across_a_crash() {
     let dir = root();
-    let rt = LocalRuntime::new(config(&dir, "clock")).await.unwrap();
+    let mut cfg = config(&dir, "clock");
+    cfg.exact_commit_times = true;
+    let rt = LocalRuntime::new(cfg).await.unwrap();
     let mut exits = rt.exits();
     let s = spec("clock", 1);
     let inst = rt.provision(&s).await.unwrap();
@@ -440,7 +442,9 @@ async fn every_commit_is_timed_within_its_commit_across_a_crash() {
 async fn a_restore_applies_an_incremental_backup_then_replays_the_log_to_an_exact_commit() {
     use stratus_runtime::{LogReplay, RestoreFrom, commit_times};
     let dir = root();
-    let rt = LocalRuntime::new(config(&dir, "pitr")).await.unwrap();
+    let mut cfg = config(&dir, "pitr");
+    cfg.exact_commit_times = true;
+    let rt = LocalRuntime::new(cfg).await.unwrap();
     let s = spec("pitr", 1);
     let inst = rt.provision(&s).await.unwrap();
     let mut conn = admin(&rt, &s, &inst.endpoint).await;

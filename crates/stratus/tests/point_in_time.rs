@@ -96,6 +96,13 @@ fn sum(rows: &[(u64, i64)]) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     let mut s = Stratus::new("pitr");
+    // Exact to the transaction: every commit waits for Stratus to note its time.
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        cfg.replace("[mariadb]\n", "[mariadb]\nexact_commit_times = true\n"),
+    )
+    .unwrap();
     s.start();
     s.json(&["db", "create", "bank", "--password", "pw-bank"]);
     let mut c = Conn::new(s.sql_opts("bank.admin", "pw-bank", Some("bank")))

@@ -302,10 +302,12 @@ async fn session(
         if (ends_group || need_ack) && end > 0 && !gtid.is_empty() {
             let commit = Commit {
                 end: u64::from(end),
+                // Not waited for: when it arrived, or the end of its binary log second if that is
+                // earlier (an event caught up after a reconnect arrives late).
                 at_us: if need_ack {
                     now_us()
                 } else {
-                    i64::from(when) * 1_000_000
+                    now_us().min(i64::from(when) * 1_000_000 + 999_999)
                 },
                 gtid: std::mem::take(&mut gtid),
                 exact: need_ack,

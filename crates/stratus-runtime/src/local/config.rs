@@ -45,6 +45,9 @@ pub struct ServerOptions {
     /// (`keys.rs`); `None`: off (the template, which holds no tenant data).
     pub key_file: Option<PathBuf>,
     pub server_id: u32,
+    /// Wait at each commit for the commit clock (`commit_clock`): commit times exact to the
+    /// transaction, at the cost `docs/storage.md` gives.
+    pub semi_sync: bool,
     pub buffer_pool_bytes: u64,
     /// Reserve address space for growth (only where the server knows the option).
     pub buffer_pool_max_bytes: Option<u64>,
@@ -117,12 +120,14 @@ pub fn render(o: &ServerOptions) -> String {
     line("gtid_strict_mode", &"ON");
     line("log_slave_updates", &"ON");
     line("binlog_expire_logs_seconds", &(3 * 86_400));
-    // Stratus follows every server as a semi-synchronous replica to time each commit to the
-    // microsecond (`commit_clock`): the server waits for its acknowledgement after writing a
-    // transaction to the binary log and before committing it in the engine. Without a
-    // replica attached it does not wait; a replica slower than a second is dropped to
-    // asynchronous until it catches up.
-    line("rpl_semi_sync_master_enabled", &"ON");
+    // Stratus follows every server as a replica to time each commit (`commit_clock`). With
+    // `semi_sync` the server waits for its acknowledgement after writing a transaction to the
+    // binary log and before committing it in the engine. Without a replica attached it does
+    // not wait; a replica slower than a second is dropped to asynchronous until it catches up.
+    line(
+        "rpl_semi_sync_master_enabled",
+        &if o.semi_sync { "ON" } else { "OFF" },
+    );
     line("rpl_semi_sync_master_wait_point", &"AFTER_SYNC");
     line("rpl_semi_sync_master_wait_no_slave", &"OFF");
     line("rpl_semi_sync_master_timeout", &1000);
@@ -166,6 +171,7 @@ mod tests {
             init_file: Some("/d/init.sql".into()),
             key_file: Some("/s/shop.key".into()),
             server_id: 7,
+            semi_sync: true,
             buffer_pool_bytes: 1 << 30,
             buffer_pool_max_bytes: Some(1 << 31),
         }

@@ -72,6 +72,8 @@ pub struct LocalConfig {
     pub master_key: Option<PathBuf>,
     /// Give each database a volume of its own where the host allows (`volume`).
     pub volumes: bool,
+    /// Servers wait at each commit for the commit clock's acknowledgement (`commit_clock`).
+    pub exact_commit_times: bool,
 }
 
 impl LocalConfig {
@@ -85,6 +87,7 @@ impl LocalConfig {
             server_user: DEFAULT_SERVER_USER.into(),
             master_key: None,
             volumes: true,
+            exact_commit_times: false,
         }
     }
 }
@@ -440,6 +443,7 @@ impl Inner {
             plugin_dir: self.plugin_dir.clone(),
             init_file: Some(paths.init.clone()),
             server_id: config::server_id(&spec.key),
+            semi_sync: self.cfg.exact_commit_times,
             buffer_pool_bytes: spec.resources.buffer_pool_bytes,
             buffer_pool_max_bytes: self
                 .mariadb

@@ -62,6 +62,7 @@ pub async fn ensure(
         init_file: None,
         key_file: None,
         server_id: 1,
+        semi_sync: false,
         buffer_pool_bytes: 16 << 20,
         buffer_pool_max_bytes: None,
     };
