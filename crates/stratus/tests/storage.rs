@@ -206,7 +206,11 @@ async fn a_branch_is_an_independent_copy_made_at_once() {
         "--time",
         "2026-01-01T00:00:00Z",
     ]);
-    assert!(err.contains("point-in-time restore"), "{err}");
+    // A branch at a past time is a point-in-time restore: it needs a backup from before then.
+    assert!(
+        err.contains("a verified backup of shop-two taken before"),
+        "{err}"
+    );
     s.stop();
 }
 
