@@ -711,6 +711,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 continue;
             };
             let archive = self.backups_of(source.as_str()).join(record.archive());
+            if commit_times::files(&archive).is_empty() {
+                return Err(ControlError::WrongState(format!(
+                    "point-in-time restore needs the commit times of {source}'s binary log, and none were noted: set [mariadb] commit_clock = true (or restore a whole backup with --backup)"
+                )));
+            }
             // The backup holds everything up to its consistent point: usable only if the last
             // transaction there committed at or before `time`.
             let before = commit_times::last_at_or_before(&archive, &base)

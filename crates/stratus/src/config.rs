@@ -121,6 +121,9 @@ pub struct MariaDbSection {
     pub stop_grace_secs: Option<u64>,
     /// The OS user servers run as when Stratus runs as root [default: `stratus-db`].
     pub user: Option<String>,
+    /// Stratus notes when each transaction commits, which point-in-time restore needs
+    /// [default: false; see docs/storage.md for why].
+    pub commit_clock: Option<bool>,
     /// Every commit waits for Stratus to note its time (semi-synchronous replication), so
     /// point-in-time restore is exact to the transaction [default: false; see
     /// docs/storage.md for what it costs].
@@ -154,6 +157,7 @@ pub struct Settings {
     pub master_key: Option<PathBuf>,
     pub cgroups: bool,
     pub volumes: bool,
+    pub commit_clock: bool,
     pub exact_commit_times: bool,
     /// Empty: derived from the data directory once it is resolved.
     pub cgroup_parent: String,
@@ -233,6 +237,7 @@ impl Settings {
             }),
             cgroups: fc.resources.cgroups.unwrap_or(true),
             volumes: fc.resources.volumes.unwrap_or(true),
+            commit_clock: fc.mariadb.commit_clock.unwrap_or(false),
             exact_commit_times: fc.mariadb.exact_commit_times.unwrap_or(false),
             cgroup_parent: fc.resources.cgroup_parent.unwrap_or_default(),
             policy: fc.policy.clone().unwrap_or_default(),

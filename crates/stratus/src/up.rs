@@ -55,6 +55,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     };
     local.resource_control = settings.cgroups;
     local.volumes = settings.volumes;
+    local.commit_clock = settings.commit_clock;
     local.exact_commit_times = settings.exact_commit_times;
     local.start_timeout = settings.start_timeout;
     local.server_user = settings.server_user.clone();

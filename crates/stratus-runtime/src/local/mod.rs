@@ -72,7 +72,10 @@ pub struct LocalConfig {
     pub master_key: Option<PathBuf>,
     /// Give each database a volume of its own where the host allows (`volume`).
     pub volumes: bool,
-    /// Servers wait at each commit for the commit clock's acknowledgement (`commit_clock`).
+    /// Follow each server to note when its transactions commit (`commit_clock`), the times
+    /// point-in-time restore needs.
+    pub commit_clock: bool,
+    /// Servers wait at each commit for the commit clock's acknowledgement (implies the clock).
     pub exact_commit_times: bool,
 }
 
@@ -87,6 +90,7 @@ impl LocalConfig {
             server_user: DEFAULT_SERVER_USER.into(),
             master_key: None,
             volumes: true,
+            commit_clock: false,
             exact_commit_times: false,
         }
     }
@@ -549,6 +553,9 @@ impl Inner {
     /// runs, and waits (briefly) until the server streams to it, so that the first commit a
     /// client makes is timed exactly too.
     async fn follow_commits(&self, name: &str, proc: &Arc<Proc>, paths: &DbPaths) {
+        if !self.cfg.commit_clock && !self.cfg.exact_commit_times {
+            return;
+        }
         let Endpoint::Unix(socket) = &proc.endpoint else {
             return;
         };
