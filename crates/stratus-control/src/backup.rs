@@ -697,8 +697,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             return Err(ControlError::Invalid(format!("{time} is in the future")));
         }
         // What the running source committed by now reaches the archive first.
-        if self.store.service(source).await.ok().flatten().is_some() {
-            self.archive_logs(source).await;
+        if let Ok(Some(svc)) = self.store.service(source).await {
+            self.archive_logs(&svc).await;
         }
 
         let records = self.records(Some(source.as_str()))?;

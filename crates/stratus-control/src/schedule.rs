@@ -96,7 +96,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 let cron = schedule.cron().ok().flatten();
                 let incremental = schedule.incremental_cron().ok().flatten();
                 if cron.is_some() || incremental.is_some() || !records.is_empty() {
-                    self.archive_logs(&name).await;
+                    self.archive_logs(&svc).await;
                 }
                 let now = now_ms();
                 if failed.get(&name).is_some_and(|(_, retry)| *retry > now) {
@@ -139,14 +139,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Copies what is new in a database's binary log to its archive, beside its backups, so that
     /// every committed transaction is kept from a backup on (the base of point-in-time
     /// restore). Databases that neither have backups nor take them archive nothing.
-    pub(crate) async fn archive_logs(&self, name: &ServiceName) {
+    pub(crate) async fn archive_logs(&self, svc: &stratus_core::DatabaseService) {
         if let Err(e) = self.backup_root() {
             tracing::warn!("{e}");
             return;
         }
-        let Ok(Some(svc)) = self.store.service(name).await else {
-            return;
-        };
+        let name = svc.name();
         let dest = self
             .backups_of(name.as_str())
             .join(archive_name(svc.created_at_ms));

@@ -80,9 +80,10 @@ const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// The binary log outgrew its budget (as much as the database's maximum): the logs before
     /// the current one are deleted. It is kept outside the volume, so it is bounded here.
-    async fn trim_logs(&self, name: &ServiceName, log_bytes: u64, budget: u64) {
+    async fn trim_logs(&self, svc: &stratus_core::DatabaseService, log_bytes: u64, budget: u64) {
+        let name = svc.name();
         // What the archive has not copied yet goes there first.
-        self.archive_logs(name).await;
+        self.archive_logs(svc).await;
         let purged = tokio::time::timeout(PURGE_TIMEOUT, async {
             let mut conn = self.admin_unlocked(name).await?;
             let n = conn.purge_binary_logs().await;
@@ -120,6 +121,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// The storage limit a database has reached where no volume enforces it, if it has.
     pub fn storage_full(&self, name: &str) -> Option<u64> {
+        // Asked before every statement that adds data: nothing full (the rule) costs a load.
+        if self
+            .any_storage_full
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            return None;
+        }
         let name = ServiceName::parse(name).ok()?;
         self.storage_full
             .lock()
@@ -134,6 +143,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             Some(l) => full.insert(name.clone(), l),
             None => full.remove(name),
         };
+        self.any_storage_full
+            .store(full.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A volume met its maximum: the database's writes that do not fit fail from now on.
@@ -184,7 +195,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 };
                 let max = max_bytes(svc.spec.storage_gb);
                 if u.log_bytes > max {
-                    self.trim_logs(&name, u.log_bytes, max).await;
+                    self.trim_logs(&svc, u.log_bytes, max).await;
                 }
                 if u.measured && svc.state == DbState::Active {
                     // No volume: the limit is Stratus's to keep (the proxy refuses what adds
