@@ -13,7 +13,9 @@
 //! 1. every session that lost a transaction holding locks (one that wrote or read with a locking
 //!    clause) replays its answered statements; nothing else is sent to the new server meanwhile;
 //! 2. then the statements that were cut off are sent again one after the other, in the order in
-//!    which they were first sent, and only after them anything new.
+//!    which they were first sent, and only after them anything new: a new connection's first
+//!    statement, and what a session sends once its own part is over (on the connection to the
+//!    new server it already has).
 //!
 //! Sessions join a recovery when they notice their own loss: a running statement's read fails,
 //! an idle session's socket closes (it then replays at once, without waiting for its client).
@@ -22,6 +24,7 @@
 //! never finishes its part holds the others back for at most the replay timeout.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -42,6 +45,9 @@ impl Recoveries {
 pub(crate) struct Recovery {
     inner: Mutex<Inner>,
     changed: Notify,
+    /// Whether anything of it is left to go first: asked before every command, so one load
+    /// when (as almost always) nothing is.
+    open: AtomicBool,
 }
 
 #[derive(Default)]
@@ -61,6 +67,11 @@ impl Inner {
 impl Recovery {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes whether anything is left to go first; called with the lock held, after a change.
+    fn note(&self, inner: &Inner) {
+        self.open.store(!inner.clear(), Ordering::Release);
     }
 
     /// A session lost its backend. `holds_locks`: it had a transaction that took locks, to be
@@ -89,7 +100,13 @@ impl Recovery {
                 inner.resend.insert((at, session));
             }
         }
+        self.note(&inner);
         t
+    }
+
+    /// Whether anything of a recovery is left to go first.
+    pub(crate) fn open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
     }
 
     /// Waits until nothing of a recovery is left to go first: what a session that needs a new
@@ -127,7 +144,10 @@ pub(crate) struct Ticket {
 impl Ticket {
     /// Its transaction's answered statements are replayed (or cannot be).
     pub(crate) fn replayed(&self) {
-        if self.recovery.lock().replaying.remove(&self.session) {
+        let mut inner = self.recovery.lock();
+        if inner.replaying.remove(&self.session) {
+            self.recovery.note(&inner);
+            drop(inner);
             self.recovery.changed.notify_waiters();
         }
     }
@@ -157,6 +177,7 @@ impl Drop for Ticket {
         if let Some(at) = self.stamp {
             changed |= inner.resend.remove(&(at, self.session));
         }
+        self.recovery.note(&inner);
         drop(inner);
         if changed {
             self.recovery.changed.notify_waiters();

@@ -52,6 +52,15 @@ impl<D: Directory> Session<D> {
                 self.replay_failed(seq, Some(f), e).await
             };
         }
+        if self.ticket.is_none() && self.backend.is_some() && self.recovery.open() {
+            // A session whose part in a recovery is over (its transaction carried over while it
+            // sat idle, its cut-off COMMIT found committed, its statement sent again) already
+            // has the new server; what it sends now is new, and goes after every other
+            // session's part, as a new connection's first statement does (`ensure_backend`).
+            // Sent before, it could take locks a transaction still to be replayed had held, and
+            // that replay would differ.
+            self.recovery.settled(limits.timeout).await;
+        }
         let lost_in_transaction = self.backend.is_none() && self.txlog.active;
         if lost_in_transaction
             && (on_loss == OnLoss::Rollback || on_loss == OnLoss::Commit && !self.txlog.wrote)

@@ -38,6 +38,15 @@ pub(crate) enum Reply {
     },
     /// The connection closes without an answer: the server died with the statement running.
     Drop,
+    /// Every connection closes without an answer: the whole server died with the statement
+    /// running (what `kill -9` of `mariadbd` does to every session at once).
+    Crash,
+    /// `answer`, once `gate` gives a permit: a statement that waits (for a lock, say) until
+    /// the test lets it go.
+    Held {
+        gate: Arc<tokio::sync::Semaphore>,
+        answer: Box<Reply>,
+    },
     /// The first `packets` packets of `answer` are sent, then the connection closes.
     Cut {
         packets: usize,
@@ -103,8 +112,8 @@ impl Reply {
                 });
                 out
             }
-            Reply::Cut { answer, .. } => answer.packets(caps, status),
-            Reply::Drop => Vec::new(),
+            Reply::Cut { answer, .. } | Reply::Held { answer, .. } => answer.packets(caps, status),
+            Reply::Drop | Reply::Crash => Vec::new(),
         }
     }
 }
@@ -351,6 +360,14 @@ async fn serve(shared: Arc<Shared>, conn: u32, mut s: DuplexStream) {
                 let packets = reply.packets(caps, status(in_trans));
                 match reply {
                     Reply::Drop => return,
+                    Reply::Crash => {
+                        shared.kill.send_modify(|k| *k += 1);
+                        return;
+                    }
+                    Reply::Held { gate, .. } => {
+                        let _ = gate.acquire().await.map(|p| p.forget());
+                        packets
+                    }
                     Reply::Cut { packets: n, .. } => {
                         let _ = send(&mut s, 1, &packets[..n.min(packets.len())]).await;
                         return;
