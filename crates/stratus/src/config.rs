@@ -122,11 +122,11 @@ pub struct MariaDbSection {
     /// The OS user servers run as when Stratus runs as root [default: `stratus-db`].
     pub user: Option<String>,
     /// Stratus notes when each transaction commits, which point-in-time restore needs
-    /// [default: false; see docs/storage.md for why].
+    /// [default: true].
     pub commit_clock: Option<bool>,
     /// Every commit waits for Stratus to note its time (semi-synchronous replication), so
-    /// point-in-time restore is exact to the transaction [default: false; see
-    /// docs/storage.md for what it costs].
+    /// point-in-time restore is exact to the transaction [default: true; docs/storage.md says
+    /// what it costs].
     pub exact_commit_times: Option<bool>,
 }
 
@@ -237,8 +237,8 @@ impl Settings {
             }),
             cgroups: fc.resources.cgroups.unwrap_or(true),
             volumes: fc.resources.volumes.unwrap_or(true),
-            commit_clock: fc.mariadb.commit_clock.unwrap_or(false),
-            exact_commit_times: fc.mariadb.exact_commit_times.unwrap_or(false),
+            commit_clock: fc.mariadb.commit_clock.unwrap_or(true),
+            exact_commit_times: fc.mariadb.exact_commit_times.unwrap_or(true),
             cgroup_parent: fc.resources.cgroup_parent.unwrap_or_default(),
             policy: fc.policy.clone().unwrap_or_default(),
             pool: fc.pool.unwrap_or_default(),

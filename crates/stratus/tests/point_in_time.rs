@@ -95,14 +95,8 @@ fn sum(rows: &[(u64, i64)]) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
+    // The defaults: exact to the transaction, every commit waits for Stratus to note its time.
     let mut s = Stratus::new("pitr");
-    // Exact to the transaction: every commit waits for Stratus to note its time.
-    let cfg = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(
-        &s.config,
-        cfg.replace("[mariadb]\n", "[mariadb]\nexact_commit_times = true\n"),
-    )
-    .unwrap();
     s.start();
     s.json(&["db", "create", "bank", "--password", "pw-bank"]);
     let mut c = Conn::new(s.sql_opts("bank.admin", "pw-bank", Some("bank")))
@@ -255,4 +249,60 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     let err = s.fails(&["db", "restore", "bank", "--to", "x", "--time", "yesterday"]);
     assert!(err.contains("RFC 3339"), "{err}");
     s.stop();
+}
+
+/// With the commit clock turned off there are no commit times to cut the log by: a restore to a
+/// time is refused with what to do, and nothing is made; a whole backup still restores.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_commit_times_a_restore_to_a_time_is_refused_and_says_how_to_get_them() {
+    let mut s = Stratus::new("pitr-off");
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        cfg.replace("[mariadb]\n", "[mariadb]\ncommit_clock = false\n"),
+    )
+    .unwrap();
+    s.start();
+    s.json(&["db", "create", "bank", "--password", "pw-bank"]);
+    let mut c = Conn::new(s.sql_opts("bank.admin", "pw-bank", Some("bank")))
+        .await
+        .unwrap();
+    c.query_drop(
+        "CREATE TABLE ledger (id INT PRIMARY KEY, amount INT); INSERT INTO ledger VALUES (1, 5)",
+    )
+    .await
+    .unwrap();
+    let b = s.json(&["backup", "create", "bank"]);
+    assert_eq!(b["verified"], true, "{b}");
+    c.query_drop("INSERT INTO ledger VALUES (2, 6)")
+        .await
+        .unwrap();
+    let t = now_rfc3339();
+
+    let err = s.fails(&["db", "restore", "bank", "--to", "bank-t", "--time", &t]);
+    assert!(err.contains("commit_clock = true"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    let listed = s.json(&["db", "list"]).to_string();
+    assert!(!listed.contains("bank-t"), "nothing was made: {listed}");
+
+    let whole = s.json(&[
+        "db",
+        "restore",
+        "bank",
+        "--to",
+        "bank-b",
+        "--backup",
+        b["id"].as_str().unwrap(),
+    ]);
+    assert_eq!(whole["state"], "active", "{whole}");
+    let mut r = Conn::new(s.sql_opts("bank-b.admin", "pw-bank", Some("bank")))
+        .await
+        .unwrap();
+    let rows: Vec<(i32, i32)> = r
+        .query("SELECT id, amount FROM ledger ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(rows, [(1, 5)]);
+    r.disconnect().await.unwrap();
+    c.disconnect().await.unwrap();
 }

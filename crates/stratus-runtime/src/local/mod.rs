@@ -75,7 +75,7 @@ pub struct LocalConfig {
     /// Follow each server to note when its transactions commit (`commit_clock`), the times
     /// point-in-time restore needs.
     pub commit_clock: bool,
-    /// Servers wait at each commit for the commit clock's acknowledgement (implies the clock).
+    /// Servers wait at each commit for the commit clock's acknowledgement (with `commit_clock`).
     pub exact_commit_times: bool,
 }
 
@@ -90,8 +90,8 @@ impl LocalConfig {
             server_user: DEFAULT_SERVER_USER.into(),
             master_key: None,
             volumes: true,
-            commit_clock: false,
-            exact_commit_times: false,
+            commit_clock: true,
+            exact_commit_times: true,
         }
     }
 }
@@ -447,7 +447,7 @@ impl Inner {
             plugin_dir: self.plugin_dir.clone(),
             init_file: Some(paths.init.clone()),
             server_id: config::server_id(&spec.key),
-            semi_sync: self.cfg.exact_commit_times,
+            semi_sync: self.cfg.commit_clock && self.cfg.exact_commit_times,
             buffer_pool_bytes: spec.resources.buffer_pool_bytes,
             buffer_pool_max_bytes: self
                 .mariadb
@@ -553,7 +553,7 @@ impl Inner {
     /// runs, and waits (briefly) until the server streams to it, so that the first commit a
     /// client makes is timed exactly too.
     async fn follow_commits(&self, name: &str, proc: &Arc<Proc>, paths: &DbPaths) {
-        if !self.cfg.commit_clock && !self.cfg.exact_commit_times {
+        if !self.cfg.commit_clock {
             return;
         }
         let Endpoint::Unix(socket) = &proc.endpoint else {
