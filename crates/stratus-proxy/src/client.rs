@@ -141,6 +141,7 @@ pub(crate) async fn session<D: Directory>(
     let mut session = Session {
         recovery: proxy.recoveries.of(&login.service),
         ticket: None,
+        recovered: false,
         doomed: None,
         unattended: false,
         last_sent: Instant::now(),
@@ -243,6 +244,9 @@ struct Session<D: Directory> {
     /// Its place in the current recovery, from noticing its backend lost until its cut-off
     /// statement is sent again (or it gives up).
     ticket: Option<Ticket>,
+    /// It took part in a recovery since its last command: what it sends next is new, and goes
+    /// after every other session's part.
+    recovered: bool,
     /// Its transaction was lost while the session sat idle and could not be carried over: what
     /// the client's next command hears, with the failover's start and attempts.
     doomed: Option<(ReplayError, (Instant, u32))>,

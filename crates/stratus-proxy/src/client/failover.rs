@@ -52,13 +52,15 @@ impl<D: Directory> Session<D> {
                 self.replay_failed(seq, Some(f), e).await
             };
         }
-        if self.ticket.is_none() && self.backend.is_some() && self.recovery.open() {
-            // A session whose part in a recovery is over (its transaction carried over while it
-            // sat idle, its cut-off COMMIT found committed, its statement sent again) already
-            // has the new server; what it sends now is new, and goes after every other
-            // session's part, as a new connection's first statement does (`ensure_backend`).
-            // Sent before, it could take locks a transaction still to be replayed had held, and
-            // that replay would differ.
+        if std::mem::take(&mut self.recovered) && self.ticket.is_none() && self.recovery.open() {
+            // Its part in a recovery is over (its transaction carried over while it sat idle,
+            // its cut-off COMMIT found committed, its statement sent again) and it already has
+            // the new server; what it sends now is new, and goes after every other session's
+            // part, as a new connection's first statement does (`ensure_backend`). Sent before,
+            // it could take locks that a transaction still to be replayed had held, and that
+            // replay would differ. Only sessions that took part wait: one that has not noticed
+            // its loss yet must send, fail and join at once, or the recovery would go on
+            // without it (and, waiting here, it would never notice).
             self.recovery.settled(limits.timeout).await;
         }
         let lost_in_transaction = self.backend.is_none() && self.txlog.active;
@@ -208,6 +210,7 @@ impl<D: Directory> Session<D> {
     fn join_recovery(&mut self, holds_locks: bool, cut_off: Option<Instant>) {
         let ticket = self.ticket.take();
         self.ticket = Some(self.recovery.lost(ticket, self.id, holds_locks, cut_off));
+        self.recovered = true;
     }
 
     /// The open transaction took locks (it wrote, or read with a locking clause) and can be
