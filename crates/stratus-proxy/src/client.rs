@@ -978,6 +978,10 @@ impl<D: Directory> Session<D> {
         self.stmts.clear();
         if service != self.service {
             self.activity = ServiceSlot::take(self.proxy.activity.service(&service)).0;
+            // Its place in recoveries is the new database's: the old one's order is not its.
+            self.ticket = None;
+            self.recovered = false;
+            self.recovery = self.proxy.recoveries.of(&service);
             self.service = service;
         }
         self.login.user = user_name.into_bytes();

@@ -475,11 +475,6 @@ async fn after_a_commit_found_committed_the_next_statement_waits_for_the_others_
     );
 
     assert_eq!(committer.query("COMMIT").await, ok(AUTOCOMMIT, 0));
-    // The holder's replay is under way and held.
-    let replaying = h.backend.log().iter().find_map(|e| match e {
-        Event::Query(c, s) if *c > 2 && s == HOLDERS_WRITE => Some(*c),
-        _ => None,
-    });
     let next = tokio::spawn(async move {
         let answer = committer.query(NEXT_WRITE).await;
         (committer, answer)
@@ -493,6 +488,11 @@ async fn after_a_commit_found_committed_the_next_statement_waits_for_the_others_
     for _ in 0..1000 {
         tokio::task::yield_now().await;
     }
+    // The holder's replay is under way and held.
+    let replaying = h.backend.log().iter().find_map(|e| match e {
+        Event::Query(c, s) if *c > 2 && s == HOLDERS_WRITE => Some(*c),
+        _ => None,
+    });
     assert!(
         replaying.is_some(),
         "the holder replays: {:?}",
