@@ -232,8 +232,7 @@ fn tokens_roles_scopes_and_host_names() {
 
     // A restart keeps the tokens and does not make a new admin token; with metrics_auth,
     // /metrics needs a token that covers every database.
-    let cfg = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(&s.config, format!("{cfg}[http]\nmetrics_auth = true\n")).unwrap();
+    s.configure("http", "metrics_auth = true");
     s.start();
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), admin);
     assert!(s.cli_as(&dev, &["db", "show", "shop"]).status.success());
@@ -248,7 +247,7 @@ fn a_non_loopback_api_needs_tls_and_gets_it() {
     // Refused at start, before anything else, with a one-line reason.
     let mut s = Stratus::new("auth-tls");
     let cfg = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(&s.config, format!("{cfg}[http]\ntls = false\n")).unwrap();
+    s.configure("http", "tls = false");
     let port = free_port();
     s.api = format!("0.0.0.0:{port}");
     let out = s.up_command().output().unwrap();

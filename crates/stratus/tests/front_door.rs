@@ -137,8 +137,7 @@ async fn repeated_wrong_passwords_are_counted_delayed_and_reported() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_distribution_client_verifies_the_certificate_against_the_ca_file() {
     let mut s = Stratus::new("certnames");
-    let cfg = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(&s.config, format!("{cfg}[tls]\ndomain = \"db.test\"\n")).unwrap();
+    s.configure("tls", "domain = \"db.test\"");
     s.start();
     let c = s.json(&["db", "create", "shop"]);
     let (user, pw) = (c["user"].as_str().unwrap(), c["password"].as_str().unwrap());

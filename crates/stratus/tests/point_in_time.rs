@@ -76,10 +76,15 @@ async fn mark(marks: &mpsc::Sender<oneshot::Sender<Mark>>) -> Mark {
     rx.await.unwrap()
 }
 
-async fn restored_ledger(s: &Stratus, db: &str) -> (Vec<(u64, i64)>, i64) {
-    let mut c = Conn::new(s.sql_opts(&format!("{db}.admin"), "pw-bank", Some("bank")))
+/// The owner's connection to database `db` (every database here has password `pw-bank`).
+async fn connect(s: &Stratus, db: &str) -> Conn {
+    Conn::new(s.sql_opts(&format!("{db}.admin"), "pw-bank", Some("bank")))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn restored_ledger(s: &Stratus, db: &str) -> (Vec<(u64, i64)>, i64) {
+    let mut c = connect(s, db).await;
     let rows = ledger(&mut c).await;
     let total: Option<i64> = c
         .query_first("SELECT total FROM balance WHERE id = 1")
@@ -99,9 +104,7 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     let mut s = Stratus::new("pitr");
     s.start();
     s.json(&["db", "create", "bank", "--password", "pw-bank"]);
-    let mut c = Conn::new(s.sql_opts("bank.admin", "pw-bank", Some("bank")))
-        .await
-        .unwrap();
+    let mut c = connect(&s, "bank").await;
     c.query_drop(
         "CREATE TABLE ledger (id BIGINT PRIMARY KEY AUTO_INCREMENT, amount INT NOT NULL); \
          CREATE TABLE balance (id INT PRIMARY KEY, total BIGINT NOT NULL); \
@@ -158,9 +161,7 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     stop.store(true, Ordering::Relaxed);
     let written = w.await.unwrap();
 
-    let mut c = Conn::new(s.sql_opts("bank.admin", "pw-bank", Some("bank")))
-        .await
-        .unwrap();
+    let mut c = connect(&s, "bank").await;
     let source = ledger(&mut c).await;
     c.disconnect().await.unwrap();
     assert_eq!(
@@ -187,9 +188,7 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     );
 
     // The source is untouched by all of it.
-    let mut c = Conn::new(s.sql_opts("bank.admin", "pw-bank", Some("bank")))
-        .await
-        .unwrap();
+    let mut c = connect(&s, "bank").await;
     assert_eq!(ledger(&mut c).await, source);
     c.disconnect().await.unwrap();
 
@@ -198,9 +197,7 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     s.json(&["db", "delete", "bank", "--yes"]);
     s.json(&["db", "restore", "bank", "--to", "bank", "--time", &t2]);
     assert_eq!(restored_ledger(&s, "bank").await.0, at_t2);
-    let mut c = Conn::new(s.sql_opts("bank.admin", "pw-bank", Some("bank")))
-        .await
-        .unwrap();
+    let mut c = connect(&s, "bank").await;
     let b = s.json(&["backup", "create", "bank"]);
     assert_eq!(b["verified"], true, "{b}");
     c.query_drop("INSERT INTO ledger (amount) VALUES (100)")
@@ -256,17 +253,10 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_commit_times_a_restore_to_a_time_is_refused_and_says_how_to_get_them() {
     let mut s = Stratus::new("pitr-off");
-    let cfg = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(
-        &s.config,
-        cfg.replace("[mariadb]\n", "[mariadb]\ncommit_clock = false\n"),
-    )
-    .unwrap();
+    s.configure("mariadb", "commit_clock = false");
     s.start();
     s.json(&["db", "create", "bank", "--password", "pw-bank"]);
-    let mut c = Conn::new(s.sql_opts("bank.admin", "pw-bank", Some("bank")))
-        .await
-        .unwrap();
+    let mut c = connect(&s, "bank").await;
     c.query_drop(
         "CREATE TABLE ledger (id INT PRIMARY KEY, amount INT); INSERT INTO ledger VALUES (1, 5)",
     )
@@ -295,9 +285,7 @@ async fn without_commit_times_a_restore_to_a_time_is_refused_and_says_how_to_get
         b["id"].as_str().unwrap(),
     ]);
     assert_eq!(whole["state"], "active", "{whole}");
-    let mut r = Conn::new(s.sql_opts("bank-b.admin", "pw-bank", Some("bank")))
-        .await
-        .unwrap();
+    let mut r = connect(&s, "bank-b").await;
     let rows: Vec<(i32, i32)> = r
         .query("SELECT id, amount FROM ledger ORDER BY id")
         .await

@@ -221,12 +221,7 @@ async fn a_branch_is_an_independent_copy_made_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_volumes_the_limit_is_kept_by_measuring_and_a_delete_makes_room() {
     let mut s = Stratus::new("measured");
-    let cfg = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(
-        &s.config,
-        cfg.replace("[resources]\n", "[resources]\nvolumes = false\n"),
-    )
-    .unwrap();
+    s.configure("resources", "volumes = false");
     s.start();
     let status = s.json(&["status"]);
     assert_eq!(status["storage"], "plain directories", "{status}");

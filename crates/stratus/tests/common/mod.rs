@@ -75,6 +75,19 @@ impl Stratus {
         }
     }
 
+    /// Adds `line` to `[section]` of its configuration (the section is made if missing); for
+    /// the next start.
+    pub fn configure(&self, section: &str, line: &str) {
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        let header = format!("[{section}]\n");
+        let cfg = if cfg.contains(&header) {
+            cfg.replacen(&header, &format!("{header}{line}\n"), 1)
+        } else {
+            format!("{cfg}{header}{line}\n")
+        };
+        std::fs::write(&self.config, cfg).unwrap();
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
