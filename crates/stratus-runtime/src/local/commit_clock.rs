@@ -18,8 +18,20 @@ use stratus_wire::packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// The replica's server id: even, so no database's (always odd, `config::server_id`) is it.
-const REPLICA_ID: u32 = 0x7fff_fff0;
+/// Connections made so far, for their replica server ids (`replica_id`).
+static CONNECTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A server id for one replica connection: even, so no database's (always odd,
+/// `config::server_id`) is it, below the restore's (`0x7ffffffe`), and new for every connection.
+/// A dump request with the id of a dump thread still running makes the server kill that thread
+/// as a zombie, and with semi-synchronous replication on, MariaDB 10.11 can deadlock there
+/// (`kill_zombie_dump_threads` waits in `Ack_receiver::remove_slave` while holding the old
+/// thread's lock), which later hangs its shutdown. A reconnecting clock (or a second `stratus
+/// up` adopting the server while the first one's connection is still open) never reuses an id.
+fn replica_id() -> u32 {
+    let n = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    0x7000_0000 | (std::process::id().wrapping_mul(0x1_0000).wrapping_add(n) << 1) & 0x07ff_fffe
+}
 
 const COM_QUERY: u8 = 0x03;
 const COM_BINLOG_DUMP: u8 = 0x12;
@@ -243,7 +255,7 @@ async fn session(
     let mut body = Vec::with_capacity(10 + file.len());
     body.extend_from_slice(&u32::try_from(pos.max(4)).unwrap_or(u32::MAX).to_le_bytes());
     body.extend_from_slice(&0u16.to_le_bytes());
-    body.extend_from_slice(&REPLICA_ID.to_le_bytes());
+    body.extend_from_slice(&replica_id().to_le_bytes());
     body.extend_from_slice(file.as_bytes());
     c.command(COM_BINLOG_DUMP, &body).await?;
     let mut times = Times {

@@ -118,6 +118,8 @@ struct Inner {
     procs: Mutex<HashMap<String, Arc<Proc>>>,
     exits: broadcast::Sender<ExitNotice>,
     next_spare: std::sync::atomic::AtomicU32,
+    /// Dropped with the runtime, which stops its commit clocks (never sent on).
+    clocks: watch::Sender<()>,
 }
 
 const STARTING: u8 = 0;
@@ -240,6 +242,7 @@ impl LocalRuntime {
                 procs: Mutex::new(HashMap::new()),
                 exits,
                 next_spare: std::sync::atomic::AtomicU32::new(1),
+                clocks: watch::channel(()).0,
             }),
         })
     }
@@ -561,13 +564,20 @@ impl Inner {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let watched = proc.clone();
+        let mut runtime_gone = self.clocks.subscribe();
         tokio::spawn(commit_clock::follow(
             name.to_owned(),
             socket.to_path_buf(),
             self.admin.user.clone(),
             paths.binlog.clone(),
             tx,
-            async move { watched.wait_exit().await },
+            async move {
+                tokio::select! {
+                    () = watched.wait_exit() => {}
+                    // Only ever an error: the runtime was dropped.
+                    _ = runtime_gone.changed() => {}
+                }
+            },
         ));
         if tokio::time::timeout(COMMIT_CLOCK_ATTACH, rx).await.is_err() {
             tracing::warn!(db = %name, "commit clock not attached within {COMMIT_CLOCK_ATTACH:?}; commit times are to the second until it is");
