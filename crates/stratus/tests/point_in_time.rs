@@ -294,3 +294,39 @@ async fn without_commit_times_a_restore_to_a_time_is_refused_and_says_how_to_get
     r.disconnect().await.unwrap();
     c.disconnect().await.unwrap();
 }
+
+/// A restore to a time after the last write (the commonest one: "as it was a moment ago") ends
+/// exactly at the end of the archived log, where the server's applier never stops by itself.
+/// The database comes from the warm pool and was scaled, parked, woken by its backup and
+/// branched, as in the README's walk-through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_to_after_the_last_write_has_every_transaction() {
+    let mut s = Stratus::with_pool("pitr-now", 1);
+    s.start();
+    let created = s.json(&["db", "create", "bank", "--password", "pw-bank"]);
+    assert_eq!(created["state"], "active", "{created}");
+    s.json(&["db", "scale", "bank", "--scu", "2"]);
+    s.json(&["db", "park", "bank"]);
+    let b = s.json(&["backup", "create", "bank"]);
+    assert_eq!(b["verified"], true, "{b}");
+    s.json(&["db", "branch", "bank", "bank-dev"]);
+    let mut c = connect(&s, "bank").await;
+    c.query_drop("CREATE TABLE ledger (id INT PRIMARY KEY, amount INT)")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO ledger VALUES (1, 5), (2, 6)")
+        .await
+        .unwrap();
+    let t = now_rfc3339();
+    c.disconnect().await.unwrap();
+
+    let restored = s.json(&["db", "restore", "bank", "--to", "bank-now", "--time", &t]);
+    assert_eq!(restored["state"], "active", "{restored}");
+    let mut r = connect(&s, "bank-now").await;
+    let rows: Vec<(i32, i32)> = r
+        .query("SELECT id, amount FROM ledger ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(rows, [(1, 5), (2, 6)]);
+    r.disconnect().await.unwrap();
+}

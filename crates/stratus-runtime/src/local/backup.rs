@@ -301,6 +301,8 @@ fn relay_logs(r: &LogReplay, binlog_dir: &Path) -> std::io::Result<()> {
         ));
     };
     std::fs::create_dir_all(binlog_dir)?;
+    // Under the same path as the server's `relay_log` (`config`), which is the real directory.
+    let binlog_dir = &super::canonical(binlog_dir);
     let mut index = String::new();
     for n in first..=last {
         let name = format!("mariadb-bin.{n:06}");
@@ -312,6 +314,14 @@ fn relay_logs(r: &LogReplay, binlog_dir: &Path) -> std::io::Result<()> {
         }
         let to = binlog_dir.join(relay_name(n));
         std::fs::copy(&from, &to)?;
+        if n == last {
+            // Nothing after the last transaction to keep can be applied, whatever the applier
+            // does; and its end is where the replay is over (see `replay`).
+            let f = std::fs::OpenOptions::new().write(true).open(&to)?;
+            if f.metadata()?.len() > r.to.pos {
+                f.set_len(r.to.pos)?;
+            }
+        }
         index.push_str(&format!("{}\n", to.display()));
     }
     std::fs::write(
@@ -383,6 +393,13 @@ impl Inner {
                 ));
             }
             if text("Slave_SQL_Running_State").contains("read all relay log") {
+                // The last relay log ends at the target (`relay_logs` cut it there), so having
+                // read it all means having applied all of it. The server may not have stopped
+                // by itself: it checks UNTIL before an event, and there is no next one.
+                let past = crate::commit_times::file_number(&file).is_some_and(|n| n > last);
+                if past || (file == relay_name(last) && pos >= r.to.pos) {
+                    break Ok(());
+                }
                 break Err(format!(
                     "the archived binary log ends at {file}:{pos}, short of {}:{}",
                     relay_name(last),

@@ -69,11 +69,23 @@ pub(super) async fn follow(
     let run = async {
         let mut delay = Duration::from_millis(50);
         let mut attached = Some(attached);
+        let mut resume = true;
         loop {
-            match session(&socket, &user, &binlog_dir, &mut attached).await {
-                Ok(()) => delay = Duration::from_millis(50),
+            match session(&socket, &user, &binlog_dir, &mut attached, resume).await {
+                Ok(()) => {
+                    delay = Duration::from_millis(50);
+                    resume = true;
+                }
+                Err(ClockError::Server(e)) if resume && e.starts_with("1236 ") => {
+                    // The server cannot stream from where the times stop: follow from its end
+                    // rather than never again; what committed in between has no times.
+                    tracing::warn!(db = %name, error = %e, "commit clock: cannot resume where its times stop; following from the end of the binary log");
+                    resume = false;
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(db = %name, error = %e, "commit clock: connection lost");
+                    resume = true;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
@@ -232,6 +244,7 @@ async fn session(
     user: &str,
     dir: &Path,
     attached: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    resume: bool,
 ) -> Result<(), ClockError> {
     let mut c = login(socket, user).await?;
     c.command(
@@ -248,7 +261,7 @@ async fn session(
         rows.first()
             .is_some_and(|v| v.eq_ignore_ascii_case("CRC32"))
     };
-    let (file, pos) = match resume_point(dir) {
+    let (file, pos) = match resume.then(|| resume_point(dir)).flatten() {
         Some(p) => p,
         None => master_end(socket, user).await?,
     };

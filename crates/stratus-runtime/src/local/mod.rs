@@ -444,7 +444,9 @@ impl Inner {
             pid_file: paths.pid.clone(),
             error_log: paths.log.clone(),
             tmpdir: paths.tmp.clone(),
-            binlog_dir: Some(paths.binlog.clone()),
+            // The real directory, not a claimed spare's name for it: the binary log index keeps
+            // full paths, and a replica asking for a file finds it only under the same one.
+            binlog_dir: Some(canonical(&paths.binlog)),
             user: self.user.os_user.as_ref().map(|a| a.name.clone()),
             secure_file_priv: paths.files.clone(),
             plugin_dir: self.plugin_dir.clone(),
@@ -1198,4 +1200,10 @@ fn private_dir(dir: &Path, user: &ServerUser) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `dir` with every symbolic link resolved (a claimed spare's database directory is a link to
+/// the spare's), or `dir` itself if it cannot be resolved.
+pub(crate) fn canonical(dir: &Path) -> PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
 }
