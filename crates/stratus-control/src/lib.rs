@@ -92,8 +92,8 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// Databases at their storage limit where no volume enforces it, with the limit: the proxy
     /// refuses their statements that add data (`storage`).
     storage_full: Mutex<HashMap<ServiceName, u64>>,
-    /// How many `storage_full` holds, readable without its lock.
-    any_storage_full: std::sync::atomic::AtomicUsize,
+    /// Whether `storage_full` holds any database, readable without its lock.
+    any_storage_full: std::sync::atomic::AtomicBool,
     pool: Mutex<pool::PoolState>,
     /// The monitor's latest figures per database.
     measured: Mutex<HashMap<ServiceName, monitor::Measured>>,
@@ -115,7 +115,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             suspended: Mutex::new(std::collections::HashSet::new()),
             settling: Mutex::new(std::collections::HashSet::new()),
             storage_full: Mutex::new(HashMap::new()),
-            any_storage_full: std::sync::atomic::AtomicUsize::new(0),
+            any_storage_full: std::sync::atomic::AtomicBool::new(false),
             pool: Mutex::new(pool::PoolState::default()),
             measured: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),

@@ -122,10 +122,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// The storage limit a database has reached where no volume enforces it, if it has.
     pub fn storage_full(&self, name: &str) -> Option<u64> {
         // Asked before every statement that adds data: nothing full (the rule) costs a load.
-        if self
+        if !self
             .any_storage_full
             .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
         {
             return None;
         }
@@ -144,7 +143,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             None => full.remove(name),
         };
         self.any_storage_full
-            .store(full.len(), std::sync::atomic::Ordering::Relaxed);
+            .store(!full.is_empty(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A volume met its maximum: the database's writes that do not fit fail from now on.

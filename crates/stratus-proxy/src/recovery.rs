@@ -24,7 +24,6 @@
 //! never finishes its part holds the others back for at most the replay timeout.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -45,9 +44,6 @@ impl Recoveries {
 pub(crate) struct Recovery {
     inner: Mutex<Inner>,
     changed: Notify,
-    /// Whether anything of it is left to go first: asked before every command, so one load
-    /// when (as almost always) nothing is.
-    open: AtomicBool,
 }
 
 #[derive(Default)]
@@ -67,11 +63,6 @@ impl Inner {
 impl Recovery {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Notes whether anything is left to go first; called with the lock held, after a change.
-    fn note(&self, inner: &Inner) {
-        self.open.store(!inner.clear(), Ordering::Release);
     }
 
     /// A session lost its backend. `holds_locks`: it had a transaction that took locks, to be
@@ -100,13 +91,7 @@ impl Recovery {
                 inner.resend.insert((at, session));
             }
         }
-        self.note(&inner);
         t
-    }
-
-    /// Whether anything of a recovery is left to go first.
-    pub(crate) fn open(&self) -> bool {
-        self.open.load(Ordering::Acquire)
     }
 
     /// Waits until nothing of a recovery is left to go first: what a session that needs a new
@@ -144,10 +129,7 @@ pub(crate) struct Ticket {
 impl Ticket {
     /// Its transaction's answered statements are replayed (or cannot be).
     pub(crate) fn replayed(&self) {
-        let mut inner = self.recovery.lock();
-        if inner.replaying.remove(&self.session) {
-            self.recovery.note(&inner);
-            drop(inner);
+        if self.recovery.lock().replaying.remove(&self.session) {
             self.recovery.changed.notify_waiters();
         }
     }
@@ -177,7 +159,6 @@ impl Drop for Ticket {
         if let Some(at) = self.stamp {
             changed |= inner.resend.remove(&(at, self.session));
         }
-        self.recovery.note(&inner);
         drop(inner);
         if changed {
             self.recovery.changed.notify_waiters();

@@ -52,7 +52,7 @@ impl<D: Directory> Session<D> {
                 self.replay_failed(seq, Some(f), e).await
             };
         }
-        if std::mem::take(&mut self.recovered) && self.ticket.is_none() && self.recovery.open() {
+        if std::mem::take(&mut self.recovered) && self.ticket.is_none() {
             // Its part in a recovery is over (its transaction carried over while it sat idle,
             // its cut-off COMMIT found committed, its statement sent again) and it already has
             // the new server; what it sends now is new, and goes after every other session's

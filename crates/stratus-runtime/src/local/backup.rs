@@ -313,14 +313,13 @@ fn relay_logs(r: &LogReplay, binlog_dir: &Path) -> std::io::Result<()> {
             )));
         }
         let to = binlog_dir.join(relay_name(n));
-        std::fs::copy(&from, &to)?;
         if n == last {
-            // Nothing after the last transaction to keep can be applied, whatever the applier
-            // does; and its end is where the replay is over (see `replay`).
-            let f = std::fs::OpenOptions::new().write(true).open(&to)?;
-            if f.metadata()?.len() > r.to.pos {
-                f.set_len(r.to.pos)?;
-            }
+            // Only up to the last transaction to keep: nothing after it can be applied,
+            // whatever the applier does, and its end is where the replay is over (`replay`).
+            let mut src = std::io::Read::take(std::fs::File::open(&from)?, r.to.pos);
+            std::io::copy(&mut src, &mut std::fs::File::create(&to)?)?;
+        } else {
+            std::fs::copy(&from, &to)?;
         }
         index.push_str(&format!("{}\n", to.display()));
     }

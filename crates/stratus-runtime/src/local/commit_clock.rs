@@ -49,8 +49,8 @@ const HEADER: usize = 19;
 enum ClockError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("server: {0}")]
-    Server(String),
+    #[error("server: {code} {message}")]
+    Server { code: u16, message: String },
     #[error("protocol: {0}")]
     Protocol(&'static str),
 }
@@ -76,7 +76,8 @@ pub(super) async fn follow(
                     delay = Duration::from_millis(50);
                     resume = true;
                 }
-                Err(ClockError::Server(e)) if resume && e.starts_with("1236 ") => {
+                // ER_MASTER_FATAL_ERROR_READING_BINLOG: the file asked for is not in its index.
+                Err(e @ ClockError::Server { code: 1236, .. }) if resume => {
                     // The server cannot stream from where the times stop: follow from its end
                     // rather than never again; what committed in between has no times.
                     tracing::warn!(db = %name, error = %e, "commit clock: cannot resume where its times stop; following from the end of the binary log");
@@ -152,7 +153,10 @@ impl Conn {
 fn server_error(p: &[u8]) -> ClockError {
     let code = p.get(1..3).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
     let text = p.get(9..).unwrap_or_default();
-    ClockError::Server(format!("{code} {}", String::from_utf8_lossy(text)))
+    ClockError::Server {
+        code,
+        message: String::from_utf8_lossy(text).into_owned(),
+    }
 }
 
 /// Logs in over the socket: Stratus's account authenticates by the socket's peer, so no
