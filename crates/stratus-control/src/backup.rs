@@ -18,9 +18,9 @@ use serde_json::json;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use stratus_core::time::{now_ms, rfc3339};
+use stratus_core::time::{now_ms, rfc3339, rfc3339_us};
 use stratus_core::{EventKind, ServiceName};
-use stratus_runtime::commit_times::{self, BinlogPos};
+use stratus_runtime::commit_times::{self, BinlogPos, Cut};
 use stratus_runtime::{LogReplay, RestoreFrom, Runtime};
 use stratus_store::Store;
 
@@ -629,11 +629,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .await?;
         let ms = begin.elapsed().as_millis() as u64;
         let (upto, gtid) = match at.as_ref().and_then(|p| p.last.as_ref()) {
+            Some(c) if matches!(c.kind, commit_times::Kind::Gap { .. }) => (
+                format!(
+                    " and its binary log up to transactions without times of their own (all committed by {})",
+                    rfc3339_us(c.at_us)
+                ),
+                None,
+            ),
             Some(c) => (
                 format!(
                     " and its binary log up to {} (committed {})",
                     c.gtid,
-                    rfc3339(c.at_us.div_euclid(1000))
+                    rfc3339_us(c.at_us)
                 ),
                 Some(c.gtid.clone()),
             ),
@@ -729,8 +736,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
             let cut = commit_times::cut(&archive, &base, t_us)
                 .map_err(internal("cannot read the archive's commit times"))?;
-            return Ok(match cut {
-                Some((to, last)) => PointInTime {
+            return match cut {
+                Cut::Upto(to, last) => Ok(PointInTime {
                     replay: Some(LogReplay {
                         archive: archive.clone(),
                         from: base,
@@ -738,13 +745,35 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     }),
                     last: Some(last),
                     record,
-                },
-                None => PointInTime {
+                }),
+                Cut::Nothing => Ok(PointInTime {
                     replay: None,
                     last: before,
                     record,
-                },
-            });
+                }),
+                Cut::Untimed {
+                    not_before_us,
+                    by_us,
+                } => Err(ControlError::WrongState(format!(
+                    "{source}'s binary log has transactions whose commit times are known only to lie {}: Stratus could not follow the server then; restore to a time {}, or a whole backup with --backup",
+                    match not_before_us {
+                        0 => format!("before {}", rfc3339_us(by_us)),
+                        _ => format!(
+                            "between {} and {}",
+                            rfc3339_us(not_before_us),
+                            rfc3339_us(by_us)
+                        ),
+                    },
+                    match not_before_us {
+                        0 => format!("from {} on", rfc3339_us(by_us)),
+                        _ => format!(
+                            "before {} or from {} on",
+                            rfc3339_us(not_before_us),
+                            rfc3339_us(by_us)
+                        ),
+                    },
+                ))),
+            };
         }
         Err(ControlError::NotFound(match backup {
             Some(id) => format!(

@@ -21,6 +21,12 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// `2026-11-29T03:04:05.678901Z`, from microseconds: a time that restores can be asked for.
+pub fn rfc3339_us(us: i64) -> String {
+    let ms = rfc3339(us.div_euclid(1000));
+    format!("{}{:03}Z", ms.trim_end_matches('Z'), us.rem_euclid(1000))
+}
+
 /// The date (year, month 1–12, day 1–31) of a day counted from 1970-01-01, by Howard
 /// Hinnant's days-to-civil algorithm
 /// (<https://howardhinnant.github.io/date_algorithms.html#civil_from_days>).
@@ -133,7 +139,7 @@ pub fn parse_rfc3339_us(text: &str) -> Result<i64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_rfc3339_us, rfc3339};
+    use super::{parse_rfc3339_us, rfc3339, rfc3339_us};
 
     #[test]
     fn parses_what_it_prints_and_refuses_the_rest() {
@@ -176,5 +182,13 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_921_445_678), "2026-11-29T03:04:05.678Z");
+        assert_eq!(
+            rfc3339_us(1_795_921_445_678_901),
+            "2026-11-29T03:04:05.678901Z"
+        );
+        assert_eq!(
+            parse_rfc3339_us(&rfc3339_us(1_795_921_445_000_001)),
+            Ok(1_795_921_445_000_001)
+        );
     }
 }

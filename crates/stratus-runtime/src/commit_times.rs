@@ -10,15 +10,25 @@
 //! it. Each one is a line of `<binlog file>.commits`:
 //!
 //! ```text
-//! <end position> <unix time in µs> <GTID> <e|s>
+//! <end position> <unix time in µs> <GTID> e|a
+//! <end position> <unix time in µs> <GTID> c <not before, µs>
+//! <end position> <unix time in µs> - g <not before, µs>
 //! ```
 //!
-//! `e` (exact) marks a transaction the server waited for (`[mariadb] exact_commit_times`). `a`
-//! (arrival) one received without such a wait: its time is when it reached Stratus, or the end
-//! of the binary log's second for it if that is earlier (one caught up after a reconnect), so it
-//! is never before the commit but may be after it by the clock's lag. Lines are appended in
-//! binary log order, so the transactions at or before a time are a prefix, and the files are
-//! archived with the logs.
+//! * `e` (exact): a transaction the server waited for (`[mariadb] exact_commit_times`).
+//! * `a` (arrival): one received as it happened, without such a wait; its time may be after the
+//!   commit by the clock's lag (milliseconds).
+//! * `c` (caught up): one committed while the clock was not connected and read afterwards. It
+//!   committed at some time between the two: not before the lower bound (its binary log second,
+//!   and the transaction before it), not after the time it arrived.
+//! * `g` (gap): the clock could not read the log from where it stopped (the server no longer
+//!   had it, or nothing had followed the server before): any transactions that end at or
+//!   before this position and after the line before it have no line of their own; they
+//!   committed between the lower bound and the time.
+//!
+//! Lines are appended in binary log order, which is commit order, so the transactions at or
+//! before a time are a prefix, and the files are archived with the logs. A restore to a time
+//! that falls inside a `c` or `g` line's bounds is refused (`Cut::Untimed`) rather than guessed.
 
 use std::path::{Path, PathBuf};
 
@@ -51,23 +61,41 @@ pub fn file_number(file: &str) -> Option<u64> {
 /// The suffix of the file beside `<binlog file>`.
 pub const SUFFIX: &str = ".commits";
 
-/// One committed transaction.
+/// How well a line's time is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Acknowledged before the server committed it: the time lies within the commit.
+    Exact,
+    /// Received as it happened, not waited for: after the commit by the clock's lag.
+    Arrival,
+    /// Read after a reconnection: committed at or after `not_before_us`, at or before the time.
+    CaughtUp { not_before_us: i64 },
+    /// Transactions the clock never read, ending at this line's position: committed at or after
+    /// `not_before_us` and at or before the time.
+    Gap { not_before_us: i64 },
+}
+
+/// One committed transaction, or a stretch of them (`Kind::Gap`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {
     /// Where it ends in its binary log file.
     pub end: u64,
-    /// Microseconds since the Unix epoch.
+    /// Microseconds since the Unix epoch: never before the commit.
     pub at_us: i64,
+    /// Its GTID; `-` for a gap.
     pub gtid: String,
-    /// Whether `at_us` is the acknowledged arrival (`true`) or an arrival the server did not
-    /// wait for (a bound above the commit, by the clock's lag).
-    pub exact: bool,
+    pub kind: Kind,
 }
 
 impl Commit {
     pub fn line(&self) -> String {
-        let kind = if self.exact { 'e' } else { 'a' };
-        format!("{} {} {} {kind}\n", self.end, self.at_us, self.gtid)
+        let (end, at, gtid) = (self.end, self.at_us, &self.gtid);
+        match self.kind {
+            Kind::Exact => format!("{end} {at} {gtid} e\n"),
+            Kind::Arrival => format!("{end} {at} {gtid} a\n"),
+            Kind::CaughtUp { not_before_us } => format!("{end} {at} {gtid} c {not_before_us}\n"),
+            Kind::Gap { not_before_us } => format!("{end} {at} - g {not_before_us}\n"),
+        }
     }
 
     /// Parses a line (without its newline); `None` for anything else.
@@ -76,22 +104,40 @@ impl Commit {
         let end = it.next()?.parse().ok()?;
         let at_us = it.next()?.parse().ok()?;
         let gtid = it.next()?.to_owned();
-        let exact = match it.next()? {
-            "e" => true,
-            "a" => false,
+        let tag = it.next()?;
+        let mut bound = || -> Option<i64> { it.next()?.parse().ok() };
+        let kind = match (tag, gtid.as_str()) {
+            ("e", g) if g != "-" => Kind::Exact,
+            ("a", g) if g != "-" => Kind::Arrival,
+            ("c", g) if g != "-" => Kind::CaughtUp {
+                not_before_us: bound()?,
+            },
+            ("g", "-") => Kind::Gap {
+                not_before_us: bound()?,
+            },
             _ => return None,
         };
         it.next().is_none().then_some(Self {
             end,
             at_us,
             gtid,
-            exact,
+            kind,
         })
     }
 
-    /// Whether it committed at or before `t_us`. Both kinds of time are at or after the commit,
-    /// so a transaction is never placed before `t` when it was after; one the server did not
-    /// wait for may be placed after `t` when it committed within the clock's lag before it.
+    /// The earliest it may have committed: its time unless the time is only a bound.
+    pub fn not_before_us(&self) -> i64 {
+        match self.kind {
+            Kind::Exact | Kind::Arrival => self.at_us,
+            Kind::CaughtUp { not_before_us } | Kind::Gap { not_before_us } => {
+                not_before_us.min(self.at_us)
+            }
+        }
+    }
+
+    /// Whether it committed at or before `t_us`. Every kind of time is at or after the commit,
+    /// so a transaction is never placed before `t` when it was after; an `Arrival` may be
+    /// placed after `t` when it committed within the clock's lag before it.
     pub fn at_or_before(&self, t_us: i64) -> bool {
         self.at_us <= t_us
     }
@@ -123,15 +169,24 @@ pub fn files(dir: &Path) -> Vec<(String, PathBuf)> {
     out.into_iter().map(|(_, log, path)| (log, path)).collect()
 }
 
+/// Where the log after a backup is cut for a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cut {
+    /// Nothing after the backup's position committed by then.
+    Nothing,
+    /// Replay up to this position, the end of this line's transaction (or gap).
+    Upto(BinlogPos, Commit),
+    /// The time falls where commit times are known only between two bounds: transactions there
+    /// may have committed before it or after it.
+    Untimed { not_before_us: i64, by_us: i64 },
+}
+
 /// The last transaction to replay on top of a backup taken at `base` to have every transaction
 /// committed at or before `t_us` and none after: the end of the longest prefix of the log
-/// after `base` whose commits are all at or before `t_us`. `None`: nothing after `base` is.
-pub fn cut(
-    dir: &Path,
-    base: &BinlogPos,
-    t_us: i64,
-) -> std::io::Result<Option<(BinlogPos, Commit)>> {
-    let mut last = None;
+/// after `base` whose commits are all at or before `t_us`. `Untimed` when the first line past
+/// that prefix may have committed before `t_us` as well as after it.
+pub fn cut(dir: &Path, base: &BinlogPos, t_us: i64) -> std::io::Result<Cut> {
+    let mut last = Cut::Nothing;
     for (log, path) in files(dir) {
         let at = BinlogPos {
             file: log.clone(),
@@ -149,15 +204,21 @@ pub fn cut(
                 continue;
             }
             if !c.at_or_before(t_us) {
+                if c.not_before_us() <= t_us {
+                    return Ok(Cut::Untimed {
+                        not_before_us: c.not_before_us(),
+                        by_us: c.at_us,
+                    });
+                }
                 return Ok(last);
             }
-            last = Some((here, c));
+            last = Cut::Upto(here, c);
         }
     }
     Ok(last)
 }
 
-/// The last transaction recorded in `dir` that ends at or before `pos`.
+/// The last line recorded in `dir` that ends at or before `pos`.
 pub fn last_at_or_before(dir: &Path, pos: &BinlogPos) -> std::io::Result<Option<Commit>> {
     let mut last = None;
     for (log, path) in files(dir) {
@@ -175,38 +236,57 @@ pub fn last_at_or_before(dir: &Path, pos: &BinlogPos) -> std::io::Result<Option<
     Ok(last)
 }
 
-/// The newest commit time recorded in `dir`, if any.
-pub fn newest(dir: &Path) -> Option<i64> {
+/// The last line recorded in `dir`, with its log file's name.
+pub fn last(dir: &Path) -> Option<(String, Commit)> {
     files(dir)
-        .iter()
+        .into_iter()
         .rev()
-        .find_map(|(_, p)| read(p).ok()?.last().map(|c| c.at_us))
+        .find_map(|(log, p)| Some((log, read(&p).ok()?.pop()?)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn c(end: u64, at_us: i64, exact: bool) -> Commit {
+    fn c(end: u64, at_us: i64, kind: Kind) -> Commit {
         Commit {
             end,
             at_us,
-            gtid: format!("0-1-{end}"),
-            exact,
+            gtid: match kind {
+                Kind::Gap { .. } => "-".into(),
+                _ => format!("0-1-{end}"),
+            },
+            kind,
         }
+    }
+
+    fn e(end: u64, at_us: i64) -> Commit {
+        c(end, at_us, Kind::Exact)
     }
 
     #[test]
     fn lines_round_trip_and_garbage_is_not_a_commit() {
-        let x = c(1269, 1_796_068_712_123_456, true);
+        let x = e(1269, 1_796_068_712_123_456);
         assert_eq!(x.line(), "1269 1796068712123456 0-1-1269 e\n");
-        assert_eq!(Commit::parse(x.line().trim_end()), Some(x));
+        for x in [
+            x,
+            c(7, 8, Kind::Arrival),
+            c(7, 8, Kind::CaughtUp { not_before_us: 3 }),
+            c(7, 8, Kind::Gap { not_before_us: 0 }),
+        ] {
+            assert_eq!(Commit::parse(x.line().trim_end()), Some(x));
+        }
         for bad in [
             "",
             "1 2 3",
             "1 2 0-1-1 s",
             "a 2 0-1-1 e",
             "1 2 0-1-1 e extra",
+            "1 2 0-1-1 c",
+            "1 2 0-1-1 c x",
+            "1 2 0-1-1 g 0",
+            "1 2 - e",
+            "1 2 - g 0 1",
         ] {
             assert_eq!(Commit::parse(bad), None, "{bad:?}");
         }
@@ -215,69 +295,132 @@ mod tests {
     #[test]
     fn a_commit_is_at_or_before_t_by_its_time_whatever_its_kind() {
         let t = 10_500_000; // 10.5 s
-        for exact in [true, false] {
-            assert!(c(1, 10_499_999, exact).at_or_before(t));
-            assert!(c(1, 10_500_000, exact).at_or_before(t));
-            assert!(!c(1, 10_500_001, exact).at_or_before(t));
+        for kind in [
+            Kind::Exact,
+            Kind::Arrival,
+            Kind::CaughtUp { not_before_us: 0 },
+            Kind::Gap { not_before_us: 0 },
+        ] {
+            assert!(c(1, 10_499_999, kind).at_or_before(t));
+            assert!(c(1, 10_500_000, kind).at_or_before(t));
+            assert!(!c(1, 10_500_001, kind).at_or_before(t));
         }
-        assert_eq!(Commit::parse("5 6 0-1-5 a").map(|c| c.exact), Some(false));
+        assert_eq!(e(1, 5).not_before_us(), 5);
+        assert_eq!(
+            c(1, 5, Kind::CaughtUp { not_before_us: 2 }).not_before_us(),
+            2
+        );
+    }
+
+    fn write(dir: &Path, name: &str, cs: &[Commit], tail: &str) {
+        let mut text: String = cs.iter().map(Commit::line).collect();
+        text.push_str(tail);
+        std::fs::write(dir.join(format!("{name}{SUFFIX}")), text).unwrap();
+    }
+
+    fn pos(file: &str, pos: u64) -> BinlogPos {
+        BinlogPos {
+            file: file.into(),
+            pos,
+        }
+    }
+
+    fn upto(cut: Cut) -> Option<(String, u64)> {
+        match cut {
+            Cut::Upto(p, _) => Some((p.file, p.pos)),
+            Cut::Nothing => None,
+            Cut::Untimed { .. } => panic!("untimed: {cut:?}"),
+        }
     }
 
     #[test]
     fn the_cut_is_the_longest_prefix_after_the_base_at_or_before_t() {
         let d = tempfile::tempdir().unwrap();
-        let write = |name: &str, cs: &[Commit], tail: &str| {
-            let mut text: String = cs.iter().map(Commit::line).collect();
-            text.push_str(tail);
-            std::fs::write(d.path().join(format!("{name}{SUFFIX}")), text).unwrap();
-        };
         write(
+            d.path(),
             "mariadb-bin.000001",
-            &[c(500, 100, true), c(900, 200, true)],
+            &[e(500, 100), e(900, 200)],
             "",
         );
         write(
+            d.path(),
             "mariadb-bin.000002",
-            &[c(400, 300, true), c(800, 400, true), c(1200, 350, true)],
+            &[e(400, 300), e(800, 400), e(1200, 350)],
             "1600 360 0-1-9 e", // half written: not yet there
         );
         std::fs::write(d.path().join("mariadb-bin.000002"), b"log").unwrap();
-        let base = BinlogPos {
-            file: "mariadb-bin.000001".into(),
-            pos: 500,
-        };
-        let at = |t| {
-            cut(d.path(), &base, t)
-                .unwrap()
-                .map(|(p, _)| (p.file, p.pos))
-        };
+        let base = pos("mariadb-bin.000001", 500);
+        let at = |t| upto(cut(d.path(), &base, t).unwrap());
         assert_eq!(at(150), None, "nothing after the base by then");
         assert_eq!(at(200), Some(("mariadb-bin.000001".into(), 900)));
         assert_eq!(at(399), Some(("mariadb-bin.000002".into(), 400)));
         // 1200 is at 350, but comes after 800 (at 400): not a prefix without 800.
         assert_eq!(at(390), Some(("mariadb-bin.000002".into(), 400)));
         assert_eq!(at(10_000), Some(("mariadb-bin.000002".into(), 1200)));
-        let later = BinlogPos {
-            file: "mariadb-bin.000002".into(),
-            pos: 800,
-        };
+        let later = pos("mariadb-bin.000002", 800);
         assert_eq!(
-            cut(d.path(), &later, 10_000).unwrap().map(|(p, _)| p.pos),
-            Some(1200)
+            upto(cut(d.path(), &later, 10_000).unwrap()),
+            Some(("mariadb-bin.000002".into(), 1200))
         );
-        assert_eq!(newest(d.path()), Some(350));
-        let last = |file: &str, pos| {
-            let p = BinlogPos {
-                file: file.into(),
-                pos,
-            };
-            last_at_or_before(d.path(), &p).unwrap().map(|c| c.end)
+        assert_eq!(last(d.path()).map(|(_, c)| c.at_us), Some(350));
+        let before = |file: &str, p| {
+            last_at_or_before(d.path(), &pos(file, p))
+                .unwrap()
+                .map(|c| c.end)
         };
-        assert_eq!(last("mariadb-bin.000001", 499), None);
-        assert_eq!(last("mariadb-bin.000001", 500), Some(500));
-        assert_eq!(last("mariadb-bin.000002", 4), Some(900));
+        assert_eq!(before("mariadb-bin.000001", 499), None);
+        assert_eq!(before("mariadb-bin.000001", 500), Some(500));
+        assert_eq!(before("mariadb-bin.000002", 4), Some(900));
         assert!(base.before(&later) && !later.before(&base));
         assert_eq!(file_number("mariadb-bin.000042"), Some(42));
         assert_eq!(file_number("mariadb-bin.index"), None);
+    }
+
+    /// Where a time falls inside the bounds of a stretch the clock did not see as it happened,
+    /// the cut is refused; before the stretch, or once it is surely committed, it is not.
+    #[test]
+    fn a_time_inside_untimed_bounds_is_untimed_and_either_side_is_cut() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "mariadb-bin.000001",
+            &[
+                e(500, 100),
+                e(900, 200),
+                // The clock could not follow: what ends at 1500 committed in 200..=600.
+                c(1500, 600, Kind::Gap { not_before_us: 200 }),
+                e(1700, 700),
+                // Caught up after a reconnection: committed in 750..=900.
+                c(1900, 900, Kind::CaughtUp { not_before_us: 750 }),
+                e(2100, 950),
+            ],
+            "",
+        );
+        let base = pos("mariadb-bin.000001", 500);
+        let at = |t| cut(d.path(), &base, t).unwrap();
+        assert_eq!(upto(at(199)), None);
+        // From the commit before the gap on, a transaction of the gap may already be in.
+        for t in [200, 201, 599] {
+            assert_eq!(
+                at(t),
+                Cut::Untimed {
+                    not_before_us: 200,
+                    by_us: 600
+                },
+                "{t}"
+            );
+        }
+        assert_eq!(upto(at(600)), Some(("mariadb-bin.000001".into(), 1500)));
+        // Before the caught-up one's lower bound it is surely after: a clean cut.
+        assert_eq!(upto(at(749)), Some(("mariadb-bin.000001".into(), 1700)));
+        assert!(matches!(at(750), Cut::Untimed { by_us: 900, .. }));
+        assert_eq!(upto(at(950)), Some(("mariadb-bin.000001".into(), 2100)));
+        // A base past the gap does not need its times.
+        let past = pos("mariadb-bin.000001", 1500);
+        assert_eq!(
+            upto(cut(d.path(), &past, 300).unwrap()),
+            None,
+            "nothing after 1500 by 300"
+        );
     }
 }

@@ -387,7 +387,7 @@ fn assert_timed(binlog: &std::path::Path, commits: &[(String, i64, i64)]) {
             .iter()
             .find(|c| &c.gtid == gtid)
             .unwrap_or_else(|| panic!("{gtid} not recorded in {recorded:?}"));
-        assert!(c.exact, "{c:?}");
+        assert_eq!(c.kind, commit_times::Kind::Exact, "{c:?}");
         assert!(
             *before <= c.at_us && c.at_us <= *after,
             "{gtid} timed {} outside its commit {before}..{after}",
@@ -438,6 +438,68 @@ async fn every_commit_is_timed_within_its_commit_across_a_crash() {
     rt.remove_cgroup_parent().unwrap();
 }
 
+/// Commits made while no Stratus followed the server (it was killed; the server ran on) are
+/// caught up when the next one adopts it: each with bounds that hold its commit, never an
+/// exact time.
+#[tokio::test]
+async fn commits_made_while_no_clock_followed_are_caught_up_with_bounds() {
+    use stratus_runtime::commit_times::{self, Kind};
+    let dir = root();
+    let s = spec("unclocked", 1);
+    let binlog = dir.path().join("databases/unclocked/binlog");
+    let (inst, timed) = {
+        let rt = LocalRuntime::new(config(&dir, "unclocked")).await.unwrap();
+        let inst = rt.provision(&s).await.unwrap();
+        let mut conn = admin(&rt, &s, &inst.endpoint).await;
+        conn.exec("CREATE DATABASE l").await.unwrap();
+        conn.exec("CREATE TABLE l.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT)")
+            .await
+            .unwrap();
+        let timed = timed_commits(&mut conn, 3).await;
+        conn.close().await;
+        (inst, timed)
+        // Dropped without stopping, as when `stratus up` is killed: its clock goes with it.
+    };
+    let mut conn = AdminConn::connect(
+        s.name.as_str(),
+        &inst.endpoint,
+        &LocalRuntime::new(config(&dir, "unclocked"))
+            .await
+            .unwrap()
+            .admin_login(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let unclocked = timed_commits(&mut conn, 3).await;
+    conn.close().await;
+
+    let rt = LocalRuntime::new(config(&dir, "unclocked")).await.unwrap();
+    assert!(rt.start(&s).await.unwrap().adopted);
+    let mut conn = admin(&rt, &s, &inst.endpoint).await;
+    let after = timed_commits(&mut conn, 2).await;
+    conn.close().await;
+    assert_timed(&binlog, &timed);
+    assert_timed(&binlog, &after);
+    let recorded: Vec<commit_times::Commit> = commit_times::files(&binlog)
+        .iter()
+        .flat_map(|(_, p)| commit_times::read(p).unwrap())
+        .collect();
+    for (gtid, before, after) in &unclocked {
+        let c = recorded
+            .iter()
+            .find(|c| &c.gtid == gtid)
+            .unwrap_or_else(|| panic!("{gtid} not caught up in {recorded:?}"));
+        assert!(matches!(c.kind, Kind::CaughtUp { .. }), "{c:?}");
+        assert!(
+            c.not_before_us() <= *before && *after <= c.at_us,
+            "{gtid} committed within {before}..{after}, outside its bounds {c:?}"
+        );
+    }
+    rt.destroy(&s.name).await.unwrap();
+    rt.remove_cgroup_parent().unwrap();
+}
+
 #[tokio::test]
 async fn a_restore_applies_an_incremental_backup_then_replays_the_log_to_an_exact_commit() {
     use stratus_runtime::{LogReplay, RestoreFrom, commit_times};
@@ -474,7 +536,9 @@ async fn a_restore_applies_an_incremental_backup_then_replays_the_log_to_an_exac
 
     // The time right after the 6th commit past the incremental backup: 3 + 2 + 6 rows.
     let t = after[5].2;
-    let (to, last) = commit_times::cut(&archive, &base, t).unwrap().unwrap();
+    let commit_times::Cut::Upto(to, last) = commit_times::cut(&archive, &base, t).unwrap() else {
+        panic!("no cut at {t}");
+    };
     assert_eq!(last.gtid, after[5].0);
     let r = spec("pitr-copy", 1);
     let listing = |d: &std::path::Path| {

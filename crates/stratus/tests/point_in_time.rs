@@ -21,8 +21,7 @@ fn now_rfc3339() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as i64;
-    let ms = stratus_core::time::rfc3339(us.div_euclid(1000));
-    format!("{}{:03}Z", ms.trim_end_matches('Z'), us.rem_euclid(1000))
+    stratus_core::time::rfc3339_us(us)
 }
 
 /// A time and the ledger then.
@@ -329,4 +328,65 @@ async fn a_restore_to_after_the_last_write_has_every_transaction() {
         .unwrap();
     assert_eq!(rows, [(1, 5), (2, 6)]);
     r.disconnect().await.unwrap();
+}
+
+/// Transactions committed while no commit times were noted (here: before the clock was turned
+/// on) are known only to have committed before the clock began to follow the server: a restore
+/// to a time before then, after the backup, is refused rather than quietly left without them;
+/// a time after then has them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_time_where_transactions_have_no_commit_times_is_refused_and_after_them_they_are_kept() {
+    let mut s = Stratus::new("pitr-gap");
+    s.configure("mariadb", "commit_clock = false");
+    s.start();
+    s.json(&["db", "create", "bank", "--password", "pw-bank"]);
+    let mut c = connect(&s, "bank").await;
+    c.query_drop(
+        "CREATE TABLE ledger (id INT PRIMARY KEY, amount INT); INSERT INTO ledger VALUES (1, 5)",
+    )
+    .await
+    .unwrap();
+    let b = s.json(&["backup", "create", "bank"]);
+    assert_eq!(b["verified"], true, "{b}");
+    c.query_drop("INSERT INTO ledger VALUES (2, 6)")
+        .await
+        .unwrap();
+    let untimed = now_rfc3339();
+    c.disconnect().await.unwrap();
+    s.stop();
+
+    s.configure("mariadb", "commit_clock = true");
+    s.start();
+    let mut c = connect(&s, "bank").await;
+    let before_3 = now_rfc3339();
+    c.query_drop("INSERT INTO ledger VALUES (3, 7)")
+        .await
+        .unwrap();
+    let after_3 = now_rfc3339();
+    c.disconnect().await.unwrap();
+
+    let err = s.fails(&[
+        "db", "restore", "bank", "--to", "bank-0", "--time", &untimed,
+    ]);
+    assert!(err.contains("known only"), "{err}");
+    assert!(err.contains("--backup"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    let listed = s.json(&["db", "list"]).to_string();
+    assert!(!listed.contains("bank-0"), "nothing was made: {listed}");
+
+    for (name, t, want) in [
+        ("bank-1", &before_3, vec![(1, 5), (2, 6)]),
+        ("bank-2", &after_3, vec![(1, 5), (2, 6), (3, 7)]),
+    ] {
+        let restored = s.json(&["db", "restore", "bank", "--to", name, "--time", t]);
+        assert_eq!(restored["state"], "active", "{restored}");
+        let mut r = connect(&s, name).await;
+        let rows: Vec<(i32, i32)> = r
+            .query("SELECT id, amount FROM ledger ORDER BY id")
+            .await
+            .unwrap();
+        assert_eq!(rows, want, "at {t}");
+        r.disconnect().await.unwrap();
+    }
+    s.stop();
 }

@@ -8,7 +8,7 @@
 //! arrive decrypted (the server decrypts its binary log for replicas); only their headers and
 //! a few fixed fields are read.
 
-use crate::commit_times::{self, Commit, SUFFIX};
+use crate::commit_times::{self, BinlogPos, Commit, Kind, SUFFIX};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -99,12 +99,20 @@ pub(super) async fn follow(
     }
 }
 
-/// Where to start: right after the last transaction recorded (so that what was committed
-/// while no replica was connected is recorded too, to the second), or `None` for the end.
-fn resume_point(dir: &Path) -> Option<(String, u64)> {
-    let (log, path) = commit_times::files(dir).pop()?;
-    let last = commit_times::read(&path).ok()?.pop()?;
-    dir.join(&log).exists().then_some((log, last.end))
+/// Where to start: right after the last line recorded, so that what was committed while no
+/// replica was connected is caught up (its times then bounds), with that line's lower bound;
+/// `None` when there is none or its log is gone.
+fn resume_point(dir: &Path) -> Option<(BinlogPos, i64)> {
+    let (file, last) = commit_times::last(dir)?;
+    dir.join(&file).exists().then(|| {
+        (
+            BinlogPos {
+                file,
+                pos: last.end,
+            },
+            last.not_before_us(),
+        )
+    })
 }
 
 struct Conn {
@@ -265,21 +273,37 @@ async fn session(
         rows.first()
             .is_some_and(|v| v.eq_ignore_ascii_case("CRC32"))
     };
-    let (file, pos) = match resume.then(|| resume_point(dir)).flatten() {
-        Some(p) => p,
-        None => master_end(socket, user).await?,
+    // Everything up to the server's end now was committed while no one followed it.
+    let end_now = master_end(&mut c).await?;
+    let mut times = Times {
+        dir: dir.to_owned(),
+        log: end_now.file.clone(),
+        file: None,
     };
+    let (start, mut floor_us, caught_up_to) = match resume.then(|| resume_point(dir)).flatten() {
+        Some((from, floor)) => (from, floor, Some(end_now)),
+        None => {
+            // What ends before here, after the last line (if any), will never have times.
+            let floor = commit_times::last(dir).map_or(0, |(_, c)| c.not_before_us());
+            times.append(&Commit {
+                end: end_now.pos,
+                at_us: now_us(),
+                gtid: "-".into(),
+                kind: Kind::Gap {
+                    not_before_us: floor,
+                },
+            })?;
+            (end_now, floor, None)
+        }
+    };
+    times.rotate(start.file.clone());
+    let (file, pos) = (start.file, start.pos);
     let mut body = Vec::with_capacity(10 + file.len());
     body.extend_from_slice(&u32::try_from(pos.max(4)).unwrap_or(u32::MAX).to_le_bytes());
     body.extend_from_slice(&0u16.to_le_bytes());
     body.extend_from_slice(&replica_id().to_le_bytes());
     body.extend_from_slice(file.as_bytes());
     c.command(COM_BINLOG_DUMP, &body).await?;
-    let mut times = Times {
-        dir: dir.to_owned(),
-        log: String::new(),
-        file: None,
-    };
     let mut gtid = String::new();
     let mut standalone = false;
     loop {
@@ -329,18 +353,27 @@ async fn session(
             _ => false,
         };
         if (ends_group || need_ack) && end > 0 && !gtid.is_empty() {
+            let here = BinlogPos {
+                file: times.log.clone(),
+                pos: u64::from(end),
+            };
+            let kind = match &caught_up_to {
+                // The server waits for it: not committed yet.
+                _ if need_ack => Kind::Exact,
+                // Committed while no one followed: after the line before it and not before its
+                // binary log second (when its commit began), at or before now.
+                Some(to) if !to.before(&here) => Kind::CaughtUp {
+                    not_before_us: floor_us.max(i64::from(when) * 1_000_000),
+                },
+                _ => Kind::Arrival,
+            };
             let commit = Commit {
                 end: u64::from(end),
-                // Not waited for: when it arrived, or the end of its binary log second if that is
-                // earlier (an event caught up after a reconnect arrives late).
-                at_us: if need_ack {
-                    now_us()
-                } else {
-                    now_us().min(i64::from(when) * 1_000_000 + 999_999)
-                },
+                at_us: now_us(),
                 gtid: std::mem::take(&mut gtid),
-                exact: need_ack,
+                kind,
             };
+            floor_us = commit.not_before_us();
             standalone = false;
             if need_ack {
                 // Timed already: the server may go on while the line is written.
@@ -376,13 +409,15 @@ fn query_text(body: &[u8]) -> Option<&[u8]> {
     body.get(13 + vars + db_len + 1..)
 }
 
-/// The server's current binary log end (`SHOW MASTER STATUS`), on a connection of its own.
-async fn master_end(socket: &Path, user: &str) -> Result<(String, u64), ClockError> {
-    let mut c = login(socket, user).await?;
+/// The server's current binary log end (`SHOW MASTER STATUS`).
+async fn master_end(c: &mut Conn) -> Result<BinlogPos, ClockError> {
     c.command(COM_QUERY, b"SHOW MASTER STATUS").await?;
-    let row = read_text_result(&mut c).await?;
+    let row = read_text_result(c).await?;
     match (row.first(), row.get(1).and_then(|p| p.parse().ok())) {
-        (Some(f), Some(p)) => Ok((f.clone(), p)),
+        (Some(f), Some(pos)) => Ok(BinlogPos {
+            file: f.clone(),
+            pos,
+        }),
         _ => Err(ClockError::Protocol("the binary log is off")),
     }
 }

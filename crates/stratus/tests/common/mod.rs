@@ -75,17 +75,29 @@ impl Stratus {
         }
     }
 
-    /// Adds `line` to `[section]` of its configuration (the section is made if missing); for
-    /// the next start.
+    /// Sets `line` (`key = value`) in `[section]` of its configuration, in place of the key's
+    /// earlier value (the section is made if missing); for the next start.
     pub fn configure(&self, section: &str, line: &str) {
         let cfg = std::fs::read_to_string(&self.config).unwrap();
-        let header = format!("[{section}]\n");
-        let cfg = if cfg.contains(&header) {
-            cfg.replacen(&header, &format!("{header}{line}\n"), 1)
+        let header = format!("[{section}]");
+        let key = |l: &str| l.split('=').next().unwrap_or_default().trim().to_owned();
+        let mut out = String::new();
+        let mut inside = false;
+        for l in cfg.lines() {
+            if l.starts_with('[') {
+                inside = l == header;
+            }
+            if !(inside && key(l) == key(line)) {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        let out = if out.contains(&format!("{header}\n")) {
+            out.replacen(&format!("{header}\n"), &format!("{header}\n{line}\n"), 1)
         } else {
-            format!("{cfg}{header}{line}\n")
+            format!("{out}{header}\n{line}\n")
         };
-        std::fs::write(&self.config, cfg).unwrap();
+        std::fs::write(&self.config, out).unwrap();
     }
 
     pub fn data_dir(&self) -> PathBuf {
