@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use stratus_core::time::{now_ms, rfc3339, rfc3339_us};
 use stratus_core::{EventKind, ServiceName};
+use stratus_runtime::admin::ServerAdmin;
 use stratus_runtime::commit_times::{self, BinlogPos, Cut};
 use stratus_runtime::{LogReplay, RestoreFrom, Runtime};
 use stratus_store::Store;
@@ -134,6 +135,10 @@ impl BackupRecord {
         })
     }
 }
+
+/// How long a restore to a time after the newest commit time waits for the source's newest
+/// transactions to have theirs.
+const COMMIT_TIMES_WAIT: Duration = Duration::from_secs(3);
 
 /// What a point-in-time restore replays, found from the archive's commit times.
 struct PointInTime {
@@ -667,6 +672,52 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// For a restore to a time after the newest commit time: waits a moment until the lines of
+    /// `archive` reach every transaction the running `source` has written (lines are written as
+    /// transactions commit and archived every second), and refuses if they do not. Without
+    /// this, transactions the clock has no lines for (it is behind, or turned off) would be
+    /// left out of the restore without a word. A database that is not running, or is another
+    /// incarnation of the name than the archive's, has nothing newer to wait for.
+    async fn await_commit_times(
+        &self,
+        source: &ServiceName,
+        record: &BackupRecord,
+        archive: &Path,
+    ) -> Result<()> {
+        let Ok(Some(svc)) = self.store.service(source).await else {
+            return Ok(());
+        };
+        let running = svc.state == stratus_core::DbState::Active
+            && self.runtime.endpoint(source).is_some()
+            && !self.is_suspended(source);
+        if !running || record.archive() != crate::schedule::archive_name(svc.created_at_ms) {
+            return Ok(());
+        }
+        let written = {
+            let _guard = self.lock(source).await;
+            let mut conn = self.admin(source).await?;
+            let written = conn.gtid_binlog_pos().await;
+            conn.close().await;
+            written?
+        };
+        let deadline = Instant::now() + COMMIT_TIMES_WAIT;
+        loop {
+            let covered = commit_times::covers(archive, &written)
+                .map_err(internal("cannot read the archive's commit times"))?;
+            if covered {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ControlError::WrongState(format!(
+                    "{source}'s newest transactions (up to {written}) have no commit times: Stratus's clock is behind its binary log or not following it ([mariadb] commit_clock); try again in a moment, restore to an earlier time, or a whole backup with --backup"
+                )));
+            }
+            // Polled: the lines come from the clock and the archive's copier, which say nothing.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.archive_logs(&svc).await;
+        }
+    }
+
     /// `record` and the backups it was taken on top of, full one first.
     fn chain(&self, source: &ServiceName, record: &BackupRecord) -> Result<Vec<BackupRecord>> {
         let all = self.records(Some(source.as_str()))?;
@@ -736,6 +787,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
             let cut = commit_times::cut(&archive, &base, t_us)
                 .map_err(internal("cannot read the archive's commit times"))?;
+            // Past every line: the source's newest transactions must have theirs too.
+            let past_all = commit_times::last(&archive).is_none_or(|(_, c)| c.at_or_before(t_us));
+            if past_all && !matches!(cut, Cut::Untimed { .. }) {
+                self.await_commit_times(source, &record, &archive).await?;
+            }
             return match cut {
                 Cut::Upto(to, last) => Ok(PointInTime {
                     replay: Some(LogReplay {

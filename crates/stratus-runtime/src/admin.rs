@@ -175,6 +175,10 @@ pub trait ServerAdmin: Send + Sized {
     /// (<https://mariadb.com/kb/en/purge-binary-logs/>). Returns how many were deleted.
     fn purge_binary_logs(&mut self) -> impl Future<Output = Result<u64>> + Send;
 
+    /// The GTIDs written to the binary log so far (`@@gtid_binlog_pos`,
+    /// <https://mariadb.com/kb/en/gtid/#gtid_binlog_pos>).
+    fn gtid_binlog_pos(&mut self) -> impl Future<Output = Result<String>> + Send;
+
     /// Bytes inside the tables' files that are free for new rows (`DATA_FREE`,
     /// <https://mariadb.com/kb/en/information-schema-tables-table/>): what a `DELETE` gave back
     /// without shrinking a file.
@@ -292,6 +296,11 @@ impl ServerAdmin for AdminConn {
             .query_value("SELECT CAST(COALESCE(SUM(DATA_FREE), 0) AS UNSIGNED) FROM information_schema.TABLES")
             .await?;
         Ok(free.unwrap_or(0))
+    }
+
+    async fn gtid_binlog_pos(&mut self) -> Result<String> {
+        let pos: Option<String> = self.query_value("SELECT @@global.gtid_binlog_pos").await?;
+        Ok(pos.unwrap_or_default())
     }
 
     async fn purge_binary_logs(&mut self) -> Result<u64> {

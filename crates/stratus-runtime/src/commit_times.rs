@@ -12,15 +12,16 @@
 //! ```text
 //! <end position> <unix time in µs> <GTID> e|a
 //! <end position> <unix time in µs> <GTID> c <not before, µs>
-//! <end position> <unix time in µs> - g <not before, µs>
+//! <end position> <unix time in µs> <GTIDs written by then, or -> g <not before, µs>
 //! ```
 //!
 //! * `e` (exact): a transaction the server waited for (`[mariadb] exact_commit_times`).
 //! * `a` (arrival): one received as it happened, without such a wait; its time may be after the
 //!   commit by the clock's lag (milliseconds).
-//! * `c` (caught up): one committed while the clock was not connected and read afterwards. It
-//!   committed at some time between the two: not before the lower bound (its binary log second,
-//!   and the transaction before it), not after the time it arrived.
+//! * `c` (caught up): one committed while the clock was not connected and read afterwards, or
+//!   one the server did not wait for although it normally waits (it gave up on a slow clock).
+//!   It committed at some time between the two: not before the lower bound (that of the line
+//!   before it; binary log order is commit order), not after the time it arrived.
 //! * `g` (gap): the clock could not read the log from where it stopped (the server no longer
 //!   had it, or nothing had followed the server before): any transactions that end at or
 //!   before this position and after the line before it have no line of their own; they
@@ -68,7 +69,8 @@ pub enum Kind {
     Exact,
     /// Received as it happened, not waited for: after the commit by the clock's lag.
     Arrival,
-    /// Read after a reconnection: committed at or after `not_before_us`, at or before the time.
+    /// Read after a reconnection, or not waited for where the server waits: committed at or
+    /// after `not_before_us`, at or before the time.
     CaughtUp { not_before_us: i64 },
     /// Transactions the clock never read, ending at this line's position: committed at or after
     /// `not_before_us` and at or before the time.
@@ -82,7 +84,7 @@ pub struct Commit {
     pub end: u64,
     /// Microseconds since the Unix epoch: never before the commit.
     pub at_us: i64,
-    /// Its GTID; `-` for a gap.
+    /// Its GTID; for a gap, the server's `gtid_binlog_pos` by then (`-`: none).
     pub gtid: String,
     pub kind: Kind,
 }
@@ -94,7 +96,7 @@ impl Commit {
             Kind::Exact => format!("{end} {at} {gtid} e\n"),
             Kind::Arrival => format!("{end} {at} {gtid} a\n"),
             Kind::CaughtUp { not_before_us } => format!("{end} {at} {gtid} c {not_before_us}\n"),
-            Kind::Gap { not_before_us } => format!("{end} {at} - g {not_before_us}\n"),
+            Kind::Gap { not_before_us } => format!("{end} {at} {gtid} g {not_before_us}\n"),
         }
     }
 
@@ -112,7 +114,7 @@ impl Commit {
             ("c", g) if g != "-" => Kind::CaughtUp {
                 not_before_us: bound()?,
             },
-            ("g", "-") => Kind::Gap {
+            ("g", _) => Kind::Gap {
                 not_before_us: bound()?,
             },
             _ => return None,
@@ -236,6 +238,35 @@ pub fn last_at_or_before(dir: &Path, pos: &BinlogPos) -> std::io::Result<Option<
     Ok(last)
 }
 
+/// Whether the lines of `dir` reach every transaction of `gtid_binlog_pos` (a server's
+/// `@@gtid_binlog_pos`, `domain-server-sequence` per domain, comma-separated): for each domain,
+/// a line of that domain (or a gap that had seen it) at that sequence number or later.
+/// Sequence numbers only grow within a domain.
+pub fn covers(dir: &Path, gtid_binlog_pos: &str) -> std::io::Result<bool> {
+    let mut newest: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for (_, path) in files(dir) {
+        for c in read(&path)? {
+            for (domain, seq) in c.gtid.split(',').filter_map(domain_seq) {
+                let n = newest.entry(domain).or_default();
+                *n = (*n).max(seq);
+            }
+        }
+    }
+    Ok(gtid_binlog_pos
+        .split(',')
+        .filter_map(domain_seq)
+        .all(|(domain, seq)| newest.get(&domain).is_some_and(|&n| n >= seq)))
+}
+
+/// `0-1-42` → domain 0, sequence number 42.
+fn domain_seq(gtid: &str) -> Option<(u32, u64)> {
+    let mut it = gtid.trim().split('-');
+    let domain = it.next()?.parse().ok()?;
+    it.next()?.parse::<u32>().ok()?;
+    let seq = it.next()?.parse().ok()?;
+    it.next().is_none().then_some((domain, seq))
+}
+
 /// The last line recorded in `dir`, with its log file's name.
 pub fn last(dir: &Path) -> Option<(String, Commit)> {
     files(dir)
@@ -273,6 +304,10 @@ mod tests {
             c(7, 8, Kind::Arrival),
             c(7, 8, Kind::CaughtUp { not_before_us: 3 }),
             c(7, 8, Kind::Gap { not_before_us: 0 }),
+            Commit {
+                gtid: "0-1-5,1-1-2".into(),
+                ..c(7, 8, Kind::Gap { not_before_us: 0 })
+            },
         ] {
             assert_eq!(Commit::parse(x.line().trim_end()), Some(x));
         }
@@ -284,7 +319,6 @@ mod tests {
             "1 2 0-1-1 e extra",
             "1 2 0-1-1 c",
             "1 2 0-1-1 c x",
-            "1 2 0-1-1 g 0",
             "1 2 - e",
             "1 2 - g 0 1",
         ] {
@@ -374,6 +408,28 @@ mod tests {
         assert!(base.before(&later) && !later.before(&base));
         assert_eq!(file_number("mariadb-bin.000042"), Some(42));
         assert_eq!(file_number("mariadb-bin.index"), None);
+    }
+
+    #[test]
+    fn the_lines_cover_a_servers_gtids_when_each_domain_has_reached_them() {
+        let d = tempfile::tempdir().unwrap();
+        let gap = Commit {
+            gtid: "0-1-5,1-1-2".into(),
+            ..c(300, 50, Kind::Gap { not_before_us: 0 })
+        };
+        write(
+            d.path(),
+            "mariadb-bin.000001",
+            &[gap, e(500, 100), e(900, 200)], // 0-1-500, 0-1-900
+            "",
+        );
+        let covers = |pos| covers(d.path(), pos).unwrap();
+        assert!(covers(""), "nothing written");
+        assert!(covers("0-1-900"));
+        assert!(covers("0-3-6,1-1-2"), "whatever the server id");
+        assert!(!covers("0-1-901"), "one past the last line");
+        assert!(!covers("0-1-900,1-1-3"));
+        assert!(!covers("0-1-900,2-1-1"), "a domain never seen");
     }
 
     /// Where a time falls inside the bounds of a stretch the clock did not see as it happened,

@@ -640,6 +640,12 @@ impl ServerAdmin for FakeAdmin {
         })
     }
 
+    async fn gtid_binlog_pos(&mut self) -> Result<String> {
+        self.act(format!("gtid_binlog_pos {}", self.name), |w, name| {
+            w.server(name).map(|_| String::new())
+        })
+    }
+
     async fn purge_binary_logs(&mut self) -> Result<u64> {
         self.act(format!("purge_binary_logs {}", self.name), |w, name| {
             w.server(name).map(|_| 1)

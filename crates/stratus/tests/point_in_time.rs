@@ -388,5 +388,20 @@ async fn a_time_where_transactions_have_no_commit_times_is_refused_and_after_the
         assert_eq!(rows, want, "at {t}");
         r.disconnect().await.unwrap();
     }
+
+    // The clock turned off again: what is written now has no time, and a restore to a time
+    // after it is refused rather than made without it.
+    s.stop();
+    s.configure("mariadb", "commit_clock = false");
+    s.start();
+    let mut c = connect(&s, "bank").await;
+    c.query_drop("INSERT INTO ledger VALUES (4, 8)")
+        .await
+        .unwrap();
+    c.disconnect().await.unwrap();
+    let now = now_rfc3339();
+    let err = s.fails(&["db", "restore", "bank", "--to", "bank-3", "--time", &now]);
+    assert!(err.contains("have no commit times"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
     s.stop();
 }

@@ -266,12 +266,17 @@ async fn session(
     )
     .await?;
     c.ok().await?;
-    let crc = {
-        c.command(COM_QUERY, b"SELECT @@global.binlog_checksum")
-            .await?;
-        let rows = read_text_result(&mut c).await?;
-        rows.first()
-            .is_some_and(|v| v.eq_ignore_ascii_case("CRC32"))
+    let (crc, waits) = {
+        c.command(
+            COM_QUERY,
+            b"SELECT @@global.binlog_checksum, @@global.rpl_semi_sync_master_enabled",
+        )
+        .await?;
+        let row = read_text_result(&mut c).await?;
+        (
+            row.first().is_some_and(|v| v.eq_ignore_ascii_case("CRC32")),
+            row.get(1).is_some_and(|v| v == "1"),
+        )
     };
     // Everything up to the server's end now was committed while no one followed it.
     let end_now = master_end(&mut c).await?;
@@ -280,22 +285,31 @@ async fn session(
         log: end_now.file.clone(),
         file: None,
     };
-    let (start, mut floor_us, caught_up_to) = match resume.then(|| resume_point(dir)).flatten() {
-        Some((from, floor)) => (from, floor, Some(end_now)),
-        None => {
-            // What ends before here, after the last line (if any), will never have times.
-            let floor = commit_times::last(dir).map_or(0, |(_, c)| c.not_before_us());
-            times.append(&Commit {
-                end: end_now.pos,
-                at_us: now_us(),
-                gtid: "-".into(),
-                kind: Kind::Gap {
-                    not_before_us: floor,
-                },
-            })?;
-            (end_now, floor, None)
-        }
-    };
+    let (start, mut floor_us, caught_up_to, mut gap) =
+        match resume.then(|| resume_point(dir)).flatten() {
+            Some((from, floor)) => (from, floor, Some(end_now), None),
+            None => {
+                // What ends before here, after the last line (if any), will never have times.
+                // Noted once the server answers the dump, so that the time is after the
+                // commits of everything it wrote before (the engine commits after the write).
+                let floor = commit_times::last(dir).map_or(0, |(_, c)| c.not_before_us());
+                // The GTIDs written by then (read after the position, so never short of it):
+                // what a restore checks the lines against (`commit_times::covers`).
+                c.command(COM_QUERY, b"SELECT @@global.gtid_binlog_pos")
+                    .await?;
+                let written = read_text_result(&mut c).await?;
+                let state = written.first().map(String::as_str).unwrap_or_default();
+                let gap = Commit {
+                    end: end_now.pos,
+                    at_us: 0,
+                    gtid: if state.is_empty() { "-" } else { state }.to_owned(),
+                    kind: Kind::Gap {
+                        not_before_us: floor,
+                    },
+                };
+                (end_now, floor, None, Some(gap))
+            }
+        };
     times.rotate(start.file.clone());
     let (file, pos) = (start.file, start.pos);
     let mut body = Vec::with_capacity(10 + file.len());
@@ -308,6 +322,10 @@ async fn session(
     let mut standalone = false;
     loop {
         let p = c.read().await?;
+        if let Some(mut gap) = gap.take() {
+            gap.at_us = now_us();
+            times.append(&gap)?;
+        }
         if let Some(tx) = attached.take() {
             let _ = tx.send(());
         }
@@ -329,7 +347,7 @@ async fn session(
             return Err(ClockError::Protocol("short event"));
         }
         let u32_at = |at: usize| u32::from_le_bytes([ev[at], ev[at + 1], ev[at + 2], ev[at + 3]]);
-        let (when, kind, server_id, end) = (u32_at(0), ev[4], u32_at(5), u32_at(13));
+        let (kind, server_id, end) = (ev[4], u32_at(5), u32_at(13));
         let trailer = if crc { 4 } else { 0 };
         let body = ev
             .get(HEADER..ev.len().saturating_sub(trailer))
@@ -357,15 +375,20 @@ async fn session(
                 file: times.log.clone(),
                 pos: u64::from(end),
             };
-            let kind = match &caught_up_to {
+            let caught_up = caught_up_to.as_ref().is_some_and(|to| !to.before(&here));
+            let kind = if need_ack {
                 // The server waits for it: not committed yet.
-                _ if need_ack => Kind::Exact,
-                // Committed while no one followed: after the line before it and not before its
-                // binary log second (when its commit began), at or before now.
-                Some(to) if !to.before(&here) => Kind::CaughtUp {
-                    not_before_us: floor_us.max(i64::from(when) * 1_000_000),
-                },
-                _ => Kind::Arrival,
+                Kind::Exact
+            } else if caught_up || waits {
+                // Committed while no one followed, or without waiting where the server
+                // normally waits (it gave up on a slow clock): some time after the line
+                // before it and before now. (Not bounded by the event's own time: any
+                // client can set that with `SET timestamp`.)
+                Kind::CaughtUp {
+                    not_before_us: floor_us,
+                }
+            } else {
+                Kind::Arrival
             };
             let commit = Commit {
                 end: u64::from(end),
