@@ -57,6 +57,8 @@ pub struct ControlConfig {
     pub default_policy: stratus_core::ScalingPolicy,
     /// The warm pool of spare servers.
     pub pool: pool::PoolConfig,
+    /// How often every database is reconciled without a trigger (`reconcile::run_resync`).
+    pub resync_every: Duration,
     /// Reload the hot pages after a suspend (off only to measure what it is worth).
     pub hydrate: bool,
     /// Where backups are kept (`backup`).
@@ -72,6 +74,7 @@ impl Default for ControlConfig {
             restart_backoff_max: Duration::from_secs(30),
             default_policy: stratus_core::ScalingPolicy::default(),
             pool: pool::PoolConfig::default(),
+            resync_every: Duration::from_secs(30),
             hydrate: true,
             backup_dir: "backups".into(),
         }
@@ -92,6 +95,9 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// Databases at their storage limit where no volume enforces it, with the limit: the proxy
     /// refuses their statements that add data (`storage`).
     storage_full: Mutex<HashMap<ServiceName, u64>>,
+    /// Databases the error policy is retrying, or gave up on (left to a person): the resync
+    /// leaves them alone, so it neither doubles the retries nor undoes the giving up.
+    retrying: Mutex<HashMap<ServiceName, reconcile::Retrying>>,
     /// Whether `storage_full` holds any database, readable without its lock.
     any_storage_full: std::sync::atomic::AtomicBool,
     pool: Mutex<pool::PoolState>,
@@ -115,6 +121,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             suspended: Mutex::new(std::collections::HashSet::new()),
             settling: Mutex::new(std::collections::HashSet::new()),
             storage_full: Mutex::new(HashMap::new()),
+            retrying: Mutex::new(HashMap::new()),
             any_storage_full: std::sync::atomic::AtomicBool::new(false),
             pool: Mutex::new(pool::PoolState::default()),
             measured: Mutex::new(HashMap::new()),
@@ -165,11 +172,17 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// The lock that serialises every operation on one database.
     async fn lock(&self, name: &ServiceName) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(name.clone()).or_default().clone()
-        };
-        m.lock_owned().await
+        self.db_mutex(name).lock_owned().await
+    }
+
+    /// The database's lock if no one holds it now.
+    fn try_lock(&self, name: &ServiceName) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.db_mutex(name).try_lock_owned().ok()
+    }
+
+    fn db_mutex(&self, name: &ServiceName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(name.clone()).or_default().clone()
     }
 
     async fn load(&self, name: &ServiceName) -> Result<DatabaseService> {

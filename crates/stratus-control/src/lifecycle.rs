@@ -381,6 +381,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.runtime.destroy(&name).await?;
         self.store.delete_service(&name).await?;
         self.set_suspended(&name, false);
+        self.settled(&name);
         self.event(
             &name,
             EventKind::Deleted,

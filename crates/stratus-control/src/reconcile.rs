@@ -13,6 +13,8 @@
 use crate::supervisor::backoff;
 use crate::{ControlPlane, Result};
 use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 use stratus_core::{DatabaseService, DbState, EventKind, ServiceName};
 use stratus_runtime::Runtime;
@@ -97,6 +99,17 @@ pub fn plan(state: DbState, seen: Seen) -> Vec<Action> {
     out
 }
 
+/// What was seen, in words, for the resync's event.
+fn describe(seen: Seen) -> &'static str {
+    match (seen.serving, seen.process, seen.frozen, seen.held) {
+        (false, false, ..) => "no server running",
+        (false, true, ..) => "a server running that should not",
+        (true, _, true, false) => "its server frozen though not suspended",
+        (true, _, false, true) => "its server held back from clients and not frozen",
+        (true, ..) => "its server in a state other than wanted",
+    }
+}
+
 /// What made the reconciler look, for the events it records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -106,6 +119,18 @@ pub enum Trigger {
     Crash,
     /// An operation changed the desired state (it records its own event).
     Request,
+    /// The periodic resync: a trigger was missed (or never came), or none exists for what
+    /// changed (a server's cgroup thawed by hand).
+    Resync,
+}
+
+/// What the error policy is doing about one database.
+#[derive(Debug, Default)]
+pub(crate) struct Retrying {
+    /// Its retry loops running now (a crash and a recovery may each have one).
+    loops: u32,
+    /// One gave up: left to a person until something brings it where it should be.
+    gave_up: bool,
 }
 
 /// Failed attempts in a row before the error policy stops trying and leaves it to a person.
@@ -153,17 +178,124 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let Some(svc) = self.store.service(name).await? else {
             return Ok(Vec::new());
         };
-        Ok(self.converge(&svc, why).await?.0)
+        let (seen, actions, done) = self.converge(&svc, why).await?;
+        if why == Trigger::Resync && !actions.is_empty() {
+            let started = done
+                .started_pid
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            self.event(
+                name,
+                EventKind::Reconciled,
+                &format!(
+                    "found {} while {}, with no notice of why; did {}{started}",
+                    describe(seen),
+                    svc.state,
+                    actions
+                        .iter()
+                        .map(|a| format!("{a:?}").to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                json!({"seen": format!("{seen:?}"), "actions": format!("{actions:?}"), "pid": done.started_pid}),
+            )
+            .await;
+        }
+        Ok(actions)
     }
 
-    /// Plans and applies for `svc` as given. Caller holds the lock.
-    async fn converge(&self, svc: &DatabaseService, why: Trigger) -> Result<(Vec<Action>, Done)> {
-        let actions = plan(svc.state, self.seen(svc).await);
+    /// Every `resync_every`, looks at every database that no error policy is retrying and
+    /// reconciles the ones found other than the catalog says twice in a row (kube-rs's periodic
+    /// requeue): a lost notice, or a change no notice exists for, is caught within two periods,
+    /// while one that its trigger is already handling (a crash between its exit and the
+    /// supervisor's restart) is left to it. One that fails is handed to the error policy.
+    pub async fn run_resync(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.resync_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // immediate: recovery has just looked at everything
+        let mut suspects = HashSet::new();
+        loop {
+            tick.tick().await;
+            self.resync(&mut suspects).await;
+        }
+    }
+
+    /// One pass of [`Self::run_resync`]; `suspects` are the databases the last pass found off.
+    pub async fn resync(self: &Arc<Self>, suspects: &mut HashSet<ServiceName>) {
+        let Ok(services) = self.store.services().await else {
+            return;
+        };
+        let mut off_now = HashSet::new();
+        for svc in services {
+            let name = svc.name().clone();
+            if self.retrying().contains_key(&name) {
+                // Converged since (by hand, or by a loop that won): no longer given up.
+                if self.diverges(&name).await == Some(false) {
+                    self.settled(&name);
+                }
+                continue;
+            }
+            // Busy (an operation, a backup, a restore): looked at next time.
+            if self.diverges(&name).await != Some(true) {
+                continue;
+            }
+            if !suspects.contains(&name) {
+                off_now.insert(name);
+                continue;
+            }
+            if let Err(e) = self.reconcile(&name, Trigger::Resync).await {
+                tracing::warn!(db = %name, "resync: {e}");
+                let me = self.clone();
+                tokio::spawn(
+                    async move { me.reconcile_until_settled(&name, Trigger::Resync, 1).await },
+                );
+            }
+        }
+        *suspects = off_now;
+    }
+
+    /// Whether the database is other than its desired state (its plan is not empty); `None`
+    /// when someone holds its lock or it is gone.
+    async fn diverges(&self, name: &ServiceName) -> Option<bool> {
+        let _guard = self.try_lock(name)?;
+        let svc = self.store.service(name).await.ok()??;
+        Some(!plan(svc.state, self.seen(&svc).await).is_empty())
+    }
+
+    fn retrying(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceName, Retrying>> {
+        self.retrying.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The database is where it should be: whatever gave up on it is over (a loop still
+    /// running keeps its mark until it ends).
+    pub(crate) fn settled(&self, name: &ServiceName) {
+        let mut all = self.retrying();
+        if let Some(r) = all.get_mut(name) {
+            r.gave_up = false;
+            if r.loops == 0 {
+                all.remove(name);
+            }
+        }
+    }
+
+    /// Plans and applies for `svc` as given; returns what was seen, the plan and what it did.
+    /// Caller holds the lock.
+    async fn converge(
+        &self,
+        svc: &DatabaseService,
+        why: Trigger,
+    ) -> Result<(Seen, Vec<Action>, Done)> {
+        let seen = self.seen(svc).await;
+        let actions = plan(svc.state, seen);
         let mut done = Done::default();
         for &action in &actions {
             self.apply(svc, action, why, &mut done).await?;
         }
-        Ok((actions, done))
+        if why == Trigger::Request {
+            // An operation (`db resume`) brought it where it should be.
+            self.settled(svc.name());
+        }
+        Ok((seen, actions, done))
     }
 
     /// Makes `to` the desired state of `svc` and converges to it. If that fails, the previous
@@ -174,7 +306,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         svc.state = to;
         self.store.update_service(svc).await?;
         match self.converge(svc, Trigger::Request).await {
-            Ok((_, done)) => Ok(done),
+            Ok((_, _, done)) => Ok(done),
             Err(e) => {
                 *svc = before;
                 self.store.update_service(svc).await?;
@@ -195,18 +327,34 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         why: Trigger,
         mut attempt: u32,
     ) {
+        self.retrying().entry(name.clone()).or_default().loops += 1;
+        let end = |gave_up: bool| {
+            let mut all = self.retrying();
+            if let Some(r) = all.get_mut(name) {
+                r.loops = r.loops.saturating_sub(1);
+                // The last loop to end says: a success settles it, giving up leaves it.
+                r.gave_up = gave_up;
+                if r.loops == 0 && !r.gave_up {
+                    all.remove(name);
+                }
+            }
+        };
         for _ in 0..MAX_ATTEMPTS {
             // Back-off between attempts on a failing server, not a readiness wait; the lock is
             // not held meanwhile, so the database can still be parked or deleted.
             tokio::time::sleep(backoff(attempt, self.cfg.restart_backoff_max)).await;
             match self.reconcile(name, why).await {
-                Ok(_) => return,
+                Ok(_) => {
+                    end(false);
+                    return;
+                }
                 Err(e) => {
                     attempt += 1;
                     tracing::debug!(db = %name, attempt, "reconcile failed: {e}");
                 }
             }
         }
+        end(true);
         self.event(
             name,
             EventKind::StartFailed,
@@ -268,6 +416,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         format!("could not start after a restart of Stratus: {e}")
                     }
                     Trigger::Crash => format!("restart after crash failed: {e}"),
+                    Trigger::Resync => format!("start by the periodic check failed: {e}"),
                     Trigger::Request => return Err(e),
                 };
                 self.event(name, EventKind::StartFailed, &message, json!({}))
@@ -276,7 +425,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
         };
         let (kind, message) = match why {
-            Trigger::Request => return Ok(instance.pid),
+            // Its event is the resync's, which says what was found.
+            Trigger::Request | Trigger::Resync => return Ok(instance.pid),
             Trigger::Recovery => {
                 self.tend_commit_markers(svc).await;
                 if instance.adopted {

@@ -663,3 +663,87 @@ async fn a_branch_copies_at_once_or_through_a_backup() {
     let err = cp.branch("shop", req("dev")).await.unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
 }
+
+/// A server gone without a notice (its exit missed) is found by the periodic resync, left for
+/// one period to a trigger that may be handling it, then started, with an event that says what
+/// was found. One the error policy gave up on is left to a person until `db resume`.
+#[tokio::test(start_paused = true)]
+async fn the_resync_brings_back_what_no_notice_told_of_and_leaves_what_was_given_up() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    create(&cp, "broken").await;
+    rt.vanish("shop");
+    let mut suspects = std::collections::HashSet::new();
+    cp.resync(&mut suspects).await;
+    assert!(rt.server("shop").is_none(), "a period for a trigger first");
+    cp.resync(&mut suspects).await;
+    let pid = rt.server("shop").expect("started by the second look").pid;
+    let (kind, message) = events(&cp, "shop").await.pop().unwrap();
+    assert_eq!(kind, EventKind::Reconciled, "{message}");
+    assert!(message.contains("no server running"), "{message}");
+    assert!(message.contains(&format!("pid {pid}")), "{message}");
+    rt.take_calls();
+    cp.resync(&mut suspects).await;
+    cp.resync(&mut suspects).await;
+    assert!(
+        !rt.calls().iter().any(|c| c.starts_with("start")),
+        "nothing to do: {:?}",
+        rt.calls()
+    );
+
+    // Every start fails until the error policy gives up; the resync does not take over.
+    rt.vanish("broken");
+    rt.fail(Op::Start, MAX_ATTEMPTS);
+    cp.reconcile_until_settled(&db("broken"), Trigger::Crash, 0)
+        .await;
+    rt.take_calls();
+    for _ in 0..3 {
+        cp.resync(&mut suspects).await;
+    }
+    assert_eq!(rt.calls(), Vec::<String>::new(), "given up: left alone");
+    cp.resume("broken").await.unwrap();
+    rt.vanish("broken");
+
+    // Running on its own clock, it looks after `broken` again.
+    tokio::spawn(cp.clone().run_resync());
+    until("broken started by the resync", || async {
+        rt.server("broken").is_some()
+            && events(&cp, "broken").await.pop().map(|e| e.0) == Some(EventKind::Reconciled)
+    })
+    .await;
+}
+
+/// A crash whose restart waits out its back-off is the supervisor's: the resync, looking on
+/// meanwhile, neither starts the server early nor records anything.
+#[tokio::test(start_paused = true)]
+async fn the_resync_leaves_a_crash_restart_to_the_supervisor() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    tokio::spawn(cp.clone().supervise());
+    tokio::task::yield_now().await; // it listens for exits
+    // Two quick crashes: the second restart waits 1 s, then its starts fail four times, with
+    // waits of 2, 4, 8 and 16 s: 31 s without a server, over two looks of the resync.
+    rt.crash("shop");
+    until("restarted once", || async { rt.server("shop").is_some() }).await;
+    rt.fail(Op::Start, 4);
+    rt.crash("shop");
+    let mut suspects = std::collections::HashSet::new();
+    for _ in 0..2 {
+        cp.resync(&mut suspects).await;
+        assert!(
+            rt.server("shop").is_none(),
+            "still the supervisor's back-off"
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    until("restarted by the supervisor", || async {
+        rt.server("shop").is_some()
+            && events(&cp, "shop").await.pop().map(|e| e.0) == Some(EventKind::Restarted)
+    })
+    .await;
+    let ev = events(&cp, "shop").await;
+    assert!(
+        !ev.iter().any(|e| e.0 == EventKind::Reconciled),
+        "the resync kept out: {ev:?}"
+    );
+}

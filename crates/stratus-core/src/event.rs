@@ -45,6 +45,9 @@ pub enum EventKind {
     StorageFull,
     /// A database was made as a branch of another.
     Branched,
+    /// The periodic resync found a database other than the catalog says, with no notice of
+    /// why, and brought it back.
+    Reconciled,
 }
 
 impl EventKind {
@@ -76,6 +79,7 @@ impl EventKind {
             EventKind::StorageGrown => "storage_grown",
             EventKind::StorageFull => "storage_full",
             EventKind::Branched => "branched",
+            EventKind::Reconciled => "reconciled",
         }
     }
 
@@ -109,6 +113,7 @@ mod tests {
             EventKind::UserCreated,
             EventKind::BackupTaken,
             EventKind::Restored,
+            EventKind::Reconciled,
         ] {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }

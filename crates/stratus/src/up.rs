@@ -98,6 +98,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     tokio::spawn(cp.clone().run_pool());
     tokio::spawn(cp.clone().run_backups());
     tokio::spawn(cp.clone().run_storage());
+    tokio::spawn(cp.clone().run_resync());
     let tls = match &settings.tls {
         Some(t) => Some(
             stratus_proxy::tls::load_or_create(
