@@ -16,7 +16,7 @@ use stratus_wire::packet;
 use stratus_wire::response::ErrPacket;
 use stratus_wire::tracker::{Expect, Step, Tracker};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf, Ready};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 
 /// Capabilities the proxy always asks of a backend, whatever the client negotiated: session
 /// tracking is how it learns the session's state.
@@ -90,7 +90,7 @@ pub struct Backend {
 
 /// The byte stream to a server: its private unix socket on this host, or TCP to a pod.
 pub enum BackendStream {
-    Unix(UnixStream),
+    Unix(crate::backend_unix::BackendUnix),
     Tcp(TcpStream),
     /// A scripted server in the same process, for tests of whole sessions
     /// (`crate::testkit`). Absent from other builds, so the relay's matches compile as they
@@ -106,7 +106,9 @@ impl BackendStream {
             return memory.map(BackendStream::Memory);
         }
         Ok(match addr {
-            Endpoint::Unix(path) => BackendStream::Unix(UnixStream::connect(path).await?),
+            Endpoint::Unix(path) => {
+                BackendStream::Unix(crate::backend_unix::BackendUnix::connect(path).await?)
+            }
             Endpoint::Tcp(addr) => {
                 let s = TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;
@@ -117,7 +119,8 @@ impl BackendStream {
 
     pub async fn ready(&self, interest: Interest) -> io::Result<Ready> {
         match self {
-            BackendStream::Unix(s) => s.ready(interest).await,
+            // Readability is all the relay waits for, and all a server's socket is registered for.
+            BackendStream::Unix(s) => s.readable().await,
             BackendStream::Tcp(s) => s.ready(interest).await,
             #[cfg(test)]
             BackendStream::Memory(s) => s.ready(interest).await,
@@ -130,7 +133,7 @@ impl BackendStream {
         f: impl FnOnce() -> io::Result<R>,
     ) -> io::Result<R> {
         match self {
-            BackendStream::Unix(s) => s.try_io(interest, f),
+            BackendStream::Unix(s) => s.try_read_io(f),
             BackendStream::Tcp(s) => s.try_io(interest, f),
             #[cfg(test)]
             BackendStream::Memory(_) => f(),
@@ -198,6 +201,9 @@ impl AsyncWrite for BackendStream {
 /// Rows of a result the proxy reads for itself: text values, `None` for NULL.
 pub type Rows = Vec<Vec<Option<Vec<u8>>>>;
 
+/// Room for a read of a backend's answers: a sysbench range of 100 rows is about 13 KiB.
+const BACKEND_READ: usize = 16 * 1024;
+
 impl Backend {
     pub async fn connect(
         addr: Endpoint,
@@ -210,7 +216,7 @@ impl Backend {
             .map_err(|_| BackendError::Io(std::io::ErrorKind::TimedOut.into()))??;
         let mut b = Backend {
             stream,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::with_capacity(BACKEND_READ),
             caps: 0,
             addr,
             connection_id: 0,
@@ -305,6 +311,7 @@ impl Backend {
 
     /// Reads more bytes; an end of stream is an error (the server went away).
     pub async fn fill(&mut self) -> Result<(), BackendError> {
+        crate::stream::make_room(&mut self.buf, BACKEND_READ);
         if self.stream.read_buf(&mut self.buf).await? == 0 {
             return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }

@@ -84,7 +84,7 @@ pub(crate) async fn session<D: Directory>(
     let _slot = Slot(&proxy.connections);
     let mut client = ClientIo {
         stream,
-        buf: BytesMut::with_capacity(8 * 1024),
+        buf: BytesMut::with_capacity(crate::stream::CLIENT_READ),
     };
     if total > proxy.cfg.max_connections {
         let _ = client

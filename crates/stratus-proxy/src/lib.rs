@@ -25,6 +25,7 @@
 
 pub mod activity;
 pub mod backend;
+pub mod backend_unix;
 pub mod client;
 pub mod error;
 mod idle;

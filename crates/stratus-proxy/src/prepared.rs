@@ -23,7 +23,8 @@ pub struct Statement {
 
 #[derive(Debug, Default)]
 pub struct Statements {
-    map: HashMap<u32, Statement>,
+    /// Looked up on every execute; ids are the proxy's own, so no hash flooding to resist.
+    map: HashMap<u32, Statement, foldhash::fast::FixedState>,
     next: u32,
 }
 

@@ -147,6 +147,21 @@ pub(crate) enum End {
     Killed,
 }
 
+/// Makes sure a read into `buf` has room for at least `want` bytes. Consumed bytes are dropped
+/// from a `BytesMut`'s front without giving their room back, so a buffer read to the end and
+/// consumed has only its tail left: the next read would fetch a few hundred bytes of a
+/// 13 KiB answer and need another system call (and often another wake-up) for the rest.
+/// `reserve` moves what is left to the front when that makes the room, and allocates only
+/// when the data itself needs it.
+pub(crate) fn make_room(buf: &mut BytesMut, want: usize) {
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+    }
+}
+
+/// Room for a read of the client's commands.
+pub(crate) const CLIENT_READ: usize = 8 * 1024;
+
 /// The client side: its socket and what it has sent that is not consumed yet.
 pub(crate) struct ClientIo {
     pub(crate) stream: ClientStream,
@@ -165,6 +180,7 @@ impl ClientIo {
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::TooLarge(e.limit)),
             }
+            make_room(&mut self.buf, CLIENT_READ);
             if self
                 .stream
                 .read_buf(&mut self.buf)
