@@ -247,11 +247,10 @@ async fn a_restore_to_a_time_has_exactly_the_transactions_committed_by_then() {
     s.stop();
 }
 
-/// With the commit clock turned off there are no commit times to cut the log by: a restore to a
-/// time is refused with what to do, and nothing is made; a whole backup still restores.
-#[tokio::test(flavor = "multi_thread")]
-async fn without_commit_times_a_restore_to_a_time_is_refused_and_says_how_to_get_them() {
-    let mut s = Stratus::new("pitr-off");
+/// A `stratus up` without the commit clock, and database `bank` with a ledger of one row, a
+/// verified backup, then a second row; the owner's connection and the backup.
+async fn without_clock(tag: &str) -> (Stratus, Conn, serde_json::Value) {
+    let mut s = Stratus::new(tag);
     s.configure("mariadb", "commit_clock = false");
     s.start();
     s.json(&["db", "create", "bank", "--password", "pw-bank"]);
@@ -266,6 +265,14 @@ async fn without_commit_times_a_restore_to_a_time_is_refused_and_says_how_to_get
     c.query_drop("INSERT INTO ledger VALUES (2, 6)")
         .await
         .unwrap();
+    (s, c, b)
+}
+
+/// With the commit clock turned off there are no commit times to cut the log by: a restore to a
+/// time is refused with what to do, and nothing is made; a whole backup still restores.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_commit_times_a_restore_to_a_time_is_refused_and_says_how_to_get_them() {
+    let (s, c, b) = without_clock("pitr-off").await;
     let t = now_rfc3339();
 
     let err = s.fails(&["db", "restore", "bank", "--to", "bank-t", "--time", &t]);
@@ -336,21 +343,7 @@ async fn a_restore_to_after_the_last_write_has_every_transaction() {
 /// a time after then has them all.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_time_where_transactions_have_no_commit_times_is_refused_and_after_them_they_are_kept() {
-    let mut s = Stratus::new("pitr-gap");
-    s.configure("mariadb", "commit_clock = false");
-    s.start();
-    s.json(&["db", "create", "bank", "--password", "pw-bank"]);
-    let mut c = connect(&s, "bank").await;
-    c.query_drop(
-        "CREATE TABLE ledger (id INT PRIMARY KEY, amount INT); INSERT INTO ledger VALUES (1, 5)",
-    )
-    .await
-    .unwrap();
-    let b = s.json(&["backup", "create", "bank"]);
-    assert_eq!(b["verified"], true, "{b}");
-    c.query_drop("INSERT INTO ledger VALUES (2, 6)")
-        .await
-        .unwrap();
+    let (mut s, c, _) = without_clock("pitr-gap").await;
     let untimed = now_rfc3339();
     c.disconnect().await.unwrap();
     s.stop();
