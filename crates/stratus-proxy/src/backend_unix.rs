@@ -18,8 +18,9 @@ use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
 
-/// The most a read asks for at once (and so the most of the buffer it initializes).
-const READ_AT_ONCE: usize = 64 * 1024;
+/// The most a read asks for at once, and so the most of the buffer it zeroes first: as much as
+/// the backend buffer keeps room for (`backend::BACKEND_READ`), not more on the hot path.
+const READ_AT_ONCE: usize = 16 * 1024;
 
 pub struct BackendUnix {
     read: AsyncFd<UnixStream>,
