@@ -9,6 +9,10 @@
 //! Stratus restarts, after a server crashes, and after a missed notice: whatever happened, it
 //! looks at the state now, not at the event, so running it twice does nothing the second time.
 //! Everything that acts on a database holds its lock, so the reconciler never sees one half done.
+//!
+//! The catalog's size is a desired size too: a running server found at other limits or another
+//! buffer pool (a resize cut short by a restart of Stratus, a limit changed by hand) is brought
+//! back to it ([`Action::Resize`], [`size_seen`]).
 
 use crate::supervisor::backoff;
 use crate::{ControlPlane, Result};
@@ -16,8 +20,9 @@ use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
-use stratus_core::{DatabaseService, DbState, EventKind, ServiceName};
+use stratus_core::{DatabaseService, DbState, EventKind, Resources, ServiceName};
 use stratus_runtime::Runtime;
+use stratus_runtime::admin::ServerAdmin;
 use stratus_store::Store;
 
 /// What is seen of one database now.
@@ -33,6 +38,54 @@ pub struct Seen {
     /// The control plane holds it back from clients as suspended (set before it is emptied,
     /// cleared after it is filled again).
     pub held: bool,
+    /// How its size compares with the catalog's; looked at only for an active server that is
+    /// neither frozen nor held (the others are at their floors, or cannot answer).
+    pub size: SizeSeen,
+}
+
+/// How a running server's size compares with the one the catalog wants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SizeSeen {
+    /// Not looked at, or nothing of it could be observed.
+    #[default]
+    Unknown,
+    Matches,
+    /// Its limits or its buffer pool are not the catalog's.
+    Differs,
+}
+
+/// A running server's size as observed; `None` for what cannot be (limits without resource
+/// control, a buffer pool behind a failed login).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SizeFound {
+    pub cpu_millis: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub buffer_pool_bytes: Option<u64>,
+}
+
+/// Whether `found` is the size of `want`. The kernel keeps a memory limit in whole pages, so
+/// one a page (of any size up to 64 KiB) below the one set is the one set. The buffer pool
+/// matches the size asked for or the one the server reported when it was last sized
+/// (`pool_recorded`): the server may round what it is asked for
+/// (<https://mariadb.com/kb/en/innodb-system-variables/#innodb_buffer_pool_size>). Pure.
+pub fn size_seen(want: Resources, pool_recorded: u64, found: SizeFound) -> SizeSeen {
+    const LARGEST_PAGE: u64 = 64 << 10;
+    let checks = [
+        found.cpu_millis.map(|c| c == want.cpu_millis),
+        found
+            .memory_bytes
+            .map(|m| m <= want.memory_bytes && want.memory_bytes - m < LARGEST_PAGE),
+        found
+            .buffer_pool_bytes
+            .map(|b| b == want.buffer_pool_bytes || b == pool_recorded),
+    ];
+    if checks.contains(&Some(false)) {
+        SizeSeen::Differs
+    } else if checks.contains(&Some(true)) {
+        SizeSeen::Matches
+    } else {
+        SizeSeen::Unknown
+    }
 }
 
 /// One step towards the desired state.
@@ -55,6 +108,9 @@ pub enum Action {
     Hold,
     /// Stop holding it back.
     Release,
+    /// Bring a running server's limits and buffer pool to the catalog's size, from whatever
+    /// size it is found at.
+    Resize,
 }
 
 /// The actions that take a database in `state` from what is `seen` to what the state wants.
@@ -85,6 +141,12 @@ pub fn plan(state: DbState, seen: Seen) -> Vec<Action> {
                 out.extend([Thaw, Fill, Release]);
             } else if seen.frozen {
                 out.push(Thaw);
+                // Frozen, its size could not be looked at.
+                if state == DbState::Active {
+                    out.push(Resize);
+                }
+            } else if state == DbState::Active && seen.size == SizeSeen::Differs {
+                out.push(Resize);
             }
         }
         // Held first, so no client is handed the server while it is emptied.
@@ -106,6 +168,9 @@ fn describe(seen: Seen) -> &'static str {
         (false, true, ..) => "a server running that should not",
         (true, _, true, false) => "its server frozen though not suspended",
         (true, _, false, true) => "its server held back from clients and not frozen",
+        (true, _, false, false) if seen.size == SizeSeen::Differs => {
+            "its server at a size other than the catalog's"
+        }
         (true, ..) => "its server in a state other than wanted",
     }
 }
@@ -144,6 +209,8 @@ pub struct Done {
     pub emptied: Option<crate::suspend::Emptied>,
     /// Whether the freeze took (false where the host cannot freeze).
     pub frozen: Option<bool>,
+    /// The size a server was found at and brought back from.
+    pub resized_from: Option<SizeFound>,
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
@@ -154,11 +221,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let held = self.is_suspended(name);
         if serving {
             let o = self.runtime.observe(name).await;
+            let size = if svc.state == DbState::Active && !o.frozen && !held {
+                let found = self.size_found(name, &o).await;
+                size_seen(self.resources(svc.scu), svc.buffer_pool_bytes, found)
+            } else {
+                SizeSeen::Unknown
+            };
             return Seen {
                 serving,
                 process: true,
                 frozen: o.frozen,
                 held,
+                size,
             };
         }
         let process = matches!(svc.state, DbState::Parked | DbState::Deleted)
@@ -168,6 +242,26 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             process,
             frozen: false,
             held,
+            size: SizeSeen::Unknown,
+        }
+    }
+
+    /// The size a running server is at: its enforced limits, and its buffer pool through a
+    /// login that changes nothing (a refused one leaves the pool unknown; restoring access is
+    /// for the actions, not the look).
+    async fn size_found(&self, name: &ServiceName, o: &stratus_runtime::Observed) -> SizeFound {
+        let buffer_pool_bytes = match self.admin_login(name).await {
+            Ok(mut conn) => {
+                let pool = conn.buffer_pool_size().await.ok();
+                conn.close().await;
+                pool
+            }
+            Err(_) => None,
+        };
+        SizeFound {
+            cpu_millis: o.cpu_limit_millis,
+            memory_bytes: o.memory_limit_bytes,
+            buffer_pool_bytes,
         }
     }
 
@@ -391,7 +485,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 done.stopped_gracefully = Some(self.runtime.stop(name, self.cfg.stop_grace).await?);
             }
             Action::Thaw => self.runtime.thaw(name).await?,
-            Action::Start => done.started_pid = Some(self.start_recorded(svc, why).await?),
+            Action::Start => {
+                let instance = self.start_recorded(svc, why).await?;
+                done.started_pid = Some(instance.pid);
+                // An adopted server is at whatever size it was left at: a resize may have been
+                // cut short by the restart of Stratus.
+                if instance.adopted && svc.state == DbState::Active {
+                    done.resized_from = self.resize_to_catalog(svc, why).await?;
+                }
+            }
+            Action::Resize => done.resized_from = self.resize_to_catalog(svc, why).await?,
             Action::Empty => done.emptied = Some(self.empty(svc).await?),
             Action::Fill => self.fill(svc).await?,
             Action::Freeze => done.frozen = Some(self.runtime.freeze(name).await?),
@@ -401,9 +504,72 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         Ok(())
     }
 
+    /// The reconciler's `Resize`: if the running server is found at a size other than the
+    /// catalog's, brings it there the way every resize is made ([`crate::sizing`]), records the
+    /// buffer pool the server made of it and a `scaled` event. Returns the size it was found
+    /// at, when it was changed.
+    async fn resize_to_catalog(
+        &self,
+        svc: &DatabaseService,
+        why: Trigger,
+    ) -> Result<Option<SizeFound>> {
+        let name = svc.name();
+        let to = self.resources(svc.scu);
+        let o = self.runtime.observe(name).await;
+        let mut conn = self.admin(name).await?;
+        let pool = conn.buffer_pool_size().await?;
+        conn.close().await;
+        let found = SizeFound {
+            cpu_millis: o.cpu_limit_millis,
+            memory_bytes: o.memory_limit_bytes,
+            buffer_pool_bytes: Some(pool),
+        };
+        if size_seen(to, svc.buffer_pool_bytes, found) != SizeSeen::Differs {
+            return Ok(None);
+        }
+        let from = Resources {
+            cpu_millis: found.cpu_millis.unwrap_or(to.cpu_millis),
+            memory_bytes: found.memory_bytes.unwrap_or(to.memory_bytes),
+            buffer_pool_bytes: pool,
+            ..to
+        };
+        let applied = self.apply_size(name, from, to).await?;
+        if applied.buffer_pool_actual != svc.buffer_pool_bytes {
+            let mut now = self.load(name).await?;
+            now.buffer_pool_bytes = applied.buffer_pool_actual;
+            self.store.update_service(&now).await?;
+        }
+        let known = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
+        let whence = match why {
+            Trigger::Recovery => "after a restart of Stratus",
+            Trigger::Crash => "after a crash",
+            Trigger::Request => "by request",
+            Trigger::Resync => "by the periodic check",
+        };
+        self.event(
+            name,
+            EventKind::Scaled,
+            &format!(
+                "brought back to its size of {} SCU, found {whence} at {} millicores, {} bytes of memory and a buffer pool of {pool} bytes",
+                svc.scu,
+                known(found.cpu_millis.map(|c| c.to_string())),
+                known(found.memory_bytes.map(|m| m.to_string())),
+            ),
+            json!({"to_scu": svc.scu, "cpu_millis": to.cpu_millis, "memory_bytes": to.memory_bytes,
+                   "found": {"cpu_millis": found.cpu_millis, "memory_bytes": found.memory_bytes, "buffer_pool_bytes": pool},
+                   "applied": applied, "reason": "reconciler"}),
+        )
+        .await;
+        Ok(Some(found))
+    }
+
     /// Starts (or adopts) the server and, unless an operation asked for it (it records its
-    /// own), records how, in the terms of what made it necessary. Returns its pid.
-    async fn start_recorded(&self, svc: &DatabaseService, why: Trigger) -> Result<u32> {
+    /// own), records how, in the terms of what made it necessary.
+    async fn start_recorded(
+        &self,
+        svc: &DatabaseService,
+        why: Trigger,
+    ) -> Result<stratus_runtime::Instance> {
         let name = svc.name();
         let begin = Instant::now();
         let started = self.start_server(svc).await;
@@ -426,7 +592,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         };
         let (kind, message) = match why {
             // Its event is the resync's, which says what was found.
-            Trigger::Request | Trigger::Resync => return Ok(instance.pid),
+            Trigger::Request | Trigger::Resync => return Ok(instance),
             Trigger::Recovery => {
                 self.tend_commit_markers(svc).await;
                 if instance.adopted {
@@ -456,7 +622,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             json!({"pid": instance.pid, "start_ms": ms}),
         )
         .await;
-        Ok(instance.pid)
+        Ok(instance)
     }
 }
 
@@ -481,8 +647,11 @@ mod tests {
             process: serving,
             frozen,
             held,
+            size: SizeSeen::Unknown,
         }
     }
+
+    const SIZES: [SizeSeen; 3] = [SizeSeen::Unknown, SizeSeen::Matches, SizeSeen::Differs];
 
     #[test]
     fn a_database_that_should_run_is_started_and_a_parked_one_stopped() {
@@ -535,6 +704,84 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_running_server_at_another_size_is_resized_and_only_when_active() {
+        let off = Seen {
+            size: SizeSeen::Differs,
+            ..seen(true, false, false)
+        };
+        assert_eq!(plan(DbState::Active, off), [Resize]);
+        let fine = Seen {
+            size: SizeSeen::Matches,
+            ..off
+        };
+        assert_eq!(plan(DbState::Active, fine), []);
+        let unknown = Seen {
+            size: SizeSeen::Unknown,
+            ..off
+        };
+        assert_eq!(plan(DbState::Active, unknown), [], "nothing to go on");
+        // A migration owns its server's size; a frozen server cannot be looked at, so its size
+        // is set after the thaw.
+        assert_eq!(plan(DbState::Migrating, off), []);
+        assert_eq!(
+            plan(DbState::Active, seen(true, true, false)),
+            [Thaw, Resize]
+        );
+    }
+
+    #[test]
+    fn a_size_matches_on_what_can_be_seen_and_the_pool_the_server_rounded_to() {
+        let want = Resources {
+            scu: 2,
+            cpu_millis: 500,
+            memory_bytes: 1 << 30,
+            buffer_pool_bytes: 512 << 20,
+        };
+        let found = |c, m, b| SizeFound {
+            cpu_millis: c,
+            memory_bytes: m,
+            buffer_pool_bytes: b,
+        };
+        let exact = found(Some(500), Some(1 << 30), Some(512 << 20));
+        assert_eq!(size_seen(want, 512 << 20, exact), SizeSeen::Matches);
+        // A limit not in whole pages reads back rounded down to one.
+        let odd = Resources {
+            memory_bytes: 1_000_000_000,
+            ..want
+        };
+        let paged = found(
+            Some(500),
+            Some(1_000_000_000 / 4096 * 4096),
+            Some(512 << 20),
+        );
+        assert_eq!(size_seen(odd, 512 << 20, paged), SizeSeen::Matches);
+        let above = found(Some(500), Some(1_000_000_000 + 4096), Some(512 << 20));
+        assert_eq!(size_seen(odd, 512 << 20, above), SizeSeen::Differs);
+        // The server rounded the pool it was last asked for: what it reported then matches.
+        let rounded = found(Some(500), Some(1 << 30), Some(640 << 20));
+        assert_eq!(size_seen(want, 640 << 20, rounded), SizeSeen::Matches);
+        assert_eq!(size_seen(want, 512 << 20, rounded), SizeSeen::Differs);
+        // Limits moved and the pool not (a grow cut short), or the pool alone (a shrink).
+        let grown = found(Some(1000), Some(2 << 30), Some(512 << 20));
+        assert_eq!(size_seen(want, 512 << 20, grown), SizeSeen::Differs);
+        let shrunk = found(Some(500), Some(1 << 30), Some(256 << 20));
+        assert_eq!(size_seen(want, 512 << 20, shrunk), SizeSeen::Differs);
+        // Without resource control, the pool alone decides; with nothing seen, nothing does.
+        assert_eq!(
+            size_seen(want, 512 << 20, found(None, None, Some(512 << 20))),
+            SizeSeen::Matches
+        );
+        assert_eq!(
+            size_seen(want, 512 << 20, found(Some(250), None, None)),
+            SizeSeen::Differs
+        );
+        assert_eq!(
+            size_seen(want, 512 << 20, found(None, None, None)),
+            SizeSeen::Unknown
+        );
+    }
+
     /// A model of what each action does to what is seen.
     fn step(s: &mut Seen, a: Action, can_freeze: bool) -> bool {
         match a {
@@ -543,16 +790,20 @@ mod tests {
                 s.serving = false;
                 s.process = false;
                 s.frozen = false;
+                s.size = SizeSeen::Unknown;
             }
             Thaw => s.frozen = false,
-            Start => {
+            // A server starts, and is filled, at its size.
+            Start | Fill => {
                 s.serving = true;
                 s.process = true;
+                s.size = SizeSeen::Matches;
             }
-            Empty | Fill => {}
+            Empty => {}
             Freeze => s.frozen = can_freeze,
             Hold => s.held = true,
             Release => s.held = false,
+            Resize => s.size = SizeSeen::Matches,
         }
         true
     }
@@ -562,11 +813,12 @@ mod tests {
         /// or without a freezer.
         #[test]
         fn a_plan_applied_converges(
-            i in 0usize..6,
+            i in 0usize..6, z in 0usize..3,
             serving: bool, process: bool, frozen: bool, held: bool, can_freeze: bool,
         ) {
             let state = ALL[i];
-            let mut s = Seen { serving, process: process || serving, frozen: frozen && serving, held };
+            let size = if serving { SIZES[z] } else { SizeSeen::Unknown };
+            let mut s = Seen { serving, process: process || serving, frozen: frozen && serving, held, size };
             let mut alive = true;
             for a in plan(state, s) {
                 alive &= step(&mut s, a, can_freeze);

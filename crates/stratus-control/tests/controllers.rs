@@ -700,7 +700,12 @@ async fn the_resync_brings_back_what_no_notice_told_of_and_leaves_what_was_given
     for _ in 0..3 {
         cp.resync(&mut suspects).await;
     }
-    assert_eq!(rt.calls(), Vec::<String>::new(), "given up: left alone");
+    let touched: Vec<String> = rt
+        .calls()
+        .into_iter()
+        .filter(|c| c.ends_with(" broken") || c.contains(" broken "))
+        .collect();
+    assert_eq!(touched, Vec::<String>::new(), "given up: left alone");
     cp.resume("broken").await.unwrap();
     rt.vanish("broken");
 
@@ -745,5 +750,104 @@ async fn the_resync_leaves_a_crash_restart_to_the_supervisor() {
     assert!(
         !ev.iter().any(|e| e.0 == EventKind::Reconciled),
         "the resync kept out: {ev:?}"
+    );
+}
+
+/// The catalog's size is a desired size: a server found at other limits or another buffer pool
+/// than the catalog's (changed by hand, or a resize a restart of Stratus cut short) is brought
+/// back by the resync, in the safe order, with events that say what was found.
+#[tokio::test]
+async fn the_resync_brings_a_server_at_another_size_back_to_the_catalogs() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let r = cp.config().scu.resources(1);
+    let at =
+        |s: stratus_runtime::fake::FakeServer| (s.cpu_millis, s.memory_bytes, s.buffer_pool_bytes);
+    let want = at(rt.server("shop").unwrap());
+    assert_eq!(want, (r.cpu_millis, r.memory_bytes, r.buffer_pool_bytes));
+    let mut suspects = std::collections::HashSet::new();
+
+    // Limits raised by hand: shrinking back, the pool goes first (it is already right).
+    rt.with_server("shop", |s| {
+        s.cpu_millis *= 4;
+        s.memory_bytes *= 4;
+    });
+    cp.resync(&mut suspects).await;
+    assert_ne!(at(rt.server("shop").unwrap()), want, "a period first");
+    rt.take_calls();
+    cp.resync(&mut suspects).await;
+    assert_eq!(at(rt.server("shop").unwrap()), want);
+    let sizing: Vec<String> = rt
+        .take_calls()
+        .into_iter()
+        .filter(|c| c.starts_with("set_limits") || c.starts_with("resize_buffer_pool"))
+        .map(|c| c.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(sizing, ["resize_buffer_pool", "set_limits"]);
+    let ev = events(&cp, "shop").await;
+    let (kind, message) = &ev[ev.len() - 2];
+    assert_eq!(*kind, EventKind::Scaled, "{message}");
+    assert!(
+        message.contains(&format!(
+            "found by the periodic check at {} millicores",
+            r.cpu_millis * 4
+        )),
+        "{message}"
+    );
+    let (kind, message) = ev.last().unwrap();
+    assert_eq!(*kind, EventKind::Reconciled, "{message}");
+    assert!(
+        message.contains("at a size other than the catalog's"),
+        "{message}"
+    );
+
+    // The buffer pool alone, shrunk behind Stratus's back.
+    rt.with_server("shop", |s| s.buffer_pool_bytes /= 2);
+    cp.resync(&mut suspects).await;
+    cp.resync(&mut suspects).await;
+    assert_eq!(at(rt.server("shop").unwrap()), want);
+
+    // At its size, the resync looks and changes nothing.
+    rt.take_calls();
+    cp.resync(&mut suspects).await;
+    cp.resync(&mut suspects).await;
+    assert!(
+        !rt.calls()
+            .iter()
+            .any(|c| c.starts_with("set_limits") || c.starts_with("resize_buffer_pool")),
+        "{:?}",
+        rt.calls()
+    );
+}
+
+/// Stratus stopped in the middle of a grow, after the limits and before the buffer pool: the
+/// catalog still holds the old size, and recovery puts the server back at it, so the catalog
+/// never claims a size the server is not at. A suspended server is left at its floors.
+#[tokio::test]
+async fn recovery_brings_back_a_server_a_restart_of_stratus_left_half_resized() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    create(&cp, "sleepy").await;
+    cp.suspend("sleepy", false, "test").await.unwrap();
+    let one = cp.config().scu.resources(1);
+    let two = cp.config().scu.resources(2);
+    rt.with_server("shop", |s| {
+        s.cpu_millis = two.cpu_millis;
+        s.memory_bytes = two.memory_bytes;
+    });
+    let floors = rt.server("sleepy").unwrap();
+    cp.recover().await.unwrap();
+    let s = rt.server("shop").unwrap();
+    assert_eq!(
+        (s.cpu_millis, s.memory_bytes, s.buffer_pool_bytes),
+        (one.cpu_millis, one.memory_bytes, one.buffer_pool_bytes)
+    );
+    let (kind, message) = events(&cp, "shop").await.pop().unwrap();
+    assert_eq!(kind, EventKind::Scaled, "{message}");
+    assert!(message.contains("after a restart of Stratus"), "{message}");
+    assert_eq!(rt.server("sleepy").unwrap(), floors, "suspended: untouched");
+    assert_eq!(
+        cp.reconcile(&db("shop"), Trigger::Recovery).await.unwrap(),
+        Vec::<Action>::new()
     );
 }

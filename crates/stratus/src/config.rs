@@ -39,6 +39,9 @@ pub struct FileConfig {
     pub pool: Option<stratus_control::pool::PoolConfig>,
     /// Reload hot pages after a suspend (`false` only to measure what hydration is worth).
     pub hydrate: Option<bool>,
+    /// How often the reconciler looks at every database for what no notice told of (a server
+    /// gone, a size changed) [default: 30].
+    pub resync_every_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +175,7 @@ pub struct Settings {
     pub policy: stratus_core::ScalingPolicy,
     pub pool: stratus_control::pool::PoolConfig,
     pub hydrate: bool,
+    pub resync_every: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +204,10 @@ impl Settings {
         let scu = fc.scu.unwrap_or_default();
         if let Err(e) = scu.validate() {
             bail!("invalid SCU size: {e}");
+        }
+        let resync_every_secs = fc.resync_every_secs.unwrap_or(30);
+        if resync_every_secs == 0 {
+            bail!("resync_every_secs must be at least 1");
         }
         let listen = listen
             .or(fc.listen)
@@ -243,6 +251,7 @@ impl Settings {
             policy: fc.policy.clone().unwrap_or_default(),
             pool: fc.pool.unwrap_or_default(),
             hydrate: fc.hydrate.unwrap_or(true),
+            resync_every: Duration::from_secs(resync_every_secs),
             proxy: {
                 let d = stratus_proxy::ProxyConfig::default();
                 let p = &fc.proxy;

@@ -88,6 +88,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
             default_policy: settings.policy.clone(),
             pool: settings.pool,
             hydrate: settings.hydrate,
+            resync_every: settings.resync_every,
             backup_dir: settings.data_dir.join("backups"),
             ..ControlConfig::default()
         },

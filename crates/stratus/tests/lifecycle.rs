@@ -211,3 +211,95 @@ async fn a_crashed_server_is_restarted_and_users_can_be_added() {
     assert!(!s.data_dir().join("databases/app").exists());
     s.stop();
 }
+
+/// The catalog's size is what the server is kept at: a buffer pool and a CPU quota changed
+/// behind Stratus's back (as root on the server's socket and in its cgroup, where a restart of
+/// Stratus in the middle of a resize would leave them) are put back by the periodic resync,
+/// with events that say what was found.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_resized_behind_stratus_is_brought_back_to_its_size() {
+    let mut s = Stratus::new("resync-size");
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("resync_every_secs = 1\n{cfg}")).unwrap();
+    s.start();
+    s.json(&[
+        "db",
+        "create",
+        "shop",
+        "--tier",
+        "standard",
+        "--min-scu",
+        "2",
+        "--max-scu",
+        "2",
+    ]);
+    let shown = s.json(&["db", "show", "shop"]);
+    let pool = shown["buffer_pool_size"].as_u64().unwrap();
+    let socket = shown["backend"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("unix:")
+        .to_owned();
+    let mut root = mysql_async::Conn::new(
+        mysql_async::OptsBuilder::default()
+            .socket(Some(socket))
+            .user(Some("root")),
+    )
+    .await
+    .unwrap();
+    // Pinned at 2 SCU, so the autoscaler has no say; its pool may not grow past its maximum.
+    root.query_drop(format!("SET GLOBAL innodb_buffer_pool_size = {}", pool / 2))
+        .await
+        .unwrap();
+    let shrunk: Option<u64> = root
+        .query_first("SELECT @@innodb_buffer_pool_size")
+        .await
+        .unwrap();
+    assert_eq!(shrunk, Some(pool / 2));
+    // With resource control, the CPU quota too (cgroup v1 or v2).
+    let cg = s.cgroup_parent.clone();
+    let v1 = format!("/sys/fs/cgroup/cpu/{cg}/shop/cpu.cfs_quota_us");
+    let v2 = format!("/sys/fs/cgroup/{cg}/shop/cpu.max");
+    let quota = || {
+        std::fs::read_to_string(&v1)
+            .or_else(|_| std::fs::read_to_string(&v2))
+            .map(|q| q.split_whitespace().next().unwrap_or_default().to_owned())
+    };
+    let enforced = shown["limits_enforced"] == true;
+    let want_quota = quota().ok();
+    if enforced {
+        let q: u64 = want_quota.as_deref().unwrap().parse().unwrap();
+        if std::path::Path::new(&v1).exists() {
+            std::fs::write(&v1, (q * 3).to_string()).unwrap();
+        } else {
+            std::fs::write(&v2, format!("{} 100000", q * 3)).unwrap();
+        }
+        assert_ne!(quota().ok(), want_quota);
+    }
+
+    let event = s.wait_for_event("shop", "reconciled", Duration::from_secs(60));
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.contains("at a size other than the catalog's"),
+        "{message}"
+    );
+    let back: Option<u64> = root
+        .query_first("SELECT @@innodb_buffer_pool_size")
+        .await
+        .unwrap();
+    assert_eq!(back, Some(pool), "the buffer pool is the catalog's again");
+    if enforced {
+        assert_eq!(quota().ok(), want_quota, "the CPU quota too");
+    }
+    let scaled = s.json(&["events", "--db", "shop", "--limit", "200"]);
+    let scaled = scaled
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "scaled" && e["data"]["reason"] == "reconciler")
+        .expect("a scaled event");
+    assert_eq!(scaled["data"]["found"]["buffer_pool_bytes"], pool / 2);
+    assert_eq!(s.json(&["db", "show", "shop"])["scu"], 2);
+    root.disconnect().await.unwrap();
+    s.stop();
+}
