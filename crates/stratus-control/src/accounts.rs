@@ -192,10 +192,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    pub(crate) async fn admin_login(
-        &self,
-        name: &ServiceName,
-    ) -> stratus_runtime::Result<R::Admin> {
+    async fn admin_login(&self, name: &ServiceName) -> stratus_runtime::Result<R::Admin> {
         self.runtime.admin(name, ADMIN_LOGIN_TIMEOUT).await
     }
 

@@ -140,11 +140,8 @@ pub fn plan(state: DbState, seen: Seen) -> Vec<Action> {
             } else if seen.held {
                 out.extend([Thaw, Fill, Release]);
             } else if seen.frozen {
+                // Its size is looked at once it can answer: by the next look.
                 out.push(Thaw);
-                // Frozen, its size could not be looked at.
-                if state == DbState::Active {
-                    out.push(Resize);
-                }
             } else if state == DbState::Active && seen.size == SizeSeen::Differs {
                 out.push(Resize);
             }
@@ -201,6 +198,10 @@ pub(crate) struct Retrying {
 /// Failed attempts in a row before the error policy stops trying and leaves it to a person.
 pub const MAX_ATTEMPTS: u32 = 20;
 
+/// How long a look at a server's buffer pool waits for a login: a server pinned at its CPU
+/// quota answers slowly, and the look is no reason to wait on it.
+const LOOK_LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the applied actions did, for the event of the operation that asked for them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Done {
@@ -222,7 +223,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         if serving {
             let o = self.runtime.observe(name).await;
             let size = if svc.state == DbState::Active && !o.frozen && !held {
-                let found = self.size_found(name, &o).await;
+                let found = self.size_found(svc, &o).await;
                 size_seen(self.resources(svc.scu), svc.buffer_pool_bytes, found)
             } else {
                 SizeSeen::Unknown
@@ -246,23 +247,24 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    /// The size a running server is at: its enforced limits, and its buffer pool through a
-    /// login that changes nothing (a refused one leaves the pool unknown; restoring access is
-    /// for the actions, not the look).
-    async fn size_found(&self, name: &ServiceName, o: &stratus_runtime::Observed) -> SizeFound {
-        let buffer_pool_bytes = match self.admin_login(name).await {
-            Ok(mut conn) => {
-                let pool = conn.buffer_pool_size().await.ok();
-                conn.close().await;
-                pool
-            }
-            Err(_) => None,
-        };
-        SizeFound {
+    /// The size a running server is at: its enforced limits and, when they are the catalog's
+    /// (or cannot be seen), its buffer pool, through a short login that changes nothing (a
+    /// refused or slow one leaves the pool unknown; restoring access is for the actions, not
+    /// the look).
+    async fn size_found(&self, svc: &DatabaseService, o: &stratus_runtime::Observed) -> SizeFound {
+        let mut found = SizeFound {
             cpu_millis: o.cpu_limit_millis,
             memory_bytes: o.memory_limit_bytes,
-            buffer_pool_bytes,
+            buffer_pool_bytes: None,
+        };
+        let limits = size_seen(self.resources(svc.scu), svc.buffer_pool_bytes, found);
+        if limits != SizeSeen::Differs
+            && let Ok(mut conn) = self.runtime.admin(svc.name(), LOOK_LOGIN_TIMEOUT).await
+        {
+            found.buffer_pool_bytes = conn.buffer_pool_size().await.ok();
+            conn.close().await;
         }
+        found
     }
 
     /// Brings one database to what the catalog says, once: observe, plan, apply. Returns the
@@ -349,9 +351,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     /// Whether the database is other than its desired state (its plan is not empty); `None`
-    /// when someone holds its lock or it is gone.
+    /// when someone holds its lock (busy: looked at next time) or it is gone. The look itself
+    /// runs without the lock: it may wait on a slow server's login, and must not hold back the
+    /// autoscaler meanwhile. Whatever is done is planned again under the lock ([`Self::reconcile`]).
     async fn diverges(&self, name: &ServiceName) -> Option<bool> {
-        let _guard = self.try_lock(name)?;
+        drop(self.try_lock(name)?);
         let svc = self.store.service(name).await.ok()??;
         Some(!plan(svc.state, self.seen(&svc).await).is_empty())
     }
@@ -489,9 +493,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 let instance = self.start_recorded(svc, why).await?;
                 done.started_pid = Some(instance.pid);
                 // An adopted server is at whatever size it was left at: a resize may have been
-                // cut short by the restart of Stratus.
+                // cut short by the restart of Stratus. It serves either way, so a resize that
+                // fails here is left to the next look rather than failing the start.
                 if instance.adopted && svc.state == DbState::Active {
-                    done.resized_from = self.resize_to_catalog(svc, why).await?;
+                    match self.resize_to_catalog(svc, why).await {
+                        Ok(found) => done.resized_from = found,
+                        Err(e) => {
+                            tracing::warn!(db = %svc.name(), "adopted at another size, not resized yet: {e}");
+                        }
+                    }
                 }
             }
             Action::Resize => done.resized_from = self.resize_to_catalog(svc, why).await?,
@@ -721,13 +731,10 @@ mod tests {
             ..off
         };
         assert_eq!(plan(DbState::Active, unknown), [], "nothing to go on");
-        // A migration owns its server's size; a frozen server cannot be looked at, so its size
-        // is set after the thaw.
+        // A migration owns its server's size; a frozen server cannot be looked at: its size is
+        // looked at once thawed.
         assert_eq!(plan(DbState::Migrating, off), []);
-        assert_eq!(
-            plan(DbState::Active, seen(true, true, false)),
-            [Thaw, Resize]
-        );
+        assert_eq!(plan(DbState::Active, seen(true, true, false)), [Thaw]);
     }
 
     #[test]
@@ -817,7 +824,8 @@ mod tests {
             serving: bool, process: bool, frozen: bool, held: bool, can_freeze: bool,
         ) {
             let state = ALL[i];
-            let size = if serving { SIZES[z] } else { SizeSeen::Unknown };
+            // As `seen` looks: only at a server that can answer and is not held.
+            let size = if serving && !frozen && !held { SIZES[z] } else { SizeSeen::Unknown };
             let mut s = Seen { serving, process: process || serving, frozen: frozen && serving, held, size };
             let mut alive = true;
             for a in plan(state, s) {

@@ -137,11 +137,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             buffer_pool_bytes: BUFFER_POOL_FLOOR,
             ..to
         };
-        let (_, mut conn) = self.resize(name, from, to).await?;
+        let (applied, mut conn) = self.resize(name, from, to).await?;
         if self.cfg.hydrate {
             conn.load_buffer_pool().await?;
         }
         conn.close().await;
+        // What the server made of the pool, as every resize records it: the reconciler
+        // compares the running server with it.
+        if applied.buffer_pool_actual != svc.buffer_pool_bytes {
+            let mut now = self.load(name).await?;
+            now.buffer_pool_bytes = applied.buffer_pool_actual;
+            self.store.update_service(&now).await?;
+        }
         Ok(())
     }
 

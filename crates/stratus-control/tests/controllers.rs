@@ -851,3 +851,42 @@ async fn recovery_brings_back_a_server_a_restart_of_stratus_left_half_resized() 
         Vec::<Action>::new()
     );
 }
+
+/// A server that rounds the buffer pool it is given (as one with buffer-pool chunks does) is
+/// not taken for one at another size: a wake records the pool the server made of its size, so
+/// the resync that follows has nothing to do.
+#[tokio::test]
+async fn a_pool_the_server_rounded_at_a_wake_is_its_size() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    rt.with_server("shop", |s| s.buffer_pool_unit = 3 << 20);
+    cp.suspend("shop", false, "test").await.unwrap();
+    assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
+    let r = cp.config().scu.resources(1);
+    let pool = rt.server("shop").unwrap().buffer_pool_bytes;
+    assert_eq!(pool, r.buffer_pool_bytes.div_ceil(3 << 20) * (3 << 20));
+    assert_ne!(pool, r.buffer_pool_bytes, "rounded");
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!(
+        svc.buffer_pool_bytes, pool,
+        "recorded as the server reported it"
+    );
+    rt.take_calls();
+    let mut suspects = std::collections::HashSet::new();
+    cp.resync(&mut suspects).await;
+    cp.resync(&mut suspects).await;
+    assert!(
+        !rt.calls()
+            .iter()
+            .any(|c| c.starts_with("resize_buffer_pool")),
+        "{:?}",
+        rt.calls()
+    );
+    assert!(
+        !events(&cp, "shop")
+            .await
+            .iter()
+            .any(|e| e.0 == EventKind::Reconciled),
+        "nothing to reconcile"
+    );
+}

@@ -42,6 +42,9 @@ pub struct FakeServer {
     pub buffer_pool_bytes: u64,
     /// `innodb_buffer_pool_size_max`: larger requests are cut to it, with a warning.
     pub buffer_pool_max: u64,
+    /// When not 0, a resized pool is rounded up to a multiple of this, as a server with
+    /// buffer-pool chunks does.
+    pub buffer_pool_unit: u64,
     /// Client sessions open on it.
     pub sessions: u64,
     /// Transactions recovered at start and still rolling back; each look at them finds one
@@ -582,6 +585,8 @@ impl ServerAdmin for FakeAdmin {
                         "Warning 1292: Truncated incorrect innodb_buffer_pool_size value: '{bytes}'"
                     ));
                     s.buffer_pool_max
+                } else if s.buffer_pool_unit > 0 {
+                    bytes.div_ceil(s.buffer_pool_unit) * s.buffer_pool_unit
                 } else {
                     bytes
                 };
