@@ -18,8 +18,8 @@ use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
 
-/// The most a read asks for at once, and so the most of the buffer it zeroes first: as much as
-/// the backend buffer keeps room for (`backend::BACKEND_READ`), not more on the hot path.
+/// The most a read asks for at once: as much as the backend buffer keeps room for
+/// (`backend::BACKEND_READ`).
 const READ_AT_ONCE: usize = 16 * 1024;
 
 pub struct BackendUnix {
@@ -64,7 +64,12 @@ fn register(stream: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixSt
     Ok(unsafe { AsyncFd::register_with_interest(stream, interest) }?)
 }
 
+/// Reads straight into the buffer's unfilled room, as the kernel allows (`read(2)` writes
+/// before it is read), without zeroing it first: a `BytesMut` hands each read fresh,
+/// uninitialised room, and zeroing 16 KiB per answer was a measurable share of the proxy's
+/// CPU per statement.
 impl AsyncRead for BackendUnix {
+    #[allow(unsafe_code)]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -73,9 +78,16 @@ impl AsyncRead for BackendUnix {
         loop {
             let mut guard = ready!(self.read.poll_read_ready(cx))?;
             let room = buf.remaining().min(READ_AT_ONCE);
-            let into = &mut buf.initialize_unfilled_to(room)[..room];
-            match guard.try_io(|s| (&mut s.get_ref()).read(into)) {
+            // SAFETY: nothing initialised is de-initialised: only `read(2)` writes here.
+            let into = unsafe { &mut buf.unfilled_mut()[..room] };
+            match guard.try_io(|s| {
+                rustix::io::read(s.get_ref(), into)
+                    .map(|(filled, _)| filled.len())
+                    .map_err(io::Error::from)
+            }) {
                 Ok(Ok(n)) => {
+                    // SAFETY: `read(2)` wrote the first `n` bytes of the unfilled room.
+                    unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
