@@ -22,6 +22,7 @@ mod error;
 pub mod gateway;
 pub mod lifecycle;
 pub mod monitor;
+pub mod placement;
 pub mod pool;
 pub mod reconcile;
 mod recovered;

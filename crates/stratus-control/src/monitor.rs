@@ -120,7 +120,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         if suspended {
             let since = *t.suspended_since_ms.get_or_insert(now);
             t.window.clear();
-            return (now - since >= t.policy.suspend_to_park_ms as i64).then_some(Action::Park {
+            return park_due(now - since, &t.policy).then_some(Action::Park {
                 suspended_ms: now - since,
             });
         }
@@ -146,10 +146,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         let activity = self.activity(name);
         let idle_from = activity.last_statement_ms.max(t.active_since_ms);
-        if !activity.holds_state()
-            && activity.unread_user_variables == 0
-            && now - idle_from >= t.policy.idle_to_suspend_ms as i64
-        {
+        let busy = activity.holds_state() || activity.unread_user_variables > 0;
+        if suspend_due(now - idle_from, busy, &t.policy) {
             return Some(Action::Suspend {
                 idle_ms: now - idle_from,
             });
@@ -248,6 +246,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         .await;
         Ok(())
     }
+}
+
+/// Whether a database that ran no statement for `idle_ms` should be suspended: not while it
+/// is `busy` (a statement running, a transaction open, a pinned session, user variables the
+/// proxy has not read yet). Pure; the fleet simulator runs it too.
+pub fn suspend_due(idle_ms: i64, busy: bool, p: &ScalingPolicy) -> bool {
+    !busy && idle_ms >= p.idle_to_suspend_ms as i64
+}
+
+/// Whether a database suspended for `suspended_ms` should be parked. Pure.
+pub fn park_due(suspended_ms: i64, p: &ScalingPolicy) -> bool {
+    suspended_ms >= p.suspend_to_park_ms as i64
 }
 
 /// The monitor's latest figures for one database, shown by the API.
