@@ -147,6 +147,11 @@ async fn the_owner_cannot_become_stratus_or_reach_files_plugins_accounts_or_othe
         (format!("GRANT UPDATE ON mysql.global_priv TO {mine}"), 1142),
         ("FLUSH PRIVILEGES".to_owned(), 1227),
         ("SET GLOBAL read_only = ON".to_owned(), 1227),
+        // Its own size is Stratus's to set (the reconciler would put it back anyway).
+        (
+            "SET GLOBAL innodb_buffer_pool_size = 17179869184".to_owned(),
+            1227,
+        ),
         ("SHUTDOWN".to_owned(), 1227),
         (
             "CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (HOST 'localhost')".to_owned(),
