@@ -274,10 +274,14 @@ pub struct Measured {
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Keeps the latest figures. A window too short to measure (for 0.8 s after each resize,
+    /// which starts a new one) keeps the last CPU figure on show rather than none.
     fn record_measurement(&self, name: &ServiceName, cpu_millis: Option<f64>, memory_bytes: u64) {
         let mut all = self.measured.lock().unwrap_or_else(|p| p.into_inner());
         let m = all.entry(name.clone()).or_default();
-        m.cpu_millis = cpu_millis;
+        if cpu_millis.is_some() {
+            m.cpu_millis = cpu_millis;
+        }
         m.memory_bytes = memory_bytes;
     }
 
