@@ -48,13 +48,6 @@ async fn refused(conn: &mut Conn, sql: &str) -> u16 {
     }
 }
 
-/// The backend socket of a database, from `db show`.
-fn backend_socket(s: &Stratus, db: &str) -> String {
-    let shown = s.json(&["db", "show", db]);
-    let backend = shown["backend"].as_str().unwrap();
-    backend.strip_prefix("unix:").unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_owner_cannot_become_stratus_or_reach_files_plugins_accounts_or_other_tenants() {
     let (mut s, user, _, mut owner) = vault("hostile").await;
@@ -180,7 +173,7 @@ async fn the_owner_cannot_become_stratus_or_reach_files_plugins_accounts_or_othe
     // Another tenant: its data lives in another server, reachable only through the proxy.
     let code = refused(&mut owner, "SELECT * FROM other.secrets").await;
     assert!(matches!(code, 1049 | 1146), "{code}");
-    let socket = backend_socket(&s, "other");
+    let socket = s.backend_socket("other");
     owner
         .query_drop(format!(
             "CREATE TABLE stolen (v VARCHAR(40)) ENGINE=FEDERATED CONNECTION='mysql://{other_user}:{other_pw}@localhost/other/secrets?socket={socket}'"
@@ -210,7 +203,7 @@ async fn an_unprivileged_os_user_finds_no_secret_and_no_backend() {
     );
     owner.disconnect().await.unwrap();
     let data = s.data_dir();
-    let socket = backend_socket(&s, "vault");
+    let socket = s.backend_socket("vault");
 
     // Modes, as root sees them: secrets 0600, nothing under the data directory open to others.
     for secret in ["catalog.db", "admin.token", "tls/key.pem"] {

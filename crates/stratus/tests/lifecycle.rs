@@ -235,11 +235,7 @@ async fn a_server_resized_behind_stratus_is_brought_back_to_its_size() {
     ]);
     let shown = s.json(&["db", "show", "shop"]);
     let pool = shown["buffer_pool_size"].as_u64().unwrap();
-    let socket = shown["backend"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("unix:")
-        .to_owned();
+    let socket = s.backend_socket("shop");
     let mut root = mysql_async::Conn::new(
         mysql_async::OptsBuilder::default()
             .socket(Some(socket))

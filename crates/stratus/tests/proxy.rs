@@ -575,11 +575,7 @@ async fn affected_rows_reach_the_client_whole() {
     let n: Option<u32> = conn.query_first("SELECT COUNT(*) FROM u").await.unwrap();
     assert_eq!(n, Some(3), "the second LOAD DATA ran too");
     // The same client code against the server itself (its socket, as root) sees the same.
-    let socket = s.json(&["db", "show", "shop"])["backend"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("unix:")
-        .to_owned();
+    let socket = s.backend_socket("shop");
     let mut direct = Conn::new(
         mysql_async::OptsBuilder::default()
             .socket(Some(socket))
@@ -768,11 +764,7 @@ async fn a_client_never_sees_the_previous_clients_profile() {
 
 /// A connection straight to the database's server (its socket, as root), to compare with.
 async fn direct(s: &Stratus, db: &str) -> Conn {
-    let socket = s.json(&["db", "show", db])["backend"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("unix:")
-        .to_owned();
+    let socket = s.backend_socket(db);
     Conn::new(
         mysql_async::OptsBuilder::default()
             .socket(Some(socket))

@@ -239,6 +239,13 @@ impl Stratus {
     }
 
     /// Polls the event log until an event of `kind` for `db` appears (bounded).
+    /// The private socket of a database's server, from `db show` (only root may reach it).
+    pub fn backend_socket(&self, db: &str) -> String {
+        let shown = self.json(&["db", "show", db]);
+        let backend = shown["backend"].as_str().unwrap();
+        backend.strip_prefix("unix:").unwrap().to_owned()
+    }
+
     pub fn wait_for_event(&self, db: &str, kind: &str, timeout: Duration) -> Value {
         let begin = Instant::now();
         loop {
