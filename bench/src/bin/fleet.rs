@@ -287,14 +287,10 @@ fn main() -> anyhow::Result<()> {
                 State::Parked => {
                     if want > 0.0 {
                         let r = fleet.scu.resources(mix.min_scu);
-                        let need = SERVER_BASE_BYTES
-                            + (r.buffer_pool_bytes as f64 * mix.working_set) as u64;
-                        match placement::place(
-                            &nodes,
-                            need.min(r.memory_bytes),
-                            fleet.watermarks,
-                            None,
-                        ) {
+                        let need = (SERVER_BASE_BYTES
+                            + (r.buffer_pool_bytes as f64 * mix.working_set) as u64)
+                            .min(r.memory_bytes);
+                        match placement::place(&nodes, need, fleet.watermarks, None) {
                             Some(n) => {
                                 db.node = Some(n);
                                 db.state = State::Active;
