@@ -213,6 +213,13 @@ fn main() -> anyhow::Result<()> {
     if fleet.mix.is_empty() || fleet.nodes == 0 || total_share <= 0.0 {
         bail!("{path}: a fleet needs nodes and at least one mix with a share");
     }
+    if fleet.hours.is_nan()
+        || fleet.hours <= 0.0
+        || fleet.node_memory_gib == 0
+        || fleet.databases == 0
+    {
+        bail!("{path}: hours, node_memory_gib and databases must be more than 0");
+    }
     for m in &fleet.mix {
         if m.min_scu == 0 || m.min_scu > m.max_scu {
             bail!("{path}: mix {}: 0 < min_scu <= max_scu", m.name);

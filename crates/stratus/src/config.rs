@@ -357,6 +357,12 @@ mod tests {
         );
         std::fs::write(&f, "[scu]\nbuffer_pool_fraction = 2.0\n").unwrap();
         assert!(Settings::resolve(Some(&f), None, None, None).is_err());
+        std::fs::write(&f, "resync_every_secs = 0\n").unwrap();
+        let err = Settings::resolve(Some(&f), None, None, None).unwrap_err();
+        assert!(err.to_string().contains("resync_every_secs"), "{err}");
+        std::fs::write(&f, "resync_every_secs = 5\n").unwrap();
+        let s = Settings::resolve(Some(&f), None, None, None).unwrap();
+        assert_eq!(s.resync_every, Duration::from_secs(5));
         assert!(Settings::resolve(None, None, Some("nonsense".into()), None).is_err());
         assert!(
             Settings::resolve(
