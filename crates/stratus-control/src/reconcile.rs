@@ -63,6 +63,17 @@ pub struct SizeFound {
     pub buffer_pool_bytes: Option<u64>,
 }
 
+impl SizeFound {
+    /// The limits the runtime enforces, with the buffer pool as read (if it was).
+    fn of(o: &stratus_runtime::Observed, buffer_pool_bytes: Option<u64>) -> Self {
+        Self {
+            cpu_millis: o.cpu_limit_millis,
+            memory_bytes: o.memory_limit_bytes,
+            buffer_pool_bytes,
+        }
+    }
+}
+
 /// Whether `found` is the size of `want`. The kernel keeps a memory limit in whole pages, so
 /// one a page (of any size up to 64 KiB) below the one set is the one set. The buffer pool
 /// matches the size asked for or the one the server reported when it was last sized
@@ -210,8 +221,6 @@ pub struct Done {
     pub emptied: Option<crate::suspend::Emptied>,
     /// Whether the freeze took (false where the host cannot freeze).
     pub frozen: Option<bool>,
-    /// The size a server was found at and brought back from.
-    pub resized_from: Option<SizeFound>,
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
@@ -252,11 +261,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// refused or slow one leaves the pool unknown; restoring access is for the actions, not
     /// the look).
     async fn size_found(&self, svc: &DatabaseService, o: &stratus_runtime::Observed) -> SizeFound {
-        let mut found = SizeFound {
-            cpu_millis: o.cpu_limit_millis,
-            memory_bytes: o.memory_limit_bytes,
-            buffer_pool_bytes: None,
-        };
+        let mut found = SizeFound::of(o, None);
         let limits = size_seen(self.resources(svc.scu), svc.buffer_pool_bytes, found);
         if limits != SizeSeen::Differs
             && let Ok(mut conn) = self.runtime.admin(svc.name(), LOOK_LOGIN_TIMEOUT).await
@@ -496,15 +501,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 // cut short by the restart of Stratus. It serves either way, so a resize that
                 // fails here is left to the next look rather than failing the start.
                 if instance.adopted && svc.state == DbState::Active {
-                    match self.resize_to_catalog(svc, why).await {
-                        Ok(found) => done.resized_from = found,
-                        Err(e) => {
-                            tracing::warn!(db = %svc.name(), "adopted at another size, not resized yet: {e}");
-                        }
+                    if let Err(e) = self.resize_to_catalog(svc, why).await {
+                        tracing::warn!(db = %svc.name(), "adopted at another size, not resized yet: {e}");
                     }
                 }
             }
-            Action::Resize => done.resized_from = self.resize_to_catalog(svc, why).await?,
+            Action::Resize => self.resize_to_catalog(svc, why).await?,
             Action::Empty => done.emptied = Some(self.empty(svc).await?),
             Action::Fill => self.fill(svc).await?,
             Action::Freeze => done.frozen = Some(self.runtime.freeze(name).await?),
@@ -516,26 +518,17 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// The reconciler's `Resize`: if the running server is found at a size other than the
     /// catalog's, brings it there the way every resize is made ([`crate::sizing`]), records the
-    /// buffer pool the server made of it and a `scaled` event. Returns the size it was found
-    /// at, when it was changed.
-    async fn resize_to_catalog(
-        &self,
-        svc: &DatabaseService,
-        why: Trigger,
-    ) -> Result<Option<SizeFound>> {
+    /// buffer pool the server made of it and a `scaled` event.
+    async fn resize_to_catalog(&self, svc: &DatabaseService, why: Trigger) -> Result<()> {
         let name = svc.name();
         let to = self.resources(svc.scu);
         let o = self.runtime.observe(name).await;
         let mut conn = self.admin(name).await?;
         let pool = conn.buffer_pool_size().await?;
         conn.close().await;
-        let found = SizeFound {
-            cpu_millis: o.cpu_limit_millis,
-            memory_bytes: o.memory_limit_bytes,
-            buffer_pool_bytes: Some(pool),
-        };
+        let found = SizeFound::of(&o, Some(pool));
         if size_seen(to, svc.buffer_pool_bytes, found) != SizeSeen::Differs {
-            return Ok(None);
+            return Ok(());
         }
         let from = Resources {
             cpu_millis: found.cpu_millis.unwrap_or(to.cpu_millis),
@@ -544,11 +537,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             ..to
         };
         let applied = self.apply_size(name, from, to).await?;
-        if applied.buffer_pool_actual != svc.buffer_pool_bytes {
-            let mut now = self.load(name).await?;
-            now.buffer_pool_bytes = applied.buffer_pool_actual;
-            self.store.update_service(&now).await?;
-        }
+        self.record_pool(svc, &applied).await?;
         let known = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
         let whence = match why {
             Trigger::Recovery => "after a restart of Stratus",
@@ -570,7 +559,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                    "applied": applied, "reason": "reconciler"}),
         )
         .await;
-        Ok(Some(found))
+        Ok(())
     }
 
     /// Starts (or adopts) the server and, unless an operation asked for it (it records its

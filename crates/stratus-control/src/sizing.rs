@@ -8,7 +8,7 @@
 //! warnings and the resulting size are read back and recorded, never assumed.
 
 use crate::{ControlPlane, Result};
-use stratus_core::{Resources, ServiceName};
+use stratus_core::{DatabaseService, Resources, ServiceName};
 use stratus_runtime::Runtime;
 use stratus_runtime::admin::ServerAdmin;
 use stratus_store::Store;
@@ -50,6 +50,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let (applied, conn) = self.resize(name, from, to).await?;
         conn.close().await;
         Ok(applied)
+    }
+
+    /// Records the buffer pool the server made of a resize, if the catalog holds another: the
+    /// reconciler compares the running server with it. Reads the entry afresh, so a caller's
+    /// older copy of `svc` changes nothing else. Caller holds the lock.
+    pub(crate) async fn record_pool(&self, svc: &DatabaseService, applied: &Applied) -> Result<()> {
+        if applied.buffer_pool_actual != svc.buffer_pool_bytes {
+            let mut now = self.load(svc.name()).await?;
+            now.buffer_pool_bytes = applied.buffer_pool_actual;
+            self.store.update_service(&now).await?;
+        }
+        Ok(())
     }
 
     /// [`Self::apply_size`], handing back the connection it logged in with. A grow raises the

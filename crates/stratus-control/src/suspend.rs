@@ -142,14 +142,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             conn.load_buffer_pool().await?;
         }
         conn.close().await;
-        // What the server made of the pool, as every resize records it: the reconciler
-        // compares the running server with it.
-        if applied.buffer_pool_actual != svc.buffer_pool_bytes {
-            let mut now = self.load(name).await?;
-            now.buffer_pool_bytes = applied.buffer_pool_actual;
-            self.store.update_service(&now).await?;
-        }
-        Ok(())
+        self.record_pool(svc, &applied).await
     }
 
     pub(crate) fn set_suspended(&self, name: &ServiceName, on: bool) {
