@@ -139,6 +139,10 @@ impl ApiClient {
         self.call::<(), _>(Method::GET, "/v1/databases", None).await
     }
 
+    pub async fn nodes(&self) -> Result<Vec<stratus_control::nodes::NodeView>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/nodes", None).await
+    }
+
     pub async fn show(&self, name: &str) -> Result<DatabaseView, ClientError> {
         self.call::<(), _>(
             Method::GET,

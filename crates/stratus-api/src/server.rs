@@ -91,7 +91,9 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::AlreadyExists(_) | ControlError::WrongState(_) => StatusCode::CONFLICT,
-            ControlError::Runtime(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Runtime(_) | ControlError::NoCapacity(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.code(), e.to_string())
@@ -178,6 +180,7 @@ pub fn router<S: Store, R: Runtime>(
         .route("/v1/events", get(events::<S, R>))
         .route("/v1/tokens", get(tokens::<S, R>).post(create_token::<S, R>))
         .route("/v1/keys/rotate", post(rotate_keys::<S, R>))
+        .route("/v1/nodes", get(nodes::<S, R>))
         .route(
             "/v1/tokens/{id}",
             axum::routing::delete(delete_token::<S, R>),
@@ -702,6 +705,22 @@ async fn events<S: Store, R: Runtime>(
     };
     let events = st.cp.store().events(&filter).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))
+}
+
+/// The host's nodes name every tenant's databases: only a token for all databases sees them.
+async fn nodes<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<stratus_control::nodes::NodeView>>> {
+    caller.check(Action::Read, None)?;
+    if !caller.scope.is_all() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "nodes are shown only to a token for all databases",
+        ));
+    }
+    Ok(Json(st.cp.nodes_view().await?))
 }
 
 async fn rotate_keys<S: Store, R: Runtime>(

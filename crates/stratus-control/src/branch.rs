@@ -82,8 +82,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let like = crate::copy::Source::of(&svc, &users);
         let _to_lock = self.lock(&to).await;
         let message = format!("database {to} requested as a branch of {source}");
+        // Blocks are shared only within a node's storage.
+        let node = self.node_of(&svc);
         let (svc, instance) = self
-            .make_copy(&to, &like, &message, |spec| {
+            .make_copy(&to, &like, node, &message, |spec| {
                 let runtime = &self.runtime;
                 let source = source.clone();
                 async move {

@@ -45,12 +45,13 @@ impl Source {
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
-    /// Records `to` as a copy of `source` and has `make` (given the copy's instance spec) make
-    /// its storage and start it. Caller holds `to`'s lock.
+    /// Records `to` as a copy of `source` on `node` and has `make` (given the copy's instance
+    /// spec) make its storage and start it. Caller holds `to`'s lock.
     pub(crate) async fn make_copy<F, Fut>(
         &self,
         to: &ServiceName,
         source: &Source,
+        node: String,
         message: &str,
         make: F,
     ) -> Result<(DatabaseService, Instance)>
@@ -86,6 +87,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             source.require_tls,
             (source.schema != to.as_str()).then(|| source.schema.clone()),
         );
+        svc.node = Some(node);
         self.store.create_service(&svc, &owner, message).await?;
         let made = async {
             for u in users.iter().filter(|u| !u.owner) {

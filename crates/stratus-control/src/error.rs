@@ -15,6 +15,9 @@ pub enum ControlError {
     /// Valid, but not in the object's current state.
     #[error("{0}")]
     WrongState(String),
+    /// No node has room for it (`placement`).
+    #[error("{0}")]
+    NoCapacity(String),
     /// The database server could not do it (failed start, SQL error).
     #[error("{0}")]
     Runtime(String),
@@ -30,6 +33,7 @@ impl ControlError {
             ControlError::NotFound(_) => "not_found",
             ControlError::AlreadyExists(_) => "already_exists",
             ControlError::WrongState(_) => "failed_precondition",
+            ControlError::NoCapacity(_) => "resource_exhausted",
             ControlError::Runtime(_) => "unavailable",
             ControlError::Internal(_) => "internal",
         }

@@ -22,6 +22,7 @@ mod error;
 pub mod gateway;
 pub mod lifecycle;
 pub mod monitor;
+pub mod nodes;
 pub mod placement;
 pub mod pool;
 pub mod reconcile;
@@ -64,6 +65,8 @@ pub struct ControlConfig {
     pub hydrate: bool,
     /// Where backups are kept (`backup`).
     pub backup_dir: std::path::PathBuf,
+    /// Node memory watermarks for placement and rebalancing (`placement`).
+    pub watermarks: placement::Watermarks,
 }
 
 impl Default for ControlConfig {
@@ -78,6 +81,7 @@ impl Default for ControlConfig {
             resync_every: Duration::from_secs(30),
             hydrate: true,
             backup_dir: "backups".into(),
+            watermarks: placement::Watermarks::default(),
         }
     }
 }
@@ -212,6 +216,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             state: stratus_core::DbState::Provisioning,
             require_tls,
             default_schema,
+            node: None,
             created_at_ms: now,
             updated_at_ms: now,
         }
@@ -223,6 +228,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             resources: self.resources(svc.scu),
             max_resources: self.resources(svc.spec.max_scu),
             storage_bytes: storage::first_size(svc.spec.storage_gb),
+            node: self.node_of(svc),
         }
     }
 

@@ -66,6 +66,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let _guard = self.lock(&name).await;
 
         let mut svc = self.new_service(spec, req.require_tls.unwrap_or(false), None);
+        let placed = self.place_new(self.resources(svc.scu).memory_bytes)?;
+        svc.node = Some(placed.node.clone());
         let now = svc.created_at_ms;
         let owner = User {
             service: name.clone(),
@@ -109,8 +111,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.event(
             &name,
             EventKind::Started,
-            &format!("database {name} ready in {ready_ms} ms on {source}"),
-            json!({"ready_ms": ready_ms, "scu": svc.scu, "warm_pool": from_pool}),
+            &format!(
+                "database {name} ready in {ready_ms} ms on {source}, on node {} ({})",
+                placed.node, placed.reason
+            ),
+            json!({"ready_ms": ready_ms, "scu": svc.scu, "warm_pool": from_pool,
+                   "node": placed.node, "placement": placed.data}),
         )
         .await;
         let (host, port) = self.endpoint();
@@ -133,7 +139,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     async fn provision(&self, svc: &mut DatabaseService, owner: &User) -> Result<bool> {
         let spec = self.instance_spec(svc);
         let mut from_pool = false;
-        let instance = match self.take_spare() {
+        let instance = match self.take_spare(&spec.node) {
             Some(spare) => match self.runtime.claim_spare(&spare, &spec).await {
                 Ok(instance) => {
                     from_pool = true;
@@ -207,6 +213,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             limits_enforced: enforced,
             buffer_pool_size: svc.buffer_pool_bytes,
             data_dir: seen.storage,
+            node: self.node_of(svc),
             pid: seen.pid,
             backend: seen.backend,
             cpu_usage_seconds: seen.cpu_usage_ns.map(|ns| ns as f64 / 1e9),
@@ -415,7 +422,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// concurrently; one that fails is tried again in the background, with back-off.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
-        for svc in self.store.services().await? {
+        for mut svc in self.store.services().await? {
+            if svc.node.is_none() {
+                // Made before nodes: it is where its storage is.
+                svc.node = Some(self.node_of(&svc));
+                self.store.update_service(&svc).await?;
+            }
             let me = self.clone();
             tasks.spawn(async move {
                 let name = svc.name().clone();

@@ -106,12 +106,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    /// A spare to claim, if one is ready; counts the creation towards demand either way.
-    pub(crate) fn take_spare(&self) -> Option<Spare> {
+    /// A spare on `node` to claim, if one is ready; counts the creation towards demand either
+    /// way.
+    pub(crate) fn take_spare(&self, node: &str) -> Option<Spare> {
         let spare = {
             let mut st = self.pool_state();
             st.creates.push_back(now_ms());
-            st.ready.pop()
+            let i = st.ready.iter().rposition(|s| s.node == node);
+            i.map(|i| st.ready.remove(i))
         };
         self.pool_wake.notify_one();
         spare
@@ -157,7 +159,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 continue;
             }
             if step == PoolStep::Start {
-                let made = self.runtime.provision_spare(max_resources).await;
+                // Where the next database would go; a spare elsewhere would wait unclaimed.
+                let need = self.resources(1).memory_bytes;
+                let made = match self.place_new(need) {
+                    Ok(placed) => {
+                        self.runtime
+                            .provision_spare(max_resources, &placed.node)
+                            .await
+                    }
+                    Err(e) => Err(stratus_runtime::RuntimeError::Other(e.to_string())),
+                };
                 let (failed, orphan) = {
                     let mut st = self.pool_state();
                     st.starting -= 1;

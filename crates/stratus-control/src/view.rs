@@ -29,6 +29,9 @@ pub struct DatabaseView {
     /// InnoDB buffer pool size in bytes, as the server last reported it.
     pub buffer_pool_size: u64,
     pub data_dir: Option<String>,
+    /// The node it is placed on.
+    #[serde(default)]
+    pub node: String,
     /// Its `mariadbd`, while running.
     pub pid: Option<u32>,
     /// That server's own `host:port`, for benchmarks and debugging.

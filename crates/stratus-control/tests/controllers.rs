@@ -890,3 +890,117 @@ async fn a_pool_the_server_rounded_at_a_wake_is_its_size() {
         "nothing to reconcile"
     );
 }
+
+const GIB: u64 = 1 << 30;
+
+/// Two nodes of 8 and 16 GiB: a database of 1 SCU (2 GiB) goes where the most memory is left
+/// under the 70 % watermark, the catalog, `db show` and the event say where and why, and the
+/// next ones fill the larger node until the smaller has more room.
+#[tokio::test]
+async fn a_new_database_goes_to_the_node_with_the_most_memory_left_and_says_why() {
+    let (cp, rt) = control(no_pool());
+    rt.set_nodes(&[("n1", 4000, 8 * GIB), ("n2", 4000, 16 * GIB)]);
+    // Room under 70 % after 2 GiB: n1 5.6 − 2, n2 11.2 − 2·k for its k-th database.
+    let mut placed = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        create(&cp, name).await;
+        let svc = cp.store().service(&db(name)).await.unwrap().unwrap();
+        assert_eq!(rt.server(name).unwrap().node, svc.node.clone().unwrap());
+        assert_eq!(cp.show(name).await.unwrap().node, svc.node.clone().unwrap());
+        placed.push(svc.node.unwrap());
+    }
+    assert_eq!(placed, ["n2", "n2", "n2", "n1"]);
+    let filter = EventFilter {
+        db: Some("d".into()),
+        ..EventFilter::default()
+    };
+    let started = cp
+        .store()
+        .events(&filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == EventKind::Started)
+        .unwrap();
+    assert!(
+        started
+            .message
+            .contains("on node n1 (most memory left under the 70 % watermark"),
+        "{}",
+        started.message
+    );
+    assert!(
+        started.message.contains("n2 uses 6144 of 16384 MiB"),
+        "{}",
+        started.message
+    );
+    assert_eq!(started.data["node"], "n1");
+    assert_eq!(started.data["placement"]["need_bytes"], 2 * GIB);
+
+    let nodes = cp.nodes_view().await.unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0].databases, ["d"]);
+    assert_eq!(nodes[1].databases, ["a", "b", "c"]);
+    assert_eq!(nodes[1].allocated_memory_bytes, 6 * GIB);
+    assert_eq!(nodes[1].memory_used_bytes, 6 * GIB);
+    assert_eq!(nodes[1].memory_used_pct, 37.5);
+    // A parked database is still placed on its node, with nothing allocated.
+    cp.park("a", true).await.unwrap();
+    let nodes = cp.nodes_view().await.unwrap();
+    assert_eq!(nodes[1].databases, ["a", "b", "c"]);
+    assert_eq!(nodes[1].allocated_memory_bytes, 4 * GIB);
+    // It wakes on its own node, where its storage is.
+    cp.resume("a").await.unwrap();
+    assert_eq!(rt.server("a").unwrap().node, "n2");
+}
+
+#[tokio::test]
+async fn a_create_no_node_has_room_for_is_refused_and_leaves_nothing() {
+    let (cp, rt) = control(no_pool());
+    rt.set_nodes(&[("small", 1000, 2 * GIB)]);
+    let err = cp
+        .create(CreateRequest {
+            name: "shop".into(),
+            ..CreateRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "resource_exhausted");
+    assert!(
+        err.to_string()
+            .contains("no node has room for 2048 MiB more"),
+        "{err}"
+    );
+    assert!(cp.store().service(&db("shop")).await.unwrap().is_none());
+    assert!(rt.calls().iter().all(|c| !c.starts_with("provision")));
+}
+
+/// The pool starts its spares where the next database will go, and a create claims one there.
+#[tokio::test(start_paused = true)]
+async fn the_warm_pool_keeps_its_spares_on_the_node_the_next_database_goes_to() {
+    let (cp, rt) = control(PoolConfig { min: 1, max: 1 });
+    rt.set_nodes(&[("n1", 4000, 8 * GIB), ("n2", 4000, 16 * GIB)]);
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("filled", || async { rt.spares() == 1 }).await;
+    create(&cp, "shop").await;
+    assert!(rt.calls().iter().any(|c| c.starts_with("claim_spare")));
+    assert_eq!(rt.server("shop").unwrap().node, "n2");
+    cp.drain_pool().await;
+    pool.abort();
+}
+
+/// A database the catalog knew before nodes is given the node its storage is on at recovery.
+#[tokio::test]
+async fn recovery_records_the_node_of_a_database_made_before_nodes() {
+    let (cp, rt) = control(no_pool());
+    rt.set_nodes(&[("n1", 4000, 8 * GIB), ("n2", 4000, 16 * GIB)]);
+    create(&cp, "shop").await;
+    let mut svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    svc.node = None;
+    cp.store().update_service(&svc).await.unwrap();
+    rt.vanish("shop");
+    cp.recover().await.unwrap();
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!(svc.node.as_deref(), Some("n2"));
+    assert_eq!(rt.server("shop").unwrap().node, "n2");
+}

@@ -173,6 +173,9 @@ pub struct DatabaseService {
     /// The schema its connection string names, when not its own name: a restored database
     /// keeps the source's schemas under their names, so its clients find their tables as before.
     pub default_schema: Option<String>,
+    /// The node it is placed on (`stratus_runtime::NodeInfo`); `None` for a database made
+    /// before nodes existed, which is on the runtime's first node.
+    pub node: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }

@@ -9,7 +9,7 @@ use crate::{
     ExitNotice, Instance, InstanceSpec, Observed, Result, Runtime, RuntimeError, RuntimeInfo,
     Spare, Usage,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -61,11 +61,16 @@ pub struct FakeServer {
     /// Its volume: bytes used and its size.
     pub storage_used: u64,
     pub storage_limit: u64,
+    /// The node it runs on.
+    pub node: String,
 }
 
 #[derive(Debug, Default)]
 struct World {
-    storage: BTreeSet<String>,
+    /// Databases' storage, with the node it is on.
+    storage: BTreeMap<String, String>,
+    /// The nodes, with their capacity: `(name, millicores, bytes)`.
+    nodes: Vec<(String, u64, u64)>,
     servers: BTreeMap<String, FakeServer>,
     spares: BTreeMap<String, FakeServer>,
     next_pid: u32,
@@ -93,7 +98,7 @@ impl World {
             .ok_or_else(|| RuntimeError::NotRunning(name.to_owned()))
     }
 
-    fn new_server(&mut self, r: Resources, max: Resources) -> FakeServer {
+    fn new_server(&mut self, r: Resources, max: Resources, node: &str) -> FakeServer {
         self.next_pid += 1;
         FakeServer {
             pid: 1000 + self.next_pid,
@@ -102,6 +107,7 @@ impl World {
             buffer_pool_bytes: r.buffer_pool_bytes,
             buffer_pool_max: max.buffer_pool_bytes.max(r.buffer_pool_bytes),
             storage_limit: 1 << 30,
+            node: node.to_owned(),
             ..FakeServer::default()
         }
     }
@@ -115,10 +121,25 @@ pub struct FakeRuntime {
 }
 
 impl Default for FakeRuntime {
+    /// One node, `local`, of 8 CPUs and 64 GiB.
     fn default() -> Self {
+        let world = World {
+            nodes: vec![(crate::local::DEFAULT_NODE.to_owned(), 8000, 64 << 30)],
+            ..World::default()
+        };
         Self {
-            world: Arc::default(),
+            world: Arc::new(Mutex::new(world)),
             exits: broadcast::channel(64).0,
+        }
+    }
+}
+
+impl World {
+    fn check_node(&self, node: &str) -> Result<()> {
+        if self.nodes.iter().any(|(n, _, _)| n == node) {
+            Ok(())
+        } else {
+            Err(RuntimeError::Other(format!("no node {node}")))
         }
     }
 }
@@ -186,7 +207,15 @@ impl FakeRuntime {
     }
 
     pub fn has_storage(&self, name: &str) -> bool {
-        self.world().storage.contains(name)
+        self.world().storage.contains_key(name)
+    }
+
+    /// Replaces the nodes: `(name, millicores, bytes)` each.
+    pub fn set_nodes(&self, nodes: &[(&str, u64, u64)]) {
+        self.world().nodes = nodes
+            .iter()
+            .map(|(n, c, m)| ((*n).to_owned(), *c, *m))
+            .collect();
     }
 
     pub fn spares(&self) -> usize {
@@ -219,6 +248,31 @@ impl Runtime for FakeRuntime {
         }
     }
 
+    /// A node uses the memory limits of its servers and spares.
+    fn nodes(&self) -> Vec<crate::NodeInfo> {
+        let w = self.world();
+        w.nodes
+            .iter()
+            .map(|(name, cpu, mem)| crate::NodeInfo {
+                name: name.clone(),
+                cpu_millis: *cpu,
+                memory_bytes: *mem,
+                storage: format!("/fake/{name}"),
+                memory_used_bytes: w
+                    .servers
+                    .values()
+                    .chain(w.spares.values())
+                    .filter(|s| &s.node == name)
+                    .map(|s| s.memory_bytes)
+                    .sum(),
+            })
+            .collect()
+    }
+
+    fn node_of(&self, name: &ServiceName) -> Option<String> {
+        self.world().storage.get(name.as_str()).cloned()
+    }
+
     async fn admin(&self, name: &ServiceName, _timeout: Duration) -> Result<FakeAdmin> {
         let mut w = self.world();
         if w.failing(Op::Admin) {
@@ -240,15 +294,16 @@ impl Runtime for FakeRuntime {
         let name = spec.name.as_str();
         let mut w = self.world();
         w.calls.push(format!("provision {name}"));
-        if w.storage.contains(name) {
+        w.check_node(&spec.node)?;
+        if w.storage.contains_key(name) {
             return Err(RuntimeError::StorageExists(name.to_owned()));
         }
         if w.failing(Op::Provision) {
             return Err(injected(Op::Provision, name));
         }
-        let s = w.new_server(spec.resources, spec.max_resources);
+        let s = w.new_server(spec.resources, spec.max_resources, &spec.node);
         let pid = s.pid;
-        w.storage.insert(name.to_owned());
+        w.storage.insert(name.to_owned(), spec.node.clone());
         w.servers.insert(name.to_owned(), s);
         Ok(instance(pid, name, false))
     }
@@ -257,7 +312,7 @@ impl Runtime for FakeRuntime {
         let name = spec.name.as_str();
         let mut w = self.world();
         w.calls.push(format!("start {name}"));
-        if !w.storage.contains(name) {
+        if w.storage.get(name) != Some(&spec.node) {
             return Err(RuntimeError::NoStorage(name.to_owned()));
         }
         if w.failing(Op::Start) {
@@ -266,7 +321,7 @@ impl Runtime for FakeRuntime {
         if let Some(s) = w.servers.get(name) {
             return Ok(instance(s.pid, name, true));
         }
-        let s = w.new_server(spec.resources, spec.max_resources);
+        let s = w.new_server(spec.resources, spec.max_resources, &spec.node);
         let pid = s.pid;
         w.servers.insert(name.to_owned(), s);
         Ok(instance(pid, name, false))
@@ -314,7 +369,7 @@ impl Runtime for FakeRuntime {
             frozen: s.is_some_and(|s| s.frozen),
             storage: w
                 .storage
-                .contains(name.as_str())
+                .contains_key(name.as_str())
                 .then(|| format!("/fake/{name}")),
         }
     }
@@ -373,8 +428,9 @@ impl Runtime for FakeRuntime {
         self.exits.subscribe()
     }
 
-    async fn provision_spare(&self, max_resources: Resources) -> Result<Spare> {
+    async fn provision_spare(&self, max_resources: Resources, node: &str) -> Result<Spare> {
         let mut w = self.world();
+        w.check_node(node)?;
         if w.failing(Op::ProvisionSpare) {
             return Err(injected(Op::ProvisionSpare, "spare"));
         }
@@ -384,13 +440,14 @@ impl Runtime for FakeRuntime {
             memory_bytes: 0,
             buffer_pool_bytes: 0,
         };
-        let s = w.new_server(floor, max_resources);
+        let s = w.new_server(floor, max_resources, node);
         let key = format!("spare-{}", s.pid);
         w.calls.push(format!("provision_spare {key}"));
         w.spares.insert(key.clone(), s);
         Ok(Spare {
             endpoint: endpoint_of(&key),
             key,
+            node: node.to_owned(),
         })
     }
 
@@ -401,13 +458,19 @@ impl Runtime for FakeRuntime {
         if w.failing(Op::ClaimSpare) {
             return Err(injected(Op::ClaimSpare, name));
         }
+        if spare.node != spec.node {
+            return Err(RuntimeError::Other(format!(
+                "spare {} is on node {}, not {}",
+                spare.key, spare.node, spec.node
+            )));
+        }
         let Some(mut s) = w.spares.remove(&spare.key) else {
             return Err(RuntimeError::Other(format!("no spare {}", spare.key)));
         };
         s.cpu_millis = spec.resources.cpu_millis;
         s.memory_bytes = spec.resources.memory_bytes;
         let pid = s.pid;
-        w.storage.insert(name.to_owned());
+        w.storage.insert(name.to_owned(), spec.node.clone());
         w.servers.insert(name.to_owned(), s);
         Ok(instance(pid, name, false))
     }
@@ -464,14 +527,21 @@ impl Runtime for FakeRuntime {
         let name = spec.name.as_str();
         let mut w = self.world();
         w.calls.push(format!("branch {source} {name}"));
-        if w.storage.contains(name) {
+        if w.storage.contains_key(name) {
             return Err(RuntimeError::StorageExists(name.to_owned()));
         }
-        let copy = w.server(source.as_str())?.executed.clone();
-        let mut s = w.new_server(spec.resources, spec.max_resources);
+        let source = w.server(source.as_str())?;
+        if source.node != spec.node {
+            return Err(RuntimeError::Other(format!(
+                "a branch shares its source's blocks: it must be on node {}",
+                source.node
+            )));
+        }
+        let copy = source.executed.clone();
+        let mut s = w.new_server(spec.resources, spec.max_resources, &spec.node);
         s.executed = copy;
         let pid = s.pid;
-        w.storage.insert(name.to_owned());
+        w.storage.insert(name.to_owned(), spec.node.clone());
         w.servers.insert(name.to_owned(), s);
         Ok(Some(instance(pid, name, false)))
     }
@@ -520,13 +590,14 @@ impl Runtime for FakeRuntime {
             })?;
         let mut w = self.world();
         w.calls.push(format!("restore {name}"));
-        if w.storage.contains(name) {
+        w.check_node(&spec.node)?;
+        if w.storage.contains_key(name) {
             return Err(RuntimeError::StorageExists(name.to_owned()));
         }
-        let mut s = w.new_server(spec.resources, spec.max_resources);
+        let mut s = w.new_server(spec.resources, spec.max_resources, &spec.node);
         s.executed = statements.lines().map(str::to_owned).collect();
         let pid = s.pid;
-        w.storage.insert(name.to_owned());
+        w.storage.insert(name.to_owned(), spec.node.clone());
         w.servers.insert(name.to_owned(), s);
         Ok(instance(pid, name, false))
     }

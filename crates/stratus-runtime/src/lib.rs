@@ -16,7 +16,7 @@ pub mod commit_times;
 pub mod fake;
 pub mod local;
 
-pub use local::{LocalConfig, LocalRuntime};
+pub use local::{LocalConfig, LocalNodes, LocalRuntime};
 pub use stratus_cgroup::Usage;
 
 use std::future::Future;
@@ -103,6 +103,24 @@ pub struct InstanceSpec {
     /// The size of the volume a new database's data gets (where the runtime has volumes); it
     /// grows from there ([`Runtime::grow_storage`]).
     pub storage_bytes: u64,
+    /// The node it runs on ([`NodeInfo::name`]): where new storage is made, and where existing
+    /// storage is looked for.
+    pub node: String,
+}
+
+/// A place databases run: locally a data root with a cgroup budget of its own, on Kubernetes a
+/// node. Placement and rebalancing (`stratus_control::placement`) weigh one against another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// CPU offered to databases, in millicores.
+    pub cpu_millis: u64,
+    /// Memory offered to databases.
+    pub memory_bytes: u64,
+    /// Where its databases' data lives (a directory, a storage class).
+    pub storage: String,
+    /// Memory its servers use now, spares included.
+    pub memory_used_bytes: u64,
 }
 
 /// A database's storage as the runtime measures it.
@@ -186,6 +204,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     fn info(&self) -> RuntimeInfo;
 
+    /// The nodes databases can run on, with what they offer and use now. Never empty.
+    fn nodes(&self) -> Vec<NodeInfo>;
+
+    /// The node holding a database's storage, `None` when it has none anywhere. Cheap.
+    fn node_of(&self, name: &ServiceName) -> Option<String>;
+
     /// Logs in to the running server of `name` as Stratus, giving up after `timeout`. A refused
     /// login is an error for which [`RuntimeError::is_access_denied`] holds.
     fn admin(
@@ -245,14 +269,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// Exits that nobody asked for (crashes, kills, OOM).
     fn exits(&self) -> tokio::sync::broadcast::Receiver<ExitNotice>;
 
-    /// Starts a spare server owned by nobody, for the warm pool: minimal, but with room to grow
-    /// to `max_resources` without a restart.
+    /// Starts a spare server owned by nobody on `node`, for the warm pool: minimal, but with
+    /// room to grow to `max_resources` without a restart.
     fn provision_spare(
         &self,
         max_resources: Resources,
+        node: &str,
     ) -> impl Future<Output = Result<Spare>> + Send;
 
-    /// Makes a spare the server of `spec.name`, at its size, without restarting it.
+    /// Makes a spare the server of `spec.name`, at its size, without restarting it. The spare
+    /// must be on `spec.node`.
     fn claim_spare(
         &self,
         spare: &Spare,
@@ -364,4 +390,6 @@ pub struct BackupTaken {
 pub struct Spare {
     pub key: String,
     pub endpoint: Endpoint,
+    /// The node it runs on: it can only become a database placed there.
+    pub node: String,
 }

@@ -13,6 +13,7 @@ fn spec(name: &str, scu: u32) -> InstanceSpec {
         resources: size.resources(scu),
         max_resources: size.resources(2),
         storage_bytes: 1 << 30,
+        node: stratus_runtime::local::DEFAULT_NODE.to_owned(),
     }
 }
 
@@ -307,13 +308,13 @@ async fn a_spare_becomes_a_database_without_a_restart() {
     let dir = root();
     let rt = LocalRuntime::new(config(&dir, "spare")).await.unwrap();
     let s = spec("claimed", 2);
-    let spare = rt.provision_spare(s.max_resources).await.unwrap();
+    let spare = rt.provision_spare(s.max_resources, "local").await.unwrap();
     assert_eq!(
         rt.unclaimed_spares(),
         std::slice::from_ref(&spare.key),
         "listed while unclaimed"
     );
-    let other = rt.provision_spare(s.max_resources).await.unwrap();
+    let other = rt.provision_spare(s.max_resources, "local").await.unwrap();
 
     let inst = rt.claim_spare(&spare, &s).await.unwrap();
     assert_eq!(inst.endpoint, spare.endpoint);

@@ -83,6 +83,10 @@ ALTER TABLE services DROP COLUMN port;
     r#"
 ALTER TABLE services ADD COLUMN default_schema TEXT;
 "#,
+    // The node a database is placed on (#12); NULL for databases made before nodes.
+    r#"
+ALTER TABLE services ADD COLUMN node TEXT;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -208,7 +212,7 @@ impl SqliteStore {
 }
 
 const SERVICE_COLUMNS: &str = "name, tier, min_scu, max_scu, storage_gb, state, scu, buffer_pool_bytes, \
-     created_at_ms, updated_at_ms, require_tls, default_schema";
+     created_at_ms, updated_at_ms, require_tls, default_schema, node";
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -227,6 +231,7 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
         (row.get(7)?, row.get(8)?, row.get(9)?);
     let require_tls: bool = row.get(10)?;
     let default_schema: Option<String> = row.get(11)?;
+    let node: Option<String> = row.get(12)?;
     Ok((|| {
         let name = ServiceName::parse(&name).map_err(|e| corrupt("service name", e))?;
         let tier: Tier = tier.parse().map_err(|e| corrupt("tier", e))?;
@@ -244,6 +249,7 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
             buffer_pool_bytes: buffer_pool_bytes.max(0) as u64,
             require_tls,
             default_schema,
+            node,
             created_at_ms,
             updated_at_ms,
         })
@@ -328,7 +334,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         let spec = &svc.spec;
         tx.execute(
-            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
             params![
                 spec.name.as_str(),
                 spec.tier.as_str(),
@@ -341,7 +347,8 @@ impl Store for SqliteStore {
                 svc.created_at_ms,
                 svc.updated_at_ms,
                 svc.require_tls,
-                svc.default_schema
+                svc.default_schema,
+                svc.node
             ],
         )
         .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists(format!("database {}", spec.name)) } else { e.into() })?;
@@ -393,8 +400,8 @@ impl Store for SqliteStore {
         let spec = &svc.spec;
         let n = conn.execute(
             "UPDATE services SET tier = ?2, min_scu = ?3, max_scu = ?4, storage_gb = ?5, state = ?6, scu = ?7, \
-             buffer_pool_bytes = ?8, updated_at_ms = ?9, require_tls = ?10, default_schema = ?11 \
-             WHERE name = ?1",
+             buffer_pool_bytes = ?8, updated_at_ms = ?9, require_tls = ?10, default_schema = ?11, \
+             node = ?12 WHERE name = ?1",
             params![
                 spec.name.as_str(),
                 spec.tier.as_str(),
@@ -406,7 +413,8 @@ impl Store for SqliteStore {
                 svc.buffer_pool_bytes as i64,
                 now_ms(),
                 svc.require_tls,
-                svc.default_schema
+                svc.default_schema,
+                svc.node
             ],
         )?;
         if n == 0 {
@@ -671,6 +679,7 @@ mod tests {
             buffer_pool_bytes: 1 << 30,
             require_tls: false,
             default_schema: None,
+            node: None,
             created_at_ms: 1,
             updated_at_ms: 1,
         }

@@ -63,6 +63,15 @@ pub enum Command {
     /// Encryption at rest (admin only).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The nodes databases run on (a token for all databases only).
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Each node's capacity, what is allocated on it, the memory in use and its databases.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

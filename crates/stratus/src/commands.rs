@@ -1,7 +1,8 @@
 //! The CLI verbs: each one API call, printed as text or (with `--json`) as the API's JSON.
 
 use crate::cli::{
-    BackupCommand, Command, DbCommand, EventsArgs, Global, KeyCommand, TokenCommand, UserCommand,
+    BackupCommand, Command, DbCommand, EventsArgs, Global, KeyCommand, NodeCommand, TokenCommand,
+    UserCommand,
 };
 use crate::config::api_url;
 use crate::output::{bytes, table, with_spinner};
@@ -38,6 +39,45 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
             if let Some(e) = r.encryption {
                 println!("  {e}");
             }
+            Ok(())
+        }
+        Command::Node(NodeCommand::List) => {
+            let nodes = api.nodes().await?;
+            if json {
+                return print_json(&nodes);
+            }
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        format!(
+                            "{} of {} vCPU",
+                            n.allocated_cpu_millis as f64 / 1000.0,
+                            n.cpu_millis as f64 / 1000.0
+                        ),
+                        format!(
+                            "{} of {}",
+                            bytes(n.allocated_memory_bytes),
+                            bytes(n.memory_bytes)
+                        ),
+                        format!("{} ({} %)", bytes(n.memory_used_bytes), n.memory_used_pct),
+                        n.databases.len().to_string(),
+                        n.storage.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "NODE",
+                    "CPU ALLOCATED",
+                    "MEMORY ALLOCATED",
+                    "MEMORY USED",
+                    "DATABASES",
+                    "DATA",
+                ],
+                &rows,
+            );
             Ok(())
         }
         Command::Status => {
@@ -481,6 +521,7 @@ fn show(d: &DatabaseView, json: bool) -> anyhow::Result<()> {
         "endpoint:     {}:{} (schema {})",
         d.host, d.port, d.database
     );
+    println!("node:         {}", d.node);
     match (d.pid, &d.backend) {
         (Some(pid), Some(backend)) => println!("server:       mariadbd pid {pid} on {backend}"),
         _ => println!("server:       not running"),

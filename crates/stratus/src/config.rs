@@ -42,6 +42,26 @@ pub struct FileConfig {
     /// How often the reconciler looks at every database for what no notice told of (a server
     /// gone, a size changed) [default: 30].
     pub resync_every_secs: Option<u64>,
+    /// Places databases run (`[[nodes]]`) [default: one node, `local`, in `data_dir`].
+    #[serde(default)]
+    pub nodes: Vec<NodeSection>,
+    /// Node memory watermarks, in percent: `high_pct` (no placement above it, rebalancing
+    /// starts) and `low_pct` (where rebalancing stops) [default: 70 and 60].
+    #[serde(default)]
+    pub placement: Option<stratus_control::placement::Watermarks>,
+}
+
+/// One node (`[[nodes]]`): a data root and a resource budget of this host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub name: String,
+    /// Where its databases' data goes [default: `data_dir` for the node `local`,
+    /// `<data_dir>/nodes/<name>` for the others].
+    pub data_dir: Option<PathBuf>,
+    /// CPU (millicores) and memory (bytes) it offers databases [default: the host's].
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +196,9 @@ pub struct Settings {
     pub pool: stratus_control::pool::PoolConfig,
     pub hydrate: bool,
     pub resync_every: Duration,
+    /// At least one; names distinct.
+    pub nodes: Vec<NodeSection>,
+    pub watermarks: stratus_control::placement::Watermarks,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +227,11 @@ impl Settings {
         let scu = fc.scu.unwrap_or_default();
         if let Err(e) = scu.validate() {
             bail!("invalid SCU size: {e}");
+        }
+        let nodes = nodes(fc.nodes)?;
+        let watermarks = fc.placement.unwrap_or_default();
+        if let Err(e) = watermarks.validate() {
+            bail!("[placement]: {e}");
         }
         let resync_every_secs = fc.resync_every_secs.unwrap_or(30);
         if resync_every_secs == 0 {
@@ -252,6 +280,8 @@ impl Settings {
             pool: fc.pool.unwrap_or_default(),
             hydrate: fc.hydrate.unwrap_or(true),
             resync_every: Duration::from_secs(resync_every_secs),
+            nodes,
+            watermarks,
             proxy: {
                 let d = stratus_proxy::ProxyConfig::default();
                 let p = &fc.proxy;
@@ -289,6 +319,50 @@ impl Settings {
         }
         Ok(settings)
     }
+}
+
+/// The nodes of `[[nodes]]`, checked; none configured is one node, `local`.
+fn nodes(mut nodes: Vec<NodeSection>) -> anyhow::Result<Vec<NodeSection>> {
+    if nodes.is_empty() {
+        nodes.push(NodeSection {
+            name: stratus_runtime::local::DEFAULT_NODE.to_owned(),
+            data_dir: None,
+            cpu_millis: None,
+            memory_bytes: None,
+        });
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let valid = n.name.len() <= 32
+            && n.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && n.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            bail!(
+                "[[nodes]] name {:?}: use 1 to 32 lowercase letters, digits and '-', starting with a letter",
+                n.name
+            );
+        }
+        if nodes[..i].iter().any(|m| m.name == n.name) {
+            bail!("[[nodes]] name {:?} is used twice", n.name);
+        }
+        if n.cpu_millis == Some(0) || n.memory_bytes == Some(0) {
+            bail!(
+                "[[nodes]] {}: cpu_millis and memory_bytes must be above 0",
+                n.name
+            );
+        }
+        if let Some(d) = &n.data_dir
+            && nodes[..i].iter().any(|m| m.data_dir.as_ref() == Some(d))
+        {
+            bail!(
+                "[[nodes]] {}: data_dir {} is another node's",
+                n.name,
+                d.display()
+            );
+        }
+    }
+    Ok(nodes)
 }
 
 /// `127.0.0.1:8033` or `http://127.0.0.1:8033/`; the API's address reads the same for the server
@@ -373,6 +447,44 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn nodes_default_to_one_and_bad_ones_are_refused() {
+        let s = Settings::resolve(None, None, None, None).unwrap();
+        assert_eq!(s.nodes.len(), 1);
+        assert_eq!(s.nodes[0].name, "local");
+        assert_eq!(s.watermarks.high_pct, 70);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.toml");
+        let two = "[[nodes]]\nname = \"n1\"\nmemory_bytes = 4294967296\n\
+                   [[nodes]]\nname = \"n2\"\ndata_dir = \"/srv/n2\"\n\
+                   [placement]\nhigh_pct = 80\nlow_pct = 50\n";
+        std::fs::write(&f, two).unwrap();
+        let s = Settings::resolve(Some(&f), None, None, None).unwrap();
+        assert_eq!(s.nodes.len(), 2);
+        assert_eq!(s.nodes[0].memory_bytes, Some(4 << 30));
+        assert_eq!(s.nodes[1].data_dir.as_deref(), Some(Path::new("/srv/n2")));
+        assert_eq!((s.watermarks.high_pct, s.watermarks.low_pct), (80, 50));
+        for (bad, says) in [
+            ("[[nodes]]\nname = \"N1\"\n", "lowercase"),
+            ("[[nodes]]\nname = \"../x\"\n", "lowercase"),
+            (
+                "[[nodes]]\nname = \"a\"\n[[nodes]]\nname = \"a\"\n",
+                "twice",
+            ),
+            ("[[nodes]]\nname = \"a\"\nmemory_bytes = 0\n", "above 0"),
+            (
+                "[[nodes]]\nname = \"a\"\ndata_dir = \"/x\"\n[[nodes]]\nname = \"b\"\ndata_dir = \"/x\"\n",
+                "another node's",
+            ),
+            ("[[nodes]]\nname = \"a\"\nram = 1\n", "ram"),
+            ("[placement]\nhigh_pct = 50\nlow_pct = 60\n", "low_pct"),
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            let err = Settings::resolve(Some(&f), None, None, None).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

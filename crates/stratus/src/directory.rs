@@ -7,19 +7,19 @@ use stratus_core::EventKind;
 use stratus_proxy::replay::{Failover, Outcome};
 use stratus_proxy::throttle::Throttled;
 use stratus_proxy::{Account, Directory};
-use stratus_runtime::LocalRuntime;
+use stratus_runtime::LocalNodes;
 use stratus_store::SqliteStore;
 
 /// Calls run on the control plane's runtime, whichever proxy thread asks: a wake starts
 /// processes and tasks that belong there, not on a session thread.
 pub struct ControlDirectory {
-    cp: Arc<ControlPlane<SqliteStore, LocalRuntime>>,
+    cp: Arc<ControlPlane<SqliteStore, LocalNodes>>,
     runtime: tokio::runtime::Handle,
 }
 
 impl ControlDirectory {
     /// Must be called on the control plane's runtime.
-    pub fn new(cp: Arc<ControlPlane<SqliteStore, LocalRuntime>>) -> Self {
+    pub fn new(cp: Arc<ControlPlane<SqliteStore, LocalNodes>>) -> Self {
         Self {
             cp,
             runtime: tokio::runtime::Handle::current(),

@@ -14,7 +14,7 @@ use stratus_api::ServerInfo;
 use stratus_control::{ControlConfig, ControlPlane};
 use stratus_core::token::{self, Role, Scope};
 use stratus_proxy::{Proxy, ProxyConfig};
-use stratus_runtime::{LocalConfig, LocalRuntime, Runtime};
+use stratus_runtime::{LocalConfig, LocalNodes, Runtime};
 use stratus_store::{SqliteStore, Store};
 use tokio::net::TcpListener;
 
@@ -76,7 +76,20 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     if !data_dir.join("template/READY").exists() {
         eprintln!("Preparing the MariaDB template data directory (first start only)…");
     }
-    let runtime = LocalRuntime::new(local).await?;
+    let mut configs = Vec::new();
+    for (node, root) in node_roots(&settings.nodes, &data_dir)? {
+        let mut cfg = local.clone();
+        if node.name != stratus_runtime::local::DEFAULT_NODE {
+            // A sibling of the first node's group: a database may be named like a node.
+            cfg.cgroup_parent = format!("{}-{}", local.cgroup_parent, node.name);
+        }
+        cfg.root = root;
+        cfg.node = node.name.clone();
+        cfg.node_cpu_millis = node.cpu_millis;
+        cfg.node_memory_bytes = node.memory_bytes;
+        configs.push(cfg);
+    }
+    let runtime = LocalNodes::new(configs).await?;
     let info = runtime.info();
     let cp = ControlPlane::new(
         store,
@@ -90,6 +103,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
             hydrate: settings.hydrate,
             resync_every: settings.resync_every,
             backup_dir: settings.data_dir.join("backups"),
+            watermarks: settings.watermarks,
             ..ControlConfig::default()
         },
     );
@@ -389,6 +403,53 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
 
 /// `stratus/<8 hex digits>` from the data directory's path: stable across restarts of one
 /// installation, distinct between installations (FNV-1a).
+/// Each node's data root: as configured, else the data directory itself for the node `local`
+/// and `<data_dir>/nodes/<name>` for the others. Roots are distinct and none lies inside
+/// another's, but for the nodes under the data directory's `nodes/`.
+fn node_roots<'a>(
+    nodes: &'a [crate::config::NodeSection],
+    data_dir: &Path,
+) -> anyhow::Result<Vec<(&'a crate::config::NodeSection, std::path::PathBuf)>> {
+    let mut roots: Vec<(&crate::config::NodeSection, std::path::PathBuf)> = Vec::new();
+    for n in nodes {
+        let root = match &n.data_dir {
+            Some(d) => std::path::absolute(d).with_context(|| format!("node {}", n.name))?,
+            None if n.name == stratus_runtime::local::DEFAULT_NODE => data_dir.to_owned(),
+            None => data_dir.join("nodes").join(&n.name),
+        };
+        for (m, other) in &roots {
+            let nested = |inner: &Path, outer: &Path| {
+                inner.starts_with(outer)
+                    && !(outer == data_dir && inner.starts_with(data_dir.join("nodes")))
+            };
+            if nested(&root, other) || nested(other, &root) {
+                anyhow::bail!(
+                    "nodes {} and {} would share data: {} and {}",
+                    m.name,
+                    n.name,
+                    other.display(),
+                    root.display()
+                );
+            }
+        }
+        if root != data_dir && nested_in_data_dir(&root, data_dir) {
+            anyhow::bail!(
+                "node {}: data_dir {} is inside the data directory; leave it unset for {}",
+                n.name,
+                root.display(),
+                data_dir.join("nodes").join(&n.name).display()
+            );
+        }
+        roots.push((n, root));
+    }
+    Ok(roots)
+}
+
+/// A directory under `data_dir` that is not the default place of a node.
+fn nested_in_data_dir(root: &Path, data_dir: &Path) -> bool {
+    root.starts_with(data_dir) && root.parent() != Some(&data_dir.join("nodes"))
+}
+
 fn default_cgroup_parent(data_dir: &Path) -> String {
     let h = data_dir
         .as_os_str()

@@ -48,10 +48,7 @@ impl Inner {
         );
         let mut key = None;
         if let Some(ring) = &self.keys {
-            let data_key = ring
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .data_key(dir)?;
+            let data_key = ring.lock().data_key(dir)?;
             let file = key_file
                 .filter(|f| f.parent() == Some(self.key_dir.as_path()))
                 .ok_or_else(|| {

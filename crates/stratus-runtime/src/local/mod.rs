@@ -20,12 +20,14 @@ mod backup;
 mod commit_clock;
 mod config;
 pub mod keys;
+mod nodes;
 mod notify;
 mod process;
 pub mod server_user;
 mod template;
 pub mod volume;
 
+pub use nodes::LocalNodes;
 pub use server_user::{DEFAULT_SERVER_USER, ServerUser};
 
 use crate::admin::{AdminConn, AdminLogin};
@@ -77,7 +79,15 @@ pub struct LocalConfig {
     pub commit_clock: bool,
     /// Servers wait at each commit for the commit clock's acknowledgement (with `commit_clock`).
     pub exact_commit_times: bool,
+    /// The node this runtime is ([`crate::NodeInfo`]): its name, and the CPU (millicores) and
+    /// memory it offers databases, the host's own when unset.
+    pub node: String,
+    pub node_cpu_millis: Option<u64>,
+    pub node_memory_bytes: Option<u64>,
 }
+
+/// The node of a single-node installation.
+pub const DEFAULT_NODE: &str = "local";
 
 impl LocalConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -92,7 +102,27 @@ impl LocalConfig {
             volumes: true,
             commit_clock: true,
             exact_commit_times: true,
+            node: DEFAULT_NODE.into(),
+            node_cpu_millis: None,
+            node_memory_bytes: None,
         }
+    }
+}
+
+/// The master key ring, shared by the nodes of one host: a database's wrapped data key opens
+/// on whichever node it moves to.
+#[derive(Clone)]
+pub struct SharedKeys(Arc<Mutex<keys::MasterKeys>>);
+
+impl SharedKeys {
+    pub fn open_or_create(path: &Path) -> Result<Self> {
+        Ok(Self(Arc::new(Mutex::new(
+            keys::MasterKeys::open_or_create(path)?,
+        ))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, keys::MasterKeys> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -110,7 +140,7 @@ struct Inner {
     admin: AdminLogin,
     plugin_dir: PathBuf,
     /// Master keys, when data is encrypted at rest.
-    keys: Option<Mutex<keys::MasterKeys>>,
+    keys: Option<SharedKeys>,
     /// Where a server's plain data key waits for its start: a private directory in memory.
     key_dir: PathBuf,
     /// Volumes, or why there are none.
@@ -164,6 +194,16 @@ impl LocalRuntime {
     /// Finds MariaDB, sets up resource control (or says why not) and builds the template if
     /// this root has none yet.
     pub async fn new(cfg: LocalConfig) -> Result<Self> {
+        let keys = match &cfg.master_key {
+            Some(path) => Some(SharedKeys::open_or_create(path)?),
+            None => None,
+        };
+        Self::with_keys(cfg, keys).await
+    }
+
+    /// As [`LocalRuntime::new`], with the master key ring of other nodes (`cfg.master_key`
+    /// only says that data is encrypted).
+    pub async fn with_keys(cfg: LocalConfig, shared_keys: Option<SharedKeys>) -> Result<Self> {
         if cfg.root.to_string_lossy().contains(['\n', '"']) {
             return Err(RuntimeError::Other(format!(
                 "data directory {:?} contains a newline or quote",
@@ -193,13 +233,10 @@ impl LocalRuntime {
                 .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
             user.share_dir(dir)?;
         }
-        let keys = match &cfg.master_key {
-            Some(path) => {
-                allow_plugin(&mariadb, &plugin_dir, KEY_PLUGIN)?;
-                Some(Mutex::new(keys::MasterKeys::open_or_create(path)?))
-            }
-            None => None,
-        };
+        let keys = shared_keys;
+        if keys.is_some() {
+            allow_plugin(&mariadb, &plugin_dir, KEY_PLUGIN)?;
+        }
         let key_dir = if Path::new("/dev/shm").is_dir() {
             Path::new("/dev/shm").join(format!(
                 "stratus-{:08x}-keys",
@@ -283,6 +320,18 @@ impl LocalRuntime {
         }
     }
 
+    /// Every database's directory (spares included), for a rotation of the master key.
+    fn database_dirs(&self) -> Result<Vec<PathBuf>> {
+        let databases = self.inner.cfg.root.join("databases");
+        Ok(std::fs::read_dir(&databases)
+            .map_err(|e| RuntimeError::io(format!("cannot read {}", databases.display()), e))?
+            .flatten()
+            // Links are claimed spares, whose directory is listed under its own name too.
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect())
+    }
+
     /// Removes the parent cgroup once no database group is left under it.
     pub fn remove_cgroup_parent(&self) -> Result<()> {
         match &self.inner.cgroups {
@@ -293,6 +342,17 @@ impl LocalRuntime {
 }
 
 impl Inner {
+    /// Refuses work meant for another node: a database's storage is where its node is.
+    fn check_node(&self, node: &str) -> Result<()> {
+        if node == self.cfg.node {
+            return Ok(());
+        }
+        Err(RuntimeError::Other(format!(
+            "node {node} is not this runtime's node ({})",
+            self.cfg.node
+        )))
+    }
+
     fn paths(&self, key: &str) -> DbPaths {
         let dir = self.cfg.root.join("databases").join(key);
         let mut socket = dir.join("mariadbd.sock");
@@ -425,10 +485,7 @@ impl Inner {
         self.user.give(&paths.log)?;
         let key_file = match &self.keys {
             Some(ring) => {
-                let key = ring
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .data_key(&paths.dir)?;
+                let key = ring.lock().data_key(&paths.dir)?;
                 private_dir(&self.key_dir, &self.user)?;
                 let file = self.key_file(&spec.key);
                 template::write_private(&file, &keys::plugin_key_file(&key))?;
@@ -679,7 +736,7 @@ impl Runtime for LocalRuntime {
             resource_control_note: self.inner.resource_note.clone(),
             mariadb_version: self.inner.mariadb.version.clone(),
             encryption: self.inner.keys.as_ref().map(|k| {
-                let k = k.lock().unwrap_or_else(|p| p.into_inner());
+                let k = k.lock();
                 format!(
                     "file_key_management (AES-CTR), a key per database wrapped by master key {} in {}",
                     k.current_id(),
@@ -694,21 +751,41 @@ impl Runtime for LocalRuntime {
         }
     }
 
+    fn nodes(&self) -> Vec<crate::NodeInfo> {
+        let cfg = &self.inner.cfg;
+        let memory_used_bytes = self
+            .inner
+            .procs()
+            .keys()
+            .filter_map(|key| match &self.inner.cgroups {
+                Some(m) => m.open(key).ok()?.usage().ok(),
+                None => None,
+            })
+            .map(|u| u.memory_bytes)
+            .sum();
+        vec![crate::NodeInfo {
+            name: cfg.node.clone(),
+            cpu_millis: cfg.node_cpu_millis.unwrap_or_else(host_cpu_millis),
+            memory_bytes: cfg.node_memory_bytes.unwrap_or_else(host_memory_bytes),
+            storage: cfg.root.display().to_string(),
+            memory_used_bytes,
+        }]
+    }
+
+    fn node_of(&self, name: &ServiceName) -> Option<String> {
+        std::fs::symlink_metadata(self.inner.paths(name.as_str()).dir)
+            .is_ok()
+            .then(|| self.inner.cfg.node.clone())
+    }
+
     async fn rotate_master_key(&self) -> Result<usize> {
         let Some(keys) = &self.inner.keys else {
             return Err(RuntimeError::Other(
                 "encryption at rest is off ([encryption] enabled = false)".into(),
             ));
         };
-        let databases = self.inner.cfg.root.join("databases");
-        let dirs: Vec<PathBuf> = std::fs::read_dir(&databases)
-            .map_err(|e| RuntimeError::io(format!("cannot read {}", databases.display()), e))?
-            .flatten()
-            // Links are claimed spares, whose directory is listed under its own name too.
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
-        keys.lock().unwrap_or_else(|p| p.into_inner()).rotate(&dirs)
+        let dirs = self.database_dirs()?;
+        keys.lock().rotate(&dirs)
     }
 
     async fn admin(&self, name: &ServiceName, timeout: Duration) -> Result<AdminConn> {
@@ -719,6 +796,7 @@ impl Runtime for LocalRuntime {
     }
 
     async fn provision(&self, spec: &InstanceSpec) -> Result<Instance> {
+        self.inner.check_node(&spec.node)?;
         // Existing storage is refused and left alone; only what this call made is undone.
         if std::fs::symlink_metadata(self.inner.paths(spec.name.as_str()).dir).is_ok() {
             return Err(RuntimeError::StorageExists(spec.name.to_string()));
@@ -732,6 +810,7 @@ impl Runtime for LocalRuntime {
     }
 
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
+        self.inner.check_node(&spec.node)?;
         self.inner.start_server(&Launch::from(spec)).await
     }
 
@@ -834,11 +913,13 @@ impl Runtime for LocalRuntime {
         self.inner.exits.subscribe()
     }
 
-    async fn provision_spare(&self, max_resources: Resources) -> Result<Spare> {
+    async fn provision_spare(&self, max_resources: Resources, node: &str) -> Result<Spare> {
         let inner = &self.inner;
+        inner.check_node(node)?;
         let key = loop {
             let n = inner.next_spare.fetch_add(1, Ordering::Relaxed);
-            let key = format!("{SPARE_PREFIX}{n}");
+            // The node in the key keeps spares of different nodes apart.
+            let key = format!("{SPARE_PREFIX}{}-{n}", inner.cfg.node);
             if !inner.paths(&key).dir.exists() {
                 break key;
             }
@@ -859,6 +940,7 @@ impl Runtime for LocalRuntime {
             Ok(instance) => Ok(Spare {
                 key,
                 endpoint: instance.endpoint,
+                node: inner.cfg.node.clone(),
             }),
             Err(e) => {
                 let _ = inner.destroy(&key).await;
@@ -868,6 +950,8 @@ impl Runtime for LocalRuntime {
     }
 
     async fn claim_spare(&self, spare: &Spare, spec: &InstanceSpec) -> Result<Instance> {
+        self.inner.check_node(&spec.node)?;
+        self.inner.check_node(&spare.node)?;
         self.inner.claim(spare, spec).await
     }
 
@@ -942,6 +1026,7 @@ impl Runtime for LocalRuntime {
     }
 
     async fn branch(&self, source: &ServiceName, spec: &InstanceSpec) -> Result<Option<Instance>> {
+        self.inner.check_node(&spec.node)?;
         if !self
             .inner
             .branch_storage(source.as_str(), spec.name.as_str())
@@ -966,6 +1051,7 @@ impl Runtime for LocalRuntime {
     }
 
     async fn restore(&self, spec: &InstanceSpec, from: &crate::RestoreFrom) -> Result<Instance> {
+        self.inner.check_node(&spec.node)?;
         let key = spec.name.as_str();
         let replay = from.replay.as_ref();
         self.inner
@@ -1206,4 +1292,21 @@ fn private_dir(dir: &Path, user: &ServerUser) -> Result<()> {
 /// the spare's), or `dir` itself if it cannot be resolved.
 pub(crate) fn canonical(dir: &Path) -> PathBuf {
     dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// The host's CPUs, in millicores: a node's capacity unless configured.
+pub fn host_cpu_millis() -> u64 {
+    std::thread::available_parallelism().map_or(1000, |n| n.get() as u64 * 1000)
+}
+
+/// The host's memory (`MemTotal` in `/proc/meminfo`): a node's capacity unless configured.
+pub fn host_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
 }

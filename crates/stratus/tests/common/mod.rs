@@ -27,6 +27,8 @@ pub struct Stratus {
     pub config: PathBuf,
     pub child: Option<Child>,
     pub cgroup_parent: String,
+    /// Names of the nodes other than `local` (`[[nodes]]`), whose cgroups are removed too.
+    pub nodes: Vec<String>,
 }
 
 impl Stratus {
@@ -71,6 +73,7 @@ impl Stratus {
             config,
             child: None,
             cgroup_parent,
+            nodes: Vec::new(),
             dir,
         }
     }
@@ -317,8 +320,9 @@ impl Stratus {
     }
 
     /// Pids of `mariadbd` processes under this installation's data directory.
+    /// The servers of this installation, on any of its nodes (all under its temp directory).
     pub fn mariadbd_pids(&self) -> Vec<u32> {
-        let needle = self.data_dir().join("databases");
+        let needle = self.dir.path().to_owned();
         std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -352,7 +356,10 @@ impl Drop for Stratus {
             );
         }
         remove_cgroups(&self.cgroup_parent);
-        unmount_under(&self.data_dir());
+        for node in &self.nodes {
+            remove_cgroups(&format!("{}-{node}", self.cgroup_parent));
+        }
+        unmount_under(self.dir.path());
     }
 }
 
