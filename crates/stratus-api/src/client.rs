@@ -139,6 +139,19 @@ impl ApiClient {
         self.call::<(), _>(Method::GET, "/v1/databases", None).await
     }
 
+    pub async fn migrate(
+        &self,
+        name: &str,
+        req: &stratus_control::migrate::MigrateRequest,
+    ) -> Result<stratus_control::migrate::MigrationReport, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/databases/{}/migrate", percent_encode(name)),
+            Some(req),
+        )
+        .await
+    }
+
     pub async fn nodes(&self) -> Result<Vec<stratus_control::nodes::NodeView>, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/nodes", None).await
     }

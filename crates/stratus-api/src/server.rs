@@ -160,6 +160,7 @@ pub fn router<S: Store, R: Runtime>(
         )
         .route("/v1/databases/{name}/restore", post(restore::<S, R>))
         .route("/v1/databases/{name}/branch", post(branch::<S, R>))
+        .route("/v1/databases/{name}/migrate", post(migrate::<S, R>))
         .route(
             "/v1/databases/{name}/backup-schedule",
             get(backup_schedule::<S, R>).put(set_backup_schedule::<S, R>),
@@ -629,6 +630,25 @@ async fn branch<S: Store, R: Runtime>(
     caller.check(Action::Write, Some(&name))?;
     caller.check(Action::Write, Some(&req.to))?;
     Ok((StatusCode::CREATED, Json(st.cp.branch(&name, req).await?)))
+}
+
+/// Moving a database is the host's business: it takes a token for all databases.
+async fn migrate<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<stratus_control::migrate::MigrateRequest>, JsonRejection>,
+) -> ApiResult<Json<stratus_control::migrate::MigrationReport>> {
+    let Json(req) = body?;
+    caller.check(Action::Write, Some(&name))?;
+    if !caller.scope.is_all() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "moving a database between nodes takes a token for all databases",
+        ));
+    }
+    Ok(Json(st.cp.migrate(&name, req.to.as_deref()).await?))
 }
 
 async fn delete_backup<S: Store, R: Runtime>(

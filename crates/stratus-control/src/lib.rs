@@ -21,6 +21,7 @@ pub mod copy;
 mod error;
 pub mod gateway;
 pub mod lifecycle;
+pub mod migrate;
 pub mod monitor;
 pub mod nodes;
 pub mod placement;
@@ -117,6 +118,10 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     cfg: ControlConfig,
     locks: Mutex<HashMap<ServiceName, Arc<tokio::sync::Mutex<()>>>>,
     started: Instant,
+    /// Databases being moved to another node (`migrate`): one move at a time each.
+    migrating: Mutex<std::collections::HashSet<ServiceName>>,
+    /// The proxy's holds, for cut-overs (`migrate::Gate`).
+    gate: std::sync::OnceLock<Arc<dyn migrate::Gate>>,
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
@@ -137,6 +142,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             cfg,
             locks: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            migrating: Mutex::new(std::collections::HashSet::new()),
+            gate: std::sync::OnceLock::new(),
         })
     }
 

@@ -428,6 +428,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 svc.node = Some(self.node_of(&svc));
                 self.store.update_service(&svc).await?;
             }
+            if svc.state == DbState::Migrating {
+                self.abandon_migration(&mut svc).await?;
+            }
             let me = self.clone();
             tasks.spawn(async move {
                 let name = svc.name().clone();
@@ -440,6 +443,36 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             });
         }
         while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// A migration a restart of Stratus interrupted: the database is where the catalog says,
+    /// and a copy it may have left on another node goes.
+    async fn abandon_migration(&self, svc: &mut DatabaseService) -> Result<()> {
+        let on = self.node_of(svc);
+        let mut removed = Vec::new();
+        for node in self.runtime.nodes() {
+            if node.name != on
+                && self
+                    .runtime
+                    .remove_copy(svc.name(), &node.name)
+                    .await
+                    .is_ok()
+            {
+                removed.push(node.name);
+            }
+        }
+        svc.state = DbState::Active;
+        self.store.update_service(svc).await?;
+        self.event(
+            svc.name(),
+            EventKind::MigrationFailed,
+            &format!(
+                "Stratus restarted during a move off node {on}; the database serves on node {on}"
+            ),
+            json!({"phase": "restart", "node": on, "copies_removed_on": removed}),
+        )
+        .await;
         Ok(())
     }
 

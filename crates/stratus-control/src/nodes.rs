@@ -60,7 +60,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// The node for a new database that starts with `need_bytes` of memory: the most memory
     /// left under the high watermark once it is added. Fails when no node has that room.
     pub(crate) fn place_new(&self, need_bytes: u64) -> Result<Placed> {
+        self.place(need_bytes, None)
+    }
+
+    /// [`Self::place_new`], never on node `except` (the one a database moves off).
+    pub(crate) fn place(&self, need_bytes: u64, except: Option<&str>) -> Result<Placed> {
         let nodes = self.runtime.nodes();
+        let except = except.and_then(|e| nodes.iter().position(|n| n.name == e));
         let loads: Vec<NodeLoad> = nodes.iter().map(load).collect();
         let w = self.cfg.watermarks;
         let figures: Vec<serde_json::Value> = nodes
@@ -73,7 +79,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 })
             })
             .collect();
-        let Some(i) = placement::place(&loads, need_bytes, w, None) else {
+        let Some(i) = placement::place(&loads, need_bytes, w, except) else {
             return Err(ControlError::NoCapacity(format!(
                 "no node has room for {:.0} MiB more without passing its high watermark ({} % of its memory): {}",
                 need_bytes as f64 / MIB,
@@ -82,7 +88,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             )));
         };
         let chosen = &nodes[i];
-        let reason = if nodes.len() == 1 {
+        let reason = if nodes.len() == 1 && except.is_none() {
             format!("the only node, {}", chosen.name)
         } else {
             format!(

@@ -1004,3 +1004,188 @@ async fn recovery_records_the_node_of_a_database_made_before_nodes() {
     assert_eq!(svc.node.as_deref(), Some("n2"));
     assert_eq!(rt.server("shop").unwrap().node, "n2");
 }
+
+/// The proxy's holds, as a migration sees them: which databases are held now, and how often.
+#[derive(Default)]
+struct TestGate {
+    held: Arc<std::sync::Mutex<Vec<String>>>,
+    holds: std::sync::atomic::AtomicU32,
+}
+
+struct Held(Arc<std::sync::Mutex<Vec<String>>>, String);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().retain(|d| d != &self.1);
+    }
+}
+
+impl stratus_control::migrate::Gate for TestGate {
+    fn hold(&self, db: &str) -> Option<Box<dyn Send>> {
+        let mut held = self.held.lock().unwrap();
+        if held.iter().any(|d| d == db) {
+            return None;
+        }
+        held.push(db.to_owned());
+        self.holds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Box::new(Held(self.held.clone(), db.to_owned())))
+    }
+}
+
+fn two_nodes() -> (Cp, FakeRuntime, Arc<TestGate>) {
+    let (cp, rt) = control(no_pool());
+    rt.set_nodes(&[("n1", 4000, 8 * GIB), ("n2", 4000, 16 * GIB)]);
+    let gate = Arc::new(TestGate::default());
+    cp.set_gate(gate.clone());
+    (cp, rt, gate)
+}
+
+/// A move, phase by phase in the safe order: the copy replicates before anything is held, the
+/// source's commits are held before its last position is read, the target reaches it before it
+/// is promoted, and the source stops before the hold ends and goes after the target served.
+#[tokio::test]
+async fn a_database_moves_to_another_node_in_the_safe_order_and_says_how_long_it_took() {
+    let (cp, rt, gate) = two_nodes();
+    create(&cp, "shop").await;
+    assert_eq!(rt.server("shop").unwrap().node, "n2");
+    rt.take_calls();
+    let report = cp.migrate("shop", Some("n1")).await.unwrap();
+    assert_eq!((report.from.as_str(), report.to.as_str()), ("n2", "n1"));
+    let calls: Vec<String> = rt
+        .take_calls()
+        .into_iter()
+        .filter(|c| {
+            [
+                "start_replica",
+                "wait_for_gtid",
+                "block_commits",
+                "gtid_binlog_pos",
+                "stop_replication",
+                "promote_replica",
+                "stop_copy",
+                "remove_copy",
+            ]
+            .iter()
+            .any(|p| c.starts_with(p))
+        })
+        .map(|c| c.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "start_replica shop",
+            "gtid_binlog_pos shop",
+            "wait_for_gtid shop@n1",
+            "block_commits shop",
+            "gtid_binlog_pos shop",
+            "wait_for_gtid shop@n1",
+            "stop_replication shop@n1",
+            "promote_replica shop",
+            "stop_copy shop",
+            "remove_copy shop",
+        ]
+    );
+    assert_eq!(gate.holds.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(gate.held.lock().unwrap().is_empty(), "released");
+    let server = rt.server("shop").unwrap();
+    assert_eq!(server.node, "n1");
+    assert!(
+        server
+            .executed
+            .iter()
+            .any(|s| s.contains("CREATE DATABASE")),
+        "the copy has the source's data"
+    );
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!(
+        (svc.node.as_deref(), svc.state),
+        (Some("n1"), DbState::Active)
+    );
+    let ev = events(&cp, "shop").await;
+    let (kind, message) = ev.last().unwrap();
+    assert_eq!(*kind, EventKind::Migrated);
+    assert!(
+        message.starts_with("moved from node n2 to node n1"),
+        "{message}"
+    );
+
+    // Without --to: placement, never the node it is on.
+    let report = cp.migrate("shop", None).await.unwrap();
+    assert_eq!(report.to, "n2");
+    assert!(
+        report.placement.contains("most memory left"),
+        "{}",
+        report.placement
+    );
+
+    // Refused before anything starts: the node it is on, a node that does not exist.
+    let err = cp.migrate("shop", Some("n2")).await.unwrap_err();
+    assert!(err.to_string().contains("on node n2 already"), "{err}");
+    let err = cp.migrate("shop", Some("n9")).await.unwrap_err();
+    assert!(err.to_string().contains("no node n9"), "{err}");
+    assert!(cp.migrate("nothing", Some("n1")).await.is_err());
+}
+
+/// A move that fails in any phase leaves the database on its node, serving, with no copy left
+/// and an event that names the phase.
+#[tokio::test]
+async fn a_move_that_fails_leaves_the_database_where_it_was_and_says_where_it_stopped() {
+    let (cp, rt, gate) = two_nodes();
+    create(&cp, "shop").await;
+    for (op, phase) in [(Op::StartReplica, "copy"), (Op::BlockCommits, "cut-over")] {
+        rt.fail(op, 1);
+        let err = cp.migrate("shop", Some("n1")).await.unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("during the {phase}")),
+            "{err}"
+        );
+        assert_eq!(rt.server("shop").unwrap().node, "n2");
+        assert!(rt.replica("shop", "n1").is_none(), "no copy left");
+        let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+        assert_eq!(
+            (svc.node.as_deref(), svc.state),
+            (Some("n2"), DbState::Active)
+        );
+        let ev = events(&cp, "shop").await;
+        let (kind, message) = ev.last().unwrap();
+        assert_eq!(*kind, EventKind::MigrationFailed);
+        assert!(message.contains("serves on node n2"), "{message}");
+        assert!(gate.held.lock().unwrap().is_empty(), "released");
+    }
+    // The copy that never catches up at the cut-over.
+    rt.fail(Op::CatchUp, 1);
+    let err = cp.migrate("shop", Some("n1")).await;
+    // The first wait (catch-up) fails and is tried again; the move then goes through.
+    assert!(err.is_ok(), "{err:?}");
+}
+
+/// A restart of Stratus in the middle of a move: the database serves where the catalog says and
+/// the copy on the other node goes.
+#[tokio::test]
+async fn a_move_a_restart_of_stratus_interrupted_is_undone() {
+    let (cp, rt, _gate) = two_nodes();
+    create(&cp, "shop").await;
+    let spec_to = stratus_runtime::InstanceSpec {
+        name: db("shop"),
+        resources: cp.config().scu.resources(1),
+        max_resources: cp.config().scu.resources(4),
+        storage_bytes: 1 << 30,
+        node: "n1".into(),
+    };
+    use stratus_runtime::Runtime;
+    rt.start_replica(&spec_to).await.unwrap();
+    let mut svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    svc.state = DbState::Migrating;
+    cp.store().update_service(&svc).await.unwrap();
+    cp.recover().await.unwrap();
+    assert!(rt.replica("shop", "n1").is_none());
+    assert_eq!(rt.server("shop").unwrap().node, "n2");
+    let svc = cp.store().service(&db("shop")).await.unwrap().unwrap();
+    assert_eq!(svc.state, DbState::Active);
+    let ev = events(&cp, "shop").await;
+    assert!(
+        ev.iter()
+            .any(|(k, m)| *k == EventKind::MigrationFailed && m.contains("restarted")),
+        "{ev:?}"
+    );
+}

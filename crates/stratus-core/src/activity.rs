@@ -9,7 +9,8 @@ pub struct ActivityView {
     pub connections: u64,
     pub statements_running: u64,
     pub open_transactions: u64,
-    /// Sessions holding state that cannot move to another backend connection.
+    /// Sessions holding state that cannot move to another backend connection (temporary
+    /// tables, named locks, an open cursor…); an open transaction, which can, is counted apart.
     pub pinned_sessions: u64,
     /// Sessions whose user variables the proxy has not read back yet (it waits for the client's
     /// next command, at most 10 s): the idle monitor waits for them, so a database that sleeps

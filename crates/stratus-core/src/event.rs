@@ -48,6 +48,12 @@ pub enum EventKind {
     /// The periodic resync found a database other than the catalog says, with no notice of
     /// why, and brought it back.
     Reconciled,
+    /// A database moved to another node while it served, with each phase's duration and the
+    /// pause its clients saw.
+    Migrated,
+    /// A move to another node did not happen; the database serves where it was, and this says
+    /// why and in which phase.
+    MigrationFailed,
 }
 
 impl EventKind {
@@ -80,6 +86,8 @@ impl EventKind {
             EventKind::StorageFull => "storage_full",
             EventKind::Branched => "branched",
             EventKind::Reconciled => "reconciled",
+            EventKind::Migrated => "migrated",
+            EventKind::MigrationFailed => "migration_failed",
         }
     }
 
@@ -114,6 +122,8 @@ mod tests {
             EventKind::BackupTaken,
             EventKind::Restored,
             EventKind::Reconciled,
+            EventKind::Migrated,
+            EventKind::MigrationFailed,
         ] {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }

@@ -456,6 +456,11 @@ impl<D: Directory> Session<D> {
                 .await?;
             return Ok(true);
         };
+        // A database moving to another server: nothing reaches a server until it has, but an
+        // open transaction runs on to its end (a boundary the move needs no replay at).
+        if cmd != COM_QUIT && !self.state.in_transaction {
+            self.proxy.holds.wait(&self.service).await;
+        }
         if self.state.user_vars_unread
             && let Some(err) = self.user_vars_before(cmd, &packet::payload(&raw, lp)).await
         {
@@ -1015,7 +1020,7 @@ impl<D: Directory> Session<D> {
 
     /// Tells the activity counters when this session's transaction or pin state changed.
     fn report_state(&mut self) {
-        let pinned = self.state.pinned().is_some();
+        let pinned = self.state.holds_connection_state();
         track(
             &self.activity.in_transaction,
             &mut self.in_trans_reported,

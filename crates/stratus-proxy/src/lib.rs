@@ -17,6 +17,7 @@
 //! * [`replay`]: failover: statements retried and transactions replayed on a new backend.
 //! * `recovery`: the order in which a database's sessions replay after its server was lost.
 //! * [`activity`]: what the control plane is told about each database.
+//! * [`hold`]: commands held while a database moves to another server.
 //! * [`throttle`]: failed logins counted, and the delay they earn.
 //! * [`storage_limit`]: what a database at its storage limit may still run, where no volume
 //!   enforces the limit.
@@ -28,6 +29,7 @@ pub mod backend;
 pub mod backend_unix;
 pub mod client;
 pub mod error;
+pub mod hold;
 mod idle;
 pub mod kill;
 mod login;
@@ -182,6 +184,8 @@ pub struct Proxy<D: Directory> {
     pub(crate) sessions: std::sync::Mutex<std::collections::HashMap<u32, Arc<SessionLink>>>,
     /// The runtime `serve` runs on, where sessions' idle timers run (see [`idle`]).
     timers: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Databases whose commands wait while they move (see [`hold`]).
+    pub holds: Arc<hold::Holds>,
 }
 
 /// What other sessions may know of a session: enough to find and kill its current statement
@@ -245,6 +249,7 @@ impl<D: Directory> Proxy<D> {
             recoveries: recovery::Recoveries::default(),
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             timers: std::sync::OnceLock::new(),
+            holds: Arc::default(),
         })
     }
 

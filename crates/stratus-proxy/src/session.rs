@@ -149,13 +149,18 @@ impl SessionState {
 
     /// State other than a transaction that only its backend connection has: lost with it.
     pub fn pinned_besides_transaction(&self) -> bool {
+        self.holds_connection_state() || (self.user_vars_unread && !self.in_transaction)
+    }
+
+    /// State that lives on its backend connection and that no replay brings back on another
+    /// (an open transaction can be replayed; this cannot): what the `pinned` gauge counts.
+    pub fn holds_connection_state(&self) -> bool {
         self.temp_tables > 0
             || self.named_locks > 0
             || self.table_locks
             || self.handlers > 0
             || self.xa
             || self.cursors > 0
-            || (self.user_vars_unread && !self.in_transaction)
     }
 
     pub fn pin(&mut self, p: Pin) {

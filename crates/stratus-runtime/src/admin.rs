@@ -184,7 +184,39 @@ pub trait ServerAdmin: Send + Sized {
     /// without shrinking a file.
     fn free_in_tables(&mut self) -> impl Future<Output = Result<u64>> + Send;
 
+    /// Holds every commit until this connection ends (`BACKUP STAGE BLOCK_COMMIT`,
+    /// <https://mariadb.com/kb/en/backup-stage/>): the binary log position read after it is
+    /// final. Waits at most `limit` for running DDL.
+    fn block_commits(&mut self, limit: Duration) -> impl Future<Output = Result<()>> + Send;
+
+    /// On a replica: waits at most `limit` until it has applied `gtid_pos`
+    /// (<https://mariadb.com/kb/en/master_gtid_wait/>); false if it has not by then.
+    fn wait_for_gtid(
+        &mut self,
+        gtid_pos: &str,
+        limit: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// On a replica: how far it is and whether it still replicates.
+    fn replica_state(&mut self) -> impl Future<Output = Result<ReplicaState>> + Send;
+
+    /// On a replica: stops replicating and forgets its source, for good.
+    fn stop_replication(&mut self) -> impl Future<Output = Result<()>> + Send;
+
     fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// A replica's progress (`SHOW SLAVE STATUS`, <https://mariadb.com/kb/en/show-replica-status/>).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicaState {
+    /// Both its threads run.
+    pub running: bool,
+    /// `Seconds_Behind_Master`, when it knows.
+    pub seconds_behind: Option<u64>,
+    /// The GTIDs it has applied (`@@gtid_slave_pos`).
+    pub applied: String,
+    /// Its last I/O or SQL error, if any.
+    pub error: Option<String>,
 }
 
 /// An account as the server holds it.
@@ -317,6 +349,53 @@ impl ServerAdmin for AdminConn {
         )
         .await?;
         Ok(before.len() as u64)
+    }
+
+    async fn block_commits(&mut self, limit: Duration) -> Result<()> {
+        let secs = limit.as_secs().max(1);
+        AdminConn::exec(self, &format!("SET SESSION lock_wait_timeout = {secs}")).await?;
+        AdminConn::exec(self, "BACKUP STAGE START").await?;
+        AdminConn::exec(self, "BACKUP STAGE BLOCK_COMMIT").await
+    }
+
+    async fn wait_for_gtid(&mut self, gtid_pos: &str, limit: Duration) -> Result<bool> {
+        let secs = limit.as_secs_f64();
+        let r: Option<i64> = self
+            .query_value(&format!(
+                "SELECT MASTER_GTID_WAIT({}, {secs:.3})",
+                quote_str(gtid_pos)
+            ))
+            .await?;
+        Ok(r == Some(0))
+    }
+
+    async fn replica_state(&mut self) -> Result<ReplicaState> {
+        let rows: Vec<mysql_async::Row> = self.query_rows("SHOW SLAVE STATUS").await?;
+        let applied: Option<String> = self.query_value("SELECT @@global.gtid_slave_pos").await?;
+        let Some(row) = rows.first() else {
+            return Ok(ReplicaState {
+                applied: applied.unwrap_or_default(),
+                ..ReplicaState::default()
+            });
+        };
+        let text = |col: &str| -> Option<String> {
+            row.get_opt::<Option<String>, _>(col)
+                .and_then(|v| v.ok())
+                .flatten()
+                .filter(|s| !s.is_empty())
+        };
+        let yes = |col: &str| text(col).as_deref() == Some("Yes");
+        Ok(ReplicaState {
+            running: yes("Slave_IO_Running") && yes("Slave_SQL_Running"),
+            seconds_behind: text("Seconds_Behind_Master").and_then(|s| s.parse().ok()),
+            applied: applied.unwrap_or_default(),
+            error: text("Last_IO_Error").or_else(|| text("Last_SQL_Error")),
+        })
+    }
+
+    async fn stop_replication(&mut self) -> Result<()> {
+        AdminConn::exec(self, "STOP SLAVE").await?;
+        AdminConn::exec(self, "RESET SLAVE ALL").await
     }
 
     async fn close(self) {

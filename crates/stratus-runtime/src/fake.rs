@@ -30,6 +30,12 @@ pub enum Op {
     ClaimSpare,
     Backup,
     GrowStorage,
+    /// A replica's start (the snapshot) fails.
+    StartReplica,
+    /// A replica does not reach the position it is asked to wait for.
+    CatchUp,
+    /// The source cannot hold its commits for a cut-over.
+    BlockCommits,
 }
 
 /// One fake server, as a test inspects it.
@@ -204,6 +210,11 @@ impl FakeRuntime {
         if let Some(s) = self.world().servers.get_mut(name) {
             f(s);
         }
+    }
+
+    /// The replica of `name` on `node` during a migration, as it is now.
+    pub fn replica(&self, name: &str, node: &str) -> Option<FakeServer> {
+        self.world().servers.get(&replica_key(name, node)).cloned()
     }
 
     pub fn has_storage(&self, name: &str) -> bool {
@@ -546,6 +557,87 @@ impl Runtime for FakeRuntime {
         Ok(Some(instance(pid, name, false)))
     }
 
+    /// A fake replica copies its source's record, statements and all.
+    async fn start_replica(&self, spec: &InstanceSpec) -> Result<crate::ReplicaStarted> {
+        let name = spec.name.as_str();
+        let mut w = self.world();
+        w.calls.push(format!("start_replica {name} {}", spec.node));
+        w.check_node(&spec.node)?;
+        if w.storage.get(name) == Some(&spec.node) {
+            return Err(RuntimeError::Other(format!(
+                "database {name} is already on node {}",
+                spec.node
+            )));
+        }
+        if w.failing(Op::StartReplica) {
+            return Err(injected(Op::StartReplica, name));
+        }
+        let copy = w.server(name)?.executed.clone();
+        let mut s = w.new_server(spec.resources, spec.max_resources, &spec.node);
+        s.executed = copy;
+        w.servers.insert(replica_key(name, &spec.node), s);
+        Ok(crate::ReplicaStarted {
+            snapshot_gtid: "0-1-1".to_owned(),
+            copied_bytes: 1 << 20,
+        })
+    }
+
+    async fn admin_on(
+        &self,
+        name: &ServiceName,
+        node: &str,
+        _timeout: Duration,
+    ) -> Result<FakeAdmin> {
+        let mut w = self.world();
+        let key = if w.storage.get(name.as_str()).map(String::as_str) == Some(node) {
+            name.to_string()
+        } else {
+            replica_key(name.as_str(), node)
+        };
+        w.server(&key)?;
+        Ok(FakeAdmin {
+            world: self.world.clone(),
+            name: key,
+        })
+    }
+
+    async fn promote_replica(&self, name: &ServiceName, node: &str) -> Result<()> {
+        let mut w = self.world();
+        w.calls.push(format!("promote_replica {name} {node}"));
+        let Some(replica) = w.servers.remove(&replica_key(name.as_str(), node)) else {
+            return Err(RuntimeError::Other(format!(
+                "database {name} has no replica on {node}"
+            )));
+        };
+        // The old server is kept apart until it is stopped.
+        if let Some(old) = w.servers.remove(name.as_str()) {
+            let key = replica_key(name.as_str(), &old.node);
+            w.servers.insert(key, old);
+        }
+        w.servers.insert(name.to_string(), replica);
+        w.storage.insert(name.to_string(), node.to_owned());
+        Ok(())
+    }
+
+    async fn stop_copy(&self, name: &ServiceName, node: &str) -> Result<()> {
+        let mut w = self.world();
+        w.calls.push(format!("stop_copy {name} {node}"));
+        w.servers.remove(&replica_key(name.as_str(), node));
+        Ok(())
+    }
+
+    async fn remove_copy(&self, name: &ServiceName, node: &str) -> Result<()> {
+        let mut w = self.world();
+        w.calls.push(format!("remove_copy {name} {node}"));
+        if w.storage.get(name.as_str()).map(String::as_str) == Some(node) {
+            return Err(RuntimeError::Other(format!(
+                "node {node} holds the server of {name}, not a copy"
+            )));
+        }
+        w.servers.remove(&replica_key(name.as_str(), node));
+        Ok(())
+    }
+
     /// A fake backup is a directory with the statements the server ran, one per line in
     /// `data/statements`; its restore runs them on the new server.
     async fn backup(
@@ -601,6 +693,11 @@ impl Runtime for FakeRuntime {
         w.servers.insert(name.to_owned(), s);
         Ok(instance(pid, name, false))
     }
+}
+
+/// A replica's record among the servers: apart from the database's own until its promotion.
+fn replica_key(name: &str, node: &str) -> String {
+    format!("{name}@{node}")
 }
 
 fn instance(pid: u32, name: &str, adopted: bool) -> Instance {
@@ -713,6 +810,43 @@ impl ServerAdmin for FakeAdmin {
     async fn free_in_tables(&mut self) -> Result<u64> {
         self.act(format!("free_in_tables {}", self.name), |w, name| {
             w.server(name).map(|_| 0)
+        })
+    }
+
+    async fn block_commits(&mut self, _limit: Duration) -> Result<()> {
+        self.act(format!("block_commits {}", self.name), |w, name| {
+            if w.failing(Op::BlockCommits) {
+                return Err(injected(Op::BlockCommits, name));
+            }
+            w.server(name).map(|_| ())
+        })
+    }
+
+    async fn wait_for_gtid(&mut self, gtid_pos: &str, _limit: Duration) -> Result<bool> {
+        self.act(
+            format!("wait_for_gtid {} {gtid_pos}", self.name),
+            |w, name| {
+                w.server(name)?;
+                Ok(!w.failing(Op::CatchUp))
+            },
+        )
+    }
+
+    async fn replica_state(&mut self) -> Result<crate::admin::ReplicaState> {
+        self.act(format!("replica_state {}", self.name), |w, name| {
+            w.server(name)?;
+            Ok(crate::admin::ReplicaState {
+                running: true,
+                seconds_behind: Some(0),
+                applied: "0-1-1".to_owned(),
+                error: None,
+            })
+        })
+    }
+
+    async fn stop_replication(&mut self) -> Result<()> {
+        self.act(format!("stop_replication {}", self.name), |w, name| {
+            w.server(name).map(|_| ())
         })
     }
 

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod binaries;
 pub mod commit_times;
+pub mod failpoint;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod local;
@@ -342,6 +343,44 @@ pub trait Runtime: Send + Sync + 'static {
         base: Option<&std::path::Path>,
     ) -> impl Future<Output = Result<BackupTaken>> + Send;
 
+    /// Live migration, first step: a copy of the running database `spec.name` on `spec.node`,
+    /// replicating from its server by GTID from a physical snapshot taken without stopping it.
+    /// Calls about the database still go to its server until [`Runtime::promote_replica`]. On
+    /// failure nothing is left on the target. One replica per database at a time.
+    fn start_replica(
+        &self,
+        spec: &InstanceSpec,
+    ) -> impl Future<Output = Result<ReplicaStarted>> + Send;
+
+    /// Stratus's login to the copy of `name` on `node` (its replica, before the promotion).
+    fn admin_on(
+        &self,
+        name: &ServiceName,
+        node: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Self::Admin>> + Send;
+
+    /// Makes the replica of `name` on `node` its server (its replication stopped first): every
+    /// call about it goes there from now on. The old server runs on until
+    /// [`Runtime::stop_copy`].
+    fn promote_replica(
+        &self,
+        name: &ServiceName,
+        node: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stops, at once, the server of a copy of `name` on `node` that is not its server (the old
+    /// one after a promotion), keeping its storage.
+    fn stop_copy(&self, name: &ServiceName, node: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stops and deletes a copy of `name` on `node` that is not its server: an abandoned
+    /// replica, or the old server once the new one has served.
+    fn remove_copy(
+        &self,
+        name: &ServiceName,
+        node: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Creates the storage of a new database from backups [`Runtime::backup`] took (a full one,
     /// then the incrementals on top of it, in order), and starts it; with a replay, the archived
     /// binary logs are applied on top, up to an exact position. On failure nothing is left
@@ -383,6 +422,15 @@ pub struct BackupTaken {
     pub binlog: Option<commit_times::BinlogPos>,
     /// `mariadb-backup`'s last lines, for the record.
     pub log_tail: Vec<String>,
+}
+
+/// What [`Runtime::start_replica`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStarted {
+    /// The source's GTID position at the snapshot: the replica replicates from there.
+    pub snapshot_gtid: String,
+    /// Bytes of data the snapshot copied.
+    pub copied_bytes: u64,
 }
 
 /// A running spare server.

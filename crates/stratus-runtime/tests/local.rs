@@ -588,3 +588,127 @@ async fn a_restore_applies_an_incremental_backup_then_replays_the_log_to_an_exac
     }
     rt.remove_cgroup_parent().unwrap();
 }
+
+/// Live migration's first step and its end, on two nodes of one host: a replica made from a
+/// snapshot of the running server on the other node catches up with what the source commits
+/// after the snapshot (data encrypted at rest, its key opened on the other node), and once
+/// promoted it is the database's server and the source can go.
+#[tokio::test]
+async fn a_replica_on_another_node_catches_up_and_takes_over() {
+    let dir = root();
+    let second = root();
+    let key = dir.path().join("master.key");
+    let mut one = config(&dir, "nodes-one");
+    one.master_key = Some(key.clone());
+    let mut two = config(&second, "nodes-two");
+    two.master_key = Some(key);
+    two.node = "n2".into();
+    let rt = stratus_runtime::LocalNodes::new(vec![one, two])
+        .await
+        .unwrap();
+    let s = spec("moving", 1);
+    let inst = rt.provision(&s).await.unwrap();
+    let mut conn = AdminConn::connect(
+        "moving",
+        &inst.endpoint,
+        &rt.admin_login(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    conn.exec("CREATE DATABASE moving").await.unwrap();
+    conn.exec("CREATE TABLE moving.t (id INT PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    for i in 0..100 {
+        conn.exec(&format!(
+            "INSERT INTO moving.t VALUES ({i}, REPEAT('x', 1000))"
+        ))
+        .await
+        .unwrap();
+    }
+
+    let mut to = s.clone();
+    to.node = "n2".into();
+    let started = rt.start_replica(&to).await.unwrap();
+    assert!(!started.snapshot_gtid.is_empty());
+    assert!(started.copied_bytes > 0);
+    assert!(
+        rt.start_replica(&to).await.is_err(),
+        "one replica at a time"
+    );
+    // Written after the snapshot: reaches the replica through replication.
+    for i in 100..150 {
+        conn.exec(&format!("INSERT INTO moving.t VALUES ({i}, 'late')"))
+            .await
+            .unwrap();
+    }
+    let pos: String = conn
+        .query_value("SELECT @@gtid_binlog_pos")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut replica = rt
+        .admin_on(&s.name, "n2", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let waited: Option<i64> = replica
+        .query_value(&format!("SELECT MASTER_GTID_WAIT('{pos}', 60)"))
+        .await
+        .unwrap();
+    assert_eq!(waited, Some(0), "caught up with {pos}");
+    let rows: Option<i64> = replica
+        .query_value("SELECT COUNT(*) FROM moving.t")
+        .await
+        .unwrap();
+    assert_eq!(rows, Some(150));
+    assert_eq!(
+        rt.node_of(&s.name).as_deref(),
+        Some("local"),
+        "still served from its source"
+    );
+    conn.close().await;
+
+    // Promotion: calls go to the replica, and the old server is removed.
+    replica.exec("STOP SLAVE").await.unwrap();
+    replica.exec("RESET SLAVE ALL").await.unwrap();
+    replica.close().await;
+    rt.promote_replica(&s.name, "n2").await.unwrap();
+    assert!(
+        rt.remove_copy(&s.name, "n2").await.is_err(),
+        "the server is not a copy"
+    );
+    rt.remove_copy(&s.name, "local").await.unwrap();
+    assert!(!dir.path().join("databases/moving").exists());
+    assert_eq!(rt.node_of(&s.name).as_deref(), Some("n2"));
+    let endpoint = rt.endpoint(&s.name).unwrap();
+    let mut moved = AdminConn::connect(
+        "moving",
+        &endpoint,
+        &rt.admin_login(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    moved
+        .exec("INSERT INTO moving.t VALUES (150, 'after')")
+        .await
+        .unwrap();
+    let rows: Option<i64> = moved
+        .query_value("SELECT COUNT(*) FROM moving.t")
+        .await
+        .unwrap();
+    assert_eq!(rows, Some(151));
+    let accounts: Option<i64> = moved
+        .query_value("SELECT COUNT(*) FROM mysql.user WHERE user = 'stratus_replication'")
+        .await
+        .unwrap();
+    assert_eq!(
+        accounts,
+        Some(0),
+        "the replication account went with the migration"
+    );
+    moved.close().await;
+    rt.destroy(&s.name).await.unwrap();
+    rt.remove_cgroup_parents().unwrap();
+}

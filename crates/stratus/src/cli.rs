@@ -190,6 +190,14 @@ pub enum DbCommand {
     /// Make NEW a writable copy of SOURCE as it is now: in about a second whatever its size
     /// where volumes share blocks, through a backup where they cannot. Its own size, lifecycle
     /// and users (SOURCE's); deleting either leaves the other.
+    /// Move a database to another node while it serves: a snapshot, replication, a cut-over
+    /// of about a second at the proxy (a token for all databases).
+    Migrate {
+        name: String,
+        /// The node to move to [default: the one with the most memory left].
+        #[arg(long)]
+        to: Option<String>,
+    },
     Branch {
         source: String,
         new: String,

@@ -346,6 +346,32 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
             let d = with_spinner(format!("resuming {name}"), api.resume(&name)).await?;
             show(&d, json)
         }
+        DbCommand::Migrate { name, to } => {
+            let req = stratus_control::migrate::MigrateRequest { to };
+            let r = with_spinner(
+                format!("migrating {name}: copy, catch-up, cut-over"),
+                api.migrate(&name, &req),
+            )
+            .await?;
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "{} moved from node {} to node {} in {:.1} s ({})",
+                r.database,
+                r.from,
+                r.to,
+                r.total_ms as f64 / 1000.0,
+                r.placement
+            );
+            println!("  copy:      {} ms ({})", r.copy_ms, bytes(r.copied_bytes));
+            println!("  catch-up:  {} ms", r.catch_up_ms);
+            println!(
+                "  cut-over:  clients paused {} ms (lag at the cut-over {} ms)",
+                r.pause_ms, r.lag_ms
+            );
+            Ok(())
+        }
         DbCommand::Branch { source, new, time } => {
             let req = BranchRequest {
                 to: new.clone(),

@@ -148,3 +148,12 @@ impl Directory for ControlDirectory {
         });
     }
 }
+
+/// The proxy's holds, as the control plane's cut-overs use them.
+pub struct ProxyGate(pub Arc<stratus_proxy::hold::Holds>);
+
+impl stratus_control::migrate::Gate for ProxyGate {
+    fn hold(&self, db: &str) -> Option<Box<dyn Send>> {
+        self.0.hold(db).map(|g| Box::new(g) as Box<dyn Send>)
+    }
+}

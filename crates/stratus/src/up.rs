@@ -149,6 +149,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
             }
         })
     });
+    cp.set_gate(Arc::new(crate::directory::ProxyGate(proxy.holds.clone())));
     tokio::spawn(proxy.clone().serve(sql_listener));
 
     let api_tls = if settings.api_tls {

@@ -320,6 +320,14 @@ impl LocalRuntime {
         }
     }
 
+    /// A single node holds no copies: moves are between the nodes of [`LocalNodes`].
+    fn one_node(&self, node: &str) -> RuntimeError {
+        RuntimeError::Other(format!(
+            "node {} is the only node of this runtime; there is no node {node} to move to",
+            self.inner.cfg.node
+        ))
+    }
+
     /// Every database's directory (spares included), for a rotation of the master key.
     fn database_dirs(&self) -> Result<Vec<PathBuf>> {
         let databases = self.inner.cfg.root.join("databases");
@@ -508,7 +516,12 @@ impl Inner {
             secure_file_priv: paths.files.clone(),
             plugin_dir: self.plugin_dir.clone(),
             init_file: Some(paths.init.clone()),
-            server_id: config::server_id(&spec.key),
+            // Another node's copy of a database (a migration's replica) needs an id of its own.
+            server_id: if self.cfg.node == DEFAULT_NODE {
+                config::server_id(&spec.key)
+            } else {
+                config::server_id(&format!("{}/{}", self.cfg.node, spec.key))
+            },
             semi_sync: self.cfg.commit_clock && self.cfg.exact_commit_times,
             buffer_pool_bytes: spec.resources.buffer_pool_bytes,
             buffer_pool_max_bytes: self
@@ -770,6 +783,32 @@ impl Runtime for LocalRuntime {
             storage: cfg.root.display().to_string(),
             memory_used_bytes,
         }]
+    }
+
+    async fn start_replica(&self, spec: &InstanceSpec) -> Result<crate::ReplicaStarted> {
+        Err(self.one_node(&spec.node))
+    }
+
+    async fn admin_on(
+        &self,
+        name: &ServiceName,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<AdminConn> {
+        self.inner.check_node(node)?;
+        self.admin(name, timeout).await
+    }
+
+    async fn promote_replica(&self, _name: &ServiceName, node: &str) -> Result<()> {
+        Err(self.one_node(node))
+    }
+
+    async fn stop_copy(&self, _name: &ServiceName, node: &str) -> Result<()> {
+        Err(self.one_node(node))
+    }
+
+    async fn remove_copy(&self, _name: &ServiceName, node: &str) -> Result<()> {
+        Err(self.one_node(node))
     }
 
     fn node_of(&self, name: &ServiceName) -> Option<String> {

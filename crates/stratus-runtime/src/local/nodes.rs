@@ -8,12 +8,12 @@
 use super::{LocalConfig, LocalRuntime, SharedKeys};
 use crate::admin::AdminConn;
 use crate::{
-    BackupTaken, ExitNotice, Instance, InstanceSpec, NodeInfo, Observed, RestoreFrom, Result,
-    Runtime, RuntimeError, RuntimeInfo, Spare, StorageUse, Usage,
+    BackupTaken, ExitNotice, Instance, InstanceSpec, NodeInfo, Observed, ReplicaStarted,
+    RestoreFrom, Result, Runtime, RuntimeError, RuntimeInfo, Spare, StorageUse, Usage,
 };
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stratus_core::{Endpoint, Resources, ServiceName};
 use tokio::sync::broadcast;
@@ -22,10 +22,23 @@ pub struct LocalNodes {
     nodes: Vec<LocalRuntime>,
     keys: Option<SharedKeys>,
     /// The node each database is on, as far as calls have said; others are looked for.
-    homes: Mutex<HashMap<String, usize>>,
+    homes: Arc<Mutex<HashMap<String, usize>>>,
     /// Every node's unasked-for exits, in one channel.
     exits: broadcast::Sender<ExitNotice>,
+    /// Copies of databases replicating from their server on another node (live migration).
+    replicas: Mutex<HashMap<String, Replica>>,
 }
+
+/// A database's copy on another node, replicating from its server.
+struct Replica {
+    node: usize,
+    /// Carries the replica's connection (TCP: a server's replication client speaks nothing
+    /// else) to the source's private socket; stops with the replica.
+    relay: tokio::task::JoinHandle<()>,
+}
+
+/// The account a replica logs in to its source with, for the time of a migration.
+const REPLICATION_USER: &str = "stratus_replication";
 
 impl LocalNodes {
     /// Opens every node (building each one's template if it has none). Node names must be
@@ -49,14 +62,25 @@ impl LocalNodes {
             nodes.push(LocalRuntime::with_keys(cfg, keys.clone()).await?);
         }
         let (exits, _) = broadcast::channel(256);
-        for node in &nodes {
+        let homes: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        for (i, node) in nodes.iter().enumerate() {
             let mut from = node.exits();
             let to = exits.clone();
+            let homes = homes.clone();
             tokio::spawn(async move {
                 loop {
                     match from.recv().await {
+                        // The exit of a copy that is not the database's server (a migration's
+                        // replica) is the migration's business, not a crash of the database.
                         Ok(notice) => {
-                            let _ = to.send(notice);
+                            let home = homes
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get(notice.name.as_str())
+                                .copied();
+                            if home.is_none_or(|h| h == i) {
+                                let _ = to.send(notice);
+                            }
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => {}
                         Err(broadcast::error::RecvError::Closed) => return,
@@ -67,8 +91,9 @@ impl LocalNodes {
         Ok(Self {
             nodes,
             keys,
-            homes: Mutex::new(HashMap::new()),
+            homes,
             exits,
+            replicas: Mutex::new(HashMap::new()),
         })
     }
 
@@ -90,6 +115,15 @@ impl LocalNodes {
         for n in &self.nodes {
             n.release_after_shutdown();
         }
+    }
+
+    fn replicas(&self) -> std::sync::MutexGuard<'_, HashMap<String, Replica>> {
+        self.replicas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`LocalRuntime::remove_cgroup_parent`] on every node.
+    pub fn remove_cgroup_parents(&self) -> Result<()> {
+        self.nodes.iter().try_for_each(|n| n.remove_cgroup_parent())
     }
 
     fn homes(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -292,9 +326,262 @@ impl Runtime for LocalNodes {
         self.home(name.as_str()).backup(name, dest, base).await
     }
 
+    /// Live migration, first step: a copy of the running database `spec.name` on `spec.node`,
+    /// replicating from its server. A physical snapshot is taken without stopping the source
+    /// (`mariadb-backup`, into the target node's storage), prepared, started there, and made a
+    /// replica by GTID from the snapshot's position
+    /// (<https://mariadb.com/kb/en/setting-up-a-replica-with-mariadb-backup/>). Calls about the
+    /// database still go to its source until [`Runtime::promote_replica`]. On failure
+    /// nothing is left on the target.
+    async fn start_replica(&self, spec: &InstanceSpec) -> Result<ReplicaStarted> {
+        let name = spec.name.as_str();
+        let source = self.home(name);
+        let to = self.index(&spec.node)?;
+        let target = &self.nodes[to];
+        if std::ptr::eq(source, target) {
+            return Err(RuntimeError::Other(format!(
+                "database {name} is already on node {}",
+                spec.node
+            )));
+        }
+        if self.replicas().contains_key(name) {
+            return Err(RuntimeError::Other(format!(
+                "database {name} already has a replica"
+            )));
+        }
+        let Some(Endpoint::Unix(socket)) = source.endpoint(&spec.name) else {
+            return Err(RuntimeError::NotRunning(name.to_owned()));
+        };
+        let password = stratus_core::random_password();
+        let mut admin = source.admin(&spec.name, Duration::from_secs(10)).await?;
+        // Made outside the binary log: the snapshot carries it, nothing replays it.
+        let account = format!(
+            "{}@'localhost'",
+            stratus_core::sql::quote_str(REPLICATION_USER)
+        );
+        for sql in [
+            "SET SESSION sql_log_bin = 0".to_owned(),
+            format!("DROP USER IF EXISTS {account}"),
+            format!(
+                "CREATE USER {account} IDENTIFIED BY {}",
+                stratus_core::sql::quote_str(&password)
+            ),
+            format!("GRANT REPLICATION SLAVE ON *.* TO {account}"),
+        ] {
+            admin.exec(&sql).await?;
+        }
+        admin.close().await;
+        let work = target.inner.cfg.root.join("migrations").join(name);
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(work.parent().unwrap_or(&work))
+            .map_err(|e| RuntimeError::io(format!("cannot create {}", work.display()), e))?;
+        let made = async {
+            let taken = source.backup(&spec.name, &work, None).await?;
+            let snapshot_gtid = taken.gtid.clone().unwrap_or_default();
+            let copied_bytes = super::volume::disk_use(&work.join("data"));
+            let from = RestoreFrom {
+                full: work.clone(),
+                incrementals: Vec::new(),
+                replay: None,
+            };
+            target.restore(spec, &from).await?;
+            crate::failpoint::reached("migrate-replica-started").await;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                .await
+                .map_err(|e| RuntimeError::io("cannot listen for a replica", e))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| RuntimeError::io("replica relay", e))?
+                .port();
+            let uid = target
+                .inner
+                .user
+                .os_user
+                .as_ref()
+                .map_or_else(|| rustix::process::geteuid().as_raw(), |a| a.uid);
+            let relay = tokio::spawn(relay(listener, socket.to_path_buf(), uid));
+            self.replicas()
+                .insert(name.to_owned(), Replica { node: to, relay });
+            let mut replica = target.admin(&spec.name, Duration::from_secs(10)).await?;
+            for sql in [
+                format!(
+                    "SET GLOBAL gtid_slave_pos = {}",
+                    stratus_core::sql::quote_str(&snapshot_gtid)
+                ),
+                format!(
+                    "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {port}, \
+                     MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, \
+                     MASTER_CONNECT_RETRY = 1",
+                    stratus_core::sql::quote_str(REPLICATION_USER),
+                    stratus_core::sql::quote_str(&password)
+                ),
+                "START SLAVE".to_owned(),
+            ] {
+                replica.exec(&sql).await?;
+            }
+            replica.close().await;
+            Ok::<_, RuntimeError>(ReplicaStarted {
+                snapshot_gtid,
+                copied_bytes,
+            })
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&work);
+        if made.is_err() {
+            let _ = self.remove_copy(&spec.name, &spec.node).await;
+        }
+        made
+    }
+
+    /// Stratus's login to the copy of `name` on `node` (a replica, before its promotion).
+    async fn admin_on(
+        &self,
+        name: &ServiceName,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<AdminConn> {
+        self.nodes[self.index(node)?].admin(name, timeout).await
+    }
+
+    /// Makes the copy of `name` on `node` its server: every call about it goes there from now
+    /// on. Its replication must be stopped first; the old server keeps running until
+    /// [`Runtime::stop_copy`] removes it.
+    async fn promote_replica(&self, name: &ServiceName, node: &str) -> Result<()> {
+        let i = self.index(node)?;
+        let Some(replica) = self.replicas().remove(name.as_str()) else {
+            return Err(RuntimeError::Other(format!(
+                "database {name} has no replica"
+            )));
+        };
+        replica.relay.abort();
+        if replica.node != i {
+            return Err(RuntimeError::Other(format!(
+                "database {name} has no replica on node {node}"
+            )));
+        }
+        self.homes().insert(name.as_str().to_owned(), i);
+        // Its source's replication account came with the snapshot; nothing logs in with it now.
+        let dropped = async {
+            let mut admin = self.nodes[i].admin(name, Duration::from_secs(10)).await?;
+            admin.exec("SET SESSION sql_log_bin = 0").await?;
+            admin
+                .exec(&format!(
+                    "DROP USER IF EXISTS {}@'localhost'",
+                    stratus_core::sql::quote_str(REPLICATION_USER)
+                ))
+                .await?;
+            admin.close().await;
+            Ok::<_, RuntimeError>(())
+        };
+        if let Err(e) = dropped.await {
+            tracing::warn!(db = %name, "the replication account stays on node {node}: {e}");
+        }
+        Ok(())
+    }
+
+    async fn stop_copy(&self, name: &ServiceName, node: &str) -> Result<()> {
+        let i = self.index(node)?;
+        if std::ptr::eq(self.home(name.as_str()), &self.nodes[i]) {
+            return Err(RuntimeError::Other(format!(
+                "node {node} holds the server of {name}, not a copy"
+            )));
+        }
+        self.nodes[i].stop(name, Duration::ZERO).await.map(|_| ())
+    }
+
+    /// Stops and removes the copy of `name` on `node`, which must not be its server: an
+    /// abandoned replica, or the old server after a promotion.
+    async fn remove_copy(&self, name: &ServiceName, node: &str) -> Result<()> {
+        let i = self.index(node)?;
+        if std::ptr::eq(self.home(name.as_str()), &self.nodes[i]) {
+            return Err(RuntimeError::Other(format!(
+                "node {node} holds the server of {name}, not a copy"
+            )));
+        }
+        let stale = {
+            let mut replicas = self.replicas();
+            match replicas.get(name.as_str()) {
+                Some(r) if r.node == i => replicas.remove(name.as_str()),
+                _ => None,
+            }
+        };
+        if let Some(r) = stale {
+            r.relay.abort();
+        }
+        self.nodes[i].destroy(name).await
+    }
+
     async fn restore(&self, spec: &InstanceSpec, from: &RestoreFrom) -> Result<Instance> {
         self.place(spec.name.as_str(), &spec.node)?
             .restore(spec, from)
             .await
+    }
+}
+
+/// Carries each connection to `listener` from a process of OS user `uid` (the servers') to the
+/// server's socket, both ways, until either side closes. Anyone else is turned away: on the
+/// socket, the server takes its peer for Stratus itself (`unix_socket` authentication).
+async fn relay(listener: tokio::net::TcpListener, socket: std::path::PathBuf, uid: u32) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    loop {
+        let Ok((mut tcp, peer)) = listener.accept().await else {
+            return;
+        };
+        if tcp_peer_uid(peer, local) != Some(uid) {
+            tracing::warn!(%peer, "a connection to a replica's relay from another user, refused");
+            continue;
+        }
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            if let Ok(mut unix) = tokio::net::UnixStream::connect(&socket).await {
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+            }
+        });
+    }
+}
+
+/// The OS user owning the TCP socket `peer` connected to `local`, from `/proc/net/tcp`
+/// (<https://www.kernel.org/doc/Documentation/networking/proc_net_tcp.txt>): its line has
+/// `peer` as local and `local` as remote address, and the owner's uid in the eighth column.
+fn tcp_peer_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
+    fn hex(a: std::net::SocketAddr) -> Option<String> {
+        match a {
+            std::net::SocketAddr::V4(v4) => Some(format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(v4.ip().octets()),
+                v4.port()
+            )),
+            std::net::SocketAddr::V6(_) => None,
+        }
+    }
+    let (peer, local) = (hex(peer)?, hex(local)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&peer.as_str()) && f.get(2) == Some(&local.as_str()))
+            .then(|| f.get(7)?.parse().ok())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection of this process's own is found with this process's uid.
+    #[tokio::test]
+    async fn the_peer_of_a_local_connection_is_its_owner() {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let local = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(local).await.unwrap();
+        let (_server, peer) = listener.accept().await.unwrap();
+        assert_eq!(
+            super::tcp_peer_uid(peer, local),
+            Some(rustix::process::geteuid().as_raw())
+        );
+        let elsewhere: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(super::tcp_peer_uid(peer, elsewhere), None);
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod bank;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -113,14 +115,22 @@ impl Stratus {
             .arg(self.data_dir())
             .args(["--api", &self.api, "--listen", &self.listen, "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("STRATUS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         cmd
     }
 
     /// Starts `stratus up` and returns once it says it is up (its own readiness line).
     pub fn start(&mut self) {
-        let mut child = self
-            .up_command()
+        let up = self.up_command();
+        self.start_with(up);
+    }
+
+    /// [`Stratus::start`] with a command of the caller's (`up_command` with more environment).
+    pub fn start_with(&mut self, mut up: Command) {
+        let mut child = up
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
