@@ -616,7 +616,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             "database {to} requested as a restore of {source} from backup {}",
             record.id
         );
-        let placed = self.place_new(self.resources(record.source.min_scu).memory_bytes)?;
+        let placed = self
+            .place_new(self.resources(record.source.min_scu).memory_bytes)
+            .await?;
         let (svc, instance) = self
             .make_copy(&to, &record.source, placed.node, &message, |mut spec| {
                 // Room for the data and as much again, within the maximum.

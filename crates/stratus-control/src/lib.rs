@@ -68,6 +68,9 @@ pub struct ControlConfig {
     pub backup_dir: std::path::PathBuf,
     /// Node memory watermarks for placement and rebalancing (`placement`).
     pub watermarks: placement::Watermarks,
+    /// How often rebalancing looks at the nodes, and how long a moved database stays put.
+    pub rebalance_every: Duration,
+    pub move_cooldown: Duration,
 }
 
 impl Default for ControlConfig {
@@ -83,6 +86,8 @@ impl Default for ControlConfig {
             hydrate: true,
             backup_dir: "backups".into(),
             watermarks: placement::Watermarks::default(),
+            rebalance_every: Duration::from_secs(10),
+            move_cooldown: Duration::from_secs(600),
         }
     }
 }
@@ -122,6 +127,8 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     migrating: Mutex<std::collections::HashSet<ServiceName>>,
     /// The proxy's holds, for cut-overs (`migrate::Gate`).
     gate: std::sync::OnceLock<Arc<dyn migrate::Gate>>,
+    /// When each database last moved (ms since the epoch): rebalancing's cooldown.
+    moved_at: Mutex<HashMap<ServiceName, i64>>,
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
@@ -144,6 +151,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             started: Instant::now(),
             migrating: Mutex::new(std::collections::HashSet::new()),
             gate: std::sync::OnceLock::new(),
+            moved_at: Mutex::new(HashMap::new()),
         })
     }
 

@@ -104,6 +104,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Moves `db` to node `to` (or where placement puts it) while it serves. Returns once the
     /// target serves and the source is gone; on failure the database serves from its source.
     pub async fn migrate(&self, db: &str, to: Option<&str>) -> Result<MigrationReport> {
+        self.migrate_for(db, to, None).await
+    }
+
+    /// [`Self::migrate`], saying why in its event (`why`: rebalancing's reason).
+    pub(crate) async fn migrate_for(
+        &self,
+        db: &str,
+        to: Option<&str>,
+        why: Option<String>,
+    ) -> Result<MigrationReport> {
         let name = ServiceName::parse(db)?;
         if !self.migrating().insert(name.clone()) {
             return Err(ControlError::WrongState(format!(
@@ -126,7 +136,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .ensure_running(&name, EventKind::Resumed, "for a migration")
             .await?;
         let from = self.node_of(&svc);
-        let placed = self.migration_target(&svc, &from, to)?;
+        let mut placed = self.migration_target(&svc, &from, to).await?;
+        if let Some(why) = why {
+            placed.reason = why;
+        }
         let activity = self.activity(&name);
         if activity.pinned_sessions > 0 {
             return Err(ControlError::WrongState(format!(
@@ -144,13 +157,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             Ok(report) => {
                 svc.node = Some(report.to.clone());
                 self.store.update_service(&svc).await?;
+                self.moved_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone(), stratus_core::time::now_ms());
                 self.event(
                     &name,
                     EventKind::Migrated,
                     &format!(
-                        "moved from node {} to node {} in {} ms: {} MiB copied in {} ms, caught up in {} ms, cut over with a pause of {} ms ({} ms of lag)",
+                        "moved from node {} to node {} ({}) in {} ms: {} MiB copied in {} ms, caught up in {} ms, cut over with a pause of {} ms ({} ms of lag)",
                         report.from,
                         report.to,
+                        report.placement,
                         report.total_ms,
                         report.copied_bytes >> 20,
                         report.copy_ms,
@@ -183,7 +201,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     /// The node named, checked, or else where placement puts the database (never its own).
-    fn migration_target(
+    async fn migration_target(
         &self,
         svc: &stratus_core::DatabaseService,
         from: &str,
@@ -205,7 +223,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     data: json!({"node": to, "asked": true}),
                 })
             }
-            None => self.place(need, Some(from)),
+            None => self.place(need, Some(from)).await,
         }
     }
 

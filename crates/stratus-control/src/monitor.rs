@@ -164,6 +164,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 usage_pct,
                 window_ms,
             } => Some(Action::Resize {
+                from: svc.scu,
                 to,
                 usage_pct,
                 window_ms,
@@ -175,12 +176,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     async fn act(&self, name: &ServiceName, action: Action) {
         let result = match action {
             Action::Resize {
+                from,
                 to,
                 usage_pct,
                 window_ms,
                 decided_ms,
             } => {
-                self.autoscale(name, to, usage_pct, window_ms, decided_ms)
+                self.autoscale(name, from, to, usage_pct, window_ms, decided_ms)
                     .await
             }
             Action::Suspend { idle_ms } => {
@@ -205,6 +207,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     async fn autoscale(
         &self,
         name: &ServiceName,
+        decided_at: u32,
         to: u32,
         usage_pct: f64,
         window_ms: i64,
@@ -212,7 +215,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     ) -> crate::Result<()> {
         let _guard = self.lock(name).await;
         let mut svc = self.load(name).await?;
-        if svc.state != DbState::Active || self.is_suspended(name) || svc.scu == to {
+        // A decision made at another size (someone resized it meanwhile) is about a load at
+        // that size: stale, not applied.
+        if svc.state != DbState::Active
+            || self.is_suspended(name)
+            || svc.scu == to
+            || svc.scu != decided_at
+        {
             return Ok(());
         }
         let (from_scu, from, target) = (svc.scu, self.resources(svc.scu), self.resources(to));
@@ -318,6 +327,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 #[derive(Debug, Clone, Copy)]
 enum Action {
     Resize {
+        /// The size the decision was made at.
+        from: u32,
         to: u32,
         usage_pct: f64,
         window_ms: i64,

@@ -1,6 +1,8 @@
 //! Nodes as the control plane sees them (#12, `docs/placement.md`): which node a database is
-//! on, where a new one goes (the policy of [`crate::placement::place`], over the memory each
-//! node's servers use now), and what `stratus node list` shows.
+//! on, how much of its memory a node has taken ([`ControlPlane::node_loads`]), where a new
+//! database goes ([`crate::placement::place`]), which databases rebalancing moves
+//! ([`crate::placement::rebalance`], run by [`ControlPlane::run_rebalance`]), and what
+//! `stratus node list` shows.
 
 use crate::placement::{self, NodeLoad};
 use crate::{ControlError, ControlPlane, Result};
@@ -24,6 +26,10 @@ pub struct NodeView {
     /// Memory its servers use now (spares included), and that in percent of its capacity.
     pub memory_used_bytes: u64,
     pub memory_used_pct: f64,
+    /// What placement and rebalancing weigh: the memory used, plus the part of each active
+    /// database's buffer pool not filled yet (it fills, and is never given back).
+    pub memory_load_bytes: u64,
+    pub memory_load_pct: f64,
     /// Databases placed on it, in name order.
     pub databases: Vec<String>,
 }
@@ -59,15 +65,48 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// The node for a new database that starts with `need_bytes` of memory: the most memory
     /// left under the high watermark once it is added. Fails when no node has that room.
-    pub(crate) fn place_new(&self, need_bytes: u64) -> Result<Placed> {
-        self.place(need_bytes, None)
+    pub(crate) async fn place_new(&self, need_bytes: u64) -> Result<Placed> {
+        self.place(need_bytes, None).await
+    }
+
+    /// Every node with its load ([`NodeView::memory_load_bytes`]): the memory its servers use
+    /// now, plus what its active databases' buffer pools have yet to fill.
+    pub async fn node_loads(&self) -> Result<Vec<(NodeInfo, u64)>> {
+        let services = self.store.services().await?;
+        let mut nodes: Vec<(NodeInfo, u64)> = self
+            .runtime
+            .nodes()
+            .into_iter()
+            .map(|n| {
+                let used = n.memory_used_bytes;
+                (n, used)
+            })
+            .collect();
+        for svc in services.iter().filter(|s| s.state == DbState::Active) {
+            let node = self.node_of(svc);
+            let Some((_, load)) = nodes.iter_mut().find(|(n, _)| n.name == node) else {
+                continue;
+            };
+            let used = self.runtime.usage(svc.name()).map_or(0, |u| u.memory_bytes);
+            *load += svc.buffer_pool_bytes.saturating_sub(used);
+        }
+        Ok(nodes)
     }
 
     /// [`Self::place_new`], never on node `except` (the one a database moves off).
-    pub(crate) fn place(&self, need_bytes: u64, except: Option<&str>) -> Result<Placed> {
-        let nodes = self.runtime.nodes();
+    pub(crate) async fn place(&self, need_bytes: u64, except: Option<&str>) -> Result<Placed> {
+        let (nodes, loads): (Vec<NodeInfo>, Vec<u64>) =
+            self.node_loads().await?.into_iter().unzip();
         let except = except.and_then(|e| nodes.iter().position(|n| n.name == e));
-        let loads: Vec<NodeLoad> = nodes.iter().map(load).collect();
+        let loads: Vec<NodeLoad> = nodes
+            .iter()
+            .zip(&loads)
+            .map(|(n, l)| NodeLoad {
+                name: n.name.clone(),
+                capacity_bytes: n.memory_bytes,
+                used_bytes: *l,
+            })
+            .collect();
         let w = self.cfg.watermarks;
         let figures: Vec<serde_json::Value> = nodes
             .iter()
@@ -84,7 +123,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 "no node has room for {:.0} MiB more without passing its high watermark ({} % of its memory): {}",
                 need_bytes as f64 / MIB,
                 w.high_pct,
-                describe(&nodes)
+                describe(&loads)
             )));
         };
         let chosen = &nodes[i];
@@ -94,7 +133,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             format!(
                 "most memory left under the {} % watermark: {}",
                 w.high_pct,
-                describe(&nodes)
+                describe(&loads)
             )
         };
         Ok(Placed {
@@ -113,11 +152,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub async fn nodes_view(&self) -> Result<Vec<NodeView>> {
         let services = self.store.services().await?;
         let mut views: Vec<NodeView> = self
-            .runtime
-            .nodes()
+            .node_loads()
+            .await?
             .into_iter()
-            .map(|n| NodeView {
+            .map(|(n, load)| NodeView {
                 memory_used_pct: pct(n.memory_used_bytes, n.memory_bytes),
+                memory_load_bytes: load,
+                memory_load_pct: pct(load, n.memory_bytes),
                 name: n.name,
                 storage: n.storage,
                 cpu_millis: n.cpu_millis,
@@ -144,11 +185,99 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 }
 
-fn load(n: &NodeInfo) -> NodeLoad {
-    NodeLoad {
-        name: n.name.clone(),
-        capacity_bytes: n.memory_bytes,
-        used_bytes: n.memory_used_bytes,
+impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// The rebalancing controller: every `rebalance_every`, each node over its high watermark
+    /// has its cheapest databases to move (per byte freed) moved to the nodes with room, one
+    /// at a time, until it is under its low watermark (`placement::rebalance`). Only active
+    /// databases move (a sleeping one would be woken by its move); one moved within the
+    /// cooldown stays.
+    pub async fn run_rebalance(self: std::sync::Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.cfg.rebalance_every).await;
+            if let Err(e) = self.rebalance_once().await {
+                tracing::warn!("rebalancing: {e}");
+            }
+        }
+    }
+
+    /// One look at the nodes, and the moves it calls for. Returns how many databases moved.
+    pub async fn rebalance_once(&self) -> Result<usize> {
+        let nodes = self.node_loads().await?;
+        if nodes.len() < 2 {
+            return Ok(0);
+        }
+        let loads: Vec<NodeLoad> = nodes
+            .iter()
+            .map(|(n, l)| NodeLoad {
+                name: n.name.clone(),
+                capacity_bytes: n.memory_bytes,
+                used_bytes: *l,
+            })
+            .collect();
+        let w = self.cfg.watermarks;
+        if !loads.iter().any(|n| n.over_high(w)) {
+            return Ok(0);
+        }
+        let services = self.store.services().await?;
+        let moved_at = self
+            .moved_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut names = Vec::new();
+        let mut candidates = Vec::new();
+        for svc in &services {
+            let node = self.node_of(svc);
+            let Some(i) = loads.iter().position(|n| n.name == node) else {
+                continue;
+            };
+            let active = svc.state == DbState::Active;
+            let used = self.runtime.usage(svc.name()).map_or(0, |u| u.memory_bytes);
+            candidates.push(placement::Candidate {
+                node: i,
+                // What moving it frees: its load; nothing for one that is not active.
+                used_bytes: if active {
+                    used.max(svc.buffer_pool_bytes)
+                } else {
+                    0
+                },
+                cpu_millis: self
+                    .measured(svc.name())
+                    .and_then(|m| m.cpu_millis)
+                    .unwrap_or(0.0),
+                moved_ms: moved_at.get(svc.name()).copied(),
+            });
+            names.push(svc.name().clone());
+        }
+        let plan = placement::rebalance(
+            &loads,
+            &candidates,
+            w,
+            stratus_core::time::now_ms(),
+            self.cfg.move_cooldown.as_millis() as i64,
+        );
+        let mut moved = 0;
+        for m in plan {
+            let from = &loads[m.from];
+            let why = format!(
+                "rebalancing: node {} uses {:.0} of {:.0} MiB ({} %), over its high watermark ({} %)",
+                from.name,
+                from.used_bytes as f64 / MIB,
+                from.capacity_bytes as f64 / MIB,
+                pct(from.used_bytes, from.capacity_bytes),
+                w.high_pct
+            );
+            let db = names[m.db].as_str();
+            match self
+                .migrate_for(db, Some(&loads[m.to].name), Some(why))
+                .await
+            {
+                Ok(_) => moved += 1,
+                // Its event says why; the next look plans again from what is measured then.
+                Err(e) => tracing::warn!(db, "rebalancing could not move it: {e}"),
+            }
+        }
+        Ok(moved)
     }
 }
 
@@ -159,17 +288,17 @@ fn pct(part: u64, whole: u64) -> f64 {
     (part as f64 * 1000.0 / whole as f64).round() / 10.0
 }
 
-/// `n1 uses 1229 of 4096 MiB (30 %), n2 …`: the figures a placement compared.
-fn describe(nodes: &[NodeInfo]) -> String {
+/// `n1 uses 1229 of 4096 MiB (30 %), n2 …`: the loads a placement compared.
+pub(crate) fn describe(nodes: &[NodeLoad]) -> String {
     nodes
         .iter()
         .map(|n| {
             format!(
                 "{} uses {:.0} of {:.0} MiB ({} %)",
                 n.name,
-                n.memory_used_bytes as f64 / MIB,
-                n.memory_bytes as f64 / MIB,
-                pct(n.memory_used_bytes, n.memory_bytes)
+                n.used_bytes as f64 / MIB,
+                n.capacity_bytes as f64 / MIB,
+                pct(n.used_bytes, n.capacity_bytes)
             )
         })
         .collect::<Vec<_>>()

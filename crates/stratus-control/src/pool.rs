@@ -161,7 +161,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             if step == PoolStep::Start {
                 // Where the next database would go; a spare elsewhere would wait unclaimed.
                 let need = self.resources(1).memory_bytes;
-                let made = match self.place_new(need) {
+                let made = match self.place_new(need).await {
                     Ok(placed) => {
                         self.runtime
                             .provision_spare(max_resources, &placed.node)

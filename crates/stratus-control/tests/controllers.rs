@@ -1189,3 +1189,50 @@ async fn a_move_a_restart_of_stratus_interrupted_is_undone() {
         "{ev:?}"
     );
 }
+
+/// Rebalancing: a node pushed over its high watermark by scaling its databases has the one that
+/// is cheapest to move per byte freed moved, and only as many as bring it under its low
+/// watermark; the next look finds nothing to do.
+#[tokio::test]
+async fn rebalancing_moves_the_cheapest_database_off_a_node_over_its_watermark_and_no_more() {
+    let (cp, rt, _gate) = two_nodes();
+    rt.set_nodes(&[("n1", 4000, 64 * GIB), ("n2", 4000, 8 * GIB)]);
+    for name in ["a", "b", "c"] {
+        create(&cp, name).await;
+        assert_eq!(rt.server(name).unwrap().node, "n1");
+    }
+    // n1 shrinks to 10 GiB: 6 GiB of 1-SCU databases is 60 %, under the 70 % watermark.
+    rt.set_nodes(&[("n1", 4000, 10 * GIB), ("n2", 4000, 64 * GIB)]);
+    assert_eq!(cp.rebalance_once().await.unwrap(), 0);
+    cp.scale("b", 2).await.unwrap(); // 8 of 10 GiB: over
+    assert_eq!(cp.rebalance_once().await.unwrap(), 1);
+    assert_eq!(
+        rt.server("b").unwrap().node,
+        "n2",
+        "the most memory freed per move"
+    );
+    assert_eq!(rt.server("a").unwrap().node, "n1");
+    assert_eq!(rt.server("c").unwrap().node, "n1");
+    let ev = events(&cp, "b").await;
+    let (kind, message) = ev.last().unwrap();
+    assert_eq!(*kind, EventKind::Migrated);
+    assert!(
+        message.contains(
+            "rebalancing: node n1 uses 8192 of 10240 MiB (80 %), over its high watermark (70 %)"
+        ),
+        "{message}"
+    );
+    assert_eq!(cp.rebalance_once().await.unwrap(), 0, "nothing more to do");
+    // b moved within the cooldown: its node over the watermark, it stays all the same.
+    rt.set_nodes(&[("n1", 4000, 64 * GIB), ("n2", 4000, 4 * GIB)]);
+    assert_eq!(
+        cp.rebalance_once().await.unwrap(),
+        0,
+        "moved lately: it stays"
+    );
+    // A node over the watermark with no other node to take anything: nothing moves.
+    cp.scale("a", 4).await.unwrap();
+    rt.set_nodes(&[("n1", 4000, 10 * GIB), ("n2", 4000, 4 * GIB)]);
+    assert_eq!(cp.rebalance_once().await.unwrap(), 0, "no room anywhere");
+    assert_eq!(rt.server("a").unwrap().node, "n1");
+}

@@ -45,10 +45,22 @@ pub struct FileConfig {
     /// Places databases run (`[[nodes]]`) [default: one node, `local`, in `data_dir`].
     #[serde(default)]
     pub nodes: Vec<NodeSection>,
-    /// Node memory watermarks, in percent: `high_pct` (no placement above it, rebalancing
-    /// starts) and `low_pct` (where rebalancing stops) [default: 70 and 60].
     #[serde(default)]
-    pub placement: Option<stratus_control::placement::Watermarks>,
+    pub placement: PlacementSection,
+}
+
+/// Placement and rebalancing (`[placement]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSection {
+    /// Node memory watermarks, in percent: no placement above `high_pct`, where rebalancing
+    /// starts; rebalancing stops at `low_pct` [default: 70 and 60].
+    pub high_pct: Option<u32>,
+    pub low_pct: Option<u32>,
+    /// How often rebalancing looks at the nodes [default: 10].
+    pub rebalance_every_secs: Option<u64>,
+    /// How long a moved database stays where it went [default: 600].
+    pub move_cooldown_secs: Option<u64>,
 }
 
 /// One node (`[[nodes]]`): a data root and a resource budget of this host.
@@ -199,6 +211,8 @@ pub struct Settings {
     /// At least one; names distinct.
     pub nodes: Vec<NodeSection>,
     pub watermarks: stratus_control::placement::Watermarks,
+    pub rebalance_every: Duration,
+    pub move_cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -229,9 +243,17 @@ impl Settings {
             bail!("invalid SCU size: {e}");
         }
         let nodes = nodes(fc.nodes)?;
-        let watermarks = fc.placement.unwrap_or_default();
+        let default = stratus_control::placement::Watermarks::default();
+        let watermarks = stratus_control::placement::Watermarks {
+            high_pct: fc.placement.high_pct.unwrap_or(default.high_pct),
+            low_pct: fc.placement.low_pct.unwrap_or(default.low_pct),
+        };
         if let Err(e) = watermarks.validate() {
             bail!("[placement]: {e}");
+        }
+        let rebalance_every_secs = fc.placement.rebalance_every_secs.unwrap_or(10);
+        if rebalance_every_secs == 0 {
+            bail!("[placement] rebalance_every_secs must be at least 1");
         }
         let resync_every_secs = fc.resync_every_secs.unwrap_or(30);
         if resync_every_secs == 0 {
@@ -282,6 +304,8 @@ impl Settings {
             resync_every: Duration::from_secs(resync_every_secs),
             nodes,
             watermarks,
+            rebalance_every: Duration::from_secs(rebalance_every_secs),
+            move_cooldown: Duration::from_secs(fc.placement.move_cooldown_secs.unwrap_or(600)),
             proxy: {
                 let d = stratus_proxy::ProxyConfig::default();
                 let p = &fc.proxy;
@@ -480,6 +504,11 @@ mod tests {
             ),
             ("[[nodes]]\nname = \"a\"\nram = 1\n", "ram"),
             ("[placement]\nhigh_pct = 50\nlow_pct = 60\n", "low_pct"),
+            (
+                "[placement]\nrebalance_every_secs = 0\n",
+                "rebalance_every_secs",
+            ),
+            ("[placement]\nwatermark = 1\n", "watermark"),
         ] {
             std::fs::write(&f, bad).unwrap();
             let err = Settings::resolve(Some(&f), None, None, None).unwrap_err();

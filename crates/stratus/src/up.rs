@@ -104,6 +104,8 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
             resync_every: settings.resync_every,
             backup_dir: settings.data_dir.join("backups"),
             watermarks: settings.watermarks,
+            rebalance_every: settings.rebalance_every,
+            move_cooldown: settings.move_cooldown,
             ..ControlConfig::default()
         },
     );
@@ -114,6 +116,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     tokio::spawn(cp.clone().run_backups());
     tokio::spawn(cp.clone().run_storage());
     tokio::spawn(cp.clone().run_resync());
+    tokio::spawn(cp.clone().run_rebalance());
     let tls = match &settings.tls {
         Some(t) => Some(
             stratus_proxy::tls::load_or_create(

@@ -367,3 +367,75 @@ async fn a_target_killed_in_any_phase_leaves_the_source_serving_and_nothing_lost
     audit(&o, &tally).await;
     s.stop();
 }
+
+/// Writes the nodes' memory (GiB), `local` first, and rebalancing every second.
+fn sized_nodes(s: &Stratus, local_gib: u64, n2_gib: u64) {
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    let cfg = cfg.split("[[nodes]]").next().unwrap().to_owned();
+    let cfg = cfg.replace("[placement]\nrebalance_every_secs = 1\n", "");
+    let disk2 = s.dir.path().join("disk2");
+    std::fs::write(
+        &s.config,
+        format!(
+            "{cfg}[placement]\nrebalance_every_secs = 1\n\
+             [[nodes]]\nname = \"local\"\nmemory_bytes = {}\n\
+             [[nodes]]\nname = \"n2\"\ndata_dir = \"{}\"\nmemory_bytes = {}\n",
+            local_gib << 30,
+            disk2.display(),
+            n2_gib << 30
+        ),
+    )
+    .unwrap();
+}
+
+/// The rebalancing controller with real servers: `local` pushed over its 70 % watermark by
+/// scaling its databases (a database's load is at least its buffer pool) has the database that
+/// frees the most memory per move moved to `n2`, and only that one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_pushed_over_its_watermark_by_scaling_sheds_one_database() {
+    let mut s = Stratus::new("rebalance");
+    s.nodes.push("n2".to_owned());
+    sized_nodes(&s, 64, 8);
+    s.start();
+    for name in ["a", "b", "c"] {
+        s.json(&["db", "create", name, "--tier", "standard", "--max-scu", "4"]);
+        assert_eq!(s.json(&["db", "show", name])["node"], "local");
+    }
+    // `local` now offers 8 GiB: three 1-SCU databases (1 GiB of buffer pool each) are under 70 %.
+    s.stop();
+    sized_nodes(&s, 8, 64);
+    s.start();
+    s.json(&["db", "scale", "b", "--scu", "3"]); // 5 GiB of pools: 62 %
+    s.json(&["db", "scale", "c", "--scu", "2"]); // 6 GiB: 75 %, over
+    let moved = s.wait_for_event("b", "migrated", Duration::from_secs(120));
+    let message = moved["message"].as_str().unwrap();
+    assert!(
+        message.contains("rebalancing: node local uses")
+            && message.contains("over its high watermark (70 %)"),
+        "{message}"
+    );
+    assert_eq!(s.json(&["db", "show", "b"])["node"], "n2");
+    let list = s.json(&["node", "list"]);
+    let local = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "local")
+        .unwrap();
+    assert!(local["memory_load_pct"].as_f64().unwrap() < 70.0, "{local}");
+    // Only that one: the next looks (one a second) find the node under its watermark. Time must
+    // pass for a move not to happen; nothing else can show it.
+    std::thread::sleep(Duration::from_secs(3));
+    let events = s.json(&["events", "--limit", "1000"]);
+    let moves: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "migrated")
+        .collect();
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    for name in ["a", "c"] {
+        assert_eq!(s.json(&["db", "show", name])["node"], "local");
+    }
+    s.stop();
+}
