@@ -356,6 +356,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         if let Err(e) = self.runtime.stop_copy(name, from).await {
             tracing::warn!(db = %name, "the old server on node {from} did not stop: {e}");
         }
+        // It caught up with the CPU of the largest size; it serves at the database's own.
+        let size = self.resources(svc.scu);
+        if let Err(e) = self
+            .runtime
+            .set_limits(name, size.cpu_millis, size.memory_bytes)
+            .await
+        {
+            tracing::warn!(db = %name, "the new server keeps its catch-up limits until the resync: {e}");
+        }
         drop(source);
         drop(hold);
         let pause_ms = held.elapsed().as_millis() as u64;

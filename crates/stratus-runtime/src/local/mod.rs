@@ -1093,8 +1093,20 @@ impl Runtime for LocalRuntime {
         self.inner.check_node(&spec.node)?;
         let key = spec.name.as_str();
         let replay = from.replay.as_ref();
-        self.inner
-            .restore_storage(key, &from.full, spec.storage_bytes, replay)?;
+        // Gigabytes copied (and a volume made): off the runtime's threads, whose other tasks
+        // (a server's commit clock among them) must not wait for it.
+        let (inner, owned_key, full, bytes, owned_replay) = (
+            self.inner.clone(),
+            key.to_owned(),
+            from.full.clone(),
+            spec.storage_bytes,
+            from.replay.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            inner.restore_storage(&owned_key, &full, bytes, owned_replay.as_ref())
+        })
+        .await
+        .map_err(|e| RuntimeError::Other(format!("restore task: {e}")))??;
         if let Err(e) = self.inner.apply_incrementals(key, &from.incrementals).await {
             let _ = self.destroy(&spec.name).await;
             return Err(e);

@@ -384,7 +384,23 @@ impl Runtime for LocalNodes {
                 incrementals: Vec::new(),
                 replay: None,
             };
-            target.restore(spec, &from).await?;
+            // The copy's volume as large as the source's (which the storage controller grew
+            // with its data), and never smaller than the data with room to replicate into.
+            let mut sized = spec.clone();
+            sized.storage_bytes = spec
+                .storage_bytes
+                .max(source.storage(&spec.name).map_or(0, |u| u.volume_bytes))
+                .max(copied_bytes + copied_bytes / 4);
+            target.restore(&sized, &from).await?;
+            // Catching up is a burst: the copy may use the CPU of the database's largest size
+            // until it is promoted (the promotion sets its size).
+            target
+                .set_limits(
+                    &spec.name,
+                    spec.max_resources.cpu_millis,
+                    spec.resources.memory_bytes,
+                )
+                .await?;
             crate::failpoint::reached("migrate-replica-started").await;
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
                 .await
@@ -404,6 +420,10 @@ impl Runtime for LocalNodes {
                 .insert(name.to_owned(), Replica { node: to, relay });
             let mut replica = target.admin(&spec.name, Duration::from_secs(10)).await?;
             for sql in [
+                // Transactions applied in parallel where they do not conflict, committed in
+                // the source's order (<https://mariadb.com/kb/en/parallel-replication/>).
+                "SET GLOBAL slave_parallel_threads = 4".to_owned(),
+                "SET GLOBAL slave_parallel_mode = 'optimistic'".to_owned(),
                 format!(
                     "SET GLOBAL gtid_slave_pos = {}",
                     stratus_core::sql::quote_str(&snapshot_gtid)
