@@ -439,3 +439,111 @@ async fn a_node_pushed_over_its_watermark_by_scaling_sheds_one_database() {
     }
     s.stop();
 }
+
+/// The local TCP ports `pid` listens on.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.ok()?.path()).ok()?;
+            let l = link.to_str()?;
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let listening = f.get(3) == Some(&"0A");
+            let ours = f.get(9).is_some_and(|i| inodes.iter().any(|x| x == i));
+            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (listening && ours).then_some(port)
+        })
+        .collect()
+}
+
+/// What a tenant can try against a move: start one with its own token, log in to the relay
+/// the replica uses (on the source's socket the server would take it for Stratus itself), or
+/// use the replication account through the proxy. All refused, and the move goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_can_neither_move_its_database_nor_reach_the_replication_relay() {
+    let mut s = Stratus::new("migrate-hostile");
+    two_nodes(&mut s);
+    let points = s.dir.path().join("failpoints");
+    std::fs::create_dir(&points).unwrap();
+    let mut up = s.up_command();
+    up.env("STRATUS_FAILPOINTS", &points);
+    s.start_with(up);
+    let o = open_bank(&s).await;
+    let opts = Opts::from(o.clone());
+
+    let (_, dev) = s.token(&["--role", "developer", "--db", "bank"]);
+    let err = s.refused(&dev, &["db", "migrate", "bank", "--to", "n2"]);
+    assert!(err.contains("takes a token for all databases"), "{err}");
+
+    std::fs::write(points.join("migrate-catching-up"), b"").unwrap();
+    let (api, dir) = (s.api.clone(), s.data_dir());
+    let migrate = std::thread::spawn(move || {
+        Command::new(common::BIN)
+            .args(["--api", &api, "--data-dir"])
+            .arg(&dir)
+            .args(["db", "migrate", "bank", "--to", "n2"])
+            .output()
+            .unwrap()
+    });
+    let file = reached(&points, "migrate-catching-up", &migrate);
+    let stratus_pid = s.child.as_ref().unwrap().id();
+    let own: Vec<u16> = [&s.api, &s.listen]
+        .iter()
+        .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    let relays: Vec<u16> = listening_ports(stratus_pid)
+        .into_iter()
+        .filter(|p| !own.contains(p))
+        .collect();
+    assert_eq!(
+        relays.len(),
+        1,
+        "one relay while the copy replicates: {relays:?}"
+    );
+    // This test runs as root, not as the servers' user: turned away before a byte.
+    use std::io::Read;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", relays[0])).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = [0u8; 64];
+    assert_eq!(
+        sock.read(&mut greeting).unwrap_or(0),
+        0,
+        "the relay answered a stranger"
+    );
+    // The replication account is no account of the tenant's.
+    let stolen = s
+        .sql_opts("bank.stratus_replication", "anything", Some("bank"))
+        .prefer_socket(false);
+    let err = Conn::new(stolen).await.unwrap_err();
+    assert!(err.to_string().contains("1045"), "{err}");
+
+    std::fs::remove_file(&file).unwrap();
+    let out = migrate.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.json(&["db", "show", "bank"])["node"], "n2");
+    let mut c = Conn::new(o).await.unwrap();
+    let n: Option<i64> = c
+        .query_first("SELECT COUNT(*) FROM mysql.user WHERE user = 'stratus_replication'")
+        .await
+        .unwrap_or(None);
+    assert!(
+        n.is_none_or(|n| n == 0),
+        "the account is gone with the move"
+    );
+    c.disconnect().await.unwrap();
+    let _ = opts;
+    s.stop();
+}
