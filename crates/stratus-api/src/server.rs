@@ -648,7 +648,13 @@ async fn migrate<S: Store, R: Runtime>(
             "moving a database between nodes takes a token for all databases",
         ));
     }
-    Ok(Json(st.cp.migrate(&name, req.to.as_deref()).await?))
+    // A move runs to its end even if the client goes away: cut short between the promotion and
+    // the old server's stop, it would leave two servers taking commits.
+    let cp = st.cp.clone();
+    let moved = tokio::spawn(async move { cp.migrate(&name, req.to.as_deref()).await })
+        .await
+        .map_err(|e| ControlError::Internal(format!("the move's task: {e}")))?;
+    Ok(Json(moved?))
 }
 
 async fn delete_backup<S: Store, R: Runtime>(

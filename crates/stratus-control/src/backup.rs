@@ -297,7 +297,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let _guard = self.lock(&name).await;
         let base = if req.incremental {
             let svc = self.load(&name).await?;
-            let archive = crate::schedule::archive_name(svc.created_at_ms);
+            let archive = crate::schedule::archive_name(svc.log_epoch());
             let base = self
                 .records(Some(name.as_str()))?
                 .into_iter()
@@ -383,7 +383,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             gtid: taken.gtid,
             binlog_file: taken.binlog.as_ref().map(|b| b.file.clone()),
             binlog_pos: taken.binlog.as_ref().map(|b| b.pos),
-            archive: Some(crate::schedule::archive_name(svc.created_at_ms)),
+            archive: Some(crate::schedule::archive_name(svc.log_epoch())),
             verified,
             verification,
             source: crate::copy::Source::of(&svc, &users),
@@ -693,7 +693,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let running = svc.state == stratus_core::DbState::Active
             && self.runtime.endpoint(source).is_some()
             && !self.is_suspended(source);
-        if !running || record.archive() != crate::schedule::archive_name(svc.created_at_ms) {
+        if !running || record.archive() != crate::schedule::archive_name(svc.log_epoch()) {
             return Ok(());
         }
         let written = {

@@ -232,6 +232,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             require_tls,
             default_schema,
             node: None,
+            log_epoch_ms: None,
             created_at_ms: now,
             updated_at_ms: now,
         }

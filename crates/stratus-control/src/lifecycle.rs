@@ -428,13 +428,21 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 svc.node = Some(self.node_of(&svc));
                 self.store.update_service(&svc).await?;
             }
-            if svc.state == DbState::Migrating {
-                self.abandon_migration(&mut svc).await?;
+            // A move this restart cut short: the database serves where the catalog says, once
+            // started there.
+            let interrupted = svc.state == DbState::Migrating;
+            if interrupted {
+                svc.state = DbState::Active;
+                self.store.update_service(&svc).await?;
             }
             let me = self.clone();
             tasks.spawn(async move {
                 let name = svc.name().clone();
-                if me.reconcile(&name, Trigger::Recovery).await.is_err() {
+                let started = me.reconcile(&name, Trigger::Recovery).await;
+                if interrupted {
+                    me.abandon_migration(&svc).await;
+                }
+                if started.is_err() {
                     tokio::spawn(async move {
                         me.reconcile_until_settled(&name, Trigger::Recovery, 1)
                             .await
@@ -446,9 +454,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         Ok(())
     }
 
-    /// A migration a restart of Stratus interrupted: the database is where the catalog says,
-    /// and a copy it may have left on another node goes.
-    async fn abandon_migration(&self, svc: &mut DatabaseService) -> Result<()> {
+    /// A migration a restart of Stratus interrupted, once the database was started where the
+    /// catalog says (the node changes there the moment a copy is promoted): a copy it may have
+    /// left on another node goes.
+    async fn abandon_migration(&self, svc: &DatabaseService) {
         let on = self.node_of(svc);
         let mut removed = Vec::new();
         for node in self.runtime.nodes() {
@@ -462,18 +471,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 removed.push(node.name);
             }
         }
-        svc.state = DbState::Active;
-        self.store.update_service(svc).await?;
         self.event(
             svc.name(),
             EventKind::MigrationFailed,
-            &format!(
-                "Stratus restarted during a move off node {on}; the database serves on node {on}"
-            ),
+            &format!("Stratus restarted during a move; the database serves on node {on}"),
             json!({"phase": "restart", "node": on, "copies_removed_on": removed}),
         )
         .await;
-        Ok(())
     }
 
     /// Stops every running server cleanly (Stratus is shutting down). Desired states stay as

@@ -41,6 +41,8 @@ pub const DRAIN: Duration = Duration::from_secs(2);
 const BLOCK_COMMITS: Duration = Duration::from_secs(5);
 /// How long the target may take, at the cut-over, to apply what the source last committed.
 const FINAL_CATCH_UP: Duration = Duration::from_secs(10);
+/// The longest commands may be held before the promotion: past it the move fails.
+const CUT_OVER_LIMIT: Duration = Duration::from_secs(30);
 /// How long the target may take to catch up before the cut-over is tried.
 const CATCH_UP: Duration = Duration::from_secs(300);
 /// How close the target must be before the cut-over: its wait for the source's position
@@ -155,6 +157,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         svc.state = DbState::Active;
         match moved {
             Ok(report) => {
+                // The promotion wrote the node and the new log's start: read them back.
+                let mut svc = self.load(&name).await?;
+                svc.state = DbState::Active;
                 svc.node = Some(report.to.clone());
                 self.store.update_service(&svc).await?;
                 self.moved_at
@@ -301,60 +306,116 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         let catch_up_ms = catching.elapsed().as_millis() as u64;
 
-        // The cut-over. Commands are held from here until `hold` is dropped, on every path.
+        // The cut-over. Commands are held from here until `hold` is dropped, on every path, and
+        // everything up to the promotion is bounded: a server that hangs fails the move.
         let hold = gate
             .hold(name.as_str())
             .ok_or_else(|| Failed("cut-over", "its statements are held already".into()))?;
         let held = Instant::now();
-        loop {
-            let a = self.activity(name);
-            if (a.statements_running == 0 && a.open_transactions == 0) || held.elapsed() >= DRAIN {
-                break;
+        let prepared = tokio::time::timeout(CUT_OVER_LIMIT, async {
+            loop {
+                let a = self.activity(name);
+                if (a.statements_running == 0 && a.open_transactions == 0) || held.elapsed() >= DRAIN
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let mut source = self
-            .admin(name)
-            .await
-            .map_err(|e| Failed("cut-over", e.to_string()))?;
-        source.block_commits(BLOCK_COMMITS).await.map_err(|e| {
-            Failed(
-                "cut-over",
-                format!("the source cannot hold its commits: {e}"),
-            )
-        })?;
-        let pos = source
-            .gtid_binlog_pos()
-            .await
-            .map_err(|e| Failed("cut-over", e.to_string()))?;
-        failpoint::reached("migrate-cutting-over").await;
-        let waiting = Instant::now();
-        let reached = replica
-            .wait_for_gtid(&pos, FINAL_CATCH_UP)
-            .await
-            .map_err(|e| Failed("cut-over", e.to_string()))?;
-        if !reached {
-            return Err(Failed(
-                "cut-over",
-                format!(
-                    "the copy did not apply the source's last transaction ({pos}) within {} s",
-                    FINAL_CATCH_UP.as_secs()
-                ),
-            ));
-        }
-        let lag_ms = waiting.elapsed().as_millis() as u64;
-        replica
-            .stop_replication()
-            .await
-            .map_err(|e| Failed("cut-over", e.to_string()))?;
+            // A session may have taken what cannot move since the move began.
+            let pinned = self.activity(name).pinned_sessions;
+            if pinned > 0 {
+                return Err(Failed(
+                    "cut-over",
+                    format!("{pinned} session(s) came to hold what cannot move to another server (temporary tables, named locks, a cursor…)"),
+                ));
+            }
+            let mut source = self
+                .admin(name)
+                .await
+                .map_err(|e| Failed("cut-over", e.to_string()))?;
+            source.block_commits(BLOCK_COMMITS).await.map_err(|e| {
+                Failed(
+                    "cut-over",
+                    format!("the source cannot hold its commits: {e}"),
+                )
+            })?;
+            let pos = source
+                .gtid_binlog_pos()
+                .await
+                .map_err(|e| Failed("cut-over", e.to_string()))?;
+            failpoint::reached("migrate-cutting-over").await;
+            let waiting = Instant::now();
+            let reached = replica
+                .wait_for_gtid(&pos, FINAL_CATCH_UP)
+                .await
+                .map_err(|e| Failed("cut-over", e.to_string()))?;
+            if !reached {
+                return Err(Failed(
+                    "cut-over",
+                    format!(
+                        "the copy did not apply the source's last transaction ({pos}) within {} s",
+                        FINAL_CATCH_UP.as_secs()
+                    ),
+                ));
+            }
+            let lag_ms = waiting.elapsed().as_millis() as u64;
+            replica
+                .stop_replication()
+                .await
+                .map_err(|e| Failed("cut-over", e.to_string()))?;
+            Ok((source, lag_ms))
+        })
+        .await;
+        let (source, lag_ms) = match prepared {
+            Ok(done) => done?,
+            Err(_) => {
+                return Err(Failed(
+                    "cut-over",
+                    format!("it took over {} s", CUT_OVER_LIMIT.as_secs()),
+                ));
+            }
+        };
         replica.close().await;
         self.runtime
             .promote_replica(name, to)
             .await
             .map_err(|e| Failed("cut-over", e.to_string()))?;
-        // From here the target is the server. The source stops with its commits still held.
-        if let Err(e) = self.runtime.stop_copy(name, from).await {
-            tracing::warn!(db = %name, "the old server on node {from} did not stop: {e}");
+        // From here the target is the server, and the catalog says so before anything else: a
+        // restart of Stratus now must find the database where its newest commits are.
+        match self.store.service(name).await {
+            Ok(Some(mut now)) => {
+                now.node = Some(to.to_owned());
+                // The new server's binary log is a new one: its archive too.
+                now.log_epoch_ms = Some(stratus_core::time::now_ms());
+                if let Err(e) = self.store.update_service(&now).await {
+                    tracing::error!(db = %name, "the catalog does not say node {to} yet: {e}");
+                }
+            }
+            other => {
+                tracing::error!(db = %name, "the catalog does not say node {to} yet: {other:?}")
+            }
+        }
+        // The source dies with its commits still held: nothing commits there that the target
+        // lacks. If it will not die, its commits stay held until it does.
+        let mut stopped = false;
+        for _ in 0..3 {
+            match self.runtime.stop_copy(name, from).await {
+                Ok(()) => {
+                    stopped = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(db = %name, "the old server on node {from} did not stop: {e}")
+                }
+            }
+        }
+        if stopped {
+            drop(source);
+        } else {
+            tokio::spawn(async move {
+                let _commits_held = source;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
         }
         // It caught up with the CPU of the largest size; it serves at the database's own.
         let size = self.resources(svc.scu);
@@ -365,18 +426,28 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         {
             tracing::warn!(db = %name, "the new server keeps its catch-up limits until the resync: {e}");
         }
-        drop(source);
         drop(hold);
         let pause_ms = held.elapsed().as_millis() as u64;
 
-        // The source goes once the target has served.
-        match self.admin(name).await {
-            Ok(conn) => conn.close().await,
-            Err(e) => {
-                tracing::warn!(db = %name, "the new server on node {to} is not answering yet: {e}")
+        // The source's data goes once the target has served; until then it is the last good
+        // copy, and it stays.
+        let mut served = false;
+        let answering = Instant::now();
+        while !served && answering.elapsed() < Duration::from_secs(30) {
+            match self.admin(name).await {
+                Ok(conn) => {
+                    conn.close().await;
+                    served = true;
+                }
+                Err(e) => {
+                    tracing::warn!(db = %name, "the new server on node {to} is not answering yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
-        if let Err(e) = self.runtime.remove_copy(name, from).await {
+        if !served || !stopped {
+            tracing::error!(db = %name, "the old copy on node {from} is kept: the new server did not answer, or the old one did not stop");
+        } else if let Err(e) = self.runtime.remove_copy(name, from).await {
             tracing::warn!(db = %name, "the old copy on node {from} is not removed: {e}");
         }
         Ok(MigrationReport {

@@ -256,8 +256,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             stratus_core::time::now_ms(),
             self.cfg.move_cooldown.as_millis() as i64,
         );
+        // One move per look: a move takes a while, and the next look plans from what the nodes
+        // use after it (another node may have filled, the database may have moved by hand).
         let mut moved = 0;
-        for m in plan {
+        for m in plan.into_iter().take(1) {
             let from = &loads[m.from];
             let why = format!(
                 "rebalancing: node {} uses {:.0} of {:.0} MiB ({} %), over its high watermark ({} %)",
@@ -273,8 +275,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .await
             {
                 Ok(_) => moved += 1,
-                // Its event says why; the next look plans again from what is measured then.
-                Err(e) => tracing::warn!(db, "rebalancing could not move it: {e}"),
+                // Its event says why. The cooldown counts from the attempt, so a move that keeps
+                // failing is not tried again at every look.
+                Err(e) => {
+                    tracing::warn!(db, "rebalancing could not move it: {e}");
+                    self.moved_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(names[m.db].clone(), stratus_core::time::now_ms());
+                }
             }
         }
         Ok(moved)

@@ -18,14 +18,16 @@ use stratus_core::{BackupSchedule, DbState, ServiceName};
 use stratus_runtime::Runtime;
 use stratus_store::Store;
 
-/// The binary log archive's directory, beside a database's backups: `binlog-<creation time in
-/// ms>`, one per incarnation of the name, since a database made later under a deleted one's name
-/// starts its binary log again from file 1 (`binlog`: archives from before incarnations).
+/// The binary log archive's directory, beside a database's backups: `binlog-<ms>`, one per
+/// binary log the database's servers began: at its creation (a database made later under a
+/// deleted one's name starts again from file 1), and at each move to another node, whose new
+/// server starts its own (`DatabaseService::log_epoch`; `binlog`: archives from before
+/// incarnations).
 pub const ARCHIVE: &str = "binlog";
 
-/// The archive directory's name of the database created at `created_at_ms`.
-pub fn archive_name(created_at_ms: i64) -> String {
-    format!("{ARCHIVE}-{created_at_ms}")
+/// The archive directory's name of a binary log begun at `epoch_ms`.
+pub fn archive_name(epoch_ms: i64) -> String {
+    format!("{ARCHIVE}-{epoch_ms}")
 }
 /// How often schedules are looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -110,9 +112,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
                 // A full backup when one is due, else an incremental one when that is due and
                 // there is a verified backup of this incarnation to build on.
-                let archive = archive_name(svc.created_at_ms);
+                let archive = archive_name(svc.log_epoch());
                 let has_base = records.iter().any(|r| r.verified && r.archive() == archive);
-                let req = if cron.as_ref().is_some_and(|c| due(c, last, now)) {
+                // A database backed up before its binary log began again (a move) has no base
+                // for point-in-time restore after that: a full backup is due at once.
+                let new_log = !has_base && records.iter().any(|r| r.verified);
+                let req = if new_log || cron.as_ref().is_some_and(|c| due(c, last, now)) {
                     crate::backup::BackupRequest::default()
                 } else if has_base && incremental.as_ref().is_some_and(|c| due(c, last, now)) {
                     crate::backup::BackupRequest { incremental: true }
@@ -147,7 +152,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let name = svc.name();
         let dest = self
             .backups_of(name.as_str())
-            .join(archive_name(svc.created_at_ms));
+            .join(archive_name(svc.log_epoch()));
         if let Err(e) = self.runtime.archive_logs(name, &dest).await {
             tracing::warn!(db = %name, "cannot archive the binary log: {e}");
         }
@@ -195,7 +200,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         // (with their commit times). An archive no kept backup uses goes whole, unless it is
         // the live database's.
         let live = match self.store.service(name).await {
-            Ok(Some(svc)) => Some(archive_name(svc.created_at_ms)),
+            Ok(Some(svc)) => Some(archive_name(svc.log_epoch())),
             _ => None,
         };
         let kept: Vec<&crate::backup::BackupRecord> =

@@ -176,6 +176,10 @@ pub struct DatabaseService {
     /// The node it is placed on (`stratus_runtime::NodeInfo`); `None` for a database made
     /// before nodes existed, which is on the runtime's first node.
     pub node: Option<String>,
+    /// When its server's binary log began (ms since the epoch): its creation, or the move to
+    /// another node that gave it a new server with a new log. `None`: its creation. Archives of
+    /// the log are kept apart by it (`stratus_control::schedule::archive_name`).
+    pub log_epoch_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -183,6 +187,11 @@ pub struct DatabaseService {
 impl DatabaseService {
     pub fn name(&self) -> &ServiceName {
         &self.spec.name
+    }
+
+    /// When its server's binary log began ([`Self::log_epoch_ms`]).
+    pub fn log_epoch(&self) -> i64 {
+        self.log_epoch_ms.unwrap_or(self.created_at_ms)
     }
 
     /// The schema clients use by default.

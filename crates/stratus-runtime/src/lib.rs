@@ -201,7 +201,7 @@ pub struct RuntimeInfo {
 /// serialises calls per database.
 pub trait Runtime: Send + Sync + 'static {
     /// Stratus's own connection to one of this runtime's servers.
-    type Admin: admin::ServerAdmin;
+    type Admin: admin::ServerAdmin + 'static;
 
     fn info(&self) -> RuntimeInfo;
 

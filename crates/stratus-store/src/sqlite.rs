@@ -87,6 +87,10 @@ ALTER TABLE services ADD COLUMN default_schema TEXT;
     r#"
 ALTER TABLE services ADD COLUMN node TEXT;
 "#,
+    // When the database's binary log began, where a move gave it a new one (#12).
+    r#"
+ALTER TABLE services ADD COLUMN log_epoch_ms INTEGER;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -212,7 +216,7 @@ impl SqliteStore {
 }
 
 const SERVICE_COLUMNS: &str = "name, tier, min_scu, max_scu, storage_gb, state, scu, buffer_pool_bytes, \
-     created_at_ms, updated_at_ms, require_tls, default_schema, node";
+     created_at_ms, updated_at_ms, require_tls, default_schema, node, log_epoch_ms";
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -232,6 +236,7 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
     let require_tls: bool = row.get(10)?;
     let default_schema: Option<String> = row.get(11)?;
     let node: Option<String> = row.get(12)?;
+    let log_epoch_ms: Option<i64> = row.get(13)?;
     Ok((|| {
         let name = ServiceName::parse(&name).map_err(|e| corrupt("service name", e))?;
         let tier: Tier = tier.parse().map_err(|e| corrupt("tier", e))?;
@@ -250,6 +255,7 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<Result<DatabaseService>> 
             require_tls,
             default_schema,
             node,
+            log_epoch_ms,
             created_at_ms,
             updated_at_ms,
         })
@@ -334,7 +340,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         let spec = &svc.spec;
         tx.execute(
-            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
             params![
                 spec.name.as_str(),
                 spec.tier.as_str(),
@@ -348,7 +354,8 @@ impl Store for SqliteStore {
                 svc.updated_at_ms,
                 svc.require_tls,
                 svc.default_schema,
-                svc.node
+                svc.node,
+                svc.log_epoch_ms
             ],
         )
         .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists(format!("database {}", spec.name)) } else { e.into() })?;
@@ -401,7 +408,7 @@ impl Store for SqliteStore {
         let n = conn.execute(
             "UPDATE services SET tier = ?2, min_scu = ?3, max_scu = ?4, storage_gb = ?5, state = ?6, scu = ?7, \
              buffer_pool_bytes = ?8, updated_at_ms = ?9, require_tls = ?10, default_schema = ?11, \
-             node = ?12 WHERE name = ?1",
+             node = ?12, log_epoch_ms = ?13 WHERE name = ?1",
             params![
                 spec.name.as_str(),
                 spec.tier.as_str(),
@@ -414,7 +421,8 @@ impl Store for SqliteStore {
                 now_ms(),
                 svc.require_tls,
                 svc.default_schema,
-                svc.node
+                svc.node,
+                svc.log_epoch_ms
             ],
         )?;
         if n == 0 {
@@ -680,6 +688,7 @@ mod tests {
             require_tls: false,
             default_schema: None,
             node: None,
+            log_epoch_ms: None,
             created_at_ms: 1,
             updated_at_ms: 1,
         }

@@ -547,3 +547,81 @@ async fn a_tenant_can_neither_move_its_database_nor_reach_the_replication_relay(
     let _ = opts;
     s.stop();
 }
+
+fn now_rfc3339() -> String {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    stratus_core::time::rfc3339_us(us)
+}
+
+/// The moved database's new server starts a binary log of its own: its archive is kept apart
+/// from the old one's (not appended to it by file name), a full backup is taken at once, and a
+/// point-in-time restore to a moment after the move has exactly what was committed by then.
+#[tokio::test(flavor = "multi_thread")]
+async fn point_in_time_restore_works_across_a_move() {
+    let mut s = Stratus::new("migrate-pitr");
+    two_nodes(&mut s);
+    s.start();
+    let c = s.json(&["db", "create", "shop", "--password", "pw"]);
+    let o = s.sql_opts(c["user"].as_str().unwrap(), "pw", Some("shop"));
+    let mut conn = Conn::new(o.clone()).await.unwrap();
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO t SELECT seq FROM seq_1_to_100")
+        .await
+        .unwrap();
+    s.json(&["backup", "create", "shop"]);
+    conn.disconnect().await.unwrap();
+    s.json(&["db", "migrate", "shop", "--to", "n2"]);
+    // A full backup of the new server's log, by itself.
+    let begin = Instant::now();
+    loop {
+        let taken = s
+            .json(&["events", "--db", "shop", "--limit", "100"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "backup_taken")
+            .count();
+        if taken >= 2 {
+            break;
+        }
+        assert!(
+            begin.elapsed() < Duration::from_secs(120),
+            "no backup after the move"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut conn = Conn::new(o).await.unwrap();
+    conn.query_drop("INSERT INTO t SELECT seq FROM seq_101_to_150")
+        .await
+        .unwrap();
+    let t = now_rfc3339();
+    conn.query_drop("INSERT INTO t SELECT seq FROM seq_151_to_200")
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    s.json(&["db", "restore", "shop", "--to", "back", "--time", &t]);
+    let mut back = Conn::new(s.sql_opts("back.admin", "pw", Some("shop")))
+        .await
+        .unwrap();
+    let n: Option<i64> = back.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(n, Some(150), "what was committed by {t}, after the move");
+    back.disconnect().await.unwrap();
+    let archives: Vec<String> = std::fs::read_dir(s.data_dir().join("backups").join("shop"))
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.ok()?.file_name().to_string_lossy().into_owned();
+            n.starts_with("binlog-").then_some(n)
+        })
+        .collect();
+    assert_eq!(
+        archives.len(),
+        2,
+        "one archive per binary log: {archives:?}"
+    );
+    s.stop();
+}

@@ -409,13 +409,12 @@ impl Runtime for LocalNodes {
                 .local_addr()
                 .map_err(|e| RuntimeError::io("replica relay", e))?
                 .port();
-            let uid = target
+            let pid = target
                 .inner
-                .user
-                .os_user
-                .as_ref()
-                .map_or_else(|| rustix::process::geteuid().as_raw(), |a| a.uid);
-            let relay = tokio::spawn(relay(listener, socket.to_path_buf(), uid));
+                .running(name)
+                .map(|p| p.pidfd.pid)
+                .ok_or_else(|| RuntimeError::NotRunning(name.to_owned()))?;
+            let relay = tokio::spawn(relay(listener, socket.to_path_buf(), pid));
             self.replicas()
                 .insert(name.to_owned(), Replica { node: to, relay });
             let mut replica = target.admin(&spec.name, Duration::from_secs(10)).await?;
@@ -506,7 +505,21 @@ impl Runtime for LocalNodes {
                 "node {node} holds the server of {name}, not a copy"
             )));
         }
-        self.nodes[i].stop(name, Duration::ZERO).await.map(|_| ())
+        // SIGKILL at once, not a shutdown: nothing held at a commit may commit on the way out.
+        let inner = &self.nodes[i].inner;
+        let _ = inner.thaw(name.as_str());
+        let Some(proc) = inner.find(name.as_str()) else {
+            return Ok(());
+        };
+        if tokio::time::timeout(Duration::from_secs(10), inner.kill(&proc))
+            .await
+            .is_err()
+        {
+            return Err(RuntimeError::Other(format!(
+                "the server of {name} on node {node} did not die within 10 s of SIGKILL"
+            )));
+        }
+        Ok(())
     }
 
     /// Stops and removes the copy of `name` on `node`, which must not be its server: an
@@ -528,6 +541,27 @@ impl Runtime for LocalNodes {
         if let Some(r) = stale {
             r.relay.abort();
         }
+        {
+            // A move ends either way: its account goes from the server, which serves on.
+            let dropped = async {
+                let mut admin = self
+                    .home(name.as_str())
+                    .admin(name, Duration::from_secs(10))
+                    .await?;
+                admin.exec("SET SESSION sql_log_bin = 0").await?;
+                admin
+                    .exec(&format!(
+                        "DROP USER IF EXISTS {}@'localhost'",
+                        stratus_core::sql::quote_str(REPLICATION_USER)
+                    ))
+                    .await?;
+                admin.close().await;
+                Ok::<_, RuntimeError>(())
+            };
+            if let Err(e) = dropped.await {
+                tracing::warn!(db = %name, "the replication account stays on its server: {e}");
+            }
+        }
         self.nodes[i].destroy(name).await
     }
 
@@ -538,10 +572,11 @@ impl Runtime for LocalNodes {
     }
 }
 
-/// Carries each connection to `listener` from a process of OS user `uid` (the servers') to the
-/// server's socket, both ways, until either side closes. Anyone else is turned away: on the
-/// socket, the server takes its peer for Stratus itself (`unix_socket` authentication).
-async fn relay(listener: tokio::net::TcpListener, socket: std::path::PathBuf, uid: u32) {
+/// Carries each connection to `listener` from the replica's own server (process `pid`) to the
+/// source's socket, both ways, until either side closes. Anyone else, other servers included, is
+/// turned away: on the socket, the source takes its peer for Stratus itself (`unix_socket`
+/// authentication).
+async fn relay(listener: tokio::net::TcpListener, socket: std::path::PathBuf, pid: u32) {
     let Ok(local) = listener.local_addr() else {
         return;
     };
@@ -549,7 +584,7 @@ async fn relay(listener: tokio::net::TcpListener, socket: std::path::PathBuf, ui
         let Ok((mut tcp, peer)) = listener.accept().await else {
             return;
         };
-        if tcp_peer_uid(peer, local) != Some(uid) {
+        if !tcp_peer_is(peer, local, pid) {
             tracing::warn!(%peer, "a connection to a replica's relay from another user, refused");
             continue;
         }
@@ -562,10 +597,24 @@ async fn relay(listener: tokio::net::TcpListener, socket: std::path::PathBuf, ui
     }
 }
 
-/// The OS user owning the TCP socket `peer` connected to `local`, from `/proc/net/tcp`
-/// (<https://www.kernel.org/doc/Documentation/networking/proc_net_tcp.txt>): its line has
-/// `peer` as local and `local` as remote address, and the owner's uid in the eighth column.
-fn tcp_peer_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
+/// Whether the TCP socket `peer` connected to `local` is one of process `pid`'s: its inode (from
+/// `/proc/net/tcp`) is among the process's open files.
+fn tcp_peer_is(peer: std::net::SocketAddr, local: std::net::SocketAddr, pid: u32) -> bool {
+    let Some((_, inode)) = tcp_peer(peer, local) else {
+        return false;
+    };
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+}
+
+/// The owner's uid and the inode of the TCP socket `peer` connected to `local`, from
+/// `/proc/net/tcp` (<https://www.kernel.org/doc/Documentation/networking/proc_net_tcp.txt>):
+/// its line has `peer` as local and `local` as remote address.
+fn tcp_peer(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<(u32, u64)> {
     fn hex(a: std::net::SocketAddr) -> Option<String> {
         match a {
             std::net::SocketAddr::V4(v4) => Some(format!(
@@ -581,27 +630,27 @@ fn tcp_peer_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Opti
     table.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         (f.get(1) == Some(&peer.as_str()) && f.get(2) == Some(&local.as_str()))
-            .then(|| f.get(7)?.parse().ok())
+            .then(|| Some((f.get(7)?.parse().ok()?, f.get(9)?.parse().ok()?)))
             .flatten()
     })
 }
 
 #[cfg(test)]
 mod tests {
-    /// A connection of this process's own is found with this process's uid.
+    /// A connection of this process's own is found as this process's, owned by its user.
     #[tokio::test]
-    async fn the_peer_of_a_local_connection_is_its_owner() {
+    async fn the_peer_of_a_local_connection_is_found_in_its_process() {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .unwrap();
         let local = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(local).await.unwrap();
         let (_server, peer) = listener.accept().await.unwrap();
-        assert_eq!(
-            super::tcp_peer_uid(peer, local),
-            Some(rustix::process::geteuid().as_raw())
-        );
+        let (uid, _) = super::tcp_peer(peer, local).unwrap();
+        assert_eq!(uid, rustix::process::geteuid().as_raw());
+        assert!(super::tcp_peer_is(peer, local, std::process::id()));
+        assert!(!super::tcp_peer_is(peer, local, 1), "not init's");
         let elsewhere: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(super::tcp_peer_uid(peer, elsewhere), None);
+        assert!(!super::tcp_peer_is(peer, elsewhere, std::process::id()));
     }
 }
