@@ -98,15 +98,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let (nodes, loads): (Vec<NodeInfo>, Vec<u64>) =
             self.node_loads().await?.into_iter().unzip();
         let except = except.and_then(|e| nodes.iter().position(|n| n.name == e));
-        let loads: Vec<NodeLoad> = nodes
-            .iter()
-            .zip(&loads)
-            .map(|(n, l)| NodeLoad {
-                name: n.name.clone(),
-                capacity_bytes: n.memory_bytes,
-                used_bytes: *l,
-            })
-            .collect();
+        let loads: Vec<NodeLoad> = nodes.iter().zip(loads).map(node_load).collect();
         let w = self.cfg.watermarks;
         let figures: Vec<serde_json::Value> = nodes
             .iter()
@@ -206,14 +198,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         if nodes.len() < 2 {
             return Ok(0);
         }
-        let loads: Vec<NodeLoad> = nodes
-            .iter()
-            .map(|(n, l)| NodeLoad {
-                name: n.name.clone(),
-                capacity_bytes: n.memory_bytes,
-                used_bytes: *l,
-            })
-            .collect();
+        let loads: Vec<NodeLoad> = nodes.iter().map(|(n, l)| node_load((n, *l))).collect();
         let w = self.cfg.watermarks;
         if !loads.iter().any(|n| n.over_high(w)) {
             return Ok(0);
@@ -287,6 +272,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
         }
         Ok(moved)
+    }
+}
+
+/// A node as placement weighs it: its capacity and its load.
+fn node_load((n, load): (&NodeInfo, u64)) -> NodeLoad {
+    NodeLoad {
+        name: n.name.clone(),
+        capacity_bytes: n.memory_bytes,
+        used_bytes: load,
     }
 }
 

@@ -480,21 +480,7 @@ impl Runtime for LocalNodes {
         }
         self.homes().insert(name.as_str().to_owned(), i);
         // Its source's replication account came with the snapshot; nothing logs in with it now.
-        let dropped = async {
-            let mut admin = self.nodes[i].admin(name, Duration::from_secs(10)).await?;
-            admin.exec("SET SESSION sql_log_bin = 0").await?;
-            admin
-                .exec(&format!(
-                    "DROP USER IF EXISTS {}@'localhost'",
-                    stratus_core::sql::quote_str(REPLICATION_USER)
-                ))
-                .await?;
-            admin.close().await;
-            Ok::<_, RuntimeError>(())
-        };
-        if let Err(e) = dropped.await {
-            tracing::warn!(db = %name, "the replication account stays on node {node}: {e}");
-        }
+        drop_replication_account(&self.nodes[i], name).await;
         Ok(())
     }
 
@@ -541,27 +527,8 @@ impl Runtime for LocalNodes {
         if let Some(r) = stale {
             r.relay.abort();
         }
-        {
-            // A move ends either way: its account goes from the server, which serves on.
-            let dropped = async {
-                let mut admin = self
-                    .home(name.as_str())
-                    .admin(name, Duration::from_secs(10))
-                    .await?;
-                admin.exec("SET SESSION sql_log_bin = 0").await?;
-                admin
-                    .exec(&format!(
-                        "DROP USER IF EXISTS {}@'localhost'",
-                        stratus_core::sql::quote_str(REPLICATION_USER)
-                    ))
-                    .await?;
-                admin.close().await;
-                Ok::<_, RuntimeError>(())
-            };
-            if let Err(e) = dropped.await {
-                tracing::warn!(db = %name, "the replication account stays on its server: {e}");
-            }
-        }
+        // A move ends either way: its account goes from the server, which serves on.
+        drop_replication_account(self.home(name.as_str()), name).await;
         self.nodes[i].destroy(name).await
     }
 
@@ -569,6 +536,26 @@ impl Runtime for LocalNodes {
         self.place(spec.name.as_str(), &spec.node)?
             .restore(spec, from)
             .await
+    }
+}
+
+/// Drops the account a replica logged in to its source with, from `node`'s server of `name`,
+/// outside the binary log. Best effort: a server that cannot be reached keeps it, and says so.
+async fn drop_replication_account(node: &LocalRuntime, name: &ServiceName) {
+    let dropped = async {
+        let mut admin = node.admin(name, Duration::from_secs(10)).await?;
+        admin.exec("SET SESSION sql_log_bin = 0").await?;
+        admin
+            .exec(&format!(
+                "DROP USER IF EXISTS {}@'localhost'",
+                stratus_core::sql::quote_str(REPLICATION_USER)
+            ))
+            .await?;
+        admin.close().await;
+        Ok::<_, RuntimeError>(())
+    };
+    if let Err(e) = dropped.await {
+        tracing::warn!(db = %name, "the replication account stays on its server: {e}");
     }
 }
 
