@@ -266,12 +266,17 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .admin_on(name, to, Duration::from_secs(10))
             .await
             .map_err(|e| Failed("catch-up", e.to_string()))?;
+        // One login to the source for the whole catch-up, not one per look at its position.
+        let mut source = self
+            .admin(name)
+            .await
+            .map_err(|e| Failed("catch-up", e.to_string()))?;
         let mut last_report = 0;
         loop {
-            let pos = self
-                .source_position(name)
+            let pos = source
+                .gtid_binlog_pos()
                 .await
-                .map_err(|e| Failed("catch-up", e))?;
+                .map_err(|e| Failed("catch-up", e.to_string()))?;
             let reached = replica
                 .wait_for_gtid(&pos, CLOSE_ENOUGH)
                 .await
@@ -304,6 +309,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 ));
             }
         }
+        source.close().await;
         let catch_up_ms = catching.elapsed().as_millis() as u64;
 
         // The cut-over. Commands are held from here until `hold` is dropped, on every path, and
@@ -462,13 +468,5 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             pause_ms,
             total_ms: begin.elapsed().as_millis() as u64,
         })
-    }
-
-    /// The source's binary log position now.
-    async fn source_position(&self, name: &ServiceName) -> std::result::Result<String, String> {
-        let mut conn = self.admin(name).await.map_err(|e| e.to_string())?;
-        let pos = conn.gtid_binlog_pos().await.map_err(|e| e.to_string());
-        conn.close().await;
-        pos
     }
 }

@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::Stratus;
 use common::bank::*;
+use common::{Stratus, now_rfc3339};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 use serde_json::Value;
@@ -59,6 +59,19 @@ fn sysbench(s: &Stratus, o: &Opts, args: &[&str]) -> Command {
         ])
         .args(args);
     cmd
+}
+
+/// `db migrate bank --to n2 --json` in a thread of its own, for a test that acts meanwhile.
+fn migrate_in_background(s: &Stratus) -> std::thread::JoinHandle<std::process::Output> {
+    let (api, dir) = (s.api.clone(), s.data_dir());
+    std::thread::spawn(move || {
+        Command::new(common::BIN)
+            .args(["--api", &api, "--data-dir"])
+            .arg(&dir)
+            .args(["db", "migrate", "bank", "--to", "n2", "--json"])
+            .output()
+            .unwrap()
+    })
 }
 
 /// The longest any client went without a successful statement between `from` and `to`.
@@ -124,19 +137,8 @@ async fn a_database_moves_to_another_node_under_load_and_no_client_notices() {
     fifty_more_commits(&clients.tally, "before the move").await;
 
     // Two moves at once: one goes through, the other is refused while it runs.
-    let migrate = || {
-        let (api, dir) = (s.api.clone(), s.data_dir());
-        std::thread::spawn(move || {
-            Command::new(common::BIN)
-                .args(["--api", &api, "--data-dir"])
-                .arg(&dir)
-                .args(["db", "migrate", "bank", "--to", "n2", "--json"])
-                .output()
-                .unwrap()
-        })
-    };
     let began = Instant::now();
-    let (one, other) = (migrate(), migrate());
+    let (one, other) = (migrate_in_background(&s), migrate_in_background(&s));
     let (one, other) = (one.join().unwrap(), other.join().unwrap());
     let moved_at = Instant::now();
     let (out, refused) = if one.status.success() {
@@ -310,15 +312,7 @@ async fn a_target_killed_in_any_phase_leaves_the_source_serving_and_nothing_lost
     {
         fifty_more_commits(&clients.tally, point).await;
         std::fs::write(points.join(point), b"").unwrap();
-        let (api, dir) = (s.api.clone(), s.data_dir());
-        let migrate = std::thread::spawn(move || {
-            Command::new(common::BIN)
-                .args(["--api", &api, "--data-dir"])
-                .arg(&dir)
-                .args(["db", "migrate", "bank", "--to", "n2"])
-                .output()
-                .unwrap()
-        });
+        let migrate = migrate_in_background(&s);
         let file = reached(&points, point, &migrate);
         let pid = target_pid(&disk2);
         rustix::process::kill_process(
@@ -488,15 +482,7 @@ async fn a_tenant_can_neither_move_its_database_nor_reach_the_replication_relay(
     assert!(err.contains("takes a token for all databases"), "{err}");
 
     std::fs::write(points.join("migrate-catching-up"), b"").unwrap();
-    let (api, dir) = (s.api.clone(), s.data_dir());
-    let migrate = std::thread::spawn(move || {
-        Command::new(common::BIN)
-            .args(["--api", &api, "--data-dir"])
-            .arg(&dir)
-            .args(["db", "migrate", "bank", "--to", "n2"])
-            .output()
-            .unwrap()
-    });
+    let migrate = migrate_in_background(&s);
     let file = reached(&points, "migrate-catching-up", &migrate);
     let stratus_pid = s.child.as_ref().unwrap().id();
     let own: Vec<u16> = [&s.api, &s.listen]
@@ -550,14 +536,6 @@ async fn a_tenant_can_neither_move_its_database_nor_reach_the_replication_relay(
     c.disconnect().await.unwrap();
     let _ = opts;
     s.stop();
-}
-
-fn now_rfc3339() -> String {
-    let us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64;
-    stratus_core::time::rfc3339_us(us)
 }
 
 /// The moved database's new server starts a binary log of its own: its archive is kept apart

@@ -7,22 +7,13 @@
 
 mod common;
 
-use common::Stratus;
+use common::{Stratus, now_rfc3339};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-
-/// Now, in RFC 3339 to the microsecond.
-fn now_rfc3339() -> String {
-    let us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64;
-    stratus_core::time::rfc3339_us(us)
-}
 
 /// A time and the ledger then.
 type Mark = (String, Vec<(u64, i64)>);

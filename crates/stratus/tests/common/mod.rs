@@ -415,6 +415,15 @@ pub fn remove_cgroups(parent: &str) {
     }
 }
 
+/// Now, in RFC 3339 to the microsecond (what `--time` takes).
+pub fn now_rfc3339() -> String {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    stratus_core::time::rfc3339_us(us)
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
