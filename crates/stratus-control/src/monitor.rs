@@ -30,6 +30,8 @@ const REFRESH_TICKS: u32 = 25;
 struct Tracked {
     window: Window,
     last_change_ms: Option<i64>,
+    /// The size the window was measured at (the catalog's, as of the last tick).
+    scu: Option<u32>,
     /// When it last became active (idle time counts from here if no statement ran since).
     active_since_ms: i64,
     suspended_since_ms: Option<i64>,
@@ -115,6 +117,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// One database's tick: sample, then decide.
     fn observe_one(&self, svc: &DatabaseService, t: &mut Tracked, now: i64) -> Option<Action> {
         let name = svc.name();
+        // A size the monitor did not set (by hand, or a wake or a move at another size) is a
+        // change like its own: the cooldown and a whole down-window count from it, and samples
+        // taken at the old size are dropped. Otherwise a size set by hand on a database that had
+        // been idle for a down-window would be undone at the next tick.
+        if t.scu.replace(svc.scu).is_some_and(|old| old != svc.scu) {
+            t.last_change_ms = Some(now);
+            t.window.clear();
+        }
         // The state the monitor acts on is the live one (the catalog copy is refreshed slowly).
         let suspended = self.is_suspended(name);
         if suspended {

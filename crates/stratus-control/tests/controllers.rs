@@ -448,6 +448,47 @@ async fn the_autoscaler_grows_a_database_pinned_at_its_quota() {
     );
 }
 
+/// A size set by hand on a database that has been idle for a whole down-window is kept for the
+/// cooldown and a new down-window, as if the autoscaler had set it, and only then scaled down:
+/// samples taken at the old size say nothing about the new one. Real clock, like the monitor.
+#[tokio::test]
+async fn a_size_set_by_hand_is_not_undone_by_samples_from_before_it() {
+    let (cp, _rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let policy = stratus_core::ScalingPolicy {
+        scale_down_window_ms: 1_000,
+        ..stratus_core::ScalingPolicy::default()
+    };
+    cp.store()
+        .set_scaling_policy(&db("shop"), &policy)
+        .await
+        .unwrap();
+    let monitor = tokio::spawn(cp.clone().monitor());
+    // A measurement over the last second means a whole (one-second) down-window of idleness.
+    until("measured idle", || async {
+        cp.measured(&db("shop")).and_then(|m| m.cpu_millis) == Some(0.0)
+    })
+    .await;
+    cp.scale("shop", 3).await.unwrap();
+    let set = std::time::Instant::now();
+    until("scaled back down", || async {
+        cp.store().service(&db("shop")).await.unwrap().unwrap().scu < 3
+    })
+    .await;
+    let kept = set.elapsed();
+    monitor.abort();
+    let least = Duration::from_millis(stratus_control::scaler::COOLDOWN_MS.max(1_000) as u64);
+    assert!(kept >= least, "kept {kept:?}, less than {least:?}");
+    let ev = events(&cp, "shop").await;
+    assert!(
+        ev.last()
+            .unwrap()
+            .1
+            .starts_with("autoscaled down 3 → 1 SCU"),
+        "{ev:?}"
+    );
+}
+
 /// An idle database is suspended after its policy's idle time, and parked after its time
 /// suspended; each is an event that says why.
 #[tokio::test]

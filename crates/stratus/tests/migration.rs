@@ -396,15 +396,27 @@ async fn a_node_pushed_over_its_watermark_by_scaling_sheds_one_database() {
     sized_nodes(&s, 64, 8);
     s.start();
     for name in ["a", "b", "c"] {
-        s.json(&["db", "create", name, "--tier", "standard", "--max-scu", "4"]);
+        s.json(&["db", "create", name, "--tier", "standard", "--max-scu", "8"]);
         assert_eq!(s.json(&["db", "show", name])["node"], "local");
     }
-    // `local` now offers 8 GiB: three 1-SCU databases (1 GiB of buffer pool each) are under 70 %.
+    // `local` now offers 12 GiB: three 1-SCU databases (1 GiB of buffer pool each) are under 70 %.
     s.stop();
-    sized_nodes(&s, 8, 64);
+    sized_nodes(&s, 12, 64);
     s.start();
-    s.json(&["db", "scale", "b", "--scu", "3"]); // 5 GiB of pools: 62 %
-    s.json(&["db", "scale", "c", "--scu", "2"]); // 6 GiB: 75 %, over
+    s.json(&["db", "scale", "b", "--scu", "6"]); // 8 GiB of pools: 67 %
+    // Growing a pool takes the server a second of CPU, which would make `b` look busy, and
+    // moving a busy database dearer than moving an idle one: `b` settles first.
+    let begin = Instant::now();
+    loop {
+        let b = s.json(&["db", "show", "b"]);
+        let cpu = b["measured"]["cpu_millis"].as_f64();
+        if b["scu"] == 6 && cpu.is_some_and(|c| c < 50.0) {
+            break;
+        }
+        assert!(begin.elapsed() < Duration::from_secs(60), "{b}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.json(&["db", "scale", "c", "--scu", "2"]); // 9 GiB: 75 %, over
     let moved = s.wait_for_event("b", "migrated", Duration::from_secs(120));
     let message = moved["message"].as_str().unwrap();
     assert!(

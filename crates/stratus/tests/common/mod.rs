@@ -251,7 +251,6 @@ impl Stratus {
         }
     }
 
-    /// Polls the event log until an event of `kind` for `db` appears (bounded).
     /// The private socket of a database's server, from `db show` (only root may reach it).
     pub fn backend_socket(&self, db: &str) -> String {
         let shown = self.json(&["db", "show", db]);
@@ -259,6 +258,8 @@ impl Stratus {
         backend.strip_prefix("unix:").unwrap().to_owned()
     }
 
+    /// Polls the event log until an event of `kind` for `db` appears (bounded; a timeout shows
+    /// every event of the installation, which tells what happened instead).
     pub fn wait_for_event(&self, db: &str, kind: &str, timeout: Duration) -> Value {
         let begin = Instant::now();
         loop {
@@ -271,10 +272,24 @@ impl Stratus {
             {
                 return e.clone();
             }
-            assert!(
-                begin.elapsed() < timeout,
-                "no {kind} event for {db} within {timeout:?}"
-            );
+            if begin.elapsed() >= timeout {
+                let all = self.json(&["events", "--limit", "1000"]);
+                let lines: Vec<String> = all
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} {} {}: {}",
+                            e["time_ms"], e["db"], e["kind"], e["message"]
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "no {kind} event for {db} within {timeout:?}; the events:\n{}",
+                    lines.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
