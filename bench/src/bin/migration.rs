@@ -190,6 +190,19 @@ async fn main() -> anyhow::Result<()> {
         during
     );
     let cut_over_at = (report.copy_ms + report.catch_up_ms) as f64 / 1000.0;
+    // What clients felt of the cut-over: the longest statement running at any moment from its
+    // start to a second after the move (reconnections to the new server included).
+    let window = (
+        started + Duration::from_secs_f64(cut_over_at),
+        ended + Duration::from_secs(1),
+    );
+    let felt = seen
+        .latencies
+        .iter()
+        .filter(|(at, d)| *at >= window.0 && *at - *d <= window.1)
+        .map(|(_, d)| d.as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max);
+    println!("  the longest statement from the cut-over to a second after the move: {felt:.0} ms");
     println!(
         "  statements over 200 ms during the move (began at s after its start, took ms; the cut-over began at {cut_over_at:.1} s): {:?}",
         slow.iter()

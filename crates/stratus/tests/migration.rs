@@ -231,6 +231,37 @@ async fn a_database_moves_to_another_node_under_load_and_no_client_notices() {
     assert!(data.starts_with(disk2.to_str().unwrap()), "{data}");
     assert!(!alive(source_pid), "the source's server is gone");
     assert!(!source_dir.exists(), "the source's data is gone");
+    // The copy caught up with durability relaxed; the server it became is as durable as any,
+    // and its commits wait for its commit clock again (a write through the proxy shows it).
+    let mut root = Conn::new(
+        mysql_async::OptsBuilder::default()
+            .socket(Some(s.backend_socket("bank")))
+            .user(Some("root")),
+    )
+    .await
+    .unwrap();
+    let flush: u32 = root
+        .query_first("SELECT @@innodb_flush_log_at_trx_commit")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(flush, 1);
+    let before = acked(&mut root).await;
+    let mut client = Conn::new(o.clone()).await.unwrap();
+    client
+        .query_drop("CREATE TABLE after_move (x INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    client
+        .query_drop("INSERT INTO after_move VALUES (1)")
+        .await
+        .unwrap();
+    client.disconnect().await.unwrap();
+    assert!(
+        acked(&mut root).await > before,
+        "the commit clock acknowledged it"
+    );
+    root.disconnect().await.unwrap();
     let events = s.json(&["events", "--db", "bank", "--limit", "1000"]);
     let migrated: Vec<&Value> = events
         .as_array()
@@ -247,6 +278,19 @@ async fn a_database_moves_to_another_node_under_load_and_no_client_notices() {
         );
     }
     s.stop();
+}
+
+/// Commits a server's commit clock has acknowledged (`Rpl_semi_sync_master_yes_tx`).
+async fn acked(root: &mut Conn) -> u64 {
+    let (_, n): (String, u64) = root
+        .query_first(
+            "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+             WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_YES_TX'",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    n
 }
 
 /// Waits (bounded) for the armed failpoint `name` to be reached (`stratus_runtime::failpoint`)

@@ -286,9 +286,10 @@ async fn without_volumes_the_limit_is_kept_by_measuring_and_a_delete_makes_room(
             Err(mysql_async::Error::Server(e)) if e.code == 1114 => {}
             Err(e) => panic!("{e}"),
         }
+        // Purge runs at the database's CPU quota; beside a whole suite it has taken a minute.
         assert!(
-            begin.elapsed() < Duration::from_secs(60),
-            "writes still refused a minute after the delete"
+            begin.elapsed() < Duration::from_secs(180),
+            "writes still refused three minutes after the delete"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -201,16 +201,8 @@ impl Inner {
         bytes: u64,
         replay: Option<&LogReplay>,
     ) -> Result<()> {
-        let paths = self.paths(key);
-        if std::fs::symlink_metadata(&paths.dir).is_ok() {
-            return Err(RuntimeError::StorageExists(key.to_owned()));
-        }
+        let paths = self.empty_storage(key, bytes)?;
         let made = (|| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::create_dir(&paths.dir)?;
-            std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))?;
-            self.make_data_dir(key, bytes, &paths)
-                .map_err(std::io::Error::other)?;
             template::copy_into(&from.join("data"), &paths.data)?;
             let wrapped = from.join(keys::WRAPPED_KEY_FILE);
             if wrapped.exists() {
@@ -222,14 +214,51 @@ impl Inner {
             Ok::<_, std::io::Error>(())
         })()
         .map_err(|e| RuntimeError::io(format!("cannot restore into {}", paths.dir.display()), e));
-        if let Err(e) = made.and_then(|()| self.user.give(&paths.dir)) {
-            if let Ok(v) = &self.volumes {
-                let _ = v.remove(key, &paths.data);
-            }
-            let _ = std::fs::remove_dir_all(&paths.dir);
+        self.finish_storage(key, &paths, made)
+    }
+
+    /// Makes the directory of `key` and its empty data directory (a volume of `bytes` where
+    /// there are volumes), for a restore or a backup to fill; `finish_storage` ends it.
+    pub(super) fn empty_storage(&self, key: &str, bytes: u64) -> Result<DbPaths> {
+        let paths = self.paths(key);
+        if std::fs::symlink_metadata(&paths.dir).is_ok() {
+            return Err(RuntimeError::StorageExists(key.to_owned()));
+        }
+        let made = (|| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir(&paths.dir)?;
+            std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))?;
+            self.make_data_dir(key, bytes, &paths)
+                .map_err(std::io::Error::other)
+        })()
+        .map_err(|e| RuntimeError::io(format!("cannot make {}", paths.dir.display()), e));
+        if let Err(e) = made {
+            self.remove_storage(key, &paths);
             return Err(e);
         }
-        Ok(())
+        Ok(paths)
+    }
+
+    /// Gives the filled storage of `key` to the servers' user, or, if filling it failed
+    /// (`filled`), removes it whole.
+    pub(super) fn finish_storage<T>(
+        &self,
+        key: &str,
+        paths: &DbPaths,
+        filled: Result<T>,
+    ) -> Result<T> {
+        let given = filled.and_then(|t| self.user.give(&paths.dir).map(|()| t));
+        if given.is_err() {
+            self.remove_storage(key, paths);
+        }
+        given
+    }
+
+    fn remove_storage(&self, key: &str, paths: &DbPaths) {
+        if let Ok(v) = &self.volumes {
+            let _ = v.remove(key, &paths.data);
+        }
+        let _ = std::fs::remove_dir_all(&paths.dir);
     }
 
     /// Makes the storage of `key` a block-sharing copy of the running `source`'s: commits are
@@ -460,10 +489,14 @@ impl Inner {
         // target's own file system (a rename cannot cross into a volume), never the backup.
         let scratch = paths.data.join(".stratus-incremental");
         for inc in incrementals {
-            let _ = std::fs::remove_dir_all(&scratch);
-            std::fs::create_dir(&scratch)
-                .and_then(|()| template::copy_into(&inc.join("data"), &scratch))
-                .map_err(|e| RuntimeError::io(format!("cannot copy {}", inc.display()), e))?;
+            let (from, to) = (inc.join("data"), scratch.clone());
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_dir_all(&to);
+                std::fs::create_dir(&to).and_then(|()| template::copy_into(&from, &to))
+            })
+            .await
+            .map_err(|e| RuntimeError::Other(format!("copy task: {e}")))?
+            .map_err(|e| RuntimeError::io(format!("cannot copy {}", inc.display()), e))?;
             let applied = self
                 .run_backup_tool(
                     "--prepare --incremental-dir",

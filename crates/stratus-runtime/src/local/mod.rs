@@ -38,7 +38,6 @@ use crate::{
 use process::Pidfd;
 use rustix::process::Signal;
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -394,6 +393,11 @@ impl Inner {
 
     /// Makes the (empty) data directory of a new database: a volume of `bytes` mounted there,
     /// or a plain directory where there are no volumes.
+    /// Whether servers wait at each commit for the commit clock's acknowledgement.
+    fn semi_sync(&self) -> bool {
+        self.cfg.commit_clock && self.cfg.exact_commit_times
+    }
+
     fn make_data_dir(&self, key: &str, bytes: u64, paths: &DbPaths) -> Result<()> {
         match &self.volumes {
             Ok(v) => {
@@ -522,7 +526,7 @@ impl Inner {
             } else {
                 config::server_id(&format!("{}/{}", self.cfg.node, spec.key))
             },
-            semi_sync: self.cfg.commit_clock && self.cfg.exact_commit_times,
+            semi_sync: self.semi_sync(),
             buffer_pool_bytes: spec.resources.buffer_pool_bytes,
             buffer_pool_max_bytes: self
                 .mariadb
@@ -1048,8 +1052,14 @@ impl Runtime for LocalRuntime {
         })?;
         let data = self.inner.paths(name.as_str()).data;
         let key = self.inner.volume_key(name.as_str());
-        v.grow(&key, bytes, &data)?;
-        Ok(v.size(&key).unwrap_or(bytes))
+        // `xfs_growfs` on a mounted file system: off the runtime's threads.
+        let v = v.clone();
+        tokio::task::spawn_blocking(move || {
+            v.grow(&key, bytes, &data)?;
+            Ok(v.size(&key).unwrap_or(bytes))
+        })
+        .await
+        .map_err(|e| RuntimeError::Other(format!("storage task: {e}")))?
     }
 
     fn shares_blocks(&self) -> bool {
@@ -1174,23 +1184,20 @@ impl From<&InstanceSpec> for Launch {
 impl Inner {
     /// New storage from the template, given to the servers' user, and started.
     async fn provision_copy(self: &Arc<Self>, launch: &Launch) -> Result<Instance> {
-        let paths = self.paths(&launch.key);
-        if std::fs::symlink_metadata(&paths.dir).is_ok() {
-            return Err(RuntimeError::StorageExists(launch.key.clone()));
-        }
-        std::fs::create_dir(&paths.dir)
-            .map_err(|e| RuntimeError::io(format!("cannot create {}", paths.dir.display()), e))?;
-        std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700)).map_err(
-            |e| RuntimeError::io(format!("cannot set the mode of {}", paths.dir.display()), e),
-        )?;
-        self.make_data_dir(&launch.key, launch.storage_bytes, &paths)?;
-        template::copy_into(&self.template.data, &paths.data).map_err(|e| {
-            RuntimeError::io(
-                format!("cannot copy the template to {}", paths.data.display()),
-                e,
-            )
-        })?;
-        self.user.give(&paths.dir)?;
+        // A file system made and a template copied: off the runtime's threads.
+        let (inner, key, bytes) = (self.clone(), launch.key.clone(), launch.storage_bytes);
+        tokio::task::spawn_blocking(move || {
+            let paths = inner.empty_storage(&key, bytes)?;
+            let filled = template::copy_into(&inner.template.data, &paths.data).map_err(|e| {
+                RuntimeError::io(
+                    format!("cannot copy the template to {}", paths.data.display()),
+                    e,
+                )
+            });
+            inner.finish_storage(&key, &paths, filled)
+        })
+        .await
+        .map_err(|e| RuntimeError::Other(format!("storage task: {e}")))??;
         self.start_server(launch).await
     }
 
@@ -1240,6 +1247,17 @@ impl Inner {
         if let Some(cg) = self.cgroups.as_ref().and_then(|m| m.open(key).ok()) {
             cg.remove()?;
         }
+        // Unmounting a volume writes back what is dirty, and a data directory can hold
+        // gigabytes: off the runtime's threads, whose other tasks (the proxy's sessions among
+        // them) must not wait for it.
+        let (inner, key) = (self.clone(), key.to_owned());
+        tokio::task::spawn_blocking(move || inner.remove_files(&key))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("removal task: {e}")))?
+    }
+
+    /// The files of a stopped server of `key`: its volume, socket and directory.
+    fn remove_files(&self, key: &str) -> Result<()> {
         let paths = self.paths(key);
         if let Ok(v) = &self.volumes {
             v.remove(&self.volume_key(key), &paths.data)?;

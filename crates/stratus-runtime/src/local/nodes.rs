@@ -371,27 +371,37 @@ impl Runtime for LocalNodes {
             admin.exec(&sql).await?;
         }
         admin.close().await;
-        let work = target.inner.cfg.root.join("migrations").join(name);
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(work.parent().unwrap_or(&work))
-            .map_err(|e| RuntimeError::io(format!("cannot create {}", work.display()), e))?;
         let made = async {
-            let taken = source.backup(&spec.name, &work, None).await?;
-            let snapshot_gtid = taken.gtid.clone().unwrap_or_default();
-            let copied_bytes = super::volume::disk_use(&work.join("data"));
-            let from = RestoreFrom {
-                full: work.clone(),
-                incrementals: Vec::new(),
-                replay: None,
-            };
             // The copy's volume as large as the source's (which the storage controller grew
             // with its data), and never smaller than the data with room to replicate into.
+            let used = source.storage(&spec.name);
             let mut sized = spec.clone();
             sized.storage_bytes = spec
                 .storage_bytes
-                .max(source.storage(&spec.name).map_or(0, |u| u.volume_bytes))
-                .max(copied_bytes + copied_bytes / 4);
-            target.restore(&sized, &from).await?;
+                .max(used.as_ref().map_or(0, |u| u.volume_bytes))
+                .max(used.as_ref().map_or(0, |u| u.used_bytes + u.used_bytes / 4));
+            // The backup is written straight into the copy's data directory and prepared there:
+            // the data crosses once.
+            let inner = target.inner.clone();
+            let (key, bytes) = (name.to_owned(), sized.storage_bytes);
+            let paths = tokio::task::spawn_blocking(move || inner.empty_storage(&key, bytes))
+                .await
+                .map_err(|e| RuntimeError::Other(format!("storage task: {e}")))??;
+            let taken = source.backup(&spec.name, &paths.dir, None).await;
+            let taken = target.inner.finish_storage(name, &paths, taken)?;
+            let snapshot_gtid = taken.gtid.clone().unwrap_or_default();
+            let copied_bytes = super::volume::disk_use(&paths.data);
+            // Written back before it serves: otherwise the copy's first commit that waits for
+            // the disk (after its promotion, the catch-up does not) waits for all of it.
+            let data = paths.data.clone();
+            tokio::task::spawn_blocking(move || {
+                let dir = std::fs::File::open(&data)?;
+                rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+            })
+            .await
+            .map_err(|e| RuntimeError::Other(format!("sync task: {e}")))?
+            .map_err(|e| RuntimeError::io("cannot write the copy back to its disk", e))?;
+            target.start(&sized).await?;
             // Catching up is a burst: the copy may use the CPU of the database's largest size
             // until it is promoted (the promotion sets its size).
             target
@@ -423,6 +433,12 @@ impl Runtime for LocalNodes {
                 // the source's order (<https://mariadb.com/kb/en/parallel-replication/>).
                 "SET GLOBAL slave_parallel_threads = 4".to_owned(),
                 "SET GLOBAL slave_parallel_mode = 'optimistic'".to_owned(),
+                // A copy that fails while it catches up is thrown away, never recovered: until
+                // its promotion makes it durable again, it writes its redo log to the file
+                // system once a second rather than at each commit, and its commits do not wait
+                // for its commit clock.
+                "SET GLOBAL innodb_flush_log_at_trx_commit = 2".to_owned(),
+                "SET GLOBAL rpl_semi_sync_master_enabled = OFF".to_owned(),
                 format!(
                     "SET GLOBAL gtid_slave_pos = {}",
                     stratus_core::sql::quote_str(&snapshot_gtid)
@@ -445,7 +461,6 @@ impl Runtime for LocalNodes {
             })
         }
         .await;
-        let _ = std::fs::remove_dir_all(&work);
         if made.is_err() {
             let _ = self.remove_copy(&spec.name, &spec.node).await;
         }
@@ -478,6 +493,21 @@ impl Runtime for LocalNodes {
                 "database {name} has no replica on node {node}"
             )));
         }
+        // Durable as any server before it serves: what it applied reaches the disk now.
+        let mut admin = self.nodes[i].admin(name, Duration::from_secs(10)).await?;
+        let semi_sync = if self.nodes[i].inner.semi_sync() {
+            "ON"
+        } else {
+            "OFF"
+        };
+        for sql in [
+            "SET GLOBAL innodb_flush_log_at_trx_commit = 1".to_owned(),
+            format!("SET GLOBAL rpl_semi_sync_master_enabled = {semi_sync}"),
+            "FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS".to_owned(),
+        ] {
+            admin.exec(&sql).await?;
+        }
+        admin.close().await;
         self.homes().insert(name.as_str().to_owned(), i);
         // Its source's replication account came with the snapshot; nothing logs in with it now.
         drop_replication_account(&self.nodes[i], name).await;

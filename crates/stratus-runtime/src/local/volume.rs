@@ -25,6 +25,7 @@ pub const MIN_BYTES: u64 = 300 << 20;
 /// what limits a database.
 pub const POOL_BYTES: u64 = 4 << 40;
 
+#[derive(Clone)]
 pub struct Volumes {
     /// Where the image files are.
     dir: PathBuf,
