@@ -67,6 +67,19 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: imp
     panic!("never happened: {what}");
 }
 
+/// Gives `name` its scaling `policy` and starts the monitor.
+async fn monitor_with(
+    cp: &Cp,
+    name: &str,
+    policy: &stratus_core::ScalingPolicy,
+) -> tokio::task::JoinHandle<()> {
+    cp.store()
+        .set_scaling_policy(&db(name), policy)
+        .await
+        .unwrap();
+    tokio::spawn(cp.clone().monitor())
+}
+
 async fn set_state(cp: &Cp, name: &str, state: DbState) {
     let mut svc = cp.store().service(&db(name)).await.unwrap().unwrap();
     svc.state = state;
@@ -459,11 +472,7 @@ async fn a_size_set_by_hand_is_not_undone_by_samples_from_before_it() {
         scale_down_window_ms: 1_000,
         ..stratus_core::ScalingPolicy::default()
     };
-    cp.store()
-        .set_scaling_policy(&db("shop"), &policy)
-        .await
-        .unwrap();
-    let monitor = tokio::spawn(cp.clone().monitor());
+    let monitor = monitor_with(&cp, "shop", &policy).await;
     // A measurement over the last second means a whole (one-second) down-window of idleness.
     until("measured idle", || async {
         cp.measured(&db("shop")).and_then(|m| m.cpu_millis) == Some(0.0)
@@ -500,11 +509,7 @@ async fn an_idle_database_is_suspended_then_parked() {
         suspend_to_park_ms: 300,
         ..stratus_core::ScalingPolicy::default()
     };
-    cp.store()
-        .set_scaling_policy(&db("shop"), &policy)
-        .await
-        .unwrap();
-    let monitor = tokio::spawn(cp.clone().monitor());
+    let monitor = monitor_with(&cp, "shop", &policy).await;
     until("suspended", || async {
         rt.server("shop").is_some_and(|s| s.frozen)
     })

@@ -235,14 +235,7 @@ async fn a_server_resized_behind_stratus_is_brought_back_to_its_size() {
     ]);
     let shown = s.json(&["db", "show", "shop"]);
     let pool = shown["buffer_pool_size"].as_u64().unwrap();
-    let socket = s.backend_socket("shop");
-    let mut root = mysql_async::Conn::new(
-        mysql_async::OptsBuilder::default()
-            .socket(Some(socket))
-            .user(Some("root")),
-    )
-    .await
-    .unwrap();
+    let mut root = s.direct("shop").await;
     // Pinned at 2 SCU, so the autoscaler has no say; its pool may not grow past its maximum.
     root.query_drop(format!("SET GLOBAL innodb_buffer_pool_size = {}", pool / 2))
         .await

@@ -233,13 +233,7 @@ async fn a_database_moves_to_another_node_under_load_and_no_client_notices() {
     assert!(!source_dir.exists(), "the source's data is gone");
     // The copy caught up with durability relaxed; the server it became is as durable as any,
     // and its commits wait for its commit clock again (a write through the proxy shows it).
-    let mut root = Conn::new(
-        mysql_async::OptsBuilder::default()
-            .socket(Some(s.backend_socket("bank")))
-            .user(Some("root")),
-    )
-    .await
-    .unwrap();
+    let mut root = s.direct("bank").await;
     let flush: u32 = root
         .query_first("SELECT @@innodb_flush_log_at_trx_commit")
         .await

@@ -762,19 +762,6 @@ async fn a_client_never_sees_the_previous_clients_profile() {
     s.stop();
 }
 
-/// A connection straight to the database's server (its socket, as root), to compare with.
-async fn direct(s: &Stratus, db: &str) -> Conn {
-    let socket = s.backend_socket(db);
-    Conn::new(
-        mysql_async::OptsBuilder::default()
-            .socket(Some(socket))
-            .user(Some("root"))
-            .db_name(Some(db)),
-    )
-    .await
-    .unwrap()
-}
-
 /// Every statement's rows (values as SQL literals), or its error code.
 async fn answers(conn: &mut Conn, statements: &[&str]) -> Vec<Result<Vec<Vec<String>>, u16>> {
     let mut out = Vec::new();
@@ -821,7 +808,7 @@ async fn diagnostics_after_a_user_variable_assignment_are_the_servers() {
         "SELECT @d",
     ];
     let proxied = answers(&mut conn, &statements).await;
-    let mut server = direct(&s, "shop").await;
+    let mut server = s.direct("shop").await;
     let direct = answers(&mut server, &statements).await;
     for ((sql, p), d) in statements.iter().zip(&proxied).zip(&direct) {
         assert_eq!(p, d, "{sql}: through the proxy, then directly");
@@ -915,7 +902,7 @@ async fn a_client_that_changes_its_own_password_keeps_working_after_a_reconnect(
     let (user, first) = created(&s, "shop");
     let login = |pw: &str| Conn::new(s.sql_opts(&user, pw, Some("shop")));
     let mut conn = login(&first).await.unwrap();
-    let mut server = direct(&s, "shop").await;
+    let mut server = s.direct("shop").await;
     let mut old = first.clone();
     for (change, new, honoured) in [
         ("SET PASSWORD = PASSWORD('pw1')", "pw1", true),
@@ -1015,7 +1002,7 @@ async fn current_user_is_the_servers_account_without_the_database_prefix() {
 
 /// A global status counter of the database's server, read on a direct connection.
 async fn server_counter(s: &Stratus, name: &str) -> u64 {
-    let mut server = direct(s, "shop").await;
+    let mut server = s.direct("shop").await;
     let row: Option<(String, u64)> = server
         .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
         .await

@@ -258,6 +258,18 @@ impl Stratus {
         backend.strip_prefix("unix:").unwrap().to_owned()
     }
 
+    /// A connection straight to the database's server (its socket, as root), past the proxy.
+    pub async fn direct(&self, db: &str) -> mysql_async::Conn {
+        mysql_async::Conn::new(
+            mysql_async::OptsBuilder::default()
+                .socket(Some(self.backend_socket(db)))
+                .user(Some("root"))
+                .db_name(Some(db)),
+        )
+        .await
+        .unwrap()
+    }
+
     /// Polls the event log until an event of `kind` for `db` appears (bounded; a timeout shows
     /// every event of the installation, which tells what happened instead).
     pub fn wait_for_event(&self, db: &str, kind: &str, timeout: Duration) -> Value {
