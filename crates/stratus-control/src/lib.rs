@@ -124,7 +124,7 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     locks: Mutex<HashMap<ServiceName, Arc<tokio::sync::Mutex<()>>>>,
     started: Instant,
     /// Databases being moved to another node (`migrate`): one move at a time each.
-    migrating: Mutex<std::collections::HashSet<ServiceName>>,
+    migrating: Mutex<HashMap<ServiceName, migrate::MoveProgress>>,
     /// The proxy's holds, for cut-overs (`migrate::Gate`).
     gate: std::sync::OnceLock<Arc<dyn migrate::Gate>>,
     /// When each database last moved (ms since the epoch): rebalancing's cooldown.
@@ -149,7 +149,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             cfg,
             locks: Mutex::new(HashMap::new()),
             started: Instant::now(),
-            migrating: Mutex::new(std::collections::HashSet::new()),
+            migrating: Mutex::new(HashMap::new()),
             gate: std::sync::OnceLock::new(),
             moved_at: Mutex::new(HashMap::new()),
         })

@@ -219,6 +219,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             cpu_usage_seconds: seen.cpu_usage_ns.map(|ns| ns as f64 / 1e9),
             activity: self.activity(svc.name()),
             measured: self.measured(svc.name()),
+            moving: self.move_progress(svc.name()),
             memory_usage: seen.memory_usage_bytes,
             storage_used_bytes: storage.map(|u| u.used_bytes),
             // Without a volume the limit is the one Stratus keeps by measuring.

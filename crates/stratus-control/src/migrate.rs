@@ -78,6 +78,20 @@ pub struct MigrationReport {
     pub total_ms: u64,
 }
 
+/// Where a move under way is: `db show` shows it, and `db migrate` follows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoveProgress {
+    /// The target node (empty until it is chosen).
+    pub to: String,
+    /// `starting`, `copy`, `catch-up`, `cut-over` or `clean-up`.
+    pub phase: String,
+    /// When the phase began, in ms since the epoch.
+    pub since_ms: i64,
+    /// While it catches up: how far the copy is behind its source, as the copy reports it.
+    #[serde(default)]
+    pub behind_secs: Option<u64>,
+}
+
 /// Marks a database as migrating for as long as it lives.
 struct Migrating<'a, S: Store, R: Runtime> {
     cp: &'a ControlPlane<S, R>,
@@ -94,8 +108,28 @@ impl<S: Store, R: Runtime> Drop for Migrating<'_, S, R> {
 struct Failed(&'static str, String);
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
-    fn migrating(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ServiceName>> {
+    fn migrating(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ServiceName, MoveProgress>> {
         self.migrating.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The move of `name` under way, if any.
+    pub fn move_progress(&self, name: &ServiceName) -> Option<MoveProgress> {
+        self.migrating().get(name).cloned()
+    }
+
+    /// Records that the move of `name` to `to` entered `phase`.
+    fn entered(&self, name: &ServiceName, to: &str, phase: &str) {
+        self.migrating().insert(
+            name.clone(),
+            MoveProgress {
+                to: to.to_owned(),
+                phase: phase.to_owned(),
+                since_ms: stratus_core::time::now_ms(),
+                behind_secs: None,
+            },
+        );
     }
 
     /// Connects the proxy's holds (set once, after the proxy starts).
@@ -117,10 +151,20 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         why: Option<String>,
     ) -> Result<MigrationReport> {
         let name = ServiceName::parse(db)?;
-        if !self.migrating().insert(name.clone()) {
-            return Err(ControlError::WrongState(format!(
-                "database {name} is being migrated already"
-            )));
+        let starting = MoveProgress {
+            to: String::new(),
+            phase: "starting".into(),
+            since_ms: stratus_core::time::now_ms(),
+            behind_secs: None,
+        };
+        {
+            let mut moving = self.migrating();
+            if moving.contains_key(&name) {
+                return Err(ControlError::WrongState(format!(
+                    "database {name} is being migrated already"
+                )));
+            }
+            moving.insert(name.clone(), starting);
         }
         let _migrating = Migrating {
             cp: self,
@@ -252,12 +296,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let mut spec = self.instance_spec(&svc);
         spec.node = to.to_owned();
 
+        self.entered(name, to, "copy");
         let started = self
             .runtime
             .start_replica(&spec)
             .await
             .map_err(|e| Failed("copy", e.to_string()))?;
         let copy_ms = begin.elapsed().as_millis() as u64;
+        self.entered(name, to, "catch-up");
         failpoint::reached("migrate-catching-up").await;
 
         let catching = Instant::now();
@@ -288,6 +334,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .replica_state()
                 .await
                 .map_err(|e| Failed("catch-up", e.to_string()))?;
+            if let Some(p) = self.migrating().get_mut(name) {
+                p.behind_secs = state.seconds_behind;
+            }
             if catching.elapsed().as_secs() / 5 != last_report {
                 last_report = catching.elapsed().as_secs() / 5;
                 tracing::info!(db = %name, "the copy on node {to} is catching up: {state:?}, source at {pos}");
@@ -314,6 +363,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
         // The cut-over. Commands are held from here until `hold` is dropped, on every path, and
         // everything up to the promotion is bounded: a server that hangs fails the move.
+        self.entered(name, to, "cut-over");
         let hold = gate
             .hold(name.as_str())
             .ok_or_else(|| Failed("cut-over", "its statements are held already".into()))?;
@@ -437,6 +487,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
         // The source's data goes once the target has served; until then it is the last good
         // copy, and it stays.
+        self.entered(name, to, "clean-up");
         let mut served = false;
         let answering = Instant::now();
         while !served && answering.elapsed() < Duration::from_secs(30) {

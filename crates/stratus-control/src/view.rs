@@ -49,6 +49,9 @@ pub struct DatabaseView {
     pub storage_used_bytes: Option<u64>,
     #[serde(default)]
     pub storage_limit_bytes: Option<u64>,
+    /// A move to another node under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<crate::migrate::MoveProgress>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -5,7 +5,7 @@ use crate::cli::{
     UserCommand,
 };
 use crate::config::api_url;
-use crate::output::{bytes, table, with_spinner};
+use crate::output::{bytes, move_progress, table, with_progress, with_spinner};
 use crate::up::ADMIN_TOKEN_FILE;
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -348,9 +348,14 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
         }
         DbCommand::Migrate { name, to } => {
             let req = stratus_control::migrate::MigrateRequest { to };
-            let r = with_spinner(
-                format!("migrating {name}: copy, catch-up, cut-over"),
+            let r = with_progress(
+                format!("migrating {name}"),
                 api.migrate(&name, &req),
+                || async {
+                    let p = api.show(&name).await.ok()?.moving?;
+                    let now = stratus_core::time::now_ms();
+                    Some(format!("migrating {name} {}", move_progress(&p, now)))
+                },
             )
             .await?;
             if json {
@@ -548,6 +553,10 @@ fn show(d: &DatabaseView, json: bool) -> anyhow::Result<()> {
         d.host, d.port, d.database
     );
     println!("node:         {}", d.node);
+    if let Some(p) = &d.moving {
+        let now = stratus_core::time::now_ms();
+        println!("moving:       {}", move_progress(p, now));
+    }
     match (d.pid, &d.backend) {
         (Some(pid), Some(backend)) => println!("server:       mariadbd pid {pid} on {backend}"),
         _ => println!("server:       not running"),

@@ -352,6 +352,13 @@ async fn a_target_killed_in_any_phase_leaves_the_source_serving_and_nothing_lost
         std::fs::write(points.join(point), b"").unwrap();
         let migrate = migrate_in_background(&s);
         let file = reached(&points, point, &migrate);
+        // `db show` says where the move is.
+        let shown = s.json(&["db", "show", "bank"]);
+        let moving = (
+            shown["moving"]["to"].as_str(),
+            shown["moving"]["phase"].as_str(),
+        );
+        assert_eq!(moving, (Some("n2"), Some(phase)), "{shown}");
         let pid = target_pid(&disk2);
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid as i32).unwrap(),
@@ -372,6 +379,7 @@ async fn a_target_killed_in_any_phase_leaves_the_source_serving_and_nothing_lost
             (shown["node"].as_str(), shown["state"].as_str()),
             (Some("local"), Some("active"))
         );
+        assert!(shown["moving"].is_null(), "{point}: {shown}");
         assert_eq!(
             shown["pid"].as_u64(),
             Some(source_pid),
