@@ -92,6 +92,18 @@ pub struct MoveProgress {
     pub behind_secs: Option<u64>,
 }
 
+impl MoveProgress {
+    /// A move to `to` that enters `phase` now.
+    fn now(to: &str, phase: &str) -> Self {
+        Self {
+            to: to.to_owned(),
+            phase: phase.to_owned(),
+            since_ms: stratus_core::time::now_ms(),
+            behind_secs: None,
+        }
+    }
+}
+
 /// Marks a database as migrating for as long as it lives.
 struct Migrating<'a, S: Store, R: Runtime> {
     cp: &'a ControlPlane<S, R>,
@@ -121,15 +133,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// Records that the move of `name` to `to` entered `phase`.
     fn entered(&self, name: &ServiceName, to: &str, phase: &str) {
-        self.migrating().insert(
-            name.clone(),
-            MoveProgress {
-                to: to.to_owned(),
-                phase: phase.to_owned(),
-                since_ms: stratus_core::time::now_ms(),
-                behind_secs: None,
-            },
-        );
+        self.migrating()
+            .insert(name.clone(), MoveProgress::now(to, phase));
     }
 
     /// Connects the proxy's holds (set once, after the proxy starts).
@@ -151,12 +156,6 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         why: Option<String>,
     ) -> Result<MigrationReport> {
         let name = ServiceName::parse(db)?;
-        let starting = MoveProgress {
-            to: String::new(),
-            phase: "starting".into(),
-            since_ms: stratus_core::time::now_ms(),
-            behind_secs: None,
-        };
         {
             let mut moving = self.migrating();
             if moving.contains_key(&name) {
@@ -164,7 +163,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     "database {name} is being migrated already"
                 )));
             }
-            moving.insert(name.clone(), starting);
+            moving.insert(name.clone(), MoveProgress::now("", "starting"));
         }
         let _migrating = Migrating {
             cp: self,

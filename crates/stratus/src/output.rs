@@ -38,12 +38,7 @@ pub fn bytes(n: u64) -> String {
 
 /// A spinner on stderr while `fut` runs; invisible when stderr is not a terminal.
 pub async fn with_spinner<T>(message: String, fut: impl std::future::Future<Output = T>) -> T {
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(message);
-    bar.enable_steady_tick(Duration::from_millis(100));
-    let out = fut.await;
-    bar.finish_and_clear();
-    out
+    with_progress(message, fut, || std::future::ready(None)).await
 }
 
 /// [`with_spinner`] whose message follows the work: every half second `status` is asked for a

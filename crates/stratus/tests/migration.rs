@@ -619,14 +619,7 @@ async fn point_in_time_restore_works_across_a_move() {
     // A full backup of the new server's log, by itself.
     let begin = Instant::now();
     loop {
-        let taken = s
-            .json(&["events", "--db", "shop", "--limit", "100"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "backup_taken")
-            .count();
-        if taken >= 2 {
+        if s.event_count("shop", "backup_taken") >= 2 {
             break;
         }
         assert!(

@@ -390,13 +390,14 @@ impl Runtime for LocalNodes {
             let taken = source.backup(&spec.name, &paths.dir, None).await;
             let taken = target.inner.finish_storage(name, &paths, taken)?;
             let snapshot_gtid = taken.gtid.clone().unwrap_or_default();
-            let copied_bytes = super::volume::disk_use(&paths.data);
-            // Written back before it serves: otherwise the copy's first commit that waits for
-            // the disk (after its promotion, the catch-up does not) waits for all of it.
+            // Measured, and written back before it serves: otherwise the copy's first commit
+            // that waits for the disk (after its promotion, the catch-up does not) waits for all
+            // of it. Both off the runtime's threads.
             let data = paths.data.clone();
-            tokio::task::spawn_blocking(move || {
+            let copied_bytes = tokio::task::spawn_blocking(move || {
                 let dir = std::fs::File::open(&data)?;
-                rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+                rustix::fs::syncfs(&dir).map_err(std::io::Error::from)?;
+                Ok::<_, std::io::Error>(super::volume::disk_use(&data))
             })
             .await
             .map_err(|e| RuntimeError::Other(format!("sync task: {e}")))?

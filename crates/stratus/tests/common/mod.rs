@@ -270,6 +270,16 @@ impl Stratus {
         .unwrap()
     }
 
+    /// How many events of `kind` the event log holds for `db` (its last thousand).
+    pub fn event_count(&self, db: &str, kind: &str) -> usize {
+        self.json(&["events", "--db", db, "--limit", "1000"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .count()
+    }
+
     /// Polls the event log until an event of `kind` for `db` appears (bounded; a timeout shows
     /// every event of the installation, which tells what happened instead).
     pub fn wait_for_event(&self, db: &str, kind: &str, timeout: Duration) -> Value {
