@@ -432,6 +432,13 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
     let _ = writeln!(out, "stratus_warm_pool_ready {}", pool.ready);
     metrics::header(
         &mut out,
+        "stratus_warm_pool_presized",
+        "gauge",
+        "Ready spares whose buffer pool is already a new database's.",
+    );
+    let _ = writeln!(out, "stratus_warm_pool_presized {}", pool.presized);
+    metrics::header(
+        &mut out,
         "stratus_warm_pool_target",
         "gauge",
         "Spare servers the pool aims for.",

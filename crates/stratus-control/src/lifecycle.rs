@@ -11,7 +11,7 @@ use std::time::Instant;
 use stratus_core::commit_marker;
 use stratus_core::time::rfc3339;
 use stratus_core::{
-    DatabaseService, DbState, EventKind, NativeHash, ServiceName, ServiceSpec, Tier, User,
+    DatabaseService, DbState, EventKind, NativeHash, ServiceName, Resources, ServiceSpec, Tier, User,
     UserName, random_password,
 };
 use stratus_runtime::Runtime;
@@ -138,11 +138,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// copy of the template.
     async fn provision(&self, svc: &mut DatabaseService, owner: &User) -> Result<bool> {
         let spec = self.instance_spec(svc);
-        let mut from_pool = false;
-        let instance = match self.take_spare(&spec.node) {
+        let mut spare_pool = None;
+        let instance = match self.take_spare(&spec.node, spec.resources.buffer_pool_bytes) {
             Some(spare) => match self.runtime.claim_spare(&spare, &spec).await {
                 Ok(instance) => {
-                    from_pool = true;
+                    spare_pool = Some(spare.buffer_pool_bytes);
                     instance
                 }
                 Err(e) => {
@@ -155,12 +155,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         };
         let _ = instance;
         let name = svc.name().clone();
-        let mut conn = self.admin(&name).await?;
-        if from_pool {
-            // A spare idles on a small pool; give it the database's.
-            conn.resize_buffer_pool(spec.resources.buffer_pool_bytes)
-                .await?;
-        }
+        let mut conn = match spare_pool {
+            // A spare not presized to this database's pool idles on a small one; give it the
+            // database's.
+            Some(bytes) if bytes != spec.resources.buffer_pool_bytes => {
+                let from = Resources {
+                    buffer_pool_bytes: bytes,
+                    ..spec.resources
+                };
+                self.resize(&name, from, spec.resources).await?.1
+            }
+            _ => self.admin(&name).await?,
+        };
         conn.exec(&schema_sql(&name)).await?;
         for sql in commit_marker::DDL {
             conn.exec(sql).await?;
@@ -173,7 +179,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         svc.buffer_pool_bytes = bp;
         svc.state = DbState::Active;
         self.store.update_service(svc).await?;
-        Ok(from_pool)
+        Ok(spare_pool.is_some())
     }
 
     pub async fn show(&self, db: &str) -> Result<DatabaseView> {

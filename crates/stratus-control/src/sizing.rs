@@ -39,6 +39,21 @@ pub fn steps(from: Resources, to: Resources) -> [Step; 2] {
     }
 }
 
+/// CPU a growing buffer pool gets while it grows: InnoDB maps the new memory with
+/// `MAP_POPULATE`, so one thread of the server has the kernel zero all of it before the
+/// statement returns, about 0.3 s per GiB, and no query runs meanwhile. At half a core (one
+/// SCU) that doubles; at a suspended server's floor it is ten times as long.
+pub const GROWTH_CPU_MILLIS: u32 = 1000;
+
+/// The CPU quota to hold while the pool grows from `from` to `to`, if it is more than `to`'s:
+/// only for a pool that grows under limits already raised (a grow whose memory does not
+/// shrink, so the limits step came first).
+pub fn growth_burst(from: Resources, to: Resources) -> Option<u32> {
+    let grows = to.buffer_pool_bytes > from.buffer_pool_bytes;
+    let limits_first = steps(from, to)[0] == Step::Limits;
+    (grows && limits_first && to.cpu_millis < GROWTH_CPU_MILLIS).then_some(GROWTH_CPU_MILLIS)
+}
+
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Moves a running server from `from` to `to`, whole or not at all.
     pub(crate) async fn apply_size(
@@ -66,7 +81,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// [`Self::apply_size`], handing back the connection it logged in with. A grow raises the
     /// limits before logging in: the load waiting for CPU gets it at once, even from a server
-    /// too starved to answer a login quickly. Limits already moved are put back if the login
+    /// too starved to answer a login quickly; a growing pool gets [`growth_burst`] while it
+    /// grows. Limits already moved are put back if the login
     /// or the pool fails (a server that refuses Stratus is restarted at `from`, the size the
     /// catalog still holds, to restore its account).
     pub(crate) async fn resize(
@@ -88,14 +104,26 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 Step::BufferPool => {
                     let pool = async {
                         let mut conn = self.admin(name).await?;
+                        // Only after the limits step, which a burst needs too.
+                        let burst = growth_burst(from, to);
                         if limits_moved {
                             // The login may have restarted the server to restore Stratus's
                             // account, at the catalog's (old) size: the limits again, first.
+                            let cpu = burst.unwrap_or(to.cpu_millis);
+                            self.runtime
+                                .set_limits(name, cpu, to.memory_bytes)
+                                .await?;
+                        }
+                        let begin = std::time::Instant::now();
+                        let pool = conn.resize_buffer_pool(to.buffer_pool_bytes).await?;
+                        tracing::debug!(db = %name, ms = begin.elapsed().as_millis() as u64,
+                            from = from.buffer_pool_bytes, to = to.buffer_pool_bytes, ?burst,
+                            "buffer pool resized");
+                        if burst.is_some() {
                             self.runtime
                                 .set_limits(name, to.cpu_millis, to.memory_bytes)
                                 .await?;
                         }
-                        let pool = conn.resize_buffer_pool(to.buffer_pool_bytes).await?;
                         Ok::<_, crate::ControlError>((pool, conn))
                     }
                     .await;
@@ -149,5 +177,23 @@ mod tests {
         assert_eq!(steps(size(2), size(1)), [Step::BufferPool, Step::Limits]);
         // Same memory (a CPU-only change): limits first, the pool is unchanged anyway.
         assert_eq!(steps(size(2), size(2)), [Step::Limits, Step::BufferPool]);
+    }
+
+    #[test]
+    fn a_growing_pool_gets_a_core_unless_its_size_gives_more() {
+        let at = |memory_bytes, cpu_millis| Resources {
+            cpu_millis,
+            ..size(memory_bytes)
+        };
+        assert_eq!(growth_burst(at(1, 50), at(4, 500)), Some(GROWTH_CPU_MILLIS));
+        assert_eq!(growth_burst(at(1, 500), at(4, 2000)), None, "more already");
+        assert_eq!(growth_burst(at(4, 2000), at(1, 500)), None, "shrinks");
+        assert_eq!(growth_burst(at(4, 500), at(4, 1000)), None, "CPU only");
+        // A claimed spare: same limits, a small pool grown to the database's.
+        let spare = Resources {
+            buffer_pool_bytes: 16 << 20,
+            ..at(4 << 30, 500)
+        };
+        assert_eq!(growth_burst(spare, at(4 << 30, 500)), Some(GROWTH_CPU_MILLIS));
     }
 }

@@ -26,8 +26,20 @@ fn control(pool: PoolConfig) -> (Cp, FakeRuntime) {
     (cp, rt)
 }
 
+fn pool_of(min: usize, max: usize) -> PoolConfig {
+    PoolConfig {
+        min,
+        max,
+        ..PoolConfig::default()
+    }
+}
+
 fn no_pool() -> PoolConfig {
-    PoolConfig { min: 0, max: 0 }
+    PoolConfig {
+        min: 0,
+        max: 0,
+        presized: 0,
+    }
 }
 
 async fn create(cp: &Cp, name: &str) {
@@ -372,7 +384,7 @@ async fn a_parked_database_stays_down_when_an_old_crash_is_reconciled() {
 
 #[tokio::test(start_paused = true)]
 async fn the_warm_pool_fills_serves_a_create_refills_and_drains() {
-    let (cp, rt) = control(PoolConfig { min: 2, max: 4 });
+    let (cp, rt) = control(pool_of(2, 4));
     let pool = tokio::spawn(cp.clone().run_pool());
     until("filled", || async { rt.spares() == 2 }).await;
     let created = cp
@@ -395,9 +407,71 @@ async fn the_warm_pool_fills_serves_a_create_refills_and_drains() {
     pool.abort();
 }
 
+/// A spare whose pool was grown while nobody waited is what a default create claims: its
+/// create path has no resize. Without one, the pool grows on the create path with a core,
+/// then the database is held to its own quota.
+#[tokio::test(start_paused = true)]
+async fn a_presized_spare_spares_a_default_create_its_pool_growth() {
+    let (cp, rt) = control(pool_of(2, 4));
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("filled and one presized", || async {
+        cp.pool_status().presized == 1 && rt.spares() == 2
+    })
+    .await;
+    let calls = rt.calls();
+    let presized: Vec<_> = calls
+        .iter()
+        .filter_map(|c| c.strip_prefix("presize_spare "))
+        .collect();
+    assert_eq!(presized.len(), 1, "one at a time, one wanted: {calls:?}");
+    let (key, bytes) = presized[0].split_once(' ').unwrap();
+    assert_eq!(bytes, (1u64 << 30).to_string(), "one SCU's pool");
+
+    create(&cp, "shop").await;
+    let calls = rt.calls();
+    assert!(calls.contains(&format!("claim_spare {key} shop")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("resize_buffer_pool shop")),
+        "{calls:?}"
+    );
+
+    cp.drain_pool().await;
+    pool.abort();
+
+    // Without a presized spare the pool grows on the create path, given a core meanwhile.
+    let (cp, rt) = control(PoolConfig {
+        presized: 0,
+        ..pool_of(1, 1)
+    });
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("filled", || async { rt.spares() == 1 }).await;
+    create(&cp, "shop").await;
+    let calls = rt.calls();
+    let mem = 2u64 << 30;
+    let sizing: Vec<&str> = calls
+        .iter()
+        .map(String::as_str)
+        .filter(|c| c.starts_with("set_limits shop") || c.starts_with("resize_buffer_pool shop"))
+        .collect();
+    assert_eq!(
+        sizing,
+        [
+            format!("set_limits shop 500 {mem}"),
+            format!("set_limits shop 1000 {mem}"),
+            format!("resize_buffer_pool shop {}", 1u64 << 30),
+            format!("set_limits shop 500 {mem}"),
+        ],
+        "{calls:?}"
+    );
+    assert_eq!(rt.server("shop").unwrap().cpu_millis, 500);
+    cp.drain_pool().await;
+    assert_eq!(rt.spares(), 0);
+    pool.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_spare_that_cannot_be_claimed_gives_way_to_a_new_server() {
-    let (cp, rt) = control(PoolConfig { min: 1, max: 1 });
+    let (cp, rt) = control(pool_of(1, 1));
     let pool = tokio::spawn(cp.clone().run_pool());
     until("filled", || async { rt.spares() == 1 }).await;
     rt.fail(Op::ClaimSpare, 1);
@@ -1024,7 +1098,7 @@ async fn a_create_no_node_has_room_for_is_refused_and_leaves_nothing() {
 /// The pool starts its spares where the next database will go, and a create claims one there.
 #[tokio::test(start_paused = true)]
 async fn the_warm_pool_keeps_its_spares_on_the_node_the_next_database_goes_to() {
-    let (cp, rt) = control(PoolConfig { min: 1, max: 1 });
+    let (cp, rt) = control(pool_of(1, 1));
     rt.set_nodes(&[("n1", 4000, 8 * GIB), ("n2", 4000, 16 * GIB)]);
     let pool = tokio::spawn(cp.clone().run_pool());
     until("filled", || async { rt.spares() == 1 }).await;

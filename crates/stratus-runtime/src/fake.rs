@@ -27,6 +27,7 @@ pub enum Op {
     Admin,
     ResizeBufferPool,
     ProvisionSpare,
+    PresizeSpare,
     ClaimSpare,
     Backup,
     GrowStorage,
@@ -459,7 +460,24 @@ impl Runtime for FakeRuntime {
             endpoint: endpoint_of(&key),
             key,
             node: node.to_owned(),
+            buffer_pool_bytes: 0,
         })
+    }
+
+    async fn presize_spare(&self, spare: &Spare, resources: Resources) -> Result<u64> {
+        let mut w = self.world();
+        w.calls.push(format!(
+            "presize_spare {} {}",
+            spare.key, resources.buffer_pool_bytes
+        ));
+        if w.failing(Op::PresizeSpare) {
+            return Err(injected(Op::PresizeSpare, &spare.key));
+        }
+        let Some(s) = w.spares.get_mut(&spare.key) else {
+            return Err(RuntimeError::NotRunning(spare.key.clone()));
+        };
+        s.buffer_pool_bytes = resources.buffer_pool_bytes;
+        Ok(s.buffer_pool_bytes)
     }
 
     async fn claim_spare(&self, spare: &Spare, spec: &InstanceSpec) -> Result<Instance> {

@@ -118,8 +118,8 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                 .collect();
             let p = &s.warm_pool;
             println!(
-                "warm pool:        {} ready, {} starting (target {}, {}–{})",
-                p.ready, p.starting, p.target, p.min, p.max
+                "warm pool:        {} ready ({} presized), {} starting (target {}, {}–{})",
+                p.ready, p.presized, p.starting, p.target, p.min, p.max
             );
             println!(
                 "databases:        {}{}",

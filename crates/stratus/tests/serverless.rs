@@ -144,6 +144,8 @@ async fn databases_come_from_the_warm_pool_and_it_refills() {
     let mut s = Stratus::with_pool("pool", 2);
     s.start();
     s.wait_for_metric("stratus_warm_pool_ready", 2.0, Duration::from_secs(60));
+    // One spare's pool grown to a 1-SCU database's on a real server, for the next create.
+    s.wait_for_metric("stratus_warm_pool_presized", 1.0, Duration::from_secs(60));
     let (user, pw) = create(&s, &[]);
     let started = s.wait_for_event("shop", "started", Duration::from_secs(5));
     assert_eq!(started["data"]["warm_pool"], true, "{started}");
@@ -167,6 +169,7 @@ async fn databases_come_from_the_warm_pool_and_it_refills() {
     // A creation raises the target; the pool refills past its minimum.
     s.wait_for_metric("stratus_warm_pool_target", 3.0, Duration::from_secs(5));
     s.wait_for_metric("stratus_warm_pool_ready", 3.0, Duration::from_secs(60));
+    s.wait_for_metric("stratus_warm_pool_presized", 1.0, Duration::from_secs(60));
     let status = s.json(&["status"]);
     assert_eq!(status["warm_pool"]["ready"], 3, "{status}");
     s.stop();

@@ -263,6 +263,10 @@ impl Runtime for LocalNodes {
             .await
     }
 
+    async fn presize_spare(&self, spare: &Spare, resources: Resources) -> Result<u64> {
+        self.home(&spare.key).presize_spare(spare, resources).await
+    }
+
     async fn destroy_spare(&self, key: &str) -> Result<()> {
         let result = self.home(key).destroy_spare(key).await;
         self.homes().remove(key);
