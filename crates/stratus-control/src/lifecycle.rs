@@ -11,8 +11,8 @@ use std::time::Instant;
 use stratus_core::commit_marker;
 use stratus_core::time::rfc3339;
 use stratus_core::{
-    DatabaseService, DbState, EventKind, NativeHash, ServiceName, Resources, ServiceSpec, Tier, User,
-    UserName, random_password,
+    DatabaseService, DbState, EventKind, NativeHash, Resources, ServiceName, ServiceSpec, Tier,
+    User, UserName, random_password,
 };
 use stratus_runtime::Runtime;
 use stratus_runtime::admin::ServerAdmin;

@@ -198,8 +198,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         let ready_presized = st.ready.iter().filter(|s| is_presized(s)).count();
                         let unsized_ready = st.ready.len() - ready_presized;
                         let want_presized = self.cfg.pool.presized.min(want);
-                        if presize_due(unsized_ready, ready_presized, st.presizing, want_presized)
-                        {
+                        if presize_due(unsized_ready, ready_presized, st.presizing, want_presized) {
                             let i = st.ready.iter().rposition(|s| !is_presized(s));
                             to_presize = i.map(|i| st.ready.remove(i));
                             st.presizing += usize::from(to_presize.is_some());
@@ -345,10 +344,6 @@ mod tests {
             presized: 0,
         };
         assert_eq!(target(sized(0, 0), 10), 0, "off");
-        assert_eq!(
-            target(sized(3, 1), 0),
-            3,
-            "a max below the min is the min"
-        );
+        assert_eq!(target(sized(3, 1), 0), 3, "a max below the min is the min");
     }
 }

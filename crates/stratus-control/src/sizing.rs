@@ -110,9 +110,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                             // The login may have restarted the server to restore Stratus's
                             // account, at the catalog's (old) size: the limits again, first.
                             let cpu = burst.unwrap_or(to.cpu_millis);
-                            self.runtime
-                                .set_limits(name, cpu, to.memory_bytes)
-                                .await?;
+                            self.runtime.set_limits(name, cpu, to.memory_bytes).await?;
                         }
                         let begin = std::time::Instant::now();
                         let pool = conn.resize_buffer_pool(to.buffer_pool_bytes).await?;
@@ -194,6 +192,9 @@ mod tests {
             buffer_pool_bytes: 16 << 20,
             ..at(4 << 30, 500)
         };
-        assert_eq!(growth_burst(spare, at(4 << 30, 500)), Some(GROWTH_CPU_MILLIS));
+        assert_eq!(
+            growth_burst(spare, at(4 << 30, 500)),
+            Some(GROWTH_CPU_MILLIS)
+        );
     }
 }

@@ -429,9 +429,14 @@ async fn a_presized_spare_spares_a_default_create_its_pool_growth() {
 
     create(&cp, "shop").await;
     let calls = rt.calls();
-    assert!(calls.contains(&format!("claim_spare {key} shop")), "{calls:?}");
     assert!(
-        !calls.iter().any(|c| c.starts_with("resize_buffer_pool shop")),
+        calls.contains(&format!("claim_spare {key} shop")),
+        "{calls:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("resize_buffer_pool shop")),
         "{calls:?}"
     );
 

@@ -87,6 +87,7 @@ impl ScuSize {
 
 /// A service's tier: what it may grow to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// Capped at 2 SCU.

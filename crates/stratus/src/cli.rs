@@ -66,6 +66,16 @@ pub enum Command {
     /// The nodes databases run on (a token for all databases only).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Stratus on Kubernetes.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Print the custom resource definitions (DatabaseService, ScalingPolicy, BackupSchedule),
+    /// for `kubectl apply -f -`.
+    Crds,
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,7 +21,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
     let api = client(global)?;
     let json = global.json;
     match command {
-        Command::Up(_) => unreachable!("handled by main"),
+        Command::Up(_) | Command::Operator(_) => unreachable!("handled by main"),
         Command::Db(cmd) => db(&api, json, cmd).await,
         Command::User(cmd) => user(&api, json, cmd).await,
         Command::Backup(cmd) => backup(&api, json, cmd).await,

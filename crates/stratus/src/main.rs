@@ -25,6 +25,11 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async move {
         match args.command {
             cli::Command::Up(up) => up::run(up, &args.global).await,
+            // Needs no API: what it prints is compiled in.
+            cli::Command::Operator(cli::OperatorCommand::Crds) => {
+                print!("{}", stratus_kube::crds_yaml());
+                Ok(())
+            }
             other => commands::run(&args.global, other).await,
         }
     });
