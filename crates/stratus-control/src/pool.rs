@@ -48,6 +48,8 @@ pub(crate) struct PoolState {
     starting: usize,
     /// Ready spares taken out of `ready` while their pool grows.
     presizing: usize,
+    /// The servers do not make the presized size exactly: presizing is pointless.
+    presize_off: bool,
     /// When databases were created recently.
     creates: VecDeque<i64>,
 }
@@ -146,10 +148,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             let mut st = self.pool_state();
             st.creates.push_back(now_ms());
             let here = |s: &Spare| s.node == node;
+            let presized = self.presize_bytes();
+            // The right size, else one not presized (those are kept for the default size).
             let i = st
                 .ready
                 .iter()
                 .rposition(|s| here(s) && s.buffer_pool_bytes == buffer_pool_bytes)
+                .or_else(|| {
+                    (st.ready.iter()).rposition(|s| here(s) && s.buffer_pool_bytes != presized)
+                })
                 .or_else(|| st.ready.iter().rposition(here));
             i.map(|i| st.ready.remove(i))
         };
@@ -197,7 +204,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     PoolStep::Wait => {
                         let ready_presized = st.ready.iter().filter(|s| is_presized(s)).count();
                         let unsized_ready = st.ready.len() - ready_presized;
-                        let want_presized = self.cfg.pool.presized.min(want);
+                        let want_presized = match st.presize_off {
+                            true => 0,
+                            false => self.cfg.pool.presized.min(want),
+                        };
                         if presize_due(unsized_ready, ready_presized, st.presizing, want_presized) {
                             let i = st.ready.iter().rposition(|s| !is_presized(s));
                             to_presize = i.map(|i| st.ready.remove(i));
@@ -212,23 +222,36 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 continue;
             }
             if let Some(mut spare) = to_presize {
+                let want = presized.buffer_pool_bytes;
                 let grown = self.runtime.presize_spare(&spare, presized).await;
                 let (failed, orphan) = {
                     let mut st = self.pool_state();
-                    st.presizing -= 1;
                     match grown {
                         Ok(_) if st.closed => (None, Some(spare)),
-                        Ok(_) => {
-                            spare.buffer_pool_bytes = presized.buffer_pool_bytes;
+                        Ok(bytes) => {
+                            if bytes != want {
+                                // The servers round this size (another chunk size): no spare
+                                // will ever be at it, so stop trying. The spare is kept at the
+                                // size it has, and a create resizes it as any other.
+                                tracing::warn!(
+                                    "a spare's server made a buffer pool of {bytes} bytes of \
+                                     {want}: presized spares are off until Stratus restarts"
+                                );
+                                st.presize_off = true;
+                            }
+                            spare.buffer_pool_bytes = bytes;
                             st.ready.push(spare);
+                            st.presizing -= 1;
                             (None, None)
                         }
                         // Its pool is in an unknown state: not worth keeping.
                         Err(e) => (Some(e), Some(spare)),
                     }
                 };
+                // Counted as presizing until it is gone, so a drain waits for its server.
                 if let Some(spare) = orphan {
                     let _ = self.runtime.destroy_spare(&spare.key).await;
+                    self.pool_state().presizing -= 1;
                 }
                 self.pool_settled.notify_waiters();
                 if let Some(e) = failed {
@@ -251,18 +274,23 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 };
                 let (failed, orphan) = {
                     let mut st = self.pool_state();
-                    st.starting -= 1;
                     match made {
                         Ok(spare) if st.closed => (None, Some(spare)),
                         Ok(spare) => {
                             st.ready.push(spare);
+                            st.starting -= 1;
                             (None, None)
                         }
-                        Err(e) => (Some(e), None),
+                        Err(e) => {
+                            st.starting -= 1;
+                            (Some(e), None)
+                        }
                     }
                 };
+                // Counted as starting until it is gone, so a drain waits for its server.
                 if let Some(spare) = orphan {
                     let _ = self.runtime.destroy_spare(&spare.key).await;
+                    self.pool_state().starting -= 1;
                 }
                 self.pool_settled.notify_waiters();
                 if let Some(e) = failed {

@@ -118,9 +118,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                             from = from.buffer_pool_bytes, to = to.buffer_pool_bytes, ?burst,
                             "buffer pool resized");
                         if burst.is_some() {
-                            self.runtime
+                            // The pool is at `to` now: nothing is rolled back for this. A quota
+                            // left high is found by the reconciler's resync.
+                            if let Err(e) = self
+                                .runtime
                                 .set_limits(name, to.cpu_millis, to.memory_bytes)
-                                .await?;
+                                .await
+                            {
+                                tracing::warn!(db = %name, "cannot end the CPU burst of a growing buffer pool: {e}");
+                            }
                         }
                         Ok::<_, crate::ControlError>((pool, conn))
                     }

@@ -474,6 +474,44 @@ async fn a_presized_spare_spares_a_default_create_its_pool_growth() {
     pool.abort();
 }
 
+/// A spare whose server made another pool than the one asked for is not counted as presized
+/// (a create claiming it would skip the resize it needs), and presizing stops rather than
+/// trying spare after spare.
+#[tokio::test(start_paused = true)]
+async fn a_spare_whose_server_rounds_the_pool_is_not_counted_as_presized() {
+    let (cp, rt) = control(pool_of(1, 1));
+    rt.round_spare_pools_to(3 << 20);
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("a presize tried", || async {
+        rt.calls().iter().any(|c| c.starts_with("presize_spare")) && cp.pool_status().ready == 1
+    })
+    .await;
+    // Long enough for several more rounds of the refiller.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let calls = rt.calls();
+    assert_eq!(cp.pool_status().presized, 0);
+    let tried = calls
+        .iter()
+        .filter(|c| c.starts_with("presize_spare"))
+        .count();
+    assert_eq!(tried, 1, "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("destroy_spare")),
+        "{calls:?}"
+    );
+    create(&cp, "shop").await;
+    let calls = rt.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("resize_buffer_pool shop")),
+        "{calls:?}"
+    );
+    cp.drain_pool().await;
+    assert_eq!(rt.spares(), 0);
+    pool.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_spare_that_cannot_be_claimed_gives_way_to_a_new_server() {
     let (cp, rt) = control(pool_of(1, 1));

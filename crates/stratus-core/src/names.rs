@@ -60,6 +60,12 @@ pub enum NameError {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceName(String);
 
+/// Names no new database can take (case-insensitively), for checks made elsewhere (the
+/// Kubernetes schema).
+pub fn reserved_database_names() -> impl Iterator<Item = &'static str> {
+    RESERVED_DATABASES.iter().map(|(name, _)| *name)
+}
+
 impl ServiceName {
     pub fn parse(name: &str) -> Result<Self, NameError> {
         let invalid = |reason| NameError::Invalid {

@@ -197,10 +197,8 @@ impl From<&stratus_control::DatabaseView> for DatabaseServiceStatus {
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new(
-    "!has(self.scaleUpThresholdPct) || !has(self.scaleDownThresholdPct) || \
-     self.scaleDownThresholdPct < self.scaleUpThresholdPct"
-).message("scaleDownThresholdPct must be below scaleUpThresholdPct"))]
+#[x_kube(validation = Rule::new(thresholds_rule())
+    .message("scaleDownThresholdPct must be below scaleUpThresholdPct (defaults 20 and 90)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingPolicySpec {
     /// The DatabaseService it applies to, in the same namespace.
@@ -358,21 +356,36 @@ pub struct BackupScheduleStatus {
     pub next_run: Option<String>,
 }
 
-/// A database name as [`stratus_core::ServiceName`] takes it: lowercase letters, digits and
-/// `-`, starting with a letter, not ending with `-`, at most 40 characters (a subset of the
-/// DNS labels Kubernetes names already are).
+/// A database name as [`stratus_core::ServiceName::parse_new`] takes it: lowercase letters,
+/// digits and `-`, starting with a letter, not ending with `-`, at most 40 characters (a subset
+/// of the DNS labels Kubernetes names already are), and not a reserved name.
 fn name_rule() -> String {
+    let reserved: Vec<String> = stratus_core::names::reserved_database_names()
+        .map(|n| format!("'{n}'"))
+        .collect();
     format!(
-        "self.metadata.name.matches('^[a-z]([-a-z0-9]{{0,{}}}[a-z0-9])?$')",
-        SERVICE_NAME_MAX - 2
+        "self.metadata.name.matches('^[a-z]([-a-z0-9]{{0,{}}}[a-z0-9])?$') && \
+         !(self.metadata.name in [{}])",
+        SERVICE_NAME_MAX - 2,
+        reserved.join(", ")
     )
 }
 
 fn name_message() -> Message {
     Message::Message(format!(
         "a database name is 1 to {SERVICE_NAME_MAX} lowercase letters, digits and '-', starting \
-         with a letter and not ending with '-'"
+         with a letter and not ending with '-', and not one Stratus or MariaDB uses itself"
     ))
+}
+
+/// Scale-down below scale-up, each left out being the core's default.
+fn thresholds_rule() -> String {
+    let d = stratus_core::ScalingPolicy::default();
+    format!(
+        "(has(self.scaleDownThresholdPct) ? self.scaleDownThresholdPct : {}) < \
+         (has(self.scaleUpThresholdPct) ? self.scaleUpThresholdPct : {})",
+        d.scale_down_threshold_pct, d.scale_up_threshold_pct
+    )
 }
 
 /// The free tier's cap, on the size asked for (a left-out `maxScu` is the cap itself).
@@ -463,20 +476,38 @@ mod tests {
             assert!(why.contains("lowercase letters"), "{bad}: {why}");
             assert!(ServiceName::parse(bad).is_err(), "{bad}");
         }
+        for reserved in ["mysql", "sys", "stratus", "template", "tls", "databases"] {
+            let why = admitted(&schema, &db(reserved, spec.clone())).unwrap_err();
+            assert!(why.contains("uses itself"), "{reserved}: {why}");
+            assert!(ServiceName::parse_new(reserved).is_err(), "{reserved}");
+        }
     }
 
     #[test]
-    fn a_policy_that_scales_down_above_its_scale_up_is_refused() {
+    fn a_policy_that_would_scale_down_above_its_scale_up_is_refused() {
         let schema = schema(&ScalingPolicy::crd());
-        let policy = |up: u32, down: u32| {
+        let policy = |spec: Value| {
             json!({"apiVersion": "stratus.dev/v1alpha1", "kind": "ScalingPolicy",
-                   "metadata": {"name": "p"},
-                   "spec": {"database": "shop", "scaleUpThresholdPct": up,
-                            "scaleDownThresholdPct": down}})
+                   "metadata": {"name": "p"}, "spec": spec})
         };
-        assert_eq!(admitted(&schema, &policy(90, 20)), Ok(()));
-        let why = admitted(&schema, &policy(50, 60)).unwrap_err();
-        assert!(why.contains("below scaleUpThresholdPct"), "{why}");
+        let ok = [
+            json!({"database": "shop", "scaleUpThresholdPct": 90, "scaleDownThresholdPct": 20}),
+            json!({"database": "shop"}),
+            json!({"database": "shop", "scaleDownThresholdPct": 50}),
+        ];
+        for spec in ok {
+            assert_eq!(admitted(&schema, &policy(spec.clone())), Ok(()), "{spec}");
+        }
+        let refused = [
+            json!({"database": "shop", "scaleUpThresholdPct": 50, "scaleDownThresholdPct": 60}),
+            // Against the defaults: scale-up at 90 %, scale-down at 20 %.
+            json!({"database": "shop", "scaleDownThresholdPct": 95}),
+            json!({"database": "shop", "scaleUpThresholdPct": 15}),
+        ];
+        for spec in refused {
+            let why = admitted(&schema, &policy(spec.clone())).unwrap_err();
+            assert!(why.contains("below scaleUpThresholdPct"), "{spec}: {why}");
+        }
     }
 
     /// Every field of the core objects is a field of the resource, and comes back unchanged.

@@ -84,6 +84,8 @@ struct World {
     failures: Vec<(Op, u32)>,
     cannot_freeze: bool,
     cannot_share: bool,
+    /// What new spares round a buffer pool up to (0: nothing).
+    spare_pool_unit: u64,
     calls: Vec<String>,
 }
 
@@ -207,6 +209,12 @@ impl FakeRuntime {
     }
 
     /// Changes a running server (open sessions, a tenant's doing, CPU used).
+    /// Spares started from now on round their buffer pool up to a multiple of `unit`, as a
+    /// server with another chunk size does.
+    pub fn round_spare_pools_to(&self, unit: u64) {
+        self.world().spare_pool_unit = unit;
+    }
+
     pub fn with_server(&self, name: &str, f: impl FnOnce(&mut FakeServer)) {
         if let Some(s) = self.world().servers.get_mut(name) {
             f(s);
@@ -452,7 +460,8 @@ impl Runtime for FakeRuntime {
             memory_bytes: 0,
             buffer_pool_bytes: 0,
         };
-        let s = w.new_server(floor, max_resources, node);
+        let mut s = w.new_server(floor, max_resources, node);
+        s.buffer_pool_unit = w.spare_pool_unit;
         let key = format!("spare-{}", s.pid);
         w.calls.push(format!("provision_spare {key}"));
         w.spares.insert(key.clone(), s);
@@ -476,7 +485,11 @@ impl Runtime for FakeRuntime {
         let Some(s) = w.spares.get_mut(&spare.key) else {
             return Err(RuntimeError::NotRunning(spare.key.clone()));
         };
-        s.buffer_pool_bytes = resources.buffer_pool_bytes;
+        let bytes = resources.buffer_pool_bytes.min(s.buffer_pool_max);
+        s.buffer_pool_bytes = match s.buffer_pool_unit {
+            0 => bytes,
+            unit => bytes.div_ceil(unit) * unit,
+        };
         Ok(s.buffer_pool_bytes)
     }
 
