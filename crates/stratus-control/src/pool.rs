@@ -248,17 +248,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         Err(e) => (Some(e), Some(spare)),
                     }
                 };
-                // Counted as presizing until it is gone, so a drain waits for its server.
-                if let Some(spare) = orphan {
-                    let _ = self.runtime.destroy_spare(&spare.key).await;
-                    self.pool_state().presizing -= 1;
-                }
-                self.pool_settled.notify_waiters();
-                if let Some(e) = failed {
-                    tracing::warn!("cannot presize a spare of the warm pool: {e}");
-                    // Back off before trying again, not a readiness wait.
-                    tokio::time::sleep(REVIEW).await;
-                }
+                let what = "presize a spare of the warm pool";
+                self.settle(orphan, |st| &mut st.presizing, failed, what)
+                    .await;
                 continue;
             }
             if step == PoolStep::Start {
@@ -287,20 +279,33 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         }
                     }
                 };
-                // Counted as starting until it is gone, so a drain waits for its server.
-                if let Some(spare) = orphan {
-                    let _ = self.runtime.destroy_spare(&spare.key).await;
-                    self.pool_state().starting -= 1;
-                }
-                self.pool_settled.notify_waiters();
-                if let Some(e) = failed {
-                    tracing::warn!("cannot start a spare for the warm pool: {e}");
-                    // Back off before trying again, not a readiness wait.
-                    tokio::time::sleep(REVIEW).await;
-                }
+                let what = "start a spare for the warm pool";
+                self.settle(orphan, |st| &mut st.starting, failed, what)
+                    .await;
                 continue;
             }
             let _ = tokio::time::timeout(REVIEW, self.pool_wake.notified()).await;
+        }
+    }
+
+    /// The end of a spare's start or presize. A spare nobody may keep is removed before it
+    /// stops counting in `busy`, so a drain waits for its server; a failure backs off.
+    async fn settle(
+        &self,
+        orphan: Option<Spare>,
+        busy: fn(&mut PoolState) -> &mut usize,
+        failed: Option<impl std::fmt::Display>,
+        what: &str,
+    ) {
+        if let Some(spare) = orphan {
+            let _ = self.runtime.destroy_spare(&spare.key).await;
+            *busy(&mut self.pool_state()) -= 1;
+        }
+        self.pool_settled.notify_waiters();
+        if let Some(e) = failed {
+            tracing::warn!("cannot {what}: {e}");
+            // Back off before trying again, not a readiness wait.
+            tokio::time::sleep(REVIEW).await;
         }
     }
 
