@@ -12,6 +12,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    if !matches!(args.command, cli::Command::Up(_)) {
+        quiet_on_closed_stdout();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,5 +42,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// A verb whose output is piped into `head` ends quietly when the reader goes, as Unix tools do,
+/// instead of panicking in `println!` (Rust ignores SIGPIPE, so a write to a closed pipe is an
+/// error `println!` cannot return). Sockets are not affected: they write with `MSG_NOSIGNAL`.
+/// Not for `up`, which must outlive whatever reads its log.
+fn quiet_on_closed_stdout() {
+    #[allow(unsafe_code)]
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

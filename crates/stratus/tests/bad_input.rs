@@ -190,3 +190,19 @@ fn the_cli_says_when_the_api_is_unreachable() {
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+/// `stratus … | head` ends quietly when the reader goes, as Unix tools do, never with a panic.
+#[test]
+fn a_verb_whose_reader_went_away_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(common::BIN)
+        .args(["operator", "crds"])
+        .stdout(Stdio::from(writer))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
