@@ -120,14 +120,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .iter()
             .filter(|t| now - **t <= DEMAND_WINDOW_MS)
             .count();
-        let presized = self.presize_bytes();
         PoolStatus {
             ready: st.ready.len() + st.presizing,
-            presized: st
-                .ready
-                .iter()
-                .filter(|s| s.buffer_pool_bytes == presized)
-                .count(),
+            presized: st.ready.iter().filter(|s| self.is_presized(s)).count(),
             starting: st.starting,
             target: target(self.cfg.pool, recent),
             min: self.cfg.pool.min,
@@ -135,10 +130,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    /// The buffer pool of a database created with the defaults (one SCU), which presized
+    /// The size of a database created with the defaults (one SCU), whose buffer pool presized
     /// spares have.
-    fn presize_bytes(&self) -> u64 {
-        self.resources(1).buffer_pool_bytes
+    fn presized(&self) -> stratus_core::Resources {
+        self.resources(1)
+    }
+
+    fn is_presized(&self, spare: &Spare) -> bool {
+        spare.buffer_pool_bytes == self.presized().buffer_pool_bytes
     }
 
     /// A spare on `node` to claim, if one is ready, preferring one whose pool is already
@@ -148,15 +147,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             let mut st = self.pool_state();
             st.creates.push_back(now_ms());
             let here = |s: &Spare| s.node == node;
-            let presized = self.presize_bytes();
             // The right size, else one not presized (those are kept for the default size).
             let i = st
                 .ready
                 .iter()
                 .rposition(|s| here(s) && s.buffer_pool_bytes == buffer_pool_bytes)
-                .or_else(|| {
-                    (st.ready.iter()).rposition(|s| here(s) && s.buffer_pool_bytes != presized)
-                })
+                .or_else(|| (st.ready.iter()).rposition(|s| here(s) && !self.is_presized(s)))
                 .or_else(|| st.ready.iter().rposition(here));
             i.map(|i| st.ready.remove(i))
         };
@@ -173,7 +169,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
         }
         let max_resources = self.resources(Tier::STANDARD_MAX_SCU);
-        let presized = self.resources(1);
+        let presized = self.presized();
         loop {
             let (step, surplus, to_presize) = {
                 let mut st = self.pool_state();
@@ -190,7 +186,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
                 let want = target(self.cfg.pool, st.creates.len());
                 let step = next_step(st.ready.len() + st.presizing, st.starting, want);
-                let is_presized = |s: &Spare| s.buffer_pool_bytes == presized.buffer_pool_bytes;
+                let is_presized = |s: &Spare| self.is_presized(s);
                 let (mut surplus, mut to_presize) = (None, None);
                 match step {
                     // A presized spare is the last to go.
@@ -204,9 +200,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     PoolStep::Wait => {
                         let ready_presized = st.ready.iter().filter(|s| is_presized(s)).count();
                         let unsized_ready = st.ready.len() - ready_presized;
-                        let want_presized = match st.presize_off {
-                            true => 0,
-                            false => self.cfg.pool.presized.min(want),
+                        let want_presized = if st.presize_off {
+                            0
+                        } else {
+                            self.cfg.pool.presized.min(want)
                         };
                         if presize_due(unsized_ready, ready_presized, st.presizing, want_presized) {
                             let i = st.ready.iter().rposition(|s| !is_presized(s));
