@@ -77,6 +77,60 @@ impl Histogram {
 }
 
 /// A point-in-time copy, for the API and the lifecycle controller.
+/// One session's share of its database's gauges, so that each is counted at most once and taken
+/// back when the session stops holding it. A share that an answer ends is taken back before
+/// that answer is written to the client: a client that has its answer and at once asks to
+/// suspend or park the database must find nothing of its own still running.
+#[derive(Debug, Default)]
+pub(crate) struct SessionShare {
+    running: bool,
+    in_transaction: bool,
+    pinned: bool,
+    unread_vars: bool,
+}
+
+impl SessionShare {
+    /// Counts (or stops counting) the session's statement as running.
+    pub(crate) fn running(&mut self, a: &ServiceActivity, now: bool) {
+        track(&a.running, &mut self.running, now);
+    }
+
+    /// Brings the transaction, pin and unread-variable gauges in line with the session's state.
+    pub(crate) fn publish(&mut self, a: &ServiceActivity, state: &crate::session::SessionState) {
+        track(
+            &a.in_transaction,
+            &mut self.in_transaction,
+            state.in_transaction,
+        );
+        track(&a.pinned, &mut self.pinned, state.holds_connection_state());
+        track(
+            &a.unread_vars,
+            &mut self.unread_vars,
+            state.user_vars_unread,
+        );
+    }
+
+    /// Takes back the transaction, pin and unread-variable shares (the session ends, or starts
+    /// over as another identity).
+    pub(crate) fn withdraw(&mut self, a: &ServiceActivity) {
+        track(&a.in_transaction, &mut self.in_transaction, false);
+        track(&a.pinned, &mut self.pinned, false);
+        track(&a.unread_vars, &mut self.unread_vars, false);
+    }
+}
+
+/// Moves one session's contribution to a shared gauge when its own flag changes.
+fn track(gauge: &AtomicU64, reported: &mut bool, now: bool) {
+    if now != *reported {
+        if now {
+            gauge.fetch_add(1, Ordering::Relaxed);
+        } else {
+            gauge.fetch_sub(1, Ordering::Relaxed);
+        }
+        *reported = now;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ActivitySnapshot {
     pub connections: u64,

@@ -3,7 +3,7 @@
 //! connection. Protocol: <https://mariadb.com/kb/en/connection/>,
 //! <https://mariadb.com/kb/en/2-text-protocol/>, <https://mariadb.com/kb/en/3-binary-protocol-prepared-statements/>.
 
-use crate::activity::ServiceActivity;
+use crate::activity::{ServiceActivity, SessionShare};
 use crate::backend::{Backend, BackendError, Login};
 use crate::error::{ER_LOCK_DEADLOCK, SqlError};
 use crate::kill;
@@ -12,7 +12,7 @@ use crate::prepared::Statements;
 use crate::recovery::{Recovery, Ticket};
 use crate::relay::idle_backend_closed;
 use crate::replay::{self, Entry, Marker, OnLoss, TxLog};
-use crate::session::{BACKEND_TRACKING, SessionState};
+use crate::session::{BACKEND_TRACKING, Effects, SessionState};
 use crate::storage_limit;
 use crate::stream::{ClientIo, ClientStream, End, ReadError};
 use crate::{Directory, Proxy};
@@ -35,6 +35,9 @@ mod backend_link;
 mod credentials;
 mod failover;
 mod user_vars;
+
+#[cfg(test)]
+mod tests;
 
 /// Decrements a counter when dropped, so every path out of a session releases its slots.
 struct Slot<'a>(&'a std::sync::atomic::AtomicU64);
@@ -160,11 +163,10 @@ pub(crate) async fn session<D: Directory>(
             ..SessionState::default()
         },
         stmts: Statements::default(),
-        pinned_reported: false,
-        unread_reported: false,
-        in_trans_reported: false,
+        share: SessionShare::default(),
         password_unknown: false,
         hold_answer: false,
+        on_success: None,
         txlog: TxLog::default(),
         autocommit: true,
         hashing: false,
@@ -221,14 +223,16 @@ struct Session<D: Directory> {
     backend: Option<Backend>,
     state: SessionState,
     stmts: Statements,
-    pinned_reported: bool,
-    unread_reported: bool,
-    in_trans_reported: bool,
+    /// What this session counts for in `activity`.
+    share: SessionShare,
     /// The client changed its own password to one the proxy could not learn (`credentials`).
     password_unknown: bool,
     /// Keep the next answer from the client until the proxy has acted on it (accounts changed
     /// in SQL must be in the catalog before the client can try them).
     hold_answer: bool,
+    /// What the command being answered does to the session if it succeeds (`relay` takes it on
+    /// before the answer goes out).
+    on_success: Option<Effects>,
     /// The open transaction, kept to be replayed after a failover.
     txlog: TxLog,
     /// Autocommit is on, as the last answer's status said.
@@ -593,11 +597,13 @@ impl<D: Directory> Session<D> {
         // whenever Stratus finds it refused (`stratus-control`'s `accounts`).
         let accounts = stmts.iter().any(|s| s.kind == Kind::AccountManagement);
         self.hold_answer = accounts;
+        self.on_success = Some(effects(sql, stmts));
         let expect = Expect::ResultSets { binary: false };
         let relayed = self
             .forward_retrying(Outgoing::Raw(raw), seq, expect, on_loss)
             .await;
         self.hold_answer = false;
+        self.on_success = None;
         let relayed = relayed?;
         if relayed.error.is_none() {
             self.after_statements(sql, stmts).await;
@@ -609,6 +615,7 @@ impl<D: Directory> Session<D> {
         };
         self.record(before, &relayed, &payload, Some(expect), class);
         if let Some(answer) = relayed.held {
+            self.report_state();
             self.client.write(&answer).await?;
         }
         Ok(())
@@ -660,21 +667,9 @@ impl<D: Directory> Session<D> {
 
     /// Learns what successful statements did to the session.
     async fn after_statements(&mut self, sql: &[u8], stmts: &[Statement]) {
-        let mut read_user_vars = false;
         let mut accounts = false;
         for s in stmts {
             accounts |= s.kind == Kind::AccountManagement;
-            if let Some(p) = s.pin {
-                self.state.pin(p);
-            }
-            if let Some(p) = s.unpin {
-                self.state.unpin(p);
-            }
-            // A procedure given user variables assigns them when they are OUT parameters (as
-            // connectors pass those). One given none is not read back after: the session would
-            // count as holding values it has not read for nothing.
-            let text = sql.get(s.span.clone()).unwrap_or_default();
-            read_user_vars |= s.sets_user_vars || s.kind == Kind::Call && text.contains(&b'@');
             match (s.kind, &s.prepared_name) {
                 (Kind::Prepare, Some(name)) => {
                     let text = String::from_utf8_lossy(sql.get(s.span.clone()).unwrap_or_default())
@@ -695,8 +690,6 @@ impl<D: Directory> Session<D> {
             self.proxy.dir.accounts_changed(&self.service).await;
             self.learn_own_password(sql, stmts).await;
         }
-        // Read back before the client's next command, not now: `user_vars`.
-        self.state.user_vars_unread |= read_user_vars;
     }
 
     /// `KILL` of a connection id: the id is the one the proxy greeted a client with, so it is
@@ -1020,31 +1013,30 @@ impl<D: Directory> Session<D> {
 
     /// Tells the activity counters when this session's transaction or pin state changed.
     fn report_state(&mut self) {
-        let pinned = self.state.holds_connection_state();
-        track(
-            &self.activity.in_transaction,
-            &mut self.in_trans_reported,
-            self.state.in_transaction,
-        );
-        track(&self.activity.pinned, &mut self.pinned_reported, pinned);
-        let unread = self.state.user_vars_unread;
-        track(
-            &self.activity.unread_vars,
-            &mut self.unread_reported,
-            unread,
-        );
+        self.share.publish(&self.activity, &self.state);
     }
 
     /// Withdraws this session's transaction and pin from the counters (it ends or starts over).
     fn release_pins(&mut self) {
-        track(
-            &self.activity.in_transaction,
-            &mut self.in_trans_reported,
-            false,
-        );
-        track(&self.activity.pinned, &mut self.pinned_reported, false);
-        track(&self.activity.unread_vars, &mut self.unread_reported, false);
+        self.share.withdraw(&self.activity);
     }
+}
+
+/// What statements of a query do to the session if they succeed: pins taken and released, and
+/// whether user variables are to be read back (before the client's next command, not at once:
+/// `user_vars`).
+fn effects(sql: &[u8], stmts: &[Statement]) -> Effects {
+    let mut e = Effects::default();
+    for s in stmts {
+        e.pin.extend(s.pin);
+        e.unpin.extend(s.unpin);
+        // A procedure given user variables assigns them when they are OUT parameters (as
+        // connectors pass those). One given none is not read back after: the session would
+        // count as holding values it has not read for nothing.
+        let text = sql.get(s.span.clone()).unwrap_or_default();
+        e.user_vars |= s.sets_user_vars || s.kind == Kind::Call && text.contains(&b'@');
+    }
+    e
 }
 
 /// Learns the transaction and autocommit state from the end of an answer. An error leaves the
@@ -1060,18 +1052,6 @@ fn settle(state: &mut SessionState, autocommit: &mut bool, t: &Tracker, expect: 
     {
         state.in_transaction = t.status & caps::STATUS_IN_TRANS != 0;
         *autocommit = t.status & caps::STATUS_AUTOCOMMIT != 0;
-    }
-}
-
-/// Moves one session's contribution to a shared gauge when its own flag changes.
-fn track(gauge: &std::sync::atomic::AtomicU64, reported: &mut bool, now: bool) {
-    if now != *reported {
-        if now {
-            gauge.fetch_add(1, Ordering::Relaxed);
-        } else {
-            gauge.fetch_sub(1, Ordering::Relaxed);
-        }
-        *reported = now;
     }
 }
 

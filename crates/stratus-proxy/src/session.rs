@@ -14,6 +14,16 @@ use stratus_wire::classify::Pin;
 pub const BACKEND_TRACKING: &str = "SET session_track_system_variables='*', session_track_schema=ON, \
      session_track_state_change=ON, session_track_transaction_info='CHARACTERISTICS'";
 
+/// What a command does to the session beyond what session tracking reports, if it succeeds:
+/// taken on as its answer goes out, before the client can act on that answer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Effects {
+    pub pin: Vec<Pin>,
+    pub unpin: Vec<Pin>,
+    /// It assigned user variables, which are to be read back (`client::user_vars`).
+    pub user_vars: bool,
+}
+
 /// Variables that describe one statement or transaction, or that the server maintains itself
 /// (read-only): tracked, never replayed.
 const NOT_REPLAYED: &[&str] = &[
@@ -161,6 +171,17 @@ impl SessionState {
             || self.handlers > 0
             || self.xa
             || self.cursors > 0
+    }
+
+    /// Takes on what a statement that succeeded did to the session.
+    pub fn apply(&mut self, e: Effects) {
+        for p in e.pin {
+            self.pin(p);
+        }
+        for p in e.unpin {
+            self.unpin(p);
+        }
+        self.user_vars_unread |= e.user_vars;
     }
 
     pub fn pin(&mut self, p: Pin) {

@@ -18,7 +18,7 @@ pub enum ClientStream {
     /// A client in the same process, for tests of whole sessions (`crate::testkit`). Absent
     /// from other builds, so the relay's matches compile as they would without it.
     #[cfg(test)]
-    Memory(tokio::io::DuplexStream),
+    Memory(crate::testkit::net::ClientPipe),
 }
 
 impl ClientStream {

@@ -480,6 +480,11 @@ impl<D: Directory> Session<D> {
                 match step {
                     Step::More => {}
                     Step::Done if self.hold_answer => {
+                        if let Some(e) = self.on_success.take()
+                            && t.error.is_none()
+                        {
+                            self.state.apply(e);
+                        }
                         relayed.held = Some(out.take(&mut b.buf, pos));
                         relayed.status = t.status;
                         relayed.warnings = t.warnings;
@@ -490,6 +495,18 @@ impl<D: Directory> Session<D> {
                         return Ok(relayed);
                     }
                     Step::Done | Step::LocalInfile => {
+                        if step == Step::Done {
+                            // Over before the client can know it: the client may act on its
+                            // answer at once (park the database, say).
+                            settle(&mut self.state, &mut self.autocommit, &t, expect);
+                            if let Some(e) = self.on_success.take()
+                                && t.error.is_none()
+                            {
+                                self.state.apply(e);
+                            }
+                            self.share.running(&self.activity, false);
+                            self.share.publish(&self.activity, &self.state);
+                        }
                         out.send(&mut self.client.stream, &mut b.buf, pos, true)
                             .await?;
                         pos = 0;
@@ -499,7 +516,6 @@ impl<D: Directory> Session<D> {
                             relayed.error = t.error;
                             relayed.insert_id = sum.as_ref().and_then(Checksum::insert_id);
                             relayed.checksum = sum.map(|s| s.finish());
-                            settle(&mut self.state, &mut self.autocommit, &t, expect);
                             if tracking_touched {
                                 // The client changed its session tracking; Stratus still needs all.
                                 if let Err(e) = b.query(BACKEND_TRACKING).await {

@@ -91,7 +91,7 @@ impl<D: Directory> Session<D> {
         self.marker.written = false;
         // Counted as running throughout, so the lifecycle never suspends or parks the database
         // under a failover.
-        self.activity.running.fetch_add(1, Ordering::Relaxed);
+        self.share.running(&self.activity, true);
         let result = loop {
             let ready = match next {
                 Next::Send => self
@@ -202,7 +202,7 @@ impl<D: Directory> Session<D> {
             }
         };
         self.ticket = None;
-        self.activity.running.fetch_sub(1, Ordering::Relaxed);
+        self.share.running(&self.activity, false);
         result
     }
 
@@ -227,7 +227,7 @@ impl<D: Directory> Session<D> {
     pub(super) async fn recover_idle(&mut self) {
         let limits = self.proxy.cfg.replay;
         self.join_recovery(true, None);
-        self.activity.running.fetch_add(1, Ordering::Relaxed);
+        self.share.running(&self.activity, true);
         self.unattended = true;
         let mut f = (Instant::now(), 0);
         let result = loop {
@@ -253,7 +253,7 @@ impl<D: Directory> Session<D> {
             Err(ReplayError::Lost | ReplayError::Unavailable(_)) => self.drop_backend(),
         }
         self.ticket = None;
-        self.activity.running.fetch_sub(1, Ordering::Relaxed);
+        self.share.running(&self.activity, false);
     }
 
     /// Carries the session's open transaction over to a new backend: the session as it was when

@@ -60,11 +60,22 @@ impl Harness {
 
     /// A client logged in through a new session of the proxy.
     pub(crate) async fn client(&self) -> TestClient {
+        self.client_watched(None).await
+    }
+
+    /// A client, with `on_write` run each time the proxy writes to it (`net::ClientPipe`).
+    pub(crate) async fn client_watched(
+        &self,
+        on_write: Option<Arc<dyn Fn() + Send + Sync>>,
+    ) -> TestClient {
         let (client_end, proxy_end) = tokio::io::duplex(1 << 20);
         let peer = "127.0.0.1:40000".parse().expect("an address");
         tokio::spawn(crate::client::session(
             self.proxy.clone(),
-            ClientStream::Memory(proxy_end),
+            ClientStream::Memory(net::ClientPipe {
+                stream: proxy_end,
+                on_write,
+            }),
             peer,
         ));
         TestClient::login(client_end, &format!("{SERVICE}.{USER}"), PASSWORD).await

@@ -187,6 +187,44 @@ impl AsyncWrite for MemoryStream {
     }
 }
 
+/// The proxy's end of a client's pipe, which can run a check each time the proxy writes: what
+/// the proxy has published by then is what a client could see on receiving those bytes,
+/// whichever thread it runs on.
+pub(crate) struct ClientPipe {
+    pub(crate) stream: DuplexStream,
+    pub(crate) on_write: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl AsyncRead for ClientPipe {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientPipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        if let Some(check) = &me.on_write {
+            check();
+        }
+        Pin::new(&mut me.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

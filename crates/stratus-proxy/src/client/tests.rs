@@ -1,0 +1,70 @@
+//! What a session tells the control plane (`crate::activity`), as its client receives each
+//! answer: a client (or the person behind it) acts on an answer at once, from any thread, and an
+//! operator's suspend or park refuses while a statement runs or a transaction is open, so the
+//! gauges must already say what the answer says when its bytes are written.
+
+use crate::activity::ActivitySnapshot;
+use crate::testkit::client::TestClient;
+use crate::testkit::scripted_backend::{Query, Reply};
+use crate::testkit::{Harness, SERVICE};
+use std::sync::{Arc, Mutex};
+
+fn server(q: &Query<'_>) -> Reply {
+    match q.sql {
+        "SELECT 1" => Reply::rows(&["1"], &[&["1"]]),
+        s if s.starts_with("INSERT") => Reply::affected(1),
+        _ => Reply::ok(),
+    }
+}
+
+/// A client, and the database's gauges as they stood at the proxy's latest write to it.
+async fn watched(h: &Harness) -> (TestClient, impl Fn() -> ActivitySnapshot) {
+    let seen = Arc::new(Mutex::new(ActivitySnapshot::default()));
+    let (proxy, record) = (h.proxy.clone(), seen.clone());
+    let on_write = move || *record.lock().unwrap() = proxy.activity.snapshot(SERVICE);
+    let client = h.client_watched(Some(Arc::new(on_write))).await;
+    (client, move || *seen.lock().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_statement_is_over_for_the_control_plane_when_its_answer_goes_out() {
+    let h = Harness::new(server);
+    let (mut c, at_answer) = watched(&h).await;
+    for sql in ["SELECT 1", "INSERT INTO t VALUES (1)", "SET @a = 1"] {
+        c.query(sql).await;
+        assert_eq!(at_answer().running, 0, "still running at its answer: {sql}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transaction_is_open_and_then_over_as_its_client_hears_it() {
+    let h = Harness::new(server);
+    let (mut c, at_answer) = watched(&h).await;
+    c.query("BEGIN").await;
+    assert_eq!(at_answer().in_transaction, 1);
+    c.query("INSERT INTO t VALUES (1)").await;
+    assert_eq!(at_answer().in_transaction, 1);
+    c.query("COMMIT").await;
+    let a = at_answer();
+    assert_eq!((a.running, a.in_transaction), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_only_the_backend_holds_counts_as_its_client_hears_of_it() {
+    let h = Harness::new(server);
+    let (mut c, at_answer) = watched(&h).await;
+    c.query("CREATE TEMPORARY TABLE tmp (a INT)").await;
+    assert_eq!(
+        at_answer().pinned,
+        1,
+        "the temporary table pins the session"
+    );
+    c.query("DROP TEMPORARY TABLE tmp").await;
+    assert_eq!(at_answer().pinned, 0);
+    c.query("SET @a = 1").await;
+    assert_eq!(
+        at_answer().unread_vars,
+        1,
+        "a user variable not read back yet"
+    );
+}
