@@ -10,6 +10,7 @@
 //! [versioning](https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definition-versioning/),
 //! kube-rs's [`CustomResource`](https://docs.rs/kube/latest/kube/derive.CustomResource.html).
 
+pub mod objects;
 pub mod v1alpha1;
 
 pub use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -19,9 +19,13 @@ pub const RELAY_LOG: &str = "relay-bin";
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub datadir: PathBuf,
-    /// The only way in: a socket in a directory only Stratus and the server's user may enter.
-    /// The server never listens on TCP, so nothing can bypass the proxy.
+    /// The only way in on one machine: a socket in a directory only Stratus and the server's
+    /// user may enter.
     pub socket: PathBuf,
+    /// `None`: the server never listens on TCP, so nothing can bypass the proxy (one machine).
+    /// On Kubernetes it listens on this port, and network policy admits only the proxy and the
+    /// operator.
+    pub port: Option<u16>,
     pub pid_file: PathBuf,
     pub error_log: PathBuf,
     /// Its own temporary directory: servers sharing `/tmp` collide on temporary table names
@@ -72,7 +76,13 @@ pub fn render(o: &ServerOptions) -> String {
     line("pid-file", &quoted(&o.pid_file));
     line("log-error", &quoted(&o.error_log));
     line("tmpdir", &quoted(&o.tmpdir));
-    line("skip-networking", &"ON");
+    match o.port {
+        None => line("skip-networking", &"ON"),
+        Some(port) => {
+            line("port", &port);
+            line("bind_address", &"0.0.0.0");
+        }
+    }
     if let Some(user) = &o.user {
         line("user", user);
     }
@@ -161,6 +171,7 @@ mod tests {
         ServerOptions {
             datadir: "/d/my \"data\"".into(),
             socket: "/d/s.sock".into(),
+            port: None,
             pid_file: "/d/p.pid".into(),
             error_log: "/d/e.log".into(),
             tmpdir: "/d/tmp".into(),
@@ -213,6 +224,19 @@ mod tests {
         assert!(!cnf.contains("user =") && !cnf.contains("init_file"));
         assert!(!cnf.contains("encrypt"), "no encryption without a key");
         assert!(cnf.contains("innodb_buffer_pool_size_max = 1073741824"));
+    }
+
+    #[test]
+    fn a_networked_server_listens_on_its_port_only() {
+        let cnf = render(&ServerOptions {
+            port: Some(3306),
+            ..opts()
+        });
+        assert!(
+            cnf.contains("port = 3306\nbind_address = 0.0.0.0\n"),
+            "{cnf}"
+        );
+        assert!(!cnf.contains("skip-networking"));
     }
 
     #[test]

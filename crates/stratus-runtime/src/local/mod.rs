@@ -18,7 +18,7 @@
 mod archive;
 mod backup;
 mod commit_clock;
-mod config;
+pub mod config;
 pub mod keys;
 mod nodes;
 mod notify;
@@ -29,6 +29,7 @@ pub mod volume;
 
 pub use nodes::LocalNodes;
 pub use server_user::{DEFAULT_SERVER_USER, ServerUser};
+pub use template::{Access, RESTORED_TABLE, access_sql_for};
 
 use crate::admin::{AdminConn, AdminLogin, ServerAdmin};
 use crate::binaries::MariaDb;
@@ -510,6 +511,7 @@ impl Inner {
             key_file,
             datadir: paths.data.clone(),
             socket: paths.socket.clone(),
+            port: None,
             pid_file: paths.pid.clone(),
             error_log: paths.log.clone(),
             tmpdir: paths.tmp.clone(),

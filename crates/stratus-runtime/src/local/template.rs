@@ -52,6 +52,7 @@ pub async fn ensure(
     let opts = ServerOptions {
         datadir: dir.join("data"),
         socket: dir.join("tmp/bootstrap.sock"),
+        port: None,
         pid_file: dir.join("tmp/bootstrap.pid"),
         error_log: log.clone(),
         tmpdir: dir.join("tmp"),
@@ -134,18 +135,46 @@ pub async fn ensure(
 /// `mysql` schema, which tenants can read but not write) says so, for Stratus to report. The
 /// account of earlier versions, which logged in with a password over TCP, is removed.
 pub fn access_sql(admin: &str) -> String {
+    access_sql_for(admin, &Access::Socket)
+}
+
+/// How Stratus's own account logs in.
+pub enum Access {
+    /// `admin@localhost` through the server's socket, as the OS user of the same name (one
+    /// machine: only Stratus runs as it).
+    Socket,
+    /// `admin@'%'` over the network with this `mysql_native_password` hash (Kubernetes, where
+    /// network policy admits only the proxy and the operator to a database's port).
+    Password(stratus_core::password::NativeHash),
+}
+
+/// [`access_sql`] for an account that logs in as `access` says.
+pub fn access_sql_for(admin: &str, access: &Access) -> String {
     let user = quote_str(admin);
-    let a = format!("{user}@'localhost'");
+    // A changed password is a changed account too; a socket account has none.
+    let (host, auth, secret) = match access {
+        Access::Socket => ("localhost", "unix_socket".to_owned(), ""),
+        Access::Password(hash) => (
+            "%",
+            format!(
+                "mysql_native_password USING {}",
+                quote_str(&hash.to_string())
+            ),
+            " JSON_VALUE(Priv, '$.authentication_string'),",
+        ),
+    };
+    let a = format!("{user}@{}", quote_str(host));
     let state = format!(
-        "(SELECT CONCAT_WS(' ', JSON_VALUE(Priv, '$.plugin'), IFNULL(JSON_VALUE(Priv, '$.account_locked'), 'false'), \
-         JSON_VALUE(Priv, '$.access')) FROM mysql.global_priv WHERE User = {user} AND Host = 'localhost')"
+        "(SELECT CONCAT_WS(' ', JSON_VALUE(Priv, '$.plugin'),{secret} IFNULL(JSON_VALUE(Priv, '$.account_locked'), 'false'), \
+         JSON_VALUE(Priv, '$.access')) FROM mysql.global_priv WHERE User = {user} AND Host = {})",
+        quote_str(host)
     );
     format!(
         "SET sql_log_bin = 0;\n\
          CREATE TABLE IF NOT EXISTS {RESTORED_TABLE} (restored_at DATETIME NOT NULL, was TEXT NOT NULL) ENGINE=InnoDB;\n\
          SET @stratus_was = IFNULL({state}, 'missing');\n\
-         CREATE USER IF NOT EXISTS {a} IDENTIFIED VIA unix_socket;\n\
-         ALTER USER {a} IDENTIFIED VIA unix_socket WITH MAX_QUERIES_PER_HOUR 0 MAX_UPDATES_PER_HOUR 0 \
+         CREATE USER IF NOT EXISTS {a} IDENTIFIED VIA {auth};\n\
+         ALTER USER {a} IDENTIFIED VIA {auth} WITH MAX_QUERIES_PER_HOUR 0 MAX_UPDATES_PER_HOUR 0 \
          MAX_CONNECTIONS_PER_HOUR 0 MAX_USER_CONNECTIONS 0 MAX_STATEMENT_TIME 0 PASSWORD EXPIRE NEVER ACCOUNT UNLOCK;\n\
          GRANT ALL PRIVILEGES ON *.* TO {a} WITH GRANT OPTION;\n\
          INSERT INTO {RESTORED_TABLE} SELECT NOW(), @stratus_was FROM DUAL WHERE @stratus_was <> IFNULL({state}, '');\n\
@@ -204,4 +233,27 @@ pub fn copy_into(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stratus_core::password::NativeHash;
+
+    #[test]
+    fn the_account_is_restored_as_it_logs_in() {
+        let local = access_sql("stratus_admin");
+        assert!(local.contains(
+            "CREATE USER IF NOT EXISTS 'stratus_admin'@'localhost' IDENTIFIED VIA unix_socket;"
+        ));
+        assert!(!local.contains("authentication_string"));
+        let hash = NativeHash::of_password("pw");
+        let net = access_sql_for("stratus_admin", &Access::Password(hash));
+        assert!(net.contains(&format!(
+            "ALTER USER 'stratus_admin'@'%' IDENTIFIED VIA mysql_native_password USING '{hash}' WITH"
+        )));
+        // A password changed by a tenant counts as a changed account, and is reported.
+        assert!(net.contains("JSON_VALUE(Priv, '$.authentication_string')"));
+        assert_eq!(net.lines().count(), local.lines().count());
+    }
 }

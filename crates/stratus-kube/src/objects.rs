@@ -1,0 +1,400 @@
+//! The Kubernetes objects that run one database: a StatefulSet of one replica with its volume
+//! claim, a headless Service, a ConfigMap with the server's option file and a Secret with
+//! Stratus's own login. Pure functions of the database's [`InstanceSpec`] and the operator's
+//! [`Settings`], so what the operator sends is tested without a cluster.
+//!
+//! References: [StatefulSet](https://kubernetes.io/docs/concepts/workloads/controllers/statefulset/),
+//! [in-place pod resize](https://kubernetes.io/docs/tasks/configure-pod-container/resize-container-resources/)
+//! (the `resize` subresource, Kubernetes 1.33+),
+//! [volume expansion](https://kubernetes.io/docs/concepts/storage/persistent-volumes/#expanding-persistent-volumes-claims),
+//! [pod security standards](https://kubernetes.io/docs/concepts/security/pod-security-standards/)
+//! (every database pod meets "restricted").
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use stratus_core::password::NativeHash;
+use stratus_core::{Resources, ServiceName};
+use stratus_runtime::InstanceSpec;
+use stratus_runtime::local::config::{self, ServerOptions};
+use stratus_runtime::local::{Access, access_sql_for};
+
+/// The port every database server listens on inside its pod.
+pub const PORT: u16 = 3306;
+
+/// Stratus's own account in every server (as on one machine).
+pub const ADMIN_USER: &str = "stratus_admin";
+
+/// The label that names the database an object belongs to.
+pub const DATABASE_LABEL: &str = "stratus.dev/database";
+
+/// Where the volume is mounted: the data directory and the binary log live under it.
+const VOLUME_MOUNT: &str = "/var/lib/stratus";
+/// The server's socket, for the readiness probe only (Stratus and the proxy use TCP).
+const SOCKET: &str = "/run/mysqld/mysqld.sock";
+/// The option file, from the ConfigMap.
+const OPTION_FILE: &str = "/etc/stratus/my.cnf";
+/// The init file, from the Secret: restores Stratus's account at every start.
+const INIT_FILE: &str = "/etc/stratus/secret/init.sql";
+/// The uid and gid of `mysql` in the official image.
+const MYSQL_UID: i64 = 999;
+
+/// What the operator is configured with (the Helm chart's values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The namespace databases run in.
+    pub namespace: String,
+    /// A MariaDB image with `mariadbd` and `mariadb-install-db` (the official `mariadb` image).
+    pub image: String,
+    /// The storage class of database volumes (`None`: the cluster's default). It must allow
+    /// expansion for storage to grow.
+    pub storage_class: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: "stratus".into(),
+            image: "mariadb:10.11".into(),
+            storage_class: None,
+        }
+    }
+}
+
+/// The name of a database's StatefulSet, Service, ConfigMap and Secret.
+pub fn object_name(db: &ServiceName) -> String {
+    format!("db-{db}")
+}
+
+/// Its one pod.
+pub fn pod_name(db: &ServiceName) -> String {
+    format!("db-{db}-0")
+}
+
+/// Its volume claim, as the StatefulSet's claim template names it.
+pub fn claim_name(db: &ServiceName) -> String {
+    format!("data-db-{db}-0")
+}
+
+/// Labels of every object of a database; the selector uses only [`DATABASE_LABEL`].
+pub fn labels(db: &ServiceName) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "mariadb".into()),
+        ("app.kubernetes.io/component".into(), "database".into()),
+        ("app.kubernetes.io/managed-by".into(), "stratus".into()),
+        (DATABASE_LABEL.into(), db.to_string()),
+    ])
+}
+
+/// `requests` and `limits` of the server's container: equal, so the pod is in the Guaranteed
+/// QoS class and its memory limit is the SCU's.
+pub fn container_resources(r: &Resources) -> Value {
+    let amounts =
+        json!({"cpu": format!("{}m", r.cpu_millis), "memory": r.memory_bytes.to_string()});
+    json!({"requests": amounts, "limits": amounts})
+}
+
+/// The body of `PATCH pods/NAME/resize`: the new size of the server's container, applied in
+/// place (no restart: both resources are `NotRequired` in its resize policy).
+pub fn resize_patch(r: &Resources) -> Value {
+    json!({"spec": {"containers": [{"name": "mariadb", "resources": container_resources(r)}]}})
+}
+
+/// The body of `PATCH statefulsets/NAME/scale`: 0 parks (the claim is kept), 1 wakes.
+pub fn scale_patch(replicas: i32) -> Value {
+    json!({"spec": {"replicas": replicas}})
+}
+
+/// The body of `PATCH persistentvolumeclaims/NAME`: the volume's new size.
+pub fn expand_patch(bytes: u64) -> Value {
+    json!({"spec": {"resources": {"requests": {"storage": bytes.to_string()}}}})
+}
+
+/// The server's option file: the one `stratus up` writes, with the paths of the pod and a
+/// TCP port.
+pub fn option_file(spec: &InstanceSpec) -> String {
+    config::render(&ServerOptions {
+        datadir: format!("{VOLUME_MOUNT}/data").into(),
+        socket: SOCKET.into(),
+        port: Some(PORT),
+        pid_file: "/run/mysqld/mysqld.pid".into(),
+        // The container's log, which `kubectl logs` shows.
+        error_log: "/dev/stderr".into(),
+        tmpdir: "/tmp".into(),
+        binlog_dir: Some(format!("{VOLUME_MOUNT}/binlog").into()),
+        user: None,
+        secure_file_priv: format!("{VOLUME_MOUNT}/files").into(),
+        plugin_dir: "/usr/lib/mysql/plugin".into(),
+        init_file: Some(INIT_FILE.into()),
+        key_file: None,
+        server_id: config::server_id(spec.name.as_str()),
+        semi_sync: false,
+        buffer_pool_bytes: spec.resources.buffer_pool_bytes,
+        buffer_pool_max_bytes: None,
+    })
+}
+
+pub fn config_map(spec: &InstanceSpec, s: &Settings) -> ConfigMap {
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(&spec.name, s),
+        "data": {"my.cnf": option_file(spec)},
+    }))
+}
+
+/// Stratus's login to one database: the password (for the operator and the proxy) and the init
+/// file that restores the account at every start (for the server). Made once, when the
+/// database is created; only the operator's service account may read it.
+pub fn secret(db: &ServiceName, s: &Settings, password: &str) -> Secret {
+    let init = access_sql_for(
+        ADMIN_USER,
+        &Access::Password(NativeHash::of_password(password)),
+    );
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(db, s),
+        "type": "Opaque",
+        "stringData": {"password": password, "init.sql": init},
+    }))
+}
+
+/// A headless Service: the pod's stable DNS name, `db-NAME-0.db-NAME.NAMESPACE.svc`.
+pub fn service(db: &ServiceName, s: &Settings) -> Service {
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(db, s),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {DATABASE_LABEL: db.to_string()},
+            "ports": [{"name": "mariadb", "port": PORT, "targetPort": PORT}],
+            // Stratus waits for a server itself; the name must resolve before it is ready.
+            "publishNotReadyAddresses": true,
+        },
+    }))
+}
+
+/// The database's StatefulSet: one replica, on the node the placement chose, with its claim.
+pub fn stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
+    let name = object_name(&spec.name);
+    let mut claim = json!({
+        "metadata": {"name": "data", "labels": labels(&spec.name)},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": spec.storage_bytes.to_string()}},
+        },
+    });
+    if let Some(class) = &s.storage_class {
+        claim["spec"]["storageClassName"] = json!(class);
+    }
+    let restricted = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+    });
+    let mounts = json!([
+        {"name": "data", "mountPath": VOLUME_MOUNT},
+        {"name": "run", "mountPath": "/run/mysqld"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "config", "mountPath": "/etc/stratus", "readOnly": true},
+        {"name": "init", "mountPath": "/etc/stratus/secret", "readOnly": true},
+    ]);
+    let mut pod = json!({
+        "metadata": {"labels": labels(&spec.name)},
+        "spec": {
+            // A tenant's server has no business with the Kubernetes API.
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "terminationGracePeriodSeconds": 60,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": MYSQL_UID,
+                "runAsGroup": MYSQL_UID,
+                "fsGroup": MYSQL_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "initContainers": [{
+                "name": "init-datadir",
+                "image": s.image,
+                "command": ["sh", "-c", format!(
+                    "mkdir -p {VOLUME_MOUNT}/binlog {VOLUME_MOUNT}/files && \
+                     if [ ! -d {VOLUME_MOUNT}/data/mysql ]; then \
+                     mariadb-install-db --defaults-file={OPTION_FILE} --skip-test-db \
+                     --auth-root-authentication-method=socket; fi"
+                )],
+                "securityContext": restricted,
+                "volumeMounts": mounts,
+            }],
+            "containers": [{
+                "name": "mariadb",
+                "image": s.image,
+                "command": ["mariadbd", format!("--defaults-file={OPTION_FILE}")],
+                "ports": [{"name": "mariadb", "containerPort": PORT}],
+                "resources": container_resources(&spec.resources),
+                "resizePolicy": [
+                    {"resourceName": "cpu", "restartPolicy": "NotRequired"},
+                    {"resourceName": "memory", "restartPolicy": "NotRequired"},
+                ],
+                // Answers (even "access denied") once the server takes connections.
+                "readinessProbe": {
+                    "exec": {"command": ["mariadb-admin", format!("--socket={SOCKET}"), "ping"]},
+                    "periodSeconds": 2,
+                },
+                "securityContext": restricted,
+                "volumeMounts": mounts,
+            }],
+            "volumes": [
+                {"name": "run", "emptyDir": {"medium": "Memory"}},
+                {"name": "tmp", "emptyDir": {}},
+                {"name": "config", "configMap": {"name": name, "items": [{"key": "my.cnf", "path": "my.cnf"}]}},
+                {"name": "init", "secret": {"secretName": name, "defaultMode": 0o400,
+                    "items": [{"key": "init.sql", "path": "init.sql"}]}},
+            ],
+        },
+    });
+    if !spec.node.is_empty() {
+        pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [spec.node]},
+            ]}],
+        }}});
+    }
+    typed(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(&spec.name, s),
+        "spec": {
+            "replicas": 1,
+            "serviceName": name,
+            "selector": {"matchLabels": {DATABASE_LABEL: spec.name.to_string()}},
+            // Parked (0 replicas): the claim stays. Deleted: Stratus removes the claim itself,
+            // once the database's last backup is safe.
+            "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Retain", "whenDeleted": "Retain"},
+            "template": pod,
+            "volumeClaimTemplates": [claim],
+        },
+    }))
+}
+
+fn metadata(db: &ServiceName, s: &Settings) -> Value {
+    json!({"name": object_name(db), "namespace": s.namespace, "labels": labels(db)})
+}
+
+/// The typed object of a literal that is built right here: a failure is a bug in this file,
+/// which the tests catch.
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    match serde_json::from_value(v) {
+        Ok(t) => t,
+        Err(e) => unreachable!("a malformed object literal in objects.rs: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stratus_core::ScuSize;
+
+    pub(crate) fn spec(name: &str, node: &str) -> InstanceSpec {
+        let scu = ScuSize::default();
+        InstanceSpec {
+            name: ServiceName::parse(name).unwrap(),
+            resources: scu.resources(1),
+            max_resources: scu.resources(4),
+            storage_bytes: 10 << 30,
+            node: node.into(),
+        }
+    }
+
+    #[test]
+    fn a_database_runs_as_one_guaranteed_pod_resized_in_place() {
+        let sts = serde_json::to_value(stateful_set(&spec("shop", "node-a"), &Settings::default()))
+            .unwrap();
+        assert_eq!(sts["metadata"]["name"], "db-shop");
+        assert_eq!(sts["spec"]["replicas"], 1);
+        let c = &sts["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["resources"]["limits"], c["resources"]["requests"]);
+        assert_eq!(c["resources"]["limits"]["cpu"], "500m");
+        assert_eq!(c["resizePolicy"][0]["restartPolicy"], "NotRequired");
+        assert_eq!(c["resizePolicy"][1]["restartPolicy"], "NotRequired");
+        let node = &sts["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"][0];
+        assert_eq!(node["values"][0], "node-a");
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            (10u64 << 30).to_string()
+        );
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+            "Retain"
+        );
+    }
+
+    #[test]
+    fn a_tenants_pod_gets_no_api_token_and_no_privileges() {
+        let sts =
+            serde_json::to_value(stateful_set(&spec("shop", ""), &Settings::default())).unwrap();
+        let pod = &sts["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        for c in [&pod["containers"][0], &pod["initContainers"][0]] {
+            assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+            assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+        }
+        assert!(
+            pod.get("affinity").is_none(),
+            "no node chosen: the scheduler places it"
+        );
+    }
+
+    #[test]
+    fn the_server_listens_on_its_port_with_the_pods_paths() {
+        let cnf = option_file(&spec("shop", ""));
+        for want in [
+            "port = 3306",
+            "bind_address = 0.0.0.0",
+            "datadir = \"/var/lib/stratus/data\"",
+            "init_file = \"/etc/stratus/secret/init.sql\"",
+            "symbolic-links = 0",
+        ] {
+            assert!(cnf.contains(want), "missing {want:?} in\n{cnf}");
+        }
+        assert!(!cnf.contains("skip-networking"));
+    }
+
+    #[test]
+    fn the_secret_holds_the_password_and_the_account_as_a_hash() {
+        let s = secret(
+            &ServiceName::parse("shop").unwrap(),
+            &Settings::default(),
+            "pw123",
+        );
+        let data = s.string_data.unwrap();
+        assert_eq!(data["password"], "pw123");
+        assert!(
+            !data["init.sql"].contains("pw123"),
+            "the init file has only the hash"
+        );
+        assert!(data["init.sql"].contains(&NativeHash::of_password("pw123").to_string()));
+    }
+
+    #[test]
+    fn patches_carry_the_new_size_only() {
+        let r = ScuSize::default().resources(2);
+        assert_eq!(
+            resize_patch(&r),
+            json!({"spec": {"containers": [{"name": "mariadb", "resources": {
+                "requests": {"cpu": "1000m", "memory": r.memory_bytes.to_string()},
+                "limits": {"cpu": "1000m", "memory": r.memory_bytes.to_string()},
+            }}]}})
+        );
+        assert_eq!(scale_patch(0), json!({"spec": {"replicas": 0}}));
+        assert_eq!(
+            expand_patch(20 << 30),
+            json!({"spec": {"resources": {"requests": {"storage": "21474836480"}}}})
+        );
+    }
+}
