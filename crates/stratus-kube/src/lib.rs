@@ -1,9 +1,15 @@
 //! Stratus on Kubernetes.
 //!
-//! So far: the custom resources, the same objects `stratus up` keeps in its catalog
-//! ([`v1alpha1`]), and their `CustomResourceDefinition`s ([`crds`]), which `stratus operator
-//! crds` prints. The operator that reconciles them, its runtime (pods, in-place resize, volume
-//! expansion) and its store are the rest of issue #10.
+//! So far:
+//! * [`v1alpha1`]: the custom resources, the same objects `stratus up` keeps in its catalog,
+//!   and their `CustomResourceDefinition`s ([`crds`]), which `stratus operator crds` prints;
+//! * [`objects`]: the objects that run one database (StatefulSet with its claim, Service,
+//!   ConfigMap, Secret), pure functions of its spec;
+//! * [`runtime`]: the API requests for each thing done to a database (create, resize in place,
+//!   park and wake, grow storage, observe, remove), tested against a mocked API server.
+//!
+//! Still to come (issue #10): the `Runtime` and `Store` implementations on top of these, the
+//! operator's controllers and leader election, and the Helm chart.
 //!
 //! References: [custom resources](https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/),
 //! [CEL validation rules](https://kubernetes.io/docs/reference/using-api/cel/),
@@ -11,6 +17,7 @@
 //! kube-rs's [`CustomResource`](https://docs.rs/kube/latest/kube/derive.CustomResource.html).
 
 pub mod objects;
+pub mod runtime;
 pub mod v1alpha1;
 
 pub use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -274,6 +274,9 @@ pub fn stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
             // Parked (0 replicas): the claim stays. Deleted: Stratus removes the claim itself,
             // once the database's last backup is safe.
             "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Retain", "whenDeleted": "Retain"},
+            // The pod is resized in place and the template follows; a changed template must not
+            // replace the pod (a restart the client would see). A new pod takes the template.
+            "updateStrategy": {"type": "OnDelete"},
             "template": pod,
             "volumeClaimTemplates": [claim],
         },

@@ -1,0 +1,354 @@
+//! What the operator asks of the Kubernetes API for one database: make its objects, resize its
+//! pod in place, park and wake it by scaling its StatefulSet, grow its volume, observe its pod,
+//! and remove it all. Each operation is a short, fixed sequence of requests, which the tests
+//! assert one by one against a mocked API server.
+//!
+//! Objects are written with [server-side apply](https://kubernetes.io/docs/reference/using-api/server-side-apply/)
+//! as field manager `stratus`, so applying again is harmless and a concurrent writer of other
+//! fields is left alone. The Secret is the exception: it is created once and never rewritten,
+//! since it holds the password the running server already knows.
+
+use crate::objects::{self, Settings};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use stratus_core::{Resources, ServiceName};
+use stratus_runtime::InstanceSpec;
+
+/// The field manager of everything Stratus writes.
+pub const MANAGER: &str = "stratus";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The API server answered with an error status.
+    #[error("Kubernetes refused to {action} {object}: {message} ({code} {reason})")]
+    Refused {
+        action: &'static str,
+        object: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    /// No answer, or one that could not be read.
+    #[error("cannot {action} {object}: {source}")]
+    Failed {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The Secret exists but does not hold a password (someone edited it).
+    #[error("secret {0} holds no password for Stratus's login")]
+    NoPassword(String),
+}
+
+impl KubeError {
+    fn of(action: &'static str, object: impl Into<String>, e: kube::Error) -> Self {
+        let object = object.into();
+        match e {
+            kube::Error::Api(s) => KubeError::Refused {
+                action,
+                object,
+                code: s.code,
+                reason: s.reason,
+                message: s.message,
+            },
+            source => KubeError::Failed {
+                action,
+                object,
+                source,
+            },
+        }
+    }
+
+    /// The HTTP status the API server answered with, if it answered.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            KubeError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, KubeError>;
+
+/// What the pod of a database is doing, as its status says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodView {
+    /// `Pending`, `Running`, `Failed`, …
+    pub phase: String,
+    pub ready: bool,
+    /// The node it was scheduled to.
+    pub node: Option<String>,
+    /// The server container's CPU and memory as the kubelet applied them (they lag a resize).
+    pub cpu_limit_millis: Option<u32>,
+    pub memory_limit_bytes: Option<u64>,
+    /// A resize the kubelet has not carried out: why (`Infeasible`, `Deferred`, or in progress).
+    pub resize_pending: Option<String>,
+    /// How often the server container was restarted (crashes).
+    pub restarts: i32,
+}
+
+/// The Kubernetes API, as the operator uses it for databases.
+#[derive(Clone)]
+pub struct KubeRuntime {
+    client: Client,
+    settings: Settings,
+}
+
+impl KubeRuntime {
+    pub fn new(client: Client, settings: Settings) -> Self {
+        Self { client, settings }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.settings.namespace)
+    }
+
+    /// Makes (or brings up to date) every object of a database, the Secret first since the pod
+    /// mounts it. Returns Stratus's password for it.
+    pub async fn apply(&self, spec: &InstanceSpec) -> Result<String> {
+        let password = self.ensure_secret(&spec.name).await?;
+        let s = &self.settings;
+        self.apply_one(&objects::config_map(spec, s)).await?;
+        self.apply_one(&objects::service(&spec.name, s)).await?;
+        self.apply_one(&objects::stateful_set(spec, s)).await?;
+        Ok(password)
+    }
+
+    /// The password in the database's Secret, made (with a new random password) if there is
+    /// none. Two operators racing here both end with the one that was created first.
+    async fn ensure_secret(&self, db: &ServiceName) -> Result<String> {
+        if let Some(p) = self.password(db).await? {
+            return Ok(p);
+        }
+        let password = stratus_core::random_password();
+        let secret = objects::secret(db, &self.settings, &password);
+        let name = objects::object_name(db);
+        match self
+            .api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+        {
+            Ok(_) => Ok(password),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                self.password(db).await?.ok_or(KubeError::NoPassword(name))
+            }
+            Err(e) => Err(KubeError::of("create", format!("secret {name}"), e)),
+        }
+    }
+
+    /// Stratus's password for a database, `None` when its Secret does not exist.
+    pub async fn password(&self, db: &ServiceName) -> Result<Option<String>> {
+        let name = objects::object_name(db);
+        let found = self
+            .api::<Secret>()
+            .get_opt(&name)
+            .await
+            .map_err(|e| KubeError::of("read", format!("secret {name}"), e))?;
+        let Some(secret) = found else {
+            return Ok(None);
+        };
+        let password = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("password"))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|p| !p.is_empty());
+        password.map(Some).ok_or(KubeError::NoPassword(name))
+    }
+
+    async fn apply_one<K>(&self, obj: &K) -> Result<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let kind = K::kind(&Default::default()).to_lowercase();
+        self.api::<K>()
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(obj),
+            )
+            .await
+            .map_err(|e| KubeError::of("apply", format!("{kind} {name}"), e))
+    }
+
+    /// Resizes the server's container in place (the pod's `resize` subresource), then records
+    /// the size in the StatefulSet's template so a recreated pod starts at it. The StatefulSet
+    /// updates `OnDelete`, so that change restarts nothing. The buffer pool is the caller's, in
+    /// the order `stratus_control::sizing` gives (grow the pod before the pool, shrink it after).
+    pub async fn resize(&self, db: &ServiceName, r: &Resources) -> Result<()> {
+        let pod = objects::pod_name(db);
+        self.api::<Pod>()
+            .patch_subresource(
+                "resize",
+                &pod,
+                &PatchParams::default(),
+                &Patch::Strategic(objects::resize_patch(r)),
+            )
+            .await
+            .map_err(|e| KubeError::of("resize", format!("pod {pod}"), e))?;
+        let sts = objects::object_name(db);
+        let template = serde_json::json!({"spec": {"template": objects::resize_patch(r)}});
+        self.api::<StatefulSet>()
+            .patch(&sts, &PatchParams::default(), &Patch::Strategic(template))
+            .await
+            .map_err(|e| KubeError::of("record the size in", format!("statefulset {sts}"), e))?;
+        Ok(())
+    }
+
+    /// Parks (0) or wakes (1) a database: its StatefulSet's scale. Parked, the pod is gone and
+    /// the claim stays.
+    pub async fn set_replicas(&self, db: &ServiceName, replicas: i32) -> Result<()> {
+        let sts = objects::object_name(db);
+        self.api::<StatefulSet>()
+            .patch_scale(
+                &sts,
+                &PatchParams::default(),
+                &Patch::Merge(objects::scale_patch(replicas)),
+            )
+            .await
+            .map_err(|e| KubeError::of("scale", format!("statefulset {sts}"), e))?;
+        Ok(())
+    }
+
+    /// Grows the database's volume (the storage class must allow expansion; volumes never
+    /// shrink).
+    pub async fn grow_storage(&self, db: &ServiceName, bytes: u64) -> Result<()> {
+        let pvc = objects::claim_name(db);
+        self.api::<PersistentVolumeClaim>()
+            .patch(
+                &pvc,
+                &PatchParams::default(),
+                &Patch::Merge(objects::expand_patch(bytes)),
+            )
+            .await
+            .map_err(|e| KubeError::of("expand", format!("persistentvolumeclaim {pvc}"), e))?;
+        Ok(())
+    }
+
+    /// What the database's pod is doing; `None` when it has none (parked, or not scheduled yet).
+    pub async fn observe(&self, db: &ServiceName) -> Result<Option<PodView>> {
+        let name = objects::pod_name(db);
+        let pod = self
+            .api::<Pod>()
+            .get_opt(&name)
+            .await
+            .map_err(|e| KubeError::of("read", format!("pod {name}"), e))?;
+        Ok(pod.map(|p| pod_view(&p)))
+    }
+
+    /// Removes every object of a database, its volume claim last (the data goes with it).
+    /// Objects already gone are no error, so a removal cut short can be run again.
+    pub async fn destroy(&self, db: &ServiceName) -> Result<()> {
+        let name = objects::object_name(db);
+        self.delete::<StatefulSet>(&name).await?;
+        self.delete::<Service>(&name).await?;
+        self.delete::<ConfigMap>(&name).await?;
+        self.delete::<Secret>(&name).await?;
+        self.delete::<PersistentVolumeClaim>(&objects::claim_name(db))
+            .await
+    }
+
+    async fn delete<K>(&self, name: &str) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + DeserializeOwned + Clone + Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        match self
+            .api::<K>()
+            .delete(name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => {
+                let kind = K::kind(&Default::default()).to_lowercase();
+                Err(KubeError::of("delete", format!("{kind} {name}"), e))
+            }
+        }
+    }
+}
+
+/// The parts of a pod's status Stratus acts on.
+fn pod_view(p: &Pod) -> PodView {
+    let status = p.status.as_ref();
+    let server = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "mariadb"));
+    let limits = server
+        .and_then(|c| c.resources.as_ref())
+        .and_then(|r| r.limits.as_ref());
+    let conditions = status.and_then(|s| s.conditions.as_ref());
+    let condition = |kind: &str| {
+        conditions.and_then(|cs| cs.iter().find(|c| c.type_ == kind && c.status == "True"))
+    };
+    let resize_pending = condition("PodResizePending")
+        .map(|c| c.reason.clone().unwrap_or_else(|| "pending".into()))
+        .or_else(|| condition("PodResizeInProgress").map(|_| "in progress".into()));
+    PodView {
+        phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+        ready: condition("Ready").is_some(),
+        node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+        cpu_limit_millis: limits
+            .and_then(|l| l.get("cpu"))
+            .and_then(|q| quantity::millicores(&q.0)),
+        memory_limit_bytes: limits
+            .and_then(|l| l.get("memory"))
+            .and_then(|q| quantity::bytes(&q.0)),
+        resize_pending,
+        restarts: server.map_or(0, |c| c.restart_count),
+    }
+}
+
+/// Reading Kubernetes [quantities](https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/)
+/// as the API server writes them back: CPU in cores or millicores, memory in bytes with an
+/// optional binary or decimal suffix. Anything else is `None`, never a guess.
+pub mod quantity {
+    pub fn millicores(q: &str) -> Option<u32> {
+        if let Some(m) = q.strip_suffix('m') {
+            return m.parse().ok();
+        }
+        let cores: f64 = q.parse().ok()?;
+        let m = (cores * 1000.0).round();
+        (m >= 0.0 && m <= f64::from(u32::MAX)).then_some(m as u32)
+    }
+
+    pub fn bytes(q: &str) -> Option<u64> {
+        const SUFFIXES: [(&str, u64); 10] = [
+            ("Ki", 1 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+            ("Ti", 1 << 40),
+            ("Pi", 1 << 50),
+            ("k", 1_000),
+            ("M", 1_000_000),
+            ("G", 1_000_000_000),
+            ("T", 1_000_000_000_000),
+            ("P", 1_000_000_000_000_000),
+        ];
+        for (suffix, unit) in SUFFIXES {
+            if let Some(n) = q.strip_suffix(suffix) {
+                return n.parse::<u64>().ok()?.checked_mul(unit);
+            }
+        }
+        q.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests;

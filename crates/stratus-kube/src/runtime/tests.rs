@@ -1,0 +1,510 @@
+//! Each operation against a mocked API server (`tower_test`, as kube-rs's `controller-rs`
+//! does): the server asserts every request in order (method, path and query, content type,
+//! body) and answers with the JSON a real API server sends, errors included.
+
+use super::*;
+use crate::objects::{self, Settings};
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+use std::time::Duration;
+use stratus_core::{NativeHash, ScuSize};
+use tower_test::mock;
+
+/// One request the operator must make, and the server's answer.
+struct Exchange {
+    method: &'static str,
+    uri: String,
+    content_type: Option<&'static str>,
+    body: WantBody,
+    status: u16,
+    answer: Value,
+}
+
+/// What the request's body must be.
+enum WantBody {
+    None,
+    Exact(Value),
+    Check(Box<dyn Fn(&Value) + Send>),
+}
+
+fn expect(method: &'static str, uri: &str) -> Exchange {
+    Exchange {
+        method,
+        uri: uri.to_owned(),
+        content_type: None,
+        body: WantBody::None,
+        status: 200,
+        answer: json!({}),
+    }
+}
+
+impl Exchange {
+    fn body(mut self, content_type: &'static str, body: Value) -> Self {
+        self.content_type = Some(content_type);
+        self.body = WantBody::Exact(body);
+        self
+    }
+    fn checked(
+        mut self,
+        content_type: &'static str,
+        check: impl Fn(&Value) + Send + 'static,
+    ) -> Self {
+        self.content_type = Some(content_type);
+        self.body = WantBody::Check(Box::new(check));
+        self
+    }
+    fn answer(mut self, status: u16, answer: Value) -> Self {
+        self.status = status;
+        self.answer = answer;
+        self
+    }
+}
+
+const APPLY: &str = "application/apply-patch+yaml";
+const STRATEGIC: &str = "application/strategic-merge-patch+json";
+const MERGE: &str = "application/merge-patch+json";
+const JSON: &str = "application/json";
+
+const NS: &str = "/api/v1/namespaces/stratus";
+const APPS: &str = "/apis/apps/v1/namespaces/stratus";
+const APPLIED: &str = "?&force=true&fieldManager=stratus";
+
+/// A runtime whose API server is `script`, and the task that checks it was followed to the end
+/// and nothing more was asked.
+fn api_server(script: Vec<Exchange>) -> (KubeRuntime, tokio::task::JoinHandle<()>) {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let verifier = tokio::spawn(async move {
+        for (i, e) in script.into_iter().enumerate() {
+            let Some((request, send)) = handle.next_request().await else {
+                panic!("request {i} never came: {} {}", e.method, e.uri);
+            };
+            assert_eq!(
+                (request.method().as_str(), request.uri().to_string()),
+                (e.method, e.uri.clone()),
+                "request {i}"
+            );
+            let content_type = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(
+                content_type.as_deref(),
+                e.content_type,
+                "content type of {}",
+                e.uri
+            );
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            match e.body {
+                WantBody::None => assert!(bytes.is_empty(), "no body expected for {}", e.uri),
+                WantBody::Exact(want) => {
+                    let got: Value = serde_json::from_slice(&bytes).unwrap();
+                    assert_eq!(got, want, "body of {} {}", e.method, e.uri);
+                }
+                WantBody::Check(check) => check(&serde_json::from_slice(&bytes).unwrap()),
+            }
+            let answer = Response::builder()
+                .status(StatusCode::from_u16(e.status).unwrap())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Body::from(serde_json::to_vec(&e.answer).unwrap()))
+                .unwrap();
+            send.send_response(answer);
+        }
+        assert!(
+            handle.next_request().await.is_none(),
+            "a request beyond the script"
+        );
+    });
+    let client = Client::new(service, "stratus");
+    (KubeRuntime::new(client, Settings::default()), verifier)
+}
+
+/// Drops the runtime (so the mocked server sees the end) and waits for the verifier.
+async fn finished(rt: KubeRuntime, verifier: tokio::task::JoinHandle<()>) {
+    drop(rt);
+    tokio::time::timeout(Duration::from_secs(10), verifier)
+        .await
+        .expect("the verifier hangs")
+        .expect("the API server saw what it should");
+}
+
+fn db() -> ServiceName {
+    ServiceName::parse("shop").unwrap()
+}
+
+fn spec() -> InstanceSpec {
+    let scu = ScuSize::default();
+    InstanceSpec {
+        name: db(),
+        resources: scu.resources(1),
+        max_resources: scu.resources(4),
+        storage_bytes: 10 << 30,
+        node: "node-a".into(),
+    }
+}
+
+/// A `Status` as the API server writes it for a failure.
+fn failure(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+/// An object as the server returns it: what was sent, with the server's metadata added.
+fn stored(mut obj: Value) -> Value {
+    obj["metadata"]["uid"] = json!("0b6c7d54-5a37-4b5e-9b1f-6f1d1c2a3e4f");
+    obj["metadata"]["resourceVersion"] = json!("4711");
+    obj["metadata"]["creationTimestamp"] = json!("2026-12-01T22:00:00Z");
+    obj
+}
+
+fn secret_with(password: &str) -> Value {
+    use base64_engine::encode;
+    let mut s =
+        serde_json::to_value(objects::secret(&db(), &Settings::default(), password)).unwrap();
+    let data = s["stringData"].take();
+    s.as_object_mut().unwrap().remove("stringData");
+    s["data"] = json!({
+        "password": encode(data["password"].as_str().unwrap()),
+        "init.sql": encode(data["init.sql"].as_str().unwrap()),
+    });
+    stored(s)
+}
+
+/// Base64 as Kubernetes puts Secret data on the wire (k8s-openapi's `ByteString`).
+mod base64_engine {
+    pub fn encode(s: &str) -> String {
+        serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec()))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn applies(spec: &InstanceSpec) -> Vec<Exchange> {
+    let s = Settings::default();
+    let cm = serde_json::to_value(objects::config_map(spec, &s)).unwrap();
+    let svc = serde_json::to_value(objects::service(&spec.name, &s)).unwrap();
+    let sts = serde_json::to_value(objects::stateful_set(spec, &s)).unwrap();
+    vec![
+        expect("PATCH", &format!("{NS}/configmaps/db-shop{APPLIED}"))
+            .body(APPLY, cm.clone())
+            .answer(200, stored(cm)),
+        expect("PATCH", &format!("{NS}/services/db-shop{APPLIED}"))
+            .body(APPLY, svc.clone())
+            .answer(200, stored(svc)),
+        expect("PATCH", &format!("{APPS}/statefulsets/db-shop{APPLIED}"))
+            .body(APPLY, sts.clone())
+            .answer(200, stored(sts)),
+    ]
+}
+
+#[tokio::test]
+async fn create_makes_the_secret_once_then_applies_config_service_and_statefulset() {
+    let posted = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = posted.clone();
+    let mut script = vec![
+        expect("GET", &format!("{NS}/secrets/db-shop")).answer(
+            404,
+            failure(404, "NotFound", "secrets \"db-shop\" not found"),
+        ),
+        expect("POST", &format!("{NS}/secrets?"))
+            .checked(JSON, move |body| {
+                assert_eq!(body["metadata"]["name"], "db-shop");
+                assert_eq!(body["metadata"]["namespace"], "stratus");
+                let password = body["stringData"]["password"].as_str().unwrap();
+                assert_eq!(password.len(), 24, "a generated password");
+                let init = body["stringData"]["init.sql"].as_str().unwrap();
+                assert!(init.contains(&NativeHash::of_password(password).to_string()));
+                assert!(!init.contains(password));
+                *seen.lock().unwrap() = password.to_owned();
+            })
+            .answer(
+                201,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-shop"}}),
+            ),
+    ];
+    script.extend(applies(&spec()));
+    let (rt, verifier) = api_server(script);
+    let password = rt.apply(&spec()).await.unwrap();
+    finished(rt, verifier).await;
+    assert_eq!(password, *posted.lock().unwrap());
+}
+
+#[tokio::test]
+async fn applying_again_keeps_the_password_the_server_knows() {
+    let mut script = vec![
+        expect("GET", &format!("{NS}/secrets/db-shop")).answer(200, secret_with("kept-password")),
+    ];
+    script.extend(applies(&spec()));
+    let (rt, verifier) = api_server(script);
+    assert_eq!(rt.apply(&spec()).await.unwrap(), "kept-password");
+    finished(rt, verifier).await;
+}
+
+#[tokio::test]
+async fn a_secret_created_meanwhile_by_another_operator_wins() {
+    let mut script = vec![
+        expect("GET", &format!("{NS}/secrets/db-shop")).answer(
+            404,
+            failure(404, "NotFound", "secrets \"db-shop\" not found"),
+        ),
+        expect("POST", &format!("{NS}/secrets?"))
+            .checked(JSON, |_| {})
+            .answer(
+                409,
+                failure(409, "AlreadyExists", "secrets \"db-shop\" already exists"),
+            ),
+        expect("GET", &format!("{NS}/secrets/db-shop")).answer(200, secret_with("theirs")),
+    ];
+    script.extend(applies(&spec()));
+    let (rt, verifier) = api_server(script);
+    assert_eq!(rt.apply(&spec()).await.unwrap(), "theirs");
+    finished(rt, verifier).await;
+}
+
+#[tokio::test]
+async fn an_api_error_stops_the_apply_and_says_what_was_refused() {
+    let spec = spec();
+    let mut script =
+        vec![expect("GET", &format!("{NS}/secrets/db-shop")).answer(200, secret_with("pw"))];
+    let mut rest = applies(&spec);
+    rest.truncate(1);
+    let refused = rest.pop().unwrap().answer(
+        403,
+        failure(403, "Forbidden", "configmaps \"db-shop\" is forbidden: User \"system:serviceaccount:stratus:operator\" cannot patch resource \"configmaps\""),
+    );
+    script.push(refused);
+    let (rt, verifier) = api_server(script);
+    let e = rt.apply(&spec).await.unwrap_err();
+    finished(rt, verifier).await;
+    assert_eq!(e.code(), Some(403));
+    let text = e.to_string();
+    assert!(
+        text.starts_with(
+            "Kubernetes refused to apply configmap db-shop: configmaps \"db-shop\" is forbidden"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("(403 Forbidden)"), "{text}");
+}
+
+#[tokio::test]
+async fn resize_patches_the_pods_resize_subresource_then_the_template() {
+    let r = ScuSize::default().resources(2);
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-shop-0"}});
+    let sts =
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db-shop"}});
+    let (rt, verifier) = api_server(vec![
+        expect("PATCH", &format!("{NS}/pods/db-shop-0/resize?"))
+            .body(STRATEGIC, objects::resize_patch(&r))
+            .answer(200, stored(pod)),
+        expect("PATCH", &format!("{APPS}/statefulsets/db-shop?"))
+            .body(
+                STRATEGIC,
+                json!({"spec": {"template": objects::resize_patch(&r)}}),
+            )
+            .answer(200, stored(sts)),
+    ]);
+    rt.resize(&db(), &r).await.unwrap();
+    finished(rt, verifier).await;
+}
+
+#[tokio::test]
+async fn a_refused_resize_leaves_the_template_alone() {
+    let r = ScuSize::default().resources(64);
+    let (rt, verifier) = api_server(vec![
+        expect("PATCH", &format!("{NS}/pods/db-shop-0/resize?"))
+            .body(STRATEGIC, objects::resize_patch(&r))
+            .answer(
+                422,
+                failure(422, "Invalid", "Pod \"db-shop-0\" is invalid: spec.containers[0].resources.requests: Invalid value: \"32\": must be less than or equal to cpu limit"),
+            ),
+    ]);
+    let e = rt.resize(&db(), &r).await.unwrap_err();
+    finished(rt, verifier).await;
+    assert_eq!(e.code(), Some(422));
+    assert!(
+        e.to_string().starts_with(
+            "Kubernetes refused to resize pod db-shop-0: Pod \"db-shop-0\" is invalid"
+        )
+    );
+}
+
+fn scale(replicas: i32) -> Value {
+    json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+           "metadata": {"name": "db-shop", "namespace": "stratus", "resourceVersion": "4712"},
+           "spec": {"replicas": replicas}, "status": {"replicas": 1, "selector": "stratus.dev/database=shop"}})
+}
+
+#[tokio::test]
+async fn park_scales_to_zero_and_wake_back_to_one() {
+    let (rt, verifier) = api_server(vec![
+        expect("PATCH", &format!("{APPS}/statefulsets/db-shop/scale?"))
+            .body(MERGE, json!({"spec": {"replicas": 0}}))
+            .answer(200, scale(0)),
+        expect("PATCH", &format!("{APPS}/statefulsets/db-shop/scale?"))
+            .body(MERGE, json!({"spec": {"replicas": 1}}))
+            .answer(200, scale(1)),
+    ]);
+    rt.set_replicas(&db(), 0).await.unwrap();
+    rt.set_replicas(&db(), 1).await.unwrap();
+    finished(rt, verifier).await;
+}
+
+#[tokio::test]
+async fn a_conflicting_scale_is_reported_not_retried_blindly() {
+    let (rt, verifier) = api_server(vec![
+        expect("PATCH", &format!("{APPS}/statefulsets/db-shop/scale?"))
+            .body(MERGE, json!({"spec": {"replicas": 0}}))
+            .answer(409, failure(409, "Conflict", "Operation cannot be fulfilled on statefulsets.apps \"db-shop\": the object has been modified; please apply your changes to the latest version and try again")),
+    ]);
+    let e = rt.set_replicas(&db(), 0).await.unwrap_err();
+    finished(rt, verifier).await;
+    assert_eq!(e.code(), Some(409));
+}
+
+#[tokio::test]
+async fn storage_grows_by_expanding_the_claim() {
+    let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data-db-shop-0"}});
+    let (rt, verifier) = api_server(vec![
+        expect("PATCH", &format!("{NS}/persistentvolumeclaims/data-db-shop-0?"))
+            .body(MERGE, json!({"spec": {"resources": {"requests": {"storage": "21474836480"}}}}))
+            .answer(200, stored(pvc)),
+        expect("PATCH", &format!("{NS}/persistentvolumeclaims/data-db-shop-0?"))
+            .body(MERGE, json!({"spec": {"resources": {"requests": {"storage": "32212254720"}}}}))
+            .answer(403, failure(403, "Forbidden", "persistentvolumeclaims \"data-db-shop-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize")),
+    ]);
+    rt.grow_storage(&db(), 20 << 30).await.unwrap();
+    let e = rt.grow_storage(&db(), 30 << 30).await.unwrap_err();
+    finished(rt, verifier).await;
+    assert!(
+        e.to_string()
+            .contains("the storageclass that provisions the pvc must support resize"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn destroy_removes_every_object_claim_last_and_tolerates_ones_already_gone() {
+    let gone = |kind: &str| failure(404, "NotFound", &format!("{kind} \"db-shop\" not found"));
+    let deleted = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": "db-shop"}});
+    let bg = json!({"propagationPolicy": "Background"});
+    let (rt, verifier) = api_server(vec![
+        expect("DELETE", &format!("{APPS}/statefulsets/db-shop?"))
+            .body(JSON, bg.clone())
+            .answer(200, deleted.clone()),
+        expect("DELETE", &format!("{NS}/services/db-shop?"))
+            .body(JSON, bg.clone())
+            .answer(404, gone("services")),
+        expect("DELETE", &format!("{NS}/configmaps/db-shop?"))
+            .body(JSON, bg.clone())
+            .answer(200, deleted.clone()),
+        expect("DELETE", &format!("{NS}/secrets/db-shop?"))
+            .body(JSON, bg.clone())
+            .answer(200, deleted.clone()),
+        expect(
+            "DELETE",
+            &format!("{NS}/persistentvolumeclaims/data-db-shop-0?"),
+        )
+        .body(JSON, bg.clone())
+        .answer(200, deleted),
+    ]);
+    rt.destroy(&db()).await.unwrap();
+    finished(rt, verifier).await;
+}
+
+#[tokio::test]
+async fn a_failed_delete_stops_before_the_data_goes() {
+    let bg = json!({"propagationPolicy": "Background"});
+    let (rt, verifier) = api_server(vec![
+        expect("DELETE", &format!("{APPS}/statefulsets/db-shop?"))
+            .body(JSON, bg)
+            .answer(
+                500,
+                failure(500, "InternalError", "etcdserver: request timed out"),
+            ),
+    ]);
+    let e = rt.destroy(&db()).await.unwrap_err();
+    finished(rt, verifier).await;
+    assert_eq!(e.code(), Some(500));
+}
+
+#[tokio::test]
+async fn observe_reads_the_pods_applied_size_and_a_resize_it_cannot_do() {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "db-shop-0", "namespace": "stratus"},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "mariadb", "image": "mariadb:10.11"}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodResizePending", "status": "True", "reason": "Infeasible",
+                 "message": "Node didn't have enough capacity: cpu, requested: 8000, capacity: 4000"},
+                {"type": "Ready", "status": "True"},
+            ],
+            "containerStatuses": [{
+                "name": "mariadb", "image": "mariadb:10.11", "imageID": "", "ready": true,
+                "restartCount": 2, "started": true,
+                "resources": {"limits": {"cpu": "1", "memory": "2Gi"}, "requests": {"cpu": "1", "memory": "2Gi"}},
+            }],
+        },
+    });
+    let (rt, verifier) = api_server(vec![
+        expect("GET", &format!("{NS}/pods/db-shop-0")).answer(200, pod),
+        expect("GET", &format!("{NS}/pods/db-shop-0")).answer(
+            404,
+            failure(404, "NotFound", "pods \"db-shop-0\" not found"),
+        ),
+    ]);
+    let seen = rt.observe(&db()).await.unwrap().unwrap();
+    assert_eq!(
+        seen,
+        PodView {
+            phase: "Running".into(),
+            ready: true,
+            node: Some("node-a".into()),
+            cpu_limit_millis: Some(1000),
+            memory_limit_bytes: Some(2 << 30),
+            resize_pending: Some("Infeasible".into()),
+            restarts: 2,
+        }
+    );
+    assert_eq!(rt.observe(&db()).await.unwrap(), None, "parked: no pod");
+    finished(rt, verifier).await;
+}
+
+#[tokio::test]
+async fn an_api_server_out_of_reach_is_an_error_not_a_hang() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let verifier = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+    });
+    let rt = KubeRuntime::new(Client::new(service, "stratus"), Settings::default());
+    let e = rt.set_replicas(&db(), 1).await.unwrap_err();
+    assert_eq!(e.code(), None);
+    assert!(
+        e.to_string()
+            .starts_with("cannot scale statefulset db-shop: "),
+        "{e}"
+    );
+    verifier.await.unwrap();
+}
+
+#[test]
+fn quantities_read_as_the_api_server_writes_them() {
+    use super::quantity::{bytes, millicores};
+    assert_eq!(millicores("500m"), Some(500));
+    assert_eq!(millicores("2"), Some(2000));
+    assert_eq!(millicores("0.25"), Some(250));
+    assert_eq!(millicores("lots"), None);
+    assert_eq!(bytes("1Gi"), Some(1 << 30));
+    assert_eq!(bytes("536870912"), Some(512 << 20));
+    assert_eq!(bytes("2G"), Some(2_000_000_000));
+    assert_eq!(bytes("1e3"), None, "exponents are not guessed at");
+    assert_eq!(bytes("99999999999Pi"), None, "overflow is no size");
+}
