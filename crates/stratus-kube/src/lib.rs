@@ -17,10 +17,15 @@
 //! kube-rs's [`CustomResource`](https://docs.rs/kube/latest/kube/derive.CustomResource.html).
 
 pub mod objects;
+pub mod operator;
 pub mod runtime;
 pub mod v1alpha1;
 
+#[cfg(test)]
+mod mock_api;
+
 pub use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+pub use kube::Client;
 
 /// The API group of every Stratus resource.
 pub const GROUP: &str = "stratus.dev";

@@ -47,7 +47,7 @@ pub enum KubeError {
 }
 
 impl KubeError {
-    fn of(action: &'static str, object: impl Into<String>, e: kube::Error) -> Self {
+    pub(crate) fn of(action: &'static str, object: impl Into<String>, e: kube::Error) -> Self {
         let object = object.into();
         match e {
             kube::Error::Api(s) => KubeError::Refused {

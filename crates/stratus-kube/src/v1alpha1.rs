@@ -130,6 +130,10 @@ pub struct DatabaseServiceStatus {
     /// The spec's `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Why the operator cannot do what the spec asks, in one line (state `invalid` or
+    /// `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -159,6 +163,7 @@ impl From<&stratus_control::DatabaseView> for DatabaseServiceStatus {
                 phase: m.phase.clone(),
             }),
             observed_generation: None,
+            message: None,
         }
     }
 }

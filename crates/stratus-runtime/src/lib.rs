@@ -93,7 +93,7 @@ impl RuntimeError {
 pub type Result<T> = std::result::Result<T, RuntimeError>;
 
 /// Everything a runtime needs to start one database.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceSpec {
     pub name: ServiceName,
     /// The size to start at.

@@ -76,6 +76,27 @@ pub enum OperatorCommand {
     /// Print the custom resource definitions (DatabaseService, ScalingPolicy, BackupSchedule),
     /// for `kubectl apply -f -`.
     Crds,
+    /// Run the operator against the cluster (in its pod's service account, or the kubeconfig's
+    /// current context), until SIGTERM.
+    Run(OperatorRun),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OperatorRun {
+    /// The namespace whose DatabaseServices it runs, and where their objects go.
+    #[arg(long, env = "STRATUS_NAMESPACE", default_value = "stratus")]
+    pub namespace: String,
+    /// The MariaDB image database pods run (with mariadbd and mariadb-install-db).
+    #[arg(long, env = "STRATUS_MARIADB_IMAGE", default_value = "mariadb:10.11")]
+    pub mariadb_image: String,
+    /// The storage class of database volumes (the cluster's default when left out).
+    #[arg(long, env = "STRATUS_STORAGE_CLASS")]
+    pub storage_class: Option<String>,
+    /// Where clients connect, shown in each DatabaseService's status: the proxy's Service.
+    #[arg(long, env = "STRATUS_PROXY_HOST", default_value = "stratus-proxy")]
+    pub proxy_host: String,
+    #[arg(long, env = "STRATUS_PROXY_PORT", default_value_t = 3306)]
+    pub proxy_port: u16,
 }
 
 #[derive(Debug, Subcommand)]

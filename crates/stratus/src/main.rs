@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod config;
 mod directory;
+mod operator;
 mod output;
 mod up;
 
@@ -33,6 +34,7 @@ fn main() -> std::process::ExitCode {
                 print!("{}", stratus_kube::crds_yaml());
                 Ok(())
             }
+            cli::Command::Operator(cli::OperatorCommand::Run(run)) => operator::run(run).await,
             other => commands::run(&args.global, other).await,
         }
     });

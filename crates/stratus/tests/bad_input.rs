@@ -191,6 +191,28 @@ fn the_cli_says_when_the_api_is_unreachable() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
+/// Outside a cluster and without a kubeconfig, the operator says so in one line and exits.
+#[test]
+fn the_operator_says_when_there_is_no_cluster() {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["operator", "run"])
+        .env("HOME", home.path())
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: cannot reach the Kubernetes API: "),
+        "{err}"
+    );
+    assert!(err.contains("kubeconfig"), "says what it tried: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
 /// `stratus … | head` ends quietly when the reader goes, as Unix tools do, never with a panic.
 #[test]
 fn a_verb_whose_reader_went_away_ends_quietly() {

@@ -3,129 +3,22 @@
 //! body) and answers with the JSON a real API server sends, errors included.
 
 use super::*;
+use crate::mock_api::*;
 use crate::objects::{self, Settings};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
-use std::time::Duration;
 use stratus_core::{NativeHash, ScuSize};
 use tower_test::mock;
 
-/// One request the operator must make, and the server's answer.
-struct Exchange {
-    method: &'static str,
-    uri: String,
-    content_type: Option<&'static str>,
-    body: WantBody,
-    status: u16,
-    answer: Value,
-}
-
-/// What the request's body must be.
-enum WantBody {
-    None,
-    Exact(Value),
-    Check(Box<dyn Fn(&Value) + Send>),
-}
-
-fn expect(method: &'static str, uri: &str) -> Exchange {
-    Exchange {
-        method,
-        uri: uri.to_owned(),
-        content_type: None,
-        body: WantBody::None,
-        status: 200,
-        answer: json!({}),
-    }
-}
-
-impl Exchange {
-    fn body(mut self, content_type: &'static str, body: Value) -> Self {
-        self.content_type = Some(content_type);
-        self.body = WantBody::Exact(body);
-        self
-    }
-    fn checked(
-        mut self,
-        content_type: &'static str,
-        check: impl Fn(&Value) + Send + 'static,
-    ) -> Self {
-        self.content_type = Some(content_type);
-        self.body = WantBody::Check(Box::new(check));
-        self
-    }
-    fn answer(mut self, status: u16, answer: Value) -> Self {
-        self.status = status;
-        self.answer = answer;
-        self
-    }
-}
-
-const APPLY: &str = "application/apply-patch+yaml";
-const STRATEGIC: &str = "application/strategic-merge-patch+json";
-const MERGE: &str = "application/merge-patch+json";
-const JSON: &str = "application/json";
-
-const NS: &str = "/api/v1/namespaces/stratus";
-const APPS: &str = "/apis/apps/v1/namespaces/stratus";
-const APPLIED: &str = "?&force=true&fieldManager=stratus";
-
-/// A runtime whose API server is `script`, and the task that checks it was followed to the end
-/// and nothing more was asked.
-fn api_server(script: Vec<Exchange>) -> (KubeRuntime, tokio::task::JoinHandle<()>) {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let verifier = tokio::spawn(async move {
-        for (i, e) in script.into_iter().enumerate() {
-            let Some((request, send)) = handle.next_request().await else {
-                panic!("request {i} never came: {} {}", e.method, e.uri);
-            };
-            assert_eq!(
-                (request.method().as_str(), request.uri().to_string()),
-                (e.method, e.uri.clone()),
-                "request {i}"
-            );
-            let content_type = request
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .map(|v| v.to_str().unwrap().to_owned());
-            assert_eq!(
-                content_type.as_deref(),
-                e.content_type,
-                "content type of {}",
-                e.uri
-            );
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            match e.body {
-                WantBody::None => assert!(bytes.is_empty(), "no body expected for {}", e.uri),
-                WantBody::Exact(want) => {
-                    let got: Value = serde_json::from_slice(&bytes).unwrap();
-                    assert_eq!(got, want, "body of {} {}", e.method, e.uri);
-                }
-                WantBody::Check(check) => check(&serde_json::from_slice(&bytes).unwrap()),
-            }
-            let answer = Response::builder()
-                .status(StatusCode::from_u16(e.status).unwrap())
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Body::from(serde_json::to_vec(&e.answer).unwrap()))
-                .unwrap();
-            send.send_response(answer);
-        }
-        assert!(
-            handle.next_request().await.is_none(),
-            "a request beyond the script"
-        );
-    });
-    let client = Client::new(service, "stratus");
+fn api_server(script: Vec<Exchange>) -> (KubeRuntime, Verifier) {
+    let (client, verifier) = serve(script);
     (KubeRuntime::new(client, Settings::default()), verifier)
 }
 
-/// Drops the runtime (so the mocked server sees the end) and waits for the verifier.
-async fn finished(rt: KubeRuntime, verifier: tokio::task::JoinHandle<()>) {
+async fn finished(rt: KubeRuntime, verifier: Verifier) {
     drop(rt);
-    tokio::time::timeout(Duration::from_secs(10), verifier)
-        .await
-        .expect("the verifier hangs")
-        .expect("the API server saw what it should");
+    verifier.finished().await;
 }
 
 fn db() -> ServiceName {

@@ -1,0 +1,129 @@
+//! A mocked Kubernetes API server for tests (`tower_test`, as kube-rs's `controller-rs` does):
+//! it asserts every request in order (method, path and query, content type, body) and answers
+//! with the JSON a real API server sends, errors included; then that nothing more was asked.
+
+use http::{Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tower_test::mock;
+
+/// One request the operator must make, and the server's answer.
+pub(crate) struct Exchange {
+    method: &'static str,
+    uri: String,
+    content_type: Option<&'static str>,
+    body: WantBody,
+    status: u16,
+    answer: Value,
+}
+
+/// What the request's body must be.
+pub(crate) enum WantBody {
+    None,
+    Exact(Value),
+    Check(Box<dyn Fn(&Value) + Send>),
+}
+
+pub(crate) fn expect(method: &'static str, uri: &str) -> Exchange {
+    Exchange {
+        method,
+        uri: uri.to_owned(),
+        content_type: None,
+        body: WantBody::None,
+        status: 200,
+        answer: json!({}),
+    }
+}
+
+impl Exchange {
+    pub(crate) fn body(mut self, content_type: &'static str, body: Value) -> Self {
+        self.content_type = Some(content_type);
+        self.body = WantBody::Exact(body);
+        self
+    }
+    pub(crate) fn checked(
+        mut self,
+        content_type: &'static str,
+        check: impl Fn(&Value) + Send + 'static,
+    ) -> Self {
+        self.content_type = Some(content_type);
+        self.body = WantBody::Check(Box::new(check));
+        self
+    }
+    pub(crate) fn answer(mut self, status: u16, answer: Value) -> Self {
+        self.status = status;
+        self.answer = answer;
+        self
+    }
+}
+
+pub(crate) const APPLY: &str = "application/apply-patch+yaml";
+pub(crate) const STRATEGIC: &str = "application/strategic-merge-patch+json";
+pub(crate) const MERGE: &str = "application/merge-patch+json";
+pub(crate) const JSON: &str = "application/json";
+
+pub(crate) const NS: &str = "/api/v1/namespaces/stratus";
+pub(crate) const APPS: &str = "/apis/apps/v1/namespaces/stratus";
+pub(crate) const APPLIED: &str = "?&force=true&fieldManager=stratus";
+
+/// A client whose API server is `script`, and the task that checks it was followed to the end
+/// and nothing more was asked.
+pub(crate) fn serve(script: Vec<Exchange>) -> (Client, Verifier) {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let verifier = tokio::spawn(async move {
+        for (i, e) in script.into_iter().enumerate() {
+            let Some((request, send)) = handle.next_request().await else {
+                panic!("request {i} never came: {} {}", e.method, e.uri);
+            };
+            assert_eq!(
+                (request.method().as_str(), request.uri().to_string()),
+                (e.method, e.uri.clone()),
+                "request {i}"
+            );
+            let content_type = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(
+                content_type.as_deref(),
+                e.content_type,
+                "content type of {}",
+                e.uri
+            );
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            match e.body {
+                WantBody::None => assert!(bytes.is_empty(), "no body expected for {}", e.uri),
+                WantBody::Exact(want) => {
+                    let got: Value = serde_json::from_slice(&bytes).unwrap();
+                    assert_eq!(got, want, "body of {} {}", e.method, e.uri);
+                }
+                WantBody::Check(check) => check(&serde_json::from_slice(&bytes).unwrap()),
+            }
+            let answer = Response::builder()
+                .status(StatusCode::from_u16(e.status).unwrap())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Body::from(serde_json::to_vec(&e.answer).unwrap()))
+                .unwrap();
+            send.send_response(answer);
+        }
+        assert!(
+            handle.next_request().await.is_none(),
+            "a request beyond the script"
+        );
+    });
+    (Client::new(service, "stratus"), Verifier(verifier))
+}
+
+pub(crate) struct Verifier(tokio::task::JoinHandle<()>);
+
+impl Verifier {
+    /// Waits for the script's end; every client of the server must be dropped by then.
+    pub(crate) async fn finished(self) {
+        tokio::time::timeout(Duration::from_secs(10), self.0)
+            .await
+            .expect("the verifier hangs")
+            .expect("the API server saw what it should");
+    }
+}
