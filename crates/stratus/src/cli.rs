@@ -97,6 +97,9 @@ pub struct OperatorRun {
     pub proxy_host: String,
     #[arg(long, env = "STRATUS_PROXY_PORT", default_value_t = 3306)]
     pub proxy_port: u16,
+    /// This replica's name in the leader election (its pod's name).
+    #[arg(long, env = "POD_NAME", default_value = "stratus-operator")]
+    pub identity: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,7 +4,8 @@ use crate::cli::OperatorRun;
 use crate::up::{init_logging, shutdown_signal};
 use std::sync::Arc;
 use stratus_kube::objects::Settings;
-use stratus_kube::operator::{self, Context, database::Sizes};
+use stratus_kube::operator::leader::Elector;
+use stratus_kube::operator::{self, Context, Stopped, database::Sizes};
 
 pub async fn run(args: OperatorRun) -> anyhow::Result<()> {
     init_logging();
@@ -22,9 +23,21 @@ pub async fn run(args: OperatorRun) -> anyhow::Result<()> {
         proxy_host: args.proxy_host,
         proxy_port: args.proxy_port,
     };
-    tracing::info!(namespace = %settings.namespace, image = %settings.image, "operator running");
+    let elector = Elector::new(
+        client.clone(),
+        &settings.namespace,
+        "stratus-operator",
+        &args.identity,
+        std::time::Duration::from_secs(15),
+    );
+    tracing::info!(namespace = %settings.namespace, image = %settings.image, identity = %args.identity,
+        "operator started; waiting to lead");
     let ctx = Arc::new(Context::new(client, settings, sizes));
-    operator::run(ctx, shutdown_signal()).await;
-    tracing::info!("operator stopped");
-    Ok(())
+    match operator::run(ctx, elector, shutdown_signal()).await {
+        Stopped::Shutdown => {
+            tracing::info!("operator stopped");
+            Ok(())
+        }
+        Stopped::LostLease => anyhow::bail!("no longer the leader; exiting so a restart follows"),
+    }
 }
