@@ -18,6 +18,7 @@
 
 pub mod objects;
 pub mod operator;
+pub mod rbac;
 pub mod runtime;
 pub mod v1alpha1;
 

@@ -1,6 +1,7 @@
 //! A mocked Kubernetes API server for tests (`tower_test`, as kube-rs's `controller-rs` does):
 //! it asserts every request in order (method, path and query, content type, body) and answers
 //! with the JSON a real API server sends, errors included; then that nothing more was asked.
+//! It also refuses any request the operator's Role (`rbac::PERMISSIONS`) would not allow.
 
 use http::{Request, Response, StatusCode};
 use kube::Client;
@@ -81,6 +82,14 @@ pub(crate) fn serve(script: Vec<Exchange>) -> (Client, Verifier) {
                 (request.method().as_str(), request.uri().to_string()),
                 (e.method, e.uri.clone()),
                 "request {i}"
+            );
+            // The chart's Role allows exactly `rbac::PERMISSIONS`: a request beyond them
+            // would be refused in a cluster.
+            let (group, resource, verb) = crate::rbac::request_of(e.method, &e.uri)
+                .unwrap_or_else(|| panic!("not a namespaced request: {}", e.uri));
+            assert!(
+                crate::rbac::allows(&group, &resource, verb),
+                "the operator's Role does not allow {verb} on {group}/{resource}"
             );
             let content_type = request
                 .headers()

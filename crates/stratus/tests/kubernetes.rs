@@ -1,11 +1,14 @@
 //! What can be checked of Stratus on Kubernetes without a cluster (none can run here): the
-//! custom resource definitions `stratus operator crds` prints and the objects the operator makes
-//! for a database, against the API schemas of every Kubernetes version Stratus supports, with
-//! `kubernetes-validate` (PyPI; `./dev test` installs it).
+//! custom resource definitions `stratus operator crds` prints, the objects the operator makes
+//! for a database and the Helm chart as rendered, against the API schemas of every Kubernetes
+//! version Stratus supports, with `kubernetes-validate` (PyPI); the chart with `helm lint
+//! --strict`; the operator's Role against what the operator does. `./dev test` installs both
+//! tools.
 
 mod common;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// The oldest and newest Kubernetes Stratus supports, and the one the issue names.
@@ -92,4 +95,112 @@ fn validate(yaml: &str, count: usize) {
             "{report}"
         );
     }
+}
+
+fn chart() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/stratus")
+}
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new("helm")
+        .args(args)
+        .output()
+        .expect("helm (./dev test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The chart as `helm install` would send it, CRDs included.
+fn rendered(extra: &[&str]) -> String {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "stratus",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "stratus",
+        "--include-crds",
+    ];
+    args.extend_from_slice(extra);
+    helm(&args)
+}
+
+#[test]
+fn the_chart_lints_and_renders_to_objects_every_supported_kubernetes_accepts() {
+    let chart = chart();
+    let lint = helm(&["lint", "--strict", chart.to_str().unwrap()]);
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    // 3 CRDs, the network policy, and the operator's account, role, binding and deployment.
+    validate(&rendered(&[]), 8);
+    let other = rendered(&[
+        "--set",
+        "networkPolicy.enabled=false",
+        "--set",
+        "databases.storageClass=fast",
+    ]);
+    assert!(other.contains("value: \"fast\""), "{other}");
+    validate(&other, 7);
+}
+
+#[test]
+fn the_charts_crds_are_the_ones_the_binary_prints() {
+    let out = Command::new(common::BIN)
+        .args(["operator", "crds"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let file = std::fs::read_to_string(chart().join("crds/stratus.dev.yaml")).unwrap();
+    assert!(
+        file == printed,
+        "deploy/helm/stratus/crds/stratus.dev.yaml is stale: stratus operator crds > deploy/helm/stratus/crds/stratus.dev.yaml"
+    );
+}
+
+/// Least privilege that cannot drift: the Role grants exactly `stratus_kube::rbac::PERMISSIONS`,
+/// which the operator's mocked-API tests hold every request to.
+#[test]
+fn the_operators_role_grants_exactly_what_the_operator_uses() {
+    let yaml = rendered(&["--show-only", "templates/operator-rbac.yaml"]);
+    let role = yaml
+        .split("\n---")
+        .find(|doc| doc.contains("\nkind: Role\n"))
+        .expect("a Role");
+    let list = |line: &str, key: &str| -> Option<Vec<String>> {
+        let value = line.trim().trim_start_matches("- ").strip_prefix(key)?;
+        Some(serde_json::from_str(value.trim()).expect("a flow list"))
+    };
+    let mut granted = Vec::new();
+    let mut group = Vec::new();
+    let mut resources = Vec::new();
+    for line in role.lines() {
+        if let Some(g) = list(line, "apiGroups:") {
+            group = g;
+        } else if let Some(r) = list(line, "resources:") {
+            resources = r;
+        } else if let Some(verbs) = list(line, "verbs:") {
+            for g in &group {
+                for r in &resources {
+                    let mut verbs = verbs.clone();
+                    verbs.sort();
+                    granted.push((g.clone(), r.clone(), verbs));
+                }
+            }
+        }
+    }
+    let mut wanted: Vec<(String, String, Vec<String>)> = stratus_kube::rbac::PERMISSIONS
+        .iter()
+        .map(|p| {
+            let mut verbs: Vec<String> = p.verbs.iter().map(|v| v.to_string()).collect();
+            verbs.sort();
+            (p.group.to_owned(), p.resource.to_owned(), verbs)
+        })
+        .collect();
+    granted.sort();
+    wanted.sort();
+    assert_eq!(granted, wanted);
 }
