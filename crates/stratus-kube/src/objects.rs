@@ -268,7 +268,9 @@ pub fn stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
         "kind": "StatefulSet",
         "metadata": metadata(&spec.name, s),
         "spec": {
-            "replicas": 1,
+            // No `replicas`: it defaults to 1, and leaving it out of what the operator applies
+            // leaves it to the scale subresource (park and wake), which a later apply must not
+            // undo.
             "serviceName": name,
             "selector": {"matchLabels": {DATABASE_LABEL: spec.name.to_string()}},
             // Parked (0 replicas): the claim stays. Deleted: Stratus removes the claim itself,
@@ -317,7 +319,7 @@ mod tests {
         let sts = serde_json::to_value(stateful_set(&spec("shop", "node-a"), &Settings::default()))
             .unwrap();
         assert_eq!(sts["metadata"]["name"], "db-shop");
-        assert_eq!(sts["spec"]["replicas"], 1);
+        assert!(sts["spec"].get("replicas").is_none(), "owned by park and wake, not by apply");
         let c = &sts["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["resources"]["limits"], c["resources"]["requests"]);
         assert_eq!(c["resources"]["limits"]["cpu"], "500m");
