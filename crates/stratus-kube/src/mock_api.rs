@@ -85,12 +85,26 @@ pub(crate) fn serve(script: Vec<Exchange>) -> (Client, Verifier) {
             );
             // The chart's Role allows exactly `rbac::PERMISSIONS`: a request beyond them
             // would be refused in a cluster.
-            let (group, resource, verb) = crate::rbac::request_of(e.method, &e.uri)
+            let asked = crate::rbac::request_of(e.method, &e.uri)
                 .unwrap_or_else(|| panic!("not a namespaced request: {}", e.uri));
-            assert!(
-                crate::rbac::allows(&group, &resource, verb),
-                "the operator's Role does not allow {verb} on {group}/{resource}"
-            );
+            let mut verbs = vec![asked.verb];
+            if e.content_type == Some(APPLY) {
+                // An apply that creates is authorized as a create too.
+                verbs.push("create");
+            }
+            for verb in verbs {
+                let name = if verb == "create" {
+                    None
+                } else {
+                    asked.name.as_deref()
+                };
+                assert!(
+                    crate::rbac::allows(&asked.group, &asked.resource, verb, name),
+                    "the operator's Role does not allow {verb} on {}/{} {name:?}",
+                    asked.group,
+                    asked.resource
+                );
+            }
             let content_type = request
                 .headers()
                 .get(http::header::CONTENT_TYPE)

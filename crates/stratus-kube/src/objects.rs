@@ -119,8 +119,8 @@ pub fn option_file(spec: &InstanceSpec) -> String {
         socket: SOCKET.into(),
         port: Some(PORT),
         pid_file: "/run/mysqld/mysqld.pid".into(),
-        // The container's log, which `kubectl logs` shows.
-        error_log: "/dev/stderr".into(),
+        // Standard error: the container's log, which `kubectl logs` shows.
+        error_log: None,
         tmpdir: "/tmp".into(),
         binlog_dir: Some(format!("{VOLUME_MOUNT}/binlog").into()),
         user: None,
@@ -226,6 +226,8 @@ pub fn stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
                      mariadb-install-db --defaults-file={OPTION_FILE} --skip-test-db \
                      --auth-root-authentication-method=socket; fi"
                 )],
+                // The same as the server's: a pod is Guaranteed only if every container is.
+                "resources": container_resources(&spec.resources),
                 "securityContext": restricted,
                 "volumeMounts": mounts,
             }],
@@ -273,8 +275,8 @@ pub fn stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
             // undo.
             "serviceName": name,
             "selector": {"matchLabels": {DATABASE_LABEL: spec.name.to_string()}},
-            // Parked (0 replicas): the claim stays. Deleted: Stratus removes the claim itself,
-            // once the database's last backup is safe.
+            // Parked (0 replicas): the claim stays. Deleted: the operator removes the claim
+            // itself, last of the database's objects.
             "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Retain", "whenDeleted": "Retain"},
             // The pod is resized in place and the template follows; a changed template must not
             // replace the pod (a restart the client would see). A new pod takes the template.
@@ -319,9 +321,17 @@ mod tests {
         let sts = serde_json::to_value(stateful_set(&spec("shop", "node-a"), &Settings::default()))
             .unwrap();
         assert_eq!(sts["metadata"]["name"], "db-shop");
-        assert!(sts["spec"].get("replicas").is_none(), "owned by park and wake, not by apply");
+        assert!(
+            sts["spec"].get("replicas").is_none(),
+            "owned by park and wake, not by apply"
+        );
         let c = &sts["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["resources"]["limits"], c["resources"]["requests"]);
+        let init = &sts["spec"]["template"]["spec"]["initContainers"][0];
+        assert_eq!(
+            init["resources"], c["resources"],
+            "Guaranteed QoS counts init containers"
+        );
         assert_eq!(c["resources"]["limits"]["cpu"], "500m");
         assert_eq!(c["resizePolicy"][0]["restartPolicy"], "NotRequired");
         assert_eq!(c["resizePolicy"][1]["restartPolicy"], "NotRequired");
@@ -368,6 +378,10 @@ mod tests {
             assert!(cnf.contains(want), "missing {want:?} in\n{cnf}");
         }
         assert!(!cnf.contains("skip-networking"));
+        assert!(
+            !cnf.contains("log-error"),
+            "standard error, the container's log"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! What the operator may do in the cluster: the rules of its Role in the Helm chart, and no
 //! more. The mocked API server of the tests refuses any request these do not allow, and a test
 //! of the chart checks its Role grants exactly these, so the two cannot drift apart.
-//! ([RBAC](https://kubernetes.io/docs/reference/access-authn-authz/rbac/); server-side apply is
-//! authorized as `patch`, also when it creates.)
+//! ([RBAC](https://kubernetes.io/docs/reference/access-authn-authz/rbac/). A server-side apply is
+//! authorized as `patch`, and, when the object does not exist yet, also as `create`: the mock
+//! requires both for every apply.)
 
 /// One rule of the operator's Role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +13,8 @@ pub struct Permission {
     /// The resource, or `resource/subresource`.
     pub resource: &'static str,
     pub verbs: &'static [&'static str],
+    /// Only these objects (`[]`: any). RBAC cannot limit `create` or `list` by name.
+    pub names: &'static [&'static str],
 }
 
 const fn allow(
@@ -23,8 +26,26 @@ const fn allow(
         group,
         resource,
         verbs,
+        names: &[],
     }
 }
+
+const fn allow_named(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+    names: &'static [&'static str],
+) -> Permission {
+    Permission {
+        group,
+        resource,
+        verbs,
+        names,
+    }
+}
+
+/// The operator's Lease.
+pub const LEASE: &str = "stratus-operator";
 
 /// Everything the operator does, in its own namespace.
 pub const PERMISSIONS: &[Permission] = &[
@@ -35,33 +56,53 @@ pub const PERMISSIONS: &[Permission] = &[
         &["get", "list", "watch", "patch"],
     ),
     allow("stratus.dev", "databaseservices/status", &["patch"]),
-    // A database's objects (`objects`): the Secret is created once and read; the others applied.
+    // A database's objects (`objects`): the Secret is created once and read; the others applied
+    // (which creates them the first time).
     allow("", "secrets", &["get", "create", "delete"]),
-    allow("", "configmaps", &["patch", "delete"]),
-    allow("", "services", &["patch", "delete"]),
-    allow("apps", "statefulsets", &["patch", "delete"]),
+    allow("", "configmaps", &["create", "patch", "delete"]),
+    allow("", "services", &["create", "patch", "delete"]),
+    allow(
+        "apps",
+        "statefulsets",
+        &["get", "create", "patch", "delete"],
+    ),
     allow("apps", "statefulsets/scale", &["patch"]),
     allow("", "pods", &["get"]),
     allow("", "pods/resize", &["patch"]),
-    allow("", "persistentvolumeclaims", &["patch", "delete"]),
-    // Leader election.
-    allow(
+    allow("", "persistentvolumeclaims", &["get", "patch", "delete"]),
+    // Leader election: its own Lease only, once made.
+    allow("coordination.k8s.io", "leases", &["create"]),
+    allow_named(
         "coordination.k8s.io",
         "leases",
-        &["get", "create", "update", "patch"],
+        &["get", "update", "patch"],
+        &[LEASE],
     ),
 ];
 
-/// Whether `verb` on `resource` of `group` is allowed.
-pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
-    PERMISSIONS
-        .iter()
-        .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
+/// Whether `verb` on object `name` (`None` for a collection) of `resource` in `group` is allowed.
+pub fn allows(group: &str, resource: &str, verb: &str, name: Option<&str>) -> bool {
+    PERMISSIONS.iter().any(|p| {
+        p.group == group
+            && p.resource == resource
+            && p.verbs.contains(&verb)
+            && (p.names.is_empty() || name.is_some_and(|n| p.names.contains(&n)))
+    })
 }
 
-/// The group, resource (with `/subresource`) and RBAC verb of a request to the API server, for
-/// namespaced paths (`/api/v1/namespaces/NS/…` and `/apis/GROUP/VERSION/namespaces/NS/…`).
-pub fn request_of(method: &str, path: &str) -> Option<(String, String, &'static str)> {
+/// What a request to the API server asks, for RBAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub group: String,
+    /// With `/subresource`.
+    pub resource: String,
+    pub name: Option<String>,
+    pub verb: &'static str,
+}
+
+/// The RBAC view of a request, for namespaced paths (`/api/v1/namespaces/NS/…` and
+/// `/apis/GROUP/VERSION/namespaces/NS/…`).
+pub fn request_of(method: &str, path: &str) -> Option<Asked> {
     let path = path.split('?').next()?;
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (group, rest) = match parts.as_slice() {
@@ -69,13 +110,13 @@ pub fn request_of(method: &str, path: &str) -> Option<(String, String, &'static 
         ["apis", group, _version, "namespaces", _ns, rest @ ..] => (*group, rest),
         _ => return None,
     };
-    let (resource, named) = match rest {
-        [resource] => (resource.to_string(), false),
-        [resource, _name] => (resource.to_string(), true),
-        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+    let (resource, name) = match rest {
+        [resource] => (resource.to_string(), None),
+        [resource, name] => (resource.to_string(), Some(name.to_string())),
+        [resource, name, sub] => (format!("{resource}/{sub}"), Some(name.to_string())),
         _ => return None,
     };
-    let verb = match (method, named) {
+    let verb = match (method, name.is_some()) {
         ("GET", true) => "get",
         ("GET", false) => "list",
         ("POST", false) => "create",
@@ -85,7 +126,12 @@ pub fn request_of(method: &str, path: &str) -> Option<(String, String, &'static 
         ("DELETE", false) => "deletecollection",
         _ => return None,
     };
-    Some((group.to_owned(), resource, verb))
+    Some(Asked {
+        group: group.to_owned(),
+        resource,
+        name,
+        verb,
+    })
 }
 
 #[cfg(test)]
@@ -94,7 +140,7 @@ mod tests {
 
     #[test]
     fn requests_map_to_their_rbac_verbs() {
-        let r = |m, p| request_of(m, p).map(|(g, r, v)| format!("{g} {r} {v}"));
+        let r = |m, p| request_of(m, p).map(|a| format!("{} {} {}", a.group, a.resource, a.verb));
         assert_eq!(
             r("GET", "/api/v1/namespaces/s/pods/db-x-0").as_deref(),
             Some(" pods get")
@@ -132,16 +178,34 @@ mod tests {
 
     #[test]
     fn the_operator_cannot_touch_what_it_does_not_make() {
-        assert!(allows("", "pods/resize", "patch"));
+        assert!(allows("", "pods/resize", "patch", Some("db-x-0")));
+        let pod = Some("db-x-0");
         assert!(
-            !allows("", "pods", "delete"),
-            "a crashed pod is the StatefulSet's to replace"
+            !allows("", "pods", "delete", pod),
+            "a crashed pod is the StatefulSet's"
         );
         assert!(
-            !allows("", "secrets", "list"),
-            "other secrets of the namespace stay unread"
+            !allows("", "secrets", "list", None),
+            "no listing of the namespace's secrets"
         );
-        assert!(!allows("", "pods/exec", "create"));
-        assert!(!allows("rbac.authorization.k8s.io", "roles", "patch"));
+        assert!(!allows("", "pods/exec", "create", pod));
+        assert!(!allows(
+            "rbac.authorization.k8s.io",
+            "roles",
+            "patch",
+            Some("x")
+        ));
+        assert!(allows(
+            "coordination.k8s.io",
+            "leases",
+            "update",
+            Some(LEASE)
+        ));
+        assert!(!allows(
+            "coordination.k8s.io",
+            "leases",
+            "update",
+            Some("kube-scheduler")
+        ));
     }
 }

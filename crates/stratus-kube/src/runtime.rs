@@ -93,6 +93,14 @@ pub struct PodView {
     pub restarts: i32,
 }
 
+/// A database's volume claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClaimView {
+    pub requested_bytes: u64,
+    /// Being deleted (it goes once no pod uses it).
+    pub deleting: bool,
+}
+
 /// The Kubernetes API, as the operator uses it for databases.
 #[derive(Clone)]
 pub struct KubeRuntime {
@@ -250,6 +258,43 @@ impl KubeRuntime {
             .await
             .map_err(|e| KubeError::of("read", format!("pod {name}"), e))?;
         Ok(pod.map(|p| pod_view(&p)))
+    }
+
+    /// The size of the claim template of the database's StatefulSet (fixed when the StatefulSet
+    /// was made: templates cannot change), `None` when there is no StatefulSet.
+    pub async fn claim_template_bytes(&self, db: &ServiceName) -> Result<Option<u64>> {
+        let name = objects::object_name(db);
+        let set = self
+            .api::<StatefulSet>()
+            .get_opt(&name)
+            .await
+            .map_err(|e| KubeError::of("read", format!("statefulset {name}"), e))?;
+        Ok(set.map(|set| {
+            set.spec
+                .and_then(|s| s.volume_claim_templates)
+                .and_then(|t| t.into_iter().next())
+                .and_then(|c| c.spec?.resources?.requests?.get("storage").cloned())
+                .and_then(|q| quantity::bytes(&q.0))
+                .unwrap_or(0)
+        }))
+    }
+
+    /// The database's volume claim: the size asked for, `None` when there is none.
+    pub async fn claim(&self, db: &ServiceName) -> Result<Option<ClaimView>> {
+        let name = objects::claim_name(db);
+        let claim = self
+            .api::<PersistentVolumeClaim>()
+            .get_opt(&name)
+            .await
+            .map_err(|e| KubeError::of("read", format!("persistentvolumeclaim {name}"), e))?;
+        Ok(claim.map(|c| ClaimView {
+            requested_bytes: c
+                .spec
+                .and_then(|s| s.resources?.requests?.get("storage").cloned())
+                .and_then(|q| quantity::bytes(&q.0))
+                .unwrap_or(0),
+            deleting: c.metadata.deletion_timestamp.is_some(),
+        }))
     }
 
     /// Removes every object of a database, its volume claim last (the data goes with it).

@@ -883,13 +883,17 @@ impl<D: Directory> Session<D> {
             return Ok(());
         };
         let out = Outgoing::Statement { raw, lp, id, cmd };
-        let r = self.forward_retrying(out, seq, expect, on_loss).await?;
-        if cmd == COM_STMT_EXECUTE && assigns && r.error.is_none() {
-            self.state.user_vars_unread = true;
-        }
-        if expect == Expect::Cursor && r.status & caps::STATUS_CURSOR_EXISTS != 0 {
-            self.state.cursors += 1;
-        } else if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)
+        // Taken on as the answer goes out; a cursor closed is counted after (counting it a
+        // moment longer only makes a park wait).
+        self.on_success = Some(Effects {
+            user_vars: cmd == COM_STMT_EXECUTE && assigns,
+            cursor_if_open: expect == Expect::Cursor,
+            ..Effects::default()
+        });
+        let r = self.forward_retrying(out, seq, expect, on_loss).await;
+        self.on_success = None;
+        let r = r?;
+        if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)
             || cmd == COM_STMT_RESET
         {
             self.state.cursors = self.state.cursors.saturating_sub(1);
@@ -1009,6 +1013,13 @@ impl<D: Directory> Session<D> {
                 self.drop_backend();
             }
         }
+    }
+
+    /// Before an answer the proxy writes itself: the command is over for the control plane
+    /// before the client can act on it (as `relay` does for the server's answers).
+    fn answered(&mut self) {
+        self.share.running(&self.activity, false);
+        self.share.publish(&self.activity, &self.state);
     }
 
     /// Tells the activity counters when this session's transaction or pin state changed.

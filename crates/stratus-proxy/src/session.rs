@@ -22,6 +22,9 @@ pub struct Effects {
     pub unpin: Vec<Pin>,
     /// It assigned user variables, which are to be read back (`client::user_vars`).
     pub user_vars: bool,
+    /// It opened a server-side cursor if its answer's status says one exists
+    /// (`COM_STMT_EXECUTE` with a cursor flag).
+    pub cursor_if_open: bool,
 }
 
 /// Variables that describe one statement or transaction, or that the server maintains itself
@@ -173,8 +176,8 @@ impl SessionState {
             || self.cursors > 0
     }
 
-    /// Takes on what a statement that succeeded did to the session.
-    pub fn apply(&mut self, e: Effects) {
+    /// Takes on what a statement that succeeded did to the session; `status` is its answer's.
+    pub fn apply(&mut self, e: Effects, status: u16) {
         for p in e.pin {
             self.pin(p);
         }
@@ -182,6 +185,9 @@ impl SessionState {
             self.unpin(p);
         }
         self.user_vars_unread |= e.user_vars;
+        if e.cursor_if_open && status & stratus_wire::caps::STATUS_CURSOR_EXISTS != 0 {
+            self.cursors += 1;
+        }
     }
 
     pub fn pin(&mut self, p: Pin) {

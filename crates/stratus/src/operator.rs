@@ -26,7 +26,7 @@ pub async fn run(args: OperatorRun) -> anyhow::Result<()> {
     let elector = Elector::new(
         client.clone(),
         &settings.namespace,
-        "stratus-operator",
+        stratus_kube::rbac::LEASE,
         &args.identity,
         std::time::Duration::from_secs(15),
     );

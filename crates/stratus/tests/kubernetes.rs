@@ -177,29 +177,34 @@ fn the_operators_role_grants_exactly_what_the_operator_uses() {
     let mut granted = Vec::new();
     let mut group = Vec::new();
     let mut resources = Vec::new();
+    let mut names = Vec::new();
     for line in role.lines() {
         if let Some(g) = list(line, "apiGroups:") {
-            group = g;
+            (group, names) = (g, Vec::new());
         } else if let Some(r) = list(line, "resources:") {
             resources = r;
+        } else if let Some(n) = list(line, "resourceNames:") {
+            names = n;
         } else if let Some(verbs) = list(line, "verbs:") {
             for g in &group {
                 for r in &resources {
                     let mut verbs = verbs.clone();
                     verbs.sort();
-                    granted.push((g.clone(), r.clone(), verbs));
+                    granted.push((g.clone(), r.clone(), verbs, names.clone()));
                 }
             }
         }
     }
-    let mut wanted: Vec<(String, String, Vec<String>)> = stratus_kube::rbac::PERMISSIONS
-        .iter()
-        .map(|p| {
-            let mut verbs: Vec<String> = p.verbs.iter().map(|v| v.to_string()).collect();
-            verbs.sort();
-            (p.group.to_owned(), p.resource.to_owned(), verbs)
-        })
-        .collect();
+    let mut wanted: Vec<(String, String, Vec<String>, Vec<String>)> =
+        stratus_kube::rbac::PERMISSIONS
+            .iter()
+            .map(|p| {
+                let mut verbs: Vec<String> = p.verbs.iter().map(|v| v.to_string()).collect();
+                verbs.sort();
+                let names = p.names.iter().map(|n| n.to_string()).collect();
+                (p.group.to_owned(), p.resource.to_owned(), verbs, names)
+            })
+            .collect();
     granted.sort();
     wanted.sort();
     assert_eq!(granted, wanted);

@@ -5,17 +5,17 @@
 //! [`controller-rs`](https://github.com/kube-rs/controller-rs).
 //!
 //! A finalizer is put on the resource before anything is made for it, so deleting the
-//! resource always removes what was made, volume last; the resource goes only once that
-//! worked.
+//! resource always removes what was made, volume last; the resource goes only once the
+//! StatefulSet and the claim are gone.
 
 use super::Context;
-use crate::runtime::{KubeError, PodView};
+use crate::runtime::{ClaimView, KubeError, PodView};
 use crate::v1alpha1::{DatabaseService, DatabaseServiceStatus};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
-use stratus_core::{ScuSize, ServiceName};
+use stratus_core::{Resources, ScuSize, ServiceName};
 use stratus_runtime::InstanceSpec;
 
 /// The finalizer the operator puts on every `DatabaseService`.
@@ -32,6 +32,10 @@ pub enum Step {
     AddFinalizer,
     /// Make or update its objects.
     Apply(InstanceSpec),
+    /// Resize its running pod in place to this size.
+    Resize(Resources),
+    /// Expand its volume claim to this many bytes.
+    GrowStorage(u64),
     /// Remove its objects, volume last.
     Destroy,
     RemoveFinalizer,
@@ -50,6 +54,9 @@ pub struct Plan {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Seen {
     pub pod: Option<PodView>,
+    /// The size in its StatefulSet's claim template, fixed when the StatefulSet was made.
+    pub claim_template_bytes: Option<u64>,
+    pub claim: Option<ClaimView>,
 }
 
 /// What the operator is set up with, beyond where objects go (`objects::Settings`).
@@ -61,17 +68,31 @@ pub struct Sizes {
     pub proxy_port: u16,
 }
 
-/// The steps for `ds`, given what its pod is doing. Pure.
+/// The steps for `ds`, given what the cluster says of it. Pure.
 pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     let ours = ds.finalizers().iter().any(|f| f == FINALIZER);
     if ds.metadata.deletion_timestamp.is_some() {
-        let steps = if ours {
-            vec![Step::Destroy, Step::RemoveFinalizer]
-        } else {
-            Vec::new()
-        };
+        if !ours {
+            return Plan {
+                steps: Vec::new(),
+                requeue: None,
+            };
+        }
+        // The finalizer goes only once the StatefulSet and the claim are gone, so that a
+        // database made again under the same name cannot meet the old volume.
+        if seen.claim_template_bytes.is_some() || seen.claim.is_some() {
+            let deleting = seen.claim.is_some_and(|c| c.deleting);
+            return Plan {
+                steps: if deleting {
+                    Vec::new()
+                } else {
+                    vec![Step::Destroy]
+                },
+                requeue: Some(SOON),
+            };
+        }
         return Plan {
-            steps,
+            steps: vec![Step::RemoveFinalizer],
             requeue: None,
         };
     }
@@ -100,34 +121,56 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     if !ours {
         steps.push(Step::AddFinalizer);
     }
-    let resources = sizes.scu.resources(spec.min_scu);
+    // The size is the one the status last gave, kept within the spec's bounds (a new database:
+    // its minimum). No controller changes it on Kubernetes yet; an edit of the bounds does.
+    let before = ds.status.as_ref().map_or(0, |s| s.scu);
+    let scu = before.clamp(spec.min_scu, spec.max_scu);
+    let resources = sizes.scu.resources(scu);
+    let limit = stratus_control::storage::max_bytes(spec.storage_gb);
     steps.push(Step::Apply(InstanceSpec {
         name: spec.name.clone(),
         resources,
         max_resources: sizes.scu.resources(spec.max_scu),
-        // The whole limit at once: growing a claim is slow and some storage classes do it
-        // only offline (docs/kubernetes.md).
-        storage_bytes: stratus_control::storage::max_bytes(spec.storage_gb),
+        // The whole limit at once (docs/kubernetes.md); a template made earlier keeps its size,
+        // since a StatefulSet's claim template cannot change.
+        storage_bytes: seen.claim_template_bytes.unwrap_or(limit),
         // The scheduler places it; moves set a node (the migration controller, to come).
         node: String::new(),
     }));
+    let mut messages = Vec::new();
+    let volume = seen.claim.map_or(limit, |c| c.requested_bytes);
+    if seen.claim.is_some() && volume < limit {
+        steps.push(Step::GrowStorage(limit));
+    } else if volume > limit {
+        messages.push(format!(
+            "storage cannot shrink: the volume stays at {} GiB",
+            volume >> 30
+        ));
+    }
     let pod = seen.pod.as_ref();
     let ready = pod.is_some_and(|p| p.ready);
+    if let Some(p) = pod.filter(|p| p.ready && p.resize_pending.is_none()) {
+        let applied = (p.cpu_limit_millis, p.memory_limit_bytes);
+        if applied != (Some(resources.cpu_millis), Some(resources.memory_bytes)) {
+            steps.push(Step::Resize(resources));
+        }
+    }
     let mut st = status(if ready { "active" } else { "provisioning" }, None);
-    st.scu = spec.min_scu;
+    st.scu = scu;
     st.host = sizes.proxy_host.clone();
     st.port = sizes.proxy_port;
     st.database = spec.name.to_string();
     st.buffer_pool_bytes = resources.buffer_pool_bytes;
+    st.storage_limit_bytes = Some(volume.max(limit));
     if let Some(p) = pod {
         st.node = p.node.clone().unwrap_or_default();
         st.cpu_limit = p.cpu_limit_millis.map_or(0.0, |m| f64::from(m) / 1000.0);
         st.memory_limit_bytes = p.memory_limit_bytes.unwrap_or(0);
-        st.message = p
-            .resize_pending
-            .as_ref()
-            .map(|why| format!("a resize is pending: {why}"));
+        if let Some(why) = &p.resize_pending {
+            messages.push(format!("a resize is pending: {why}"));
+        }
     }
+    st.message = (!messages.is_empty()).then(|| messages.join("; "));
     steps.push(Step::Status(st));
     Plan {
         steps,
@@ -139,11 +182,18 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
 /// failure stops it (the controller's error policy retries with back-off).
 pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Duration>, KubeError> {
     let name = ServiceName::parse(&ds.name_any()).ok();
-    let seen = match (&name, ds.metadata.deletion_timestamp.is_some()) {
-        (Some(name), false) => Seen {
-            pod: ctx.runtime.observe(name).await?,
+    let deleting = ds.metadata.deletion_timestamp.is_some();
+    let seen = match &name {
+        Some(name) => Seen {
+            pod: if deleting {
+                None
+            } else {
+                ctx.runtime.observe(name).await?
+            },
+            claim_template_bytes: ctx.runtime.claim_template_bytes(name).await?,
+            claim: ctx.runtime.claim(name).await?,
         },
-        _ => Seen::default(),
+        None => Seen::default(),
     };
     let plan = plan(ds, &seen, &ctx.sizes);
     let api: Api<DatabaseService> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
@@ -179,13 +229,23 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
             Step::Apply(spec) => {
                 ctx.runtime.apply(&spec).await?;
             }
+            Step::Resize(r) => {
+                if let Some(name) = &name {
+                    ctx.runtime.resize(name, &r).await?;
+                }
+            }
+            Step::GrowStorage(bytes) => {
+                if let Some(name) = &name {
+                    ctx.runtime.grow_storage(name, bytes).await?;
+                }
+            }
             Step::Destroy => {
                 if let Some(name) = &name {
                     ctx.runtime.destroy(name).await?;
                 }
             }
             Step::Status(status) => {
-                let patch = json!({"status": status});
+                let patch = json!({"status": status_patch(&status)});
                 api.patch_status(&resource, &PatchParams::default(), &Patch::Merge(patch))
                     .await
                     .map_err(|e| {
@@ -199,6 +259,24 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
         }
     }
     Ok(plan.requeue)
+}
+
+/// The status as a merge patch: a field the status no longer has is sent as `null`, or the
+/// API server would keep the old value (a message about a problem long mended).
+fn status_patch(status: &DatabaseServiceStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        for key in [
+            "message",
+            "moving",
+            "storageUsedBytes",
+            "storageLimitBytes",
+            "observedGeneration",
+        ] {
+            map.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    v
 }
 
 /// How long to wait before trying a resource again after its `attempts`-th failure in a row:

@@ -2,10 +2,12 @@
 //! [`Lease`](https://kubernetes.io/docs/concepts/architecture/leases/) runs the controllers.
 //!
 //! The holder renews the lease every third of its duration; another replica takes it over only
-//! once it has gone unrenewed for the whole duration. Every write carries the version that was
-//! read, so of two replicas racing for it exactly one wins (the other gets 409). A holder that
-//! cannot renew in time stops leading before anyone else may start. On shutdown the holder
-//! gives the lease up, so its successor need not wait.
+//! once it has seen the lease unchanged for the whole duration, timed by its own clock (as
+//! client-go does: the holder's `renewTime` is another machine's clock, and skew between the two
+//! would shorten the wait). Every write carries the version that was read, so of two replicas
+//! racing for it exactly one wins (the other gets 409). A holder that cannot renew in time stops
+//! leading before anyone else may start (`operator::run`). On shutdown the holder gives the lease
+//! up, so its successor need not wait.
 
 use crate::runtime::{KubeError, Result};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -29,8 +31,9 @@ pub enum Decision {
     Follow { holder: String },
 }
 
-/// Decides from the lease as read. Pure.
-pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+/// Decides from the lease as read, and how long this replica has seen it unchanged (`None`: it
+/// just changed, or was never seen before). Pure.
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, unchanged_for: Option<Duration>) -> Decision {
     let Some(spec) = lease else {
         return Decision::Create;
     };
@@ -38,16 +41,14 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     if holder == me {
         return Decision::Renew;
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    let renewed = spec.renew_time.as_ref().map(|t| t.0);
-    let alive = !holder.is_empty()
-        && renewed.is_some_and(|r| {
-            now.as_second().saturating_sub(r.as_second()) < duration || r > now // a clock ahead of ours: not ours to judge expired
-        });
-    if alive {
-        Decision::Follow { holder }
-    } else {
-        Decision::TakeOver
+    if holder.is_empty() {
+        return Decision::TakeOver;
+    }
+    let duration =
+        Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
+    match unchanged_for {
+        Some(d) if d >= duration => Decision::TakeOver,
+        _ => Decision::Follow { holder },
     }
 }
 
@@ -58,6 +59,8 @@ pub struct Elector {
     /// This replica (its pod's name).
     pub identity: String,
     pub duration: Duration,
+    /// The lease as last read (its version) and when this replica first saw it so.
+    seen: std::sync::Mutex<Option<(String, tokio::time::Instant)>>,
 }
 
 impl Elector {
@@ -73,11 +76,25 @@ impl Elector {
             name: name.into(),
             identity: identity.into(),
             duration,
+            seen: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// How long the lease has been seen at `version`; `None` when it just changed.
+    fn unchanged_for(&self, version: Option<&str>) -> Option<Duration> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let version = version.unwrap_or_default();
+        match seen.as_ref() {
+            Some((v, since)) if v == version => Some(since.elapsed()),
+            _ => {
+                *seen = Some((version.to_owned(), tokio::time::Instant::now()));
+                None
+            }
         }
     }
 
     /// Reads the lease and acts on it; returns whether this replica leads now. A write that
-    /// loses a race (409) means another replica leads.
+    /// loses a race (409) means another replica leads. `now` is what the lease records.
     pub async fn try_lead(&self, now: Timestamp) -> Result<bool> {
         let object = format!("lease {}", self.name);
         let current = self
@@ -86,7 +103,12 @@ impl Elector {
             .await
             .map_err(|e| KubeError::of("read", object.clone(), e))?;
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
-        let decision = decide(spec, &self.identity, now);
+        let unchanged = self.unchanged_for(
+            current
+                .as_ref()
+                .and_then(|l| l.metadata.resource_version.as_deref()),
+        );
+        let decision = decide(spec, &self.identity, unchanged);
         let lease = match (&decision, &current) {
             (Decision::Follow { .. }, _) => return Ok(false),
             (Decision::Create, _) => Lease {

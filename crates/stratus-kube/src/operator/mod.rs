@@ -59,82 +59,91 @@ pub enum Stopped {
 }
 
 /// Waits to lead, then runs the controllers until `shutdown` resolves or leadership ends.
+///
+/// Leading ends, at the latest, a third of the lease's duration before another replica may take
+/// the lease over: the deadline counts from the start of the last renewal that succeeded, every
+/// request is bounded by a third of the duration, and the controllers are dropped at once
+/// (reconciles under way are cut off) rather than finished.
 pub async fn run(
     ctx: Arc<Context>,
     elector: leader::Elector,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Stopped {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<Stopped>);
-    let stop_tx = Arc::new(stop_tx);
-    let on_signal = stop_tx.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
-        on_signal.send_replace(Some(Stopped::Shutdown));
+        stop_tx.send_replace(true);
     });
     let every = elector.duration / 3;
     let elector = Arc::new(elector);
+    // One election request, bounded; the instant it started (what a won lease counts from).
+    async fn attempt(
+        e: Arc<leader::Elector>,
+        bound: std::time::Duration,
+    ) -> Result<(bool, tokio::time::Instant), String> {
+        let start = tokio::time::Instant::now();
+        match tokio::time::timeout(bound, e.try_lead(now())).await {
+            Ok(Ok(leads)) => Ok((leads, start)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {bound:?}")),
+        }
+    }
     // Follow until the lease is ours.
-    loop {
-        if stop_rx.borrow().is_some() {
+    let mut since = loop {
+        if *stop_rx.borrow() {
             return Stopped::Shutdown;
         }
-        match elector.try_lead(now()).await {
-            Ok(true) => break,
-            Ok(false) => {}
+        match attempt(elector.clone(), every).await {
+            Ok((true, start)) => break start,
+            Ok((false, _)) => {}
             Err(e) => tracing::warn!("leader election: {e}"),
         }
         let mut rx = stop_rx.clone();
         let _ = tokio::time::timeout(every, rx.changed()).await;
-    }
+    };
     tracing::info!(identity = %elector.identity, "leading");
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let renewer = {
-        let (elector, stop) = (elector.clone(), stop_tx.clone());
+        let elector = elector.clone();
         tokio::spawn(async move {
-            let mut renewed = tokio::time::Instant::now();
             loop {
-                tokio::time::sleep(every).await;
-                match elector.try_lead(now()).await {
-                    Ok(true) => renewed = tokio::time::Instant::now(),
-                    Ok(false) => break,
-                    // Two renewals missed: stop while the lease is still ours, before another
-                    // replica may take it.
-                    Err(e) if renewed.elapsed() >= every * 2 => {
-                        tracing::warn!("cannot renew the lease: {e}");
-                        break;
-                    }
+                let valid_until = since + elector.duration - every;
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = tokio::time::sleep_until(valid_until) => break,
+                }
+                match attempt(elector.clone(), every).await {
+                    Ok((true, start)) => since = start,
+                    Ok((false, _)) => break,
                     Err(e) => tracing::warn!("lease renewal failed, retrying: {e}"),
                 }
+                if tokio::time::Instant::now() >= since + elector.duration - every {
+                    break;
+                }
             }
-            stop.send_if_modified(|s| {
-                let first = s.is_none();
-                s.get_or_insert(Stopped::LostLease);
-                first
-            });
+            tracing::warn!("lost the lease: stopping the controllers");
+            let _ = lost_tx.send(());
         })
     };
     let mut rx = stop_rx.clone();
-    let stopped = async move {
-        let _ = rx.wait_for(Option::is_some).await;
+    let graceful = async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
     let api: Api<DatabaseService> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(stopped)
+    let controllers = Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(graceful)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(database = %object.name, "reconciled"),
                 Err(e) => tracing::warn!("reconcile failed: {e}"),
             }
-        })
-        .await;
-    renewer.abort();
-    let why = stop_rx
-        .borrow()
-        .as_ref()
-        .map_or(Stopped::Shutdown, |s| match s {
-            Stopped::Shutdown => Stopped::Shutdown,
-            Stopped::LostLease => Stopped::LostLease,
         });
+    let why = tokio::select! {
+        () = controllers => Stopped::Shutdown,
+        _ = lost_rx => Stopped::LostLease,
+    };
+    renewer.abort();
     if why == Stopped::Shutdown {
         if let Err(e) = elector.step_down().await {
             tracing::warn!("could not give the lease up (it expires by itself): {e}");

@@ -361,6 +361,7 @@ impl<D: Directory> Session<D> {
                     self.marker.written = false;
                     self.drain(expect).await?;
                     self.state.in_transaction = false;
+                    self.answered();
                     let err = SqlError::deadlock();
                     // COMMIT is one packet (sequence 0): its answer is number 1.
                     self.client
@@ -483,7 +484,7 @@ impl<D: Directory> Session<D> {
                         if let Some(e) = self.on_success.take()
                             && t.error.is_none()
                         {
-                            self.state.apply(e);
+                            self.state.apply(e, t.status);
                         }
                         relayed.held = Some(out.take(&mut b.buf, pos));
                         relayed.status = t.status;
@@ -502,7 +503,7 @@ impl<D: Directory> Session<D> {
                             if let Some(e) = self.on_success.take()
                                 && t.error.is_none()
                             {
-                                self.state.apply(e);
+                                self.state.apply(e, t.status);
                             }
                             self.share.running(&self.activity, false);
                             self.share.publish(&self.activity, &self.state);

@@ -382,6 +382,7 @@ impl<D: Directory> Session<D> {
     ) -> Result<Relayed, End> {
         self.forget_transaction();
         let status = self.status();
+        self.answered();
         self.client
             .send(seq, &response::ok(status, 0, self.client_caps()))
             .await?;
@@ -491,6 +492,7 @@ impl<D: Directory> Session<D> {
     /// Answers the command with an error; the session goes on.
     pub(super) async fn answer_error(&mut self, seq: u8, err: SqlError) -> Result<Relayed, End> {
         self.activity.errors.fetch_add(1, Ordering::Relaxed);
+        self.answered();
         self.client.send(seq, &err.packet()).await?;
         Ok(Relayed {
             error: Some(err.code),

@@ -68,3 +68,17 @@ async fn state_only_the_backend_holds_counts_as_its_client_hears_of_it() {
         "a user variable not read back yet"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_the_proxy_gives_itself_after_a_failover_ends_the_statement_first() {
+    let h = Harness::new(server);
+    let (mut c, at_answer) = watched(&h).await;
+    c.query("BEGIN").await;
+    c.query("SELECT 1").await;
+    h.backend.drop_connections();
+    h.sessions_lost_their_backend().await;
+    // A transaction of reads cut off by a crash: COMMIT is answered by the proxy (`ended`).
+    c.query("COMMIT").await;
+    let a = at_answer();
+    assert_eq!((a.running, a.in_transaction), (0, 0));
+}

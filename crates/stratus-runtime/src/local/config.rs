@@ -27,7 +27,9 @@ pub struct ServerOptions {
     /// operator.
     pub port: Option<u16>,
     pub pid_file: PathBuf,
-    pub error_log: PathBuf,
+    /// `None`: standard error (a container's log). A path without a dot would get `.err`
+    /// appended by the server, so `/dev/stderr` cannot stand for it.
+    pub error_log: Option<PathBuf>,
     /// Its own temporary directory: servers sharing `/tmp` collide on temporary table names
     /// while bootstrapping, and temporary files belong with the database's storage.
     pub tmpdir: PathBuf,
@@ -74,7 +76,9 @@ pub fn render(o: &ServerOptions) -> String {
     line("datadir", &quoted(&o.datadir));
     line("socket", &quoted(&o.socket));
     line("pid-file", &quoted(&o.pid_file));
-    line("log-error", &quoted(&o.error_log));
+    if let Some(log) = &o.error_log {
+        line("log-error", &quoted(log));
+    }
     line("tmpdir", &quoted(&o.tmpdir));
     match o.port {
         None => line("skip-networking", &"ON"),
@@ -173,7 +177,7 @@ mod tests {
             socket: "/d/s.sock".into(),
             port: None,
             pid_file: "/d/p.pid".into(),
-            error_log: "/d/e.log".into(),
+            error_log: Some("/d/e.log".into()),
             tmpdir: "/d/tmp".into(),
             binlog_dir: Some("/d/binlog".into()),
             user: Some("stratus-db".into()),

@@ -513,7 +513,7 @@ impl Inner {
             socket: paths.socket.clone(),
             port: None,
             pid_file: paths.pid.clone(),
-            error_log: paths.log.clone(),
+            error_log: Some(paths.log.clone()),
             tmpdir: paths.tmp.clone(),
             // The real directory, not a claimed spare's name for it: the binary log index keeps
             // full paths, and a replica asking for a file finds it only under the same one.

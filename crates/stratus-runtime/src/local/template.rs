@@ -54,7 +54,7 @@ pub async fn ensure(
         socket: dir.join("tmp/bootstrap.sock"),
         port: None,
         pid_file: dir.join("tmp/bootstrap.pid"),
-        error_log: log.clone(),
+        error_log: Some(log.clone()),
         tmpdir: dir.join("tmp"),
         binlog_dir: None,
         user: user.os_user.as_ref().map(|a| a.name.clone()),

@@ -6,6 +6,7 @@ use super::*;
 use crate::mock_api::*;
 use crate::objects::{self as objects_of, Settings};
 use crate::operator::Context;
+use crate::runtime::ClaimView;
 use crate::v1alpha1::DatabaseServiceSpec;
 use serde_json::{Value, json};
 use stratus_core::Tier;
@@ -100,6 +101,7 @@ fn a_new_resource_gets_the_finalizer_before_anything_is_made() {
 fn a_ready_database_reports_its_pod_and_is_looked_at_less_often() {
     let seen = Seen {
         pod: Some(ready_pod()),
+        ..Seen::default()
     };
     let plan = plan(&resource(&[FINALIZER], false), &seen, &sizes());
     assert_eq!(
@@ -126,7 +128,10 @@ fn a_resize_the_node_cannot_do_shows_in_the_status() {
     pod.resize_pending = Some("Infeasible".into());
     let plan = plan(
         &resource(&[FINALIZER], false),
-        &Seen { pod: Some(pod) },
+        &Seen {
+            pod: Some(pod),
+            ..Seen::default()
+        },
         &sizes(),
     );
     assert_eq!(
@@ -136,20 +141,114 @@ fn a_resize_the_node_cannot_do_shows_in_the_status() {
 }
 
 #[test]
-fn deletion_removes_everything_then_lets_the_resource_go() {
-    let plan = plan(
-        &resource(&["other.io/keep", FINALIZER], true),
-        &Seen::default(),
-        &sizes(),
+fn deletion_removes_everything_and_lets_the_resource_go_once_the_volume_is_gone() {
+    let ds = resource(&["other.io/keep", FINALIZER], true);
+    let made = Seen {
+        claim_template_bytes: Some(20 << 30),
+        claim: Some(ClaimView {
+            requested_bytes: 20 << 30,
+            deleting: false,
+        }),
+        ..Seen::default()
+    };
+    let plan = plan(&ds, &made, &sizes());
+    assert_eq!(
+        (plan.steps, plan.requeue),
+        (vec![Step::Destroy], Some(SOON))
     );
-    assert_eq!(plan.steps, vec![Step::Destroy, Step::RemoveFinalizer]);
-    assert_eq!(plan.requeue, None);
-    let plan = super::plan(
-        &resource(&["other.io/keep"], true),
-        &Seen::default(),
-        &sizes(),
+    let going = Seen {
+        claim: Some(ClaimView {
+            requested_bytes: 20 << 30,
+            deleting: true,
+        }),
+        ..Seen::default()
+    };
+    let plan = super::plan(&ds, &going, &sizes());
+    assert_eq!(
+        (plan.steps, plan.requeue),
+        (vec![], Some(SOON)),
+        "waits for the claim to go"
     );
+    let plan = super::plan(&ds, &Seen::default(), &sizes());
+    assert_eq!(
+        (plan.steps, plan.requeue),
+        (vec![Step::RemoveFinalizer], None)
+    );
+    let plan = super::plan(&resource(&["other.io/keep"], true), &made, &sizes());
     assert!(plan.steps.is_empty(), "not ours to clean up");
+}
+
+#[test]
+fn the_size_stays_what_the_status_says_within_the_bounds_and_the_pod_follows() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.status = Some(DatabaseServiceStatus {
+        scu: 3,
+        ..Default::default()
+    });
+    let three = ScuSize::default().resources(3);
+    let seen = Seen {
+        pod: Some(ready_pod()),
+        ..Seen::default()
+    };
+    let plan = plan(&ds, &seen, &sizes());
+    assert!(
+        plan.steps.contains(&Step::Resize(three)),
+        "the pod runs 2 SCU: {plan:?}"
+    );
+    assert_eq!(status_of(&plan).scu, 3);
+    ds.spec.max_scu = Some(2);
+    let plan = super::plan(&ds, &seen, &sizes());
+    assert_eq!(
+        status_of(&plan).scu,
+        2,
+        "an edit of the bounds moves the size into them"
+    );
+    let mut pending = ready_pod();
+    pending.resize_pending = Some("Deferred".into());
+    ds.spec.max_scu = Some(4);
+    let plan = super::plan(
+        &ds,
+        &Seen {
+            pod: Some(pending),
+            ..Seen::default()
+        },
+        &sizes(),
+    );
+    assert!(
+        !plan.steps.iter().any(|s| matches!(s, Step::Resize(_))),
+        "one resize at a time"
+    );
+}
+
+#[test]
+fn storage_grows_by_the_claim_and_never_through_the_template() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.spec.storage_gb = Some(50);
+    let seen = Seen {
+        claim_template_bytes: Some(20 << 30),
+        claim: Some(ClaimView {
+            requested_bytes: 20 << 30,
+            deleting: false,
+        }),
+        ..Seen::default()
+    };
+    let plan = plan(&ds, &seen, &sizes());
+    let Step::Apply(applied) = &plan.steps[0] else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(
+        applied.storage_bytes,
+        20 << 30,
+        "a claim template cannot change"
+    );
+    assert!(plan.steps.contains(&Step::GrowStorage(50 << 30)));
+    ds.spec.storage_gb = Some(10);
+    let plan = super::plan(&ds, &seen, &sizes());
+    assert!(!plan.steps.iter().any(|s| matches!(s, Step::GrowStorage(_))));
+    assert_eq!(
+        status_of(&plan).message.as_deref(),
+        Some("storage cannot shrink: the volume stays at 20 GiB")
+    );
 }
 
 #[test]
@@ -218,20 +317,58 @@ fn status_request(state: &str) -> Exchange {
     })
 }
 
+/// What `reconcile` reads first: the pod (not when deleting), the StatefulSet, the claim.
+fn observe(pod: Option<Value>, made: bool) -> Vec<Exchange> {
+    let mut out = Vec::new();
+    if let Some(pod) = pod {
+        out.push(expect("GET", &format!("{NS}/pods/db-shop-0")).answer(200, pod));
+    }
+    if made {
+        let sts = serde_json::to_value(objects_of::stateful_set(&instance(), &Settings::default()))
+            .unwrap();
+        out.push(expect("GET", &format!("{APPS}/statefulsets/db-shop")).answer(200, sts));
+        out.push(expect("GET", &format!("{NS}/persistentvolumeclaims/data-db-shop-0")).answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": "data-db-shop-0", "namespace": "stratus"},
+                   "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}},
+                   "status": {"phase": "Bound", "capacity": {"storage": "20Gi"}}}),
+        ));
+    } else {
+        out.push(
+            expect("GET", &format!("{APPS}/statefulsets/db-shop"))
+                .answer(404, not_found("statefulsets.apps \"db-shop\"")),
+        );
+        out.push(
+            expect(
+                "GET",
+                &format!("{NS}/persistentvolumeclaims/data-db-shop-0"),
+            )
+            .answer(404, not_found("persistentvolumeclaims \"data-db-shop-0\"")),
+        );
+    }
+    out
+}
+
+fn no_pod() -> Exchange {
+    expect("GET", &format!("{NS}/pods/db-shop-0")).answer(404, not_found("pods \"db-shop-0\""))
+}
+
 #[tokio::test]
 async fn reconciling_a_new_resource_asks_for_exactly_this() {
     let ds = resource(&[], false);
     let mut with_finalizer = ds.clone();
     with_finalizer.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    let mut script = vec![
-        expect("GET", &format!("{NS}/pods/db-shop-0")).answer(404, not_found("pods \"db-shop-0\"")),
+    let mut script = vec![no_pod()];
+    script.extend(observe(None, false));
+    script.push(
         expect("PATCH", &format!("{CR}?"))
             .body(
                 MERGE,
                 json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "100"}}),
             )
             .answer(200, cr_answer(&with_finalizer)),
-    ];
+    );
     script.extend(apply_requests());
     script.push(status_request("provisioning").answer(200, cr_answer(&with_finalizer)));
     let (ctx, verifier) = context(script);
@@ -243,13 +380,15 @@ async fn reconciling_a_new_resource_asks_for_exactly_this() {
 #[tokio::test]
 async fn a_resource_changed_meanwhile_is_a_conflict_and_nothing_is_made() {
     let ds = resource(&[], false);
-    let (ctx, verifier) = context(vec![
-        expect("GET", &format!("{NS}/pods/db-shop-0")).answer(404, not_found("pods \"db-shop-0\"")),
+    let mut script = vec![no_pod()];
+    script.extend(observe(None, false));
+    script.push(
         expect("PATCH", &format!("{CR}?"))
             .body(MERGE, json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "100"}}))
             .answer(409, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
                 "message": "Operation cannot be fulfilled on databaseservices.stratus.dev \"shop\": the object has been modified; please apply your changes to the latest version and try again"})),
-    ]);
+    );
+    let (ctx, verifier) = context(script);
     let e = reconcile(&ds, &ctx).await.unwrap_err();
     assert_eq!(e.code(), Some(409));
     drop(ctx);
@@ -257,24 +396,28 @@ async fn a_resource_changed_meanwhile_is_a_conflict_and_nothing_is_made() {
 }
 
 #[tokio::test]
-async fn deleting_a_resource_removes_its_objects_then_its_finalizer() {
+async fn deleting_a_resource_removes_its_objects_and_waits_for_them_to_go() {
     let ds = resource(&["other.io/keep", FINALIZER], true);
     let bg = json!({"propagationPolicy": "Background"});
     let deleted = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
-    let mut script: Vec<Exchange> = [
-        format!("{APPS}/statefulsets/db-shop?"),
-        format!("{NS}/services/db-shop?"),
-        format!("{NS}/configmaps/db-shop?"),
-        format!("{NS}/secrets/db-shop?"),
-        format!("{NS}/persistentvolumeclaims/data-db-shop-0?"),
-    ]
-    .iter()
-    .map(|uri| {
-        expect("DELETE", uri)
-            .body(JSON, bg.clone())
-            .answer(200, deleted.clone())
-    })
-    .collect();
+    let mut script = observe(None, true);
+    script.extend(
+        [
+            format!("{APPS}/statefulsets/db-shop?"),
+            format!("{NS}/services/db-shop?"),
+            format!("{NS}/configmaps/db-shop?"),
+            format!("{NS}/secrets/db-shop?"),
+            format!("{NS}/persistentvolumeclaims/data-db-shop-0?"),
+        ]
+        .iter()
+        .map(|uri| {
+            expect("DELETE", uri)
+                .body(JSON, bg.clone())
+                .answer(200, deleted.clone())
+        }),
+    );
+    // The next look: all gone, so the finalizer goes (the other one stays).
+    script.extend(observe(None, false));
     script.push(
         expect("PATCH", &format!("{CR}?"))
             .body(
@@ -284,6 +427,7 @@ async fn deleting_a_resource_removes_its_objects_then_its_finalizer() {
             .answer(200, cr_answer(&ds)),
     );
     let (ctx, verifier) = context(script);
+    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(SOON));
     assert_eq!(reconcile(&ds, &ctx).await.unwrap(), None);
     drop(ctx);
     verifier.finished().await;
@@ -292,12 +436,14 @@ async fn deleting_a_resource_removes_its_objects_then_its_finalizer() {
 #[tokio::test]
 async fn a_failed_removal_keeps_the_finalizer_so_it_is_tried_again() {
     let ds = resource(&[FINALIZER], true);
-    let (ctx, verifier) = context(vec![
+    let mut script = observe(None, true);
+    script.push(
         expect("DELETE", &format!("{APPS}/statefulsets/db-shop?"))
             .body(JSON, json!({"propagationPolicy": "Background"}))
             .answer(503, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "ServiceUnavailable",
                 "code": 503, "message": "the server is currently unable to handle the request"})),
-    ]);
+    );
+    let (ctx, verifier) = context(script);
     let e = reconcile(&ds, &ctx).await.unwrap_err();
     assert_eq!(e.code(), Some(503));
     drop(ctx);
@@ -315,9 +461,23 @@ async fn a_ready_database_is_applied_again_and_its_status_refreshed() {
                        "ready": true, "restartCount": 0,
                        "resources": {"limits": {"cpu": "1", "memory": "4Gi"}}}]},
     });
-    let mut script = vec![expect("GET", &format!("{NS}/pods/db-shop-0")).answer(200, pod)];
+    let mut script = observe(Some(pod), true);
     script.extend(apply_requests());
-    script.push(status_request("active").answer(200, cr_answer(&ds)));
+    script.push(
+        expect("PATCH", &format!("{CR}/status?"))
+            .checked(MERGE, |body| {
+                let st = &body["status"];
+                assert_eq!(st["state"], "active");
+                assert_eq!(
+                    (st["scu"].as_u64(), st["cpuLimit"].as_f64()),
+                    (Some(2), Some(1.0))
+                );
+                assert_eq!(st["storageLimitBytes"], 20u64 << 30);
+                // Cleared, not left as it was: a merge patch keeps what it does not name.
+                assert!(st["message"].is_null() && st.as_object().unwrap().contains_key("message"));
+            })
+            .answer(200, cr_answer(&ds)),
+    );
     let (ctx, verifier) = context(script);
     assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(LATER));
     drop(ctx);
@@ -329,15 +489,17 @@ async fn an_invalid_spec_gets_a_status_and_nothing_else() {
     let mut ds = resource(&[], false);
     ds.spec.tier = Tier::Free;
     ds.spec.max_scu = Some(8);
-    let (ctx, verifier) = context(vec![
-        expect("GET", &format!("{NS}/pods/db-shop-0")).answer(404, not_found("pods \"db-shop-0\"")),
+    let mut script = vec![no_pod()];
+    script.extend(observe(None, false));
+    script.push(
         expect("PATCH", &format!("{CR}/status?"))
             .checked(MERGE, |body| {
                 assert_eq!(body["status"]["state"], "invalid");
                 assert!(body["status"]["message"].as_str().unwrap().contains("cap"));
             })
             .answer(200, cr_answer(&ds)),
-    ]);
+    );
+    let (ctx, verifier) = context(script);
     assert_eq!(reconcile(&ds, &ctx).await.unwrap(), None);
     drop(ctx);
     verifier.finished().await;

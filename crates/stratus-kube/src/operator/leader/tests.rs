@@ -22,31 +22,38 @@ fn spec(holder: Option<&str>, renewed: &str) -> LeaseSpec {
 }
 
 #[test]
-fn a_lease_is_taken_only_when_its_holder_stopped_renewing_it() {
-    let now = at("2026-12-01T23:00:00Z");
-    assert_eq!(decide(None, "b", now), Decision::Create);
+fn a_lease_is_taken_only_when_seen_unchanged_for_its_whole_duration() {
+    let live = spec(Some("a"), "2026-12-01T22:59:59Z");
+    let s = Duration::from_secs;
+    assert_eq!(decide(None, "b", None), Decision::Create);
     assert_eq!(
-        decide(Some(&spec(Some("b"), "2026-12-01T22:59:59Z")), "b", now),
+        decide(
+            Some(&spec(Some("b"), "2026-12-01T22:00:00Z")),
+            "b",
+            Some(s(60))
+        ),
         Decision::Renew
     );
     assert_eq!(
-        decide(Some(&spec(Some("a"), "2026-12-01T22:59:50Z")), "b", now),
+        decide(Some(&live), "b", None),
         Decision::Follow { holder: "a".into() },
-        "renewed 10 s ago, for 15 s"
+        "just seen"
     );
     assert_eq!(
-        decide(Some(&spec(Some("a"), "2026-12-01T22:59:45Z")), "b", now),
-        Decision::TakeOver
+        decide(Some(&live), "b", Some(s(14))),
+        Decision::Follow { holder: "a".into() }
     );
+    assert_eq!(decide(Some(&live), "b", Some(s(15))), Decision::TakeOver);
     assert_eq!(
-        decide(Some(&spec(None, "2026-12-01T22:59:59Z")), "b", now),
+        decide(Some(&spec(None, "2026-12-01T22:59:59Z")), "b", None),
         Decision::TakeOver,
         "given up"
     );
+    // The holder's own renewTime does not count: a clock far behind or ahead changes nothing.
+    let skewed = spec(Some("a"), "2026-12-01T20:00:00Z");
     assert_eq!(
-        decide(Some(&spec(Some("a"), "2026-12-01T23:00:30Z")), "b", now),
-        Decision::Follow { holder: "a".into() },
-        "a holder whose clock runs ahead is not taken for dead"
+        decide(Some(&skewed), "b", Some(s(3))),
+        Decision::Follow { holder: "a".into() }
     );
 }
 
@@ -133,11 +140,15 @@ async fn a_live_lease_of_another_replica_is_left_alone() {
     finish(e, v).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_expired_lease_is_taken_over_and_of_two_racing_only_one_wins() {
-    let (e, v) = elector(vec![
+    let get = |version: &str| {
         expect("GET", &format!("{LEASES}/stratus-operator"))
-            .answer(200, lease(Some("pod-a"), "2026-12-01T22:59:00Z", "7")),
+            .answer(200, lease(Some("pod-a"), "2026-12-01T22:59:00Z", version))
+    };
+    let (e, v) = elector(vec![
+        get("7"),
+        get("7"),
         expect("PUT", &format!("{LEASES}/stratus-operator?"))
             .checked(JSON, |body| {
                 assert_eq!(body["metadata"]["resourceVersion"], "7");
@@ -146,16 +157,48 @@ async fn an_expired_lease_is_taken_over_and_of_two_racing_only_one_wins() {
                 assert_eq!(body["spec"]["leaseTransitions"], 5);
             })
             .answer(200, lease(Some("pod-b"), NOW, "8")),
-        expect("GET", &format!("{LEASES}/stratus-operator"))
-            .answer(200, lease(Some("pod-a"), "2026-12-01T22:59:00Z", "7")),
+    ]);
+    assert!(!e.try_lead(at(NOW)).await.unwrap(), "first sight: follow");
+    tokio::time::advance(Duration::from_secs(15)).await;
+    assert!(
+        e.try_lead(at(NOW)).await.unwrap(),
+        "unchanged for 15 s: taken over"
+    );
+    finish(e, v).await;
+
+    let (e, v) = elector(vec![
+        get("7"),
+        get("7"),
         expect("PUT", &format!("{LEASES}/stratus-operator?"))
             .checked(JSON, |_| {})
             .answer(409, conflict()),
     ]);
-    assert!(e.try_lead(at(NOW)).await.unwrap());
+    assert!(!e.try_lead(at(NOW)).await.unwrap());
+    tokio::time::advance(Duration::from_secs(15)).await;
     assert!(
         !e.try_lead(at(NOW)).await.unwrap(),
         "lost the race: another replica leads"
+    );
+    finish(e, v).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_renewed_meanwhile_restarts_the_wait() {
+    let (e, v) = elector(vec![
+        expect("GET", &format!("{LEASES}/stratus-operator"))
+            .answer(200, lease(Some("pod-a"), NOW, "7")),
+        expect("GET", &format!("{LEASES}/stratus-operator"))
+            .answer(200, lease(Some("pod-a"), NOW, "8")),
+        expect("GET", &format!("{LEASES}/stratus-operator"))
+            .answer(200, lease(Some("pod-a"), NOW, "8")),
+    ]);
+    assert!(!e.try_lead(at(NOW)).await.unwrap());
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(!e.try_lead(at(NOW)).await.unwrap(), "renewed: seen changed");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(
+        !e.try_lead(at(NOW)).await.unwrap(),
+        "10 s since the change, not 15"
     );
     finish(e, v).await;
 }
