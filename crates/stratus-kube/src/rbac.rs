@@ -70,6 +70,8 @@ pub const PERMISSIONS: &[Permission] = &[
     allow("", "pods", &["get"]),
     allow("", "pods/resize", &["patch"]),
     allow("", "persistentvolumeclaims", &["get", "patch", "delete"]),
+    // Events about its resources (a repeated one is patched as a series).
+    allow("events.k8s.io", "events", &["create", "patch"]),
     // Leader election: its own Lease only, once made.
     allow("coordination.k8s.io", "leases", &["create"]),
     allow_named(

@@ -66,7 +66,12 @@ async fn a_database_is_made_resized_parked_woken_and_removed() {
         proxy_host: "stratus-proxy".into(),
         proxy_port: 3306,
     };
-    let ctx = Arc::new(Context::new(client.clone(), settings.clone(), sizes));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings.clone(),
+        sizes,
+        "cluster-test",
+    ));
     let elector = Elector::new(
         client.clone(),
         &ns,

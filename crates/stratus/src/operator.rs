@@ -32,7 +32,7 @@ pub async fn run(args: OperatorRun) -> anyhow::Result<()> {
     );
     tracing::info!(namespace = %settings.namespace, image = %settings.image, identity = %args.identity,
         "operator started; waiting to lead");
-    let ctx = Arc::new(Context::new(client, settings, sizes));
+    let ctx = Arc::new(Context::new(client, settings, sizes, &args.identity));
     match operator::run(ctx, elector, shutdown_signal()).await {
         Stopped::Shutdown => {
             tracing::info!("operator stopped");

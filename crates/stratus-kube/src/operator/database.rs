@@ -9,10 +9,12 @@
 //! StatefulSet and the claim are gone.
 
 use super::Context;
+use crate::objects;
 use crate::runtime::{ClaimView, KubeError, PodView};
 use crate::v1alpha1::{DatabaseService, DatabaseServiceStatus};
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::time::Duration;
 use stratus_core::{Resources, ScuSize, ServiceName};
@@ -198,6 +200,7 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
     let plan = plan(ds, &seen, &ctx.sizes);
     let api: Api<DatabaseService> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let resource = ds.name_any();
+    let events = events_of(&plan.steps, seen.pod.as_ref());
     for step in plan.steps {
         match step {
             Step::AddFinalizer | Step::RemoveFinalizer => {
@@ -258,7 +261,85 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
             }
         }
     }
+    // What was done, for `kubectl describe` and `kubectl events`: after it was done, and
+    // never at the cost of the reconcile (a refused event is only logged).
+    let reference = ds.object_ref(&());
+    for event in events {
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(database = %resource, reason = %event.reason, "event not recorded: {e}");
+        }
+    }
     Ok(plan.requeue)
+}
+
+/// The Kubernetes Events for what a plan does: made, resized, storage grown, removed, or
+/// refused. Pure.
+pub fn events_of(steps: &[Step], pod: Option<&PodView>) -> Vec<Event> {
+    let normal = |reason: &str, action: &str, note: String| Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    let mut out = Vec::new();
+    for step in steps {
+        match step {
+            // The first reconcile: the objects are made in the same plan.
+            Step::AddFinalizer => {
+                let made = steps.iter().find_map(|s| match s {
+                    Step::Apply(spec) => Some(spec),
+                    _ => None,
+                });
+                if let Some(spec) = made {
+                    out.push(normal(
+                        "Created",
+                        "Create",
+                        format!(
+                            "StatefulSet, Service, ConfigMap and Secret {} made, at {} SCU with {} GiB of storage",
+                            objects::object_name(&spec.name),
+                            spec.resources.scu,
+                            spec.storage_bytes >> 30
+                        ),
+                    ));
+                }
+            }
+            Step::Resize(r) => {
+                let from = pod
+                    .and_then(|p| p.cpu_limit_millis)
+                    .map_or_else(|| "?".to_owned(), |m| format!("{m}m"));
+                out.push(normal(
+                    "Resized",
+                    "Resize",
+                    format!(
+                        "resized in place to {} SCU ({}m CPU, {} MiB), from {from} CPU",
+                        r.scu,
+                        r.cpu_millis,
+                        r.memory_bytes >> 20
+                    ),
+                ));
+            }
+            Step::GrowStorage(bytes) => out.push(normal(
+                "StorageGrown",
+                "Expand",
+                format!("volume claim expanded to {} GiB", bytes >> 30),
+            )),
+            Step::Destroy => out.push(normal(
+                "Deleting",
+                "Delete",
+                "removing the StatefulSet, Service, ConfigMap, Secret and volume claim".into(),
+            )),
+            Step::Status(st) if st.state == "invalid" => out.push(Event {
+                type_: EventType::Warning,
+                reason: "Invalid".into(),
+                note: st.message.clone(),
+                action: "Validate".into(),
+                secondary: None,
+            }),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The status as a merge patch: a field the status no longer has is sent as `null`, or the

@@ -16,6 +16,7 @@ use crate::runtime::{KubeError, KubeRuntime};
 use crate::v1alpha1::DatabaseService;
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use std::collections::HashMap;
@@ -27,13 +28,21 @@ pub struct Context {
     pub runtime: KubeRuntime,
     pub settings: Settings,
     pub sizes: database::Sizes,
+    /// Publishes Kubernetes Events about the resources.
+    pub recorder: Recorder,
     /// Failures in a row per resource, for the back-off.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, sizes: database::Sizes) -> Self {
+    /// `identity`: this replica, named in its Events.
+    pub fn new(client: Client, settings: Settings, sizes: database::Sizes, identity: &str) -> Self {
+        let reporter = Reporter {
+            controller: "stratus-operator".into(),
+            instance: Some(identity.into()),
+        };
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             runtime: KubeRuntime::new(client.clone(), settings.clone()),
             client,
             settings,

@@ -274,7 +274,10 @@ fn back_off_doubles_to_five_minutes() {
 
 fn context(script: Vec<Exchange>) -> (Context, Verifier) {
     let (client, verifier) = serve(script);
-    (Context::new(client, Settings::default(), sizes()), verifier)
+    (
+        Context::new(client, Settings::default(), sizes(), "pod-a"),
+        verifier,
+    )
 }
 
 fn not_found(what: &str) -> Value {
@@ -350,6 +353,25 @@ fn observe(pod: Option<Value>, made: bool) -> Vec<Exchange> {
     out
 }
 
+/// The Event the operator records for what it did.
+fn event(reason: &'static str, kind: &'static str) -> Exchange {
+    expect("POST", "/apis/events.k8s.io/v1/namespaces/stratus/events?")
+        .checked(JSON, move |body| {
+            assert_eq!(body["reason"], reason, "{body}");
+            assert_eq!(body["type"], kind);
+            assert_eq!(body["regarding"]["kind"], "DatabaseService");
+            assert_eq!(body["regarding"]["name"], "shop");
+            assert_eq!(body["reportingController"], "stratus-operator");
+            assert_eq!(body["reportingInstance"], "pod-a");
+        })
+        .answer(
+            201,
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                            "metadata": {"name": "shop.1", "namespace": "stratus"},
+                            "eventTime": "2026-12-01T23:00:00.000000Z"}),
+        )
+}
+
 fn no_pod() -> Exchange {
     expect("GET", &format!("{NS}/pods/db-shop-0")).answer(404, not_found("pods \"db-shop-0\""))
 }
@@ -371,6 +393,7 @@ async fn reconciling_a_new_resource_asks_for_exactly_this() {
     );
     script.extend(apply_requests());
     script.push(status_request("provisioning").answer(200, cr_answer(&with_finalizer)));
+    script.push(event("Created", "Normal"));
     let (ctx, verifier) = context(script);
     assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(SOON));
     drop(ctx);
@@ -416,6 +439,7 @@ async fn deleting_a_resource_removes_its_objects_and_waits_for_them_to_go() {
                 .answer(200, deleted.clone())
         }),
     );
+    script.push(event("Deleting", "Normal"));
     // The next look: all gone, so the finalizer goes (the other one stays).
     script.extend(observe(None, false));
     script.push(
@@ -499,8 +523,37 @@ async fn an_invalid_spec_gets_a_status_and_nothing_else() {
             })
             .answer(200, cr_answer(&ds)),
     );
+    script.push(event("Invalid", "Warning"));
     let (ctx, verifier) = context(script);
     assert_eq!(reconcile(&ds, &ctx).await.unwrap(), None);
     drop(ctx);
     verifier.finished().await;
+}
+
+#[test]
+fn events_say_what_was_done() {
+    let three = ScuSize::default().resources(3);
+    let steps = vec![
+        Step::AddFinalizer,
+        Step::Apply(instance()),
+        Step::Resize(three),
+        Step::GrowStorage(50 << 30),
+    ];
+    let notes: Vec<(String, String)> = events_of(&steps, Some(&ready_pod()))
+        .into_iter()
+        .map(|e| (e.reason, e.note.unwrap()))
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            ("Created".into(), "StatefulSet, Service, ConfigMap and Secret db-shop made, at 2 SCU with 20 GiB of storage".into()),
+            ("Resized".into(), "resized in place to 3 SCU (1500m CPU, 6144 MiB), from 1000m CPU".into()),
+            ("StorageGrown".into(), "volume claim expanded to 50 GiB".into()),
+        ]
+    );
+    let again = vec![
+        Step::Apply(instance()),
+        Step::Status(DatabaseServiceStatus::default()),
+    ];
+    assert!(events_of(&again, None).is_empty(), "nothing new: no event");
 }
