@@ -335,6 +335,48 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
     }
     metrics::header(
         &mut out,
+        "stratus_database_min_scu",
+        "gauge",
+        "Smallest size the autoscaler may give, in SCU.",
+    );
+    for svc in &services {
+        let _ = writeln!(
+            out,
+            "stratus_database_min_scu{{db=\"{}\"}} {}",
+            svc.name(),
+            svc.spec.min_scu
+        );
+    }
+    metrics::header(
+        &mut out,
+        "stratus_database_max_scu",
+        "gauge",
+        "Largest size the autoscaler may give, in SCU.",
+    );
+    for svc in &services {
+        let _ = writeln!(
+            out,
+            "stratus_database_max_scu{{db=\"{}\"}} {}",
+            svc.name(),
+            svc.spec.max_scu
+        );
+    }
+    metrics::header(
+        &mut out,
+        "stratus_database_crashes_total",
+        "counter",
+        "Unexpected exits of the database's server since Stratus started.",
+    );
+    for svc in &services {
+        let _ = writeln!(
+            out,
+            "stratus_database_crashes_total{{db=\"{}\"}} {}",
+            svc.name(),
+            st.cp.crashes(svc.name())
+        );
+    }
+    metrics::header(
+        &mut out,
         "stratus_database_state",
         "gauge",
         "1 for the state each database is in.",
@@ -420,6 +462,20 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
             out,
             "stratus_database_storage_limit_bytes{{db=\"{name}\"}} {}",
             u.limit_bytes
+        );
+    }
+    metrics::header(
+        &mut out,
+        "stratus_database_storage_max_bytes",
+        "gauge",
+        "The database's storage limit (storage_gb): its volume grows up to this.",
+    );
+    for svc in &services {
+        let _ = writeln!(
+            out,
+            "stratus_database_storage_max_bytes{{db=\"{}\"}} {}",
+            svc.name(),
+            stratus_control::storage::max_bytes(svc.spec.storage_gb)
         );
     }
     let pool = st.cp.pool_status();

@@ -129,6 +129,9 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     gate: std::sync::OnceLock<Arc<dyn migrate::Gate>>,
     /// When each database last moved (ms since the epoch): rebalancing's cooldown.
     moved_at: Mutex<HashMap<ServiceName, i64>>,
+    /// Unexpected exits of each database's server since Stratus started (a Prometheus counter:
+    /// it starts again from 0 with Stratus, which `rate()` and `increase()` allow for).
+    crashes: Mutex<HashMap<ServiceName, u64>>,
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
@@ -152,6 +155,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             migrating: Mutex::new(HashMap::new()),
             gate: std::sync::OnceLock::new(),
             moved_at: Mutex::new(HashMap::new()),
+            crashes: Mutex::new(HashMap::new()),
         })
     }
 

@@ -58,7 +58,19 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
+    /// How often the server of `name` exited unexpectedly since Stratus started.
+    pub fn crashes(&self, name: &ServiceName) -> u64 {
+        let crashes = self.crashes.lock().unwrap_or_else(|p| p.into_inner());
+        crashes.get(name).copied().unwrap_or(0)
+    }
+
     async fn restart_after_crash(&self, notice: ExitNotice, attempt: u32) {
+        *self
+            .crashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(notice.name.clone())
+            .or_default() += 1;
         let first = backoff(attempt, self.cfg.restart_backoff_max);
         let when = if first.is_zero() {
             "now".to_owned()

@@ -333,8 +333,8 @@ impl Stratus {
             .prefer_socket(false)
     }
 
-    /// A sample from `/metrics`, e.g. `stratus_proxy_pooled_connections{db="shop"}`.
-    pub fn metric(&self, series: &str) -> Option<f64> {
+    /// The whole `/metrics` page (its body), `None` when the API does not answer.
+    pub fn metrics_text(&self) -> Option<String> {
         use std::io::{Read, Write};
         let mut sock = std::net::TcpStream::connect(&self.api).ok()?;
         // Open on loopback by default; the token makes it work with `metrics_auth` too.
@@ -349,7 +349,14 @@ impl Stratus {
         .ok()?;
         let mut text = String::new();
         sock.read_to_string(&mut text).ok()?;
-        text.lines()
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        Some(body.to_owned())
+    }
+
+    /// A sample from `/metrics`, e.g. `stratus_proxy_pooled_connections{db="shop"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics_text()?
+            .lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 
