@@ -381,6 +381,27 @@ impl ApiClient {
         };
         self.call::<(), _>(Method::GET, &path, None).await
     }
+
+    /// What each database used since `since_ms` (their whole lives when `None`).
+    pub async fn usage(
+        &self,
+        db: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<stratus_core::usage::Usage>, ClientError> {
+        let mut q = Vec::new();
+        if let Some(db) = db {
+            q.push(format!("db={}", percent_encode(db)));
+        }
+        if let Some(s) = since_ms {
+            q.push(format!("since_ms={s}"));
+        }
+        let path = if q.is_empty() {
+            "/v1/usage".to_owned()
+        } else {
+            format!("/v1/usage?{}", q.join("&"))
+        };
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
 }
 
 /// The innermost cause: "connection refused" rather than "error sending request".

@@ -179,6 +179,7 @@ pub fn router<S: Store, R: Runtime>(
             axum::routing::delete(delete_user::<S, R>),
         )
         .route("/v1/events", get(events::<S, R>))
+        .route("/v1/usage", get(usage::<S, R>))
         .route("/v1/tokens", get(tokens::<S, R>).post(create_token::<S, R>))
         .route("/v1/keys/rotate", post(rotate_keys::<S, R>))
         .route("/v1/nodes", get(nodes::<S, R>))
@@ -794,6 +795,56 @@ async fn events<S: Store, R: Runtime>(
     };
     let events = st.cp.store().events(&filter).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    db: Option<String>,
+    /// Milliseconds since the Unix epoch; the databases' whole lives when left out.
+    since_ms: Option<i64>,
+}
+
+/// What each database used (`stratus_core::usage`), deleted ones included.
+async fn usage<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<stratus_core::usage::Usage>>> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("bad query: {}", e.body_text()),
+        )
+    })?;
+    caller.check(Action::Read, q.db.as_deref())?;
+    let db = q
+        .db
+        .as_deref()
+        .map(stratus_core::ServiceName::parse)
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string()))?;
+    let now = stratus_core::time::now_ms();
+    let since = q.since_ms.unwrap_or(0);
+    let intervals = st
+        .cp
+        .store()
+        .usage_intervals(db.as_ref(), since, now)
+        .await?;
+    let mut by_db: std::collections::BTreeMap<String, Vec<stratus_core::usage::Interval>> =
+        std::collections::BTreeMap::new();
+    for (name, i) in intervals {
+        if caller.sees(&name) {
+            by_db.entry(name).or_default().push(i);
+        }
+    }
+    Ok(Json(
+        by_db
+            .iter()
+            .map(|(name, life)| stratus_core::usage::total(name, life, since, now))
+            .collect(),
+    ))
 }
 
 /// The host's nodes name every tenant's databases: only a token for all databases sees them.

@@ -192,6 +192,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 let Some(u) = self.runtime.storage(&name) else {
                     continue;
                 };
+                // The meter's storage term (`usage`); a parked database writes nothing, so its
+                // last measurement stands.
+                if let Err(e) = self.store.record_storage(&name, u.used_bytes).await {
+                    tracing::warn!(db = %name, "cannot record storage use: {e}");
+                }
                 let max = max_bytes(svc.spec.storage_gb);
                 if u.log_bytes > max {
                     self.trim_logs(&svc, u.log_bytes, max).await;

@@ -20,6 +20,7 @@ pub mod service;
 pub mod sql;
 pub mod time;
 pub mod token;
+pub mod usage;
 
 pub use activity::ActivityView;
 pub use endpoint::Endpoint;

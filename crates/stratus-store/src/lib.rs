@@ -8,6 +8,7 @@ mod sqlite;
 pub use sqlite::SqliteStore;
 
 use std::future::Future;
+use stratus_core::usage::Interval;
 use stratus_core::{
     ApiToken, BackupSchedule, DatabaseService, Event, EventKind, ScalingPolicy, ServiceName, User,
     UserName,
@@ -115,4 +116,23 @@ pub trait Store: Send + Sync + 'static {
     /// Every token, oldest first.
     fn tokens(&self) -> impl Future<Output = Result<Vec<ApiToken>>> + Send;
     fn delete_token(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// The usage intervals (`stratus_core::usage`) of one database or all, deleted ones
+    /// included, that end after `from_ms`; a database's open interval ends at `now_ms`.
+    /// The catalog starts a new interval in the same transaction as every change of a
+    /// database's state or size, so these are exact.
+    fn usage_intervals(
+        &self,
+        service: Option<&ServiceName>,
+        from_ms: i64,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<(String, Interval)>>> + Send;
+
+    /// Records a measurement of a database's storage in use: a new usage interval starts when
+    /// it differs materially from the recorded one (`usage::storage_changed`).
+    fn record_storage(
+        &self,
+        service: &ServiceName,
+        used_bytes: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use stratus_core::time::now_ms;
 use stratus_core::token::{Role, Scope, TokenHash};
+use stratus_core::usage::Interval;
 use stratus_core::{
     ApiToken, BackupSchedule, DatabaseService, DbState, Event, EventKind, NativeHash,
     ScalingPolicy, ServiceName, ServiceSpec, Tier, User, UserName,
@@ -90,6 +91,28 @@ ALTER TABLE services ADD COLUMN node TEXT;
     // When the database's binary log began, where a move gave it a new one (#12).
     r#"
 ALTER TABLE services ADD COLUMN log_epoch_ms INTEGER;
+"#,
+    // Usage metering (#13): each database's open interval, and the closed ones (kept after the
+    // database is deleted). Databases made before it are metered from the migration on.
+    r#"
+CREATE TABLE usage_open (
+    service TEXT PRIMARY KEY,
+    since_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    scu INTEGER NOT NULL,
+    storage_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE usage_intervals (
+    service TEXT NOT NULL,
+    from_ms INTEGER NOT NULL,
+    to_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    scu INTEGER NOT NULL,
+    storage_bytes INTEGER NOT NULL
+);
+CREATE INDEX usage_intervals_by_service ON usage_intervals (service, to_ms);
+INSERT INTO usage_open (service, since_ms, state, scu)
+    SELECT name, CAST(strftime('%s', 'now') AS INTEGER) * 1000, state, scu FROM services;
 "#,
 ];
 
@@ -303,6 +326,28 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event>> {
     })())
 }
 
+/// Closes a database's open usage interval now and opens the next with `state`, `scu` and
+/// `storage_bytes`.
+fn turn_interval(
+    tx: &rusqlite::Transaction<'_>,
+    service: &str,
+    state: &str,
+    scu: u32,
+    storage_bytes: i64,
+) -> Result<()> {
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO usage_intervals (service, from_ms, to_ms, state, scu, storage_bytes) \
+         SELECT service, since_ms, ?2, state, scu, storage_bytes FROM usage_open WHERE service = ?1",
+        params![service, now],
+    )?;
+    tx.execute(
+        "UPDATE usage_open SET since_ms = ?2, state = ?3, scu = ?4, storage_bytes = ?5 WHERE service = ?1",
+        params![service, now, state, scu, storage_bytes],
+    )?;
+    Ok(())
+}
+
 fn insert_event(
     conn: &Connection,
     db: &str,
@@ -377,6 +422,11 @@ impl Store for SqliteStore {
             "owner": owner.name,
         });
         let event = insert_event(&tx, spec.name.as_str(), EventKind::Created, message, data)?;
+        // A name used before starts a new life: its old intervals stay, closed.
+        tx.execute(
+            "INSERT OR REPLACE INTO usage_open (service, since_ms, state, scu) VALUES (?1, ?2, ?3, ?4)",
+            params![spec.name.as_str(), now_ms(), svc.state.as_str(), svc.scu],
+        )?;
         tx.commit()?;
         Ok(event)
     }
@@ -403,9 +453,10 @@ impl Store for SqliteStore {
     }
 
     async fn update_service(&self, svc: &DatabaseService) -> Result<()> {
-        let conn = self.lock();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
         let spec = &svc.spec;
-        let n = conn.execute(
+        let n = tx.execute(
             "UPDATE services SET tier = ?2, min_scu = ?3, max_scu = ?4, storage_gb = ?5, state = ?6, scu = ?7, \
              buffer_pool_bytes = ?8, updated_at_ms = ?9, require_tls = ?10, default_schema = ?11, \
              node = ?12, log_epoch_ms = ?13 WHERE name = ?1",
@@ -428,18 +479,52 @@ impl Store for SqliteStore {
         if n == 0 {
             return Err(StoreError::NotFound(format!("database {}", spec.name)));
         }
+        // A new state or size starts a new usage interval, in the same transaction.
+        let open: Option<(String, u32, i64)> = tx
+            .query_row(
+                "SELECT state, scu, storage_bytes FROM usage_open WHERE service = ?1",
+                params![spec.name.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let state = svc.state.as_str();
+        match open {
+            Some((was, scu, _)) if was == state && scu == svc.scu => {}
+            Some((_, _, storage)) => {
+                turn_interval(&tx, spec.name.as_str(), state, svc.scu, storage)?;
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO usage_open (service, since_ms, state, scu) VALUES (?1, ?2, ?3, ?4)",
+                    params![spec.name.as_str(), now_ms(), state, svc.scu],
+                )?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
     async fn delete_service(&self, name: &ServiceName) -> Result<()> {
-        let conn = self.lock();
-        if conn.execute(
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if tx.execute(
             "DELETE FROM services WHERE name = ?1",
             params![name.as_str()],
         )? == 0
         {
             return Err(StoreError::NotFound(format!("database {name}")));
         }
+        // The last interval closes; the closed ones stay for billing.
+        tx.execute(
+            "INSERT INTO usage_intervals (service, from_ms, to_ms, state, scu, storage_bytes) \
+             SELECT service, since_ms, ?2, state, scu, storage_bytes FROM usage_open WHERE service = ?1",
+            params![name.as_str(), now_ms()],
+        )?;
+        tx.execute(
+            "DELETE FROM usage_open WHERE service = ?1",
+            params![name.as_str()],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -611,6 +696,76 @@ impl Store for SqliteStore {
         }
         Ok(())
     }
+
+    async fn usage_intervals(
+        &self,
+        service: Option<&ServiceName>,
+        from_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<(String, Interval)>> {
+        let conn = self.lock();
+        let name = service.map(ServiceName::as_str);
+        let mut stmt = conn.prepare(
+            "SELECT service, from_ms, to_ms, state, scu, storage_bytes FROM usage_intervals \
+               WHERE (?1 IS NULL OR service = ?1) AND to_ms > ?2 \
+             UNION ALL \
+             SELECT service, since_ms, ?3, state, scu, storage_bytes FROM usage_open \
+               WHERE (?1 IS NULL OR service = ?1) \
+             ORDER BY 1, 2",
+        )?;
+        let rows = stmt.query_map(params![name, from_ms, now_ms], |r| {
+            let state: String = r.get(3)?;
+            let storage: i64 = r.get(5)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                state,
+                r.get::<_, u32>(4)?,
+                storage,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (db, from_ms, to_ms, state, scu, storage) = row?;
+            let state = DbState::parse(&state)
+                .ok_or_else(|| corrupt("usage interval", format!("state {state:?}")))?;
+            out.push((
+                db,
+                Interval {
+                    from_ms,
+                    to_ms,
+                    state,
+                    scu,
+                    storage_bytes: u64::try_from(storage).unwrap_or(0),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn record_storage(&self, service: &ServiceName, used_bytes: u64) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let open: Option<(String, u32, i64)> = tx
+            .query_row(
+                "SELECT state, scu, storage_bytes FROM usage_open WHERE service = ?1",
+                params![service.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((state, scu, recorded)) = open
+            && stratus_core::usage::storage_changed(
+                u64::try_from(recorded).unwrap_or(0),
+                used_bytes,
+            )
+        {
+            let used = i64::try_from(used_bytes).unwrap_or(i64::MAX);
+            turn_interval(&tx, service.as_str(), &state, scu, used)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
 }
 
 const TOKEN_COLUMNS: &str = "id, name, role, scope, hash, created_at_ms";
@@ -779,6 +934,76 @@ mod tests {
             store.events(&EventFilter::default()).await.unwrap().len(),
             2,
             "events stay"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_change_of_state_or_size_starts_a_usage_interval_in_its_transaction() {
+        let store = SqliteStore::in_memory().unwrap();
+        let mut shop = service("shop");
+        let name = shop.spec.name.clone();
+        store
+            .create_service(&shop, &owner("shop", "admin"), "created")
+            .await
+            .unwrap();
+        for (state, scu) in [
+            (DbState::Active, 1),
+            (DbState::Active, 1), // nothing metered changed: no new interval
+            (DbState::Active, 2),
+            (DbState::Suspended, 2),
+            (DbState::Parked, 2),
+        ] {
+            shop.state = state;
+            shop.scu = scu;
+            store.update_service(&shop).await.unwrap();
+        }
+        store.record_storage(&name, 50 << 20).await.unwrap();
+        store
+            .record_storage(&name, (50 << 20) + 1000)
+            .await
+            .unwrap(); // a drift: ignored
+        let far = now_ms() + 60_000;
+        let got = store.usage_intervals(Some(&name), 0, far).await.unwrap();
+        let seen: Vec<(DbState, u32, u64)> = got
+            .iter()
+            .map(|(_, i)| (i.state, i.scu, i.storage_bytes))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (DbState::Provisioning, 1, 0),
+                (DbState::Active, 1, 0),
+                (DbState::Active, 2, 0),
+                (DbState::Suspended, 2, 0),
+                (DbState::Parked, 2, 0),
+                (DbState::Parked, 2, 50 << 20),
+            ]
+        );
+        let (_, open) = got.last().unwrap();
+        assert_eq!(open.to_ms, far, "the open interval runs to now");
+        assert!(
+            got.windows(2).all(|w| w[0].1.to_ms == w[1].1.from_ms),
+            "no gap, no overlap"
+        );
+        // Deleted, its intervals stay for billing; a new database of the same name starts anew.
+        store.delete_service(&name).await.unwrap();
+        let after = store.usage_intervals(None, 0, far + 1).await.unwrap();
+        assert_eq!(after.len(), got.len());
+        assert!(
+            after.last().unwrap().1.to_ms < far,
+            "closed at the deletion"
+        );
+        store
+            .create_service(&service("shop"), &owner("shop", "admin"), "again")
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .usage_intervals(Some(&name), 0, far)
+                .await
+                .unwrap()
+                .len(),
+            got.len() + 1
         );
     }
 

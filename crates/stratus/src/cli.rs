@@ -55,6 +55,8 @@ pub enum Command {
     Backup(BackupCommand),
     /// Show what happened to databases, and why.
     Events(EventsArgs),
+    /// Show what databases used: SCU-seconds, suspended and parked time, storage GiB-hours.
+    Usage(UsageArgs),
     /// Show the installation: versions, resource control, databases by state.
     Status,
     /// Manage API tokens (admin only).
@@ -294,6 +296,17 @@ pub enum UserCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this database (a deleted one too).
+    #[arg(long)]
+    pub db: Option<String>,
+    /// From this time: RFC 3339 (`2026-12-01T00:00:00Z`) or a span back from now (`90m`,
+    /// `24h`, `7d`); the databases' whole lives when left out.
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct EventsArgs {
     /// Only this database's events.
     #[arg(long)]

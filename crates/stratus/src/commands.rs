@@ -2,7 +2,7 @@
 
 use crate::cli::{
     BackupCommand, Command, DbCommand, EventsArgs, Global, KeyCommand, NodeCommand, TokenCommand,
-    UserCommand,
+    UsageArgs, UserCommand,
 };
 use crate::config::api_url;
 use crate::output::{bytes, move_progress, table, with_progress, with_spinner};
@@ -26,6 +26,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::User(cmd) => user(&api, json, cmd).await,
         Command::Backup(cmd) => backup(&api, json, cmd).await,
         Command::Events(args) => events(&api, json, args).await,
+        Command::Usage(args) => usage(&api, json, args).await,
         Command::Token(cmd) => tokens(&api, json, cmd).await,
         Command::Key(KeyCommand::Rotate) => {
             let r = api.rotate_keys().await?;
@@ -235,6 +236,79 @@ async fn tokens(api: &ApiClient, json: bool, cmd: TokenCommand) -> anyhow::Resul
             Ok(())
         }
     }
+}
+
+async fn usage(api: &ApiClient, json: bool, args: UsageArgs) -> anyhow::Result<()> {
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| since_ms(s, stratus_core::time::now_ms()))
+        .transpose()?;
+    let used = api.usage(args.db.as_deref(), since).await?;
+    if json {
+        return print_json(&used);
+    }
+    if used.is_empty() {
+        println!(
+            "No usage recorded{}.",
+            args.db.map(|d| format!(" for {d}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let hours = |s: f64| format!("{:.2} h", s / 3600.0);
+    let rows: Vec<Vec<String>> = used
+        .iter()
+        .map(|u| {
+            vec![
+                u.db.clone(),
+                stratus_core::time::rfc3339(u.from_ms),
+                hours(u.active_seconds),
+                format!("{:.0}", u.scu_seconds),
+                hours(u.suspended_seconds),
+                hours(u.parked_seconds),
+                format!("{:.3}", u.storage_gib_hours),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DATABASE",
+            "SINCE",
+            "ACTIVE",
+            "SCU-SECONDS",
+            "SUSPENDED",
+            "PARKED",
+            "STORAGE GiB-h",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `--since`: RFC 3339, or a span back from `now_ms` (`90s`, `30m`, `24h`, `7d`).
+fn since_ms(text: &str, now_ms: i64) -> anyhow::Result<i64> {
+    if let Some(unit) = text.chars().last().filter(|c| c.is_ascii_alphabetic()) {
+        let secs = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => 0,
+        };
+        if let Ok(n) = text[..text.len() - 1].parse::<i64>()
+            && secs > 0
+            && n >= 0
+        {
+            return Ok(now_ms - n.saturating_mul(secs * 1000));
+        }
+    }
+    stratus_core::time::parse_rfc3339_us(text)
+        .map(|us| us / 1000)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--since {text:?}: not a time (RFC 3339) or a span like 30m, 24h, 7d: {e}"
+            )
+        })
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -89,6 +89,16 @@ fn invalid_requests_are_refused_with_reasons() {
             "405",
             "method_not_allowed",
         ),
+        (
+            "GET /v1/usage?since_ms=yesterday HTTP/1.1\r\nContent-Length: 9\r\n",
+            "400",
+            "invalid_argument",
+        ),
+        (
+            "GET /v1/usage?db=Not_A_Name HTTP/1.1\r\nContent-Length: 9\r\n",
+            "400",
+            "invalid_argument",
+        ),
     ] {
         let answer = raw_http(
             &s.api,

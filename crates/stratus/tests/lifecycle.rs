@@ -163,7 +163,10 @@ async fn a_crashed_server_is_restarted_and_users_can_be_added() {
     ]);
     assert_eq!(created["user"], "app.owner");
     let pid = s.json(&["db", "show", "app"])["pid"].as_u64().unwrap();
-    assert_eq!(s.metric("stratus_database_crashes_total{db=\"app\"}"), Some(0.0));
+    assert_eq!(
+        s.metric("stratus_database_crashes_total{db=\"app\"}"),
+        Some(0.0)
+    );
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),
         rustix::process::Signal::KILL,
@@ -171,7 +174,10 @@ async fn a_crashed_server_is_restarted_and_users_can_be_added() {
     .unwrap();
     let crashed = s.wait_for_event("app", "crashed", Duration::from_secs(30));
     // What the crash-looping alert counts (deploy/prometheus).
-    assert_eq!(s.metric("stratus_database_crashes_total{db=\"app\"}"), Some(1.0));
+    assert_eq!(
+        s.metric("stratus_database_crashes_total{db=\"app\"}"),
+        Some(1.0)
+    );
     assert!(
         crashed["message"].as_str().unwrap().contains("signal 9"),
         "{crashed}"
