@@ -57,6 +57,14 @@ pub enum Command {
     Events(EventsArgs),
     /// Show what databases used: SCU-seconds, suspended and parked time, storage GiB-hours.
     Usage(UsageArgs),
+    /// Open the mariadb client on a database, with the credential file `--save-credentials`
+    /// wrote, or asking for the password.
+    Connect {
+        name: String,
+        /// The account, without the database's prefix.
+        #[arg(long, default_value = "admin")]
+        user: String,
+    },
     /// Show the installation: versions, resource control, databases by state.
     Status,
     /// Manage API tokens (admin only).
@@ -172,11 +180,23 @@ pub enum DbCommand {
         /// Refuse clients that do not connect with TLS.
         #[arg(long)]
         require_tls: bool,
+        /// Write the connection, password included, to a private credential file for
+        /// `stratus connect` (~/.config/stratus/credentials/NAME.USER.cnf, mode 0600).
+        #[arg(long)]
+        save_credentials: bool,
     },
     /// List databases.
     List,
     /// Show one database.
-    Show { name: String },
+    Show {
+        name: String,
+        /// Refresh like `top` until Ctrl-C (with --json: one JSON object per line).
+        #[arg(long, short)]
+        watch: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0, requires = "watch")]
+        interval: f64,
+    },
     /// Delete a database and its data.
     Delete {
         name: String,
@@ -288,6 +308,9 @@ pub enum UserCommand {
         /// [default: generated]
         #[arg(long)]
         password: Option<String>,
+        /// Write a private credential file for `stratus connect` (as `db create` does).
+        #[arg(long)]
+        save_credentials: bool,
     },
     /// List a database's users.
     List { db: String },

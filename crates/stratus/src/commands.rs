@@ -27,6 +27,10 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Backup(cmd) => backup(&api, json, cmd).await,
         Command::Events(args) => events(&api, json, args).await,
         Command::Usage(args) => usage(&api, json, args).await,
+        Command::Connect { name, user } => {
+            let d = api.show(&name).await?;
+            crate::connect::exec(&d.name, &d.database, &user, &d.host, d.port, d.require_tls)
+        }
         Command::Token(cmd) => tokens(&api, json, cmd).await,
         Command::Key(KeyCommand::Rotate) => {
             let r = api.rotate_keys().await?;
@@ -311,6 +315,34 @@ fn since_ms(text: &str, now_ms: i64) -> anyhow::Result<i64> {
         })
 }
 
+/// `db show --watch`: the database again every `interval` seconds until interrupted. On a
+/// terminal the screen is redrawn in place; otherwise (and with `--json`, one object per line)
+/// each refresh follows the last. A refresh the API refuses is shown and the watch goes on.
+async fn watch(api: &ApiClient, json: bool, name: &str, interval: f64) -> anyhow::Result<()> {
+    if !(0.1..=3600.0).contains(&interval) {
+        bail!("--interval must be between 0.1 and 3600 seconds, not {interval}");
+    }
+    let redraw = std::io::stdout().is_terminal() && !json;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(interval));
+    loop {
+        tick.tick().await;
+        let shown = api.show(name).await;
+        if redraw {
+            // Home and clear, as `watch` and `top` do.
+            print!("\x1b[H\x1b[2J");
+            println!(
+                "{name}, every {interval} s ({}); Ctrl-C to stop\n",
+                stratus_core::time::rfc3339(stratus_core::time::now_ms())
+            );
+        }
+        match shown {
+            Ok(d) if json => println!("{}", serde_json::to_string(&d)?),
+            Ok(d) => show(&d, false)?,
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+}
+
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -327,6 +359,7 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
             user,
             password,
             require_tls,
+            save_credentials,
         } => {
             let req = CreateRequest {
                 name: name.clone(),
@@ -339,6 +372,18 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
                 require_tls: require_tls.then_some(true),
             };
             let c = with_spinner(format!("creating {name}"), api.create(&req)).await?;
+            let saved = save_credentials
+                .then(|| {
+                    crate::connect::save(&crate::connect::Credentials {
+                        service: &c.name,
+                        schema: &c.database,
+                        user: &c.user,
+                        password: &c.password,
+                        host: &c.host,
+                        port: c.port,
+                    })
+                })
+                .transpose()?;
             if json {
                 return print_json(&c);
             }
@@ -353,6 +398,12 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
                 c.database
             );
             println!("The password is shown only now; Stratus keeps only its hash.");
+            if let Some(file) = saved {
+                println!(
+                    "Saved to {} (mode 0600): stratus connect {name}",
+                    file.display()
+                );
+            }
             Ok(())
         }
         DbCommand::List => {
@@ -380,7 +431,10 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        DbCommand::Show { name } => show(&api.show(&name).await?, json),
+        DbCommand::Show {
+            name, watch: false, ..
+        } => show(&api.show(&name).await?, json),
+        DbCommand::Show { name, interval, .. } => watch(api, json, &name, interval).await,
         DbCommand::Delete { name, yes } => {
             if !yes {
                 if !std::io::stdin().is_terminal() {
@@ -661,21 +715,45 @@ fn show(d: &DatabaseView, json: bool) -> anyhow::Result<()> {
 
 async fn user(api: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
-        UserCommand::Create { db, user, password } => {
+        UserCommand::Create {
+            db,
+            user,
+            password,
+            save_credentials,
+        } => {
             let c = api
                 .create_user(
                     &db,
                     &CreateUserRequest {
-                        name: user,
+                        name: user.clone(),
                         password,
                     },
                 )
                 .await?;
+            let saved = if save_credentials {
+                let schema = api.show(&db).await?.database;
+                Some(crate::connect::save(&crate::connect::Credentials {
+                    service: &db,
+                    schema: &schema,
+                    user: &c.user,
+                    password: &c.password,
+                    host: &c.host,
+                    port: c.port,
+                })?)
+            } else {
+                None
+            };
             if json {
                 return print_json(&c);
             }
             println!("Created user {} on {}.", c.user, c.database);
             println!("  {}", c.connection_string);
+            if let Some(file) = saved {
+                println!(
+                    "Saved to {} (mode 0600): stratus connect {db} --user {user}",
+                    file.display()
+                );
+            }
             Ok(())
         }
         UserCommand::List { db } => {

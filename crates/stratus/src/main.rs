@@ -4,6 +4,7 @@ mod api_tls;
 mod cli;
 mod commands;
 mod config;
+mod connect;
 mod directory;
 mod operator;
 mod output;
