@@ -180,6 +180,7 @@ pub fn router<S: Store, R: Runtime>(
         )
         .route("/v1/events", get(events::<S, R>))
         .route("/v1/usage", get(usage::<S, R>))
+        .route("/v1/databases/{name}/history", get(history::<S, R>))
         .route("/v1/tokens", get(tokens::<S, R>).post(create_token::<S, R>))
         .route("/v1/keys/rotate", post(rotate_keys::<S, R>))
         .route("/v1/nodes", get(nodes::<S, R>))
@@ -374,6 +375,20 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
             "stratus_database_crashes_total{{db=\"{}\"}} {}",
             svc.name(),
             st.cp.crashes(svc.name())
+        );
+    }
+    metrics::header(
+        &mut out,
+        "stratus_database_down",
+        "gauge",
+        "1 while the database's state wants a running server and none runs (crashed, failing to start).",
+    );
+    for svc in &services {
+        let _ = writeln!(
+            out,
+            "stratus_database_down{{db=\"{}\"}} {}",
+            svc.name(),
+            u8::from(st.cp.is_down(svc.name()))
         );
     }
     metrics::header(
@@ -795,6 +810,23 @@ async fn events<S: Store, R: Runtime>(
     };
     let events = st.cp.store().events(&filter).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))
+}
+
+/// The last hour of a database's samples (`stratus_control::history`), oldest first.
+async fn history<S: Store, R: Runtime>(
+    State(st): Shared<S, R>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    caller.check(Action::Read, Some(&name))?;
+    let view = st.cp.show(&name).await?;
+    let db = stratus_core::ServiceName::parse(&view.name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string()))?;
+    Ok(Json(serde_json::json!({
+        "db": view.name,
+        "interval_ms": stratus_control::history::INTERVAL.as_millis() as u64,
+        "samples": st.cp.history(&db),
+    })))
 }
 
 #[derive(serde::Deserialize)]

@@ -20,6 +20,7 @@ pub mod branch;
 pub mod copy;
 mod error;
 pub mod gateway;
+pub mod history;
 pub mod lifecycle;
 pub mod migrate;
 pub mod monitor;
@@ -132,6 +133,11 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// Unexpected exits of each database's server since Stratus started (a Prometheus counter:
     /// it starts again from 0 with Stratus, which `rate()` and `increase()` allow for).
     crashes: Mutex<HashMap<ServiceName, u64>>,
+    /// The last hour of each database's samples (`history`).
+    history: history::History,
+    /// Per database, whether its state wants a running server and none runs, as the monitor
+    /// last saw it (`stratus_database_down`, and the usage meter's stopped time).
+    down: Mutex<HashMap<ServiceName, bool>>,
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
@@ -156,6 +162,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             gate: std::sync::OnceLock::new(),
             moved_at: Mutex::new(HashMap::new()),
             crashes: Mutex::new(HashMap::new()),
+            history: history::History::default(),
+            down: Mutex::new(HashMap::new()),
         })
     }
 

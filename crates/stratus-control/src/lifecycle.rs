@@ -507,6 +507,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     .await
                     .unwrap_or(false);
                 let ms = begin.elapsed().as_millis() as u64;
+                // Until the next `stratus up` starts it again, it is not billed as running.
+                if let Err(e) = me.store.usage_stopped(&name, true).await {
+                    tracing::warn!(db = %name, "cannot record usage: {e}");
+                }
                 me.event(
                     &name,
                     EventKind::Stopped,

@@ -82,6 +82,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
             }
             n = n.wrapping_add(1);
+            for svc in &services {
+                self.note_down(svc).await;
+            }
             let now = now_ms();
             for svc in &services {
                 let name = svc.name();
@@ -293,6 +296,39 @@ pub struct Measured {
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
+    /// Notes whether `svc` wants a running server and has none (a crash being restarted, a
+    /// server that cannot start), for `/metrics` and the usage meter: when that changes, a new
+    /// usage interval starts, so such time is not billed as active.
+    async fn note_down(&self, svc: &DatabaseService) {
+        let wants = matches!(
+            svc.state,
+            DbState::Active | DbState::Suspended | DbState::Migrating
+        );
+        let down = wants && self.runtime.endpoint(svc.name()).is_none();
+        let changed = self
+            .down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(svc.name().clone(), down)
+            != Some(down);
+        if changed {
+            if let Err(e) = self.store.usage_stopped(svc.name(), down).await {
+                tracing::warn!(db = %svc.name(), "cannot record usage: {e}");
+            }
+        }
+    }
+
+    /// Whether the database's state wants a running server and none runs (as of the monitor's
+    /// last look).
+    pub fn is_down(&self, name: &ServiceName) -> bool {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+            .unwrap_or(false)
+    }
+
     /// Keeps the latest figures. A window too short to measure (for 0.8 s after each resize,
     /// which starts a new one) keeps the last CPU figure on show rather than none.
     fn record_measurement(&self, name: &ServiceName, cpu_millis: Option<f64>, memory_bytes: u64) {

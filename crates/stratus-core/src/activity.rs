@@ -20,6 +20,9 @@ pub struct ActivityView {
     pub unread_user_variables: u64,
     /// Milliseconds since the Unix epoch of the last statement's end; 0 if none.
     pub last_statement_ms: i64,
+    /// Statements relayed since Stratus started (a counter: its rate is statements per second).
+    #[serde(default)]
+    pub statements_total: u64,
 }
 
 impl ActivityView {

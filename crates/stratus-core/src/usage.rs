@@ -10,6 +10,8 @@
 //!   (`active`, `migrating`).
 //! * **Suspended and parked time**: time in those states (a suspended database's server holds
 //!   its memory at the floor; a parked one holds only its storage).
+//! * **Stopped time**: time a database's state wanted a running server and none ran (Stratus
+//!   stopped, which stops its servers, or a server that cannot start): not billed as active.
 //! * **Storage GiB-hours**: bytes in use × time, in every state: storage is kept while parked.
 
 use crate::DbState;
@@ -23,6 +25,9 @@ pub struct Interval {
     pub state: DbState,
     pub scu: u32,
     pub storage_bytes: u64,
+    /// Its state wants a running server and none ran: Stratus was stopped (it stops its
+    /// servers), or the server could not be started. Only storage is metered.
+    pub stopped: bool,
 }
 
 /// What one database used over a window.
@@ -36,6 +41,8 @@ pub struct Usage {
     pub scu_seconds: f64,
     pub suspended_seconds: f64,
     pub parked_seconds: f64,
+    /// Time its server was not running although its state wanted one (`Interval::stopped`).
+    pub stopped_seconds: f64,
     pub storage_gib_hours: f64,
 }
 
@@ -52,6 +59,7 @@ pub fn total(db: &str, intervals: &[Interval], from_ms: i64, to_ms: i64) -> Usag
         scu_seconds: 0.0,
         suspended_seconds: 0.0,
         parked_seconds: 0.0,
+        stopped_seconds: 0.0,
         storage_gib_hours: 0.0,
     };
     for i in intervals {
@@ -60,6 +68,11 @@ pub fn total(db: &str, intervals: &[Interval], from_ms: i64, to_ms: i64) -> Usag
             continue;
         }
         let s = ms as f64 / 1000.0;
+        u.storage_gib_hours += i.storage_bytes as f64 / GIB * (s / 3600.0);
+        if i.stopped {
+            u.stopped_seconds += s;
+            continue;
+        }
         match i.state {
             DbState::Active | DbState::Migrating => {
                 u.active_seconds += s;
@@ -69,7 +82,6 @@ pub fn total(db: &str, intervals: &[Interval], from_ms: i64, to_ms: i64) -> Usag
             DbState::Parked => u.parked_seconds += s,
             DbState::Provisioning | DbState::Deleted => {}
         }
-        u.storage_gib_hours += i.storage_bytes as f64 / GIB * (s / 3600.0);
     }
     u
 }
@@ -93,6 +105,7 @@ mod tests {
             state,
             scu,
             storage_bytes: 1 << 30,
+            stopped: false,
         }
     }
 
@@ -111,6 +124,22 @@ mod tests {
         assert_eq!((u.suspended_seconds, u.parked_seconds), (10.0, 3600.0));
         // 1 GiB for 3631 s.
         assert!((u.storage_gib_hours - 3631.0 / 3600.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_stopped_server_is_not_billed_as_active() {
+        let mut down = at(10_000, 70_000, DbState::Active, 2);
+        down.stopped = true;
+        let u = total(
+            "shop",
+            &[at(0, 10_000, DbState::Active, 2), down],
+            0,
+            70_000,
+        );
+        assert_eq!(
+            (u.scu_seconds, u.active_seconds, u.stopped_seconds),
+            (20.0, 10.0, 60.0)
+        );
     }
 
     #[test]

@@ -129,10 +129,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(String, Interval)>>> + Send;
 
     /// Records a measurement of a database's storage in use: a new usage interval starts when
-    /// it differs materially from the recorded one (`usage::storage_changed`).
+    /// it differs materially from the recorded one (`usage::storage_changed`), at most once a
+    /// minute.
     fn record_storage(
         &self,
         service: &ServiceName,
         used_bytes: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records whether a database whose state wants a running server has none
+    /// (`usage::Interval::stopped`): a new usage interval starts when that changes.
+    fn usage_stopped(
+        &self,
+        service: &ServiceName,
+        stopped: bool,
     ) -> impl Future<Output = Result<()>> + Send;
 }

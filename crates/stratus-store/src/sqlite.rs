@@ -100,7 +100,8 @@ CREATE TABLE usage_open (
     since_ms INTEGER NOT NULL,
     state TEXT NOT NULL,
     scu INTEGER NOT NULL,
-    storage_bytes INTEGER NOT NULL DEFAULT 0
+    storage_bytes INTEGER NOT NULL DEFAULT 0,
+    stopped INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE usage_intervals (
     service TEXT NOT NULL,
@@ -108,7 +109,8 @@ CREATE TABLE usage_intervals (
     to_ms INTEGER NOT NULL,
     state TEXT NOT NULL,
     scu INTEGER NOT NULL,
-    storage_bytes INTEGER NOT NULL
+    storage_bytes INTEGER NOT NULL,
+    stopped INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX usage_intervals_by_service ON usage_intervals (service, to_ms);
 INSERT INTO usage_open (service, since_ms, state, scu)
@@ -326,24 +328,70 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event>> {
     })())
 }
 
-/// Closes a database's open usage interval now and opens the next with `state`, `scu` and
-/// `storage_bytes`.
+/// At most one new usage interval a minute is started by storage changes alone.
+const STORAGE_INTERVAL_MS: i64 = 60_000;
+
+/// A database's open usage interval.
+struct Open {
+    since_ms: i64,
+    state: String,
+    scu: u32,
+    storage_bytes: i64,
+    stopped: bool,
+}
+
+fn open_interval(tx: &rusqlite::Transaction<'_>, service: &str) -> Result<Option<Open>> {
+    Ok(tx
+        .query_row(
+            "SELECT since_ms, state, scu, storage_bytes, stopped FROM usage_open WHERE service = ?1",
+            params![service],
+            |r| {
+                Ok(Open {
+                    since_ms: r.get(0)?,
+                    state: r.get(1)?,
+                    scu: r.get(2)?,
+                    storage_bytes: r.get(3)?,
+                    stopped: r.get(4)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Closes a database's open usage interval now, if it has one, and forgets it.
+fn close_open(tx: &rusqlite::Transaction<'_>, service: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO usage_intervals (service, from_ms, to_ms, state, scu, storage_bytes, stopped) \
+         SELECT service, since_ms, ?2, state, scu, storage_bytes, stopped FROM usage_open WHERE service = ?1",
+        params![service, now_ms()],
+    )?;
+    tx.execute(
+        "DELETE FROM usage_open WHERE service = ?1",
+        params![service],
+    )?;
+    Ok(())
+}
+
+/// Closes a database's open usage interval now and opens the next with `state`, `scu`,
+/// `storage_bytes` and `stopped`.
 fn turn_interval(
     tx: &rusqlite::Transaction<'_>,
     service: &str,
     state: &str,
     scu: u32,
     storage_bytes: i64,
+    stopped: bool,
 ) -> Result<()> {
     let now = now_ms();
     tx.execute(
-        "INSERT INTO usage_intervals (service, from_ms, to_ms, state, scu, storage_bytes) \
-         SELECT service, since_ms, ?2, state, scu, storage_bytes FROM usage_open WHERE service = ?1",
+        "INSERT INTO usage_intervals (service, from_ms, to_ms, state, scu, storage_bytes, stopped) \
+         SELECT service, since_ms, ?2, state, scu, storage_bytes, stopped FROM usage_open WHERE service = ?1",
         params![service, now],
     )?;
     tx.execute(
-        "UPDATE usage_open SET since_ms = ?2, state = ?3, scu = ?4, storage_bytes = ?5 WHERE service = ?1",
-        params![service, now, state, scu, storage_bytes],
+        "UPDATE usage_open SET since_ms = ?2, state = ?3, scu = ?4, storage_bytes = ?5, stopped = ?6 \
+         WHERE service = ?1",
+        params![service, now, state, scu, storage_bytes, stopped],
     )?;
     Ok(())
 }
@@ -422,9 +470,11 @@ impl Store for SqliteStore {
             "owner": owner.name,
         });
         let event = insert_event(&tx, spec.name.as_str(), EventKind::Created, message, data)?;
-        // A name used before starts a new life: its old intervals stay, closed.
+        // A name used before starts a new life: its old intervals stay, closed (and one left open
+        // by a deletion that did not finish is closed now, not dropped).
+        close_open(&tx, spec.name.as_str())?;
         tx.execute(
-            "INSERT OR REPLACE INTO usage_open (service, since_ms, state, scu) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO usage_open (service, since_ms, state, scu) VALUES (?1, ?2, ?3, ?4)",
             params![spec.name.as_str(), now_ms(), svc.state.as_str(), svc.scu],
         )?;
         tx.commit()?;
@@ -480,18 +530,19 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound(format!("database {}", spec.name)));
         }
         // A new state or size starts a new usage interval, in the same transaction.
-        let open: Option<(String, u32, i64)> = tx
-            .query_row(
-                "SELECT state, scu, storage_bytes FROM usage_open WHERE service = ?1",
-                params![spec.name.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let open = open_interval(&tx, spec.name.as_str())?;
         let state = svc.state.as_str();
         match open {
-            Some((was, scu, _)) if was == state && scu == svc.scu => {}
-            Some((_, _, storage)) => {
-                turn_interval(&tx, spec.name.as_str(), state, svc.scu, storage)?;
+            Some(o) if o.state == state && o.scu == svc.scu => {}
+            Some(o) => {
+                turn_interval(
+                    &tx,
+                    spec.name.as_str(),
+                    state,
+                    svc.scu,
+                    o.storage_bytes,
+                    o.stopped,
+                )?;
             }
             None => {
                 tx.execute(
@@ -515,15 +566,7 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound(format!("database {name}")));
         }
         // The last interval closes; the closed ones stay for billing.
-        tx.execute(
-            "INSERT INTO usage_intervals (service, from_ms, to_ms, state, scu, storage_bytes) \
-             SELECT service, since_ms, ?2, state, scu, storage_bytes FROM usage_open WHERE service = ?1",
-            params![name.as_str(), now_ms()],
-        )?;
-        tx.execute(
-            "DELETE FROM usage_open WHERE service = ?1",
-            params![name.as_str()],
-        )?;
+        close_open(&tx, name.as_str())?;
         tx.commit()?;
         Ok(())
     }
@@ -706,10 +749,10 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let name = service.map(ServiceName::as_str);
         let mut stmt = conn.prepare(
-            "SELECT service, from_ms, to_ms, state, scu, storage_bytes FROM usage_intervals \
+            "SELECT service, from_ms, to_ms, state, scu, storage_bytes, stopped FROM usage_intervals \
                WHERE (?1 IS NULL OR service = ?1) AND to_ms > ?2 \
              UNION ALL \
-             SELECT service, since_ms, ?3, state, scu, storage_bytes FROM usage_open \
+             SELECT service, since_ms, ?3, state, scu, storage_bytes, stopped FROM usage_open \
                WHERE (?1 IS NULL OR service = ?1) \
              ORDER BY 1, 2",
         )?;
@@ -723,11 +766,12 @@ impl Store for SqliteStore {
                 state,
                 r.get::<_, u32>(4)?,
                 storage,
+                r.get::<_, bool>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (db, from_ms, to_ms, state, scu, storage) = row?;
+            let (db, from_ms, to_ms, state, scu, storage, stopped) = row?;
             let state = DbState::parse(&state)
                 .ok_or_else(|| corrupt("usage interval", format!("state {state:?}")))?;
             out.push((
@@ -738,6 +782,7 @@ impl Store for SqliteStore {
                     state,
                     scu,
                     storage_bytes: u64::try_from(storage).unwrap_or(0),
+                    stopped,
                 },
             ));
         }
@@ -747,21 +792,44 @@ impl Store for SqliteStore {
     async fn record_storage(&self, service: &ServiceName, used_bytes: u64) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let open: Option<(String, u32, i64)> = tx
-            .query_row(
-                "SELECT state, scu, storage_bytes FROM usage_open WHERE service = ?1",
-                params![service.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        if let Some((state, scu, recorded)) = open
-            && stratus_core::usage::storage_changed(
-                u64::try_from(recorded).unwrap_or(0),
-                used_bytes,
-            )
+        let Some(o) = open_interval(&tx, service.as_str())? else {
+            return Ok(());
+        };
+        if !stratus_core::usage::storage_changed(
+            u64::try_from(o.storage_bytes).unwrap_or(0),
+            used_bytes,
+        ) {
+            return Ok(());
+        }
+        let used = i64::try_from(used_bytes).unwrap_or(i64::MAX);
+        if now_ms() - o.since_ms >= STORAGE_INTERVAL_MS {
+            turn_interval(&tx, service.as_str(), &o.state, o.scu, used, o.stopped)?;
+        } else {
+            // At most one interval a minute from storage alone (a use that swings back and forth
+            // must not write a row a second): a younger interval takes the new figure whole.
+            tx.execute(
+                "UPDATE usage_open SET storage_bytes = ?2 WHERE service = ?1",
+                params![service.as_str(), used],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    async fn usage_stopped(&self, service: &ServiceName, stopped: bool) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if let Some(o) = open_interval(&tx, service.as_str())?
+            && o.stopped != stopped
         {
-            let used = i64::try_from(used_bytes).unwrap_or(i64::MAX);
-            turn_interval(&tx, service.as_str(), &state, scu, used)?;
+            turn_interval(
+                &tx,
+                service.as_str(),
+                &o.state,
+                o.scu,
+                o.storage_bytes,
+                stopped,
+            )?;
             tx.commit()?;
         }
         Ok(())
@@ -975,10 +1043,15 @@ mod tests {
                 (DbState::Active, 1, 0),
                 (DbState::Active, 2, 0),
                 (DbState::Suspended, 2, 0),
-                (DbState::Parked, 2, 0),
+                // A storage change within a minute of the interval's start is taken by it whole.
                 (DbState::Parked, 2, 50 << 20),
             ]
         );
+        store.usage_stopped(&name, true).await.unwrap();
+        store.usage_stopped(&name, true).await.unwrap(); // no change: no new interval
+        let got = store.usage_intervals(Some(&name), 0, far).await.unwrap();
+        assert_eq!(got.len(), 6);
+        assert!(got[5].1.stopped && !got[4].1.stopped);
         let (_, open) = got.last().unwrap();
         assert_eq!(open.to_ms, far, "the open interval runs to now");
         assert!(

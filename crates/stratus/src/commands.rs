@@ -323,10 +323,17 @@ async fn watch(api: &ApiClient, json: bool, name: &str, interval: f64) -> anyhow
         bail!("--interval must be between 0.1 and 3600 seconds, not {interval}");
     }
     let redraw = std::io::stdout().is_terminal() && !json;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(interval));
+    let every = std::time::Duration::from_secs_f64(interval);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let shown = api.show(name).await;
+        let bound = every.max(std::time::Duration::from_secs(10));
+        let shown: anyhow::Result<DatabaseView> =
+            match tokio::time::timeout(bound, api.show(name)).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(anyhow::anyhow!("the API gave no answer within {bound:?}")),
+            };
         if redraw {
             // Home and clear, as `watch` and `top` do.
             print!("\x1b[H\x1b[2J");
@@ -340,6 +347,16 @@ async fn watch(api: &ApiClient, json: bool, name: &str, interval: f64) -> anyhow
             Ok(d) => show(&d, false)?,
             Err(e) => eprintln!("error: {e}"),
         }
+    }
+}
+
+/// Writes a credential file after its password was shown; a failure is a warning, since what
+/// was created stands.
+fn save_or_warn(c: &crate::connect::Credentials<'_>, then: &str, json: bool) {
+    match crate::connect::save(c) {
+        Ok(file) if !json => println!("Saved to {} (mode 0600): {then}", file.display()),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: credentials not saved: {e:#}"),
     }
 }
 
@@ -372,36 +389,34 @@ async fn db(api: &ApiClient, json: bool, cmd: DbCommand) -> anyhow::Result<()> {
                 require_tls: require_tls.then_some(true),
             };
             let c = with_spinner(format!("creating {name}"), api.create(&req)).await?;
-            let saved = save_credentials
-                .then(|| {
-                    crate::connect::save(&crate::connect::Credentials {
+            // Shown before anything else can fail: the password exists nowhere else.
+            if json {
+                print_json(&c)?;
+            } else {
+                println!("Created {} in {} ms.", c.name, c.ready_ms);
+                println!("  {}", c.connection_string);
+                println!(
+                    "  mariadb -h {} -P {} -u {} -p{} {}",
+                    c.host,
+                    c.port,
+                    c.user,
+                    shell_quote(&c.password),
+                    c.database
+                );
+                println!("The password is shown only now; Stratus keeps only its hash.");
+            }
+            if save_credentials {
+                save_or_warn(
+                    &crate::connect::Credentials {
                         service: &c.name,
                         schema: &c.database,
                         user: &c.user,
                         password: &c.password,
                         host: &c.host,
                         port: c.port,
-                    })
-                })
-                .transpose()?;
-            if json {
-                return print_json(&c);
-            }
-            println!("Created {} in {} ms.", c.name, c.ready_ms);
-            println!("  {}", c.connection_string);
-            println!(
-                "  mariadb -h {} -P {} -u {} -p{} {}",
-                c.host,
-                c.port,
-                c.user,
-                shell_quote(&c.password),
-                c.database
-            );
-            println!("The password is shown only now; Stratus keeps only its hash.");
-            if let Some(file) = saved {
-                println!(
-                    "Saved to {} (mode 0600): stratus connect {name}",
-                    file.display()
+                    },
+                    &format!("stratus connect {name}"),
+                    json,
                 );
             }
             Ok(())
@@ -730,29 +745,29 @@ async fn user(api: &ApiClient, json: bool, cmd: UserCommand) -> anyhow::Result<(
                     },
                 )
                 .await?;
-            let saved = if save_credentials {
-                let schema = api.show(&db).await?.database;
-                Some(crate::connect::save(&crate::connect::Credentials {
-                    service: &db,
-                    schema: &schema,
-                    user: &c.user,
-                    password: &c.password,
-                    host: &c.host,
-                    port: c.port,
-                })?)
-            } else {
-                None
-            };
+            // Shown before anything else can fail: the password exists nowhere else.
             if json {
-                return print_json(&c);
+                print_json(&c)?;
+            } else {
+                println!("Created user {} on {}.", c.user, c.database);
+                println!("  {}", c.connection_string);
             }
-            println!("Created user {} on {}.", c.user, c.database);
-            println!("  {}", c.connection_string);
-            if let Some(file) = saved {
-                println!(
-                    "Saved to {} (mode 0600): stratus connect {db} --user {user}",
-                    file.display()
-                );
+            if save_credentials {
+                match api.show(&db).await {
+                    Ok(d) => save_or_warn(
+                        &crate::connect::Credentials {
+                            service: &db,
+                            schema: &d.database,
+                            user: &c.user,
+                            password: &c.password,
+                            host: &c.host,
+                            port: c.port,
+                        },
+                        &format!("stratus connect {db} --user {user}"),
+                        json,
+                    ),
+                    Err(e) => eprintln!("warning: credentials not saved: {e}"),
+                }
             }
             Ok(())
         }

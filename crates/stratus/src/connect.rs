@@ -4,8 +4,9 @@
 //! A credential file is a MariaDB option file (`[client]` group: user, password, host, port,
 //! database; <https://mariadb.com/kb/en/configuring-mariadb-with-option-files/>), mode 0600,
 //! under `$XDG_CONFIG_HOME/stratus/credentials` (default `~/.config/…`), named
-//! `<database>.<user>.cnf`. The client reads it with `--defaults-extra-file`, so the password is
-//! never on a command line. Without one, the client asks for the password on the terminal.
+//! `<database>.<user>.cnf`. The client reads it alone (`--defaults-file`: a `~/.my.cnf` with
+//! another user or password must not override it), so the password is never on a command line.
+//! Without one, the client asks for the password on the terminal.
 
 use anyhow::{Context, bail};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -37,9 +38,26 @@ fn dir() -> anyhow::Result<PathBuf> {
     Ok(base.join("stratus").join("credentials"))
 }
 
-/// The credential file of `database` and `user` (the short name, `admin`).
+/// The credential file of `database` and `user` (the short name, `admin`). Both must be valid
+/// names, so no path can be made of them but one in the credentials directory.
 pub fn path(database: &str, user: &str) -> anyhow::Result<PathBuf> {
+    let database = stratus_core::ServiceName::parse(database)?;
+    let user = stratus_core::UserName::parse(user)?;
     Ok(dir()?.join(format!("{database}.{user}.cnf")))
+}
+
+/// The credentials directory must be this user's and closed to others.
+fn check_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() || mode & 0o077 != 0 {
+        bail!(
+            "{} must be a directory of yours that only you can open (chmod 700 it)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// A value in an option file: double-quoted, backslash and quote escaped.
@@ -61,6 +79,13 @@ pub fn save(c: &Credentials<'_>) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    check_dir(&dir)?;
+    if std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!(
+            "{} is a symbolic link; not writing through it",
+            file.display()
+        );
+    }
     let text = format!(
         "# Written by `stratus` for `stratus connect {service}`; keep it private (mode 0600).\n\
          [client]\nuser = {user}\npassword = {password}\nhost = {host}\nport = {port}\ndatabase = {schema}\n",
@@ -89,8 +114,12 @@ pub fn exec(
 ) -> anyhow::Result<()> {
     let file = path(service, user)?;
     let mut client = std::process::Command::new("mariadb");
-    match std::fs::metadata(&file) {
+    match std::fs::symlink_metadata(&file) {
         Ok(meta) => {
+            if !meta.is_file() {
+                bail!("{} is not a plain file", file.display());
+            }
+            check_dir(&dir()?)?;
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 bail!(
@@ -101,8 +130,8 @@ pub fn exec(
             if meta.uid() != rustix::process::geteuid().as_raw() {
                 bail!("{} belongs to another user", file.display());
             }
-            // Must come first: the client reads option files before anything else.
-            client.arg(format!("--defaults-extra-file={}", file.display()));
+            // Must come first; the only option file read, so nothing else overrides it.
+            client.arg(format!("--defaults-file={}", file.display()));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             client.args([

@@ -117,6 +117,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     tokio::spawn(cp.clone().run_storage());
     tokio::spawn(cp.clone().run_resync());
     tokio::spawn(cp.clone().run_rebalance());
+    tokio::spawn(cp.clone().run_history());
     let tls = match &settings.tls {
         Some(t) => Some(
             stratus_proxy::tls::load_or_create(
@@ -149,6 +150,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
                 pinned_sessions: a.pinned,
                 unread_user_variables: a.unread_vars,
                 last_statement_ms: a.last_statement_ms,
+                statements_total: a.statements,
             }
         })
     });

@@ -94,7 +94,8 @@ fn connect(s: &Stratus, config: &std::path::Path, args: &[&str]) -> Command {
     cmd.args(["--api", &s.api, "connect"])
         .args(args)
         .env("STRATUS_TOKEN", s.admin_token())
-        .env("XDG_CONFIG_HOME", config);
+        .env("XDG_CONFIG_HOME", config)
+        .env("HOME", config);
     cmd
 }
 
@@ -128,6 +129,12 @@ fn connect_opens_the_client_with_saved_credentials_or_asking_for_the_password() 
         0o600
     );
 
+    // A personal ~/.my.cnf for some other server must not override the saved file.
+    std::fs::write(
+        config.path().join(".my.cnf"),
+        "[client]\nuser = somebody-else\npassword = not-this-one\nhost = 192.0.2.1\n",
+    )
+    .unwrap();
     // With the saved credentials: straight to the prompt.
     let mut pty = Pty::spawn(connect(&s, config.path(), &["shop"]));
     pty.expect("MariaDB [shop]>");

@@ -41,7 +41,7 @@ fn the_alert_rules_check_and_pass_their_unit_tests() {
     let check = promtool(&["check", "rules", "stratus-alerts.yml"], None);
     assert!(check.status.success(), "{}", report(&check));
     assert!(
-        report(&check).contains("SUCCESS: 9 rules found"),
+        report(&check).contains("SUCCESS: 11 rules found"),
         "{}",
         report(&check)
     );
@@ -151,6 +151,49 @@ async fn metrics_pass_promtool_and_are_all_the_rules_and_dashboard_need() {
             "the {what} use metrics Stratus does not export: {unknown:?}"
         );
     }
+    drop(conn);
+    s.stop();
+}
+
+/// What the console's charts draw: a sample every 5 s of size, CPU against its quota, memory,
+/// hit ratio, statements and connections, from `GET /v1/databases/NAME/history`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_history_keeps_samples_for_the_charts() {
+    use mysql_async::prelude::Queryable;
+    let mut s = Stratus::new("history");
+    s.start();
+    let c = s.json(&["db", "create", "shop"]);
+    let (user, pw) = (c["user"].as_str().unwrap(), c["password"].as_str().unwrap());
+    let mut conn = mysql_async::Conn::new(s.sql_opts(user, pw, Some("shop")))
+        .await
+        .unwrap();
+    let begin = std::time::Instant::now();
+    let samples = loop {
+        conn.query_drop("SELECT 1").await.unwrap();
+        let body = s.api_get("/v1/databases/shop/history").unwrap();
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(h["interval_ms"], 5000);
+        let samples = h["samples"].as_array().unwrap().clone();
+        if samples.len() >= 2 {
+            break samples;
+        }
+        assert!(begin.elapsed() < std::time::Duration::from_secs(30), "{h}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let (a, b) = (&samples[samples.len() - 2], &samples[samples.len() - 1]);
+    assert!(b["t_ms"].as_i64() > a["t_ms"].as_i64());
+    assert_eq!(
+        (b["scu"].as_u64(), b["cpu_quota_millicores"].as_u64()),
+        (Some(1), Some(500))
+    );
+    assert_eq!(b["connections"], 1);
+    assert!(
+        b["statements_total"].as_u64() > a["statements_total"].as_u64(),
+        "{a} {b}"
+    );
+    assert!(b["memory_bytes"].as_u64().unwrap() > 0, "{b}");
+    let none = s.api_get("/v1/databases/nosuch/history").unwrap();
+    assert!(none.contains("not_found"), "{none}");
     drop(conn);
     s.stop();
 }

@@ -16,7 +16,11 @@ fn timed(s: &Stratus, args: &[&str]) -> (Instant, Instant) {
 }
 
 fn usage(s: &Stratus) -> Value {
-    let all = s.json(&["usage", "--db", "shop"]);
+    usage_of(s, "shop")
+}
+
+fn usage_of(s: &Stratus, db: &str) -> Value {
+    let all = s.json(&["usage", "--db", db]);
     let rows = all.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{all}");
     rows[0].clone()
@@ -96,6 +100,30 @@ fn scu_seconds_are_size_times_active_time_and_survive_a_kill_of_stratus() {
     );
     let bad = s.fails(&["usage", "--since", "yesterday-ish"]);
     assert!(bad.contains("--since"), "{bad}");
+}
+
+/// A graceful stop of Stratus stops its servers: the time until the next start is not billed.
+#[test]
+fn time_while_stratus_is_stopped_is_not_billed_as_active() {
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    let mut s = Stratus::new("usage-stop");
+    s.start();
+    s.json(&["db", "create", "shop"]);
+    let before = usage(&s);
+    let asked = std::time::Instant::now();
+    s.stop();
+    // The measured stretch with no Stratus and no server.
+    std::thread::sleep(Duration::from_secs(4));
+    s.start();
+    let after = usage(&s);
+    let elapsed = asked.elapsed().as_secs_f64();
+    assert!(f(&after, "stopped_seconds") >= 4.0, "{after}");
+    let billed = f(&after, "scu_seconds") - f(&before, "scu_seconds");
+    assert!(
+        billed <= elapsed - 4.0 + 0.5,
+        "billed {billed} s of {elapsed} with 4 s stopped: {after}"
+    );
+    assert_eq!(s.metric("stratus_database_down{db=\"shop\"}"), Some(0.0));
 }
 
 /// A token for one database sees that database's usage only.

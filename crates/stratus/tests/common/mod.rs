@@ -335,6 +335,11 @@ impl Stratus {
 
     /// The whole `/metrics` page (its body), `None` when the API does not answer.
     pub fn metrics_text(&self) -> Option<String> {
+        self.api_get("/metrics")
+    }
+
+    /// The body of `GET path` on the API as admin, `None` when the API does not answer.
+    pub fn api_get(&self, path: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut sock = std::net::TcpStream::connect(&self.api).ok()?;
         // Open on loopback by default; the token makes it work with `metrics_auth` too.
@@ -343,7 +348,7 @@ impl Stratus {
             .unwrap_or_default();
         write!(
             sock,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
             self.api
         )
         .ok()?;
