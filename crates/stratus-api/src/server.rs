@@ -782,6 +782,17 @@ async fn delete_user<S: Store, R: Runtime>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A query string as the route's type, or the client's error for one that is not.
+fn query_of<T>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> ApiResult<T> {
+    query.map(|Query(q)| q).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("bad query: {}", e.body_text()),
+        )
+    })
+}
+
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
     db: Option<String>,
@@ -794,13 +805,7 @@ async fn events<S: Store, R: Runtime>(
     Extension(caller): Extension<Caller>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<EventView>>> {
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            format!("bad query: {}", e.body_text()),
-        )
-    })?;
+    let q = query_of(query)?;
     caller.check(Action::Read, q.db.as_deref())?;
     let filter = EventFilter {
         db: q.db,
@@ -843,13 +848,7 @@ async fn usage<S: Store, R: Runtime>(
     Extension(caller): Extension<Caller>,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<stratus_core::usage::Usage>>> {
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            format!("bad query: {}", e.body_text()),
-        )
-    })?;
+    let q = query_of(query)?;
     caller.check(Action::Read, q.db.as_deref())?;
     let db = q
         .db

@@ -273,8 +273,7 @@ impl KubeRuntime {
             set.spec
                 .and_then(|s| s.volume_claim_templates)
                 .and_then(|t| t.into_iter().next())
-                .and_then(|c| c.spec?.resources?.requests?.get("storage").cloned())
-                .and_then(|q| quantity::bytes(&q.0))
+                .and_then(|c| storage_requested(c.spec?))
                 .unwrap_or(0)
         }))
     }
@@ -288,11 +287,7 @@ impl KubeRuntime {
             .await
             .map_err(|e| KubeError::of("read", format!("persistentvolumeclaim {name}"), e))?;
         Ok(claim.map(|c| ClaimView {
-            requested_bytes: c
-                .spec
-                .and_then(|s| s.resources?.requests?.get("storage").cloned())
-                .and_then(|q| quantity::bytes(&q.0))
-                .unwrap_or(0),
+            requested_bytes: c.spec.and_then(storage_requested).unwrap_or(0),
             deleting: c.metadata.deletion_timestamp.is_some(),
         }))
     }
@@ -327,6 +322,12 @@ impl KubeRuntime {
             }
         }
     }
+}
+
+/// The storage a claim (or claim template) asks for.
+fn storage_requested(spec: k8s_openapi::api::core::v1::PersistentVolumeClaimSpec) -> Option<u64> {
+    let q = spec.resources?.requests?.remove("storage")?;
+    quantity::bytes(&q.0)
 }
 
 /// The parts of a pod's status Stratus acts on.

@@ -86,21 +86,27 @@ fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
+/// Database `shop`, created, and a connection to it through the proxy as its owner.
+async fn created_and_connected(s: &Stratus) -> (mysql_async::Conn, String) {
+    let c = s.json(&["db", "create", "shop"]);
+    let (user, pw) = (c["user"].as_str().unwrap(), c["password"].as_str().unwrap());
+    let conn = mysql_async::Conn::new(s.sql_opts(user, pw, Some("shop")))
+        .await
+        .unwrap();
+    (conn, user.to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_pass_promtool_and_are_all_the_rules_and_dashboard_need() {
     use mysql_async::prelude::Queryable;
     let mut s = Stratus::new("observe");
     s.start();
-    let c = s.json(&["db", "create", "shop"]);
-    let (user, pw) = (c["user"].as_str().unwrap(), c["password"].as_str().unwrap());
+    let (mut conn, user) = created_and_connected(&s).await;
     // Some of everything: statements, an error, a failed login, so every family has samples.
-    let mut conn = mysql_async::Conn::new(s.sql_opts(user, pw, Some("shop")))
-        .await
-        .unwrap();
     conn.query_drop("SELECT 1").await.unwrap();
     assert!(conn.query_drop("SELECT nosuch").await.is_err());
     assert!(
-        mysql_async::Conn::new(s.sql_opts(user, "wrong", Some("shop")))
+        mysql_async::Conn::new(s.sql_opts(&user, "wrong", Some("shop")))
             .await
             .is_err()
     );
@@ -162,11 +168,7 @@ async fn the_history_keeps_samples_for_the_charts() {
     use mysql_async::prelude::Queryable;
     let mut s = Stratus::new("history");
     s.start();
-    let c = s.json(&["db", "create", "shop"]);
-    let (user, pw) = (c["user"].as_str().unwrap(), c["password"].as_str().unwrap());
-    let mut conn = mysql_async::Conn::new(s.sql_opts(user, pw, Some("shop")))
-        .await
-        .unwrap();
+    let (mut conn, _) = created_and_connected(&s).await;
     let begin = std::time::Instant::now();
     let samples = loop {
         conn.query_drop("SELECT 1").await.unwrap();
