@@ -54,12 +54,27 @@ fn scu_seconds_are_size_times_active_time_and_survive_a_kill_of_stratus() {
         (low..=high).contains(&metered),
         "{metered} not in {low}..{high}: {before}"
     );
-    // And within 2 % of size × active time as a user would time it: from the answer to
-    // `create` (the server ready) to the answer to `suspend`.
-    let user_view = secs(created.1, scaled.0) + 2.0 * secs(scaled.0, suspended.1);
+    // And within 2 % of size × active time as Stratus's own events date the changes (`started`,
+    // `scaled`, `suspended`: recorded right after each change, whatever the commands cost).
+    let events = s.json(&["events", "--db", "shop"]);
+    let at = |kind: &str| -> f64 {
+        let e = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind);
+        e.unwrap_or_else(|| panic!("no {kind} event: {events}"))["time_ms"]
+            .as_f64()
+            .unwrap()
+            / 1000.0
+    };
+    let expected = (at("scaled") - at("started")) + 2.0 * (at("suspended") - at("scaled"));
     assert!(
-        (metered - user_view).abs() <= 0.02 * user_view,
-        "{metered} vs {user_view}"
+        (metered - expected).abs() <= 0.02 * expected,
+        "{metered} vs {expected} from the events"
+    );
+    eprintln!(
+        "scu_seconds {metered:.3}: bracket {low:.3}..{high:.3}, from the events {expected:.3}"
     );
     let suspended_s = before["suspended_seconds"].as_f64().unwrap();
     assert!(
