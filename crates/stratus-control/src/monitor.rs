@@ -55,6 +55,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 services = all;
             }
             tracked.retain(|k, _| services.iter().any(|s| s.name() == k));
+            self.down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|k, _| tracked.contains_key(k));
             for svc in &services {
                 let fresh = !tracked.contains_key(svc.name());
                 if fresh || n % REFRESH_TICKS == 0 {
@@ -305,12 +309,20 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             DbState::Active | DbState::Suspended | DbState::Migrating
         );
         let down = wants && self.runtime.endpoint(svc.name()).is_none();
-        let changed = self
-            .down
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(svc.name().clone(), down)
-            != Some(down);
+        let changed = {
+            let mut seen = self.down.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get_mut(svc.name()) {
+                Some(was) if *was == down => false,
+                Some(was) => {
+                    *was = down;
+                    true
+                }
+                None => {
+                    seen.insert(svc.name().clone(), down);
+                    true
+                }
+            }
+        };
         if changed {
             if let Err(e) = self.store.usage_stopped(svc.name(), down).await {
                 tracing::warn!(db = %svc.name(), "cannot record usage: {e}");

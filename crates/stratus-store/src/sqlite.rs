@@ -340,8 +340,8 @@ struct Open {
     stopped: bool,
 }
 
-fn open_interval(tx: &rusqlite::Transaction<'_>, service: &str) -> Result<Option<Open>> {
-    Ok(tx
+fn open_interval(conn: &Connection, service: &str) -> Result<Option<Open>> {
+    Ok(conn
         .query_row(
             "SELECT since_ms, state, scu, storage_bytes, stopped FROM usage_open WHERE service = ?1",
             params![service],
@@ -790,9 +790,10 @@ impl Store for SqliteStore {
     }
 
     async fn record_storage(&self, service: &ServiceName, used_bytes: u64) -> Result<()> {
+        // Called every second per database: read outside a transaction (the store's lock keeps
+        // other writers out), and open one only to write.
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let Some(o) = open_interval(&tx, service.as_str())? else {
+        let Some(o) = open_interval(&conn, service.as_str())? else {
             return Ok(());
         };
         if !stratus_core::usage::storage_changed(
@@ -802,6 +803,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let used = i64::try_from(used_bytes).unwrap_or(i64::MAX);
+        let tx = conn.transaction()?;
         if now_ms() - o.since_ms >= STORAGE_INTERVAL_MS {
             turn_interval(&tx, service.as_str(), &o.state, o.scu, used, o.stopped)?;
         } else {
@@ -818,10 +820,10 @@ impl Store for SqliteStore {
 
     async fn usage_stopped(&self, service: &ServiceName, stopped: bool) -> Result<()> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        if let Some(o) = open_interval(&tx, service.as_str())?
+        if let Some(o) = open_interval(&conn, service.as_str())?
             && o.stopped != stopped
         {
+            let tx = conn.transaction()?;
             turn_interval(
                 &tx,
                 service.as_str(),

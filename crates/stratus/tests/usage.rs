@@ -141,7 +141,7 @@ fn time_while_stratus_is_stopped_is_not_billed_as_active() {
     assert_eq!(s.metric("stratus_database_down{db=\"shop\"}"), Some(0.0));
 }
 
-/// A token for one database sees that database's usage only.
+/// A token for one database sees that database's usage and history only.
 #[test]
 fn a_token_sees_the_usage_of_its_databases_only() {
     let mut s = Stratus::new("usage-scope");
@@ -160,4 +160,13 @@ fn a_token_sees_the_usage_of_its_databases_only() {
     assert_eq!(names, ["shop"]);
     let refused = s.refused(&token, &["usage", "--db", "blog"]);
     assert!(refused.contains("blog"), "{refused}");
+    // The console's history route keeps to the token's scope too.
+    let other = s
+        .api_get_as(Some(&token), "/v1/databases/blog/history")
+        .unwrap();
+    assert!(other.contains("\"code\":\"forbidden\""), "{other}");
+    let own = s
+        .api_get_as(Some(&token), "/v1/databases/shop/history")
+        .unwrap();
+    assert!(own.contains("\"interval_ms\""), "{own}");
 }

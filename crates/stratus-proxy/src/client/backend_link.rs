@@ -478,33 +478,30 @@ impl<D: Directory> Session<D> {
                         out.replace(&b.buf, start, pos, &new);
                     }
                 }
+                if step == Step::Done {
+                    // The session as the answer leaves it, before anyone hears the answer.
+                    settle(&mut self.state, &mut self.autocommit, &t, expect);
+                    if let Some(e) = self.on_success.take()
+                        && t.error.is_none()
+                    {
+                        self.state.apply(e, t.status);
+                    }
+                }
                 match step {
                     Step::More => {}
                     Step::Done if self.hold_answer => {
-                        if let Some(e) = self.on_success.take()
-                            && t.error.is_none()
-                        {
-                            self.state.apply(e, t.status);
-                        }
                         relayed.held = Some(out.take(&mut b.buf, pos));
                         relayed.status = t.status;
                         relayed.warnings = t.warnings;
                         relayed.error = t.error;
                         relayed.insert_id = sum.as_ref().and_then(Checksum::insert_id);
                         relayed.checksum = sum.map(|s| s.finish());
-                        settle(&mut self.state, &mut self.autocommit, &t, expect);
                         return Ok(relayed);
                     }
                     Step::Done | Step::LocalInfile => {
                         if step == Step::Done {
                             // Over before the client can know it: the client may act on its
                             // answer at once (park the database, say).
-                            settle(&mut self.state, &mut self.autocommit, &t, expect);
-                            if let Some(e) = self.on_success.take()
-                                && t.error.is_none()
-                            {
-                                self.state.apply(e, t.status);
-                            }
                             self.share.running(&self.activity, false);
                             self.share.publish(&self.activity, &self.state);
                         }

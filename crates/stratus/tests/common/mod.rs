@@ -340,11 +340,17 @@ impl Stratus {
 
     /// The body of `GET path` on the API as admin, `None` when the API does not answer.
     pub fn api_get(&self, path: &str) -> Option<String> {
+        // Open on loopback by default; the token makes it work with `metrics_auth` too.
+        let token = std::fs::read_to_string(self.data_dir().join("admin.token")).ok();
+        self.api_get_as(token.as_deref().map(str::trim), path)
+    }
+
+    /// The body of `GET path` with `token` (none: no `Authorization`).
+    pub fn api_get_as(&self, token: Option<&str>, path: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut sock = std::net::TcpStream::connect(&self.api).ok()?;
-        // Open on loopback by default; the token makes it work with `metrics_auth` too.
-        let auth = std::fs::read_to_string(self.data_dir().join("admin.token"))
-            .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         write!(
             sock,
