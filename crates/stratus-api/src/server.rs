@@ -317,80 +317,63 @@ async fn status<S: Store, R: Runtime>(
     }))
 }
 
+/// One metric family with a sample per database (label `db`); databases without a value are
+/// left out.
+fn per_db(out: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(&str, Option<String>)>) {
+    use std::fmt::Write;
+    metrics::header(out, name, kind, help);
+    for (db, value) in rows {
+        if let Some(v) = value {
+            let _ = writeln!(out, "{name}{{db=\"{db}\"}} {v}");
+        }
+    }
+}
+
 async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResult<Response> {
     use std::fmt::Write;
     let mut out = String::new();
     let services = st.cp.store().services().await?;
-    metrics::header(
+    let each = |f: &dyn Fn(&stratus_core::DatabaseService) -> Option<String>| {
+        services
+            .iter()
+            .map(|s| (s.name().as_str(), f(s)))
+            .collect::<Vec<_>>()
+    };
+    per_db(
         &mut out,
         "stratus_database_scu",
         "gauge",
         "Current size in SCU.",
+        each(&|s| Some(s.scu.to_string())),
     );
-    for svc in &services {
-        let _ = writeln!(
-            out,
-            "stratus_database_scu{{db=\"{}\"}} {}",
-            svc.name(),
-            svc.scu
-        );
-    }
-    metrics::header(
+    per_db(
         &mut out,
         "stratus_database_min_scu",
         "gauge",
         "Smallest size the autoscaler may give, in SCU.",
+        each(&|s| Some(s.spec.min_scu.to_string())),
     );
-    for svc in &services {
-        let _ = writeln!(
-            out,
-            "stratus_database_min_scu{{db=\"{}\"}} {}",
-            svc.name(),
-            svc.spec.min_scu
-        );
-    }
-    metrics::header(
+    per_db(
         &mut out,
         "stratus_database_max_scu",
         "gauge",
         "Largest size the autoscaler may give, in SCU.",
+        each(&|s| Some(s.spec.max_scu.to_string())),
     );
-    for svc in &services {
-        let _ = writeln!(
-            out,
-            "stratus_database_max_scu{{db=\"{}\"}} {}",
-            svc.name(),
-            svc.spec.max_scu
-        );
-    }
-    metrics::header(
+    per_db(
         &mut out,
         "stratus_database_crashes_total",
         "counter",
         "Unexpected exits of the database's server since Stratus started.",
+        each(&|s| Some(st.cp.crashes(s.name()).to_string())),
     );
-    for svc in &services {
-        let _ = writeln!(
-            out,
-            "stratus_database_crashes_total{{db=\"{}\"}} {}",
-            svc.name(),
-            st.cp.crashes(svc.name())
-        );
-    }
-    metrics::header(
+    per_db(
         &mut out,
         "stratus_database_down",
         "gauge",
         "1 while the database's state wants a running server and none runs (crashed, failing to start).",
+        each(&|s| Some(u8::from(st.cp.is_down(s.name())).to_string())),
     );
-    for svc in &services {
-        let _ = writeln!(
-            out,
-            "stratus_database_down{{db=\"{}\"}} {}",
-            svc.name(),
-            u8::from(st.cp.is_down(svc.name()))
-        );
-    }
     metrics::header(
         &mut out,
         "stratus_database_state",
@@ -405,95 +388,68 @@ async fn metrics_text<S: Store, R: Runtime>(State(st): Shared<S, R>) -> ApiResul
             svc.state
         );
     }
-    metrics::header(
+    let measured: Vec<_> = services
+        .iter()
+        .map(|s| (s.name().as_str(), st.cp.measured(s.name())))
+        .collect();
+    let of_measured = |f: &dyn Fn(&stratus_control::monitor::Measured) -> Option<String>| {
+        measured
+            .iter()
+            .map(|(name, m)| (*name, m.as_ref().and_then(f)))
+            .collect::<Vec<_>>()
+    };
+    per_db(
         &mut out,
         "stratus_database_cpu_millicores",
         "gauge",
         "CPU use over the last second.",
+        of_measured(&|m| m.cpu_millis.map(|c| format!("{c:.1}"))),
     );
-    let measured: Vec<_> = services
-        .iter()
-        .filter_map(|s| Some((s.name(), st.cp.measured(s.name())?)))
-        .collect();
-    for (name, m) in &measured {
-        if let Some(cpu) = m.cpu_millis {
-            let _ = writeln!(
-                out,
-                "stratus_database_cpu_millicores{{db=\"{name}\"}} {cpu:.1}"
-            );
-        }
-    }
-    metrics::header(
+    per_db(
         &mut out,
         "stratus_database_memory_bytes",
         "gauge",
         "Memory in use.",
+        of_measured(&|m| Some(m.memory_bytes.to_string())),
     );
-    for (name, m) in &measured {
-        let _ = writeln!(
-            out,
-            "stratus_database_memory_bytes{{db=\"{name}\"}} {}",
-            m.memory_bytes
-        );
-    }
-    metrics::header(
+    per_db(
         &mut out,
         "stratus_database_buffer_pool_hit_ratio",
         "gauge",
         "InnoDB buffer-pool hit ratio between the last two samples.",
+        of_measured(&|m| m.buffer_pool_hit_ratio.map(|r| format!("{r:.4}"))),
     );
-    for (name, m) in &measured {
-        if let Some(r) = m.buffer_pool_hit_ratio {
-            let _ = writeln!(
-                out,
-                "stratus_database_buffer_pool_hit_ratio{{db=\"{name}\"}} {r:.4}"
-            );
-        }
-    }
     let storage: Vec<_> = services
         .iter()
-        .filter_map(|s| Some((s.name(), st.cp.runtime().storage(s.name())?)))
+        .map(|s| (s.name().as_str(), st.cp.runtime().storage(s.name())))
         .collect();
-    metrics::header(
+    per_db(
         &mut out,
         "stratus_database_storage_used_bytes",
         "gauge",
         "Bytes in use on the database's volume.",
+        storage
+            .iter()
+            .map(|(n, u)| (*n, u.map(|u| u.used_bytes.to_string())))
+            .collect(),
     );
-    for (name, u) in &storage {
-        let _ = writeln!(
-            out,
-            "stratus_database_storage_used_bytes{{db=\"{name}\"}} {}",
-            u.used_bytes
-        );
-    }
-    metrics::header(
+    per_db(
         &mut out,
         "stratus_database_storage_limit_bytes",
         "gauge",
         "Size of the database's volume (it grows up to its storage_gb).",
+        storage
+            .iter()
+            .map(|(n, u)| (*n, u.map(|u| u.limit_bytes.to_string())))
+            .collect(),
     );
-    for (name, u) in &storage {
-        let _ = writeln!(
-            out,
-            "stratus_database_storage_limit_bytes{{db=\"{name}\"}} {}",
-            u.limit_bytes
-        );
-    }
-    metrics::header(
+    per_db(
         &mut out,
         "stratus_database_storage_max_bytes",
         "gauge",
         "The database's storage limit (storage_gb): its volume grows up to this.",
+        each(&|s| Some(stratus_control::storage::max_bytes(s.spec.storage_gb).to_string())),
     );
-    for svc in &services {
-        let _ = writeln!(
-            out,
-            "stratus_database_storage_max_bytes{{db=\"{}\"}} {}",
-            svc.name(),
-            stratus_control::storage::max_bytes(svc.spec.storage_gb)
-        );
-    }
     let pool = st.cp.pool_status();
     metrics::header(
         &mut out,
