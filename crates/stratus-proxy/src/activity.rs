@@ -4,7 +4,7 @@
 
 use crate::replay::Outcome;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use stratus_core::metrics;
 
@@ -16,8 +16,10 @@ pub struct ServiceActivity {
     pub pinned: AtomicU64,
     /// Sessions whose user variables are not read back yet (`client::user_vars`).
     pub unread_vars: AtomicU64,
-    /// Milliseconds since the Unix epoch of the last statement's end (0: none yet).
-    pub last_statement_ms: AtomicI64,
+    /// When the last statement ended, on the monotonic clock ([`mono_us`]; 0: none yet). Kept
+    /// monotonic because it is written on every statement, where reading the wall clock as
+    /// well would cost a second clock read; [`ServiceActivity::snapshot`] converts it.
+    pub last_statement: AtomicU64,
     pub statements: AtomicU64,
     pub errors: AtomicU64,
     pub wakes: AtomicU64,
@@ -131,6 +133,28 @@ fn track(gauge: &AtomicU64, reported: &mut bool, now: bool) {
     }
 }
 
+/// The process's monotonic time origin, for instants kept in atomics.
+fn origin() -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
+/// `at` as microseconds after the process's origin, never 0 (0 means "never").
+pub(crate) fn mono_us(at: std::time::Instant) -> u64 {
+    let us = at.saturating_duration_since(origin()).as_micros();
+    u64::try_from(us).unwrap_or(u64::MAX).max(1)
+}
+
+/// A [`mono_us`] instant as milliseconds since the Unix epoch, by the wall clock now (0 stays
+/// 0): what the control plane compares with its own clock.
+fn wall_ms(mono: u64) -> i64 {
+    if mono == 0 {
+        return 0;
+    }
+    let ago_us = mono_us(std::time::Instant::now()).saturating_sub(mono);
+    stratus_core::time::now_ms() - i64::try_from(ago_us / 1000).unwrap_or(i64::MAX)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ActivitySnapshot {
     pub connections: u64,
@@ -153,7 +177,7 @@ impl ServiceActivity {
             in_transaction: l(&self.in_transaction),
             pinned: l(&self.pinned),
             unread_vars: l(&self.unread_vars),
-            last_statement_ms: self.last_statement_ms.load(Ordering::Relaxed),
+            last_statement_ms: wall_ms(self.last_statement.load(Ordering::Relaxed)),
             statements: l(&self.statements),
             errors: l(&self.errors),
             wakes: l(&self.wakes),
@@ -343,5 +367,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("stratus_proxy_statement_seconds_count{db=\"shop\"} 2"));
+    }
+
+    #[test]
+    fn the_last_statement_reads_as_wall_clock_milliseconds() {
+        let s = ServiceActivity::default();
+        assert_eq!(s.snapshot().last_statement_ms, 0, "none yet stays none");
+        let before = stratus_core::time::now_ms();
+        s.last_statement
+            .store(mono_us(std::time::Instant::now()), Ordering::Relaxed);
+        let seen = s.snapshot().last_statement_ms;
+        let after = stratus_core::time::now_ms();
+        // The conversion may round down by a millisecond.
+        assert!(
+            (before - 1..=after).contains(&seen),
+            "{before} <= {seen} <= {after}"
+        );
     }
 }

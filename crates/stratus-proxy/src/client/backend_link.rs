@@ -4,6 +4,7 @@
 
 use super::{Drained, Relayed, Reprepare, Session, settle};
 use crate::Directory;
+use crate::activity::mono_us;
 use crate::backend::{Backend, BackendError};
 use crate::error::{ER_LOCK_DEADLOCK, SqlError};
 use crate::pool;
@@ -14,7 +15,6 @@ use bytes::BytesMut;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use stratus_core::Endpoint;
-use stratus_core::time::now_ms;
 use stratus_wire::caps;
 use stratus_wire::command::{
     COM_QUERY, COM_STMT_EXECUTE, COM_STMT_PREPARE, bind_types, execute_layout, set_statement_id,
@@ -387,11 +387,12 @@ impl<D: Directory> Session<D> {
             self.relay(expect, prepared_sql).await
         }
         .await;
-        self.activity.latency.observe(begin.elapsed());
+        let end = Instant::now();
+        self.activity.latency.observe(end - begin);
         self.activity.statements.fetch_add(1, Ordering::Relaxed);
         self.activity
-            .last_statement_ms
-            .store(now_ms(), Ordering::Relaxed);
+            .last_statement
+            .store(mono_us(end), Ordering::Relaxed);
         if matches!(result, Ok(Relayed { error: Some(_), .. })) {
             self.activity.errors.fetch_add(1, Ordering::Relaxed);
         }
