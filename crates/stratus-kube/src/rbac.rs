@@ -69,6 +69,9 @@ pub const PERMISSIONS: &[Permission] = &[
     allow("apps", "statefulsets/scale", &["patch"]),
     allow("", "pods", &["get"]),
     allow("", "pods/resize", &["patch"]),
+    // Moving a database to another node: its pod is evicted (never deleted outright), and the
+    // StatefulSet makes it again there.
+    allow("", "pods/eviction", &["create"]),
     allow("", "persistentvolumeclaims", &["get", "patch", "delete"]),
     // Events about its resources (a repeated one is patched as a series).
     allow("events.k8s.io", "events", &["create", "patch"]),
@@ -118,10 +121,13 @@ pub fn request_of(method: &str, path: &str) -> Option<Asked> {
         [resource, name, sub] => (format!("{resource}/{sub}"), Some(name.to_string())),
         _ => return None,
     };
+    let subresource = rest.len() == 3;
     let verb = match (method, name.is_some()) {
         ("GET", true) => "get",
         ("GET", false) => "list",
         ("POST", false) => "create",
+        // A POST to an object's subresource (an eviction, an exec) creates that subresource.
+        ("POST", true) if subresource => "create",
         ("PUT", true) => "update",
         ("PATCH", true) => "patch",
         ("DELETE", true) => "delete",
@@ -172,6 +178,11 @@ mod tests {
             Some("stratus.dev databaseservices list")
         );
         assert_eq!(
+            r("POST", "/api/v1/namespaces/s/pods/db-x-0/eviction?").as_deref(),
+            Some(" pods/eviction create")
+        );
+        assert_eq!(r("POST", "/api/v1/namespaces/s/pods/db-x-0"), None);
+        assert_eq!(
             r("GET", "/api/v1/nodes"),
             None,
             "cluster-scoped: not the operator's"
@@ -191,6 +202,7 @@ mod tests {
             "no listing of the namespace's secrets"
         );
         assert!(!allows("", "pods/exec", "create", pod));
+        assert!(allows("", "pods/eviction", "create", pod), "moves evict");
         assert!(!allows(
             "rbac.authorization.k8s.io",
             "roles",

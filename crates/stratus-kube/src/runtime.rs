@@ -44,6 +44,9 @@ pub enum KubeError {
     /// The Secret exists but does not hold a password (someone edited it).
     #[error("secret {0} holds no password for Stratus's login")]
     NoPassword(String),
+    /// SQL in the database's server failed, or the server could not be reached.
+    #[error("the server of database {db}: {message}")]
+    Server { db: String, message: String },
 }
 
 impl KubeError {
@@ -91,6 +94,19 @@ pub struct PodView {
     pub resize_pending: Option<String>,
     /// How often the server container was restarted (crashes).
     pub restarts: i32,
+    /// Its address in the cluster, where the operator reaches the server.
+    pub ip: Option<String>,
+    /// Being deleted (evicted, or its node drained).
+    pub deleting: bool,
+}
+
+/// A database's StatefulSet, as far as the operator acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SetView {
+    /// The size in its claim template, fixed when the StatefulSet was made.
+    pub claim_template_bytes: u64,
+    /// Pods asked for: 0 parked, 1 otherwise.
+    pub replicas: i32,
 }
 
 /// A database's volume claim.
@@ -260,22 +276,37 @@ impl KubeRuntime {
         Ok(pod.map(|p| pod_view(&p)))
     }
 
-    /// The size of the claim template of the database's StatefulSet (fixed when the StatefulSet
-    /// was made: templates cannot change), `None` when there is no StatefulSet.
-    pub async fn claim_template_bytes(&self, db: &ServiceName) -> Result<Option<u64>> {
+    /// The database's StatefulSet, `None` when there is none.
+    pub async fn stateful_set(&self, db: &ServiceName) -> Result<Option<SetView>> {
         let name = objects::object_name(db);
         let set = self
             .api::<StatefulSet>()
             .get_opt(&name)
             .await
             .map_err(|e| KubeError::of("read", format!("statefulset {name}"), e))?;
-        Ok(set.map(|set| {
-            set.spec
-                .and_then(|s| s.volume_claim_templates)
+        Ok(set.and_then(|set| set.spec).map(|spec| SetView {
+            // A StatefulSet without `replicas` has one, as the API server defaults it.
+            replicas: spec.replicas.unwrap_or(1),
+            claim_template_bytes: spec
+                .volume_claim_templates
                 .and_then(|t| t.into_iter().next())
                 .and_then(|c| storage_requested(c.spec?))
-                .unwrap_or(0)
+                .unwrap_or(0),
         }))
+    }
+
+    /// Moves the database's pod off its node through the
+    /// [eviction API](https://kubernetes.io/docs/concepts/scheduling-eviction/api-eviction/), so
+    /// the server shuts down cleanly and disruption budgets are honoured; its StatefulSet makes
+    /// it again where the template's node affinity now says, with the same volume. A pod
+    /// already gone is no error.
+    pub async fn evict(&self, db: &ServiceName) -> Result<()> {
+        let pod = objects::pod_name(db);
+        match self.api::<Pod>().evict(&pod, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(KubeError::of("evict", format!("pod {pod}"), e)),
+        }
     }
 
     /// The database's volume claim: the size asked for, `None` when there is none.
@@ -358,6 +389,8 @@ fn pod_view(p: &Pod) -> PodView {
             .and_then(|q| quantity::bytes(&q.0)),
         resize_pending,
         restarts: server.map_or(0, |c| c.restart_count),
+        ip: status.and_then(|s| s.pod_ip.clone()),
+        deleting: p.metadata.deletion_timestamp.is_some(),
     }
 }
 

@@ -75,6 +75,28 @@ pub struct DatabaseServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub owner_secret: Option<String>,
+    /// `active` when left out; `suspended` keeps the server but empties it (sessions closed,
+    /// buffer pool and CPU at their floors); `parked` keeps only the volume. What `stratus db
+    /// suspend`, `db park` and `db resume` ask for on one machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Lifecycle>,
+    /// The node (its `kubernetes.io/hostname`) to run on; changing it moves the database there.
+    /// Left out, the scheduler places it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub node: Option<String>,
+}
+
+/// The state a user asks a database to be in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifecycle {
+    #[default]
+    Active,
+    Suspended,
+    Parked,
 }
 
 impl DatabaseServiceSpec {
@@ -466,6 +488,35 @@ mod tests {
             }
         }
         assert!(checked > 500, "{checked}");
+    }
+
+    /// What a user may ask a database to be, and where: the API server refuses anything else
+    /// before the operator sees it.
+    #[test]
+    fn the_state_and_node_a_user_asks_for_are_checked_by_the_schema() {
+        let schema = schema(&DatabaseService::crd());
+        let spec = &schema["properties"]["spec"]["properties"];
+        // Left out is `active`; kube marks an optional field nullable, and lists null with it.
+        assert_eq!(
+            (&spec["state"]["enum"], &spec["state"]["nullable"]),
+            (
+                &json!(["active", "suspended", "parked", null]),
+                &json!(true)
+            ),
+            "{spec}"
+        );
+        assert_eq!(
+            (&spec["node"]["minLength"], &spec["node"]["maxLength"]),
+            (&json!(1), &json!(253))
+        );
+        let parsed: DatabaseServiceSpec =
+            serde_json::from_value(json!({"tier": "free", "state": "parked", "node": "node-b"}))
+                .unwrap();
+        assert_eq!(
+            (parsed.state, parsed.node.as_deref()),
+            (Some(Lifecycle::Parked), Some("node-b"))
+        );
+        assert!(serde_json::from_value::<DatabaseServiceSpec>(json!({"state": "asleep"})).is_err());
     }
 
     #[test]

@@ -4,19 +4,25 @@
 //! resource's own finalizer and status), in the shape of kube-rs's
 //! [`controller-rs`](https://github.com/kube-rs/controller-rs).
 //!
+//! What the spec asks beyond its size: `state` suspended (the server emptied through SQL, then
+//! its CPU lowered in place), parked (the StatefulSet scaled to 0) or active again, and `node`
+//! (the template requires it, then the pod is evicted and made again there); see
+//! `docs/kubernetes.md`.
+//!
 //! A finalizer is put on the resource before anything is made for it, so deleting the
 //! resource always removes what was made, volume last; the resource goes only once the
 //! StatefulSet and the claim are gone.
 
 use super::Context;
 use crate::objects;
-use crate::runtime::{ClaimView, KubeError, PodView};
-use crate::v1alpha1::{DatabaseService, DatabaseServiceStatus};
+use crate::runtime::{ClaimView, KubeError, PodView, SetView};
+use crate::v1alpha1::{DatabaseService, DatabaseServiceStatus, Lifecycle, Moving};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::time::Duration;
+use stratus_control::suspend::{BUFFER_POOL_FLOOR, CPU_FLOOR_MILLIS};
 use stratus_core::{Resources, ScuSize, ServiceName};
 use stratus_runtime::InstanceSpec;
 
@@ -34,8 +40,17 @@ pub enum Step {
     AddFinalizer,
     /// Make or update its objects.
     Apply(InstanceSpec),
+    /// Park (0) or wake (1): its StatefulSet's scale.
+    SetReplicas(i32),
+    /// Move it to the node its template now requires: its pod is evicted and made again there.
+    Evict,
+    /// Empty its running server for a suspend (SQL): sessions closed, buffer pool at its
+    /// floor.
+    Empty,
     /// Resize its running pod in place to this size.
     Resize(Resources),
+    /// Give its buffer pool this many bytes again after a suspend (SQL).
+    Fill(u64),
     /// Expand its volume claim to this many bytes.
     GrowStorage(u64),
     /// Remove its objects, volume last.
@@ -56,8 +71,7 @@ pub struct Plan {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Seen {
     pub pod: Option<PodView>,
-    /// The size in its StatefulSet's claim template, fixed when the StatefulSet was made.
-    pub claim_template_bytes: Option<u64>,
+    pub set: Option<SetView>,
     pub claim: Option<ClaimView>,
 }
 
@@ -82,7 +96,7 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         }
         // The finalizer goes only once the StatefulSet and the claim are gone, so that a
         // database made again under the same name cannot meet the old volume.
-        if seen.claim_template_bytes.is_some() || seen.claim.is_some() {
+        if seen.set.is_some() || seen.claim.is_some() {
             let deleting = seen.claim.is_some_and(|c| c.deleting);
             return Plan {
                 steps: if deleting {
@@ -125,19 +139,35 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     }
     // The size is the one the status last gave, kept within the spec's bounds (a new database:
     // its minimum). No controller changes it on Kubernetes yet; an edit of the bounds does.
-    let before = ds.status.as_ref().map_or(0, |s| s.scu);
+    let was = ds.status.as_ref();
+    let before = was.map_or(0, |s| s.scu);
     let scu = before.clamp(spec.min_scu, spec.max_scu);
     let resources = sizes.scu.resources(scu);
     let limit = stratus_control::storage::max_bytes(spec.storage_gb);
+    let desired = ds.spec.state.unwrap_or_default();
+    let node = ds.spec.node.clone().unwrap_or_default();
+    // Suspended: the CPU at its floor, the memory kept (as on one machine), the buffer pool
+    // emptied through SQL.
+    let floor = Resources {
+        cpu_millis: CPU_FLOOR_MILLIS,
+        buffer_pool_bytes: BUFFER_POOL_FLOOR,
+        ..resources
+    };
     steps.push(Step::Apply(InstanceSpec {
         name: spec.name.clone(),
-        resources,
+        // The template and option file say what the server is to run with, so a pod made again
+        // while suspended starts suspended.
+        resources: if desired == Lifecycle::Suspended {
+            floor
+        } else {
+            resources
+        },
         max_resources: sizes.scu.resources(spec.max_scu),
         // The whole limit at once (docs/kubernetes.md); a template made earlier keeps its size,
         // since a StatefulSet's claim template cannot change.
-        storage_bytes: seen.claim_template_bytes.unwrap_or(limit),
-        // The scheduler places it; moves set a node (the migration controller, to come).
-        node: String::new(),
+        storage_bytes: seen.set.map_or(limit, |s| s.claim_template_bytes),
+        // Required node affinity when the spec names a node; else the scheduler places it.
+        node: node.clone(),
     }));
     let mut messages = Vec::new();
     let volume = seen.claim.map_or(limit, |c| c.requested_bytes);
@@ -150,21 +180,83 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         ));
     }
     let pod = seen.pod.as_ref();
-    let ready = pod.is_some_and(|p| p.ready);
-    if let Some(p) = pod.filter(|p| p.ready && p.resize_pending.is_none()) {
-        let applied = (p.cpu_limit_millis, p.memory_limit_bytes);
-        if applied != (Some(resources.cpu_millis), Some(resources.memory_bytes)) {
-            steps.push(Step::Resize(resources));
+    let replicas = seen.set.map(|s| s.replicas);
+    let at_floor = |p: &PodView| p.cpu_limit_millis == Some(CPU_FLOOR_MILLIS);
+    let moving = |phase: &str| {
+        Some(Moving {
+            to: node.clone(),
+            phase: phase.into(),
+        })
+    };
+    let (state, move_phase) = if desired == Lifecycle::Parked {
+        // The pod goes, the claim stays (the StatefulSet's retention policy).
+        if replicas != Some(0) {
+            steps.push(Step::SetReplicas(0));
         }
-    }
-    let mut st = status(if ready { "active" } else { "provisioning" }, None);
+        ("parked", None)
+    } else {
+        if replicas == Some(0) {
+            steps.push(Step::SetReplicas(1));
+        }
+        let misplaced = |p: &PodView| {
+            !node.is_empty() && p.node.as_deref().is_some_and(|on| on != node.as_str())
+        };
+        // A move under way, to the node the spec still names.
+        let was_moving = was
+            .and_then(|s| s.moving.as_ref())
+            .is_some_and(|m| !node.is_empty() && m.to == node);
+        match pod {
+            // The template now requires the new node; the pod made after this one goes there.
+            Some(p) if misplaced(p) && !p.deleting => {
+                steps.push(Step::Evict);
+                ("migrating", moving("cut-over"))
+            }
+            Some(p) if (p.deleting && !node.is_empty()) || (was_moving && !p.ready) => {
+                ("migrating", moving("starting"))
+            }
+            None if was_moving => ("migrating", moving("starting")),
+            // Going away (its node drained): nothing is done to it; its successor follows.
+            Some(p) if p.deleting => ("provisioning", None),
+            // One resize at a time: none while the kubelet reports one pending.
+            Some(p) if p.ready && p.resize_pending.is_none() => {
+                if desired == Lifecycle::Suspended {
+                    if !at_floor(p) {
+                        // Emptied first, then the CPU lowered: the pool shrinks before the pod.
+                        steps.push(Step::Empty);
+                        steps.push(Step::Resize(floor));
+                    }
+                    ("suspended", None)
+                } else {
+                    // Woken from a suspend: the pod grows before the pool does. Both steps
+                    // are idempotent, so a look before the kubelet applied the size is safe.
+                    let emptied = at_floor(p) || was.is_some_and(|s| s.state == "suspended");
+                    let applied = (p.cpu_limit_millis, p.memory_limit_bytes);
+                    if applied != (Some(resources.cpu_millis), Some(resources.memory_bytes)) {
+                        steps.push(Step::Resize(resources));
+                    }
+                    if emptied {
+                        steps.push(Step::Fill(resources.buffer_pool_bytes));
+                    }
+                    ("active", None)
+                }
+            }
+            Some(p) if p.ready => (if at_floor(p) { "suspended" } else { "active" }, None),
+            _ => ("provisioning", None),
+        }
+    };
+    let mut st = status(state, None);
     st.scu = scu;
     st.host = sizes.proxy_host.clone();
     st.port = sizes.proxy_port;
     st.database = spec.name.to_string();
-    st.buffer_pool_bytes = resources.buffer_pool_bytes;
+    st.buffer_pool_bytes = if state == "suspended" {
+        BUFFER_POOL_FLOOR
+    } else {
+        resources.buffer_pool_bytes
+    };
     st.storage_limit_bytes = Some(volume.max(limit));
-    if let Some(p) = pod {
+    st.moving = move_phase;
+    if let Some(p) = pod.filter(|_| state != "parked") {
         st.node = p.node.clone().unwrap_or_default();
         st.cpu_limit = p.cpu_limit_millis.map_or(0.0, |m| f64::from(m) / 1000.0);
         st.memory_limit_bytes = p.memory_limit_bytes.unwrap_or(0);
@@ -174,9 +266,14 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     }
     st.message = (!messages.is_empty()).then(|| messages.join("; "));
     steps.push(Step::Status(st));
+    let settled = match state {
+        "active" | "suspended" => true,
+        "parked" => pod.is_none(),
+        _ => false,
+    };
     Plan {
         steps,
-        requeue: Some(if ready { LATER } else { SOON }),
+        requeue: Some(if settled { LATER } else { SOON }),
     }
 }
 
@@ -192,7 +289,7 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
             } else {
                 ctx.runtime.observe(name).await?
             },
-            claim_template_bytes: ctx.runtime.claim_template_bytes(name).await?,
+            set: ctx.runtime.stateful_set(name).await?,
             claim: ctx.runtime.claim(name).await?,
         },
         None => Seen::default(),
@@ -231,6 +328,27 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
             }
             Step::Apply(spec) => {
                 ctx.runtime.apply(&spec).await?;
+            }
+            Step::SetReplicas(n) => {
+                if let Some(name) = &name {
+                    ctx.runtime.set_replicas(name, n).await?;
+                }
+            }
+            Step::Evict => {
+                if let Some(name) = &name {
+                    ctx.runtime.evict(name).await?;
+                }
+            }
+            Step::Empty => {
+                if let (Some(name), Some(pod)) = (&name, &seen.pod) {
+                    let closed = ctx.servers.empty(name, pod).await?;
+                    tracing::info!(database = %resource, sessions_closed = closed, "emptied for a suspend");
+                }
+            }
+            Step::Fill(bytes) => {
+                if let (Some(name), Some(pod)) = (&name, &seen.pod) {
+                    ctx.servers.fill(name, pod, bytes).await?;
+                }
             }
             Step::Resize(r) => {
                 if let Some(name) = &name {
@@ -304,6 +422,52 @@ pub fn events_of(steps: &[Step], pod: Option<&PodView>) -> Vec<Event> {
                     ));
                 }
             }
+            Step::SetReplicas(0) => out.push(normal(
+                "Parked",
+                "Park",
+                "parked: the StatefulSet scaled to 0, the volume claim kept".into(),
+            )),
+            Step::SetReplicas(_) => out.push(normal(
+                "Woken",
+                "Wake",
+                "waking: the StatefulSet scaled back to 1".into(),
+            )),
+            Step::Evict => {
+                let to = steps.iter().find_map(|s| match s {
+                    Step::Apply(spec) => Some(spec.node.as_str()),
+                    _ => None,
+                });
+                let from = pod.and_then(|p| p.node.as_deref()).unwrap_or("?");
+                out.push(normal(
+                    "Moving",
+                    "Move",
+                    format!(
+                        "moving from node {from} to node {}: the pod is evicted and made again there, with its volume",
+                        to.unwrap_or("?")
+                    ),
+                ));
+            }
+            Step::Empty => out.push(normal(
+                "Suspended",
+                "Suspend",
+                format!(
+                    "suspended: sessions closed, buffer pool at {} MiB, CPU at {CPU_FLOOR_MILLIS}m",
+                    BUFFER_POOL_FLOOR >> 20
+                ),
+            )),
+            Step::Fill(bytes) => out.push(normal(
+                "Resumed",
+                "Resume",
+                format!(
+                    "resumed: buffer pool back to {} MiB, hot pages reloading",
+                    bytes >> 20
+                ),
+            )),
+            // Part of a suspend or a resume, which say so themselves.
+            Step::Resize(_)
+                if steps
+                    .iter()
+                    .any(|s| matches!(s, Step::Empty | Step::Fill(_))) => {}
             Step::Resize(r) => {
                 let from = pod
                     .and_then(|p| p.cpu_limit_millis)

@@ -1,7 +1,8 @@
 //! `stratus operator run`: the controllers, run against the cluster with the pod's service
 //! account. So far one controller, [`database`]: `DatabaseService` resources to running
-//! databases and back. Scaling, suspend and park, backups and migration on Kubernetes are
-//! still to come (issue #10).
+//! databases and back, suspended, parked, woken and moved when their spec asks ([`server`]
+//! holds the SQL this takes). Autoscaling, suspend and park on idleness, backups and live
+//! migration on Kubernetes are still to come (issue #10).
 //!
 //! It is [kube-rs's `Controller`](https://docs.rs/kube/latest/kube/runtime/struct.Controller.html):
 //! a watch of the resources in the operator's namespace, each reconciled on every change and
@@ -10,6 +11,7 @@
 
 pub mod database;
 pub mod leader;
+pub mod server;
 
 use crate::objects::Settings;
 use crate::runtime::{KubeError, KubeRuntime};
@@ -30,6 +32,8 @@ pub struct Context {
     pub sizes: database::Sizes,
     /// Publishes Kubernetes Events about the resources.
     pub recorder: Recorder,
+    /// SQL in the databases' servers (suspend and resume).
+    pub servers: Arc<dyn server::ServerSql>,
     /// Failures in a row per resource, for the back-off.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -41,14 +45,24 @@ impl Context {
             controller: "stratus-operator".into(),
             instance: Some(identity.into()),
         };
+        let runtime = KubeRuntime::new(client.clone(), settings.clone());
         Self {
             recorder: Recorder::new(client.clone(), reporter),
-            runtime: KubeRuntime::new(client.clone(), settings.clone()),
+            servers: Arc::new(server::AdminSql {
+                runtime: runtime.clone(),
+            }),
+            runtime,
             client,
             settings,
             sizes,
             failures: Mutex::default(),
         }
+    }
+
+    /// The same, with other hands for SQL in the servers (tests script them).
+    pub fn with_servers(mut self, servers: Arc<dyn server::ServerSql>) -> Self {
+        self.servers = servers;
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {

@@ -331,6 +331,7 @@ async fn observe_reads_the_pods_applied_size_and_a_resize_it_cannot_do() {
         "spec": {"nodeName": "node-a", "containers": [{"name": "mariadb", "image": "mariadb:10.11"}]},
         "status": {
             "phase": "Running",
+            "podIP": "10.244.1.17",
             "conditions": [
                 {"type": "PodResizePending", "status": "True", "reason": "Infeasible",
                  "message": "Node didn't have enough capacity: cpu, requested: 8000, capacity: 4000"},
@@ -361,6 +362,8 @@ async fn observe_reads_the_pods_applied_size_and_a_resize_it_cannot_do() {
             memory_limit_bytes: Some(2 << 30),
             resize_pending: Some("Infeasible".into()),
             restarts: 2,
+            ip: Some("10.244.1.17".into()),
+            deleting: false,
         }
     );
     assert_eq!(rt.observe(&db()).await.unwrap(), None, "parked: no pod");
@@ -400,4 +403,74 @@ fn quantities_read_as_the_api_server_writes_them() {
     assert_eq!(bytes("2G"), Some(2_000_000_000));
     assert_eq!(bytes("1e3"), None, "exponents are not guessed at");
     assert_eq!(bytes("99999999999Pi"), None, "overflow is no size");
+}
+
+#[tokio::test]
+async fn the_statefulset_says_its_claim_size_and_whether_it_is_parked() {
+    let sts = |replicas: Option<i32>| {
+        let mut v =
+            serde_json::to_value(objects::stateful_set(&spec(), &Settings::default())).unwrap();
+        if let Some(n) = replicas {
+            v["spec"]["replicas"] = json!(n);
+        }
+        v
+    };
+    let (rt, verifier) = api_server(vec![
+        expect("GET", &format!("{APPS}/statefulsets/db-shop")).answer(200, sts(Some(0))),
+        expect("GET", &format!("{APPS}/statefulsets/db-shop")).answer(200, sts(None)),
+        expect("GET", &format!("{APPS}/statefulsets/db-shop")).answer(
+            404,
+            failure(404, "NotFound", "statefulsets.apps \"db-shop\" not found"),
+        ),
+    ]);
+    let bytes = spec().storage_bytes;
+    assert_eq!(
+        rt.stateful_set(&db()).await.unwrap(),
+        Some(SetView {
+            claim_template_bytes: bytes,
+            replicas: 0
+        })
+    );
+    assert_eq!(
+        rt.stateful_set(&db()).await.unwrap().map(|s| s.replicas),
+        Some(1),
+        "left out, the API server's default"
+    );
+    assert_eq!(rt.stateful_set(&db()).await.unwrap(), None);
+    finished(rt, verifier).await;
+}
+
+#[tokio::test]
+async fn a_move_evicts_the_pod_and_a_pod_already_gone_is_no_error() {
+    // kube-rs's body for the eviction subresource (the API server takes the kind from the
+    // path): the pod's name, and no delete options.
+    let eviction = || {
+        expect("POST", &format!("{NS}/pods/db-shop-0/eviction?")).body(
+            JSON,
+            json!({"delete_options": null, "metadata": {"name": "db-shop-0"}}),
+        )
+    };
+    let (rt, verifier) = api_server(vec![
+        eviction().answer(
+            201,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
+        ),
+        eviction().answer(
+            404,
+            failure(404, "NotFound", "pods \"db-shop-0\" not found"),
+        ),
+        eviction().answer(
+            429,
+            failure(
+                429,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+            ),
+        ),
+    ]);
+    rt.evict(&db()).await.unwrap();
+    rt.evict(&db()).await.unwrap();
+    let e = rt.evict(&db()).await.unwrap_err();
+    assert_eq!(e.code(), Some(429), "a disruption budget is waited out");
+    finished(rt, verifier).await;
 }

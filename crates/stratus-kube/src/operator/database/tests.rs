@@ -5,10 +5,11 @@
 use super::*;
 use crate::mock_api::*;
 use crate::objects::{self as objects_of, Settings};
-use crate::operator::Context;
+use crate::operator::{Context, server};
 use crate::runtime::ClaimView;
 use crate::v1alpha1::DatabaseServiceSpec;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use stratus_core::Tier;
 
 const CR: &str = "/apis/stratus.dev/v1alpha1/namespaces/stratus/databaseservices/shop";
@@ -67,6 +68,8 @@ fn ready_pod() -> PodView {
         memory_limit_bytes: Some(4 << 30),
         resize_pending: None,
         restarts: 0,
+        ip: Some("10.0.0.7".into()),
+        deleting: false,
     }
 }
 
@@ -144,7 +147,10 @@ fn a_resize_the_node_cannot_do_shows_in_the_status() {
 fn deletion_removes_everything_and_lets_the_resource_go_once_the_volume_is_gone() {
     let ds = resource(&["other.io/keep", FINALIZER], true);
     let made = Seen {
-        claim_template_bytes: Some(20 << 30),
+        set: Some(SetView {
+            claim_template_bytes: 20 << 30,
+            replicas: 1,
+        }),
         claim: Some(ClaimView {
             requested_bytes: 20 << 30,
             deleting: false,
@@ -225,7 +231,10 @@ fn storage_grows_by_the_claim_and_never_through_the_template() {
     let mut ds = resource(&[FINALIZER], false);
     ds.spec.storage_gb = Some(50);
     let seen = Seen {
-        claim_template_bytes: Some(20 << 30),
+        set: Some(SetView {
+            claim_template_bytes: 20 << 30,
+            replicas: 1,
+        }),
         claim: Some(ClaimView {
             requested_bytes: 20 << 30,
             deleting: false,
@@ -291,12 +300,16 @@ fn cr_answer(ds: &DatabaseService) -> Value {
 
 /// The requests of `KubeRuntime::apply` for a database whose Secret exists.
 fn apply_requests() -> Vec<Exchange> {
+    apply_requests_of(&instance())
+}
+
+fn apply_requests_of(spec: &InstanceSpec) -> Vec<Exchange> {
     let s = Settings::default();
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-shop"},
                         "data": {"password": "cHc=", "init.sql": "eA=="}});
-    let cm = serde_json::to_value(objects_of::config_map(&instance(), &s)).unwrap();
-    let svc = serde_json::to_value(objects_of::service(&instance().name, &s)).unwrap();
-    let sts = serde_json::to_value(objects_of::stateful_set(&instance(), &s)).unwrap();
+    let cm = serde_json::to_value(objects_of::config_map(spec, &s)).unwrap();
+    let svc = serde_json::to_value(objects_of::service(&spec.name, &s)).unwrap();
+    let sts = serde_json::to_value(objects_of::stateful_set(spec, &s)).unwrap();
     vec![
         expect("GET", &format!("{NS}/secrets/db-shop")).answer(200, secret),
         expect("PATCH", &format!("{NS}/configmaps/db-shop{APPLIED}"))
@@ -556,4 +569,514 @@ fn events_say_what_was_done() {
         Step::Status(DatabaseServiceStatus::default()),
     ];
     assert!(events_of(&again, None).is_empty(), "nothing new: no event");
+}
+
+fn with_state(mut ds: DatabaseService, state: Lifecycle) -> DatabaseService {
+    ds.spec.state = Some(state);
+    ds
+}
+
+fn at_floor(mut pod: PodView) -> PodView {
+    pod.cpu_limit_millis = Some(CPU_FLOOR_MILLIS);
+    pod
+}
+
+fn only_actions(plan: &Plan) -> Vec<Step> {
+    plan.steps
+        .iter()
+        .filter(|s| !matches!(s, Step::Apply(_) | Step::Status(_)))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_suspend_empties_the_server_before_lowering_its_cpu_and_a_resume_does_the_reverse() {
+    let two = ScuSize::default().resources(2);
+    let floor = Resources {
+        cpu_millis: CPU_FLOOR_MILLIS,
+        buffer_pool_bytes: BUFFER_POOL_FLOOR,
+        ..two
+    };
+    let suspended = with_state(resource(&[FINALIZER], false), Lifecycle::Suspended);
+    let running = Seen {
+        pod: Some(ready_pod()),
+        ..Seen::default()
+    };
+    let plan = plan(&suspended, &running, &sizes());
+    assert_eq!(
+        only_actions(&plan),
+        [Step::Empty, Step::Resize(floor)],
+        "memory kept, as on one machine"
+    );
+    let Step::Apply(applied) = &plan.steps[0] else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(
+        applied.resources, floor,
+        "a pod made again while suspended starts so"
+    );
+    let st = status_of(&plan);
+    assert_eq!(
+        (st.state.as_str(), st.buffer_pool_bytes),
+        ("suspended", BUFFER_POOL_FLOOR)
+    );
+    let emptied = Seen {
+        pod: Some(at_floor(ready_pod())),
+        ..Seen::default()
+    };
+    let plan = super::plan(&suspended, &emptied, &sizes());
+    assert_eq!(only_actions(&plan), [], "nothing more once there");
+    assert_eq!(plan.requeue, Some(LATER));
+    let mut resumed = resource(&[FINALIZER], false);
+    resumed.status = Some(status_of(&plan));
+    let plan = super::plan(&resumed, &emptied, &sizes());
+    assert_eq!(
+        only_actions(&plan),
+        [Step::Resize(two), Step::Fill(two.buffer_pool_bytes)],
+        "the pod grows before its pool"
+    );
+    assert_eq!(status_of(&plan).state, "active");
+    // The kubelet applied the size but the pool was not filled (the step failed): the status
+    // still says suspended, so it is filled now.
+    let plan = super::plan(&resumed, &running, &sizes());
+    assert_eq!(only_actions(&plan), [Step::Fill(two.buffer_pool_bytes)]);
+}
+
+#[test]
+fn a_park_scales_to_zero_keeps_the_volume_and_a_wake_scales_back() {
+    let parked = with_state(resource(&[FINALIZER], false), Lifecycle::Parked);
+    let set = |replicas| SetView {
+        claim_template_bytes: 20 << 30,
+        replicas,
+    };
+    let running = Seen {
+        pod: Some(ready_pod()),
+        set: Some(set(1)),
+        ..Seen::default()
+    };
+    let plan = plan(&parked, &running, &sizes());
+    assert_eq!(only_actions(&plan), [Step::SetReplicas(0)]);
+    assert_eq!(
+        (
+            status_of(&plan).state.as_str(),
+            status_of(&plan).node.as_str()
+        ),
+        ("parked", "")
+    );
+    assert_eq!(plan.requeue, Some(SOON), "until its pod is gone");
+    let gone = Seen {
+        set: Some(set(0)),
+        ..Seen::default()
+    };
+    let plan = super::plan(&parked, &gone, &sizes());
+    assert_eq!(only_actions(&plan), []);
+    assert_eq!(plan.requeue, Some(LATER));
+    let plan = super::plan(&resource(&[FINALIZER], false), &gone, &sizes());
+    assert_eq!(only_actions(&plan), [Step::SetReplicas(1)]);
+    assert_eq!(status_of(&plan).state, "provisioning");
+    let plan = super::plan(
+        &with_state(resource(&[FINALIZER], false), Lifecycle::Suspended),
+        &gone,
+        &sizes(),
+    );
+    assert_eq!(
+        only_actions(&plan),
+        [Step::SetReplicas(1)],
+        "a parked database asked to be suspended wakes first"
+    );
+}
+
+#[test]
+fn a_new_node_moves_the_database_by_evicting_its_pod_and_the_status_follows_the_move() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.spec.node = Some("node-b".into());
+    let on_a = Seen {
+        pod: Some(ready_pod()),
+        ..Seen::default()
+    };
+    let plan = plan(&ds, &on_a, &sizes());
+    let Step::Apply(applied) = &plan.steps[0] else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(applied.node, "node-b", "the template requires the new node");
+    assert_eq!(only_actions(&plan), [Step::Evict]);
+    let moving = |phase: &str| {
+        Some(Moving {
+            to: "node-b".into(),
+            phase: phase.into(),
+        })
+    };
+    let st = status_of(&plan);
+    assert_eq!(
+        (st.state.as_str(), st.moving.clone()),
+        ("migrating", moving("cut-over"))
+    );
+    ds.status = Some(st);
+    let mut leaving = ready_pod();
+    leaving.deleting = true;
+    let plan = super::plan(
+        &ds,
+        &Seen {
+            pod: Some(leaving),
+            ..Seen::default()
+        },
+        &sizes(),
+    );
+    assert_eq!(only_actions(&plan), [], "evicted once");
+    assert_eq!(status_of(&plan).moving, moving("starting"));
+    let plan = super::plan(&ds, &Seen::default(), &sizes());
+    assert_eq!(status_of(&plan).state, "migrating");
+    let mut on_b = ready_pod();
+    on_b.node = Some("node-b".into());
+    on_b.ready = false;
+    let mut seen = Seen {
+        pod: Some(on_b),
+        ..Seen::default()
+    };
+    let plan = super::plan(&ds, &seen, &sizes());
+    assert_eq!(
+        (status_of(&plan).state.as_str(), plan.requeue),
+        ("migrating", Some(SOON))
+    );
+    seen.pod.as_mut().unwrap().ready = true;
+    let plan = super::plan(&ds, &seen, &sizes());
+    let st = status_of(&plan);
+    assert_eq!(
+        (st.state.as_str(), st.node.as_str(), st.moving),
+        ("active", "node-b", None)
+    );
+    // A pod going away with no move asked for (its node drained) is being replaced.
+    let mut drained = ready_pod();
+    drained.deleting = true;
+    let plan = super::plan(
+        &resource(&[FINALIZER], false),
+        &Seen {
+            pod: Some(drained),
+            ..Seen::default()
+        },
+        &sizes(),
+    );
+    assert_eq!(
+        (status_of(&plan).state.as_str(), status_of(&plan).moving),
+        ("provisioning", None)
+    );
+    // A pod not yet scheduled has no node to be wrong about.
+    let mut pending = ready_pod();
+    pending.node = None;
+    pending.ready = false;
+    let plan = super::plan(
+        &resource(&[FINALIZER], false),
+        &Seen {
+            pod: Some(pending),
+            ..Seen::default()
+        },
+        &sizes(),
+    );
+    assert_eq!(only_actions(&plan), []);
+}
+
+#[test]
+fn suspend_resume_park_wake_and_move_say_so_in_events() {
+    let two = ScuSize::default().resources(2);
+    let mut to_b = instance();
+    to_b.node = "node-b".into();
+    let cases: Vec<(Vec<Step>, &str, &str)> = vec![
+        (
+            vec![Step::Empty, Step::Resize(two)],
+            "Suspended",
+            "suspended: sessions closed, buffer pool at 32 MiB, CPU at 50m",
+        ),
+        (
+            vec![Step::Resize(two), Step::Fill(1 << 30)],
+            "Resumed",
+            "resumed: buffer pool back to 1024 MiB, hot pages reloading",
+        ),
+        (
+            vec![Step::SetReplicas(0)],
+            "Parked",
+            "parked: the StatefulSet scaled to 0, the volume claim kept",
+        ),
+        (
+            vec![Step::SetReplicas(1)],
+            "Woken",
+            "waking: the StatefulSet scaled back to 1",
+        ),
+        (
+            vec![Step::Apply(to_b), Step::Evict],
+            "Moving",
+            "moving from node node-a to node node-b: the pod is evicted and made again there, with its volume",
+        ),
+    ];
+    for (steps, reason, note) in cases {
+        let events = events_of(&steps, Some(&ready_pod()));
+        let got: Vec<(String, String)> = events
+            .into_iter()
+            .map(|e| (e.reason, e.note.unwrap()))
+            .collect();
+        assert_eq!(got, [(reason.to_owned(), note.to_owned())]);
+    }
+}
+
+/// SQL in the servers, as a test scripts it: each call recorded, and failing when told.
+#[derive(Default)]
+struct ScriptedSql {
+    calls: std::sync::Mutex<Vec<String>>,
+    unreachable: bool,
+}
+
+impl server::ServerSql for ScriptedSql {
+    fn empty<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> server::Pending<'a, u64> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(format!(
+                "empty {db} at {}",
+                pod.ip.as_deref().unwrap_or("?")
+            ));
+            if self.unreachable {
+                return Err(KubeError::Server {
+                    db: db.to_string(),
+                    message: "no login within 10s".into(),
+                });
+            }
+            Ok(3)
+        })
+    }
+    fn fill<'a>(
+        &'a self,
+        db: &'a ServiceName,
+        pod: &'a PodView,
+        bytes: u64,
+    ) -> server::Pending<'a, ()> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(format!(
+                "fill {db} at {} to {bytes}",
+                pod.ip.as_deref().unwrap_or("?")
+            ));
+            Ok(())
+        })
+    }
+}
+
+/// The pod as the API server returns it: on `node`, ready, with `cpu` applied.
+fn pod_json(node: &str, cpu: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-shop-0", "namespace": "stratus"},
+        "spec": {"nodeName": node, "containers": [{"name": "mariadb"}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.7",
+                   "conditions": [{"type": "Ready", "status": "True"}],
+                   "containerStatuses": [{"name": "mariadb", "image": "mariadb:10.11", "imageID": "",
+                       "ready": true, "restartCount": 0,
+                       "resources": {"limits": {"cpu": cpu, "memory": "4Gi"}}}]},
+    })
+}
+
+fn scripted_context(script: Vec<Exchange>, sql: Arc<ScriptedSql>) -> (Context, Verifier) {
+    let (ctx, verifier) = context(script);
+    (ctx.with_servers(sql), verifier)
+}
+
+fn resize_requests(r: &Resources) -> Vec<Exchange> {
+    vec![
+        expect("PATCH", &format!("{NS}/pods/db-shop-0/resize?"))
+            .body(STRATEGIC, objects_of::resize_patch(r))
+            .answer(200, pod_json("node-a", "1")),
+        expect("PATCH", &format!("{APPS}/statefulsets/db-shop?"))
+            .body(
+                STRATEGIC,
+                json!({"spec": {"template": objects_of::resize_patch(r)}}),
+            )
+            .answer(
+                200,
+                serde_json::to_value(objects_of::stateful_set(&instance(), &Settings::default()))
+                    .unwrap(),
+            ),
+    ]
+}
+
+#[tokio::test]
+async fn suspending_empties_the_server_then_resizes_the_pod_to_the_floor() {
+    let ds = with_state(resource(&[FINALIZER], false), Lifecycle::Suspended);
+    let floor = Resources {
+        cpu_millis: CPU_FLOOR_MILLIS,
+        buffer_pool_bytes: BUFFER_POOL_FLOOR,
+        ..ScuSize::default().resources(2)
+    };
+    let mut at_floor = instance();
+    at_floor.resources = floor;
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.extend(apply_requests_of(&at_floor));
+    script.extend(resize_requests(&floor));
+    script.push(status_request("suspended").answer(200, cr_answer(&ds)));
+    script.push(event("Suspended", "Normal"));
+    let sql = Arc::new(ScriptedSql::default());
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(LATER));
+    drop(ctx);
+    verifier.finished().await;
+    assert_eq!(*sql.calls.lock().unwrap(), ["empty shop at 10.0.0.7"]);
+}
+
+#[tokio::test]
+async fn a_server_out_of_reach_leaves_the_pod_at_its_size() {
+    let ds = with_state(resource(&[FINALIZER], false), Lifecycle::Suspended);
+    let mut at_floor = instance();
+    at_floor.resources = Resources {
+        cpu_millis: CPU_FLOOR_MILLIS,
+        buffer_pool_bytes: BUFFER_POOL_FLOOR,
+        ..at_floor.resources
+    };
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.extend(apply_requests_of(&at_floor));
+    let sql = Arc::new(ScriptedSql {
+        unreachable: true,
+        ..ScriptedSql::default()
+    });
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    let e = reconcile(&ds, &ctx).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the server of database shop: no login within 10s"
+    );
+    drop(ctx);
+    // No resize, no status: the back-off tries the whole suspend again.
+    verifier.finished().await;
+}
+
+#[tokio::test]
+async fn resuming_resizes_the_pod_then_fills_the_server() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.status = Some(DatabaseServiceStatus {
+        state: "suspended".into(),
+        scu: 2,
+        ..DatabaseServiceStatus::default()
+    });
+    let two = ScuSize::default().resources(2);
+    let mut script = observe(Some(pod_json("node-a", "50m")), true);
+    script.extend(apply_requests());
+    script.extend(resize_requests(&two));
+    script.push(status_request("active").answer(200, cr_answer(&ds)));
+    script.push(event("Resumed", "Normal"));
+    let sql = Arc::new(ScriptedSql::default());
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    reconcile(&ds, &ctx).await.unwrap();
+    drop(ctx);
+    verifier.finished().await;
+    assert_eq!(
+        *sql.calls.lock().unwrap(),
+        [format!(
+            "fill shop at 10.0.0.7 to {}",
+            two.buffer_pool_bytes
+        )]
+    );
+}
+
+fn scale_request(replicas: i32) -> Exchange {
+    expect("PATCH", &format!("{APPS}/statefulsets/db-shop/scale?"))
+        .body(MERGE, json!({"spec": {"replicas": replicas}}))
+        .answer(
+            200,
+            json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+                   "metadata": {"name": "db-shop", "namespace": "stratus"},
+                   "spec": {"replicas": replicas}, "status": {"replicas": 1}}),
+        )
+}
+
+/// What `reconcile` reads first, for a StatefulSet scaled to `replicas`.
+fn observe_scaled(pod: Option<Value>, replicas: i32) -> Vec<Exchange> {
+    let mut out = vec![match pod {
+        Some(pod) => expect("GET", &format!("{NS}/pods/db-shop-0")).answer(200, pod),
+        None => no_pod(),
+    }];
+    let mut sts =
+        serde_json::to_value(objects_of::stateful_set(&instance(), &Settings::default())).unwrap();
+    sts["spec"]["replicas"] = json!(replicas);
+    out.push(expect("GET", &format!("{APPS}/statefulsets/db-shop")).answer(200, sts));
+    out.extend(observe(None, true).into_iter().skip(1));
+    out
+}
+
+#[tokio::test]
+async fn parking_scales_the_statefulset_to_zero_and_waking_back_to_one() {
+    let parked = with_state(resource(&[FINALIZER], false), Lifecycle::Parked);
+    let mut script = observe_scaled(Some(pod_json("node-a", "1")), 1);
+    script.extend(apply_requests());
+    script.push(scale_request(0));
+    script.push(status_request("parked").answer(200, cr_answer(&parked)));
+    script.push(event("Parked", "Normal"));
+    // Woken: no pod, scaled to 0, the spec active again.
+    let woken = resource(&[FINALIZER], false);
+    script.extend(observe_scaled(None, 0));
+    script.extend(apply_requests());
+    script.push(scale_request(1));
+    script.push(status_request("provisioning").answer(200, cr_answer(&woken)));
+    script.push(event("Woken", "Normal"));
+    let (ctx, verifier) = context(script);
+    assert_eq!(reconcile(&parked, &ctx).await.unwrap(), Some(SOON));
+    assert_eq!(reconcile(&woken, &ctx).await.unwrap(), Some(SOON));
+    drop(ctx);
+    verifier.finished().await;
+}
+
+#[tokio::test]
+async fn moving_requires_the_new_node_in_the_template_then_evicts_the_pod() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.spec.node = Some("node-b".into());
+    let mut to_b = instance();
+    to_b.node = "node-b".into();
+    let sts = serde_json::to_value(objects_of::stateful_set(&to_b, &Settings::default())).unwrap();
+    assert!(
+        sts.to_string().contains("node-b"),
+        "the template names the node"
+    );
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.extend(apply_requests_of(&to_b));
+    script.push(
+        expect("POST", &format!("{NS}/pods/db-shop-0/eviction?"))
+            .body(
+                JSON,
+                json!({"delete_options": null, "metadata": {"name": "db-shop-0"}}),
+            )
+            .answer(
+                201,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
+            ),
+    );
+    script.push(
+        expect("PATCH", &format!("{CR}/status?"))
+            .checked(MERGE, |body| {
+                let st = &body["status"];
+                assert_eq!(st["state"], "migrating", "{body}");
+                assert_eq!(st["moving"], json!({"to": "node-b", "phase": "cut-over"}));
+                assert_eq!(st["node"], "node-a", "still there until the new pod runs");
+            })
+            .answer(200, cr_answer(&ds)),
+    );
+    script.push(event("Moving", "Normal"));
+    let (ctx, verifier) = context(script);
+    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(SOON));
+    drop(ctx);
+    verifier.finished().await;
+}
+
+#[tokio::test]
+async fn an_eviction_a_disruption_budget_refuses_is_tried_again_later() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.spec.node = Some("node-b".into());
+    let mut to_b = instance();
+    to_b.node = "node-b".into();
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.extend(apply_requests_of(&to_b));
+    script.push(
+        expect("POST", &format!("{NS}/pods/db-shop-0/eviction?"))
+            .body(JSON, json!({"delete_options": null, "metadata": {"name": "db-shop-0"}}))
+            .answer(
+            429,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "TooManyRequests", "code": 429,
+                   "message": "Cannot evict pod as it would violate the pod's disruption budget."}),
+        ),
+    );
+    let (ctx, verifier) = context(script);
+    let e = reconcile(&ds, &ctx).await.unwrap_err();
+    assert_eq!(e.code(), Some(429));
+    drop(ctx);
+    verifier.finished().await;
 }

@@ -1,0 +1,102 @@
+//! What the operator does inside a database's server, through SQL: emptying it for suspend and
+//! filling it again on wake, the same two steps as `stratus up`'s
+//! ([`stratus_control::suspend`]), reached over the pod's address as Stratus's own account.
+//!
+//! A trait, so the controller's tests script it beside the mocked API server: no server runs
+//! in them.
+
+use crate::objects::ADMIN_USER;
+use crate::runtime::{KubeError, KubeRuntime, PodView};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
+use stratus_control::suspend::BUFFER_POOL_FLOOR;
+use stratus_core::{Endpoint, ServiceName};
+use stratus_runtime::admin::{AdminConn, AdminLogin, ServerAdmin};
+
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, KubeError>> + Send + 'a>>;
+
+/// The server's port in its pod (`objects`).
+const PORT: u16 = 3306;
+/// Longest wait for a login, and for the hot page list to be written.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DUMP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SQL run in a database's server.
+pub trait ServerSql: Send + Sync {
+    /// Dumps the hot page list, closes the clients' sessions and shrinks the buffer pool to its
+    /// floor. Returns how many sessions were closed.
+    fn empty<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, u64>;
+    /// Gives the buffer pool `bytes` again and starts reloading the hot pages.
+    fn fill<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()>;
+}
+
+/// The real one: a connection to the pod as `stratus_admin`, with the password from the
+/// database's Secret.
+pub struct AdminSql {
+    pub runtime: KubeRuntime,
+}
+
+impl AdminSql {
+    async fn connect(&self, db: &ServiceName, pod: &PodView) -> Result<AdminConn, KubeError> {
+        let unreachable = |why: String| KubeError::Server {
+            db: db.to_string(),
+            message: why,
+        };
+        let ip: IpAddr = pod
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| unreachable("its pod has no address yet".into()))?;
+        let password = self
+            .runtime
+            .password(db)
+            .await?
+            .ok_or_else(|| KubeError::NoPassword(crate::objects::object_name(db)))?;
+        let login = AdminLogin {
+            user: ADMIN_USER.into(),
+            password: Some(password),
+        };
+        let endpoint = Endpoint::Tcp(SocketAddr::new(ip, PORT));
+        AdminConn::connect(db.as_str(), &endpoint, &login, LOGIN_TIMEOUT)
+            .await
+            .map_err(|e| unreachable(e.to_string()))
+    }
+}
+
+impl ServerSql for AdminSql {
+    fn empty<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, u64> {
+        Box::pin(async move {
+            let failed = |e: stratus_runtime::RuntimeError| KubeError::Server {
+                db: db.to_string(),
+                message: e.to_string(),
+            };
+            let mut conn = self.connect(db, pod).await?;
+            // Already emptied (an earlier attempt stopped after this): its list is kept.
+            if conn.buffer_pool_size().await.map_err(failed)? > BUFFER_POOL_FLOOR {
+                conn.dump_buffer_pool(DUMP_TIMEOUT).await.map_err(failed)?;
+            }
+            let closed = conn.close_sessions().await.map_err(failed)?;
+            conn.resize_buffer_pool(BUFFER_POOL_FLOOR)
+                .await
+                .map_err(failed)?;
+            conn.close().await;
+            Ok(closed)
+        })
+    }
+
+    fn fill<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let failed = |e: stratus_runtime::RuntimeError| KubeError::Server {
+                db: db.to_string(),
+                message: e.to_string(),
+            };
+            let mut conn = self.connect(db, pod).await?;
+            conn.resize_buffer_pool(bytes).await.map_err(failed)?;
+            conn.load_buffer_pool().await.map_err(failed)?;
+            conn.close().await;
+            Ok(())
+        })
+    }
+}
