@@ -1016,8 +1016,9 @@ async fn parking_scales_the_statefulset_to_zero_and_waking_back_to_one() {
     verifier.finished().await;
 }
 
-#[tokio::test]
-async fn moving_requires_the_new_node_in_the_template_then_evicts_the_pod() {
+/// A database asked onto node-b while its pod runs on node-a: what `reconcile` reads and
+/// applies up to the eviction, which answers `status` and `answer`.
+fn a_move_to_node_b(status: u16, answer: Value) -> (DatabaseService, Vec<Exchange>) {
     let mut ds = resource(&[FINALIZER], false);
     ds.spec.node = Some("node-b".into());
     let mut to_b = instance();
@@ -1035,10 +1036,16 @@ async fn moving_requires_the_new_node_in_the_template_then_evicts_the_pod() {
                 JSON,
                 json!({"delete_options": null, "metadata": {"name": "db-shop-0"}}),
             )
-            .answer(
-                201,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
-            ),
+            .answer(status, answer),
+    );
+    (ds, script)
+}
+
+#[tokio::test]
+async fn moving_requires_the_new_node_in_the_template_then_evicts_the_pod() {
+    let (ds, mut script) = a_move_to_node_b(
+        201,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
     );
     script.push(
         expect("PATCH", &format!("{CR}/status?"))
@@ -1059,20 +1066,10 @@ async fn moving_requires_the_new_node_in_the_template_then_evicts_the_pod() {
 
 #[tokio::test]
 async fn an_eviction_a_disruption_budget_refuses_is_tried_again_later() {
-    let mut ds = resource(&[FINALIZER], false);
-    ds.spec.node = Some("node-b".into());
-    let mut to_b = instance();
-    to_b.node = "node-b".into();
-    let mut script = observe(Some(pod_json("node-a", "1")), true);
-    script.extend(apply_requests_of(&to_b));
-    script.push(
-        expect("POST", &format!("{NS}/pods/db-shop-0/eviction?"))
-            .body(JSON, json!({"delete_options": null, "metadata": {"name": "db-shop-0"}}))
-            .answer(
-            429,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "TooManyRequests", "code": 429,
-                   "message": "Cannot evict pod as it would violate the pod's disruption budget."}),
-        ),
+    let (ds, script) = a_move_to_node_b(
+        429,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "TooManyRequests", "code": 429,
+               "message": "Cannot evict pod as it would violate the pod's disruption budget."}),
     );
     let (ctx, verifier) = context(script);
     let e = reconcile(&ds, &ctx).await.unwrap_err();
