@@ -214,11 +214,8 @@ impl<D: Directory> Proxy<D> {
         for i in 0..self.cfg.threads {
             let (tx, mut rx) =
                 tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
-            // Sockets and timers only: the signal and process drivers would be consulted at
-            // every park of the loop, about twice per statement, for nothing a session uses.
             let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
+                .enable_all()
                 .build()?;
             let me = self.clone();
             std::thread::Builder::new()
