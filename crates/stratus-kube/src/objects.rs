@@ -260,8 +260,10 @@ pub fn stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
     });
     if !spec.node.is_empty() {
         pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [spec.node]},
+            // The Node object's name, which is what a pod's `nodeName` holds; the
+            // `kubernetes.io/hostname` label is not always the same.
+            "nodeSelectorTerms": [{"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": [spec.node]},
             ]}],
         }}});
     }
@@ -336,8 +338,11 @@ mod tests {
         assert_eq!(c["resizePolicy"][0]["restartPolicy"], "NotRequired");
         assert_eq!(c["resizePolicy"][1]["restartPolicy"], "NotRequired");
         let node = &sts["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-            ["nodeSelectorTerms"][0]["matchExpressions"][0];
-        assert_eq!(node["values"][0], "node-a");
+            ["nodeSelectorTerms"][0]["matchFields"][0];
+        assert_eq!(
+            (&node["key"], &node["values"][0]),
+            (&json!("metadata.name"), &json!("node-a"))
+        );
         assert_eq!(
             sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
             (10u64 << 30).to_string()

@@ -44,8 +44,9 @@ pub enum KubeError {
     /// The Secret exists but does not hold a password (someone edited it).
     #[error("secret {0} holds no password for Stratus's login")]
     NoPassword(String),
-    /// SQL in the database's server failed, or the server could not be reached.
-    #[error("the server of database {db}: {message}")]
+    /// SQL in the database's server failed, or the server could not be reached; `message`
+    /// names the database.
+    #[error("{message}")]
     Server { db: String, message: String },
 }
 
@@ -98,6 +99,9 @@ pub struct PodView {
     pub ip: Option<String>,
     /// Being deleted (evicted, or its node drained).
     pub deleting: bool,
+    /// Why the scheduler cannot place it (no node fits: a node named for a move that does not
+    /// exist or is full, a volume the node cannot mount).
+    pub unschedulable: Option<String>,
 }
 
 /// A database's StatefulSet, as far as the operator acts on it.
@@ -371,9 +375,10 @@ fn pod_view(p: &Pod) -> PodView {
         .and_then(|c| c.resources.as_ref())
         .and_then(|r| r.limits.as_ref());
     let conditions = status.and_then(|s| s.conditions.as_ref());
-    let condition = |kind: &str| {
-        conditions.and_then(|cs| cs.iter().find(|c| c.type_ == kind && c.status == "True"))
+    let condition_is = |kind: &str, value: &str| {
+        conditions.and_then(|cs| cs.iter().find(|c| c.type_ == kind && c.status == value))
     };
+    let condition = |kind: &str| condition_is(kind, "True");
     let resize_pending = condition("PodResizePending")
         .map(|c| c.reason.clone().unwrap_or_else(|| "pending".into()))
         .or_else(|| condition("PodResizeInProgress").map(|_| "in progress".into()));
@@ -391,6 +396,8 @@ fn pod_view(p: &Pod) -> PodView {
         restarts: server.map_or(0, |c| c.restart_count),
         ip: status.and_then(|s| s.pod_ip.clone()),
         deleting: p.metadata.deletion_timestamp.is_some(),
+        unschedulable: condition_is("PodScheduled", "False")
+            .map(|c| c.message.clone().or(c.reason.clone()).unwrap_or_default()),
     }
 }
 

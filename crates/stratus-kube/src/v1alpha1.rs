@@ -80,7 +80,7 @@ pub struct DatabaseServiceSpec {
     /// suspend`, `db park` and `db resume` ask for on one machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<Lifecycle>,
-    /// The node (its `kubernetes.io/hostname`) to run on; changing it moves the database there.
+    /// The node (the Node object's name) to run on; changing it moves the database there.
     /// Left out, the scheduler places it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]

@@ -153,7 +153,10 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         buffer_pool_bytes: BUFFER_POOL_FLOOR,
         ..resources
     };
-    steps.push(Step::Apply(InstanceSpec {
+    // A database created parked gets nothing until it is woken: a StatefulSet made now would
+    // start a pod only to be scaled away, perhaps in the middle of initialising its volume.
+    let unmade_and_parked = desired == Lifecycle::Parked && seen.set.is_none();
+    let instance = InstanceSpec {
         name: spec.name.clone(),
         // The template and option file say what the server is to run with, so a pod made again
         // while suspended starts suspended.
@@ -168,7 +171,10 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         storage_bytes: seen.set.map_or(limit, |s| s.claim_template_bytes),
         // Required node affinity when the spec names a node; else the scheduler places it.
         node: node.clone(),
-    }));
+    };
+    if !unmade_and_parked {
+        steps.push(Step::Apply(instance));
+    }
     let mut messages = Vec::new();
     let volume = seen.claim.map_or(limit, |c| c.requested_bytes);
     if seen.claim.is_some() && volume < limit {
@@ -181,7 +187,13 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     }
     let pod = seen.pod.as_ref();
     let replicas = seen.set.map(|s| s.replicas);
-    let at_floor = |p: &PodView| p.cpu_limit_millis == Some(CPU_FLOOR_MILLIS);
+    let sized = |p: &PodView, r: &Resources| {
+        (p.cpu_limit_millis, p.memory_limit_bytes) == (Some(r.cpu_millis), Some(r.memory_bytes))
+    };
+    // The status is the record of a suspend: set once the server was emptied, kept until a
+    // resume has filled it again. The applied size alone cannot tell (the kubelet lags, and a
+    // size may equal the floor).
+    let emptied = was.is_some_and(|s| s.state == "suspended");
     let moving = |phase: &str| {
         Some(Moving {
             to: node.clone(),
@@ -190,7 +202,7 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     };
     let (state, move_phase) = if desired == Lifecycle::Parked {
         // The pod goes, the claim stays (the StatefulSet's retention policy).
-        if replicas != Some(0) {
+        if replicas.is_some_and(|n| n != 0) {
             steps.push(Step::SetReplicas(0));
         }
         ("parked", None)
@@ -211,36 +223,44 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
                 steps.push(Step::Evict);
                 ("migrating", moving("cut-over"))
             }
-            Some(p) if (p.deleting && !node.is_empty()) || (was_moving && !p.ready) => {
-                ("migrating", moving("starting"))
-            }
+            Some(p) if was_moving && (p.deleting || !p.ready) => ("migrating", moving("starting")),
             None if was_moving => ("migrating", moving("starting")),
             // Going away (its node drained): nothing is done to it; its successor follows.
             Some(p) if p.deleting => ("provisioning", None),
-            // One resize at a time: none while the kubelet reports one pending.
-            Some(p) if p.ready && p.resize_pending.is_none() => {
-                if desired == Lifecycle::Suspended {
-                    if !at_floor(p) {
-                        // Emptied first, then the CPU lowered: the pool shrinks before the pod.
-                        steps.push(Step::Empty);
-                        steps.push(Step::Resize(floor));
-                    }
-                    ("suspended", None)
+            Some(p) if p.ready && desired == Lifecycle::Suspended => {
+                if !emptied {
+                    // Emptied first, then the CPU lowered: the pool shrinks before the pod.
+                    // Shrinking to the floor is always feasible, so a resize pending from
+                    // before does not hold it up; the new one replaces it.
+                    steps.push(Step::Empty);
+                    steps.push(Step::Resize(floor));
+                } else if !sized(p, &floor) && p.resize_pending.is_none() {
+                    steps.push(Step::Resize(floor));
+                }
+                ("suspended", None)
+            }
+            // Resuming: the pod grows first, and the pool is filled only once the kubelet
+            // reports the new size, so the pool never outgrows the memory it is given. Until
+            // then the database is still the emptied one.
+            Some(p) if p.ready && emptied => {
+                if sized(p, &resources) {
+                    steps.push(Step::Fill(resources.buffer_pool_bytes));
+                    ("active", None)
                 } else {
-                    // Woken from a suspend: the pod grows before the pool does. Both steps
-                    // are idempotent, so a look before the kubelet applied the size is safe.
-                    let emptied = at_floor(p) || was.is_some_and(|s| s.state == "suspended");
-                    let applied = (p.cpu_limit_millis, p.memory_limit_bytes);
-                    if applied != (Some(resources.cpu_millis), Some(resources.memory_bytes)) {
+                    if p.resize_pending.is_none() {
                         steps.push(Step::Resize(resources));
                     }
-                    if emptied {
-                        steps.push(Step::Fill(resources.buffer_pool_bytes));
-                    }
-                    ("active", None)
+                    messages.push("resuming: waiting for the pod's new size".into());
+                    ("suspended", None)
                 }
             }
-            Some(p) if p.ready => (if at_floor(p) { "suspended" } else { "active" }, None),
+            // One resize at a time: none while the kubelet reports one pending.
+            Some(p) if p.ready => {
+                if !sized(p, &resources) && p.resize_pending.is_none() {
+                    steps.push(Step::Resize(resources));
+                }
+                ("active", None)
+            }
             _ => ("provisioning", None),
         }
     };
@@ -263,11 +283,15 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         if let Some(why) = &p.resize_pending {
             messages.push(format!("a resize is pending: {why}"));
         }
+        if let Some(why) = &p.unschedulable {
+            messages.push(format!("the pod cannot be scheduled: {why}"));
+        }
     }
     st.message = (!messages.is_empty()).then(|| messages.join("; "));
     steps.push(Step::Status(st));
     let settled = match state {
-        "active" | "suspended" => true,
+        "active" => desired == Lifecycle::Active,
+        "suspended" => desired == Lifecycle::Suspended,
         "parked" => pod.is_none(),
         _ => false,
     };

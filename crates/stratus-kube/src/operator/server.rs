@@ -40,15 +40,15 @@ pub struct AdminSql {
 
 impl AdminSql {
     async fn connect(&self, db: &ServiceName, pod: &PodView) -> Result<AdminConn, KubeError> {
-        let unreachable = |why: String| KubeError::Server {
+        let unreachable = |why: &str| KubeError::Server {
             db: db.to_string(),
-            message: why,
+            message: format!("database {db}: {why}"),
         };
         let ip: IpAddr = pod
             .ip
             .as_deref()
             .and_then(|ip| ip.parse().ok())
-            .ok_or_else(|| unreachable("its pod has no address yet".into()))?;
+            .ok_or_else(|| unreachable("its pod has no address yet"))?;
         let password = self
             .runtime
             .password(db)
@@ -59,9 +59,13 @@ impl AdminSql {
             password: Some(password),
         };
         let endpoint = Endpoint::Tcp(SocketAddr::new(ip, PORT));
+        // The runtime's errors name the database already.
         AdminConn::connect(db.as_str(), &endpoint, &login, LOGIN_TIMEOUT)
             .await
-            .map_err(|e| unreachable(e.to_string()))
+            .map_err(|e| KubeError::Server {
+                db: db.to_string(),
+                message: e.to_string(),
+            })
     }
 }
 

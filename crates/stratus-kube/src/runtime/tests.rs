@@ -364,6 +364,7 @@ async fn observe_reads_the_pods_applied_size_and_a_resize_it_cannot_do() {
             restarts: 2,
             ip: Some("10.244.1.17".into()),
             deleting: false,
+            unschedulable: None,
         }
     );
     assert_eq!(rt.observe(&db()).await.unwrap(), None, "parked: no pod");

@@ -70,6 +70,7 @@ fn ready_pod() -> PodView {
         restarts: 0,
         ip: Some("10.0.0.7".into()),
         deleting: false,
+        unschedulable: None,
     }
 }
 
@@ -140,6 +141,41 @@ fn a_resize_the_node_cannot_do_shows_in_the_status() {
     assert_eq!(
         status_of(&plan).message.as_deref(),
         Some("a resize is pending: Infeasible")
+    );
+}
+
+#[test]
+fn a_pod_no_node_can_take_shows_why_in_the_status() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.spec.node = Some("node-z".into());
+    ds.status = Some(DatabaseServiceStatus {
+        state: "migrating".into(),
+        moving: Some(Moving {
+            to: "node-z".into(),
+            phase: "cut-over".into(),
+        }),
+        ..DatabaseServiceStatus::default()
+    });
+    let mut pod = ready_pod();
+    (pod.ready, pod.node) = (false, None);
+    pod.unschedulable = Some(
+        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.".into(),
+    );
+    let plan = plan(
+        &ds,
+        &Seen {
+            pod: Some(pod),
+            ..Seen::default()
+        },
+        &sizes(),
+    );
+    let st = status_of(&plan);
+    assert_eq!(st.state, "migrating");
+    assert_eq!(
+        st.message.as_deref(),
+        Some(
+            "the pod cannot be scheduled: 0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+        )
     );
 }
 
@@ -620,6 +656,16 @@ fn a_suspend_empties_the_server_before_lowering_its_cpu_and_a_resume_does_the_re
         (st.state.as_str(), st.buffer_pool_bytes),
         ("suspended", BUFFER_POOL_FLOOR)
     );
+    // The next look: the status records the suspend, so the server is not emptied again,
+    // whether or not the kubelet has applied the floor yet.
+    let mut suspended = suspended;
+    suspended.status = Some(st);
+    let plan = super::plan(&suspended, &running, &sizes());
+    assert_eq!(
+        only_actions(&plan),
+        [Step::Resize(floor)],
+        "sessions closed once"
+    );
     let emptied = Seen {
         pod: Some(at_floor(ready_pod())),
         ..Seen::default()
@@ -627,19 +673,58 @@ fn a_suspend_empties_the_server_before_lowering_its_cpu_and_a_resume_does_the_re
     let plan = super::plan(&suspended, &emptied, &sizes());
     assert_eq!(only_actions(&plan), [], "nothing more once there");
     assert_eq!(plan.requeue, Some(LATER));
-    let mut resumed = resource(&[FINALIZER], false);
-    resumed.status = Some(status_of(&plan));
-    let plan = super::plan(&resumed, &emptied, &sizes());
+    let mut pending = at_floor(ready_pod());
+    pending.resize_pending = Some("Deferred".into());
+    let plan = super::plan(
+        &with_state(resource(&[FINALIZER], false), Lifecycle::Suspended),
+        &Seen {
+            pod: Some(pending.clone()),
+            ..Seen::default()
+        },
+        &sizes(),
+    );
     assert_eq!(
         only_actions(&plan),
-        [Step::Resize(two), Step::Fill(two.buffer_pool_bytes)],
-        "the pod grows before its pool"
+        [Step::Empty, Step::Resize(floor)],
+        "a pending grow does not hold a suspend up"
+    );
+    // Resumed: the pod grows first; the pool only once the kubelet reports the size.
+    let mut resumed = resource(&[FINALIZER], false);
+    resumed.status = suspended.status.clone();
+    let plan = super::plan(&resumed, &emptied, &sizes());
+    assert_eq!(only_actions(&plan), [Step::Resize(two)]);
+    let st = status_of(&plan);
+    assert_eq!(
+        (st.state.as_str(), st.message.as_deref(), plan.requeue),
+        (
+            "suspended",
+            Some("resuming: waiting for the pod's new size"),
+            Some(SOON)
+        )
+    );
+    let plan = super::plan(
+        &resumed,
+        &Seen {
+            pod: Some(pending),
+            ..Seen::default()
+        },
+        &sizes(),
+    );
+    assert_eq!(only_actions(&plan), [], "one resize at a time");
+    assert_eq!(status_of(&plan).state, "suspended", "no flapping");
+    let plan = super::plan(&resumed, &running, &sizes());
+    assert_eq!(
+        only_actions(&plan),
+        [Step::Fill(two.buffer_pool_bytes)],
+        "the pool grows into memory the pod has"
     );
     assert_eq!(status_of(&plan).state, "active");
-    // The kubelet applied the size but the pool was not filled (the step failed): the status
-    // still says suspended, so it is filled now.
-    let plan = super::plan(&resumed, &running, &sizes());
-    assert_eq!(only_actions(&plan), [Step::Fill(two.buffer_pool_bytes)]);
+    // A size that happens to equal the floor's CPU is no suspend.
+    let mut active = resource(&[FINALIZER], false);
+    active.status = Some(status_of(&plan));
+    let plan = super::plan(&active, &emptied, &sizes());
+    assert_eq!(only_actions(&plan), [Step::Resize(two)]);
+    assert_eq!(status_of(&plan).state, "active");
 }
 
 #[test]
@@ -684,6 +769,16 @@ fn a_park_scales_to_zero_keeps_the_volume_and_a_wake_scales_back() {
         [Step::SetReplicas(1)],
         "a parked database asked to be suspended wakes first"
     );
+    // Created parked: nothing is made until it is woken, so no pod starts only to be scaled
+    // away in the middle of initialising its volume.
+    let plan = super::plan(
+        &with_state(resource(&[], false), Lifecycle::Parked),
+        &Seen::default(),
+        &sizes(),
+    );
+    assert_eq!(plan.steps.len(), 2, "{plan:?}");
+    assert_eq!(plan.steps[0], Step::AddFinalizer);
+    assert_eq!(status_of(&plan).state, "parked");
 }
 
 #[test]
@@ -745,11 +840,14 @@ fn a_new_node_moves_the_database_by_evicting_its_pod_and_the_status_follows_the_
         (st.state.as_str(), st.node.as_str(), st.moving),
         ("active", "node-b", None)
     );
-    // A pod going away with no move asked for (its node drained) is being replaced.
+    // A pod going away with no move under way (its node drained) is being replaced, even
+    // when the spec pins the database to a node.
     let mut drained = ready_pod();
     drained.deleting = true;
+    let mut pinned = resource(&[FINALIZER], false);
+    pinned.spec.node = Some("node-a".into());
     let plan = super::plan(
-        &resource(&[FINALIZER], false),
+        &pinned,
         &Seen {
             pod: Some(drained),
             ..Seen::default()
@@ -834,7 +932,7 @@ impl server::ServerSql for ScriptedSql {
             if self.unreachable {
                 return Err(KubeError::Server {
                     db: db.to_string(),
-                    message: "no login within 10s".into(),
+                    message: format!("database {db}: no login within 10s"),
                 });
             }
             Ok(3)
@@ -932,17 +1030,14 @@ async fn a_server_out_of_reach_leaves_the_pod_at_its_size() {
     });
     let (ctx, verifier) = scripted_context(script, sql.clone());
     let e = reconcile(&ds, &ctx).await.unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "the server of database shop: no login within 10s"
-    );
+    assert_eq!(e.to_string(), "database shop: no login within 10s");
     drop(ctx);
     // No resize, no status: the back-off tries the whole suspend again.
     verifier.finished().await;
 }
 
 #[tokio::test]
-async fn resuming_resizes_the_pod_then_fills_the_server() {
+async fn resuming_resizes_the_pod_then_fills_the_server_once_it_has_grown() {
     let mut ds = resource(&[FINALIZER], false);
     ds.status = Some(DatabaseServiceStatus {
         state: "suspended".into(),
@@ -950,13 +1045,24 @@ async fn resuming_resizes_the_pod_then_fills_the_server() {
         ..DatabaseServiceStatus::default()
     });
     let two = ScuSize::default().resources(2);
+    // First look: the pod at the floor is resized; the pool waits for the kubelet.
     let mut script = observe(Some(pod_json("node-a", "50m")), true);
     script.extend(apply_requests());
     script.extend(resize_requests(&two));
+    script.push(status_request("suspended").answer(200, cr_answer(&ds)));
+    script.push(event("Resized", "Normal"));
+    // Next look: the kubelet applied it; now the pool.
+    script.extend(observe(Some(pod_json("node-a", "1")), true));
+    script.extend(apply_requests());
     script.push(status_request("active").answer(200, cr_answer(&ds)));
     script.push(event("Resumed", "Normal"));
     let sql = Arc::new(ScriptedSql::default());
     let (ctx, verifier) = scripted_context(script, sql.clone());
+    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(SOON));
+    assert!(
+        sql.calls.lock().unwrap().is_empty(),
+        "no fill before the pod grew"
+    );
     reconcile(&ds, &ctx).await.unwrap();
     drop(ctx);
     verifier.finished().await;
@@ -1065,7 +1171,7 @@ async fn moving_requires_the_new_node_in_the_template_then_evicts_the_pod() {
 }
 
 #[tokio::test]
-async fn an_eviction_a_disruption_budget_refuses_is_tried_again_later() {
+async fn an_eviction_a_disruption_budget_refuses_is_an_error_for_the_back_off() {
     let (ds, script) = a_move_to_node_b(
         429,
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "TooManyRequests", "code": 429,
