@@ -18,9 +18,9 @@ use crate::runtime::{KubeError, KubeRuntime};
 use crate::v1alpha1::DatabaseService;
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -180,9 +180,37 @@ fn now() -> k8s_openapi::jiff::Timestamp {
 }
 
 async fn reconcile(ds: Arc<DatabaseService>, ctx: Arc<Context>) -> Result<Action, KubeError> {
-    let requeue = database::reconcile(&ds, &ctx).await?;
-    ctx.failures().remove(&ds.name_any());
-    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+    match database::reconcile(&ds, &ctx).await {
+        Ok(requeue) => {
+            ctx.failures().remove(&ds.name_any());
+            Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+        }
+        Err(e) => {
+            // What the user sees of a failure (`kubectl describe`): the status is written last,
+            // so a step that failed before it leaves the old status, and only this says why.
+            // The recorder folds repeats into one Event with a count.
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "ReconcileFailed".into(),
+                note: Some(note_of(&e.to_string())),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(pe) = ctx.recorder.publish(&event, &ds.object_ref(&())).await {
+                tracing::warn!(database = %ds.name_any(), "event not recorded: {pe}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// An Event's note is at most 1 KiB.
+fn note_of(text: &str) -> String {
+    let mut end = text.len().min(1024);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 fn error_policy(ds: Arc<DatabaseService>, e: &KubeError, ctx: Arc<Context>) -> Action {

@@ -468,6 +468,54 @@ async fn a_resource_changed_meanwhile_is_a_conflict_and_nothing_is_made() {
 }
 
 #[tokio::test]
+async fn a_failed_reconcile_says_why_in_a_warning_event_and_backs_off() {
+    let ds = resource(&[], false);
+    let mut script = vec![no_pod()];
+    script.extend(observe(None, false));
+    script.push(
+        expect("PATCH", &format!("{CR}?"))
+            .body(MERGE, json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "100"}}))
+            .answer(503, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "ServiceUnavailable",
+                "code": 503, "message": "the server is currently unable to handle the request"})),
+    );
+    script.push(
+        expect("POST", "/apis/events.k8s.io/v1/namespaces/stratus/events?")
+            .checked(JSON, |body| {
+                assert_eq!((&body["type"], &body["reason"]), (&json!("Warning"), &json!("ReconcileFailed")));
+                assert_eq!(
+                    body["note"],
+                    "Kubernetes refused to update the finalizers of databaseservice shop: the server is currently unable to handle the request (503 ServiceUnavailable)"
+                );
+            })
+            .answer(201, json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                                "metadata": {"name": "shop.2", "namespace": "stratus"},
+                                "eventTime": "2026-12-01T23:00:00.000000Z"})),
+    );
+    let (ctx, verifier) = context(script);
+    let ctx = Arc::new(ctx);
+    let ds = Arc::new(ds);
+    let e = crate::operator::reconcile(ds.clone(), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(503));
+    let action = crate::operator::error_policy(ds, &e, ctx.clone());
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(backoff(1))
+    );
+    drop(ctx);
+    verifier.finished().await;
+}
+
+#[test]
+fn an_events_note_is_cut_at_a_character_boundary_within_one_kib() {
+    let long = "€".repeat(400); // 3 bytes each: 1,024 falls inside one
+    let note = crate::operator::note_of(&long);
+    assert_eq!(note.len(), 1023);
+    assert!(long.starts_with(&note));
+}
+
+#[tokio::test]
 async fn deleting_a_resource_removes_its_objects_and_waits_for_them_to_go() {
     let ds = resource(&["other.io/keep", FINALIZER], true);
     let bg = json!({"propagationPolicy": "Background"});
