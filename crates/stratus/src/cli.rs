@@ -110,6 +110,9 @@ pub struct OperatorRun {
     /// This replica's name in the leader election (its pod's name).
     #[arg(long, env = "POD_NAME", default_value = "stratus-operator")]
     pub identity: String,
+    /// Where `/metrics` is served (Prometheus text), for the chart's ServiceMonitor.
+    #[arg(long, env = "STRATUS_METRICS", default_value = "0.0.0.0:9090")]
+    pub metrics: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@ use crate::up::{init_logging, shutdown_signal};
 use std::sync::Arc;
 use stratus_kube::objects::Settings;
 use stratus_kube::operator::leader::Elector;
+use stratus_kube::operator::metrics::OperatorMetrics;
 use stratus_kube::operator::{self, Context, Stopped, database::Sizes};
 
 pub async fn run(args: OperatorRun) -> anyhow::Result<()> {
@@ -33,11 +34,65 @@ pub async fn run(args: OperatorRun) -> anyhow::Result<()> {
     tracing::info!(namespace = %settings.namespace, image = %settings.image, identity = %args.identity,
         "operator started; waiting to lead");
     let ctx = Arc::new(Context::new(client, settings, sizes, &args.identity));
+    let listener = tokio::net::TcpListener::bind(args.metrics)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {}: {e}", args.metrics))?;
+    tokio::spawn(serve_metrics(listener, ctx.metrics.clone()));
     match operator::run(ctx, elector, shutdown_signal()).await {
         Stopped::Shutdown => {
             tracing::info!("operator stopped");
             Ok(())
         }
         Stopped::LostLease => anyhow::bail!("no longer the leader; exiting so a restart follows"),
+    }
+}
+
+/// `GET /metrics` on `listener`, until the process ends.
+async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<OperatorMetrics>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                metrics.render(),
+            )
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!("metrics server stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn metrics_are_served_as_prometheus_text() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(OperatorMetrics::default());
+        metrics.leading.store(true, Ordering::Relaxed);
+        tokio::spawn(serve_metrics(listener, metrics));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.contains("content-type: text/plain; version=0.0.4"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("\nstratus_operator_leading 1\n"),
+            "{answer}"
+        );
     }
 }

@@ -135,8 +135,9 @@ fn the_chart_lints_and_renders_to_objects_every_supported_kubernetes_accepts() {
     let chart = chart();
     let lint = helm(&["lint", "--strict", chart.to_str().unwrap()]);
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    // 3 CRDs, the network policy, and the operator's account, role, binding and deployment.
-    validate(&rendered(&[]), 8);
+    // 3 CRDs, the network policy, and the operator's account, role, binding, deployment and
+    // metrics Service.
+    validate(&rendered(&[]), 9);
     let other = rendered(&[
         "--set",
         "networkPolicy.enabled=false",
@@ -144,7 +145,56 @@ fn the_chart_lints_and_renders_to_objects_every_supported_kubernetes_accepts() {
         "databases.storageClass=fast",
     ]);
     assert!(other.contains("value: \"fast\""), "{other}");
-    validate(&other, 7);
+    validate(&other, 8);
+}
+
+/// The ServiceMonitor (a Prometheus Operator kind, so not one `kubernetes-validate` knows)
+/// selects the metrics Service by its labels and scrapes the port the operator's container
+/// names `metrics`, where `stratus operator run` serves `/metrics`.
+#[test]
+fn the_service_monitor_scrapes_the_operators_metrics_port() {
+    assert!(
+        !rendered(&[]).contains("kind: ServiceMonitor"),
+        "off unless asked for"
+    );
+    let yaml = rendered(&[
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "serviceMonitor.labels.release=prom",
+    ]);
+    let doc = |kind: &str| {
+        yaml.split("\n---")
+            .find(|d| d.contains(&format!("\nkind: {kind}\n")) && d.contains("metrics"))
+            .unwrap_or_else(|| panic!("a {kind} in {yaml}"))
+            .to_owned()
+    };
+    let monitor = doc("ServiceMonitor");
+    let service = doc("Service");
+    let deployment = doc("Deployment");
+    for label in [
+        "app.kubernetes.io/component: operator-metrics",
+        "app.kubernetes.io/instance: stratus",
+    ] {
+        assert!(
+            service.contains(label) && monitor.contains(label),
+            "{label}"
+        );
+    }
+    assert!(monitor.contains("release: prom"), "{monitor}");
+    assert!(monitor.contains("- port: metrics") && monitor.contains("path: /metrics"));
+    assert!(service.contains("targetPort: metrics"));
+    assert!(deployment.contains("- name: metrics\n              containerPort: 9090"));
+    assert!(
+        deployment.contains("value: \"0.0.0.0:9090\""),
+        "{deployment}"
+    );
+    // Everything but the ServiceMonitor is still what every supported Kubernetes accepts.
+    let known: Vec<&str> = yaml
+        .split("\n---")
+        .filter(|d| !d.contains("\nkind: ServiceMonitor\n"))
+        .collect();
+    validate(&known.join("\n---"), 9);
 }
 
 #[test]

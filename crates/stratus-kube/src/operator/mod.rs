@@ -11,6 +11,7 @@
 
 pub mod database;
 pub mod leader;
+pub mod metrics;
 pub mod server;
 
 use crate::objects::Settings;
@@ -22,6 +23,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// What every reconcile shares.
@@ -34,6 +36,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// SQL in the databases' servers (suspend and resume).
     pub servers: Arc<dyn server::ServerSql>,
+    /// What `/metrics` says of this replica.
+    pub metrics: Arc<metrics::OperatorMetrics>,
     /// Failures in a row per resource, for the back-off.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -51,6 +55,7 @@ impl Context {
             servers: Arc::new(server::AdminSql {
                 runtime: runtime.clone(),
             }),
+            metrics: Arc::default(),
             runtime,
             client,
             settings,
@@ -125,6 +130,8 @@ pub async fn run(
         let _ = tokio::time::timeout(every, rx.changed()).await;
     };
     tracing::info!(identity = %elector.identity, "leading");
+    let metrics = ctx.metrics.clone();
+    metrics.leading.store(true, Ordering::Relaxed);
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let renewer = {
         let elector = elector.clone();
@@ -166,6 +173,7 @@ pub async fn run(
         () = controllers => Stopped::Shutdown,
         _ = lost_rx => Stopped::LostLease,
     };
+    metrics.leading.store(false, Ordering::Relaxed);
     renewer.abort();
     if why == Stopped::Shutdown {
         if let Err(e) = elector.step_down().await {
@@ -182,10 +190,12 @@ fn now() -> k8s_openapi::jiff::Timestamp {
 async fn reconcile(ds: Arc<DatabaseService>, ctx: Arc<Context>) -> Result<Action, KubeError> {
     match database::reconcile(&ds, &ctx).await {
         Ok(requeue) => {
+            ctx.metrics.reconciled.fetch_add(1, Ordering::Relaxed);
             ctx.failures().remove(&ds.name_any());
             Ok(requeue.map_or_else(Action::await_change, Action::requeue))
         }
         Err(e) => {
+            ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
             // What the user sees of a failure (`kubectl describe`): the status is written last,
             // so a step that failed before it leaves the old status, and only this says why.
             // The recorder folds repeats into one Event with a count.

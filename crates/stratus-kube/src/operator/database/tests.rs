@@ -498,6 +498,12 @@ async fn a_failed_reconcile_says_why_in_a_warning_event_and_backs_off() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(503));
+    assert_eq!(
+        ctx.metrics
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     let action = crate::operator::error_policy(ds, &e, ctx.clone());
     assert_eq!(
         action,
