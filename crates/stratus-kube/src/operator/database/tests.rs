@@ -74,6 +74,14 @@ fn ready_pod() -> PodView {
     }
 }
 
+/// What the cluster says when only the pod matters.
+fn seen_pod(pod: PodView) -> Seen {
+    Seen {
+        pod: Some(pod),
+        ..Seen::default()
+    }
+}
+
 fn status_of(plan: &Plan) -> DatabaseServiceStatus {
     plan.steps
         .iter()
@@ -130,14 +138,7 @@ fn a_ready_database_reports_its_pod_and_is_looked_at_less_often() {
 fn a_resize_the_node_cannot_do_shows_in_the_status() {
     let mut pod = ready_pod();
     pod.resize_pending = Some("Infeasible".into());
-    let plan = plan(
-        &resource(&[FINALIZER], false),
-        &Seen {
-            pod: Some(pod),
-            ..Seen::default()
-        },
-        &sizes(),
-    );
+    let plan = plan(&resource(&[FINALIZER], false), &seen_pod(pod), &sizes());
     assert_eq!(
         status_of(&plan).message.as_deref(),
         Some("a resize is pending: Infeasible")
@@ -161,14 +162,7 @@ fn a_pod_no_node_can_take_shows_why_in_the_status() {
     pod.unschedulable = Some(
         "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.".into(),
     );
-    let plan = plan(
-        &ds,
-        &Seen {
-            pod: Some(pod),
-            ..Seen::default()
-        },
-        &sizes(),
-    );
+    let plan = plan(&ds, &seen_pod(pod), &sizes());
     let st = status_of(&plan);
     assert_eq!(st.state, "migrating");
     assert_eq!(
@@ -248,14 +242,7 @@ fn the_size_stays_what_the_status_says_within_the_bounds_and_the_pod_follows() {
     let mut pending = ready_pod();
     pending.resize_pending = Some("Deferred".into());
     ds.spec.max_scu = Some(4);
-    let plan = super::plan(
-        &ds,
-        &Seen {
-            pod: Some(pending),
-            ..Seen::default()
-        },
-        &sizes(),
-    );
+    let plan = super::plan(&ds, &seen_pod(pending), &sizes());
     assert!(
         !plan.steps.iter().any(|s| matches!(s, Step::Resize(_))),
         "one resize at a time"
@@ -731,10 +718,7 @@ fn a_suspend_empties_the_server_before_lowering_its_cpu_and_a_resume_does_the_re
     pending.resize_pending = Some("Deferred".into());
     let plan = super::plan(
         &with_state(resource(&[FINALIZER], false), Lifecycle::Suspended),
-        &Seen {
-            pod: Some(pending.clone()),
-            ..Seen::default()
-        },
+        &seen_pod(pending.clone()),
         &sizes(),
     );
     assert_eq!(
@@ -756,14 +740,7 @@ fn a_suspend_empties_the_server_before_lowering_its_cpu_and_a_resume_does_the_re
             Some(SOON)
         )
     );
-    let plan = super::plan(
-        &resumed,
-        &Seen {
-            pod: Some(pending),
-            ..Seen::default()
-        },
-        &sizes(),
-    );
+    let plan = super::plan(&resumed, &seen_pod(pending), &sizes());
     assert_eq!(only_actions(&plan), [], "one resize at a time");
     assert_eq!(status_of(&plan).state, "suspended", "no flapping");
     let plan = super::plan(&resumed, &running, &sizes());
@@ -863,14 +840,7 @@ fn a_new_node_moves_the_database_by_evicting_its_pod_and_the_status_follows_the_
     ds.status = Some(st);
     let mut leaving = ready_pod();
     leaving.deleting = true;
-    let plan = super::plan(
-        &ds,
-        &Seen {
-            pod: Some(leaving),
-            ..Seen::default()
-        },
-        &sizes(),
-    );
+    let plan = super::plan(&ds, &seen_pod(leaving), &sizes());
     assert_eq!(only_actions(&plan), [], "evicted once");
     assert_eq!(status_of(&plan).moving, moving("starting"));
     let plan = super::plan(&ds, &Seen::default(), &sizes());
@@ -900,14 +870,7 @@ fn a_new_node_moves_the_database_by_evicting_its_pod_and_the_status_follows_the_
     drained.deleting = true;
     let mut pinned = resource(&[FINALIZER], false);
     pinned.spec.node = Some("node-a".into());
-    let plan = super::plan(
-        &pinned,
-        &Seen {
-            pod: Some(drained),
-            ..Seen::default()
-        },
-        &sizes(),
-    );
+    let plan = super::plan(&pinned, &seen_pod(drained), &sizes());
     assert_eq!(
         (status_of(&plan).state.as_str(), status_of(&plan).moving),
         ("provisioning", None)
@@ -916,14 +879,7 @@ fn a_new_node_moves_the_database_by_evicting_its_pod_and_the_status_follows_the_
     let mut pending = ready_pod();
     pending.node = None;
     pending.ready = false;
-    let plan = super::plan(
-        &resource(&[FINALIZER], false),
-        &Seen {
-            pod: Some(pending),
-            ..Seen::default()
-        },
-        &sizes(),
-    );
+    let plan = super::plan(&resource(&[FINALIZER], false), &seen_pod(pending), &sizes());
     assert_eq!(only_actions(&plan), []);
 }
 
