@@ -350,45 +350,6 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
                         )
                     })?;
             }
-            Step::Apply(spec) => {
-                ctx.runtime.apply(&spec).await?;
-            }
-            Step::SetReplicas(n) => {
-                if let Some(name) = &name {
-                    ctx.runtime.set_replicas(name, n).await?;
-                }
-            }
-            Step::Evict => {
-                if let Some(name) = &name {
-                    ctx.runtime.evict(name).await?;
-                }
-            }
-            Step::Empty => {
-                if let (Some(name), Some(pod)) = (&name, &seen.pod) {
-                    let closed = ctx.servers.empty(name, pod).await?;
-                    tracing::info!(database = %resource, sessions_closed = closed, "emptied for a suspend");
-                }
-            }
-            Step::Fill(bytes) => {
-                if let (Some(name), Some(pod)) = (&name, &seen.pod) {
-                    ctx.servers.fill(name, pod, bytes).await?;
-                }
-            }
-            Step::Resize(r) => {
-                if let Some(name) = &name {
-                    ctx.runtime.resize(name, &r).await?;
-                }
-            }
-            Step::GrowStorage(bytes) => {
-                if let Some(name) = &name {
-                    ctx.runtime.grow_storage(name, bytes).await?;
-                }
-            }
-            Step::Destroy => {
-                if let Some(name) = &name {
-                    ctx.runtime.destroy(name).await?;
-                }
-            }
             Step::Status(status) => {
                 let patch = json!({"status": status_patch(&status)});
                 api.patch_status(&resource, &PatchParams::default(), &Patch::Merge(patch))
@@ -400,6 +361,27 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
                             e,
                         )
                     })?;
+            }
+            Step::Apply(spec) => {
+                ctx.runtime.apply(&spec).await?;
+            }
+            // The steps on a database's objects: planned only for a name that parsed, and the
+            // SQL ones only for a running pod.
+            step => {
+                let Some(name) = &name else { continue };
+                match (step, &seen.pod) {
+                    (Step::SetReplicas(n), _) => ctx.runtime.set_replicas(name, n).await?,
+                    (Step::Evict, _) => ctx.runtime.evict(name).await?,
+                    (Step::Empty, Some(pod)) => {
+                        let closed = ctx.servers.empty(name, pod).await?;
+                        tracing::info!(database = %resource, sessions_closed = closed, "emptied for a suspend");
+                    }
+                    (Step::Fill(bytes), Some(pod)) => ctx.servers.fill(name, pod, bytes).await?,
+                    (Step::Resize(r), _) => ctx.runtime.resize(name, &r).await?,
+                    (Step::GrowStorage(bytes), _) => ctx.runtime.grow_storage(name, bytes).await?,
+                    (Step::Destroy, _) => ctx.runtime.destroy(name).await?,
+                    _ => {}
+                }
             }
         }
     }

@@ -304,6 +304,18 @@ fn back_off_doubles_to_five_minutes() {
     assert_eq!(secs, [1, 2, 4, 8, 256, 300, 300]);
 }
 
+/// Reconciles `ds` once against `script`, and checks the script was followed to its end.
+async fn reconcile_once(
+    ds: &DatabaseService,
+    script: Vec<Exchange>,
+) -> Result<Option<Duration>, KubeError> {
+    let (ctx, verifier) = context(script);
+    let result = reconcile(ds, &ctx).await;
+    drop(ctx);
+    verifier.finished().await;
+    result
+}
+
 fn context(script: Vec<Exchange>) -> (Context, Verifier) {
     let (client, verifier) = serve(script);
     (
@@ -430,10 +442,7 @@ async fn reconciling_a_new_resource_asks_for_exactly_this() {
     script.extend(apply_requests());
     script.push(status_request("provisioning").answer(200, cr_answer(&with_finalizer)));
     script.push(event("Created", "Normal"));
-    let (ctx, verifier) = context(script);
-    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(SOON));
-    drop(ctx);
-    verifier.finished().await;
+    assert_eq!(reconcile_once(&ds, script).await.unwrap(), Some(SOON));
 }
 
 #[tokio::test]
@@ -447,11 +456,8 @@ async fn a_resource_changed_meanwhile_is_a_conflict_and_nothing_is_made() {
             .answer(409, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
                 "message": "Operation cannot be fulfilled on databaseservices.stratus.dev \"shop\": the object has been modified; please apply your changes to the latest version and try again"})),
     );
-    let (ctx, verifier) = context(script);
-    let e = reconcile(&ds, &ctx).await.unwrap_err();
+    let e = reconcile_once(&ds, script).await.unwrap_err();
     assert_eq!(e.code(), Some(409));
-    drop(ctx);
-    verifier.finished().await;
 }
 
 #[tokio::test]
@@ -557,11 +563,8 @@ async fn a_failed_removal_keeps_the_finalizer_so_it_is_tried_again() {
             .answer(503, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "ServiceUnavailable",
                 "code": 503, "message": "the server is currently unable to handle the request"})),
     );
-    let (ctx, verifier) = context(script);
-    let e = reconcile(&ds, &ctx).await.unwrap_err();
+    let e = reconcile_once(&ds, script).await.unwrap_err();
     assert_eq!(e.code(), Some(503));
-    drop(ctx);
-    verifier.finished().await;
 }
 
 #[tokio::test]
@@ -592,10 +595,7 @@ async fn a_ready_database_is_applied_again_and_its_status_refreshed() {
             })
             .answer(200, cr_answer(&ds)),
     );
-    let (ctx, verifier) = context(script);
-    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(LATER));
-    drop(ctx);
-    verifier.finished().await;
+    assert_eq!(reconcile_once(&ds, script).await.unwrap(), Some(LATER));
 }
 
 #[tokio::test]
@@ -614,10 +614,7 @@ async fn an_invalid_spec_gets_a_status_and_nothing_else() {
             .answer(200, cr_answer(&ds)),
     );
     script.push(event("Invalid", "Warning"));
-    let (ctx, verifier) = context(script);
-    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), None);
-    drop(ctx);
-    verifier.finished().await;
+    assert_eq!(reconcile_once(&ds, script).await.unwrap(), None);
 }
 
 #[test]
@@ -1174,10 +1171,7 @@ async fn moving_requires_the_new_node_in_the_template_then_evicts_the_pod() {
             .answer(200, cr_answer(&ds)),
     );
     script.push(event("Moving", "Normal"));
-    let (ctx, verifier) = context(script);
-    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(SOON));
-    drop(ctx);
-    verifier.finished().await;
+    assert_eq!(reconcile_once(&ds, script).await.unwrap(), Some(SOON));
 }
 
 #[tokio::test]
@@ -1187,9 +1181,6 @@ async fn an_eviction_a_disruption_budget_refuses_is_an_error_for_the_back_off() 
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "TooManyRequests", "code": 429,
                "message": "Cannot evict pod as it would violate the pod's disruption budget."}),
     );
-    let (ctx, verifier) = context(script);
-    let e = reconcile(&ds, &ctx).await.unwrap_err();
+    let e = reconcile_once(&ds, script).await.unwrap_err();
     assert_eq!(e.code(), Some(429));
-    drop(ctx);
-    verifier.finished().await;
 }
