@@ -46,7 +46,26 @@ pub fn schema_sql(db: &ServiceName) -> String {
     )
 }
 
-/// Statements that create `user` with the privileges its role gets.
+/// Statements that make a new database ready for its owner: its schema, the commit marker
+/// table and the owner's account with its grants. With `owner_exists` the account is left as it
+/// is (the owner may have changed its password) and only granted again, so the statements can
+/// run again after a partial attempt.
+pub fn provision_sql(
+    db: &ServiceName,
+    owner: &UserName,
+    hash: &NativeHash,
+    owner_exists: bool,
+) -> Vec<String> {
+    let mut sql = vec![schema_sql(db)];
+    sql.extend(commit_marker::DDL.iter().map(|s| s.to_string()));
+    // The first of `user_sql` creates the account; the rest grant.
+    let grants = user_sql(db, owner, hash, true);
+    sql.extend(grants.into_iter().skip(usize::from(owner_exists)));
+    sql
+}
+
+/// Statements that create `user` with the privileges its role gets: the first creates the
+/// account, the others grant.
 pub fn user_sql(db: &ServiceName, user: &UserName, hash: &NativeHash, owner: bool) -> Vec<String> {
     let acct = account(user);
     let mut sql = vec![format!(
@@ -429,6 +448,28 @@ mod tests {
         assert_eq!(
             schema_sql(&db),
             "CREATE DATABASE IF NOT EXISTS `my-shop` CHARACTER SET utf8mb4"
+        );
+    }
+
+    #[test]
+    fn provisioning_again_grants_again_but_never_recreates_the_owner() {
+        let db = ServiceName::parse("shop").unwrap();
+        let (admin, hash) = (
+            UserName::parse("admin").unwrap(),
+            NativeHash::of_password("x"),
+        );
+        let first = provision_sql(&db, &admin, &hash, false);
+        let again = provision_sql(&db, &admin, &hash, true);
+        assert_eq!(first[0], schema_sql(&db));
+        assert_eq!(first[1..3], commit_marker::DDL.map(String::from));
+        assert!(first[3].starts_with("CREATE USER 'admin'@'%'"));
+        assert!(!again.iter().any(|s| s.starts_with("CREATE USER")));
+        assert_eq!(again.len(), first.len() - 1);
+        assert!(
+            again[3..]
+                .iter()
+                .all(|s| s.starts_with("GRANT") && !s.contains("IDENTIFIED")),
+            "{again:?}"
         );
     }
 }

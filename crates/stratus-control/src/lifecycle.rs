@@ -1,7 +1,7 @@
 //! The lifecycle controller: `provisioning → active ⇄ suspended → parked → active`, and
 //! `deleted`. Every transition is recorded as an event with its inputs and timings.
 
-use crate::accounts::{schema_sql, user_sql};
+use crate::accounts::provision_sql;
 use crate::reconcile::Trigger;
 use crate::view::{CreatedDatabase, DatabaseView, connection_string};
 use crate::{ControlError, ControlPlane, Result};
@@ -167,11 +167,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
             _ => self.admin(&name).await?,
         };
-        conn.exec(&schema_sql(&name)).await?;
-        for sql in commit_marker::DDL {
-            conn.exec(sql).await?;
-        }
-        for sql in user_sql(&name, &owner.name, &owner.hash, true) {
+        for sql in provision_sql(&name, &owner.name, &owner.hash, false) {
             conn.exec(&sql).await?;
         }
         let bp = conn.buffer_pool_size().await?;

@@ -12,6 +12,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use stratus_core::password::NativeHash;
@@ -158,6 +159,33 @@ pub fn secret(db: &ServiceName, s: &Settings, password: &str) -> Secret {
         "metadata": metadata(db, s),
         "type": "Opaque",
         "stringData": {"password": password, "init.sql": init},
+    }))
+}
+
+/// The Secret of a database's owner account when the resource names none (`ownerSecret`).
+pub fn owner_secret_name(db: &ServiceName) -> String {
+    format!("{db}-owner")
+}
+
+/// The owner's login, made by the operator when the resource names no Secret of its own: a
+/// `kubernetes.io/basic-auth` Secret, owned by the resource so it goes with it. The database
+/// gets only the password's hash.
+pub fn owner_secret(
+    db: &ServiceName,
+    s: &Settings,
+    user: &str,
+    password: &str,
+    owner: &OwnerReference,
+) -> Secret {
+    let mut meta = metadata(db, s);
+    meta["name"] = json!(owner_secret_name(db));
+    meta["ownerReferences"] = json!([owner]);
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "kubernetes.io/basic-auth",
+        "stringData": {"username": user, "password": password},
     }))
 }
 

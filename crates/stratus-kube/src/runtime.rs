@@ -11,12 +11,14 @@
 use crate::objects::{self, Settings};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
-use stratus_core::{Resources, ServiceName};
+use stratus_control::lifecycle::DEFAULT_OWNER;
+use stratus_core::{Resources, ServiceName, UserName};
 use stratus_runtime::InstanceSpec;
 
 /// The field manager of everything Stratus writes.
@@ -44,6 +46,9 @@ pub enum KubeError {
     /// The Secret exists but does not hold a password (someone edited it).
     #[error("secret {0} holds no password for Stratus's login")]
     NoPassword(String),
+    /// The owner's Secret is missing or does not hold a usable login.
+    #[error("secret {secret}: {why}")]
+    Owner { secret: String, why: String },
     /// SQL in the database's server failed, or the server could not be reached; `message`
     /// names the database.
     #[error("{message}")]
@@ -192,6 +197,77 @@ impl KubeRuntime {
             .and_then(|b| String::from_utf8(b.0.clone()).ok())
             .filter(|p| !p.is_empty());
         password.map(Some).ok_or(KubeError::NoPassword(name))
+    }
+
+    /// The owner's login from Secret `name`: the one the resource names, or (`make`) the one
+    /// the operator makes with a random password when it names none, owned by `owner`.
+    /// Returns the user name and the password.
+    pub async fn owner_login(
+        &self,
+        name: &str,
+        make: bool,
+        owner: &OwnerReference,
+        db: &ServiceName,
+    ) -> Result<(UserName, String)> {
+        let name = name.to_owned();
+        let read = |secret: Secret| -> Result<(UserName, String)> {
+            let field = |key: &str| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| KubeError::Owner {
+                        secret: name.clone(),
+                        why: format!("it has no {key}"),
+                    })
+            };
+            let user = UserName::parse(&field("username")?).map_err(|e| KubeError::Owner {
+                secret: name.clone(),
+                why: format!("its username cannot be a database account: {e}"),
+            })?;
+            Ok((user, field("password")?))
+        };
+        let get = || async {
+            self.api::<Secret>()
+                .get_opt(&name)
+                .await
+                .map_err(|e| KubeError::of("read", format!("secret {name}"), e))
+        };
+        if let Some(secret) = get().await? {
+            return read(secret);
+        }
+        if !make {
+            return Err(KubeError::Owner {
+                secret: name,
+                why: "it does not exist (the resource's ownerSecret names it)".into(),
+            });
+        }
+        let password = stratus_core::random_password();
+        let secret = objects::owner_secret(db, &self.settings, DEFAULT_OWNER, &password, owner);
+        match self
+            .api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+        {
+            Ok(_) => {
+                let user = UserName::parse(DEFAULT_OWNER).map_err(|e| KubeError::Owner {
+                    secret: name.clone(),
+                    why: e.to_string(),
+                })?;
+                Ok((user, password))
+            }
+            // Made meanwhile (by another attempt): that one counts.
+            Err(kube::Error::Api(s)) if s.code == 409 => match get().await? {
+                Some(secret) => read(secret),
+                None => Err(KubeError::Owner {
+                    secret: name,
+                    why: "it was made and removed at once".into(),
+                }),
+            },
+            Err(e) => Err(KubeError::of("create", format!("secret {name}"), e)),
+        }
     }
 
     async fn apply_one<K>(&self, obj: &K) -> Result<K>

@@ -146,6 +146,9 @@ pub struct DatabaseServiceStatus {
     /// Client connections through the proxy.
     #[serde(default)]
     pub clients: u64,
+    /// Its schema and its owner's account were made (once, when its server first ran).
+    #[serde(default)]
+    pub owner_created: bool,
     /// A move to another node under way: the node, and the phase it is in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving: Option<Moving>,
@@ -180,6 +183,8 @@ impl From<&stratus_control::DatabaseView> for DatabaseServiceStatus {
             storage_used_bytes: v.storage_used_bytes,
             storage_limit_bytes: v.storage_limit_bytes,
             clients: v.activity.connections,
+            // A database `stratus up` shows was made with its owner.
+            owner_created: true,
             moving: v.moving.as_ref().map(|m| Moving {
                 to: m.to.clone(),
                 phase: m.phase.clone(),

@@ -23,7 +23,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::time::Duration;
 use stratus_control::suspend::{BUFFER_POOL_FLOOR, CPU_FLOOR_MILLIS};
-use stratus_core::{Resources, ScuSize, ServiceName};
+use stratus_core::{NativeHash, Resources, ScuSize, ServiceName};
 use stratus_runtime::InstanceSpec;
 
 /// The finalizer the operator puts on every `DatabaseService`.
@@ -51,6 +51,12 @@ pub enum Step {
     Resize(Resources),
     /// Give its buffer pool this many bytes again after a suspend (SQL).
     Fill(u64),
+    /// Make its schema and its owner's account in its first running server (SQL), with the
+    /// login from this Secret; `make`: the spec names none, and the operator makes it.
+    Provision {
+        secret: String,
+        make: bool,
+    },
     /// Expand its volume claim to this many bytes.
     GrowStorage(u64),
     /// Remove its objects, volume last.
@@ -200,6 +206,21 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
             phase: phase.into(),
         })
     };
+    // Once, in the first server that runs: what `stratus db create` does inside it.
+    let owner_created = was.is_some_and(|s| s.owner_created);
+    let provision = desired != Lifecycle::Parked
+        && !owner_created
+        && pod.is_some_and(|p| p.ready && !p.deleting);
+    if provision {
+        steps.push(Step::Provision {
+            secret: ds
+                .spec
+                .owner_secret
+                .clone()
+                .unwrap_or_else(|| objects::owner_secret_name(&spec.name)),
+            make: ds.spec.owner_secret.is_none(),
+        });
+    }
     let (state, move_phase) = if desired == Lifecycle::Parked {
         // The pod goes, the claim stays (the StatefulSet's retention policy).
         if replicas.is_some_and(|n| n != 0) {
@@ -276,6 +297,7 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     };
     st.storage_limit_bytes = Some(volume.max(limit));
     st.moving = move_phase;
+    st.owner_created = owner_created || provision;
     if let Some(p) = pod.filter(|_| state != "parked") {
         st.node = p.node.clone().unwrap_or_default();
         st.cpu_limit = p.cpu_limit_millis.map_or(0.0, |m| f64::from(m) / 1000.0);
@@ -377,6 +399,19 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
                         tracing::info!(database = %resource, sessions_closed = closed, "emptied for a suspend");
                     }
                     (Step::Fill(bytes), Some(pod)) => ctx.servers.fill(name, pod, bytes).await?,
+                    (Step::Provision { secret, make }, Some(pod)) => {
+                        let owner =
+                            ds.controller_owner_ref(&())
+                                .ok_or_else(|| KubeError::Owner {
+                                    secret: secret.clone(),
+                                    why: "the resource has no uid to own it".into(),
+                                })?;
+                        let (user, password) =
+                            ctx.runtime.owner_login(&secret, make, &owner, name).await?;
+                        let hash = NativeHash::of_password(&password);
+                        let made = ctx.servers.provision(name, pod, &user, &hash).await?;
+                        tracing::info!(database = %resource, owner = %user, account_made = made, "ready for its owner");
+                    }
                     (Step::Resize(r), _) => ctx.runtime.resize(name, &r).await?,
                     (Step::GrowStorage(bytes), _) => ctx.runtime.grow_storage(name, bytes).await?,
                     (Step::Destroy, _) => ctx.runtime.destroy(name).await?,
@@ -460,6 +495,11 @@ pub fn events_of(steps: &[Step], pod: Option<&PodView>) -> Vec<Event> {
                     "suspended: sessions closed, buffer pool at {} MiB, CPU at {CPU_FLOOR_MILLIS}m",
                     BUFFER_POOL_FLOOR >> 20
                 ),
+            )),
+            Step::Provision { secret, .. } => out.push(normal(
+                "Provisioned",
+                "Provision",
+                format!("schema and owner account made; the owner's login is in Secret {secret}"),
             )),
             Step::Fill(bytes) => out.push(normal(
                 "Resumed",

@@ -11,8 +11,9 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
+use stratus_control::accounts::provision_sql;
 use stratus_control::suspend::BUFFER_POOL_FLOOR;
-use stratus_core::{Endpoint, ServiceName};
+use stratus_core::{Endpoint, NativeHash, ServiceName, UserName};
 use stratus_runtime::admin::{AdminConn, AdminLogin, ServerAdmin};
 
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, KubeError>> + Send + 'a>>;
@@ -30,6 +31,16 @@ pub trait ServerSql: Send + Sync {
     fn empty<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, u64>;
     /// Gives the buffer pool `bytes` again and starts reloading the hot pages.
     fn fill<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()>;
+    /// Makes the database ready for its owner, as `stratus db create` does
+    /// ([`provision_sql`]): safe to run again. Returns whether the owner's account was made
+    /// (false: it existed and kept its password).
+    fn provision<'a>(
+        &'a self,
+        db: &'a ServiceName,
+        pod: &'a PodView,
+        owner: &'a UserName,
+        hash: &'a NativeHash,
+    ) -> Pending<'a, bool>;
 }
 
 /// The real one: a connection to the pod as `stratus_admin`, with the password from the
@@ -101,6 +112,33 @@ impl ServerSql for AdminSql {
             conn.load_buffer_pool().await.map_err(failed)?;
             conn.close().await;
             Ok(())
+        })
+    }
+
+    fn provision<'a>(
+        &'a self,
+        db: &'a ServiceName,
+        pod: &'a PodView,
+        owner: &'a UserName,
+        hash: &'a NativeHash,
+    ) -> Pending<'a, bool> {
+        Box::pin(async move {
+            let failed = |e: stratus_runtime::RuntimeError| KubeError::Server {
+                db: db.to_string(),
+                message: e.to_string(),
+            };
+            let mut conn = self.connect(db, pod).await?;
+            let exists = conn
+                .accounts()
+                .await
+                .map_err(failed)?
+                .iter()
+                .any(|a| a.user == owner.as_str());
+            for sql in provision_sql(db, owner, hash, exists) {
+                conn.exec(&sql).await.map_err(failed)?;
+            }
+            conn.close().await;
+            Ok(!exists)
         })
     }
 }

@@ -37,6 +37,8 @@ fn resource(finalizers: &[&str], deleting: bool) -> DatabaseService {
     ds.metadata.namespace = Some("stratus".into());
     ds.metadata.resource_version = Some("100".into());
     ds.metadata.generation = Some(3);
+    ds.metadata.uid = Some("5f0c1a2e-shop".into());
+    ds.status = Some(made());
     ds.metadata.finalizers =
         (!finalizers.is_empty()).then(|| finalizers.iter().map(|f| f.to_string()).collect());
     if deleting {
@@ -46,6 +48,15 @@ fn resource(finalizers: &[&str], deleting: bool) -> DatabaseService {
             ));
     }
     ds
+}
+
+/// The status of a database whose owner was made: what every test but the provisioning ones
+/// starts from.
+fn made() -> DatabaseServiceStatus {
+    DatabaseServiceStatus {
+        owner_created: true,
+        ..DatabaseServiceStatus::default()
+    }
 }
 
 fn instance() -> InstanceSpec {
@@ -155,7 +166,7 @@ fn a_pod_no_node_can_take_shows_why_in_the_status() {
             to: "node-z".into(),
             phase: "cut-over".into(),
         }),
-        ..DatabaseServiceStatus::default()
+        ..made()
     });
     let mut pod = ready_pod();
     (pod.ready, pod.node) = (false, None);
@@ -959,6 +970,21 @@ impl server::ServerSql for ScriptedSql {
             Ok(())
         })
     }
+    fn provision<'a>(
+        &'a self,
+        db: &'a ServiceName,
+        pod: &'a PodView,
+        owner: &'a stratus_core::UserName,
+        hash: &'a NativeHash,
+    ) -> server::Pending<'a, bool> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(format!(
+                "provision {db} at {} for {owner} with {hash}",
+                pod.ip.as_deref().unwrap_or("?")
+            ));
+            Ok(true)
+        })
+    }
 }
 
 /// The pod as the API server returns it: on `node`, ready, with `cpu` applied.
@@ -1049,7 +1075,7 @@ async fn resuming_resizes_the_pod_then_fills_the_server_once_it_has_grown() {
     ds.status = Some(DatabaseServiceStatus {
         state: "suspended".into(),
         scu: 2,
-        ..DatabaseServiceStatus::default()
+        ..made()
     });
     let two = ScuSize::default().resources(2);
     // First look: the pod at the floor is resized; the pool waits for the kubelet.
@@ -1183,4 +1209,141 @@ async fn an_eviction_a_disruption_budget_refuses_is_an_error_for_the_back_off() 
     );
     let e = reconcile_once(&ds, script).await.unwrap_err();
     assert_eq!(e.code(), Some(429));
+}
+
+#[test]
+fn a_database_is_made_ready_for_its_owner_once_when_its_first_server_runs() {
+    let mut fresh = resource(&[FINALIZER], false);
+    fresh.status = None;
+    let first = plan(&fresh, &seen_pod(ready_pod()), &sizes());
+    let provision = Step::Provision {
+        secret: "shop-owner".into(),
+        make: true,
+    };
+    assert_eq!(only_actions(&first), [provision.clone()]);
+    assert!(status_of(&first).owner_created);
+    // Before its pod is ready, nothing yet; and never again once done.
+    let plan_early = plan(&fresh, &Seen::default(), &sizes());
+    assert!(!only_actions(&plan_early).contains(&provision));
+    assert!(!status_of(&plan_early).owner_created);
+    let done = resource(&[FINALIZER], false);
+    let again = plan(&done, &seen_pod(ready_pod()), &sizes());
+    assert!(only_actions(&again).is_empty());
+    assert!(status_of(&again).owner_created, "the record is kept");
+    // A login of the user's own: named, never made.
+    let mut own = fresh.clone();
+    own.spec.owner_secret = Some("shop-login".into());
+    assert_eq!(
+        only_actions(&plan(&own, &seen_pod(ready_pod()), &sizes())),
+        [Step::Provision {
+            secret: "shop-login".into(),
+            make: false,
+        }]
+    );
+    // Being parked: not while its pod goes away.
+    let parked = with_state(fresh, Lifecycle::Parked);
+    assert!(!only_actions(&plan(&parked, &seen_pod(ready_pod()), &sizes())).contains(&provision));
+}
+
+#[tokio::test]
+async fn the_first_server_gets_the_schema_and_an_owner_whose_login_the_operator_makes() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.status = None;
+    let sent = Arc::new(std::sync::Mutex::new(String::new()));
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.extend(apply_requests());
+    script.push(
+        expect("GET", &format!("{NS}/secrets/shop-owner"))
+            .answer(404, not_found("secrets \"shop-owner\"")),
+    );
+    let password = sent.clone();
+    script.push(
+        expect("POST", &format!("{NS}/secrets?"))
+            .checked(JSON, move |body| {
+                assert_eq!(body["metadata"]["name"], "shop-owner");
+                assert_eq!(body["type"], "kubernetes.io/basic-auth");
+                assert_eq!(body["stringData"]["username"], "admin");
+                let owner = &body["metadata"]["ownerReferences"][0];
+                assert_eq!(
+                    (&owner["kind"], &owner["name"], &owner["uid"]),
+                    (
+                        &json!("DatabaseService"),
+                        &json!("shop"),
+                        &json!("5f0c1a2e-shop")
+                    )
+                );
+                let pw = body["stringData"]["password"].as_str().unwrap();
+                assert!(pw.len() >= 16, "a random password: {pw}");
+                *password.lock().unwrap() = pw.to_owned();
+            })
+            .answer(
+                201,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                                "metadata": {"name": "shop-owner", "namespace": "stratus"}}),
+            ),
+    );
+    script.push(
+        expect("PATCH", &format!("{CR}/status?"))
+            .checked(MERGE, |body| {
+                assert_eq!(body["status"]["state"], "active");
+                assert_eq!(body["status"]["ownerCreated"], true);
+            })
+            .answer(200, cr_answer(&ds)),
+    );
+    script.push(event("Provisioned", "Normal"));
+    let sql = Arc::new(ScriptedSql::default());
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    reconcile(&ds, &ctx).await.unwrap();
+    drop(ctx);
+    verifier.finished().await;
+    // The server got the hash of the password the Secret was made with, and only that.
+    let hash = NativeHash::of_password(&sent.lock().unwrap());
+    assert_eq!(
+        *sql.calls.lock().unwrap(),
+        [format!("provision shop at 10.0.0.7 for admin with {hash}")]
+    );
+}
+
+#[tokio::test]
+async fn an_owner_secret_the_spec_names_is_used_as_it_is_and_a_missing_one_is_an_error() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.status = None;
+    ds.spec.owner_secret = Some("shop-login".into());
+    // "app" / "s3cret-pass", as `kubectl create secret generic --type=kubernetes.io/basic-auth`.
+    let own = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+                     "metadata": {"name": "shop-login", "namespace": "stratus"},
+                     "data": {"username": "YXBw", "password": "czNjcmV0LXBhc3M="}});
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.extend(apply_requests());
+    script.push(expect("GET", &format!("{NS}/secrets/shop-login")).answer(200, own));
+    script.push(status_request("active").answer(200, cr_answer(&ds)));
+    script.push(event("Provisioned", "Normal"));
+    let sql = Arc::new(ScriptedSql::default());
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    reconcile(&ds, &ctx).await.unwrap();
+    drop(ctx);
+    verifier.finished().await;
+    let hash = NativeHash::of_password("s3cret-pass");
+    assert_eq!(
+        *sql.calls.lock().unwrap(),
+        [format!("provision shop at 10.0.0.7 for app with {hash}")]
+    );
+
+    // Missing: nothing is made in its place, and the status waits for it.
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.extend(apply_requests());
+    script.push(
+        expect("GET", &format!("{NS}/secrets/shop-login"))
+            .answer(404, not_found("secrets \"shop-login\"")),
+    );
+    let sql = Arc::new(ScriptedSql::default());
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    let e = reconcile(&ds, &ctx).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "secret shop-login: it does not exist (the resource's ownerSecret names it)"
+    );
+    drop(ctx);
+    verifier.finished().await;
+    assert!(sql.calls.lock().unwrap().is_empty());
 }
