@@ -16,6 +16,7 @@
 //! [versioning](https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definition-versioning/),
 //! kube-rs's [`CustomResource`](https://docs.rs/kube/latest/kube/derive.CustomResource.html).
 
+pub mod accounts;
 pub mod objects;
 pub mod operator;
 pub mod rbac;

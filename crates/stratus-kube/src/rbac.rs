@@ -56,9 +56,10 @@ pub const PERMISSIONS: &[Permission] = &[
         &["get", "list", "watch", "patch"],
     ),
     allow("stratus.dev", "databaseservices/status", &["patch"]),
-    // A database's objects (`objects`): the Secret is created once and read; the others applied
-    // (which creates them the first time).
-    allow("", "secrets", &["get", "create", "delete"]),
+    // A database's objects (`objects`): the Secret is created once, read, and patched only to
+    // publish the accounts for the proxy (`accounts`); the owner's login Secret is created
+    // once; the others applied (which creates them the first time).
+    allow("", "secrets", &["get", "create", "patch", "delete"]),
     allow("", "configmaps", &["create", "patch", "delete"]),
     allow("", "services", &["create", "patch", "delete"]),
     allow(

@@ -126,6 +126,12 @@ pub struct ClaimView {
     pub deleting: bool,
 }
 
+/// A Secret's value under `key`, as text.
+fn text_of(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
 /// The Kubernetes API, as the operator uses it for databases.
 #[derive(Clone)]
 pub struct KubeRuntime {
@@ -182,21 +188,44 @@ impl KubeRuntime {
     /// Stratus's password for a database, `None` when its Secret does not exist.
     pub async fn password(&self, db: &ServiceName) -> Result<Option<String>> {
         let name = objects::object_name(db);
-        let found = self
-            .api::<Secret>()
-            .get_opt(&name)
-            .await
-            .map_err(|e| KubeError::of("read", format!("secret {name}"), e))?;
-        let Some(secret) = found else {
+        let Some(secret) = self.secret(db).await? else {
             return Ok(None);
         };
-        let password = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get("password"))
-            .and_then(|b| String::from_utf8(b.0.clone()).ok())
-            .filter(|p| !p.is_empty());
+        let password = text_of(&secret, "password").filter(|p| !p.is_empty());
         password.map(Some).ok_or(KubeError::NoPassword(name))
+    }
+
+    /// The database's Secret, `None` when it does not exist.
+    pub async fn secret(&self, db: &ServiceName) -> Result<Option<Secret>> {
+        let name = objects::object_name(db);
+        self.api::<Secret>()
+            .get_opt(&name)
+            .await
+            .map_err(|e| KubeError::of("read", format!("secret {name}"), e))
+    }
+
+    /// The accounts published for the proxy ([`crate::accounts`]); `None` before the first
+    /// publication.
+    pub async fn published_accounts(&self, db: &ServiceName) -> Result<Option<String>> {
+        Ok(self
+            .secret(db)
+            .await?
+            .and_then(|s| text_of(&s, crate::accounts::KEY)))
+    }
+
+    /// Publishes the accounts for the proxy in the database's Secret, unless it holds them
+    /// already. Returns whether it wrote.
+    pub async fn publish_accounts(&self, db: &ServiceName, text: &str) -> Result<bool> {
+        if self.published_accounts(db).await?.as_deref() == Some(text) {
+            return Ok(false);
+        }
+        let name = objects::object_name(db);
+        let patch = serde_json::json!({"stringData": {crate::accounts::KEY: text}});
+        self.api::<Secret>()
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(|e| KubeError::of("update", format!("secret {name}"), e))?;
+        Ok(true)
     }
 
     /// The owner's login from Secret `name`: the one the resource names, or (`make`) the one
@@ -212,11 +241,7 @@ impl KubeRuntime {
         let name = name.to_owned();
         let read = |secret: Secret| -> Result<(UserName, String)> {
             let field = |key: &str| {
-                secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                text_of(&secret, key)
                     .filter(|v| !v.is_empty())
                     .ok_or_else(|| KubeError::Owner {
                         secret: name.clone(),

@@ -57,6 +57,9 @@ pub enum Step {
         secret: String,
         make: bool,
     },
+    /// Read its accounts from its running server and publish them for the proxy in its Secret
+    /// ([`crate::accounts`]), if they changed.
+    PublishAccounts,
     /// Expand its volume claim to this many bytes.
     GrowStorage(u64),
     /// Remove its objects, volume last.
@@ -285,6 +288,11 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
             _ => ("provisioning", None),
         }
     };
+    // While it serves, its accounts are read again at each look (a client may have made or
+    // changed one in SQL), so the proxy can check logins while it sleeps.
+    if state == "active" && (owner_created || provision) && pod.is_some_and(|p| p.ready) {
+        steps.push(Step::PublishAccounts);
+    }
     let mut st = status(state, None);
     st.scu = scu;
     st.host = sizes.proxy_host.clone();
@@ -399,6 +407,13 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
                         tracing::info!(database = %resource, sessions_closed = closed, "emptied for a suspend");
                     }
                     (Step::Fill(bytes), Some(pod)) => ctx.servers.fill(name, pod, bytes).await?,
+                    (Step::PublishAccounts, Some(pod)) => {
+                        let rows = ctx.servers.accounts(name, pod).await?;
+                        let text = crate::accounts::encode(&rows);
+                        if ctx.runtime.publish_accounts(name, &text).await? {
+                            tracing::info!(database = %resource, accounts = text.lines().count(), "accounts published for the proxy");
+                        }
+                    }
                     (Step::Provision { secret, make }, Some(pod)) => {
                         let owner =
                             ds.controller_owner_ref(&())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use stratus_control::accounts::provision_sql;
 use stratus_control::suspend::BUFFER_POOL_FLOOR;
 use stratus_core::{Endpoint, NativeHash, ServiceName, UserName};
-use stratus_runtime::admin::{AdminConn, AdminLogin, ServerAdmin};
+use stratus_runtime::admin::{Account, AdminConn, AdminLogin, ServerAdmin};
 
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, KubeError>> + Send + 'a>>;
 
@@ -41,6 +41,8 @@ pub trait ServerSql: Send + Sync {
         owner: &'a UserName,
         hash: &'a NativeHash,
     ) -> Pending<'a, bool>;
+    /// The server's `'%'` accounts, for [`crate::accounts`].
+    fn accounts<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, Vec<Account>>;
 }
 
 /// The real one: a connection to the pod as `stratus_admin`, with the password from the
@@ -139,6 +141,18 @@ impl ServerSql for AdminSql {
             }
             conn.close().await;
             Ok(!exists)
+        })
+    }
+
+    fn accounts<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, Vec<Account>> {
+        Box::pin(async move {
+            let mut conn = self.connect(db, pod).await?;
+            let rows = conn.accounts().await.map_err(|e| KubeError::Server {
+                db: db.to_string(),
+                message: e.to_string(),
+            })?;
+            conn.close().await;
+            Ok(rows)
         })
     }
 }

@@ -128,9 +128,13 @@ fn a_ready_database_reports_its_pod_and_is_looked_at_less_often() {
     };
     let plan = plan(&resource(&[FINALIZER], false), &seen, &sizes());
     assert_eq!(
-        plan.steps.len(),
-        2,
-        "apply (idempotent) and status: {plan:?}"
+        plan.steps,
+        [
+            Step::Apply(instance()),
+            Step::PublishAccounts,
+            Step::Status(status_of(&plan))
+        ],
+        "apply (idempotent), the accounts for the proxy, status"
     );
     let st = status_of(&plan);
     assert_eq!(st.state, "active");
@@ -327,10 +331,12 @@ async fn reconcile_once(
     result
 }
 
+/// A context whose servers are scripted: no test reaches a real one.
 fn context(script: Vec<Exchange>) -> (Context, Verifier) {
     let (client, verifier) = serve(script);
     (
-        Context::new(client, Settings::default(), sizes(), "pod-a"),
+        Context::new(client, Settings::default(), sizes(), "pod-a")
+            .with_servers(Arc::new(ScriptedSql::default())),
         verifier,
     )
 }
@@ -591,6 +597,7 @@ async fn a_ready_database_is_applied_again_and_its_status_refreshed() {
     });
     let mut script = observe(Some(pod), true);
     script.extend(apply_requests());
+    script.push(accounts_already_published());
     script.push(
         expect("PATCH", &format!("{CR}/status?"))
             .checked(MERGE, |body| {
@@ -666,10 +673,11 @@ fn at_floor(mut pod: PodView) -> PodView {
     pod
 }
 
+/// The steps beyond those of every look (apply, publish the accounts, status).
 fn only_actions(plan: &Plan) -> Vec<Step> {
     plan.steps
         .iter()
-        .filter(|s| !matches!(s, Step::Apply(_) | Step::Status(_)))
+        .filter(|s| !matches!(s, Step::Apply(_) | Step::PublishAccounts | Step::Status(_)))
         .cloned()
         .collect()
 }
@@ -985,6 +993,46 @@ impl server::ServerSql for ScriptedSql {
             Ok(true)
         })
     }
+    fn accounts<'a>(
+        &'a self,
+        db: &'a ServiceName,
+        pod: &'a PodView,
+    ) -> server::Pending<'a, Vec<stratus_runtime::admin::Account>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(format!(
+                "accounts {db} at {}",
+                pod.ip.as_deref().unwrap_or("?")
+            ));
+            Ok(server_accounts())
+        })
+    }
+}
+
+/// The accounts a scripted server has: its owner.
+fn server_accounts() -> Vec<stratus_runtime::admin::Account> {
+    vec![stratus_runtime::admin::Account {
+        user: "admin".into(),
+        plugin: Some("mysql_native_password".into()),
+        auth: Some(NativeHash::of_password("pw").to_string()),
+    }]
+}
+
+/// Publishing the accounts when the Secret holds them already: one read, no write.
+fn accounts_already_published() -> Exchange {
+    let text = crate::accounts::encode(&server_accounts());
+    expect("GET", &format!("{NS}/secrets/db-shop")).answer(
+        200,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-shop"},
+               "data": {"password": "cHc=", "accounts": base64(&text)}}),
+    )
+}
+
+fn base64(text: &str) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec()))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// The pod as the API server returns it: on `node`, ready, with `cpu` applied.
@@ -1087,6 +1135,7 @@ async fn resuming_resizes_the_pod_then_fills_the_server_once_it_has_grown() {
     // Next look: the kubelet applied it; now the pool.
     script.extend(observe(Some(pod_json("node-a", "1")), true));
     script.extend(apply_requests());
+    script.push(accounts_already_published());
     script.push(status_request("active").answer(200, cr_answer(&ds)));
     script.push(event("Resumed", "Normal"));
     let sql = Arc::new(ScriptedSql::default());
@@ -1101,10 +1150,10 @@ async fn resuming_resizes_the_pod_then_fills_the_server_once_it_has_grown() {
     verifier.finished().await;
     assert_eq!(
         *sql.calls.lock().unwrap(),
-        [format!(
-            "fill shop at 10.0.0.7 to {}",
-            two.buffer_pool_bytes
-        )]
+        [
+            format!("fill shop at 10.0.0.7 to {}", two.buffer_pool_bytes),
+            "accounts shop at 10.0.0.7".into()
+        ]
     );
 }
 
@@ -1221,6 +1270,13 @@ fn a_database_is_made_ready_for_its_owner_once_when_its_first_server_runs() {
         make: true,
     };
     assert_eq!(only_actions(&first), [provision.clone()]);
+    let publish_at = |p: &Plan| p.steps.iter().position(|s| *s == Step::PublishAccounts);
+    let provision_at = first.steps.iter().position(|s| *s == provision);
+    assert!(
+        publish_at(&first) > provision_at,
+        "the owner's account is published once it exists: {first:?}"
+    );
+    assert_eq!(publish_at(&plan(&fresh, &Seen::default(), &sizes())), None);
     assert!(status_of(&first).owner_created);
     // Before its pod is ready, nothing yet; and never again once done.
     let plan_early = plan(&fresh, &Seen::default(), &sizes());
@@ -1282,6 +1338,23 @@ async fn the_first_server_gets_the_schema_and_an_owner_whose_login_the_operator_
                                 "metadata": {"name": "shop-owner", "namespace": "stratus"}}),
             ),
     );
+    // Then the accounts, for the proxy: the Secret has none yet.
+    script.push(expect("GET", &format!("{NS}/secrets/db-shop")).answer(
+        200,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-shop"},
+               "data": {"password": "cHc="}}),
+    ));
+    script.push(
+        expect("PATCH", &format!("{NS}/secrets/db-shop?"))
+            .body(
+                MERGE,
+                json!({"stringData": {"accounts": crate::accounts::encode(&server_accounts())}}),
+            )
+            .answer(
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-shop"}}),
+            ),
+    );
     script.push(
         expect("PATCH", &format!("{CR}/status?"))
             .checked(MERGE, |body| {
@@ -1300,7 +1373,10 @@ async fn the_first_server_gets_the_schema_and_an_owner_whose_login_the_operator_
     let hash = NativeHash::of_password(&sent.lock().unwrap());
     assert_eq!(
         *sql.calls.lock().unwrap(),
-        [format!("provision shop at 10.0.0.7 for admin with {hash}")]
+        [
+            format!("provision shop at 10.0.0.7 for admin with {hash}"),
+            "accounts shop at 10.0.0.7".into()
+        ]
     );
 }
 
@@ -1316,6 +1392,7 @@ async fn an_owner_secret_the_spec_names_is_used_as_it_is_and_a_missing_one_is_an
     let mut script = observe(Some(pod_json("node-a", "1")), true);
     script.extend(apply_requests());
     script.push(expect("GET", &format!("{NS}/secrets/shop-login")).answer(200, own));
+    script.push(accounts_already_published());
     script.push(status_request("active").answer(200, cr_answer(&ds)));
     script.push(event("Provisioned", "Normal"));
     let sql = Arc::new(ScriptedSql::default());
@@ -1326,7 +1403,10 @@ async fn an_owner_secret_the_spec_names_is_used_as_it_is_and_a_missing_one_is_an
     let hash = NativeHash::of_password("s3cret-pass");
     assert_eq!(
         *sql.calls.lock().unwrap(),
-        [format!("provision shop at 10.0.0.7 for app with {hash}")]
+        [
+            format!("provision shop at 10.0.0.7 for app with {hash}"),
+            "accounts shop at 10.0.0.7".into()
+        ]
     );
 
     // Missing: nothing is made in its place, and the status waits for it.
