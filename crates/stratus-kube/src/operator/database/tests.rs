@@ -1269,7 +1269,7 @@ fn a_database_is_made_ready_for_its_owner_once_when_its_first_server_runs() {
         secret: "shop-owner".into(),
         make: true,
     };
-    assert_eq!(only_actions(&first), [provision.clone()]);
+    assert_eq!(only_actions(&first), std::slice::from_ref(&provision));
     let publish_at = |p: &Plan| p.steps.iter().position(|s| *s == Step::PublishAccounts);
     let provision_at = first.steps.iter().position(|s| *s == provision);
     assert!(
