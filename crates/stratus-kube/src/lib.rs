@@ -17,6 +17,7 @@
 //! kube-rs's [`CustomResource`](https://docs.rs/kube/latest/kube/derive.CustomResource.html).
 
 pub mod accounts;
+pub mod directory;
 pub mod objects;
 pub mod operator;
 pub mod rbac;

@@ -72,6 +72,15 @@ pub(crate) const APPLIED: &str = "?&force=true&fieldManager=stratus";
 /// A client whose API server is `script`, and the task that checks it was followed to the end
 /// and nothing more was asked.
 pub(crate) fn serve(script: Vec<Exchange>) -> (Client, Verifier) {
+    serve_as(script, crate::rbac::PERMISSIONS, "operator")
+}
+
+/// The same, for a client with the rules `role` (named `who` in failures).
+pub(crate) fn serve_as(
+    script: Vec<Exchange>,
+    role: &'static [crate::rbac::Permission],
+    who: &'static str,
+) -> (Client, Verifier) {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let verifier = tokio::spawn(async move {
         for (i, e) in script.into_iter().enumerate() {
@@ -83,7 +92,7 @@ pub(crate) fn serve(script: Vec<Exchange>) -> (Client, Verifier) {
                 (e.method, e.uri.clone()),
                 "request {i}"
             );
-            // The chart's Role allows exactly `rbac::PERMISSIONS`: a request beyond them
+            // The chart's Role allows exactly `role`: a request beyond it
             // would be refused in a cluster.
             let asked = crate::rbac::request_of(e.method, &e.uri)
                 .unwrap_or_else(|| panic!("not a namespaced request: {}", e.uri));
@@ -99,8 +108,8 @@ pub(crate) fn serve(script: Vec<Exchange>) -> (Client, Verifier) {
                     asked.name.as_deref()
                 };
                 assert!(
-                    crate::rbac::allows(&asked.group, &asked.resource, verb, name),
-                    "the operator's Role does not allow {verb} on {}/{} {name:?}",
+                    crate::rbac::allows_in(role, &asked.group, &asked.resource, verb, name),
+                    "the {who}'s Role does not allow {verb} on {}/{} {name:?}",
                     asked.group,
                     asked.resource
                 );

@@ -86,9 +86,31 @@ pub const PERMISSIONS: &[Permission] = &[
     ),
 ];
 
-/// Whether `verb` on object `name` (`None` for a collection) of `resource` in `group` is allowed.
+/// Everything the proxy does ([`crate::directory`]), in the same namespace: read a database's
+/// resource, pod and Secret (the published accounts, and Stratus's login to read them afresh),
+/// and patch the resource to wake it or to ask for its accounts to be published. Nothing else:
+/// it makes, deletes and lists nothing.
+pub const PROXY_PERMISSIONS: &[Permission] = &[
+    allow("stratus.dev", "databaseservices", &["get", "patch"]),
+    allow("", "pods", &["get"]),
+    allow("", "secrets", &["get"]),
+];
+
+/// Whether the operator may do `verb` on object `name` (`None` for a collection) of `resource`
+/// in `group`.
 pub fn allows(group: &str, resource: &str, verb: &str, name: Option<&str>) -> bool {
-    PERMISSIONS.iter().any(|p| {
+    allows_in(PERMISSIONS, group, resource, verb, name)
+}
+
+/// The same, for the rules `role`.
+pub fn allows_in(
+    role: &[Permission],
+    group: &str,
+    resource: &str,
+    verb: &str,
+    name: Option<&str>,
+) -> bool {
+    role.iter().any(|p| {
         p.group == group
             && p.resource == resource
             && p.verbs.contains(&verb)

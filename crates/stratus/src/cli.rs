@@ -89,6 +89,39 @@ pub enum OperatorCommand {
     /// Run the operator against the cluster (in its pod's service account, or the kubeconfig's
     /// current context), until SIGTERM.
     Run(OperatorRun),
+    /// Run the SQL proxy against the cluster: it routes `<database>.<user>` to the database's
+    /// pod and wakes a database that sleeps, reading the operator's resources (the proxy
+    /// Deployment of the Helm chart), until SIGTERM.
+    Proxy(OperatorProxy),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OperatorProxy {
+    /// The namespace of the DatabaseServices it routes to.
+    #[arg(long, env = "STRATUS_NAMESPACE", default_value = "stratus")]
+    pub namespace: String,
+    /// Where SQL clients connect.
+    #[arg(long, env = "STRATUS_LISTEN", default_value = "0.0.0.0:3306")]
+    pub listen: std::net::SocketAddr,
+    /// The MariaDB version clients are greeted with: the databases' image's.
+    #[arg(
+        long,
+        env = "STRATUS_SERVER_VERSION",
+        default_value = "10.11.0-MariaDB"
+    )]
+    pub server_version: String,
+    /// TLS for clients: a certificate chain and its key (PEM), e.g. a mounted
+    /// `kubernetes.io/tls` Secret. Without them clients connect in plain TCP only.
+    #[arg(long, env = "STRATUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "STRATUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Where `/metrics` is served (Prometheus text: the proxy's per-database activity).
+    #[arg(long, env = "STRATUS_METRICS", default_value = "0.0.0.0:9090")]
+    pub metrics: std::net::SocketAddr,
+    /// On SIGTERM, how long running statements and open transactions get to finish.
+    #[arg(long, env = "STRATUS_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]

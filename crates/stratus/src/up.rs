@@ -469,7 +469,7 @@ fn default_cgroup_parent(data_dir: &Path) -> String {
 
 /// The version string a MariaDB 10.x server greets with: `5.5.5-` first, which old clients
 /// need to tell it from MySQL 5.5. MariaDB 11 dropped the prefix.
-fn greeting_version(version: &str) -> String {
+pub(crate) fn greeting_version(version: &str) -> String {
     if version.starts_with("10.") {
         format!("5.5.5-{version}")
     } else {

@@ -135,9 +135,9 @@ fn the_chart_lints_and_renders_to_objects_every_supported_kubernetes_accepts() {
     let chart = chart();
     let lint = helm(&["lint", "--strict", chart.to_str().unwrap()]);
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    // 3 CRDs, the network policy, and the operator's account, role, binding, deployment and
-    // metrics Service.
-    validate(&rendered(&[]), 9);
+    // 3 CRDs, the network policy, the operator's account, role, binding, deployment and
+    // metrics Service, and the proxy's account, role, binding, deployment and Service.
+    validate(&rendered(&[]), 14);
     let other = rendered(&[
         "--set",
         "networkPolicy.enabled=false",
@@ -145,7 +145,7 @@ fn the_chart_lints_and_renders_to_objects_every_supported_kubernetes_accepts() {
         "databases.storageClass=fast",
     ]);
     assert!(other.contains("value: \"fast\""), "{other}");
-    validate(&other, 8);
+    validate(&other, 13);
 }
 
 /// The ServiceMonitor (a Prometheus Operator kind, so not one `kubernetes-validate` knows)
@@ -172,15 +172,13 @@ fn the_service_monitor_scrapes_the_operators_metrics_port() {
     let monitor = doc("ServiceMonitor");
     let service = doc("Service");
     let deployment = doc("Deployment");
-    for label in [
-        "app.kubernetes.io/component: operator-metrics",
-        "app.kubernetes.io/instance: stratus",
-    ] {
-        assert!(
-            service.contains(label) && monitor.contains(label),
-            "{label}"
-        );
-    }
+    assert!(service.contains("app.kubernetes.io/component: operator-metrics"));
+    assert!(
+        monitor.contains(r#"values: ["operator-metrics", "proxy"]"#),
+        "{monitor}"
+    );
+    assert!(service.contains("app.kubernetes.io/instance: stratus"));
+    assert!(monitor.contains("app.kubernetes.io/instance: stratus"));
     assert!(monitor.contains("release: prom"), "{monitor}");
     assert!(monitor.contains("- port: metrics") && monitor.contains("path: /metrics"));
     assert!(service.contains("targetPort: metrics"));
@@ -194,7 +192,7 @@ fn the_service_monitor_scrapes_the_operators_metrics_port() {
         .split("\n---")
         .filter(|d| !d.contains("\nkind: ServiceMonitor\n"))
         .collect();
-    validate(&known.join("\n---"), 9);
+    validate(&known.join("\n---"), 14);
 }
 
 #[test]
@@ -215,7 +213,44 @@ fn the_charts_crds_are_the_ones_the_binary_prints() {
 /// which the operator's mocked-API tests hold every request to.
 #[test]
 fn the_operators_role_grants_exactly_what_the_operator_uses() {
-    let yaml = rendered(&["--show-only", "templates/operator-rbac.yaml"]);
+    assert_eq!(
+        role_rules("templates/operator-rbac.yaml"),
+        rules_of(stratus_kube::rbac::PERMISSIONS)
+    );
+}
+
+/// The same for the proxy's Role and `PROXY_PERMISSIONS`, which its directory's tests hold
+/// every request to; and the proxy can never list or make anything.
+#[test]
+fn the_proxys_role_grants_exactly_what_the_proxy_uses() {
+    let rules = role_rules("templates/proxy-rbac.yaml");
+    assert_eq!(rules, rules_of(stratus_kube::rbac::PROXY_PERMISSIONS));
+    for (_, resource, verbs, _) in &rules {
+        for verb in ["list", "watch", "create", "delete", "update"] {
+            assert!(!verbs.iter().any(|v| v == verb), "{verb} on {resource}");
+        }
+    }
+}
+
+type Rule = (String, String, Vec<String>, Vec<String>);
+
+fn rules_of(permissions: &[stratus_kube::rbac::Permission]) -> Vec<Rule> {
+    let mut wanted: Vec<Rule> = permissions
+        .iter()
+        .map(|p| {
+            let mut verbs: Vec<String> = p.verbs.iter().map(|v| v.to_string()).collect();
+            verbs.sort();
+            let names = p.names.iter().map(|n| n.to_string()).collect();
+            (p.group.to_owned(), p.resource.to_owned(), verbs, names)
+        })
+        .collect();
+    wanted.sort();
+    wanted
+}
+
+/// The rules of the one Role in a template, sorted.
+fn role_rules(template: &str) -> Vec<Rule> {
+    let yaml = rendered(&["--show-only", template]);
     let role = yaml
         .split("\n---")
         .find(|doc| doc.contains("\nkind: Role\n"))
@@ -245,17 +280,6 @@ fn the_operators_role_grants_exactly_what_the_operator_uses() {
             }
         }
     }
-    let mut wanted: Vec<(String, String, Vec<String>, Vec<String>)> =
-        stratus_kube::rbac::PERMISSIONS
-            .iter()
-            .map(|p| {
-                let mut verbs: Vec<String> = p.verbs.iter().map(|v| v.to_string()).collect();
-                verbs.sort();
-                let names = p.names.iter().map(|n| n.to_string()).collect();
-                (p.group.to_owned(), p.resource.to_owned(), verbs, names)
-            })
-            .collect();
     granted.sort();
-    wanted.sort();
-    assert_eq!(granted, wanted);
+    granted
 }

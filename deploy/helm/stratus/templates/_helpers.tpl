@@ -22,3 +22,15 @@ app.kubernetes.io/name: stratus
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
+
+{{/* The proxy's pods. */}}
+{{- define "stratus.proxySelector" -}}
+app.kubernetes.io/name: stratus
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: proxy
+{{- end -}}
+
+{{/* Where clients connect, as each DatabaseService's status shows it. */}}
+{{- define "stratus.proxyHost" -}}
+{{- .Values.proxy.host | default (printf "%s-proxy.%s.svc" (include "stratus.fullname" .) .Release.Namespace) -}}
+{{- end -}}

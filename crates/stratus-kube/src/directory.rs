@@ -1,0 +1,292 @@
+//! The proxy on Kubernetes: [`KubeDirectory`] is its [`Directory`], read from the same
+//! resources the operator reconciles, so the proxy Deployment routes and wakes without a
+//! control plane of its own.
+//!
+//! * **Logins** are checked against the accounts the operator publishes in each database's
+//!   Secret ([`crate::accounts`]), so a parked database needs no wake to check a password.
+//!   They are read again after [`FRESH`], and at once when a client manages accounts in SQL
+//!   ([`Directory::accounts_changed`]: read from the server itself, and the operator asked to
+//!   publish them through an annotation).
+//! * **Routes**: a database serves when its spec and status both say `active` and its pod is
+//!   ready; the proxy then connects to the pod's address. The pod is looked up again for every
+//!   new backend connection, so a pod made again elsewhere (a move, a drain) is found at once.
+//! * **Wakes**: a statement for a suspended or parked database sets its `spec.state` back to
+//!   `active`, as `stratus db resume` does, and waits for the operator to report it active.
+//!
+//! References: [`Directory`] (the proxy's one interface to the control plane),
+//! [merge patch](https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/).
+
+use crate::operator::server::{AdminSql, ServerSql};
+use crate::runtime::{KubeRuntime, PodView};
+use crate::v1alpha1::{DatabaseService, Lifecycle};
+use crate::{accounts, objects};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stratus_core::{Endpoint, NativeHash, ServiceName};
+use stratus_proxy::replay::Failover;
+use stratus_proxy::throttle::Throttled;
+use stratus_proxy::{Account, Directory};
+use tokio::time::Instant;
+
+/// How long published accounts are used before they are read again: how soon a login made on
+/// another proxy replica, or a password changed there, is seen here.
+pub const FRESH: Duration = Duration::from_secs(5);
+/// How often a wake, or a lost server, is looked at again.
+pub const POLL: Duration = Duration::from_millis(200);
+/// How long [`Directory::unreachable`] waits for the cluster to notice a lost server (a
+/// readiness probe's failures).
+pub const NOTICE: Duration = Duration::from_secs(10);
+/// The annotation through which the proxy asks the operator to publish accounts again.
+pub const ACCOUNTS_CHANGED: &str = "stratus.dev/accounts-changed";
+
+/// The logins of one database, as last read.
+struct Known {
+    at: Instant,
+    require_tls: bool,
+    logins: BTreeMap<String, NativeHash>,
+}
+
+pub struct KubeDirectory {
+    runtime: KubeRuntime,
+    resources: Api<DatabaseService>,
+    servers: Arc<dyn ServerSql>,
+    known: Mutex<HashMap<String, Known>>,
+}
+
+impl KubeDirectory {
+    pub fn new(client: Client, settings: objects::Settings) -> Self {
+        let runtime = KubeRuntime::new(client.clone(), settings.clone());
+        Self {
+            resources: Api::namespaced(client, &settings.namespace),
+            servers: Arc::new(AdminSql {
+                runtime: runtime.clone(),
+            }),
+            runtime,
+            known: Mutex::default(),
+        }
+    }
+
+    /// The same, with other hands for SQL in the servers (tests script them).
+    pub fn with_servers(mut self, servers: Arc<dyn ServerSql>) -> Self {
+        self.servers = servers;
+        self
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The resource of a database; `Err` is a message for the client.
+    async fn resource(&self, db: &ServiceName) -> Result<Option<DatabaseService>, String> {
+        self.resources.get_opt(db.as_str()).await.map_err(|e| {
+            tracing::warn!(database = %db, "cannot read its DatabaseService: {e}");
+            "its resource cannot be read from the cluster".to_owned()
+        })
+    }
+
+    /// The pod to connect to, if the database serves: spec and status `active`, pod ready.
+    async fn serving(
+        &self,
+        db: &ServiceName,
+        ds: &DatabaseService,
+    ) -> Result<Option<(PodView, Endpoint)>, String> {
+        let active = ds.spec.state.unwrap_or_default() == Lifecycle::Active
+            && ds.status.as_ref().is_some_and(|s| s.state == "active");
+        if !active {
+            return Ok(None);
+        }
+        let pod = self.runtime.observe(db).await.map_err(|e| {
+            tracing::warn!(database = %db, "cannot read its pod: {e}");
+            "its pod cannot be read from the cluster".to_owned()
+        })?;
+        Ok(pod.and_then(|p| {
+            let ip: IpAddr = p.ip.as_deref()?.parse().ok()?;
+            let serving = p.ready && !p.deleting;
+            serving.then(|| (p, Endpoint::Tcp(SocketAddr::new(ip, objects::PORT))))
+        }))
+    }
+
+    /// Asks for the database to be active again (what `db resume` does).
+    async fn wake(&self, db: &ServiceName) -> Result<(), String> {
+        let patch = serde_json::json!({"spec": {"state": "active"}});
+        self.resources
+            .patch(db.as_str(), &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(|_| tracing::info!(database = %db, "woken: spec.state set to active"))
+            .map_err(|e| {
+                tracing::warn!(database = %db, "cannot wake it: {e}");
+                "it cannot be woken: the cluster refused".to_owned()
+            })
+    }
+
+    /// Waits until the database serves. With `wake`, a database asked to sleep is woken first;
+    /// without, `None` is the answer for it. The caller bounds the wait.
+    async fn wait_serving(&self, service: &str, wake: bool) -> Result<Option<Endpoint>, String> {
+        let db = ServiceName::parse(service).map_err(|e| e.to_string())?;
+        let mut woken = false;
+        loop {
+            let ds = self
+                .resource(&db)
+                .await?
+                .ok_or_else(|| format!("database {db} does not exist"))?;
+            if let Some((_, endpoint)) = self.serving(&db, &ds).await? {
+                return Ok(Some(endpoint));
+            }
+            if ds.spec.state.unwrap_or_default() != Lifecycle::Active {
+                if !wake {
+                    return Ok(None);
+                }
+                if !woken {
+                    self.wake(&db).await?;
+                    woken = true;
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Reads the database's logins: from its server when it serves and `from_server`, else as
+    /// published. `None`: no such database.
+    async fn read_logins(&self, db: &ServiceName, from_server: bool) -> Option<Known> {
+        let ds = self.resource(db).await.ok()??;
+        let require_tls = ds.spec.require_tls;
+        let pod = match from_server {
+            true => self
+                .serving(db, &ds)
+                .await
+                .ok()
+                .flatten()
+                .map(|(pod, _)| pod),
+            false => None,
+        };
+        let logins = match pod {
+            Some(pod) => match self.servers.accounts(db, &pod).await {
+                Ok(rows) => accounts::decode(&accounts::encode(&rows)),
+                Err(e) => {
+                    tracing::warn!(database = %db, "cannot read its accounts: {e}");
+                    return None;
+                }
+            },
+            None => match self.runtime.published_accounts(db).await {
+                Ok(text) => accounts::decode(text.as_deref().unwrap_or_default()),
+                Err(e) => {
+                    tracing::warn!(database = %db, "cannot read its accounts: {e}");
+                    return None;
+                }
+            },
+        };
+        Some(Known {
+            at: Instant::now(),
+            require_tls,
+            logins,
+        })
+    }
+
+    fn remember(&self, db: &ServiceName, known: Option<Known>) {
+        let mut all = self.known();
+        match known {
+            Some(k) => all.insert(db.to_string(), k),
+            None => all.remove(db.as_str()),
+        };
+    }
+}
+
+impl Directory for KubeDirectory {
+    async fn account(&self, service: &str, user: &str) -> Option<Account> {
+        // A name no database can have never reaches the API.
+        let db = ServiceName::parse(service).ok()?;
+        let lookup = |k: &Known| {
+            k.logins.get(user).map(|h| Account {
+                stage2: h.0,
+                require_tls: k.require_tls,
+            })
+        };
+        if let Some(k) = self
+            .known()
+            .get(db.as_str())
+            .filter(|k| k.at.elapsed() < FRESH)
+        {
+            return lookup(k);
+        }
+        let known = self.read_logins(&db, false).await;
+        let found = known.as_ref().and_then(lookup);
+        self.remember(&db, known);
+        found
+    }
+
+    async fn backend(&self, service: &str, wake: bool) -> Result<Option<Endpoint>, String> {
+        self.wait_serving(service, wake).await
+    }
+
+    async fn backend_after_loss(&self, service: &str) -> Result<Option<Endpoint>, String> {
+        // Restarted after a crash by the kubelet; asked to sleep: not woken for it.
+        self.wait_serving(service, false).await
+    }
+
+    async fn unreachable(&self, service: &str, addr: &Endpoint) {
+        let Ok(db) = ServiceName::parse(service) else {
+            return;
+        };
+        // Until the cluster shows the server gone: not ready, restarted, or elsewhere.
+        let start = Instant::now();
+        let mut first_restarts = None;
+        while start.elapsed() < NOTICE {
+            let Ok(Some(pod)) = self.runtime.observe(&db).await else {
+                return;
+            };
+            let at = pod.ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok());
+            let same = matches!(addr, Endpoint::Tcp(a) if Some(a.ip()) == at);
+            let restarts = *first_restarts.get_or_insert(pod.restarts);
+            if !pod.ready || pod.deleting || !same || pod.restarts != restarts {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn accounts_changed(&self, service: &str) {
+        let Ok(db) = ServiceName::parse(service) else {
+            return;
+        };
+        let known = self.read_logins(&db, true).await;
+        self.remember(&db, known);
+        // The operator publishes them for the other replicas and for while it sleeps.
+        let stamp = stratus_core::time::now_ms().to_string();
+        let patch = serde_json::json!({"metadata": {"annotations": {ACCOUNTS_CHANGED: stamp}}});
+        if let Err(e) = self
+            .resources
+            .patch(db.as_str(), &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            tracing::warn!(database = %db, "cannot ask for its accounts to be published: {e}");
+        }
+    }
+
+    fn failover(&self, service: &str, report: Failover) {
+        tracing::info!(
+            database = service,
+            outcome = report.outcome.as_str(),
+            attempts = report.attempts,
+            replayed = report.replayed,
+            ms = report.duration.as_millis() as u64,
+            "client session carried over a lost server"
+        );
+    }
+
+    fn login_throttled(&self, service: Option<&str>, report: Throttled) {
+        tracing::warn!(
+            database = service.unwrap_or_default(),
+            key = %report.key,
+            failures = report.failures,
+            delay_ms = report.delay.as_millis() as u64,
+            "failed logins in a row are being delayed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
