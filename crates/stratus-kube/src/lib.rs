@@ -1,15 +1,18 @@
 //! Stratus on Kubernetes.
 //!
-//! So far:
 //! * [`v1alpha1`]: the custom resources, the same objects `stratus up` keeps in its catalog,
 //!   and their `CustomResourceDefinition`s ([`crds`]), which `stratus operator crds` prints;
 //! * [`objects`]: the objects that run one database (StatefulSet with its claim, Service,
-//!   ConfigMap, Secret), pure functions of its spec;
+//!   ConfigMap, Secrets), pure functions of its spec;
 //! * [`runtime`]: the API requests for each thing done to a database (create, resize in place,
-//!   park and wake, grow storage, observe, remove), tested against a mocked API server.
+//!   park and wake, grow storage, observe, remove), tested against a mocked API server;
+//! * [`operator`]: the controllers (`stratus operator run`), with leader election;
+//! * [`accounts`] and [`directory`]: the proxy Deployment's view of the cluster (`stratus
+//!   operator proxy`): logins, routes and wakes;
+//! * [`rbac`]: what the operator and the proxy may do, which the tests hold them to.
 //!
-//! Still to come (issue #10): the `Runtime` and `Store` implementations on top of these, the
-//! operator's controllers and leader election, and the Helm chart.
+//! Still to come (issue #10): the `Runtime` and `Store` implementations under
+//! `stratus-control`'s controllers (autoscaling, idle suspend and park, warm pool, backups).
 //!
 //! References: [custom resources](https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/),
 //! [CEL validation rules](https://kubernetes.io/docs/reference/using-api/cel/),
