@@ -121,6 +121,7 @@ class State:
         self.n_commits = 0
         self.n_writer_errors = 0
         self.n_aborts = 0
+        self.n_replays = 0
         self.n_storm_reads = 0
         self.errors = []
 
@@ -194,10 +195,13 @@ def quiet_close(c, abrupt=False):
 # Workload threads
 # --------------------------------------------------------------------------------------------
 
-def transfer(st, cur, wid, cid, epoch, rnd):
+def transfer(st, cur, wid, cid, epoch, rnd, fixed=None):
     a_ = st.args
-    a, b = rnd.sample(range(1, a_.accounts + 1), 2)
-    x = rnd.randint(1, 99)
+    if fixed:
+        a, b, x = fixed
+    else:
+        a, b = rnd.sample(range(1, a_.accounts + 1), 2)
+        x = rnd.randint(1, 99)
     tr = {"writer": wid, "conn": cid, "epoch": epoch, "a": a, "b": b, "x": x, "stage": "begin"}
     st.inflight[wid] = tr
     cur.execute("BEGIN")
@@ -220,12 +224,20 @@ def transfer(st, cur, wid, cid, epoch, rnd):
 def writer(st, sock, wid):
     a_ = st.args
     rnd = random.Random(a_.seed * 1000 + wid)
+    pending = None
     while not st.stop.is_set():
         c, epoch, cid, _ = connect(st, sock)
         if c is None:
             return
         try:
             cur = c.cursor()
+            if pending:
+                # --replay: the transfer the crash cut off, sent again at once on the new
+                # connection, as the proxy replays an interrupted transaction.
+                fixed, pending = pending, None
+                transfer(st, cur, wid, cid, epoch, rnd, fixed)
+                with st.lock:
+                    st.n_replays += 1
             while not st.stop.is_set():
                 try:
                     transfer(st, cur, wid, cid, epoch, rnd)
@@ -241,6 +253,9 @@ def writer(st, sock, wid):
                 if a_.writer_sleep:
                     time.sleep(a_.writer_sleep)
         except Exception:
+            tr = st.inflight[wid]
+            if a_.replay and tr and tr["stage"] in ("begin", "locked", "debited", "credited"):
+                pending = (tr["a"], tr["b"], tr["x"])
             st.inflight[wid] = None
             with st.lock:
                 st.n_writer_errors += 1
@@ -527,6 +542,8 @@ def main():
     p.add_argument("--abort-both", action="store_true", help="aborters run both UPDATEs of a transfer")
     p.add_argument("--abort-nowait", action="store_true",
                    help="aborters send the UPDATE and close the socket without waiting for its result")
+    p.add_argument("--replay", action="store_true",
+                   help="a writer cut off by a crash sends its interrupted transfer again first (as the proxy replays)")
     p.add_argument("--abort-sleep", type=float, default=0.0, help="seconds between aborter connections")
     p.add_argument("--storm", type=int, default=0,
                    help="extra new connections per restart that read the moment the socket accepts (hypothesis 3)")
@@ -685,7 +702,7 @@ def main():
             "kills": kills_done, "reads": st.n_reads, "reads_lt_2s_after_ready": st.n_reads_early,
             "reads_while_recovered_trx_present": n_exposed if not args.no_monitor else None,
             "storm_reads": st.n_storm_reads,
-            "commits": st.n_commits, "writer_errors": st.n_writer_errors, "aborts": st.n_aborts,
+            "commits": st.n_commits, "writer_errors": st.n_writer_errors, "aborts": st.n_aborts, "replays": st.n_replays,
             "dirty_reads": len(st.dirty),
             "dirty_reads_while_recovered_present": sum(1 for d in st.dirty if d["recovered_present_by_monitor"]),
             "restarts_with_recovered_trx": sum(1 for x in rec_init if x),
@@ -708,9 +725,9 @@ def main():
                  args.aborters, args.storm, args.session_track, args.busy, args.wait_recovered,
                  not args.no_binlog))
         print("reads %d (%d within 2 s of a restart, %s while recovered bank trx present, %d by storm "
-              "connections); commits %d; aborted connections %d"
+              "connections); commits %d; aborted connections %d; replayed transfers %d"
               % (st.n_reads, st.n_reads_early, summary["reads_while_recovered_trx_present"],
-                 st.n_storm_reads, st.n_commits, st.n_aborts))
+                 st.n_storm_reads, st.n_commits, st.n_aborts, st.n_replays))
         print("restarts with recovered trx at ready: %d of %d; for those, ready->recovered-zero ms: n=%d p50=%s p90=%s max=%s"
               % (summary["restarts_with_recovered_trx"], len(rec_init), len(rz), pct(rz, 50),
                  pct(rz, 90), max(rz) if rz else None))

@@ -16,8 +16,12 @@ use stratus_store::Store;
 /// still protect writers) and the wait is reported.
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// How often the server is asked: it has no way to tell when its rollback ends.
-const POLL: Duration = Duration::from_millis(5);
+/// How often the server is asked: it has no way to tell when its rollback ends. More than
+/// 0.1 s apart: InnoDB refreshes `INNODB_TRX` only once it went unread that long
+/// (`CACHE_MIN_IDLE_TIME_NS` in `storage/innobase/trx/trx0i_s.cc`), so a faster poll reads the
+/// rows of its first answer forever and waited out the whole [`LIMIT`] whenever a recovered
+/// transaction was left at the first look.
+const POLL: Duration = Duration::from_millis(150);
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Waits until the just-started server of `name` has rolled back what it recovered; the

@@ -165,6 +165,10 @@ pub trait ServerAdmin: Send + Sized {
     /// Transactions recovered at start-up and still being rolled back.
     fn recovered_transactions(&mut self) -> impl Future<Output = Result<u64>> + Send;
 
+    /// What the clients' sessions are doing, from the process list
+    /// (<https://mariadb.com/kb/en/information-schema-processlist-table/>).
+    fn client_activity(&mut self) -> impl Future<Output = Result<ClientActivity>> + Send;
+
     /// `Innodb_buffer_pool_read_requests` and `Innodb_buffer_pool_reads`.
     fn buffer_pool_counters(&mut self) -> impl Future<Output = Result<(u64, u64)>> + Send;
 
@@ -217,6 +221,19 @@ pub struct ReplicaState {
     pub applied: String,
     /// Its last I/O or SQL error, if any.
     pub error: Option<String>,
+}
+
+/// What a server's client sessions are doing (not Stratus's own, nor the server's threads):
+/// how the operator on Kubernetes tells an idle database, where each proxy replica sees only
+/// its own sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientActivity {
+    pub connections: u64,
+    /// A client statement runs, or a client transaction is open.
+    pub busy: bool,
+    /// Milliseconds since the latest end of a client's command (a sleeping session's `TIME_MS`);
+    /// `None` when no client is connected.
+    pub idle_ms: Option<u64>,
 }
 
 /// An account as the server holds it.
@@ -294,6 +311,29 @@ impl ServerAdmin for AdminConn {
     async fn recovered_transactions(&mut self) -> Result<u64> {
         let v: Option<u64> = self.query_value(RECOVERED_TRANSACTIONS).await?;
         Ok(v.unwrap_or(0))
+    }
+
+    async fn client_activity(&mut self) -> Result<ClientActivity> {
+        // A session in a transaction is busy even while it sleeps between statements.
+        let rows: Vec<(u64, u64, Option<u64>)> = self
+            .query_rows(&format!(
+                "SELECT COUNT(*), \
+                 CAST(COALESCE(SUM(p.COMMAND <> 'Sleep' OR t.trx_id IS NOT NULL), 0) AS UNSIGNED), \
+                 CAST(MIN(IF(p.COMMAND = 'Sleep', p.TIME_MS, NULL)) AS UNSIGNED) \
+                 FROM information_schema.PROCESSLIST p \
+                 LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID \
+                 WHERE p.ID <> CONNECTION_ID() \
+                 AND p.USER NOT IN ({}, 'system user', 'event_scheduler', 'unauthenticated user') \
+                 AND p.COMMAND NOT IN ('Daemon', 'Binlog Dump', 'Killed')",
+                quote_str(&self.user)
+            ))
+            .await?;
+        let (connections, busy, idle_ms) = rows.first().copied().unwrap_or_default();
+        Ok(ClientActivity {
+            connections,
+            busy: busy > 0,
+            idle_ms: idle_ms.filter(|_| connections > 0),
+        })
     }
 
     async fn buffer_pool_counters(&mut self) -> Result<(u64, u64)> {

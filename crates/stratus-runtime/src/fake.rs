@@ -826,6 +826,13 @@ impl ServerAdmin for FakeAdmin {
         )
     }
 
+    async fn client_activity(&mut self) -> Result<crate::admin::ClientActivity> {
+        // No clients in the fake world; the local control plane learns activity from the proxy.
+        self.act(format!("client_activity {}", self.name), |w, name| {
+            w.server(name).map(|_| crate::admin::ClientActivity::default())
+        })
+    }
+
     async fn buffer_pool_counters(&mut self) -> Result<(u64, u64)> {
         self.act(format!("buffer_pool_counters {}", self.name), |w, name| {
             w.server(name).map(|_| (0, 0))

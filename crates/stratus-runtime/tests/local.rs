@@ -712,3 +712,90 @@ async fn a_replica_on_another_node_catches_up_and_takes_over() {
     rt.destroy(&s.name).await.unwrap();
     rt.remove_cgroup_parents().unwrap();
 }
+
+/// The process list tells an idle server from a busy one: what the operator on Kubernetes
+/// suspends by. Stratus's own session never counts.
+#[tokio::test]
+async fn client_activity_sees_running_statements_and_open_transactions_only() {
+    use stratus_runtime::admin::{AdminLogin, ServerAdmin};
+    let dir = root();
+    let rt = LocalRuntime::new(config(&dir, "activity")).await.unwrap();
+    let s = spec("quiet", 1);
+    let inst = rt.provision(&s).await.unwrap();
+    let mut conn = admin(&rt, &s, &inst.endpoint).await;
+    conn.exec("CREATE DATABASE quiet").await.unwrap();
+    conn.exec("CREATE TABLE quiet.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    conn.exec("INSERT INTO quiet.t VALUES (1)").await.unwrap();
+    conn.exec("CREATE USER app@'%' IDENTIFIED BY 'app-pw'")
+        .await
+        .unwrap();
+    conn.exec("GRANT ALL ON quiet.* TO app@'%'").await.unwrap();
+    conn.exec("CREATE USER app@localhost IDENTIFIED BY 'app-pw'")
+        .await
+        .unwrap();
+    conn.exec("GRANT ALL ON quiet.* TO app@localhost")
+        .await
+        .unwrap();
+    let none = conn.client_activity().await.unwrap();
+    assert_eq!((none.connections, none.busy, none.idle_ms), (0, false, None));
+
+    let app = AdminLogin {
+        user: "app".into(),
+        password: Some("app-pw".into()),
+    };
+    let connect = || AdminConn::connect("quiet", &inst.endpoint, &app, Duration::from_secs(5));
+    let mut client = connect().await.unwrap();
+    client.exec("SELECT 1").await.unwrap();
+    let idle = conn.client_activity().await.unwrap();
+    assert_eq!((idle.connections, idle.busy), (1, false));
+    assert!(idle.idle_ms.is_some(), "{idle:?}");
+
+    // A transaction open between statements is busy.
+    client.exec("BEGIN").await.unwrap();
+    client
+        .exec("SELECT * FROM quiet.t WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    // InnoDB's transaction list is a cache refreshed only after 0.1 s without a read: looked
+    // at until it shows.
+    let busy = eventually(&mut conn, |a| a.busy).await;
+    assert_eq!(busy.connections, 1);
+    client.exec("COMMIT").await.unwrap();
+    eventually(&mut conn, |a| !a.busy).await;
+
+    // A running statement is busy; seen while it runs, on another client connection.
+    let mut other = connect().await.unwrap();
+    let sleeping = tokio::spawn(async move {
+        other.exec("DO SLEEP(3)").await.unwrap();
+        other.close().await;
+    });
+    let busy = eventually(&mut conn, |a| a.busy).await;
+    assert_eq!(busy.connections, 2);
+    sleeping.await.unwrap();
+    client.close().await;
+    conn.close().await;
+    rt.destroy(&s.name).await.unwrap();
+    rt.remove_cgroup_parent().unwrap();
+}
+
+/// The first activity `want` accepts, looked at every 150 ms for at most 5 s: InnoDB refreshes
+/// `INNODB_TRX` only once it went unread for 100 ms (`CACHE_MIN_IDLE_TIME_NS` in
+/// `trx0i_s.cc`), so a faster poll would read its first answer forever.
+async fn eventually(
+    conn: &mut AdminConn,
+    want: impl Fn(&stratus_runtime::admin::ClientActivity) -> bool,
+) -> stratus_runtime::admin::ClientActivity {
+    use stratus_runtime::admin::ServerAdmin;
+    let mut last = None;
+    for _ in 0..33 {
+        let a = conn.client_activity().await.unwrap();
+        if want(&a) {
+            return a;
+        }
+        last = Some(a);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    panic!("never as wanted; last {last:?}");
+}

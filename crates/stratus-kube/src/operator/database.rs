@@ -1,6 +1,6 @@
 //! The database controller: for each `DatabaseService`, what should be done
 //! ([`plan`], pure: the resource as the user wrote it and what its pod is doing, in; steps
-//! out) and the doing of it ([`reconcile`]: the steps through [`KubeRuntime`] and the
+//! out) and the doing of it ([`reconcile`]: the steps through [`KubeRuntime`](crate::runtime::KubeRuntime) and the
 //! resource's own finalizer and status), in the shape of kube-rs's
 //! [`controller-rs`](https://github.com/kube-rs/controller-rs).
 //!
