@@ -56,6 +56,8 @@ pub const PERMISSIONS: &[Permission] = &[
         &["get", "list", "watch", "patch"],
     ),
     allow("stratus.dev", "databaseservices/status", &["patch"]),
+    // The policy of a database's idle suspend and park.
+    allow("stratus.dev", "scalingpolicies", &["list"]),
     // A database's objects (`objects`): the Secret is created once, read, and patched only to
     // publish the accounts for the proxy (`accounts`); the owner's login Secret is created
     // once; the others applied (which creates them the first time).

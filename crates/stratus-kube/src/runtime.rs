@@ -195,6 +195,26 @@ impl KubeRuntime {
         password.map(Some).ok_or(KubeError::NoPassword(name))
     }
 
+    /// The `ScalingPolicy` that names the database, or the default policy when none does (as
+    /// on one machine). Of several, the oldest counts.
+    pub async fn scaling_policy(&self, db: &ServiceName) -> Result<stratus_core::ScalingPolicy> {
+        use crate::v1alpha1::ScalingPolicy;
+        let all = self
+            .api::<ScalingPolicy>()
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|e| KubeError::of("list", "scalingpolicies", e))?;
+        let mut mine: Vec<&ScalingPolicy> = all
+            .items
+            .iter()
+            .filter(|p| p.spec.database == db.as_str())
+            .collect();
+        mine.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        Ok(mine
+            .first()
+            .map_or_else(Default::default, |p| p.spec.policy()))
+    }
+
     /// The database's Secret, `None` when it does not exist.
     pub async fn secret(&self, db: &ServiceName) -> Result<Option<Secret>> {
         let name = objects::object_name(db);

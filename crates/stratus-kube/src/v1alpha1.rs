@@ -149,6 +149,13 @@ pub struct DatabaseServiceStatus {
     /// Its schema and its owner's account were made (once, when its server first ran).
     #[serde(default)]
     pub owner_created: bool,
+    /// When a client last ran a statement or held a transaction, as the server's process list
+    /// showed it (RFC 3339): the start of its idle time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active: Option<String>,
+    /// When it was suspended (RFC 3339): the start of its time to park.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_at: Option<String>,
     /// A move to another node under way: the node, and the phase it is in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving: Option<Moving>,
@@ -185,6 +192,8 @@ impl From<&stratus_control::DatabaseView> for DatabaseServiceStatus {
             clients: v.activity.connections,
             // A database `stratus up` shows was made with its owner.
             owner_created: true,
+            last_active: None,
+            suspended_at: None,
             moving: v.moving.as_ref().map(|m| Moving {
                 to: m.to.clone(),
                 phase: m.phase.clone(),

@@ -829,7 +829,8 @@ impl ServerAdmin for FakeAdmin {
     async fn client_activity(&mut self) -> Result<crate::admin::ClientActivity> {
         // No clients in the fake world; the local control plane learns activity from the proxy.
         self.act(format!("client_activity {}", self.name), |w, name| {
-            w.server(name).map(|_| crate::admin::ClientActivity::default())
+            w.server(name)
+                .map(|_| crate::admin::ClientActivity::default())
         })
     }
 

@@ -739,7 +739,10 @@ async fn client_activity_sees_running_statements_and_open_transactions_only() {
         .await
         .unwrap();
     let none = conn.client_activity().await.unwrap();
-    assert_eq!((none.connections, none.busy, none.idle_ms), (0, false, None));
+    assert_eq!(
+        (none.connections, none.busy, none.idle_ms),
+        (0, false, None)
+    );
 
     let app = AdminLogin {
         user: "app".into(),

@@ -37,6 +37,13 @@ impl ServerSql for Server {
     ) -> Pending<'a, bool> {
         unreachable!("the proxy never provisions")
     }
+    fn activity<'a>(
+        &'a self,
+        _: &'a ServiceName,
+        _: &'a PodView,
+    ) -> Pending<'a, stratus_runtime::admin::ClientActivity> {
+        unreachable!("the proxy knows its own sessions")
+    }
     fn accounts<'a>(
         &'a self,
         db: &'a ServiceName,

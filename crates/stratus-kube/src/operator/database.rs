@@ -23,8 +23,10 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::time::Duration;
 use stratus_control::suspend::{BUFFER_POOL_FLOOR, CPU_FLOOR_MILLIS};
-use stratus_core::{NativeHash, Resources, ScuSize, ServiceName};
+use stratus_core::time::rfc3339;
+use stratus_core::{NativeHash, Resources, ScalingPolicy, ScuSize, ServiceName};
 use stratus_runtime::InstanceSpec;
+use stratus_runtime::admin::ClientActivity;
 
 /// The finalizer the operator puts on every `DatabaseService`.
 pub const FINALIZER: &str = "stratus.dev/cleanup";
@@ -60,6 +62,12 @@ pub enum Step {
     /// Read its accounts from its running server and publish them for the proxy in its Secret
     /// ([`crate::accounts`]), if they changed.
     PublishAccounts,
+    /// Ask for it to be suspended or parked (`spec.state`), its policy's idle time being up;
+    /// `idle_ms`: how long it was idle, or suspended.
+    Request {
+        state: Lifecycle,
+        idle_ms: i64,
+    },
     /// Expand its volume claim to this many bytes.
     GrowStorage(u64),
     /// Remove its objects, volume last.
@@ -82,6 +90,12 @@ pub struct Seen {
     pub pod: Option<PodView>,
     pub set: Option<SetView>,
     pub claim: Option<ClaimView>,
+    /// What its clients are doing, read from its server while it serves.
+    pub activity: Option<ClientActivity>,
+    /// Its `ScalingPolicy` (the default when none names it).
+    pub policy: ScalingPolicy,
+    /// When this was seen (Unix ms).
+    pub now_ms: i64,
 }
 
 /// What the operator is set up with, beyond where objects go (`objects::Settings`).
@@ -288,6 +302,12 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
             _ => ("provisioning", None),
         }
     };
+    // Idle suspend and park, by its policy (as `stratus up`'s monitor does): idleness is what the
+    // server's process list shows, since each proxy replica sees only its own sessions.
+    let idle = idleness(was, state, desired, seen);
+    if let Some(step) = idle.request.clone() {
+        steps.push(step);
+    }
     // While it serves, its accounts are read again at each look (a client may have made or
     // changed one in SQL), so the proxy can check logins while it sleeps.
     if state == "active" && (owner_created || provision) && pod.is_some_and(|p| p.ready) {
@@ -306,6 +326,8 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     st.storage_limit_bytes = Some(volume.max(limit));
     st.moving = move_phase;
     st.owner_created = owner_created || provision;
+    st.last_active = idle.last_active.map(rfc3339);
+    st.suspended_at = idle.suspended_at.map(rfc3339);
     if let Some(p) = pod.filter(|_| state != "parked") {
         st.node = p.node.clone().unwrap_or_default();
         st.cpu_limit = p.cpu_limit_millis.map_or(0.0, |m| f64::from(m) / 1000.0);
@@ -325,10 +347,88 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         "parked" => pod.is_none(),
         _ => false,
     };
+    let requeue = match idle.next_look_ms {
+        Some(ms) if settled => Duration::from_millis(ms.clamp(1_000, LATER.as_millis() as u64)),
+        _ if settled => LATER,
+        _ => SOON,
+    };
     Plan {
         steps,
-        requeue: Some(if settled { LATER } else { SOON }),
+        requeue: Some(requeue),
     }
+}
+
+/// Where a database stands on its way to an idle suspend or park.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Idleness {
+    /// The start of its idle time, while it serves.
+    last_active: Option<i64>,
+    /// The start of its suspension, while suspended.
+    suspended_at: Option<i64>,
+    request: Option<Step>,
+    /// When to look again so the policy's time is met (ms from now).
+    next_look_ms: Option<u64>,
+}
+
+/// Pure: the idle clock of a database in `state` (what this look reports) asked to be
+/// `desired`, from its last status and what was seen now.
+fn idleness(
+    was: Option<&DatabaseServiceStatus>,
+    state: &str,
+    desired: Lifecycle,
+    seen: &Seen,
+) -> Idleness {
+    let parse = |t: Option<&String>| {
+        t.and_then(|t| stratus_core::time::parse_rfc3339_us(t).ok())
+            .map(|us| us / 1000)
+    };
+    let now = seen.now_ms;
+    let policy = &seen.policy;
+    let mut out = Idleness::default();
+    match (state, desired) {
+        ("active", Lifecycle::Active) => {
+            // Just (re)started, woken or resumed: its idle clock starts now, so a wake is never
+            // undone before the statement that asked for it ran.
+            let recorded = parse(
+                was.filter(|w| w.state == "active")
+                    .and_then(|w| w.last_active.as_ref()),
+            );
+            let mut last = recorded.unwrap_or(now);
+            if let Some(a) = seen.activity {
+                let at = if a.busy {
+                    now
+                } else {
+                    a.idle_ms.map_or(last, |idle| now - idle as i64)
+                };
+                last = last.max(at);
+                let idle_ms = now - last;
+                if stratus_control::monitor::suspend_due(idle_ms, a.busy, policy) {
+                    out.request = Some(Step::Request {
+                        state: Lifecycle::Suspended,
+                        idle_ms,
+                    });
+                }
+            }
+            out.last_active = Some(last);
+            let left = policy.idle_to_suspend_ms as i64 - (now - last);
+            out.next_look_ms = Some(left.max(0) as u64 / 2);
+        }
+        ("suspended", Lifecycle::Suspended) => {
+            let since = parse(was.and_then(|w| w.suspended_at.as_ref())).unwrap_or(now);
+            if stratus_control::monitor::park_due(now - since, policy) {
+                out.request = Some(Step::Request {
+                    state: Lifecycle::Parked,
+                    idle_ms: now - since,
+                });
+            }
+            out.suspended_at = Some(since);
+            let left = policy.suspend_to_park_ms as i64 - (now - since);
+            out.next_look_ms = Some(left.max(0) as u64);
+        }
+        ("suspended", _) => out.suspended_at = parse(was.and_then(|w| w.suspended_at.as_ref())),
+        _ => {}
+    }
+    out
 }
 
 /// Reads what the cluster says of `ds`, plans, and carries the plan out in order; the first
@@ -336,7 +436,7 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
 pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Duration>, KubeError> {
     let name = ServiceName::parse(&ds.name_any()).ok();
     let deleting = ds.metadata.deletion_timestamp.is_some();
-    let seen = match &name {
+    let mut seen = match &name {
         Some(name) => Seen {
             pod: if deleting {
                 None
@@ -345,9 +445,32 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
             },
             set: ctx.runtime.stateful_set(name).await?,
             claim: ctx.runtime.claim(name).await?,
+            now_ms: stratus_core::time::now_ms(),
+            ..Seen::default()
         },
         None => Seen::default(),
     };
+    // The idle clock's inputs, only where it runs: a server serving as asked, or suspended as
+    // asked (on its way to a park).
+    if let (Some(name), Some(pod)) = (&name, seen.pod.clone().filter(|p| p.ready && !p.deleting)) {
+        let desired = ds.spec.state.unwrap_or_default();
+        let was = ds.status.as_ref().map(|s| s.state.as_str());
+        let serving = was == Some("active") && desired == Lifecycle::Active;
+        let asleep = was == Some("suspended") && desired == Lifecycle::Suspended;
+        if serving || asleep {
+            seen.policy = ctx.runtime.scaling_policy(name).await?;
+        }
+        if serving {
+            // Unknown activity only stops the clock this time: nothing is suspended on it.
+            seen.activity = match ctx.servers.activity(name, &pod).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(database = %name, "cannot read its clients' activity: {e}");
+                    None
+                }
+            };
+        }
+    }
     let plan = plan(ds, &seen, &ctx.sizes);
     let api: Api<DatabaseService> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let resource = ds.name_any();
@@ -407,6 +530,14 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
                         tracing::info!(database = %resource, sessions_closed = closed, "emptied for a suspend");
                     }
                     (Step::Fill(bytes), Some(pod)) => ctx.servers.fill(name, pod, bytes).await?,
+                    (Step::Request { state, .. }, _) => {
+                        let patch = json!({"spec": {"state": state}});
+                        api.patch(&resource, &PatchParams::default(), &Patch::Merge(patch))
+                            .await
+                            .map_err(|e| {
+                                KubeError::of("update", format!("databaseservice {resource}"), e)
+                            })?;
+                    }
                     (Step::PublishAccounts, Some(pod)) => {
                         let rows = ctx.servers.accounts(name, pod).await?;
                         let text = crate::accounts::encode(&rows);
@@ -511,6 +642,21 @@ pub fn events_of(steps: &[Step], pod: Option<&PodView>) -> Vec<Event> {
                     BUFFER_POOL_FLOOR >> 20
                 ),
             )),
+            Step::Request { state, idle_ms } => {
+                let (reason, action, what) = match state {
+                    Lifecycle::Parked => ("IdlePark", "Park", "suspended"),
+                    _ => ("IdleSuspend", "Suspend", "idle"),
+                };
+                out.push(normal(
+                    reason,
+                    action,
+                    format!(
+                        "{what} for {:.1} s, as long as its ScalingPolicy allows: spec.state set to {}",
+                        *idle_ms as f64 / 1000.0,
+                        serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+                    ),
+                ));
+            }
             Step::Provision { secret, .. } => out.push(normal(
                 "Provisioned",
                 "Provision",
@@ -578,6 +724,8 @@ fn status_patch(status: &DatabaseServiceStatus) -> serde_json::Value {
             "storageUsedBytes",
             "storageLimitBytes",
             "observedGeneration",
+            "lastActive",
+            "suspendedAt",
         ] {
             map.entry(key).or_insert(serde_json::Value::Null);
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use stratus_control::accounts::provision_sql;
 use stratus_control::suspend::BUFFER_POOL_FLOOR;
 use stratus_core::{Endpoint, NativeHash, ServiceName, UserName};
-use stratus_runtime::admin::{Account, AdminConn, AdminLogin, ServerAdmin};
+use stratus_runtime::admin::{Account, AdminConn, AdminLogin, ClientActivity, ServerAdmin};
 
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, KubeError>> + Send + 'a>>;
 
@@ -43,6 +43,9 @@ pub trait ServerSql: Send + Sync {
     ) -> Pending<'a, bool>;
     /// The server's `'%'` accounts, for [`crate::accounts`].
     fn accounts<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, Vec<Account>>;
+    /// What its clients are doing: how the operator tells it is idle.
+    fn activity<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView)
+    -> Pending<'a, ClientActivity>;
 }
 
 /// The real one: a connection to the pod as `stratus_admin`, with the password from the
@@ -153,6 +156,25 @@ impl ServerSql for AdminSql {
             })?;
             conn.close().await;
             Ok(rows)
+        })
+    }
+
+    fn activity<'a>(
+        &'a self,
+        db: &'a ServiceName,
+        pod: &'a PodView,
+    ) -> Pending<'a, ClientActivity> {
+        Box::pin(async move {
+            let mut conn = self.connect(db, pod).await?;
+            let seen = conn
+                .client_activity()
+                .await
+                .map_err(|e| KubeError::Server {
+                    db: db.to_string(),
+                    message: e.to_string(),
+                })?;
+            conn.close().await;
+            Ok(seen)
         })
     }
 }

@@ -50,6 +50,10 @@ fn resource(finalizers: &[&str], deleting: bool) -> DatabaseService {
     ds
 }
 
+/// When an active database is looked at again: half its policy's idle time (10 s by default),
+/// so an idle suspend comes in time.
+const HALF_IDLE: Duration = Duration::from_secs(5);
+
 /// The status of a database whose owner was made: what every test but the provisioning ones
 /// starts from.
 fn made() -> DatabaseServiceStatus {
@@ -121,7 +125,7 @@ fn a_new_resource_gets_the_finalizer_before_anything_is_made() {
 }
 
 #[test]
-fn a_ready_database_reports_its_pod_and_is_looked_at_less_often() {
+fn a_ready_database_reports_its_pod_and_is_looked_at_in_time_for_its_idle_clock() {
     let seen = Seen {
         pod: Some(ready_pod()),
         ..Seen::default()
@@ -146,7 +150,7 @@ fn a_ready_database_reports_its_pod_and_is_looked_at_less_often() {
         (st.host.as_str(), st.port, st.database.as_str()),
         ("stratus-proxy.stratus.svc", 3306, "shop")
     );
-    assert_eq!(plan.requeue, Some(LATER));
+    assert_eq!(plan.requeue, Some(HALF_IDLE));
 }
 
 #[test]
@@ -613,7 +617,7 @@ async fn a_ready_database_is_applied_again_and_its_status_refreshed() {
             })
             .answer(200, cr_answer(&ds)),
     );
-    assert_eq!(reconcile_once(&ds, script).await.unwrap(), Some(LATER));
+    assert_eq!(reconcile_once(&ds, script).await.unwrap(), Some(HALF_IDLE));
 }
 
 #[tokio::test]
@@ -946,6 +950,8 @@ fn suspend_resume_park_wake_and_move_say_so_in_events() {
 struct ScriptedSql {
     calls: std::sync::Mutex<Vec<String>>,
     unreachable: bool,
+    /// What its clients do; left out, one runs a statement.
+    activity: Option<ClientActivity>,
 }
 
 impl server::ServerSql for ScriptedSql {
@@ -991,6 +997,23 @@ impl server::ServerSql for ScriptedSql {
                 pod.ip.as_deref().unwrap_or("?")
             ));
             Ok(true)
+        })
+    }
+    fn activity<'a>(
+        &'a self,
+        db: &'a ServiceName,
+        pod: &'a PodView,
+    ) -> server::Pending<'a, ClientActivity> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(format!(
+                "activity {db} at {}",
+                pod.ip.as_deref().unwrap_or("?")
+            ));
+            Ok(self.activity.unwrap_or(ClientActivity {
+                connections: 1,
+                busy: true,
+                idle_ms: None,
+            }))
         })
     }
     fn accounts<'a>(
@@ -1426,4 +1449,154 @@ async fn an_owner_secret_the_spec_names_is_used_as_it_is_and_a_missing_one_is_an
     drop(ctx);
     verifier.finished().await;
     assert!(sql.calls.lock().unwrap().is_empty());
+}
+
+/// 2026-12-02T05:00:00Z, in Unix ms.
+const T0: i64 = 1_796_187_600_000;
+
+/// Seen at `now`: a ready pod, the default policy, and `activity` if the server was read.
+fn seen_at(now: i64, activity: Option<ClientActivity>) -> Seen {
+    Seen {
+        pod: Some(ready_pod()),
+        activity,
+        now_ms: now,
+        ..Seen::default()
+    }
+}
+
+fn clients(busy: bool, idle_ms: Option<u64>) -> Option<ClientActivity> {
+    Some(ClientActivity {
+        connections: u64::from(idle_ms.is_some() || busy),
+        busy,
+        idle_ms,
+    })
+}
+
+/// A database the last look saw `state`, with its idle clocks at `since`.
+fn was(state: &str, since: i64) -> DatabaseService {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.status = Some(DatabaseServiceStatus {
+        state: state.into(),
+        last_active: (state == "active").then(|| rfc3339(since)),
+        suspended_at: (state == "suspended").then(|| rfc3339(since)),
+        ..made()
+    });
+    ds
+}
+
+fn requested(plan: &Plan) -> Option<(Lifecycle, i64)> {
+    plan.steps.iter().find_map(|s| match s {
+        Step::Request { state, idle_ms } => Some((*state, *idle_ms)),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_idle_database_is_asked_to_suspend_once_its_policy_allows_and_never_while_busy() {
+    let ds = was("active", T0);
+    let now = T0 + 11_000;
+    // Sessions sleeping for 11 s: past the default 10 s.
+    let idle = plan(&ds, &seen_at(now, clients(false, Some(11_000))), &sizes());
+    assert_eq!(requested(&idle), Some((Lifecycle::Suspended, 11_000)));
+    assert_eq!(status_of(&idle).last_active, Some(rfc3339(T0)));
+    // No client connected: the recorded clock counts.
+    let plan_gone = plan(&ds, &seen_at(now, clients(false, None)), &sizes());
+    assert_eq!(requested(&plan_gone), Some((Lifecycle::Suspended, 11_000)));
+    // A statement running, or a transaction open: the clock starts again.
+    let busy = plan(&ds, &seen_at(now, clients(true, Some(11_000))), &sizes());
+    assert_eq!(requested(&busy), None);
+    assert_eq!(status_of(&busy).last_active, Some(rfc3339(now)));
+    // A client's command 3 s ago: not yet, and looked at again in time for it.
+    let recent = plan(&ds, &seen_at(now, clients(false, Some(3_000))), &sizes());
+    assert_eq!(requested(&recent), None);
+    assert_eq!(recent.requeue, Some(Duration::from_millis(3_500)));
+    // Its server could not be read: nothing is decided on it.
+    assert_eq!(requested(&plan(&ds, &seen_at(now, None), &sizes())), None);
+    // A policy of its own.
+    let mut patient = seen_at(now, clients(false, Some(11_000)));
+    patient.policy.idle_to_suspend_ms = 60_000;
+    assert_eq!(requested(&plan(&ds, &patient, &sizes())), None);
+}
+
+#[test]
+fn a_woken_database_starts_its_idle_clock_afresh() {
+    // Resumed by a client's statement: its last activity was long before the suspend, and no
+    // client is connected yet. It must not be suspended again before that statement runs.
+    let ds = was("suspended", T0);
+    let now = T0 + 3_600_000;
+    let woken = plan(&ds, &seen_at(now, clients(false, None)), &sizes());
+    assert_eq!(status_of(&woken).state, "active");
+    assert_eq!(requested(&woken), None);
+    assert_eq!(status_of(&woken).last_active, Some(rfc3339(now)));
+    assert_eq!(status_of(&woken).suspended_at, None);
+}
+
+#[test]
+fn a_suspended_database_is_asked_to_park_after_its_policys_time() {
+    let asleep = with_state(was("suspended", T0), Lifecycle::Suspended);
+    let policy = ScalingPolicy::default();
+    let pod = at_floor(ready_pod());
+    let look = |now: i64| Seen {
+        pod: Some(pod.clone()),
+        now_ms: now,
+        ..Seen::default()
+    };
+    let early = plan(&asleep, &look(T0 + 1_000), &sizes());
+    assert_eq!(requested(&early), None);
+    assert_eq!(status_of(&early).suspended_at, Some(rfc3339(T0)));
+    let due = T0 + policy.suspend_to_park_ms as i64;
+    assert_eq!(
+        requested(&plan(&asleep, &look(due), &sizes())),
+        Some((Lifecycle::Parked, policy.suspend_to_park_ms as i64))
+    );
+    // Its first look as suspended starts the clock.
+    let mut first = asleep.clone();
+    first.status.as_mut().unwrap().suspended_at = None;
+    let plan_first = plan(&first, &look(due), &sizes());
+    assert_eq!(requested(&plan_first), None);
+    assert_eq!(status_of(&plan_first).suspended_at, Some(rfc3339(due)));
+}
+
+#[tokio::test]
+async fn an_idle_database_is_suspended_through_its_spec_by_its_own_policy() {
+    let ds = was("active", T0 - 5_000);
+    let policies = json!({"apiVersion": "stratus.dev/v1alpha1", "kind": "ScalingPolicyList",
+    "metadata": {"resourceVersion": "7"},
+    "items": [
+        {"apiVersion": "stratus.dev/v1alpha1", "kind": "ScalingPolicy",
+         "metadata": {"name": "other", "namespace": "stratus"},
+         "spec": {"database": "other", "idleToSuspendMs": 3600000}},
+        {"apiVersion": "stratus.dev/v1alpha1", "kind": "ScalingPolicy",
+         "metadata": {"name": "shop-fast", "namespace": "stratus"},
+         "spec": {"database": "shop", "idleToSuspendMs": 2000}},
+    ]});
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.push(
+        expect(
+            "GET",
+            "/apis/stratus.dev/v1alpha1/namespaces/stratus/scalingpolicies?",
+        )
+        .answer(200, policies),
+    );
+    script.extend(apply_requests());
+    script.push(
+        expect("PATCH", &format!("{CR}?"))
+            .body(MERGE, json!({"spec": {"state": "suspended"}}))
+            .answer(200, cr_answer(&ds)),
+    );
+    script.push(accounts_already_published());
+    script.push(status_request("active").answer(200, cr_answer(&ds)));
+    script.push(event("IdleSuspend", "Normal"));
+    let sql = Arc::new(ScriptedSql {
+        activity: clients(false, Some(4_000)),
+        ..ScriptedSql::default()
+    });
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    reconcile(&ds, &ctx).await.unwrap();
+    drop(ctx);
+    verifier.finished().await;
+    assert_eq!(
+        *sql.calls.lock().unwrap(),
+        ["activity shop at 10.0.0.7", "accounts shop at 10.0.0.7"]
+    );
 }
