@@ -143,7 +143,8 @@ pub struct DatabaseServiceStatus {
     pub storage_used_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_limit_bytes: Option<u64>,
-    /// Client connections through the proxy.
+    /// Client connections: on Kubernetes the server's client sessions while it serves (the
+    /// proxy's replicas together), 0 while it sleeps.
     #[serde(default)]
     pub clients: u64,
     /// Its schema and its owner's account were made (once, when its server first ran).

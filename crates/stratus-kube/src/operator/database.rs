@@ -326,6 +326,9 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     st.storage_limit_bytes = Some(volume.max(limit));
     st.moving = move_phase;
     st.owner_created = owner_created || provision;
+    // Every proxy replica's clients together, as the server counts them (those kept by a
+    // proxy's pool for a while after their client left included).
+    st.clients = seen.activity.map_or(0, |a| a.connections);
     st.last_active = idle.last_active.map(rfc3339);
     st.suspended_at = idle.suspended_at.map(rfc3339);
     if let Some(p) = pod.filter(|_| state != "parked") {

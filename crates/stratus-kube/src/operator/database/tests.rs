@@ -1499,6 +1499,11 @@ fn an_idle_database_is_asked_to_suspend_once_its_policy_allows_and_never_while_b
     let idle = plan(&ds, &seen_at(now, clients(false, Some(11_000))), &sizes());
     assert_eq!(requested(&idle), Some((Lifecycle::Suspended, 11_000)));
     assert_eq!(status_of(&idle).last_active, Some(rfc3339(T0)));
+    assert_eq!(
+        status_of(&idle).clients,
+        1,
+        "its clients, as the server counts them"
+    );
     // No client connected: the recorded clock counts.
     let plan_gone = plan(&ds, &seen_at(now, clients(false, None)), &sizes());
     assert_eq!(requested(&plan_gone), Some((Lifecycle::Suspended, 11_000)));
