@@ -106,7 +106,8 @@ impl KubeDirectory {
         Ok(pod.and_then(|p| {
             let ip: IpAddr = p.ip.as_deref()?.parse().ok()?;
             let serving = p.ready && !p.deleting;
-            serving.then(|| (p, Endpoint::Tcp(SocketAddr::new(ip, objects::PORT))))
+            let port = p.port.unwrap_or(objects::PORT);
+            serving.then(|| (p, Endpoint::Tcp(SocketAddr::new(ip, port))))
         }))
     }
 
@@ -288,5 +289,7 @@ impl Directory for KubeDirectory {
     }
 }
 
+#[cfg(test)]
+mod end_to_end;
 #[cfg(test)]
 mod tests;

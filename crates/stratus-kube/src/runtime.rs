@@ -100,8 +100,10 @@ pub struct PodView {
     pub resize_pending: Option<String>,
     /// How often the server container was restarted (crashes).
     pub restarts: i32,
-    /// Its address in the cluster, where the operator reaches the server.
+    /// Its address in the cluster, where the operator and the proxy reach the server, and the
+    /// port its server container declares (`mariadb`).
     pub ip: Option<String>,
+    pub port: Option<u16>,
     /// Being deleted (evicted, or its node drained).
     pub deleting: bool,
     /// Why the scheduler cannot place it (no node fits: a node named for a move that does not
@@ -516,6 +518,13 @@ fn pod_view(p: &Pod) -> PodView {
         resize_pending,
         restarts: server.map_or(0, |c| c.restart_count),
         ip: status.and_then(|s| s.pod_ip.clone()),
+        port: p
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == "mariadb"))
+            .and_then(|c| c.ports.as_ref())
+            .and_then(|ps| ps.iter().find(|p| p.name.as_deref() == Some("mariadb")))
+            .and_then(|p| u16::try_from(p.container_port).ok()),
         deleting: p.metadata.deletion_timestamp.is_some(),
         unschedulable: condition_is("PodScheduled", "False")
             .map(|c| c.message.clone().or(c.reason.clone()).unwrap_or_default()),

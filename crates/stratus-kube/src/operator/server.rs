@@ -74,7 +74,7 @@ impl AdminSql {
             user: ADMIN_USER.into(),
             password: Some(password),
         };
-        let endpoint = Endpoint::Tcp(SocketAddr::new(ip, PORT));
+        let endpoint = Endpoint::Tcp(SocketAddr::new(ip, pod.port.unwrap_or(PORT)));
         // The runtime's errors name the database already.
         AdminConn::connect(db.as_str(), &endpoint, &login, LOGIN_TIMEOUT)
             .await

@@ -328,7 +328,8 @@ async fn observe_reads_the_pods_applied_size_and_a_resize_it_cannot_do() {
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "db-shop-0", "namespace": "stratus"},
-        "spec": {"nodeName": "node-a", "containers": [{"name": "mariadb", "image": "mariadb:10.11"}]},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "mariadb", "image": "mariadb:10.11",
+                 "ports": [{"name": "mariadb", "containerPort": 3306}]}]},
         "status": {
             "phase": "Running",
             "podIP": "10.244.1.17",
@@ -363,6 +364,7 @@ async fn observe_reads_the_pods_applied_size_and_a_resize_it_cannot_do() {
             resize_pending: Some("Infeasible".into()),
             restarts: 2,
             ip: Some("10.244.1.17".into()),
+            port: Some(3306),
             deleting: false,
             unschedulable: None,
         }

@@ -84,6 +84,7 @@ fn ready_pod() -> PodView {
         resize_pending: None,
         restarts: 0,
         ip: Some("10.0.0.7".into()),
+        port: Some(3306),
         deleting: false,
         unschedulable: None,
     }
