@@ -20,8 +20,10 @@ use crate::operator::server::{AdminSql, ServerSql};
 use crate::runtime::{KubeRuntime, PodView};
 use crate::v1alpha1::{DatabaseService, Lifecycle};
 use crate::{accounts, objects};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -55,19 +57,51 @@ pub struct KubeDirectory {
     resources: Api<DatabaseService>,
     servers: Arc<dyn ServerSql>,
     known: Mutex<HashMap<String, Known>>,
+    /// Kubernetes Events on a database's resource for what its sessions lived through.
+    recorder: Recorder,
+    namespace: String,
 }
 
 impl KubeDirectory {
-    pub fn new(client: Client, settings: objects::Settings) -> Self {
+    /// `identity`: this replica (its pod's name), named in its Events.
+    pub fn new(client: Client, settings: objects::Settings, identity: &str) -> Self {
         let runtime = KubeRuntime::new(client.clone(), settings.clone());
+        let reporter = Reporter {
+            controller: "stratus-proxy".into(),
+            instance: Some(identity.into()),
+        };
         Self {
-            resources: Api::namespaced(client, &settings.namespace),
+            resources: Api::namespaced(client.clone(), &settings.namespace),
             servers: Arc::new(AdminSql {
                 runtime: runtime.clone(),
             }),
             runtime,
             known: Mutex::default(),
+            recorder: Recorder::new(client, reporter),
+            namespace: settings.namespace,
         }
+    }
+
+    /// Publishes an Event on `db`'s resource, in the background: a session never waits for it,
+    /// and a refused Event is only logged.
+    fn publish(&self, db: &ServiceName, event: Event) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let recorder = self.recorder.clone();
+        let regarding = ObjectReference {
+            api_version: Some(format!("{}/v1alpha1", crate::GROUP)),
+            kind: Some("DatabaseService".into()),
+            name: Some(db.to_string()),
+            namespace: Some(self.namespace.clone()),
+            ..ObjectReference::default()
+        };
+        let db = db.to_string();
+        runtime.spawn(async move {
+            if let Err(e) = recorder.publish(&event, &regarding).await {
+                tracing::warn!(database = %db, reason = %event.reason, "event not recorded: {e}");
+            }
+        });
     }
 
     /// The same, with other hands for SQL in the servers (tests script them).
@@ -268,24 +302,54 @@ impl Directory for KubeDirectory {
     }
 
     fn failover(&self, service: &str, report: Failover) {
+        let note = report.summary();
         tracing::info!(
             database = service,
             outcome = report.outcome.as_str(),
-            attempts = report.attempts,
-            replayed = report.replayed,
-            ms = report.duration.as_millis() as u64,
-            "client session carried over a lost server"
+            "{note}"
+        );
+        let Ok(db) = ServiceName::parse(service) else {
+            return;
+        };
+        let failed = report.outcome.failed();
+        self.publish(
+            &db,
+            Event {
+                type_: if failed {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: "Failover".into(),
+                note: Some(note),
+                action: "CarryOver".into(),
+                secondary: None,
+            },
         );
     }
 
     fn login_throttled(&self, service: Option<&str>, report: Throttled) {
-        tracing::warn!(
-            database = service.unwrap_or_default(),
-            key = %report.key,
-            failures = report.failures,
-            delay_ms = report.delay.as_millis() as u64,
-            "failed logins in a row are being delayed"
+        let note = format!(
+            "{} failed logins in a row for {} {}: each further attempt waits {} ms, doubling per failure",
+            report.failures,
+            report.key.kind(),
+            report.key,
+            report.delay.as_millis()
         );
+        tracing::warn!(database = service.unwrap_or_default(), "{note}");
+        // Only on a database the attempt named and that exists (the proxy checked the account).
+        if let Some(db) = service.and_then(|s| ServiceName::parse(s).ok()) {
+            self.publish(
+                &db,
+                Event {
+                    type_: EventType::Warning,
+                    reason: "LoginsThrottled".into(),
+                    note: Some(note),
+                    action: "Throttle".into(),
+                    secondary: None,
+                },
+            );
+        }
     }
 }
 

@@ -90,12 +90,15 @@ pub const PERMISSIONS: &[Permission] = &[
 
 /// Everything the proxy does ([`crate::directory`]), in the same namespace: read a database's
 /// resource, pod and Secret (the published accounts, and Stratus's login to read them afresh),
-/// and patch the resource to wake it or to ask for its accounts to be published. Nothing else:
-/// it makes, deletes and lists nothing.
+/// patch the resource to wake it or to ask for its accounts to be published, and record Events
+/// about what its sessions lived through. Nothing else: it makes nothing but Events, and
+/// deletes and lists nothing.
 pub const PROXY_PERMISSIONS: &[Permission] = &[
     allow("stratus.dev", "databaseservices", &["get", "patch"]),
     allow("", "pods", &["get"]),
     allow("", "secrets", &["get"]),
+    // Events about what a database's sessions lived through (failovers, throttled logins).
+    allow("events.k8s.io", "events", &["create", "patch"]),
 ];
 
 /// Whether the operator may do `verb` on object `name` (`None` for a collection) of `resource`

@@ -373,6 +373,27 @@ pub struct Failover {
     pub detail: String,
 }
 
+impl Failover {
+    /// One line for an event: what became of the session, how long it took.
+    pub fn summary(&self) -> String {
+        let what = match self.outcome {
+            Outcome::Retried => "statement sent again".to_owned(),
+            Outcome::Replayed => format!(
+                "transaction of {} statement(s) replayed with matching results",
+                self.replayed
+            ),
+            Outcome::CommitConfirmed => "interrupted COMMIT found committed".to_owned(),
+            Outcome::Ended => "transaction ended by the crash, as the client asked".to_owned(),
+            _ => format!("client told: {}", self.detail),
+        };
+        format!(
+            "client session carried over a lost server: {what} ({} ms, {} attempt(s))",
+            self.duration.as_millis(),
+            self.attempts
+        )
+    }
+}
+
 /// The marker statement for transaction `txn` of session `session`.
 pub fn marker_sql(session: u64, txn: u64) -> String {
     format!(

@@ -122,6 +122,9 @@ pub struct OperatorProxy {
     /// On SIGTERM, how long running statements and open transactions get to finish.
     #[arg(long, env = "STRATUS_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// This replica's name in the Events it records (its pod's name).
+    #[arg(long, env = "POD_NAME", default_value = "stratus-proxy")]
+    pub identity: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use stratus_control::ControlPlane;
 use stratus_core::Endpoint;
 use stratus_core::EventKind;
-use stratus_proxy::replay::{Failover, Outcome};
+use stratus_proxy::replay::Failover;
 use stratus_proxy::throttle::Throttled;
 use stratus_proxy::{Account, Directory};
 use stratus_runtime::LocalNodes;
@@ -91,20 +91,7 @@ impl Directory for ControlDirectory {
     fn failover(&self, service: &str, report: Failover) {
         let (cp, service) = (self.cp.clone(), service.to_owned());
         let ms = report.duration.as_millis() as u64;
-        let what = match report.outcome {
-            Outcome::Retried => "statement sent again".to_owned(),
-            Outcome::Replayed => format!(
-                "transaction of {} statement(s) replayed with matching results",
-                report.replayed
-            ),
-            Outcome::CommitConfirmed => "interrupted COMMIT found committed".to_owned(),
-            Outcome::Ended => "transaction ended by the crash, as the client asked".to_owned(),
-            _ => format!("client told: {}", report.detail),
-        };
-        let message = format!(
-            "client session carried over a lost server: {what} ({ms} ms, {} attempt(s))",
-            report.attempts
-        );
+        let message = report.summary();
         let data = serde_json::json!({
             "outcome": report.outcome.as_str(),
             "error": report.outcome.failed(),

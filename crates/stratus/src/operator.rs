@@ -81,7 +81,7 @@ pub async fn proxy(args: OperatorProxy) -> anyhow::Result<()> {
             shutdown_grace: grace,
             ..stratus_proxy::ProxyConfig::default()
         },
-        stratus_kube::directory::KubeDirectory::new(client, settings.clone()),
+        stratus_kube::directory::KubeDirectory::new(client, settings.clone(), &args.identity),
     );
     let sql = tokio::net::TcpListener::bind(args.listen)
         .await

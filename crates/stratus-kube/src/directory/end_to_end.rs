@@ -175,7 +175,7 @@ async fn a_client_wakes_a_parked_database_and_runs_on_its_pod() {
             threads: 0,
             ..ProxyConfig::default()
         },
-        KubeDirectory::new(client, Settings::default()),
+        KubeDirectory::new(client, Settings::default(), "proxy-a"),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = Endpoint::Tcp(listener.local_addr().unwrap());

@@ -70,7 +70,7 @@ fn native(user: &str, password: &str) -> ServerAccount {
 fn directory(script: Vec<Exchange>, server: Arc<Server>) -> (KubeDirectory, Verifier) {
     let (client, verifier) = serve_as(script, crate::rbac::PROXY_PERMISSIONS, "proxy");
     (
-        KubeDirectory::new(client, Settings::default()).with_servers(server),
+        KubeDirectory::new(client, Settings::default(), "proxy-a").with_servers(server),
         verifier,
     )
 }
@@ -283,5 +283,49 @@ async fn accounts_changed_in_sql_are_read_from_the_server_and_published_by_the_o
         .expect("the new login");
     assert_eq!(found.stage2, NativeHash::of_password("pw3").0);
     assert_eq!(*server.calls.lock().unwrap(), ["accounts shop at 10.0.0.7"]);
+    finished(dir, verifier).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_session_lived_through_is_an_event_on_its_database() {
+    use stratus_proxy::replay::{Failover, Outcome};
+    let event = |reason: &'static str, kind: &'static str| {
+        expect("POST", "/apis/events.k8s.io/v1/namespaces/stratus/events?")
+            .checked(JSON, move |body| {
+                assert_eq!(body["reason"], reason, "{body}");
+                assert_eq!(body["type"], kind);
+                assert_eq!(body["regarding"]["kind"], "DatabaseService");
+                assert_eq!(body["regarding"]["name"], "shop");
+                assert_eq!(body["reportingController"], "stratus-proxy");
+                assert_eq!(body["reportingInstance"], "proxy-a");
+                assert!(body["note"].as_str().unwrap().contains("replay"), "{body}");
+            })
+            .answer(
+                201,
+                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                       "metadata": {"name": "shop.1", "namespace": "stratus"},
+                       "eventTime": "2026-12-02T05:00:00.000000Z"}),
+            )
+    };
+    let script = vec![event("Failover", "Normal"), event("Failover", "Warning")];
+    let (dir, verifier) = directory(script, Arc::default());
+    let report = |outcome, detail: &str| Failover {
+        outcome,
+        attempts: 1,
+        replayed: 3,
+        duration: Duration::from_millis(420),
+        detail: detail.into(),
+    };
+    dir.failover("shop", report(Outcome::Replayed, ""));
+    // One at a time, so the script's order is the events' order.
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    dir.failover(
+        "shop",
+        report(Outcome::Mismatch, "replaying it gave a different result"),
+    );
+    // A name no database can have records nothing.
+    dir.failover("../x", report(Outcome::Retried, ""));
+    tokio::time::sleep(Duration::from_millis(10)).await;
     finished(dir, verifier).await;
 }
