@@ -205,8 +205,39 @@ pub fn service(db: &ServiceName, s: &Settings) -> Service {
     }))
 }
 
-/// The database's StatefulSet: one replica, on the node the placement chose, with its claim.
+/// The annotation on a database's StatefulSet that records what was applied: a hash of its
+/// ConfigMap, Service and StatefulSet as this operator makes them. A look that would apply
+/// the same objects again writes nothing.
+pub const APPLIED: &str = "stratus.dev/applied";
+
+/// The database's StatefulSet: one replica, on the node the placement chose, with its claim,
+/// annotated with [`applied_hash`].
 pub fn stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
+    let mut set = plain_stateful_set(spec, s);
+    set.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(APPLIED.into(), format!("{:016x}", applied_hash(spec, s)));
+    set
+}
+
+/// What [`APPLIED`] records for `spec`. Stable for one build of the operator; an operator
+/// built otherwise may hash differently, which costs one more apply.
+pub fn applied_hash(spec: &InstanceSpec, s: &Settings) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for text in [
+        serde_json::to_string(&config_map(spec, s)),
+        serde_json::to_string(&service(&spec.name, s)),
+        serde_json::to_string(&plain_stateful_set(spec, s)),
+    ] {
+        text.unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The StatefulSet without its [`APPLIED`] annotation.
+fn plain_stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
     let name = object_name(&spec.name);
     let mut claim = json!({
         "metadata": {"name": "data", "labels": labels(&spec.name)},

@@ -118,6 +118,8 @@ pub struct SetView {
     pub claim_template_bytes: u64,
     /// Pods asked for: 0 parked, 1 otherwise.
     pub replicas: i32,
+    /// What was last applied ([`objects::APPLIED`]); `None` for a StatefulSet without it.
+    pub applied: Option<u64>,
 }
 
 /// A database's volume claim.
@@ -411,7 +413,13 @@ impl KubeRuntime {
             .get_opt(&name)
             .await
             .map_err(|e| KubeError::of("read", format!("statefulset {name}"), e))?;
+        let applied = set
+            .as_ref()
+            .and_then(|set| set.metadata.annotations.as_ref())
+            .and_then(|a| a.get(objects::APPLIED))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
         Ok(set.and_then(|set| set.spec).map(|spec| SetView {
+            applied,
             // A StatefulSet without `replicas` has one, as the API server defaults it.
             replicas: spec.replicas.unwrap_or(1),
             claim_template_bytes: spec

@@ -413,8 +413,9 @@ fn idleness(
                 }
             }
             out.last_active = Some(last);
+            // Looked at again when it would be due, if nothing happens meanwhile.
             let left = policy.idle_to_suspend_ms as i64 - (now - last);
-            out.next_look_ms = Some(left.max(0) as u64 / 2);
+            out.next_look_ms = Some(left.max(0) as u64);
         }
         ("suspended", Lifecycle::Suspended) => {
             let since = parse(was.and_then(|w| w.suspended_at.as_ref())).unwrap_or(now);
@@ -437,6 +438,15 @@ fn idleness(
 /// Reads what the cluster says of `ds`, plans, and carries the plan out in order; the first
 /// failure stops it (the controller's error policy retries with back-off).
 pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Duration>, KubeError> {
+    reconcile_at(ds, ctx, stratus_core::time::now_ms()).await
+}
+
+/// [`reconcile`] as seen at `now_ms` (the idle clock's time).
+pub(crate) async fn reconcile_at(
+    ds: &DatabaseService,
+    ctx: &Context,
+    now_ms: i64,
+) -> Result<Option<Duration>, KubeError> {
     let name = ServiceName::parse(&ds.name_any()).ok();
     let deleting = ds.metadata.deletion_timestamp.is_some();
     let mut seen = match &name {
@@ -448,7 +458,7 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
             },
             set: ctx.runtime.stateful_set(name).await?,
             claim: ctx.runtime.claim(name).await?,
-            now_ms: stratus_core::time::now_ms(),
+            now_ms,
             ..Seen::default()
         },
         None => Seen::default(),
@@ -506,6 +516,8 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
                         )
                     })?;
             }
+            // Written only when it says something new: most looks change nothing.
+            Step::Status(status) if ds.status.as_ref() == Some(&status) => {}
             Step::Status(status) => {
                 let patch = json!({"status": status_patch(&status)});
                 api.patch_status(&resource, &PatchParams::default(), &Patch::Merge(patch))
@@ -518,6 +530,11 @@ pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Dur
                         )
                     })?;
             }
+            // Applied again only when the objects would change (a new size, node, image,
+            // or operator), or were made by an operator that did not record them.
+            Step::Apply(spec)
+                if seen.set.and_then(|s| s.applied)
+                    == Some(objects::applied_hash(&spec, &ctx.settings)) => {}
             Step::Apply(spec) => {
                 ctx.runtime.apply(&spec).await?;
             }

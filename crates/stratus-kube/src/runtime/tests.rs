@@ -431,7 +431,8 @@ async fn the_statefulset_says_its_claim_size_and_whether_it_is_parked() {
         rt.stateful_set(&db()).await.unwrap(),
         Some(SetView {
             claim_template_bytes: bytes,
-            replicas: 0
+            replicas: 0,
+            applied: Some(objects::applied_hash(&spec(), &Settings::default())),
         })
     );
     assert_eq!(

@@ -50,9 +50,9 @@ fn resource(finalizers: &[&str], deleting: bool) -> DatabaseService {
     ds
 }
 
-/// When an active database is looked at again: half its policy's idle time (10 s by default),
-/// so an idle suspend comes in time.
-const HALF_IDLE: Duration = Duration::from_secs(5);
+/// When an active database that has just been seen busy is looked at again: when its policy's
+/// idle time (10 s by default) would be up.
+const IDLE: Duration = Duration::from_secs(10);
 
 /// The status of a database whose owner was made: what every test but the provisioning ones
 /// starts from.
@@ -151,7 +151,7 @@ fn a_ready_database_reports_its_pod_and_is_looked_at_in_time_for_its_idle_clock(
         (st.host.as_str(), st.port, st.database.as_str()),
         ("stratus-proxy.stratus.svc", 3306, "shop")
     );
-    assert_eq!(plan.requeue, Some(HALF_IDLE));
+    assert_eq!(plan.requeue, Some(IDLE));
 }
 
 #[test]
@@ -200,6 +200,7 @@ fn deletion_removes_everything_and_lets_the_resource_go_once_the_volume_is_gone(
         set: Some(SetView {
             claim_template_bytes: 20 << 30,
             replicas: 1,
+            applied: None,
         }),
         claim: Some(ClaimView {
             requested_bytes: 20 << 30,
@@ -277,6 +278,7 @@ fn storage_grows_by_the_claim_and_never_through_the_template() {
         set: Some(SetView {
             claim_template_bytes: 20 << 30,
             replicas: 1,
+            applied: None,
         }),
         claim: Some(ClaimView {
             requested_bytes: 20 << 30,
@@ -390,15 +392,29 @@ fn status_request(state: &str) -> Exchange {
     })
 }
 
-/// What `reconcile` reads first: the pod (not when deleting), the StatefulSet, the claim.
+/// What `reconcile` reads first: the pod (not when deleting), the StatefulSet, the claim. The
+/// StatefulSet records nothing applied (an earlier operator made it), so it is applied again.
 fn observe(pod: Option<Value>, made: bool) -> Vec<Exchange> {
+    observe_set(pod, made.then(|| unrecorded(&instance())))
+}
+
+/// The StatefulSet of `spec` without its record of what was applied.
+fn unrecorded(spec: &InstanceSpec) -> Value {
+    let mut sts =
+        serde_json::to_value(objects_of::stateful_set(spec, &Settings::default())).unwrap();
+    sts["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    sts
+}
+
+fn observe_set(pod: Option<Value>, set: Option<Value>) -> Vec<Exchange> {
     let mut out = Vec::new();
     if let Some(pod) = pod {
         out.push(expect("GET", &format!("{NS}/pods/db-shop-0")).answer(200, pod));
     }
-    if made {
-        let sts = serde_json::to_value(objects_of::stateful_set(&instance(), &Settings::default()))
-            .unwrap();
+    if let Some(sts) = set {
         out.push(expect("GET", &format!("{APPS}/statefulsets/db-shop")).answer(200, sts));
         out.push(expect("GET", &format!("{NS}/persistentvolumeclaims/data-db-shop-0")).answer(
             200,
@@ -618,7 +634,7 @@ async fn a_ready_database_is_applied_again_and_its_status_refreshed() {
             })
             .answer(200, cr_answer(&ds)),
     );
-    assert_eq!(reconcile_once(&ds, script).await.unwrap(), Some(HALF_IDLE));
+    assert_eq!(reconcile_once(&ds, script).await.unwrap(), Some(IDLE));
 }
 
 #[tokio::test]
@@ -785,6 +801,7 @@ fn a_park_scales_to_zero_keeps_the_volume_and_a_wake_scales_back() {
     let set = |replicas| SetView {
         claim_template_bytes: 20 << 30,
         replicas,
+        applied: None,
     };
     let running = Seen {
         pod: Some(ready_pod()),
@@ -1198,8 +1215,7 @@ fn observe_scaled(pod: Option<Value>, replicas: i32) -> Vec<Exchange> {
         Some(pod) => expect("GET", &format!("{NS}/pods/db-shop-0")).answer(200, pod),
         None => no_pod(),
     }];
-    let mut sts =
-        serde_json::to_value(objects_of::stateful_set(&instance(), &Settings::default())).unwrap();
+    let mut sts = unrecorded(&instance());
     sts["spec"]["replicas"] = json!(replicas);
     out.push(expect("GET", &format!("{APPS}/statefulsets/db-shop")).answer(200, sts));
     out.extend(observe(None, true).into_iter().skip(1));
@@ -1515,7 +1531,7 @@ fn an_idle_database_is_asked_to_suspend_once_its_policy_allows_and_never_while_b
     // A client's command 3 s ago: not yet, and looked at again in time for it.
     let recent = plan(&ds, &seen_at(now, clients(false, Some(3_000))), &sizes());
     assert_eq!(requested(&recent), None);
-    assert_eq!(recent.requeue, Some(Duration::from_millis(3_500)));
+    assert_eq!(recent.requeue, Some(Duration::from_millis(7_000)));
     // Its server could not be read: nothing is decided on it.
     assert_eq!(requested(&plan(&ds, &seen_at(now, None), &sizes())), None);
     // A policy of its own.
@@ -1601,6 +1617,49 @@ async fn an_idle_database_is_suspended_through_its_spec_by_its_own_policy() {
     reconcile(&ds, &ctx).await.unwrap();
     drop(ctx);
     verifier.finished().await;
+    assert_eq!(
+        *sql.calls.lock().unwrap(),
+        ["activity shop at 10.0.0.7", "accounts shop at 10.0.0.7"]
+    );
+}
+
+#[tokio::test]
+async fn a_look_that_changes_nothing_writes_nothing() {
+    // Made by this operator (its StatefulSet records what was applied), serving, with a client
+    // busy: the look reads the cluster and the server, and writes nothing to the cluster.
+    let first = plan(
+        &was("active", T0),
+        &seen_at(T0 + 1_000, clients(true, Some(0))),
+        &sizes(),
+    );
+    let mut ds = was("active", T0);
+    ds.status = Some(status_of(&first));
+    let recorded =
+        serde_json::to_value(objects_of::stateful_set(&instance(), &Settings::default())).unwrap();
+    let mut script = observe_set(Some(pod_json("node-a", "1")), Some(recorded));
+    script.push(
+        expect(
+            "GET",
+            "/apis/stratus.dev/v1alpha1/namespaces/stratus/scalingpolicies?",
+        )
+        .answer(
+            200,
+            json!({"apiVersion": "stratus.dev/v1alpha1", "kind": "ScalingPolicyList",
+                            "metadata": {"resourceVersion": "7"}, "items": []}),
+        ),
+    );
+    script.push(accounts_already_published());
+    let sql = Arc::new(ScriptedSql::default());
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    // The same second as the first look: busy, so the same status.
+    let requeue = reconcile_at(&ds, &ctx, T0 + 1_000).await.unwrap();
+    drop(ctx);
+    verifier.finished().await;
+    assert_eq!(
+        requeue,
+        Some(Duration::from_millis(10_000)),
+        "looked at again when an idle suspend would be due"
+    );
     assert_eq!(
         *sql.calls.lock().unwrap(),
         ["activity shop at 10.0.0.7", "accounts shop at 10.0.0.7"]
