@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod console;
 pub mod server;
 pub mod types;
 

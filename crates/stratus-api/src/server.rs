@@ -142,7 +142,14 @@ pub fn router<S: Store, R: Runtime>(
         metrics,
         access,
     });
+    let console = |req: Request| async move {
+        crate::console::file(req.uri().path()).unwrap_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file").into_response()
+        })
+    };
     Router::new()
+        .route("/", get(console))
+        .route("/console/{file}", get(console))
         .route("/metrics", get(metrics_text::<S, R>))
         .route("/v1/status", get(status::<S, R>))
         .route("/v1/databases", get(list::<S, R>).post(create::<S, R>))
@@ -229,6 +236,10 @@ async fn guard<S: Store, R: Runtime>(
     }
     let metrics = req.uri().path() == "/metrics";
     if metrics && !st.access.metrics_auth {
+        return next.run(req).await;
+    }
+    // The console's files hold no data; what the console shows, it asks with a token.
+    if req.method() == axum::http::Method::GET && crate::console::is_console(req.uri().path()) {
         return next.run(req).await;
     }
     let caller = match authenticate(&st, req.headers()).await {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod bank;
+pub mod browser;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
