@@ -1,6 +1,6 @@
 // The Stratus console: the databases, live, and one page per database with its last hour of
 // samples and its events on the same time axis. Plain script, no build step; every request is
-// the public API with the tab's token (docs/console.md).
+// the public API with the tab's token (README "Web console", docs/decisions.md).
 "use strict";
 
 const TOKEN_KEY = "stratus-token";
