@@ -57,6 +57,8 @@ pub struct KubeDirectory {
     resources: Api<DatabaseService>,
     servers: Arc<dyn ServerSql>,
     known: Mutex<HashMap<String, Known>>,
+    /// When each database's accounts were last read after a change in SQL.
+    changed: Mutex<HashMap<String, Instant>>,
     /// Kubernetes Events on a database's resource for what its sessions lived through.
     recorder: Recorder,
     namespace: String,
@@ -77,6 +79,7 @@ impl KubeDirectory {
             }),
             runtime,
             known: Mutex::default(),
+            changed: Mutex::default(),
             recorder: Recorder::new(client, reporter),
             namespace: settings.namespace,
         }
@@ -162,7 +165,9 @@ impl KubeDirectory {
     /// without, `None` is the answer for it. The caller bounds the wait.
     async fn wait_serving(&self, service: &str, wake: bool) -> Result<Option<Endpoint>, String> {
         let db = ServiceName::parse(service).map_err(|e| e.to_string())?;
-        let mut woken = false;
+        // Asked again if the spec goes back to sleep meanwhile (an idle suspend the operator
+        // had asked for just before), at most once a second.
+        let mut woken: Option<Instant> = None;
         loop {
             let ds = self
                 .resource(&db)
@@ -175,9 +180,9 @@ impl KubeDirectory {
                 if !wake {
                     return Ok(None);
                 }
-                if !woken {
+                if woken.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                     self.wake(&db).await?;
-                    woken = true;
+                    woken = Some(Instant::now());
                 }
             }
             tokio::time::sleep(POLL).await;
@@ -185,9 +190,12 @@ impl KubeDirectory {
     }
 
     /// Reads the database's logins: from its server when it serves and `from_server`, else as
-    /// published. `None`: no such database.
-    async fn read_logins(&self, db: &ServiceName, from_server: bool) -> Option<Known> {
-        let ds = self.resource(db).await.ok()??;
+    /// published. `Ok(None)`: no such database; `Err`: they could not be read (the cluster or
+    /// the server did not answer), which leaves what was known before in place.
+    async fn read_logins(&self, db: &ServiceName, from_server: bool) -> Result<Option<Known>, ()> {
+        let Some(ds) = self.resource(db).await.map_err(|_| ())? else {
+            return Ok(None);
+        };
         let require_tls = ds.spec.require_tls;
         let pod = match from_server {
             true => self
@@ -203,30 +211,37 @@ impl KubeDirectory {
                 Ok(rows) => accounts::decode(&accounts::encode(&rows)),
                 Err(e) => {
                     tracing::warn!(database = %db, "cannot read its accounts: {e}");
-                    return None;
+                    return Err(());
                 }
             },
             None => match self.runtime.published_accounts(db).await {
                 Ok(text) => accounts::decode(text.as_deref().unwrap_or_default()),
                 Err(e) => {
                     tracing::warn!(database = %db, "cannot read its accounts: {e}");
-                    return None;
+                    return Err(());
                 }
             },
         };
-        Some(Known {
+        Ok(Some(Known {
             at: Instant::now(),
             require_tls,
             logins,
-        })
+        }))
     }
 
-    fn remember(&self, db: &ServiceName, known: Option<Known>) {
+    /// Keeps what was read; a failed read keeps what was known (a short outage of the API
+    /// server must not lock every client out).
+    fn remember(&self, db: &ServiceName, read: Result<Option<Known>, ()>) {
         let mut all = self.known();
-        match known {
-            Some(k) => all.insert(db.to_string(), k),
-            None => all.remove(db.as_str()),
-        };
+        match read {
+            Ok(Some(k)) => {
+                all.insert(db.to_string(), k);
+            }
+            Ok(None) => {
+                all.remove(db.as_str());
+            }
+            Err(()) => {}
+        }
     }
 }
 
@@ -247,10 +262,9 @@ impl Directory for KubeDirectory {
         {
             return lookup(k);
         }
-        let known = self.read_logins(&db, false).await;
-        let found = known.as_ref().and_then(lookup);
-        self.remember(&db, known);
-        found
+        let read = self.read_logins(&db, false).await;
+        self.remember(&db, read);
+        self.known().get(db.as_str()).and_then(lookup)
     }
 
     async fn backend(&self, service: &str, wake: bool) -> Result<Option<Endpoint>, String> {
@@ -287,6 +301,24 @@ impl Directory for KubeDirectory {
         let Ok(db) = ServiceName::parse(service) else {
             return;
         };
+        // At most one read of the server and one request to the operator per second and
+        // database: a client looping over `CREATE USER` must not load the API server. Within
+        // the second, the next login reads the published accounts again.
+        let recent = {
+            let mut last = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let recent = last
+                .get(db.as_str())
+                .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1));
+            if !recent {
+                last.insert(db.to_string(), now);
+            }
+            recent
+        };
+        if recent {
+            self.known().remove(db.as_str());
+            return;
+        }
         let known = self.read_logins(&db, true).await;
         self.remember(&db, known);
         // The operator publishes them for the other replicas and for while it sleeps.

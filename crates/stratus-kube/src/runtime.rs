@@ -285,6 +285,22 @@ impl KubeRuntime {
                 .map_err(|e| KubeError::of("read", format!("secret {name}"), e))
         };
         if let Some(secret) = get().await? {
+            // Left by an earlier database of the same name, not yet collected with it: its
+            // password is not this database's to take.
+            let stale = secret
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.kind == "DatabaseService" && r.uid != owner.uid);
+            if make && stale {
+                return Err(KubeError::Owner {
+                    secret: name,
+                    why: "it belongs to an earlier database of this name and is being removed; \
+                          it is made again once it is gone"
+                        .into(),
+                });
+            }
             return read(secret);
         }
         if !make {

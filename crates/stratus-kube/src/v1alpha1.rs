@@ -143,17 +143,13 @@ pub struct DatabaseServiceStatus {
     pub storage_used_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_limit_bytes: Option<u64>,
-    /// Client connections: on Kubernetes the server's client sessions while it serves (the
-    /// proxy's replicas together), 0 while it sleeps.
+    /// Client connections through the proxy (on Kubernetes not yet counted: each proxy
+    /// replica's `/metrics` has its own).
     #[serde(default)]
     pub clients: u64,
     /// Its schema and its owner's account were made (once, when its server first ran).
     #[serde(default)]
     pub owner_created: bool,
-    /// When a client last ran a statement or held a transaction, as the server's process list
-    /// showed it (RFC 3339): the start of its idle time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_active: Option<String>,
     /// When it was suspended (RFC 3339): the start of its time to park.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended_at: Option<String>,
@@ -193,7 +189,6 @@ impl From<&stratus_control::DatabaseView> for DatabaseServiceStatus {
             clients: v.activity.connections,
             // A database `stratus up` shows was made with its owner.
             owner_created: true,
-            last_active: None,
             suspended_at: None,
             moving: v.moving.as_ref().map(|m| Moving {
                 to: m.to.clone(),

@@ -136,8 +136,9 @@ fn the_chart_lints_and_renders_to_objects_every_supported_kubernetes_accepts() {
     let lint = helm(&["lint", "--strict", chart.to_str().unwrap()]);
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
     // 3 CRDs, the network policy, the operator's account, role, binding, deployment and
-    // metrics Service, and the proxy's account, role, binding, deployment and Service.
-    validate(&rendered(&[]), 14);
+    // metrics Service, and the proxy's account, role, binding, deployment, Service and metrics
+    // Service.
+    validate(&rendered(&[]), 15);
     let other = rendered(&[
         "--set",
         "networkPolicy.enabled=false",
@@ -145,7 +146,7 @@ fn the_chart_lints_and_renders_to_objects_every_supported_kubernetes_accepts() {
         "databases.storageClass=fast",
     ]);
     assert!(other.contains("value: \"fast\""), "{other}");
-    validate(&other, 13);
+    validate(&other, 14);
 }
 
 /// The ServiceMonitor (a Prometheus Operator kind, so not one `kubernetes-validate` knows)
@@ -174,7 +175,7 @@ fn the_service_monitor_scrapes_the_operators_metrics_port() {
     let deployment = doc("Deployment");
     assert!(service.contains("app.kubernetes.io/component: operator-metrics"));
     assert!(
-        monitor.contains(r#"values: ["operator-metrics", "proxy"]"#),
+        monitor.contains(r#"values: ["operator-metrics", "proxy-metrics"]"#),
         "{monitor}"
     );
     assert!(service.contains("app.kubernetes.io/instance: stratus"));
@@ -192,7 +193,7 @@ fn the_service_monitor_scrapes_the_operators_metrics_port() {
         .split("\n---")
         .filter(|d| !d.contains("\nkind: ServiceMonitor\n"))
         .collect();
-    validate(&known.join("\n---"), 14);
+    validate(&known.join("\n---"), 15);
 }
 
 #[test]

@@ -329,3 +329,45 @@ async fn what_a_session_lived_through_is_an_event_on_its_database() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     finished(dir, verifier).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_wake_undone_before_it_was_carried_out_is_asked_again() {
+    let wake = || {
+        expect("PATCH", &format!("{CR}?"))
+            .body(MERGE, json!({"spec": {"state": "active"}}))
+            .answer(200, resource(Some(Lifecycle::Active), "active"))
+    };
+    // The operator had asked for a suspend just before: it lands after the wake.
+    let asleep = || get_resource(Some(Lifecycle::Suspended), "active");
+    let mut script = vec![get_resource(Some(Lifecycle::Suspended), "active"), wake()];
+    script.extend((0..4).map(|_| asleep()));
+    script.extend([asleep(), wake()]);
+    script.extend([get_resource(None, "active"), pod(true, "10.0.0.7", 0)]);
+    let (dir, verifier) = directory(script, Arc::default());
+    let woke = tokio::time::timeout(Duration::from_secs(60), dir.backend("shop", true)).await;
+    assert_eq!(woke.expect("no hang"), Ok(Some(at("10.0.0.7"))));
+    finished(dir, verifier).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn logins_survive_a_short_outage_of_the_api_server() {
+    let script = vec![
+        get_resource(Some(Lifecycle::Parked), "parked"),
+        published(&[native("admin", "pw")]),
+        expect("GET", CR).answer(
+            503,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503,
+                   "reason": "ServiceUnavailable", "message": "etcdserver: request timed out"}),
+        ),
+    ];
+    let (dir, verifier) = directory(script, Arc::default());
+    assert!(dir.account("shop", "admin").await.is_some());
+    tokio::time::advance(FRESH).await;
+    let kept = dir.account("shop", "admin").await;
+    assert_eq!(
+        kept.map(|a| a.stage2),
+        Some(NativeHash::of_password("pw").0),
+        "what was known is kept"
+    );
+    finished(dir, verifier).await;
+}

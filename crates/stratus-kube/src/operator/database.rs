@@ -82,6 +82,8 @@ pub enum Step {
 pub struct Plan {
     pub steps: Vec<Step>,
     pub requeue: Option<Duration>,
+    /// The idle clock to remember for the next look ([`Seen::last_active`]).
+    pub last_active: Option<i64>,
 }
 
 /// What the cluster says of one database, read before planning.
@@ -94,6 +96,10 @@ pub struct Seen {
     pub activity: Option<ClientActivity>,
     /// Its `ScalingPolicy` (the default when none names it).
     pub policy: ScalingPolicy,
+    /// The start of its idle time as the operator's last look left it (kept in memory, not in
+    /// the status: a status written at every look would trigger the next look at once). `None`
+    /// after a restart of the operator or a change of the spec, which start the clock again.
+    pub last_active: Option<i64>,
     /// When this was seen (Unix ms).
     pub now_ms: i64,
 }
@@ -115,6 +121,7 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
             return Plan {
                 steps: Vec::new(),
                 requeue: None,
+                last_active: None,
             };
         }
         // The finalizer goes only once the StatefulSet and the claim are gone, so that a
@@ -128,11 +135,13 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
                     vec![Step::Destroy]
                 },
                 requeue: Some(SOON),
+                last_active: None,
             };
         }
         return Plan {
             steps: vec![Step::RemoveFinalizer],
             requeue: None,
+            last_active: None,
         };
     }
     let mut steps = Vec::new();
@@ -154,6 +163,7 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
             return Plan {
                 steps,
                 requeue: None,
+                last_active: None,
             };
         }
     };
@@ -310,7 +320,9 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     }
     // While it serves, its accounts are read again at each look (a client may have made or
     // changed one in SQL), so the proxy can check logins while it sleeps.
-    if state == "active" && (owner_created || provision) && pod.is_some_and(|p| p.ready) {
+    // And once right after provisioning, whatever it was asked to be: a database made suspended
+    // must let its owner in (through the proxy) to be woken.
+    if provision || (state == "active" && owner_created && pod.is_some_and(|p| p.ready)) {
         steps.push(Step::PublishAccounts);
     }
     let mut st = status(state, None);
@@ -326,10 +338,6 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     st.storage_limit_bytes = Some(volume.max(limit));
     st.moving = move_phase;
     st.owner_created = owner_created || provision;
-    // Every proxy replica's clients together, as the server counts them (those kept by a
-    // proxy's pool for a while after their client left included).
-    st.clients = seen.activity.map_or(0, |a| a.connections);
-    st.last_active = idle.last_active.map(rfc3339);
     st.suspended_at = idle.suspended_at.map(rfc3339);
     if let Some(p) = pod.filter(|_| state != "parked") {
         st.node = p.node.clone().unwrap_or_default();
@@ -358,6 +366,7 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     Plan {
         steps,
         requeue: Some(requeue),
+        last_active: idle.last_active,
     }
 }
 
@@ -390,12 +399,12 @@ fn idleness(
     let mut out = Idleness::default();
     match (state, desired) {
         ("active", Lifecycle::Active) => {
-            // Just (re)started, woken or resumed: its idle clock starts now, so a wake is never
-            // undone before the statement that asked for it ran.
-            let recorded = parse(
-                was.filter(|w| w.state == "active")
-                    .and_then(|w| w.last_active.as_ref()),
-            );
+            // Just (re)started, woken or resumed, or its spec changed since the clock was set
+            // (a wake that came before a requested suspend was carried out): its idle clock
+            // starts now, so a wake is never undone before the statement that asked for it ran.
+            let recorded = seen
+                .last_active
+                .filter(|_| was.is_some_and(|w| w.state == "active"));
             let mut last = recorded.unwrap_or(now);
             if let Some(a) = seen.activity {
                 let at = if a.busy {
@@ -473,6 +482,7 @@ pub(crate) async fn reconcile_at(
         if serving || asleep {
             seen.policy = ctx.runtime.scaling_policy(name).await?;
         }
+        seen.last_active = ctx.idle_clock(name.as_str(), ds.metadata.generation);
         if serving {
             // Unknown activity only stops the clock this time: nothing is suspended on it.
             seen.activity = match ctx.servers.activity(name, &pod).await {
@@ -551,7 +561,12 @@ pub(crate) async fn reconcile_at(
                     }
                     (Step::Fill(bytes), Some(pod)) => ctx.servers.fill(name, pod, bytes).await?,
                     (Step::Request { state, .. }, _) => {
-                        let patch = json!({"spec": {"state": state}});
+                        // With the version read: a wake or a user's resume meanwhile is a 409,
+                        // and the next look starts from it.
+                        let patch = json!({
+                            "metadata": {"resourceVersion": ds.metadata.resource_version},
+                            "spec": {"state": state},
+                        });
                         api.patch(&resource, &PatchParams::default(), &Patch::Merge(patch))
                             .await
                             .map_err(|e| {
@@ -585,6 +600,9 @@ pub(crate) async fn reconcile_at(
                 }
             }
         }
+    }
+    if let Some(name) = &name {
+        ctx.set_idle_clock(name.as_str(), ds.metadata.generation, plan.last_active);
     }
     // What was done, for `kubectl describe` and `kubectl events`: after it was done, and
     // never at the cost of the reconcile (a refused event is only logged).
@@ -744,7 +762,6 @@ fn status_patch(status: &DatabaseServiceStatus) -> serde_json::Value {
             "storageUsedBytes",
             "storageLimitBytes",
             "observedGeneration",
-            "lastActive",
             "suspendedAt",
         ] {
             map.entry(key).or_insert(serde_json::Value::Null);

@@ -40,6 +40,9 @@ pub struct Context {
     pub metrics: Arc<metrics::OperatorMetrics>,
     /// Failures in a row per resource, for the back-off.
     failures: Mutex<HashMap<String, u32>>,
+    /// Each database's idle clock: the resource's generation it was set at, and the start of
+    /// its idle time ([`database::Seen::last_active`]).
+    clocks: Mutex<HashMap<String, (Option<i64>, i64)>>,
 }
 
 impl Context {
@@ -61,7 +64,25 @@ impl Context {
             settings,
             sizes,
             failures: Mutex::default(),
+            clocks: Mutex::default(),
         }
+    }
+
+    /// The idle clock of `db`, if it was set at this `generation` of its resource.
+    pub(crate) fn idle_clock(&self, db: &str, generation: Option<i64>) -> Option<i64> {
+        let clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        clocks
+            .get(db)
+            .filter(|(at, _)| *at == generation)
+            .map(|(_, last)| *last)
+    }
+
+    pub(crate) fn set_idle_clock(&self, db: &str, generation: Option<i64>, last: Option<i64>) {
+        let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        match last {
+            Some(last) => clocks.insert(db.to_owned(), (generation, last)),
+            None => clocks.remove(db),
+        };
     }
 
     /// The same, with other hands for SQL in the servers (tests script them).

@@ -1471,12 +1471,14 @@ async fn an_owner_secret_the_spec_names_is_used_as_it_is_and_a_missing_one_is_an
 /// 2026-12-02T05:00:00Z, in Unix ms.
 const T0: i64 = 1_796_187_600_000;
 
-/// Seen at `now`: a ready pod, the default policy, and `activity` if the server was read.
+/// Seen at `now`: a ready pod, the default policy, `activity` if the server was read, and the
+/// idle clock an earlier look set at `T0`.
 fn seen_at(now: i64, activity: Option<ClientActivity>) -> Seen {
     Seen {
         pod: Some(ready_pod()),
         activity,
         now_ms: now,
+        last_active: Some(T0),
         ..Seen::default()
     }
 }
@@ -1489,12 +1491,11 @@ fn clients(busy: bool, idle_ms: Option<u64>) -> Option<ClientActivity> {
     })
 }
 
-/// A database the last look saw `state`, with its idle clocks at `since`.
+/// A database the last look saw `state`; suspended since `since`.
 fn was(state: &str, since: i64) -> DatabaseService {
     let mut ds = resource(&[FINALIZER], false);
     ds.status = Some(DatabaseServiceStatus {
         state: state.into(),
-        last_active: (state == "active").then(|| rfc3339(since)),
         suspended_at: (state == "suspended").then(|| rfc3339(since)),
         ..made()
     });
@@ -1515,11 +1516,15 @@ fn an_idle_database_is_asked_to_suspend_once_its_policy_allows_and_never_while_b
     // Sessions sleeping for 11 s: past the default 10 s.
     let idle = plan(&ds, &seen_at(now, clients(false, Some(11_000))), &sizes());
     assert_eq!(requested(&idle), Some((Lifecycle::Suspended, 11_000)));
-    assert_eq!(status_of(&idle).last_active, Some(rfc3339(T0)));
+    assert_eq!(idle.last_active, Some(T0));
     assert_eq!(
-        status_of(&idle).clients,
-        1,
-        "its clients, as the server counts them"
+        status_of(&idle),
+        status_of(&plan(
+            &ds,
+            &seen_at(now + 1, clients(false, Some(1))),
+            &sizes()
+        )),
+        "the clock is not in the status: a look whose only news is activity writes nothing"
     );
     // No client connected: the recorded clock counts.
     let plan_gone = plan(&ds, &seen_at(now, clients(false, None)), &sizes());
@@ -1527,7 +1532,7 @@ fn an_idle_database_is_asked_to_suspend_once_its_policy_allows_and_never_while_b
     // A statement running, or a transaction open: the clock starts again.
     let busy = plan(&ds, &seen_at(now, clients(true, Some(11_000))), &sizes());
     assert_eq!(requested(&busy), None);
-    assert_eq!(status_of(&busy).last_active, Some(rfc3339(now)));
+    assert_eq!(busy.last_active, Some(now));
     // A client's command 3 s ago: not yet, and looked at again in time for it.
     let recent = plan(&ds, &seen_at(now, clients(false, Some(3_000))), &sizes());
     assert_eq!(requested(&recent), None);
@@ -1549,8 +1554,33 @@ fn a_woken_database_starts_its_idle_clock_afresh() {
     let woken = plan(&ds, &seen_at(now, clients(false, None)), &sizes());
     assert_eq!(status_of(&woken).state, "active");
     assert_eq!(requested(&woken), None);
-    assert_eq!(status_of(&woken).last_active, Some(rfc3339(now)));
+    assert_eq!(woken.last_active, Some(now));
     assert_eq!(status_of(&woken).suspended_at, None);
+
+    // Woken by a client before a suspend the operator asked for was carried out: the status
+    // still says active, but the spec changed since the clock was set, so the look has no
+    // clock (`Context::idle_clock`) and starts it again instead of asking again at once.
+    let active = was("active", T0);
+    let mut fresh = seen_at(now, clients(false, None));
+    fresh.last_active = None;
+    let again = plan(&active, &fresh, &sizes());
+    assert_eq!(requested(&again), None);
+    assert_eq!(again.last_active, Some(now));
+}
+
+#[tokio::test]
+async fn the_idle_clock_is_forgotten_when_the_spec_changes() {
+    let (ctx, _verifier) = context(Vec::new());
+    ctx.set_idle_clock("shop", Some(3), Some(T0));
+    assert_eq!(ctx.idle_clock("shop", Some(3)), Some(T0));
+    assert_eq!(
+        ctx.idle_clock("shop", Some(4)),
+        None,
+        "a wake, a resume, an edit"
+    );
+    assert_eq!(ctx.idle_clock("other", Some(3)), None);
+    ctx.set_idle_clock("shop", Some(4), None);
+    assert_eq!(ctx.idle_clock("shop", Some(3)), None);
 }
 
 #[test]
@@ -1603,7 +1633,10 @@ async fn an_idle_database_is_suspended_through_its_spec_by_its_own_policy() {
     script.extend(apply_requests());
     script.push(
         expect("PATCH", &format!("{CR}?"))
-            .body(MERGE, json!({"spec": {"state": "suspended"}}))
+            .body(
+                MERGE,
+                json!({"metadata": {"resourceVersion": "100"}, "spec": {"state": "suspended"}}),
+            )
             .answer(200, cr_answer(&ds)),
     );
     script.push(accounts_already_published());
@@ -1614,7 +1647,9 @@ async fn an_idle_database_is_suspended_through_its_spec_by_its_own_policy() {
         ..ScriptedSql::default()
     });
     let (ctx, verifier) = scripted_context(script, sql.clone());
-    reconcile(&ds, &ctx).await.unwrap();
+    // An earlier look saw a client active 5 s ago.
+    ctx.set_idle_clock("shop", ds.metadata.generation, Some(T0 - 5_000));
+    reconcile_at(&ds, &ctx, T0).await.unwrap();
     drop(ctx);
     verifier.finished().await;
     assert_eq!(
@@ -1663,5 +1698,46 @@ async fn a_look_that_changes_nothing_writes_nothing() {
     assert_eq!(
         *sql.calls.lock().unwrap(),
         ["activity shop at 10.0.0.7", "accounts shop at 10.0.0.7"]
+    );
+}
+
+#[test]
+fn a_database_made_suspended_still_publishes_its_owner_so_a_login_can_wake_it() {
+    let mut fresh = with_state(resource(&[FINALIZER], false), Lifecycle::Suspended);
+    fresh.status = None;
+    let steps = plan(&fresh, &seen_pod(ready_pod()), &sizes()).steps;
+    let at = |want: &Step| steps.iter().position(|s| s == want);
+    let provision = Step::Provision {
+        secret: "shop-owner".into(),
+        make: true,
+    };
+    assert!(at(&provision).is_some(), "{steps:?}");
+    assert!(at(&Step::PublishAccounts) > at(&provision), "{steps:?}");
+}
+
+#[tokio::test]
+async fn an_owner_secret_left_by_an_earlier_database_of_the_name_is_not_taken() {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.status = None;
+    let old = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+        "metadata": {"name": "shop-owner", "namespace": "stratus",
+            "ownerReferences": [{"apiVersion": "stratus.dev/v1alpha1", "kind": "DatabaseService",
+                                 "name": "shop", "uid": "0ld-shop", "controller": true}]},
+        "data": {"username": "YWRtaW4=", "password": "b2xk"}});
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.extend(apply_requests());
+    script.push(expect("GET", &format!("{NS}/secrets/shop-owner")).answer(200, old));
+    let sql = Arc::new(ScriptedSql::default());
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    let e = reconcile(&ds, &ctx).await.unwrap_err();
+    assert!(
+        e.to_string().contains("belongs to an earlier database"),
+        "{e}"
+    );
+    drop(ctx);
+    verifier.finished().await;
+    assert!(
+        sql.calls.lock().unwrap().is_empty(),
+        "nothing made with its password"
     );
 }
