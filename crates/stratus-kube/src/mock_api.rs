@@ -60,6 +60,35 @@ impl Exchange {
     }
 }
 
+/// A Kubernetes Event that `controller` (replica `instance`) records on DatabaseService `shop`,
+/// with `reason` and `kind` (`Normal`, `Warning`), and, if given, `note_has` in its note.
+pub(crate) fn expect_event(
+    controller: &'static str,
+    instance: &'static str,
+    reason: &'static str,
+    kind: &'static str,
+    note_has: Option<&'static str>,
+) -> Exchange {
+    expect("POST", "/apis/events.k8s.io/v1/namespaces/stratus/events?")
+        .checked(JSON, move |body| {
+            assert_eq!(body["reason"], reason, "{body}");
+            assert_eq!(body["type"], kind);
+            assert_eq!(body["regarding"]["kind"], "DatabaseService");
+            assert_eq!(body["regarding"]["name"], "shop");
+            assert_eq!(body["reportingController"], controller);
+            assert_eq!(body["reportingInstance"], instance);
+            if let Some(part) = note_has {
+                assert!(body["note"].as_str().unwrap().contains(part), "{body}");
+            }
+        })
+        .answer(
+            201,
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                   "metadata": {"name": "shop.1", "namespace": "stratus"},
+                   "eventTime": "2026-12-01T23:00:00.000000Z"}),
+        )
+}
+
 pub(crate) const APPLY: &str = "application/apply-patch+yaml";
 pub(crate) const STRATEGIC: &str = "application/strategic-merge-patch+json";
 pub(crate) const MERGE: &str = "application/merge-patch+json";

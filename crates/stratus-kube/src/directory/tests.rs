@@ -289,24 +289,8 @@ async fn accounts_changed_in_sql_are_read_from_the_server_and_published_by_the_o
 #[tokio::test(start_paused = true)]
 async fn what_a_session_lived_through_is_an_event_on_its_database() {
     use stratus_proxy::replay::{Failover, Outcome};
-    let event = |reason: &'static str, kind: &'static str| {
-        expect("POST", "/apis/events.k8s.io/v1/namespaces/stratus/events?")
-            .checked(JSON, move |body| {
-                assert_eq!(body["reason"], reason, "{body}");
-                assert_eq!(body["type"], kind);
-                assert_eq!(body["regarding"]["kind"], "DatabaseService");
-                assert_eq!(body["regarding"]["name"], "shop");
-                assert_eq!(body["reportingController"], "stratus-proxy");
-                assert_eq!(body["reportingInstance"], "proxy-a");
-                assert!(body["note"].as_str().unwrap().contains("replay"), "{body}");
-            })
-            .answer(
-                201,
-                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
-                       "metadata": {"name": "shop.1", "namespace": "stratus"},
-                       "eventTime": "2026-12-02T05:00:00.000000Z"}),
-            )
-    };
+    let event =
+        |reason, kind| expect_event("stratus-proxy", "proxy-a", reason, kind, Some("replay"));
     let script = vec![event("Failover", "Normal"), event("Failover", "Warning")];
     let (dir, verifier) = directory(script, Arc::default());
     let report = |outcome, detail: &str| Failover {
