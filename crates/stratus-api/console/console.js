@@ -7,14 +7,23 @@ const TOKEN_KEY = "stratus-token";
 const view = document.getElementById("view");
 const errorBox = document.getElementById("error");
 let timer = null;
-let charts = [];
+// Each page shown gets a number; a refresh that finishes after its page was left sees another
+// number and drops what it read.
+let shownPage = 0;
+let plots = [];
+// Which kind of error shows: a periodic refresh clears only its own, not an action's.
+let errorFrom = null;
 
 // A token handed over in the address (`/#token=…`, never sent to the server) is kept for this
 // tab and removed from the address and its history.
 (function takeTokenFromAddress() {
   const m = location.hash.match(/^#token=([^&]+)/);
   if (m) {
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    try {
+      sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    } catch (e) {
+      // A malformed address: the form asks for the token instead.
+    }
     history.replaceState(null, "", location.pathname + "#/");
   }
 })();
@@ -32,9 +41,10 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
-function showError(message) {
+function showError(message, from) {
   errorBox.textContent = message;
   errorBox.hidden = !message;
+  errorFrom = message ? from : null;
 }
 
 class ApiError extends Error {}
@@ -73,24 +83,36 @@ function stateBadge(state) {
 
 function every(ms, f) {
   clearInterval(timer);
-  f();
-  timer = setInterval(f, ms);
+  const run = guarded(f, "refresh");
+  run();
+  timer = setInterval(run, ms);
 }
 
-function guarded(f) {
+// Runs `f`, showing its error; `from` names the source ("refresh" or "action"). A success
+// clears the error shown only if it came from the same source.
+function guarded(f, from = "action") {
   return async (...args) => {
     try {
-      showError("");
       await f(...args);
+      if (errorFrom === from) showError("");
     } catch (e) {
-      showError(e.message);
+      showError(e.message, from);
     }
   };
+}
+
+// A new page: the old one's refreshes stop and its charts are released.
+function newPage() {
+  clearInterval(timer);
+  for (const p of plots) p.destroy();
+  plots = [];
+  return ++shownPage;
 }
 
 // ---- the databases ----
 
 async function listPage() {
+  const page = newPage();
   const table = el("tbody", { id: "databases" });
   const secret = el("div", { id: "created" });
   const form = el("form", { class: "inline", id: "create" },
@@ -123,6 +145,7 @@ async function listPage() {
       ["Name", "State", "SCU", "Range", "Node", "CPU", "Memory", "Clients", "Storage"].map((h) => el("th", {}, h)))), table));
   const refresh = async () => {
     const dbs = await api("GET", "/v1/databases");
+    if (page !== shownPage) return;
     table.replaceChildren(...dbs.map((d) => {
       const m = d.measured || {};
       return el("tr", { "data-db": d.name },
@@ -138,7 +161,7 @@ async function listPage() {
     }));
     if (!dbs.length) table.append(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No databases yet.")));
   };
-  every(2000, guarded(refresh));
+  every(2000, refresh);
 }
 
 // ---- one database ----
@@ -211,6 +234,7 @@ function seriesData(samples, chart) {
 }
 
 async function dbPage(name) {
+  const page = newPage();
   const title = el("h1", {}, name, " ", el("span", { id: "state" }));
   const facts = el("p", { class: "muted", id: "facts" });
   const scaleInput = el("input", { type: "number", min: 1, max: 16, id: "scale-to", placeholder: "SCU" });
@@ -233,7 +257,7 @@ async function dbPage(name) {
   view.replaceChildren(el("p", {}, el("a", { href: "#/" }, "← Databases")), title, facts, actions,
     el("h2", {}, "Last hour"), chartBox,
     el("h2", {}, "Events"), el("table", { class: "events" }, eventRows));
-  charts = [];
+  const charts = [];
   const shown = { events: [] };
   const refresh = async () => {
     const path = `/v1/databases/${encodeURIComponent(name)}`;
@@ -242,6 +266,7 @@ async function dbPage(name) {
       api("GET", path + "/history"),
       api("GET", `/v1/events?db=${encodeURIComponent(name)}&limit=10000`),
     ]);
+    if (page !== shownPage) return;
     document.getElementById("state").replaceChildren(stateBadge(d.state));
     facts.textContent = `${d.scu} SCU (${d.min_scu}–${d.max_scu}, ${d.tier}) on ${d.node} · ` +
       `${d.cpu_limit} vCPU, ${bytes(d.memory_limit)} · buffer pool ${bytes(d.buffer_pool_size)} · ` +
@@ -264,7 +289,9 @@ async function dbPage(name) {
           axes: [{}, { size: 50 }],
           plugins: [eventsPlugin(shown)],
         };
-        charts.push({ plot: new uPlot(opts, seriesData(samples, c), box), spec: c });
+        const plot = new uPlot(opts, seriesData(samples, c), box);
+        plots.push(plot);
+        charts.push({ plot, spec: c });
       }
     } else {
       for (const ch of charts) ch.plot.setData(seriesData(samples, ch.spec));
@@ -272,13 +299,13 @@ async function dbPage(name) {
     chartBox.dataset.samples = String(samples.length);
     chartBox.dataset.events = String(recent.length);
   };
-  every(5000, guarded(refresh));
+  every(5000, refresh);
 }
 
 // ---- routing ----
 
 function route() {
-  clearInterval(timer);
+  newPage();
   const token = sessionStorage.getItem(TOKEN_KEY);
   document.getElementById("login").hidden = !!token;
   document.getElementById("forget").hidden = !token;
@@ -286,8 +313,8 @@ function route() {
     view.replaceChildren();
     return;
   }
-  const m = location.hash.match(/^#\/db\/([^/]+)$/);
-  if (m) dbPage(decodeURIComponent(m[1]));
+  const m = location.hash.match(/^#\/db\/([a-z][a-z0-9-]*)$/);
+  if (m) dbPage(m[1]);
   else listPage();
 }
 

@@ -301,26 +301,23 @@ impl Directory for KubeDirectory {
         let Ok(db) = ServiceName::parse(service) else {
             return;
         };
-        // At most one read of the server and one request to the operator per second and
-        // database: a client looping over `CREATE USER` must not load the API server. Within
-        // the second, the next login reads the published accounts again.
-        let recent = {
-            let mut last = self.changed.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let recent = last
-                .get(db.as_str())
-                .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1));
-            if !recent {
-                last.insert(db.to_string(), now);
-            }
-            recent
-        };
-        if recent {
-            self.known().remove(db.as_str());
-            return;
-        }
+        // Read from the server at once: this replica must let the new login in.
         let known = self.read_logins(&db, true).await;
         self.remember(&db, known);
+        // The operator is asked to publish them at most once a second per database: a client
+        // looping over `CREATE USER` must not load the API server. The last change of a burst
+        // is published at the operator's next look.
+        {
+            let mut last = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if last
+                .get(db.as_str())
+                .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1))
+            {
+                return;
+            }
+            last.insert(db.to_string(), now);
+        }
         // The operator publishes them for the other replicas and for while it sleeps.
         let stamp = stratus_core::time::now_ms().to_string();
         let patch = serde_json::json!({"metadata": {"annotations": {ACCOUNTS_CHANGED: stamp}}});

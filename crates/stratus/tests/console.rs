@@ -44,6 +44,11 @@ fn the_console_shows_databases_their_charts_and_events_and_creates_and_deletes()
         "the token left the address at once"
     );
     assert_eq!(
+        b.eval("[localStorage.length, document.cookie]"),
+        serde_json::json!([0, ""]),
+        "kept in the tab only"
+    );
+    assert_eq!(
         b.eval(r#"document.querySelector('tr[data-db="shop"] td:nth-child(3)').textContent"#),
         "2"
     );
@@ -167,6 +172,17 @@ fn the_console_files_need_no_token_but_the_data_does() {
     }
     let data = String::from_utf8(get("/v1/databases").stdout).unwrap();
     assert!(data.starts_with("HTTP/1.1 401"), "{data}");
+    // Only the console's own files go without a token; another name under /console is no file
+    // of it, and needs one like any route.
+    let other = String::from_utf8(get("/console/admin.token").stdout).unwrap();
+    assert!(other.starts_with("HTTP/1.1 401"), "{other}");
+    let with_token = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {}", s.admin_token()))
+        .arg(format!("http://{}/console/admin.token", s.api))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&with_token.stdout), "404");
     let missing = String::from_utf8(get("/console/../v1/databases").stdout).unwrap();
     assert!(!missing.starts_with("HTTP/1.1 200"), "{missing}");
     s.stop();

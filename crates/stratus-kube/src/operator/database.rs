@@ -567,11 +567,25 @@ pub(crate) async fn reconcile_at(
                             "metadata": {"resourceVersion": ds.metadata.resource_version},
                             "spec": {"state": state},
                         });
-                        api.patch(&resource, &PatchParams::default(), &Patch::Merge(patch))
+                        match api
+                            .patch(&resource, &PatchParams::default(), &Patch::Merge(patch))
                             .await
-                            .map_err(|e| {
-                                KubeError::of("update", format!("databaseservice {resource}"), e)
-                            })?;
+                        {
+                            Ok(_) => {}
+                            // Changed meanwhile (a client's wake, a user's resume): that wins,
+                            // and is no failure; the next look starts from it.
+                            Err(kube::Error::Api(s)) if s.code == 409 => {
+                                tracing::info!(database = %resource, "idle request dropped: the resource changed meanwhile");
+                                return Ok(Some(Duration::from_secs(1)));
+                            }
+                            Err(e) => {
+                                return Err(KubeError::of(
+                                    "update",
+                                    format!("databaseservice {resource}"),
+                                    e,
+                                ));
+                            }
+                        }
                     }
                     (Step::PublishAccounts, Some(pod)) => {
                         let rows = ctx.servers.accounts(name, pod).await?;

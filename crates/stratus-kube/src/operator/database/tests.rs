@@ -1727,3 +1727,47 @@ async fn an_owner_secret_left_by_an_earlier_database_of_the_name_is_not_taken() 
         "nothing made with its password"
     );
 }
+
+#[tokio::test]
+async fn an_idle_suspend_that_loses_to_a_wake_is_no_failure() {
+    let ds = was("active", T0 - 60_000);
+    let mut script = observe(Some(pod_json("node-a", "1")), true);
+    script.push(
+        expect(
+            "GET",
+            "/apis/stratus.dev/v1alpha1/namespaces/stratus/scalingpolicies?",
+        )
+        .answer(
+            200,
+            json!({"apiVersion": "stratus.dev/v1alpha1", "kind": "ScalingPolicyList",
+                            "metadata": {"resourceVersion": "7"}, "items": []}),
+        ),
+    );
+    script.extend(apply_requests());
+    // The proxy set the spec to active a moment ago: this version is stale.
+    script.push(
+        expect("PATCH", &format!("{CR}?"))
+            .checked(MERGE, |body| {
+                assert_eq!(body["spec"]["state"], "suspended");
+            })
+            .answer(
+                409,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409,
+               "reason": "Conflict", "message": "the object has been modified"}),
+            ),
+    );
+    let sql = Arc::new(ScriptedSql {
+        activity: clients(false, None),
+        ..ScriptedSql::default()
+    });
+    let (ctx, verifier) = scripted_context(script, sql);
+    ctx.set_idle_clock("shop", ds.metadata.generation, Some(T0 - 60_000));
+    let looked = reconcile_at(&ds, &ctx, T0).await;
+    drop(ctx);
+    verifier.finished().await;
+    assert_eq!(
+        looked.unwrap(),
+        Some(Duration::from_secs(1)),
+        "no error, no back-off"
+    );
+}
