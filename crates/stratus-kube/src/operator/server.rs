@@ -48,6 +48,15 @@ pub trait ServerSql: Send + Sync {
     -> Pending<'a, ClientActivity>;
 }
 
+/// A failure of SQL in `db`'s server, as the operator reports it (the runtime's error names the
+/// database already).
+fn sql_failed(db: &ServiceName) -> impl Fn(stratus_runtime::RuntimeError) -> KubeError + Copy + '_ {
+    move |e| KubeError::Server {
+        db: db.to_string(),
+        message: e.to_string(),
+    }
+}
+
 /// The real one: a connection to the pod as `stratus_admin`, with the password from the
 /// database's Secret.
 pub struct AdminSql {
@@ -75,23 +84,16 @@ impl AdminSql {
             password: Some(password),
         };
         let endpoint = Endpoint::Tcp(SocketAddr::new(ip, pod.port.unwrap_or(PORT)));
-        // The runtime's errors name the database already.
         AdminConn::connect(db.as_str(), &endpoint, &login, LOGIN_TIMEOUT)
             .await
-            .map_err(|e| KubeError::Server {
-                db: db.to_string(),
-                message: e.to_string(),
-            })
+            .map_err(sql_failed(db))
     }
 }
 
 impl ServerSql for AdminSql {
     fn empty<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, u64> {
         Box::pin(async move {
-            let failed = |e: stratus_runtime::RuntimeError| KubeError::Server {
-                db: db.to_string(),
-                message: e.to_string(),
-            };
+            let failed = sql_failed(db);
             let mut conn = self.connect(db, pod).await?;
             // Already emptied (an earlier attempt stopped after this): its list is kept.
             if conn.buffer_pool_size().await.map_err(failed)? > BUFFER_POOL_FLOOR {
@@ -108,10 +110,7 @@ impl ServerSql for AdminSql {
 
     fn fill<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()> {
         Box::pin(async move {
-            let failed = |e: stratus_runtime::RuntimeError| KubeError::Server {
-                db: db.to_string(),
-                message: e.to_string(),
-            };
+            let failed = sql_failed(db);
             let mut conn = self.connect(db, pod).await?;
             conn.resize_buffer_pool(bytes).await.map_err(failed)?;
             conn.load_buffer_pool().await.map_err(failed)?;
@@ -128,10 +127,7 @@ impl ServerSql for AdminSql {
         hash: &'a NativeHash,
     ) -> Pending<'a, bool> {
         Box::pin(async move {
-            let failed = |e: stratus_runtime::RuntimeError| KubeError::Server {
-                db: db.to_string(),
-                message: e.to_string(),
-            };
+            let failed = sql_failed(db);
             let mut conn = self.connect(db, pod).await?;
             let exists = conn
                 .accounts()
@@ -150,10 +146,7 @@ impl ServerSql for AdminSql {
     fn accounts<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, Vec<Account>> {
         Box::pin(async move {
             let mut conn = self.connect(db, pod).await?;
-            let rows = conn.accounts().await.map_err(|e| KubeError::Server {
-                db: db.to_string(),
-                message: e.to_string(),
-            })?;
+            let rows = conn.accounts().await.map_err(sql_failed(db))?;
             conn.close().await;
             Ok(rows)
         })
@@ -166,13 +159,7 @@ impl ServerSql for AdminSql {
     ) -> Pending<'a, ClientActivity> {
         Box::pin(async move {
             let mut conn = self.connect(db, pod).await?;
-            let seen = conn
-                .client_activity()
-                .await
-                .map_err(|e| KubeError::Server {
-                    db: db.to_string(),
-                    message: e.to_string(),
-                })?;
+            let seen = conn.client_activity().await.map_err(sql_failed(db))?;
             conn.close().await;
             Ok(seen)
         })

@@ -1454,6 +1454,19 @@ async fn an_owner_secret_the_spec_names_is_used_as_it_is_and_a_missing_one_is_an
     assert!(sql.calls.lock().unwrap().is_empty());
 }
 
+/// The list of `ScalingPolicy`s when none names a database: the default policy holds.
+fn no_policies() -> Exchange {
+    expect(
+        "GET",
+        "/apis/stratus.dev/v1alpha1/namespaces/stratus/scalingpolicies?",
+    )
+    .answer(
+        200,
+        json!({"apiVersion": "stratus.dev/v1alpha1", "kind": "ScalingPolicyList",
+               "metadata": {"resourceVersion": "7"}, "items": []}),
+    )
+}
+
 /// 2026-12-02T05:00:00Z, in Unix ms.
 const T0: i64 = 1_796_187_600_000;
 
@@ -1658,17 +1671,7 @@ async fn a_look_that_changes_nothing_writes_nothing() {
     let recorded =
         serde_json::to_value(objects_of::stateful_set(&instance(), &Settings::default())).unwrap();
     let mut script = observe_set(Some(pod_json("node-a", "1")), Some(recorded));
-    script.push(
-        expect(
-            "GET",
-            "/apis/stratus.dev/v1alpha1/namespaces/stratus/scalingpolicies?",
-        )
-        .answer(
-            200,
-            json!({"apiVersion": "stratus.dev/v1alpha1", "kind": "ScalingPolicyList",
-                            "metadata": {"resourceVersion": "7"}, "items": []}),
-        ),
-    );
+    script.push(no_policies());
     script.push(accounts_already_published());
     let sql = Arc::new(ScriptedSql::default());
     let (ctx, verifier) = scripted_context(script, sql.clone());
@@ -1732,17 +1735,7 @@ async fn an_owner_secret_left_by_an_earlier_database_of_the_name_is_not_taken() 
 async fn an_idle_suspend_that_loses_to_a_wake_is_no_failure() {
     let ds = was("active", T0 - 60_000);
     let mut script = observe(Some(pod_json("node-a", "1")), true);
-    script.push(
-        expect(
-            "GET",
-            "/apis/stratus.dev/v1alpha1/namespaces/stratus/scalingpolicies?",
-        )
-        .answer(
-            200,
-            json!({"apiVersion": "stratus.dev/v1alpha1", "kind": "ScalingPolicyList",
-                            "metadata": {"resourceVersion": "7"}, "items": []}),
-        ),
-    );
+    script.push(no_policies());
     script.extend(apply_requests());
     // The proxy set the spec to active a moment ago: this version is stale.
     script.push(
