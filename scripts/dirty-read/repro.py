@@ -39,6 +39,50 @@ def log(*a):
 # Server lifecycle
 # --------------------------------------------------------------------------------------------
 
+class CpuQuota:
+    """A CFS CPU quota for the server alone, as Stratus confines each `mariadbd` (hypothesis 5):
+    cgroup v1 `cpu.cfs_quota_us`, or v2 `cpu.max`, with the 100 ms period of both defaults."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cores):
+        name = "dirty-read-%d" % os.getpid()
+        quota = int(cores * self.PERIOD_US)
+        if os.path.isdir("/sys/fs/cgroup/cpu"):
+            self.path = os.path.join("/sys/fs/cgroup/cpu", name)
+            os.mkdir(self.path)
+            self._write("cpu.cfs_period_us", self.PERIOD_US)
+            self._write("cpu.cfs_quota_us", quota)
+        else:
+            self.path = os.path.join("/sys/fs/cgroup", name)
+            os.mkdir(self.path)
+            self._write("cpu.max", "%d %d" % (quota, self.PERIOD_US))
+
+    def _write(self, f, v):
+        with open(os.path.join(self.path, f), "w") as fh:
+            fh.write(str(v))
+
+    def add(self, pid):
+        self._write("cgroup.procs", pid)
+
+    def throttled_ms(self):
+        """Time the server spent throttled, in ms (v1 `throttled_time` ns, v2 `throttled_usec`)."""
+        try:
+            with open(os.path.join(self.path, "cpu.stat")) as fh:
+                kv = dict(line.split() for line in fh if line.strip())
+        except OSError:
+            return None
+        if "throttled_time" in kv:
+            return int(kv["throttled_time"]) / 1e6
+        return int(kv.get("throttled_usec", 0)) / 1e3
+
+    def remove(self):
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass
+
+
 class Server:
     def __init__(self, args, base):
         self.args = args
@@ -47,10 +91,35 @@ class Server:
         self.sock = os.path.join(base, "mysqld.sock")
         self.errlog = os.path.join(base, "error.log")
         self.proc = None
+        self.cgroup = CpuQuota(args.cpu_quota) if args.cpu_quota else None
+
+    def stratus_options(self):
+        """The options Stratus writes for every server (`stratus-runtime/src/local/config.rs`),
+        encryption at rest included, with a key of this run's own."""
+        keys = os.path.join(self.base, "keys.txt")
+        if not os.path.exists(keys):
+            with open(keys, "w") as f:
+                f.write("1;" + os.urandom(32).hex() + "\n")
+        return [
+            "--plugin-load-add=file_key_management", "--file-key-management-filename=" + keys,
+            "--file-key-management-encryption-algorithm=AES_CTR", "--innodb-encrypt-tables=FORCE",
+            "--innodb-encrypt-log=ON", "--innodb-encrypt-temporary-tables=ON",
+            "--innodb-encryption-threads=1", "--encrypt-tmp-files=ON", "--encrypt-tmp-disk-tables=ON",
+            "--encrypt-binlog=ON", "--aria-encrypt-tables=ON", "--symbolic-links=0",
+            "--performance-schema=OFF", "--innodb-log-file-size=32M",
+            "--innodb-buffer-pool-size-max=256M", "--innodb-buffer-pool-dump-at-shutdown=ON",
+            "--innodb-buffer-pool-load-at-startup=ON", "--innodb-buffer-pool-dump-pct=100",
+            "--binlog-format=ROW", "--gtid-strict-mode=ON", "--log-slave-updates=ON",
+            "--rpl-semi-sync-master-enabled=ON", "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+            "--rpl-semi-sync-master-wait-no-slave=OFF", "--rpl-semi-sync-master-timeout=1000",
+            "--log-bin-trust-function-creators=ON",
+        ]
 
     def install(self):
         cmd = [self.args.install_db, "--no-defaults", "--datadir=" + self.datadir,
                "--auth-root-authentication-method=normal", "--skip-test-db"]
+        if self.args.stratus_options:
+            cmd += self.stratus_options()
         if os.geteuid() == 0:
             cmd.append("--user=root")
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -73,8 +142,12 @@ class Server:
             cmd += ["--log-bin=" + os.path.join(self.base, "data", "binlog"), "--server-id=1"]
         if a.general_log:
             cmd += ["--general-log=1", "--general-log-file=" + os.path.join(self.base, "general.log")]
+        if a.stratus_options:
+            cmd += self.stratus_options()
         cmd += a.server_opt
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.cgroup:
+            self.cgroup.add(self.proc.pid)
         return self.proc.pid
 
     def kill9(self):
@@ -122,6 +195,7 @@ class State:
         self.n_writer_errors = 0
         self.n_aborts = 0
         self.n_replays = 0
+        self.n_resizes = 0
         self.n_storm_reads = 0
         self.errors = []
 
@@ -394,6 +468,33 @@ def reader(st, sock, rid):
             quiet_close(c)
 
 
+def resizer(st, sock):
+    """Hypothesis 5: the buffer pool resized while clients run, as Stratus's autoscaler does
+    (`SET GLOBAL innodb_buffer_pool_size`), alternating between the two `--resize` sizes."""
+    sizes = [int(x) << 20 for x in st.args.resize.split(",")]
+    rnd = random.Random(st.args.seed * 7919)
+    nth = 0
+    while not st.stop.is_set():
+        c, epoch, cid, _ = connect(st, sock, honour_gate=False)
+        if c is None:
+            return
+        try:
+            cur = c.cursor()
+            while not st.stop.is_set() and st.epoch == epoch:
+                time.sleep(st.args.resize_every * rnd.uniform(0.5, 1.5))
+                cur.execute("SET GLOBAL innodb_buffer_pool_size = %d" % sizes[nth % len(sizes)])
+                nth += 1
+                with st.lock:
+                    st.n_resizes += 1
+        except Exception:
+            pass
+        finally:
+            try:
+                c.close()
+            except Exception:
+                pass
+
+
 def storm_client(st, sock, barrier_epoch):
     """Hypothesis 3: one new connection per restart that reads once the moment it can."""
     c, epoch, cid, t_conn = connect(st, sock)
@@ -564,6 +665,13 @@ def main():
                    help="amplifier: one session keeps an uncommitted UPDATE of ROWS rows of a separate "
                         "table open, so each crash leaves a long background rollback")
     p.add_argument("--busy", type=int, default=0, help="busy-loop processes to starve the CPU")
+    p.add_argument("--stratus-options", action="store_true",
+                   help="run the server with the options Stratus writes, encryption included (hypothesis 5)")
+    p.add_argument("--cpu-quota", type=float, default=0, metavar="CORES",
+                   help="confine mariadbd to a CFS quota of this many cores, as Stratus does (hypothesis 5)")
+    p.add_argument("--resize", default=None, metavar="MB,MB",
+                   help="resize the buffer pool between these sizes while clients run (hypothesis 5)")
+    p.add_argument("--resize-every", type=float, default=2.0, metavar="S")
     p.add_argument("--accounts", type=int, default=20)
     p.add_argument("--balance", type=int, default=1000)
     p.add_argument("--writer-sleep", type=float, default=0.0)
@@ -613,6 +721,8 @@ def main():
             threads.append(threading.Thread(target=aborter, args=(st, srv.sock, i), daemon=True))
         if args.big_trx:
             threads.append(threading.Thread(target=big_trx, args=(st, srv.sock), daemon=True))
+        if args.resize:
+            threads.append(threading.Thread(target=resizer, args=(st, srv.sock), daemon=True))
         for t in threads:
             t.start()
 
@@ -707,6 +817,7 @@ def main():
             "reads_while_recovered_trx_present": n_exposed if not args.no_monitor else None,
             "storm_reads": st.n_storm_reads,
             "commits": st.n_commits, "writer_errors": st.n_writer_errors, "aborts": st.n_aborts, "replays": st.n_replays,
+            "resizes": st.n_resizes, "throttled_ms": srv.cgroup.throttled_ms() if srv.cgroup else None,
             "dirty_reads": len(st.dirty),
             "dirty_reads_while_recovered_present": sum(1 for d in st.dirty if d["recovered_present_by_monitor"]),
             "restarts_with_recovered_trx": sum(1 for x in rec_init if x),
@@ -732,6 +843,9 @@ def main():
               "connections); commits %d; aborted connections %d; replayed transfers %d"
               % (st.n_reads, st.n_reads_early, summary["reads_while_recovered_trx_present"],
                  st.n_storm_reads, st.n_commits, st.n_aborts, st.n_replays))
+        if args.stratus_options or args.cpu_quota or args.resize:
+            print("stratus options %s; cpu quota %s cores (throttled %s ms in all); buffer pool resizes %d"
+                  % (args.stratus_options, args.cpu_quota or None, summary["throttled_ms"], st.n_resizes))
         print("restarts with recovered trx at ready: %d of %d; for those, ready->recovered-zero ms: n=%d p50=%s p90=%s max=%s"
               % (summary["restarts_with_recovered_trx"], len(rec_init), len(rz), pct(rz, 50),
                  pct(rz, 90), max(rz) if rz else None))
@@ -770,6 +884,8 @@ def main():
         for bp in busy:
             bp.terminate()
         srv.kill9()
+        if srv.cgroup:
+            srv.cgroup.remove()
         if args.keep:
             log("kept", base)
         else:
