@@ -9,10 +9,12 @@
 //! * [`operator`]: the controllers (`stratus operator run`), with leader election;
 //! * [`accounts`] and [`directory`]: the proxy Deployment's view of the cluster (`stratus
 //!   operator proxy`): logins, routes and wakes;
-//! * [`rbac`]: what the operator and the proxy may do, which the tests hold them to.
+//! * [`rbac`]: what the operator and the proxy may do, which the tests hold them to;
+//! * [`agent`]: the sidecar in each database pod that samples its server's CPU for the
+//!   operator's autoscaler (`stratus operator agent`).
 //!
 //! Still to come (issue #10): the `Runtime` and `Store` implementations under
-//! `stratus-control`'s controllers (autoscaling, idle suspend and park, warm pool, backups).
+//! `stratus-control`'s controllers (warm pool, backups, live migration).
 //!
 //! References: [custom resources](https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/),
 //! [CEL validation rules](https://kubernetes.io/docs/reference/using-api/cel/),
@@ -20,6 +22,7 @@
 //! kube-rs's [`CustomResource`](https://docs.rs/kube/latest/kube/derive.CustomResource.html).
 
 pub mod accounts;
+pub mod agent;
 pub mod directory;
 pub mod objects;
 pub mod operator;

@@ -40,6 +40,11 @@ const OPTION_FILE: &str = "/etc/stratus/my.cnf";
 const INIT_FILE: &str = "/etc/stratus/secret/init.sql";
 /// The uid and gid of `mysql` in the official image.
 const MYSQL_UID: i64 = 999;
+/// The server's pid file, in the run directory the agent may read.
+const PID_FILE: &str = "/run/mysqld/mysqld.pid";
+/// The uid of Stratus's image (distroless `nonroot`): the agent is not the server's user, so it
+/// cannot trace or signal it; the pod's `fsGroup` lets it read the pid file.
+const AGENT_UID: i64 = 65532;
 
 /// What the operator is configured with (the Helm chart's values).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +56,12 @@ pub struct Settings {
     /// The storage class of database volumes (`None`: the cluster's default). It must allow
     /// expansion for storage to grow.
     pub storage_class: Option<String>,
+    /// Stratus's own image, which runs the agent beside each server ([`crate::agent`]).
+    pub agent_image: String,
 }
+
+/// Stratus's image of this build, the default for [`Settings::agent_image`].
+pub const STRATUS_IMAGE: &str = concat!("ghcr.io/stratus-db/stratus:", env!("CARGO_PKG_VERSION"));
 
 impl Default for Settings {
     fn default() -> Self {
@@ -59,6 +69,7 @@ impl Default for Settings {
             namespace: "stratus".into(),
             image: "mariadb:10.11".into(),
             storage_class: None,
+            agent_image: STRATUS_IMAGE.into(),
         }
     }
 }
@@ -96,6 +107,12 @@ pub fn container_resources(r: &Resources) -> Value {
     json!({"requests": amounts, "limits": amounts})
 }
 
+/// The agent's CPU and memory: fixed, small, and equal in requests and limits so the pod stays
+/// Guaranteed.
+fn agent_resources() -> Value {
+    json!({"cpu": "20m", "memory": "64Mi"})
+}
+
 /// The body of `PATCH pods/NAME/resize`: the new size of the server's container, applied in
 /// place (no restart: both resources are `NotRequired` in its resize policy).
 pub fn resize_patch(r: &Resources) -> Value {
@@ -119,7 +136,7 @@ pub fn option_file(spec: &InstanceSpec) -> String {
         datadir: format!("{VOLUME_MOUNT}/data").into(),
         socket: SOCKET.into(),
         port: Some(PORT),
-        pid_file: "/run/mysqld/mysqld.pid".into(),
+        pid_file: PID_FILE.into(),
         // Standard error: the container's log, which `kubectl logs` shows.
         error_log: None,
         tmpdir: "/tmp".into(),
@@ -262,11 +279,16 @@ fn plain_stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
         {"name": "config", "mountPath": "/etc/stratus", "readOnly": true},
         {"name": "init", "mountPath": "/etc/stratus/secret", "readOnly": true},
     ]);
+    let mut agent_context = restricted.clone();
+    agent_context["runAsUser"] = json!(AGENT_UID);
+    agent_context["runAsGroup"] = json!(AGENT_UID);
     let mut pod = json!({
         "metadata": {"labels": labels(&spec.name)},
         "spec": {
             // A tenant's server has no business with the Kubernetes API.
             "automountServiceAccountToken": false,
+            // The agent reads the server's CPU time from `/proc/PID/stat`.
+            "shareProcessNamespace": true,
             "enableServiceLinks": false,
             "terminationGracePeriodSeconds": 60,
             "securityContext": {
@@ -307,6 +329,16 @@ fn plain_stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
                 },
                 "securityContext": restricted,
                 "volumeMounts": mounts,
+            }, {
+                // Samples the server's CPU every 200 ms for the operator's autoscaler.
+                "name": "agent",
+                "image": s.agent_image,
+                "args": ["operator", "agent", "--pid-file", PID_FILE,
+                         "--listen", format!("0.0.0.0:{}", crate::agent::PORT)],
+                "ports": [{"name": "agent", "containerPort": crate::agent::PORT}],
+                "resources": {"requests": agent_resources(), "limits": agent_resources()},
+                "securityContext": agent_context,
+                "volumeMounts": [{"name": "run", "mountPath": "/run/mysqld", "readOnly": true}],
             }],
             "volumes": [
                 {"name": "run", "emptyDir": {"medium": "Memory"}},
@@ -419,13 +451,65 @@ mod tests {
         let pod = &sts["spec"]["template"]["spec"];
         assert_eq!(pod["automountServiceAccountToken"], false);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-        for c in [&pod["containers"][0], &pod["initContainers"][0]] {
+        for c in [
+            &pod["containers"][0],
+            &pod["containers"][1],
+            &pod["initContainers"][0],
+        ] {
             assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
             assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+            assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         }
         assert!(
             pod.get("affinity").is_none(),
             "no node chosen: the scheduler places it"
+        );
+    }
+
+    #[test]
+    fn an_agent_beside_the_server_reads_its_cpu_as_another_user() {
+        let settings = Settings {
+            agent_image: "registry.example/stratus:9.9.9".into(),
+            ..Settings::default()
+        };
+        let sts = serde_json::to_value(stateful_set(&spec("shop", ""), &settings)).unwrap();
+        let pod = &sts["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["shareProcessNamespace"], true,
+            "it sees the server's /proc"
+        );
+        let agent = &pod["containers"][1];
+        assert_eq!(agent["name"], "agent");
+        assert_eq!(agent["image"], "registry.example/stratus:9.9.9");
+        assert_eq!(
+            agent["args"],
+            json!([
+                "operator",
+                "agent",
+                "--pid-file",
+                "/run/mysqld/mysqld.pid",
+                "--listen",
+                "0.0.0.0:9104"
+            ])
+        );
+        assert!(
+            option_file(&spec("shop", "")).contains("pid-file = \"/run/mysqld/mysqld.pid\""),
+            "the pid file it reads is the server's"
+        );
+        assert_eq!(agent["resources"]["limits"], agent["resources"]["requests"]);
+        assert_eq!(agent["securityContext"]["runAsUser"], AGENT_UID);
+        assert_ne!(agent["securityContext"]["runAsUser"], MYSQL_UID);
+        assert_eq!(
+            agent["volumeMounts"],
+            json!([{"name": "run", "mountPath": "/run/mysqld", "readOnly": true}])
+        );
+        // A resize names the server's container only: the agent keeps its size.
+        assert_eq!(
+            resize_patch(&ScuSize::default().resources(2))["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
         );
     }
 

@@ -93,6 +93,24 @@ pub enum OperatorCommand {
     /// pod and wakes a database that sleeps, reading the operator's resources (the proxy
     /// Deployment of the Helm chart), until SIGTERM.
     Proxy(OperatorProxy),
+    /// Run the agent beside a database's server in its pod: it samples the server's CPU time
+    /// every 200 ms and serves the samples to the operator's autoscaler, until SIGTERM.
+    Agent(OperatorAgent),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OperatorAgent {
+    /// The server's pid file (its process is read in `/proc`: the pod shares its process
+    /// namespace).
+    #[arg(
+        long,
+        env = "STRATUS_PID_FILE",
+        default_value = "/run/mysqld/mysqld.pid"
+    )]
+    pub pid_file: std::path::PathBuf,
+    /// Where the operator fetches the samples (`GET /cpu?after=MS`).
+    #[arg(long, env = "STRATUS_AGENT_LISTEN", default_value = "0.0.0.0:9104")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +156,9 @@ pub struct OperatorRun {
     /// The storage class of database volumes (the cluster's default when left out).
     #[arg(long, env = "STRATUS_STORAGE_CLASS")]
     pub storage_class: Option<String>,
+    /// Stratus's image, which runs the agent in each database pod (the operator's own).
+    #[arg(long, env = "STRATUS_AGENT_IMAGE", default_value = stratus_kube::objects::STRATUS_IMAGE)]
+    pub agent_image: String,
     /// Where clients connect, shown in each DatabaseService's status: the proxy's Service.
     #[arg(long, env = "STRATUS_PROXY_HOST", default_value = "stratus-proxy")]
     pub proxy_host: String,

@@ -36,6 +36,9 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             cli::Command::Operator(cli::OperatorCommand::Run(run)) => operator::run(run).await,
+            cli::Command::Operator(cli::OperatorCommand::Agent(agent)) => {
+                operator::agent(agent).await
+            }
             cli::Command::Operator(cli::OperatorCommand::Proxy(proxy)) => {
                 operator::proxy(proxy).await
             }

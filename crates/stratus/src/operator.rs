@@ -2,7 +2,7 @@
 //! `stratus operator proxy`: the proxy Deployment's (`stratus_proxy` over
 //! `stratus_kube::directory`).
 
-use crate::cli::{OperatorProxy, OperatorRun};
+use crate::cli::{OperatorAgent, OperatorProxy, OperatorRun};
 use crate::up::{greeting_version, init_logging, shutdown_signal};
 use std::sync::Arc;
 use stratus_kube::objects::Settings;
@@ -19,6 +19,7 @@ pub async fn run(args: OperatorRun) -> anyhow::Result<()> {
         namespace: args.namespace,
         image: args.mariadb_image,
         storage_class: args.storage_class,
+        agent_image: args.agent_image,
     };
     let sizes = Sizes {
         scu: stratus_core::ScuSize::default(),
@@ -102,6 +103,68 @@ pub async fn proxy(args: OperatorProxy) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The agent in a database's pod: the server's CPU sampled every 200 ms
+/// ([`stratus_kube::agent::Sampler`]) and served on `GET /cpu?after=MS`, until SIGTERM.
+pub async fn agent(args: OperatorAgent) -> anyhow::Result<()> {
+    init_logging();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve CPU samples on {}: {e}", args.listen))?;
+    tracing::info!(listen = %args.listen, pid_file = %args.pid_file.display(), "agent started");
+    tokio::select! {
+        () = serve_cpu_samples(listener, &args.pid_file) => {}
+        () = shutdown_signal() => tracing::info!("agent stopped"),
+    }
+    Ok(())
+}
+
+/// Samples the process of `pid_file` and answers `GET /cpu?after=MS` on `listener`.
+async fn serve_cpu_samples(listener: tokio::net::TcpListener, pid_file: &std::path::Path) {
+    use stratus_kube::agent::{SAMPLE_EVERY_MS, Sampler};
+    let sampler = Arc::new(std::sync::Mutex::new(Sampler::new(pid_file)));
+    let sampling = {
+        let sampler = sampler.clone();
+        async move {
+            let mut every =
+                tokio::time::interval(std::time::Duration::from_millis(SAMPLE_EVERY_MS));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let now = stratus_core::time::now_ms();
+                sampler
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sample(now);
+            }
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct After {
+        #[serde(default)]
+        after: i64,
+    }
+    let app = axum::Router::new().route(
+        "/cpu",
+        axum::routing::get(move |q: axum::extract::Query<After>| async move {
+            let now = stratus_core::time::now_ms();
+            axum::Json(
+                sampler
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .since(q.after, now),
+            )
+        }),
+    );
+    tokio::select! {
+        () = sampling => {}
+        r = async { axum::serve(listener, app).await } => {
+            if let Err(e) = r {
+                tracing::warn!("agent server stopped: {e}");
+            }
+        }
+    }
+}
+
 /// `GET /metrics` on `listener` (Prometheus text from `render`), until the process ends.
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
@@ -130,6 +193,75 @@ mod tests {
     use std::sync::atomic::Ordering;
     use stratus_kube::operator::metrics::OperatorMetrics;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_busy_process_seen_by_the_agent_is_scaled_up_by_the_operators_decision() {
+        use stratus_kube::operator::scaler::{Scaling, Serving, fetch};
+        /// The busy process, killed however the test ends.
+        struct Busy(std::process::Child);
+        impl Drop for Busy {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let busy = Busy(
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("mysqld.pid");
+        std::fs::write(&pid_file, format!("{}\n", busy.0.id())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { serve_cpu_samples(listener, &pid_file).await });
+        // 10 millicores per SCU: whatever share of the machine the loop gets, it is pinned.
+        let serving = Serving {
+            ip: "127.0.0.1".into(),
+            scu: 1,
+            bounds: stratus_control::scaler::Bounds {
+                min_scu: 1,
+                max_scu: 4,
+                cpu_millis_per_scu: 10,
+            },
+            policy: stratus_core::ScalingPolicy::default(),
+        };
+        let scaling = Scaling::default();
+        scaling.serve("shop", Some(serving.clone()));
+        let http = reqwest::Client::new();
+        let mut after = 0;
+        let mut pids = std::collections::BTreeSet::new();
+        // What the operator's loop does every second, here every 200 ms, until it decides
+        // (at most 30 s, for a machine that starves the test).
+        let chosen = 'decided: {
+            for _ in 0..150 {
+                let got = fetch(&http, &addr, after).await.unwrap();
+                assert!(
+                    got.samples.iter().all(|&(at, _)| at > after),
+                    "only new samples"
+                );
+                if !got.samples.is_empty() {
+                    pids.insert(got.pid);
+                }
+                after = got.samples.last().map_or(after, |&(at, _)| at);
+                if let Some(s) = scaling.observe("shop", &serving, &got) {
+                    break 'decided s;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            panic!("no decision from the agent's samples");
+        };
+        assert_eq!((chosen.from, chosen.to), (1, 2), "{chosen:?}");
+        assert!(chosen.usage_pct >= 98.0, "{chosen:?}");
+        assert_eq!(
+            pids,
+            [Some(busy.0.id())].into(),
+            "the process of the pid file"
+        );
+        drop(busy);
+    }
 
     #[tokio::test]
     async fn metrics_are_served_as_prometheus_text() {

@@ -196,6 +196,37 @@ fn the_service_monitor_scrapes_the_operators_metrics_port() {
     validate(&known.join("\n---"), 15);
 }
 
+/// The agent in each database pod runs the operator's image, and only the operator may reach
+/// it: tenants' clients come through the proxy, on the server's port only.
+#[test]
+fn the_agent_runs_the_operators_image_and_only_the_operator_reaches_it() {
+    let yaml = rendered(&["--set", "image.tag=1.2.3"]);
+    let doc = |kind: &str, has: &str| {
+        yaml.split("\n---")
+            .find(|d| d.contains(&format!("\nkind: {kind}\n")) && d.contains(has))
+            .unwrap_or_else(|| panic!("a {kind} with {has} in {yaml}"))
+            .to_owned()
+    };
+    let operator = doc("Deployment", "args: [\"operator\", \"run\"]");
+    assert!(
+        operator.contains(
+            "- name: STRATUS_AGENT_IMAGE\n              value: \"ghcr.io/stratus-db/stratus:1.2.3\""
+        ),
+        "{operator}"
+    );
+    assert!(operator.contains("image: \"ghcr.io/stratus-db/stratus:1.2.3\""));
+    let policy = doc("NetworkPolicy", "databases");
+    let rules: Vec<&str> = policy.split("- from:").skip(1).collect();
+    assert_eq!(rules.len(), 2, "{policy}");
+    let agent = rules
+        .iter()
+        .find(|r| r.contains("port: 9104"))
+        .expect("a rule for the agent's port");
+    assert!(agent.contains("app.kubernetes.io/component: operator"));
+    assert!(!agent.contains("component: proxy"), "{agent}");
+    assert!(!agent.contains("port: 3306"), "{agent}");
+}
+
 #[test]
 fn the_charts_crds_are_the_ones_the_binary_prints() {
     let out = Command::new(common::BIN)

@@ -14,6 +14,7 @@
 //! StatefulSet and the claim are gone.
 
 use super::Context;
+use super::scaler::{Scaled, Serving};
 use crate::objects;
 use crate::runtime::{ClaimView, KubeError, PodView, SetView};
 use crate::v1alpha1::{DatabaseService, DatabaseServiceStatus, Lifecycle, Moving};
@@ -51,6 +52,9 @@ pub enum Step {
     Empty,
     /// Resize its running pod in place to this size.
     Resize(Resources),
+    /// Set its running server's buffer pool to this many bytes (SQL): after the pod grew, or
+    /// before it shrinks.
+    Pool(u64),
     /// Give its buffer pool this many bytes again after a suspend (SQL).
     Fill(u64),
     /// Make its schema and its owner's account in its first running server (SQL), with the
@@ -78,12 +82,17 @@ pub enum Step {
 
 /// What the controller does for one resource, and when it looks again (`None`: only when the
 /// resource changes).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     pub steps: Vec<Step>,
     pub requeue: Option<Duration>,
     /// The idle clock to remember for the next look ([`Seen::last_active`]).
     pub last_active: Option<i64>,
+    /// The autoscaler's choice this plan carries out ([`Seen::scaled`]).
+    pub scaled: Option<Scaled>,
+    /// What the autoscaler is to watch until the next look: set while the database serves as
+    /// asked, its pod ready.
+    pub serving: Option<Serving>,
 }
 
 /// What the cluster says of one database, read before planning.
@@ -102,6 +111,8 @@ pub struct Seen {
     pub last_active: Option<i64>,
     /// When this was seen (Unix ms).
     pub now_ms: i64,
+    /// A size the autoscaler chose and this reconcile is to carry out ([`super::scaler`]).
+    pub scaled: Option<Scaled>,
 }
 
 /// What the operator is set up with, beyond where objects go (`objects::Settings`).
@@ -118,11 +129,7 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     let ours = ds.finalizers().iter().any(|f| f == FINALIZER);
     if ds.metadata.deletion_timestamp.is_some() {
         if !ours {
-            return Plan {
-                steps: Vec::new(),
-                requeue: None,
-                last_active: None,
-            };
+            return Plan::default();
         }
         // The finalizer goes only once the StatefulSet and the claim are gone, so that a
         // database made again under the same name cannot meet the old volume.
@@ -135,13 +142,12 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
                     vec![Step::Destroy]
                 },
                 requeue: Some(SOON),
-                last_active: None,
+                ..Plan::default()
             };
         }
         return Plan {
             steps: vec![Step::RemoveFinalizer],
-            requeue: None,
-            last_active: None,
+            ..Plan::default()
         };
     }
     let mut steps = Vec::new();
@@ -162,22 +168,28 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
             steps.push(Step::Status(status("invalid", Some(why))));
             return Plan {
                 steps,
-                requeue: None,
-                last_active: None,
+                ..Plan::default()
             };
         }
     };
     if !ours {
         steps.push(Step::AddFinalizer);
     }
-    // The size is the one the status last gave, kept within the spec's bounds (a new database:
-    // its minimum). No controller changes it on Kubernetes yet; an edit of the bounds does.
+    // The size is the one the status last gave, or the one the autoscaler chose from it, kept
+    // within the spec's bounds (a new database: its minimum; an edit of the bounds moves it).
+    // A choice made from another size than the status gives is stale (the bounds were edited,
+    // or it was suspended meanwhile) and dropped.
     let was = ds.status.as_ref();
-    let before = was.map_or(0, |s| s.scu);
-    let scu = before.clamp(spec.min_scu, spec.max_scu);
+    let desired = ds.spec.state.unwrap_or_default();
+    let was_scu = was.map_or(0, |s| s.scu);
+    let scaled = seen
+        .scaled
+        .filter(|s| s.from == was_scu && desired == Lifecycle::Active);
+    let scu = scaled
+        .map_or(was_scu, |s| s.to)
+        .clamp(spec.min_scu, spec.max_scu);
     let resources = sizes.scu.resources(scu);
     let limit = stratus_control::storage::max_bytes(spec.storage_gb);
-    let desired = ds.spec.state.unwrap_or_default();
     let node = ds.spec.node.clone().unwrap_or_default();
     // Suspended: the CPU at its floor, the memory kept (as on one machine), the buffer pool
     // emptied through SQL.
@@ -227,6 +239,11 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     // resume has filled it again. The applied size alone cannot tell (the kubelet lags, and a
     // size may equal the floor).
     let emptied = was.is_some_and(|s| s.state == "suspended");
+    // The buffer pool its server runs with, as the last look left it (a server started since
+    // has its template's, which follows the size); `None` until one was recorded.
+    let mut pool = was
+        .filter(|s| s.state == "active" && s.buffer_pool_bytes > 0)
+        .map(|s| s.buffer_pool_bytes);
     let moving = |phase: &str| {
         Some(Moving {
             to: node.clone(),
@@ -302,11 +319,24 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
                     ("suspended", None)
                 }
             }
-            // One resize at a time: none while the kubelet reports one pending.
+            // A new size: the pool shrinks before the pod, and grows only once the kubelet
+            // reports the pod's new size. One resize at a time: none while the kubelet reports
+            // one pending.
             Some(p) if p.ready => {
-                if !sized(p, &resources) && p.resize_pending.is_none() {
-                    steps.push(Step::Resize(resources));
+                let mut now = pool.unwrap_or(resources.buffer_pool_bytes);
+                if !sized(p, &resources) {
+                    if resources.buffer_pool_bytes < now {
+                        steps.push(Step::Pool(resources.buffer_pool_bytes));
+                        now = resources.buffer_pool_bytes;
+                    }
+                    if p.resize_pending.is_none() {
+                        steps.push(Step::Resize(resources));
+                    }
+                } else if now != resources.buffer_pool_bytes {
+                    steps.push(Step::Pool(resources.buffer_pool_bytes));
+                    now = resources.buffer_pool_bytes;
                 }
+                pool = Some(now);
                 ("active", None)
             }
             _ => ("provisioning", None),
@@ -333,7 +363,7 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     st.buffer_pool_bytes = if state == "suspended" {
         BUFFER_POOL_FLOOR
     } else {
-        resources.buffer_pool_bytes
+        pool.unwrap_or(resources.buffer_pool_bytes)
     };
     st.storage_limit_bytes = Some(volume.max(limit));
     st.moving = move_phase;
@@ -363,10 +393,26 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         _ if settled => LATER,
         _ => SOON,
     };
+    // Watched by the autoscaler while it serves as asked; its agent is at the pod's address.
+    let serving = pod
+        .filter(|p| state == "active" && desired == Lifecycle::Active && p.ready && !p.deleting)
+        .and_then(|p| p.ip.clone())
+        .map(|ip| Serving {
+            ip,
+            scu,
+            bounds: stratus_control::scaler::Bounds {
+                min_scu: spec.min_scu,
+                max_scu: spec.max_scu,
+                cpu_millis_per_scu: sizes.scu.cpu_millis,
+            },
+            policy: seen.policy.clone(),
+        });
     Plan {
         steps,
         requeue: Some(requeue),
         last_active: idle.last_active,
+        scaled: scaled.filter(|s| s.to == scu && s.from != scu),
+        serving,
     }
 }
 
@@ -468,6 +514,7 @@ pub(crate) async fn reconcile_at(
             set: ctx.runtime.stateful_set(name).await?,
             claim: ctx.runtime.claim(name).await?,
             now_ms,
+            scaled: ctx.scaling.decided(name.as_str()),
             ..Seen::default()
         },
         None => Seen::default(),
@@ -560,6 +607,7 @@ pub(crate) async fn reconcile_at(
                         tracing::info!(database = %resource, sessions_closed = closed, "emptied for a suspend");
                     }
                     (Step::Fill(bytes), Some(pod)) => ctx.servers.fill(name, pod, bytes).await?,
+                    (Step::Pool(bytes), Some(pod)) => ctx.servers.pool(name, pod, bytes).await?,
                     (Step::Request { state, .. }, _) => {
                         // With the version read: a wake or a user's resume meanwhile is a 409,
                         // and the next look starts from it.
@@ -617,7 +665,13 @@ pub(crate) async fn reconcile_at(
     }
     if let Some(name) = &name {
         ctx.set_idle_clock(name.as_str(), ds.metadata.generation, plan.last_active);
+        // The autoscaler's choice is carried out, or was stale: either way it is done with.
+        if let Some(s) = &seen.scaled {
+            ctx.scaling.done(name.as_str(), s);
+        }
+        ctx.scaling.serve(name.as_str(), plan.serving.clone());
     }
+    let events = plan.scaled.iter().map(scaled_event).chain(events);
     // What was done, for `kubectl describe` and `kubectl events`: after it was done, and
     // never at the cost of the reconcile (a refused event is only logged).
     let reference = ds.object_ref(&());
@@ -627,6 +681,23 @@ pub(crate) async fn reconcile_at(
         }
     }
     Ok(plan.requeue)
+}
+
+/// The Event of an autoscaling: the measurement behind it. Pure.
+pub fn scaled_event(s: &Scaled) -> Event {
+    Event {
+        type_: EventType::Normal,
+        reason: "Scaled".into(),
+        note: Some(format!(
+            "autoscaled from {} to {} SCU: CPU at {:.0} % of its allocation over the last {:.1} s",
+            s.from,
+            s.to,
+            s.usage_pct,
+            s.window_ms as f64 / 1000.0
+        )),
+        action: "Scale".into(),
+        secondary: None,
+    }
 }
 
 /// The Kubernetes Events for what a plan does: made, resized, storage grown, removed, or

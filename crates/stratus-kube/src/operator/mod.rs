@@ -1,8 +1,9 @@
 //! `stratus operator run`: the controllers, run against the cluster with the pod's service
-//! account. So far one controller, [`database`]: `DatabaseService` resources to running
-//! databases and back, suspended, parked, woken and moved when their spec asks ([`server`]
-//! holds the SQL this takes). Autoscaling, suspend and park on idleness, backups and live
-//! migration on Kubernetes are still to come (issue #10).
+//! account. The [`database`] controller: `DatabaseService` resources to running databases and
+//! back, suspended, parked, woken and moved when their spec asks or when idle ([`server`] holds
+//! the SQL this takes); and the autoscaler ([`scaler`]), whose choices the database controller
+//! carries out. Warm pool, backups and live migration on Kubernetes are still to come (issue
+//! #10).
 //!
 //! It is [kube-rs's `Controller`](https://docs.rs/kube/latest/kube/runtime/struct.Controller.html):
 //! a watch of the resources in the operator's namespace, each reconciled on every change and
@@ -12,6 +13,7 @@
 pub mod database;
 pub mod leader;
 pub mod metrics;
+pub mod scaler;
 pub mod server;
 
 use crate::objects::Settings;
@@ -20,6 +22,7 @@ use crate::v1alpha1::DatabaseService;
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;
@@ -43,6 +46,8 @@ pub struct Context {
     /// Each database's idle clock: the resource's generation it was set at, and the start of
     /// its idle time ([`database::Seen::last_active`]).
     clocks: Mutex<HashMap<String, (Option<i64>, i64)>>,
+    /// The autoscaler's samples and choices ([`scaler`]).
+    pub scaling: scaler::Scaling,
 }
 
 impl Context {
@@ -65,6 +70,7 @@ impl Context {
             sizes,
             failures: Mutex::default(),
             clocks: Mutex::default(),
+            scaling: scaler::Scaling::default(),
         }
     }
 
@@ -181,8 +187,12 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let api: Api<DatabaseService> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    // The autoscaler's choices reach their databases' reconciles through this.
+    let (scale_tx, scale_rx) = futures::channel::mpsc::unbounded();
+    let autoscaler = tokio::spawn(autoscale(ctx.clone(), scale_tx));
     let controllers = Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(graceful)
+        .reconcile_on(scale_rx)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -196,12 +206,33 @@ pub async fn run(
     };
     metrics.leading.store(false, Ordering::Relaxed);
     renewer.abort();
+    autoscaler.abort();
     if why == Stopped::Shutdown {
         if let Err(e) = elector.step_down().await {
             tracing::warn!("could not give the lease up (it expires by itself): {e}");
         }
     }
     why
+}
+
+/// The autoscaler's loop ([`scaler::round`] every [`scaler::EVERY`]), while this replica leads:
+/// each database with a new size is handed to its reconcile.
+async fn autoscale(
+    ctx: Arc<Context>,
+    trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<DatabaseService>>,
+) {
+    let http = reqwest::Client::new();
+    let mut every = tokio::time::interval(scaler::EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        for db in scaler::round(&ctx.scaling, &http).await {
+            let object = ObjectRef::new(&db).within(&ctx.settings.namespace);
+            if trigger.unbounded_send(object).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 fn now() -> k8s_openapi::jiff::Timestamp {

@@ -31,6 +31,8 @@ pub trait ServerSql: Send + Sync {
     fn empty<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, u64>;
     /// Gives the buffer pool `bytes` again and starts reloading the hot pages.
     fn fill<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()>;
+    /// Sets the buffer pool to `bytes`, for a new size (nothing is reloaded).
+    fn pool<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()>;
     /// Makes the database ready for its owner, as `stratus db create` does
     /// ([`provision_sql`]): safe to run again. Returns whether the owner's account was made
     /// (false: it existed and kept its password).
@@ -114,6 +116,16 @@ impl ServerSql for AdminSql {
             let mut conn = self.connect(db, pod).await?;
             conn.resize_buffer_pool(bytes).await.map_err(failed)?;
             conn.load_buffer_pool().await.map_err(failed)?;
+            conn.close().await;
+            Ok(())
+        })
+    }
+
+    fn pool<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let failed = sql_failed(db);
+            let mut conn = self.connect(db, pod).await?;
+            conn.resize_buffer_pool(bytes).await.map_err(failed)?;
             conn.close().await;
             Ok(())
         })

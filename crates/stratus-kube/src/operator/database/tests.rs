@@ -988,6 +988,20 @@ impl server::ServerSql for ScriptedSql {
             Ok(())
         })
     }
+    fn pool<'a>(
+        &'a self,
+        db: &'a ServiceName,
+        pod: &'a PodView,
+        bytes: u64,
+    ) -> server::Pending<'a, ()> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(format!(
+                "pool {db} at {} to {bytes}",
+                pod.ip.as_deref().unwrap_or("?")
+            ));
+            Ok(())
+        })
+    }
     fn provision<'a>(
         &'a self,
         db: &'a ServiceName,
@@ -1762,5 +1776,256 @@ async fn an_idle_suspend_that_loses_to_a_wake_is_no_failure() {
         looked.unwrap(),
         Some(Duration::from_secs(1)),
         "no error, no back-off"
+    );
+}
+
+// The autoscaler's choices, carried out by the reconcile.
+
+fn scaled(from: u32, to: u32) -> Scaled {
+    Scaled {
+        from,
+        to,
+        usage_pct: 99.0,
+        window_ms: 1_000,
+    }
+}
+
+/// Active at `scu`, its server's buffer pool recorded at `pool`.
+fn active_at(scu: u32, pool: u64) -> DatabaseService {
+    let mut ds = resource(&[FINALIZER], false);
+    ds.status = Some(DatabaseServiceStatus {
+        state: "active".into(),
+        scu,
+        buffer_pool_bytes: pool,
+        ..made()
+    });
+    ds
+}
+
+/// A ready pod whose server container the kubelet runs at `r`.
+fn pod_at(r: &Resources) -> PodView {
+    PodView {
+        cpu_limit_millis: Some(r.cpu_millis),
+        memory_limit_bytes: Some(r.memory_bytes),
+        ..ready_pod()
+    }
+}
+
+fn applied_resources(plan: &Plan) -> Option<Resources> {
+    plan.steps.iter().find_map(|s| match s {
+        Step::Apply(spec) => Some(spec.resources),
+        _ => None,
+    })
+}
+
+fn sizing_steps(plan: &Plan) -> Vec<Step> {
+    plan.steps
+        .iter()
+        .filter(|s| matches!(s, Step::Resize(_) | Step::Pool(_)))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_scale_up_grows_the_pod_first_and_the_pool_once_the_kubelet_applied_it() {
+    let size = ScuSize::default();
+    let (two, three) = (size.resources(2), size.resources(3));
+    let seen = Seen {
+        pod: Some(pod_at(&two)),
+        scaled: Some(scaled(2, 3)),
+        ..Seen::default()
+    };
+    let grow = plan(&active_at(2, two.buffer_pool_bytes), &seen, &sizes());
+    assert_eq!(
+        applied_resources(&grow),
+        Some(three),
+        "the template follows"
+    );
+    assert_eq!(sizing_steps(&grow), [Step::Resize(three)]);
+    let st = status_of(&grow);
+    assert_eq!(
+        (st.scu, st.buffer_pool_bytes),
+        (3, two.buffer_pool_bytes),
+        "the pool is still the old one"
+    );
+    assert_eq!(grow.scaled, Some(scaled(2, 3)));
+    assert_eq!(grow.serving.as_ref().map(|s| s.scu), Some(3));
+    // The kubelet has not applied it yet: nothing more.
+    let waiting = plan(
+        &active_at(3, two.buffer_pool_bytes),
+        &seen_pod(pod_at(&two)),
+        &sizes(),
+    );
+    assert_eq!(sizing_steps(&waiting), [Step::Resize(three)]);
+    let pending = PodView {
+        resize_pending: Some("InProgress".into()),
+        ..pod_at(&two)
+    };
+    let waiting = plan(
+        &active_at(3, two.buffer_pool_bytes),
+        &seen_pod(pending),
+        &sizes(),
+    );
+    assert_eq!(sizing_steps(&waiting), [], "one resize at a time");
+    // Applied: now the pool.
+    let filled = plan(
+        &active_at(3, two.buffer_pool_bytes),
+        &seen_pod(pod_at(&three)),
+        &sizes(),
+    );
+    assert_eq!(sizing_steps(&filled), [Step::Pool(three.buffer_pool_bytes)]);
+    assert_eq!(
+        status_of(&filled).buffer_pool_bytes,
+        three.buffer_pool_bytes
+    );
+    assert_eq!(filled.scaled, None);
+    // And then the look is quiet again.
+    let settled = plan(
+        &active_at(3, three.buffer_pool_bytes),
+        &seen_pod(pod_at(&three)),
+        &sizes(),
+    );
+    assert_eq!(sizing_steps(&settled), []);
+}
+
+#[test]
+fn a_scale_down_shrinks_the_pool_before_the_pod() {
+    let size = ScuSize::default();
+    let (two, three) = (size.resources(2), size.resources(3));
+    let seen = Seen {
+        pod: Some(pod_at(&three)),
+        scaled: Some(scaled(3, 2)),
+        ..Seen::default()
+    };
+    let shrink = plan(&active_at(3, three.buffer_pool_bytes), &seen, &sizes());
+    assert_eq!(
+        sizing_steps(&shrink),
+        [Step::Pool(two.buffer_pool_bytes), Step::Resize(two)]
+    );
+    let st = status_of(&shrink);
+    assert_eq!((st.scu, st.buffer_pool_bytes), (2, two.buffer_pool_bytes));
+}
+
+#[test]
+fn a_choice_made_from_another_size_or_for_a_database_not_serving_is_dropped() {
+    let two = ScuSize::default().resources(2);
+    // Made at 3, but the status says 2 (the bounds were edited meanwhile).
+    let stale = Seen {
+        pod: Some(pod_at(&two)),
+        scaled: Some(scaled(3, 4)),
+        ..Seen::default()
+    };
+    let p = plan(&active_at(2, two.buffer_pool_bytes), &stale, &sizes());
+    assert_eq!((status_of(&p).scu, p.scaled), (2, None));
+    assert_eq!(sizing_steps(&p), []);
+    // Asked to suspend meanwhile: the suspend wins, and the autoscaler lets it go.
+    let mut ds = with_state(active_at(2, two.buffer_pool_bytes), Lifecycle::Suspended);
+    ds.metadata.generation = Some(4);
+    let p = plan(
+        &ds,
+        &Seen {
+            pod: Some(pod_at(&two)),
+            scaled: Some(scaled(2, 3)),
+            ..Seen::default()
+        },
+        &sizes(),
+    );
+    assert_eq!((status_of(&p).scu, p.scaled.is_some()), (2, false));
+    assert_eq!(p.serving, None);
+}
+
+#[test]
+fn a_serving_database_is_watched_within_its_bounds() {
+    let two = ScuSize::default().resources(2);
+    let p = plan(
+        &active_at(2, two.buffer_pool_bytes),
+        &seen_pod(pod_at(&two)),
+        &sizes(),
+    );
+    let s = p.serving.expect("watched while it serves");
+    assert_eq!(s.ip, "10.0.0.7");
+    assert_eq!(
+        (
+            s.scu,
+            s.bounds.min_scu,
+            s.bounds.max_scu,
+            s.bounds.cpu_millis_per_scu
+        ),
+        (2, 2, 4, 500)
+    );
+    // Not while its pod is not ready.
+    let starting = PodView {
+        ready: false,
+        ..pod_at(&two)
+    };
+    let p = plan(
+        &active_at(2, two.buffer_pool_bytes),
+        &seen_pod(starting),
+        &sizes(),
+    );
+    assert_eq!(p.serving, None);
+}
+
+/// The pod's JSON with the server container at `r`.
+fn pod_json_at(r: &Resources) -> Value {
+    let mut pod = pod_json("node-a", &format!("{}m", r.cpu_millis));
+    pod["status"]["containerStatuses"][0]["resources"]["limits"]["memory"] =
+        json!(r.memory_bytes.to_string());
+    pod
+}
+
+#[tokio::test]
+async fn the_autoscalers_choice_is_carried_out_by_the_reconcile_with_its_event() {
+    let size = ScuSize::default();
+    let (two, three) = (size.resources(2), size.resources(3));
+    let ds = active_at(2, two.buffer_pool_bytes);
+    let mut at_three = instance();
+    at_three.resources = three;
+    let mut script = observe(Some(pod_json_at(&two)), true);
+    script.push(no_policies());
+    script.extend(apply_requests_of(&at_three));
+    script.extend(resize_requests(&three));
+    script.push(accounts_already_published());
+    script.push(
+        expect("PATCH", &format!("{CR}/status?"))
+            .checked(MERGE, move |body| {
+                assert_eq!(body["status"]["state"], "active", "{body}");
+                assert_eq!(body["status"]["scu"], 3, "{body}");
+                assert_eq!(body["status"]["bufferPoolBytes"], two.buffer_pool_bytes);
+            })
+            .answer(200, cr_answer(&ds)),
+    );
+    script.push(event("Scaled", "Normal"));
+    script.push(event("Resized", "Normal"));
+    let sql = Arc::new(ScriptedSql::default());
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    // What the autoscaler's loop does with a busy database's samples.
+    let serving = super::super::scaler::Serving {
+        ip: "10.0.0.7".into(),
+        scu: 2,
+        bounds: stratus_control::scaler::Bounds {
+            min_scu: 2,
+            max_scu: 4,
+            cpu_millis_per_scu: 500,
+        },
+        policy: ScalingPolicy::default(),
+    };
+    ctx.scaling.serve("shop", Some(serving.clone()));
+    let busy = crate::agent::CpuSamples {
+        now_ms: T0 + 2_000,
+        pid: Some(7),
+        samples: (0..=10)
+            .map(|i| (T0 + i * 200, i as u64 * 200 * 950 * 1_000))
+            .collect(),
+    };
+    let chosen = ctx.scaling.observe("shop", &serving, &busy).unwrap();
+    assert_eq!((chosen.from, chosen.to), (2, 3), "950m of 1000m: one step");
+    reconcile_at(&ds, &ctx, T0 + 2_000).await.unwrap();
+    assert_eq!(ctx.scaling.decided("shop"), None, "done with");
+    drop(ctx);
+    verifier.finished().await;
+    assert_eq!(
+        *sql.calls.lock().unwrap(),
+        ["activity shop at 10.0.0.7", "accounts shop at 10.0.0.7"]
     );
 }

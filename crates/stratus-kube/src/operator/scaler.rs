@@ -1,0 +1,353 @@
+//! The autoscaler on Kubernetes: the decision `stratus up` makes
+//! ([`stratus_control::scaler::decide`], the brief's 200 ms samples in a sliding window), over
+//! samples from the agent in each database's pod ([`crate::agent`]).
+//!
+//! Every second the leader fetches from each serving database's agent the samples it has not
+//! seen, and decides. A decision is not carried out here: it is handed to the database's
+//! reconcile ([`super::database`], through the controller's `reconcile_on` trigger), which
+//! alone writes the status and resizes, in the order the buffer pool needs (the pod grows
+//! before the pool, the pool shrinks before the pod). Which databases serve, at what size,
+//! within which bounds, is what their last reconcile found ([`Scaling::serve`]).
+
+use crate::agent::{self, CpuSamples};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use stratus_control::scaler::{Bounds, Decision, Sample, Window, decide};
+use stratus_core::ScalingPolicy;
+
+/// How often the samples are fetched and a decision made.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// How long an agent has to answer.
+pub const FETCH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Agents asked at once in a round: a thousand databases are a thousand small requests a
+/// second, not a thousand sockets opened together.
+pub const CONCURRENT_FETCHES: usize = 32;
+
+/// Samples older than this (by the agent's clock when it answered) are not decided on: the
+/// agent stopped sampling (its server gone) and the window would describe the past.
+pub const STALE_MS: i64 = 2_000;
+
+/// A database the autoscaler looks after, as its last reconcile found it: active as asked,
+/// its pod ready.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Serving {
+    /// Where its agent is: the pod's address.
+    pub ip: String,
+    /// Its size now (`status.scu`).
+    pub scu: u32,
+    pub bounds: Bounds,
+    pub policy: ScalingPolicy,
+}
+
+/// A size the autoscaler chose, until the database's reconcile carried it out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scaled {
+    pub from: u32,
+    pub to: u32,
+    /// Measured CPU use as a share of `from`'s allocation, in percent.
+    pub usage_pct: f64,
+    /// The window that was measured.
+    pub window_ms: i64,
+}
+
+/// One database's samples and last change, in its agent's clock.
+#[derive(Debug, Default)]
+struct Track {
+    ip: String,
+    window: Window,
+    /// The newest sample seen: the next fetch asks for what came after.
+    after_ms: i64,
+    last_change_ms: Option<i64>,
+}
+
+/// What the autoscaler knows, shared by the reconciles and the loop ([`super::Context`]).
+#[derive(Debug, Default)]
+pub struct Scaling {
+    serving: Mutex<HashMap<String, Serving>>,
+    tracks: Mutex<HashMap<String, Track>>,
+    decided: Mutex<HashMap<String, Scaled>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Scaling {
+    /// What `db`'s reconcile found: serving (`Some`), or not (suspended, parked, moving, its
+    /// pod not ready, deleted), which forgets its samples and any decision not carried out.
+    pub fn serve(&self, db: &str, serving: Option<Serving>) {
+        match serving {
+            Some(s) => {
+                lock(&self.serving).insert(db.to_owned(), s);
+            }
+            None => {
+                lock(&self.serving).remove(db);
+                lock(&self.tracks).remove(db);
+                lock(&self.decided).remove(db);
+            }
+        }
+    }
+
+    /// The size chosen for `db` that its reconcile is to carry out.
+    pub fn decided(&self, db: &str) -> Option<Scaled> {
+        lock(&self.decided).get(db).copied()
+    }
+
+    /// `db`'s reconcile has carried `scaled` out (or found it stale): it is dropped.
+    pub fn done(&self, db: &str, scaled: &Scaled) {
+        let mut decided = lock(&self.decided);
+        if decided.get(db) == Some(scaled) {
+            decided.remove(db);
+        }
+    }
+
+    /// The databases to fetch samples for, and after which sample.
+    fn targets(&self) -> Vec<(String, Serving, i64)> {
+        let serving = lock(&self.serving).clone();
+        let tracks = lock(&self.tracks);
+        serving
+            .into_iter()
+            .map(|(db, s)| {
+                let after = tracks
+                    .get(&db)
+                    .filter(|t| t.ip == s.ip)
+                    .map_or(0, |t| t.after_ms);
+                (db, s, after)
+            })
+            .collect()
+    }
+
+    /// Takes in what `db`'s agent answered and decides; a decision is kept for its reconcile.
+    pub fn observe(&self, db: &str, serving: &Serving, got: &CpuSamples) -> Option<Scaled> {
+        if lock(&self.decided).contains_key(db) {
+            // One change at a time: the last one is not carried out yet.
+            return None;
+        }
+        let mut tracks = lock(&self.tracks);
+        let track = tracks.entry(db.to_owned()).or_default();
+        if track.ip != serving.ip {
+            // Another pod (made again, moved): another process, another clock.
+            *track = Track {
+                ip: serving.ip.clone(),
+                ..Track::default()
+            };
+        }
+        let scaled = step(track, serving, got)?;
+        lock(&self.decided).insert(db.to_owned(), scaled);
+        Some(scaled)
+    }
+}
+
+/// Pure: adds the agent's samples to `track`'s window and decides, as one machine does.
+fn step(track: &mut Track, s: &Serving, got: &CpuSamples) -> Option<Scaled> {
+    let keep = s
+        .policy
+        .scale_up_window_ms
+        .max(s.policy.scale_down_window_ms) as i64
+        + 1_000;
+    for &(at_ms, cpu_ns) in &got.samples {
+        track.window.push(Sample { at_ms, cpu_ns }, keep);
+        track.after_ms = track.after_ms.max(at_ms);
+    }
+    let newest = got.samples.last().map(|&(at, _)| at)?;
+    if got.now_ms - newest > STALE_MS {
+        return None;
+    }
+    match decide(
+        &track.window,
+        got.now_ms,
+        s.scu,
+        s.bounds,
+        &s.policy,
+        track.last_change_ms,
+    ) {
+        Decision::Hold => None,
+        Decision::Resize {
+            to,
+            usage_pct,
+            window_ms,
+        } => {
+            track.last_change_ms = Some(got.now_ms);
+            Some(Scaled {
+                from: s.scu,
+                to,
+                usage_pct,
+                window_ms,
+            })
+        }
+    }
+}
+
+/// Fetches from the agent at `addr` (`host:port`) the samples after `after_ms`.
+pub async fn fetch(
+    http: &reqwest::Client,
+    addr: &str,
+    after_ms: i64,
+) -> Result<CpuSamples, reqwest::Error> {
+    http.get(format!("http://{addr}/cpu?after={after_ms}"))
+        .timeout(FETCH_TIMEOUT)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
+}
+
+/// The agent's address in a pod at `ip`.
+pub fn agent_addr(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", agent::PORT),
+        _ => format!("{ip}:{}", agent::PORT),
+    }
+}
+
+/// One round: every serving database's agent asked ([`CONCURRENT_FETCHES`] at a time); the databases with a new decision
+/// are returned, for their reconcile to be triggered. An agent that does not answer (a pod
+/// made before the agent existed, a network policy, a slow node) is only skipped this time.
+pub async fn round(scaling: &Scaling, http: &reqwest::Client) -> Vec<String> {
+    use futures::StreamExt;
+    let asks = scaling
+        .targets()
+        .into_iter()
+        .map(|(db, s, after)| async move {
+            let got = fetch(http, &agent_addr(&s.ip), after).await;
+            (db, s, got)
+        });
+    let answers: Vec<_> = futures::stream::iter(asks)
+        .buffer_unordered(CONCURRENT_FETCHES)
+        .collect()
+        .await;
+    let mut out = Vec::new();
+    for (db, s, got) in answers {
+        match got {
+            Ok(got) => {
+                if let Some(scaled) = scaling.observe(&db, &s, &got) {
+                    tracing::info!(database = %db, from = scaled.from, to = scaled.to,
+                        usage_pct = scaled.usage_pct, "autoscaling");
+                    out.push(db);
+                }
+            }
+            Err(e) => tracing::debug!(database = %db, "no CPU samples from its agent: {e}"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving(scu: u32) -> Serving {
+        Serving {
+            ip: "10.0.0.7".into(),
+            scu,
+            bounds: Bounds {
+                min_scu: 1,
+                max_scu: 4,
+                cpu_millis_per_scu: 500,
+            },
+            policy: ScalingPolicy::default(),
+        }
+    }
+
+    /// `secs` of samples 200 ms apart from `start_ms`, at a steady `millis` of CPU, from
+    /// `cpu_ns` on.
+    fn samples(start_ms: i64, secs: i64, millis: u64, cpu_ns: u64) -> CpuSamples {
+        let samples: Vec<(i64, u64)> = (0..=secs * 5)
+            .map(|i| {
+                (
+                    start_ms + i * 200,
+                    cpu_ns + (i as u64) * 200 * millis * 1000,
+                )
+            })
+            .collect();
+        CpuSamples {
+            now_ms: samples.last().unwrap().0,
+            pid: Some(42),
+            samples,
+        }
+    }
+
+    #[test]
+    fn a_busy_database_is_scaled_up_once_until_its_reconcile_carried_it_out() {
+        let scaling = Scaling::default();
+        let s = serving(1);
+        scaling.serve("shop", Some(s.clone()));
+        // 495m of CPU on a 500m allocation: pinned, so the size doubles.
+        let busy = samples(10_000, 2, 495, 0);
+        let scaled = scaling.observe("shop", &s, &busy).unwrap();
+        assert_eq!((scaled.from, scaled.to), (1, 2));
+        assert!(scaled.usage_pct > 98.0, "{scaled:?}");
+        assert_eq!(scaling.decided("shop"), Some(scaled));
+        // Until its reconcile has it, nothing more is decided.
+        let more = samples(12_200, 1, 495, busy.samples.last().unwrap().1);
+        assert_eq!(scaling.observe("shop", &s, &more), None);
+        scaling.done("shop", &scaled);
+        assert_eq!(scaling.decided("shop"), None);
+        // At the new size, the cooldown holds the next change back.
+        assert_eq!(scaling.observe("shop", &serving(2), &more), None);
+        // The next fetch asks for what came after the newest sample.
+        let targets = scaling.targets();
+        assert_eq!(targets[0].2, more.samples.last().unwrap().0);
+    }
+
+    #[test]
+    fn an_idle_database_is_scaled_down_only_after_a_whole_window() {
+        let scaling = Scaling::default();
+        let s = serving(4);
+        // 100m on 2000m: 5 %. 20 s of it is not enough evidence for the 30 s window.
+        let quiet = samples(0, 20, 100, 0);
+        assert_eq!(scaling.observe("shop", &s, &quiet), None);
+        let later = samples(
+            20_200,
+            12,
+            100,
+            quiet.samples.last().unwrap().1 + 20_000_000,
+        );
+        let scaled = scaling.observe("shop", &s, &later).unwrap();
+        // To the size that runs it at about half its allocation, within the bounds.
+        assert_eq!((scaled.from, scaled.to), (4, 1));
+    }
+
+    #[test]
+    fn stale_samples_and_a_new_pod_decide_nothing() {
+        let scaling = Scaling::default();
+        let s = serving(1);
+        let mut busy = samples(10_000, 2, 495, 0);
+        // The agent answered 3 s after its newest sample: its server is gone.
+        busy.now_ms += 3_000;
+        assert_eq!(scaling.observe("shop", &s, &busy), None);
+        // The same samples through another pod's address: a new window, which needs new
+        // evidence; and a counter that goes back (a restarted server) starts it afresh.
+        let moved = Serving {
+            ip: "10.0.0.8".into(),
+            ..s.clone()
+        };
+        let restarted = samples(13_000, 0, 495, 0);
+        assert_eq!(scaling.observe("shop", &moved, &restarted), None);
+        // Not serving any more: everything about it is forgotten.
+        scaling.serve("shop", None);
+        assert!(scaling.targets().is_empty());
+        assert_eq!(scaling.decided("shop"), None);
+    }
+
+    #[test]
+    fn agents_are_reached_on_their_port_in_v4_and_v6() {
+        assert_eq!(agent_addr("10.0.0.7"), "10.0.0.7:9104");
+        assert_eq!(agent_addr("fd00::7"), "[fd00::7]:9104");
+    }
+
+    #[test]
+    fn no_samples_no_decision() {
+        let scaling = Scaling::default();
+        let empty = CpuSamples {
+            now_ms: 5_000,
+            pid: None,
+            samples: Vec::new(),
+        };
+        assert_eq!(scaling.observe("shop", &serving(1), &empty), None);
+    }
+}
