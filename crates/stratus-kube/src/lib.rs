@@ -32,6 +32,8 @@ pub mod v1alpha1;
 
 #[cfg(test)]
 mod mock_api;
+#[cfg(test)]
+mod test_server;
 
 pub use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 pub use kube::Client;

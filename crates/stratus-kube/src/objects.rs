@@ -149,7 +149,8 @@ pub fn option_file(spec: &InstanceSpec) -> String {
         server_id: config::server_id(spec.name.as_str()),
         semi_sync: false,
         buffer_pool_bytes: spec.resources.buffer_pool_bytes,
-        buffer_pool_max_bytes: None,
+        // Room to grow in place to the largest size it may be scaled to.
+        buffer_pool_max_bytes: Some(spec.max_resources.buffer_pool_bytes),
     })
 }
 
@@ -511,6 +512,42 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// On a real server: the pool can grow in place up to the largest size the database may
+    /// be scaled to (without `innodb_buffer_pool_size_max`, MariaDB 10.11.12+ would cap it at
+    /// its size at start and only warn).
+    #[tokio::test]
+    async fn the_option_file_lets_the_pool_grow_in_place_to_the_largest_size() {
+        use stratus_runtime::admin::ServerAdmin;
+        // Small SCUs, so the test allocates little.
+        let scu = ScuSize {
+            memory_bytes: 128 << 20,
+            ..ScuSize::default()
+        };
+        let spec = InstanceSpec {
+            resources: scu.resources(1),
+            max_resources: scu.resources(4),
+            ..spec("shop", "")
+        };
+        let cnf = option_file(&spec);
+        // The lines that size the pool, as options of a test server.
+        let pool: Vec<String> = cnf
+            .lines()
+            .filter(|l| l.contains("innodb_buffer_pool_size"))
+            .map(|l| format!("--{}", l.replace(" = ", "=")))
+            .collect();
+        assert_eq!(pool.len(), 2, "{cnf}");
+        let server = crate::test_server::mariadbd(&pool).await;
+        let mut conn = crate::test_server::setup_login(&server.socket).await;
+        assert_eq!(
+            conn.buffer_pool_size().await.unwrap(),
+            spec.resources.buffer_pool_bytes
+        );
+        let largest = spec.max_resources.buffer_pool_bytes;
+        let (actual, warnings) = conn.resize_buffer_pool(largest).await.unwrap();
+        assert_eq!((actual, warnings), (largest, Vec::<String>::new()));
+        conn.close().await;
     }
 
     #[test]

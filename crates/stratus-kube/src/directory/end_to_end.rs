@@ -7,113 +7,13 @@
 use super::*;
 use crate::mock_api::*;
 use crate::objects::Settings;
+use crate::test_server;
 use crate::v1alpha1::{DatabaseServiceSpec, DatabaseServiceStatus};
 use serde_json::{Value, json};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use stratus_proxy::{Proxy, ProxyConfig};
 use stratus_runtime::admin::{AdminConn, AdminLogin};
 
 const CR: &str = "/apis/stratus.dev/v1alpha1/namespaces/stratus/databaseservices/shop";
-
-/// A private `mariadbd` listening on 127.0.0.1 (and a socket for its setup); killed on drop.
-struct Server {
-    _dir: tempfile::TempDir,
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Starts it and makes `admin@'%'` (password `pw`) with the database `shop`, as the operator's
-/// provisioning would.
-async fn mariadbd() -> Server {
-    let mariadb = stratus_runtime::binaries::MariaDb::locate(None).expect("MariaDB installed");
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    // As root the server must be told to stay root (the test's files are root's).
-    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
-    let mut install = Command::new(&mariadb.install_db);
-    install.args([
-        "--no-defaults",
-        &format!("--datadir={}", data.display()),
-        "--auth-root-authentication-method=normal",
-        "--skip-test-db",
-    ]);
-    if root {
-        install.arg("--user=root");
-    }
-    let out = install.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let socket = dir.path().join("s.sock");
-    let port = free_port();
-    let mut cmd = Command::new(&mariadb.mariadbd);
-    cmd.args([
-        "--no-defaults",
-        &format!("--datadir={}", data.display()),
-        &format!("--socket={}", socket.display()),
-        &format!("--port={port}"),
-        "--bind-address=127.0.0.1",
-        &format!("--pid-file={}", dir.path().join("pid").display()),
-        &format!("--log-error={}", dir.path().join("error.log").display()),
-        "--innodb-buffer-pool-size=32M",
-        "--skip-name-resolve",
-    ]);
-    if root {
-        cmd.arg("--user=root");
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        _dir: dir,
-        child,
-        port,
-    };
-    let mut conn = setup_login(&socket).await;
-    for sql in [
-        "CREATE DATABASE shop",
-        "CREATE USER admin@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('pw')",
-        "GRANT ALL ON shop.* TO admin@'%'",
-    ] {
-        conn.exec(sql).await.unwrap();
-    }
-    conn.close().await;
-    server
-}
-
-/// Root's login over the socket, once the server takes it (at most 60 s).
-async fn setup_login(socket: &Path) -> AdminConn {
-    let endpoint = Endpoint::Unix(socket.into());
-    let root = AdminLogin {
-        user: "root".into(),
-        password: None,
-    };
-    for _ in 0..600 {
-        if let Ok(conn) = AdminConn::connect("shop", &endpoint, &root, Duration::from_secs(5)).await
-        {
-            return conn;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("mariadbd did not start");
-}
 
 fn resource(spec_state: Lifecycle, status: &str) -> Value {
     let mut ds = DatabaseService::new(
@@ -138,7 +38,7 @@ fn get(spec_state: Lifecycle, status: &str) -> Exchange {
 
 #[tokio::test]
 async fn a_client_wakes_a_parked_database_and_runs_on_its_pod() {
-    let server = mariadbd().await;
+    let server = test_server::mariadbd(&[]).await;
     // What the operator published: the owner's hash, read from the server.
     let published = crate::accounts::encode(&[stratus_runtime::admin::Account {
         user: "admin".into(),

@@ -28,7 +28,7 @@ impl ServerSql for Server {
     fn fill<'a>(&'a self, _: &'a ServiceName, _: &'a PodView, _: u64) -> Pending<'a, ()> {
         unreachable!("the proxy never fills a server")
     }
-    fn pool<'a>(&'a self, _: &'a ServiceName, _: &'a PodView, _: u64) -> Pending<'a, ()> {
+    fn pool<'a>(&'a self, _: &'a ServiceName, _: &'a PodView, _: u64) -> Pending<'a, u64> {
         unreachable!("the proxy never resizes a buffer pool")
     }
     fn provision<'a>(

@@ -545,6 +545,8 @@ pub(crate) async fn reconcile_at(
     let api: Api<DatabaseService> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let resource = ds.name_any();
     let events = events_of(&plan.steps, seen.pod.as_ref());
+    // What the server did not do as asked, said after the steps.
+    let mut warnings = Vec::new();
     for step in plan.steps {
         match step {
             Step::AddFinalizer | Step::RemoveFinalizer => {
@@ -607,7 +609,12 @@ pub(crate) async fn reconcile_at(
                         tracing::info!(database = %resource, sessions_closed = closed, "emptied for a suspend");
                     }
                     (Step::Fill(bytes), Some(pod)) => ctx.servers.fill(name, pod, bytes).await?,
-                    (Step::Pool(bytes), Some(pod)) => ctx.servers.pool(name, pod, bytes).await?,
+                    (Step::Pool(bytes), Some(pod)) => {
+                        let took = ctx.servers.pool(name, pod, bytes).await?;
+                        if let Some(event) = pool_short(bytes, took) {
+                            warnings.push(event);
+                        }
+                    }
                     (Step::Request { state, .. }, _) => {
                         // With the version read: a wake or a user's resume meanwhile is a 409,
                         // and the next look starts from it.
@@ -671,7 +678,12 @@ pub(crate) async fn reconcile_at(
         }
         ctx.scaling.serve(name.as_str(), plan.serving.clone());
     }
-    let events = plan.scaled.iter().map(scaled_event).chain(events);
+    let events = plan
+        .scaled
+        .iter()
+        .map(scaled_event)
+        .chain(events)
+        .chain(warnings);
     // What was done, for `kubectl describe` and `kubectl events`: after it was done, and
     // never at the cost of the reconcile (a refused event is only logged).
     let reference = ds.object_ref(&());
@@ -681,6 +693,27 @@ pub(crate) async fn reconcile_at(
         }
     }
     Ok(plan.requeue)
+}
+
+/// Rounding aside (InnoDB sizes its pool in units of up to 8 MiB), a pool smaller than asked.
+const POOL_ROUNDING: u64 = 8 << 20;
+
+/// A Warning when the server took a smaller buffer pool than asked: its
+/// `innodb_buffer_pool_size_max` is lower (a server started from an older operator's option
+/// file). The status records what was asked, so the look does not ask again; the pod's next
+/// start reads the new option file. Pure.
+pub fn pool_short(asked: u64, took: u64) -> Option<Event> {
+    (took + POOL_ROUNDING < asked).then(|| Event {
+        type_: EventType::Warning,
+        reason: "BufferPoolLimited".into(),
+        note: Some(format!(
+            "the server took a buffer pool of {} MiB for the {} MiB asked (its innodb_buffer_pool_size_max); it gets the whole size when its pod is next made",
+            took >> 20,
+            asked >> 20
+        )),
+        action: "Resize".into(),
+        secondary: None,
+    })
 }
 
 /// The Event of an autoscaling: the measurement behind it. Pure.

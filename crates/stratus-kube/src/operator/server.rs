@@ -31,8 +31,10 @@ pub trait ServerSql: Send + Sync {
     fn empty<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView) -> Pending<'a, u64>;
     /// Gives the buffer pool `bytes` again and starts reloading the hot pages.
     fn fill<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()>;
-    /// Sets the buffer pool to `bytes`, for a new size (nothing is reloaded).
-    fn pool<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()>;
+    /// Sets the buffer pool to `bytes`, for a new size (nothing is reloaded). Returns the size
+    /// the server took, which may be less (`innodb_buffer_pool_size_max` of a server started
+    /// from an older option file).
+    fn pool<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, u64>;
     /// Makes the database ready for its owner, as `stratus db create` does
     /// ([`provision_sql`]): safe to run again. Returns whether the owner's account was made
     /// (false: it existed and kept its password).
@@ -121,13 +123,13 @@ impl ServerSql for AdminSql {
         })
     }
 
-    fn pool<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, ()> {
+    fn pool<'a>(&'a self, db: &'a ServiceName, pod: &'a PodView, bytes: u64) -> Pending<'a, u64> {
         Box::pin(async move {
             let failed = sql_failed(db);
             let mut conn = self.connect(db, pod).await?;
-            conn.resize_buffer_pool(bytes).await.map_err(failed)?;
+            let (took, _) = conn.resize_buffer_pool(bytes).await.map_err(failed)?;
             conn.close().await;
-            Ok(())
+            Ok(took)
         })
     }
 

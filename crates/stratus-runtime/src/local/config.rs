@@ -118,8 +118,13 @@ pub fn render(o: &ServerOptions) -> String {
     line("performance_schema", &"OFF");
     line("innodb_log_file_size", &REDO_LOG_BYTES);
     line("innodb_buffer_pool_size", &o.buffer_pool_bytes);
+    // Without it MariaDB 10.11.12+ caps the pool at its size at start. `loose-`: a server that
+    // does not know the option (older ones grow without it) warns instead of refusing to start.
     if let Some(max) = o.buffer_pool_max_bytes {
-        line("innodb_buffer_pool_size_max", &max.max(o.buffer_pool_bytes));
+        line(
+            "loose-innodb_buffer_pool_size_max",
+            &max.max(o.buffer_pool_bytes),
+        );
     }
     line("innodb_buffer_pool_dump_at_shutdown", &"ON");
     line("innodb_buffer_pool_load_at_startup", &"ON");
@@ -206,7 +211,7 @@ mod tests {
             "innodb_encrypt_tables = FORCE",
             "encrypt_binlog = ON",
             "innodb_buffer_pool_size = 1073741824",
-            "innodb_buffer_pool_size_max = 2147483648",
+            "loose-innodb_buffer_pool_size_max = 2147483648",
             r#"log_bin = "/d/binlog/mariadb-bin""#,
             "performance_schema = OFF",
             r#"datadir = "/d/my \"data\"""#,
@@ -227,7 +232,7 @@ mod tests {
         assert!(!cnf.contains("port") && !cnf.contains("bind-address"));
         assert!(!cnf.contains("user =") && !cnf.contains("init_file"));
         assert!(!cnf.contains("encrypt"), "no encryption without a key");
-        assert!(cnf.contains("innodb_buffer_pool_size_max = 1073741824"));
+        assert!(cnf.contains("loose-innodb_buffer_pool_size_max = 1073741824"));
     }
 
     #[test]

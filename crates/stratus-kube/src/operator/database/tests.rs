@@ -956,6 +956,8 @@ struct ScriptedSql {
     unreachable: bool,
     /// What its clients do; left out, one runs a statement.
     activity: Option<ClientActivity>,
+    /// The largest buffer pool its server takes (`innodb_buffer_pool_size_max`); left out, any.
+    pool_cap: Option<u64>,
 }
 
 impl server::ServerSql for ScriptedSql {
@@ -993,13 +995,13 @@ impl server::ServerSql for ScriptedSql {
         db: &'a ServiceName,
         pod: &'a PodView,
         bytes: u64,
-    ) -> server::Pending<'a, ()> {
+    ) -> server::Pending<'a, u64> {
         Box::pin(async move {
             self.calls.lock().unwrap().push(format!(
                 "pool {db} at {} to {bytes}",
                 pod.ip.as_deref().unwrap_or("?")
             ));
-            Ok(())
+            Ok(self.pool_cap.map_or(bytes, |cap| bytes.min(cap)))
         })
     }
     fn provision<'a>(
@@ -2027,5 +2029,49 @@ async fn the_autoscalers_choice_is_carried_out_by_the_reconcile_with_its_event()
     assert_eq!(
         *sql.calls.lock().unwrap(),
         ["activity shop at 10.0.0.7", "accounts shop at 10.0.0.7"]
+    );
+}
+
+#[tokio::test]
+async fn a_grown_pod_gets_its_pool_and_a_server_that_takes_less_says_so() {
+    let size = ScuSize::default();
+    let (two, three) = (size.resources(2), size.resources(3));
+    // The look after a scale to 3: the kubelet applied the pod's size; the pool is still 2's.
+    let ds = active_at(3, two.buffer_pool_bytes);
+    let mut at_three = instance();
+    at_three.resources = three;
+    let mut script = observe_set(Some(pod_json_at(&three)), Some(unrecorded(&at_three)));
+    script.push(no_policies());
+    script.extend(apply_requests_of(&at_three));
+    script.push(accounts_already_published());
+    script.push(
+        expect("PATCH", &format!("{CR}/status?"))
+            .checked(MERGE, move |body| {
+                assert_eq!(body["status"]["scu"], 3, "{body}");
+                assert_eq!(body["status"]["bufferPoolBytes"], three.buffer_pool_bytes);
+            })
+            .answer(200, cr_answer(&ds)),
+    );
+    script.push(event("BufferPoolLimited", "Warning"));
+    // A server started from an older option file: its pool cannot pass 2's.
+    let sql = Arc::new(ScriptedSql {
+        pool_cap: Some(two.buffer_pool_bytes),
+        ..ScriptedSql::default()
+    });
+    let (ctx, verifier) = scripted_context(script, sql.clone());
+    reconcile_at(&ds, &ctx, T0).await.unwrap();
+    drop(ctx);
+    verifier.finished().await;
+    assert_eq!(
+        *sql.calls.lock().unwrap(),
+        [
+            "activity shop at 10.0.0.7".to_owned(),
+            format!("pool shop at 10.0.0.7 to {}", three.buffer_pool_bytes),
+            "accounts shop at 10.0.0.7".to_owned(),
+        ]
+    );
+    assert!(
+        pool_short(three.buffer_pool_bytes, three.buffer_pool_bytes - (1 << 20)).is_none(),
+        "rounding is no shortfall"
     );
 }
