@@ -196,6 +196,7 @@ class State:
         self.n_aborts = 0
         self.n_replays = 0
         self.n_resizes = 0
+        self.resizes = []   # (start, end, bytes) of every buffer-pool resize
         self.n_storm_reads = 0
         self.errors = []
 
@@ -418,6 +419,15 @@ def check_read(st, c, value, kind, epoch, cid, nth, t_conn, t0, t1, storm=False)
         "crash_inflight_matching": [v for v in st.crash_inflight.get(epoch, []) if v["x"] == -delta],
         "crash_inflight": st.crash_inflight.get(epoch, []),
     }
+    if st.resizes:
+        with st.lock:
+            rs = list(st.resizes)
+        # the resize that overlapped the read, or the last one that ended before it
+        over = [r for r in rs if r[0] <= t1 and r[1] >= t0]
+        before = [r for r in rs if r[1] < t0]
+        rec["resize_overlapping"] = [[round((r[0] - t0) * 1000, 1), round((r[1] - t0) * 1000, 1), r[2]]
+                                     for r in over]
+        rec["ms_since_last_resize_end"] = round((t0 - before[-1][1]) * 1000, 1) if before else None
     try:  # right after, on the same connection
         with c.cursor() as cur:
             cur.execute("SELECT trx_id, trx_state, trx_mysql_thread_id, trx_rows_modified, "
@@ -482,10 +492,21 @@ def resizer(st, sock):
             cur = c.cursor()
             while not st.stop.is_set() and st.epoch == epoch:
                 time.sleep(st.args.resize_every * rnd.uniform(0.5, 1.5))
-                cur.execute("SET GLOBAL innodb_buffer_pool_size = %d" % sizes[nth % len(sizes)])
+                size = sizes[nth % len(sizes)]
+                t0 = NOW()
+                cur.execute("SET GLOBAL innodb_buffer_pool_size = %d" % size)
+                # the statement may return before the resize is over: wait for its report
+                while not st.stop.is_set():
+                    cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_resize_status'")
+                    row = cur.fetchone()
+                    status = (row[1] if row else "") or ""
+                    if not status or "Completed" in status or "complete" in status.lower():
+                        break
+                    time.sleep(0.01)
                 nth += 1
                 with st.lock:
                     st.n_resizes += 1
+                    st.resizes.append((t0, NOW(), size))
         except Exception:
             pass
         finally:

@@ -335,7 +335,7 @@ fn plain_stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
                 "name": "agent",
                 "image": s.agent_image,
                 "args": ["operator", "agent", "--pid-file", PID_FILE,
-                         "--listen", format!("0.0.0.0:{}", crate::agent::PORT)],
+                         "--listen", format!("[::]:{}", crate::agent::PORT)],
                 "ports": [{"name": "agent", "containerPort": crate::agent::PORT}],
                 "resources": {"requests": agent_resources(), "limits": agent_resources()},
                 "securityContext": agent_context,
@@ -490,7 +490,7 @@ mod tests {
                 "--pid-file",
                 "/run/mysqld/mysqld.pid",
                 "--listen",
-                "0.0.0.0:9104"
+                "[::]:9104"
             ])
         );
         assert!(

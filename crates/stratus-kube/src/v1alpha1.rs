@@ -135,7 +135,8 @@ pub struct DatabaseServiceStatus {
     pub cpu_limit: f64,
     #[serde(default)]
     pub memory_limit_bytes: u64,
-    /// InnoDB buffer pool size, as the server last reported it.
+    /// InnoDB buffer pool size the server was given (on Kubernetes: set through SQL by the
+    /// operator, and read back; a server that took less says so in a `BufferPoolLimited` Event).
     #[serde(default)]
     pub buffer_pool_bytes: u64,
     /// Bytes in use on its volume, and the volume's size.

@@ -108,8 +108,9 @@ pub struct OperatorAgent {
         default_value = "/run/mysqld/mysqld.pid"
     )]
     pub pid_file: std::path::PathBuf,
-    /// Where the operator fetches the samples (`GET /cpu?after=MS`).
-    #[arg(long, env = "STRATUS_AGENT_LISTEN", default_value = "0.0.0.0:9104")]
+    /// Where the operator fetches the samples (`GET /cpu?after=MS`); `[::]` is both IPv6 and
+    /// IPv4, or IPv4 alone on a node without IPv6.
+    #[arg(long, env = "STRATUS_AGENT_LISTEN", default_value = "[::]:9104")]
     pub listen: std::net::SocketAddr,
 }
 

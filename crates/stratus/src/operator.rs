@@ -107,9 +107,18 @@ pub async fn proxy(args: OperatorProxy) -> anyhow::Result<()> {
 /// ([`stratus_kube::agent::Sampler`]) and served on `GET /cpu?after=MS`, until SIGTERM.
 pub async fn agent(args: OperatorAgent) -> anyhow::Result<()> {
     init_logging();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot serve CPU samples on {}: {e}", args.listen))?;
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        // `[::]` (both families, for IPv6 clusters) on a node without IPv6: IPv4 alone.
+        Err(_) if args.listen.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            let v4 =
+                std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, args.listen.port()));
+            tokio::net::TcpListener::bind(v4)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve CPU samples on {v4}: {e}"))?
+        }
+        Err(e) => anyhow::bail!("cannot serve CPU samples on {}: {e}", args.listen),
+    };
     tracing::info!(listen = %args.listen, pid_file = %args.pid_file.display(), "agent started");
     tokio::select! {
         () = serve_cpu_samples(listener, &args.pid_file) => {}

@@ -201,6 +201,15 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     // A database created parked gets nothing until it is woken: a StatefulSet made now would
     // start a pod only to be scaled away, perhaps in the middle of initialising its volume.
     let unmade_and_parked = desired == Lifecycle::Parked && seen.set.is_none();
+    // While the pod grows in place, the option file keeps the pool its present memory holds:
+    // a server restarted in the pod before the kubelet grew it (a crash, a resize the node
+    // cannot do) must not start with a pool its memory limit cannot hold.
+    let file_pool = match seen.pod.as_ref().and_then(|p| p.memory_limit_bytes) {
+        Some(memory) if memory < resources.memory_bytes => resources
+            .buffer_pool_bytes
+            .min(sizes.scu.buffer_pool_bytes(memory)),
+        _ => resources.buffer_pool_bytes,
+    };
     let instance = InstanceSpec {
         name: spec.name.clone(),
         // The template and option file say what the server is to run with, so a pod made again
@@ -208,7 +217,10 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         resources: if desired == Lifecycle::Suspended {
             floor
         } else {
-            resources
+            Resources {
+                buffer_pool_bytes: file_pool,
+                ..resources
+            }
         },
         max_resources: sizes.scu.resources(spec.max_scu),
         // The whole limit at once (docs/kubernetes.md); a template made earlier keeps its size,
@@ -388,7 +400,14 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         "parked" => pod.is_none(),
         _ => false,
     };
+    // A new size on its way (the kubelet resizing the pod, the pool to follow): looked at
+    // again soon, since the controller is not told when the kubelet is done.
+    // One the node cannot do at all (`Infeasible`) waits for the usual looks.
+    let infeasible = |p: &PodView| p.resize_pending.as_deref() == Some("Infeasible");
+    // (Once the pod has its size, the pool follows in the same look.)
+    let resizing = pod.is_some_and(|p| p.ready && !sized(p, &resources) && !infeasible(p));
     let requeue = match idle.next_look_ms {
+        _ if resizing && state == "active" => SOON,
         Some(ms) if settled => Duration::from_millis(ms.clamp(1_000, LATER.as_millis() as u64)),
         _ if settled => LATER,
         _ => SOON,

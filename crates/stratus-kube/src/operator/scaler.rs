@@ -170,6 +170,8 @@ fn step(track: &mut Track, s: &Serving, got: &CpuSamples) -> Option<Scaled> {
             usage_pct,
             window_ms,
         } => {
+            // As on one machine: the next decision rests on samples at the new size only.
+            track.window.clear();
             track.last_change_ms = Some(got.now_ms);
             Some(Scaled {
                 from: s.scu,
@@ -313,22 +315,68 @@ mod tests {
     }
 
     #[test]
-    fn stale_samples_and_a_new_pod_decide_nothing() {
+    fn stale_samples_decide_nothing() {
         let scaling = Scaling::default();
         let s = serving(1);
         let mut busy = samples(10_000, 2, 495, 0);
         // The agent answered 3 s after its newest sample: its server is gone.
         busy.now_ms += 3_000;
         assert_eq!(scaling.observe("shop", &s, &busy), None);
-        // The same samples through another pod's address: a new window, which needs new
-        // evidence; and a counter that goes back (a restarted server) starts it afresh.
-        let moved = Serving {
-            ip: "10.0.0.8".into(),
-            ..s.clone()
+        // Fresh samples of the same load decide.
+        let fresh = samples(13_000, 2, 495, busy.samples.last().unwrap().1);
+        assert!(scaling.observe("shop", &s, &fresh).is_some());
+    }
+
+    #[test]
+    fn a_new_pod_or_a_restarted_server_starts_a_new_window() {
+        // 0.6 s of a pinned load: too little for the 1 s window on its own, enough with the
+        // next 0.6 s.
+        let first = samples(10_000, 0, 495, 0);
+        let first = CpuSamples {
+            samples: (0..=3)
+                .map(|i| (10_000 + i * 200, i as u64 * 200 * 495 * 1_000))
+                .collect(),
+            now_ms: 10_600,
+            ..first
         };
-        let restarted = samples(13_000, 0, 495, 0);
-        assert_eq!(scaling.observe("shop", &moved, &restarted), None);
-        // Not serving any more: everything about it is forgotten.
+        let next = |cpu_from: u64| CpuSamples {
+            samples: (4..=6)
+                .map(|i| {
+                    (
+                        10_000 + i * 200,
+                        cpu_from + (i as u64 - 3) * 200 * 495 * 1_000,
+                    )
+                })
+                .collect(),
+            now_ms: 11_200,
+            pid: Some(42),
+        };
+        let continued = next(first.samples.last().unwrap().1);
+        // The same pod: the window joins both and decides.
+        let same = Scaling::default();
+        assert_eq!(same.observe("shop", &serving(1), &first), None);
+        assert!(same.observe("shop", &serving(1), &continued).is_some());
+        // Another pod's address: the first samples are not its.
+        let moved = Scaling::default();
+        assert_eq!(moved.observe("shop", &serving(1), &first), None);
+        let elsewhere = Serving {
+            ip: "10.0.0.8".into(),
+            ..serving(1)
+        };
+        assert_eq!(moved.observe("shop", &elsewhere, &continued), None);
+        // A counter that went back (the server restarted in its pod): a new window too.
+        let restarted = Scaling::default();
+        assert_eq!(restarted.observe("shop", &serving(1), &first), None);
+        assert_eq!(restarted.observe("shop", &serving(1), &next(0)), None);
+    }
+
+    #[test]
+    fn a_database_no_longer_serving_is_forgotten() {
+        let scaling = Scaling::default();
+        let s = serving(1);
+        scaling.serve("shop", Some(s.clone()));
+        let chosen = scaling.observe("shop", &s, &samples(10_000, 2, 495, 0));
+        assert!(chosen.is_some());
         scaling.serve("shop", None);
         assert!(scaling.targets().is_empty());
         assert_eq!(scaling.decided("shop"), None);

@@ -1838,11 +1838,14 @@ fn a_scale_up_grows_the_pod_first_and_the_pool_once_the_kubelet_applied_it() {
         ..Seen::default()
     };
     let grow = plan(&active_at(2, two.buffer_pool_bytes), &seen, &sizes());
-    assert_eq!(
-        applied_resources(&grow),
-        Some(three),
-        "the template follows"
-    );
+    // The template gets the new CPU and memory; its option file keeps the pool the pod's
+    // present memory holds, in case the server restarts before the kubelet grew the pod.
+    let growing = Resources {
+        buffer_pool_bytes: two.buffer_pool_bytes,
+        ..three
+    };
+    assert_eq!(applied_resources(&grow), Some(growing));
+    assert_eq!(grow.requeue, Some(SOON), "looked at again while it grows");
     assert_eq!(sizing_steps(&grow), [Step::Resize(three)]);
     let st = status_of(&grow);
     assert_eq!(
@@ -1877,6 +1880,11 @@ fn a_scale_up_grows_the_pod_first_and_the_pool_once_the_kubelet_applied_it() {
     );
     assert_eq!(sizing_steps(&filled), [Step::Pool(three.buffer_pool_bytes)]);
     assert_eq!(
+        applied_resources(&filled),
+        Some(three),
+        "now the option file too"
+    );
+    assert_eq!(
         status_of(&filled).buffer_pool_bytes,
         three.buffer_pool_bytes
     );
@@ -1888,6 +1896,18 @@ fn a_scale_up_grows_the_pod_first_and_the_pool_once_the_kubelet_applied_it() {
         &sizes(),
     );
     assert_eq!(sizing_steps(&settled), []);
+    assert_ne!(settled.requeue, Some(SOON));
+    // A resize the node cannot do waits for the usual looks.
+    let infeasible = PodView {
+        resize_pending: Some("Infeasible".into()),
+        ..pod_at(&two)
+    };
+    let stuck = plan(
+        &active_at(3, two.buffer_pool_bytes),
+        &seen_pod(infeasible),
+        &sizes(),
+    );
+    assert_ne!(stuck.requeue, Some(SOON));
 }
 
 #[test]
@@ -1982,7 +2002,10 @@ async fn the_autoscalers_choice_is_carried_out_by_the_reconcile_with_its_event()
     let (two, three) = (size.resources(2), size.resources(3));
     let ds = active_at(2, two.buffer_pool_bytes);
     let mut at_three = instance();
-    at_three.resources = three;
+    at_three.resources = Resources {
+        buffer_pool_bytes: two.buffer_pool_bytes,
+        ..three
+    };
     let mut script = observe(Some(pod_json_at(&two)), true);
     script.push(no_policies());
     script.extend(apply_requests_of(&at_three));
