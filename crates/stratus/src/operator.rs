@@ -110,7 +110,10 @@ pub async fn agent(args: OperatorAgent) -> anyhow::Result<()> {
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         // `[::]` (both families, for IPv6 clusters) on a node without IPv6: IPv4 alone.
-        Err(_) if args.listen.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+        Err(e)
+            if args.listen.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+        {
             let v4 =
                 std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, args.listen.port()));
             tokio::net::TcpListener::bind(v4)
@@ -119,7 +122,8 @@ pub async fn agent(args: OperatorAgent) -> anyhow::Result<()> {
         }
         Err(e) => anyhow::bail!("cannot serve CPU samples on {}: {e}", args.listen),
     };
-    tracing::info!(listen = %args.listen, pid_file = %args.pid_file.display(), "agent started");
+    let bound = listener.local_addr().map_or(args.listen, |a| a);
+    tracing::info!(listen = %bound, pid_file = %args.pid_file.display(), "agent started");
     tokio::select! {
         () = serve_cpu_samples(listener, &args.pid_file) => {}
         () = shutdown_signal() => tracing::info!("agent stopped"),

@@ -201,14 +201,28 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     // A database created parked gets nothing until it is woken: a StatefulSet made now would
     // start a pod only to be scaled away, perhaps in the middle of initialising its volume.
     let unmade_and_parked = desired == Lifecycle::Parked && seen.set.is_none();
-    // While the pod grows in place, the option file keeps the pool its present memory holds:
-    // a server restarted in the pod before the kubelet grew it (a crash, a resize the node
-    // cannot do) must not start with a pool its memory limit cannot hold.
-    let file_pool = match seen.pod.as_ref().and_then(|p| p.memory_limit_bytes) {
-        Some(memory) if memory < resources.memory_bytes => resources
-            .buffer_pool_bytes
-            .min(sizes.scu.buffer_pool_bytes(memory)),
-        _ => resources.buffer_pool_bytes,
+    // While the running pod grows in place, the option file keeps the pool its present memory
+    // holds: a server restarted in that pod before the kubelet grew it (a crash, a resize the
+    // node cannot do) must not start with a pool its memory limit cannot hold. A pod made anew
+    // (evicted for a move, going away) gets the template's memory, and the whole pool.
+    let recorded_pool = was
+        .filter(|s| s.state == "active" && s.buffer_pool_bytes > 0)
+        .map(|s| s.buffer_pool_bytes);
+    let staying = |p: &&PodView| {
+        p.ready && !p.deleting && (node.is_empty() || p.node.as_deref() == Some(node.as_str()))
+    };
+    let file_pool = match seen.pod.as_ref().filter(staying) {
+        Some(p) => match p.memory_limit_bytes {
+            Some(memory) if memory < resources.memory_bytes => resources
+                .buffer_pool_bytes
+                .min(sizes.scu.buffer_pool_bytes(memory)),
+            Some(_) => resources.buffer_pool_bytes,
+            // Its size not reported (a container waiting to restart): the pool it was given.
+            None => recorded_pool.map_or(resources.buffer_pool_bytes, |b| {
+                b.min(resources.buffer_pool_bytes)
+            }),
+        },
+        None => resources.buffer_pool_bytes,
     };
     let instance = InstanceSpec {
         name: spec.name.clone(),
@@ -252,10 +266,9 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     // size may equal the floor).
     let emptied = was.is_some_and(|s| s.state == "suspended");
     // The buffer pool its server runs with, as the last look left it (a server started since
-    // has its template's, which follows the size); `None` until one was recorded.
-    let mut pool = was
-        .filter(|s| s.state == "active" && s.buffer_pool_bytes > 0)
-        .map(|s| s.buffer_pool_bytes);
+    // has its option file's: the whole pool unless it started in a pod still growing);
+    // `None` until one was recorded.
+    let mut pool = recorded_pool;
     let moving = |phase: &str| {
         Some(Moving {
             to: node.clone(),

@@ -2098,3 +2098,38 @@ async fn a_grown_pod_gets_its_pool_and_a_server_that_takes_less_says_so() {
         "rounding is no shortfall"
     );
 }
+
+#[test]
+fn only_the_pod_that_stays_keeps_a_small_pool_in_its_option_file_while_it_grows() {
+    let size = ScuSize::default();
+    let (two, three) = (size.resources(2), size.resources(3));
+    let ds = active_at(3, two.buffer_pool_bytes);
+    let capped = Resources {
+        buffer_pool_bytes: two.buffer_pool_bytes,
+        ..three
+    };
+    // The pod that stays, its memory not grown yet: capped.
+    let p = plan(&ds, &seen_pod(pod_at(&two)), &sizes());
+    assert_eq!(applied_resources(&p), Some(capped));
+    // Its size not reported (its container waiting to restart): the pool it was given.
+    let unknown = PodView {
+        memory_limit_bytes: None,
+        ..pod_at(&two)
+    };
+    let p = plan(&ds, &seen_pod(unknown), &sizes());
+    assert_eq!(applied_resources(&p), Some(capped));
+    // Going away (a drain, an eviction): its successor gets the template's memory, and the
+    // whole pool.
+    let going = PodView {
+        deleting: true,
+        ..pod_at(&two)
+    };
+    let p = plan(&ds, &seen_pod(going), &sizes());
+    assert_eq!(applied_resources(&p), Some(three));
+    // Moved to another node: evicted now, made anew there with the whole pool.
+    let mut moved = ds.clone();
+    moved.spec.node = Some("node-b".into());
+    let p = plan(&moved, &seen_pod(pod_at(&two)), &sizes());
+    assert!(p.steps.contains(&Step::Evict));
+    assert_eq!(applied_resources(&p), Some(three));
+}
