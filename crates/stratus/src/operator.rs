@@ -122,7 +122,7 @@ pub async fn agent(args: OperatorAgent) -> anyhow::Result<()> {
         }
         Err(e) => anyhow::bail!("cannot serve CPU samples on {}: {e}", args.listen),
     };
-    let bound = listener.local_addr().map_or(args.listen, |a| a);
+    let bound = listener.local_addr().unwrap_or(args.listen);
     tracing::info!(listen = %bound, pid_file = %args.pid_file.display(), "agent started");
     tokio::select! {
         () = serve_cpu_samples(listener, &args.pid_file) => {}

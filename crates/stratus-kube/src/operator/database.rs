@@ -208,9 +208,10 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     let recorded_pool = was
         .filter(|s| s.state == "active" && s.buffer_pool_bytes > 0)
         .map(|s| s.buffer_pool_bytes);
-    let staying = |p: &&PodView| {
-        p.ready && !p.deleting && (node.is_empty() || p.node.as_deref() == Some(node.as_str()))
-    };
+    // On another node than the spec names: evicted for a move.
+    let misplaced =
+        |p: &PodView| !node.is_empty() && p.node.as_deref().is_some_and(|on| on != node.as_str());
+    let staying = |p: &&PodView| p.ready && !p.deleting && !misplaced(p);
     let file_pool = match seen.pod.as_ref().filter(staying) {
         Some(p) => match p.memory_limit_bytes {
             Some(memory) if memory < resources.memory_bytes => resources
@@ -300,9 +301,6 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         if replicas == Some(0) {
             steps.push(Step::SetReplicas(1));
         }
-        let misplaced = |p: &PodView| {
-            !node.is_empty() && p.node.as_deref().is_some_and(|on| on != node.as_str())
-        };
         // A move under way, to the node the spec still names.
         let was_moving = was
             .and_then(|s| s.moving.as_ref())

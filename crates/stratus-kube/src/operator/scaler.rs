@@ -63,80 +63,86 @@ struct Track {
     last_change_ms: Option<i64>,
 }
 
+/// What the autoscaler knows of one database.
+#[derive(Debug, Default)]
+struct Entry {
+    /// Set while its last reconcile found it serving.
+    serving: Option<Serving>,
+    track: Track,
+    /// Chosen, not carried out yet.
+    decided: Option<Scaled>,
+}
+
 /// What the autoscaler knows, shared by the reconciles and the loop ([`super::Context`]).
 #[derive(Debug, Default)]
 pub struct Scaling {
-    serving: Mutex<HashMap<String, Serving>>,
-    tracks: Mutex<HashMap<String, Track>>,
-    decided: Mutex<HashMap<String, Scaled>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    dbs: Mutex<HashMap<String, Entry>>,
 }
 
 impl Scaling {
+    fn dbs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.dbs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// What `db`'s reconcile found: serving (`Some`), or not (suspended, parked, moving, its
     /// pod not ready, deleted), which forgets its samples and any decision not carried out.
     pub fn serve(&self, db: &str, serving: Option<Serving>) {
+        let mut dbs = self.dbs();
         match serving {
-            Some(s) => {
-                lock(&self.serving).insert(db.to_owned(), s);
-            }
+            Some(s) => dbs.entry(db.to_owned()).or_default().serving = Some(s),
             None => {
-                lock(&self.serving).remove(db);
-                lock(&self.tracks).remove(db);
-                lock(&self.decided).remove(db);
+                dbs.remove(db);
             }
         }
     }
 
     /// The size chosen for `db` that its reconcile is to carry out.
     pub fn decided(&self, db: &str) -> Option<Scaled> {
-        lock(&self.decided).get(db).copied()
+        self.dbs().get(db).and_then(|e| e.decided)
     }
 
     /// `db`'s reconcile has carried `scaled` out (or found it stale): it is dropped.
     pub fn done(&self, db: &str, scaled: &Scaled) {
-        let mut decided = lock(&self.decided);
-        if decided.get(db) == Some(scaled) {
-            decided.remove(db);
+        if let Some(e) = self.dbs().get_mut(db)
+            && e.decided.as_ref() == Some(scaled)
+        {
+            e.decided = None;
         }
     }
 
     /// The databases to fetch samples for, and after which sample.
     fn targets(&self) -> Vec<(String, Serving, i64)> {
-        let serving = lock(&self.serving).clone();
-        let tracks = lock(&self.tracks);
-        serving
-            .into_iter()
-            .map(|(db, s)| {
-                let after = tracks
-                    .get(&db)
-                    .filter(|t| t.ip == s.ip)
-                    .map_or(0, |t| t.after_ms);
-                (db, s, after)
+        self.dbs()
+            .iter()
+            .filter_map(|(db, e)| {
+                let s = e.serving.clone()?;
+                let after = if e.track.ip == s.ip {
+                    e.track.after_ms
+                } else {
+                    0
+                };
+                Some((db.clone(), s, after))
             })
             .collect()
     }
 
     /// Takes in what `db`'s agent answered and decides; a decision is kept for its reconcile.
     pub fn observe(&self, db: &str, serving: &Serving, got: &CpuSamples) -> Option<Scaled> {
-        if lock(&self.decided).contains_key(db) {
+        let mut dbs = self.dbs();
+        let e = dbs.entry(db.to_owned()).or_default();
+        if e.decided.is_some() {
             // One change at a time: the last one is not carried out yet.
             return None;
         }
-        let mut tracks = lock(&self.tracks);
-        let track = tracks.entry(db.to_owned()).or_default();
-        if track.ip != serving.ip {
+        if e.track.ip != serving.ip {
             // Another pod (made again, moved): another process, another clock.
-            *track = Track {
+            e.track = Track {
                 ip: serving.ip.clone(),
                 ..Track::default()
             };
         }
-        let scaled = step(track, serving, got)?;
-        lock(&self.decided).insert(db.to_owned(), scaled);
+        let scaled = step(&mut e.track, serving, got)?;
+        e.decided = Some(scaled);
         Some(scaled)
     }
 }
