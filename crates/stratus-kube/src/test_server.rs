@@ -45,7 +45,13 @@ pub async fn mariadbd(extra: &[String]) -> Server {
     if root {
         install.arg("--user=root");
     }
+    // One install at a time across the test processes: two run side by side failed now and
+    // then ("Installation of system tables failed").
+    let lock =
+        std::fs::File::create(std::env::temp_dir().join("stratus-kube-test-install.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
     let out = install.output().unwrap();
+    drop(lock);
     assert!(
         out.status.success(),
         "{}",
