@@ -185,6 +185,7 @@ class State:
         self.bank_initial = {}
         self.recovered_rows = {}           # epoch -> INNODB_TRX rows (thread id 0) at first poll
         self.checkpoint_ms = {}            # epoch -> ms the forced checkpoint took (--checkpoint)
+        self.dirty_pages_pct = None        # the server's innodb_max_dirty_pages_pct (--checkpoint)
         self.gate_wait_ms = {}             # epoch -> ms from ready to gate open (mitigation)
         self.inflight = {}                 # writer id -> current transfer dict
         self.crash_inflight = {}           # epoch -> writers' transfers in flight at the kill before it
@@ -578,7 +579,9 @@ def monitor_recovered(st, sock, epoch, open_gate):
                         st.t_recovered_zero[epoch] = t
                         tr = st.t_ready.get(epoch, t_conn)
                     if a_.checkpoint:
-                        st.checkpoint_ms[epoch] = force_checkpoint(cur)
+                        took = force_checkpoint(st, epoch, cur)
+                        if took is not None:
+                            st.checkpoint_ms[epoch] = took
                         t = NOW()
                     if open_gate:
                         st.gate_wait_ms[epoch] = round((t - tr) * 1000, 1)
@@ -609,26 +612,30 @@ def longest_run(xs):
     return best
 
 
-def force_checkpoint(cur):
-    """Hypothesis 7's mitigation: a checkpoint past the end of the crash recovery before clients
-    come in, so that the next crash recovers only this life's log. The server has no statement
-    for it; with `innodb_max_dirty_pages_pct = 0` its page cleaner writes every dirty page and
-    then the checkpoint. Returns the milliseconds it took."""
+def force_checkpoint(st, epoch, cur):
+    """Hypothesis 7's candidate defence: a checkpoint past the end of the crash recovery before
+    clients come in, so that the next crash recovers only this life's log. The server has no
+    statement for it; with `innodb_max_dirty_pages_pct = 0` its page cleaner writes every dirty
+    page and then the checkpoint. Returns the milliseconds it took (None if this life ended or
+    30 s passed first)."""
     t0 = NOW()
-    cur.execute("SELECT @@GLOBAL.innodb_max_dirty_pages_pct")
-    pct = cur.fetchone()[0]
+    if st.dirty_pages_pct is None:
+        # Read once, in the first life: every life starts with the same options, and a later
+        # read could see the 0 of an attempt whose connection dropped before it put it back.
+        cur.execute("SELECT @@GLOBAL.innodb_max_dirty_pages_pct")
+        st.dirty_pages_pct = cur.fetchone()[0]
     cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
     target = int(cur.fetchone()[1])
     cur.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
     try:
-        while True:
+        while not st.stop.is_set() and st.epoch == epoch and NOW() - t0 < 30:
             cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_last_checkpoint'")
             if int(cur.fetchone()[1]) >= target:
-                break
+                return round((NOW() - t0) * 1000, 1)
             time.sleep(0.005)
+        return None
     finally:
-        cur.execute("SET GLOBAL innodb_max_dirty_pages_pct = %s" % pct)
-    return round((NOW() - t0) * 1000, 1)
+        cur.execute("SET GLOBAL innodb_max_dirty_pages_pct = %s" % st.dirty_pages_pct)
 
 
 def busy_loop():
@@ -761,7 +768,7 @@ def main():
     if args.checkpoint:
         args.wait_recovered = True
     if args.wait_recovered and args.no_monitor:
-        p.error("--wait-recovered needs the monitor")
+        p.error("--wait-recovered and --checkpoint need the monitor")
 
     base = tempfile.mkdtemp(prefix="dirty-read-", dir=args.tmp)
     srv = Server(args, base)
