@@ -2,13 +2,15 @@
 //! real `stratus up` (usage: connect STRATUS_BIN [N]).
 //!
 //! One fresh connection is: connect, log in, `SELECT 1`, close; timed in the client process, so
-//! no process start is counted. Each client connects N times through the proxy (TCP) and N times
-//! directly to the same database's server (its unix socket, as the account without the
+//! no process start is counted, and with each client's own start-up statements turned off
+//! (mysql_async's read of `max_allowed_packet` and `wait_timeout`, PyMySQL's `SET AUTOCOMMIT`),
+//! so both paths do exactly that. Each client connects N times through the proxy (TCP) and N
+//! times directly to the same database's server (its unix socket, as the account without the
 //! `<database>.` prefix), alternating, in the same run: the difference is the proxy's. Direct
 //! logins over the unix socket skip TCP, so the difference slightly overstates the proxy's
-//! share. Clients: mysql_async, and PyMySQL when `python3 -c 'import pymysql'` works. Without
-//! TLS: the servers take no TLS on their socket, so a TLS login has no direct twin here
-//! (`docs/connection-setup.md` measured TLS against a separate plain server).
+//! share. Clients: mysql_async, and PyMySQL when Python has it. Without TLS so far: mysql_async
+//! is built without TLS here, and TLS logins are still to be added for PyMySQL and the `mariadb`
+//! client (`docs/connection-setup.md` measured them against a separate server).
 
 use anyhow::{Context, bail};
 use mysql_async::prelude::Queryable;
@@ -82,12 +84,16 @@ async fn mysql_async_rounds(t: &Target, n: usize) -> anyhow::Result<()> {
         .prefer_socket(false)
         .user(Some(t.user.clone()))
         .pass(Some(t.password.clone()))
-        .db_name(Some(t.database.clone()));
+        .db_name(Some(t.database.clone()))
+        .max_allowed_packet(Some(16 << 20))
+        .wait_timeout(Some(28_800));
     let direct = OptsBuilder::default()
         .socket(Some(t.socket.clone()))
         .user(Some(t.account.clone()))
         .pass(Some(t.password.clone()))
-        .db_name(Some(t.database.clone()));
+        .db_name(Some(t.database.clone()))
+        .max_allowed_packet(Some(16 << 20))
+        .wait_timeout(Some(28_800));
     // Warm both paths (the first login fills caches on either side).
     for _ in 0..5 {
         once(proxy.clone()).await?;
@@ -114,11 +120,15 @@ async fn once(opts: OptsBuilder) -> anyhow::Result<f64> {
 fn pymysql_rounds(t: &Target, n: usize) -> anyhow::Result<()> {
     const SCRIPT: &str = r#"
 import json, sys, time
-import pymysql
+try:
+    import pymysql
+except ImportError:
+    print(json.dumps({"skip": "PyMySQL is not installed"}))
+    sys.exit(0)
 port, sock, user, account, pw, db, n = sys.argv[1:8]
 def once(**kw):
     t = time.perf_counter()
-    c = pymysql.connect(password=pw, database=db, **kw)
+    c = pymysql.connect(password=pw, database=db, autocommit=None, **kw)
     cur = c.cursor(); cur.execute("SELECT 1"); cur.fetchall(); c.close()
     return (time.perf_counter() - t) * 1000
 proxy = dict(host="127.0.0.1", port=int(port), user=user, ssl_disabled=True)
@@ -138,22 +148,23 @@ print(json.dumps({"proxy": p, "direct": d}))
         .output();
     let out = match out {
         Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            println!(
-                "  PyMySQL: not measured ({})",
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("failed")
-            );
-            return Ok(());
-        }
+        Ok(o) => bail!(
+            "PyMySQL run failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("no message")
+        ),
         Err(e) => {
             println!("  PyMySQL: not measured (python3: {e})");
             return Ok(());
         }
     };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    if let Some(why) = v["skip"].as_str() {
+        println!("  PyMySQL: not measured ({why})");
+        return Ok(());
+    }
     let list = |k: &str| -> Vec<f64> {
         v[k].as_array()
             .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
