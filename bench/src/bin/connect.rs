@@ -72,19 +72,15 @@ async fn main() -> anyhow::Result<()> {
     };
 
     println!("Fresh connection: connect, log in, SELECT 1, close (no TLS)");
-    mysql_async_rounds(&t, n).await?;
+    mysql_async_rounds(&s, &t, n).await?;
     pymysql_rounds(&t, n)?;
     Ok(())
 }
 
-async fn mysql_async_rounds(t: &Target, n: usize) -> anyhow::Result<()> {
-    let proxy = OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(t.proxy_port)
-        .prefer_socket(false)
-        .user(Some(t.user.clone()))
-        .pass(Some(t.password.clone()))
-        .db_name(Some(t.database.clone()))
+async fn mysql_async_rounds(s: &Stratus, t: &Target, n: usize) -> anyhow::Result<()> {
+    // The proxy path is the bench's usual one (`Stratus::opts`).
+    let proxy = s
+        .opts(&t.user, &t.password, &t.database)
         .max_allowed_packet(Some(16 << 20))
         .wait_timeout(Some(28_800));
     let direct = OptsBuilder::default()
