@@ -255,6 +255,55 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The last steps of every backup, on one machine and in a Kubernetes Job: checksums the files
+/// `mariadb-backup` left in `partial`, reads them back against the list, writes `record` beside
+/// them (its size, end and verification filled in) and renames the directory to
+/// `<parent>/<id>`, so a backup cut short never looks whole. A backup that reads back wrong is
+/// still recorded, as not verified. Blocking: it reads every file.
+pub fn seal(
+    partial: &Path,
+    parent: &Path,
+    mut record: BackupRecord,
+) -> std::io::Result<BackupRecord> {
+    let sums = checksums(partial)?;
+    stratus_core::fs::write_private(&partial.join(SUMS), sums.as_bytes())?;
+    (record.verified, record.verification) = match verify_files(partial) {
+        Ok(()) if record.base.is_some() => (
+            true,
+            "taken by mariadb-backup on top of its base (prepared with it at a restore); every file checksummed and read back".to_owned(),
+        ),
+        Ok(()) => (
+            true,
+            "prepared by mariadb-backup; every file checksummed and read back".to_owned(),
+        ),
+        Err(why) => (false, format!("read back wrong: {why}")),
+    };
+    record.bytes = dir_bytes(partial);
+    record.finished_at_ms = now_ms();
+    write_record(partial, &record)?;
+    std::fs::rename(partial, parent.join(&record.id))?;
+    Ok(record)
+}
+
+/// The backups of database `db` recorded under `parent` (its directory of backups), oldest
+/// first. Anything else there (a backup under way, an archive, a stray file) is not one.
+pub fn records_in(parent: &Path, db: &str) -> Vec<BackupRecord> {
+    let mut out: Vec<BackupRecord> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(parse_backup_id)
+                .is_some_and(|n| n.as_str() == db)
+        })
+        .filter_map(|e| read_record(&e.path()))
+        .collect();
+    out.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
+    out
+}
+
 fn read_record(dir: &Path) -> Option<BackupRecord> {
     let text = std::fs::read_to_string(dir.join(RECORD)).ok()?;
     serde_json::from_str(&text).ok()
@@ -343,30 +392,6 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 return Err(e.into());
             }
         };
-        let files = partial.clone();
-        let sums = tokio::task::spawn_blocking(move || {
-            let sums = checksums(&files)?;
-            stratus_core::fs::write_private(&files.join(SUMS), sums.as_bytes())?;
-            Ok::<_, std::io::Error>(verify_files(&files))
-        })
-        .await
-        .map_err(|e| ControlError::Internal(format!("checksum task: {e}")))?
-        .map_err(internal("cannot checksum the backup"));
-        let (verified, verification) = match sums {
-            Ok(Ok(())) if base.is_some() => (
-                true,
-                "taken by mariadb-backup on top of its base (prepared with it at a restore); every file checksummed and read back".to_owned(),
-            ),
-            Ok(Ok(())) => (
-                true,
-                "prepared by mariadb-backup; every file checksummed and read back".to_owned(),
-            ),
-            Ok(Err(why)) => (false, format!("read back wrong: {why}")),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&partial);
-                return Err(e);
-            }
-        };
         let record = BackupRecord {
             id: id.clone(),
             database: name.to_string(),
@@ -378,19 +403,24 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .to_owned(),
             base: base.as_ref().map(|b| b.id.clone()),
             started_at_ms: started,
-            finished_at_ms: now_ms(),
-            bytes: dir_bytes(&partial),
+            finished_at_ms: started,
+            bytes: 0,
             gtid: taken.gtid,
             binlog_file: taken.binlog.as_ref().map(|b| b.file.clone()),
             binlog_pos: taken.binlog.as_ref().map(|b| b.pos),
             archive: Some(crate::schedule::archive_name(svc.log_epoch())),
-            verified,
-            verification,
+            verified: false,
+            verification: String::new(),
             source: crate::copy::Source::of(&svc, &users),
         };
-        write_record(&partial, &record).map_err(internal("cannot record the backup"))?;
-        std::fs::rename(&partial, parent.join(&id))
-            .map_err(internal("cannot finish the backup"))?;
+        let (files, dest) = (partial.clone(), parent.clone());
+        let record = tokio::task::spawn_blocking(move || seal(&files, &dest, record))
+            .await
+            .map_err(|e| ControlError::Internal(format!("checksum task: {e}")))?
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&partial);
+                ControlError::Internal(format!("cannot checksum and record the backup: {e}"))
+            })?;
         let ms = begin.elapsed().as_millis() as u64;
         let (kind, message) = if record.verified {
             (
@@ -433,22 +463,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 Err(_) => Vec::new(),
             },
         };
-        let mut out = Vec::new();
-        for d in dbs {
-            let Ok(rd) = std::fs::read_dir(self.backups_of(&d)) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let Some(id) = e.file_name().into_string().ok() else {
-                    continue;
-                };
-                if parse_backup_id(&id).is_some_and(|n| n.as_str() == d) {
-                    if let Some(r) = read_record(&e.path()) {
-                        out.push(r);
-                    }
-                }
-            }
-        }
+        let mut out: Vec<BackupRecord> = dbs
+            .iter()
+            .flat_map(|d| records_in(&self.backups_of(d), d))
+            .collect();
         out.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
         Ok(out)
     }

@@ -71,6 +71,40 @@ pub fn expired(backups: &[Kept], schedule: &BackupSchedule, now_ms: i64) -> Vec<
         .collect()
 }
 
+/// What retention deletes of a database's `records`, in the order to delete them: those
+/// [`expired`], less every backup a kept incremental one is built on; incrementals first, so no
+/// base is deleted under one.
+pub fn retention(
+    records: &[crate::backup::BackupRecord],
+    schedule: &BackupSchedule,
+    now_ms: i64,
+) -> Vec<String> {
+    let kept: Vec<Kept> = records
+        .iter()
+        .map(|r| Kept {
+            id: r.id.clone(),
+            started_at_ms: r.started_at_ms,
+            verified: r.verified,
+        })
+        .collect();
+    let mut gone = expired(&kept, schedule, now_ms);
+    let mut needed: Vec<String> = records
+        .iter()
+        .filter(|r| !gone.contains(&r.id))
+        .filter_map(|r| r.base.clone())
+        .collect();
+    while let Some(id) = needed.pop() {
+        if let Some(i) = gone.iter().position(|g| *g == id) {
+            gone.remove(i);
+            if let Some(r) = records.iter().find(|r| r.id == id) {
+                needed.extend(r.base.clone());
+            }
+        }
+    }
+    gone.sort_by_key(|id| std::cmp::Reverse(records.iter().position(|r| &r.id == id).unwrap_or(0)));
+    gone
+}
+
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Runs the schedules until the process ends.
     pub async fn run_backups(self: Arc<Self>) {
@@ -163,33 +197,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let Ok(records) = self.records(Some(name.as_str())) else {
             return;
         };
-        let kept: Vec<Kept> = records
-            .iter()
-            .map(|r| Kept {
-                id: r.id.clone(),
-                started_at_ms: r.started_at_ms,
-                verified: r.verified,
-            })
-            .collect();
-        let mut gone = expired(&kept, schedule, now_ms());
-        // A kept incremental backup keeps every backup under it.
-        let mut needed: Vec<String> = records
-            .iter()
-            .filter(|r| !gone.contains(&r.id))
-            .filter_map(|r| r.base.clone())
-            .collect();
-        while let Some(id) = needed.pop() {
-            if let Some(i) = gone.iter().position(|g| *g == id) {
-                gone.remove(i);
-                if let Some(r) = records.iter().find(|r| r.id == id) {
-                    needed.extend(r.base.clone());
-                }
-            }
-        }
-        // Incrementals first, so no base is deleted under one.
-        gone.sort_by_key(|id| {
-            std::cmp::Reverse(records.iter().position(|r| &r.id == id).unwrap_or(0))
-        });
+        let gone = retention(&records, schedule, now_ms());
         for id in &gone {
             if let Err(e) = self.delete_backup(id).await {
                 tracing::warn!(db = %name, "retention cannot delete backup {id}: {e}");

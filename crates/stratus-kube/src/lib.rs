@@ -23,6 +23,7 @@
 
 pub mod accounts;
 pub mod agent;
+pub mod backup_job;
 pub mod directory;
 pub mod objects;
 pub mod operator;

@@ -31,15 +31,15 @@ pub const ADMIN_USER: &str = "stratus_admin";
 pub const DATABASE_LABEL: &str = "stratus.dev/database";
 
 /// Where the volume is mounted: the data directory and the binary log live under it.
-const VOLUME_MOUNT: &str = "/var/lib/stratus";
+pub(crate) const VOLUME_MOUNT: &str = "/var/lib/stratus";
 /// The server's socket, for the readiness probe only (Stratus and the proxy use TCP).
 const SOCKET: &str = "/run/mysqld/mysqld.sock";
 /// The option file, from the ConfigMap.
-const OPTION_FILE: &str = "/etc/stratus/my.cnf";
+pub(crate) const OPTION_FILE: &str = "/etc/stratus/my.cnf";
 /// The init file, from the Secret: restores Stratus's account at every start.
 const INIT_FILE: &str = "/etc/stratus/secret/init.sql";
 /// The uid and gid of `mysql` in the official image.
-const MYSQL_UID: i64 = 999;
+pub(crate) const MYSQL_UID: i64 = 999;
 /// The server's pid file, in the run directory the agent may read.
 const PID_FILE: &str = "/run/mysqld/mysqld.pid";
 /// The uid of Stratus's image (distroless `nonroot`): the agent is not the server's user, so it
@@ -267,12 +267,7 @@ fn plain_stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
     if let Some(class) = &s.storage_class {
         claim["spec"]["storageClassName"] = json!(class);
     }
-    let restricted = json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "runAsNonRoot": true,
-        "capabilities": {"drop": ["ALL"]},
-    });
+    let restricted = restricted();
     let mounts = json!([
         {"name": "data", "mountPath": VOLUME_MOUNT},
         {"name": "run", "mountPath": "/run/mysqld"},
@@ -381,21 +376,32 @@ fn plain_stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
     }))
 }
 
+/// The security context of every container Stratus runs beside a tenant's data: the "restricted"
+/// pod security standard, with a read-only root file system.
+pub(crate) fn restricted() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
 fn metadata(db: &ServiceName, s: &Settings) -> Value {
     json!({"name": object_name(db), "namespace": s.namespace, "labels": labels(db)})
 }
 
 /// The typed object of a literal that is built right here: a failure is a bug in this file,
 /// which the tests catch.
-fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
     match serde_json::from_value(v) {
         Ok(t) => t,
-        Err(e) => unreachable!("a malformed object literal in objects.rs: {e}"),
+        Err(e) => unreachable!("a malformed object literal in stratus-kube: {e}"),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use stratus_core::ScuSize;
 

@@ -58,6 +58,11 @@ pub const PERMISSIONS: &[Permission] = &[
     allow("stratus.dev", "databaseservices/status", &["patch"]),
     // The policy of a database's idle suspend and park.
     allow("stratus.dev", "scalingpolicies", &["list"]),
+    // Backup schedules: watched, status written; each backup is a Job it makes, watches and
+    // deletes once recorded, and whose failed pod it reads for the reason.
+    allow("stratus.dev", "backupschedules", &["list", "watch"]),
+    allow("stratus.dev", "backupschedules/status", &["patch"]),
+    allow("batch", "jobs", &["create", "list", "watch", "delete"]),
     // A database's objects (`objects`): the Secret is created once, read, and patched only to
     // publish the accounts for the proxy (`accounts`); the owner's login Secret is created
     // once; the others applied (which creates them the first time).
@@ -70,7 +75,7 @@ pub const PERMISSIONS: &[Permission] = &[
         &["get", "create", "patch", "delete"],
     ),
     allow("apps", "statefulsets/scale", &["patch"]),
-    allow("", "pods", &["get"]),
+    allow("", "pods", &["get", "list"]),
     allow("", "pods/resize", &["patch"]),
     // Moving a database to another node: its pod is evicted (never deleted outright), and the
     // StatefulSet makes it again there.

@@ -22,7 +22,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
@@ -33,8 +33,6 @@ pub async fn mariadbd(extra: &[String]) -> Server {
     let mariadb = stratus_runtime::binaries::MariaDb::locate(None).expect("MariaDB installed");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // As root the server must be told to stay root (the test's files are root's).
-    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
     let mut install = Command::new(&mariadb.install_db);
     install.args([
         "--no-defaults",
@@ -42,14 +40,10 @@ pub async fn mariadbd(extra: &[String]) -> Server {
         "--auth-root-authentication-method=normal",
         "--skip-test-db",
     ]);
-    if root {
+    if as_root() {
         install.arg("--user=root");
     }
-    // One install at a time across the test processes: two run side by side failed now and
-    // then ("Installation of system tables failed").
-    let lock =
-        std::fs::File::create(std::env::temp_dir().join("stratus-kube-test-install.lock")).unwrap();
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let lock = install_lock();
     let out = install.output().unwrap();
     drop(lock);
     assert!(
@@ -57,6 +51,30 @@ pub async fn mariadbd(extra: &[String]) -> Server {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    let server = start(dir, &data, extra);
+    let mut conn = setup_login(&server.socket).await;
+    for sql in [
+        "CREATE DATABASE shop",
+        "CREATE USER admin@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('pw')",
+        "GRANT ALL ON shop.* TO admin@'%'",
+    ] {
+        conn.exec(sql).await.unwrap();
+    }
+    conn.close().await;
+    server
+}
+
+/// Whether the tests run as root, whose servers must be told to stay root (their files are
+/// root's).
+pub fn as_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+}
+
+/// Starts a server on the existing data directory `data`, its socket and logs in `dir`, with
+/// `extra` options after the test's own; returns before it takes connections
+/// ([`setup_login`] waits for that).
+pub fn start(dir: tempfile::TempDir, data: &Path, extra: &[String]) -> Server {
+    let mariadb = stratus_runtime::binaries::MariaDb::locate(None).expect("MariaDB installed");
     let socket = dir.path().join("s.sock");
     let port = free_port();
     let mut cmd = Command::new(&mariadb.mariadbd);
@@ -71,31 +89,35 @@ pub async fn mariadbd(extra: &[String]) -> Server {
         "--innodb-buffer-pool-size=32M",
         "--skip-name-resolve",
     ]);
-    if root {
+    if as_root() {
         cmd.arg("--user=root");
     }
     cmd.args(extra);
+    spawn(dir, cmd, socket, port)
+}
+
+/// Runs `mariadbd` as `cmd` says, listening on `socket` and `port`; killed on drop, with `dir`.
+pub fn spawn(dir: tempfile::TempDir, mut cmd: Command, socket: PathBuf, port: u16) -> Server {
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server {
+    Server {
         _dir: dir,
         child,
         port,
-        socket: socket.clone(),
-    };
-    let mut conn = setup_login(&socket).await;
-    for sql in [
-        "CREATE DATABASE shop",
-        "CREATE USER admin@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('pw')",
-        "GRANT ALL ON shop.* TO admin@'%'",
-    ] {
-        conn.exec(sql).await.unwrap();
+        socket,
     }
-    conn.close().await;
-    server
+}
+
+/// Held while `mariadb-install-db` runs: one install at a time across the test processes (two
+/// side by side failed now and then: "Installation of system tables failed").
+pub fn install_lock() -> std::fs::File {
+    let lock =
+        std::fs::File::create(std::env::temp_dir().join("stratus-kube-test-install.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    lock
 }
 
 /// Root's login over the socket, once the server takes it (at most 60 s).

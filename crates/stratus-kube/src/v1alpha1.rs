@@ -392,6 +392,19 @@ pub struct BackupScheduleStatus {
     /// When the next one is due (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run: Option<String>,
+    /// When the last backup was started (RFC 3339): the next is due at the schedule's first
+    /// time after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<String>,
+    /// The backup under way, if any (its Job is `<database>-backup-<time>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<String>,
+    /// The id of the newest backup that failed, while no later one succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// Why that backup failed, or why none can be taken now, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A database name as [`stratus_core::ServiceName::parse_new`] takes it: lowercase letters,

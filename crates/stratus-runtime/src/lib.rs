@@ -435,6 +435,31 @@ pub struct BackupTaken {
     pub log_tail: Vec<String>,
 }
 
+impl BackupTaken {
+    /// What `mariadb-backup` wrote of its consistent point into the backup's `data` directory
+    /// `target` (`binlog-file  position  gtid`; the file keeps its XtraBackup name in MariaDB
+    /// 10.11, later versions renamed it). A server without a binary log has none.
+    pub fn read(target: &std::path::Path, log_tail: Vec<String>) -> Self {
+        let info = ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(target.join(f)).ok())
+            .unwrap_or_default();
+        let mut fields = info.split_whitespace();
+        let (file, pos, gtid) = (fields.next(), fields.next(), fields.next());
+        Self {
+            gtid: gtid.map(str::to_owned),
+            binlog: match (file, pos.and_then(|p| p.parse().ok())) {
+                (Some(file), Some(pos)) => Some(commit_times::BinlogPos {
+                    file: file.to_owned(),
+                    pos,
+                }),
+                _ => None,
+            },
+            log_tail,
+        }
+    }
+}
+
 /// What [`Runtime::start_replica`] made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaStarted {

@@ -96,6 +96,34 @@ pub enum OperatorCommand {
     /// Run the agent beside a database's server in its pod: it samples the server's CPU time
     /// every 200 ms and serves the samples to the operator's autoscaler, until SIGTERM.
     Agent(OperatorAgent),
+    /// The last step of a backup Job, after `mariadb-backup` copied and prepared the database:
+    /// checksum the files, record the backup, rename it into place and apply the retention.
+    /// Prints the record as JSON.
+    BackupRecord(OperatorBackupRecord),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OperatorBackupRecord {
+    /// The database's directory on the backup volume (its backups are `<dir>/<id>`).
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    #[arg(long)]
+    pub database: String,
+    /// The backup's id; `mariadb-backup` left it in `<dir>/.<id>.partial`.
+    #[arg(long)]
+    pub id: String,
+    /// When the backup started (ms since the epoch).
+    #[arg(long)]
+    pub started_at_ms: i64,
+    /// Retention: backups older than this are deleted, but never the newest verified one.
+    #[arg(long)]
+    pub retention_days: u32,
+    /// Retention: at most this many are kept (0: no limit but their age).
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// The database's settings (JSON), recorded with the backup.
+    #[arg(long)]
+    pub source: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -39,6 +39,9 @@ fn main() -> std::process::ExitCode {
             cli::Command::Operator(cli::OperatorCommand::Agent(agent)) => {
                 operator::agent(agent).await
             }
+            cli::Command::Operator(cli::OperatorCommand::BackupRecord(args)) => {
+                operator::backup_record(args)
+            }
             cli::Command::Operator(cli::OperatorCommand::Proxy(proxy)) => {
                 operator::proxy(proxy).await
             }

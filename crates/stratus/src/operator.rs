@@ -1,8 +1,9 @@
 //! `stratus operator run`: the Kubernetes operator's process (`stratus_kube::operator`), and
 //! `stratus operator proxy`: the proxy Deployment's (`stratus_proxy` over
-//! `stratus_kube::directory`).
+//! `stratus_kube::directory`); `stratus operator agent` and `backup-record`, run in database
+//! pods and backup Jobs.
 
-use crate::cli::{OperatorAgent, OperatorProxy, OperatorRun};
+use crate::cli::{OperatorAgent, OperatorBackupRecord, OperatorProxy, OperatorRun};
 use crate::up::{greeting_version, init_logging, shutdown_signal};
 use std::sync::Arc;
 use stratus_kube::objects::Settings;
@@ -48,6 +49,38 @@ pub async fn run(args: OperatorRun) -> anyhow::Result<()> {
         }
         Stopped::LostLease => anyhow::bail!("no longer the leader; exiting so a restart follows"),
     }
+}
+
+/// The `record` container of a backup Job (`stratus_kube::backup_job::record`).
+pub fn backup_record(args: OperatorBackupRecord) -> anyhow::Result<()> {
+    use stratus_kube::backup_job::{RecordArgs, record};
+    let database = stratus_core::ServiceName::parse(&args.database)
+        .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    let source =
+        serde_json::from_str(&args.source).map_err(|e| anyhow::anyhow!("--source: {e}"))?;
+    let done = record(&RecordArgs {
+        dir: args.dir,
+        database,
+        id: args.id.clone(),
+        started_at_ms: args.started_at_ms,
+        retention_days: args.retention_days,
+        keep_last: args.keep_last,
+        source,
+    })
+    .map_err(|e| anyhow::anyhow!("backup {}: {e}", args.id))?;
+    let view = stratus_control::backup::BackupView::from(&done.record);
+    println!(
+        "{}",
+        serde_json::json!({"backup": view, "deleted": done.deleted})
+    );
+    if !done.record.verified {
+        anyhow::bail!(
+            "backup {} failed verification: {}",
+            args.id,
+            done.record.verification
+        );
+    }
+    Ok(())
 }
 
 /// The proxy Deployment's process: SQL clients on `--listen`, routed and woken through the

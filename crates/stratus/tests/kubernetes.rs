@@ -58,12 +58,50 @@ fn a_databases_objects_validate_against_every_supported_kubernetes() {
             &settings,
             "not-a-real-password",
         )),
+        serde_json::to_string(&backup_job(&spec.name, &settings)),
     ];
     let yaml: String = docs
         .into_iter()
         .map(|d| format!("---\n{}\n", d.unwrap()))
         .collect();
-    validate(&yaml, 4);
+    validate(&yaml, 5);
+}
+
+/// The Job of one of its backups, as the backup controller makes it.
+fn backup_job(
+    db: &stratus_core::ServiceName,
+    settings: &stratus_kube::objects::Settings,
+) -> k8s_openapi::api::batch::v1::Job {
+    use stratus_kube::backup_job;
+    let schedule = stratus_core::BackupSchedule::default();
+    let started = 1_796_000_000_123;
+    let id = stratus_control::backup::backup_id(db, started);
+    backup_job::job(
+        &backup_job::JobSpec {
+            database: db,
+            id: &id,
+            started_at_ms: started,
+            schedule: &schedule,
+            source: stratus_control::copy::Source {
+                tier: stratus_core::Tier::Standard,
+                min_scu: 1,
+                max_scu: 4,
+                storage_gb: 10,
+                require_tls: false,
+                schema: db.to_string(),
+                users: Vec::new(),
+            },
+            owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "stratus.dev/v1alpha1".into(),
+                kind: "BackupSchedule".into(),
+                name: "nightly".into(),
+                uid: "0c4f6a52-9d1e-4c55-8f0e-3c1f3b0a7d21".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+        },
+        settings,
+    )
 }
 
 /// Runs `kubernetes-validate --strict` on a YAML stream for every supported version; `count`
@@ -135,10 +173,10 @@ fn the_chart_lints_and_renders_to_objects_every_supported_kubernetes_accepts() {
     let chart = chart();
     let lint = helm(&["lint", "--strict", chart.to_str().unwrap()]);
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    // 3 CRDs, the network policy, the operator's account, role, binding, deployment and
+    // 3 CRDs, the network policies (databases, backups), the operator's account, role, binding, deployment and
     // metrics Service, and the proxy's account, role, binding, deployment, Service and metrics
     // Service.
-    validate(&rendered(&[]), 15);
+    validate(&rendered(&[]), 16);
     let other = rendered(&[
         "--set",
         "networkPolicy.enabled=false",
@@ -193,7 +231,7 @@ fn the_service_monitor_scrapes_the_operators_metrics_port() {
         .split("\n---")
         .filter(|d| !d.contains("\nkind: ServiceMonitor\n"))
         .collect();
-    validate(&known.join("\n---"), 15);
+    validate(&known.join("\n---"), 16);
 }
 
 /// The agent in each database pod runs the operator's image, and only the operator may reach

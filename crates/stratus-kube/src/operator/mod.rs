@@ -2,14 +2,15 @@
 //! account. The [`database`] controller: `DatabaseService` resources to running databases and
 //! back, suspended, parked, woken and moved when their spec asks or when idle ([`server`] holds
 //! the SQL this takes); and the autoscaler ([`scaler`]), whose choices the database controller
-//! carries out. Warm pool, backups and live migration on Kubernetes are still to come (issue
-//! #10).
+//! carries out; and the [`backups`] controller, which runs each `BackupSchedule`'s backups as
+//! Jobs. Warm pool and live migration on Kubernetes are still to come (issue #10).
 //!
 //! It is [kube-rs's `Controller`](https://docs.rs/kube/latest/kube/runtime/struct.Controller.html):
 //! a watch of the resources in the operator's namespace, each reconciled on every change and
 //! again when its [`database::Plan`] asks; a failure is retried with [`database::backoff`].
 //! Replicas elect a leader ([`leader`]); only the leader runs the controllers.
 
+pub mod backups;
 pub mod database;
 pub mod leader;
 pub mod metrics;
@@ -18,7 +19,7 @@ pub mod server;
 
 use crate::objects::Settings;
 use crate::runtime::{KubeError, KubeRuntime};
-use crate::v1alpha1::DatabaseService;
+use crate::v1alpha1::{BackupSchedule, DatabaseService};
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -182,26 +183,47 @@ pub async fn run(
             let _ = lost_tx.send(());
         })
     };
-    let mut rx = stop_rx.clone();
-    let graceful = async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+    let graceful = || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
     };
     let api: Api<DatabaseService> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     // The autoscaler's choices reach their databases' reconciles through this.
     let (scale_tx, scale_rx) = futures::channel::mpsc::unbounded();
     let autoscaler = tokio::spawn(autoscale(ctx.clone(), scale_tx));
-    let controllers = Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(graceful)
+    let databases = Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(graceful())
         .reconcile_on(scale_rx)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(database = %object.name, "reconciled"),
                 Err(e) => tracing::warn!("reconcile failed: {e}"),
             }
         });
+    // Backups: the schedules, and the Jobs they own (a Job's end reconciles its schedule).
+    let schedules: Api<BackupSchedule> =
+        Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let backups = Controller::new(schedules, watcher::Config::default())
+        .owns(
+            jobs,
+            watcher::Config::default().labels(crate::backup_job::JOBS_SELECTOR),
+        )
+        .graceful_shutdown_on(graceful())
+        .run(reconcile_schedule, schedule_error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(schedule = %object.name, "reconciled"),
+                Err(e) => tracing::warn!("reconcile failed: {e}"),
+            }
+        });
+    let controllers = futures::future::join(databases, backups);
     let why = tokio::select! {
-        () = controllers => Stopped::Shutdown,
+        _ = controllers => Stopped::Shutdown,
         _ = lost_rx => Stopped::LostLease,
     };
     metrics.leading.store(false, Ordering::Relaxed);
@@ -273,6 +295,46 @@ fn note_of(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+async fn reconcile_schedule(
+    bs: Arc<BackupSchedule>,
+    ctx: Arc<Context>,
+) -> Result<Action, KubeError> {
+    match backups::reconcile(&bs, &ctx).await {
+        Ok(requeue) => {
+            ctx.metrics.reconciled.fetch_add(1, Ordering::Relaxed);
+            ctx.failures().remove(&schedule_key(&bs));
+            Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+        }
+        Err(e) => {
+            ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "ReconcileFailed".into(),
+                note: Some(note_of(&e.to_string())),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(pe) = ctx.recorder.publish(&event, &bs.object_ref(&())).await {
+                tracing::warn!(schedule = %bs.name_any(), "event not recorded: {pe}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A schedule's entry in the failure counts, apart from a database of the same name.
+fn schedule_key(bs: &BackupSchedule) -> String {
+    format!("backupschedule/{}", bs.name_any())
+}
+
+fn schedule_error_policy(bs: Arc<BackupSchedule>, e: &KubeError, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures();
+    let n = failures.entry(schedule_key(&bs)).or_default();
+    *n += 1;
+    tracing::warn!(schedule = %bs.name_any(), attempt = *n, "{e}");
+    Action::requeue(database::backoff(*n))
 }
 
 fn error_policy(ds: Arc<DatabaseService>, e: &KubeError, ctx: Arc<Context>) -> Action {

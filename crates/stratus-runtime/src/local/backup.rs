@@ -7,7 +7,6 @@
 
 use super::{DbPaths, Inner, config, keys, template};
 use crate::admin::AdminConn;
-use crate::commit_times::BinlogPos;
 use crate::{BackupTaken, LogReplay, Result, RuntimeError};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -170,25 +169,7 @@ impl Inner {
             std::fs::copy(&wrapped, dest.join(keys::WRAPPED_KEY_FILE))
                 .map_err(|e| RuntimeError::io(format!("cannot copy {}", wrapped.display()), e))?;
         }
-        // `binlog-file  position  gtid` at the consistent point (the file keeps its
-        // XtraBackup name in MariaDB 10.11; later versions renamed it).
-        let info = ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"]
-            .iter()
-            .find_map(|f| std::fs::read_to_string(target.join(f)).ok())
-            .unwrap_or_default();
-        let mut fields = info.split_whitespace();
-        let (file, pos, gtid) = (fields.next(), fields.next(), fields.next());
-        Ok(BackupTaken {
-            gtid: gtid.map(str::to_owned),
-            binlog: match (file, pos.and_then(|p| p.parse().ok())) {
-                (Some(file), Some(pos)) => Some(BinlogPos {
-                    file: file.to_owned(),
-                    pos,
-                }),
-                _ => None,
-            },
-            log_tail,
-        })
+        Ok(BackupTaken::read(&target, log_tail))
     }
 
     /// Makes the storage of `key` from a prepared backup: its data directory and its data key

@@ -1,0 +1,302 @@
+//! The backup Job's object, then its two containers' work done here as the pod does it: the
+//! pod's own init script makes the server's data directory, a real `mariadbd` runs on the pod's
+//! option file, the `copy` script backs it up over TCP as Stratus, [`record`] seals it, and a
+//! server started on the copy has the data.
+
+use super::*;
+use crate::test_server;
+use serde_json::Value;
+use std::process::Command;
+use stratus_core::Tier;
+
+fn db(name: &str) -> ServiceName {
+    ServiceName::parse(name).unwrap()
+}
+
+fn source() -> Source {
+    Source {
+        tier: Tier::Standard,
+        min_scu: 1,
+        max_scu: 4,
+        storage_gb: 10,
+        require_tls: false,
+        schema: "shop".into(),
+        users: Vec::new(),
+    }
+}
+
+fn owner() -> OwnerReference {
+    OwnerReference {
+        api_version: "stratus.dev/v1alpha1".into(),
+        kind: "BackupSchedule".into(),
+        name: "shop-nightly".into(),
+        uid: "7d1e-shop-nightly".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn job_of(name: &ServiceName) -> Value {
+    let schedule = BackupSchedule {
+        target: "stratus-backups".into(),
+        ..BackupSchedule::default()
+    };
+    let spec = JobSpec {
+        database: name,
+        id: &stratus_control::backup::backup_id(name, 1_796_000_000_123),
+        started_at_ms: 1_796_000_000_123,
+        schedule: &schedule,
+        source: source(),
+        owner: owner(),
+    };
+    serde_json::to_value(job(&spec, &Settings::default())).unwrap()
+}
+
+#[test]
+fn the_job_runs_on_the_databases_node_and_reads_its_volume_read_only() {
+    let name = db("shop");
+    let job = job_of(&name);
+    assert_eq!(job["metadata"]["name"], "shop-backup-20261130005320");
+    assert_eq!(
+        job["metadata"]["annotations"][ID_ANNOTATION],
+        "shop-20261130T005320123Z"
+    );
+    assert_eq!(
+        job["metadata"]["ownerReferences"][0]["kind"],
+        "BackupSchedule"
+    );
+    assert_eq!(
+        job["spec"]["backoffLimit"], 0,
+        "a failed copy is not retried"
+    );
+    assert_eq!(job["spec"]["activeDeadlineSeconds"], DEADLINE_SECS);
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    let term = &pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        term["labelSelector"]["matchLabels"][objects::DATABASE_LABEL],
+        "shop"
+    );
+    let volumes = pod["volumes"].as_array().unwrap();
+    let data = volumes.iter().find(|v| v["name"] == "data").unwrap();
+    assert_eq!(
+        data["persistentVolumeClaim"],
+        json!({"claimName": "data-db-shop-0", "readOnly": true})
+    );
+    let target = volumes.iter().find(|v| v["name"] == "backups").unwrap();
+    assert_eq!(
+        target["persistentVolumeClaim"]["claimName"],
+        "stratus-backups"
+    );
+    let copy = &pod["initContainers"][0];
+    assert_eq!(
+        copy["image"],
+        Settings::default().image,
+        "the server's own version"
+    );
+    let data_mount = copy["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "data")
+        .unwrap();
+    assert_eq!(data_mount["readOnly"], true);
+    let record = &pod["containers"][0];
+    assert_eq!(record["image"], Settings::default().agent_image);
+    assert_eq!(record["args"][1], "backup-record");
+    assert!(
+        record["volumeMounts"].as_array().unwrap().len() == 1,
+        "the record step sees the backups only, not the database's volume"
+    );
+}
+
+#[test]
+fn the_password_is_in_neither_the_jobs_spec_nor_a_command_line() {
+    let job = job_of(&db("shop"));
+    let copy = &job["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(
+        copy["env"],
+        json!([{"name": "MYSQL_PWD", "valueFrom": {"secretKeyRef": {"name": "db-shop", "key": "password"}}}])
+    );
+    let script = copy["command"][2].as_str().unwrap();
+    assert!(!script.contains("--password"), "{script}");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+    for c in [copy, &job["spec"]["template"]["spec"]["containers"][0]] {
+        assert_eq!(c["securityContext"], objects::restricted());
+        assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+    }
+}
+
+#[test]
+fn a_backups_pod_is_never_one_of_the_databases_pods() {
+    let job = job_of(&db("shop"));
+    let labels = &job["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        labels.get(objects::DATABASE_LABEL).is_none(),
+        "the database's Service selects by that label: {labels}"
+    );
+    assert_eq!(labels[BACKUP_OF_LABEL], "shop");
+    assert_eq!(labels["app.kubernetes.io/component"], "backup");
+}
+
+#[test]
+fn the_longest_database_name_still_makes_a_valid_job_name() {
+    let long = "a".repeat(stratus_core::names::SERVICE_NAME_MAX);
+    let name = job_name(&db(&long), i64::from(i32::MAX) * 1000);
+    assert!(name.len() <= 63, "{name} ({} characters)", name.len());
+}
+
+#[test]
+fn a_copy_that_never_happened_is_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = RecordArgs {
+        dir: dir.path().join("shop"),
+        database: db("shop"),
+        id: "shop-20261130T005320123Z".into(),
+        started_at_ms: 1_796_000_000_123,
+        retention_days: 7,
+        keep_last: 0,
+        source: source(),
+    };
+    let e = record(&args).unwrap_err();
+    assert!(e.to_string().contains("holds no prepared copy"), "{e}");
+    assert!(!dir.path().join("shop").join(&args.id).exists());
+}
+
+/// The pod's paths under `root`, in a text that names them (the option file, the init script).
+fn localized(text: &str, root: &Path, port: u16) -> String {
+    text.replace(VOLUME_MOUNT, &root.join("volume").display().to_string())
+        .replace("/run/mysqld", &root.join("run").display().to_string())
+        .replace("/etc/stratus", &root.join("etc").display().to_string())
+        .replace("/tmp\"", &format!("{}\"", root.join("tmp").display()))
+        .replace(&format!("port = {PORT}"), &format!("port = {port}"))
+        .replace("bind_address = 0.0.0.0", "bind_address = 127.0.0.1")
+}
+
+/// A server made and started as the database's pod makes and starts it: its init container's
+/// script, its option file, its Secret's init file (Stratus's account, password `pw`).
+async fn pod_server(root: &Path) -> (test_server::Server, std::path::PathBuf) {
+    let spec = crate::objects::tests::spec("shop", "");
+    let settings = Settings::default();
+    let port = test_server::free_port();
+    for d in ["volume", "run", "etc/secret", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let mut cnf = localized(&objects::option_file(&spec), root, port);
+    if test_server::as_root() {
+        cnf = cnf.replacen("[mariadbd]\n", "[mariadbd]\nuser = root\n", 1);
+    }
+    assert!(
+        cnf.contains("user = root") || !test_server::as_root(),
+        "{cnf}"
+    );
+    let option_file = root.join("etc/my.cnf");
+    std::fs::write(&option_file, &cnf).unwrap();
+    let secret = objects::secret(&spec.name, &settings, "pw");
+    std::fs::write(
+        root.join("etc/secret/init.sql"),
+        &secret.string_data.unwrap()["init.sql"],
+    )
+    .unwrap();
+    let sts = serde_json::to_value(objects::stateful_set(&spec, &settings)).unwrap();
+    let init = sts["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
+        .as_str()
+        .unwrap();
+    let lock = test_server::install_lock();
+    let out = Command::new("sh")
+        .args(["-c", &localized(init, root, port)])
+        .output()
+        .unwrap();
+    drop(lock);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mariadb = stratus_runtime::binaries::MariaDb::locate(None).unwrap();
+    let mut cmd = Command::new(&mariadb.mariadbd);
+    cmd.arg(format!("--defaults-file={}", option_file.display()));
+    let socket = root.join("run/mysqld.sock");
+    let server = test_server::spawn(tempfile::tempdir().unwrap(), cmd, socket, port);
+    (server, option_file)
+}
+
+#[tokio::test]
+async fn the_jobs_copy_of_a_running_server_restores_to_the_same_data() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, option_file) = pod_server(root.path()).await;
+    let mut conn = test_server::setup_login(&server.socket).await;
+    for sql in [
+        "CREATE DATABASE shop",
+        "CREATE TABLE shop.orders (id INT PRIMARY KEY, item VARCHAR(20)) ENGINE=InnoDB",
+        "INSERT INTO shop.orders VALUES (1, 'tea'), (2, 'cake')",
+    ] {
+        conn.exec(sql).await.unwrap();
+    }
+    conn.close().await;
+
+    let name = db("shop");
+    let backups = root.path().join("backups");
+    let paths = CopyPaths {
+        option_file: option_file.display().to_string(),
+        backups: backups.display().to_string(),
+        host: "127.0.0.1".into(),
+        port: server.port,
+    };
+    let mut ids = Vec::new();
+    for started in [1_796_000_000_123_i64, 1_796_000_060_456] {
+        let id = stratus_control::backup::backup_id(&name, started);
+        let out = Command::new("sh")
+            .args(["-c", &copy_script(&name, &id, &paths)])
+            .env("MYSQL_PWD", "pw")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the copy failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let args = RecordArgs {
+            dir: backups.join("shop"),
+            database: name.clone(),
+            id: id.clone(),
+            started_at_ms: started,
+            retention_days: 36500,
+            keep_last: 1,
+            source: source(),
+        };
+        let done = record(&args).unwrap();
+        assert!(done.record.verified, "{}", done.record.verification);
+        assert!(
+            done.record.gtid.is_some(),
+            "the binary log's position is recorded"
+        );
+        assert!(done.record.bytes > 0);
+        ids.push((id, done.deleted));
+    }
+    // The second backup's retention (keep the newest one) deleted the first.
+    assert_eq!(ids[1].1, vec![ids[0].0.clone()]);
+    assert!(ids[0].1.is_empty());
+    let kept = backups.join("shop").join(&ids[1].0);
+    assert!(!backups.join("shop").join(&ids[0].0).exists());
+    assert!(!backups.join("shop").join(partial_name(&ids[1].0)).exists());
+    stratus_control::backup::verify_files(&kept).unwrap();
+    let records = stratus_control::backup::records_in(&backups.join("shop"), "shop");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].source, source());
+    drop(server);
+
+    // A server on the copy has the data.
+    let copy = test_server::start(tempfile::tempdir().unwrap(), &kept.join("data"), &[]);
+    let mut conn = test_server::setup_login(&copy.socket).await;
+    let items: Option<String> = conn
+        .query_value("SELECT GROUP_CONCAT(item ORDER BY id) FROM shop.orders")
+        .await
+        .unwrap();
+    assert_eq!(items.as_deref(), Some("tea,cake"));
+    conn.close().await;
+}
