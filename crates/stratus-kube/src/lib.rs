@@ -7,6 +7,7 @@
 //! * [`runtime`]: the API requests for each thing done to a database (create, resize in place,
 //!   park and wake, grow storage, observe, remove), tested against a mocked API server;
 //! * [`operator`]: the controllers (`stratus operator run`), with leader election;
+//! * [`backup_job`]: one backup as a Job, and its last step (`stratus operator backup-record`);
 //! * [`accounts`] and [`directory`]: the proxy Deployment's view of the cluster (`stratus
 //!   operator proxy`): logins, routes and wakes;
 //! * [`rbac`]: what the operator and the proxy may do, which the tests hold them to;
@@ -14,7 +15,7 @@
 //!   operator's autoscaler (`stratus operator agent`).
 //!
 //! Still to come (issue #10): the `Runtime` and `Store` implementations under
-//! `stratus-control`'s controllers (warm pool, backups, live migration).
+//! `stratus-control`'s controllers (warm pool, live migration).
 //!
 //! References: [custom resources](https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/),
 //! [CEL validation rules](https://kubernetes.io/docs/reference/using-api/cel/),
