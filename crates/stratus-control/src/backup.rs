@@ -57,6 +57,10 @@ pub struct BackupRecord {
     pub verified: bool,
     /// What the verification found.
     pub verification: String,
+    /// On Kubernetes, the `BackupSchedule` that took it: each schedule's retention applies to
+    /// its own backups only. Unset on one machine (one schedule per database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
     /// The source's settings and accounts (name, `SHA1(SHA1(password))`, owner: those of its
     /// server too), so that a restore needs nothing from the catalog.
     #[serde(flatten)]
@@ -281,8 +285,26 @@ pub fn seal(
     record.bytes = dir_bytes(partial);
     record.finished_at_ms = now_ms();
     write_record(partial, &record)?;
+    // On disk before it gets its name: a crash of the machine (or of a network file system's
+    // server) after the rename must not leave a backup that looks whole with files cut short.
+    sync_tree(partial)?;
     std::fs::rename(partial, parent.join(&record.id))?;
+    std::fs::File::open(parent)?.sync_all()?;
     Ok(record)
+}
+
+/// `fsync` of every file and directory under `dir`, and of `dir` itself.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            sync_tree(&entry.path())?;
+        } else if ty.is_file() {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The backups of database `db` recorded under `parent` (its directory of backups), oldest
@@ -411,6 +433,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             archive: Some(crate::schedule::archive_name(svc.log_epoch())),
             verified: false,
             verification: String::new(),
+            schedule: None,
             source: crate::copy::Source::of(&svc, &users),
         };
         let (files, dest) = (partial.clone(), parent.clone());

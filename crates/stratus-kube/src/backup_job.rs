@@ -39,6 +39,10 @@ pub const BACKUP_OF_LABEL: &str = "stratus.dev/backup-of";
 /// The annotation with the backup's id.
 pub const ID_ANNOTATION: &str = "stratus.dev/backup-id";
 
+/// The annotation with the time the backup started (RFC 3339): what the schedule's next due
+/// time counts from, even if the status that says so was never written.
+pub const STARTED_ANNOTATION: &str = "stratus.dev/backup-started";
+
 /// Labels of every backup Job and its pod (the NetworkPolicy lets those pods reach their
 /// database's server).
 pub fn labels(db: &ServiceName) -> std::collections::BTreeMap<String, String> {
@@ -127,6 +131,8 @@ pub struct RecordArgs {
     pub started_at_ms: i64,
     pub retention_days: u32,
     pub keep_last: u32,
+    /// The `BackupSchedule` taking it: its retention applies to its own backups only.
+    pub schedule: String,
     /// The database's settings, so a restore needs nothing else.
     pub source: Source,
 }
@@ -149,6 +155,8 @@ impl RecordArgs {
             self.retention_days.to_string(),
             "--keep-last".into(),
             self.keep_last.to_string(),
+            "--schedule".into(),
+            self.schedule.clone(),
             "--source".into(),
             serde_json::to_string(&self.source).unwrap_or_default(),
         ]
@@ -162,6 +170,11 @@ pub struct JobSpec<'a> {
     pub id: &'a str,
     pub started_at_ms: i64,
     pub schedule: &'a BackupSchedule,
+    /// The schedule's name.
+    pub schedule_name: &'a str,
+    /// The image the database's server runs: its `mariadb-backup` is the server's version,
+    /// even when the operator's default image changed since the pod was made.
+    pub image: &'a str,
     pub source: Source,
     /// The schedule that made it: deleting the schedule deletes its Jobs, and the controller
     /// hears of its Jobs' changes through this.
@@ -179,8 +192,13 @@ pub fn job(spec: &JobSpec<'_>, s: &Settings) -> Job {
         started_at_ms: spec.started_at_ms,
         retention_days: spec.schedule.retention_days,
         keep_last: spec.schedule.keep_last,
+        schedule: spec.schedule_name.to_owned(),
         source: spec.source.clone(),
     };
+    let annotations = json!({
+        ID_ANNOTATION: spec.id,
+        STARTED_ANNOTATION: stratus_core::time::rfc3339(spec.started_at_ms),
+    });
     let resources = json!({
         "requests": {"cpu": "100m", "memory": "256Mi"},
         "limits": {"cpu": "1", "memory": "1Gi"},
@@ -193,7 +211,7 @@ pub fn job(spec: &JobSpec<'_>, s: &Settings) -> Job {
             "name": job_name(db, spec.started_at_ms),
             "namespace": s.namespace,
             "labels": labels,
-            "annotations": {ID_ANNOTATION: spec.id},
+            "annotations": annotations,
             "ownerReferences": [spec.owner],
         },
         "spec": {
@@ -205,7 +223,7 @@ pub fn job(spec: &JobSpec<'_>, s: &Settings) -> Job {
             // for one it never saw end.
             "ttlSecondsAfterFinished": 86_400,
             "template": {
-                "metadata": {"labels": labels, "annotations": {ID_ANNOTATION: spec.id}},
+                "metadata": {"labels": labels, "annotations": annotations},
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": false,
@@ -215,6 +233,9 @@ pub fn job(spec: &JobSpec<'_>, s: &Settings) -> Job {
                         "runAsUser": MYSQL_UID,
                         "runAsGroup": MYSQL_UID,
                         "fsGroup": MYSQL_UID,
+                        // A volume whose root has the group already is not walked again: the
+                        // backup volume holds every database's backups.
+                        "fsGroupChangePolicy": "OnRootMismatch",
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     // The data volume is `ReadWriteOnce`: only a pod on the database's node
@@ -228,7 +249,7 @@ pub fn job(spec: &JobSpec<'_>, s: &Settings) -> Job {
                     }]}},
                     "initContainers": [{
                         "name": "copy",
-                        "image": s.image,
+                        "image": spec.image,
                         "command": ["sh", "-c", copy_script(db, spec.id, &CopyPaths::in_pod(db))],
                         "env": [{"name": "MYSQL_PWD", "valueFrom": {"secretKeyRef": {
                             "name": set, "key": "password",
@@ -275,12 +296,15 @@ pub struct Recorded {
     pub record: BackupRecord,
     /// Backups retention deleted.
     pub deleted: Vec<String>,
+    /// What retention could not do (the backup is good all the same).
+    pub warnings: Vec<String>,
 }
 
 /// The `record` container's work, once `copy` prepared the backup in its hidden directory:
 /// seal it (checksums read back, `backup.json`, renamed into place), then apply the schedule's
-/// retention to the database's backups, and remove hidden directories that Jobs older than
-/// [`DEADLINE_SECS`] left (those Jobs have ended, so nothing writes there any more).
+/// retention to the backups of the same schedule, and remove hidden directories that Jobs older
+/// than [`DEADLINE_SECS`] left (those Jobs have ended, so nothing writes there any more). Only
+/// sealing can fail it: once the backup is whole, what retention cannot do is a warning.
 pub fn record(args: &RecordArgs) -> std::io::Result<Recorded> {
     let partial = args.dir.join(partial_name(&args.id));
     let data = partial.join("data");
@@ -306,22 +330,49 @@ pub fn record(args: &RecordArgs) -> std::io::Result<Recorded> {
         archive: None,
         verified: false,
         verification: String::new(),
+        schedule: Some(args.schedule.clone()),
         source: args.source.clone(),
     };
     let record = seal(&partial, &args.dir, record)?;
+    let (deleted, warnings) = retain(args);
+    Ok(Recorded {
+        record,
+        deleted,
+        warnings,
+    })
+}
+
+/// Retention for the schedule of `args`, and the removal of stale hidden directories: what it
+/// deleted, and what it could not.
+fn retain(args: &RecordArgs) -> (Vec<String>, Vec<String>) {
     let schedule = BackupSchedule {
         retention_days: args.retention_days,
         keep_last: args.keep_last,
         ..BackupSchedule::default()
     };
     let now = stratus_core::time::now_ms();
-    let records = stratus_control::backup::records_in(&args.dir, args.database.as_str());
-    let deleted = stratus_control::schedule::retention(&records, &schedule, now);
-    for id in &deleted {
-        std::fs::remove_dir_all(args.dir.join(id))?;
+    let records: Vec<BackupRecord> =
+        stratus_control::backup::records_in(&args.dir, args.database.as_str())
+            .into_iter()
+            .filter(|r| r.schedule.as_deref() == Some(args.schedule.as_str()))
+            .collect();
+    let mut warnings = Vec::new();
+    let mut deleted = Vec::new();
+    for id in stratus_control::schedule::retention(&records, &schedule, now) {
+        match std::fs::remove_dir_all(args.dir.join(&id)) {
+            Ok(()) => deleted.push(id),
+            Err(e) => warnings.push(format!("retention cannot delete backup {id}: {e}")),
+        }
     }
     let stale = std::time::Duration::from_secs(DEADLINE_SECS as u64);
-    for entry in std::fs::read_dir(&args.dir)?.flatten() {
+    let entries = match std::fs::read_dir(&args.dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            warnings.push(format!("cannot read {}: {e}", args.dir.display()));
+            return (deleted, warnings);
+        }
+    };
+    for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let old = entry
             .metadata()
@@ -330,10 +381,12 @@ pub fn record(args: &RecordArgs) -> std::io::Result<Recorded> {
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > stale);
         if name.starts_with('.') && name.ends_with(".partial") && old {
-            std::fs::remove_dir_all(entry.path())?;
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                warnings.push(format!("cannot remove {name}, left by an older Job: {e}"));
+            }
         }
     }
-    Ok(Recorded { record, deleted })
+    (deleted, warnings)
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ pub const PERMISSIONS: &[Permission] = &[
     allow("stratus.dev", "scalingpolicies", &["list"]),
     // Backup schedules: watched, status written; each backup is a Job it makes, watches and
     // deletes once recorded, and whose failed pod it reads for the reason.
-    allow("stratus.dev", "backupschedules", &["list", "watch"]),
+    allow("stratus.dev", "backupschedules", &["get", "list", "watch"]),
     allow("stratus.dev", "backupschedules/status", &["patch"]),
     allow("batch", "jobs", &["create", "list", "watch", "delete"]),
     // A database's objects (`objects`): the Secret is created once, read, and patched only to

@@ -333,6 +333,9 @@ impl ScalingPolicySpec {
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new(
+    "!has(self.target) || !self.target.startsWith('data-db-')"
+).message("target names the claim backups go to, never a database's own volume"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupScheduleSpec {
     /// The DatabaseService it applies to, in the same namespace.
@@ -349,8 +352,10 @@ pub struct BackupScheduleSpec {
     /// At most this many backups are kept, the newest (0: no limit but their age).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_last: Option<u32>,
-    /// Where backups go.
+    /// The PersistentVolumeClaim backups go to (`ReadWriteMany`: every database's node mounts
+    /// it), `backups` when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub target: Option<String>,
     /// Cron expression in UTC for incremental backups between the full ones; empty: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -588,6 +593,29 @@ mod tests {
             let why = admitted(&schema, &policy(spec.clone())).unwrap_err();
             assert!(why.contains("below scaleUpThresholdPct"), "{spec}: {why}");
         }
+    }
+
+    /// A schedule's `target` is written to by every backup Job (and pruned): never a database's
+    /// own volume, which a Job on that node could otherwise mount read-write.
+    #[test]
+    fn a_backup_target_that_is_a_databases_volume_is_refused() {
+        let schema = schema(&BackupSchedule::crd());
+        let schedule = |spec: Value| {
+            json!({"apiVersion": "stratus.dev/v1alpha1", "kind": "BackupSchedule",
+                   "metadata": {"name": "nightly"}, "spec": spec})
+        };
+        for spec in [
+            json!({"database": "shop"}),
+            json!({"database": "shop", "target": "stratus-backups"}),
+        ] {
+            assert_eq!(admitted(&schema, &schedule(spec.clone())), Ok(()), "{spec}");
+        }
+        let why = admitted(
+            &schema,
+            &schedule(json!({"database": "shop", "target": "data-db-other-0"})),
+        )
+        .unwrap_err();
+        assert!(why.contains("never a database's own volume"), "{why}");
     }
 
     /// Every field of the core objects is a field of the resource, and comes back unchanged.

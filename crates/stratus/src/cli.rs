@@ -121,6 +121,9 @@ pub struct OperatorBackupRecord {
     /// Retention: at most this many are kept (0: no limit but their age).
     #[arg(long, default_value_t = 0)]
     pub keep_last: u32,
+    /// The `BackupSchedule` taking it: its retention applies to its own backups only.
+    #[arg(long)]
+    pub schedule: String,
     /// The database's settings (JSON), recorded with the backup.
     #[arg(long)]
     pub source: String,

@@ -65,13 +65,17 @@ pub fn backup_record(args: OperatorBackupRecord) -> anyhow::Result<()> {
         started_at_ms: args.started_at_ms,
         retention_days: args.retention_days,
         keep_last: args.keep_last,
+        schedule: args.schedule,
         source,
     })
     .map_err(|e| anyhow::anyhow!("backup {}: {e}", args.id))?;
+    for warning in &done.warnings {
+        eprintln!("warning: {warning}");
+    }
     let view = stratus_control::backup::BackupView::from(&done.record);
     println!(
         "{}",
-        serde_json::json!({"backup": view, "deleted": done.deleted})
+        serde_json::json!({"backup": view, "deleted": done.deleted, "warnings": done.warnings})
     );
     if !done.record.verified {
         anyhow::bail!(

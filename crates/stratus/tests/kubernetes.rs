@@ -82,6 +82,8 @@ fn backup_job(
             id: &id,
             started_at_ms: started,
             schedule: &schedule,
+            schedule_name: "nightly",
+            image: &settings.image,
             source: stratus_control::copy::Source {
                 tier: stratus_core::Tier::Standard,
                 min_scu: 1,

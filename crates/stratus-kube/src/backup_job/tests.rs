@@ -46,6 +46,8 @@ fn job_of(name: &ServiceName) -> Value {
         id: &stratus_control::backup::backup_id(name, 1_796_000_000_123),
         started_at_ms: 1_796_000_000_123,
         schedule: &schedule,
+        schedule_name: "shop-nightly",
+        image: "mariadb:10.11.9",
         source: source(),
         owner: owner(),
     };
@@ -91,9 +93,16 @@ fn the_job_runs_on_the_databases_node_and_reads_its_volume_read_only() {
     );
     let copy = &pod["initContainers"][0];
     assert_eq!(
-        copy["image"],
-        Settings::default().image,
-        "the server's own version"
+        copy["image"], "mariadb:10.11.9",
+        "the running server's own version"
+    );
+    assert_eq!(
+        job["metadata"]["annotations"][STARTED_ANNOTATION],
+        "2026-11-30T00:53:20.123Z"
+    );
+    assert_eq!(
+        pod["securityContext"]["fsGroupChangePolicy"], "OnRootMismatch",
+        "the backup volume is not walked at every backup"
     );
     let data_mount = copy["volumeMounts"]
         .as_array()
@@ -160,6 +169,7 @@ fn a_copy_that_never_happened_is_not_recorded() {
         started_at_ms: 1_796_000_000_123,
         retention_days: 7,
         keep_last: 0,
+        schedule: "shop-nightly".into(),
         source: source(),
     };
     let e = record(&args).unwrap_err();
@@ -248,7 +258,12 @@ async fn the_jobs_copy_of_a_running_server_restores_to_the_same_data() {
         port: server.port,
     };
     let mut ids = Vec::new();
-    for started in [1_796_000_000_123_i64, 1_796_000_060_456] {
+    // Two by one schedule keeping its newest backup, one by another schedule between them.
+    for (started, schedule) in [
+        (1_796_000_000_123_i64, "shop-nightly"),
+        (1_796_000_030_000, "shop-monthly"),
+        (1_796_000_060_456, "shop-nightly"),
+    ] {
         let id = stratus_control::backup::backup_id(&name, started);
         let out = Command::new("sh")
             .args(["-c", &copy_script(&name, &id, &paths)])
@@ -267,9 +282,12 @@ async fn the_jobs_copy_of_a_running_server_restores_to_the_same_data() {
             started_at_ms: started,
             retention_days: 36500,
             keep_last: 1,
+            schedule: schedule.into(),
             source: source(),
         };
         let done = record(&args).unwrap();
+        assert_eq!(done.warnings, Vec::<String>::new());
+        assert_eq!(done.record.schedule.as_deref(), Some(schedule));
         assert!(done.record.verified, "{}", done.record.verification);
         assert!(
             done.record.gtid.is_some(),
@@ -278,16 +296,18 @@ async fn the_jobs_copy_of_a_running_server_restores_to_the_same_data() {
         assert!(done.record.bytes > 0);
         ids.push((id, done.deleted));
     }
-    // The second backup's retention (keep the newest one) deleted the first.
-    assert_eq!(ids[1].1, vec![ids[0].0.clone()]);
-    assert!(ids[0].1.is_empty());
-    let kept = backups.join("shop").join(&ids[1].0);
+    // The nightly schedule's second backup deleted its first (it keeps its newest one), and
+    // left the monthly one alone.
+    assert_eq!(ids[2].1, vec![ids[0].0.clone()]);
+    assert!(ids[0].1.is_empty() && ids[1].1.is_empty());
+    let kept = backups.join("shop").join(&ids[2].0);
     assert!(!backups.join("shop").join(&ids[0].0).exists());
-    assert!(!backups.join("shop").join(partial_name(&ids[1].0)).exists());
+    assert!(!backups.join("shop").join(partial_name(&ids[2].0)).exists());
     stratus_control::backup::verify_files(&kept).unwrap();
     let records = stratus_control::backup::records_in(&backups.join("shop"), "shop");
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].source, source());
+    let left: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(left, vec![ids[1].0.as_str(), ids[2].0.as_str()]);
+    assert_eq!(records[1].source, source());
     drop(server);
 
     // A server on the copy has the data.

@@ -12,11 +12,14 @@
 
 use super::Context;
 use super::database::{LATER, SOON};
-use crate::backup_job::{self, ID_ANNOTATION, JOBS_SELECTOR, JobSpec};
+use crate::backup_job::{
+    self, BACKUP_OF_LABEL, ID_ANNOTATION, JOBS_SELECTOR, JobSpec, STARTED_ANNOTATION,
+};
+use crate::objects;
 use crate::runtime::KubeError;
 use crate::v1alpha1::{BackupSchedule, BackupScheduleStatus, DatabaseService};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -40,16 +43,23 @@ pub struct JobSeen {
     pub name: String,
     /// The backup's id (its annotation).
     pub id: String,
+    /// When it started (its annotation; `None` for a Job without it).
+    pub started_ms: Option<i64>,
     pub outcome: Outcome,
 }
 
 /// The database a schedule names, as far as a backup needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DatabaseSeen {
     /// Its status's state (`""` before the operator wrote one).
     pub state: String,
     /// Its settings, recorded with each backup.
     pub source: Option<Source>,
+    /// The image its running server's container runs, once its pod is ready.
+    pub image: Option<String>,
+    /// Why its server is about to go (a move to another node, a park): a backup must not
+    /// start, and one under way is ended, since its pod holds the volume on the old node.
+    pub leaving: Option<String>,
 }
 
 /// What the cluster says, for one look at a schedule.
@@ -58,8 +68,12 @@ pub struct Seen {
     pub now_ms: i64,
     /// `None`: no DatabaseService by the name the schedule gives.
     pub database: Option<DatabaseSeen>,
+    /// Whether the claim `target` names exists.
+    pub target_exists: bool,
     /// The Jobs the schedule made that are still there.
     pub jobs: Vec<JobSeen>,
+    /// Backups of the same database by other schedules, under way: one waits for the other.
+    pub others_running: Vec<String>,
 }
 
 /// One thing to do.
@@ -101,21 +115,37 @@ pub fn plan(bs: &BackupSchedule, seen: &Seen) -> Plan {
     let mut st = bs.status.clone().unwrap_or_default();
     let mut reports = Vec::new();
     let mut deletes = Vec::new();
-    let mut jobs: Vec<&JobSeen> = seen.jobs.iter().collect();
-    jobs.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut jobs: Vec<JobSeen> = seen.jobs.clone();
+    jobs.sort_by_key(|j| (j.started_ms, j.id.clone()));
+    let leaving = seen.database.as_ref().and_then(|d| d.leaving.clone());
+    // A backup under way holds the database's volume on its node: ended (reported as failed,
+    // its Job deleted) when the database is to leave it.
+    for job in &mut jobs {
+        if let (Outcome::Running, Some(why)) = (&job.outcome, &leaving) {
+            job.outcome = Outcome::Failed(format!("ended: {why}"));
+        }
+    }
+    // Ids compare by the time in them, not as text (a schedule may be pointed at another
+    // database, whose name sorts otherwise).
+    let time_of = |id: &Option<String>| id.as_deref().map_or(i64::MIN, id_ms);
     for job in &jobs {
-        let newer = |than: &Option<String>| than.as_ref().is_none_or(|t| job.id > *t);
+        let at = job.started_ms.unwrap_or_else(|| id_ms(&job.id));
+        let newer = |than: &Option<String>| at > time_of(than);
         match &job.outcome {
             Outcome::Running => continue,
             Outcome::Succeeded if newer(&st.last_backup) => {
-                if st.failed.as_ref().is_some_and(|f| *f < job.id) {
+                if st.failed.is_some() && newer(&st.failed) {
                     st.failed = None;
                 }
                 st.last_backup = Some(job.id.clone());
                 st.message = None;
                 reports.push(job);
             }
-            Outcome::Failed(why) if newer(&st.last_backup) && newer(&st.failed) => {
+            Outcome::Failed(why)
+                if newer(&st.last_backup)
+                    && newer(&st.failed)
+                    && st.failed.as_ref() != Some(&job.id) =>
+            {
                 st.failed = Some(job.id.clone());
                 st.message = Some(one_line(&format!("backup {} failed: {why}", job.id)));
                 reports.push(job);
@@ -147,11 +177,18 @@ pub fn plan(bs: &BackupSchedule, seen: &Seen) -> Plan {
                 .creation_timestamp
                 .as_ref()
                 .map_or(now, |t| t.0.as_millisecond());
-            let mut last = st
+            // The last start: the status's, or a Job's whose start the status missed (its
+            // write failed, or this look saw an older copy of the schedule).
+            let recorded = st
                 .last_run
                 .as_deref()
                 .and_then(|t| parse_rfc3339_us(t).ok())
-                .map_or(created, |us| us / 1000);
+                .map(|us| us / 1000);
+            let latest_job = jobs.iter().filter_map(|j| j.started_ms).max();
+            if latest_job > recorded {
+                st.last_run = latest_job.map(rfc3339);
+            }
+            let mut last = recorded.max(latest_job).unwrap_or(created);
             if running.is_some() {
                 // Its end is heard through the watch of the Jobs; this is the net.
                 requeue = Some(LATER);
@@ -190,6 +227,28 @@ pub fn plan(bs: &BackupSchedule, seen: &Seen) -> Plan {
     Plan { steps, requeue }
 }
 
+/// The start time a backup id carries (`<database>-YYYYMMDDTHHMMSSmmmZ`), `i64::MIN` for one
+/// that carries none.
+fn id_ms(id: &str) -> i64 {
+    let stamp = id.rsplit_once('-').map_or("", |(_, s)| s);
+    let d: Vec<char> = stamp.chars().collect();
+    if d.len() != 19 || d[8] != 'T' || d[18] != 'Z' {
+        return i64::MIN;
+    }
+    let part = |a: usize, b: usize| d[a..b].iter().collect::<String>();
+    let text = format!(
+        "{}-{}-{}T{}:{}:{}.{}Z",
+        part(0, 4),
+        part(4, 6),
+        part(6, 8),
+        part(9, 11),
+        part(11, 13),
+        part(13, 15),
+        part(15, 18)
+    );
+    parse_rfc3339_us(&text).map_or(i64::MIN, |us| us / 1000)
+}
+
 /// The id of a backup to start now, or why none can start and when to look again.
 fn start(bs: &BackupSchedule, seen: &Seen) -> Result<String, (String, Duration)> {
     let name = ServiceName::parse(&bs.spec.database)
@@ -197,10 +256,30 @@ fn start(bs: &BackupSchedule, seen: &Seen) -> Result<String, (String, Duration)>
     let Some(db) = &seen.database else {
         return Err((format!("database {name} does not exist"), LATER));
     };
+    if let Some(why) = &db.leaving {
+        return Err((format!("waiting for database {name}: {why}"), SOON));
+    }
+    if let Some(other) = seen.others_running.first() {
+        return Err((
+            format!("waiting for backup {other} of database {name}, by another schedule"),
+            LATER,
+        ));
+    }
+    let target = bs.spec.schedule().target;
+    if !seen.target_exists {
+        return Err((
+            format!("the backup volume claim {target} does not exist"),
+            LATER,
+        ));
+    }
     match db.state.as_str() {
-        "active" | "suspended" if db.source.is_some() => {
+        "active" | "suspended" if db.source.is_some() && db.image.is_some() => {
             Ok(stratus_control::backup::backup_id(&name, seen.now_ms))
         }
+        "active" | "suspended" => Err((
+            format!("waiting for the pod of database {name} to be ready"),
+            SOON,
+        )),
         "parked" => Err((
             format!("database {name} is parked: it is backed up when it next wakes"),
             LATER,
@@ -301,58 +380,55 @@ where
 
 /// What the cluster says of schedule `bs` now.
 async fn look(bs: &BackupSchedule, ctx: &Context, now_ms: i64) -> Result<Seen, KubeError> {
-    let database = match ServiceName::parse(&bs.spec.database) {
-        Err(_) => None,
-        Ok(name) => api::<DatabaseService>(ctx)
+    let name = ServiceName::parse(&bs.spec.database).ok();
+    let mut database = None;
+    if let Some(name) = &name {
+        let ds = api::<DatabaseService>(ctx)
             .get_opt(name.as_str())
             .await
-            .map_err(|e| KubeError::of("read", format!("databaseservice {name}"), e))?
-            .map(|ds| DatabaseSeen {
-                state: ds
-                    .status
-                    .as_ref()
-                    .map(|s| s.state.clone())
-                    .unwrap_or_default(),
-                source: ds.spec.service_spec(name.clone()).ok().map(|spec| Source {
-                    tier: spec.tier,
-                    min_scu: spec.min_scu,
-                    max_scu: spec.max_scu,
-                    storage_gb: spec.storage_gb,
-                    require_tls: ds.spec.require_tls,
-                    schema: ds
-                        .status
-                        .as_ref()
-                        .map(|s| s.database.clone())
-                        .filter(|d| !d.is_empty())
-                        .unwrap_or_else(|| name.to_string()),
-                    // The accounts are in the copied server's own tables.
-                    users: Vec::new(),
-                }),
-            }),
-    };
+            .map_err(|e| KubeError::of("read", format!("databaseservice {name}"), e))?;
+        if let Some(ds) = ds {
+            let pod_name = objects::pod_name(name);
+            let pod = api::<Pod>(ctx)
+                .get_opt(&pod_name)
+                .await
+                .map_err(|e| KubeError::of("read", format!("pod {pod_name}"), e))?;
+            database = Some(database_seen(name, &ds, pod.as_ref()));
+        }
+    }
+    let target = bs.spec.schedule().target;
+    let target_exists = api::<PersistentVolumeClaim>(ctx)
+        .get_opt(&target)
+        .await
+        .map_err(|e| KubeError::of("read", format!("persistentvolumeclaim {target}"), e))?
+        .is_some();
     let uid = bs.metadata.uid.clone();
     let listed = api::<Job>(ctx)
         .list(&ListParams::default().labels(JOBS_SELECTOR))
         .await
         .map_err(|e| KubeError::of("list", "jobs", e))?;
     let mut jobs = Vec::new();
+    let mut others_running = Vec::new();
     for job in listed.items {
+        let Some(id) = job.annotations().get(ID_ANNOTATION).cloned() else {
+            continue;
+        };
+        let mut outcome = outcome_of(&job);
         let mine = job
             .owner_references()
             .iter()
             .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
-        let Some(id) = job
-            .annotations()
-            .get(ID_ANNOTATION)
-            .cloned()
-            .filter(|_| mine)
-        else {
+        if !mine {
+            let same_database = job.labels().get(BACKUP_OF_LABEL).map(String::as_str)
+                == Some(bs.spec.database.as_str());
+            if same_database && outcome == Outcome::Running {
+                others_running.push(id);
+            }
             continue;
-        };
-        let mut outcome = outcome_of(&job);
+        }
         let reported = bs.status.as_ref().is_some_and(|s| {
             s.failed.as_deref() == Some(id.as_str())
-                || s.last_backup.as_ref().is_some_and(|b| *b >= id)
+                || s.last_backup.as_deref() == Some(id.as_str())
         });
         if matches!(outcome, Outcome::Failed(_)) && !reported {
             let pods = api::<Pod>(ctx)
@@ -368,6 +444,11 @@ async fn look(bs: &BackupSchedule, ctx: &Context, now_ms: i64) -> Result<Seen, K
         }
         jobs.push(JobSeen {
             name: job.name_any(),
+            started_ms: job
+                .annotations()
+                .get(STARTED_ANNOTATION)
+                .and_then(|t| parse_rfc3339_us(t).ok())
+                .map(|us| us / 1000),
             id,
             outcome,
         });
@@ -375,8 +456,57 @@ async fn look(bs: &BackupSchedule, ctx: &Context, now_ms: i64) -> Result<Seen, K
     Ok(Seen {
         now_ms,
         database,
+        target_exists,
         jobs,
+        others_running,
     })
+}
+
+/// What a backup needs to know of database `name`: its state and settings, its server's image
+/// once its pod is ready, and whether it is about to leave its node.
+fn database_seen(name: &ServiceName, ds: &DatabaseService, pod: Option<&Pod>) -> DatabaseSeen {
+    let status = ds.status.as_ref();
+    let ready = pod
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let image = pod
+        .filter(|p| ready && p.metadata.deletion_timestamp.is_none())
+        .and_then(|p| p.spec.as_ref())
+        .and_then(|s| s.containers.iter().find(|c| c.name == "mariadb"))
+        .and_then(|c| c.image.clone());
+    let asked_node = ds.spec.node.as_deref().filter(|n| !n.is_empty());
+    let moving_to = status
+        .and_then(|s| s.moving.as_ref())
+        .map(|m| m.to.clone())
+        .or_else(|| {
+            asked_node
+                .filter(|n| status.is_some_and(|s| s.node != *n))
+                .map(str::to_owned)
+        });
+    let leaving = if ds.spec.state == Some(crate::v1alpha1::Lifecycle::Parked) {
+        Some("it is being parked".to_owned())
+    } else {
+        moving_to.map(|to| format!("it is moving to node {to}"))
+    };
+    DatabaseSeen {
+        state: status.map(|s| s.state.clone()).unwrap_or_default(),
+        source: ds.spec.service_spec(name.clone()).ok().map(|spec| Source {
+            tier: spec.tier,
+            min_scu: spec.min_scu,
+            max_scu: spec.max_scu,
+            storage_gb: spec.storage_gb,
+            require_tls: ds.spec.require_tls,
+            schema: status
+                .map(|s| s.database.clone())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| name.to_string()),
+            // The accounts are in the copied server's own tables.
+            users: Vec::new(),
+        }),
+        image,
+        leaving,
+    }
 }
 
 /// Looks at schedule `bs` and does what its [`plan`] says; `Some(wait)`: look again then.
@@ -389,9 +519,19 @@ pub(crate) async fn reconcile_at(
     ctx: &Context,
     now_ms: i64,
 ) -> Result<Option<Duration>, KubeError> {
+    // Read afresh: the watch's copy may be older than this controller's last status write,
+    // which a plan from it would undo.
+    let resource = bs.name_any();
+    let Some(bs) = api::<BackupSchedule>(ctx)
+        .get_opt(&resource)
+        .await
+        .map_err(|e| KubeError::of("read", format!("backupschedule {resource}"), e))?
+    else {
+        return Ok(None);
+    };
+    let bs = &bs;
     let seen = look(bs, ctx, now_ms).await?;
     let plan = plan(bs, &seen);
-    let resource = bs.name_any();
     for step in plan.steps {
         match step {
             Step::Report { id, outcome } => {
@@ -402,14 +542,18 @@ pub(crate) async fn reconcile_at(
                 }
             }
             Step::Start { id, started_ms } => {
-                let (Some(db), Some(source)) = (
-                    ServiceName::parse(&bs.spec.database).ok(),
-                    seen.database.as_ref().and_then(|d| d.source.clone()),
-                ) else {
-                    continue;
-                };
-                let Some(owner) = bs.controller_owner_ref(&()) else {
-                    continue;
+                // `plan` starts a backup only with all of these known.
+                let db = ServiceName::parse(&bs.spec.database).ok();
+                let database = seen.database.as_ref();
+                let source = database.and_then(|d| d.source.clone());
+                let image = database.and_then(|d| d.image.as_deref());
+                let owner = bs.controller_owner_ref(&());
+                let (Some(db), Some(source), Some(image), Some(owner)) = (db, source, image, owner)
+                else {
+                    return Err(KubeError::Server {
+                        db: bs.spec.database.clone(),
+                        message: format!("backup {id}: what it needs was not seen"),
+                    });
                 };
                 let schedule = bs.spec.schedule();
                 let job = backup_job::job(
@@ -418,6 +562,8 @@ pub(crate) async fn reconcile_at(
                         id: &id,
                         started_at_ms: started_ms,
                         schedule: &schedule,
+                        schedule_name: &resource,
+                        image,
                         source,
                         owner,
                     },

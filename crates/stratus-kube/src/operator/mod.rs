@@ -208,11 +208,26 @@ pub async fn run(
         Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let jobs: Api<k8s_openapi::api::batch::v1::Job> =
         Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    let backups = Controller::new(schedules, watcher::Config::default())
+    let backups = Controller::new(schedules, watcher::Config::default());
+    // A database about to leave its node (a move, a park) ends its backup under way: its
+    // schedules are looked at when it changes.
+    let known = backups.store();
+    let databases_api: Api<DatabaseService> =
+        Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let backups = backups
         .owns(
             jobs,
             watcher::Config::default().labels(crate::backup_job::JOBS_SELECTOR),
         )
+        .watches(databases_api, watcher::Config::default(), move |ds| {
+            let name = ds.name_any();
+            known
+                .state()
+                .into_iter()
+                .filter(|bs| bs.spec.database == name)
+                .map(|bs| ObjectRef::from_obj(&*bs))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(graceful())
         .run(reconcile_schedule, schedule_error_policy, ctx)
         .for_each(|result| async move {

@@ -3,6 +3,7 @@
 //! failed reported and deleted, and the API refusing a Job.
 
 use super::*;
+use crate::backup_job::{BACKUP_OF_LABEL, STARTED_ANNOTATION};
 use crate::mock_api::*;
 use crate::objects::Settings;
 use crate::operator::database::Sizes;
@@ -42,6 +43,8 @@ fn running_db(state: &str) -> Option<DatabaseSeen> {
     Some(DatabaseSeen {
         state: state.into(),
         source: Some(source()),
+        image: Some("mariadb:10.11.9".into()),
+        leaving: None,
     })
 }
 
@@ -61,7 +64,9 @@ fn seen(now: &str, database: Option<DatabaseSeen>, jobs: Vec<JobSeen>) -> Seen {
     Seen {
         now_ms: ms(now),
         database,
+        target_exists: true,
         jobs,
+        others_running: Vec::new(),
     }
 }
 
@@ -69,6 +74,7 @@ fn job_seen(id: &str, outcome: Outcome) -> JobSeen {
     JobSeen {
         name: format!("job-of-{id}"),
         id: id.into(),
+        started_ms: Some(id_ms(id)),
         outcome,
     }
 }
@@ -279,6 +285,130 @@ fn a_schedule_turned_off_or_malformed_takes_nothing() {
     );
 }
 
+#[test]
+fn a_lost_status_write_does_not_start_a_second_backup_for_the_same_time() {
+    // The Job was made, but the status that says so was never written (or this look saw an
+    // older copy of the schedule): its start still counts.
+    let plan = plan(
+        &schedule(None),
+        &seen(
+            "2026-11-30T03:20:00Z",
+            running_db("active"),
+            vec![job_seen(FIRST, Outcome::Succeeded)],
+        ),
+    );
+    assert!(
+        !plan.steps.iter().any(|s| matches!(s, Step::Start { .. })),
+        "{:?}",
+        plan.steps
+    );
+    let st = status_of(&plan);
+    assert_eq!(st.last_run.as_deref(), Some("2026-11-30T03:00:05.000Z"));
+    assert_eq!(st.last_backup.as_deref(), Some(FIRST));
+}
+
+#[test]
+fn backups_compare_by_their_time_not_their_name() {
+    // Pointed at another database whose name sorts first: its newer backup is still newer.
+    let mut bs = schedule(Some(BackupScheduleStatus {
+        last_backup: Some("shop-20261129T030005000Z".into()),
+        last_run: Some("2026-11-30T03:00:05.000Z".into()),
+        ..BackupScheduleStatus::default()
+    }));
+    bs.spec.database = "a-shop".into();
+    let id = "a-shop-20261130T030005000Z";
+    let plan = plan(
+        &bs,
+        &seen(
+            "2026-11-30T03:02:00Z",
+            running_db("active"),
+            vec![job_seen(id, Outcome::Succeeded)],
+        ),
+    );
+    assert_eq!(status_of(&plan).last_backup.as_deref(), Some(id));
+}
+
+#[test]
+fn a_database_leaving_its_node_ends_its_backup_and_gets_no_new_one() {
+    for why in ["it is moving to node node-b", "it is being parked"] {
+        let leaving = Some(DatabaseSeen {
+            leaving: Some(why.into()),
+            ..running_db("active").unwrap()
+        });
+        let status = BackupScheduleStatus {
+            last_run: Some("2026-11-30T03:00:05.000Z".into()),
+            running: Some(FIRST.into()),
+            ..BackupScheduleStatus::default()
+        };
+        let under_way = vec![job_seen(FIRST, Outcome::Running)];
+        let plan = plan(
+            &schedule(Some(status)),
+            &seen("2026-11-30T03:01:00Z", leaving.clone(), under_way),
+        );
+        assert!(
+            matches!(&plan.steps[0], Step::Report { outcome: Outcome::Failed(w), .. } if w == &format!("ended: {why}"))
+        );
+        assert_eq!(
+            plan.steps.last(),
+            Some(&Step::Delete(format!("job-of-{FIRST}")))
+        );
+        // And none starts while it leaves.
+        let next = super::plan(
+            &schedule(None),
+            &seen("2026-11-30T03:00:05Z", leaving, vec![]),
+        );
+        assert!(!next.steps.iter().any(|s| matches!(s, Step::Start { .. })));
+        assert!(status_of(&next).message.unwrap().contains(why));
+        assert_eq!(next.requeue, Some(SOON));
+    }
+}
+
+#[test]
+fn one_backup_of_a_database_at_a_time_across_schedules_and_only_to_a_claim_that_exists() {
+    let mut busy = seen("2026-11-30T03:00:05Z", running_db("active"), vec![]);
+    busy.others_running = vec!["shop-20261130T030000000Z".into()];
+    let plan_busy = plan(&schedule(None), &busy);
+    assert!(
+        !plan_busy
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Start { .. }))
+    );
+    assert!(
+        status_of(&plan_busy)
+            .message
+            .unwrap()
+            .contains("by another schedule")
+    );
+    let mut no_claim = seen("2026-11-30T03:00:05Z", running_db("active"), vec![]);
+    no_claim.target_exists = false;
+    let plan_no_claim = plan(&schedule(None), &no_claim);
+    assert!(
+        !plan_no_claim
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Start { .. }))
+    );
+    assert_eq!(
+        status_of(&plan_no_claim).message.as_deref(),
+        Some("the backup volume claim stratus-backups does not exist")
+    );
+    let not_ready = Some(DatabaseSeen {
+        image: None,
+        ..running_db("active").unwrap()
+    });
+    let plan_not_ready = plan(
+        &schedule(None),
+        &seen("2026-11-30T03:00:05Z", not_ready, vec![]),
+    );
+    assert!(
+        status_of(&plan_not_ready)
+            .message
+            .unwrap()
+            .contains("pod of database shop to be ready")
+    );
+}
+
 // Against the mocked API server.
 
 fn context(script: Vec<Exchange>) -> (Context, Verifier) {
@@ -309,16 +439,32 @@ fn jobs_answer(items: Vec<Value>) -> Value {
 fn job_answer(id: &str, conditions: Value) -> Value {
     json!({"apiVersion": "batch/v1", "kind": "Job",
            "metadata": {"name": "shop-backup-20261130030005", "namespace": "stratus",
-                        "annotations": {ID_ANNOTATION: id},
+                        "labels": {BACKUP_OF_LABEL: "shop"},
+                        "annotations": {ID_ANNOTATION: id, STARTED_ANNOTATION: "2026-11-30T03:00:05.000Z"},
                         "ownerReferences": [{"apiVersion": "stratus.dev/v1alpha1", "kind": "BackupSchedule",
                                              "name": "nightly", "uid": "7d1e-nightly", "controller": true}]},
            "status": {"conditions": conditions}})
 }
 
-/// The reads every look makes: the database, then the Jobs.
-fn look_script(state: &str, jobs: Vec<Value>) -> Vec<Exchange> {
+/// The reads every look makes: the schedule afresh (`bs` as the API server holds it), the
+/// database and its pod, the target claim, then the Jobs.
+fn look_script(bs: &BackupSchedule, state: &str, jobs: Vec<Value>) -> Vec<Exchange> {
     vec![
+        expect("GET", BS).answer(200, serde_json::to_value(bs).unwrap()),
         expect("GET", DS).answer(200, database_answer(state)),
+        expect("GET", &format!("{NS}/pods/db-shop-0")).answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-shop-0"},
+                   "spec": {"containers": [{"name": "mariadb", "image": "mariadb:10.11.9"},
+                                           {"name": "agent", "image": "stratus:1"}]},
+                   "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
+        ),
+        expect("GET", &format!("{NS}/persistentvolumeclaims/stratus-backups")).answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": "stratus-backups"},
+                   "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Ti"}}}}),
+        ),
         expect(
             "GET",
             &format!(
@@ -352,10 +498,15 @@ fn status_answer() -> Value {
 
 #[tokio::test]
 async fn a_due_backup_is_a_job_on_the_databases_node_and_the_status_says_so() {
-    let mut script = look_script("active", vec![]);
+    let mut script = look_script(&schedule(None), "active", vec![]);
     script.push(
         expect("POST", &format!("{JOBS}?"))
             .checked(JSON, |body| {
+                assert_eq!(
+                    body["spec"]["template"]["spec"]["initContainers"][0]["image"],
+                    "mariadb:10.11.9",
+                    "the image the server runs"
+                );
                 assert_eq!(body["metadata"]["name"], "shop-backup-20261130030005");
                 assert_eq!(body["metadata"]["annotations"][ID_ANNOTATION], FIRST);
                 let owner = &body["metadata"]["ownerReferences"][0];
@@ -428,6 +579,7 @@ async fn a_job_that_succeeded_is_reported_recorded_and_deleted() {
         ..BackupScheduleStatus::default()
     };
     let mut script = look_script(
+        &schedule(Some(status.clone())),
         "active",
         vec![job_answer(
             FIRST,
@@ -472,6 +624,7 @@ async fn a_failed_job_is_reported_with_its_pods_last_lines() {
         ..BackupScheduleStatus::default()
     };
     let mut script = look_script(
+        &schedule(Some(status.clone())),
         "active",
         vec![job_answer(
             FIRST,
@@ -531,7 +684,7 @@ async fn a_failed_job_is_reported_with_its_pods_last_lines() {
 
 #[tokio::test]
 async fn a_job_the_api_refuses_is_an_error_and_the_status_is_left_as_it_was() {
-    let mut script = look_script("active", vec![]);
+    let mut script = look_script(&schedule(None), "active", vec![]);
     script.push(expect("POST", &format!("{JOBS}?")).checked(JSON, |_| {}).answer(
         403,
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
