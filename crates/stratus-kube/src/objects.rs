@@ -228,26 +228,77 @@ pub fn service(db: &ServiceName, s: &Settings) -> Service {
 /// the same objects again writes nothing.
 pub const APPLIED: &str = "stratus.dev/applied";
 
+/// A backup a new database is made from: `<claim>/<source>/<backup>/`, as a backup Job wrote it
+/// ([`crate::backup_job`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    /// The volume claim the backups are on.
+    pub claim: String,
+    /// The database the backup is of.
+    pub source: ServiceName,
+    /// The backup's id.
+    pub backup: String,
+}
+
+/// Where the backup is mounted (read-only, that backup's directory only) in the `restore` init
+/// container.
+const RESTORE_MOUNT: &str = "/restore";
+
+/// The `restore` init container's script: unless the volume has a data directory already, the
+/// backup's files are checked against its checksum list, then its prepared `data/` copied under
+/// a temporary name and renamed into place, so a copy cut short is never taken for the data.
+pub fn restore_script(volume: &str, backup: &str) -> String {
+    format!(
+        "set -eu
+cd '{volume}'
+if [ -d data ]; then exit 0; fi
+rm -rf restoring
+         cd '{backup}'
+sha256sum -c --quiet --strict SHA256SUMS
+         cp -a data '{volume}/restoring'
+mv '{volume}/restoring' '{volume}/data'
+"
+    )
+}
+
 /// The database's StatefulSet: one replica, on the node the placement chose, with its claim,
 /// annotated with [`applied_hash`].
 pub fn stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
-    let mut set = plain_stateful_set(spec, s);
+    stateful_set_from(spec, s, None)
+}
+
+/// The same, for a database made from a backup: until its first server has run, the pod's
+/// first init container fills its volume from `restore`.
+pub fn stateful_set_from(
+    spec: &InstanceSpec,
+    s: &Settings,
+    restore: Option<&Restore>,
+) -> StatefulSet {
+    let mut set = plain_stateful_set(spec, s, restore);
     set.metadata
         .annotations
         .get_or_insert_with(Default::default)
-        .insert(APPLIED.into(), format!("{:016x}", applied_hash(spec, s)));
+        .insert(
+            APPLIED.into(),
+            format!("{:016x}", applied_hash_from(spec, s, restore)),
+        );
     set
 }
 
 /// What [`APPLIED`] records for `spec`. Stable for one build of the operator; an operator
 /// built otherwise may hash differently, which costs one more apply.
 pub fn applied_hash(spec: &InstanceSpec, s: &Settings) -> u64 {
+    applied_hash_from(spec, s, None)
+}
+
+/// [`applied_hash`] of the objects of a database made from `restore`.
+pub fn applied_hash_from(spec: &InstanceSpec, s: &Settings, restore: Option<&Restore>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for text in [
         serde_json::to_string(&config_map(spec, s)),
         serde_json::to_string(&service(&spec.name, s)),
-        serde_json::to_string(&plain_stateful_set(spec, s)),
+        serde_json::to_string(&plain_stateful_set(spec, s, restore)),
     ] {
         text.unwrap_or_default().hash(&mut h);
     }
@@ -255,7 +306,7 @@ pub fn applied_hash(spec: &InstanceSpec, s: &Settings) -> u64 {
 }
 
 /// The StatefulSet without its [`APPLIED`] annotation.
-fn plain_stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
+fn plain_stateful_set(spec: &InstanceSpec, s: &Settings, restore: Option<&Restore>) -> StatefulSet {
     let name = object_name(&spec.name);
     let mut claim = json!({
         "metadata": {"name": "data", "labels": labels(&spec.name)},
@@ -345,6 +396,29 @@ fn plain_stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
             ],
         },
     });
+    if let Some(r) = restore {
+        let container = json!({
+            "name": "restore",
+            "image": s.image,
+            "command": ["sh", "-c", restore_script(VOLUME_MOUNT, RESTORE_MOUNT)],
+            "resources": container_resources(&spec.resources),
+            "securityContext": restricted.clone(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [
+                {"name": "data", "mountPath": VOLUME_MOUNT},
+                // That backup's directory only, not every database's backups.
+                {"name": "restore", "mountPath": RESTORE_MOUNT, "readOnly": true,
+                 "subPath": format!("{}/{}", r.source, r.backup)},
+            ],
+        });
+        if let Some(inits) = pod["spec"]["initContainers"].as_array_mut() {
+            inits.insert(0, container);
+        }
+        if let Some(volumes) = pod["spec"]["volumes"].as_array_mut() {
+            volumes.push(json!({"name": "restore", "persistentVolumeClaim": {
+                "claimName": r.claim, "readOnly": true}}));
+        }
+    }
     if !spec.node.is_empty() {
         pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             // The Node object's name, which is what a pod's `nodeName` holds; the
@@ -448,6 +522,55 @@ pub(crate) mod tests {
         assert_eq!(
             sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
             "Retain"
+        );
+    }
+
+    #[test]
+    fn a_database_made_from_a_backup_checks_and_copies_it_before_anything_else() {
+        let restore = Restore {
+            claim: "stratus-backups".into(),
+            source: ServiceName::parse("orders").unwrap(),
+            backup: "orders-20261130T030005000Z".into(),
+        };
+        let spec = spec("shop", "");
+        let s = Settings::default();
+        let sts = serde_json::to_value(stateful_set_from(&spec, &s, Some(&restore))).unwrap();
+        let pod = &sts["spec"]["template"]["spec"];
+        let first = &pod["initContainers"][0];
+        assert_eq!(first["name"], "restore");
+        assert_eq!(pod["initContainers"][1]["name"], "init-datadir");
+        assert_eq!(
+            first["volumeMounts"][1],
+            json!({"name": "restore", "mountPath": "/restore", "readOnly": true,
+                   "subPath": "orders/orders-20261130T030005000Z"})
+        );
+        assert_eq!(first["securityContext"], restricted());
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "restore")
+            .unwrap();
+        assert_eq!(
+            volume["persistentVolumeClaim"],
+            json!({"claimName": "stratus-backups", "readOnly": true})
+        );
+        let script = first["command"][2].as_str().unwrap();
+        assert!(script.contains("sha256sum -c"), "{script}");
+        assert!(
+            script.find("if [ -d data ]; then exit 0; fi") < script.find("sha256sum"),
+            "a volume with data is never restored over: {script}"
+        );
+        // The server's container never sees the backups.
+        assert!(
+            !pod["containers"][0]["volumeMounts"]
+                .to_string()
+                .contains("restore")
+        );
+        // Dropping the restore (its first server ran) is a change to apply.
+        assert_ne!(
+            applied_hash_from(&spec, &s, Some(&restore)),
+            applied_hash(&spec, &s)
         );
     }
 

@@ -159,11 +159,21 @@ impl KubeRuntime {
     /// Makes (or brings up to date) every object of a database, the Secret first since the pod
     /// mounts it. Returns Stratus's password for it.
     pub async fn apply(&self, spec: &InstanceSpec) -> Result<String> {
+        self.apply_from(spec, None).await
+    }
+
+    /// [`Self::apply`] for a database made from a backup ([`objects::stateful_set_from`]).
+    pub async fn apply_from(
+        &self,
+        spec: &InstanceSpec,
+        restore: Option<&objects::Restore>,
+    ) -> Result<String> {
         let password = self.ensure_secret(&spec.name).await?;
         let s = &self.settings;
         self.apply_one(&objects::config_map(spec, s)).await?;
         self.apply_one(&objects::service(&spec.name, s)).await?;
-        self.apply_one(&objects::stateful_set(spec, s)).await?;
+        self.apply_one(&objects::stateful_set_from(spec, s, restore))
+            .await?;
         Ok(password)
     }
 

@@ -49,6 +49,10 @@ use stratus_core::{ServiceName, Tier};
     "!has(self.minScu) || !has(self.maxScu) || self.minScu <= self.maxScu"
 ).message("minScu must not be greater than maxScu"))]
 #[x_kube(validation = Rule::new(free_cap_rule()).message(free_cap_message()))]
+#[x_kube(validation = Rule::new(
+    "has(self.restoreFrom) == has(oldSelf.restoreFrom) && \
+     (!has(self.restoreFrom) || self.restoreFrom == oldSelf.restoreFrom)"
+).message("restoreFrom is given when a database is made, and cannot change"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseServiceSpec {
     /// What the database may grow to: `free` (at most 2 SCU) or `standard` (at most 16).
@@ -85,6 +89,26 @@ pub struct DatabaseServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub node: Option<String>,
+    /// Make the database from a backup a `BackupSchedule` took: its data, schema and accounts
+    /// as they were then (the owner logs in with the source's password). Given when the
+    /// database is made; it cannot change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreFrom>,
+}
+
+/// A backup on a backup volume: `<claim>/<database>/<backup>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!self.claim.startsWith('data-db-')")
+    .message("claim names a backup volume, never a database's own"))]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreFrom {
+    /// The PersistentVolumeClaim the backup is on (a schedule's `target`).
+    #[schemars(length(min = 1, max = 253))]
+    pub claim: String,
+    /// The backup's id, as its schedule's `status.lastBackup` or the directory names it:
+    /// `<database>-<UTC time>`, e.g. `shop-20261130T030005000Z`.
+    #[schemars(length(min = 1, max = 80))]
+    pub backup: String,
 }
 
 /// The state a user asks a database to be in.
@@ -592,6 +616,39 @@ mod tests {
         for spec in refused {
             let why = admitted(&schema, &policy(spec.clone())).unwrap_err();
             assert!(why.contains("below scaleUpThresholdPct"), "{spec}: {why}");
+        }
+    }
+
+    /// `restoreFrom` says what a database is made from: given at creation, never changed after,
+    /// and never a database's own volume.
+    #[test]
+    fn a_restore_is_given_once_and_only_from_a_backup_volume() {
+        let schema = schema(&DatabaseService::crd());
+        let from = |claim: &str| {
+            db(
+                "shop-copy",
+                json!({"restoreFrom": {"claim": claim, "backup": "shop-20261130T030005000Z"}}),
+            )
+        };
+        assert_eq!(admitted(&schema, &from("stratus-backups")), Ok(()));
+        let why = admitted(&schema, &from("data-db-shop-0")).unwrap_err();
+        assert!(why.contains("never a database's own"), "{why}");
+        let update = |new: &Value, old: &Value| {
+            kube_cel::validate(&schema, new, Some(old)).map_err(|e| format!("{e:?}"))
+        };
+        let plain = db("shop-copy", json!({}));
+        assert_eq!(
+            update(&from("stratus-backups"), &from("stratus-backups")),
+            Ok(())
+        );
+        assert_eq!(update(&plain, &plain), Ok(()));
+        for (new, old) in [
+            (from("other-backups"), from("stratus-backups")),
+            (from("stratus-backups"), plain.clone()),
+            (plain.clone(), from("stratus-backups")),
+        ] {
+            let why = update(&new, &old).unwrap_err();
+            assert!(why.contains("cannot change"), "{why}");
         }
     }
 

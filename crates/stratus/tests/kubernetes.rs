@@ -59,12 +59,22 @@ fn a_databases_objects_validate_against_every_supported_kubernetes() {
             "not-a-real-password",
         )),
         serde_json::to_string(&backup_job(&spec.name, &settings)),
+        // A database made from a backup: its pod's `restore` init container and volume.
+        serde_json::to_string(&objects::stateful_set_from(
+            &spec,
+            &settings,
+            Some(&objects::Restore {
+                claim: "stratus-backups".into(),
+                source: stratus_core::ServiceName::parse("orders").unwrap(),
+                backup: "orders-20261130T030005000Z".into(),
+            }),
+        )),
     ];
     let yaml: String = docs
         .into_iter()
         .map(|d| format!("---\n{}\n", d.unwrap()))
         .collect();
-    validate(&yaml, 5);
+    validate(&yaml, 6);
 }
 
 /// The Job of one of its backups, as the backup controller makes it.

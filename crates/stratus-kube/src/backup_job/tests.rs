@@ -187,10 +187,16 @@ fn localized(text: &str, root: &Path, port: u16) -> String {
         .replace("bind_address = 0.0.0.0", "bind_address = 127.0.0.1")
 }
 
-/// A server made and started as the database's pod makes and starts it: its init container's
-/// script, its option file, its Secret's init file (Stratus's account, password `pw`).
-async fn pod_server(root: &Path) -> (test_server::Server, std::path::PathBuf) {
-    let spec = crate::objects::tests::spec("shop", "");
+/// A server made and started as the pod of database `name` makes and starts it: its init
+/// containers' scripts in order (with `restore`, the backup in directory `backup`), its option
+/// file, its Secret's init file (Stratus's account, with `password`).
+async fn pod_server(
+    root: &Path,
+    name: &str,
+    password: &str,
+    restore: Option<(&objects::Restore, &Path)>,
+) -> (test_server::Server, std::path::PathBuf) {
+    let spec = crate::objects::tests::spec(name, "");
     let settings = Settings::default();
     let port = test_server::free_port();
     for d in ["volume", "run", "etc/secret", "tmp"] {
@@ -206,27 +212,36 @@ async fn pod_server(root: &Path) -> (test_server::Server, std::path::PathBuf) {
     );
     let option_file = root.join("etc/my.cnf");
     std::fs::write(&option_file, &cnf).unwrap();
-    let secret = objects::secret(&spec.name, &settings, "pw");
+    let secret = objects::secret(&spec.name, &settings, password);
     std::fs::write(
         root.join("etc/secret/init.sql"),
         &secret.string_data.unwrap()["init.sql"],
     )
     .unwrap();
-    let sts = serde_json::to_value(objects::stateful_set(&spec, &settings)).unwrap();
-    let init = sts["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
-        .as_str()
-        .unwrap();
-    let lock = test_server::install_lock();
-    let out = Command::new("sh")
-        .args(["-c", &localized(init, root, port)])
-        .output()
-        .unwrap();
-    drop(lock);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let sts = serde_json::to_value(objects::stateful_set_from(
+        &spec,
+        &settings,
+        restore.map(|(r, _)| r),
+    ))
+    .unwrap();
+    for init in sts["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+    {
+        let mut script = localized(init["command"][2].as_str().unwrap(), root, port);
+        if let Some((_, backup)) = restore {
+            script = script.replace("'/restore'", &format!("'{}'", backup.display()));
+        }
+        let lock = test_server::install_lock();
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        drop(lock);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            init["name"],
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let mariadb = stratus_runtime::binaries::MariaDb::locate(None).unwrap();
     let mut cmd = Command::new(&mariadb.mariadbd);
     cmd.arg(format!("--defaults-file={}", option_file.display()));
@@ -238,7 +253,7 @@ async fn pod_server(root: &Path) -> (test_server::Server, std::path::PathBuf) {
 #[tokio::test]
 async fn the_jobs_copy_of_a_running_server_restores_to_the_same_data() {
     let root = tempfile::tempdir().unwrap();
-    let (server, option_file) = pod_server(root.path()).await;
+    let (server, option_file) = pod_server(root.path(), "shop", "pw", None).await;
     let mut conn = test_server::setup_login(&server.socket).await;
     for sql in [
         "CREATE DATABASE shop",
@@ -310,13 +325,60 @@ async fn the_jobs_copy_of_a_running_server_restores_to_the_same_data() {
     assert_eq!(records[1].source, source());
     drop(server);
 
-    // A server on the copy has the data.
-    let copy = test_server::start(tempfile::tempdir().unwrap(), &kept.join("data"), &[]);
-    let mut conn = test_server::setup_login(&copy.socket).await;
+    // A database made from it, as its pod makes it (the `restore` init container, then the
+    // usual one, which finds the data there): the data, and Stratus's account with the new
+    // database's own password.
+    let restore = objects::Restore {
+        claim: "stratus-backups".into(),
+        source: name.clone(),
+        backup: ids[2].0.clone(),
+    };
+    let root2 = tempfile::tempdir().unwrap();
+    let (copy, _) = pod_server(root2.path(), "shop-copy", "pw2", Some((&restore, &kept))).await;
+    let _ = test_server::setup_login(&copy.socket).await;
+    let stratus = stratus_runtime::admin::AdminLogin {
+        user: ADMIN_USER.into(),
+        password: Some("pw2".into()),
+    };
+    let endpoint = stratus_core::Endpoint::Tcp(([127, 0, 0, 1], copy.port).into());
+    let mut conn = stratus_runtime::admin::AdminConn::connect(
+        "shop-copy",
+        &endpoint,
+        &stratus,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     let items: Option<String> = conn
         .query_value("SELECT GROUP_CONCAT(item ORDER BY id) FROM shop.orders")
         .await
         .unwrap();
     assert_eq!(items.as_deref(), Some("tea,cake"));
     conn.close().await;
+    drop(copy);
+
+    // A damaged backup is refused: nothing restored, and the pod does not start.
+    let victim = std::fs::read_dir(kept.join("data/shop"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".ibd"))
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[20_000] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let root3 = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root3.path().join("volume")).unwrap();
+    let script = objects::restore_script(
+        &root3.path().join("volume").display().to_string(),
+        &kept.display().to_string(),
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FAILED"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!root3.path().join("volume/data").exists());
 }

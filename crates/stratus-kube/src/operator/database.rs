@@ -63,6 +63,11 @@ pub enum Step {
         secret: String,
         make: bool,
     },
+    /// Its first server ran on the data of this backup, schema and accounts included: nothing
+    /// to provision (the step only tells of it).
+    Restored {
+        backup: String,
+    },
     /// Read its accounts from its running server and publish them for the proxy in its Secret
     /// ([`crate::accounts`]), if they changed.
     PublishAccounts,
@@ -93,6 +98,8 @@ pub struct Plan {
     /// What the autoscaler is to watch until the next look: set while the database serves as
     /// asked, its pod ready.
     pub serving: Option<Serving>,
+    /// The backup its objects fill its volume from, until its first server has run.
+    pub restore: Option<objects::Restore>,
 }
 
 /// What the cluster says of one database, read before planning.
@@ -160,8 +167,21 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     let spec = ServiceName::parse(&ds.name_any())
         .map_err(|e| e.to_string())
         .and_then(|name| ds.spec.service_spec(name).map_err(|e| e.to_string()));
-    let spec = match spec {
-        Ok(spec) => spec,
+    // A database made from a backup: the backup's source, from its id.
+    let restore = match &ds.spec.restore_from {
+        None => Ok(None),
+        Some(r) => stratus_control::backup::parse_backup_id(&r.backup)
+            .map(|source| {
+                Some(objects::Restore {
+                    claim: r.claim.clone(),
+                    source,
+                    backup: r.backup.clone(),
+                })
+            })
+            .ok_or_else(|| format!("restoreFrom.backup {:?} is not a backup id", r.backup)),
+    };
+    let (spec, restore) = match spec.and_then(|spec| restore.map(|r| (spec, r))) {
+        Ok(both) => both,
         Err(why) => {
             // The schema's rules admit only what `db create` accepts; this is what they cannot
             // see. Nothing is made; the user's next edit brings the resource back here.
@@ -281,7 +301,11 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     let provision = desired != Lifecycle::Parked
         && !owner_created
         && pod.is_some_and(|p| p.ready && !p.deleting);
-    if provision {
+    if let (true, Some(r)) = (provision, &restore) {
+        steps.push(Step::Restored {
+            backup: r.backup.clone(),
+        });
+    } else if provision {
         steps.push(Step::Provision {
             secret: ds
                 .spec
@@ -382,7 +406,10 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     st.scu = scu;
     st.host = sizes.proxy_host.clone();
     st.port = sizes.proxy_port;
-    st.database = spec.name.to_string();
+    // A restored database keeps its source's schema: its clients find their tables there.
+    st.database = restore
+        .as_ref()
+        .map_or_else(|| spec.name.to_string(), |r| r.source.to_string());
     st.buffer_pool_bytes = if state == "suspended" {
         BUFFER_POOL_FLOOR
     } else {
@@ -443,6 +470,9 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         last_active: idle.last_active,
         scaled: scaled.filter(|s| s.to == scu && s.from != scu),
         serving,
+        // Once its first server ran on the backup's data, the pod no longer mounts the backup:
+        // a backup deleted later by retention must not keep a restarted pod from starting.
+        restore: restore.filter(|_| !owner_created && !provision),
     }
 }
 
@@ -623,9 +653,13 @@ pub(crate) async fn reconcile_at(
             // or operator), or were made by an operator that did not record them.
             Step::Apply(spec)
                 if seen.set.and_then(|s| s.applied)
-                    == Some(objects::applied_hash(&spec, &ctx.settings)) => {}
+                    == Some(objects::applied_hash_from(
+                        &spec,
+                        &ctx.settings,
+                        plan.restore.as_ref(),
+                    )) => {}
             Step::Apply(spec) => {
-                ctx.runtime.apply(&spec).await?;
+                ctx.runtime.apply_from(&spec, plan.restore.as_ref()).await?;
             }
             // The steps on a database's objects: planned only for a name that parsed, and the
             // SQL ones only for a running pod.
@@ -847,6 +881,13 @@ pub fn events_of(steps: &[Step], pod: Option<&PodView>) -> Vec<Event> {
                 "Provisioned",
                 "Provision",
                 format!("schema and owner account made; the owner's login is in Secret {secret}"),
+            )),
+            Step::Restored { backup } => out.push(normal(
+                "Restored",
+                "Provision",
+                format!(
+                    "made from backup {backup}: its data, schema and accounts are the backup's"
+                ),
             )),
             Step::Fill(bytes) => out.push(normal(
                 "Resumed",

@@ -1303,6 +1303,56 @@ async fn an_eviction_a_disruption_budget_refuses_is_an_error_for_the_back_off() 
 }
 
 #[test]
+fn a_database_made_from_a_backup_fills_its_volume_from_it_until_its_first_server_ran() {
+    let mut fresh = resource(&[FINALIZER], false);
+    fresh.status = None;
+    fresh.spec.restore_from = Some(crate::v1alpha1::RestoreFrom {
+        claim: "stratus-backups".into(),
+        backup: "orders-20261130T030005000Z".into(),
+    });
+    let restore = objects_of::Restore {
+        claim: "stratus-backups".into(),
+        source: ServiceName::parse("orders").unwrap(),
+        backup: "orders-20261130T030005000Z".into(),
+    };
+    // Before its server runs: the objects carry the restore, and its schema is the source's.
+    let early = plan(&fresh, &Seen::default(), &sizes());
+    assert_eq!(early.restore.as_ref(), Some(&restore));
+    assert_eq!(status_of(&early).database, "orders");
+    // Its first server ran on the backup's data: nothing provisioned (its schema and accounts
+    // are the backup's), the accounts published, and the pod no longer mounts the backup.
+    let first = plan(&fresh, &seen_pod(ready_pod()), &sizes());
+    assert_eq!(
+        only_actions(&first),
+        [Step::Restored {
+            backup: "orders-20261130T030005000Z".into()
+        }]
+    );
+    assert!(first.steps.contains(&Step::PublishAccounts));
+    assert_eq!(first.restore, None);
+    assert!(status_of(&first).owner_created);
+    let events = events_of(&first.steps, Some(&ready_pod()));
+    assert!(events.iter().any(|e| e.reason == "Restored"));
+    // And later looks: the same.
+    let mut done = fresh.clone();
+    done.status = Some(status_of(&first));
+    let later = plan(&done, &seen_pod(ready_pod()), &sizes());
+    assert_eq!(later.restore, None);
+    assert_eq!(status_of(&later).database, "orders");
+    // A backup id that is none: refused, nothing made.
+    let mut wrong = fresh.clone();
+    wrong.spec.restore_from = Some(crate::v1alpha1::RestoreFrom {
+        claim: "stratus-backups".into(),
+        backup: "../../etc".into(),
+    });
+    let refused = plan(&wrong, &Seen::default(), &sizes());
+    assert!(!refused.steps.iter().any(|s| matches!(s, Step::Apply(_))));
+    let st = status_of(&refused);
+    assert_eq!(st.state, "invalid");
+    assert!(st.message.unwrap().contains("is not a backup id"));
+}
+
+#[test]
 fn a_database_is_made_ready_for_its_owner_once_when_its_first_server_runs() {
     let mut fresh = resource(&[FINALIZER], false);
     fresh.status = None;
