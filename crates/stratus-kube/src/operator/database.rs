@@ -602,6 +602,19 @@ pub(crate) async fn reconcile_at(
         }
     }
     let plan = plan(ds, &seen, &ctx.sizes);
+    // What the meter records once the steps are done: the state the status gives, or gone.
+    let metered = if deleting {
+        Some((super::usage::state_of("deleted"), 0, 0))
+    } else {
+        plan.steps.iter().find_map(|s| match s {
+            Step::Status(st) => Some((
+                super::usage::state_of(&st.state),
+                st.scu,
+                st.storage_limit_bytes.unwrap_or(0),
+            )),
+            _ => None,
+        })
+    };
     let api: Api<DatabaseService> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let resource = ds.name_any();
     let events = events_of(&plan.steps, seen.pod.as_ref());
@@ -733,6 +746,11 @@ pub(crate) async fn reconcile_at(
                 }
             }
         }
+    }
+    if let Some((state, scu, bytes)) = metered {
+        ctx.metrics
+            .usage
+            .observe(&resource, now_ms, state, scu, bytes);
     }
     if let Some(name) = &name {
         ctx.set_idle_clock(name.as_str(), ds.metadata.generation, plan.last_active);

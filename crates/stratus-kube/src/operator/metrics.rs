@@ -1,8 +1,8 @@
 //! What the operator says of itself on `/metrics`
 //! ([Prometheus text format](https://prometheus.io/docs/instrumenting/exposition_formats/)),
-//! scraped through the chart's ServiceMonitor: whether this replica leads, and how its
-//! reconciles go. A follower says it does not lead and counts nothing, so a dashboard sums
-//! over replicas.
+//! scraped through the chart's ServiceMonitor: whether this replica leads, how its reconciles
+//! go, and what each database used ([`super::usage`]). A follower says it does not lead and
+//! counts nothing, so a dashboard sums over replicas.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use stratus_core::metrics::header;
@@ -12,6 +12,8 @@ pub struct OperatorMetrics {
     pub leading: AtomicBool,
     pub reconciled: AtomicU64,
     pub failed: AtomicU64,
+    /// What each database used ([`super::usage`]), metered while this replica leads.
+    pub usage: super::usage::Meter,
 }
 
 impl OperatorMetrics {
@@ -39,6 +41,7 @@ impl OperatorMetrics {
                 n.load(Ordering::Relaxed)
             ));
         }
+        out.push_str(&self.usage.render(stratus_core::time::now_ms()));
         out
     }
 }

@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod scaler;
 pub mod server;
+pub mod usage;
 
 use crate::objects::Settings;
 use crate::runtime::{KubeError, KubeRuntime};
@@ -242,6 +243,7 @@ pub async fn run(
         _ = lost_rx => Stopped::LostLease,
     };
     metrics.leading.store(false, Ordering::Relaxed);
+    metrics.usage.clear();
     renewer.abort();
     autoscaler.abort();
     if why == Stopped::Shutdown {

@@ -620,7 +620,15 @@ async fn a_ready_database_is_applied_again_and_its_status_refreshed() {
             })
             .answer(200, cr_answer(&ds)),
     );
-    assert_eq!(reconcile_once(&ds, script).await.unwrap(), Some(IDLE));
+    let (ctx, verifier) = context(script);
+    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(IDLE));
+    // Metered from now on, at the state and size the status gives.
+    let used = ctx.metrics.usage.usage(i64::MAX / 4);
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0].db, "shop");
+    assert!(used[0].scu_seconds > 0.0 && used[0].suspended_seconds == 0.0);
+    drop(ctx);
+    verifier.finished().await;
 }
 
 #[tokio::test]
