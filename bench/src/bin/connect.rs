@@ -8,9 +8,14 @@
 //! times directly to the same database's server (its unix socket, as the account without the
 //! `<database>.` prefix), alternating, in the same run: the difference is the proxy's. Direct
 //! logins over the unix socket skip TCP, so the difference slightly overstates the proxy's
-//! share. Clients: mysql_async, and PyMySQL when Python has it. Without TLS so far: mysql_async
-//! is built without TLS here, and TLS logins are still to be added for PyMySQL and the `mariadb`
-//! client (`docs/connection-setup.md` measured them against a separate server).
+//! share. Clients: mysql_async, and PyMySQL when Python has it.
+//!
+//! With TLS, the direct path is a plain `mariadbd` of the bench's own on 127.0.0.1, with
+//! Stratus's certificate (the databases' servers take no TLS: the proxy ends it), so both paths
+//! do the same handshake with the same key. PyMySQL, with a context made once from Stratus's CA;
+//! and the stock `mariadb` client, timed as whole processes (its start, some 5–10 ms, is in
+//! both paths), at its defaults (TLS, with the system's trust store read at each start), with
+//! `--ssl-ca` naming Stratus's CA, and with `--skip-ssl`. mysql_async is built without TLS here.
 
 use anyhow::{Context, bail};
 use mysql_async::prelude::Queryable;
@@ -74,7 +79,115 @@ async fn main() -> anyhow::Result<()> {
     println!("Fresh connection: connect, log in, SELECT 1, close (no TLS)");
     mysql_async_rounds(&s, &t, n).await?;
     pymysql_rounds(&t, n)?;
+
+    let tls = s.dir.join("data").join("tls");
+    let direct = PlainServer::start(&s.dir.join("direct-tls"), &tls, &t).await?;
+    println!(
+        "\nWith TLS (direct: a plain mariadbd on 127.0.0.1 with Stratus's certificate, port {})",
+        direct.port
+    );
+    pymysql_tls_rounds(&t, direct.port, &tls.join("ca.pem"), n)?;
+    println!("\nThe stock mariadb client, whole processes (connect, log in, SELECT 1, exit)");
+    cli_rounds(&t, direct.port, &tls.join("ca.pem"), n.min(100))?;
     Ok(())
+}
+
+/// A plain `mariadbd` on 127.0.0.1 with TLS, holding the bench's account: the direct path of
+/// the TLS logins. Killed on drop.
+struct PlainServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for PlainServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PlainServer {
+    async fn start(
+        dir: &std::path::Path,
+        tls: &std::path::Path,
+        t: &Target,
+    ) -> anyhow::Result<Self> {
+        use std::process::{Command, Stdio};
+        let data = dir.join("data");
+        std::fs::create_dir_all(dir)?;
+        let root = rustix::process::geteuid().is_root();
+        let mut install = Command::new("mariadb-install-db");
+        install.args([
+            "--no-defaults",
+            &format!("--datadir={}", data.display()),
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ]);
+        if root {
+            install.arg("--user=root");
+        }
+        let out = install.output().context("mariadb-install-db")?;
+        if !out.status.success() {
+            bail!(
+                "mariadb-install-db: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let port = stratus_bench::free_port()?;
+        let socket = dir.join("s.sock");
+        let mut cmd = Command::new("mariadbd");
+        cmd.args([
+            "--no-defaults".to_owned(),
+            format!("--datadir={}", data.display()),
+            format!("--socket={}", socket.display()),
+            format!("--port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--pid-file={}", dir.join("pid").display()),
+            format!("--log-error={}", dir.join("error.log").display()),
+            "--innodb-buffer-pool-size=64M".into(),
+            "--skip-name-resolve".into(),
+            format!("--ssl-cert={}", tls.join("cert.pem").display()),
+            format!("--ssl-key={}", tls.join("key.pem").display()),
+        ]);
+        if root {
+            cmd.arg("--user=root");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("mariadbd (install mariadb-server)")?;
+        let server = Self { child, port };
+        let opts = OptsBuilder::default()
+            .socket(Some(socket.display().to_string()))
+            .user(Some("root"));
+        let begin = Instant::now();
+        let mut conn = loop {
+            match Conn::new(opts.clone()).await {
+                Ok(c) => break c,
+                Err(_) if begin.elapsed().as_secs() < 60 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => bail!("the plain mariadbd did not start: {e}"),
+            }
+        };
+        let have_ssl: Option<String> = conn.query_first("SELECT @@have_ssl").await?;
+        if have_ssl.as_deref() != Some("YES") {
+            bail!("the plain mariadbd did not take Stratus's certificate (have_ssl {have_ssl:?})");
+        }
+        for sql in [
+            format!("CREATE DATABASE `{}`", t.database),
+            format!(
+                "CREATE USER '{}'@'%' IDENTIFIED BY '{}'",
+                t.account, t.password
+            ),
+            format!("GRANT ALL ON `{}`.* TO '{}'@'%'", t.database, t.account),
+        ] {
+            conn.query_drop(sql).await?;
+        }
+        conn.disconnect().await?;
+        Ok(server)
+    }
 }
 
 async fn mysql_async_rounds(s: &Stratus, t: &Target, n: usize) -> anyhow::Result<()> {
@@ -170,12 +283,153 @@ print(json.dumps({"proxy": p, "direct": d}))
     Ok(())
 }
 
+/// PyMySQL with TLS, a context made once from Stratus's CA, through the proxy and to the plain
+/// server with the same certificate.
+fn pymysql_tls_rounds(
+    t: &Target,
+    tls_port: u16,
+    ca: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<()> {
+    const SCRIPT: &str = r#"
+import json, ssl, sys, time
+try:
+    import pymysql
+except ImportError:
+    print(json.dumps({"skip": "PyMySQL is not installed"}))
+    sys.exit(0)
+port, tls_port, user, account, pw, db, ca, n = sys.argv[1:9]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False
+def once(**kw):
+    t = time.perf_counter()
+    c = pymysql.connect(host="127.0.0.1", password=pw, database=db, autocommit=None, ssl=ctx, **kw)
+    cur = c.cursor(); cur.execute("SELECT 1"); cur.fetchall()
+    assert c._sock.version() is not None, "not TLS"
+    c.close()
+    return (time.perf_counter() - t) * 1000
+proxy = dict(port=int(port), user=user)
+direct = dict(port=int(tls_port), user=account)
+for _ in range(5):
+    once(**proxy); once(**direct)
+p, d = [], []
+for _ in range(int(n)):
+    p.append(once(**proxy)); d.append(once(**direct))
+print(json.dumps({"proxy": p, "direct": d}))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .args([t.proxy_port.to_string(), tls_port.to_string()])
+        .args([&t.user, &t.account, &t.password, &t.database])
+        .arg(ca)
+        .arg(n.to_string())
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => bail!(
+            "PyMySQL TLS run failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("no message")
+        ),
+        Err(e) => {
+            println!("  PyMySQL: not measured (python3: {e})");
+            return Ok(());
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    if let Some(why) = v["skip"].as_str() {
+        println!("  PyMySQL: not measured ({why})");
+        return Ok(());
+    }
+    let list = |k: &str| -> Vec<f64> {
+        v[k].as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default()
+    };
+    report("PyMySQL TLS", &mut list("proxy"), &mut list("direct"));
+    Ok(())
+}
+
+/// The stock `mariadb` client, each login a whole process, in three TLS modes, through the
+/// proxy and to the plain server.
+fn cli_rounds(t: &Target, tls_port: u16, ca: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    let ca_arg = format!("--ssl-ca={}", ca.display());
+    let modes: [(&str, Vec<&str>); 3] = [
+        ("defaults", vec![]),
+        ("--ssl-ca", vec![ca_arg.as_str()]),
+        ("--skip-ssl", vec!["--skip-ssl"]),
+    ];
+    for (mode, extra) in modes {
+        let run = |port: u16, user: &str| -> anyhow::Result<f64> {
+            let begin = Instant::now();
+            let out = std::process::Command::new("mariadb")
+                .args([
+                    "--no-defaults",
+                    "-h",
+                    "127.0.0.1",
+                    "-P",
+                    &port.to_string(),
+                    "-u",
+                    user,
+                ])
+                .args(["-D", &t.database])
+                .args(&extra)
+                .args(["-N", "-e", "SELECT 1"])
+                .env("MYSQL_PWD", &t.password)
+                .output()
+                .context("mariadb (install mariadb-client)")?;
+            let ms = begin.elapsed().as_secs_f64() * 1000.0;
+            if !out.status.success() {
+                bail!(
+                    "mariadb {mode}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(ms)
+        };
+        // What the mode does, as the plain server saw the session.
+        let seen = std::process::Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &tls_port.to_string(),
+            ])
+            .args(["-u", &t.account])
+            .args(&extra)
+            .args(["-N", "-e", "SHOW SESSION STATUS LIKE 'Ssl_version'"])
+            .env("MYSQL_PWD", &t.password)
+            .output()
+            .context("mariadb (install mariadb-client)")?;
+        let version = String::from_utf8_lossy(&seen.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("no TLS")
+            .to_owned();
+        println!("  mariadb {mode}: {version}");
+        for _ in 0..3 {
+            run(t.proxy_port, &t.user)?;
+            run(tls_port, &t.account)?;
+        }
+        let (mut p, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            p.push(run(t.proxy_port, &t.user)?);
+            d.push(run(tls_port, &t.account)?);
+        }
+        report(&format!("mariadb {mode}"), &mut p, &mut d);
+    }
+    Ok(())
+}
+
 fn report(client: &str, proxy: &mut [f64], direct: &mut [f64]) {
     proxy.sort_by(f64::total_cmp);
     direct.sort_by(f64::total_cmp);
     let (p50, d50) = (quantile(proxy, 0.5), quantile(direct, 0.5));
     println!(
-        "  {client:<12} proxy  p50 {p50:>6.2} ms  p99 {:>6.2} ms | direct p50 {d50:>6.2} ms  p99 {:>6.2} ms | proxy - direct at p50 {:>5.2} ms",
+        "  {client:<20} proxy  p50 {p50:>6.2} ms  p99 {:>6.2} ms | direct p50 {d50:>6.2} ms  p99 {:>6.2} ms | proxy - direct at p50 {:>5.2} ms",
         quantile(proxy, 0.99),
         quantile(direct, 0.99),
         p50 - d50
