@@ -89,6 +89,110 @@ async fn main() -> anyhow::Result<()> {
     pymysql_tls_rounds(&t, direct.port, &tls.join("ca.pem"), n)?;
     println!("\nThe stock mariadb client, whole processes (connect, log in, SELECT 1, exit)");
     cli_rounds(&t, direct.port, &tls.join("ca.pem"), n.min(100))?;
+    drop(direct);
+    drop(s);
+
+    // The first query on a database just made: a `stratus up` with its default warm pool.
+    let s = Stratus::start(&bin, "[policy]\nidle_to_suspend_ms = 86400000\n")?;
+    s.wait_metric(
+        "stratus_warm_pool_ready",
+        2.0,
+        std::time::Duration::from_secs(300),
+    )?;
+    let creates = n.clamp(5, 20);
+    println!(
+        "\nCreate, then the first query ({creates} creates 1.5 s apart, the default warm pool)"
+    );
+    create_rounds(&s, creates).await?;
+    Ok(())
+}
+
+/// Creates databases 1.5 s apart (as a user would, the pool refilling between), and times for
+/// each: the create's answer, the first fresh login and `SELECT 1` through the proxy with
+/// mysql_async and with the stock `mariadb` client (`--ssl-ca`, so its trust store is not in
+/// it), and, for comparison, a later fresh login on the same database.
+async fn create_rounds(s: &Stratus, n: usize) -> anyhow::Result<()> {
+    let ca = s.dir.join("data").join("tls").join("ca.pem");
+    let ca_arg = format!("--ssl-ca={}", ca.display());
+    let mut create = Vec::new();
+    let mut first = Vec::new();
+    let mut total = Vec::new();
+    let mut later = Vec::new();
+    let mut cli_first = Vec::new();
+    let mut cli_total = Vec::new();
+    let mut cli_later = Vec::new();
+    let cli = |user: &str, password: &str, db: &str| -> anyhow::Result<f64> {
+        let begin = Instant::now();
+        let out = std::process::Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &s.sql_port.to_string(),
+            ])
+            .args(["-u", user, "-D", db, &ca_arg, "-N", "-e", "SELECT 1"])
+            .env("MYSQL_PWD", password)
+            .output()
+            .context("mariadb (install mariadb-client)")?;
+        if !out.status.success() {
+            bail!("mariadb: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(begin.elapsed().as_secs_f64() * 1000.0)
+    };
+    for i in 0..n * 2 {
+        // Every other create is measured with the stock client, so each database's first query
+        // is the first of its kind.
+        let with_cli = i % 2 == 1;
+        let req = CreateRequest {
+            name: format!("first-{i}"),
+            ..CreateRequest::default()
+        };
+        let begin = Instant::now();
+        let made = s.client().create(&req).await?;
+        let answered = begin.elapsed().as_secs_f64() * 1000.0;
+        let db = s.client().show(&req.name).await?.database;
+        if with_cli {
+            let q = cli(&made.user, &made.password, &db)?;
+            cli_first.push(q);
+            cli_total.push(answered + q);
+            cli_later.push(cli(&made.user, &made.password, &db)?);
+        } else {
+            create.push(answered);
+            let opts = s
+                .opts(&made.user, &made.password, &db)
+                .max_allowed_packet(Some(16 << 20))
+                .wait_timeout(Some(28_800));
+            let q = once(opts.clone()).await?;
+            first.push(q);
+            total.push(answered + q);
+            later.push(once(opts).await?);
+        }
+        // Gone again, so the host's memory admits the next ones (each holds its size).
+        s.client().delete(&req.name).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
+    let line = |what: &str, v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "  {what:<50} p50 {:>7.2} ms  p99 {:>7.2} ms",
+            quantile(v, 0.5),
+            quantile(v, 0.99)
+        );
+    };
+    line("create (API answer)", &mut create);
+    line("first login + SELECT 1 (mysql_async)", &mut first);
+    line("create -> first query answered (mysql_async)", &mut total);
+    line("a later login + SELECT 1 (mysql_async)", &mut later);
+    line("first login + SELECT 1 (mariadb --ssl-ca)", &mut cli_first);
+    line(
+        "create -> first query answered (mariadb --ssl-ca)",
+        &mut cli_total,
+    );
+    line(
+        "a later login + SELECT 1 (mariadb --ssl-ca)",
+        &mut cli_later,
+    );
     Ok(())
 }
 
