@@ -16,6 +16,9 @@
 //! and the stock `mariadb` client, timed as whole processes (its start, some 5–10 ms, is in
 //! both paths), at its defaults (TLS, with the system's trust store read at each start), with
 //! `--ssl-ca` naming Stratus's CA, and with `--skip-ssl`. mysql_async is built without TLS here.
+//!
+//! Last, with a second `stratus up` and its default warm pool: databases created 1.5 s apart,
+//! and the first query on each (#15: it must be as fast as any other).
 
 use anyhow::{Context, bail};
 use mysql_async::prelude::Queryable;
