@@ -125,23 +125,13 @@ async fn create_rounds(s: &Stratus, n: usize) -> anyhow::Result<()> {
     let mut cli_total = Vec::new();
     let mut cli_later = Vec::new();
     let cli = |user: &str, password: &str, db: &str| -> anyhow::Result<f64> {
-        let begin = Instant::now();
-        let out = std::process::Command::new("mariadb")
-            .args([
-                "--no-defaults",
-                "-h",
-                "127.0.0.1",
-                "-P",
-                &s.sql_port.to_string(),
-            ])
-            .args(["-u", user, "-D", db, &ca_arg, "-N", "-e", "SELECT 1"])
-            .env("MYSQL_PWD", password)
-            .output()
-            .context("mariadb (install mariadb-client)")?;
-        if !out.status.success() {
-            bail!("mariadb: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(begin.elapsed().as_secs_f64() * 1000.0)
+        let login = Login {
+            port: s.sql_port,
+            user,
+            password,
+            db: Some(db),
+        };
+        Ok(mariadb(&login, &[ca_arg.as_str()], "SELECT 1")?.0)
     };
     for i in 0..n * 2 {
         // Every other create is measured with the stock client, so each database's first query
@@ -356,29 +346,36 @@ for _ in range(int(n)):
     p.append(once(**proxy)); d.append(once(**direct))
 print(json.dumps({"proxy": p, "direct": d}))
 "#;
+    let mut args = vec![t.proxy_port.to_string()];
+    args.extend([&t.socket, &t.user, &t.account, &t.password, &t.database].map(String::clone));
+    args.push(n.to_string());
+    pymysql("PyMySQL", SCRIPT, &args)
+}
+
+/// Runs a PyMySQL timing script (it prints `{"proxy": [ms…], "direct": [ms…]}`, or `{"skip":
+/// why}`) and reports it as `client`; a machine without Python or PyMySQL is said, not failed.
+fn pymysql(client: &str, script: &str, args: &[String]) -> anyhow::Result<()> {
     let out = std::process::Command::new("python3")
-        .args(["-c", SCRIPT])
-        .arg(t.proxy_port.to_string())
-        .args([&t.socket, &t.user, &t.account, &t.password, &t.database])
-        .arg(n.to_string())
+        .args(["-c", script])
+        .args(args)
         .output();
     let out = match out {
         Ok(o) if o.status.success() => o,
         Ok(o) => bail!(
-            "PyMySQL run failed: {}",
+            "{client} run failed: {}",
             String::from_utf8_lossy(&o.stderr)
                 .lines()
                 .last()
                 .unwrap_or("no message")
         ),
         Err(e) => {
-            println!("  PyMySQL: not measured (python3: {e})");
+            println!("  {client}: not measured (python3: {e})");
             return Ok(());
         }
     };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     if let Some(why) = v["skip"].as_str() {
-        println!("  PyMySQL: not measured ({why})");
+        println!("  {client}: not measured ({why})");
         return Ok(());
     }
     let list = |k: &str| -> Vec<f64> {
@@ -386,7 +383,7 @@ print(json.dumps({"proxy": p, "direct": d}))
             .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
             .unwrap_or_default()
     };
-    report("PyMySQL", &mut list("proxy"), &mut list("direct"));
+    report(client, &mut list("proxy"), &mut list("direct"));
     Ok(())
 }
 
@@ -424,39 +421,10 @@ for _ in range(int(n)):
     p.append(once(**proxy)); d.append(once(**direct))
 print(json.dumps({"proxy": p, "direct": d}))
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", SCRIPT])
-        .args([t.proxy_port.to_string(), tls_port.to_string()])
-        .args([&t.user, &t.account, &t.password, &t.database])
-        .arg(ca)
-        .arg(n.to_string())
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => bail!(
-            "PyMySQL TLS run failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("no message")
-        ),
-        Err(e) => {
-            println!("  PyMySQL: not measured (python3: {e})");
-            return Ok(());
-        }
-    };
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    if let Some(why) = v["skip"].as_str() {
-        println!("  PyMySQL: not measured ({why})");
-        return Ok(());
-    }
-    let list = |k: &str| -> Vec<f64> {
-        v[k].as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
-            .unwrap_or_default()
-    };
-    report("PyMySQL TLS", &mut list("proxy"), &mut list("direct"));
-    Ok(())
+    let mut args = vec![t.proxy_port.to_string(), tls_port.to_string()];
+    args.extend([&t.user, &t.account, &t.password, &t.database].map(String::clone));
+    args.extend([ca.display().to_string(), n.to_string()]);
+    pymysql("PyMySQL TLS", SCRIPT, &args)
 }
 
 /// The stock `mariadb` client, each login a whole process, in three TLS modes, through the
@@ -470,48 +438,15 @@ fn cli_rounds(t: &Target, tls_port: u16, ca: &std::path::Path, n: usize) -> anyh
     ];
     for (mode, extra) in modes {
         let run = |port: u16, user: &str| -> anyhow::Result<f64> {
-            let begin = Instant::now();
-            let out = std::process::Command::new("mariadb")
-                .args([
-                    "--no-defaults",
-                    "-h",
-                    "127.0.0.1",
-                    "-P",
-                    &port.to_string(),
-                    "-u",
-                    user,
-                ])
-                .args(["-D", &t.database])
-                .args(&extra)
-                .args(["-N", "-e", "SELECT 1"])
-                .env("MYSQL_PWD", &t.password)
-                .output()
-                .context("mariadb (install mariadb-client)")?;
-            let ms = begin.elapsed().as_secs_f64() * 1000.0;
-            if !out.status.success() {
-                bail!(
-                    "mariadb {mode}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            Ok(ms)
+            Ok(mariadb(&Login::of(port, user, t), &extra, "SELECT 1")?.0)
         };
         // What the mode does, as the plain server saw the session.
-        let seen = std::process::Command::new("mariadb")
-            .args([
-                "--no-defaults",
-                "-h",
-                "127.0.0.1",
-                "-P",
-                &tls_port.to_string(),
-            ])
-            .args(["-u", &t.account])
-            .args(&extra)
-            .args(["-N", "-e", "SHOW SESSION STATUS LIKE 'Ssl_version'"])
-            .env("MYSQL_PWD", &t.password)
-            .output()
-            .context("mariadb (install mariadb-client)")?;
-        let version = String::from_utf8_lossy(&seen.stdout)
+        let (_, seen) = mariadb(
+            &Login::of(tls_port, &t.account, t),
+            &extra,
+            "SHOW SESSION STATUS LIKE 'Ssl_version'",
+        )?;
+        let version = seen
             .split_whitespace()
             .nth(1)
             .unwrap_or("no TLS")
@@ -529,6 +464,61 @@ fn cli_rounds(t: &Target, tls_port: u16, ca: &std::path::Path, n: usize) -> anyh
         report(&format!("mariadb {mode}"), &mut p, &mut d);
     }
     Ok(())
+}
+
+/// A login of the stock `mariadb` client on 127.0.0.1.
+struct Login<'a> {
+    port: u16,
+    user: &'a str,
+    password: &'a str,
+    db: Option<&'a str>,
+}
+
+impl<'a> Login<'a> {
+    /// `user` on `port`, with the bench's password and database.
+    fn of(port: u16, user: &'a str, t: &'a Target) -> Self {
+        Self {
+            port,
+            user,
+            password: &t.password,
+            db: Some(&t.database),
+        }
+    }
+}
+
+/// Runs the stock `mariadb` client once (`extra`: its TLS options) for `sql`: how long the whole
+/// process took, in ms, and what it printed. The password goes in `MYSQL_PWD`.
+fn mariadb(login: &Login<'_>, extra: &[&str], sql: &str) -> anyhow::Result<(f64, String)> {
+    let begin = Instant::now();
+    let port = login.port.to_string();
+    let mut cmd = std::process::Command::new("mariadb");
+    cmd.args([
+        "--no-defaults",
+        "-h",
+        "127.0.0.1",
+        "-P",
+        &port,
+        "-u",
+        login.user,
+    ]);
+    if let Some(db) = login.db {
+        cmd.args(["-D", db]);
+    }
+    let out = cmd
+        .args(extra)
+        .args(["-N", "-e", sql])
+        .env("MYSQL_PWD", login.password)
+        .output()
+        .context("mariadb (install mariadb-client)")?;
+    let ms = begin.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "mariadb {}: {}",
+            extra.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((ms, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 fn report(client: &str, proxy: &mut [f64], direct: &mut [f64]) {

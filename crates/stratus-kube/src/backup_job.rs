@@ -390,4 +390,4 @@ fn retain(args: &RecordArgs) -> (Vec<String>, Vec<String>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -240,25 +240,35 @@ pub struct Restore {
     pub backup: String,
 }
 
-/// Where the backup is mounted (read-only, that backup's directory only) in the `restore` init
-/// container.
+/// Where the backup volume is mounted (read-only) in the `restore` init container. The whole
+/// claim, not the backup's directory as a `subPath`: a pod that runs its init containers again
+/// (a node's restart) after retention deleted the backup must still start, and the script looks
+/// at the backup only when the volume has no data yet.
 const RESTORE_MOUNT: &str = "/restore";
 
 /// The `restore` init container's script: unless the volume has a data directory already, the
-/// backup's files are checked against its checksum list, then its prepared `data/` copied under
-/// a temporary name and renamed into place, so a copy cut short is never taken for the data.
+/// backup in directory `backup` must be a verified one whose files match its checksum list;
+/// its prepared `data/` is then copied under a temporary name, flushed to disk and renamed into
+/// place, so a copy cut short (even by a crash of the node) is never taken for the data.
 pub fn restore_script(volume: &str, backup: &str) -> String {
-    format!(
-        "set -eu
-cd '{volume}'
-if [ -d data ]; then exit 0; fi
-rm -rf restoring
-         cd '{backup}'
-sha256sum -c --quiet --strict SHA256SUMS
-         cp -a data '{volume}/restoring'
-mv '{volume}/restoring' '{volume}/data'
-"
-    )
+    [
+        "set -eu".to_owned(),
+        format!("cd '{volume}'"),
+        "if [ -d data ]; then exit 0; fi".to_owned(),
+        "rm -rf restoring".to_owned(),
+        format!("cd '{backup}'"),
+        format!(
+            "grep -q '\"verified\": true' backup.json || \
+             {{ echo '{backup} is not a verified backup' >&2; exit 1; }}"
+        ),
+        "sha256sum -c --quiet --strict SHA256SUMS".to_owned(),
+        format!("cp -a data '{volume}/restoring'"),
+        "sync".to_owned(),
+        format!("mv '{volume}/restoring' '{volume}/data'"),
+        "sync".to_owned(),
+    ]
+    .join("\n")
+        + "\n"
 }
 
 /// The database's StatefulSet: one replica, on the node the placement chose, with its claim,
@@ -400,15 +410,16 @@ fn plain_stateful_set(spec: &InstanceSpec, s: &Settings, restore: Option<&Restor
         let container = json!({
             "name": "restore",
             "image": s.image,
-            "command": ["sh", "-c", restore_script(VOLUME_MOUNT, RESTORE_MOUNT)],
+            "command": ["sh", "-c", restore_script(
+                VOLUME_MOUNT,
+                &format!("{RESTORE_MOUNT}/{}/{}", r.source, r.backup),
+            )],
             "resources": container_resources(&spec.resources),
             "securityContext": restricted.clone(),
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "volumeMounts": [
                 {"name": "data", "mountPath": VOLUME_MOUNT},
-                // That backup's directory only, not every database's backups.
-                {"name": "restore", "mountPath": RESTORE_MOUNT, "readOnly": true,
-                 "subPath": format!("{}/{}", r.source, r.backup)},
+                {"name": "restore", "mountPath": RESTORE_MOUNT, "readOnly": true},
             ],
         });
         if let Some(inits) = pod["spec"]["initContainers"].as_array_mut() {
@@ -541,8 +552,8 @@ pub(crate) mod tests {
         assert_eq!(pod["initContainers"][1]["name"], "init-datadir");
         assert_eq!(
             first["volumeMounts"][1],
-            json!({"name": "restore", "mountPath": "/restore", "readOnly": true,
-                   "subPath": "orders/orders-20261130T030005000Z"})
+            json!({"name": "restore", "mountPath": "/restore", "readOnly": true}),
+            "no subPath: a restart after retention deleted the backup must still start"
         );
         assert_eq!(first["securityContext"], restricted());
         let volume = pod["volumes"]
@@ -557,6 +568,10 @@ pub(crate) mod tests {
         );
         let script = first["command"][2].as_str().unwrap();
         assert!(script.contains("sha256sum -c"), "{script}");
+        assert!(
+            script.contains("cd '/restore/orders/orders-20261130T030005000Z'"),
+            "{script}"
+        );
         assert!(
             script.find("if [ -d data ]; then exit 0; fi") < script.find("sha256sum"),
             "a volume with data is never restored over: {script}"

@@ -109,6 +109,10 @@ pub struct PodView {
     /// Why the scheduler cannot place it (no node fits: a node named for a move that does not
     /// exist or is full, a volume the node cannot mount).
     pub unschedulable: Option<String>,
+    /// Why its `restore` init container (a database made from a backup) failed or cannot
+    /// start: its message (a checksum that failed, a backup not verified), or the kubelet's
+    /// reason (a backup volume it cannot mount).
+    pub restore_failed: Option<String>,
 }
 
 /// A database's StatefulSet, as far as the operator acts on it.
@@ -562,7 +566,32 @@ fn pod_view(p: &Pod) -> PodView {
         deleting: p.metadata.deletion_timestamp.is_some(),
         unschedulable: condition_is("PodScheduled", "False")
             .map(|c| c.message.clone().or(c.reason.clone()).unwrap_or_default()),
+        restore_failed: status
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == "restore"))
+            .and_then(restore_failure),
     }
+}
+
+/// Why a `restore` init container failed, from its state or its last one: an exit with an error
+/// (its log's tail, the termination message), or a wait for a reason other than its turn.
+fn restore_failure(c: &k8s_openapi::api::core::v1::ContainerStatus) -> Option<String> {
+    let failed = |s: &k8s_openapi::api::core::v1::ContainerState| {
+        let t = s.terminated.as_ref().filter(|t| t.exit_code != 0)?;
+        let text = t.message.clone().or(t.reason.clone()).unwrap_or_default();
+        let last: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        Some(last[last.len().saturating_sub(3)..].join(" / "))
+    };
+    let stuck = |s: &k8s_openapi::api::core::v1::ContainerState| {
+        let w = s.waiting.as_ref()?;
+        let reason = w.reason.as_deref().unwrap_or_default();
+        (reason != "PodInitializing" && reason != "ContainerCreating" && !reason.is_empty())
+            .then(|| format!("{reason}: {}", w.message.clone().unwrap_or_default()))
+    };
+    let now = c.state.as_ref();
+    now.and_then(failed)
+        .or_else(|| c.last_state.as_ref().and_then(failed))
+        .or_else(|| now.and_then(stuck))
 }
 
 /// Reading Kubernetes [quantities](https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/)

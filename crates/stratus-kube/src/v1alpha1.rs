@@ -53,6 +53,8 @@ use stratus_core::{ServiceName, Tier};
     "has(self.restoreFrom) == has(oldSelf.restoreFrom) && \
      (!has(self.restoreFrom) || self.restoreFrom == oldSelf.restoreFrom)"
 ).message("restoreFrom is given when a database is made, and cannot change"))]
+#[x_kube(validation = Rule::new("!has(self.restoreFrom) || !has(self.ownerSecret)")
+    .message("a database made from a backup has the backup's accounts: restoreFrom and ownerSecret exclude each other"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseServiceSpec {
     /// What the database may grow to: `free` (at most 2 SCU) or `standard` (at most 16).
@@ -636,6 +638,13 @@ mod tests {
         let update = |new: &Value, old: &Value| {
             kube_cel::validate(&schema, new, Some(old)).map_err(|e| format!("{e:?}"))
         };
+        let with_owner = db(
+            "shop-copy",
+            json!({"ownerSecret": "login",
+                   "restoreFrom": {"claim": "stratus-backups", "backup": "shop-20261130T030005000Z"}}),
+        );
+        let why = admitted(&schema, &with_owner).unwrap_err();
+        assert!(why.contains("exclude each other"), "{why}");
         let plain = db("shop-copy", json!({}));
         assert_eq!(
             update(&from("stratus-backups"), &from("stratus-backups")),

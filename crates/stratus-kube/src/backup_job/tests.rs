@@ -13,7 +13,7 @@ fn db(name: &str) -> ServiceName {
     ServiceName::parse(name).unwrap()
 }
 
-fn source() -> Source {
+pub(crate) fn source() -> Source {
     Source {
         tier: Tier::Standard,
         min_scu: 1,
@@ -229,8 +229,8 @@ async fn pod_server(
         .unwrap()
     {
         let mut script = localized(init["command"][2].as_str().unwrap(), root, port);
-        if let Some((_, backup)) = restore {
-            script = script.replace("'/restore'", &format!("'{}'", backup.display()));
+        if let Some((_, backups)) = restore {
+            script = script.replace("'/restore/", &format!("'{}/", backups.display()));
         }
         let lock = test_server::install_lock();
         let out = Command::new("sh").args(["-c", &script]).output().unwrap();
@@ -334,7 +334,7 @@ async fn the_jobs_copy_of_a_running_server_restores_to_the_same_data() {
         backup: ids[2].0.clone(),
     };
     let root2 = tempfile::tempdir().unwrap();
-    let (copy, _) = pod_server(root2.path(), "shop-copy", "pw2", Some((&restore, &kept))).await;
+    let (copy, _) = pod_server(root2.path(), "shop-copy", "pw2", Some((&restore, &backups))).await;
     let _ = test_server::setup_login(&copy.socket).await;
     let stratus = stratus_runtime::admin::AdminLogin {
         user: ADMIN_USER.into(),
@@ -356,6 +356,26 @@ async fn the_jobs_copy_of_a_running_server_restores_to_the_same_data() {
     assert_eq!(items.as_deref(), Some("tea,cake"));
     conn.close().await;
     drop(copy);
+
+    // A backup its record does not call verified is refused.
+    let root4 = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root4.path().join("volume")).unwrap();
+    let record_file = kept.join("backup.json");
+    let good = std::fs::read_to_string(&record_file).unwrap();
+    std::fs::write(
+        &record_file,
+        good.replace("\"verified\": true", "\"verified\": false"),
+    )
+    .unwrap();
+    let script = objects::restore_script(
+        &root4.path().join("volume").display().to_string(),
+        &kept.display().to_string(),
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a verified backup"));
+    assert!(!root4.path().join("volume/data").exists());
+    std::fs::write(&record_file, good).unwrap();
 
     // A damaged backup is refused: nothing restored, and the pod does not start.
     let victim = std::fs::read_dir(kept.join("data/shop"))

@@ -156,13 +156,14 @@ pub fn plan(bs: &BackupSchedule, seen: &Seen) -> Plan {
     }
     let running = jobs.iter().find(|j| j.outcome == Outcome::Running);
     st.running = running.map(|j| j.id.clone());
-    let mut steps: Vec<Step> = reports
+    let reports: Vec<Step> = reports
         .iter()
         .map(|j| Step::Report {
             id: j.id.clone(),
             outcome: j.outcome.clone(),
         })
         .collect();
+    let mut steps = Vec::new();
     let mut requeue = None;
     let schedule = bs.spec.schedule();
     match schedule.cron() {
@@ -223,6 +224,9 @@ pub fn plan(bs: &BackupSchedule, seen: &Seen) -> Plan {
     if bs.status.clone().unwrap_or_default() != st {
         steps.push(Step::Status(st));
     }
+    // Told once the status records it: a status write that fails is tried again with the
+    // reports, which are then told once, not twice.
+    steps.extend(reports);
     steps.extend(deletes.into_iter().map(Step::Delete));
     Plan { steps, requeue }
 }

@@ -268,6 +268,9 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         steps.push(Step::Apply(instance));
     }
     let mut messages = Vec::new();
+    if let Some(why) = seen.pod.as_ref().and_then(|p| p.restore_failed.as_ref()) {
+        messages.push(format!("restore from the backup failed: {why}"));
+    }
     let volume = seen.claim.map_or(limit, |c| c.requested_bytes);
     if seen.claim.is_some() && volume < limit {
         steps.push(Step::GrowStorage(limit));

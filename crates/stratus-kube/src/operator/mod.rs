@@ -279,17 +279,37 @@ fn now() -> k8s_openapi::jiff::Timestamp {
 }
 
 async fn reconcile(ds: Arc<DatabaseService>, ctx: Arc<Context>) -> Result<Action, KubeError> {
-    match database::reconcile(&ds, &ctx).await {
+    let done = database::reconcile(&ds, &ctx).await;
+    settle(done, &ds.object_ref(&()), ds.name_any(), &ctx).await
+}
+
+async fn reconcile_schedule(
+    bs: Arc<BackupSchedule>,
+    ctx: Arc<Context>,
+) -> Result<Action, KubeError> {
+    let done = backups::reconcile(&bs, &ctx).await;
+    settle(done, &bs.object_ref(&()), schedule_key(&bs), &ctx).await
+}
+
+/// What a reconcile of the object `reference` (its entry `key` in the failure counts) ended in,
+/// for the controller: look again when it asked, or let the error policy back off. A failure is
+/// what the user sees (`kubectl describe`): a status is written last, so a step that failed
+/// before it leaves the old status, and only this Event says why; the recorder folds repeats
+/// into one Event with a count.
+async fn settle(
+    done: Result<Option<std::time::Duration>, KubeError>,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    key: String,
+    ctx: &Context,
+) -> Result<Action, KubeError> {
+    match done {
         Ok(requeue) => {
             ctx.metrics.reconciled.fetch_add(1, Ordering::Relaxed);
-            ctx.failures().remove(&ds.name_any());
+            ctx.failures().remove(&key);
             Ok(requeue.map_or_else(Action::await_change, Action::requeue))
         }
         Err(e) => {
             ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
-            // What the user sees of a failure (`kubectl describe`): the status is written last,
-            // so a step that failed before it leaves the old status, and only this says why.
-            // The recorder folds repeats into one Event with a count.
             let event = Event {
                 type_: EventType::Warning,
                 reason: "ReconcileFailed".into(),
@@ -297,8 +317,8 @@ async fn reconcile(ds: Arc<DatabaseService>, ctx: Arc<Context>) -> Result<Action
                 action: "Reconcile".into(),
                 secondary: None,
             };
-            if let Err(pe) = ctx.recorder.publish(&event, &ds.object_ref(&())).await {
-                tracing::warn!(database = %ds.name_any(), "event not recorded: {pe}");
+            if let Err(pe) = ctx.recorder.publish(&event, reference).await {
+                tracing::warn!(object = %key, "event not recorded: {pe}");
             }
             Err(e)
         }
@@ -314,50 +334,25 @@ fn note_of(text: &str) -> String {
     text[..end].to_owned()
 }
 
-async fn reconcile_schedule(
-    bs: Arc<BackupSchedule>,
-    ctx: Arc<Context>,
-) -> Result<Action, KubeError> {
-    match backups::reconcile(&bs, &ctx).await {
-        Ok(requeue) => {
-            ctx.metrics.reconciled.fetch_add(1, Ordering::Relaxed);
-            ctx.failures().remove(&schedule_key(&bs));
-            Ok(requeue.map_or_else(Action::await_change, Action::requeue))
-        }
-        Err(e) => {
-            ctx.metrics.failed.fetch_add(1, Ordering::Relaxed);
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "ReconcileFailed".into(),
-                note: Some(note_of(&e.to_string())),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(pe) = ctx.recorder.publish(&event, &bs.object_ref(&())).await {
-                tracing::warn!(schedule = %bs.name_any(), "event not recorded: {pe}");
-            }
-            Err(e)
-        }
-    }
-}
-
 /// A schedule's entry in the failure counts, apart from a database of the same name.
 fn schedule_key(bs: &BackupSchedule) -> String {
     format!("backupschedule/{}", bs.name_any())
 }
 
 fn schedule_error_policy(bs: Arc<BackupSchedule>, e: &KubeError, ctx: Arc<Context>) -> Action {
-    let mut failures = ctx.failures();
-    let n = failures.entry(schedule_key(&bs)).or_default();
-    *n += 1;
-    tracing::warn!(schedule = %bs.name_any(), attempt = *n, "{e}");
-    Action::requeue(database::backoff(*n))
+    back_off(schedule_key(&bs), e, &ctx)
 }
 
 fn error_policy(ds: Arc<DatabaseService>, e: &KubeError, ctx: Arc<Context>) -> Action {
+    back_off(ds.name_any(), e, &ctx)
+}
+
+/// The error policy: one more failure in a row for `key`, and the wait [`database::backoff`]
+/// gives for that many.
+fn back_off(key: String, e: &KubeError, ctx: &Context) -> Action {
     let mut failures = ctx.failures();
-    let n = failures.entry(ds.name_any()).or_default();
+    let n = failures.entry(key.clone()).or_default();
     *n += 1;
-    tracing::warn!(database = %ds.name_any(), attempt = *n, "{e}");
+    tracing::warn!(object = %key, attempt = *n, "{e}");
     Action::requeue(database::backoff(*n))
 }

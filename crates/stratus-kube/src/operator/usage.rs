@@ -26,8 +26,21 @@ struct Metered {
 /// Every database's meter, while this replica leads.
 #[derive(Debug, Default)]
 pub struct Meter {
-    dbs: Mutex<BTreeMap<String, Metered>>,
+    inner: Mutex<Meters>,
 }
+
+#[derive(Debug, Default)]
+struct Meters {
+    dbs: BTreeMap<String, Metered>,
+    /// The latest time the counters were read up to: no interval closes before it, so a change
+    /// seen late (a reconcile records its start after its steps) or a clock that steps back
+    /// never makes a counter go down, which Prometheus would take for a reset.
+    read_up_to: i64,
+}
+
+/// How long a deleted database's counters are still served, so the last scrapes see their
+/// final values.
+const KEEP_DELETED_MS: i64 = 3_600_000;
 
 /// The meter's state of a DatabaseService's `status.state` (`invalid`, `failed` and anything
 /// else run no server: not metered but for storage).
@@ -43,15 +56,17 @@ pub fn state_of(status_state: &str) -> DbState {
 }
 
 impl Meter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Metered>> {
-        self.dbs.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Meters> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Database `db` is, from `at_ms` on, in `state` at `scu` with a volume of `storage_bytes`:
     /// the open interval is closed if anything metered changed. A deleted database's volume
     /// goes with it: pass `DbState::Deleted` and 0 bytes.
     pub fn observe(&self, db: &str, at_ms: i64, state: DbState, scu: u32, storage_bytes: u64) {
-        let mut dbs = self.lock();
+        let mut meters = self.lock();
+        let at_ms = at_ms.max(meters.read_up_to);
+        let dbs = &mut meters.dbs;
         // Open: its end is the time of the next change, or of a reading.
         let next = Interval {
             from_ms: at_ms,
@@ -91,12 +106,22 @@ impl Meter {
     /// Forgets every database: this replica no longer leads, and its open intervals must not
     /// run on beside the new leader's.
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut meters = self.lock();
+        meters.dbs.clear();
+        meters.read_up_to = 0;
     }
 
     /// What each database used since it was first seen, up to `now_ms`.
     pub fn usage(&self, now_ms: i64) -> Vec<Usage> {
-        self.lock()
+        let mut meters = self.lock();
+        let now_ms = now_ms.max(meters.read_up_to);
+        meters.read_up_to = now_ms;
+        // A database deleted long enough ago is done with.
+        meters.dbs.retain(|_, m| {
+            m.open.state != DbState::Deleted || now_ms - m.open.from_ms < KEEP_DELETED_MS
+        });
+        meters
+            .dbs
             .iter()
             .map(|(db, m)| {
                 let mut u = m.totals.clone();
@@ -192,13 +217,35 @@ mod tests {
         let m = Meter::default();
         m.observe("shop", 0, DbState::Active, 1, GIB);
         m.observe("shop", 3_600_000, DbState::Deleted, 1, 0);
-        m.observe("typo", 0, state_of("invalid"), 1, 0);
-        let later = m.usage(7_200_000);
+        m.observe("typo", 3_000_000, state_of("invalid"), 1, 0);
+        let later = m.usage(3_700_000);
         let shop = later.iter().find(|u| u.db == "shop").unwrap();
         assert_eq!(shop.scu_seconds, 3600.0);
         assert!((shop.storage_gib_hours - 1.0).abs() < 1e-9);
         let typo = later.iter().find(|u| u.db == "typo").unwrap();
         assert_eq!((typo.scu_seconds, typo.storage_gib_hours), (0.0, 0.0));
+    }
+
+    #[test]
+    fn counters_never_go_down_when_a_change_is_seen_late() {
+        let m = Meter::default();
+        m.observe("shop", 0, DbState::Active, 4, GIB);
+        // Read at 10 s, then a suspend recorded as of 8 s (its reconcile began then).
+        let before = m.usage(10_000)[0].scu_seconds;
+        m.observe("shop", 8_000, DbState::Suspended, 4, GIB);
+        let after = m.usage(10_000)[0].scu_seconds;
+        assert!(after >= before, "{after} < {before}");
+        // A clock stepping back does not lower them either.
+        assert!(m.usage(5_000)[0].scu_seconds >= after);
+    }
+
+    #[test]
+    fn a_deleted_database_is_dropped_an_hour_later() {
+        let m = Meter::default();
+        m.observe("shop", 0, DbState::Active, 1, GIB);
+        m.observe("shop", 1_000, DbState::Deleted, 1, 0);
+        assert_eq!(m.usage(1_000 + KEEP_DELETED_MS - 1).len(), 1);
+        assert!(m.usage(1_000 + KEEP_DELETED_MS).is_empty());
     }
 
     #[test]

@@ -367,6 +367,7 @@ async fn observe_reads_the_pods_applied_size_and_a_resize_it_cannot_do() {
             port: Some(3306),
             deleting: false,
             unschedulable: None,
+            restore_failed: None,
         }
     );
     assert_eq!(rt.observe(&db()).await.unwrap(), None, "parked: no pod");
@@ -477,4 +478,38 @@ async fn a_move_evicts_the_pod_and_a_pod_already_gone_is_no_error() {
     let e = rt.evict(&db()).await.unwrap_err();
     assert_eq!(e.code(), Some(429), "a disruption budget is waited out");
     finished(rt, verifier).await;
+}
+
+/// A database made from a backup whose `restore` init container failed, or cannot start: the
+/// reason, from what the kubelet reports.
+#[test]
+fn a_failed_restore_is_read_from_the_init_containers_status() {
+    let pod = |init: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-shop-0"},
+            "status": {"phase": "Pending", "initContainerStatuses": [init]},
+        }))
+        .unwrap()
+    };
+    let base = json!({"name": "restore", "image": "mariadb:10.11", "imageID": "", "ready": false, "restartCount": 2});
+    let mut failed = base.clone();
+    failed["lastState"] = json!({"terminated": {"exitCode": 1, "reason": "Error",
+        "message": "data/shop/orders.ibd: FAILED\nsha256sum: WARNING: 1 computed checksum did NOT match\n"}});
+    failed["state"] = json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}});
+    assert_eq!(
+        pod_view(&pod(failed)).restore_failed.as_deref(),
+        Some(
+            "data/shop/orders.ibd: FAILED / sha256sum: WARNING: 1 computed checksum did NOT match"
+        )
+    );
+    let mut unmountable = base.clone();
+    unmountable["state"] = json!({"waiting": {"reason": "CreateContainerConfigError",
+        "message": "failed to prepare subPath"}});
+    assert_eq!(
+        pod_view(&pod(unmountable)).restore_failed.as_deref(),
+        Some("CreateContainerConfigError: failed to prepare subPath")
+    );
+    let mut waiting = base;
+    waiting["state"] = json!({"waiting": {"reason": "PodInitializing"}});
+    assert_eq!(pod_view(&pod(waiting)).restore_failed, None);
 }

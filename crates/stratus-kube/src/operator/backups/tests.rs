@@ -48,17 +48,7 @@ fn running_db(state: &str) -> Option<DatabaseSeen> {
     })
 }
 
-fn source() -> Source {
-    Source {
-        tier: Tier::Standard,
-        min_scu: 1,
-        max_scu: 4,
-        storage_gb: 10,
-        require_tls: false,
-        schema: "shop".into(),
-        users: Vec::new(),
-    }
-}
+use crate::backup_job::tests::source;
 
 fn seen(now: &str, database: Option<DatabaseSeen>, jobs: Vec<JobSeen>) -> Seen {
     Seen {
@@ -89,6 +79,14 @@ fn status_of(plan: &Plan) -> BackupScheduleStatus {
         .expect("a status step")
 }
 
+/// The first thing a plan does beyond its status: start a backup, or tell of one.
+fn acted(plan: &Plan) -> &Step {
+    plan.steps
+        .iter()
+        .find(|s| matches!(s, Step::Start { .. } | Step::Report { .. }))
+        .expect("a start or a report")
+}
+
 const FIRST: &str = "shop-20261130T030005000Z";
 
 #[test]
@@ -99,7 +97,7 @@ fn a_due_schedule_starts_one_backup_of_a_running_database() {
             &seen("2026-11-30T03:00:05Z", running_db(state), vec![]),
         );
         assert_eq!(
-            plan.steps[0],
+            *acted(&plan),
             Step::Start {
                 id: FIRST.into(),
                 started_ms: ms("2026-11-30T03:00:05Z"),
@@ -171,7 +169,7 @@ fn a_job_that_succeeded_is_reported_once_recorded_and_deleted() {
         &seen("2026-11-30T03:02:00Z", running_db("active"), done.clone()),
     );
     assert_eq!(
-        plan.steps[0],
+        *acted(&plan),
         Step::Report {
             id: FIRST.into(),
             outcome: Outcome::Succeeded
@@ -212,7 +210,7 @@ fn a_failed_backup_is_reported_and_not_tried_again_before_the_next_time() {
             vec![job_seen(FIRST, Outcome::Failed(why.into()))],
         ),
     );
-    assert!(matches!(&plan.steps[0], Step::Report { outcome: Outcome::Failed(w), .. } if w == why));
+    assert!(matches!(acted(&plan), Step::Report { outcome: Outcome::Failed(w), .. } if w == why));
     assert!(!plan.steps.iter().any(|s| matches!(s, Step::Start { .. })));
     let st = status_of(&plan);
     assert_eq!(st.failed.as_deref(), Some(FIRST));
@@ -346,7 +344,7 @@ fn a_database_leaving_its_node_ends_its_backup_and_gets_no_new_one() {
             &seen("2026-11-30T03:01:00Z", leaving.clone(), under_way),
         );
         assert!(
-            matches!(&plan.steps[0], Step::Report { outcome: Outcome::Failed(w), .. } if w == &format!("ended: {why}"))
+            matches!(acted(&plan), Step::Report { outcome: Outcome::Failed(w), .. } if w == &format!("ended: {why}"))
         );
         assert_eq!(
             plan.steps.last(),
@@ -586,7 +584,6 @@ async fn a_job_that_succeeded_is_reported_recorded_and_deleted() {
             json!([{"type": "Complete", "status": "True"}]),
         )],
     );
-    script.push(schedule_event("BackedUp", "Normal", FIRST));
     script.push(
         expect("PATCH", &format!("{BS}/status?"))
             .body(
@@ -597,6 +594,7 @@ async fn a_job_that_succeeded_is_reported_recorded_and_deleted() {
             )
             .answer(200, status_answer()),
     );
+    script.push(schedule_event("BackedUp", "Normal", FIRST));
     script.push(
         expect("DELETE", &format!("{JOBS}/shop-backup-20261130030005?"))
             .body(JSON, json!({"propagationPolicy": "Background"}))
@@ -647,11 +645,6 @@ async fn a_failed_job_is_reported_with_its_pods_last_lines() {
                         "message": "[00] 2026-11-30 03:00:07 Connecting to server host: db-shop-0.db-shop, user: stratus_admin\nFailed to connect to MariaDB server: Access denied for user 'stratus_admin'@'10.0.0.9'\n"}}}]}}]}),
         ),
     );
-    script.push(schedule_event(
-        "BackupFailed",
-        "Warning",
-        "copy exited with 1: [00] 2026-11-30 03:00:07 Connecting to server host: db-shop-0.db-shop, user: stratus_admin / Failed to connect to MariaDB server: Access denied",
-    ));
     script.push(
         expect("PATCH", &format!("{BS}/status?"))
             .checked(MERGE, |body| {
@@ -666,6 +659,11 @@ async fn a_failed_job_is_reported_with_its_pods_last_lines() {
             })
             .answer(200, status_answer()),
     );
+    script.push(schedule_event(
+        "BackupFailed",
+        "Warning",
+        "copy exited with 1: [00] 2026-11-30 03:00:07 Connecting to server host: db-shop-0.db-shop, user: stratus_admin / Failed to connect to MariaDB server: Access denied",
+    ));
     script.push(
         expect("DELETE", &format!("{JOBS}/shop-backup-20261130030005?"))
             .body(JSON, json!({"propagationPolicy": "Background"}))

@@ -87,6 +87,7 @@ fn ready_pod() -> PodView {
         port: Some(3306),
         deleting: false,
         unschedulable: None,
+        restore_failed: None,
     }
 }
 
@@ -1347,6 +1348,19 @@ fn a_database_made_from_a_backup_fills_its_volume_from_it_until_its_first_server
     let later = plan(&done, &seen_pod(ready_pod()), &sizes());
     assert_eq!(later.restore, None);
     assert_eq!(status_of(&later).database, "orders");
+    // A restore that fails (a checksum, a backup not verified, a volume the kubelet cannot
+    // mount) is said in the status, which stays provisioning.
+    let failing = PodView {
+        ready: false,
+        restore_failed: Some("data/shop/orders.ibd: FAILED".into()),
+        ..ready_pod()
+    };
+    let st = status_of(&plan(&fresh, &seen_pod(failing), &sizes()));
+    assert_eq!(st.state, "provisioning");
+    assert_eq!(
+        st.message.as_deref(),
+        Some("restore from the backup failed: data/shop/orders.ibd: FAILED")
+    );
     // A backup id that is none: refused, nothing made.
     let mut wrong = fresh.clone();
     wrong.spec.restore_from = Some(crate::v1alpha1::RestoreFrom {
