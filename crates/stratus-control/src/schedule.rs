@@ -188,7 +188,17 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             .backups_of(name.as_str())
             .join(archive_name(svc.log_epoch()));
         if let Err(e) = self.runtime.archive_logs(name, &dest).await {
-            tracing::warn!(db = %name, "cannot archive the binary log: {e}");
+            // A database deleted since the loop listed it has no log left to archive: that is
+            // no failure to report.
+            let still_there = matches!(
+                self.store.service(name).await,
+                Ok(Some(now)) if now.state != DbState::Deleted && now.created_at_ms == svc.created_at_ms
+            );
+            if still_there {
+                tracing::warn!(db = %name, "cannot archive the binary log: {e}");
+            } else {
+                tracing::debug!(db = %name, "not archived, deleted meanwhile: {e}");
+            }
         }
     }
 
