@@ -339,12 +339,6 @@ def once(**kw):
     return (time.perf_counter() - t) * 1000
 proxy = dict(host="127.0.0.1", port=int(port), user=user, ssl_disabled=True)
 direct = dict(unix_socket=sock, user=account, ssl_disabled=True)
-for _ in range(5):
-    once(**proxy); once(**direct)
-p, d = [], []
-for _ in range(int(n)):
-    p.append(once(**proxy)); d.append(once(**direct))
-print(json.dumps({"proxy": p, "direct": d}))
 "#;
     let mut args = vec![t.proxy_port.to_string()];
     args.extend([&t.socket, &t.user, &t.account, &t.password, &t.database].map(String::clone));
@@ -352,11 +346,22 @@ print(json.dumps({"proxy": p, "direct": d}))
     pymysql("PyMySQL", SCRIPT, &args)
 }
 
-/// Runs a PyMySQL timing script (it prints `{"proxy": [ms…], "direct": [ms…]}`, or `{"skip":
-/// why}`) and reports it as `client`; a machine without Python or PyMySQL is said, not failed.
+/// Runs a PyMySQL timing script (it defines one timed login, `once`, and the two paths; the
+/// rounds are added here, printing `{"proxy": [ms…], "direct": [ms…]}`, or `{"skip": why}`)
+/// and reports it as `client`; a machine without Python or PyMySQL is said, not failed.
 fn pymysql(client: &str, script: &str, args: &[String]) -> anyhow::Result<()> {
+    // Both scripts define `once`, `proxy`, `direct` and `n`: warm both paths, then alternate.
+    const ROUNDS: &str = r#"
+for _ in range(5):
+    once(**proxy); once(**direct)
+p, d = [], []
+for _ in range(int(n)):
+    p.append(once(**proxy)); d.append(once(**direct))
+print(json.dumps({"proxy": p, "direct": d}))
+"#;
+    let script = format!("{script}{ROUNDS}");
     let out = std::process::Command::new("python3")
-        .args(["-c", script])
+        .args(["-c", &script])
         .args(args)
         .output();
     let out = match out {
@@ -414,12 +419,6 @@ def once(**kw):
     return (time.perf_counter() - t) * 1000
 proxy = dict(port=int(port), user=user)
 direct = dict(port=int(tls_port), user=account)
-for _ in range(5):
-    once(**proxy); once(**direct)
-p, d = [], []
-for _ in range(int(n)):
-    p.append(once(**proxy)); d.append(once(**direct))
-print(json.dumps({"proxy": p, "direct": d}))
 "#;
     let mut args = vec![t.proxy_port.to_string(), tls_port.to_string()];
     args.extend([&t.user, &t.account, &t.password, &t.database].map(String::clone));

@@ -580,7 +580,7 @@ pub(crate) async fn reconcile_at(
                 tracing::info!(schedule = %resource, backup = %id, "backup started");
             }
             Step::Status(status) => {
-                let patch = serde_json::json!({"status": status_patch(&status)});
+                let patch = super::status_merge_patch(&status, STATUS_OPTIONAL);
                 api::<BackupSchedule>(ctx)
                     .patch_status(&resource, &PatchParams::default(), &Patch::Merge(patch))
                     .await
@@ -605,23 +605,15 @@ pub(crate) async fn reconcile_at(
     Ok(plan.requeue)
 }
 
-/// The status as a merge patch: a field it no longer has is sent as `null`.
-fn status_patch(status: &BackupScheduleStatus) -> serde_json::Value {
-    let mut v = serde_json::to_value(status).unwrap_or_default();
-    if let Some(map) = v.as_object_mut() {
-        for key in [
-            "lastBackup",
-            "nextRun",
-            "lastRun",
-            "running",
-            "failed",
-            "message",
-        ] {
-            map.entry(key).or_insert(serde_json::Value::Null);
-        }
-    }
-    v
-}
+/// The status fields that may be left out, sent as `null` when they are ([`super::status_merge_patch`]).
+const STATUS_OPTIONAL: &[&str] = &[
+    "lastBackup",
+    "nextRun",
+    "lastRun",
+    "running",
+    "failed",
+    "message",
+];
 
 #[cfg(test)]
 mod tests;

@@ -654,7 +654,7 @@ pub(crate) async fn reconcile_at(
             // Written only when it says something new: most looks change nothing.
             Step::Status(status) if ds.status.as_ref() == Some(&status) => {}
             Step::Status(status) => {
-                let patch = json!({"status": status_patch(&status)});
+                let patch = super::status_merge_patch(&status, STATUS_OPTIONAL);
                 api.patch_status(&resource, &PatchParams::default(), &Patch::Merge(patch))
                     .await
                     .map_err(|e| {
@@ -961,24 +961,15 @@ pub fn events_of(steps: &[Step], pod: Option<&PodView>) -> Vec<Event> {
     out
 }
 
-/// The status as a merge patch: a field the status no longer has is sent as `null`, or the
-/// API server would keep the old value (a message about a problem long mended).
-fn status_patch(status: &DatabaseServiceStatus) -> serde_json::Value {
-    let mut v = serde_json::to_value(status).unwrap_or_default();
-    if let Some(map) = v.as_object_mut() {
-        for key in [
-            "message",
-            "moving",
-            "storageUsedBytes",
-            "storageLimitBytes",
-            "observedGeneration",
-            "suspendedAt",
-        ] {
-            map.entry(key).or_insert(serde_json::Value::Null);
-        }
-    }
-    v
-}
+/// The status fields that may be left out, sent as `null` when they are ([`super::status_merge_patch`]).
+const STATUS_OPTIONAL: &[&str] = &[
+    "message",
+    "moving",
+    "storageUsedBytes",
+    "storageLimitBytes",
+    "observedGeneration",
+    "suspendedAt",
+];
 
 /// How long to wait before trying a resource again after its `attempts`-th failure in a row:
 /// 1 s, doubling, at most 5 minutes.

@@ -325,6 +325,21 @@ async fn settle(
     }
 }
 
+/// A status as a merge patch: each of `optional` the status leaves out is sent as `null`, or
+/// the API server would keep its old value (a message about a problem long mended).
+pub(crate) fn status_merge_patch(
+    status: &impl serde::Serialize,
+    optional: &[&str],
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        for key in optional {
+            map.entry(*key).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({ "status": v })
+}
+
 /// An Event's note is at most 1 KiB.
 fn note_of(text: &str) -> String {
     let mut end = text.len().min(1024);

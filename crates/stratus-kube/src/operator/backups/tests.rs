@@ -79,6 +79,16 @@ fn status_of(plan: &Plan) -> BackupScheduleStatus {
         .expect("a status step")
 }
 
+/// The status while the first backup (started 03:00:05, the next due a day later) runs.
+fn under_way() -> BackupScheduleStatus {
+    BackupScheduleStatus {
+        last_run: Some("2026-11-30T03:00:05.000Z".into()),
+        running: Some(FIRST.into()),
+        next_run: Some("2026-12-01T03:00:00.000Z".into()),
+        ..BackupScheduleStatus::default()
+    }
+}
+
 /// The first thing a plan does beyond its status: start a backup, or tell of one.
 fn acted(plan: &Plan) -> &Step {
     plan.steps
@@ -136,9 +146,8 @@ fn before_its_time_nothing_starts_and_the_next_look_is_at_that_time() {
 #[test]
 fn while_a_backup_runs_no_other_starts() {
     let status = BackupScheduleStatus {
-        last_run: Some("2026-11-30T03:00:05.000Z".into()),
-        running: Some(FIRST.into()),
-        ..BackupScheduleStatus::default()
+        next_run: None,
+        ..under_way()
     };
     // A day later the next is due, but the first has not ended.
     let plan = plan(
@@ -195,12 +204,7 @@ fn a_job_that_succeeded_is_reported_once_recorded_and_deleted() {
 
 #[test]
 fn a_failed_backup_is_reported_and_not_tried_again_before_the_next_time() {
-    let status = BackupScheduleStatus {
-        last_run: Some("2026-11-30T03:00:05.000Z".into()),
-        running: Some(FIRST.into()),
-        next_run: Some("2026-12-01T03:00:00.000Z".into()),
-        ..BackupScheduleStatus::default()
-    };
+    let status = under_way();
     let why = "copy exited with 1: Access denied for user 'stratus_admin'";
     let plan = plan(
         &schedule(Some(status)),
@@ -334,9 +338,8 @@ fn a_database_leaving_its_node_ends_its_backup_and_gets_no_new_one() {
             ..running_db("active").unwrap()
         });
         let status = BackupScheduleStatus {
-            last_run: Some("2026-11-30T03:00:05.000Z".into()),
-            running: Some(FIRST.into()),
-            ..BackupScheduleStatus::default()
+            next_run: None,
+            ..under_way()
         };
         let under_way = vec![job_seen(FIRST, Outcome::Running)];
         let plan = plan(
@@ -490,6 +493,16 @@ fn schedule_event(reason: &'static str, kind: &'static str, note_has: &'static s
         )
 }
 
+/// The Job of the first backup deleted once its end is recorded.
+fn job_deleted() -> Exchange {
+    expect("DELETE", &format!("{JOBS}/shop-backup-20261130030005?"))
+        .body(JSON, json!({"propagationPolicy": "Background"}))
+        .answer(
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        )
+}
+
 fn status_answer() -> Value {
     serde_json::to_value(schedule(None)).unwrap()
 }
@@ -570,12 +583,7 @@ fn source_of_answer() -> Source {
 
 #[tokio::test]
 async fn a_job_that_succeeded_is_reported_recorded_and_deleted() {
-    let status = BackupScheduleStatus {
-        last_run: Some("2026-11-30T03:00:05.000Z".into()),
-        running: Some(FIRST.into()),
-        next_run: Some("2026-12-01T03:00:00.000Z".into()),
-        ..BackupScheduleStatus::default()
-    };
+    let status = under_way();
     let mut script = look_script(
         &schedule(Some(status.clone())),
         "active",
@@ -595,14 +603,7 @@ async fn a_job_that_succeeded_is_reported_recorded_and_deleted() {
             .answer(200, status_answer()),
     );
     script.push(schedule_event("BackedUp", "Normal", FIRST));
-    script.push(
-        expect("DELETE", &format!("{JOBS}/shop-backup-20261130030005?"))
-            .body(JSON, json!({"propagationPolicy": "Background"}))
-            .answer(
-                200,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-            ),
-    );
+    script.push(job_deleted());
     let (ctx, verifier) = context(script);
     let requeue = reconcile_at(&schedule(Some(status)), &ctx, ms("2026-11-30T03:02:00Z"))
         .await
@@ -615,12 +616,7 @@ async fn a_job_that_succeeded_is_reported_recorded_and_deleted() {
 
 #[tokio::test]
 async fn a_failed_job_is_reported_with_its_pods_last_lines() {
-    let status = BackupScheduleStatus {
-        last_run: Some("2026-11-30T03:00:05.000Z".into()),
-        running: Some(FIRST.into()),
-        next_run: Some("2026-12-01T03:00:00.000Z".into()),
-        ..BackupScheduleStatus::default()
-    };
+    let status = under_way();
     let mut script = look_script(
         &schedule(Some(status.clone())),
         "active",
@@ -664,14 +660,7 @@ async fn a_failed_job_is_reported_with_its_pods_last_lines() {
         "Warning",
         "copy exited with 1: [00] 2026-11-30 03:00:07 Connecting to server host: db-shop-0.db-shop, user: stratus_admin / Failed to connect to MariaDB server: Access denied",
     ));
-    script.push(
-        expect("DELETE", &format!("{JOBS}/shop-backup-20261130030005?"))
-            .body(JSON, json!({"propagationPolicy": "Background"}))
-            .answer(
-                200,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-            ),
-    );
+    script.push(job_deleted());
     let (ctx, verifier) = context(script);
     reconcile_at(&schedule(Some(status)), &ctx, ms("2026-11-30T03:01:00Z"))
         .await
