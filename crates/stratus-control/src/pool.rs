@@ -36,7 +36,7 @@ impl Default for PoolConfig {
 }
 
 /// How far back creations count towards the target.
-const DEMAND_WINDOW_MS: i64 = 5 * 60_000;
+pub const DEMAND_WINDOW_MS: i64 = 5 * 60_000;
 /// Re-evaluation of the target when nothing else wakes the refiller.
 const REVIEW: Duration = Duration::from_secs(5);
 

@@ -26,7 +26,7 @@ pub use activity::ActivityView;
 pub use endpoint::Endpoint;
 pub use event::{Event, EventKind};
 pub use names::{NameError, ServiceName, UserName};
-pub use password::{NativeHash, random_password};
+pub use password::{NativeHash, random_hex, random_password};
 pub use policy::{BackupSchedule, ScalingPolicy};
 pub use scu::{Resources, ScuSize, Tier};
 pub use service::{DatabaseService, DbState, ServiceSpec, SpecError, User};

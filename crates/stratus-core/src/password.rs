@@ -46,6 +46,13 @@ impl fmt::Debug for NativeHash {
     }
 }
 
+/// `bytes` random bytes as lowercase hex: an id no one can guess or collide with by chance.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random number generator is unavailable");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A random password of 24 characters from `[A-Za-z0-9]` (about 142 bits).
 pub fn random_password() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";

@@ -218,9 +218,7 @@ impl fmt::Debug for NewToken {
 
 /// Makes a token with a fresh id and secret.
 pub fn generate(name: &str, role: Role, scope: Scope, now_ms: i64) -> NewToken {
-    let mut id_bytes = [0u8; 6];
-    getrandom::fill(&mut id_bytes).expect("the OS random number generator is unavailable");
-    let id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let id = crate::password::random_hex(6);
     let secret = format!("{TOKEN_PREFIX}{id}_{}", crate::random_password());
     let scope = if role == Role::Admin {
         Scope::all()

@@ -16,6 +16,7 @@
 //! `SHA256SUMS` and the prepared `data/`, so the same tools read both
 //! ([`mariadb-backup`](https://mariadb.com/kb/en/full-backup-and-restore-with-mariadb-backup/)).
 
+use crate::instance::Instance;
 use crate::objects::{self, ADMIN_USER, MYSQL_UID, OPTION_FILE, PORT, Settings, VOLUME_MOUNT};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -90,8 +91,8 @@ pub struct CopyPaths {
 impl CopyPaths {
     /// In the Job's pod: the database's ConfigMap and claim where its own pod has them, the
     /// server by its pod's stable name (the headless Service's).
-    pub fn in_pod(db: &ServiceName) -> Self {
-        let set = objects::object_name(db);
+    pub fn in_pod(inst: &Instance) -> Self {
+        let set = inst.name();
         Self {
             option_file: OPTION_FILE.into(),
             backups: BACKUPS_MOUNT.into(),
@@ -167,6 +168,8 @@ impl RecordArgs {
 #[derive(Debug, Clone)]
 pub struct JobSpec<'a> {
     pub database: &'a ServiceName,
+    /// The objects its server runs as (a spare it claimed keeps the spare's name).
+    pub instance: &'a Instance,
     pub id: &'a str,
     pub started_at_ms: i64,
     pub schedule: &'a BackupSchedule,
@@ -184,7 +187,7 @@ pub struct JobSpec<'a> {
 /// The Job of one backup.
 pub fn job(spec: &JobSpec<'_>, s: &Settings) -> Job {
     let db = spec.database;
-    let set = objects::object_name(db);
+    let set = spec.instance.name();
     let record = RecordArgs {
         dir: Path::new(BACKUPS_MOUNT).join(db.as_str()),
         database: db.clone(),
@@ -250,7 +253,7 @@ pub fn job(spec: &JobSpec<'_>, s: &Settings) -> Job {
                     "initContainers": [{
                         "name": "copy",
                         "image": spec.image,
-                        "command": ["sh", "-c", copy_script(db, spec.id, &CopyPaths::in_pod(db))],
+                        "command": ["sh", "-c", copy_script(db, spec.id, &CopyPaths::in_pod(spec.instance))],
                         "env": [{"name": "MYSQL_PWD", "valueFrom": {"secretKeyRef": {
                             "name": set, "key": "password",
                         }}}],
@@ -277,7 +280,7 @@ pub fn job(spec: &JobSpec<'_>, s: &Settings) -> Job {
                     }],
                     "volumes": [
                         {"name": "data", "persistentVolumeClaim": {
-                            "claimName": objects::claim_name(db), "readOnly": true}},
+                            "claimName": spec.instance.claim(), "readOnly": true}},
                         {"name": "config", "configMap": {"name": set,
                             "items": [{"key": "my.cnf", "path": "my.cnf"}]}},
                         {"name": "backups", "persistentVolumeClaim": {

@@ -16,6 +16,7 @@
 //! References: [`Directory`] (the proxy's one interface to the control plane),
 //! [merge patch](https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/).
 
+use crate::instance::Instance;
 use crate::operator::server::{AdminSql, ServerSql};
 use crate::runtime::{KubeRuntime, PodView};
 use crate::v1alpha1::{DatabaseService, Lifecycle};
@@ -136,10 +137,14 @@ impl KubeDirectory {
         if !active {
             return Ok(None);
         }
-        let pod = self.runtime.observe(db).await.map_err(|e| {
-            tracing::warn!(database = %db, "cannot read its pod: {e}");
-            "its pod cannot be read from the cluster".to_owned()
-        })?;
+        let pod = self
+            .runtime
+            .observe(&instance_of(db, ds))
+            .await
+            .map_err(|e| {
+                tracing::warn!(database = %db, "cannot read its pod: {e}");
+                "its pod cannot be read from the cluster".to_owned()
+            })?;
         Ok(pod.and_then(|p| {
             let ip: IpAddr = p.ip.as_deref()?.parse().ok()?;
             let serving = p.ready && !p.deleting;
@@ -214,7 +219,7 @@ impl KubeDirectory {
                     return Err(());
                 }
             },
-            None => match self.runtime.published_accounts(db).await {
+            None => match self.runtime.published_accounts(&instance_of(db, &ds)).await {
                 Ok(text) => accounts::decode(text.as_deref().unwrap_or_default()),
                 Err(e) => {
                     tracing::warn!(database = %db, "cannot read its accounts: {e}");
@@ -243,6 +248,13 @@ impl KubeDirectory {
             Err(()) => {}
         }
     }
+}
+
+/// The server `db` runs as: a spare it claimed, as its status names it, else its own objects.
+/// The runtime reads a pooled server's pod and Secret only when they are labelled for `db`, so
+/// a status naming another database's server routes nowhere and lets no one in.
+fn instance_of(db: &ServiceName, ds: &DatabaseService) -> Instance {
+    Instance::of_database(db, ds.status.as_ref().and_then(|s| s.instance.as_deref()))
 }
 
 impl Directory for KubeDirectory {
@@ -281,10 +293,14 @@ impl Directory for KubeDirectory {
             return;
         };
         // Until the cluster shows the server gone: not ready, restarted, or elsewhere.
+        let Ok(Some(ds)) = self.resource(&db).await else {
+            return;
+        };
+        let inst = instance_of(&db, &ds);
         let start = Instant::now();
         let mut first_restarts = None;
         while start.elapsed() < NOTICE {
-            let Ok(Some(pod)) = self.runtime.observe(&db).await else {
+            let Ok(Some(pod)) = self.runtime.observe(&inst).await else {
                 return;
             };
             let at = pod.ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok());

@@ -26,6 +26,7 @@ pub mod accounts;
 pub mod agent;
 pub mod backup_job;
 pub mod directory;
+pub mod instance;
 pub mod objects;
 pub mod operator;
 pub mod rbac;

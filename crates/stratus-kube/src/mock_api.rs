@@ -14,6 +14,9 @@ use tower_test::mock;
 pub(crate) struct Exchange {
     method: &'static str,
     uri: String,
+    /// The URI's end after a name the test cannot know (a random one): `uri` is then the part
+    /// before it, and the name is any run of lowercase letters, digits and `-`.
+    after_name: Option<String>,
     content_type: Option<&'static str>,
     body: WantBody,
     status: u16,
@@ -31,10 +34,19 @@ pub(crate) fn expect(method: &'static str, uri: &str) -> Exchange {
     Exchange {
         method,
         uri: uri.to_owned(),
+        after_name: None,
         content_type: None,
         body: WantBody::None,
         status: 200,
         answer: json!({}),
+    }
+}
+
+/// A request whose URI is `before`, a name made at random (a spare's), then `after`.
+pub(crate) fn expect_named(method: &'static str, before: &str, after: &str) -> Exchange {
+    Exchange {
+        after_name: Some(after.to_owned()),
+        ..expect(method, before)
     }
 }
 
@@ -116,15 +128,35 @@ pub(crate) fn serve_as(
             let Some((request, send)) = handle.next_request().await else {
                 panic!("request {i} never came: {} {}", e.method, e.uri);
             };
-            assert_eq!(
-                (request.method().as_str(), request.uri().to_string()),
-                (e.method, e.uri.clone()),
-                "request {i}"
-            );
+            let uri = request.uri().to_string();
+            match &e.after_name {
+                None => assert_eq!(
+                    (request.method().as_str(), uri.as_str()),
+                    (e.method, e.uri.as_str()),
+                    "request {i}"
+                ),
+                Some(after) => {
+                    let name = uri
+                        .strip_prefix(e.uri.as_str())
+                        .and_then(|rest| rest.strip_suffix(after.as_str()));
+                    let named = name.is_some_and(|n| {
+                        !n.is_empty()
+                            && n.bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    });
+                    assert!(
+                        request.method().as_str() == e.method && named,
+                        "request {i}: {} {uri}, expected {} {}<name>{after}",
+                        request.method(),
+                        e.method,
+                        e.uri
+                    );
+                }
+            }
             // The chart's Role allows exactly `role`: a request beyond it
             // would be refused in a cluster.
-            let asked = crate::rbac::request_of(e.method, &e.uri)
-                .unwrap_or_else(|| panic!("not a namespaced request: {}", e.uri));
+            let asked = crate::rbac::request_of(e.method, &uri)
+                .unwrap_or_else(|| panic!("not a namespaced request: {uri}"));
             let mut verbs = vec![asked.verb];
             if e.content_type == Some(APPLY) {
                 // An apply that creates is authorized as a create too.

@@ -10,11 +10,11 @@
 //! [pod security standards](https://kubernetes.io/docs/concepts/security/pod-security-standards/)
 //! (every database pod meets "restricted").
 
+use crate::instance::Instance;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use stratus_core::password::NativeHash;
 use stratus_core::{Resources, ServiceName};
 use stratus_runtime::InstanceSpec;
@@ -74,31 +74,6 @@ impl Default for Settings {
     }
 }
 
-/// The name of a database's StatefulSet, Service, ConfigMap and Secret.
-pub fn object_name(db: &ServiceName) -> String {
-    format!("db-{db}")
-}
-
-/// Its one pod.
-pub fn pod_name(db: &ServiceName) -> String {
-    format!("db-{db}-0")
-}
-
-/// Its volume claim, as the StatefulSet's claim template names it.
-pub fn claim_name(db: &ServiceName) -> String {
-    format!("data-db-{db}-0")
-}
-
-/// Labels of every object of a database; the selector uses only [`DATABASE_LABEL`].
-pub fn labels(db: &ServiceName) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "mariadb".into()),
-        ("app.kubernetes.io/component".into(), "database".into()),
-        ("app.kubernetes.io/managed-by".into(), "stratus".into()),
-        (DATABASE_LABEL.into(), db.to_string()),
-    ])
-}
-
 /// `requests` and `limits` of the server's container: equal, so the pod is in the Guaranteed
 /// QoS class and its memory limit is the SCU's.
 pub fn container_resources(r: &Resources) -> Value {
@@ -154,11 +129,11 @@ pub fn option_file(spec: &InstanceSpec) -> String {
     })
 }
 
-pub fn config_map(spec: &InstanceSpec, s: &Settings) -> ConfigMap {
+pub fn config_map(inst: &Instance, spec: &InstanceSpec, s: &Settings) -> ConfigMap {
     typed(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(&spec.name, s),
+        "metadata": metadata(inst, s),
         "data": {"my.cnf": option_file(spec)},
     }))
 }
@@ -166,7 +141,7 @@ pub fn config_map(spec: &InstanceSpec, s: &Settings) -> ConfigMap {
 /// Stratus's login to one database: the password (for the operator and the proxy) and the init
 /// file that restores the account at every start (for the server). Made once, when the
 /// database is created; only the operator's service account may read it.
-pub fn secret(db: &ServiceName, s: &Settings, password: &str) -> Secret {
+pub fn secret(inst: &Instance, s: &Settings, password: &str) -> Secret {
     let init = access_sql_for(
         ADMIN_USER,
         &Access::Password(NativeHash::of_password(password)),
@@ -174,7 +149,7 @@ pub fn secret(db: &ServiceName, s: &Settings, password: &str) -> Secret {
     typed(json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": metadata(db, s),
+        "metadata": metadata(inst, s),
         "type": "Opaque",
         "stringData": {"password": password, "init.sql": init},
     }))
@@ -195,7 +170,7 @@ pub fn owner_secret(
     password: &str,
     owner: &OwnerReference,
 ) -> Secret {
-    let mut meta = metadata(db, s);
+    let mut meta = metadata(&Instance::of(db), s);
     meta["name"] = json!(owner_secret_name(db));
     meta["ownerReferences"] = json!([owner]);
     typed(json!({
@@ -207,15 +182,16 @@ pub fn owner_secret(
     }))
 }
 
-/// A headless Service: the pod's stable DNS name, `db-NAME-0.db-NAME.NAMESPACE.svc`.
-pub fn service(db: &ServiceName, s: &Settings) -> Service {
+/// A headless Service: the pod's stable DNS name, `db-NAME-0.db-NAME.NAMESPACE.svc` (or
+/// `spare-ID-0.spare-ID…` for a database that claimed a spare).
+pub fn service(inst: &Instance, s: &Settings) -> Service {
     typed(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(db, s),
+        "metadata": metadata(inst, s),
         "spec": {
             "clusterIP": "None",
-            "selector": {DATABASE_LABEL: db.to_string()},
+            "selector": inst.selector(),
             "ports": [{"name": "mariadb", "port": PORT, "targetPort": PORT}],
             // Stratus waits for a server itself; the name must resolve before it is ready.
             "publishNotReadyAddresses": true,
@@ -273,42 +249,48 @@ pub fn restore_script(volume: &str, backup: &str) -> String {
 
 /// The database's StatefulSet: one replica, on the node the placement chose, with its claim,
 /// annotated with [`applied_hash`].
-pub fn stateful_set(spec: &InstanceSpec, s: &Settings) -> StatefulSet {
-    stateful_set_from(spec, s, None)
+pub fn stateful_set(inst: &Instance, spec: &InstanceSpec, s: &Settings) -> StatefulSet {
+    stateful_set_from(inst, spec, s, None)
 }
 
 /// The same, for a database made from a backup: until its first server has run, the pod's
 /// first init container fills its volume from `restore`.
 pub fn stateful_set_from(
+    inst: &Instance,
     spec: &InstanceSpec,
     s: &Settings,
     restore: Option<&Restore>,
 ) -> StatefulSet {
-    let mut set = plain_stateful_set(spec, s, restore);
+    let mut set = plain_stateful_set(inst, spec, s, restore);
     set.metadata
         .annotations
         .get_or_insert_with(Default::default)
         .insert(
             APPLIED.into(),
-            format!("{:016x}", applied_hash_from(spec, s, restore)),
+            format!("{:016x}", applied_hash_from(inst, spec, s, restore)),
         );
     set
 }
 
 /// What [`APPLIED`] records for `spec`. Stable for one build of the operator; an operator
 /// built otherwise may hash differently, which costs one more apply.
-pub fn applied_hash(spec: &InstanceSpec, s: &Settings) -> u64 {
-    applied_hash_from(spec, s, None)
+pub fn applied_hash(inst: &Instance, spec: &InstanceSpec, s: &Settings) -> u64 {
+    applied_hash_from(inst, spec, s, None)
 }
 
 /// [`applied_hash`] of the objects of a database made from `restore`.
-pub fn applied_hash_from(spec: &InstanceSpec, s: &Settings, restore: Option<&Restore>) -> u64 {
+pub fn applied_hash_from(
+    inst: &Instance,
+    spec: &InstanceSpec,
+    s: &Settings,
+    restore: Option<&Restore>,
+) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for text in [
-        serde_json::to_string(&config_map(spec, s)),
-        serde_json::to_string(&service(&spec.name, s)),
-        serde_json::to_string(&plain_stateful_set(spec, s, restore)),
+        serde_json::to_string(&config_map(inst, spec, s)),
+        serde_json::to_string(&service(inst, s)),
+        serde_json::to_string(&plain_stateful_set(inst, spec, s, restore)),
     ] {
         text.unwrap_or_default().hash(&mut h);
     }
@@ -316,10 +298,15 @@ pub fn applied_hash_from(spec: &InstanceSpec, s: &Settings, restore: Option<&Res
 }
 
 /// The StatefulSet without its [`APPLIED`] annotation.
-fn plain_stateful_set(spec: &InstanceSpec, s: &Settings, restore: Option<&Restore>) -> StatefulSet {
-    let name = object_name(&spec.name);
+fn plain_stateful_set(
+    inst: &Instance,
+    spec: &InstanceSpec,
+    s: &Settings,
+    restore: Option<&Restore>,
+) -> StatefulSet {
+    let name = inst.name();
     let mut claim = json!({
-        "metadata": {"name": "data", "labels": labels(&spec.name)},
+        "metadata": {"name": "data", "labels": inst.claim_labels()},
         "spec": {
             "accessModes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": spec.storage_bytes.to_string()}},
@@ -340,7 +327,7 @@ fn plain_stateful_set(spec: &InstanceSpec, s: &Settings, restore: Option<&Restor
     agent_context["runAsUser"] = json!(AGENT_UID);
     agent_context["runAsGroup"] = json!(AGENT_UID);
     let mut pod = json!({
-        "metadata": {"labels": labels(&spec.name)},
+        "metadata": {"labels": inst.labels()},
         "spec": {
             // A tenant's server has no business with the Kubernetes API.
             "automountServiceAccountToken": false,
@@ -442,13 +429,13 @@ fn plain_stateful_set(spec: &InstanceSpec, s: &Settings, restore: Option<&Restor
     typed(json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": metadata(&spec.name, s),
+        "metadata": metadata(inst, s),
         "spec": {
             // No `replicas`: it defaults to 1, and leaving it out of what the operator applies
             // leaves it to the scale subresource (park and wake), which a later apply must not
             // undo.
             "serviceName": name,
-            "selector": {"matchLabels": {DATABASE_LABEL: spec.name.to_string()}},
+            "selector": {"matchLabels": inst.selector()},
             // Parked (0 replicas): the claim stays. Deleted: the operator removes the claim
             // itself, last of the database's objects.
             "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Retain", "whenDeleted": "Retain"},
@@ -472,8 +459,8 @@ pub(crate) fn restricted() -> Value {
     })
 }
 
-fn metadata(db: &ServiceName, s: &Settings) -> Value {
-    json!({"name": object_name(db), "namespace": s.namespace, "labels": labels(db)})
+fn metadata(inst: &Instance, s: &Settings) -> Value {
+    json!({"name": inst.name(), "namespace": s.namespace, "labels": inst.labels()})
 }
 
 /// The typed object of a literal that is built right here: a failure is a bug in this file,
@@ -490,6 +477,11 @@ pub(crate) mod tests {
     use super::*;
     use stratus_core::ScuSize;
 
+    /// The objects of database `name`, made for it.
+    pub(crate) fn own(name: &str) -> Instance {
+        Instance::of(&ServiceName::parse(name).unwrap())
+    }
+
     pub(crate) fn spec(name: &str, node: &str) -> InstanceSpec {
         let scu = ScuSize::default();
         InstanceSpec {
@@ -503,8 +495,12 @@ pub(crate) mod tests {
 
     #[test]
     fn a_database_runs_as_one_guaranteed_pod_resized_in_place() {
-        let sts = serde_json::to_value(stateful_set(&spec("shop", "node-a"), &Settings::default()))
-            .unwrap();
+        let sts = serde_json::to_value(stateful_set(
+            &own("shop"),
+            &spec("shop", "node-a"),
+            &Settings::default(),
+        ))
+        .unwrap();
         assert_eq!(sts["metadata"]["name"], "db-shop");
         assert!(
             sts["spec"].get("replicas").is_none(),
@@ -545,7 +541,8 @@ pub(crate) mod tests {
         };
         let spec = spec("shop", "");
         let s = Settings::default();
-        let sts = serde_json::to_value(stateful_set_from(&spec, &s, Some(&restore))).unwrap();
+        let sts = serde_json::to_value(stateful_set_from(&own("shop"), &spec, &s, Some(&restore)))
+            .unwrap();
         let pod = &sts["spec"]["template"]["spec"];
         let first = &pod["initContainers"][0];
         assert_eq!(first["name"], "restore");
@@ -584,15 +581,19 @@ pub(crate) mod tests {
         );
         // Dropping the restore (its first server ran) is a change to apply.
         assert_ne!(
-            applied_hash_from(&spec, &s, Some(&restore)),
-            applied_hash(&spec, &s)
+            applied_hash_from(&own("shop"), &spec, &s, Some(&restore)),
+            applied_hash(&own("shop"), &spec, &s)
         );
     }
 
     #[test]
     fn a_tenants_pod_gets_no_api_token_and_no_privileges() {
-        let sts =
-            serde_json::to_value(stateful_set(&spec("shop", ""), &Settings::default())).unwrap();
+        let sts = serde_json::to_value(stateful_set(
+            &own("shop"),
+            &spec("shop", ""),
+            &Settings::default(),
+        ))
+        .unwrap();
         let pod = &sts["spec"]["template"]["spec"];
         assert_eq!(pod["automountServiceAccountToken"], false);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -617,7 +618,8 @@ pub(crate) mod tests {
             agent_image: "registry.example/stratus:9.9.9".into(),
             ..Settings::default()
         };
-        let sts = serde_json::to_value(stateful_set(&spec("shop", ""), &settings)).unwrap();
+        let sts =
+            serde_json::to_value(stateful_set(&own("shop"), &spec("shop", ""), &settings)).unwrap();
         let pod = &sts["spec"]["template"]["spec"];
         assert_eq!(
             pod["shareProcessNamespace"], true,
@@ -715,11 +717,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_secret_holds_the_password_and_the_account_as_a_hash() {
-        let s = secret(
-            &ServiceName::parse("shop").unwrap(),
-            &Settings::default(),
-            "pw123",
-        );
+        let s = secret(&own("shop"), &Settings::default(), "pw123");
         let data = s.string_data.unwrap();
         assert_eq!(data["password"], "pw123");
         assert!(

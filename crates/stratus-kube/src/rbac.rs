@@ -69,13 +69,15 @@ pub const PERMISSIONS: &[Permission] = &[
     allow("", "secrets", &["get", "create", "patch", "delete"]),
     allow("", "configmaps", &["create", "patch", "delete"]),
     allow("", "services", &["create", "patch", "delete"]),
+    // The warm pool's spares are listed by label, and relabelled (StatefulSet, pod, Secret)
+    // when a database claims one (`instance`).
     allow(
         "apps",
         "statefulsets",
-        &["get", "create", "patch", "delete"],
+        &["get", "list", "create", "patch", "delete"],
     ),
     allow("apps", "statefulsets/scale", &["patch"]),
-    allow("", "pods", &["get", "list"]),
+    allow("", "pods", &["get", "list", "patch"]),
     allow("", "pods/resize", &["patch"]),
     // Moving a database to another node: its pod is evicted (never deleted outright), and the
     // StatefulSet makes it again there.

@@ -8,11 +8,12 @@
 //! fields is left alone. The Secret is the exception: it is created once and never rewritten,
 //! since it holds the password the running server already knows.
 
+use crate::instance::Instance;
 use crate::objects::{self, Settings};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -109,6 +110,9 @@ pub struct PodView {
     /// Why the scheduler cannot place it (no node fits: a node named for a move that does not
     /// exist or is full, a volume the node cannot mount).
     pub unschedulable: Option<String>,
+    /// The pooled server it belongs to (its [`crate::instance::INSTANCE_LABEL`]); `None` for a
+    /// database's own pod.
+    pub instance: Option<String>,
     /// Why its `restore` init container (a database made from a backup) failed or cannot
     /// start: its message (a checksum that failed, a backup not verified), or the kubelet's
     /// reason (a backup volume it cannot mount).
@@ -124,6 +128,25 @@ pub struct SetView {
     pub replicas: i32,
     /// What was last applied ([`objects::APPLIED`]); `None` for a StatefulSet without it.
     pub applied: Option<u64>,
+    /// A pooled server labelled for another database than the one it was read for, or for
+    /// none: not this database's to touch.
+    pub foreign: bool,
+}
+
+/// One of the warm pool's unclaimed servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpareView {
+    pub instance: Instance,
+    /// Its StatefulSet's version as listed: a claim is made against it.
+    pub resource_version: String,
+    /// When its StatefulSet was made (Unix ms).
+    pub made_ms: i64,
+    pub deleting: bool,
+    /// What was applied ([`objects::APPLIED`]): whether it is what this operator makes now.
+    pub applied: Option<u64>,
+    pub claim_template_bytes: u64,
+    /// Its pod, once made.
+    pub pod: Option<PodView>,
 }
 
 /// A database's volume claim.
@@ -162,51 +185,53 @@ impl KubeRuntime {
 
     /// Makes (or brings up to date) every object of a database, the Secret first since the pod
     /// mounts it. Returns Stratus's password for it.
-    pub async fn apply(&self, spec: &InstanceSpec) -> Result<String> {
-        self.apply_from(spec, None).await
+    pub async fn apply(&self, inst: &Instance, spec: &InstanceSpec) -> Result<String> {
+        self.apply_from(inst, spec, None).await
     }
 
     /// [`Self::apply`] for a database made from a backup ([`objects::stateful_set_from`]).
     pub async fn apply_from(
         &self,
+        inst: &Instance,
         spec: &InstanceSpec,
         restore: Option<&objects::Restore>,
     ) -> Result<String> {
-        let password = self.ensure_secret(&spec.name).await?;
+        let password = self.ensure_secret(inst).await?;
         let s = &self.settings;
-        self.apply_one(&objects::config_map(spec, s)).await?;
-        self.apply_one(&objects::service(&spec.name, s)).await?;
-        self.apply_one(&objects::stateful_set_from(spec, s, restore))
+        self.apply_one(&objects::config_map(inst, spec, s)).await?;
+        self.apply_one(&objects::service(inst, s)).await?;
+        self.apply_one(&objects::stateful_set_from(inst, spec, s, restore))
             .await?;
         Ok(password)
     }
 
     /// The password in the database's Secret, made (with a new random password) if there is
     /// none. Two operators racing here both end with the one that was created first.
-    async fn ensure_secret(&self, db: &ServiceName) -> Result<String> {
-        if let Some(p) = self.password(db).await? {
+    async fn ensure_secret(&self, inst: &Instance) -> Result<String> {
+        if let Some(p) = self.password(inst).await? {
             return Ok(p);
         }
         let password = stratus_core::random_password();
-        let secret = objects::secret(db, &self.settings, &password);
-        let name = objects::object_name(db);
+        let secret = objects::secret(inst, &self.settings, &password);
+        let name = inst.name();
         match self
             .api::<Secret>()
             .create(&PostParams::default(), &secret)
             .await
         {
             Ok(_) => Ok(password),
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                self.password(db).await?.ok_or(KubeError::NoPassword(name))
-            }
+            Err(kube::Error::Api(s)) if s.code == 409 => self
+                .password(inst)
+                .await?
+                .ok_or(KubeError::NoPassword(name)),
             Err(e) => Err(KubeError::of("create", format!("secret {name}"), e)),
         }
     }
 
     /// Stratus's password for a database, `None` when its Secret does not exist.
-    pub async fn password(&self, db: &ServiceName) -> Result<Option<String>> {
-        let name = objects::object_name(db);
-        let Some(secret) = self.secret(db).await? else {
+    pub async fn password(&self, inst: &Instance) -> Result<Option<String>> {
+        let name = inst.name();
+        let Some(secret) = self.secret(inst).await? else {
             return Ok(None);
         };
         let password = text_of(&secret, "password").filter(|p| !p.is_empty());
@@ -233,31 +258,34 @@ impl KubeRuntime {
             .map_or_else(Default::default, |p| p.spec.policy()))
     }
 
-    /// The database's Secret, `None` when it does not exist.
-    pub async fn secret(&self, db: &ServiceName) -> Result<Option<Secret>> {
-        let name = objects::object_name(db);
-        self.api::<Secret>()
+    /// The database's Secret, `None` when it does not exist, or when it is a pooled server's
+    /// that is labelled for another database (or for none).
+    pub async fn secret(&self, inst: &Instance) -> Result<Option<Secret>> {
+        let name = inst.name();
+        let secret = self
+            .api::<Secret>()
             .get_opt(&name)
             .await
-            .map_err(|e| KubeError::of("read", format!("secret {name}"), e))
+            .map_err(|e| KubeError::of("read", format!("secret {name}"), e))?;
+        Ok(secret.filter(|s| !foreign(inst, &s.metadata)))
     }
 
     /// The accounts published for the proxy ([`crate::accounts`]); `None` before the first
     /// publication.
-    pub async fn published_accounts(&self, db: &ServiceName) -> Result<Option<String>> {
+    pub async fn published_accounts(&self, inst: &Instance) -> Result<Option<String>> {
         Ok(self
-            .secret(db)
+            .secret(inst)
             .await?
             .and_then(|s| text_of(&s, crate::accounts::KEY)))
     }
 
     /// Publishes the accounts for the proxy in the database's Secret, unless it holds them
     /// already. Returns whether it wrote.
-    pub async fn publish_accounts(&self, db: &ServiceName, text: &str) -> Result<bool> {
-        if self.published_accounts(db).await?.as_deref() == Some(text) {
+    pub async fn publish_accounts(&self, inst: &Instance, text: &str) -> Result<bool> {
+        if self.published_accounts(inst).await?.as_deref() == Some(text) {
             return Ok(false);
         }
-        let name = objects::object_name(db);
+        let name = inst.name();
         let patch = serde_json::json!({"stringData": {crate::accounts::KEY: text}});
         self.api::<Secret>()
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
@@ -374,8 +402,8 @@ impl KubeRuntime {
     /// the size in the StatefulSet's template so a recreated pod starts at it. The StatefulSet
     /// updates `OnDelete`, so that change restarts nothing. The buffer pool is the caller's, in
     /// the order `stratus_control::sizing` gives (grow the pod before the pool, shrink it after).
-    pub async fn resize(&self, db: &ServiceName, r: &Resources) -> Result<()> {
-        let pod = objects::pod_name(db);
+    pub async fn resize(&self, inst: &Instance, r: &Resources) -> Result<()> {
+        let pod = inst.pod();
         self.api::<Pod>()
             .patch_subresource(
                 "resize",
@@ -385,7 +413,7 @@ impl KubeRuntime {
             )
             .await
             .map_err(|e| KubeError::of("resize", format!("pod {pod}"), e))?;
-        let sts = objects::object_name(db);
+        let sts = inst.name();
         let template = serde_json::json!({"spec": {"template": objects::resize_patch(r)}});
         self.api::<StatefulSet>()
             .patch(&sts, &PatchParams::default(), &Patch::Strategic(template))
@@ -396,8 +424,8 @@ impl KubeRuntime {
 
     /// Parks (0) or wakes (1) a database: its StatefulSet's scale. Parked, the pod is gone and
     /// the claim stays.
-    pub async fn set_replicas(&self, db: &ServiceName, replicas: i32) -> Result<()> {
-        let sts = objects::object_name(db);
+    pub async fn set_replicas(&self, inst: &Instance, replicas: i32) -> Result<()> {
+        let sts = inst.name();
         self.api::<StatefulSet>()
             .patch_scale(
                 &sts,
@@ -411,8 +439,8 @@ impl KubeRuntime {
 
     /// Grows the database's volume (the storage class must allow expansion; volumes never
     /// shrink).
-    pub async fn grow_storage(&self, db: &ServiceName, bytes: u64) -> Result<()> {
-        let pvc = objects::claim_name(db);
+    pub async fn grow_storage(&self, inst: &Instance, bytes: u64) -> Result<()> {
+        let pvc = inst.claim();
         self.api::<PersistentVolumeClaim>()
             .patch(
                 &pvc,
@@ -425,19 +453,22 @@ impl KubeRuntime {
     }
 
     /// What the database's pod is doing; `None` when it has none (parked, or not scheduled yet).
-    pub async fn observe(&self, db: &ServiceName) -> Result<Option<PodView>> {
-        let name = objects::pod_name(db);
+    /// A pooled server's pod labelled for another database than `inst`'s is none of its.
+    pub async fn observe(&self, inst: &Instance) -> Result<Option<PodView>> {
+        let name = inst.pod();
         let pod = self
             .api::<Pod>()
             .get_opt(&name)
             .await
             .map_err(|e| KubeError::of("read", format!("pod {name}"), e))?;
-        Ok(pod.map(|p| pod_view(&p)))
+        Ok(pod
+            .filter(|p| !foreign(inst, &p.metadata))
+            .map(|p| pod_view(&p)))
     }
 
     /// The database's StatefulSet, `None` when there is none.
-    pub async fn stateful_set(&self, db: &ServiceName) -> Result<Option<SetView>> {
-        let name = objects::object_name(db);
+    pub async fn stateful_set(&self, inst: &Instance) -> Result<Option<SetView>> {
+        let name = inst.name();
         let set = self
             .api::<StatefulSet>()
             .get_opt(&name)
@@ -448,8 +479,10 @@ impl KubeRuntime {
             .and_then(|set| set.metadata.annotations.as_ref())
             .and_then(|a| a.get(objects::APPLIED))
             .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+        let foreign = set.as_ref().is_some_and(|set| foreign(inst, &set.metadata));
         Ok(set.and_then(|set| set.spec).map(|spec| SetView {
             applied,
+            foreign,
             // A StatefulSet without `replicas` has one, as the API server defaults it.
             replicas: spec.replicas.unwrap_or(1),
             claim_template_bytes: spec
@@ -465,8 +498,8 @@ impl KubeRuntime {
     /// the server shuts down cleanly and disruption budgets are honoured; its StatefulSet makes
     /// it again where the template's node affinity now says, with the same volume. A pod
     /// already gone is no error.
-    pub async fn evict(&self, db: &ServiceName) -> Result<()> {
-        let pod = objects::pod_name(db);
+    pub async fn evict(&self, inst: &Instance) -> Result<()> {
+        let pod = inst.pod();
         match self.api::<Pod>().evict(&pod, &Default::default()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -475,8 +508,8 @@ impl KubeRuntime {
     }
 
     /// The database's volume claim: the size asked for, `None` when there is none.
-    pub async fn claim(&self, db: &ServiceName) -> Result<Option<ClaimView>> {
-        let name = objects::claim_name(db);
+    pub async fn claim(&self, inst: &Instance) -> Result<Option<ClaimView>> {
+        let name = inst.claim();
         let claim = self
             .api::<PersistentVolumeClaim>()
             .get_opt(&name)
@@ -490,14 +523,169 @@ impl KubeRuntime {
 
     /// Removes every object of a database, its volume claim last (the data goes with it).
     /// Objects already gone are no error, so a removal cut short can be run again.
-    pub async fn destroy(&self, db: &ServiceName) -> Result<()> {
-        let name = objects::object_name(db);
+    pub async fn destroy(&self, inst: &Instance) -> Result<()> {
+        let name = inst.name();
         self.delete::<StatefulSet>(&name).await?;
         self.delete::<Service>(&name).await?;
         self.delete::<ConfigMap>(&name).await?;
         self.delete::<Secret>(&name).await?;
-        self.delete::<PersistentVolumeClaim>(&objects::claim_name(db))
+        self.delete::<PersistentVolumeClaim>(&inst.claim()).await
+    }
+
+    /// The warm pool's unclaimed servers: their StatefulSets, each with its pod as far as it
+    /// is made ([`crate::operator::pool`]).
+    pub async fn spares(&self) -> Result<Vec<SpareView>> {
+        let params = ListParams::default().labels(crate::instance::SPARE_SELECTOR);
+        let sets = self
+            .api::<StatefulSet>()
+            .list(&params)
             .await
+            .map_err(|e| KubeError::of("list", "the warm pool's statefulsets", e))?;
+        let pods = self
+            .api::<Pod>()
+            .list(&params)
+            .await
+            .map_err(|e| KubeError::of("list", "the warm pool's pods", e))?;
+        let mut out = Vec::new();
+        for set in sets.items {
+            let name = set.metadata.name.clone().unwrap_or_default();
+            // A claim relabels the StatefulSet first: one that is no longer a spare is not,
+            // whatever its pod still says.
+            let spare = set.metadata.labels.as_ref().is_some_and(|l| {
+                l.get(crate::instance::SPARE_LABEL).map(String::as_str) == Some("true")
+            });
+            let Some(instance) = Instance::pooled(&name, None).filter(|_| spare) else {
+                continue;
+            };
+            let pod = pods
+                .items
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(instance.pod().as_str()))
+                .map(pod_view);
+            out.push(SpareView {
+                resource_version: set.metadata.resource_version.clone().unwrap_or_default(),
+                made_ms: set
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(0, |t| t.0.as_millisecond()),
+                deleting: set.metadata.deletion_timestamp.is_some(),
+                applied: set
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(objects::APPLIED))
+                    .and_then(|hex| u64::from_str_radix(hex, 16).ok()),
+                claim_template_bytes: set
+                    .spec
+                    .and_then(|s| s.volume_claim_templates)
+                    .and_then(|t| t.into_iter().next())
+                    .and_then(|c| storage_requested(c.spec?))
+                    .unwrap_or(0),
+                instance,
+                pod,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The pooled server labelled for `db`, if one is: a claim whose record in the status was
+    /// lost (the operator stopped in between). Of several, none is taken (`None`): that is no
+    /// state a claim leaves.
+    pub async fn claimed_by(&self, db: &ServiceName) -> Result<Option<Instance>> {
+        let selector = format!(
+            "{}={db},{}",
+            objects::DATABASE_LABEL,
+            crate::instance::INSTANCE_LABEL
+        );
+        let sets = self
+            .api::<StatefulSet>()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| KubeError::of("list", format!("the statefulsets of {db}"), e))?;
+        let mut found = sets
+            .items
+            .iter()
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+            .filter_map(|s| Instance::pooled(s.metadata.name.as_deref()?, Some(db.clone())));
+        Ok(match (found.next(), found.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        })
+    }
+
+    /// Claims `spare` for `db` by relabelling its StatefulSet (with the version it was listed
+    /// at: a spare claimed meanwhile for another database is a 409, and `false`), then its pod
+    /// and its Secret. The StatefulSet is the record: the status follows, and a claim cut
+    /// short is found again by [`Self::claimed_by`].
+    pub async fn claim_spare(&self, spare: &SpareView, db: &ServiceName) -> Result<bool> {
+        let name = spare.instance.name();
+        let labels = serde_json::json!({
+            crate::instance::SPARE_LABEL: null,
+            objects::DATABASE_LABEL: db.to_string(),
+        });
+        let set = serde_json::json!({"metadata": {
+            "resourceVersion": spare.resource_version,
+            "labels": labels,
+        }});
+        match self
+            .api::<StatefulSet>()
+            .patch(&name, &PatchParams::default(), &Patch::Merge(set))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(false),
+            Err(e) => return Err(KubeError::of("claim", format!("statefulset {name}"), e)),
+        }
+        let relabel = serde_json::json!({"metadata": {"labels": labels}});
+        let pod = spare.instance.pod();
+        self.api::<Pod>()
+            .patch(
+                &pod,
+                &PatchParams::default(),
+                &Patch::Merge(relabel.clone()),
+            )
+            .await
+            .map_err(|e| KubeError::of("claim", format!("pod {pod}"), e))?;
+        self.api::<Secret>()
+            .patch(&name, &PatchParams::default(), &Patch::Merge(relabel))
+            .await
+            .map_err(|e| KubeError::of("claim", format!("secret {name}"), e))?;
+        Ok(true)
+    }
+
+    /// Makes a spare for the warm pool: its Secret, ConfigMap and StatefulSet (no Service:
+    /// the database that claims it applies one).
+    pub async fn make_spare(&self, inst: &Instance, spec: &InstanceSpec) -> Result<()> {
+        self.ensure_secret(inst).await?;
+        let s = &self.settings;
+        self.apply_one(&objects::config_map(inst, spec, s)).await?;
+        self.apply_one(&objects::stateful_set(inst, spec, s))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a spare with its volume, unless it was claimed since it was listed (its
+    /// StatefulSet is deleted against the version listed; `false` then, and nothing else is).
+    pub async fn remove_spare(&self, spare: &SpareView) -> Result<bool> {
+        let name = spare.instance.name();
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: Some(spare.resource_version.clone()),
+                uid: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match self.api::<StatefulSet>().delete(&name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(false),
+            Err(e) => return Err(KubeError::of("delete", format!("statefulset {name}"), e)),
+        }
+        self.delete::<ConfigMap>(&name).await?;
+        self.delete::<Secret>(&name).await?;
+        self.delete::<PersistentVolumeClaim>(&spare.instance.claim())
+            .await?;
+        Ok(true)
     }
 
     async fn delete<K>(&self, name: &str) -> Result<()>
@@ -518,6 +706,23 @@ impl KubeRuntime {
             }
         }
     }
+}
+
+/// Whether an object read for `inst` belongs to another database: a pooled server's objects
+/// count only when labelled for the database `inst` names ([`crate::instance`]). A database's
+/// own objects are found by their name alone, as they always were.
+fn foreign(
+    inst: &Instance,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    if !inst.is_pooled() {
+        return false;
+    }
+    let label = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(objects::DATABASE_LABEL));
+    label.map(String::as_str) != inst.database().map(|d| d.as_str())
 }
 
 /// The storage a claim (or claim template) asks for.
@@ -566,6 +771,12 @@ fn pod_view(p: &Pod) -> PodView {
         deleting: p.metadata.deletion_timestamp.is_some(),
         unschedulable: condition_is("PodScheduled", "False")
             .map(|c| c.message.clone().or(c.reason.clone()).unwrap_or_default()),
+        instance: p
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::instance::INSTANCE_LABEL))
+            .cloned(),
         restore_failed: status
             .and_then(|s| s.init_container_statuses.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.name == "restore"))

@@ -100,7 +100,7 @@ pub struct DatabaseServiceSpec {
 
 /// A backup on a backup volume: `<claim>/<database>/<backup>/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("!self.claim.startsWith('data-db-')")
+#[x_kube(validation = Rule::new("!self.claim.startsWith('data-db-') && !self.claim.startsWith('data-spare-')")
     .message("claim names a backup volume, never a database's own"))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreFrom {
@@ -190,6 +190,10 @@ pub struct DatabaseServiceStatus {
     /// `failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The warm pool's server it took (`spare-<id>`): the name of its StatefulSet, pod and
+    /// volume claim. Left out when they are named after the database (`db-<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -223,6 +227,7 @@ impl From<&stratus_control::DatabaseView> for DatabaseServiceStatus {
             }),
             observed_generation: None,
             message: None,
+            instance: None,
         }
     }
 }
@@ -360,7 +365,7 @@ impl ScalingPolicySpec {
     )
 )]
 #[x_kube(validation = Rule::new(
-    "!has(self.target) || !self.target.startsWith('data-db-')"
+    "!has(self.target) || (!self.target.startsWith('data-db-') && !self.target.startsWith('data-spare-'))"
 ).message("target names the claim backups go to, never a database's own volume"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupScheduleSpec {
@@ -633,8 +638,11 @@ mod tests {
             )
         };
         assert_eq!(admitted(&schema, &from("stratus-backups")), Ok(()));
-        let why = admitted(&schema, &from("data-db-shop-0")).unwrap_err();
-        assert!(why.contains("never a database's own"), "{why}");
+        // A database's own volume, or a spare's (which a database may have claimed).
+        for volume in ["data-db-shop-0", "data-spare-1a2b3c4d-0"] {
+            let why = admitted(&schema, &from(volume)).unwrap_err();
+            assert!(why.contains("never a database's own"), "{why}");
+        }
         let update = |new: &Value, old: &Value| {
             kube_cel::validate(&schema, new, Some(old)).map_err(|e| format!("{e:?}"))
         };
@@ -676,12 +684,14 @@ mod tests {
         ] {
             assert_eq!(admitted(&schema, &schedule(spec.clone())), Ok(()), "{spec}");
         }
-        let why = admitted(
-            &schema,
-            &schedule(json!({"database": "shop", "target": "data-db-other-0"})),
-        )
-        .unwrap_err();
-        assert!(why.contains("never a database's own volume"), "{why}");
+        for volume in ["data-db-other-0", "data-spare-1a2b3c4d-0"] {
+            let why = admitted(
+                &schema,
+                &schedule(json!({"database": "shop", "target": volume})),
+            )
+            .unwrap_err();
+            assert!(why.contains("never a database's own volume"), "{why}");
+        }
     }
 
     /// Every field of the core objects is a field of the resource, and comes back unchanged.

@@ -14,7 +14,8 @@ use kube::{Client, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 use stratus_core::{ScuSize, ServiceName};
-use stratus_kube::objects::{self, Settings};
+use stratus_kube::instance::Instance;
+use stratus_kube::objects::Settings;
 use stratus_kube::operator::database::Sizes;
 use stratus_kube::operator::leader::Elector;
 use stratus_kube::operator::{self, Context};
@@ -99,7 +100,7 @@ async fn a_database_is_made_resized_parked_woken_and_removed() {
     })
     .await;
 
-    let name = ServiceName::parse("e2e").unwrap();
+    let name = Instance::of(&ServiceName::parse("e2e").unwrap());
     let two = ScuSize::default().resources(2);
     ctx.runtime.resize(&name, &two).await.unwrap();
     until("the pod runs at 2 SCU, not restarted", || async {
@@ -120,11 +121,7 @@ async fn a_database_is_made_resized_parked_woken_and_removed() {
     .await;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     assert!(
-        claims
-            .get_opt(&objects::claim_name(&name))
-            .await
-            .unwrap()
-            .is_some(),
+        claims.get_opt(&name.claim()).await.unwrap().is_some(),
         "the claim outlives the pod"
     );
     ctx.runtime.set_replicas(&name, 1).await.unwrap();
@@ -137,16 +134,8 @@ async fn a_database_is_made_resized_parked_woken_and_removed() {
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     until("everything removed, the resource gone", || async {
         let gone = dbs.get_opt("e2e").await.ok()?.is_none()
-            && sets
-                .get_opt(&objects::object_name(&name))
-                .await
-                .ok()?
-                .is_none()
-            && claims
-                .get_opt(&objects::claim_name(&name))
-                .await
-                .ok()?
-                .is_none();
+            && sets.get_opt(&name.name()).await.ok()?.is_none()
+            && claims.get_opt(&name.claim()).await.ok()?.is_none();
         gone.then_some(())
     })
     .await;

@@ -202,6 +202,13 @@ pub struct OperatorRun {
     /// Where `/metrics` is served (Prometheus text), for the chart's ServiceMonitor.
     #[arg(long, env = "STRATUS_METRICS", default_value = "0.0.0.0:9090")]
     pub metrics: std::net::SocketAddr,
+    /// Spare database servers kept ready for new databases to claim, at least (0 and 0 turn
+    /// the warm pool off).
+    #[arg(long, env = "STRATUS_POOL_MIN", default_value_t = 1)]
+    pub pool_min: usize,
+    /// At most, however fast databases are being created.
+    #[arg(long, env = "STRATUS_POOL_MAX", default_value_t = 4)]
+    pub pool_max: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,7 +36,20 @@ pub async fn run(args: OperatorRun) -> anyhow::Result<()> {
     );
     tracing::info!(namespace = %settings.namespace, image = %settings.image, identity = %args.identity,
         "operator started; waiting to lead");
-    let ctx = Arc::new(Context::new(client, settings, sizes, &args.identity));
+    if args.pool_min > args.pool_max {
+        anyhow::bail!(
+            "--pool-min {} is above --pool-max {}",
+            args.pool_min,
+            args.pool_max
+        );
+    }
+    let pool = stratus_control::pool::PoolConfig {
+        min: args.pool_min,
+        max: args.pool_max,
+        // Kubernetes sizes a claimed spare in place; no spare is kept pre-grown.
+        presized: 0,
+    };
+    let ctx = Arc::new(Context::new(client, settings, sizes, &args.identity).with_pool(pool));
     let listener = tokio::net::TcpListener::bind(args.metrics)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {}: {e}", args.metrics))?;

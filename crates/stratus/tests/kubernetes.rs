@@ -10,6 +10,7 @@ mod common;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use stratus_kube::instance::Instance;
 
 /// The oldest and newest Kubernetes Stratus supports, and the one the issue names.
 const VERSIONS: [&str; 3] = ["1.33.0", "1.35.0", "1.37.0"];
@@ -49,18 +50,36 @@ fn a_databases_objects_validate_against_every_supported_kubernetes() {
         storage_class: Some("fast-expandable".into()),
         ..objects::Settings::default()
     };
+    let spare = Instance::new_spare();
+    let spare_spec = stratus_kube::operator::pool::spare_spec(
+        &spare,
+        &stratus_kube::operator::database::Sizes {
+            scu,
+            proxy_host: "stratus-proxy".into(),
+            proxy_port: 3306,
+        },
+    );
     let docs = [
-        serde_json::to_string(&objects::stateful_set(&spec, &settings)),
-        serde_json::to_string(&objects::service(&spec.name, &settings)),
-        serde_json::to_string(&objects::config_map(&spec, &settings)),
+        serde_json::to_string(&objects::stateful_set(
+            &Instance::of(&spec.name),
+            &spec,
+            &settings,
+        )),
+        serde_json::to_string(&objects::service(&Instance::of(&spec.name), &settings)),
+        serde_json::to_string(&objects::config_map(
+            &Instance::of(&spec.name),
+            &spec,
+            &settings,
+        )),
         serde_json::to_string(&objects::secret(
-            &spec.name,
+            &Instance::of(&spec.name),
             &settings,
             "not-a-real-password",
         )),
         serde_json::to_string(&backup_job(&spec.name, &settings)),
         // A database made from a backup: its pod's `restore` init container and volume.
         serde_json::to_string(&objects::stateful_set_from(
+            &Instance::of(&spec.name),
             &spec,
             &settings,
             Some(&objects::Restore {
@@ -69,12 +88,20 @@ fn a_databases_objects_validate_against_every_supported_kubernetes() {
                 backup: "orders-20261130T030005000Z".into(),
             }),
         )),
+        // A spare of the warm pool, and the same server once a database claimed it.
+        serde_json::to_string(&objects::stateful_set(&spare, &spare_spec, &settings)),
+        serde_json::to_string(&objects::stateful_set(
+            &spare.claimed_by(&spec.name),
+            &spec,
+            &settings,
+        )),
+        serde_json::to_string(&objects::service(&spare.claimed_by(&spec.name), &settings)),
     ];
     let yaml: String = docs
         .into_iter()
         .map(|d| format!("---\n{}\n", d.unwrap()))
         .collect();
-    validate(&yaml, 6);
+    validate(&yaml, 9);
 }
 
 /// The Job of one of its backups, as the backup controller makes it.
@@ -89,6 +116,7 @@ fn backup_job(
     backup_job::job(
         &backup_job::JobSpec {
             database: db,
+            instance: &stratus_kube::instance::Instance::of(db),
             id: &id,
             started_at_ms: started,
             schedule: &schedule,

@@ -37,12 +37,18 @@ fn owner() -> OwnerReference {
 }
 
 fn job_of(name: &ServiceName) -> Value {
+    job_on(name, &Instance::of(name))
+}
+
+/// The Job for a database whose server runs as `instance`.
+fn job_on(name: &ServiceName, instance: &Instance) -> Value {
     let schedule = BackupSchedule {
         target: "stratus-backups".into(),
         ..BackupSchedule::default()
     };
     let spec = JobSpec {
         database: name,
+        instance,
         id: &stratus_control::backup::backup_id(name, 1_796_000_000_123),
         started_at_ms: 1_796_000_000_123,
         schedule: &schedule,
@@ -52,6 +58,37 @@ fn job_of(name: &ServiceName) -> Value {
         owner: owner(),
     };
     serde_json::to_value(job(&spec, &Settings::default())).unwrap()
+}
+
+/// A database that claimed a spare of the warm pool: its server's objects keep the spare's name.
+#[test]
+fn the_job_of_a_database_on_a_claimed_spare_copies_that_servers_volume() {
+    let name = db("shop");
+    let spare = Instance::pooled("spare-00aa11bb", Some(name.clone())).unwrap();
+    let job = job_on(&name, &spare);
+    let pod = &job["spec"]["template"]["spec"];
+    let term = &pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(
+        term["labelSelector"]["matchLabels"][objects::DATABASE_LABEL],
+        "shop",
+        "the claim relabelled its pod"
+    );
+    let volumes = pod["volumes"].as_array().unwrap();
+    let volume = |n: &str| volumes.iter().find(|v| v["name"] == n).unwrap().clone();
+    assert_eq!(
+        volume("data")["persistentVolumeClaim"]["claimName"],
+        "data-spare-00aa11bb-0"
+    );
+    assert_eq!(volume("config")["configMap"]["name"], "spare-00aa11bb");
+    let text = job.to_string();
+    assert!(
+        text.contains("spare-00aa11bb-0.spare-00aa11bb"),
+        "its server's address"
+    );
+    assert!(
+        !text.contains("db-shop"),
+        "nothing of a server named after the database"
+    );
 }
 
 #[test]
@@ -212,13 +249,14 @@ async fn pod_server(
     );
     let option_file = root.join("etc/my.cnf");
     std::fs::write(&option_file, &cnf).unwrap();
-    let secret = objects::secret(&spec.name, &settings, password);
+    let secret = objects::secret(&Instance::of(&spec.name), &settings, password);
     std::fs::write(
         root.join("etc/secret/init.sql"),
         &secret.string_data.unwrap()["init.sql"],
     )
     .unwrap();
     let sts = serde_json::to_value(objects::stateful_set_from(
+        &Instance::of(&spec.name),
         &spec,
         &settings,
         restore.map(|(r, _)| r),

@@ -243,6 +243,7 @@ async fn a_wake_the_cluster_refuses_is_an_error_for_the_client() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_server_is_waited_for_until_the_cluster_shows_it_gone() {
     let script = vec![
+        get_resource(None, "active"),
         pod(true, "10.0.0.7", 0),
         pod(true, "10.0.0.7", 0),
         // The kubelet restarted the container in place.
@@ -356,5 +357,71 @@ async fn logins_survive_a_short_outage_of_the_api_server() {
         Some(NativeHash::of_password("pw").0),
         "what was known is kept"
     );
+    finished(dir, verifier).await;
+}
+
+const SPARE: &str = "spare-00aa11bb";
+
+/// A database serving from a spare of the warm pool it claimed (`status.instance`).
+fn on_spare(instance: &str) -> Exchange {
+    let mut ds = resource(None, "active");
+    ds["status"]["instance"] = json!(instance);
+    expect("GET", CR).answer(200, ds)
+}
+
+/// The spare's pod or Secret carries the label of the database that claimed it.
+fn labelled(database: &str) -> Value {
+    json!({"stratus.dev/instance": SPARE, "stratus.dev/database": database})
+}
+
+fn spare_secret(database: &str, accounts: &[ServerAccount]) -> Exchange {
+    let text = crate::accounts::encode(accounts);
+    let bytes = serde_json::to_value(k8s_openapi::ByteString(text.into_bytes())).unwrap();
+    expect("GET", &format!("{NS}/secrets/{SPARE}")).answer(
+        200,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": SPARE, "labels": labelled(database)},
+               "data": {"password": "cHc=", "accounts": bytes}}),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_database_on_a_claimed_spare_is_reached_and_logged_into_under_the_spares_name() {
+    let script = vec![
+        on_spare(SPARE),
+        spare_secret("shop", &[native("admin", "pw")]),
+        on_spare(SPARE),
+        expect("GET", &format!("{NS}/pods/{SPARE}-0")).answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": format!("{SPARE}-0"), "namespace": "stratus", "labels": labelled("shop")},
+                   "spec": {"nodeName": "node-a", "containers": [{"name": "mariadb"}]},
+                   "status": {"phase": "Running", "podIP": "10.0.2.4",
+                              "conditions": [{"type": "Ready", "status": "True"}]}}),
+        ),
+    ];
+    let (dir, verifier) = directory(script, Arc::default());
+    let admin = dir.account("shop", "admin").await.expect("the owner");
+    assert_eq!(admin.stage2, NativeHash::of_password("pw").0);
+    assert_eq!(dir.backend("shop", false).await, Ok(Some(at("10.0.2.4"))));
+    finished(dir, verifier).await;
+}
+
+/// A status edited to name a server another database claimed: its accounts are not this
+/// database's, so no one logs in with them (and a name that is no spare's is not even read).
+#[tokio::test(start_paused = true)]
+async fn a_status_naming_another_databases_server_lets_no_one_in() {
+    let script = vec![
+        on_spare(SPARE),
+        spare_secret("other", &[native("admin", "pw")]),
+        // Not a spare's name: the database's own objects are read.
+        on_spare("db-other"),
+        published(&[native("owner", "pw")]),
+    ];
+    let (dir, verifier) = directory(script, Arc::default());
+    assert_eq!(dir.account("shop", "admin").await, None);
+    tokio::time::advance(FRESH).await;
+    assert_eq!(dir.account("shop", "admin").await, None);
+    assert!(dir.account("shop", "owner").await.is_some(), "its own");
     finished(dir, verifier).await;
 }

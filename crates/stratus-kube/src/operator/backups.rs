@@ -15,6 +15,7 @@ use super::database::{LATER, SOON};
 use crate::backup_job::{
     self, BACKUP_OF_LABEL, ID_ANNOTATION, JOBS_SELECTOR, JobSpec, STARTED_ANNOTATION,
 };
+use crate::instance::Instance;
 use crate::objects;
 use crate::runtime::KubeError;
 use crate::v1alpha1::{BackupSchedule, BackupScheduleStatus, DatabaseService};
@@ -60,6 +61,8 @@ pub struct DatabaseSeen {
     /// Why its server is about to go (a move to another node, a park): a backup must not
     /// start, and one under way is ended, since its pod holds the volume on the old node.
     pub leaving: Option<String>,
+    /// The warm pool's server it took, as its status names it (`None`: its own objects).
+    pub instance: Option<String>,
 }
 
 /// What the cluster says, for one look at a schedule.
@@ -392,11 +395,18 @@ async fn look(bs: &BackupSchedule, ctx: &Context, now_ms: i64) -> Result<Seen, K
             .await
             .map_err(|e| KubeError::of("read", format!("databaseservice {name}"), e))?;
         if let Some(ds) = ds {
-            let pod_name = objects::pod_name(name);
+            let inst =
+                Instance::of_database(name, ds.status.as_ref().and_then(|s| s.instance.as_deref()));
+            let pod_name = inst.pod();
+            // A pooled server's pod counts only when labelled for this database.
             let pod = api::<Pod>(ctx)
                 .get_opt(&pod_name)
                 .await
-                .map_err(|e| KubeError::of("read", format!("pod {pod_name}"), e))?;
+                .map_err(|e| KubeError::of("read", format!("pod {pod_name}"), e))?
+                .filter(|p| {
+                    !inst.is_pooled()
+                        || p.labels().get(objects::DATABASE_LABEL) == Some(&name.to_string())
+                });
             database = Some(database_seen(name, &ds, pod.as_ref()));
         }
     }
@@ -494,6 +504,7 @@ fn database_seen(name: &ServiceName, ds: &DatabaseService, pod: Option<&Pod>) ->
         moving_to.map(|to| format!("it is moving to node {to}"))
     };
     DatabaseSeen {
+        instance: status.and_then(|s| s.instance.clone()),
         state: status.map(|s| s.state.clone()).unwrap_or_default(),
         source: ds.spec.service_spec(name.clone()).ok().map(|spec| Source {
             tier: spec.tier,
@@ -549,10 +560,14 @@ pub(crate) async fn reconcile_at(
                 // `plan` starts a backup only with all of these known.
                 let db = ServiceName::parse(&bs.spec.database).ok();
                 let database = seen.database.as_ref();
+                let instance = db.as_ref().map(|db| {
+                    Instance::of_database(db, database.and_then(|d| d.instance.as_deref()))
+                });
                 let source = database.and_then(|d| d.source.clone());
                 let image = database.and_then(|d| d.image.as_deref());
                 let owner = bs.controller_owner_ref(&());
-                let (Some(db), Some(source), Some(image), Some(owner)) = (db, source, image, owner)
+                let (Some(db), Some(instance), Some(source), Some(image), Some(owner)) =
+                    (db, instance, source, image, owner)
                 else {
                     return Err(KubeError::Server {
                         db: bs.spec.database.clone(),
@@ -563,6 +578,7 @@ pub(crate) async fn reconcile_at(
                 let job = backup_job::job(
                     &JobSpec {
                         database: &db,
+                        instance: &instance,
                         id: &id,
                         started_at_ms: started_ms,
                         schedule: &schedule,

@@ -15,8 +15,9 @@
 
 use super::Context;
 use super::scaler::{Scaled, Serving};
+use crate::instance::Instance;
 use crate::objects;
-use crate::runtime::{ClaimView, KubeError, PodView, SetView};
+use crate::runtime::{ClaimView, KubeError, PodView, SetView, SpareView};
 use crate::v1alpha1::{DatabaseService, DatabaseServiceStatus, Lifecycle, Moving};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
@@ -34,6 +35,8 @@ pub const FINALIZER: &str = "stratus.dev/cleanup";
 
 /// How soon to look again while a database is on its way (its pod not ready yet).
 pub const SOON: Duration = Duration::from_secs(5);
+/// How soon to look again after a spare was claimed, to make it the database's.
+pub const CLAIMED: Duration = Duration::from_millis(100);
 /// How soon to look again at a database that is as it should be: its status stays fresh.
 pub const LATER: Duration = Duration::from_secs(60);
 
@@ -79,6 +82,9 @@ pub enum Step {
     },
     /// Expand its volume claim to this many bytes.
     GrowStorage(u64),
+    /// Take this spare of the warm pool as its server ([`crate::instance`]): relabelled, and
+    /// recorded in the status; the next look makes it the database's.
+    Claim(SpareView),
     /// Remove its objects, volume last.
     Destroy,
     RemoveFinalizer,
@@ -120,6 +126,13 @@ pub struct Seen {
     pub now_ms: i64,
     /// A size the autoscaler chose and this reconcile is to carry out ([`super::scaler`]).
     pub scaled: Option<Scaled>,
+    /// The objects it runs as (`None`: its name is no database's).
+    pub instance: Option<Instance>,
+    /// The pooled server its status names is labelled for another database: none of its.
+    pub foreign: bool,
+    /// The warm pool's spares that are as this operator makes them, read only for a database
+    /// that has no server yet and may take one.
+    pub spares: Vec<SpareView>,
 }
 
 /// What the operator is set up with, beyond where objects go (`objects::Settings`).
@@ -158,10 +171,18 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         };
     }
     let mut steps = Vec::new();
+    // A database that took a spare keeps its name in every status: it is how the next look
+    // finds its server.
+    let pooled = seen
+        .instance
+        .as_ref()
+        .filter(|i| i.is_pooled() && !seen.foreign)
+        .map(Instance::name);
     let status = |state: &str, message: Option<String>| DatabaseServiceStatus {
         state: state.into(),
         observed_generation: ds.metadata.generation,
         message,
+        instance: pooled.clone(),
         ..DatabaseServiceStatus::default()
     };
     let spec = ServiceName::parse(&ds.name_any())
@@ -194,6 +215,24 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
     };
     if !ours {
         steps.push(Step::AddFinalizer);
+    }
+    if seen.foreign {
+        // Named in its status (edited by hand, or a claim that lost a race), labelled for
+        // another database: nothing of it is touched, and the record goes. The next look
+        // starts from the database's own objects.
+        let named = ds.status.as_ref().and_then(|s| s.instance.clone());
+        steps.push(Step::Status(status(
+            "failed",
+            Some(format!(
+                "status.instance {} is another database's server: not used",
+                named.unwrap_or_default()
+            )),
+        )));
+        return Plan {
+            steps,
+            requeue: Some(SOON),
+            ..Plan::default()
+        };
     }
     // The size is the one the status last gave, or the one the autoscaler chose from it, kept
     // within the spec's bounds (a new database: its minimum; an edit of the bounds moves it).
@@ -264,6 +303,44 @@ pub fn plan(ds: &DatabaseService, seen: &Seen, sizes: &Sizes) -> Plan {
         // Required node affinity when the spec names a node; else the scheduler places it.
         node: node.clone(),
     };
+    // A database with no server yet takes a ready spare from the warm pool rather than wait
+    // for a pod to be scheduled and initialised: one whose volume is the size it is to have
+    // (a claim template cannot change), on the node it asks for. Never one that had a server
+    // (its volume is where its data is) or is made from a backup.
+    let never_ran = seen.set.is_none()
+        && seen.claim.is_none()
+        && !was.is_some_and(|s| s.owner_created)
+        && seen.instance.as_ref().is_some_and(|i| !i.is_pooled());
+    let fits = |sp: &&SpareView| {
+        !sp.deleting
+            && sp.claim_template_bytes == limit
+            && sp.pod.as_ref().is_some_and(|p| {
+                p.ready && !p.deleting && (node.is_empty() || p.node.as_deref() == Some(&node))
+            })
+    };
+    let spare = seen
+        .spares
+        .iter()
+        .filter(fits)
+        .min_by_key(|sp| (sp.made_ms, sp.instance.name()));
+    if let (true, Lifecycle::Active | Lifecycle::Suspended, None, Some(spare)) =
+        (never_ran, desired, &restore, spare)
+    {
+        steps.push(Step::Claim(spare.clone()));
+        let mut st = status("provisioning", None);
+        st.instance = Some(spare.instance.name());
+        st.scu = scu;
+        st.host = sizes.proxy_host.clone();
+        st.port = sizes.proxy_port;
+        st.database = spec.name.to_string();
+        steps.push(Step::Status(st));
+        return Plan {
+            steps,
+            // The next look makes it the database's: at once.
+            requeue: Some(CLAIMED),
+            ..Plan::default()
+        };
+    }
     if !unmade_and_parked {
         steps.push(Step::Apply(instance));
     }
@@ -553,6 +630,28 @@ fn idleness(
     out
 }
 
+/// What the cluster says of the server `inst`: its pod (unless the database is being deleted),
+/// StatefulSet and volume claim. A pooled server labelled for another database is seen as none,
+/// and said to be foreign.
+async fn observe(ctx: &Context, inst: &Instance, deleting: bool) -> Result<Seen, KubeError> {
+    let pod = if deleting {
+        None
+    } else {
+        ctx.runtime.observe(inst).await?
+    };
+    let set = ctx.runtime.stateful_set(inst).await?;
+    let claim = ctx.runtime.claim(inst).await?;
+    let foreign = set.is_some_and(|s| s.foreign);
+    Ok(Seen {
+        pod: pod.filter(|_| !foreign),
+        set: set.filter(|_| !foreign),
+        claim: claim.filter(|_| !foreign),
+        foreign,
+        instance: Some(inst.clone()),
+        ..Seen::default()
+    })
+}
+
 /// Reads what the cluster says of `ds`, plans, and carries the plan out in order; the first
 /// failure stops it (the controller's error policy retries with back-off).
 pub async fn reconcile(ds: &DatabaseService, ctx: &Context) -> Result<Option<Duration>, KubeError> {
@@ -567,21 +666,29 @@ pub(crate) async fn reconcile_at(
 ) -> Result<Option<Duration>, KubeError> {
     let name = ServiceName::parse(&ds.name_any()).ok();
     let deleting = ds.metadata.deletion_timestamp.is_some();
+    let recorded = ds.status.as_ref().and_then(|s| s.instance.as_deref());
     let mut seen = match &name {
-        Some(name) => Seen {
-            pod: if deleting {
-                None
-            } else {
-                ctx.runtime.observe(name).await?
-            },
-            set: ctx.runtime.stateful_set(name).await?,
-            claim: ctx.runtime.claim(name).await?,
-            now_ms,
-            scaled: ctx.scaling.decided(name.as_str()),
-            ..Seen::default()
-        },
+        Some(name) => {
+            let inst = Instance::of_database(name, recorded);
+            let mut seen = observe(ctx, &inst, deleting).await?;
+            seen.now_ms = now_ms;
+            seen.scaled = ctx.scaling.decided(name.as_str());
+            if ctx.pool_on() && !inst.is_pooled() && seen.set.is_none() && seen.claim.is_none() {
+                if let Some(found) = ctx.runtime.claimed_by(name).await? {
+                    // A claim whose record in the status was lost: this database's server.
+                    tracing::info!(database = %name, instance = %found.name(), "found the spare it claimed");
+                    let mut again = observe(ctx, &found, deleting).await?;
+                    (again.now_ms, again.scaled) = (seen.now_ms, seen.scaled);
+                    seen = again;
+                } else if !deleting {
+                    seen.spares = super::pool::current(ctx, ctx.runtime.spares().await?);
+                }
+            }
+            seen
+        }
         None => Seen::default(),
     };
+    let inst = seen.instance.clone();
     // The idle clock's inputs, only where it runs: a server serving as asked, or suspended as
     // asked (on its way to a park).
     if let (Some(name), Some(pod)) = (&name, seen.pod.clone().filter(|p| p.ready && !p.deleting)) {
@@ -665,25 +772,41 @@ pub(crate) async fn reconcile_at(
                         )
                     })?;
             }
-            // Applied again only when the objects would change (a new size, node, image,
-            // or operator), or were made by an operator that did not record them.
-            Step::Apply(spec)
-                if seen.set.and_then(|s| s.applied)
-                    == Some(objects::applied_hash_from(
-                        &spec,
-                        &ctx.settings,
-                        plan.restore.as_ref(),
-                    )) => {}
-            Step::Apply(spec) => {
-                ctx.runtime.apply_from(&spec, plan.restore.as_ref()).await?;
-            }
             // The steps on a database's objects: planned only for a name that parsed, and the
             // SQL ones only for a running pod.
             step => {
-                let Some(name) = &name else { continue };
+                let (Some(name), Some(inst)) = (&name, &inst) else {
+                    continue;
+                };
                 match (step, &seen.pod) {
-                    (Step::SetReplicas(n), _) => ctx.runtime.set_replicas(name, n).await?,
-                    (Step::Evict, _) => ctx.runtime.evict(name).await?,
+                    // Applied again only when the objects would change (a new size, node,
+                    // image, or operator), or were made by an operator that did not record
+                    // them.
+                    (Step::Apply(spec), _)
+                        if seen.set.and_then(|s| s.applied)
+                            == Some(objects::applied_hash_from(
+                                inst,
+                                &spec,
+                                &ctx.settings,
+                                plan.restore.as_ref(),
+                            )) => {}
+                    (Step::Apply(spec), _) => {
+                        ctx.runtime
+                            .apply_from(inst, &spec, plan.restore.as_ref())
+                            .await?;
+                    }
+                    (Step::Claim(spare), _) => {
+                        if !ctx.runtime.claim_spare(&spare, name).await? {
+                            // Taken meanwhile by another database: the next look picks
+                            // another, or makes a server.
+                            tracing::info!(database = %resource, spare = %spare.instance.name(), "spare taken meanwhile");
+                            return Ok(Some(CLAIMED));
+                        }
+                        ctx.pool_claimed(now_ms);
+                        tracing::info!(database = %resource, instance = %spare.instance.name(), "claimed a spare from the warm pool");
+                    }
+                    (Step::SetReplicas(n), _) => ctx.runtime.set_replicas(inst, n).await?,
+                    (Step::Evict, _) => ctx.runtime.evict(inst).await?,
                     (Step::Empty, Some(pod)) => {
                         let closed = ctx.servers.empty(name, pod).await?;
                         tracing::info!(database = %resource, sessions_closed = closed, "emptied for a suspend");
@@ -725,7 +848,7 @@ pub(crate) async fn reconcile_at(
                     (Step::PublishAccounts, Some(pod)) => {
                         let rows = ctx.servers.accounts(name, pod).await?;
                         let text = crate::accounts::encode(&rows);
-                        if ctx.runtime.publish_accounts(name, &text).await? {
+                        if ctx.runtime.publish_accounts(inst, &text).await? {
                             tracing::info!(database = %resource, accounts = text.lines().count(), "accounts published for the proxy");
                         }
                     }
@@ -742,9 +865,9 @@ pub(crate) async fn reconcile_at(
                         let made = ctx.servers.provision(name, pod, &user, &hash).await?;
                         tracing::info!(database = %resource, owner = %user, account_made = made, "ready for its owner");
                     }
-                    (Step::Resize(r), _) => ctx.runtime.resize(name, &r).await?,
-                    (Step::GrowStorage(bytes), _) => ctx.runtime.grow_storage(name, bytes).await?,
-                    (Step::Destroy, _) => ctx.runtime.destroy(name).await?,
+                    (Step::Resize(r), _) => ctx.runtime.resize(inst, &r).await?,
+                    (Step::GrowStorage(bytes), _) => ctx.runtime.grow_storage(inst, bytes).await?,
+                    (Step::Destroy, _) => ctx.runtime.destroy(inst).await?,
                     _ => {}
                 }
             }
@@ -843,7 +966,7 @@ pub fn events_of(steps: &[Step], pod: Option<&PodView>) -> Vec<Event> {
                         "Create",
                         format!(
                             "StatefulSet, Service, ConfigMap and Secret {} made, at {} SCU with {} GiB of storage",
-                            objects::object_name(&spec.name),
+                            Instance::of(&spec.name).name(),
                             spec.resources.scu,
                             spec.storage_bytes >> 30
                         ),
@@ -943,6 +1066,14 @@ pub fn events_of(steps: &[Step], pod: Option<&PodView>) -> Vec<Event> {
                 "Expand",
                 format!("volume claim expanded to {} GiB", bytes >> 30),
             )),
+            Step::Claim(spare) => out.push(normal(
+                "Claimed",
+                "Create",
+                format!(
+                    "took {} from the warm pool: its server is already running; it is resized and provisioned next",
+                    spare.instance.name()
+                ),
+            )),
             Step::Destroy => out.push(normal(
                 "Deleting",
                 "Delete",
@@ -963,6 +1094,7 @@ pub fn events_of(steps: &[Step], pod: Option<&PodView>) -> Vec<Event> {
 
 /// The status fields that may be left out, sent as `null` when they are ([`super::status_merge_patch`]).
 const STATUS_OPTIONAL: &[&str] = &[
+    "instance",
     "message",
     "moving",
     "storageUsedBytes",

@@ -3,7 +3,8 @@
 //! back, suspended, parked, woken and moved when their spec asks or when idle ([`server`] holds
 //! the SQL this takes); and the autoscaler ([`scaler`]), whose choices the database controller
 //! carries out; and the [`backups`] controller, which runs each `BackupSchedule`'s backups as
-//! Jobs. Warm pool and live migration on Kubernetes are still to come (issue #10).
+//! Jobs; and the warm [`pool`] of spare servers new databases claim. Live migration on
+//! Kubernetes is still to come (issue #10).
 //!
 //! It is [kube-rs's `Controller`](https://docs.rs/kube/latest/kube/runtime/struct.Controller.html):
 //! a watch of the resources in the operator's namespace, each reconciled on every change and
@@ -14,6 +15,7 @@ pub mod backups;
 pub mod database;
 pub mod leader;
 pub mod metrics;
+pub mod pool;
 pub mod scaler;
 pub mod server;
 pub mod usage;
@@ -50,6 +52,12 @@ pub struct Context {
     clocks: Mutex<HashMap<String, (Option<i64>, i64)>>,
     /// The autoscaler's samples and choices ([`scaler`]).
     pub scaling: scaler::Scaling,
+    /// The warm pool's sizing ([`pool`]); off (0 and 0) unless set.
+    pub pool: stratus_control::pool::PoolConfig,
+    /// When databases claimed spares recently: the pool's demand.
+    claims: Mutex<std::collections::VecDeque<i64>>,
+    /// Wakes the pool's loop after a claim.
+    pub(crate) pool_wake: tokio::sync::Notify,
 }
 
 impl Context {
@@ -73,7 +81,46 @@ impl Context {
             failures: Mutex::default(),
             clocks: Mutex::default(),
             scaling: scaler::Scaling::default(),
+            pool: stratus_control::pool::PoolConfig {
+                min: 0,
+                max: 0,
+                presized: 0,
+            },
+            claims: Mutex::default(),
+            pool_wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The same, with a warm pool of this sizing.
+    pub fn with_pool(mut self, pool: stratus_control::pool::PoolConfig) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Whether databases may take spares (and the pool's loop makes them).
+    pub(crate) fn pool_on(&self) -> bool {
+        self.pool.min.max(self.pool.max) > 0
+    }
+
+    /// A database claimed a spare at `now_ms`: it counts towards demand, and the pool refills.
+    pub(crate) fn pool_claimed(&self, now_ms: i64) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(now_ms);
+        self.pool_wake.notify_one();
+    }
+
+    /// Claims in the demand window before `now_ms`.
+    pub(crate) fn recent_claims(&self, now_ms: i64) -> usize {
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        while claims
+            .front()
+            .is_some_and(|t| now_ms - *t > stratus_control::pool::DEMAND_WINDOW_MS)
+        {
+            claims.pop_front();
+        }
+        claims.len()
     }
 
     /// The idle clock of `db`, if it was set at this `generation` of its resource.
@@ -194,6 +241,8 @@ pub async fn run(
     // The autoscaler's choices reach their databases' reconciles through this.
     let (scale_tx, scale_rx) = futures::channel::mpsc::unbounded();
     let autoscaler = tokio::spawn(autoscale(ctx.clone(), scale_tx));
+    // Run even when the pool is off: it then removes the spares an earlier setting left.
+    let warm_pool = tokio::spawn(pool::run(ctx.clone()));
     let databases = Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(graceful())
         .reconcile_on(scale_rx)
@@ -246,6 +295,7 @@ pub async fn run(
     metrics.usage.clear();
     renewer.abort();
     autoscaler.abort();
+    warm_pool.abort();
     if why == Stopped::Shutdown {
         if let Err(e) = elector.step_down().await {
             tracing::warn!("could not give the lease up (it expires by itself): {e}");

@@ -78,11 +78,13 @@ impl AdminSql {
             .as_deref()
             .and_then(|ip| ip.parse().ok())
             .ok_or_else(|| unreachable("its pod has no address yet"))?;
+        // The pod's own Secret: a spare it claimed keeps the spare's.
+        let inst = crate::instance::Instance::of_database(db, pod.instance.as_deref());
         let password = self
             .runtime
-            .password(db)
+            .password(&inst)
             .await?
-            .ok_or_else(|| KubeError::NoPassword(crate::objects::object_name(db)))?;
+            .ok_or_else(|| KubeError::NoPassword(inst.name()))?;
         let login = AdminLogin {
             user: ADMIN_USER.into(),
             password: Some(password),

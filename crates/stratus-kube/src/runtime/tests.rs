@@ -3,6 +3,7 @@
 //! body) and answers with the JSON a real API server sends, errors included.
 
 use super::*;
+use crate::instance::Instance;
 use crate::mock_api::*;
 use crate::objects::{self, Settings};
 use http::{Request, Response};
@@ -23,6 +24,10 @@ async fn finished(rt: KubeRuntime, verifier: Verifier) {
 
 fn db() -> ServiceName {
     ServiceName::parse("shop").unwrap()
+}
+
+fn inst() -> Instance {
+    Instance::of(&db())
 }
 
 fn spec() -> InstanceSpec {
@@ -53,7 +58,7 @@ fn stored(mut obj: Value) -> Value {
 fn secret_with(password: &str) -> Value {
     use base64_engine::encode;
     let mut s =
-        serde_json::to_value(objects::secret(&db(), &Settings::default(), password)).unwrap();
+        serde_json::to_value(objects::secret(&inst(), &Settings::default(), password)).unwrap();
     let data = s["stringData"].take();
     s.as_object_mut().unwrap().remove("stringData");
     s["data"] = json!({
@@ -76,9 +81,11 @@ mod base64_engine {
 
 fn applies(spec: &InstanceSpec) -> Vec<Exchange> {
     let s = Settings::default();
-    let cm = serde_json::to_value(objects::config_map(spec, &s)).unwrap();
-    let svc = serde_json::to_value(objects::service(&spec.name, &s)).unwrap();
-    let sts = serde_json::to_value(objects::stateful_set(spec, &s)).unwrap();
+    let cm =
+        serde_json::to_value(objects::config_map(&Instance::of(&spec.name), spec, &s)).unwrap();
+    let svc = serde_json::to_value(objects::service(&Instance::of(&spec.name), &s)).unwrap();
+    let sts =
+        serde_json::to_value(objects::stateful_set(&Instance::of(&spec.name), spec, &s)).unwrap();
     vec![
         expect("PATCH", &format!("{NS}/configmaps/db-shop{APPLIED}"))
             .body(APPLY, cm.clone())
@@ -119,7 +126,7 @@ async fn create_makes_the_secret_once_then_applies_config_service_and_statefulse
     ];
     script.extend(applies(&spec()));
     let (rt, verifier) = api_server(script);
-    let password = rt.apply(&spec()).await.unwrap();
+    let password = rt.apply(&inst(), &spec()).await.unwrap();
     finished(rt, verifier).await;
     assert_eq!(password, *posted.lock().unwrap());
 }
@@ -131,7 +138,7 @@ async fn applying_again_keeps_the_password_the_server_knows() {
     ];
     script.extend(applies(&spec()));
     let (rt, verifier) = api_server(script);
-    assert_eq!(rt.apply(&spec()).await.unwrap(), "kept-password");
+    assert_eq!(rt.apply(&inst(), &spec()).await.unwrap(), "kept-password");
     finished(rt, verifier).await;
 }
 
@@ -152,7 +159,7 @@ async fn a_secret_created_meanwhile_by_another_operator_wins() {
     ];
     script.extend(applies(&spec()));
     let (rt, verifier) = api_server(script);
-    assert_eq!(rt.apply(&spec()).await.unwrap(), "theirs");
+    assert_eq!(rt.apply(&inst(), &spec()).await.unwrap(), "theirs");
     finished(rt, verifier).await;
 }
 
@@ -169,7 +176,7 @@ async fn an_api_error_stops_the_apply_and_says_what_was_refused() {
     );
     script.push(refused);
     let (rt, verifier) = api_server(script);
-    let e = rt.apply(&spec).await.unwrap_err();
+    let e = rt.apply(&inst(), &spec).await.unwrap_err();
     finished(rt, verifier).await;
     assert_eq!(e.code(), Some(403));
     let text = e.to_string();
@@ -199,7 +206,7 @@ async fn resize_patches_the_pods_resize_subresource_then_the_template() {
             )
             .answer(200, stored(sts)),
     ]);
-    rt.resize(&db(), &r).await.unwrap();
+    rt.resize(&inst(), &r).await.unwrap();
     finished(rt, verifier).await;
 }
 
@@ -214,7 +221,7 @@ async fn a_refused_resize_leaves_the_template_alone() {
                 failure(422, "Invalid", "Pod \"db-shop-0\" is invalid: spec.containers[0].resources.requests: Invalid value: \"32\": must be less than or equal to cpu limit"),
             ),
     ]);
-    let e = rt.resize(&db(), &r).await.unwrap_err();
+    let e = rt.resize(&inst(), &r).await.unwrap_err();
     finished(rt, verifier).await;
     assert_eq!(e.code(), Some(422));
     assert!(
@@ -240,8 +247,8 @@ async fn park_scales_to_zero_and_wake_back_to_one() {
             .body(MERGE, json!({"spec": {"replicas": 1}}))
             .answer(200, scale(1)),
     ]);
-    rt.set_replicas(&db(), 0).await.unwrap();
-    rt.set_replicas(&db(), 1).await.unwrap();
+    rt.set_replicas(&inst(), 0).await.unwrap();
+    rt.set_replicas(&inst(), 1).await.unwrap();
     finished(rt, verifier).await;
 }
 
@@ -252,7 +259,7 @@ async fn a_conflicting_scale_is_reported_not_retried_blindly() {
             .body(MERGE, json!({"spec": {"replicas": 0}}))
             .answer(409, failure(409, "Conflict", "Operation cannot be fulfilled on statefulsets.apps \"db-shop\": the object has been modified; please apply your changes to the latest version and try again")),
     ]);
-    let e = rt.set_replicas(&db(), 0).await.unwrap_err();
+    let e = rt.set_replicas(&inst(), 0).await.unwrap_err();
     finished(rt, verifier).await;
     assert_eq!(e.code(), Some(409));
 }
@@ -268,8 +275,8 @@ async fn storage_grows_by_expanding_the_claim() {
             .body(MERGE, json!({"spec": {"resources": {"requests": {"storage": "32212254720"}}}}))
             .answer(403, failure(403, "Forbidden", "persistentvolumeclaims \"data-db-shop-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize")),
     ]);
-    rt.grow_storage(&db(), 20 << 30).await.unwrap();
-    let e = rt.grow_storage(&db(), 30 << 30).await.unwrap_err();
+    rt.grow_storage(&inst(), 20 << 30).await.unwrap();
+    let e = rt.grow_storage(&inst(), 30 << 30).await.unwrap_err();
     finished(rt, verifier).await;
     assert!(
         e.to_string()
@@ -303,7 +310,7 @@ async fn destroy_removes_every_object_claim_last_and_tolerates_ones_already_gone
         .body(JSON, bg.clone())
         .answer(200, deleted),
     ]);
-    rt.destroy(&db()).await.unwrap();
+    rt.destroy(&inst()).await.unwrap();
     finished(rt, verifier).await;
 }
 
@@ -318,7 +325,7 @@ async fn a_failed_delete_stops_before_the_data_goes() {
                 failure(500, "InternalError", "etcdserver: request timed out"),
             ),
     ]);
-    let e = rt.destroy(&db()).await.unwrap_err();
+    let e = rt.destroy(&inst()).await.unwrap_err();
     finished(rt, verifier).await;
     assert_eq!(e.code(), Some(500));
 }
@@ -352,7 +359,7 @@ async fn observe_reads_the_pods_applied_size_and_a_resize_it_cannot_do() {
             failure(404, "NotFound", "pods \"db-shop-0\" not found"),
         ),
     ]);
-    let seen = rt.observe(&db()).await.unwrap().unwrap();
+    let seen = rt.observe(&inst()).await.unwrap().unwrap();
     assert_eq!(
         seen,
         PodView {
@@ -367,10 +374,11 @@ async fn observe_reads_the_pods_applied_size_and_a_resize_it_cannot_do() {
             port: Some(3306),
             deleting: false,
             unschedulable: None,
+            instance: None,
             restore_failed: None,
         }
     );
-    assert_eq!(rt.observe(&db()).await.unwrap(), None, "parked: no pod");
+    assert_eq!(rt.observe(&inst()).await.unwrap(), None, "parked: no pod");
     finished(rt, verifier).await;
 }
 
@@ -385,7 +393,7 @@ async fn an_api_server_out_of_reach_is_an_error_not_a_hang() {
         ));
     });
     let rt = KubeRuntime::new(Client::new(service, "stratus"), Settings::default());
-    let e = rt.set_replicas(&db(), 1).await.unwrap_err();
+    let e = rt.set_replicas(&inst(), 1).await.unwrap_err();
     assert_eq!(e.code(), None);
     assert!(
         e.to_string()
@@ -412,8 +420,12 @@ fn quantities_read_as_the_api_server_writes_them() {
 #[tokio::test]
 async fn the_statefulset_says_its_claim_size_and_whether_it_is_parked() {
     let sts = |replicas: Option<i32>| {
-        let mut v =
-            serde_json::to_value(objects::stateful_set(&spec(), &Settings::default())).unwrap();
+        let mut v = serde_json::to_value(objects::stateful_set(
+            &inst(),
+            &spec(),
+            &Settings::default(),
+        ))
+        .unwrap();
         if let Some(n) = replicas {
             v["spec"]["replicas"] = json!(n);
         }
@@ -429,19 +441,24 @@ async fn the_statefulset_says_its_claim_size_and_whether_it_is_parked() {
     ]);
     let bytes = spec().storage_bytes;
     assert_eq!(
-        rt.stateful_set(&db()).await.unwrap(),
+        rt.stateful_set(&inst()).await.unwrap(),
         Some(SetView {
             claim_template_bytes: bytes,
             replicas: 0,
-            applied: Some(objects::applied_hash(&spec(), &Settings::default())),
+            applied: Some(objects::applied_hash(
+                &inst(),
+                &spec(),
+                &Settings::default()
+            )),
+            foreign: false,
         })
     );
     assert_eq!(
-        rt.stateful_set(&db()).await.unwrap().map(|s| s.replicas),
+        rt.stateful_set(&inst()).await.unwrap().map(|s| s.replicas),
         Some(1),
         "left out, the API server's default"
     );
-    assert_eq!(rt.stateful_set(&db()).await.unwrap(), None);
+    assert_eq!(rt.stateful_set(&inst()).await.unwrap(), None);
     finished(rt, verifier).await;
 }
 
@@ -473,9 +490,9 @@ async fn a_move_evicts_the_pod_and_a_pod_already_gone_is_no_error() {
             ),
         ),
     ]);
-    rt.evict(&db()).await.unwrap();
-    rt.evict(&db()).await.unwrap();
-    let e = rt.evict(&db()).await.unwrap_err();
+    rt.evict(&inst()).await.unwrap();
+    rt.evict(&inst()).await.unwrap();
+    let e = rt.evict(&inst()).await.unwrap_err();
     assert_eq!(e.code(), Some(429), "a disruption budget is waited out");
     finished(rt, verifier).await;
 }

@@ -45,6 +45,7 @@ fn running_db(state: &str) -> Option<DatabaseSeen> {
         source: Some(source()),
         image: Some("mariadb:10.11.9".into()),
         leaving: None,
+        instance: None,
     })
 }
 

@@ -3,6 +3,7 @@
 //! conflict on the finalizer, an API error in the middle, and a spec the operator refuses.
 
 use super::*;
+use crate::instance::Instance;
 use crate::mock_api::*;
 use crate::objects::{self as objects_of, Settings};
 use crate::operator::{Context, server};
@@ -87,6 +88,7 @@ fn ready_pod() -> PodView {
         port: Some(3306),
         deleting: false,
         unschedulable: None,
+        instance: None,
         restore_failed: None,
     }
 }
@@ -202,6 +204,7 @@ fn deletion_removes_everything_and_lets_the_resource_go_once_the_volume_is_gone(
             claim_template_bytes: 20 << 30,
             replicas: 1,
             applied: None,
+            foreign: false,
         }),
         claim: Some(ClaimView {
             requested_bytes: 20 << 30,
@@ -280,6 +283,7 @@ fn storage_grows_by_the_claim_and_never_through_the_template() {
             claim_template_bytes: 20 << 30,
             replicas: 1,
             applied: None,
+            foreign: false,
         }),
         claim: Some(ClaimView {
             requested_bytes: 20 << 30,
@@ -367,9 +371,15 @@ fn apply_requests_of(spec: &InstanceSpec) -> Vec<Exchange> {
     let s = Settings::default();
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-shop"},
                         "data": {"password": "cHc=", "init.sql": "eA=="}});
-    let cm = serde_json::to_value(objects_of::config_map(spec, &s)).unwrap();
-    let svc = serde_json::to_value(objects_of::service(&spec.name, &s)).unwrap();
-    let sts = serde_json::to_value(objects_of::stateful_set(spec, &s)).unwrap();
+    let cm =
+        serde_json::to_value(objects_of::config_map(&Instance::of(&spec.name), spec, &s)).unwrap();
+    let svc = serde_json::to_value(objects_of::service(&Instance::of(&spec.name), &s)).unwrap();
+    let sts = serde_json::to_value(objects_of::stateful_set(
+        &Instance::of(&spec.name),
+        spec,
+        &s,
+    ))
+    .unwrap();
     vec![
         expect("GET", &format!("{NS}/secrets/db-shop")).answer(200, secret),
         expect("PATCH", &format!("{NS}/configmaps/db-shop{APPLIED}"))
@@ -401,8 +411,12 @@ fn observe(pod: Option<Value>, made: bool) -> Vec<Exchange> {
 
 /// The StatefulSet of `spec` without its record of what was applied.
 fn unrecorded(spec: &InstanceSpec) -> Value {
-    let mut sts =
-        serde_json::to_value(objects_of::stateful_set(spec, &Settings::default())).unwrap();
+    let mut sts = serde_json::to_value(objects_of::stateful_set(
+        &Instance::of(&spec.name),
+        spec,
+        &Settings::default(),
+    ))
+    .unwrap();
     sts["metadata"]
         .as_object_mut()
         .unwrap()
@@ -797,6 +811,7 @@ fn a_park_scales_to_zero_keeps_the_volume_and_a_wake_scales_back() {
         claim_template_bytes: 20 << 30,
         replicas,
         applied: None,
+        foreign: false,
     };
     let running = Seen {
         pod: Some(ready_pod()),
@@ -1117,8 +1132,12 @@ fn resize_requests(r: &Resources) -> Vec<Exchange> {
             )
             .answer(
                 200,
-                serde_json::to_value(objects_of::stateful_set(&instance(), &Settings::default()))
-                    .unwrap(),
+                serde_json::to_value(objects_of::stateful_set(
+                    &Instance::of(&instance().name),
+                    &instance(),
+                    &Settings::default(),
+                ))
+                .unwrap(),
             ),
     ]
 }
@@ -1262,7 +1281,12 @@ fn a_move_to_node_b(status: u16, answer: Value) -> (DatabaseService, Vec<Exchang
     ds.spec.node = Some("node-b".into());
     let mut to_b = instance();
     to_b.node = "node-b".into();
-    let sts = serde_json::to_value(objects_of::stateful_set(&to_b, &Settings::default())).unwrap();
+    let sts = serde_json::to_value(objects_of::stateful_set(
+        &Instance::of(&to_b.name),
+        &to_b,
+        &Settings::default(),
+    ))
+    .unwrap();
     assert!(
         sts.to_string().contains("node-b"),
         "the template names the node"
@@ -1756,8 +1780,12 @@ async fn a_look_that_changes_nothing_writes_nothing() {
     );
     let mut ds = was("active", T0);
     ds.status = Some(status_of(&first));
-    let recorded =
-        serde_json::to_value(objects_of::stateful_set(&instance(), &Settings::default())).unwrap();
+    let recorded = serde_json::to_value(objects_of::stateful_set(
+        &Instance::of(&instance().name),
+        &instance(),
+        &Settings::default(),
+    ))
+    .unwrap();
     let mut script = observe_set(Some(pod_json("node-a", "1")), Some(recorded));
     script.push(no_policies());
     script.push(accounts_already_published());
@@ -2205,3 +2233,5 @@ fn only_the_pod_that_stays_keeps_a_small_pool_in_its_option_file_while_it_grows(
     assert!(p.steps.contains(&Step::Evict));
     assert_eq!(applied_resources(&p), Some(three));
 }
+
+mod claims;
