@@ -282,10 +282,14 @@ impl KubeRuntime {
     /// Publishes the accounts for the proxy in the database's Secret, unless it holds them
     /// already. Returns whether it wrote.
     pub async fn publish_accounts(&self, inst: &Instance, text: &str) -> Result<bool> {
-        if self.published_accounts(inst).await?.as_deref() == Some(text) {
+        let name = inst.name();
+        let Some(secret) = self.secret(inst).await? else {
+            // None, or not this database's: nothing is written to it.
+            return Err(KubeError::NoPassword(name));
+        };
+        if text_of(&secret, crate::accounts::KEY).as_deref() == Some(text) {
             return Ok(false);
         }
-        let name = inst.name();
         let patch = serde_json::json!({"stringData": {crate::accounts::KEY: text}});
         self.api::<Secret>()
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
@@ -507,7 +511,8 @@ impl KubeRuntime {
         }
     }
 
-    /// The database's volume claim: the size asked for, `None` when there is none.
+    /// The database's volume claim: the size asked for, `None` when there is none (or, for a
+    /// pooled server, when it is not labelled for the database).
     pub async fn claim(&self, inst: &Instance) -> Result<Option<ClaimView>> {
         let name = inst.claim();
         let claim = self
@@ -515,10 +520,12 @@ impl KubeRuntime {
             .get_opt(&name)
             .await
             .map_err(|e| KubeError::of("read", format!("persistentvolumeclaim {name}"), e))?;
-        Ok(claim.map(|c| ClaimView {
-            requested_bytes: c.spec.and_then(storage_requested).unwrap_or(0),
-            deleting: c.metadata.deletion_timestamp.is_some(),
-        }))
+        Ok(claim
+            .filter(|c| !foreign(inst, &c.metadata))
+            .map(|c| ClaimView {
+                requested_bytes: c.spec.and_then(storage_requested).unwrap_or(0),
+                deleting: c.metadata.deletion_timestamp.is_some(),
+            }))
     }
 
     /// Removes every object of a database, its volume claim last (the data goes with it).
@@ -589,10 +596,10 @@ impl KubeRuntime {
         Ok(out)
     }
 
-    /// The pooled server labelled for `db`, if one is: a claim whose record in the status was
-    /// lost (the operator stopped in between). Of several, none is taken (`None`): that is no
+    /// The pooled server claimed by the resource `uid` of database `db`, if one is: a claim
+    /// whose record in the status was lost (the operator stopped in between). Of several, none is taken (`None`): that is no
     /// state a claim leaves.
-    pub async fn claimed_by(&self, db: &ServiceName) -> Result<Option<Instance>> {
+    pub async fn claimed_by(&self, db: &ServiceName, uid: &str) -> Result<Option<Instance>> {
         let selector = format!(
             "{}={db},{}",
             objects::DATABASE_LABEL,
@@ -607,6 +614,15 @@ impl KubeRuntime {
             .items
             .iter()
             .filter(|s| s.metadata.deletion_timestamp.is_none())
+            // Claimed by this resource, not by an earlier one of the same name.
+            .filter(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(CLAIMED_BY))
+                    .map(String::as_str)
+                    == Some(uid)
+            })
             .filter_map(|s| Instance::pooled(s.metadata.name.as_deref()?, Some(db.clone())));
         Ok(match (found.next(), found.next()) {
             (Some(one), None) => Some(one),
@@ -614,19 +630,23 @@ impl KubeRuntime {
         })
     }
 
-    /// Claims `spare` for `db` by relabelling its StatefulSet (with the version it was listed
-    /// at: a spare claimed meanwhile for another database is a 409, and `false`), then its pod
-    /// and its Secret. The StatefulSet is the record: the status follows, and a claim cut
-    /// short is found again by [`Self::claimed_by`].
-    pub async fn claim_spare(&self, spare: &SpareView, db: &ServiceName) -> Result<bool> {
+    /// Claims `spare` for the database `db` (resource uid `uid`) by relabelling its
+    /// StatefulSet, with the version it was listed at: a spare claimed meanwhile for another
+    /// database is a 409, and `false`. The StatefulSet is the record (its annotation names the
+    /// resource, so a later database of the same name never takes it up); the pod, the Secret
+    /// and the volume claim follow ([`Self::finish_claim`] ends a claim cut short), then the
+    /// status.
+    pub async fn claim_spare(
+        &self,
+        spare: &SpareView,
+        db: &ServiceName,
+        uid: &str,
+    ) -> Result<bool> {
         let name = spare.instance.name();
-        let labels = serde_json::json!({
-            crate::instance::SPARE_LABEL: null,
-            objects::DATABASE_LABEL: db.to_string(),
-        });
         let set = serde_json::json!({"metadata": {
             "resourceVersion": spare.resource_version,
-            "labels": labels,
+            "labels": claim_labels(db),
+            "annotations": {CLAIMED_BY: uid},
         }});
         match self
             .api::<StatefulSet>()
@@ -637,21 +657,91 @@ impl KubeRuntime {
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(false),
             Err(e) => return Err(KubeError::of("claim", format!("statefulset {name}"), e)),
         }
-        let relabel = serde_json::json!({"metadata": {"labels": labels}});
-        let pod = spare.instance.pod();
-        self.api::<Pod>()
-            .patch(
-                &pod,
-                &PatchParams::default(),
-                &Patch::Merge(relabel.clone()),
-            )
-            .await
-            .map_err(|e| KubeError::of("claim", format!("pod {pod}"), e))?;
-        self.api::<Secret>()
-            .patch(&name, &PatchParams::default(), &Patch::Merge(relabel))
-            .await
-            .map_err(|e| KubeError::of("claim", format!("secret {name}"), e))?;
+        let inst = spare.instance.claimed_by(db);
+        self.relabel::<Pod>(&inst.pod(), db).await?;
+        self.relabel::<Secret>(&name, db).await?;
+        self.relabel::<PersistentVolumeClaim>(&inst.claim(), db)
+            .await?;
         Ok(true)
+    }
+
+    /// Ends a claim cut short (the operator stopped after relabelling the StatefulSet, or a
+    /// pod was made again from the spare's template before the database's was applied): the
+    /// pod, Secret and volume claim of `inst` that carry no database label get its database's.
+    /// For a pooled server whose StatefulSet is labelled for that database only; one labelled
+    /// for another is left alone. Returns how many it relabelled.
+    pub async fn finish_claim(&self, inst: &Instance) -> Result<usize> {
+        let Some(db) = inst.database().filter(|_| inst.is_pooled()) else {
+            return Ok(0);
+        };
+        let unlabelled = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            let labels = meta.labels.as_ref();
+            labels
+                .and_then(|l| l.get(objects::DATABASE_LABEL))
+                .is_none()
+        };
+        let mut done = 0;
+        let pod = inst.pod();
+        if self
+            .get::<Pod>(&pod)
+            .await?
+            .is_some_and(|p| unlabelled(&p.metadata))
+        {
+            self.relabel::<Pod>(&pod, db).await?;
+            done += 1;
+        }
+        let name = inst.name();
+        if self
+            .get::<Secret>(&name)
+            .await?
+            .is_some_and(|s| unlabelled(&s.metadata))
+        {
+            self.relabel::<Secret>(&name, db).await?;
+            done += 1;
+        }
+        let claim = inst.claim();
+        if self
+            .get::<PersistentVolumeClaim>(&claim)
+            .await?
+            .is_some_and(|c| unlabelled(&c.metadata))
+        {
+            self.relabel::<PersistentVolumeClaim>(&claim, db).await?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Labels object `name` for database `db` (the spare label goes); one that is gone is no
+    /// error.
+    async fn relabel<K>(&self, name: &str, db: &ServiceName) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + DeserializeOwned + Clone + Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let patch = serde_json::json!({"metadata": {"labels": claim_labels(db)}});
+        match self
+            .api::<K>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => {
+                let kind = K::kind(&Default::default()).to_lowercase();
+                Err(KubeError::of("claim", format!("{kind} {name}"), e))
+            }
+        }
+    }
+
+    async fn get<K>(&self, name: &str) -> Result<Option<K>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + DeserializeOwned + Clone + Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        self.api::<K>().get_opt(name).await.map_err(|e| {
+            let kind = K::kind(&Default::default()).to_lowercase();
+            KubeError::of("read", format!("{kind} {name}"), e)
+        })
     }
 
     /// Makes a spare for the warm pool: its Secret, ConfigMap and StatefulSet (no Service:
@@ -706,6 +796,17 @@ impl KubeRuntime {
             }
         }
     }
+}
+
+/// The annotation on a claimed spare's StatefulSet: the uid of the resource that claimed it.
+pub const CLAIMED_BY: &str = "stratus.dev/claimed-by";
+
+/// The labels a claim sets: the database's, and no more the spare's.
+fn claim_labels(db: &ServiceName) -> serde_json::Value {
+    serde_json::json!({
+        crate::instance::SPARE_LABEL: null,
+        objects::DATABASE_LABEL: db.to_string(),
+    })
 }
 
 /// Whether an object read for `inst` belongs to another database: a pooled server's objects

@@ -673,15 +673,31 @@ pub(crate) async fn reconcile_at(
             let mut seen = observe(ctx, &inst, deleting).await?;
             seen.now_ms = now_ms;
             seen.scaled = ctx.scaling.decided(name.as_str());
-            if ctx.pool_on() && !inst.is_pooled() && seen.set.is_none() && seen.claim.is_none() {
-                if let Some(found) = ctx.runtime.claimed_by(name).await? {
+            let uid = ds.metadata.uid.as_deref();
+            let mut adopted = false;
+            if let (false, None, None, Some(uid)) = (inst.is_pooled(), seen.set, seen.claim, uid) {
+                // Whether or not the pool is on now: a claim made while it was.
+                if let Some(found) = ctx.runtime.claimed_by(name, uid).await? {
                     // A claim whose record in the status was lost: this database's server.
                     tracing::info!(database = %name, instance = %found.name(), "found the spare it claimed");
                     let mut again = observe(ctx, &found, deleting).await?;
                     (again.now_ms, again.scaled) = (seen.now_ms, seen.scaled);
                     seen = again;
-                } else if !deleting {
+                    adopted = true;
+                } else if ctx.pool_on() && !deleting {
                     seen.spares = super::pool::current(ctx, ctx.runtime.spares().await?);
+                }
+            }
+            // A claim cut short, or a pod made again from the spare's template: its pod, Secret
+            // and volume claim get the database's label, once its StatefulSet has it.
+            let running = seen.set.is_some_and(|s| s.replicas > 0);
+            let pooled = seen.instance.clone().filter(Instance::is_pooled);
+            if let (Some(pooled), true) = (pooled, adopted || (running && seen.pod.is_none())) {
+                if ctx.runtime.finish_claim(&pooled).await? > 0 {
+                    tracing::info!(database = %name, instance = %pooled.name(), "claim finished");
+                    let mut again = observe(ctx, &pooled, deleting).await?;
+                    (again.now_ms, again.scaled) = (seen.now_ms, seen.scaled);
+                    seen = again;
                 }
             }
             seen
@@ -794,15 +810,21 @@ pub(crate) async fn reconcile_at(
                         ctx.runtime
                             .apply_from(inst, &spec, plan.restore.as_ref())
                             .await?;
+                        // A database made with a server of its own counts towards the pool's
+                        // demand as one that claimed a spare does.
+                        if seen.set.is_none() && ds.finalizers().iter().all(|f| f != FINALIZER) {
+                            ctx.pool_demand(now_ms);
+                        }
                     }
                     (Step::Claim(spare), _) => {
-                        if !ctx.runtime.claim_spare(&spare, name).await? {
+                        let uid = ds.metadata.uid.as_deref().unwrap_or_default();
+                        if !ctx.runtime.claim_spare(&spare, name, uid).await? {
                             // Taken meanwhile by another database: the next look picks
                             // another, or makes a server.
                             tracing::info!(database = %resource, spare = %spare.instance.name(), "spare taken meanwhile");
                             return Ok(Some(CLAIMED));
                         }
-                        ctx.pool_claimed(now_ms);
+                        ctx.pool_demand(now_ms);
                         tracing::info!(database = %resource, instance = %spare.instance.name(), "claimed a spare from the warm pool");
                     }
                     (Step::SetReplicas(n), _) => ctx.runtime.set_replicas(inst, n).await?,

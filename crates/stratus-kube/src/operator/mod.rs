@@ -54,7 +54,7 @@ pub struct Context {
     pub scaling: scaler::Scaling,
     /// The warm pool's sizing ([`pool`]); off (0 and 0) unless set.
     pub pool: stratus_control::pool::PoolConfig,
-    /// When databases claimed spares recently: the pool's demand.
+    /// When databases were created recently: the pool's demand.
     claims: Mutex<std::collections::VecDeque<i64>>,
     /// Wakes the pool's loop after a claim.
     pub(crate) pool_wake: tokio::sync::Notify,
@@ -102,8 +102,9 @@ impl Context {
         self.pool.min.max(self.pool.max) > 0
     }
 
-    /// A database claimed a spare at `now_ms`: it counts towards demand, and the pool refills.
-    pub(crate) fn pool_claimed(&self, now_ms: i64) {
+    /// A database was created at `now_ms` (from a spare or not): it counts towards demand, and
+    /// the pool refills.
+    pub(crate) fn pool_demand(&self, now_ms: i64) {
         self.claims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -111,8 +112,8 @@ impl Context {
         self.pool_wake.notify_one();
     }
 
-    /// Claims in the demand window before `now_ms`.
-    pub(crate) fn recent_claims(&self, now_ms: i64) -> usize {
+    /// Creations in the demand window before `now_ms`.
+    pub(crate) fn recent_creates(&self, now_ms: i64) -> usize {
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         while claims
             .front()

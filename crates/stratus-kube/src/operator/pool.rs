@@ -114,7 +114,7 @@ pub async fn look(ctx: &Context) -> Result<Vec<Step>, KubeError> {
         })
         .collect();
     let now = stratus_core::time::now_ms();
-    let steps = plan(ctx.pool, &marked, ctx.recent_claims(now));
+    let steps = plan(ctx.pool, &marked, ctx.recent_creates(now));
     for step in &steps {
         match step {
             Step::Make(n) => {

@@ -222,11 +222,8 @@ fn spare_pod(database: Option<&str>) -> Value {
 /// objects (none), a claim of its that was not recorded (none), then the spares.
 fn unmade_reads(spares: Vec<Value>, pods: Vec<Value>) -> Vec<Exchange> {
     let mut script = vec![no_pod()];
+    // (its own objects, then a lost claim of its)
     script.extend(observe(None, false));
-    script.push(
-        expect("GET", &format!("{APPS}/statefulsets{CLAIMED_BY_SHOP}"))
-            .answer(200, list("StatefulSetList", Vec::new())),
-    );
     script.push(
         expect("GET", &format!("{APPS}/statefulsets{SPARES}"))
             .answer(200, list("StatefulSetList", spares)),
@@ -248,7 +245,8 @@ async fn claiming_a_spare_relabels_it_and_records_it_in_the_status() {
         expect("PATCH", &format!("{APPS}/statefulsets/{SPARE}?"))
             .body(
                 MERGE,
-                json!({"metadata": {"resourceVersion": "41", "labels": relabelled()}}),
+                json!({"metadata": {"resourceVersion": "41", "labels": relabelled(),
+                                    "annotations": {"stratus.dev/claimed-by": "5f0c1a2e-shop"}}}),
             )
             .answer(200, spare_set()),
         expect("PATCH", &format!("{NS}/pods/{SPARE}-0?"))
@@ -260,6 +258,12 @@ async fn claiming_a_spare_relabels_it_and_records_it_in_the_status() {
                 200,
                 json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SPARE}}),
             ),
+        expect(
+            "PATCH",
+            &format!("{NS}/persistentvolumeclaims/data-{SPARE}-0?"),
+        )
+        .body(MERGE, json!({"metadata": {"labels": relabelled()}}))
+        .answer(200, pvc(Some("shop"))),
         expect("PATCH", &format!("{CR}/status?"))
             .checked(MERGE, |body| {
                 assert_eq!(body["status"]["state"], "provisioning", "{body}");
@@ -277,7 +281,11 @@ async fn claiming_a_spare_relabels_it_and_records_it_in_the_status() {
     ]);
     let (ctx, verifier) = pool_context(script);
     assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(CLAIMED));
-    assert_eq!(ctx.recent_claims(stratus_core::time::now_ms()), 1, "demand");
+    assert_eq!(
+        ctx.recent_creates(stratus_core::time::now_ms()),
+        1,
+        "demand"
+    );
     drop(ctx);
     verifier.finished().await;
 }
@@ -290,7 +298,8 @@ async fn a_spare_taken_meanwhile_by_another_database_is_no_failure() {
         expect("PATCH", &format!("{APPS}/statefulsets/{SPARE}?"))
             .body(
                 MERGE,
-                json!({"metadata": {"resourceVersion": "41", "labels": relabelled()}}),
+                json!({"metadata": {"resourceVersion": "41", "labels": relabelled(),
+                                    "annotations": {"stratus.dev/claimed-by": "5f0c1a2e-shop"}}}),
             )
             .answer(
                 409,
@@ -300,7 +309,7 @@ async fn a_spare_taken_meanwhile_by_another_database_is_no_failure() {
     );
     let (ctx, verifier) = pool_context(script);
     assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(CLAIMED));
-    assert_eq!(ctx.recent_claims(stratus_core::time::now_ms()), 0);
+    assert_eq!(ctx.recent_creates(stratus_core::time::now_ms()), 0);
     drop(ctx);
     verifier.finished().await;
 }
@@ -466,28 +475,80 @@ async fn a_status_naming_another_databases_server_is_refused_with_nothing_touche
     verifier.finished().await;
 }
 
+/// The spare's StatefulSet as claimed by resource `uid` for database `shop`.
+fn claimed_set(uid: &str) -> Value {
+    let mut set = spare_set();
+    set["metadata"]["labels"] = json!(Instance::pooled(SPARE, Some(shop())).unwrap().labels());
+    set["metadata"]["annotations"]["stratus.dev/claimed-by"] = json!(uid);
+    set
+}
+
+/// The spare's volume claim; `database`: the label a claim gave it.
+fn pvc(database: Option<&str>) -> Value {
+    let mut labels = json!({"stratus.dev/instance": SPARE});
+    if let Some(db) = database {
+        labels["stratus.dev/database"] = json!(db);
+    }
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": format!("data-{SPARE}-0"), "namespace": "stratus", "labels": labels},
+           "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}})
+}
+
+fn spare_secret(database: Option<&str>) -> Value {
+    let mut labels = json!({"stratus.dev/instance": SPARE});
+    match database {
+        Some(db) => labels["stratus.dev/database"] = json!(db),
+        None => labels["stratus.dev/spare"] = json!("true"),
+    }
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": SPARE, "labels": labels}, "data": {"password": "cHc="}})
+}
+
+/// The reads of `shop` with no objects of its own, whose lost claim is `found`.
+fn lost_claim(pod: bool, found: Vec<Value>) -> Vec<Exchange> {
+    let mut script = Vec::new();
+    if pod {
+        script.push(no_pod());
+    }
+    script.extend([
+        expect("GET", &format!("{APPS}/statefulsets/db-shop"))
+            .answer(404, not_found("statefulsets.apps \"db-shop\"")),
+        expect(
+            "GET",
+            &format!("{NS}/persistentvolumeclaims/data-db-shop-0"),
+        )
+        .answer(404, not_found("persistentvolumeclaims \"data-db-shop-0\"")),
+        expect("GET", &format!("{APPS}/statefulsets{CLAIMED_BY_SHOP}"))
+            .answer(200, list("StatefulSetList", found)),
+    ]);
+    script
+}
+
 /// The operator stopped between a claim and its status: the database is deleted before a look
-/// recorded it. The spare labelled for it is found and removed with it, volume last.
+/// recorded it. The spare it claimed is found (by its resource's uid) and removed with it,
+/// volume last; the pool need not be on.
 #[tokio::test]
 async fn a_claim_whose_record_was_lost_is_found_and_removed_with_its_database() {
     let ds = resource(&[FINALIZER], true);
-    let inst = Instance::pooled(SPARE, Some(shop())).unwrap();
-    let mut set = spare_set();
-    set["metadata"]["labels"] = json!(inst.labels());
     let bg = json!({"propagationPolicy": "Background"});
     let deleted = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
-    let mut script = observe(None, false);
-    script.push(
-        expect("GET", &format!("{APPS}/statefulsets{CLAIMED_BY_SHOP}"))
-            .answer(200, list("StatefulSetList", vec![set.clone()])),
-    );
+    let mut script = lost_claim(false, vec![claimed_set("5f0c1a2e-shop")]);
     script.extend([
-        expect("GET", &format!("{APPS}/statefulsets/{SPARE}")).answer(200, set),
+        expect("GET", &format!("{APPS}/statefulsets/{SPARE}"))
+            .answer(200, claimed_set("5f0c1a2e-shop")),
         expect(
             "GET",
             &format!("{NS}/persistentvolumeclaims/data-{SPARE}-0"),
         )
-        .answer(404, not_found("persistentvolumeclaims")),
+        .answer(200, pvc(Some("shop"))),
+        // Found this way, the claim is looked at: all of it labelled already.
+        expect("GET", &format!("{NS}/pods/{SPARE}-0")).answer(404, not_found("pods")),
+        expect("GET", &format!("{NS}/secrets/{SPARE}")).answer(200, spare_secret(Some("shop"))),
+        expect(
+            "GET",
+            &format!("{NS}/persistentvolumeclaims/data-{SPARE}-0"),
+        )
+        .answer(200, pvc(Some("shop"))),
     ]);
     script.extend(
         [
@@ -505,8 +566,110 @@ async fn a_claim_whose_record_was_lost_is_found_and_removed_with_its_database() 
         }),
     );
     script.push(event("Deleting", "Normal"));
-    let (ctx, verifier) = pool_context(script);
+    let (ctx, verifier) = context(script);
     assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(SOON));
+    drop(ctx);
+    verifier.finished().await;
+}
+
+/// A spare claimed by an earlier resource of the same name (its objects leaked, a finalizer
+/// removed by hand) is not this database's: it is not taken up, and the database is made anew.
+#[tokio::test]
+async fn a_claim_by_an_earlier_database_of_the_same_name_is_not_taken_up() {
+    let ds = resource(&[FINALIZER], true);
+    let mut script = lost_claim(false, vec![claimed_set("an-earlier-uid")]);
+    script.push(
+        expect("PATCH", &format!("{CR}?"))
+            .body(
+                MERGE,
+                json!({"metadata": {"finalizers": [], "resourceVersion": "100"}}),
+            )
+            .answer(200, cr_answer(&ds)),
+    );
+    let (ctx, verifier) = context(script);
+    assert_eq!(reconcile(&ds, &ctx).await.unwrap(), None);
+    drop(ctx);
+    verifier.finished().await;
+}
+
+/// The operator stopped right after relabelling the StatefulSet: the pod, the Secret and the
+/// volume claim still say spare. The next look finds the claim and finishes it, then goes on
+/// as for any claimed server.
+#[tokio::test]
+async fn a_claim_cut_short_is_finished_at_the_next_look() {
+    let ds = resource(&[FINALIZER], false);
+    let set = claimed_set("5f0c1a2e-shop");
+    let relabel = |uri: String, answer: Value| {
+        expect("PATCH", &uri)
+            .body(MERGE, json!({"metadata": {"labels": relabelled()}}))
+            .answer(200, answer)
+    };
+    let mut script = lost_claim(true, vec![set.clone()]);
+    script.extend([
+        // Its own pod and volume claim are not yet its: seen as none.
+        expect("GET", &format!("{NS}/pods/{SPARE}-0")).answer(200, spare_pod(None)),
+        expect("GET", &format!("{APPS}/statefulsets/{SPARE}")).answer(200, set.clone()),
+        expect(
+            "GET",
+            &format!("{NS}/persistentvolumeclaims/data-{SPARE}-0"),
+        )
+        .answer(200, pvc(None)),
+        // Finished.
+        expect("GET", &format!("{NS}/pods/{SPARE}-0")).answer(200, spare_pod(None)),
+        relabel(format!("{NS}/pods/{SPARE}-0?"), spare_pod(Some("shop"))),
+        expect("GET", &format!("{NS}/secrets/{SPARE}")).answer(200, spare_secret(None)),
+        relabel(format!("{NS}/secrets/{SPARE}?"), spare_secret(Some("shop"))),
+        expect(
+            "GET",
+            &format!("{NS}/persistentvolumeclaims/data-{SPARE}-0"),
+        )
+        .answer(200, pvc(None)),
+        relabel(
+            format!("{NS}/persistentvolumeclaims/data-{SPARE}-0?"),
+            pvc(Some("shop")),
+        ),
+        // Seen again: its own now.
+        expect("GET", &format!("{NS}/pods/{SPARE}-0")).answer(200, spare_pod(Some("shop"))),
+        expect("GET", &format!("{APPS}/statefulsets/{SPARE}")).answer(200, set),
+        expect(
+            "GET",
+            &format!("{NS}/persistentvolumeclaims/data-{SPARE}-0"),
+        )
+        .answer(200, pvc(Some("shop"))),
+    ]);
+    // Then what any look of a serving database does, under the spare's name: its objects
+    // applied, its accounts (already published), its status with the instance recorded.
+    let inst = Instance::pooled(SPARE, Some(shop())).unwrap();
+    let s = Settings::default();
+    let mut spec = instance();
+    spec.storage_bytes = stratus_control::storage::max_bytes(20);
+    let cm = serde_json::to_value(objects_of::config_map(&inst, &spec, &s)).unwrap();
+    let svc = serde_json::to_value(objects_of::service(&inst, &s)).unwrap();
+    let sts = serde_json::to_value(objects_of::stateful_set(&inst, &spec, &s)).unwrap();
+    let accounts = crate::accounts::encode(&server_accounts());
+    let mut published = spare_secret(Some("shop"));
+    published["data"]["accounts"] = json!(base64(&accounts));
+    script.extend([
+        expect("GET", &format!("{NS}/secrets/{SPARE}")).answer(200, spare_secret(Some("shop"))),
+        expect("PATCH", &format!("{NS}/configmaps/{SPARE}{APPLIED}"))
+            .body(APPLY, cm.clone())
+            .answer(200, cm),
+        expect("PATCH", &format!("{NS}/services/{SPARE}{APPLIED}"))
+            .body(APPLY, svc.clone())
+            .answer(200, svc),
+        expect("PATCH", &format!("{APPS}/statefulsets/{SPARE}{APPLIED}"))
+            .body(APPLY, sts.clone())
+            .answer(200, sts),
+        expect("GET", &format!("{NS}/secrets/{SPARE}")).answer(200, published),
+        expect("PATCH", &format!("{CR}/status?"))
+            .checked(MERGE, |body| {
+                assert_eq!(body["status"]["state"], "active", "{body}");
+                assert_eq!(body["status"]["instance"], SPARE);
+            })
+            .answer(200, cr_answer(&ds)),
+    ]);
+    let (ctx, verifier) = context(script);
+    reconcile(&ds, &ctx).await.unwrap();
     drop(ctx);
     verifier.finished().await;
 }
