@@ -8,8 +8,6 @@
 //! data again would cost a start for nothing. A failed backup is tried again with back-off.
 
 use crate::ControlPlane;
-use crate::supervisor::backoff;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use stratus_core::cron::Cron;
@@ -108,7 +106,7 @@ pub fn retention(
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Runs the schedules until the process ends.
     pub async fn run_backups(self: Arc<Self>) {
-        let mut failed: HashMap<ServiceName, (u32, i64)> = HashMap::new();
+        let mut retries = crate::supervisor::Retries::new(RETRY_MAX);
         let mut tick = Self::ticker(TICK);
         loop {
             tick.tick().await;
@@ -135,7 +133,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     self.archive_logs(&svc).await;
                 }
                 let now = now_ms();
-                if failed.get(&name).is_some_and(|(_, retry)| *retry > now) {
+                if retries.waiting(&name, now) {
                     continue;
                 }
                 let last = records
@@ -160,15 +158,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 };
                 match self.take_backup(name.as_str(), req).await {
                     Ok(b) if b.verified => {
-                        failed.remove(&name);
+                        retries.succeeded(&name);
                         self.apply_retention(&name, &schedule).await;
                     }
                     result => {
-                        let n = failed.get(&name).map_or(1, |(n, _)| n + 1);
-                        let wait = backoff(n, RETRY_MAX);
+                        let wait = retries.failed(&name, now_ms());
                         tracing::warn!(db = %name, "scheduled backup failed ({}); trying again in {wait:?}",
                             result.err().map_or("its verification failed".to_owned(), |e| e.to_string()));
-                        failed.insert(name, (n, now_ms() + wait.as_millis() as i64));
                     }
                 }
             }

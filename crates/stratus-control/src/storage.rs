@@ -13,9 +13,8 @@
 //! archive of point-in-time restore, when it exists, must have them first).
 
 use crate::ControlPlane;
-use crate::supervisor::backoff;
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use stratus_core::time::now_ms;
@@ -172,7 +171,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// Measures and grows volumes until the process ends.
     pub async fn run_storage(self: Arc<Self>) {
-        let mut failed: HashMap<ServiceName, (u32, i64)> = HashMap::new();
+        let mut retries = crate::supervisor::Retries::new(Duration::from_secs(60));
         // Databases whose full volume was reported (once, until it is not full any more).
         let mut reported: HashSet<ServiceName> = HashSet::new();
         let mut tick = Self::ticker(TICK);
@@ -186,7 +185,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 if !matches!(svc.state, DbState::Active | DbState::Suspended) {
                     continue;
                 }
-                if failed.get(&name).is_some_and(|(_, at)| *at > now_ms()) {
+                if retries.waiting(&name, now_ms()) {
                     continue;
                 }
                 let Some(u) = self.runtime.storage(&name) else {
@@ -230,7 +229,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 };
                 match self.runtime.grow_storage(&name, to).await {
                     Ok(now) => {
-                        failed.remove(&name);
+                        retries.succeeded(&name);
                         let pct = u.used_bytes as f64 * 100.0 / u.limit_bytes.max(1) as f64;
                         self.event(
                             &name,
@@ -247,10 +246,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         .await;
                     }
                     Err(e) => {
-                        let n = failed.get(&name).map_or(1, |(n, _)| n + 1);
-                        let wait = backoff(n, Duration::from_secs(60));
+                        let wait = retries.failed(&name, now_ms());
                         tracing::warn!(db = %name, "cannot grow storage: {e}; trying again in {wait:?}");
-                        failed.insert(name, (n, now_ms() + wait.as_millis() as i64));
                     }
                 }
             }

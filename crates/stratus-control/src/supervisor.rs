@@ -30,6 +30,44 @@ pub fn backoff(n: u32, max: Duration) -> Duration {
     }
 }
 
+/// The back-off of the loops that look at every database at each tick (storage growth,
+/// scheduled backups): failures in a row per database, and when it may be tried again. Pure:
+/// the caller gives the time.
+#[derive(Debug)]
+pub(crate) struct Retries {
+    failed: HashMap<ServiceName, (u32, i64)>,
+    max: Duration,
+}
+
+impl Retries {
+    /// Waits double from 1 s up to `max`.
+    pub(crate) fn new(max: Duration) -> Self {
+        Self {
+            failed: HashMap::new(),
+            max,
+        }
+    }
+
+    /// Whether `name` is waiting out its back-off at `now_ms`.
+    pub(crate) fn waiting(&self, name: &ServiceName, now_ms: i64) -> bool {
+        self.failed.get(name).is_some_and(|(_, at)| *at > now_ms)
+    }
+
+    /// One more failure of `name` at `now_ms`; the wait before it is tried again.
+    pub(crate) fn failed(&mut self, name: &ServiceName, now_ms: i64) -> Duration {
+        let n = self.failed.get(name).map_or(1, |(n, _)| n + 1);
+        let wait = backoff(n, self.max);
+        self.failed
+            .insert(name.clone(), (n, now_ms + wait.as_millis() as i64));
+        wait
+    }
+
+    /// It worked: the next failure waits 1 s again.
+    pub(crate) fn succeeded(&mut self, name: &ServiceName) {
+        self.failed.remove(name);
+    }
+}
+
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Runs until the runtime goes away.
     pub async fn supervise(self: Arc<Self>) {
@@ -91,8 +129,31 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{Retries, backoff};
+    use stratus_core::ServiceName;
     use std::time::Duration;
+
+    #[test]
+    fn a_failing_database_waits_longer_each_time_until_it_works() {
+        let shop = ServiceName::parse("shop").unwrap();
+        let other = ServiceName::parse("other").unwrap();
+        let mut r = Retries::new(Duration::from_secs(4));
+        assert!(!r.waiting(&shop, 0));
+        let waits: Vec<u64> = (0..4).map(|_| r.failed(&shop, 0).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 4], "doubling, capped");
+        assert!(r.waiting(&shop, 3_999) && !r.waiting(&shop, 4_000));
+        assert!(
+            !r.waiting(&other, 0),
+            "one database's failures hold no other back"
+        );
+        r.succeeded(&shop);
+        assert!(!r.waiting(&shop, 0));
+        assert_eq!(
+            r.failed(&shop, 10_000),
+            Duration::from_secs(1),
+            "a new streak"
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

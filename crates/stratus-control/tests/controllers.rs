@@ -530,6 +530,105 @@ async fn a_spare_that_cannot_be_claimed_gives_way_to_a_new_server() {
     pool.abort();
 }
 
+/// A spare whose server will not start is no lost pool: the refiller backs off and tries
+/// again, and the pool fills.
+#[tokio::test(start_paused = true)]
+async fn a_spare_that_fails_to_start_is_tried_again_after_a_pause() {
+    let (cp, rt) = control(pool_of(2, 2));
+    rt.fail(Op::ProvisionSpare, 2);
+    let begin = tokio::time::Instant::now();
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("filled", || async { rt.spares() == 2 }).await;
+    let starts = rt
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("provision_spare"))
+        .count();
+    assert_eq!(starts, 2, "each failure tried again until two were made");
+    // (the paused clock moves only by the timers that ran)
+    assert!(
+        begin.elapsed() >= Duration::from_secs(5),
+        "a pause after a failure, not a spin: {:?}",
+        begin.elapsed()
+    );
+    cp.drain_pool().await;
+    pool.abort();
+}
+
+/// A volume that cannot grow (the disk refuses) is tried again after a pause, and grows once
+/// it can; the growth is recorded once, when it happened. Real clock: the loop's back-off
+/// counts wall-clock time.
+#[tokio::test]
+async fn a_volume_that_cannot_grow_is_tried_again_and_grows() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    rt.with_server("shop", |s| {
+        s.storage_limit = 1 << 30;
+        s.storage_used = (1 << 30) - (1 << 24);
+    });
+    rt.fail(Op::GrowStorage, 1);
+    let storage = tokio::spawn(cp.clone().run_storage());
+    until("grown", || async {
+        rt.server("shop").unwrap().storage_limit > 1 << 30
+    })
+    .await;
+    storage.abort();
+    let grows = rt
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("grow_storage shop"))
+        .count();
+    assert_eq!(grows, 2, "one refused, one done");
+    let grown: Vec<_> = events(&cp, "shop")
+        .await
+        .into_iter()
+        .filter(|(k, _)| *k == EventKind::StorageGrown)
+        .collect();
+    assert_eq!(grown.len(), 1, "{grown:?}");
+}
+
+/// An autoscaling whose resize the runtime refuses leaves the database at its size, recorded
+/// as such; the load still there, the next decision grows it.
+#[tokio::test]
+async fn an_autoscaling_the_runtime_refuses_is_decided_again_and_done() {
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let quota = u64::from(cp.config().scu.resources(1).cpu_millis);
+    let load = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let begin = std::time::Instant::now();
+            loop {
+                let ns = begin.elapsed().as_nanos() as u64 * quota / 1000;
+                rt.with_server("shop", |s| s.cpu_ns = ns);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    rt.take_calls();
+    rt.fail(Op::SetLimits, 1);
+    let monitor = tokio::spawn(cp.clone().monitor());
+    until("grown", || async {
+        cp.store().service(&db("shop")).await.unwrap().unwrap().scu > 1
+    })
+    .await;
+    load.abort();
+    monitor.abort();
+    let limits = rt
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("set_limits shop"))
+        .count();
+    assert!(limits >= 2, "refused once, then done: {:?}", rt.calls());
+    let r = cp.config().scu.resources(2);
+    let s = rt.server("shop").unwrap();
+    assert_eq!(
+        (s.cpu_millis, s.buffer_pool_bytes),
+        (r.cpu_millis, r.buffer_pool_bytes),
+        "the server has the size the catalog says"
+    );
+}
+
 /// The monitor on the real clock (its windows are wall-clock time): a server using its whole
 /// CPU quota is grown, the order of the resize is the safe one, and the measurement is recorded.
 #[tokio::test]
