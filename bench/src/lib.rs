@@ -150,3 +150,51 @@ pub fn cpu_time(pid: u32) -> Duration {
     };
     Duration::from_secs_f64((t(11) + t(12)) / ticks)
 }
+
+/// Resident memory of a process (`VmRSS`), in KiB; 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `mariadbd` processes of the `stratus up` whose data directory is `data_dir`: each with
+/// the database (or spare) whose directory its option file is in, and its pid.
+pub fn servers(data_dir: &std::path::Path) -> Vec<(String, u32)> {
+    let prefix = format!("--defaults-file={}/databases/", data_dir.display());
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.ends_with("mariadbd")) {
+            continue;
+        }
+        let name = args
+            .iter()
+            .find_map(|a| a.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix("/my.cnf"));
+        if let Some(name) = name {
+            out.push((name.to_owned(), pid));
+        }
+    }
+    out.sort();
+    out
+}

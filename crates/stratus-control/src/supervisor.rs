@@ -130,8 +130,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 #[cfg(test)]
 mod tests {
     use super::{Retries, backoff};
-    use stratus_core::ServiceName;
     use std::time::Duration;
+    use stratus_core::ServiceName;
 
     #[test]
     fn a_failing_database_waits_longer_each_time_until_it_works() {

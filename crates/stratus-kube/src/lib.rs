@@ -14,8 +14,8 @@
 //! * [`agent`]: the sidecar in each database pod that samples its server's CPU for the
 //!   operator's autoscaler (`stratus operator agent`).
 //!
-//! Still to come (issue #10): the `Runtime` and `Store` implementations under
-//! `stratus-control`'s controllers (warm pool, live migration).
+//! The operator's controllers take their decisions from the same pure functions as
+//! `stratus-control`'s, with executors of their own (`docs/decisions.md`, "Kubernetes").
 //!
 //! References: [custom resources](https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/),
 //! [CEL validation rules](https://kubernetes.io/docs/reference/using-api/cel/),
