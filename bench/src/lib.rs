@@ -127,6 +127,18 @@ impl Drop for Stratus {
     }
 }
 
+/// Prints one line of latencies in milliseconds (sorted in place): count, p50, p99 and max.
+pub fn summary(label: &str, ms: &mut [f64]) {
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "  {label:<44} n={:<4} p50 {:>7.1} ms   p99 {:>7.1} ms   max {:>7.1} ms",
+        ms.len(),
+        quantile(ms, 0.5),
+        quantile(ms, 0.99),
+        ms.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
 /// The `q`-quantile (0..=1) of a sample, nearest rank.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

@@ -22,7 +22,7 @@ use mysql_async::prelude::Queryable;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stratus_api::types::CreateRequest;
-use stratus_bench::{Stratus, cpu_time, quantile, rss_kib, servers};
+use stratus_bench::{Stratus, cpu_time, rss_kib, servers, summary};
 
 /// Databases go to sleep quickly here (see the module's docs).
 const POLICY: &str = "[policy]\nidle_to_suspend_ms = 2000\nsuspend_to_park_ms = 5000\n";
@@ -73,17 +73,6 @@ async fn create_and_query(s: &Stratus, name: &str) -> anyhow::Result<()> {
     let _: Option<u8> = c.query_first("SELECT 1").await?;
     c.disconnect().await?;
     Ok(())
-}
-
-fn summary(label: &str, ms: &mut [f64]) {
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "  {label:<44} n={:<4} p50 {:>7.1} ms   p99 {:>7.1} ms   max {:>7.1} ms",
-        ms.len(),
-        quantile(ms, 0.5),
-        quantile(ms, 0.99),
-        ms.last().copied().unwrap_or(f64::NAN)
-    );
 }
 
 fn mib(kib: u64) -> f64 {

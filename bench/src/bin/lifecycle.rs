@@ -14,7 +14,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
 use std::time::{Duration, Instant};
 use stratus_api::types::CreateRequest;
-use stratus_bench::{Stratus, cpu_time, quantile};
+use stratus_bench::{Stratus, cpu_time, summary};
 use stratus_core::time::now_ms;
 
 const ROWS: u32 = 100_000;
@@ -62,17 +62,6 @@ async fn first_query(s: &Stratus, user: &str, pw: &str, db: &str) -> anyhow::Res
     let _: Option<u8> = c.query_first("SELECT 1").await?;
     c.disconnect().await?;
     Ok(())
-}
-
-fn summary(label: &str, ms: &mut [f64]) {
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "  {label:<44} n={:<3} p50 {:>7.1} ms   p99 {:>7.1} ms   max {:>7.1} ms",
-        ms.len(),
-        quantile(ms, 0.5),
-        quantile(ms, 0.99),
-        ms.last().copied().unwrap_or(f64::NAN)
-    );
 }
 
 async fn create_latency(s: &Stratus, label: &str) -> anyhow::Result<()> {

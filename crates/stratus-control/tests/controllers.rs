@@ -92,6 +92,20 @@ async fn monitor_with(
     tokio::spawn(cp.clone().monitor())
 }
 
+/// A load that keeps `name`'s server at exactly its CPU quota: `quota` millicores of CPU time
+/// for every elapsed second, until aborted.
+fn at_quota(rt: &FakeRuntime, name: &'static str, quota: u64) -> tokio::task::JoinHandle<()> {
+    let rt = rt.clone();
+    tokio::spawn(async move {
+        let begin = std::time::Instant::now();
+        loop {
+            let ns = begin.elapsed().as_nanos() as u64 * quota / 1000;
+            rt.with_server(name, |s| s.cpu_ns = ns);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
 async fn set_state(cp: &Cp, name: &str, state: DbState) {
     let mut svc = cp.store().service(&db(name)).await.unwrap().unwrap();
     svc.state = state;
@@ -594,17 +608,7 @@ async fn an_autoscaling_the_runtime_refuses_is_decided_again_and_done() {
     let (cp, rt) = control(no_pool());
     create(&cp, "shop").await;
     let quota = u64::from(cp.config().scu.resources(1).cpu_millis);
-    let load = {
-        let rt = rt.clone();
-        tokio::spawn(async move {
-            let begin = std::time::Instant::now();
-            loop {
-                let ns = begin.elapsed().as_nanos() as u64 * quota / 1000;
-                rt.with_server("shop", |s| s.cpu_ns = ns);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = at_quota(&rt, "shop", quota);
     rt.take_calls();
     rt.fail(Op::SetLimits, 1);
     let monitor = tokio::spawn(cp.clone().monitor());
@@ -636,18 +640,7 @@ async fn the_autoscaler_grows_a_database_pinned_at_its_quota() {
     let (cp, rt) = control(no_pool());
     create(&cp, "shop").await;
     let quota = u64::from(cp.config().scu.resources(1).cpu_millis);
-    let load = {
-        let rt = rt.clone();
-        tokio::spawn(async move {
-            let begin = std::time::Instant::now();
-            loop {
-                // CPU time at exactly the quota: `quota` millicores for every elapsed second.
-                let ns = begin.elapsed().as_nanos() as u64 * quota / 1000;
-                rt.with_server("shop", |s| s.cpu_ns = ns);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = at_quota(&rt, "shop", quota);
     rt.take_calls();
     let monitor = tokio::spawn(cp.clone().monitor());
     until("grown", || async {
