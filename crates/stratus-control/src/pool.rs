@@ -41,9 +41,9 @@ pub const DEMAND_WINDOW_MS: i64 = 5 * 60_000;
 /// spare failed to start.
 const REVIEW: Duration = Duration::from_secs(5);
 
-/// How many spares start side by side: twice the host's cores. A start is mostly waiting (0.2 s
-/// of CPU in about 1.8 s, `bench/density`), so a burst of creates is met by several at once
-/// rather than one after the other.
+/// How many spares start side by side: twice the host's cores (a start takes about 0.15 s of
+/// CPU, `bench/density`), so a burst of creates is met by several at once rather than one after
+/// the other.
 fn starts_at_once() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
@@ -180,8 +180,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         let max_resources = self.resources(Tier::STANDARD_MAX_SCU);
         let presized = self.presized();
+        let at_once = starts_at_once();
         loop {
-            let (step, surplus, to_presize, started) = {
+            let (step, surplus, to_presize, started, pause) = {
                 let mut st = self.pool_state();
                 let starting_before = st.starting;
                 if st.closed {
@@ -209,11 +210,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     }
                     // Spares start side by side, up to what the host takes at once; after a
                     // failure, not before the pause is over.
+                    // After a failure, one at a time until one works.
                     PoolStep::Start
-                        if st.starting < starts_at_once()
-                            && st
-                                .retry_at
-                                .is_none_or(|at| at <= tokio::time::Instant::now()) =>
+                        if st.starting < at_once
+                            && st.retry_at.is_none_or(|at| {
+                                at <= tokio::time::Instant::now() && st.starting == 0
+                            }) =>
                     {
                         st.starting += 1
                     }
@@ -234,7 +236,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     }
                 }
                 let started = st.starting > starting_before;
-                (step, surplus, to_presize, started)
+                // What is left of a pause after a failure, seen under the same lock.
+                let pause = st
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
+                    .filter(|d| !d.is_zero());
+                (step, surplus, to_presize, started, pause)
             };
             if let Some(spare) = surplus {
                 let _ = self.runtime.destroy_spare(&spare.key).await;
@@ -282,11 +289,6 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 continue;
             }
             // Waiting: for a claim, a start's end, or the end of a pause after a failure.
-            let pause = self
-                .pool_state()
-                .retry_at
-                .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
-                .filter(|d| !d.is_zero());
             let wait = pause.map_or(REVIEW, |p| p.min(REVIEW));
             let _ = tokio::time::timeout(wait, self.pool_wake.notified()).await;
         }
@@ -295,6 +297,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Starts one spare where the next database would go, and adds it to the pool (or removes
     /// it, if the pool closed meanwhile). A failure pauses further starts for [`REVIEW`].
     async fn start_spare(&self, max_resources: stratus_core::Resources) {
+        {
+            let mut st = self.pool_state();
+            if st.closed {
+                // Drained before it began: nothing to start, and nothing to wait for.
+                st.starting -= 1;
+                drop(st);
+                self.pool_settled.notify_waiters();
+                return;
+            }
+        }
         // Where the next database would go; a spare elsewhere would wait unclaimed.
         let need = self.resources(1).memory_bytes;
         let made = match self.place_new(need).await {
@@ -312,6 +324,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 Ok(spare) => {
                     st.ready.push(spare);
                     st.starting -= 1;
+                    st.retry_at = None;
                     (None, None)
                 }
                 Err(e) => {

@@ -8,6 +8,7 @@
 //! data again would cost a start for nothing. A failed backup is tried again with back-off.
 
 use crate::ControlPlane;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use stratus_core::cron::Cron;
@@ -107,6 +108,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// Runs the schedules until the process ends.
     pub async fn run_backups(self: Arc<Self>) {
         let mut retries = crate::supervisor::Retries::new(RETRY_MAX);
+        // Parked databases whose binary log was archived since they parked: a parked database
+        // writes nothing, so looking again every second would only cost (a thousand parked
+        // databases, a thousand archive passes a second).
+        let mut archived_parked: HashSet<(ServiceName, i64)> = HashSet::new();
         let mut tick = Self::ticker(TICK);
         loop {
             tick.tick().await;
@@ -129,7 +134,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 };
                 let cron = schedule.cron().ok().flatten();
                 let incremental = schedule.incremental_cron().ok().flatten();
-                if cron.is_some() || incremental.is_some() || !records.is_empty() {
+                let parked = (name.clone(), svc.created_at_ms);
+                let archived = if svc.state == DbState::Parked {
+                    !archived_parked.insert(parked)
+                } else {
+                    archived_parked.remove(&parked);
+                    false
+                };
+                if !archived && (cron.is_some() || incremental.is_some() || !records.is_empty()) {
                     self.archive_logs(&svc).await;
                 }
                 let now = now_ms();

@@ -452,6 +452,7 @@ impl Runtime for FakeRuntime {
         let mut w = self.world();
         w.check_node(node)?;
         if w.failing(Op::ProvisionSpare) {
+            w.calls.push("provision_spare failed".into());
             return Err(injected(Op::ProvisionSpare, "spare"));
         }
         let floor = Resources {
