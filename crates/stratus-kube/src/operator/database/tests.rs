@@ -362,6 +362,16 @@ fn cr_answer(ds: &DatabaseService) -> Value {
     serde_json::to_value(ds).unwrap()
 }
 
+/// The finalizer put on a new resource (read at version 100); the server answers `answer`.
+fn add_finalizer(answer: &DatabaseService) -> Exchange {
+    expect("PATCH", &format!("{CR}?"))
+        .body(
+            MERGE,
+            json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "100"}}),
+        )
+        .answer(200, cr_answer(answer))
+}
+
 /// The requests of `KubeRuntime::apply` for a database whose Secret exists.
 fn apply_requests() -> Vec<Exchange> {
     apply_requests_of(&instance())
@@ -484,14 +494,7 @@ async fn reconciling_a_new_resource_asks_for_exactly_this() {
     with_finalizer.metadata.finalizers = Some(vec![FINALIZER.into()]);
     let mut script = vec![no_pod()];
     script.extend(observe(None, false));
-    script.push(
-        expect("PATCH", &format!("{CR}?"))
-            .body(
-                MERGE,
-                json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "100"}}),
-            )
-            .answer(200, cr_answer(&with_finalizer)),
-    );
+    script.push(add_finalizer(&with_finalizer));
     script.extend(apply_requests());
     script.push(status_request("provisioning").answer(200, cr_answer(&with_finalizer)));
     script.push(event("Created", "Normal"));

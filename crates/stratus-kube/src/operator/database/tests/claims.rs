@@ -325,14 +325,7 @@ async fn with_no_spare_that_fits_the_database_gets_a_server_of_its_own() {
     small["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] =
         json!((10u64 << 30).to_string());
     let mut script = unmade_reads(vec![small], vec![spare_pod(None)]);
-    script.push(
-        expect("PATCH", &format!("{CR}?"))
-            .body(
-                MERGE,
-                json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "100"}}),
-            )
-            .answer(200, cr_answer(&with_finalizer)),
-    );
+    script.push(add_finalizer(&with_finalizer));
     script.extend(apply_requests());
     script.push(status_request("provisioning").answer(200, cr_answer(&ds)));
     script.push(event("Created", "Normal"));
@@ -355,17 +348,10 @@ async fn the_claimed_server_is_provisioned_under_the_spares_name() {
     let inst = Instance::pooled(SPARE, Some(shop())).unwrap();
     let mut set = spare_set();
     set["metadata"]["labels"] = json!(inst.labels());
-    let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": format!("data-{SPARE}-0"), "namespace": "stratus"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}});
+    let claim = pvc(Some("shop"));
     let secret = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": SPARE, "labels": inst.labels()}, "data": {"password": "cHc="}});
-    let s = Settings::default();
-    let mut spec = instance();
-    spec.storage_bytes = stratus_control::storage::max_bytes(20);
-    let cm = serde_json::to_value(objects_of::config_map(&inst, &spec, &s)).unwrap();
-    let svc = serde_json::to_value(objects_of::service(&inst, &s)).unwrap();
-    let sts = serde_json::to_value(objects_of::stateful_set(&inst, &spec, &s)).unwrap();
+    let (cm, svc, sts) = claimed_objects();
     let mut script =
         vec![
         expect("GET", &format!("{NS}/pods/{SPARE}-0")).answer(200, spare_pod(Some("shop"))),
@@ -473,6 +459,20 @@ async fn a_status_naming_another_databases_server_is_refused_with_nothing_touche
     assert_eq!(reconcile(&ds, &ctx).await.unwrap(), Some(SOON));
     drop(ctx);
     verifier.finished().await;
+}
+
+/// The ConfigMap, Service and StatefulSet of `shop` on the spare it claimed, as the operator
+/// applies them (its 20 GB volume).
+fn claimed_objects() -> (Value, Value, Value) {
+    let inst = Instance::pooled(SPARE, Some(shop())).unwrap();
+    let s = Settings::default();
+    let mut spec = instance();
+    spec.storage_bytes = stratus_control::storage::max_bytes(20);
+    (
+        serde_json::to_value(objects_of::config_map(&inst, &spec, &s)).unwrap(),
+        serde_json::to_value(objects_of::service(&inst, &s)).unwrap(),
+        serde_json::to_value(objects_of::stateful_set(&inst, &spec, &s)).unwrap(),
+    )
 }
 
 /// The spare's StatefulSet as claimed by resource `uid` for database `shop`.
@@ -639,13 +639,7 @@ async fn a_claim_cut_short_is_finished_at_the_next_look() {
     ]);
     // Then what any look of a serving database does, under the spare's name: its objects
     // applied, its accounts (already published), its status with the instance recorded.
-    let inst = Instance::pooled(SPARE, Some(shop())).unwrap();
-    let s = Settings::default();
-    let mut spec = instance();
-    spec.storage_bytes = stratus_control::storage::max_bytes(20);
-    let cm = serde_json::to_value(objects_of::config_map(&inst, &spec, &s)).unwrap();
-    let svc = serde_json::to_value(objects_of::service(&inst, &s)).unwrap();
-    let sts = serde_json::to_value(objects_of::stateful_set(&inst, &spec, &s)).unwrap();
+    let (cm, svc, sts) = claimed_objects();
     let accounts = crate::accounts::encode(&server_accounts());
     let mut published = spare_secret(Some("shop"));
     published["data"]["accounts"] = json!(base64(&accounts));
