@@ -297,6 +297,9 @@ pub struct Measured {
     /// `Innodb_buffer_pool_read_requests` and `Innodb_buffer_pool_reads` at the last sample.
     #[serde(skip)]
     counters: Option<(u64, u64)>,
+    /// The statements its clients had run through the proxy at the last sample.
+    #[serde(skip)]
+    statements: Option<u64>,
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
@@ -361,8 +364,22 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     /// Reads the buffer pool's request and miss counters and updates the hit ratio.
+    /// Reads the counters behind the hit ratio with a login of its own, unless no statement
+    /// ran since the last read: a database idle between two reads has the same ratio, and a
+    /// login per idle database every few seconds was most of the monitor's cost with many of
+    /// them (`bench/density`).
     async fn sample_hit_ratio(&self, svc: &DatabaseService) {
         let name = svc.name();
+        let statements = self.activity(name).statements_total;
+        if self
+            .measured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|m| m.counters.is_some() && m.statements == Some(statements))
+        {
+            return;
+        }
         let Ok(mut conn) = self.admin_unlocked(name).await else {
             return;
         };
@@ -379,6 +396,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
         }
         m.counters = Some(now);
+        m.statements = Some(statements);
     }
 }
 

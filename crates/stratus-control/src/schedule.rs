@@ -8,7 +8,7 @@
 //! data again would cost a start for nothing. A failed backup is tried again with back-off.
 
 use crate::ControlPlane;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use stratus_core::cron::Cron;
@@ -32,6 +32,10 @@ pub fn archive_name(epoch_ms: i64) -> String {
 const TICK: Duration = Duration::from_secs(1);
 /// Longest wait before a failed scheduled backup is tried again.
 const RETRY_MAX: Duration = Duration::from_secs(600);
+/// How often a parked database's schedule is looked at. It writes nothing, so only a backup
+/// coming due can change; that waits up to this long, where looking every second cost a catalog
+/// read and a directory listing per parked database per second.
+const PARKED_EVERY_MS: i64 = 60_000;
 
 /// Whether a scheduled backup is due at `now_ms`: a time of `cron` has come since `last_ms` (the
 /// last backup's start, or the database's creation).
@@ -112,12 +116,20 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         // writes nothing, so looking again every second would only cost (a thousand parked
         // databases, a thousand archive passes a second).
         let mut archived_parked: HashSet<(ServiceName, i64)> = HashSet::new();
+        // When each parked database was last looked at (see [`PARKED_EVERY_MS`]).
+        let mut parked_looked: HashMap<ServiceName, i64> = HashMap::new();
         let mut tick = Self::ticker(TICK);
         loop {
             tick.tick().await;
             let Ok(services) = self.store.services().await else {
                 continue;
             };
+            let parked: HashSet<&ServiceName> = (services.iter())
+                .filter(|s| s.state == DbState::Parked)
+                .map(|s| s.name())
+                .collect();
+            parked_looked.retain(|name, _| parked.contains(name));
+            drop(parked);
             for svc in services {
                 let name = svc.name().clone();
                 if !matches!(
@@ -125,6 +137,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     DbState::Active | DbState::Suspended | DbState::Parked
                 ) {
                     continue;
+                }
+                if svc.state == DbState::Parked {
+                    let now = now_ms();
+                    let looked = parked_looked.entry(name.clone()).or_insert(i64::MIN);
+                    if now.saturating_sub(*looked) < PARKED_EVERY_MS {
+                        continue;
+                    }
+                    *looked = now;
                 }
                 let Ok(schedule) = self.store.backup_schedule(&name).await else {
                     continue;

@@ -912,7 +912,7 @@ impl Runtime for LocalRuntime {
 
     fn usage(&self, name: &ServiceName) -> Option<crate::Usage> {
         match &self.inner.cgroups {
-            Some(m) => m.open(name.as_str()).ok()?.usage().ok(),
+            Some(m) => m.named(name.as_str()).ok()?.usage().ok(),
             None => stratus_cgroup::proc_usage(self.inner.running(name.as_str())?.pidfd.pid).ok(),
         }
     }
@@ -1109,9 +1109,13 @@ impl Runtime for LocalRuntime {
     async fn archive_logs(&self, name: &ServiceName, dest: &Path) -> Result<u64> {
         let from = self.inner.paths(name.as_str()).binlog;
         let dest = dest.to_owned();
-        tokio::task::spawn_blocking(move || archive::copy_new(&from, &dest))
-            .await
-            .map_err(|e| RuntimeError::Other(format!("archive task: {e}")))?
+        match tokio::task::spawn_blocking(move || archive::copy_new(&from, &dest)).await {
+            Ok(copied) => copied,
+            // Stratus is stopping and the copy never began: nothing was copied, and the next
+            // run copies what is new then.
+            Err(e) if e.is_cancelled() => Ok(0),
+            Err(e) => Err(RuntimeError::Other(format!("archive task: {e}"))),
+        }
     }
 
     async fn branch(&self, source: &ServiceName, spec: &InstanceSpec) -> Result<Option<Instance>> {
