@@ -320,6 +320,8 @@ impl<D: Directory> Proxy<D> {
         };
         let mut next = 0usize;
         let mut draining = self.draining.subscribe();
+        let mut refusal = Refusal::new();
+        let mut warned = None;
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => Some(a),
@@ -349,12 +351,111 @@ impl<D: Directory> Proxy<D> {
                     }
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly, keep serving the
-                    // sessions already open.
-                    tracing::warn!("accept failed: {e}");
+                    // Out of file descriptors and the like: keep serving the sessions already
+                    // open, and say so at most once a minute.
+                    if warned.is_none_or(|at: std::time::Instant| at.elapsed() >= WARN_EVERY) {
+                        warned = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            "cannot accept SQL clients: {e} (said once a minute while it lasts)"
+                        );
+                    }
+                    if out_of_descriptors(&e) && refusal.refuse(&listener).await {
+                        continue;
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
+    }
+}
+
+/// How often a lasting failure to accept is logged.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// `EMFILE` or `ENFILE`: this process, or the whole host, has no file descriptor left.
+pub(crate) fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() || code == rustix::io::Errno::NFILE.raw_os_error())
+}
+
+/// A descriptor kept in reserve so that a client arriving when every other one is taken gets
+/// `ER_CON_COUNT_ERROR` (1040, "Too many connections", as MariaDB answers past its
+/// `max_connections`) instead of waiting in the listen queue until it times out.
+struct Refusal(Option<std::fs::File>);
+
+impl Refusal {
+    fn new() -> Self {
+        Self(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Frees the reserve, accepts the waiting client, answers it and closes it, and takes the
+    /// reserve back. False if there was no reserve to free.
+    async fn refuse(&mut self, listener: &TcpListener) -> bool {
+        if self.0.take().is_none() {
+            *self = Self::new();
+            return false;
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
+        if let Ok(Ok((stream, _))) = waiting {
+            let mut out = Vec::new();
+            let err = error::SqlError::too_many_connections("Stratus has no file descriptor left");
+            stratus_wire::packet::write(&mut out, &mut 0, &err.packet());
+            // A few dozen bytes into an empty socket buffer: written at once or not at all.
+            let _ = stream.try_write(&out);
+        }
+        *self = Self::new();
+        true
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+    use std::io::Read;
+
+    /// With every descriptor taken, a client that connects is answered `Too many connections`
+    /// at once, twice in a row (the reserve is taken back each time), instead of waiting in
+    /// the listen queue. (nextest runs each test in a process of its own, so lowering this
+    /// process's limit touches no other test.)
+    #[tokio::test]
+    async fn a_client_past_the_last_descriptor_is_told_too_many_connections() {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut refusal = Refusal::new();
+        let before = getrlimit(Resource::Nofile);
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(open + 8),
+                ..before
+            },
+        )
+        .unwrap();
+        let mut taken = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            taken.push(f);
+        }
+        // (Each client is kept open until the end: closing one would free a descriptor.)
+        for client in &clients {
+            let e = listener.accept().await.unwrap_err();
+            assert!(out_of_descriptors(&e), "{e}");
+            assert!(refusal.refuse(&listener).await);
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut got = Vec::new();
+            let mut reader = client;
+            reader.read_to_end(&mut got).unwrap();
+            let mut want = Vec::new();
+            let err = error::SqlError::too_many_connections("Stratus has no file descriptor left");
+            stratus_wire::packet::write(&mut want, &mut 0, &err.packet());
+            assert_eq!(got, want);
+        }
+        drop(taken);
+        setrlimit(Resource::Nofile, before).unwrap();
     }
 }

@@ -19,6 +19,52 @@ use stratus_store::{SqliteStore, Store};
 use tokio::net::TcpListener;
 
 const CATALOG: &str = "catalog.db";
+
+/// Each SQL client takes two descriptors (its socket and its server's), so the soft limit a
+/// login starts with (often 1,024) would cap the proxy at a few hundred clients: take the hard
+/// limit, as a proxy should (HAProxy sizes its own the same way). Returns the limit now in
+/// force (`None`: unlimited).
+fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            ..limit
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return limit.maximum,
+            Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+        }
+    }
+    limit.current
+}
+
+/// The SQL clients `open_files` descriptors carry: one each, after a tenth kept for everything
+/// else (the catalog, logs, the servers' pipes, API clients). A client with a server session
+/// takes a second one; clients of a suspended database, or waiting for it, do not. Past the
+/// descriptors left, a new client or session gets `Too many connections` (1040).
+fn clients_for(open_files: u64) -> u64 {
+    open_files.saturating_sub((open_files / 10).max(64))
+}
+
+/// Runs `task` on a thread of its own named `name`, with a runtime of its own: the monitor's
+/// tick over every database never waits behind the API or the other controllers, and its CPU
+/// is a line of its own in `top -H` and `/proc/<pid>/task` (`bench/density` reads it there).
+fn on_own_thread(
+    name: &str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name(name)
+        .build()?;
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || runtime.block_on(task))
+        .with_context(|| format!("cannot start the thread {name}"))?;
+    Ok(())
+}
 /// The first admin token, for the CLI on this host (see [`first_admin_token`]).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
@@ -35,6 +81,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     // unless it hands it to the servers' user on purpose.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let _lock = lock_data_dir(&data_dir)?;
+    let open_files = raise_open_files_limit();
 
     // Bind both addresses before the slow work, so a taken port fails at once.
     let api_listener = TcpListener::bind(settings.api)
@@ -111,7 +158,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     );
     cp.recover().await?;
     tokio::spawn(cp.clone().supervise());
-    tokio::spawn(cp.clone().monitor());
+    on_own_thread("stratus-monitor", cp.clone().monitor())?;
     tokio::spawn(cp.clone().run_pool());
     tokio::spawn(cp.clone().run_backups());
     tokio::spawn(cp.clone().run_storage());
@@ -131,10 +178,21 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
         None => None,
     };
     check_private_files(&data_dir);
+    let mut max_connections = settings.proxy.max_connections;
+    if let Some(fits) = open_files.map(clients_for)
+        && fits < max_connections
+    {
+        tracing::warn!(
+            "proxy max_connections lowered from {max_connections} to {fits}: this process may open {} files (raise its limit, e.g. LimitNOFILE, to allow more)",
+            open_files.unwrap_or_default()
+        );
+        max_connections = fits;
+    }
     let proxy = Proxy::new(
         ProxyConfig {
             server_version: greeting_version(&info.mariadb_version),
             tls,
+            max_connections,
             ..settings.proxy.clone()
         },
         ControlDirectory::new(cp.clone()),
@@ -474,5 +532,17 @@ pub(crate) fn greeting_version(version: &str) -> String {
         format!("5.5.5-{version}")
     } else {
         version.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clients_for;
+
+    #[test]
+    fn a_tenth_of_the_descriptors_is_kept_for_the_rest() {
+        assert_eq!(clients_for(20_000), 18_000);
+        assert_eq!(clients_for(1_024), 960);
+        assert_eq!(clients_for(10), 0);
     }
 }

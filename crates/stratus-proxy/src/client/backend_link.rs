@@ -142,6 +142,12 @@ impl<D: Directory> Session<D> {
                 match self.connect(a.clone()).await {
                     Ok(()) => return Ok(woke),
                     Err(BackendError::Server(e)) => return Err(e),
+                    // The server is there; Stratus has no descriptor left for the session.
+                    Err(BackendError::Io(e)) if crate::out_of_descriptors(&e) => {
+                        return Err(SqlError::too_many_connections(
+                            "Stratus has no file descriptor left",
+                        ));
+                    }
                     // Stopped or crashed between lookup and connect: once the directory has seen
                     // it gone, the lookup wakes or waits for the restart.
                     Err(e) => {
