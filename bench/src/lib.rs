@@ -150,8 +150,27 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// CPU time (user + system) of a process, from `/proc/<pid>/stat`.
 pub fn cpu_time(pid: u32) -> Duration {
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time of the threads of process `pid` named `name` (`/proc/<pid>/task/*/stat`).
+pub fn thread_cpu(pid: u32, name: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .map(|t| stat_cpu(&t.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
+/// Utime + stime of a `stat` file of `/proc`.
+fn stat_cpu(path: &str) -> Duration {
     let ticks = rustix::param::clock_ticks_per_second() as f64;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = after.split_whitespace().collect();
     let t = |i: usize| {
@@ -165,10 +184,20 @@ pub fn cpu_time(pid: u32) -> Duration {
 
 /// Resident memory of a process (`VmRSS`), in KiB; 0 once it is gone.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:")
+}
+
+/// The file descriptors a process holds open; 0 once it is gone.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A number from `/proc/<pid>/status` (a trailing `kB` dropped).
+fn status_field(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }

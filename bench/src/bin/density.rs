@@ -11,10 +11,19 @@
 //! 5. `stratus up`'s own CPU (% of one core over 30 s) and RSS with 10 and 100 databases (and
 //!    1,000 with `--large`), every one parked.
 //!
-//! `--bursts` runs only the bursts, `--many` only the last two.
+//! 6. `stratus up` with 200 active databases: its CPU, and its monitor's (the thread
+//!    `stratus-monitor`);
+//! 7. 10,000 idle client connections across 100 of them: the proxy's memory per connection,
+//!    the backend connections held, and a `SELECT 1` on an idle connection with and without a
+//!    backend.
+//!
+//! `--bursts` runs only the bursts, `--many` only 4 and 5, `--active` only 6 and 7.
 //!
 //! Databases here suspend after 2 s idle and park 5 s later, so a hundred of them do not hold a
-//! hundred servers' memory; the default is 10 s and 4 hours.
+//! hundred servers' memory; the default is 10 s and 4 hours. In 6 and 7 they never suspend by
+//! themselves, and are made small (an SCU of 256 MiB with a 64 MiB buffer pool) so that two
+//! hundred fit this host's memory admission at once: those sections measure Stratus, not its
+//! servers.
 
 use anyhow::{Context, bail};
 use mysql_async::Conn;
@@ -22,10 +31,17 @@ use mysql_async::prelude::Queryable;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stratus_api::types::CreateRequest;
-use stratus_bench::{Stratus, cpu_time, rss_kib, servers, summary};
+use stratus_bench::{Stratus, cpu_time, open_files, rss_kib, servers, summary, thread_cpu};
 
 /// Databases go to sleep quickly here (see the module's docs).
 const POLICY: &str = "[policy]\nidle_to_suspend_ms = 2000\nsuspend_to_park_ms = 5000\n";
+/// Sections 6 and 7: small databases that stay active (see the module's docs).
+const ACTIVE: &str = "[scu]\nmemory_bytes = 268435456\nbuffer_pool_fraction = 0.25\n\
+                      [policy]\nidle_to_suspend_ms = 86400000\n";
+/// Databases kept active in section 6, and those of them section 7 connects to.
+const ACTIVE_DBS: usize = 200;
+const CONNECTED_DBS: usize = 100;
+const CONNECTIONS_PER_DB: usize = 100;
 /// Creates per second in a burst.
 const BURST_RATE: f64 = 3.0;
 /// Clients creating at once for the sustained rate.
@@ -41,38 +57,60 @@ async fn main() -> anyhow::Result<()> {
     let large = flags.iter().any(|a| a == "--large");
     let bursts_only = flags.iter().any(|a| a == "--bursts");
     let many_only = flags.iter().any(|a| a == "--many");
+    let active_only = flags.iter().any(|a| a == "--active");
     println!(
         "Stratus density benchmark ({} CPUs)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    if !bursts_only && !many_only {
+    let all = !bursts_only && !many_only && !active_only;
+    if all {
         spare_and_memory(&bin).await?;
     }
-    for n in [20, 100].into_iter().filter(|_| !many_only) {
+    for n in [20, 100].into_iter().filter(|_| all || bursts_only) {
         burst(&bin, n).await?;
     }
-    if bursts_only {
-        return Ok(());
+    if all || many_only {
+        let mut steps = vec![10, 100];
+        if large {
+            steps.push(1000);
+        }
+        many(&bin, &steps).await?;
     }
-    let mut steps = vec![10, 100];
-    if large {
-        steps.push(1000);
+    if all || active_only {
+        active(&bin).await?;
     }
-    many(&bin, &steps).await?;
     Ok(())
 }
 
+/// A database a run made: its name and owner's credentials.
+struct Made {
+    name: String,
+    user: String,
+    password: String,
+}
+
+impl Made {
+    fn opts(&self, s: &Stratus) -> mysql_async::OptsBuilder {
+        s.opts(&self.user, &self.password, &self.name)
+    }
+}
+
 /// Creates `name` and runs its first query through the proxy.
-async fn create_and_query(s: &Stratus, name: &str) -> anyhow::Result<()> {
+async fn create_and_query(s: &Stratus, name: &str) -> anyhow::Result<Made> {
     let req = CreateRequest {
         name: name.into(),
         ..CreateRequest::default()
     };
     let made = s.client().create(&req).await?;
-    let mut c = Conn::new(s.opts(&made.user, &made.password, name)).await?;
+    let made = Made {
+        name: name.to_owned(),
+        user: made.user,
+        password: made.password,
+    };
+    let mut c = Conn::new(made.opts(s)).await?;
     let _: Option<u8> = c.query_first("SELECT 1").await?;
     c.disconnect().await?;
-    Ok(())
+    Ok(made)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -171,7 +209,7 @@ async fn burst(bin: &str, n: usize) -> anyhow::Result<()> {
             tokio::time::sleep_until(at.into()).await;
             let start = Instant::now();
             let done = create_and_query(&s, &format!("b{i}")).await;
-            done.map(|()| start.elapsed().as_secs_f64() * 1000.0)
+            done.map(|_| start.elapsed().as_secs_f64() * 1000.0)
         }));
     }
     let mut ms = Vec::new();
@@ -198,35 +236,50 @@ async fn burst(bin: &str, n: usize) -> anyhow::Result<()> {
 }
 
 /// Creates databases with [`CREATORS`] clients until there are `until`; returns how long it
-/// took and each create's latency.
+/// took, and what was made with each create's latency. A create the host refuses for memory
+/// is tried again a second later, as a client that backs off would, for up to a minute: its
+/// latency counts from the first try, and the refusals are reported.
 async fn create_until(
     s: &Arc<Stratus>,
     from: usize,
     until: usize,
-) -> anyhow::Result<(Duration, Vec<f64>)> {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(from));
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+) -> anyhow::Result<(Duration, Vec<(Made, f64)>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let next = Arc::new(AtomicUsize::new(from));
+    let (refusals, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let begin = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..CREATORS {
-        let (s, next, failures) = (s.clone(), next.clone(), failures.clone());
+        let (s, next) = (s.clone(), next.clone());
+        let (refusals, failures) = (refusals.clone(), failures.clone());
         clients.push(tokio::spawn(async move {
             let mut ms = Vec::new();
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let i = next.fetch_add(1, Relaxed);
                 if i >= until {
                     return Ok::<_, anyhow::Error>(ms);
                 }
                 let start = Instant::now();
-                match create_and_query(&s, &format!("d{i}")).await {
-                    Ok(()) => ms.push(start.elapsed().as_secs_f64() * 1000.0),
-                    // Refused (the host full, say): reported, and the run goes on.
-                    Err(e) => {
-                        if failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                            println!("    the first refused, d{i}: {e}");
+                loop {
+                    match create_and_query(&s, &format!("d{i}")).await {
+                        Ok(made) => ms.push((made, start.elapsed().as_secs_f64() * 1000.0)),
+                        Err(e)
+                            if e.to_string().contains("no node has room")
+                                && start.elapsed() < Duration::from_secs(60) =>
+                        {
+                            if refusals.fetch_add(1, Relaxed) == 0 {
+                                println!("    the first refusal, d{i}: {e}");
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
                         }
-                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Err(e) => {
+                            if failures.fetch_add(1, Relaxed) == 0 {
+                                println!("    the first failure, d{i}: {e}");
+                            }
+                        }
                     }
+                    break;
                 }
             }
         }));
@@ -235,9 +288,11 @@ async fn create_until(
     for c in clients {
         all.extend(c.await??);
     }
-    let failed = failures.load(std::sync::atomic::Ordering::Relaxed);
-    if failed > 0 {
-        println!("    {failed} of {} creates refused", until - from);
+    let (refused, failed) = (refusals.load(Relaxed), failures.load(Relaxed));
+    if refused + failed > 0 {
+        println!(
+            "    {refused} refusals for memory, each tried again 1 s later; {failed} creates not made"
+        );
     }
     Ok((begin.elapsed(), all))
 }
@@ -269,15 +324,29 @@ async fn many(bin: &str, steps: &[usize]) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     println!("4. Sustained create rate ({CREATORS} clients creating back to back)");
     for &n in steps {
-        let (took, mut ms) = create_until(&s, have, n).await?;
+        // Each database's files take about 60 MiB (a 32 MiB redo log among them): stop short
+        // of filling the disk rather than measure a host out of space.
+        let free = rustix::fs::statvfs(&s.dir)
+            .map(|v| v.f_bavail * v.f_frsize)
+            .unwrap_or(u64::MAX);
+        let need = (n - have) as u64 * (64 << 20) + (4 << 30);
+        if free < need {
+            lines.push(format!(
+                "  {n:>5} databases: not measured, they need about {:.0} GiB of disk and {:.0} GiB is free",
+                need as f64 / (1u64 << 30) as f64,
+                free as f64 / (1u64 << 30) as f64
+            ));
+            break;
+        }
+        let (took, made) = create_until(&s, have, n).await?;
+        let mut ms: Vec<f64> = made.iter().map(|(_, ms)| *ms).collect();
         if have > 0 {
             let made = ms.len();
             println!(
-                "  {} creates in {:.1} s: {made} made ({:.2}/s), {} refused",
+                "  {} creates in {:.1} s: {made} made, {:.2} a second",
                 n - have,
                 took.as_secs_f64(),
                 made as f64 / took.as_secs_f64(),
-                n - have - made
             );
             summary("create → first query, of those made", &mut ms);
         }
@@ -301,5 +370,129 @@ async fn many(bin: &str, steps: &[usize]) -> anyhow::Result<()> {
     for l in lines {
         println!("{l}");
     }
+    Ok(())
+}
+
+/// Sections 6 and 7 (see the module's docs).
+async fn active(bin: &str) -> anyhow::Result<()> {
+    let s = Arc::new(Stratus::start(bin, ACTIVE)?);
+    s.wait_metric("stratus_warm_pool_ready", 2.0, Duration::from_secs(300))?;
+    let (took, made) = create_until(&s, 0, ACTIVE_DBS).await?;
+    let made: Vec<Made> = made.into_iter().map(|(m, _)| m).collect();
+    let pid = s.pid();
+    // Settled: the pool full again, every new server done with its start.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let (cpu0, monitor0, t0) = (
+        cpu_time(pid),
+        thread_cpu(pid, "stratus-monitor"),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let pct = |d: Duration| d.as_secs_f64() / secs * 100.0;
+    println!(
+        "\n6. `stratus up` with {} active databases (made in {:.1} s), idle, over {secs:.0} s",
+        made.len(),
+        took.as_secs_f64()
+    );
+    println!(
+        "  `stratus up` CPU {:.2} % of a core, of it the monitor {:.2} %   RSS {:.1} MiB",
+        pct(cpu_time(pid) - cpu0),
+        pct(thread_cpu(pid, "stratus-monitor") - monitor0),
+        mib(rss_kib(pid))
+    );
+    connections(&s, &made).await
+}
+
+/// Section 7: [`CONNECTIONS_PER_DB`] idle connections to each of [`CONNECTED_DBS`] databases.
+/// A server keeps a session for each client of its database while the database is active;
+/// suspending it closes them and the proxy keeps its clients' sessions. So the databases are
+/// connected to one after another and each suspended once its clients are idle: ten thousand
+/// clients and as many server sessions would need more descriptors than this host gives one
+/// process (20,000).
+async fn connections(s: &Arc<Stratus>, made: &[Made]) -> anyhow::Result<()> {
+    let dbs = &made[..CONNECTED_DBS.min(made.len())];
+    let want = dbs.len() * CONNECTIONS_PER_DB;
+    println!(
+        "\n7. {want} idle client connections across {} databases",
+        dbs.len()
+    );
+    let pid = s.pid();
+    // `stratus up`'s descriptors beyond one per client are its server sessions (a server's
+    // own thread count is no measure: a closed session's thread may wait in its cache).
+    let files0 = open_files(pid);
+    let sessions = |clients: usize| open_files(pid).saturating_sub(files0 + clients);
+    let rss0 = rss_kib(pid);
+    let mut conns: Vec<Vec<Conn>> = Vec::new();
+    let (mut held, mut most_held) = (Vec::new(), 0);
+    let mut failed = Vec::new();
+    for m in dbs {
+        // Opened 50 at a time, each one login and nothing else.
+        let limit = Arc::new(tokio::sync::Semaphore::new(50));
+        let mut opening = Vec::new();
+        for _ in 0..CONNECTIONS_PER_DB {
+            let (limit, opts) = (limit.clone(), m.opts(s));
+            opening.push(tokio::spawn(async move {
+                let _slot = limit.acquire_owned().await?;
+                anyhow::Ok(Conn::new(opts).await?)
+            }));
+        }
+        let mut these = Vec::new();
+        for o in opening {
+            match o.await? {
+                Ok(c) => these.push(c),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        let clients = conns.iter().map(Vec::len).sum::<usize>() + these.len();
+        most_held = most_held.max(sessions(clients));
+        // Two of them, on a connection whose server session is there.
+        for c in these.iter_mut().take(2) {
+            let begin = Instant::now();
+            let _: Option<u8> = c.query_first("SELECT 1").await?;
+            held.push(begin.elapsed().as_secs_f64() * 1000.0);
+        }
+        s.client().suspend(&m.name, false).await?;
+        conns.push(these);
+    }
+    let opened: usize = conns.iter().map(Vec::len).sum();
+    if !failed.is_empty() {
+        println!(
+            "    {} of {want} connections failed, e.g.: {}",
+            failed.len(),
+            failed[0]
+        );
+    }
+    // Idle: nothing runs on them while the memory settles.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss1, held_after) = (rss_kib(pid), sessions(opened));
+    println!(
+        "  `stratus up` RSS {:.1} → {:.1} MiB with {opened} clients: {:.1} KiB per idle client connection",
+        mib(rss0),
+        mib(rss1),
+        (rss1 as f64 - rss0 as f64) / opened.max(1) as f64
+    );
+    println!(
+        "  server sessions for them: {most_held} at most while a database was active ({CONNECTIONS_PER_DB} clients each), {held_after} once all were suspended"
+    );
+    summary("SELECT 1, idle, with a server session", &mut held);
+    // The first connection of each database wakes it; the next finds it active and opens a
+    // session of its own.
+    let (mut first, mut later) = (Vec::new(), Vec::new());
+    for these in &mut conns {
+        for (i, c) in these.iter_mut().take(3).enumerate() {
+            let begin = Instant::now();
+            let _: Option<u8> = c.query_first("SELECT 1").await?;
+            let ms = begin.elapsed().as_secs_f64() * 1000.0;
+            if i == 0 {
+                first.push(ms)
+            } else {
+                later.push(ms)
+            }
+        }
+    }
+    summary("SELECT 1, no session, database suspended", &mut first);
+    summary("SELECT 1, no session, database active", &mut later);
+    drop(conns);
     Ok(())
 }

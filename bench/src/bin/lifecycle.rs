@@ -1,12 +1,13 @@
 //! `bench/lifecycle`: the serverless figures of the lifecycle issue, measured on a real
-//! `stratus up` (usage: lifecycle STRATUS_BIN).
+//! `stratus up` (usage: lifecycle STRATUS_BIN [--hydration]).
 //!
 //! 1. create latency, API call to the first successful query through the proxy, 20 creates
 //!    from the warm pool (and 5 with the pool off, for comparison);
 //! 2. first query of a held connection after `suspend` and after `park`;
 //! 3. autoscaler reaction: CPU-bound load start to the scale-up event, and the way back down;
 //! 4. buffer-pool hit ratio on a read-only working set before a suspend and each second after
-//!    it, with hydration and without;
+//!    it, with hydration and without, with the host's page cache as the suspend left it and
+//!    dropped before the resume (`--hydration`: this section only);
 //! 5. the resource monitor's cost: sampling 200 cgroups every 200 ms.
 
 use anyhow::{Context, bail};
@@ -22,22 +23,30 @@ const TABLES: u32 = 8;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let bin = std::env::args()
-        .nth(1)
-        .context("usage: lifecycle STRATUS_BIN")?;
+    let mut args = std::env::args().skip(1);
+    let bin = args
+        .next()
+        .context("usage: lifecycle STRATUS_BIN [--hydration]")?;
+    let hydration_only = args.any(|a| a == "--hydration");
     println!(
         "Stratus lifecycle benchmark ({} CPUs)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let on = Stratus::start(&bin, "[pool]\nmin = 20\nmax = 24\n")?;
-    create_latency(&on, "warm pool (20 spares ready)").await?;
     let off = Stratus::start(&bin, "hydrate = false\n[pool]\nmin = 0\nmax = 0\n")?;
-    create_latency_cold(&off).await?;
-    resume_latency(&on).await?;
-    scale_reaction(&on).await?;
-    hydration(&on, "with hydration").await?;
-    hydration(&off, "without hydration").await?;
-    monitor_cost()?;
+    if !hydration_only {
+        create_latency(&on, "warm pool (20 spares ready)").await?;
+        create_latency_cold(&off).await?;
+        resume_latency(&on).await?;
+        scale_reaction(&on).await?;
+    }
+    hydration(&on, "with hydration", Cache::Warm).await?;
+    hydration(&off, "without hydration", Cache::Warm).await?;
+    hydration(&on, "with hydration", Cache::Cold).await?;
+    hydration(&off, "without hydration", Cache::Cold).await?;
+    if !hydration_only {
+        monitor_cost()?;
+    }
     Ok(())
 }
 
@@ -328,14 +337,34 @@ fn read_load(
         .collect()
 }
 
-async fn hydration(s: &Stratus, label: &str) -> anyhow::Result<()> {
+/// The host's page cache when a database resumes.
+#[derive(Clone, Copy, PartialEq)]
+enum Cache {
+    /// As the suspend left it: the database's pages are still in it, so a read that misses the
+    /// buffer pool costs a copy, not a disk read.
+    Warm,
+    /// Dropped just before the resume (`/proc/sys/vm/drop_caches`), as a database parked for
+    /// hours, or on a busy host, finds it.
+    Cold,
+}
+
+async fn hydration(s: &Stratus, label: &str, cache: Cache) -> anyhow::Result<()> {
+    let name = match cache {
+        Cache::Warm => "hydra",
+        Cache::Cold => "hydracold",
+    };
     if label == "with hydration" {
         println!(
-            "4. Buffer-pool hit ratio on a read-only working set ({TABLES} tables x {ROWS} rows)"
+            "{}Buffer-pool hit ratio on a read-only working set ({TABLES} tables x {ROWS} rows), {}",
+            if cache == Cache::Warm { "4. " } else { "   " },
+            match cache {
+                Cache::Warm => "the page cache warm",
+                Cache::Cold => "the page cache dropped before the resume",
+            }
         );
     }
-    let (user, pw) = create(s, "hydra", None, None).await?;
-    let pool = Pool::new(s.opts(&user, &pw, "hydra"));
+    let (user, pw) = create(s, name, None, None).await?;
+    let pool = Pool::new(s.opts(&user, &pw, name));
     {
         let mut c = pool.get_conn().await?;
         for t in 1..=TABLES {
@@ -360,8 +389,15 @@ async fn hydration(s: &Stratus, label: &str) -> anyhow::Result<()> {
         let _ = l.await;
     }
     pool.clone().disconnect().await?;
-    s.client().suspend("hydra", false).await?;
-    let pool = Pool::new(s.opts(&user, &pw, "hydra"));
+    s.client().suspend(name, false).await?;
+    if cache == Cache::Cold {
+        rustix::fs::sync();
+        if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
+            println!("  {label:<18} not measured: cannot drop the page cache ({e}; needs root)");
+            return Ok(());
+        }
+    }
+    let pool = Pool::new(s.opts(&user, &pw, name));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let resumed = Instant::now();
     let mut last = status(&pool).await?; // wakes it
