@@ -399,8 +399,11 @@ impl Refusal {
             let mut out = Vec::new();
             let err = error::SqlError::too_many_connections("Stratus has no file descriptor left");
             stratus_wire::packet::write(&mut out, &mut 0, &err.packet());
-            // A few dozen bytes into an empty socket buffer: written at once or not at all.
-            let _ = stream.try_write(&out);
+            // A few dozen bytes into an empty socket buffer: written at once (a new tokio
+            // stream may not know yet that it is writable, so the plain socket writes them).
+            if let Ok(mut plain) = stream.into_std() {
+                let _ = std::io::Write::write(&mut plain, &out);
+            }
         }
         *self = Self::new();
         true
@@ -414,10 +417,35 @@ mod refusal_tests {
 
     /// With every descriptor taken, a client that connects is answered `Too many connections`
     /// at once, twice in a row (the reserve is taken back each time), instead of waiting in
-    /// the listen queue. (nextest runs each test in a process of its own, so lowering this
-    /// process's limit touches no other test.)
-    #[tokio::test]
-    async fn a_client_past_the_last_descriptor_is_told_too_many_connections() {
+    /// the listen queue. It lowers its process's limit, so it runs in a process of its own:
+    /// this test binary again, told by the environment to run the body.
+    #[test]
+    fn a_client_past_the_last_descriptor_is_told_too_many_connections() {
+        const BODY: &str = "STRATUS_TEST_OUT_OF_DESCRIPTORS";
+        if std::env::var_os(BODY).is_some() {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(out_of_descriptors_body());
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "refusal_tests::a_client_past_the_last_descriptor_is_told_too_many_connections",
+                "--nocapture",
+            ])
+            .env(BODY, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the body did not run: {text}");
+    }
+
+    async fn out_of_descriptors_body() {
         use rustix::process::{Resource, getrlimit, setrlimit};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
