@@ -39,8 +39,16 @@ struct Tracked {
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
-    /// Runs the monitor until the process ends.
+    /// Runs the monitor until the process ends, acting on the current runtime.
     pub async fn monitor(self: Arc<Self>) {
+        let here = tokio::runtime::Handle::current();
+        self.monitor_acting_on(here).await
+    }
+
+    /// [`Self::monitor`], with what it decides (suspend, park, resize) run on `actions`: the
+    /// monitor may have a thread of its own, and an action can hold a thread for seconds (a
+    /// freeze waits for the cgroup), which would stop its ticks.
+    pub async fn monitor_acting_on(self: Arc<Self>, actions: tokio::runtime::Handle) {
         let mut tracked: HashMap<ServiceName, Tracked> = HashMap::new();
         let busy: Arc<Mutex<HashSet<ServiceName>>> = Arc::default();
         let mut services: Vec<DatabaseService> = Vec::new();
@@ -112,7 +120,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         t.window.clear();
                     }
                     let (me, busy, name) = (self.clone(), busy.clone(), name.clone());
-                    tokio::spawn(async move {
+                    actions.spawn(async move {
                         me.act(&name, action).await;
                         busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
                     });
@@ -365,18 +373,22 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// Reads the buffer pool's request and miss counters and updates the hit ratio.
     /// Reads the counters behind the hit ratio with a login of its own, unless no statement
-    /// ran since the last read: a database idle between two reads has the same ratio, and a
+    /// ran since the last read and none is running: a database idle between two reads has the
+    /// same ratio (work that bypasses the proxy is not seen), and a
     /// login per idle database every few seconds was most of the monitor's cost with many of
     /// them (`bench/density`).
     async fn sample_hit_ratio(&self, svc: &DatabaseService) {
         let name = svc.name();
-        let statements = self.activity(name).statements_total;
-        if self
-            .measured
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .is_some_and(|m| m.counters.is_some() && m.statements == Some(statements))
+        let activity = self.activity(name);
+        let statements = activity.statements_total;
+        // (A statement still running counts: a long one is finished only when it ends.)
+        if activity.statements_running == 0
+            && self
+                .measured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .is_some_and(|m| m.counters.is_some() && m.statements == Some(statements))
         {
             return;
         }

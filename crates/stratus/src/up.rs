@@ -49,8 +49,9 @@ fn clients_for(open_files: u64) -> u64 {
 }
 
 /// Runs `task` on a thread of its own named `name`, with a runtime of its own: the monitor's
-/// tick over every database never waits behind the API or the other controllers, and its CPU
-/// is a line of its own in `top -H` and `/proc/<pid>/task` (`bench/density` reads it there).
+/// tick over every database never waits behind the API or the other controllers (what it
+/// decides runs on the main runtime), and its CPU is a line of its own in `top -H` and
+/// `/proc/<pid>/task` (`bench/density` reads it there).
 fn on_own_thread(
     name: &str,
     task: impl std::future::Future<Output = ()> + Send + 'static,
@@ -158,7 +159,11 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     );
     cp.recover().await?;
     tokio::spawn(cp.clone().supervise());
-    on_own_thread("stratus-monitor", cp.clone().monitor())?;
+    on_own_thread(
+        "stratus-monitor",
+        cp.clone()
+            .monitor_acting_on(tokio::runtime::Handle::current()),
+    )?;
     tokio::spawn(cp.clone().run_pool());
     tokio::spawn(cp.clone().run_backups());
     tokio::spawn(cp.clone().run_storage());
