@@ -131,10 +131,12 @@ pub fn render(o: &ServerOptions) -> String {
     line("innodb_log_file_size", &REDO_LOG_BYTES);
     // Memory a small server touches whether it is used or not (`bench/density`: 98 → 54 MiB
     // resident for an idle server). MyISAM's key cache (128 MiB by default, 24 MiB of it
-    // touched at start) serves only MyISAM indexes, which no table needs here; Aria's page cache
-    // (128 MiB, 6 MiB touched) holds the system tables and temporary tables that spill to disk;
-    // the redo log buffer (16 MiB, written twice over at start) only has to hold the largest
-    // transaction's redo between writes, and a larger transaction just writes more often.
+    // touched at start) serves only MyISAM indexes (a tenant's MyISAM tables work, with less
+    // of their index cached); Aria's page cache (128 MiB, 6 MiB touched) holds the system
+    // tables and temporary tables that spill to disk (a large sort or GROUP BY reads more);
+    // the redo log buffer (16 MiB) only has to hold a transaction's redo between writes, and a
+    // larger transaction just writes more often. The log buffer is fixed at start: a database
+    // claimed from the pool keeps the spare's 2 MiB until its server next starts.
     line("key_buffer_size", &KEY_CACHE_BYTES);
     line("aria_pagecache_buffer_size", &ARIA_CACHE_BYTES);
     line(
