@@ -21,6 +21,7 @@ pub mod copy;
 mod error;
 pub mod gateway;
 pub mod history;
+pub mod hydration;
 pub mod lifecycle;
 pub mod migrate;
 pub mod monitor;
@@ -138,11 +139,17 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// Per database, whether its state wants a running server and none runs, as the monitor
     /// last saw it (`stratus_database_down`, and the usage meter's stopped time).
     down: Mutex<HashMap<ServiceName, bool>>,
+    /// Per suspended database, the indexes that filled its buffer pool (`hydration`).
+    hot: Mutex<HashMap<ServiceName, Vec<stratus_runtime::admin::HotIndex>>>,
+    /// Databases whose pool is being refilled after a wake (`hydration`).
+    hydrating: Mutex<std::collections::HashSet<ServiceName>>,
+    /// Itself, for the work it starts in the background from a `&self` method.
+    me: std::sync::Weak<Self>,
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub fn new(store: S, runtime: R, cfg: ControlConfig) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             activity: std::sync::OnceLock::new(),
             suspended: Mutex::new(std::collections::HashSet::new()),
             settling: Mutex::new(std::collections::HashSet::new()),
@@ -164,6 +171,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             crashes: Mutex::new(HashMap::new()),
             history: history::History::default(),
             down: Mutex::new(HashMap::new()),
+            hot: Mutex::new(HashMap::new()),
+            hydrating: Mutex::new(std::collections::HashSet::new()),
+            me: me.clone(),
         })
     }
 

@@ -159,7 +159,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             t.active_since_ms = now;
             return None;
         }
-        if let Some(u) = self.runtime.usage(name) {
+        if self.is_hydrating(name) {
+            // Its CPU is Stratus's refill at a burst, not the tenant's load.
+            t.window.clear();
+        } else if let Some(u) = self.runtime.usage(name) {
             t.window.push(
                 Sample {
                     at_ms: now,

@@ -491,6 +491,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .await;
             }
             Action::Stop => {
+                // A new server starts with a pool of its own: what the old one held is moot.
+                self.forget_hot_indexes(name);
                 done.stopped_gracefully = Some(self.runtime.stop(name, self.cfg.stop_grace).await?);
             }
             Action::Thaw => self.runtime.thaw(name).await?,

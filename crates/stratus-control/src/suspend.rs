@@ -3,7 +3,8 @@
 //! its buffer pool shrunk to a floor, its CPU quota cut, and its cgroup frozen where the host
 //! allows. Waking it is a thaw, the old size back, and the hot pages reloaded in the background
 //! while queries already run
-//! (<https://mariadb.com/kb/en/innodb-buffer-pool/#dumping-and-restoring-the-buffer-pool>).
+//! (<https://mariadb.com/kb/en/innodb-buffer-pool/#dumping-and-restoring-the-buffer-pool>; for
+//! encrypted tables, which the server's reload skips, by [`crate::hydration`]).
 //! The lifecycle reconciler ([`crate::reconcile`]) orders these steps; this file holds the two
 //! that act inside the server, `empty` and `fill`.
 
@@ -107,6 +108,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         // A server emptied already (adopted after a restart of Stratus) keeps the list it
         // dumped when it still had its pages.
         let hot_pages = if buffer_pool_before > BUFFER_POOL_FLOOR {
+            if self.cfg.hydrate {
+                self.note_hot_indexes(name, &mut conn).await;
+            }
             conn.dump_buffer_pool(DUMP_TIMEOUT).await?
         } else {
             "kept from before".to_owned()
@@ -139,7 +143,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         };
         let (applied, mut conn) = self.resize(name, from, to).await?;
         if self.cfg.hydrate {
+            // What the server reloads itself (unencrypted tablespaces), then what it cannot.
             conn.load_buffer_pool().await?;
+            self.start_hydration(name, applied.buffer_pool_actual);
         }
         conn.close().await;
         self.record_pool(svc, &applied).await

@@ -302,6 +302,63 @@ async fn suspend_empties_and_freezes_the_server_and_a_client_wakes_it_at_its_siz
     assert_eq!((svc.state, svc.scu), (DbState::Active, 1));
 }
 
+/// The wake reads back, in the background, the mostly-hot indexes the suspend found in the
+/// pool, hottest first; what was mostly cold is not read.
+#[tokio::test]
+async fn a_wake_reads_back_the_indexes_the_suspend_found_hot() {
+    use stratus_runtime::hot_pages::{HotIndex, TableName};
+    let (cp, rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let idx = |table: &str, hot: u64, size: u64| HotIndex {
+        table: TableName::parse(&format!("`shop`.`{table}`")).unwrap(),
+        index: "PRIMARY".into(),
+        hot_pages: hot,
+        size_pages: size,
+    };
+    rt.with_server("shop", |s| {
+        s.hot_indexes = vec![
+            idx("orders", 900, 1000),
+            idx("items", 50, 50),
+            idx("log", 10, 5000),
+        ]
+    });
+    cp.suspend("shop", false, "test").await.unwrap();
+    assert!(rt.server("shop").unwrap().warmed.is_empty());
+    assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
+    until("the hydrated event", || async {
+        events(&cp, "shop")
+            .await
+            .iter()
+            .any(|(k, _)| *k == EventKind::Hydrated)
+    })
+    .await;
+    assert_eq!(
+        rt.server("shop").unwrap().warmed,
+        ["shop.orders.PRIMARY", "shop.items.PRIMARY"]
+    );
+    let ev = events(&cp, "shop").await;
+    let (_, msg) = ev.iter().find(|(k, _)| *k == EventKind::Hydrated).unwrap();
+    assert!(
+        msg.contains("2 index(es) read back") && msg.contains("1 left out"),
+        "{msg}"
+    );
+    let r = cp.config().scu.resources(1);
+    assert_eq!(
+        rt.server("shop").unwrap().cpu_millis,
+        r.cpu_millis,
+        "the CPU burst of the refill ends with it"
+    );
+    assert!(r.cpu_millis < stratus_control::hydration::HYDRATION_CPU_MILLIS);
+    assert!(
+        rt.calls().iter().any(|c| c.starts_with(&format!(
+            "set_limits shop {}",
+            stratus_control::hydration::HYDRATION_CPU_MILLIS
+        ))),
+        "{:?}",
+        rt.calls()
+    );
+}
+
 #[tokio::test]
 async fn a_host_without_a_freezer_keeps_a_suspended_server_at_its_cpu_floor() {
     let (cp, rt) = control(no_pool());

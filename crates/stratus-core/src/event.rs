@@ -18,6 +18,8 @@ pub enum EventKind {
     Suspended,
     Resumed,
     Woken,
+    /// A woken database's buffer pool was read back to what it held before the suspend.
+    Hydrated,
     Deleted,
     UserCreated,
     UserDeleted,
@@ -71,6 +73,7 @@ impl EventKind {
             EventKind::Suspended => "suspended",
             EventKind::Resumed => "resumed",
             EventKind::Woken => "woken",
+            EventKind::Hydrated => "hydrated",
             EventKind::Deleted => "deleted",
             EventKind::UserCreated => "user_created",
             EventKind::UserDeleted => "user_deleted",
@@ -124,6 +127,7 @@ mod tests {
             EventKind::Reconciled,
             EventKind::Migrated,
             EventKind::MigrationFailed,
+            EventKind::Hydrated,
         ] {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }

@@ -130,6 +130,7 @@ impl AdminConn {
     }
 }
 
+pub use crate::hot_pages::{HotIndex, Warmed};
 pub use stratus_core::sql::{quote_ident, quote_str};
 
 /// What the control plane does inside a running server, the same on every runtime: the buffer
@@ -157,6 +158,17 @@ pub trait ServerAdmin: Send + Sized {
 
     /// Starts reloading the dumped hot pages in the background.
     fn load_buffer_pool(&mut self) -> impl Future<Output = Result<()>> + Send;
+
+    /// The indexes filling the buffer pool now whose pages `load_buffer_pool` cannot bring back
+    /// (those of encrypted tablespaces, [`crate::hot_pages`]), hottest first.
+    fn hot_indexes(&mut self) -> impl Future<Output = Result<Vec<HotIndex>>> + Send;
+
+    /// Reads one index whole into the buffer pool, giving up after `limit_secs`.
+    fn warm_index(
+        &mut self,
+        index: &HotIndex,
+        limit_secs: u64,
+    ) -> impl Future<Output = Result<Warmed>> + Send;
 
     /// Closes every client session (not Stratus's, not the server's own threads); returns how
     /// many were closed.
@@ -285,6 +297,22 @@ impl ServerAdmin for AdminConn {
     async fn load_buffer_pool(&mut self) -> Result<()> {
         // Asynchronous in the server: queries run while the pages come back.
         AdminConn::exec(self, "SET GLOBAL innodb_buffer_pool_load_now = ON").await
+    }
+
+    async fn hot_indexes(&mut self) -> Result<Vec<HotIndex>> {
+        let rows = self.query_rows(crate::hot_pages::HOT_INDEXES).await?;
+        Ok(crate::hot_pages::hot_indexes(rows))
+    }
+
+    async fn warm_index(&mut self, index: &HotIndex, limit_secs: u64) -> Result<Warmed> {
+        let json: Option<String> = self
+            .query_value(&crate::hot_pages::warm_statement(index, limit_secs))
+            .await?;
+        json.as_deref()
+            .and_then(Warmed::from_analyze)
+            .ok_or_else(|| {
+                RuntimeError::Other(format!("ANALYZE of {} answered no figures", index.table))
+            })
     }
 
     async fn close_sessions(&mut self) -> Result<u64> {

@@ -4,7 +4,7 @@
 //! Stratus out). Every call is logged in order, so a test can assert the order a controller
 //! acted in (a grow raises the limits before the buffer pool, a shrink the other way round).
 
-use crate::admin::{Account, ServerAdmin};
+use crate::admin::{Account, HotIndex, ServerAdmin, Warmed};
 use crate::{
     ExitNotice, Instance, InstanceSpec, Observed, Result, Runtime, RuntimeError, RuntimeInfo,
     Spare, Usage,
@@ -62,6 +62,10 @@ pub struct FakeServer {
     pub account_refused: bool,
     pub hot_pages_dumped: bool,
     pub hot_pages_loading: bool,
+    /// What `hot_indexes` finds in its buffer pool.
+    pub hot_indexes: Vec<HotIndex>,
+    /// Indexes read back by `warm_index`, in order (`schema.table.index`).
+    pub warmed: Vec<String>,
     /// Statements run through [`ServerAdmin::exec`], in order.
     pub executed: Vec<String>,
     pub cpu_ns: u64,
@@ -806,6 +810,27 @@ impl ServerAdmin for FakeAdmin {
         self.act(format!("load_buffer_pool {}", self.name), |w, name| {
             w.server(name)?.hot_pages_loading = true;
             Ok(())
+        })
+    }
+
+    async fn hot_indexes(&mut self) -> Result<Vec<HotIndex>> {
+        self.act(format!("hot_indexes {}", self.name), |w, name| {
+            Ok(w.server(name)?.hot_indexes.clone())
+        })
+    }
+
+    async fn warm_index(&mut self, index: &HotIndex, _limit_secs: u64) -> Result<Warmed> {
+        self.act(format!("warm_index {}", self.name), |w, name| {
+            let s = w.server(name)?;
+            s.warmed.push(format!(
+                "{}.{}.{}",
+                index.table.schema, index.table.table, index.index
+            ));
+            Ok(Warmed {
+                pages_accessed: index.size_pages,
+                pages_read: 0,
+                pages_prefetched: index.size_pages,
+            })
         })
     }
 

@@ -15,6 +15,7 @@ pub mod commit_times;
 pub mod failpoint;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod hot_pages;
 pub mod local;
 
 pub use local::{LocalConfig, LocalNodes, LocalRuntime};
