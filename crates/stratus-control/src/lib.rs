@@ -28,6 +28,7 @@ pub mod monitor;
 pub mod nodes;
 pub mod placement;
 pub mod pool;
+pub mod pressure;
 pub mod reconcile;
 mod recovered;
 pub mod scaler;
@@ -102,6 +103,9 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// Databases suspended right now: their servers run but must not be handed to clients
     /// until woken. Kept in memory because the proxy asks on every new connection.
     suspended: Mutex<std::collections::HashSet<ServiceName>>,
+    /// When each of them was suspended (ms since the epoch): parking under memory pressure
+    /// takes the longest-suspended first (`pressure`).
+    suspended_at: Mutex<HashMap<ServiceName, i64>>,
     /// Databases whose server is starting or still rolling back the transactions it recovered:
     /// not handed to clients yet (`recovered`).
     settling: Mutex<std::collections::HashSet<ServiceName>>,
@@ -152,6 +156,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         Arc::new_cyclic(|me| Self {
             activity: std::sync::OnceLock::new(),
             suspended: Mutex::new(std::collections::HashSet::new()),
+            suspended_at: Mutex::new(HashMap::new()),
             settling: Mutex::new(std::collections::HashSet::new()),
             storage_full: Mutex::new(HashMap::new()),
             retrying: Mutex::new(HashMap::new()),

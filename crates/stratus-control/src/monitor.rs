@@ -2,13 +2,15 @@
 //! database's CPU time from cgroup accounting into its sliding window; the scaler
 //! ([`crate::scaler`]) decides sizes from it; the lifecycle suspends a database idle for its
 //! window (no statement running, no open transaction, no pinned session: idle connections do not
-//! count) and parks one suspended for its park window. Every change is an event that states the
+//! count) and parks one suspended for its park window, or sooner when its node runs short of
+//! memory ([`crate::pressure`]). Every change is an event that states the
 //! measurements behind it.
 
 use crate::ControlPlane;
 use crate::scaler::{self, Bounds, Decision, Sample, Window};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stratus_core::time::now_ms;
@@ -24,6 +26,8 @@ pub const TICK: Duration = Duration::from_millis(200);
 const HIT_RATIO_TICKS: u32 = 25;
 /// How often policies are re-read from the catalog, in ticks.
 const REFRESH_TICKS: u32 = 25;
+/// How often the nodes' memory is looked at for parking under pressure (`pressure`), in ticks.
+const PRESSURE_TICKS: u32 = 25;
 
 /// What the monitor keeps per database between ticks.
 #[derive(Default)]
@@ -51,6 +55,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub async fn monitor_acting_on(self: Arc<Self>, actions: tokio::runtime::Handle) {
         let mut tracked: HashMap<ServiceName, Tracked> = HashMap::new();
         let busy: Arc<Mutex<HashSet<ServiceName>>> = Arc::default();
+        let relieving = Arc::new(AtomicBool::new(false));
         let mut services: Vec<DatabaseService> = Vec::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -92,6 +97,15 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     let (me, svc) = (self.clone(), svc.clone());
                     tokio::spawn(async move { me.sample_hit_ratio(&svc).await });
                 }
+            }
+            if n % PRESSURE_TICKS == 0 && !relieving.swap(true, Ordering::AcqRel) {
+                let (me, relieving) = (self.clone(), relieving.clone());
+                actions.spawn(async move {
+                    if let Err(e) = me.relieve_memory_pressure().await {
+                        tracing::debug!("memory pressure not looked at: {e}");
+                    }
+                    relieving.store(false, Ordering::Release);
+                });
             }
             n = n.wrapping_add(1);
             for svc in &services {

@@ -153,10 +153,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     pub(crate) fn set_suspended(&self, name: &ServiceName, on: bool) {
         let mut set = self.suspended.lock().unwrap_or_else(|p| p.into_inner());
+        let mut at = self.suspended_at.lock().unwrap_or_else(|p| p.into_inner());
         if on {
-            set.insert(name.clone());
+            if set.insert(name.clone()) {
+                at.insert(name.clone(), stratus_core::time::now_ms());
+            }
         } else {
             set.remove(name);
+            at.remove(name);
         }
     }
 

@@ -302,6 +302,53 @@ async fn suspend_empties_and_freezes_the_server_and_a_client_wakes_it_at_its_siz
     assert_eq!((svc.state, svc.scu), (DbState::Active, 1));
 }
 
+/// A node over its high watermark parks its suspended databases, the longest-suspended first,
+/// until it is at its low watermark; active ones are left alone, and a node under its high
+/// watermark parks nothing.
+#[tokio::test]
+async fn memory_pressure_parks_the_longest_suspended_first() {
+    let (cp, rt) = control(no_pool());
+    rt.set_nodes(&[("n1", 4000, 64 * GIB)]);
+    for name in ["a", "b", "c", "busy"] {
+        create(&cp, name).await;
+    }
+    for name in ["b", "a", "c"] {
+        cp.suspend(name, false, "test").await.unwrap();
+        // Its server still holds its memory (the fake reports its buffer pool as its use).
+        rt.with_server(name, |s| s.buffer_pool_bytes = 2 * GIB);
+        // Distinct suspend times, which order the parking.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        cp.relieve_memory_pressure().await.unwrap(),
+        Vec::<ServiceName>::new()
+    );
+    // 8 GiB of limits on a 10 GiB node: over 70 %; parking one brings it to 60 %.
+    rt.set_nodes(&[("n1", 4000, 10 * GIB)]);
+    assert_eq!(cp.relieve_memory_pressure().await.unwrap(), [db("b")]);
+    let state = |n: &str| {
+        let cp = cp.clone();
+        let n = n.to_owned();
+        async move { cp.store().service(&db(&n)).await.unwrap().unwrap().state }
+    };
+    assert_eq!(state("b").await, DbState::Parked);
+    for (n, want) in [
+        ("a", DbState::Suspended),
+        ("c", DbState::Suspended),
+        ("busy", DbState::Active),
+    ] {
+        assert_eq!(state(n).await, want, "{n}");
+    }
+    let ev = events(&cp, "b").await;
+    let (kind, message) = ev.last().unwrap();
+    assert_eq!(*kind, EventKind::Parked);
+    assert!(message.contains("memory pressure: node n1"), "{message}");
+    assert_eq!(
+        cp.relieve_memory_pressure().await.unwrap(),
+        Vec::<ServiceName>::new()
+    );
+}
+
 /// The wake reads back, in the background, the mostly-hot indexes the suspend found in the
 /// pool, hottest first; what was mostly cold is not read.
 #[tokio::test]
