@@ -211,7 +211,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    async fn admin_login(&self, name: &ServiceName) -> stratus_runtime::Result<R::Admin> {
+    pub(crate) async fn admin_login(
+        &self,
+        name: &ServiceName,
+    ) -> stratus_runtime::Result<R::Admin> {
         self.runtime.admin(name, ADMIN_LOGIN_TIMEOUT).await
     }
 

@@ -16,7 +16,9 @@
 
 use crate::ControlPlane;
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use stratus_core::scu::MIB;
 use stratus_core::{DbState, EventKind, ServiceName};
@@ -33,6 +35,9 @@ const POOL_SHARE: f64 = 0.8;
 const PAGE_BYTES: u64 = 16 * 1024;
 /// Longest read of one index.
 const INDEX_LIMIT_SECS: u64 = 30;
+/// Longest a refill runs: what is not read by then is left, and the autoscaler counts the
+/// server's CPU again.
+const HYDRATION_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Indexes listed one by one in the `hydrated` event.
 const EVENT_INDEXES: usize = 100;
 /// Sessions reading indexes back at once.
@@ -42,16 +47,22 @@ const SESSIONS: usize = 4;
 /// (`bench/lifecycle --hydration`), past the second in which it matters most.
 pub const HYDRATION_CPU_MILLIS: u32 = 2000;
 
+/// A refill under way: its number, and the handle that stops it.
+pub(crate) struct Refill {
+    number: u64,
+    stop: Option<tokio::task::AbortHandle>,
+}
+
 /// The indexes to read back into a pool of `pool_bytes`, in order, and how many are left out.
 pub fn plan(hot: &[HotIndex], pool_bytes: u64) -> (Vec<HotIndex>, usize) {
     let budget = (pool_bytes as f64 * POOL_SHARE) as u64 / PAGE_BYTES;
     let mut by_heat: Vec<&HotIndex> = hot.iter().collect();
     by_heat.sort_by_key(|h| std::cmp::Reverse(h.hot_pages));
-    let mut used = 0;
+    let mut used: u64 = 0;
     let mut chosen = Vec::new();
     for h in by_heat {
         let mostly_hot = h.hot_pages as f64 >= MOSTLY_HOT * h.size_pages as f64;
-        if mostly_hot && used + h.size_pages <= budget {
+        if mostly_hot && used.saturating_add(h.size_pages) <= budget {
             used += h.size_pages;
             chosen.push(h.clone());
         }
@@ -101,29 +112,41 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let Some(me) = self.me.upgrade().filter(|_| !chosen.is_empty()) else {
             return;
         };
-        self.set_hydrating(name, true);
-        let name = name.clone();
-        tokio::spawn(async move {
-            me.hydrate(&name, chosen, left_out).await;
-            me.set_hydrating(&name, false);
+        let number = self.refills.fetch_add(1, Ordering::Relaxed);
+        self.hydrating_map()
+            .insert(name.clone(), Refill { number, stop: None });
+        let task_name = name.clone();
+        let task = tokio::spawn(async move {
+            me.hydrate(&task_name, chosen, left_out).await;
+            let mut map = me.hydrating_map();
+            if map.get(&task_name).is_some_and(|r| r.number == number) {
+                map.remove(&task_name);
+            }
         });
+        if let Some(r) = self
+            .hydrating_map()
+            .get_mut(name)
+            .filter(|r| r.number == number)
+        {
+            r.stop = Some(task.abort_handle());
+        }
+    }
+
+    fn hydrating_map(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceName, Refill>> {
+        self.hydrating.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a woken server's pool is being refilled: its CPU is partly Stratus's, at a
-    /// burst, and the autoscaler does not count it.
+    /// burst, and neither the autoscaler nor the resync counts it.
     pub(crate) fn is_hydrating(&self, name: &ServiceName) -> bool {
-        self.hydrating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
+        self.hydrating_map().contains_key(name)
     }
 
-    fn set_hydrating(&self, name: &ServiceName, on: bool) {
-        let mut set = self.hydrating.lock().unwrap_or_else(|p| p.into_inner());
-        if on {
-            set.insert(name.clone());
-        } else {
-            set.remove(name);
+    /// Stops a refill (its server is being emptied, stopped or deleted): what it reads would go
+    /// nowhere, and its burst must not outlive it. Whoever stops it sets the limits next.
+    pub(crate) fn stop_hydration(&self, name: &ServiceName) {
+        if let Some(Refill { stop: Some(h), .. }) = self.hydrating_map().remove(name) {
+            h.abort();
         }
     }
 
@@ -141,10 +164,21 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             reading.spawn(async move { me.read_back(&name, &queue, begin).await });
         }
         let (mut done, mut failed) = (Vec::new(), 0);
-        while let Some(r) = reading.join_next().await {
-            if let Ok((ok, bad)) = r {
-                done.extend(ok);
-                failed += bad;
+        let deadline = tokio::time::Instant::now() + HYDRATION_LIMIT;
+        loop {
+            match tokio::time::timeout_at(deadline, reading.join_next()).await {
+                Ok(Some(Ok((ok, bad)))) => {
+                    done.extend(ok);
+                    failed += bad;
+                }
+                Ok(Some(Err(_))) => {}
+                Ok(None) => break,
+                // What is not read by now is not worth the autoscaler's blindness.
+                Err(_) => {
+                    reading.abort_all();
+                    failed += sessions;
+                    break;
+                }
             }
         }
         // Left by sessions that lost their connection.
@@ -216,7 +250,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     ) -> (Vec<(HotIndex, Warmed, u64)>, usize) {
         let next = || queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         let (mut done, mut failed) = (Vec::new(), 0);
-        let mut conn = match self.admin(name).await {
+        // No repair of Stratus's account from here (`admin` would restart the server, and this
+        // does not hold the database's lock): a refused login only costs the refill.
+        let mut conn = match self.admin_login(name).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(db = %name, "cannot refill the buffer pool: {e}");

@@ -145,8 +145,11 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     down: Mutex<HashMap<ServiceName, bool>>,
     /// Per suspended database, the indexes that filled its buffer pool (`hydration`).
     hot: Mutex<HashMap<ServiceName, Vec<stratus_runtime::admin::HotIndex>>>,
-    /// Databases whose pool is being refilled after a wake (`hydration`).
-    hydrating: Mutex<std::collections::HashSet<ServiceName>>,
+    /// Databases whose pool is being refilled after a wake (`hydration`), with the refill's
+    /// number and the handle that stops it.
+    hydrating: Mutex<HashMap<ServiceName, hydration::Refill>>,
+    /// Numbers the refills, so one that ends clears only its own entry.
+    refills: std::sync::atomic::AtomicU64,
     /// Itself, for the work it starts in the background from a `&self` method.
     me: std::sync::Weak<Self>,
 }
@@ -177,7 +180,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             history: history::History::default(),
             down: Mutex::new(HashMap::new()),
             hot: Mutex::new(HashMap::new()),
-            hydrating: Mutex::new(std::collections::HashSet::new()),
+            hydrating: Mutex::new(HashMap::new()),
+            refills: std::sync::atomic::AtomicU64::new(0),
             me: me.clone(),
         })
     }

@@ -281,20 +281,24 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// Stops the server and keeps its storage.
     pub async fn park(&self, db: &str, force: bool) -> Result<DatabaseView> {
-        self.park_because(db, force, "by request").await
+        self.park_because(db, force, "by request", false).await
     }
 
-    /// Parks, recording `reason` in the event.
+    /// Parks, recording `reason` in the event. `only_if_suspended`: for a decision made about a
+    /// suspended database (idle long enough, memory pressure), which a client may have woken
+    /// since; then it is left as it is.
     pub(crate) async fn park_because(
         &self,
         db: &str,
         force: bool,
         reason: &str,
+        only_if_suspended: bool,
     ) -> Result<DatabaseView> {
         let name = ServiceName::parse(db)?;
         let _guard = self.lock(&name).await;
         let mut svc = self.load(&name).await?;
-        if svc.state == DbState::Parked {
+        let asleep = svc.state == DbState::Suspended && self.is_suspended(&name);
+        if svc.state == DbState::Parked || (only_if_suspended && !asleep) {
             return Ok(self.view(&svc).await);
         }
         let activity = self.activity(&name);
@@ -391,6 +395,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.runtime.destroy(&name).await?;
         self.store.delete_service(&name).await?;
         self.set_suspended(&name, false);
+        self.forget_hot_indexes(&name);
+        self.stop_hydration(&name);
         self.settled(&name);
         self.event(
             &name,

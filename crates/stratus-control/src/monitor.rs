@@ -29,6 +29,15 @@ const REFRESH_TICKS: u32 = 25;
 /// How often the nodes' memory is looked at for parking under pressure (`pressure`), in ticks.
 const PRESSURE_TICKS: u32 = 25;
 
+/// A look at memory pressure under way; over when dropped, however the look ends.
+struct Relieving(Arc<AtomicBool>);
+
+impl Drop for Relieving {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// What the monitor keeps per database between ticks.
 #[derive(Default)]
 struct Tracked {
@@ -99,12 +108,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
             }
             if n % PRESSURE_TICKS == 0 && !relieving.swap(true, Ordering::AcqRel) {
-                let (me, relieving) = (self.clone(), relieving.clone());
+                let (me, relieving) = (self.clone(), Relieving(relieving.clone()));
                 actions.spawn(async move {
                     if let Err(e) = me.relieve_memory_pressure().await {
                         tracing::debug!("memory pressure not looked at: {e}");
                     }
-                    relieving.store(false, Ordering::Release);
+                    drop(relieving);
                 });
             }
             n = n.wrapping_add(1);
@@ -233,7 +242,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
             Action::Park { suspended_ms } => {
                 let why = format!("after {} min suspended", suspended_ms / 60_000);
-                self.park_because(name.as_str(), false, &why)
+                self.park_because(name.as_str(), false, &why, true)
                     .await
                     .map(drop)
             }

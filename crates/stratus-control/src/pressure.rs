@@ -108,8 +108,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 node.capacity_bytes as f64 / MIB as f64,
                 w.high_pct
             );
-            // Woken or parked meanwhile: the park refuses or has nothing to do.
-            match self.park_because(names[i].as_str(), false, &why).await {
+            // Woken or parked meanwhile: left as it is.
+            match self
+                .park_because(names[i].as_str(), false, &why, true)
+                .await
+            {
                 Ok(v) if v.state == DbState::Parked.as_str() => parked.push(names[i].clone()),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(db = %names[i], "not parked for memory: {e}"),

@@ -231,12 +231,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let held = self.is_suspended(name);
         if serving {
             let o = self.runtime.observe(name).await;
-            let size = if svc.state == DbState::Active && !o.frozen && !held {
-                let found = self.size_found(svc, &o).await;
-                size_seen(self.resources(svc.scu), svc.buffer_pool_bytes, found)
-            } else {
-                SizeSeen::Unknown
-            };
+            // A refilling pool runs at a CPU burst (`hydration`): not a size to undo.
+            let size =
+                if svc.state == DbState::Active && !o.frozen && !held && !self.is_hydrating(name) {
+                    let found = self.size_found(svc, &o).await;
+                    size_seen(self.resources(svc.scu), svc.buffer_pool_bytes, found)
+                } else {
+                    SizeSeen::Unknown
+                };
             return Seen {
                 serving,
                 process: true,
@@ -493,6 +495,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             Action::Stop => {
                 // A new server starts with a pool of its own: what the old one held is moot.
                 self.forget_hot_indexes(name);
+                self.stop_hydration(name);
                 done.stopped_gracefully = Some(self.runtime.stop(name, self.cfg.stop_grace).await?);
             }
             Action::Thaw => self.runtime.thaw(name).await?,

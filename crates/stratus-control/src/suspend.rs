@@ -103,6 +103,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// lock.
     pub(crate) async fn empty(&self, svc: &DatabaseService) -> Result<Emptied> {
         let name = svc.name();
+        // A refill still running from the last wake has nothing left to fill.
+        self.stop_hydration(name);
         let mut conn = self.admin(name).await?;
         let buffer_pool_before = conn.buffer_pool_size().await?;
         // A server emptied already (adopted after a restart of Stratus) keeps the list it
