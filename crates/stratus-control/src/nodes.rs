@@ -276,7 +276,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 }
 
 /// A node as placement weighs it: its capacity and its load.
-fn node_load((n, load): (&NodeInfo, u64)) -> NodeLoad {
+pub(crate) fn node_load((n, load): (&NodeInfo, u64)) -> NodeLoad {
     NodeLoad {
         name: n.name.clone(),
         capacity_bytes: n.memory_bytes,

@@ -67,7 +67,7 @@ pub struct NodeLoad {
 }
 
 /// Bytes of `capacity` under `pct` percent of it.
-fn share(capacity: u64, pct: u32) -> u64 {
+pub(crate) fn share(capacity: u64, pct: u32) -> u64 {
     (u128::from(capacity) * u128::from(pct) / 100) as u64
 }
 
@@ -193,13 +193,13 @@ pub fn rebalance(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     const GIB: u64 = 1 << 30;
 
-    fn node(name: &str, capacity_gib: u64, used_gib: u64) -> NodeLoad {
+    pub(crate) fn node(name: &str, capacity_gib: u64, used_gib: u64) -> NodeLoad {
         NodeLoad {
             name: name.into(),
             capacity_bytes: capacity_gib * GIB,

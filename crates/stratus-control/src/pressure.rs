@@ -33,7 +33,7 @@ pub fn to_park(nodes: &[NodeLoad], sleepers: &[Sleeper], w: Watermarks) -> Vec<u
         if !node.over_high(w) {
             continue;
         }
-        let low = (u128::from(node.capacity_bytes) * u128::from(w.low_pct) / 100) as u64;
+        let low = crate::placement::share(node.capacity_bytes, w.low_pct);
         let mut here: Vec<usize> = (0..sleepers.len())
             .filter(|&i| sleepers[i].node == n)
             .collect();
@@ -64,15 +64,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         if since.is_empty() {
             return Ok(Vec::new());
         }
-        let (infos, loads): (Vec<_>, Vec<u64>) = self.node_loads().await?.into_iter().unzip();
-        let nodes: Vec<NodeLoad> = infos
+        let nodes: Vec<NodeLoad> = self
+            .node_loads()
+            .await?
             .iter()
-            .zip(&loads)
-            .map(|(n, &used)| NodeLoad {
-                name: n.name.clone(),
-                capacity_bytes: n.memory_bytes,
-                used_bytes: used,
-            })
+            .map(|(n, load)| crate::nodes::node_load((n, *load)))
             .collect();
         let w = self.cfg.watermarks;
         if !nodes.iter().any(|n| n.over_high(w)) {
@@ -125,15 +121,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::tests::node;
     use stratus_core::scu::GIB;
-
-    fn node(name: &str, capacity_gib: u64, used_gib: u64) -> NodeLoad {
-        NodeLoad {
-            name: name.into(),
-            capacity_bytes: capacity_gib * GIB,
-            used_bytes: used_gib * GIB,
-        }
-    }
 
     fn sleeper(node: usize, used_gib: u64, suspended_ms: i64) -> Sleeper {
         Sleeper {
