@@ -428,7 +428,9 @@ async fn hydration(s: &Stratus, label: &str, cache: Cache) -> anyhow::Result<()>
                 .position(|w| w[0].1 < done && done <= w[1].1)
             {
                 own[w].0 += i["pages_accessed"].as_f64().unwrap_or(0.0);
-                own[w].1 += i["pages_read"].as_f64().unwrap_or(0.0);
+                // The server counts read-ahead pages as reads too (`Innodb_buffer_pool_reads`).
+                own[w].1 += i["pages_read"].as_f64().unwrap_or(0.0)
+                    + i["pages_prefetched"].as_f64().unwrap_or(0.0);
             }
         }
     }
