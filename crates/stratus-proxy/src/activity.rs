@@ -25,6 +25,10 @@ pub struct ServiceActivity {
     pub wakes: AtomicU64,
     /// Backend connections kept for reuse.
     pub pooled: AtomicU64,
+    /// Backend connections held by client sessions.
+    pub backends: AtomicU64,
+    /// Backend connections given back by sessions whose clients were idle.
+    pub idle_releases: AtomicU64,
     /// Statement latency as the client sees it, wake time included.
     pub latency: Histogram,
     /// Time a held client waited for its database to wake.
@@ -272,6 +276,18 @@ impl Activity {
             "gauge",
             "Backend connections kept for reuse.",
             &|a| l(&a.pooled),
+        );
+        family(
+            "stratus_proxy_backend_connections",
+            "gauge",
+            "Backend connections held by client sessions.",
+            &|a| l(&a.backends),
+        );
+        family(
+            "stratus_proxy_idle_releases_total",
+            "counter",
+            "Backend connections given back to the pool because their client was idle.",
+            &|a| l(&a.idle_releases),
         );
         let name = "stratus_proxy_failovers_total";
         metrics::header(

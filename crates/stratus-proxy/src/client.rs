@@ -136,7 +136,10 @@ pub(crate) async fn session<D: Directory>(
         backend_thread: std::sync::atomic::AtomicU32::new(0),
         killed: std::sync::atomic::AtomicBool::new(false),
         wake: tokio::sync::Notify::new(),
-        idle: crate::idle::IdleClock::new(Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS)),
+        idle: crate::idle::IdleClock::new(
+            Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            proxy.cfg.release_idle_after,
+        ),
     });
     let id = login.connection_id;
     proxy.sessions_lock().insert(id, link.clone());
@@ -158,6 +161,7 @@ pub(crate) async fn session<D: Directory>(
         scramble: login.scramble,
         peer,
         backend: None,
+        carried_insert_id: None,
         state: SessionState {
             schema: login.schema,
             ..SessionState::default()
@@ -198,6 +202,15 @@ pub(crate) async fn session<D: Directory>(
     tracing::debug!(db = %session.service, ?end, "session ended");
 }
 
+/// A session that ends holding a backend connection (killed, a protocol error) closes it.
+impl<D: Directory> Drop for Session<D> {
+    fn drop(&mut self) {
+        if self.backend.is_some() {
+            self.activity.backends.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Removes a session from the proxy's registry and stops its idle watcher when it ends, however
 /// it ends.
 struct Registered<'a, D: Directory>(&'a Proxy<D>, u32, tokio::task::JoinHandle<()>);
@@ -221,6 +234,9 @@ struct Session<D: Directory> {
     peer: SocketAddr,
     scramble: [u8; 20],
     backend: Option<Backend>,
+    /// `LAST_INSERT_ID()` of a backend connection given back while the client was idle, for
+    /// the next one.
+    carried_insert_id: Option<u64>,
     state: SessionState,
     stmts: Statements,
     /// What this session counts for in `activity`.
@@ -411,6 +427,10 @@ impl<D: Directory> Session<D> {
                     if link.idle.expired() {
                         // MariaDB closes such a connection without a word; so does the proxy.
                         return End::Idle;
+                    }
+                    if link.idle.release_due() {
+                        self.release_idle().await;
+                        self.report_state();
                     }
                     continue;
                 }

@@ -1,4 +1,6 @@
-//! The idle timer of each session (`wait_timeout`), kept off the session threads.
+//! The idle timers of each session, kept off the session threads: the client's `wait_timeout`,
+//! and the release of its backend connection once it has been idle for a while (so that idle
+//! clients do not each hold a server thread: see `client::backend_link::release_idle`).
 //!
 //! A tokio timer armed on a session thread turns every sleep of that thread's event loop into an
 //! `epoll_wait` with a timeout: the kernel arms and cancels a high-resolution timer each time the
@@ -25,16 +27,27 @@ pub(crate) struct IdleClock {
     due: AtomicBool,
     /// Wakes the watcher: the timeout shrank, or the session moved on after being woken.
     rearm: Notify,
+    /// How long the client may be silent before its backend connection is released; zero:
+    /// never.
+    release_after: Duration,
+    /// `last` + 1 of the idle period the release was last signalled for (0: none): signalled
+    /// once per period, not again until the client has sent a command.
+    released_for: AtomicU64,
+    /// Set by the watcher when the release is due.
+    release_due: AtomicBool,
 }
 
 impl IdleClock {
-    pub(crate) fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration, release_after: Duration) -> Self {
         Self {
             origin: Instant::now(),
             last: AtomicU64::new(0),
             timeout_secs: AtomicU64::new(timeout.as_secs()),
             due: AtomicBool::new(false),
             rearm: Notify::new(),
+            release_after,
+            released_for: AtomicU64::new(0),
+            release_due: AtomicBool::new(false),
         }
     }
 
@@ -61,6 +74,34 @@ impl IdleClock {
             + Duration::from_secs(self.timeout_secs.load(Ordering::Relaxed))
     }
 
+    /// When the backend connection is to be released, unless that was already signalled for
+    /// this idle period (or releases are off).
+    fn release_deadline(&self) -> Option<Instant> {
+        if self.release_after.is_zero() {
+            return None;
+        }
+        let last = self.last.load(Ordering::Relaxed);
+        (self.released_for.load(Ordering::Relaxed) != last.saturating_add(1))
+            .then(|| self.origin + Duration::from_micros(last) + self.release_after)
+    }
+
+    /// The session has a new backend connection: its release is to be timed again.
+    pub(crate) fn connected(&self) {
+        if !self.release_after.is_zero() {
+            self.rearm.notify_one();
+        }
+    }
+
+    /// After the session was woken: whether its backend connection is due for release, the
+    /// client having sent nothing since the watcher found it so.
+    pub(crate) fn release_due(&self) -> bool {
+        self.release_due.swap(false, Ordering::Relaxed)
+            && Instant::now()
+                >= self.origin
+                    + Duration::from_micros(self.last.load(Ordering::Relaxed))
+                    + self.release_after
+    }
+
     /// After the session was woken: whether the watcher found the deadline passed. If the
     /// deadline has moved since (a command ran meanwhile), the watcher is re-armed.
     pub(crate) fn expired(&self) -> bool {
@@ -75,20 +116,41 @@ impl IdleClock {
     }
 }
 
-/// Watches a session's idle deadline, re-arming when it comes early (the client sent commands
-/// meanwhile), and wakes the session through its link when it has passed.
+/// Watches a session's idle deadlines, re-arming when they come early (the client sent
+/// commands meanwhile), and wakes the session through its link when one has passed.
+///
+/// The release of a backend connection is signalled once per idle period, and only while the
+/// session holds one. One that held on (a transaction, a temporary table) is looked at again
+/// every `release_after` for a new idle period; one without a backend costs nothing until its
+/// next connection, which re-arms the watcher ([`IdleClock::connected`]).
 pub(crate) async fn watch(link: Arc<SessionLink>) {
     let clock = &link.idle;
     loop {
+        let mut next = clock.deadline();
+        if !clock.release_after.is_zero() && link.backend_thread.load(Ordering::Relaxed) != 0 {
+            let again = Instant::now() + clock.release_after;
+            next = next.min(clock.release_deadline().unwrap_or(again));
+        }
         tokio::select! {
-            () = tokio::time::sleep_until(clock.deadline()) => {}
+            () = tokio::time::sleep_until(next) => {}
             () = clock.rearm.notified() => continue,
         }
-        if Instant::now() >= clock.deadline() {
+        let now = Instant::now();
+        if now >= clock.deadline() {
             clock.due.store(true, Ordering::Relaxed);
             link.wake.notify_one();
             // The session ends, or tells us it moved on.
             clock.rearm.notified().await;
+        } else if let Some(release) = clock.release_deadline()
+            && now >= release
+            && link.backend_thread.load(Ordering::Relaxed) != 0
+        {
+            let last = clock.last.load(Ordering::Relaxed);
+            clock
+                .released_for
+                .store(last.saturating_add(1), Ordering::Relaxed);
+            clock.release_due.store(true, Ordering::Relaxed);
+            link.wake.notify_one();
         }
     }
 }

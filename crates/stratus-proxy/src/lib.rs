@@ -138,6 +138,9 @@ pub struct ProxyConfig {
     pub pool_max_idle: usize,
     /// How long a kept backend connection may wait for a new client.
     pub pool_idle_timeout: Duration,
+    /// A client silent this long gives its backend connection back to the pool when nothing
+    /// ties its session to it (see `client::backend_link::release_idle`); zero: never.
+    pub release_idle_after: Duration,
     /// Threads that run client sessions, each a single-threaded event loop (as HAProxy's
     /// threads are): sessions never migrate between cores, so relaying a statement takes no
     /// cross-thread wake-ups. 0: run sessions on the caller's runtime.
@@ -160,6 +163,7 @@ impl Default for ProxyConfig {
             tls: None,
             pool_max_idle: 16,
             pool_idle_timeout: Duration::from_secs(60),
+            release_idle_after: Duration::from_secs(10),
             threads: 1,
             replay: replay::ReplayLimits::default(),
             shutdown_grace: Duration::from_secs(30),

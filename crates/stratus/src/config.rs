@@ -112,6 +112,9 @@ pub struct ProxySection {
     /// Backend connections kept per database (per thread) for reuse, and for how long.
     pub pool_max_idle: Option<usize>,
     pub pool_idle_timeout_secs: Option<u64>,
+    /// A client silent this long gives its backend connection back to the pool, when nothing
+    /// ties its session to it; 0: never.
+    pub release_idle_after_ms: Option<u64>,
     /// Transaction replay after a lost server: bytes of statements kept per session (a larger
     /// transaction is not replayed), new servers tried per statement, and the time allowed.
     pub replay_max_bytes: Option<usize>,
@@ -320,6 +323,9 @@ impl Settings {
                     handshake_timeout: p.handshake_timeout_secs.map_or(d.handshake_timeout, secs),
                     pool_max_idle: p.pool_max_idle.unwrap_or(d.pool_max_idle),
                     pool_idle_timeout: p.pool_idle_timeout_secs.map_or(d.pool_idle_timeout, secs),
+                    release_idle_after: p
+                        .release_idle_after_ms
+                        .map_or(d.release_idle_after, Duration::from_millis),
                     replay: stratus_proxy::replay::ReplayLimits {
                         max_bytes: p.replay_max_bytes.unwrap_or(d.replay.max_bytes),
                         attempts: p.replay_attempts.unwrap_or(d.replay.attempts).max(1),

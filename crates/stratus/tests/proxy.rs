@@ -1119,3 +1119,125 @@ async fn changing_another_accounts_password_leaves_the_sessions_own_login_alone(
         .unwrap();
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_again() {
+    let mut s = Stratus::new("release");
+    s.configure("proxy", "release_idle_after_ms = 300");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let backends = "stratus_proxy_backend_connections{db=\"shop\"}";
+    let releases = "stratus_proxy_idle_releases_total{db=\"shop\"}";
+    let within = std::time::Duration::from_secs(30);
+
+    // Sessions that their connection holds something for keep it however long they idle.
+    let mut profiled = shop_conn(&s, &user, &pw).await;
+    profiled.query_drop("SET profiling = 1").await.unwrap();
+    profiled.query_drop("SELECT 'profiled'").await.unwrap();
+    let mut temporary = shop_conn(&s, &user, &pw).await;
+    temporary
+        .query_drop("CREATE TEMPORARY TABLE scratch (a INT)")
+        .await
+        .unwrap();
+    temporary
+        .query_drop("INSERT INTO scratch VALUES (7)")
+        .await
+        .unwrap();
+    let mut locked = shop_conn(&s, &user, &pw).await;
+    let got: Option<u8> = locked
+        .query_first("SELECT GET_LOCK('held', 0)")
+        .await
+        .unwrap();
+    assert_eq!(got, Some(1));
+
+    let mut idle = shop_conn(&s, &user, &pw).await;
+    idle.query_drop("CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(10))")
+        .await
+        .unwrap();
+    idle.query_drop("INSERT INTO t (v) VALUES ('a'), ('b')")
+        .await
+        .unwrap();
+    idle.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES', @greeting = 'hello'")
+        .await
+        .unwrap();
+    idle.query_drop("PREPARE text_stmt FROM 'SELECT v FROM t WHERE id = ?'")
+        .await
+        .unwrap();
+    let stmt = idle.prep("SELECT v FROM t WHERE id = ?").await.unwrap();
+    let mut open = shop_conn(&s, &user, &pw).await;
+    open.query_drop("BEGIN").await.unwrap();
+    open.query_drop("INSERT INTO t (v) VALUES ('c')")
+        .await
+        .unwrap();
+    let thread_before: Option<u64> = idle.query_first("SELECT CONNECTION_ID()").await.unwrap();
+
+    // Only the session that holds nothing lets its connection go.
+    s.wait_for_metric(releases, 1.0, within);
+    s.wait_for_metric(backends, 4.0, within);
+    s.wait_for_metric("stratus_proxy_pooled_connections{db=\"shop\"}", 1.0, within);
+
+    // Another client of the same account gets that connection, reset: nothing of the idle
+    // session's is there.
+    let mut other = shop_conn(&s, &user, &pw).await;
+    let row: Option<(Option<String>, String, u64)> = other
+        .query_first("SELECT @greeting, @@sql_mode, LAST_INSERT_ID()")
+        .await
+        .unwrap();
+    let (greeting, mode, last_id) = row.unwrap();
+    assert_eq!(
+        (greeting, last_id),
+        (None, 0),
+        "nothing of the idle session leaks"
+    );
+    assert_ne!(mode, "ANSI_QUOTES");
+    assert!(
+        other
+            .query_drop("EXECUTE text_stmt USING @greeting")
+            .await
+            .is_err()
+    );
+
+    // The idle client's next statements find its session on a new connection.
+    let row: Option<(String, String, u64)> = idle
+        .query_first("SELECT @@sql_mode, @greeting, LAST_INSERT_ID()")
+        .await
+        .unwrap();
+    assert_eq!(row, Some(("ANSI_QUOTES".into(), "hello".into(), 1)));
+    let thread_after: Option<u64> = idle.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    assert_ne!(thread_before, thread_after, "a new server connection");
+    let v: Option<String> = idle.exec_first(&stmt, (2,)).await.unwrap();
+    assert_eq!(
+        v.as_deref(),
+        Some("b"),
+        "the prepared statement works there"
+    );
+    idle.query_drop("SET @id = 1").await.unwrap();
+    let v: Option<String> = idle
+        .query_first("EXECUTE text_stmt USING @id")
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("a"), "and the text one");
+
+    // The others kept theirs.
+    let profiles: Vec<(u32, f64, String)> = profiled.query("SHOW PROFILES").await.unwrap();
+    assert_eq!(profiles.len(), 1, "{profiles:?}");
+    assert_eq!(profiles[0].2, "SELECT 'profiled'");
+    let a: Option<u32> = temporary
+        .query_first("SELECT a FROM scratch")
+        .await
+        .unwrap();
+    assert_eq!(a, Some(7));
+    let mine: Option<u8> = locked
+        .query_first("SELECT IS_USED_LOCK('held') = CONNECTION_ID()")
+        .await
+        .unwrap();
+    assert_eq!(mine, Some(1));
+    open.query_drop("COMMIT").await.unwrap();
+    let n: Option<u32> = other.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(n, Some(3), "the open transaction committed where it began");
+
+    for c in [profiled, temporary, locked, idle, open, other] {
+        c.disconnect().await.unwrap();
+    }
+    s.stop();
+}

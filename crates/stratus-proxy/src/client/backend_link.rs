@@ -249,11 +249,19 @@ impl<D: Directory> Session<D> {
                 }
             }
         }
+        if let Some(n) = self.carried_insert_id.take()
+            && let Err(e) = b.query(&format!("DO LAST_INSERT_ID({n})")).await
+        {
+            tracing::warn!(db = %self.service, "could not carry LAST_INSERT_ID() over: {e:?}");
+        }
         self.stmts.backend_changed();
         self.link
             .backend_thread
             .store(b.connection_id, Ordering::Relaxed);
-        self.backend = Some(b);
+        if self.backend.replace(b).is_none() {
+            self.activity.backends.fetch_add(1, Ordering::Relaxed);
+        }
+        self.link.idle.connected();
         // A new connection runs nothing before the transactions cut off with the last server
         // are carried over and their cut-off statements sent again. A session that is part of
         // that recovery waits for its turn before sending instead.
@@ -275,19 +283,67 @@ impl<D: Directory> Session<D> {
         }
     }
 
+    /// A client idle for `release_idle_after` gives its backend connection back to the pool,
+    /// as one that left does, when nothing ties its session to that connection: so idle
+    /// clients do not each hold a server thread (ProxySQL's multiplexing, at idle boundaries
+    /// rather than every transaction's, since taking a connection again costs a login and the
+    /// session's replay). Its next command takes a connection as after a wake.
+    ///
+    /// What the session's replay does not recreate is the last statement's diagnostics
+    /// (`FOUND_ROWS()`, `ROW_COUNT()`, `SHOW WARNINGS`), which the idle read of user variables
+    /// already gives up at the same age; `LAST_INSERT_ID()` is carried over.
+    pub(super) async fn release_idle(&mut self) {
+        if self.backend.is_none()
+            || self.ticket.is_some()
+            || self.link.killed.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        if self.state.user_vars_unread {
+            self.user_vars_idle().await;
+        }
+        if self.state.pinned().is_some() || self.state.user_vars_unread || self.profiled() {
+            return;
+        }
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        match b.query("SELECT LAST_INSERT_ID()").await {
+            Ok(rows) => {
+                self.carried_insert_id = rows
+                    .first()
+                    .and_then(|r| r.first())
+                    .and_then(|v| std::str::from_utf8(v.as_deref()?).ok()?.parse().ok())
+                    .filter(|&n: &u64| n != 0);
+            }
+            Err(_) => {
+                // Gone: the next command connects anew.
+                self.drop_backend();
+                return;
+            }
+        }
+        self.link.backend_thread.store(0, Ordering::Relaxed);
+        self.activity.idle_releases.fetch_add(1, Ordering::Relaxed);
+        self.release_backend().await;
+    }
+
+    /// The session ever turned profiling on: its connection keeps the `SHOW PROFILES` history
+    /// through a reset and a change of user.
+    fn profiled(&self) -> bool {
+        self.state
+            .variables
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("profiling"))
+    }
+
     /// After the client left: keep a healthy backend connection for the next client.
     pub(super) async fn release_backend(&mut self) {
         let Some(mut b) = self.backend.take() else {
             return;
         };
-        // A connection that ever profiled keeps its `SHOW PROFILES` history through a reset and
-        // a change of user: the next client would see this one's statements. Not kept.
-        if self
-            .state
-            .variables
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("profiling"))
-        {
+        self.activity.backends.fetch_sub(1, Ordering::Relaxed);
+        // A profiled connection would show the next client this one's statements. Not kept.
+        if self.profiled() {
             return;
         }
         if self.marker.txn > 0 && !self.state.in_transaction {
@@ -316,7 +372,9 @@ impl<D: Directory> Session<D> {
     }
 
     pub(super) fn drop_backend(&mut self) {
-        self.backend = None;
+        if self.backend.take().is_some() {
+            self.activity.backends.fetch_sub(1, Ordering::Relaxed);
+        }
         self.link.backend_thread.store(0, Ordering::Relaxed);
         // Whatever was pinned to that connection is gone with it; a recorded transaction lives
         // on in its log, and the next command replays it.
@@ -555,3 +613,6 @@ impl<D: Directory> Session<D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

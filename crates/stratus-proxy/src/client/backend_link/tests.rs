@@ -1,0 +1,116 @@
+//! Idle clients give their backend connection back (`release_idle`), against a scripted server
+//! on the paused clock: when, when not, and what the next connection is given.
+
+use crate::session::BACKEND_TRACKING;
+use crate::testkit::client::CAPS;
+use crate::testkit::scripted_backend::{Event, Query, Reply};
+use crate::testkit::{Harness, SERVICE};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use stratus_wire::caps::STATUS_AUTOCOMMIT;
+
+fn server(q: &Query<'_>) -> Reply {
+    match q.sql {
+        "SELECT 1" => Reply::rows(&["1"], &[&["1"]]),
+        "SELECT LAST_INSERT_ID()" => Reply::rows(&["LAST_INSERT_ID()"], &[&["42"]]),
+        _ => Reply::ok(),
+    }
+}
+
+/// Longer than the default `release_idle_after` (10 s).
+const IDLE: Duration = Duration::from_secs(11);
+
+/// (backend connections held by sessions, kept in the pool, idle releases so far)
+fn counts(h: &Harness) -> (u64, u64, u64) {
+    let a = h.proxy.activity.service(SERVICE);
+    let l = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    (l(&a.backends), l(&a.pooled), l(&a.idle_releases))
+}
+
+async fn released(h: &Harness, n: u64) {
+    h.until("the idle session's connection is in the pool", || {
+        counts(h) == (0, 1, n)
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_clients_connection_goes_back_to_the_pool_and_its_next_command_takes_it_again() {
+    let h = Harness::new(server);
+    let one = Reply::rows(&["1"], &[&["1"]]).packets(CAPS, STATUS_AUTOCOMMIT);
+    let mut c = h.client().await;
+    assert_eq!(c.query("SELECT 1").await, one);
+    assert_eq!(counts(&h), (1, 0, 0));
+
+    tokio::time::sleep(IDLE).await;
+    released(&h, 1).await;
+    assert!(h.backend.log().contains(&Event::Reset(1)));
+
+    // The next command logs in again on the kept connection, which is given the session and
+    // the LAST_INSERT_ID() the old one had, before the command.
+    assert_eq!(c.query("SELECT 1").await, one);
+    assert_eq!(counts(&h), (1, 0, 1));
+    assert_eq!(h.backend.connections(), 1);
+    assert!(h.backend.log().contains(&Event::ChangeUser(1)));
+    assert_eq!(
+        h.backend.queries(1),
+        [
+            BACKEND_TRACKING,
+            "SELECT 1",
+            "SELECT LAST_INSERT_ID()",
+            BACKEND_TRACKING,
+            BACKEND_TRACKING,
+            "DO LAST_INSERT_ID(42)",
+            "SELECT 1",
+        ]
+    );
+
+    // And it is released again after the next idle spell.
+    tokio::time::sleep(IDLE).await;
+    released(&h, 2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_keeps_talking_keeps_its_connection() {
+    let h = Harness::new(server);
+    let mut c = h.client().await;
+    for _ in 0..6 {
+        c.query("SELECT 1").await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    assert_eq!(counts(&h), (1, 0, 0));
+    assert_eq!(h.backend.connections(), 1);
+    assert!(!h.backend.log().contains(&Event::Reset(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_in_a_transaction_or_with_a_temporary_table_keeps_its_connection() {
+    let h = Harness::new(server);
+    let mut c = h.client().await;
+    c.query("BEGIN").await;
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!(counts(&h), (1, 0, 0), "released inside a transaction");
+    c.query("COMMIT").await;
+
+    c.query("CREATE TEMPORARY TABLE scratch (a INT)").await;
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!(counts(&h), (1, 0, 0), "released with a temporary table");
+    c.query("DROP TEMPORARY TABLE scratch").await;
+
+    // Once nothing ties it, the next idle spell releases it.
+    tokio::time::sleep(IDLE).await;
+    released(&h, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn releases_are_off_at_zero() {
+    let cfg = crate::ProxyConfig {
+        release_idle_after: Duration::ZERO,
+        ..crate::ProxyConfig::default()
+    };
+    let h = Harness::with_config(cfg, server);
+    let mut c = h.client().await;
+    c.query("SELECT 1").await;
+    tokio::time::sleep(IDLE * 10).await;
+    assert_eq!(counts(&h), (1, 0, 0));
+}
