@@ -209,15 +209,22 @@ pub(crate) struct SessionLink {
     pub(crate) idle: idle::IdleClock,
 }
 
-type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
+/// What a session thread is handed.
+enum Work {
+    Client(std::net::TcpStream, SocketAddr),
+    /// Close the kept backend connections that outlived `pool_idle_timeout` (the pool is the
+    /// thread's own: see [`pool`]).
+    SweepPool,
+}
+
+type Handoff = tokio::sync::mpsc::UnboundedSender<Work>;
 
 impl<D: Directory> Proxy<D> {
     /// Starts the session threads; each owns a current-thread runtime fed with accepted sockets.
     fn start_workers(self: &Arc<Self>) -> std::io::Result<Vec<Handoff>> {
         let mut senders = Vec::new();
         for i in 0..self.cfg.threads {
-            let (tx, mut rx) =
-                tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Work>();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -226,7 +233,17 @@ impl<D: Directory> Proxy<D> {
                 .name(format!("stratus-proxy-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
-                        while let Some((std_stream, peer)) = rx.recv().await {
+                        while let Some(work) = rx.recv().await {
+                            let (std_stream, peer) = match work {
+                                Work::Client(s, peer) => (s, peer),
+                                Work::SweepPool => {
+                                    let me = me.clone();
+                                    tokio::spawn(async move {
+                                        pool::sweep(me.cfg.pool_idle_timeout, &me.activity).await
+                                    });
+                                    continue;
+                                }
+                            };
                             match tokio::net::TcpStream::from_std(std_stream) {
                                 Ok(stream) => {
                                     tokio::spawn(client::run(me.clone(), stream, peer));
@@ -322,6 +339,21 @@ impl<D: Directory> Proxy<D> {
                 Vec::new()
             }
         };
+        // Timed here, not on the session threads (a timer there costs every statement: see
+        // [`idle`]).
+        let sweeps = workers.clone();
+        let every = (self.cfg.pool_idle_timeout / 2).max(Duration::from_secs(1));
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for w in &sweeps {
+                    let _ = w.send(Work::SweepPool);
+                }
+            }
+        });
+        let _sweeper = AbortOnDrop(sweeper);
         let mut next = 0usize;
         let mut draining = self.draining.subscribe();
         let mut refusal = Refusal::new();
@@ -349,7 +381,7 @@ impl<D: Directory> Proxy<D> {
                     next = (next + 1) % workers.len();
                     match stream.into_std() {
                         Ok(std_stream) => {
-                            let _ = workers[next].send((std_stream, peer));
+                            let _ = workers[next].send(Work::Client(std_stream, peer));
                         }
                         Err(e) => tracing::warn!("cannot hand a connection to a proxy thread: {e}"),
                     }
@@ -370,6 +402,15 @@ impl<D: Directory> Proxy<D> {
                 }
             }
         }
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

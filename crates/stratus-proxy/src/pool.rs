@@ -7,9 +7,10 @@
 //! <https://mariadb.com/kb/en/com_reset_connection/>) before it is kept, so nothing it held
 //! (locks, temporary tables) outlives its client; checked alive before it is reused, and logged
 //! in again then (`COM_CHANGE_USER`, in `client.rs`), so an account locked, dropped or stripped
-//! of privileges meanwhile is refused as on a new connection; dropped after `idle` unused, and at
-//! most `cap` wait per database. A database that is
-//! parked or suspended closes its connections; they are found dead and dropped on the next look.
+//! of privileges meanwhile is refused as on a new connection; closed after `idle` unused (by
+//! [`sweep`], which the proxy asks of each session thread), and at most `cap` wait per database.
+//! A database that is parked or suspended closes its connections; they are found dead and
+//! dropped on the next look.
 
 use crate::activity::Activity;
 use crate::backend::Backend;
@@ -17,9 +18,11 @@ use crate::session::BACKEND_TRACKING;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so tests can move it.
 use stratus_core::Endpoint;
-use stratus_wire::command::COM_RESET_CONNECTION;
+use stratus_wire::command::{COM_QUIT, COM_RESET_CONNECTION};
+use tokio::time::Instant;
 
 /// What must match for a kept connection to serve a new session.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -71,33 +74,61 @@ pub async fn give_back(
     if !backend.buf.is_empty() || reset(&mut backend).await.is_err() {
         return;
     }
-    IDLE.with(|pool| {
+    let (stale, refused) = IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
-        for (k, list) in pool.iter_mut() {
-            let before = list.len();
-            list.retain(|e| e.since.elapsed() <= idle);
-            activity
-                .service(&k.service)
-                .pooled
-                .fetch_sub((before - list.len()) as u64, Ordering::Relaxed);
-        }
-        pool.retain(|_, list| !list.is_empty());
+        let stale = expire(&mut pool, idle, activity);
         let kept: usize = pool
             .iter()
             .filter(|(k, _)| k.service == key.service)
             .map(|(_, l)| l.len())
             .sum();
-        if kept < cap {
-            activity
-                .service(&key.service)
-                .pooled
-                .fetch_add(1, Ordering::Relaxed);
-            pool.entry(key).or_default().push(Idle {
-                backend,
-                since: Instant::now(),
-            });
+        if kept >= cap {
+            return (stale, Some(backend));
         }
+        activity
+            .service(&key.service)
+            .pooled
+            .fetch_add(1, Ordering::Relaxed);
+        pool.entry(key).or_default().push(Idle {
+            backend,
+            since: Instant::now(),
+        });
+        (stale, None)
     });
+    close(stale.into_iter().chain(refused)).await;
+}
+
+/// Closes this thread's kept connections that waited longer than `idle`.
+pub async fn sweep(idle: Duration, activity: &Activity) {
+    let stale = IDLE.with(|pool| expire(&mut pool.borrow_mut(), idle, activity));
+    close(stale).await;
+}
+
+/// Takes the connections that waited longer than `idle` out of `pool`.
+fn expire(pool: &mut HashMap<Key, Vec<Idle>>, idle: Duration, activity: &Activity) -> Vec<Backend> {
+    let mut stale = Vec::new();
+    for (k, list) in pool.iter_mut() {
+        let before = stale.len();
+        let (old, young) = std::mem::take(list)
+            .into_iter()
+            .partition(|e: &Idle| e.since.elapsed() > idle);
+        *list = young;
+        stale.extend(old.into_iter().map(|e| e.backend));
+        activity
+            .service(&k.service)
+            .pooled
+            .fetch_sub((stale.len() - before) as u64, Ordering::Relaxed);
+    }
+    pool.retain(|_, list| !list.is_empty());
+    stale
+}
+
+/// Says goodbye on each connection (`COM_QUIT`) before it closes, so the server counts no
+/// aborted client; one that is gone already is just dropped.
+async fn close(backends: impl IntoIterator<Item = Backend>) {
+    for mut b in backends {
+        let _ = b.send(COM_QUIT, &[]).await;
+    }
 }
 
 async fn reset(b: &mut Backend) -> Result<(), crate::backend::BackendError> {

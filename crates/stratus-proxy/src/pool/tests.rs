@@ -60,3 +60,35 @@ async fn a_kept_connection_is_logged_in_again_and_a_dead_one_replaced() {
     assert_eq!(c.query(READ).await, answer);
     assert_eq!(h.backend.queries(2), [BACKEND_TRACKING, READ]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_connection_unused_too_long_is_closed_by_the_sweep() {
+    let h = Harness::new(tables);
+    let idle = h.proxy.cfg.pool_idle_timeout;
+    let c = h.client().await;
+    c.quit().await;
+    kept(&h, 1).await;
+
+    // Not yet: a sweep leaves it.
+    crate::pool::sweep(idle, &h.proxy.activity).await;
+    assert_eq!(
+        h.proxy
+            .activity
+            .service(SERVICE)
+            .pooled
+            .load(Ordering::Relaxed),
+        1
+    );
+
+    tokio::time::advance(idle + std::time::Duration::from_secs(1)).await;
+    crate::pool::sweep(idle, &h.proxy.activity).await;
+    assert_eq!(
+        h.proxy
+            .activity
+            .service(SERVICE)
+            .pooled
+            .load(Ordering::Relaxed),
+        0
+    );
+    h.backend.seen(Event::Closed(1)).await;
+}
