@@ -84,8 +84,8 @@ impl Stratus {
             .prefer_socket(false)
     }
 
-    /// A metric sample from `/metrics`.
-    pub fn metric(&self, series: &str) -> Option<f64> {
+    /// `/metrics`, as text.
+    fn metrics(&self) -> Option<String> {
         use std::io::{Read, Write};
         let mut sock = std::net::TcpStream::connect(&self.api).ok()?;
         write!(
@@ -96,8 +96,25 @@ impl Stratus {
         .ok()?;
         let mut text = String::new();
         sock.read_to_string(&mut text).ok()?;
-        text.lines()
+        Some(text)
+    }
+
+    /// A metric sample from `/metrics`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()?
+            .lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// The sum of a metric's samples over all its labels (every database).
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let text = self.metrics()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum(),
+        )
     }
 
     /// Polls a metric until it reaches at least `want` (bounded).

@@ -14,8 +14,8 @@
 //! 6. `stratus up` with 200 active databases: its CPU, and its monitor's (the thread
 //!    `stratus-monitor`);
 //! 7. 10,000 idle client connections across 100 of them: the proxy's memory per connection,
-//!    the backend connections held, and a `SELECT 1` on an idle connection with and without a
-//!    backend.
+//!    the backend connections held once the clients are idle, and a `SELECT 1` on an idle
+//!    connection with a backend, with its backend released, and on a suspended database.
 //!
 //! `--bursts` runs only the bursts, `--many` only 4 and 5, `--active` only 6 and 7.
 //!
@@ -23,7 +23,8 @@
 //! hundred servers' memory; the default is 10 s and 4 hours. In 6 and 7 they never suspend by
 //! themselves, and are made small (an SCU of 256 MiB with a 64 MiB buffer pool) so that two
 //! hundred fit this host's memory admission at once: those sections measure Stratus, not its
-//! servers.
+//! servers. Idle clients there give their server connection back after 1 s (10 s by default:
+//! see section 7).
 
 use anyhow::{Context, bail};
 use mysql_async::Conn;
@@ -37,7 +38,8 @@ use stratus_bench::{Stratus, cpu_time, open_files, rss_kib, servers, summary, th
 const POLICY: &str = "[policy]\nidle_to_suspend_ms = 2000\nsuspend_to_park_ms = 5000\n";
 /// Sections 6 and 7: small databases that stay active (see the module's docs).
 const ACTIVE: &str = "[scu]\nmemory_bytes = 268435456\nbuffer_pool_fraction = 0.25\n\
-                      [policy]\nidle_to_suspend_ms = 86400000\n";
+                      [policy]\nidle_to_suspend_ms = 86400000\n\
+                      [proxy]\nrelease_idle_after_ms = 1000\n";
 /// Databases kept active in section 6, and those of them section 7 connects to.
 const ACTIVE_DBS: usize = 200;
 const CONNECTED_DBS: usize = 100;
@@ -404,22 +406,22 @@ async fn active(bin: &str) -> anyhow::Result<()> {
     connections(&s, &made).await
 }
 
-/// Section 7: [`CONNECTIONS_PER_DB`] idle connections to each of [`CONNECTED_DBS`] databases.
-/// A server keeps a session for each client of its database while the database is active;
-/// suspending it closes them and the proxy keeps its clients' sessions. So the databases are
-/// connected to one after another and each suspended once its clients are idle: ten thousand
-/// clients and as many server sessions would need more descriptors than this host gives one
-/// process (20,000).
+/// Section 7: [`CONNECTIONS_PER_DB`] idle connections to each of [`CONNECTED_DBS`] databases,
+/// which stay active. A session gives its server connection back once its client has been
+/// idle for `release_idle_after_ms` (1 s here, 10 s by default: ten thousand clients and as
+/// many server sessions would need more descriptors than this host gives one process, 20,000,
+/// and the databases are connected to one after another).
 async fn connections(s: &Arc<Stratus>, made: &[Made]) -> anyhow::Result<()> {
     let dbs = &made[..CONNECTED_DBS.min(made.len())];
     let want = dbs.len() * CONNECTIONS_PER_DB;
     println!(
-        "\n7. {want} idle client connections across {} databases",
+        "\n7. {want} idle client connections across {} active databases",
         dbs.len()
     );
     let pid = s.pid();
-    // `stratus up`'s descriptors beyond one per client are its server sessions (a server's
-    // own thread count is no measure: a closed session's thread may wait in its cache).
+    // `stratus up`'s descriptors beyond one per client are its server sessions, held or kept
+    // for reuse (a server's own thread count is no measure: a closed session's thread may wait
+    // in its cache).
     let files0 = open_files(pid);
     let sessions = |clients: usize| open_files(pid).saturating_sub(files0 + clients);
     let rss0 = rss_kib(pid);
@@ -452,7 +454,6 @@ async fn connections(s: &Arc<Stratus>, made: &[Made]) -> anyhow::Result<()> {
             let _: Option<u8> = c.query_first("SELECT 1").await?;
             held.push(begin.elapsed().as_secs_f64() * 1000.0);
         }
-        s.client().suspend(&m.name, false).await?;
         conns.push(these);
     }
     let opened: usize = conns.iter().map(Vec::len).sum();
@@ -463,9 +464,24 @@ async fn connections(s: &Arc<Stratus>, made: &[Made]) -> anyhow::Result<()> {
             failed[0]
         );
     }
+    // Every session lets its connection go once its client is idle.
+    let begin = Instant::now();
+    while s
+        .metric_sum("stratus_proxy_backend_connections")
+        .unwrap_or(f64::MAX)
+        > 0.0
+    {
+        if begin.elapsed() > Duration::from_secs(120) {
+            println!("    sessions still holding a server connection after 120 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Idle: nothing runs on them while the memory settles.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss1, held_after) = (rss_kib(pid), sessions(opened));
+    let in_use = s.metric_sum("stratus_proxy_backend_connections");
+    let pooled = s.metric_sum("stratus_proxy_pooled_connections");
     println!(
         "  `stratus up` RSS {:.1} → {:.1} MiB with {opened} clients: {:.1} KiB per idle client connection",
         mib(rss0),
@@ -473,26 +489,49 @@ async fn connections(s: &Arc<Stratus>, made: &[Made]) -> anyhow::Result<()> {
         (rss1 as f64 - rss0 as f64) / opened.max(1) as f64
     );
     println!(
-        "  server sessions for them: {most_held} at most while a database was active ({CONNECTIONS_PER_DB} clients each), {held_after} once all were suspended"
+        "  server sessions for them: {most_held} at most while connecting, {held_after} once they were idle ({} held by a session, {} kept for reuse)",
+        in_use.unwrap_or(f64::NAN),
+        pooled.unwrap_or(f64::NAN)
+    );
+    // The pool closes what it kept once unused for `pool_idle_timeout_secs` (60 s).
+    let begin = Instant::now();
+    while s
+        .metric_sum("stratus_proxy_pooled_connections")
+        .unwrap_or(f64::MAX)
+        > 0.0
+        && begin.elapsed() < Duration::from_secs(180)
+    {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "  {:.0} s later, the pool's kept connections closed: {} server sessions, `stratus up` RSS {:.1} MiB",
+        begin.elapsed().as_secs_f64(),
+        sessions(opened),
+        mib(rss_kib(pid))
     );
     summary("SELECT 1, idle, with a server session", &mut held);
-    // The first connection of each database wakes it; the next finds it active and opens a
-    // session of its own.
-    let (mut first, mut later) = (Vec::new(), Vec::new());
+    let mut released = Vec::new();
     for these in &mut conns {
-        for (i, c) in these.iter_mut().take(3).enumerate() {
+        for c in these.iter_mut().take(3) {
             let begin = Instant::now();
             let _: Option<u8> = c.query_first("SELECT 1").await?;
-            let ms = begin.elapsed().as_secs_f64() * 1000.0;
-            if i == 0 {
-                first.push(ms)
-            } else {
-                later.push(ms)
-            }
+            released.push(begin.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    summary("SELECT 1, no session, database suspended", &mut first);
-    summary("SELECT 1, no session, database active", &mut later);
+    summary(
+        "SELECT 1, idle, session released (database active)",
+        &mut released,
+    );
+    // A sleeping database: its first statement wakes it.
+    let mut woken = Vec::new();
+    for (m, these) in dbs.iter().zip(&mut conns).take(20) {
+        s.client().suspend(&m.name, false).await?;
+        let c = &mut these[3];
+        let begin = Instant::now();
+        let _: Option<u8> = c.query_first("SELECT 1").await?;
+        woken.push(begin.elapsed().as_secs_f64() * 1000.0);
+    }
+    summary("SELECT 1, no session, database suspended", &mut woken);
     drop(conns);
     Ok(())
 }
