@@ -42,6 +42,16 @@ pub struct CreateRequest {
     pub require_tls: Option<bool>,
 }
 
+/// Where a create's time went, in milliseconds, for its `started` event: the server (a spare
+/// claimed, or a new one started), its size (the buffer pool grown, or the admin login), the
+/// database and owner account made in it, and the catalog updated.
+struct ProvisionPhases {
+    server: u64,
+    size: u64,
+    accounts: u64,
+    catalog: u64,
+}
+
 /// The owner account every database gets unless the request names another.
 pub const DEFAULT_OWNER: &str = "admin";
 
@@ -87,8 +97,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .await?;
         }
 
-        let from_pool = match self.provision(&mut svc, &owner).await {
-            Ok(from_pool) => from_pool,
+        let recorded_ms = begin.elapsed().as_millis() as u64;
+        let (from_pool, phases) = match self.provision(&mut svc, &owner).await {
+            Ok(done) => done,
             Err(e) => {
                 let _ = self.runtime.destroy(&name).await;
                 let _ = self.store.delete_service(&name).await;
@@ -116,7 +127,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 placed.node, placed.reason
             ),
             json!({"ready_ms": ready_ms, "scu": svc.scu, "warm_pool": from_pool,
-                   "node": placed.node, "placement": placed.data}),
+                   "node": placed.node, "placement": placed.data,
+                   "phases_ms": {"placed_and_recorded": recorded_ms, "server": phases.server,
+                                 "size": phases.size, "accounts": phases.accounts,
+                                 "catalog": phases.catalog}}),
         )
         .await;
         let (host, port) = self.endpoint();
@@ -135,8 +149,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     /// A server for a new database: a spare from the warm pool if one is ready, else a fresh
-    /// copy of the template.
-    async fn provision(&self, svc: &mut DatabaseService, owner: &User) -> Result<bool> {
+    /// copy of the template. Also says whether it was a spare, and where the time went.
+    async fn provision(
+        &self,
+        svc: &mut DatabaseService,
+        owner: &User,
+    ) -> Result<(bool, ProvisionPhases)> {
+        let mut clock = Instant::now();
+        let mut lap = move || {
+            let ms = clock.elapsed().as_millis() as u64;
+            clock = Instant::now();
+            ms
+        };
         let spec = self.instance_spec(svc);
         let mut spare_pool = None;
         let instance = match self.take_spare(&spec.node, spec.resources.buffer_pool_bytes) {
@@ -154,6 +178,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             None => self.runtime.provision(&spec).await?,
         };
         let _ = instance;
+        let server = lap();
         let name = svc.name().clone();
         let mut conn = match spare_pool {
             // A spare not presized to this database's pool idles on a small one; give it the
@@ -167,15 +192,23 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
             _ => self.admin(&name).await?,
         };
+        let size = lap();
         for sql in provision_sql(&name, &owner.name, &owner.hash, false) {
             conn.exec(&sql).await?;
         }
         let bp = conn.buffer_pool_size().await?;
         conn.close().await;
+        let accounts = lap();
         svc.buffer_pool_bytes = bp;
         svc.state = DbState::Active;
         self.store.update_service(svc).await?;
-        Ok(spare_pool.is_some())
+        let phases = ProvisionPhases {
+            server,
+            size,
+            accounts,
+            catalog: lap(),
+        };
+        Ok((spare_pool.is_some(), phases))
     }
 
     pub async fn show(&self, db: &str) -> Result<DatabaseView> {

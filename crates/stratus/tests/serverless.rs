@@ -231,6 +231,25 @@ async fn databases_come_from_the_warm_pool_and_it_refills() {
     let (user, pw) = create(&s, &[]);
     let started = s.wait_for_event("shop", "started", Duration::from_secs(5));
     assert_eq!(started["data"]["warm_pool"], true, "{started}");
+    // It says where its time went, and the phases add up to no more than the whole.
+    let phases = started["data"]["phases_ms"].as_object().unwrap();
+    let names: Vec<&str> = phases.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "accounts",
+            "catalog",
+            "placed_and_recorded",
+            "server",
+            "size"
+        ],
+        "{started}"
+    );
+    let sum: u64 = phases.values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(
+        sum <= started["data"]["ready_ms"].as_u64().unwrap(),
+        "{started}"
+    );
     let shown = s.json(&["db", "show", "shop"]);
     if shown["limits_enforced"] == true {
         assert_eq!(
