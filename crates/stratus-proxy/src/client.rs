@@ -514,6 +514,7 @@ impl<D: Directory> Session<D> {
                     self.state.reset();
                     self.txlog.clear();
                     self.stmts.clear();
+                    self.carried_insert_id = None;
                     self.client
                         .send(
                             seq,
@@ -905,10 +906,14 @@ impl<D: Directory> Session<D> {
         let out = Outgoing::Statement { raw, lp, id, cmd };
         // Taken on as the answer goes out; a cursor closed is counted after (counting it a
         // moment longer only makes a park wait).
+        let executes = cmd == COM_STMT_EXECUTE;
         self.on_success = Some(Effects {
-            user_vars: cmd == COM_STMT_EXECUTE && assigns,
+            pin: stmt.class.pin.filter(|_| executes).into_iter().collect(),
+            unpin: stmt.class.unpin.filter(|_| executes).into_iter().collect(),
+            user_vars: executes && assigns,
             cursor_if_open: expect == Expect::Cursor,
-            ..Effects::default()
+            opaque: executes && matches!(stmt.class.kind, Kind::Call | Kind::Execute),
+            next_transaction: false,
         });
         let r = self.forward_retrying(out, seq, expect, on_loss).await;
         self.on_success = None;
@@ -1009,6 +1014,7 @@ impl<D: Directory> Session<D> {
         self.login.user = user_name.into_bytes();
         self.login.stage1 = stage1;
         self.password_unknown = false;
+        self.carried_insert_id = None;
         if let Some(cs) = charset {
             self.login.charset = cs as u8;
         }
@@ -1025,6 +1031,7 @@ impl<D: Directory> Session<D> {
     async fn after_reset(&mut self) {
         self.release_pins();
         self.state.reset();
+        self.carried_insert_id = None;
         self.txlog.clear();
         self.stmts.clear();
         if let Some(b) = self.backend.as_mut() {
@@ -1066,8 +1073,23 @@ fn effects(sql: &[u8], stmts: &[Statement]) -> Effects {
         // count as holding values it has not read for nothing.
         let text = sql.get(s.span.clone()).unwrap_or_default();
         e.user_vars |= s.sets_user_vars || s.kind == Kind::Call && text.contains(&b'@');
+        let word = |i: usize, w: &str| nth_word(text, i).eq_ignore_ascii_case(w.as_bytes());
+        e.opaque |= matches!(s.kind, Kind::Call | Kind::Execute)
+            || s.kind == Kind::Other && word(0, "EXECUTE") && word(1, "IMMEDIATE")
+            || s.kind == Kind::Prepare && word(2, "FROM") && nth_word(text, 3).starts_with(b"@");
+        e.next_transaction |= s.kind == Kind::Set && word(0, "SET") && word(1, "TRANSACTION");
     }
     e
+}
+
+/// A statement's `i`th word, split on whitespace (empty past its end): enough to tell
+/// `EXECUTE IMMEDIATE`, `SET TRANSACTION` (no scope) and `PREPARE s FROM @var` apart, without
+/// allocating on every statement.
+fn nth_word(text: &[u8], i: usize) -> &[u8] {
+    text.split(u8::is_ascii_whitespace)
+        .filter(|w| !w.is_empty())
+        .nth(i)
+        .unwrap_or_default()
 }
 
 /// Learns the transaction and autocommit state from the end of an answer. An error leaves the
@@ -1083,6 +1105,8 @@ fn settle(state: &mut SessionState, autocommit: &mut bool, t: &Tracker, expect: 
     {
         state.in_transaction = t.status & caps::STATUS_IN_TRANS != 0;
         *autocommit = t.status & caps::STATUS_AUTOCOMMIT != 0;
+        // The transaction that began used the characteristics set for it.
+        state.next_transaction &= !state.in_transaction;
     }
 }
 

@@ -75,14 +75,18 @@ impl IdleClock {
     }
 
     /// When the backend connection is to be released, unless that was already signalled for
-    /// this idle period (or releases are off).
-    fn release_deadline(&self) -> Option<Instant> {
+    /// this idle period (or releases are off); with the period's `last`.
+    fn release_deadline(&self) -> Option<(Instant, u64)> {
         if self.release_after.is_zero() {
             return None;
         }
         let last = self.last.load(Ordering::Relaxed);
-        (self.released_for.load(Ordering::Relaxed) != last.saturating_add(1))
-            .then(|| self.origin + Duration::from_micros(last) + self.release_after)
+        (self.released_for.load(Ordering::Relaxed) != last.saturating_add(1)).then(|| {
+            (
+                self.origin + Duration::from_micros(last) + self.release_after,
+                last,
+            )
+        })
     }
 
     /// The session has a new backend connection: its release is to be timed again.
@@ -128,8 +132,9 @@ pub(crate) async fn watch(link: Arc<SessionLink>) {
     loop {
         let mut next = clock.deadline();
         if !clock.release_after.is_zero() && link.backend_thread.load(Ordering::Relaxed) != 0 {
-            let again = Instant::now() + clock.release_after;
-            next = next.min(clock.release_deadline().unwrap_or(again));
+            // Not sooner than a second, however short the setting.
+            let again = Instant::now() + clock.release_after.max(Duration::from_secs(1));
+            next = next.min(clock.release_deadline().map_or(again, |(at, _)| at));
         }
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
@@ -141,11 +146,11 @@ pub(crate) async fn watch(link: Arc<SessionLink>) {
             link.wake.notify_one();
             // The session ends, or tells us it moved on.
             clock.rearm.notified().await;
-        } else if let Some(release) = clock.release_deadline()
+        } else if let Some((release, last)) = clock.release_deadline()
             && now >= release
             && link.backend_thread.load(Ordering::Relaxed) != 0
         {
-            let last = clock.last.load(Ordering::Relaxed);
+            // The period looked at, not a newer one a command began meanwhile.
             clock
                 .released_for
                 .store(last.saturating_add(1), Ordering::Relaxed);

@@ -71,18 +71,25 @@ pub async fn give_back(
     cap: usize,
     activity: &Activity,
 ) {
+    let (stale, full) = IDLE.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let stale = expire(&mut pool, idle, activity);
+        (stale, kept(&pool, &key.service) >= cap)
+    });
+    close(stale).await;
+    // Not worth a reset when it would not be kept (the usual case when many idle clients give
+    // their connections back at once).
+    if full {
+        close([backend]).await;
+        return;
+    }
     if !backend.buf.is_empty() || reset(&mut backend).await.is_err() {
         return;
     }
     let (stale, refused) = IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
         let stale = expire(&mut pool, idle, activity);
-        let kept: usize = pool
-            .iter()
-            .filter(|(k, _)| k.service == key.service)
-            .map(|(_, l)| l.len())
-            .sum();
-        if kept >= cap {
+        if kept(&pool, &key.service) >= cap {
             return (stale, Some(backend));
         }
         activity
@@ -102,6 +109,14 @@ pub async fn give_back(
 pub async fn sweep(idle: Duration, activity: &Activity) {
     let stale = IDLE.with(|pool| expire(&mut pool.borrow_mut(), idle, activity));
     close(stale).await;
+}
+
+/// How many connections `pool` keeps for `service`.
+fn kept(pool: &HashMap<Key, Vec<Idle>>, service: &str) -> usize {
+    pool.iter()
+        .filter(|(k, _)| k.service == service)
+        .map(|(_, l)| l.len())
+        .sum()
 }
 
 /// Takes the connections that waited longer than `idle` out of `pool`.

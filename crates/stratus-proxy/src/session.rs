@@ -25,6 +25,11 @@ pub struct Effects {
     /// It opened a server-side cursor if its answer's status says one exists
     /// (`COM_STMT_EXECUTE` with a cursor flag).
     pub cursor_if_open: bool,
+    /// It may have made state the proxy cannot see (see [`SessionState::opaque`]).
+    pub opaque: bool,
+    /// It set the characteristics of the next transaction only (`SET TRANSACTION` without a
+    /// scope), which the server reports to no tracker Stratus reads.
+    pub next_transaction: bool,
 }
 
 /// Variables that describe one statement or transaction, or that the server maintains itself
@@ -136,6 +141,14 @@ pub struct SessionState {
     /// along (inside a transaction its replay assigns them again). Not a pin for the lifecycle:
     /// the idle monitor waits for the read, an operator's suspend or park does not.
     pub user_vars_unread: bool,
+    /// A statement ran whose effects the proxy cannot see (`CALL`, `EXECUTE`,
+    /// `EXECUTE IMMEDIATE`: locks or temporary tables made inside are not counted), or a text
+    /// statement was prepared from a user variable (its replay would read the variable's later
+    /// value). Until the session is reset, an idle release leaves its connection alone.
+    pub opaque: bool,
+    /// `SET TRANSACTION` without a scope, not yet used by a transaction: held by the
+    /// connection alone.
+    pub next_transaction: bool,
 }
 
 impl SessionState {
@@ -185,6 +198,8 @@ impl SessionState {
             self.unpin(p);
         }
         self.user_vars_unread |= e.user_vars;
+        self.opaque |= e.opaque;
+        self.next_transaction |= e.next_transaction;
         if e.cursor_if_open && status & stratus_wire::caps::STATUS_CURSOR_EXISTS != 0 {
             self.cursors += 1;
         }

@@ -296,13 +296,22 @@ impl<D: Directory> Session<D> {
         if self.backend.is_none()
             || self.ticket.is_some()
             || self.link.killed.load(Ordering::Relaxed)
+            || self.proxy.holds.is_held(&self.service)
         {
             return;
         }
-        if self.state.user_vars_unread {
-            self.user_vars_idle().await;
+        if self.state.user_vars_unread && self.read_user_vars().await.is_err() {
+            return;
         }
-        if self.state.pinned().is_some() || self.state.user_vars_unread || self.profiled() {
+        if self.state.pinned().is_some()
+            || self.state.user_vars_unread
+            || self.state.opaque
+            || self.state.next_transaction
+            || self.profiled()
+            // The next connection would be refused: a session keeps its login through a
+            // change of its password, as on a server.
+            || !self.login_still_valid().await
+        {
             return;
         }
         let Some(b) = self.backend.as_mut() else {
@@ -323,8 +332,14 @@ impl<D: Directory> Session<D> {
             }
         }
         self.link.backend_thread.store(0, Ordering::Relaxed);
+        // A `KILL` that read the thread id before it was cleared must not reach whoever takes
+        // the connection next.
+        if self.link.killed.load(Ordering::Relaxed) {
+            self.drop_backend();
+            return;
+        }
         self.activity.idle_releases.fetch_add(1, Ordering::Relaxed);
-        self.release_backend().await;
+        self.give_back_backend(false).await;
     }
 
     /// The session ever turned profiling on: its connection keeps the `SHOW PROFILES` history
@@ -338,6 +353,12 @@ impl<D: Directory> Session<D> {
 
     /// After the client left: keep a healthy backend connection for the next client.
     pub(super) async fn release_backend(&mut self) {
+        self.give_back_backend(true).await
+    }
+
+    /// Gives the backend connection to the pool. `leaving`: the session ends, and its commit
+    /// marker row goes (an idle session keeps it for its next transactions).
+    async fn give_back_backend(&mut self, leaving: bool) {
         let Some(mut b) = self.backend.take() else {
             return;
         };
@@ -346,7 +367,7 @@ impl<D: Directory> Session<D> {
         if self.profiled() {
             return;
         }
-        if self.marker.txn > 0 && !self.state.in_transaction {
+        if leaving && self.marker.txn > 0 && !self.state.in_transaction {
             // The session's commit marker is of no more use. (Inside a transaction the client
             // left open, the pool's reset rolls that back; the row is pruned later.)
             let sql = replay::marker_delete_sql(self.marker.session);
@@ -385,6 +406,8 @@ impl<D: Directory> Session<D> {
         self.state.handlers = 0;
         self.state.xa = false;
         self.state.cursors = 0;
+        self.state.opaque = false;
+        self.state.next_transaction = false;
     }
 
     pub(super) async fn send_to_backend(&mut self, bytes: &[u8]) {

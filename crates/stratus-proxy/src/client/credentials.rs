@@ -98,4 +98,19 @@ impl<D: Directory> Session<D> {
             ..e
         }
     }
+
+    /// Whether a new backend connection would accept this session's login: its password is
+    /// still the account's. An idle session whose password was changed keeps its connection
+    /// rather than give it up (a server keeps such sessions logged in).
+    pub(super) async fn login_still_valid(&self) -> bool {
+        if self.password_unknown {
+            return false;
+        }
+        let user = String::from_utf8_lossy(&self.login.user).into_owned();
+        self.proxy
+            .dir
+            .account(&self.service, &user)
+            .await
+            .is_some_and(|a| a.stage2 == auth::stage2_of(&self.login.stage1))
+    }
 }

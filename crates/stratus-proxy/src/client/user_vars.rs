@@ -110,6 +110,8 @@ impl<D: Directory> Session<D> {
             }
             Err(BackendError::Server(e)) => {
                 tracing::warn!(db = %self.service, code = e.code, "cannot read user variables back: {}", e.message);
+                // Only this connection has their values now: not given up while idle.
+                self.state.opaque = true;
             }
             Err(e) => {
                 tracing::info!(db = %self.service, "backend lost before user variables were read back: {e:?}");

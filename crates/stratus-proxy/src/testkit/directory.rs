@@ -9,7 +9,7 @@ use stratus_wire::auth::{stage1_of, stage2_of};
 pub(crate) struct TestDirectory {
     service: String,
     user: String,
-    account: Account,
+    account: Mutex<Account>,
     addr: Endpoint,
     failovers: Mutex<Vec<Failover>>,
     unreachable: Mutex<u32>,
@@ -20,14 +20,19 @@ impl TestDirectory {
         Self {
             service: service.to_owned(),
             user: user.to_owned(),
-            account: Account {
+            account: Mutex::new(Account {
                 stage2: stage2_of(&stage1_of(password.as_bytes())),
                 require_tls: false,
-            },
+            }),
             addr,
             failovers: Mutex::default(),
             unreachable: Mutex::default(),
         }
+    }
+
+    /// The account's password changes, as another session's `ALTER USER` would change it.
+    pub(crate) fn set_password(&self, password: &str) {
+        self.account.lock().unwrap().stage2 = stage2_of(&stage1_of(password.as_bytes()));
     }
 
     /// The outcomes of the failovers reported so far.
@@ -44,7 +49,7 @@ impl TestDirectory {
 
 impl Directory for TestDirectory {
     async fn account(&self, service: &str, user: &str) -> Option<Account> {
-        (service == self.service && user == self.user).then_some(self.account)
+        (service == self.service && user == self.user).then(|| *self.account.lock().unwrap())
     }
 
     async fn backend(&self, service: &str, _wake: bool) -> Result<Option<Endpoint>, String> {

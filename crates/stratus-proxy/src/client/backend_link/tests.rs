@@ -114,3 +114,55 @@ async fn releases_are_off_at_zero() {
     tokio::time::sleep(IDLE * 10).await;
     assert_eq!(counts(&h), (1, 0, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn state_the_proxy_cannot_see_or_replay_keeps_the_connection() {
+    let h = Harness::new(server);
+    // A procedure may take locks or make temporary tables the proxy does not see; so may a
+    // statement run by EXECUTE; a statement prepared from a variable would be prepared again
+    // from its later value; one-shot transaction characteristics live on the connection only.
+    for sql in [
+        "CALL take_a_lock()",
+        "EXECUTE IMMEDIATE 'SELECT GET_LOCK(''l'', 0)'",
+        "PREPARE s FROM @query",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ] {
+        let mut c = h.client().await;
+        c.query(sql).await;
+        tokio::time::sleep(IDLE * 3).await;
+        assert_eq!(counts(&h), (1, 0, 0), "released after {sql}");
+        c.quit().await;
+        h.until("the connection is kept", || counts(&h).1 == 1)
+            .await;
+        // The next client takes the kept one.
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_transaction_uses_its_characteristics_and_the_connection_is_free_again() {
+    let h = Harness::new(server);
+    let mut c = h.client().await;
+    c.query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await;
+    tokio::time::sleep(IDLE * 2).await;
+    assert_eq!(counts(&h), (1, 0, 0));
+    c.query("BEGIN").await;
+    c.query("COMMIT").await;
+    tokio::time::sleep(IDLE).await;
+    released(&h, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_whose_password_changed_keeps_its_connection() {
+    let h = Harness::new(server);
+    let mut c = h.client().await;
+    c.query("SELECT 1").await;
+    // Another session changed the account's password: a new connection would be refused.
+    h.dir().set_password("rotated");
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!(counts(&h), (1, 0, 0));
+    assert_eq!(
+        c.query("SELECT 1").await,
+        Reply::rows(&["1"], &[&["1"]]).packets(CAPS, STATUS_AUTOCOMMIT)
+    );
+}
