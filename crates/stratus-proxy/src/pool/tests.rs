@@ -69,26 +69,19 @@ async fn a_kept_connection_unused_too_long_is_closed_by_the_sweep() {
     c.quit().await;
     kept(&h, 1).await;
 
-    // Not yet: a sweep leaves it.
-    crate::pool::sweep(idle, &h.proxy.activity).await;
-    assert_eq!(
+    let pooled = || {
         h.proxy
             .activity
             .service(SERVICE)
             .pooled
-            .load(Ordering::Relaxed),
-        1
-    );
+            .load(Ordering::Relaxed)
+    };
+    // Not yet: a sweep leaves it.
+    crate::pool::sweep(idle, &h.proxy.activity).await;
+    assert_eq!(pooled(), 1);
 
     tokio::time::advance(idle + std::time::Duration::from_secs(1)).await;
     crate::pool::sweep(idle, &h.proxy.activity).await;
-    assert_eq!(
-        h.proxy
-            .activity
-            .service(SERVICE)
-            .pooled
-            .load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(pooled(), 0);
     h.backend.seen(Event::Closed(1)).await;
 }
