@@ -172,6 +172,47 @@ impl Manager {
         })
     }
 
+    /// Renames group `from` to `to` in every hierarchy, processes, limits and memory charge
+    /// included. Nothing migrates: moving a process ([`Cgroup::add_pid`]) makes the kernel
+    /// wait for an RCU grace period in each hierarchy, which was most of a warm-pool claim
+    /// (10–20 ms). cgroup v1 allows it; v2 does not, so there it fails at once
+    /// ([`Error::Unsupported`]) and the caller moves the processes instead. A failure part of
+    /// the way renames the hierarchies already done back.
+    pub fn rename(&self, from: &str, to: &str) -> Result<Cgroup> {
+        validate_name(self.parent.primary(), from)?;
+        validate_name(self.parent.primary(), to)?;
+        if let Dirs::V2(d) = &self.parent {
+            return Err(Error::Unsupported {
+                path: d.join(from),
+                what: "renaming a cgroup (cgroup v2)",
+            });
+        }
+        let (old, new) = (self.parent.join(from), self.parent.join(to));
+        let pairs: Vec<(&Path, &Path)> = old.distinct().into_iter().zip(new.distinct()).collect();
+        for (i, (a, b)) in pairs.iter().enumerate() {
+            // `rename` would replace an empty directory at `to`: refuse as `mkdir` would.
+            let renamed = if b.exists() {
+                Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+            } else {
+                std::fs::rename(a, b)
+            };
+            if let Err(err) = renamed {
+                for (a, b) in &pairs[..i] {
+                    let _ = std::fs::rename(b, a);
+                }
+                return Err(Error::Rename {
+                    from: a.to_path_buf(),
+                    to: b.to_path_buf(),
+                    err,
+                });
+            }
+        }
+        Ok(Cgroup {
+            name: to.to_string(),
+            dirs: new,
+        })
+    }
+
     /// Opens an existing group; fails with [`Error::NotFound`] if it is
     /// missing in any hierarchy.
     pub fn open(&self, name: &str) -> Result<Cgroup> {
@@ -538,6 +579,46 @@ mod tests {
         assert!(cg.is_frozen().unwrap());
         cg.thaw(Duration::from_millis(100)).unwrap();
         assert!(!cg.is_frozen().unwrap());
+    }
+
+    #[test]
+    fn a_group_is_renamed_in_every_v1_hierarchy_or_in_none() {
+        let (root, layout) = fake_v1(V1_MOUNTINFO, &["cpu", "cpuacct", "memory", "freezer"]);
+        let mgr = Manager::new(layout, "stratus").unwrap();
+        let cg_root = root.path().join("sys/fs/cgroup");
+        mgr.create("_spare-1").unwrap();
+        let shop = mgr.rename("_spare-1", "shop").unwrap();
+        assert_eq!(shop.name(), "shop");
+        for h in ["cpu", "cpuacct", "memory", "freezer"] {
+            assert!(cg_root.join(h).join("stratus/shop").is_dir(), "{h}");
+            assert!(!cg_root.join(h).join("stratus/_spare-1").exists(), "{h}");
+        }
+        // Onto a group that exists (here only in the last hierarchy): refused, and the ones
+        // renamed before it are renamed back.
+        mgr.create("_spare-2").unwrap();
+        fs::create_dir(cg_root.join("freezer/stratus/taken")).unwrap();
+        let err = mgr.rename("_spare-2", "taken").unwrap_err();
+        assert!(matches!(err, Error::Rename { .. }), "{err}");
+        for h in ["cpu", "cpuacct", "memory", "freezer"] {
+            assert!(cg_root.join(h).join("stratus/_spare-2").is_dir(), "{h}");
+        }
+        assert!(!cg_root.join("cpu/stratus/taken").exists());
+        assert!(matches!(
+            mgr.rename("_spare-2", "../x"),
+            Err(Error::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn v2_does_not_rename() {
+        let (_root, layout, cg_root) = fake_v2();
+        let mgr = Manager::new(layout, "stratus").unwrap();
+        mgr.create("_spare-1").unwrap();
+        assert!(matches!(
+            mgr.rename("_spare-1", "shop"),
+            Err(Error::Unsupported { .. })
+        ));
+        assert!(cg_root.join("stratus/_spare-1").is_dir());
     }
 
     #[test]

@@ -64,6 +64,13 @@ pub enum Error {
     /// `rmdir` failed for another reason.
     #[error("cannot remove cgroup {path}: {}", os_message(.err))]
     Remove { path: PathBuf, err: io::Error },
+    /// A group could not be renamed ([`Manager::rename`]).
+    #[error("cannot rename cgroup {from} to {to}: {}", os_message(.err))]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        err: io::Error,
+    },
     /// [`Manager::open`] on a group that does not exist.
     #[error("cgroup {path} does not exist")]
     NotFound { path: PathBuf },

@@ -145,6 +145,27 @@ fn real_host_cgroup_lifecycle() {
     assert!(pu.memory_bytes > 0, "{pu:?}");
     eprintln!("proc_usage({pid}): {pu:?}");
 
+    // Renamed with its process in it (v1): the process is in the renamed group, and the
+    // group's limits and usage went with it. v2 refuses, changing nothing.
+    match mgr.rename("shop", "shop-renamed") {
+        Ok(renamed) => {
+            assert_ne!(kind, LayoutKind::V2);
+            cleanup.group = Some(renamed.clone());
+            assert!(renamed.pids().expect("pids").contains(&pid));
+            let seen = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+            assert!(seen.contains("shop-renamed"), "{seen}");
+            assert_eq!(renamed.cpu_limit().expect("read cpu"), Some(250));
+            assert!(renamed.usage().expect("usage").cpu_ns >= after.cpu_ns);
+            assert!(matches!(mgr.open("shop"), Err(Error::NotFound { .. })));
+            mgr.rename("shop-renamed", "shop").expect("rename back");
+            cleanup.group = Some(cg.clone());
+        }
+        Err(e) => {
+            assert_eq!(kind, LayoutKind::V2, "{e}");
+            assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        }
+    }
+
     // Processes remain: removal must fail clearly and leave the group.
     let err = cg.remove().expect_err("remove with a live process");
     assert!(matches!(err, Error::Busy { .. }), "{err}");

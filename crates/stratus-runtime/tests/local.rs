@@ -333,6 +333,11 @@ async fn a_spare_becomes_a_database_without_a_restart() {
             (seen.cpu_limit_millis, seen.memory_limit_bytes),
             (Some(1000), Some(4 << 30))
         );
+        // Its processes are in the database's group, whichever way they got there.
+        let parent = config(&dir, "spare").cgroup_parent;
+        let groups = std::fs::read_to_string(format!("/proc/{}/cgroup", inst.pid)).unwrap();
+        assert!(groups.contains(&format!("/{parent}/claimed\n")), "{groups}");
+        assert!(!groups.contains(&spare.key), "{groups}");
     }
 
     // It behaves as any database: stop, start under its own name, adoption by a new runtime.

@@ -1261,14 +1261,27 @@ impl Inner {
             .map_err(|e| RuntimeError::io(format!("cannot link {}", link.display()), e))?;
         let moved = async {
             if let Some(manager) = &self.cgroups {
-                let to = manager.create(name)?;
-                to.set_cpu_limit(Some(spec.resources.cpu_millis))?;
-                to.set_memory_limit(Some(spec.resources.memory_bytes))?;
-                if let Ok(from) = manager.open(&spare.key) {
-                    for pid in from.pids()? {
-                        to.add_pid(pid)?;
+                // The spare's group becomes the database's (cgroup v1): moving the server's
+                // processes instead costs the kernel an RCU grace period per hierarchy, most
+                // of a claim (`phases_ms.server` in the `started` event).
+                let size = |cg: &stratus_cgroup::Cgroup| -> Result<()> {
+                    cg.set_cpu_limit(Some(spec.resources.cpu_millis))?;
+                    cg.set_memory_limit(Some(spec.resources.memory_bytes))?;
+                    Ok(())
+                };
+                match manager.rename(&spare.key, name) {
+                    Ok(to) => size(&to)?,
+                    Err(e) => {
+                        tracing::debug!(db = name, "moving the spare's processes: {e}");
+                        let to = manager.create(name)?;
+                        size(&to)?;
+                        if let Ok(from) = manager.open(&spare.key) {
+                            for pid in from.pids()? {
+                                to.add_pid(pid)?;
+                            }
+                            let _ = from.remove();
+                        }
                     }
-                    let _ = from.remove();
                 }
             }
             Ok::<_, RuntimeError>(())
