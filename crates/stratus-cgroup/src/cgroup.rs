@@ -173,9 +173,9 @@ impl Manager {
     }
 
     /// Renames group `from` to `to` in every hierarchy, processes, limits and memory charge
-    /// included. Nothing migrates: moving a process ([`Cgroup::add_pid`]) makes the kernel
-    /// wait for an RCU grace period in each hierarchy, which was most of a warm-pool claim
-    /// (10–20 ms). cgroup v1 allows it; v2 does not, so there it fails at once
+    /// included. Nothing migrates: moving a server's processes ([`Cgroup::add_pid`]) was
+    /// most of a warm-pool claim, 5–26 ms in a burst (the kernel's migration, most likely its
+    /// wait for an RCU grace period in each hierarchy). cgroup v1 allows it; v2 does not, so there it fails at once
     /// ([`Error::Unsupported`]) and the caller moves the processes instead. A failure part of
     /// the way renames the hierarchies already done back.
     pub fn rename(&self, from: &str, to: &str) -> Result<Cgroup> {

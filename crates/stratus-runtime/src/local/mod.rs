@@ -1262,8 +1262,8 @@ impl Inner {
         let moved = async {
             if let Some(manager) = &self.cgroups {
                 // The spare's group becomes the database's (cgroup v1): moving the server's
-                // processes instead costs the kernel an RCU grace period per hierarchy, most
-                // of a claim (`phases_ms.server` in the `started` event).
+                // processes instead was most of a claim, 5–26 ms (`phases_ms.server` in the
+                // `started` event), spent in the kernel's migration.
                 let size = |cg: &stratus_cgroup::Cgroup| -> Result<()> {
                     cg.set_cpu_limit(Some(spec.resources.cpu_millis))?;
                     cg.set_memory_limit(Some(spec.resources.memory_bytes))?;
