@@ -90,11 +90,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
     }
 
-    pub(crate) fn forget_hot_indexes(&self, name: &ServiceName) {
+    /// The server is stopped or deleted: its refill stops, and what its pool held is of no
+    /// more use (the next start's pool is empty and MariaDB reloads nothing encrypted).
+    pub(crate) fn forget_hydration(&self, name: &ServiceName) {
         self.hot
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        self.stop_hydration(name);
     }
 
     /// Starts reading back what the server's pool held before it was emptied, now that it has

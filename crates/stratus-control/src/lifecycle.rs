@@ -428,8 +428,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.runtime.destroy(&name).await?;
         self.store.delete_service(&name).await?;
         self.set_suspended(&name, false);
-        self.forget_hot_indexes(&name);
-        self.stop_hydration(&name);
+        self.forget_hydration(&name);
         self.settled(&name);
         self.event(
             &name,

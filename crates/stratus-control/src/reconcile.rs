@@ -494,8 +494,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
             Action::Stop => {
                 // A new server starts with a pool of its own: what the old one held is moot.
-                self.forget_hot_indexes(name);
-                self.stop_hydration(name);
+                self.forget_hydration(name);
                 done.stopped_gracefully = Some(self.runtime.stop(name, self.cfg.stop_grace).await?);
             }
             Action::Thaw => self.runtime.thaw(name).await?,

@@ -161,7 +161,6 @@ pub(crate) async fn session<D: Directory>(
         scramble: login.scramble,
         peer,
         backend: None,
-        carried_insert_id: None,
         state: SessionState {
             schema: login.schema,
             ..SessionState::default()
@@ -234,9 +233,6 @@ struct Session<D: Directory> {
     peer: SocketAddr,
     scramble: [u8; 20],
     backend: Option<Backend>,
-    /// `LAST_INSERT_ID()` of a backend connection given back while the client was idle, for
-    /// the next one.
-    carried_insert_id: Option<u64>,
     state: SessionState,
     stmts: Statements,
     /// What this session counts for in `activity`.
@@ -514,7 +510,6 @@ impl<D: Directory> Session<D> {
                     self.state.reset();
                     self.txlog.clear();
                     self.stmts.clear();
-                    self.carried_insert_id = None;
                     self.client
                         .send(
                             seq,
@@ -1014,7 +1009,6 @@ impl<D: Directory> Session<D> {
         self.login.user = user_name.into_bytes();
         self.login.stage1 = stage1;
         self.password_unknown = false;
-        self.carried_insert_id = None;
         if let Some(cs) = charset {
             self.login.charset = cs as u8;
         }
@@ -1031,7 +1025,6 @@ impl<D: Directory> Session<D> {
     async fn after_reset(&mut self) {
         self.release_pins();
         self.state.reset();
-        self.carried_insert_id = None;
         self.txlog.clear();
         self.stmts.clear();
         if let Some(b) = self.backend.as_mut() {

@@ -81,12 +81,13 @@ impl IdleClock {
             return None;
         }
         let last = self.last.load(Ordering::Relaxed);
-        (self.released_for.load(Ordering::Relaxed) != last.saturating_add(1)).then(|| {
-            (
-                self.origin + Duration::from_micros(last) + self.release_after,
-                last,
-            )
-        })
+        (self.released_for.load(Ordering::Relaxed) != last.saturating_add(1))
+            .then(|| (self.release_at(last), last))
+    }
+
+    /// When an idle period that began `last` µs after `origin` ends in a release.
+    fn release_at(&self, last: u64) -> Instant {
+        self.origin + Duration::from_micros(last) + self.release_after
     }
 
     /// The session has a new backend connection: its release is to be timed again.
@@ -100,10 +101,7 @@ impl IdleClock {
     /// client having sent nothing since the watcher found it so.
     pub(crate) fn release_due(&self) -> bool {
         self.release_due.swap(false, Ordering::Relaxed)
-            && Instant::now()
-                >= self.origin
-                    + Duration::from_micros(self.last.load(Ordering::Relaxed))
-                    + self.release_after
+            && Instant::now() >= self.release_at(self.last.load(Ordering::Relaxed))
     }
 
     /// After the session was woken: whether the watcher found the deadline passed. If the

@@ -86,11 +86,11 @@ pub async fn give_back(
     if !backend.buf.is_empty() || reset(&mut backend).await.is_err() {
         return;
     }
-    let (stale, refused) = IDLE.with(|pool| {
+    // Other sessions of this thread may have filled the pool during the reset.
+    let refused = IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let stale = expire(&mut pool, idle, activity);
         if kept(&pool, &key.service) >= cap {
-            return (stale, Some(backend));
+            return Some(backend);
         }
         activity
             .service(&key.service)
@@ -100,9 +100,9 @@ pub async fn give_back(
             backend,
             since: Instant::now(),
         });
-        (stale, None)
+        None
     });
-    close(stale.into_iter().chain(refused)).await;
+    close(refused).await;
 }
 
 /// Closes this thread's kept connections that waited longer than `idle`.

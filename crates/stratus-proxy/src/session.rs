@@ -149,6 +149,9 @@ pub struct SessionState {
     /// `SET TRANSACTION` without a scope, not yet used by a transaction: held by the
     /// connection alone.
     pub next_transaction: bool,
+    /// `LAST_INSERT_ID()` of a backend connection given back while the client was idle, for
+    /// the next one (a reset or a change of user forgets it with the rest).
+    pub carried_insert_id: Option<u64>,
 }
 
 impl SessionState {

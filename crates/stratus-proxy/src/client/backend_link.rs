@@ -249,7 +249,7 @@ impl<D: Directory> Session<D> {
                 }
             }
         }
-        if let Some(n) = self.carried_insert_id.take()
+        if let Some(n) = self.state.carried_insert_id.take()
             && let Err(e) = b.query(&format!("DO LAST_INSERT_ID({n})")).await
         {
             tracing::warn!(db = %self.service, "could not carry LAST_INSERT_ID() over: {e:?}");
@@ -319,7 +319,7 @@ impl<D: Directory> Session<D> {
         };
         match b.query("SELECT LAST_INSERT_ID()").await {
             Ok(rows) => {
-                self.carried_insert_id = rows
+                self.state.carried_insert_id = rows
                     .first()
                     .and_then(|r| r.first())
                     .and_then(|v| std::str::from_utf8(v.as_deref()?).ok()?.parse().ok())
