@@ -86,6 +86,9 @@ pub struct Backend {
     pub connection_id: u32,
     /// The greeting's scramble, for `COM_CHANGE_USER`.
     scramble: [u8; 20],
+    /// A session profiled on it: `SHOW PROFILES` keeps that history through a reset, so the
+    /// connection is never given to another session.
+    pub profiled: bool,
 }
 
 /// The byte stream to a server: its private unix socket on this host, or TCP to a pod.
@@ -221,6 +224,7 @@ impl Backend {
             addr,
             connection_id: 0,
             scramble: [0; 20],
+            profiled: false,
         };
         let greeting = b.read_packet().await?;
         if greeting.first() == Some(&0xff) {

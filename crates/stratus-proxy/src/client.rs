@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use stratus_wire::auth::{self, NATIVE_PLUGIN};
 use stratus_wire::caps;
-use stratus_wire::classify::{self, Kind, Statement};
+use stratus_wire::classify::{self, Kind, Pin, Statement, named_lock_calls};
 use stratus_wire::command::*;
 use stratus_wire::handshake::{ChangeUser, auth_switch_request};
 use stratus_wire::packet::{self, HEADER_LEN};
@@ -838,6 +838,12 @@ impl<D: Directory> Session<D> {
             }
             return Ok(());
         }
+        // Long data waits on the backend connection for the next execute, which takes it.
+        match cmd {
+            COM_STMT_SEND_LONG_DATA => stmt.long_data = true,
+            COM_STMT_EXECUTE | COM_STMT_RESET => stmt.long_data = false,
+            _ => {}
+        }
         if cmd == COM_STMT_EXECUTE && storage_limit::adds_data(&stmt.class, &stmt.sql) {
             if let Some(limit) = self.proxy.dir.storage_full(&self.service) {
                 let refused = storage_limit::refused(&self.service, limit);
@@ -849,8 +855,6 @@ impl<D: Directory> Session<D> {
             single: true,
             kind: Some(stmt.class.kind),
         };
-        let assigns =
-            stmt.class.sets_user_vars || stmt.class.kind == Kind::Call && stmt.sql.contains(&b'@');
         let on_loss = match cmd {
             COM_STMT_EXECUTE => replay::on_loss(
                 std::slice::from_ref(&stmt.class),
@@ -902,14 +906,12 @@ impl<D: Directory> Session<D> {
         // Taken on as the answer goes out; a cursor closed is counted after (counting it a
         // moment longer only makes a park wait).
         let executes = cmd == COM_STMT_EXECUTE;
-        self.on_success = Some(Effects {
-            pin: stmt.class.pin.filter(|_| executes).into_iter().collect(),
-            unpin: stmt.class.unpin.filter(|_| executes).into_iter().collect(),
-            user_vars: executes && assigns,
-            cursor_if_open: expect == Expect::Cursor,
-            opaque: executes && matches!(stmt.class.kind, Kind::Call | Kind::Execute),
-            next_transaction: false,
-        });
+        let mut effects = match executes {
+            true => effects(&stmt.sql, std::slice::from_ref(&stmt.class)),
+            false => Effects::default(),
+        };
+        effects.cursor_if_open = expect == Expect::Cursor;
+        self.on_success = Some(effects);
         let r = self.forward_retrying(out, seq, expect, on_loss).await;
         self.on_success = None;
         let r = r?;
@@ -1023,6 +1025,11 @@ impl<D: Directory> Session<D> {
     /// After `COM_RESET_CONNECTION` succeeded on the backend: the server forgot the session,
     /// including the tracking Stratus asked for.
     async fn after_reset(&mut self) {
+        if self.profiled()
+            && let Some(b) = self.backend.as_mut()
+        {
+            b.profiled = true;
+        }
         self.release_pins();
         self.state.reset();
         self.txlog.clear();
@@ -1058,13 +1065,35 @@ impl<D: Directory> Session<D> {
 /// `user_vars`).
 fn effects(sql: &[u8], stmts: &[Statement]) -> Effects {
     let mut e = Effects::default();
+    let mut release_all_locks = false;
     for s in stmts {
+        let text = sql.get(s.span.clone()).unwrap_or_default();
         e.pin.extend(s.pin);
+        if s.pin == Some(Pin::NamedLock) || s.unpin == Some(Pin::NamedLock) {
+            // Every `GET_LOCK` counts, with its name when the proxy can read it.
+            let calls = named_lock_calls(text);
+            if s.pin.is_some() {
+                let extra = calls.taken.len().saturating_sub(1);
+                e.pin.extend(std::iter::repeat_n(Pin::NamedLock, extra));
+                if calls.taken.is_empty() {
+                    e.lock_names.push(None);
+                }
+            }
+            e.lock_names.extend(calls.taken);
+            release_all_locks |= calls.release_all;
+        }
+        if s.unpin == Some(Pin::TempTable) && contains_word(text, b"EXISTS") {
+            // `DROP TEMPORARY TABLE IF EXISTS` of a missing table succeeds with a note: alone,
+            // its answer's warnings tell; among others, it is not counted as a drop.
+            if stmts.len() > 1 {
+                continue;
+            }
+            e.drop_if_exists = true;
+        }
         e.unpin.extend(s.unpin);
         // A procedure given user variables assigns them when they are OUT parameters (as
         // connectors pass those). One given none is not read back after: the session would
         // count as holding values it has not read for nothing.
-        let text = sql.get(s.span.clone()).unwrap_or_default();
         e.user_vars |= s.sets_user_vars || s.kind == Kind::Call && text.contains(&b'@');
         let word = |i: usize, w: &str| nth_word(text, i).eq_ignore_ascii_case(w.as_bytes());
         e.opaque |= matches!(s.kind, Kind::Call | Kind::Execute)
@@ -1072,7 +1101,16 @@ fn effects(sql: &[u8], stmts: &[Statement]) -> Effects {
             || s.kind == Kind::Prepare && word(2, "FROM") && nth_word(text, 3).starts_with(b"@");
         e.next_transaction |= s.kind == Kind::Set && word(0, "SET") && word(1, "TRANSACTION");
     }
+    // Locks taken in the same batch are held after it, whatever the order.
+    e.release_all_locks = release_all_locks && e.lock_names.is_empty();
     e
+}
+
+/// Whether `word` appears in `text` as a whole word, in any case. Only for the rare statements
+/// that need it: a match inside a string or comment errs on the side of keeping a pin.
+fn contains_word(text: &[u8], word: &[u8]) -> bool {
+    text.split(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// A statement's `i`th word, split on whitespace (empty past its end): enough to tell

@@ -19,6 +19,8 @@ pub struct Statement {
     pub backend_id: Option<u32>,
     /// The current backend has seen its types.
     pub types_sent: bool,
+    /// Long data was sent for its next execute: it exists only on the backend connection.
+    pub long_data: bool,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +44,7 @@ impl Statements {
             types: None,
             backend_id: Some(ok.statement_id),
             types_sent: false,
+            long_data: false,
         };
         self.map.insert(self.next, stmt);
         self.next
@@ -60,7 +63,13 @@ impl Statements {
         for s in self.map.values_mut() {
             s.backend_id = None;
             s.types_sent = false;
+            s.long_data = false;
         }
+    }
+
+    /// Some statement has long data waiting for its execute.
+    pub fn long_data_pending(&self) -> bool {
+        self.map.values().any(|s| s.long_data)
     }
 
     pub fn clear(&mut self) {

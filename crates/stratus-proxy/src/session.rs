@@ -30,6 +30,14 @@ pub struct Effects {
     /// It set the characteristics of the next transaction only (`SET TRANSACTION` without a
     /// scope), which the server reports to no tracker Stratus reads.
     pub next_transaction: bool,
+    /// Names of the named locks it took (see [`SessionState::lock_names`]); `None` for a name
+    /// the proxy cannot read.
+    pub lock_names: Vec<Option<String>>,
+    /// It called `RELEASE_ALL_LOCKS()` and took none: no named lock is held after it.
+    pub release_all_locks: bool,
+    /// Its `DROP TEMPORARY TABLE IF EXISTS` dropped a table only if the answer has no warning
+    /// (a missing table is a note).
+    pub drop_if_exists: bool,
 }
 
 /// Variables that describe one statement or transaction, or that the server maintains itself
@@ -152,6 +160,13 @@ pub struct SessionState {
     /// `LAST_INSERT_ID()` of a backend connection given back while the client was idle, for
     /// the next one (a reset or a change of user forgets it with the rest).
     pub carried_insert_id: Option<u64>,
+    /// Named locks taken by a literal name and not known to be released: `named_locks` counts
+    /// calls, but a `RELEASE_LOCK` may release nothing (a lock not held, or held twice), so an
+    /// idle release asks the server which of these it still holds.
+    pub lock_names: Vec<String>,
+    /// A named lock was taken by a name the proxy cannot read: held, as far as the proxy
+    /// knows, until `RELEASE_ALL_LOCKS()` or a reset.
+    pub unnamed_locks: bool,
 }
 
 impl SessionState {
@@ -192,13 +207,29 @@ impl SessionState {
             || self.cursors > 0
     }
 
-    /// Takes on what a statement that succeeded did to the session; `status` is its answer's.
-    pub fn apply(&mut self, e: Effects, status: u16) {
+    /// Takes on what a statement that succeeded did to the session; `status` and `warnings`
+    /// are its answer's.
+    pub fn apply(&mut self, e: Effects, status: u16, warnings: u16) {
         for p in e.pin {
             self.pin(p);
         }
         for p in e.unpin {
+            if p == Pin::TempTable && e.drop_if_exists && warnings > 0 {
+                continue;
+            }
             self.unpin(p);
+        }
+        if e.release_all_locks {
+            self.named_locks = 0;
+            self.lock_names.clear();
+            self.unnamed_locks = false;
+        }
+        for name in e.lock_names {
+            match name {
+                Some(n) if !self.lock_names.contains(&n) => self.lock_names.push(n),
+                Some(_) => {}
+                None => self.unnamed_locks = true,
+            }
         }
         self.user_vars_unread |= e.user_vars;
         self.opaque |= e.opaque;
@@ -403,6 +434,45 @@ mod tests {
             "an operator's suspend does not wait for them"
         );
         assert!(s.pinned_besides_transaction());
+    }
+
+    #[test]
+    fn named_locks_are_held_until_all_are_released() {
+        let mut s = SessionState::default();
+        let take = |names: Vec<Option<&str>>| Effects {
+            pin: vec![Pin::NamedLock; names.len()],
+            lock_names: names.into_iter().map(|n| n.map(str::to_owned)).collect(),
+            ..Effects::default()
+        };
+        s.apply(take(vec![Some("a"), Some("a"), Some("b")]), 0, 0);
+        assert_eq!((s.named_locks, s.lock_names.len()), (3, 2));
+        s.apply(take(vec![None]), 0, 0);
+        assert!(s.unnamed_locks);
+        let release_all = Effects {
+            unpin: vec![Pin::NamedLock],
+            release_all_locks: true,
+            ..Effects::default()
+        };
+        s.apply(release_all, 0, 0);
+        assert_eq!(
+            (s.named_locks, s.lock_names.len(), s.unnamed_locks),
+            (0, 0, false)
+        );
+    }
+
+    #[test]
+    fn a_drop_if_exists_with_a_note_drops_nothing_counted() {
+        let mut s = SessionState::default();
+        s.pin(Pin::TempTable);
+        let drop = || Effects {
+            unpin: vec![Pin::TempTable],
+            drop_if_exists: true,
+            ..Effects::default()
+        };
+        s.apply(drop(), 0, 1);
+        assert_eq!(s.temp_tables, 1);
+        s.apply(drop(), 0, 0);
+        assert_eq!(s.temp_tables, 0);
     }
 
     #[test]

@@ -160,6 +160,57 @@ pub fn classify_all(sql: &[u8]) -> Vec<Statement> {
     out
 }
 
+/// The `GET_LOCK` and `RELEASE_ALL_LOCKS` calls of one statement that [`classify`] found to
+/// take or release named locks (<https://mariadb.com/kb/en/get_lock/>).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NamedLockCalls {
+    /// Each `GET_LOCK`'s name, in order: `Some` for a plain single-quoted literal without
+    /// escapes (the same bytes name the same lock in a later statement on that connection),
+    /// `None` for anything else (an expression, a variable, a `?`), which only the server knows.
+    pub taken: Vec<Option<String>>,
+    pub release_all: bool,
+}
+
+/// Reads the named-lock calls of one statement. Only for statements that call them: it lexes
+/// the whole text again.
+pub fn named_lock_calls(stmt: &[u8]) -> NamedLockCalls {
+    let mut lx = Lexer::new(stmt);
+    let mut calls = NamedLockCalls::default();
+    // The two tokens before the current one: `GET_LOCK` `(` not after a `.` (`db.GET_LOCK` is
+    // a stored function).
+    let (mut before, mut prev) = (Tok::End, Tok::End);
+    loop {
+        let (_, tok) = lx.next();
+        if tok == Tok::End || tok == Tok::Semi {
+            return calls;
+        }
+        if let (Tok::Punct(b'('), Tok::Word(a, b)) = (tok, prev)
+            && before != Tok::Punct(b'.')
+        {
+            let word = &stmt[a..b];
+            if word.eq_ignore_ascii_case(b"GET_LOCK") {
+                let (_, name) = lx.next();
+                let (_, comma) = lx.next();
+                let literal = match name {
+                    Tok::Str(b'\'', a, b) if comma == Tok::Punct(b',') => {
+                        let text = &stmt[a..b];
+                        (!text.contains(&b'\\') && !text.contains(&b'\''))
+                            .then(|| std::str::from_utf8(text).ok().map(str::to_owned))
+                            .flatten()
+                    }
+                    _ => None,
+                };
+                calls.taken.push(literal);
+                (before, prev) = (name, comma);
+                continue;
+            } else if word.eq_ignore_ascii_case(b"RELEASE_ALL_LOCKS") {
+                calls.release_all = true;
+            }
+        }
+        (before, prev) = (prev, tok);
+    }
+}
+
 /// Classifies the statement at the lexer's position and leaves the lexer after its `;`.
 fn next_statement(lexer: &mut Lexer<'_>) -> Statement {
     let s = lexer.s;
@@ -1657,6 +1708,39 @@ UNLOCK TABLES;\n\
         "TEMPORARY",
     ];
 
+    #[test]
+    fn named_lock_names() {
+        let names = |sql: &str| named_lock_calls(sql.as_bytes()).taken;
+        let some = |n: &str| Some(n.to_owned());
+        assert_eq!(
+            names("SELECT GET_LOCK('a', 1), get_lock ( 'b' ,0)"),
+            [some("a"), some("b")]
+        );
+        // Names only the server can read: the server's escapes, an expression, a variable, a
+        // parameter, a double-quoted string (an identifier under ANSI_QUOTES).
+        for sql in [
+            r"DO GET_LOCK('a\'b', 1)",
+            "DO GET_LOCK('a''b', 1)",
+            "DO GET_LOCK(CONCAT('a', 'b'), 1)",
+            "DO GET_LOCK('a' 'b', 1)",
+            "DO GET_LOCK(@n, 1)",
+            "DO GET_LOCK(?, ?)",
+            r#"DO GET_LOCK("a", 1)"#,
+            "DO GET_LOCK(_utf8mb4'a', 1)",
+        ] {
+            assert_eq!(names(sql), [None], "{sql}");
+        }
+        // Not calls of the server's function.
+        assert!(
+            names("SELECT 'GET_LOCK(''a'', 1)', db.GET_LOCK('a', 1) /* GET_LOCK('b', 1) */")
+                .is_empty()
+        );
+        assert_eq!(names("SELECT /*!GET_LOCK('a', 1)*/"), [some("a")]);
+        let release = named_lock_calls(b"SELECT RELEASE_LOCK('a'), RELEASE_ALL_LOCKS()");
+        assert!(release.taken.is_empty() && release.release_all);
+        assert!(!named_lock_calls(b"SELECT RELEASE_LOCK('a')").release_all);
+    }
+
     fn check_invariants(sql: &[u8]) {
         let first = classify(sql);
         assert!(first.span.start <= first.span.end && first.span.end <= sql.len());
@@ -1671,6 +1755,7 @@ UNLOCK TABLES;\n\
         if first.kind != Empty {
             assert_eq!(all.first(), Some(&first));
         }
+        named_lock_calls(sql);
     }
 
     proptest! {

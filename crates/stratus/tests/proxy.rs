@@ -759,6 +759,20 @@ async fn a_client_never_sees_the_previous_clients_profile() {
         );
         conn.disconnect().await.unwrap();
     }
+    // A reset forgets the session's `profiling`, but the server keeps the history on the
+    // connection: it is not given to the next client either.
+    let mut conn = shop_conn(&s, &user, &pw).await;
+    conn.query_drop("SET profiling = 1").await.unwrap();
+    conn.query_drop("SELECT 'reset client'").await.unwrap();
+    conn.query_drop("SET profiling = 0").await.unwrap();
+    assert!(conn.reset().await.unwrap(), "COM_RESET_CONNECTION");
+    let profiles: Vec<(u32, f64, String)> = conn.query("SHOW PROFILES").await.unwrap();
+    assert_eq!(profiles.len(), 1, "the server keeps it through the reset");
+    conn.disconnect().await.unwrap();
+    let mut next = shop_conn(&s, &user, &pw).await;
+    let profiles: Vec<(u32, f64, String)> = next.query("SHOW PROFILES").await.unwrap();
+    assert!(profiles.is_empty(), "the next client sees {profiles:?}");
+    next.disconnect().await.unwrap();
     s.stop();
 }
 
@@ -1150,6 +1164,12 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
         .await
         .unwrap();
     assert_eq!(got, Some(1));
+    // Taken by name; releasing a lock it does not hold leaves it held.
+    let mut named = shop_conn(&s, &user, &pw).await;
+    named
+        .query_drop("SELECT GET_LOCK('by name', 0), RELEASE_LOCK('not held')")
+        .await
+        .unwrap();
 
     let mut idle = shop_conn(&s, &user, &pw).await;
     idle.query_drop("CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(10))")
@@ -1178,7 +1198,7 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
         assert!(begin.elapsed() < within, "never released");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    s.wait_for_metric(backends, 4.0, within);
+    s.wait_for_metric(backends, 5.0, within);
     s.wait_for_metric("stratus_proxy_pooled_connections{db=\"shop\"}", 1.0, within);
 
     // Another client of the same account gets that connection, reset: nothing of the idle
@@ -1240,11 +1260,16 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
         .await
         .unwrap();
     assert_eq!(mine, Some(1));
+    let mine: Option<u8> = named
+        .query_first("SELECT IS_USED_LOCK('by name') = CONNECTION_ID()")
+        .await
+        .unwrap();
+    assert_eq!(mine, Some(1));
     open.query_drop("COMMIT").await.unwrap();
     let n: Option<u32> = other.query_first("SELECT COUNT(*) FROM t").await.unwrap();
     assert_eq!(n, Some(3), "the open transaction committed where it began");
 
-    for c in [profiled, temporary, locked, idle, open, other] {
+    for c in [profiled, temporary, locked, named, idle, open, other] {
         c.disconnect().await.unwrap();
     }
     s.stop();

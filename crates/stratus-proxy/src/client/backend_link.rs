@@ -303,7 +303,9 @@ impl<D: Directory> Session<D> {
         if self.state.user_vars_unread && self.read_user_vars().await.is_err() {
             return;
         }
-        if self.state.pinned().is_some()
+        if !self.named_locks_released().await
+            || self.state.pinned().is_some()
+            || self.stmts.long_data_pending()
             || self.state.user_vars_unread
             || self.state.opaque
             || self.state.next_transaction
@@ -342,13 +344,49 @@ impl<D: Directory> Session<D> {
         self.give_back_backend(false).await;
     }
 
-    /// The session ever turned profiling on: its connection keeps the `SHOW PROFILES` history
-    /// through a reset and a change of user.
-    fn profiled(&self) -> bool {
-        self.state
-            .variables
+    /// The session turned profiling on, or its connection did before a reset: the connection
+    /// keeps the `SHOW PROFILES` history through a reset and a change of user.
+    pub(super) fn profiled(&self) -> bool {
+        self.backend.as_ref().is_some_and(|b| b.profiled)
+            || self
+                .state
+                .variables
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("profiling"))
+    }
+
+    /// Whether the session holds no named lock. The calls counted cannot tell (a
+    /// `RELEASE_LOCK` may release nothing), so the server is asked about each name taken;
+    /// `IS_USED_LOCK` reads no table and leaves the client's diagnostics as they were.
+    async fn named_locks_released(&mut self) -> bool {
+        if self.state.unnamed_locks {
+            return false;
+        }
+        if self.state.lock_names.is_empty() {
+            return self.state.named_locks == 0;
+        }
+        let Some(b) = self.backend.as_mut() else {
+            return false;
+        };
+        // The names are the client's own literals, without quotes or backslashes.
+        let held: Vec<String> = self
+            .state
+            .lock_names
             .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("profiling"))
+            .map(|n| format!("IS_USED_LOCK('{n}') <=> CONNECTION_ID()"))
+            .collect();
+        let Ok(rows) = b.query(&format!("SELECT {}", held.join(", "))).await else {
+            return false;
+        };
+        let Some(row) = rows.first() else {
+            return false;
+        };
+        let mut still = row.iter().map(|v| v.as_deref() == Some(b"1".as_slice()));
+        self.state
+            .lock_names
+            .retain(|_| still.next().unwrap_or(true));
+        self.state.named_locks = self.state.lock_names.len() as u32;
+        self.state.lock_names.is_empty()
     }
 
     /// After the client left: keep a healthy backend connection for the next client.
@@ -364,7 +402,7 @@ impl<D: Directory> Session<D> {
         };
         self.activity.backends.fetch_sub(1, Ordering::Relaxed);
         // A profiled connection would show the next client this one's statements. Not kept.
-        if self.profiled() {
+        if b.profiled || self.profiled() {
             return;
         }
         if leaving && self.marker.txn > 0 && !self.state.in_transaction {
@@ -572,7 +610,7 @@ impl<D: Directory> Session<D> {
                     if let Some(e) = self.on_success.take()
                         && t.error.is_none()
                     {
-                        self.state.apply(e, t.status);
+                        self.state.apply(e, t.status, t.warnings);
                     }
                 }
                 match step {

@@ -82,3 +82,38 @@ async fn an_answer_the_proxy_gives_itself_after_a_failover_ends_the_statement_fi
     let a = at_answer();
     assert_eq!((a.running, a.in_transaction), (0, 0));
 }
+
+/// What statements do to the session's pins, beyond what the classifier says of each.
+#[test]
+fn named_locks_and_temporary_tables_a_batch_takes_and_releases() {
+    use stratus_wire::classify::{Pin, classify_all};
+    let effects = |sql: &str| super::effects(sql.as_bytes(), &classify_all(sql.as_bytes()));
+
+    let e = effects("SELECT GET_LOCK('a', 0), GET_LOCK(@b, 0)");
+    assert_eq!(e.pin, [Pin::NamedLock, Pin::NamedLock], "each call counts");
+    assert_eq!(e.lock_names, [Some("a".to_owned()), None]);
+    assert!(!e.release_all_locks);
+
+    assert!(effects("DO RELEASE_ALL_LOCKS()").release_all_locks);
+    // Whatever the order, a lock taken in the batch is held after it.
+    for sql in [
+        "DO RELEASE_ALL_LOCKS(); DO GET_LOCK('a', 0)",
+        "DO GET_LOCK('a', 0); DO RELEASE_ALL_LOCKS()",
+    ] {
+        assert!(!effects(sql).release_all_locks, "{sql}");
+    }
+
+    let alone = effects("DROP TEMPORARY TABLE IF EXISTS t");
+    assert_eq!(
+        (alone.unpin, alone.drop_if_exists),
+        (vec![Pin::TempTable], true),
+        "counted unless the answer has a note"
+    );
+    let batch = effects("DROP TEMPORARY TABLE IF EXISTS t; SELECT 1");
+    assert!(batch.unpin.is_empty(), "the note may be lost among others");
+    let plain = effects("DROP TEMPORARY TABLE t");
+    assert_eq!(
+        (plain.unpin, plain.drop_if_exists),
+        (vec![Pin::TempTable], false)
+    );
+}

@@ -5,7 +5,9 @@
 use super::scripted_backend::{read, send};
 use stratus_wire::auth::{NATIVE_PLUGIN, scramble_reply, stage1_of};
 use stratus_wire::caps;
-use stratus_wire::command::{COM_QUERY, COM_QUIT};
+use stratus_wire::command::{
+    COM_QUERY, COM_QUIT, COM_STMT_EXECUTE, COM_STMT_PREPARE, COM_STMT_SEND_LONG_DATA,
+};
 use stratus_wire::handshake::{Greeting, HandshakeResponse};
 use stratus_wire::tracker::{Expect, Step, Tracker};
 use tokio::io::DuplexStream;
@@ -69,6 +71,44 @@ impl TestClient {
                 return answer;
             }
         }
+    }
+
+    /// Prepares a statement without parameters or columns (what the scripted server makes of
+    /// every statement) and returns its id.
+    pub(crate) async fn prepare(&mut self, sql: &str) -> u32 {
+        let mut payload = vec![COM_STMT_PREPARE];
+        payload.extend_from_slice(sql.as_bytes());
+        send(&mut self.stream, 0, &[payload])
+            .await
+            .expect("the proxy reads the prepare");
+        let (_, ok) = within(read(&mut self.stream))
+            .await
+            .expect("a prepare answer");
+        assert_eq!(ok.first(), Some(&0x00), "prepare refused: {ok:?}");
+        u32::from_le_bytes(ok[1..5].try_into().expect("a statement id"))
+    }
+
+    /// Sends a chunk of a parameter's value ahead of the execute; no answer comes.
+    pub(crate) async fn send_long_data(&mut self, id: u32, data: &[u8]) {
+        let mut payload = vec![COM_STMT_SEND_LONG_DATA];
+        payload.extend_from_slice(&id.to_le_bytes());
+        payload.extend_from_slice(&0u16.to_le_bytes());
+        payload.extend_from_slice(data);
+        send(&mut self.stream, 0, &[payload])
+            .await
+            .expect("the proxy reads the long data");
+    }
+
+    /// Executes a statement without parameters; returns the answer's first packet.
+    pub(crate) async fn execute(&mut self, id: u32) -> Vec<u8> {
+        let mut payload = vec![COM_STMT_EXECUTE];
+        payload.extend_from_slice(&id.to_le_bytes());
+        payload.push(0); // no cursor
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        send(&mut self.stream, 0, &[payload])
+            .await
+            .expect("the proxy reads the execute");
+        within(read(&mut self.stream)).await.expect("an answer").1
     }
 
     /// Says goodbye (`COM_QUIT`) and waits for the proxy to close the connection.

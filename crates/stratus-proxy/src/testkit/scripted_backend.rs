@@ -1,6 +1,7 @@
 //! A scripted MariaDB server, in the same process as the proxy under test: it greets, checks the
 //! native-password login as a server does, answers `COM_QUERY` from a script (OK, result sets,
-//! errors), `COM_CHANGE_USER`, `COM_RESET_CONNECTION` and `COM_PING`, and goes away on cue:
+//! errors), `COM_CHANGE_USER`, `COM_RESET_CONNECTION`, `COM_PING` and prepared statements
+//! without parameters or columns, and goes away on cue:
 //! without answering a statement, partway through an answer, or with every connection at once
 //! while they sit idle. It keeps the transaction status flags a server would send, and a log of
 //! every connection and statement, which is how tests see what the proxy replayed.
@@ -11,7 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use stratus_core::Endpoint;
 use stratus_wire::auth::{self, NATIVE_PLUGIN};
 use stratus_wire::caps;
-use stratus_wire::command::{COM_CHANGE_USER, COM_PING, COM_QUERY, COM_QUIT, COM_RESET_CONNECTION};
+use stratus_wire::command::{
+    COM_CHANGE_USER, COM_PING, COM_QUERY, COM_QUIT, COM_RESET_CONNECTION, COM_STMT_CLOSE,
+    COM_STMT_EXECUTE, COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA,
+};
 use stratus_wire::handshake::{ChangeUser, Greeting, HandshakeResponse};
 use stratus_wire::lenenc::put_lenenc_bytes;
 use stratus_wire::packet;
@@ -27,6 +31,7 @@ const USER: &[u8] = super::USER.as_bytes();
 pub(crate) enum Reply {
     Ok {
         affected: u64,
+        warnings: u16,
     },
     Rows {
         columns: Vec<String>,
@@ -56,11 +61,25 @@ pub(crate) enum Reply {
 
 impl Reply {
     pub(crate) fn ok() -> Self {
-        Reply::Ok { affected: 0 }
+        Reply::Ok {
+            affected: 0,
+            warnings: 0,
+        }
+    }
+
+    /// Success with notes or warnings (`DROP ... IF EXISTS` of nothing, say).
+    pub(crate) fn warned(warnings: u16) -> Self {
+        Reply::Ok {
+            affected: 0,
+            warnings,
+        }
     }
 
     pub(crate) fn affected(n: u64) -> Self {
-        Reply::Ok { affected: n }
+        Reply::Ok {
+            affected: n,
+            warnings: 0,
+        }
     }
 
     pub(crate) fn rows(columns: &[&str], rows: &[&[&str]]) -> Self {
@@ -77,7 +96,18 @@ impl Reply {
     /// its status flags being `status` after the statement.
     pub(crate) fn packets(&self, caps: u64, status: u16) -> Vec<Vec<u8>> {
         match self {
-            Reply::Ok { affected } => vec![response::ok(status, *affected, caps)],
+            Reply::Ok { affected, warnings } => vec![
+                OkPacket {
+                    header: 0,
+                    affected_rows: *affected,
+                    last_insert_id: 0,
+                    status,
+                    warnings: *warnings,
+                    info: &[],
+                    session_state: &[],
+                }
+                .encode(caps),
+            ],
             Reply::Err { code, message } => vec![response::err(*code, "HY000", message)],
             Reply::Rows { columns, rows } => {
                 let deprecate_eof = caps & caps::DEPRECATE_EOF != 0;
@@ -146,6 +176,12 @@ pub(crate) enum Event {
     Query(u32, String),
     ChangeUser(u32),
     Reset(u32),
+    /// `COM_STMT_PREPARE` of this text (every statement has no parameters and no columns).
+    Prepared(u32, String),
+    /// `COM_STMT_SEND_LONG_DATA` (kept by a server until the statement's execute).
+    LongData(u32),
+    /// `COM_STMT_EXECUTE`, answered OK.
+    Executed(u32),
     /// The server's end of the connection is gone.
     Closed(u32),
 }
@@ -331,6 +367,7 @@ async fn serve(shared: Arc<Shared>, conn: u32, mut s: DuplexStream) {
         return;
     }
     let mut in_trans = false;
+    let mut prepared = 0u32;
     loop {
         let payload = tokio::select! {
             biased;
@@ -395,6 +432,27 @@ async fn serve(shared: Arc<Shared>, conn: u32, mut s: DuplexStream) {
                 vec![response::ok(status(false), 0, caps)]
             }
             Some(COM_PING) => vec![response::ok(status(in_trans), 0, caps)],
+            Some(COM_STMT_PREPARE) => {
+                let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
+                shared
+                    .log
+                    .send_modify(|l| l.push(Event::Prepared(conn, sql)));
+                prepared += 1;
+                let mut ok = vec![0x00];
+                ok.extend_from_slice(&prepared.to_le_bytes());
+                ok.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]); // columns, params, filler, warnings
+                vec![ok]
+            }
+            Some(COM_STMT_SEND_LONG_DATA) => {
+                shared.log.send_modify(|l| l.push(Event::LongData(conn)));
+                continue;
+            }
+            Some(COM_STMT_CLOSE) => continue,
+            Some(COM_STMT_EXECUTE) => {
+                shared.log.send_modify(|l| l.push(Event::Executed(conn)));
+                vec![response::ok(status(in_trans), 0, caps)]
+            }
+            Some(COM_STMT_RESET) => vec![response::ok(status(in_trans), 0, caps)],
             Some(COM_QUIT) | None => return,
             Some(_) => vec![response::err(1047, "08S01", "Unknown command")],
         };

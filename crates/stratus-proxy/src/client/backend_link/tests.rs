@@ -166,3 +166,97 @@ async fn a_session_whose_password_changed_keeps_its_connection() {
         Reply::rows(&["1"], &[&["1"]]).packets(CAPS, STATUS_AUTOCOMMIT)
     );
 }
+
+/// The server's answer to the idle release's question about lock `l`, whichever way `held`
+/// says; `GET_LOCK` and `RELEASE_LOCK` change nothing here, as a lock not held would not.
+fn lock_server(
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> impl Fn(&Query<'_>) -> Reply {
+    move |q| match q.sql {
+        "SELECT IS_USED_LOCK('l') <=> CONNECTION_ID()" => {
+            let v = if held.load(Ordering::Relaxed) {
+                "1"
+            } else {
+                "0"
+            };
+            Reply::rows(&["held"], &[&[v]])
+        }
+        _ => server(q),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_named_lock_keeps_the_connection_for_as_long_as_the_server_says_it_is_held() {
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = Harness::new(lock_server(held.clone()));
+    let mut c = h.client().await;
+    c.query("SELECT GET_LOCK('l', 0)").await;
+    // Releasing a lock the session does not hold releases nothing: counting calls would
+    // say the session holds none.
+    c.query("SELECT RELEASE_LOCK('another')").await;
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!(counts(&h), (1, 0, 0), "released while holding a named lock");
+    assert!(
+        h.backend
+            .queries(1)
+            .contains(&"SELECT IS_USED_LOCK('l') <=> CONNECTION_ID()".to_owned()),
+        "the server was asked"
+    );
+
+    held.store(false, Ordering::Relaxed);
+    c.query("SELECT RELEASE_LOCK('l')").await;
+    tokio::time::sleep(IDLE).await;
+    released(&h, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_by_a_name_the_proxy_cannot_read_keeps_the_connection_until_all_are_released() {
+    let h = Harness::new(server);
+    let mut c = h.client().await;
+    c.query("SELECT GET_LOCK(CONCAT('job-', 7), 0)").await;
+    c.query("SELECT RELEASE_LOCK(CONCAT('job-', 7))").await;
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!(counts(&h), (1, 0, 0), "released after a RELEASE_LOCK");
+    c.query("DO RELEASE_ALL_LOCKS()").await;
+    tokio::time::sleep(IDLE).await;
+    released(&h, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_temporary_table_that_does_not_exist_leaves_the_others_counted() {
+    let h = Harness::new(|q: &Query<'_>| match q.sql {
+        // The server's note: unknown table.
+        "DROP TEMPORARY TABLE IF EXISTS missing" => Reply::warned(1),
+        _ => server(q),
+    });
+    let mut c = h.client().await;
+    c.query("CREATE TEMPORARY TABLE scratch (a INT)").await;
+    c.query("DROP TEMPORARY TABLE IF EXISTS missing").await;
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!(counts(&h), (1, 0, 0), "released with a temporary table");
+    c.query("DROP TEMPORARY TABLE IF EXISTS scratch").await;
+    tokio::time::sleep(IDLE).await;
+    released(&h, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_data_waiting_for_its_execute_keeps_the_connection() {
+    let h = Harness::new(server);
+    let mut c = h.client().await;
+    let id = c.prepare("INSERT INTO blobs VALUES (?)").await;
+    c.send_long_data(id, b"a large value, in pieces").await;
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!(counts(&h), (1, 0, 0), "released with long data waiting");
+    assert_eq!(c.execute(id).await.first(), Some(&0x00));
+    assert_eq!(
+        h.backend
+            .log()
+            .iter()
+            .filter(|e| matches!(e, Event::LongData(1) | Event::Executed(1)))
+            .count(),
+        2,
+        "the data and its execute went to the same connection"
+    );
+    tokio::time::sleep(IDLE).await;
+    released(&h, 1).await;
+}
