@@ -64,6 +64,50 @@ pub fn provision_sql(
     sql
 }
 
+/// The account a spare's owner waits under until a create names it ([`spare_sql`]); a
+/// reserved user name, so no tenant's account is ever called so.
+const SPARE_OWNER: &str = "'stratus_spare_owner'@'%'";
+
+/// What a spare of the warm pool is given while nobody waits for it: the commit marker table
+/// and an owner account with the owner's grants, locked and without a password, under
+/// [`SPARE_OWNER`]. A create of the default size then runs [`claim_sql`]: three statements on
+/// its path instead of the eight of [`provision_sql`], each written to the binary log and
+/// acknowledged by the commit clock before it returns.
+pub fn spare_sql() -> Vec<String> {
+    let mut sql: Vec<String> = commit_marker::DDL.iter().map(|s| s.to_string()).collect();
+    sql.push(format!("CREATE USER {SPARE_OWNER} ACCOUNT LOCK"));
+    sql.extend(owner_grants(SPARE_OWNER));
+    sql
+}
+
+/// [`provision_sql`] for a spare that ran [`spare_sql`]: the schema, and the waiting owner
+/// account renamed (its grants go with it, <https://mariadb.com/kb/en/rename-user/>), given
+/// the owner's password and unlocked.
+pub fn claim_sql(db: &ServiceName, owner: &UserName, hash: &NativeHash) -> Vec<String> {
+    let acct = account(owner);
+    vec![
+        schema_sql(db),
+        format!("RENAME USER {SPARE_OWNER} TO {acct}"),
+        format!(
+            "ALTER USER {acct} IDENTIFIED VIA mysql_native_password USING {} ACCOUNT UNLOCK",
+            quote_str(&hash.to_string())
+        ),
+    ]
+}
+
+/// The owner's grants, to the quoted account `acct`.
+fn owner_grants(acct: &str) -> [String; 4] {
+    [
+        format!("GRANT {OWNER_GLOBAL} ON *.* TO {acct} WITH GRANT OPTION"),
+        format!("GRANT ALL PRIVILEGES ON `%`.* TO {acct} WITH GRANT OPTION"),
+        format!("GRANT SELECT ON mysql.* TO {acct}"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {}.* TO {acct}",
+            commit_marker::SCHEMA
+        ),
+    ]
+}
+
 /// Statements that create `user` with the privileges its role gets: the first creates the
 /// account, the others grant.
 pub fn user_sql(db: &ServiceName, user: &UserName, hash: &NativeHash, owner: bool) -> Vec<String> {
@@ -73,17 +117,7 @@ pub fn user_sql(db: &ServiceName, user: &UserName, hash: &NativeHash, owner: boo
         quote_str(&hash.to_string())
     )];
     if owner {
-        sql.push(format!(
-            "GRANT {OWNER_GLOBAL} ON *.* TO {acct} WITH GRANT OPTION"
-        ));
-        sql.push(format!(
-            "GRANT ALL PRIVILEGES ON `%`.* TO {acct} WITH GRANT OPTION"
-        ));
-        sql.push(format!("GRANT SELECT ON mysql.* TO {acct}"));
-        sql.push(format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON {}.* TO {acct}",
-            commit_marker::SCHEMA
-        ));
+        sql.extend(owner_grants(&acct));
     } else {
         sql.push(format!(
             "GRANT ALL PRIVILEGES ON {}.* TO {acct}",
@@ -451,6 +485,42 @@ mod tests {
         assert_eq!(
             schema_sql(&db),
             "CREATE DATABASE IF NOT EXISTS `my-shop` CHARACTER SET utf8mb4"
+        );
+    }
+
+    #[test]
+    fn a_spares_waiting_owner_has_the_owners_grants_and_no_way_in() {
+        let db = ServiceName::parse("shop").unwrap();
+        let (admin, hash) = (
+            UserName::parse("admin").unwrap(),
+            NativeHash::of_password("x"),
+        );
+        let spare = spare_sql();
+        assert_eq!(spare[..2], commit_marker::DDL.map(String::from));
+        assert_eq!(
+            spare[2],
+            "CREATE USER 'stratus_spare_owner'@'%' ACCOUNT LOCK"
+        );
+        let direct = user_sql(&db, &admin, &hash, true);
+        assert_eq!(
+            spare[3..],
+            direct[1..]
+                .iter()
+                .map(|g| g.replace("'admin'@'%'", SPARE_OWNER))
+                .collect::<Vec<_>>()
+        );
+        assert!(UserName::parse("stratus_spare_owner").is_err(), "reserved");
+        let claim = claim_sql(&db, &admin, &hash);
+        assert_eq!(claim[0], schema_sql(&db));
+        assert_eq!(
+            claim[1],
+            "RENAME USER 'stratus_spare_owner'@'%' TO 'admin'@'%'"
+        );
+        assert_eq!(
+            claim[2],
+            format!(
+                "ALTER USER 'admin'@'%' IDENTIFIED VIA mysql_native_password USING '{hash}' ACCOUNT UNLOCK"
+            )
         );
     }
 

@@ -1,7 +1,7 @@
 //! The lifecycle controller: `provisioning → active ⇄ suspended → parked → active`, and
 //! `deleted`. Every transition is recorded as an event with its inputs and timings.
 
-use crate::accounts::provision_sql;
+use crate::accounts::{claim_sql, provision_sql};
 use crate::reconcile::Trigger;
 use crate::view::{CreatedDatabase, DatabaseView, connection_string};
 use crate::{ControlError, ControlPlane, Result};
@@ -193,7 +193,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             _ => self.admin(&name).await?,
         };
         let size = lap();
-        for sql in provision_sql(&name, &owner.name, &owner.hash, false) {
+        let statements = match spare_pool {
+            Some(_) => claim_sql(&name, &owner.name, &owner.hash),
+            None => provision_sql(&name, &owner.name, &owner.hash, false),
+        };
+        for sql in statements {
             conn.exec(&sql).await?;
         }
         let bp = conn.buffer_pool_size().await?;

@@ -312,7 +312,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let made = match self.place_new(need).await {
             Ok(placed) => {
                 self.runtime
-                    .provision_spare(max_resources, &placed.node)
+                    .provision_spare(max_resources, &placed.node, &crate::accounts::spare_sql())
                     .await
             }
             Err(e) => Err(stratus_runtime::RuntimeError::Other(e.to_string())),

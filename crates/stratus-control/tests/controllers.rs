@@ -513,6 +513,18 @@ async fn the_warm_pool_fills_serves_a_create_refills_and_drains() {
         .await
         .unwrap();
     assert!(rt.calls().iter().any(|c| c.starts_with("claim_spare")));
+    // The owner account was made while the spare waited, and only named on the create's path.
+    let executed = rt.server("shop").unwrap().executed;
+    let spare_setup = stratus_control::accounts::spare_sql();
+    assert_eq!(executed[..spare_setup.len()], spare_setup);
+    assert_eq!(
+        executed[spare_setup.len()..],
+        stratus_control::accounts::claim_sql(
+            &db("shop"),
+            &stratus_core::UserName::parse("admin").unwrap(),
+            &cp.store().users(&db("shop")).await.unwrap()[0].hash,
+        )
+    );
     let ev = events(&cp, "shop").await;
     assert!(
         ev.last().unwrap().1.contains("warm pool"),

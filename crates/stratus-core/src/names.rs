@@ -17,6 +17,8 @@ pub const USER_NAME_MAX: usize = 32;
 const RESERVED_USERS: &[&str] = &[
     "root",
     "stratus_admin",
+    // The owner account a spare of the warm pool is given before a create names it.
+    "stratus_spare_owner",
     "mariadb.sys",
     "mysql",
     "public",

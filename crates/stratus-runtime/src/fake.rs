@@ -452,7 +452,12 @@ impl Runtime for FakeRuntime {
         self.exits.subscribe()
     }
 
-    async fn provision_spare(&self, max_resources: Resources, node: &str) -> Result<Spare> {
+    async fn provision_spare(
+        &self,
+        max_resources: Resources,
+        node: &str,
+        setup: &[String],
+    ) -> Result<Spare> {
         let mut w = self.world();
         w.check_node(node)?;
         if w.failing(Op::ProvisionSpare) {
@@ -467,6 +472,7 @@ impl Runtime for FakeRuntime {
         };
         let mut s = w.new_server(floor, max_resources, node);
         s.buffer_pool_unit = w.spare_pool_unit;
+        s.executed.extend_from_slice(setup);
         let key = format!("spare-{}", s.pid);
         w.calls.push(format!("provision_spare {key}"));
         w.spares.insert(key.clone(), s);

@@ -272,11 +272,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn exits(&self) -> tokio::sync::broadcast::Receiver<ExitNotice>;
 
     /// Starts a spare server owned by nobody on `node`, for the warm pool: minimal, but with
-    /// room to grow to `max_resources` without a restart.
+    /// room to grow to `max_resources` without a restart. `setup` runs on it as Stratus before
+    /// it is returned: work every database needs, done while nobody waits for it.
     fn provision_spare(
         &self,
         max_resources: Resources,
         node: &str,
+        setup: &[String],
     ) -> impl Future<Output = Result<Spare>> + Send;
 
     /// Makes a spare the server of `spec.name`, at its size, without restarting it. The spare

@@ -308,19 +308,28 @@ async fn a_spare_becomes_a_database_without_a_restart() {
     let dir = root();
     let rt = LocalRuntime::new(config(&dir, "spare")).await.unwrap();
     let s = spec("claimed", 2);
-    let spare = rt.provision_spare(s.max_resources, "local").await.unwrap();
+    // Its setup runs before it is handed out.
+    let setup = ["CREATE DATABASE made_while_waiting".to_owned()];
+    let spare = rt
+        .provision_spare(s.max_resources, "local", &setup)
+        .await
+        .unwrap();
     assert_eq!(
         rt.unclaimed_spares(),
         std::slice::from_ref(&spare.key),
         "listed while unclaimed"
     );
-    let other = rt.provision_spare(s.max_resources, "local").await.unwrap();
+    let other = rt
+        .provision_spare(s.max_resources, "local", &[])
+        .await
+        .unwrap();
 
     let inst = rt.claim_spare(&spare, &s).await.unwrap();
     assert_eq!(inst.endpoint, spare.endpoint);
     assert_eq!(rt.unclaimed_spares(), std::slice::from_ref(&other.key));
     let mut conn = admin(&rt, &s, &inst.endpoint).await;
     conn.exec("CREATE DATABASE claimed").await.unwrap();
+    conn.exec("DROP DATABASE made_while_waiting").await.unwrap();
     conn.close().await;
     let seen = rt.observe(&s.name).await;
     assert_eq!(

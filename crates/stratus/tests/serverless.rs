@@ -266,6 +266,30 @@ async fn databases_come_from_the_warm_pool_and_it_refills() {
     conn.query_drop("CREATE TABLE t (a INT)").await.unwrap();
     let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM t").await.unwrap();
     assert_eq!(n, Some(0));
+    // The owner account the spare made while it waited is this owner's: its grants, its
+    // password, and no trace of the name it waited under.
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap();
+    let account = user.rsplit('.').next().unwrap();
+    let owner = format!("TO `{account}`@`%`");
+    for on in [
+        "GRANT PROCESS, SHOW DATABASES, REPLICATION SLAVE, BINLOG MONITOR, CREATE USER, SLAVE MONITOR ON *.*",
+        "GRANT ALL PRIVILEGES ON `%`.*",
+        "GRANT SELECT ON `mysql`.*",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON `stratus_meta`.*",
+    ] {
+        assert!(
+            grants
+                .iter()
+                .any(|g| g.starts_with(on) && g.contains(&owner)),
+            "{on}: {grants:?}"
+        );
+    }
+    assert_eq!(grants.len(), 4, "{grants:?}");
+    let waiting: Option<u64> = conn
+        .query_first("SELECT COUNT(*) FROM mysql.global_priv WHERE User LIKE 'stratus_spare%'")
+        .await
+        .unwrap();
+    assert_eq!(waiting, Some(0));
     conn.disconnect().await.unwrap();
     // A creation raises the target; the pool refills past its minimum.
     s.wait_for_metric("stratus_warm_pool_target", 3.0, Duration::from_secs(5));

@@ -958,7 +958,12 @@ impl Runtime for LocalRuntime {
         self.inner.exits.subscribe()
     }
 
-    async fn provision_spare(&self, max_resources: Resources, node: &str) -> Result<Spare> {
+    async fn provision_spare(
+        &self,
+        max_resources: Resources,
+        node: &str,
+        setup: &[String],
+    ) -> Result<Spare> {
         let inner = &self.inner;
         inner.check_node(node)?;
         let key = loop {
@@ -985,6 +990,16 @@ impl Runtime for LocalRuntime {
         };
         let made = async {
             let instance = inner.provision_copy(&launch).await?;
+            // Still at its starting core.
+            if !setup.is_empty() {
+                let mut conn =
+                    AdminConn::connect(&key, &instance.endpoint, &inner.admin, LOGIN_TIMEOUT)
+                        .await?;
+                for sql in setup {
+                    conn.exec(sql).await?;
+                }
+                conn.close().await;
+            }
             if let Some(cg) = inner.cgroups.as_ref().and_then(|m| m.open(&key).ok()) {
                 cg.set_cpu_limit(Some(SPARE_CPU_MILLIS))?;
             }

@@ -246,9 +246,14 @@ impl Runtime for LocalNodes {
         self.exits.subscribe()
     }
 
-    async fn provision_spare(&self, max_resources: Resources, node: &str) -> Result<Spare> {
+    async fn provision_spare(
+        &self,
+        max_resources: Resources,
+        node: &str,
+        setup: &[String],
+    ) -> Result<Spare> {
         let n = &self.nodes[self.index(node)?];
-        n.provision_spare(max_resources, node).await
+        n.provision_spare(max_resources, node, setup).await
     }
 
     async fn claim_spare(&self, spare: &Spare, spec: &InstanceSpec) -> Result<Instance> {
