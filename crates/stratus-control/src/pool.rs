@@ -41,6 +41,21 @@ pub const DEMAND_WINDOW_MS: i64 = 5 * 60_000;
 /// spare failed to start.
 const REVIEW: Duration = Duration::from_secs(5);
 
+/// How long the refiller leaves the host to a lone create that claimed a spare, while at
+/// least [`QUIET_SLACK`] others are still ready: a spare's start takes a core for about 0.3 s,
+/// and beside it the create itself took 17 ms instead of 7 at the median (`bench/connect`).
+/// Otherwise, and in a burst (the previous create less than [`BURST_GAP_MS`] before), the pool
+/// refills at once: held back at the first create of a burst of 3 per second, with two spares
+/// ready, it ran dry at the third (`bench/density --bursts`).
+const QUIET_AFTER_CLAIM: Duration = Duration::from_millis(300);
+
+/// Spares still ready after a claim for the refiller to hold back: the next create, even a
+/// third of a second later, still finds one.
+const QUIET_SLACK: usize = 2;
+
+/// Creates closer together than this are a burst, which the pool must keep up with.
+const BURST_GAP_MS: i64 = 1000;
+
 /// How many spares start side by side: twice the host's cores (a start takes about 0.15 s of
 /// CPU, `bench/density`), so a burst of creates is met by several at once rather than one after
 /// the other.
@@ -62,6 +77,9 @@ pub(crate) struct PoolState {
     retry_at: Option<tokio::time::Instant>,
     /// When databases were created recently.
     creates: VecDeque<i64>,
+    /// No spare starts or grows before this: a create just claimed one, and its first client
+    /// is about to log in (see [`QUIET_AFTER_CLAIM`]).
+    quiet_until: Option<tokio::time::Instant>,
 }
 
 /// What `stratus status` shows of the pool.
@@ -155,7 +173,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub(crate) fn take_spare(&self, node: &str, buffer_pool_bytes: u64) -> Option<Spare> {
         let spare = {
             let mut st = self.pool_state();
-            st.creates.push_back(now_ms());
+            let now = now_ms();
+            let lone = st.creates.back().is_none_or(|t| now - t >= BURST_GAP_MS);
+            st.creates.push_back(now);
             let here = |s: &Spare| s.node == node;
             // The right size, else one not presized (those are kept for the default size).
             let i = st
@@ -164,7 +184,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .rposition(|s| here(s) && s.buffer_pool_bytes == buffer_pool_bytes)
                 .or_else(|| (st.ready.iter()).rposition(|s| here(s) && !self.is_presized(s)))
                 .or_else(|| st.ready.iter().rposition(here));
-            i.map(|i| st.ready.remove(i))
+            let spare = i.map(|i| st.ready.remove(i));
+            st.quiet_until = (lone && spare.is_some() && st.ready.len() >= QUIET_SLACK)
+                .then(|| tokio::time::Instant::now() + QUIET_AFTER_CLAIM);
+            spare
         };
         self.pool_wake.notify_one();
         spare
@@ -198,6 +221,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
                 let want = target(self.cfg.pool, st.creates.len());
                 let step = next_step(st.ready.len() + st.presizing, st.starting, want);
+                // Starts and growths wait while a create has the host (removals do not).
+                let quiet = st
+                    .quiet_until
+                    .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
+                    .filter(|d| !d.is_zero() && !st.ready.is_empty());
                 let is_presized = |s: &Spare| self.is_presized(s);
                 let (mut surplus, mut to_presize) = (None, None);
                 match step {
@@ -212,7 +240,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                     // failure, not before the pause is over.
                     // After a failure, one at a time until one works.
                     PoolStep::Start
-                        if st.starting < at_once
+                        if quiet.is_none()
+                            && st.starting < at_once
                             && st.retry_at.is_none_or(|at| {
                                 at <= tokio::time::Instant::now() && st.starting == 0
                             }) =>
@@ -220,6 +249,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         st.starting += 1
                     }
                     PoolStep::Start => {}
+                    PoolStep::Wait if quiet.is_some() => {}
                     PoolStep::Wait => {
                         let ready_presized = st.ready.iter().filter(|s| is_presized(s)).count();
                         let unsized_ready = st.ready.len() - ready_presized;
@@ -240,7 +270,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 let pause = st
                     .retry_at
                     .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
-                    .filter(|d| !d.is_zero());
+                    .filter(|d| !d.is_zero())
+                    .or(quiet);
                 (step, surplus, to_presize, started, pause)
             };
             if let Some(spare) = surplus {

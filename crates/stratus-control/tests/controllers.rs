@@ -537,6 +537,46 @@ async fn the_warm_pool_fills_serves_a_create_refills_and_drains() {
     pool.abort();
 }
 
+/// A lone create has the host to itself for a moment: while enough spares are still ready, the
+/// refill waits 300 ms, so a spare's start does not compete with the create and its first
+/// client. A create that follows another within a second is a burst: refilled at once.
+#[tokio::test(start_paused = true)]
+async fn a_lone_create_is_refilled_after_a_quiet_moment_and_a_burst_at_once() {
+    let (cp, rt) = control(PoolConfig {
+        presized: 0,
+        ..pool_of(3, 8)
+    });
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("filled", || async { rt.spares() == 3 }).await;
+    let starts = || {
+        rt.calls()
+            .iter()
+            .filter(|c| c.starts_with("provision_spare"))
+            .count()
+    };
+    let before = starts();
+    let lone = tokio::time::Instant::now();
+    create(&cp, "lone").await;
+    until("refilled", || async { starts() > before }).await;
+    assert!(
+        lone.elapsed() >= Duration::from_millis(300),
+        "refilled after {:?}",
+        lone.elapsed()
+    );
+    until("the target's four ready", || async { rt.spares() == 4 }).await;
+
+    let before = starts();
+    let burst = tokio::time::Instant::now();
+    create(&cp, "burst").await;
+    until("refilled", || async { starts() > before }).await;
+    assert!(
+        burst.elapsed() < Duration::from_millis(100),
+        "refilled after {:?}",
+        burst.elapsed()
+    );
+    pool.abort();
+}
+
 /// A spare whose pool was grown while nobody waited is what a default create claims: its
 /// create path has no resize. Without one, the pool grows on the create path with a core,
 /// then the database is held to its own quota.
