@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let creates = n.clamp(5, 20);
     println!(
-        "\nCreate, then the first query ({creates} creates 1.5 s apart, the default warm pool)"
+        "\nCreate, then the first query ({creates} creates per client, 1.5 s apart, the default warm pool)"
     );
     create_rounds(&s, creates).await?;
     Ok(())
@@ -112,8 +112,9 @@ async fn main() -> anyhow::Result<()> {
 
 /// Creates databases 1.5 s apart (as a user would, the pool refilling between), and times for
 /// each: the create's answer, the first fresh login and `SELECT 1` through the proxy with
-/// mysql_async and with the stock `mariadb` client (`--ssl-ca`, so its trust store is not in
-/// it), and, for comparison, a later fresh login on the same database.
+/// mysql_async and with the stock `mariadb` client (at its defaults, and with `--ssl-ca`, so
+/// its trust store is not in it), and, for comparison, a later fresh login on the same
+/// database.
 async fn create_rounds(s: &Stratus, n: usize) -> anyhow::Result<()> {
     let ca = s.dir.join("data").join("tls").join("ca.pem");
     let ca_arg = format!("--ssl-ca={}", ca.display());
@@ -121,22 +122,22 @@ async fn create_rounds(s: &Stratus, n: usize) -> anyhow::Result<()> {
     let mut first = Vec::new();
     let mut total = Vec::new();
     let mut later = Vec::new();
-    let mut cli_first = Vec::new();
-    let mut cli_total = Vec::new();
-    let mut cli_later = Vec::new();
-    let cli = |user: &str, password: &str, db: &str| -> anyhow::Result<f64> {
+    // The stock client: [--ssl-ca, defaults] × [first, create -> first, later].
+    let mut cli_times: [[Vec<f64>; 3]; 2] = Default::default();
+    let cli = |user: &str, password: &str, db: &str, args: &[&str]| -> anyhow::Result<f64> {
         let login = Login {
             port: s.sql_port,
             user,
             password,
             db: Some(db),
         };
-        Ok(mariadb(&login, &[ca_arg.as_str()], "SELECT 1")?.0)
+        Ok(mariadb(&login, args, "SELECT 1")?.0)
     };
-    for i in 0..n * 2 {
-        // Every other create is measured with the stock client, so each database's first query
-        // is the first of its kind.
-        let with_cli = i % 2 == 1;
+    let cli_args: [&[&str]; 2] = [&[ca_arg.as_str()], &[]];
+    for i in 0..n * 3 {
+        // Creates take turns between the clients, so each database's first query is the
+        // first of its kind.
+        let with_cli = (i % 3 != 0).then(|| i % 3 - 1);
         let req = CreateRequest {
             name: format!("first-{i}"),
             ..CreateRequest::default()
@@ -145,11 +146,13 @@ async fn create_rounds(s: &Stratus, n: usize) -> anyhow::Result<()> {
         let made = s.client().create(&req).await?;
         let answered = begin.elapsed().as_secs_f64() * 1000.0;
         let db = s.client().show(&req.name).await?.database;
-        if with_cli {
-            let q = cli(&made.user, &made.password, &db)?;
-            cli_first.push(q);
-            cli_total.push(answered + q);
-            cli_later.push(cli(&made.user, &made.password, &db)?);
+        if let Some(mode) = with_cli {
+            let args = cli_args[mode];
+            let q = cli(&made.user, &made.password, &db, args)?;
+            let times = &mut cli_times[mode];
+            times[0].push(q);
+            times[1].push(answered + q);
+            times[2].push(cli(&made.user, &made.password, &db, args)?);
         } else {
             create.push(answered);
             let opts = s
@@ -177,15 +180,18 @@ async fn create_rounds(s: &Stratus, n: usize) -> anyhow::Result<()> {
     line("first login + SELECT 1 (mysql_async)", &mut first);
     line("create -> first query answered (mysql_async)", &mut total);
     line("a later login + SELECT 1 (mysql_async)", &mut later);
-    line("first login + SELECT 1 (mariadb --ssl-ca)", &mut cli_first);
-    line(
-        "create -> first query answered (mariadb --ssl-ca)",
-        &mut cli_total,
-    );
-    line(
-        "a later login + SELECT 1 (mariadb --ssl-ca)",
-        &mut cli_later,
-    );
+    for (mode, times) in ["mariadb --ssl-ca", "mariadb defaults"]
+        .into_iter()
+        .zip(&mut cli_times)
+    {
+        let [cli_first, cli_total, cli_later] = times;
+        line(&format!("first login + SELECT 1 ({mode})"), cli_first);
+        line(
+            &format!("create -> first query answered ({mode})"),
+            cli_total,
+        );
+        line(&format!("a later login + SELECT 1 ({mode})"), cli_later);
+    }
     Ok(())
 }
 
