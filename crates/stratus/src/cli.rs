@@ -172,6 +172,10 @@ pub struct OperatorProxy {
     /// On SIGTERM, how long running statements and open transactions get to finish.
     #[arg(long, env = "STRATUS_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// An idle client's server connection goes back to the pool after this long (unless a
+    /// transaction, lock or temporary table ties it); 0: never.
+    #[arg(long, env = "STRATUS_RELEASE_IDLE_AFTER_MS", default_value_t = 10_000)]
+    pub release_idle_after_ms: u64,
     /// This replica's name in the Events it records (its pod's name).
     #[arg(long, env = "POD_NAME", default_value = "stratus-proxy")]
     pub identity: String,

@@ -130,6 +130,7 @@ pub async fn proxy(args: OperatorProxy) -> anyhow::Result<()> {
             server_version: greeting_version(&args.server_version),
             tls,
             shutdown_grace: grace,
+            release_idle_after: std::time::Duration::from_millis(args.release_idle_after_ms),
             ..stratus_proxy::ProxyConfig::default()
         },
         stratus_kube::directory::KubeDirectory::new(client, settings.clone(), &args.identity),

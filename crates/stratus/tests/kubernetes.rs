@@ -405,3 +405,42 @@ fn role_rules(template: &str) -> Vec<Rule> {
     granted.sort();
     granted
 }
+
+/// Every setting the chart gives the proxy and the operator (their containers' `STRATUS_*`
+/// variables) is one the binary reads: a value the chart offers is never silently ignored.
+#[test]
+fn every_setting_the_chart_passes_is_one_the_binary_reads() {
+    let yaml = rendered(&["--set", "proxy.releaseIdleAfterMs=0"]);
+    assert!(
+        yaml.contains("- name: STRATUS_RELEASE_IDLE_AFTER_MS\n              value: \"0\""),
+        "{yaml}"
+    );
+    for (args, has) in [
+        (["operator", "proxy"], "args: [\"operator\", \"proxy\"]"),
+        (["operator", "run"], "args: [\"operator\", \"run\"]"),
+    ] {
+        let deployment = yaml
+            .split("\n---")
+            .find(|d| d.contains("\nkind: Deployment\n") && d.contains(has))
+            .unwrap_or_else(|| panic!("a Deployment with {has}"))
+            .to_owned();
+        let help = Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        let names: Vec<&str> = deployment
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- name: STRATUS_"))
+            .collect();
+        assert!(!names.is_empty(), "{deployment}");
+        for name in names {
+            assert!(
+                help.contains(&format!("[env: STRATUS_{name}")),
+                "`stratus {}` does not read STRATUS_{name}:\n{help}",
+                args.join(" ")
+            );
+        }
+    }
+}
