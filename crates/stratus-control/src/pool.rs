@@ -44,7 +44,7 @@ const REVIEW: Duration = Duration::from_secs(5);
 /// How long the refiller leaves the host to a lone create that claimed a spare, while at
 /// least [`QUIET_SLACK`] others are still ready: a spare's start takes a core for about 0.3 s,
 /// and beside it the create itself took 17 ms instead of 7 at the median (`bench/connect`).
-/// Otherwise, and in a burst (the previous create less than [`BURST_GAP_MS`] before), the pool
+/// Otherwise, and in a burst (the previous create less than [`BURST_GAP`] before), the pool
 /// refills at once: held back at the first create of a burst of 3 per second, with two spares
 /// ready, it ran dry at the third (`bench/density --bursts`).
 const QUIET_AFTER_CLAIM: Duration = Duration::from_millis(300);
@@ -54,7 +54,7 @@ const QUIET_AFTER_CLAIM: Duration = Duration::from_millis(300);
 const QUIET_SLACK: usize = 2;
 
 /// Creates closer together than this are a burst, which the pool must keep up with.
-const BURST_GAP_MS: i64 = 1000;
+const BURST_GAP: Duration = Duration::from_secs(1);
 
 /// How many spares start side by side: twice the host's cores (a start takes about 0.15 s of
 /// CPU, `bench/density`), so a burst of creates is met by several at once rather than one after
@@ -80,6 +80,8 @@ pub(crate) struct PoolState {
     /// No spare starts or grows before this: a create just claimed one, and its first client
     /// is about to log in (see [`QUIET_AFTER_CLAIM`]).
     quiet_until: Option<tokio::time::Instant>,
+    /// The last claim or attempt at one, on the clock `quiet_until` is on.
+    last_create: Option<tokio::time::Instant>,
 }
 
 /// What `stratus status` shows of the pool.
@@ -173,9 +175,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub(crate) fn take_spare(&self, node: &str, buffer_pool_bytes: u64) -> Option<Spare> {
         let spare = {
             let mut st = self.pool_state();
-            let now = now_ms();
-            let lone = st.creates.back().is_none_or(|t| now - t >= BURST_GAP_MS);
-            st.creates.push_back(now);
+            st.creates.push_back(now_ms());
+            let now = tokio::time::Instant::now();
+            let lone = st.last_create.is_none_or(|t| now - t >= BURST_GAP);
+            st.last_create = Some(now);
             let here = |s: &Spare| s.node == node;
             // The right size, else one not presized (those are kept for the default size).
             let i = st
@@ -185,8 +188,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .or_else(|| (st.ready.iter()).rposition(|s| here(s) && !self.is_presized(s)))
                 .or_else(|| st.ready.iter().rposition(here));
             let spare = i.map(|i| st.ready.remove(i));
-            st.quiet_until = (lone && spare.is_some() && st.ready.len() >= QUIET_SLACK)
-                .then(|| tokio::time::Instant::now() + QUIET_AFTER_CLAIM);
+            let left_here = st.ready.iter().filter(|s| here(s)).count();
+            st.quiet_until = (lone && spare.is_some() && left_here >= QUIET_SLACK)
+                .then(|| now + QUIET_AFTER_CLAIM);
             spare
         };
         self.pool_wake.notify_one();
@@ -267,11 +271,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 }
                 let started = st.starting > starting_before;
                 // What is left of a pause after a failure, seen under the same lock.
-                let pause = st
+                let retry = st
                     .retry_at
                     .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
-                    .filter(|d| !d.is_zero())
-                    .or(quiet);
+                    .filter(|d| !d.is_zero());
+                let pause = match (retry, quiet) {
+                    (Some(r), Some(q)) => Some(r.min(q)),
+                    (r, q) => r.or(q),
+                };
                 (step, surplus, to_presize, started, pause)
             };
             if let Some(spare) = surplus {

@@ -838,17 +838,17 @@ impl<D: Directory> Session<D> {
             }
             return Ok(());
         }
-        // Long data waits on the backend connection for the next execute, which takes it.
-        match cmd {
-            COM_STMT_SEND_LONG_DATA => stmt.long_data = true,
-            COM_STMT_EXECUTE | COM_STMT_RESET => stmt.long_data = false,
-            _ => {}
-        }
         if cmd == COM_STMT_EXECUTE && storage_limit::adds_data(&stmt.class, &stmt.sql) {
             if let Some(limit) = self.proxy.dir.storage_full(&self.service) {
                 let refused = storage_limit::refused(&self.service, limit);
                 return self.client.send(seq, &refused.packet()).await;
             }
+        }
+        // Long data waits on the backend connection for the next execute, which takes it.
+        match cmd {
+            COM_STMT_SEND_LONG_DATA => stmt.long_data = true,
+            COM_STMT_EXECUTE | COM_STMT_RESET => stmt.long_data = false,
+            _ => {}
         }
         let class = Recording {
             writes: replay::may_write(&stmt.class),
@@ -1069,23 +1069,25 @@ fn effects(sql: &[u8], stmts: &[Statement]) -> Effects {
     for s in stmts {
         let text = sql.get(s.span.clone()).unwrap_or_default();
         e.pin.extend(s.pin);
-        if s.pin == Some(Pin::NamedLock) || s.unpin == Some(Pin::NamedLock) {
+        // The classifier reports one pin a statement: any statement that pins may also take
+        // named locks (`CREATE TEMPORARY TABLE t SELECT GET_LOCK(...)`).
+        if s.pin.is_some() || s.unpin == Some(Pin::NamedLock) {
             // Every `GET_LOCK` counts, with its name when the proxy can read it.
             let calls = named_lock_calls(text);
-            if s.pin.is_some() {
-                let extra = calls.taken.len().saturating_sub(1);
-                e.pin.extend(std::iter::repeat_n(Pin::NamedLock, extra));
-                if calls.taken.is_empty() {
-                    e.lock_names.push(None);
-                }
+            let counted = usize::from(s.pin == Some(Pin::NamedLock));
+            let extra = calls.taken.len().saturating_sub(counted);
+            e.pin.extend(std::iter::repeat_n(Pin::NamedLock, extra));
+            if counted == 1 && calls.taken.is_empty() {
+                e.lock_names.push(None);
             }
             e.lock_names.extend(calls.taken);
             release_all_locks |= calls.release_all;
         }
         if s.unpin == Some(Pin::TempTable) && contains_word(text, b"EXISTS") {
             // `DROP TEMPORARY TABLE IF EXISTS` of a missing table succeeds with a note: alone,
-            // its answer's warnings tell; among others, it is not counted as a drop.
-            if stmts.len() > 1 {
+            // its answer's warnings tell; among others, or with notes turned off for it, it is
+            // not counted as a drop.
+            if stmts.len() > 1 || contains_word(text, b"sql_notes") {
                 continue;
             }
             e.drop_if_exists = true;

@@ -14,6 +14,11 @@ use stratus_wire::classify::Pin;
 pub const BACKEND_TRACKING: &str = "SET session_track_system_variables='*', session_track_schema=ON, \
      session_track_state_change=ON, session_track_transaction_info='CHARACTERISTICS'";
 
+/// The most lock names a session remembers ([`SessionState::lock_names`]): they are only
+/// forgotten once the server says they are released, which a client that never idles never
+/// lets happen, and all are asked about in one statement.
+pub const LOCK_NAMES_MAX: usize = 64;
+
 /// What a command does to the session beyond what session tracking reports, if it succeeds:
 /// taken on as its answer goes out, before the client can act on that answer.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -191,6 +196,16 @@ impl SessionState {
         }
     }
 
+    /// [`Self::pinned`] but for named locks, which the idle release asks the server about.
+    pub fn pinned_besides_named_locks(&self) -> bool {
+        self.in_transaction
+            || self.temp_tables > 0
+            || self.table_locks
+            || self.handlers > 0
+            || self.xa
+            || self.cursors > 0
+    }
+
     /// State other than a transaction that only its backend connection has: lost with it.
     pub fn pinned_besides_transaction(&self) -> bool {
         self.holds_connection_state() || (self.user_vars_unread && !self.in_transaction)
@@ -214,7 +229,8 @@ impl SessionState {
             self.pin(p);
         }
         for p in e.unpin {
-            if p == Pin::TempTable && e.drop_if_exists && warnings > 0 {
+            // With `sql_notes` off, a missing table is not even a note: nothing tells.
+            if p == Pin::TempTable && e.drop_if_exists && (warnings > 0 || self.notes_off()) {
                 continue;
             }
             self.unpin(p);
@@ -226,8 +242,10 @@ impl SessionState {
         }
         for name in e.lock_names {
             match name {
-                Some(n) if !self.lock_names.contains(&n) => self.lock_names.push(n),
-                Some(_) => {}
+                Some(n) if self.lock_names.contains(&n) => {}
+                // Past the bound, as a name the proxy cannot read: kept until all are released.
+                Some(_) if self.lock_names.len() >= LOCK_NAMES_MAX => self.unnamed_locks = true,
+                Some(n) => self.lock_names.push(n),
                 None => self.unnamed_locks = true,
             }
         }
@@ -237,6 +255,13 @@ impl SessionState {
         if e.cursor_if_open && status & stratus_wire::caps::STATUS_CURSOR_EXISTS != 0 {
             self.cursors += 1;
         }
+    }
+
+    /// The session turned `sql_notes` off (as `mariadb-dump`'s output does).
+    fn notes_off(&self) -> bool {
+        self.variables
+            .iter()
+            .any(|(n, v)| n == "sql_notes" && (v == "0" || v.eq_ignore_ascii_case("OFF")))
     }
 
     pub fn pin(&mut self, p: Pin) {
@@ -473,6 +498,29 @@ mod tests {
         assert_eq!(s.temp_tables, 1);
         s.apply(drop(), 0, 0);
         assert_eq!(s.temp_tables, 0);
+        // With notes off, nothing tells a missing table.
+        s.pin(Pin::TempTable);
+        s.variable_changed("sql_notes", "OFF");
+        s.apply(drop(), 0, 0);
+        assert_eq!(s.temp_tables, 1);
+    }
+
+    #[test]
+    fn lock_names_are_bounded() {
+        let mut s = SessionState::default();
+        let names = (0..=LOCK_NAMES_MAX)
+            .map(|i| Some(format!("job-{i}")))
+            .collect();
+        s.apply(
+            Effects {
+                lock_names: names,
+                ..Effects::default()
+            },
+            0,
+            0,
+        );
+        assert_eq!(s.lock_names.len(), LOCK_NAMES_MAX);
+        assert!(s.unnamed_locks, "the rest held until all are released");
     }
 
     #[test]

@@ -164,9 +164,9 @@ pub fn classify_all(sql: &[u8]) -> Vec<Statement> {
 /// take or release named locks (<https://mariadb.com/kb/en/get_lock/>).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct NamedLockCalls {
-    /// Each `GET_LOCK`'s name, in order: `Some` for a plain single-quoted literal without
-    /// escapes (the same bytes name the same lock in a later statement on that connection),
-    /// `None` for anything else (an expression, a variable, a `?`), which only the server knows.
+    /// Each `GET_LOCK`'s name, in order: `Some` for a plain single-quoted ASCII literal without
+    /// escapes (the same in any character set the connection may switch to), `None` for
+    /// anything else (an expression, a variable, a `?`), which only the server knows.
     pub taken: Vec<Option<String>>,
     pub release_all: bool,
 }
@@ -194,9 +194,8 @@ pub fn named_lock_calls(stmt: &[u8]) -> NamedLockCalls {
                 let literal = match name {
                     Tok::Str(b'\'', a, b) if comma == Tok::Punct(b',') => {
                         let text = &stmt[a..b];
-                        (!text.contains(&b'\\') && !text.contains(&b'\''))
-                            .then(|| std::str::from_utf8(text).ok().map(str::to_owned))
-                            .flatten()
+                        (text.is_ascii() && !text.contains(&b'\\') && !text.contains(&b'\''))
+                            .then(|| String::from_utf8_lossy(text).into_owned())
                     }
                     _ => None,
                 };
@@ -1727,6 +1726,7 @@ UNLOCK TABLES;\n\
             "DO GET_LOCK(?, ?)",
             r#"DO GET_LOCK("a", 1)"#,
             "DO GET_LOCK(_utf8mb4'a', 1)",
+            "DO GET_LOCK('\u{e9}t\u{e9}', 1)",
         ] {
             assert_eq!(names(sql), [None], "{sql}");
         }

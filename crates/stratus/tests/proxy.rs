@@ -769,6 +769,15 @@ async fn a_client_never_sees_the_previous_clients_profile() {
     let profiles: Vec<(u32, f64, String)> = conn.query("SHOW PROFILES").await.unwrap();
     assert_eq!(profiles.len(), 1, "the server keeps it through the reset");
     conn.disconnect().await.unwrap();
+    // The session is over once it holds no connection; the one it had was not kept.
+    let within = std::time::Duration::from_secs(30);
+    s.wait_for_metric(
+        "stratus_proxy_backend_connections{db=\"shop\"}",
+        0.0,
+        within,
+    );
+    let pooled = s.metric("stratus_proxy_pooled_connections{db=\"shop\"}");
+    assert_eq!(pooled.unwrap_or(0.0), 0.0);
     let mut next = shop_conn(&s, &user, &pw).await;
     let profiles: Vec<(u32, f64, String)> = next.query("SHOW PROFILES").await.unwrap();
     assert!(profiles.is_empty(), "the next client sees {profiles:?}");

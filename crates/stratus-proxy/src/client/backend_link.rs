@@ -303,13 +303,14 @@ impl<D: Directory> Session<D> {
         if self.state.user_vars_unread && self.read_user_vars().await.is_err() {
             return;
         }
-        if !self.named_locks_released().await
-            || self.state.pinned().is_some()
+        // What the proxy knows first; the server is asked only when nothing else keeps it.
+        if self.state.pinned_besides_named_locks()
             || self.stmts.long_data_pending()
             || self.state.user_vars_unread
             || self.state.opaque
             || self.state.next_transaction
             || self.profiled()
+            || !self.named_locks_released().await
             // The next connection would be refused: a session keeps its login through a
             // change of its password, as on a server.
             || !self.login_still_valid().await
@@ -440,6 +441,8 @@ impl<D: Directory> Session<D> {
         self.state.in_transaction = self.txlog.active;
         self.state.temp_tables = 0;
         self.state.named_locks = 0;
+        self.state.lock_names.clear();
+        self.state.unnamed_locks = false;
         self.state.table_locks = false;
         self.state.handlers = 0;
         self.state.xa = false;

@@ -116,4 +116,13 @@ fn named_locks_and_temporary_tables_a_batch_takes_and_releases() {
         (plain.unpin, plain.drop_if_exists),
         (vec![Pin::TempTable], false)
     );
+    let quiet = effects("SET STATEMENT sql_notes = 0 FOR DROP TEMPORARY TABLE IF EXISTS t");
+    assert!(quiet.unpin.is_empty(), "no note to tell a missing table");
+
+    // A statement that pins for another reason may take locks too.
+    let both = effects("CREATE TEMPORARY TABLE t SELECT GET_LOCK('a', 0) AS got");
+    assert_eq!(both.pin, [Pin::TempTable, Pin::NamedLock]);
+    assert_eq!(both.lock_names, [Some("a".to_owned())]);
+    let table = effects("CREATE TEMPORARY TABLE t (a INT)");
+    assert!(table.lock_names.is_empty());
 }
