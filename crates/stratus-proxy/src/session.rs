@@ -196,14 +196,10 @@ impl SessionState {
         }
     }
 
-    /// [`Self::pinned`] but for named locks, which the idle release asks the server about.
-    pub fn pinned_besides_named_locks(&self) -> bool {
-        self.in_transaction
-            || self.temp_tables > 0
-            || self.table_locks
-            || self.handlers > 0
-            || self.xa
-            || self.cursors > 0
+    /// [`Self::holds_connection_state`] but for named locks, which the idle release asks the
+    /// server about.
+    pub fn holds_besides_named_locks(&self) -> bool {
+        self.temp_tables > 0 || self.table_locks || self.handlers > 0 || self.xa || self.cursors > 0
     }
 
     /// State other than a transaction that only its backend connection has: lost with it.
@@ -214,12 +210,7 @@ impl SessionState {
     /// State that lives on its backend connection and that no replay brings back on another
     /// (an open transaction can be replayed; this cannot): what the `pinned` gauge counts.
     pub fn holds_connection_state(&self) -> bool {
-        self.temp_tables > 0
-            || self.named_locks > 0
-            || self.table_locks
-            || self.handlers > 0
-            || self.xa
-            || self.cursors > 0
+        self.named_locks > 0 || self.holds_besides_named_locks()
     }
 
     /// Takes on what a statement that succeeded did to the session; `status` and `warnings`

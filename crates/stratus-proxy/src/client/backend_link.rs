@@ -304,7 +304,8 @@ impl<D: Directory> Session<D> {
             return;
         }
         // What the proxy knows first; the server is asked only when nothing else keeps it.
-        if self.state.pinned_besides_named_locks()
+        if self.state.in_transaction
+            || self.state.holds_besides_named_locks()
             || self.stmts.long_data_pending()
             || self.state.user_vars_unread
             || self.state.opaque
