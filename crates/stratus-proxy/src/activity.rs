@@ -101,14 +101,21 @@ impl SessionShare {
         track(&a.running, &mut self.running, now);
     }
 
-    /// Brings the transaction, pin and unread-variable gauges in line with the session's state.
-    pub(crate) fn publish(&mut self, a: &ServiceActivity, state: &crate::session::SessionState) {
+    /// Brings the transaction, pin and unread-variable gauges in line with the session's state;
+    /// `long_data`: long data waits on its connection for an execute, which pins it too.
+    pub(crate) fn publish(
+        &mut self,
+        a: &ServiceActivity,
+        state: &crate::session::SessionState,
+        long_data: bool,
+    ) {
         track(
             &a.in_transaction,
             &mut self.in_transaction,
             state.in_transaction,
         );
-        track(&a.pinned, &mut self.pinned, state.holds_connection_state());
+        let pinned = state.holds_connection_state() || long_data;
+        track(&a.pinned, &mut self.pinned, pinned);
         track(
             &a.unread_vars,
             &mut self.unread_vars,

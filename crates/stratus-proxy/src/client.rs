@@ -374,6 +374,8 @@ impl<D: Directory> Session<D> {
 
     async fn serve(&mut self) -> End {
         let mut idle_since = tokio::time::Instant::now();
+        // The server was asked about the session's named locks in this idle spell.
+        let mut locks_asked = false;
         // Armed once and again only after it fires: a fresh wait per statement would lock the
         // notifier's waiter list every time. Kill, shutdown and the idle deadline all come
         // through it; the idle timer itself runs elsewhere (see `crate::idle`).
@@ -402,7 +404,9 @@ impl<D: Directory> Session<D> {
             // command, not from whatever woke this loop: a backend that went away (park, crash)
             // is no activity of the client's.
             link.idle.set_timeout(self.idle_timeout());
-            let read_vars = (self.state.user_vars_unread && self.backend.is_some())
+            let idle_reads = (self.backend.is_some()
+                && (self.state.user_vars_unread
+                    || (!self.state.lock_names.is_empty() && !locks_asked)))
                 .then(|| idle_since + user_vars::READ_DELAY);
             let lp = tokio::select! {
                 biased;
@@ -414,8 +418,9 @@ impl<D: Directory> Session<D> {
                     self.drop_backend();
                     if self.holds_locks() && !self.link.killed.load(Ordering::Relaxed) {
                         self.recover_idle().await;
-                        self.report_state();
                     }
+                    // What was pinned to that connection is gone with it.
+                    self.report_state();
                     continue;
                 }
                 () = &mut woken => {
@@ -430,8 +435,9 @@ impl<D: Directory> Session<D> {
                     }
                     continue;
                 }
-                () = user_vars::due(read_vars) => {
-                    self.user_vars_idle().await;
+                () = user_vars::due(idle_reads) => {
+                    self.idle_reads().await;
+                    locks_asked = true;
                     self.report_state();
                     continue;
                 }
@@ -454,6 +460,7 @@ impl<D: Directory> Session<D> {
             let result = self.command(raw, &lp, seq).await;
             idle_since = tokio::time::Instant::now();
             link.idle.touch(idle_since);
+            locks_asked = false;
             self.report_state();
             match result {
                 Ok(true) => {}
@@ -822,8 +829,30 @@ impl<D: Directory> Session<D> {
         let in_trans = self.state.in_transaction;
         let pinned = self.state.pinned_besides_transaction();
         let autocommit = self.autocommit;
-        let Some(stmt) = self.stmts.get_mut(id) else {
-            if cmd == COM_STMT_CLOSE || cmd == COM_STMT_SEND_LONG_DATA {
+        if cmd == COM_STMT_CLOSE {
+            // No answer is expected, for an unknown statement either.
+            let stmt = self.stmts.remove(id);
+            if let (Some(b), Some(bid)) = (self.backend.as_mut(), stmt.and_then(|s| s.backend_id)) {
+                let _ = b.send(COM_STMT_CLOSE, &bid.to_le_bytes()).await;
+            }
+            return Ok(());
+        }
+        if cmd == COM_STMT_EXECUTE
+            && let Some(stmt) = self.stmts.get_mut(id)
+            && storage_limit::adds_data(&stmt.class, &stmt.sql)
+            && let Some(limit) = self.proxy.dir.storage_full(&self.service)
+        {
+            let refused = storage_limit::refused(&self.service, limit);
+            return self.client.send(seq, &refused.packet()).await;
+        }
+        if cmd == COM_STMT_SEND_LONG_DATA {
+            // Connected first: long data belongs to the connection it reaches, and one made for
+            // it must not count it lost. A failure shows at the next command.
+            let _ = self.ensure_backend().await;
+        }
+        let logged = self.txlog.active && (in_trans || !autocommit);
+        let Some((stmt, long_data_lost)) = self.stmts.for_command(id, cmd, logged) else {
+            if cmd == COM_STMT_SEND_LONG_DATA {
                 return Ok(()); // no answer is expected
             }
             return self
@@ -831,24 +860,14 @@ impl<D: Directory> Session<D> {
                 .send(seq, &SqlError::unknown_statement(id).packet())
                 .await;
         };
-        if cmd == COM_STMT_CLOSE {
-            let stmt = self.stmts.remove(id);
-            if let (Some(b), Some(bid)) = (self.backend.as_mut(), stmt.and_then(|s| s.backend_id)) {
-                let _ = b.send(COM_STMT_CLOSE, &bid.to_le_bytes()).await;
+        if long_data_lost {
+            if cmd == COM_STMT_EXECUTE {
+                let lost = SqlError::long_data_lost(&self.service);
+                return self.client.send(seq, &lost.packet()).await;
             }
+            // The rest of long data whose start was lost: the new connection gets none of it,
+            // or the next execute after a reset would find it there.
             return Ok(());
-        }
-        if cmd == COM_STMT_EXECUTE && storage_limit::adds_data(&stmt.class, &stmt.sql) {
-            if let Some(limit) = self.proxy.dir.storage_full(&self.service) {
-                let refused = storage_limit::refused(&self.service, limit);
-                return self.client.send(seq, &refused.packet()).await;
-            }
-        }
-        // Long data waits on the backend connection for the next execute, which takes it.
-        match cmd {
-            COM_STMT_SEND_LONG_DATA => stmt.long_data = true,
-            COM_STMT_EXECUTE | COM_STMT_RESET => stmt.long_data = false,
-            _ => {}
         }
         let class = Recording {
             writes: replay::may_write(&stmt.class),
@@ -1046,12 +1065,13 @@ impl<D: Directory> Session<D> {
     /// before the client can act on it (as `relay` does for the server's answers).
     fn answered(&mut self) {
         self.share.running(&self.activity, false);
-        self.share.publish(&self.activity, &self.state);
+        self.report_state();
     }
 
     /// Tells the activity counters when this session's transaction or pin state changed.
     fn report_state(&mut self) {
-        self.share.publish(&self.activity, &self.state);
+        let long_data = self.stmts.long_data_pending();
+        self.share.publish(&self.activity, &self.state, long_data);
     }
 
     /// Withdraws this session's transaction and pin from the counters (it ends or starts over).

@@ -178,6 +178,19 @@ impl SqlError {
         }
     }
 
+    /// `ER_CONNECTION_KILLED`, for the execute of a prepared statement whose long data was sent
+    /// to a backend connection since lost: run without it, its parameters would be misread.
+    pub fn long_data_lost(db: &str) -> Self {
+        Self {
+            code: 1927,
+            state: "70100",
+            message: format!(
+                "Connection to database {db} was lost after long data was sent for this statement; \
+                 send it again and execute"
+            ),
+        }
+    }
+
     pub fn secure_transport_required() -> Self {
         Self {
             code: 3159,

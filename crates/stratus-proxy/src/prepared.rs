@@ -19,8 +19,23 @@ pub struct Statement {
     pub backend_id: Option<u32>,
     /// The current backend has seen its types.
     pub types_sent: bool,
-    /// Long data was sent for its next execute: it exists only on the backend connection.
-    pub long_data: bool,
+    /// Long data for its next execute.
+    pub long_data: LongData,
+}
+
+/// Long data (`COM_STMT_SEND_LONG_DATA`) for a statement's next execute, which the server
+/// keeps for that execute and no replay of the session recreates.
+/// <https://mariadb.com/kb/en/com_stmt_send_long_data/>
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LongData {
+    #[default]
+    None,
+    /// On the current backend connection; `logged`: in the open transaction's log too, whose
+    /// replay sends it again.
+    Sent { logged: bool },
+    /// Sent to a backend connection since lost and not sent again: an execute would run
+    /// without it (its parameter read from bytes that are not there), so it is refused.
+    Lost,
 }
 
 #[derive(Debug, Default)]
@@ -28,6 +43,8 @@ pub struct Statements {
     /// Looked up on every execute; ids are the proxy's own, so no hash flooding to resist.
     map: HashMap<u32, Statement, foldhash::fast::FixedState>,
     next: u32,
+    /// Statements whose long data is on the current backend connection.
+    long_data_sent: u32,
 }
 
 impl Statements {
@@ -44,7 +61,7 @@ impl Statements {
             types: None,
             backend_id: Some(ok.statement_id),
             types_sent: false,
-            long_data: false,
+            long_data: LongData::None,
         };
         self.map.insert(self.next, stmt);
         self.next
@@ -54,26 +71,66 @@ impl Statements {
         self.map.get_mut(&id)
     }
 
-    pub fn remove(&mut self, id: u32) -> Option<Statement> {
-        self.map.remove(&id)
+    /// The statement `id` for `cmd`, with what `cmd` does to its long data taken on: sent by
+    /// `COM_STMT_SEND_LONG_DATA` (`logged` if the transaction log keeps the command), used by
+    /// `COM_STMT_EXECUTE`, dropped by `COM_STMT_RESET`. Also whether long data this command
+    /// sends or needs was lost with an earlier backend connection.
+    pub fn for_command(
+        &mut self,
+        id: u32,
+        cmd: u8,
+        logged: bool,
+    ) -> Option<(&mut Statement, bool)> {
+        use stratus_wire::command::{COM_STMT_EXECUTE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA};
+        let s = self.map.get_mut(&id)?;
+        let before = s.long_data;
+        s.long_data = match (cmd, before) {
+            (COM_STMT_SEND_LONG_DATA, LongData::Lost) => LongData::Lost,
+            (COM_STMT_SEND_LONG_DATA, LongData::Sent { logged: earlier }) => LongData::Sent {
+                logged: earlier && logged,
+            },
+            (COM_STMT_SEND_LONG_DATA, LongData::None) => LongData::Sent { logged },
+            (COM_STMT_EXECUTE | COM_STMT_RESET, _) => LongData::None,
+            (_, kept) => kept,
+        };
+        let sent = |l: LongData| u32::from(matches!(l, LongData::Sent { .. }));
+        self.long_data_sent =
+            (self.long_data_sent + sent(s.long_data)).saturating_sub(sent(before));
+        let lost = before == LongData::Lost && cmd != COM_STMT_RESET;
+        Some((s, lost))
     }
 
-    /// The backend connection changed: every statement must be prepared again there.
+    pub fn remove(&mut self, id: u32) -> Option<Statement> {
+        let s = self.map.remove(&id)?;
+        if matches!(s.long_data, LongData::Sent { .. }) {
+            self.long_data_sent = self.long_data_sent.saturating_sub(1);
+        }
+        Some(s)
+    }
+
+    /// The backend connection changed: every statement must be prepared again there, and long
+    /// data sent to the old one is lost unless a transaction's replay sends it again.
     pub fn backend_changed(&mut self) {
         for s in self.map.values_mut() {
             s.backend_id = None;
             s.types_sent = false;
-            s.long_data = false;
+            s.long_data = match s.long_data {
+                LongData::Sent { logged: false } | LongData::Lost => LongData::Lost,
+                LongData::Sent { logged: true } | LongData::None => LongData::None,
+            };
         }
+        self.long_data_sent = 0;
     }
 
-    /// Some statement has long data waiting for its execute.
+    /// Some statement has long data on the backend connection, waiting for its execute: the
+    /// connection holds what no replay recreates. O(1): asked after every command.
     pub fn long_data_pending(&self) -> bool {
-        self.map.values().any(|s| s.long_data)
+        self.long_data_sent > 0
     }
 
     pub fn clear(&mut self) {
         self.map.clear();
+        self.long_data_sent = 0;
     }
 
     #[cfg(test)]
@@ -111,5 +168,57 @@ mod tests {
         assert_eq!(s.get_mut(a).unwrap().backend_id, None);
         assert!(s.remove(b).is_some());
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn long_data_is_pending_until_used_and_lost_with_its_connection_unless_logged() {
+        use stratus_wire::command::{COM_STMT_EXECUTE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA};
+        let mut s = Statements::default();
+        let ok = |statement_id| PrepareOk {
+            statement_id,
+            columns: 0,
+            params: 1,
+        };
+        let (a, b) = (
+            s.add(b"INSERT ?".to_vec(), ok(1)),
+            s.add(b"DO ?".to_vec(), ok(2)),
+        );
+        let lost = |s: &mut Statements, id, cmd, logged| s.for_command(id, cmd, logged).unwrap().1;
+
+        assert!(!lost(&mut s, a, COM_STMT_SEND_LONG_DATA, false));
+        assert!(!lost(&mut s, a, COM_STMT_SEND_LONG_DATA, false));
+        assert!(!lost(&mut s, b, COM_STMT_SEND_LONG_DATA, true));
+        assert!(s.long_data_pending());
+        assert!(!lost(&mut s, b, COM_STMT_EXECUTE, true));
+        assert!(s.long_data_pending(), "a's is still waiting");
+        assert!(!lost(&mut s, a, COM_STMT_RESET, false));
+        assert!(!s.long_data_pending());
+
+        // Part logged, part not: the log cannot recreate it all.
+        assert!(!lost(&mut s, a, COM_STMT_SEND_LONG_DATA, false));
+        assert!(!lost(&mut s, a, COM_STMT_SEND_LONG_DATA, true));
+        assert!(!lost(&mut s, b, COM_STMT_SEND_LONG_DATA, true));
+        s.backend_changed();
+        assert!(!s.long_data_pending());
+        assert_eq!(s.get_mut(a).unwrap().long_data, LongData::Lost);
+        assert_eq!(
+            s.get_mut(b).unwrap().long_data,
+            LongData::None,
+            "the replay sends it"
+        );
+        assert!(
+            lost(&mut s, a, COM_STMT_SEND_LONG_DATA, false),
+            "more of it"
+        );
+        s.backend_changed();
+        assert!(lost(&mut s, a, COM_STMT_EXECUTE, false), "lost until used");
+        assert!(!lost(&mut s, a, COM_STMT_EXECUTE, false));
+
+        assert!(!lost(&mut s, a, COM_STMT_SEND_LONG_DATA, false));
+        assert!(s.remove(a).is_some());
+        assert!(
+            !s.long_data_pending(),
+            "a closed statement's data goes with it"
+        );
     }
 }

@@ -181,7 +181,7 @@ impl SessionState {
             Some("open transaction")
         } else if self.temp_tables > 0 {
             Some("temporary tables")
-        } else if self.named_locks > 0 {
+        } else if self.may_hold_named_locks() {
             Some("named locks (GET_LOCK)")
         } else if self.table_locks {
             Some("LOCK TABLES")
@@ -210,7 +210,15 @@ impl SessionState {
     /// State that lives on its backend connection and that no replay brings back on another
     /// (an open transaction can be replayed; this cannot): what the `pinned` gauge counts.
     pub fn holds_connection_state(&self) -> bool {
-        self.named_locks > 0 || self.holds_besides_named_locks()
+        self.may_hold_named_locks() || self.holds_besides_named_locks()
+    }
+
+    /// Whether a named lock may still be held: calls counted, or a lock taken by name that
+    /// the server has not yet said is free. A `RELEASE_LOCK` of a lock not held counts down
+    /// but releases nothing, so a count of 0 alone does not tell (the client asks the server
+    /// once idle: `lock_names`).
+    pub fn may_hold_named_locks(&self) -> bool {
+        self.named_locks > 0 || !self.lock_names.is_empty()
     }
 
     /// Takes on what a statement that succeeded did to the session; `status` and `warnings`

@@ -360,15 +360,18 @@ impl<D: Directory> Session<D> {
     /// Whether the session holds no named lock. The calls counted cannot tell (a
     /// `RELEASE_LOCK` may release nothing), so the server is asked about each name taken;
     /// `IS_USED_LOCK` reads no table and leaves the client's diagnostics as they were.
-    async fn named_locks_released(&mut self) -> bool {
-        if self.state.unnamed_locks {
-            return false;
+    pub(super) async fn named_locks_released(&mut self) -> bool {
+        if !self.state.lock_names.is_empty() {
+            self.ask_about_lock_names().await;
         }
-        if self.state.lock_names.is_empty() {
-            return self.state.named_locks == 0;
-        }
+        !self.state.unnamed_locks && !self.state.may_hold_named_locks()
+    }
+
+    /// Forgets the names the server says this session no longer holds. Without locks taken by
+    /// names the proxy cannot read, what is left is all the session holds.
+    async fn ask_about_lock_names(&mut self) {
         let Some(b) = self.backend.as_mut() else {
-            return false;
+            return;
         };
         // The names are the client's own literals, without quotes or backslashes.
         let held: Vec<String> = self
@@ -378,17 +381,18 @@ impl<D: Directory> Session<D> {
             .map(|n| format!("IS_USED_LOCK('{n}') <=> CONNECTION_ID()"))
             .collect();
         let Ok(rows) = b.query(&format!("SELECT {}", held.join(", "))).await else {
-            return false;
+            return;
         };
         let Some(row) = rows.first() else {
-            return false;
+            return;
         };
         let mut still = row.iter().map(|v| v.as_deref() == Some(b"1".as_slice()));
         self.state
             .lock_names
             .retain(|_| still.next().unwrap_or(true));
-        self.state.named_locks = self.state.lock_names.len() as u32;
-        self.state.lock_names.is_empty()
+        if !self.state.unnamed_locks {
+            self.state.named_locks = self.state.lock_names.len() as u32;
+        }
     }
 
     /// After the client left: keep a healthy backend connection for the next client.
@@ -450,6 +454,7 @@ impl<D: Directory> Session<D> {
         self.state.cursors = 0;
         self.state.opaque = false;
         self.state.next_transaction = false;
+        self.stmts.backend_changed();
     }
 
     pub(super) async fn send_to_backend(&mut self, bytes: &[u8]) {
@@ -633,7 +638,8 @@ impl<D: Directory> Session<D> {
                             // Over before the client can know it: the client may act on its
                             // answer at once (park the database, say).
                             self.share.running(&self.activity, false);
-                            self.share.publish(&self.activity, &self.state);
+                            let long_data = self.stmts.long_data_pending();
+                            self.share.publish(&self.activity, &self.state, long_data);
                         }
                         out.send(&mut self.client.stream, &mut b.buf, pos, true)
                             .await?;

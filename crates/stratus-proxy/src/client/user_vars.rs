@@ -72,10 +72,16 @@ impl<D: Directory> Session<D> {
         }
     }
 
-    /// The client has been idle for [`READ_DELAY`] with user variables not read back.
-    pub(super) async fn user_vars_idle(&mut self) {
+    /// The client has been idle for [`READ_DELAY`] with user variables not read back, or with
+    /// named locks the server has not said are free: both are asked once nothing the client
+    /// does can be disturbed, so that the lifecycle sees the session as it is (a lock released
+    /// by a `RELEASE_LOCK` the proxy could not count keeps the database awake until then).
+    pub(super) async fn idle_reads(&mut self) {
         // A lost backend is reported at the next command.
-        let _ = self.read_user_vars().await;
+        if self.state.user_vars_unread && self.read_user_vars().await.is_err() {
+            return;
+        }
+        self.named_locks_released().await;
     }
 
     /// Snapshots every user variable with its type, to recreate them on a new backend. A

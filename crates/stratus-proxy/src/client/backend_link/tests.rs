@@ -209,6 +209,53 @@ async fn a_named_lock_keeps_the_connection_for_as_long_as_the_server_says_it_is_
     released(&h, 1).await;
 }
 
+/// The lifecycle's view of the same: a session is pinned (no idle suspend) while it may hold a
+/// named lock, and once idle the server is asked, without the idle release.
+#[tokio::test(start_paused = true)]
+async fn a_named_lock_pins_the_session_until_the_server_says_it_is_free() {
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cfg = crate::ProxyConfig {
+        release_idle_after: Duration::ZERO,
+        ..crate::ProxyConfig::default()
+    };
+    let h = Harness::with_config(cfg, lock_server(held.clone()));
+    let pinned = || {
+        h.proxy
+            .activity
+            .service(SERVICE)
+            .pinned
+            .load(Ordering::Relaxed)
+    };
+    let asked = || {
+        let q = h.backend.queries(1);
+        let ask = "SELECT IS_USED_LOCK('l') <=> CONNECTION_ID()";
+        q.iter().filter(|s| *s == ask).count()
+    };
+    let mut c = h.client().await;
+    c.query("SELECT GET_LOCK('l', 0)").await;
+    c.query("SELECT RELEASE_LOCK('another')").await;
+    assert_eq!(
+        pinned(),
+        1,
+        "a RELEASE_LOCK that released nothing unpinned the session"
+    );
+    tokio::time::sleep(IDLE * 3).await;
+    assert_eq!((pinned(), asked()), (1, 1), "asked once per idle spell");
+
+    held.store(false, Ordering::Relaxed);
+    c.query("SELECT RELEASE_LOCK('l')").await;
+    assert_eq!(
+        pinned(),
+        1,
+        "unpinned before the server said the lock is free"
+    );
+    tokio::time::sleep(IDLE).await;
+    h.until("the server said the lock is free", || pinned() == 0)
+        .await;
+    assert_eq!(asked(), 2);
+    assert_eq!(counts(&h), (1, 0, 0), "released although releases are off");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_lock_by_a_name_the_proxy_cannot_read_keeps_the_connection_until_all_are_released() {
     let h = Harness::new(server);

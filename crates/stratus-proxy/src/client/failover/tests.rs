@@ -517,3 +517,52 @@ async fn after_a_commit_found_committed_the_next_statement_waits_for_the_others_
     assert_eq!(outcomes, [Outcome::Replayed, Outcome::CommitConfirmed]);
     drop(holder);
 }
+
+/// Long data waits on its backend connection for the execute, and no replay recreates it: the
+/// session is pinned meanwhile (no idle suspend), and once the connection is lost anyway the
+/// execute is refused rather than run with its parameter read from bytes that are not there.
+/// The rest of that data does not reach the new connection; after a reset the statement runs.
+#[tokio::test(start_paused = true)]
+async fn an_execute_whose_long_data_was_lost_with_its_server_is_refused() {
+    let h = Harness::new(tables);
+    let pinned = || {
+        let a = h.proxy.activity.service(SERVICE);
+        a.pinned.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut c = h.client().await;
+    let id = c.prepare("INSERT INTO blobs VALUES (?)").await;
+    c.send_long_data(id, b"the first piece").await;
+    h.backend.seen(Event::LongData(1)).await;
+    h.until("long data pins the session", || pinned() == 1)
+        .await;
+
+    h.backend.drop_connections();
+    h.sessions_lost_their_backend().await;
+    assert_eq!(pinned(), 0, "nothing is left on a connection that is gone");
+    c.send_long_data(id, b"the second piece").await;
+    assert_eq!(
+        c.execute(id).await,
+        SqlError::long_data_lost(SERVICE).packet()
+    );
+    let long_data = |conn| {
+        let log = h.backend.log();
+        let n = |e: &Event| matches!(e, Event::LongData(c) | Event::Executed(c) if *c == conn);
+        log.iter().filter(|e| n(e)).count()
+    };
+    assert_eq!(
+        long_data(2),
+        0,
+        "the new connection got part of the data, or the execute"
+    );
+
+    c.send_long_data(id, b"sent again").await;
+    let answer = c.execute(id).await;
+    assert_eq!(
+        answer.first(),
+        Some(&0x00),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(long_data(2), 2);
+    assert_eq!(pinned(), 0);
+}
