@@ -89,6 +89,12 @@ pub struct Backend {
     /// A session profiled on it: `SHOW PROFILES` keeps that history through a reset, so the
     /// connection is never given to another session.
     pub profiled: bool,
+    /// A session set a role on it (`SET ROLE`), which neither a reset nor a change of user
+    /// undoes on MariaDB 10.11: never given to another session either.
+    pub role_set: bool,
+    /// A session ran statements whose effects the proxy cannot see on it (`CALL`, `EXECUTE`,
+    /// `EXECUTE IMMEDIATE`), which may have set a role: asked before it is kept.
+    pub opaque: bool,
 }
 
 /// The byte stream to a server: its private unix socket on this host, or TCP to a pod.
@@ -225,6 +231,8 @@ impl Backend {
             connection_id: 0,
             scramble: [0; 20],
             profiled: false,
+            role_set: false,
+            opaque: false,
         };
         let greeting = b.read_packet().await?;
         if greeting.first() == Some(&0xff) {

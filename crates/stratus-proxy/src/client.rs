@@ -1044,10 +1044,11 @@ impl<D: Directory> Session<D> {
     /// After `COM_RESET_CONNECTION` succeeded on the backend: the server forgot the session,
     /// including the tracking Stratus asked for.
     async fn after_reset(&mut self) {
-        if self.profiled()
-            && let Some(b) = self.backend.as_mut()
-        {
-            b.profiled = true;
+        let (profiled, role) = (self.profiled(), self.state.role.is_some());
+        if let Some(b) = self.backend.as_mut() {
+            b.profiled |= profiled;
+            b.role_set |= role;
+            b.opaque |= self.state.opaque;
         }
         self.release_pins();
         self.state.reset();
@@ -1122,6 +1123,14 @@ fn effects(sql: &[u8], stmts: &[Statement]) -> Effects {
             || s.kind == Kind::Other && word(0, "EXECUTE") && word(1, "IMMEDIATE")
             || s.kind == Kind::Prepare && word(2, "FROM") && nth_word(text, 3).starts_with(b"@");
         e.next_transaction |= s.kind == Kind::Set && word(0, "SET") && word(1, "TRANSACTION");
+        if s.sets_role {
+            // Replayed as the client wrote it; bytes that are not UTF-8 could not be sent again
+            // as they were, so the session stays on its connection instead.
+            match std::str::from_utf8(text) {
+                Ok(t) => e.role = Some(t.to_owned()),
+                Err(_) => e.opaque = true,
+            }
+        }
     }
     // Locks taken in the same batch are held after it, whatever the order.
     e.release_all_locks = release_all_locks && e.lock_names.is_empty();

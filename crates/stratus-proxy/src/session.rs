@@ -40,6 +40,9 @@ pub struct Effects {
     pub lock_names: Vec<Option<String>>,
     /// It called `RELEASE_ALL_LOCKS()` and took none: no named lock is held after it.
     pub release_all_locks: bool,
+    /// Its last `SET ROLE` statement, which a replay runs again (no variable tracks the
+    /// current role).
+    pub role: Option<String>,
     /// Its `DROP TEMPORARY TABLE IF EXISTS` dropped a table only if the answer has no warning
     /// (a missing table is a note).
     pub drop_if_exists: bool,
@@ -140,6 +143,9 @@ pub struct SessionState {
     pub user_vars: Vec<UserVar>,
     /// Text prepared statements: name and the `PREPARE` statement that made it.
     pub text_prepared: Vec<(String, String)>,
+    /// The last `SET ROLE` statement (`NONE` too: a new connection would take the account's
+    /// default role).
+    pub role: Option<String>,
     pub tracking: ClientTracking,
     pub in_transaction: bool,
     pub temp_tables: u32,
@@ -248,6 +254,9 @@ impl SessionState {
                 None => self.unnamed_locks = true,
             }
         }
+        if e.role.is_some() {
+            self.role = e.role;
+        }
         self.user_vars_unread |= e.user_vars;
         self.opaque |= e.opaque;
         self.next_transaction |= e.next_transaction;
@@ -323,6 +332,8 @@ impl SessionState {
         // The client's own tracking settings are not replayed: the backend always tracks
         // everything, and `tracking` filters what the client is shown.
         let mut out = Vec::new();
+        // First: the role's privileges may be what the rest needs.
+        out.extend(self.role.clone());
         if !self.variables.is_empty() {
             let vars: Vec<String> = self
                 .variables
@@ -413,9 +424,18 @@ mod tests {
         });
         s.text_prepared
             .push(("s1".into(), "PREPARE s1 FROM 'SELECT 1'".into()));
+        for role in ["SET ROLE a", "SET ROLE NONE"] {
+            let e = Effects {
+                role: Some(role.into()),
+                ..Effects::default()
+            };
+            s.apply(e, 0, 0);
+        }
+        s.apply(Effects::default(), 0, 0);
         assert_eq!(
             s.replay(),
             [
+                "SET ROLE NONE",
                 "SET SESSION `sort_buffer_size` = 262144, SESSION `sql_mode` = 'STRICT_ALL_TABLES', SESSION `character_set_results` = NULL",
                 "SET @`a` = 1",
                 "PREPARE s1 FROM 'SELECT 1'",

@@ -109,6 +109,9 @@ pub struct Statement {
     pub sets_session_vars: bool,
     /// `SET GLOBAL x`, `SET @@global.x`, `SET GLOBAL TRANSACTION`.
     pub sets_global_vars: bool,
+    /// `SET ROLE role` or `SET ROLE NONE` (<https://mariadb.com/kb/en/set-role/>): the session's
+    /// current role, which no variable tracks.
+    pub sets_role: bool,
     /// Session state the proxy cannot recreate: the session must stay on its backend.
     pub pin: Option<Pin>,
     /// Releases a pin reason (`UNLOCK TABLES`, `DROP TEMPORARY TABLE`, `RELEASE_LOCK`, ...).
@@ -944,6 +947,7 @@ impl<'a> Parser<'a> {
         }
         if self.peek_is(&[b"ROLE"]) {
             self.st.sets_session_vars = true;
+            self.st.sets_role = true;
             return Flow::Done;
         }
         if self.eat(&[b"DEFAULT"]) {
@@ -1770,5 +1774,22 @@ UNLOCK TABLES;\n\
         ) {
             check_invariants(pieces.concat().as_bytes());
         }
+    }
+
+    #[test]
+    fn set_role_is_told_from_other_sets() {
+        let role = |sql: &str| classify(sql.as_bytes()).sets_role;
+        assert!(role("SET ROLE admin"));
+        assert!(role("set /* who */ role NONE"));
+        assert!(role("SET ROLE `a b`"));
+        assert!(!role("SET DEFAULT ROLE admin"));
+        assert!(!role("SET @role = 'admin'"));
+        assert!(!role("SET role_x = 1"));
+        assert!(!role("SET STATEMENT max_statement_time = 1 FOR SELECT 1"));
+        let all = classify_all(b"SELECT 1; SET ROLE r; DO 1");
+        assert_eq!(
+            all.iter().map(|s| s.sets_role).collect::<Vec<_>>(),
+            [false, true, false]
+        );
     }
 }

@@ -739,7 +739,7 @@ async fn a_procedure_looping_over_a_cursor_answers_in_every_protocol() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_never_sees_the_previous_clients_profile() {
+async fn a_client_never_gets_the_previous_clients_profile_or_role() {
     let mut s = Stratus::new("profiles");
     s.start();
     let (user, pw) = created(&s, "shop");
@@ -781,6 +781,52 @@ async fn a_client_never_sees_the_previous_clients_profile() {
     let mut next = shop_conn(&s, &user, &pw).await;
     let profiles: Vec<(u32, f64, String)> = next.query("SHOW PROFILES").await.unwrap();
     assert!(profiles.is_empty(), "the next client sees {profiles:?}");
+    next.disconnect().await.unwrap();
+
+    // A role set on a connection outlives a reset and a change of user: such a connection
+    // is not given to the next client of the account either, whose session starts without it.
+    let mut conn = shop_conn(&s, &user, &pw).await;
+    conn.query_drop("CREATE ROLE auditor").await.unwrap();
+    conn.query_drop("SET ROLE auditor").await.unwrap();
+    conn.disconnect().await.unwrap();
+    let mut conn = shop_conn(&s, &user, &pw).await;
+    conn.query_drop("SET ROLE auditor").await.unwrap();
+    assert!(conn.reset().await.unwrap(), "COM_RESET_CONNECTION");
+    conn.disconnect().await.unwrap();
+    s.wait_for_metric(
+        "stratus_proxy_backend_connections{db=\"shop\"}",
+        0.0,
+        within,
+    );
+    let pooled = "stratus_proxy_pooled_connections{db=\"shop\"}";
+    let mut next = shop_conn(&s, &user, &pw).await;
+    let role: Option<Option<String>> = next.query_first("SELECT CURRENT_ROLE()").await.unwrap();
+    assert_eq!(role, Some(None), "the next client has the last one's role");
+    // So may a procedure or a dynamic statement, unseen: their connection is asked. One
+    // without a role is kept as any other.
+    next.query_drop("CREATE PROCEDURE take_role() SET ROLE auditor")
+        .await
+        .unwrap();
+    next.query_drop("CREATE PROCEDURE nothing() BEGIN END")
+        .await
+        .unwrap();
+    next.query_drop("CALL nothing()").await.unwrap();
+    next.disconnect().await.unwrap();
+    s.wait_for_metric(pooled, 1.0, within);
+    for sql in ["CALL take_role()", "EXECUTE IMMEDIATE 'SET ROLE auditor'"] {
+        let mut conn = shop_conn(&s, &user, &pw).await;
+        conn.query_drop(sql).await.unwrap();
+        conn.disconnect().await.unwrap();
+    }
+    s.wait_for_metric(
+        "stratus_proxy_backend_connections{db=\"shop\"}",
+        0.0,
+        within,
+    );
+    assert_eq!(s.metric(pooled).unwrap_or(0.0), 0.0);
+    let mut next = shop_conn(&s, &user, &pw).await;
+    let role: Option<Option<String>> = next.query_first("SELECT CURRENT_ROLE()").await.unwrap();
+    assert_eq!(role, Some(None), "the next client has a role set unseen");
     next.disconnect().await.unwrap();
     s.stop();
 }
@@ -1193,6 +1239,11 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
     idle.query_drop("PREPARE text_stmt FROM 'SELECT v FROM t WHERE id = ?'")
         .await
         .unwrap();
+    // No variable tracks the current role: the proxy keeps the statement. Neither a reset nor a
+    // change of user undoes a role, so that connection is released but not kept.
+    let mut roled = shop_conn(&s, &user, &pw).await;
+    roled.query_drop("CREATE ROLE reader").await.unwrap();
+    roled.query_drop("SET ROLE reader").await.unwrap();
     let stmt = idle.prep("SELECT v FROM t WHERE id = ?").await.unwrap();
     let mut open = shop_conn(&s, &user, &pw).await;
     open.query_drop("BEGIN").await.unwrap();
@@ -1203,7 +1254,7 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
 
     // Only the session that holds nothing lets its connection go.
     let begin = std::time::Instant::now();
-    while s.metric(releases).unwrap_or(0.0) < 1.0 {
+    while s.metric(releases).unwrap_or(0.0) < 2.0 {
         assert!(begin.elapsed() < within, "never released");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -1218,14 +1269,14 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
         taken, thread_before,
         "the idle session's connection, kept and reused"
     );
-    let row: Option<(Option<String>, String, u64)> = other
-        .query_first("SELECT @greeting, @@sql_mode, LAST_INSERT_ID()")
+    let row: Option<(Option<String>, String, u64, Option<String>)> = other
+        .query_first("SELECT @greeting, @@sql_mode, LAST_INSERT_ID(), CURRENT_ROLE()")
         .await
         .unwrap();
-    let (greeting, mode, last_id) = row.unwrap();
+    let (greeting, mode, last_id, role) = row.unwrap();
     assert_eq!(
-        (greeting, last_id),
-        (None, 0),
+        (greeting, last_id, role),
+        (None, 0, None),
         "nothing of the idle session leaks"
     );
     assert_ne!(mode, "ANSI_QUOTES");
@@ -1242,6 +1293,8 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
         .await
         .unwrap();
     assert_eq!(row, Some(("ANSI_QUOTES".into(), "hello".into(), 1)));
+    let role: Option<String> = roled.query_first("SELECT CURRENT_ROLE()").await.unwrap();
+    assert_eq!(role.as_deref(), Some("reader"));
     let v: Option<String> = idle.exec_first(&stmt, (2,)).await.unwrap();
     assert_eq!(
         v.as_deref(),
@@ -1278,7 +1331,7 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
     let n: Option<u32> = other.query_first("SELECT COUNT(*) FROM t").await.unwrap();
     assert_eq!(n, Some(3), "the open transaction committed where it began");
 
-    for c in [profiled, temporary, locked, named, idle, open, other] {
+    for c in [profiled, temporary, locked, named, roled, idle, open, other] {
         c.disconnect().await.unwrap();
     }
     s.stop();

@@ -407,8 +407,14 @@ impl<D: Directory> Session<D> {
             return;
         };
         self.activity.backends.fetch_sub(1, Ordering::Relaxed);
-        // A profiled connection would show the next client this one's statements. Not kept.
-        if b.profiled || self.profiled() {
+        // A profiled connection would show the next client this one's statements, one with a
+        // role set would give it that role. Not kept.
+        if b.profiled || self.profiled() || b.role_set || self.state.role.is_some() {
+            return;
+        }
+        // A procedure or a dynamic statement may have set one unseen. (A connection of an
+        // account with a default role is then not kept either: its role is never NULL.)
+        if (b.opaque || self.state.opaque) && !no_role(&mut b).await {
             return;
         }
         if leaving && self.marker.txn > 0 && !self.state.in_transaction {
@@ -682,6 +688,17 @@ impl<D: Directory> Session<D> {
                 });
             }
         }
+    }
+}
+
+/// Whether no role is active on `b`; `false` if it cannot tell.
+async fn no_role(b: &mut Backend) -> bool {
+    match b.query("SELECT CURRENT_ROLE() IS NULL").await {
+        Ok(rows) => rows
+            .first()
+            .and_then(|r| r.first())
+            .is_some_and(|v| v.as_deref() == Some(b"1".as_slice())),
+        Err(_) => false,
     }
 }
 

@@ -126,3 +126,25 @@ fn named_locks_and_temporary_tables_a_batch_takes_and_releases() {
     let table = effects("CREATE TEMPORARY TABLE t (a INT)");
     assert!(table.lock_names.is_empty());
 }
+
+/// The role a session sets is kept as its statement, to run again on a new connection.
+#[test]
+fn a_set_role_statement_is_kept_as_written() {
+    use stratus_wire::classify::classify_all;
+    let effects = |sql: &[u8]| super::effects(sql, &classify_all(sql));
+    let e = effects(b"SELECT 1; SET ROLE `read er`; DO 2");
+    assert_eq!(e.role.as_deref(), Some("SET ROLE `read er`"));
+    assert!(!e.opaque);
+    assert_eq!(
+        effects(b"SET ROLE NONE").role.as_deref(),
+        Some("SET ROLE NONE")
+    );
+    assert_eq!(
+        effects(b"SET DEFAULT ROLE r").role,
+        None,
+        "an account's setting"
+    );
+    // Not UTF-8 (a latin1 name): it could not be sent again as it was.
+    let odd = effects(b"SET ROLE `r\xe9`");
+    assert_eq!((odd.role, odd.opaque), (None, true));
+}
