@@ -148,8 +148,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         })
     }
 
-    /// A server for a new database: a spare from the warm pool if one is ready, else a fresh
-    /// copy of the template. Also says whether it was a spare, and where the time went.
+    /// A server for a new database: a spare from the warm pool if one is ready or on its way,
+    /// else a fresh copy of the template. Also says whether it was a spare, and where the time went.
     async fn provision(
         &self,
         svc: &mut DatabaseService,
@@ -163,7 +163,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         };
         let spec = self.instance_spec(svc);
         let mut spare_pool = None;
-        let instance = match self.take_spare(&spec.node, spec.resources.buffer_pool_bytes) {
+        let spare = self
+            .take_spare_soon(&spec.node, spec.resources.buffer_pool_bytes)
+            .await;
+        let instance = match spare {
             Some(spare) => match self.runtime.claim_spare(&spare, &spec).await {
                 Ok(instance) => {
                     spare_pool = Some(spare.buffer_pool_bytes);

@@ -56,6 +56,12 @@ const QUIET_SLACK: usize = 2;
 /// Creates closer together than this are a burst, which the pool must keep up with.
 const BURST_GAP: Duration = Duration::from_secs(1);
 
+/// How long a create that finds no spare ready waits for one already on its way before it
+/// starts a server of its own ([`ControlPlane::take_spare_soon`]). A spare's start takes about
+/// 0.3 s of a busy host's time and a cold start from the template more, so a start in flight
+/// is nearly always the sooner; past this something is wrong with it.
+const SPARE_WAIT: Duration = Duration::from_secs(2);
+
 /// How many spares start side by side: twice the host's cores (a start takes about 0.15 s of
 /// CPU, `bench/density`), so a burst of creates is met by several at once rather than one after
 /// the other.
@@ -179,22 +185,62 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             let now = tokio::time::Instant::now();
             let lone = st.last_create.is_none_or(|t| now - t >= BURST_GAP);
             st.last_create = Some(now);
-            let here = |s: &Spare| s.node == node;
-            // The right size, else one not presized (those are kept for the default size).
-            let i = st
-                .ready
-                .iter()
-                .rposition(|s| here(s) && s.buffer_pool_bytes == buffer_pool_bytes)
-                .or_else(|| (st.ready.iter()).rposition(|s| here(s) && !self.is_presized(s)))
-                .or_else(|| st.ready.iter().rposition(here));
-            let spare = i.map(|i| st.ready.remove(i));
-            let left_here = st.ready.iter().filter(|s| here(s)).count();
+            let spare = self.pick(&mut st, node, buffer_pool_bytes);
+            let left_here = st.ready.iter().filter(|s| s.node == node).count();
             st.quiet_until = (lone && spare.is_some() && left_here >= QUIET_SLACK)
                 .then(|| now + QUIET_AFTER_CLAIM);
             spare
         };
         self.pool_wake.notify_one();
         spare
+    }
+
+    /// As [`Self::take_spare`], but when none is ready while some are starting or growing
+    /// their pool, the first of those to be ready on `node`, for up to [`SPARE_WAIT`]: a
+    /// server started cold beside them would take longer than they still need and slow them
+    /// down, which is how a burst's creates came to find the pool dry one after another.
+    pub(crate) async fn take_spare_soon(
+        &self,
+        node: &str,
+        buffer_pool_bytes: u64,
+    ) -> Option<Spare> {
+        if let Some(spare) = self.take_spare(node, buffer_pool_bytes) {
+            return Some(spare);
+        }
+        let deadline = tokio::time::Instant::now() + SPARE_WAIT;
+        loop {
+            let settled = self.pool_settled.notified();
+            tokio::pin!(settled);
+            // Registered before the look, so a spare that is ready just after it is not missed.
+            settled.as_mut().enable();
+            {
+                let mut st = self.pool_state();
+                if st.closed || st.starting + st.presizing == 0 {
+                    return None;
+                }
+                if let Some(spare) = self.pick(&mut st, node, buffer_pool_bytes) {
+                    drop(st);
+                    self.pool_wake.notify_one();
+                    return Some(spare);
+                }
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Takes the ready spare on `node` that suits a pool of `buffer_pool_bytes` best: that
+    /// size, else one not presized (those are kept for the default size), else any.
+    fn pick(&self, st: &mut PoolState, node: &str, buffer_pool_bytes: u64) -> Option<Spare> {
+        let here = |s: &Spare| s.node == node;
+        let i = st
+            .ready
+            .iter()
+            .rposition(|s| here(s) && s.buffer_pool_bytes == buffer_pool_bytes)
+            .or_else(|| (st.ready.iter()).rposition(|s| here(s) && !self.is_presized(s)))
+            .or_else(|| st.ready.iter().rposition(here))?;
+        Some(st.ready.remove(i))
     }
 
     /// Keeps the pool at its target until the process ends. Spares an earlier run left behind

@@ -577,6 +577,53 @@ async fn a_lone_create_is_refilled_after_a_quiet_moment_and_a_burst_at_once() {
     pool.abort();
 }
 
+/// A create that finds the pool dry while a spare is on its way waits for that spare rather
+/// than start a server of its own beside it; with none on its way it starts one at once.
+#[tokio::test(start_paused = true)]
+async fn a_create_waits_for_a_spare_already_starting_instead_of_starting_one_cold() {
+    let (cp, rt) = control(PoolConfig {
+        presized: 0,
+        ..pool_of(1, 8)
+    });
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("filled", || async { rt.spares() == 1 }).await;
+    rt.start_spares_in(Duration::from_millis(300));
+    create(&cp, "first").await;
+    until("a spare on its way", || async {
+        cp.pool_status().starting > 0
+    })
+    .await;
+    let begin = tokio::time::Instant::now();
+    create(&cp, "second").await;
+    let calls = rt.calls();
+    assert!(
+        !calls.contains(&"provision second".to_owned()),
+        "started cold: {calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("claim_spare ") && c.ends_with(" second")),
+        "{calls:?}"
+    );
+    let waited = begin.elapsed();
+    assert!(
+        waited <= Duration::from_millis(300),
+        "waited {waited:?} for a spare that takes 300 ms"
+    );
+
+    // The pool off: nothing to wait for.
+    cp.drain_pool().await;
+    pool.abort();
+    let begin = tokio::time::Instant::now();
+    create(&cp, "third").await;
+    assert!(rt.calls().contains(&"provision third".to_owned()));
+    assert!(
+        begin.elapsed() < Duration::from_millis(10),
+        "waited for nothing"
+    );
+}
+
 /// A spare whose pool was grown while nobody waited is what a default create claims: its
 /// create path has no resize. Without one, the pool grows on the create path with a core,
 /// then the database is held to its own quota.

@@ -90,6 +90,8 @@ struct World {
     cannot_share: bool,
     /// What new spares round a buffer pool up to (0: nothing).
     spare_pool_unit: u64,
+    /// How long a spare takes to start, on tokio's clock (a test's paused one).
+    spare_start: Duration,
     calls: Vec<String>,
 }
 
@@ -212,13 +214,19 @@ impl FakeRuntime {
         self.world().servers.get(name).cloned()
     }
 
-    /// Changes a running server (open sessions, a tenant's doing, CPU used).
     /// Spares started from now on round their buffer pool up to a multiple of `unit`, as a
     /// server with another chunk size does.
     pub fn round_spare_pools_to(&self, unit: u64) {
         self.world().spare_pool_unit = unit;
     }
 
+    /// Spares started from now on take `d` to start, as a real one takes a few hundred
+    /// milliseconds.
+    pub fn start_spares_in(&self, d: Duration) {
+        self.world().spare_start = d;
+    }
+
+    /// Changes a running server (open sessions, a tenant's doing, CPU used).
     pub fn with_server(&self, name: &str, f: impl FnOnce(&mut FakeServer)) {
         if let Some(s) = self.world().servers.get_mut(name) {
             f(s);
@@ -458,6 +466,10 @@ impl Runtime for FakeRuntime {
         node: &str,
         setup: &[String],
     ) -> Result<Spare> {
+        let start = self.world().spare_start;
+        if !start.is_zero() {
+            tokio::time::sleep(start).await;
+        }
         let mut w = self.world();
         w.check_node(node)?;
         if w.failing(Op::ProvisionSpare) {
