@@ -143,7 +143,9 @@ pub struct ProxyConfig {
     pub release_idle_after: Duration,
     /// Threads that run client sessions, each a single-threaded event loop (as HAProxy's
     /// threads are): sessions never migrate between cores, so relaying a statement takes no
-    /// cross-thread wake-ups. 0: run sessions on the caller's runtime.
+    /// cross-thread wake-ups. 0: run sessions on the caller's runtime, which should then be a
+    /// current-thread one (the pool of kept connections is per thread, and only the caller's
+    /// own thread's is swept).
     pub threads: usize,
     /// Limits of statement retry and transaction replay after a lost backend.
     pub replay: replay::ReplayLimits,
@@ -343,6 +345,7 @@ impl<D: Directory> Proxy<D> {
         // [`idle`]).
         let sweeps = workers.clone();
         let every = (self.cfg.pool_idle_timeout / 2).max(Duration::from_secs(1));
+        let me = self.clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -350,6 +353,11 @@ impl<D: Directory> Proxy<D> {
                 tick.tick().await;
                 for w in &sweeps {
                     let _ = w.send(Work::SweepPool);
+                }
+                // Sessions on this runtime (`threads = 0`, a current-thread runtime's): its
+                // pool is this thread's.
+                if sweeps.is_empty() {
+                    pool::sweep(me.cfg.pool_idle_timeout, &me.activity).await;
                 }
             }
         });

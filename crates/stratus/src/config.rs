@@ -258,6 +258,9 @@ impl Settings {
         if rebalance_every_secs == 0 {
             bail!("[placement] rebalance_every_secs must be at least 1");
         }
+        if fc.proxy.threads == Some(0) {
+            bail!("[proxy] threads must be at least 1");
+        }
         let resync_every_secs = fc.resync_every_secs.unwrap_or(30);
         if resync_every_secs == 0 {
             bail!("resync_every_secs must be at least 1");
@@ -464,6 +467,10 @@ mod tests {
         std::fs::write(&f, "resync_every_secs = 0\n").unwrap();
         let err = Settings::resolve(Some(&f), None, None, None).unwrap_err();
         assert!(err.to_string().contains("resync_every_secs"), "{err}");
+        // Sessions on the main runtime would keep pooled connections no sweep reaches.
+        std::fs::write(&f, "[proxy]\nthreads = 0\n").unwrap();
+        let err = Settings::resolve(Some(&f), None, None, None).unwrap_err();
+        assert!(err.to_string().contains("threads"), "{err}");
         std::fs::write(&f, "resync_every_secs = 5\n").unwrap();
         let s = Settings::resolve(Some(&f), None, None, None).unwrap();
         assert_eq!(s.resync_every, Duration::from_secs(5));

@@ -85,3 +85,23 @@ async fn a_kept_connection_unused_too_long_is_closed_by_the_sweep() {
     assert_eq!(pooled(), 0);
     h.backend.seen(Event::Closed(1)).await;
 }
+
+/// With sessions on the proxy's own runtime (`threads = 0`), the proxy sweeps that runtime's
+/// pool itself: no session thread is there to be asked.
+#[tokio::test(start_paused = true)]
+async fn sessions_on_the_callers_runtime_have_their_pool_swept_too() {
+    let cfg = crate::ProxyConfig {
+        threads: 0,
+        ..crate::ProxyConfig::default()
+    };
+    let h = Harness::with_config(cfg, tables);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let serving = tokio::spawn(h.proxy.clone().serve(listener));
+    let c = h.client().await;
+    c.quit().await;
+    kept(&h, 1).await;
+    tokio::time::sleep(h.proxy.cfg.pool_idle_timeout * 2).await;
+    h.backend.seen(Event::Closed(1)).await;
+    kept(&h, 0).await;
+    serving.abort();
+}
