@@ -715,17 +715,32 @@ impl<D: Directory> Session<D> {
         }
     }
 
-    /// `KILL` of a connection id: the id is the one the proxy greeted a client with, so it is
-    /// found among the proxy's sessions, of this database only, and the statement the server
-    /// gets names that session's current backend thread. The server judges the privilege for
+    /// `KILL` of a connection id: the id the proxy greeted a client with, or the server thread
+    /// id of a session's current backend connection (what `CONNECTION_ID()` and the process
+    /// list show); either is found among the proxy's sessions of this database only, and the
+    /// statement the server gets names that session's current backend thread. Threads that
+    /// serve no session (kept connections, Stratus's own) are unknown (1094). The server judges the privilege for
     /// `KILL QUERY`; for `KILL CONNECTION` the killed session must also end its client
     /// connection rather than fail over, so the proxy allows it as the server allows a user
     /// without `CONNECTION ADMIN` (its own account's sessions) and marks the session first.
     async fn kill(&mut self, k: kill::Kill, seq: u8) -> Result<(), End> {
-        let target = u32::try_from(k.id)
-            .ok()
-            .and_then(|id| self.proxy.sessions_lock().get(&id).cloned())
-            .filter(|t| t.service == self.service);
+        let target = u32::try_from(k.id).ok().and_then(|id| {
+            let sessions = self.proxy.sessions_lock();
+            if crate::GREETING_IDS.contains(&id) {
+                sessions
+                    .get(&id)
+                    .filter(|t| t.service == self.service)
+                    .cloned()
+            } else {
+                // A server thread id, as `CONNECTION_ID()` and `SHOW PROCESSLIST` show them:
+                // the session of this database whose connection that thread serves now.
+                (sessions.values())
+                    .find(|t| {
+                        t.service == self.service && t.backend_thread.load(Ordering::Relaxed) == id
+                    })
+                    .cloned()
+            }
+        });
         let Some(target) = target else {
             return self
                 .client

@@ -173,6 +173,12 @@ impl Default for ProxyConfig {
     }
 }
 
+/// The connection ids the proxy greets clients with: apart from the servers' own thread ids
+/// (which count up from 1 at each start, and which `CONNECTION_ID()` and `SHOW PROCESSLIST`
+/// show), so that a `KILL` of either kind of id names one session and never another
+/// (`client::kill`). Below 2^31, for clients that read the id as a signed 32-bit number.
+pub const GREETING_IDS: std::ops::Range<u32> = 1 << 30..1 << 31;
+
 pub struct Proxy<D: Directory> {
     pub(crate) cfg: ProxyConfig,
     pub(crate) dir: D,
@@ -266,7 +272,7 @@ impl<D: Directory> Proxy<D> {
             dir,
             activity: Activity::default(),
             connections: AtomicU64::new(0),
-            next_id: AtomicU32::new(1),
+            next_id: AtomicU32::new(0),
             draining: tokio::sync::watch::Sender::new(false),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             recoveries: recovery::Recoveries::default(),
@@ -325,8 +331,10 @@ impl<D: Directory> Proxy<D> {
         rt.spawn(idle::watch(link))
     }
 
+    /// The id a new client is greeted with, from [`GREETING_IDS`].
     pub(crate) fn connection_id(&self) -> u32 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        GREETING_IDS.start + n % (GREETING_IDS.end - GREETING_IDS.start)
     }
 
     /// Accepts clients until the listener fails; each session runs in its own task, and one

@@ -614,7 +614,7 @@ async fn affected_per_result(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn kill_acts_on_the_ids_clients_were_greeted_with() {
+async fn kill_acts_on_greeting_ids_and_on_server_thread_ids() {
     let mut s = Stratus::new("kill");
     s.start();
     let (user, pw) = created(&s, "shop");
@@ -656,6 +656,50 @@ async fn kill_acts_on_the_ids_clients_were_greeted_with() {
     }
     let one: Option<u8> = sleeper.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1), "the connection survives KILL QUERY");
+    assert!(
+        sleeper_id >= 1 << 30,
+        "greeting ids are apart from the server's thread ids: {sleeper_id}"
+    );
+
+    // So does KILL QUERY with the server's thread id, as the process list shows it.
+    let sleeping = tokio::spawn(async move {
+        let r: Result<Option<u8>, _> = sleeper.query_first("SELECT SLEEP(21)").await;
+        (r, sleeper)
+    });
+    let listed =
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(21)%'";
+    let begin = std::time::Instant::now();
+    let thread = loop {
+        if let Some(id) = killer.query_first::<u64, _>(listed).await.unwrap() {
+            break id;
+        }
+        assert!(begin.elapsed() < std::time::Duration::from_secs(10));
+    };
+    killer
+        .query_drop(format!("KILL QUERY {thread}"))
+        .await
+        .unwrap();
+    let (r, mut sleeper) = sleeping.await.unwrap();
+    match r {
+        Ok(v) => assert_eq!(v, Some(1), "SLEEP interrupted returns 1"),
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1317, "{e}"),
+        Err(e) => panic!("{e}"),
+    }
+    let same: Option<u64> = sleeper.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    assert_eq!(same, Some(thread));
+
+    // A thread that serves no session (a kept connection) is unknown, and stays.
+    let mut gone = connect(user.clone(), pw.clone()).await;
+    let kept: Option<u64> = gone.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    gone.disconnect().await.unwrap();
+    let pooled = "stratus_proxy_pooled_connections{db=\"shop\"}";
+    s.wait_for_metric(pooled, 1.0, std::time::Duration::from_secs(30));
+    let err = killer
+        .query_drop(format!("KILL {}", kept.unwrap()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1094"), "{err}");
+    assert_eq!(s.metric(pooled), Some(1.0));
 
     // KILL CONNECTION of another session of the same account ends it, with no failover.
     killer
