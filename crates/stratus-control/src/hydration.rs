@@ -11,8 +11,9 @@
 //!
 //! What is left out: an index of which less than half was in the pool (reading it whole would
 //! mostly bring in pages nobody asked for), indexes beyond what the woken pool can hold, and
-//! partitions' subpartitions. A database parked rather than suspended starts a new server, whose
-//! pool MariaDB fills alone.
+//! partitions' subpartitions. A parked database's next server starts with an empty pool as well:
+//! the list noted at its suspend, or asked of its server when it is parked straight from active,
+//! is read back when it wakes. The list is kept in memory: a restart of Stratus forgets it.
 
 use crate::ControlPlane;
 use serde_json::json;

@@ -493,14 +493,29 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .await;
             }
             Action::Stop => {
-                // A new server starts with a pool of its own: what the old one held is moot.
-                self.forget_hydration(name);
+                // What its pool held is kept for the next start (a park's wake), whose pool
+                // MariaDB does not refill (nothing of it is unencrypted). A serving server being
+                // parked is asked now; a suspended one was asked when it was emptied.
+                self.stop_hydration(name);
+                if self.cfg.hydrate
+                    && svc.state == DbState::Parked
+                    && !self.is_suspended(name)
+                    && let Ok(mut conn) = self.admin(name).await
+                {
+                    self.note_hot_indexes(name, &mut conn).await;
+                    conn.close().await;
+                }
                 done.stopped_gracefully = Some(self.runtime.stop(name, self.cfg.stop_grace).await?);
             }
             Action::Thaw => self.runtime.thaw(name).await?,
             Action::Start => {
                 let instance = self.start_recorded(svc, why).await?;
                 done.started_pid = Some(instance.pid);
+                if self.cfg.hydrate && svc.state == DbState::Active && !instance.adopted {
+                    // Woken from parked: the indexes its last server's pool held, if known.
+                    let pool = self.resources(svc.scu).buffer_pool_bytes;
+                    self.start_hydration(name, pool);
+                }
                 // An adopted server is at whatever size it was left at: a resize may have been
                 // cut short by the restart of Stratus. It serves either way, so a resize that
                 // fails here is left to the next look rather than failing the start.

@@ -406,6 +406,44 @@ async fn a_wake_reads_back_the_indexes_the_suspend_found_hot() {
     );
 }
 
+/// A parked database's next server starts with an empty pool too: its wake reads back what
+/// the last server's pool held, whether it was parked after a suspend or straight from active.
+#[tokio::test]
+async fn a_wake_from_parked_reads_back_the_indexes_the_last_server_held() {
+    use stratus_runtime::hot_pages::{HotIndex, TableName};
+    let (cp, rt) = control(no_pool());
+    let idx = |table: &str| HotIndex {
+        table: TableName::parse(&format!("`shop`.`{table}`")).unwrap(),
+        index: "PRIMARY".into(),
+        hot_pages: 90,
+        size_pages: 100,
+    };
+    create(&cp, "shop").await;
+    for (round, suspend_first) in [(1, true), (2, false)] {
+        rt.with_server("shop", |s| s.hot_indexes = vec![idx("orders")]);
+        if suspend_first {
+            cp.suspend("shop", false, "test").await.unwrap();
+        }
+        cp.park("shop", false).await.unwrap();
+        assert!(rt.server("shop").is_none());
+        assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
+        until("the hydrated event", || async {
+            events(&cp, "shop")
+                .await
+                .iter()
+                .filter(|(k, _)| *k == EventKind::Hydrated)
+                .count()
+                == round
+        })
+        .await;
+        assert_eq!(
+            rt.server("shop").unwrap().warmed,
+            ["shop.orders.PRIMARY"],
+            "round {round}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_host_without_a_freezer_keeps_a_suspended_server_at_its_cpu_floor() {
     let (cp, rt) = control(no_pool());
