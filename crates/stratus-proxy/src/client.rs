@@ -541,8 +541,29 @@ impl<D: Directory> Session<D> {
                 let payload = packet::payload(&raw, lp).into_owned();
                 self.record(None, &r, &payload, Some(Expect::One), class);
             }
-            COM_FIELD_LIST | COM_SET_OPTION | COM_STATISTICS | COM_PROCESS_INFO
-            | COM_PROCESS_KILL | COM_DEBUG | COM_REFRESH => {
+            COM_PROCESS_KILL => {
+                // `mysql_kill()`: `KILL CONNECTION` of the 4-byte id it carries, which is one
+                // the proxy greeted with or a server thread's, as for the statement.
+                let id = packet::payload(&raw, lp)
+                    .get(1..5)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                match id {
+                    Some(id) => {
+                        let k = kill::Kill {
+                            scope: kill::Scope::Connection,
+                            mode: None,
+                            id: id.into(),
+                        };
+                        self.kill(k, seq).await?
+                    }
+                    None => {
+                        let malformed = SqlError::malformed_packet().packet();
+                        self.client.send(seq, &malformed).await?
+                    }
+                }
+            }
+            COM_FIELD_LIST | COM_SET_OPTION | COM_STATISTICS | COM_PROCESS_INFO | COM_DEBUG
+            | COM_REFRESH => {
                 let expect = expect(cmd).unwrap_or(Expect::One);
                 self.forward(&raw, seq, expect).await?;
             }

@@ -199,6 +199,15 @@ impl SqlError {
         }
     }
 
+    /// `ER_MALFORMED_PACKET`, for a command too short for what it must carry.
+    pub fn malformed_packet() -> Self {
+        Self {
+            code: 1835,
+            state: "HY000",
+            message: "Malformed communication packet".into(),
+        }
+    }
+
     pub fn handshake(why: &str) -> Self {
         Self {
             code: 1043,

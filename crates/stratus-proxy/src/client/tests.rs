@@ -148,3 +148,29 @@ fn a_set_role_statement_is_kept_as_written() {
     let odd = effects(b"SET ROLE `r\xe9`");
     assert_eq!((odd.role, odd.opaque), (None, true));
 }
+
+/// `COM_PROCESS_KILL` (`mysql_kill()`, as PyMySQL's `kill()` sends it) is `KILL CONNECTION` of
+/// the id it carries, found as the statement's is: the server knows no greeting id. A payload
+/// too short for an id is malformed.
+#[tokio::test(start_paused = true)]
+async fn com_process_kill_ends_the_session_its_id_names() {
+    use stratus_wire::command::COM_PROCESS_KILL;
+    let h = Harness::new(server);
+    let mut victim = h.client().await;
+    victim.query("SELECT 1").await;
+    assert!(crate::GREETING_IDS.contains(&victim.id));
+    let mut killer = h.client().await;
+    let mut payload = vec![COM_PROCESS_KILL];
+    payload.extend_from_slice(&victim.id.to_le_bytes());
+    assert_eq!(killer.command(&payload).await.first(), Some(&0x00));
+    let got = victim.until_closed().await;
+    assert_eq!(got, [crate::error::SqlError::connection_killed().packet()]);
+
+    let malformed = crate::error::SqlError::malformed_packet().packet();
+    assert_eq!(killer.command(&[COM_PROCESS_KILL, 1]).await, malformed);
+    assert_eq!(
+        killer.query("SELECT 1").await.len(),
+        4,
+        "the session goes on"
+    );
+}

@@ -25,6 +25,8 @@ pub(crate) const CAPS: u64 = caps::LONG_FLAG
 
 pub(crate) struct TestClient {
     stream: DuplexStream,
+    /// The connection id the proxy greeted it with.
+    pub(crate) id: u32,
 }
 
 impl TestClient {
@@ -48,7 +50,17 @@ impl TestClient {
             .expect("the proxy reads the login");
         let (seq, ok) = within(read(&mut stream)).await.expect("a login answer");
         assert_eq!((seq, ok.first()), (2, Some(&0x00)), "login refused: {ok:?}");
-        Self { stream }
+        let id = greeting.connection_id;
+        Self { stream, id }
+    }
+
+    /// Sends a command of one packet (`payload` begins with the command byte) and returns the
+    /// first packet of its answer.
+    pub(crate) async fn command(&mut self, payload: &[u8]) -> Vec<u8> {
+        send(&mut self.stream, 0, &[payload.to_vec()])
+            .await
+            .expect("the proxy reads the command");
+        within(read(&mut self.stream)).await.expect("an answer").1
     }
 
     /// Runs a statement and returns its whole answer, one payload per packet.
@@ -123,6 +135,15 @@ impl TestClient {
         );
     }
 
+    /// Reads until the proxy closes the connection, sending nothing: what came before.
+    pub(crate) async fn until_closed(&mut self) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        while let Some((_, p)) = within(read(&mut self.stream)).await {
+            got.push(p);
+        }
+        got
+    }
+
     /// Sends a statement and reads until the proxy closes the connection: what came before.
     pub(crate) async fn query_until_closed(&mut self, sql: &str) -> Vec<Vec<u8>> {
         let mut payload = vec![COM_QUERY];
@@ -130,11 +151,7 @@ impl TestClient {
         send(&mut self.stream, 0, &[payload])
             .await
             .expect("the proxy reads the statement");
-        let mut got = Vec::new();
-        while let Some((_, p)) = within(read(&mut self.stream)).await {
-            got.push(p);
-        }
-        got
+        self.until_closed().await
     }
 }
 
