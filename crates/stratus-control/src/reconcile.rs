@@ -529,8 +529,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             Action::Empty => done.emptied = Some(self.empty(svc).await?),
             Action::Fill => self.fill(svc).await?,
             Action::Freeze => done.frozen = Some(self.runtime.freeze(name).await?),
-            Action::Hold => self.set_suspended(name, true),
-            Action::Release => self.set_suspended(name, false),
+            Action::Hold => {
+                // Found suspended at a restart: since its last change in the catalog, which its
+                // suspend was, rather than from now on.
+                let since = (why == Trigger::Recovery).then_some(svc.updated_at_ms);
+                self.set_suspended(name, true, since)
+            }
+            Action::Release => self.set_suspended(name, false, None),
         }
         Ok(())
     }

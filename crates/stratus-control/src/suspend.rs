@@ -153,12 +153,16 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.record_pool(svc, &applied).await
     }
 
-    pub(crate) fn set_suspended(&self, name: &ServiceName, on: bool) {
+    /// Holds a database back from clients (`on`) or stops holding it. `since`: when it was
+    /// suspended, if that was before now (the catalog's word after a restart of Stratus), which
+    /// the park window and memory pressure's longest-suspended-first order count from.
+    pub(crate) fn set_suspended(&self, name: &ServiceName, on: bool, since: Option<i64>) {
         let mut set = self.suspended.lock().unwrap_or_else(|p| p.into_inner());
         let mut at = self.suspended_at.lock().unwrap_or_else(|p| p.into_inner());
         if on {
             if set.insert(name.clone()) {
-                at.insert(name.clone(), stratus_core::time::now_ms());
+                let now = stratus_core::time::now_ms();
+                at.insert(name.clone(), since.map_or(now, |s| s.min(now)));
             }
         } else {
             set.remove(name);

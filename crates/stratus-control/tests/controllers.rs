@@ -349,6 +349,45 @@ async fn memory_pressure_parks_the_longest_suspended_first() {
     );
 }
 
+/// A restart of Stratus does not make its suspended databases newly suspended: the catalog
+/// says since when, so memory pressure still parks the longest-suspended first (and the park
+/// window counts from the suspend).
+#[tokio::test]
+async fn a_restart_keeps_how_long_databases_have_been_suspended() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.db");
+    let rt = FakeRuntime::default();
+    rt.set_nodes(&[("n1", 4000, 64 * GIB)]);
+    let cfg = ControlConfig {
+        pool: no_pool(),
+        ..ControlConfig::default()
+    };
+    let cp = ControlPlane::new(SqliteStore::open(&path).unwrap(), rt.clone(), cfg.clone());
+    for name in ["early", "late"] {
+        create(&cp, name).await;
+    }
+    for name in ["early", "late"] {
+        cp.suspend(name, false, "test").await.unwrap();
+        rt.with_server(name, |s| s.buffer_pool_bytes = 2 * GIB);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(cp);
+
+    let cp = ControlPlane::new(SqliteStore::open(&path).unwrap(), rt.clone(), cfg);
+    // Found in the opposite order: counted from the restart, "late" would look the older.
+    for name in ["late", "early"] {
+        cp.reconcile(&db(name), Trigger::Recovery).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rt.set_nodes(&[("n1", 4000, 5 * GIB)]);
+    let parked = cp.relieve_memory_pressure().await.unwrap();
+    assert_eq!(
+        parked.first(),
+        Some(&db("early")),
+        "parked in order: {parked:?}"
+    );
+}
+
 /// The wake reads back, in the background, the mostly-hot indexes the suspend found in the
 /// pool, hottest first; what was mostly cold is not read.
 #[tokio::test]
