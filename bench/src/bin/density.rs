@@ -211,14 +211,20 @@ async fn burst(bin: &str, n: usize) -> anyhow::Result<()> {
             tokio::time::sleep_until(at.into()).await;
             let start = Instant::now();
             let done = create_and_query(&s, &format!("b{i}")).await;
-            done.map(|_| start.elapsed().as_secs_f64() * 1000.0)
+            done.map(|made| (made.name, start.elapsed().as_secs_f64() * 1000.0))
         }));
     }
     let mut ms = Vec::new();
+    let mut slowest: Option<(String, f64)> = None;
     let mut errors = Vec::new();
     for t in tasks {
         match t.await? {
-            Ok(v) => ms.push(v),
+            Ok((name, v)) => {
+                ms.push(v);
+                if slowest.as_ref().is_none_or(|(_, m)| v > *m) {
+                    slowest = Some((name, v));
+                }
+            }
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -228,6 +234,27 @@ async fn burst(bin: &str, n: usize) -> anyhow::Result<()> {
         .filter(|e| e.kind == "started" && e.data["warm_pool"] == true)
         .count();
     summary(&format!("burst of {n}, {pooled} from the pool"), &mut ms);
+    // Where the slowest one's time went: the create's phases, and what its first query took
+    // after it (the rest).
+    if let Some((name, total)) = slowest {
+        let started = events.iter().find(|e| e.kind == "started" && e.db == name);
+        if let Some(e) = started {
+            let (ready, p) = (&e.data["ready_ms"], &e.data["phases_ms"]);
+            println!(
+                "    slowest, {name}: {total:.1} ms; create {ready} ms (server {}, size {}, accounts {}, \
+                 catalog {}; {}), the first login and query the rest",
+                p["server"],
+                p["size"],
+                p["accounts"],
+                p["catalog"],
+                if e.data["warm_pool"] == true {
+                    "from the pool"
+                } else {
+                    "started cold"
+                }
+            );
+        }
+    }
     if !errors.is_empty() {
         println!("    {} failed, e.g.: {}", errors.len(), errors[0]);
     }
