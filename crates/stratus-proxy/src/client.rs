@@ -740,10 +740,11 @@ impl<D: Directory> Session<D> {
     /// id of a session's current backend connection (what `CONNECTION_ID()` and the process
     /// list show); either is found among the proxy's sessions of this database only, and the
     /// statement the server gets names that session's current backend thread. Threads that
-    /// serve no session (kept connections, Stratus's own) are unknown (1094). The server judges the privilege for
-    /// `KILL QUERY`; for `KILL CONNECTION` the killed session must also end its client
-    /// connection rather than fail over, so the proxy allows it as the server allows a user
-    /// without `CONNECTION ADMIN` (its own account's sessions) and marks the session first.
+    /// serve no session (kept connections, Stratus's own) are unknown (1094). The server
+    /// judges the privilege for `KILL QUERY`; for `KILL CONNECTION` the killed session must
+    /// also end its client connection rather than fail over, so the proxy allows it as the
+    /// server allows a user without `CONNECTION ADMIN` (its own account's sessions) and marks
+    /// the session first.
     async fn kill(&mut self, k: kill::Kill, seq: u8) -> Result<(), End> {
         let target = u32::try_from(k.id).ok().and_then(|id| {
             let sessions = self.proxy.sessions_lock();
