@@ -89,6 +89,8 @@ struct Made {
     name: String,
     user: String,
     password: String,
+    /// The client's own clock: the create's answer, its first login, its first `SELECT 1`.
+    ms: [f64; 3],
 }
 
 impl Made {
@@ -103,16 +105,54 @@ async fn create_and_query(s: &Stratus, name: &str) -> anyhow::Result<Made> {
         name: name.into(),
         ..CreateRequest::default()
     };
-    let made = s.client().create(&req).await?;
-    let made = Made {
+    let lap = |t: &mut Instant| {
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        *t = Instant::now();
+        ms
+    };
+    let mut t = Instant::now();
+    let created = s.client().create(&req).await?;
+    let mut made = Made {
         name: name.to_owned(),
-        user: made.user,
-        password: made.password,
+        user: created.user,
+        password: created.password,
+        ms: [lap(&mut t), 0.0, 0.0],
     };
     let mut c = Conn::new(made.opts(s)).await?;
+    made.ms[1] = lap(&mut t);
     let _: Option<u8> = c.query_first("SELECT 1").await?;
+    made.ms[2] = lap(&mut t);
     c.disconnect().await?;
     Ok(made)
+}
+
+/// How often database `name`'s CPU quota held its server back so far (cgroup v1 `cpu.stat`,
+/// or v2's), read through the server's own cgroup.
+fn throttled(s: &Stratus, name: &str) -> Option<String> {
+    let pid = server_of(s, name).ok()?;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let stat = cgroups.lines().find_map(|l| {
+        let (_, rest) = l.split_once(':')?;
+        let (controllers, path) = rest.split_once(':')?;
+        let dir = match controllers {
+            "" => format!("/sys/fs/cgroup{path}"),
+            c if c.split(',').any(|c| c == "cpu") => format!("/sys/fs/cgroup/cpu{path}"),
+            _ => return None,
+        };
+        std::fs::read_to_string(format!("{dir}/cpu.stat")).ok()
+    })?;
+    let field = |k: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+    };
+    let periods = field("nr_throttled ")?;
+    // v1 counts nanoseconds, v2 microseconds.
+    let ms = field("throttled_time ")
+        .map(|ns| ns as f64 / 1e6)
+        .or_else(|| field("throttled_usec ").map(|us| us as f64 / 1e3))?;
+    Some(format!(
+        "its CPU quota throttled it {periods} time(s), {ms:.1} ms in all"
+    ))
 }
 
 fn mib(kib: u64) -> f64 {
@@ -211,18 +251,18 @@ async fn burst(bin: &str, n: usize) -> anyhow::Result<()> {
             tokio::time::sleep_until(at.into()).await;
             let start = Instant::now();
             let done = create_and_query(&s, &format!("b{i}")).await;
-            done.map(|made| (made.name, start.elapsed().as_secs_f64() * 1000.0))
+            done.map(|made| (made, start.elapsed().as_secs_f64() * 1000.0))
         }));
     }
     let mut ms = Vec::new();
-    let mut slowest: Option<(String, f64)> = None;
+    let mut slowest: Option<(Made, f64)> = None;
     let mut errors = Vec::new();
     for t in tasks {
         match t.await? {
-            Ok((name, v)) => {
+            Ok((made, v)) => {
                 ms.push(v);
                 if slowest.as_ref().is_none_or(|(_, m)| v > *m) {
-                    slowest = Some((name, v));
+                    slowest = Some((made, v));
                 }
             }
             Err(e) => errors.push(e.to_string()),
@@ -234,24 +274,25 @@ async fn burst(bin: &str, n: usize) -> anyhow::Result<()> {
         .filter(|e| e.kind == "started" && e.data["warm_pool"] == true)
         .count();
     summary(&format!("burst of {n}, {pooled} from the pool"), &mut ms);
-    // Where the slowest one's time went: the create's phases, and what its first query took
-    // after it (the rest).
-    if let Some((name, total)) = slowest {
-        let started = events.iter().find(|e| e.kind == "started" && e.db == name);
+    // Where the slowest one's time went: the create (its phases as Stratus timed them), the
+    // first login, the first query; and whether its server's CPU quota held it back.
+    if let Some((made, total)) = slowest {
+        let name = &made.name;
+        let started = events.iter().find(|e| e.kind == "started" && e.db == *name);
         if let Some(e) = started {
-            let (ready, p) = (&e.data["ready_ms"], &e.data["phases_ms"]);
+            let p = &e.data["phases_ms"];
+            let [create, login, query] = made.ms;
+            let source = if e.data["warm_pool"] == true {
+                "from the pool"
+            } else {
+                "started cold"
+            };
+            let quota =
+                throttled(s.as_ref(), name).unwrap_or_else(|| "its CPU quota unread".into());
             println!(
-                "    slowest, {name}: {total:.1} ms; create {ready} ms (server {}, size {}, accounts {}, \
-                 catalog {}; {}), the first login and query the rest",
-                p["server"],
-                p["size"],
-                p["accounts"],
-                p["catalog"],
-                if e.data["warm_pool"] == true {
-                    "from the pool"
-                } else {
-                    "started cold"
-                }
+                "    slowest, {name}: {total:.1} ms = create {create:.1} (server {}, size {}, accounts {}, \
+                 catalog {}; {source}) + login {login:.1} + SELECT 1 {query:.1}; {quota}",
+                p["server"], p["size"], p["accounts"], p["catalog"],
             );
         }
     }
