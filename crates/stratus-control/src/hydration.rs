@@ -13,7 +13,8 @@
 //! mostly bring in pages nobody asked for), indexes beyond what the woken pool can hold, and
 //! partitions' subpartitions. A parked database's next server starts with an empty pool as well:
 //! the list noted at its suspend, or asked of its server when it is parked straight from active,
-//! is read back when it wakes. The list is kept in memory: a restart of Stratus forgets it.
+//! is read back when it wakes. The list is kept in the catalog as well, so a wake after a
+//! restart of Stratus reads it back too.
 
 use crate::ControlPlane;
 use serde_json::json;
@@ -83,6 +84,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 Vec::new()
             }
         };
+        // Kept in the catalog too, for a wake after a restart of Stratus; not worth failing
+        // the suspend or park over.
+        let kept = (!found.is_empty())
+            .then(|| serde_json::to_string(&found).ok())
+            .flatten();
+        if let Err(e) = self.store.set_hot_indexes(name, kept.as_deref()).await {
+            tracing::warn!(db = %name, "cannot keep the hot index list in the catalog: {e}");
+        }
         let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
         if found.is_empty() {
             hot.remove(name);
@@ -101,15 +110,27 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.stop_hydration(name);
     }
 
-    /// Starts reading back what the server's pool held before it was emptied, now that it has
-    /// `pool_bytes` again.
-    pub(crate) fn start_hydration(&self, name: &ServiceName, pool_bytes: u64) {
-        let Some(hot) = self
+    /// Starts reading back what the server's pool held before it was emptied or stopped, now
+    /// that it has `pool_bytes` again; from the catalog when Stratus restarted meanwhile. The
+    /// list is used once.
+    pub(crate) async fn start_hydration(&self, name: &ServiceName, pool_bytes: u64) {
+        let remembered = self
             .hot
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
-        else {
+            .remove(name);
+        let kept = match self.store.hot_indexes(name).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(db = %name, "cannot read the hot index list from the catalog: {e}");
+                None
+            }
+        };
+        if kept.is_some() {
+            let _ = self.store.set_hot_indexes(name, None).await;
+        }
+        let from_catalog = || serde_json::from_str::<Vec<HotIndex>>(kept.as_deref()?).ok();
+        let Some(hot) = remembered.or_else(from_catalog) else {
             return;
         };
         let (chosen, left_out) = plan(&hot, pool_bytes);

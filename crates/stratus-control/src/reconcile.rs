@@ -514,7 +514,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 if self.cfg.hydrate && svc.state == DbState::Active && !instance.adopted {
                     // Woken from parked: the indexes its last server's pool held, if known.
                     let pool = self.resources(svc.scu).buffer_pool_bytes;
-                    self.start_hydration(name, pool);
+                    self.start_hydration(name, pool).await;
                 }
                 // An adopted server is at whatever size it was left at: a resize may have been
                 // cut short by the restart of Stratus. It serves either way, so a resize that

@@ -147,7 +147,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         if self.cfg.hydrate {
             // What the server reloads itself (unencrypted tablespaces), then what it cannot.
             conn.load_buffer_pool().await?;
-            self.start_hydration(name, applied.buffer_pool_actual);
+            self.start_hydration(name, applied.buffer_pool_actual).await;
         }
         conn.close().await;
         self.record_pool(svc, &applied).await

@@ -483,6 +483,46 @@ async fn a_wake_from_parked_reads_back_the_indexes_the_last_server_held() {
     }
 }
 
+/// The list outlives a restart of Stratus: the catalog keeps it until the wake uses it.
+#[tokio::test]
+async fn a_wake_after_a_restart_of_stratus_still_reads_back_what_the_pool_held() {
+    use stratus_runtime::hot_pages::{HotIndex, TableName};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.db");
+    let rt = FakeRuntime::default();
+    let cfg = ControlConfig {
+        pool: no_pool(),
+        ..ControlConfig::default()
+    };
+    let cp = ControlPlane::new(SqliteStore::open(&path).unwrap(), rt.clone(), cfg.clone());
+    create(&cp, "shop").await;
+    rt.with_server("shop", |s| {
+        s.hot_indexes = vec![HotIndex {
+            table: TableName::parse("`shop`.`orders`").unwrap(),
+            index: "PRIMARY".into(),
+            hot_pages: 90,
+            size_pages: 100,
+        }]
+    });
+    cp.suspend("shop", false, "test").await.unwrap();
+    cp.park("shop", false).await.unwrap();
+    drop(cp);
+
+    let cp = ControlPlane::new(SqliteStore::open(&path).unwrap(), rt.clone(), cfg);
+    cp.reconcile(&db("shop"), Trigger::Recovery).await.unwrap();
+    assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
+    until("the hydrated event", || async {
+        events(&cp, "shop")
+            .await
+            .iter()
+            .any(|(k, _)| *k == EventKind::Hydrated)
+    })
+    .await;
+    assert_eq!(rt.server("shop").unwrap().warmed, ["shop.orders.PRIMARY"]);
+    let kept = cp.store().hot_indexes(&db("shop")).await.unwrap();
+    assert_eq!(kept, None, "used once");
+}
+
 #[tokio::test]
 async fn a_host_without_a_freezer_keeps_a_suspended_server_at_its_cpu_floor() {
     let (cp, rt) = control(no_pool());

@@ -15,7 +15,7 @@
 use stratus_core::sql::quote_ident;
 
 /// One index with pages in the buffer pool, in an encrypted tablespace of its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HotIndex {
     pub table: TableName,
     /// `PRIMARY` (or `GEN_CLUST_INDEX`) for the clustered index, which holds the rows.
@@ -28,7 +28,7 @@ pub struct HotIndex {
 
 /// A table (or one partition of it) as InnoDB names it in `INNODB_BUFFER_PAGE.TABLE_NAME`:
 /// `` `db`.`t` `` or `` `db`.`t` /* Partition `p0` */ ``.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TableName {
     pub schema: String,
     pub table: String,

@@ -101,6 +101,21 @@ pub trait Store: Send + Sync + 'static {
         schedule: &BackupSchedule,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// What a database's buffer pool held when it was last emptied or parked (a list the
+    /// control plane writes and reads; opaque here), for its next wake to read back.
+    fn hot_indexes(
+        &self,
+        service: &ServiceName,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+
+    /// Replaces that list, or removes it (`None`). Nothing is kept for a database not in the
+    /// catalog.
+    fn set_hot_indexes(
+        &self,
+        service: &ServiceName,
+        list: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     fn record_event(
         &self,
         db: &str,

@@ -116,6 +116,14 @@ CREATE INDEX usage_intervals_by_service ON usage_intervals (service, to_ms);
 INSERT INTO usage_open (service, since_ms, state, scu)
     SELECT name, CAST(strftime('%s', 'now') AS INTEGER) * 1000, state, scu FROM services;
 "#,
+    // What a database's buffer pool held when it was last emptied or parked, for its next wake
+    // (`hydration`), kept across restarts of Stratus.
+    r#"
+CREATE TABLE hot_indexes (
+    service TEXT PRIMARY KEY REFERENCES services(name) ON DELETE CASCADE,
+    list    TEXT NOT NULL
+);
+"#,
 ];
 
 pub struct SqliteStore {
@@ -632,6 +640,34 @@ impl Store for SqliteStore {
         self.get_document(SCHEDULE, service)
     }
 
+    async fn hot_indexes(&self, service: &ServiceName) -> Result<Option<String>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT list FROM hot_indexes WHERE service = ?1",
+                params![service.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    async fn set_hot_indexes(&self, service: &ServiceName, list: Option<&str>) -> Result<()> {
+        let conn = self.lock();
+        match list {
+            // A database deleted meanwhile has nothing to keep (the reference refuses it).
+            Some(list) => conn.execute(
+                "INSERT INTO hot_indexes (service, list) SELECT name, ?2 FROM services \
+                 WHERE name = ?1 ON CONFLICT (service) DO UPDATE SET list = excluded.list",
+                params![service.as_str(), list],
+            )?,
+            None => conn.execute(
+                "DELETE FROM hot_indexes WHERE service = ?1",
+                params![service.as_str()],
+            )?,
+        };
+        Ok(())
+    }
+
     async fn set_backup_schedule(
         &self,
         service: &ServiceName,
@@ -1005,6 +1041,34 @@ mod tests {
             2,
             "events stay"
         );
+    }
+
+    #[tokio::test]
+    async fn a_hot_index_list_is_replaced_removed_and_goes_with_its_database() {
+        let store = SqliteStore::in_memory().unwrap();
+        let shop = service("shop");
+        let name = shop.name();
+        store
+            .create_service(&shop, &owner("shop", "admin"), "created")
+            .await
+            .unwrap();
+        assert_eq!(store.hot_indexes(name).await.unwrap(), None);
+        store.set_hot_indexes(name, Some("[1]")).await.unwrap();
+        store.set_hot_indexes(name, Some("[2]")).await.unwrap();
+        assert_eq!(
+            store.hot_indexes(name).await.unwrap().as_deref(),
+            Some("[2]")
+        );
+        store.set_hot_indexes(name, None).await.unwrap();
+        assert_eq!(store.hot_indexes(name).await.unwrap(), None);
+
+        // Nothing is kept for a database the catalog does not hold.
+        let gone = ServiceName::parse("gone").unwrap();
+        store.set_hot_indexes(&gone, Some("[3]")).await.unwrap();
+        assert_eq!(store.hot_indexes(&gone).await.unwrap(), None);
+        store.set_hot_indexes(name, Some("[4]")).await.unwrap();
+        store.delete_service(name).await.unwrap();
+        assert_eq!(store.hot_indexes(name).await.unwrap(), None, "cascade");
     }
 
     #[tokio::test]
