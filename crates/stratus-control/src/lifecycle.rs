@@ -357,6 +357,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             )));
         }
         let begin = Instant::now();
+        if self.cfg.hydrate && svc.state == DbState::Active {
+            // What its pool holds, for the wake's new server (a suspended one was asked when it
+            // was emptied; an active one answers, where a frozen one would not).
+            if let Ok(mut conn) = self.admin(&name).await {
+                self.note_hot_indexes(&name, &mut conn).await;
+                conn.close().await;
+            }
+        }
         let done = self.transition(&mut svc, DbState::Parked).await?;
         let graceful = done.stopped_gracefully.unwrap_or(true);
         let ms = begin.elapsed().as_millis() as u64;

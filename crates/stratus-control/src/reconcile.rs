@@ -494,17 +494,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
             Action::Stop => {
                 // What its pool held is kept for the next start (a park's wake), whose pool
-                // MariaDB does not refill (nothing of it is unencrypted). A serving server being
-                // parked is asked now; a suspended one was asked when it was emptied.
+                // MariaDB does not refill (nothing of it is unencrypted): noted when it was
+                // emptied, or by a park from active.
                 self.stop_hydration(name);
-                if self.cfg.hydrate
-                    && svc.state == DbState::Parked
-                    && !self.is_suspended(name)
-                    && let Ok(mut conn) = self.admin(name).await
-                {
-                    self.note_hot_indexes(name, &mut conn).await;
-                    conn.close().await;
-                }
                 done.stopped_gracefully = Some(self.runtime.stop(name, self.cfg.stop_grace).await?);
             }
             Action::Thaw => self.runtime.thaw(name).await?,

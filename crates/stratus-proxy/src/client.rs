@@ -8,6 +8,7 @@ use crate::backend::{Backend, BackendError, Login};
 use crate::error::{ER_LOCK_DEADLOCK, SqlError};
 use crate::kill;
 use crate::login::login;
+use crate::prepared::LongData;
 use crate::prepared::Statements;
 use crate::recovery::{Recovery, Ticket};
 use crate::relay::idle_backend_closed;
@@ -131,8 +132,10 @@ pub(crate) async fn session<D: Directory>(
         return;
     }
     let link = Arc::new(crate::SessionLink {
-        service: login.service.clone(),
-        user: login.backend_login.user.clone(),
+        identity: std::sync::Mutex::new(crate::Identity {
+            service: login.service.clone(),
+            user: login.backend_login.user.clone(),
+        }),
         backend_thread: std::sync::atomic::AtomicU32::new(0),
         killed: std::sync::atomic::AtomicBool::new(false),
         wake: tokio::sync::Notify::new(),
@@ -651,6 +654,12 @@ impl<D: Directory> Session<D> {
         let relayed = relayed?;
         if relayed.error.is_none() {
             self.after_statements(sql, stmts).await;
+        } else if stmts.iter().any(|s| s.sets_role)
+            && let Some(b) = self.backend.as_mut()
+        {
+            // A batch that failed after its `SET ROLE` leaves the role on the connection,
+            // which the session does not know of: never given to another client.
+            b.role_set = true;
         }
         let class = Recording {
             writes: stmts.iter().any(replay::may_write),
@@ -678,6 +687,7 @@ impl<D: Directory> Session<D> {
     ) {
         if !self.state.in_transaction {
             self.txlog.clear();
+            self.stmts.log_ended();
             return;
         }
         let restarts = matches!(
@@ -685,6 +695,7 @@ impl<D: Directory> Session<D> {
             Some(Kind::Begin | Kind::Commit | Kind::Rollback)
         );
         if !self.txlog.active || restarts {
+            self.stmts.log_ended();
             self.txlog
                 .begin(before.unwrap_or_else(|| self.state.clone()));
             if !class.single {
@@ -748,18 +759,16 @@ impl<D: Directory> Session<D> {
     async fn kill(&mut self, k: kill::Kill, seq: u8) -> Result<(), End> {
         let target = u32::try_from(k.id).ok().and_then(|id| {
             let sessions = self.proxy.sessions_lock();
+            let here = |t: &&Arc<crate::SessionLink>| t.identity().service == self.service;
             if crate::GREETING_IDS.contains(&id) {
-                sessions
-                    .get(&id)
-                    .filter(|t| t.service == self.service)
-                    .cloned()
+                sessions.get(&id).filter(here).cloned()
             } else {
                 // A server thread id, as `CONNECTION_ID()` and `SHOW PROCESSLIST` show them:
-                // the session of this database whose connection that thread serves now.
+                // the session of this database whose connection that thread serves now (0 is
+                // no thread: sessions without a connection have it).
                 (sessions.values())
-                    .find(|t| {
-                        t.service == self.service && t.backend_thread.load(Ordering::Relaxed) == id
-                    })
+                    .filter(|_| id != 0)
+                    .find(|t| here(t) && t.backend_thread.load(Ordering::Relaxed) == id)
                     .cloned()
             }
         });
@@ -779,7 +788,7 @@ impl<D: Directory> Session<D> {
                     .await;
                 return Err(End::Killed);
             }
-            if target.user != self.login.user {
+            if target.identity().user != self.login.user {
                 return self
                     .client
                     .send(seq, &SqlError::not_owner_of_thread(k.id).packet())
@@ -882,13 +891,16 @@ impl<D: Directory> Session<D> {
             let refused = storage_limit::refused(&self.service, limit);
             return self.client.send(seq, &refused.packet()).await;
         }
-        if cmd == COM_STMT_SEND_LONG_DATA {
+        // Inside a transaction whose connection is gone, long data goes to its log alone: the
+        // next command's replay sends it with the rest of the transaction.
+        let replay_due = self.backend.is_none() && self.txlog.active;
+        if cmd == COM_STMT_SEND_LONG_DATA && !replay_due {
             // Connected first: long data belongs to the connection it reaches, and one made for
             // it must not count it lost. A failure shows at the next command.
             let _ = self.ensure_backend().await;
         }
         let logged = self.txlog.active && (in_trans || !autocommit);
-        let Some((stmt, long_data_lost)) = self.stmts.for_command(id, cmd, logged) else {
+        let Some((stmt, long_data)) = self.stmts.for_command(id, cmd, logged) else {
             if cmd == COM_STMT_SEND_LONG_DATA {
                 return Ok(()); // no answer is expected
             }
@@ -897,15 +909,18 @@ impl<D: Directory> Session<D> {
                 .send(seq, &SqlError::unknown_statement(id).packet())
                 .await;
         };
-        if long_data_lost {
-            if cmd == COM_STMT_EXECUTE {
+        match (cmd, long_data) {
+            (COM_STMT_EXECUTE, LongData::Lost) => {
                 let lost = SqlError::long_data_lost(&self.service);
                 return self.client.send(seq, &lost.packet()).await;
             }
             // The rest of long data whose start was lost: the new connection gets none of it,
             // or the next execute after a reset would find it there.
-            return Ok(());
+            (COM_STMT_SEND_LONG_DATA, LongData::Lost) => return Ok(()),
+            _ => {}
         }
+        // An execute whose long data is on this connection alone cannot run again on another.
+        let pinned = pinned || long_data == (LongData::Sent { logged: false });
         let class = Recording {
             writes: replay::may_write(&stmt.class),
             single: true,
@@ -940,11 +955,17 @@ impl<D: Directory> Session<D> {
         let before = (!in_trans && self.hashing).then(|| self.state.clone());
         let Some(expect) = expect_payload(&packet::payload(raw, lp)) else {
             // COM_STMT_SEND_LONG_DATA: no answer, so a lost backend shows at the next command.
-            if self.ensure_backend().await.is_ok() {
-                if let Ok(rebound) = self.statement_bytes(raw, lp, id, cmd).await {
-                    self.send_to_backend(rebound.as_deref().unwrap_or(raw))
-                        .await;
-                }
+            let mut sent = false;
+            if !replay_due
+                && self.ensure_backend().await.is_ok()
+                && let Ok(rebound) = self.statement_bytes(raw, lp, id, cmd).await
+            {
+                self.send_to_backend(rebound.as_deref().unwrap_or(raw))
+                    .await;
+                sent = true;
+            }
+            if !sent && !replay_due {
+                self.stmts.long_data_not_sent(id);
             }
             if let (true, Some(payload)) = (self.txlog.active, recorded) {
                 let entry = Entry {
@@ -1066,6 +1087,11 @@ impl<D: Directory> Session<D> {
         }
         self.login.user = user_name.into_bytes();
         self.login.stage1 = stage1;
+        // Others' `KILL` judges it as what it is now.
+        *self.link.identity() = crate::Identity {
+            service: self.service.clone(),
+            user: self.login.user.clone(),
+        };
         self.password_unknown = false;
         if let Some(cs) = charset {
             self.login.charset = cs as u8;

@@ -203,8 +203,8 @@ pub struct Proxy<D: Directory> {
 /// What other sessions may know of a session: enough to find and kill its current statement
 /// or connection.
 pub(crate) struct SessionLink {
-    pub(crate) service: String,
-    pub(crate) user: Vec<u8>,
+    /// Whose session it is now: `COM_CHANGE_USER` may make it another database's.
+    pub(crate) identity: std::sync::Mutex<Identity>,
     /// The thread id of its current backend connection; 0 while it has none.
     pub(crate) backend_thread: AtomicU32,
     /// A `KILL CONNECTION` named it: its client connection ends, and a lost backend is not
@@ -215,6 +215,18 @@ pub(crate) struct SessionLink {
     pub(crate) wake: tokio::sync::Notify,
     /// Its client's idleness, watched on the main runtime (see [`idle`]).
     pub(crate) idle: idle::IdleClock,
+}
+
+/// A session's database and account, as `KILL` from another session judges it.
+pub(crate) struct Identity {
+    pub(crate) service: String,
+    pub(crate) user: Vec<u8>,
+}
+
+impl SessionLink {
+    pub(crate) fn identity(&self) -> std::sync::MutexGuard<'_, Identity> {
+        self.identity.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What a session thread is handed.

@@ -73,18 +73,17 @@ impl Statements {
 
     /// The statement `id` for `cmd`, with what `cmd` does to its long data taken on: sent by
     /// `COM_STMT_SEND_LONG_DATA` (`logged` if the transaction log keeps the command), used by
-    /// `COM_STMT_EXECUTE`, dropped by `COM_STMT_RESET`. Also whether long data this command
-    /// sends or needs was lost with an earlier backend connection.
+    /// `COM_STMT_EXECUTE`, dropped by `COM_STMT_RESET`. Also its long data as it was before.
     pub fn for_command(
         &mut self,
         id: u32,
         cmd: u8,
         logged: bool,
-    ) -> Option<(&mut Statement, bool)> {
+    ) -> Option<(&mut Statement, LongData)> {
         use stratus_wire::command::{COM_STMT_EXECUTE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA};
         let s = self.map.get_mut(&id)?;
         let before = s.long_data;
-        s.long_data = match (cmd, before) {
+        let after = match (cmd, before) {
             (COM_STMT_SEND_LONG_DATA, LongData::Lost) => LongData::Lost,
             (COM_STMT_SEND_LONG_DATA, LongData::Sent { logged: earlier }) => LongData::Sent {
                 logged: earlier && logged,
@@ -93,11 +92,35 @@ impl Statements {
             (COM_STMT_EXECUTE | COM_STMT_RESET, _) => LongData::None,
             (_, kept) => kept,
         };
+        Self::set(&mut self.long_data_sent, s, after);
+        Some((s, before))
+    }
+
+    /// Long data taken on by [`Self::for_command`] did not reach a backend connection (none
+    /// could be had), and no transaction's log will send it: the next execute must not run.
+    pub fn long_data_not_sent(&mut self, id: u32) {
+        if let Some(s) = self.map.get_mut(&id) {
+            Self::set(&mut self.long_data_sent, s, LongData::Lost);
+        }
+    }
+
+    /// The transaction whose log held long data ended: a replay no longer sends it.
+    pub fn log_ended(&mut self) {
+        if self.long_data_sent == 0 {
+            return;
+        }
+        for s in self.map.values_mut() {
+            if let LongData::Sent { logged: true } = s.long_data {
+                s.long_data = LongData::Sent { logged: false };
+            }
+        }
+    }
+
+    /// Sets `s`'s long data, keeping the count of those on the current connection.
+    fn set(count: &mut u32, s: &mut Statement, to: LongData) {
         let sent = |l: LongData| u32::from(matches!(l, LongData::Sent { .. }));
-        self.long_data_sent =
-            (self.long_data_sent + sent(s.long_data)).saturating_sub(sent(before));
-        let lost = before == LongData::Lost && cmd != COM_STMT_RESET;
-        Some((s, lost))
+        *count = (*count + sent(to)).saturating_sub(sent(s.long_data));
+        s.long_data = to;
     }
 
     pub fn remove(&mut self, id: u32) -> Option<Statement> {
@@ -183,7 +206,9 @@ mod tests {
             s.add(b"INSERT ?".to_vec(), ok(1)),
             s.add(b"DO ?".to_vec(), ok(2)),
         );
-        let lost = |s: &mut Statements, id, cmd, logged| s.for_command(id, cmd, logged).unwrap().1;
+        let lost = |s: &mut Statements, id, cmd, logged| {
+            s.for_command(id, cmd, logged).unwrap().1 == LongData::Lost
+        };
 
         assert!(!lost(&mut s, a, COM_STMT_SEND_LONG_DATA, false));
         assert!(!lost(&mut s, a, COM_STMT_SEND_LONG_DATA, false));
@@ -220,5 +245,16 @@ mod tests {
             !s.long_data_pending(),
             "a closed statement's data goes with it"
         );
+
+        // Data no connection got is lost at once; logged data whose transaction ended is no
+        // longer the log's to send again.
+        assert!(!lost(&mut s, b, COM_STMT_SEND_LONG_DATA, false));
+        s.long_data_not_sent(b);
+        assert!(!s.long_data_pending());
+        assert!(lost(&mut s, b, COM_STMT_EXECUTE, false));
+        assert!(!lost(&mut s, b, COM_STMT_SEND_LONG_DATA, true));
+        s.log_ended();
+        s.backend_changed();
+        assert_eq!(s.get_mut(b).unwrap().long_data, LongData::Lost);
     }
 }

@@ -332,8 +332,6 @@ impl SessionState {
         // The client's own tracking settings are not replayed: the backend always tracks
         // everything, and `tracking` filters what the client is shown.
         let mut out = Vec::new();
-        // First: the role's privileges may be what the rest needs.
-        out.extend(self.role.clone());
         if !self.variables.is_empty() {
             let vars: Vec<String> = self
                 .variables
@@ -342,6 +340,9 @@ impl SessionState {
                 .collect();
             out.push(format!("SET {}", vars.join(", ")));
         }
+        // Second (the first statement is the variables', which have a fallback of their own):
+        // the role's privileges may be what the prepared statements need.
+        out.extend(self.role.clone());
         if !self.user_vars.is_empty() {
             let sets: Vec<String> = self
                 .user_vars
@@ -435,8 +436,8 @@ mod tests {
         assert_eq!(
             s.replay(),
             [
-                "SET ROLE NONE",
                 "SET SESSION `sort_buffer_size` = 262144, SESSION `sql_mode` = 'STRICT_ALL_TABLES', SESSION `character_set_results` = NULL",
+                "SET ROLE NONE",
                 "SET @`a` = 1",
                 "PREPARE s1 FROM 'SELECT 1'",
             ]

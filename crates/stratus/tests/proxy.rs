@@ -846,8 +846,29 @@ async fn a_client_never_gets_the_previous_clients_profile_or_role() {
     let mut next = shop_conn(&s, &user, &pw).await;
     let role: Option<Option<String>> = next.query_first("SELECT CURRENT_ROLE()").await.unwrap();
     assert_eq!(role, Some(None), "the next client has the last one's role");
+    next.disconnect().await.unwrap();
+    s.wait_for_metric(pooled, 1.0, within);
+    // A batch that failed after its `SET ROLE` leaves the role on the connection too (this
+    // one is the kept connection just left).
+    let mut conn = shop_conn(&s, &user, &pw).await;
+    let failed = conn
+        .query_drop("SET ROLE auditor; SELECT * FROM no_such_table")
+        .await;
+    assert!(failed.is_err());
+    conn.disconnect().await.unwrap();
+    s.wait_for_metric(
+        "stratus_proxy_backend_connections{db=\"shop\"}",
+        0.0,
+        within,
+    );
+    assert_eq!(
+        s.metric(pooled).unwrap_or(0.0),
+        0.0,
+        "kept with a role on it"
+    );
     // So may a procedure or a dynamic statement, unseen: their connection is asked. One
     // without a role is kept as any other.
+    let mut next = shop_conn(&s, &user, &pw).await;
     next.query_drop("CREATE PROCEDURE take_role() SET ROLE auditor")
         .await
         .unwrap();

@@ -174,3 +174,25 @@ async fn com_process_kill_ends_the_session_its_id_names() {
         "the session goes on"
     );
 }
+
+/// `KILL 0` names no thread (0 is what a session without a backend connection has): unknown,
+/// as on a server, whoever sits idle without one.
+#[tokio::test(start_paused = true)]
+async fn kill_0_names_no_session() {
+    let cfg = crate::ProxyConfig {
+        release_idle_after: std::time::Duration::from_secs(1),
+        ..crate::ProxyConfig::default()
+    };
+    let h = Harness::with_config(cfg, server);
+    let mut idle = h.client().await;
+    idle.query("SELECT 1").await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut killer = h.client().await;
+    let answer = killer.query("KILL 0").await;
+    assert_eq!(answer, [crate::error::SqlError::no_such_thread(0).packet()]);
+    assert_eq!(
+        idle.query("SELECT 1").await.len(),
+        4,
+        "the idle session goes on"
+    );
+}

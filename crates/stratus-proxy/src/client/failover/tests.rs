@@ -566,3 +566,41 @@ async fn an_execute_whose_long_data_was_lost_with_its_server_is_refused() {
     assert_eq!(long_data(2), 2);
     assert_eq!(pinned(), 0);
 }
+
+/// Inside a transaction whose server was lost while the client sat idle, long data goes to
+/// the transaction's log: the next execute's replay sends the transaction first, then the
+/// data, on the new connection. (Connecting for the data alone would run the execute outside
+/// the transaction, with the rest of the transaction gone.)
+#[tokio::test(start_paused = true)]
+async fn long_data_sent_into_a_transaction_whose_server_was_lost_follows_its_replay() {
+    let h = Harness::new(tables);
+    let mut c = h.client().await;
+    let id = c.prepare("INSERT INTO blobs VALUES (?)").await;
+    c.query("BEGIN").await;
+    assert_eq!(c.query(READ).await, v("1", AUTOCOMMIT | IN_TRANS));
+    h.backend.drop_connections();
+    h.sessions_lost_their_backend().await;
+    c.send_long_data(id, b"after the loss").await;
+    assert_eq!(c.execute(id).await.first(), Some(&0x00));
+    let on_new: Vec<Event> = h
+        .backend
+        .log()
+        .into_iter()
+        .filter(|e| match e {
+            Event::Query(2, _) | Event::LongData(2) | Event::Executed(2) => true,
+            Event::Prepared(2, _) => true,
+            _ => false,
+        })
+        .collect();
+    assert_eq!(
+        on_new,
+        [
+            Event::Query(2, BACKEND_TRACKING.into()),
+            Event::Query(2, "BEGIN".into()),
+            Event::Query(2, READ.into()),
+            Event::Prepared(2, "INSERT INTO blobs VALUES (?)".into()),
+            Event::LongData(2),
+            Event::Executed(2),
+        ]
+    );
+}
