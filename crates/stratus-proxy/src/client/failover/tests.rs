@@ -586,10 +586,14 @@ async fn long_data_sent_into_a_transaction_whose_server_was_lost_follows_its_rep
         .backend
         .log()
         .into_iter()
-        .filter(|e| match e {
-            Event::Query(2, _) | Event::LongData(2) | Event::Executed(2) => true,
-            Event::Prepared(2, _) => true,
-            _ => false,
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Query(2, _)
+                    | Event::Prepared(2, _)
+                    | Event::LongData(2)
+                    | Event::Executed(2)
+            )
         })
         .collect();
     assert_eq!(
