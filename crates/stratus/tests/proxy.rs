@@ -613,6 +613,44 @@ async fn affected_per_result(
     }
 }
 
+/// Runs `SELECT SLEEP(secs)` on `sleeper` and, once the server's process list shows it, has
+/// `killer` run `KILL QUERY` of `id` (by default the thread id the list shows); checks the
+/// statement was interrupted. Returns the sleeper and that thread id.
+async fn interrupted(
+    mut sleeper: Conn,
+    killer: &mut Conn,
+    secs: u32,
+    id: Option<u64>,
+) -> (Conn, u64) {
+    let sql = format!("SELECT SLEEP({secs})");
+    let sleeping = tokio::spawn(async move {
+        let r: Result<Option<u8>, _> = sleeper.query_first(sql).await;
+        (r, sleeper)
+    });
+    let listed = format!(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP({secs})%'"
+    );
+    // Bounded: the statement runs on its server within a moment.
+    let begin = std::time::Instant::now();
+    let thread = loop {
+        if let Some(id) = killer.query_first::<u64, _>(&listed).await.unwrap() {
+            break id;
+        }
+        assert!(begin.elapsed() < std::time::Duration::from_secs(10));
+    };
+    killer
+        .query_drop(format!("KILL QUERY {}", id.unwrap_or(thread)))
+        .await
+        .unwrap();
+    let (r, sleeper) = sleeping.await.unwrap();
+    match r {
+        Ok(v) => assert_eq!(v, Some(1), "SLEEP interrupted returns 1"),
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1317, "{e}"),
+        Err(e) => panic!("{e}"),
+    }
+    (sleeper, thread)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_acts_on_greeting_ids_and_on_server_thread_ids() {
     let mut s = Stratus::new("kill");
@@ -625,35 +663,10 @@ async fn kill_acts_on_greeting_ids_and_on_server_thread_ids() {
     };
 
     // KILL QUERY with the id from the greeting cancels that client's running statement.
-    let mut sleeper = connect(user.clone(), pw.clone()).await;
+    let sleeper = connect(user.clone(), pw.clone()).await;
     let sleeper_id = sleeper.id();
-    let sleeping = tokio::spawn(async move {
-        let r: Result<Option<u8>, _> = sleeper.query_first("SELECT SLEEP(20)").await;
-        (r, sleeper)
-    });
     let mut killer = connect(user.clone(), pw.clone()).await;
-    // Wait (bounded) until the sleeper's statement is running on its server.
-    let begin = std::time::Instant::now();
-    loop {
-        let n: Option<u64> = killer
-            .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(20)%'")
-            .await
-            .unwrap();
-        if n == Some(1) {
-            break;
-        }
-        assert!(begin.elapsed() < std::time::Duration::from_secs(10));
-    }
-    killer
-        .query_drop(format!("KILL QUERY {sleeper_id}"))
-        .await
-        .unwrap();
-    let (r, mut sleeper) = sleeping.await.unwrap();
-    match r {
-        Ok(v) => assert_eq!(v, Some(1), "SLEEP interrupted returns 1"),
-        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1317, "{e}"),
-        Err(e) => panic!("{e}"),
-    }
+    let (mut sleeper, _) = interrupted(sleeper, &mut killer, 20, Some(sleeper_id.into())).await;
     let one: Option<u8> = sleeper.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1), "the connection survives KILL QUERY");
     assert!(
@@ -662,29 +675,7 @@ async fn kill_acts_on_greeting_ids_and_on_server_thread_ids() {
     );
 
     // So does KILL QUERY with the server's thread id, as the process list shows it.
-    let sleeping = tokio::spawn(async move {
-        let r: Result<Option<u8>, _> = sleeper.query_first("SELECT SLEEP(21)").await;
-        (r, sleeper)
-    });
-    let listed =
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(21)%'";
-    let begin = std::time::Instant::now();
-    let thread = loop {
-        if let Some(id) = killer.query_first::<u64, _>(listed).await.unwrap() {
-            break id;
-        }
-        assert!(begin.elapsed() < std::time::Duration::from_secs(10));
-    };
-    killer
-        .query_drop(format!("KILL QUERY {thread}"))
-        .await
-        .unwrap();
-    let (r, mut sleeper) = sleeping.await.unwrap();
-    match r {
-        Ok(v) => assert_eq!(v, Some(1), "SLEEP interrupted returns 1"),
-        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1317, "{e}"),
-        Err(e) => panic!("{e}"),
-    }
+    let (mut sleeper, thread) = interrupted(sleeper, &mut killer, 21, None).await;
     let same: Option<u64> = sleeper.query_first("SELECT CONNECTION_ID()").await.unwrap();
     assert_eq!(same, Some(thread));
 
