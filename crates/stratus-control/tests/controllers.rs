@@ -79,6 +79,15 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: imp
     panic!("never happened: {what}");
 }
 
+/// Waits until `name` has had `n` refills of its buffer pool (`hydrated` events).
+async fn hydrated(cp: &Cp, name: &str, n: usize) {
+    until("the hydrated event", || async {
+        let ev = events(cp, name).await;
+        ev.iter().filter(|(k, _)| *k == EventKind::Hydrated).count() >= n
+    })
+    .await;
+}
+
 /// Gives `name` its scaling `policy` and starts the monitor.
 async fn monitor_with(
     cp: &Cp,
@@ -411,13 +420,7 @@ async fn a_wake_reads_back_the_indexes_the_suspend_found_hot() {
     cp.suspend("shop", false, "test").await.unwrap();
     assert!(rt.server("shop").unwrap().warmed.is_empty());
     assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
-    until("the hydrated event", || async {
-        events(&cp, "shop")
-            .await
-            .iter()
-            .any(|(k, _)| *k == EventKind::Hydrated)
-    })
-    .await;
+    hydrated(&cp, "shop", 1).await;
     assert_eq!(
         rt.server("shop").unwrap().warmed,
         ["shop.orders.PRIMARY", "shop.items.PRIMARY"]
@@ -466,15 +469,7 @@ async fn a_wake_from_parked_reads_back_the_indexes_the_last_server_held() {
         cp.park("shop", false).await.unwrap();
         assert!(rt.server("shop").is_none());
         assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
-        until("the hydrated event", || async {
-            events(&cp, "shop")
-                .await
-                .iter()
-                .filter(|(k, _)| *k == EventKind::Hydrated)
-                .count()
-                == round
-        })
-        .await;
+        hydrated(&cp, "shop", round).await;
         assert_eq!(
             rt.server("shop").unwrap().warmed,
             ["shop.orders.PRIMARY"],
@@ -511,13 +506,7 @@ async fn a_wake_after_a_restart_of_stratus_still_reads_back_what_the_pool_held()
     let cp = ControlPlane::new(SqliteStore::open(&path).unwrap(), rt.clone(), cfg);
     cp.reconcile(&db("shop"), Trigger::Recovery).await.unwrap();
     assert!(cp.backend_for_client("shop", true).await.unwrap().is_some());
-    until("the hydrated event", || async {
-        events(&cp, "shop")
-            .await
-            .iter()
-            .any(|(k, _)| *k == EventKind::Hydrated)
-    })
-    .await;
+    hydrated(&cp, "shop", 1).await;
     assert_eq!(rt.server("shop").unwrap().warmed, ["shop.orders.PRIMARY"]);
     let kept = cp.store().hot_indexes(&db("shop")).await.unwrap();
     assert_eq!(kept, None, "used once");
