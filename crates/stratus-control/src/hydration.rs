@@ -84,53 +84,29 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 Vec::new()
             }
         };
-        // Kept in the catalog too, for a wake after a restart of Stratus; not worth failing
+        // In the catalog, so a wake after a restart of Stratus finds it too; not worth failing
         // the suspend or park over.
         let kept = (!found.is_empty())
             .then(|| serde_json::to_string(&found).ok())
             .flatten();
         if let Err(e) = self.store.set_hot_indexes(name, kept.as_deref()).await {
-            tracing::warn!(db = %name, "cannot keep the hot index list in the catalog: {e}");
+            tracing::warn!(db = %name, "cannot keep the hot index list; the wake will not refill the pool: {e}");
         }
-        let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
-        if found.is_empty() {
-            hot.remove(name);
-        } else {
-            hot.insert(name.clone(), found);
-        }
-    }
-
-    /// The server is stopped or deleted: its refill stops, and what its pool held is of no
-    /// more use (the next start's pool is empty and MariaDB reloads nothing encrypted).
-    pub(crate) fn forget_hydration(&self, name: &ServiceName) {
-        self.hot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
-        self.stop_hydration(name);
     }
 
     /// Starts reading back what the server's pool held before it was emptied or stopped, now
-    /// that it has `pool_bytes` again; from the catalog when Stratus restarted meanwhile. The
-    /// list is used once.
+    /// that it has `pool_bytes` again. The catalog's list is used once.
     pub(crate) async fn start_hydration(&self, name: &ServiceName, pool_bytes: u64) {
-        let remembered = self
-            .hot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
         let kept = match self.store.hot_indexes(name).await {
-            Ok(kept) => kept,
+            Ok(Some(kept)) => kept,
+            Ok(None) => return,
             Err(e) => {
                 tracing::warn!(db = %name, "cannot read the hot index list from the catalog: {e}");
-                None
+                return;
             }
         };
-        if kept.is_some() {
-            let _ = self.store.set_hot_indexes(name, None).await;
-        }
-        let from_catalog = || serde_json::from_str::<Vec<HotIndex>>(kept.as_deref()?).ok();
-        let Some(hot) = remembered.or_else(from_catalog) else {
+        let _ = self.store.set_hot_indexes(name, None).await;
+        let Ok(hot) = serde_json::from_str::<Vec<HotIndex>>(&kept) else {
             return;
         };
         let (chosen, left_out) = plan(&hot, pool_bytes);

@@ -143,8 +143,6 @@ pub struct ControlPlane<S: Store, R: Runtime> {
     /// Per database, whether its state wants a running server and none runs, as the monitor
     /// last saw it (`stratus_database_down`, and the usage meter's stopped time).
     down: Mutex<HashMap<ServiceName, bool>>,
-    /// Per suspended database, the indexes that filled its buffer pool (`hydration`).
-    hot: Mutex<HashMap<ServiceName, Vec<stratus_runtime::admin::HotIndex>>>,
     /// Databases whose pool is being refilled after a wake (`hydration`), with the refill's
     /// number and the handle that stops it.
     hydrating: Mutex<HashMap<ServiceName, hydration::Refill>>,
@@ -179,7 +177,6 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             crashes: Mutex::new(HashMap::new()),
             history: history::History::default(),
             down: Mutex::new(HashMap::new()),
-            hot: Mutex::new(HashMap::new()),
             hydrating: Mutex::new(HashMap::new()),
             refills: std::sync::atomic::AtomicU64::new(0),
             me: me.clone(),

@@ -443,7 +443,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.runtime.destroy(&name).await?;
         self.store.delete_service(&name).await?;
         self.set_suspended(&name, false, None);
-        self.forget_hydration(&name);
+        self.stop_hydration(&name);
         self.settled(&name);
         self.event(
             &name,

@@ -883,10 +883,12 @@ impl<D: Directory> Session<D> {
             }
             return Ok(());
         }
+        // The limit first: nothing full (the rule) costs an atomic load, not a second lookup
+        // of the statement on every execute.
         if cmd == COM_STMT_EXECUTE
+            && let Some(limit) = self.proxy.dir.storage_full(&self.service)
             && let Some(stmt) = self.stmts.get_mut(id)
             && storage_limit::adds_data(&stmt.class, &stmt.sql)
-            && let Some(limit) = self.proxy.dir.storage_full(&self.service)
         {
             let refused = storage_limit::refused(&self.service, limit);
             return self.client.send(seq, &refused.packet()).await;
