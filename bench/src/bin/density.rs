@@ -256,11 +256,13 @@ async fn burst(bin: &str, n: usize) -> anyhow::Result<()> {
     }
     let mut ms = Vec::new();
     let mut slowest: Option<(Made, f64)> = None;
+    let mut made_all = Vec::new();
     let mut errors = Vec::new();
     for t in tasks {
         match t.await? {
             Ok((made, v)) => {
                 ms.push(v);
+                made_all.push(made.ms);
                 if slowest.as_ref().is_none_or(|(_, m)| v > *m) {
                     slowest = Some((made, v));
                 }
@@ -274,6 +276,16 @@ async fn burst(bin: &str, n: usize) -> anyhow::Result<()> {
         .filter(|e| e.kind == "started" && e.data["warm_pool"] == true)
         .count();
     summary(&format!("burst of {n}, {pooled} from the pool"), &mut ms);
+    // Two parts of every create's time, as distributions: the statements that make the owner's
+    // account and schema (timed by Stratus), and the client's first login with its `SELECT 1`.
+    let mut accounts: Vec<f64> = events
+        .iter()
+        .filter(|e| e.kind == "started" && e.db.starts_with('b'))
+        .filter_map(|e| e.data["phases_ms"]["accounts"].as_f64())
+        .collect();
+    summary("  of it: account statements", &mut accounts);
+    let mut first: Vec<f64> = made_all.iter().map(|m| m[1] + m[2]).collect();
+    summary("  of it: first login + SELECT 1", &mut first);
     // Where the slowest one's time went: the create (its phases as Stratus timed them), the
     // first login, the first query; and whether its server's CPU quota held it back.
     if let Some((made, total)) = slowest {

@@ -68,13 +68,20 @@ pub fn provision_sql(
 /// reserved user name, so no tenant's account is ever called so.
 const SPARE_OWNER: &str = "'stratus_spare_owner'@'%'";
 
+/// Keeps the session's statements out of the binary log, so none waits for its sync and the
+/// commit clock's acknowledgement. Only for a server no tenant has used yet: nothing is ever
+/// replayed from before its first backup (a point-in-time restore and a move both start from
+/// a copy of the data, which holds what these statements made), and the log stays the
+/// tenant's own.
+pub const UNLOGGED: &str = "SET SESSION sql_log_bin = 0";
+
 /// What a spare of the warm pool is given while nobody waits for it: the commit marker table
 /// and an owner account with the owner's grants, locked and without a password, under
 /// [`SPARE_OWNER`]. A create of the default size then runs [`claim_sql`]: three statements on
-/// its path instead of the eight of [`provision_sql`], each written to the binary log and
-/// acknowledged by the commit clock before it returns.
+/// its path instead of the eight of [`provision_sql`]. Both run [`UNLOGGED`].
 pub fn spare_sql() -> Vec<String> {
-    let mut sql: Vec<String> = commit_marker::DDL.iter().map(|s| s.to_string()).collect();
+    let mut sql = vec![UNLOGGED.to_owned()];
+    sql.extend(commit_marker::DDL.iter().map(|s| s.to_string()));
     sql.push(format!("CREATE USER {SPARE_OWNER} ACCOUNT LOCK"));
     sql.extend(owner_grants(SPARE_OWNER));
     sql
@@ -86,6 +93,7 @@ pub fn spare_sql() -> Vec<String> {
 pub fn claim_sql(db: &ServiceName, owner: &UserName, hash: &NativeHash) -> Vec<String> {
     let acct = account(owner);
     vec![
+        UNLOGGED.to_owned(),
         schema_sql(db),
         format!("RENAME USER {SPARE_OWNER} TO {acct}"),
         format!(
@@ -496,14 +504,15 @@ mod tests {
             NativeHash::of_password("x"),
         );
         let spare = spare_sql();
-        assert_eq!(spare[..2], commit_marker::DDL.map(String::from));
+        assert_eq!(spare[0], UNLOGGED);
+        assert_eq!(spare[1..3], commit_marker::DDL.map(String::from));
         assert_eq!(
-            spare[2],
+            spare[3],
             "CREATE USER 'stratus_spare_owner'@'%' ACCOUNT LOCK"
         );
         let direct = user_sql(&db, &admin, &hash, true);
         assert_eq!(
-            spare[3..],
+            spare[4..],
             direct[1..]
                 .iter()
                 .map(|g| g.replace("'admin'@'%'", SPARE_OWNER))
@@ -511,13 +520,14 @@ mod tests {
         );
         assert!(UserName::parse("stratus_spare_owner").is_err(), "reserved");
         let claim = claim_sql(&db, &admin, &hash);
-        assert_eq!(claim[0], schema_sql(&db));
+        assert_eq!(claim[0], UNLOGGED);
+        assert_eq!(claim[1], schema_sql(&db));
         assert_eq!(
-            claim[1],
+            claim[2],
             "RENAME USER 'stratus_spare_owner'@'%' TO 'admin'@'%'"
         );
         assert_eq!(
-            claim[2],
+            claim[3],
             format!(
                 "ALTER USER 'admin'@'%' IDENTIFIED VIA mysql_native_password USING '{hash}' ACCOUNT UNLOCK"
             )

@@ -1,7 +1,7 @@
 //! The lifecycle controller: `provisioning → active ⇄ suspended → parked → active`, and
 //! `deleted`. Every transition is recorded as an event with its inputs and timings.
 
-use crate::accounts::{claim_sql, provision_sql};
+use crate::accounts::{UNLOGGED, claim_sql, provision_sql};
 use crate::reconcile::Trigger;
 use crate::view::{CreatedDatabase, DatabaseView, connection_string};
 use crate::{ControlError, ControlPlane, Result};
@@ -198,7 +198,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let size = lap();
         let statements = match spare_pool {
             Some(_) => claim_sql(&name, &owner.name, &owner.hash),
-            None => provision_sql(&name, &owner.name, &owner.hash, false),
+            None => std::iter::once(UNLOGGED.to_owned())
+                .chain(provision_sql(&name, &owner.name, &owner.hash, false))
+                .collect(),
         };
         for sql in statements {
             conn.exec(&sql).await?;

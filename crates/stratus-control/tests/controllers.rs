@@ -131,8 +131,10 @@ async fn a_created_database_gets_its_schema_owner_and_size() {
         (s.cpu_millis, s.memory_bytes),
         (r.cpu_millis, r.memory_bytes)
     );
+    // Outside the binary log, which is the tenant's alone.
+    assert_eq!(s.executed[0], stratus_control::accounts::UNLOGGED);
     assert!(
-        s.executed[0].starts_with("CREATE DATABASE IF NOT EXISTS `shop`"),
+        s.executed[1].starts_with("CREATE DATABASE IF NOT EXISTS `shop`"),
         "{:?}",
         s.executed
     );

@@ -263,7 +263,21 @@ async fn databases_come_from_the_warm_pool_and_it_refills() {
         "sized as a 1 SCU database, not a spare"
     );
     let mut conn = Conn::new(opts(&s, &user, &pw)).await.unwrap();
+    // Stratus's setup stayed out of the binary log: it holds the tenant's transactions only.
+    let logged = "SELECT @@gtid_binlog_pos";
+    let before: Option<String> = conn.query_first(logged).await.unwrap();
+    assert_eq!(
+        before.as_deref(),
+        Some(""),
+        "nothing logged before the owner"
+    );
     conn.query_drop("CREATE TABLE t (a INT)").await.unwrap();
+    let after: Option<String> = conn.query_first(logged).await.unwrap();
+    assert_ne!(
+        after.as_deref(),
+        Some(""),
+        "the owner's own statement is logged"
+    );
     let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM t").await.unwrap();
     assert_eq!(n, Some(0));
     // The owner account the spare made while it waited is this owner's: its grants, its
