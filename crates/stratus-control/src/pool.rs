@@ -77,6 +77,8 @@ pub(crate) struct PoolState {
     starting: usize,
     /// Ready spares taken out of `ready` while their pool grows.
     presizing: usize,
+    /// The nodes of the spares on their way: those starting, once placed, and those growing.
+    coming: Vec<String>,
     /// The servers do not make the presized size exactly: presizing is pointless.
     presize_off: bool,
     /// After a spare failed to start: no new start before this.
@@ -88,6 +90,15 @@ pub(crate) struct PoolState {
     quiet_until: Option<tokio::time::Instant>,
     /// The last claim or attempt at one, on the clock `quiet_until` is on.
     last_create: Option<tokio::time::Instant>,
+}
+
+impl PoolState {
+    /// A spare on its way to `node` has arrived (or failed to).
+    fn arrived(&mut self, node: &str) {
+        if let Some(i) = self.coming.iter().position(|n| n == node) {
+            self.coming.swap_remove(i);
+        }
+    }
 }
 
 /// What `stratus status` shows of the pool.
@@ -196,7 +207,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     /// As [`Self::take_spare`], but when none is ready while some are starting or growing
-    /// their pool, the first of those to be ready on `node`, for up to [`SPARE_WAIT`]: a
+    /// their pool on `node` (or not yet placed), the first of those to be ready on `node`, for
+    /// up to [`SPARE_WAIT`]: a
     /// server started cold beside them would take longer than they still need and slow them
     /// down, which is how a burst's creates came to find the pool dry one after another.
     pub(crate) async fn take_spare_soon(
@@ -215,7 +227,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             settled.as_mut().enable();
             {
                 let mut st = self.pool_state();
-                if st.closed || st.starting + st.presizing == 0 {
+                // A start not yet placed may be placed here.
+                let unplaced = st.starting + st.presizing > st.coming.len();
+                if st.closed || !(unplaced || st.coming.iter().any(|n| n == node)) {
                     return None;
                 }
                 if let Some(spare) = self.pick(&mut st, node, buffer_pool_bytes) {
@@ -311,7 +325,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                         if presize_due(unsized_ready, ready_presized, st.presizing, want_presized) {
                             let i = st.ready.iter().rposition(|s| !is_presized(s));
                             to_presize = i.map(|i| st.ready.remove(i));
-                            st.presizing += usize::from(to_presize.is_some());
+                            if let Some(spare) = &to_presize {
+                                st.presizing += 1;
+                                st.coming.push(spare.node.clone());
+                            }
                         }
                     }
                 }
@@ -336,6 +353,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 let grown = self.runtime.presize_spare(&spare, presized).await;
                 let (failed, orphan) = {
                     let mut st = self.pool_state();
+                    st.arrived(&spare.node);
                     match grown {
                         Ok(_) if st.closed => (None, Some(spare)),
                         Ok(bytes) => {
@@ -393,7 +411,13 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         }
         // Where the next database would go; a spare elsewhere would wait unclaimed.
         let need = self.resources(1).memory_bytes;
-        let made = match self.place_new(need).await {
+        let placed = self.place_new(need).await;
+        if let Ok(placed) = &placed {
+            self.pool_state().coming.push(placed.node.clone());
+            // A create waiting on another node need not wait for this one.
+            self.pool_settled.notify_waiters();
+        }
+        let made = match &placed {
             Ok(placed) => {
                 self.runtime
                     .provision_spare(max_resources, &placed.node, &crate::accounts::spare_sql())
@@ -403,6 +427,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         };
         let (failed, orphan) = {
             let mut st = self.pool_state();
+            if let Ok(placed) = &placed {
+                st.arrived(&placed.node);
+            }
             match made {
                 Ok(spare) if st.closed => (None, Some(spare)),
                 Ok(spare) => {

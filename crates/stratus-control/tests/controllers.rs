@@ -732,6 +732,40 @@ async fn a_create_waits_for_a_spare_already_starting_instead_of_starting_one_col
     );
 }
 
+/// A create waits only for a spare coming to its own node: on another it would wait for
+/// nothing it could claim, then start its server cold anyway.
+#[tokio::test(start_paused = true)]
+async fn a_create_does_not_wait_for_a_spare_starting_on_another_node() {
+    let (cp, rt) = control(PoolConfig {
+        presized: 0,
+        ..pool_of(1, 8)
+    });
+    rt.set_nodes(&[("n1", 4000, 64 * GIB), ("n2", 4000, 8 * GIB)]);
+    let pool = tokio::spawn(cp.clone().run_pool());
+    until("filled", || async { rt.spares() == 1 }).await;
+    rt.start_spares_in(Duration::from_millis(300));
+    create(&cp, "first").await;
+    until("a spare on its way to n1", || async {
+        let on_n1 = rt
+            .calls()
+            .into_iter()
+            .filter(|c| c == "spare_starting on n1");
+        on_n1.count() >= 2
+    })
+    .await;
+    // Now the next database goes to n2, where nothing is coming.
+    rt.set_nodes(&[("n1", 4000, 4 * GIB), ("n2", 4000, 64 * GIB)]);
+    let begin = tokio::time::Instant::now();
+    create(&cp, "second").await;
+    assert!(rt.calls().contains(&"provision second".to_owned()));
+    assert!(
+        begin.elapsed() < Duration::from_millis(10),
+        "waited {:?} for a spare on another node",
+        begin.elapsed()
+    );
+    pool.abort();
+}
+
 /// A spare whose pool was grown while nobody waited is what a default create claims: its
 /// create path has no resize. Without one, the pool grows on the create path with a core,
 /// then the database is held to its own quota.

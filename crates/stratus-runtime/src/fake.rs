@@ -466,7 +466,11 @@ impl Runtime for FakeRuntime {
         node: &str,
         setup: &[String],
     ) -> Result<Spare> {
-        let start = self.world().spare_start;
+        let start = {
+            let mut w = self.world();
+            w.calls.push(format!("spare_starting on {node}"));
+            w.spare_start
+        };
         if !start.is_zero() {
             tokio::time::sleep(start).await;
         }
