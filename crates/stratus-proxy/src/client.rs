@@ -387,15 +387,14 @@ impl<D: Directory> Session<D> {
         let woken = link.wake.notified();
         tokio::pin!(woken);
         loop {
-            // Shutting down: a session holding no transaction is closed as the server closes
-            // its connections; one in a transaction may still finish it.
+            // Killed by another session: closed without a word, as the server closes it (the
+            // client's next read finds the connection lost, 2013; only a session that kills
+            // itself hears 1927).
             if self.link.killed.load(Ordering::Relaxed) {
-                let _ = self
-                    .client
-                    .send(0, &SqlError::connection_killed().packet())
-                    .await;
                 return End::Killed;
             }
+            // Shutting down: a session holding no transaction is closed as the server closes
+            // its connections; one in a transaction may still finish it.
             if self.proxy.shutting_down.load(Ordering::Relaxed) && !self.state.in_transaction {
                 let _ = self
                     .client
@@ -458,6 +457,11 @@ impl<D: Directory> Session<D> {
                     return End::Protocol;
                 }
             };
+            // Killed while the command came in: the server would have shut the connection
+            // before reading it.
+            if self.link.killed.load(Ordering::Relaxed) {
+                return End::Killed;
+            }
             let raw = self.client.buf.split_to(lp.consumed);
             let seq = lp.last_seq.wrapping_add(1);
             let result = self.command(raw, &lp, seq).await;

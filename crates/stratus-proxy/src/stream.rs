@@ -143,7 +143,7 @@ pub(crate) enum End {
     Idle,
     /// The proxy is shutting down; the client was told so.
     Shutdown,
-    /// A `KILL CONNECTION` named this session; the client was told so.
+    /// A `KILL CONNECTION` named this session (closed without a word, unless it killed itself).
     Killed,
 }
 

@@ -692,12 +692,39 @@ async fn kill_acts_on_greeting_ids_and_on_server_thread_ids() {
     assert!(err.to_string().contains("1094"), "{err}");
     assert_eq!(s.metric(pooled), Some(1.0));
 
-    // KILL CONNECTION of another session of the same account ends it, with no failover.
+    // KILL CONNECTION of another session of the same account ends it, with no failover and
+    // without a word: as the server does, the connection is closed under the statement it
+    // runs (the client reads a lost connection, not an error packet).
+    let lost = |r: Result<(), mysql_async::Error>| match r {
+        Err(mysql_async::Error::Server(e)) => panic!("an answer from a killed session: {e}"),
+        Err(_) => {}
+        Ok(()) => panic!("the killed session went on"),
+    };
+    let busy = tokio::spawn(async move { sleeper.query_drop("SELECT SLEEP(22)").await });
+    let listed =
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(22)%'";
+    let begin = std::time::Instant::now();
+    while killer
+        .query_first::<u64, _>(listed)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(begin.elapsed() < std::time::Duration::from_secs(10));
+    }
     killer
         .query_drop(format!("KILL CONNECTION {sleeper_id}"))
         .await
         .unwrap();
-    assert!(sleeper.query_drop("SELECT 1").await.is_err(), "killed");
+    lost(busy.await.unwrap());
+    // So is an idle one: its next command finds the connection gone.
+    let mut idle = connect(user.clone(), pw.clone()).await;
+    let idle_id = idle.id();
+    killer
+        .query_drop(format!("KILL CONNECTION {idle_id}"))
+        .await
+        .unwrap();
+    lost(idle.query_drop("SELECT 1").await);
 
     // Ids of another database's sessions are unknown here.
     let stranger = connect(other_user, other_pw).await;

@@ -156,13 +156,11 @@ impl<D: Directory> Session<D> {
                     break Ok(r);
                 }
                 Err(RelayError::LostBeforeAnswer) if self.link.killed.load(Ordering::Relaxed) => {
-                    // Killed on purpose, not lost: no failover; the client hears why.
+                    // Killed on purpose, not lost: no failover, and no answer either, as the
+                    // server shuts the killed connection down mid-statement (the client sees
+                    // 2013, the connection lost during its query).
                     self.drop_backend();
                     self.txlog.clear();
-                    let _ = self
-                        .client
-                        .send(seq, &SqlError::connection_killed().packet())
-                        .await;
                     break Err(End::Killed);
                 }
                 Err(RelayError::LostBeforeAnswer) => {

@@ -163,8 +163,8 @@ async fn com_process_kill_ends_the_session_its_id_names() {
     let mut payload = vec![COM_PROCESS_KILL];
     payload.extend_from_slice(&victim.id.to_le_bytes());
     assert_eq!(killer.command(&payload).await.first(), Some(&0x00));
-    let got = victim.until_closed().await;
-    assert_eq!(got, [crate::error::SqlError::connection_killed().packet()]);
+    // Closed without a word, as the server closes a connection another one killed.
+    assert_eq!(victim.until_closed().await, Vec::<Vec<u8>>::new());
 
     let malformed = crate::error::SqlError::malformed_packet().packet();
     assert_eq!(killer.command(&[COM_PROCESS_KILL, 1]).await, malformed);
