@@ -1052,9 +1052,9 @@ impl<D: Directory> Session<D> {
             next = lp.last_seq.wrapping_add(1);
         }
         let host = self.peer.ip().to_string();
-        let routed = std::str::from_utf8(&user)
-            .ok()
-            .and_then(|u| u.split_once('.'))
+        // A plain user name is an account of the database the session is on, as on a server.
+        let sni = crate::login::sni_service(&self.client, self.proxy.cfg.tls.as_ref());
+        let routed = crate::login::route(&user, sni.as_deref(), Some(&self.service))
             .map(|(s, u)| (s.to_owned(), u.to_owned()));
         let verified = match &routed {
             Some((svc, u)) => self

@@ -100,21 +100,8 @@ pub(crate) async fn login<D: Directory>(
     let host = peer.ip().to_string();
     let deny = |password: bool| SqlError::access_denied(&resp.user, &host, password);
     // Route `<service>.<user>`, or by the TLS server name `<service>.<domain>`.
-    let sni_service = match (
-        client.stream.server_name(),
-        tls.and_then(|t| t.domain.as_deref()),
-    ) {
-        (Some(name), Some(domain)) => service_from_server_name(name, domain).map(str::to_owned),
-        _ => None,
-    };
-    let routed = std::str::from_utf8(&resp.user).ok().and_then(|u| {
-        match (u.split_once('.'), &sni_service) {
-            (Some((s, _)), Some(sni)) if s != sni => None,
-            (Some(pair), _) => Some(pair),
-            (None, Some(sni)) => Some((sni.as_str(), u)),
-            (None, None) => None,
-        }
-    });
+    let sni_service = sni_service(client, tls);
+    let routed = route(&resp.user, sni_service.as_deref(), None);
     let mut reply = resp.auth_response.clone();
     let plugin = resp
         .auth_plugin
@@ -219,5 +206,53 @@ async fn throttle_wait<D: Directory>(proxy: &Proxy<D>, delay: Duration, begin: I
     let delay = delay.min(left);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// The database the TLS server name `<service>.<domain>` names, if the client sent one.
+pub(crate) fn sni_service(client: &ClientIo, tls: Option<&crate::tls::Tls>) -> Option<String> {
+    let domain = tls.and_then(|t| t.domain.as_deref())?;
+    service_from_server_name(client.stream.server_name()?, domain).map(str::to_owned)
+}
+
+/// The database and account a user name names: `<service>.<user>`, or a plain user name of the
+/// database the TLS server name (`sni`) names, or, for `COM_CHANGE_USER`, of the database the
+/// session is on (`current`), as a server knows only its own accounts. A prefix other than the
+/// TLS server name's database is refused.
+pub(crate) fn route<'a>(
+    user: &'a [u8],
+    sni: Option<&'a str>,
+    current: Option<&'a str>,
+) -> Option<(&'a str, &'a str)> {
+    let u = std::str::from_utf8(user).ok()?;
+    match (u.split_once('.'), sni) {
+        (Some((s, _)), Some(sni)) if s != sni => None,
+        (Some(pair), _) => Some(pair),
+        (None, Some(sni)) => Some((sni, u)),
+        (None, None) => current.map(|c| (c, u)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn user_names_route_by_prefix_then_tls_name_then_the_current_database() {
+        assert_eq!(route(b"shop.app", None, None), Some(("shop", "app")));
+        assert_eq!(route(b"app", Some("shop"), None), Some(("shop", "app")));
+        assert_eq!(
+            route(b"shop.app", Some("shop"), None),
+            Some(("shop", "app"))
+        );
+        // The TLS name's database is the only one its connection reaches.
+        assert_eq!(route(b"other.app", Some("shop"), Some("shop")), None);
+        assert_eq!(route(b"app", None, None), None, "a login must name it");
+        assert_eq!(route(b"app", None, Some("shop")), Some(("shop", "app")));
+        assert_eq!(
+            route(b"app", Some("shop"), Some("other")),
+            Some(("shop", "app"))
+        );
+        assert_eq!(route(b"\xff", None, Some("shop")), None);
     }
 }

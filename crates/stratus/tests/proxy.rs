@@ -427,10 +427,36 @@ async fn change_user_switches_identity_and_starts_a_fresh_session() {
         Some(("app@%".into(), None)),
         "the new user, none of the old session"
     );
+    // A plain user name is an account of the database the session is on, as on a server
+    // (MariaDB Connector/Python's `test_change_user` names its user so).
+    let owner = user.split_once('.').unwrap().1;
+    let plain = mysql_async::ChangeUserOpts::default()
+        .with_user(Some(owner.into()))
+        .with_pass(Some(pw.clone()))
+        .with_db_name(Some("shop".into()));
+    conn.change_user(plain).await.unwrap();
+    let now: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(now, Some(format!("{owner}@%")));
     let bad = mysql_async::ChangeUserOpts::default()
         .with_user(Some("shop.app".into()))
         .with_pass(Some("wrong".into()));
     let err = conn.change_user(bad).await.unwrap_err();
+    assert!(err.to_string().contains("1045"), "{err}");
+    // ... and never one of another database's, whatever its password.
+    created(&s, "other");
+    s.json(&[
+        "user",
+        "create",
+        "other",
+        "stranger",
+        "--password",
+        "strangerpw",
+    ]);
+    let mut conn = shop_conn(&s, &user, &pw).await;
+    let theirs = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("stranger".into()))
+        .with_pass(Some("strangerpw".into()));
+    let err = conn.change_user(theirs).await.unwrap_err();
     assert!(err.to_string().contains("1045"), "{err}");
     s.stop();
 }
