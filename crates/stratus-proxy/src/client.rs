@@ -510,6 +510,7 @@ impl<D: Directory> Session<D> {
             COM_QUERY => self.query(&raw, lp, seq).await?,
             COM_STMT_PREPARE => self.prepare(&raw, lp, seq).await?,
             COM_STMT_EXECUTE
+            | COM_STMT_BULK_EXECUTE
             | COM_STMT_SEND_LONG_DATA
             | COM_STMT_CLOSE
             | COM_STMT_RESET
@@ -889,7 +890,7 @@ impl<D: Directory> Session<D> {
         }
         // The limit first: nothing full (the rule) costs an atomic load, not a second lookup
         // of the statement on every execute.
-        if cmd == COM_STMT_EXECUTE
+        if executes(cmd)
             && let Some(limit) = self.proxy.dir.storage_full(&self.service)
             && let Some(stmt) = self.stmts.get_mut(id)
             && storage_limit::adds_data(&stmt.class, &stmt.sql)
@@ -916,7 +917,7 @@ impl<D: Directory> Session<D> {
                 .await;
         };
         match (cmd, long_data) {
-            (COM_STMT_EXECUTE, LongData::Lost) => {
+            (COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE, LongData::Lost) => {
                 let lost = SqlError::long_data_lost(&self.service);
                 return self.client.send(seq, &lost.packet()).await;
             }
@@ -933,7 +934,7 @@ impl<D: Directory> Session<D> {
             kind: Some(stmt.class.kind),
         };
         let on_loss = match cmd {
-            COM_STMT_EXECUTE => replay::on_loss(
+            COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE => replay::on_loss(
                 std::slice::from_ref(&stmt.class),
                 &stmt.sql,
                 in_trans,
@@ -948,15 +949,9 @@ impl<D: Directory> Session<D> {
         // means the same whatever the client binds later.
         let recorded = self.hashing.then(|| {
             let payload = packet::payload(raw, lp);
-            match execute_layout(&payload, stmt.params) {
-                Some(layout) if cmd == COM_STMT_EXECUTE && layout.types.is_none() => {
-                    match &stmt.types {
-                        Some(types) => bind_types(&payload, &layout, types),
-                        None => payload.into_owned(),
-                    }
-                }
-                _ => payload.into_owned(),
-            }
+            (stmt.types.as_deref())
+                .and_then(|types| with_types(&payload, stmt.params, types))
+                .unwrap_or_else(|| payload.into_owned())
         });
         let before = (!in_trans && self.hashing).then(|| self.state.clone());
         let Some(expect) = expect_payload(&packet::payload(raw, lp)) else {
@@ -988,8 +983,7 @@ impl<D: Directory> Session<D> {
         let out = Outgoing::Statement { raw, lp, id, cmd };
         // Taken on as the answer goes out; a cursor closed is counted after (counting it a
         // moment longer only makes a park wait).
-        let executes = cmd == COM_STMT_EXECUTE;
-        let mut effects = match executes {
+        let mut effects = match executes(cmd) {
             true => effects(&stmt.sql, std::slice::from_ref(&stmt.class)),
             false => Effects::default(),
         };

@@ -80,7 +80,9 @@ impl Statements {
         cmd: u8,
         logged: bool,
     ) -> Option<(&mut Statement, LongData)> {
-        use stratus_wire::command::{COM_STMT_EXECUTE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA};
+        use stratus_wire::command::{
+            COM_STMT_BULK_EXECUTE, COM_STMT_EXECUTE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA,
+        };
         let s = self.map.get_mut(&id)?;
         let before = s.long_data;
         let after = match (cmd, before) {
@@ -89,7 +91,7 @@ impl Statements {
                 logged: earlier && logged,
             },
             (COM_STMT_SEND_LONG_DATA, LongData::None) => LongData::Sent { logged },
-            (COM_STMT_EXECUTE | COM_STMT_RESET, _) => LongData::None,
+            (COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE | COM_STMT_RESET, _) => LongData::None,
             (_, kept) => kept,
         };
         Self::set(&mut self.long_data_sent, s, after);

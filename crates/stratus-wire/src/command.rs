@@ -36,12 +36,18 @@ pub const COM_STMT_FETCH: u8 = 0x1c;
 pub const COM_DAEMON: u8 = 0x1d;
 pub const COM_BINLOG_DUMP_GTID: u8 = 0x1e;
 pub const COM_RESET_CONNECTION: u8 = 0x1f;
+/// MariaDB's array execute (<https://mariadb.com/kb/en/com_stmt_bulk_execute/>): command, id
+/// (4), bulk flags (2), the parameter types (2 per parameter) with [`BULK_SEND_TYPES`], then
+/// rows of parameters, each value after an indicator byte. Answered as an execute is.
+pub const COM_STMT_BULK_EXECUTE: u8 = 0xfa;
+/// Bulk flag: the packet carries its parameter types.
+pub const BULK_SEND_TYPES: u16 = 128;
 
 /// How a relayed command is answered; `None` for commands with no answer.
 pub fn expect(command: u8) -> Option<Expect> {
     match command {
         COM_QUERY => Some(Expect::ResultSets { binary: false }),
-        COM_STMT_EXECUTE => Some(Expect::ResultSets { binary: true }),
+        COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE => Some(Expect::ResultSets { binary: true }),
         COM_STMT_PREPARE => Some(Expect::Prepare),
         COM_STMT_FETCH => Some(Expect::Fetch),
         COM_FIELD_LIST => Some(Expect::FieldList),
@@ -66,7 +72,8 @@ pub fn expect_payload(payload: &[u8]) -> Option<Expect> {
     }
 }
 
-/// The statement id of `COM_STMT_EXECUTE/SEND_LONG_DATA/CLOSE/RESET/FETCH` (bytes 1..5).
+/// The statement id of `COM_STMT_EXECUTE/BULK_EXECUTE/SEND_LONG_DATA/CLOSE/RESET/FETCH` (bytes
+/// 1..5).
 pub fn statement_id(payload: &[u8]) -> Option<u32> {
     payload
         .get(1..5)
@@ -129,9 +136,93 @@ pub fn bind_types(payload: &[u8], layout: &ExecuteLayout, types: &[u8]) -> Vec<u
     out
 }
 
+/// Where the parameter types of an execute (`COM_STMT_EXECUTE` or `COM_STMT_BULK_EXECUTE`)
+/// of a statement with `params` parameters sit, if it carries them.
+pub fn sent_types(payload: &[u8], params: u16) -> Option<std::ops::Range<usize>> {
+    match *payload.first()? {
+        COM_STMT_EXECUTE => execute_layout(payload, params)?.types,
+        COM_STMT_BULK_EXECUTE => {
+            let flags = u16::from_le_bytes([*payload.get(5)?, *payload.get(6)?]);
+            let r = 7..7 + 2 * usize::from(params);
+            (flags & BULK_SEND_TYPES != 0 && params > 0 && payload.len() >= r.end).then_some(r)
+        }
+        _ => None,
+    }
+}
+
+/// An execute that relies on parameter types bound before (on a connection it no longer
+/// runs on), made to carry `types`; `None` if it carries its own, has no parameters or is
+/// not an execute.
+pub fn with_types(payload: &[u8], params: u16, types: &[u8]) -> Option<Vec<u8>> {
+    match *payload.first()? {
+        COM_STMT_EXECUTE => {
+            let layout = execute_layout(payload, params)?;
+            layout
+                .types
+                .is_none()
+                .then(|| bind_types(payload, &layout, types))
+        }
+        COM_STMT_BULK_EXECUTE => {
+            let flags = u16::from_le_bytes([*payload.get(5)?, *payload.get(6)?]);
+            if flags & BULK_SEND_TYPES != 0 || params == 0 {
+                return None;
+            }
+            let mut out = Vec::with_capacity(payload.len() + types.len());
+            out.extend_from_slice(&payload[..5]);
+            out.extend_from_slice(&(flags | BULK_SEND_TYPES).to_le_bytes());
+            out.extend_from_slice(types);
+            out.extend_from_slice(&payload[7..]);
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// `COM_STMT_EXECUTE` or `COM_STMT_BULK_EXECUTE`: runs a prepared statement.
+pub fn executes(cmd: u8) -> bool {
+    cmd == COM_STMT_EXECUTE || cmd == COM_STMT_BULK_EXECUTE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_types_are_found_and_put_in() {
+        // id 9, no flags, 2 params: rows only (indicator 0 + a TINY, indicator 1 = NULL).
+        let bare = [COM_STMT_BULK_EXECUTE, 9, 0, 0, 0, 0, 0, 0, 7, 1];
+        assert_eq!(sent_types(&bare, 2), None);
+        let types = [1, 0, 1, 0x80];
+        let bound = with_types(&bare, 2, &types).unwrap();
+        assert_eq!(
+            bound,
+            [
+                COM_STMT_BULK_EXECUTE,
+                9,
+                0,
+                0,
+                0,
+                0x80,
+                0,
+                1,
+                0,
+                1,
+                0x80,
+                0,
+                7,
+                1
+            ]
+        );
+        assert_eq!(sent_types(&bound, 2), Some(7..11));
+        assert_eq!(with_types(&bound, 2, &types), None, "it has its own");
+        assert_eq!(sent_types(&bound[..9], 2), None, "too short for its types");
+        assert_eq!(with_types(&bare[..6], 2, &types), None, "no flags");
+        assert!(executes(COM_STMT_BULK_EXECUTE) && executes(COM_STMT_EXECUTE));
+        assert_eq!(
+            expect(COM_STMT_BULK_EXECUTE),
+            Some(Expect::ResultSets { binary: true })
+        );
+    }
 
     #[test]
     fn execute_layout_and_binding() {

@@ -461,6 +461,145 @@ async fn change_user_switches_identity_and_starts_a_fresh_session() {
     s.stop();
 }
 
+/// MariaDB's array execute (`COM_STMT_BULK_EXECUTE`: what Connector/J, /Python and /Node.js
+/// send for a batch) is answered as the server answers it, NULL and DEFAULT indicators
+/// included; and on a new backend connection a bulk that relies on the parameter types bound
+/// on the old one is given them.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_executes_are_answered_as_the_server_answers_them() {
+    use common::raw_client::{Answer, RawClient, Value};
+    let mut s = Stratus::new("bulk");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut setup = shop_conn(&s, &user, &pw).await;
+    let table =
+        "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, v INT, w VARCHAR(10) DEFAULT 'dflt')";
+    setup.query_drop(table).await.unwrap();
+    setup.disconnect().await.unwrap();
+    let insert = "INSERT INTO t (v, w) VALUES (?, ?)";
+    let rows = |v: i32| {
+        [
+            [Value::Int(v), Value::Text("a")],
+            [Value::Null, Value::Text("b")],
+            [Value::Int(v + 1), Value::Default],
+        ]
+    };
+    let socket = s.backend_socket("shop");
+    let owner = user.split_once('.').unwrap().1;
+    let mut direct = RawClient::login(
+        std::os::unix::net::UnixStream::connect(&socket).unwrap(),
+        owner,
+        &pw,
+        "shop",
+    );
+    let proxied = || {
+        RawClient::login(
+            std::net::TcpStream::connect(&s.listen).unwrap(),
+            &user,
+            &pw,
+            "shop",
+        )
+    };
+    let mut proxy = proxied();
+    let (id, params) = proxy.prepare(insert);
+    assert_eq!(params, 2);
+    let (did, _) = direct.prepare(insert);
+    let through = proxy.bulk(id, &rows(1), true);
+    assert_eq!(
+        through,
+        Answer::Ok {
+            affected: 3,
+            insert_id: 1
+        }
+    );
+    let past = direct.bulk(did, &rows(10), true);
+    assert_eq!(
+        past,
+        Answer::Ok {
+            affected: 3,
+            insert_id: 4
+        },
+        "the same answer directly"
+    );
+    // An error is the server's, word for word.
+    let (dup_sql, bad_rows) = (
+        "INSERT INTO t (id, w) VALUES (?, ?)",
+        [[Value::Int(1), Value::Text("x")]],
+    );
+    let (bad, _) = proxy.prepare(dup_sql);
+    let (dbad, _) = direct.prepare(dup_sql);
+    assert_eq!(
+        proxy.bulk(bad, &bad_rows, true),
+        direct.bulk(dbad, &bad_rows, true)
+    );
+
+    // Its backend connection goes away (killed past the proxy): the next bulk, which carries
+    // no types, runs on a new one, prepared again and given the types bound before.
+    let thread = proxy.value("SELECT CONNECTION_ID()");
+    assert_eq!(
+        direct.exec(&format!("KILL {thread}")),
+        Answer::Ok {
+            affected: 0,
+            insert_id: 0
+        }
+    );
+    s.wait_for_metric(
+        "stratus_proxy_backend_connections{db=\"shop\"}",
+        0.0,
+        std::time::Duration::from_secs(10),
+    );
+    assert_eq!(
+        proxy.bulk(id, &rows(20), false),
+        Answer::Ok {
+            affected: 3,
+            insert_id: 7
+        }
+    );
+    assert_ne!(
+        proxy.value("SELECT CONNECTION_ID()"),
+        thread,
+        "a new connection"
+    );
+
+    // Inside a transaction whose connection is lost, the bulk is replayed with the rest of
+    // it, with the insert ids the client was told.
+    let ok = Answer::Ok {
+        affected: 0,
+        insert_id: 0,
+    };
+    let thread = proxy.value("SELECT CONNECTION_ID()");
+    assert_eq!(proxy.exec("BEGIN"), ok);
+    let in_trans = proxy.bulk(id, &rows(30), false);
+    assert_eq!(direct.exec(&format!("KILL {thread}")), ok);
+    assert_eq!(proxy.exec("COMMIT"), ok);
+    assert_eq!(
+        in_trans,
+        Answer::Ok {
+            affected: 3,
+            insert_id: 10
+        }
+    );
+    let mut check = shop_conn(&s, &user, &pw).await;
+    let got: Vec<(i64, Option<i32>, String)> = check
+        .query("SELECT id, v, w FROM t ORDER BY id")
+        .await
+        .unwrap();
+    let want: Vec<(i64, Option<i32>, String)> = [1, 10, 20, 30]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &v)| {
+            let first = 3 * i as i64 + 1;
+            [
+                (first, Some(v), "a".to_owned()),
+                (first + 1, None, "b".to_owned()),
+                (first + 2, Some(v + 1), "dflt".to_owned()),
+            ]
+        })
+        .collect();
+    assert_eq!(got, want);
+    s.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_client_is_disconnected_after_its_wait_timeout() {
     let mut s = Stratus::new("waittimeout");

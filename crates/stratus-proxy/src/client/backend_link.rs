@@ -17,7 +17,7 @@ use std::time::Instant;
 use stratus_core::Endpoint;
 use stratus_wire::caps;
 use stratus_wire::command::{
-    COM_QUERY, COM_STMT_EXECUTE, COM_STMT_PREPARE, bind_types, execute_layout, set_statement_id,
+    COM_QUERY, COM_STMT_PREPARE, executes, sent_types, set_statement_id, with_types,
 };
 use stratus_wire::packet::{self, HEADER_LEN};
 use stratus_wire::tracker::{Expect, Step, Tracker};
@@ -40,20 +40,19 @@ impl<D: Directory> Session<D> {
             return Err(Reprepare::Refused(SqlError::unknown_statement(id)));
         };
         let mut rebound: Option<Vec<u8>> = None;
-        if cmd == COM_STMT_EXECUTE {
+        if executes(cmd) {
             let payload = packet::payload(raw, lp);
-            if let Some(layout) = execute_layout(&payload, stmt.params) {
-                if let Some(types) = layout.types.clone() {
-                    stmt.types = payload.get(types).map(<[u8]>::to_vec);
-                    stmt.types_sent = true;
-                } else if let (false, Some(types)) = (stmt.types_sent, &stmt.types) {
-                    let mut p = bind_types(&payload, &layout, types);
-                    set_statement_id(&mut p, backend_id);
-                    stmt.types_sent = true;
-                    let mut framed = Vec::with_capacity(p.len() + HEADER_LEN);
-                    packet::write(&mut framed, &mut { lp.seq }, &p);
-                    rebound = Some(framed);
-                }
+            if let Some(types) = sent_types(&payload, stmt.params) {
+                stmt.types = payload.get(types).map(<[u8]>::to_vec);
+                stmt.types_sent = true;
+            } else if let (false, Some(types)) = (stmt.types_sent, &stmt.types)
+                && let Some(mut p) = with_types(&payload, stmt.params, types)
+            {
+                set_statement_id(&mut p, backend_id);
+                stmt.types_sent = true;
+                let mut framed = Vec::with_capacity(p.len() + HEADER_LEN);
+                packet::write(&mut framed, &mut { lp.seq }, &p);
+                rebound = Some(framed);
             }
         }
         if rebound.is_none() {

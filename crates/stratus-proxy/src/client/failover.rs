@@ -12,9 +12,7 @@ use crate::replay::{self, Entry, Failover, OnLoss, Outcome};
 use crate::stream::End;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use stratus_wire::command::{
-    COM_QUERY, COM_STMT_EXECUTE, execute_layout, set_statement_id, statement_id,
-};
+use stratus_wire::command::{COM_QUERY, sent_types, set_statement_id, statement_id};
 use stratus_wire::packet::{self, HEADER_LEN};
 use stratus_wire::response;
 use stratus_wire::tracker::Expect;
@@ -300,16 +298,12 @@ impl<D: Directory> Session<D> {
                     Err(Reprepare::Lost) => return Err(ReplayError::Lost),
                     Err(Reprepare::Refused(_)) => return Err(ReplayError::Mismatch(i)),
                 };
-                if cmd == COM_STMT_EXECUTE {
-                    if let Some(stmt) = self.stmts.get_mut(vid) {
-                        if let Some(types) = execute_layout(&payload, stmt.params)
-                            .and_then(|l| l.types)
-                            .and_then(|t| payload.get(t))
-                        {
-                            stmt.types = Some(types.to_vec());
-                            stmt.types_sent = true;
-                        }
-                    }
+                if let Some(stmt) = self.stmts.get_mut(vid)
+                    && let Some(types) =
+                        sent_types(&payload, stmt.params).and_then(|t| payload.get(t))
+                {
+                    stmt.types = Some(types.to_vec());
+                    stmt.types_sent = true;
                 }
                 set_statement_id(&mut payload, bid);
             }

@@ -53,7 +53,7 @@ impl<D: Directory> Session<D> {
             | COM_RESET_CONNECTION
             | COM_CHANGE_USER => return None,
             COM_QUERY | COM_STMT_PREPARE => is_diagnostics(payload.get(1..).unwrap_or_default()),
-            COM_STMT_EXECUTE => statement_id(payload)
+            COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE => statement_id(payload)
                 .and_then(|id| self.stmts.get_mut(id))
                 .is_some_and(|s| is_diagnostics(&s.sql)),
             _ => false,

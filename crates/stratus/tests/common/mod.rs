@@ -5,6 +5,7 @@
 
 pub mod bank;
 pub mod browser;
+pub mod raw_client;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
