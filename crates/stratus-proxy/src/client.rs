@@ -854,9 +854,11 @@ impl<D: Directory> Session<D> {
         self.hashing = false;
         // Preparing changes nothing on the server: always safe to send again.
         let out = Outgoing::Prepare { raw, sql: &sql };
-        self.forward_retrying(out, seq, Expect::Prepare, OnLoss::Retry)
-            .await
-            .map(|_| ())
+        let r = (self.forward_retrying(out, seq, Expect::Prepare, OnLoss::Retry)).await?;
+        if r.error.is_some() {
+            self.stmts.prepare_failed();
+        }
+        Ok(())
     }
 
     /// Commands that name a prepared statement: its virtual id is mapped to the backend's,
@@ -868,7 +870,7 @@ impl<D: Directory> Session<D> {
         seq: u8,
         cmd: u8,
     ) -> Result<(), End> {
-        let Some(id) = statement_id(&raw[HEADER_LEN..]) else {
+        let Some(given) = statement_id(&raw[HEADER_LEN..]) else {
             return self
                 .client
                 .send(
@@ -877,6 +879,12 @@ impl<D: Directory> Session<D> {
                 )
                 .await;
         };
+        // The id of the statement prepared last names it from here on: in what reaches the
+        // backend and in the transaction's log alike.
+        let id = self.stmts.resolve(given);
+        if id != given {
+            raw[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&id.to_le_bytes());
+        }
         let in_trans = self.state.in_transaction;
         let pinned = self.state.pinned_besides_transaction();
         let autocommit = self.autocommit;

@@ -45,14 +45,24 @@ pub struct Statements {
     next: u32,
     /// Statements whose long data is on the current backend connection.
     long_data_sent: u32,
+    /// The statement prepared last, which the id [`LAST_STMT_ID`] names.
+    last: Option<u32>,
 }
+
+/// The statement id that names the statement prepared last on the connection (MariaDB's
+/// `LAST_STMT_ID`): Connector/C's `mariadb_stmt_execute_direct` sends a prepare and an
+/// execute of this id together, without waiting for the prepare's answer.
+pub const LAST_STMT_ID: u32 = u32::MAX;
+/// A server's statement ids stay below 2^31 (`STMT_ID_MASK`); so do the proxy's.
+const MAX_ID: u32 = 0x7fff_ffff;
 
 impl Statements {
     /// Registers a statement prepared on the current backend; returns its virtual id.
     pub fn add(&mut self, sql: Vec<u8>, ok: PrepareOk) -> u32 {
-        self.next = self.next.wrapping_add(1).max(1);
+        let step = |n: u32| if n >= MAX_ID { 1 } else { n + 1 };
+        self.next = step(self.next);
         while self.map.contains_key(&self.next) {
-            self.next = self.next.wrapping_add(1).max(1);
+            self.next = step(self.next);
         }
         let stmt = Statement {
             class: stratus_wire::classify::classify(&sql),
@@ -64,7 +74,22 @@ impl Statements {
             long_data: LongData::None,
         };
         self.map.insert(self.next, stmt);
+        self.last = Some(self.next);
         self.next
+    }
+
+    /// A prepare failed: as on the server, no statement is the last prepared one any more.
+    pub fn prepare_failed(&mut self) {
+        self.last = None;
+    }
+
+    /// The statement a command's id names: [`LAST_STMT_ID`] is the one prepared last (left as
+    /// it is, so unknown, when there is none).
+    pub fn resolve(&self, id: u32) -> u32 {
+        match (id, self.last) {
+            (LAST_STMT_ID, Some(last)) => last,
+            _ => id,
+        }
     }
 
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Statement> {
@@ -127,6 +152,9 @@ impl Statements {
 
     pub fn remove(&mut self, id: u32) -> Option<Statement> {
         let s = self.map.remove(&id)?;
+        if self.last == Some(id) {
+            self.last = None;
+        }
         if matches!(s.long_data, LongData::Sent { .. }) {
             self.long_data_sent = self.long_data_sent.saturating_sub(1);
         }
@@ -156,6 +184,7 @@ impl Statements {
     pub fn clear(&mut self) {
         self.map.clear();
         self.long_data_sent = 0;
+        self.last = None;
     }
 
     #[cfg(test)]
@@ -193,6 +222,33 @@ mod tests {
         assert_eq!(s.get_mut(a).unwrap().backend_id, None);
         assert!(s.remove(b).is_some());
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn the_last_statement_id_names_the_statement_prepared_last() {
+        let mut s = Statements::default();
+        let ok = |statement_id| PrepareOk {
+            statement_id,
+            columns: 0,
+            params: 0,
+        };
+        assert_eq!(s.resolve(LAST_STMT_ID), LAST_STMT_ID, "none yet: unknown");
+        let a = s.add(b"DO 1".to_vec(), ok(1));
+        assert_eq!(s.resolve(LAST_STMT_ID), a);
+        assert_eq!(s.resolve(a), a);
+        s.prepare_failed();
+        assert_eq!(s.resolve(LAST_STMT_ID), LAST_STMT_ID);
+        let b = s.add(b"DO 2".to_vec(), ok(2));
+        s.remove(b);
+        assert_eq!(s.resolve(LAST_STMT_ID), LAST_STMT_ID, "closed");
+        // Ids stay below 2^31, as a server's do, so never the last statement's id.
+        s.next = MAX_ID - 1;
+        assert_eq!(s.add(b"DO 3".to_vec(), ok(3)), MAX_ID);
+        assert_eq!(
+            s.add(b"DO 4".to_vec(), ok(4)),
+            a + 1,
+            "wrapped past {a}, still open"
+        );
     }
 
     #[test]

@@ -597,6 +597,29 @@ async fn bulk_executes_are_answered_as_the_server_answers_them() {
         })
         .collect();
     assert_eq!(got, want);
+
+    // The id of the statement prepared last (`LAST_STMT_ID`, as Connector/C's direct
+    // execute sends it) names it; after a failed prepare, or an unknown id, none: as the
+    // server answers, word for word.
+    const LAST: u32 = u32::MAX;
+    let (_, _) = proxy.prepare(insert);
+    let (_, _) = direct.prepare(insert);
+    let affected = |a: Answer| match a {
+        Answer::Ok { affected, .. } => affected,
+        Answer::Err { .. } => panic!("{a:?}"),
+    };
+    assert_eq!(affected(proxy.bulk(LAST, &rows(40), true)), 3);
+    assert_eq!(affected(direct.bulk(LAST, &rows(40), true)), 3);
+    let failed = "INSERT INTO no_such_table VALUES (?)";
+    assert_eq!(proxy.prepare_error(failed), direct.prepare_error(failed));
+    assert_eq!(
+        proxy.bulk(LAST, &rows(50), true),
+        direct.bulk(LAST, &rows(50), true)
+    );
+    assert_eq!(
+        proxy.bulk(12345, &rows(50), true),
+        direct.bulk(12345, &rows(50), true)
+    );
     s.stop();
 }
 

@@ -160,6 +160,14 @@ impl RawClient {
         (id, params)
     }
 
+    /// Prepares `sql`, which the server must refuse; its error.
+    pub fn prepare_error(&mut self, sql: &str) -> Answer {
+        self.command(&[&[COM_STMT_PREPARE], sql.as_bytes()].concat());
+        let answer = self.answer();
+        assert!(matches!(answer, Answer::Err { .. }), "{answer:?}");
+        answer
+    }
+
     /// `COM_STMT_BULK_EXECUTE` of `rows` of (INT, VARCHAR) parameters; with `types` it
     /// carries their types, without it relies on those bound before.
     pub fn bulk(&mut self, id: u32, rows: &[[Value; 2]], types: bool) -> Answer {
