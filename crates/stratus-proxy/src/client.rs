@@ -657,6 +657,13 @@ impl<D: Directory> Session<D> {
         self.hold_answer = false;
         self.on_success = None;
         let relayed = relayed?;
+        if stmts.iter().any(|s| !s.untracked_vars.is_empty()) {
+            let names: Vec<String> = stmts
+                .iter()
+                .flat_map(|s| s.untracked_vars.clone())
+                .collect();
+            self.read_untracked(&names).await;
+        }
         if relayed.error.is_none() {
             self.after_statements(sql, stmts).await;
         } else if stmts.iter().any(|s| s.sets_role)
@@ -936,6 +943,8 @@ impl<D: Directory> Session<D> {
         }
         // An execute whose long data is on this connection alone cannot run again on another.
         let pinned = pinned || long_data == (LongData::Sent { logged: false });
+        // `SET @@x = ?`, prepared: read back as the text statement is.
+        let stmt_untracked = stmt.class.untracked_vars.clone();
         let class = Recording {
             writes: replay::may_write(&stmt.class),
             single: true,
@@ -1000,6 +1009,9 @@ impl<D: Directory> Session<D> {
         let r = self.forward_retrying(out, seq, expect, on_loss).await;
         self.on_success = None;
         let r = r?;
+        if executes(cmd) && !stmt_untracked.is_empty() {
+            self.read_untracked(&stmt_untracked).await;
+        }
         if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)
             || cmd == COM_STMT_RESET
         {

@@ -4,7 +4,8 @@
 //!
 //! System variables and the schema are learnt from the backend's session tracking
 //! (<https://mariadb.com/kb/en/session-tracking/>), which sees changes the lexer cannot (inside
-//! procedures, `init_connect`); user variables are read back from
+//! procedures, `init_connect`) but not `SET @@x` without a scope, whose values are read back
+//! (`client::user_vars`); user variables are read back from
 //! `information_schema.USER_VARIABLES` after a statement that assigns them.
 
 use stratus_core::sql::quote_str;

@@ -109,6 +109,10 @@ pub struct Statement {
     pub sets_session_vars: bool,
     /// `SET GLOBAL x`, `SET @@global.x`, `SET GLOBAL TRANSACTION`.
     pub sets_global_vars: bool,
+    /// Session variables assigned as `SET @@x` (no scope; lower case): MariaDB's session
+    /// tracking reports every other form of assignment but not this one, so whoever follows
+    /// the session must ask for their values.
+    pub untracked_vars: Vec<String>,
     /// `SET ROLE role` or `SET ROLE NONE` (<https://mariadb.com/kb/en/set-role/>): the session's
     /// current role, which no variable tracks.
     pub sets_role: bool,
@@ -247,8 +251,9 @@ enum Tok {
     Str(u8, usize, usize),
     /// `@name`, `@'name'`, `@"name"`, `` @`name` ``.
     UserVar,
-    /// `@@name`, `@@session.name`, `@@local.name`, `@@global.name`.
-    SysVar(Scope),
+    /// `@@name`, `@@session.name`, `@@local.name`, `@@global.name`; for `@@name`, the range of
+    /// the name (empty for a quoted or structured one).
+    SysVar(Scope, usize, usize),
     /// `:=`.
     Assign,
     /// Any other single byte.
@@ -427,6 +432,7 @@ impl<'a> Lexer<'a> {
                 self.pos += 2;
                 let first = self.pos;
                 let quoted = self.name_part();
+                let mut name = (first, if quoted { first } else { self.pos });
                 let mut scope = Scope::Default;
                 if !quoted && self.byte(0) == Some(b'.') {
                     let word = &self.s[first..self.pos];
@@ -442,8 +448,9 @@ impl<'a> Lexer<'a> {
                 while self.byte(0) == Some(b'.') {
                     self.pos += 1;
                     self.name_part();
+                    name = (first, first);
                 }
-                Tok::SysVar(scope)
+                Tok::SysVar(scope, name.0, name.1)
             }
             Some(q @ (b'\'' | b'"' | b'`')) => {
                 self.pos += 1;
@@ -970,8 +977,14 @@ impl<'a> Parser<'a> {
                     self.st.sets_user_vars = true;
                     self.assignment(base);
                 }
-                Tok::SysVar(scope) => {
+                Tok::SysVar(scope, a, b) => {
                     self.mark_scope(scope == Scope::Global);
+                    if scope == Scope::Default && a < b {
+                        let name = self.text(a, b).to_ascii_lowercase();
+                        self.st
+                            .untracked_vars
+                            .push(String::from_utf8_lossy(&name).into_owned());
+                    }
                     self.assignment(base);
                 }
                 Tok::Word(a, b) => match Upper::new(self.text(a, b)).get() {
@@ -1469,6 +1482,31 @@ mod tests {
             ),
             ("SELECT `a``b` FROM `t;x`", k(Select).ro()),
         ]
+    }
+
+    #[test]
+    fn unscoped_system_variable_assignments_are_named() {
+        let names = |sql: &str| classify(sql.as_bytes()).untracked_vars;
+        assert_eq!(names("SET @@wait_timeout = 1"), ["wait_timeout"]);
+        assert_eq!(
+            names("set @@SQL_MODE='ANSI', @@session.time_zone = '+00:00', @@Autocommit := 0"),
+            ["sql_mode", "autocommit"]
+        );
+        assert_eq!(
+            names("SET @x = @@wait_timeout, wait_timeout = 2"),
+            Vec::<String>::new()
+        );
+        for tracked in [
+            "SET @@session.x = 1",
+            "SET @@local.x = 1",
+            "SET @@global.x = 1",
+            "SET SESSION x = 1",
+            "SET @@`x` = 1",
+            "SET @@hot_cache.key_buffer_size = 1",
+            "SELECT @@x",
+        ] {
+            assert_eq!(names(tracked), Vec::<String>::new(), "{tracked}");
+        }
     }
 
     #[test]

@@ -634,16 +634,21 @@ async fn an_idle_client_is_disconnected_after_its_wait_timeout() {
         .query_drop("SET SESSION wait_timeout = 1")
         .await
         .unwrap();
+    // Set as `@@wait_timeout`, which the server's session tracking does not report.
+    let mut unscoped = shop_conn(&s, &user, &pw).await;
+    unscoped.query_drop("SET @@wait_timeout = 1").await.unwrap();
     // Idleness is what is tested: the client sends nothing for longer than its timeout.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let err = short.query_drop("SELECT 1").await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
-        ),
-        "closed as the server closes an idle connection, got {err}"
-    );
+    for mut client in [short, unscoped] {
+        let err = client.query_drop("SELECT 1").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
+            ),
+            "closed as the server closes an idle connection, got {err}"
+        );
+    }
     let one: Option<u8> = default.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1), "the default timeout is the server's 8 hours");
     default.disconnect().await.unwrap();
@@ -1504,7 +1509,8 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
     idle.query_drop("INSERT INTO t (v) VALUES ('a'), ('b')")
         .await
         .unwrap();
-    idle.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES', @greeting = 'hello'")
+    // `SET @@x`: a form the server's session tracking does not report.
+    idle.query_drop("SET @@sql_mode = 'ANSI_QUOTES', @greeting = 'hello'")
         .await
         .unwrap();
     idle.query_drop("PREPARE text_stmt FROM 'SELECT v FROM t WHERE id = ?'")

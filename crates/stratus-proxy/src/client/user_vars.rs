@@ -84,6 +84,38 @@ impl<D: Directory> Session<D> {
         self.named_locks_released().await;
     }
 
+    /// Asks the server for the session variables the client assigned as `SET @@x`, which
+    /// MariaDB's session tracking does not report (`classify::Statement::untracked_vars`):
+    /// without their values a new backend connection would lose them (an idle release after
+    /// 10 s, a wake, a failover), and the proxy would not see a `wait_timeout` set so. The
+    /// query reads no table, so the warnings the client's statement left stay for its `SHOW
+    /// WARNINGS`. An unknown name (the client's `SET` failed on it) is simply not learnt.
+    pub(super) async fn read_untracked(&mut self, names: &[String]) {
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        // Names the lexer read as identifiers: no quote can be in them.
+        let columns: Vec<String> = names.iter().map(|n| format!("@@session.`{n}`")).collect();
+        match b.query(&format!("SELECT {}", columns.join(", "))).await {
+            Ok(rows) => {
+                let row = rows.into_iter().next().unwrap_or_default();
+                for (name, value) in names.iter().zip(row) {
+                    if let Some(v) = value {
+                        self.state
+                            .variable_changed(name, &String::from_utf8_lossy(&v));
+                    }
+                }
+            }
+            Err(BackendError::Server(e)) => {
+                tracing::debug!(db = %self.service, code = e.code, "session variables not read back: {}", e.message);
+            }
+            Err(e) => {
+                tracing::info!(db = %self.service, "backend lost before session variables were read back: {e:?}");
+                self.drop_backend();
+            }
+        }
+    }
+
     /// Snapshots every user variable with its type, to recreate them on a new backend. A
     /// backend that is gone is dropped, its variables left unread.
     pub(super) async fn read_user_vars(&mut self) -> Result<(), Lost> {
