@@ -195,7 +195,9 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     }
     let proxy = Proxy::new(
         ProxyConfig {
-            server_version: greeting_version(&info.mariadb_version),
+            // Stratus's servers always keep a binary log, and a server with one says so in its
+            // version (`VERSION()`, the greeting): `-log`.
+            server_version: greeting_version(&format!("{}-log", info.mariadb_version)),
             tls,
             max_connections,
             ..settings.proxy.clone()

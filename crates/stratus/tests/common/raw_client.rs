@@ -16,6 +16,9 @@ impl<T: Read + Write> Stream for T {}
 pub struct RawClient {
     stream: Box<dyn Stream>,
     seq: u8,
+    /// The greeting's server version, without the `5.5.5-` that MariaDB 10 puts before it
+    /// for old replicas (clients drop it too).
+    pub server_version: String,
 }
 
 /// A server's answer that ends a command: an OK's affected rows and insert id, or an error.
@@ -49,8 +52,14 @@ impl RawClient {
         let mut c = Self {
             stream: Box::new(stream),
             seq: 0,
+            server_version: String::new(),
         };
         let greeting = Greeting::decode(&c.read()).expect("a greeting");
+        let version = String::from_utf8_lossy(&greeting.server_version).into_owned();
+        c.server_version = version
+            .strip_prefix("5.5.5-")
+            .unwrap_or(&version)
+            .to_owned();
         assert!(
             greeting.capabilities & caps::MARIADB_STMT_BULK_OPERATIONS != 0,
             "bulk operations offered"
