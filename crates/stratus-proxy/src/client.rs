@@ -921,6 +921,17 @@ impl<D: Directory> Session<D> {
             // it must not count it lost. A failure shows at the next command.
             let _ = self.ensure_backend().await;
         }
+        if cmd == COM_STMT_EXECUTE
+            && let Some(params) = self.stmts.get_mut(id).map(|s| s.params)
+            && execute_truncated(&packet::payload(raw, lp), params)
+        {
+            // Refused before a server reads past its end and falls out of step with the
+            // proxy: that connection would serve the next client of the pool.
+            return self
+                .client
+                .send(seq, &SqlError::malformed_packet().packet())
+                .await;
+        }
         let logged = self.txlog.active && (in_trans || !autocommit);
         let Some((stmt, long_data)) = self.stmts.for_command(id, cmd, logged) else {
             if cmd == COM_STMT_SEND_LONG_DATA {

@@ -178,6 +178,26 @@ pub fn with_types(payload: &[u8], params: u16, types: &[u8]) -> Option<Vec<u8>> 
     }
 }
 
+/// A `COM_STMT_EXECUTE` of a statement with `params` parameters that ends before its header,
+/// NULL bitmap, bound flag or types do. MariaDB 10.11 does not check that it has them: it
+/// reads on into whatever its buffer holds next, and a connection it answered so is no longer
+/// in step with its client (seen with Connector/Node.js, which sends such an execute for a
+/// statement given no values).
+pub fn execute_truncated(payload: &[u8], params: u16) -> bool {
+    if payload.len() < 10 {
+        return true;
+    }
+    if params == 0 {
+        return false;
+    }
+    let bound_flag = 10 + usize::from(params).div_ceil(8);
+    match payload.get(bound_flag) {
+        None => true,
+        Some(1) => payload.len() < bound_flag + 1 + 2 * usize::from(params),
+        Some(_) => false,
+    }
+}
+
 /// `COM_STMT_EXECUTE` or `COM_STMT_BULK_EXECUTE`: runs a prepared statement.
 pub fn executes(cmd: u8) -> bool {
     cmd == COM_STMT_EXECUTE || cmd == COM_STMT_BULK_EXECUTE
@@ -186,6 +206,25 @@ pub fn executes(cmd: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncated_executes_are_told_apart() {
+        let head = [COM_STMT_EXECUTE, 1, 0, 0, 0, 0, 1, 0, 0, 0];
+        assert!(execute_truncated(&head[..9], 0));
+        assert!(!execute_truncated(&head, 0), "no parameters: complete");
+        // Connector/Node.js's execute of `SELECT ?` with no values: a NULL bitmap, no flag.
+        let nodejs = [&head[..], &[1]].concat();
+        assert!(execute_truncated(&nodejs, 1));
+        assert!(
+            !execute_truncated(&[&nodejs[..], &[0]].concat(), 1),
+            "types bound before"
+        );
+        assert!(
+            execute_truncated(&[&nodejs[..], &[1, 8]].concat(), 1),
+            "half a type"
+        );
+        assert!(!execute_truncated(&[&nodejs[..], &[1, 8, 0]].concat(), 1));
+    }
 
     #[test]
     fn bulk_types_are_found_and_put_in() {

@@ -538,6 +538,20 @@ async fn bulk_executes_are_answered_as_the_server_answers_them() {
         direct.bulk(dbad, &bad_rows, true)
     );
 
+    // An execute cut short (Connector/Node.js sends one for a statement given no values, and
+    // a server reads past its end, out of step from then on) is refused as malformed; the
+    // session goes on, and so does its connection.
+    let (one, _) = proxy.prepare("SELECT ?");
+    let cut = [&[0x17][..], &one.to_le_bytes(), &[0, 1, 0, 0, 0, 1]].concat();
+    assert_eq!(
+        proxy.raw(&cut),
+        Answer::Err {
+            code: 1835,
+            message: "Malformed communication packet".into()
+        }
+    );
+    assert_eq!(proxy.value("SELECT 7"), "7");
+
     // Its backend connection goes away (killed past the proxy): the next bulk, which carries
     // no types, runs on a new one, prepared again and given the types bound before.
     let thread = proxy.value("SELECT CONNECTION_ID()");

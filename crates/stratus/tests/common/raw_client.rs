@@ -128,6 +128,12 @@ impl RawClient {
         }
     }
 
+    /// Sends a command as given; its answer (an OK or an error).
+    pub fn raw(&mut self, payload: &[u8]) -> Answer {
+        self.command(payload);
+        self.answer()
+    }
+
     /// Runs a statement that returns no rows.
     pub fn exec(&mut self, sql: &str) -> Answer {
         self.command(&[&[COM_QUERY], sql.as_bytes()].concat());
