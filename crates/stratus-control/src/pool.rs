@@ -227,15 +227,18 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             settled.as_mut().enable();
             {
                 let mut st = self.pool_state();
+                // First: the spare waited for may be what woke this look.
+                if !st.closed
+                    && let Some(spare) = self.pick(&mut st, node, buffer_pool_bytes)
+                {
+                    drop(st);
+                    self.pool_wake.notify_one();
+                    return Some(spare);
+                }
                 // A start not yet placed may be placed here.
                 let unplaced = st.starting + st.presizing > st.coming.len();
                 if st.closed || !(unplaced || st.coming.iter().any(|n| n == node)) {
                     return None;
-                }
-                if let Some(spare) = self.pick(&mut st, node, buffer_pool_bytes) {
-                    drop(st);
-                    self.pool_wake.notify_one();
-                    return Some(spare);
                 }
             }
             if tokio::time::timeout_at(deadline, settled).await.is_err() {

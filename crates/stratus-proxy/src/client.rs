@@ -657,7 +657,7 @@ impl<D: Directory> Session<D> {
         self.hold_answer = false;
         self.on_success = None;
         let relayed = relayed?;
-        if stmts.iter().any(|s| !s.untracked_vars.is_empty()) {
+        if relayed.error.is_none() && stmts.iter().any(|s| !s.untracked_vars.is_empty()) {
             let names: Vec<String> = stmts
                 .iter()
                 .flat_map(|s| s.untracked_vars.clone())
@@ -921,17 +921,6 @@ impl<D: Directory> Session<D> {
             // it must not count it lost. A failure shows at the next command.
             let _ = self.ensure_backend().await;
         }
-        if cmd == COM_STMT_EXECUTE
-            && let Some(params) = self.stmts.get_mut(id).map(|s| s.params)
-            && execute_truncated(&packet::payload(raw, lp), params)
-        {
-            // Refused before a server reads past its end and falls out of step with the
-            // proxy: that connection would serve the next client of the pool.
-            return self
-                .client
-                .send(seq, &SqlError::malformed_packet().packet())
-                .await;
-        }
         let logged = self.txlog.active && (in_trans || !autocommit);
         let Some((stmt, long_data)) = self.stmts.for_command(id, cmd, logged) else {
             if cmd == COM_STMT_SEND_LONG_DATA {
@@ -942,6 +931,17 @@ impl<D: Directory> Session<D> {
                 .send(seq, &SqlError::unknown_statement(id).packet())
                 .await;
         };
+        // Its header, bitmap and types are in the first physical packet, whole if short.
+        let first = packet::header(raw).map_or(0, |(len, _)| len);
+        let first = raw.get(HEADER_LEN..HEADER_LEN + first).unwrap_or_default();
+        if cmd == COM_STMT_EXECUTE && execute_truncated(first, stmt.params) {
+            // Refused before a server reads past its end and falls out of step with the
+            // proxy: that connection would serve the next client of the pool.
+            return self
+                .client
+                .send(seq, &SqlError::malformed_packet().packet())
+                .await;
+        }
         match (cmd, long_data) {
             (COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE, LongData::Lost) => {
                 let lost = SqlError::long_data_lost(&self.service);
@@ -1020,7 +1020,7 @@ impl<D: Directory> Session<D> {
         let r = self.forward_retrying(out, seq, expect, on_loss).await;
         self.on_success = None;
         let r = r?;
-        if executes(cmd) && !stmt_untracked.is_empty() {
+        if executes(cmd) && r.error.is_none() && !stmt_untracked.is_empty() {
             self.read_untracked(&stmt_untracked).await;
         }
         if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)

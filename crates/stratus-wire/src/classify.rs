@@ -109,7 +109,7 @@ pub struct Statement {
     pub sets_session_vars: bool,
     /// `SET GLOBAL x`, `SET @@global.x`, `SET GLOBAL TRANSACTION`.
     pub sets_global_vars: bool,
-    /// Session variables assigned as `SET @@x` (no scope; lower case): MariaDB's session
+    /// Session variables assigned as `SET @@x` or ``SET @@`x` `` (no scope; lower case): MariaDB's session
     /// tracking reports every other form of assignment but not this one, so whoever follows
     /// the session must ask for their values.
     pub untracked_vars: Vec<String>,
@@ -432,7 +432,19 @@ impl<'a> Lexer<'a> {
                 self.pos += 2;
                 let first = self.pos;
                 let quoted = self.name_part();
-                let mut name = (first, if quoted { first } else { self.pos });
+                let mut name = match quoted {
+                    false => (first, self.pos),
+                    // `` @@`x` ``: the name inside, if closed and without a doubled backtick.
+                    true => {
+                        let inner = self.s.get(first + 1..self.pos.saturating_sub(1));
+                        match inner {
+                            Some(i) if self.s[self.pos - 1] == b'`' && !i.contains(&b'`') => {
+                                (first + 1, self.pos - 1)
+                            }
+                            _ => (first, first),
+                        }
+                    }
+                };
                 let mut scope = Scope::Default;
                 if !quoted && self.byte(0) == Some(b'.') {
                     let word = &self.s[first..self.pos];
@@ -1496,12 +1508,17 @@ mod tests {
             names("SET @x = @@wait_timeout, wait_timeout = 2"),
             Vec::<String>::new()
         );
+        assert_eq!(names("SET @@`Wait_Timeout` = 1"), ["wait_timeout"]);
+        assert_eq!(
+            names("SET @@`a``b` = 1, @@`c"),
+            Vec::<String>::new(),
+            "doubled, unclosed"
+        );
         for tracked in [
             "SET @@session.x = 1",
             "SET @@local.x = 1",
             "SET @@global.x = 1",
             "SET SESSION x = 1",
-            "SET @@`x` = 1",
             "SET @@hot_cache.key_buffer_size = 1",
             "SELECT @@x",
         ] {

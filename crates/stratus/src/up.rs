@@ -197,7 +197,10 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
         ProxyConfig {
             // Stratus's servers always keep a binary log, and a server with one says so in its
             // version (`VERSION()`, the greeting): `-log`.
-            server_version: greeting_version(&format!("{}-log", info.mariadb_version)),
+            server_version: greeting_version(&match info.mariadb_version.ends_with("-log") {
+                true => info.mariadb_version.clone(),
+                false => format!("{}-log", info.mariadb_version),
+            }),
             tls,
             max_connections,
             ..settings.proxy.clone()

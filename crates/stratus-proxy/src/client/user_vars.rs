@@ -18,7 +18,7 @@ use super::Session;
 use crate::Directory;
 use crate::backend::BackendError;
 use crate::error::SqlError;
-use crate::session::{UserVar, user_var_literal};
+use crate::session::{BACKEND_TRACKING, UserVar, user_var_literal};
 use std::time::Duration;
 use stratus_wire::command::*;
 
@@ -54,7 +54,7 @@ impl<D: Directory> Session<D> {
             | COM_CHANGE_USER => return None,
             COM_QUERY | COM_STMT_PREPARE => is_diagnostics(payload.get(1..).unwrap_or_default()),
             COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE => statement_id(payload)
-                .and_then(|id| self.stmts.get_mut(id))
+                .and_then(|id| self.stmts.get_mut(self.stmts.resolve(id)))
                 .is_some_and(|s| is_diagnostics(&s.sql)),
             _ => false,
         };
@@ -89,7 +89,7 @@ impl<D: Directory> Session<D> {
     /// without their values a new backend connection would lose them (an idle release after
     /// 10 s, a wake, a failover), and the proxy would not see a `wait_timeout` set so. The
     /// query reads no table, so the warnings the client's statement left stay for its `SHOW
-    /// WARNINGS`. An unknown name (the client's `SET` failed on it) is simply not learnt.
+    /// WARNINGS`. Asked only after a statement that succeeded, whose names therefore exist.
     pub(super) async fn read_untracked(&mut self, names: &[String]) {
         let Some(b) = self.backend.as_mut() else {
             return;
@@ -104,6 +104,14 @@ impl<D: Directory> Session<D> {
                         self.state
                             .variable_changed(name, &String::from_utf8_lossy(&v));
                     }
+                }
+                // The client changed its own session tracking: the backend must still track
+                // everything, as after a tracked change.
+                if names.iter().any(|n| n.starts_with("session_track_"))
+                    && let Some(b) = self.backend.as_mut()
+                    && let Err(e) = b.query(BACKEND_TRACKING).await
+                {
+                    tracing::warn!(db = %self.service, "tracking setup failed: {e:?}");
                 }
             }
             Err(BackendError::Server(e)) => {
