@@ -1484,6 +1484,29 @@ async fn changing_another_accounts_password_leaves_the_sessions_own_login_alone(
     s.stop();
 }
 
+/// A client that narrows its own session tracking with `SET @@session_track_…` (a form the
+/// server's tracking does not report) still has its later settings carried to a new
+/// connection: the proxy keeps the backend tracking everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn narrowing_tracking_unscoped_loses_nothing_at_a_release() {
+    let mut s = Stratus::new("narrowed");
+    s.configure("proxy", "release_idle_after_ms = 1000");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut c = shop_conn(&s, &user, &pw).await;
+    c.query_drop("SET @@session_track_system_variables = 'autocommit'")
+        .await
+        .unwrap();
+    c.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES'")
+        .await
+        .unwrap();
+    let releases = "stratus_proxy_idle_releases_total{db=\"shop\"}";
+    s.wait_for_metric(releases, 1.0, std::time::Duration::from_secs(30));
+    let mode: Option<String> = c.query_first("SELECT @@sql_mode").await.unwrap();
+    assert_eq!(mode.as_deref(), Some("ANSI_QUOTES"));
+    s.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_again() {
     let mut s = Stratus::new("release");
