@@ -91,16 +91,16 @@ pub fn set_statement_id(payload: &mut [u8], id: u32) {
 /// Layout: command, id (4), flags (1), iteration count (4), then for `params > 0`: NULL bitmap
 /// of `(params + 7) / 8` bytes, `new_params_bound` (1), types (2 per param) if bound, values.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecuteLayout {
-    pub null_bitmap: std::ops::Range<usize>,
+struct ExecuteLayout {
+    null_bitmap: std::ops::Range<usize>,
     /// Offset of the `new_params_bound` byte.
-    pub bound_flag: usize,
-    pub new_params_bound: bool,
+    bound_flag: usize,
+    new_params_bound: bool,
     /// Parameter types, when bound.
-    pub types: Option<std::ops::Range<usize>>,
+    types: Option<std::ops::Range<usize>>,
 }
 
-pub fn execute_layout(payload: &[u8], params: u16) -> Option<ExecuteLayout> {
+fn execute_layout(payload: &[u8], params: u16) -> Option<ExecuteLayout> {
     if params == 0 {
         return None;
     }
@@ -127,7 +127,7 @@ pub fn execute_layout(payload: &[u8], params: u16) -> Option<ExecuteLayout> {
 
 /// Rewrites an execute that relies on types bound by an earlier execute (on another backend
 /// connection) so that it carries them: sets `new_params_bound` and inserts `types`.
-pub fn bind_types(payload: &[u8], layout: &ExecuteLayout, types: &[u8]) -> Vec<u8> {
+fn bind_types(payload: &[u8], layout: &ExecuteLayout, types: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + types.len());
     out.extend_from_slice(&payload[..layout.bound_flag]);
     out.push(1);
@@ -142,7 +142,7 @@ pub fn sent_types(payload: &[u8], params: u16) -> Option<std::ops::Range<usize>>
     match *payload.first()? {
         COM_STMT_EXECUTE => execute_layout(payload, params)?.types,
         COM_STMT_BULK_EXECUTE => {
-            let flags = u16::from_le_bytes([*payload.get(5)?, *payload.get(6)?]);
+            let flags = bulk_flags(payload)?;
             let r = 7..7 + 2 * usize::from(params);
             (flags & BULK_SEND_TYPES != 0 && params > 0 && payload.len() >= r.end).then_some(r)
         }
@@ -163,7 +163,7 @@ pub fn with_types(payload: &[u8], params: u16, types: &[u8]) -> Option<Vec<u8>> 
                 .then(|| bind_types(payload, &layout, types))
         }
         COM_STMT_BULK_EXECUTE => {
-            let flags = u16::from_le_bytes([*payload.get(5)?, *payload.get(6)?]);
+            let flags = bulk_flags(payload)?;
             if flags & BULK_SEND_TYPES != 0 || params == 0 {
                 return None;
             }
@@ -184,18 +184,13 @@ pub fn with_types(payload: &[u8], params: u16, types: &[u8]) -> Option<Vec<u8>> 
 /// in step with its client (seen with Connector/Node.js, which sends such an execute for a
 /// statement given no values).
 pub fn execute_truncated(payload: &[u8], params: u16) -> bool {
-    if payload.len() < 10 {
-        return true;
-    }
-    if params == 0 {
-        return false;
-    }
-    let bound_flag = 10 + usize::from(params).div_ceil(8);
-    match payload.get(bound_flag) {
-        None => true,
-        Some(1) => payload.len() < bound_flag + 1 + 2 * usize::from(params),
-        Some(_) => false,
-    }
+    // The layout is found only when the bound flag, and the types it announces, are there.
+    payload.len() < 10 || (params > 0 && execute_layout(payload, params).is_none())
+}
+
+/// A `COM_STMT_BULK_EXECUTE`'s flags (bytes 5..7).
+fn bulk_flags(payload: &[u8]) -> Option<u16> {
+    Some(u16::from_le_bytes([*payload.get(5)?, *payload.get(6)?]))
 }
 
 /// `COM_STMT_EXECUTE` or `COM_STMT_BULK_EXECUTE`: runs a prepared statement.
