@@ -56,13 +56,15 @@ impl BackendError {
 }
 
 /// SQL states are interned: the few a server sends for login errors, else the generic one.
+/// None stays none: an error sent in place of the greeting (`Too many connections`) has no
+/// state, and reaches the client without one, as directly.
 fn state_str(state: Option<&[u8]>) -> &'static str {
     match state {
         Some(b"28000") => "28000",
         Some(b"42000") => "42000",
         Some(b"08004") => "08004",
         Some(b"08S01") => "08S01",
-        Some(b"HY000") | None => "HY000",
+        None => "",
         Some(_) => "HY000",
     }
 }

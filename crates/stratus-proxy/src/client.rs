@@ -94,7 +94,9 @@ pub(crate) async fn session<D: Directory>(
         let _ = client
             .send(
                 0,
-                &SqlError::too_many_connections("Stratus proxy limit reached").packet(),
+                &SqlError::too_many_connections("Stratus proxy limit reached")
+                    .before_greeting()
+                    .packet(),
             )
             .await;
         return;

@@ -43,6 +43,12 @@ impl SqlError {
         }
     }
 
+    /// The error as a server sends it in place of its greeting: with no SQL state, since the
+    /// client has not said yet that it speaks protocol 4.1.
+    pub fn before_greeting(self) -> Self {
+        Self { state: "", ..self }
+    }
+
     pub fn packet_too_large(limit: usize) -> Self {
         Self {
             code: 1153,

@@ -470,7 +470,8 @@ impl Refusal {
         let waiting = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
         if let Ok(Ok((stream, _))) = waiting {
             let mut out = Vec::new();
-            let err = error::SqlError::too_many_connections("Stratus has no file descriptor left");
+            let err = error::SqlError::too_many_connections("Stratus has no file descriptor left")
+                .before_greeting();
             stratus_wire::packet::write(&mut out, &mut 0, &err.packet());
             // A few dozen bytes into an empty socket buffer: written at once (a new tokio
             // stream may not know yet that it is writable, so the plain socket writes them).
@@ -551,9 +552,10 @@ mod refusal_tests {
             let mut got = Vec::new();
             let mut reader = client;
             reader.read_to_end(&mut got).unwrap();
+            // In place of a greeting, so with no SQL state, as MariaDB answers.
             let mut want = Vec::new();
-            let err = error::SqlError::too_many_connections("Stratus has no file descriptor left");
-            stratus_wire::packet::write(&mut want, &mut 0, &err.packet());
+            let err = b"\xff\x10\x04Too many connections (Stratus has no file descriptor left)";
+            stratus_wire::packet::write(&mut want, &mut 0, err);
             assert_eq!(got, want);
         }
         drop(taken);

@@ -125,15 +125,19 @@ impl<'a> ErrPacket<'a> {
     }
 }
 
-/// An ERR packet with a SQL state, as sent after the handshake.
+/// An ERR packet with a SQL state, as sent after the handshake. An empty `sql_state` writes
+/// none, as a server does before it knows the client speaks protocol 4.1: in place of its
+/// greeting (`Too many connections`; `net_send_error_packet` in MariaDB's `sql/protocol.cc`).
 pub fn err(code: u16, sql_state: &str, message: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + message.len());
     out.push(0xff);
     out.extend_from_slice(&code.to_le_bytes());
-    out.push(b'#');
-    let state = sql_state.as_bytes();
-    out.extend_from_slice(&state[..state.len().min(5)]);
-    out.resize(9, b'0');
+    if !sql_state.is_empty() {
+        out.push(b'#');
+        let state = sql_state.as_bytes();
+        out.extend_from_slice(&state[..state.len().min(5)]);
+        out.resize(9, b'0');
+    }
     out.extend_from_slice(message.as_bytes());
     out
 }
@@ -283,6 +287,19 @@ mod tests {
         assert!(is_eof(&eof(STATUS_AUTOCOMMIT)));
         assert_eq!(eof_status(&eof(STATUS_MORE_RESULTS)), STATUS_MORE_RESULTS);
         assert!(!is_eof(&[0xfe; 9]));
+    }
+
+    /// What MariaDB 10.11 sends in place of its greeting past `max_connections`, byte for
+    /// byte: no SQL state, since it does not know yet whether the client speaks 4.1.
+    #[test]
+    fn an_error_before_the_greeting_has_no_sql_state() {
+        let server = b"\xff\x10\x04Too many connections";
+        assert_eq!(err(1040, "", "Too many connections"), server);
+        let d = ErrPacket::decode(server).unwrap();
+        assert_eq!(
+            (d.code, d.sql_state, d.message),
+            (1040, None, &b"Too many connections"[..])
+        );
     }
 
     proptest! {

@@ -329,7 +329,8 @@ async fn serve(shared: Arc<Shared>, conn: u32, mut s: DuplexStream) {
     match accepting {
         Accepting::Greet => {}
         Accepting::Refuse { code, message } => {
-            let _ = send(&mut s, 0, &[response::err(code, "08004", &message)]).await;
+            // In place of the greeting, so with no SQL state, as MariaDB sends it.
+            let _ = send(&mut s, 0, &[response::err(code, "", &message)]).await;
             return;
         }
         Accepting::Silence => {
