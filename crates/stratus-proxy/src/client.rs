@@ -629,6 +629,9 @@ impl<D: Directory> Session<D> {
             .iter()
             .enumerate()
             .any(|(i, s)| storage_limit::adds_data(s, if i == 0 { sql } else { b"CREATE" }));
+        if let Some(refused) = self.requires_tls_refused(sql, stmts) {
+            return self.client.send(seq, &refused.packet()).await;
+        }
         if adds {
             if let Some(limit) = self.proxy.dir.storage_full(&self.service) {
                 let refused = storage_limit::refused(&self.service, limit);

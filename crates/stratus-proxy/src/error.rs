@@ -43,6 +43,20 @@ impl SqlError {
         }
     }
 
+    /// `ER_NOT_SUPPORTED_YET` for `REQUIRE SSL` and its kin: the server would refuse every
+    /// login of the account, since TLS ends at the proxy and the server sees a local socket.
+    pub fn tls_ends_at_the_proxy() -> Self {
+        Self {
+            code: 1235,
+            state: "42000",
+            message: "This version of MariaDB doesn't yet support 'REQUIRE SSL, X509, ISSUER, \
+                      SUBJECT or CIPHER through Stratus: TLS ends at its proxy, so the server would \
+                      refuse every login of the account. A database created with --require-tls \
+                      refuses clients without TLS'"
+                .into(),
+        }
+    }
+
     /// The error as a server sends it in place of its greeting: with no SQL state, since the
     /// client has not said yet that it speaks protocol 4.1.
     pub fn before_greeting(self) -> Self {

@@ -24,6 +24,7 @@
 //! * `testkit` (test builds only): whole sessions in-process, an in-memory client and a scripted
 //!   server on an in-memory network, for the failover tests beside `client/failover.rs`.
 
+pub mod account_statement;
 pub mod activity;
 pub mod backend;
 pub mod backend_unix;
@@ -33,7 +34,6 @@ pub mod hold;
 mod idle;
 pub mod kill;
 mod login;
-pub mod password;
 pub mod pool;
 mod prepared;
 mod recovery;

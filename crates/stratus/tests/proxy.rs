@@ -284,6 +284,61 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
     s.stop();
 }
 
+/// TLS ends at the proxy, so an account the server must see TLS for could never log in: the
+/// statement that would make one is refused with the reason, and nothing of it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_requiring_tls_of_the_server_is_refused_with_the_reason() {
+    let mut s = Stratus::new("require-tls");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut owner = shop_conn(&s, &user, &pw).await;
+    for sql in [
+        "CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE SSL",
+        "CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE X509; CREATE TABLE t (a INT)",
+    ] {
+        match owner.query_drop(sql).await {
+            Err(mysql_async::Error::Server(e)) => {
+                assert_eq!((e.code, e.state.as_str()), (1235, "42000"), "{sql}: {e}");
+                assert!(e.message.contains("--require-tls"), "{e}");
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    let made: Vec<String> = owner
+        .query("SELECT user FROM mysql.user WHERE user = 'app' UNION SELECT table_name FROM information_schema.tables WHERE table_schema = 'shop'")
+        .await
+        .unwrap();
+    assert!(made.is_empty(), "nothing of a refused batch runs: {made:?}");
+
+    owner
+        .query_drop("CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE NONE")
+        .await
+        .unwrap();
+    owner
+        .query_drop("GRANT SELECT ON shop.* TO 'app'@'%'")
+        .await
+        .unwrap();
+    for sql in [
+        "ALTER USER 'app'@'%' REQUIRE SSL",
+        "GRANT SELECT ON shop.* TO 'app'@'%' REQUIRE SUBJECT '/CN=app'",
+    ] {
+        let err = owner.query_drop(sql).await.unwrap_err();
+        assert!(
+            matches!(&err, mysql_async::Error::Server(e) if e.code == 1235),
+            "{sql}: {err}"
+        );
+    }
+    // The account still logs in through the proxy: nothing required TLS of it at the server.
+    let mut app = Conn::new(s.sql_opts("shop.app", "first", Some("shop")))
+        .await
+        .unwrap();
+    let one: Option<u8> = app.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    app.disconnect().await.unwrap();
+    owner.disconnect().await.unwrap();
+    s.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn backend_connections_are_reused_clean() {
     let mut s = Stratus::new("pool");

@@ -4,8 +4,8 @@
 
 use super::Session;
 use crate::Directory;
+use crate::account_statement::{self, Account, NewPassword};
 use crate::error::SqlError;
-use crate::password::{self, Account, NewPassword};
 use stratus_wire::auth;
 use stratus_wire::classify::{Kind, Statement};
 
@@ -17,17 +17,11 @@ impl<D: Directory> Session<D> {
     /// its hash: the server may have ignored the statement (MariaDB 10.11 answers
     /// `ALTER USER CURRENT_USER() IDENTIFIED BY …` with OK and changes nothing).
     pub(super) async fn learn_own_password(&mut self, sql: &[u8], stmts: &[Statement]) {
-        let escapes = !self
-            .state
-            .variables
-            .iter()
-            .rev()
-            .find(|(n, _)| n == "sql_mode")
-            .is_some_and(|(_, v)| v.to_ascii_uppercase().contains("NO_BACKSLASH_ESCAPES"));
+        let escapes = self.backslash_escapes();
         let mut candidates = Vec::new();
         for s in stmts.iter().filter(|s| s.kind == Kind::AccountManagement) {
             let text = sql.get(s.span.clone()).unwrap_or_default();
-            for change in password::changes(text, escapes) {
+            for change in account_statement::changes(text, escapes) {
                 if !self.is_own(&change.account) {
                     continue;
                 }
@@ -52,6 +46,35 @@ impl<D: Directory> Session<D> {
             self.login.stage1 = stage1;
             self.password_unknown = false;
         }
+    }
+
+    /// Before account statements run: one that would make the server require TLS or a client
+    /// certificate of an account is refused, since the proxy could then never log that account
+    /// in (`account_statement::requires_tls`). The whole batch is refused, before any of it runs.
+    pub(super) fn requires_tls_refused(&self, sql: &[u8], stmts: &[Statement]) -> Option<SqlError> {
+        let escapes = self.backslash_escapes();
+        stmts
+            .iter()
+            .filter(|s| s.kind == Kind::AccountManagement)
+            .any(|s| {
+                account_statement::requires_tls(
+                    sql.get(s.span.clone()).unwrap_or_default(),
+                    escapes,
+                )
+            })
+            .then(SqlError::tls_ends_at_the_proxy)
+    }
+
+    /// Whether a backslash escapes in string literals: the session's `sql_mode` lacks
+    /// `NO_BACKSLASH_ESCAPES`.
+    fn backslash_escapes(&self) -> bool {
+        !self
+            .state
+            .variables
+            .iter()
+            .rev()
+            .find(|(n, _)| n == "sql_mode")
+            .is_some_and(|(_, v)| v.to_ascii_uppercase().contains("NO_BACKSLASH_ESCAPES"))
     }
 
     /// Whether `account` is the one this session is logged in as. Stratus's accounts are

@@ -1,6 +1,8 @@
-//! The new passwords a statement gives accounts, where the statement says them: the proxy logs in
-//! to the backend with `SHA1(password)`, so a session that changes its own password must log in
-//! with the new one after its next reconnect.
+//! What account statements say that the proxy must know.
+//!
+//! **New passwords**, where the statement says them: the proxy logs in to the backend with
+//! `SHA1(password)`, so a session that changes its own password must log in with the new one
+//! after its next reconnect.
 //!
 //! Statements (<https://mariadb.com/kb/en/set-password/>, <https://mariadb.com/kb/en/alter-user/>,
 //! <https://mariadb.com/kb/en/grant/>):
@@ -9,6 +11,11 @@
 //!   `IDENTIFIED BY PASSWORD 'hash'`, `IDENTIFIED VIA|WITH plugin …`: not, except
 //!   `VIA mysql_native_password USING PASSWORD('new')`;
 //! * `GRANT … TO account IDENTIFIED …`: as `ALTER USER`.
+//!
+//! **TLS requirements** (`REQUIRE SSL|X509|ISSUER|SUBJECT|CIPHER`, see
+//! <https://mariadb.com/kb/en/securing-connections-for-client-and-server/#requiring-tls>): TLS
+//! ends at the proxy, which reaches the server over a local socket, so the server would refuse
+//! every login of such an account ([`requires_tls`]).
 //!
 //! A small lexer of its own (strings with their escapes, quoted names, comments, executable
 //! comments); anything it does not follow yields no change, or an unknown one.
@@ -95,6 +102,28 @@ pub fn changes(sql: &[u8], backslash_escapes: bool) -> Vec<Change> {
         }
     }
     out
+}
+
+/// Whether a `CREATE USER`, `ALTER USER` or `GRANT` asks the server to require TLS or a client
+/// certificate of an account (`REQUIRE` followed by `SSL`, `X509`, `ISSUER`, `SUBJECT` or
+/// `CIPHER`; `REQUIRE NONE` asks nothing). A text match: the same statement run by `EXECUTE
+/// IMMEDIATE` or a procedure is not seen, and only locks the account out, as it would be here.
+pub fn requires_tls(sql: &[u8], backslash_escapes: bool) -> bool {
+    let toks = lex(sql, backslash_escapes);
+    let p = Parser { toks: &toks, i: 0 };
+    let account_statement = (p.at(0, "CREATE") || p.at(0, "ALTER"))
+        && (p.at(1, "USER") || (p.at(1, "OR") && p.at(2, "REPLACE") && p.at(3, "USER")))
+        || p.at(0, "GRANT");
+    account_statement
+        && toks.windows(2).any(|w| match w {
+            [Tok::Word(require), Tok::Word(what)] => {
+                require.eq_ignore_ascii_case(b"REQUIRE")
+                    && [&b"SSL"[..], b"X509", b"ISSUER", b"SUBJECT", b"CIPHER"]
+                        .iter()
+                        .any(|k| what.eq_ignore_ascii_case(k))
+            }
+            _ => false,
+        })
 }
 
 /// An empty password logs in with an empty reply, which the proxy does not do.
@@ -385,6 +414,31 @@ mod tests {
         let mut all = changes(sql.as_bytes(), true);
         assert!(all.len() <= 1, "{sql}: {all:?}");
         all.pop()
+    }
+
+    #[test]
+    fn tls_requirements() {
+        for required in [
+            "CREATE USER app REQUIRE SSL",
+            "create or replace user 'app'@'%' identified by 'x' require x509",
+            "CREATE USER IF NOT EXISTS app REQUIRE ISSUER '/C=FI' AND SUBJECT '/CN=a'",
+            "ALTER USER app REQUIRE CIPHER 'EDH-RSA-DES-CBC3-SHA'",
+            "GRANT SELECT ON shop.* TO app REQUIRE SSL",
+            "/*!50706 ALTER USER app REQUIRE SSL */",
+        ] {
+            assert!(requires_tls(required.as_bytes(), true), "{required}");
+        }
+        for not in [
+            "CREATE USER app REQUIRE NONE",
+            "ALTER USER app IDENTIFIED BY 'REQUIRE SSL'",
+            "CREATE USER app -- REQUIRE SSL",
+            "GRANT SELECT ON shop.* TO app",
+            "SELECT 'x' REQUIRE, 1 SSL",
+            "DROP USER app",
+            "CREATE TABLE t (require int, ssl int)",
+        ] {
+            assert!(!requires_tls(not.as_bytes(), true), "{not}");
+        }
     }
 
     #[test]
