@@ -623,6 +623,39 @@ impl<D: Directory> Session<D> {
             one = classify::classify(sql);
             std::slice::from_ref(&one)
         };
+        if stmts.iter().any(|s| s.kind == Kind::Kill)
+            && let Some((text, killed)) = self.kills_in_batch(sql, stmts)
+        {
+            let stmts = if multi {
+                classify::classify_all(&text)
+            } else {
+                vec![classify::classify(&text)]
+            };
+            let mut payload = Vec::with_capacity(1 + text.len());
+            payload.push(COM_QUERY);
+            payload.extend_from_slice(&text);
+            let mut framed = Vec::with_capacity(payload.len() + HEADER_LEN);
+            packet::write(&mut framed, &mut 0, &payload);
+            let answered = self
+                .run_query(&BytesMut::from(&framed[..]), &payload, &stmts, seq)
+                .await;
+            for target in killed {
+                target.wake.notify_one();
+            }
+            return answered;
+        }
+        self.run_query(raw, &payload, stmts, seq).await
+    }
+
+    /// A `COM_QUERY` (`raw`, framed; `payload`, its command and text) and its statements.
+    async fn run_query(
+        &mut self,
+        raw: &BytesMut,
+        payload: &[u8],
+        stmts: &[Statement],
+        seq: u8,
+    ) -> Result<(), End> {
+        let sql = &payload[1..];
         // A later statement of a multi-statement query is judged without its own text: its DDL
         // counts as adding data.
         let adds = stmts
@@ -683,7 +716,7 @@ impl<D: Directory> Session<D> {
             single: stmts.len() == 1,
             kind,
         };
-        self.record(before, &relayed, &payload, Some(expect), class);
+        self.record(before, &relayed, payload, Some(expect), class);
         if let Some(answer) = relayed.held {
             self.report_state();
             self.client.write(&answer).await?;
@@ -774,22 +807,7 @@ impl<D: Directory> Session<D> {
     /// server allows a user without `CONNECTION ADMIN` (its own account's sessions) and marks
     /// the session first.
     async fn kill(&mut self, k: kill::Kill, seq: u8) -> Result<(), End> {
-        let target = u32::try_from(k.id).ok().and_then(|id| {
-            let sessions = self.proxy.sessions_lock();
-            let here = |t: &&Arc<crate::SessionLink>| t.identity().service == self.service;
-            if crate::GREETING_IDS.contains(&id) {
-                sessions.get(&id).filter(here).cloned()
-            } else {
-                // A server thread id, as `CONNECTION_ID()` and `SHOW PROCESSLIST` show them:
-                // the session of this database whose connection that thread serves now (0 is
-                // no thread: sessions without a connection have it).
-                (sessions.values())
-                    .filter(|_| id != 0)
-                    .find(|t| here(t) && t.backend_thread.load(Ordering::Relaxed) == id)
-                    .cloned()
-            }
-        });
-        let Some(target) = target else {
+        let Some(target) = self.kill_target(k.id) else {
             return self
                 .client
                 .send(seq, &SqlError::no_such_thread(k.id).packet())
@@ -859,6 +877,76 @@ impl<D: Directory> Session<D> {
             self.client.write(&answer).await?;
         }
         Ok(())
+    }
+
+    /// The session a `KILL` names: by the id the proxy greeted it with, or by the server
+    /// thread id of its current backend connection; sessions of this database only.
+    fn kill_target(&self, id: u64) -> Option<Arc<crate::SessionLink>> {
+        let id = u32::try_from(id).ok()?;
+        let sessions = self.proxy.sessions_lock();
+        let here = |t: &&Arc<crate::SessionLink>| t.identity().service == self.service;
+        if crate::GREETING_IDS.contains(&id) {
+            sessions.get(&id).filter(here).cloned()
+        } else {
+            // A server thread id, as `CONNECTION_ID()` and `SHOW PROCESSLIST` show them: the
+            // session of this database whose connection that thread serves now (0 is no
+            // thread: sessions without a connection have it).
+            (sessions.values())
+                .filter(|_| id != 0)
+                .find(|t| here(t) && t.backend_thread.load(Ordering::Relaxed) == id)
+                .cloned()
+        }
+    }
+
+    /// `KILL`s among other statements of one query (`KILL ?; SELECT …` with multi-statements):
+    /// each that names another session of this database is rewritten to name that session's
+    /// current backend thread, and the batch runs on the server as it is otherwise. A `KILL
+    /// CONNECTION` of a session of the same account marks that session first, so that it ends
+    /// rather than fails over when the server kills its connection, and wakes it once the batch
+    /// is answered; one of a session without a backend connection becomes `DO 0` (nothing to
+    /// interrupt, and an OK as the `KILL`'s). The rest are left for the server to answer: a
+    /// session killing itself this way (its greeting id means nothing there, 1094), another
+    /// account's session without a connection, an id of no session. The new text, and the
+    /// sessions to wake, if any `KILL` was rewritten.
+    fn kills_in_batch(
+        &self,
+        sql: &[u8],
+        stmts: &[Statement],
+    ) -> Option<(Vec<u8>, Vec<Arc<crate::SessionLink>>)> {
+        let mut text = Vec::new();
+        let mut copied = 0;
+        let mut killed = Vec::new();
+        for s in stmts.iter().filter(|s| s.kind == Kind::Kill) {
+            let Some(k) = sql.get(s.span.clone()).and_then(kill::parse) else {
+                continue;
+            };
+            let Some(target) = self.kill_target(k.id) else {
+                continue;
+            };
+            let connection = k.scope == kill::Scope::Connection;
+            if connection && Arc::ptr_eq(&target, &self.link) {
+                continue;
+            }
+            let own_account = target.identity().user == self.login.user;
+            let thread = target.backend_thread.load(Ordering::Relaxed);
+            let statement = match thread {
+                0 if connection && !own_account => continue,
+                0 => "DO 0".to_owned(),
+                _ => k.for_thread(thread),
+            };
+            if connection && own_account {
+                target.killed.store(true, Ordering::Relaxed);
+                killed.push(target);
+            }
+            text.extend_from_slice(&sql[copied..s.span.start]);
+            text.extend_from_slice(statement.as_bytes());
+            copied = s.span.end;
+        }
+        if copied == 0 {
+            return None;
+        }
+        text.extend_from_slice(&sql[copied..]);
+        Some((text, killed))
     }
 
     async fn prepare(&mut self, raw: &BytesMut, lp: &packet::Logical, seq: u8) -> Result<(), End> {

@@ -31,45 +31,70 @@ impl Kill {
     }
 }
 
-/// Parses a lone `KILL` of a connection id; anything else (comments, other forms, trailing
-/// statements) is `None`, and is passed to the server as it is.
+/// Parses a lone `KILL` of a connection id, comments around it allowed; anything else (other
+/// forms, executable comments, trailing statements) is `None`, and is passed to the server as
+/// it is.
 pub fn parse(sql: &[u8]) -> Option<Kill> {
     // Every statement comes through here: decide on its first bytes before looking further.
-    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
-    if !sql[start..].get(..4)?.eq_ignore_ascii_case(b"KILL") {
+    let s = skip_space(sql);
+    let (kw, s) = word(s)?;
+    if !kw.eq_ignore_ascii_case(b"KILL") {
         return None;
     }
-    let text = std::str::from_utf8(sql).ok()?;
-    let text = text.trim().trim_end_matches(';').trim_end();
-    let mut words = text.split_ascii_whitespace().peekable();
-    if !words.next()?.eq_ignore_ascii_case("KILL") {
-        return None;
-    }
-    let mut mode = None;
-    if let Some(w) = words.peek() {
-        if w.eq_ignore_ascii_case("HARD") {
-            mode = Some("HARD");
-        } else if w.eq_ignore_ascii_case("SOFT") {
-            mode = Some("SOFT");
-        }
-        if mode.is_some() {
-            words.next();
-        }
+    let (mut next, mut s) = word(skip_space(s)).unwrap_or((b"", s));
+    let mode = ["HARD", "SOFT"]
+        .into_iter()
+        .find(|m| next.eq_ignore_ascii_case(m.as_bytes()));
+    if mode.is_some() {
+        (next, s) = word(skip_space(s)).unwrap_or((b"", s));
     }
     let mut scope = Scope::Connection;
-    if let Some(w) = words.peek() {
-        if w.eq_ignore_ascii_case("CONNECTION") {
-            words.next();
-        } else if w.eq_ignore_ascii_case("QUERY") {
-            scope = Scope::Query;
-            words.next();
-        }
-    }
-    let id: u64 = words.next()?.parse().ok()?;
-    if words.next().is_some() {
+    if next.eq_ignore_ascii_case(b"QUERY") {
+        scope = Scope::Query;
+    } else if !next.is_empty() && !next.eq_ignore_ascii_case(b"CONNECTION") {
         return None;
     }
-    Some(Kill { scope, mode, id })
+    let s = skip_space(s);
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    let id: u64 = std::str::from_utf8(&s[..digits]).ok()?.parse().ok()?;
+    let mut rest = skip_space(&s[digits..]);
+    if let Some(after) = rest.strip_prefix(b";") {
+        rest = skip_space(after);
+    }
+    rest.is_empty().then_some(Kill { scope, mode, id })
+}
+
+/// A bare word (letters and `_`) at the start, and what follows it; a word that runs on into a
+/// digit or `$` is none (`KILL2`).
+fn word(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = s
+        .iter()
+        .take_while(|b| b.is_ascii_alphabetic() || **b == b'_')
+        .count();
+    let next = s.get(n).copied().unwrap_or(b' ');
+    (n > 0 && !next.is_ascii_digit() && next != b'$').then(|| s.split_at(n))
+}
+
+/// Skips whitespace and comments (`/* … */`, `-- …`, `# …`), but not an executable comment
+/// (`/*!…*/`, `/*M!…*/`), whose text the server runs.
+fn skip_space(mut s: &[u8]) -> &[u8] {
+    loop {
+        let start = s.len();
+        s = &s[s.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+        if s.starts_with(b"/*") && !s.starts_with(b"/*!") && !s.starts_with(b"/*M!") {
+            match s.windows(2).skip(2).position(|w| w == b"*/") {
+                Some(i) => s = &s[i + 4..],
+                None => return s,
+            }
+        } else if s.starts_with(b"#")
+            || (s.starts_with(b"--") && s.get(2).is_none_or(|b| b.is_ascii_whitespace()))
+        {
+            s = &s[s.iter().position(|b| *b == b'\n').unwrap_or(s.len())..];
+        }
+        if s.len() == start {
+            return s;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,13 +136,26 @@ mod tests {
             "KILL QUERY ID 5",
             "KILL USER 'app'",
             "KILL 1; SELECT 1",
-            "/* c */ KILL 1",
+            "/*! KILL 1 */",
+            "KILL 1 2",
+            "KILL CONNECTION",
+            "KILL 1x",
+            "KILL HARD SOFT 1",
             "KILL",
             "KILL -1",
             "KILLS 1",
             "SELECT 1",
         ] {
             assert_eq!(k(other), None, "{other}");
+        }
+        // Comments around it, as ORMs and tracing libraries add them.
+        for commented in [
+            "/* c */ KILL 1",
+            "-- c\nKILL/* x */QUERY 1 # end",
+            "KILL 1; -- done",
+            "/* app:shop */ KILL QUERY 1 -- cancel",
+        ] {
+            assert_eq!(k(commented).map(|k| k.id), Some(1), "{commented}");
         }
     }
 }

@@ -883,11 +883,17 @@ async fn affected_per_result(
 /// Runs `SELECT SLEEP(secs)` on `sleeper` and, once the server's process list shows it, has
 /// `killer` run `KILL QUERY` of `id` (by default the thread id the list shows); checks the
 /// statement was interrupted. Returns the sleeper and that thread id.
-async fn interrupted(
+async fn interrupted(sleeper: Conn, killer: &mut Conn, secs: u32, id: Option<u64>) -> (Conn, u64) {
+    interrupted_by(sleeper, killer, secs, id, |id| format!("KILL QUERY {id}")).await
+}
+
+/// [`interrupted`], with the statement `kill` makes of the id.
+async fn interrupted_by(
     mut sleeper: Conn,
     killer: &mut Conn,
     secs: u32,
     id: Option<u64>,
+    kill: fn(u64) -> String,
 ) -> (Conn, u64) {
     let sql = format!("SELECT SLEEP({secs})");
     let sleeping = tokio::spawn(async move {
@@ -905,10 +911,7 @@ async fn interrupted(
         }
         assert!(begin.elapsed() < std::time::Duration::from_secs(10));
     };
-    killer
-        .query_drop(format!("KILL QUERY {}", id.unwrap_or(thread)))
-        .await
-        .unwrap();
+    killer.query_drop(kill(id.unwrap_or(thread))).await.unwrap();
     let (r, sleeper) = sleeping.await.unwrap();
     match r {
         Ok(v) => assert_eq!(v, Some(1), "SLEEP interrupted returns 1"),
@@ -1007,6 +1010,52 @@ async fn kill_acts_on_greeting_ids_and_on_server_thread_ids() {
     assert!(err.to_string().contains("1927"), "{err}");
     assert!(killer.query_drop("SELECT 1").await.is_err());
     stranger.disconnect().await.unwrap();
+    s.stop();
+}
+
+/// A `KILL` behind a comment, or among other statements of one query (mysql2's pool test
+/// kills with `KILL ?; SELECT SLEEP(0.05)`), names sessions by the same ids as a lone one.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_behind_a_comment_or_in_a_batch_names_the_same_sessions() {
+    let mut s = Stratus::new("kill-batch");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let connect = || {
+        let opts = s.sql_opts(&user, &pw, None);
+        async move { Conn::new(opts).await.unwrap() }
+    };
+    let sleeper = connect().await;
+    let id = u64::from(sleeper.id());
+    let mut killer = connect().await;
+    let (sleeper, _) = interrupted_by(sleeper, &mut killer, 23, Some(id), |id| {
+        format!("/* app:shop */ KILL QUERY {id} -- cancel")
+    })
+    .await;
+    let (mut sleeper, _) = interrupted_by(sleeper, &mut killer, 24, Some(id), |id| {
+        format!("KILL QUERY {id}; SELECT 1")
+    })
+    .await;
+    let one: Option<u8> = sleeper.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the connection survives KILL QUERY");
+
+    // KILL CONNECTION in a batch ends the session without a word, and the batch goes on.
+    killer
+        .query_drop(format!("KILL {id}; SET @after = 7"))
+        .await
+        .unwrap();
+    let after: Option<u8> = killer.query_first("SELECT @after").await.unwrap();
+    assert_eq!(after, Some(7));
+    match sleeper.query_drop("SELECT 1").await {
+        Err(mysql_async::Error::Server(e)) => panic!("an answer from a killed session: {e}"),
+        Err(_) => {}
+        Ok(()) => panic!("the killed session went on"),
+    }
+    // An id of no session of this database is the server's to answer, as before.
+    let err = killer
+        .query_drop("KILL 1073741823; SELECT 1")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1094"), "{err}");
     s.stop();
 }
 
