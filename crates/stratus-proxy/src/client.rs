@@ -149,6 +149,7 @@ pub(crate) async fn session<D: Directory>(
     let id = login.connection_id;
     proxy.sessions_lock().insert(id, link.clone());
     let _registered = Registered(&proxy, id, proxy.watch_idle(link.clone()));
+    let schema_unconfirmed = login.schema.is_some();
     let mut session = Session {
         recovery: proxy.recoveries.of(&login.service),
         ticket: None,
@@ -173,6 +174,7 @@ pub(crate) async fn session<D: Directory>(
         stmts: Statements::default(),
         share: SessionShare::default(),
         password_unknown: false,
+        schema_unconfirmed,
         hold_answer: false,
         on_success: None,
         txlog: TxLog::default(),
@@ -244,6 +246,9 @@ struct Session<D: Directory> {
     share: SessionShare,
     /// The client changed its own password to one the proxy could not learn (`credentials`).
     password_unknown: bool,
+    /// The schema the client logged in or changed user with, which no server has taken yet: an
+    /// unknown one is the client's error (1049), not one dropped meanwhile.
+    schema_unconfirmed: bool,
     /// Keep the next answer from the client until the proxy has acted on it (accounts changed
     /// in SQL must be in the catalog before the client can try them).
     hold_answer: bool,
@@ -623,14 +628,13 @@ impl<D: Directory> Session<D> {
             one = classify::classify(sql);
             std::slice::from_ref(&one)
         };
-        if stmts.iter().any(|s| s.kind == Kind::Kill)
+        // Only where the server runs the batch as statements, and only once nothing refuses it.
+        if multi
+            && stmts.iter().any(|s| s.kind == Kind::Kill)
+            && self.refusal(sql, stmts).is_none()
             && let Some((text, killed)) = self.kills_in_batch(sql, stmts)
         {
-            let stmts = if multi {
-                classify::classify_all(&text)
-            } else {
-                vec![classify::classify(&text)]
-            };
+            let stmts = classify::classify_all(&text);
             let mut payload = Vec::with_capacity(1 + text.len());
             payload.push(COM_QUERY);
             payload.extend_from_slice(&text);
@@ -639,37 +643,52 @@ impl<D: Directory> Session<D> {
             let answered = self
                 .run_query(&BytesMut::from(&framed[..]), &payload, &stmts, seq)
                 .await;
+            // A batch that failed may have stopped before its `KILL`: the marked sessions go on
+            // (not woken yet, they have not seen the mark). One that ran it and failed later
+            // leaves its sessions to fail over instead of ending.
+            let ran = matches!(answered, Ok(true));
             for target in killed {
-                target.wake.notify_one();
+                if ran {
+                    target.wake.notify_one();
+                } else {
+                    target.killed.store(false, Ordering::SeqCst);
+                }
             }
-            return answered;
+            return answered.map(drop);
         }
-        self.run_query(raw, &payload, stmts, seq).await
+        self.run_query(raw, &payload, stmts, seq).await.map(drop)
     }
 
-    /// A `COM_QUERY` (`raw`, framed; `payload`, its command and text) and its statements.
-    async fn run_query(
-        &mut self,
-        raw: &BytesMut,
-        payload: &[u8],
-        stmts: &[Statement],
-        seq: u8,
-    ) -> Result<(), End> {
-        let sql = &payload[1..];
+    /// What the proxy refuses before the server sees a query: an account statement the server
+    /// would lock the account out with (`requires_tls_refused`), data past the database's
+    /// storage limit.
+    fn refusal(&self, sql: &[u8], stmts: &[Statement]) -> Option<SqlError> {
+        if let Some(refused) = self.requires_tls_refused(sql, stmts) {
+            return Some(refused);
+        }
         // A later statement of a multi-statement query is judged without its own text: its DDL
         // counts as adding data.
         let adds = stmts
             .iter()
             .enumerate()
             .any(|(i, s)| storage_limit::adds_data(s, if i == 0 { sql } else { b"CREATE" }));
-        if let Some(refused) = self.requires_tls_refused(sql, stmts) {
-            return self.client.send(seq, &refused.packet()).await;
-        }
-        if adds {
-            if let Some(limit) = self.proxy.dir.storage_full(&self.service) {
-                let refused = storage_limit::refused(&self.service, limit);
-                return self.client.send(seq, &refused.packet()).await;
-            }
+        let limit = adds.then(|| self.proxy.dir.storage_full(&self.service))??;
+        Some(storage_limit::refused(&self.service, limit))
+    }
+
+    /// A `COM_QUERY` (`raw`, framed; `payload`, its command and text) and its statements;
+    /// whether the server answered it without an error.
+    async fn run_query(
+        &mut self,
+        raw: &BytesMut,
+        payload: &[u8],
+        stmts: &[Statement],
+        seq: u8,
+    ) -> Result<bool, End> {
+        let sql = &payload[1..];
+        if let Some(refused) = self.refusal(sql, stmts) {
+            self.client.send(seq, &refused.packet()).await?;
+            return Ok(false);
         }
         let in_trans = self.state.in_transaction;
         let on_loss = replay::on_loss(
@@ -717,11 +736,12 @@ impl<D: Directory> Session<D> {
             kind,
         };
         self.record(before, &relayed, payload, Some(expect), class);
+        let answered = relayed.error.is_none();
         if let Some(answer) = relayed.held {
             self.report_state();
             self.client.write(&answer).await?;
         }
-        Ok(())
+        Ok(answered)
     }
 
     /// Keeps the transaction log in step with the session after a command was answered.
@@ -901,13 +921,17 @@ impl<D: Directory> Session<D> {
     /// `KILL`s among other statements of one query (`KILL ?; SELECT …` with multi-statements):
     /// each that names another session of this database is rewritten to name that session's
     /// current backend thread, and the batch runs on the server as it is otherwise. A `KILL
-    /// CONNECTION` of a session of the same account marks that session first, so that it ends
-    /// rather than fails over when the server kills its connection, and wakes it once the batch
-    /// is answered; one of a session without a backend connection becomes `DO 0` (nothing to
-    /// interrupt, and an OK as the `KILL`'s). The rest are left for the server to answer: a
-    /// session killing itself this way (its greeting id means nothing there, 1094), another
+    /// CONNECTION` of a session of the same account marks that session first (before its thread
+    /// is read, as [`Self::kill`] does, so that an idle release cannot hand that thread to
+    /// another session meanwhile), so that it ends rather than fails over when the server kills
+    /// its connection; the caller wakes it once the batch is answered, or takes the mark back if
+    /// the batch failed. A `KILL` of a session without a backend connection becomes `DO 0`
+    /// (nothing to interrupt, and an OK as the `KILL`'s). Only a `KILL` with no quote before it
+    /// in the text is rewritten: the classifier splits statements without the session's
+    /// `sql_mode` or character set, and must not be trusted to have found a `KILL` that is really
+    /// inside a string. The rest go to the server as written: a session killing itself, another
     /// account's session without a connection, an id of no session. The new text, and the
-    /// sessions to wake, if any `KILL` was rewritten.
+    /// marked sessions, if any `KILL` was rewritten.
     fn kills_in_batch(
         &self,
         sql: &[u8],
@@ -917,6 +941,12 @@ impl<D: Directory> Session<D> {
         let mut copied = 0;
         let mut killed = Vec::new();
         for s in stmts.iter().filter(|s| s.kind == Kind::Kill) {
+            if sql[..s.span.start]
+                .iter()
+                .any(|b| matches!(b, b'\'' | b'"' | b'`'))
+            {
+                break;
+            }
             let Some(k) = sql.get(s.span.clone()).and_then(kill::parse) else {
                 continue;
             };
@@ -928,21 +958,24 @@ impl<D: Directory> Session<D> {
                 continue;
             }
             let own_account = target.identity().user == self.login.user;
-            let thread = target.backend_thread.load(Ordering::Relaxed);
+            let marks = connection && own_account;
+            if marks && !target.killed.swap(true, Ordering::SeqCst) {
+                killed.push(target.clone());
+            }
+            let thread = target.backend_thread.load(Ordering::SeqCst);
             let statement = match thread {
                 0 if connection && !own_account => continue,
                 0 => "DO 0".to_owned(),
                 _ => k.for_thread(thread),
             };
-            if connection && own_account {
-                target.killed.store(true, Ordering::Relaxed);
-                killed.push(target);
-            }
             text.extend_from_slice(&sql[copied..s.span.start]);
             text.extend_from_slice(statement.as_bytes());
             copied = s.span.end;
         }
         if copied == 0 {
+            for target in killed {
+                target.killed.store(false, Ordering::SeqCst);
+            }
             return None;
         }
         text.extend_from_slice(&sql[copied..]);
@@ -1200,6 +1233,7 @@ impl<D: Directory> Session<D> {
         self.txlog.clear();
         self.state.schema =
             (!schema.is_empty()).then(|| String::from_utf8_lossy(&schema).into_owned());
+        self.schema_unconfirmed = !schema.is_empty();
         self.stmts.clear();
         if service != self.service {
             self.activity = ServiceSlot::take(self.proxy.activity.service(&service)).0;

@@ -239,6 +239,9 @@ impl SqlError {
 
 impl std::fmt::Display for SqlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ERROR {} ({}): {}", self.code, self.state, self.message)
+        match self.state {
+            "" => write!(f, "ERROR {}: {}", self.code, self.message),
+            state => write!(f, "ERROR {} ({state}): {}", self.code, self.message),
+        }
     }
 }

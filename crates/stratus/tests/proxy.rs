@@ -284,6 +284,22 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
     s.stop();
 }
 
+/// A login naming a schema that does not exist is refused (1049), as by the server: the
+/// proxy's recovery from a schema dropped under a session does not apply to one never taken
+/// (PHP's `pdo_mysql___construct` found the login let through, with no schema).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_to_an_unknown_schema_is_refused_as_by_the_server() {
+    let mut s = Stratus::new("unknown-schema");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    match Conn::new(s.sql_opts(&user, &pw, Some("letshopeitdoesnotexist"))).await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1049, "{e}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a login to an unknown schema was let through"),
+    }
+    s.stop();
+}
+
 /// TLS ends at the proxy, so an account the server must see TLS for could never log in: the
 /// statement that would make one is refused with the reason, and nothing of it runs.
 #[tokio::test(flavor = "multi_thread")]
@@ -1038,9 +1054,23 @@ async fn kill_behind_a_comment_or_in_a_batch_names_the_same_sessions() {
     let one: Option<u8> = sleeper.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1), "the connection survives KILL QUERY");
 
+    // A batch that fails before its KILL leaves the session alone, as on the server; so does
+    // one with a KILL inside a string, which is no KILL.
+    let err = killer
+        .query_drop(format!("DO no_such_function(); KILL {id}"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1305"), "{err}");
+    killer
+        .query_drop(format!("SELECT '1'; SELECT ';KILL {id};'"))
+        .await
+        .unwrap();
+    let one: Option<u8> = sleeper.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the session goes on");
+
     // KILL CONNECTION in a batch ends the session without a word, and the batch goes on.
     killer
-        .query_drop(format!("KILL {id}; SET @after = 7"))
+        .query_drop(format!("SET @after = 6; KILL {id}; SET @after = 7"))
         .await
         .unwrap();
     let after: Option<u8> = killer.query_first("SELECT @after").await.unwrap();

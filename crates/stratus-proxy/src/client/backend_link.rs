@@ -221,9 +221,11 @@ impl<D: Directory> Session<D> {
                 .await
                 {
                     // The schema is gone (dropped meanwhile): continue without one, as the
-                    // server would.
+                    // server would. One never taken is the client's to hear about.
                     Err(BackendError::Server(e))
-                        if e.code == 1049 && self.state.schema.is_some() =>
+                        if e.code == 1049
+                            && self.state.schema.is_some()
+                            && !self.schema_unconfirmed =>
                     {
                         self.state.schema = None;
                         Backend::connect(addr, &self.login, None, timeout).await?
@@ -235,6 +237,7 @@ impl<D: Directory> Session<D> {
                 b
             }
         };
+        self.schema_unconfirmed = false;
         for (i, sql) in self.state.replay().into_iter().enumerate() {
             if let Err(e) = b.query(&sql).await {
                 tracing::warn!(db = %self.service, "could not recreate session state ({sql}): {e:?}");

@@ -52,10 +52,13 @@ impl<D: Directory> Session<D> {
     /// certificate of an account is refused, since the proxy could then never log that account
     /// in (`account_statement::requires_tls`). The whole batch is refused, before any of it runs.
     pub(super) fn requires_tls_refused(&self, sql: &[u8], stmts: &[Statement]) -> Option<SqlError> {
-        let escapes = self.backslash_escapes();
-        stmts
+        let mut accounts = stmts
             .iter()
             .filter(|s| s.kind == Kind::AccountManagement)
+            .peekable();
+        accounts.peek()?;
+        let escapes = self.backslash_escapes();
+        accounts
             .any(|s| {
                 account_statement::requires_tls(
                     sql.get(s.span.clone()).unwrap_or_default(),
@@ -74,7 +77,9 @@ impl<D: Directory> Session<D> {
             .iter()
             .rev()
             .find(|(n, _)| n == "sql_mode")
-            .is_some_and(|(_, v)| v.to_ascii_uppercase().contains("NO_BACKSLASH_ESCAPES"))
+            .is_some_and(|(_, v)| {
+                (v.as_bytes().windows(20)).any(|w| w.eq_ignore_ascii_case(b"NO_BACKSLASH_ESCAPES"))
+            })
     }
 
     /// Whether `account` is the one this session is logged in as. Stratus's accounts are
