@@ -1233,7 +1233,9 @@ impl<D: Directory> Session<D> {
         self.txlog.clear();
         self.state.schema =
             (!schema.is_empty()).then(|| String::from_utf8_lossy(&schema).into_owned());
-        self.schema_unconfirmed = !schema.is_empty();
+        // Not checked here (the server would refuse an unknown one and keep the old user): the
+        // next connection goes on without it, as for one dropped meanwhile.
+        self.schema_unconfirmed = false;
         self.stmts.clear();
         if service != self.service {
             self.activity = ServiceSlot::take(self.proxy.activity.service(&service)).0;

@@ -97,6 +97,14 @@ pub(crate) async fn login<D: Directory>(
             return Err(End::Protocol);
         }
     };
+    // A client that asks for compression unoffered (PHP's mysqlnd does) would compress every
+    // packet after the login, which the proxy cannot read: it would wait for a packet that
+    // never comes. Refused now, while the client still reads plain packets.
+    if resp.capabilities & caps::COMPRESS != 0 {
+        let why = "compression (CLIENT_COMPRESS) is not offered: connect without it";
+        client.send(seq, &SqlError::handshake(why).packet()).await?;
+        return Err(End::Protocol);
+    }
     let host = peer.ip().to_string();
     let deny = |password: bool| SqlError::access_denied(&resp.user, &host, password);
     // Route `<service>.<user>`, or by the TLS server name `<service>.<domain>`.

@@ -300,6 +300,31 @@ async fn a_login_to_an_unknown_schema_is_refused_as_by_the_server() {
     s.stop();
 }
 
+/// A client that asks for compression although the greeting did not offer it (PHP's mysqlnd
+/// with `MYSQLI_CLIENT_COMPRESS`) would compress everything after the login; it is refused at
+/// once with the reason, where it used to wait for an answer that never came.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_asking_for_compression_unoffered_is_refused_at_login() {
+    use common::raw_client::{Answer, RawClient};
+    let mut s = Stratus::new("compress");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let stream = std::net::TcpStream::connect(&s.listen).unwrap();
+    // Bounded: a refusal comes at once, a hang fails the test.
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    match RawClient::try_login(stream, &user, &pw, "shop", stratus_wire::caps::COMPRESS) {
+        Err(Answer::Err { code, message }) => {
+            assert_eq!(code, 1043, "{message}");
+            assert!(message.contains("compression"), "{message}");
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("logged in with compression unoffered"),
+    }
+    s.stop();
+}
+
 /// TLS ends at the proxy, so an account the server must see TLS for could never log in: the
 /// statement that would make one is refused with the reason, and nothing of it runs.
 #[tokio::test(flavor = "multi_thread")]

@@ -49,6 +49,20 @@ impl RawClient {
     /// Logs in as `user` with `password` and the schema `db`, offering MariaDB's bulk
     /// operations (and not `DEPRECATE_EOF`, so results end with EOF packets).
     pub fn login(stream: impl Stream + 'static, user: &str, password: &str, db: &str) -> Self {
+        match Self::try_login(stream, user, password, db, 0) {
+            Ok(c) => c,
+            Err(e) => panic!("logged in: {e:?}"),
+        }
+    }
+
+    /// [`Self::login`], asking for `more` capabilities too; the server's error, if it refuses.
+    pub fn try_login(
+        stream: impl Stream + 'static,
+        user: &str,
+        password: &str,
+        db: &str,
+        more: u64,
+    ) -> Result<Self, Answer> {
         let mut c = Self {
             stream: Box::new(stream),
             seq: 0,
@@ -71,7 +85,8 @@ impl RawClient {
                 | caps::TRANSACTIONS
                 | caps::MULTI_RESULTS
                 | caps::CONNECT_WITH_DB
-                | caps::MARIADB_STMT_BULK_OPERATIONS,
+                | caps::MARIADB_STMT_BULK_OPERATIONS
+                | more,
             max_packet: 1 << 24,
             charset: 45,
             user: user.as_bytes().to_vec(),
@@ -82,9 +97,10 @@ impl RawClient {
             attributes: None,
         };
         c.write(&response.encode());
-        let ok = c.answer();
-        assert!(matches!(ok, Answer::Ok { .. }), "logged in: {ok:?}");
-        c
+        match c.answer() {
+            Answer::Ok { .. } => Ok(c),
+            refused => Err(refused),
+        }
     }
 
     fn read(&mut self) -> Vec<u8> {
