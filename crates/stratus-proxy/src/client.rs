@@ -577,8 +577,23 @@ impl<D: Directory> Session<D> {
                     }
                 }
             }
-            COM_FIELD_LIST | COM_SET_OPTION | COM_STATISTICS | COM_PROCESS_INFO | COM_DEBUG
-            | COM_REFRESH => {
+            COM_SET_OPTION => {
+                let expect = expect(cmd).unwrap_or(Expect::One);
+                let relayed = self.forward(&raw, seq, expect).await?;
+                // `MYSQL_OPTION_MULTI_STATEMENTS_ON` (0) or `_OFF` (1), as PHP's mysqlnd sends
+                // around `multi_query`: the server splits the session's queries from now on (or
+                // stops), so the proxy classifies them alike, and a new backend connection is
+                // made so.
+                let payload = packet::payload(&raw, lp);
+                if relayed.error.is_none() {
+                    match payload.get(1..3) {
+                        Some([0, 0]) => self.login.client_caps |= caps::MULTI_STATEMENTS,
+                        Some([1, 0]) => self.login.client_caps &= !caps::MULTI_STATEMENTS,
+                        _ => {}
+                    }
+                }
+            }
+            COM_FIELD_LIST | COM_STATISTICS | COM_PROCESS_INFO | COM_DEBUG | COM_REFRESH => {
                 let expect = expect(cmd).unwrap_or(Expect::One);
                 self.forward(&raw, seq, expect).await?;
             }

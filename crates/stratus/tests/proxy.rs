@@ -284,12 +284,15 @@ async fn accounts_managed_in_sql_are_kept_in_the_catalog() {
     s.stop();
 }
 
-/// A login naming a schema that does not exist is refused (1049), as by the server: the
-/// proxy's recovery from a schema dropped under a session does not apply to one never taken
-/// (PHP's `pdo_mysql___construct` found the login let through, with no schema).
+/// Logins the proxy used to let through, refused with a reason: one naming a schema that does
+/// not exist (1049, as by the server: the recovery from a schema dropped under a session does
+/// not apply to one never taken; PHP's `pdo_mysql___construct`), and one asking for compression
+/// the greeting did not offer (PHP's mysqlnd with `MYSQLI_CLIENT_COMPRESS` would compress
+/// everything after the login, and used to wait for an answer that never came).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_login_to_an_unknown_schema_is_refused_as_by_the_server() {
-    let mut s = Stratus::new("unknown-schema");
+async fn logins_the_proxy_cannot_serve_are_refused_with_the_reason() {
+    use common::raw_client::{Answer, RawClient};
+    let mut s = Stratus::new("refused-logins");
     s.start();
     let (user, pw) = created(&s, "shop");
     match Conn::new(s.sql_opts(&user, &pw, Some("letshopeitdoesnotexist"))).await {
@@ -297,18 +300,6 @@ async fn a_login_to_an_unknown_schema_is_refused_as_by_the_server() {
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a login to an unknown schema was let through"),
     }
-    s.stop();
-}
-
-/// A client that asks for compression although the greeting did not offer it (PHP's mysqlnd
-/// with `MYSQLI_CLIENT_COMPRESS`) would compress everything after the login; it is refused at
-/// once with the reason, where it used to wait for an answer that never came.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_asking_for_compression_unoffered_is_refused_at_login() {
-    use common::raw_client::{Answer, RawClient};
-    let mut s = Stratus::new("compress");
-    s.start();
-    let (user, pw) = created(&s, "shop");
     let stream = std::net::TcpStream::connect(&s.listen).unwrap();
     // Bounded: a refusal comes at once, a hang fails the test.
     stream
@@ -1104,6 +1095,19 @@ async fn kill_behind_a_comment_or_in_a_batch_names_the_same_sessions() {
         Err(mysql_async::Error::Server(e)) => panic!("an answer from a killed session: {e}"),
         Err(_) => {}
         Ok(()) => panic!("the killed session went on"),
+    }
+    // Multi-statements turned on after the login (`COM_SET_OPTION`, as PHP's `multi_query`
+    // does) split the query for the proxy as for the server: the KILL in it is found.
+    {
+        use common::raw_client::{Answer, RawClient};
+        let target = connect().await;
+        let stream = std::net::TcpStream::connect(&s.listen).unwrap();
+        let mut raw = RawClient::login(stream, &user, &pw, "shop");
+        let on = raw.raw(&[stratus_wire::command::COM_SET_OPTION, 0, 0]);
+        assert!(matches!(on, Answer::Ok { .. }), "{on:?}");
+        let kill = raw.exec(&format!("KILL QUERY {}; DO 1", target.id()));
+        assert!(matches!(kill, Answer::Ok { .. }), "{kill:?}");
+        assert!(matches!(raw.next_answer(), Answer::Ok { .. }));
     }
     // An id of no session of this database is the server's to answer, as before.
     let err = killer

@@ -136,12 +136,22 @@ impl RawClient {
                     insert_id,
                 }
             }
+            // An EOF ends a command too (`COM_SET_OPTION`'s answer, without `DEPRECATE_EOF`).
+            0xfe if p.len() < 9 => Answer::Ok {
+                affected: 0,
+                insert_id: 0,
+            },
             0xff => Answer::Err {
                 code: u16::from_le_bytes([p[1], p[2]]),
                 message: String::from_utf8_lossy(&p[9..]).into_owned(),
             },
             other => panic!("not an OK or an error: {other:#x}"),
         }
+    }
+
+    /// The answer to the next statement of a multi-statement query.
+    pub fn next_answer(&mut self) -> Answer {
+        self.answer()
     }
 
     /// Sends a command as given; its answer (an OK or an error).
