@@ -864,10 +864,10 @@ impl<D: Directory> Session<D> {
                     .send(seq, &SqlError::not_owner_of_thread(k.id).packet())
                     .await;
             }
-            target.killed.store(true, Ordering::Relaxed);
+            target.killed.store(true, Ordering::SeqCst);
             target.wake.notify_one();
         }
-        let thread = target.backend_thread.load(Ordering::Relaxed);
+        let thread = target.backend_thread.load(Ordering::SeqCst);
         if thread == 0 {
             // Nothing runs there: the server would have nothing to do either.
             let ok = response::ok(self.status(), 0, self.client_caps());
@@ -955,11 +955,16 @@ impl<D: Directory> Session<D> {
         let mut text = Vec::new();
         let mut copied = 0;
         let mut killed = Vec::new();
-        for s in stmts.iter().filter(|s| s.kind == Kind::Kill) {
-            if sql[..s.span.start]
-                .iter()
-                .any(|b| matches!(b, b'\'' | b'"' | b'`'))
-            {
+        let quote = (sql.iter())
+            .position(|b| matches!(b, b'\'' | b'"' | b'`'))
+            .unwrap_or(sql.len());
+        // Bounded work for a query of any size: each `KILL` looks through the sessions.
+        let kills = stmts
+            .iter()
+            .filter(|s| s.kind == Kind::Kill)
+            .take(KILLS_PER_BATCH);
+        for s in kills {
+            if s.span.start > quote {
                 break;
             }
             let Some(k) = sql.get(s.span.clone()).and_then(kill::parse) else {
@@ -1421,3 +1426,7 @@ enum Reprepare {
 /// MariaDB's default `wait_timeout` and `interactive_timeout` (8 hours); Stratus's servers
 /// keep the defaults, and tenants cannot change globals.
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 28_800;
+
+/// The `KILL`s of one query that the proxy rewrites to name backend threads; later ones go to
+/// the server as written. Each looks through the sessions under their lock.
+const KILLS_PER_BATCH: usize = 64;

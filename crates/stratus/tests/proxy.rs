@@ -313,6 +313,16 @@ async fn logins_the_proxy_cannot_serve_are_refused_with_the_reason() {
         Err(other) => panic!("{other:?}"),
         Ok(_) => panic!("logged in with compression unoffered"),
     }
+    // Asleep at the login, the database cannot say: the first statement hears it, once, and
+    // the session goes on without a schema rather than refusing everything after.
+    s.json(&["db", "park", "shop"]);
+    let stream = std::net::TcpStream::connect(&s.listen).unwrap();
+    let mut late = RawClient::try_login(stream, &user, &pw, "letshopeitdoesnotexist", 0)
+        .expect("a login while asleep is answered before the server is asked");
+    let first = late.exec("DO 1");
+    assert!(matches!(first, Answer::Err { code: 1049, .. }), "{first:?}");
+    assert!(matches!(late.exec("DO 1"), Answer::Ok { .. }));
+    assert!(matches!(late.exec("USE shop"), Answer::Ok { .. }));
     s.stop();
 }
 

@@ -230,6 +230,14 @@ impl<D: Directory> Session<D> {
                         self.state.schema = None;
                         Backend::connect(addr, &self.login, None, timeout).await?
                     }
+                    // One never taken is the client's error: at the login it is refused; after
+                    // it (its database was asleep then) the statement that found out is, once,
+                    // and the session goes on without a schema, free to `USE` another.
+                    Err(BackendError::Server(e)) if e.code == 1049 && self.schema_unconfirmed => {
+                        self.state.schema = None;
+                        self.schema_unconfirmed = false;
+                        return Err(BackendError::Server(e));
+                    }
                     other => other?,
                 };
                 let mut b = b;
@@ -337,10 +345,12 @@ impl<D: Directory> Session<D> {
                 return;
             }
         }
-        self.link.backend_thread.store(0, Ordering::Relaxed);
+        // Against a `KILL`, which marks the session before it reads the thread: one of the two
+        // sees the other (`SeqCst` on both sides).
+        self.link.backend_thread.store(0, Ordering::SeqCst);
         // A `KILL` that read the thread id before it was cleared must not reach whoever takes
         // the connection next.
-        if self.link.killed.load(Ordering::Relaxed) {
+        if self.link.killed.load(Ordering::SeqCst) {
             self.drop_backend();
             return;
         }
