@@ -584,9 +584,8 @@ impl<D: Directory> Session<D> {
                 // around `multi_query`: the server splits the session's queries from now on (or
                 // stops), so the proxy classifies them alike, and a new backend connection is
                 // made so.
-                let payload = packet::payload(&raw, lp);
                 if relayed.error.is_none() {
-                    match payload.get(1..3) {
+                    match packet::payload(&raw, lp).get(1..3) {
                         Some([0, 0]) => self.login.client_caps |= caps::MULTI_STATEMENTS,
                         Some([1, 0]) => self.login.client_caps &= !caps::MULTI_STATEMENTS,
                         _ => {}
@@ -650,14 +649,9 @@ impl<D: Directory> Session<D> {
             && let Some((text, killed)) = self.kills_in_batch(sql, stmts)
         {
             let stmts = classify::classify_all(&text);
-            let mut payload = Vec::with_capacity(1 + text.len());
-            payload.push(COM_QUERY);
-            payload.extend_from_slice(&text);
-            let mut framed = Vec::with_capacity(payload.len() + HEADER_LEN);
-            packet::write(&mut framed, &mut 0, &payload);
-            let answered = self
-                .run_query(&BytesMut::from(&framed[..]), &payload, &stmts, seq)
-                .await;
+            let framed = BytesMut::from(&query(&text)[..]);
+            let payload = [&[COM_QUERY][..], &text].concat();
+            let answered = self.run_query(&framed, &payload, &stmts, seq).await;
             // A batch that failed may have stopped before its `KILL`: the marked sessions go on
             // (not woken yet, they have not seen the mark). One that ran it and failed later
             // leaves its sessions to fail over instead of ending.
@@ -899,11 +893,7 @@ impl<D: Directory> Session<D> {
             };
             return self.client.send(seq, &packet).await;
         }
-        let mut payload = vec![COM_QUERY];
-        payload.extend_from_slice(sql.as_bytes());
-        let mut out = Vec::with_capacity(payload.len() + HEADER_LEN);
-        packet::write(&mut out, &mut 0, &payload);
-        let framed = BytesMut::from(&out[..]);
+        let framed = BytesMut::from(&query(sql.as_bytes())[..]);
         let expect = Expect::ResultSets { binary: false };
         let relayed = self
             .forward_retrying(Outgoing::Raw(&framed), seq, expect, OnLoss::Report)

@@ -36,6 +36,17 @@ pub const COM_STMT_FETCH: u8 = 0x1c;
 pub const COM_DAEMON: u8 = 0x1d;
 pub const COM_BINLOG_DUMP_GTID: u8 = 0x1e;
 pub const COM_RESET_CONNECTION: u8 = 0x1f;
+/// A `COM_QUERY` of `sql` as its first packet goes on the wire (sequence id 0, split where
+/// it is longer than a packet): a statement of the proxy's own, or a client's rewritten.
+pub fn query(sql: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(1 + sql.len());
+    payload.push(COM_QUERY);
+    payload.extend_from_slice(sql);
+    let mut framed = Vec::with_capacity(payload.len() + crate::packet::HEADER_LEN);
+    crate::packet::write(&mut framed, &mut 0, &payload);
+    framed
+}
+
 /// MariaDB's array execute (<https://mariadb.com/kb/en/com_stmt_bulk_execute/>): command, id
 /// (4), bulk flags (2), the parameter types (2 per parameter) with [`BULK_SEND_TYPES`], then
 /// rows of parameters, each value after an indicator byte. Answered as an execute is.

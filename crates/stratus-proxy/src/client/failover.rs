@@ -12,7 +12,7 @@ use crate::replay::{self, Entry, Failover, OnLoss, Outcome};
 use crate::stream::End;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use stratus_wire::command::{COM_QUERY, sent_types, set_statement_id, statement_id};
+use stratus_wire::command::{COM_QUERY, query, sent_types, set_statement_id, statement_id};
 use stratus_wire::packet::{self, HEADER_LEN};
 use stratus_wire::response;
 use stratus_wire::tracker::Expect;
@@ -309,9 +309,7 @@ impl<D: Directory> Session<D> {
             }
             if let Some(id) = e.insert_id {
                 // The value the client was told, not the next one the new server would give.
-                let mut set = Vec::new();
-                let sql = format!("SET insert_id = {id}");
-                packet::write(&mut set, &mut 0, &[&[COM_QUERY], sql.as_bytes()].concat());
+                let set = query(format!("SET insert_id = {id}").as_bytes());
                 self.send_to_backend(&set).await;
                 let d = self
                     .drain(Expect::ResultSets { binary: false })
