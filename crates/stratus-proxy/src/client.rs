@@ -923,19 +923,21 @@ impl<D: Directory> Session<D> {
         }
     }
 
-    /// `KILL`s among other statements of one query (`KILL ?; SELECT …` with multi-statements):
-    /// each that names another session of this database is rewritten to name that session's
-    /// current backend thread, and the batch runs on the server as it is otherwise. A `KILL
-    /// CONNECTION` of a session of the same account marks that session first (before its thread
-    /// is read, as [`Self::kill`] does, so that an idle release cannot hand that thread to
-    /// another session meanwhile), so that it ends rather than fails over when the server kills
-    /// its connection; the caller wakes it once the batch is answered, or takes the mark back if
-    /// the batch failed. A `KILL` of a session without a backend connection becomes `DO 0`
-    /// (nothing to interrupt, and an OK as the `KILL`'s). Only a `KILL` with no quote before it
-    /// in the text is rewritten: the classifier splits statements without the session's
-    /// `sql_mode` or character set, and must not be trusted to have found a `KILL` that is really
-    /// inside a string. The rest go to the server as written: a session killing itself, another
-    /// account's session without a connection, an id of no session. The new text, and the
+    /// `KILL`s among other statements of one query (`KILL ?; SELECT …` with multi-statements),
+    /// answered as a lone `KILL` is ([`Self::kill`]): each that names another session of this
+    /// database is rewritten to name that session's current backend thread, and the batch runs
+    /// on the server as it is otherwise. A `KILL CONNECTION` of a session of the same account
+    /// marks that session first (before its thread is read, as [`Self::kill`] does, so that an
+    /// idle release cannot hand that thread to another session meanwhile), so that it ends
+    /// rather than fails over when the server kills its connection; the caller wakes it once the
+    /// batch is answered, or takes the mark back if the batch failed. A `KILL` of a session
+    /// without a backend connection becomes `DO 0` (nothing to interrupt, and an OK as the
+    /// `KILL`'s); one of an id of no session of this database, or a `KILL CONNECTION` of another
+    /// account's session, becomes a `SIGNAL` of the error a lone one gets, so that no server
+    /// thread but a session's is ever named. Only a `KILL` with no quote before it in the text
+    /// is rewritten: the classifier splits statements without the session's `sql_mode` or
+    /// character set, and must not be trusted to have found a `KILL` that is really inside a
+    /// string. A session killing itself goes to the server as written. The new text, and the
     /// marked sessions, if any `KILL` was rewritten.
     fn kills_in_batch(
         &self,
@@ -960,23 +962,24 @@ impl<D: Directory> Session<D> {
             let Some(k) = sql.get(s.span.clone()).and_then(kill::parse) else {
                 continue;
             };
-            let Some(target) = self.kill_target(k.id) else {
-                continue;
-            };
             let connection = k.scope == kill::Scope::Connection;
-            if connection && Arc::ptr_eq(&target, &self.link) {
-                continue;
-            }
-            let own_account = target.identity().user == self.login.user;
-            let marks = connection && own_account;
-            if marks && !target.killed.swap(true, Ordering::SeqCst) {
-                killed.push(target.clone());
-            }
-            let thread = target.backend_thread.load(Ordering::SeqCst);
-            let statement = match thread {
-                0 if connection && !own_account => continue,
-                0 => "DO 0".to_owned(),
-                _ => k.for_thread(thread),
+            let statement = match self.kill_target(k.id) {
+                // As a lone `KILL` is answered: a kept connection, another database's session
+                // or Stratus's own connection to the server is no thread of this client's.
+                None => SqlError::no_such_thread(k.id).signal(),
+                Some(target) if connection && Arc::ptr_eq(&target, &self.link) => continue,
+                Some(target) if connection && target.identity().user != self.login.user => {
+                    SqlError::not_owner_of_thread(k.id).signal()
+                }
+                Some(target) => {
+                    if connection && !target.killed.swap(true, Ordering::SeqCst) {
+                        killed.push(target.clone());
+                    }
+                    match target.backend_thread.load(Ordering::SeqCst) {
+                        0 => "DO 0".to_owned(),
+                        thread => k.for_thread(thread),
+                    }
+                }
             };
             text.extend_from_slice(&sql[copied..s.span.start]);
             text.extend_from_slice(statement.as_bytes());

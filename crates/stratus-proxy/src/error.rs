@@ -23,6 +23,19 @@ impl SqlError {
         response::err(self.code, self.state, &self.message)
     }
 
+    /// A statement the server answers with this error (`SIGNAL` outside a stored program), for
+    /// an answer the proxy must give in the middle of a multi-statement query. Only for the
+    /// proxy's own messages, which hold no backslash (their meaning depends on `sql_mode`).
+    pub fn signal(&self) -> String {
+        debug_assert!(!self.message.contains('\\'), "{}", self.message);
+        format!(
+            "SIGNAL SQLSTATE '{}' SET MYSQL_ERRNO = {}, MESSAGE_TEXT = '{}'",
+            self.state,
+            self.code,
+            self.message.replace('\'', "''")
+        )
+    }
+
     pub fn access_denied(user: &[u8], host: &str, password: bool) -> Self {
         Self {
             code: 1045,
@@ -243,5 +256,23 @@ impl std::fmt::Display for SqlError {
             "" => write!(f, "ERROR {}: {}", self.code, self.message),
             state => write!(f, "ERROR {} ({state}): {}", self.code, self.message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SqlError;
+
+    #[test]
+    fn a_signal_carries_the_code_state_and_message_quoted() {
+        let e = SqlError {
+            code: 1095,
+            state: "HY000",
+            message: "not 'yours'".into(),
+        };
+        assert_eq!(
+            e.signal(),
+            "SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1095, MESSAGE_TEXT = 'not ''yours'''"
+        );
     }
 }

@@ -189,6 +189,77 @@ async fn the_owner_cannot_become_stratus_or_reach_files_plugins_accounts_or_othe
     s.stop();
 }
 
+/// `KILL`, alone or among other statements of a query, reaches the owner's own sessions only:
+/// not Stratus's connections to the owner's server, not another tenant's sessions.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_cannot_kill_stratus_or_another_tenant() {
+    let (mut s, _, _, mut owner) = vault("hostile-kill").await;
+    let (other_user, other_pw) = created(&s, "other");
+    let mut other = Conn::new(s.sql_opts(&other_user, &other_pw, Some("other")))
+        .await
+        .unwrap();
+    let thread = "SELECT CONNECTION_ID()";
+    let other_thread: Option<u64> = other.query_first(thread).await.unwrap();
+    // Stratus's own connections to the owner's server: the commit clock's binary log reader,
+    // and one as its controllers make. The owner sees them (it has `PROCESS`, as an RDS master
+    // user sees `rdsadmin`'s), so it knows their ids.
+    let mut stratus = s.direct("vault").await;
+    let stratus_thread: u64 = stratus.query_first(thread).await.unwrap().unwrap();
+    let others = "SELECT ID FROM information_schema.PROCESSLIST \
+                  WHERE USER <> SUBSTRING_INDEX(USER(), '@', 1) ORDER BY ID";
+    let stratus_threads: Vec<u64> = owner.query(others).await.unwrap();
+    assert!(
+        stratus_threads.contains(&stratus_thread),
+        "{stratus_threads:?}"
+    );
+    let reader = "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Binlog Dump'";
+    let clock: Option<u64> = owner.query_first(reader).await.unwrap();
+    assert!(clock.is_some(), "no binary log reader: {stratus_threads:?}");
+    let ids = stratus_threads
+        .iter()
+        .copied()
+        .chain([u64::from(other.id())]);
+    for id in ids {
+        for sql in [
+            format!("KILL {id}"),
+            format!("KILL QUERY {id}"),
+            format!("KILL HARD CONNECTION {id}"),
+            format!("DO 1; KILL {id}"),
+            format!("DO 1; KILL QUERY {id}; DO 2"),
+            format!("/* a */ KILL CONNECTION {id}; DO 1"),
+        ] {
+            assert_eq!(refused(&mut owner, &sql).await, 1094, "{sql}");
+        }
+    }
+    // By account: the server's to judge, and it lets an owner kill only its own threads.
+    for sql in [
+        format!("KILL USER '{}'", stratus_account()),
+        format!("DO 1; KILL QUERY USER '{}'", stratus_account()),
+    ] {
+        assert_eq!(refused(&mut owner, &sql).await, 1095, "{sql}");
+    }
+    // Everything is where it was: the same server threads, answering.
+    let still: Option<u64> = stratus.query_first(thread).await.unwrap();
+    assert_eq!(
+        still,
+        Some(stratus_thread),
+        "Stratus's connection was killed"
+    );
+    let still: Option<u64> = owner.query_first(reader).await.unwrap();
+    assert_eq!(still, clock, "the commit clock's reader was killed");
+    let still: Option<u64> = other.query_first(thread).await.unwrap();
+    assert_eq!(
+        still, other_thread,
+        "the other tenant's session failed over"
+    );
+    let one: Option<u8> = owner.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    stratus.disconnect().await.unwrap();
+    other.disconnect().await.unwrap();
+    owner.disconnect().await.unwrap();
+    s.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unprivileged_os_user_finds_no_secret_and_no_backend() {
     let (mut s, user, pw, mut owner) = vault("osuser").await;
