@@ -1073,9 +1073,13 @@ impl<D: Directory> Session<D> {
         // Its header, bitmap and types are in the first physical packet, whole if short.
         let first = packet::header(raw).map_or(0, |(len, _)| len);
         let first = raw.get(HEADER_LEN..HEADER_LEN + first).unwrap_or_default();
-        if cmd == COM_STMT_EXECUTE && execute_truncated(first, stmt.params) {
-            // Refused before a server reads past its end and falls out of step with the
-            // proxy: that connection would serve the next client of the pool.
+        let last = given == crate::prepared::LAST_STMT_ID;
+        if cmd == COM_STMT_EXECUTE
+            && check_execute(first, stmt.params, last, stmt.types.is_some()) != ExecuteCheck::Sound
+        {
+            // Refused before a server misreads it: read past its end, it falls out of step with
+            // the proxy (and that connection would serve the next client of the pool); read
+            // without types, it crashes. The server's own answer to an untyped direct execute.
             return self
                 .client
                 .send(seq, &SqlError::malformed_packet().packet())

@@ -189,14 +189,51 @@ pub fn with_types(payload: &[u8], params: u16, types: &[u8]) -> Option<Vec<u8>> 
     }
 }
 
-/// A `COM_STMT_EXECUTE` of a statement with `params` parameters that ends before its header,
-/// NULL bitmap, bound flag or types do. MariaDB 10.11 does not check that it has them: it
-/// reads on into whatever its buffer holds next, and a connection it answered so is no longer
-/// in step with its client (seen with Connector/Node.js, which sends such an execute for a
-/// statement given no values).
-pub fn execute_truncated(payload: &[u8], params: u16) -> bool {
+/// What a `COM_STMT_EXECUTE` of a statement with `params` parameters is known to be, as far as
+/// the proxy must tell before a server reads it: MariaDB 10.11 trusts the packet further than
+/// it should, and the proxy answers what it would misread itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecuteCheck {
+    /// Whole, or as whole as the server checks.
+    Sound,
+    /// Ends before its header, NULL bitmap, bound flag or the types it announces. The server
+    /// reads on into whatever its buffer holds next, and a connection it answered so is no
+    /// longer in step with its client (seen with Connector/Node.js, which sends such an
+    /// execute for a statement given no values).
+    Truncated,
+    /// Carries no parameter types where the server needs them: an execute of the statement
+    /// prepared last (`LAST_STMT_ID`, Connector/C's `mariadb_stmt_execute_direct`), which the
+    /// server refuses as malformed, or a value for a statement whose types were never bound,
+    /// which the server reads without a type and crashes on (SIGSEGV in
+    /// `Item_param::append_for_log`, MariaDB 10.11.14; Connector/C's `test_mdev19838` sends
+    /// one). MDEV-19838: <https://jira.mariadb.org/browse/MDEV-19838>
+    Untyped,
+}
+
+/// Checks an execute (its first physical packet) before it goes to a server. `last`: it named
+/// the statement by `LAST_STMT_ID`; `typed_before`: an earlier execute of it bound types,
+/// which the server keeps.
+pub fn check_execute(payload: &[u8], params: u16, last: bool, typed_before: bool) -> ExecuteCheck {
+    if payload.len() < 10 {
+        return ExecuteCheck::Truncated;
+    }
+    if params == 0 {
+        return ExecuteCheck::Sound;
+    }
     // The layout is found only when the bound flag, and the types it announces, are there.
-    payload.len() < 10 || (params > 0 && execute_layout(payload, params).is_none())
+    let Some(layout) = execute_layout(payload, params) else {
+        return ExecuteCheck::Truncated;
+    };
+    let all_null = || {
+        let bitmap = &payload[layout.null_bitmap.clone()];
+        (0..usize::from(params)).all(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
+    };
+    match (layout.new_params_bound, last, typed_before) {
+        (true, _, _) | (false, false, true) => ExecuteCheck::Sound,
+        (false, true, _) => ExecuteCheck::Untyped,
+        (false, false, false) if all_null() => ExecuteCheck::Sound,
+        (false, false, false) => ExecuteCheck::Untyped,
+    }
 }
 
 /// A `COM_STMT_BULK_EXECUTE`'s flags (bytes 5..7).
@@ -214,22 +251,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn truncated_executes_are_told_apart() {
+    fn executes_the_server_would_misread_are_told_apart() {
+        use ExecuteCheck::*;
+        let check = |p: &[u8], params| check_execute(p, params, false, true);
         let head = [COM_STMT_EXECUTE, 1, 0, 0, 0, 0, 1, 0, 0, 0];
-        assert!(execute_truncated(&head[..9], 0));
-        assert!(!execute_truncated(&head, 0), "no parameters: complete");
+        assert_eq!(check(&head[..9], 0), Truncated);
+        assert_eq!(check(&head, 0), Sound, "no parameters: complete");
         // Connector/Node.js's execute of `SELECT ?` with no values: a NULL bitmap, no flag.
         let nodejs = [&head[..], &[1]].concat();
-        assert!(execute_truncated(&nodejs, 1));
-        assert!(
-            !execute_truncated(&[&nodejs[..], &[0]].concat(), 1),
-            "types bound before"
-        );
-        assert!(
-            execute_truncated(&[&nodejs[..], &[1, 8]].concat(), 1),
+        assert_eq!(check(&nodejs, 1), Truncated);
+        let unbound = [&nodejs[..], &[0]].concat();
+        assert_eq!(check(&unbound, 1), Sound, "types bound before");
+        assert_eq!(
+            check(&[&nodejs[..], &[1, 8]].concat(), 1),
+            Truncated,
             "half a type"
         );
-        assert!(!execute_truncated(&[&nodejs[..], &[1, 8, 0]].concat(), 1));
+        let typed = [&nodejs[..], &[1, 8, 0]].concat();
+        assert_eq!(check(&typed, 1), Sound);
+
+        // Never bound: a value is read without a type; NULLs are not read at all.
+        let value = [&head[..], &[0b0000_0000, 0, 1, b'9']].concat();
+        assert_eq!(check_execute(&value, 1, false, false), Untyped);
+        assert_eq!(check_execute(&unbound, 1, false, false), Sound, "NULL");
+        assert_eq!(check_execute(&typed, 1, false, false), Sound);
+        // Nine parameters, all NULL but the ninth (the second bitmap byte).
+        let nine = [&head[..], &[0xff, 0b0000_0000, 0, 1, b'9']].concat();
+        assert_eq!(check_execute(&nine, 9, false, false), Untyped);
+        let nulls = [&head[..], &[0xff, 0b0000_0001, 0]].concat();
+        assert_eq!(check_execute(&nulls, 9, false, false), Sound);
+        // `LAST_STMT_ID` must carry its types, bound before or not, NULL or not.
+        assert_eq!(check_execute(&unbound, 1, true, true), Untyped);
+        assert_eq!(check_execute(&typed, 1, true, false), Sound);
+        assert_eq!(check_execute(&head, 0, true, false), Sound);
     }
 
     #[test]

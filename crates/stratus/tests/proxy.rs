@@ -736,6 +736,39 @@ async fn bulk_executes_are_answered_as_the_server_answers_them() {
         proxy.bulk(12345, &rows(50), true),
         direct.bulk(12345, &rows(50), true)
     );
+
+    // An execute that carries no parameter types where the server needs them. For the
+    // statement prepared last the server refuses it as malformed, and so does the proxy. With a
+    // value for a statement whose types were never bound, MariaDB 10.11 reads the value without
+    // a type and crashes (Connector/C's `test_mdev19838` sends one): the proxy refuses it before
+    // the server sees it. NULLs are not read, and run.
+    let malformed = Answer::Err {
+        code: 1835,
+        message: "Malformed communication packet".into(),
+    };
+    let untyped = |id: u32, nulls: u8, values: &[u8]| {
+        [
+            &[0x17][..],
+            &id.to_le_bytes(),
+            &[0, 1, 0, 0, 0, nulls, 0],
+            values,
+        ]
+        .concat()
+    };
+    let (fresh, _) = proxy.prepare(insert);
+    assert_eq!(
+        proxy.raw(&untyped(fresh, 0, &[1, b'9', 1, b'x'])),
+        malformed
+    );
+    assert_eq!(proxy.raw(&untyped(LAST, 0b11, &[])), malformed);
+    let (dfresh, _) = direct.prepare(insert);
+    assert_eq!(
+        direct.raw(&untyped(LAST, 0b11, &[])),
+        malformed,
+        "as the server answers it (and it is still up)"
+    );
+    assert_eq!(affected(proxy.raw(&untyped(fresh, 0b11, &[]))), 1);
+    assert_eq!(affected(direct.raw(&untyped(dfresh, 0b11, &[]))), 1);
     s.stop();
 }
 
