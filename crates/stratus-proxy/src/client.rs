@@ -22,17 +22,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use stratus_wire::auth::{self, NATIVE_PLUGIN};
 use stratus_wire::caps;
 use stratus_wire::classify::{self, Kind, Pin, Statement, named_lock_calls};
 use stratus_wire::command::*;
-use stratus_wire::handshake::{ChangeUser, auth_switch_request};
 use stratus_wire::packet::{self, HEADER_LEN};
 use stratus_wire::response;
 use stratus_wire::tracker::{Expect, Tracker};
 use tokio::net::TcpStream;
 
 mod backend_link;
+mod change_user;
 mod credentials;
 mod failover;
 mod user_vars;
@@ -175,6 +174,7 @@ pub(crate) async fn session<D: Directory>(
         share: SessionShare::default(),
         password_unknown: false,
         schema_unconfirmed,
+        failed_changes: 0,
         hold_answer: false,
         on_success: None,
         txlog: TxLog::default(),
@@ -249,6 +249,8 @@ struct Session<D: Directory> {
     /// The schema the client logged in or changed user with, which no server has taken yet: an
     /// unknown one is the client's error (1049), not one dropped meanwhile.
     schema_unconfirmed: bool,
+    /// `COM_CHANGE_USER`s refused on this connection (`change_user`).
+    failed_changes: u8,
     /// Keep the next answer from the client until the proxy has acted on it (accounts changed
     /// in SQL must be in the catalog before the client can try them).
     hold_answer: bool,
@@ -529,9 +531,7 @@ impl<D: Directory> Session<D> {
                         self.after_reset().await;
                     }
                 } else {
-                    self.state.reset();
-                    self.txlog.clear();
-                    self.stmts.clear();
+                    self.session_reset();
                     self.client
                         .send(
                             seq,
@@ -1178,109 +1178,6 @@ impl<D: Directory> Session<D> {
         Ok(())
     }
 
-    async fn change_user(
-        &mut self,
-        raw: &BytesMut,
-        lp: &packet::Logical,
-        seq: u8,
-    ) -> Result<(), End> {
-        let payload = packet::payload(raw, lp).into_owned();
-        let parsed = ChangeUser::decode(&payload[1..], self.client_caps());
-        let Ok(ChangeUser {
-            user,
-            auth_response: mut reply,
-            schema,
-            charset,
-            auth_plugin: plugin,
-            ..
-        }) = parsed
-        else {
-            self.client
-                .send(
-                    seq,
-                    &SqlError::handshake("malformed COM_CHANGE_USER").packet(),
-                )
-                .await?;
-            return Err(End::Protocol);
-        };
-        let mut next = seq;
-        if plugin
-            .as_deref()
-            .is_some_and(|p| p != NATIVE_PLUGIN.as_bytes())
-        {
-            self.client
-                .send(next, &auth_switch_request(NATIVE_PLUGIN, &self.scramble))
-                .await?;
-            let lp = match self.client.read(64 * 1024).await {
-                Ok(Some(lp)) => lp,
-                _ => return Err(End::Client),
-            };
-            let raw = self.client.buf.split_to(lp.consumed);
-            reply = packet::payload(&raw, &lp).into_owned();
-            next = lp.last_seq.wrapping_add(1);
-        }
-        let host = self.peer.ip().to_string();
-        // A plain user name is an account of the database the session is on, as on a server.
-        let sni = crate::login::sni_service(&self.client, self.proxy.cfg.tls.as_ref());
-        let routed = crate::login::route(&user, sni.as_deref(), Some(&self.service))
-            .map(|(s, u)| (s.to_owned(), u.to_owned()));
-        let verified = match &routed {
-            Some((svc, u)) => self
-                .proxy
-                .dir
-                .account(svc, u)
-                .await
-                .filter(|a| !a.require_tls || self.client.stream.is_tls())
-                .and_then(|a| auth::verify(&a.stage2, &self.scramble, &reply)),
-            None => None,
-        };
-        let (Some((service, user_name)), Some(stage1)) = (routed, verified) else {
-            self.client
-                .send(
-                    next,
-                    &SqlError::access_denied(&user, &host, !reply.is_empty()).packet(),
-                )
-                .await?;
-            return Err(End::Protocol);
-        };
-        // A new identity: a fresh session, on a backend connection made when first needed.
-        self.drop_backend();
-        self.release_pins();
-        self.state = SessionState::default();
-        self.txlog.clear();
-        self.state.schema =
-            (!schema.is_empty()).then(|| String::from_utf8_lossy(&schema).into_owned());
-        // Not checked here (the server would refuse an unknown one and keep the old user): the
-        // next connection goes on without it, as for one dropped meanwhile.
-        self.schema_unconfirmed = false;
-        self.stmts.clear();
-        if service != self.service {
-            self.activity = ServiceSlot::take(self.proxy.activity.service(&service)).0;
-            // Its place in recoveries is the new database's: the old one's order is not its.
-            self.ticket = None;
-            self.recovered = false;
-            self.recovery = self.proxy.recoveries.of(&service);
-            self.service = service;
-        }
-        self.login.user = user_name.into_bytes();
-        self.login.stage1 = stage1;
-        // Others' `KILL` judges it as what it is now.
-        *self.link.identity() = crate::Identity {
-            service: self.service.clone(),
-            user: self.login.user.clone(),
-        };
-        self.password_unknown = false;
-        if let Some(cs) = charset {
-            self.login.charset = cs as u8;
-        }
-        self.client
-            .send(
-                next,
-                &response::ok(caps::STATUS_AUTOCOMMIT, 0, self.client_caps()),
-            )
-            .await
-    }
-
     /// After `COM_RESET_CONNECTION` succeeded on the backend: the server forgot the session,
     /// including the tracking Stratus asked for.
     async fn after_reset(&mut self) {
@@ -1290,10 +1187,7 @@ impl<D: Directory> Session<D> {
             b.role_set |= role;
             b.opaque |= self.state.opaque;
         }
-        self.release_pins();
-        self.state.reset();
-        self.txlog.clear();
-        self.stmts.clear();
+        self.session_reset();
         if let Some(b) = self.backend.as_mut() {
             if let Err(e) = b.query(BACKEND_TRACKING).await {
                 tracing::warn!(db = %self.service, "tracking setup after reset failed: {e:?}");

@@ -92,6 +92,16 @@ impl SqlError {
         }
     }
 
+    /// MariaDB answers every `COM_CHANGE_USER` after three that failed on a connection so,
+    /// whatever it names: guessing passwords costs a connection per three guesses.
+    pub fn changes_exhausted() -> Self {
+        Self {
+            code: 1047,
+            state: "08S01",
+            message: "Unknown command".into(),
+        }
+    }
+
     pub fn not_allowed(what: &str) -> Self {
         Self {
             code: 1227,

@@ -134,48 +134,20 @@ pub(crate) async fn login<D: Directory>(
         reply = packet::payload(&raw, &lp).into_owned();
         seq = lp.last_seq.wrapping_add(1);
     }
-    // Failures count against the source and the account it named; a throttled attempt waits
-    // before its answer, whatever the answer is, so the delay tells nothing.
-    let keys = [
-        Key::source(peer.ip()),
-        match routed {
-            Some((service, user)) => Key::account(&format!("{service}.{user}")),
-            None => Key::account(&String::from_utf8_lossy(&resp.user)),
-        },
-    ];
-    let logins = &proxy.activity.logins;
-    let delay = logins.delay(&keys);
+    let attempt = Attempt::new(proxy, peer, routed, &resp.user);
     let account = match routed {
         Some((service, user)) => proxy.dir.account(service, user).await,
         None => None,
     };
     let stage1: Option<Stage1> = account.and_then(|a| auth::verify(&a.stage2, &scramble, &reply));
     let (Some(stage1), Some(account), Some((service, user))) = (stage1, account, routed) else {
-        let service = routed.map(|(s, _)| s).filter(|_| account.is_some());
-        if let Some(s) = service {
-            proxy
-                .activity
-                .service(s)
-                .login_failures
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        for started in logins.failed(&keys, service.is_some()) {
-            // Names of no account would let anyone fill the event log; their source is reported.
-            if matches!(started.key, Key::Source(_)) || service.is_some() {
-                tracing::info!(
-                    "failed logins: {} {} delayed from now on",
-                    started.key.kind(),
-                    started.key
-                );
-                proxy.dir.login_throttled(service, started);
-            }
-        }
-        throttle_wait(proxy, delay, begin).await;
+        attempt.failed(routed.map(|(s, _)| s).filter(|_| account.is_some()));
+        throttle_wait(proxy, attempt.delay, begin).await;
         client.send(seq, &deny(!reply.is_empty()).packet()).await?;
         return Err(End::Protocol);
     };
-    throttle_wait(proxy, delay, begin).await;
-    logins.succeeded(&keys);
+    throttle_wait(proxy, attempt.delay, begin).await;
+    attempt.succeeded();
     if account.require_tls && !client.stream.is_tls() {
         client
             .send(seq, &SqlError::secure_transport_required().packet())
@@ -205,6 +177,61 @@ pub(crate) async fn login<D: Directory>(
 
 /// Waits out a throttled login's delay, ending early enough that the answer still beats the
 /// handshake timeout (which would otherwise answer in its place).
+/// One try of a password, at a login or a change of user: failures count against the source and
+/// the account it named, and a throttled try waits [`delay`](Self::delay) before its answer,
+/// whatever the answer is, so the delay tells nothing.
+pub(crate) struct Attempt<'a, D: Directory> {
+    proxy: &'a Proxy<D>,
+    keys: [Key; 2],
+    pub(crate) delay: Duration,
+}
+
+impl<'a, D: Directory> Attempt<'a, D> {
+    pub(crate) fn new(
+        proxy: &'a Proxy<D>,
+        peer: SocketAddr,
+        routed: Option<(&str, &str)>,
+        user: &[u8],
+    ) -> Self {
+        let keys = [
+            Key::source(peer.ip()),
+            match routed {
+                Some((service, user)) => Key::account(&format!("{service}.{user}")),
+                None => Key::account(&String::from_utf8_lossy(user)),
+            },
+        ];
+        let delay = proxy.activity.logins.delay(&keys);
+        Self { proxy, keys, delay }
+    }
+
+    /// A wrong password, user or database; `service`: the database, if the account exists.
+    pub(crate) fn failed(&self, service: Option<&str>) {
+        let proxy = self.proxy;
+        if let Some(s) = service {
+            proxy
+                .activity
+                .service(s)
+                .login_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        for started in proxy.activity.logins.failed(&self.keys, service.is_some()) {
+            // Names of no account would let anyone fill the event log; their source is reported.
+            if matches!(started.key, Key::Source(_)) || service.is_some() {
+                tracing::info!(
+                    "failed logins: {} {} delayed from now on",
+                    started.key.kind(),
+                    started.key
+                );
+                proxy.dir.login_throttled(service, started);
+            }
+        }
+    }
+
+    pub(crate) fn succeeded(&self) {
+        self.proxy.activity.logins.succeeded(&self.keys);
+    }
+}
+
 async fn throttle_wait<D: Directory>(proxy: &Proxy<D>, delay: Duration, begin: Instant) {
     const MARGIN: Duration = Duration::from_millis(500);
     let left = proxy

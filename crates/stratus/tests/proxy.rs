@@ -510,18 +510,22 @@ async fn change_user_switches_identity_and_starts_a_fresh_session() {
     s.json(&["user", "create", "shop", "app", "--password", "apppw"]);
     let mut conn = shop_conn(&s, &user, &pw).await;
     conn.query_drop("SET @left_behind = 1").await.unwrap();
+    // A role outlives a change of user on a MariaDB 10.11 connection: the new account must not
+    // inherit it.
+    conn.query_drop("CREATE ROLE clerk").await.unwrap();
+    conn.query_drop("SET ROLE clerk").await.unwrap();
     let opts = mysql_async::ChangeUserOpts::default()
         .with_user(Some("shop.app".into()))
         .with_pass(Some("apppw".into()))
         .with_db_name(Some("shop".into()));
     conn.change_user(opts).await.unwrap();
-    let row: Option<(String, Option<u8>)> = conn
-        .query_first("SELECT CURRENT_USER(), @left_behind")
+    let row: Option<(String, Option<u8>, Option<String>)> = conn
+        .query_first("SELECT CURRENT_USER(), @left_behind, CURRENT_ROLE()")
         .await
         .unwrap();
     assert_eq!(
         row,
-        Some(("app@%".into(), None)),
+        Some(("app@%".into(), None, None)),
         "the new user, none of the old session"
     );
     // A plain user name is an account of the database the session is on, as on a server
@@ -531,14 +535,60 @@ async fn change_user_switches_identity_and_starts_a_fresh_session() {
         .with_user(Some(owner.into()))
         .with_pass(Some(pw.clone()))
         .with_db_name(Some("shop".into()));
+    let thread: Option<u32> = conn.query_first("SELECT CONNECTION_ID()").await.unwrap();
     conn.change_user(plain).await.unwrap();
-    let now: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
-    assert_eq!(now, Some(format!("{owner}@%")));
+    let now: Option<(String, u32)> = conn
+        .query_first("SELECT CURRENT_USER(), CONNECTION_ID()")
+        .await
+        .unwrap();
+    assert_eq!(
+        now,
+        Some((format!("{owner}@%"), thread.unwrap())),
+        "the same server thread, as on a server"
+    );
+    // The new account's schema is the server's to check before the change takes: an unknown
+    // one, or one the account may not use, is refused, and the session goes on as the old
+    // account in its old schema, reset as the server resets it.
+    conn.query_drop("SET @left_behind = 2").await.unwrap();
+    for (who, password, code) in [
+        (user.as_str(), pw.as_str(), 1049),
+        ("shop.app", "apppw", 1044),
+    ] {
+        let refused = mysql_async::ChangeUserOpts::default()
+            .with_user(Some(who.into()))
+            .with_pass(Some(password.into()))
+            .with_db_name(Some("nosuch".into()));
+        let err = conn.change_user(refused).await.unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("ERROR {code}")),
+            "{who}: {err}"
+        );
+        let row: Option<(String, String, Option<u8>)> = conn
+            .query_first("SELECT CURRENT_USER(), DATABASE(), @left_behind")
+            .await
+            .unwrap();
+        assert_eq!(row, Some((format!("{owner}@%"), "shop".into(), None)));
+    }
+    // A wrong password too, as on a server: 1045, the session goes on; and as on a server, a
+    // connection that saw three changes fail refuses every further one, right or wrong.
     let bad = mysql_async::ChangeUserOpts::default()
         .with_user(Some("shop.app".into()))
         .with_pass(Some("wrong".into()));
     let err = conn.change_user(bad).await.unwrap_err();
-    assert!(err.to_string().contains("1045"), "{err}");
+    assert!(err.to_string().contains("ERROR 1045"), "{err}");
+    // Counted with failed logins, whose throttle it meets.
+    s.wait_for_metric(
+        "stratus_proxy_login_failures_total{db=\"shop\"}",
+        1.0,
+        std::time::Duration::from_secs(5),
+    );
+    let now: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(now, Some(format!("{owner}@%")));
+    let right = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("shop.app".into()))
+        .with_pass(Some("apppw".into()));
+    let err = conn.change_user(right).await.unwrap_err();
+    assert!(err.to_string().contains("ERROR 1047"), "{err}");
     // ... and never one of another database's, whatever its password.
     created(&s, "other");
     s.json(&[
@@ -555,6 +605,22 @@ async fn change_user_switches_identity_and_starts_a_fresh_session() {
         .with_pass(Some("strangerpw".into()));
     let err = conn.change_user(theirs).await.unwrap_err();
     assert!(err.to_string().contains("1045"), "{err}");
+    // Named with its database, it is theirs to log in as; the schema is checked on a
+    // connection to their server.
+    let mut conn = shop_conn(&s, &user, &pw).await;
+    for (schema, refused) in [("nosuch", true), ("other", false)] {
+        let prefixed = mysql_async::ChangeUserOpts::default()
+            .with_user(Some("other.stranger".into()))
+            .with_pass(Some("strangerpw".into()))
+            .with_db_name(Some(schema.into()));
+        let r = conn.change_user(prefixed).await;
+        assert_eq!(r.is_err(), refused, "{schema}: {r:?}");
+    }
+    let row: Option<(String, String)> = conn
+        .query_first("SELECT CURRENT_USER(), DATABASE()")
+        .await
+        .unwrap();
+    assert_eq!(row, Some(("stranger@%".into(), "other".into())));
     s.stop();
 }
 
