@@ -5,7 +5,7 @@
 
 use crate::activity::{ServiceActivity, SessionShare};
 use crate::backend::{Backend, BackendError, Login};
-use crate::error::{ER_LOCK_DEADLOCK, SqlError};
+use crate::error::{ER_CONNECTION_KILLED, ER_LOCK_DEADLOCK, SqlError};
 use crate::kill;
 use crate::login::login;
 use crate::prepared::LongData;
@@ -654,8 +654,9 @@ impl<D: Directory> Session<D> {
             let answered = self.run_query(&framed, &payload, &stmts, seq).await;
             // A batch that failed may have stopped before its `KILL`: the marked sessions go on
             // (not woken yet, they have not seen the mark). One that ran it and failed later
-            // leaves its sessions to fail over instead of ending.
-            let ran = matches!(answered, Ok(true));
+            // leaves its sessions to fail over instead of ending. One that ended by killing its
+            // own connection ran every `KILL` before that one.
+            let ran = matches!(answered, Ok(None | Some(ER_CONNECTION_KILLED)));
             for target in killed {
                 if ran {
                     target.wake.notify_one();
@@ -663,9 +664,24 @@ impl<D: Directory> Session<D> {
                     target.killed.store(false, Ordering::SeqCst);
                 }
             }
-            return answered.map(drop);
+            return self.killed_itself(answered);
         }
-        self.run_query(raw, &payload, stmts, seq).await.map(drop)
+        let answered = self.run_query(raw, &payload, stmts, seq).await;
+        if stmts.iter().any(|s| s.kind == Kind::Kill) {
+            return self.killed_itself(answered);
+        }
+        answered.map(drop)
+    }
+
+    /// A query with a `KILL` the server answered with `ER_CONNECTION_KILLED`: it killed the
+    /// connection it ran on (`KILL CONNECTION_ID()`, or the session's own id in a batch), and
+    /// closed it. The client's connection ends as well, as it would directly, rather than
+    /// go on over another one.
+    fn killed_itself(&mut self, answered: Result<Option<u16>, End>) -> Result<(), End> {
+        if let Ok(Some(ER_CONNECTION_KILLED)) = answered {
+            self.link.killed.store(true, Ordering::SeqCst);
+        }
+        answered.map(drop)
     }
 
     /// What the proxy refuses before the server sees a query: an account statement the server
@@ -686,18 +702,18 @@ impl<D: Directory> Session<D> {
     }
 
     /// A `COM_QUERY` (`raw`, framed; `payload`, its command and text) and its statements;
-    /// whether the server answered it without an error.
+    /// the error the server's answer ended with, if any.
     async fn run_query(
         &mut self,
         raw: &BytesMut,
         payload: &[u8],
         stmts: &[Statement],
         seq: u8,
-    ) -> Result<bool, End> {
+    ) -> Result<Option<u16>, End> {
         let sql = &payload[1..];
         if let Some(refused) = self.refusal(sql, stmts) {
             self.client.send(seq, &refused.packet()).await?;
-            return Ok(false);
+            return Ok(Some(refused.code));
         }
         let in_trans = self.state.in_transaction;
         let on_loss = replay::on_loss(
@@ -745,12 +761,11 @@ impl<D: Directory> Session<D> {
             kind,
         };
         self.record(before, &relayed, payload, Some(expect), class);
-        let answered = relayed.error.is_none();
         if let Some(answer) = relayed.held {
             self.report_state();
             self.client.write(&answer).await?;
         }
-        Ok(answered)
+        Ok(relayed.error)
     }
 
     /// Keeps the transaction log in step with the session after a command was answered.
@@ -937,8 +952,9 @@ impl<D: Directory> Session<D> {
     /// thread but a session's is ever named. Only a `KILL` with no quote before it in the text
     /// is rewritten: the classifier splits statements without the session's `sql_mode` or
     /// character set, and must not be trusted to have found a `KILL` that is really inside a
-    /// string. A session killing itself goes to the server as written. The new text, and the
-    /// marked sessions, if any `KILL` was rewritten.
+    /// string. A session naming itself names `CONNECTION_ID()`, and is marked if it kills its
+    /// connection, as others are (the caller ends it when the server's answer says so). The
+    /// new text, and the marked sessions, if any `KILL` was rewritten.
     fn kills_in_batch(
         &self,
         sql: &[u8],
@@ -967,7 +983,15 @@ impl<D: Directory> Session<D> {
                 // As a lone `KILL` is answered: a kept connection, another database's session
                 // or Stratus's own connection to the server is no thread of this client's.
                 None => SqlError::no_such_thread(k.id).signal(),
-                Some(target) if connection && Arc::ptr_eq(&target, &self.link) => continue,
+                // Itself: the connection the batch runs on, which a thread id read now may
+                // not be (none while idle, another once failed over). Marked, so that the
+                // server closing it ends the session rather than fails it over.
+                Some(target) if Arc::ptr_eq(&target, &self.link) => {
+                    if connection && !target.killed.swap(true, Ordering::SeqCst) {
+                        killed.push(target.clone());
+                    }
+                    k.for_own_connection()
+                }
                 Some(target) if connection && target.identity().user != self.login.user => {
                     SqlError::not_owner_of_thread(k.id).signal()
                 }

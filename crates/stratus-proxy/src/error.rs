@@ -17,6 +17,8 @@ pub const ER_LOCK_DEADLOCK: u16 = 1213;
 
 /// The code of [`SqlError::unavailable`].
 pub const ER_UNAVAILABLE: u16 = 1105;
+/// What the server answers a connection it killed with, before it closes it.
+pub const ER_CONNECTION_KILLED: u16 = 1927;
 
 impl SqlError {
     pub fn packet(&self) -> Vec<u8> {
@@ -136,7 +138,7 @@ impl SqlError {
     /// A `KILL CONNECTION` ended this session (`ER_CONNECTION_KILLED`).
     pub fn connection_killed() -> Self {
         Self {
-            code: 1927,
+            code: ER_CONNECTION_KILLED,
             state: "70100",
             message: "Connection was killed".to_owned(),
         }

@@ -22,6 +22,16 @@ pub struct Kill {
 impl Kill {
     /// The statement for the server, naming the backend thread `thread` instead.
     pub fn for_thread(&self, thread: u32) -> String {
+        self.naming(&thread.to_string())
+    }
+
+    /// The statement for the server when the session names itself: the connection the
+    /// statement runs on, whichever that is by then.
+    pub fn for_own_connection(&self) -> String {
+        self.naming("CONNECTION_ID()")
+    }
+
+    fn naming(&self, thread: &str) -> String {
         let mode = self.mode.map(|m| format!("{m} ")).unwrap_or_default();
         let scope = match self.scope {
             Scope::Connection => "CONNECTION",
@@ -131,6 +141,10 @@ mod tests {
         assert_eq!(
             k("KILL SOFT QUERY 3").map(|k| k.for_thread(88)).as_deref(),
             Some("KILL SOFT QUERY 88")
+        );
+        assert_eq!(
+            k("KILL 3").map(|k| k.for_own_connection()).as_deref(),
+            Some("KILL CONNECTION CONNECTION_ID()")
         );
         for other in [
             "KILL QUERY ID 5",

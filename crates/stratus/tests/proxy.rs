@@ -1224,6 +1224,27 @@ async fn kill_behind_a_comment_or_in_a_batch_names_the_same_sessions() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("1094"), "{err}");
+
+    // A session killing itself in a batch, by its greeting id or by `CONNECTION_ID()`, or with
+    // `KILL CONNECTION_ID()` alone: the statements before the KILL run, the KILL is answered
+    // 1927, and the connection is gone, as directly (not carried on over a new one).
+    for batch in [
+        "SET @before = 1; KILL {own}; SET @after = 1",
+        "SET @before = 1; KILL CONNECTION_ID(); SET @after = 1",
+        "KILL CONNECTION_ID()",
+    ] {
+        let mut me = connect().await;
+        let sql = batch.replace("{own}", &me.id().to_string());
+        let err = me.query_drop(&sql).await.unwrap_err();
+        assert!(err.to_string().contains("1927"), "{sql}: {err}");
+        match me.query_drop("SELECT 1").await {
+            Err(mysql_async::Error::Server(e)) => panic!("{sql}: an answer after it: {e}"),
+            Err(_) => {}
+            Ok(()) => panic!("{sql}: the session went on over another connection"),
+        }
+    }
+    let after: Option<u8> = killer.query_first("SELECT 1").await.unwrap();
+    assert_eq!(after, Some(1), "the other sessions go on");
     s.stop();
 }
 
