@@ -1109,6 +1109,20 @@ impl<D: Directory> Session<D> {
                 .send(seq, &SqlError::malformed_packet().packet())
                 .await;
         }
+        // A prepared `KILL ?` names a session by the client's id (its greeting's or a thread's),
+        // as a text `KILL` does: answered the same way, never sent to the server as it is.
+        if cmd == COM_STMT_EXECUTE
+            && stmt.class.kind == Kind::Kill
+            && let Some(form) = kill::parse_prepared(&stmt.sql)
+            && let Some(id) = execute_whole_number(first, stmt.types.as_deref())
+        {
+            // Types bound here are the statement's from now on; no server has seen them.
+            if let Some(types) = sent_types(first, stmt.params) {
+                stmt.types = first.get(types).map(<[u8]>::to_vec);
+                stmt.types_sent = false;
+            }
+            return self.kill(form.with_id(id), seq).await;
+        }
         match (cmd, long_data) {
             (COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE, LongData::Lost) => {
                 let lost = SqlError::long_data_lost(&self.service);

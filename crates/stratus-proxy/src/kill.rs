@@ -1,8 +1,8 @@
 //! `KILL [HARD | SOFT] [CONNECTION | QUERY] id` (<https://mariadb.com/kb/en/kill/>), recognised
 //! so the proxy can act on the id it gave the client in its greeting: that id names the client's
 //! session for as long as it lives, whichever backend connection (with its own thread id) serves
-//! it now. `KILL QUERY ID query_id` and `KILL USER name` are not about connection ids and pass
-//! through unchanged.
+//! it now; so does the parameter of a prepared `KILL ?`. `KILL QUERY ID query_id` and
+//! `KILL USER name` are not about connection ids and pass through unchanged.
 
 /// What a `KILL` ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,41 @@ impl Kill {
 /// forms, executable comments, trailing statements) is `None`, and is passed to the server as
 /// it is.
 pub fn parse(sql: &[u8]) -> Option<Kill> {
+    let (scope, mode, id) = parse_form(sql)?;
+    Some(Kill {
+        scope,
+        mode,
+        id: id?,
+    })
+}
+
+/// A prepared `KILL ?`, whose id each execute gives as its one parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreparedKill {
+    scope: Scope,
+    mode: Option<&'static str>,
+}
+
+impl PreparedKill {
+    pub fn with_id(self, id: u64) -> Kill {
+        Kill {
+            scope: self.scope,
+            mode: self.mode,
+            id,
+        }
+    }
+}
+
+/// Parses a lone `KILL … ?` as [`parse`] parses a `KILL` of a number.
+pub fn parse_prepared(sql: &[u8]) -> Option<PreparedKill> {
+    match parse_form(sql)? {
+        (scope, mode, None) => Some(PreparedKill { scope, mode }),
+        _ => None,
+    }
+}
+
+/// A lone `KILL`'s scope, mode and id (`None`: a `?`).
+fn parse_form(sql: &[u8]) -> Option<(Scope, Option<&'static str>, Option<u64>)> {
     // Every statement comes through here: decide on its first bytes before looking further.
     let s = skip_space(sql);
     let (kw, s) = word(s)?;
@@ -65,13 +100,19 @@ pub fn parse(sql: &[u8]) -> Option<Kill> {
         return None;
     }
     let s = skip_space(s);
-    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
-    let id: u64 = std::str::from_utf8(&s[..digits]).ok()?.parse().ok()?;
-    let mut rest = skip_space(&s[digits..]);
+    let (id, s) = match s.strip_prefix(b"?") {
+        Some(after) => (None, after),
+        None => {
+            let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+            let id: u64 = std::str::from_utf8(&s[..digits]).ok()?.parse().ok()?;
+            (Some(id), &s[digits..])
+        }
+    };
+    let mut rest = skip_space(s);
     if let Some(after) = rest.strip_prefix(b";") {
         rest = skip_space(after);
     }
-    rest.is_empty().then_some(Kill { scope, mode, id })
+    rest.is_empty().then_some((scope, mode, id))
 }
 
 /// A bare word (letters and `_`) at the start, and what follows it; a word that runs on into a
@@ -146,6 +187,13 @@ mod tests {
             k("KILL 3").map(|k| k.for_own_connection()).as_deref(),
             Some("KILL CONNECTION CONNECTION_ID()")
         );
+        // Prepared: the id is the parameter's.
+        let p = |s: &str| parse_prepared(s.as_bytes()).map(|p| p.with_id(7));
+        assert_eq!(p("KILL QUERY ?"), k("KILL QUERY 7"));
+        assert_eq!(p("/* pool */ kill hard ?;"), k("KILL HARD 7"));
+        assert_eq!(p("KILL 7"), None);
+        assert_eq!(p("KILL ? ?"), None);
+        assert_eq!(k("KILL ?"), None);
         for other in [
             "KILL QUERY ID 5",
             "KILL USER 'app'",

@@ -236,6 +236,43 @@ pub fn check_execute(payload: &[u8], params: u16, last: bool, typed_before: bool
     }
 }
 
+/// The one parameter of an execute (`COM_STMT_EXECUTE` of a statement with one parameter) as
+/// a whole number, when it is one: an integer type, or a string of digits, as a client binds
+/// the id of `KILL ?`. `bound_before`: the types an earlier execute bound, if this one carries
+/// none. `None` for NULL, a negative number, another type or a packet cut short.
+/// <https://mariadb.com/kb/en/com_stmt_execute/>
+pub fn execute_whole_number(payload: &[u8], bound_before: Option<&[u8]>) -> Option<u64> {
+    let layout = execute_layout(payload, 1)?;
+    if payload.get(layout.null_bitmap.start)? & 1 != 0 {
+        return None;
+    }
+    let (ty, values) = match layout.types {
+        Some(r) => (payload.get(r.clone())?, r.end),
+        None => (bound_before?, layout.bound_flag + 1),
+    };
+    let mut r = crate::lenenc::Reader::new(payload.get(values..)?, "an execute's parameter");
+    let unsigned = ty.get(1)? & 0x80 != 0;
+    let int = |bytes: &[u8]| {
+        let negative = !unsigned && bytes.last().is_some_and(|b| b & 0x80 != 0);
+        let mut le = [0u8; 8];
+        le[..bytes.len()].copy_from_slice(bytes);
+        (!negative).then(|| u64::from_le_bytes(le))
+    };
+    match ty.first()? {
+        1 => int(r.bytes(1).ok()?),
+        2 | 13 => int(r.bytes(2).ok()?),
+        3 | 9 => int(r.bytes(4).ok()?),
+        8 => int(r.bytes(8).ok()?),
+        // VARCHAR, the string and blob types, DECIMAL: text.
+        0 | 15 | 246 | 249..=254 => std::str::from_utf8(r.lenenc_bytes().ok()?)
+            .ok()?
+            .trim()
+            .parse()
+            .ok(),
+        _ => None,
+    }
+}
+
 /// A `COM_STMT_BULK_EXECUTE`'s flags (bytes 5..7).
 fn bulk_flags(payload: &[u8]) -> Option<u16> {
     Some(u16::from_le_bytes([*payload.get(5)?, *payload.get(6)?]))
@@ -284,6 +321,46 @@ mod tests {
         assert_eq!(check_execute(&unbound, 1, true, true), Untyped);
         assert_eq!(check_execute(&typed, 1, true, false), Sound);
         assert_eq!(check_execute(&head, 0, true, false), Sound);
+    }
+
+    #[test]
+    fn a_whole_number_parameter_is_read_in_every_integer_type_and_as_text() {
+        // id 1, no flags, one iteration, NULL bitmap, then bound types and the value.
+        let exec = |ty: [u8; 2], value: &[u8]| {
+            [
+                &[COM_STMT_EXECUTE, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1][..],
+                &ty,
+                value,
+            ]
+            .concat()
+        };
+        let read = |p: &[u8]| execute_whole_number(p, None);
+        assert_eq!(read(&exec([1, 0], &[42])), Some(42), "TINY");
+        assert_eq!(read(&exec([1, 0], &[0xff])), None, "TINY -1");
+        assert_eq!(read(&exec([1, 0x80], &[0xff])), Some(255), "unsigned TINY");
+        assert_eq!(read(&exec([3, 0], &7u32.to_le_bytes())), Some(7), "LONG");
+        let big = 1u64 << 40;
+        assert_eq!(
+            read(&exec([8, 0], &big.to_le_bytes())),
+            Some(big),
+            "LONGLONG"
+        );
+        assert_eq!(read(&exec([8, 0], &u64::MAX.to_le_bytes())), None, "-1");
+        assert_eq!(
+            read(&exec([253, 0], b"\x0a1073741825")),
+            Some(1_073_741_825)
+        );
+        assert_eq!(read(&exec([253, 0], b"\x03abc")), None, "not a number");
+        assert_eq!(read(&exec([5, 0], &[0; 8])), None, "DOUBLE");
+        assert_eq!(read(&exec([3, 0], &[7, 0])), None, "cut short");
+        // NULL, and an execute that relies on the types bound before.
+        let mut null = exec([3, 0], &[]);
+        null[10] = 1;
+        assert_eq!(read(&null), None);
+        let unbound = [&exec([3, 0], &[])[..12], &7u32.to_le_bytes()].concat();
+        let unbound = [&unbound[..11], &[0], &unbound[12..]].concat();
+        assert_eq!(execute_whole_number(&unbound, Some(&[3, 0])), Some(7));
+        assert_eq!(execute_whole_number(&unbound, None), None);
     }
 
     #[test]

@@ -1145,6 +1145,26 @@ async fn kill_acts_on_greeting_ids_and_on_server_thread_ids() {
         .unwrap_err();
     assert!(err.to_string().contains("1094"), "{err}");
 
+    // A prepared `KILL ?` (mysql2's `execute`, Connector/J's server-side statements) names
+    // sessions by the same ids, whether the id is bound as a number or as text.
+    for as_text in [false, true] {
+        let mut idle = connect(user.clone(), pw.clone()).await;
+        let r = if as_text {
+            killer
+                .exec_drop("KILL CONNECTION ?", (idle.id().to_string(),))
+                .await
+        } else {
+            killer.exec_drop("KILL CONNECTION ?", (idle.id(),)).await
+        };
+        r.unwrap();
+        lost(idle.query_drop("SELECT 1").await);
+    }
+    let err = killer
+        .exec_drop("KILL ?", (stranger.id(),))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1094"), "{err}");
+
     // KILL of one's own id ends one's own connection.
     let own = killer.id();
     let err = killer.query_drop(format!("KILL {own}")).await.unwrap_err();
