@@ -656,7 +656,12 @@ impl<D: Directory> Session<D> {
             // (not woken yet, they have not seen the mark). One that ran it and failed later
             // leaves its sessions to fail over instead of ending. One that ended by killing its
             // own connection ran every `KILL` before that one.
-            let ran = matches!(answered, Ok(None | Some(ER_CONNECTION_KILLED)));
+            let itself = killed.iter().any(|t| Arc::ptr_eq(t, &self.link));
+            let ran = match answered {
+                Ok(None) => true,
+                Ok(Some(ER_CONNECTION_KILLED)) => itself,
+                _ => false,
+            };
             for target in killed {
                 if ran {
                     target.wake.notify_one();
@@ -963,6 +968,7 @@ impl<D: Directory> Session<D> {
         let mut text = Vec::new();
         let mut copied = 0;
         let mut killed = Vec::new();
+        let mut itself = false;
         let quote = (sql.iter())
             .position(|b| matches!(b, b'\'' | b'"' | b'`'))
             .unwrap_or(sql.len());
@@ -987,16 +993,19 @@ impl<D: Directory> Session<D> {
                 // not be (none while idle, another once failed over). Marked, so that the
                 // server closing it ends the session rather than fails it over.
                 Some(target) if Arc::ptr_eq(&target, &self.link) => {
-                    if connection && !target.killed.swap(true, Ordering::SeqCst) {
+                    if connection && !itself && !target.killed.swap(true, Ordering::SeqCst) {
                         killed.push(target.clone());
                     }
+                    itself |= connection;
                     k.for_own_connection()
                 }
                 Some(target) if connection && target.identity().user != self.login.user => {
                     SqlError::not_owner_of_thread(k.id).signal()
                 }
                 Some(target) => {
-                    if connection && !target.killed.swap(true, Ordering::SeqCst) {
+                    // Past a `KILL` of its own connection the server runs nothing more: the
+                    // sessions named after it are not marked.
+                    if connection && !itself && !target.killed.swap(true, Ordering::SeqCst) {
                         killed.push(target.clone());
                     }
                     match target.backend_thread.load(Ordering::SeqCst) {

@@ -175,8 +175,6 @@ pub(crate) async fn login<D: Directory>(
     })
 }
 
-/// Waits out a throttled login's delay, ending early enough that the answer still beats the
-/// handshake timeout (which would otherwise answer in its place).
 /// One try of a password, at a login or a change of user: failures count against the source and
 /// the account it named, and a throttled try waits [`delay`](Self::delay) before its answer,
 /// whatever the answer is, so the delay tells nothing.
@@ -232,6 +230,8 @@ impl<'a, D: Directory> Attempt<'a, D> {
     }
 }
 
+/// Waits out a throttled login's delay, ending early enough that the answer still beats the
+/// handshake timeout (which would otherwise answer in its place).
 async fn throttle_wait<D: Directory>(proxy: &Proxy<D>, delay: Duration, begin: Instant) {
     const MARGIN: Duration = Duration::from_millis(500);
     let left = proxy

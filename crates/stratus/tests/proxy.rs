@@ -535,6 +535,31 @@ async fn change_user_switches_identity_and_starts_a_fresh_session() {
         .with_user(Some(owner.into()))
         .with_pass(Some(pw.clone()))
         .with_db_name(Some("shop".into()));
+    // A role the account gets at login (`DEFAULT ROLE`, no `SET ROLE` the proxy could see)
+    // does not pass to the new account either.
+    let mut defaulted = shop_conn(&s, &user, &pw).await;
+    defaulted
+        .query_drop("SET DEFAULT ROLE clerk")
+        .await
+        .unwrap();
+    let mut defaulted = shop_conn(&s, &user, &pw).await;
+    let role: Option<Option<String>> = defaulted
+        .query_first("SELECT CURRENT_ROLE()")
+        .await
+        .unwrap();
+    assert_eq!(role, Some(Some("clerk".into())));
+    let to_app = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("shop.app".into()))
+        .with_pass(Some("apppw".into()))
+        .with_db_name(Some("shop".into()));
+    defaulted.change_user(to_app).await.unwrap();
+    let role: Option<Option<String>> = defaulted
+        .query_first("SELECT CURRENT_ROLE()")
+        .await
+        .unwrap();
+    assert_eq!(role, Some(None), "the owner's default role passed to app");
+    let mut undo = shop_conn(&s, &user, &pw).await;
+    undo.query_drop("SET DEFAULT ROLE NONE").await.unwrap();
     let thread: Option<u32> = conn.query_first("SELECT CONNECTION_ID()").await.unwrap();
     conn.change_user(plain).await.unwrap();
     let now: Option<(String, u32)> = conn
@@ -1265,6 +1290,15 @@ async fn kill_behind_a_comment_or_in_a_batch_names_the_same_sessions() {
     }
     let after: Option<u8> = killer.query_first("SELECT 1").await.unwrap();
     assert_eq!(after, Some(1), "the other sessions go on");
+    // The server runs nothing past a KILL of its own connection: a session named after it
+    // goes on.
+    let mut me = connect().await;
+    let mut spared = connect().await;
+    let sql = format!("KILL {}; KILL {}", me.id(), spared.id());
+    let err = me.query_drop(&sql).await.unwrap_err();
+    assert!(err.to_string().contains("1927"), "{err}");
+    let one: Option<u8> = spared.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "a KILL the server never ran ended a session");
     s.stop();
 }
 

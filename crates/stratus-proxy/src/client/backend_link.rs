@@ -704,7 +704,7 @@ impl<D: Directory> Session<D> {
 }
 
 /// Whether no role is active on `b`; `false` if it cannot tell.
-async fn no_role(b: &mut Backend) -> bool {
+pub(super) async fn no_role(b: &mut Backend) -> bool {
     match b.query("SELECT CURRENT_ROLE() IS NULL").await {
         Ok(rows) => rows
             .first()

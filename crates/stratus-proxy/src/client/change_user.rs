@@ -71,6 +71,12 @@ impl<D: Directory> Session<D> {
                 .await?;
             return Err(End::Protocol);
         };
+        // Refused before any authentication, as the server refuses it.
+        if self.failed_changes >= MAX_FAILED_CHANGES {
+            return self
+                .change_refused(seq, SqlError::changes_exhausted(), FAILED_CHANGE_PAUSE)
+                .await;
+        }
         let mut next = seq;
         if plugin
             .as_deref()
@@ -92,11 +98,6 @@ impl<D: Directory> Session<D> {
         let sni = crate::login::sni_service(&self.client, self.proxy.cfg.tls.as_ref());
         let routed = crate::login::route(&user, sni.as_deref(), Some(&self.service))
             .map(|(s, u)| (s.to_owned(), u.to_owned()));
-        if self.failed_changes >= MAX_FAILED_CHANGES {
-            return self
-                .change_refused(next, SqlError::changes_exhausted(), FAILED_CHANGE_PAUSE)
-                .await;
-        }
         // Counted and slowed down with logins: the same password guessed either way.
         let proxy = self.proxy.clone();
         let named = routed.as_ref().map(|(s, u)| (s.as_str(), u.as_str()));
@@ -119,6 +120,19 @@ impl<D: Directory> Session<D> {
             tokio::time::sleep(attempt.delay).await;
         }
         attempt.succeeded();
+        // Another database's account: a place among its connections, within its limit.
+        let slot = if service == self.service {
+            None
+        } else {
+            let (slot, n) = super::ServiceSlot::take(self.proxy.activity.service(&service));
+            let limit = self.proxy.cfg.max_connections_per_service;
+            if n > limit {
+                let msg = format!("database {service} has {limit} connections, its limit");
+                let full = SqlError::too_many_connections(&msg);
+                return self.change_refused(next, full, Duration::ZERO).await;
+            }
+            Some(slot)
+        };
         let login = Login {
             user: user_name.into_bytes(),
             stage1,
@@ -155,8 +169,8 @@ impl<D: Directory> Session<D> {
         // A schema no server has confirmed yet is the client's error when the next connection
         // finds it unknown (its first statement is refused, once), as after a login.
         self.schema_unconfirmed = schema.is_some() && matches!(check, SchemaCheck::Unchecked);
-        if service != self.service {
-            self.activity = super::ServiceSlot::take(self.proxy.activity.service(&service)).0;
+        if let Some(slot) = slot {
+            self.activity = slot;
             // Its place in recoveries is the new database's: the old one's order is not its.
             self.ticket = None;
             self.recovered = false;
@@ -197,20 +211,24 @@ impl<D: Directory> Session<D> {
                 .as_ref()
                 .is_some_and(|b| !b.role_set && !b.opaque);
         if own && let Some(b) = self.backend.as_mut() {
-            let changed = match b.change_user(login, schema).await {
-                Ok(()) => b.query(BACKEND_TRACKING).await.map(drop),
-                Err(e) => Err(e),
-            };
-            match changed {
-                Ok(()) => return SchemaCheck::Usable { kept: true },
-                Err(BackendError::Server(error)) => {
-                    return SchemaCheck::Refused {
-                        error,
-                        paused: true,
-                    };
+            // A role the account got at login (`DEFAULT ROLE`), which the proxy never saw set,
+            // survives the change as well: asked, not assumed.
+            if super::backend_link::no_role(b).await {
+                match b.change_user(login, schema).await {
+                    Ok(()) => match b.query(BACKEND_TRACKING).await {
+                        Ok(_) => return SchemaCheck::Usable { kept: true },
+                        // Changed, then lost: a new connection instead.
+                        Err(_) => self.drop_backend(),
+                    },
+                    Err(BackendError::Server(error)) => {
+                        return SchemaCheck::Refused {
+                            error,
+                            paused: true,
+                        };
+                    }
+                    // Gone meanwhile: a new connection instead.
+                    Err(_) => self.drop_backend(),
                 }
-                // Gone meanwhile: a new connection instead.
-                Err(_) => self.drop_backend(),
             }
         }
         let Some(schema) = schema else {
@@ -220,14 +238,16 @@ impl<D: Directory> Session<D> {
             return SchemaCheck::Unchecked;
         };
         let timeout = self.proxy.cfg.wake_timeout;
-        match Backend::connect(addr, login, Some(schema), timeout).await {
+        // Bounded as a whole: the login's reads have no deadline of their own.
+        let probe = Backend::connect(addr, login, Some(schema), timeout);
+        match tokio::time::timeout(timeout, probe).await {
             // The session's connection is made when first needed, as after any change of user.
-            Ok(_) => SchemaCheck::Usable { kept: false },
-            Err(BackendError::Server(error)) => SchemaCheck::Refused {
+            Ok(Ok(_)) => SchemaCheck::Usable { kept: false },
+            Ok(Err(BackendError::Server(error))) => SchemaCheck::Refused {
                 error,
                 paused: false,
             },
-            Err(_) => SchemaCheck::Unchecked,
+            Ok(Err(_)) | Err(_) => SchemaCheck::Unchecked,
         }
     }
 
