@@ -1470,6 +1470,32 @@ async fn a_client_never_gets_the_previous_clients_profile_or_role() {
     let role: Option<Option<String>> = next.query_first("SELECT CURRENT_ROLE()").await.unwrap();
     assert_eq!(role, Some(None), "the next client has a role set unseen");
     next.disconnect().await.unwrap();
+
+    // A role the account gets at login (`DEFAULT ROLE`) is on its connection unseen too: such a
+    // connection is not kept, or the account's next session would have the role after it was
+    // revoked (MariaDB keeps a connection's role across the pool's change of user).
+    s.json(&["user", "create", "shop", "clerk", "--password", "clerkpw"]);
+    let mut owner = shop_conn(&s, &user, &pw).await;
+    owner.query_drop("GRANT auditor TO clerk").await.unwrap();
+    owner.disconnect().await.unwrap();
+    let mut clerk = shop_conn(&s, "shop.clerk", "clerkpw").await;
+    clerk.query_drop("SET DEFAULT ROLE auditor").await.unwrap();
+    clerk.disconnect().await.unwrap();
+    let mut clerk = shop_conn(&s, "shop.clerk", "clerkpw").await;
+    let role: Option<Option<String>> = clerk.query_first("SELECT CURRENT_ROLE()").await.unwrap();
+    assert_eq!(role, Some(Some("auditor".into())));
+    clerk.disconnect().await.unwrap();
+    s.wait_for_metric(
+        "stratus_proxy_backend_connections{db=\"shop\"}",
+        0.0,
+        within,
+    );
+    let mut owner = shop_conn(&s, &user, &pw).await;
+    owner.query_drop("REVOKE auditor FROM clerk").await.unwrap();
+    owner.disconnect().await.unwrap();
+    let mut clerk = shop_conn(&s, "shop.clerk", "clerkpw").await;
+    let role: Option<Option<String>> = clerk.query_first("SELECT CURRENT_ROLE()").await.unwrap();
+    assert_eq!(role, Some(None), "the role outlived its revoke");
     s.stop();
 }
 

@@ -424,9 +424,11 @@ impl<D: Directory> Session<D> {
         if b.profiled || self.profiled() || b.role_set || self.state.role.is_some() {
             return;
         }
-        // A procedure or a dynamic statement may have set one unseen. (A connection of an
-        // account with a default role is then not kept either: its role is never NULL.)
-        if (b.opaque || self.state.opaque) && !no_role(&mut b).await {
+        // A procedure or a dynamic statement may have set one unseen, and an account with a
+        // `DEFAULT ROLE` has one from its login: the server is asked, always. (MariaDB keeps a
+        // connection's role across the pool's change of user, even once the role is revoked,
+        // so such a connection would serve the account's next session with it.)
+        if !no_role(&mut b).await {
             return;
         }
         if leaving && self.marker.txn > 0 && !self.state.in_transaction {

@@ -45,6 +45,8 @@ async fn a_kept_connection_is_logged_in_again_and_a_dead_one_replaced() {
         [
             BACKEND_TRACKING,
             READ,
+            // Asked before it is kept: a role on it would pass to the next session.
+            "SELECT CURRENT_ROLE() IS NULL",
             BACKEND_TRACKING,
             BACKEND_TRACKING,
             READ

@@ -13,7 +13,7 @@ fn server(q: &Query<'_>) -> Reply {
     match q.sql {
         "SELECT 1" => Reply::rows(&["1"], &[&["1"]]),
         "SELECT LAST_INSERT_ID()" => Reply::rows(&["LAST_INSERT_ID()"], &[&["42"]]),
-        // Asked of a connection that ran statements the proxy cannot see, before it is kept.
+        // Asked of every connection before it is kept.
         "SELECT CURRENT_ROLE() IS NULL" => Reply::rows(&["no role"], &[&["1"]]),
         _ => Reply::ok(),
     }
@@ -60,6 +60,7 @@ async fn an_idle_clients_connection_goes_back_to_the_pool_and_its_next_command_t
             BACKEND_TRACKING,
             "SELECT 1",
             "SELECT LAST_INSERT_ID()",
+            "SELECT CURRENT_ROLE() IS NULL",
             BACKEND_TRACKING,
             BACKEND_TRACKING,
             "DO LAST_INSERT_ID(42)",
