@@ -646,7 +646,11 @@ impl<D: Directory> Session<D> {
         if multi
             && stmts.iter().any(|s| s.kind == Kind::Kill)
             && self.refusal(sql, stmts).is_none()
-            && let Some((text, killed)) = self.kills_in_batch(sql, stmts)
+            && let Some(BatchKills {
+                text,
+                marked,
+                itself,
+            }) = self.kills_in_batch(sql, stmts)
         {
             let stmts = classify::classify_all(&text);
             let framed = BytesMut::from(&query(&text)[..]);
@@ -656,13 +660,12 @@ impl<D: Directory> Session<D> {
             // (not woken yet, they have not seen the mark). One that ran it and failed later
             // leaves its sessions to fail over instead of ending. One that ended by killing its
             // own connection ran every `KILL` before that one.
-            let itself = killed.iter().any(|t| Arc::ptr_eq(t, &self.link));
             let ran = match answered {
                 Ok(None) => true,
                 Ok(Some(ER_CONNECTION_KILLED)) => itself,
                 _ => false,
             };
-            for target in killed {
+            for target in marked {
                 if ran {
                     target.wake.notify_one();
                 } else {
@@ -957,14 +960,10 @@ impl<D: Directory> Session<D> {
     /// thread but a session's is ever named. Only a `KILL` with no quote before it in the text
     /// is rewritten: the classifier splits statements without the session's `sql_mode` or
     /// character set, and must not be trusted to have found a `KILL` that is really inside a
-    /// string. A session naming itself names `CONNECTION_ID()`, and is marked if it kills its
-    /// connection, as others are (the caller ends it when the server's answer says so). The
-    /// new text, and the marked sessions, if any `KILL` was rewritten.
-    fn kills_in_batch(
-        &self,
-        sql: &[u8],
-        stmts: &[Statement],
-    ) -> Option<(Vec<u8>, Vec<Arc<crate::SessionLink>>)> {
+    /// string. A session naming itself names `CONNECTION_ID()`, not marked: the server
+    /// answers a `KILL` of its own connection (1927) before it closes it, and the caller ends
+    /// the session on that answer. `None` if no `KILL` was rewritten.
+    fn kills_in_batch(&self, sql: &[u8], stmts: &[Statement]) -> Option<BatchKills> {
         let mut text = Vec::new();
         let mut copied = 0;
         let mut killed = Vec::new();
@@ -990,12 +989,8 @@ impl<D: Directory> Session<D> {
                 // or Stratus's own connection to the server is no thread of this client's.
                 None => SqlError::no_such_thread(k.id).signal(),
                 // Itself: the connection the batch runs on, which a thread id read now may
-                // not be (none while idle, another once failed over). Marked, so that the
-                // server closing it ends the session rather than fails it over.
+                // not be (none while idle, another once failed over).
                 Some(target) if Arc::ptr_eq(&target, &self.link) => {
-                    if connection && !itself && !target.killed.swap(true, Ordering::SeqCst) {
-                        killed.push(target.clone());
-                    }
                     itself |= connection;
                     k.for_own_connection()
                 }
@@ -1025,7 +1020,11 @@ impl<D: Directory> Session<D> {
             return None;
         }
         text.extend_from_slice(&sql[copied..]);
-        Some((text, killed))
+        Some(BatchKills {
+            text,
+            marked: killed,
+            itself,
+        })
     }
 
     async fn prepare(&mut self, raw: &BytesMut, lp: &packet::Logical, seq: u8) -> Result<(), End> {
@@ -1260,6 +1259,15 @@ impl<D: Directory> Session<D> {
     fn release_pins(&mut self) {
         self.share.withdraw(&self.activity);
     }
+}
+
+/// A multi-statement query with its `KILL`s rewritten ([`Session::kills_in_batch`]).
+struct BatchKills {
+    text: Vec<u8>,
+    /// Sessions marked killed before the batch runs (never the session itself).
+    marked: Vec<Arc<crate::SessionLink>>,
+    /// It kills the connection it runs on: the server runs nothing after that `KILL`.
+    itself: bool,
 }
 
 /// What statements of a query do to the session if they succeed: pins taken and released, and
