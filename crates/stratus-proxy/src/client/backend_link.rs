@@ -358,6 +358,15 @@ impl<D: Directory> Session<D> {
         self.give_back_backend(false).await;
     }
 
+    /// The session's connection holds what MariaDB keeps through a reset and a change of user,
+    /// as far as the proxy saw it: a profile history or a role set. (A role it did not see is
+    /// asked of the server, `no_role`.)
+    pub(super) fn holds_what_a_change_of_user_keeps(&self) -> bool {
+        self.profiled()
+            || self.state.role.is_some()
+            || self.backend.as_ref().is_some_and(|b| b.role_set)
+    }
+
     /// The session turned profiling on, or its connection did before a reset: the connection
     /// keeps the `SHOW PROFILES` history through a reset and a change of user.
     pub(super) fn profiled(&self) -> bool {
@@ -415,13 +424,14 @@ impl<D: Directory> Session<D> {
     /// Gives the backend connection to the pool. `leaving`: the session ends, and its commit
     /// marker row goes (an idle session keeps it for its next transactions).
     async fn give_back_backend(&mut self, leaving: bool) {
+        // A profiled connection would show the next client this one's statements, one with a
+        // role set would give it that role. Not kept.
+        let holds = self.holds_what_a_change_of_user_keeps();
         let Some(mut b) = self.backend.take() else {
             return;
         };
         self.activity.backends.fetch_sub(1, Ordering::Relaxed);
-        // A profiled connection would show the next client this one's statements, one with a
-        // role set would give it that role. Not kept.
-        if b.profiled || self.profiled() || b.role_set || self.state.role.is_some() {
+        if holds {
             return;
         }
         // A procedure or a dynamic statement may have set one unseen, and an account with a

@@ -20,7 +20,7 @@ use super::Session;
 use crate::Directory;
 use crate::backend::{Backend, BackendError, Login};
 use crate::error::SqlError;
-use crate::session::{BACKEND_TRACKING, SessionState};
+use crate::session::BACKEND_TRACKING;
 use crate::stream::End;
 use bytes::BytesMut;
 use std::time::Duration;
@@ -38,9 +38,9 @@ const FAILED_CHANGE_PAUSE: Duration = Duration::from_secs(1);
 enum SchemaCheck {
     /// Usable; `kept`: said on the session's own connection, which now runs as the new account.
     Usable { kept: bool },
-    /// Refused with the server's error; `paused`: by the server itself, after a failed change
-    /// of user on the session's connection.
-    Refused { error: SqlError, paused: bool },
+    /// Refused with the server's error, answered after `pause` (none where the server refused
+    /// a change of user on the session's connection and has waited already).
+    Refused { error: SqlError, pause: Duration },
     /// Not asked (no schema, or no server running or reachable): the next connection finds out.
     Unchecked,
 }
@@ -142,12 +142,7 @@ impl<D: Directory> Session<D> {
         let schema = (!schema.is_empty()).then(|| String::from_utf8_lossy(&schema).into_owned());
         let check = self.log_in_again(&service, &login, schema.as_deref()).await;
         let kept = match check {
-            SchemaCheck::Refused { error, paused } => {
-                let pause = if paused {
-                    Duration::ZERO
-                } else {
-                    FAILED_CHANGE_PAUSE
-                };
+            SchemaCheck::Refused { error, pause } => {
                 return self.change_refused(next, error, pause).await;
             }
             SchemaCheck::Usable { kept } => kept,
@@ -158,14 +153,8 @@ impl<D: Directory> Session<D> {
         if !kept {
             self.drop_backend();
         }
-        self.release_pins();
-        self.state = SessionState {
-            schema: schema.clone(),
-            ..SessionState::default()
-        };
-        self.txlog.clear();
-        self.stmts.clear();
-        self.autocommit = true;
+        self.session_reset();
+        self.state.schema = schema.clone();
         // A schema no server has confirmed yet is the client's error when the next connection
         // finds it unknown (its first statement is refused, once), as after a login.
         self.schema_unconfirmed = schema.is_some() && matches!(check, SchemaCheck::Unchecked);
@@ -202,17 +191,10 @@ impl<D: Directory> Session<D> {
         login: &Login,
         schema: Option<&str>,
     ) -> SchemaCheck {
-        let own = service == self.service
-            && !self.profiled()
-            && self.state.role.is_none()
-            && !self.state.opaque
-            && self
-                .backend
-                .as_ref()
-                .is_some_and(|b| !b.role_set && !b.opaque);
+        let own = service == self.service && !self.holds_what_a_change_of_user_keeps();
         if own && let Some(b) = self.backend.as_mut() {
-            // A role the account got at login (`DEFAULT ROLE`), which the proxy never saw set,
-            // survives the change as well: asked, not assumed.
+            // A role set unseen (a procedure, a dynamic statement) or the account's own
+            // (`DEFAULT ROLE`) survives the change as well: asked, not assumed.
             if super::backend_link::no_role(b).await {
                 match b.change_user(login, schema).await {
                     Ok(()) => match b.query(BACKEND_TRACKING).await {
@@ -221,10 +203,8 @@ impl<D: Directory> Session<D> {
                         Err(_) => self.drop_backend(),
                     },
                     Err(BackendError::Server(error)) => {
-                        return SchemaCheck::Refused {
-                            error,
-                            paused: true,
-                        };
+                        let pause = Duration::ZERO;
+                        return SchemaCheck::Refused { error, pause };
                     }
                     // Gone meanwhile: a new connection instead.
                     Err(_) => self.drop_backend(),
@@ -245,7 +225,7 @@ impl<D: Directory> Session<D> {
             Ok(Ok(_)) => SchemaCheck::Usable { kept: false },
             Ok(Err(BackendError::Server(error))) => SchemaCheck::Refused {
                 error,
-                paused: false,
+                pause: FAILED_CHANGE_PAUSE,
             },
             Ok(Err(_)) | Err(_) => SchemaCheck::Unchecked,
         }
