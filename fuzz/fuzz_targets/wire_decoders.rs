@@ -3,10 +3,17 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stratus_wire::{classify, handshake, packet, response, tracker};
+use stratus_wire::{classify, compressed, handshake, packet, response, tracker};
 
 fuzz_target!(|data: &[u8]| {
     let _ = packet::logical(data, 1 << 20);
+    // The same bytes as compressed packets, inflated, and their inner headers walked.
+    let (mut inflater, mut plain, mut rest) = (compressed::Inflater::default(), Vec::new(), data);
+    while let Some(h) = compressed::Header::parse(rest).filter(|h| h.total() <= rest.len()) {
+        let _ = inflater.inflate(&h, &rest[compressed::HEADER_LEN..h.total()], &mut plain);
+        rest = &rest[h.total()..];
+    }
+    compressed::Headers::default().walk(&mut plain, |id| id.wrapping_add(1));
     let _ = handshake::Greeting::decode(data);
     let _ = handshake::HandshakeResponse::decode(data);
     let _ = handshake::decode_auth_switch(data);

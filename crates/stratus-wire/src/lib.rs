@@ -2,6 +2,7 @@
 //! input. Reference: <https://mariadb.com/kb/en/clientserver-protocol/>.
 //!
 //! * [`packet`]: framing (3-byte length, sequence id, 16 MiB continuation).
+//! * [`compressed`]: the compressed protocol's framing around it (zlib).
 //! * [`handshake`]: the server greeting and the client's answer, both directions.
 //! * [`auth`]: `mysql_native_password` scrambles, and recovering `SHA1(password)` from a reply.
 //! * [`response`]: OK, ERR and EOF packets, with session state tracking.
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod caps;
 pub mod classify;
 pub mod command;
+pub mod compressed;
 pub mod handshake;
 pub mod lenenc;
 pub mod packet;
