@@ -200,6 +200,9 @@ pub(crate) async fn session<D: Directory>(
     if session.client.send(login.next_seq, &ok).await.is_err() {
         return;
     }
+    if login.compressed {
+        session.client.compress();
+    }
     let end = session.serve().await;
     session.release_pins();
     if matches!(end, End::Client | End::Idle | End::Shutdown) {
@@ -442,6 +445,7 @@ impl<D: Directory> Session<D> {
                     }
                     if link.idle.release_due() {
                         self.release_idle().await;
+                        self.client.rest();
                         self.report_state();
                     }
                     continue;

@@ -29,6 +29,7 @@ pub mod activity;
 pub mod backend;
 pub mod backend_unix;
 pub mod client;
+mod compressed;
 pub mod error;
 pub mod hold;
 mod idle;

@@ -27,6 +27,8 @@ pub(crate) struct LoggedIn {
     pub(crate) connection_id: u32,
     /// Sequence id for the proxy's answer to the login.
     pub(crate) next_seq: u8,
+    /// The client asked for the compressed protocol, which starts after the login's OK.
+    pub(crate) compressed: bool,
 }
 
 pub(crate) fn scramble() -> [u8; 20] {
@@ -97,14 +99,6 @@ pub(crate) async fn login<D: Directory>(
             return Err(End::Protocol);
         }
     };
-    // A client that asks for compression unoffered (PHP's mysqlnd does) would compress every
-    // packet after the login, which the proxy cannot read: it would wait for a packet that
-    // never comes. Refused now, while the client still reads plain packets.
-    if resp.capabilities & caps::COMPRESS != 0 {
-        let why = "compression (CLIENT_COMPRESS) is not offered: connect without it";
-        client.send(seq, &SqlError::handshake(why).packet()).await?;
-        return Err(End::Protocol);
-    }
     let host = peer.ip().to_string();
     let deny = |password: bool| SqlError::access_denied(&resp.user, &host, password);
     // Route `<service>.<user>`, or by the TLS server name `<service>.<domain>`.
@@ -165,13 +159,15 @@ pub(crate) async fn login<D: Directory>(
             user: user.as_bytes().to_vec(),
             stage1,
             charset: resp.charset,
-            client_caps: resp.capabilities & caps::PROXY_OFFERS,
+            // Compression ends at the proxy: backend connections are local, and pooled alike.
+            client_caps: resp.capabilities & caps::PROXY_OFFERS & !caps::COMPRESS,
             attributes: resp.attributes,
         },
         schema,
         scramble,
         connection_id,
         next_seq: seq,
+        compressed: resp.capabilities & caps::COMPRESS != 0,
     })
 }
 

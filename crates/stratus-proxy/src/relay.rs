@@ -148,7 +148,7 @@ pub(crate) async fn forward_infile(
     limit: usize,
 ) -> Result<(), RelayError> {
     loop {
-        let lp = match client.read(limit).await {
+        let lp = match client.read_reply(limit).await {
             Ok(Some(lp)) => lp,
             _ => return Err(RelayError::Client),
         };

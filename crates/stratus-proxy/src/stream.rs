@@ -1,6 +1,8 @@
 //! A client's side of a session: its byte stream (plain TCP, or TLS after the `CLIENT_SSL`
-//! upgrade) and the buffered reading and writing of whole packets on it.
+//! upgrade, either of them compressed after a login with `CLIENT_COMPRESS`) and the buffered
+//! reading and writing of whole packets on it.
 
+use crate::compressed::Compressed;
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::pin::Pin;
@@ -13,6 +15,8 @@ use tokio::net::TcpStream;
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
+    /// Either of the above, carrying the compressed protocol.
+    Compressed(Box<Compressed>),
     /// Only while the stream is being upgraded.
     Gone,
     /// A client in the same process, for tests of whole sessions (`crate::testkit`). Absent
@@ -23,13 +27,18 @@ pub enum ClientStream {
 
 impl ClientStream {
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        match self {
+            ClientStream::Tls(_) => true,
+            ClientStream::Compressed(c) => c.inner.is_tls(),
+            _ => false,
+        }
     }
 
     /// The TLS server name the client asked for (SNI).
     pub fn server_name(&self) -> Option<&str> {
         match self {
             ClientStream::Tls(t) => t.get_ref().1.server_name(),
+            ClientStream::Compressed(c) => c.inner.server_name(),
             _ => None,
         }
     }
@@ -90,6 +99,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Compressed(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             ClientStream::Gone => Poll::Ready(Err(gone())),
             #[cfg(test)]
             ClientStream::Memory(s) => Pin::new(s).poll_read(cx, buf),
@@ -106,6 +116,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Compressed(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             ClientStream::Gone => Poll::Ready(Err(gone())),
             #[cfg(test)]
             ClientStream::Memory(s) => Pin::new(s).poll_write(cx, buf),
@@ -115,6 +126,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Compressed(s) => Pin::new(s.as_mut()).poll_flush(cx),
             ClientStream::Gone => Poll::Ready(Err(gone())),
             #[cfg(test)]
             ClientStream::Memory(s) => Pin::new(s).poll_flush(cx),
@@ -124,6 +136,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Compressed(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             ClientStream::Gone => Poll::Ready(Err(gone())),
             #[cfg(test)]
             ClientStream::Memory(s) => Pin::new(s).poll_shutdown(cx),
@@ -169,14 +182,31 @@ pub(crate) struct ClientIo {
 }
 
 impl ClientIo {
-    /// Waits for one whole logical packet; `Ok(None)` at a clean end of stream.
+    /// Waits for a command: one whole logical packet; `Ok(None)` at a clean end of stream.
     pub(crate) async fn read(
         &mut self,
         limit: usize,
     ) -> Result<Option<packet::Logical>, ReadError> {
+        self.read_packet(limit, false).await
+    }
+
+    /// Waits for a packet that answers the proxy's last one (an authentication reply, a local
+    /// file's contents).
+    pub(crate) async fn read_reply(
+        &mut self,
+        limit: usize,
+    ) -> Result<Option<packet::Logical>, ReadError> {
+        self.read_packet(limit, true).await
+    }
+
+    async fn read_packet(
+        &mut self,
+        limit: usize,
+        reply: bool,
+    ) -> Result<Option<packet::Logical>, ReadError> {
         loop {
             match packet::logical(&self.buf, limit) {
-                Ok(Some(lp)) => return Ok(Some(lp)),
+                Ok(Some(lp)) => return Ok(Some(self.renumber(lp, reply))),
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::TooLarge(e.limit)),
             }
@@ -195,6 +225,44 @@ impl ClientIo {
                 };
             }
         }
+    }
+
+    /// In a compressed session, numbers the packet at the front of the buffer as an
+    /// uncompressed client would have: from 0 for a command, else from the packet before.
+    /// Clients number what travels inside compressed packets each in their own way (MariaDB
+    /// Connector/C sends every packet of a command as 0), and the backend checks.
+    fn renumber(&mut self, lp: packet::Logical, reply: bool) -> packet::Logical {
+        let ClientStream::Compressed(c) = &mut self.stream else {
+            return lp;
+        };
+        let first = if reply { c.next_plain } else { 0 };
+        let mut id = first;
+        let mut pos = 0;
+        while let Some(total) = packet::complete(&self.buf[pos..lp.consumed]) {
+            self.buf[pos + 3] = id;
+            id = id.wrapping_add(1);
+            pos += total;
+        }
+        c.next_plain = id;
+        packet::Logical {
+            seq: first,
+            last_seq: id.wrapping_sub(1),
+            ..lp
+        }
+    }
+
+    /// Gives back what an idle session need not hold (a compressed stream's zlib states).
+    pub(crate) fn rest(&mut self) {
+        if let ClientStream::Compressed(c) = &mut self.stream {
+            c.rest();
+        }
+    }
+
+    /// Speaks the compressed protocol from here on (after the login's OK).
+    pub(crate) fn compress(&mut self) {
+        let inner = std::mem::replace(&mut self.stream, ClientStream::Gone);
+        let sent = self.buf.split();
+        self.stream = ClientStream::Compressed(Box::new(Compressed::new(inner, sent)));
     }
 
     /// Writes and flushes: TLS buffers records until flushed, and the client is waiting.

@@ -34,13 +34,15 @@ pub const MARIADB_EXTENDED_TYPE_INFO: u64 = 1 << 35;
 pub const MARIADB_CACHE_METADATA: u64 = 1 << 36;
 
 /// What the proxy offers clients. Left out, because a relayed session could not honour them
-/// across backends: compression, progress reports, COM_MULTI and cached metadata (whose
-/// skipped column definitions would not survive a re-prepare). Bulk execution is offered: every
-/// backend connection of a session is made with the client's capabilities (pooled ones too:
-/// the pool's key holds them), and an execute that relied on types bound on another connection
-/// is given them. `SSL` is added when TLS is configured.
+/// across backends: progress reports, COM_MULTI and cached metadata (whose skipped column
+/// definitions would not survive a re-prepare). Bulk execution is offered: every backend
+/// connection of a session is made with the client's capabilities (pooled ones too: the pool's
+/// key holds them), and an execute that relied on types bound on another connection is given
+/// them. Compression is the proxy's own, between it and the client. `SSL` is added when TLS is
+/// configured.
 pub const PROXY_OFFERS: u64 = LONG_FLAG
     | FOUND_ROWS
+    | COMPRESS
     | CONNECT_WITH_DB
     | NO_SCHEMA
     | ODBC

@@ -85,7 +85,7 @@ impl<D: Directory> Session<D> {
             self.client
                 .send(next, &auth_switch_request(NATIVE_PLUGIN, &self.scramble))
                 .await?;
-            let lp = match self.client.read(64 * 1024).await {
+            let lp = match self.client.read_reply(64 * 1024).await {
                 Ok(Some(lp)) => lp,
                 _ => return Err(End::Client),
             };
