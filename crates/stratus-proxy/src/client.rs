@@ -138,7 +138,7 @@ pub(crate) async fn session<D: Directory>(
             user: login.backend_login.user.clone(),
         }),
         backend_thread: std::sync::atomic::AtomicU32::new(0),
-        killed: std::sync::atomic::AtomicBool::new(false),
+        killed: crate::KillMarks::default(),
         wake: tokio::sync::Notify::new(),
         idle: crate::idle::IdleClock::new(
             Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
@@ -402,7 +402,7 @@ impl<D: Directory> Session<D> {
             // Killed by another session: closed without a word, as the server closes it (the
             // client's next read finds the connection lost, 2013; only a session that kills
             // itself hears 1927).
-            if self.link.killed.load(Ordering::Relaxed) {
+            if self.link.killed.any() {
                 return End::Killed;
             }
             // Shutting down: a session holding no transaction is closed as the server closes
@@ -430,7 +430,7 @@ impl<D: Directory> Session<D> {
                     // statement gets a new one. A transaction holding locks is carried over at
                     // once, before statements that were waiting for those locks run again.
                     self.drop_backend();
-                    if self.holds_locks() && !self.link.killed.load(Ordering::Relaxed) {
+                    if self.holds_locks() && !self.link.killed.any() {
                         self.recover_idle().await;
                     }
                     // What was pinned to that connection is gone with it.
@@ -472,7 +472,7 @@ impl<D: Directory> Session<D> {
             };
             // Killed while the command came in: the server would have shut the connection
             // before reading it.
-            if self.link.killed.load(Ordering::Relaxed) {
+            if self.link.killed.any() {
                 return End::Killed;
             }
             let raw = self.client.buf.split_to(lp.consumed);
@@ -673,7 +673,7 @@ impl<D: Directory> Session<D> {
                 if ran {
                     target.wake.notify_one();
                 } else {
-                    target.killed.store(false, Ordering::SeqCst);
+                    target.killed.unmark();
                 }
             }
             return self.killed_itself(answered);
@@ -691,7 +691,7 @@ impl<D: Directory> Session<D> {
     /// go on over another one.
     fn killed_itself(&mut self, answered: Result<Option<u16>, End>) -> Result<(), End> {
         if let Ok(Some(ER_CONNECTION_KILLED)) = answered {
-            self.link.killed.store(true, Ordering::SeqCst);
+            self.link.killed.mark();
         }
         answered.map(drop)
     }
@@ -872,7 +872,7 @@ impl<D: Directory> Session<D> {
         let own = Arc::ptr_eq(&target, &self.link);
         if k.scope == kill::Scope::Connection {
             if own {
-                self.link.killed.store(true, Ordering::Relaxed);
+                self.link.killed.mark();
                 let _ = self
                     .client
                     .send(seq, &SqlError::connection_killed().packet())
@@ -885,7 +885,7 @@ impl<D: Directory> Session<D> {
                     .send(seq, &SqlError::not_owner_of_thread(k.id).packet())
                     .await;
             }
-            target.killed.store(true, Ordering::SeqCst);
+            target.killed.mark();
             target.wake.notify_one();
         }
         let thread = target.backend_thread.load(Ordering::SeqCst);
@@ -1004,7 +1004,8 @@ impl<D: Directory> Session<D> {
                 Some(target) => {
                     // Past a `KILL` of its own connection the server runs nothing more: the
                     // sessions named after it are not marked.
-                    if connection && !itself && !target.killed.swap(true, Ordering::SeqCst) {
+                    if connection && !itself {
+                        target.killed.mark();
                         killed.push(target.clone());
                     }
                     match target.backend_thread.load(Ordering::SeqCst) {
@@ -1019,7 +1020,7 @@ impl<D: Directory> Session<D> {
         }
         if copied == 0 {
             for target in killed {
-                target.killed.store(false, Ordering::SeqCst);
+                target.killed.unmark();
             }
             return None;
         }

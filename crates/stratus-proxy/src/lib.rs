@@ -203,14 +203,36 @@ pub struct Proxy<D: Directory> {
 
 /// What other sessions may know of a session: enough to find and kill its current statement
 /// or connection.
+/// The `KILL CONNECTION`s standing against a session: a count, not a flag, so that a batch
+/// taking its mark back (it failed before its `KILL` ran) leaves another session's standing.
+#[derive(Default)]
+pub(crate) struct KillMarks(AtomicU32);
+
+impl KillMarks {
+    /// Whether one stands: the session's client connection ends, and a lost backend is not
+    /// failed over. `SeqCst` on every side: a `KILL` marks the session before it reads its
+    /// backend thread, and a session clears that thread before it looks at its marks.
+    pub(crate) fn any(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+
+    pub(crate) fn mark(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Takes back a mark this session made.
+    pub(crate) fn unmark(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub(crate) struct SessionLink {
     /// Whose session it is now: `COM_CHANGE_USER` may make it another database's.
     pub(crate) identity: std::sync::Mutex<Identity>,
     /// The thread id of its current backend connection; 0 while it has none.
     pub(crate) backend_thread: AtomicU32,
-    /// A `KILL CONNECTION` named it: its client connection ends, and a lost backend is not
-    /// failed over.
-    pub(crate) killed: std::sync::atomic::AtomicBool,
+    /// The `KILL CONNECTION`s that named it.
+    pub(crate) killed: KillMarks,
     /// Wakes it when it is killed, or the proxy shuts down, or its idle deadline passes, while
     /// it waits for its client.
     pub(crate) wake: tokio::sync::Notify,
@@ -561,5 +583,20 @@ mod refusal_tests {
         }
         drop(taken);
         setrlimit(Resource::Nofile, before).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod kill_mark_tests {
+    use super::KillMarks;
+
+    #[test]
+    fn a_mark_taken_back_leaves_another_sessions_standing() {
+        let marks = KillMarks::default();
+        assert!(!marks.any());
+        marks.mark(); // a batch's KILL, not run yet
+        marks.mark(); // another session's KILL, done
+        marks.unmark(); // the batch failed before its KILL
+        assert!(marks.any(), "the other session's KILL still stands");
     }
 }

@@ -305,7 +305,7 @@ impl<D: Directory> Session<D> {
     pub(super) async fn release_idle(&mut self) {
         if self.backend.is_none()
             || self.ticket.is_some()
-            || self.link.killed.load(Ordering::Relaxed)
+            || self.link.killed.any()
             || self.proxy.holds.is_held(&self.service)
         {
             return;
@@ -350,7 +350,7 @@ impl<D: Directory> Session<D> {
         self.link.backend_thread.store(0, Ordering::SeqCst);
         // A `KILL` that read the thread id before it was cleared must not reach whoever takes
         // the connection next.
-        if self.link.killed.load(Ordering::SeqCst) {
+        if self.link.killed.any() {
             self.drop_backend();
             return;
         }

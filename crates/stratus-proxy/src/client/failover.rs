@@ -153,7 +153,7 @@ impl<D: Directory> Session<D> {
                     }
                     break Ok(r);
                 }
-                Err(RelayError::LostBeforeAnswer) if self.link.killed.load(Ordering::Relaxed) => {
+                Err(RelayError::LostBeforeAnswer) if self.link.killed.any() => {
                     // Killed on purpose, not lost: no failover, and no answer either, as the
                     // server shuts the killed connection down mid-statement (the client sees
                     // 2013, the connection lost during its query).
