@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod names;
 pub mod password;
 pub mod policy;
+pub mod replication;
 pub mod scu;
 pub mod service;
 pub mod sql;

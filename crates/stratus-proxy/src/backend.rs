@@ -97,6 +97,9 @@ pub struct Backend {
     /// A session ran statements whose effects the proxy cannot see on it (`CALL`, `EXECUTE`,
     /// `EXECUTE IMMEDIATE`), which may have set a role: asked before it is kept.
     pub opaque: bool,
+    /// A replica registered on it (`COM_REGISTER_SLAVE`), which stays until it closes: never
+    /// given to another session.
+    pub replica: bool,
 }
 
 /// The byte stream to a server: its private unix socket on this host, or TCP to a pod.
@@ -235,6 +238,7 @@ impl Backend {
             profiled: false,
             role_set: false,
             opaque: false,
+            replica: false,
         };
         let greeting = b.read_packet().await?;
         if greeting.first() == Some(&0xff) {

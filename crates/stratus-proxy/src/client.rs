@@ -34,6 +34,7 @@ mod backend_link;
 mod change_user;
 mod credentials;
 mod failover;
+mod replica;
 mod user_vars;
 
 #[cfg(test)]
@@ -600,6 +601,8 @@ impl<D: Directory> Session<D> {
                 let expect = expect(cmd).unwrap_or(Expect::One);
                 self.forward(&raw, seq, expect).await?;
             }
+            COM_REGISTER_SLAVE => self.register_replica(&raw, lp, seq).await?,
+            COM_BINLOG_DUMP => self.binlog_dump(&raw, lp, seq).await?,
             COM_SHUTDOWN => {
                 self.client
                     .send(

@@ -2267,3 +2267,154 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
     }
     s.stop();
 }
+
+/// A tenant's own replica reads its database's binary log through the proxy, as change-data-
+/// capture tools do (here `mariadb-binlog --read-from-remote-server`): the same events as
+/// directly, and the session ends with the dump, as the server ends it. A replica that would
+/// take a server id of Stratus's own replicas (the commit clock's) is refused, registration or
+/// dump, and its session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_replica_reads_its_binary_log_through_the_proxy() {
+    use common::raw_client::{Answer, RawClient};
+    use stratus_wire::command::{COM_BINLOG_DUMP, COM_REGISTER_SLAVE};
+    let mut s = Stratus::new("replica");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = shop_conn(&s, &user, &pw).await;
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO t VALUES (1, 'cdc-probe-4711')")
+        .await
+        .unwrap();
+    let logs: Vec<(String, u64)> = conn.query("SHOW BINARY LOGS").await.unwrap();
+    let (file, end) = logs.last().unwrap().clone();
+    let binlog = |how: &[String]| {
+        let out = Command::new("mariadb-binlog")
+            .args(["--read-from-remote-server", "--verbose"])
+            .arg(format!("--stop-position={end}"))
+            .args(how)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{how:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (host, port) = s.listen.split_once(':').unwrap();
+    let proxied = binlog(&[
+        "--protocol=tcp".into(),
+        format!("--host={host}"),
+        format!("--port={port}"),
+        format!("--user={user}"),
+        format!("--password={pw}"),
+    ]);
+    assert!(proxied.contains("'cdc-probe-4711'"), "{proxied}");
+    let direct = binlog(&[
+        format!("--socket={}", s.backend_socket("shop")),
+        format!("--user={}", user.split_once('.').unwrap().1),
+        format!("--password={pw}"),
+    ]);
+    assert!(
+        proxied == direct,
+        "the events differ:\n{proxied}\n---\n{direct}"
+    );
+
+    // A replica that follows the log (a blocking dump) streams until its session is killed.
+    let mut follower = Command::new("mariadb-binlog")
+        .args(["--read-from-remote-server", "--stop-never"])
+        .arg("--stop-never-slave-server-id=4242")
+        .args([
+            "--protocol=tcp",
+            &format!("--host={host}"),
+            &format!("--port={port}"),
+        ])
+        .args([
+            format!("--user={user}"),
+            format!("--password={pw}"),
+            file.clone(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dumping = "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%' AND USER = 'admin'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let thread = loop {
+        if let Some(id) = conn.query_first::<u64, _>(dumping).await.unwrap() {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dump never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    conn.query_drop(format!("KILL {thread}")).await.unwrap();
+    let ended = loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still streaming after its KILL"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(!ended.success(), "the killed stream reports its end");
+
+    let mut raw = RawClient::login(
+        std::net::TcpStream::connect(&s.listen).unwrap(),
+        &user,
+        &pw,
+        "shop",
+    );
+    let clock_id = 0x7000_0002u32.to_le_bytes();
+    let mut dump = vec![COM_BINLOG_DUMP, 4, 0, 0, 0, 0, 0];
+    dump.extend_from_slice(&clock_id);
+    dump.extend_from_slice(file.as_bytes());
+    let mut register = vec![COM_REGISTER_SLAVE];
+    register.extend_from_slice(&clock_id);
+    register.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    for (what, packet) in [("dump", &dump), ("registration", &register)] {
+        match raw.raw(packet) {
+            Answer::Err {
+                code: 1227,
+                message,
+            } => assert!(message.contains("server id"), "{message}"),
+            other => panic!("a {what} under Stratus's server id: {other:?}"),
+        }
+    }
+    assert_eq!(raw.value("SELECT v FROM t"), "cdc-probe-4711");
+
+    // An account without `REPLICATION SLAVE` is refused by the server, whose connection then
+    // goes on reading commands: so does the proxy, which must not have become a blind pipe to
+    // it (its own answers still apply: a `KILL` of a greeting id, which the server would not
+    // know).
+    s.json(&["user", "create", "shop", "app", "--password", "app-pw-1"]);
+    let victim = shop_conn(&s, "shop.app", "app-pw-1").await;
+    let mut app = RawClient::login(
+        std::net::TcpStream::connect(&s.listen).unwrap(),
+        "shop.app",
+        "app-pw-1",
+        "shop",
+    );
+    dump[7..11].copy_from_slice(&42u32.to_le_bytes());
+    match app.raw(&dump) {
+        Answer::Err {
+            code: 1227,
+            message,
+        } => {
+            assert!(message.contains("REPLICATION SLAVE"), "{message}")
+        }
+        other => panic!("a dump without the privilege: {other:?}"),
+    }
+    match app.exec(&format!("KILL {}", victim.id())) {
+        Answer::Ok { .. } => {}
+        other => panic!("the KILL after the refused dump: {other:?}"),
+    }
+    conn.disconnect().await.unwrap();
+    s.stop();
+}

@@ -359,12 +359,15 @@ impl<D: Directory> Session<D> {
     }
 
     /// The session's connection holds what MariaDB keeps through a reset and a change of user,
-    /// as far as the proxy saw it: a profile history or a role set. (A role it did not see is
-    /// asked of the server, `no_role`.)
+    /// as far as the proxy saw it: a profile history, a role set, a replica's registration. (A
+    /// role it did not see is asked of the server, `no_role`.)
     pub(super) fn holds_what_a_change_of_user_keeps(&self) -> bool {
         self.profiled()
             || self.state.role.is_some()
-            || self.backend.as_ref().is_some_and(|b| b.role_set)
+            || self
+                .backend
+                .as_ref()
+                .is_some_and(|b| b.role_set || b.replica)
     }
 
     /// The session turned profiling on, or its connection did before a reset: the connection

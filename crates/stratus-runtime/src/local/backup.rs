@@ -499,7 +499,8 @@ impl Inner {
 }
 
 /// The server id a restored server applies its source's log under: even, so no database's
-/// (always odd) and not the commit clock's.
+/// (always odd) and not the commit clock's, and one a tenant's replica may not take.
 const REPLAY_SERVER_ID: u32 = 0x7fff_fffe;
+const _: () = assert!(*stratus_core::replication::STRATUS_REPLICA_IDS.start() <= REPLAY_SERVER_ID);
 /// A replay that stops moving for this long has failed.
 const REPLAY_STALL: std::time::Duration = std::time::Duration::from_secs(120);

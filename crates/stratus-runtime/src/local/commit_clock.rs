@@ -22,7 +22,8 @@ use tokio::net::UnixStream;
 static CONNECTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// A server id for one replica connection: even, so no database's (always odd,
-/// `config::server_id`) is it, below the restore's (`0x7ffffffe`), and new for every connection.
+/// `config::server_id`) is it, below the restore's (`0x7ffffffe`), new for every connection, and
+/// in the range a tenant's replica may not take (`stratus_core::replication`).
 /// A dump request with the id of a dump thread still running makes the server kill that thread
 /// as a zombie, and with semi-synchronous replication on, MariaDB 10.11 can deadlock there
 /// (`kill_zombie_dump_threads` waits in `Ack_receiver::remove_slave` while holding the old
@@ -482,4 +483,19 @@ fn text_values(p: &[u8], columns: usize) -> Vec<String> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod replica_id_tests {
+    #[test]
+    fn the_clock_takes_its_ids_from_the_range_tenants_may_not_use() {
+        for _ in 0..1000 {
+            let id = super::replica_id();
+            assert!(
+                stratus_core::replication::reserved_replica_id(id),
+                "{id:#x}"
+            );
+            assert_eq!(id % 2, 0);
+        }
+    }
 }

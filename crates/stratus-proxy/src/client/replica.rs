@@ -1,0 +1,227 @@
+//! A tenant's own replica through the proxy: change-data-capture tools (Debezium, Maxwell),
+//! `mariadb-binlog --read-from-remote-server`, or a MariaDB replica of their own. The owner holds
+//! `REPLICATION SLAVE` and may read its database's binary log (`SHOW BINLOG EVENTS` shows the
+//! same), so the replication protocol is relayed: `COM_REGISTER_SLAVE`
+//! (<https://mariadb.com/kb/en/com_register_slave/>) as any command, and from
+//! `COM_BINLOG_DUMP` (<https://mariadb.com/kb/en/com_binlog_dump/>) on the connection is the
+//! stream. Bytes go both ways as they are (events down, a semi-synchronous replica's
+//! acknowledgements up) until either side closes; the server ends a connection once its dump is
+//! over, and the session ends with it, as directly. A stream cannot move to another server, so
+//! a park or a crash ends it, and the replica reconnects from where it was, as from any
+//! server's restart; while it streams, the database counts a statement running and so does not
+//! sleep.
+//!
+//! A replica may not take a server id Stratus's own replicas use
+//! ([`stratus_core::replication`]): the server would kill theirs as a zombie.
+
+use super::Session;
+use crate::Directory;
+use crate::error::SqlError;
+use crate::relay::RelayError;
+use crate::stream::End;
+use bytes::BytesMut;
+use std::sync::atomic::Ordering;
+use stratus_core::replication::{STRATUS_REPLICA_IDS, reserved_replica_id};
+use stratus_wire::command::{COM_BINLOG_DUMP, COM_REGISTER_SLAVE};
+use stratus_wire::packet::{self, HEADER_LEN};
+use stratus_wire::tracker::Expect;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The server id a `COM_REGISTER_SLAVE` or `COM_BINLOG_DUMP` payload names.
+fn server_id(cmd: u8, payload: &[u8]) -> Option<u32> {
+    let at = match cmd {
+        COM_REGISTER_SLAVE => 1,
+        // Position (4 bytes) and flags (2) first.
+        COM_BINLOG_DUMP => 7,
+        _ => return None,
+    };
+    let b = payload.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The refusal of a command whose server id is Stratus's, or that is too short to name one.
+fn refusal(cmd: u8, payload: &[u8]) -> Option<SqlError> {
+    match server_id(cmd, payload) {
+        None => Some(SqlError::malformed_packet()),
+        Some(id) if reserved_replica_id(id) => Some(SqlError::not_allowed(&format!(
+            "server id {id} (Stratus's replicas use {} to {})",
+            STRATUS_REPLICA_IDS.start(),
+            STRATUS_REPLICA_IDS.end()
+        ))),
+        Some(_) => None,
+    }
+}
+
+impl<D: Directory> Session<D> {
+    /// `COM_REGISTER_SLAVE`: relayed; its connection then carries the registration (`SHOW
+    /// SLAVE HOSTS` lists it until it closes), so it is never given to another session.
+    pub(super) async fn register_replica(
+        &mut self,
+        raw: &[u8],
+        lp: &packet::Logical,
+        seq: u8,
+    ) -> Result<(), End> {
+        if let Some(e) = refusal(COM_REGISTER_SLAVE, &packet::payload(raw, lp)) {
+            return self.client.send(seq, &e.packet()).await;
+        }
+        let r = self.forward(raw, seq, Expect::One).await?;
+        if r.error.is_none()
+            && let Some(b) = self.backend.as_mut()
+        {
+            b.replica = true;
+        }
+        Ok(())
+    }
+
+    /// `COM_BINLOG_DUMP`: relays the stream until either side closes, and the session ends
+    /// then (`End::Client`). `Ok` when it was refused before reaching a server, and the
+    /// session goes on.
+    pub(super) async fn binlog_dump(
+        &mut self,
+        raw: &[u8],
+        lp: &packet::Logical,
+        seq: u8,
+    ) -> Result<(), End> {
+        if let Some(e) = refusal(COM_BINLOG_DUMP, &packet::payload(raw, lp)) {
+            return self.client.send(seq, &e.packet()).await;
+        }
+        if let Err(e) = self.ensure_backend().await {
+            return self.client.send(seq, &e.packet()).await;
+        }
+        self.share.running(&self.activity, true);
+        self.activity.statements.fetch_add(1, Ordering::Relaxed);
+        let started = self.start_dump(raw).await;
+        if let Ok(Dump::Refused(err)) = &started {
+            self.share.running(&self.activity, false);
+            self.activity.errors.fetch_add(1, Ordering::Relaxed);
+            return self.client.write(err).await;
+        }
+        let streamed = match started {
+            Ok(_) => self.stream_replication().await,
+            Err(e) => Err(e),
+        };
+        self.share.running(&self.activity, false);
+        if let Err(e) = streamed {
+            tracing::debug!(db = %self.service, "replication stream ended: {e:?}");
+        }
+        // The server closes its side once the dump ends; the connection serves no one else.
+        self.drop_backend();
+        self.report_state();
+        // Whichever side closed first, the stream is over and so is the connection, as
+        // directly.
+        Err(End::Client)
+    }
+
+    /// Sends the dump request and reads the server's first packet. Refused (no `REPLICATION
+    /// SLAVE`), the server goes on reading commands on that connection, so the session goes on
+    /// as after any error; streaming, it reads nothing but acknowledgements from then on, so
+    /// what the client sends can be passed on unread.
+    async fn start_dump(&mut self, raw: &[u8]) -> Result<Dump, RelayError> {
+        let Some(b) = self.backend.as_mut() else {
+            return Err(RelayError::LostBeforeAnswer);
+        };
+        b.stream
+            .write_all(raw)
+            .await
+            .map_err(|_| RelayError::LostBeforeAnswer)?;
+        let total = loop {
+            if let Some(total) = packet::complete(&b.buf) {
+                break total;
+            }
+            b.fill().await.map_err(|_| RelayError::LostBeforeAnswer)?;
+        };
+        if b.buf.get(HEADER_LEN) == Some(&0xff) {
+            return Ok(Dump::Refused(b.buf.split_to(total).to_vec()));
+        }
+        Ok(Dump::Streaming)
+    }
+
+    /// Copies bytes both ways until one side closes: `Ok` when the server did.
+    async fn stream_replication(&mut self) -> Result<(), RelayError> {
+        let Some(b) = self.backend.as_mut() else {
+            return Err(RelayError::LostBeforeAnswer);
+        };
+        // What the client sent after the dump request (a replica's first acknowledgements).
+        let early = self.client.buf.split();
+        if !early.is_empty() {
+            b.stream
+                .write_all(&early)
+                .await
+                .map_err(|_| RelayError::LostMidway)?;
+        }
+        let mut down = std::mem::take(&mut b.buf);
+        let mut up = BytesMut::with_capacity(HEADER_LEN * 64);
+        let link = self.link.clone();
+        loop {
+            if !down.is_empty() {
+                self.client
+                    .stream
+                    .write_all(&down)
+                    .await
+                    .map_err(|_| RelayError::Client)?;
+                self.client
+                    .stream
+                    .flush()
+                    .await
+                    .map_err(|_| RelayError::Client)?;
+                down.clear();
+            }
+            crate::stream::make_room(&mut down, crate::relay::STREAM_CHUNK);
+            tokio::select! {
+                r = b.stream.read_buf(&mut down) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return Ok(()),
+                },
+                r = self.client.stream.read_buf(&mut up) => match r {
+                    Ok(n) if n > 0 => {
+                        b.stream.write_all(&up).await.map_err(|_| RelayError::LostMidway)?;
+                        up.clear();
+                    }
+                    _ => return Err(RelayError::Client),
+                },
+                // Killed, or the proxy shuts down: a stream has no end to wait for.
+                () = link.wake.notified() => {
+                    if link.killed.any() || self.proxy.shutting_down.load(Ordering::Relaxed) {
+                        return Err(RelayError::Client);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How a server took a dump request.
+enum Dump {
+    /// Its error packet, for the client.
+    Refused(Vec<u8>),
+    Streaming,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_ids_stratus_uses_are_refused_and_short_packets_are_malformed() {
+        let dump = |id: u32| {
+            let mut p = vec![COM_BINLOG_DUMP, 4, 0, 0, 0, 0, 0];
+            p.extend_from_slice(&id.to_le_bytes());
+            p.extend_from_slice(b"mariadb-bin.000001");
+            p
+        };
+        assert!(refusal(COM_BINLOG_DUMP, &dump(42)).is_none());
+        assert!(
+            refusal(COM_BINLOG_DUMP, &dump(0)).is_none(),
+            "mariadb-binlog's"
+        );
+        for id in [0x7000_0000, 0x7000_0002, 0x7fff_fffe, 0x7fff_ffff] {
+            assert!(refusal(COM_BINLOG_DUMP, &dump(id)).is_some(), "{id:#x}");
+        }
+        let mut register = vec![COM_REGISTER_SLAVE];
+        register.extend_from_slice(&0x7000_0004u32.to_le_bytes());
+        assert!(refusal(COM_REGISTER_SLAVE, &register).is_some());
+        register[1..5].copy_from_slice(&7u32.to_le_bytes());
+        assert!(refusal(COM_REGISTER_SLAVE, &register).is_none());
+        assert!(refusal(COM_BINLOG_DUMP, &[COM_BINLOG_DUMP, 4, 0]).is_some());
+    }
+}
