@@ -89,6 +89,7 @@ pub(crate) async fn session<D: Directory>(
     let mut client = ClientIo {
         stream,
         buf: BytesMut::with_capacity(crate::stream::CLIENT_READ),
+        inflated: 0,
     };
     if total > proxy.cfg.max_connections {
         let _ = client
@@ -431,6 +432,8 @@ impl<D: Directory> Session<D> {
                     // statement gets a new one. A transaction holding locks is carried over at
                     // once, before statements that were waiting for those locks run again.
                     self.drop_backend();
+                    // Idle without a backend now: no release will come to give this back.
+                    self.client.rest();
                     if self.holds_locks() && !self.link.killed.any() {
                         self.recover_idle().await;
                     }
@@ -467,6 +470,15 @@ impl<D: Directory> Session<D> {
                     let _ = self
                         .client
                         .send(seq, &SqlError::packet_too_large(limit).packet())
+                        .await;
+                    return End::Protocol;
+                }
+                Err(ReadError::Inflated) => {
+                    let seq =
+                        packet::header(&self.client.buf).map_or(0, |(_, s)| s.wrapping_add(1));
+                    let _ = self
+                        .client
+                        .send(seq, &SqlError::inflated_budget().packet())
                         .await;
                     return End::Protocol;
                 }

@@ -11,28 +11,36 @@
 //! numbers it (`net_serv.cc`), and mysql_common, for one, checks.
 
 use crate::stream::{CLIENT_READ, ClientStream};
-use bytes::{Buf, BytesMut};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use stratus_wire::compressed::{Deflater, HEADER_LEN, Header, Headers, Inflater};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Deflate what is written once this much is waiting, rather than holding it to the flush.
-const DEFLATE_AT: usize = 64 * 1024;
-/// Buffers larger than this (a large answer went through) are given back once empty.
-const KEEP: usize = 64 * 1024;
+/// What is written goes out in compressed packets of at most this much: one deflate call is
+/// then a fraction of a millisecond, and a large answer yields between its packets (each write
+/// to the socket counts against the task's budget) instead of holding the session thread for
+/// the tens of milliseconds a 16 MiB row takes.
+const DEFLATE_CHUNK: usize = 64 * 1024;
+/// A read asks for at most this much at once, however large the packet it is for.
+const READ_MAX: usize = 1 << 20;
+/// Buffers larger than this (a large packet went through) are given back once empty.
+const KEEP: usize = 256 * 1024;
 
 pub struct Compressed {
     pub(crate) inner: ClientStream,
-    /// Compressed packets read, the last one possibly incomplete.
-    wire_in: BytesMut,
+    /// Compressed bytes read, `wire_in[wire_start..wire_end]`; the rest of it is initialised
+    /// room, kept so that reads need not zero it each time.
+    wire_in: Vec<u8>,
+    wire_start: usize,
+    wire_end: usize,
     /// Inflated bytes, read up to `plain_read`.
     plain_in: Vec<u8>,
     plain_read: usize,
     inflater: Inflater,
-    /// Bytes written, not deflated yet.
+    /// Bytes written, deflated up to `plain_sent`.
     plain_out: Vec<u8>,
+    plain_sent: usize,
     /// Finds the headers in what is written, for their ids.
     out_headers: Headers,
     deflater: Deflater,
@@ -47,19 +55,26 @@ pub struct Compressed {
     shift: Option<u8>,
     /// The id (before the shift) a client's reply continues from.
     pub(crate) next_plain: u8,
+    /// A replication stream: what the client sends (a replica's acknowledgements) does not
+    /// start a new answer, and the events go on numbered as they were, as the server's dump
+    /// thread numbers them.
+    pub(crate) streaming: bool,
 }
 
 impl Compressed {
     /// Compression from now on; `read` holds what the client sent after its login, already
     /// compressed.
-    pub(crate) fn new(inner: ClientStream, read: BytesMut) -> Self {
+    pub(crate) fn new(inner: ClientStream, read: &[u8]) -> Self {
         Compressed {
             inner,
-            wire_in: read,
+            wire_in: read.to_vec(),
+            wire_start: 0,
+            wire_end: read.len(),
             plain_in: Vec::new(),
             plain_read: 0,
             inflater: Inflater::default(),
             plain_out: Vec::new(),
+            plain_sent: 0,
             out_headers: Headers::default(),
             deflater: Deflater::default(),
             wire_out: Vec::new(),
@@ -68,6 +83,7 @@ impl Compressed {
             write_seq: 0,
             shift: None,
             next_plain: 0,
+            streaming: false,
         }
     }
 
@@ -79,17 +95,21 @@ impl Compressed {
             self.plain_in = Vec::new();
             self.plain_read = 0;
         }
-        for v in [&mut self.plain_out, &mut self.wire_out] {
-            if v.is_empty() {
-                *v = Vec::new();
-            }
+        if self.plain_sent == self.plain_out.len() {
+            self.plain_out = Vec::new();
+            self.plain_sent = 0;
         }
-        if self.wire_in.is_empty() {
-            self.wire_in = BytesMut::new();
+        if self.wire_sent == self.wire_out.len() {
+            self.wire_out = Vec::new();
+            self.wire_sent = 0;
+        }
+        if self.wire_start == self.wire_end {
+            self.wire_in = Vec::new();
+            (self.wire_start, self.wire_end) = (0, 0);
         }
     }
 
-    /// Deflates what is written and sends it all.
+    /// Sends what is written, a compressed packet at a time.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             while self.wire_sent < self.wire_out.len() {
@@ -103,12 +123,58 @@ impl Compressed {
             }
             self.wire_sent = 0;
             shrink(&mut self.wire_out);
-            if self.plain_out.is_empty() {
+            if self.plain_sent == self.plain_out.len() {
+                self.plain_sent = 0;
+                shrink(&mut self.plain_out);
                 return Poll::Ready(Ok(()));
             }
-            self.deflater
-                .write(&mut self.wire_out, &mut self.write_seq, &self.plain_out);
-            shrink(&mut self.plain_out);
+            let end = self.plain_out.len().min(self.plain_sent + DEFLATE_CHUNK);
+            self.deflater.write(
+                &mut self.wire_out,
+                &mut self.write_seq,
+                &self.plain_out[self.plain_sent..end],
+            );
+            self.plain_sent = end;
+        }
+    }
+
+    /// Inflates the compressed packet at the front of what was read, if it is all there;
+    /// `Ok(false)` when more must be read first.
+    fn inflate_next(&mut self) -> io::Result<bool> {
+        let wire = &self.wire_in[self.wire_start..self.wire_end];
+        let Some(h) = Header::parse(wire).filter(|h| wire.len() >= h.total()) else {
+            return Ok(false);
+        };
+        shrink(&mut self.plain_in);
+        self.plain_read = 0;
+        self.inflater
+            .inflate(&h, &wire[HEADER_LEN..h.total()], &mut self.plain_in)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.wire_start += h.total();
+        if self.wire_start == self.wire_end {
+            (self.wire_start, self.wire_end) = (0, 0);
+            if self.wire_in.len() > KEEP {
+                self.wire_in = Vec::new();
+            }
+        }
+        self.read_seq = h.seq;
+        if !self.streaming {
+            self.write_seq = h.seq.wrapping_add(1);
+            self.shift = None;
+        }
+        Ok(true)
+    }
+
+    /// Makes initialised room after what was read for a read of `want` bytes, moving what is
+    /// there to the front first when that makes it.
+    fn make_room(&mut self, want: usize) {
+        if self.wire_start > 0 && self.wire_in.len() - self.wire_end < want {
+            self.wire_in.copy_within(self.wire_start..self.wire_end, 0);
+            self.wire_end -= self.wire_start;
+            self.wire_start = 0;
+        }
+        if self.wire_in.len() - self.wire_end < want {
+            self.wire_in.resize(self.wire_end + want, 0);
         }
     }
 }
@@ -134,44 +200,32 @@ impl AsyncRead for Compressed {
                 let n = (this.plain_in.len() - this.plain_read).min(buf.remaining());
                 buf.put_slice(&this.plain_in[this.plain_read..][..n]);
                 this.plain_read += n;
+                if this.plain_read == this.plain_in.len() {
+                    shrink(&mut this.plain_in);
+                    this.plain_read = 0;
+                }
                 return Poll::Ready(Ok(()));
             }
-            let header = Header::parse(&this.wire_in);
-            if let Some(h) = header
-                && this.wire_in.len() >= h.total()
-            {
-                shrink(&mut this.plain_in);
-                this.plain_read = 0;
-                this.inflater
-                    .inflate(&h, &this.wire_in[HEADER_LEN..h.total()], &mut this.plain_in)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                this.wire_in.advance(h.total());
-                if this.wire_in.is_empty() && this.wire_in.capacity() > KEEP {
-                    this.wire_in = BytesMut::new();
-                }
-                this.read_seq = h.seq;
-                this.write_seq = h.seq.wrapping_add(1);
-                this.shift = None;
+            if this.inflate_next()? {
                 continue;
             }
-            // Read into zeroed room (no unsafe code): a few KiB, or what the packet still needs.
-            let len = this.wire_in.len();
-            let want = header
-                .map_or(0, |h| h.total() - len)
-                .clamp(CLIENT_READ, 1 << 20);
-            this.wire_in.resize(len + want, 0);
-            let mut rb = ReadBuf::new(&mut this.wire_in[len..]);
-            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+            // A few KiB, or what the packet still needs.
+            let have = this.wire_end - this.wire_start;
+            let want = Header::parse(&this.wire_in[this.wire_start..this.wire_end])
+                .map_or(0, |h| h.total() - have)
+                .clamp(CLIENT_READ, READ_MAX);
+            this.make_room(want);
+            let mut rb = ReadBuf::new(&mut this.wire_in[this.wire_end..]);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
-            this.wire_in.truncate(len + n);
-            ready!(polled)?;
             if n == 0 {
-                return if this.wire_in.is_empty() {
+                return if this.wire_start == this.wire_end {
                     Poll::Ready(Ok(()))
                 } else {
                     Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
                 };
             }
+            this.wire_end += n;
         }
     }
 }
@@ -183,7 +237,11 @@ impl AsyncWrite for Compressed {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.plain_out.len() >= DEFLATE_AT {
+        // Nothing more is taken while earlier packets wait for the socket, or once a packet's
+        // worth waits: a slow client holds the writer back, as without compression.
+        if this.wire_sent < this.wire_out.len()
+            || this.plain_out.len() - this.plain_sent >= DEFLATE_CHUNK
+        {
             ready!(this.poll_send(cx))?;
         }
         let start = this.plain_out.len();
@@ -238,7 +296,7 @@ mod tests {
             stream: proxy_end,
             on_write: None,
         };
-        let mut c = Compressed::new(ClientStream::Memory(pipe), BytesMut::new());
+        let mut c = Compressed::new(ClientStream::Memory(pipe), &[]);
         let select = b"\x09\x00\x00\x00\x03SELECT 1";
         // A command over compressed packets 3 and 4, the packet inside cut in two.
         for (seq, part) in [(3u8, &select[..6]), (4, &select[6..])] {

@@ -86,6 +86,19 @@ impl SqlError {
         }
     }
 
+    /// A compressed packet still coming in, past what compressed sessions may hold together
+    /// (`stream::INFLATED_BUDGET`).
+    pub fn inflated_budget() -> Self {
+        Self {
+            code: 1041,
+            state: "HY000",
+            message: format!(
+                "Out of memory: compressed clients' packets being received hold the proxy's {} MiB; send this one uncompressed, or later",
+                crate::stream::INFLATED_BUDGET >> 20
+            ),
+        }
+    }
+
     pub fn unknown_command(cmd: u8) -> Self {
         Self {
             code: 1047,

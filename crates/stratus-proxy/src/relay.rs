@@ -66,8 +66,9 @@ impl Pending {
             .write_all(bytes)
             .await
             .map_err(|_| RelayError::Client)?;
-        if flush {
-            // The client waits for this: TLS holds records until flushed.
+        // The client waits for this: TLS holds records until flushed, and compression holds
+        // a large answer's chunks until then too (the rows after them may be slow to come).
+        if flush || matches!(client, ClientStream::Compressed(_)) {
             client.flush().await.map_err(|_| RelayError::Client)?;
         }
         buf.advance(end);

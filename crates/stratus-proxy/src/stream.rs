@@ -6,6 +6,7 @@ use crate::compressed::Compressed;
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use stratus_wire::packet::{self, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -179,6 +180,22 @@ pub(crate) const CLIENT_READ: usize = 8 * 1024;
 pub(crate) struct ClientIo {
     pub(crate) stream: ClientStream,
     pub(crate) buf: BytesMut,
+    /// What this session counts in [`INFLATED`].
+    pub(crate) inflated: usize,
+}
+
+/// Bytes of packets still coming in that compressed sessions hold, across the proxy. A few KiB
+/// of zlib inflate to 16 MiB, so without a bound a few clients could make the proxy hold
+/// gigabytes (a packet may be up to `max_packet`, and wait `wait_timeout` for its end) for
+/// megabytes sent. Packets up to [`INFLATED_FREE`] do not count.
+static INFLATED: AtomicUsize = AtomicUsize::new(0);
+const INFLATED_FREE: usize = 1 << 20;
+pub(crate) const INFLATED_BUDGET: usize = 256 << 20;
+
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        INFLATED.fetch_sub(self.inflated, Ordering::Relaxed);
+    }
 }
 
 impl ClientIo {
@@ -206,9 +223,19 @@ impl ClientIo {
     ) -> Result<Option<packet::Logical>, ReadError> {
         loop {
             match packet::logical(&self.buf, limit) {
-                Ok(Some(lp)) => return Ok(Some(self.renumber(lp, reply))),
+                Ok(Some(lp)) => {
+                    self.hold_inflated(0);
+                    return Ok(Some(self.renumber(lp, reply)));
+                }
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::TooLarge(e.limit)),
+            }
+            if matches!(self.stream, ClientStream::Compressed(_)) && self.buf.len() > INFLATED_FREE
+            {
+                let within = self.hold_inflated(self.buf.len());
+                if !within {
+                    return Err(ReadError::Inflated);
+                }
             }
             make_room(&mut self.buf, CLIENT_READ);
             if self
@@ -224,6 +251,18 @@ impl ClientIo {
                     Err(ReadError::Io)
                 };
             }
+        }
+    }
+
+    /// Counts `held` bytes of this session in [`INFLATED`]; false when that goes past the
+    /// budget (they are counted until the session ends).
+    fn hold_inflated(&mut self, held: usize) -> bool {
+        let before = std::mem::replace(&mut self.inflated, held);
+        if held >= before {
+            INFLATED.fetch_add(held - before, Ordering::Relaxed) + held - before <= INFLATED_BUDGET
+        } else {
+            INFLATED.fetch_sub(before - held, Ordering::Relaxed);
+            true
         }
     }
 
@@ -258,11 +297,18 @@ impl ClientIo {
         }
     }
 
+    /// The connection carries a replication stream from now on (`Compressed::streaming`).
+    pub(crate) fn streaming(&mut self) {
+        if let ClientStream::Compressed(c) = &mut self.stream {
+            c.streaming = true;
+        }
+    }
+
     /// Speaks the compressed protocol from here on (after the login's OK).
     pub(crate) fn compress(&mut self) {
         let inner = std::mem::replace(&mut self.stream, ClientStream::Gone);
         let sent = self.buf.split();
-        self.stream = ClientStream::Compressed(Box::new(Compressed::new(inner, sent)));
+        self.stream = ClientStream::Compressed(Box::new(Compressed::new(inner, &sent)));
     }
 
     /// Writes and flushes: TLS buffers records until flushed, and the client is waiting.
@@ -286,4 +332,6 @@ impl ClientIo {
 pub(crate) enum ReadError {
     Io,
     TooLarge(usize),
+    /// Compressed sessions hold [`INFLATED_BUDGET`] of packets still coming in.
+    Inflated,
 }

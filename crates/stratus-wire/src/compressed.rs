@@ -74,8 +74,9 @@ impl Inflater {
             .get_or_insert_with(|| Box::new(Decompress::new(true)));
         d.reset(true);
         let start = out.len();
-        // `decompress_vec` writes into the spare room and never grows it: a stream longer than
-        // announced stops at the room's end, without its end marker.
+        // `decompress_vec` writes into the spare room and never grows it, so a stream longer
+        // than announced inflates to more than that or stops at the room's end without its end
+        // marker: the checks below refuse both, and nothing is inflated past the room.
         out.reserve(header.uncompressed);
         let ended = matches!(
             d.decompress_vec(payload, out, FlushDecompress::Finish),

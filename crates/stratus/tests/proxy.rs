@@ -226,6 +226,79 @@ async fn distribution_clients_work_unchanged() {
     s.stop();
 }
 
+/// A zip bomb: compressed packets of under 1% of the size of the one packet of 272 MiB they
+/// inflate to, sent by a logged-in client. The proxy holds packets still coming in from
+/// compressed clients up to a budget (256 MiB across all of them), then refuses this one (1041)
+/// and ends its session;
+/// other sessions go on, and the budget is free again once it has gone (a 2 MB compressed
+/// statement runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zip_bomb_is_refused_past_the_budget_for_packets_still_coming_in() {
+    use common::raw_client::RawClient;
+    use std::io::{Read, Write};
+    use stratus_wire::compressed::{Deflater, HEADER_LEN, Header, Inflater};
+    let mut s = Stratus::new("zip-bomb");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut other = shop_conn(&s, &user, &pw).await;
+    let stream = std::net::TcpStream::connect(&s.listen).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut raw = stream.try_clone().unwrap();
+    let _client = RawClient::try_login(stream, &user, &pw, "shop", stratus_wire::caps::COMPRESS)
+        .unwrap_or_else(|e| panic!("a compressed login: {e:?}"));
+    // Seventeen physical packets of 16 MiB - 1 (one logical packet never finished), cut into
+    // compressed packets of 16 MiB - 1 each.
+    const MAX: usize = 0xff_ffff;
+    let total = 17 * (4 + MAX);
+    let (mut deflater, mut seq, mut sent) = (Deflater::default(), 0u8, 0usize);
+    let mut at = 0;
+    while at < total {
+        let end = total.min(at + MAX);
+        let mut plain = vec![0u8; end - at];
+        for i in 0..17 {
+            let header = i * (4 + MAX);
+            for (k, b) in [0xff, 0xff, 0xff, i as u8].into_iter().enumerate() {
+                if (at..end).contains(&(header + k)) {
+                    plain[header + k - at] = b;
+                }
+            }
+        }
+        let mut wire = Vec::new();
+        deflater.write(&mut wire, &mut seq, &plain);
+        sent += wire.len();
+        if raw.write_all(&wire).is_err() {
+            break; // refused and closed before the rest
+        }
+        at = end;
+    }
+    assert!(sent < total / 100, "{sent} bytes sent for {total}");
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    let h = Header::parse(&answer).expect("an answer before the close");
+    let mut plain = Vec::new();
+    Inflater::default()
+        .inflate(&h, &answer[HEADER_LEN..h.total()], &mut plain)
+        .unwrap();
+    assert_eq!(u16::from_le_bytes([plain[5], plain[6]]), 1041, "{plain:?}");
+    let n: Option<u32> = other.query_first("SELECT 1").await.unwrap();
+    assert_eq!(n, Some(1));
+    let opts = s
+        .sql_opts(&user, &pw, Some("shop"))
+        .compression(Some(mysql_async::Compression::fast()));
+    let mut conn = Conn::new(opts).await.unwrap();
+    let big = "x".repeat(2_000_000);
+    let len: Option<u64> = conn
+        .query_first(format!("SELECT LENGTH('{big}')"))
+        .await
+        .unwrap();
+    assert_eq!(len, Some(2_000_000));
+    conn.disconnect().await.unwrap();
+    other.disconnect().await.unwrap();
+    s.stop();
+}
+
 /// A relay in front of the proxy that counts the bytes each way: (client to proxy, proxy to
 /// client), once the client has gone.
 async fn counting_relay(to: &str) -> (String, tokio::task::JoinHandle<(u64, u64)>) {
@@ -290,6 +363,28 @@ async fn compressed_sessions_get_the_same_answers_in_fewer_bytes() {
     assert!(one.as_ref() == Some(&row), "binary row differs");
     let many: Vec<u32> = conn.query("SELECT seq FROM seq_1_to_3000").await.unwrap();
     assert_eq!(many, (1..=3000).collect::<Vec<u32>>());
+    // Ten copies of the row: 20 MB, more than 256 compressed packets, whose ids wrap.
+    let copies: Vec<u64> = conn
+        .query("SELECT LENGTH(v) FROM big, seq_1_to_5 ORDER BY seq")
+        .await
+        .unwrap();
+    assert_eq!(copies, [2_000_000; 10]);
+    let whole: Vec<String> = conn.query("SELECT v FROM big, seq_1_to_5").await.unwrap();
+    assert!(
+        whole.len() == 10 && whole.iter().all(|v| *v == row),
+        "the 20 MB answer"
+    );
+    // A change of user, compressed as before it (the server's auth switch, a reply).
+    conn.change_user(
+        mysql_async::ChangeUserOpts::default()
+            .with_user(Some(user.clone()))
+            .with_pass(Some(pw.clone()))
+            .with_db_name(Some("shop".into())),
+    )
+    .await
+    .unwrap();
+    let back: Option<u32> = conn.query_first("SELECT COUNT(*) FROM big").await.unwrap();
+    assert_eq!(back, Some(2));
     let err = conn.query_drop("SELECT * FROM nope").await.unwrap_err();
     assert_eq!(code(&err), Some(1146), "{err}");
     conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
@@ -315,7 +410,7 @@ async fn compressed_sessions_get_the_same_answers_in_fewer_bytes() {
         "not compressed: {sent} bytes sent, {received} received"
     );
 
-    // MariaDB's own client, compressed, over TLS when the proxy offers it.
+    // MariaDB's own client, compressed, over TLS (which the proxy offers).
     let (host, port) = s.listen.split_once(':').unwrap();
     let mariadb = |sql: &str| {
         let out = Command::new("mariadb")
@@ -352,6 +447,11 @@ async fn compressed_sessions_get_the_same_answers_in_fewer_bytes() {
     assert_eq!(
         mariadb("SELECT COUNT(*), SUM(LENGTH(v)) FROM u"),
         format!("40000\t{expected_len}\n")
+    );
+    let status = mariadb("status");
+    assert!(
+        status.contains("Cipher in use") && status.contains("Compressed"),
+        "{status}"
     );
     assert_eq!(
         mariadb("SELECT LENGTH(v), MD5(v) = MD5(REPEAT('stratus ', 250000)) FROM big"),

@@ -141,6 +141,7 @@ impl<D: Directory> Session<D> {
         let Some(b) = self.backend.as_mut() else {
             return Err(RelayError::LostBeforeAnswer);
         };
+        self.client.streaming();
         // What the client sent after the dump request (a replica's first acknowledgements).
         let early = self.client.buf.split();
         if !early.is_empty() {
