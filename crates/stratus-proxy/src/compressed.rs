@@ -87,6 +87,11 @@ impl Compressed {
         }
     }
 
+    /// Inflated bytes not read yet.
+    pub(crate) fn unread(&self) -> usize {
+        self.plain_in.len() - self.plain_read
+    }
+
     /// Gives back what an idle session need not hold: the zlib states and empty buffers.
     pub(crate) fn rest(&mut self) {
         self.inflater.release();

@@ -184,13 +184,17 @@ pub(crate) struct ClientIo {
     pub(crate) inflated: usize,
 }
 
-/// Bytes of packets still coming in that compressed sessions hold, across the proxy. A few KiB
-/// of zlib inflate to 16 MiB, so without a bound a few clients could make the proxy hold
-/// gigabytes (a packet may be up to `max_packet`, and wait `wait_timeout` for its end) for
-/// megabytes sent. Packets up to [`INFLATED_FREE`] do not count.
+/// Inflated bytes that compressed sessions hold, across the proxy: packets coming in, the
+/// command being answered, what is inflated and not read yet. A few KiB of zlib inflate to
+/// 16 MiB, so without a bound a few clients could make the proxy hold gigabytes (a packet may
+/// be up to `max_packet`, and wait `wait_timeout` for its end, or hold its command for as long
+/// as a `SLEEP` in it) for megabytes sent. A session holding up to [`INFLATED_FREE`] does not
+/// count.
 static INFLATED: AtomicUsize = AtomicUsize::new(0);
 const INFLATED_FREE: usize = 1 << 20;
 pub(crate) const INFLATED_BUDGET: usize = 256 << 20;
+/// A read buffer larger than this (a large packet went through) is given back once empty.
+const KEEP: usize = 256 * 1024;
 
 impl Drop for ClientIo {
     fn drop(&mut self) {
@@ -221,21 +225,20 @@ impl ClientIo {
         limit: usize,
         reply: bool,
     ) -> Result<Option<packet::Logical>, ReadError> {
+        // The last command is over: a buffer a large one grew is given back (a command's bytes
+        // are split off it, and share its memory until then).
+        if self.buf.is_empty() && self.buf.capacity() > KEEP {
+            self.buf = BytesMut::with_capacity(CLIENT_READ);
+        }
         loop {
+            // Counted until the next read, so through the command this returns.
+            if !self.count_inflated() {
+                return Err(ReadError::Inflated);
+            }
             match packet::logical(&self.buf, limit) {
-                Ok(Some(lp)) => {
-                    self.hold_inflated(0);
-                    return Ok(Some(self.renumber(lp, reply)));
-                }
+                Ok(Some(lp)) => return Ok(Some(self.renumber(lp, reply))),
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::TooLarge(e.limit)),
-            }
-            if matches!(self.stream, ClientStream::Compressed(_)) && self.buf.len() > INFLATED_FREE
-            {
-                let within = self.hold_inflated(self.buf.len());
-                if !within {
-                    return Err(ReadError::Inflated);
-                }
             }
             make_room(&mut self.buf, CLIENT_READ);
             if self
@@ -254,8 +257,18 @@ impl ClientIo {
         }
     }
 
-    /// Counts `held` bytes of this session in [`INFLATED`]; false when that goes past the
-    /// budget (they are counted until the session ends).
+    /// Counts what a compressed session holds inflated in [`INFLATED`]; false when that goes
+    /// past the budget.
+    fn count_inflated(&mut self) -> bool {
+        let ClientStream::Compressed(c) = &self.stream else {
+            return true;
+        };
+        let held = self.buf.len() + c.unread();
+        self.hold_inflated(if held > INFLATED_FREE { held } else { 0 })
+    }
+
+    /// Counts `held` bytes of this session in [`INFLATED`] in place of what it counted; false
+    /// when that goes past the budget (they are counted until the session ends).
     fn hold_inflated(&mut self, held: usize) -> bool {
         let before = std::mem::replace(&mut self.inflated, held);
         if held >= before {

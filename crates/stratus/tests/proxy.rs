@@ -2489,6 +2489,22 @@ async fn a_tenants_replica_reads_its_binary_log_through_the_proxy() {
     }
     assert_eq!(raw.value("SELECT v FROM t"), "cdc-probe-4711");
 
+    // A dump that fails once begun (no such file) ends the connection, as the server ends it.
+    let stream = std::net::TcpStream::connect(&s.listen).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut tail = stream.try_clone().unwrap();
+    let mut failing = RawClient::login(stream, &user, &pw, "shop");
+    let mut missing = vec![COM_BINLOG_DUMP, 4, 0, 0, 0, 0, 0];
+    missing.extend_from_slice(&42u32.to_le_bytes());
+    missing.extend_from_slice(b"no-such-bin.000001");
+    match failing.raw(&missing) {
+        Answer::Err { code: 1236, .. } => {}
+        other => panic!("a dump of a file that does not exist: {other:?}"),
+    }
+    std::io::Read::read_to_end(&mut tail, &mut Vec::new()).expect("the connection closed");
+
     // An account without `REPLICATION SLAVE` is refused by the server, whose connection then
     // goes on reading commands: so does the proxy, which must not have become a blind pipe to
     // it (its own answers still apply: a `KILL` of a greeting id, which the server would not

@@ -307,6 +307,8 @@ impl<D: Directory> Session<D> {
             || self.ticket.is_some()
             || self.link.killed.any()
             || self.proxy.holds.is_held(&self.service)
+            // A replica's registration would go with the connection.
+            || self.backend.as_ref().is_some_and(|b| b.replica)
         {
             return;
         }

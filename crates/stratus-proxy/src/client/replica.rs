@@ -96,8 +96,21 @@ impl<D: Directory> Session<D> {
             self.activity.errors.fetch_add(1, Ordering::Relaxed);
             return self.client.write(err).await;
         }
+        let (link, proxy) = (self.link.clone(), self.proxy.clone());
         let streamed = match started {
-            Ok(_) => self.stream_replication().await,
+            Ok(Dump::Failed(err)) => {
+                self.activity.errors.fetch_add(1, Ordering::Relaxed);
+                self.client
+                    .write(&err)
+                    .await
+                    .map_err(|_| RelayError::Client)
+            }
+            // Until either side closes, or the session is killed, or the proxy shuts down
+            // (the session's own wake-up is held by its command loop: looked at each second).
+            Ok(_) => tokio::select! {
+                r = self.stream_replication() => r,
+                () = ended(&link, &proxy) => Err(RelayError::Client),
+            },
             Err(e) => Err(e),
         };
         self.share.running(&self.activity, false);
@@ -112,10 +125,12 @@ impl<D: Directory> Session<D> {
         Err(End::Client)
     }
 
-    /// Sends the dump request and reads the server's first packet. Refused (no `REPLICATION
-    /// SLAVE`), the server goes on reading commands on that connection, so the session goes on
-    /// as after any error; streaming, it reads nothing but acknowledgements from then on, so
-    /// what the client sends can be passed on unread.
+    /// Sends the dump request and reads the server's first packet. Refused before the dump
+    /// began (no `REPLICATION SLAVE`, an expired password), the server goes on reading commands
+    /// on that connection, so the session goes on as after any error. Otherwise the server is
+    /// in the dump, reads nothing but acknowledgements from then on, and closes the connection
+    /// when it ends (an error such as an unknown file ends it at once), so what the client
+    /// sends can be passed on unread.
     async fn start_dump(&mut self, raw: &[u8]) -> Result<Dump, RelayError> {
         let Some(b) = self.backend.as_mut() else {
             return Err(RelayError::LostBeforeAnswer);
@@ -131,7 +146,15 @@ impl<D: Directory> Session<D> {
             b.fill().await.map_err(|_| RelayError::LostBeforeAnswer)?;
         };
         if b.buf.get(HEADER_LEN) == Some(&0xff) {
-            return Ok(Dump::Refused(b.buf.split_to(total).to_vec()));
+            let code = b
+                .buf
+                .get(HEADER_LEN + 1..HEADER_LEN + 3)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]));
+            let err = b.buf.split_to(total).to_vec();
+            return Ok(match code {
+                Some(ER_SPECIFIC_ACCESS_DENIED | ER_MUST_CHANGE_PASSWORD) => Dump::Refused(err),
+                _ => Dump::Failed(err),
+            });
         }
         Ok(Dump::Streaming)
     }
@@ -152,7 +175,6 @@ impl<D: Directory> Session<D> {
         }
         let mut down = std::mem::take(&mut b.buf);
         let mut up = BytesMut::with_capacity(HEADER_LEN * 64);
-        let link = self.link.clone();
         loop {
             if !down.is_empty() {
                 self.client
@@ -180,22 +202,34 @@ impl<D: Directory> Session<D> {
                     }
                     _ => return Err(RelayError::Client),
                 },
-                // Killed, or the proxy shuts down: a stream has no end to wait for.
-                () = link.wake.notified() => {
-                    if link.killed.any() || self.proxy.shutting_down.load(Ordering::Relaxed) {
-                        return Err(RelayError::Client);
-                    }
-                }
             }
         }
     }
 }
 
+/// `check_global_access` refused the dump, or the account must change its password first:
+/// the server reads commands again after these.
+const ER_SPECIFIC_ACCESS_DENIED: u16 = 1227;
+const ER_MUST_CHANGE_PASSWORD: u16 = 1820;
+
 /// How a server took a dump request.
 enum Dump {
-    /// Its error packet, for the client.
+    /// Refused before the dump began: its error packet, for the client.
     Refused(Vec<u8>),
+    /// The dump began and ended at once with this error; the server closes the connection.
+    Failed(Vec<u8>),
     Streaming,
+}
+
+/// Resolves once the session is killed or the proxy shuts down.
+async fn ended<D: Directory>(link: &crate::SessionLink, proxy: &crate::Proxy<D>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if link.killed.any() || proxy.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
