@@ -74,8 +74,8 @@ impl<D: Directory> Session<D> {
     }
 
     /// `COM_BINLOG_DUMP`: relays the stream until either side closes, and the session ends
-    /// then (`End::Client`). `Ok` when it was refused before reaching a server, and the
-    /// session goes on.
+    /// then (`End::Client`). `Ok` when it was refused before the dump began (by the proxy or
+    /// the server), and the session goes on.
     pub(super) async fn binlog_dump(
         &mut self,
         raw: &[u8],
