@@ -15,7 +15,7 @@ use crate::relay::idle_backend_closed;
 use crate::replay::{self, Entry, Marker, OnLoss, TxLog};
 use crate::session::{BACKEND_TRACKING, Effects, SessionState};
 use crate::storage_limit;
-use crate::stream::{ClientIo, ClientStream, End, ReadError};
+use crate::stream::{ClientIo, ClientStream, End};
 use crate::{Directory, Proxy};
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -463,23 +463,14 @@ impl<D: Directory> Session<D> {
             };
             let lp = match lp {
                 Ok(Some(lp)) => lp,
-                Ok(None) | Err(ReadError::Io) => return End::Client,
-                Err(ReadError::TooLarge(limit)) => {
+                Ok(None) => return End::Client,
+                Err(e) => {
+                    let Some(refusal) = e.refusal() else {
+                        return End::Client;
+                    };
                     let seq =
                         packet::header(&self.client.buf).map_or(0, |(_, s)| s.wrapping_add(1));
-                    let _ = self
-                        .client
-                        .send(seq, &SqlError::packet_too_large(limit).packet())
-                        .await;
-                    return End::Protocol;
-                }
-                Err(ReadError::Inflated) => {
-                    let seq =
-                        packet::header(&self.client.buf).map_or(0, |(_, s)| s.wrapping_add(1));
-                    let _ = self
-                        .client
-                        .send(seq, &SqlError::inflated_budget().packet())
-                        .await;
+                    let _ = self.client.send(seq, &refusal.packet()).await;
                     return End::Protocol;
                 }
             };

@@ -10,7 +10,7 @@
 //! the client, an answer starts at the id after the last compressed packet read, as the server
 //! numbers it (`net_serv.cc`), and mysql_common, for one, checks.
 
-use crate::stream::{CLIENT_READ, ClientStream};
+use crate::stream::{CLIENT_READ, ClientStream, KEEP};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -24,8 +24,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const DEFLATE_CHUNK: usize = 64 * 1024;
 /// A read asks for at most this much at once, however large the packet it is for.
 const READ_MAX: usize = 1 << 20;
-/// Buffers larger than this (a large packet went through) are given back once empty.
-const KEEP: usize = 256 * 1024;
 
 pub struct Compressed {
     pub(crate) inner: ClientStream,

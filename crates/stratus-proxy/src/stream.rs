@@ -193,8 +193,8 @@ pub(crate) struct ClientIo {
 static INFLATED: AtomicUsize = AtomicUsize::new(0);
 const INFLATED_FREE: usize = 1 << 20;
 pub(crate) const INFLATED_BUDGET: usize = 256 << 20;
-/// A read buffer larger than this (a large packet went through) is given back once empty.
-const KEEP: usize = 256 * 1024;
+/// A buffer larger than this (a large packet went through) is given back once empty.
+pub(crate) const KEEP: usize = 256 * 1024;
 
 impl Drop for ClientIo {
     fn drop(&mut self) {
@@ -347,4 +347,15 @@ pub(crate) enum ReadError {
     TooLarge(usize),
     /// Compressed sessions hold [`INFLATED_BUDGET`] of packets still coming in.
     Inflated,
+}
+
+impl ReadError {
+    /// What the client is told before its connection is closed; nothing when it is gone.
+    pub(crate) fn refusal(&self) -> Option<crate::error::SqlError> {
+        match self {
+            ReadError::Io => None,
+            ReadError::TooLarge(limit) => Some(crate::error::SqlError::packet_too_large(*limit)),
+            ReadError::Inflated => Some(crate::error::SqlError::inflated_budget()),
+        }
+    }
 }

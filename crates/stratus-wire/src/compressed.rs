@@ -177,11 +177,6 @@ impl Headers {
             }
         }
     }
-
-    /// Whether the stream so far ends on a packet's end.
-    pub fn at_boundary(&self) -> bool {
-        self.left == 0 && self.seen == 0
-    }
 }
 
 #[cfg(test)]
@@ -280,7 +275,7 @@ mod tests {
             });
             assert_eq!(ids, [0, 1], "cut at {cut}");
             assert_eq!((s[3], s[9]), (10, 11));
-            assert!(h.at_boundary());
+            assert!(h.left == 0 && h.seen == 0, "ends on a packet's end");
         }
     }
 
