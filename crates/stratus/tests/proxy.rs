@@ -1216,8 +1216,13 @@ async fn an_idle_client_is_disconnected_after_its_wait_timeout() {
     // Set as `@@wait_timeout`, which the server's session tracking does not report.
     let mut unscoped = shop_conn(&s, &user, &pw).await;
     unscoped.query_drop("SET @@wait_timeout = 1").await.unwrap();
-    // Idleness is what is tested: the client sends nothing for longer than its timeout.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Idleness is what is tested: the clients send nothing until the proxy has closed both
+    // (bounded), and the one left at the default stays.
+    s.wait_for_metric(
+        "stratus_proxy_connections{db=\"shop\"}",
+        1.0,
+        std::time::Duration::from_secs(60),
+    );
     for mut client in [short, unscoped] {
         let err = client.query_drop("SELECT 1").await.unwrap_err();
         assert!(

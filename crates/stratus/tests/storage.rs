@@ -260,9 +260,19 @@ async fn without_volumes_the_limit_is_kept_by_measuring_and_a_delete_makes_room(
     let shown = s.json(&["db", "show", "shop"]);
     let used = shown["storage_used_bytes"].as_u64().unwrap();
     assert_eq!(shown["storage_limit_bytes"], 1u64 << 30, "{shown}");
-    // Refused within about a second of writes past the limit.
-    assert!(used < (1 << 30) + (400 << 20), "{used} bytes used: {shown}");
-    s.wait_for_event("shop", "storage_full", Duration::from_secs(10));
+    // How far past the limit the measurement that found it full came depends on how busy
+    // the host is (it measures once a second); from then on at most the load in flight
+    // (10 MiB of rows) lands, with the files InnoDB extends for it (its system tablespace, which
+    // holds the undo log, by 64 MiB at a time).
+    let marked = s.wait_for_event("shop", "storage_full", Duration::from_secs(10));
+    let at_mark = marked["data"]["used_bytes"].as_u64().unwrap();
+    assert!(at_mark >= 1 << 30, "{marked}");
+    assert!(used <= at_mark + (96 << 20), "{used} bytes used: {marked}");
+    eprintln!(
+        "marked full at {} MiB, {} MiB once refused",
+        at_mark >> 20,
+        used >> 20
+    );
     // Reads and deletes go on; what adds data stays refused, prepared or not.
     let n: Option<u64> = c.query_first("SELECT COUNT(*) FROM big").await.unwrap();
     assert!(n.unwrap() > 0);
