@@ -142,6 +142,15 @@ pub fn err(code: u16, sql_state: &str, message: &str) -> Vec<u8> {
     out
 }
 
+/// Whether the server closes the connection after sending this error: its network errors
+/// (`ER_NET_PACKET_TOO_LARGE` 1153 to `ER_NET_WRITE_INTERRUPTED` 1161: a command past
+/// `max_allowed_packet`, packets out of order, a read or write that failed), after which
+/// `do_command` in MariaDB's `sql/sql_parse.cc` ends the connection
+/// (<https://mariadb.com/kb/en/mariadb-error-code-reference/>).
+pub fn closes_connection(code: u16) -> bool {
+    (1153..=1161).contains(&code)
+}
+
 /// Whether a payload is a classic EOF packet (0xfe, shorter than 9 bytes).
 #[inline]
 pub fn is_eof(payload: &[u8]) -> bool {

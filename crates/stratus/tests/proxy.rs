@@ -1202,6 +1202,58 @@ async fn bulk_executes_are_answered_as_the_server_answers_them() {
     s.stop();
 }
 
+/// After a network error (a command past `max_allowed_packet`, packets out of order) the
+/// server closes the connection; so does the proxy, rather than go on over a new one as if the
+/// session had not been lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_error_ends_the_session_as_the_server_ends_its_connection() {
+    use common::raw_client::{Answer, RawClient};
+    let mut s = Stratus::new("neterror");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let owner = user.split_once('.').unwrap().1;
+    // A bound on waiting for the close, so that a session left open fails the test.
+    let bound = Some(std::time::Duration::from_secs(30));
+    let socket = std::os::unix::net::UnixStream::connect(s.backend_socket("shop")).unwrap();
+    socket.set_read_timeout(bound).unwrap();
+    let mut direct = RawClient::login(socket, owner, &pw, "shop");
+    let tcp = std::net::TcpStream::connect(&s.listen).unwrap();
+    tcp.set_read_timeout(bound).unwrap();
+    let mut proxy = RawClient::login(tcp, &user, &pw, "shop");
+    let select = [&[stratus_wire::command::COM_QUERY][..], b"SELECT 1"].concat();
+    let out_of_order = direct.raw_numbered(3, &select);
+    assert!(
+        matches!(&out_of_order, Answer::Err { code: 1156, .. }),
+        "{out_of_order:?}"
+    );
+    assert!(direct.closed(), "the server closed its connection");
+    assert_eq!(proxy.raw_numbered(3, &select), out_of_order);
+    assert!(proxy.closed(), "the proxy closed the session");
+
+    // Past the server's `max_allowed_packet` (16 MiB) and within the proxy's own limit (a
+    // client that lets itself send it).
+    let opts = mysql_async::OptsBuilder::from_opts(s.sql_opts(&user, &pw, Some("shop")))
+        .max_allowed_packet(Some(64 << 20));
+    let mut c = Conn::new(opts).await.unwrap();
+    let big = format!("SELECT '{}'", "a".repeat(17 << 20));
+    match c.query_drop(big).await.unwrap_err() {
+        mysql_async::Error::Server(e) => assert_eq!(e.code, 1153, "{e:?}"),
+        other => panic!("{other}"),
+    }
+    let after = c.query_drop("SELECT 1").await.unwrap_err();
+    assert!(
+        matches!(
+            after,
+            mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
+        ),
+        "the connection is gone, got {after}"
+    );
+    let mut fresh = shop_conn(&s, &user, &pw).await;
+    let one: Option<u8> = fresh.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    s.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_client_is_disconnected_after_its_wait_timeout() {
     let mut s = Stratus::new("waittimeout");

@@ -142,6 +142,14 @@ impl<D: Directory> Session<D> {
                 }
             };
             match sent {
+                Ok(r) if r.held.is_none() && r.error.is_some_and(response::closes_connection) => {
+                    // The server closes its connection after such an error (a packet past
+                    // `max_allowed_packet`, out of order), and so does the proxy: the client was
+                    // told why, and going on over a new connection would hide a lost session.
+                    self.drop_backend();
+                    self.txlog.clear();
+                    break Err(End::Protocol);
+                }
                 Ok(r) => {
                     if let Some(f) = failover {
                         let outcome = if next == Next::Replay || self.txlog.active && f.1 > 0 {

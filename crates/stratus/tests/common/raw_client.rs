@@ -160,6 +160,24 @@ impl RawClient {
         self.answer()
     }
 
+    /// Sends a command with its first packet numbered `seq` (a command starts at 0); its answer.
+    pub fn raw_numbered(&mut self, seq: u8, payload: &[u8]) -> Answer {
+        self.seq = seq;
+        self.write(payload);
+        self.answer()
+    }
+
+    /// Whether the other end has closed the connection: a read finds its end (or a reset)
+    /// rather than a packet, or than the stream's read timeout.
+    pub fn closed(&mut self) -> bool {
+        use std::io::ErrorKind::{TimedOut, WouldBlock};
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(e.kind(), WouldBlock | TimedOut),
+        }
+    }
+
     /// Runs a statement that returns no rows.
     pub fn exec(&mut self, sql: &str) -> Answer {
         self.command(&[&[COM_QUERY], sql.as_bytes()].concat());
