@@ -378,15 +378,21 @@ impl<D: Directory> Session<D> {
             "wait_timeout"
         };
         let secs = self
-            .state
+            .variable_secs(name)
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+        // The server's own range: 1 s to a year.
+        Duration::from_secs(secs.clamp(1, 31_536_000))
+    }
+
+    /// A session variable counted in seconds, as the session last set it (none: the server's
+    /// default).
+    fn variable_secs(&self, name: &str) -> Option<u64> {
+        self.state
             .variables
             .iter()
             .rev()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-            .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
-        // The server's own range: 1 s to a year.
-        Duration::from_secs(secs.clamp(1, 31_536_000))
     }
 
     async fn serve(&mut self) -> End {

@@ -2425,6 +2425,55 @@ async fn an_idle_client_gives_its_server_connection_back_and_finds_its_session_a
     s.stop();
 }
 
+/// A replica that stops reading its stream is cut off after its session's `net_write_timeout`,
+/// as the server cuts off one it cannot write to: it does not hold its session, and its
+/// database awake, for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_stops_reading_is_cut_off_after_its_net_write_timeout() {
+    use common::raw_client::RawClient;
+    use stratus_wire::command::COM_BINLOG_DUMP;
+    let mut s = Stratus::new("stalled-replica");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut conn = shop_conn(&s, &user, &pw).await;
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v LONGBLOB)")
+        .await
+        .unwrap();
+    // More log than the sockets between the server and the client can hold (a few MiB each).
+    for id in 0..6 {
+        conn.query_drop(format!(
+            "INSERT INTO t VALUES ({id}, REPEAT('x', 10 << 20))"
+        ))
+        .await
+        .unwrap();
+    }
+    let logs: Vec<(String, u64)> = conn.query("SHOW BINARY LOGS").await.unwrap();
+    let mut replica = RawClient::login(
+        std::net::TcpStream::connect(&s.listen).unwrap(),
+        &user,
+        &pw,
+        "shop",
+    );
+    replica.exec("SET SESSION net_write_timeout = 2");
+    replica.exec("SET @master_binlog_checksum = @@global.binlog_checksum");
+    let mut dump = vec![COM_BINLOG_DUMP, 4, 0, 0, 0, 0, 0];
+    dump.extend_from_slice(&4242u32.to_le_bytes());
+    dump.extend_from_slice(logs[0].0.as_bytes());
+    replica.send(&dump);
+    let connections = "stratus_proxy_connections{db=\"shop\"}";
+    s.wait_for_metric(connections, 2.0, std::time::Duration::from_secs(10));
+    // It reads nothing from here on; the bound is the test's, far past the 2 s.
+    s.wait_for_metric(connections, 1.0, std::time::Duration::from_secs(60));
+    assert_eq!(
+        s.metric("stratus_proxy_statements_running{db=\"shop\"}"),
+        Some(0.0),
+        "nothing keeps the database awake"
+    );
+    drop(replica);
+    conn.disconnect().await.unwrap();
+    s.stop();
+}
+
 /// A tenant's own replica reads its database's binary log through the proxy, as change-data-
 /// capture tools do (here `mariadb-binlog --read-from-remote-server`): the same events as
 /// directly, and the session ends with the dump, as the server ends it. A replica that would

@@ -21,6 +21,7 @@ use crate::relay::RelayError;
 use crate::stream::End;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use stratus_core::replication::{STRATUS_REPLICA_IDS, reserved_replica_id};
 use stratus_wire::command::{COM_BINLOG_DUMP, COM_REGISTER_SLAVE};
 use stratus_wire::packet::{self, HEADER_LEN};
@@ -159,8 +160,16 @@ impl<D: Directory> Session<D> {
         Ok(Dump::Streaming)
     }
 
-    /// Copies bytes both ways until one side closes: `Ok` when the server did.
+    /// Copies bytes both ways until one side closes: `Ok` when the server did. A client that
+    /// reads nothing for its session's `net_write_timeout` is cut off, as the server cuts off
+    /// a replica it cannot write to (which, through the proxy, would only see the proxy stop
+    /// reading, and end its side while the proxy still waited on the client).
     async fn stream_replication(&mut self) -> Result<(), RelayError> {
+        let stalled = Duration::from_secs(
+            self.variable_secs("net_write_timeout")
+                .unwrap_or(DEFAULT_NET_WRITE_TIMEOUT_SECS)
+                .clamp(1, 31_536_000),
+        );
         let Some(b) = self.backend.as_mut() else {
             return Err(RelayError::LostBeforeAnswer);
         };
@@ -177,17 +186,15 @@ impl<D: Directory> Session<D> {
         let mut up = BytesMut::with_capacity(HEADER_LEN * 64);
         loop {
             if !down.is_empty() {
-                self.client
-                    .stream
-                    .write_all(&down)
-                    .await
-                    .map_err(|_| RelayError::Client)?;
-                self.client
-                    .stream
-                    .flush()
-                    .await
-                    .map_err(|_| RelayError::Client)?;
-                down.clear();
+                let written = tokio::time::timeout(stalled, async {
+                    self.client.stream.write_all(&down).await?;
+                    self.client.stream.flush().await
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => down.clear(),
+                    _ => return Err(RelayError::Client),
+                }
             }
             crate::stream::make_room(&mut down, crate::relay::STREAM_CHUNK);
             tokio::select! {
@@ -207,6 +214,10 @@ impl<D: Directory> Session<D> {
     }
 }
 
+/// The server's default `net_write_timeout`
+/// (<https://mariadb.com/kb/en/server-system-variables/#net_write_timeout>).
+const DEFAULT_NET_WRITE_TIMEOUT_SECS: u64 = 60;
+
 /// `check_global_access` refused the dump, or the account must change its password first:
 /// the server reads commands again after these.
 const ER_SPECIFIC_ACCESS_DENIED: u16 = 1227;
@@ -223,7 +234,7 @@ enum Dump {
 
 /// Resolves once the session is killed or the proxy shuts down.
 async fn ended<D: Directory>(link: &crate::SessionLink, proxy: &crate::Proxy<D>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         if link.killed.any() || proxy.shutting_down.load(Ordering::Relaxed) {

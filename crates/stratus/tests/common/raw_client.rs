@@ -160,6 +160,11 @@ impl RawClient {
         self.answer()
     }
 
+    /// Sends a command and reads nothing of its answer.
+    pub fn send(&mut self, payload: &[u8]) {
+        self.command(payload);
+    }
+
     /// Sends a command with its first packet numbered `seq` (a command starts at 0); its answer.
     pub fn raw_numbered(&mut self, seq: u8, payload: &[u8]) -> Answer {
         self.seq = seq;
