@@ -359,6 +359,21 @@ impl Backend {
         Ok(())
     }
 
+    /// Runs a statement of the proxy's own that answers with one OK (a `SET`): that OK's
+    /// payload, for the session state changes it carries, or the server's error.
+    pub async fn exec_ok(&mut self, sql: &str) -> Result<Vec<u8>, BackendError> {
+        self.send(stratus_wire::command::COM_QUERY, sql.as_bytes())
+            .await?;
+        let p = self.read_packet().await?;
+        match p.first() {
+            Some(0x00) => Ok(p),
+            Some(0xff) => Err(BackendError::server(&p)),
+            _ => Err(BackendError::Protocol(
+                "a statement of the proxy's own answered with rows",
+            )),
+        }
+    }
+
     /// Runs a statement of the proxy's own and reads its whole response: rows of its first
     /// result set (if any), or the server's error.
     pub async fn query(&mut self, sql: &str) -> Result<Rows, BackendError> {

@@ -768,7 +768,7 @@ impl<D: Directory> Session<D> {
                 .iter()
                 .flat_map(|s| s.untracked_vars.clone())
                 .collect();
-            self.read_untracked(&names).await;
+            self.read_untracked(&names, relayed.warnings).await;
         }
         if relayed.error.is_none() {
             self.after_statements(sql, stmts).await;
@@ -1227,7 +1227,7 @@ impl<D: Directory> Session<D> {
         self.on_success = None;
         let r = r?;
         if executes(cmd) && r.error.is_none() && !stmt_untracked.is_empty() {
-            self.read_untracked(&stmt_untracked).await;
+            self.read_untracked(&stmt_untracked, r.warnings).await;
         }
         if (cmd == COM_STMT_FETCH && r.status & caps::STATUS_LAST_ROW_SENT != 0)
             || cmd == COM_STMT_RESET

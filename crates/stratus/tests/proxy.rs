@@ -1939,6 +1939,14 @@ async fn diagnostics_after_a_user_variable_assignment_are_the_servers() {
         "SELECT @d := 7, ROW_COUNT()",
         "SELECT ROW_COUNT()",
         "SELECT @d",
+        // `SET @@x`, whose values the proxy asks for (the server's tracking does not report
+        // them): by assigning them again, which leaves the diagnostics as they were.
+        "SELECT SQL_CALC_FOUND_ROWS id FROM t ORDER BY id LIMIT 2",
+        "SET @@sql_mode = 'ANSI_QUOTES', @@wait_timeout = 600",
+        "SELECT FOUND_ROWS(), ROW_COUNT()",
+        "SET @@max_heap_table_size = 1",
+        "SHOW WARNINGS",
+        "SELECT @@sql_mode, @@wait_timeout, @@max_heap_table_size",
     ];
     let proxied = answers(&mut conn, &statements).await;
     let mut server = s.direct("shop").await;

@@ -21,6 +21,7 @@ use crate::error::SqlError;
 use crate::session::{BACKEND_TRACKING, UserVar, user_var_literal};
 use std::time::Duration;
 use stratus_wire::command::*;
+use stratus_wire::response::{self, OkPacket};
 
 /// How long a client may sit idle before the user variables it assigned are read back anyway.
 /// A timer alone cannot beat the monitor: it suspends a database idle for its policy's
@@ -29,6 +30,26 @@ use stratus_wire::command::*;
 /// view); this delay only bounds how long it waits, and leaves a person at a prompt time
 /// to type `SELECT FOUND_ROWS()`.
 pub(super) const READ_DELAY: Duration = Duration::from_secs(10);
+
+/// Session variables whose value, read and assigned back, is not a no-op: a timestamp read
+/// while it follows the clock would stop it, a random seed reads as 0, and the one-shot ids
+/// and the unscoped transaction characteristics (which apply to the next transaction only)
+/// would be overwritten.
+const NOT_REASSIGNED: &[&str] = &[
+    "timestamp",
+    "rand_seed1",
+    "rand_seed2",
+    "insert_id",
+    "last_insert_id",
+    "identity",
+    "pseudo_thread_id",
+    "gtid_seq_no",
+    "tx_isolation",
+    "transaction_isolation",
+    "tx_read_only",
+    "transaction_read_only",
+    "debug_sync",
+];
 
 const READ_SQL: &str = "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE, CHARACTER_SET_NAME FROM information_schema.USER_VARIABLES";
 
@@ -87,14 +108,79 @@ impl<D: Directory> Session<D> {
     /// Asks the server for the session variables the client assigned as `SET @@x`, which
     /// MariaDB's session tracking does not report (`classify::Statement::untracked_vars`):
     /// without their values a new backend connection would lose them (an idle release after
-    /// 10 s, a wake, a failover), and the proxy would not see a `wait_timeout` set so. The
-    /// query reads no table, so the warnings the client's statement left stay for its `SHOW
-    /// WARNINGS`. Asked only after a statement that succeeded, whose names therefore exist.
-    pub(super) async fn read_untracked(&mut self, names: &[String]) {
+    /// 10 s, a wake, a failover), and the proxy would not see a `wait_timeout` set so. Asked
+    /// only after a statement that succeeded, whose names therefore exist.
+    ///
+    /// Each is assigned its own value at session scope, which the tracking does report: a
+    /// `SET`, so `ROW_COUNT()` and `FOUND_ROWS()` answer as after the client's own, and the
+    /// warnings it left stay (no table is used). The rest are read with a `SELECT` instead, which
+    /// `ROW_COUNT()` and `FOUND_ROWS()` then describe: those whose assignment is not neutral
+    /// ([`NOT_REASSIGNED`]), those the client's statement had warnings about (the assignment
+    /// could repeat them, and replace the rest), those set inside a transaction (where the
+    /// server refuses to change some, and an error would join the client's warnings), and any
+    /// the assignment did not report.
+    pub(super) async fn read_untracked(&mut self, names: &[String], warnings: u16) {
+        let neutral = warnings == 0 && !self.state.in_transaction;
+        let (assigned, mut left): (Vec<&String>, Vec<&String>) = names
+            .iter()
+            .partition(|n| neutral && !NOT_REASSIGNED.iter().any(|r| n.eq_ignore_ascii_case(r)));
+        if !assigned.is_empty() {
+            let Some(b) = self.backend.as_mut() else {
+                return;
+            };
+            // Names the lexer read as identifiers: no quote can be in them.
+            let sets: Vec<String> = assigned
+                .iter()
+                .map(|n| format!("@@session.`{n}` = @@session.`{n}`"))
+                .collect();
+            match b.exec_ok(&format!("SET {}", sets.join(", "))).await {
+                Ok(ok) => {
+                    let mut reported = Vec::new();
+                    if let Ok(ok) = OkPacket::decode(&ok, b.caps)
+                        && let Ok(changes) = response::changes(ok.session_state)
+                    {
+                        for (n, v) in changes.iter().filter_map(|c| c.system_variable()) {
+                            let name = String::from_utf8_lossy(n);
+                            self.state
+                                .variable_changed(&name, &String::from_utf8_lossy(v));
+                            reported.push(name.into_owned());
+                        }
+                    }
+                    left.extend(
+                        assigned
+                            .into_iter()
+                            .filter(|n| !reported.iter().any(|r| r.eq_ignore_ascii_case(n))),
+                    );
+                }
+                Err(BackendError::Server(e)) => {
+                    tracing::debug!(db = %self.service, code = e.code, "session variables not assigned back: {}", e.message);
+                    left.extend(assigned);
+                }
+                Err(e) => {
+                    tracing::info!(db = %self.service, "backend lost before session variables were read back: {e:?}");
+                    self.drop_backend();
+                    return;
+                }
+            }
+        }
+        if !left.is_empty() {
+            self.select_untracked(&left).await;
+        }
+        // The client changed its own session tracking: the backend must still track
+        // everything, as after a tracked change.
+        if names.iter().any(|n| n.starts_with("session_track_"))
+            && let Some(b) = self.backend.as_mut()
+            && let Err(e) = b.query(BACKEND_TRACKING).await
+        {
+            tracing::warn!(db = %self.service, "tracking setup failed: {e:?}");
+        }
+    }
+
+    /// Reads session variables with a `SELECT` that reads no table (the warnings stay).
+    async fn select_untracked(&mut self, names: &[&String]) {
         let Some(b) = self.backend.as_mut() else {
             return;
         };
-        // Names the lexer read as identifiers: no quote can be in them.
         let columns: Vec<String> = names.iter().map(|n| format!("@@session.`{n}`")).collect();
         match b.query(&format!("SELECT {}", columns.join(", "))).await {
             Ok(rows) => {
@@ -104,14 +190,6 @@ impl<D: Directory> Session<D> {
                         self.state
                             .variable_changed(name, &String::from_utf8_lossy(&v));
                     }
-                }
-                // The client changed its own session tracking: the backend must still track
-                // everything, as after a tracked change.
-                if names.iter().any(|n| n.starts_with("session_track_"))
-                    && let Some(b) = self.backend.as_mut()
-                    && let Err(e) = b.query(BACKEND_TRACKING).await
-                {
-                    tracing::warn!(db = %self.service, "tracking setup failed: {e:?}");
                 }
             }
             Err(BackendError::Server(e)) => {
