@@ -155,6 +155,7 @@ pub(crate) async fn session<D: Directory>(
         recovery: proxy.recoveries.of(&login.service),
         ticket: None,
         recovered: false,
+        after_net_error: false,
         doomed: None,
         unattended: false,
         last_sent: Instant::now(),
@@ -280,6 +281,10 @@ struct Session<D: Directory> {
     /// It took part in a recovery since its last command: what it sends next is new, and goes
     /// after every other session's part.
     recovered: bool,
+    /// The last answer was a network error (`response::closes_connection`): if the server
+    /// now closes the connection, the session ends with it rather than failing over (a
+    /// `SIGNAL` of such a code closes nothing, and the session goes on).
+    after_net_error: bool,
     /// Its transaction was lost while the session sat idle and could not be carried over: what
     /// the client's next command hears, with the failover's start and attempts.
     doomed: Option<(ReplayError, (Instant, u32))>,
@@ -434,10 +439,15 @@ impl<D: Directory> Session<D> {
                 biased;
                 r = self.client.read(self.proxy.cfg.max_packet) => r,
                 () = idle_backend_closed(self.backend.as_mut()) => {
+                    self.drop_backend();
+                    // Closed after the network error it answered: so is the session.
+                    if self.after_net_error {
+                        self.txlog.clear();
+                        return End::Protocol;
+                    }
                     // The server closed an idle connection (it was parked or crashed): the next
                     // statement gets a new one. A transaction holding locks is carried over at
                     // once, before statements that were waiting for those locks run again.
-                    self.drop_backend();
                     // Idle without a backend now: no release will come to give this back.
                     self.client.rest();
                     if self.holds_locks() && !self.link.killed.any() {

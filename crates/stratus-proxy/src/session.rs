@@ -323,10 +323,19 @@ impl SessionState {
     /// Each system variable alone, for when the combined statement of [`replay`](Self::replay)
     /// fails and the variables that can still be set should be.
     pub fn replay_variables_one_by_one(&self) -> Vec<String> {
-        self.variables
-            .iter()
+        self.variables_in_replay_order()
             .map(|(n, v)| format!("SET SESSION `{n}` = {}", variable_literal(n, v)))
             .collect()
+    }
+
+    /// The variables in the order they are set again: a character set before the rest (setting
+    /// one resets its collation to the set's default) and `max_join_size` too (it resets
+    /// `sql_big_selects`), otherwise as they were last changed.
+    fn variables_in_replay_order(&self) -> impl Iterator<Item = &(String, String)> {
+        let resets_others = |n: &str| n.starts_with("character_set_") || n == "max_join_size";
+        let (first, rest): (Vec<_>, Vec<_>) =
+            self.variables.iter().partition(|(n, _)| resets_others(n));
+        first.into_iter().chain(rest)
     }
 
     pub fn replay(&self) -> Vec<String> {
@@ -335,8 +344,7 @@ impl SessionState {
         let mut out = Vec::new();
         if !self.variables.is_empty() {
             let vars: Vec<String> = self
-                .variables
-                .iter()
+                .variables_in_replay_order()
                 .map(|(n, v)| format!("SESSION `{n}` = {}", variable_literal(n, v)))
                 .collect();
             out.push(format!("SET {}", vars.join(", ")));
@@ -360,7 +368,11 @@ impl SessionState {
 /// A tracked value as an SQL literal: numbers bare, `NULL` for the character-set variables a
 /// client set to NULL (tracked as empty), everything else a quoted string.
 fn variable_literal(name: &str, value: &str) -> String {
-    if value.is_empty() && name.starts_with("character_set_") {
+    // Tracking reports NULL as empty; these take NULL and refuse ''.
+    let nullable = name.starts_with("character_set_")
+        || name == "default_tmp_storage_engine"
+        || name == "enforce_storage_engine";
+    if value.is_empty() && nullable {
         return "NULL".into();
     }
     let numeric = !value.is_empty()
@@ -419,6 +431,8 @@ mod tests {
         s.variable_changed("sort_buffer_size", "262144");
         s.variable_changed("SQL_MODE", "STRICT_ALL_TABLES");
         s.variable_changed("character_set_results", "");
+        s.variable_changed("collation_connection", "latin1_bin");
+        s.variable_changed("character_set_connection", "latin1");
         s.variable_changed("insert_id", "5");
         s.user_vars.push(UserVar {
             name: "a".into(),
@@ -437,7 +451,8 @@ mod tests {
         assert_eq!(
             s.replay(),
             [
-                "SET SESSION `sort_buffer_size` = 262144, SESSION `sql_mode` = 'STRICT_ALL_TABLES', SESSION `character_set_results` = NULL",
+                // Character sets first: each resets its collation.
+                "SET SESSION `character_set_results` = NULL, SESSION `character_set_connection` = 'latin1', SESSION `sort_buffer_size` = 262144, SESSION `sql_mode` = 'STRICT_ALL_TABLES', SESSION `collation_connection` = 'latin1_bin'",
                 "SET ROLE NONE",
                 "SET @`a` = 1",
                 "PREPARE s1 FROM 'SELECT 1'",

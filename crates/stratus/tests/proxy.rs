@@ -1202,6 +1202,49 @@ async fn bulk_executes_are_answered_as_the_server_answers_them() {
     s.stop();
 }
 
+/// Session variables are recreated on a new server connection as they were: one whose value
+/// tracking reports empty (a NULL storage engine), and a collation set after its character set
+/// (setting a character set resets its collation).
+#[tokio::test(flavor = "multi_thread")]
+async fn session_variables_are_recreated_as_they_were_on_a_new_server_connection() {
+    let mut s = Stratus::new("variables");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut c = shop_conn(&s, &user, &pw).await;
+    c.query_drop("SET SESSION default_tmp_storage_engine = NULL")
+        .await
+        .unwrap();
+    c.query_drop(
+        "SET @@character_set_connection = 'latin1', SESSION collation_connection = 'latin1_bin'",
+    )
+    .await
+    .unwrap();
+    c.query_drop("SET @@max_join_size = 1000, SESSION sql_big_selects = 1")
+        .await
+        .unwrap();
+    let read = "SELECT @@default_tmp_storage_engine, @@collation_connection, @@sql_big_selects";
+    type Seen = Option<(Option<String>, String, u8)>;
+    let before: Seen = c.query_first(read).await.unwrap();
+    assert_eq!(
+        before,
+        Some((None, "latin1_bin".to_owned(), 1)),
+        "as the server has them"
+    );
+    let thread: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    let mut server = s.direct("shop").await;
+    server
+        .query_drop(format!("KILL {}", thread.unwrap()))
+        .await
+        .unwrap();
+    let after: Seen = c.query_first(read).await.unwrap();
+    let now: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    assert_ne!(now, thread, "a new server connection");
+    assert_eq!(after, before);
+    server.disconnect().await.unwrap();
+    c.disconnect().await.unwrap();
+    s.stop();
+}
+
 /// After a network error (a command past `max_allowed_packet`, packets out of order) the
 /// server closes the connection; so does the proxy, rather than go on over a new one as if the
 /// session had not been lost.
@@ -1229,6 +1272,21 @@ async fn a_network_error_ends_the_session_as_the_server_ends_its_connection() {
     assert!(direct.closed(), "the server closed its connection");
     assert_eq!(proxy.raw_numbered(3, &select), out_of_order);
     assert!(proxy.closed(), "the proxy closed the session");
+
+    // The same code signalled closes nothing, on the server or the proxy.
+    let mut c = shop_conn(&s, &user, &pw).await;
+    let thread: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    let signalled = c
+        .query_drop("SIGNAL SQLSTATE '08S01' SET MYSQL_ERRNO = 1156, MESSAGE_TEXT = 'not really'")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&signalled, mysql_async::Error::Server(e) if e.code == 1156),
+        "{signalled}"
+    );
+    let same: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    assert_eq!(same, thread, "the session goes on, on its connection");
+    c.disconnect().await.unwrap();
 
     // Past the server's `max_allowed_packet` (16 MiB) and within the proxy's own limit (a
     // client that lets itself send it).

@@ -142,15 +142,12 @@ impl<D: Directory> Session<D> {
                 }
             };
             match sent {
-                Ok(r) if r.held.is_none() && r.error.is_some_and(response::closes_connection) => {
-                    // The server closes its connection after such an error (a packet past
-                    // `max_allowed_packet`, out of order), and so does the proxy: the client was
-                    // told why, and going on over a new connection would hide a lost session.
-                    self.drop_backend();
-                    self.txlog.clear();
-                    break Err(End::Protocol);
-                }
                 Ok(r) => {
+                    // The server closes its connection after such an error (a packet past
+                    // `max_allowed_packet`, out of order); when it has, so does the proxy: the
+                    // client was told why, and going on over a new connection would hide a
+                    // lost session.
+                    self.after_net_error = r.error.is_some_and(response::closes_connection);
                     if let Some(f) = failover {
                         let outcome = if next == Next::Replay || self.txlog.active && f.1 > 0 {
                             Outcome::Replayed
@@ -168,6 +165,13 @@ impl<D: Directory> Session<D> {
                     self.drop_backend();
                     self.txlog.clear();
                     break Err(End::Killed);
+                }
+                Err(RelayError::LostBeforeAnswer) if std::mem::take(&mut self.after_net_error) => {
+                    // Closed after the network error it answered last (before the session
+                    // noticed): the session ends with it.
+                    self.drop_backend();
+                    self.txlog.clear();
+                    break Err(End::Protocol);
                 }
                 Err(RelayError::LostBeforeAnswer) => {
                     self.drop_backend();

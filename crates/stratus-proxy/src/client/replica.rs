@@ -161,7 +161,7 @@ impl<D: Directory> Session<D> {
     }
 
     /// Copies bytes both ways until one side closes: `Ok` when the server did. A client that
-    /// reads nothing for its session's `net_write_timeout` is cut off, as the server cuts off
+    /// takes nothing for its session's `net_write_timeout` is cut off, as the server cuts off
     /// a replica it cannot write to (which, through the proxy, would only see the proxy stop
     /// reading, and end its side while the proxy still waited on the client).
     async fn stream_replication(&mut self) -> Result<(), RelayError> {
@@ -185,13 +185,16 @@ impl<D: Directory> Session<D> {
         let mut down = std::mem::take(&mut b.buf);
         let mut up = BytesMut::with_capacity(HEADER_LEN * 64);
         loop {
+            // Each write must make progress within the timeout, as each of the server's must.
+            let mut sent = 0;
+            while sent < down.len() {
+                match tokio::time::timeout(stalled, self.client.stream.write(&down[sent..])).await {
+                    Ok(Ok(n)) if n > 0 => sent += n,
+                    _ => return Err(RelayError::Client),
+                }
+            }
             if !down.is_empty() {
-                let written = tokio::time::timeout(stalled, async {
-                    self.client.stream.write_all(&down).await?;
-                    self.client.stream.flush().await
-                })
-                .await;
-                match written {
+                match tokio::time::timeout(stalled, self.client.stream.flush()).await {
                     Ok(Ok(())) => down.clear(),
                     _ => return Err(RelayError::Client),
                 }

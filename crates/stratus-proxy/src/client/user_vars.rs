@@ -32,11 +32,25 @@ use stratus_wire::response::{self, OkPacket};
 pub(super) const READ_DELAY: Duration = Duration::from_secs(10);
 
 /// Session variables whose value, read and assigned back, is not a no-op: a timestamp read
-/// while it follows the clock would stop it, a random seed reads as 0, and the one-shot ids
-/// and the unscoped transaction characteristics (which apply to the next transaction only)
-/// would be overwritten.
+/// while it follows the clock would stop it, a random seed reads as 0, the one-shot ids and
+/// the unscoped transaction characteristics (which apply to the next transaction only) would
+/// be overwritten, a character set resets its collation and `max_join_size` resets
+/// `sql_big_selects` (changes tracking does not report), `system_versioning_asof` set to
+/// `DEFAULT` reads back as a value it refuses, and deprecated variables warn again (over
+/// what a later statement of the same query left).
 const NOT_REASSIGNED: &[&str] = &[
     "timestamp",
+    "system_versioning_asof",
+    "character_set_connection",
+    "character_set_database",
+    "character_set_server",
+    "max_join_size",
+    "big_tables",
+    "keep_files_on_create",
+    "max_tmp_tables",
+    "old",
+    "old_alter_table",
+    "storage_engine",
     "rand_seed1",
     "rand_seed2",
     "insert_id",
