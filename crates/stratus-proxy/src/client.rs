@@ -382,22 +382,21 @@ impl<D: Directory> Session<D> {
         } else {
             "wait_timeout"
         };
-        let secs = self
-            .variable_secs(name)
-            .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
-        // The server's own range: 1 s to a year.
-        Duration::from_secs(secs.clamp(1, 31_536_000))
+        self.timeout_variable(name, DEFAULT_IDLE_TIMEOUT_SECS)
     }
 
-    /// A session variable counted in seconds, as the session last set it (none: the server's
-    /// default).
-    fn variable_secs(&self, name: &str) -> Option<u64> {
-        self.state
+    /// A timeout variable of the session's (seconds) as it last set it, the server's `default`
+    /// if it did not, within the server's range for them: 1 s to a year.
+    fn timeout_variable(&self, name: &str, default: u64) -> Duration {
+        let secs = self
+            .state
             .variables
             .iter()
             .rev()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            .unwrap_or(default);
+        Duration::from_secs(secs.clamp(1, 31_536_000))
     }
 
     async fn serve(&mut self) -> End {

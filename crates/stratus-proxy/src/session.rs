@@ -51,7 +51,7 @@ pub struct Effects {
 
 /// Variables that describe one statement or transaction, or that the server maintains itself
 /// (read-only): tracked, never replayed.
-const NOT_REPLAYED: &[&str] = &[
+pub(crate) const NOT_REPLAYED: &[&str] = &[
     "insert_id",
     "last_insert_id",
     "rand_seed1",

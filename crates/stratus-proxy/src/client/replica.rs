@@ -165,11 +165,7 @@ impl<D: Directory> Session<D> {
     /// a replica it cannot write to (which, through the proxy, would only see the proxy stop
     /// reading, and end its side while the proxy still waited on the client).
     async fn stream_replication(&mut self) -> Result<(), RelayError> {
-        let stalled = Duration::from_secs(
-            self.variable_secs("net_write_timeout")
-                .unwrap_or(DEFAULT_NET_WRITE_TIMEOUT_SECS)
-                .clamp(1, 31_536_000),
-        );
+        let stalled = self.timeout_variable("net_write_timeout", DEFAULT_NET_WRITE_TIMEOUT_SECS);
         let Some(b) = self.backend.as_mut() else {
             return Err(RelayError::LostBeforeAnswer);
         };

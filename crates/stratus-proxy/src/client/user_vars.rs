@@ -18,7 +18,7 @@ use super::Session;
 use crate::Directory;
 use crate::backend::BackendError;
 use crate::error::SqlError;
-use crate::session::{BACKEND_TRACKING, UserVar, user_var_literal};
+use crate::session::{BACKEND_TRACKING, NOT_REPLAYED, UserVar, user_var_literal};
 use std::time::Duration;
 use stratus_wire::command::*;
 use stratus_wire::response::{self, OkPacket};
@@ -31,13 +31,14 @@ use stratus_wire::response::{self, OkPacket};
 /// to type `SELECT FOUND_ROWS()`.
 pub(super) const READ_DELAY: Duration = Duration::from_secs(10);
 
-/// Session variables whose value, read and assigned back, is not a no-op: a timestamp read
-/// while it follows the clock would stop it, a random seed reads as 0, the one-shot ids and
+/// Session variables whose value, read and assigned back, is not a no-op, besides those never
+/// replayed ([`NOT_REPLAYED`]: one-shot ids, random seeds, which read as 0): `identity` (one
+/// more name of `last_insert_id`), a timestamp read while it follows the clock would stop it,
 /// the unscoped transaction characteristics (which apply to the next transaction only) would
 /// be overwritten, a character set resets its collation and `max_join_size` resets
 /// `sql_big_selects` (changes tracking does not report), `system_versioning_asof` set to
-/// `DEFAULT` reads back as a value it refuses, and deprecated variables warn again (over
-/// what a later statement of the same query left).
+/// `DEFAULT` reads back as a value it refuses, and deprecated variables warn again (over what
+/// a later statement of the same query left).
 const NOT_REASSIGNED: &[&str] = &[
     "timestamp",
     "system_versioning_asof",
@@ -51,13 +52,7 @@ const NOT_REASSIGNED: &[&str] = &[
     "old",
     "old_alter_table",
     "storage_engine",
-    "rand_seed1",
-    "rand_seed2",
-    "insert_id",
-    "last_insert_id",
     "identity",
-    "pseudo_thread_id",
-    "gtid_seq_no",
     "tx_isolation",
     "transaction_isolation",
     "tx_read_only",
@@ -135,9 +130,10 @@ impl<D: Directory> Session<D> {
     /// the assignment did not report.
     pub(super) async fn read_untracked(&mut self, names: &[String], warnings: u16) {
         let neutral = warnings == 0 && !self.state.in_transaction;
-        let (assigned, mut left): (Vec<&String>, Vec<&String>) = names
-            .iter()
-            .partition(|n| neutral && !NOT_REASSIGNED.iter().any(|r| n.eq_ignore_ascii_case(r)));
+        let (assigned, mut left): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| {
+            neutral
+                && !(NOT_REPLAYED.iter().chain(NOT_REASSIGNED)).any(|r| n.eq_ignore_ascii_case(r))
+        });
         if !assigned.is_empty() {
             let Some(b) = self.backend.as_mut() else {
                 return;

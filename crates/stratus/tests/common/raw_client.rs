@@ -156,8 +156,7 @@ impl RawClient {
 
     /// Sends a command as given; its answer (an OK or an error).
     pub fn raw(&mut self, payload: &[u8]) -> Answer {
-        self.command(payload);
-        self.answer()
+        self.raw_numbered(0, payload)
     }
 
     /// Sends a command and reads nothing of its answer.
