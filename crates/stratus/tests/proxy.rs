@@ -1222,12 +1222,27 @@ async fn session_variables_are_recreated_as_they_were_on_a_new_server_connection
     c.query_drop("SET @@max_join_size = 1000, SESSION sql_big_selects = 1")
         .await
         .unwrap();
-    let read = "SELECT @@default_tmp_storage_engine, @@collation_connection, @@sql_big_selects";
-    type Seen = Option<(Option<String>, String, u8)>;
+    // `SET @@x`, which the server's tracking does not report, as a prepared statement, and
+    // inside a transaction (where the proxy reads it back with a `SELECT`).
+    c.exec_drop("SET @@sql_mode = ?", ("ANSI_QUOTES",))
+        .await
+        .unwrap();
+    c.query_drop("START TRANSACTION").await.unwrap();
+    c.query_drop("SET @@lc_time_names = 'de_DE'").await.unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    let read = "SELECT @@default_tmp_storage_engine, @@collation_connection, @@sql_big_selects, \
+                @@sql_mode, @@lc_time_names";
+    type Seen = Option<(Option<String>, String, u8, String, String)>;
     let before: Seen = c.query_first(read).await.unwrap();
     assert_eq!(
         before,
-        Some((None, "latin1_bin".to_owned(), 1)),
+        Some((
+            None,
+            "latin1_bin".to_owned(),
+            1,
+            "ANSI_QUOTES".to_owned(),
+            "de_DE".to_owned()
+        )),
         "as the server has them"
     );
     let thread: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
