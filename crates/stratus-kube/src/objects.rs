@@ -121,6 +121,7 @@ pub fn option_file(spec: &InstanceSpec) -> String {
         plugin_dir: "/usr/lib/mysql/plugin".into(),
         init_file: Some(INIT_FILE.into()),
         key_file: None,
+        tls: None,
         server_id: config::server_id(spec.name.as_str()),
         semi_sync: false,
         buffer_pool_bytes: spec.resources.buffer_pool_bytes,

@@ -104,26 +104,33 @@ pub fn changes(sql: &[u8], backslash_escapes: bool) -> Vec<Change> {
     out
 }
 
-/// Whether a `CREATE USER`, `ALTER USER` or `GRANT` asks the server to require TLS or a client
-/// certificate of an account (`REQUIRE` followed by `SSL`, `X509`, `ISSUER`, `SUBJECT` or
-/// `CIPHER`; `REQUIRE NONE` asks nothing). A text match: the same statement run by `EXECUTE
-/// IMMEDIATE` or a procedure is not seen, and only locks the account out, as it would be here.
-pub fn requires_tls(sql: &[u8], backslash_escapes: bool) -> bool {
+/// Whether a `CREATE USER`, `ALTER USER` or `GRANT` asks the server for what the proxy cannot
+/// give it: a client certificate (`REQUIRE X509`, `ISSUER` or `SUBJECT`: the proxy ends the
+/// client's TLS and holds no key for its certificate), or, where the servers take no TLS
+/// (`servers_take_tls` false), TLS at all (`SSL`, `CIPHER`). `REQUIRE NONE` asks nothing. A
+/// text match: the same statement run by `EXECUTE IMMEDIATE` or a procedure is not seen, and
+/// only locks the account out, as it would be here.
+pub fn requires_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool) -> bool {
     let toks = lex(sql, backslash_escapes);
     let p = Parser { toks: &toks, i: 0 };
     let account_statement = (p.at(0, "CREATE") || p.at(0, "ALTER"))
         && (p.at(1, "USER") || (p.at(1, "OR") && p.at(2, "REPLACE") && p.at(3, "USER")))
         || p.at(0, "GRANT");
+    let cannot: &[&[u8]] = match servers_take_tls {
+        true => &[b"X509", b"ISSUER", b"SUBJECT"],
+        false => &[b"SSL", b"X509", b"ISSUER", b"SUBJECT", b"CIPHER"],
+    };
+    let Some(require) = toks
+        .iter()
+        .position(|t| matches!(t, Tok::Word(w) if w.eq_ignore_ascii_case(b"REQUIRE")))
+    else {
+        return false;
+    };
+    // `REQUIRE SSL AND X509`, `REQUIRE ISSUER '…' SUBJECT '…'`: every option after it.
     account_statement
-        && toks.windows(2).any(|w| match w {
-            [Tok::Word(require), Tok::Word(what)] => {
-                require.eq_ignore_ascii_case(b"REQUIRE")
-                    && [&b"SSL"[..], b"X509", b"ISSUER", b"SUBJECT", b"CIPHER"]
-                        .iter()
-                        .any(|k| what.eq_ignore_ascii_case(k))
-            }
-            _ => false,
-        })
+        && toks[require + 1..]
+            .iter()
+            .any(|t| matches!(t, Tok::Word(w) if cannot.iter().any(|k| w.eq_ignore_ascii_case(k))))
 }
 
 /// An empty password logs in with an empty reply, which the proxy does not do.
@@ -426,7 +433,24 @@ mod tests {
             "GRANT SELECT ON shop.* TO app REQUIRE SSL",
             "/*!50706 ALTER USER app REQUIRE SSL */",
         ] {
-            assert!(requires_tls(required.as_bytes(), true), "{required}");
+            assert!(requires_tls(required.as_bytes(), true, false), "{required}");
+        }
+        // Servers that take TLS: only a client certificate is out of reach.
+        for cert in [
+            "create or replace user 'app'@'%' identified by 'x' require x509",
+            "CREATE USER IF NOT EXISTS app REQUIRE ISSUER '/C=FI' AND SUBJECT '/CN=a'",
+            "ALTER USER app REQUIRE SSL AND X509",
+            "GRANT SELECT ON shop.* TO app REQUIRE SUBJECT '/CN=a'",
+        ] {
+            assert!(requires_tls(cert.as_bytes(), true, true), "{cert}");
+        }
+        for tls in [
+            "CREATE USER app REQUIRE SSL",
+            "ALTER USER app REQUIRE CIPHER 'TLS_AES_256_GCM_SHA384'",
+            "GRANT SELECT ON shop.* TO x509 REQUIRE SSL",
+            "/*!50706 ALTER USER app REQUIRE SSL */",
+        ] {
+            assert!(!requires_tls(tls.as_bytes(), true, true), "{tls}");
         }
         for not in [
             "CREATE USER app REQUIRE NONE",
@@ -437,7 +461,7 @@ mod tests {
             "DROP USER app",
             "CREATE TABLE t (require int, ssl int)",
         ] {
-            assert!(!requires_tls(not.as_bytes(), true), "{not}");
+            assert!(!requires_tls(not.as_bytes(), true, false), "{not}");
         }
     }
 

@@ -1,10 +1,12 @@
 //! A connection to a database's own server, logged in as the client's user with the
 //! `SHA1(password)` learnt when the client authenticated at the proxy.
 
+use crate::backend_tls::{BackendTls, Negotiated};
 use crate::error::SqlError;
 use bytes::BytesMut;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use stratus_core::Endpoint;
@@ -77,6 +79,9 @@ pub struct Login {
     pub charset: u8,
     pub client_caps: u64,
     pub attributes: Option<Vec<u8>>,
+    /// The client's TLS with the proxy, which its backend connections repeat where the server
+    /// offers TLS (`backend_tls`).
+    pub tls: Option<(Arc<BackendTls>, Negotiated)>,
 }
 
 pub struct Backend {
@@ -105,6 +110,8 @@ pub struct Backend {
 /// The byte stream to a server: its private unix socket on this host, or TCP to a pod.
 pub enum BackendStream {
     Unix(crate::backend_unix::BackendUnix),
+    /// The unix socket, with TLS for a client that used it.
+    UnixTls(Box<tokio_rustls::client::TlsStream<crate::backend_unix::BackendUnix>>),
     Tcp(TcpStream),
     /// A scripted server in the same process, for tests of whole sessions
     /// (`crate::testkit`). Absent from other builds, so the relay's matches compile as they
@@ -135,6 +142,7 @@ impl BackendStream {
         match self {
             // Readability is all the relay waits for, and all a server's socket is registered for.
             BackendStream::Unix(s) => s.readable().await,
+            BackendStream::UnixTls(s) => s.get_ref().0.readable().await,
             BackendStream::Tcp(s) => s.ready(interest).await,
             #[cfg(test)]
             BackendStream::Memory(s) => s.ready(interest).await,
@@ -148,6 +156,7 @@ impl BackendStream {
     ) -> io::Result<R> {
         match self {
             BackendStream::Unix(s) => s.try_read_io(f),
+            BackendStream::UnixTls(s) => s.get_ref().0.try_read_io(f),
             BackendStream::Tcp(s) => s.try_io(interest, f),
             #[cfg(test)]
             BackendStream::Memory(_) => f(),
@@ -157,6 +166,8 @@ impl BackendStream {
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             BackendStream::Unix(s) => s.try_read(buf),
+            // Bytes read here would be part of a record: looked at, not taken.
+            BackendStream::UnixTls(s) => s.get_ref().0.try_peek(buf),
             BackendStream::Tcp(s) => s.try_read(buf),
             #[cfg(test)]
             BackendStream::Memory(s) => s.try_read(buf),
@@ -172,6 +183,7 @@ impl AsyncRead for BackendStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             BackendStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::UnixTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             #[cfg(test)]
             BackendStream::Memory(s) => Pin::new(s).poll_read(cx, buf),
@@ -187,6 +199,7 @@ impl AsyncWrite for BackendStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             BackendStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::UnixTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             #[cfg(test)]
             BackendStream::Memory(s) => Pin::new(s).poll_write(cx, buf),
@@ -196,6 +209,7 @@ impl AsyncWrite for BackendStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             BackendStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::UnixTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             #[cfg(test)]
             BackendStream::Memory(s) => Pin::new(s).poll_flush(cx),
@@ -205,6 +219,7 @@ impl AsyncWrite for BackendStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             BackendStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::UnixTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             BackendStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             #[cfg(test)]
             BackendStream::Memory(s) => Pin::new(s).poll_shutdown(cx),
@@ -257,6 +272,14 @@ impl Backend {
         if login.attributes.is_none() {
             caps &= !caps::CONNECT_ATTRS;
         }
+        // TLS as the client had it, where the server offers it (one started before it was
+        // given a certificate does not, until its next start).
+        let tls = login.tls.as_ref().filter(|_| {
+            g.capabilities & caps::SSL != 0 && matches!(b.stream, BackendStream::Unix(_))
+        });
+        if tls.is_some() {
+            caps |= caps::SSL;
+        }
         b.caps = caps;
         let response = HandshakeResponse {
             capabilities: caps,
@@ -268,11 +291,61 @@ impl Backend {
             auth_plugin: Some(NATIVE_PLUGIN.as_bytes().to_vec()),
             attributes: login.attributes.clone(),
         };
+        let response = response.encode();
+        let mut seq = 1;
+        if let Some((config, negotiated)) = tls {
+            // The SSL request is the response's fixed part (<https://mariadb.com/kb/en/connection/#sslrequest-packet>).
+            let mut out = Vec::new();
+            packet::write(&mut out, &mut seq, &response[..32]);
+            b.write(&out).await?;
+            b = b.upgrade(config, *negotiated, timeout).await?;
+        }
         let mut out = Vec::new();
-        packet::write(&mut out, &mut 1, &response.encode());
-        b.stream.write_all(&out).await?;
-        b.finish_auth(login, 3).await?;
+        packet::write(&mut out, &mut seq, &response);
+        b.write(&out).await?;
+        b.finish_auth(login, seq.wrapping_add(1)).await?;
         Ok(b)
+    }
+
+    /// Runs the TLS handshake over the socket the SSL request went on.
+    async fn upgrade(
+        self,
+        config: &BackendTls,
+        negotiated: Negotiated,
+        timeout: Duration,
+    ) -> Result<Self, BackendError> {
+        let Backend {
+            stream,
+            buf,
+            caps,
+            addr,
+            connection_id,
+            scramble,
+            ..
+        } = self;
+        let BackendStream::Unix(socket) = stream else {
+            return Err(BackendError::Protocol(
+                "TLS over a socket that is not the server's own",
+            ));
+        };
+        let connecting = config
+            .connector(negotiated)
+            .connect(BackendTls::server_name(), socket);
+        let tls = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| BackendError::Io(std::io::ErrorKind::TimedOut.into()))??;
+        Ok(Backend {
+            stream: BackendStream::UnixTls(Box::new(tls)),
+            buf,
+            caps,
+            addr,
+            connection_id,
+            scramble,
+            profiled: false,
+            role_set: false,
+            opaque: false,
+            replica: false,
+        })
     }
 
     /// Logs in again on this connection as `login` (`COM_CHANGE_USER`,
@@ -296,7 +369,7 @@ impl Backend {
         .encode(self.caps | caps::PLUGIN_AUTH);
         let mut out = Vec::with_capacity(body.len() + 4);
         packet::write(&mut out, &mut 0, &body);
-        self.stream.write_all(&out).await?;
+        self.write(&out).await?;
         self.finish_auth(login, 2).await
     }
 
@@ -320,11 +393,18 @@ impl Backend {
                     let mut out = Vec::new();
                     packet::write(&mut out, &mut seq, &scramble_reply(&login.stage1, &data));
                     seq = seq.wrapping_add(1);
-                    self.stream.write_all(&out).await?;
+                    self.write(&out).await?;
                 }
                 _ => return Err(BackendError::Protocol("unexpected packet during login")),
             }
         }
+    }
+
+    /// Writes `bytes` whole and pushes them out: TLS keeps records it could not write yet until
+    /// flushed, and the server would wait for them (a plain socket's flush does nothing).
+    pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// Reads more bytes; an end of stream is an error (the server went away).
@@ -355,7 +435,7 @@ impl Backend {
         payload.extend_from_slice(body);
         let mut out = Vec::with_capacity(payload.len() + 8);
         packet::write(&mut out, &mut 0, &payload);
-        self.stream.write_all(&out).await?;
+        self.write(&out).await?;
         Ok(())
     }
 

@@ -50,6 +50,18 @@ impl BackendUnix {
         self.read.try_io(Interest::READABLE, |_| f())
     }
 
+    /// Whether anything waits to be read (or the peer closed), without reading it: `Ok(1)`
+    /// then, `WouldBlock` when nothing does. For a socket carrying TLS, whose bytes belong to
+    /// records.
+    pub fn try_peek(&self, _buf: &mut [u8]) -> io::Result<usize> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(self.read.get_ref(), PollFlags::IN)];
+        match poll(&mut fds, Some(&Timespec::default()))? {
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Ok(1),
+        }
+    }
+
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.read
             .try_io(Interest::READABLE, |s| (&mut &*s).read(buf))

@@ -58,17 +58,29 @@ impl SqlError {
         }
     }
 
-    /// `ER_NOT_SUPPORTED_YET` for `REQUIRE SSL` and its kin: the server would refuse every
-    /// login of the account, since TLS ends at the proxy and the server sees a local socket.
-    pub fn tls_ends_at_the_proxy() -> Self {
-        Self {
-            code: 1235,
-            state: "42000",
-            message: "This version of MariaDB doesn't yet support 'REQUIRE SSL, X509, ISSUER, \
+    /// `ER_NOT_SUPPORTED_YET` for what an account cannot be made to require through the proxy:
+    /// a client certificate (the proxy ends the client's TLS and cannot present its certificate
+    /// to the server), or TLS at all where the servers take none from the proxy. The server
+    /// would refuse every login of the account.
+    pub fn tls_ends_at_the_proxy(servers_take_tls: bool) -> Self {
+        let message = match servers_take_tls {
+            true => {
+                "This version of MariaDB doesn't yet support 'REQUIRE X509, ISSUER or SUBJECT \
+                     through Stratus: TLS ends at its proxy, which cannot show the client's \
+                     certificate to the server, so the server would refuse every login of the \
+                     account. REQUIRE SSL and REQUIRE CIPHER work'"
+            }
+            false => {
+                "This version of MariaDB doesn't yet support 'REQUIRE SSL, X509, ISSUER, \
                       SUBJECT or CIPHER through Stratus: TLS ends at its proxy, so the server would \
                       refuse every login of the account. A database created with --require-tls \
                       refuses clients without TLS'"
-                .into(),
+            }
+        };
+        Self {
+            code: 1235,
+            state: "42000",
+            message: message.into(),
         }
     }
 

@@ -27,6 +27,7 @@
 pub mod account_statement;
 pub mod activity;
 pub mod backend;
+pub mod backend_tls;
 pub mod backend_unix;
 pub mod client;
 mod compressed;
@@ -135,6 +136,9 @@ pub struct ProxyConfig {
     pub max_packet: usize,
     /// TLS for clients; `None`: plain TCP only.
     pub tls: Option<tls::Tls>,
+    /// TLS to the servers for sessions whose client used TLS (`backend_tls`); `None`: backend
+    /// connections are plain, and an account cannot be made to require TLS.
+    pub backend_tls: Option<Arc<backend_tls::BackendTls>>,
     /// Backend connections kept per database (per session thread) after their clients left.
     pub pool_max_idle: usize,
     /// How long a kept backend connection may wait for a new client.
@@ -164,6 +168,7 @@ impl Default for ProxyConfig {
             wake_timeout: Duration::from_secs(60),
             max_packet: 1 << 30,
             tls: None,
+            backend_tls: None,
             pool_max_idle: 16,
             pool_idle_timeout: Duration::from_secs(60),
             release_idle_after: Duration::from_secs(10),

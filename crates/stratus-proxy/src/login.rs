@@ -162,6 +162,11 @@ pub(crate) async fn login<D: Directory>(
             // Compression ends at the proxy: backend connections are local, and pooled alike.
             client_caps: resp.capabilities & caps::PROXY_OFFERS & !caps::COMPRESS,
             attributes: resp.attributes,
+            tls: proxy
+                .cfg
+                .backend_tls
+                .clone()
+                .zip(client.stream.negotiated()),
         },
         schema,
         scramble,

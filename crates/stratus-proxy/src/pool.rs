@@ -36,6 +36,8 @@ pub struct Key {
     pub charset: u8,
     /// The schema stays selected across a reset.
     pub schema: Option<String>,
+    /// The TLS the connection repeats (`backend_tls`): a session's server sees its client's.
+    pub tls: Option<crate::backend_tls::Negotiated>,
 }
 
 struct Idle {

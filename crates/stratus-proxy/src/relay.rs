@@ -154,10 +154,7 @@ pub(crate) async fn forward_infile(
             _ => return Err(RelayError::Client),
         };
         let chunk = client.buf.split_to(lp.consumed);
-        b.stream
-            .write_all(&chunk)
-            .await
-            .map_err(|_| RelayError::LostMidway)?;
+        b.write(&chunk).await.map_err(|_| RelayError::LostMidway)?;
         if lp.consumed == HEADER_LEN {
             return Ok(());
         }

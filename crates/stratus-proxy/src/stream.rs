@@ -35,6 +35,21 @@ impl ClientStream {
         }
     }
 
+    /// The version and cipher suite of the client's TLS, if it used TLS.
+    pub fn negotiated(&self) -> Option<crate::backend_tls::Negotiated> {
+        match self {
+            ClientStream::Tls(t) => {
+                let c = t.get_ref().1;
+                Some(crate::backend_tls::Negotiated {
+                    version: c.protocol_version()?,
+                    suite: c.negotiated_cipher_suite()?.suite(),
+                })
+            }
+            ClientStream::Compressed(c) => c.inner.negotiated(),
+            _ => None,
+        }
+    }
+
     /// The TLS server name the client asked for (SNI).
     pub fn server_name(&self) -> Option<&str> {
         match self {

@@ -127,7 +127,7 @@ fn required_names(domain: Option<&str>) -> Vec<String> {
 /// A CA and a leaf it signs. The CA's key signs once and is never written: a copy of the data
 /// directory cannot mint certificates that clients of this installation trust. A change of names
 /// makes a new CA, which clients then fetch again.
-fn make_pair(dir: &Path, domain: Option<&str>) -> Result<(), TlsError> {
+pub(crate) fn make_pair(dir: &Path, domain: Option<&str>) -> Result<(), TlsError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,

@@ -107,6 +107,19 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     local.exact_commit_times = settings.exact_commit_times;
     local.start_timeout = settings.start_timeout;
     local.server_user = settings.server_user.clone();
+    // Servers take TLS from the proxy for the sessions whose client used it, with a
+    // certificate of their own (`stratus_proxy::backend_tls`).
+    let backend_tls = match &settings.tls {
+        Some(_) => {
+            let t = stratus_proxy::backend_tls::BackendTls::load_or_create(
+                &data_dir.join("tls").join("servers"),
+            )
+            .context("TLS for the servers")?;
+            local.server_tls = Some((t.cert.clone(), t.key.clone()));
+            Some(Arc::new(t))
+        }
+        None => None,
+    };
     local.master_key = settings
         .master_key
         .as_deref()
@@ -202,6 +215,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
                 false => format!("{}-log", info.mariadb_version),
             }),
             tls,
+            backend_tls,
             max_connections,
             ..settings.proxy.clone()
         },

@@ -665,22 +665,48 @@ async fn a_login_to_an_unknown_schema_is_refused_as_by_the_server() {
     s.stop();
 }
 
-/// TLS ends at the proxy, so an account the server must see TLS for could never log in: the
-/// statement that would make one is refused with the reason, and nothing of it runs.
+/// Runs the stock `mariadb` client through the proxy over TLS (trusting Stratus's CA), with
+/// `args`; its output, or its error.
+fn mariadb_tls(s: &Stratus, user: &str, pw: &str, args: &[&str]) -> Result<String, String> {
+    let ca = s.data_dir().join("tls").join("ca.pem");
+    let (host, port) = s.listen.split_once(':').unwrap();
+    let out = Command::new("mariadb")
+        .args(["--protocol=tcp", "-h", host, "-P", port, "-N", "-B"])
+        .arg(format!("-u{user}"))
+        .arg(format!("-p{pw}"))
+        .arg(format!("--ssl-ca={}", ca.display()))
+        .args(args)
+        .output()
+        .unwrap();
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+/// The proxy repeats a client's TLS to its server, so the server sees the session as the
+/// client made it: `Ssl_version` and `Ssl_cipher` are the client's (and empty for a client
+/// without TLS, also on a connection kept from a TLS one), and an account may `REQUIRE SSL`,
+/// which then logs in with TLS only, refused without it as the server refuses it. A client
+/// certificate cannot be required (the proxy cannot show the client's to the server): such a
+/// statement is refused with the reason, and nothing of its batch runs.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_account_requiring_tls_of_the_server_is_refused_with_the_reason() {
+async fn a_clients_tls_is_what_its_server_sees_and_an_account_may_require_it() {
     let mut s = Stratus::new("require-tls");
     s.start();
     let (user, pw) = created(&s, "shop");
     let mut owner = shop_conn(&s, &user, &pw).await;
     for sql in [
-        "CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE SSL",
-        "CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE X509; CREATE TABLE t (a INT)",
+        "CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE X509",
+        "CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE SSL AND SUBJECT '/CN=a'; CREATE TABLE t (a INT)",
     ] {
         match owner.query_drop(sql).await {
             Err(mysql_async::Error::Server(e)) => {
                 assert_eq!((e.code, e.state.as_str()), (1235, "42000"), "{sql}: {e}");
-                assert!(e.message.contains("--require-tls"), "{e}");
+                assert!(
+                    e.message.contains("REQUIRE SSL and REQUIRE CIPHER work"),
+                    "{e}"
+                );
             }
             other => panic!("{sql}: {other:?}"),
         }
@@ -691,31 +717,72 @@ async fn an_account_requiring_tls_of_the_server_is_refused_with_the_reason() {
         .unwrap();
     assert!(made.is_empty(), "nothing of a refused batch runs: {made:?}");
 
+    // The server's own view, and the client's ("Cipher in use is …" in `status`).
+    let views =
+        "SHOW STATUS LIKE 'Ssl_version'; SHOW STATUS LIKE 'Ssl_cipher'; SELECT @@have_ssl; \\s";
+    let seen = |out: &str| -> (String, String, String) {
+        let value = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let client = value("SSL:").replace("Cipher in use is ", "");
+        (value("Ssl_version\t"), value("Ssl_cipher\t"), client)
+    };
+    for version in ["TLSv1.3", "TLSv1.2"] {
+        let out = mariadb_tls(
+            &s,
+            &user,
+            &pw,
+            &[&format!("--tls-version={version}"), "-e", views],
+        )
+        .unwrap();
+        let (server_version, server_cipher, client_cipher) = seen(&out);
+        assert_eq!(server_version, version, "{out}");
+        assert!(!server_cipher.is_empty(), "{out}");
+        assert_eq!(server_cipher, client_cipher, "{out}");
+        assert!(out.lines().any(|l| l == "YES"), "have_ssl: {out}");
+    }
+    // The same client without TLS, right after the TLS one left its connection to be kept
+    // (the same account and settings): the server sees no TLS. Then TLS again.
+    let plain = mariadb_tls(&s, &user, &pw, &["--skip-ssl", "-e", views]).unwrap();
+    assert_eq!(
+        seen(&plain),
+        (String::new(), String::new(), "Not in use".to_owned()),
+        "{plain}"
+    );
+    let out = mariadb_tls(&s, &user, &pw, &["-e", views]).unwrap();
+    assert_eq!(seen(&out).0, "TLSv1.3", "{out}");
+    let plain: Vec<(String, String)> = owner.query("SHOW STATUS LIKE 'Ssl_cipher'").await.unwrap();
+    assert_eq!(plain, [("Ssl_cipher".to_owned(), String::new())]);
+
     owner
-        .query_drop("CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE NONE")
+        .query_drop("CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE SSL")
         .await
         .unwrap();
     owner
         .query_drop("GRANT SELECT ON shop.* TO 'app'@'%'")
         .await
         .unwrap();
-    for sql in [
-        "ALTER USER 'app'@'%' REQUIRE SSL",
-        "GRANT SELECT ON shop.* TO 'app'@'%' REQUIRE SUBJECT '/CN=app'",
-    ] {
-        let err = owner.query_drop(sql).await.unwrap_err();
-        assert!(
-            matches!(&err, mysql_async::Error::Server(e) if e.code == 1235),
-            "{sql}: {err}"
-        );
-    }
-    // The account still logs in through the proxy: nothing required TLS of it at the server.
-    let mut app = Conn::new(s.sql_opts("shop.app", "first", Some("shop")))
-        .await
+    let out = mariadb_tls(&s, "shop.app", "first", &["-e", "SELECT CURRENT_USER()"]).unwrap();
+    assert_eq!(out.trim(), "app@%");
+    // Without TLS the server refuses it, as it refuses it directly.
+    let direct = Command::new("mariadb")
+        .arg(format!("--socket={}", s.backend_socket("shop")))
+        .args(["-uapp", "-pfirst", "--skip-ssl", "-e", "SELECT 1"])
+        .output()
         .unwrap();
-    let one: Option<u8> = app.query_first("SELECT 1").await.unwrap();
-    assert_eq!(one, Some(1));
-    app.disconnect().await.unwrap();
+    let direct = String::from_utf8_lossy(&direct.stderr).into_owned();
+    assert!(direct.contains("ERROR 1045"), "{direct}");
+    match Conn::new(s.sql_opts("shop.app", "first", Some("shop"))).await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1045, "{e}"),
+        Ok(mut c) => {
+            let err = c.query_drop("SELECT 1").await.unwrap_err();
+            panic!("logged in without TLS; then: {err}");
+        }
+        Err(other) => panic!("{other}"),
+    }
     owner.disconnect().await.unwrap();
     s.stop();
 }

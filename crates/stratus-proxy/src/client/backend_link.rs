@@ -21,7 +21,6 @@ use stratus_wire::command::{
 };
 use stratus_wire::packet::{self, HEADER_LEN};
 use stratus_wire::tracker::{Expect, Step, Tracker};
-use tokio::io::AsyncWriteExt;
 
 impl<D: Directory> Session<D> {
     /// A statement command as the current backend must get it: the statement prepared there
@@ -290,6 +289,7 @@ impl<D: Directory> Session<D> {
             caps: self.login.client_caps,
             charset: self.login.charset,
             schema: self.state.schema.clone(),
+            tls: self.login.tls.as_ref().map(|(_, n)| *n),
         }
     }
 
@@ -494,7 +494,7 @@ impl<D: Directory> Session<D> {
 
     pub(super) async fn send_to_backend(&mut self, bytes: &[u8]) {
         if let Some(b) = self.backend.as_mut() {
-            if b.stream.write_all(bytes).await.is_err() {
+            if b.write(bytes).await.is_err() {
                 // Noticed when reading the answer.
             }
         }

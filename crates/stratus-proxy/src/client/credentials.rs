@@ -58,14 +58,16 @@ impl<D: Directory> Session<D> {
             .peekable();
         accounts.peek()?;
         let escapes = self.backslash_escapes();
+        let servers_take_tls = self.proxy.cfg.backend_tls.is_some();
         accounts
             .any(|s| {
                 account_statement::requires_tls(
                     sql.get(s.span.clone()).unwrap_or_default(),
                     escapes,
+                    servers_take_tls,
                 )
             })
-            .then(SqlError::tls_ends_at_the_proxy)
+            .then(|| SqlError::tls_ends_at_the_proxy(servers_take_tls))
     }
 
     /// Whether a backslash escapes in string literals: the session's `sql_mode` lacks

@@ -136,8 +136,7 @@ impl<D: Directory> Session<D> {
         let Some(b) = self.backend.as_mut() else {
             return Err(RelayError::LostBeforeAnswer);
         };
-        b.stream
-            .write_all(raw)
+        b.write(raw)
             .await
             .map_err(|_| RelayError::LostBeforeAnswer)?;
         let total = loop {
@@ -173,10 +172,7 @@ impl<D: Directory> Session<D> {
         // What the client sent after the dump request (a replica's first acknowledgements).
         let early = self.client.buf.split();
         if !early.is_empty() {
-            b.stream
-                .write_all(&early)
-                .await
-                .map_err(|_| RelayError::LostMidway)?;
+            b.write(&early).await.map_err(|_| RelayError::LostMidway)?;
         }
         let mut down = std::mem::take(&mut b.buf);
         let mut up = BytesMut::with_capacity(HEADER_LEN * 64);
@@ -203,7 +199,7 @@ impl<D: Directory> Session<D> {
                 },
                 r = self.client.stream.read_buf(&mut up) => match r {
                     Ok(n) if n > 0 => {
-                        b.stream.write_all(&up).await.map_err(|_| RelayError::LostMidway)?;
+                        b.write(&up).await.map_err(|_| RelayError::LostMidway)?;
                         up.clear();
                     }
                     _ => return Err(RelayError::Client),

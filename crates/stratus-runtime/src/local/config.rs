@@ -62,6 +62,9 @@ pub struct ServerOptions {
     /// Encryption at rest with the key `file_key_management` reads from this file at start
     /// (`keys.rs`); `None`: off (the template, which holds no tenant data).
     pub key_file: Option<PathBuf>,
+    /// The certificate chain and key the server takes TLS with (the proxy's connections for
+    /// clients that used TLS); `None`: no TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub server_id: u32,
     /// Wait at each commit for the commit clock (`commit_clock`): commit times exact to the
     /// transaction, at the cost `docs/storage.md` gives.
@@ -122,6 +125,10 @@ pub fn render(o: &ServerOptions) -> String {
         line("encrypt_tmp_disk_tables", &"ON");
         line("encrypt_binlog", &"ON");
         line("aria_encrypt_tables", &"ON");
+    }
+    if let Some((cert, key)) = &o.tls {
+        line("ssl_cert", &quoted(cert));
+        line("ssl_key", &quoted(key));
     }
     // `DATA DIRECTORY` / `INDEX DIRECTORY` would let a table's files land anywhere the server's
     // user may write; without symbolic links the server ignores them.
@@ -220,6 +227,7 @@ mod tests {
             plugin_dir: "/d/plugins".into(),
             init_file: Some("/d/init.sql".into()),
             key_file: Some("/s/shop.key".into()),
+            tls: None,
             server_id: 7,
             semi_sync: true,
             buffer_pool_bytes: 1 << 30,
@@ -256,6 +264,7 @@ mod tests {
             user: None,
             init_file: None,
             key_file: None,
+            tls: None,
             buffer_pool_max_bytes: Some(1),
             ..opts()
         });

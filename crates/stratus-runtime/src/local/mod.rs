@@ -84,6 +84,9 @@ pub struct LocalConfig {
     pub node: String,
     pub node_cpu_millis: Option<u64>,
     pub node_memory_bytes: Option<u64>,
+    /// A certificate chain and its key (PEM files) servers take TLS with, so that the proxy
+    /// can repeat a client's TLS to its server; `None`: servers take no TLS.
+    pub server_tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The node of a single-node installation.
@@ -105,6 +108,7 @@ impl LocalConfig {
             node: DEFAULT_NODE.into(),
             node_cpu_millis: None,
             node_memory_bytes: None,
+            server_tls: None,
         }
     }
 }
@@ -507,7 +511,24 @@ impl Inner {
             }
             None => None,
         };
+        // Copies for this start, as the data key: the server reads them before it is ready.
+        let tls = match &self.cfg.server_tls {
+            Some(pair) => {
+                private_dir(&self.key_dir, &self.user)?;
+                let copies = self.tls_files(&spec.key);
+                for (from, to) in [(&pair.0, &copies.0), (&pair.1, &copies.1)] {
+                    let pem = std::fs::read_to_string(from).map_err(|e| {
+                        RuntimeError::io(format!("cannot read {}", from.display()), e)
+                    })?;
+                    template::write_private(to, &pem)?;
+                    self.user.give(to)?;
+                }
+                Some(copies)
+            }
+            None => None,
+        };
         let opts = config::ServerOptions {
+            tls,
             key_file,
             datadir: paths.data.clone(),
             socket: paths.socket.clone(),
@@ -604,8 +625,12 @@ impl Inner {
                 Some(format!("not ready within {:?}", self.cfg.start_timeout))
             }
         };
-        // The key plugin has read its key: the plain key leaves memory-backed storage too.
+        // The key plugin has read its key: the plain key leaves memory-backed storage too, and
+        // so does the TLS key the server has loaded.
         let _ = std::fs::remove_file(self.key_file(name));
+        let tls = self.tls_files(name);
+        let _ = std::fs::remove_file(&tls.0);
+        let _ = std::fs::remove_file(&tls.1);
         if let Some(reason) = failure {
             self.kill(&proc).await;
             return Err(RuntimeError::StartFailed {
@@ -665,6 +690,14 @@ impl Inner {
     /// Where a server's plain data key is put for its start.
     fn key_file(&self, key: &str) -> PathBuf {
         self.key_dir.join(format!("{key}.key"))
+    }
+
+    /// Where a server's TLS certificate chain and key are put for its start.
+    fn tls_files(&self, key: &str) -> (PathBuf, PathBuf) {
+        (
+            self.key_dir.join(format!("{key}.tls-cert.pem")),
+            self.key_dir.join(format!("{key}.tls-key.pem")),
+        )
     }
 
     fn instance(&self, pid: u32, endpoint: &Endpoint, adopted: bool, begin: Instant) -> Instance {

@@ -62,6 +62,7 @@ pub async fn ensure(
         plugin_dir: plugin_dir.to_path_buf(),
         init_file: None,
         key_file: None,
+        tls: None,
         server_id: 1,
         semi_sync: false,
         buffer_pool_bytes: 16 << 20,
