@@ -757,6 +757,64 @@ async fn a_clients_tls_is_what_its_server_sees_and_an_account_may_require_it() {
     let plain: Vec<(String, String)> = owner.query("SHOW STATUS LIKE 'Ssl_cipher'").await.unwrap();
     assert_eq!(plain, [("Ssl_cipher".to_owned(), String::new())]);
 
+    // A TLS session whose server connection is lost goes on over a new one, with TLS again.
+    let ca = s.data_dir().join("tls").join("ca.pem");
+    let (host, port) = s.listen.split_once(':').unwrap();
+    let mut cli = Command::new("mariadb")
+        .args([
+            "--protocol=tcp",
+            "-h",
+            host,
+            "-P",
+            port,
+            "-N",
+            "-B",
+            "--unbuffered",
+        ])
+        .args([
+            format!("-u{user}"),
+            format!("-p{pw}"),
+            format!("--ssl-ca={}", ca.display()),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_cli = cli.stdin.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = cli.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let _ = lines_tx.send(line.unwrap_or_default());
+        }
+    });
+    let line = || {
+        lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("an answer from the client")
+    };
+    use std::io::Write as _;
+    writeln!(to_cli, "SELECT CONNECTION_ID();").unwrap();
+    let first = line();
+    // Killed on the server, not through the proxy (which would end the session, as the server
+    // ends a killed connection): to the proxy, a lost connection.
+    let mut server = s.direct("shop").await;
+    server.query_drop(format!("KILL {first}")).await.unwrap();
+    server.disconnect().await.unwrap();
+    writeln!(
+        to_cli,
+        "SHOW STATUS LIKE 'Ssl_version'; SELECT CONNECTION_ID();"
+    )
+    .unwrap();
+    assert_eq!(
+        line(),
+        "Ssl_version\tTLSv1.3",
+        "TLS on the new server connection"
+    );
+    assert_ne!(line(), first, "a new server connection");
+    drop(to_cli);
+    assert!(cli.wait().unwrap().success());
+
     owner
         .query_drop("CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE SSL")
         .await
