@@ -18,6 +18,9 @@ pub struct MariaDb {
     pub plugin_dir: Option<PathBuf>,
     /// `mariadb-backup` (package `mariadb-backup`), for backups; `None` when not installed.
     pub backup: Option<PathBuf>,
+    /// `mariadb-tzinfo-to-sql`, which turns the system's time zone files into the `mysql`
+    /// schema's time zone tables; `None` when not installed.
+    pub tzinfo_to_sql: Option<PathBuf>,
 }
 
 const HINT: &str = "install the distribution's mariadb-server package (apt-get install mariadb-server), \
@@ -48,6 +51,7 @@ impl MariaDb {
             has_buffer_pool_size_max: help.contains("--innodb-buffer-pool-size-max"),
             plugin_dir: help_value(&help, "plugin-dir").map(PathBuf::from),
             backup: find("mariadb-backup", bin_dir).ok(),
+            tzinfo_to_sql: find("mariadb-tzinfo-to-sql", bin_dir).ok(),
             mariadbd,
             install_db,
             version,

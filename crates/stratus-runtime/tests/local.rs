@@ -241,6 +241,12 @@ async fn a_server_is_confined_and_gives_stratus_its_account_back() {
         "{plugin_dir}"
     );
     assert_eq!(symlinks, "DISABLED");
+    // Named time zones are known, as on a managed database (the template loads them).
+    let helsinki: Vec<(Option<String>,)> = conn
+        .query_rows("SELECT CONVERT_TZ('2001-01-01 01:00:00', 'UTC', 'Europe/Helsinki')")
+        .await
+        .unwrap();
+    assert_eq!(helsinki, [(Some("2001-01-01 03:00:00".to_owned()),)]);
     let mut accounts: Vec<(String, String)> = conn
         .query_rows("SELECT User, Host FROM mysql.global_priv")
         .await
