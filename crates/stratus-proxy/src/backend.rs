@@ -105,6 +105,9 @@ pub struct Backend {
     /// A replica registered on it (`COM_REGISTER_SLAVE`), which stays until it closes: never
     /// given to another session.
     pub replica: bool,
+    /// The server offers TLS (it was started with a certificate), so an account may be made to
+    /// require it.
+    pub offers_tls: bool,
 }
 
 /// The byte stream to a server: its private unix socket on this host, or TCP to a pod.
@@ -254,6 +257,7 @@ impl Backend {
             role_set: false,
             opaque: false,
             replica: false,
+            offers_tls: false,
         };
         let greeting = b.read_packet().await?;
         if greeting.first() == Some(&0xff) {
@@ -263,6 +267,7 @@ impl Backend {
             .map_err(|_| BackendError::Protocol("malformed greeting"))?;
         b.connection_id = g.connection_id;
         b.scramble = g.scramble;
+        b.offers_tls = g.capabilities & caps::SSL != 0;
         let mut caps =
             (login.client_caps & caps::PROXY_OFFERS & g.capabilities) | (ALWAYS & g.capabilities);
         caps &= !(caps::SSL | caps::COMPRESS | caps::CONNECT_WITH_DB | caps::CLIENT_MYSQL);
@@ -298,7 +303,23 @@ impl Backend {
             let mut out = Vec::new();
             packet::write(&mut out, &mut seq, &response[..32]);
             b.write(&out).await?;
-            b = b.upgrade(config, *negotiated, timeout).await?;
+            let endpoint = b.addr.clone();
+            b = match b.upgrade(config, *negotiated, timeout).await {
+                Ok(b) => b,
+                // The server's certificate is not one the proxy trusts (a server still running
+                // from before its certificate was made again): the leg is a local socket only
+                // root reaches, so the session goes on without TLS there, as with a server
+                // that offers none, rather than not at all.
+                Err(BackendError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                    tracing::warn!(server = %endpoint, "the server's TLS certificate is not trusted ({e}); this connection to it is plain");
+                    let plain = Login {
+                        tls: None,
+                        ..login.clone()
+                    };
+                    return Box::pin(Self::connect(endpoint, &plain, schema, timeout)).await;
+                }
+                Err(e) => return Err(e),
+            };
         }
         let mut out = Vec::new();
         packet::write(&mut out, &mut seq, &response);
@@ -321,6 +342,7 @@ impl Backend {
             addr,
             connection_id,
             scramble,
+            offers_tls,
             ..
         } = self;
         let BackendStream::Unix(socket) = stream else {
@@ -345,6 +367,7 @@ impl Backend {
             role_set: false,
             opaque: false,
             replica: false,
+            offers_tls,
         })
     }
 

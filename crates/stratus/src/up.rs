@@ -115,7 +115,11 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
                 &data_dir.join("tls").join("servers"),
             )
             .context("TLS for the servers")?;
-            local.server_tls = Some((t.cert.clone(), t.key.clone()));
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("TLS for the servers: {}", p.display()))
+            };
+            local.server_tls = Some((read(&t.cert)?, read(&t.key)?));
             Some(Arc::new(t))
         }
         None => None,

@@ -58,7 +58,9 @@ impl<D: Directory> Session<D> {
             .peekable();
         accounts.peek()?;
         let escapes = self.backslash_escapes();
-        let servers_take_tls = self.proxy.cfg.backend_tls.is_some();
+        // Not a server still running from before it was given a certificate.
+        let servers_take_tls = self.proxy.cfg.backend_tls.is_some()
+            && self.backend.as_ref().is_none_or(|b| b.offers_tls);
         accounts
             .any(|s| {
                 account_statement::requires_tls(

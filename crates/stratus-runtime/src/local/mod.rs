@@ -84,9 +84,10 @@ pub struct LocalConfig {
     pub node: String,
     pub node_cpu_millis: Option<u64>,
     pub node_memory_bytes: Option<u64>,
-    /// A certificate chain and its key (PEM files) servers take TLS with, so that the proxy
-    /// can repeat a client's TLS to its server; `None`: servers take no TLS.
-    pub server_tls: Option<(PathBuf, PathBuf)>,
+    /// A certificate chain and its key (PEM) servers take TLS with, so that the proxy can
+    /// repeat a client's TLS to its server; `None`: servers take no TLS. Held, not read at each
+    /// start: a file gone missing must not keep databases from starting.
+    pub server_tls: Option<(String, String)>,
 }
 
 /// The node of a single-node installation.
@@ -505,7 +506,8 @@ impl Inner {
                 let key = ring.lock().data_key(&paths.dir)?;
                 private_dir(&self.key_dir, &self.user)?;
                 let file = self.key_file(&spec.key);
-                template::write_private(&file, &keys::plugin_key_file(&key))?;
+                stratus_core::fs::write_private_new(&file, keys::plugin_key_file(&key).as_bytes())
+                    .map_err(|e| RuntimeError::io(format!("cannot write {}", file.display()), e))?;
                 self.user.give(&file)?;
                 Some(file)
             }
@@ -513,14 +515,13 @@ impl Inner {
         };
         // Copies for this start, as the data key: the server reads them before it is ready.
         let tls = match &self.cfg.server_tls {
-            Some(pair) => {
+            Some((cert, key)) => {
                 private_dir(&self.key_dir, &self.user)?;
                 let copies = self.tls_files(&spec.key);
-                for (from, to) in [(&pair.0, &copies.0), (&pair.1, &copies.1)] {
-                    let pem = std::fs::read_to_string(from).map_err(|e| {
-                        RuntimeError::io(format!("cannot read {}", from.display()), e)
+                for (pem, to) in [(cert, &copies.0), (key, &copies.1)] {
+                    stratus_core::fs::write_private_new(to, pem.as_bytes()).map_err(|e| {
+                        RuntimeError::io(format!("cannot write {}", to.display()), e)
                     })?;
-                    template::write_private(to, &pem)?;
                     self.user.give(to)?;
                 }
                 Some(copies)
