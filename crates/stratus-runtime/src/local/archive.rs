@@ -56,20 +56,35 @@ pub fn copy_new(from: &Path, to: &Path) -> Result<u64> {
         if have >= len {
             continue;
         }
-        let mut r = std::fs::File::open(&src).map_err(io("cannot open", &src))?;
-        r.seek(SeekFrom::Start(have))
-            .map_err(io("cannot read", &src))?;
-        let mut w = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&dst)
-            .map_err(io("cannot open", &dst))?;
-        let n = std::io::copy(&mut r.take(len - have), &mut w).map_err(io("cannot copy", &src))?;
-        w.flush().map_err(io("cannot write", &dst))?;
-        w.sync_data().map_err(io("cannot sync", &dst))?;
-        copied += n;
+        copied += copy_range(&src, &dst, have, len)?;
     }
     Ok(copied)
+}
+
+/// Copies `src`'s bytes `from..to` to the same offsets of `dst`. At offsets, not appended: two
+/// copies that overlap (the backup schedule's and a restore's, run at once) write the same
+/// bytes to the same places, where appends would each add them, and the archive would hold
+/// events twice, which a replay cannot parse.
+fn copy_range(src: &Path, dst: &Path, from: u64, to: u64) -> Result<u64> {
+    let io = |what: &str, p: &Path| {
+        let what = format!("{what} {}", p.display());
+        move |e| RuntimeError::io(what, e)
+    };
+    let mut r = std::fs::File::open(src).map_err(io("cannot open", src))?;
+    r.seek(SeekFrom::Start(from))
+        .map_err(io("cannot read", src))?;
+    let mut w = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(dst)
+        .map_err(io("cannot open", dst))?;
+    w.seek(SeekFrom::Start(from))
+        .map_err(io("cannot write", dst))?;
+    let n = std::io::copy(&mut r.take(to - from), &mut w).map_err(io("cannot copy", src))?;
+    w.flush().map_err(io("cannot write", dst))?;
+    w.sync_data().map_err(io("cannot sync", dst))?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -101,5 +116,18 @@ mod tests {
         assert!(!to.join("mariadb-bin.state").exists());
         assert!(!is_log("mariadb-bin.1") && is_log("mariadb-bin.000123"));
         assert!(is_log("mariadb-bin.000123.commits") && !is_log("mariadb-bin.1.commits"));
+    }
+
+    /// Two copies that both found the archive at the same length (run at once) leave it as the
+    /// log is, not with the new bytes twice.
+    #[test]
+    fn overlapping_copies_leave_the_log_once() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("log"), d.path().join("copy"));
+        std::fs::write(&src, b"first events, more").unwrap();
+        std::fs::write(&dst, b"first").unwrap();
+        assert_eq!(copy_range(&src, &dst, 5, 12).unwrap(), 7);
+        assert_eq!(copy_range(&src, &dst, 5, 18).unwrap(), 13);
+        assert_eq!(std::fs::read(&dst).unwrap(), b"first events, more");
     }
 }
