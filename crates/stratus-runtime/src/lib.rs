@@ -18,7 +18,7 @@ pub mod fake;
 pub mod hot_pages;
 pub mod local;
 
-pub use local::{LocalConfig, LocalNodes, LocalRuntime};
+pub use local::{LocalConfig, LocalNodes, LocalRuntime, ServerTls};
 pub use stratus_cgroup::Usage;
 
 use std::future::Future;

@@ -190,6 +190,53 @@ async fn a_broken_server_explains_itself() {
     rt.remove_cgroup_parent().unwrap();
 }
 
+/// A start that fails once the server's secrets are written for it (here: its option file
+/// cannot be written) leaves neither its plain data key nor its TLS key behind.
+#[tokio::test]
+async fn a_failed_start_leaves_no_key_behind() {
+    let dir = root();
+    let mut cfg = config(&dir, "secrets");
+    cfg.master_key = Some(dir.path().join("master.key"));
+    let rt = LocalRuntime::new(cfg.clone()).await.unwrap();
+    let s = spec("leaky", 1);
+    rt.provision(&s).await.unwrap();
+    rt.stop(&s.name, Duration::from_secs(30)).await.unwrap();
+    drop(rt);
+
+    // Never read by a server: the start fails before one runs.
+    cfg.server_tls = Some(stratus_runtime::ServerTls {
+        cert_pem: "certificate".into(),
+        key_pem: "private key".into(),
+    });
+    let rt = LocalRuntime::new(cfg).await.unwrap();
+    let cnf = dir.path().join("databases/leaky/my.cnf");
+    std::fs::remove_file(&cnf).unwrap();
+    std::fs::create_dir_all(cnf.join("in-the-way")).unwrap();
+    let err = rt.start(&s).await.unwrap_err();
+    assert!(err.to_string().contains("my.cnf"), "{err}");
+
+    let shm = std::path::Path::new("/dev/shm");
+    let keys = if shm.is_dir() {
+        shm.join(format!(
+            "stratus-{:08x}-keys",
+            stratus_runtime::local::config::server_id(&dir.path().to_string_lossy())
+        ))
+    } else {
+        dir.path().join("keys")
+    };
+    let left: Vec<String> = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with("leaky"))
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", keys.display());
+
+    std::fs::remove_dir_all(&cnf).unwrap();
+    rt.destroy(&s.name).await.unwrap();
+    let _ = std::fs::remove_dir(&keys);
+    rt.remove_cgroup_parent().unwrap();
+}
+
 /// The uid a process runs as, from `/proc/<pid>/status`.
 fn process_uid(pid: u32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -119,7 +119,10 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
                 std::fs::read_to_string(p)
                     .with_context(|| format!("TLS for the servers: {}", p.display()))
             };
-            local.server_tls = Some((read(&t.cert)?, read(&t.key)?));
+            local.server_tls = Some(stratus_runtime::ServerTls {
+                cert_pem: read(&t.cert)?,
+                key_pem: read(&t.key)?,
+            });
             Some(Arc::new(t))
         }
         None => None,

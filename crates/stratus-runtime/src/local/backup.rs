@@ -5,7 +5,7 @@
 //! the backup; `mariadb-backup` reads the redo log, so it gets the database's plain key the way
 //! a server start does, in the private in-memory directory, for the length of the run only.
 
-use super::{DbPaths, Inner, config, keys, template};
+use super::{DbPaths, Inner, Removed, config, keys, template};
 use crate::admin::AdminConn;
 use crate::{BackupTaken, LogReplay, Result, RuntimeError};
 use std::path::{Path, PathBuf};
@@ -14,16 +14,7 @@ use std::process::Stdio;
 /// The files a run of `mariadb-backup` needs beside its arguments, removed when it ends.
 struct RunFiles {
     defaults: PathBuf,
-    key: Option<PathBuf>,
-}
-
-impl Drop for RunFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.defaults);
-        if let Some(k) = &self.key {
-            let _ = std::fs::remove_file(k);
-        }
-    }
+    _removed: Removed,
 }
 
 impl Inner {
@@ -64,7 +55,10 @@ impl Inner {
             ));
             key = Some(file);
         }
-        let files = RunFiles { defaults, key };
+        let files = RunFiles {
+            _removed: Removed(std::iter::once(defaults.clone()).chain(key).collect()),
+            defaults,
+        };
         template::write_private(&files.defaults, &text)?;
         Ok(files)
     }

@@ -87,7 +87,24 @@ pub struct LocalConfig {
     /// A certificate chain and its key (PEM) servers take TLS with, so that the proxy can
     /// repeat a client's TLS to its server; `None`: servers take no TLS. Held, not read at each
     /// start: a file gone missing must not keep databases from starting.
-    pub server_tls: Option<(String, String)>,
+    pub server_tls: Option<ServerTls>,
+}
+
+/// The certificate chain and private key (PEM) servers take TLS with. Its `Debug` leaves the
+/// key out, so that logging a configuration never logs it.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &format_args!("(not shown)"))
+            .finish()
+    }
 }
 
 /// The node of a single-node installation.
@@ -515,10 +532,10 @@ impl Inner {
         };
         // Copies for this start, as the data key: the server reads them before it is ready.
         let tls = match &self.cfg.server_tls {
-            Some((cert, key)) => {
+            Some(t) => {
                 private_dir(&self.key_dir, &self.user)?;
                 let copies = self.tls_files(&spec.key);
-                for (pem, to) in [(cert, &copies.0), (key, &copies.1)] {
+                for (pem, to) in [(&t.cert_pem, &copies.0), (&t.key_pem, &copies.1)] {
                     stratus_core::fs::write_private_new(to, pem.as_bytes()).map_err(|e| {
                         RuntimeError::io(format!("cannot write {}", to.display()), e)
                     })?;
@@ -605,6 +622,8 @@ impl Inner {
         }
         let procs_files =
             self.apply_limits(name, spec.resources.cpu_millis, spec.resources.memory_bytes)?;
+        let (tls_cert, tls_key) = self.tls_files(name);
+        let secrets = Removed(vec![self.key_file(name), tls_cert, tls_key]);
         self.write_cnf(spec, &paths)?;
         let notify =
             notify::NotifySocket::bind().map_err(|e| RuntimeError::io("notify socket", e))?;
@@ -628,10 +647,7 @@ impl Inner {
         };
         // The key plugin has read its key: the plain key leaves memory-backed storage too, and
         // so does the TLS key the server has loaded.
-        let _ = std::fs::remove_file(self.key_file(name));
-        let tls = self.tls_files(name);
-        let _ = std::fs::remove_file(&tls.0);
-        let _ = std::fs::remove_file(&tls.1);
+        drop(secrets);
         if let Some(reason) = failure {
             self.kill(&proc).await;
             return Err(RuntimeError::StartFailed {
@@ -1486,4 +1502,17 @@ pub fn host_memory_bytes() -> u64 {
             Some(kib * 1024)
         })
         .unwrap_or(0)
+}
+
+/// Files holding a secret for one server start (its plain data key, its TLS key), removed when
+/// the start has gone past needing them, however it ended: a failed write of its options or a
+/// failed spawn must not leave a key behind either.
+struct Removed(Vec<PathBuf>);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }
