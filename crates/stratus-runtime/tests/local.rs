@@ -237,6 +237,48 @@ async fn a_failed_start_leaves_no_key_behind() {
     rt.remove_cgroup_parent().unwrap();
 }
 
+/// A database whose time zone tables are empty (made before the template had them, or restored
+/// from such a backup) has them filled after its next start, as a database made now has them.
+#[tokio::test]
+async fn a_database_without_time_zones_gets_them_at_its_next_start() {
+    let dir = root();
+    let rt = LocalRuntime::new(config(&dir, "zones")).await.unwrap();
+    let s = spec("zones", 1);
+    let inst = rt.provision(&s).await.unwrap();
+    let mut conn = admin(&rt, &s, &inst.endpoint).await;
+    let zones = "SELECT COUNT(*) FROM mysql.time_zone_name";
+    let made_with: Option<i64> = conn.query_value(zones).await.unwrap();
+    assert!(made_with.unwrap() > 400, "{made_with:?}");
+    conn.exec(
+        "TRUNCATE mysql.time_zone; TRUNCATE mysql.time_zone_name; \
+         TRUNCATE mysql.time_zone_transition; TRUNCATE mysql.time_zone_transition_type",
+    )
+    .await
+    .unwrap();
+    conn.close().await;
+    rt.stop(&s.name, Duration::from_secs(30)).await.unwrap();
+
+    let inst = rt.start(&s).await.unwrap();
+    let mut conn = admin(&rt, &s, &inst.endpoint).await;
+    let mut now = None;
+    for _ in 0..300 {
+        now = conn.query_value(zones).await.unwrap();
+        if now == made_with {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(now, made_with, "the time zones are back");
+    let helsinki: Option<String> = conn
+        .query_value("SELECT CONVERT_TZ('2001-01-01 01:00:00', 'UTC', 'Europe/Helsinki')")
+        .await
+        .unwrap();
+    assert_eq!(helsinki.as_deref(), Some("2001-01-01 03:00:00"));
+    conn.close().await;
+    rt.destroy(&s.name).await.unwrap();
+    rt.remove_cgroup_parent().unwrap();
+}
+
 /// The uid a process runs as, from `/proc/<pid>/status`.
 fn process_uid(pid: u32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -172,6 +172,8 @@ struct Inner {
     next_spare: std::sync::atomic::AtomicU32,
     /// Dropped with the runtime, which stops its commit clocks (never sent on).
     clocks: watch::Sender<()>,
+    /// The system's time zones as SQL, made when a database first turns out to lack them.
+    time_zones: tokio::sync::OnceCell<String>,
 }
 
 const STARTING: u8 = 0;
@@ -302,6 +304,7 @@ impl LocalRuntime {
                 exits,
                 next_spare: std::sync::atomic::AtomicU32::new(1),
                 clocks: watch::channel(()).0,
+                time_zones: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -729,7 +732,9 @@ impl Inner {
 
     /// Logs in as Stratus, and collects what the init file noted if it had to restore
     /// Stratus's account at this start (the row is removed once read).
-    async fn login(&self, name: &str, endpoint: &Endpoint) -> Result<Option<String>> {
+    /// Logs in as Stratus once the server is up: returns what its init file had to restore of
+    /// Stratus's account, and fills its time zone tables if they are empty.
+    async fn login(self: &Arc<Self>, name: &str, endpoint: &Endpoint) -> Result<Option<String>> {
         let mut conn = AdminConn::connect(name, endpoint, &self.admin, LOGIN_TIMEOUT).await?;
         let noted: Vec<String> = conn
             .query_rows(&format!("SELECT was FROM {}", template::RESTORED_TABLE))
@@ -742,8 +747,46 @@ impl Inner {
             ))
             .await?;
         }
+        // Databases made before the template had time zones (or restored from such a backup)
+        // get them at their next start, after it: spares are copies of the template.
+        if self.mariadb.tzinfo_to_sql.is_some() && ServiceName::parse(name).is_ok() {
+            let empty: Option<i64> = conn
+                .query_value("SELECT NOT EXISTS (SELECT * FROM mysql.time_zone_name)")
+                .await
+                .unwrap_or(None);
+            if empty == Some(1) {
+                tokio::spawn(
+                    self.clone()
+                        .fill_time_zones(name.to_owned(), endpoint.clone()),
+                );
+            }
+        }
         conn.close().await;
         Ok(noted.into_iter().last())
+    }
+
+    /// Loads the system's time zones into a running server whose tables have none: in the
+    /// background, as a write of its own (in the binary log, so that replicas and point-in-time
+    /// restores have them too).
+    async fn fill_time_zones(self: Arc<Self>, name: String, endpoint: Endpoint) {
+        let tmp = self.cfg.root.join("template").join("tmp");
+        let sql = self
+            .time_zones
+            .get_or_init(|| template::time_zone_sql(&self.mariadb, &tmp))
+            .await;
+        if sql.is_empty() {
+            return;
+        }
+        let loaded = async {
+            let mut conn = AdminConn::connect(&name, &endpoint, &self.admin, LOGIN_TIMEOUT).await?;
+            conn.exec(sql).await?;
+            conn.close().await;
+            Ok::<_, RuntimeError>(())
+        };
+        match loaded.await {
+            Ok(()) => tracing::info!(db = %name, "time zone tables filled"),
+            Err(e) => tracing::warn!(db = %name, "cannot fill the time zone tables: {e}"),
+        }
     }
 
     async fn kill(&self, proc: &Proc) {

@@ -108,7 +108,8 @@ pub async fn ensure(
     // Named time zones (`CONVERT_TZ(t, 'UTC', 'Europe/Helsinki')`, `SET time_zone =
     // 'America/New_York'`) need the `mysql` schema's time zone tables, which a new server has
     // empty and a tenant may not fill; managed databases come with them loaded. Every database
-    // is a copy of the template, so they are loaded once, here.
+    // is a copy of the template, so they are loaded once, here (older databases get them at
+    // their next start, from `login`).
     let sql = format!("{sql}{}", time_zone_sql(mariadb, &dir.join("tmp")).await);
     let mut child = Command::new(&mariadb.mariadbd)
         .args([defaults.as_str(), "--bootstrap"])
@@ -143,25 +144,29 @@ pub async fn ensure(
 /// server installed without them). Without the `posix/` and `right/` trees: the first repeats
 /// every zone under a second name, the second counts leap seconds, which MariaDB's own time
 /// does not; with them the tables take 7.4 MiB in every database instead of 2.7.
-async fn time_zone_sql(mariadb: &MariaDb, tmp: &Path) -> String {
+pub(super) async fn time_zone_sql(mariadb: &MariaDb, tmp: &Path) -> String {
     let Some(tool) = &mariadb.tzinfo_to_sql else {
         tracing::warn!("mariadb-tzinfo-to-sql not found: databases will know no named time zones");
         return String::new();
     };
     let zones = tmp.join("zoneinfo");
-    let linked = std::fs::create_dir(&zones).and_then(|()| {
-        for entry in std::fs::read_dir(ZONEINFO)? {
-            let entry = entry?;
-            // `localtime` is this host's own zone, `posixrules` a copy of one: not names.
-            if !matches!(
-                entry.file_name().to_str(),
-                Some("posix" | "right" | "localtime" | "posixrules")
-            ) {
-                std::os::unix::fs::symlink(entry.path(), zones.join(entry.file_name()))?;
+    // Left over if an earlier run stopped half-way.
+    let _ = std::fs::remove_dir_all(&zones);
+    let linked = std::fs::create_dir_all(tmp)
+        .and_then(|()| std::fs::create_dir(&zones))
+        .and_then(|()| {
+            for entry in std::fs::read_dir(ZONEINFO)? {
+                let entry = entry?;
+                // `localtime` is this host's own zone, `posixrules` a copy of one: not names.
+                if !matches!(
+                    entry.file_name().to_str(),
+                    Some("posix" | "right" | "localtime" | "posixrules")
+                ) {
+                    std::os::unix::fs::symlink(entry.path(), zones.join(entry.file_name()))?;
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        });
     if let Err(e) = linked {
         tracing::warn!(
             "cannot read {ZONEINFO} ({e}; install tzdata): databases will know no named time zones"
