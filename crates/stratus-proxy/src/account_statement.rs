@@ -120,7 +120,24 @@ pub fn requires_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool)
         true => &[b"X509", b"ISSUER", b"SUBJECT"],
         false => &[b"SSL", b"X509", b"ISSUER", b"SUBJECT", b"CIPHER"],
     };
-    let Some(require) = toks
+    // The clause is outside parentheses: `GRANT SELECT (`require`, `subject`) ON …` names
+    // columns.
+    let mut depth = 0usize;
+    let top: Vec<&Tok> = toks
+        .iter()
+        .filter(|t| match t {
+            Tok::Punct(b'(') => {
+                depth += 1;
+                false
+            }
+            Tok::Punct(b')') => {
+                depth = depth.saturating_sub(1);
+                false
+            }
+            _ => depth == 0,
+        })
+        .collect();
+    let Some(require) = top
         .iter()
         .position(|t| matches!(t, Tok::Word(w) if w.eq_ignore_ascii_case(b"REQUIRE")))
     else {
@@ -128,7 +145,7 @@ pub fn requires_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool)
     };
     // `REQUIRE SSL AND X509`, `REQUIRE ISSUER '…' SUBJECT '…'`: every option after it.
     account_statement
-        && toks[require + 1..]
+        && top[require + 1..]
             .iter()
             .any(|t| matches!(t, Tok::Word(w) if cannot.iter().any(|k| w.eq_ignore_ascii_case(k))))
 }
@@ -432,6 +449,7 @@ mod tests {
             "ALTER USER app REQUIRE CIPHER 'EDH-RSA-DES-CBC3-SHA'",
             "GRANT SELECT ON shop.* TO app REQUIRE SSL",
             "/*!50706 ALTER USER app REQUIRE SSL */",
+            "GRANT SELECT (`require`) ON shop.t TO app REQUIRE SSL",
         ] {
             assert!(requires_tls(required.as_bytes(), true, false), "{required}");
         }
@@ -460,6 +478,8 @@ mod tests {
             "SELECT 'x' REQUIRE, 1 SSL",
             "DROP USER app",
             "CREATE TABLE t (require int, ssl int)",
+            "GRANT SELECT (`require`, `ssl`, `subject`) ON shop.t TO app",
+            "GRANT UPDATE (`require`) ON shop.t TO app REQUIRE NONE",
         ] {
             assert!(!requires_tls(not.as_bytes(), true, false), "{not}");
         }
