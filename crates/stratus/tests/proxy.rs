@@ -687,7 +687,8 @@ fn mariadb_tls(s: &Stratus, user: &str, pw: &str, args: &[&str]) -> Result<Strin
 /// The proxy repeats a client's TLS to its server, so the server sees the session as the
 /// client made it: `Ssl_version` and `Ssl_cipher` are the client's (and empty for a client
 /// without TLS, also on a connection kept from a TLS one), and an account may `REQUIRE SSL`,
-/// which then logs in with TLS only, refused without it as the server refuses it. A client
+/// which then logs in with TLS only, refused without it as the server refuses it, or `REQUIRE
+/// CIPHER`, which logs in with that cipher only. A client
 /// certificate cannot be required (the proxy cannot show the client's to the server): such a
 /// statement is refused with the reason, and nothing of its batch runs.
 #[tokio::test(flavor = "multi_thread")]
@@ -754,6 +755,7 @@ async fn a_clients_tls_is_what_its_server_sees_and_an_account_may_require_it() {
     );
     let out = mariadb_tls(&s, &user, &pw, &["-e", views]).unwrap();
     assert_eq!(seen(&out).0, "TLSv1.3", "{out}");
+    let tls13_cipher = seen(&out).1;
     let plain: Vec<(String, String)> = owner.query("SHOW STATUS LIKE 'Ssl_cipher'").await.unwrap();
     assert_eq!(plain, [("Ssl_cipher".to_owned(), String::new())]);
 
@@ -841,6 +843,34 @@ async fn a_clients_tls_is_what_its_server_sees_and_an_account_may_require_it() {
         }
         Err(other) => panic!("{other}"),
     }
+
+    // REQUIRE CIPHER: the server checks its own connection's cipher, which is the client's:
+    // the named one logs in, another (TLS 1.2's) is refused, as directly.
+    owner
+        .query_drop(format!(
+            "CREATE USER 'pinned'@'%' IDENTIFIED BY 'second' REQUIRE CIPHER '{tls13_cipher}'"
+        ))
+        .await
+        .unwrap();
+    owner
+        .query_drop("GRANT SELECT ON shop.* TO 'pinned'@'%'")
+        .await
+        .unwrap();
+    let out = mariadb_tls(
+        &s,
+        "shop.pinned",
+        "second",
+        &["-e", "SELECT CURRENT_USER()"],
+    );
+    assert_eq!(out.as_deref().map(str::trim), Ok("pinned@%"));
+    let other = mariadb_tls(
+        &s,
+        "shop.pinned",
+        "second",
+        &["--tls-version=TLSv1.2", "-e", "SELECT 1"],
+    )
+    .unwrap_err();
+    assert!(other.contains("ERROR 1045"), "{other}");
     owner.disconnect().await.unwrap();
     s.stop();
 }
