@@ -172,7 +172,8 @@ struct Inner {
     next_spare: std::sync::atomic::AtomicU32,
     /// Dropped with the runtime, which stops its commit clocks (never sent on).
     clocks: watch::Sender<()>,
-    /// The system's time zones as SQL, made when a database first turns out to lack them.
+    /// The statements that fill a server's time zone tables, made when a database first
+    /// turns out to lack some.
     time_zones: tokio::sync::OnceCell<String>,
 }
 
@@ -316,6 +317,11 @@ impl LocalRuntime {
 
     pub fn mariadb(&self) -> &MariaDb {
         &self.inner.mariadb
+    }
+
+    /// How many named time zones a database has from the template (none without `tzdata`).
+    pub fn time_zones(&self) -> u64 {
+        self.inner.template.time_zones
     }
 
     /// After a clean shutdown, removes what the host holds for servers no longer running: their
@@ -730,10 +736,9 @@ impl Inner {
         }
     }
 
-    /// Logs in as Stratus, and collects what the init file noted if it had to restore
-    /// Stratus's account at this start (the row is removed once read).
-    /// Logs in as Stratus once the server is up: returns what its init file had to restore of
-    /// Stratus's account, and fills its time zone tables if they are empty.
+    /// Logs in as Stratus once the server is up: returns what its init file noted if it had to
+    /// restore Stratus's account at this start (the row is removed once read), and has the time
+    /// zone tables filled if they hold fewer zones than the template.
     async fn login(self: &Arc<Self>, name: &str, endpoint: &Endpoint) -> Result<Option<String>> {
         let mut conn = AdminConn::connect(name, endpoint, &self.admin, LOGIN_TIMEOUT).await?;
         let noted: Vec<String> = conn
@@ -747,14 +752,16 @@ impl Inner {
             ))
             .await?;
         }
-        // Databases made before the template had time zones (or restored from such a backup)
-        // get them at their next start, after it: spares are copies of the template.
-        if self.mariadb.tzinfo_to_sql.is_some() && ServiceName::parse(name).is_ok() {
-            let empty: Option<i64> = conn
-                .query_value("SELECT NOT EXISTS (SELECT * FROM mysql.time_zone_name)")
+        // Databases made before the template had time zones (or restored from such a backup,
+        // or stopped while being filled) get them at their next start, after it. Spares are
+        // copies of the template.
+        let expected = self.template.time_zones;
+        if expected > 0 && ServiceName::parse(name).is_ok() {
+            let have: Option<u64> = conn
+                .query_value("SELECT COUNT(*) FROM mysql.time_zone_name")
                 .await
                 .unwrap_or(None);
-            if empty == Some(1) {
+            if have.is_some_and(|n| n < expected) {
                 tokio::spawn(
                     self.clone()
                         .fill_time_zones(name.to_owned(), endpoint.clone()),
@@ -765,18 +772,31 @@ impl Inner {
         Ok(noted.into_iter().last())
     }
 
-    /// Loads the system's time zones into a running server whose tables have none: in the
-    /// background, as a write of its own (in the binary log, so that replicas and point-in-time
-    /// restores have them too).
+    /// Loads the system's time zones into a running server that lacks some, in the background.
+    /// Outside the binary log, as Stratus's other writes of its own: a server replaying or
+    /// replicating one (a point-in-time restore, a migration's copy) must see only its source's
+    /// transactions, and tenants' replicas only the tenant's. Every server checks at its own
+    /// start instead. It gives up after 10 s waiting for a lock (a tenant's transaction that read
+    /// the tables) and tries again at the next start.
     async fn fill_time_zones(self: Arc<Self>, name: String, endpoint: Endpoint) {
-        let tmp = self.cfg.root.join("template").join("tmp");
-        let sql = self
+        let zones = self.cfg.root.join("template").join("zoneinfo");
+        let Ok(sql) = self
             .time_zones
-            .get_or_init(|| template::time_zone_sql(&self.mariadb, &tmp))
-            .await;
-        if sql.is_empty() {
+            .get_or_try_init(|| async {
+                template::time_zone_sql(&self.mariadb, &zones)
+                    .await
+                    .map(|sql| {
+                        format!(
+                            "SET SESSION sql_log_bin = 0; SET SESSION lock_wait_timeout = 10; \
+                             USE mysql;\n{sql}"
+                        )
+                    })
+                    .ok_or(())
+            })
+            .await
+        else {
             return;
-        }
+        };
         let loaded = async {
             let mut conn = AdminConn::connect(&name, &endpoint, &self.admin, LOGIN_TIMEOUT).await?;
             conn.exec(sql).await?;

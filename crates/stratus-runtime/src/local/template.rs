@@ -17,10 +17,16 @@ use tokio::process::Command;
 
 pub struct Template {
     pub data: PathBuf,
+    /// How many named time zones the template has (none without `tzdata` or the tool): a
+    /// database with fewer is filled at its start.
+    pub time_zones: u64,
 }
 
 /// Written to `READY` once the template is whole; a template of another format is rebuilt.
-const FORMAT: &str = "3: unix_socket admin account, no TCP, time zone tables\n";
+const FORMAT: &str = "4: unix_socket admin account, no TCP, time zone tables counted\n";
+
+/// Beside `READY`: the number of named time zones the template was filled with.
+const TIME_ZONES: &str = "TIME_ZONES";
 
 /// Where the system keeps its time zone files (Debian's `tzdata`).
 const ZONEINFO: &str = "/usr/share/zoneinfo";
@@ -35,8 +41,13 @@ pub async fn ensure(
 ) -> Result<Template> {
     let ready = dir.join("READY");
     if std::fs::read_to_string(&ready).is_ok_and(|f| f == FORMAT) {
+        let time_zones = std::fs::read_to_string(dir.join(TIME_ZONES))
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
         return Ok(Template {
             data: dir.join("data"),
+            time_zones,
         });
     }
     if dir.exists() {
@@ -110,7 +121,11 @@ pub async fn ensure(
     // empty and a tenant may not fill; managed databases come with them loaded. Every database
     // is a copy of the template, so they are loaded once, here (older databases get them at
     // their next start, from `login`).
-    let sql = format!("{sql}{}", time_zone_sql(mariadb, &dir.join("tmp")).await);
+    let zones = time_zone_sql(mariadb, &dir.join("zoneinfo"))
+        .await
+        .unwrap_or_default();
+    let time_zones = time_zone_names(&zones);
+    let sql = format!("{sql}USE mysql;\n{zones}");
     let mut child = Command::new(&mariadb.mariadbd)
         .args([defaults.as_str(), "--bootstrap"])
         .stdin(Stdio::piped())
@@ -131,10 +146,13 @@ pub async fn ensure(
     if !out.status.success() {
         return Err(failed("mariadbd --bootstrap", &out, &log));
     }
+    std::fs::write(dir.join(TIME_ZONES), format!("{time_zones}\n"))
+        .map_err(|e| RuntimeError::io(format!("cannot write {TIME_ZONES}"), e))?;
     std::fs::write(&ready, FORMAT)
         .map_err(|e| RuntimeError::io(format!("cannot write {}", ready.display()), e))?;
     Ok(Template {
         data: dir.join("data"),
+        time_zones,
     })
 }
 
@@ -143,63 +161,66 @@ pub async fn ensure(
 /// or the files are missing (named time zones then stay unknown to the servers, as on a
 /// server installed without them). Without the `posix/` and `right/` trees: the first repeats
 /// every zone under a second name, the second counts leap seconds, which MariaDB's own time
-/// does not; with them the tables take 7.4 MiB in every database instead of 2.7.
-pub(super) async fn time_zone_sql(mariadb: &MariaDb, tmp: &Path) -> String {
+/// does not; with them the tables take 7.4 MiB in every database instead of 2.7. The tool
+/// reads a directory: `zones` is made for it (in Stratus's own, not the servers'), with links
+/// to what it should read, and removed after.
+pub(super) async fn time_zone_sql(mariadb: &MariaDb, zones: &Path) -> Option<String> {
     let Some(tool) = &mariadb.tzinfo_to_sql else {
         tracing::warn!("mariadb-tzinfo-to-sql not found: databases will know no named time zones");
-        return String::new();
+        return None;
     };
-    let zones = tmp.join("zoneinfo");
     // Left over if an earlier run stopped half-way.
-    let _ = std::fs::remove_dir_all(&zones);
-    let linked = std::fs::create_dir_all(tmp)
-        .and_then(|()| std::fs::create_dir(&zones))
-        .and_then(|()| {
-            for entry in std::fs::read_dir(ZONEINFO)? {
-                let entry = entry?;
-                // `localtime` is this host's own zone, `posixrules` a copy of one: not names.
-                if !matches!(
-                    entry.file_name().to_str(),
-                    Some("posix" | "right" | "localtime" | "posixrules")
-                ) {
-                    std::os::unix::fs::symlink(entry.path(), zones.join(entry.file_name()))?;
-                }
+    let _ = std::fs::remove_dir_all(zones);
+    let linked = std::fs::create_dir(zones).and_then(|()| {
+        for entry in std::fs::read_dir(ZONEINFO)? {
+            let entry = entry?;
+            // `localtime` is this host's own zone, `posixrules` a copy of one: not names.
+            if !matches!(
+                entry.file_name().to_str(),
+                Some("posix" | "right" | "localtime" | "posixrules")
+            ) {
+                std::os::unix::fs::symlink(entry.path(), zones.join(entry.file_name()))?;
             }
-            Ok(())
-        });
+        }
+        Ok(())
+    });
     if let Err(e) = linked {
         tracing::warn!(
             "cannot read {ZONEINFO} ({e}; install tzdata): databases will know no named time zones"
         );
-        let _ = std::fs::remove_dir_all(&zones);
-        return String::new();
+        let _ = std::fs::remove_dir_all(zones);
+        return None;
     }
     let out = Command::new(tool)
-        .arg(&zones)
+        .arg(zones)
         .stdin(Stdio::null())
         .output()
         .await;
-    let _ = std::fs::remove_dir_all(&zones);
+    let _ = std::fs::remove_dir_all(zones);
     match out {
-        Ok(out) if out.status.success() => {
-            format!("USE mysql;\n{}", String::from_utf8_lossy(&out.stdout))
-        }
+        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
         Ok(out) => {
             tracing::warn!(
                 "{} failed ({}): databases will know no named time zones",
                 tool.display(),
                 out.status
             );
-            String::new()
+            None
         }
         Err(e) => {
             tracing::warn!(
                 "cannot run {}: {e}: databases will know no named time zones",
                 tool.display()
             );
-            String::new()
+            None
         }
     }
+}
+
+/// How many named time zones [`time_zone_sql`]'s statements make: one row of
+/// `mysql.time_zone_name` each.
+pub(super) fn time_zone_names(sql: &str) -> u64 {
+    sql.matches("INSERT INTO time_zone_name ").count() as u64
 }
 
 /// The statements that give Stratus its account back, whatever was done to it: run at every
