@@ -305,13 +305,20 @@ impl Backend {
             b.write(&out).await?;
             let endpoint = b.addr.clone();
             b = match b.upgrade(config, *negotiated, timeout).await {
-                Ok(b) => b,
+                Ok(b) => {
+                    config.trusted(&endpoint.to_string());
+                    b
+                }
                 // The server's certificate is not one the proxy trusts (a server still running
                 // from before its certificate was made again): the leg is a local socket only
                 // root reaches, so the session goes on without TLS there, as with a server
                 // that offers none, rather than not at all.
                 Err(BackendError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                    tracing::warn!(server = %endpoint, "the server's TLS certificate is not trusted ({e}); this connection to it is plain");
+                    if config.first_untrusted(&endpoint.to_string()) {
+                        tracing::warn!(server = %endpoint, "the server's TLS certificate is not trusted ({e}); connections to it are plain until it starts again");
+                    } else {
+                        tracing::debug!(server = %endpoint, "untrusted TLS certificate; this connection is plain");
+                    }
                     let plain = Login {
                         tls: None,
                         ..login.clone()

@@ -14,7 +14,7 @@ use crate::tls::{CA_FILE, TlsError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{CipherSuite, ProtocolVersion, SupportedCipherSuite};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +38,9 @@ pub struct BackendTls {
     pub key: PathBuf,
     roots: Arc<rustls::RootCertStore>,
     configs: Mutex<HashMap<Negotiated, tokio_rustls::TlsConnector>>,
+    /// Servers whose certificate was found untrusted, said once each rather than at every
+    /// connection to them.
+    untrusted: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for BackendTls {
@@ -52,6 +55,23 @@ impl std::fmt::Debug for BackendTls {
 const SERVER_NAME: &str = "localhost";
 
 impl BackendTls {
+    /// Whether this is the first time `server`'s certificate turned out untrusted since it was
+    /// last trusted.
+    pub(crate) fn first_untrusted(&self, server: &str) -> bool {
+        self.untrusted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server.to_owned())
+    }
+
+    /// `server`'s certificate is trusted (again, after its server started with the current one).
+    pub(crate) fn trusted(&self, server: &str) {
+        let mut untrusted = self.untrusted.lock().unwrap_or_else(|p| p.into_inner());
+        if !untrusted.is_empty() {
+            untrusted.remove(server);
+        }
+    }
+
     /// Loads the pair under `dir`, made there on first use (a CA of its own and a leaf it
     /// signs, as for clients, in a directory of its own).
     pub fn load_or_create(dir: &Path) -> Result<Self, TlsError> {
@@ -76,6 +96,7 @@ impl BackendTls {
             key,
             roots: Arc::new(roots),
             configs: Mutex::new(HashMap::new()),
+            untrusted: Mutex::new(HashSet::new()),
         })
     }
 
