@@ -121,7 +121,11 @@ pub fn requires_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool)
         false => &[b"SSL", b"X509", b"ISSUER", b"SUBJECT", b"CIPHER"],
     };
     // The clause is outside parentheses: `GRANT SELECT (`require`, `subject`) ON …` names
-    // columns.
+    // columns. Unless a versioned comment, which this server may skip, holds a parenthesis.
+    let versioned = sql.windows(5).any(|w| {
+        (w.starts_with(b"/*!") && w[3].is_ascii_digit())
+            || (w.starts_with(b"/*M!") && w[4].is_ascii_digit())
+    });
     let mut depth = 0usize;
     let top: Vec<&Tok> = toks
         .iter()
@@ -134,7 +138,7 @@ pub fn requires_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool)
                 depth = depth.saturating_sub(1);
                 false
             }
-            _ => depth == 0,
+            _ => depth == 0 || versioned,
         })
         .collect();
     let Some(require) = top
@@ -459,6 +463,8 @@ mod tests {
             "CREATE USER IF NOT EXISTS app REQUIRE ISSUER '/C=FI' AND SUBJECT '/CN=a'",
             "ALTER USER app REQUIRE SSL AND X509",
             "GRANT SELECT ON shop.* TO app REQUIRE SUBJECT '/CN=a'",
+            "ALTER USER app /*!999999 ( */ REQUIRE X509",
+            "ALTER USER app /*M!999999 ( */ REQUIRE X509",
         ] {
             assert!(requires_tls(cert.as_bytes(), true, true), "{cert}");
         }
