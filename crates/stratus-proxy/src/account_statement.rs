@@ -111,6 +111,14 @@ pub fn changes(sql: &[u8], backslash_escapes: bool) -> Vec<Change> {
 /// text match: the same statement run by `EXECUTE IMMEDIATE` or a procedure is not seen, and
 /// only locks the account out, as it would be here.
 pub fn requires_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool) -> bool {
+    // A versioned comment (`/*!NNNNN …*/`) is code on a server of that version or later and
+    // skipped, to its `*/`, on an older one: both readings are checked.
+    asks_for_tls(sql, backslash_escapes, servers_take_tls)
+        || without_versioned_comments(sql)
+            .is_some_and(|s| asks_for_tls(&s, backslash_escapes, servers_take_tls))
+}
+
+fn asks_for_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool) -> bool {
     let toks = lex(sql, backslash_escapes);
     let p = Parser { toks: &toks, i: 0 };
     let account_statement = (p.at(0, "CREATE") || p.at(0, "ALTER"))
@@ -121,11 +129,7 @@ pub fn requires_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool)
         false => &[b"SSL", b"X509", b"ISSUER", b"SUBJECT", b"CIPHER"],
     };
     // The clause is outside parentheses: `GRANT SELECT (`require`, `subject`) ON …` names
-    // columns. Unless a versioned comment, which this server may skip, holds a parenthesis.
-    let versioned = sql.windows(5).any(|w| {
-        (w.starts_with(b"/*!") && w[3].is_ascii_digit())
-            || (w.starts_with(b"/*M!") && w[4].is_ascii_digit())
-    });
+    // columns.
     let mut depth = 0usize;
     let top: Vec<&Tok> = toks
         .iter()
@@ -138,7 +142,7 @@ pub fn requires_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool)
                 depth = depth.saturating_sub(1);
                 false
             }
-            _ => depth == 0 || versioned,
+            _ => depth == 0,
         })
         .collect();
     let Some(require) = top
@@ -152,6 +156,44 @@ pub fn requires_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool)
         && top[require + 1..]
             .iter()
             .any(|t| matches!(t, Tok::Word(w) if cannot.iter().any(|k| w.eq_ignore_ascii_case(k))))
+}
+
+/// `sql` as a server too old for its versioned comments reads it: each `/*!NNNNN` or
+/// `/*M!NNNNN` up to the next `*/` is a space (quotes inside do not count). `None` without one.
+fn without_versioned_comments(sql: &[u8]) -> Option<Vec<u8>> {
+    let opens = |i: usize| {
+        let rest = &sql[i..];
+        let marker = if rest.starts_with(b"/*!") {
+            3
+        } else if rest.starts_with(b"/*M!") {
+            4
+        } else {
+            return None;
+        };
+        rest.get(marker)
+            .filter(|c| c.is_ascii_digit())
+            .map(|_| marker)
+    };
+    let mut out = Vec::with_capacity(sql.len());
+    let mut found = false;
+    let mut i = 0;
+    while i < sql.len() {
+        match opens(i) {
+            Some(marker) => {
+                found = true;
+                out.push(b' ');
+                i = sql[i + marker..]
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(sql.len(), |end| i + marker + end + 2);
+            }
+            None => {
+                out.push(sql[i]);
+                i += 1;
+            }
+        }
+    }
+    found.then_some(out)
 }
 
 /// An empty password logs in with an empty reply, which the proxy does not do.
@@ -465,6 +507,9 @@ mod tests {
             "GRANT SELECT ON shop.* TO app REQUIRE SUBJECT '/CN=a'",
             "ALTER USER app /*!999999 ( */ REQUIRE X509",
             "ALTER USER app /*M!999999 ( */ REQUIRE X509",
+            "ALTER USER app /*!999999 # */ REQUIRE X509",
+            "ALTER USER app /*!999999 ' */ REQUIRE X509 -- '",
+            "ALTER USER app /*!100000 REQUIRE X509 */",
         ] {
             assert!(requires_tls(cert.as_bytes(), true, true), "{cert}");
         }
@@ -486,6 +531,9 @@ mod tests {
             "CREATE TABLE t (require int, ssl int)",
             "GRANT SELECT (`require`, `ssl`, `subject`) ON shop.t TO app",
             "GRANT UPDATE (`require`) ON shop.t TO app REQUIRE NONE",
+            "ALTER USER app /*!999999 REQUIRE NONE",
+            "/*!",
+            "/*M!1",
         ] {
             assert!(!requires_tls(not.as_bytes(), true, false), "{not}");
         }

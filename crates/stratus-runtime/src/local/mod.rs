@@ -40,7 +40,7 @@ use process::Pidfd;
 use rustix::process::Signal;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use stratus_cgroup::{Layout, Manager};
@@ -172,9 +172,12 @@ struct Inner {
     next_spare: std::sync::atomic::AtomicU32,
     /// Dropped with the runtime, which stops its commit clocks (never sent on).
     clocks: watch::Sender<()>,
-    /// The statements that fill a server's time zone tables, made when a database first
-    /// turns out to lack some.
-    time_zones: tokio::sync::OnceCell<String>,
+    /// The statements that fill a server's time zone tables and how many zones they make,
+    /// made when a database first turns out to lack some.
+    time_zones: tokio::sync::OnceCell<(String, u64)>,
+    /// How many zones a database should have: the template's, or fewer if the system's zones
+    /// became fewer since it was made (so that no database is filled at every start).
+    time_zones_expected: AtomicU64,
 }
 
 const STARTING: u8 = 0;
@@ -272,6 +275,7 @@ impl LocalRuntime {
         };
         let template =
             template::ensure(&cfg.root.join("template"), &mariadb, &user, &plugin_dir).await?;
+        let time_zones = template.time_zones;
         let admin = AdminLogin {
             user: user.admin_account.clone(),
             password: None,
@@ -306,6 +310,7 @@ impl LocalRuntime {
                 next_spare: std::sync::atomic::AtomicU32::new(1),
                 clocks: watch::channel(()).0,
                 time_zones: tokio::sync::OnceCell::new(),
+                time_zones_expected: AtomicU64::new(time_zones),
             }),
         })
     }
@@ -755,16 +760,16 @@ impl Inner {
         // Databases made before the template had time zones (or restored from such a backup,
         // or stopped while being filled) get them at their next start, after it. Spares are
         // copies of the template.
-        let expected = self.template.time_zones;
+        let expected = self.time_zones_expected.load(Ordering::Relaxed);
         if expected > 0 && ServiceName::parse(name).is_ok() {
             let have: Option<u64> = conn
                 .query_value("SELECT COUNT(*) FROM mysql.time_zone_name")
                 .await
                 .unwrap_or(None);
-            if have.is_some_and(|n| n < expected) {
+            if let Some(have) = have.filter(|n| *n < expected) {
                 tokio::spawn(
                     self.clone()
-                        .fill_time_zones(name.to_owned(), endpoint.clone()),
+                        .fill_time_zones(name.to_owned(), endpoint.clone(), have),
                 );
             }
         }
@@ -778,25 +783,39 @@ impl Inner {
     /// transactions, and tenants' replicas only the tenant's. Every server checks at its own
     /// start instead. It gives up after 10 s waiting for a lock (a tenant's transaction that read
     /// the tables) and tries again at the next start.
-    async fn fill_time_zones(self: Arc<Self>, name: String, endpoint: Endpoint) {
+    async fn fill_time_zones(self: Arc<Self>, name: String, endpoint: Endpoint, have: u64) {
         let zones = self.cfg.root.join("template").join("zoneinfo");
-        let Ok(sql) = self
+        let Ok((sql, made)) = self
             .time_zones
             .get_or_try_init(|| async {
-                template::time_zone_sql(&self.mariadb, &zones)
+                let sql = template::time_zone_sql(&self.mariadb, &zones)
                     .await
-                    .map(|sql| {
-                        format!(
-                            "SET SESSION sql_log_bin = 0; SET SESSION lock_wait_timeout = 10; \
-                             USE mysql;\n{sql}"
-                        )
-                    })
-                    .ok_or(())
+                    .ok_or(())?;
+                let made = template::time_zone_names(&sql);
+                let expected = self.time_zones_expected.load(Ordering::Relaxed);
+                if made < expected {
+                    tracing::info!(
+                        "the system has {made} named time zones, the template {expected}: databases with {made} are not filled again"
+                    );
+                    self.time_zones_expected.store(made, Ordering::Relaxed);
+                    template::record_time_zones(&self.cfg.root.join("template"), made);
+                }
+                Ok::<_, ()>((
+                    format!(
+                        "SET SESSION sql_log_bin = 0; SET SESSION lock_wait_timeout = 10; \
+                         USE mysql;\n{sql}"
+                    ),
+                    made,
+                ))
             })
             .await
         else {
             return;
         };
+        // Never fewer than it has.
+        if have >= *made {
+            return;
+        }
         let loaded = async {
             let mut conn = AdminConn::connect(&name, &endpoint, &self.admin, LOGIN_TIMEOUT).await?;
             conn.exec(sql).await?;

@@ -45,10 +45,15 @@ pub async fn ensure(
             .ok()
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0);
-        return Ok(Template {
-            data: dir.join("data"),
-            time_zones,
-        });
+        // Made without zones (no `tzdata` or tool then): made again once the system has them.
+        let zones_now = mariadb.tzinfo_to_sql.is_some() && Path::new(ZONEINFO).is_dir();
+        if time_zones > 0 || !zones_now {
+            return Ok(Template {
+                data: dir.join("data"),
+                time_zones,
+            });
+        }
+        tracing::info!("the template has no time zones and the system now has them: made again");
     }
     if dir.exists() {
         std::fs::remove_dir_all(dir)
@@ -215,6 +220,13 @@ pub(super) async fn time_zone_sql(mariadb: &MariaDb, zones: &Path) -> Option<Str
             None
         }
     }
+}
+
+/// Records that databases need only `n` time zones (the system's became fewer than the
+/// template's), so that the next start of Stratus knows it too. Best effort: otherwise it
+/// learns it again at its first fill.
+pub(super) fn record_time_zones(dir: &Path, n: u64) {
+    let _ = std::fs::write(dir.join(TIME_ZONES), format!("{n}\n"));
 }
 
 /// How many named time zones [`time_zone_sql`]'s statements make: one row of
