@@ -875,6 +875,39 @@ async fn a_clients_tls_is_what_its_server_sees_and_an_account_may_require_it() {
     s.stop();
 }
 
+/// A server still running from before the servers' certificate was made again (Stratus killed,
+/// `tls/servers/` lost, Stratus started again: it adopts the server) has a certificate the
+/// proxy no longer trusts. A TLS client's session goes on with the server's leg plain (a local
+/// socket only root reaches), as with a server that takes no TLS, rather than failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_with_an_untrusted_certificate_is_reached_without_tls() {
+    let mut s = Stratus::new("untrusted");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let pid = s.json(&["db", "show", "shop"])["pid"].clone();
+    s.kill9();
+    std::fs::remove_dir_all(s.data_dir().join("tls").join("servers")).unwrap();
+    s.start();
+    assert_eq!(
+        s.json(&["db", "show", "shop"])["pid"],
+        pid,
+        "adopted, with its old certificate"
+    );
+    let views = "SHOW STATUS LIKE 'Ssl_version'; \\s";
+    for _ in 0..2 {
+        let out = mariadb_tls(&s, &user, &pw, &["-e", views]).unwrap();
+        assert!(
+            out.contains("Cipher in use is"),
+            "TLS with the proxy: {out}"
+        );
+        assert!(
+            out.lines().any(|l| l == "Ssl_version\t"),
+            "none with the server: {out}"
+        );
+    }
+    s.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn backend_connections_are_reused_clean() {
     let mut s = Stratus::new("pool");
