@@ -162,17 +162,9 @@ fn asks_for_tls(sql: &[u8], backslash_escapes: bool, servers_take_tls: bool) -> 
 /// `/*M!NNNNN` up to the next `*/` is a space (quotes inside do not count). `None` without one.
 fn without_versioned_comments(sql: &[u8]) -> Option<Vec<u8>> {
     let opens = |i: usize| {
-        let rest = &sql[i..];
-        let marker = if rest.starts_with(b"/*!") {
-            3
-        } else if rest.starts_with(b"/*M!") {
-            4
-        } else {
-            return None;
-        };
-        rest.get(marker)
-            .filter(|c| c.is_ascii_digit())
-            .map(|_| marker)
+        let rest = sql[i..].strip_prefix(b"/*")?;
+        let marker = executable_marker(rest);
+        (marker > 0 && rest.get(marker).is_some_and(u8::is_ascii_digit)).then_some(2 + marker)
     };
     let mut out = Vec::with_capacity(sql.len());
     let mut found = false;
@@ -348,6 +340,18 @@ impl Parser<'_> {
     }
 }
 
+/// The length of an executable comment's marker (`!`, `M!`) at the start of what follows a
+/// `/*`; 0 for a plain comment.
+fn executable_marker(after_open: &[u8]) -> usize {
+    if after_open.starts_with(b"!") {
+        1
+    } else if after_open.starts_with(b"M!") {
+        2
+    } else {
+        0
+    }
+}
+
 fn lex(sql: &[u8], backslash_escapes: bool) -> Vec<Tok> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -362,14 +366,7 @@ fn lex(sql: &[u8], backslash_escapes: bool) -> Vec<Tok> {
             b'#' => i = skip_line(sql, i),
             b'/' if sql.get(i + 1) == Some(&b'*') => {
                 // Executable comments are code: drop the marker and version, keep the inside.
-                let rest = &sql[i + 2..];
-                let marker = if rest.starts_with(b"!") {
-                    1
-                } else if rest.starts_with(b"M!") {
-                    2
-                } else {
-                    0
-                };
+                let marker = executable_marker(&sql[i + 2..]);
                 if marker > 0 {
                     i += 2 + marker;
                     while sql.get(i).is_some_and(u8::is_ascii_digit) {

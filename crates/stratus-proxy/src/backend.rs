@@ -337,22 +337,12 @@ impl Backend {
 
     /// Runs the TLS handshake over the socket the SSL request went on.
     async fn upgrade(
-        self,
+        mut self,
         config: &BackendTls,
         negotiated: Negotiated,
         timeout: Duration,
     ) -> Result<Self, BackendError> {
-        let Backend {
-            stream,
-            buf,
-            caps,
-            addr,
-            connection_id,
-            scramble,
-            offers_tls,
-            ..
-        } = self;
-        let BackendStream::Unix(socket) = stream else {
+        let BackendStream::Unix(socket) = self.stream else {
             return Err(BackendError::Protocol(
                 "TLS over a socket that is not the server's own",
             ));
@@ -363,19 +353,8 @@ impl Backend {
         let tls = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| BackendError::Io(std::io::ErrorKind::TimedOut.into()))??;
-        Ok(Backend {
-            stream: BackendStream::UnixTls(Box::new(tls)),
-            buf,
-            caps,
-            addr,
-            connection_id,
-            scramble,
-            profiled: false,
-            role_set: false,
-            opaque: false,
-            replica: false,
-            offers_tls,
-        })
+        self.stream = BackendStream::UnixTls(Box::new(tls));
+        Ok(self)
     }
 
     /// Logs in again on this connection as `login` (`COM_CHANGE_USER`,
