@@ -658,7 +658,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             record.id
         );
         let placed = self
-            .place_new(self.resources(record.source.min_scu).memory_bytes)
+            .place_new(self.need_of_new(record.source.min_scu, bytes))
             .await?;
         let (svc, instance) = self
             .make_copy(&to, &record.source, placed.node, &message, |mut spec| {

@@ -76,7 +76,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         let _guard = self.lock(&name).await;
 
         let mut svc = self.new_service(spec, req.require_tls.unwrap_or(false), None);
-        let placed = self.place_new(self.resources(svc.scu).memory_bytes).await?;
+        let placed = self.place_new(self.need_of_new(svc.scu, 0)).await?;
         svc.node = Some(placed.node.clone());
         let now = svc.created_at_ms;
         let owner = User {

@@ -255,7 +255,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         from: &str,
         to: Option<&str>,
     ) -> Result<Placed> {
-        let need = self.resources(svc.scu).memory_bytes;
+        // What it weighs where it is, it weighs there.
+        let need = self.load_of(svc).0;
         match to {
             Some(to) if to == from => Err(ControlError::Invalid(format!(
                 "database {} is on node {to} already",

@@ -27,7 +27,8 @@ pub struct NodeView {
     pub memory_used_bytes: u64,
     pub memory_used_pct: f64,
     /// What placement and rebalancing weigh: the memory used, plus the part of each active
-    /// database's buffer pool not filled yet (it fills, and is never given back).
+    /// database's buffer pool not filled yet (it fills, and is never given back) that its data
+    /// can fill ([`placement::database_load`]).
     pub memory_load_bytes: u64,
     pub memory_load_pct: f64,
     /// Databases placed on it, in name order.
@@ -44,6 +45,14 @@ pub struct Placed {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// A new database's files before its owner writes anything (system tables, time zones, undo, a
+/// 32 MiB redo log): 165 MiB on its volume (measured in session 32, `bench/README.md`), rounded
+/// up. Its pool can come to hold as much.
+const NEW_DATABASE_FILES: u64 = 192 << 20;
+
+/// What a new server uses after its first query: 84–92 MiB measured, rounded up.
+const NEW_SERVER_BYTES: u64 = 128 << 20;
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// The node a database is on: the catalog's, else where its storage is, else the first.
@@ -69,8 +78,32 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.place(need_bytes, None).await
     }
 
+    /// What a database not running yet will weigh in its node's load once started at `scu`
+    /// with `data_bytes` of data ([`placement::database_load`] of a new server): 0 for a new
+    /// database, a backup's size for a restore. Never more than its memory allowance.
+    pub(crate) fn need_of_new(&self, scu: u32, data_bytes: u64) -> u64 {
+        let r = self.resources(scu);
+        placement::database_load(
+            NEW_SERVER_BYTES,
+            r.buffer_pool_bytes,
+            Some(data_bytes.max(NEW_DATABASE_FILES)),
+        )
+        .min(r.memory_bytes)
+    }
+
+    /// What a database weighs in its node's load now ([`placement::database_load`]), and the
+    /// memory its server uses.
+    pub(crate) fn load_of(&self, svc: &DatabaseService) -> (u64, u64) {
+        let used = self.runtime.usage(svc.name()).map_or(0, |u| u.memory_bytes);
+        let data = self.runtime.storage(svc.name()).map(|s| s.used_bytes);
+        (
+            placement::database_load(used, svc.buffer_pool_bytes, data),
+            used,
+        )
+    }
+
     /// Every node with its load ([`NodeView::memory_load_bytes`]): the memory its servers use
-    /// now, plus what its active databases' buffer pools have yet to fill.
+    /// now, plus what its active databases' buffer pools can still fill with their data.
     pub async fn node_loads(&self) -> Result<Vec<(NodeInfo, u64)>> {
         let services = self.store.services().await?;
         let mut nodes: Vec<(NodeInfo, u64)> = self
@@ -87,8 +120,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             let Some((_, load)) = nodes.iter_mut().find(|(n, _)| n.name == node) else {
                 continue;
             };
-            let used = self.runtime.usage(svc.name()).map_or(0, |u| u.memory_bytes);
-            *load += svc.buffer_pool_bytes.saturating_sub(used);
+            let (weight, used) = self.load_of(svc);
+            *load += weight - used;
         }
         Ok(nodes)
     }
@@ -217,15 +250,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 continue;
             };
             let active = svc.state == DbState::Active;
-            let used = self.runtime.usage(svc.name()).map_or(0, |u| u.memory_bytes);
             candidates.push(placement::Candidate {
                 node: i,
                 // What moving it frees: its load; nothing for one that is not active.
-                used_bytes: if active {
-                    used.max(svc.buffer_pool_bytes)
-                } else {
-                    0
-                },
+                used_bytes: if active { self.load_of(svc).0 } else { 0 },
                 cpu_millis: self
                     .measured(svc.name())
                     .and_then(|m| m.cpu_millis)

@@ -82,6 +82,17 @@ impl NodeLoad {
     }
 }
 
+/// What an active database weighs in its node's load: the memory it uses now or, if more, what
+/// its buffer pool can still come to hold. InnoDB fills its pool as pages are read and never
+/// gives the memory back, so a pool just granted is as good as used; but it fills only with
+/// pages of the database's own files, so a pool larger than its data never fills.
+/// `data_bytes` is what its files hold (its volume's use), `None` where that is not measured:
+/// then the whole pool counts.
+pub fn database_load(used_bytes: u64, pool_bytes: u64, data_bytes: Option<u64>) -> u64 {
+    let can_fill = data_bytes.map_or(pool_bytes, |d| d.min(pool_bytes));
+    used_bytes.max(can_fill)
+}
+
 /// The node for a database that needs `need_bytes`: the most room under the high watermark
 /// once it is added, among the nodes it fits on; `None` when it fits on none. Ties go to the
 /// earlier node, so the choice is the same for the same loads. `except` is never chosen (the
@@ -214,6 +225,28 @@ pub(crate) mod tests {
             cpu_millis: cpu,
             moved_ms: None,
         }
+    }
+
+    #[test]
+    fn a_database_weighs_what_its_pool_can_still_fill_with_its_own_data() {
+        const MIB: u64 = 1 << 20;
+        // A 1 GiB pool over 165 MiB of files: it can hold those, no more.
+        assert_eq!(
+            database_load(92 * MIB, 1024 * MIB, Some(165 * MIB)),
+            165 * MIB
+        );
+        // More data than pool: the pool is the bound.
+        assert_eq!(
+            database_load(92 * MIB, 1024 * MIB, Some(5 << 30)),
+            1024 * MIB
+        );
+        // Sessions' buffers and temporary tables beyond the pool: what it uses counts.
+        assert_eq!(
+            database_load(300 * MIB, 128 * MIB, Some(165 * MIB)),
+            300 * MIB
+        );
+        // Files not measured: the whole pool.
+        assert_eq!(database_load(92 * MIB, 1024 * MIB, None), 1024 * MIB);
     }
 
     #[test]

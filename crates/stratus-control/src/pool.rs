@@ -413,7 +413,7 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             }
         }
         // Where the next database would go; a spare elsewhere would wait unclaimed.
-        let need = self.resources(1).memory_bytes;
+        let need = self.need_of_new(1, 0);
         let placed = self.place_new(need).await;
         if let Ok(placed) = &placed {
             self.pool_state().coming.push(placed.node.clone());

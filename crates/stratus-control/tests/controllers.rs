@@ -1502,7 +1502,8 @@ const GIB: u64 = 1 << 30;
 async fn a_new_database_goes_to_the_node_with_the_most_memory_left_and_says_why() {
     let (cp, rt) = control(no_pool());
     rt.set_nodes(&[("n1", 4000, 8 * GIB), ("n2", 4000, 16 * GIB)]);
-    // Room under 70 % after 2 GiB: n1 5.6 − 2, n2 11.2 − 2·k for its k-th database.
+    // A fake server uses its 2 GiB allowance; a new one needs 192 MiB (a new database's files,
+    // which its pool can fill). Room under 70 %: n1 5.6 GiB, n2 11.2 − 2·k after its k-th.
     let mut placed = Vec::new();
     for name in ["a", "b", "c", "d"] {
         create(&cp, name).await;
@@ -1537,7 +1538,7 @@ async fn a_new_database_goes_to_the_node_with_the_most_memory_left_and_says_why(
         started.message
     );
     assert_eq!(started.data["node"], "n1");
-    assert_eq!(started.data["placement"]["need_bytes"], 2 * GIB);
+    assert_eq!(started.data["placement"]["need_bytes"], 192 << 20);
 
     let nodes = cp.nodes_view().await.unwrap();
     assert_eq!(nodes.len(), 2);
@@ -1559,7 +1560,8 @@ async fn a_new_database_goes_to_the_node_with_the_most_memory_left_and_says_why(
 #[tokio::test]
 async fn a_create_no_node_has_room_for_is_refused_and_leaves_nothing() {
     let (cp, rt) = control(no_pool());
-    rt.set_nodes(&[("small", 1000, 2 * GIB)]);
+    // A new database weighs 192 MiB (its files, which its pool can fill): more than 70 % of 256.
+    rt.set_nodes(&[("small", 1000, 256 << 20)]);
     let err = cp
         .create(CreateRequest {
             name: "shop".into(),
@@ -1570,7 +1572,7 @@ async fn a_create_no_node_has_room_for_is_refused_and_leaves_nothing() {
     assert_eq!(err.code(), "resource_exhausted");
     assert!(
         err.to_string()
-            .contains("no node has room for 2048 MiB more"),
+            .contains("no node has room for 192 MiB more"),
         "{err}"
     );
     assert!(cp.store().service(&db("shop")).await.unwrap().is_none());

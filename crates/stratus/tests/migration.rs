@@ -412,8 +412,8 @@ async fn a_target_killed_in_any_phase_leaves_the_source_serving_and_nothing_lost
     s.stop();
 }
 
-/// Writes the nodes' memory (GiB), `local` first, and rebalancing every second.
-fn sized_nodes(s: &Stratus, local_gib: u64, n2_gib: u64) {
+/// Writes the nodes' memory, `local` first, and rebalancing every second.
+fn sized_nodes(s: &Stratus, local_bytes: u64, n2_bytes: u64) {
     let cfg = std::fs::read_to_string(&s.config).unwrap();
     let cfg = cfg.split("[[nodes]]").next().unwrap().to_owned();
     let cfg = cfg.replace("[placement]\nrebalance_every_secs = 1\n", "");
@@ -422,47 +422,98 @@ fn sized_nodes(s: &Stratus, local_gib: u64, n2_gib: u64) {
         &s.config,
         format!(
             "{cfg}[placement]\nrebalance_every_secs = 1\n\
-             [[nodes]]\nname = \"local\"\nmemory_bytes = {}\n\
-             [[nodes]]\nname = \"n2\"\ndata_dir = \"{}\"\nmemory_bytes = {}\n",
-            local_gib << 30,
+             [[nodes]]\nname = \"local\"\nmemory_bytes = {local_bytes}\n\
+             [[nodes]]\nname = \"n2\"\ndata_dir = \"{}\"\nmemory_bytes = {n2_bytes}\n",
             disk2.display(),
-            n2_gib << 30
         ),
     )
     .unwrap();
 }
 
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// `node list`'s entry for `local`.
+fn local_node(s: &Stratus) -> Value {
+    let list = s.json(&["node", "list"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "local")
+        .unwrap()
+        .clone()
+}
+
+/// Waits until `db`'s measured CPU is low: a server that just started or grew its pool looks
+/// busy, and a busy database is dearer to move than an idle one.
+fn settled(s: &Stratus, db: &str, scu: u32) {
+    let begin = Instant::now();
+    loop {
+        let shown = s.json(&["db", "show", db]);
+        let cpu = shown["measured"]["cpu_millis"].as_f64();
+        if shown["scu"] == scu && cpu.is_some_and(|c| c < 50.0) {
+            return;
+        }
+        assert!(begin.elapsed() < Duration::from_secs(90), "{shown}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The rebalancing controller with real servers: `local` pushed over its 70 % watermark by
-/// scaling its databases (a database's load is at least its buffer pool) has the database that
-/// frees the most memory per move moved to `n2`, and only that one.
+/// scaling a database whose data outgrew its pool has the database that frees the most memory
+/// per move moved to `n2`, and only that one. A database weighs what its pool can come to hold
+/// of its own data: the scale-up counts because `b`'s data fills the larger pool, where the
+/// same scale-up of an empty database would not.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_pushed_over_its_watermark_by_scaling_sheds_one_database() {
     let mut s = Stratus::new("rebalance");
     s.nodes.push("n2".to_owned());
-    sized_nodes(&s, 64, 8);
+    // Small SCUs: a 128 MiB pool at 1 SCU, 512 MiB at 4, so a few hundred MiB of data tell.
+    s.configure("scu", &format!("memory_bytes = {}", 256 * MIB));
+    s.configure("scu", "buffer_pool_fraction = 0.5");
+    sized_nodes(&s, 64 * GIB, 8 * GIB);
     s.start();
     for name in ["a", "b", "c"] {
         s.json(&["db", "create", name, "--tier", "standard", "--max-scu", "8"]);
         assert_eq!(s.json(&["db", "show", name])["node"], "local");
     }
-    // `local` now offers 12 GiB: three 1-SCU databases (1 GiB of buffer pool each) are under 70 %.
-    s.stop();
-    sized_nodes(&s, 12, 64);
-    s.start();
-    s.json(&["db", "scale", "b", "--scu", "6"]); // 8 GiB of pools: 67 %
-    // Growing a pool takes the server a second of CPU, which would make `b` look busy, and
-    // moving a busy database dearer than moving an idle one: `b` settles first.
-    let begin = Instant::now();
-    loop {
-        let b = s.json(&["db", "show", "b"]);
-        let cpu = b["measured"]["cpu_millis"].as_f64();
-        if b["scu"] == 6 && cpu.is_some_and(|c| c < 50.0) {
-            break;
-        }
-        assert!(begin.elapsed() < Duration::from_secs(60), "{b}");
-        std::thread::sleep(Duration::from_millis(100));
+    // 300 MB of rows in `b`: its files now hold far more than a 128 MiB pool.
+    let mut conn = s.direct("b").await;
+    conn.query_drop("CREATE TABLE bulk (id INT PRIMARY KEY, v VARCHAR(4000)) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    for part in 0..6 {
+        conn.query_drop(format!(
+            "INSERT INTO bulk SELECT seq, REPEAT('x', 4000) FROM seq_{}_to_{}",
+            part * 12_500 + 1,
+            (part + 1) * 12_500
+        ))
+        .await
+        .unwrap();
     }
-    s.json(&["db", "scale", "c", "--scu", "2"]); // 9 GiB: 75 %, over
+    drop(conn);
+    // The autoscaler may have grown it for the load: back to 1 SCU, its pool 128 MiB.
+    s.json(&["db", "scale", "b", "--scu", "1"]);
+    // Started again so that what the servers use is a start's, then `local` sized so that the
+    // three databases take 58 % of it.
+    s.stop();
+    s.start();
+    settled(&s, "b", 1);
+    let load = local_node(&s)["memory_load_bytes"].as_u64().unwrap();
+    s.stop();
+    sized_nodes(&s, load * 100 / 58, 64 * GIB);
+    s.start();
+    settled(&s, "b", 1);
+    let local = local_node(&s);
+    assert!(local["memory_load_pct"].as_f64().unwrap() < 70.0, "{local}");
+    // `a` at 4 SCU: a 512 MiB pool that its 165 MiB of files cannot fill weighs those files,
+    // and the node stays under its watermark (counting the pool would take it to about 100 %).
+    s.json(&["db", "scale", "a", "--scu", "4"]);
+    settled(&s, "a", 4);
+    let local = local_node(&s);
+    assert!(local["memory_load_pct"].as_f64().unwrap() < 70.0, "{local}");
+    // At 4 SCU `b`'s pool can hold its files: its weight grows by their size.
+    s.json(&["db", "scale", "b", "--scu", "4"]);
     let moved = s.wait_for_event("b", "migrated", Duration::from_secs(120));
     let message = moved["message"].as_str().unwrap();
     assert!(
@@ -471,13 +522,7 @@ async fn a_node_pushed_over_its_watermark_by_scaling_sheds_one_database() {
         "{message}"
     );
     assert_eq!(s.json(&["db", "show", "b"])["node"], "n2");
-    let list = s.json(&["node", "list"]);
-    let local = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "local")
-        .unwrap();
+    let local = local_node(&s);
     assert!(local["memory_load_pct"].as_f64().unwrap() < 70.0, "{local}");
     // Only that one: the next looks (one a second) find the node under its watermark. Time must
     // pass for a move not to happen; nothing else can show it.

@@ -8,10 +8,11 @@ use mysql_async::prelude::*;
 use serde_json::Value;
 
 const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
 
 /// Writes the two nodes, `local` (the data directory) and `n2` (a second "disk"), with the
-/// memory each offers, in GiB.
-fn nodes(s: &Stratus, local_gib: u64, n2_gib: u64) {
+/// memory each offers.
+fn nodes(s: &Stratus, local_bytes: u64, n2_bytes: u64) {
     let cfg = std::fs::read_to_string(&s.config).unwrap();
     let cfg = cfg.split("[[nodes]]").next().unwrap().to_owned();
     let disk2 = s.dir.path().join("disk2");
@@ -20,9 +21,9 @@ fn nodes(s: &Stratus, local_gib: u64, n2_gib: u64) {
         format!(
             "{cfg}[[nodes]]\nname = \"local\"\nmemory_bytes = {}\n\
              [[nodes]]\nname = \"n2\"\ndata_dir = \"{}\"\nmemory_bytes = {}\n",
-            local_gib * GIB,
+            local_bytes,
             disk2.display(),
-            n2_gib * GIB
+            n2_bytes
         ),
     )
     .unwrap();
@@ -63,7 +64,7 @@ async fn databases_go_to_the_node_with_room_and_stay_there_across_restarts() {
     s.nodes.push("n2".to_owned());
     let resources_on = std::path::Path::new("/sys/fs/cgroup/memory").is_dir();
     // `local` has far more memory left: the first database goes there.
-    nodes(&s, 64, 4);
+    nodes(&s, 64 * GIB, 4 * GIB);
     s.start();
     let a = s.json(&["db", "create", "a", "--password", "pw-a"]);
     assert_eq!(a["name"], "a");
@@ -78,7 +79,7 @@ async fn databases_go_to_the_node_with_room_and_stay_there_across_restarts() {
     // Restarted with the sizes the other way round: `a` is found on `local`, a new one goes
     // to `n2`, on its own disk and under its own cgroup parent.
     s.stop();
-    nodes(&s, 4, 64);
+    nodes(&s, 4 * GIB, 64 * GIB);
     s.start();
     let shown = s.json(&["db", "show", "a"]);
     assert_eq!(shown["node"], "local");
@@ -140,12 +141,14 @@ async fn databases_go_to_the_node_with_room_and_stay_there_across_restarts() {
     let err = s.refused(&dev, &["node", "list"]);
     assert!(err.contains("only to a token for all databases"), "{err}");
 
-    // With no node that has room, a create is refused with the figures, and nothing is made.
+    // With no node that has room, a create is refused with the figures, and nothing is made:
+    // each node's database weighs at least its files (165 MiB), a new one 192 MiB, and 70 % of
+    // 256 MiB is 179.
     s.stop();
-    nodes(&s, 2, 2);
+    nodes(&s, 256 * MIB, 256 * MIB);
     s.start();
     let err = s.fails(&["db", "create", "c"]);
-    assert!(err.contains("no node has room for 2048 MiB more"), "{err}");
+    assert!(err.contains("no node has room for 192 MiB more"), "{err}");
     assert!(
         err.contains("local uses") && err.contains("n2 uses"),
         "{err}"
