@@ -17,7 +17,12 @@
 //!    the backend connections held once the clients are idle, and a `SELECT 1` on an idle
 //!    connection with a backend, with its backend released, and on a suspended database.
 //!
-//! `--bursts` runs only the bursts, `--many` only 4 and 5, `--active` only 6 and 7.
+//! 8. memory admission: one-SCU databases that never sleep, created one after another (each
+//!    with its first query) until placement refuses one: how many one host admits at once, and
+//!    what their servers really use then.
+//!
+//! `--bursts` runs only the bursts, `--many` only 4 and 5, `--active` only 6 and 7,
+//! `--admission` only 8.
 //!
 //! Databases here suspend after 2 s idle and park 5 s later, so a hundred of them do not hold a
 //! hundred servers' memory; the default is 10 s and 4 hours. In 6 and 7 they never suspend by
@@ -46,6 +51,8 @@ const CONNECTED_DBS: usize = 100;
 const CONNECTIONS_PER_DB: usize = 100;
 /// Creates per second in a burst.
 const BURST_RATE: f64 = 3.0;
+/// Section 8 stops there if placement has not refused a database before.
+const ADMISSION_MAX: usize = 300;
 /// Clients creating at once for the sustained rate.
 const CREATORS: usize = 3;
 
@@ -60,11 +67,12 @@ async fn main() -> anyhow::Result<()> {
     let bursts_only = flags.iter().any(|a| a == "--bursts");
     let many_only = flags.iter().any(|a| a == "--many");
     let active_only = flags.iter().any(|a| a == "--active");
+    let admission_only = flags.iter().any(|a| a == "--admission");
     println!(
         "Stratus density benchmark ({} CPUs)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let all = !bursts_only && !many_only && !active_only;
+    let all = !bursts_only && !many_only && !active_only && !admission_only;
     if all {
         spare_and_memory(&bin).await?;
     }
@@ -80,6 +88,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if all || active_only {
         active(&bin).await?;
+    }
+    if all || admission_only {
+        admission(&bin).await?;
     }
     Ok(())
 }
@@ -484,6 +495,49 @@ async fn active(bin: &str) -> anyhow::Result<()> {
         mib(rss_kib(pid))
     );
     connections(&s, &made).await
+}
+
+/// Section 8: one-SCU databases at the installation's defaults that never sleep, made one after
+/// another until placement refuses one (at most [`ADMISSION_MAX`]).
+async fn admission(bin: &str) -> anyhow::Result<()> {
+    let s = Stratus::start(bin, "[policy]\nidle_to_suspend_ms = 86400000\n")?;
+    s.wait_metric("stratus_warm_pool_ready", 2.0, Duration::from_secs(300))?;
+    let begin = Instant::now();
+    let mut made = 0;
+    let mut refusal = None;
+    while made < ADMISSION_MAX {
+        match create_and_query(&s, &format!("a{made}")).await {
+            Ok(_) => made += 1,
+            Err(e) if e.to_string().contains("no node has room") => {
+                refusal = Some(e.to_string());
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let took = begin.elapsed();
+    let nodes = s.client().nodes().await?;
+    println!("\n8. Memory admission: one-SCU databases that never sleep, made one after another");
+    println!(
+        "  {made} active at once, made in {:.1} s; {}",
+        took.as_secs_f64(),
+        refusal.map_or_else(
+            || format!("stopped at {ADMISSION_MAX}"),
+            |r| format!("the next refused: {r}")
+        )
+    );
+    for n in nodes {
+        println!(
+            "  node {}: servers use {:.0} MiB ({} % of {:.0} MiB), placement weighs {:.0} MiB ({} %)",
+            n.name,
+            mib(n.memory_used_bytes >> 10),
+            n.memory_used_pct,
+            mib(n.memory_bytes >> 10),
+            mib(n.memory_load_bytes >> 10),
+            n.memory_load_pct
+        );
+    }
+    Ok(())
 }
 
 /// Section 7: [`CONNECTIONS_PER_DB`] idle connections to each of [`CONNECTED_DBS`] databases,
