@@ -227,10 +227,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// One look at the nodes, and the moves it calls for. Returns how many databases moved.
     pub async fn rebalance_once(&self) -> Result<usize> {
-        let nodes = self.node_loads().await?;
-        if nodes.len() < 2 {
+        if self.runtime.nodes().len() < 2 {
             return Ok(0);
         }
+        let nodes = self.node_loads().await?;
         let loads: Vec<NodeLoad> = nodes.iter().map(|(n, l)| node_load((n, *l))).collect();
         let w = self.cfg.watermarks;
         if !loads.iter().any(|n| n.over_high(w)) {

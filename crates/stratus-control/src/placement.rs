@@ -195,7 +195,9 @@ pub fn rebalance(
             let Some(to) = place(&loads, need, target_mark, Some(from)) else {
                 continue;
             };
-            loads[from].used_bytes -= need;
+            // (a database may weigh more than its node's measured use where the two are
+            // measured apart)
+            loads[from].used_bytes = loads[from].used_bytes.saturating_sub(need);
             loads[to].used_bytes += need;
             moves.push(Move { db: d, from, to });
         }

@@ -310,7 +310,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// key is in memory); the next start opens the key with the new master key.
     fn rotate_master_key(&self) -> impl Future<Output = Result<usize>> + Send;
 
-    /// The storage of a database: used and limit, where the runtime can measure it. Cheap.
+    /// The storage of a database: used and limit, where the runtime can measure it. Cheap on a
+    /// volume (the file system's own figures); without volumes the files are walked.
     fn storage(&self, name: &ServiceName) -> Option<StorageUse>;
 
     /// Grows the volume of a database to `bytes`, online. Returns the new limit.

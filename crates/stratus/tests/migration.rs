@@ -459,16 +459,33 @@ fn settled(s: &Stratus, db: &str, scu: u32) {
     }
 }
 
-/// The rebalancing controller with real servers: `local` pushed over its 70 % watermark by
-/// scaling a database whose data outgrew its pool has the database that frees the most memory
-/// per move moved to `n2`, and only that one. A database weighs what its pool can come to hold
-/// of its own data: the scale-up counts because `b`'s data fills the larger pool, where the
-/// same scale-up of an empty database would not.
+/// Inserts about `mb` MB of rows into `db`'s table `bulk` (made if missing), straight on its
+/// server.
+async fn bulk_rows(s: &Stratus, db: &str, mb: u32) {
+    let mut conn = s.direct(db).await;
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS bulk (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(4000))",
+    )
+    .await
+    .unwrap();
+    // 12,500 rows of 4,000 bytes: 50 MB a statement.
+    for _ in 0..mb.div_ceil(50) {
+        conn.query_drop("INSERT INTO bulk (v) SELECT REPEAT('x', 4000) FROM seq_1_to_12500")
+            .await
+            .unwrap();
+    }
+}
+
+/// The rebalancing controller with real servers: `local` pushed over its 70 % watermark by a
+/// database's data growing into its pool has the database that frees the most memory per move
+/// moved to `n2`, and only that one. A database weighs what its pool can come to hold of its
+/// own data: a scale-up of a database with little data leaves the node under its watermark,
+/// where counting its whole pool would take it over.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_pushed_over_its_watermark_by_scaling_sheds_one_database() {
+async fn a_node_pushed_over_its_watermark_by_a_growing_database_sheds_one_database() {
     let mut s = Stratus::new("rebalance");
     s.nodes.push("n2".to_owned());
-    // Small SCUs: a 128 MiB pool at 1 SCU, 512 MiB at 4, so a few hundred MiB of data tell.
+    // Small SCUs: a 128 MiB pool at 1 SCU, 512 MiB at 4, so a few hundred MB of data tell.
     s.configure("scu", &format!("memory_bytes = {}", 256 * MIB));
     s.configure("scu", "buffer_pool_fraction = 0.5");
     sized_nodes(&s, 64 * GIB, 8 * GIB);
@@ -477,43 +494,34 @@ async fn a_node_pushed_over_its_watermark_by_scaling_sheds_one_database() {
         s.json(&["db", "create", name, "--tier", "standard", "--max-scu", "8"]);
         assert_eq!(s.json(&["db", "show", name])["node"], "local");
     }
-    // 300 MB of rows in `b`: its files now hold far more than a 128 MiB pool.
-    let mut conn = s.direct("b").await;
-    conn.query_drop("CREATE TABLE bulk (id INT PRIMARY KEY, v VARCHAR(4000)) ENGINE=InnoDB")
-        .await
-        .unwrap();
-    for part in 0..6 {
-        conn.query_drop(format!(
-            "INSERT INTO bulk SELECT seq, REPEAT('x', 4000) FROM seq_{}_to_{}",
-            part * 12_500 + 1,
-            (part + 1) * 12_500
-        ))
-        .await
-        .unwrap();
-    }
-    drop(conn);
-    // The autoscaler may have grown it for the load: back to 1 SCU, its pool 128 MiB.
-    s.json(&["db", "scale", "b", "--scu", "1"]);
+    // `b` holds 300 MB of rows in a 512 MiB pool: it weighs its files, about 465 MiB.
+    s.json(&["db", "scale", "b", "--scu", "4"]);
+    s.json(&["db", "scale", "c", "--scu", "4"]);
+    bulk_rows(&s, "b", 300).await;
     // Started again so that what the servers use is a start's, then `local` sized so that the
-    // three databases take 58 % of it.
+    // three databases take 60 % of it.
     s.stop();
     s.start();
-    settled(&s, "b", 1);
+    settled(&s, "b", 4);
+    settled(&s, "c", 4);
     let load = local_node(&s)["memory_load_bytes"].as_u64().unwrap();
     s.stop();
-    sized_nodes(&s, load * 100 / 58, 64 * GIB);
+    sized_nodes(&s, load * 100 / 60, 64 * GIB);
     s.start();
-    settled(&s, "b", 1);
+    for (db, scu) in [("b", 4), ("c", 4)] {
+        settled(&s, db, scu);
+    }
     let local = local_node(&s);
     assert!(local["memory_load_pct"].as_f64().unwrap() < 70.0, "{local}");
     // `a` at 4 SCU: a 512 MiB pool that its 165 MiB of files cannot fill weighs those files,
-    // and the node stays under its watermark (counting the pool would take it to about 100 %).
+    // and the node stays under its watermark (counting the pool would take it over 90 %).
     s.json(&["db", "scale", "a", "--scu", "4"]);
     settled(&s, "a", 4);
     let local = local_node(&s);
     assert!(local["memory_load_pct"].as_f64().unwrap() < 70.0, "{local}");
-    // At 4 SCU `b`'s pool can hold its files: its weight grows by their size.
-    s.json(&["db", "scale", "b", "--scu", "4"]);
+    // `c` takes on 200 MB: its pool can hold them, and the node goes over. `c` is busy (dear to
+    // move); `b` weighs the most and is idle: it is the one that moves.
+    bulk_rows(&s, "c", 200).await;
     let moved = s.wait_for_event("b", "migrated", Duration::from_secs(120));
     let message = moved["message"].as_str().unwrap();
     assert!(

@@ -142,10 +142,10 @@ async fn databases_go_to_the_node_with_room_and_stay_there_across_restarts() {
     assert!(err.contains("only to a token for all databases"), "{err}");
 
     // With no node that has room, a create is refused with the figures, and nothing is made:
-    // each node's database weighs at least its files (165 MiB), a new one 192 MiB, and 70 % of
-    // 256 MiB is 179.
+    // 70 % of 320 MiB is 224, room for a new database (192 MiB) on an empty node, not beside
+    // one that weighs its files (165 MiB).
     s.stop();
-    nodes(&s, 256 * MIB, 256 * MIB);
+    nodes(&s, 320 * MIB, 320 * MIB);
     s.start();
     let err = s.fails(&["db", "create", "c"]);
     assert!(err.contains("no node has room for 192 MiB more"), "{err}");

@@ -904,13 +904,15 @@ impl Runtime for LocalRuntime {
 
     fn nodes(&self) -> Vec<crate::NodeInfo> {
         let cfg = &self.inner.cfg;
+        // Without cgroups, each server's RSS: what `usage` reports for it, so that placement
+        // adds to a node's use only what its databases have not used yet.
         let memory_used_bytes = self
             .inner
             .procs()
-            .keys()
-            .filter_map(|key| match &self.inner.cgroups {
+            .iter()
+            .filter_map(|(key, proc)| match &self.inner.cgroups {
                 Some(m) => m.open(key).ok()?.usage().ok(),
-                None => None,
+                None => stratus_cgroup::proc_usage(proc.pidfd.pid).ok(),
             })
             .map(|u| u.memory_bytes)
             .sum();
