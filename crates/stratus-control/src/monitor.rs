@@ -334,6 +334,11 @@ pub struct Measured {
     /// The statements its clients had run through the proxy at the last sample.
     #[serde(skip)]
     statements: Option<u64>,
+    /// What its buffer pool could come to hold of its files, at the last sample
+    /// ([`stratus_runtime::admin::ServerAdmin::pool_fillable_bytes`]): more than their bytes on disk for compressed
+    /// tables.
+    #[serde(skip)]
+    pub(crate) pool_fillable_bytes: Option<u64>,
 }
 
 impl<S: Store, R: Runtime> ControlPlane<S, R> {
@@ -422,10 +427,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             return;
         };
         let counters = conn.buffer_pool_counters().await;
+        let fillable = conn.pool_fillable_bytes().await;
         conn.close().await;
         let Ok(now) = counters else { return };
         let mut all = self.measured.lock().unwrap_or_else(|p| p.into_inner());
         let m = all.entry(name.clone()).or_default();
+        if let Ok(bytes) = fillable {
+            m.pool_fillable_bytes = Some(bytes);
+        }
         if let Some((requests, reads)) = m.counters {
             let asked = now.0.saturating_sub(requests);
             if asked > 0 {

@@ -92,10 +92,19 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     }
 
     /// What a database weighs in its node's load now ([`placement::database_load`]), and the
-    /// memory its server uses.
+    /// memory its server uses. Its data is its volume's use or, if more, what its server last
+    /// said its pool could hold of its files (compressed tables take more room in the pool
+    /// than on disk).
     pub(crate) fn load_of(&self, svc: &DatabaseService) -> (u64, u64) {
         let used = self.runtime.usage(svc.name()).map_or(0, |u| u.memory_bytes);
-        let data = self.runtime.storage(svc.name()).map(|s| s.used_bytes);
+        let fillable = self
+            .measured(svc.name())
+            .and_then(|m| m.pool_fillable_bytes)
+            .unwrap_or(0);
+        let data = self
+            .runtime
+            .storage(svc.name())
+            .map(|s| s.used_bytes.max(fillable));
         (
             placement::database_load(used, svc.buffer_pool_bytes, data),
             used,

@@ -184,6 +184,13 @@ pub trait ServerAdmin: Send + Sized {
     /// `Innodb_buffer_pool_read_requests` and `Innodb_buffer_pool_reads`.
     fn buffer_pool_counters(&mut self) -> impl Future<Output = Result<(u64, u64)>> + Send;
 
+    /// What the buffer pool could come to hold of the server's tablespaces: every page of each
+    /// file at the full page size, and a compressed table's page (`ROW_FORMAT=COMPRESSED`) twice,
+    /// compressed and not (<https://mariadb.com/kb/en/innodb-compressed-row-format/>). The
+    /// files' logical sizes (`FILE_SIZE` of `INNODB_SYS_TABLESPACES`), so that pages stored
+    /// smaller on disk (`PAGE_COMPRESSED`, holes punched) count at what they take in memory.
+    fn pool_fillable_bytes(&mut self) -> impl Future<Output = Result<u64>> + Send;
+
     /// The server's `'%'` accounts: name, authentication plugin, authentication string.
     fn accounts(&mut self) -> impl Future<Output = Result<Vec<Account>>> + Send;
 
@@ -376,6 +383,19 @@ impl ServerAdmin for AdminConn {
             get("INNODB_BUFFER_POOL_READ_REQUESTS"),
             get("INNODB_BUFFER_POOL_READS"),
         ))
+    }
+
+    async fn pool_fillable_bytes(&mut self) -> Result<u64> {
+        // Since 10.6 `PAGE_SIZE` is a tablespace's physical page size, its compressed one for
+        // `ROW_FORMAT=COMPRESSED` (<https://mariadb.com/kb/en/information-schema-innodb_sys_tablespaces-table/>).
+        let bytes: Option<u64> = self
+            .query_value(
+                "SELECT CAST(COALESCE(SUM(FILE_SIZE DIV PAGE_SIZE * (@@innodb_page_size \
+                 + IF(ROW_FORMAT = 'Compressed', PAGE_SIZE, 0))), 0) AS UNSIGNED) \
+                 FROM information_schema.INNODB_SYS_TABLESPACES WHERE PAGE_SIZE > 0",
+            )
+            .await?;
+        Ok(bytes.unwrap_or(0))
     }
 
     async fn accounts(&mut self) -> Result<Vec<Account>> {

@@ -888,6 +888,12 @@ impl ServerAdmin for FakeAdmin {
         })
     }
 
+    async fn pool_fillable_bytes(&mut self) -> Result<u64> {
+        self.act(format!("pool_fillable_bytes {}", self.name), |w, name| {
+            w.server(name).map(|s| s.storage_used)
+        })
+    }
+
     async fn accounts(&mut self) -> Result<Vec<Account>> {
         self.act(format!("accounts {}", self.name), |w, name| {
             w.server(name).map(|_| Vec::new())

@@ -157,3 +157,72 @@ async fn databases_go_to_the_node_with_room_and_stay_there_across_restarts() {
     assert_eq!(query_on(&s, "b", "pw-b").await, 1, "the others serve on");
     s.stop();
 }
+
+/// A hostile owner cannot make a database weigh less than its pool will hold by storing it
+/// compressed: a `ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=1` table takes 1 KiB a page on disk and
+/// 16 KiB (and the 1 KiB copy) in the pool, and the node's load counts it so, from what the
+/// server says of its tablespaces, not from the volume's use.
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_tables_weigh_what_they_take_in_the_pool() {
+    let mut s = Stratus::new("compressed");
+    s.start();
+    s.json(&["db", "create", "z", "--password", "pw-z"]);
+    let opts = s.sql_opts("z.admin", "pw-z", Some("z"));
+    let mut conn = mysql_async::Conn::new(opts).await.unwrap();
+    conn.query_drop(
+        "CREATE TABLE packed (id INT PRIMARY KEY, v VARBINARY(200)) \
+         ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=1",
+    )
+    .await
+    .unwrap();
+    // Random bytes do not compress: about 20 MB of rows, some 30 MiB of 1 KiB pages.
+    for part in 0..4 {
+        conn.query_drop(format!(
+            "INSERT INTO packed SELECT seq, RANDOM_BYTES(200) FROM seq_{}_to_{}",
+            part * 25_000 + 1,
+            (part + 1) * 25_000
+        ))
+        .await
+        .unwrap();
+    }
+    conn.disconnect().await.unwrap();
+    let mut root = s.direct("z").await;
+    let file: u64 = root
+        .query_first(
+            "SELECT FILE_SIZE FROM information_schema.INNODB_SYS_TABLESPACES WHERE NAME = 'z/packed'",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    drop(root);
+    let shown = s.json(&["db", "show", "z"]);
+    let on_disk = shown["storage_used_bytes"].as_u64().unwrap();
+    // Its pages in the pool: 16 times the file, well beyond the whole volume's use (and within
+    // the 1 GiB pool of one SCU).
+    let in_pool = file * 16;
+    assert!(in_pool > on_disk + 100 * MIB, "{file} {on_disk}");
+    assert!(in_pool < GIB, "{file}");
+    // Writing the rows put their pages in the pool. Started again, the server's pool holds
+    // none of them (an encrypted table's pages are not reloaded at start), and a full scan
+    // would bring them all back: the load must count them before.
+    s.stop();
+    s.start();
+    // The monitor asks the server at its first look (every few seconds).
+    let begin = std::time::Instant::now();
+    loop {
+        let list = s.json(&["node", "list"]);
+        let local = node(&list, "local");
+        let load = local["memory_load_bytes"].as_u64().unwrap();
+        let used = local["memory_used_bytes"].as_u64().unwrap();
+        if load >= in_pool {
+            assert!(used < in_pool / 2, "the pool filled by itself: {local}");
+            break;
+        }
+        assert!(
+            begin.elapsed() < std::time::Duration::from_secs(60),
+            "load {load}, the table's pages {in_pool}, its volume {on_disk}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    s.stop();
+}
