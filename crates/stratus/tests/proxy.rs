@@ -1959,6 +1959,51 @@ async fn kill_behind_a_comment_or_in_a_batch_names_the_same_sessions() {
     s.stop();
 }
 
+/// `COM_CHANGE_USER` on a TLS session: the server's connection stays TLS, so an account that
+/// `REQUIRE`s SSL may be changed to, and on a plain session it is refused as the server
+/// refuses it (MariaDB's `mysqltest` sends the command as applications' connectors do).
+#[tokio::test(flavor = "multi_thread")]
+async fn change_user_on_a_tls_session_keeps_tls_to_the_server() {
+    let mut s = Stratus::new("change-user-tls");
+    s.start();
+    let (user, pw) = created(&s, "shop");
+    let mut owner = shop_conn(&s, &user, &pw).await;
+    owner
+        .query_drop("CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE SSL")
+        .await
+        .unwrap();
+    owner
+        .query_drop("GRANT SELECT ON shop.* TO 'app'@'%'")
+        .await
+        .unwrap();
+    let script = s.dir.path().join("change_user.test");
+    std::fs::write(
+        &script,
+        "SHOW STATUS LIKE 'Ssl_version';\n\
+         change_user shop.app,first,shop;\n\
+         SELECT CURRENT_USER();\n\
+         SHOW STATUS LIKE 'Ssl_version';\n",
+    )
+    .unwrap();
+    let ca = format!("--ssl-ca={}", s.data_dir().join("tls/ca.pem").display());
+    let out = mariadb_test(&s, &user, &pw, &ca, &script);
+    let tls_lines = out.lines().filter(|l| *l == "Ssl_version\tTLSv1.3").count();
+    assert_eq!(tls_lines, 2, "TLS before and after the change: {out}");
+    assert!(out.contains("app@%"), "{out}");
+
+    // Without TLS the change is refused, as the server refuses the account's login.
+    std::fs::write(
+        &script,
+        "--error ER_ACCESS_DENIED_ERROR\n\
+         change_user shop.app,first,shop;\n\
+         --echo refused\n",
+    )
+    .unwrap();
+    let out = mariadb_test(&s, &user, &pw, "--skip-ssl", &script);
+    assert!(out.contains("refused"), "{out}");
+    s.stop();
+}
+
 /// Runs `mariadb-test` (the MariaDB test suite's client) on `file` through the proxy in `mode`;
 /// a run that does not end within a minute is killed and reported as a hang.
 fn mariadb_test(s: &Stratus, user: &str, pw: &str, mode: &str, file: &std::path::Path) -> String {
