@@ -2842,6 +2842,17 @@ async fn a_tenants_replica_reads_its_binary_log_through_the_proxy() {
         proxied == direct,
         "the events differ:\n{proxied}\n---\n{direct}"
     );
+    // Over TLS, which the proxy repeats to the server: the dump is relayed between two TLS
+    // streams, with the same events.
+    let tls = binlog(&[
+        "--protocol=tcp".into(),
+        format!("--host={host}"),
+        format!("--port={port}"),
+        format!("--user={user}"),
+        format!("--password={pw}"),
+        format!("--ssl-ca={}", s.data_dir().join("tls/ca.pem").display()),
+    ]);
+    assert!(tls == direct, "the events differ:\n{tls}\n---\n{direct}");
 
     // A replica that follows the log (a blocking dump) streams until its session is killed.
     let mut follower = Command::new("mariadb-binlog")
