@@ -6,7 +6,9 @@
 //! (mysql_async's read of `max_allowed_packet` and `wait_timeout`, PyMySQL's `SET AUTOCOMMIT`),
 //! so both paths do exactly that. Each client connects N times through the proxy (TCP) and N
 //! times directly to the same database's server (its unix socket, as the account without the
-//! `<database>.` prefix), alternating, in the same run: the difference is the proxy's. Direct
+//! `<database>.` prefix), in pairs taken back to back (each pair's order alternating), in the
+//! same run: the difference is the proxy's, printed as the difference of the two medians and as
+//! the median of the pairs' differences (which drift over the run moves much less). Direct
 //! logins over the unix socket skip TCP, so the difference slightly overstates the proxy's
 //! share. Clients: mysql_async, and PyMySQL when Python has it.
 //!
@@ -312,9 +314,15 @@ async fn mysql_async_rounds(s: &Stratus, t: &Target, n: usize) -> anyhow::Result
         once(direct.clone()).await?;
     }
     let (mut p, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for _ in 0..n {
-        p.push(once(proxy.clone()).await?);
-        d.push(once(direct.clone()).await?);
+    for i in 0..n {
+        // Each pair in turn order, so neither path always follows the other.
+        if i % 2 == 0 {
+            p.push(once(proxy.clone()).await?);
+            d.push(once(direct.clone()).await?);
+        } else {
+            d.push(once(direct.clone()).await?);
+            p.push(once(proxy.clone()).await?);
+        }
     }
     report("mysql_async", &mut p, &mut d);
     Ok(())
@@ -361,8 +369,11 @@ fn pymysql(client: &str, script: &str, args: &[String]) -> anyhow::Result<()> {
 for _ in range(5):
     once(**proxy); once(**direct)
 p, d = [], []
-for _ in range(int(n)):
-    p.append(once(**proxy)); d.append(once(**direct))
+for i in range(int(n)):
+    if i % 2 == 0:
+        p.append(once(**proxy)); d.append(once(**direct))
+    else:
+        d.append(once(**direct)); p.append(once(**proxy))
 print(json.dumps({"proxy": p, "direct": d}))
 "#;
     let script = format!("{script}{ROUNDS}");
@@ -462,9 +473,14 @@ fn cli_rounds(t: &Target, tls_port: u16, ca: &std::path::Path, n: usize) -> anyh
             run(tls_port, &t.account)?;
         }
         let (mut p, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for _ in 0..n {
-            p.push(run(t.proxy_port, &t.user)?);
-            d.push(run(tls_port, &t.account)?);
+        for i in 0..n {
+            if i % 2 == 0 {
+                p.push(run(t.proxy_port, &t.user)?);
+                d.push(run(tls_port, &t.account)?);
+            } else {
+                d.push(run(tls_port, &t.account)?);
+                p.push(run(t.proxy_port, &t.user)?);
+            }
         }
         report(&format!("mariadb {mode}"), &mut p, &mut d);
     }
@@ -526,14 +542,24 @@ fn mariadb(login: &Login<'_>, extra: &[&str], sql: &str) -> anyhow::Result<(f64,
     Ok((ms, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
+/// Prints both paths' p50 and p99 and their difference at p50; and, since the logins come in
+/// pairs taken back to back (`proxy[i]` beside `direct[i]`), the median of the pairs'
+/// differences, which the machine's drift over a run moves far less than the two medians apart.
 fn report(client: &str, proxy: &mut [f64], direct: &mut [f64]) {
+    let mut paired: Vec<f64> = proxy
+        .iter()
+        .zip(direct.iter())
+        .map(|(p, d)| p - d)
+        .collect();
+    paired.sort_by(f64::total_cmp);
     proxy.sort_by(f64::total_cmp);
     direct.sort_by(f64::total_cmp);
     let (p50, d50) = (quantile(proxy, 0.5), quantile(direct, 0.5));
     println!(
-        "  {client:<20} proxy  p50 {p50:>6.2} ms  p99 {:>6.2} ms | direct p50 {d50:>6.2} ms  p99 {:>6.2} ms | proxy - direct at p50 {:>5.2} ms",
+        "  {client:<20} proxy  p50 {p50:>6.2} ms  p99 {:>6.2} ms | direct p50 {d50:>6.2} ms  p99 {:>6.2} ms | proxy - direct at p50 {:>5.2} ms, paired {:>5.2} ms",
         quantile(proxy, 0.99),
         quantile(direct, 0.99),
-        p50 - d50
+        p50 - d50,
+        quantile(&paired, 0.5)
     );
 }
