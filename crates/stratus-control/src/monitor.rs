@@ -334,9 +334,9 @@ pub struct Measured {
     /// The statements its clients had run through the proxy at the last sample.
     #[serde(skip)]
     statements: Option<u64>,
-    /// What its buffer pool could come to hold of its files, at the last sample
-    /// ([`stratus_runtime::admin::ServerAdmin::pool_fillable_bytes`]): more than their bytes on disk for compressed
-    /// tables.
+    /// What its buffer pool could come to hold of its files, at the last sample: more than
+    /// their bytes on disk for compressed tables
+    /// ([`stratus_runtime::admin::ServerAdmin::pool_fillable_bytes`]).
     #[serde(skip)]
     pub(crate) pool_fillable_bytes: Option<u64>,
 }

@@ -86,8 +86,8 @@ impl NodeLoad {
 /// its buffer pool can still come to hold. InnoDB fills its pool as pages are read and never
 /// gives the memory back, so a pool just granted is as good as used; but it fills only with
 /// pages of the database's own files, so a pool larger than its data never fills.
-/// `data_bytes` is what its files hold (its volume's use), `None` where that is not measured:
-/// then the whole pool counts.
+/// `data_bytes` is what its files could put in the pool (its volume's use, or more for
+/// compressed tables), `None` where that is not measured: then the whole pool counts.
 pub fn database_load(used_bytes: u64, pool_bytes: u64, data_bytes: Option<u64>) -> u64 {
     let can_fill = data_bytes.map_or(pool_bytes, |d| d.min(pool_bytes));
     used_bytes.max(can_fill)
