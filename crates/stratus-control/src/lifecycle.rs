@@ -447,6 +447,12 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         self.set_suspended(&name, false, None);
         self.stop_hydration(&name);
         self.settled(&name);
+        // A database made later under the same name starts without this one's figures (its
+        // hit-ratio counters, what its pool could hold).
+        self.measured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
         self.event(
             &name,
             EventKind::Deleted,
