@@ -1017,6 +1017,22 @@ async fn the_autoscaler_grows_a_database_pinned_at_its_quota() {
     );
 }
 
+/// A deleted database's measured figures go with it: one made later under the same name
+/// starts with none of them (a stale figure of what its pool could hold would weigh it as the
+/// old one for a while).
+#[tokio::test]
+async fn a_database_made_again_under_a_deleted_ones_name_has_none_of_its_figures() {
+    let (cp, _rt) = control(no_pool());
+    create(&cp, "shop").await;
+    let monitor = monitor_with(&cp, "shop", &stratus_core::ScalingPolicy::default()).await;
+    until("measured", || async { cp.measured(&db("shop")).is_some() }).await;
+    monitor.abort();
+    cp.delete("shop").await.unwrap();
+    assert_eq!(cp.measured(&db("shop")), None);
+    create(&cp, "shop").await;
+    assert_eq!(cp.measured(&db("shop")), None);
+}
+
 /// A size set by hand on a database that has been idle for a whole down-window is kept for the
 /// cooldown and a new down-window, as if the autoscaler had set it, and only then scaled down:
 /// samples taken at the old size say nothing about the new one. Real clock, like the monitor.
