@@ -81,6 +81,11 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|k, _| tracked.contains_key(k));
+            // (a sample still running when its database was deleted writes its figures back)
+            self.measured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|k, _| tracked.contains_key(k));
             for svc in &services {
                 let fresh = !tracked.contains_key(svc.name());
                 if fresh || n % REFRESH_TICKS == 0 {

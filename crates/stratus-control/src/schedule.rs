@@ -218,13 +218,14 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
         if let Err(e) = self.runtime.archive_logs(name, &dest).await {
             // A database deleted since the loop listed it has no log left to archive, and one
             // being changed (its lock held: a delete removing its files before the catalog
-            // forgets it, a move) may lose files under the copy: no failure to report; the
-            // next run copies what is new then.
+            // forgets it, a move) may lose files under the copy: a file gone then is no failure
+            // to report; the next run copies what is new. Any other error is.
             let still_there = matches!(
                 self.store.service(name).await,
                 Ok(Some(now)) if now.state != DbState::Deleted && now.created_at_ms == svc.created_at_ms
             );
-            if still_there && self.try_lock(name).is_some() {
+            let changing = e.is_not_found() && self.try_lock(name).is_none();
+            if still_there && !changing {
                 tracing::warn!(db = %name, "cannot archive the binary log: {e}");
             } else {
                 tracing::debug!(db = %name, "not archived, deleted or changed meanwhile: {e}");

@@ -69,6 +69,11 @@ fn log_tail_suffix(tail: &[String]) -> String {
 }
 
 impl RuntimeError {
+    /// A file or directory it needed was not there (removed meanwhile, or never made).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// The server refused the login itself (as opposed to being unreachable).
     pub fn is_access_denied(&self) -> bool {
         // 1045 access denied, 1698 socket user mismatch, 4151 account locked, 1862 expired,

@@ -1991,16 +1991,28 @@ async fn change_user_on_a_tls_session_keeps_tls_to_the_server() {
     assert_eq!(tls_lines, 2, "TLS before and after the change: {out}");
     assert!(out.contains("app@%"), "{out}");
 
-    // Without TLS the change is refused, as the server refuses the account's login.
+    // Without TLS the change is refused, as the server refuses the account's login, while a
+    // change to an account that does not require TLS goes through.
+    owner
+        .query_drop("CREATE USER 'plain'@'%' IDENTIFIED BY 'second'")
+        .await
+        .unwrap();
+    owner
+        .query_drop("GRANT SELECT ON shop.* TO 'plain'@'%'")
+        .await
+        .unwrap();
     std::fs::write(
         &script,
         "--error ER_ACCESS_DENIED_ERROR\n\
          change_user shop.app,first,shop;\n\
-         --echo refused\n",
+         --echo refused\n\
+         change_user shop.plain,second,shop;\n\
+         SELECT CURRENT_USER();\n",
     )
     .unwrap();
     let out = mariadb_test(&s, &user, &pw, "--skip-ssl", &script);
     assert!(out.contains("refused"), "{out}");
+    assert!(out.contains("plain@%"), "{out}");
     s.stop();
 }
 
@@ -2825,12 +2837,14 @@ async fn a_tenants_replica_reads_its_binary_log_through_the_proxy() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let (host, port) = s.listen.split_once(':').unwrap();
+    // (MariaDB 10.11's clients use TLS unless told not to)
     let proxied = binlog(&[
         "--protocol=tcp".into(),
         format!("--host={host}"),
         format!("--port={port}"),
         format!("--user={user}"),
         format!("--password={pw}"),
+        "--skip-ssl".into(),
     ]);
     assert!(proxied.contains("'cdc-probe-4711'"), "{proxied}");
     let direct = binlog(&[
