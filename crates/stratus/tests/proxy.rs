@@ -1959,6 +1959,20 @@ async fn kill_behind_a_comment_or_in_a_batch_names_the_same_sessions() {
     s.stop();
 }
 
+/// Makes account `name` of `shop`, which may read it (`require`: its TLS clause, or "").
+async fn reader(owner: &mut Conn, name: &str, password: &str, require: &str) {
+    owner
+        .query_drop(format!(
+            "CREATE USER '{name}'@'%' IDENTIFIED BY '{password}' {require}"
+        ))
+        .await
+        .unwrap();
+    owner
+        .query_drop(format!("GRANT SELECT ON shop.* TO '{name}'@'%'"))
+        .await
+        .unwrap();
+}
+
 /// `COM_CHANGE_USER` on a TLS session: the server's connection stays TLS, so an account that
 /// `REQUIRE`s SSL may be changed to, and on a plain session it is refused as the server
 /// refuses it (MariaDB's `mysqltest` sends the command as applications' connectors do).
@@ -1968,14 +1982,7 @@ async fn change_user_on_a_tls_session_keeps_tls_to_the_server() {
     s.start();
     let (user, pw) = created(&s, "shop");
     let mut owner = shop_conn(&s, &user, &pw).await;
-    owner
-        .query_drop("CREATE USER 'app'@'%' IDENTIFIED BY 'first' REQUIRE SSL")
-        .await
-        .unwrap();
-    owner
-        .query_drop("GRANT SELECT ON shop.* TO 'app'@'%'")
-        .await
-        .unwrap();
+    reader(&mut owner, "app", "first", "REQUIRE SSL").await;
     let script = s.dir.path().join("change_user.test");
     std::fs::write(
         &script,
@@ -1993,14 +2000,7 @@ async fn change_user_on_a_tls_session_keeps_tls_to_the_server() {
 
     // Without TLS the change is refused, as the server refuses the account's login, while a
     // change to an account that does not require TLS goes through.
-    owner
-        .query_drop("CREATE USER 'plain'@'%' IDENTIFIED BY 'second'")
-        .await
-        .unwrap();
-    owner
-        .query_drop("GRANT SELECT ON shop.* TO 'plain'@'%'")
-        .await
-        .unwrap();
+    reader(&mut owner, "plain", "second", "").await;
     std::fs::write(
         &script,
         "--error ER_ACCESS_DENIED_ERROR\n\
