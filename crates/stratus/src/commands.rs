@@ -67,6 +67,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                             bytes(n.memory_bytes)
                         ),
                         format!("{} ({} %)", bytes(n.memory_used_bytes), n.memory_used_pct),
+                        format!("{} ({} %)", bytes(n.memory_load_bytes), n.memory_load_pct),
                         n.databases.len().to_string(),
                         n.storage.clone(),
                     ]
@@ -78,6 +79,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                     "CPU ALLOCATED",
                     "MEMORY ALLOCATED",
                     "MEMORY USED",
+                    "LOAD",
                     "DATABASES",
                     "DATA",
                 ],

@@ -135,6 +135,8 @@ async fn databases_go_to_the_node_with_room_and_stay_there_across_restarts() {
     let text = s.cli(&["node", "list"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("NODE") && text.contains("n2"), "{text}");
+    // What placement weighs, beside what the servers use.
+    assert!(text.contains("LOAD"), "{text}");
 
     // A token for one database does not see the host's nodes (they name every tenant's).
     let (_, dev) = s.token(&["--role", "developer", "--db", "a"]);
