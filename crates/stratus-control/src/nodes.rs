@@ -7,7 +7,8 @@
 use crate::placement::{self, NodeLoad};
 use crate::{ControlError, ControlPlane, Result};
 use serde::{Deserialize, Serialize};
-use stratus_core::{DatabaseService, DbState};
+use std::collections::HashMap;
+use stratus_core::{DatabaseService, DbState, ServiceName};
 use stratus_runtime::{NodeInfo, Runtime};
 use stratus_store::Store;
 
@@ -115,15 +116,24 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     /// now, plus what its active databases' buffer pools can still fill with their data.
     pub async fn node_loads(&self) -> Result<Vec<(NodeInfo, u64)>> {
         let services = self.store.services().await?;
-        let mut nodes: Vec<(NodeInfo, u64)> = self
-            .runtime
-            .nodes()
+        Ok(self.weigh(self.runtime.nodes(), &services).0)
+    }
+
+    /// [`Self::node_loads`] of `nodes`, and what each active database among `services` weighs
+    /// in its node's load ([`Self::load_of`]: a `statfs` per database, so read once a look).
+    fn weigh(
+        &self,
+        nodes: Vec<NodeInfo>,
+        services: &[DatabaseService],
+    ) -> (Vec<(NodeInfo, u64)>, HashMap<ServiceName, u64>) {
+        let mut nodes: Vec<(NodeInfo, u64)> = nodes
             .into_iter()
             .map(|n| {
                 let used = n.memory_used_bytes;
                 (n, used)
             })
             .collect();
+        let mut weights = HashMap::new();
         for svc in services.iter().filter(|s| s.state == DbState::Active) {
             let node = self.node_of(svc);
             let Some((_, load)) = nodes.iter_mut().find(|(n, _)| n.name == node) else {
@@ -131,8 +141,9 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             };
             let (weight, used) = self.load_of(svc);
             *load += weight - used;
+            weights.insert(svc.name().clone(), weight);
         }
-        Ok(nodes)
+        (nodes, weights)
     }
 
     /// [`Self::place_new`], never on node `except` (the one a database moves off).
@@ -236,16 +247,17 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
 
     /// One look at the nodes, and the moves it calls for. Returns how many databases moved.
     pub async fn rebalance_once(&self) -> Result<usize> {
-        if self.runtime.nodes().len() < 2 {
+        let nodes = self.runtime.nodes();
+        if nodes.len() < 2 {
             return Ok(0);
         }
-        let nodes = self.node_loads().await?;
+        let services = self.store.services().await?;
+        let (nodes, weights) = self.weigh(nodes, &services);
         let loads: Vec<NodeLoad> = nodes.iter().map(|(n, l)| node_load((n, *l))).collect();
         let w = self.cfg.watermarks;
         if !loads.iter().any(|n| n.over_high(w)) {
             return Ok(0);
         }
-        let services = self.store.services().await?;
         let moved_at = self
             .moved_at
             .lock()
@@ -258,11 +270,10 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
             let Some(i) = loads.iter().position(|n| n.name == node) else {
                 continue;
             };
-            let active = svc.state == DbState::Active;
             candidates.push(placement::Candidate {
                 node: i,
                 // What moving it frees: its load; nothing for one that is not active.
-                used_bytes: if active { self.load_of(svc).0 } else { 0 },
+                used_bytes: weights.get(svc.name()).copied().unwrap_or(0),
                 cpu_millis: self
                     .measured(svc.name())
                     .and_then(|m| m.cpu_millis)
