@@ -104,7 +104,8 @@ pub(crate) async fn session<D: Directory>(
     }
     let login = match tokio::time::timeout(
         proxy.cfg.handshake_timeout,
-        login(&proxy, &mut client, peer),
+        // Boxed: its future is large and done with once the session is in.
+        Box::pin(login(&proxy, &mut client, peer)),
     )
     .await
     {
@@ -188,7 +189,7 @@ pub(crate) async fn session<D: Directory>(
     // Connect at once if the database runs (so a bad schema fails the login, as on a server);
     // a sleeping database is woken by the first statement, not by the connection.
     if let Ok(Some(addr)) = session.proxy.dir.backend(&session.service, false).await {
-        match session.connect(addr).await {
+        match Box::pin(session.connect(addr)).await {
             Ok(()) => {}
             Err(BackendError::Server(e)) => {
                 let _ = session.client.send(login.next_seq, &e.packet()).await;
@@ -209,7 +210,7 @@ pub(crate) async fn session<D: Directory>(
     let end = session.serve().await;
     session.release_pins();
     if matches!(end, End::Client | End::Idle | End::Shutdown) {
-        session.release_backend().await;
+        Box::pin(session.release_backend()).await;
     }
     tracing::debug!(db = %session.service, ?end, "session ended");
 }
@@ -463,7 +464,7 @@ impl<D: Directory> Session<D> {
                         return End::Idle;
                     }
                     if link.idle.release_due() {
-                        self.release_idle().await;
+                        Box::pin(self.release_idle()).await;
                         self.client.rest();
                         self.report_state();
                     }
@@ -563,7 +564,10 @@ impl<D: Directory> Session<D> {
                         .await?;
                 }
             }
-            COM_CHANGE_USER => self.change_user(&raw, lp, seq).await?,
+            // Boxed, as every path a session takes rarely and whose future is large: a session's
+            // task is as large as the largest future it awaits in place, and every idle client
+            // holds its task (`a_sessions_task_is_small`).
+            COM_CHANGE_USER => Box::pin(self.change_user(&raw, lp, seq)).await?,
             COM_INIT_DB => {
                 // Inside a transaction it is part of it: a replay must change schema there too.
                 self.hashing = self.state.in_transaction;
@@ -592,7 +596,7 @@ impl<D: Directory> Session<D> {
                             mode: None,
                             id: id.into(),
                         };
-                        self.kill(k, seq).await?
+                        Box::pin(self.kill(k, seq)).await?
                     }
                     None => {
                         let malformed = SqlError::malformed_packet().packet();
@@ -619,8 +623,8 @@ impl<D: Directory> Session<D> {
                 let expect = expect(cmd).unwrap_or(Expect::One);
                 self.forward(&raw, seq, expect).await?;
             }
-            COM_REGISTER_SLAVE => self.register_replica(&raw, lp, seq).await?,
-            COM_BINLOG_DUMP => self.binlog_dump(&raw, lp, seq).await?,
+            COM_REGISTER_SLAVE => Box::pin(self.register_replica(&raw, lp, seq)).await?,
+            COM_BINLOG_DUMP => Box::pin(self.binlog_dump(&raw, lp, seq)).await?,
             COM_SHUTDOWN => {
                 self.client
                     .send(
@@ -655,7 +659,7 @@ impl<D: Directory> Session<D> {
         let payload = packet::payload(raw, lp);
         let sql = &payload[1..];
         if let Some(k) = kill::parse(sql) {
-            return self.kill(k, seq).await;
+            return Box::pin(self.kill(k, seq)).await;
         }
         let multi = self.client_caps() & caps::MULTI_STATEMENTS != 0;
         let one;

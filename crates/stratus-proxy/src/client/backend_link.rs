@@ -109,6 +109,14 @@ impl<D: Directory> Session<D> {
         if self.backend.is_some() {
             return Ok(());
         }
+        // Boxed: a session's task is as large as the largest future it ever awaits in place,
+        // and connecting (waking the database, logging in, TLS) was most of it, held by every
+        // idle client (`a_sessions_task_is_small`).
+        Box::pin(self.open_backend()).await
+    }
+
+    /// [`Self::ensure_backend`] without a backend.
+    async fn open_backend(&mut self) -> Result<(), SqlError> {
         let proxy = self.proxy.clone();
         let dir = &proxy.dir;
         let svc = self.service.clone();

@@ -196,3 +196,19 @@ async fn kill_0_names_no_session() {
         "the idle session goes on"
     );
 }
+
+/// Every client connection holds its session's task for as long as it lives, and the task is as
+/// large as the largest future the session ever awaits in place: connecting to a server (waking
+/// it, logging in, TLS) made it 8 KiB in a debug build, half of what an idle client cost
+/// (#15's goal: 16 KiB). Such rare, large paths are boxed; this keeps them so.
+#[tokio::test]
+async fn a_sessions_task_is_small() {
+    let h = Harness::new(server);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let stream = tokio::net::TcpStream::from_std(stream).unwrap();
+    let task = crate::client::run(h.proxy.clone(), stream, "127.0.0.1:1".parse().unwrap());
+    let size = std::mem::size_of_val(&task);
+    assert!(size <= 5 * 1024, "a session's task takes {size} bytes");
+}
