@@ -377,7 +377,7 @@ for i in range(int(n)):
 print(json.dumps({"proxy": p, "direct": d}))
 "#;
     let script = format!("{script}{ROUNDS}");
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(python())
         .args(["-c", &script])
         .args(args)
         .output();
@@ -407,6 +407,23 @@ print(json.dumps({"proxy": p, "direct": d}))
     };
     report(client, &mut list("proxy"), &mut list("direct"));
     Ok(())
+}
+
+/// The first `python3` on the path that has PyMySQL, else the distribution's (where
+/// `python3-pymysql` installs it): a pyenv or virtualenv `python3` ahead of it on the path
+/// would leave PyMySQL's rows out.
+fn python() -> &'static str {
+    let has_pymysql = |py: &str| {
+        std::process::Command::new(py)
+            .args(["-c", "import pymysql"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|py| has_pymysql(py))
+        .unwrap_or("python3")
 }
 
 /// PyMySQL with TLS, a context made once from Stratus's CA, through the proxy and to the plain
