@@ -416,6 +416,10 @@ impl Drop for Stratus {
                 .output();
             self.kill9();
         }
+        thaw_cgroups(&self.cgroup_parent);
+        for node in &self.nodes {
+            thaw_cgroups(&format!("{}-{node}", self.cgroup_parent));
+        }
         for pid in self.mariadbd_pids() {
             let _ = rustix::process::kill_process(
                 rustix::process::Pid::from_raw(pid as i32).unwrap(),
@@ -448,6 +452,23 @@ pub fn unmount_under(dir: &Path) {
 }
 
 /// Removes this test's cgroups (children first) in every hierarchy, once their processes are gone.
+/// Thaws every group under `parent` (v1's freezer, v2's `cgroup.freeze`): a frozen process
+/// takes no signal, not even SIGKILL, so a test failing while a database is suspended left its
+/// server behind, frozen, for good.
+pub fn thaw_cgroups(parent: &str) {
+    for (root, file, thawed) in [
+        ("/sys/fs/cgroup/freezer", "freezer.state", "THAWED"),
+        ("/sys/fs/cgroup", "cgroup.freeze", "0"),
+    ] {
+        let Ok(groups) = std::fs::read_dir(Path::new(root).join(parent)) else {
+            continue;
+        };
+        for g in groups.flatten() {
+            let _ = std::fs::write(g.path().join(file), thawed);
+        }
+    }
+}
+
 pub fn remove_cgroups(parent: &str) {
     let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
