@@ -188,7 +188,8 @@ pub(crate) async fn session<D: Directory>(
     };
     // Connect at once if the database runs (so a bad schema fails the login, as on a server);
     // a sleeping database is woken by the first statement, not by the connection.
-    if let Ok(Some(addr)) = session.proxy.dir.backend(&session.service, false).await {
+    // Boxed, as the directory's futures may be large (Kubernetes' asks the API server).
+    if let Ok(Some(addr)) = Box::pin(proxy.dir.backend(&session.service, false)).await {
         match Box::pin(session.connect(addr)).await {
             Ok(()) => {}
             Err(BackendError::Server(e)) => {
@@ -873,8 +874,8 @@ impl<D: Directory> Session<D> {
             }
         }
         if accounts {
-            self.proxy.dir.accounts_changed(&self.service).await;
-            self.learn_own_password(sql, stmts).await;
+            Box::pin(self.proxy.dir.accounts_changed(&self.service)).await;
+            Box::pin(self.learn_own_password(sql, stmts)).await;
         }
     }
 

@@ -456,10 +456,11 @@ impl Inner {
     /// What server `key` uses: its cgroup's charge, or without cgroups its process's CPU time
     /// and RSS. A read fails by itself for a group or process gone, so nothing is checked first
     /// (checking the cgroup's directories was a third of the monitor's time).
-    fn usage_of(&self, key: &str, proc: Option<&Proc>) -> Option<crate::Usage> {
+    /// `pid` is looked up only without cgroups: the monitor asks for every database each look.
+    fn usage_of(&self, key: &str, pid: impl FnOnce() -> Option<u32>) -> Option<crate::Usage> {
         match &self.cgroups {
             Some(m) => m.named(key).ok()?.usage().ok(),
-            None => stratus_cgroup::proc_usage(proc?.pidfd.pid).ok(),
+            None => stratus_cgroup::proc_usage(pid()?).ok(),
         }
     }
 
@@ -920,7 +921,7 @@ impl Runtime for LocalRuntime {
             .inner
             .procs()
             .iter()
-            .filter_map(|(key, proc)| self.inner.usage_of(key, Some(&**proc)))
+            .filter_map(|(key, proc)| self.inner.usage_of(key, || Some(proc.pidfd.pid)))
             .map(|u| u.memory_bytes)
             .sum();
         vec![crate::NodeInfo {
@@ -1053,7 +1054,8 @@ impl Runtime for LocalRuntime {
 
     fn usage(&self, name: &ServiceName) -> Option<crate::Usage> {
         let key = name.as_str();
-        self.inner.usage_of(key, self.inner.running(key).as_deref())
+        self.inner
+            .usage_of(key, || Some(self.inner.running(key)?.pidfd.pid))
     }
 
     async fn freeze(&self, name: &ServiceName) -> Result<bool> {
