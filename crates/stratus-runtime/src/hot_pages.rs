@@ -102,7 +102,8 @@ fn quoted(s: &str) -> Option<(String, &str)> {
 /// server being suspended. `INNODB_BUFFER_PAGE_LRU` lists the pages that hold data; the
 /// server materializes an information_schema table whole, with its wide name columns, and
 /// `INNODB_BUFFER_PAGE` lists free pages too: a new database's 1 GiB pool was 65,536 rows,
-/// and the 20 MiB of memory the server touched for them stayed in its RSS while suspended.
+/// and the 20 MiB of memory the server touched for them stayed in its RSS while suspended. A
+/// full pool still lists one row per page, so that saving is for new and small databases.
 pub const HOT_INDEXES: &str = "SELECT h.TABLE_NAME, h.INDEX_NAME, h.hot, \
      CAST(COALESCE(s.stat_value, ts.FILE_SIZE DIV ts.PAGE_SIZE) AS UNSIGNED) \
      FROM (SELECT SPACE, TABLE_NAME, INDEX_NAME, COUNT(*) AS hot \

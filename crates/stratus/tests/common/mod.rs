@@ -451,10 +451,9 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
-/// Removes this test's cgroups (children first) in every hierarchy, once their processes are gone.
-/// Thaws every group under `parent` (v1's freezer, v2's `cgroup.freeze`): a frozen process
-/// takes no signal, not even SIGKILL, so a test failing while a database is suspended left its
-/// server behind, frozen, for good.
+/// Thaws every group under `parent` (v1's freezer, v2's `cgroup.freeze`): under v1's freezer a
+/// frozen process does not die of SIGKILL until thawed, so a test failing while a database was
+/// suspended left its server behind, frozen, for good.
 pub fn thaw_cgroups(parent: &str) {
     for (root, file, thawed) in [
         ("/sys/fs/cgroup/freezer", "freezer.state", "THAWED"),
@@ -469,6 +468,7 @@ pub fn thaw_cgroups(parent: &str) {
     }
 }
 
+/// Removes this test's cgroups (children first) in every hierarchy, once their processes are gone.
 pub fn remove_cgroups(parent: &str) {
     let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
