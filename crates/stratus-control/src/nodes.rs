@@ -197,8 +197,8 @@ impl<S: Store, R: Runtime> ControlPlane<S, R> {
     pub async fn nodes_view(&self) -> Result<Vec<NodeView>> {
         let services = self.store.services().await?;
         let mut views: Vec<NodeView> = self
-            .node_loads()
-            .await?
+            .weigh(self.runtime.nodes(), &services)
+            .0
             .into_iter()
             .map(|(n, load)| NodeView {
                 memory_used_pct: pct(n.memory_used_bytes, n.memory_bytes),
